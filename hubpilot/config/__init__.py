@@ -1,0 +1,1 @@
+"""Sections of the settings model, one module each; :mod:`hubpilot.settings` composes them."""

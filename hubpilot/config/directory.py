@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from hubpilot.config.base import Section
+from hubpilot.config.entra import EntraSettings
+
+
+class FileDirectorySettings(Section):
+    """A directory kept in a YAML or TOML file (the demo uses one)."""
+
+    path: str = Field(description="Path of the directory file (.yaml, .yml or .toml).")
+
+
+class LdapSettings(Section):
+    """An LDAP directory (OpenLDAP, 389-ds, Active Directory over LDAP)."""
+
+    url: str = Field(description="ldap:// or ldaps:// URL of the server, e.g. ldap://ldap.example.org:389.")
+    bind_dn: str | None = Field(None, description="DN to bind as; anonymous when unset.")
+    bind_password: SecretStr | None = Field(None, description="Password of bind_dn.")
+    base_dn: str = Field(description="Search base for people and groups, e.g. dc=example,dc=org.")
+    group_base_dn: str | None = Field(None, description="Search base for groups (default: base_dn).")
+    group_name_attribute: str = Field("cn", description="Attribute that names a group in sync.users_groups.")
+    username_attribute: str = Field("uid", description="Person attribute the hub's authenticator uses as username.")
+    nested: bool = Field(False, description="Expand groups that are members of groups.")
+    nested_max_depth: int = Field(8, ge=1, le=64, description="Deepest nesting followed.")
+    page_size: int = Field(500, ge=1, le=10000, description="Paged search size (RFC 2696).")
+    timeout_seconds: float = Field(10.0, gt=0, le=300, description="Connect and receive timeout.")
+    start_tls: bool = Field(False, description="Upgrade an ldap:// connection with StartTLS.")
+    ca_file: str | None = Field(None, description="CA bundle to verify the server's certificate.")
+
+
+class DirectorySettings(Section):
+    kind: Literal["file", "ldap", "entra"] = Field("file", description="Which directory to read.")
+    file: FileDirectorySettings | None = None
+    ldap: LdapSettings | None = None
+    entra: EntraSettings | None = None
+
+    @model_validator(mode="after")
+    def _section_for_kind(self) -> DirectorySettings:
+        if getattr(self, self.kind) is None:
+            raise ValueError(
+                f"directory.kind is {self.kind!r} but the [directory.{self.kind}] section is missing "
+                f"(environment: HUBPILOT_DIRECTORY__{self.kind.upper()}__...)"
+            )
+        return self

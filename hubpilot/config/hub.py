@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from pydantic import AnyHttpUrl, Field, SecretStr
+
+from hubpilot.config.base import Section
+
+
+class HubSettings(Section):
+    """How hubpilot reaches the JupyterHub REST API."""
+
+    api_url: AnyHttpUrl = Field(
+        AnyHttpUrl("http://127.0.0.1:8081/hub/api"),
+        description="The hub's REST API base URL, ending in /hub/api.",
+    )
+    token: SecretStr = Field(
+        SecretStr(""), description="API token of the hubpilot service (see README: service role)."
+    )
+    timeout_seconds: float = Field(10.0, gt=0, le=300, description="Timeout of one hub request.")
+    retries: int = Field(3, ge=0, le=10, description="Retries on connection errors and 5xx answers.")
+    concurrency: int = Field(10, ge=1, le=100, description="Hub requests in flight at once.")
+    page_size: int = Field(200, ge=1, le=1000, description="Items per page when listing.")

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from hubpilot.config.base import Section
+
+
+class StateSettings(Section):
+    """Where hubpilot keeps its locks, audit log and documents."""
+
+    kind: Literal["sqlite", "azure"] = Field("sqlite", description="sqlite (local) or azure (Tables + Blobs).")
+    sqlite_path: str = Field("hubpilot-state.sqlite3", description="SQLite file for kind=sqlite.")
+    azure_connection_string: SecretStr | None = Field(
+        None, description="Azure Storage connection string (kind=azure); or use azure_account_name."
+    )
+    azure_account_name: str | None = Field(
+        None, description="Storage account name for managed-identity access (kind=azure)."
+    )
+    azure_endpoint_suffix: str = Field(
+        "core.windows.net", description="Storage endpoint suffix (sovereign clouds differ)."
+    )
+    azure_table_prefix: str = Field("hubpilot", description="Prefix of the tables hubpilot creates.")
+    azure_container: str = Field("hubpilot-state", description="Blob container for documents.")

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from hubpilot.config.base import NCronTab, Section
+
+
+class NamingSettings(Section):
+    """How a directory username becomes a hub name — the same way the hub's authenticator does."""
+
+    lowercase: bool = Field(True, description="Lowercase names (JupyterHub's default normalize_username).")
+    strip_domain: bool = Field(False, description="Drop '@domain' (e.g. from a userPrincipalName).")
+    unicode_form: str = Field("NFKC", pattern="^(NFC|NFKC|NFD|NFKD|none)$", description="Unicode normalisation.")
+    pattern: str = Field(
+        r"^[a-z0-9][a-z0-9._@+-]{0,63}$",
+        description="Regular expression a valid hub name matches (after normalisation).",
+    )
+    username_map: dict[str, str] = Field(
+        default_factory=dict, description="Explicit renames, as the authenticator's username_map."
+    )
+
+
+class SyncSettings(Section):
+    users_groups: list[str] = Field(
+        default_factory=list, description="Directory groups whose members become hub users."
+    )
+    admin_groups: list[str] = Field(
+        default_factory=list, description="Directory groups whose members get admin: true."
+    )
+    group_prefix: str = Field("dir-", description="Prefix of the hub groups that mirror directory groups.")
+    group_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="Hub group name (without prefix) per directory group, where the directory's "
+        "name is no good hub name (e.g. an Entra object id).",
+    )
+    naming: NamingSettings = Field(default_factory=NamingSettings)
+    max_removals: int = Field(50, ge=0, description="Refuse a plan that removes more users than this.")
+    max_removal_percent: float = Field(
+        20.0, ge=0, le=100, description="Refuse a plan that removes more than this share of managed users."
+    )
+    stop_servers: bool = Field(True, description="Stop the servers of people who leave.")
+    revoke_tokens: bool = Field(True, description="Revoke the API tokens of people who leave.")
+    delete_users: bool = Field(
+        False, description="Delete hub users who left (in z2jh this deletes their volume). Off by default."
+    )
+    delete_grace_hours: float = Field(
+        720.0, ge=0, description="With delete_users: hours after deprovisioning before deletion."
+    )
+    concurrency: int = Field(8, ge=1, le=64, description="Hub writes in flight at once.")
+    schedule: NCronTab = Field("0 */15 * * * *", description="NCRONTAB of the scheduled (safety-net) sync.")
+
+    @field_validator("group_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if "/" in v:
+            raise ValueError("group_prefix must not contain '/' (hub group names go into URLs)")
+        return v

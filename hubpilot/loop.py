@@ -1,0 +1,551 @@
+"""The one loop every capability runs: observe → plan → guard → apply → record.
+
+A capability (sync, cull, scale) writes four things: ``observe`` (the only read of the world),
+``plan`` (pure: observed state, policy, now → a :class:`Plan`), ``guard`` (pure: reasons to
+refuse, empty when the plan is safe) and ``apply`` (the only writes). The :class:`Runner` does
+the rest the same way for all of them: paused? → lock → observe → plan → guard → apply → record.
+
+A dry-run is observe → plan → guard: no lock, nothing applied, nothing recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, Protocol, TypeVar
+
+from hubpilot.ports.store import Lease, StateStore
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+"""Returns the current time, timezone-aware. Injected everywhere; tests pass a fixed clock."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes every CLI command shares (and what the HTTP API maps its outcomes from)."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    REFUSED = 3
+    LOCKED = 4
+    PAUSED = 5
+
+
+class Outcome(enum.StrEnum):
+    PLANNED = "planned"  # dry-run: the plan passed the guard
+    APPLIED = "applied"
+    REFUSED = "refused"
+    FAILED = "failed"
+    PAUSED = "paused"
+    RUNNING = "running"
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return {
+            Outcome.PLANNED: ExitCode.OK,
+            Outcome.APPLIED: ExitCode.OK,
+            Outcome.RUNNING: ExitCode.OK,
+            Outcome.REFUSED: ExitCode.REFUSED,
+            Outcome.FAILED: ExitCode.FAILED,
+            Outcome.PAUSED: ExitCode.PAUSED,
+        }[self]
+
+
+class Status(enum.StrEnum):
+    """What happened to one action."""
+
+    DONE = "done"  # the world changed as the action said
+    NOOP = "noop"  # the world was already so (idempotent re-run)
+    PENDING = "pending"  # accepted but not finished yet (e.g. a slow server stop, 202)
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not attempted (e.g. an earlier phase failed for this target)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One idempotent change. ``phase`` orders apply: lower phases run first."""
+
+    kind: str
+    target: str
+    phase: int = 0
+    params: Mapping[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two actions the same action (the reason is an explanation, not identity)."""
+        return {"kind": self.kind, "target": self.target, "phase": self.phase, "params": dict(self.params)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.identity(), "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Action:
+        return cls(
+            kind=str(data["kind"]),
+            target=str(data["target"]),
+            phase=int(data.get("phase", 0)),
+            params=dict(data.get("params") or {}),
+            reason=str(data.get("reason", "")),
+        )
+
+    def describe(self) -> str:
+        params = " ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        text = f"{self.kind} {self.target}" + (f" ({params})" if params else "")
+        return f"{text} — {self.reason}" if self.reason else text
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run would do, in the order it would do it, each action with its reason.
+
+    ``notes`` are findings reported but not acted on (names that cannot be hub names, servers
+    kept because a kernel is busy, ...). The ``id`` hashes the operation and the actions'
+    identities, so an admin approves exactly the plan they saw.
+    """
+
+    operation: str
+    actions: tuple[Action, ...] = ()
+    notes: tuple[str, ...] = ()
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        operation: str,
+        actions: Sequence[Action],
+        notes: Sequence[str] = (),
+        facts: Mapping[str, Any] | None = None,
+    ) -> Plan:
+        """Order the actions as apply performs them: by phase, then stably by kind and target."""
+        ordered = sorted(
+            actions, key=lambda a: (a.phase, a.kind, a.target, _canonical(dict(a.params)))
+        )
+        return cls(operation, tuple(ordered), tuple(notes), dict(facts or {}))
+
+    @property
+    def id(self) -> str:
+        digest = hashlib.sha256(
+            _canonical({"operation": self.operation, "actions": [a.identity() for a in self.actions]}).encode()
+        )
+        return digest.hexdigest()[:16]
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for a in self.actions:
+            out[a.kind] = out.get(a.kind, 0) + 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "operation": self.operation,
+            "counts": self.counts(),
+            "actions": [a.to_json() for a in self.actions],
+            "notes": list(self.notes),
+            "facts": dict(self.facts),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Plan:
+        return cls(
+            operation=str(data["operation"]),
+            actions=tuple(Action.from_json(a) for a in data.get("actions", [])),
+            notes=tuple(str(n) for n in data.get("notes", [])),
+            facts=dict(data.get("facts") or {}),
+        )
+
+    def render(self) -> str:
+        """The human form: a header, one line per action, then notes."""
+        lines = [f"plan {self.id} for {self.operation}: " + (
+            ", ".join(f"{n} {k}" for k, n in sorted(self.counts().items())) or "nothing to do"
+        )]
+        lines += [f"  {i}. {a.describe()}" for i, a in enumerate(self.actions, 1)]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def diff(self, other: Plan) -> list[str]:
+        """Lines ``- action`` (only in self) and ``+ action`` (only in other)."""
+        mine = {_canonical(a.identity()): a for a in self.actions}
+        theirs = {_canonical(a.identity()): a for a in other.actions}
+        return [f"- {mine[k].describe()}" for k in mine if k not in theirs] + [
+            f"+ {theirs[k].describe()}" for k in theirs if k not in mine
+        ]
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    action: Action
+    status: Status
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action.to_json(), "status": str(self.status), "detail": self.detail}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ActionResult:
+        return cls(Action.from_json(data["action"]), Status(data["status"]), str(data.get("detail", "")))
+
+
+@dataclass
+class RunRecord:
+    """One run of one operation: what was planned, refused or applied, and each action's fate."""
+
+    run_id: str
+    operation: str
+    trigger: str
+    actor: str
+    started: datetime
+    outcome: Outcome = Outcome.RUNNING
+    dry_run: bool = False
+    finished: datetime | None = None
+    plan: Plan | None = None
+    refusal: tuple[str, ...] = ()
+    results: list[ActionResult] = field(default_factory=list)
+    error: str | None = None
+    approved_plan: str | None = None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.outcome.exit_code
+
+    def result_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.results:
+            out[str(r.status)] = out.get(str(r.status), 0) + 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "operation": self.operation,
+            "trigger": self.trigger,
+            "actor": self.actor,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat() if self.finished else None,
+            "outcome": str(self.outcome),
+            "dry_run": self.dry_run,
+            "plan_id": self.plan.id if self.plan else None,
+            "plan": self.plan.to_json() if self.plan else None,
+            "refusal": list(self.refusal),
+            "results": [r.to_json() for r in self.results],
+            "result_counts": self.result_counts(),
+            "error": self.error,
+            "approved_plan": self.approved_plan,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
+        return cls(
+            run_id=data["run_id"],
+            operation=data["operation"],
+            trigger=data["trigger"],
+            actor=data["actor"],
+            started=datetime.fromisoformat(data["started"]),
+            finished=datetime.fromisoformat(data["finished"]) if data.get("finished") else None,
+            outcome=Outcome(data["outcome"]),
+            dry_run=bool(data.get("dry_run")),
+            plan=Plan.from_json(data["plan"]) if data.get("plan") else None,
+            refusal=tuple(data.get("refusal") or ()),
+            results=[ActionResult.from_json(r) for r in data.get("results") or []],
+            error=data.get("error"),
+            approved_plan=data.get("approved_plan"),
+        )
+
+    def render(self) -> str:
+        head = f"{self.operation} run {self.run_id}: {self.outcome}"
+        if self.dry_run:
+            head += " (dry-run)"
+        lines = [head]
+        if self.plan is not None:
+            lines.append(self.plan.render())
+        lines += [f"  refused: {r}" for r in self.refusal]
+        if self.outcome is Outcome.REFUSED and self.plan is not None and not self.dry_run:
+            lines.append(f"  an admin can approve it: hubpilot approve {self.plan.id}")
+        lines += [f"  {r.status}: {r.action.describe()}" + (f" [{r.detail}]" if r.detail else "")
+                  for r in self.results]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        return "\n".join(lines)
+
+
+class LockHeld(Exception):
+    """Another run of the same operation holds the lock."""
+
+    def __init__(self, operation: str, lease: Lease | None) -> None:
+        self.operation = operation
+        self.lease = lease
+        holder = lease.holder if lease else "unknown"
+        until = lease.expires_at.isoformat() if lease else "unknown"
+        super().__init__(f"another {operation} run holds the lock ({holder}, until {until})")
+
+
+class UnknownPlan(Exception):
+    """An approval named a plan id that no refused run recorded."""
+
+
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, message)`` — called by apply as actions finish."""
+
+
+def no_progress(done: int, total: int, message: str) -> None:
+    return None
+
+
+O = TypeVar("O")
+
+
+class Capability(Protocol[O]):
+    """What one operation provides to the runner. Policy is bound when the capability is built."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def observe(self) -> O: ...
+
+    def plan(self, observed: O, now: datetime) -> Plan: ...
+
+    def guard(self, observed: O, plan: Plan) -> Sequence[str]: ...
+
+    async def apply(self, plan: Plan, observed: O, progress: Progress) -> list[ActionResult]: ...
+
+
+async def run_actions(
+    actions: Sequence[Action],
+    perform: Callable[[Action], Awaitable[ActionResult]],
+    *,
+    concurrency: int,
+    progress: Progress = no_progress,
+) -> list[ActionResult]:
+    """Perform actions phase by phase; within a phase at most ``concurrency`` at once.
+
+    One action's failure never stops the others: it is reported as FAILED with the error, and
+    the next run converges. Results come back in the plan's order.
+    """
+    results: dict[int, ActionResult] = {}
+    sem = asyncio.Semaphore(max(1, concurrency))
+    total = len(actions)
+    done = 0
+
+    async def one(i: int, action: Action) -> None:
+        nonlocal done
+        async with sem:
+            try:
+                results[i] = await perform(action)
+            except Exception as exc:  # reported per action, never raised past the run
+                log.warning("action %s failed: %s", action.describe(), exc)
+                results[i] = ActionResult(action, Status.FAILED, f"{type(exc).__name__}: {exc}")
+        done += 1
+        progress(done, total, action.describe())
+
+    indexed = list(enumerate(actions))
+    for phase in sorted({a.phase for a in actions}):
+        await asyncio.gather(*(one(i, a) for i, a in indexed if a.phase == phase))
+    return [results[i] for i, _ in indexed]
+
+
+PAUSE_KEY = "paused/{operation}"
+REFUSED_KEY = "refused/{plan_id}"
+RUN_KEY = "runs/{run_id}"
+LAST_RUN_KEY = "last_run/{operation}"
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Runner(Generic[O]):
+    """Runs capabilities through the one loop, with the lock, pause flag, approval and audit."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        clock: Clock = utcnow,
+        lock_ttl: timedelta = timedelta(minutes=10),
+        holder: str = "hubpilot",
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.lock_ttl = lock_ttl
+        self.holder = holder
+
+    # --- pause -----------------------------------------------------------------------------
+    async def set_paused(self, operation: str, paused: bool, actor: str) -> None:
+        key = PAUSE_KEY.format(operation=operation)
+        if paused:
+            await self.store.put(key, {"paused": True, "by": actor, "at": self.clock().isoformat()})
+        else:
+            await self.store.delete(key)
+        await self._audit({
+            "at": self.clock().isoformat(), "operation": operation, "trigger": "admin", "actor": actor,
+            "outcome": "paused" if paused else "resumed", "kind": "pause" if paused else "resume",
+        })
+
+    async def is_paused(self, operation: str) -> bool:
+        doc = await self.store.get(PAUSE_KEY.format(operation=operation))
+        return bool(doc and doc.get("paused"))
+
+    # --- runs ------------------------------------------------------------------------------
+    async def dry_run(self, cap: Capability[O], *, trigger: str = "manual", actor: str = "cli") -> RunRecord:
+        record = RunRecord(new_run_id(), cap.name, trigger, actor, self.clock(), dry_run=True)
+        try:
+            observed = await cap.observe()
+        except Exception as exc:
+            record.outcome, record.error = Outcome.FAILED, _describe_error(exc)
+            record.finished = self.clock()
+            return record
+        plan = cap.plan(observed, self.clock())
+        record.plan = plan
+        record.refusal = tuple(cap.guard(observed, plan))
+        record.outcome = Outcome.REFUSED if record.refusal else Outcome.PLANNED
+        record.finished = self.clock()
+        return record
+
+    async def run(
+        self,
+        cap: Capability[O],
+        *,
+        trigger: str,
+        actor: str,
+        dry_run: bool = False,
+        approve: str | None = None,
+        run_id: str | None = None,
+        progress: Progress = no_progress,
+    ) -> RunRecord:
+        """One run. Raises :class:`LockHeld` when another run holds the operation's lock."""
+        if dry_run:
+            return await self.dry_run(cap, trigger=trigger, actor=actor)
+        record = RunRecord(run_id or new_run_id(), cap.name, trigger, actor, self.clock(),
+                           approved_plan=approve)
+        if await self.is_paused(cap.name):
+            report = await self.dry_run(cap, trigger=trigger, actor=actor)
+            record.plan, record.refusal, record.error = report.plan, report.refusal, report.error
+            record.outcome = Outcome.PAUSED
+            return await self._finish(record)
+
+        now = self.clock()
+        lease = await self.store.acquire_lock(cap.name, f"{actor}:{record.run_id}", self.lock_ttl, now)
+        if lease is None:
+            raise LockHeld(cap.name, await self.store.read_lock(cap.name, now))
+        keeper = asyncio.create_task(self._keep_lease(lease))
+        try:
+            await self.store.put(RUN_KEY.format(run_id=record.run_id), record.to_json())
+            try:
+                observed = await cap.observe()
+            except Exception as exc:  # a read error: nothing is applied
+                log.warning("%s: observe failed: %s", cap.name, exc)
+                record.outcome, record.error = Outcome.FAILED, _describe_error(exc)
+                return await self._finish(record)
+            plan = cap.plan(observed, self.clock())
+            record.plan = plan
+            reasons = tuple(cap.guard(observed, plan))
+            if approve is not None and approve != plan.id:
+                reasons = (
+                    f"plan {approve} was approved, but a fresh observation yields plan {plan.id}; "
+                    "review the new plan and approve it instead",
+                )
+                record.refusal = reasons
+                record.outcome = Outcome.REFUSED
+                return await self._finish(record)
+            if reasons and approve is None:
+                record.refusal = reasons
+                record.outcome = Outcome.REFUSED
+                await self.store.put(
+                    REFUSED_KEY.format(plan_id=plan.id),
+                    {"operation": cap.name, "plan": plan.to_json(), "reasons": list(reasons),
+                     "at": self.clock().isoformat(), "run_id": record.run_id},
+                )
+                return await self._finish(record)
+            record.refusal = reasons  # approved despite these
+            try:
+                record.results = await cap.apply(plan, observed, progress)
+            except Exception as exc:  # apply should report per action; this is a last resort
+                log.exception("%s: apply failed", cap.name)
+                record.error = _describe_error(exc)
+            failed = record.error is not None or any(r.status is Status.FAILED for r in record.results)
+            record.outcome = Outcome.FAILED if failed else Outcome.APPLIED
+            if approve is not None:
+                await self.store.delete(REFUSED_KEY.format(plan_id=approve))
+            return await self._finish(record)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await self.store.release_lock(lease)
+
+    async def approve(self, cap: Capability[O], plan_id: str, *, actor: str,
+                      run_id: str | None = None, progress: Progress = no_progress) -> RunRecord:
+        """Apply a plan the guard refused, if a fresh observation still yields the same plan."""
+        doc = await self.store.get(REFUSED_KEY.format(plan_id=plan_id))
+        if doc is None or doc.get("operation") != cap.name:
+            raise UnknownPlan(f"no refused {cap.name} plan with id {plan_id}")
+        return await self.run(cap, trigger="approval", actor=actor, approve=plan_id, run_id=run_id,
+                              progress=progress)
+
+    async def refused_plan_operation(self, plan_id: str) -> str:
+        doc = await self.store.get(REFUSED_KEY.format(plan_id=plan_id))
+        if doc is None:
+            raise UnknownPlan(f"no refused plan with id {plan_id}")
+        return str(doc["operation"])
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        doc = await self.store.get(RUN_KEY.format(run_id=run_id))
+        return RunRecord.from_json(doc) if doc else None
+
+    async def last_run(self, operation: str) -> dict[str, Any] | None:
+        return await self.store.get(LAST_RUN_KEY.format(operation=operation))
+
+    # --- internals -------------------------------------------------------------------------
+    async def _keep_lease(self, lease: Lease) -> None:
+        """Renew the lease while a long run (ARM operations take minutes) is under way."""
+        while True:
+            await asyncio.sleep(max(1.0, self.lock_ttl.total_seconds() / 3))
+            renewed = await self.store.renew_lock(lease, self.lock_ttl, self.clock())
+            if renewed is None:
+                log.error("lost the %s lock; the run goes on but another may start", lease.name)
+                return
+            lease = renewed
+
+    async def _finish(self, record: RunRecord) -> RunRecord:
+        record.finished = self.clock()
+        entry = record.to_json()
+        entry["at"] = record.finished.isoformat()
+        entry["kind"] = "run"
+        await self.store.put(RUN_KEY.format(run_id=record.run_id), record.to_json())
+        await self.store.put(LAST_RUN_KEY.format(operation=record.operation), {
+            "run_id": record.run_id, "at": entry["at"], "trigger": record.trigger,
+            "actor": record.actor, "outcome": str(record.outcome),
+            "plan_id": entry["plan_id"], "counts": record.plan.counts() if record.plan else {},
+            "result_counts": record.result_counts(),
+        })
+        await self._audit(entry)
+        return record
+
+    async def _audit(self, entry: dict[str, Any]) -> None:
+        await self.store.append_audit(entry)
+
+
+def _describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

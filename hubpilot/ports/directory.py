@@ -1,0 +1,47 @@
+"""A directory of people and groups: LDAP, a file, or Entra ID."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Member:
+    """A person in a group.
+
+    ``id`` is the directory's own stable identifier (a DN, an object id, a file key);
+    ``username`` is the value of the configured username attribute as the directory holds it
+    (not yet normalised; None when the person has no such attribute).
+    """
+
+    id: str
+    username: str | None
+    display: str = ""
+
+
+@dataclass(frozen=True)
+class DirectorySnapshot:
+    """The membership of the configured groups, nested groups already expanded.
+
+    ``groups`` has an entry for every group asked for. ``notes`` are findings worth reporting
+    (a member that is no person, a nesting cycle) that do not make the read fail.
+    """
+
+    source: str
+    groups: Mapping[str, frozenset[Member]]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class DirectoryError(Exception):
+    """The directory could not be read completely. Membership is then unknown, never empty."""
+
+
+class Directory(Protocol):
+    async def read(self, groups: Sequence[str]) -> DirectorySnapshot:
+        """Read the members of ``groups``. Raises DirectoryError on any failure, including a
+        group that does not exist: a partial answer is never returned."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,101 @@
+"""The JupyterHub REST API as the core needs it."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class HubServer:
+    """One server of a user (``name == ""`` is the default server)."""
+
+    user: str
+    name: str
+    ready: bool
+    pending: str | None  # "spawn", "stop", or None
+    started: datetime | None
+    last_activity: datetime | None
+    url: str | None = None
+    user_options: Mapping[str, Any] = field(default_factory=dict)
+    state: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HubUser:
+    name: str
+    admin: bool
+    groups: frozenset[str]
+    kind: str = "user"
+    created: datetime | None = None
+    last_activity: datetime | None = None
+    servers: Mapping[str, HubServer] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HubGroup:
+    name: str
+    users: frozenset[str]
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+class StopResult(enum.StrEnum):
+    STOPPED = "stopped"  # 204: stopped now
+    PENDING = "pending"  # 202: stop requested, still stopping (a slow stop)
+    NOT_RUNNING = "not_running"  # 400 "not running" / 404 server: already so
+
+
+class HubError(Exception):
+    """A hub request failed after the client's own retries."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HubInvalidResponse(HubError):
+    """The hub answered, but not with what its API documents (bad JSON, missing fields)."""
+
+
+class Hub(Protocol):
+    """Async JupyterHub client. Every write is idempotent: repeating it is a no-op."""
+
+    async def list_users(self, *, state: str | None = None) -> list[HubUser]:
+        """All users (paged), with their servers; ``state`` is the hub's filter
+        (``ready``, ``active``, ``inactive``)."""
+        ...
+
+    async def list_groups(self) -> list[HubGroup]: ...
+
+    async def create_users(self, names: Sequence[str]) -> list[str]:
+        """Create users in bulk; returns the names created (existing ones are left as they are)."""
+        ...
+
+    async def set_admin(self, name: str, admin: bool) -> None: ...
+
+    async def create_group(self, name: str) -> bool:
+        """Create a group; False when it already existed."""
+        ...
+
+    async def add_group_members(self, group: str, names: Sequence[str]) -> None: ...
+
+    async def remove_group_members(self, group: str, names: Sequence[str]) -> None: ...
+
+    async def stop_server(self, user: str, server: str = "") -> StopResult: ...
+
+    async def delete_server(self, user: str, server: str) -> StopResult:
+        """Stop and remove a named server (its state; never its volume)."""
+        ...
+
+    async def revoke_tokens(self, user: str) -> int:
+        """Revoke every API token of a user; returns how many were revoked."""
+        ...
+
+    async def delete_user(self, name: str) -> bool:
+        """Delete a user; False when it did not exist. Only called when deletion is enabled."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,95 @@
+"""The state store: a lease lock per operation, an append-only audit log, keyed documents."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held lock. ``token`` is the store's own concurrency token (etag, row version)."""
+
+    name: str
+    holder: str
+    expires_at: datetime
+    token: str = ""
+
+
+class StoreError(Exception):
+    """The state store could not be read or written."""
+
+
+class ConflictError(StoreError):
+    """A conditional write (``if_match``) lost to another writer."""
+
+
+class StateStore(Protocol):
+    """Small and generic so every capability reuses it.
+
+    Keys are ``/``-separated paths such as ``sync/managed`` or ``runs/<id>``; documents are JSON
+    objects of any size. Every method is safe to call concurrently from several processes.
+    """
+
+    async def acquire_lock(self, name: str, holder: str, ttl: timedelta, now: datetime) -> Lease | None:
+        """Take the lock ``name`` unless an unexpired lease exists; None when another holds it."""
+        ...
+
+    async def renew_lock(self, lease: Lease, ttl: timedelta, now: datetime) -> Lease | None:
+        """Extend a lease we hold; None when it was lost (expired and taken by another)."""
+        ...
+
+    async def release_lock(self, lease: Lease) -> None:
+        """Release a lease we hold; a lease taken over by another is left alone."""
+        ...
+
+    async def read_lock(self, name: str, now: datetime) -> Lease | None:
+        """The unexpired lease on ``name``, if any."""
+        ...
+
+    async def append_audit(self, entry: Mapping[str, Any]) -> str:
+        """Append one entry (a JSON object with at least ``at`` (ISO time) and ``operation``).
+
+        Returns the entry's id. Entries are never changed or removed.
+        """
+        ...
+
+    async def read_audit(
+        self,
+        *,
+        since: datetime | None = None,
+        operation: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Entries newest first, at or after ``since``, of ``operation`` when given.
+
+        Returns at most ``limit`` entries and a cursor for the next (older) page, or None.
+        Each returned entry carries its ``id``.
+        """
+        ...
+
+    async def get(self, key: str) -> dict[str, Any] | None: ...
+
+    async def get_with_etag(self, key: str) -> tuple[dict[str, Any], str] | None: ...
+
+    async def put(self, key: str, doc: Mapping[str, Any], *, if_match: str | None = None) -> str:
+        """Write a document and return its new etag.
+
+        ``if_match=None`` writes unconditionally; ``if_match="<etag>"`` only if the stored etag is
+        still that one; ``if_match=""`` only if no document exists yet. Raises ConflictError when
+        the condition fails.
+        """
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Delete a document; deleting a missing one is not an error."""
+        ...
+
+    async def list(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """All documents whose key starts with ``prefix``."""
+        ...
+
+    async def close(self) -> None: ...

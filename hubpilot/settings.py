@@ -1,0 +1,168 @@
+"""The one typed settings model, validated at start.
+
+Sources, highest priority first: environment variables ``HUBPILOT_<SECTION>__<KEY>`` (``__``
+nests; lists and objects are JSON — how Azure Functions app settings arrive), then a TOML file
+(``hubpilot.toml``, same structure), then defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from hubpilot.config.api import ApiSettings
+from hubpilot.config.cull import CullSettings
+from hubpilot.config.directory import DirectorySettings
+from hubpilot.config.hub import HubSettings
+from hubpilot.config.scale import ScaleSettings
+from hubpilot.config.state import StateSettings
+from hubpilot.config.sync import SyncSettings
+
+ENV_PREFIX = "HUBPILOT_"
+CONFIG_ENV = "HUBPILOT_CONFIG"
+DEFAULT_FILE = "hubpilot.toml"
+
+
+class SettingsError(Exception):
+    """Settings are missing or invalid; the message names each setting and what it expects."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    hub: HubSettings = Field(default_factory=HubSettings)
+    directory: DirectorySettings | None = None
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    cull: CullSettings = Field(default_factory=CullSettings)
+    scale: ScaleSettings = Field(default_factory=ScaleSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @model_validator(mode="after")
+    def _sync_needs_directory(self) -> Settings:
+        if (self.sync.users_groups or self.sync.admin_groups) and self.directory is None:
+            raise ValueError(
+                "sync.users_groups is set but no [directory] section says where to read them "
+                "(set directory.kind and its section)"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_path()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+_explicit_path: Path | None = None
+
+
+def _config_path() -> Path | None:
+    if _explicit_path is not None:
+        return _explicit_path
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    default = Path(DEFAULT_FILE)
+    return default if default.exists() else None
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(p).upper() for p in loc if not isinstance(p, int))
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate settings; raise SettingsError with one readable line per problem."""
+    global _explicit_path
+    if path is not None and not Path(path).is_file():
+        raise SettingsError(f"config file {path} does not exist")
+    previous, _explicit_path = _explicit_path, Path(path) if path is not None else None
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+            dotted = ".".join(str(p) for p in loc) or "(settings)"
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) or "secret" in dotted or "password" in dotted \
+                or "token" in dotted else f" (got {got!r})"
+            where = f" [env {_env_name(loc)}]" if loc else ""
+            lines.append(f"  {dotted}: {err['msg']}{shown}{where}")
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise SettingsError(f"cannot read settings: {exc}") from None
+    finally:
+        _explicit_path = previous
+
+
+def settings_reference() -> str:
+    """A Markdown table of every setting: name, environment variable, type, default, meaning."""
+    from pydantic import BaseModel
+
+    rows: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: tuple[str, ...]) -> None:
+        for name, info in model.model_fields.items():
+            loc = (*prefix, name)
+            ann = info.annotation
+            sub = _model_in(ann)
+            if sub is not None:
+                walk(sub, loc)
+                continue
+            default = "" if info.is_required() else _show_default(info)
+            typ = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+            rows.append(
+                f"| `{'.'.join(loc)}` | `{_env_name(loc)}` | {typ} | {default} | {info.description or ''} |"
+            )
+
+    walk(Settings, ())
+    head = "| setting | environment | type | default | meaning |\n|---|---|---|---|---|"
+    return head + "\n" + "\n".join(rows)
+
+
+def _model_in(ann: Any) -> Any:
+    from pydantic import BaseModel
+
+    candidates = getattr(ann, "__args__", None) or (ann,)
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, BaseModel):
+            return c
+    return None
+
+
+def _show_default(info: Any) -> str:
+    if info.default_factory is not None:
+        try:
+            value = info.default_factory()
+        except TypeError:
+            return ""
+        return f"`{value!r}`" if not hasattr(value, "model_fields") else ""
+    value = info.default
+    if hasattr(value, "get_secret_value"):
+        return "(secret)"
+    return f"`{value}`" if value is not None else "unset"

@@ -1,0 +1,163 @@
+"""Wiring: settings → adapters → capabilities. The one place that knows both sides.
+
+Hosts (CLI, ``serve``, the Functions app, the admin API) build a :class:`Context` from settings
+and ask it for the runner and for capabilities by operation name. Heavy SDKs are imported here
+lazily, on first use, so that a host's cold start stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from hubpilot.loop import Capability, Clock, Runner, utcnow
+from hubpilot.ports.directory import Directory
+from hubpilot.ports.hub import Hub
+from hubpilot.ports.store import StateStore
+from hubpilot.settings import Settings
+
+OPERATIONS = ("sync", "cull", "scale")
+
+
+class UnknownOperation(KeyError):
+    pass
+
+
+@dataclass
+class Context:
+    """Everything a host needs, built once per process (or per test)."""
+
+    settings: Settings
+    store: StateStore
+    clock: Clock = utcnow
+    holder: str = "hubpilot"
+    _hub: Hub | None = None
+    _directory: Directory | None = None
+    _closers: list[Callable[[], Any]] = field(default_factory=list)
+    _runner: Runner[Any] | None = None
+    factories: dict[str, Callable[[Context], Capability[Any]]] = field(default_factory=dict)
+
+    @property
+    def runner(self) -> Runner[Any]:
+        if self._runner is None:
+            self._runner = Runner(self.store, clock=self.clock, holder=self.holder,
+                                  lock_ttl=timedelta(minutes=10))
+        return self._runner
+
+    @property
+    def hub(self) -> Hub:
+        if self._hub is None:
+            from hubpilot.adapters.hub import HubClient
+
+            s = self.settings.hub
+            self._hub = HubClient(
+                str(s.api_url),
+                s.token.get_secret_value(),
+                timeout=s.timeout_seconds,
+                retries=s.retries,
+                concurrency=s.concurrency,
+                page_size=s.page_size,
+            )
+        return self._hub
+
+    @property
+    def directory(self) -> Directory:
+        if self._directory is None:
+            self._directory = build_directory(self)
+        return self._directory
+
+    def capability(self, operation: str) -> Capability[Any]:
+        factory = self.factories.get(operation) or _DEFAULT_FACTORIES.get(operation)
+        if factory is None:
+            raise UnknownOperation(operation)
+        return factory(self)
+
+    async def close(self) -> None:
+        if self._hub is not None:
+            await self._hub.close()
+        if self._directory is not None:
+            await self._directory.close()
+        await self.store.close()
+
+
+def build_store(settings: Settings) -> StateStore:
+    s = settings.state
+    if s.kind == "azure":
+        from hubpilot.adapters.store_azure import AzureStore
+
+        return AzureStore.from_settings(
+            connection_string=s.azure_connection_string.get_secret_value()
+            if s.azure_connection_string else None,
+            account_name=s.azure_account_name,
+            endpoint_suffix=s.azure_endpoint_suffix,
+            table_prefix=s.azure_table_prefix,
+            container=s.azure_container,
+        )
+    from hubpilot.adapters.store_sqlite import SqliteStore
+
+    return SqliteStore(s.sqlite_path)
+
+
+def build_directory(ctx: Context) -> Directory:
+    d = ctx.settings.directory
+    if d is None:
+        raise ValueError("no [directory] configured")
+    if d.kind == "file" and d.file is not None:
+        from hubpilot.adapters.filedir import FileDirectory
+
+        return FileDirectory(d.file.path)
+    if d.kind == "ldap" and d.ldap is not None:
+        from hubpilot.adapters.ldap import LdapDirectory
+
+        l = d.ldap  # noqa: E741
+        return LdapDirectory(
+            url=l.url,
+            bind_dn=l.bind_dn,
+            bind_password=l.bind_password.get_secret_value() if l.bind_password else None,
+            base_dn=l.base_dn,
+            group_base_dn=l.group_base_dn,
+            group_name_attribute=l.group_name_attribute,
+            username_attribute=l.username_attribute,
+            nested=l.nested,
+            nested_max_depth=l.nested_max_depth,
+            page_size=l.page_size,
+            timeout=l.timeout_seconds,
+            start_tls=l.start_tls,
+            ca_file=l.ca_file,
+        )
+    if d.kind == "entra" and d.entra is not None:
+        from hubpilot.wiring.entra import build_entra_directory
+
+        return build_entra_directory(ctx)
+    raise ValueError(f"directory kind {d.kind!r} has no section")
+
+
+def _sync(ctx: Context) -> Capability[Any]:
+    from hubpilot.sync import SyncCapability
+
+    return SyncCapability(ctx.directory, ctx.hub, ctx.store, ctx.settings.sync)
+
+
+def _cull(ctx: Context) -> Capability[Any]:
+    from hubpilot.wiring.cull import build_cull
+
+    return build_cull(ctx)
+
+
+def _scale(ctx: Context) -> Capability[Any]:
+    from hubpilot.wiring.scale import build_scale
+
+    return build_scale(ctx)
+
+
+_DEFAULT_FACTORIES: dict[str, Callable[[Context], Capability[Any]]] = {
+    "sync": _sync,
+    "cull": _cull,
+    "scale": _scale,
+}
+
+
+def build_context(settings: Settings, *, clock: Clock = utcnow) -> Context:
+    return Context(settings=settings, store=build_store(settings), clock=clock)

@@ -1,0 +1,7 @@
+"""Shared pytest set-up. Fixtures that start real parts live in tests/fixtures/, one module each."""
+
+pytest_plugins = [
+    "tests.fixtures.hub",
+    "tests.fixtures.slapd",
+    "tests.fixtures.azurite",
+]
