@@ -1,7 +1,106 @@
+"""Settings of the admin HTTP API and its hosts (``[api]``, env ``HUBPILOT_API__...``)."""
+
 from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from hubpilot.config.base import Section
 
+Role = Literal["admin", "reader", "hub"]
+ROLES: tuple[str, ...] = ("admin", "reader", "hub")
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ApiToken(Section):
+    """One bearer token. Only its SHA-256 is configured, never the token itself.
+
+    Make a token and its hash with::
+
+        python -c "import secrets,hashlib; t=secrets.token_urlsafe(32); \\
+print(t); print(hashlib.sha256(t.encode()).hexdigest())"
+
+    Give the first line to the caller and put the second into ``sha256``.
+    """
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$",
+                      description="Who holds the token (shown in the audit log as the actor).")
+    role: Role = Field(description="admin (everything), reader (GET only) or hub (scale demand only).")
+    sha256: str = Field(description="Lowercase hex SHA-256 of the token (64 characters).")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not _SHA256.match(v):
+            raise ValueError(
+                "sha256 must be the 64-character hex SHA-256 of the token "
+                "(python -c \"import hashlib; print(hashlib.sha256(b'TOKEN').hexdigest())\")"
+            )
+        return v
+
+
+def _default_app_roles() -> dict[str, Role]:
+    return {"hubpilot.admin": "admin", "hubpilot.reader": "reader", "hubpilot.hub": "hub"}
+
 
 class ApiSettings(Section):
-    """Settings of the api work (its owner fills this in)."""
+    """The admin API: who may call it, and how runs started over HTTP are executed."""
+
+    tokens: list[ApiToken] = Field(
+        default_factory=list,
+        description="Bearer API tokens, each {name, role, sha256} (JSON list in the environment).",
+    )
+    app_service_auth: bool = Field(
+        False,
+        description="Trust the X-MS-CLIENT-PRINCIPAL header of App Service authentication. Turn on "
+        "only when App Service authentication fronts the app (the header is forgeable otherwise).",
+    )
+    app_roles: dict[str, Role] = Field(
+        default_factory=_default_app_roles,
+        description="Entra ID app role value → hubpilot role (admin, reader, hub).",
+    )
+    run_mode: Literal["inprocess", "queue"] = Field(
+        "inprocess",
+        description="inprocess: a run started over HTTP runs as a task of the server process; "
+        "queue: it is put on a Storage queue and a queue-triggered function runs it (Azure).",
+    )
+    queue_name: str = Field(
+        "hubpilot-runs", pattern=r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$",
+        description="Storage queue of run requests (run_mode=queue).",
+    )
+    queue_connection_string: SecretStr | None = Field(
+        None,
+        description="Storage connection string for the run queue; defaults to "
+        "state.azure_connection_string. The queue trigger reads the app setting named by "
+        "queue_connection_setting.",
+    )
+    queue_connection_setting: str = Field(
+        "AzureWebJobsStorage", pattern=r"^[A-Za-z0-9_]+$",
+        description="Name of the app setting the Functions queue trigger takes its connection from.",
+    )
+    wait_max_seconds: float = Field(
+        120.0, ge=0, le=200,
+        description="Upper bound of ?wait= on POST (Azure cuts HTTP responses at 230 s).",
+    )
+    readiness_timeout_seconds: float = Field(
+        3.0, gt=0, le=30, description="Timeout of each /readyz check (state store, hub)."
+    )
+    docs: bool = Field(True, description="Serve the interactive docs page at /api/v1/docs.")
+    serve_schedules: bool = Field(
+        True, description="hubpilot serve runs the schedules in-process (off: HTTP only)."
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ApiSettings:
+        names = [t.name for t in self.tokens]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"api.tokens: names must be unique; repeated: {', '.join(dupes)}")
+        hashes = [t.sha256 for t in self.tokens]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("api.tokens: two entries carry the same sha256; give each holder its own token")
+        return self

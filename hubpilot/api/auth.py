@@ -1,0 +1,155 @@
+"""Who is calling: bearer API tokens (everywhere) and App Service authentication (Azure).
+
+Roles: ``admin`` (everything), ``reader`` (GET only), ``hub`` (the hub's own scale-demand hook).
+``admin`` satisfies every role. No credentials or unknown credentials → 401; a known caller
+without the role → 403. Tokens are configured as SHA-256 hashes and compared in constant time;
+neither a token nor its hash is ever logged or returned.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, HTTPException, Request, status
+
+from hubpilot.api.deps import get_context
+from hubpilot.config.api import ApiSettings
+from hubpilot.wiring import Context
+
+log = logging.getLogger(__name__)
+
+PRINCIPAL_HEADER = "x-ms-client-principal"
+PRINCIPAL_NAME_HEADER = "x-ms-client-principal-name"
+ROLE_CLAIM_TYPES = ("roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role")
+ROLE_ORDER = ("admin", "reader", "hub")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller. ``role`` is the strongest role held; ``roles`` all of them."""
+
+    name: str
+    role: str
+    roles: frozenset[str] = field(default_factory=frozenset)
+    via: str = "token"
+
+    def has(self, role: str) -> bool:
+        held = self.roles or frozenset({self.role})
+        return "admin" in held or role in held
+
+
+class AuthError(Exception):
+    def __init__(self, status_code: int, detail: str) -> None:
+        self.status_code = status_code
+        self.detail = detail
+        super().__init__(detail)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _strongest(roles: Iterable[str]) -> str:
+    held = set(roles)
+    for r in ROLE_ORDER:
+        if r in held:
+            return r
+    return ""
+
+
+def authenticate_token(settings: ApiSettings, token: str) -> Principal | None:
+    """The principal of a bearer token, or None. Every configured hash is compared (constant time)."""
+    digest = hash_token(token)
+    found: Principal | None = None
+    for t in settings.tokens:
+        if hmac.compare_digest(digest, t.sha256):
+            found = Principal(t.name, t.role, frozenset({t.role}), "token")
+    return found
+
+
+def authenticate_app_service(settings: ApiSettings, header: str, name_header: str | None) -> Principal:
+    """Decode ``X-MS-CLIENT-PRINCIPAL`` (base64 JSON with ``claims``) and map its app roles."""
+    try:
+        data = json.loads(base64.b64decode(header + "=" * (-len(header) % 4), validate=False))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise AuthError(401, "the X-MS-CLIENT-PRINCIPAL header is not base64-encoded JSON") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("claims", []), list):
+        raise AuthError(401, "the X-MS-CLIENT-PRINCIPAL header has no claims list")
+    claims: list[Any] = data.get("claims") or []
+    role_typ = data.get("role_typ")
+    name_typ = data.get("name_typ")
+    role_types = {*ROLE_CLAIM_TYPES, *([role_typ] if isinstance(role_typ, str) else [])}
+    app_roles: set[str] = set()
+    name = name_header or ""
+    for c in claims:
+        if not isinstance(c, dict):
+            continue
+        typ, val = c.get("typ"), c.get("val")
+        if not isinstance(typ, str) or not isinstance(val, str):
+            continue
+        if typ in role_types:
+            app_roles.add(val)
+        elif not name and typ in {name_typ, "name", "preferred_username"}:
+            name = val
+    mapped = {settings.app_roles[r] for r in app_roles if r in settings.app_roles}
+    return Principal(name[:128] or "app-service-principal", _strongest(mapped), frozenset(mapped),
+                     "app_service")
+
+
+def authenticate(settings: ApiSettings, headers: Any) -> Principal:
+    """The caller of a request, from its headers; raises :class:`AuthError` (401) when unknown."""
+    if settings.app_service_auth:
+        header = headers.get(PRINCIPAL_HEADER)
+        if header:
+            return authenticate_app_service(settings, header, headers.get(PRINCIPAL_NAME_HEADER))
+    auth = headers.get("authorization")
+    if not auth:
+        raise AuthError(401, "credentials required: send 'Authorization: Bearer <api token>'")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError(401, "the Authorization header must be 'Bearer <api token>'")
+    principal = authenticate_token(settings, token.strip())
+    if principal is None:
+        raise AuthError(401, "the API token is not valid")
+    return principal
+
+
+def _challenge(exc: AuthError) -> HTTPException:
+    headers = {"WWW-Authenticate": 'Bearer realm="hubpilot"'} if exc.status_code == 401 else None
+    return HTTPException(exc.status_code, exc.detail, headers=headers)
+
+
+def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
+    """A FastAPI dependency: the caller, who must hold one of ``roles`` (admin holds them all).
+
+    Raises 401 without valid credentials and 403 without the role.
+    """
+    wanted = roles or ("admin",)
+
+    async def dependency(request: Request, ctx: Context = Depends(get_context)) -> Principal:
+        try:
+            principal = authenticate(ctx.settings.api, request.headers)
+        except AuthError as exc:
+            log.info("refused %s %s: %s", request.method, request.url.path, exc.detail)
+            raise _challenge(exc) from None
+        if not any(principal.has(r) for r in wanted):
+            log.info("forbidden %s %s for %s (role %s)", request.method, request.url.path,
+                     principal.name, principal.role or "none")
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"this endpoint needs the role {' or '.join(wanted)}; "
+                f"{principal.name} has {principal.role or 'no hubpilot role'}",
+            )
+        request.state.principal = principal
+        return principal
+
+    dependency.__name__ = f"require_role_{'_'.join(wanted)}"
+    return dependency

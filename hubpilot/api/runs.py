@@ -1,0 +1,222 @@
+"""Starting runs over HTTP: a run outlives its request.
+
+``start_run`` checks the operation's lock (so a second POST gets its 409 at once), writes a
+``queued`` run document (so ``GET /runs/{id}`` never 404s) and then either starts the run as a
+task of this process (``api.run_mode = "inprocess"``: ``hubpilot serve``) or puts a run request
+on a Storage queue for the queue-triggered function (``"queue"``: Azure Functions, where work
+after the response may be frozen). Either way the run itself is :meth:`Runner.run`, the same
+call the CLI and the timers make, so it leaves the same audit entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hubpilot.loop import RUN_KEY, LockHeld, Outcome, RunRecord, new_run_id
+from hubpilot.wiring import OPERATIONS, Context, UnknownOperation
+
+log = logging.getLogger(__name__)
+
+QUEUED = "queued"
+FINAL_OUTCOMES = frozenset({str(o) for o in Outcome if o not in (Outcome.RUNNING,)})
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the queue carries: enough to run exactly the requested run under its id."""
+
+    run_id: str
+    operation: str
+    trigger: str
+    actor: str
+    approve: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "operation": self.operation, "trigger": self.trigger,
+                "actor": self.actor, "approve": self.approve}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunRequest:
+        try:
+            req = cls(str(data["run_id"]), str(data["operation"]), str(data["trigger"]),
+                      str(data["actor"]), str(data["approve"]) if data.get("approve") else None)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"a run request needs run_id, operation, trigger and actor: {exc}") from exc
+        if req.operation not in OPERATIONS:
+            raise ValueError(f"unknown operation {req.operation!r} in run request")
+        return req
+
+
+# In-process bookkeeping: tasks by run id, and the run queued per (context, operation) that has
+# not taken the lock yet (so a second POST in that window also gets its 409).
+_tasks: dict[str, asyncio.Task[RunRecord | None]] = {}
+_pending: dict[tuple[int, str], str] = {}
+
+
+async def check_lock(ctx: Context, operation: str) -> None:
+    """Raise LockHeld when a run of ``operation`` holds the lock or is about to take it."""
+    lease = await ctx.store.read_lock(operation, ctx.clock())
+    if lease is not None:
+        raise LockHeld(operation, lease)
+    pending = _pending.get((id(ctx), operation))
+    if pending is not None and pending in _tasks:
+        raise LockHeld(operation, None)
+
+
+def _queued_doc(ctx: Context, req: RunRequest) -> dict[str, Any]:
+    return {
+        "run_id": req.run_id, "operation": req.operation, "trigger": req.trigger, "actor": req.actor,
+        "started": ctx.clock().isoformat(), "finished": None, "outcome": QUEUED, "dry_run": False,
+        "plan_id": None, "plan": None, "refusal": [], "results": [], "result_counts": {},
+        "error": None, "approved_plan": req.approve,
+    }
+
+
+async def start_run(ctx: Context, operation: str, *, trigger: str, actor: str,
+                    approve: str | None = None) -> str:
+    """Start a run in the background and return its id.
+
+    Raises :class:`LockHeld` when the operation's lock is held (checked first, so the caller can
+    answer 409 at once) and :class:`UnknownOperation` for an operation hubpilot does not know.
+    """
+    if operation not in OPERATIONS and operation not in ctx.factories:
+        raise UnknownOperation(operation)
+    await check_lock(ctx, operation)
+    req = RunRequest(new_run_id(), operation, trigger, actor, approve)
+    await ctx.store.put(RUN_KEY.format(run_id=req.run_id), _queued_doc(ctx, req))
+    if ctx.settings.api.run_mode == "queue":
+        await enqueue(ctx, req)
+        return req.run_id
+    task = asyncio.create_task(execute_run(ctx, req), name=f"hubpilot-{operation}-{req.run_id}")
+    _tasks[req.run_id] = task
+    _pending[(id(ctx), operation)] = req.run_id
+
+    def done(t: asyncio.Task[RunRecord | None]) -> None:
+        _tasks.pop(req.run_id, None)
+        if _pending.get((id(ctx), operation)) == req.run_id:
+            _pending.pop((id(ctx), operation), None)
+
+    task.add_done_callback(done)
+    return req.run_id
+
+
+async def execute_run(ctx: Context, req: RunRequest) -> RunRecord | None:
+    """Run a requested run under its id (in-process task or queue trigger). Never raises.
+
+    A run that finds the lock taken (another process started one in between) is recorded as
+    failed with the holder, so ``GET /runs/{id}`` tells what happened.
+    """
+    try:
+        cap = ctx.capability(req.operation)
+        if req.approve is not None:
+            return await ctx.runner.approve(cap, req.approve, actor=req.actor, run_id=req.run_id)
+        return await ctx.runner.run(cap, trigger=req.trigger, actor=req.actor, run_id=req.run_id)
+    except LockHeld as exc:
+        await _record_unstarted(ctx, req, f"LockHeld: {exc}")
+    except Exception as exc:
+        log.exception("%s run %s could not run", req.operation, req.run_id)
+        await _record_unstarted(ctx, req, f"{type(exc).__name__}: {exc}")
+    return None
+
+
+async def _record_unstarted(ctx: Context, req: RunRequest, error: str) -> None:
+    doc = _queued_doc(ctx, req)
+    existing = await ctx.store.get(RUN_KEY.format(run_id=req.run_id))
+    if existing:
+        doc["started"] = existing.get("started", doc["started"])
+    doc.update({"outcome": str(Outcome.FAILED), "finished": ctx.clock().isoformat(), "error": error})
+    try:
+        await ctx.store.put(RUN_KEY.format(run_id=req.run_id), doc)
+    except Exception:
+        log.exception("could not record run %s", req.run_id)
+
+
+async def read_run(ctx: Context, run_id: str) -> dict[str, Any] | None:
+    """The run document: queued, running or finished."""
+    return await ctx.store.get(RUN_KEY.format(run_id=run_id))
+
+
+async def wait_for_run(ctx: Context, run_id: str, seconds: float) -> dict[str, Any] | None:
+    """Wait up to ``seconds`` for the run to finish; return its document either way."""
+    if seconds > 0:
+        task = _tasks.get(run_id)
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), seconds)
+            except TimeoutError:
+                pass
+        elif ctx.settings.api.run_mode == "queue":
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + seconds
+            while loop.time() < deadline:
+                doc = await read_run(ctx, run_id)
+                if doc and doc.get("outcome") in FINAL_OUTCOMES:
+                    return doc
+                await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
+    return await read_run(ctx, run_id)
+
+
+def is_final(doc: Mapping[str, Any]) -> bool:
+    return doc.get("outcome") in FINAL_OUTCOMES
+
+
+def record_to_json(record: RunRecord) -> dict[str, Any]:
+    return record.to_json()
+
+
+# --- the Storage queue (run_mode = "queue") -------------------------------------------------------
+
+def queue_connection_string(ctx: Context) -> str:
+    api, state = ctx.settings.api, ctx.settings.state
+    secret = api.queue_connection_string or state.azure_connection_string
+    if secret is None:
+        raise RuntimeError(
+            "api.run_mode is 'queue' but neither api.queue_connection_string nor "
+            "state.azure_connection_string is set (HUBPILOT_API__QUEUE_CONNECTION_STRING)"
+        )
+    return secret.get_secret_value()
+
+
+async def enqueue(ctx: Context, req: RunRequest) -> None:
+    """Put a run request on the run queue (base64, as the Functions queue trigger expects)."""
+    from azure.core.exceptions import ResourceExistsError
+    from azure.storage.queue import TextBase64EncodePolicy
+    from azure.storage.queue.aio import QueueClient
+
+    client = QueueClient.from_connection_string(
+        queue_connection_string(ctx), ctx.settings.api.queue_name,
+        message_encode_policy=TextBase64EncodePolicy(),
+    )
+    async with client:
+        try:
+            await client.create_queue()
+        except ResourceExistsError:
+            pass
+        await client.send_message(json.dumps(req.to_json()))
+
+
+def parse_queue_message(body: str | bytes) -> RunRequest:
+    """A run request from a queue message body (already base64-decoded by the trigger)."""
+    text = body.decode("utf-8") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"a run request must be a JSON object: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError("a run request must be a JSON object")
+    return RunRequest.from_json(data)
+
+
+async def drain_tasks() -> None:
+    """Wait for the runs this process started (server shutdown, tests)."""
+    while _tasks:
+        await asyncio.gather(*list(_tasks.values()), return_exceptions=True)
+
+
+__all__ = ["QUEUED", "RunRecord", "RunRequest", "check_lock", "drain_tasks", "enqueue", "execute_run",
+           "parse_queue_message", "read_run", "start_run", "wait_for_run"]
