@@ -1,7 +1,105 @@
+"""Settings of the cull work: which idle servers are stopped, when, and how many at once.
+
+The options mirror jupyterhub-idle-culler 2.0 (``--timeout``, ``--max-age``, ``--cull-users``,
+``--cull-admin-users``, ``--remove-named-servers``, ``--cull-default-servers``,
+``--cull-named-servers``, ``--concurrency``); the page size of the listing is ``hub.page_size``.
+See docs/cull.md.
+"""
+
 from __future__ import annotations
 
-from hubpilot.config.base import Section
+from pydantic import Field, field_validator, model_validator
+
+from hubpilot.config.base import NCronTab, Section
+
+
+class CullPolicy(Section):
+    """A timeout and max age for the servers it matches. The first matching policy wins."""
+
+    name: str = Field(..., min_length=1, max_length=64, description="Shown in plan reasons.")
+    match_profile: str | None = Field(
+        None,
+        description="Glob on the server's spawn profile (user_options['profile'], the kubespawner "
+        "profile slug); unset matches any profile (and servers without one).",
+    )
+    match_group: str | None = Field(
+        None, description="Glob on the user's hub groups (any group matching is enough); unset matches all."
+    )
+    inactivity_timeout: int | None = Field(
+        None, ge=0,
+        description="Seconds idle before a stop; 0 never stops for inactivity; unset uses the default.",
+    )
+    max_age: int | None = Field(
+        None, ge=0,
+        description="Seconds since start before a stop, busy or not; 0 none; unset uses the default.",
+    )
 
 
 class CullSettings(Section):
-    """Settings of the cull work (its owner fills this in)."""
+    """Culling idle servers through the JupyterHub REST API (replaces z2jh's own culler)."""
+
+    schedule: NCronTab = Field("0 */10 * * * *", description="NCRONTAB of the scheduled cull round.")
+    inactivity_timeout: int = Field(
+        3600, ge=0,
+        description="Seconds without activity before a server is stopped (0: never for inactivity). "
+        "Must exceed the hub's activity-update interval.",
+    )
+    max_age: int = Field(
+        0, ge=0, description="Seconds since a server started before it is stopped even if active (0: none)."
+    )
+    activity_interval: int = Field(
+        300, ge=1,
+        description="The single-user servers' JUPYTERHUB_ACTIVITY_INTERVAL (seconds); "
+        "timeouts must exceed it.",
+    )
+    cull_default_servers: bool = Field(True, description="Cull default (unnamed) servers.")
+    cull_named_servers: bool = Field(True, description="Cull named servers.")
+    remove_named_servers: bool = Field(
+        False, description="Remove culled named servers from the hub (their state; never a volume)."
+    )
+    cull_users: bool = Field(
+        False,
+        description="Look for long-inactive users (no running server, inactive beyond the timeout). "
+        "Only reported unless delete_users is set.",
+    )
+    cull_admin_users: bool = Field(True, description="With cull_users: include admin users.")
+    delete_users: bool = Field(
+        False,
+        description="With cull_users: DELETE long-inactive users (in z2jh this deletes their volume). "
+        "Off by default.",
+    )
+    policies: list[CullPolicy] = Field(
+        default_factory=list, description="Per-profile / per-group policies, first match wins (JSON list)."
+    )
+    concurrency: int = Field(20, ge=1, le=200, description="Server stops in flight at once.")
+    max_stops_per_round: int = Field(
+        100, ge=0, description="Refuse a plan that stops more servers than this (an admin can approve it)."
+    )
+    max_user_deletions_per_round: int = Field(
+        10, ge=0, description="With delete_users: refuse a plan that deletes more users than this."
+    )
+
+    @field_validator("policies")
+    @classmethod
+    def _unique_names(cls, v: list[CullPolicy]) -> list[CullPolicy]:
+        names = [p.name for p in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"policy names must be unique; repeated: {', '.join(dupes)}")
+        return v
+
+    @model_validator(mode="after")
+    def _timeouts_exceed_activity_interval(self) -> CullSettings:
+        """A timeout at or below the activity interval would cull servers that are in use."""
+        checks = [("cull.inactivity_timeout", self.inactivity_timeout)] + [
+            (f"cull.policies[{p.name}].inactivity_timeout", p.inactivity_timeout) for p in self.policies
+        ]
+        bad = [f"{where}={value}" for where, value in checks
+               if value is not None and 0 < value <= self.activity_interval]
+        if bad:
+            raise ValueError(
+                f"{', '.join(bad)}: an inactivity timeout must exceed the hub's activity-update "
+                f"interval (cull.activity_interval={self.activity_interval} s), or servers in use "
+                "look idle between two activity reports; raise the timeout (or lower the interval)"
+            )
+        return self

@@ -1,0 +1,86 @@
+"""The cull capability: observe (one paged read) → plan → guard → apply (parallel stops)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from hubpilot.config.cull import CullSettings
+from hubpilot.cull.plan import (
+    DELETE_USER,
+    OPERATION,
+    REMOVE,
+    STOP,
+    STOP_KINDS,
+    CullObserved,
+    guard_cull,
+    plan_cull,
+)
+from hubpilot.loop import Action, ActionResult, Plan, Progress, Status, run_actions
+from hubpilot.ports.hub import Hub, StopResult
+
+_STOP_STATUS = {
+    StopResult.STOPPED: (Status.DONE, "stopped"),
+    StopResult.PENDING: (Status.PENDING, "slow stop: the hub answered 202, still stopping"),
+    StopResult.NOT_RUNNING: (Status.NOOP, "already stopped"),
+}
+
+
+class CullCapability:
+    """Stops idle servers. Policy (``CullSettings``) is bound here; ``plan`` and ``guard`` are pure."""
+
+    def __init__(self, hub: Hub, settings: CullSettings) -> None:
+        self.hub = hub
+        self.settings = settings
+
+    @property
+    def name(self) -> str:
+        return OPERATION
+
+    async def observe(self) -> CullObserved:
+        ready = await self.hub.list_users(state="ready")
+        inactive = await self.hub.list_users(state="inactive") if self.settings.cull_users else []
+        return CullObserved(tuple(ready), tuple(inactive))
+
+    def plan(self, observed: CullObserved, now: datetime) -> Plan:
+        return plan_cull(observed, self.settings, now)
+
+    def guard(self, observed: CullObserved, plan: Plan) -> Sequence[str]:
+        return guard_cull(self.settings, plan)
+
+    async def apply(self, plan: Plan, observed: CullObserved, progress: Progress) -> list[ActionResult]:
+        stop_status: dict[str, list[Status]] = {}
+
+        async def perform(action: Action) -> ActionResult:
+            user = str(action.params.get("user", action.target))
+            if action.kind in STOP_KINDS:
+                server = str(action.params.get("server", ""))
+                try:
+                    if action.kind == REMOVE:
+                        outcome = await self.hub.delete_server(user, server)
+                    else:
+                        outcome = await self.hub.stop_server(user, server)
+                except Exception:
+                    stop_status.setdefault(user, []).append(Status.FAILED)
+                    raise
+                status, detail = _STOP_STATUS[outcome]
+                if action.kind == REMOVE and status is not Status.PENDING:
+                    detail = f"{detail}; removed" if status is Status.DONE else "already removed or stopped"
+                stop_status.setdefault(user, []).append(status)
+                return ActionResult(action, status, detail)
+            if action.kind == DELETE_USER:
+                if not self.settings.delete_users:
+                    return ActionResult(action, Status.SKIPPED, "cull.delete_users is off")
+                unfinished = [s for s in stop_status.get(user, []) if s not in (Status.DONE, Status.NOOP)]
+                if unfinished:
+                    return ActionResult(action, Status.SKIPPED, "a server of this user has not stopped")
+                existed = await self.hub.delete_user(user)
+                return ActionResult(action, Status.DONE if existed else Status.NOOP,
+                                    "deleted" if existed else "already gone")
+            return ActionResult(action, Status.SKIPPED, f"cull does not perform {action.kind}")
+
+        return await run_actions(plan.actions, perform, concurrency=self.settings.concurrency,
+                                 progress=progress)
+
+
+__all__ = ["DELETE_USER", "REMOVE", "STOP", "CullCapability"]

@@ -1,0 +1,176 @@
+"""The pure part of culling: observed hub state + settings + now → a plan, and its guard.
+
+Semantics follow jupyterhub-idle-culler 2.0: servers with a pending spawn or stop and servers
+that are not ready are left alone; inactivity is measured from the server's ``last_activity``,
+falling back to ``started``; a server is stopped when idle beyond its timeout, or (``max_age``)
+when it has run longer than that, active or not. Differences (all safer): the default/named
+switches also govern max-age stops, and users are only reported unless deletion is enabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from hubpilot.config.cull import CullSettings
+from hubpilot.cull.policy import Limits, human, limits_for, profile_of
+from hubpilot.loop import Action, Plan
+from hubpilot.ports.hub import HubServer, HubUser
+
+OPERATION = "cull"
+STOP = "stop_server"
+REMOVE = "remove_server"
+DELETE_USER = "delete_user"
+STOP_KINDS = frozenset({STOP, REMOVE})
+
+
+@dataclass(frozen=True)
+class CullObserved:
+    """What one round read from the hub: users with ready servers (one paged ``state=ready``
+    listing) and, only when ``cull_users`` is on, users without running servers."""
+
+    ready: tuple[HubUser, ...]
+    inactive: tuple[HubUser, ...] = ()
+
+
+def server_target(user: str, server: str) -> str:
+    return f"{user}/{server}" if server else user
+
+
+def _verdict(server: HubServer, limits: Limits, now: datetime) -> tuple[bool, str]:
+    """(stop?, why) for one ready, non-pending server."""
+    age = now - server.started if server.started else None
+    since = server.last_activity or server.started
+    idle = now - since if since else None
+    label = f"policy {limits.policy}"
+    if idle is not None and limits.inactivity_timeout is not None and idle >= limits.inactivity_timeout:
+        return True, f"idle for {human(idle)} ({label}: {human(limits.inactivity_timeout)})"
+    if age is not None and limits.max_age is not None and age >= limits.max_age:
+        idle_text = f", idle for {human(idle)}" if idle is not None else ""
+        limit = human(limits.max_age)
+        return True, f"max age: running for {human(age)}{idle_text} ({label}: max age {limit})"
+    if idle is None:
+        return False, f"no last_activity and no started time ({label})"
+    if limits.inactivity_timeout is None:
+        return False, f"active {human(idle)} ago ({label}: no inactivity timeout)"
+    return False, f"active {human(idle)} ago ({label}: {human(limits.inactivity_timeout)})"
+
+
+def _user_verdict(user: HubUser, settings: CullSettings, now: datetime) -> str | None:
+    """Why a user with no running server counts as long-inactive, or None."""
+    if user.admin and not settings.cull_admin_users:
+        return None
+    since = user.last_activity or user.created
+    if since is None:
+        return None
+    inactive = now - since
+    timeout = timedelta(seconds=settings.inactivity_timeout) if settings.inactivity_timeout else None
+    if timeout is not None and inactive >= timeout:
+        return f"inactive for {human(inactive)} (timeout {human(timeout)})"
+    if settings.max_age and user.created and now - user.created >= timedelta(seconds=settings.max_age):
+        limit = human(timedelta(seconds=settings.max_age))
+        return f"created {human(now - user.created)} ago (max age {limit})"
+    return None
+
+
+def plan_cull(observed: CullObserved, settings: CullSettings, now: datetime) -> Plan:
+    """Pure: one action per server to stop (with its reason), a note per server kept or skipped."""
+    actions: list[Action] = []
+    notes: list[str] = []
+    per_policy: dict[str, int] = {}
+    kept = skipped = 0
+    culled_users: dict[str, bool] = {}  # user -> every server of theirs is being stopped
+    for user in sorted(observed.ready, key=lambda u: u.name):
+        all_stopped = True
+        for name in sorted(user.servers):
+            server = user.servers[name]
+            target = server_target(user.name, name)
+            if server.pending:
+                notes.append(f"skipped {target}: pending {server.pending}")
+                skipped += 1
+                all_stopped = False
+                continue
+            if not server.ready:
+                notes.append(f"skipped {target}: not ready")
+                skipped += 1
+                all_stopped = False
+                continue
+            limits = limits_for(settings, server, user.groups)
+            stop, why = _verdict(server, limits, now)
+            allowed = settings.cull_named_servers if name else settings.cull_default_servers
+            if stop and not allowed:
+                kind = "named" if name else "default"
+                notes.append(f"kept {target}: {why}, but culling {kind} servers is off")
+                kept += 1
+                all_stopped = False
+                continue
+            if not stop:
+                notes.append(f"kept {target}: {why}")
+                kept += 1
+                all_stopped = False
+                continue
+            kind = REMOVE if name and settings.remove_named_servers else STOP
+            params: dict[str, Any] = {"user": user.name, "server": name}
+            profile = profile_of(server)
+            reason = why if profile is None else f"{why}, profile {profile}"
+            actions.append(Action(kind, target, phase=0, params=params, reason=reason))
+            per_policy[limits.policy] = per_policy.get(limits.policy, 0) + 1
+        culled_users[user.name] = all_stopped
+
+    inactive_users: list[dict[str, str]] = []
+    if settings.cull_users:
+        # Users whose every server is stopped this round, and users with no running server.
+        candidates = [u for u in observed.ready if culled_users.get(u.name)] + [
+            u for u in observed.inactive if not any(s.ready or s.pending for s in u.servers.values())
+            and u.name not in culled_users
+        ]
+        for user in sorted(candidates, key=lambda u: u.name):
+            verdict = _user_verdict(user, settings, now)
+            if verdict is None:
+                continue
+            inactive_users.append({"user": user.name, "reason": verdict})
+            if settings.delete_users:
+                actions.append(Action(DELETE_USER, user.name, phase=1, params={"user": user.name},
+                                      reason=f"{verdict}; delete_users is on"))
+            else:
+                notes.append(f"long-inactive user {user.name}: {verdict} (reported only; delete_users is off)")
+
+    facts = {
+        "servers_seen": sum(len(u.servers) for u in observed.ready),
+        "to_stop": sum(1 for a in actions if a.kind in STOP_KINDS),
+        "kept": kept,
+        "skipped": skipped,
+        "stops_by_policy": per_policy,
+        "inactive_users": inactive_users,
+        "now": now.isoformat(),
+    }
+    return Plan.build(OPERATION, actions, notes, facts)
+
+
+def guard_cull(settings: CullSettings, plan: Plan) -> list[str]:
+    """Pure: reasons to refuse the plan (an admin can approve a refused plan)."""
+    reasons: list[str] = []
+    stops = sum(1 for a in plan.actions if a.kind in STOP_KINDS)
+    if stops > settings.max_stops_per_round:
+        reasons.append(
+            f"the plan stops {stops} servers, more than cull.max_stops_per_round="
+            f"{settings.max_stops_per_round}; review it and approve it, or raise the limit"
+        )
+    deletions = [a for a in plan.actions if a.kind == DELETE_USER]
+    if deletions and not settings.delete_users:
+        reasons.append(f"the plan deletes {len(deletions)} users but cull.delete_users is off")
+    if len(deletions) > settings.max_user_deletions_per_round:
+        reasons.append(
+            f"the plan deletes {len(deletions)} users, more than cull.max_user_deletions_per_round="
+            f"{settings.max_user_deletions_per_round}; review it and approve it, or raise the limit"
+        )
+    unknown = sorted({a.kind for a in plan.actions} - STOP_KINDS - {DELETE_USER})
+    if unknown:
+        reasons.append(f"the plan holds actions cull does not perform: {', '.join(unknown)}")
+    return reasons
+
+
+def stops_of(plan: Plan) -> Sequence[Action]:
+    return [a for a in plan.actions if a.kind in STOP_KINDS]
