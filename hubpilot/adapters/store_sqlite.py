@@ -1,0 +1,345 @@
+"""The state store in one SQLite file: the local default (CLI, local server, on-prem).
+
+Safe with several processes on one file (a timer-driven server and a CLI run): the file is in
+WAL mode, every write is a ``BEGIN IMMEDIATE`` transaction (so exactly one of several lock
+acquirers wins) and a busy timeout makes writers queue instead of failing. The sqlite3 work runs
+in a worker thread so the event loop never waits on the disk or on another process's lock.
+
+Tables: ``locks`` (one row per lock), ``audit`` (append-only; triggers refuse UPDATE and DELETE)
+and ``docs`` (key, JSON, etag). The schema is created on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hubpilot.ports.store import ConflictError, Lease, StoreError
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS locks (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_us INTEGER NOT NULL,
+    token TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_us INTEGER NOT NULL,
+    operation TEXT NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_order ON audit (at_us DESC, id DESC);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
+CREATE TABLE IF NOT EXISTS docs (
+    key TEXT PRIMARY KEY,
+    json TEXT NOT NULL,
+    etag TEXT NOT NULL
+);
+"""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_micros(when: datetime, what: str = "time") -> int:
+    """Microseconds since the epoch of a timezone-aware datetime (naive ones are refused)."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got naive {when.isoformat()}")
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def audit_time(entry: Mapping[str, Any]) -> datetime:
+    """The ``at`` of an audit entry, validated (ISO time; naive means UTC)."""
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"an audit entry must be a JSON object, got {type(entry).__name__}")
+    at, operation = entry.get("at"), entry.get("operation")
+    if not isinstance(operation, str) or not operation:
+        raise ValueError("an audit entry needs a non-empty string 'operation'")
+    if isinstance(at, datetime):
+        when = at
+    elif isinstance(at, str):
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            raise ValueError(f"audit entry 'at' is not an ISO time: {at!r}") from None
+    else:
+        raise ValueError("an audit entry needs 'at', an ISO time string")
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def dump_json(value: Mapping[str, Any], what: str) -> str:
+    """Serialise a JSON object, or say clearly why it cannot be stored."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
+    try:
+        return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                          default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is not storable as JSON: {exc}") from None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def load_json(text: str | bytes, what: str) -> dict[str, Any]:
+    """Parse a stored JSON object; anything else is a StoreError naming what was read."""
+    try:
+        value = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{what} holds corrupt JSON ({exc}); fix or delete it") from None
+    if not isinstance(value, dict):
+        raise StoreError(f"{what} holds {type(value).__name__}, not a JSON object; fix or delete it")
+    return value
+
+
+def _new_token() -> str:
+    return uuid.uuid4().hex
+
+
+class SqliteStore:
+    """:class:`hubpilot.ports.store.StateStore` in a SQLite file (``":memory:"`` for one process)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
+        self.path = str(path)
+        self.busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._mutex = threading.Lock()
+
+    # --- plumbing --------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        try:
+            if self.path != ":memory:" and not self.path.startswith("file:"):
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the state file {self.path!r}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot set up the state file {self.path!r}: {exc}") from exc
+        self._conn = conn
+        return conn
+
+    def _sync(self, work: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        with self._mutex:
+            conn = self._connect()
+            try:
+                if not write:
+                    return work(conn)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+            except sqlite3.Error as exc:
+                raise StoreError(f"state file {self.path!r}: {exc}") from exc
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+        return await asyncio.to_thread(self._sync, work, write=write)
+
+    # --- locks -----------------------------------------------------------------------------
+    async def acquire_lock(self, name: str, holder: str, ttl: timedelta, now: datetime) -> Lease | None:
+        now_us, expires = to_micros(now, "now"), to_micros(now + ttl)
+
+        def work(conn: sqlite3.Connection) -> Lease | None:
+            row = conn.execute("SELECT expires_us FROM locks WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] > now_us:
+                return None
+            token = _new_token()
+            conn.execute(
+                "INSERT INTO locks (name, holder, expires_us, token) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "expires_us = excluded.expires_us, token = excluded.token",
+                (name, holder, expires, token),
+            )
+            return Lease(name, holder, from_micros(expires), token)
+
+        return await self._run(work, write=True)
+
+    async def renew_lock(self, lease: Lease, ttl: timedelta, now: datetime) -> Lease | None:
+        expires = to_micros(now + ttl, "now")
+
+        def work(conn: sqlite3.Connection) -> Lease | None:
+            token = _new_token()
+            cur = conn.execute(
+                "UPDATE locks SET expires_us = ?, token = ? WHERE name = ? AND token = ?",
+                (expires, token, lease.name, lease.token),
+            )
+            if cur.rowcount != 1:
+                return None
+            return Lease(lease.name, lease.holder, from_micros(expires), token)
+
+        return await self._run(work, write=True)
+
+    async def release_lock(self, lease: Lease) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM locks WHERE name = ? AND token = ?", (lease.name, lease.token))
+
+        await self._run(work, write=True)
+
+    async def read_lock(self, name: str, now: datetime) -> Lease | None:
+        now_us = to_micros(now, "now")
+
+        def work(conn: sqlite3.Connection) -> Lease | None:
+            row = conn.execute(
+                "SELECT holder, expires_us, token FROM locks WHERE name = ? AND expires_us > ?",
+                (name, now_us),
+            ).fetchone()
+            return Lease(name, row[0], from_micros(row[1]), row[2]) if row else None
+
+        return await self._run(work)
+
+    # --- audit -----------------------------------------------------------------------------
+    async def append_audit(self, entry: Mapping[str, Any]) -> str:
+        at_us = to_micros(audit_time(entry))
+        operation = str(entry["operation"])
+        text = dump_json({k: v for k, v in entry.items() if k != "id"}, "the audit entry")
+
+        def work(conn: sqlite3.Connection) -> str:
+            cur = conn.execute(
+                "INSERT INTO audit (at_us, operation, entry) VALUES (?, ?, ?)", (at_us, operation, text)
+            )
+            return str(cur.lastrowid)
+
+        return await self._run(work, write=True)
+
+    async def read_audit(
+        self,
+        *,
+        since: datetime | None = None,
+        operation: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        where: list[str] = ["1 = 1"]
+        args: list[Any] = []
+        if since is not None:
+            where.append("at_us >= ?")
+            args.append(to_micros(since, "since"))
+        if operation is not None:
+            where.append("operation = ?")
+            args.append(operation)
+        if cursor is not None:
+            try:
+                c_at, c_id = (int(part) for part in cursor.split(":", 1))
+            except ValueError:
+                raise ValueError(f"not an audit cursor of this store: {cursor!r}") from None
+            where.append("(at_us < ? OR (at_us = ? AND id < ?))")
+            args += [c_at, c_at, c_id]
+        sql = (f"SELECT id, at_us, entry FROM audit WHERE {' AND '.join(where)} "  # noqa: S608
+               "ORDER BY at_us DESC, id DESC LIMIT ?")
+        args.append(limit + 1)
+
+        def work(conn: sqlite3.Connection) -> list[tuple[int, int, str]]:
+            return list(conn.execute(sql, args).fetchall())
+
+        rows = await self._run(work)
+        entries = []
+        for row_id, _, text in rows[:limit]:
+            entry = load_json(text, f"audit entry {row_id}")
+            entry["id"] = str(row_id)
+            entries.append(entry)
+        more = len(rows) > limit
+        next_cursor = f"{rows[limit - 1][1]}:{rows[limit - 1][0]}" if more else None
+        return entries, next_cursor
+
+    # --- documents -------------------------------------------------------------------------
+    async def get(self, key: str) -> dict[str, Any] | None:
+        found = await self.get_with_etag(key)
+        return found[0] if found else None
+
+    async def get_with_etag(self, key: str) -> tuple[dict[str, Any], str] | None:
+        def work(conn: sqlite3.Connection) -> tuple[str, str] | None:
+            row = conn.execute("SELECT json, etag FROM docs WHERE key = ?", (key,)).fetchone()
+            return (row[0], row[1]) if row else None
+
+        row = await self._run(work)
+        if row is None:
+            return None
+        return load_json(row[0], f"document {key!r}"), row[1]
+
+    async def put(self, key: str, doc: Mapping[str, Any], *, if_match: str | None = None) -> str:
+        if not key:
+            raise ValueError("a document key must not be empty")
+        text = dump_json(doc, f"document {key!r}")
+
+        def work(conn: sqlite3.Connection) -> str:
+            row = conn.execute("SELECT etag FROM docs WHERE key = ?", (key,)).fetchone()
+            if if_match == "" and row is not None:
+                raise ConflictError(f"document {key!r} already exists")
+            if if_match and (row is None or row[0] != if_match):
+                state = "is gone" if row is None else "was changed by another writer"
+                raise ConflictError(f"document {key!r} {state} (expected etag {if_match})")
+            etag = _new_token()
+            conn.execute(
+                "INSERT INTO docs (key, json, etag) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET json = excluded.json, etag = excluded.etag",
+                (key, text, etag),
+            )
+            return etag
+
+        return await self._run(work, write=True)
+
+    async def delete(self, key: str) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM docs WHERE key = ?", (key,))
+
+        await self._run(work, write=True)
+
+    async def list(self, prefix: str) -> dict[str, dict[str, Any]]:
+        def work(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            return list(conn.execute(
+                "SELECT key, json FROM docs WHERE substr(key, 1, ?) = ? ORDER BY key",
+                (len(prefix), prefix),
+            ).fetchall())
+
+        rows = await self._run(work)
+        return {key: load_json(text, f"document {key!r}") for key, text in rows}
+
+    async def close(self) -> None:
+        def work() -> None:
+            with self._mutex:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        await asyncio.to_thread(work)

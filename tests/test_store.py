@@ -1,0 +1,472 @@
+"""Conformance of the state stores: the same tests against SQLite (a temp file) and Azure (Azurite)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.loop import Action, ActionResult, LockHeld, Outcome, Plan, Progress, Runner, Status
+from hubpilot.ports.store import ConflictError, StateStore, StoreError
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TTL = timedelta(minutes=5)
+
+
+def _name(stem: str = "x") -> str:
+    return f"{stem}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
+    s: StateStore
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "state.sqlite3")
+    else:  # pragma: no cover - filled in below
+        raise AssertionError(request.param)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+# --- locks ---------------------------------------------------------------------------------------
+
+async def test_acquire_then_second_acquirer_is_refused(store: StateStore) -> None:
+    name = _name("lock")
+    lease = await store.acquire_lock(name, "a", TTL, T0)
+    assert lease is not None and lease.holder == "a" and lease.name == name
+    assert lease.expires_at == T0 + TTL and lease.token
+    assert await store.acquire_lock(name, "b", TTL, T0 + timedelta(minutes=4)) is None
+    held = await store.read_lock(name, T0 + timedelta(minutes=1))
+    assert held is not None and held.holder == "a" and held.expires_at == T0 + TTL
+    # other names are independent
+    assert await store.acquire_lock(_name("lock"), "b", TTL, T0) is not None
+
+
+async def test_expiry_lets_another_take_it_and_the_old_holder_cannot_renew(store: StateStore) -> None:
+    name = _name("lock")
+    old = await store.acquire_lock(name, "a", TTL, T0)
+    assert old is not None
+    assert await store.read_lock(name, T0 + TTL) is None  # expired exactly at expires_at
+    new = await store.acquire_lock(name, "b", TTL, T0 + TTL + timedelta(seconds=1))
+    assert new is not None and new.holder == "b"
+    assert await store.renew_lock(old, TTL, T0 + TTL + timedelta(seconds=2)) is None
+    held = await store.read_lock(name, T0 + TTL + timedelta(seconds=3))
+    assert held is not None and held.holder == "b"
+
+
+async def test_renew_extends_and_keeps_others_out(store: StateStore) -> None:
+    name = _name("lock")
+    lease = await store.acquire_lock(name, "a", TTL, T0)
+    assert lease is not None
+    later = T0 + timedelta(minutes=4)
+    renewed = await store.renew_lock(lease, TTL, later)
+    assert renewed is not None and renewed.expires_at == later + TTL and renewed.holder == "a"
+    # past the first expiry, the renewed lease still holds
+    assert await store.acquire_lock(name, "b", TTL, T0 + timedelta(minutes=6)) is None
+    again = await store.renew_lock(renewed, TTL, T0 + timedelta(minutes=7))
+    assert again is not None and again.expires_at == T0 + timedelta(minutes=12)
+
+
+async def test_release_frees_the_lock(store: StateStore) -> None:
+    name = _name("lock")
+    lease = await store.acquire_lock(name, "a", TTL, T0)
+    assert lease is not None
+    await store.release_lock(lease)
+    assert await store.read_lock(name, T0) is None
+    other = await store.acquire_lock(name, "b", TTL, T0)
+    assert other is not None and other.holder == "b"
+    await store.release_lock(lease)  # releasing twice is harmless and leaves b alone
+    held = await store.read_lock(name, T0)
+    assert held is not None and held.holder == "b"
+
+
+async def test_release_after_takeover_leaves_the_new_holder(store: StateStore) -> None:
+    name = _name("lock")
+    old = await store.acquire_lock(name, "a", TTL, T0)
+    assert old is not None
+    new = await store.acquire_lock(name, "b", TTL, T0 + TTL * 2)
+    assert new is not None
+    await store.release_lock(old)
+    held = await store.read_lock(name, T0 + TTL * 2)
+    assert held is not None and held.holder == "b" and held.token == new.token
+    assert await store.acquire_lock(name, "c", TTL, T0 + TTL * 2) is None
+
+
+async def test_twenty_concurrent_acquirers_exactly_one_wins(store: StateStore) -> None:
+    name = _name("lock")
+    leases = await asyncio.gather(*(store.acquire_lock(name, f"h{i}", TTL, T0) for i in range(20)))
+    winners = [lease for lease in leases if lease is not None]
+    assert len(winners) == 1
+    held = await store.read_lock(name, T0)
+    assert held is not None and held.holder == winners[0].holder
+
+
+async def test_twenty_concurrent_takeovers_of_an_expired_lease_exactly_one_wins(store: StateStore) -> None:
+    name = _name("lock")
+    assert await store.acquire_lock(name, "old", TTL, T0) is not None
+    later = T0 + TTL * 2
+    leases = await asyncio.gather(*(store.acquire_lock(name, f"h{i}", TTL, later) for i in range(20)))
+    assert len([lease for lease in leases if lease is not None]) == 1
+
+
+async def test_naive_times_are_refused(store: StateStore) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.acquire_lock(_name("lock"), "a", TTL, datetime(2026, 1, 1))
+
+
+_PROCESS_SCRIPT = textwrap.dedent("""
+    import asyncio, sys, time
+    from datetime import UTC, datetime, timedelta
+    from pathlib import Path
+    from hubpilot.adapters.store_sqlite import SqliteStore
+
+    async def main():
+        store = SqliteStore(sys.argv[1])
+        await store.read_lock("warm-up", datetime.now(UTC))
+        go = Path(sys.argv[2])
+        print("ready", flush=True)
+        while not go.exists():
+            time.sleep(0.005)
+        lease = await store.acquire_lock(sys.argv[3], sys.argv[4], timedelta(minutes=5),
+                                         datetime(2026, 3, 1, 12, tzinfo=UTC))
+        print("won" if lease else "lost", flush=True)
+        await store.close()
+
+    asyncio.run(main())
+""")
+
+
+def test_sqlite_lock_across_os_processes(tmp_path: Path) -> None:
+    path, go = tmp_path / "shared.sqlite3", tmp_path / "go"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _PROCESS_SCRIPT, str(path), str(go), "sync", f"p{i}"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]
+    for p in procs:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "ready", p.stderr.read() if p.stderr else ""
+    go.touch()
+    outcomes = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        outcomes.append(out.strip())
+    assert sorted(outcomes) == ["lost", "lost", "lost", "won"]
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+def _entry(op: str, at: datetime, **extra: Any) -> dict[str, Any]:
+    return {"at": at.isoformat(), "operation": op, **extra}
+
+
+async def _walk(store: StateStore, limit: int, **filters: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = await store.read_audit(limit=limit, cursor=cursor, **filters)
+        assert len(page) <= limit
+        out += page
+        if cursor is None:
+            return out
+        assert page, "a cursor must not follow an empty page"
+
+
+async def test_audit_append_and_newest_first(store: StateStore) -> None:
+    op = _name("op")
+    ids = [await store.append_audit(_entry(op, T0 + timedelta(minutes=i), n=i)) for i in range(3)]
+    assert len(set(ids)) == 3
+    page, cursor = await store.read_audit(operation=op)
+    assert cursor is None
+    assert [e["n"] for e in page] == [2, 1, 0]
+    assert [e["id"] for e in page] == ids[::-1]
+    assert page[0]["operation"] == op and page[0]["at"] == (T0 + timedelta(minutes=2)).isoformat()
+
+
+async def test_audit_same_time_keeps_append_order(store: StateStore) -> None:
+    op = _name("op")
+    for i in range(5):
+        await store.append_audit(_entry(op, T0, n=i))
+    page, _ = await store.read_audit(operation=op)
+    assert [e["n"] for e in page] == [4, 3, 2, 1, 0]
+
+
+async def test_audit_since_and_operation_filters(store: StateStore) -> None:
+    a, b = _name("opa"), _name("opb")
+    base = T0 + timedelta(days=30)
+    for i in range(4):
+        await store.append_audit(_entry(a, base + timedelta(hours=i), n=i))
+        await store.append_audit(_entry(b, base + timedelta(hours=i), n=i))
+    page, _ = await store.read_audit(operation=a, since=base + timedelta(hours=2))
+    assert [(e["operation"], e["n"]) for e in page] == [(a, 3), (a, 2)]
+    page, _ = await store.read_audit(since=base + timedelta(hours=3), limit=1000)
+    assert {(e["operation"], e["n"]) for e in page} >= {(a, 3), (b, 3)}
+    assert all(datetime.fromisoformat(e["at"]) >= base + timedelta(hours=3) for e in page)
+    page, _ = await store.read_audit(operation=_name("nobody"))
+    assert page == []
+
+
+async def test_audit_limit_and_cursor_walk_every_entry_once(store: StateStore) -> None:
+    op = _name("op")
+    # some entries share a time, and appends are not in time order
+    times = [T0 + timedelta(seconds=s) for s in (5, 1, 3, 3, 3, 0, 9, 7, 7, 2, 4, 6, 8)]
+    for i, at in enumerate(times):
+        await store.append_audit(_entry(op, at, n=i))
+    for limit in (1, 3, 4, 13, 50):
+        walked = await _walk(store, limit, operation=op)
+        assert sorted(e["n"] for e in walked) == list(range(len(times)))
+        ats = [datetime.fromisoformat(e["at"]) for e in walked]
+        assert ats == sorted(ats, reverse=True)
+    # and with `since` combined
+    walked = await _walk(store, 2, operation=op, since=T0 + timedelta(seconds=3))
+    expected = sorted(i for i, t in enumerate(times) if t >= T0 + timedelta(seconds=3))
+    assert sorted(e["n"] for e in walked) == expected
+
+
+async def test_audit_large_entry_round_trips(store: StateStore) -> None:
+    op = _name("op")
+    actions = [{"kind": "add_user", "target": f"user{i:05d}", "reason": "member of hub-users " * 5}
+               for i in range(25_000)]
+    entry = _entry(op, T0, plan={"actions": actions}, note="é€" * 1000)
+    assert len(str(entry)) > 3_000_000
+    entry_id = await store.append_audit(entry)
+    await store.append_audit(_entry(op, T0 + timedelta(seconds=1), small=True))
+    page, _ = await store.read_audit(operation=op)
+    assert [e.get("small") for e in page] == [True, None]
+    got = page[1]
+    assert got["id"] == entry_id
+    assert got["plan"] == entry["plan"] and got["note"] == entry["note"]
+
+
+async def test_audit_entries_are_not_modifiable(store: StateStore) -> None:
+    op = _name("op")
+    original = _entry(op, T0, detail={"a": 1})
+    entry_id = await store.append_audit(original)
+    original["detail"]["a"] = 2  # the caller's object changing later does not change the log
+    page, _ = await store.read_audit(operation=op)
+    page[0]["detail"]["a"] = 3  # neither does changing what was read
+    again, _ = await store.read_audit(operation=op)
+    assert again[0]["detail"] == {"a": 1} and again[0]["id"] == entry_id
+    # appending "the same" entry adds one; an entry cannot pick its own id
+    second = await store.append_audit({**_entry(op, T0, detail={"a": 1}), "id": entry_id})
+    assert second != entry_id
+    assert len((await store.read_audit(operation=op))[0]) == 2
+
+
+def test_sqlite_audit_refuses_update_and_delete_at_the_file_level(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store = SqliteStore(path)
+    asyncio.run(store.append_audit(_entry("sync", T0)))
+    asyncio.run(store.close())
+    conn = sqlite3.connect(path)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE audit SET operation = 'other'")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM audit")
+    conn.close()
+
+
+async def test_audit_bad_entries_are_refused(store: StateStore) -> None:
+    with pytest.raises(ValueError, match="operation"):
+        await store.append_audit({"at": T0.isoformat()})
+    with pytest.raises(ValueError, match="ISO time"):
+        await store.append_audit({"at": "yesterday", "operation": "sync"})
+    with pytest.raises(ValueError, match="JSON"):
+        await store.append_audit({"at": T0.isoformat(), "operation": "sync", "x": object()})
+    with pytest.raises(ValueError, match="cursor"):
+        await store.read_audit(cursor="not-a-cursor")
+
+
+# --- documents -----------------------------------------------------------------------------------
+
+async def test_put_get_and_etags(store: StateStore) -> None:
+    key = f"runs/{_name()}"
+    assert await store.get(key) is None and await store.get_with_etag(key) is None
+    etag = await store.put(key, {"a": 1, "nested": {"list": [1, "two", None]}, "text": "ünïcode"})
+    assert etag
+    assert await store.get(key) == {"a": 1, "nested": {"list": [1, "two", None]}, "text": "ünïcode"}
+    got = await store.get_with_etag(key)
+    assert got is not None and got[1] == etag
+    etag2 = await store.put(key, {"a": 2})
+    assert etag2 != etag and await store.get(key) == {"a": 2}
+
+
+async def test_conditional_put_wins_then_loses(store: StateStore) -> None:
+    key = f"sync/{_name()}"
+    etag = await store.put(key, {"v": 0})
+    # two writers read the same etag; the first conditional write wins, the second loses
+    won = await store.put(key, {"v": "first"}, if_match=etag)
+    with pytest.raises(ConflictError, match=key):
+        await store.put(key, {"v": "second"}, if_match=etag)
+    assert await store.get_with_etag(key) == ({"v": "first"}, won)
+    # a conditional write on a missing document loses too
+    with pytest.raises(ConflictError):
+        await store.put(f"sync/{_name()}", {"v": 1}, if_match=etag)
+
+
+async def test_concurrent_conditional_puts_exactly_one_wins(store: StateStore) -> None:
+    key = f"sync/{_name()}"
+    etag = await store.put(key, {"v": -1})
+    results = await asyncio.gather(*(store.put(key, {"v": i}, if_match=etag) for i in range(10)),
+                                   return_exceptions=True)
+    wins = [r for r in results if isinstance(r, str)]
+    assert len(wins) == 1
+    assert all(isinstance(r, ConflictError) for r in results if not isinstance(r, str))
+    got = await store.get_with_etag(key)
+    assert got is not None and got[1] == wins[0]
+
+
+async def test_create_only_put(store: StateStore) -> None:
+    key = f"refused/{_name()}"
+    results = await asyncio.gather(*(store.put(key, {"n": i}, if_match="") for i in range(5)),
+                                   return_exceptions=True)
+    assert len([r for r in results if isinstance(r, str)]) == 1
+    assert all(isinstance(r, ConflictError) for r in results if not isinstance(r, str))
+    with pytest.raises(ConflictError, match="exists"):
+        await store.put(key, {"n": 99}, if_match="")
+
+
+async def test_delete_is_idempotent(store: StateStore) -> None:
+    key = f"paused/{_name()}"
+    await store.put(key, {"paused": True})
+    await store.delete(key)
+    assert await store.get(key) is None
+    await store.delete(key)
+    await store.delete(f"never/{_name()}")
+    await store.put(key, {"again": 1}, if_match="")  # a deleted document can be created anew
+    assert await store.get(key) == {"again": 1}
+
+
+async def test_list_by_prefix(store: StateStore) -> None:
+    root = _name("list")
+    docs = {
+        f"{root}/runs/a": {"n": 1},
+        f"{root}/runs/b/c": {"n": 2},
+        f"{root}/runs-other/x": {"n": 3},
+        f"{root}/last_run/sync": {"n": 4},
+    }
+    for key, doc in docs.items():
+        await store.put(key, doc)
+    under_runs = {k: v for k, v in docs.items() if k.startswith(f"{root}/runs/")}
+    assert await store.list(f"{root}/runs/") == under_runs
+    assert await store.list(f"{root}/runs") == {k: v for k, v in docs.items() if "runs" in k}
+    assert await store.list(f"{root}/") == docs
+    assert await store.list(f"{root}/nothing/") == {}
+    await store.delete(f"{root}/runs/a")
+    assert set(await store.list(f"{root}/runs/")) == {f"{root}/runs/b/c"}
+
+
+async def test_large_document(store: StateStore) -> None:
+    key = f"sync/managed-{_name()}"
+    users = {f"user{i:06d}": {"groups": ["hub-users", "gpu"], "pad": "x" * 60} for i in range(50_000)}
+    doc = {"users": users}
+    assert len(str(doc)) > 5_000_000
+    etag = await store.put(key, doc)
+    got = await store.get_with_etag(key)
+    assert got is not None and got == (doc, etag)
+    assert (await store.list(key)) == {key: doc}
+
+
+async def test_bad_documents_are_refused(store: StateStore) -> None:
+    with pytest.raises(ValueError, match="JSON"):
+        await store.put(f"x/{_name()}", {"when": float("nan")})
+    with pytest.raises(ValueError, match="JSON object"):
+        await store.put(f"x/{_name()}", ["not", "an", "object"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        await store.put("", {"a": 1})
+
+
+def test_sqlite_corrupt_row_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store = SqliteStore(path)
+    asyncio.run(store.put("sync/managed", {"ok": True}))
+    asyncio.run(store.append_audit(_entry("sync", T0)))
+    asyncio.run(store.close())
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE docs SET json = '{broken' WHERE key = 'sync/managed'")
+    conn.execute("INSERT INTO docs (key, json, etag) VALUES ('sync/list', '[1,2]', 'e')")
+    conn.execute("INSERT INTO audit (at_us, operation, entry) VALUES (1, 'sync', 'nope')")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    with pytest.raises(StoreError, match="sync/managed"):
+        asyncio.run(store.get("sync/managed"))
+    with pytest.raises(StoreError, match=r"sync/list.*not a JSON object"):
+        asyncio.run(store.get("sync/list"))
+    with pytest.raises(StoreError, match="sync/"):
+        asyncio.run(store.list("sync/"))
+    with pytest.raises(StoreError, match="audit entry"):
+        asyncio.run(store.read_audit())
+    asyncio.run(store.close())
+
+
+def test_sqlite_unopenable_file_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "dir.sqlite3").mkdir()
+    store = SqliteStore(tmp_path / "dir.sqlite3")
+    with pytest.raises(StoreError, match=r"dir\.sqlite3"):
+        asyncio.run(store.get("a"))
+
+
+# --- the runner against the store ----------------------------------------------------------------
+
+class _Gate:
+    """A capability whose apply waits on an event, so two runs overlap for certain."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.applied = 0
+
+    async def observe(self) -> int:
+        return 1
+
+    def plan(self, observed: int, now: datetime) -> Plan:
+        return Plan.build(self.name, [Action("touch", "world", reason="test")])
+
+    def guard(self, observed: int, plan: Plan) -> Sequence[str]:
+        return []
+
+    async def apply(self, plan: Plan, observed: int, progress: Progress) -> list[ActionResult]:
+        self.entered.set()
+        await self.release.wait()
+        self.applied += 1
+        return [ActionResult(a, Status.DONE) for a in plan.actions]
+
+
+async def test_runner_two_concurrent_runs_one_applies_other_gets_lock_held(store: StateStore) -> None:
+    op = _name("op")
+    clock: Callable[[], datetime] = lambda: T0 + timedelta(days=60)  # noqa: E731
+    cap = _Gate(op)
+    first_runner = Runner(store, clock=clock, holder="one")
+    second_runner = Runner(store, clock=clock, holder="two")
+    first = asyncio.create_task(first_runner.run(cap, trigger="timer", actor="timer"))
+    await asyncio.wait_for(cap.entered.wait(), 30)
+    with pytest.raises(LockHeld) as held:
+        await second_runner.run(cap, trigger="manual", actor="cli")
+    assert held.value.lease is not None and held.value.lease.holder.startswith("timer:")
+    cap.release.set()
+    record = await asyncio.wait_for(first, 30)
+    assert record.outcome is Outcome.APPLIED and cap.applied == 1
+    # the lock was released, the run was recorded
+    assert await store.read_lock(op, clock()) is None
+    page, _ = await store.read_audit(operation=op)
+    assert [e["outcome"] for e in page] == ["applied"] and page[0]["run_id"] == record.run_id
+    assert (await first_runner.get_run(record.run_id)) is not None
+    again = await second_runner.run(cap, trigger="manual", actor="cli")
+    assert again.outcome is Outcome.APPLIED and cap.applied == 2
+
