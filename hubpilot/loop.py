@@ -331,6 +331,51 @@ class Capability(Protocol[O]):
     async def apply(self, plan: Plan, observed: O, progress: Progress) -> list[ActionResult]: ...
 
 
+async def run_batches(
+    actions: Sequence[Action],
+    batch_key: Callable[[Action], Any],
+    perform: Callable[[list[Action]], Awaitable[list[ActionResult]]],
+    *,
+    concurrency: int,
+    progress: Progress = no_progress,
+) -> list[ActionResult]:
+    """Perform actions phase by phase; within a phase, actions with the same ``batch_key`` go to
+    ``perform`` together (one bulk request), at most ``concurrency`` batches at once.
+
+    One batch's failure never stops the others: its actions are reported as FAILED with the
+    error, and the next run converges. Results come back in the plan's order.
+    """
+    results: dict[int, ActionResult] = {}
+    sem = asyncio.Semaphore(max(1, concurrency))
+    total = len(actions)
+    done = 0
+
+    async def one(batch: list[tuple[int, Action]]) -> None:
+        nonlocal done
+        items = [a for _, a in batch]
+        async with sem:
+            try:
+                out = await perform(items)
+                if len(out) != len(items):
+                    raise RuntimeError(f"{len(out)} results for {len(items)} actions")
+            except Exception as exc:  # reported per action, never raised past the run
+                log.warning("%d action(s) %s failed: %s", len(items), items[0].describe(), exc)
+                out = [ActionResult(a, Status.FAILED, f"{type(exc).__name__}: {exc}") for a in items]
+        for (i, _), r in zip(batch, out, strict=True):
+            results[i] = r
+        done += len(items)
+        progress(done, total, items[0].describe())
+
+    indexed = list(enumerate(actions))
+    for phase in sorted({a.phase for a in actions}):
+        batches: dict[Any, list[tuple[int, Action]]] = {}
+        for i, a in indexed:
+            if a.phase == phase:
+                batches.setdefault(batch_key(a), []).append((i, a))
+        await asyncio.gather(*(one(b) for b in batches.values()))
+    return [results[i] for i, _ in indexed]
+
+
 async def run_actions(
     actions: Sequence[Action],
     perform: Callable[[Action], Awaitable[ActionResult]],
@@ -338,31 +383,13 @@ async def run_actions(
     concurrency: int,
     progress: Progress = no_progress,
 ) -> list[ActionResult]:
-    """Perform actions phase by phase; within a phase at most ``concurrency`` at once.
+    """Perform actions one by one (no batching): phase by phase, ``concurrency`` at once."""
 
-    One action's failure never stops the others: it is reported as FAILED with the error, and
-    the next run converges. Results come back in the plan's order.
-    """
-    results: dict[int, ActionResult] = {}
-    sem = asyncio.Semaphore(max(1, concurrency))
-    total = len(actions)
-    done = 0
+    async def single(batch: list[Action]) -> list[ActionResult]:
+        return [await perform(batch[0])]
 
-    async def one(i: int, action: Action) -> None:
-        nonlocal done
-        async with sem:
-            try:
-                results[i] = await perform(action)
-            except Exception as exc:  # reported per action, never raised past the run
-                log.warning("action %s failed: %s", action.describe(), exc)
-                results[i] = ActionResult(action, Status.FAILED, f"{type(exc).__name__}: {exc}")
-        done += 1
-        progress(done, total, action.describe())
-
-    indexed = list(enumerate(actions))
-    for phase in sorted({a.phase for a in actions}):
-        await asyncio.gather(*(one(i, a) for i, a in indexed if a.phase == phase))
-    return [results[i] for i, _ in indexed]
+    return await run_batches(actions, lambda a: id(a), single, concurrency=concurrency,
+                             progress=progress)
 
 
 PAUSE_KEY = "paused/{operation}"

@@ -1,0 +1,240 @@
+"""``hubpilot`` — the command line host.
+
+Exit codes every command shares: 0 done (or nothing to do), 1 failed, 2 usage or configuration
+error, 3 refused by the guard, 4 another run holds the lock, 5 paused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+from hubpilot.loop import ExitCode, LockHeld, RunRecord, UnknownPlan
+from hubpilot.settings import Settings, SettingsError, load_settings, settings_reference
+from hubpilot.wiring import OPERATIONS, Context, build_context
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name in some containers
+        return "cli"
+
+
+class _ProgressLine:
+    """A one-line progress display on a terminal; silent when stderr is not one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.active = stream.isatty()
+        self.shown = False
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if not self.active or total < 2:
+            return
+        width = 30
+        filled = int(width * done / total)
+        text = f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {message[:60]:<60}"
+        self.stream.write(text)
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _emit(record: RunRecord, as_json: bool, out: TextIO) -> int:
+    if as_json:
+        json.dump(record.to_json(), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(record.render() + "\n")
+    return int(record.exit_code)
+
+
+async def _with_context(settings: Settings, body: Callable[[Context], Awaitable[int]]) -> int:
+    ctx = build_context(settings)
+    try:
+        return await body(ctx)
+    finally:
+        await ctx.close()
+
+
+async def _run_operation(ctx: Context, operation: str, dry_run: bool, as_json: bool, out: TextIO) -> int:
+    cap = ctx.capability(operation)
+    progress = _ProgressLine(sys.stderr)
+    try:
+        record = await ctx.runner.run(cap, trigger="manual", actor=_actor(), dry_run=dry_run,
+                                      progress=progress)
+    except LockHeld as exc:
+        progress.close()
+        print(f"hubpilot: {exc}", file=sys.stderr)
+        return int(ExitCode.LOCKED)
+    progress.close()
+    return _emit(record, as_json, out)
+
+
+async def _approve(ctx: Context, plan_id: str, as_json: bool, out: TextIO) -> int:
+    try:
+        operation = await ctx.runner.refused_plan_operation(plan_id)
+        record = await ctx.runner.approve(ctx.capability(operation), plan_id, actor=_actor(),
+                                          progress=_ProgressLine(sys.stderr))
+    except UnknownPlan as exc:
+        print(f"hubpilot: {exc}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    except LockHeld as exc:
+        print(f"hubpilot: {exc}", file=sys.stderr)
+        return int(ExitCode.LOCKED)
+    return _emit(record, as_json, out)
+
+
+async def _pause(ctx: Context, operation: str, paused: bool, out: TextIO) -> int:
+    await ctx.runner.set_paused(operation, paused, _actor())
+    out.write(f"{operation} {'paused' if paused else 'resumed'}\n")
+    return int(ExitCode.OK)
+
+
+async def _status(ctx: Context, as_json: bool, out: TextIO) -> int:
+    now = ctx.clock()
+    status: dict[str, Any] = {}
+    for op in OPERATIONS:
+        lease = await ctx.store.read_lock(op, now)
+        status[op] = {
+            "paused": await ctx.runner.is_paused(op),
+            "lock": {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()} if lease else None,
+            "last_run": await ctx.runner.last_run(op),
+        }
+    if as_json:
+        json.dump(status, out, indent=2)
+        out.write("\n")
+    else:
+        for op, st in status.items():
+            last = st["last_run"]
+            line = f"{op:6} " + ("PAUSED " if st["paused"] else "")
+            line += (f"last run {last['at']} {last['outcome']} ({last['trigger']}, {last['actor']})"
+                     if last else "never run")
+            if st["lock"]:
+                line += f"; locked by {st['lock']['holder']}"
+            out.write(line + "\n")
+    return int(ExitCode.OK)
+
+
+async def _audit(ctx: Context, limit: int, operation: str | None, since: str | None, as_json: bool,
+                 out: TextIO) -> int:
+    entries, cursor = await ctx.store.read_audit(
+        since=datetime.fromisoformat(since) if since else None, operation=operation, limit=limit
+    )
+    if as_json:
+        json.dump({"entries": entries, "cursor": cursor}, out, indent=2)
+        out.write("\n")
+    else:
+        for e in entries:
+            counts = e.get("result_counts") or {}
+            out.write(f"{e.get('at')} {e.get('operation')} {e.get('outcome')} "
+                      f"trigger={e.get('trigger')} actor={e.get('actor')} plan={e.get('plan_id')} "
+                      f"{json.dumps(counts) if counts else ''}\n")
+    return int(ExitCode.OK)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubpilot",
+        description="Keeps a JupyterHub in step with its directory, its GPU pool and its idle servers.",
+        epilog="Exit codes: 0 done, 1 failed, 2 usage/configuration error, 3 refused by the guard, "
+        "4 another run holds the lock, 5 paused.",
+    )
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML settings file (default: $HUBPILOT_CONFIG, else ./hubpilot.toml if present)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {"sync": "directory groups → hub users, admins and groups",
+             "cull": "stop idle notebook servers",
+             "scale": "size the GPU node pool"}
+    for op in OPERATIONS:
+        p = sub.add_parser(op, help=helps[op])
+        p.add_argument("--dry-run", action="store_true", help="show the plan; apply nothing")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("approve", help="apply a plan the guard refused, if it is still the same plan")
+    p.add_argument("plan_id")
+    p.add_argument("--json", action="store_true")
+    for verb in ("pause", "resume"):
+        p = sub.add_parser(verb, help=f"{verb} an operation (paused runs only report)")
+        p.add_argument("operation", choices=OPERATIONS)
+    p = sub.add_parser("status", help="last runs, locks and pause flags")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("audit", help="read the audit log, newest first")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--operation", choices=OPERATIONS)
+    p.add_argument("--since", help="ISO time")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("serve", help="the admin API and every schedule, in one process")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p = sub.add_parser("demo", help="a real local JupyterHub kept in step by hubpilot")
+    p.add_argument("--ldap", action="store_true", help="read the directory from a local OpenLDAP")
+    p.add_argument("--port", type=int, default=8000, help="the hub's port")
+    p.add_argument("--no-wait", action="store_true", help="stop after the demo instead of serving")
+    sub.add_parser("settings", help="print the reference of every setting (Markdown)")
+    p = sub.add_parser("cost", help="GPU node-hours and cost per day")
+    p.add_argument("--days", type=int, default=7)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    if args.command == "settings":
+        out.write(settings_reference() + "\n")
+        return int(ExitCode.OK)
+    if args.command == "demo":
+        from hubpilot.demo import run_demo
+
+        return run_demo(ldap=args.ldap, port=args.port, wait=not args.no_wait)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"hubpilot: {exc}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    if args.command == "serve":
+        from hubpilot.serve import main as serve_main
+
+        serve_main(settings, host=args.host, port=args.port)
+        return int(ExitCode.OK)
+
+    def body(ctx: Context) -> Awaitable[int]:
+        c = args.command
+        if c in OPERATIONS:
+            return _run_operation(ctx, c, args.dry_run, args.json, out)
+        if c == "approve":
+            return _approve(ctx, args.plan_id, args.json, out)
+        if c in ("pause", "resume"):
+            return _pause(ctx, args.operation, c == "pause", out)
+        if c == "status":
+            return _status(ctx, args.json, out)
+        if c == "audit":
+            return _audit(ctx, args.limit, args.operation, args.since, args.json, out)
+        if c == "cost":
+            from hubpilot.wiring.scale import cost_report
+
+            return cost_report(ctx, days=args.days, as_json=args.json, out=out)
+        raise AssertionError(c)
+
+    try:
+        return asyncio.run(_with_context(settings, body))
+    except KeyboardInterrupt:
+        return int(ExitCode.FAILED)
+    except ValueError as exc:  # configuration that only shows when used (e.g. no directory)
+        print(f"hubpilot: {exc}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

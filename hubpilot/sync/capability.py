@@ -1,0 +1,171 @@
+"""Sync: observe (directory, hub, managed users) and apply (hub writes, managed-user records)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from hubpilot.config.sync import SyncSettings
+from hubpilot.loop import Action, ActionResult, Clock, Plan, Progress, Status, run_batches, utcnow
+from hubpilot.ports.directory import Directory
+from hubpilot.ports.hub import Hub, StopResult
+from hubpilot.ports.store import ConflictError, StateStore
+from hubpilot.sync.plan import OPERATION, ManagedUser, SyncObserved, guard_sync, plan_sync
+
+MANAGED_KEY = "sync/managed"
+
+
+class ManagedRecordError(Exception):
+    """The stored set of managed users is unreadable; nothing is done until it is repaired."""
+
+
+class SyncCapability:
+    """Directory groups → hub users, admins and groups, for the users hubpilot manages."""
+
+    name = OPERATION
+
+    def __init__(
+        self,
+        directory: Directory,
+        hub: Hub,
+        store: StateStore,
+        policy: SyncSettings,
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.directory = directory
+        self.hub = hub
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+
+    async def observe(self) -> SyncObserved:
+        groups = list(dict.fromkeys([*self.policy.users_groups, *self.policy.admin_groups]))
+        if not groups:
+            raise ValueError("sync.users_groups is empty: there is nothing to sync")
+        snapshot, users, hub_groups, managed = await asyncio.gather(
+            self.directory.read(groups),
+            self.hub.list_users(),
+            self.hub.list_groups(),
+            self._read_managed(),
+        )
+        return SyncObserved(
+            snapshot=snapshot,
+            users={u.name: u for u in users},
+            groups={g.name: g for g in hub_groups},
+            managed=managed,
+        )
+
+    def plan(self, observed: SyncObserved, now: datetime) -> Plan:
+        return plan_sync(observed, self.policy, now)
+
+    def guard(self, observed: SyncObserved, plan: Plan) -> list[str]:
+        return guard_sync(observed, plan, self.policy)
+
+    async def apply(self, plan: Plan, observed: SyncObserved, progress: Progress) -> list[ActionResult]:
+        results = await run_batches(
+            plan.actions, _batch_key, self._perform, concurrency=self.policy.concurrency, progress=progress
+        )
+        # A person is marked deprovisioned only when every step of their removal succeeded;
+        # otherwise the next run plans the remaining steps again.
+        failed = {
+            r.action.params.get("user", r.action.target)
+            for r in results
+            if r.status is Status.FAILED and r.action.kind != "deprovision"
+        }
+        results = [
+            ActionResult(r.action, Status.FAILED, "not recorded: an earlier step for this user failed; "
+                         "the next run retries") if r.action.kind == "deprovision" and r.action.target in failed
+            else r
+            for r in results
+        ]
+        await self._record_managed(results)
+        return results
+
+    # --- observe helpers -----------------------------------------------------------------------
+    async def _read_managed(self) -> dict[str, ManagedUser]:
+        doc = await self.store.get(MANAGED_KEY)
+        if doc is None:
+            return {}
+        try:
+            return {name: ManagedUser.from_json(rec) for name, rec in doc.get("users", {}).items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ManagedRecordError(
+                f"the state document {MANAGED_KEY!r} is damaged ({exc}); restore it from the audit log"
+            ) from exc
+
+    # --- apply ---------------------------------------------------------------------------------
+    async def _perform(self, batch: list[Action]) -> list[ActionResult]:
+        kind, first = batch[0].kind, batch[0]
+        hub = self.hub
+        if kind == "create_user":
+            created = set(await hub.create_users([a.target for a in batch]))
+            return [ActionResult(a, Status.DONE if a.target in created else Status.NOOP) for a in batch]
+        if kind in ("manage_user", "deprovision"):
+            return [ActionResult(a, Status.DONE) for a in batch]  # recorded in _record_managed
+        if kind == "create_group":
+            made = await hub.create_group(first.target)
+            return [ActionResult(first, Status.DONE if made else Status.NOOP)]
+        if kind == "add_to_group":
+            await hub.add_group_members(first.target, [a.params["user"] for a in batch])
+            return [ActionResult(a, Status.DONE) for a in batch]
+        if kind == "remove_from_group":
+            await hub.remove_group_members(first.target, [a.params["user"] for a in batch])
+            return [ActionResult(a, Status.DONE) for a in batch]
+        if kind in ("grant_admin", "revoke_admin"):
+            await hub.set_admin(first.target, kind == "grant_admin")
+            return [ActionResult(first, Status.DONE)]
+        if kind == "stop_servers":
+            outcomes = [await hub.stop_server(first.target, s) for s in first.params.get("servers", [])]
+            status = Status.PENDING if StopResult.PENDING in outcomes else Status.DONE
+            detail = ", ".join(f"{s or 'default'}: {o}" for s, o in
+                               zip(first.params.get("servers", []), outcomes, strict=True))
+            return [ActionResult(first, status, detail)]
+        if kind == "revoke_tokens":
+            n = await hub.revoke_tokens(first.target)
+            return [ActionResult(first, Status.DONE if n else Status.NOOP, f"{n} token(s) revoked")]
+        if kind == "delete_user":
+            gone = await hub.delete_user(first.target)
+            return [ActionResult(first, Status.DONE if gone else Status.NOOP)]
+        raise ValueError(f"sync cannot apply an action of kind {kind!r}")
+
+    async def _record_managed(self, results: Sequence[ActionResult]) -> None:
+        """Write the managed-user records the applied actions imply, in one conditional write."""
+        now = self.clock()
+        touched = [r for r in results if r.status in (Status.DONE, Status.NOOP)]
+        if not touched:
+            return
+        for _ in range(5):
+            current = await self.store.get_with_etag(MANAGED_KEY)
+            doc: dict[str, Any] = dict(current[0]) if current else {"users": {}}
+            users: dict[str, Any] = dict(doc.get("users", {}))
+            for r in touched:
+                name, kind = r.action.target, r.action.kind
+                if kind in ("create_user", "manage_user"):
+                    previous = users.get(name)
+                    since = previous.get("since") if previous and kind == "manage_user" and \
+                        not previous.get("deprovisioned_at") else None
+                    users[name] = ManagedUser(datetime.fromisoformat(since) if since else now).to_json()
+                elif kind == "deprovision":
+                    rec = users.get(name) or ManagedUser(now).to_json()
+                    users[name] = {**rec, "deprovisioned_at": now.isoformat()}
+                elif kind == "delete_user":
+                    users.pop(name, None)
+            doc["users"] = users
+            try:
+                await self.store.put(MANAGED_KEY, doc, if_match=current[1] if current else "")
+                return
+            except ConflictError:
+                continue
+        raise RuntimeError(f"could not record managed users in {MANAGED_KEY!r}: too many concurrent writers")
+
+
+def _batch_key(action: Action) -> tuple[str, str]:
+    """Bulk where the hub API allows it: one POST /users, one request per group change."""
+    if action.kind in ("create_user", "manage_user", "deprovision"):
+        return (action.kind, "")
+    if action.kind in ("add_to_group", "remove_from_group"):
+        return (action.kind, action.target)
+    return (action.kind, action.target + "\0" + repr(sorted(action.params.items())))

@@ -1,0 +1,230 @@
+"""Sync: plan and guard — pure functions of the observed state, the policy and now."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from hubpilot.config.sync import SyncSettings
+from hubpilot.loop import Action, Plan
+from hubpilot.naming import hub_group_name, hub_name
+from hubpilot.ports.directory import DirectorySnapshot
+from hubpilot.ports.hub import HubGroup, HubUser
+
+OPERATION = "sync"
+
+# The order apply performs them: creations before group changes before removals.
+PHASE_CREATE_USER = 10
+PHASE_MANAGE = 15
+PHASE_CREATE_GROUP = 20
+PHASE_ADD_TO_GROUP = 30
+PHASE_GRANT_ADMIN = 40
+PHASE_REVOKE_ADMIN = 50
+PHASE_REMOVE_FROM_GROUP = 60
+PHASE_STOP = 70
+PHASE_DEPROVISION = 80
+PHASE_DELETE = 90
+
+
+@dataclass(frozen=True)
+class ManagedUser:
+    """A hub user hubpilot manages: brought in by a synced group at ``since``."""
+
+    since: datetime
+    deprovisioned_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.deprovisioned_at is None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {
+            "since": self.since.isoformat(),
+            "deprovisioned_at": self.deprovisioned_at.isoformat() if self.deprovisioned_at else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, str | None]) -> ManagedUser:
+        since = data.get("since")
+        gone = data.get("deprovisioned_at")
+        if not since:
+            raise ValueError("managed user record without 'since'")
+        return cls(datetime.fromisoformat(since), datetime.fromisoformat(gone) if gone else None)
+
+
+@dataclass(frozen=True)
+class SyncObserved:
+    snapshot: DirectorySnapshot
+    users: Mapping[str, HubUser]
+    groups: Mapping[str, HubGroup]
+    managed: Mapping[str, ManagedUser] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the directory says the hub should look like (only for names we are sure of)."""
+
+    users: frozenset[str]
+    admins: frozenset[str]
+    groups: Mapping[str, frozenset[str]]  # hub group name → members
+    uncertain: frozenset[str]  # names neither to add nor to remove (clashes)
+    notes: tuple[str, ...]
+    empty_groups: tuple[str, ...]
+
+
+def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
+    notes: list[str] = list(snapshot.notes)
+    by_name: dict[str, set[str]] = {}  # hub name → directory ids claiming it
+    member_names: dict[str, dict[str, str]] = {}  # directory group → {directory id: hub name}
+    empty: list[str] = []
+    for group in [*policy.users_groups, *policy.admin_groups]:
+        if group in member_names:
+            continue
+        members = snapshot.groups.get(group)
+        if members is None:  # the directory adapter promises every group; be safe anyway
+            raise ValueError(f"directory snapshot has no entry for group {group!r}")
+        if not members:
+            empty.append(group)
+        names: dict[str, str] = {}
+        for m in sorted(members, key=lambda m: m.id):
+            name, problem = hub_name(m.username, policy.naming)
+            if name is None:
+                notes.append(f"skipped {m.id} in group {group}: {problem}")
+                continue
+            names[m.id] = name
+            by_name.setdefault(name, set()).add(m.id)
+        member_names[group] = names
+    clashes = {n for n, ids in by_name.items() if len(ids) > 1}
+    for n in sorted(clashes):
+        notes.append(
+            f"hub name {n!r} is claimed by several directory entries ({', '.join(sorted(by_name[n]))}); "
+            "nothing is done for this name until the directory is fixed"
+        )
+
+    def names_of(groups: list[str]) -> set[str]:
+        return {n for g in groups for n in member_names[g].values() if n not in clashes}
+
+    admins = names_of(policy.admin_groups)
+    users = names_of(policy.users_groups) | admins
+    groups = {
+        hub_group_name(g, policy.group_prefix, policy.group_names): frozenset(
+            n for n in member_names[g].values() if n not in clashes
+        )
+        for g in dict.fromkeys([*policy.users_groups, *policy.admin_groups])
+    }
+    return Desired(frozenset(users), frozenset(admins), groups, frozenset(clashes), tuple(notes),
+                   tuple(empty))
+
+
+def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime) -> Plan:
+    """Everything the hub needs so that it matches the directory, for the users hubpilot manages."""
+    want = desired_state(observed.snapshot, policy)
+    actions: list[Action] = []
+    users, managed = observed.users, observed.managed
+
+    for name in sorted(want.users):
+        record = managed.get(name)
+        if name not in users:
+            actions.append(Action("create_user", name, PHASE_CREATE_USER,
+                                  reason="member of a synced directory group"))
+        elif record is None:
+            actions.append(Action("manage_user", name, PHASE_MANAGE,
+                                  reason="existing hub user found in a synced directory group"))
+        elif not record.active:
+            actions.append(Action("manage_user", name, PHASE_MANAGE,
+                                  reason="back in a synced directory group after deprovisioning"))
+
+    for group, members in sorted(want.groups.items()):
+        hub_group = observed.groups.get(group)
+        if hub_group is None:
+            actions.append(Action("create_group", group, PHASE_CREATE_GROUP,
+                                  reason="mirrors a synced directory group"))
+        current = hub_group.users if hub_group else frozenset()
+        for name in sorted(members - current):
+            actions.append(Action("add_to_group", group, PHASE_ADD_TO_GROUP, {"user": name},
+                                  reason=f"{name} is a member of the directory group"))
+        for name in sorted(current - members):
+            if name in want.uncertain:
+                continue
+            if name in managed or name in want.users:
+                actions.append(Action("remove_from_group", group, PHASE_REMOVE_FROM_GROUP,
+                                      {"user": name},
+                                      reason=f"{name} is no longer a member of the directory group"))
+
+    for name in sorted(want.admins):
+        user = users.get(name)
+        if user is None or not user.admin:
+            actions.append(Action("grant_admin", name, PHASE_GRANT_ADMIN,
+                                  reason="member of a synced admin group"))
+
+    leaving: list[str] = []
+    for name, record in sorted(managed.items()):
+        if name in want.users or name in want.uncertain:
+            continue
+        user = users.get(name)
+        if record.active:
+            leaving.append(name)
+            if user is not None:
+                if user.admin:
+                    actions.append(Action("revoke_admin", name, PHASE_REVOKE_ADMIN,
+                                          reason="left the synced admin group"))
+                running = sorted(s for s, srv in user.servers.items() if srv.ready or srv.pending)
+                if policy.stop_servers and running:
+                    actions.append(Action("stop_servers", name, PHASE_STOP, {"servers": running},
+                                          reason="no longer in any synced directory group"))
+                if policy.revoke_tokens:
+                    actions.append(Action("revoke_tokens", name, PHASE_STOP,
+                                          reason="no longer in any synced directory group"))
+            actions.append(Action("deprovision", name, PHASE_DEPROVISION,
+                                  reason="no longer in any synced directory group"))
+        elif policy.delete_users and user is not None and record.deprovisioned_at is not None:
+            due = record.deprovisioned_at + timedelta(hours=policy.delete_grace_hours)
+            if now >= due:
+                actions.append(Action("delete_user", name, PHASE_DELETE,
+                                      reason=f"deprovisioned on {record.deprovisioned_at:%Y-%m-%d}, "
+                                      f"grace of {policy.delete_grace_hours:g} h is over"))
+    # Admin flags of managed users that are still members but not of an admin group.
+    for name in sorted(want.users - want.admins if policy.admin_groups else ()):
+        user = users.get(name)
+        if user is not None and user.admin and name in managed and managed[name].active:
+            actions.append(Action("revoke_admin", name, PHASE_REVOKE_ADMIN,
+                                  reason="not a member of any synced admin group"))
+
+    active = sum(1 for r in managed.values() if r.active)
+    facts = {
+        "directory_source": observed.snapshot.source,
+        "desired_users": len(want.users),
+        "desired_admins": len(want.admins),
+        "managed_active": active,
+        "removals": len(leaving),
+        "empty_groups": list(want.empty_groups),
+    }
+    return Plan.build(OPERATION, actions, want.notes, facts)
+
+
+def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list[str]:
+    """Refuse mass removals and an empty directory answer where members existed."""
+    reasons: list[str] = []
+    removals = sum(1 for a in plan.actions if a.kind == "deprovision")
+    active = sum(1 for r in observed.managed.values() if r.active)
+    if removals > policy.max_removals:
+        reasons.append(
+            f"the plan removes {removals} users, more than sync.max_removals = {policy.max_removals}"
+        )
+    if active and removals * 100.0 / active > policy.max_removal_percent:
+        reasons.append(
+            f"the plan removes {removals} of {active} managed users ({removals * 100.0 / active:.0f} %), "
+            f"more than sync.max_removal_percent = {policy.max_removal_percent:g} %"
+        )
+    for group in plan.facts.get("empty_groups", []):
+        mirror = observed.groups.get(hub_group_name(group, policy.group_prefix, policy.group_names))
+        had = [u for u in (mirror.users if mirror else ()) if u in observed.managed]
+        if had:
+            reasons.append(
+                f"the directory answered that group {group!r} is empty, but {len(had)} managed users "
+                "were members; an empty answer is treated like a mass removal"
+            )
+    if removals and active and not plan.facts.get("desired_users") and not reasons:
+        reasons.append(f"the directory returned no members at all while {active} users are managed")
+    return reasons
