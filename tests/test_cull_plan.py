@@ -1,0 +1,227 @@
+"""The pure part of culling: policy, plan and guard (no hub needed; the real hub tests are in
+test_cull_realhub.py)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hubpilot.config.cull import CullSettings
+from hubpilot.cull import CullObserved, guard_cull, limits_for, plan_cull
+from hubpilot.cull.policy import human
+from hubpilot.ports.hub import HubServer, HubUser
+from hubpilot.settings import SettingsError, load_settings
+
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+def ago(**kw: float) -> datetime:
+    return NOW - timedelta(**kw)
+
+
+def server(user: str, name: str = "", *, idle: timedelta | None = None, age: timedelta = timedelta(days=1),
+           ready: bool = True, pending: str | None = None, profile: str | None = None) -> HubServer:
+    return HubServer(
+        user=user, name=name, ready=ready, pending=pending, started=NOW - age,
+        last_activity=NOW - idle if idle is not None else None,
+        user_options={"profile": profile} if profile else {},
+    )
+
+
+def user(name: str, *servers: HubServer, groups: tuple[str, ...] = (), admin: bool = False,
+         last_activity: datetime | None = None, created: datetime | None = None) -> HubUser:
+    return HubUser(name=name, admin=admin, groups=frozenset(groups), created=created or ago(days=100),
+                   last_activity=last_activity, servers={s.name: s for s in servers})
+
+
+def settings(**kw: object) -> CullSettings:
+    return CullSettings.model_validate({"inactivity_timeout": 3600, **kw})
+
+
+def targets(plan, kind: str | None = None) -> list[str]:  # type: ignore[no-untyped-def]
+    return [a.target for a in plan.actions if kind is None or a.kind == kind]
+
+
+def test_idle_server_stopped_active_kept_with_reasons() -> None:
+    obs = CullObserved((
+        user("ann", server("ann", idle=timedelta(hours=2, minutes=3))),
+        user("bob", server("bob", idle=timedelta(minutes=5))),
+    ))
+    plan = plan_cull(obs, settings(), NOW)
+    assert targets(plan) == ["ann"]
+    (action,) = plan.actions
+    assert action.kind == "stop_server" and action.params == {"user": "ann", "server": ""}
+    assert action.reason == "idle for 2h 03m (policy default: 1h)"
+    assert "kept bob: active 5m ago (policy default: 1h)" in plan.notes
+    assert plan.facts["to_stop"] == 1 and plan.facts["kept"] == 1 and plan.facts["servers_seen"] == 2
+
+
+def test_exactly_at_timeout_is_idle_and_one_second_short_is_not() -> None:
+    obs = CullObserved((user("a", server("a", idle=timedelta(seconds=3600))),
+                        user("b", server("b", idle=timedelta(seconds=3599)))))
+    assert targets(plan_cull(obs, settings(), NOW)) == ["a"]
+
+
+def test_inactivity_falls_back_to_started() -> None:
+    obs = CullObserved((
+        user("never", server("never", idle=None, age=timedelta(hours=3))),
+        user("fresh", server("fresh", idle=None, age=timedelta(minutes=10))),
+    ))
+    plan = plan_cull(obs, settings(), NOW)
+    assert targets(plan) == ["never"]
+    assert plan.actions[0].reason.startswith("idle for 3h ")
+
+
+def test_pending_and_not_ready_servers_are_left_alone() -> None:
+    long = timedelta(days=3)
+    obs = CullObserved((
+        user("spawning", server("spawning", idle=long, ready=False, pending="spawn")),
+        user("stopping", server("stopping", idle=long, pending="stop")),
+        user("odd", server("odd", idle=long, ready=False)),
+    ))
+    plan = plan_cull(obs, settings(max_age=60), NOW)
+    assert plan.empty
+    assert set(plan.notes) == {"skipped spawning: pending spawn", "skipped stopping: pending stop",
+                               "skipped odd: not ready"}
+
+
+def test_named_servers_stop_remove_and_switches() -> None:
+    idle = timedelta(hours=5)
+    obs = CullObserved((user("ann", server("ann", idle=idle), server("ann", "gpu", idle=idle)),))
+    plan = plan_cull(obs, settings(), NOW)
+    assert [(a.kind, a.target, dict(a.params)) for a in plan.actions] == [
+        ("stop_server", "ann", {"user": "ann", "server": ""}),
+        ("stop_server", "ann/gpu", {"user": "ann", "server": "gpu"}),
+    ]
+    removing = plan_cull(obs, settings(remove_named_servers=True), NOW)
+    assert {(a.kind, a.target) for a in removing.actions} == {
+        ("stop_server", "ann"), ("remove_server", "ann/gpu")}
+    no_named = plan_cull(obs, settings(cull_named_servers=False), NOW)
+    assert targets(no_named) == ["ann"]
+    assert any(n.startswith("kept ann/gpu: idle for 5h") and "named servers is off" in n
+               for n in no_named.notes)
+    no_default = plan_cull(obs, settings(cull_default_servers=False), NOW)
+    assert targets(no_default) == ["ann/gpu"]
+
+
+def test_max_age_stops_active_servers() -> None:
+    obs = CullObserved((
+        user("old", server("old", idle=timedelta(minutes=1), age=timedelta(hours=25))),
+        user("young", server("young", idle=timedelta(minutes=1), age=timedelta(hours=2))),
+    ))
+    plan = plan_cull(obs, settings(max_age=86400), NOW)
+    assert targets(plan) == ["old"]
+    assert plan.actions[0].reason == "max age: running for 1d 1h, idle for 1m (policy default: max age 1d 0h)"
+    assert plan_cull(obs, settings(max_age=0), NOW).empty
+
+
+def test_policies_by_profile_and_group_first_match_wins() -> None:
+    s = settings(inactivity_timeout=8 * 3600, policies=[
+        {"name": "vip", "match_group": "dir-vip*", "inactivity_timeout": 0},
+        {"name": "gpu", "match_profile": "gpu*", "inactivity_timeout": 3600, "max_age": 6 * 3600},
+        {"name": "teaching", "match_group": "course-*", "inactivity_timeout": 1800},
+    ])
+    two_h = timedelta(hours=2)
+    obs = CullObserved((
+        user("g", server("g", idle=two_h, profile="gpu-a100")),
+        user("c", server("c", idle=two_h, profile="cpu")),
+        user("n", server("n", idle=two_h)),
+        user("v", server("v", idle=timedelta(days=3), profile="gpu-a100"), groups=("dir-vip-team",)),
+        user("t", server("t", idle=timedelta(minutes=45), profile="cpu"), groups=("course-101", "x")),
+        user("old", server("old", idle=timedelta(minutes=1), age=timedelta(hours=7), profile="gpu-small")),
+    ))
+    plan = plan_cull(obs, s, NOW)
+    assert targets(plan) == ["g", "old", "t"]
+    reasons = {a.target: a.reason for a in plan.actions}
+    assert reasons["g"] == "idle for 2h (policy gpu: 1h), profile gpu-a100"
+    assert reasons["t"] == "idle for 45m (policy teaching: 30m), profile cpu"
+    assert "policy gpu: max age 6h" in reasons["old"]
+    assert "kept v: active 3d 0h ago (policy vip: no inactivity timeout)" in plan.notes
+    assert "kept c: active 2h ago (policy default: 8h)" in plan.notes
+    assert plan.facts["stops_by_policy"] == {"gpu": 2, "teaching": 1}
+    # a policy that leaves a value unset inherits the default
+    lim = limits_for(settings(max_age=7200, policies=[{"name": "p", "match_profile": "x"}]),
+                     server("u", profile="x"), [])
+    assert (lim.policy, lim.inactivity_timeout, lim.max_age) == ("p", timedelta(hours=1), timedelta(hours=2))
+
+
+def test_plan_is_pure_and_stable() -> None:
+    users = [user(f"u{i}", server(f"u{i}", idle=timedelta(hours=i))) for i in range(6)]
+    a = plan_cull(CullObserved(tuple(users)), settings(), NOW)
+    b = plan_cull(CullObserved(tuple(reversed(users))), settings(), NOW)
+    assert a == b and a.id == b.id
+    assert targets(a) == ["u1", "u2", "u3", "u4", "u5"]
+    later = plan_cull(CullObserved(tuple(users)), settings(), NOW + timedelta(hours=1))
+    assert targets(later) == ["u0", "u1", "u2", "u3", "u4", "u5"] and later.id != a.id
+
+
+def test_users_reported_not_deleted_by_default() -> None:
+    obs = CullObserved(
+        ready=(user("ann", server("ann", idle=timedelta(days=2)), last_activity=ago(days=2)),
+               user("bob", server("bob", idle=timedelta(days=2)),
+                    server("bob", "x", idle=timedelta(minutes=1)), last_activity=ago(minutes=1))),
+        inactive=(user("carl", last_activity=ago(days=40)), user("dora", last_activity=ago(minutes=10)),
+                  user("root", admin=True, last_activity=ago(days=40))),
+    )
+    plan = plan_cull(obs, settings(cull_users=True), NOW)
+    assert plan.counts() == {"stop_server": 2}  # ann, and bob's idle default server
+    assert [u["user"] for u in plan.facts["inactive_users"]] == ["ann", "carl", "root"]
+    assert any(n.startswith("long-inactive user carl: inactive for 40d 0h") and "reported only" in n
+               for n in plan.notes)
+    no_admins = plan_cull(obs, settings(cull_users=True, cull_admin_users=False), NOW)
+    assert [u["user"] for u in no_admins.facts["inactive_users"]] == ["ann", "carl"]
+    off = plan_cull(obs, settings(), NOW)
+    assert off.facts["inactive_users"] == []
+
+
+def test_user_deletion_only_when_enabled_and_after_stops() -> None:
+    obs = CullObserved(ready=(user("ann", server("ann", idle=timedelta(days=2)), last_activity=ago(days=2)),),
+                       inactive=(user("carl", last_activity=ago(days=40)),))
+    plan = plan_cull(obs, settings(cull_users=True, delete_users=True), NOW)
+    assert [(a.kind, a.target, a.phase) for a in plan.actions] == [
+        ("stop_server", "ann", 0), ("delete_user", "ann", 1), ("delete_user", "carl", 1)]
+    assert guard_cull(settings(cull_users=True, delete_users=True), plan) == []
+    assert guard_cull(settings(cull_users=True, delete_users=True, max_user_deletions_per_round=1), plan)
+    refusal = guard_cull(settings(cull_users=True), plan)
+    assert refusal == ["the plan deletes 2 users but cull.delete_users is off"]
+
+
+def test_guard_refuses_more_stops_than_the_limit() -> None:
+    obs = CullObserved(tuple(user(f"u{i}", server(f"u{i}", idle=timedelta(days=1))) for i in range(5)))
+    plan = plan_cull(obs, settings(), NOW)
+    assert guard_cull(settings(max_stops_per_round=5), plan) == []
+    (reason,) = guard_cull(settings(max_stops_per_round=4), plan)
+    assert "stops 5 servers, more than cull.max_stops_per_round=4" in reason
+
+
+def test_nothing_idle_is_an_empty_plan() -> None:
+    obs = CullObserved(tuple(user(f"u{i}", server(f"u{i}", idle=timedelta(minutes=i))) for i in range(3)))
+    plan = plan_cull(obs, settings(), NOW)
+    assert plan.empty and guard_cull(settings(), plan) == [] and plan.facts["kept"] == 3
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (20, "20s"), (125, "2m 05s"), (45 * 60, "45m"), (7380, "2h 03m"), (7200, "2h"), (90000, "1d 1h")])
+def test_human_durations(seconds: int, text: str) -> None:
+    assert human(timedelta(seconds=seconds)) == text
+
+
+def test_settings_defaults_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = CullSettings()
+    assert s.schedule == "0 */10 * * * *" and s.inactivity_timeout == 3600 and not s.delete_users
+    with pytest.raises(ValueError, match="must exceed the hub's activity-update interval"):
+        CullSettings(inactivity_timeout=300)
+    with pytest.raises(ValueError, match=r"policies\[gpu\].inactivity_timeout=120"):
+        CullSettings.model_validate({"policies": [{"name": "gpu", "inactivity_timeout": 120}]})
+    with pytest.raises(ValueError, match="repeated: a"):
+        CullSettings.model_validate({"policies": [{"name": "a"}, {"name": "a"}]})
+    monkeypatch.setenv("HUBPILOT_CULL__POLICIES", json.dumps(
+        [{"name": "gpu", "match_profile": "gpu*", "inactivity_timeout": 3600}]))
+    monkeypatch.setenv("HUBPILOT_CULL__MAX_STOPS_PER_ROUND", "7")
+    loaded = load_settings().cull
+    assert loaded.policies[0].match_profile == "gpu*" and loaded.max_stops_per_round == 7
+    monkeypatch.setenv("HUBPILOT_CULL__SCHEDULE", "*/10 * * * *")
+    with pytest.raises(SettingsError, match=r"cull\.schedule"):
+        load_settings()
