@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from hubpilot.api.deps import get_context
 from hubpilot.config.api import ApiSettings
@@ -122,6 +123,11 @@ def authenticate(settings: ApiSettings, headers: Any) -> Principal:
     return principal
 
 
+bearer = HTTPBearer(auto_error=False, scheme_name="apiToken",
+                    description="A hubpilot API token (configured hashed in api.tokens).")
+"""Declares the bearer scheme in the OpenAPI document; authentication itself is :func:`authenticate`."""
+
+
 def _challenge(exc: AuthError) -> HTTPException:
     headers = {"WWW-Authenticate": 'Bearer realm="hubpilot"'} if exc.status_code == 401 else None
     return HTTPException(exc.status_code, exc.detail, headers=headers)
@@ -134,7 +140,11 @@ def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
     """
     wanted = roles or ("admin",)
 
-    async def dependency(request: Request, ctx: Context = Depends(get_context)) -> Principal:
+    async def dependency(
+        request: Request,
+        ctx: Context = Depends(get_context),
+        _credentials: HTTPAuthorizationCredentials | None = Security(bearer),
+    ) -> Principal:
         try:
             principal = authenticate(ctx.settings.api, request.headers)
         except AuthError as exc:

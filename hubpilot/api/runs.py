@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,10 @@ from hubpilot.wiring import OPERATIONS, Context, UnknownOperation
 log = logging.getLogger(__name__)
 
 QUEUED = "queued"
+QUEUE_NAME = "hubpilot-runs"
+"""The Storage queue of run requests (the queue trigger in functions/timers.py reads it)."""
+QUEUE_CONNECTION_SETTING = "AzureWebJobsStorage"
+"""The app setting the queue trigger takes its connection from."""
 FINAL_OUTCOMES = frozenset({str(o) for o in Outcome if o not in (Outcome.RUNNING,)})
 
 
@@ -173,13 +178,18 @@ def record_to_json(record: RunRecord) -> dict[str, Any]:
 
 def queue_connection_string(ctx: Context) -> str:
     api, state = ctx.settings.api, ctx.settings.state
-    secret = api.queue_connection_string or state.azure_connection_string
-    if secret is None:
-        raise RuntimeError(
-            "api.run_mode is 'queue' but neither api.queue_connection_string nor "
-            "state.azure_connection_string is set (HUBPILOT_API__QUEUE_CONNECTION_STRING)"
-        )
-    return secret.get_secret_value()
+    if api.queue_connection_string is not None:
+        return api.queue_connection_string.get_secret_value()
+    from_env = os.environ.get(QUEUE_CONNECTION_SETTING)
+    if from_env:
+        return from_env
+    if state.azure_connection_string is not None:
+        return state.azure_connection_string.get_secret_value()
+    raise RuntimeError(
+        "api.run_mode is 'queue' but no queue connection is configured: set "
+        f"api.queue_connection_string, the app setting {QUEUE_CONNECTION_SETTING} or "
+        "state.azure_connection_string"
+    )
 
 
 async def enqueue(ctx: Context, req: RunRequest) -> None:
@@ -189,7 +199,7 @@ async def enqueue(ctx: Context, req: RunRequest) -> None:
     from azure.storage.queue.aio import QueueClient
 
     client = QueueClient.from_connection_string(
-        queue_connection_string(ctx), ctx.settings.api.queue_name,
+        queue_connection_string(ctx), QUEUE_NAME,
         message_encode_policy=TextBase64EncodePolicy(),
     )
     async with client:

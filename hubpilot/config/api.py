@@ -68,19 +68,11 @@ class ApiSettings(Section):
         description="inprocess: a run started over HTTP runs as a task of the server process; "
         "queue: it is put on a Storage queue and a queue-triggered function runs it (Azure).",
     )
-    queue_name: str = Field(
-        "hubpilot-runs", pattern=r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$",
-        description="Storage queue of run requests (run_mode=queue).",
-    )
     queue_connection_string: SecretStr | None = Field(
         None,
-        description="Storage connection string for the run queue; defaults to "
-        "state.azure_connection_string. The queue trigger reads the app setting named by "
-        "queue_connection_setting.",
-    )
-    queue_connection_setting: str = Field(
-        "AzureWebJobsStorage", pattern=r"^[A-Za-z0-9_]+$",
-        description="Name of the app setting the Functions queue trigger takes its connection from.",
+        description="Storage connection string for putting run requests on the queue "
+        "'hubpilot-runs' (run_mode=queue); defaults to the AzureWebJobsStorage app setting "
+        "(which the queue trigger reads), then to state.azure_connection_string.",
     )
     wait_max_seconds: float = Field(
         120.0, ge=0, le=200,

@@ -1,0 +1,75 @@
+"""Timer triggers for sync, cull and scale, and the queue trigger that executes API-started runs.
+
+Schedules are app settings read by the Functions host through binding expressions
+(``%HUBPILOT_SYNC__SCHEDULE%``): the same NCRONTAB values hubpilot's settings validate and
+``hubpilot serve`` fires in-process. A round that finds the lock held is skipped; a refused or
+paused run is an outcome, never an error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from functions import get_context
+
+log = logging.getLogger("hubpilot.functions")
+
+bp = func.Blueprint()
+
+SCHEDULE_SETTINGS = {
+    "sync": "HUBPILOT_SYNC__SCHEDULE",
+    "cull": "HUBPILOT_CULL__SCHEDULE",
+    "scale": "HUBPILOT_SCALE__SCHEDULE",
+}
+RUN_QUEUE = "hubpilot-runs"  # hubpilot.api.runs.QUEUE_NAME (not imported: keeps cold start cheap)
+RUN_QUEUE_CONNECTION = "AzureWebJobsStorage"  # hubpilot.api.runs.QUEUE_CONNECTION_SETTING
+
+
+async def run_timer(operation: str, timer: func.TimerRequest | None = None) -> str:
+    """One scheduled round; returns the outcome ('skipped' when the lock was held)."""
+    from hubpilot.api.scheduling import run_scheduled
+
+    if timer is not None and timer.past_due:
+        log.info("%s timer is past due", operation)
+    record = await run_scheduled(get_context(), operation)
+    return "skipped" if record is None else str(record.outcome)
+
+
+@bp.function_name("sync_timer")
+@bp.timer_trigger(arg_name="timer", schedule=f"%{SCHEDULE_SETTINGS['sync']}%", use_monitor=True)
+async def sync_timer(timer: func.TimerRequest) -> None:
+    await run_timer("sync", timer)
+
+
+@bp.function_name("cull_timer")
+@bp.timer_trigger(arg_name="timer", schedule=f"%{SCHEDULE_SETTINGS['cull']}%", use_monitor=True)
+async def cull_timer(timer: func.TimerRequest) -> None:
+    await run_timer("cull", timer)
+
+
+@bp.function_name("scale_timer")
+@bp.timer_trigger(arg_name="timer", schedule=f"%{SCHEDULE_SETTINGS['scale']}%", use_monitor=True)
+async def scale_timer(timer: func.TimerRequest) -> None:
+    await run_timer("scale", timer)
+
+
+async def execute_message(body: bytes | str) -> str:
+    """Run the run request a queue message carries; returns the outcome, or 'rejected'."""
+    from hubpilot.api.runs import execute_run, parse_queue_message
+
+    try:
+        req = parse_queue_message(body)
+    except ValueError as exc:
+        # A malformed request is dropped, not retried: retrying cannot make it valid.
+        log.error("dropped a run request: %s", exc)
+        return "rejected"
+    record = await execute_run(get_context(), req)
+    return "failed" if record is None else str(record.outcome)
+
+
+@bp.function_name("run_queue")
+@bp.queue_trigger(arg_name="msg", queue_name=RUN_QUEUE, connection=RUN_QUEUE_CONNECTION)
+async def run_queue(msg: func.QueueMessage) -> None:
+    await execute_message(msg.get_body())

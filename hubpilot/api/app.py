@@ -1,0 +1,437 @@
+"""The admin HTTP API as one FastAPI application, the same on every host.
+
+Every endpoint but the health check authenticates the caller (see :mod:`hubpilot.api.auth`):
+GET endpoints need ``reader``, everything that changes something needs ``admin``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from hubpilot import __version__
+from hubpilot.api import graph_routes, scale_routes
+from hubpilot.api.auth import Principal, require_role
+from hubpilot.api.deps import ContextHolder, ContextSource, get_context
+from hubpilot.api.runs import read_run, start_run, wait_for_run
+from hubpilot.api.scheduling import configured_schedules
+from hubpilot.loop import LockHeld, UnknownPlan
+from hubpilot.ports.store import StoreError
+from hubpilot.wiring import OPERATIONS, Context, UnknownOperation
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1"
+Operation = Literal["sync", "cull", "scale"]
+RunOutcome = Literal["queued", "running", "planned", "applied", "refused", "failed", "paused"]
+
+# --- response models --------------------------------------------------------------------------
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class LockProblem(BaseModel):
+    detail: str
+    operation: str
+    holder: str | None
+    expires_at: str | None
+
+
+class ActionOut(BaseModel):
+    kind: str
+    target: str
+    phase: int
+    params: dict[str, Any]
+    reason: str
+
+
+class PlanOut(BaseModel):
+    id: str
+    operation: str
+    counts: dict[str, int]
+    actions: list[ActionOut]
+    notes: list[str]
+    facts: dict[str, Any]
+
+
+class ResultOut(BaseModel):
+    action: ActionOut
+    status: Literal["done", "noop", "pending", "failed", "skipped"]
+    detail: str
+
+
+class RunOut(BaseModel):
+    run_id: str
+    operation: str
+    trigger: str
+    actor: str
+    started: str
+    finished: str | None
+    outcome: RunOutcome
+    dry_run: bool
+    plan_id: str | None
+    plan: PlanOut | None
+    refusal: list[str] = Field(
+        description="Why the guard refused the plan (or the reasons an approval overrode)."
+    )
+    results: list[ResultOut]
+    result_counts: dict[str, int]
+    error: str | None
+    approved_plan: str | None
+
+
+class LockOut(BaseModel):
+    holder: str
+    expires_at: str
+
+
+class LastRunOut(BaseModel):
+    run_id: str
+    at: str
+    trigger: str
+    actor: str
+    outcome: str
+    plan_id: str | None
+    counts: dict[str, int]
+    result_counts: dict[str, int]
+
+
+class ScheduleOut(BaseModel):
+    name: str
+    expression: str
+    app_setting: str
+    next_fire: str
+    runs_operation: bool
+
+
+class OperationStatus(BaseModel):
+    operation: str
+    paused: bool
+    lock: LockOut | None
+    last_run: LastRunOut | None
+
+
+class StatusOut(BaseModel):
+    now: str
+    version: str
+    run_mode: str
+    operations: list[OperationStatus]
+    schedules: list[ScheduleOut]
+
+
+class PauseOut(BaseModel):
+    operation: str
+    paused: bool
+
+
+class AuditPage(BaseModel):
+    entries: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    checks: dict[str, Check]
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "Bad input; the detail names the parameter and the rule.",
+        401: "No or invalid credentials.",
+        403: "The caller lacks the role.",
+        404: "No such run or plan.",
+        409: "Another run of the operation holds its lock (see Retry-After).",
+        503: "The state store is unavailable.",
+    }
+    out: dict[int | str, dict[str, Any]] = {}
+    for c in codes:
+        out[c] = {"description": text[c], "model": LockProblem if c == 409 else Problem}
+    return out
+
+
+AUTHED = (401, 403, 503)
+reader = Depends(require_role("reader"))
+admin = Depends(require_role("admin"))
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def _run_out(doc: dict[str, Any]) -> dict[str, Any]:
+    return RunOut.model_validate(doc).model_dump()
+
+
+def _lock_response(exc: LockHeld, now: datetime) -> JSONResponse:
+    lease = exc.lease
+    retry = 5
+    if lease is not None:
+        retry = max(1, math.ceil((lease.expires_at - now).total_seconds()))
+    body = LockProblem(
+        detail=f"a {exc.operation} run is in progress; try again later",
+        operation=exc.operation,
+        holder=lease.holder if lease else None,
+        expires_at=lease.expires_at.isoformat() if lease else None,
+    )
+    return JSONResponse(body.model_dump(), status_code=409, headers={"Retry-After": str(retry)})
+
+
+def _wait_seconds(ctx: Context, wait: float) -> float:
+    return min(wait, ctx.settings.api.wait_max_seconds)
+
+
+async def _started(ctx: Context, run_id: str, wait: float, response: Response) -> dict[str, Any]:
+    doc = await wait_for_run(ctx, run_id, _wait_seconds(ctx, wait))
+    if doc is None:  # the queued document was written before; only a vanished store gets here
+        raise HTTPException(503, "the run's record could not be read back from the state store")
+    response.headers["Location"] = f"{PREFIX}/runs/{run_id}"
+    final = doc.get("outcome") not in ("queued", "running")
+    response.status_code = 200 if final else 202
+    return _run_out(doc)
+
+
+WaitQuery = Query(0.0, ge=0, le=200, description="Seconds to wait for the run to finish (bounded by "
+                  "api.wait_max_seconds); 200 with the finished run, else 202.")
+DryRunQuery = Query(False, description="Return the plan (200) at once; nothing is applied.")
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+def create_app(context: ContextSource) -> FastAPI:
+    """The admin API. ``context`` is a Context, or a callable that builds one on first use."""
+    app = FastAPI(
+        title="hubpilot admin API",
+        version=__version__,
+        description="Start and inspect sync, cull and scale runs; pause operations; read the audit log.",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.context_holder = ContextHolder(context)
+    if isinstance(context, Context):
+        app.state.context = context
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, exc: StoreError) -> JSONResponse:
+        log.warning("state store error on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": f"the state store is unavailable: {type(exc).__name__}"},
+                            status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_input(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        summary = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors
+        )
+        return JSONResponse({"detail": errors, "message": f"invalid request: {summary}"}, status_code=422)
+
+    api = APIRouter(prefix=PREFIX)
+
+    @api.get("/healthz", response_model=Health, tags=["health"], summary="Liveness (no auth)")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz", response_model=Ready, tags=["health"], summary="Readiness: config, state store, hub",
+             responses={**_responses(*AUTHED), 503: {"model": Ready, "description": "Not ready."}})
+    async def readyz(response: Response, ctx: Context = Depends(get_context),
+                     _: Principal = reader) -> dict[str, Any]:
+        checks = await readiness(ctx)
+        ok = all(c["ok"] for c in checks.values())
+        response.status_code = 200 if ok else 503
+        return {"ready": ok, "checks": checks}
+
+    def add_start(op: str) -> None:
+        @api.post(
+            f"/{op}", response_model=RunOut, status_code=202, tags=["runs"],
+            summary=f"Start a {op} run (202 + Location), or ?dry_run=true for its plan (200)",
+            responses={200: {"model": RunOut,
+                             "description": "Dry-run plan, or the run finished within ?wait."},
+                       **_responses(409, *AUTHED)},
+            operation_id=f"start_{op}",
+        )
+        async def start(response: Response, dry_run: bool = DryRunQuery, wait: float = WaitQuery,
+                        ctx: Context = Depends(get_context), who: Principal = admin) -> Any:
+            if dry_run:
+                record = await ctx.runner.dry_run(ctx.capability(op), trigger="api", actor=who.name)
+                response.status_code = 200
+                return _run_out(record.to_json())
+            try:
+                run_id = await start_run(ctx, op, trigger="api", actor=who.name)
+            except LockHeld as exc:
+                return _lock_response(exc, ctx.clock())
+            return await _started(ctx, run_id, wait, response)
+
+    for op in OPERATIONS:
+        add_start(op)
+
+    @api.get("/runs/{run_id}", response_model=RunOut, tags=["runs"], summary="A run: plan, outcomes, refusal",
+             responses=_responses(404, *AUTHED))
+    async def get_run(run_id: str = Path(pattern=r"^[0-9a-f]{32}$", description="Run id (32 hex digits)."),
+                      ctx: Context = Depends(get_context), _: Principal = reader) -> Any:
+        doc = await read_run(ctx, run_id)
+        if doc is None:
+            raise HTTPException(404, f"no run with id {run_id}")
+        return _run_out(doc)
+
+    @api.get("/plan/{operation}", response_model=RunOut, tags=["plans"],
+             summary="The plan the next run would apply, with reasons, its id and any refusal",
+             responses=_responses(*AUTHED))
+    async def get_plan(operation: Operation, ctx: Context = Depends(get_context),
+                       who: Principal = reader) -> Any:
+        record = await ctx.runner.dry_run(ctx.capability(operation), trigger="api", actor=who.name)
+        return _run_out(record.to_json())
+
+    @api.post("/plans/{plan_id}/approve", response_model=RunOut, status_code=202, tags=["plans"],
+              summary="Apply a refused plan if a fresh observation yields the same plan",
+              responses={200: {"model": RunOut, "description": "The run finished within ?wait."},
+                         **_responses(404, 409, *AUTHED)})
+    async def approve(response: Response,
+                      plan_id: str = Path(pattern=r"^[0-9a-f]{16}$", description="Plan id (16 hex digits)."),
+                      wait: float = WaitQuery, ctx: Context = Depends(get_context),
+                      who: Principal = admin) -> Any:
+        try:
+            operation = await ctx.runner.refused_plan_operation(plan_id)
+            run_id = await start_run(ctx, operation, trigger="approval", actor=who.name, approve=plan_id)
+        except UnknownPlan as exc:
+            raise HTTPException(404, str(exc)) from None
+        except LockHeld as exc:
+            return _lock_response(exc, ctx.clock())
+        return await _started(ctx, run_id, wait, response)
+
+    def add_pause(verb: Literal["pause", "resume"]) -> None:
+        @api.post(f"/operations/{{operation}}/{verb}", response_model=PauseOut, tags=["operations"],
+                  summary=f"{verb.capitalize()} an operation", responses=_responses(*AUTHED),
+                  operation_id=f"{verb}_operation")
+        async def pause(operation: Operation, ctx: Context = Depends(get_context),
+                        who: Principal = admin) -> dict[str, Any]:
+            await ctx.runner.set_paused(operation, verb == "pause", who.name)
+            return {"operation": operation, "paused": await ctx.runner.is_paused(operation)}
+
+    add_pause("pause")
+    add_pause("resume")
+
+    @api.get("/status", response_model=StatusOut, tags=["status"],
+             summary="Last runs, locks, pause flags, schedules and their next fire time",
+             responses=_responses(*AUTHED))
+    async def status(ctx: Context = Depends(get_context), _: Principal = reader) -> dict[str, Any]:
+        now = ctx.clock()
+        ops = []
+        for op in OPERATIONS:
+            lease, paused, last = await asyncio.gather(
+                ctx.store.read_lock(op, now), ctx.runner.is_paused(op), ctx.runner.last_run(op)
+            )
+            ops.append({
+                "operation": op, "paused": paused,
+                "lock": {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()}
+                if lease else None,
+                "last_run": LastRunOut.model_validate(last).model_dump() if last else None,
+            })
+        schedules = [
+            {"name": s.name, "expression": s.expression, "app_setting": s.app_setting(),
+             "next_fire": s.next_fire(now).isoformat(), "runs_operation": s.runnable}
+            for s in configured_schedules(ctx.settings)
+        ]
+        return {"now": now.isoformat(), "version": __version__, "run_mode": ctx.settings.api.run_mode,
+                "operations": ops, "schedules": schedules}
+
+    @api.get("/audit", response_model=AuditPage, tags=["audit"], summary="Audit entries, newest first",
+             responses=_responses(400, *AUTHED))
+    async def audit(
+        since: datetime | None = Query(None, description="Only entries at or after this time (ISO 8601; "
+                                       "UTC when no offset is given)."),
+        operation: str | None = Query(None, pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+                                      description="Only this operation."),
+        limit: int = Query(100, ge=1, le=500, description="Entries per page."),
+        cursor: str | None = Query(None, min_length=1, max_length=512, pattern=r"^[\x21-\x7e]+$",
+                                   description="next_cursor of the previous page."),
+        ctx: Context = Depends(get_context), _: Principal = reader,
+    ) -> dict[str, Any]:
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        try:
+            entries, nxt = await ctx.store.read_audit(since=since, operation=operation, limit=limit,
+                                                      cursor=cursor)
+        except (ValueError, KeyError) as exc:
+            raise HTTPException(400, f"cursor: not a cursor this audit log returned ({type(exc).__name__})") \
+                from None
+        return {"entries": entries, "next_cursor": nxt}
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(_: Principal = reader) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(_: Principal = reader) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=f"{PREFIX}/openapi.json", title="hubpilot admin API")
+
+    app.include_router(api)
+    app.include_router(scale_routes.router, prefix=PREFIX)
+    app.include_router(graph_routes.router, prefix=PREFIX)
+
+    # Unversioned aliases of the health endpoints (load balancers, kubelet probes).
+    app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
+
+    @app.exception_handler(UnknownOperation)
+    async def unknown_operation(request: Request, exc: UnknownOperation) -> JSONResponse:
+        return JSONResponse({"detail": f"unknown operation {exc}"}, status_code=404)
+
+    return app
+
+
+async def readiness(ctx: Context) -> dict[str, dict[str, Any]]:
+    """Config (the context was built), the state store and the hub, each with a short timeout."""
+    timeout = ctx.settings.api.readiness_timeout_seconds
+    checks: dict[str, dict[str, Any]] = {"config": {"ok": True, "detail": "settings are valid"}}
+
+    async def store() -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(timeout):
+                await ctx.store.get("readyz/probe")
+            return {"ok": True, "detail": "reachable"}
+        except TimeoutError:
+            return {"ok": False, "detail": f"no answer within {timeout:g}s"}
+        except Exception as exc:
+            return {"ok": False, "detail": f"{type(exc).__name__}"}
+
+    async def hub() -> dict[str, Any]:
+        import httpx
+
+        s = ctx.settings.hub
+        url = str(s.api_url).rstrip("/") + "/"
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                resp = await client.get(url, headers={"Authorization": f"token {s.token.get_secret_value()}"})
+        except httpx.HTTPError as exc:
+            return {"ok": False, "detail": f"{url}: {type(exc).__name__}"}
+        if resp.status_code != 200:
+            return {"ok": False, "detail": f"{url} answered {resp.status_code}"}
+        try:
+            version = resp.json().get("version", "?")
+        except ValueError:
+            return {"ok": False, "detail": f"{url} did not answer JSON; is api_url the hub's /hub/api?"}
+        return {"ok": True, "detail": f"JupyterHub {version}"}
+
+    checks["state_store"], checks["hub"] = await asyncio.gather(store(), hub())
+    return checks

@@ -1,0 +1,101 @@
+"""A tiny ASGI front that answers the cheap requests itself and loads the admin app on demand.
+
+The Functions host imports ``function_app`` on every cold start. This front imports nothing but
+the standard library: it answers the health check and Microsoft Graph's subscription validation
+handshake (which must be answered within 10 seconds, often on a cold instance) without loading
+FastAPI, pydantic, the settings or any SDK; every other request builds the admin app once (by
+calling ``app_factory``) and is handed to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+HEALTH_PATHS = frozenset({"/healthz", "/api/v1/healthz"})
+VALIDATION_PATHS = frozenset({"/api/v1/graph/notifications", "/api/v1/graph/lifecycle"})
+MAX_VALIDATION_TOKEN = 4096
+
+
+class Front:
+    """ASGI app: ``/healthz`` and the Graph handshake here, the rest to the lazily built app."""
+
+    def __init__(self, app_factory: Callable[[], ASGIApp]) -> None:
+        self._factory = app_factory
+        self._app: ASGIApp | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._app is not None
+
+    def app(self) -> ASGIApp:
+        if self._app is None:
+            self._app = self._factory()
+        return self._app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] == "http":
+            path = scope.get("path", "")
+            method = scope.get("method", "GET")
+            if path in HEALTH_PATHS and method in ("GET", "HEAD"):
+                await _respond(send, 200, b'{"status":"ok"}', b"application/json", head=method == "HEAD")
+                return
+            if path in VALIDATION_PATHS and method == "POST":
+                token = _validation_token(scope)
+                if token is not None:
+                    await _drain(receive)
+                    await _respond(send, 200, token.encode("utf-8"), b"text/plain; charset=utf-8")
+                    return
+        await self.app()(scope, receive, send)
+
+
+def _validation_token(scope: Scope) -> str | None:
+    raw = scope.get("query_string", b"")
+    if b"validationToken" not in raw:
+        return None
+    values = parse_qs(raw.decode("latin-1"), keep_blank_values=True).get("validationToken")
+    if not values or len(values[0]) > MAX_VALIDATION_TOKEN:
+        return None
+    token: str = values[0]
+    return token
+
+
+async def _drain(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: bytes, *, head: bool = False) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+        ],
+    })
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

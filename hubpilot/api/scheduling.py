@@ -1,0 +1,74 @@
+"""Schedules both hosts share: the Functions timers and ``hubpilot serve``'s scheduler.
+
+Each operation's schedule is the ``schedule`` setting of its section (``sync.schedule``,
+``cull.schedule``, ``scale.schedule``), an NCRONTAB expression. A scheduled round calls the same
+``Runner.run`` as the CLI and the API, with trigger ``timer``; a round that finds the lock held
+is skipped, and refused or paused runs are outcomes, not errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from hubpilot.loop import LockHeld, RunRecord
+from hubpilot.schedule import next_fire
+from hubpilot.settings import Settings
+from hubpilot.wiring import OPERATIONS, Context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str  # the operation, or the dotted setting for schedules that are not operations
+    expression: str
+    runnable: bool  # an operation the scheduler runs
+    setting: str  # dotted path of the setting, e.g. "sync.schedule"
+
+    def app_setting(self) -> str:
+        """The app setting / environment variable that carries it (``HUBPILOT_SYNC__SCHEDULE``)."""
+        return "HUBPILOT_" + "__".join(p.upper() for p in self.setting.split("."))
+
+    def next_fire(self, after: datetime) -> datetime:
+        return next_fire(self.expression, after)
+
+
+def configured_schedules(settings: Settings) -> list[Schedule]:
+    """Every schedule the settings hold: each operation's, then any other ``*_schedule`` field."""
+    out: list[Schedule] = []
+    for op in OPERATIONS:
+        expr = getattr(getattr(settings, op, None), "schedule", None)
+        if isinstance(expr, str) and expr:
+            out.append(Schedule(op, expr, True, f"{op}.schedule"))
+
+    def walk(model: Any, path: tuple[str, ...]) -> None:
+        fields = getattr(type(model), "model_fields", None)
+        if not fields:
+            return
+        for fld in fields:
+            value = getattr(model, fld)
+            loc = (*path, fld)
+            if isinstance(value, str) and (fld == "schedule" or fld.endswith("_schedule")):
+                if not (len(path) == 1 and path[0] in OPERATIONS and fld == "schedule") and value:
+                    dotted = ".".join(loc)
+                    out.append(Schedule(dotted, value, False, dotted))
+            elif hasattr(type(value), "model_fields"):
+                walk(value, loc)
+
+    walk(settings, ())
+    return out
+
+
+async def run_scheduled(ctx: Context, operation: str, *, trigger: str = "timer",
+                        actor: str = "timer") -> RunRecord | None:
+    """One scheduled round. None when another run holds the lock (the round is skipped)."""
+    try:
+        record = await ctx.runner.run(ctx.capability(operation), trigger=trigger, actor=actor)
+    except LockHeld as exc:
+        log.info("scheduled %s skipped: %s", operation, exc)
+        return None
+    log.info("scheduled %s run %s: %s", operation, record.run_id, record.outcome)
+    return record
