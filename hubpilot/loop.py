@@ -313,22 +313,22 @@ def no_progress(done: int, total: int, message: str) -> None:
     return None
 
 
-O = TypeVar("O")
+ObservedT = TypeVar("ObservedT")
 
 
-class Capability(Protocol[O]):
+class Capability(Protocol[ObservedT]):
     """What one operation provides to the runner. Policy is bound when the capability is built."""
 
     @property
     def name(self) -> str: ...
 
-    async def observe(self) -> O: ...
+    async def observe(self) -> ObservedT: ...
 
-    def plan(self, observed: O, now: datetime) -> Plan: ...
+    def plan(self, observed: ObservedT, now: datetime) -> Plan: ...
 
-    def guard(self, observed: O, plan: Plan) -> Sequence[str]: ...
+    def guard(self, observed: ObservedT, plan: Plan) -> Sequence[str]: ...
 
-    async def apply(self, plan: Plan, observed: O, progress: Progress) -> list[ActionResult]: ...
+    async def apply(self, plan: Plan, observed: ObservedT, progress: Progress) -> list[ActionResult]: ...
 
 
 async def run_batches(
@@ -402,7 +402,7 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-class Runner(Generic[O]):
+class Runner(Generic[ObservedT]):
     """Runs capabilities through the one loop, with the lock, pause flag, approval and audit."""
 
     def __init__(
@@ -435,7 +435,7 @@ class Runner(Generic[O]):
         return bool(doc and doc.get("paused"))
 
     # --- runs ------------------------------------------------------------------------------
-    async def dry_run(self, cap: Capability[O], *, trigger: str = "manual", actor: str = "cli") -> RunRecord:
+    async def dry_run(self, cap: Capability[ObservedT], *, trigger: str = "manual", actor: str = "cli") -> RunRecord:
         record = RunRecord(new_run_id(), cap.name, trigger, actor, self.clock(), dry_run=True)
         try:
             observed = await cap.observe()
@@ -452,7 +452,7 @@ class Runner(Generic[O]):
 
     async def run(
         self,
-        cap: Capability[O],
+        cap: Capability[ObservedT],
         *,
         trigger: str,
         actor: str,
@@ -522,7 +522,7 @@ class Runner(Generic[O]):
                 await keeper
             await self.store.release_lock(lease)
 
-    async def approve(self, cap: Capability[O], plan_id: str, *, actor: str,
+    async def approve(self, cap: Capability[ObservedT], plan_id: str, *, actor: str,
                       run_id: str | None = None, progress: Progress = no_progress) -> RunRecord:
         """Apply a plan the guard refused, if a fresh observation still yields the same plan."""
         doc = await self.store.get(REFUSED_KEY.format(plan_id=plan_id))

@@ -1,0 +1,174 @@
+"""``hubpilot demo``: a real local JupyterHub kept in step by hubpilot.
+
+It starts JupyterHub with configurable-http-proxy and real single-user servers on loopback, a
+file directory (or OpenLDAP with ``--ldap``) built from ``deploy/demo/directory.yaml``, shows the
+first sync's plan and result, then a directory change (someone leaves) and its sync, and leaves
+the hub and hubpilot's admin API running — with the sync schedule firing every 30 seconds, so
+edits to the demo's directory file show up in the hub — until Ctrl-C. Everything it started is
+stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hubpilot.localhub import free_port, start_hub
+from hubpilot.loop import RunRecord
+from hubpilot.settings import Settings, load_settings
+from hubpilot.wiring import Context, build_context
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEMO_DIRECTORY = PROJECT_ROOT / "deploy" / "demo" / "directory.yaml"
+WORKDIR = Path(".hubpilot-demo")
+GROUP_PREFIX = "dir-"
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _show(title: str, record: RunRecord) -> None:
+    _say(f"\n── {title} " + "─" * max(0, 70 - len(title)))
+    _say(record.render())
+
+
+def _ldif_from_directory(doc: dict[str, Any], base_dn: str) -> str:
+    """The demo directory as LDIF: people under ou=people, groupOfNames under ou=groups."""
+    out = [f"dn: ou=people,{base_dn}\nobjectClass: organizationalUnit\nou: people\n",
+           f"dn: ou=groups,{base_dn}\nobjectClass: organizationalUnit\nou: groups\n"]
+    for key, p in doc.get("people", {}).items():
+        name = p.get("name", key)
+        out.append(f"dn: uid={p['username']},ou=people,{base_dn}\nobjectClass: inetOrgPerson\n"
+                   f"uid: {p['username']}\ncn: {name}\nsn: {name.split()[-1]}\n")
+    people = doc.get("people", {})
+    for group, g in doc.get("groups", {}).items():
+        members = [f"uid={people[m]['username']},ou=people,{base_dn}" for m in g.get("members", [])]
+        members += [f"cn={n},ou=groups,{base_dn}" for n in g.get("groups", [])]
+        if not members:  # groupOfNames needs one member; the base DN stands for "nobody"
+            members = [base_dn]
+        out.append(f"dn: cn={group},ou=groups,{base_dn}\nobjectClass: groupOfNames\ncn: {group}\n"
+                   + "".join(f"member: {m}\n" for m in members))
+    return "\n".join(out)
+
+
+def _hub_config(groups: list[str]) -> str:
+    access = [GROUP_PREFIX + g for g in groups]
+    return (
+        "import hubpilot_hub\n"
+        f"hubpilot_hub.configure(c, access_groups={access!r})\n"
+    )
+
+
+@contextlib.asynccontextmanager
+async def _directory(doc: dict[str, Any], workdir: Path, ldap: bool) -> AsyncIterator[dict[str, Any]]:
+    """Yields the [directory] settings for the demo's directory (and runs slapd when asked)."""
+    path = workdir / "directory.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    if not ldap:
+        yield {"kind": "file", "file": {"path": str(path)}}
+        return
+    from hubpilot.localldap import start_slapd
+
+    base = "dc=example,dc=com"
+    async with start_slapd(workdir / "ldap", ldif=[_ldif_from_directory(doc, base)]) as server:
+        yield {"kind": "ldap", "ldap": {
+            "url": server.url, "bind_dn": server.root_dn, "bind_password": server.root_password,
+            "base_dn": base, "group_base_dn": f"ou=groups,{base}", "nested": True}}
+
+
+async def _demo(ldap: bool, port: int, wait: bool) -> int:
+    workdir = WORKDIR.resolve()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    doc = yaml.safe_load(DEMO_DIRECTORY.read_text())
+    users_groups = [g for g in doc["groups"] if g != "hub-admins"]
+    _say("hubpilot demo: starting a real JupyterHub (configurable-http-proxy, real single-user servers)"
+         + (" and OpenLDAP" if ldap else "") + " ...")
+    async with contextlib.AsyncExitStack() as stack:
+        hub = await stack.enter_async_context(
+            start_hub(workdir / "hub", extra_config=_hub_config(users_groups), port=port or None)
+        )
+        _say(f"JupyterHub is up at {hub.url} (started in {hub.startup_seconds:.1f} s)")
+        directory = await stack.enter_async_context(_directory(doc, workdir, ldap))
+        api_port = free_port()
+        api_token = secrets.token_urlsafe(24)
+        import hashlib
+
+        settings: Settings = load_settings(
+            None,
+            hub={"api_url": hub.api_url, "token": hub.hubpilot_token},
+            directory=directory,
+            sync={"users_groups": users_groups, "admin_groups": ["hub-admins"], "group_prefix": GROUP_PREFIX,
+                  "schedule": "*/30 * * * * *", "max_removal_percent": 50},
+            state={"kind": "sqlite", "sqlite_path": str(workdir / "state.sqlite3")},
+            api={"tokens": [{"name": "demo-admin", "role": "admin",
+                             "sha256": hashlib.sha256(api_token.encode()).hexdigest()}]},
+        )
+        ctx: Context = build_context(settings)
+        stack.push_async_callback(ctx.close)
+        sync = ctx.capability("sync")
+
+        _show("1. what the first sync would do (dry-run: nothing applied)",
+              await ctx.runner.run(sync, trigger="demo", actor="demo", dry_run=True))
+        _show("2. first sync applied", await ctx.runner.run(sync, trigger="demo", actor="demo"))
+
+        leaver = next(iter(doc["groups"][users_groups[0]]["members"]))
+        await hub.spawn(doc["people"][leaver]["username"])
+        _say(f"\n{doc['people'][leaver]['username']} starts a notebook server ... then leaves the directory group.")
+        for g in doc["groups"].values():
+            if leaver in g.get("members", []):
+                g["members"].remove(leaver)
+        stack_dir = workdir / "directory.yaml"
+        if ldap:
+            from hubpilot.localldap import ldap_remove_member
+
+            ldap_remove_member(directory["ldap"], doc["people"][leaver]["username"])
+        else:
+            stack_dir.write_text(yaml.safe_dump(doc, sort_keys=False))
+        _show("3. sync after the change: deprovisioned (server stopped, access gone), not deleted",
+              await ctx.runner.run(sync, trigger="demo", actor="demo"))
+
+        _say("\n" + "═" * 72)
+        _say(f"JupyterHub:      {hub.url}   (log in as any synced user, password: {hub.password})")
+        _say(f"admin API:       http://127.0.0.1:{api_port}/api/v1/docs   (bearer token: {api_token})")
+        _say(f"directory file:  {stack_dir}" + (" (LDAP mirrors the demo data)" if ldap else
+                                                  "   edit it: the next scheduled sync (every 30 s) follows"))
+        _say("state and logs:  " + str(workdir))
+        if not wait:
+            return 0
+        _say("Ctrl-C stops the hub, the proxy, the servers and hubpilot.")
+        from hubpilot.serve import serve
+
+        server = asyncio.create_task(serve(settings, host="127.0.0.1", port=api_port, context=ctx))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await server
+        _say("\nstopping ...")
+    return 0
+
+
+def run_demo(*, ldap: bool = False, port: int = 8000, wait: bool = True) -> int:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        return asyncio.run(_demo(ldap, port, wait))
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        print(f"hubpilot demo: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

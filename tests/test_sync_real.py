@@ -1,0 +1,404 @@
+"""Sync end to end against the real parts: a real JupyterHub (+ proxy, real single-user servers),
+a real slapd, the SQLite store; the CLI host too. Each test uses its own group prefix and store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from hubpilot.adapters.filedir import FileDirectory
+
+from hubpilot.adapters.hub import HubClient
+from hubpilot.adapters.ldap import LdapDirectory
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.config.sync import SyncSettings
+from hubpilot.loop import LockHeld, Outcome, Runner, Status
+from hubpilot.ports.directory import Directory
+from hubpilot.sync import MANAGED_KEY, SyncCapability
+from tests.fixtures.hub import unique_name
+from tests.realhub import RealHub
+
+pytestmark = pytest.mark.hub
+
+
+class World:
+    """One test's hubpilot: a file directory, a store, a hub client, a sync capability."""
+
+    def __init__(self, hub: RealHub, tmp: Path, *, hub_api: str | None = None, **policy: Any) -> None:
+        self.tag = unique_name("t")
+        self.prefix = f"{self.tag}-"
+        self.path = tmp / "directory.yaml"
+        self.people: dict[str, dict[str, str]] = {}
+        self.groups: dict[str, list[str]] = {"analysts": [], "gpu": [], "admins": []}
+        self.store = SqliteStore(str(tmp / "state.sqlite3"))
+        self.client = HubClient(hub_api or hub.api_url, hub.hubpilot_token, retries=1, timeout=20)
+        base = {"users_groups": ["analysts", "gpu"], "admin_groups": ["admins"], "group_prefix": self.prefix,
+                "max_removal_percent": 100.0}
+        self.policy = SyncSettings(**(base | policy))
+        self.hub = hub
+        self.write()
+
+    def user(self, short: str) -> str:
+        return f"{self.tag}-{short}"
+
+    def set(self, group: str, *shorts: str) -> None:
+        for s in shorts:
+            self.people[s] = {"username": self.user(s), "name": s.title()}
+        self.groups[group] = list(shorts)
+        self.write()
+
+    def write(self) -> None:
+        doc = {"people": self.people, "groups": {g: {"members": m} for g, m in self.groups.items()}}
+        self.path.write_text(yaml.safe_dump(doc))
+
+    def capability(self, directory: Directory | None = None) -> SyncCapability:
+        return SyncCapability(directory or FileDirectory(str(self.path)), self.client, self.store, self.policy)
+
+    def runner(self) -> Runner[Any]:
+        return Runner(self.store)
+
+    async def run(self, **kw: Any) -> Any:
+        return await self.runner().run(self.capability(kw.pop("directory", None)), trigger="test",
+                                       actor="pytest", **kw)
+
+    async def hub_state(self) -> dict[str, Any]:
+        """Users and groups of this test, read with the admin-setup token (not hubpilot's)."""
+        async with self.hub.admin() as admin:
+            users = (await admin.get("/users")).json()
+            groups = (await admin.get("/groups")).json()
+        mine = {u["name"]: {"admin": u["admin"], "groups": sorted(u["groups"])}
+                for u in users if u["name"].startswith(self.tag)}
+        return {"users": mine, "groups": {g["name"]: sorted(g["users"]) for g in groups
+                                          if g["name"].startswith(self.prefix)}}
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self.store.close()
+
+
+@pytest.fixture
+async def world(real_hub: RealHub, tmp_path: Path) -> AsyncIterator[World]:
+    w = World(real_hub, tmp_path)
+    yield w
+    await w.close()
+
+
+async def test_first_sync_then_no_change_then_one_addition(world: World) -> None:
+    world.set("analysts", "alice", "bob")
+    world.set("gpu", "bob")
+    world.set("admins", "carol")
+    record = await world.run()
+    assert record.outcome is Outcome.APPLIED, record.render()
+    u = world.user
+    state = await world.hub_state()
+    assert state["users"] == {
+        u("alice"): {"admin": False, "groups": [f"{world.prefix}analysts"]},
+        u("bob"): {"admin": False, "groups": sorted([f"{world.prefix}analysts", f"{world.prefix}gpu"])},
+        u("carol"): {"admin": True, "groups": [f"{world.prefix}admins"]},
+    }
+    managed = await world.store.get(MANAGED_KEY)
+    assert managed is not None and set(managed["users"]) == {u("alice"), u("bob"), u("carol")}
+
+    world.client.reset_stats()
+    again = await world.run()
+    assert again.outcome is Outcome.APPLIED and again.plan is not None and again.plan.empty
+    assert world.client.stats["writes"] == 0  # a run with no change writes nothing
+    assert world.client.stats["by_route"].get("GET /users") == 1  # and reads the user list once
+
+    world.set("analysts", "alice", "bob", "dave")
+    third = await world.run()
+    assert third.plan is not None and third.plan.counts() == {"create_user": 1, "add_to_group": 1}
+    assert (await world.hub_state())["users"][u("dave")]["groups"] == [f"{world.prefix}analysts"]
+
+    entries, _ = await world.store.read_audit(operation="sync", limit=10)
+    assert [e["outcome"] for e in entries] == ["applied", "applied", "applied"]
+    assert {e["trigger"] for e in entries} == {"test"}
+    assert entries[0]["results"][0]["status"] in ("done", "noop")
+
+
+async def test_removed_person_is_deprovisioned_server_stopped_tokens_revoked_not_deleted(
+    world: World, real_hub: RealHub
+) -> None:
+    world.set("analysts", "alice", "bob")
+    world.set("admins", "bob")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    bob = world.user("bob")
+    await real_hub.spawn(bob)
+    async with real_hub.admin() as admin:
+        r = await admin.post(f"/users/{bob}/tokens", json={"note": "bob's token"})
+        assert r.status_code == 201, r.text
+
+    world.set("analysts", "alice")
+    world.set("admins")
+    record = await world.run()
+    assert record.outcome is Outcome.APPLIED, record.render()
+    by_kind = {r.action.kind: r for r in record.results}
+    assert by_kind["stop_servers"].status in (Status.DONE, Status.PENDING)
+    assert "1 token(s) revoked" in by_kind["revoke_tokens"].detail
+    async with real_hub.admin() as admin:
+        user = (await admin.get(f"/users/{bob}")).json()
+        tokens = (await admin.get(f"/users/{bob}/tokens")).json()
+    assert user["admin"] is False and user["groups"] == []
+    assert all(not s.get("ready") for s in user["servers"].values())
+    assert tokens.get("api_tokens", tokens) == [] or tokens == {"api_tokens": []}
+    managed = await world.store.get(MANAGED_KEY)
+    assert managed is not None and managed["users"][bob]["deprovisioned_at"]
+    # Back in the group: managed again, in the group again.
+    world.set("analysts", "alice", "bob")
+    back = await world.run()
+    assert back.plan is not None and {"manage_user", "add_to_group"} <= set(back.plan.counts())
+    assert (await world.hub_state())["users"][bob]["groups"] == [f"{world.prefix}analysts"]
+
+
+async def test_dry_run_changes_nothing_and_records_nothing(world: World) -> None:
+    world.set("analysts", "alice")
+    record = await world.run(dry_run=True)
+    assert record.outcome is Outcome.PLANNED and record.plan is not None
+    assert record.plan.counts() == {"create_user": 1, "create_group": 3, "add_to_group": 1}
+    assert (await world.hub_state())["users"] == {}
+    assert (await world.store.read_audit(limit=5))[0] == []
+    assert await world.store.get(MANAGED_KEY) is None
+
+
+async def test_mass_removal_is_refused_then_applied_after_approval(world: World) -> None:
+    world.policy = world.policy.model_copy(update={"max_removals": 1})
+    world.set("analysts", "a1", "a2", "a3")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    world.set("analysts")  # the directory says: nobody
+    refused = await world.run()
+    assert refused.outcome is Outcome.REFUSED and refused.plan is not None
+    assert any("more than sync.max_removals = 1" in r for r in refused.refusal)
+    assert any("'analysts' is empty" in r for r in refused.refusal)
+    assert len((await world.hub_state())["groups"][f"{world.prefix}analysts"]) == 3  # nothing applied
+    approved = await world.runner().approve(world.capability(), refused.plan.id, actor="admin")
+    assert approved.outcome is Outcome.APPLIED, approved.render()
+    assert (await world.hub_state())["groups"][f"{world.prefix}analysts"] == []
+
+
+async def test_approval_of_a_plan_that_changed_is_refused(world: World) -> None:
+    world.policy = world.policy.model_copy(update={"max_removals": 0})
+    world.set("analysts", "a1", "a2")
+    await world.run()
+    world.set("analysts")
+    refused = await world.run()
+    assert refused.plan is not None
+    world.set("analysts", "a1")  # the world moved on: a different plan
+    stale = await world.runner().approve(world.capability(), refused.plan.id, actor="admin")
+    assert stale.outcome is Outcome.REFUSED and "fresh observation yields plan" in stale.refusal[0]
+    assert len((await world.hub_state())["groups"][f"{world.prefix}analysts"]) == 2
+
+
+async def test_two_concurrent_runs_one_applies(world: World) -> None:
+    world.set("analysts", *[f"p{i}" for i in range(15)])
+    results = await asyncio.gather(world.run(), world.run(), return_exceptions=True)
+    applied = [r for r in results if not isinstance(r, BaseException)]
+    locked = [r for r in results if isinstance(r, LockHeld)]
+    assert len(applied) == 1 and len(locked) == 1, results
+    assert applied[0].outcome is Outcome.APPLIED
+    assert len((await world.hub_state())["users"]) == 15
+
+
+async def test_paused_sync_only_reports(world: World) -> None:
+    world.set("analysts", "alice")
+    await world.runner().set_paused("sync", True, "admin")
+    record = await world.run()
+    assert record.outcome is Outcome.PAUSED and record.plan is not None and record.plan.counts()
+    assert (await world.hub_state())["users"] == {}
+    await world.runner().set_paused("sync", False, "admin")
+    assert (await world.run()).outcome is Outcome.APPLIED
+
+
+async def test_invalid_directory_file_changes_nothing(world: World) -> None:
+    world.set("analysts", "alice")
+    await world.run()
+    world.path.write_text("groups: [this is: not valid")
+    record = await world.run()
+    assert record.outcome is Outcome.FAILED and "DirectoryError" in (record.error or "")
+    assert world.user("alice") in (await world.hub_state())["users"]
+    assert (await world.store.get(MANAGED_KEY) or {}).get("users", {}).get(world.user("alice"), {}).get(
+        "deprovisioned_at") is None
+
+
+async def test_invalid_names_are_reported_in_the_plan(world: World) -> None:
+    world.people["weird"] = {"username": "Not A/Name", "name": "Weird"}
+    world.set("analysts", "alice")
+    world.groups["analysts"].append("weird")
+    world.write()
+    record = await world.run()
+    assert record.outcome is Outcome.APPLIED and record.plan is not None
+    assert any("'not a/name' is not a valid hub name" in n for n in record.plan.notes)
+    assert set((await world.hub_state())["users"]) == {world.user("alice")}
+
+
+# --- a hub that fails mid-apply ---------------------------------------------------------------
+class FlakyFront:
+    """A loopback HTTP front for the real hub that answers 503 to the requests it is told to
+    fail, and forwards everything else. It lets a test break the hub mid-apply."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.fail_prefixes: list[str] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> FlakyFront:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.server = await asyncio.start_server(self._handle, sock=sock)
+        self.client = httpx.AsyncClient(timeout=30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.client.aclose()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hub/api"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+                size = int(headers.get("Content-Length", headers.get("content-length", "0")))
+                body = await reader.readexactly(size) if size else b""
+                path = target.split("/hub/api", 1)[-1]
+                if any(f"{method} {path}".startswith(p) for p in self.fail_prefixes):
+                    status, out, ctype = 503, b'{"status": 503, "message": "hub is restarting"}', "application/json"
+                else:
+                    keep = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length")}
+                    r = await self.client.request(method, self.upstream + path, headers=keep, content=body)
+                    status, out, ctype = r.status_code, r.content, r.headers.get("content-type", "")
+                writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: {len(out)}\r\n"
+                             f"Content-Type: {ctype}\r\n\r\n".encode() + out)
+                await writer.drain()
+
+
+async def test_hub_failing_mid_apply_is_reported_and_the_next_run_converges(
+    real_hub: RealHub, tmp_path: Path
+) -> None:
+    async with FlakyFront(real_hub.api_url) as front:
+        world = World(real_hub, tmp_path, hub_api=front.api_url)
+        try:
+            world.set("analysts", "alice", "bob")
+            world.set("gpu", "bob")
+            front.fail_prefixes = [f"POST /groups/{world.prefix}gpu/users"]
+            record = await world.run()
+            assert record.outcome is Outcome.FAILED
+            failed = [r for r in record.results if r.status is Status.FAILED]
+            assert [(r.action.kind, r.action.target) for r in failed] == [("add_to_group", f"{world.prefix}gpu")]
+            assert "503" in failed[0].detail
+            done = {(r.action.kind, r.action.target) for r in record.results if r.status is Status.DONE}
+            assert ("add_to_group", f"{world.prefix}analysts") in done
+            front.fail_prefixes = []
+            again = await world.run()
+            assert again.outcome is Outcome.APPLIED
+            assert again.plan is not None and again.plan.counts() == {"add_to_group": 1}
+            assert (await world.hub_state())["groups"][f"{world.prefix}gpu"] == [world.user("bob")]
+        finally:
+            await world.close()
+
+
+async def test_hub_down_at_observe_changes_nothing(real_hub: RealHub, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/hub/api"
+    world = World(real_hub, tmp_path, hub_api=dead)
+    try:
+        world.set("analysts", "alice")
+        record = await world.run()
+        assert record.outcome is Outcome.FAILED and record.error
+        assert record.results == []
+    finally:
+        await world.close()
+
+
+# --- LDAP ----------------------------------------------------------------------------------------
+async def test_ldap_sync_with_nested_groups_and_ldap_down(real_hub: RealHub, tmp_path: Path, slapd: Any) -> None:
+    world = World(real_hub, tmp_path)
+    tag = world.tag
+    base = slapd.base_dn
+    ou = f"ou={tag},{base}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": tag})
+    for short in ("ann", "ben", "cy"):
+        slapd.add(f"uid={tag}-{short},{ou}", {"objectClass": ["inetOrgPerson"],
+                                              "uid": f"{tag}-{short}", "cn": short, "sn": short})
+    slapd.add(f"cn={tag}-interns,{ou}", {"objectClass": ["groupOfNames"],
+                                         "cn": f"{tag}-interns", "member": [f"uid={tag}-cy,{ou}"]})
+    slapd.add(f"cn={tag}-analysts,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{tag}-analysts",
+                                          "member": [f"uid={tag}-ann,{ou}", f"cn={tag}-interns,{ou}"]})
+    slapd.add(f"cn={tag}-admins,{ou}", {"objectClass": ["groupOfUniqueNames"],
+                                        "cn": f"{tag}-admins", "uniqueMember": [f"uid={tag}-ben,{ou}"]})
+    world.policy = world.policy.model_copy(update={
+        "users_groups": [f"{tag}-analysts"], "admin_groups": [f"{tag}-admins"],
+        "group_names": {f"{tag}-analysts": "analysts", f"{tag}-admins": "admins"}})
+    directory = LdapDirectory(url=slapd.url, bind_dn=slapd.root_dn, bind_password=slapd.root_password,
+                              base_dn=base, group_base_dn=None, group_name_attribute="cn",
+                              username_attribute="uid", nested=True, nested_max_depth=8, page_size=50,
+                              timeout=5, start_tls=False, ca_file=None)
+    try:
+        record = await world.run(directory=directory)
+        assert record.outcome is Outcome.APPLIED, record.render()
+        state = await world.hub_state()
+        assert state["groups"][f"{world.prefix}analysts"] == sorted([f"{tag}-ann", f"{tag}-cy"])
+        assert state["users"][f"{tag}-ben"]["admin"] is True
+
+        slapd.stop()
+        try:
+            down = await world.run(directory=directory)
+        finally:
+            slapd.start()
+        assert down.outcome is Outcome.FAILED and "DirectoryError" in (down.error or "")
+        assert down.results == []
+        assert (await world.hub_state()) == state
+    finally:
+        await directory.close()
+        await world.close()
+
+
+# --- the CLI host --------------------------------------------------------------------------------
+def test_cli_sync_dry_run_and_apply_exit_codes(real_hub: RealHub, tmp_path: Path) -> None:
+    from hubpilot.cli import main
+
+    tag = unique_name("cli")
+    directory = tmp_path / "dir.yaml"
+    directory.write_text(yaml.safe_dump({
+        "people": {"x": {"username": f"{tag}-x"}},
+        "groups": {"analysts": {"members": ["x"]}},
+    }))
+    config = tmp_path / "hubpilot.toml"
+    config.write_text(
+        f'[hub]\napi_url = "{real_hub.api_url}"\ntoken = "{real_hub.hubpilot_token}"\n'
+        f'[directory]\nkind = "file"\n[directory.file]\npath = "{directory}"\n'
+        f'[sync]\nusers_groups = ["analysts"]\ngroup_prefix = "{tag}-"\n'
+        f'[state]\nsqlite_path = "{tmp_path / "state.sqlite3"}"\n'
+    )
+    import io
+
+    out = io.StringIO()
+    assert main(["--config", str(config), "sync", "--dry-run", "--json"], out=out) == 0
+    plan = json.loads(out.getvalue())
+    assert plan["outcome"] == "planned" and plan["plan"]["counts"] == {
+        "create_user": 1, "create_group": 1, "add_to_group": 1}
+    out = io.StringIO()
+    assert main(["--config", str(config), "sync"], out=out) == 0
+    assert "applied" in out.getvalue()
+    assert main(["--config", str(config), "pause", "sync"], out=io.StringIO()) == 0
+    assert main(["--config", str(config), "sync"], out=io.StringIO()) == 5
+    assert main(["--config", str(config), "resume", "sync"], out=io.StringIO()) == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[hub]\napi_url = "not a url"\n')
+    assert main(["--config", str(bad), "sync"], out=io.StringIO()) == 2
