@@ -1,0 +1,412 @@
+"""``HubClient``: the JupyterHub REST API (5.x) as :class:`hubpilot.ports.hub.Hub`.
+
+- Listing uses the hub's pagination (``Accept: application/jupyterhub-pagination+json``,
+  ``offset``/``limit``) and follows ``_pagination.next`` until it is null.
+- Connection errors, timeouts and 5xx answers are retried ``retries`` times with exponential
+  backoff and jitter; 4xx answers are not retried. At most ``concurrency`` requests are in flight.
+- Every write is idempotent: repeating it is a no-op (409 "exists", 404 "no such server" and the
+  like are the outcome already reached, not errors).
+- An answer that is not what the API documents raises :class:`HubInvalidResponse` naming the
+  request and the field; other failures raise :class:`HubError` with the HTTP status.
+- ``stats`` counts requests (reads, writes, retries, by method and path template).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from hubpilot.ports.hub import (
+    HubError,
+    HubGroup,
+    HubInvalidResponse,
+    HubServer,
+    HubUser,
+    StopResult,
+)
+
+PAGINATION = "application/jupyterhub-pagination+json"
+_READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+class HubClient:
+    """Async client of a JupyterHub's REST API, authenticated with a service token."""
+
+    def __init__(
+        self,
+        api_url: str,
+        token: str,
+        *,
+        timeout: float = 10,
+        retries: int = 3,
+        concurrency: int = 10,
+        page_size: int = 200,
+        transport: httpx.AsyncBaseTransport | None = None,
+        backoff: float = 0.25,
+        backoff_max: float = 8.0,
+        create_chunk: int = 100,
+    ) -> None:
+        if not token:
+            raise ValueError("hub token is empty: set the hubpilot service's API token")
+        if page_size < 1 or concurrency < 1 or retries < 0 or create_chunk < 1:
+            raise ValueError("page_size, concurrency and create_chunk must be ≥ 1, retries ≥ 0")
+        self.api_url = api_url.rstrip("/")
+        self._retries = retries
+        self._page_size = page_size
+        self._backoff = backoff
+        self._backoff_max = backoff_max
+        self._create_chunk = create_chunk
+        self._sem = asyncio.Semaphore(concurrency)
+        self._http = httpx.AsyncClient(
+            base_url=self.api_url,
+            headers={"Authorization": f"token {token}", "Accept": "application/json"},
+            timeout=timeout,
+            transport=transport,
+        )
+        self._counts: Counter[str] = Counter()
+        self._routes: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Requests sent so far: ``requests``, ``reads``, ``writes``, ``retries``, ``errors``
+        and ``by_route`` (``"GET /users"`` → count; paths as templates, names left out)."""
+        return {
+            "requests": self._counts["reads"] + self._counts["writes"],
+            "reads": self._counts["reads"],
+            "writes": self._counts["writes"],
+            "retries": self._counts["retries"],
+            "errors": self._counts["errors"],
+            "by_route": dict(self._routes),
+        }
+
+    def reset_stats(self) -> None:
+        self._counts.clear()
+        self._routes.clear()
+
+    async def _request(
+        self,
+        method: str,
+        template: str,
+        *,
+        path_args: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        ok: Sequence[int] = (200, 201, 202, 204),
+        accept: Sequence[int] = (),
+    ) -> httpx.Response:
+        """Send one request with retries. Returns the response when its status is in ``ok`` or
+        ``accept`` (an expected 'already so' answer); raises HubError otherwise."""
+        path = template.format(**{k: quote(v, safe="") for k, v in (path_args or {}).items()})
+        route = f"{method} {template}"
+        what = f"{method} {path}"
+        attempt = 0
+        while True:
+            self._counts["reads" if method in _READ_METHODS else "writes"] += 1
+            self._routes[route] += 1
+            try:
+                async with self._sem:
+                    resp = await self._http.request(
+                        method, path, params=params, json=json_body, headers=headers
+                    )
+            except httpx.TransportError as e:  # connection refused/reset, timeouts
+                if attempt < self._retries:
+                    attempt += 1
+                    self._counts["retries"] += 1
+                    await asyncio.sleep(self._delay(attempt))
+                    continue
+                self._counts["errors"] += 1
+                raise HubError(
+                    f"{what}: hub unreachable at {self.api_url} after {attempt + 1} attempts: "
+                    f"{type(e).__name__}: {e}"
+                ) from e
+            if resp.status_code >= 500 and attempt < self._retries:
+                attempt += 1
+                self._counts["retries"] += 1
+                await asyncio.sleep(self._delay(attempt))
+                continue
+            if resp.status_code in ok or resp.status_code in accept:
+                return resp
+            self._counts["errors"] += 1
+            raise HubError(
+                f"{what}: hub answered {resp.status_code}: {_message(resp)}"
+                + (f" (after {attempt + 1} attempts)" if attempt else ""),
+                status=resp.status_code,
+            )
+
+    def _delay(self, attempt: int) -> float:
+        base = min(self._backoff_max, self._backoff * float(2 ** (attempt - 1)))
+        return base * (0.5 + random.random() / 2)  # full-ish jitter
+
+    async def _json(self, resp: httpx.Response) -> Any:
+        try:
+            return resp.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HubInvalidResponse(
+                f"{resp.request.method} {resp.request.url}: answer is not JSON "
+                f"(content-type {resp.headers.get('content-type')!r}): {resp.text[:200]!r}",
+                status=resp.status_code,
+            ) from e
+
+    async def _paged(self, template: str, params: Mapping[str, Any] | None = None) -> list[Any]:
+        items: list[Any] = []
+        offset, limit = 0, self._page_size
+        while True:
+            resp = await self._request(
+                "GET", template, params={**(params or {}), "offset": offset, "limit": limit},
+                headers={"Accept": PAGINATION},
+            )
+            body = await self._json(resp)
+            what = f"GET {template} (offset={offset})"
+            if isinstance(body, list):  # a hub without pagination support: one full list
+                return body
+            if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+                raise HubInvalidResponse(f"{what}: expected an object with an 'items' list")
+            items.extend(body["items"])
+            pag = body.get("_pagination")
+            if not isinstance(pag, dict):
+                raise HubInvalidResponse(f"{what}: '_pagination' missing or not an object")
+            nxt = pag.get("next")
+            if nxt is None:
+                return items
+            if not isinstance(nxt, dict) or not isinstance(nxt.get("offset"), int):
+                raise HubInvalidResponse(f"{what}: '_pagination.next.offset' is not an integer")
+            if nxt["offset"] <= offset:
+                raise HubInvalidResponse(f"{what}: '_pagination.next.offset' does not advance")
+            offset = nxt["offset"]
+            if isinstance(nxt.get("limit"), int) and nxt["limit"] > 0:
+                limit = nxt["limit"]
+
+    # ------------------------------------------------------------------ reads
+
+    async def list_users(self, *, state: str | None = None) -> list[HubUser]:
+        if state not in (None, "ready", "active", "inactive"):
+            raise ValueError(f"state must be ready, active or inactive, not {state!r}")
+        params = {"state": state} if state else {}
+        return [_user(u, "GET /users") for u in await self._paged("/users", params)]
+
+    async def list_groups(self) -> list[HubGroup]:
+        return [_group(g, "GET /groups") for g in await self._paged("/groups")]
+
+    async def get_user(self, name: str) -> HubUser | None:
+        """One user with servers; None when the hub does not know them."""
+        resp = await self._request("GET", "/users/{name}", path_args={"name": name}, accept=(404,))
+        if resp.status_code == 404:
+            return None
+        return _user(await self._json(resp), f"GET /users/{name}")
+
+    # ------------------------------------------------------------------ writes
+
+    async def create_users(self, names: Sequence[str]) -> list[str]:
+        wanted = list(dict.fromkeys(names))
+        created: list[str] = []
+        for i in range(0, len(wanted), self._create_chunk):
+            chunk = wanted[i : i + self._create_chunk]
+            resp = await self._request("POST", "/users", json_body={"usernames": chunk}, accept=(409,))
+            if resp.status_code == 409:  # all of them exist already
+                continue
+            body = await self._json(resp)
+            if not isinstance(body, list):
+                raise HubInvalidResponse("POST /users: expected a list of created users")
+            created.extend(_user(u, "POST /users").name for u in body)
+        return created
+
+    async def set_admin(self, name: str, admin: bool) -> None:
+        await self._request(
+            "PATCH", "/users/{name}", path_args={"name": name}, json_body={"admin": bool(admin)}
+        )
+
+    async def create_group(self, name: str) -> bool:
+        resp = await self._request("POST", "/groups/{name}", path_args={"name": name}, accept=(409,))
+        return resp.status_code != 409
+
+    async def add_group_members(self, group: str, names: Sequence[str]) -> None:
+        if names:
+            await self._request(
+                "POST", "/groups/{name}/users", path_args={"name": group},
+                json_body={"users": list(dict.fromkeys(names))},
+            )
+
+    async def remove_group_members(self, group: str, names: Sequence[str]) -> None:
+        if names:
+            await self._request(
+                "DELETE", "/groups/{name}/users", path_args={"name": group},
+                json_body={"users": list(dict.fromkeys(names))},
+            )
+
+    async def stop_server(self, user: str, server: str = "") -> StopResult:
+        return await self._stop(user, server, remove=False)
+
+    async def delete_server(self, user: str, server: str) -> StopResult:
+        if not server:
+            raise ValueError("the default server cannot be removed; only named servers")
+        return await self._stop(user, server, remove=True)
+
+    async def _stop(self, user: str, server: str, *, remove: bool) -> StopResult:
+        if server:
+            template, args = "/users/{name}/servers/{server}", {"name": user, "server": server}
+        else:
+            template, args = "/users/{name}/server", {"name": user}
+        resp = await self._request(
+            "DELETE", template, path_args=args, json_body={"remove": True} if remove else None,
+            accept=(400, 404),
+        )
+        if resp.status_code == 204:
+            return StopResult.STOPPED
+        if resp.status_code == 202:
+            return StopResult.PENDING
+        if resp.status_code == 404 or "not running" in _message(resp).lower():
+            return StopResult.NOT_RUNNING
+        self._counts["errors"] += 1
+        raise HubError(
+            f"DELETE {resp.request.url.path}: hub answered 400: {_message(resp)}", status=400
+        )
+
+    async def revoke_tokens(self, user: str) -> int:
+        resp = await self._request(
+            "GET", "/users/{name}/tokens", path_args={"name": user}, accept=(404,)
+        )
+        if resp.status_code == 404:
+            return 0
+        body = await self._json(resp)
+        what = f"GET /users/{user}/tokens"
+        if not isinstance(body, dict) or not isinstance(body.get("api_tokens"), list):
+            raise HubInvalidResponse(f"{what}: expected an object with an 'api_tokens' list")
+        ids: list[str] = []
+        for t in body["api_tokens"]:
+            if not isinstance(t, dict) or not isinstance(t.get("id"), str):
+                raise HubInvalidResponse(f"{what}: a token without a string 'id'")
+            ids.append(t["id"])
+
+        async def revoke(token_id: str) -> bool:
+            r = await self._request(
+                "DELETE", "/users/{name}/tokens/{token_id}",
+                path_args={"name": user, "token_id": token_id}, accept=(404,),
+            )
+            return r.status_code != 404
+
+        done = await asyncio.gather(*(revoke(i) for i in ids))
+        return sum(done)
+
+    async def delete_user(self, name: str) -> bool:
+        resp = await self._request("DELETE", "/users/{name}", path_args={"name": name}, accept=(404,))
+        return resp.status_code != 404
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> HubClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+# ---------------------------------------------------------------------- parsing
+
+
+def _message(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:200] or resp.reason_phrase
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return resp.text[:200]
+
+
+def _field(obj: Mapping[str, Any], key: str, types: type | tuple[type, ...], what: str,
+           *, required: bool = False, default: Any = None) -> Any:
+    if key not in obj or (obj[key] is None and not required):
+        if required:
+            raise HubInvalidResponse(f"{what}: field {key!r} missing")
+        return default
+    value = obj[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+        names = "/".join(t.__name__ for t in _as_tuple(types))
+        raise HubInvalidResponse(f"{what}: field {key!r} should be {names}, got {value!r}")
+    return value
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _time(obj: Mapping[str, Any], key: str, what: str) -> datetime | None:
+    raw = _field(obj, key, str, what)
+    if raw is None:
+        return None
+    try:
+        t = datetime.fromisoformat(raw)
+    except ValueError as e:
+        raise HubInvalidResponse(f"{what}: field {key!r} is not an ISO time: {raw!r}") from e
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _user(obj: Any, request: str) -> HubUser:
+    if not isinstance(obj, dict):
+        raise HubInvalidResponse(f"{request}: a user is not an object: {obj!r:.100}")
+    name = _field(obj, "name", str, f"{request}: user", required=True)
+    what = f"{request}: user {name!r}"
+    groups = _field(obj, "groups", list, what, default=[])
+    if not all(isinstance(g, str) for g in groups):
+        raise HubInvalidResponse(f"{what}: field 'groups' should hold names")
+    servers_raw = _field(obj, "servers", dict, what, default={})
+    servers = {
+        sname: _server(name, sname, s, what) for sname, s in servers_raw.items()
+    }
+    return HubUser(
+        name=name,
+        admin=_field(obj, "admin", bool, what, default=False),
+        groups=frozenset(groups),
+        kind=_field(obj, "kind", str, what, default="user"),
+        created=_time(obj, "created", what),
+        last_activity=_time(obj, "last_activity", what),
+        servers=servers,
+    )
+
+
+def _server(user: str, name: str, obj: Any, request: str) -> HubServer:
+    what = f"{request}: server {name!r}"
+    if not isinstance(obj, dict):
+        raise HubInvalidResponse(f"{what}: not an object")
+    sname = _field(obj, "name", str, what, default=name)
+    if sname != name:
+        raise HubInvalidResponse(f"{what}: field 'name' is {sname!r}, not its key")
+    pending = _field(obj, "pending", str, what)
+    return HubServer(
+        user=user,
+        name=name,
+        ready=_field(obj, "ready", bool, what, default=False),
+        pending=pending,
+        started=_time(obj, "started", what),
+        last_activity=_time(obj, "last_activity", what),
+        url=_field(obj, "url", str, what),
+        user_options=_field(obj, "user_options", dict, what, default={}),
+        state=_field(obj, "state", dict, what, default={}),
+    )
+
+
+def _group(obj: Any, request: str) -> HubGroup:
+    if not isinstance(obj, dict):
+        raise HubInvalidResponse(f"{request}: a group is not an object: {obj!r:.100}")
+    name = _field(obj, "name", str, f"{request}: group", required=True)
+    what = f"{request}: group {name!r}"
+    users = _field(obj, "users", list, what, default=[])
+    if not all(isinstance(u, str) for u in users):
+        raise HubInvalidResponse(f"{what}: field 'users' should hold names")
+    return HubGroup(
+        name=name,
+        users=frozenset(users),
+        properties=_field(obj, "properties", dict, what, default={}),
+    )

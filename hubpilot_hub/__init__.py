@@ -1,0 +1,1 @@
+"""hubpilot_hub: the part of hubpilot that runs inside JupyterHub."""
