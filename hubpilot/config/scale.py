@@ -1,7 +1,157 @@
+"""Settings of the GPU node pool scaling (``[scale]``)."""
+
 from __future__ import annotations
 
-from hubpilot.config.base import Section
+import re
+from datetime import date, time
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+
+from hubpilot.config.base import NCronTab, Section
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
+
+
+def parse_days(spec: str) -> frozenset[int]:
+    """``"mon-fri"``, ``"sat,sun"``, ``"mon-wed,fri"`` → weekday numbers (Monday = 0)."""
+    out: set[int] = set()
+    for part in spec.lower().replace(" ", "").split(","):
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-", 1)
+            if a not in _DAYS or b not in _DAYS:
+                raise ValueError(f"{part!r} is no day range; use e.g. 'mon-fri' (days: {', '.join(_DAYS)})")
+            i, j = _DAYS.index(a), _DAYS.index(b)
+            out.update(range(i, j + 1) if i <= j else [*range(i, 7), *range(0, j + 1)])
+        elif part in _DAYS:
+            out.add(_DAYS.index(part))
+        else:
+            raise ValueError(f"{part!r} is no day; use one of {', '.join(_DAYS)} or a range like 'mon-fri'")
+    if not out:
+        raise ValueError("days is empty; use e.g. 'mon-fri'")
+    return frozenset(out)
+
+
+def parse_hhmm(value: str) -> time:
+    if not _HHMM.match(value):
+        raise ValueError(f"{value!r} is no time of day; use HH:MM, e.g. '08:00' (24:00: midnight)")
+    if value == "24:00":
+        return time.max
+    h, m = value.split(":")
+    return time(int(h), int(m))
+
+
+class WarmWindow(Section):
+    """A time window in which capacity is kept warm, e.g. Mon-Fri 08:00-18:00 keep 1 spare node."""
+
+    days: str = Field("mon-fri", description="Weekdays, e.g. 'mon-fri' or 'mon,wed,fri'.")
+    start: str = Field("08:00", description="Local start time HH:MM (in scale.timezone).")
+    end: str = Field("18:00", description="Local end HH:MM; before start: runs past midnight.")
+    spare: int = Field(1, ge=0, le=100, description="Empty ready GPU nodes kept beyond the busy ones.")
+    min_nodes: int = Field(0, ge=0, le=1000, description="GPU nodes kept in total, busy or not.")
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, v: str) -> str:
+        parse_days(v)
+        return v
+
+    @field_validator("start", "end")
+    @classmethod
+    def _times(cls, v: str) -> str:
+        parse_hhmm(v)
+        return v
 
 
 class ScaleSettings(Section):
-    """Settings of the scale work (its owner fills this in)."""
+    """Scaling the AKS GPU node pool: up on demand, down on idle time and by schedule."""
+
+    enabled: bool = Field(False, description="Run the scale timer (the pool must be configured).")
+    schedule: NCronTab = Field("0 * * * * *", description="NCRONTAB of the scale timer (every minute).")
+    # where the pool is
+    arm_endpoint: str = Field("https://management.azure.com", description="Azure Resource Manager endpoint.")
+    arm_audience: str = Field(
+        "https://management.azure.com/.default",
+        description="Token scope for ARM (sovereign clouds differ, e.g. https://management.usgovcloudapi.net/.default).",
+    )
+    authority: str = Field(
+        "https://login.microsoftonline.com", description="Entra authority host of the credential."
+    )
+    subscription_id: str = Field("", description="Subscription of the AKS cluster.")
+    resource_group: str = Field("", description="Resource group of the AKS cluster.")
+    cluster: str = Field("", description="Name of the AKS managed cluster.")
+    pool: str = Field("gpu", description="Name of the GPU agent pool.")
+    api_version: str | None = Field(None, description="ARM API version (default: the SDK's).")
+    # the Kubernetes view
+    namespace: str = Field("jhub", description="Namespace of the hub and its user pods.")
+    kubeconfig: str | None = Field(None, description="Kubeconfig path; unset: in-cluster, else ~/.kube.")
+    kube_api_url: str | None = Field(None, description="Kubernetes API URL (overrides kubeconfig; tests).")
+    user_pod_selector: str = Field(
+        "component=singleuser-server", description="Label selector of user server pods."
+    )
+    node_pool_label: str = Field(
+        "kubernetes.azure.com/agentpool", description="Node label whose value is the agent pool name."
+    )
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource a GPU pod requests.")
+    gpu_profiles: list[str] = Field(
+        default_factory=list, description="Hub profile slugs that count as GPU (hub pending spawns)."
+    )
+    pods_per_node: int = Field(1, ge=1, le=64, description="GPU user pods one node holds.")
+    # policy
+    timezone: str = Field("UTC", description="IANA timezone of the warm windows, e.g. Europe/Berlin.")
+    warm: list[WarmWindow] = Field(default_factory=list, description="Warm-capacity windows.")
+    holidays: list[date] = Field(
+        default_factory=list, description="Dates (YYYY-MM-DD, local) on which no warm window applies."
+    )
+    idle_minutes: float = Field(10.0, ge=0, le=1440, description="A node empty this long may be removed.")
+    min_nodes: int = Field(0, ge=0, le=1000, description="Never fewer GPU nodes than this.")
+    max_nodes: int = Field(10, ge=0, le=1000, description="Never more GPU nodes than this.")
+    max_step_up: int = Field(4, ge=1, le=100, description="Most nodes added in one run.")
+    max_step_down: int = Field(2, ge=1, le=100, description="Most nodes removed in one run.")
+    scale_down_delay_after_up_minutes: float = Field(
+        10.0, ge=0, le=1440, description="No scale-down this long after a scale-up (anti-flapping)."
+    )
+    scale_down_cooldown_minutes: float = Field(
+        2.0, ge=0, le=1440, description="No further scale-down this long after a scale-down."
+    )
+    demand_ttl_minutes: float = Field(
+        15.0, ge=1, le=240, description="A hub demand signal counts this long (above node boot)."
+    )
+    price_per_node_hour: float = Field(0.0, ge=0, description="Price of one GPU node-hour (cost report).")
+    currency: str = Field("USD", description="Currency of price_per_node_hour.")
+    # ARM client behaviour
+    lro_wait_seconds: float = Field(
+        45.0, ge=0, le=3600, description="Wait this long for an ARM operation, then report it pending."
+    )
+    retry_total: int = Field(3, ge=0, le=10, description="azure-core retries (429 honours Retry-After).")
+    retry_backoff_seconds: float = Field(0.8, ge=0, le=60, description="azure-core retry backoff factor.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{v!r} is no IANA timezone; use e.g. 'Europe/Berlin' or 'UTC'") from exc
+        return v
+
+    @field_validator("arm_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ValueError("arm_endpoint must be an https:// URL (plain http only on loopback)")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScaleSettings:
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(
+                f"scale.min_nodes ({self.min_nodes}) is above scale.max_nodes ({self.max_nodes})")
+        if self.enabled and not (self.subscription_id and self.resource_group and self.cluster):
+            raise ValueError(
+                "scale.enabled needs scale.subscription_id, scale.resource_group and scale.cluster"
+            )
+        return self

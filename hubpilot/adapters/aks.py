@@ -1,0 +1,209 @@
+"""The AKS GPU agent pool through azure-mgmt-containerservice (async client).
+
+The ARM endpoint and the token scope are configuration (sovereign clouds, tests on loopback).
+Retries are azure-core's own ``AsyncRetryPolicy`` (429 honours Retry-After). A 409 — another
+operation on the pool is in progress — is never retried: it is reported as CONFLICT and the next
+run re-observes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from azure.core import MatchConditions
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError
+from azure.core.pipeline import PipelineRequest
+from azure.core.pipeline.policies import AsyncBearerTokenCredentialPolicy, AsyncRetryPolicy
+from azure.mgmt.containerservice.aio import ContainerServiceClient
+from azure.mgmt.containerservice.models import AgentPool, AgentPoolDeleteMachinesParameter
+
+from hubpilot.ports.pool import PoolError, PoolOutcome, PoolResult, PoolState
+
+log = logging.getLogger(__name__)
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class LoopbackBearerPolicy(AsyncBearerTokenCredentialPolicy):  # type: ignore[type-arg]
+    """Bearer tokens over TLS only, except to a loopback address (a local ARM emulator)."""
+
+    async def on_request(self, request: PipelineRequest[Any]) -> None:
+        if _is_loopback(request.http_request.url):
+            request.context.options["enforce_https"] = False
+        await super().on_request(request)
+
+
+class AksPool:
+    """One agent pool of one managed cluster."""
+
+    def __init__(
+        self,
+        credential: AsyncTokenCredential,
+        *,
+        subscription_id: str,
+        resource_group: str,
+        cluster: str,
+        pool: str,
+        base_url: str = "https://management.azure.com",
+        credential_scopes: Sequence[str] = ("https://management.azure.com/.default",),
+        api_version: str | None = None,
+        retry_total: int = 3,
+        retry_backoff: float = 0.8,
+        polling_interval: float = 15.0,
+        lro_wait: float = 45.0,
+        transport: Any = None,
+    ) -> None:
+        self.resource_group = resource_group
+        self.cluster = cluster
+        self.pool = pool
+        self.lro_wait = lro_wait
+        self._credential = credential
+        kwargs: dict[str, Any] = {
+            "base_url": base_url.rstrip("/"),
+            "credential_scopes": list(credential_scopes),
+            "authentication_policy": LoopbackBearerPolicy(credential, *credential_scopes),
+            "retry_policy": AsyncRetryPolicy(retry_total=retry_total, retry_backoff_factor=retry_backoff),
+            "polling_interval": polling_interval,
+        }
+        if api_version:
+            kwargs["api_version"] = api_version
+        if transport is not None:
+            kwargs["transport"] = transport
+        self._client = ContainerServiceClient(credential, subscription_id, **kwargs)
+
+    # --- reads ---------------------------------------------------------------------------
+    async def _get_model(self) -> AgentPool:
+        try:
+            return await self._client.agent_pools.get(self.resource_group, self.cluster, self.pool)
+        except HttpResponseError as exc:
+            raise _pool_error(f"cannot read agent pool {self.pool}", exc) from exc
+
+    async def get(self) -> PoolState:
+        ap = await self._get_model()
+        props = ap.properties
+        if props is None or props.count is None:
+            raise PoolError(f"agent pool {self.pool}: ARM answered without properties.count")
+        ps = props.power_state
+        power = ps.code if ps is not None and ps.code else "Running"
+        return PoolState(
+            name=ap.name or self.pool,
+            count=int(props.count),
+            min_count=props.min_count,
+            max_count=props.max_count,
+            autoscaling=bool(props.enable_auto_scaling),
+            power_state=_text(power),
+            provisioning_state=_text(props.provisioning_state or "Succeeded"),
+            vm_size=_text(props.vm_size or ""),
+            etag=props.e_tag,
+            scale_down_mode=_text(props.scale_down_mode) if props.scale_down_mode else None,
+        )
+
+    # --- writes --------------------------------------------------------------------------
+    async def set_count(self, count: int, *, etag: str | None = None) -> PoolResult:
+        ap = await self._get_model()
+        props = ap.properties
+        if props is None:
+            raise PoolError(f"agent pool {self.pool}: ARM answered without properties")
+        if props.enable_auto_scaling:
+            raise PoolError(f"agent pool {self.pool}: the cluster autoscaler is on; its count is not ours")
+        if props.count == count:
+            return PoolResult(PoolOutcome.NOOP, f"count is already {count}")
+        props.count = count
+        return await self._put(ap, etag, f"count {count}")
+
+    async def set_min_count(self, min_count: int, *, etag: str | None = None) -> PoolResult:
+        ap = await self._get_model()
+        props = ap.properties
+        if props is None:
+            raise PoolError(f"agent pool {self.pool}: ARM answered without properties")
+        if not props.enable_auto_scaling:
+            raise PoolError(f"agent pool {self.pool}: the cluster autoscaler is off; min_count has no effect")
+        if props.min_count == min_count:
+            return PoolResult(PoolOutcome.NOOP, f"min_count is already {min_count}")
+        props.min_count = min_count
+        return await self._put(ap, etag, f"min_count {min_count}")
+
+    async def _put(self, ap: AgentPool, etag: str | None, what: str) -> PoolResult:
+        kwargs: dict[str, Any] = {}
+        if etag:
+            kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+        try:
+            poller = await self._client.agent_pools.begin_create_or_update(
+                self.resource_group, self.cluster, self.pool, ap, **kwargs)
+        except ResourceExistsError as exc:
+            return _conflict(exc)
+        except ResourceModifiedError as exc:
+            return PoolResult(PoolOutcome.CONFLICT, f"the pool changed since it was read: {exc.message}")
+        except HttpResponseError as exc:
+            if exc.status_code == 409:
+                return _conflict(exc)
+            raise _pool_error(f"cannot set {what} on agent pool {self.pool}", exc) from exc
+        return await self._wait(poller, what)
+
+    async def delete_machines(self, machines: Sequence[str]) -> PoolResult:
+        if not machines:
+            return PoolResult(PoolOutcome.NOOP, "no machines")
+        body = AgentPoolDeleteMachinesParameter(machine_names=list(machines))
+        try:
+            poller = await self._client.agent_pools.begin_delete_machines(
+                self.resource_group, self.cluster, self.pool, body)
+        except HttpResponseError as exc:
+            if exc.status_code == 409:
+                return _conflict(exc)
+            raise _pool_error(f"cannot delete machines {', '.join(machines)}", exc) from exc
+        return await self._wait(poller, f"delete {', '.join(machines)}")
+
+    async def _wait(self, poller: Any, what: str) -> PoolResult:
+        """Wait for the long-running operation up to ``lro_wait``; then report it pending."""
+        task = asyncio.ensure_future(poller.result())
+        done, _ = await asyncio.wait({task}, timeout=self.lro_wait)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            return PoolResult(PoolOutcome.PENDING, f"{what}: still running after {self.lro_wait:g}s")
+        try:
+            task.result()
+        except HttpResponseError as exc:
+            raise _pool_error(f"{what}: the operation failed", exc) from exc
+        return PoolResult(PoolOutcome.DONE, what)
+
+    async def close(self) -> None:
+        await self._client.close()
+        close = getattr(self._credential, "close", None)
+        if close is not None:
+            await close()
+
+
+def _text(value: Any) -> str:
+    """An SDK enum member or a plain string, as the wire text."""
+    return str(getattr(value, "value", value))
+
+
+def _code(exc: HttpResponseError) -> str | None:
+    err = getattr(exc, "error", None)
+    return getattr(err, "code", None) if err is not None else None
+
+
+def _conflict(exc: HttpResponseError) -> PoolResult:
+    return PoolResult(PoolOutcome.CONFLICT, f"{_code(exc) or 'Conflict'}: {exc.message}")
+
+
+def _pool_error(prefix: str, exc: HttpResponseError) -> PoolError:
+    code = _code(exc)
+    return PoolError(f"{prefix}: {exc.status_code} {code or ''} {exc.message}".strip(), exc.status_code, code)

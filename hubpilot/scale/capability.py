@@ -1,0 +1,218 @@
+"""The scale capability: observe the pool, the cluster and the demand; apply pool changes safely."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from hubpilot.loop import Action, ActionResult, Clock, Plan, Progress, Status, run_actions
+from hubpilot.ports.cluster import Cluster
+from hubpilot.ports.hub import Hub, HubError
+from hubpilot.ports.pool import Pool, PoolError, PoolOutcome, PoolResult
+from hubpilot.ports.store import StateStore
+from hubpilot.scale.cost import record_size
+from hubpilot.scale.plan import (
+    OPERATION,
+    REMOVE_NODES,
+    SET_COUNT,
+    SET_MIN_COUNT,
+    UNCORDON,
+    Demand,
+    Memory,
+    Observed,
+    Policy,
+    guard_scale,
+    plan_scale,
+)
+
+log = logging.getLogger(__name__)
+
+MEMORY_KEY = "scale/memory"
+DEMAND_PREFIX = "scale/demand/"
+
+
+def demand_key(user: str, server: str) -> str:
+    return f"{user}~{server}"
+
+
+async def record_demand(store: StateStore, *, user: str, server: str, profile: str, at: datetime) -> str:
+    """Remember that ``user`` is starting a GPU server (the hub's pre-spawn hook). Idempotent."""
+    key = demand_key(user, server)
+    await store.put(DEMAND_PREFIX + key, {"user": user, "server": server, "profile": profile,
+                                          "at": at.isoformat()})
+    return key
+
+
+class ScaleCapability:
+    name = OPERATION
+
+    def __init__(
+        self,
+        pool: Pool,
+        cluster: Cluster,
+        store: StateStore,
+        policy: Policy,
+        *,
+        clock: Clock,
+        hub: Hub | None = None,
+        gpu_profiles: Sequence[str] = (),
+        holder: str = "hubpilot",
+    ) -> None:
+        self.pool = pool
+        self.cluster = cluster
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        self.hub = hub
+        self.gpu_profiles = frozenset(gpu_profiles)
+        self.holder = holder
+
+    # --- observe ---------------------------------------------------------------------------
+    async def observe(self) -> Observed:
+        pool = await self.pool.get()
+        cluster = await self.cluster.read()
+        at = self.clock()
+        notes: list[str] = []
+        demand = [d for d in await self._demand_docs() if at - d.at <= self.policy.demand_ttl]
+        if self.hub is not None and self.gpu_profiles:
+            try:
+                demand += await self._hub_pending(at)
+            except HubError as exc:  # only delays a scale-up; removal is guarded by the cluster view
+                notes.append(f"the hub's pending spawns are unknown this round: {exc}")
+        memory = Memory.from_json(await self.store.get(MEMORY_KEY))
+        return Observed(pool, cluster, tuple(sorted(demand, key=lambda d: (d.key, d.at))), memory, at,
+                        tuple(notes), self.holder)
+
+    async def _demand_docs(self) -> list[Demand]:
+        out = []
+        for key, doc in (await self.store.list(DEMAND_PREFIX)).items():
+            try:
+                out.append(Demand(key[len(DEMAND_PREFIX):], datetime.fromisoformat(doc["at"]), "hook"))
+            except (KeyError, ValueError, TypeError):
+                log.warning("ignoring malformed demand document %s", key)
+        return out
+
+    async def _hub_pending(self, at: datetime) -> list[Demand]:
+        out = []
+        for user in await self.hub.list_users(state="active") if self.hub else []:
+            for server in user.servers.values():
+                profile = str(server.user_options.get("profile", ""))
+                if server.pending == "spawn" and profile in self.gpu_profiles:
+                    out.append(Demand(demand_key(user.name, server.name), server.started or at, "hub"))
+        return out
+
+    # --- plan / guard ----------------------------------------------------------------------
+    def plan(self, observed: Observed, now: datetime) -> Plan:
+        return plan_scale(observed, self.policy, now)
+
+    def guard(self, observed: Observed, plan: Plan) -> list[str]:
+        return guard_scale(observed, plan, self.policy)
+
+    # --- apply -----------------------------------------------------------------------------
+    async def apply(self, plan: Plan, observed: Observed, progress: Progress) -> list[ActionResult]:
+        at = observed.at or self.clock()
+        await record_size(self.store, at, observed.pool.count, source="observed")
+        results = await run_actions(plan.actions, self._perform_for(observed), concurrency=1,
+                                    progress=progress)
+        memory = Memory.from_json(plan.facts.get("memory")) if plan.facts.get("memory") else observed.memory
+        now = self.clock()
+        for r in results:
+            if r.status not in (Status.DONE, Status.PENDING):
+                continue
+            if r.action.kind == SET_COUNT or (r.action.kind == SET_MIN_COUNT
+                                              and int(r.action.params["min_count"]) > int(
+                                                  r.action.params.get("from") or 0)):
+                memory = replace(memory, last_up=now)
+            if r.action.kind == REMOVE_NODES:
+                memory = replace(memory, last_down=now)
+            if r.action.kind == SET_COUNT and r.status is Status.DONE:
+                await record_size(self.store, now, int(r.action.params["count"]), source="scale-up")
+            if r.action.kind == REMOVE_NODES and r.status is Status.DONE:
+                removed = r.action.params.get("removed", len(r.action.params["nodes"]))
+                await record_size(self.store, now, observed.pool.count - int(removed),
+                                  source="scale-down")
+        await self.store.put(MEMORY_KEY, memory.to_json())
+        await self._expire_demand(now)
+        return results
+
+    def _perform_for(self, observed: Observed) -> Any:
+        async def perform(action: Action) -> ActionResult:
+            if action.kind == SET_COUNT:
+                return _result(action, await self._pool_call(self.pool.set_count(
+                    int(action.params["count"]), etag=observed.pool.etag)))
+            if action.kind == SET_MIN_COUNT:
+                return _result(action, await self._pool_call(self.pool.set_min_count(
+                    int(action.params["min_count"]), etag=observed.pool.etag)))
+            if action.kind == REMOVE_NODES:
+                return await self._remove(action, observed)
+            if action.kind == UNCORDON:
+                ok = await self.cluster.uncordon(action.target)
+                return ActionResult(action, Status.DONE if ok else Status.NOOP, "" if ok else "node is gone")
+            return ActionResult(action, Status.SKIPPED, f"unknown action {action.kind}")
+        return perform
+
+    async def _pool_call(self, call: Any) -> PoolResult:
+        try:
+            result: PoolResult = await call
+            return result
+        except PoolError as exc:
+            raise PoolError(f"{exc}", exc.status, exc.code) from exc
+
+    async def _remove(self, action: Action, observed: Observed) -> ActionResult:
+        """Cordon, re-check each node is still empty, uncordon any that is not, delete the rest."""
+        machines = {n.name: n.machine for n in observed.cluster.nodes}
+        cordoned: list[str] = []
+        kept: list[str] = []
+        for node in action.params["nodes"]:
+            if not await self.cluster.cordon(node, self.holder):
+                kept.append(f"{node} (gone)")
+                continue
+            pods = await self.cluster.pods_on(node)
+            if pods:
+                await self.cluster.uncordon(node)
+                kept.append(f"{node} (now runs {pods[0].name})")
+                continue
+            cordoned.append(node)
+        if not cordoned:
+            return ActionResult(action, Status.NOOP, "kept: " + ", ".join(kept))
+        try:
+            res = await self.pool.delete_machines([machines[n] for n in cordoned])
+        except Exception:
+            await self._uncordon_all(cordoned)
+            raise
+        if res.outcome is PoolOutcome.CONFLICT:
+            await self._uncordon_all(cordoned)
+        detail = f"removed {', '.join(cordoned)}" + (f"; kept {', '.join(kept)}" if kept else "")
+        done = Action(action.kind, action.target, action.phase,
+                      {**action.params, "removed": len(cordoned)}, action.reason)
+        out = _result(done, res, detail)
+        return ActionResult(action, out.status, out.detail)
+
+    async def _uncordon_all(self, nodes: Sequence[str]) -> None:
+        for n in nodes:
+            try:
+                await self.cluster.uncordon(n)
+            except Exception as exc:  # reported; the next run's plan uncordons what we marked
+                log.warning("could not uncordon %s: %s", n, exc)
+
+    async def _expire_demand(self, now: datetime) -> None:
+        ttl = self.policy.demand_ttl
+        for d in await self._demand_docs():
+            if now - d.at > ttl + timedelta(minutes=1):
+                await self.store.delete(DEMAND_PREFIX + d.key)
+
+
+def _result(action: Action, res: PoolResult, detail: str = "") -> ActionResult:
+    text = "; ".join(x for x in (detail, res.detail) if x)
+    if res.outcome is PoolOutcome.DONE:
+        return ActionResult(action, Status.DONE, text)
+    if res.outcome is PoolOutcome.PENDING:
+        return ActionResult(action, Status.PENDING, text)
+    if res.outcome is PoolOutcome.NOOP:
+        return ActionResult(action, Status.NOOP, text)
+    return ActionResult(action, Status.SKIPPED,
+                        "another operation on the pool is in progress (409); the next run re-observes"
+                        + (f"; {text}" if text else ""))

@@ -1,0 +1,179 @@
+"""Pool size history and GPU cost: node-hours per day against an always-on pool. Pure + store reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from hubpilot.ports.store import ConflictError, StateStore
+
+SIZES_KEY = "scale/sizes/{day}"
+
+
+@dataclass(frozen=True)
+class DayCost:
+    day: date
+    node_hours: float
+    cost: float
+    peak: int
+    always_on_node_hours: float
+    always_on_cost: float
+    changes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "date": self.day.isoformat(), "node_hours": round(self.node_hours, 3),
+            "cost": round(self.cost, 2),
+            "peak_nodes": self.peak, "always_on_node_hours": round(self.always_on_node_hours, 3),
+            "always_on_cost": round(self.always_on_cost, 2), "changes": self.changes,
+        }
+
+
+@dataclass(frozen=True)
+class CostReport:
+    days: tuple[DayCost, ...]
+    price_per_node_hour: float
+    currency: str
+    always_on_nodes: int
+
+    def to_json(self) -> dict[str, Any]:
+        total = sum(d.node_hours for d in self.days)
+        always = sum(d.always_on_node_hours for d in self.days)
+        return {
+            "currency": self.currency, "price_per_node_hour": self.price_per_node_hour,
+            "always_on_nodes": self.always_on_nodes,
+            "days": [d.to_json() for d in self.days],
+            "total": {
+                "node_hours": round(total, 3), "cost": round(total * self.price_per_node_hour, 2),
+                "always_on_node_hours": round(always, 3),
+                "always_on_cost": round(always * self.price_per_node_hour, 2),
+                "saving_ratio": round(1 - total / always, 4) if always else None,
+            },
+        }
+
+    def render(self) -> str:
+        lines = [f"{'date':<12}{'node-h':>9}{'cost':>10}{'peak':>6}{'always-on h':>13}{'always-on':>11}"]
+        for d in self.days:
+            lines.append(f"{d.day.isoformat():<12}{d.node_hours:>9.2f}{d.cost:>10.2f}{d.peak:>6}"
+                         f"{d.always_on_node_hours:>13.2f}{d.always_on_cost:>11.2f}")
+        t = self.to_json()["total"]
+        lines.append(f"{'total':<12}{t['node_hours']:>9.2f}{t['cost']:>10.2f}{'':>6}"
+                     f"{t['always_on_node_hours']:>13.2f}{t['always_on_cost']:>11.2f}  ({self.currency})")
+        return "\n".join(lines)
+
+
+def node_hours(points: Sequence[tuple[datetime, int]], start: datetime, end: datetime,
+               before: int | None) -> tuple[float, int]:
+    """Integrate a step function of the pool size over [start, end).
+
+    ``points`` are (time, count) change points in time order; ``before`` is the size in force at
+    ``start`` (None: unknown, the interval until the first point is not counted).
+    Returns (node-hours, peak size).
+    """
+    total = 0.0
+    level = before
+    at = start
+    peak = before or 0
+    for t, count in points:
+        if t >= end:
+            break
+        if t > at:
+            if level is not None:
+                total += level * (t - at).total_seconds() / 3600
+            at = t
+        level = count
+        peak = max(peak, count)
+    if level is not None and end > at:
+        total += level * (end - at).total_seconds() / 3600
+    return total, peak
+
+
+def day_costs(points: Sequence[tuple[datetime, int]], days: Sequence[date], *, price: float,
+              always_on_nodes: int, until: datetime) -> list[DayCost]:
+    """Per UTC day: node-hours and cost of the recorded sizes, and of an always-on pool."""
+    pts = sorted(points)
+    out = []
+    for d in days:
+        start = datetime.combine(d, time(0), UTC)
+        end = min(start + timedelta(days=1), until)
+        if end <= start:
+            continue
+        before = None
+        for t, c in pts:
+            if t <= start:
+                before = c
+        inside = [(t, c) for t, c in pts if start < t < end]
+        hours, peak = node_hours(inside, start, end, before)
+        span = (end - start).total_seconds() / 3600
+        out.append(DayCost(d, hours, hours * price, peak, always_on_nodes * span,
+                           always_on_nodes * span * price, len(inside)))
+    return out
+
+
+async def record_size(store: StateStore, at: datetime, count: int, *, source: str) -> bool:
+    """Append a size change point unless the last recorded size is already ``count``. Idempotent."""
+    day = at.astimezone(UTC).date()
+    last = await last_size(store, day)
+    if last is not None and last == count:
+        return False
+    key = SIZES_KEY.format(day=day.isoformat())
+    for _ in range(5):
+        got = await store.get_with_etag(key)
+        doc, etag = got if got else ({"points": []}, "")
+        points = list(doc.get("points") or [])
+        if points and int(points[-1][1]) == count:
+            return False
+        points.append([at.astimezone(UTC).isoformat(), count, source])
+        try:
+            await store.put(key, {"points": points}, if_match=etag)
+            return True
+        except ConflictError:
+            continue
+    return False
+
+
+async def last_size(store: StateStore, day: date, lookback_days: int = 31) -> int | None:
+    for i in range(lookback_days):
+        doc = await store.get(SIZES_KEY.format(day=(day - timedelta(days=i)).isoformat()))
+        if doc and doc.get("points"):
+            return int(doc["points"][-1][1])
+    return None
+
+
+async def read_points(store: StateStore, since: date, until: date) -> list[tuple[datetime, int]]:
+    """All recorded change points from the last one before ``since`` through ``until``."""
+    pts: list[tuple[datetime, int]] = []
+    docs = await store.list("scale/sizes/")
+    for key, doc in docs.items():
+        try:
+            day = date.fromisoformat(key.rsplit("/", 1)[-1])
+        except ValueError:
+            continue
+        if day > until:
+            continue
+        for p in doc.get("points") or []:
+            pts.append((datetime.fromisoformat(p[0]), int(p[1])))
+    pts.sort()
+    start = datetime.combine(since, time(0), UTC)
+    earlier = [p for p in pts if p[0] <= start]
+    return ([earlier[-1]] if earlier else []) + [p for p in pts if p[0] > start]
+
+
+async def cost_report(store: StateStore, *, now: datetime, days: int, price: float, currency: str,
+                      always_on_nodes: int | None = None) -> CostReport:
+    """GPU node-hours and cost per UTC day for the last ``days`` days (today included).
+
+    ``always_on_nodes``: size of the always-on pool to compare with; default the peak recorded.
+    """
+    if days < 1 or days > 366:
+        raise ValueError("days must be between 1 and 366")
+    today = now.astimezone(UTC).date()
+    first = today - timedelta(days=days - 1)
+    points = await read_points(store, first, today)
+    peak = max((c for _, c in points), default=0)
+    size = peak if always_on_nodes is None else always_on_nodes
+    dlist = [first + timedelta(days=i) for i in range(days)]
+    return CostReport(tuple(day_costs(points, dlist, price=price, always_on_nodes=size, until=now)),
+                      price, currency, size)

@@ -1,0 +1,297 @@
+"""Scale plan and guard: pure functions of the observed pool, cluster, demand, memory and now."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from hubpilot.loop import Action, Plan
+from hubpilot.ports.cluster import ClusterView
+from hubpilot.ports.pool import PoolState
+from hubpilot.scale.schedule import Schedule
+
+OPERATION = "scale"
+CORDON_MARK = "hubpilot.io/cordoned-by"
+
+SET_COUNT = "set_count"
+SET_MIN_COUNT = "set_min_count"
+REMOVE_NODES = "remove_nodes"
+UNCORDON = "uncordon"
+
+
+@dataclass(frozen=True)
+class Demand:
+    """A GPU server the hub is starting (from the pre-spawn hook or the hub's pending spawns)."""
+
+    key: str  # "<user>~<server>"
+    at: datetime
+    source: str = "hook"
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the scale capability remembers between runs (kept in the state store)."""
+
+    empty_since: Mapping[str, datetime] = field(default_factory=dict)
+    last_up: datetime | None = None
+    last_down: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "empty_since": {k: v.isoformat() for k, v in sorted(self.empty_since.items())},
+            "last_up": self.last_up.isoformat() if self.last_up else None,
+            "last_down": self.last_down.isoformat() if self.last_down else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Memory:
+        if not data:
+            return cls()
+        return cls(
+            empty_since={str(k): datetime.fromisoformat(v)
+                         for k, v in (data.get("empty_since") or {}).items()},
+            last_up=datetime.fromisoformat(data["last_up"]) if data.get("last_up") else None,
+            last_down=datetime.fromisoformat(data["last_down"]) if data.get("last_down") else None,
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    pool: PoolState
+    cluster: ClusterView
+    demand: tuple[Demand, ...] = ()
+    memory: Memory = field(default_factory=Memory)
+    at: datetime | None = None
+    notes: tuple[str, ...] = ()
+    holder: str = "hubpilot"
+
+
+@dataclass(frozen=True)
+class Policy:
+    schedule: Schedule = field(default_factory=lambda: Schedule(()))
+    min_nodes: int = 0
+    max_nodes: int = 10
+    max_step_up: int = 4
+    max_step_down: int = 2
+    idle: timedelta = timedelta(minutes=10)
+    delay_after_up: timedelta = timedelta(minutes=10)
+    down_cooldown: timedelta = timedelta(minutes=2)
+    demand_ttl: timedelta = timedelta(minutes=15)
+    pods_per_node: int = 1
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    busy: frozenset[str]  # nodes running at least one user pod
+    empty: frozenset[str]
+    pending: frozenset[str]  # keys of GPU servers waiting for a node
+    gpu_pods_on: Mapping[str, int]
+    booting: int  # machines in the pool's count not (yet) registered as nodes
+
+
+def occupancy(observed: Observed, now: datetime, ttl: timedelta) -> Occupancy:
+    nodes = {n.name for n in observed.cluster.nodes}
+    busy: set[str] = set()
+    gpu_on: dict[str, int] = {}
+    known: set[str] = set()
+    pending: set[str] = set()
+    for p in observed.cluster.pods:
+        key = f"{p.user}~{p.server}" if p.user else f"pod:{p.name}"
+        known.add(key)
+        if p.phase in ("Succeeded", "Failed"):
+            continue
+        if p.node is not None:
+            if p.node in nodes:
+                busy.add(p.node)
+                if p.gpu:
+                    gpu_on[p.node] = gpu_on.get(p.node, 0) + 1
+        elif p.gpu:
+            pending.add(key)
+    for d in observed.demand:
+        if d.key not in known and now - d.at <= ttl:
+            pending.add(d.key)
+    return Occupancy(
+        busy=frozenset(busy),
+        empty=frozenset(nodes - busy),
+        pending=frozenset(pending),
+        gpu_pods_on=gpu_on,
+        booting=max(0, observed.pool.count - len(nodes)),
+    )
+
+
+def next_memory(observed: Observed, occ: Occupancy, now: datetime) -> Memory:
+    prev = observed.memory.empty_since
+    since = {n: prev.get(n, now) for n in sorted(occ.empty)}
+    return Memory(since, observed.memory.last_up, observed.memory.last_down)
+
+
+def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datetime) -> tuple[int, list[str]]:
+    """The GPU node count wanted now, and why."""
+    warm = policy.schedule.at(now)
+    ppn = policy.pods_per_node
+    free_on_busy = sum(max(0, ppn - occ.gpu_pods_on.get(n, 0)) for n in occ.busy)
+    unplaced = max(0, len(occ.pending) - free_on_busy)
+    need = len(occ.busy) + math.ceil(unplaced / ppn)
+    why = [f"{len(occ.busy)} busy node(s)", f"{len(occ.pending)} GPU server(s) waiting"]
+    wanted = need + warm.spare
+    if warm.active:
+        why.append(f"warm window {warm.window}: spare {warm.spare}, floor {warm.min_nodes}")
+    wanted = max(wanted, warm.min_nodes, policy.min_nodes)
+    ceiling = policy.max_nodes
+    if observed.pool.autoscaling and observed.pool.max_count is not None:
+        ceiling = min(ceiling, observed.pool.max_count)
+    if wanted > ceiling:
+        why.append(f"capped at {ceiling}")
+    return min(wanted, ceiling), why
+
+
+def _removable(observed: Observed, occ: Occupancy, memory: Memory, policy: Policy,
+               now: datetime) -> list[str]:
+    ready = {n.name: n for n in observed.cluster.nodes}
+    out = []
+    for name in sorted(occ.empty, key=lambda n: (memory.empty_since.get(n, now), n)):
+        node = ready[name]
+        marker = node.annotations.get(CORDON_MARK)
+        if node.unschedulable and marker is None:
+            continue  # cordoned by someone else (maintenance, upgrade): not ours to remove
+        if now - memory.empty_since.get(name, now) >= policy.idle:
+            out.append(name)
+    return out
+
+
+def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
+    pool = observed.pool
+    occ = occupancy(observed, now, policy.demand_ttl)
+    memory = next_memory(observed, occ, now)
+    desired, why = desired_nodes(observed, occ, policy, now)
+    mode = "autoscaler-assist" if pool.autoscaling else "direct"
+    notes = list(observed.notes)
+    actions: list[Action] = []
+    facts: dict[str, Any] = {
+        "mode": mode, "count": pool.count, "min_count": pool.min_count, "max_count": pool.max_count,
+        "desired": desired, "busy": sorted(occ.busy), "empty": sorted(occ.empty),
+        "pending": sorted(occ.pending), "booting": occ.booting, "why": why,
+        "memory": memory.to_json(),
+    }
+    cordoned_by_us = sorted(n.name for n in observed.cluster.nodes if n.annotations.get(CORDON_MARK))
+
+    if pool.power_state.lower() != "running":
+        notes.append(f"pool {pool.name} is {pool.power_state}: nothing to do until it is started")
+        return Plan.build(OPERATION, [], notes, facts)
+    if pool.busy:
+        notes.append(
+            f"pool {pool.name} is {pool.provisioning_state}: another operation is in progress, "
+            "this round is skipped and the next one re-observes"
+        )
+        return Plan.build(OPERATION, [], notes, facts)
+
+    removing: list[str] = []
+    after = pool.count
+    if mode == "direct":
+        if desired > pool.count:
+            after = min(desired, pool.count + policy.max_step_up)
+            actions.append(Action(SET_COUNT, pool.name, 0, {"count": after, "from": pool.count},
+                                  f"want {desired}: " + ", ".join(why)))
+        elif desired < pool.count:
+            removing = _plan_removal(observed, occ, memory, policy, now, pool.count - desired, notes)
+    else:
+        current_min = pool.min_count or 0
+        new_min = current_min
+        reason = ""
+        if desired > current_min:
+            new_min = min(desired, max(current_min, pool.count) + policy.max_step_up)
+            reason = f"keep {new_min} warm: " + ", ".join(why)
+        elif desired < current_min and _down_allowed(observed.memory, policy, now, notes):
+            new_min = max(desired, current_min - policy.max_step_down)
+            reason = f"lower the autoscaler's floor to {new_min}: " + ", ".join(why)
+        if new_min != current_min or pool.min_count is None:
+            actions.append(Action(SET_MIN_COUNT, pool.name, 0, {"min_count": new_min, "from": pool.min_count},
+                                  reason if new_min != current_min else "set the autoscaler's floor"))
+        after = max(pool.count, new_min)
+        keep = max(desired, new_min)
+        if pool.count > keep:
+            removing = _plan_removal(observed, occ, memory, policy, now, pool.count - keep, notes)
+    if removing:
+        after = pool.count - len(removing)
+        actions.append(Action(REMOVE_NODES, pool.name, 1, {"nodes": removing, "from": pool.count},
+                              f"empty for at least {_minutes(policy.idle)} min; want {desired}"))
+    for name in cordoned_by_us:
+        if name not in removing and name in occ.busy | occ.empty:
+            actions.append(Action(UNCORDON, name, 0, {}, "left cordoned by an earlier run"))
+    facts["after"] = after
+    return Plan.build(OPERATION, actions, notes, facts)
+
+
+def _down_allowed(memory: Memory, policy: Policy, now: datetime, notes: list[str]) -> bool:
+    if memory.last_up is not None and now - memory.last_up < policy.delay_after_up:
+        notes.append(f"no scale-down within {_minutes(policy.delay_after_up)} min of a scale-up "
+                     f"(last at {memory.last_up.isoformat()})")
+        return False
+    if memory.last_down is not None and now - memory.last_down < policy.down_cooldown:
+        notes.append(f"no scale-down within {_minutes(policy.down_cooldown)} min of the last one")
+        return False
+    return True
+
+
+def _plan_removal(observed: Observed, occ: Occupancy, memory: Memory, policy: Policy, now: datetime,
+                  surplus: int, notes: list[str]) -> list[str]:
+    if occ.booting:
+        notes.append(f"{occ.booting} machine(s) still joining the cluster: no scale-down this round")
+        return []
+    if not _down_allowed(observed.memory, policy, now, notes):
+        return []
+    candidates = _removable(observed, occ, memory, policy, now)
+    chosen = candidates[: min(surplus, policy.max_step_down)]
+    if len(chosen) < surplus:
+        waiting = sorted(occ.empty - set(candidates))
+        if waiting:
+            notes.append(f"empty but not yet idle for {_minutes(policy.idle)} min: {', '.join(waiting)}")
+    return chosen
+
+
+def _minutes(td: timedelta) -> str:
+    m = td.total_seconds() / 60
+    return f"{m:g}"
+
+
+def guard_scale(observed: Observed, plan: Plan, policy: Policy) -> list[str]:
+    """Reasons to refuse: bounds, step limits, and never a node that runs a user pod."""
+    reasons: list[str] = []
+    pool = observed.pool
+    occupied = {p.node for p in observed.cluster.pods if p.node and p.phase not in ("Succeeded", "Failed")}
+    known = {n.name for n in observed.cluster.nodes}
+    for a in plan.actions:
+        if a.kind == SET_COUNT:
+            count = int(a.params["count"])
+            if pool.autoscaling:
+                reasons.append("the cluster autoscaler is on: the node count is its to set (AKS rejects it)")
+            if count > policy.max_nodes:
+                reasons.append(f"count {count} is above scale.max_nodes {policy.max_nodes}")
+            if count - pool.count > policy.max_step_up:
+                reasons.append(
+                    f"adding {count - pool.count} nodes exceeds scale.max_step_up {policy.max_step_up}")
+            if count < pool.count:
+                reasons.append("a scale-down must name the empty nodes to remove, never lower the count")
+        elif a.kind == SET_MIN_COUNT:
+            m = int(a.params["min_count"])
+            if m > policy.max_nodes or (pool.max_count is not None and m > pool.max_count):
+                reasons.append(f"min_count {m} is above the pool's bound")
+            step = max(policy.max_step_up, policy.max_step_down)
+            if pool.min_count is not None and abs(m - pool.min_count) > step:
+                reasons.append(f"changing min_count by {abs(m - pool.min_count)} exceeds the step limit")
+        elif a.kind == REMOVE_NODES:
+            nodes: Sequence[str] = a.params["nodes"]
+            if len(nodes) > policy.max_step_down:
+                reasons.append(
+                    f"removing {len(nodes)} nodes exceeds scale.max_step_down {policy.max_step_down}")
+            for n in nodes:
+                if n in occupied:
+                    reasons.append(f"node {n} runs a user pod and is never removed")
+                if n not in known:
+                    reasons.append(f"node {n} is not a node of pool {pool.name}")
+            if pool.count - len(nodes) < policy.min_nodes:
+                reasons.append(f"removing {len(nodes)} nodes goes below scale.min_nodes {policy.min_nodes}")
+    return reasons

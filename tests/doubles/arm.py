@@ -1,0 +1,295 @@
+"""An HTTP-level double of Azure Resource Manager for AKS agent pools.
+
+Speaks the wire format of the published examples (``../shared/fixtures/aks/<api-version>/``):
+``GET``/``PUT`` an agent pool (PUT answers 201 ``Updating`` with an ``Azure-AsyncOperation``
+header, polled to ``Succeeded`` or ``Failed``), ``POST .../deleteMachines`` (202 with a
+``location`` header, polled until 200), ``409 OperationNotAllowed`` while another operation on
+the pool is in progress, and injected faults such as ``429`` with ``Retry-After``.
+Driven by the real ``ContainerServiceClient``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+API_VERSIONS = {"2026-08-01", "2026-07-01", "2026-04-01"}
+POOL_PATH = ("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerService/"
+             "managedClusters/{cluster}/agentPools/{pool}")
+
+
+@dataclass
+class Operation:
+    id: str
+    pool: str
+    kind: str  # "put" or "deleteMachines"
+    polls_left: int
+    apply: Any  # callable run when the operation succeeds
+    fail: str | None = None  # an error code: the operation ends Failed
+    status: str = "InProgress"
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    at: float
+    status: int
+    body: Any = None
+
+
+@dataclass
+class ArmDouble:
+    subscription: str = "00000000-0000-0000-0000-000000000000"
+    resource_group: str = "rg1"
+    cluster: str = "clustername1"
+    polls: int = 1  # polls an operation stays InProgress
+    pools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    machines: dict[str, list[str]] = field(default_factory=dict)
+    operations: dict[str, Operation] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    faults: list[tuple[str, int, dict[str, str], dict[str, Any] | None]] = field(default_factory=list)
+    fail_next_operation: str | None = None
+    hold_operations: bool = False  # operations stay InProgress until released
+    base_url: str = ""
+    _runner: web.AppRunner | None = None
+    _etag_n: int = 0
+    write_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # --- set-up --------------------------------------------------------------------------
+    def add_pool(self, name: str, *, count: int, autoscaling: bool = False, min_count: int | None = None,
+                 max_count: int | None = None, vm_size: str = "Standard_NC4as_T4_v3",
+                 machines: list[str] | None = None, power: str = "Running") -> None:
+        props: dict[str, Any] = {
+            "count": count, "vmSize": vm_size, "osType": "Linux", "mode": "User", "maxPods": 110,
+            "orchestratorVersion": "1.33.2", "currentOrchestratorVersion": "1.33.2",
+            "provisioningState": "Succeeded", "powerState": {"code": power},
+            "enableAutoScaling": autoscaling, "scaleDownMode": "Deallocate",
+            "nodeTaints": ["nvidia.com/gpu=present:NoSchedule"], "upgradeSettings": {"maxSurge": "33%"},
+        }
+        if autoscaling:
+            props["minCount"], props["maxCount"] = min_count or 0, max_count or count
+        self.pools[name] = props
+        self._bump(name)
+        self.machines[name] = list(machines or [f"aks-{name}-12345678-vmss{i:06x}" for i in range(count)])
+
+    def fault(self, method: str, status: int, headers: dict[str, str] | None = None,
+              error: dict[str, Any] | None = None) -> None:
+        """The next request with ``method`` gets this answer instead (FIFO)."""
+        self.faults.append((method, status, headers or {}, error))
+
+    def release(self) -> None:
+        self.hold_operations = False
+
+    def _bump(self, name: str) -> None:
+        self._etag_n += 1
+        self.pools[name]["eTag"] = f"etag-{self._etag_n}"
+
+    def writes(self) -> list[Call]:
+        return [c for c in self.calls if c.method in ("PUT", "POST") and c.status < 300]
+
+    # --- server --------------------------------------------------------------------------
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _pool_url(self, pool: str) -> str:
+        return POOL_PATH.format(sub=self.subscription, rg=self.resource_group, cluster=self.cluster,
+                                pool=pool)
+
+    def _body(self, name: str) -> dict[str, Any]:
+        return {"name": name, "type": "Microsoft.ContainerService/managedClusters/agentPools",
+                "id": self._pool_url(name), "properties": copy.deepcopy(self.pools[name])}
+
+    @staticmethod
+    def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+        return web.json_response({"error": {"code": code, "message": message}}, status=status,
+                                 headers=headers or {})
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()  # cached: the routes read it again
+        body = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+        resp = await self._route(request)
+        self.calls.append(Call(request.method, request.path, time.monotonic(), resp.status, body))
+        if request.method in ("PUT", "POST") and resp.status < 300:
+            self.write_event.set()
+        return resp
+
+    async def _route(self, request: web.Request) -> web.Response:
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            return self._error(401, "AuthenticationFailed", "no bearer token")
+        version = request.query.get("api-version")
+        if version not in API_VERSIONS:
+            return self._error(400, "InvalidApiVersionParameter", f"api-version {version!r} is not supported")
+        for i, (method, status, headers, error) in enumerate(self.faults):
+            if method == request.method:
+                del self.faults[i]
+                code = {429: "TooManyRequests", 409: "OperationNotAllowed"}.get(status, "Fault")
+                err = error or {"code": code, "message": f"injected {status}"}
+                return web.json_response({"error": err}, status=status, headers=headers)
+        parts = request.path.strip("/").split("/")
+        if parts[:1] == ["operations"]:
+            return self._poll(parts[1], request)
+        prefix = self._pool_url("").strip("/").split("/")
+        if parts[: len(prefix)] != prefix or len(parts) < len(prefix) + 1:
+            return self._error(404, "ResourceNotFound", f"no such resource {request.path}")
+        name = parts[len(prefix)]
+        rest = parts[len(prefix) + 1:]
+        if name not in self.pools:
+            return self._error(404, "ResourceNotFound", f"agent pool {name} not found")
+        if request.method == "GET" and not rest:
+            return web.json_response(self._body(name))
+        if request.method == "PUT" and not rest:
+            return await self._put(name, request)
+        if request.method == "POST" and rest == ["deleteMachines"]:
+            return await self._delete_machines(name, request)
+        return self._error(405, "MethodNotAllowed", f"{request.method} {request.path}")
+
+    def _busy(self, name: str) -> web.Response | None:
+        if any(op.pool == name and op.status == "InProgress" for op in self.operations.values()):
+            return self._error(409, "OperationNotAllowed",
+                               "Operation is not allowed because there's an in progress update "
+                               "operation on the agent pool.")
+        return None
+
+    def _start(self, name: str, kind: str, apply: Any) -> Operation:
+        op = Operation(uuid.uuid4().hex, name, kind, self.polls, apply, self.fail_next_operation)
+        self.fail_next_operation = None
+        self.operations[op.id] = op
+        return op
+
+    def _op_url(self, op: Operation, kind: str) -> str:
+        return f"{self.base_url}/operations/{op.id}/{kind}?api-version=2026-08-01"
+
+    async def _put(self, name: str, request: web.Request) -> web.Response:
+        if (busy := self._busy(name)) is not None:
+            return busy
+        props = self.pools[name]
+        if_match = request.headers.get("If-Match")
+        if if_match and if_match.strip('"') != props["eTag"]:
+            return self._error(412, "PreconditionFailed", "the agent pool's eTag does not match")
+        body = await request.json()
+        new = body.get("properties") or {}
+        if "count" not in new or "vmSize" not in new:
+            return self._error(400, "InvalidParameter", "properties.count and properties.vmSize are required")
+        if new.get("enableAutoScaling"):
+            if new["count"] != props["count"]:
+                return self._error(400, "InvalidParameter",
+                                   "count cannot be changed while enableAutoScaling is true")
+            lo, hi = new.get("minCount"), new.get("maxCount")
+            if lo is None or hi is None or lo > hi:
+                return self._error(400, "InvalidParameter", "minCount and maxCount must be set, min <= max")
+
+        def apply() -> None:
+            p = self.pools[name]
+            for key in ("count", "minCount", "maxCount", "enableAutoScaling"):
+                if key in new:
+                    p[key] = new[key]
+            if p.get("enableAutoScaling"):
+                p["count"] = max(p["count"], p["minCount"])
+            have = self.machines[name]
+            while len(have) < p["count"]:
+                have.append(f"aks-{name}-12345678-vmss{len(have) + 1000:06x}")
+            self._bump(name)
+
+        op = self._start(name, "put", apply)
+        props["provisioningState"] = "Updating"
+        out = self._body(name)
+        out["properties"].update({k: v for k, v in new.items() if k in ("count", "minCount", "maxCount")})
+        return web.json_response(out, status=201, headers={
+            "Azure-AsyncOperation": self._op_url(op, "status"), "Retry-After": "0"})
+
+    async def _delete_machines(self, name: str, request: web.Request) -> web.Response:
+        if (busy := self._busy(name)) is not None:
+            return busy
+        body = await request.json()
+        wanted = body.get("machineNames")
+        if not isinstance(wanted, list) or not wanted:
+            return self._error(400, "InvalidParameter", "machineNames must be a non-empty list")
+        unknown = [m for m in wanted if m not in self.machines[name]]
+        if unknown:
+            return self._error(400, "InvalidParameter", f"machines not in the pool: {unknown}")
+
+        def apply() -> None:
+            for m in wanted:
+                if m in self.machines[name]:
+                    self.machines[name].remove(m)
+            self.pools[name]["count"] = len(self.machines[name])
+            self._bump(name)
+
+        op = self._start(name, "deleteMachines", apply)
+        self.pools[name]["provisioningState"] = "Scaling"
+        return web.Response(status=202, headers={"location": self._op_url(op, "result"), "Retry-After": "0"})
+
+    def _poll(self, op_id: str, request: web.Request) -> web.Response:
+        op = self.operations.get(op_id)
+        if op is None:
+            return self._error(404, "NotFound", "no such operation")
+        if op.status == "InProgress" and not self.hold_operations:
+            if op.polls_left > 0:
+                op.polls_left -= 1
+            else:
+                pool = self.pools[op.pool]
+                if op.fail:
+                    op.status = "Failed"
+                    pool["provisioningState"] = "Failed"
+                else:
+                    op.apply()
+                    op.status = "Succeeded"
+                    pool["provisioningState"] = "Succeeded"
+        kind = request.path.rsplit("/", 1)[-1]
+        if kind == "result":  # the location header of deleteMachines
+            if op.status == "InProgress":
+                return web.Response(status=202, headers={"location": str(request.url), "Retry-After": "0"})
+            if op.status == "Failed":
+                return self._error(500, op.fail or "Failed", "the operation failed")
+            return web.Response(status=200)
+        doc: dict[str, Any] = {"id": op.id, "name": op.id, "status": op.status}
+        if op.status == "Failed":
+            doc["error"] = {"code": op.fail, "message": "the operation failed"}
+        return web.json_response(doc, headers={"Retry-After": "0"})
+
+
+class StaticToken:
+    """An async token credential that issues a fixed token (the double checks only its presence)."""
+
+    def __init__(self) -> None:
+        self.scopes: list[tuple[str, ...]] = []
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        self.scopes.append(scopes)
+        return AccessToken("test-token", int(time.time()) + 3600)
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> StaticToken:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,175 @@
+"""The AKS adapter driven through the real ContainerServiceClient against the HTTP-level ARM double."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hubpilot.adapters.aks import AksPool
+from hubpilot.ports.pool import PoolError, PoolOutcome
+from tests.doubles.arm import ArmDouble, StaticToken
+
+FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "aks"
+
+
+@pytest.fixture
+async def arm() -> AsyncIterator[ArmDouble]:
+    double = ArmDouble()
+    await double.start()
+    yield double
+    await double.stop()
+
+
+def make_pool(arm: ArmDouble, pool: str = "gpu", **kw: object) -> AksPool:
+    return AksPool(StaticToken(), subscription_id=arm.subscription, resource_group=arm.resource_group,
+                   cluster=arm.cluster, pool=pool, base_url=arm.base_url,
+                   credential_scopes=("https://management.azure.com/.default",),
+                   retry_total=2, retry_backoff=0.01, polling_interval=0.01, lro_wait=kw.pop("lro_wait", 5.0),  # type: ignore[arg-type]
+                   )
+
+
+def test_double_speaks_the_published_examples() -> None:
+    """The double's GET body carries every property the published AgentPools_Get example has."""
+    example = json.loads((FIXTURES / "2026-08-01" / "AgentPoolsGet.json").read_text())
+    arm = ArmDouble()
+    arm.add_pool("agentpool1", count=3)
+    ours = arm._body("agentpool1")
+    theirs = example["responses"]["200"]["body"]
+    assert set(theirs) <= set(ours)
+    missing = set(theirs["properties"]) - set(ours["properties"]) - {"nodeImageVersion"}
+    assert not missing
+    assert ours["id"].lower() == theirs["id"].replace("00000000-0000-0000-0000-000000000000", arm.subscription) \
+        .replace("clustername1", arm.cluster).lower()
+    delete = json.loads((FIXTURES / "2026-08-01" / "AgentPoolsDeleteMachines.json").read_text())
+    assert "202" in delete["responses"] and "location" in delete["responses"]["202"]["headers"]
+    assert example["parameters"]["api-version"] in {"2026-08-01"}
+
+
+async def test_get_reads_the_pool(arm: ArmDouble) -> None:
+    arm.add_pool("gpu", count=2, autoscaling=True, min_count=1, max_count=5)
+    pool = make_pool(arm)
+    try:
+        state = await pool.get()
+    finally:
+        await pool.close()
+    assert (state.count, state.min_count, state.max_count, state.autoscaling) == (2, 1, 5, True)
+    assert state.provisioning_state == "Succeeded" and state.power_state == "Running"
+    assert state.vm_size == "Standard_NC4as_T4_v3" and state.etag
+    assert not state.busy
+
+
+async def test_set_count_polls_the_operation_to_the_end(arm: ArmDouble) -> None:
+    arm.add_pool("gpu", count=1)
+    arm.polls = 2
+    pool = make_pool(arm)
+    try:
+        state = await pool.get()
+        res = await pool.set_count(3, etag=state.etag)
+        assert res.outcome is PoolOutcome.DONE
+        assert arm.pools["gpu"]["count"] == 3
+        polls = [c for c in arm.calls if c.path.startswith("/operations/")]
+        assert len(polls) >= 3
+        put = next(c for c in arm.calls if c.method == "PUT")
+        assert put.body["properties"]["count"] == 3
+        again = await pool.set_count(3)
+        assert again.outcome is PoolOutcome.NOOP
+    finally:
+        await pool.close()
+
+
+async def test_set_min_count_never_sends_a_new_count(arm: ArmDouble) -> None:
+    arm.add_pool("gpu", count=1, autoscaling=True, min_count=0, max_count=4)
+    pool = make_pool(arm)
+    try:
+        res = await pool.set_min_count(2)
+        assert res.outcome is PoolOutcome.DONE
+        put = next(c for c in arm.calls if c.method == "PUT")
+        assert put.body["properties"]["count"] == 1 and put.body["properties"]["minCount"] == 2
+        assert arm.pools["gpu"]["minCount"] == 2 and arm.pools["gpu"]["count"] == 2
+        with pytest.raises(PoolError, match="autoscaler is on"):
+            await pool.set_count(3)
+    finally:
+        await pool.close()
+
+
+async def test_delete_machines_removes_exactly_those(arm: ArmDouble) -> None:
+    arm.add_pool("gpu", count=3, machines=["m0", "m1", "m2"])
+    pool = make_pool(arm)
+    try:
+        res = await pool.delete_machines(["m1"])
+    finally:
+        await pool.close()
+    assert res.outcome is PoolOutcome.DONE
+    assert arm.machines["gpu"] == ["m0", "m2"] and arm.pools["gpu"]["count"] == 2
+    post = next(c for c in arm.calls if c.method == "POST")
+    assert post.path.endswith("/agentPools/gpu/deleteMachines") and post.body == {"machineNames": ["m1"]}
+
+
+async def test_409_is_a_conflict_and_not_retried(arm: ArmDouble) -> None:
+    arm.add_pool("gpu", count=3, machines=["m0", "m1", "m2"])
+    arm.hold_operations = True
+    pool = make_pool(arm, lro_wait=0.05)
+    try:
+        first = await pool.delete_machines(["m0"])
+        assert first.outcome is PoolOutcome.PENDING
+        assert (await pool.get()).busy
+        n = len(arm.calls)
+        second = await pool.set_count(4)
+        assert second.outcome is PoolOutcome.CONFLICT and "OperationNotAllowed" in second.detail
+        assert [c.status for c in arm.calls[n:] if c.method == "PUT"] == [409]
+        arm.release()
+    finally:
+        await pool.close()
+
+
+async def test_429_honours_retry_after_then_succeeds(arm: ArmDouble) -> None:
+    arm.add_pool("gpu", count=1)
+    arm.fault("GET", 429, {"Retry-After": "0.05"})
+    pool = make_pool(arm)
+    try:
+        state = await pool.get()
+    finally:
+        await pool.close()
+    assert state.count == 1
+    gets = [c for c in arm.calls if c.method == "GET"]
+    assert [c.status for c in gets[:2]] == [429, 200]
+    assert gets[1].at - gets[0].at >= 0.04
+
+
+async def test_429_until_retries_run_out_is_an_error(arm: ArmDouble) -> None:
+    arm.add_pool("gpu", count=1)
+    for _ in range(3):
+        arm.fault("GET", 429, {"Retry-After": "0"})
+    pool = make_pool(arm)
+    try:
+        with pytest.raises(PoolError) as err:
+            await pool.get()
+    finally:
+        await pool.close()
+    assert err.value.status == 429
+
+
+async def test_failed_operation_is_reported(arm: ArmDouble) -> None:
+    arm.add_pool("gpu", count=1)
+    arm.fail_next_operation = "QuotaExceeded"
+    pool = make_pool(arm)
+    try:
+        with pytest.raises(PoolError, match="operation failed"):
+            await pool.set_count(2)
+        assert arm.pools["gpu"]["count"] == 1 and arm.pools["gpu"]["provisioningState"] == "Failed"
+    finally:
+        await pool.close()
+
+
+async def test_stale_etag_is_a_conflict(arm: ArmDouble) -> None:
+    arm.add_pool("gpu", count=1)
+    pool = make_pool(arm)
+    try:
+        res = await pool.set_count(2, etag="etag-stale")
+    finally:
+        await pool.close()
+    assert res.outcome is PoolOutcome.CONFLICT
+    assert arm.pools["gpu"]["count"] == 1
