@@ -1,0 +1,465 @@
+"""Directory adapter for LDAP (OpenLDAP, 389-ds, Active Directory over LDAP) with ldap3.
+
+One ``read()`` opens one connection and makes a handful of requests, whatever the group sizes:
+
+1. the configured groups: one search for all those named by ``group_name_attribute`` under
+   ``group_base_dn`` plus one base search per group given as a full DN;
+2. one paged subtree search (RFC 2696) of ``base_dn`` (and ``group_base_dn`` when it lies
+   outside) for people and groups, indexed in memory by normalised DN and by username;
+3. membership expansion in memory: ``member`` (groupOfNames), ``uniqueMember``
+   (groupOfUniqueNames, optional ``#'0101'B`` uid suffix dropped) and ``memberUid`` (posixGroup,
+   usernames resolved by ``username_attribute``); nested groups to ``nested_max_depth`` with
+   cycle detection.
+
+Findings that do not make the read wrong (a member that is no person, a member DN that does not
+exist, a nesting cycle) are returned as notes. Anything else (server down, bind refused,
+timeout, a configured group that does not exist, a size limit) raises DirectoryError: a
+partial snapshot is never returned. ldap3 is synchronous; the work runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import ssl
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import ldap3
+from ldap3.core.exceptions import LDAPException, LDAPNoSuchObjectResult
+from ldap3.utils.conv import escape_filter_chars
+
+from hubpilot.ports.directory import DirectoryError, DirectorySnapshot, Member
+
+GROUP_CLASSES = frozenset({"groupofnames", "groupofuniquenames", "posixgroup", "group"})
+PERSON_FILTER_CLASSES = ("person", "posixAccount", "account")
+_PAGED_OID = "1.2.840.113556.1.4.319"
+_UID_SUFFIX = re.compile(r"#'[01]*'B$")
+_ATTR_TYPE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*)$")
+_HEX = "0123456789abcdefABCDEF"
+_SPECIAL = ',+"\\<>;=# '
+
+
+# ---- DN normalisation ----------------------------------------------------------------------
+
+
+def normalize_dn(dn: str) -> str:
+    """A canonical form of a DN for comparison (RFC 4514, with RFC 1779's leniencies).
+
+    Attribute types are lower-cased (``OID.`` prefix dropped), values unescaped (``\\2C``,
+    ``\\,``, hex-encoded UTF-8), quoted values unquoted, surrounding and repeated spaces
+    collapsed and case folded; the AVAs of a multi-valued RDN are sorted. ``#hex`` values stay
+    as hex. Raises ValueError for a string that is no DN.
+    """
+    s = dn.strip()
+    if s.startswith("<") and s.endswith(">"):
+        s = s[1:-1].strip()
+    if not s:
+        return ""
+    rdns: list[list[str]] = []
+    avas: list[str] = []
+    i, n = 0, len(s)
+    while True:
+        eq = s.find("=", i)
+        if eq < 0:
+            raise ValueError(f"{dn!r}: missing '=' after {s[i:]!r}")
+        atype = s[i:eq].strip()
+        if atype.lower().startswith("oid."):
+            atype = atype[4:]
+        if not _ATTR_TYPE.match(atype) or ".." in atype:
+            raise ValueError(f"{dn!r}: {atype!r} is no attribute type")
+        i = eq + 1
+        while i < n and s[i] == " ":
+            i += 1
+        if i < n and s[i] == "#":
+            j = i + 1
+            while j < n and s[j] not in ",+;":
+                j += 1
+            hexval = s[i + 1:j].strip()
+            if not hexval or len(hexval) % 2 or any(c not in _HEX for c in hexval):
+                raise ValueError(f"{dn!r}: bad hex value #{hexval}")
+            value = "#" + hexval.lower()
+            i = j
+        else:
+            buf = bytearray()
+            quoted = i < n and s[i] == '"'
+            if quoted:
+                i += 1
+            trailing = 0  # unescaped spaces at the end, not part of the value
+            while i < n:
+                c = s[i]
+                if quoted and c == '"':
+                    i += 1
+                    while i < n and s[i] == " ":
+                        i += 1
+                    quoted = False
+                    break
+                if not quoted and c in ",+;":
+                    break
+                if c == "\\":
+                    pair = s[i + 1:i + 3]
+                    if len(pair) == 2 and all(ch in _HEX for ch in pair):
+                        buf.append(int(pair, 16))
+                        i += 3
+                    elif i + 1 < n and s[i + 1] in _SPECIAL:
+                        buf.extend(s[i + 1].encode())
+                        i += 2
+                    else:
+                        raise ValueError(f"{dn!r}: bad escape at {s[i:i + 3]!r}")
+                    trailing = 0
+                    continue
+                buf.extend(c.encode())
+                trailing = trailing + 1 if c == " " else 0
+                i += 1
+            if quoted:
+                raise ValueError(f"{dn!r}: unterminated quoted value")
+            if trailing:
+                del buf[-trailing:]
+            try:
+                text = buf.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{dn!r}: value is not UTF-8") from exc
+            value = " ".join(text.split()).casefold()
+        avas.append(f"{atype.lower()}={_escape(value)}")
+        if i >= n:
+            rdns.append(avas)
+            break
+        sep = s[i]
+        i += 1
+        if sep == "+":
+            continue
+        rdns.append(avas)
+        avas = []
+        if i >= n:
+            raise ValueError(f"{dn!r}: ends with a separator")
+    return ",".join("+".join(sorted(rdn)) for rdn in rdns)
+
+
+def _escape(value: str) -> str:
+    if value.startswith("#") and len(value) > 1 and all(c in _HEX for c in value[1:]):
+        return value
+    out = []
+    for k, c in enumerate(value):
+        if c in ',+"\\<>;=' or (k == 0 and c in "# ") or (k == len(value) - 1 and c == " "):
+            out.append("\\" + c)
+        elif ord(c) < 0x20:
+            out.append(f"\\{ord(c):02x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _is_within(dn: str, base: str) -> bool:
+    return base == "" or dn == base or dn.endswith("," + base)
+
+
+# ---- the adapter ---------------------------------------------------------------------------
+
+
+@dataclass
+class LdapStats:
+    """Request counts since the adapter was made (for benchmarks and logs)."""
+
+    reads: int = 0
+    searches: int = 0  # search requests sent, each page counted
+    entries: int = 0  # entries received
+
+
+@dataclass
+class _Entry:
+    dn: str  # normalised
+    raw_dn: str  # as the server wrote it
+    is_group: bool
+    username: str | None
+    display: str
+    members: list[str] = field(default_factory=list)  # raw member/uniqueMember values
+    member_uids: list[str] = field(default_factory=list)
+
+
+def _values(attrs: Mapping[str, Any], name: str) -> list[str]:
+    v = attrs.get(name)
+    if v is None:
+        return []
+    if isinstance(v, (list, tuple)):
+        return [str(x) for x in v]
+    return [str(v)]
+
+
+class LdapDirectory:
+    """The ``Directory`` port over LDAP. Constructor arguments are the ``[directory.ldap]``
+    settings."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        bind_dn: str | None = None,
+        bind_password: str | None = None,
+        base_dn: str,
+        group_base_dn: str | None = None,
+        group_name_attribute: str = "cn",
+        username_attribute: str = "uid",
+        nested: bool = False,
+        nested_max_depth: int = 8,
+        page_size: int = 500,
+        timeout: float = 10.0,
+        start_tls: bool = False,
+        ca_file: str | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
+            raise ValueError(f"directory.ldap.url {url!r}: expected ldap://host[:port] or ldaps://host[:port]")
+        self.url = url
+        self._host = parts.hostname
+        self._port = parts.port or (636 if parts.scheme == "ldaps" else 389)
+        self._ssl = parts.scheme == "ldaps"
+        self.bind_dn = bind_dn
+        self._password = bind_password
+        self.base_dn = base_dn
+        self.group_base_dn = group_base_dn or base_dn
+        self.group_name_attribute = group_name_attribute
+        self.username_attribute = username_attribute
+        self.nested = nested
+        self.nested_max_depth = nested_max_depth
+        self.page_size = page_size
+        self.timeout = timeout
+        self.start_tls = start_tls
+        self.ca_file = ca_file
+        self.stats = LdapStats()
+        try:
+            self._base_norm = normalize_dn(base_dn)
+            self._group_base_norm = normalize_dn(self.group_base_dn)
+        except ValueError as exc:
+            raise ValueError(f"directory.ldap base_dn/group_base_dn: {exc}") from exc
+
+    # -- port ------------------------------------------------------------------------------------
+
+    async def read(self, groups: Sequence[str]) -> DirectorySnapshot:
+        return await asyncio.to_thread(self._read, list(groups))
+
+    async def close(self) -> None:
+        return None
+
+    # -- implementation ------------------------------------------------------------------------
+
+    def _read(self, groups: list[str]) -> DirectorySnapshot:
+        self.stats.reads += 1
+        step = f"connecting to {self.url}"
+        conn: ldap3.Connection | None = None
+        try:
+            conn = self._connect()
+            conn.open(read_server_info=False)
+            if self.start_tls:
+                step = "StartTLS"
+                conn.start_tls(read_server_info=False)
+            step = f"binding as {self.bind_dn or 'anonymous'}"
+            conn.bind(read_server_info=False)
+            step = "reading the configured groups"
+            roots = self._find_groups(conn, groups)
+            step = f"reading people and groups under {self.base_dn}"
+            index, by_username = self._scan(conn)
+        except DirectoryError:
+            raise
+        except (LDAPException, OSError, ValueError) as exc:
+            raise DirectoryError(f"LDAP {self.url}: {step} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if conn is not None:
+                try:
+                    conn.unbind()
+                except (LDAPException, OSError):
+                    pass
+        notes: list[str] = []
+        result: dict[str, frozenset[Member]] = {}
+        for name in groups:
+            root = roots[name]
+            index.setdefault(root.dn, root)
+            result[name] = frozenset(self._expand(name, root, index, by_username, notes))
+        return DirectorySnapshot(source=f"ldap {self.url}", groups=result, notes=tuple(notes))
+
+    def _connect(self) -> ldap3.Connection:
+        tls = None
+        if self._ssl or self.start_tls:
+            tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=self.ca_file)
+        server = ldap3.Server(self._host, port=self._port, use_ssl=self._ssl, tls=tls,
+                              connect_timeout=self.timeout, get_info=ldap3.NONE)
+        return ldap3.Connection(
+            server, user=self.bind_dn, password=self._password,
+            authentication=ldap3.SIMPLE if self.bind_dn else ldap3.ANONYMOUS,
+            auto_bind=ldap3.AUTO_BIND_NONE,
+            read_only=True, raise_exceptions=True,
+            # ldap3 packs this into SO_RCVTIMEO as whole seconds
+            receive_timeout=max(1, math.ceil(self.timeout)),
+            auto_referrals=False, return_empty_attributes=False,
+        )
+
+    def _attributes(self) -> list[str]:
+        return ["objectClass", self.username_attribute, "cn", "displayName", "member", "uniqueMember",
+                "memberUid", self.group_name_attribute]
+
+    def _entry(self, dn: str, attrs: Mapping[str, Any]) -> _Entry:
+        classes = {c.lower() for c in _values(attrs, "objectClass")}
+        usernames = _values(attrs, self.username_attribute)
+        display = (_values(attrs, "displayName") or _values(attrs, "cn") or [""])[0]
+        return _Entry(
+            dn=normalize_dn(dn),
+            raw_dn=dn,
+            is_group=bool(classes & GROUP_CLASSES),
+            username=usernames[0] if usernames else None,
+            display=display,
+            members=_values(attrs, "member")
+            + [_UID_SUFFIX.sub("", v) for v in _values(attrs, "uniqueMember")],
+            member_uids=_values(attrs, "memberUid"),
+        )
+
+    def _search(self, conn: ldap3.Connection, base: str, filt: str, scope: str,
+                ) -> Iterable[tuple[str, Mapping[str, Any]]]:
+        cookie: bytes | None = None
+        while True:
+            conn.search(base, filt, search_scope=scope, attributes=self._attributes(),
+                        paged_size=self.page_size if scope != ldap3.BASE else None, paged_cookie=cookie)
+            self.stats.searches += 1
+            result = conn.result or {}
+            if result.get("result", 0) != 0:
+                # ldap3 does not raise for sizeLimitExceeded / timeLimitExceeded / referral: the
+                # entries received would be a partial answer.
+                raise DirectoryError(
+                    f"LDAP {self.url}: search under {base!r} ended with {result.get('description')} "
+                    f"({result.get('result')}): {result.get('message') or 'no message'}; "
+                    "nothing is changed (raise the server's limits for the bind DN or narrow base_dn)")
+            for r in conn.response or []:
+                if r.get("type") == "searchResEntry":
+                    self.stats.entries += 1
+                    yield r["dn"], r.get("attributes") or {}
+            controls = (conn.result or {}).get("controls") or {}
+            cookie = (controls.get(_PAGED_OID) or {}).get("value", {}).get("cookie")
+            if not cookie or scope == ldap3.BASE:
+                return
+
+    def _find_groups(self, conn: ldap3.Connection, groups: list[str]) -> dict[str, _Entry]:
+        found: dict[str, _Entry] = {}
+        by_name: dict[str, list[str]] = {}
+        for name in groups:
+            if "=" in name:
+                try:
+                    normalize_dn(name)
+                except ValueError as exc:
+                    raise DirectoryError(f"LDAP group {name!r} is no valid DN: {exc}") from exc
+                try:
+                    hits = list(self._search(conn, name, "(objectClass=*)", ldap3.BASE))
+                except LDAPNoSuchObjectResult:
+                    hits = []
+                if not hits:
+                    raise DirectoryError(f"LDAP group {name!r} does not exist on {self.url}")
+                entry = self._entry(*hits[0])
+                if not entry.is_group:
+                    raise DirectoryError(f"LDAP entry {name!r} is no group (groupOfNames, "
+                                         "groupOfUniqueNames, posixGroup or group)")
+                found[name] = entry
+            else:
+                by_name.setdefault(name.strip().casefold(), []).append(name)
+        if by_name:
+            attr = self.group_name_attribute
+            kinds = "".join(f"(objectClass={c})" for c in ("groupOfNames", "groupOfUniqueNames", "posixGroup",
+                                                            "group"))
+            names = "".join(f"({attr}={escape_filter_chars(n)})" for n in by_name)
+            filt = f"(&(|{kinds})(|{names}))"
+            try:
+                hits = list(self._search(conn, self.group_base_dn, filt, ldap3.SUBTREE))
+            except LDAPNoSuchObjectResult as exc:
+                raise DirectoryError(f"LDAP group_base_dn {self.group_base_dn!r} does not exist") from exc
+            matches: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+            for dn, attrs in hits:
+                for v in _values(attrs, attr):
+                    key = " ".join(v.split()).casefold()
+                    if key in by_name:
+                        matches.setdefault(key, []).append((dn, attrs))
+            for key, names_given in by_name.items():
+                m = matches.get(key, [])
+                if not m:
+                    raise DirectoryError(f"LDAP group {names_given[0]!r} does not exist: no group with "
+                                         f"{attr}={names_given[0]} under {self.group_base_dn} on {self.url}")
+                if len(m) > 1:
+                    dns = "; ".join(dn for dn, _ in m)
+                    raise DirectoryError(f"LDAP group {names_given[0]!r} is ambiguous ({dns}): "
+                                         "name it by its full DN")
+                for n in names_given:
+                    found[n] = self._entry(*m[0])
+        return found
+
+    def _scan(self, conn: ldap3.Connection) -> tuple[dict[str, _Entry], dict[str, list[_Entry]]]:
+        classes = "".join(f"(objectClass={c})" for c in (*PERSON_FILTER_CLASSES, "groupOfNames",
+                                                          "groupOfUniqueNames", "posixGroup", "group"))
+        filt = f"(|{classes})"
+        bases = [self.base_dn]
+        if not _is_within(self._group_base_norm, self._base_norm):
+            bases.append(self.group_base_dn)
+        index: dict[str, _Entry] = {}
+        by_username: dict[str, list[_Entry]] = {}
+        for base in bases:
+            try:
+                for dn, attrs in self._search(conn, base, filt, ldap3.SUBTREE):
+                    try:
+                        entry = self._entry(dn, attrs)
+                    except ValueError:
+                        continue  # the server hands out DNs it accepted; cannot happen in practice
+                    index[entry.dn] = entry
+                    if not entry.is_group and entry.username is not None:
+                        by_username.setdefault(entry.username.casefold(), []).append(entry)
+            except LDAPNoSuchObjectResult as exc:
+                raise DirectoryError(f"LDAP base {base!r} does not exist on {self.url}") from exc
+        return index, by_username
+
+    def _expand(self, name: str, root: _Entry, index: Mapping[str, _Entry],
+                by_username: Mapping[str, list[_Entry]], notes: list[str]) -> set[Member]:
+        members: set[Member] = set()
+        expanded: set[str] = set()
+
+        def person(e: _Entry) -> Member:
+            return Member(id=e.dn, username=e.username, display=e.display)
+
+        def walk(group: _Entry, path: tuple[str, ...]) -> None:
+            expanded.add(group.dn)
+            for uid in group.member_uids:
+                hits = by_username.get(uid.casefold(), [])
+                if not hits:
+                    notes.append(f"{name}: memberUid {uid!r} of '{group.raw_dn}' matches no person by "
+                                 f"{self.username_attribute}; skipped")
+                elif len(hits) > 1:
+                    raise DirectoryError(
+                        f"LDAP group {name!r}: memberUid {uid!r} of '{group.raw_dn}' matches {len(hits)} people "
+                        f"({'; '.join(h.dn for h in hits)}): make {self.username_attribute} unique")
+                else:
+                    members.add(person(hits[0]))
+            for raw in group.members:
+                try:
+                    dn = normalize_dn(raw)
+                except ValueError as exc:
+                    notes.append(f"{name}: member '{raw}' of '{group.raw_dn}' is no valid DN ({exc}); skipped")
+                    continue
+                entry = index.get(dn)
+                if entry is None:
+                    if _is_within(dn, self._base_norm) and dn:
+                        why = "does not exist or is no person or group"
+                    else:
+                        why = f"lies outside base_dn {self.base_dn!r}"
+                    notes.append(f"{name}: member '{raw}' of '{group.raw_dn}' {why}; skipped")
+                elif not entry.is_group:
+                    members.add(person(entry))
+                elif not self.nested:
+                    notes.append(f"{name}: member '{raw}' of '{group.raw_dn}' is a group and nested groups are "
+                                 "off; skipped")
+                elif dn in path:
+                    notes.append(f"{name}: nesting cycle {' -> '.join((*path, dn))}; not followed again")
+                elif dn in expanded:
+                    continue
+                elif len(path) > self.nested_max_depth:
+                    notes.append(f"{name}: group {dn} is nested deeper than nested_max_depth="
+                                 f"{self.nested_max_depth}; not followed")
+                else:
+                    walk(entry, (*path, dn))
+
+        walk(root, (root.dn,))
+        return members

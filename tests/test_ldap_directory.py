@@ -1,0 +1,308 @@
+"""LdapDirectory against a real slapd (tests/slapd.py) loaded with OpenLDAP's own test data."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+from pathlib import Path
+
+import ldap3
+import pytest
+
+from hubpilot.adapters.ldap import LdapDirectory, normalize_dn
+from hubpilot.ports.directory import DirectoryError, DirectorySnapshot
+from tests.slapd import LIMITED_PASSWORD, Slapd, people_ldif
+
+pytestmark = pytest.mark.ldap
+
+OPENLDAP = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "openldap"
+COM = "dc=example,dc=com"
+PEOPLE = "ou=People,dc=example,dc=com"
+ITD = "ou=Information Technology Division," + PEOPLE
+ALUMNI = "ou=Alumni Association," + PEOPLE
+
+
+def directory(slapd: Slapd, **kw: object) -> LdapDirectory:
+    args: dict[str, object] = dict(url=slapd.url, bind_dn=slapd.root_dn, bind_password=slapd.root_password,
+                                   base_dn=COM, timeout=5.0)
+    args.update(kw)
+    return LdapDirectory(**args)  # type: ignore[arg-type]
+
+
+def usernames(snap: DirectorySnapshot, group: str) -> set[str | None]:
+    return {m.username for m in snap.groups[group]}
+
+
+def by_username(snap: DirectorySnapshot, group: str) -> dict[str | None, tuple[str, str]]:
+    return {m.username: (m.id, m.display) for m in snap.groups[group]}
+
+
+# ---- OpenLDAP's test.ldif, loaded as it is -------------------------------------------------
+
+
+async def test_group_of_names_from_openldap_test_data(slapd: Slapd) -> None:
+    snap = await directory(slapd).read(["All Staff"])
+    # cn=Manager is objectClass person without uid: a member whose username is unknown
+    assert usernames(snap, "All Staff") == {
+        None, "bjensen", "jdoe", "johnd", "melliot", "jaj", "jjones", "jen", "dots", "uham", "bjorn"}
+    members = by_username(snap, "All Staff")
+    # folded member lines are joined; ids are normalised DNs; display is the first cn
+    assert members["bjensen"] == (f"cn=barbara jensen,{ITD}".lower(), "Barbara Jensen")
+    assert members["jjones"] == (f"cn=james a jones 2,{ITD}".lower(), "James A Jones 2")
+    assert members[None] == ("cn=manager,dc=example,dc=com", "Manager")
+    assert snap.notes == ()
+    assert snap.source == f"ldap {slapd.url}"
+
+
+async def test_group_of_unique_names_and_several_groups_in_one_read(slapd: Slapd) -> None:
+    d = directory(slapd)
+    snap = await d.read(["ITD Staff", "Alumni Assoc Staff", f"cn=ITD Staff,ou=Groups,{COM}"])
+    assert usernames(snap, "ITD Staff") == {None, "bjorn", "jjones", "johnd"}
+    assert snap.groups[f"cn=ITD Staff,ou=Groups,{COM}"] == snap.groups["ITD Staff"]
+    assert usernames(snap, "Alumni Assoc Staff") == {None, "dots", "jaj", "jdoe", "jen", "melliot", "uham"}
+    # one search for the named groups, one base search for the DN, one (single-page) scan
+    assert d.stats.searches == 3
+    assert d.stats.reads == 1
+
+
+async def test_username_attribute_is_configurable(slapd: Slapd) -> None:
+    snap = await directory(slapd, username_attribute="mail").read(["ITD Staff"])
+    assert usernames(snap, "ITD Staff") == {
+        None, "bjorn@mailgw.example.com", "jjones@mailgw.example.com", "johnd@mailgw.example.com"}
+
+
+async def test_uid_suffix_self_membership_and_members_that_are_no_person(slapd: Slapd) -> None:
+    # test-dn.ldif: uniqueMember values with the optional #'...'B uid; the group lists itself
+    snap = await directory(slapd).read(["Name and Optional UID"])
+    assert snap.groups["Name and Optional UID"] == frozenset()
+    notes = "\n".join(snap.notes)
+    assert "is a group and nested groups are off" in notes
+    assert "member 'dc=example,dc=com' of 'cn=Name and Optional UID" in notes  # suffix #'1000'B dropped
+    assert "does not exist or is no person or group" in notes
+    assert len(snap.notes) == 5
+
+    nested = await directory(slapd, nested=True).read(["Name and Optional UID"])
+    assert any("nesting cycle" in n for n in nested.notes)
+
+
+# ---- DN normalisation: test-dn.ldif ----------------------------------------------------------
+
+
+def _ldif_entries(path: Path) -> list[dict[str, list[str]]]:
+    text = re.sub(r"\n ", "", path.read_text())
+    entries = []
+    for block in text.split("\n\n"):
+        entry: dict[str, list[str]] = {}
+        for line in block.splitlines():
+            if line.startswith("#") or ":" not in line:
+                continue
+            key, _, value = line.partition(":")
+            entry.setdefault(key.lower(), []).append(value[1:] if value.startswith(" ") else value)
+        if "dn" in entry:
+            entries.append(entry)
+    return entries
+
+
+def test_dn_forms_that_test_dn_ldif_declares_equal_normalise_equal() -> None:
+    must = next(e for e in _ldif_entries(OPENLDAP / "test-dn.ldif") if e["dn"][0].startswith("cn=Must Succeed"))
+    # "seeAlso values contain DN forms already defined as member, in a different representation"
+    for other in must["seealso"]:
+        assert normalize_dn(other) in {normalize_dn(m) for m in must["member"]}, other
+    assert normalize_dn(r"CN=Lu\C4\8Di\C4\87") == "cn=lučić"
+    assert normalize_dn("OU=Sales+CN=J. Smith,DC=example,DC=net") == normalize_dn(
+        "cn=J. Smith + ou=sales, dc=EXAMPLE, dc=net")
+    # RFC 1779 forms (the LDAPv2 groups) mean the same DN
+    v2 = {normalize_dn(x) for x in ("UID=jsmith, O=example, C=US", "UID=jsmith;O=example;C=US",
+                                    "<UID=jsmith,O=example,C=US>", "uid=jsmith,o=example,c=us")}
+    assert v2 == {"uid=jsmith,o=example,c=us"}
+    assert normalize_dn("OID.0.9.2342.19200300.100.1.1=jsmith") == "0.9.2342.19200300.100.1.1=jsmith"
+    assert normalize_dn('CN="John Smith",O=example,C=US') == "cn=john smith,o=example,c=us"
+    assert normalize_dn("cn=A*x=b is a linear algebra problem,ou=LDAPv3") == normalize_dn(
+        r"cn=A*x\3Db is a linear algebra problem,ou=LDAPv3")
+
+
+def test_dns_that_test_dn_ldif_says_must_fail_are_refused() -> None:
+    bad = [m for e in _ldif_entries(OPENLDAP / "test-dn.ldif") if e["dn"][0].startswith("cn=Must Fail")
+           for m in e.get("member", [])]
+    assert len(bad) == 17
+    # 01.1=jsmith (a leading zero in a numeric OID) is accepted: slapd accepts it too
+    for dn in bad:
+        if dn == "01.1=jsmith":
+            continue
+        with pytest.raises(ValueError):
+            normalize_dn(dn)
+
+
+async def test_escaped_multi_valued_and_utf8_member_dns_resolve_to_people(slapd: Slapd) -> None:
+    """The "Must Succeed" group of test-dn.ldif names people in dc=example,dc=net; create them
+    under another string form of the same DN and check each member is found."""
+    net = "dc=example,dc=net"
+    people = {
+        "uid=jsmith,dc=example,dc=net": {"uid": "jsmith", "cn": "J Smith"},
+        r"CN=John Smith\2C III,DC=example,DC=net": {"uid": "john3", "cn": "John Smith, III"},
+        "cn=J. Smith+ou=Sales,dc=example,dc=net": {"uid": "jsales", "cn": "J. Smith", "ou": "Sales"},
+        r"CN=\#John Smith\ ,DC=example,DC=net": {"uid": "hashjohn", "cn": "#John Smith "},
+        r"CN=Before\0DAfter,DC=example,DC=net": {"uid": "crlf", "cn": "Before\rAfter"},
+    }
+    for dn, attrs in people.items():
+        try:
+            slapd.add(dn, {"objectClass": ["inetOrgPerson"], "sn": "x", **attrs})
+        except ldap3.core.exceptions.LDAPEntryAlreadyExistsResult:
+            pass
+    try:
+        slapd.add(r"OU=Sales\3B Data\2BAlgorithms,DC=example,DC=net",
+                  {"objectClass": ["organizationalUnit"], "ou": "Sales; Data+Algorithms"})
+    except ldap3.core.exceptions.LDAPEntryAlreadyExistsResult:
+        pass
+    group = f"cn=Must Succeed,ou=LDAPv3,{COM}"
+    snap = await directory(slapd, base_dn=net, group_base_dn=COM, nested=True).read([group])
+    found = by_username(snap, group)
+    assert set(found) == {"jsmith", "john3", "jsales", "hashjohn", "crlf"}
+    assert found["john3"][0] == r"cn=john smith\, iii,dc=example,dc=net"
+    assert found["jsales"][0] == "cn=j. smith+ou=sales,dc=example,dc=net"
+    notes = "\n".join(snap.notes)
+    assert "nesting cycle" in notes  # the group is its own member
+    assert r"'OU=Sales\; Data\+Algorithms,DC=example,DC=net' of" in notes  # an ou: no person
+    assert r"member 'CN=Lu\C4\8Di\C4\87' of 'cn=Must Succeed,ou=LDAPv3,dc=example,dc=com' lies outside" in notes
+    assert "testUUID=597ae2f6" in notes
+    assert "member '' of" in notes
+    assert len(snap.notes) == 5
+
+
+# ---- group kinds and nesting ---------------------------------------------------------------
+
+
+async def test_posix_group_member_uids_resolve_by_username(slapd: Slapd, ldap_names: str) -> None:
+    ou = f"ou={ldap_names},{COM}"
+    slapd.load_ldif(people_ldif(4, ou=ldap_names, group=f"{ldap_names}-posix", kind="posixGroup",
+                                prefix=ldap_names))
+    slapd.modify(f"cn={ldap_names}-posix,{ou}", {"memberUid": [(ldap3.MODIFY_ADD, ["ghost"])]})
+    snap = await directory(slapd, base_dn=ou).read([f"{ldap_names}-posix"])
+    assert usernames(snap, f"{ldap_names}-posix") == {f"{ldap_names}{i:05d}" for i in range(4)}
+    assert {m.id for m in snap.groups[f"{ldap_names}-posix"]} == {
+        f"uid={ldap_names}{i:05d},{ou}".lower() for i in range(4)}
+    assert len(snap.notes) == 1 and "memberUid 'ghost'" in snap.notes[0]
+
+
+def _nested_tree(slapd: Slapd, t: str) -> str:
+    """a ∋ {pa, b}; b ∋ {pb, c}; c ∋ {pc, a} (a cycle); also a posix group under c."""
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    for p in ("pa", "pb", "pc", "pd"):
+        slapd.add(f"uid={t}{p},{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}{p}", "cn": p, "sn": p})
+    slapd.add(f"cn={t}-d,{ou}", {"objectClass": ["posixGroup"], "cn": f"{t}-d", "gidNumber": 4242,
+                                 "memberUid": [f"{t}pd"]})
+    slapd.add(f"cn={t}-a,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-a",
+                                 "member": [f"uid={t}pa,{ou}"]})
+    slapd.add(f"cn={t}-b,{ou}", {"objectClass": ["groupOfUniqueNames"], "cn": f"{t}-b",
+                                 "uniqueMember": [f"uid={t}pb,{ou}", f"cn={t}-a,{ou}#'01'B"]})
+    slapd.add(f"cn={t}-c,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-c",
+                                 "member": [f"uid={t}pc,{ou}", f"CN={t}-B, {ou}", f"cn={t}-d,{ou}"]})
+    slapd.modify(f"cn={t}-a,{ou}", {"member": [(ldap3.MODIFY_ADD, [f"cn={t}-c,{ou}"])]})
+    return ou
+
+
+async def test_nested_groups_with_a_cycle(slapd: Slapd, ldap_names: str) -> None:
+    t = ldap_names
+    ou = _nested_tree(slapd, t)
+    a = f"{t}-a"
+    snap = await directory(slapd, base_dn=ou, nested=True).read([a])
+    assert usernames(snap, a) == {f"{t}pa", f"{t}pb", f"{t}pc", f"{t}pd"}
+    assert len(snap.notes) == 1 and "nesting cycle" in snap.notes[0]  # b -> a
+
+    flat = await directory(slapd, base_dn=ou, nested=False).read([a])
+    assert usernames(flat, a) == {f"{t}pa"}
+    assert len(flat.notes) == 1 and "nested groups are off" in flat.notes[0]
+
+    shallow = await directory(slapd, base_dn=ou, nested=True, nested_max_depth=1).read([a])
+    assert usernames(shallow, a) == {f"{t}pa", f"{t}pc"}  # a -> c only
+    assert any("deeper than nested_max_depth=1" in n for n in shallow.notes)
+
+    # reading c: c -> b -> a -> c is the cycle now
+    c = await directory(slapd, base_dn=ou, nested=True).read([f"{t}-c"])
+    assert usernames(c, f"{t}-c") == usernames(snap, a)
+
+
+async def test_an_organizational_role_member_is_noted_and_skipped(slapd: Slapd, ldap_names: str) -> None:
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    slapd.add(f"cn=boss,{ou}", {"objectClass": ["organizationalRole"], "cn": "boss"})
+    slapd.add(f"uid={t}x,{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}x", "cn": "X", "sn": "x"})
+    slapd.add(f"uid={t}nouid,{ou}".replace("uid=", "cn=", 1),
+              {"objectClass": ["inetOrgPerson"], "cn": f"{t}nouid", "sn": "n", "displayName": "No Uid"})
+    slapd.add(f"cn={t}-g,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-g",
+                                 "member": [f"cn=boss,{ou}", f"uid={t}x,{ou}", f"cn={t}nouid,{ou}",
+                                            f"uid={t}gone,{ou}"]})
+    snap = await directory(slapd, base_dn=ou).read([f"{t}-g"])
+    assert by_username(snap, f"{t}-g") == {
+        f"{t}x": (f"uid={t}x,{ou}", "X"),
+        None: (f"cn={t}nouid,{ou}", "No Uid"),  # displayName wins over cn
+    }
+    assert len(snap.notes) == 2
+    assert all("does not exist or is no person or group; skipped" in n for n in snap.notes)
+
+
+async def test_paged_search_over_more_entries_than_the_page_size(slapd: Slapd, ldap_names: str) -> None:
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.load_ldif(people_ldif(120, ou=t, group=f"{t}-all", prefix=t))
+    d = directory(slapd, base_dn=ou, page_size=25)
+    snap = await d.read([f"{t}-all"])
+    assert len(snap.groups[f"{t}-all"]) == 120
+    assert d.stats.searches == 1 + math.ceil(121 / 25)  # the group, then 5 pages of 120 people + 1 group
+    assert d.stats.entries == 1 + 121
+
+
+# ---- failures: never a partial snapshot ------------------------------------------------------
+
+
+async def test_a_group_that_does_not_exist_fails_the_read(slapd: Slapd) -> None:
+    with pytest.raises(DirectoryError, match=r"group 'No Such Group' does not exist"):
+        await directory(slapd).read(["All Staff", "No Such Group"])
+    with pytest.raises(DirectoryError, match="does not exist"):
+        await directory(slapd).read([f"cn=Nope,ou=Groups,{COM}"])
+    with pytest.raises(DirectoryError, match="is no group"):
+        await directory(slapd).read([f"cn=Manager,{COM}"])
+
+
+async def test_wrong_bind_password_fails(slapd: Slapd) -> None:
+    with pytest.raises(DirectoryError, match=r"binding as cn=admin,dc=example,dc=com failed: .*invalidCredentials"):
+        await directory(slapd, bind_password="wrong").read(["All Staff"])
+
+
+async def test_a_size_limit_fails_the_read(slapd: Slapd) -> None:
+    slapd.add_limited_reader()
+    d = directory(slapd, bind_dn=slapd.limited_dn, bind_password=LIMITED_PASSWORD, page_size=3)
+    with pytest.raises(DirectoryError, match=r"sizeLimitExceeded \(4\)"):
+        await d.read(["All Staff"])
+
+
+async def test_directory_down_fails_and_a_later_read_works(slapd: Slapd) -> None:
+    d = directory(slapd)
+    slapd.stop()
+    try:
+        with pytest.raises(DirectoryError, match=r"connecting to ldap://127\.0\.0\.1:\d+ failed: .*refused"):
+            await d.read(["ITD Staff"])
+    finally:
+        slapd.start()
+    snap = await d.read(["ITD Staff"])
+    assert usernames(snap, "ITD Staff") == {None, "bjorn", "jjones", "johnd"}
+
+
+async def test_a_server_that_stops_answering_times_out(slapd: Slapd) -> None:
+    assert slapd.process is not None
+    pid = slapd.process.pid
+    os.kill(pid, signal.SIGSTOP)  # the kernel still accepts the connection; no answer comes
+    try:
+        with pytest.raises(DirectoryError, match=r"failed: LDAPSocketReceiveError: .*timed out"):
+            await directory(slapd, timeout=0.5).read(["ITD Staff"])
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_bad_url_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="ldap://host"):
+        LdapDirectory(url="http://example.org", base_dn=COM)
