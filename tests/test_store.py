@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from hubpilot.adapters.store_azure import AzureStore
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.loop import Action, ActionResult, LockHeld, Outcome, Plan, Progress, Runner, Status
 from hubpilot.ports.store import ConflictError, StateStore, StoreError
+from tests.azurite import ACCOUNT_KEY, Azurite
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -28,13 +31,20 @@ def _name(stem: str = "x") -> str:
     return f"{stem}-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(params=["sqlite"])
+def azure_store(azurite: Azurite, **kwargs: Any) -> AzureStore:
+    """A store on its own tables and container, so tests never see each other's data."""
+    unique = uuid.uuid4().hex[:12]
+    return AzureStore.from_settings(connection_string=azurite.connection_string,
+                                    table_prefix=f"t{unique}", container=f"c{unique}", **kwargs)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("azure", marks=pytest.mark.azurite)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
     s: StateStore
     if request.param == "sqlite":
         s = SqliteStore(tmp_path / "state.sqlite3")
-    else:  # pragma: no cover - filled in below
-        raise AssertionError(request.param)
+    else:
+        s = azure_store(request.getfixturevalue("azurite"))
     try:
         yield s
     finally:
@@ -470,3 +480,143 @@ async def test_runner_two_concurrent_runs_one_applies_other_gets_lock_held(store
     again = await second_runner.run(cap, trigger="manual", actor="cli")
     assert again.outcome is Outcome.APPLIED and cap.applied == 2
 
+
+
+# --- Azure specifics -----------------------------------------------------------------------------
+
+@pytest.mark.azurite
+async def test_azure_big_audit_entry_goes_to_a_blob_small_one_stays_inline(azurite: Azurite) -> None:
+    from azure.data.tables.aio import TableClient
+    from azure.storage.blob.aio import ContainerClient
+
+    store = azure_store(azurite)
+    try:
+        small_id = await store.append_audit(_entry("sync", T0, n=1))
+        big = _entry("sync", T0 + timedelta(seconds=1), blob="x" * 40_000)  # 80 KB as UTF-16
+        big_id = await store.append_audit(big)
+        async with TableClient.from_connection_string(azurite.connection_string, store.audit_table) as table:
+            rows = {e["RowKey"]: e async for e in table.list_entities()}
+        assert "entry" in rows[small_id] and "entry_blob" not in rows[small_id]
+        assert "entry" not in rows[big_id] and rows[big_id]["entry_blob"] == f"audit/{big_id}.json"
+        async with ContainerClient.from_connection_string(azurite.connection_string,
+                                                          store.container_name) as container:
+            names = [b.name async for b in container.list_blobs(name_starts_with="audit/")]
+        assert names == [f"audit/{big_id}.json"]
+        page, _ = await store.read_audit()
+        assert [e["id"] for e in page] == [big_id, small_id] and page[0]["blob"] == big["blob"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.azurite
+async def test_azure_lock_race_between_separate_clients(azurite: Azurite) -> None:
+    """Like separate processes: each acquirer has its own store object and HTTP connections."""
+    first = azure_store(azurite)
+    others = [AzureStore.from_settings(connection_string=azurite.connection_string,
+                                       table_prefix=first.locks_table.removesuffix("locks"),
+                                       container=first.container_name) for _ in range(7)]
+    stores = [first, *others]
+    try:
+        await first.read_lock("warm-up", T0)  # create the tables once, so the race is on the lock
+        for round_ in range(3):
+            at = T0 + TTL * 2 * round_  # each round starts after the previous lease expired
+            leases = await asyncio.gather(*(s.acquire_lock("scale", f"s{i}", TTL, at)
+                                            for i, s in enumerate(stores)))
+            winners = [lease for lease in leases if lease is not None]
+            assert len(winners) == 1, round_
+            held = await others[0].read_lock("scale", at)
+            assert held is not None and held.holder == winners[0].holder
+    finally:
+        for s in stores:
+            await s.close()
+
+
+@pytest.mark.azurite
+async def test_azure_lock_names_with_reserved_characters(azurite: Azurite) -> None:
+    store = azure_store(azurite)
+    try:
+        for name in ("sync/group#1?", "cull\\all", "ünïcode"):
+            lease = await store.acquire_lock(name, "a", TTL, T0)
+            assert lease is not None and lease.name == name
+            assert await store.acquire_lock(name, "b", TTL, T0) is None
+            held = await store.read_lock(name, T0)
+            assert held is not None and held.name == name
+    finally:
+        await store.close()
+
+
+@pytest.mark.azurite
+async def test_azure_corrupt_blob_and_rows_name_what_is_broken(azurite: Azurite) -> None:
+    from azure.data.tables.aio import TableClient
+    from azure.storage.blob.aio import ContainerClient
+
+    store = azure_store(azurite)
+    try:
+        await store.put("sync/managed", {"ok": True})
+        await store.acquire_lock("sync", "a", TTL, T0)
+        async with ContainerClient.from_connection_string(azurite.connection_string,
+                                                          store.container_name) as container:
+            await container.upload_blob("docs/sync/managed", b"{broken", overwrite=True)
+            await container.upload_blob("docs/sync/list", b"[1, 2]", overwrite=True)
+        async with TableClient.from_connection_string(azurite.connection_string, store.audit_table) as t:
+            await t.create_entity({"PartitionKey": "audit", "RowKey": "0" * 18 + "-" + "0" * 20 + "-0000abcd",
+                                   "operation": "sync", "entry": "not json"})
+        async with TableClient.from_connection_string(azurite.connection_string, store.locks_table) as t:
+            await t.upsert_entity({"PartitionKey": "lock", "RowKey": "sync", "holder": "a", "expires_us": "soon"})
+        with pytest.raises(StoreError, match=r"'sync/managed'.*corrupt JSON"):
+            await store.get("sync/managed")
+        with pytest.raises(StoreError, match=r"'sync/list'.*not a JSON object"):
+            await store.get("sync/list")
+        with pytest.raises(StoreError, match="sync/"):
+            await store.list("sync/")
+        with pytest.raises(StoreError, match=r"audit entry 0+-0+-0000abcd"):
+            await store.read_audit()
+        with pytest.raises(StoreError, match=r"lock 'sync'.*malformed"):
+            await store.read_lock("sync", T0)
+    finally:
+        await store.close()
+
+
+async def test_azure_unreachable_account_is_a_store_error() -> None:
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+            f"TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    store = AzureStore.from_settings(connection_string=conn, retry_total=0, timeout=5)
+    try:
+        with pytest.raises(StoreError, match="Azure Storage: cannot create the tables"):
+            await store.get("sync/managed")
+    finally:
+        await store.close()
+
+
+async def test_azure_settings_are_validated_and_endpoints_follow_the_suffix() -> None:
+    with pytest.raises(ValueError, match="connection string or an account name"):
+        AzureStore.from_settings()
+    with pytest.raises(ValueError, match="connection string is not usable"):
+        AzureStore.from_settings(connection_string="nonsense")
+    with pytest.raises(ValueError, match="table prefix"):
+        AzureStore.from_settings(account_name="acct1", table_prefix="hub-pilot", credential=_NoToken())
+    with pytest.raises(ValueError, match="container"):
+        AzureStore.from_settings(account_name="acct1", container="Hubpilot_State", credential=_NoToken())
+    with pytest.raises(ValueError, match="account name"):
+        AzureStore.from_settings(account_name="Not-Valid", credential=_NoToken())
+    store = AzureStore.from_settings(account_name="acct1", endpoint_suffix="core.usgovcloudapi.net",
+                                     credential=_NoToken())
+    try:
+        assert store._tables.url.startswith("https://acct1.table.core.usgovcloudapi.net")
+        assert store._blobs.url.startswith("https://acct1.blob.core.usgovcloudapi.net")
+    finally:
+        await store.close()
+
+
+class _NoToken:
+    """An async token credential that is never asked (no request is sent in the test using it)."""
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        raise AssertionError("no token expected")
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,530 @@
+"""The state store in Azure Storage: Tables for locks and the audit log, Blobs for documents.
+
+- Locks: one entity per lock in ``<prefix>locks``. Acquire inserts the entity, or replaces an
+  expired one conditionally on its etag, so exactly one of many concurrent acquirers wins. Renew
+  and release are conditional on the etag we got (the lease's ``token``).
+- Audit: one partition ``audit`` in ``<prefix>audit``; the RowKey is the inverted ``at`` time,
+  then an inverted append sequence, then a random suffix, so the table's natural order is newest
+  first. An entry too big for a table property is written to the blob ``audit/<RowKey>.json``
+  first and the row points to it; reading returns the whole entry either way.
+- Documents: the blob ``docs/<key>`` in the container, conditional writes on the blob etag.
+
+Retries are azure-core's (Tables) and the storage SDK's (Blobs) own policies, configured here;
+there is no retry loop of our own. Tables and the container are created on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import UpdateMode
+from azure.data.tables.aio import TableClient, TableServiceClient
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient, ExponentialRetry
+
+from hubpilot.ports.store import ConflictError, Lease, StoreError
+
+T = TypeVar("T")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_AT_SPAN = 10**18  # microseconds: past year 9999
+_SEQ_SPAN = 10**20  # nanoseconds
+_ROW_KEY = re.compile(r"^\d{18}-\d{20}-[0-9a-f]{8}$")
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9_.:@=+-]{1,512}$")
+_TABLE_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,56}$")
+_CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_INLINE_LIMIT = 60_000  # bytes of UTF-16 per string property (the service allows 64 KiB)
+_LOCK_PK = "lock"
+_IF_SAME = MatchConditions.IfNotModified
+_AUDIT_PK = "audit"
+_DOC_PREFIX = "docs/"
+_AUDIT_BLOBS = "audit/"
+
+
+def _micros(when: datetime, what: str) -> int:
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got naive {when.isoformat()}")
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _audit_time(entry: Mapping[str, Any]) -> datetime:
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"an audit entry must be a JSON object, got {type(entry).__name__}")
+    at, operation = entry.get("at"), entry.get("operation")
+    if not isinstance(operation, str) or not operation:
+        raise ValueError("an audit entry needs a non-empty string 'operation'")
+    if isinstance(at, datetime):
+        when = at
+    elif isinstance(at, str):
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            raise ValueError(f"audit entry 'at' is not an ISO time: {at!r}") from None
+    else:
+        raise ValueError("an audit entry needs 'at', an ISO time string")
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _dump(value: Mapping[str, Any], what: str) -> str:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
+    try:
+        return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                          default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is not storable as JSON: {exc}") from None
+
+
+def _load(data: str | bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{what} holds corrupt JSON ({exc}); fix or delete it") from None
+    if not isinstance(value, dict):
+        raise StoreError(f"{what} holds {type(value).__name__}, not a JSON object; fix or delete it")
+    return value
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, HttpResponseError):
+        code = getattr(exc, "error_code", None) or ""
+        first = (exc.message or str(exc)).strip().splitlines()[0] if (exc.message or str(exc)) else ""
+        return f"HTTP {exc.status_code} {code}: {first}".replace("  ", " ")
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextlib.contextmanager
+def _errors(what: str) -> Iterator[None]:
+    """Turn an SDK error into a StoreError that says what we were doing."""
+    try:
+        yield
+    except (StoreError, ValueError):
+        raise
+    except AzureError as exc:
+        raise StoreError(f"Azure Storage: cannot {what}: {_describe(exc)}") from exc
+    except OSError as exc:  # transport errors below azure-core
+        raise StoreError(f"Azure Storage: cannot {what}: {exc}") from exc
+
+
+def _is_conflict(exc: HttpResponseError) -> bool:
+    return isinstance(exc, (ResourceModifiedError, ResourceExistsError)) or exc.status_code in (409, 412)
+
+
+def _lock_row(name: str) -> str:
+    """A RowKey for a lock name: the name itself when safe, else a reversible hex form."""
+    if not name:
+        raise ValueError("a lock name must not be empty")
+    return name if _SAFE_KEY.match(name) else "~" + name.encode().hex()
+
+
+def _doc_blob(key: str) -> str:
+    if not key:
+        raise ValueError("a document key must not be empty")
+    parts = key.split("/")
+    if "\\" in key or any(p in (".", "..") for p in parts) or len(key) > 1000:
+        raise ValueError(f"document key {key!r} cannot be a blob name: no '\\', '.' or '..' segments, "
+                         "at most 1000 characters")
+    return _DOC_PREFIX + key
+
+
+class _Sequence:
+    """Strictly increasing nanosecond stamps within this process.
+
+    Entries with the same ``at`` are ordered by this stamp: exactly by append order within a
+    process, by wall-clock append time across processes.
+    """
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._mutex = threading.Lock()
+
+    def next(self) -> int:
+        with self._mutex:
+            self._last = max(time.time_ns(), self._last + 1)
+            return self._last
+
+
+_SEQUENCE = _Sequence()
+
+
+class AzureStore:
+    """:class:`hubpilot.ports.store.StateStore` on an Azure Storage account (or Azurite)."""
+
+    def __init__(
+        self,
+        tables: TableServiceClient,
+        blobs: BlobServiceClient,
+        *,
+        table_prefix: str = "hubpilot",
+        container: str = "hubpilot-state",
+        credential: Any = None,
+        concurrency: int = 16,
+    ) -> None:
+        if not _TABLE_PREFIX.match(table_prefix):
+            raise ValueError(f"table prefix {table_prefix!r}: use 1-57 letters and digits, starting with a "
+                             "letter (Azure table names are alphanumeric)")
+        if not _CONTAINER.match(container):
+            raise ValueError(f"container {container!r}: use 3-63 lowercase letters, digits and single "
+                             "hyphens, starting and ending with a letter or digit")
+        self._tables = tables
+        self._blobs = blobs
+        self._credential = credential
+        self.locks_table = f"{table_prefix}locks"
+        self.audit_table = f"{table_prefix}audit"
+        self.container_name = container
+        self._locks: TableClient = tables.get_table_client(self.locks_table)
+        self._audit: TableClient = tables.get_table_client(self.audit_table)
+        self._container: ContainerClient = blobs.get_container_client(container)
+        self._ready = False
+        self._ready_lock: asyncio.Lock | None = None
+        self._sem_size = max(1, concurrency)
+
+    @classmethod
+    def from_settings(
+        cls,
+        *,
+        connection_string: str | None = None,
+        account_name: str | None = None,
+        endpoint_suffix: str = "core.windows.net",
+        table_prefix: str = "hubpilot",
+        container: str = "hubpilot-state",
+        credential: Any = None,
+        retry_total: int = 5,
+        retry_backoff: float = 0.8,
+        retry_backoff_max: float = 30.0,
+        timeout: float = 30.0,
+    ) -> AzureStore:
+        """Build from a connection string, or an account name with a token credential.
+
+        Without a connection string the account is reached at ``https://<account>.table.<suffix>``
+        and ``https://<account>.blob.<suffix>`` with ``credential`` (default: the async
+        ``DefaultAzureCredential``, i.e. the managed identity in Azure).
+        """
+        table_kwargs: dict[str, Any] = {
+            "retry_total": retry_total, "retry_backoff_factor": retry_backoff,
+            "retry_backoff_max": retry_backoff_max, "connection_timeout": timeout, "read_timeout": timeout,
+        }
+        blob_kwargs: dict[str, Any] = {
+            "retry_policy": ExponentialRetry(initial_backoff=max(1, round(retry_backoff)), increment_base=2,
+                                             retry_total=retry_total, random_jitter_range=1),
+            "connection_timeout": timeout, "read_timeout": timeout,
+        }
+        if connection_string:
+            try:
+                tables = TableServiceClient.from_connection_string(connection_string, **table_kwargs)
+                blobs = BlobServiceClient.from_connection_string(connection_string, **blob_kwargs)
+            except (ValueError, AzureError) as exc:
+                raise ValueError(f"the Azure Storage connection string is not usable: {exc}") from None
+            return cls(tables, blobs, table_prefix=table_prefix, container=container)
+        if not account_name:
+            raise ValueError("Azure state store: set a connection string or an account name")
+        if not re.fullmatch(r"[a-z0-9]{3,24}", account_name):
+            raise ValueError(f"storage account name {account_name!r}: 3-24 lowercase letters and digits")
+        suffix = endpoint_suffix.strip().strip(".")
+        if not suffix or "/" in suffix:
+            raise ValueError(f"endpoint suffix {endpoint_suffix!r}: a DNS suffix such as core.windows.net")
+        own_credential = credential is None
+        if own_credential:
+            from azure.identity.aio import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+        tables = TableServiceClient(f"https://{account_name}.table.{suffix}", credential=credential,
+                                    **table_kwargs)
+        blobs = BlobServiceClient(f"https://{account_name}.blob.{suffix}", credential=credential,
+                                  **blob_kwargs)
+        return cls(tables, blobs, table_prefix=table_prefix, container=container,
+                   credential=credential if own_credential else None)
+
+    # --- plumbing --------------------------------------------------------------------------
+    async def _ensure(self) -> None:
+        if self._ready:
+            return
+        if self._ready_lock is None:
+            self._ready_lock = asyncio.Lock()
+        async with self._ready_lock:
+            if self._ready:
+                return
+            with _errors(f"create the tables {self.locks_table}, {self.audit_table}"):
+                for name in (self.locks_table, self.audit_table):
+                    with contextlib.suppress(ResourceExistsError):
+                        await self._tables.create_table(name)
+            with _errors(f"create the container {self.container_name}"):
+                with contextlib.suppress(ResourceExistsError):
+                    await self._container.create_container()
+            self._ready = True
+
+    async def _bounded(self, jobs: list[Callable[[], Awaitable[T]]]) -> list[T]:
+        sem = asyncio.Semaphore(self._sem_size)
+
+        async def one(job: Callable[[], Awaitable[T]]) -> T:
+            async with sem:
+                return await job()
+
+        return list(await asyncio.gather(*(one(j) for j in jobs)))
+
+    async def _read_blob(self, name: str, what: str) -> tuple[bytes, str] | None:
+        with _errors(f"read {what}"):
+            try:
+                downloader = await self._container.download_blob(name)
+                data = await downloader.readall()
+            except ResourceNotFoundError:
+                return None
+            return bytes(data), str(downloader.properties.etag)
+
+    # --- locks -----------------------------------------------------------------------------
+    def _lease(self, name: str, entity: Mapping[str, Any], etag: str) -> Lease:
+        try:
+            expires = _from_micros(int(entity["expires_us"]))
+            holder = str(entity["holder"])
+        except (KeyError, ValueError, TypeError):
+            raise StoreError(
+                f"lock {name!r} in table {self.locks_table} is malformed; delete its row"
+            ) from None
+        return Lease(name, holder, expires, etag)
+
+    async def _get_lock(self, name: str) -> tuple[dict[str, Any], str] | None:
+        with _errors(f"read the lock {name!r}"):
+            try:
+                entity = await self._locks.get_entity(_LOCK_PK, _lock_row(name))
+            except ResourceNotFoundError:
+                return None
+            return dict(entity), str(entity.metadata["etag"])
+
+    async def acquire_lock(self, name: str, holder: str, ttl: timedelta, now: datetime) -> Lease | None:
+        now_us, expires = _micros(now, "now"), _micros(now + ttl, "now")
+        await self._ensure()
+        entity = {"PartitionKey": _LOCK_PK, "RowKey": _lock_row(name), "name": name, "holder": holder,
+                  "expires_us": str(expires)}
+        current = await self._get_lock(name)
+        with _errors(f"take the lock {name!r}"):
+            try:
+                if current is None:
+                    meta = await self._locks.create_entity(entity)
+                else:
+                    existing, etag = current
+                    if self._lease(name, existing, etag).expires_at > _from_micros(now_us):
+                        return None
+                    meta = await self._locks.update_entity(
+                        entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=_IF_SAME
+                    )
+            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                return None  # another acquirer got there first (or released it meanwhile)
+            except HttpResponseError as exc:
+                if _is_conflict(exc):
+                    return None
+                raise
+        return Lease(name, holder, _from_micros(expires), str(meta["etag"]))
+
+    async def renew_lock(self, lease: Lease, ttl: timedelta, now: datetime) -> Lease | None:
+        expires = _micros(now + ttl, "now")
+        await self._ensure()
+        entity = {"PartitionKey": _LOCK_PK, "RowKey": _lock_row(lease.name), "name": lease.name,
+                  "holder": lease.holder, "expires_us": str(expires)}
+        with _errors(f"renew the lock {lease.name!r}"):
+            try:
+                meta = await self._locks.update_entity(
+                    entity, mode=UpdateMode.REPLACE, etag=lease.token, match_condition=_IF_SAME
+                )
+            except (ResourceModifiedError, ResourceNotFoundError):
+                return None
+            except HttpResponseError as exc:
+                if _is_conflict(exc) or exc.status_code == 404:
+                    return None
+                raise
+        return Lease(lease.name, lease.holder, _from_micros(expires), str(meta["etag"]))
+
+    async def release_lock(self, lease: Lease) -> None:
+        await self._ensure()
+        with _errors(f"release the lock {lease.name!r}"):
+            try:
+                await self._locks.delete_entity(
+                    _LOCK_PK, _lock_row(lease.name), etag=lease.token, match_condition=_IF_SAME
+                )
+            except (ResourceModifiedError, ResourceNotFoundError):
+                return  # taken over by another: leave it alone
+            except HttpResponseError as exc:
+                if not (_is_conflict(exc) or exc.status_code == 404):
+                    raise
+
+    async def read_lock(self, name: str, now: datetime) -> Lease | None:
+        now_at = _from_micros(_micros(now, "now"))
+        await self._ensure()
+        current = await self._get_lock(name)
+        if current is None:
+            return None
+        lease = self._lease(name, *current)
+        return lease if lease.expires_at > now_at else None
+
+    # --- audit -----------------------------------------------------------------------------
+    def _row_key(self, at_us: int) -> str:
+        return (f"{_AT_SPAN - 1 - at_us:018d}-{_SEQ_SPAN - 1 - _SEQUENCE.next():020d}-"
+                f"{uuid.uuid4().hex[:8]}")
+
+    async def append_audit(self, entry: Mapping[str, Any]) -> str:
+        at = _audit_time(entry)
+        at_us = _micros(at, "at")
+        if not 0 <= at_us < _AT_SPAN:
+            raise ValueError(f"audit entry 'at' out of range: {at.isoformat()}")
+        operation = str(entry["operation"])
+        text = _dump({k: v for k, v in entry.items() if k != "id"}, "the audit entry")
+        await self._ensure()
+        row_key = self._row_key(at_us)
+        row: dict[str, Any] = {"PartitionKey": _AUDIT_PK, "RowKey": row_key, "operation": operation,
+                               "at": at.isoformat()}
+        if len(text) * 2 <= _INLINE_LIMIT or len(text.encode("utf-16-le")) <= _INLINE_LIMIT:
+            row["entry"] = text
+        else:
+            blob = f"{_AUDIT_BLOBS}{row_key}.json"
+            with _errors(f"write the audit entry blob {blob}"):
+                await self._container.get_blob_client(blob).upload_blob(text.encode(), overwrite=False)
+            row["entry_blob"] = blob
+        with _errors("append an audit entry"):
+            await self._audit.create_entity(row)
+        return row_key
+
+    async def read_audit(
+        self,
+        *,
+        since: datetime | None = None,
+        operation: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        clauses: list[str] = ["PartitionKey eq @pk"]
+        params: dict[str, Any] = {"pk": _AUDIT_PK}
+        if cursor is not None:
+            if not _ROW_KEY.match(cursor):
+                raise ValueError(f"not an audit cursor of this store: {cursor!r}")
+            clauses.append("RowKey gt @after")
+            params["after"] = cursor
+        if since is not None:
+            since_us = min(max(0, _micros(since, "since")), _AT_SPAN - 1)
+            clauses.append("RowKey lt @upto")
+            params["upto"] = f"{_AT_SPAN - 1 - since_us:018d}-~"
+        if operation is not None:
+            clauses.append("operation eq @op")
+            params["op"] = operation
+        await self._ensure()
+        rows: list[dict[str, Any]] = []
+        with _errors("read the audit log"):
+            pages = self._audit.query_entities(" and ".join(clauses), parameters=params,
+                                               results_per_page=min(limit + 1, 1000))
+            async for entity in pages:
+                rows.append(dict(entity))
+                if len(rows) > limit:
+                    break
+        more = len(rows) > limit
+        rows = rows[:limit]
+        entries = await self._bounded([functools.partial(self._audit_entry, r) for r in rows])
+        return entries, (str(rows[-1]["RowKey"]) if more else None)
+
+    async def _audit_entry(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        row_key = str(row.get("RowKey"))
+        what = f"audit entry {row_key}"
+        if "entry_blob" in row:
+            found = await self._read_blob(str(row["entry_blob"]), what)
+            if found is None:
+                raise StoreError(f"{what} points to the missing blob {row['entry_blob']}")
+            entry = _load(found[0], what)
+        elif isinstance(row.get("entry"), str):
+            entry = _load(row["entry"], what)
+        else:
+            raise StoreError(f"{what} in table {self.audit_table} has no entry")
+        entry["id"] = row_key
+        return entry
+
+    # --- documents -------------------------------------------------------------------------
+    async def get(self, key: str) -> dict[str, Any] | None:
+        found = await self.get_with_etag(key)
+        return found[0] if found else None
+
+    async def get_with_etag(self, key: str) -> tuple[dict[str, Any], str] | None:
+        blob = _doc_blob(key)
+        await self._ensure()
+        found = await self._read_blob(blob, f"document {key!r}")
+        if found is None:
+            return None
+        return _load(found[0], f"document {key!r}"), found[1]
+
+    async def put(self, key: str, doc: Mapping[str, Any], *, if_match: str | None = None) -> str:
+        blob = _doc_blob(key)
+        data = _dump(doc, f"document {key!r}").encode()
+        kwargs: dict[str, Any] = {"overwrite": True}
+        if if_match == "":
+            kwargs["match_condition"] = MatchConditions.IfMissing
+        elif if_match is not None:
+            kwargs.update(etag=if_match, match_condition=MatchConditions.IfNotModified)
+        await self._ensure()
+        with _errors(f"write document {key!r}"):
+            try:
+                result = await self._container.get_blob_client(blob).upload_blob(data, **kwargs)
+            except HttpResponseError as exc:
+                if if_match is not None and (_is_conflict(exc) or exc.status_code == 404):
+                    if if_match == "":
+                        raise ConflictError(f"document {key!r} already exists") from None
+                    raise ConflictError(
+                        f"document {key!r} was changed or removed by another writer "
+                        f"(expected etag {if_match})"
+                    ) from None
+                raise
+        return str(result["etag"])
+
+    async def delete(self, key: str) -> None:
+        blob = _doc_blob(key)
+        await self._ensure()
+        with _errors(f"delete document {key!r}"), contextlib.suppress(ResourceNotFoundError):
+            await self._container.delete_blob(blob)
+
+    async def list(self, prefix: str) -> dict[str, dict[str, Any]]:
+        await self._ensure()
+        names: list[str] = []
+        with _errors(f"list documents under {prefix!r}"):
+            async for item in self._container.list_blobs(name_starts_with=_DOC_PREFIX + prefix):
+                names.append(str(item.name))
+
+        async def read(name: str) -> tuple[str, dict[str, Any]] | None:
+            key = name[len(_DOC_PREFIX):]
+            found = await self._read_blob(name, f"document {key!r}")
+            return None if found is None else (key, _load(found[0], f"document {key!r}"))
+
+        results = await self._bounded([functools.partial(read, n) for n in names])
+        return {r[0]: r[1] for r in results if r is not None}  # deleted meanwhile: not listed
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._tables.close()
+        with contextlib.suppress(Exception):
+            await self._blobs.close()
+        if self._credential is not None:
+            with contextlib.suppress(Exception):
+                await self._credential.close()
+
