@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -620,3 +622,46 @@ class _NoToken:
 
     async def close(self) -> None:
         return None
+
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    """Answers every request 503 ServerBusy, counting them."""
+
+    hits: ClassVar[list[str]] = []
+
+    def _busy(self) -> None:
+        self.hits.append(f"{self.command} {self.path}")
+        body = b'{"odata.error":{"code":"ServerBusy","message":{"lang":"en-US","value":"busy"}}}'
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_MERGE = _busy
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+async def test_azure_uses_the_sdk_retry_policy_then_reports_a_store_error(retries: int) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Unavailable.hits = []
+    port = server.server_address[1]
+    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+            f"TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    store = AzureStore.from_settings(connection_string=conn, retry_total=retries, retry_backoff=0)
+    try:
+        with pytest.raises(StoreError, match="HTTP 503"):
+            await store.acquire_lock("sync", "a", TTL, T0)
+        assert len(_Unavailable.hits) == retries + 1
+        assert all(h.startswith("POST /devstoreaccount1/Tables") for h in _Unavailable.hits)
+    finally:
+        await store.close()
+        server.shutdown()
+        server.server_close()
+        thread.join()

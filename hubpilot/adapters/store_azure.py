@@ -232,7 +232,7 @@ class AzureStore:
             "retry_backoff_max": retry_backoff_max, "connection_timeout": timeout, "read_timeout": timeout,
         }
         blob_kwargs: dict[str, Any] = {
-            "retry_policy": ExponentialRetry(initial_backoff=max(1, round(retry_backoff)), increment_base=2,
+            "retry_policy": ExponentialRetry(initial_backoff=round(retry_backoff), increment_base=2,
                                              retry_total=retry_total, random_jitter_range=1),
             "connection_timeout": timeout, "read_timeout": timeout,
         }
