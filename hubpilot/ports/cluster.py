@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+CORDON_ANNOTATION = "hubpilot.io/cordoned-by"
+"""Node annotation naming who cordoned it: hubpilot removes only nodes it cordoned itself."""
+
 
 @dataclass(frozen=True)
 class NodeInfo:

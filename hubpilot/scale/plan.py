@@ -9,12 +9,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hubpilot.loop import Action, Plan
-from hubpilot.ports.cluster import ClusterView
+from hubpilot.ports.cluster import CORDON_ANNOTATION, ClusterView
 from hubpilot.ports.pool import PoolState
 from hubpilot.scale.schedule import Schedule
 
 OPERATION = "scale"
-CORDON_MARK = "hubpilot.io/cordoned-by"
+CORDON_MARK = CORDON_ANNOTATION
 
 SET_COUNT = "set_count"
 SET_MIN_COUNT = "set_min_count"

@@ -1,0 +1,278 @@
+"""The Kubernetes adapter against kmock (a Kubernetes API emulator) with the real ``kubernetes``
+client, and whole scale runs: kmock + the ARM double + a SQLite state store, through the Runner."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+from kmock._internal import apps
+
+from hubpilot.adapters.aks import AksPool
+from hubpilot.adapters.kube import KubeCluster
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.loop import Outcome, Runner, Status
+from hubpilot.ports.cluster import CORDON_ANNOTATION
+from hubpilot.scale import Policy, ScaleCapability, cost_report, record_demand
+from tests.doubles.arm import ArmDouble, StaticToken
+
+NS = "jhub"
+POOL_LABEL = "kubernetes.azure.com/agentpool"
+
+
+class Emulator:
+    def __init__(self, k: Any, url: str) -> None:
+        self.k = k
+        self.url = url
+
+    def node(self, name: str, pool: str = "gpu", *, unschedulable: bool = False,
+             annotations: dict[str, str] | None = None) -> None:
+        self.k.objects["v1/nodes", None, name] = {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {POOL_LABEL: pool}, "annotations": annotations or {},
+                         "creationTimestamp": "2026-03-01T08:00:00Z"},
+            "spec": {"unschedulable": unschedulable},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }
+
+    def pod(self, name: str, node: str | None, *, gpu: bool = True, ns: str = NS, user: str = "",
+            component: str = "singleuser-server", phase: str | None = None) -> None:
+        requests = {"nvidia.com/gpu": "1"} if gpu else {"cpu": "1"}
+        status: dict[str, Any] = {"phase": phase or ("Running" if node else "Pending")}
+        if node is None:
+            status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]
+        self.k.objects["v1/pods", ns, name] = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {"component": component},
+                         "annotations": {"hub.jupyter.org/username": user or name,
+                                         "hub.jupyter.org/servername": ""}},
+            "spec": {"nodeName": node, "containers": [{"name": "notebook", "image": "x",
+                                                        "resources": {"requests": requests}}]},
+            "status": status,
+        }
+
+    def drop_pod(self, name: str, ns: str = NS) -> None:
+        del self.k.objects["v1/pods", ns, name]
+
+    def clear(self) -> None:
+        for key in list(self.k.objects.keys()):
+            del self.k.objects[key]
+
+    def node_obj(self, name: str) -> dict[str, Any]:
+        return dict(self.k.objects["v1/nodes", None, name])
+
+
+@pytest.fixture(scope="module")
+async def kube() -> AsyncIterator[Emulator]:
+    async with kmock.KubernetesEmulator() as k, apps.Server(k) as srv:
+        k.resources["v1/nodes"] = {}
+        k.resources["v1/pods"] = {}
+        yield Emulator(k, str(srv.url).rstrip("/"))
+
+
+@pytest.fixture
+async def world(kube: Emulator, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    kube.clear()
+    arm = ArmDouble()
+    await arm.start()
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    cluster = KubeCluster(namespace=NS, pool="gpu", api_url=kube.url)
+    pool = AksPool(StaticToken(), subscription_id=arm.subscription, resource_group=arm.resource_group,
+                   cluster=arm.cluster, pool="gpu", base_url=arm.base_url, retry_total=1,
+                   retry_backoff=0.01, polling_interval=0.01, lro_wait=5.0)
+    clock = {"now": datetime(2026, 3, 2, 9, 0, tzinfo=UTC)}  # a Monday
+    yield {"arm": arm, "store": store, "cluster": cluster, "pool": pool, "kube": kube, "clock": clock}
+    await pool.close()
+    await cluster.close()
+    await store.close()
+    await arm.stop()
+
+
+def capability(w: dict[str, Any], **policy: Any) -> tuple[ScaleCapability, Runner[Any]]:
+    clock = w["clock"]
+    now = lambda: clock["now"]  # noqa: E731
+    pol = Policy(**{"max_nodes": 6, "idle": timedelta(minutes=10), "delay_after_up": timedelta(minutes=10),
+                    "down_cooldown": timedelta(0), **policy})
+    cap = ScaleCapability(w["pool"], w["cluster"], w["store"], pol, clock=now)
+    return cap, Runner(w["store"], clock=now)
+
+
+# --- the adapter -----------------------------------------------------------------------------
+async def test_read_filters_what_the_selectors_should_have_excluded(world: dict[str, Any]) -> None:
+    kube: Emulator = world["kube"]
+    kube.node("gpu-0")
+    kube.node("cpu-0", pool="system")
+    kube.pod("alice", "gpu-0")
+    kube.pod("bob", None)  # pending, wants a GPU
+    kube.pod("carol", None, gpu=False)  # pending, no GPU: not our demand
+    kube.pod("dave", "cpu-0")  # runs on another pool
+    kube.pod("hub-0", "gpu-0", component="hub")  # not a user pod
+    kube.pod("eve", "gpu-0", ns="other")  # another namespace
+    view = await world["cluster"].read()
+    assert [n.name for n in view.nodes] == ["gpu-0"]
+    assert sorted(p.name for p in view.pods) == ["alice", "bob"]
+    bob = next(p for p in view.pods if p.name == "bob")
+    assert bob.node is None and bob.unschedulable and bob.gpu and bob.user == "bob"
+    on = await world["cluster"].pods_on("gpu-0")
+    assert [p.name for p in on] == ["alice"]
+
+
+async def test_cordon_and_uncordon(world: dict[str, Any]) -> None:
+    kube: Emulator = world["kube"]
+    kube.node("gpu-0")
+    assert await world["cluster"].cordon("gpu-0", "hubpilot")
+    obj = kube.node_obj("gpu-0")
+    assert obj["spec"]["unschedulable"] is True
+    assert obj["metadata"]["annotations"][CORDON_ANNOTATION] == "hubpilot"
+    assert await world["cluster"].uncordon("gpu-0")
+    assert kube.node_obj("gpu-0")["spec"]["unschedulable"] is False
+    assert not await world["cluster"].cordon("gone", "hubpilot")
+
+
+# --- whole runs ------------------------------------------------------------------------------
+async def test_direct_mode_scales_up_for_a_pending_gpu_pod(world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    world["kube"].node("gpu-0")
+    world["kube"].pod("alice", "gpu-0")
+    world["kube"].pod("bob", None)
+    cap, runner = capability(world)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    assert [(r.action.kind, r.status) for r in rec.results] == [("set_count", Status.DONE)]
+    assert arm.pools["gpu"]["count"] == 2
+    again = await runner.run(cap, trigger="timer", actor="test")  # the node has not joined yet
+    assert again.plan is not None and again.plan.empty, again.render()
+
+
+async def test_direct_mode_removes_only_the_idle_empty_node(world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=3, machines=["gpu-0", "gpu-1", "gpu-2"])
+    for n in ("gpu-0", "gpu-1", "gpu-2"):
+        kube.node(n)
+    kube.pod("alice", "gpu-1")
+    cap, runner = capability(world, min_nodes=1)
+    first = await runner.run(cap, trigger="timer", actor="test")
+    assert first.plan is not None and first.plan.empty  # empty since now: not idle yet
+    world["clock"]["now"] += timedelta(minutes=11)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    action = rec.plan.actions[0] if rec.plan else None
+    assert action is not None and action.kind == "remove_nodes"
+    assert action.params["nodes"] == ["gpu-0", "gpu-2"]  # the busy node satisfies min_nodes 1
+    assert arm.machines["gpu"] == ["gpu-1"]
+    post = next(c for c in arm.calls if c.method == "POST")
+    assert post.body["machineNames"] == action.params["nodes"]
+    assert not any(c.method == "PUT" for c in arm.calls)  # never lowers the count itself
+
+
+async def test_a_node_that_got_a_pod_after_planning_is_uncordoned_not_removed(world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])
+    kube.node("gpu-0")
+    kube.node("gpu-1")
+    cap, runner = capability(world, max_step_down=2)
+    await runner.run(cap, trigger="timer", actor="test")
+    world["clock"]["now"] += timedelta(minutes=11)
+    observed = await cap.observe()
+    plan = cap.plan(observed, world["clock"]["now"])
+    assert plan.actions[0].params["nodes"] == ["gpu-0", "gpu-1"]
+    kube.pod("late", "gpu-0")  # a spawn lands between plan and apply
+    results = await cap.apply(plan, observed, lambda *a: None)
+    assert results[0].status is Status.DONE and "kept gpu-0" in results[0].detail
+    assert arm.machines["gpu"] == ["gpu-0"]
+    assert kube.node_obj("gpu-0")["spec"]["unschedulable"] is False
+
+
+async def test_dry_run_cordons_nothing(world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    kube.node("gpu-0")
+    cap, runner = capability(world)
+    await runner.run(cap, trigger="timer", actor="test")
+    world["clock"]["now"] += timedelta(minutes=30)
+    rec = await runner.run(cap, trigger="cli", actor="test", dry_run=True)
+    assert rec.outcome is Outcome.PLANNED and rec.plan is not None and rec.plan.counts() == {"remove_nodes": 1}
+    assert kube.node_obj("gpu-0")["spec"].get("unschedulable") is False
+    assert not arm.writes()
+
+
+async def test_409_skips_the_round_and_uncordons(world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    kube.node("gpu-0")
+    cap, runner = capability(world)
+    await runner.run(cap, trigger="timer", actor="test")
+    world["clock"]["now"] += timedelta(minutes=30)
+    arm.fault("POST", 409)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert [r.status for r in rec.results] == [Status.SKIPPED], rec.render()
+    assert "409" in rec.results[0].detail
+    assert [c.status for c in arm.calls if c.method == "POST"] == [409]  # not retried
+    assert kube.node_obj("gpu-0")["spec"]["unschedulable"] is False
+    assert arm.machines["gpu"] == ["gpu-0"]
+
+
+async def test_pool_busy_skips_the_round(world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    arm.pools["gpu"]["provisioningState"] = "Upgrading"
+    world["kube"].pod("bob", None)
+    cap, runner = capability(world)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.plan is not None and rec.plan.empty
+    assert any("Upgrading" in n for n in rec.plan.notes)
+    assert not arm.writes()
+
+
+async def test_failed_operation_is_reported_and_the_next_run_reobserves(world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    arm.add_pool("gpu", count=0, machines=[])
+    world["kube"].pod("bob", None)
+    arm.fail_next_operation = "AllocationFailed"
+    cap, runner = capability(world)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.FAILED and "operation failed" in rec.results[0].detail
+    assert arm.pools["gpu"]["provisioningState"] == "Failed"  # a failed pool takes new operations
+    again = await runner.run(cap, trigger="timer", actor="test")
+    assert again.outcome is Outcome.APPLIED and arm.pools["gpu"]["count"] == 1
+
+
+async def test_autoscaler_assist_sets_min_count_from_hook_demand(world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    arm.add_pool("gpu", count=0, autoscaling=True, min_count=0, max_count=4, machines=[])
+    cap, runner = capability(world)
+    await record_demand(world["store"], user="alice", server="", profile="gpu",
+                        at=world["clock"]["now"])
+    rec = await runner.run(cap, trigger="demand", actor="hub")
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    put = next(c for c in arm.calls if c.method == "PUT")
+    assert put.body["properties"]["minCount"] == 1 and put.body["properties"]["count"] == 0
+    assert arm.pools["gpu"]["minCount"] == 1
+
+
+async def test_cost_records_every_size_change(world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    kube.node("gpu-0")
+    kube.pod("alice", "gpu-0")
+    kube.pod("bob", None)
+    cap, runner = capability(world)
+    start = world["clock"]["now"]
+    await runner.run(cap, trigger="timer", actor="test")  # records 1, then 2
+    world["clock"]["now"] = start + timedelta(hours=2)
+    report = await cost_report(world["store"], now=world["clock"]["now"], days=1, price=2.5, currency="EUR")
+    day = report.days[0]
+    assert day.peak == 2 and day.changes == 2
+    assert day.node_hours == pytest.approx(4.0, abs=0.01)  # 2 nodes for 2 hours from 09:00
+    assert day.cost == pytest.approx(10.0, abs=0.05)
+    assert day.always_on_node_hours == pytest.approx(2 * 11, abs=0.01)  # 00:00 → 11:00 at the peak
