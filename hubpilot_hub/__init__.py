@@ -1,1 +1,120 @@
-"""hubpilot_hub: the part of hubpilot that runs inside JupyterHub."""
+"""hubpilot_hub: the part of hubpilot that runs inside JupyterHub (stdlib + jupyterhub only).
+
+In ``jupyterhub_config.py`` (z2jh: ``hub.extraConfig``, which runs after the chart's own
+configuration)::
+
+    import hubpilot_hub
+    hubpilot_hub.configure(c, access_groups=["dir-analysts"], admin_groups=["dir-hub-admins"])
+
+What it sets:
+
+- ``Authenticator.manage_groups = False``: hubpilot is the one group manager; an authenticator
+  managing groups would overwrite them at every login.
+- no ``Authenticator.admin_users`` (refused if set): admins are the members of ``admin_groups``,
+  hub groups bound to JupyterHub's ``admin`` role here (``load_roles``), which hubpilot fills from
+  the directory. JupyterHub lets only an admin set a user's ``admin`` flag, so a least-privilege
+  service cannot; group membership it can manage.
+- ``Authenticator.allow_all = True`` unless the configuration sets ``allow_all`` itself: in
+  JupyterHub 5 an authenticator without allow configuration lets nobody in; the access gate is
+  the allow rule instead.
+- the access gate: a ``post_auth_hook`` and a part of the composed ``pre_spawn_hook``
+  (:mod:`hubpilot_hub.hooks`) refuse anyone in none of ``access_groups`` (or ``admin_groups``),
+  at every login and spawn, against the hub's own groups; hooks already configured are kept and
+  run too.
+
+Other hub-side features register their pre-spawn parts with
+:func:`hubpilot_hub.hooks.register_pre_spawn` (e.g. ``hubpilot_hub.scale_demand``), or pass them
+as ``pre_spawn_parts=[(name, fn), ...]`` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hubpilot_hub import hooks
+from hubpilot_hub.gate import AccessGate
+from hubpilot_hub.scopes import FEATURE_SCOPES, HUBPILOT_SCOPES
+
+__all__ = ["FEATURE_SCOPES", "HUBPILOT_SCOPES", "AccessGate", "configure", "hooks"]
+
+
+class ConfigurationError(ValueError):
+    """The hub configuration conflicts with hubpilot's; the message says what to change."""
+
+
+def configure(
+    c: Any,
+    *,
+    access_groups: Sequence[str],
+    admin_groups: Sequence[str] = (),
+    admin_groups_managed: bool = True,
+    allow_all: bool | None = None,
+    pre_spawn_parts: Sequence[tuple[str, Callable[[Any], Any]]] = (),
+) -> AccessGate:
+    """Apply hubpilot's hub-side configuration to the traitlets config ``c``.
+
+    ``access_groups``: hub groups whose members may log in and spawn (those hubpilot mirrors).
+    ``admin_groups``: hub groups bound to the ``admin`` role; their members may log in too.
+    ``admin_groups_managed``: admins come from hubpilot (refuse ``Authenticator.admin_users``).
+    ``allow_all``: None = set ``Authenticator.allow_all = True`` unless configured already.
+    """
+    if isinstance(access_groups, str) or isinstance(admin_groups, str):
+        raise ConfigurationError("access_groups and admin_groups are lists of group names")
+    gate = AccessGate([*access_groups, *admin_groups])
+
+    auth = c.Authenticator
+    auth.manage_groups = False
+    if admin_groups_managed and "admin_users" in auth and auth.admin_users:
+        raise ConfigurationError(
+            "hubpilot manages admins through admin_groups: remove Authenticator.admin_users "
+            f"({sorted(auth.admin_users)}) from the hub configuration"
+        )
+    if allow_all is not None:
+        auth.allow_all = allow_all
+    elif "allow_all" not in auth:
+        auth.allow_all = True
+
+    if admin_groups:
+        _bind_admin_role(c, list(admin_groups))
+
+    previous_auth_hook = auth.get("post_auth_hook")
+    if getattr(previous_auth_hook, "_hubpilot", False):
+        previous_auth_hook = previous_auth_hook._hubpilot_previous
+    auth_hook = gate.post_auth_hook(previous_auth_hook)
+    auth_hook._hubpilot = True  # type: ignore[attr-defined]
+    auth_hook._hubpilot_previous = previous_auth_hook  # type: ignore[attr-defined]
+    auth.post_auth_hook = auth_hook
+
+    hooks.register_pre_spawn(gate.pre_spawn_part, name="access", essential=True, first=True)
+    # keep the pre_spawn_hook(s) already configured, on Spawner or on a spawner subclass
+    for section in _spawner_sections(c):
+        existing = c[section].get("pre_spawn_hook")
+        if existing is not None and existing is not hooks.pre_spawn_hook:
+            hooks.register_pre_spawn(existing, name=f"configured:{section}", essential=True)
+            c[section].pre_spawn_hook = hooks.pre_spawn_hook
+    c.Spawner.pre_spawn_hook = hooks.pre_spawn_hook
+    for name, part in pre_spawn_parts:
+        hooks.register_pre_spawn(part, name=name)
+    return gate
+
+
+def _spawner_sections(c: Any) -> list[str]:
+    return [k for k in c if k.endswith("Spawner") and "pre_spawn_hook" in c[k]]
+
+
+def _bind_admin_role(c: Any, groups: list[str]) -> None:
+    roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
+    for role in roles:
+        if role.get("name") == "admin":
+            role["groups"] = sorted({*role.get("groups", []), *groups})
+            break
+    else:
+        roles.append({"name": "admin", "groups": sorted(groups)})
+    c.JupyterHub.load_roles = roles
+    # create the groups first (load_groups without 'users' leaves membership alone): JupyterHub
+    # 5.5 fails at start-up when a role names a group that does not exist yet
+    load_groups = dict(c.JupyterHub.load_groups) if "load_groups" in c.JupyterHub else {}
+    for g in groups:
+        load_groups.setdefault(g, {})
+    c.JupyterHub.load_groups = load_groups

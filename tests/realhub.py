@@ -187,8 +187,11 @@ async def start_hub(
     hubpilot_scopes: Sequence[str] = HUBPILOT_SCOPES,
     startup_timeout: float = 60,
     env: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> AsyncIterator[RealHub]:
-    """Start a real JupyterHub in ``tmp_path``; stop it and all it started on exit."""
+    """Start a real JupyterHub in ``tmp_path``; stop it and all it started on exit.
+
+    ``port``: the public (proxy) port on 127.0.0.1; a free one when None."""
     tmp_path = Path(tmp_path)
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "home").mkdir(exist_ok=True)
@@ -201,7 +204,7 @@ async def start_hub(
             raise ValueError(f"service {s.name!r} is defined twice")
         all_services[s.name] = list(s.scopes)
     tokens = {name: secrets.token_hex(24) for name in all_services}
-    port, hub_port, proxy_api_port = free_port(), free_port(), free_port()
+    port, hub_port, proxy_api_port = port or free_port(), free_port(), free_port()
     cfg = tmp_path / "jupyterhub_config.py"
     cfg.write_text(
         _config(tmp_path, port=port, hub_port=hub_port, proxy_api_port=proxy_api_port,

@@ -1,0 +1,66 @@
+"""The access gate: only members of hubpilot's access groups may log in and spawn.
+
+Checked against the hub's own database (the groups hubpilot mirrors from the directory), so a
+removal takes effect at the next login or spawn whatever authenticator is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+log = logging.getLogger("hubpilot_hub")
+
+
+class AccessGate:
+    def __init__(self, groups: Iterable[str]) -> None:
+        self.groups = frozenset(groups)
+        if not self.groups:
+            raise ValueError("hubpilot_hub: access_groups is empty: nobody could log in or spawn")
+
+    def allows(self, group_names: Iterable[str]) -> bool:
+        return not self.groups.isdisjoint(group_names)
+
+    def post_auth_hook(
+        self, previous: Callable[..., Any] | None = None
+    ) -> Callable[[Any, Any, dict[str, Any]], Awaitable[dict[str, Any] | None]]:
+        """An ``Authenticator.post_auth_hook`` that refuses people outside the access groups
+        (after ``previous``, the hook configured before, if any)."""
+
+        async def hook(authenticator: Any, handler: Any, authentication: dict[str, Any]) -> Any:
+            if previous is not None:
+                result = previous(authenticator, handler, authentication)
+                if hasattr(result, "__await__"):
+                    result = await result
+                if result is None:
+                    return None
+                authentication = result
+            from jupyterhub import orm
+
+            name = authentication["name"]
+            user = orm.User.find(handler.db, name)
+            groups = [g.name for g in user.groups] if user is not None else []
+            if not self.allows(groups):
+                log.warning(
+                    "hubpilot: login refused for %r: in none of the access groups %s",
+                    name, sorted(self.groups),
+                )
+                return None
+            return authentication
+
+        return hook
+
+    def pre_spawn_part(self, spawner: Any) -> None:
+        """Refuses (403) a spawn for a user outside the access groups."""
+        groups = [g.name for g in spawner.user.groups]
+        if not self.allows(groups):
+            from tornado import web
+
+            log.warning(
+                "hubpilot: spawn refused for %r: in none of the access groups %s",
+                spawner.user.name, sorted(self.groups),
+            )
+            raise web.HTTPError(
+                403, f"{spawner.user.name} is not in any of the groups allowed to use this hub"
+            )

@@ -1,0 +1,88 @@
+"""One composed ``Spawner.pre_spawn_hook``, built from parts registered in order.
+
+JupyterHub takes a single ``pre_spawn_hook``; several hubpilot features need one (the access
+check, the GPU-demand signal of ``hubpilot_hub.scale_demand``), and the deployment may have its
+own. :func:`hubpilot_hub.configure` installs :func:`pre_spawn_hook` and registers, in order:
+
+1. ``access`` — essential: refuses the spawn (403) for a user in none of the access groups;
+2. ``configured`` — the ``pre_spawn_hook`` the configuration already had (essential: it keeps
+   the meaning it had, a failure refuses the spawn);
+3. every other part, in registration order.
+
+A feature adds its part with::
+
+    from hubpilot_hub.hooks import register_pre_spawn
+
+    def my_part(spawner):            # may be ``async``
+        ...
+
+    register_pre_spawn(my_part, name="gpu-demand")            # non-essential by default
+
+A non-essential part that raises is logged and skipped: it never blocks the spawn. An essential
+part's exception refuses the spawn (raise ``tornado.web.HTTPError`` to choose the status).
+Registering a name again replaces that part in place (configure is safe to run twice).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("hubpilot_hub")
+
+PreSpawnPart = Callable[[Any], Any]  # (spawner) -> None | Awaitable[None]
+
+
+@dataclass
+class _Part:
+    name: str
+    fn: PreSpawnPart
+    essential: bool
+
+
+_PARTS: list[_Part] = []
+
+
+def register_pre_spawn(
+    part: PreSpawnPart, *, name: str | None = None, essential: bool = False, first: bool = False
+) -> None:
+    """Add ``part`` to the composed pre-spawn hook (replacing a part of the same name)."""
+    if not callable(part):
+        raise TypeError(f"pre-spawn part {name or part!r} is not callable")
+    entry = _Part(name or getattr(part, "__qualname__", repr(part)), part, essential)
+    for i, existing in enumerate(_PARTS):
+        if existing.name == entry.name:
+            _PARTS[i] = entry
+            return
+    if first:
+        _PARTS.insert(0, entry)
+    else:
+        _PARTS.append(entry)
+
+
+def unregister_pre_spawn(name: str) -> None:
+    _PARTS[:] = [p for p in _PARTS if p.name != name]
+
+
+def registered_parts() -> list[tuple[str, bool]]:
+    """(name, essential) of the parts, in the order they run."""
+    return [(p.name, p.essential) for p in _PARTS]
+
+
+async def pre_spawn_hook(spawner: Any) -> None:
+    """The hook JupyterHub calls: runs every part in order (see the module docstring)."""
+    for part in list(_PARTS):
+        try:
+            result = part.fn(spawner)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            if part.essential:
+                raise
+            log.exception(
+                "hubpilot pre-spawn part %r failed for %s; spawning anyway",
+                part.name, getattr(spawner, "_log_name", spawner),
+            )
