@@ -1,5 +1,79 @@
-"""Microsoft Graph webhook endpoints of the admin API (owned by the Entra work)."""
+"""Microsoft Graph webhook endpoints of the admin API (owned by the Entra work).
 
-from fastapi import APIRouter
+``POST /api/v1/graph/notifications`` and ``POST /api/v1/graph/lifecycle`` carry no credentials:
+Graph cannot send any. They are verified by content instead: the ``clientState`` secret in each
+notification (and the tenant, when configured). The validation handshake (``?validationToken=``)
+is echoed as ``text/plain`` before anything else is touched — the same answer the cheap front
+(:mod:`hubpilot.api.front`) gives on the Functions host. Valid notifications are acknowledged
+with 202 after a hint is queued; the sync itself runs asynchronously. A notification with a
+wrong ``clientState`` is answered 403, changes nothing and is audited.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from hubpilot.api.deps import get_context
+from hubpilot.entra.notifications import NotificationError, check, hints_for, parse_body
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
+
+MAX_VALIDATION_TOKEN = 4096
+AUDIT_OPERATION = "graph-notifications"
+
+
+async def _receive(request: Request, *, lifecycle: bool) -> Response:
+    token = request.query_params.get("validationToken")
+    if token is not None and len(token) <= MAX_VALIDATION_TOKEN:
+        return PlainTextResponse(token, status_code=200)
+    raw = await request.body()
+    try:
+        items = parse_body(raw)
+    except NotificationError as exc:
+        return JSONResponse({"detail": f"not a Graph notification: {exc}"}, status_code=400)
+    ctx = get_context(request)
+    d = ctx.settings.directory
+    entra = d.entra if d is not None and d.kind == "entra" else None
+    if entra is None or not entra.notifications:
+        return JSONResponse({"detail": "Graph notifications are off (directory.entra.notifications)"},
+                            status_code=404)
+    secret = entra.client_state.get_secret_value() if entra.client_state else ""
+    verdict = check(items, client_state=secret, tenant_id=entra.tenant_id, lifecycle=lifecycle)
+    now = ctx.clock()
+    if verdict.rejected:
+        log.warning("refused %d Graph notification(s): %s", len(verdict.rejected), "; ".join(verdict.rejected))
+        await ctx.store.append_audit({
+            "at": now.isoformat(), "operation": AUDIT_OPERATION, "kind": "lifecycle" if lifecycle else "notification",
+            "trigger": "webhook", "actor": "graph", "outcome": "refused", "refusal": list(verdict.rejected),
+            "client": request.client.host if request.client else None,
+        })
+    if verdict.status != 202:
+        return JSONResponse({"detail": "notification refused: " + "; ".join(verdict.rejected)},
+                            status_code=verdict.status)
+    from hubpilot.wiring.entra import notification_queue
+
+    queue = notification_queue(ctx)
+    try:
+        for hint in hints_for(verdict, now):
+            await queue.push(hint)
+    except Exception as exc:  # Graph retries a notification that was not acknowledged
+        log.error("could not queue a Graph notification: %s", exc)
+        return JSONResponse({"detail": "the notification queue is unavailable; retry"}, status_code=503)
+    return Response(status_code=202)
+
+
+@router.post("/graph/notifications", include_in_schema=True, status_code=202,
+             summary="Microsoft Graph change notifications (verified by clientState)")
+async def graph_notifications(request: Request) -> Response:
+    return await _receive(request, lifecycle=False)
+
+
+@router.post("/graph/lifecycle", include_in_schema=True, status_code=202,
+             summary="Microsoft Graph lifecycle notifications (verified by clientState)")
+async def graph_lifecycle(request: Request) -> Response:
+    return await _receive(request, lifecycle=True)

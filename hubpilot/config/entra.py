@@ -1,14 +1,173 @@
+"""The ``[directory.entra]`` section: Microsoft Entra ID through Microsoft Graph."""
+
 from __future__ import annotations
 
-from pydantic import Field
+import re
+from typing import Literal
+from urllib.parse import urlsplit
 
-from hubpilot.config.base import Section
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from hubpilot.config.base import NCronTab, Section
+
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+GRAPH_MAX_GROUP_SUBSCRIPTION_MINUTES = 41760
+"""Graph's longest subscription lifetime for groups (29 days)."""
+
+
+def _http_url(value: str, what: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{what} must be an http(s) URL, e.g. https://graph.microsoft.com/v1.0 (got {value!r})")
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"{what} must use https (plain http is accepted for loopback tests only)")
+    return value.rstrip("/")
 
 
 class EntraSettings(Section):
-    """Microsoft Entra ID through Microsoft Graph. (Filled in by the Entra work.)"""
+    """Microsoft Entra ID through Microsoft Graph: delta queries, change notifications."""
 
+    tenant_id: str | None = Field(
+        None, description="Directory (tenant) id. Notifications from another tenant are refused."
+    )
+    client_id: str | None = Field(
+        None,
+        description="Application (client) id: of the user-assigned managed identity in Azure, "
+        "or of the app registration elsewhere. Unset: system-assigned identity / DefaultAzureCredential.",
+    )
+    credential: Literal["default", "managed_identity"] = Field(
+        "default",
+        description="azure-identity credential: managed_identity in Azure, default "
+        "(DefaultAzureCredential: environment, workload identity, Azure CLI) elsewhere.",
+    )
+    authority_host: str = Field(
+        "https://login.microsoftonline.com",
+        description="Entra authority host (sovereign clouds: login.microsoftonline.us, login.chinacloudapi.cn).",
+    )
     graph_base_url: str = Field(
         "https://graph.microsoft.com/v1.0", description="Graph endpoint (sovereign clouds use other hosts)."
     )
-    username_attribute: str = Field("userPrincipalName", description="User attribute used as hub username.")
+    graph_scope: str | None = Field(
+        None, description="Token scope; default: '<graph host>/.default' derived from graph_base_url."
+    )
+    username_attribute: str = Field(
+        "userPrincipalName",
+        description="User attribute used as hub username (userPrincipalName, mail, "
+        "onPremisesSamAccountName, mailNickname, employeeId, ...).",
+    )
+    nested: bool = Field(False, description="Expand groups that are members of configured groups.")
+    nested_max_depth: int = Field(8, ge=1, le=64, description="Deepest nesting followed.")
+    throttle_priority: Literal["low", "normal", "high"] = Field(
+        "low", description="x-ms-throttle-priority sent on background (delta) requests."
+    )
+    max_retries: int = Field(
+        5, ge=0, le=10, description="Retries of msgraph's RetryHandler on 429/503/504 (honours Retry-After)."
+    )
+    retry_delay_seconds: float = Field(
+        3.0, ge=0, le=180, description="Base delay of the RetryHandler when Retry-After is absent."
+    )
+    timeout_seconds: float = Field(30.0, gt=0, le=300, description="Timeout of one Graph request.")
+    user_lookup_concurrency: int = Field(4, ge=1, le=20, description="User lookups in flight at once.")
+
+    notifications: bool = Field(
+        False,
+        description="Subscribe to Graph change notifications (needs a public HTTPS notification_url). "
+        "Off: the scheduled sync alone keeps the hub in step.",
+    )
+    notification_url: str | None = Field(
+        None, description="Public HTTPS URL of POST /api/v1/graph/notifications."
+    )
+    lifecycle_url: str | None = Field(
+        None, description="Public HTTPS URL of POST /api/v1/graph/lifecycle (default: derived from notification_url)."
+    )
+    client_state: SecretStr | None = Field(
+        None,
+        description="Secret Graph echoes in every notification (clientState, at most 128 characters); "
+        "from Key Vault in Azure.",
+    )
+    subscription_minutes: int = Field(
+        GRAPH_MAX_GROUP_SUBSCRIPTION_MINUTES,
+        ge=45,
+        le=GRAPH_MAX_GROUP_SUBSCRIPTION_MINUTES,
+        description="Lifetime requested for each subscription (Graph's maximum for groups: 41760).",
+    )
+    renew_before_minutes: int = Field(
+        2880, ge=15, description="Renew a subscription when it expires within this many minutes."
+    )
+    subscription_schedule: NCronTab = Field(
+        "0 0 */6 * * *", description="NCRONTAB of the subscription manager timer."
+    )
+    queue: Literal["memory", "azure"] = Field(
+        "memory",
+        description="Where notifications wait for the sync: memory (hubpilot serve) or azure (Storage queue).",
+    )
+    queue_name: str = Field("hubpilot-graph", description="Azure Storage queue of notification hints.")
+    queue_connection_string: SecretStr | None = Field(
+        None, description="Storage connection string for queue=azure (or use queue_account_url)."
+    )
+    queue_account_url: str | None = Field(
+        None, description="Queue service URL for managed-identity access, e.g. https://<account>.queue.core.windows.net."
+    )
+
+    @field_validator("graph_base_url")
+    @classmethod
+    def _graph(cls, v: str) -> str:
+        return _http_url(v, "directory.entra.graph_base_url")
+
+    @field_validator("authority_host")
+    @classmethod
+    def _authority(cls, v: str) -> str:
+        return _http_url(v, "directory.entra.authority_host")
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _tenant(cls, v: str | None) -> str | None:
+        if v is not None and not GUID.match(v):
+            raise ValueError("directory.entra.tenant_id must be the tenant's GUID (Entra admin centre → Overview)")
+        return v.lower() if v else v
+
+    @field_validator("username_attribute")
+    @classmethod
+    def _attribute(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", v):
+            raise ValueError("username_attribute must be a Graph user property name, e.g. userPrincipalName")
+        return v
+
+    @field_validator("notification_url", "lifecycle_url")
+    @classmethod
+    def _webhook(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        return _http_url(v, "directory.entra.notification_url / lifecycle_url")
+
+    @model_validator(mode="after")
+    def _notifications_need(self) -> EntraSettings:
+        if self.notifications:
+            missing = [n for n in ("notification_url", "client_state") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(
+                    "directory.entra.notifications is on but " + " and ".join(missing)
+                    + " is unset (Graph needs a public HTTPS URL and a clientState secret; "
+                    "without a public endpoint turn notifications off: the schedule keeps the hub in step)"
+                )
+        if self.client_state is not None and not 1 <= len(self.client_state.get_secret_value()) <= 128:
+            raise ValueError("directory.entra.client_state must be 1 to 128 characters (Graph's limit)")
+        if self.renew_before_minutes >= self.subscription_minutes:
+            raise ValueError("directory.entra.renew_before_minutes must be less than subscription_minutes")
+        return self
+
+    @property
+    def effective_lifecycle_url(self) -> str | None:
+        if self.lifecycle_url:
+            return self.lifecycle_url
+        if self.notification_url and self.notification_url.endswith("/notifications"):
+            return self.notification_url[: -len("/notifications")] + "/lifecycle"
+        return self.notification_url
+
+    @property
+    def effective_scope(self) -> str:
+        if self.graph_scope:
+            return self.graph_scope
+        parts = urlsplit(self.graph_base_url)
+        return f"{parts.scheme}://{parts.netloc}/.default"

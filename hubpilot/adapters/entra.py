@@ -1,0 +1,361 @@
+"""Microsoft Graph through msgraph-sdk: group delta rounds, user lookups, subscriptions, and the
+Azure Storage queue of notification hints.
+
+The client is built the SDK's way with two deliberate settings: the request adapter's
+``base_url`` is set from configuration *before* the :class:`GraphServiceClient` is built (the
+client copies it into its path parameters), and msgraph's own middleware pipeline carries a
+configured :class:`RetryHandlerOption` (429/503/504, honouring ``Retry-After``) — there is no
+second retry loop here. Everything returned is plain data (dicts, tuples of str).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from hubpilot.ports.directory import DirectoryError
+
+log = logging.getLogger(__name__)
+
+EXPIRED_CODES = {"syncstatenotfound", "resyncrequired", "syncstateinvalid", "invaliddeltatoken"}
+USERS_PER_FILTER = 15
+"""Graph's default limit of values in one ``in (...)`` filter clause."""
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _plain(value: Any) -> Any:
+    """Untyped SDK data back to JSON-like values (UUIDs become text again)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class StaticTokenCredential:
+    """An async azure-core TokenCredential holding one token (tests and short-lived tools)."""
+
+    def __init__(self, token: str, expires_on: int = 4102444800) -> None:
+        self._token = token
+        self._expires_on = expires_on
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(self._token, self._expires_on)
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> StaticTokenCredential:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def build_credential(kind: str, *, client_id: str | None, tenant_id: str | None, authority_host: str) -> Any:
+    """An azure-identity async credential: managed identity in Azure, DefaultAzureCredential elsewhere."""
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+
+    if kind == "managed_identity":
+        return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+    kwargs: dict[str, Any] = {"authority": authority_host}
+    if client_id:
+        kwargs["managed_identity_client_id"] = client_id
+        kwargs["workload_identity_client_id"] = client_id
+    if tenant_id:
+        kwargs["workload_identity_tenant_id"] = tenant_id
+    return DefaultAzureCredential(**kwargs)
+
+
+class GraphClient:
+    """The Graph calls hubpilot makes, via msgraph-sdk. Implements the Entra GraphReader and
+    SubscriptionApi protocols (structurally)."""
+
+    def __init__(
+        self,
+        *,
+        credential: Any,
+        base_url: str,
+        scope: str,
+        username_attribute: str = "userPrincipalName",
+        throttle_priority: str = "low",
+        max_retries: int = 5,
+        retry_delay: float = 3.0,
+        timeout: float = 30.0,
+        lookup_concurrency: int = 4,
+    ) -> None:
+        from kiota_authentication_azure.azure_identity_authentication_provider import (
+            AzureIdentityAuthenticationProvider,
+        )
+        from kiota_http.middleware.options import RetryHandlerOption
+        from msgraph.graph_request_adapter import GraphRequestAdapter
+        from msgraph.graph_request_adapter import options as graph_options
+        from msgraph.graph_service_client import GraphServiceClient
+        from msgraph_core import GraphClientFactory
+
+        self.base_url = base_url.rstrip("/")
+        self.username_attribute = username_attribute
+        self.throttle_priority = throttle_priority
+        self.lookup_concurrency = lookup_concurrency
+        self._credential = credential
+        host = urlsplit(self.base_url).hostname or ""
+        auth = AzureIdentityAuthenticationProvider(credential, scopes=[scope], allowed_hosts=[host])
+        opts = dict(graph_options)
+        opts[RetryHandlerOption.get_key()] = RetryHandlerOption(delay=retry_delay, max_retries=max_retries)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False)
+        http = GraphClientFactory.create_with_default_middleware(client=http, options=opts)
+        self._http = http
+        adapter = GraphRequestAdapter(auth, client=http)
+        adapter.base_url = self.base_url  # before the client is built: it copies base_url
+        self.client = GraphServiceClient(request_adapter=adapter)
+        self.requests = 0
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _config(self, query: Any = None, *, background: bool = True) -> Any:
+        from kiota_abstractions.base_request_configuration import RequestConfiguration
+
+        cfg: Any = RequestConfiguration(query_parameters=query)
+        if background:
+            cfg.headers.add("x-ms-throttle-priority", self.throttle_priority)
+        return cfg
+
+    @staticmethod
+    def _error(exc: Exception) -> tuple[int | None, str, str]:
+        status = getattr(exc, "response_status_code", None)
+        err = getattr(exc, "error", None)
+        code = str(getattr(err, "code", "") or "")
+        message = str(getattr(err, "message", "") or exc)
+        return status, code, message
+
+    def _attr(self, user: Any) -> str | None:
+        value = getattr(user, _snake(self.username_attribute), None)
+        if value is None:
+            extra = getattr(user, "additional_data", None) or {}
+            value = extra.get(self.username_attribute)
+        return str(value) if value is not None else None
+
+    # --- GraphReader -----------------------------------------------------------------------
+    async def delta_round(self, group_ids: Sequence[str], delta_link: str | None) -> Mapping[str, Any]:
+        from msgraph.generated.groups.delta.delta_request_builder import DeltaRequestBuilder
+
+        builder = self.client.groups.delta
+        entries: list[dict[str, Any]] = []
+        try:
+            if delta_link:
+                page = await builder.with_url(delta_link).get(self._config())
+            else:
+                q = DeltaRequestBuilder.DeltaRequestBuilderGetQueryParameters(
+                    select=["members"],
+                    filter=" or ".join(f"id eq '{g}'" for g in group_ids),
+                )
+                page = await builder.get(self._config(q))
+            self.requests += 1
+            while True:
+                if page is None:
+                    raise DirectoryError("Graph answered a /groups/delta page with no body")
+                for group in page.value or []:
+                    extra = dict(group.additional_data or {})
+                    entries.append({
+                        "id": group.id,
+                        "removed": "@removed" in extra,
+                        "members": [m for m in (extra.get("members@delta") or []) if isinstance(m, dict)],
+                    })
+                if page.odata_delta_link:
+                    return {"entries": entries, "delta_link": page.odata_delta_link}
+                if not page.odata_next_link:
+                    raise DirectoryError("a /groups/delta page has neither @odata.nextLink nor @odata.deltaLink")
+                page = await builder.with_url(page.odata_next_link).get(self._config())
+                self.requests += 1
+        except DirectoryError:
+            raise
+        except Exception as exc:
+            status, code, message = self._error(exc)
+            if status == 410 or code.lower() in EXPIRED_CODES:
+                log.info("delta token expired (%s %s): full resync", status, code)
+                return {"expired": True}
+            what = status or type(exc).__name__
+            raise DirectoryError(f"Graph /groups/delta failed ({what} {code}): {message}") from exc
+
+    async def lookup_users(self, ids: Sequence[str]) -> Mapping[str, tuple[str | None, str]]:
+        from msgraph.generated.users.users_request_builder import UsersRequestBuilder
+
+        found: dict[str, tuple[str | None, str]] = {}
+        sem = asyncio.Semaphore(self.lookup_concurrency)
+        select = sorted({"id", "displayName", self.username_attribute})
+
+        async def one(batch: Sequence[str]) -> None:
+            q = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
+                filter="id in (" + ",".join(f"'{i}'" for i in batch) + ")", select=select,
+            )
+            async with sem:
+                page = await self.client.users.get(self._config(q))
+                self.requests += 1
+                while page is not None:
+                    for user in page.value or []:
+                        if user.id:
+                            found[str(user.id).lower()] = (self._attr(user), user.display_name or "")
+                    if not page.odata_next_link:
+                        break
+                    page = await self.client.users.with_url(page.odata_next_link).get(self._config())
+                    self.requests += 1
+
+        batches = [list(ids[i:i + USERS_PER_FILTER]) for i in range(0, len(ids), USERS_PER_FILTER)]
+        try:
+            await asyncio.gather(*(one(b) for b in batches))
+        except Exception as exc:
+            status, code, message = self._error(exc)
+            what = status or type(exc).__name__
+            raise DirectoryError(f"Graph /users lookup failed ({what} {code}): {message}") from exc
+        return found
+
+    async def list_group_users(self, group_id: str) -> Mapping[str, tuple[str | None, str]]:
+        from msgraph.generated.groups.item.members.graph_user.graph_user_request_builder import (
+            GraphUserRequestBuilder,
+        )
+
+        found: dict[str, tuple[str | None, str]] = {}
+        builder = self.client.groups.by_group_id(group_id).members.graph_user
+        q = GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(
+            select=sorted({"id", "displayName", self.username_attribute}), top=999,
+        )
+        try:
+            page = await builder.get(self._config(q))
+            self.requests += 1
+            while page is not None:
+                for user in page.value or []:
+                    if user.id:
+                        found[str(user.id).lower()] = (self._attr(user), user.display_name or "")
+                if not page.odata_next_link:
+                    break
+                page = await builder.with_url(page.odata_next_link).get(self._config())
+                self.requests += 1
+        except Exception as exc:
+            status, code, message = self._error(exc)
+            raise DirectoryError(f"Graph group members listing failed ({status or type(exc).__name__} {code}): "
+                                 f"{message}") from exc
+        return found
+
+    # --- SubscriptionApi -------------------------------------------------------------------
+    async def list_subscriptions(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        page = await self.client.subscriptions.get(self._config(background=False))
+        self.requests += 1
+        while page is not None:
+            for s in page.value or []:
+                out.append(self._sub(s))
+            if not page.odata_next_link:
+                break
+            page = await self.client.subscriptions.with_url(page.odata_next_link).get(self._config(background=False))
+            self.requests += 1
+        return out
+
+    @staticmethod
+    def _sub(s: Any) -> dict[str, Any]:
+        exp = s.expiration_date_time
+        return {
+            "id": str(s.id),
+            "resource": s.resource or "",
+            "changeType": s.change_type or "",
+            "notificationUrl": s.notification_url or "",
+            "lifecycleNotificationUrl": s.lifecycle_notification_url,
+            "expirationDateTime": exp.isoformat() if isinstance(exp, datetime) else exp,
+        }
+
+    async def create_subscription(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        from msgraph.generated.models.subscription import Subscription
+
+        sub = Subscription(
+            change_type=str(body["changeType"]),
+            notification_url=str(body["notificationUrl"]),
+            lifecycle_notification_url=body.get("lifecycleNotificationUrl"),
+            resource=str(body["resource"]),
+            expiration_date_time=datetime.fromisoformat(str(body["expirationDateTime"])),
+            client_state=str(body["clientState"]),
+        )
+        created = await self.client.subscriptions.post(sub, self._config(background=False))
+        self.requests += 1
+        if created is None:
+            raise RuntimeError("Graph answered POST /subscriptions without a body")
+        return self._sub(created)
+
+    async def renew_subscription(self, subscription_id: str, expiration: datetime) -> bool:
+        from msgraph.generated.models.subscription import Subscription
+
+        try:
+            await self.client.subscriptions.by_subscription_id(subscription_id).patch(
+                Subscription(expiration_date_time=expiration), self._config(background=False))
+            self.requests += 1
+        except Exception as exc:
+            if self._error(exc)[0] == 404:
+                return False
+            raise
+        return True
+
+    async def delete_subscription(self, subscription_id: str) -> bool:
+        try:
+            await self.client.subscriptions.by_subscription_id(subscription_id).delete(
+                self._config(background=False))
+            self.requests += 1
+        except Exception as exc:
+            if self._error(exc)[0] == 404:
+                return False
+            raise
+        return True
+
+    async def close(self) -> None:
+        await self._http.aclose()
+        close = getattr(self._credential, "close", None)
+        if close is not None:
+            await close()
+
+
+class AzureQueueHints:
+    """Notification hints on an Azure Storage queue (base64 text, as the Functions queue trigger
+    expects by default)."""
+
+    def __init__(self, queue_name: str, *, connection_string: str | None = None,
+                 account_url: str | None = None, credential: Any = None) -> None:
+        from azure.storage.queue import TextBase64EncodePolicy
+        from azure.storage.queue.aio import QueueClient
+
+        if connection_string:
+            self._client = QueueClient.from_connection_string(
+                connection_string, queue_name, message_encode_policy=TextBase64EncodePolicy())
+        elif account_url:
+            self._client = QueueClient(account_url, queue_name, credential=credential,
+                                       message_encode_policy=TextBase64EncodePolicy())
+        else:
+            raise ValueError("an Azure queue needs a connection string or an account URL")
+        self._ready = False
+
+    async def push_json(self, message: Mapping[str, Any]) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        if not self._ready:
+            try:
+                await self._client.create_queue()
+            except ResourceExistsError:
+                pass
+            self._ready = True
+        await self._client.send_message(json.dumps(dict(message), separators=(",", ":")))
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,239 @@
+"""Entra ID as a :class:`~hubpilot.ports.directory.Directory`, driven by delta queries.
+
+Each read runs one delta round per chunk of at most 50 groups (from the stored deltaLink, or a
+full round the first time and after an expired token), resolves the usernames of users it has
+not seen, expands nested groups, and only then commits the new state (deltaLink and direct
+membership together, one document per chunk, written with its etag). A failed read commits
+nothing. Membership is derived from the committed state, so a sync plan the guard refuses comes
+back on the next run instead of being lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hubpilot.entra.delta import (
+    ChunkState,
+    GroupState,
+    apply_round,
+    closure,
+    expand,
+    fill_users,
+    known_users,
+    new_chunks,
+    normalise_id,
+    unresolved_users,
+)
+from hubpilot.ports.directory import DirectoryError, DirectorySnapshot
+from hubpilot.ports.store import ConflictError, StateStore, StoreError
+
+log = logging.getLogger(__name__)
+
+STATE_PREFIX = "entra/delta/"
+GROUP_LISTING_THRESHOLD = 150
+"""Above this many unknown users in one group, list the group's users (999 a page) instead of
+looking them up 15 at a time."""
+
+
+class GraphReader(Protocol):
+    """What the directory needs from Graph (the msgraph-sdk adapter implements it)."""
+
+    async def delta_round(self, group_ids: Sequence[str], delta_link: str | None) -> Mapping[str, Any]:
+        """All pages of one round, followed to the deltaLink.
+
+        Returns ``{"entries": [...], "delta_link": str}`` (entries as
+        :func:`hubpilot.entra.delta.apply_round` takes them), or ``{"expired": True}`` when Graph
+        says the deltaLink is no longer valid (410 Gone, syncStateNotFound). Raises
+        DirectoryError on any other failure.
+        """
+        ...
+
+    async def lookup_users(self, ids: Sequence[str]) -> Mapping[str, tuple[str | None, str]]:
+        """id → (username attribute, display name) of the users found (in bulk)."""
+        ...
+
+    async def list_group_users(self, group_id: str) -> Mapping[str, tuple[str | None, str]]:
+        """id → (username attribute, display name) of a group's direct user members."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class ReadStats:
+    """Counters of the last read (for the benchmark and logs)."""
+
+    rounds: int = 0
+    resyncs: int = 0
+    lookups: int = 0
+    commits: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class EntraDirectory:
+    """The Directory port over Graph delta queries, with its state in the state store."""
+
+    def __init__(self, graph: GraphReader, store: StateStore, *, nested: bool = False,
+                 nested_max_depth: int = 8) -> None:
+        self.graph = graph
+        self.store = store
+        self.nested = nested
+        self.nested_max_depth = nested_max_depth
+        self.last = ReadStats()
+
+    async def read(self, groups: Sequence[str]) -> DirectorySnapshot:
+        stats = ReadStats()
+        configured: list[str] = []
+        for g in groups:
+            gid = normalise_id(g)
+            if gid is None:
+                raise DirectoryError(
+                    f"{g!r} is no Entra group object id: sync.users_groups and sync.admin_groups take "
+                    "object ids (GUIDs, Entra admin centre → Groups → Object Id)"
+                )
+            configured.append(gid)
+        try:
+            stored = await self.store.list(STATE_PREFIX)
+            etags: dict[str, str] = {}
+            chunks: dict[str, ChunkState] = {}
+            for key in stored:
+                got = await self.store.get_with_etag(key)
+                if got is None:
+                    continue
+                doc, etag = got
+                chunk = ChunkState.from_json(doc)
+                chunks[chunk.key] = chunk
+                etags[chunk.key] = etag
+        except StoreError as exc:
+            raise DirectoryError(f"cannot read the Entra delta state: {exc}") from exc
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise DirectoryError(f"the stored Entra delta state is unreadable ({exc}); delete the "
+                                 f"documents {STATE_PREFIX}* to start over with a full read") from exc
+
+        done: dict[str, ChunkState] = {}
+        fresh_groups: set[str] = set()
+        removed: set[str] = set()
+        needed = set(configured)
+        for _ in range(self.nested_max_depth + 2):
+            tracked = {g for c in chunks.values() for g in c.groups}
+            for c in new_chunks(needed - tracked):
+                chunks[c.key] = c
+            for key, chunk in list(chunks.items()):
+                if key in done or not (set(chunk.groups) & needed):
+                    continue
+                outcome = await self._round(chunk, stats)
+                done[key] = outcome.chunk
+                if outcome.fresh:
+                    fresh_groups.update(chunk.groups)
+                    missing = (set(chunk.groups) & set(configured)) - outcome.seen
+                    if missing:
+                        raise DirectoryError(
+                            "Entra ID has no group with object id " + ", ".join(sorted(missing))
+                            + " (or hubpilot may not read it: GroupMember.Read.All); fix sync.users_groups/"
+                            "admin_groups"
+                        )
+                removed |= outcome.removed
+            members = _members(done)
+            wider = closure(configured, members, nested=self.nested, max_depth=self.nested_max_depth)
+            if wider <= needed:
+                break
+            needed = wider
+        gone = removed & set(configured)
+        if gone:
+            raise DirectoryError(
+                "configured Entra group(s) " + ", ".join(sorted(gone)) + " were deleted; remove them from "
+                "sync.users_groups/admin_groups (nothing is changed until then)"
+            )
+        for gid in removed - gone:
+            stats.notes.append(f"nested group {gid} was deleted in Entra ID")
+
+        await self._resolve(list(done.values()), needed, stats, before=list(chunks.values()))
+        members = _members(done)
+        expanded, notes = expand(configured, members, nested=self.nested, max_depth=self.nested_max_depth)
+        stats.notes.extend(notes)
+
+        # commit: every chunk read in this round, and drop chunks no longer needed
+        try:
+            for key, chunk in done.items():
+                await self.store.put(STATE_PREFIX + key, chunk.to_json(), if_match=etags.get(key, ""))
+                stats.commits += 1
+            for key, chunk in chunks.items():
+                if key not in done and key in etags and not (set(chunk.groups) & needed):
+                    await self.store.delete(STATE_PREFIX + key)
+        except ConflictError as exc:
+            raise DirectoryError(
+                "another read committed Entra delta state at the same time; this read is dropped, the "
+                "next one reads again"
+            ) from exc
+        except StoreError as exc:
+            raise DirectoryError(f"cannot write the Entra delta state: {exc}") from exc
+        self.last = stats
+        return DirectorySnapshot(
+            source="entra", groups={g: expanded[g] for g in configured}, notes=tuple(stats.notes)
+        )
+
+    async def _round(self, chunk: ChunkState, stats: ReadStats) -> _Round:
+        fresh = chunk.delta_link is None
+        result = await self.graph.delta_round(chunk.groups, chunk.delta_link)
+        stats.rounds += 1
+        if result.get("expired"):
+            stats.resyncs += 1
+            stats.notes.append(
+                f"the delta token of {len(chunk.groups)} group(s) expired: full resync (a shrinking "
+                "membership still passes the sync guard)"
+            )
+            fresh = True
+            result = await self.graph.delta_round(chunk.groups, None)
+            stats.rounds += 1
+            if result.get("expired"):
+                raise DirectoryError("Graph refused a fresh delta query as expired; try again later")
+        link = result.get("delta_link")
+        if not isinstance(link, str) or not link:
+            raise DirectoryError("a /groups/delta round ended without an @odata.deltaLink")
+        outcome = apply_round(chunk, list(result.get("entries") or ()), link, fresh=fresh)
+        stats.notes.extend(outcome.notes)
+        return _Round(outcome.chunk, fresh, outcome.seen, outcome.removed_groups)
+
+    async def _resolve(self, chunks: list[ChunkState], groups: set[str], stats: ReadStats, *,
+                       before: list[ChunkState]) -> None:
+        unknown = unresolved_users(chunks, groups)
+        if not unknown:
+            return
+        info: dict[str, tuple[str | None, str]] = {}
+        for uid, (username, display) in known_users([*before, *chunks]).items():
+            if uid in unknown:
+                info[uid] = (username, display or "")
+        unknown -= set(info)
+        for c in chunks:
+            for gid, s in c.members.items():
+                want = unknown & {u for u, v in s.users.items() if v[1] is None}
+                if len(want) > GROUP_LISTING_THRESHOLD:
+                    listed = await self.graph.list_group_users(gid)
+                    stats.lookups += 1
+                    info.update({k: v for k, v in listed.items() if k in unknown})
+                    unknown -= set(listed)
+        if unknown:
+            info.update(await self.graph.lookup_users(sorted(unknown)))
+            stats.lookups += 1
+        fill_users(chunks, {k: [v[0], v[1]] for k, v in info.items()})
+
+    async def close(self) -> None:
+        await self.graph.close()
+
+
+@dataclass
+class _Round:
+    chunk: ChunkState
+    fresh: bool
+    seen: set[str]
+    removed: set[str]
+
+
+def _members(chunks: Mapping[str, ChunkState]) -> dict[str, GroupState]:
+    out: dict[str, GroupState] = {}
+    for c in chunks.values():
+        out.update(c.members)
+    return out

@@ -1,0 +1,175 @@
+"""Graph change and lifecycle notifications: validation (pure) and the queue they feed.
+
+A notification is a hint, never the truth: a valid one only asks for a delta sync (or, for a
+lifecycle event, for the subscription manager). It is valid when its ``clientState`` equals the
+configured secret (compared in constant time) and, when a tenant is configured, its ``tenantId``
+is that tenant. Nothing in a notification's body is acted on beyond that.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
+
+
+class NotificationError(ValueError):
+    """The body is no Graph notification collection (answered 400)."""
+
+
+@dataclass(frozen=True)
+class Notification:
+    subscription_id: str
+    change_type: str
+    resource: str
+    group_id: str | None
+    tenant_id: str | None
+    lifecycle_event: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: tuple[Notification, ...] = ()
+    rejected: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> int:
+        """202 when anything is accepted; 403 when everything was refused."""
+        return 202 if self.accepted or not self.rejected else 403
+
+
+def parse_body(raw: bytes) -> list[Mapping[str, Any]]:
+    """The ``value`` array of a notification POST, or NotificationError saying what is wrong."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise NotificationError(f"the body is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("value"), list):
+        raise NotificationError('expected a JSON object {"value": [notification, ...]}')
+    items: list[Mapping[str, Any]] = doc["value"]
+    if not items:
+        raise NotificationError('"value" holds no notification')
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise NotificationError(f"value[{i}] is not an object")
+    return items
+
+
+def _group_of(item: Mapping[str, Any]) -> str | None:
+    data = item.get("resourceData")
+    if isinstance(data, dict) and isinstance(data.get("id"), str) and "group" in str(
+        data.get("@odata.type", "")
+    ).lower():
+        return str(data["id"]).lower()
+    resource = str(item.get("resource") or "")
+    parts = resource.strip("/").split("/")
+    if len(parts) >= 2 and parts[0].lower() == "groups":
+        return parts[1].lower()
+    return None
+
+
+def check(
+    items: Sequence[Mapping[str, Any]],
+    *,
+    client_state: str,
+    tenant_id: str | None = None,
+    lifecycle: bool = False,
+) -> Verdict:
+    """Split notifications into accepted and rejected (with the reason of each rejection)."""
+    accepted: list[Notification] = []
+    rejected: list[str] = []
+    for i, item in enumerate(items):
+        sid = str(item.get("subscriptionId") or "")
+        given = item.get("clientState")
+        if not isinstance(given, str) or not client_state or not hmac.compare_digest(
+            given.encode(), client_state.encode()
+        ):
+            rejected.append(f"value[{i}] (subscription {sid or '?'}): wrong or missing clientState")
+            continue
+        tenant = item.get("tenantId")
+        if tenant_id and str(tenant or "").lower() != tenant_id.lower():
+            rejected.append(f"value[{i}] (subscription {sid or '?'}): tenant {tenant!r} is not the configured tenant")
+            continue
+        event = item.get("lifecycleEvent")
+        if lifecycle:
+            if event not in LIFECYCLE_EVENTS:
+                rejected.append(f"value[{i}]: unknown lifecycleEvent {event!r}")
+                continue
+        elif event is not None:
+            rejected.append(f"value[{i}]: a lifecycle event sent to the notification URL")
+            continue
+        accepted.append(Notification(
+            subscription_id=sid,
+            change_type=str(item.get("changeType") or ""),
+            resource=str(item.get("resource") or ""),
+            group_id=_group_of(item),
+            tenant_id=str(tenant) if tenant else None,
+            lifecycle_event=str(event) if event else None,
+        ))
+    return Verdict(tuple(accepted), tuple(rejected))
+
+
+@dataclass(frozen=True)
+class Hint:
+    """What a notification asks for: a delta sync, or the subscription manager (with renewals)."""
+
+    kind: str  # "sync" or "subscriptions"
+    groups: tuple[str, ...] = ()
+    renew: tuple[str, ...] = ()
+    received: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "groups": list(self.groups), "renew": list(self.renew),
+                "received": self.received}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Hint:
+        kind = data.get("kind")
+        if kind not in ("sync", "subscriptions"):
+            raise NotificationError(f"a queued hint has kind {kind!r}; expected sync or subscriptions")
+        return cls(str(kind), tuple(str(g) for g in data.get("groups") or ()),
+                   tuple(str(r) for r in data.get("renew") or ()), str(data.get("received") or ""))
+
+
+def hints_for(verdict: Verdict, now: datetime) -> list[Hint]:
+    """The hints accepted notifications ask for: one sync for all changes; lifecycle events
+    ``reauthorizationRequired``/``subscriptionRemoved`` ask the manager to renew/recreate,
+    ``missed`` asks for a sync."""
+    at = now.isoformat()
+    changes = [n for n in verdict.accepted if n.lifecycle_event is None or n.lifecycle_event == "missed"]
+    renew = [n.subscription_id for n in verdict.accepted
+             if n.lifecycle_event in ("reauthorizationRequired", "subscriptionRemoved")]
+    out: list[Hint] = []
+    if changes:
+        out.append(Hint("sync", tuple(sorted({n.group_id for n in changes if n.group_id})), received=at))
+    if renew:
+        out.append(Hint("subscriptions", renew=tuple(sorted(set(renew))), received=at))
+    return out
+
+
+def coalesce(hints: Sequence[Hint]) -> list[Hint]:
+    """A burst of hints becomes at most one sync and one subscriptions hint."""
+    syncs = [h for h in hints if h.kind == "sync"]
+    subs = [h for h in hints if h.kind == "subscriptions"]
+    out: list[Hint] = []
+    if subs:
+        out.append(Hint("subscriptions", renew=tuple(sorted({r for h in subs for r in h.renew})),
+                        received=min(h.received for h in subs)))
+    if syncs:
+        out.append(Hint("sync", tuple(sorted({g for h in syncs for g in h.groups})),
+                        received=min(h.received for h in syncs)))
+    return out
+
+
+class NotificationQueue(Protocol):
+    """Where the webhook leaves hints for the worker: in-process, or an Azure Storage queue."""
+
+    async def push(self, hint: Hint) -> None: ...
+
+    async def close(self) -> None: ...

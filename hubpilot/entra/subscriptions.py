@@ -1,0 +1,182 @@
+"""The Graph subscription manager, as a capability of the one loop.
+
+One subscription per configured group (``groups/<id>``, ``changeType: updated,deleted``) whose
+``notificationUrl`` is ours; renewed when it expires within ``renew_before``; recreated when the
+renewal finds it gone (404) or a lifecycle event says it was removed; subscriptions of ours for
+groups no longer configured, and duplicates, are deleted. Every action is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from hubpilot.loop import Action, ActionResult, Plan, Progress, Status, run_actions
+
+OPERATION = "graph-subscriptions"
+CHANGE_TYPE = "updated,deleted"
+
+
+class SubscriptionApi(Protocol):
+    async def list_subscriptions(self) -> list[dict[str, Any]]:
+        """The app's subscriptions: dicts with id, resource, notificationUrl, expirationDateTime."""
+        ...
+
+    async def create_subscription(self, body: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    async def renew_subscription(self, subscription_id: str, expiration: datetime) -> bool:
+        """PATCH the expiration; False when the subscription no longer exists (404)."""
+        ...
+
+    async def delete_subscription(self, subscription_id: str) -> bool:
+        """False when it did not exist."""
+        ...
+
+
+@dataclass(frozen=True)
+class SubscriptionPolicy:
+    groups: tuple[str, ...]
+    notification_url: str
+    lifecycle_url: str | None
+    client_state: str
+    lifetime: timedelta
+    renew_before: timedelta
+
+
+@dataclass(frozen=True)
+class ObservedSubscriptions:
+    subscriptions: tuple[Mapping[str, Any], ...]
+    force_renew: frozenset[str] = field(default_factory=frozenset)
+
+
+def _resource_group(resource: str) -> str | None:
+    parts = resource.strip().strip("/").split("/")
+    if len(parts) == 2 and parts[0].lower() == "groups":
+        return parts[1].lower()
+    return None
+
+
+def _expiry(sub: Mapping[str, Any]) -> datetime | None:
+    raw = sub.get("expirationDateTime")
+    if isinstance(raw, datetime):
+        return raw
+    if isinstance(raw, str) and raw:
+        text = raw.replace("Z", "+00:00")
+        # Graph prints seven fractional digits; fromisoformat takes up to six
+        if "." in text:
+            head, _, tail = text.partition(".")
+            digits = "".join(ch for ch in tail if ch.isdigit())
+            rest = tail[len(digits):]
+            text = f"{head}.{digits[:6]}{rest}"
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    return None
+
+
+def plan_subscriptions(policy: SubscriptionPolicy, observed: ObservedSubscriptions, now: datetime) -> Plan:
+    """Pure: which subscriptions to create, renew or delete."""
+    wanted = {g.lower() for g in policy.groups}
+    target = (now + policy.lifetime - timedelta(minutes=1)).isoformat()
+    ours: dict[str, list[Mapping[str, Any]]] = {}
+    notes: list[str] = []
+    for sub in observed.subscriptions:
+        if str(sub.get("notificationUrl") or "") != policy.notification_url:
+            continue  # another app's or another deployment's
+        gid = _resource_group(str(sub.get("resource") or ""))
+        if gid is None:
+            continue
+        ours.setdefault(gid, []).append(sub)
+    actions: list[Action] = []
+    for gid in sorted(wanted):
+        subs = sorted(ours.get(gid, []), key=lambda s: (_expiry(s) or now, str(s.get("id"))), reverse=True)
+        if not subs:
+            actions.append(Action("create", f"groups/{gid}", phase=1,
+                                  params={"expiration": target}, reason="no subscription for this group"))
+            continue
+        keep, extra = subs[0], subs[1:]
+        sid = str(keep.get("id"))
+        exp = _expiry(keep)
+        if sid in observed.force_renew:
+            actions.append(Action("renew", sid, phase=1, params={"group": gid, "expiration": target},
+                                  reason="a lifecycle event asked for it"))
+        elif exp is None or exp - now <= policy.renew_before:
+            when = exp.isoformat() if exp else "unknown"
+            actions.append(Action("renew", sid, phase=1, params={"group": gid, "expiration": target},
+                                  reason=f"expires {when}, within {policy.renew_before}"))
+        for dup in extra:
+            actions.append(Action("delete", str(dup.get("id")), phase=0, params={"group": gid},
+                                  reason="a second subscription for the same group"))
+    for gid, subs in sorted(ours.items()):
+        if gid not in wanted:
+            for sub in subs:
+                actions.append(Action("delete", str(sub.get("id")), phase=0, params={"group": gid},
+                                      reason="the group is no longer configured"))
+    for sid in sorted(observed.force_renew - {str(s.get("id")) for s in observed.subscriptions}):
+        notes.append(f"subscription {sid} named by a lifecycle event no longer exists; "
+                     "groups without one get a new one")
+    return Plan.build(OPERATION, actions, notes,
+                      facts={"groups": len(wanted), "subscriptions": sum(len(v) for v in ours.values())})
+
+
+class SubscriptionManager:
+    """Capability ``graph-subscriptions``: run it through the Runner (lock, audit) on a timer."""
+
+    def __init__(self, api: SubscriptionApi, policy: SubscriptionPolicy, *,
+                 force_renew: Sequence[str] = ()) -> None:
+        self.api = api
+        self.policy = policy
+        self.force_renew = frozenset(force_renew)
+
+    @property
+    def name(self) -> str:
+        return OPERATION
+
+    async def observe(self) -> ObservedSubscriptions:
+        return ObservedSubscriptions(tuple(await self.api.list_subscriptions()), self.force_renew)
+
+    def plan(self, observed: ObservedSubscriptions, now: datetime) -> Plan:
+        return plan_subscriptions(self.policy, observed, now)
+
+    def guard(self, observed: ObservedSubscriptions, plan: Plan) -> Sequence[str]:
+        reasons = []
+        if not self.policy.client_state:
+            reasons.append("no clientState secret is configured (directory.entra.client_state)")
+        if not self.policy.notification_url:
+            reasons.append("no notification URL is configured (directory.entra.notification_url)")
+        return reasons
+
+    async def apply(self, plan: Plan, observed: ObservedSubscriptions, progress: Progress) -> list[ActionResult]:
+        async def perform(action: Action) -> ActionResult:
+            if action.kind == "delete":
+                gone = await self.api.delete_subscription(action.target)
+                return ActionResult(action, Status.DONE if gone else Status.NOOP)
+            expiration = datetime.fromisoformat(str(action.params["expiration"]))
+            if action.kind == "renew":
+                if await self.api.renew_subscription(action.target, expiration):
+                    return ActionResult(action, Status.DONE)
+                group = str(action.params["group"])
+                created = await self.api.create_subscription(self._body(group, expiration))
+                return ActionResult(action, Status.DONE, f"was gone (404); recreated as {created.get('id')}")
+            if action.kind == "create":
+                group = action.target.split("/", 1)[1]
+                created = await self.api.create_subscription(self._body(group, expiration))
+                return ActionResult(action, Status.DONE, f"subscription {created.get('id')}")
+            return ActionResult(action, Status.FAILED, f"unknown action kind {action.kind}")
+
+        return await run_actions(plan.actions, perform, concurrency=4, progress=progress)
+
+    def _body(self, group: str, expiration: datetime) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "changeType": CHANGE_TYPE,
+            "notificationUrl": self.policy.notification_url,
+            "resource": f"groups/{group}",
+            "expirationDateTime": expiration.isoformat(),
+            "clientState": self.policy.client_state,
+        }
+        if self.policy.lifecycle_url:
+            body["lifecycleNotificationUrl"] = self.policy.lifecycle_url
+        return body

@@ -1,0 +1,274 @@
+"""Wiring of the Entra work: Graph client, directory, subscription manager, notification queue.
+
+Hosts call:
+
+* :func:`build_entra_directory` (through ``Context.directory`` when ``directory.kind = "entra"``);
+* :func:`notification_queue` — where the webhook routes leave hints: in-process (``hubpilot
+  serve``, drained by :class:`NotificationWorker`) or the Azure Storage queue ``hubpilot-graph``
+  (drained by the queue-triggered function in ``functions/graph.py``);
+* :func:`process_hint` — one hint → one sync run (``trigger="notification"``) or one run of the
+  subscription manager; :func:`run_subscription_manager` — the timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from hubpilot.config.entra import EntraSettings
+from hubpilot.entra.directory import EntraDirectory
+from hubpilot.entra.notifications import Hint, NotificationQueue, coalesce
+from hubpilot.entra.subscriptions import SubscriptionManager, SubscriptionPolicy
+from hubpilot.loop import LockHeld, RunRecord
+from hubpilot.ports.directory import Directory
+from hubpilot.wiring import Context
+
+log = logging.getLogger(__name__)
+
+_extras: dict[int, dict[str, Any]] = {}
+
+
+def _extra(ctx: Context) -> dict[str, Any]:
+    key = id(ctx)
+    if key not in _extras:
+        _extras[key] = {}
+        weakref.finalize(ctx, _extras.pop, key, None)
+    return _extras[key]
+
+
+def entra_settings(ctx: Context) -> EntraSettings:
+    d = ctx.settings.directory
+    if d is None or d.entra is None:
+        raise ValueError("no [directory.entra] section is configured (directory.kind = \"entra\")")
+    return d.entra
+
+
+def use_credential(ctx: Context, credential: Any) -> None:
+    """Use this azure-core async TokenCredential for Graph instead of azure-identity's (tests, tools)."""
+    _extra(ctx)["credential"] = credential
+
+
+def build_graph_client(ctx: Context) -> Any:
+    from hubpilot.adapters.entra import GraphClient, build_credential
+
+    s = entra_settings(ctx)
+    credential = _extra(ctx).get("credential") or build_credential(
+        s.credential, client_id=s.client_id, tenant_id=s.tenant_id, authority_host=s.authority_host
+    )
+    return GraphClient(
+        credential=credential,
+        base_url=s.graph_base_url,
+        scope=s.effective_scope,
+        username_attribute=s.username_attribute,
+        throttle_priority=s.throttle_priority,
+        max_retries=s.max_retries,
+        retry_delay=s.retry_delay_seconds,
+        timeout=s.timeout_seconds,
+        lookup_concurrency=s.user_lookup_concurrency,
+    )
+
+
+def build_entra_directory(ctx: Context) -> Directory:
+    s = entra_settings(ctx)
+    return EntraDirectory(build_graph_client(ctx), ctx.store, nested=s.nested,
+                          nested_max_depth=s.nested_max_depth)
+
+
+def subscription_policy(ctx: Context) -> SubscriptionPolicy:
+    s = entra_settings(ctx)
+    groups = tuple(dict.fromkeys([*ctx.settings.sync.users_groups, *ctx.settings.sync.admin_groups]))
+    return SubscriptionPolicy(
+        groups=groups,
+        notification_url=s.notification_url or "",
+        lifecycle_url=s.effective_lifecycle_url,
+        client_state=s.client_state.get_secret_value() if s.client_state else "",
+        lifetime=timedelta(minutes=s.subscription_minutes),
+        renew_before=timedelta(minutes=s.renew_before_minutes),
+    )
+
+
+async def run_subscription_manager(ctx: Context, *, force_renew: Sequence[str] = (),
+                                   trigger: str = "schedule", actor: str = "timer") -> RunRecord | None:
+    """One round of the subscription manager through the Runner; None when notifications are
+    off or another round holds the lock."""
+    s = entra_settings(ctx)
+    if not s.notifications:
+        return None
+    graph = build_graph_client(ctx)
+    try:
+        cap = SubscriptionManager(graph, subscription_policy(ctx), force_renew=force_renew)
+        return await ctx.runner.run(cap, trigger=trigger, actor=actor)
+    except LockHeld as exc:
+        log.info("subscription manager skipped: %s", exc)
+        return None
+    finally:
+        await graph.close()
+
+
+async def hint_covered(ctx: Context, hint: Hint) -> bool:
+    """True when a sync run that started after the hint was received has finished: its delta
+    read saw the change already (duplicate and late notifications cost nothing)."""
+    if not hint.received:
+        return False
+    last = await ctx.runner.last_run("sync")
+    if not last or last.get("outcome") not in ("applied", "refused", "paused"):
+        return False
+    record = await ctx.runner.get_run(str(last.get("run_id")))
+    if record is None:
+        return False
+    try:
+        received = datetime.fromisoformat(hint.received)
+    except ValueError:
+        return False
+    return record.started >= received
+
+
+async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
+    """Do what a hint asks: None when nothing had to be done. Raises LockHeld when a sync run
+    holds the lock (retry later)."""
+    if hint.kind == "subscriptions":
+        return await run_subscription_manager(ctx, force_renew=hint.renew, trigger="lifecycle", actor="graph")
+    if await hint_covered(ctx, hint):
+        return None
+    return await ctx.runner.run(ctx.capability("sync"), trigger="notification", actor="graph")
+
+
+class InProcessHints:
+    """An asyncio queue of hints (``hubpilot serve``); :class:`NotificationWorker` drains it."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Hint] = asyncio.Queue()
+
+    async def push(self, hint: Hint) -> None:
+        self.queue.put_nowait(hint)
+
+    async def close(self) -> None:
+        return None
+
+
+class AzureHints:
+    """Hints as messages on the Azure Storage queue the queue-triggered function drains."""
+
+    def __init__(self, s: EntraSettings, *, credential: Any = None) -> None:
+        from hubpilot.adapters.entra import AzureQueueHints
+
+        self._queue = AzureQueueHints(
+            s.queue_name,
+            connection_string=s.queue_connection_string.get_secret_value() if s.queue_connection_string else None,
+            account_url=s.queue_account_url,
+            credential=credential,
+        )
+
+    async def push(self, hint: Hint) -> None:
+        await self._queue.push_json(hint.to_json())
+
+    async def close(self) -> None:
+        await self._queue.close()
+
+
+def notification_queue(ctx: Context) -> NotificationQueue:
+    """The process's queue of hints, built once per Context from ``directory.entra.queue``."""
+    extra = _extra(ctx)
+    if "queue" not in extra:
+        s = entra_settings(ctx)
+        if s.queue == "azure":
+            credential = None
+            if not s.queue_connection_string:
+                from hubpilot.adapters.entra import build_credential
+
+                credential = build_credential(s.credential, client_id=s.client_id, tenant_id=s.tenant_id,
+                                              authority_host=s.authority_host)
+            extra["queue"] = AzureHints(s, credential=credential)
+        else:
+            extra["queue"] = InProcessHints()
+    queue: NotificationQueue = extra["queue"]
+    return queue
+
+
+def set_notification_queue(ctx: Context, queue: NotificationQueue) -> None:
+    _extra(ctx)["queue"] = queue
+
+
+class NotificationWorker:
+    """Drains an in-process queue: a burst of hints becomes one sync run; a held lock is retried
+    after ``retry_seconds`` (at most ``max_attempts`` times — the scheduled sync is the safety net)."""
+
+    def __init__(self, ctx: Context, queue: InProcessHints, *, retry_seconds: float = 5.0,
+                 max_attempts: int = 12, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.ctx = ctx
+        self.queue = queue
+        self.retry_seconds = retry_seconds
+        self.max_attempts = max_attempts
+        self.sleep = sleep
+        self.records: list[RunRecord] = []
+
+    def _take_all(self, first: Hint) -> list[Hint]:
+        hints = [first]
+        while True:
+            try:
+                hints.append(self.queue.queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return hints
+
+    async def handle(self, hints: list[Hint]) -> None:
+        for hint in coalesce(hints):
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    record = await process_hint(self.ctx, hint)
+                except LockHeld as exc:
+                    if attempt == self.max_attempts:
+                        log.warning("gave up on a %s hint after %d attempts: %s", hint.kind, attempt, exc)
+                        break
+                    await self.sleep(self.retry_seconds)
+                    # hints that arrived meanwhile are covered by the run we are about to make
+                    self._take_all(hint)
+                    continue
+                except Exception:
+                    log.exception("processing a %s hint failed", hint.kind)
+                    break
+                if record is not None:
+                    self.records.append(record)
+                break
+
+    async def drain_once(self) -> int:
+        """Handle everything queued now; returns how many hints were taken."""
+        try:
+            first = self.queue.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return 0
+        hints = self._take_all(first)
+        await self.handle(hints)
+        return len(hints)
+
+    async def run_forever(self) -> None:
+        while True:
+            first = await self.queue.queue.get()
+            await self.handle(self._take_all(first))
+
+
+def start_notification_worker(ctx: Context) -> asyncio.Task[None] | None:
+    """For ``hubpilot serve``: start the worker when the directory is Entra with notifications on
+    and the in-process queue; returns the task (cancel it on shutdown), or None."""
+    d = ctx.settings.directory
+    if d is None or d.kind != "entra" or d.entra is None or not d.entra.notifications:
+        return None
+    queue = notification_queue(ctx)
+    if not isinstance(queue, InProcessHints):
+        return None
+    worker = NotificationWorker(ctx, queue)
+    task = asyncio.create_task(worker.run_forever(), name="hubpilot-graph-worker")
+    _extra(ctx)["worker"] = worker
+    return task
+
+
+async def stop_notification_worker(task: asyncio.Task[None] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
