@@ -372,7 +372,7 @@ def create_app(context: ContextSource) -> FastAPI:
         try:
             entries, nxt = await ctx.store.read_audit(since=since, operation=operation, limit=limit,
                                                       cursor=cursor)
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, OverflowError, TypeError) as exc:
             raise HTTPException(400, f"cursor: not a cursor this audit log returned ({type(exc).__name__})") \
                 from None
         return {"entries": entries, "next_cursor": nxt}

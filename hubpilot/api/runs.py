@@ -16,9 +16,11 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from hubpilot.loop import RUN_KEY, LockHeld, Outcome, RunRecord, new_run_id
+from hubpilot.ports.store import ConflictError, Lease
 from hubpilot.wiring import OPERATIONS, Context, UnknownOperation
 
 log = logging.getLogger(__name__)
@@ -57,20 +59,55 @@ class RunRequest:
         return req
 
 
-# In-process bookkeeping: tasks by run id, and the run queued per (context, operation) that has
-# not taken the lock yet (so a second POST in that window also gets its 409).
+# Runs this process started, by run id (so ?wait can await them and shutdown can drain them).
 _tasks: dict[str, asyncio.Task[RunRecord | None]] = {}
-_pending: dict[tuple[int, str], str] = {}
+
+PENDING_KEY = "pending/{operation}"
 
 
 async def check_lock(ctx: Context, operation: str) -> None:
-    """Raise LockHeld when a run of ``operation`` holds the lock or is about to take it."""
+    """Raise LockHeld when a run of ``operation`` holds the lock."""
     lease = await ctx.store.read_lock(operation, ctx.clock())
     if lease is not None:
         raise LockHeld(operation, lease)
-    pending = _pending.get((id(ctx), operation))
-    if pending is not None and pending in _tasks:
-        raise LockHeld(operation, None)
+
+
+async def _reserve(ctx: Context, req: RunRequest) -> None:
+    """Reserve the operation for a run that has not taken the lock yet (queued or starting).
+
+    A conditional write in the state store, so that of two POSTs racing (in one process or in
+    several Functions instances) exactly one gets its 202 and the other its 409. A reservation
+    expires after the lock's time to live, so a lost queue message cannot block the operation.
+    """
+    key = PENDING_KEY.format(operation=req.operation)
+    now = ctx.clock()
+    until = now + ctx.runner.lock_ttl
+    doc = {"run_id": req.run_id, "holder": f"{req.actor}:{req.run_id}", "until": until.isoformat()}
+    current = await ctx.store.get_with_etag(key)
+    if_match = ""
+    if current is not None:
+        existing, etag = current
+        try:
+            existing_until = datetime.fromisoformat(str(existing.get("until")))
+        except ValueError:
+            existing_until = now
+        if existing_until > now:
+            raise LockHeld(req.operation, Lease(req.operation, str(existing.get("holder", "")), existing_until))
+        if_match = etag
+    try:
+        await ctx.store.put(key, doc, if_match=if_match)
+    except ConflictError:
+        raise LockHeld(req.operation, await ctx.store.read_lock(req.operation, now)) from None
+
+
+async def _release(ctx: Context, req: RunRequest) -> None:
+    key = PENDING_KEY.format(operation=req.operation)
+    try:
+        current = await ctx.store.get_with_etag(key)
+        if current is not None and current[0].get("run_id") == req.run_id:
+            await ctx.store.delete(key)
+    except Exception:  # it expires on its own
+        log.warning("could not release the reservation of %s run %s", req.operation, req.run_id)
 
 
 def _queued_doc(ctx: Context, req: RunRequest) -> dict[str, Any]:
@@ -93,20 +130,18 @@ async def start_run(ctx: Context, operation: str, *, trigger: str, actor: str,
         raise UnknownOperation(operation)
     await check_lock(ctx, operation)
     req = RunRequest(new_run_id(), operation, trigger, actor, approve)
-    await ctx.store.put(RUN_KEY.format(run_id=req.run_id), _queued_doc(ctx, req))
-    if ctx.settings.api.run_mode == "queue":
-        await enqueue(ctx, req)
-        return req.run_id
+    await _reserve(ctx, req)
+    try:
+        await ctx.store.put(RUN_KEY.format(run_id=req.run_id), _queued_doc(ctx, req))
+        if ctx.settings.api.run_mode == "queue":
+            await enqueue(ctx, req)
+            return req.run_id
+    except BaseException:
+        await _release(ctx, req)
+        raise
     task = asyncio.create_task(execute_run(ctx, req), name=f"hubpilot-{operation}-{req.run_id}")
     _tasks[req.run_id] = task
-    _pending[(id(ctx), operation)] = req.run_id
-
-    def done(t: asyncio.Task[RunRecord | None]) -> None:
-        _tasks.pop(req.run_id, None)
-        if _pending.get((id(ctx), operation)) == req.run_id:
-            _pending.pop((id(ctx), operation), None)
-
-    task.add_done_callback(done)
+    task.add_done_callback(lambda t: _tasks.pop(req.run_id, None))
     return req.run_id
 
 
@@ -126,6 +161,8 @@ async def execute_run(ctx: Context, req: RunRequest) -> RunRecord | None:
     except Exception as exc:
         log.exception("%s run %s could not run", req.operation, req.run_id)
         await _record_unstarted(ctx, req, f"{type(exc).__name__}: {exc}")
+    finally:
+        await _release(ctx, req)
     return None
 
 

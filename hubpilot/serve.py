@@ -1,0 +1,143 @@
+"""``hubpilot serve``: the admin API (uvicorn) and every schedule, in one process.
+
+This is the on-prem / hybrid deployment and the local demo's server. The API is the same app
+the Functions host serves (behind the same cheap front), and the scheduler fires the same
+NCRONTAB schedules as the Functions timers, with the same handling: a round that finds the lock
+held is skipped, a refused or paused run is an outcome. Runs started over HTTP run as tasks of
+this process (``api.run_mode = "inprocess"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import uvicorn
+
+from hubpilot.api.app import create_app
+from hubpilot.api.front import Front
+from hubpilot.api.runs import drain_tasks
+from hubpilot.api.scheduling import Schedule, configured_schedules, run_scheduled
+from hubpilot.loop import RunRecord
+from hubpilot.settings import Settings
+from hubpilot.wiring import Context, build_context
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+class Scheduler:
+    """Fires each operation's schedule in-process; one loop per schedule, rounds never overlap.
+
+    ``sleep`` is injectable so that tests drive it with a fake clock instead of waiting.
+    """
+
+    def __init__(self, ctx: Context, schedules: list[Schedule] | None = None, *,
+                 sleep: Sleep = asyncio.sleep) -> None:
+        self.ctx = ctx
+        self.schedules = [s for s in (schedules if schedules is not None
+                                      else configured_schedules(ctx.settings)) if s.runnable]
+        self.sleep = sleep
+        self.rounds: dict[str, list[tuple[datetime, RunRecord | None]]] = {s.name: [] for s in self.schedules}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def tick(self, schedule: Schedule) -> RunRecord | None:
+        """Wait for the schedule's next fire time, then run one round."""
+        now = self.ctx.clock()
+        due = schedule.next_fire(now)
+        await self.sleep(max(0.0, (due - now).total_seconds()))
+        try:
+            record = await run_scheduled(self.ctx, schedule.name)
+        except Exception:  # a store outage must not end the schedule; the next round retries
+            log.exception("scheduled %s failed", schedule.name)
+            record = None
+        self.rounds[schedule.name].append((due, record))
+        return record
+
+    async def _loop(self, schedule: Schedule, rounds: int | None) -> None:
+        n = 0
+        while rounds is None or n < rounds:
+            await self.tick(schedule)
+            n += 1
+
+    async def run(self, rounds: int | None = None) -> None:
+        """Run every schedule (``rounds`` each, or until cancelled)."""
+        self._tasks = [asyncio.create_task(self._loop(s, rounds), name=f"hubpilot-schedule-{s.name}")
+                       for s in self.schedules]
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            for t in self._tasks:
+                t.cancel()
+            for t in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+
+
+class Server:
+    """uvicorn serving the admin API, plus the scheduler. ``port=0`` picks a free port."""
+
+    def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8765,
+                 context: Context | None = None, schedules: bool | None = None) -> None:
+        self.ctx = context or build_context(settings)
+        self._own_context = context is None
+        self.front = Front(lambda: create_app(self.ctx))
+        self.front.app()  # build it now: a long-running server pays its imports at start, not later
+        self.config = uvicorn.Config(self.front, host=host, port=port, lifespan="off",
+                                     log_level=settings.log_level.lower(), access_log=False)
+        self.uvicorn = uvicorn.Server(self.config)
+        self.with_schedules = settings.api.serve_schedules if schedules is None else schedules
+        self.scheduler = Scheduler(self.ctx)
+
+    @property
+    def port(self) -> int:
+        servers = getattr(self.uvicorn, "servers", [])
+        for s in servers:
+            for sock in s.sockets:
+                port: int = sock.getsockname()[1]
+                return port
+        return int(self.config.port)
+
+    @property
+    def started(self) -> bool:
+        return bool(self.uvicorn.started)
+
+    def stop(self) -> None:
+        self.uvicorn.should_exit = True
+
+    async def run(self) -> None:
+        sched: asyncio.Task[None] | None = None
+        if self.with_schedules and self.scheduler.schedules:
+            sched = asyncio.create_task(self.scheduler.run(), name="hubpilot-scheduler")
+            for s in self.scheduler.schedules:
+                log.info("schedule %s: %s", s.name, s.expression)
+        try:
+            await self.uvicorn.serve()
+        finally:
+            if sched is not None:
+                sched.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sched
+            try:
+                await asyncio.wait_for(drain_tasks(), SHUTDOWN_GRACE_SECONDS)
+            except TimeoutError:
+                log.warning("runs still in progress at shutdown were cancelled; their locks expire")
+            if self._own_context:
+                await self.ctx.close()
+
+
+async def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765,
+                context: Context | None = None) -> None:
+    """Serve the admin API and run every schedule until interrupted (SIGINT/SIGTERM)."""
+    await Server(settings, host=host, port=port, context=context).run()
+
+
+def main(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765) -> int:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings, host=host, port=port))
+    return 0
