@@ -225,7 +225,7 @@ def _page(items: list[object], nxt: dict[str, int] | None = None) -> str:
 
 
 async def test_retries_5xx_then_succeeds(fake_hub) -> None:
-    url, script = fake_hub([(502, "bad gateway"), (503, "{}"), (200, _page([{"name": "x", "admin": True}]))])
+    url, script = fake_hub([(502, "bad gateway"), (503, "{}"), (200, _page([{"name": "x", "admin": True, "servers": {}}]))])
     async with HubClient(url, "t", retries=3, backoff=0.001) as c:
         users = await c.list_users()
     assert [u.name for u in users] == ["x"] and users[0].admin
@@ -312,6 +312,14 @@ async def test_invalid_responses_name_the_field(fake_hub, body: str | bytes, exp
         with pytest.raises(HubInvalidResponse) as e:
             await c.list_users()
     assert expected in str(e.value) and "GET " in str(e.value) and "/users" in str(e.value)
+
+
+async def test_user_without_servers_is_a_permission_failure(fake_hub) -> None:
+    url, _ = fake_hub([(200, _page([{"name": "a", "admin": False}]))])
+    async with HubClient(url, "t") as c:
+        with pytest.raises(HubError) as e:
+            await c.list_users()
+    assert e.value.status == 403 and "read:servers" in str(e.value)
 
 
 async def test_concurrency_is_bounded(fake_hub) -> None:

@@ -193,7 +193,8 @@ class HubClient:
         if state not in (None, "ready", "active", "inactive"):
             raise ValueError(f"state must be ready, active or inactive, not {state!r}")
         params = {"state": state} if state else {}
-        return [_user(u, "GET /users") for u in await self._paged("/users", params)]
+        return [_with_servers(_user(u, "GET /users"), u, "GET /users")
+                for u in await self._paged("/users", params)]
 
     async def list_groups(self) -> list[HubGroup]:
         return [_group(g, "GET /groups") for g in await self._paged("/groups")]
@@ -203,7 +204,8 @@ class HubClient:
         resp = await self._request("GET", "/users/{name}", path_args={"name": name}, accept=(404,))
         if resp.status_code == 404:
             return None
-        return _user(await self._json(resp), f"GET /users/{name}")
+        body = await self._json(resp)
+        return _with_servers(_user(body, f"GET /users/{name}"), body, f"GET /users/{name}")
 
     # ------------------------------------------------------------------ writes
 
@@ -374,6 +376,18 @@ def _user(obj: Any, request: str) -> HubUser:
         last_activity=_time(obj, "last_activity", what),
         servers=servers,
     )
+
+
+def _with_servers(user: HubUser, raw: Any, request: str) -> HubUser:
+    """The hub leaves out the fields a token may not read: a user model without ``servers``
+    means the token lacks ``read:servers`` — a permission failure, never 'no servers'."""
+    if "servers" not in raw:
+        raise HubError(
+            f"{request}: user {user.name!r} comes without 'servers': the hub token lacks the "
+            "read:servers scope (see docs/hub-scopes.md)",
+            status=403,
+        )
+    return user
 
 
 def _server(user: str, name: str, obj: Any, request: str) -> HubServer:
