@@ -123,6 +123,16 @@ def test_dn_forms_that_test_dn_ldif_declares_equal_normalise_equal() -> None:
         r"cn=A*x\3Db is a linear algebra problem,ou=LDAPv3")
 
 
+def test_the_quick_path_agrees_with_the_full_parser() -> None:
+    from hubpilot.adapters.ldap import _normalize_full, _normalize_simple
+
+    dns = [v for e in _ldif_entries(OPENLDAP / "test.ldif") for k in ("dn", "member", "uniquemember", "owner")
+           for v in e.get(k, [])]
+    assert len(dns) > 40
+    for dn in [*dns, "UID=jsmith, O=example, C=US", "cn=A*x=b is a linear algebra problem,ou=LDAPv3", "1.1.1="]:
+        assert _normalize_simple(dn) == _normalize_full(dn), dn
+
+
 def test_dns_that_test_dn_ldif_says_must_fail_are_refused() -> None:
     bad = [m for e in _ldif_entries(OPENLDAP / "test-dn.ldif") if e["dn"][0].startswith("cn=Must Fail")
            for m in e.get("member", [])]
@@ -208,8 +218,11 @@ async def test_nested_groups_with_a_cycle(slapd: Slapd, ldap_names: str) -> None
     t = ldap_names
     ou = _nested_tree(slapd, t)
     a = f"{t}-a"
-    snap = await directory(slapd, base_dn=ou, nested=True).read([a])
+    d = directory(slapd, base_dn=ou, nested=True)
+    snap = await d.read([a])
     assert usernames(snap, a) == {f"{t}pa", f"{t}pb", f"{t}pc", f"{t}pd"}
+    # find a, scan the ou, then one base search per nested group reached (c, b, d): not per member
+    assert d.stats.searches == 2 + 3
     assert len(snap.notes) == 1 and "nesting cycle" in snap.notes[0]  # b -> a
 
     flat = await directory(slapd, base_dn=ou, nested=False).read([a])
@@ -266,6 +279,11 @@ async def test_a_group_that_does_not_exist_fails_the_read(slapd: Slapd) -> None:
         await directory(slapd).read([f"cn=Nope,ou=Groups,{COM}"])
     with pytest.raises(DirectoryError, match="is no group"):
         await directory(slapd).read([f"cn=Manager,{COM}"])
+
+
+async def test_anonymous_bind_reads(slapd: Slapd) -> None:
+    snap = await directory(slapd, bind_dn=None, bind_password=None).read(["ITD Staff"])
+    assert usernames(snap, "ITD Staff") == {None, "bjorn", "jjones", "johnd"}
 
 
 async def test_wrong_bind_password_fails(slapd: Slapd) -> None:

@@ -20,6 +20,7 @@ partial snapshot is never returned. ldap3 is synchronous; the work runs in a thr
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 import ssl
@@ -36,16 +37,20 @@ from hubpilot.ports.directory import DirectoryError, DirectorySnapshot, Member
 
 GROUP_CLASSES = frozenset({"groupofnames", "groupofuniquenames", "posixgroup", "group"})
 PERSON_FILTER_CLASSES = ("person", "posixAccount", "account")
+MEMBER_ATTRIBUTES = ("member", "uniqueMember", "memberUid")
 _PAGED_OID = "1.2.840.113556.1.4.319"
 _UID_SUFFIX = re.compile(r"#'[01]*'B$")
 _ATTR_TYPE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*)$")
 _HEX = "0123456789abcdefABCDEF"
 _SPECIAL = ',+"\\<>;=# '
+_NEEDS_FULL_PARSE = re.compile(r'[\\"+;<>#]')
+_NEEDS_ESCAPE = re.compile(r'[,+"\\<>;=\x00-\x1f]|^[# ]|[ ]$')
 
 
 # ---- DN normalisation ----------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=65536)
 def normalize_dn(dn: str) -> str:
     """A canonical form of a DN for comparison (RFC 4514, with RFC 1779's leniencies).
 
@@ -54,6 +59,28 @@ def normalize_dn(dn: str) -> str:
     collapsed and case folded; the AVAs of a multi-valued RDN are sorted. ``#hex`` values stay
     as hex. Raises ValueError for a string that is no DN.
     """
+    if not _NEEDS_FULL_PARSE.search(dn):
+        return _normalize_simple(dn)
+    return _normalize_full(dn)
+
+
+def _normalize_simple(dn: str) -> str:
+    """The common case: no escapes, quotes, multi-valued RDNs or hex values."""
+    if not dn.strip():
+        return ""
+    out = []
+    for rdn in dn.split(","):
+        atype, eq, value = rdn.partition("=")
+        atype = atype.strip()
+        if atype.lower().startswith("oid."):
+            atype = atype[4:]
+        if not eq or not _ATTR_TYPE.match(atype) or ".." in atype:
+            raise ValueError(f"{dn!r}: {rdn.strip()!r} is no attribute=value pair")
+        out.append(f"{atype.lower()}={_escape(' '.join(value.split()).casefold())}")
+    return ",".join(out)
+
+
+def _normalize_full(dn: str) -> str:
     s = dn.strip()
     if s.startswith("<") and s.endswith(">"):
         s = s[1:-1].strip()
@@ -81,7 +108,7 @@ def normalize_dn(dn: str) -> str:
             hexval = s[i + 1:j].strip()
             if not hexval or len(hexval) % 2 or any(c not in _HEX for c in hexval):
                 raise ValueError(f"{dn!r}: bad hex value #{hexval}")
-            value = "#" + hexval.lower()
+            ava = f"{atype.lower()}=#{hexval.lower()}"
             i = j
         else:
             buf = bytearray()
@@ -122,8 +149,8 @@ def normalize_dn(dn: str) -> str:
                 text = buf.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ValueError(f"{dn!r}: value is not UTF-8") from exc
-            value = " ".join(text.split()).casefold()
-        avas.append(f"{atype.lower()}={_escape(value)}")
+            ava = f"{atype.lower()}={_escape(' '.join(text.split()).casefold())}"
+        avas.append(ava)
         if i >= n:
             rdns.append(avas)
             break
@@ -139,7 +166,7 @@ def normalize_dn(dn: str) -> str:
 
 
 def _escape(value: str) -> str:
-    if value.startswith("#") and len(value) > 1 and all(c in _HEX for c in value[1:]):
+    if not _NEEDS_ESCAPE.search(value):
         return value
     out = []
     for k, c in enumerate(value):
@@ -177,6 +204,7 @@ class _Entry:
     display: str
     members: list[str] = field(default_factory=list)  # raw member/uniqueMember values
     member_uids: list[str] = field(default_factory=list)
+    loaded: bool = False  # members read (the scan reads no member attributes)
 
 
 def _values(attrs: Mapping[str, Any], name: str) -> list[str]:
@@ -261,6 +289,13 @@ class LdapDirectory:
             roots = self._find_groups(conn, groups)
             step = f"reading people and groups under {self.base_dn}"
             index, by_username = self._scan(conn)
+            step = "expanding the groups"
+            notes: list[str] = []
+            result: dict[str, frozenset[Member]] = {}
+            for name in groups:
+                root = roots[name]
+                index[root.dn] = root
+                result[name] = frozenset(self._expand(conn, name, root, index, by_username, notes))
         except DirectoryError:
             raise
         except (LDAPException, OSError, ValueError) as exc:
@@ -271,12 +306,6 @@ class LdapDirectory:
                     conn.unbind()
                 except (LDAPException, OSError):
                     pass
-        notes: list[str] = []
-        result: dict[str, frozenset[Member]] = {}
-        for name in groups:
-            root = roots[name]
-            index.setdefault(root.dn, root)
-            result[name] = frozenset(self._expand(name, root, index, by_username, notes))
         return DirectorySnapshot(source=f"ldap {self.url}", groups=result, notes=tuple(notes))
 
     def _connect(self) -> ldap3.Connection:
@@ -295,11 +324,18 @@ class LdapDirectory:
             auto_referrals=False, return_empty_attributes=False,
         )
 
-    def _attributes(self) -> list[str]:
-        return ["objectClass", self.username_attribute, "cn", "displayName", "member", "uniqueMember",
-                "memberUid", self.group_name_attribute]
+    def _attributes(self, members: bool) -> list[str]:
+        names = ["objectClass", self.username_attribute, "cn", "displayName", self.group_name_attribute]
+        return [*names, *MEMBER_ATTRIBUTES] if members else names
 
-    def _entry(self, dn: str, attrs: Mapping[str, Any]) -> _Entry:
+    def _entry(self, dn: str, attrs: Mapping[str, Any], *, loaded: bool = False) -> _Entry:
+        for key in attrs:
+            if ";range=" in key.lower():
+                # Active Directory hands out large member lists in ranges (member;range=0-1499);
+                # reading only the first range would be a partial answer.
+                raise DirectoryError(
+                    f"LDAP group {dn!r}: the server returned {key!r}, a ranged (partial) member list; "
+                    "ranged retrieval is not supported: split the group or raise MaxValRange")
         classes = {c.lower() for c in _values(attrs, "objectClass")}
         usernames = _values(attrs, self.username_attribute)
         display = (_values(attrs, "displayName") or _values(attrs, "cn") or [""])[0]
@@ -312,13 +348,14 @@ class LdapDirectory:
             members=_values(attrs, "member")
             + [_UID_SUFFIX.sub("", v) for v in _values(attrs, "uniqueMember")],
             member_uids=_values(attrs, "memberUid"),
+            loaded=loaded,
         )
 
-    def _search(self, conn: ldap3.Connection, base: str, filt: str, scope: str,
+    def _search(self, conn: ldap3.Connection, base: str, filt: str, scope: str, *, members: bool = True,
                 ) -> Iterable[tuple[str, Mapping[str, Any]]]:
         cookie: bytes | None = None
         while True:
-            conn.search(base, filt, search_scope=scope, attributes=self._attributes(),
+            conn.search(base, filt, search_scope=scope, attributes=self._attributes(members),
                         paged_size=self.page_size if scope != ldap3.BASE else None, paged_cookie=cookie)
             self.stats.searches += 1
             result = conn.result or {}
@@ -353,7 +390,7 @@ class LdapDirectory:
                     hits = []
                 if not hits:
                     raise DirectoryError(f"LDAP group {name!r} does not exist on {self.url}")
-                entry = self._entry(*hits[0])
+                entry = self._entry(*hits[0], loaded=True)
                 if not entry.is_group:
                     raise DirectoryError(f"LDAP entry {name!r} is no group (groupOfNames, "
                                          "groupOfUniqueNames, posixGroup or group)")
@@ -386,7 +423,7 @@ class LdapDirectory:
                     raise DirectoryError(f"LDAP group {names_given[0]!r} is ambiguous ({dns}): "
                                          "name it by its full DN")
                 for n in names_given:
-                    found[n] = self._entry(*m[0])
+                    found[n] = self._entry(*m[0], loaded=True)
         return found
 
     def _scan(self, conn: ldap3.Connection) -> tuple[dict[str, _Entry], dict[str, list[_Entry]]]:
@@ -400,7 +437,7 @@ class LdapDirectory:
         by_username: dict[str, list[_Entry]] = {}
         for base in bases:
             try:
-                for dn, attrs in self._search(conn, base, filt, ldap3.SUBTREE):
+                for dn, attrs in self._search(conn, base, filt, ldap3.SUBTREE, members=False):
                     try:
                         entry = self._entry(dn, attrs)
                     except ValueError:
@@ -412,7 +449,18 @@ class LdapDirectory:
                 raise DirectoryError(f"LDAP base {base!r} does not exist on {self.url}") from exc
         return index, by_username
 
-    def _expand(self, name: str, root: _Entry, index: Mapping[str, _Entry],
+    def _load_members(self, conn: ldap3.Connection, group: _Entry) -> _Entry:
+        """Read a nested group's members (one base search per group reached, never per member)."""
+        if group.loaded:
+            return group
+        hits = list(self._search(conn, group.raw_dn, "(objectClass=*)", ldap3.BASE))
+        if not hits:
+            raise DirectoryError(f"LDAP group {group.raw_dn!r} vanished during the read")
+        full = self._entry(*hits[0], loaded=True)
+        group.members, group.member_uids, group.loaded = full.members, full.member_uids, True
+        return group
+
+    def _expand(self, conn: ldap3.Connection, name: str, root: _Entry, index: Mapping[str, _Entry],
                 by_username: Mapping[str, list[_Entry]], notes: list[str]) -> set[Member]:
         members: set[Member] = set()
         expanded: set[str] = set()
@@ -422,6 +470,7 @@ class LdapDirectory:
 
         def walk(group: _Entry, path: tuple[str, ...]) -> None:
             expanded.add(group.dn)
+            group = self._load_members(conn, group)
             for uid in group.member_uids:
                 hits = by_username.get(uid.casefold(), [])
                 if not hits:
