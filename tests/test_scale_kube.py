@@ -275,4 +275,4 @@ async def test_cost_records_every_size_change(world: dict[str, Any]) -> None:
     assert day.peak == 2 and day.changes == 2
     assert day.node_hours == pytest.approx(4.0, abs=0.01)  # 2 nodes for 2 hours from 09:00
     assert day.cost == pytest.approx(10.0, abs=0.05)
-    assert day.always_on_node_hours == pytest.approx(2 * 11, abs=0.01)  # 00:00 → 11:00 at the peak
+    assert day.always_on_node_hours == pytest.approx(2 * 2, abs=0.01)  # 09:00 → 11:00 at the peak

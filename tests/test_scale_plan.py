@@ -364,4 +364,6 @@ def test_node_hours_integrates_the_size_steps() -> None:
     days = day_costs(pts, [start.date(), (start + timedelta(days=1)).date()], price=3.0, always_on_nodes=2,
                      until=start + timedelta(days=2))
     assert [round(d.node_hours, 6) for d in days] == [12.0, 0.0]
-    assert days[0].cost == pytest.approx(36.0) and days[0].always_on_node_hours == pytest.approx(48.0)
+    assert days[0].cost == pytest.approx(36.0)
+    assert days[0].always_on_node_hours == pytest.approx(2 * 16)  # from the first record (08:00) on
+    assert days[1].always_on_node_hours == pytest.approx(48.0)

@@ -1,5 +1,78 @@
-"""Scale endpoints of the admin API (owned by the scale work)."""
+"""Scale endpoints of the admin API (owned by the scale work).
 
-from fastapi import APIRouter
+``POST /api/v1/scale/demand`` (role ``hub``): the hub's pre-spawn hook says a user is starting
+a GPU server. The demand is recorded (it counts in every scale run for ``scale.demand_ttl_minutes``)
+and a scale run is started at once, so the pool grows within a second instead of at the next
+timer. When a scale run is already under way the demand is still recorded and counts in the next.
 
-router = APIRouter()
+``GET /api/v1/cost`` (roles ``reader``/``admin``): GPU node-hours and cost per day, and what an
+always-on pool of the peak size would have cost.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from hubpilot.api.auth import Principal, require_role
+from hubpilot.api.deps import get_context
+from hubpilot.api.runs import start_run
+from hubpilot.loop import LockHeld
+from hubpilot.scale import cost_report, record_demand
+from hubpilot.wiring import Context
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["scale"])
+
+
+class DemandIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user: str = Field(min_length=1, max_length=255, pattern=r"^[^/~\s]+$",
+                      description="Hub username starting the server.")
+    server: str = Field("", max_length=255, pattern=r"^[^/~\s]*$", description="Server name ('' = default).")
+    profile: str = Field("", max_length=255, description="Profile slug the user picked.")
+
+
+class DemandOut(BaseModel):
+    recorded: str = Field(description="Key of the recorded demand.")
+    run_id: str | None = Field(None, description="The scale run started for it, if one was started.")
+    detail: str = ""
+
+
+@router.post(
+    "/scale/demand", response_model=DemandOut, status_code=202,
+    summary="A GPU server is starting: record the demand and start a scale run (role hub)",
+)
+async def post_demand(body: DemandIn, ctx: Context = Depends(get_context),
+                      who: Principal = Depends(require_role("hub"))) -> Any:
+    s = ctx.settings.scale
+    if s.gpu_profiles and body.profile and body.profile not in s.gpu_profiles:
+        return DemandOut(recorded="", detail=f"profile {body.profile!r} is not a GPU profile; nothing to do")
+    key = await record_demand(ctx.store, user=body.user, server=body.server, profile=body.profile,
+                              at=ctx.clock())
+    try:
+        run_id = await start_run(ctx, "scale", trigger="demand", actor=who.name)
+    except LockHeld:
+        return JSONResponse(DemandOut(recorded=key, detail="a scale run is in progress; "
+                                      "the demand counts in the next run").model_dump(), status_code=202)
+    return DemandOut(recorded=key, run_id=run_id, detail="scale run started")
+
+
+@router.get("/cost", summary="GPU node-hours and cost per day vs an always-on pool (reader)")
+async def get_cost(
+    days: int = Query(7, ge=1, le=366, description="Days back, today included (UTC days)."),
+    always_on_nodes: int | None = Query(None, ge=0, le=1000,
+                                        description="Size of the always-on pool to compare (default: peak)."),
+    ctx: Context = Depends(get_context),
+    who: Principal = Depends(require_role("reader")),
+) -> dict[str, Any]:
+    s = ctx.settings.scale
+    report = await cost_report(ctx.store, now=ctx.clock(), days=days, price=s.price_per_node_hour,
+                               currency=s.currency, always_on_nodes=always_on_nodes)
+    return report.to_json()

@@ -92,8 +92,10 @@ def node_hours(points: Sequence[tuple[datetime, int]], start: datetime, end: dat
 
 def day_costs(points: Sequence[tuple[datetime, int]], days: Sequence[date], *, price: float,
               always_on_nodes: int, until: datetime) -> list[DayCost]:
-    """Per UTC day: node-hours and cost of the recorded sizes, and of an always-on pool."""
+    """Per UTC day: node-hours and cost of the recorded sizes, and of an always-on pool
+    (over the same time: from the first recorded size on)."""
     pts = sorted(points)
+    known_from = pts[0][0] if pts else until  # nothing is known before the first record
     out = []
     for d in days:
         start = datetime.combine(d, time(0), UTC)
@@ -106,7 +108,7 @@ def day_costs(points: Sequence[tuple[datetime, int]], days: Sequence[date], *, p
                 before = c
         inside = [(t, c) for t, c in pts if start < t < end]
         hours, peak = node_hours(inside, start, end, before)
-        span = (end - start).total_seconds() / 3600
+        span = max(0.0, (end - max(start, known_from)).total_seconds() / 3600)
         out.append(DayCost(d, hours, hours * price, peak, always_on_nodes * span,
                            always_on_nodes * span * price, len(inside)))
     return out

@@ -1,0 +1,100 @@
+"""Wiring of the scale capability: settings → AKS pool, Kubernetes view, policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from hubpilot.config.scale import ScaleSettings
+from hubpilot.ports.cluster import Cluster
+from hubpilot.ports.pool import Pool
+from hubpilot.scale import Policy, ScaleCapability, Schedule
+
+if TYPE_CHECKING:
+    from hubpilot.wiring import Context
+
+_ADAPTERS_ATTR = "_scale_adapters"
+
+
+@dataclass
+class ScaleAdapters:
+    pool: Pool
+    cluster: Cluster
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.cluster.close()
+
+
+def policy_from(s: ScaleSettings) -> Policy:
+    return Policy(
+        schedule=Schedule.of(s.warm, s.timezone, s.holidays),
+        min_nodes=s.min_nodes,
+        max_nodes=s.max_nodes,
+        max_step_up=s.max_step_up,
+        max_step_down=s.max_step_down,
+        idle=timedelta(minutes=s.idle_minutes),
+        delay_after_up=timedelta(minutes=s.scale_down_delay_after_up_minutes),
+        down_cooldown=timedelta(minutes=s.scale_down_cooldown_minutes),
+        demand_ttl=timedelta(minutes=s.demand_ttl_minutes),
+        pods_per_node=s.pods_per_node,
+    )
+
+
+def build_pool(s: ScaleSettings) -> Pool:
+    from azure.identity.aio import DefaultAzureCredential
+
+    from hubpilot.adapters.aks import AksPool
+
+    if not (s.subscription_id and s.resource_group and s.cluster):
+        raise ValueError("scale needs scale.subscription_id, scale.resource_group and scale.cluster")
+    credential = DefaultAzureCredential(authority=s.authority)
+    return AksPool(
+        credential,
+        subscription_id=s.subscription_id,
+        resource_group=s.resource_group,
+        cluster=s.cluster,
+        pool=s.pool,
+        base_url=s.arm_endpoint,
+        credential_scopes=(s.arm_audience,),
+        api_version=s.api_version,
+        retry_total=s.retry_total,
+        retry_backoff=s.retry_backoff_seconds,
+        lro_wait=s.lro_wait_seconds,
+    )
+
+
+def build_cluster(s: ScaleSettings) -> Cluster:
+    from hubpilot.adapters.kube import KubeCluster
+
+    return KubeCluster(
+        namespace=s.namespace,
+        pool=s.pool,
+        node_pool_label=s.node_pool_label,
+        user_pod_selector=s.user_pod_selector,
+        gpu_resource=s.gpu_resource,
+        api_url=s.kube_api_url,
+        kubeconfig=s.kubeconfig,
+    )
+
+
+def scale_adapters(ctx: Context, *, pool: Pool | None = None, cluster: Cluster | None = None) -> ScaleAdapters:
+    """The pool and cluster clients of this context, built once (or the ones given, for tests)."""
+    have: ScaleAdapters | None = getattr(ctx, _ADAPTERS_ATTR, None)
+    if have is None or pool is not None or cluster is not None:
+        s = ctx.settings.scale
+        have = ScaleAdapters(pool or build_pool(s), cluster or build_cluster(s))
+        setattr(ctx, _ADAPTERS_ATTR, have)
+        ctx._closers.append(have.close)
+    return have
+
+
+def build_scale(ctx: Context, *, pool: Pool | None = None, cluster: Cluster | None = None) -> ScaleCapability:
+    s = ctx.settings.scale
+    adapters = scale_adapters(ctx, pool=pool, cluster=cluster)
+    hub: Any = ctx.hub if s.gpu_profiles else None
+    return ScaleCapability(
+        adapters.pool, adapters.cluster, ctx.store, policy_from(s), clock=ctx.clock, hub=hub,
+        gpu_profiles=s.gpu_profiles, holder=ctx.holder,
+    )

@@ -1,0 +1,97 @@
+"""The scale endpoints of the admin API: the demand event path and the cost report, over HTTP,
+with the real wiring (build_scale) against the ARM double and kmock."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hubpilot.adapters.aks import AksPool
+from hubpilot.adapters.kube import KubeCluster
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.api.runs import drain_tasks
+from hubpilot.settings import Settings
+from hubpilot.wiring import Context
+from hubpilot.wiring.scale import build_scale
+from tests.doubles.arm import ArmDouble, StaticToken
+from tests.test_api_kit import HUB_TOKEN, asgi_client, auth, token_settings
+from tests.test_scale_kube import NS, Emulator, kube  # noqa: F401  (the module's kmock fixture)
+
+ADMIN, READER, HUB = auth("admin"), auth("reader"), auth("hub")
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def setup(kube: Emulator, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:  # noqa: F811
+    kube.clear()
+    arm = ArmDouble()
+    await arm.start()
+    arm.add_pool("gpu", count=0, machines=[])
+    settings = Settings(hub={"api_url": "http://127.0.0.1:9/hub/api", "token": HUB_TOKEN},
+                        api={"tokens": token_settings()},
+                        scale={"gpu_profiles": [], "price_per_node_hour": 2.0, "currency": "EUR"})
+    clock = {"now": NOW}
+    ctx = Context(settings=settings, store=SqliteStore(tmp_path / f"s-{uuid.uuid4().hex[:6]}.sqlite3"),
+                  clock=lambda: clock["now"])
+    pool = AksPool(StaticToken(), subscription_id=arm.subscription, resource_group=arm.resource_group,
+                   cluster=arm.cluster, pool="gpu", base_url=arm.base_url, retry_total=1,
+                   retry_backoff=0.01, polling_interval=0.01, lro_wait=5.0)
+    cluster = KubeCluster(namespace=NS, pool="gpu", api_url=kube.url)
+    ctx.factories["scale"] = lambda c: build_scale(c, pool=pool, cluster=cluster)
+    try:
+        async with asgi_client(ctx) as client:
+            yield {"client": client, "arm": arm, "ctx": ctx, "clock": clock}
+    finally:
+        await drain_tasks()
+        await pool.close()
+        await cluster.close()
+        await ctx.close()
+        await arm.stop()
+
+
+async def test_demand_starts_a_scale_run_that_grows_the_pool(setup: dict[str, Any]) -> None:
+    client, arm = setup["client"], setup["arm"]
+    r = await client.post("/api/v1/scale/demand", json={"user": "alice", "profile": "gpu-t4"}, headers=HUB)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["recorded"] == "alice~" and body["run_id"]
+    await drain_tasks()
+    run = (await client.get(f"/api/v1/runs/{body['run_id']}", headers=READER)).json()
+    assert run["outcome"] == "applied" and run["trigger"] == "demand", run
+    assert arm.pools["gpu"]["count"] == 1
+    # the same demand again: recorded once, the pool is already big enough
+    r = await client.post("/api/v1/scale/demand", json={"user": "alice", "profile": "gpu-t4"}, headers=HUB)
+    await drain_tasks()
+    assert arm.pools["gpu"]["count"] == 1
+    assert len([c for c in arm.calls if c.method == "PUT"]) == 1
+
+
+async def test_demand_needs_the_hub_role_and_a_valid_body(setup: dict[str, Any]) -> None:
+    client = setup["client"]
+    assert (await client.post("/api/v1/scale/demand", json={"user": "a"})).status_code == 401
+    assert (await client.post("/api/v1/scale/demand", json={"user": "a"}, headers=READER)).status_code == 403
+    for bad in ({}, {"user": ""}, {"user": "a/b"}, {"user": "a", "extra": 1}):
+        r = await client.post("/api/v1/scale/demand", json=bad, headers=HUB)
+        assert r.status_code == 422, (bad, r.text)
+    assert not setup["arm"].writes()
+
+
+async def test_cost_report_for_readers(setup: dict[str, Any]) -> None:
+    client, clock = setup["client"], setup["clock"]
+    await client.post("/api/v1/scale/demand", json={"user": "bob"}, headers=HUB)
+    await drain_tasks()
+    clock["now"] = NOW + timedelta(hours=3)
+    assert (await client.get("/api/v1/cost", headers=HUB)).status_code == 403
+    r = await client.get("/api/v1/cost?days=2", headers=READER)
+    assert r.status_code == 200, r.text
+    rep = r.json()
+    assert rep["currency"] == "EUR" and [d["date"] for d in rep["days"]] == ["2026-03-01", "2026-03-02"]
+    today = rep["days"][1]
+    assert today["node_hours"] == pytest.approx(3.0, abs=0.01) and today["cost"] == pytest.approx(6.0, abs=0.05)
+    assert today["peak_nodes"] == 1 and rep["total"]["always_on_node_hours"] == pytest.approx(3.0, abs=0.01)
+    assert (await client.get("/api/v1/cost?days=0", headers=READER)).status_code == 422
