@@ -299,8 +299,22 @@ async def test_audit_bad_entries_are_refused(store: StateStore) -> None:
         await store.append_audit({"at": "yesterday", "operation": "sync"})
     with pytest.raises(ValueError, match="JSON"):
         await store.append_audit({"at": T0.isoformat(), "operation": "sync", "x": object()})
-    with pytest.raises(ValueError, match="cursor"):
-        await store.read_audit(cursor="not-a-cursor")
+    for cursor in ("not-a-cursor", "99999999999999999999999:1", "1:99999999999999999999999", "",
+                   "000000000000000000-00000000000000000000-0000abcx"):
+        with pytest.raises(ValueError, match="cursor"):
+            await store.read_audit(cursor=cursor)
+    with pytest.raises(ValueError, match="limit"):
+        await store.read_audit(limit=0)
+
+
+async def test_audit_naive_since_means_utc(store: StateStore) -> None:
+    op = _name("op")
+    await store.append_audit({"at": "2026-03-01T12:00:00", "operation": op, "n": 0})  # naive: UTC
+    await store.append_audit(_entry(op, T0 + timedelta(hours=1), n=1))
+    page, _ = await store.read_audit(operation=op, since=datetime(2026, 3, 1, 12, 30))
+    assert [e["n"] for e in page] == [1]
+    page, _ = await store.read_audit(operation=op, since=datetime(2026, 3, 1, 12, 0))
+    assert [e["n"] for e in page] == [1, 0]
 
 
 # --- documents -----------------------------------------------------------------------------------

@@ -427,7 +427,8 @@ class AzureStore:
             clauses.append("RowKey gt @after")
             params["after"] = cursor
         if since is not None:
-            since_us = min(max(0, _micros(since, "since")), _AT_SPAN - 1)
+            aware = since if since.tzinfo else since.replace(tzinfo=UTC)  # naive: UTC, as for 'at'
+            since_us = min(max(0, _micros(aware, "since")), _AT_SPAN - 1)
             clauses.append("RowKey lt @upto")
             params["upto"] = f"{_AT_SPAN - 1 - since_us:018d}-~"
         if operation is not None:

@@ -111,6 +111,17 @@ def load_json(text: str | bytes, what: str) -> dict[str, Any]:
     return value
 
 
+def _parse_cursor(cursor: str) -> tuple[int, int]:
+    """``<at_us>:<id>`` as read_audit returns it; anything else is a ValueError."""
+    at_text, _, id_text = cursor.partition(":")
+    if not (at_text.lstrip("-").isdigit() and id_text.isdigit()):
+        raise ValueError(f"not an audit cursor of this store: {cursor!r}")
+    at_us, row_id = int(at_text), int(id_text)
+    if not (-(2**63) <= at_us < 2**63 and row_id < 2**63):
+        raise ValueError(f"audit cursor out of range: {cursor!r}")
+    return at_us, row_id
+
+
 def _new_token() -> str:
     return uuid.uuid4().hex
 
@@ -254,15 +265,12 @@ class SqliteStore:
         args: list[Any] = []
         if since is not None:
             where.append("at_us >= ?")
-            args.append(to_micros(since, "since"))
+            args.append(to_micros(since if since.tzinfo else since.replace(tzinfo=UTC), "since"))
         if operation is not None:
             where.append("operation = ?")
             args.append(operation)
         if cursor is not None:
-            try:
-                c_at, c_id = (int(part) for part in cursor.split(":", 1))
-            except ValueError:
-                raise ValueError(f"not an audit cursor of this store: {cursor!r}") from None
+            c_at, c_id = _parse_cursor(cursor)
             where.append("(at_us < ? OR (at_us = ? AND id < ?))")
             args += [c_at, c_at, c_id]
         sql = (f"SELECT id, at_us, entry FROM audit WHERE {' AND '.join(where)} "  # noqa: S608
