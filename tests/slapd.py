@@ -92,6 +92,7 @@ class Slapd:
     port: int
     suffixes: tuple[str, ...]
     root_password: str = ROOT_PASSWORD
+    tls_port: int | None = None  # ldaps:// listener; StartTLS works on the plain port too
     process: subprocess.Popen[bytes] | None = None
     _log: Any = None
     loaded: list[str] = field(default_factory=list)
@@ -115,6 +116,31 @@ class Slapd:
         return f"ldap://127.0.0.1:{self.port}"
 
     @property
+    def ldaps_url(self) -> str:
+        if self.tls_port is None:
+            raise RuntimeError("this slapd was started without tls=True")
+        return f"ldaps://127.0.0.1:{self.tls_port}"
+
+    @property
+    def ca_file(self) -> str:
+        """The test CA that signed the server certificate (subjectAltName IP:127.0.0.1)."""
+        return str(self.workdir / "ca.crt")
+
+    def make_certificates(self) -> None:
+        """A throw-away CA and a server certificate for 127.0.0.1 (EC P-256, valid 2 days)."""
+        w = self.workdir
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+        run("req", "-x509", *ec, "-keyout", str(w / "ca.key"), "-out", str(w / "ca.crt"), "-days", "2",
+            "-subj", "/CN=hubpilot test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        run("req", *ec, "-keyout", str(w / "server.key"), "-out", str(w / "server.csr"),
+            "-subj", "/CN=127.0.0.1")
+        (w / "server.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        run("x509", "-req", "-in", str(w / "server.csr"), "-CA", str(w / "ca.crt"), "-CAkey", str(w / "ca.key"),
+            "-CAcreateserial", "-out", str(w / "server.crt"), "-days", "2", "-extfile", str(w / "server.ext"))
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "slapd.log"
 
@@ -132,6 +158,10 @@ class Slapd:
             "sizelimit unlimited",
             "",
         ]
+        if self.tls_port is not None:
+            lines[-1:-1] = [f"TLSCACertificateFile {self.ca_file}",
+                            f"TLSCertificateFile {self.workdir / 'server.crt'}",
+                            f"TLSCertificateKeyFile {self.workdir / 'server.key'}"]
         for i, suffix in enumerate(self.suffixes):
             db = self.workdir / f"db{i}"
             db.mkdir(exist_ok=True)
@@ -179,7 +209,7 @@ class Slapd:
             return
         self._log = open(self.log_path, "ab")  # closed in stop()
         self.process = subprocess.Popen(
-            [SLAPD, "-f", str(self.workdir / "slapd.conf"), "-h", self.url + "/", "-d", "0"],
+            [SLAPD, "-f", str(self.workdir / "slapd.conf"), "-h", self._listeners(), "-d", "0"],
             stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
@@ -196,6 +226,12 @@ class Slapd:
                     raise RuntimeError(
                         f"slapd did not listen on port {self.port}; see {self.log_path}") from None
                 time.sleep(0.02)
+
+    def _listeners(self) -> str:
+        urls = [self.url + "/"]
+        if self.tls_port is not None:
+            urls.append(self.ldaps_url + "/")
+        return " ".join(urls)
 
     def stop(self) -> None:
         proc, self.process = self.process, None
@@ -269,11 +305,16 @@ class Slapd:
 @contextlib.contextmanager
 def slapd_server(workdir: str | Path, *, ldif: Sequence[str | Path] = (),
                  suffixes: Sequence[str] = ("dc=example,dc=com",),
-                 port: int | None = None) -> Iterator[Slapd]:
-    """Start a private slapd in ``workdir`` (created if needed), bulk-loaded with ``ldif``."""
+                 port: int | None = None, tls: bool = False) -> Iterator[Slapd]:
+    """Start a private slapd in ``workdir`` (created if needed), bulk-loaded with ``ldif``.
+    With ``tls``, it also listens on ldaps:// and offers StartTLS, with a certificate from a
+    throw-away CA (``server.ca_file``)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    server = Slapd(workdir=workdir, port=port or free_port(), suffixes=tuple(suffixes))
+    server = Slapd(workdir=workdir, port=port or free_port(), suffixes=tuple(suffixes),
+                   tls_port=free_port() if tls else None)
+    if tls:
+        server.make_certificates()
     server.write_config()
     server.bulk_load(ldif)
     server.start()
@@ -286,9 +327,9 @@ def slapd_server(workdir: str | Path, *, ldif: Sequence[str | Path] = (),
 @contextlib.asynccontextmanager
 async def start_slapd(workdir: str | Path, *, ldif: Sequence[str | Path] = (),
                       suffixes: Sequence[str] = ("dc=example,dc=com",),
-                      port: int | None = None) -> AsyncIterator[Slapd]:
+                      port: int | None = None, tls: bool = False) -> AsyncIterator[Slapd]:
     """``async with`` form of :func:`slapd_server` (start-up takes well under a second)."""
-    with slapd_server(workdir, ldif=ldif, suffixes=suffixes, port=port) as server:
+    with slapd_server(workdir, ldif=ldif, suffixes=suffixes, port=port, tls=tls) as server:
         yield server
 
 

@@ -321,6 +321,19 @@ async def test_a_server_that_stops_answering_times_out(slapd: Slapd) -> None:
         os.kill(pid, signal.SIGCONT)
 
 
+async def test_ldaps_and_start_tls_verify_the_server_certificate(slapd: Slapd) -> None:
+    ldaps = await directory(slapd, url=slapd.ldaps_url, ca_file=slapd.ca_file).read(["ITD Staff"])
+    assert usernames(ldaps, "ITD Staff") == {None, "bjorn", "jjones", "johnd"}
+    assert ldaps.source == f"ldap {slapd.ldaps_url}"
+    start_tls = await directory(slapd, start_tls=True, ca_file=slapd.ca_file).read(["ITD Staff"])
+    assert start_tls.groups == ldaps.groups
+    # without the test CA the certificate is not trusted: no read, not even for StartTLS
+    with pytest.raises(DirectoryError, match=r"connecting to ldaps://127\.0\.0\.1:\d+ failed: .*CERTIFICATE_VERIFY"):
+        await directory(slapd, url=slapd.ldaps_url).read(["ITD Staff"])
+    with pytest.raises(DirectoryError, match=r"StartTLS failed: .*CERTIFICATE_VERIFY"):
+        await directory(slapd, start_tls=True).read(["ITD Staff"])
+
+
 def test_bad_url_is_refused_at_construction() -> None:
     with pytest.raises(ValueError, match="ldap://host"):
         LdapDirectory(url="http://example.org", base_dn=COM)
