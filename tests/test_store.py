@@ -661,7 +661,7 @@ class _Unavailable(http.server.BaseHTTPRequestHandler):
 @pytest.mark.parametrize("retries", [0, 2])
 async def test_azure_uses_the_sdk_retry_policy_then_reports_a_store_error(retries: int) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     _Unavailable.hits = []
     port = server.server_address[1]
