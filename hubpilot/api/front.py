@@ -54,7 +54,7 @@ class Front:
                 token = _validation_token(scope)
                 if token is not None:
                     await _drain(receive)
-                    await _respond(send, 200, token.encode("utf-8"), b"text/plain; charset=utf-8")
+                    await _respond(send, 200, token.encode("utf-8"), b"text/plain")
                     return
         await self.app()(scope, receive, send)
 

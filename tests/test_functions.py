@@ -1,0 +1,243 @@
+"""The Azure Functions app: bindings from ``app.get_functions()``, and the entry points called directly.
+
+The HTTP tests go through ``admin_api`` (AsgiFunctionApp → front → admin app) with
+``api.run_mode = "queue"`` on Azurite: POST puts a run request on the ``hubpilot-runs`` queue and
+the ``run_queue`` function, called with the message as the host would, executes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import azure.functions as func
+import pytest
+from azure.functions.timer import TimerRequest
+from azure.storage.queue import TextBase64DecodePolicy
+from azure.storage.queue.aio import QueueClient
+
+import function_app
+import functions
+from functions.timers import SCHEDULE_SETTINGS, execute_message, run_timer
+from hubpilot.adapters.store_azure import AzureStore
+from hubpilot.api.runs import QUEUE_CONNECTION_SETTING, QUEUE_NAME, drain_tasks
+from hubpilot.api.scheduling import configured_schedules
+from hubpilot.settings import SettingsError, load_settings
+from hubpilot.wiring import OPERATIONS, Context
+from tests.azurite import Azurite
+from tests.test_api_kit import World, auth, make_context, make_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN, READER = auth("admin"), auth("reader")
+
+
+@functools.cache
+def functions_by_name() -> dict[str, Any]:
+    """``app.get_functions()`` as the worker's indexing calls it (once: it validates names)."""
+    return {f.get_function_name(): f for f in function_app.app.get_functions()}
+
+
+# --- bindings ----------------------------------------------------------------------------------
+
+def test_admin_api_is_one_anonymous_catch_all_http_function() -> None:
+    fns = functions_by_name()
+    assert {"admin_api", "sync_timer", "cull_timer", "scale_timer", "run_queue"} <= set(fns)
+    bindings = json.loads(fns["admin_api"].get_function_json())["bindings"]
+    trigger = next(b for b in bindings if b["type"] == "httpTrigger")
+    assert trigger["authLevel"] == "ANONYMOUS" and trigger["route"] == "/{*route}"
+    assert {"GET", "POST", "HEAD"} <= set(trigger["methods"])
+
+
+def test_host_json_serves_the_routes_without_a_prefix() -> None:
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["version"] == "2.0" and host["extensions"]["http"]["routePrefix"] == ""
+    assert host["extensionBundle"]["id"] == "Microsoft.Azure.Functions.ExtensionBundle"
+    assert host["extensions"]["queues"]["messageEncoding"] == "base64"  # what enqueue() writes
+
+
+def test_timer_schedules_are_the_settings_app_settings() -> None:
+    fns = functions_by_name()
+    by_op = {s.name: s for s in configured_schedules(make_settings())}
+    for op in OPERATIONS:
+        (binding,) = json.loads(fns[f"{op}_timer"].get_function_json())["bindings"]
+        assert binding["type"] == "timerTrigger" and binding["useMonitor"] is True
+        assert binding["schedule"] == f"%{by_op[op].app_setting()}%" == f"%{SCHEDULE_SETTINGS[op]}%"
+
+
+def test_run_queue_binding_matches_what_the_api_enqueues() -> None:
+    (binding,) = json.loads(functions_by_name()["run_queue"].get_function_json())["bindings"]
+    assert binding["type"] == "queueTrigger"
+    assert binding["queueName"] == QUEUE_NAME and binding["connection"] == QUEUE_CONNECTION_SETTING
+
+
+def test_example_app_settings_carry_valid_schedules(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
+    for name in SCHEDULE_SETTINGS.values():
+        monkeypatch.setenv(name, values[name])
+    settings = load_settings()
+    for op in OPERATIONS:
+        assert getattr(settings, op).schedule == values[SCHEDULE_SETTINGS[op]]
+
+
+def test_a_bad_schedule_app_setting_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUBPILOT_CULL__SCHEDULE", "*/5 * * * *")
+    with pytest.raises(SettingsError, match="HUBPILOT_CULL__SCHEDULE") as err:
+        load_settings()
+    assert "six" in str(err.value)
+
+
+def test_importing_the_app_and_answering_health_and_handshake_loads_no_web_framework() -> None:
+    code = """
+import asyncio, sys
+import azure.functions as func
+import function_app
+fn = {f.get_function_name(): f for f in function_app.app.get_functions()}["admin_api"].get_user_function()
+async def main():
+    h = await fn(func.HttpRequest("GET", "http://localhost/healthz", headers={}, body=b""), None)
+    v = await fn(func.HttpRequest(
+        "POST", "http://localhost/api/v1/graph/notifications?validationToken=Validation%3A%20a%26b+%3Ctok%3E",
+        params={"validationToken": "Validation: a&b <tok>"}, headers={}, body=b""), None)
+    print(h.status_code, h.get_body().decode(), v.status_code, v.mimetype, v.get_body().decode())
+asyncio.run(main())
+heavy = [m for m in ("fastapi", "pydantic", "starlette", "httpx", "hubpilot.settings", "hubpilot.wiring",
+                     "azure.storage.queue", "azure.identity", "msgraph") if m in sys.modules]
+print("heavy:", heavy)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True, timeout=120).stdout.splitlines()
+    assert out[0] == '200 {"status":"ok"} 200 text/plain Validation: a&b <tok>'
+    assert out[1] == "heavy: []"
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+@dataclass
+class Fx:
+    ctx: Context
+    worlds: dict[str, World]
+    queue: QueueClient
+
+    async def http(self, method: str, path: str, headers: dict[str, str] | None = None,
+                   params: dict[str, str] | None = None) -> func.HttpResponse:
+        fn = functions_by_name()["admin_api"].get_user_function()
+        query = f"?{urlencode(params)}" if params else ""
+        req = func.HttpRequest(method, f"http://localhost{path}{query}", headers=headers or {}, params=params or {},
+                               route_params={"route": path.lstrip("/")}, body=b"")
+        resp: func.HttpResponse = await fn(req, None)
+        return resp
+
+    async def deliver_queue(self) -> list[str]:
+        """What the host does: take each message and call run_queue with its decoded body."""
+        outcomes = []
+        async for m in self.queue.receive_messages(max_messages=32):
+            await functions_by_name()["run_queue"].get_user_function()(
+                func.QueueMessage(id=m.id, body=m.content.encode(), pop_receipt=m.pop_receipt))
+            await self.queue.delete_message(m)
+            outcomes.append(json.loads(m.content)["run_id"])
+        return outcomes
+
+
+@pytest.fixture(scope="module")
+async def fx(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fx]:
+    unique = uuid.uuid4().hex[:10]
+    settings = make_settings(run_mode="queue", queue_connection_string=azurite.connection_string)
+    ctx, worlds = make_context(tmp_path_factory.mktemp("fn"), settings)
+    await ctx.store.close()
+    ctx.store = AzureStore.from_settings(connection_string=azurite.connection_string,
+                                         table_prefix=f"f{unique}", container=f"f{unique}")
+    functions.set_context(ctx)
+    queue = QueueClient.from_connection_string(azurite.connection_string, QUEUE_NAME,
+                                               message_decode_policy=TextBase64DecodePolicy())
+    async with queue:
+        try:
+            await queue.clear_messages()
+        except Exception:
+            pass
+        yield Fx(ctx, worlds, queue)
+    functions.set_context(None)
+    await drain_tasks()
+    await ctx.close()
+
+
+@pytest.fixture
+def world(fx: Fx) -> dict[str, World]:
+    for op, w in fx.worlds.items():
+        w.items, w.desired, w.fail_observe, w.gate, w.applies = set(), {f"{op}-a", f"{op}-b"}, False, None, 0
+    return fx.worlds
+
+
+@pytest.mark.azurite
+async def test_post_enqueues_and_the_queue_function_runs_it(fx: Fx, world: dict[str, World]) -> None:
+    r = await fx.http("POST", "/api/v1/sync", ADMIN)
+    assert r.status_code == 202, r.get_body()
+    run = json.loads(r.get_body())
+    assert run["outcome"] == "queued" and r.headers["Location"] == f"/api/v1/runs/{run['run_id']}"
+    queued = json.loads((await fx.http("GET", f"/api/v1/runs/{run['run_id']}", READER)).get_body())
+    assert queued["outcome"] == "queued" and world["sync"].applies == 0
+
+    again = await fx.http("POST", "/api/v1/sync", ADMIN)
+    assert again.status_code == 409 and int(again.headers["Retry-After"]) >= 1
+    assert json.loads(again.get_body())["holder"] == f"admin-caller:{run['run_id']}"
+
+    assert await fx.deliver_queue() == [run["run_id"]]
+    done = json.loads((await fx.http("GET", f"/api/v1/runs/{run['run_id']}", READER)).get_body())
+    assert done["outcome"] == "applied" and done["trigger"] == "api"
+    assert world["sync"].items == {"sync-a", "sync-b"}
+    assert (await fx.http("POST", "/api/v1/sync", ADMIN)).status_code == 202  # reservation released
+    await fx.deliver_queue()
+
+
+@pytest.mark.azurite
+async def test_http_entry_authenticates_and_serves_health_without_credentials(fx: Fx, world: Any) -> None:
+    assert (await fx.http("GET", "/healthz")).status_code == 200
+    assert (await fx.http("GET", "/api/v1/status")).status_code == 401
+    assert (await fx.http("POST", "/api/v1/cull", READER)).status_code == 403
+    status = await fx.http("GET", "/api/v1/status", READER)
+    assert status.status_code == 200 and json.loads(status.get_body())["run_mode"] == "queue"
+    dry = await fx.http("POST", "/api/v1/cull", ADMIN, {"dry_run": "true"})
+    assert dry.status_code == 200 and json.loads(dry.get_body())["outcome"] == "planned"
+    ready = json.loads((await fx.http("GET", "/api/v1/readyz", READER)).get_body())
+    assert ready["checks"]["state_store"]["ok"] is True
+
+
+@pytest.mark.azurite
+async def test_a_malformed_queue_message_is_dropped_not_raised(fx: Fx, world: Any) -> None:
+    assert await execute_message(b"not json") == "rejected"
+    assert await execute_message(json.dumps({"run_id": "x", "operation": "nuke", "trigger": "t",
+                                             "actor": "a"})) == "rejected"
+
+
+@pytest.mark.azurite
+async def test_timers_run_skip_on_lock_and_report_refused_and_paused(fx: Fx, world: dict[str, World]) -> None:
+    fns = functions_by_name()
+    await fns["cull_timer"].get_user_function()(TimerRequest(past_due=True))
+    assert world["cull"].items == {"cull-a", "cull-b"}
+    last = await fx.ctx.runner.last_run("cull")
+    assert last is not None and last["trigger"] == "timer" and last["outcome"] == "applied"
+
+    now = fx.ctx.clock()
+    lease = await fx.ctx.store.acquire_lock("scale", "someone-else", timedelta(minutes=5), now)
+    assert lease is not None
+    assert await run_timer("scale") == "skipped"
+    await fns["scale_timer"].get_user_function()(TimerRequest())  # does not raise
+    assert world["scale"].applies == 0
+    await fx.ctx.store.release_lock(lease)
+
+    world["sync"].items, world["sync"].desired = {"1", "2", "3", "4"}, set()
+    assert await run_timer("sync") == "refused"
+    await fns["sync_timer"].get_user_function()(TimerRequest())
+    assert world["sync"].items == {"1", "2", "3", "4"}
+
+    await fx.ctx.runner.set_paused("scale", True, "test")
+    assert await run_timer("scale") == "paused"
+    await fx.ctx.runner.set_paused("scale", False, "test")
+    assert await run_timer("scale") == "applied"
