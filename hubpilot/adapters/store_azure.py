@@ -154,6 +154,15 @@ def _doc_blob(key: str) -> str:
     return _DOC_PREFIX + key
 
 
+def _check_names(table_prefix: str, container: str) -> None:
+    if not _TABLE_PREFIX.match(table_prefix):
+        raise ValueError(f"table prefix {table_prefix!r}: use 1-57 letters and digits, starting with a "
+                         "letter (Azure table names are alphanumeric)")
+    if not _CONTAINER.match(container):
+        raise ValueError(f"container {container!r}: use 3-63 lowercase letters, digits and single "
+                         "hyphens, starting and ending with a letter or digit")
+
+
 class _Sequence:
     """Strictly increasing nanosecond stamps within this process.
 
@@ -187,12 +196,7 @@ class AzureStore:
         credential: Any = None,
         concurrency: int = 16,
     ) -> None:
-        if not _TABLE_PREFIX.match(table_prefix):
-            raise ValueError(f"table prefix {table_prefix!r}: use 1-57 letters and digits, starting with a "
-                             "letter (Azure table names are alphanumeric)")
-        if not _CONTAINER.match(container):
-            raise ValueError(f"container {container!r}: use 3-63 lowercase letters, digits and single "
-                             "hyphens, starting and ending with a letter or digit")
+        _check_names(table_prefix, container)
         self._tables = tables
         self._blobs = blobs
         self._credential = credential
@@ -227,6 +231,7 @@ class AzureStore:
         and ``https://<account>.blob.<suffix>`` with ``credential`` (default: the async
         ``DefaultAzureCredential``, i.e. the managed identity in Azure).
         """
+        _check_names(table_prefix, container)
         table_kwargs: dict[str, Any] = {
             "retry_total": retry_total, "retry_backoff_factor": retry_backoff,
             "retry_backoff_max": retry_backoff_max, "connection_timeout": timeout, "read_timeout": timeout,
