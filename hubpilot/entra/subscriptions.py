@@ -67,7 +67,7 @@ def _expiry(sub: Mapping[str, Any]) -> datetime | None:
         # Graph prints seven fractional digits; fromisoformat takes up to six
         if "." in text:
             head, _, tail = text.partition(".")
-            digits = "".join(ch for ch in tail if ch.isdigit())
+            digits = tail[: len(tail) - len(tail.lstrip("0123456789"))]
             rest = tail[len(digits):]
             text = f"{head}.{digits[:6]}{rest}"
         try:

@@ -80,6 +80,7 @@ class GraphDouble:
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
     script: list[dict[str, Any]] = field(default_factory=list)
     validations: list[str] = field(default_factory=list)
+    vanish_on_patch: set[str] = field(default_factory=set)  # removed by Graph just before a renewal
 
     # --- the directory the tests shape -------------------------------------------------------
     def add_user(self, uid: str | None = None, upn: str | None = None, display: str = "", **attrs: Any) -> str:
@@ -156,7 +157,7 @@ class GraphDouble:
             return self._delta(q)
         if path == "/users" and request.method == "GET":
             return self._users(q)
-        m = re.fullmatch(r"/groups/([^/]+)/members/microsoft\.graph\.user", path)
+        m = re.fullmatch(r"/groups/([^/]+)/members/(?:microsoft\.)?graph\.user", path)
         if m and request.method == "GET":
             return self._group_users(m.group(1), q)
         if path == "/subscriptions":
@@ -167,6 +168,8 @@ class GraphDouble:
         m = re.fullmatch(r"/subscriptions/([^/]+)", path)
         if m:
             sid = m.group(1)
+            if request.method == "PATCH" and sid in self.vanish_on_patch:
+                self.subscriptions.pop(sid, None)
             if sid not in self.subscriptions:
                 return self._error(404, "ResourceNotFound", f"The object was not found: {sid}")
             if request.method == "DELETE":
@@ -328,7 +331,7 @@ class GraphDouble:
                                 "value": [self._select(self.users[u], q.get("$select", ""))
                                           for u in chunk if u in self.users]}
         if skip + top < len(ids):
-            body["@odata.nextLink"] = (f"{self.base_url}/groups/{gid}/members/microsoft.graph.user?"
+            body["@odata.nextLink"] = (f"{self.base_url}/groups/{gid}/members/graph.user?"
                                        f"$select={quote(q.get('$select', ''))}&$top={top}&$skiptoken={skip + top}")
         return JSONResponse(body)
 

@@ -1,0 +1,249 @@
+"""The pure parts of the Entra work: delta rounds, expansion, notification checks, subscription
+plans, settings. Delta pages and notifications are the public examples in
+``../shared/fixtures/msgraph`` (quirks included)."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from hubpilot.config.entra import EntraSettings
+from hubpilot.entra.delta import ChunkState, GroupState, apply_round, closure, expand, new_chunks, normalise_id
+from hubpilot.entra.notifications import (
+    Hint,
+    NotificationError,
+    Verdict,
+    check,
+    coalesce,
+    hints_for,
+    parse_body,
+)
+from hubpilot.entra.subscriptions import ObservedSubscriptions, SubscriptionPolicy, plan_subscriptions
+
+FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "msgraph"
+NOW = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
+
+
+def fixture(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    return doc
+
+
+def entries(page: dict[str, Any]) -> list[dict[str, Any]]:
+    """A page's groups as the adapter hands them over (members@delta and @removed extracted)."""
+    return [{"id": g.get("id"), "removed": "@removed" in g, "members": g.get("members@delta") or []}
+            for g in page["value"]]
+
+
+MARK8 = "2e5807ce-58f3-4a94-9b37-ffff2e085957"
+SALES = "421e797f-9406-4934-b778-4908421e3505"
+ALLCO = "c2f798fd-f95d-4623-8824-63aec21fffff"
+HR = "ec22655c-8eb2-432a-b4ea-8b8a254bffff"
+
+
+def test_normalise_id_accepts_uuid_objects_and_text_and_refuses_the_35_character_id() -> None:
+    u = uuid.UUID("632f6bb2-3ec8-4c1f-9073-0027a8c68593")
+    assert normalise_id(u) == "632f6bb2-3ec8-4c1f-9073-0027a8c68593"
+    assert normalise_id("632F6BB2-3EC8-4C1F-9073-0027A8C68593") == "632f6bb2-3ec8-4c1f-9073-0027a8c68593"
+    assert normalise_id("632f6bb2-3ec8-4c1f-9073-0027a8c6859") is None
+    assert normalise_id(None) is None and normalise_id(42) is None
+
+
+def test_first_round_over_the_documented_pages_then_a_round_with_a_malformed_removal() -> None:
+    chunk = ChunkState((ALLCO, HR, MARK8, SALES))
+    pages = [fixture(f"delta/delta-query-groups.0{i}-{n}.json") for i, n in
+             ((1, "initial-response"), (2, "nextlink-response"), (3, "final-nextlink-response"))]
+    link = pages[-1]["@odata.deltaLink"]
+    out = apply_round(chunk, [e for p in pages for e in entries(p)], link, fresh=True)
+    m = out.chunk.members
+    assert set(m[ALLCO].users) == {"693acd06-2877-4339-8ade-b704261fe7a0", "49320844-be99-4164-8167-87ff5d047ace"}
+    assert set(m[MARK8].users) == {"632f6bb2-3ec8-4c1f-9073-0027a8c68593"}
+    assert set(m[SALES].users) == {"3c8ac7c4-d365-4df9-abfa-356a9dd7763c", "49320844-be99-4164-8167-87ff5d047ace"}
+    assert m[HR].users == {}
+    assert out.seen == {ALLCO, HR, MARK8, SALES}
+    assert out.chunk.delta_link == link and not out.malformed
+    assert out.added_users >= {"693acd06-2877-4339-8ade-b704261fe7a0"}
+
+    # page 05: the doc's @removed entry carries a 35-character id: never a removal of a guess
+    changes = fixture("delta/delta-query-groups.05-deltalink-changes-response.json")
+    nxt = apply_round(out.chunk, entries(changes), changes["@odata.deltaLink"], fresh=False)
+    assert set(nxt.chunk.members[MARK8].users) == {
+        "632f6bb2-3ec8-4c1f-9073-0027a8c68593", "37de1ae3-408f-4702-8636-20824abda004"}
+    assert nxt.malformed and nxt.chunk.delta_link is None  # the next read is a full one
+    assert any("malformed id" in n and "0027a8c6859'" in n for n in nxt.notes)
+    # the input chunk is left as it was (a refused or failed read commits nothing)
+    assert set(out.chunk.members[MARK8].users) == {"632f6bb2-3ec8-4c1f-9073-0027a8c68593"}
+
+
+def test_a_large_group_repeated_across_pages_merges_in_order() -> None:
+    chunk = ChunkState((MARK8,), "old-link", {MARK8: GroupState(users={
+        "c08a463b-7b8a-40a4-aa31-f9bf690b9551": ["x@example.org", "X"]})})
+    p1 = fixture("delta/delta-query-groups.06-large-group-page1.placeholders-removed.json")
+    p2 = fixture("delta/delta-query-groups.07-large-group-page2.placeholders-removed.json")
+    out = apply_round(chunk, entries(p1) + entries(p2), "new-link", fresh=False)
+    assert set(out.chunk.members[MARK8].users) == {
+        "37de1ae3-408f-4702-8636-20824abda004", "23423fa6-821e-44b2-aae4-d039d33884c2"}
+    # applying the same pages again changes nothing (idempotent merge)
+    again = apply_round(out.chunk, entries(p1) + entries(p2), "new-link", fresh=False)
+    assert again.chunk.members[MARK8].users == out.chunk.members[MARK8].users
+
+
+def test_group_objects_without_id_are_never_attributed() -> None:
+    chunk = ChunkState((ALLCO,))
+    doc = fixture("delta/group-delta.response1.json")  # "All Company" without an id, with members
+    out = apply_round(chunk, entries(doc), "link", fresh=True)
+    assert out.chunk.members[ALLCO].users == {} and out.malformed
+    for name in ("group-delta.response2-select.json", "group-delta.response3-minimal.json"):
+        quiet = apply_round(chunk, entries(fixture(f"delta/{name}")), "link", fresh=True)
+        assert not quiet.malformed  # no members: nothing lost, nothing to report
+
+
+def test_removed_group_entry_and_non_user_members() -> None:
+    g = str(uuid.uuid4())
+    chunk = ChunkState((g,), "l", {g: GroupState(users={"u": ["a", "A"]})})
+    out = apply_round(chunk, [{"id": g, "removed": True, "members": []}], "l2", fresh=False)
+    assert out.removed_groups == {g} and out.chunk.members[g].users == {}
+    dev = str(uuid.uuid4())
+    out = apply_round(chunk, [{"id": g, "members": [{"@odata.type": "#microsoft.graph.device", "id": dev}]}],
+                      "l3", fresh=False)
+    assert out.chunk.members[g].others == {dev}
+    snap, notes = expand([g], out.chunk.members, nested=False, max_depth=3)
+    assert any("neither users nor groups" in n for n in notes)
+
+
+def test_expand_nested_with_cycle_and_depth() -> None:
+    a, b, c, d = (str(uuid.uuid4()) for _ in range(4))
+    members = {
+        a: GroupState(users={"u1": ["one", "One"]}, groups={b}),
+        b: GroupState(users={"u2": ["two", "Two"]}, groups={c, a}),
+        c: GroupState(users={"u3": ["three", "Three"]}, groups={d}),
+        d: GroupState(users={"u4": ["four", "Four"]}),
+    }
+    got, notes = expand([a], members, nested=True, max_depth=8)
+    assert {m.username for m in got[a]} == {"one", "two", "three", "four"}
+    assert any("cycle" in n for n in notes)
+    shallow, notes = expand([a], members, nested=True, max_depth=1)
+    assert {m.username for m in shallow[a]} == {"one", "two"}
+    assert any("deeper than nested_max_depth" in n for n in notes)
+    flat, notes = expand([a], members, nested=False, max_depth=8)
+    assert {m.username for m in flat[a]} == {"one"} and any("nesting is off" in n for n in notes)
+    assert closure([a], members, nested=True, max_depth=8) == {a, b, c, d}
+    assert closure([a], members, nested=False, max_depth=8) == {a}
+
+
+def test_chunks_hold_at_most_fifty_groups() -> None:
+    ids = [str(uuid.uuid4()) for _ in range(120)]
+    chunks = new_chunks(ids)
+    assert [len(c.groups) for c in chunks] == [50, 50, 20]
+    assert ChunkState.from_json(chunks[0].to_json()).key == chunks[0].key
+
+
+# --- notifications --------------------------------------------------------------------------------
+
+def test_parse_body_says_what_is_wrong() -> None:
+    for raw, words in ((b"not json", "not JSON"), (b"[]", '{"value"'), (b'{"value": []}', "no notification"),
+                       (b'{"value": [1]}', "value[0]")):
+        with pytest.raises(NotificationError, match=re.escape(words)):
+            parse_body(raw)
+
+
+def test_documented_envelopes_pass_only_with_the_right_client_state() -> None:
+    msg = fixture("notifications/webhook-change-notification.message.json")["value"]
+    ok = check(msg, client_state="secretClientValue")
+    assert len(ok.accepted) == 1 and ok.status == 202
+    forged = check(msg, client_state="another-secret")
+    assert not forged.accepted and forged.status == 403 and "clientState" in forged.rejected[0]
+    wrong_tenant = check(msg, client_state="secretClientValue", tenant_id=str(uuid.uuid4()))
+    assert wrong_tenant.status == 403 and "tenant" in wrong_tenant.rejected[0]
+    # the group notification inside the Event Grid envelope names the group by resource
+    grid = fixture("notifications/eventgrid-entra.GroupUpdated.json")["data"]
+    one = check([grid], client_state="<guid>")
+    assert one.accepted[0].group_id == "<group-id>"
+
+
+def test_lifecycle_events_and_their_hints() -> None:
+    reauth = fixture("lifecycle/lifecycle.reauthorizationRequired.json")["value"]
+    v = check(reauth, client_state="{secret client state}", lifecycle=True)
+    assert v.accepted[0].lifecycle_event == "reauthorizationRequired"
+    hints = hints_for(v, NOW)
+    assert hints == [Hint("subscriptions", renew=("e3898f08-5cd0-4a6a-80fc-6addbfb73b7b",), received=NOW.isoformat())]
+    missed = check(fixture("lifecycle/lifecycle.missed.json")["value"], client_state="<secretClientState>",
+                   lifecycle=True)
+    assert [h.kind for h in hints_for(missed, NOW)] == ["sync"]
+    # a lifecycle event on the notification URL, or an unknown event on the lifecycle URL
+    assert check(reauth, client_state="{secret client state}").status == 403
+    odd = check(fixture("lifecycle/lifecycle.structure-current.json")["value"],
+                client_state="<secretClientState>", lifecycle=True)
+    assert odd.status == 403
+
+
+def test_a_burst_of_hints_coalesces_to_one_sync() -> None:
+    hints = [Hint("sync", (f"g{i % 3}",), received=(NOW + timedelta(seconds=i)).isoformat()) for i in range(10)]
+    hints.append(Hint("subscriptions", renew=("s1",), received=NOW.isoformat()))
+    out = coalesce(hints)
+    assert [h.kind for h in out] == ["subscriptions", "sync"]
+    assert out[1].groups == ("g0", "g1", "g2") and out[1].received == NOW.isoformat()
+    assert Hint.from_json(out[1].to_json()) == out[1]
+    with pytest.raises(NotificationError):
+        Hint.from_json({"kind": "delete-everything"})
+    assert Verdict().status == 202
+
+
+# --- subscriptions --------------------------------------------------------------------------------
+
+def policy(*groups: str) -> SubscriptionPolicy:
+    return SubscriptionPolicy(groups=groups, notification_url="https://hub.example.org/api/v1/graph/notifications",
+                              lifecycle_url="https://hub.example.org/api/v1/graph/lifecycle", client_state="s",
+                              lifetime=timedelta(minutes=41760), renew_before=timedelta(days=2))
+
+
+def sub(gid: str, expires: datetime, sid: str | None = None, url: str | None = None) -> dict[str, Any]:
+    return {"id": sid or str(uuid.uuid4()), "resource": f"groups/{gid}",
+            "notificationUrl": url or "https://hub.example.org/api/v1/graph/notifications",
+            "expirationDateTime": expires.strftime("%Y-%m-%dT%H:%M:%S.1234567Z")}
+
+
+def test_subscription_plan_creates_renews_deletes_and_leaves_others_alone() -> None:
+    a, b, c, gone = (str(uuid.uuid4()) for _ in range(4))
+    fresh = sub(b, NOW + timedelta(days=20))
+    due = sub(c, NOW + timedelta(hours=5), sid="due")
+    dup = sub(c, NOW + timedelta(hours=1), sid="dup")
+    old = sub(gone, NOW + timedelta(days=3), sid="old")
+    foreign = sub(a, NOW + timedelta(hours=1), sid="foreign", url="https://elsewhere.example.org/hook")
+    plan = plan_subscriptions(policy(a, b, c), ObservedSubscriptions((fresh, due, dup, old, foreign)), NOW)
+    got = {(x.kind, x.target) for x in plan.actions}
+    assert got == {("create", f"groups/{a}"), ("renew", "due"), ("delete", "dup"), ("delete", "old")}
+    renew = next(x for x in plan.actions if x.kind == "renew")
+    assert datetime.fromisoformat(renew.params["expiration"]) <= NOW + timedelta(minutes=41760)
+    # once renewed, the same state plans nothing: idempotent
+    settled = (fresh, sub(c, NOW + timedelta(days=28), sid="due"), sub(a, NOW + timedelta(days=28)))
+    assert plan_subscriptions(policy(a, b, c), ObservedSubscriptions(settled), NOW).empty
+    forced = plan_subscriptions(policy(a, b, c), ObservedSubscriptions(settled, frozenset({"due"})), NOW)
+    assert [(x.kind, x.target) for x in forced.actions] == [("renew", "due")]
+
+
+def test_entra_settings_say_what_to_fix() -> None:
+    s = EntraSettings()
+    assert s.effective_scope == "https://graph.microsoft.com/.default" and not s.notifications
+    with pytest.raises(ValidationError, match="notification_url and client_state"):
+        EntraSettings(notifications=True)
+    with pytest.raises(ValidationError, match="must use https"):
+        EntraSettings(graph_base_url="http://graph.example.org/v1.0")
+    with pytest.raises(ValidationError, match="128"):
+        EntraSettings(client_state="x" * 129)
+    with pytest.raises(ValidationError, match="tenant's GUID"):
+        EntraSettings(tenant_id="contoso.onmicrosoft.com")
+    with pytest.raises(ValidationError, match="user property name"):
+        EntraSettings(username_attribute="user principal")
+    ok = EntraSettings(notifications=True, client_state="s3cret",
+                       notification_url="https://hub.example.org/api/v1/graph/notifications")
+    assert ok.effective_lifecycle_url == "https://hub.example.org/api/v1/graph/lifecycle"
+    assert EntraSettings(graph_base_url="https://graph.microsoft.us/v1.0/").effective_scope == \
+        "https://graph.microsoft.us/.default"

@@ -1,0 +1,390 @@
+"""The Entra directory and subscription manager through the real msgraph-sdk against the
+HTTP-level Graph double (tests/doubles/graph.py), with the SQLite store and the real admin app
+serving the webhook."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hubpilot.adapters.entra import GraphClient, StaticTokenCredential
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.api.app import create_app
+from hubpilot.entra.directory import STATE_PREFIX, EntraDirectory
+from hubpilot.loop import Outcome
+from hubpilot.ports.directory import DirectoryError
+from hubpilot.settings import Settings
+from hubpilot.wiring import Context
+from hubpilot.wiring.entra import (
+    InProcessHints,
+    NotificationWorker,
+    notification_queue,
+    run_subscription_manager,
+    use_credential,
+)
+from tests.doubles.graph import TOKEN, GraphDouble, Served, start_graph_double
+
+FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "msgraph"
+SECRET = "client-state-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+async def graph() -> AsyncIterator[GraphDouble]:
+    double, served = await start_graph_double(page_size=50)
+    yield double
+    await served.stop()
+
+
+@pytest.fixture
+async def fresh(graph: GraphDouble) -> AsyncIterator[GraphDouble]:
+    graph.faults.clear()
+    graph.script.clear()
+    graph.page_size = 50
+    graph.reset_log()
+    yield graph
+    graph.faults.clear()
+    graph.script.clear()
+
+
+def client(graph: GraphDouble, **kw: Any) -> GraphClient:
+    return GraphClient(credential=StaticTokenCredential(TOKEN), base_url=graph.base_url,
+                       scope="http://127.0.0.1/.default", retry_delay=0, **kw)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "state.sqlite3")
+    yield s
+    await s.close()
+
+
+def people(graph: GraphDouble, n: int, tag: str = "p") -> list[str]:
+    t = uuid.uuid4().hex[:6]
+    return [graph.add_user(upn=f"{tag}{t}{i}@example.org", display=f"Person {i}") for i in range(n)]
+
+
+def names(snapshot: Any, gid: str) -> set[str]:
+    return {m.username for m in snapshot.groups[gid]}
+
+
+async def state_docs(store: SqliteStore) -> dict[str, Any]:
+    return await store.list(STATE_PREFIX)
+
+
+# --- the SDK over the documented pages ----------------------------------------------------------
+
+def page(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((FIXTURES / "delta" / name).read_text())
+    return doc
+
+
+async def test_documented_pages_through_the_sdk_ids_normalised_and_the_malformed_id_survives(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    fresh.script = [page("delta-query-groups.01-initial-response.json"),
+                    page("delta-query-groups.02-nextlink-response.json"),
+                    page("delta-query-groups.03-final-nextlink-response.json"),
+                    page("delta-query-groups.05-deltalink-changes-response.json")]
+    gc = client(fresh)
+    raw = await gc.delta_round(["2e5807ce-58f3-4a94-9b37-ffff2e085957"], None)
+    assert len(fresh.requests("/groups/delta")) == 3  # followed both nextLinks to the deltaLink
+    ids = [m["id"] for e in raw["entries"] for m in e["members"]]
+    assert any(isinstance(i, uuid.UUID) for i in ids)  # the SDK's own conversion of untyped data
+    changes = await gc.delta_round([], raw["delta_link"])
+    removed = [m for e in changes["entries"] for m in e["members"] if m.get("@removed")]
+    assert removed[0]["id"] == "632f6bb2-3ec8-4c1f-9073-0027a8c6859"  # 35 characters: left a string
+    await gc.close()
+
+    fresh.script = [page("delta-query-groups.01-initial-response.json"),
+                    page("delta-query-groups.02-nextlink-response.json"),
+                    page("delta-query-groups.03-final-nextlink-response.json"),
+                    page("delta-query-groups.05-deltalink-changes-response.json")]
+    d = EntraDirectory(client(fresh), store)
+    mark8, allco = "2e5807ce-58f3-4a94-9b37-ffff2e085957", "c2f798fd-f95d-4623-8824-63aec21fffff"
+    first = await d.read([mark8, allco])
+    assert {m.id for m in first.groups[mark8]} == {"632f6bb2-3ec8-4c1f-9073-0027a8c68593"}
+    assert {m.id for m in first.groups[allco]} == {"693acd06-2877-4339-8ade-b704261fe7a0",
+                                                  "49320844-be99-4164-8167-87ff5d047ace"}
+    second = await d.read([mark8, allco])
+    assert {m.id for m in second.groups[mark8]} == {"632f6bb2-3ec8-4c1f-9073-0027a8c68593",
+                                                   "37de1ae3-408f-4702-8636-20824abda004"}
+    assert any("malformed id" in n for n in second.notes)
+    (doc,) = (await state_docs(store)).values()
+    assert doc["delta_link"] is None  # the next read is a full one
+    await d.close()
+
+
+# --- reads ------------------------------------------------------------------------------------------
+
+async def test_incremental_read_costs_one_delta_and_one_lookup_with_low_priority(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    g = fresh.add_group()
+    ps = people(fresh, 5)
+    fresh.add_members(g, ps[:4])
+    d = EntraDirectory(client(fresh), store)
+    first = await d.read([g])
+    assert names(first, g) == {fresh.users[p]["userPrincipalName"] for p in ps[:4]}
+    assert first.source == "entra"
+    fresh.reset_log()
+    fresh.add_member(g, ps[4])
+    fresh.remove_member(g, ps[0])
+    second = await d.read([g])
+    assert names(second, g) == {fresh.users[p]["userPrincipalName"] for p in ps[1:]}
+    assert [r.path for r in fresh.log] == ["/groups/delta", "/users"]
+    assert all(r.headers.get("x-ms-throttle-priority") == "low" for r in fresh.log)
+    assert "$deltatoken" in fresh.log[0].query
+    fresh.reset_log()
+    third = await d.read([g])  # nothing changed: one request, no lookup
+    assert third.groups == second.groups and [r.path for r in fresh.log] == ["/groups/delta"]
+    await d.close()
+
+
+async def test_throttled_read_completes_honouring_retry_after(fresh: GraphDouble, store: SqliteStore) -> None:
+    g = fresh.add_group()
+    fresh.add_members(g, people(fresh, 3))
+    fresh.page_size = 2
+    fresh.throttle(1, 429, retry_after=1)
+    fresh.throttle(1, 503, retry_after=1)
+    d = EntraDirectory(client(fresh), store)
+    snap = await d.read([g])
+    assert len(snap.groups[g]) == 3
+    statuses = [r.status for r in fresh.log]
+    assert statuses[:3] == [429, 503, 200]
+    retried = fresh.log[2]
+    assert retried.headers.get("retry-attempt") == "2"  # msgraph's RetryHandler, no loop of ours
+    await d.close()
+
+
+async def test_expired_token_triggers_a_full_resync_that_reflects_removals(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    g = fresh.add_group()
+    ps = people(fresh, 4)
+    fresh.add_members(g, ps)
+    d = EntraDirectory(client(fresh), store)
+    await d.read([g])
+    fresh.remove_member(g, ps[0])
+    fresh.remove_member(g, ps[1])
+    fresh.expire_tokens()
+    fresh.reset_log()
+    snap = await d.read([g])
+    assert {m.id for m in snap.groups[g]} == set(ps[2:])
+    assert [r.status for r in fresh.requests("/groups/delta")] == [410, 200]
+    assert d.last.resyncs == 1 and any("expired" in n for n in snap.notes)
+    assert not fresh.requests("/users")  # known users are not looked up again
+    await d.close()
+
+
+async def test_any_other_error_aborts_and_changes_nothing(fresh: GraphDouble, store: SqliteStore) -> None:
+    g = fresh.add_group()
+    ps = people(fresh, 2)
+    fresh.add_members(g, ps)
+    d = EntraDirectory(client(fresh), store)
+    await d.read([g])
+    before = await state_docs(store)
+    fresh.remove_member(g, ps[0])
+    fresh.throttle(1, 500)
+    with pytest.raises(DirectoryError, match="500"):
+        await d.read([g])
+    assert await state_docs(store) == before
+    snap = await d.read([g])  # the next read sees the change
+    assert {m.id for m in snap.groups[g]} == {ps[1]}
+    await d.close()
+
+
+async def test_unknown_or_deleted_configured_group_is_an_error_never_an_empty_group(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    d = EntraDirectory(client(fresh), store)
+    with pytest.raises(DirectoryError, match="no group with object id"):
+        await d.read([str(uuid.uuid4())])
+    with pytest.raises(DirectoryError, match="object ids"):
+        await d.read(["analysts"])
+    g = fresh.add_group()
+    fresh.add_members(g, people(fresh, 2))
+    await d.read([g])
+    before = await state_docs(store)
+    fresh.delete_group(g)
+    with pytest.raises(DirectoryError, match="were deleted"):
+        await d.read([g])
+    assert await state_docs(store) == before
+    assert await store.list("entra/") == before
+    await d.close()
+
+
+async def test_nested_groups_are_expanded_and_a_change_inside_reexpands_the_parent(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    top, sub, subsub = fresh.add_group(), fresh.add_group(), fresh.add_group()
+    ps = people(fresh, 5)
+    fresh.add_member(top, ps[0])
+    fresh.add_member(top, sub, "groups")
+    fresh.add_member(sub, ps[1])
+    fresh.add_member(sub, subsub, "groups")
+    fresh.add_member(subsub, ps[2])
+    fresh.add_member(subsub, top, "groups")  # a cycle
+    d = EntraDirectory(client(fresh), store, nested=True)
+    snap = await d.read([top])
+    assert {m.id for m in snap.groups[top]} == set(ps[:3])
+    assert any("cycle" in n for n in snap.notes)
+    fresh.add_member(subsub, ps[3])
+    fresh.remove_member(sub, ps[1])
+    snap = await d.read([top])
+    assert {m.id for m in snap.groups[top]} == {ps[0], ps[2], ps[3]}
+    fresh.remove_member(top, sub, "groups")  # the whole branch leaves
+    snap = await d.read([top])
+    assert {m.id for m in snap.groups[top]} == {ps[0]}
+    assert len(await state_docs(store)) == 1  # chunks of groups no longer needed are dropped
+    flat = EntraDirectory(client(fresh), SqliteStore(Path(store.path).with_suffix(".flat")), nested=False)
+    fresh.add_member(top, sub, "groups")
+    snap = await flat.read([top])
+    assert {m.id for m in snap.groups[top]} == {ps[0]} and any("nesting is off" in n for n in snap.notes)
+    await d.close()
+    await flat.close()
+
+
+async def test_usernames_come_in_bulk_from_the_configured_attribute(fresh: GraphDouble, store: SqliteStore) -> None:
+    g = fresh.add_group()
+    ps = [fresh.add_user(upn=f"u{i}@example.org", onPremisesSamAccountName=f"SAM{i}") for i in range(40)]
+    fresh.add_members(g, ps)
+    d = EntraDirectory(client(fresh, username_attribute="onPremisesSamAccountName"), store)
+    snap = await d.read([g])
+    assert names(snap, g) == {f"SAM{i}" for i in range(40)}
+    lookups = fresh.requests("/users")
+    assert len(lookups) == 3 and all("onPremisesSamAccountName" in r.query["$select"] for r in lookups)
+    big = fresh.add_group()
+    many = people(fresh, 400)
+    fresh.add_members(big, many)
+    fresh.reset_log()
+    snap = await d.read([g, big])
+    assert len(snap.groups[big]) == 400
+    assert not fresh.requests("/users") and len(fresh.requests("graph.user")) == 1
+    await d.close()
+
+
+# --- the webhook and the subscription manager ---------------------------------------------------
+
+def entra_settings(graph: GraphDouble, hook: str, groups: list[str], **extra: Any) -> Settings:
+    return Settings(
+        hub={"api_url": extra.pop("hub_url", "http://127.0.0.1:9/hub/api"), "token": extra.pop("hub_token", "x")},
+        directory={"kind": "entra", "entra": {
+            "graph_base_url": graph.base_url, "notifications": True, "client_state": SECRET,
+            "notification_url": f"{hook}/api/v1/graph/notifications", "retry_delay_seconds": 0,
+            **extra.pop("entra", {})}},
+        sync={"users_groups": groups, **extra.pop("sync", {})},
+        **extra,
+    )
+
+
+class Webhook:
+    """The admin app on loopback, its Context built from settings once the URL is known."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.ctx: Context | None = None
+        self.tmp = tmp
+        self.served = Served(create_app(self.get))
+        self.url = self.served.url
+
+    def get(self) -> Context:
+        assert self.ctx is not None
+        return self.ctx
+
+    def use(self, settings: Settings) -> Context:
+        self.ctx = Context(settings=settings, store=SqliteStore(self.tmp / f"{uuid.uuid4().hex[:8]}.sqlite3"))
+        use_credential(self.ctx, StaticTokenCredential(TOKEN))
+        return self.ctx
+
+
+@pytest.fixture
+async def webhook(tmp_path: Path) -> AsyncIterator[Webhook]:
+    w = Webhook(tmp_path)
+    await w.served.start()
+    yield w
+    await w.served.stop()
+    if w.ctx is not None:
+        await w.ctx.close()
+
+
+async def test_handshake_forged_client_state_and_bad_bodies(fresh: GraphDouble, webhook: Webhook) -> None:
+    g = fresh.add_group()
+    ctx = webhook.use(entra_settings(fresh, webhook.url, [g]))
+    async with httpx.AsyncClient(base_url=webhook.url) as http:
+        token = "Validation: Testing client application reachability for subscription Request-Id: 1"
+        for path in ("notifications", "lifecycle"):
+            r = await http.post(f"/api/v1/graph/{path}", params={"validationToken": token})
+            assert (r.status_code, r.text) == (200, token)
+            assert r.headers["content-type"].startswith("text/plain")
+        forged = fresh.notification(g, client_state="guessed")
+        r = await http.post("/api/v1/graph/notifications", json=forged)
+        assert r.status_code == 403
+        r = await http.post("/api/v1/graph/notifications", content=b"{oops")
+        assert r.status_code == 400 and "not JSON" in r.json()["detail"]
+        r = await http.post("/api/v1/graph/lifecycle", json={"value": [{"clientState": "nope"}]})
+        assert r.status_code == 403
+    queue = notification_queue(ctx)
+    assert isinstance(queue, InProcessHints) and queue.queue.empty()
+    audit, _ = await ctx.store.read_audit(operation="graph-notifications")
+    assert len(audit) == 2 and all(e["outcome"] == "refused" for e in audit)
+    assert "clientState" in audit[-1]["refusal"][0]
+
+
+async def test_subscription_manager_creates_renews_recreates_and_is_idempotent(
+        fresh: GraphDouble, webhook: Webhook) -> None:
+    a, b = fresh.add_group(), fresh.add_group()
+    ctx = webhook.use(entra_settings(fresh, webhook.url, [a, b]))
+    fresh.subscriptions.clear()
+    record = await run_subscription_manager(ctx)
+    assert record is not None and record.outcome is Outcome.APPLIED
+    assert {s["resource"] for s in fresh.subscriptions.values()} == {f"groups/{a}", f"groups/{b}"}
+    assert all(s["lifecycleNotificationUrl"] == f"{webhook.url}/api/v1/graph/lifecycle"
+               for s in fresh.subscriptions.values())
+    assert f"{webhook.url}/api/v1/graph/notifications" in fresh.validations  # the handshake was answered
+    exp = {datetime.fromisoformat(s["expirationDateTime"].replace("Z", "+00:00")) for s in fresh.subscriptions.values()}
+    assert all(e - datetime.now(UTC) > timedelta(days=28) for e in exp)
+
+    again = await run_subscription_manager(ctx)
+    assert again is not None and again.plan is not None and again.plan.empty
+
+    sid_a = next(s["id"] for s in fresh.subscriptions.values() if s["resource"] == f"groups/{a}")
+    fresh.subscriptions[sid_a]["expirationDateTime"] = (datetime.now(UTC) + timedelta(hours=3)).isoformat()
+    fresh.reset_log()
+    renewed = await run_subscription_manager(ctx)
+    assert renewed is not None and [x.kind for x in renewed.plan.actions] == ["renew"]  # type: ignore[union-attr]
+    assert fresh.requests(f"/subscriptions/{sid_a}", "PATCH")
+
+    # reauthorizationRequired → renew; Graph removes it meanwhile → the renewal's 404 recreates it
+    sid_b = next(s["id"] for s in fresh.subscriptions.values() if s["resource"] == f"groups/{b}")
+    fresh.vanish_on_patch.add(sid_b)
+    queue = notification_queue(ctx)
+    assert isinstance(queue, InProcessHints)
+    worker = NotificationWorker(ctx, queue)
+    async with httpx.AsyncClient(base_url=webhook.url) as http:
+        r = await http.post("/api/v1/graph/lifecycle", json=fresh.lifecycle(sid_b, "reauthorizationRequired"))
+        assert r.status_code == 202
+        assert await worker.drain_once() == 1
+        rec = worker.records[-1]
+        assert rec.operation == "graph-subscriptions" and rec.trigger == "lifecycle"
+        assert [(x.action.kind, x.action.target) for x in rec.results] == [("renew", sid_b)]
+        assert "recreated" in rec.results[0].detail
+        # subscriptionRemoved for one already gone: the manager creates a new one
+        sid_a = next(s["id"] for s in fresh.subscriptions.values() if s["resource"] == f"groups/{a}")
+        event = fresh.lifecycle(sid_a, "subscriptionRemoved")
+        del fresh.subscriptions[sid_a]
+        r = await http.post("/api/v1/graph/lifecycle", json=event)
+        assert r.status_code == 202
+        assert await worker.drain_once() == 1
+    assert [x.action.kind for x in worker.records[-1].results] == ["create"]
+    assert sorted(s["resource"] for s in fresh.subscriptions.values()) == sorted([f"groups/{a}", f"groups/{b}"])
+
+
+async def test_notifications_off_means_no_subscriptions_and_the_webhook_says_so(
+        fresh: GraphDouble, webhook: Webhook) -> None:
+    g = fresh.add_group()
+    ctx = webhook.use(entra_settings(fresh, webhook.url, [g], entra={"notifications": False}))
+    assert await run_subscription_manager(ctx) is None
+    async with httpx.AsyncClient(base_url=webhook.url) as http:
+        r = await http.post("/api/v1/graph/notifications", json=fresh.notification(g, client_state=SECRET))
+    assert r.status_code == 404 and "off" in r.json()["detail"]
