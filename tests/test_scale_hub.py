@@ -1,0 +1,146 @@
+"""The event path in a REAL hub: the pre-spawn part posts the GPU demand to ``hubpilot serve``,
+which starts a scale run that calls ARM (the double) — and a failing hubpilot never blocks a spawn."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hubpilot.adapters.aks import AksPool
+from hubpilot.adapters.kube import KubeCluster
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.api.runs import drain_tasks
+from hubpilot.settings import Settings
+from hubpilot.wiring import Context
+from hubpilot.wiring.scale import build_scale
+from tests.doubles.arm import ArmDouble, StaticToken
+from tests.fixtures.hub import unique_name
+from tests.realhub import RealHub
+from tests.test_api_kit import HUB_TOKEN, TOKENS, token_settings
+from tests.test_scale_kube import NS, Emulator, kube  # noqa: F401  (the module's kmock fixture)
+
+pytestmark = pytest.mark.hub
+
+
+def hub_config(port: int) -> str:
+    return f"""
+from hubpilot_hub.scale_demand import configure_scale_demand
+configure_scale_demand(c, url="http://127.0.0.1:{port}/api/v1", token={TOKENS['hub']!r},
+                       gpu_profiles=["gpu"], gpu_start_timeout=900, timeout=2)
+"""
+
+
+async def test_gpu_spawn_requests_a_node_and_never_waits_for_hubpilot(
+    kube: Emulator, tmp_path: Path, hub_factory: Callable[..., Awaitable[RealHub]],  # noqa: F811
+) -> None:
+    from hubpilot.serve import Server
+
+    kube.clear()
+    arm = ArmDouble()
+    await arm.start()
+    arm.add_pool("gpu", count=0, machines=[])
+    settings = Settings(hub={"api_url": "http://127.0.0.1:9/hub/api", "token": HUB_TOKEN},
+                        api={"tokens": token_settings()})
+    ctx = Context(settings=settings, store=SqliteStore(tmp_path / f"s-{uuid.uuid4().hex[:6]}.sqlite3"))
+    pool = AksPool(StaticToken(), subscription_id=arm.subscription, resource_group=arm.resource_group,
+                   cluster=arm.cluster, pool="gpu", base_url=arm.base_url, retry_total=1,
+                   retry_backoff=0.01, polling_interval=0.01, lro_wait=5.0)
+    cluster = KubeCluster(namespace=NS, pool="gpu", api_url=kube.url)
+    ctx.factories["scale"] = lambda c: build_scale(c, pool=pool, cluster=cluster)
+    server = Server(ctx.settings, host="127.0.0.1", port=0, context=ctx, schedules=False)
+    task = asyncio.create_task(server.run())
+    stopped = False
+    try:
+        while not server.started:
+            assert not task.done(), "hubpilot serve did not start"
+            await asyncio.sleep(0.01)
+        hub = await hub_factory(extra_config=hub_config(server.port))
+
+        cpu_user, gpu_user, late_user = unique_name("cpu"), unique_name("gpu"), unique_name("gpu")
+        async with hub.admin() as admin:
+            for u in (cpu_user, gpu_user, late_user):
+                assert (await admin.post(f"/users/{u}")).status_code in (201, 409)
+
+        await hub.spawn(cpu_user, user_options={"profile": "cpu"})
+        await hub.spawn(gpu_user, user_options={"profile": "gpu"})
+        await asyncio.wait_for(arm.write_event.wait(), 30)
+        put = next(c for c in arm.calls if c.method == "PUT")
+        assert put.body["properties"]["count"] == 1
+        await drain_tasks()
+        demands = await ctx.store.list("scale/demand/")
+        assert set(demands) == {f"scale/demand/{gpu_user}~"}  # the CPU profile sent nothing
+        assert demands[f"scale/demand/{gpu_user}~"]["profile"] == "gpu"
+
+        # hubpilot goes away: a GPU spawn still starts
+        server.stop()
+        await task
+        stopped = True
+        r = await hub.spawn(late_user, user_options={"profile": "gpu"}, timeout=60)
+        assert r.status_code in (201, 202)
+        assert "gpu-demand" in hub.log_tail(200) or "hubpilot" in hub.log_tail(200)
+    finally:
+        if not stopped:
+            server.stop()
+            await task
+        await drain_tasks()
+        await pool.close()
+        await cluster.close()
+        await ctx.close()
+        await arm.stop()
+
+
+def test_configure_raises_only_the_gpu_profiles_start_timeout() -> None:
+    from traitlets.config import Config
+
+    from hubpilot_hub import hooks
+    from hubpilot_hub.scale_demand import PART_NAME, configure_scale_demand
+
+    c = Config()
+    c.KubeSpawner.profile_list = [
+        {"slug": "cpu", "display_name": "CPU"},
+        {"slug": "gpu", "display_name": "GPU", "kubespawner_override": {"start_timeout": 300}},
+    ]
+    try:
+        part = configure_scale_demand(c, url="https://hubpilot.example.org/api/v1", token="t",
+                                      gpu_profiles=["gpu"], gpu_start_timeout=900)
+        assert c.KubeSpawner.profile_list[1]["kubespawner_override"]["start_timeout"] == 900
+        assert "kubespawner_override" not in c.KubeSpawner.profile_list[0]
+        assert c.Spawner.pre_spawn_hook is hooks.pre_spawn_hook
+        assert (PART_NAME, False) in hooks.registered_parts()  # non-essential: never blocks
+        assert part.endpoint == "https://hubpilot.example.org/api/v1/scale/demand"
+    finally:
+        hooks.unregister_pre_spawn(PART_NAME)
+    with pytest.raises(ValueError, match="http"):
+        configure_scale_demand(Config(), url="hubpilot.example.org", token="t")
+
+
+class _Spawner:
+    def __init__(self, profile: str, limits: dict[str, Any] | None = None) -> None:
+        self.user_options = {"profile": profile}
+        self.extra_resource_limits = limits or {}
+        self.name = ""
+        self.user = type("U", (), {"name": "ana"})()
+
+
+def test_gpu_detection_by_profile_or_resource() -> None:
+    from hubpilot_hub.scale_demand import ScaleDemand
+
+    part = ScaleDemand("http://127.0.0.1:9/api/v1", "t", gpu_profiles=["gpu"])
+    assert part.is_gpu(_Spawner("gpu"))
+    assert not part.is_gpu(_Spawner("cpu"))
+    assert part.is_gpu(_Spawner("", {"nvidia.com/gpu": 1}))
+
+
+async def test_send_to_an_unreachable_hubpilot_returns_quietly() -> None:
+    from hubpilot_hub.scale_demand import ScaleDemand
+
+    part = ScaleDemand("http://127.0.0.1:9/api/v1", "t", gpu_profiles=["gpu"], timeout=1)
+    assert part(_Spawner("gpu")) is None  # returns at once
+    await asyncio.gather(*part._tasks)
+    assert part.sent and part.sent[0][1] == "ana~" and part.sent[0][2] in (None, 599)
+
