@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import signal
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 
 import uvicorn
@@ -79,6 +80,16 @@ class Scheduler:
                     await t
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal capture: it re-raises SIGTERM after shutting down, which
+    would end the process before in-flight runs drain and the state store closes. :class:`Server`
+    handles the signals instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class Server:
     """uvicorn serving the admin API, plus the scheduler. ``port=0`` picks a free port."""
 
@@ -90,7 +101,7 @@ class Server:
         self.front.app()  # build it now: a long-running server pays its imports at start, not later
         self.config = uvicorn.Config(self.front, host=host, port=port, lifespan="off",
                                      log_level=settings.log_level.lower(), access_log=False)
-        self.uvicorn = uvicorn.Server(self.config)
+        self.uvicorn = _Uvicorn(self.config)
         self.with_schedules = settings.api.serve_schedules if schedules is None else schedules
         self.scheduler = Scheduler(self.ctx)
 
@@ -110,7 +121,12 @@ class Server:
     def stop(self) -> None:
         self.uvicorn.should_exit = True
 
-    async def run(self) -> None:
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Serve until :meth:`stop` (or, with ``handle_signals``, SIGINT/SIGTERM); then drain runs."""
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.stop)
         sched: asyncio.Task[None] | None = None
         if self.with_schedules and self.scheduler.schedules:
             sched = asyncio.create_task(self.scheduler.run(), name="hubpilot-scheduler")
@@ -134,7 +150,7 @@ class Server:
 async def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765,
                 context: Context | None = None) -> None:
     """Serve the admin API and run every schedule until interrupted (SIGINT/SIGTERM)."""
-    await Server(settings, host=host, port=port, context=context).run()
+    await Server(settings, host=host, port=port, context=context).run(handle_signals=True)
 
 
 def main(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765) -> int:

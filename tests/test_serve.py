@@ -1,0 +1,140 @@
+"""``hubpilot serve``: the in-process scheduler (driven by a fake clock) and the real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hubpilot.api.scheduling import Schedule
+from hubpilot.serve import Scheduler
+from tests.test_api_kit import TOKENS, make_context, token_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = datetime(2026, 3, 2, 12, 7, 30, tzinfo=UTC)
+
+
+class FakeTime:
+    """A clock and a sleep that advances it: the scheduler's waits take no real time."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += timedelta(seconds=seconds)
+
+
+def _ctx(tmp_path: Path, fake: FakeTime):  # type: ignore[no-untyped-def]
+    ctx, worlds = make_context(tmp_path)
+    ctx.clock = fake
+    return ctx, worlds
+
+
+async def test_scheduler_fires_at_the_ncrontab_times_and_runs_through_the_runner(tmp_path: Path) -> None:
+    fake = FakeTime(T0)
+    ctx, worlds = _ctx(tmp_path, fake)
+    sched = Scheduler(ctx, [Schedule("sync", "0 */15 * * * *", True, "sync.schedule")], sleep=fake.sleep)
+    await sched.run(rounds=3)
+    fired = [due for due, _ in sched.rounds["sync"]]
+    assert fired == [T0.replace(minute=15, second=0), T0.replace(minute=30, second=0),
+                     T0.replace(minute=45, second=0)]
+    assert fake.slept[0] == 7.5 * 60
+    records = [r for _, r in sched.rounds["sync"]]
+    assert all(r is not None and r.trigger == "timer" and r.outcome == "applied" for r in records)
+    assert records[0] is not None and records[0].result_counts() == {"done": 2}
+    assert worlds["sync"].items == {"sync-a", "sync-b"}
+    last = await ctx.runner.last_run("sync")
+    assert last is not None and last["trigger"] == "timer" and last["at"] == fired[-1].isoformat()
+    await ctx.close()
+
+
+async def test_a_held_lock_skips_the_round_and_refusals_do_not_stop_the_schedule(tmp_path: Path) -> None:
+    fake = FakeTime(T0)
+    ctx, worlds = _ctx(tmp_path, fake)
+    lease = await ctx.store.acquire_lock("cull", "someone", timedelta(minutes=20), T0)
+    assert lease is not None
+    worlds["scale"].items, worlds["scale"].desired = {"1", "2", "3"}, set()
+    cull = Scheduler(ctx, [Schedule("cull", "0 */10 * * * *", True, "cull.schedule")], sleep=fake.sleep)
+    await cull.run(rounds=3)  # 12:10 and 12:20 inside the lease, 12:30 after it
+    assert [r is None for _, r in cull.rounds["cull"]] == [True, True, False]
+    assert worlds["cull"].applies == 1
+    scale = Scheduler(ctx, [Schedule("scale", "0 * * * * *", True, "scale.schedule")], sleep=fake.sleep)
+    await scale.run(rounds=2)
+    assert [str(r.outcome) for _, r in scale.rounds["scale"] if r] == ["refused", "refused"]
+    assert worlds["scale"].items == {"1", "2", "3"}
+    await ctx.close()
+
+
+async def test_a_round_that_raises_is_logged_and_the_schedule_goes_on(tmp_path: Path) -> None:
+    fake = FakeTime(T0)
+    ctx, _ = _ctx(tmp_path, fake)
+    sched = Scheduler(ctx, [Schedule("nonesuch", "0 0 * * * *", True, "x.schedule")], sleep=fake.sleep)
+    await sched.run(rounds=2)
+    assert [r for _, r in sched.rounds["nonesuch"]] == [None, None]
+    await ctx.close()
+
+
+async def test_the_scheduler_takes_every_operation_schedule_from_the_settings(tmp_path: Path) -> None:
+    ctx, _ = make_context(tmp_path)
+    names = {s.name: s.expression for s in Scheduler(ctx).schedules}
+    assert names == {"sync": ctx.settings.sync.schedule, "cull": ctx.settings.cull.schedule,
+                     "scale": ctx.settings.scale.schedule}
+    await ctx.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_serve_main_serves_on_loopback_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")}
+    env.update({
+        "HUBPILOT_STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"),
+        "HUBPILOT_API__TOKENS": json.dumps(token_settings()),
+        "HUBPILOT_API__SERVE_SCHEDULES": "false",
+        "HUBPILOT_HUB__API_URL": "http://127.0.0.1:9/hub/api",
+    })
+    code = f"from hubpilot.serve import main; from hubpilot.settings import load_settings; " \
+           f"raise SystemExit(main(load_settings(), host='127.0.0.1', port={port}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("hubpilot serve did not come up")
+        assert httpx.get(f"{base}/api/v1/status").status_code == 401
+        status = httpx.get(f"{base}/api/v1/status", headers={"Authorization": f"Bearer {TOKENS['reader']}"})
+        assert status.status_code == 200
+        assert {s["name"] for s in status.json()["schedules"]} >= {"sync", "cull", "scale"}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    assert TOKENS["reader"] not in out
