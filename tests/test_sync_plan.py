@@ -18,7 +18,8 @@ from hubpilot.sync import ManagedUser, SyncObserved, guard_sync, plan_sync
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 POLICY = SyncSettings(users_groups=["analysts", "gpu-users"], admin_groups=["hub-admins"],
-                      max_removals=50, max_removal_percent=100)
+                      max_removals=50, max_removal_percent=100, admin_mode="flag")
+ROLE_POLICY = POLICY.model_copy(update={"admin_mode": "role"})
 
 
 def person(name: str, username: str | None = None) -> Member:
@@ -137,6 +138,20 @@ def test_admin_granted_and_revoked_with_group_membership() -> None:
                                 ("add_to_group", "dir-hub-admins:bob"),
                                 ("remove_from_group", "dir-hub-admins:alice")}
     assert "deprovision" not in plan.counts()
+
+
+def test_in_role_mode_admin_rights_follow_group_membership_and_no_flag_is_set() -> None:
+    start = empty_hub(snap(analysts=["alice"], hub_admins=["bob"]))
+    plan = plan_sync(start, ROLE_POLICY, NOW)
+    assert ("add_to_group", "dir-hub-admins:bob") in kinds(plan)
+    assert not {"grant_admin", "revoke_admin"} & set(plan.counts())
+    # A hand-made admin among managed users is left alone in role mode.
+    state = converge(start, plan)
+    state = replace(state, users={**state.users, "alice": replace(state.users["alice"], admin=True)},
+                    snapshot=snap(analysts=["alice"]))
+    plan = plan_sync(state, ROLE_POLICY, NOW)
+    assert kinds(plan) == [("remove_from_group", "dir-hub-admins:bob"), ("revoke_tokens", "bob"),
+                           ("deprovision", "bob")]
 
 
 def test_member_moving_between_synced_groups_stays_a_user() -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from hubpilot.config.base import NCronTab, Section
@@ -26,6 +28,13 @@ class SyncSettings(Section):
     )
     admin_groups: list[str] = Field(
         default_factory=list, description="Directory groups whose members get admin: true."
+    )
+    admin_mode: Literal["role", "flag"] = Field(
+        "role",
+        description="How admin groups confer admin rights. role: the hub grants its admin role to the "
+        "mirrored admin groups (hubpilot_hub.configure(admin_groups=...)), so hubpilot only manages "
+        "membership and needs no admin rights itself; flag: hubpilot sets the users' admin flag, "
+        "which JupyterHub only lets admins do (the service then needs the hub's admin role).",
     )
     group_prefix: str = Field("dir-", description="Prefix of the hub groups that mirror directory groups.")
     group_names: dict[str, str] = Field(

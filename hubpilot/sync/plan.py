@@ -152,7 +152,8 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime) -> Pl
                                       {"user": name},
                                       reason=f"{name} is no longer a member of the directory group"))
 
-    for name in sorted(want.admins):
+    flags = policy.admin_mode == "flag"
+    for name in sorted(want.admins if flags else ()):
         user = users.get(name)
         if user is None or not user.admin:
             actions.append(Action("grant_admin", name, PHASE_GRANT_ADMIN,
@@ -166,7 +167,7 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime) -> Pl
         if record.active:
             leaving.append(name)
             if user is not None:
-                if user.admin:
+                if user.admin and flags:
                     actions.append(Action("revoke_admin", name, PHASE_REVOKE_ADMIN,
                                           reason="left the synced admin group"))
                 running = sorted(s for s, srv in user.servers.items() if srv.ready or srv.pending)
@@ -185,7 +186,7 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime) -> Pl
                                       reason=f"deprovisioned on {record.deprovisioned_at:%Y-%m-%d}, "
                                       f"grace of {policy.delete_grace_hours:g} h is over"))
     # Admin flags of managed users that are still members but not of an admin group.
-    for name in sorted(want.users - want.admins if policy.admin_groups else ()):
+    for name in sorted(want.users - want.admins if policy.admin_groups and flags else ()):
         user = users.get(name)
         if user is not None and user.admin and name in managed and managed[name].active:
             actions.append(Action("revoke_admin", name, PHASE_REVOKE_ADMIN,
