@@ -154,16 +154,17 @@ def hints_for(verdict: Verdict, now: datetime) -> list[Hint]:
 
 
 def coalesce(hints: Sequence[Hint]) -> list[Hint]:
-    """A burst of hints becomes at most one sync and one subscriptions hint."""
+    """A burst of hints becomes at most one sync and one subscriptions hint. The coalesced hint
+    keeps the latest receipt time: only a run that started after all of them covers it."""
     syncs = [h for h in hints if h.kind == "sync"]
     subs = [h for h in hints if h.kind == "subscriptions"]
     out: list[Hint] = []
     if subs:
         out.append(Hint("subscriptions", renew=tuple(sorted({r for h in subs for r in h.renew})),
-                        received=min(h.received for h in subs)))
+                        received=max(h.received for h in subs)))
     if syncs:
         out.append(Hint("sync", tuple(sorted({g for h in syncs for g in h.groups})),
-                        received=min(h.received for h in syncs)))
+                        received=max(h.received for h in syncs)))
     return out
 
 

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hubpilot.config.entra import EntraSettings
-from hubpilot.entra.directory import EntraDirectory
+from hubpilot.entra.directory import STATE_PREFIX, EntraDirectory
 from hubpilot.entra.notifications import Hint, NotificationQueue, coalesce
 from hubpilot.entra.subscriptions import SubscriptionManager, SubscriptionPolicy
 from hubpilot.loop import LockHeld, RunRecord
@@ -79,9 +79,16 @@ def build_entra_directory(ctx: Context) -> Directory:
                           nested_max_depth=s.nested_max_depth)
 
 
-def subscription_policy(ctx: Context) -> SubscriptionPolicy:
+async def subscription_policy(ctx: Context) -> SubscriptionPolicy:
+    """One subscription per configured group and, with nesting, per nested group the delta state
+    knows (a change inside a nested group then notifies too)."""
     s = entra_settings(ctx)
-    groups = tuple(dict.fromkeys([*ctx.settings.sync.users_groups, *ctx.settings.sync.admin_groups]))
+    configured = [g.lower() for g in (*ctx.settings.sync.users_groups, *ctx.settings.sync.admin_groups)]
+    nested: list[str] = []
+    if s.nested:
+        for doc in (await ctx.store.list(STATE_PREFIX)).values():
+            nested.extend(str(g) for g in doc.get("groups") or ())
+    groups = tuple(sorted(set(configured) | set(nested)))
     return SubscriptionPolicy(
         groups=groups,
         notification_url=s.notification_url or "",
@@ -101,7 +108,7 @@ async def run_subscription_manager(ctx: Context, *, force_renew: Sequence[str] =
         return None
     graph = build_graph_client(ctx)
     try:
-        cap = SubscriptionManager(graph, subscription_policy(ctx), force_renew=force_renew)
+        cap = SubscriptionManager(graph, await subscription_policy(ctx), force_renew=force_renew)
         return await ctx.runner.run(cap, trigger=trigger, actor=actor)
     except LockHeld as exc:
         log.info("subscription manager skipped: %s", exc)

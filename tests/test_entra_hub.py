@@ -1,0 +1,227 @@
+"""Entra end to end: Graph double (driven by the real msgraph-sdk) → webhook on the real admin app
+→ hint queue → the real sync capability → a real JupyterHub. Azurite for the Azure queue path."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import functions
+from functions.graph import handle_hint_message
+from hubpilot.entra.notifications import Hint
+from hubpilot.loop import Outcome
+from hubpilot.settings import Settings
+from hubpilot.wiring import Context
+from hubpilot.wiring.entra import (
+    AzureHints,
+    InProcessHints,
+    NotificationWorker,
+    notification_queue,
+    run_subscription_manager,
+    set_notification_queue,
+)
+from tests.doubles.graph import GraphDouble, start_graph_double
+from tests.fixtures.hub import unique_name
+from tests.realhub import RealHub
+from tests.test_entra_graph import SECRET, Webhook
+
+pytestmark = pytest.mark.hub
+
+
+@pytest.fixture(scope="module")
+async def graph() -> AsyncIterator[GraphDouble]:
+    double, served = await start_graph_double(page_size=100)
+    yield double
+    await served.stop()
+
+
+class Tenant:
+    """One test's Entra groups and people, its hubpilot Context and the worker of its queue."""
+
+    def __init__(self, graph: GraphDouble, hub: RealHub, webhook: Webhook, *, nested: bool = False,
+                 **sync: Any) -> None:
+        self.graph = graph
+        self.hub = hub
+        self.tag = unique_name("e")
+        self.users_group = graph.add_group()
+        self.admin_group = graph.add_group()
+        settings = Settings(
+            hub={"api_url": hub.api_url, "token": hub.hubpilot_token, "retries": 1},
+            directory={"kind": "entra", "entra": {
+                "graph_base_url": graph.base_url, "notifications": True, "client_state": SECRET,
+                "notification_url": f"{webhook.url}/api/v1/graph/notifications", "retry_delay_seconds": 0,
+                "nested": nested}},
+            sync={"users_groups": [self.users_group], "admin_groups": [self.admin_group],
+                  "group_prefix": f"{self.tag}-",
+                  "group_names": {self.users_group: "users", self.admin_group: "admins"},
+                  "naming": {"strip_domain": True}, "max_removal_percent": 100.0, **sync},
+        )
+        self.ctx: Context = webhook.use(settings)
+        self.webhook = webhook
+        queue = notification_queue(self.ctx)
+        assert isinstance(queue, InProcessHints)
+        self.worker = NotificationWorker(self.ctx, queue, retry_seconds=0)
+
+    def person(self, short: str) -> str:
+        return self.graph.add_user(upn=f"{self.tag}-{short}@example.org", display=short.title())
+
+    def name(self, short: str) -> str:
+        return f"{self.tag}-{short}"
+
+    async def notify(self, gid: str, **kw: Any) -> httpx.Response:
+        kw.setdefault("client_state", SECRET)
+        async with httpx.AsyncClient(base_url=self.webhook.url, timeout=10) as http:
+            return await http.post("/api/v1/graph/notifications", json=self.graph.notification(gid, **kw))
+
+    async def sync(self) -> Any:
+        return await self.ctx.runner.run(self.ctx.capability("sync"), trigger="schedule", actor="timer")
+
+    async def hub_state(self) -> dict[str, Any]:
+        """Members of the mirrored hub groups (admin_mode "role": the hub grants admin to the group)."""
+        async with self.hub.admin() as admin:
+            groups = {g["name"]: sorted(g["users"]) for g in (await admin.get("/groups")).json()}
+        return {"admins": groups.get(f"{self.tag}-admins", []), "users": groups.get(f"{self.tag}-users", [])}
+
+
+@pytest.fixture
+async def webhook(tmp_path: Path) -> AsyncIterator[Webhook]:
+    w = Webhook(tmp_path)
+    await w.served.start()
+    yield w
+    await w.served.stop()
+    if w.ctx is not None:
+        await w.ctx.close()
+
+
+async def test_onboarding_removal_and_admin_follow_notifications(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    t = Tenant(graph, real_hub, webhook)
+    ana, ben, cy = t.person("ana"), t.person("ben"), t.person("cy")
+    graph.add_members(t.users_group, [ana, ben])
+    graph.add_member(t.admin_group, ben)
+    first = await t.sync()
+    assert first.outcome is Outcome.APPLIED, first.render()
+    assert await t.hub_state() == {"admins": [t.name("ben")], "users": [t.name("ana"), t.name("ben")]}
+    async with real_hub.admin() as admin:
+        assert (await admin.get(f"/users/{t.name('ana')}")).status_code == 200
+
+    graph.add_member(t.users_group, cy)
+    started = time.monotonic()
+    r = await t.notify(t.users_group)
+    assert r.status_code == 202 and time.monotonic() - started < 3.0
+    assert await t.worker.drain_once() == 1
+    assert t.worker.records[-1].trigger == "notification" and t.worker.records[-1].actor == "graph"
+    assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben"), t.name("cy")]
+
+    graph.remove_member(t.users_group, ana)
+    graph.add_member(t.admin_group, cy)
+    assert (await t.notify(t.users_group)).status_code == 202
+    assert (await t.notify(t.admin_group)).status_code == 202
+    assert await t.worker.drain_once() == 2  # both hints, one run
+    assert len(t.worker.records) == 2
+    assert await t.hub_state() == {"admins": [t.name("ben"), t.name("cy")], "users": [t.name("ben"), t.name("cy")]}
+
+    # a forged notification changes nothing
+    graph.add_member(t.users_group, ana)
+    assert (await t.notify(t.users_group, client_state="forged")).status_code == 403
+    assert await t.worker.drain_once() == 0
+    assert (await t.hub_state())["users"] == [t.name("ben"), t.name("cy")]
+
+
+async def test_duplicate_and_out_of_order_notifications_cost_one_run(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    t = Tenant(graph, real_hub, webhook)
+    ana, ben = t.person("ana"), t.person("ben")
+    graph.add_member(t.users_group, ana)
+    await t.sync()
+    graph.add_member(t.users_group, ben)
+    stale = Hint("sync", (t.users_group,), received=(t.ctx.clock() - timedelta(hours=1)).isoformat())
+    for _ in range(3):
+        assert (await t.notify(t.users_group)).status_code == 202
+    await notification_queue(t.ctx).push(stale)  # an old notification delivered late
+    assert await t.worker.drain_once() == 4
+    assert len(t.worker.records) == 1 and t.worker.records[0].outcome is Outcome.APPLIED
+    assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben")]
+    # a late duplicate after that run: covered, no run at all
+    await notification_queue(t.ctx).push(stale)
+    assert await t.worker.drain_once() == 1
+    assert len(t.worker.records) == 1
+
+
+async def test_expired_token_resync_that_shrinks_is_guarded_and_not_lost(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    t = Tenant(graph, real_hub, webhook, max_removals=1)
+    ps = [t.person(f"p{i}") for i in range(4)]
+    graph.add_members(t.users_group, ps)
+    await t.sync()
+    for p in ps[:3]:
+        graph.remove_member(t.users_group, p)
+    graph.expire_tokens()
+    assert (await t.notify(t.users_group)).status_code == 202
+    await t.worker.drain_once()
+    refused = t.worker.records[-1]
+    assert refused.outcome is Outcome.REFUSED and refused.plan is not None
+    assert any("sync.max_removals" in r for r in refused.refusal)
+    assert len((await t.hub_state())["users"]) == 4
+    again = await t.sync()  # the change was not lost with the delta token: the same plan comes back
+    assert again.outcome is Outcome.REFUSED and again.plan is not None and again.plan.id == refused.plan.id
+    approved = await t.ctx.runner.approve(t.ctx.capability("sync"), refused.plan.id, actor="admin")
+    assert approved.outcome is Outcome.APPLIED
+    assert (await t.hub_state())["users"] == [t.name("p3")]
+
+
+async def test_nested_group_change_notifies_and_reexpands_the_parent(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    t = Tenant(graph, real_hub, webhook, nested=True)
+    team = graph.add_group()
+    ana, ben = t.person("ana"), t.person("ben")
+    graph.add_member(t.users_group, ana)
+    graph.add_member(t.users_group, team, "groups")
+    await t.sync()
+    graph.subscriptions.clear()
+    record = await run_subscription_manager(t.ctx)
+    assert record is not None and record.outcome is Outcome.APPLIED
+    assert f"groups/{team}" in {s["resource"] for s in graph.subscriptions.values()}
+    graph.add_member(team, ben)
+    assert (await t.notify(team)).status_code == 202
+    await t.worker.drain_once()
+    assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben")]
+
+
+@pytest.mark.azurite
+async def test_azure_queue_carries_the_hint_to_the_queue_function(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook, azurite: Any) -> None:
+    from azure.storage.queue.aio import QueueClient
+
+    t = Tenant(graph, real_hub, webhook)
+    ana = t.person("ana")
+    name = f"hubpilot-graph-{uuid.uuid4().hex[:8]}"
+    hints = AzureHints(t.ctx.settings.directory.entra.model_copy(  # type: ignore[union-attr]
+        update={"queue": "azure", "queue_name": name,
+                "queue_connection_string": __import__("pydantic").SecretStr(azurite.connection_string)}))
+    set_notification_queue(t.ctx, hints)
+    graph.add_member(t.users_group, ana)
+    assert (await t.notify(t.users_group)).status_code == 202
+    async with QueueClient.from_connection_string(azurite.connection_string, name) as q:
+        messages = [m async for m in q.receive_messages()]
+    assert len(messages) == 1
+    body = base64.b64decode(messages[0].content)  # what the Functions host decodes for the trigger
+    assert json.loads(body)["kind"] == "sync"
+    functions.set_context(t.ctx)
+    try:
+        assert await handle_hint_message(body) == "applied"
+        assert await handle_hint_message(body) == "covered"  # the same message delivered twice
+        assert await handle_hint_message(b'{"kind": "rm -rf"}') == "rejected"
+    finally:
+        functions.set_context(None)
+        await hints.close()
+    assert (await t.hub_state())["users"] == [t.name("ana")]
