@@ -52,7 +52,7 @@ def register_pre_spawn(
     """Add ``part`` to the composed pre-spawn hook (replacing a part of the same name)."""
     if not callable(part):
         raise TypeError(f"pre-spawn part {name or part!r} is not callable")
-    entry = _Part(name or getattr(part, "__qualname__", repr(part)), part, essential)
+    entry = _Part(name or str(getattr(part, "__qualname__", repr(part))), part, essential)
     for i, existing in enumerate(_PARTS):
         if existing.name == entry.name:
             _PARTS[i] = entry

@@ -234,6 +234,7 @@ async def start_hub(
             stderr=subprocess.STDOUT,
             env=run_env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     hub.process = proc
     try:
@@ -242,6 +243,16 @@ async def start_hub(
         yield hub
     finally:
         await _stop(proc)
+
+
+def _die_with_parent() -> None:
+    """Linux: the hub gets SIGTERM (and stops its proxy and servers) if the process that
+    started it dies without cleaning up (a killed test run)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 async def _wait_ready(hub: RealHub, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -287,7 +298,7 @@ async def _stop(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
 
 def _alive(p: psutil.Process) -> bool:
     try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 

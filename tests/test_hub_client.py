@@ -225,7 +225,8 @@ def _page(items: list[object], nxt: dict[str, int] | None = None) -> str:
 
 
 async def test_retries_5xx_then_succeeds(fake_hub) -> None:
-    url, script = fake_hub([(502, "bad gateway"), (503, "{}"), (200, _page([{"name": "x", "admin": True, "servers": {}}]))])
+    ok = _page([{"name": "x", "admin": True, "servers": {}}])
+    url, script = fake_hub([(502, "bad gateway"), (503, "{}"), (200, ok)])
     async with HubClient(url, "t", retries=3, backoff=0.001) as c:
         users = await c.list_users()
     assert [u.name for u in users] == ["x"] and users[0].admin
