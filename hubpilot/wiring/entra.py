@@ -273,6 +273,12 @@ def start_notification_worker(ctx: Context) -> asyncio.Task[None] | None:
     return task
 
 
+def notification_worker(ctx: Context) -> NotificationWorker | None:
+    """The worker :func:`start_notification_worker` started for this Context, if any."""
+    worker: NotificationWorker | None = _extra(ctx).get("worker")
+    return worker
+
+
 async def stop_notification_worker(task: asyncio.Task[None] | None) -> None:
     if task is None:
         return
