@@ -281,6 +281,14 @@ async def test_a_group_that_does_not_exist_fails_the_read(slapd: Slapd) -> None:
         await directory(slapd).read([f"cn=Manager,{COM}"])
 
 
+async def test_no_groups_asked_reads_nothing_but_still_binds(slapd: Slapd) -> None:
+    d = directory(slapd)
+    assert (await d.read([])).groups == {}
+    assert d.stats.searches == 0
+    with pytest.raises(DirectoryError, match="invalidCredentials"):
+        await directory(slapd, bind_password="wrong").read([])
+
+
 async def test_anonymous_bind_reads(slapd: Slapd) -> None:
     snap = await directory(slapd, bind_dn=None, bind_password=None).read(["ITD Staff"])
     assert usernames(snap, "ITD Staff") == {None, "bjorn", "jjones", "johnd"}

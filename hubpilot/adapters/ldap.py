@@ -285,13 +285,15 @@ class LdapDirectory:
                 conn.start_tls(read_server_info=False)
             step = f"binding as {self.bind_dn or 'anonymous'}"
             conn.bind(read_server_info=False)
+            notes: list[str] = []
+            result: dict[str, frozenset[Member]] = {}
+            if not groups:
+                return DirectorySnapshot(source=f"ldap {self.url}", groups=result)
             step = "reading the configured groups"
             roots = self._find_groups(conn, groups)
             step = f"reading people and groups under {self.base_dn}"
             index, by_username = self._scan(conn)
             step = "expanding the groups"
-            notes: list[str] = []
-            result: dict[str, frozenset[Member]] = {}
             for name in groups:
                 root = roots[name]
                 index[root.dn] = root
