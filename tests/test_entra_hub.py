@@ -225,3 +225,22 @@ async def test_azure_queue_carries_the_hint_to_the_queue_function(
         functions.set_context(None)
         await hints.close()
     assert (await t.hub_state())["users"] == [t.name("ana")]
+
+
+async def test_a_held_sync_lock_is_retried_not_lost(graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    t = Tenant(graph, real_hub, webhook)
+    ana = t.person("ana")
+    graph.add_member(t.users_group, ana)
+    lease = await t.ctx.store.acquire_lock("sync", "timer:other-run", timedelta(minutes=5), t.ctx.clock())
+    assert lease is not None
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the other run finishes while we wait
+        waited.append(seconds)
+        await t.ctx.store.release_lock(lease)
+
+    t.worker.sleep = sleep
+    assert (await t.notify(t.users_group)).status_code == 202
+    assert await t.worker.drain_once() == 1
+    assert waited == [0] and [r.outcome for r in t.worker.records] == [Outcome.APPLIED]
+    assert (await t.hub_state())["users"] == [t.name("ana")]
