@@ -121,9 +121,12 @@ async def test_admin_group_members_are_admins(gated_hub: RealHub, hp: HubClient)
         token = r.json()["token"]
     async with gated_hub.client(token) as as_boss:  # admin scopes through the group's role
         assert (await as_boss.get("/users")).status_code == 200
-    await hp.remove_group_members(ADMINS, [name])
+    await hp.remove_group_members(ADMINS, [name])  # revoked at once, no login needed
     async with gated_hub.client(token) as as_boss:
         assert (await as_boss.get("/users")).status_code == 403
+    # the admin flag is left alone: set at login it would outlive the membership (a non-admin
+    # caller cannot clear it), so admin rights come from the group's role only
+    assert (await hp.get_user(name)).admin is False  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------- configure() on a Config
