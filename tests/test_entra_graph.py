@@ -29,7 +29,7 @@ from hubpilot.wiring.entra import (
     run_subscription_manager,
     use_credential,
 )
-from tests.doubles.graph import TOKEN, GraphDouble, Served, start_graph_double
+from tests.doubles.graph import MSI_SECRET, TOKEN, GraphDouble, Served, start_graph_double
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "msgraph"
 SECRET = "client-state-" + uuid.uuid4().hex
@@ -118,6 +118,24 @@ async def test_documented_pages_through_the_sdk_ids_normalised_and_the_malformed
     (doc,) = (await state_docs(store)).values()
     assert doc["delta_link"] is None  # the next read is a full one
     await d.close()
+
+
+async def test_azure_identity_managed_identity_token_reaches_graph(
+        fresh: GraphDouble, store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hubpilot.adapters.entra import build_credential
+
+    monkeypatch.setenv("IDENTITY_ENDPOINT", fresh.base_url.replace("/v1.0", "/msi/token"))
+    monkeypatch.setenv("IDENTITY_HEADER", MSI_SECRET)
+    credential = build_credential("managed_identity", client_id=None, tenant_id=None,
+                                  authority_host="https://login.microsoftonline.com")
+    gc = GraphClient(credential=credential, base_url=fresh.base_url, scope=f"{fresh.base_url[:-5]}/.default",
+                     retry_delay=0)
+    g = fresh.add_group()
+    fresh.add_members(g, people(fresh, 2))
+    snap = await EntraDirectory(gc, store).read([g])
+    assert len(snap.groups[g]) == 2
+    assert fresh.token_requests and all(r.status == 200 for r in fresh.log)
+    await gc.close()
 
 
 # --- reads ------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ What it serves (v1.0 paths under its base URL):
   ``GET /groups/{id}/members/microsoft.graph.user?$select=..&$top=..`` (paged).
 * ``/subscriptions``: POST (after the validation handshake against ``notificationUrl`` and
   ``lifecycleNotificationUrl``, as Graph does), GET, PATCH, DELETE (404 for unknown ids).
+* ``GET /msi/token``: the App Service managed-identity endpoint (``IDENTITY_ENDPOINT`` with
+  ``IDENTITY_HEADER``), so azure-identity's own ManagedIdentityCredential gets the token.
 * Faults: 429/503 with ``Retry-After`` for the next n requests; scripted pages (the fixtures in
   ``../shared/fixtures/msgraph/delta`` replayed with their links pointed at the double).
 
@@ -42,6 +44,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 TOKEN = "graph-double-token"
+MSI_SECRET = "graph-double-identity-header"
 USER = "#microsoft.graph.user"
 GROUP = "#microsoft.graph.group"
 
@@ -80,7 +83,8 @@ class GraphDouble:
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
     script: list[dict[str, Any]] = field(default_factory=list)
     validations: list[str] = field(default_factory=list)
-    vanish_on_patch: set[str] = field(default_factory=set)  # removed by Graph just before a renewal
+    vanish_on_patch: set[str] = field(default_factory=set)
+    token_requests: list[dict[str, str]] = field(default_factory=list)  # removed by Graph just before a renewal
 
     # --- the directory the tests shape -------------------------------------------------------
     def add_user(self, uid: str | None = None, upn: str | None = None, display: str = "", **attrs: Any) -> str:
@@ -137,8 +141,17 @@ class GraphDouble:
             entry.status = resp.status_code
             return resp
 
-        return Starlette(routes=[Route("/v1.0/{rest:path}", dispatch,
-                                       methods=["GET", "POST", "PATCH", "DELETE"])])
+        async def msi_token(request: Request) -> Response:
+            """The App Service managed-identity endpoint (IDENTITY_ENDPOINT) azure-identity calls."""
+            self.token_requests.append(dict(request.query_params))
+            if request.headers.get("x-identity-header") != MSI_SECRET:
+                return JSONResponse({"error": "invalid_request"}, status_code=400)
+            expires = int((datetime.now(UTC) + timedelta(hours=1)).timestamp())
+            return JSONResponse({"access_token": TOKEN, "expires_on": str(expires), "token_type": "Bearer",
+                                 "resource": request.query_params.get("resource", "")})
+
+        return Starlette(routes=[Route("/v1.0/{rest:path}", dispatch, methods=["GET", "POST", "PATCH", "DELETE"]),
+                                 Route("/msi/token", msi_token, methods=["GET"])])
 
     def _error(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
         return JSONResponse({"error": {"code": code, "message": message,
