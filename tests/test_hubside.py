@@ -211,4 +211,16 @@ async def test_composed_hook_order_and_failures(clean_hooks: None) -> None:
         hooks.register_pre_spawn("nope", name="bad")  # type: ignore[arg-type]
 
 
-_ = (Awaitable, Callable)
+
+
+
+async def test_hub_refuses_to_start_with_admin_users(hub_factory: Callable[..., Awaitable[RealHub]]) -> None:
+    """In a real hub, the conflicting config stops start-up with a message that says what to fix
+    (and the test bed cleans up after a failed start)."""
+    extra = """
+c.Authenticator.admin_users = {"root"}
+import hubpilot_hub
+hubpilot_hub.configure(c, access_groups=["hp-access"])
+"""
+    with pytest.raises(RuntimeError, match=r"remove Authenticator\.admin_users"):
+        await hub_factory(extra_config=extra)
