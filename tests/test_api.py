@@ -302,7 +302,6 @@ async def test_every_documented_endpoint_needs_credentials(api: Api) -> None:
     """Also the endpoints other routers add: none but /healthz and the webhooks is open."""
     doc = (await api.client.get("/api/v1/openapi.json", headers=READER)).json()
     in_matrix = {(m, p.split("?")[0]) for m, p, _ in ENDPOINTS}
-    checked = 0
     for path, ops in doc["paths"].items():
         if path in PUBLIC or path.startswith(WEBHOOKS):
             continue
@@ -312,8 +311,6 @@ async def test_every_documented_endpoint_needs_credentials(api: Api) -> None:
                 continue
             none = await api.client.request(method.upper(), concrete)
             assert none.status_code == 401, f"{method.upper()} {path}: {none.status_code} without credentials"
-            checked += 1
-    assert checked >= 0
     for _method, path, _ in ENDPOINTS:
         assert path.split("?")[0] in {_concrete(p) for p in doc["paths"]} or path.startswith(
             ("/readyz", "/api/v1/openapi.json", "/api/v1/docs")), path

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
@@ -392,6 +393,33 @@ def create_app(context: ContextSource) -> FastAPI:
     # Unversioned aliases of the health endpoints (load balancers, kubelet probes).
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
+
+    def openapi_document() -> dict[str, Any]:
+        """FastAPI's document, plus 401/403 on every operation that needs credentials (and 400
+        on every operation with a body, which FastAPI answers when the body is not JSON).
+
+        Routers of other features declare their role through :func:`require_role` only; the
+        answers that dependency gives belong in their documentation all the same.
+        """
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description,
+                              routes=app.routes)
+            problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            for ops in doc.get("paths", {}).values():
+                for op in ops.values():
+                    if isinstance(op, dict) and op.get("security"):
+                        responses = op.setdefault("responses", {})
+                        responses.setdefault("401", {"description": "No or invalid credentials.",
+                                                     "content": problem})
+                        responses.setdefault("403", {"description": "The caller lacks the role.",
+                                                     "content": problem})
+                    if isinstance(op, dict) and op.get("requestBody"):
+                        op.setdefault("responses", {}).setdefault(
+                            "400", {"description": "The body is not valid JSON.", "content": problem})
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi_document  # type: ignore[method-assign]
 
     @app.exception_handler(UnknownOperation)
     async def unknown_operation(request: Request, exc: UnknownOperation) -> JSONResponse:
