@@ -95,3 +95,21 @@ async def test_cost_report_for_readers(setup: dict[str, Any]) -> None:
     assert today["node_hours"] == pytest.approx(3.0, abs=0.01) and today["cost"] == pytest.approx(6.0, abs=0.05)
     assert today["peak_nodes"] == 1 and rep["total"]["always_on_node_hours"] == pytest.approx(3.0, abs=0.01)
     assert (await client.get("/api/v1/cost?days=0", headers=READER)).status_code == 422
+
+
+async def test_cli_cost_report_function(setup: dict[str, Any]) -> None:
+    import io
+    import json
+
+    from hubpilot.wiring.scale import cost_report
+
+    client, clock, ctx = setup["client"], setup["clock"], setup["ctx"]
+    await client.post("/api/v1/scale/demand", json={"user": "carol"}, headers=HUB)
+    await drain_tasks()
+    clock["now"] = NOW + timedelta(hours=1)
+    text, js = io.StringIO(), io.StringIO()
+    assert await cost_report(ctx, days=1, out=text) == 0
+    assert "2026-03-02" in text.getvalue() and "EUR" in text.getvalue()
+    assert await cost_report(ctx, days=1, as_json=True, out=js) == 0
+    assert json.loads(js.getvalue())["total"]["cost"] == pytest.approx(2.0, abs=0.05)
+    assert await cost_report(ctx, days=0, out=io.StringIO()) == 2

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from hubpilot.config.scale import ScaleSettings
 from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.pool import Pool
 from hubpilot.scale import Policy, ScaleCapability, Schedule
+from hubpilot.scale import cost_report as _cost_report
 
 if TYPE_CHECKING:
     from hubpilot.wiring import Context
@@ -98,3 +100,22 @@ def build_scale(ctx: Context, *, pool: Pool | None = None, cluster: Cluster | No
         adapters.pool, adapters.cluster, ctx.store, policy_from(s), clock=ctx.clock, hub=hub,
         gpu_profiles=s.gpu_profiles, holder=ctx.holder,
     )
+
+
+async def cost_report(ctx: Context, *, days: int = 7, as_json: bool = False, out: TextIO,
+                      always_on_nodes: int | None = None) -> int:
+    """``hubpilot cost``: GPU node-hours and cost per day vs an always-on pool. Returns 0, or 2
+    for a bad ``days``."""
+    s = ctx.settings.scale
+    try:
+        report = await _cost_report(ctx.store, now=ctx.clock(), days=days, price=s.price_per_node_hour,
+                                    currency=s.currency, always_on_nodes=always_on_nodes)
+    except ValueError as exc:
+        out.write(f"hubpilot cost: {exc}\n")
+        return 2
+    if as_json:
+        json.dump(report.to_json(), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(report.render() + "\n")
+    return 0
