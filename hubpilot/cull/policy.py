@@ -54,13 +54,13 @@ def limits_for(settings: CullSettings, server: HubServer, groups: Iterable[str])
 
 
 def human(delta: timedelta) -> str:
-    """``3d 4h``, ``2h 03m``, ``45m``, ``20s`` — short and exact enough for a plan line."""
+    """``3d 4h``, ``3d``, ``2h 03m``, ``45m``, ``20s`` — short and exact enough for a plan line."""
     total = max(0, int(delta.total_seconds()))
     days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, seconds = divmod(rest, 60)
     if days:
-        return f"{days}d {hours}h"
+        return f"{days}d {hours}h" if hours else f"{days}d"
     if hours:
         return f"{hours}h {minutes:02d}m" if minutes else f"{hours}h"
     if minutes:
