@@ -203,7 +203,8 @@ def test_nothing_idle_is_an_empty_plan() -> None:
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
-    (20, "20s"), (125, "2m 05s"), (45 * 60, "45m"), (7380, "2h 03m"), (7200, "2h"), (90000, "1d 1h"), (86400 * 3, "3d")])
+    (20, "20s"), (125, "2m 05s"), (45 * 60, "45m"), (7380, "2h 03m"), (7200, "2h"), (90000, "1d 1h"),
+    (86400 * 3, "3d")])
 def test_human_durations(seconds: int, text: str) -> None:
     assert human(timedelta(seconds=seconds)) == text
 
