@@ -61,3 +61,31 @@ def test_bad_cull_settings_say_what_to_fix(bad: dict[str, object]) -> None:
 
     with pytest.raises(SettingsError, match=r"cull"):
         load_settings(cull=bad)
+
+
+async def test_cli_cull_dry_run_json(real_hub: RealHub, tmp_path: Path) -> None:
+    """`hubpilot cull --dry-run --json` as a user runs it: a plan with a line per server, no stop."""
+    import asyncio
+    import json
+    import os
+    import sys
+
+    name = unique_name("cli")
+    async with real_hub.admin() as admin:
+        (await admin.post(f"/users/{name}")).raise_for_status()
+    await real_hub.spawn(name)
+    env = {**os.environ, "HUBPILOT_HUB__API_URL": real_hub.api_url,
+           "HUBPILOT_HUB__TOKEN": real_hub.hubpilot_token,
+           "HUBPILOT_STATE__SQLITE_PATH": str(tmp_path / "state.db"), "HUBPILOT_CONFIG": ""}
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "hubpilot"), "cull", "--dry-run", "--json", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    report = json.loads(out)
+    assert report["outcome"] == "planned" and report["dry_run"] is True
+    assert any(n.startswith(f"kept {name}: active ") for n in report["plan"]["notes"])
+    assert not [a for a in report["plan"]["actions"] if a["target"] == name]
+    async with real_hub.admin() as admin:
+        assert (await admin.get(f"/users/{name}")).json()["servers"][""]["ready"] is True
+        await admin.delete(f"/users/{name}/server")
