@@ -276,3 +276,21 @@ async def test_cost_records_every_size_change(world: dict[str, Any]) -> None:
     assert day.node_hours == pytest.approx(4.0, abs=0.01)  # 2 nodes for 2 hours from 09:00
     assert day.cost == pytest.approx(10.0, abs=0.05)
     assert day.always_on_node_hours == pytest.approx(2 * 2, abs=0.01)  # 09:00 → 11:00 at the peak
+
+
+async def test_an_unreadable_hub_only_delays_demand_it_never_blocks_the_round(world: dict[str, Any]) -> None:
+    from hubpilot.adapters.hub import HubClient
+
+    arm: ArmDouble = world["arm"]
+    arm.add_pool("gpu", count=0, machines=[])
+    world["kube"].pod("bob", None)
+    clock = world["clock"]
+    hub = HubClient("http://127.0.0.1:9/hub/api", "t", retries=0, timeout=2)
+    try:
+        cap = ScaleCapability(world["pool"], world["cluster"], world["store"], Policy(max_nodes=4),
+                              clock=lambda: clock["now"], hub=hub, gpu_profiles=["gpu"])
+        rec = await Runner(world["store"], clock=lambda: clock["now"]).run(cap, trigger="timer", actor="t")
+    finally:
+        await hub.close()
+    assert rec.plan is not None and any("pending spawns are unknown" in n for n in rec.plan.notes)
+    assert rec.outcome is Outcome.APPLIED and arm.pools["gpu"]["count"] == 1

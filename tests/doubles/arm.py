@@ -208,8 +208,8 @@ class ArmDouble:
             for key in ("count", "minCount", "maxCount", "enableAutoScaling"):
                 if key in new:
                     p[key] = new[key]
-            if p.get("enableAutoScaling"):
-                p["count"] = max(p["count"], p["minCount"])
+            # a raised minCount adds no node by itself: the cluster autoscaler applies it at its
+            # next scale event (Azure/AKS#1481, kubernetes/autoscaler#4401)
             have = self.machines[name]
             while len(have) < p["count"]:
                 have.append(f"aks-{name}-12345678-vmss{len(have) + 1000:06x}")
