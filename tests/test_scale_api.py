@@ -113,3 +113,24 @@ async def test_cli_cost_report_function(setup: dict[str, Any]) -> None:
     assert await cost_report(ctx, days=1, as_json=True, out=js) == 0
     assert json.loads(js.getvalue())["total"]["cost"] == pytest.approx(2.0, abs=0.05)
     assert await cost_report(ctx, days=0, out=io.StringIO()) == 2
+
+
+async def test_demand_during_a_run_starts_one_follow_up_when_the_lock_is_free(setup: dict[str, Any]) -> None:
+    import asyncio
+
+    from hubpilot.api.scale_routes import drain_follow_ups
+
+    client, arm, ctx = setup["client"], setup["arm"], setup["ctx"]
+    lease = await ctx.store.acquire_lock("scale", "another-run", timedelta(minutes=5), ctx.clock())
+    assert lease is not None
+    for user in ("dana", "eric"):
+        r = await client.post("/api/v1/scale/demand", json={"user": user}, headers=HUB)
+        assert r.status_code == 202 and r.json()["run_id"] is None
+        assert "follow-up" in r.json()["detail"]
+    assert not arm.writes()
+    await ctx.store.release_lock(lease)
+    await asyncio.wait_for(arm.write_event.wait(), 10)
+    await drain_follow_ups()
+    await drain_tasks()
+    assert arm.pools["gpu"]["count"] == 2  # both demands, one run
+    assert len([c for c in arm.calls if c.method == "PUT"]) == 1

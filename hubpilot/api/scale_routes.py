@@ -3,7 +3,9 @@
 ``POST /api/v1/scale/demand`` (role ``hub``): the hub's pre-spawn hook says a user is starting
 a GPU server. The demand is recorded (it counts in every scale run for ``scale.demand_ttl_minutes``)
 and a scale run is started at once, so the pool grows within a second instead of at the next
-timer. When a scale run is already under way the demand is still recorded and counts in the next.
+timer. When a scale run is already under way the demand is recorded and, when runs execute in
+this process (``api.run_mode = "inprocess"``), one follow-up run starts as soon as the lock is free;
+otherwise it counts in the next timer run.
 
 ``GET /api/v1/cost`` (roles ``reader``/``admin``): GPU node-hours and cost per day, and what an
 always-on pool of the peak size would have cost.
@@ -11,6 +13,7 @@ always-on pool of the peak size would have cost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -28,6 +31,45 @@ from hubpilot.wiring import Context
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["scale"])
+
+FOLLOW_UP_POLL_SECONDS = 0.2
+_follow_ups: dict[int, asyncio.Task[None]] = {}  # by id(ctx): at most one waiting per process
+
+
+async def _follow_up(ctx: Context, actor: str, limit: float) -> None:
+    """Start one scale run as soon as the running one has released the lock (bounded wait)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    try:
+        while loop.time() < deadline:
+            await asyncio.sleep(FOLLOW_UP_POLL_SECONDS)
+            if await ctx.store.read_lock("scale", ctx.clock()) is not None:
+                continue
+            try:
+                await start_run(ctx, "scale", trigger="demand", actor=actor)
+                return
+            except LockHeld:
+                continue
+    except Exception:  # a follow-up is an optimisation: the timer run picks the demand up anyway
+        log.exception("follow-up scale run for a demand signal failed")
+    finally:
+        _follow_ups.pop(id(ctx), None)
+
+
+def _schedule_follow_up(ctx: Context, actor: str) -> bool:
+    if ctx.settings.api.run_mode != "inprocess":
+        return False
+    if id(ctx) in _follow_ups:
+        return True  # the follow-up already waiting covers this demand too
+    limit = ctx.settings.scale.lro_wait_seconds + 60
+    _follow_ups[id(ctx)] = asyncio.create_task(_follow_up(ctx, actor, limit))
+    return True
+
+
+async def drain_follow_ups() -> None:
+    """Wait for pending follow-up runs to be started (tests, shutdown)."""
+    while _follow_ups:
+        await asyncio.gather(*list(_follow_ups.values()), return_exceptions=True)
 
 
 class DemandIn(BaseModel):
@@ -59,8 +101,10 @@ async def post_demand(body: DemandIn, ctx: Context = Depends(get_context),
     try:
         run_id = await start_run(ctx, "scale", trigger="demand", actor=who.name)
     except LockHeld:
-        return JSONResponse(DemandOut(recorded=key, detail="a scale run is in progress; "
-                                      "the demand counts in the next run").model_dump(), status_code=202)
+        follow = _schedule_follow_up(ctx, who.name)
+        detail = "a scale run is in progress; " + (
+            "a follow-up run starts when it ends" if follow else "the demand counts in the next run")
+        return JSONResponse(DemandOut(recorded=key, detail=detail).model_dump(), status_code=202)
     return DemandOut(recorded=key, run_id=run_id, detail="scale run started")
 
 
