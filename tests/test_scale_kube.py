@@ -294,3 +294,18 @@ async def test_an_unreadable_hub_only_delays_demand_it_never_blocks_the_round(wo
         await hub.close()
     assert rec.plan is not None and any("pending spawns are unknown" in n for n in rec.plan.notes)
     assert rec.outcome is Outcome.APPLIED and arm.pools["gpu"]["count"] == 1
+
+
+async def test_a_node_left_cordoned_by_a_crashed_run_is_uncordoned(world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    kube.node("gpu-0", unschedulable=True, annotations={CORDON_ANNOTATION: "hubpilot"})
+    kube.pod("alice", "gpu-0")  # got a pod before the crash: must stay and become schedulable
+    cap, runner = capability(world)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert [(r.action.kind, r.status) for r in rec.results] == [("uncordon", Status.DONE)], rec.render()
+    node = kube.node_obj("gpu-0")
+    assert node["spec"]["unschedulable"] is False
+    assert CORDON_ANNOTATION not in (node["metadata"].get("annotations") or {})
+    assert not arm.writes()
