@@ -5,19 +5,19 @@
   ``/healthz`` and Graph's validation handshake without loading FastAPI; the API is built on
   the first other request.
 - ``sync_timer``, ``cull_timer``, ``scale_timer`` and ``run_queue`` from functions/timers.py.
-- The Graph notification queue and subscription timer from functions/graph.py, when present.
+- ``graph_hints`` and ``graph_subscriptions`` from functions/graph.py (Graph notifications).
 
 Importing this module must stay cheap (see bench/coldstart.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import azure.functions as func
 
 from functions import get_context
+from functions.graph import bp as graph_bp
 from functions.timers import bp as timers_bp
 from hubpilot.api.front import Front
 
@@ -31,9 +31,4 @@ def _admin_app() -> Any:
 front = Front(_admin_app)
 app = func.AsgiFunctionApp(app=front, http_auth_level=func.AuthLevel.ANONYMOUS, function_name="admin_api")
 app.register_functions(timers_bp)
-
-# LEAD: the Graph blueprint (functions/graph.py, `bp`) is registered here once it exists.
-if importlib.util.find_spec("functions.graph") is not None:
-    from functions.graph import bp as graph_bp
-
-    app.register_functions(graph_bp)
+app.register_functions(graph_bp)

@@ -29,7 +29,22 @@ from hubpilot.wiring import Context, build_context
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
+Job = Callable[[Context], Awaitable[RunRecord | None]]
 SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+async def _entra_subscriptions(ctx: Context) -> RunRecord | None:
+    """The Graph subscription manager's round (functions/graph.py's timer in Azure)."""
+    d = ctx.settings.directory
+    if d is None or d.kind != "entra" or d.entra is None or not d.entra.notifications:
+        return None
+    from hubpilot.wiring.entra import run_subscription_manager
+
+    return await run_subscription_manager(ctx)
+
+
+JOBS: dict[str, Job] = {"directory.entra.subscription_schedule": _entra_subscriptions}
+"""Schedules that are not an operation's, by setting, and what serve runs for them."""
 
 
 class Scheduler:
@@ -39,10 +54,12 @@ class Scheduler:
     """
 
     def __init__(self, ctx: Context, schedules: list[Schedule] | None = None, *,
-                 sleep: Sleep = asyncio.sleep) -> None:
+                 sleep: Sleep = asyncio.sleep, jobs: dict[str, Job] | None = None) -> None:
         self.ctx = ctx
+        self.jobs = JOBS if jobs is None else jobs
         self.schedules = [s for s in (schedules if schedules is not None
-                                      else configured_schedules(ctx.settings)) if s.runnable]
+                                      else configured_schedules(ctx.settings))
+                          if s.runnable or s.setting in self.jobs]
         self.sleep = sleep
         self.rounds: dict[str, list[tuple[datetime, RunRecord | None]]] = {s.name: [] for s in self.schedules}
         self._tasks: list[asyncio.Task[None]] = []
@@ -53,7 +70,10 @@ class Scheduler:
         due = schedule.next_fire(now)
         await self.sleep(max(0.0, (due - now).total_seconds()))
         try:
-            record = await run_scheduled(self.ctx, schedule.name)
+            if schedule.runnable:
+                record = await run_scheduled(self.ctx, schedule.name)
+            else:
+                record = await self.jobs[schedule.setting](self.ctx)
         except Exception:  # a store outage must not end the schedule; the next round retries
             log.exception("scheduled %s failed", schedule.name)
             record = None

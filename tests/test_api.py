@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from hubpilot.api.runs import drain_tasks
 from hubpilot.loop import RUN_KEY
 from hubpilot.wiring import Context
+from tests.realhub import RealHub
 from tests.test_api_kit import (
     HUB_TOKEN,
     TOKENS,
@@ -374,3 +376,31 @@ async def test_openapi_document_describes_the_endpoints_and_bearer_auth(api: Api
     assert doc["components"]["securitySchemes"]["apiToken"]["scheme"] == "bearer"
     html = await api.client.get("/api/v1/docs", headers=READER)
     assert html.status_code == 200 and "/api/v1/openapi.json" in html.text
+
+
+@pytest.mark.hub
+async def test_readyz_is_ready_against_a_real_hub(tmp_path: Path, real_hub: RealHub) -> None:
+    ctx, _ = make_context(tmp_path, make_settings(hub_url=real_hub.api_url, hub_token=real_hub.hubpilot_token))
+    async with asgi_client(ctx) as client:
+        r = await client.get("/readyz", headers=READER)
+        assert r.status_code == 200, r.text
+        assert r.json()["checks"]["hub"]["detail"].startswith("JupyterHub ")
+        assert real_hub.hubpilot_token not in r.text
+    ctx2, _ = make_context(tmp_path, make_settings(hub_url=real_hub.api_url, hub_token="wrong-token"))
+    async with asgi_client(ctx2) as client:
+        r = await client.get("/api/v1/readyz", headers=READER)
+        detail = r.json()["checks"]["hub"]["detail"]
+        assert r.status_code == 503 and "does not accept hub.token" in detail and "wrong-token" not in detail
+    await ctx.close()
+    await ctx2.close()
+
+
+async def test_refused_credentials_are_logged_without_the_token(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    await api.client.get("/api/v1/status", headers={"Authorization": "Bearer leaked-candidate-0f3c"})
+    await api.client.post("/api/v1/sync", headers=READER)
+    await api.client.post("/api/v1/sync?wait=30", headers=ADMIN)
+    text = caplog.text
+    assert "refused GET /api/v1/status" in text and "forbidden POST /api/v1/sync for reader-caller" in text
+    for secret in ("leaked-candidate-0f3c", *TOKENS.values(), HUB_TOKEN):
+        assert secret not in text

@@ -50,7 +50,8 @@ def functions_by_name() -> dict[str, Any]:
 
 def test_admin_api_is_one_anonymous_catch_all_http_function() -> None:
     fns = functions_by_name()
-    assert {"admin_api", "sync_timer", "cull_timer", "scale_timer", "run_queue"} <= set(fns)
+    assert {"admin_api", "sync_timer", "cull_timer", "scale_timer", "run_queue", "graph_hints",
+            "graph_subscriptions"} <= set(fns)
     bindings = json.loads(fns["admin_api"].get_function_json())["bindings"]
     trigger = next(b for b in bindings if b["type"] == "httpTrigger")
     assert trigger["authLevel"] == "ANONYMOUS" and trigger["route"] == "/{*route}"

@@ -96,6 +96,24 @@ async def test_the_scheduler_takes_every_operation_schedule_from_the_settings(tm
     await ctx.close()
 
 
+async def test_other_schedules_run_their_job_and_only_known_ones_are_taken(tmp_path: Path) -> None:
+    fake = FakeTime(T0)
+    ctx, _ = _ctx(tmp_path, fake)
+    calls: list[datetime] = []
+
+    async def job(c: object) -> None:
+        assert c is ctx
+        calls.append(fake.now)
+
+    schedules = [Schedule("x.renew_schedule", "0 0 */6 * * *", False, "x.renew_schedule"),
+                 Schedule("y.other_schedule", "0 0 * * * *", False, "y.other_schedule")]
+    sched = Scheduler(ctx, schedules, sleep=fake.sleep, jobs={"x.renew_schedule": job})
+    assert [s.name for s in sched.schedules] == ["x.renew_schedule"]
+    await sched.run(rounds=2)
+    assert calls == [T0.replace(hour=18, minute=0, second=0), T0.replace(day=3, hour=0, minute=0, second=0)]
+    await ctx.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -447,18 +447,23 @@ async def readiness(ctx: Context) -> dict[str, dict[str, Any]]:
         import httpx
 
         s = ctx.settings.hub
-        url = str(s.api_url).rstrip("/") + "/"
+        base = str(s.api_url).rstrip("/")
+        headers = {"Authorization": f"token {s.token.get_secret_value()}"}
         try:
             async with httpx.AsyncClient(timeout=timeout) as client:
-                resp = await client.get(url, headers={"Authorization": f"token {s.token.get_secret_value()}"})
+                root, who = await asyncio.gather(client.get(base + "/", headers=headers),
+                                                 client.get(base + "/user", headers=headers))
         except httpx.HTTPError as exc:
-            return {"ok": False, "detail": f"{url}: {type(exc).__name__}"}
-        if resp.status_code != 200:
-            return {"ok": False, "detail": f"{url} answered {resp.status_code}"}
+            return {"ok": False, "detail": f"{base}: {type(exc).__name__}"}
+        if root.status_code != 200:
+            return {"ok": False, "detail": f"{base}/ answered {root.status_code}"}
         try:
-            version = resp.json().get("version", "?")
-        except ValueError:
-            return {"ok": False, "detail": f"{url} did not answer JSON; is api_url the hub's /hub/api?"}
+            version = root.json().get("version", "?")
+        except (ValueError, AttributeError):
+            return {"ok": False, "detail": f"{base}/ did not answer JSON; is hub.api_url the hub's /hub/api?"}
+        if who.status_code != 200:
+            return {"ok": False, "detail": f"{base}/user answered {who.status_code}: "
+                    "the hub does not accept hub.token"}
         return {"ok": True, "detail": f"JupyterHub {version}"}
 
     checks["state_store"], checks["hub"] = await asyncio.gather(store(), hub())
