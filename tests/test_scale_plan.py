@@ -137,6 +137,18 @@ def test_a_node_cordoned_by_someone_else_is_left_alone() -> None:
     assert plan.empty
 
 
+def test_a_node_cordoned_by_someone_else_is_no_capacity() -> None:
+    other = node("n1", unschedulable=True)
+    obs = observed(pool(1), [], [upod("b", None)], extra_nodes=[other])
+    assert kinds(plan_scale(obs, POLICY, T0)) == [("set_count", {"count": 2, "from": 1})]
+    broken = NodeInfo("n2", False, False, T0 - timedelta(minutes=11), "n2", {}, {})
+    obs = observed(pool(1), [], [upod("b", None)], extra_nodes=[broken])
+    assert kinds(plan_scale(obs, POLICY, T0)) == [("set_count", {"count": 2, "from": 1})]
+    joining = NodeInfo("n3", False, False, T0 - timedelta(seconds=40), "n3", {}, {})
+    obs = observed(pool(1), [], [upod("b", None)], extra_nodes=[joining])
+    assert plan_scale(obs, POLICY, T0).empty  # not ready yet, but just joined: no second node
+
+
 def test_a_node_left_cordoned_by_us_is_uncordoned_or_removed() -> None:
     ours = node("n1", cordoned_by="hubpilot")
     busy = observed(pool(1), [], [upod("a", "n1")], extra_nodes=[ours])

@@ -117,6 +117,9 @@ class ScaleSettings(Section):
     scale_down_cooldown_minutes: float = Field(
         2.0, ge=0, le=1440, description="No further scale-down this long after a scale-down."
     )
+    node_join_grace_minutes: float = Field(
+        10.0, ge=0, le=120, description="A NotReady node younger than this counts as booting."
+    )
     demand_ttl_minutes: float = Field(
         15.0, ge=1, le=240, description="A hub demand signal counts this long (above node boot)."
     )

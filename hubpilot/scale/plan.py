@@ -81,6 +81,7 @@ class Policy:
     down_cooldown: timedelta = timedelta(minutes=2)
     demand_ttl: timedelta = timedelta(minutes=15)
     pods_per_node: int = 1
+    join_grace: timedelta = timedelta(minutes=10)  # a NotReady node younger than this is booting
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,14 @@ def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datet
     unplaced = max(0, len(occ.pending) - free_on_busy)
     need = len(occ.busy) + math.ceil(unplaced / ppn)
     why = [f"{len(occ.busy)} busy node(s)", f"{len(occ.pending)} GPU server(s) waiting"]
-    wanted = need + warm.spare
+    # empty nodes nobody can use are no capacity: cordoned by someone else, or not ready long
+    # after they joined (a node that has just joined is not ready for a while: still booting)
+    unusable = sorted(n.name for n in observed.cluster.nodes if n.name in occ.empty and (
+        (n.unschedulable and n.annotations.get(CORDON_MARK) is None)
+        or (not n.ready and n.created is not None and now - n.created > policy.join_grace)))
+    if unusable:
+        why.append(f"{len(unusable)} unusable empty node(s): {', '.join(unusable)}")
+    wanted = need + warm.spare + len(unusable)
     if warm.active:
         why.append(f"warm window {warm.window}: spare {warm.spare}, floor {warm.min_nodes}")
     wanted = max(wanted, warm.min_nodes, policy.min_nodes)
@@ -222,7 +230,7 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
         if name not in removing and name in occ.busy | occ.empty:
             actions.append(Action(UNCORDON, name, 0, {}, "left cordoned by an earlier run"))
     facts["after"] = after
-    return Plan.build(OPERATION, actions, notes, facts)
+    return Plan.build(OPERATION, actions, list(dict.fromkeys(notes)), facts)
 
 
 def _down_allowed(memory: Memory, policy: Policy, now: datetime, notes: list[str]) -> bool:

@@ -41,6 +41,7 @@ def policy_from(s: ScaleSettings) -> Policy:
         down_cooldown=timedelta(minutes=s.scale_down_cooldown_minutes),
         demand_ttl=timedelta(minutes=s.demand_ttl_minutes),
         pods_per_node=s.pods_per_node,
+        join_grace=timedelta(minutes=s.node_join_grace_minutes),
     )
 
 
