@@ -404,3 +404,18 @@ async def test_refused_credentials_are_logged_without_the_token(api: Api, caplog
     assert "refused GET /api/v1/status" in text and "forbidden POST /api/v1/sync for reader-caller" in text
     for secret in ("leaked-candidate-0f3c", *TOKENS.values(), HUB_TOKEN):
         assert secret not in text
+
+
+async def test_invalid_settings_answer_503_and_name_the_problem_only_in_the_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from hubpilot.api.app import create_app
+    from hubpilot.settings import load_settings
+    from hubpilot.wiring import build_context
+
+    bad = {"tokens": [{"name": "x", "role": "admin", "sha256": "abc"}]}
+    app = create_app(lambda: build_context(load_settings(api=bad)))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        r = await client.get("/api/v1/status", headers=ADMIN)
+        assert r.status_code == 503 and "the log says what to fix" in r.json()["detail"]
+        assert (await client.get("/healthz")).status_code == 200
+    assert "api.tokens.0.sha256" in caplog.text and "64-character hex" in caplog.text

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 
+from hubpilot.settings import SettingsError
 from hubpilot.wiring import Context
+
+log = logging.getLogger(__name__)
 
 ContextSource = Context | Callable[[], Context]
 
@@ -32,9 +36,17 @@ class ContextHolder:
 
 
 def context_of(app: Any) -> Context:
-    """The Context of an app built by :func:`hubpilot.api.app.create_app`."""
+    """The Context of an app built by :func:`hubpilot.api.app.create_app`.
+
+    Invalid settings (found when the Context is first built, e.g. on a Functions cold start)
+    answer 503 to every request; what is wrong goes to the log, not to anonymous callers.
+    """
     holder: ContextHolder = app.state.context_holder
-    ctx = holder.get()
+    try:
+        ctx = holder.get()
+    except SettingsError as exc:
+        log.error("hubpilot cannot start: %s", exc)
+        raise HTTPException(503, "hubpilot is not configured correctly; the log says what to fix") from None
     app.state.context = ctx
     return ctx
 
