@@ -11,7 +11,7 @@ from typing import Any
 from hubpilot.loop import Action, ActionResult, Clock, Plan, Progress, Status, run_actions
 from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.hub import Hub, HubError
-from hubpilot.ports.pool import Pool, PoolError, PoolOutcome, PoolResult
+from hubpilot.ports.pool import Pool, PoolOutcome, PoolResult
 from hubpilot.ports.store import StateStore
 from hubpilot.scale.cost import record_size
 from hubpilot.scale.plan import (
@@ -141,11 +141,11 @@ class ScaleCapability:
     def _perform_for(self, observed: Observed) -> Any:
         async def perform(action: Action) -> ActionResult:
             if action.kind == SET_COUNT:
-                return _result(action, await self._pool_call(self.pool.set_count(
-                    int(action.params["count"]), etag=observed.pool.etag)))
+                return _result(action, await self.pool.set_count(
+                    int(action.params["count"]), etag=observed.pool.etag))
             if action.kind == SET_MIN_COUNT:
-                return _result(action, await self._pool_call(self.pool.set_min_count(
-                    int(action.params["min_count"]), etag=observed.pool.etag)))
+                return _result(action, await self.pool.set_min_count(
+                    int(action.params["min_count"]), etag=observed.pool.etag))
             if action.kind == REMOVE_NODES:
                 return await self._remove(action, observed)
             if action.kind == UNCORDON:
@@ -153,13 +153,6 @@ class ScaleCapability:
                 return ActionResult(action, Status.DONE if ok else Status.NOOP, "" if ok else "node is gone")
             return ActionResult(action, Status.SKIPPED, f"unknown action {action.kind}")
         return perform
-
-    async def _pool_call(self, call: Any) -> PoolResult:
-        try:
-            result: PoolResult = await call
-            return result
-        except PoolError as exc:
-            raise PoolError(f"{exc}", exc.status, exc.code) from exc
 
     async def _remove(self, action: Action, observed: Observed) -> ActionResult:
         """Cordon, re-check each node is still empty, uncordon any that is not, delete the rest."""
