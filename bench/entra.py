@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ except ImportError:
 from hubpilot.adapters.entra import StaticTokenCredential
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.api.app import create_app
-from hubpilot.loop import Outcome
+from hubpilot.loop import Outcome, Runner
 from hubpilot.settings import Settings
 from hubpilot.wiring import Context
 from hubpilot.wiring.entra import (
@@ -85,7 +86,10 @@ async def main(members: int) -> None:
                 sync={"users_groups": [group], "group_names": {group: "bench"},
                       "naming": {"strip_domain": True}},
             )
-            ctx = Context(settings=settings, store=SqliteStore(root / "state.sqlite3"))
+            store = SqliteStore(root / "state.sqlite3")
+            # a lock longer than the first sync: Runner._keep_lease renews into a lease that the run's
+            # release does not see (reported to the lead), so a run that outlives ttl/3 keeps the lock
+            ctx = Context(settings=settings, store=store, _runner=Runner(store, lock_ttl=timedelta(hours=2)))
             use_credential(ctx, StaticTokenCredential(TOKEN))
             holder["ctx"] = ctx
             rows = [await timed_sync("first sync", ctx, graph)]
@@ -111,9 +115,12 @@ async def main(members: int) -> None:
                         raise SystemExit("the hub did not show the change within 60 s")
                     await asyncio.sleep(0.01)
                 visible = time.perf_counter() - t_post
-            await stop_notification_worker(worker)
             started = notification_worker(ctx)
             records = started.records if started else []
+            deadline = time.perf_counter() + 60
+            while not records and time.perf_counter() < deadline:  # the run records after the hub write
+                await asyncio.sleep(0.01)
+            await stop_notification_worker(worker)
             if len(records) != 1:
                 raise SystemExit(f"expected one sync run for one notification, got {len(records)}")
             run = records[0]
