@@ -15,9 +15,8 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,29 +61,51 @@ def _ldif_from_directory(doc: dict[str, Any], base_dn: str) -> str:
     return "\n".join(out)
 
 
-def _hub_config(groups: list[str]) -> str:
-    access = [GROUP_PREFIX + g for g in groups]
+def _hub_config(users_groups: list[str], admin_groups: list[str]) -> str:
+    access = [GROUP_PREFIX + g for g in [*users_groups, *admin_groups]]
+    admins = [GROUP_PREFIX + g for g in admin_groups]
     return (
         "import hubpilot_hub\n"
-        f"hubpilot_hub.configure(c, access_groups={access!r})\n"
+        f"hubpilot_hub.configure(c, access_groups={access!r}, admin_groups={admins!r})\n"
     )
 
 
+LDAP_BASE = "dc=example,dc=com"
+
+
 @contextlib.asynccontextmanager
-async def _directory(doc: dict[str, Any], workdir: Path, ldap: bool) -> AsyncIterator[dict[str, Any]]:
-    """Yields the [directory] settings for the demo's directory (and runs slapd when asked)."""
+async def _directory(
+    doc: dict[str, Any], workdir: Path, ldap: bool
+) -> AsyncIterator[tuple[dict[str, Any], Callable[[str], None]]]:
+    """Yields the [directory] settings for the demo's directory (running slapd when asked) and a
+    function that takes a person out of every group, in the file or in LDAP."""
     path = workdir / "directory.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     if not ldap:
-        yield {"kind": "file", "file": {"path": str(path)}}
+
+        def leave_file(key: str) -> None:
+            for g in doc["groups"].values():
+                if key in g.get("members", []):
+                    g["members"].remove(key)
+            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+        yield {"kind": "file", "file": {"path": str(path)}}, leave_file
         return
+    import ldap3
+
     from hubpilot.localldap import start_slapd
 
-    base = "dc=example,dc=com"
-    async with start_slapd(workdir / "ldap", ldif=[_ldif_from_directory(doc, base)]) as server:
+    async with start_slapd(workdir / "ldap", ldif=[_ldif_from_directory(doc, LDAP_BASE)]) as server:
+
+        def leave_ldap(key: str) -> None:
+            person = f"uid={doc['people'][key]['username']},ou=people,{LDAP_BASE}"
+            for name, g in doc["groups"].items():
+                if key in g.get("members", []):
+                    server.modify(f"cn={name},ou=groups,{LDAP_BASE}", {"member": [(ldap3.MODIFY_DELETE, [person])]})
+
         yield {"kind": "ldap", "ldap": {
             "url": server.url, "bind_dn": server.root_dn, "bind_password": server.root_password,
-            "base_dn": base, "group_base_dn": f"ou=groups,{base}", "nested": True}}
+            "base_dn": LDAP_BASE, "group_base_dn": f"ou=groups,{LDAP_BASE}", "nested": True}}, leave_ldap
 
 
 async def _demo(ldap: bool, port: int, wait: bool) -> int:
@@ -92,15 +113,16 @@ async def _demo(ldap: bool, port: int, wait: bool) -> int:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     doc = yaml.safe_load(DEMO_DIRECTORY.read_text())
-    users_groups = [g for g in doc["groups"] if g != "hub-admins"]
+    users_groups, admin_groups = ["analysts", "gpu-users"], ["hub-admins"]
     _say("hubpilot demo: starting a real JupyterHub (configurable-http-proxy, real single-user servers)"
          + (" and OpenLDAP" if ldap else "") + " ...")
     async with contextlib.AsyncExitStack() as stack:
         hub = await stack.enter_async_context(
-            start_hub(workdir / "hub", extra_config=_hub_config(users_groups), port=port or None)
+            start_hub(workdir / "hub", extra_config=_hub_config(users_groups, admin_groups),
+                      port=port or None)
         )
         _say(f"JupyterHub is up at {hub.url} (started in {hub.startup_seconds:.1f} s)")
-        directory = await stack.enter_async_context(_directory(doc, workdir, ldap))
+        directory, leave = await stack.enter_async_context(_directory(doc, workdir, ldap))
         api_port = free_port()
         api_token = secrets.token_urlsafe(24)
         import hashlib
@@ -109,7 +131,7 @@ async def _demo(ldap: bool, port: int, wait: bool) -> int:
             None,
             hub={"api_url": hub.api_url, "token": hub.hubpilot_token},
             directory=directory,
-            sync={"users_groups": users_groups, "admin_groups": ["hub-admins"], "group_prefix": GROUP_PREFIX,
+            sync={"users_groups": users_groups, "admin_groups": admin_groups, "group_prefix": GROUP_PREFIX,
                   "schedule": "*/30 * * * * *", "max_removal_percent": 50},
             state={"kind": "sqlite", "sqlite_path": str(workdir / "state.sqlite3")},
             api={"tokens": [{"name": "demo-admin", "role": "admin",
@@ -123,42 +145,28 @@ async def _demo(ldap: bool, port: int, wait: bool) -> int:
               await ctx.runner.run(sync, trigger="demo", actor="demo", dry_run=True))
         _show("2. first sync applied", await ctx.runner.run(sync, trigger="demo", actor="demo"))
 
-        leaver = next(iter(doc["groups"][users_groups[0]]["members"]))
+        leaver = "bob"
         await hub.spawn(doc["people"][leaver]["username"])
-        _say(f"\n{doc['people'][leaver]['username']} starts a notebook server ... then leaves the directory group.")
-        for g in doc["groups"].values():
-            if leaver in g.get("members", []):
-                g["members"].remove(leaver)
+        _say(f"\n{leaver} starts a notebook server ... then leaves the directory group.")
+        leave(leaver)
         stack_dir = workdir / "directory.yaml"
-        if ldap:
-            from hubpilot.localldap import ldap_remove_member
-
-            ldap_remove_member(directory["ldap"], doc["people"][leaver]["username"])
-        else:
-            stack_dir.write_text(yaml.safe_dump(doc, sort_keys=False))
         _show("3. sync after the change: deprovisioned (server stopped, access gone), not deleted",
               await ctx.runner.run(sync, trigger="demo", actor="demo"))
 
         _say("\n" + "═" * 72)
         _say(f"JupyterHub:      {hub.url}   (log in as any synced user, password: {hub.password})")
         _say(f"admin API:       http://127.0.0.1:{api_port}/api/v1/docs   (bearer token: {api_token})")
-        _say(f"directory file:  {stack_dir}" + (" (LDAP mirrors the demo data)" if ldap else
-                                                  "   edit it: the next scheduled sync (every 30 s) follows"))
+        if ldap:
+            _say(f"directory:       {directory['ldap']['url']}  base {LDAP_BASE}, bind {directory['ldap']['bind_dn']}")
+        else:
+            _say(f"directory file:  {stack_dir}   edit it: the next scheduled sync (every 30 s) follows")
         _say("state and logs:  " + str(workdir))
         if not wait:
             return 0
         _say("Ctrl-C stops the hub, the proxy, the servers and hubpilot.")
         from hubpilot.serve import serve
 
-        server = asyncio.create_task(serve(settings, host="127.0.0.1", port=api_port, context=ctx))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        server.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await server
+        await serve(settings, host="127.0.0.1", port=api_port, context=ctx)  # until Ctrl-C
         _say("\nstopping ...")
     return 0
 

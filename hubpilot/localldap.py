@@ -1,4 +1,4 @@
-"""A real OpenLDAP server for tests, bench scripts and the demo.
+"""A real OpenLDAP server for the demo (--ldap), the tests and the bench scripts.
 
 Debian's ``slapd`` binary is started from a generated ``slapd.conf`` in a private directory: its
 own back_mdb databases, its own loopback port, its own pid file. It never reads the system
@@ -35,11 +35,11 @@ from typing import Any
 
 import ldap3
 
-SLAPD = os.environ.get("HUBPILOT_TEST_SLAPD", "/usr/sbin/slapd")
+SLAPD = os.environ.get("HUBPILOT_SLAPD", "/usr/sbin/slapd")
 SLAPADD = os.environ.get("HUBPILOT_TEST_SLAPADD", "/usr/sbin/slapadd")
 LDAPADD = shutil.which("ldapadd") or "/usr/bin/ldapadd"
-MODULE_PATH = os.environ.get("HUBPILOT_TEST_SLAPD_MODULES", "/usr/lib/ldap")
-SCHEMA_DIR = os.environ.get("HUBPILOT_TEST_SLAPD_SCHEMA", "/etc/ldap/schema")
+MODULE_PATH = os.environ.get("HUBPILOT_SLAPD_MODULES", "/usr/lib/ldap")
+SCHEMA_DIR = os.environ.get("HUBPILOT_SLAPD_SCHEMA", "/etc/ldap/schema")
 SCHEMAS = ("core", "cosine", "inetorgperson", "nis", "openldap")
 
 # OpenLDAP's test-dn.ldif uses the test suite's ``testUUID`` attribute type in a member DN;
@@ -130,7 +130,10 @@ class Slapd:
         """A throw-away CA and a server certificate for 127.0.0.1 (EC P-256, valid 2 days)."""
         w = self.workdir
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        run = lambda *args: subprocess.run(["openssl", *args], check=True, capture_output=True)  # noqa: E731
+
+        def run(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True)
+
         run("req", "-x509", *ec, "-keyout", str(w / "ca.key"), "-out", str(w / "ca.crt"), "-days", "2",
             "-subj", "/CN=hubpilot test CA", "-addext", "basicConstraints=critical,CA:TRUE",
             "-addext", "keyUsage=critical,keyCertSign,cRLSign")

@@ -278,7 +278,10 @@ class RunRecord:
         if self.dry_run:
             head += " (dry-run)"
         lines = [head]
-        if self.plan is not None:
+        if self.plan is not None and self.results:
+            lines.append(self.plan.render().splitlines()[0])  # the header; each action follows once
+            lines += [f"  note: {n}" for n in self.plan.notes]
+        elif self.plan is not None:
             lines.append(self.plan.render())
         lines += [f"  refused: {r}" for r in self.refusal]
         if self.outcome is Outcome.REFUSED and self.plan is not None and not self.dry_run:

@@ -40,6 +40,8 @@ def configured_schedules(settings: Settings) -> list[Schedule]:
     """Every schedule the settings hold: each operation's, then any other ``*_schedule`` field."""
     out: list[Schedule] = []
     for op in OPERATIONS:
+        if op == "scale" and not settings.scale.enabled:
+            continue  # no pool configured: the timer would only record failures
         expr = getattr(getattr(settings, op, None), "schedule", None)
         if isinstance(expr, str) and expr:
             out.append(Schedule(op, expr, True, f"{op}.schedule"))
@@ -64,7 +66,11 @@ def configured_schedules(settings: Settings) -> list[Schedule]:
 
 async def run_scheduled(ctx: Context, operation: str, *, trigger: str = "timer",
                         actor: str = "timer") -> RunRecord | None:
-    """One scheduled round. None when another run holds the lock (the round is skipped)."""
+    """One scheduled round. None when another run holds the lock or the operation is not enabled
+    (scale without a configured pool): the round is skipped."""
+    if operation == "scale" and not ctx.settings.scale.enabled:
+        log.info("scheduled scale skipped: scale.enabled is false")
+        return None
     try:
         record = await ctx.runner.run(ctx.capability(operation), trigger=trigger, actor=actor)
     except LockHeld as exc:

@@ -75,6 +75,11 @@ class Context:
         return factory(self)
 
     async def close(self) -> None:
+        for closer in reversed(self._closers):
+            result = closer()
+            if hasattr(result, "__await__"):
+                await result
+        self._closers.clear()
         if self._hub is not None:
             await self._hub.close()
         if self._directory is not None:
