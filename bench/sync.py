@@ -23,13 +23,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hubpilot.localhub import start_hub
-from hubpilot.localldap import people_ldif, start_slapd
-
 from hubpilot.adapters.hub import HubClient
 from hubpilot.adapters.ldap import LdapDirectory
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.config.sync import SyncSettings
+from hubpilot.localhub import start_hub
+from hubpilot.localldap import people_ldif, start_slapd
 from hubpilot.loop import Outcome, Runner
 from hubpilot.sync import SyncCapability
 
