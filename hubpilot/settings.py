@@ -114,10 +114,40 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             where = f" [env {_env_name(loc)}]" if loc else ""
             lines.append(f"  {dotted}: {err['msg']}{shown}{where}")
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
-    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
-        raise SettingsError(f"cannot read settings: {exc}") from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML, or non-JSON lists in env
+        bad = _non_json_env()
+        hint = "".join(f"\n  {name}: lists and objects must be JSON, e.g. {name}='[\"a\", \"b\"]'"
+                       for name in bad)
+        raise SettingsError(f"cannot read settings: {exc}{hint}") from None
     finally:
         _explicit_path = previous
+
+
+def _non_json_env() -> list[str]:
+    """Environment variables that set a list or object setting with a value that is no JSON."""
+    import json
+    import typing
+
+    out = []
+    for name, value in os.environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        model: Any = Settings
+        ann: Any = None
+        for part in name[len(ENV_PREFIX):].lower().split("__"):
+            fields = getattr(model, "model_fields", {})
+            if part not in fields:
+                ann = None
+                break
+            ann = fields[part].annotation
+            model = _model_in(ann) or ann
+        origin = typing.get_origin(ann)
+        if origin in (list, dict) or ann in (list, dict):
+            try:
+                json.loads(value)
+            except ValueError:
+                out.append(name)
+    return out
 
 
 def settings_reference() -> str:
@@ -135,7 +165,7 @@ def settings_reference() -> str:
                 walk(sub, loc)
                 continue
             default = "" if info.is_required() else _show_default(info)
-            typ = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+            typ = _type_name(ann)
             rows.append(
                 f"| `{'.'.join(loc)}` | `{_env_name(loc)}` | {typ} | {default} | {info.description or ''} |"
             )
@@ -143,6 +173,25 @@ def settings_reference() -> str:
     walk(Settings, ())
     head = "| setting | environment | type | default | meaning |\n|---|---|---|---|---|"
     return head + "\n" + "\n".join(rows)
+
+
+def _type_name(ann: Any) -> str:
+    """A short readable type: ``str``, ``int | unset``, ``"file" | "ldap"``, ``list[str]``."""
+    import typing
+
+    origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    if origin is typing.Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin in (typing.Union, __import__("types").UnionType):
+        parts = [_type_name(a) for a in args if a is not type(None)]
+        return " \\| ".join(parts) + (" (optional)" if type(None) in args else "")
+    if origin is not None:
+        inner = ", ".join(_type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    if getattr(ann, "__metadata__", None) is not None:  # Annotated
+        return _type_name(args[0]) if args else "str"
+    return getattr(ann, "__name__", str(ann).replace("typing.", ""))
 
 
 def _model_in(ann: Any) -> Any:

@@ -27,7 +27,7 @@ class SyncSettings(Section):
         default_factory=list, description="Directory groups whose members become hub users."
     )
     admin_groups: list[str] = Field(
-        default_factory=list, description="Directory groups whose members get admin: true."
+        default_factory=list, description="Directory groups whose members get admin rights (see admin_mode)."
     )
     admin_mode: Literal["role", "flag"] = Field(
         "role",

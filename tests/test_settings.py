@@ -1,0 +1,109 @@
+"""The settings model: environment (Functions app settings) and TOML, validation messages, and
+the README's generated reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hubpilot.schedule import ScheduleError, next_fire, validate_ncrontab
+from hubpilot.settings import SettingsError, load_settings, settings_reference
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("HUBPILOT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)  # no stray ./hubpilot.toml
+
+
+def test_environment_with_nesting_and_json_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUBPILOT_HUB__API_URL", "http://hub.example:8081/hub/api")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "file")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__FILE__PATH", "people.yaml")
+    monkeypatch.setenv("HUBPILOT_SYNC__USERS_GROUPS", '["analysts", "gpu users"]')
+    monkeypatch.setenv("HUBPILOT_SYNC__NAMING__USERNAME_MAP", '{"old": "new"}')
+    s = load_settings()
+    assert str(s.hub.api_url) == "http://hub.example:8081/hub/api"
+    assert s.sync.users_groups == ["analysts", "gpu users"]
+    assert s.sync.naming.username_map == {"old": "new"}
+    assert s.directory is not None and s.directory.file is not None and s.directory.file.path == "people.yaml"
+
+
+def test_toml_file_and_environment_overrides_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "conf.toml"
+    path.write_text('[sync]\nusers_groups = ["a"]\nmax_removals = 7\n[directory]\nkind = "file"\n'
+                    '[directory.file]\npath = "d.yaml"\n')
+    assert load_settings(path).sync.max_removals == 7
+    monkeypatch.setenv("HUBPILOT_SYNC__MAX_REMOVALS", "3")
+    assert load_settings(path).sync.max_removals == 3
+    monkeypatch.setenv("HUBPILOT_CONFIG", str(path))
+    assert load_settings().sync.users_groups == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HUBPILOT_HUB__TIMEOUT_SECONDS": "-1"},
+         "hub.timeout_seconds: Input should be greater than 0 (got '-1') [env HUBPILOT_HUB__TIMEOUT_SECONDS]"),
+        ({"HUBPILOT_SYNC__SCHEDULE": "*/5 * * * *"}, "sync.schedule: Value error, '*/5 * * * *' has 5 fields"),
+        ({"HUBPILOT_SYNC__USERS_GROUPS": '["a"]'}, "no [directory] section says where to read them"),
+        ({"HUBPILOT_DIRECTORY__KIND": "ldap"}, "the [directory.ldap] section is missing"),
+        ({"HUBPILOT_SYNC__TYPO": "1"}, "sync.typo: Extra inputs are not permitted"),
+        ({"HUBPILOT_SYNC__USERS_GROUPS": "analysts"}, "HUBPILOT_SYNC__USERS_GROUPS"),
+    ],
+)
+def test_invalid_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                           message: str) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert message in str(err.value)
+
+
+def test_secrets_never_appear_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUBPILOT_HUB__TOKEN", "s3cret-token")
+    monkeypatch.setenv("HUBPILOT_HUB__RETRIES", "many")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "s3cret" not in str(err.value)
+    monkeypatch.delenv("HUBPILOT_HUB__RETRIES")
+    assert "s3cret" not in repr(load_settings())
+
+
+def test_missing_or_malformed_file(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sync\n")
+    with pytest.raises(SettingsError, match="cannot read settings"):
+        load_settings(bad)
+
+
+def test_ncrontab() -> None:
+    from datetime import UTC, datetime
+
+    assert validate_ncrontab("0 */5 * * * *") == "0 */5 * * * *"
+    with pytest.raises(ScheduleError, match="six"):
+        validate_ncrontab("*/5 * * * *")
+    with pytest.raises(ScheduleError, match="not a valid"):
+        validate_ncrontab("0 */5 * * * mon-xyz")
+    assert next_fire("30 */15 * * * *", datetime(2026, 1, 1, 10, 7, tzinfo=UTC)) == datetime(
+        2026, 1, 1, 10, 15, 30, tzinfo=UTC)
+
+
+def test_readme_carries_the_generated_settings_reference() -> None:
+    text = README.read_text()
+    start, end = "<!-- settings:begin -->\n", "<!-- settings:end -->"
+    assert start in text and end in text, "README.md lacks the settings reference markers"
+    embedded = text.split(start, 1)[1].split(end, 1)[0].strip()
+    assert embedded == settings_reference().strip(), (
+        "README's settings reference is stale: regenerate it with scripts/readme-settings"
+    )
