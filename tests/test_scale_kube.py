@@ -17,7 +17,8 @@ from hubpilot.adapters.kube import KubeCluster
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.loop import Outcome, Runner, Status
 from hubpilot.ports.cluster import CORDON_ANNOTATION
-from hubpilot.scale import Policy, ScaleCapability, cost_report, record_demand
+from hubpilot.scale import Forecast, ForecastPolicy, Policy, ScaleCapability, cost_report, record_demand
+from hubpilot.scale.capability import FORECAST_KEY
 from tests.doubles.arm import ArmDouble, StaticToken
 
 NS = "jhub"
@@ -309,3 +310,35 @@ async def test_a_node_left_cordoned_by_a_crashed_run_is_uncordoned(world: dict[s
     assert node["spec"]["unschedulable"] is False
     assert CORDON_ANNOTATION not in (node["metadata"].get("annotations") or {})
     assert not arm.writes()
+
+
+async def test_runs_learn_the_forecast_and_keep_its_spare(world: dict[str, Any]) -> None:
+    """Whole runs: arrivals seen in the cluster and the hook's signals are learned into
+    ``scale/forecast``; a dry-run learns nothing; the next week's hour gets the learned spare."""
+    arm: ArmDouble = world["arm"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    world["kube"].node("gpu-0")
+    world["kube"].pod("alice", "gpu-0", user="alice")
+    fp = ForecastPolicy(quantile=0.95, boot=timedelta(minutes=3))
+    cap, runner = capability(world, forecast=fp, idle=timedelta(minutes=1))
+    clock = world["clock"]
+    await runner.dry_run(cap, trigger="api", actor="test")
+    assert await world["store"].get(FORECAST_KEY) is None
+    for minute in range(0, 60, 5):  # alice is in sight all hour, two more start at 09:20
+        clock["now"] = datetime(2026, 3, 2, 9, minute, tzinfo=UTC)
+        if minute == 20:
+            await record_demand(world["store"], user="bob", server="", profile="gpu", at=clock["now"])
+            world["kube"].pod("carol", None, user="carol")
+        rec = await runner.run(cap, trigger="timer", actor="test")
+        assert rec.outcome is Outcome.APPLIED, rec.render()
+    clock["now"] = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    await runner.run(cap, trigger="timer", actor="test")
+    stored = Forecast.from_json(await world["store"].get(FORECAST_KEY))
+    assert stored.rates["0-09"] == 3 and stored.weeks["0-09"] == 1
+    # a week later at 08:58, nobody there yet: the learned 09:00 hour asks for a warm node
+    world["kube"].clear()
+    arm.add_pool("gpu", count=0, machines=[])
+    clock["now"] = datetime(2026, 3, 9, 8, 58, tzinfo=UTC)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert [(r.action.kind, r.action.params["count"]) for r in rec.results] == [("set_count", 1)], rec.render()
+    assert rec.plan is not None and any("forecast" in w for w in rec.plan.facts["why"])

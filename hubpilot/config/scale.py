@@ -123,6 +123,16 @@ class ScaleSettings(Section):
     demand_ttl_minutes: float = Field(
         15.0, ge=1, le=240, description="A hub demand signal counts this long (above node boot)."
     )
+    forecast: bool = Field(
+        False, description="Keep warm spare nodes by a forecast learned from GPU arrivals per weekday and hour "
+        "(adds to the warm windows' spare).")
+    forecast_quantile: float = Field(
+        0.95, gt=0, lt=1, description="Spare covers the arrivals within one node boot with this probability.")
+    forecast_boot_minutes: float = Field(
+        3.0, gt=0, le=60, description="Time a stopped (Deallocate) or new node needs until a pod runs on it.")
+    forecast_max_spare: int = Field(3, ge=0, le=100, description="Most spare nodes the forecast asks for.")
+    forecast_half_life_weeks: float = Field(
+        4.0, gt=0, le=52, description="Weight of older weeks in the forecast halves after this many weeks.")
     price_per_node_hour: float = Field(0.0, ge=0, description="Price of one GPU node-hour (cost report).")
     currency: str = Field("USD", description="Currency of price_per_node_hour.")
     # ARM client behaviour

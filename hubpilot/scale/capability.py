@@ -14,6 +14,7 @@ from hubpilot.ports.hub import Hub, HubError
 from hubpilot.ports.pool import Pool, PoolOutcome, PoolResult
 from hubpilot.ports.store import StateStore
 from hubpilot.scale.cost import record_size
+from hubpilot.scale.forecast import Forecast, learn
 from hubpilot.scale.plan import (
     OPERATION,
     REMOVE_NODES,
@@ -24,6 +25,7 @@ from hubpilot.scale.plan import (
     Memory,
     Observed,
     Policy,
+    arrival_keys,
     guard_scale,
     plan_scale,
 )
@@ -31,6 +33,7 @@ from hubpilot.scale.plan import (
 log = logging.getLogger(__name__)
 
 MEMORY_KEY = "scale/memory"
+FORECAST_KEY = "scale/forecast"
 DEMAND_PREFIX = "scale/demand/"
 
 
@@ -83,8 +86,11 @@ class ScaleCapability:
             except HubError as exc:  # only delays a scale-up; removal is guarded by the cluster view
                 notes.append(f"the hub's pending spawns are unknown this round: {exc}")
         memory = Memory.from_json(await self.store.get(MEMORY_KEY))
+        forecast = Forecast()
+        if self.policy.forecast is not None:
+            forecast = Forecast.from_json(await self.store.get(FORECAST_KEY))
         return Observed(pool, cluster, tuple(sorted(demand, key=lambda d: (d.key, d.at))), memory, at,
-                        tuple(notes), self.holder)
+                        tuple(notes), self.holder, forecast)
 
     async def _demand_docs(self) -> list[Demand]:
         out = []
@@ -135,6 +141,9 @@ class ScaleCapability:
                 await record_size(self.store, now, observed.pool.count - int(removed),
                                   source="scale-down")
         await self.store.put(MEMORY_KEY, memory.to_json())
+        if self.policy.forecast is not None:  # learn the arrivals this observation saw
+            keys = arrival_keys(observed, at, self.policy.demand_ttl)
+            await self.store.put(FORECAST_KEY, learn(observed.forecast, keys, at, self.policy.forecast).to_json())
         await self._expire_demand(now)
         return results
 

@@ -11,6 +11,7 @@ from typing import Any
 from hubpilot.loop import Action, Plan
 from hubpilot.ports.cluster import CORDON_ANNOTATION, ClusterView
 from hubpilot.ports.pool import PoolState
+from hubpilot.scale.forecast import Forecast, ForecastPolicy, forecast_spare
 from hubpilot.scale.schedule import Schedule
 
 OPERATION = "scale"
@@ -67,6 +68,7 @@ class Observed:
     at: datetime | None = None
     notes: tuple[str, ...] = ()
     holder: str = "hubpilot"
+    forecast: Forecast = field(default_factory=Forecast)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Policy:
     demand_ttl: timedelta = timedelta(minutes=15)
     pods_per_node: int = 1
     join_grace: timedelta = timedelta(minutes=10)  # a NotReady node younger than this is booting
+    forecast: ForecastPolicy | None = None  # warm spare from learned arrivals (None: windows only)
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,15 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta) -> Occupancy:
     )
 
 
+def arrival_keys(observed: Observed, now: datetime, ttl: timedelta) -> frozenset[str]:
+    """The GPU servers in sight now (pods that ask for a GPU, fresh demand signals): the forecast
+    counts a key as an arrival when it first comes into sight."""
+    keys = {f"{p.user}~{p.server}" if p.user else f"pod:{p.name}"
+            for p in observed.cluster.pods if p.gpu and p.phase not in ("Succeeded", "Failed")}
+    keys.update(d.key for d in observed.demand if now - d.at <= ttl)
+    return frozenset(keys)
+
+
 def next_memory(observed: Observed, occ: Occupancy, now: datetime) -> Memory:
     prev = observed.memory.empty_since
     since = {n: prev.get(n, now) for n in sorted(occ.empty)}
@@ -144,9 +156,15 @@ def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datet
         or (not n.ready and n.created is not None and now - n.created > policy.join_grace)))
     if unusable:
         why.append(f"{len(unusable)} unusable empty node(s): {', '.join(unusable)}")
-    wanted = need + warm.spare + len(unusable)
+    spare = warm.spare
     if warm.active:
         why.append(f"warm window {warm.window}: spare {warm.spare}, floor {warm.min_nodes}")
+    if policy.forecast is not None:
+        learned, rate = forecast_spare(observed.forecast, now, policy.forecast)
+        if learned:
+            why.append(f"forecast {rate:.1f} GPU arrivals/h: spare {learned}")
+        spare = max(spare, learned)
+    wanted = need + spare + len(unusable)
     wanted = max(wanted, warm.min_nodes, policy.min_nodes)
     ceiling = policy.max_nodes
     if observed.pool.autoscaling and observed.pool.max_count is not None:
