@@ -212,6 +212,19 @@ async def test_any_other_error_aborts_and_changes_nothing(fresh: GraphDouble, st
     assert await state_docs(store) == before
     snap = await d.read([g])  # the next read sees the change
     assert {m.id for m in snap.groups[g]} == {ps[1]}
+    # a username lookup denied (no User.Read.All): the read fails, the delta round is not committed
+    before = await state_docs(store)
+    newcomer = people(fresh, 1)[0]
+    fresh.add_member(g, newcomer)
+    fresh.fail_paths["/users"] = 403
+    try:
+        with pytest.raises(DirectoryError, match="403 Authorization_RequestDenied"):
+            await d.read([g])
+    finally:
+        fresh.fail_paths.clear()
+    assert await state_docs(store) == before
+    snap = await d.read([g])
+    assert {m.id for m in snap.groups[g]} == {ps[1], newcomer}
     await d.close()
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -29,10 +28,6 @@ log = logging.getLogger(__name__)
 EXPIRED_CODES = {"syncstatenotfound", "resyncrequired", "syncstateinvalid", "invaliddeltatoken"}
 USERS_PER_FILTER = 15
 """Graph's default limit of values in one ``in (...)`` filter clause."""
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def _plain(value: Any) -> Any:
@@ -145,13 +140,6 @@ class GraphClient:
         message = str(getattr(err, "message", "") or exc)
         return status, code, message
 
-    def _attr(self, user: Any) -> str | None:
-        value = getattr(user, _snake(self.username_attribute), None)
-        if value is None:
-            extra = getattr(user, "additional_data", None) or {}
-            value = extra.get(self.username_attribute)
-        return str(value) if value is not None else None
-
     # --- GraphReader -----------------------------------------------------------------------
     async def delta_round(self, group_ids: Sequence[str], delta_link: str | None) -> Mapping[str, Any]:
         from msgraph.generated.groups.delta.delta_request_builder import DeltaRequestBuilder
@@ -194,6 +182,36 @@ class GraphClient:
             what = status or type(exc).__name__
             raise DirectoryError(f"Graph /groups/delta failed ({what} {code}): {message}") from exc
 
+    async def _get_json(self, info: Any) -> dict[str, Any]:
+        """Send a request built by an SDK request builder through the SDK's adapter (auth, retry
+        handler, error mapping) and return the JSON body undeserialised: building a ``User`` model
+        costs milliseconds each, too much for thousands of users."""
+        from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+
+        adapter: Any = self.client.request_adapter
+        raw: Any = await adapter.send_primitive_async(info, "bytes", {"XXX": ODataError})
+        self.requests += 1
+        doc: Any = json.loads(raw) if raw else {}
+        if not isinstance(doc, dict):
+            raise DirectoryError("Graph answered a collection request with something other than a JSON object")
+        return doc
+
+    def _users_of(self, doc: Mapping[str, Any], found: dict[str, tuple[str | None, str]]) -> None:
+        for user in doc.get("value") or []:
+            if isinstance(user, dict) and isinstance(user.get("id"), str):
+                value = user.get(self.username_attribute)
+                found[user["id"].lower()] = (str(value) if value is not None else None,
+                                             str(user.get("displayName") or ""))
+
+    async def _pages(self, builder: Any, config: Any, found: dict[str, tuple[str | None, str]]) -> None:
+        doc = await self._get_json(builder.to_get_request_information(config))
+        while True:
+            self._users_of(doc, found)
+            nxt = doc.get("@odata.nextLink")
+            if not isinstance(nxt, str) or not nxt:
+                return
+            doc = await self._get_json(builder.with_url(nxt).to_get_request_information(self._config()))
+
     async def lookup_users(self, ids: Sequence[str]) -> Mapping[str, tuple[str | None, str]]:
         from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 
@@ -206,20 +224,13 @@ class GraphClient:
                 filter="id in (" + ",".join(f"'{i}'" for i in batch) + ")", select=select,
             )
             async with sem:
-                page = await self.client.users.get(self._config(q))
-                self.requests += 1
-                while page is not None:
-                    for user in page.value or []:
-                        if user.id:
-                            found[str(user.id).lower()] = (self._attr(user), user.display_name or "")
-                    if not page.odata_next_link:
-                        break
-                    page = await self.client.users.with_url(page.odata_next_link).get(self._config())
-                    self.requests += 1
+                await self._pages(self.client.users, self._config(q), found)
 
         batches = [list(ids[i:i + USERS_PER_FILTER]) for i in range(0, len(ids), USERS_PER_FILTER)]
         try:
             await asyncio.gather(*(one(b) for b in batches))
+        except DirectoryError:
+            raise
         except Exception as exc:
             status, code, message = self._error(exc)
             what = status or type(exc).__name__
@@ -237,16 +248,9 @@ class GraphClient:
             select=sorted({"id", "displayName", self.username_attribute}), top=999,
         )
         try:
-            page = await builder.get(self._config(q))
-            self.requests += 1
-            while page is not None:
-                for user in page.value or []:
-                    if user.id:
-                        found[str(user.id).lower()] = (self._attr(user), user.display_name or "")
-                if not page.odata_next_link:
-                    break
-                page = await builder.with_url(page.odata_next_link).get(self._config())
-                self.requests += 1
+            await self._pages(builder, self._config(q), found)
+        except DirectoryError:
+            raise
         except Exception as exc:
             status, code, message = self._error(exc)
             raise DirectoryError(f"Graph group members listing failed ({status or type(exc).__name__} {code}): "

@@ -83,8 +83,9 @@ class GraphDouble:
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
     script: list[dict[str, Any]] = field(default_factory=list)
     validations: list[str] = field(default_factory=list)
-    vanish_on_patch: set[str] = field(default_factory=set)
-    token_requests: list[dict[str, str]] = field(default_factory=list)  # removed by Graph just before a renewal
+    vanish_on_patch: set[str] = field(default_factory=set)  # removed by Graph just before a renewal
+    token_requests: list[dict[str, str]] = field(default_factory=list)
+    fail_paths: dict[str, int] = field(default_factory=dict)  # path prefix → status, until cleared
 
     # --- the directory the tests shape -------------------------------------------------------
     def add_user(self, uid: str | None = None, upn: str | None = None, display: str = "", **attrs: Any) -> str:
@@ -161,6 +162,11 @@ class GraphDouble:
     async def _handle(self, request: Request, path: str) -> Response:
         if request.headers.get("authorization") != f"Bearer {TOKEN}":
             return self._error(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
+        for prefix, status in self.fail_paths.items():
+            if path.startswith(prefix):
+                return self._error(status, "Authorization_RequestDenied" if status == 403 else "InternalServerError",
+                                   "Insufficient privileges to complete the operation." if status == 403
+                                   else "internal error")
         if self.faults:
             status, after = self.faults.pop(0)
             return self._error(status, "TooManyRequests" if status == 429 else "ServiceUnavailable",
