@@ -16,7 +16,7 @@ from typing import Any
 from hubpilot.loop import LockHeld, RunRecord
 from hubpilot.schedule import next_fire
 from hubpilot.settings import Settings
-from hubpilot.wiring import OPERATIONS, Context
+from hubpilot.wiring import OPERATIONS, Context, NotConfigured
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,6 @@ def configured_schedules(settings: Settings) -> list[Schedule]:
     """Every schedule the settings hold: each operation's, then any other ``*_schedule`` field."""
     out: list[Schedule] = []
     for op in OPERATIONS:
-        if op == "scale" and not settings.scale.enabled:
-            continue  # no pool configured: the timer would only record failures
         expr = getattr(getattr(settings, op, None), "schedule", None)
         if isinstance(expr, str) and expr:
             out.append(Schedule(op, expr, True, f"{op}.schedule"))
@@ -66,13 +64,15 @@ def configured_schedules(settings: Settings) -> list[Schedule]:
 
 async def run_scheduled(ctx: Context, operation: str, *, trigger: str = "timer",
                         actor: str = "timer") -> RunRecord | None:
-    """One scheduled round. None when another run holds the lock or the operation is not enabled
-    (scale without a configured pool): the round is skipped."""
-    if operation == "scale" and not ctx.settings.scale.enabled:
-        log.info("scheduled scale skipped: scale.enabled is false")
+    """One scheduled round. None when another run holds the lock or the operation is not
+    configured (scale without a pool): the round is skipped."""
+    try:
+        cap = ctx.capability(operation)
+    except NotConfigured as exc:
+        log.info("scheduled %s skipped: %s", operation, exc)
         return None
     try:
-        record = await ctx.runner.run(ctx.capability(operation), trigger=trigger, actor=actor)
+        record = await ctx.runner.run(cap, trigger=trigger, actor=actor)
     except LockHeld as exc:
         log.info("scheduled %s skipped: %s", operation, exc)
         return None

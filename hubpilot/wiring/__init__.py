@@ -25,6 +25,11 @@ class UnknownOperation(KeyError):
     pass
 
 
+class NotConfigured(ValueError):
+    """An operation was asked for whose settings are absent (e.g. scale without a pool): a
+    scheduled round skips it; a manual run reports it as a configuration error."""
+
+
 @dataclass
 class Context:
     """Everything a host needs, built once per process (or per test)."""
@@ -108,7 +113,7 @@ def build_store(settings: Settings) -> StateStore:
 def build_directory(ctx: Context) -> Directory:
     d = ctx.settings.directory
     if d is None:
-        raise ValueError("no [directory] configured")
+        raise NotConfigured("no [directory] is configured (directory.kind and its section)")
     if d.kind == "file" and d.file is not None:
         from hubpilot.adapters.filedir import FileDirectory
 

@@ -12,6 +12,7 @@ from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.pool import Pool
 from hubpilot.scale import Policy, ScaleCapability, Schedule
 from hubpilot.scale import cost_report as _cost_report
+from hubpilot.wiring import NotConfigured
 
 if TYPE_CHECKING:
     from hubpilot.wiring import Context
@@ -51,7 +52,7 @@ def build_pool(s: ScaleSettings) -> Pool:
     from hubpilot.adapters.aks import AksPool
 
     if not (s.subscription_id and s.resource_group and s.cluster):
-        raise ValueError("scale needs scale.subscription_id, scale.resource_group and scale.cluster")
+        raise NotConfigured("scale needs scale.subscription_id, scale.resource_group and scale.cluster")
     credential = DefaultAzureCredential(authority=s.authority)
     return AksPool(
         credential,

@@ -1,0 +1,33 @@
+"""Wiring from settings: operations whose settings are absent are skipped by schedules and are a
+configuration error (exit 2) when asked for by hand."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from hubpilot.api.scheduling import run_scheduled
+from hubpilot.cli import main
+from hubpilot.settings import load_settings
+from hubpilot.wiring import NotConfigured, build_context
+
+
+async def test_scheduled_scale_without_a_pool_is_skipped_and_records_nothing(tmp_path: Path) -> None:
+    ctx = build_context(load_settings(None, state={"sqlite_path": str(tmp_path / "s.sqlite3")}))
+    try:
+        with pytest.raises(NotConfigured, match=r"scale needs scale\.subscription_id"):
+            ctx.capability("scale")
+        assert await run_scheduled(ctx, "scale") is None
+        assert await run_scheduled(ctx, "sync") is None  # no directory configured either
+        assert (await ctx.store.read_audit(limit=5))[0] == []
+    finally:
+        await ctx.close()
+
+
+def test_cli_names_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "hubpilot.toml"
+    config.write_text(f'[state]\nsqlite_path = "{tmp_path / "s.sqlite3"}"\n')
+    assert main(["--config", str(config), "scale", "--dry-run"], out=io.StringIO()) == 2
+    assert "scale needs scale.subscription_id, scale.resource_group and scale.cluster" in capsys.readouterr().err
