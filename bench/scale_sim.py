@@ -225,13 +225,15 @@ class HubpilotParams:
     activity_interval: int = 60
     forecast_quantile: float | None = None  # warm spare from the learned forecast instead of windows
     forecast_boot_minutes: float = 2.5
+    forecast_min_rate: float = 0.0
     history_weeks: int = 3
     windows_too: bool = False  # forecast on top of the warm windows (the larger spare applies)
 
     def label(self) -> str:
         if self.forecast_quantile is not None:
             base = (f"cull {self.cull_minutes:g}m, node idle {self.node_idle_minutes:g}m, forecast spare "
-                    f"q={self.forecast_quantile:g}")
+                    f"q={self.forecast_quantile:g}" + (f" from {self.forecast_min_rate:g}/h"
+                                                       if self.forecast_min_rate else ""))
             if not self.windows_too:
                 return base
             return base + f" + spare {self.spare_shoulder} {self.window_start}-{self.window_end}"
@@ -242,7 +244,8 @@ class HubpilotParams:
     def forecast_policy(self) -> ForecastPolicy | None:
         if self.forecast_quantile is None:
             return None
-        return ForecastPolicy(quantile=self.forecast_quantile, boot=timedelta(minutes=self.forecast_boot_minutes))
+        return ForecastPolicy(quantile=self.forecast_quantile, boot=timedelta(minutes=self.forecast_boot_minutes),
+                              min_rate=self.forecast_min_rate)
 
 
 def z2jh_cull() -> tuple[CullSettings, float, int]:
@@ -416,9 +419,13 @@ def candidates(quick: bool) -> list[HubpilotParams]:
             for peaks in (PEAKS[:2] if quick else PEAKS):
                 out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=idle, spare_shoulder=1,
                                           spare_peak=2, peaks=peaks))
-        for q in ([0.95, 0.97, 0.98] if quick else [0.9, 0.95, 0.97, 0.98]):
-            out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, forecast_quantile=q))
-        out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, forecast_quantile=0.97, windows_too=True))
+        for q in ([0.97, 0.985] if quick else [0.95, 0.97, 0.98, 0.985]):
+            out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, forecast_quantile=q,
+                                      forecast_min_rate=1.5))
+        out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, forecast_quantile=0.97))
+        if not quick:
+            out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, forecast_quantile=0.97,
+                                      windows_too=True))
     return out
 
 
@@ -489,13 +496,14 @@ def summary(rows: list[Result]) -> None:
 def curve(seeds: Sequence[int]) -> None:
     """Node-hours against wait on the held-out seeds for a sweep of spare policies (no choice is
     made here: the sweep shows the trade-off), and which points no other point beats on both."""
-    points = [HubpilotParams(cull_minutes=8, node_idle_minutes=1, forecast_quantile=q)
-              for q in (0.8, 0.9, 0.95, 0.97, 0.98, 0.99)]
+    points = [HubpilotParams(cull_minutes=8, node_idle_minutes=1, forecast_quantile=q, forecast_min_rate=m)
+              for q, m in ((0.9, 0), (0.97, 0), (0.99, 0), (0.95, 1.5), (0.97, 1.5), (0.98, 1.5),
+                           (0.985, 1.5), (0.99, 1.5))]
     points += [HubpilotParams(cull_minutes=8, node_idle_minutes=1, spare_shoulder=1, spare_peak=1),
                HubpilotParams(cull_minutes=8, node_idle_minutes=1, spare_shoulder=1, spare_peak=2, peaks=PEAKS[2]),
                HubpilotParams(cull_minutes=8, node_idle_minutes=1, spare_shoulder=1, spare_peak=2, peaks=PEAKS[0]),
-               HubpilotParams(cull_minutes=5, node_idle_minutes=1, forecast_quantile=0.95),
-               HubpilotParams(cull_minutes=5, node_idle_minutes=1, forecast_quantile=0.97)]
+               HubpilotParams(cull_minutes=5, node_idle_minutes=1, forecast_quantile=0.97, forecast_min_rate=1.5),
+               HubpilotParams(cull_minutes=5, node_idle_minutes=1, forecast_quantile=0.985, forecast_min_rate=1.5)]
     traces = {s: trace(s) for s in seeds}
     out = []
     for p in points:

@@ -97,6 +97,14 @@ def test_the_spare_rises_one_boot_before_a_busy_hour() -> None:
     assert forecast_spare(f, MON9 + timedelta(hours=1, minutes=1), FP)[0] == 0
 
 
+def test_below_the_minimum_rate_no_spare_is_kept() -> None:
+    f = busy_forecast(1.2)
+    assert forecast_spare(f, MON9, FP) == (1, pytest.approx(1.2))
+    assert forecast_spare(f, MON9, ForecastPolicy(quantile=0.95, boot=timedelta(minutes=3), min_rate=1.5)) == (
+        0, pytest.approx(1.2))
+    assert forecast_spare(busy_forecast(2.0), MON9, ForecastPolicy(boot=timedelta(minutes=3), min_rate=1.5))[0] == 1
+
+
 def test_malformed_stored_forecast_starts_afresh() -> None:
     good = feed(Forecast(), {9: 3}, MON9.replace(hour=0))
     assert Forecast.from_json(good.to_json()) == good
@@ -109,8 +117,9 @@ def test_settings_build_the_forecast_policy_and_reject_nonsense() -> None:
     assert forecast_policy_from(ScaleSettings()) is None
     fp = forecast_policy_from(ScaleSettings(forecast=True, forecast_quantile=0.9, forecast_boot_minutes=2.5,
                                             timezone="Europe/Berlin", holidays=[date(2026, 12, 24)]))
-    assert fp == ForecastPolicy(quantile=0.9, boot=timedelta(minutes=2.5), max_spare=3, half_life_weeks=4.0,
-                                timezone="Europe/Berlin", holidays=frozenset({date(2026, 12, 24)}))
+    assert fp == ForecastPolicy(quantile=0.9, boot=timedelta(minutes=2.5), max_spare=3, min_rate=1.0,
+                                half_life_weeks=4.0, timezone="Europe/Berlin",
+                                holidays=frozenset({date(2026, 12, 24)}))
     with pytest.raises(ValidationError, match="forecast_quantile"):
         ScaleSettings(forecast_quantile=1.0)
     with pytest.raises(ValueError, match="between 0 and 1"):

@@ -127,10 +127,13 @@ class ScaleSettings(Section):
         False, description="Keep warm spare nodes by a forecast learned from GPU arrivals per weekday and hour "
         "(adds to the warm windows' spare).")
     forecast_quantile: float = Field(
-        0.95, gt=0, lt=1, description="Spare covers the arrivals within one node boot with this probability.")
+        0.97, gt=0, lt=1, description="Spare covers the arrivals within one node boot with this probability.")
     forecast_boot_minutes: float = Field(
         3.0, gt=0, le=60, description="Time a stopped (Deallocate) or new node needs until a pod runs on it.")
     forecast_max_spare: int = Field(3, ge=0, le=100, description="Most spare nodes the forecast asks for.")
+    forecast_min_rate: float = Field(
+        1.0, ge=0, le=1000, description="Expected GPU arrivals per hour below which the forecast keeps no spare "
+        "(a spare costs a node-hour an hour; fewer arrivals wait one boot).")
     forecast_half_life_weeks: float = Field(
         4.0, gt=0, le=52, description="Weight of older weeks in the forecast halves after this many weeks.")
     price_per_node_hour: float = Field(0.0, ge=0, description="Price of one GPU node-hour (cost report).")

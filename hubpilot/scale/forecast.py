@@ -30,9 +30,10 @@ PRIOR_WEEKS = 4.0  # weight of the same-hour mean of the day kind, in weeks of d
 
 @dataclass(frozen=True)
 class ForecastPolicy:
-    quantile: float = 0.95  # P(arrivals within one boot <= spare)
+    quantile: float = 0.97  # P(arrivals within one boot <= spare)
     boot: timedelta = timedelta(minutes=3)  # start time of a deallocated node, ready for a pod
     max_spare: int = 3
+    min_rate: float = 0.0  # fewer expected arrivals per hour than this: no spare (they wait one boot)
     half_life_weeks: float = 4.0
     forget: timedelta = timedelta(minutes=30)  # a key out of sight this long may arrive again
     timezone: str = "UTC"
@@ -43,6 +44,8 @@ class ForecastPolicy:
             raise ValueError(f"forecast quantile {self.quantile} must be between 0 and 1 (e.g. 0.95)")
         if self.boot <= timedelta(0):
             raise ValueError("forecast boot time must be positive")
+        if self.min_rate < 0:
+            raise ValueError("forecast min_rate must not be negative")
         if self.half_life_weeks <= 0:
             raise ValueError("forecast half-life must be positive")
 
@@ -163,6 +166,8 @@ def forecast_spare(forecast: Forecast, now: datetime, policy: ForecastPolicy) ->
     if _local_date(now, policy.timezone) in policy.holidays:
         return 0, 0.0
     rate = max(rate_at(forecast, now, policy.timezone), rate_at(forecast, now + policy.boot, policy.timezone))
+    if rate < policy.min_rate:
+        return 0, rate
     mean = rate * policy.boot.total_seconds() / 3600
     return poisson_quantile(mean, policy.quantile, policy.max_spare), rate
 
@@ -172,5 +177,6 @@ def forecast_policy_from(s: ScaleSettings) -> ForecastPolicy | None:
     if not s.forecast:
         return None
     return ForecastPolicy(quantile=s.forecast_quantile, boot=timedelta(minutes=s.forecast_boot_minutes),
-                          max_spare=s.forecast_max_spare, half_life_weeks=s.forecast_half_life_weeks,
+                          max_spare=s.forecast_max_spare, min_rate=s.forecast_min_rate,
+                          half_life_weeks=s.forecast_half_life_weeks,
                           timezone=s.timezone, holidays=frozenset(s.holidays))
