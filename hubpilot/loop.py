@@ -479,7 +479,8 @@ class Runner(Generic[ObservedT]):
         lease = await self.store.acquire_lock(cap.name, f"{actor}:{record.run_id}", self.lock_ttl, now)
         if lease is None:
             raise LockHeld(cap.name, await self.store.read_lock(cap.name, now))
-        keeper = asyncio.create_task(self._keep_lease(lease))
+        held = [lease]  # the keeper replaces it with each renewed lease; finally releases the newest
+        keeper = asyncio.create_task(self._keep_lease(held))
         try:
             await self.store.put(RUN_KEY.format(run_id=record.run_id), record.to_json())
             try:
@@ -523,7 +524,7 @@ class Runner(Generic[ObservedT]):
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-            await self.store.release_lock(lease)
+            await self.store.release_lock(held[0])
 
     async def approve(self, cap: Capability[ObservedT], plan_id: str, *, actor: str,
                       run_id: str | None = None, progress: Progress = no_progress) -> RunRecord:
@@ -548,15 +549,16 @@ class Runner(Generic[ObservedT]):
         return await self.store.get(LAST_RUN_KEY.format(operation=operation))
 
     # --- internals -------------------------------------------------------------------------
-    async def _keep_lease(self, lease: Lease) -> None:
-        """Renew the lease while a long run (ARM operations take minutes) is under way."""
+    async def _keep_lease(self, held: list[Lease]) -> None:
+        """Renew the lease while a long run (ARM operations take minutes) is under way; ``held[0]``
+        is always the newest lease, so the run releases the one the store knows."""
         while True:
             await asyncio.sleep(max(1.0, self.lock_ttl.total_seconds() / 3))
-            renewed = await self.store.renew_lock(lease, self.lock_ttl, self.clock())
+            renewed = await self.store.renew_lock(held[0], self.lock_ttl, self.clock())
             if renewed is None:
-                log.error("lost the %s lock; the run goes on but another may start", lease.name)
+                log.error("lost the %s lock; the run goes on but another may start", held[0].name)
                 return
-            lease = renewed
+            held[0] = renewed
 
     async def _finish(self, record: RunRecord) -> RunRecord:
         record.finished = self.clock()

@@ -1,0 +1,197 @@
+"""The shared runner and plan types, with a small in-test capability over in-memory data and the
+real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.loop import (
+    Action,
+    ActionResult,
+    LockHeld,
+    Outcome,
+    Plan,
+    Progress,
+    Runner,
+    Status,
+    UnknownPlan,
+    run_batches,
+)
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+class Shelf:
+    """Wanted items → actions that add missing ones; refuses when more than ``limit`` are added."""
+
+    name = "shelf"
+
+    def __init__(self, wanted: set[str], *, limit: int = 10, delay: float = 0.0, fail: str | None = None) -> None:
+        self.wanted = wanted
+        self.items: set[str] = set()
+        self.limit = limit
+        self.delay = delay
+        self.fail = fail
+        self.observed = 0
+
+    async def observe(self) -> set[str]:
+        self.observed += 1
+        return set(self.items)
+
+    def plan(self, observed: set[str], now: datetime) -> Plan:
+        return Plan.build(self.name, [Action("add", i, reason=f"wanted since {now:%H:%M}")
+                                      for i in self.wanted - observed])
+
+    def guard(self, observed: set[str], plan: Plan) -> Sequence[str]:
+        return [f"adds {len(plan.actions)} > {self.limit}"] if len(plan.actions) > self.limit else []
+
+    async def apply(self, plan: Plan, observed: set[str], progress: Progress) -> list[ActionResult]:
+        await asyncio.sleep(self.delay)
+        out = []
+        for a in plan.actions:
+            if a.target == self.fail:
+                out.append(ActionResult(a, Status.FAILED, "broken"))
+            else:
+                self.items.add(a.target)
+                out.append(ActionResult(a, Status.DONE))
+        return out
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> SqliteStore:
+    s = SqliteStore(str(tmp_path / "state.sqlite3"))
+    yield s
+    await s.close()
+
+
+def runner(store: SqliteStore, **kw: object) -> Runner[set[str]]:
+    return Runner(store, clock=lambda: NOW, **kw)  # type: ignore[arg-type]
+
+
+def test_plan_id_order_render_json_and_diff() -> None:
+    a = Plan.build("op", [Action("remove", "x", 30), Action("create", "b", 10), Action("create", "a", 10)])
+    assert [x.target for x in a.actions] == ["a", "b", "x"]
+    same = Plan.build("op", [Action("create", "a", 10, reason="other words"), Action("remove", "x", 30),
+                             Action("create", "b", 10)])
+    assert a.id == same.id and len(a.id) == 16
+    assert Plan.from_json(a.to_json()) == a
+    assert a.render().splitlines()[0] == f"plan {a.id} for op: 2 create, 1 remove"
+    assert a.diff(Plan.build("op", [Action("create", "a", 10)])) == ["- create b", "- remove x"]
+    assert Plan.build("op", []).render().endswith("nothing to do")
+
+
+async def test_dry_run_applies_and_records_nothing(store: SqliteStore) -> None:
+    cap = Shelf({"a", "b"})
+    record = await runner(store).run(cap, trigger="t", actor="me", dry_run=True)
+    assert record.outcome is Outcome.PLANNED and record.plan is not None and len(record.plan.actions) == 2
+    assert cap.items == set()
+    assert (await store.read_audit(limit=5))[0] == []
+    assert await store.read_lock("shelf", NOW) is None
+
+
+async def test_run_applies_records_and_converges(store: SqliteStore) -> None:
+    cap = Shelf({"a", "b"})
+    r = runner(store)
+    record = await r.run(cap, trigger="timer", actor="me")
+    assert record.outcome is Outcome.APPLIED and cap.items == {"a", "b"}
+    again = await r.run(cap, trigger="timer", actor="me")
+    assert again.outcome is Outcome.APPLIED and again.plan is not None and again.plan.empty
+    entries, _ = await store.read_audit(limit=5)
+    assert [e["outcome"] for e in entries] == ["applied", "applied"]
+    assert entries[1]["results"][0]["status"] == "done" and entries[1]["trigger"] == "timer"
+    assert (await r.get_run(record.run_id)).outcome is Outcome.APPLIED  # type: ignore[union-attr]
+    assert (await r.last_run("shelf"))["run_id"] == again.run_id  # type: ignore[index]
+
+
+async def test_partial_failure_is_failed_and_reported_per_action(store: SqliteStore) -> None:
+    cap = Shelf({"a", "b"}, fail="b")
+    record = await runner(store).run(cap, trigger="t", actor="me")
+    assert record.outcome is Outcome.FAILED and record.exit_code == 1
+    assert {r.action.target: r.status for r in record.results} == {"a": Status.DONE, "b": Status.FAILED}
+
+
+async def test_refusal_then_approval_then_stale_approval(store: SqliteStore) -> None:
+    cap = Shelf({"a", "b", "c"}, limit=1)
+    r = runner(store)
+    refused = await r.run(cap, trigger="t", actor="me")
+    assert refused.outcome is Outcome.REFUSED and refused.exit_code == 3 and cap.items == set()
+    assert refused.refusal == ("adds 3 > 1",) and refused.plan is not None
+    assert await r.refused_plan_operation(refused.plan.id) == "shelf"
+    cap.wanted.add("d")  # the world moved on: approval must not apply a different plan
+    stale = await r.approve(cap, refused.plan.id, actor="admin")
+    assert stale.outcome is Outcome.REFUSED and cap.items == set()
+    cap.wanted.discard("d")
+    ok = await r.approve(cap, refused.plan.id, actor="admin")
+    assert ok.outcome is Outcome.APPLIED and cap.items == {"a", "b", "c"}
+    with pytest.raises(UnknownPlan):
+        await r.approve(cap, refused.plan.id, actor="admin")  # used up
+
+
+async def test_paused_runs_only_report(store: SqliteStore) -> None:
+    cap = Shelf({"a"})
+    r = runner(store)
+    await r.set_paused("shelf", True, "admin")
+    record = await r.run(cap, trigger="t", actor="me")
+    assert record.outcome is Outcome.PAUSED and record.exit_code == 5 and cap.items == set()
+    assert record.plan is not None and len(record.plan.actions) == 1
+    await r.set_paused("shelf", False, "admin")
+    assert (await r.run(cap, trigger="t", actor="me")).outcome is Outcome.APPLIED
+
+
+async def test_observe_error_fails_with_nothing_applied(store: SqliteStore) -> None:
+    class Broken(Shelf):
+        async def observe(self) -> set[str]:
+            raise ConnectionError("directory down")
+
+    cap = Broken({"a"})
+    record = await runner(store).run(cap, trigger="t", actor="me")
+    assert record.outcome is Outcome.FAILED and record.error == "ConnectionError: directory down"
+    assert record.results == [] and await store.read_lock("shelf", NOW) is None
+
+
+async def test_concurrent_runs_one_applies_the_other_sees_the_lock(store: SqliteStore) -> None:
+    cap = Shelf({"a"}, delay=0.2)
+    results = await asyncio.gather(runner(store).run(cap, trigger="t", actor="x"),
+                                   runner(store).run(cap, trigger="t", actor="y"), return_exceptions=True)
+    assert sorted(type(x).__name__ for x in results) == ["LockHeld", "RunRecord"]
+    held = next(x for x in results if isinstance(x, LockHeld))
+    assert held.lease is not None and held.lease.holder.startswith(("x:", "y:"))
+
+
+async def test_a_long_run_renews_its_lease_and_releases_the_renewed_one(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "s.sqlite3"))
+    try:
+        r: Runner[set[str]] = Runner(store, lock_ttl=timedelta(seconds=1.5))  # renews every second
+        record = await r.run(Shelf({"a"}, delay=1.3), trigger="t", actor="me")
+        assert record.outcome is Outcome.APPLIED
+        assert await store.read_lock("shelf", datetime.now(UTC)) is None  # released, not left to expire
+        assert (await r.run(Shelf({"b"}), trigger="t", actor="me")).outcome is Outcome.APPLIED
+    finally:
+        await store.close()
+
+
+async def test_run_batches_orders_phases_batches_and_isolates_failures() -> None:
+    actions = [Action("add", "g1", 2, {"user": "u1"}), Action("add", "g1", 2, {"user": "u2"}),
+               Action("make", "g1", 1), Action("add", "g2", 2, {"user": "u3"})]
+    calls: list[list[str]] = []
+
+    async def perform(batch: list[Action]) -> list[ActionResult]:
+        calls.append([f"{a.kind}:{a.target}:{a.params.get('user', '')}" for a in batch])
+        if batch[0].target == "g2":
+            raise RuntimeError("hub said 503")
+        return [ActionResult(a, Status.DONE) for a in batch]
+
+    seen: list[int] = []
+    results = await run_batches(actions, lambda a: (a.kind, a.target), perform, concurrency=2,
+                                progress=lambda done, total, msg: seen.append(done))
+    assert calls[0] == ["make:g1:"]  # phase 1 first
+    assert sorted(calls[1:]) == [["add:g1:u1", "add:g1:u2"], ["add:g2:u3"]]  # one batch per group
+    assert [r.status for r in results] == [Status.DONE, Status.DONE, Status.DONE, Status.FAILED]
+    assert results[3].detail == "RuntimeError: hub said 503"
+    assert seen[-1] == 4
