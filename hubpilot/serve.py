@@ -147,6 +147,11 @@ class Server:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop)
+        from hubpilot.wiring.entra import start_notification_worker, stop_notification_worker
+
+        # Graph notifications (Entra with notifications on) wait in an in-process queue that
+        # this worker drains by running the delta sync.
+        worker = start_notification_worker(self.ctx)
         sched: asyncio.Task[None] | None = None
         if self.with_schedules and self.scheduler.schedules:
             sched = asyncio.create_task(self.scheduler.run(), name="hubpilot-scheduler")
@@ -155,6 +160,7 @@ class Server:
         try:
             await self.uvicorn.serve()
         finally:
+            await stop_notification_worker(worker)
             if sched is not None:
                 sched.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
