@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import re
 import threading
 import time
@@ -39,11 +38,15 @@ from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, ExponentialRetry
 
+from hubpilot.adapters.store_common import audit_time as _audit_time
+from hubpilot.adapters.store_common import dump_json as _dump
+from hubpilot.adapters.store_common import from_micros as _from_micros
+from hubpilot.adapters.store_common import load_json as _load
+from hubpilot.adapters.store_common import to_micros as _micros
 from hubpilot.ports.store import ConflictError, Lease, StoreError
 
 T = TypeVar("T")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _AT_SPAN = 10**18  # microseconds: past year 9999
 _SEQ_SPAN = 10**20  # nanoseconds
 _ROW_KEY = re.compile(r"^\d{18}-\d{20}-[0-9a-f]{8}$")
@@ -56,60 +59,6 @@ _IF_SAME = MatchConditions.IfNotModified
 _AUDIT_PK = "audit"
 _DOC_PREFIX = "docs/"
 _AUDIT_BLOBS = "audit/"
-
-
-def _micros(when: datetime, what: str) -> int:
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"{what} must be timezone-aware, got naive {when.isoformat()}")
-    return (when - _EPOCH) // timedelta(microseconds=1)
-
-
-def _from_micros(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def _audit_time(entry: Mapping[str, Any]) -> datetime:
-    if not isinstance(entry, Mapping):
-        raise ValueError(f"an audit entry must be a JSON object, got {type(entry).__name__}")
-    at, operation = entry.get("at"), entry.get("operation")
-    if not isinstance(operation, str) or not operation:
-        raise ValueError("an audit entry needs a non-empty string 'operation'")
-    if isinstance(at, datetime):
-        when = at
-    elif isinstance(at, str):
-        try:
-            when = datetime.fromisoformat(at)
-        except ValueError:
-            raise ValueError(f"audit entry 'at' is not an ISO time: {at!r}") from None
-    else:
-        raise ValueError("an audit entry needs 'at', an ISO time string")
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _dump(value: Mapping[str, Any], what: str) -> str:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
-    try:
-        return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                          default=_json_default)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} is not storable as JSON: {exc}") from None
-
-
-def _load(data: str | bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{what} holds corrupt JSON ({exc}); fix or delete it") from None
-    if not isinstance(value, dict):
-        raise StoreError(f"{what} holds {type(value).__name__}, not a JSON object; fix or delete it")
-    return value
 
 
 def _describe(exc: BaseException) -> str:

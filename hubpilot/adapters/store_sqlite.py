@@ -12,7 +12,6 @@ and ``docs`` (key, JSON, etag). The schema is created on first use.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import threading
 import uuid
@@ -21,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hubpilot.adapters.store_common import audit_time, dump_json, from_micros, load_json, to_micros
 from hubpilot.ports.store import ConflictError, Lease, StoreError
 
 T = TypeVar("T")
@@ -49,67 +49,6 @@ CREATE TABLE IF NOT EXISTS docs (
     etag TEXT NOT NULL
 );
 """
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def to_micros(when: datetime, what: str = "time") -> int:
-    """Microseconds since the epoch of a timezone-aware datetime (naive ones are refused)."""
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"{what} must be timezone-aware, got naive {when.isoformat()}")
-    return (when - _EPOCH) // timedelta(microseconds=1)
-
-
-def from_micros(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def audit_time(entry: Mapping[str, Any]) -> datetime:
-    """The ``at`` of an audit entry, validated (ISO time; naive means UTC)."""
-    if not isinstance(entry, Mapping):
-        raise ValueError(f"an audit entry must be a JSON object, got {type(entry).__name__}")
-    at, operation = entry.get("at"), entry.get("operation")
-    if not isinstance(operation, str) or not operation:
-        raise ValueError("an audit entry needs a non-empty string 'operation'")
-    if isinstance(at, datetime):
-        when = at
-    elif isinstance(at, str):
-        try:
-            when = datetime.fromisoformat(at)
-        except ValueError:
-            raise ValueError(f"audit entry 'at' is not an ISO time: {at!r}") from None
-    else:
-        raise ValueError("an audit entry needs 'at', an ISO time string")
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-def dump_json(value: Mapping[str, Any], what: str) -> str:
-    """Serialise a JSON object, or say clearly why it cannot be stored."""
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
-    try:
-        return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                          default=_json_default)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} is not storable as JSON: {exc}") from None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def load_json(text: str | bytes, what: str) -> dict[str, Any]:
-    """Parse a stored JSON object; anything else is a StoreError naming what was read."""
-    try:
-        value = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{what} holds corrupt JSON ({exc}); fix or delete it") from None
-    if not isinstance(value, dict):
-        raise StoreError(f"{what} holds {type(value).__name__}, not a JSON object; fix or delete it")
-    return value
-
 
 def _parse_cursor(cursor: str) -> tuple[int, int]:
     """``<at_us>:<id>`` as read_audit returns it; anything else is a ValueError."""
