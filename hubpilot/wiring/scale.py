@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from hubpilot.config.scale import ScaleSettings
 from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.pool import Pool
-from hubpilot.scale import Policy, ScaleCapability, Schedule
+from hubpilot.scale import Policy, ScaleCapability, Schedule, forecast_policy_from
 from hubpilot.scale import cost_report as _cost_report
 from hubpilot.wiring import NotConfigured
 
@@ -43,6 +43,7 @@ def policy_from(s: ScaleSettings) -> Policy:
         demand_ttl=timedelta(minutes=s.demand_ttl_minutes),
         pods_per_node=s.pods_per_node,
         join_grace=timedelta(minutes=s.node_join_grace_minutes),
+        forecast=forecast_policy_from(s),
     )
 
 
