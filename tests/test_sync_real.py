@@ -8,6 +8,8 @@ import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,12 @@ from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.config.sync import SyncSettings
 from hubpilot.loop import LockHeld, Outcome, Runner, Status
 from hubpilot.ports.directory import Directory
-from hubpilot.sync import MANAGED_KEY, SyncCapability
+from hubpilot.sync import MANAGED_KEY, SyncCapability, SyncObserved
 from tests.fixtures.hub import unique_name
 from tests.realhub import RealHub
 
 pytestmark = pytest.mark.hub
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 class World:
@@ -111,7 +114,8 @@ async def test_first_sync_then_no_change_then_one_addition(world: World) -> None
     again = await world.run()
     assert again.outcome is Outcome.APPLIED and again.plan is not None and again.plan.empty
     assert world.client.stats["writes"] == 0  # a run with no change writes nothing
-    assert world.client.stats["by_route"].get("GET /users") == 1  # and reads the user list once
+    # ... and reads the hub's groups once, no user list: membership proves the users exist
+    assert world.client.stats["by_route"] == {"GET /groups": 1}
 
     world.set("analysts", "alice", "bob", "dave")
     third = await world.run()
@@ -156,6 +160,39 @@ async def test_removed_person_is_deprovisioned_server_stopped_tokens_revoked_not
     back = await world.run()
     assert back.plan is not None and {"manage_user", "add_to_group"} <= set(back.plan.counts())
     assert (await world.hub_state())["users"][bob]["groups"] == [f"{world.prefix}analysts"]
+
+
+async def full_observation(world: World) -> SyncObserved:
+    """What observe would see reading every hub user (the flag-mode and many-changes path)."""
+    targeted = await world.capability().observe()
+    return replace(targeted, users={u.name: u for u in await world.client.list_users()})
+
+
+async def test_targeted_observation_plans_exactly_what_a_full_listing_plans(world: World, real_hub: RealHub) -> None:
+    world.set("analysts", "alice", "bob", "carol")
+    world.set("gpu", "bob")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    await real_hub.spawn(world.user("bob"))
+    async with real_hub.admin() as admin:  # a hub user made by hand, later found in the directory
+        assert (await admin.post(f"/users/{world.user('erin')}")).status_code == 201
+        # carol was removed from her hub group by hand: the next sync puts her back
+        r = await admin.request("DELETE", f"/groups/{world.prefix}analysts/users",
+                                json={"users": [world.user("carol")]})
+        assert r.status_code == 200, r.text
+    world.set("analysts", "alice", "carol", "dave", "erin")  # bob leaves, dave and erin arrive
+    world.set("gpu")
+    cap = world.capability()
+    world.client.reset_stats()
+    targeted = await cap.observe()
+    # it read less: the groups, and only the four people in question (bob, carol, dave, erin) ...
+    assert world.client.stats["by_route"] == {"GET /groups": 1, "GET /users/{name}": 4}
+    full = await full_observation(world)
+    plan = cap.plan(targeted, NOW)
+    assert plan.id == cap.plan(full, NOW).id  # ... and plans the same
+    assert {(a.kind, a.target) for a in plan.actions} >= {
+        ("create_user", world.user("dave")), ("manage_user", world.user("erin")),
+        ("stop_servers", world.user("bob")), ("deprovision", world.user("bob"))}
+    assert ("add_to_group", f"{world.prefix}analysts") in {(a.kind, a.target) for a in plan.actions}
 
 
 async def test_dry_run_changes_nothing_and_records_nothing(world: World) -> None:

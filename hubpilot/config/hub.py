@@ -18,4 +18,7 @@ class HubSettings(Section):
     timeout_seconds: float = Field(10.0, gt=0, le=300, description="Timeout of one hub request.")
     retries: int = Field(3, ge=0, le=10, description="Retries on connection errors and 5xx answers.")
     concurrency: int = Field(20, ge=1, le=100, description="Hub requests in flight at once.")
-    page_size: int = Field(200, ge=1, le=1000, description="Items per page when listing.")
+    page_size: int = Field(
+        200, ge=1, le=10000,
+        description="Items per page when listing; the hub caps it at its api_page_max_limit (default 200).",
+    )

@@ -70,6 +70,10 @@ class Hub(Protocol):
 
     async def list_groups(self) -> list[HubGroup]: ...
 
+    async def get_user(self, name: str) -> HubUser | None:
+        """One user with their servers; None when the hub does not know them."""
+        ...
+
     async def create_users(self, names: Sequence[str]) -> list[str]:
         """Create users in bulk; returns the names created (existing ones are left as they are)."""
         ...

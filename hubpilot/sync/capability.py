@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from hubpilot.config.sync import SyncSettings
 from hubpilot.loop import Action, ActionResult, Clock, Plan, Progress, Status, run_batches, utcnow
-from hubpilot.ports.directory import Directory
-from hubpilot.ports.hub import Hub, StopResult
+from hubpilot.ports.directory import Directory, DirectorySnapshot
+from hubpilot.ports.hub import Hub, HubGroup, HubUser, StopResult
 from hubpilot.ports.store import ConflictError, StateStore
-from hubpilot.sync.plan import OPERATION, ManagedUser, SyncObserved, guard_sync, plan_sync
+from hubpilot.sync.plan import OPERATION, ManagedUser, SyncObserved, desired_state, guard_sync, plan_sync
 
 MANAGED_KEY = "sync/managed"
+TARGETED_LIMIT = 100
+"""More users in question than this and observe reads the whole user list instead of each."""
 
 
 class ManagedRecordError(Exception):
@@ -45,18 +47,48 @@ class SyncCapability:
         groups = list(dict.fromkeys([*self.policy.users_groups, *self.policy.admin_groups]))
         if not groups:
             raise ValueError("sync.users_groups is empty: there is nothing to sync")
-        snapshot, users, hub_groups, managed = await asyncio.gather(
+        snapshot, hub_groups, managed = await asyncio.gather(
             self.directory.read(groups),
-            self.hub.list_users(),
             self.hub.list_groups(),
             self._read_managed(),
         )
-        return SyncObserved(
-            snapshot=snapshot,
-            users={u.name: u for u in users},
-            groups={g.name: g for g in hub_groups},
-            managed=managed,
-        )
+        by_name = {g.name: g for g in hub_groups}
+        users = await self._observe_users(snapshot, by_name, managed)
+        return SyncObserved(snapshot=snapshot, users=users, groups=by_name, managed=managed)
+
+    async def _observe_users(
+        self, snapshot: DirectorySnapshot, groups: Mapping[str, HubGroup], managed: Mapping[str, ManagedUser]
+    ) -> dict[str, HubUser]:
+        """The hub users the plan needs to see.
+
+        The plan reads a user's record only to know that they exist, whether they are admin (in
+        flag mode) and which servers a leaving user runs. Group membership already proves that a
+        user exists, so in role mode hubpilot fetches only the people whose existence or servers
+        are in question — newcomers not in any hub group yet, people who leave, deletions that
+        fall due — one request each; when those are many (a first sync), or in flag mode, it reads
+        the whole user list once instead. Both give the plan the same answer.
+        """
+        if self.policy.admin_mode == "flag":
+            return {u.name: u for u in await self.hub.list_users()}
+        want = desired_state(snapshot, self.policy)
+        member_of: dict[str, set[str]] = {}
+        for g in groups.values():
+            for u in g.users:
+                member_of.setdefault(u, set()).add(g.name)
+        leaving = {n for n, r in managed.items() if r.active and n not in want.users and n not in want.uncertain}
+        due = {n for n, r in managed.items() if not r.active and self.policy.delete_users
+               and n not in want.users}
+        asked = sorted((want.users - member_of.keys()) | leaving | due)
+        if len(asked) > TARGETED_LIMIT:
+            return {u.name: u for u in await self.hub.list_users()}
+        users = {n: HubUser(n, False, frozenset(gs)) for n, gs in member_of.items()}
+        fetched = await asyncio.gather(*(self.hub.get_user(n) for n in asked))
+        for name, user in zip(asked, fetched, strict=True):
+            if user is None:
+                users.pop(name, None)
+            else:
+                users[name] = user
+        return users
 
     def plan(self, observed: SyncObserved, now: datetime) -> Plan:
         return plan_sync(observed, self.policy, now)
