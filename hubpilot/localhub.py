@@ -36,7 +36,10 @@ import psutil
 from hubpilot_hub.scopes import HUBPILOT_SCOPES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
+# The hub (and the single-user servers it spawns) come from this environment's bin, or from the
+# one HUBPILOT_HUB_VENV names: the tests run once more against the newest JupyterHub that way.
+VENV_BIN = Path(os.environ["HUBPILOT_HUB_VENV"]) / "bin" if os.environ.get("HUBPILOT_HUB_VENV") \
+    else Path(sys.executable).parent
 PASSWORD = "hubpilot-demo-password"
 
 
