@@ -155,7 +155,9 @@ async def _demo(ldap: bool, port: int, wait: bool) -> int:
 
         _say("\n" + "═" * 72)
         _say(f"JupyterHub:      {hub.url}   (log in as any synced user, password: {hub.password})")
-        _say(f"admin API:       http://127.0.0.1:{api_port}/api/v1/docs   (bearer token: {api_token})")
+        _say(f"admin API:       http://127.0.0.1:{api_port}/api/v1   (bearer token: {api_token})")
+        _say(f"  try:           curl -H 'Authorization: Bearer {api_token}' "
+             f"http://127.0.0.1:{api_port}/api/v1/plan/sync")
         if ldap:
             _say(f"directory:       {directory['ldap']['url']}  base {LDAP_BASE}, bind {directory['ldap']['bind_dn']}")
         else:
