@@ -12,6 +12,7 @@ wrong ``clientState`` is answered 403, changes nothing and is audited.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -22,6 +23,17 @@ from hubpilot.entra.notifications import NotificationError, check, hints_for, pa
 log = logging.getLogger(__name__)
 
 router = APIRouter()
+
+_DETAIL = {"application/json": {"schema": {"type": "object", "properties": {"detail": {"type": "string"}}}}}
+WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Graph's validation handshake: the validationToken echoed back",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+    202: {"description": "Accepted; the delta sync runs asynchronously"},
+    400: {"description": "The body is not a Graph notification", "content": _DETAIL},
+    403: {"description": "clientState or tenant wrong (audited)", "content": _DETAIL},
+    404: {"description": "Graph notifications are off", "content": _DETAIL},
+    503: {"description": "The notification queue is unavailable; Graph retries", "content": _DETAIL},
+}
 
 MAX_VALIDATION_TOKEN = 4096
 AUDIT_OPERATION = "graph-notifications"
@@ -67,13 +79,13 @@ async def _receive(request: Request, *, lifecycle: bool) -> Response:
     return Response(status_code=202)
 
 
-@router.post("/graph/notifications", include_in_schema=True, status_code=202,
+@router.post("/graph/notifications", include_in_schema=True, status_code=202, responses=WEBHOOK_RESPONSES,
              summary="Microsoft Graph change notifications (verified by clientState)")
 async def graph_notifications(request: Request) -> Response:
     return await _receive(request, lifecycle=False)
 
 
-@router.post("/graph/lifecycle", include_in_schema=True, status_code=202,
+@router.post("/graph/lifecycle", include_in_schema=True, status_code=202, responses=WEBHOOK_RESPONSES,
              summary="Microsoft Graph lifecycle notifications (verified by clientState)")
 async def graph_lifecycle(request: Request) -> Response:
     return await _receive(request, lifecycle=True)
