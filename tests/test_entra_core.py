@@ -247,3 +247,18 @@ def test_entra_settings_say_what_to_fix() -> None:
     assert ok.effective_lifecycle_url == "https://hub.example.org/api/v1/graph/lifecycle"
     assert EntraSettings(graph_base_url="https://graph.microsoft.us/v1.0/").effective_scope == \
         "https://graph.microsoft.us/.default"
+
+
+def test_a_hint_is_covered_only_by_a_finished_sync_that_started_after_it() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from hubpilot.entra.notifications import Hint, covered_by
+
+    received = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    hint = Hint("sync", received=received.isoformat())
+    assert covered_by(hint, "applied", received + timedelta(seconds=1))
+    assert covered_by(hint, "refused", received)  # a refused plan re-appears next run: the change is not lost
+    assert not covered_by(hint, "applied", received - timedelta(seconds=1))  # started before the change
+    assert not covered_by(hint, "failed", received + timedelta(seconds=1))  # a failed read saw nothing
+    assert not covered_by(hint, "applied", None)
+    assert not covered_by(Hint("sync"), "applied", received)  # no receipt time: run again

@@ -137,6 +137,21 @@ class Hint:
                    tuple(str(r) for r in data.get("renew") or ()), str(data.get("received") or ""))
 
 
+def covered_by(hint: Hint, last_sync_outcome: str | None, last_sync_started: datetime | None) -> bool:
+    """True when the last sync run already covers the hint: it finished (applied, refused or
+    paused) and it started after the notification was received, so its delta read saw the change.
+    Duplicate and late notifications then cost no run."""
+    if not hint.received or last_sync_started is None:
+        return False
+    if last_sync_outcome not in ("applied", "refused", "paused"):
+        return False
+    try:
+        received = datetime.fromisoformat(hint.received)
+    except ValueError:
+        return False
+    return last_sync_started >= received
+
+
 def hints_for(verdict: Verdict, now: datetime) -> list[Hint]:
     """The hints accepted notifications ask for: one sync for all changes; lifecycle events
     ``reauthorizationRequired``/``subscriptionRemoved`` ask the manager to renew/recreate,

@@ -17,12 +17,12 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from hubpilot.config.entra import EntraSettings
 from hubpilot.entra.directory import STATE_PREFIX, EntraDirectory
-from hubpilot.entra.notifications import Hint, NotificationQueue, coalesce
+from hubpilot.entra.notifications import Hint, NotificationQueue, coalesce, covered_by
 from hubpilot.entra.subscriptions import SubscriptionManager, SubscriptionPolicy
 from hubpilot.loop import LockHeld, RunRecord
 from hubpilot.ports.directory import Directory
@@ -118,21 +118,12 @@ async def run_subscription_manager(ctx: Context, *, force_renew: Sequence[str] =
 
 
 async def hint_covered(ctx: Context, hint: Hint) -> bool:
-    """True when a sync run that started after the hint was received has finished: its delta
-    read saw the change already (duplicate and late notifications cost nothing)."""
-    if not hint.received:
-        return False
+    """Reads the last sync run for :func:`hubpilot.entra.notifications.covered_by`."""
     last = await ctx.runner.last_run("sync")
-    if not last or last.get("outcome") not in ("applied", "refused", "paused"):
+    if not last or not hint.received:
         return False
     record = await ctx.runner.get_run(str(last.get("run_id")))
-    if record is None:
-        return False
-    try:
-        received = datetime.fromisoformat(hint.received)
-    except ValueError:
-        return False
-    return record.started >= received
+    return covered_by(hint, str(last.get("outcome")), record.started if record else None)
 
 
 async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
