@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.hub",
     "tests.fixtures.slapd",
     "tests.fixtures.azurite",
+    "tests.fixtures.webhook",
 ]

@@ -16,20 +16,18 @@ import pytest
 
 from hubpilot.adapters.entra import GraphClient, StaticTokenCredential
 from hubpilot.adapters.store_sqlite import SqliteStore
-from hubpilot.api.app import create_app
 from hubpilot.entra.directory import STATE_PREFIX, EntraDirectory
 from hubpilot.loop import Outcome
 from hubpilot.ports.directory import DirectoryError
 from hubpilot.settings import Settings
-from hubpilot.wiring import Context
 from hubpilot.wiring.entra import (
     InProcessHints,
     NotificationWorker,
     notification_queue,
     run_subscription_manager,
-    use_credential,
 )
-from tests.doubles.graph import MSI_SECRET, TOKEN, GraphDouble, Served, start_graph_double
+from tests.doubles.graph import MSI_SECRET, TOKEN, GraphDouble, start_graph_double
+from tests.fixtures.webhook import Webhook
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "msgraph"
 SECRET = "client-state-" + uuid.uuid4().hex
@@ -308,35 +306,6 @@ def entra_settings(graph: GraphDouble, hook: str, groups: list[str], **extra: An
         sync={"users_groups": groups, **extra.pop("sync", {})},
         **extra,
     )
-
-
-class Webhook:
-    """The admin app on loopback, its Context built from settings once the URL is known."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.ctx: Context | None = None
-        self.tmp = tmp
-        self.served = Served(create_app(self.get))
-        self.url = self.served.url
-
-    def get(self) -> Context:
-        assert self.ctx is not None
-        return self.ctx
-
-    def use(self, settings: Settings) -> Context:
-        self.ctx = Context(settings=settings, store=SqliteStore(self.tmp / f"{uuid.uuid4().hex[:8]}.sqlite3"))
-        use_credential(self.ctx, StaticTokenCredential(TOKEN))
-        return self.ctx
-
-
-@pytest.fixture
-async def webhook(tmp_path: Path) -> AsyncIterator[Webhook]:
-    w = Webhook(tmp_path)
-    await w.served.start()
-    yield w
-    await w.served.stop()
-    if w.ctx is not None:
-        await w.ctx.close()
 
 
 async def test_handshake_forged_client_state_and_bad_bodies(fresh: GraphDouble, webhook: Webhook) -> None:

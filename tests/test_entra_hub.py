@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,8 +30,9 @@ from hubpilot.wiring.entra import (
 )
 from tests.doubles.graph import GraphDouble, start_graph_double
 from tests.fixtures.hub import unique_name
+from tests.fixtures.webhook import Webhook
 from tests.realhub import RealHub
-from tests.test_entra_graph import SECRET, Webhook
+from tests.test_entra_graph import SECRET
 
 pytestmark = pytest.mark.hub
 
@@ -90,16 +90,6 @@ class Tenant:
         async with self.hub.admin() as admin:
             groups = {g["name"]: sorted(g["users"]) for g in (await admin.get("/groups")).json()}
         return {"admins": groups.get(f"{self.tag}-admins", []), "users": groups.get(f"{self.tag}-users", [])}
-
-
-@pytest.fixture
-async def webhook(tmp_path: Path) -> AsyncIterator[Webhook]:
-    w = Webhook(tmp_path)
-    await w.served.start()
-    yield w
-    await w.served.stop()
-    if w.ctx is not None:
-        await w.ctx.close()
 
 
 async def test_onboarding_removal_and_admin_follow_notifications(
