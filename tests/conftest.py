@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.slapd",
     "tests.fixtures.azurite",
     "tests.fixtures.webhook",
+    "tests.fixtures.kmock",
 ]

@@ -19,15 +19,15 @@ from hubpilot.settings import Settings
 from hubpilot.wiring import Context
 from hubpilot.wiring.scale import build_scale
 from tests.doubles.arm import ArmDouble, StaticToken
+from tests.fixtures.kmock import NS, Emulator
 from tests.test_api_kit import HUB_TOKEN, asgi_client, auth, token_settings
-from tests.test_scale_kube import NS, Emulator, kube  # noqa: F401  (the module's kmock fixture)
 
 ADMIN, READER, HUB = auth("admin"), auth("reader"), auth("hub")
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def setup(kube: Emulator, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:  # noqa: F811
+async def setup(kube: Emulator, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     kube.clear()
     arm = ArmDouble()
     await arm.start()

@@ -20,9 +20,9 @@ from hubpilot.wiring import Context
 from hubpilot.wiring.scale import build_scale
 from tests.doubles.arm import ArmDouble, StaticToken
 from tests.fixtures.hub import unique_name
+from tests.fixtures.kmock import NS, Emulator
 from tests.realhub import RealHub
 from tests.test_api_kit import HUB_TOKEN, TOKENS, token_settings
-from tests.test_scale_kube import NS, Emulator, kube  # noqa: F401  (the module's kmock fixture)
 
 pytestmark = pytest.mark.hub
 
@@ -36,7 +36,7 @@ configure_scale_demand(c, url="http://127.0.0.1:{port}/api/v1", token={TOKENS['h
 
 
 async def test_gpu_spawn_requests_a_node_and_never_waits_for_hubpilot(
-    kube: Emulator, tmp_path: Path, hub_factory: Callable[..., Awaitable[RealHub]],  # noqa: F811
+    kube: Emulator, tmp_path: Path, hub_factory: Callable[..., Awaitable[RealHub]],
 ) -> None:
     from hubpilot.serve import Server
 

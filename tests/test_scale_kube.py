@@ -8,9 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import kmock
 import pytest
-from kmock._internal import apps
 
 from hubpilot.adapters.aks import AksPool
 from hubpilot.adapters.kube import KubeCluster
@@ -20,59 +18,7 @@ from hubpilot.ports.cluster import CORDON_ANNOTATION
 from hubpilot.scale import Forecast, ForecastPolicy, Policy, ScaleCapability, cost_report, record_demand
 from hubpilot.scale.capability import FORECAST_KEY
 from tests.doubles.arm import ArmDouble, StaticToken
-
-NS = "jhub"
-POOL_LABEL = "kubernetes.azure.com/agentpool"
-
-
-class Emulator:
-    def __init__(self, k: Any, url: str) -> None:
-        self.k = k
-        self.url = url
-
-    def node(self, name: str, pool: str = "gpu", *, unschedulable: bool = False,
-             annotations: dict[str, str] | None = None) -> None:
-        self.k.objects["v1/nodes", None, name] = {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": {POOL_LABEL: pool}, "annotations": annotations or {},
-                         "creationTimestamp": "2026-03-01T08:00:00Z"},
-            "spec": {"unschedulable": unschedulable},
-            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
-        }
-
-    def pod(self, name: str, node: str | None, *, gpu: bool = True, ns: str = NS, user: str = "",
-            component: str = "singleuser-server", phase: str | None = None) -> None:
-        requests = {"nvidia.com/gpu": "1"} if gpu else {"cpu": "1"}
-        status: dict[str, Any] = {"phase": phase or ("Running" if node else "Pending")}
-        if node is None:
-            status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]
-        self.k.objects["v1/pods", ns, name] = {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": ns, "labels": {"component": component},
-                         "annotations": {"hub.jupyter.org/username": user or name,
-                                         "hub.jupyter.org/servername": ""}},
-            "spec": {"nodeName": node, "containers": [{"name": "notebook", "image": "x",
-                                                        "resources": {"requests": requests}}]},
-            "status": status,
-        }
-
-    def drop_pod(self, name: str, ns: str = NS) -> None:
-        del self.k.objects["v1/pods", ns, name]
-
-    def clear(self) -> None:
-        for key in list(self.k.objects.keys()):
-            del self.k.objects[key]
-
-    def node_obj(self, name: str) -> dict[str, Any]:
-        return dict(self.k.objects["v1/nodes", None, name])
-
-
-@pytest.fixture(scope="module")
-async def kube() -> AsyncIterator[Emulator]:
-    async with kmock.KubernetesEmulator() as k, apps.Server(k) as srv:
-        k.resources["v1/nodes"] = {}
-        k.resources["v1/pods"] = {}
-        yield Emulator(k, str(srv.url).rstrip("/"))
+from tests.fixtures.kmock import NS, Emulator
 
 
 @pytest.fixture
