@@ -203,14 +203,6 @@ async def wait_for_run(ctx: Context, run_id: str, seconds: float) -> dict[str, A
     return await read_run(ctx, run_id)
 
 
-def is_final(doc: Mapping[str, Any]) -> bool:
-    return doc.get("outcome") in FINAL_OUTCOMES
-
-
-def record_to_json(record: RunRecord) -> dict[str, Any]:
-    return record.to_json()
-
-
 # --- the Storage queue (run_mode = "queue") -------------------------------------------------------
 
 def queue_connection_string(ctx: Context) -> str:

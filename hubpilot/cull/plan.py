@@ -9,7 +9,6 @@ switches also govern max-age stops, and users are only reported unless deletion 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -171,6 +170,3 @@ def guard_cull(settings: CullSettings, plan: Plan) -> list[str]:
         reasons.append(f"the plan holds actions cull does not perform: {', '.join(unknown)}")
     return reasons
 
-
-def stops_of(plan: Plan) -> Sequence[Action]:
-    return [a for a in plan.actions if a.kind in STOP_KINDS]

@@ -38,8 +38,6 @@ def normalise_id(value: Any) -> str | None:
     return None
 
 
-def is_guid(value: str) -> bool:
-    return normalise_id(value) is not None
 
 
 @dataclass

@@ -68,6 +68,3 @@ def _covers(w: WarmWindow, local: datetime, holidays: frozenset[date]) -> bool:
         return yesterday.weekday() in days and yesterday not in holidays
     return False
 
-
-def local_time(now: datetime, timezone: str) -> time:
-    return now.astimezone(ZoneInfo(timezone)).time()
