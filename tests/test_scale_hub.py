@@ -82,7 +82,7 @@ async def test_gpu_spawn_requests_a_node_and_never_waits_for_hubpilot(
         stopped = True
         r = await hub.spawn(late_user, user_options={"profile": "gpu"}, timeout=60)
         assert r.status_code in (201, 202)
-        assert "gpu-demand" in hub.log_tail(200) or "hubpilot" in hub.log_tail(200)
+        assert f"hubpilot gpu-demand for {late_user}" in hub.log_tail(200)  # the failed call was only logged
     finally:
         if not stopped:
             server.stop()
