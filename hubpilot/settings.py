@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
     @model_validator(mode="after")
+    def _reclaim_exceeds_activity_interval(self) -> Settings:
+        reclaim = self.scale.reclaim_idle_minutes * 60
+        if 0 < reclaim <= self.cull.activity_interval:
+            raise ValueError(
+                f"scale.reclaim_idle_minutes ({self.scale.reclaim_idle_minutes:g} min) must exceed the hub's "
+                f"activity interval (cull.activity_interval={self.cull.activity_interval} s), or servers in use "
+                "would look idle and be reclaimed; raise it or lower JUPYTERHUB_ACTIVITY_INTERVAL and "
+                "cull.activity_interval together"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sync_needs_directory(self) -> Settings:
         if (self.sync.users_groups or self.sync.admin_groups) and self.directory is None:
             raise ValueError(

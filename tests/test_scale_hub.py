@@ -144,3 +144,84 @@ async def test_send_to_an_unreachable_hubpilot_returns_quietly() -> None:
     await asyncio.gather(*part._tasks)
     assert part.sent and part.sent[0][1] == "ana~" and part.sent[0][2] in (None, 599)
 
+
+
+async def test_waiting_gpu_server_reclaims_an_idle_one_in_a_real_hub(
+    kube: Emulator, tmp_path: Path, real_hub: RealHub,
+) -> None:
+    """An idle GPU server is stopped in the real hub for one that waits (no ready node is free);
+    an active one is kept, and one that became active after the plan is kept by apply's re-check."""
+    from datetime import UTC, datetime, timedelta
+
+    from hubpilot.loop import Runner, Status, no_progress
+
+    idle, busy, late = unique_name("idle"), unique_name("busy"), unique_name("late")
+    waiter = unique_name("wait")
+    async with real_hub.admin() as admin:
+        for u in (idle, busy, late, waiter):
+            assert (await admin.post(f"/users/{u}")).status_code in (201, 409)
+    for u in (idle, busy, late):
+        await real_hub.spawn(u, user_options={"profile": "gpu"})
+    now = datetime.now(UTC) + timedelta(minutes=10)  # the hub's activity is ~10 min old at "now"
+
+    async def touch(user: str, at: datetime) -> None:
+        stamp = at.isoformat().replace("+00:00", "Z")
+        async with real_hub.admin() as admin:
+            r = await admin.post(f"/users/{user}/activity",
+                                 json={"last_activity": stamp, "servers": {"": {"last_activity": stamp}}})
+            assert r.status_code == 200, r.text
+
+    await touch(busy, now - timedelta(minutes=1))
+    kube.clear()
+    for i, u in enumerate((idle, busy, late)):
+        kube.node(f"gpu-{i}")
+        kube.pod(f"jupyter-{u}", f"gpu-{i}", user=u)
+    kube.pod(f"jupyter-{waiter}", None, user=waiter)  # waits: no ready node is free
+    kube.pod("jupyter-cpu-only", "gpu-0", gpu=False, user=unique_name("cpu"))  # not a GPU server
+    arm = ArmDouble()
+    await arm.start()
+    arm.add_pool("gpu", count=3, machines=["gpu-0", "gpu-1", "gpu-2"])
+    settings = Settings(hub={"api_url": real_hub.api_url, "token": real_hub.hubpilot_token},
+                        scale={"reclaim_idle_minutes": 6, "max_reclaim": 1})
+    ctx = Context(settings=settings, store=SqliteStore(tmp_path / "reclaim.sqlite3"), clock=lambda: now)
+    pool = AksPool(StaticToken(), subscription_id=arm.subscription, resource_group=arm.resource_group,
+                   cluster=arm.cluster, pool="gpu", base_url=arm.base_url, retry_total=1,
+                   retry_backoff=0.01, polling_interval=0.01, lro_wait=5.0)
+    cluster = KubeCluster(namespace=NS, pool="gpu", api_url=kube.url)
+    try:
+        cap = build_scale(ctx, pool=pool, cluster=cluster)
+        runner = Runner(ctx.store, clock=lambda: now)
+        # idle and late are both idle 10 min; the longest idle (by the hub's own times) goes first
+        async with real_hub.admin() as admin:
+            users = {u: (await admin.get(f"/users/{u}")).json() for u in (idle, late)}
+        first = min((idle, late), key=lambda u: users[u]["servers"][""]["last_activity"])
+        other = late if first == idle else idle
+
+        dry = await runner.run(cap, trigger="test", actor="t", dry_run=True)
+        assert [(a.kind, a.target) for a in dry.plan.actions] == [("reclaim_server", first)]
+        assert set(dry.plan.facts["reclaimable"]) == {f"{idle}~", f"{late}~"}  # not busy, not the CPU pod
+        async with real_hub.admin() as admin:
+            assert (await admin.get(f"/users/{first}")).json()["servers"][""]["ready"]  # dry-run stopped nothing
+
+        # between plan and apply the chosen server becomes active: apply reads it again and keeps it
+        observed = await cap.observe()
+        plan = cap.plan(observed, now)
+        await touch(first, now - timedelta(seconds=30))
+        (kept,) = await cap.apply(plan, observed, no_progress)
+        assert kept.status is Status.SKIPPED and "active since" in kept.detail
+
+        rec = await runner.run(cap, trigger="test", actor="t")
+        assert [(r.action.kind, r.action.target, r.status) for r in rec.results] == [
+            ("reclaim_server", other, Status.DONE)]
+        async with real_hub.admin() as admin:
+            servers = {u: (await admin.get(f"/users/{u}")).json()["servers"] for u in (idle, busy, late)}
+        assert servers[other] == {} and servers[first][""]["ready"] and servers[busy][""]["ready"]
+        assert [c for c in arm.calls if c.method == "PUT"] == []  # the waiter takes the reclaimed node
+    finally:
+        await pool.close()
+        await cluster.close()
+        await ctx.close()
+        await arm.stop()
+        for u in (idle, busy, late):
+            async with real_hub.admin() as admin:
+                await admin.delete(f"/users/{u}/server")

@@ -136,6 +136,11 @@ class ScaleSettings(Section):
         "(a spare costs a node-hour an hour; fewer arrivals wait one boot).")
     forecast_half_life_weeks: float = Field(
         4.0, gt=0, le=52, description="Weight of older weeks in the forecast halves after this many weeks.")
+    reclaim_idle_minutes: float = Field(
+        0.0, ge=0, le=1440, description="A GPU server idle this long is stopped when another GPU server waits "
+        "and no ready node is free, and counts as warm spare meanwhile (0: never). Must exceed "
+        "cull.activity_interval.")
+    max_reclaim: int = Field(2, ge=1, le=100, description="Most idle GPU servers reclaimed in one run.")
     price_per_node_hour: float = Field(0.0, ge=0, description="Price of one GPU node-hour (cost report).")
     currency: str = Field("USD", description="Currency of price_per_node_hour.")
     # ARM client behaviour

@@ -10,13 +10,14 @@ from typing import Any
 
 from hubpilot.loop import Action, ActionResult, Clock, Plan, Progress, Status, run_actions
 from hubpilot.ports.cluster import Cluster
-from hubpilot.ports.hub import Hub, HubError
+from hubpilot.ports.hub import Hub, HubError, HubUser, StopResult
 from hubpilot.ports.pool import Pool, PoolOutcome, PoolResult
 from hubpilot.ports.store import StateStore
 from hubpilot.scale.cost import record_size
 from hubpilot.scale.forecast import Forecast, learn
 from hubpilot.scale.plan import (
     OPERATION,
+    RECLAIM,
     REMOVE_NODES,
     SET_COUNT,
     SET_MIN_COUNT,
@@ -80,17 +81,23 @@ class ScaleCapability:
         at = self.clock()
         notes: list[str] = []
         demand = [d for d in await self._demand_docs() if at - d.at <= self.policy.demand_ttl]
-        if self.hub is not None and self.gpu_profiles:
+        activity: dict[str, datetime] | None = None
+        if self.hub is not None and (self.gpu_profiles or self.policy.reclaim_after is not None):
             try:
-                demand += await self._hub_pending(at)
+                users = await self.hub.list_users(state="active")
             except HubError as exc:  # only delays a scale-up; removal is guarded by the cluster view
-                notes.append(f"the hub's pending spawns are unknown this round: {exc}")
+                notes.append(f"the hub could not be read this round, pending spawns are unknown: {exc}")
+            else:
+                if self.gpu_profiles:
+                    demand += self._hub_pending(users, at)
+                if self.policy.reclaim_after is not None:
+                    activity = _activity(users)
         memory = Memory.from_json(await self.store.get(MEMORY_KEY))
         forecast = Forecast()
         if self.policy.forecast is not None:
             forecast = Forecast.from_json(await self.store.get(FORECAST_KEY))
         return Observed(pool, cluster, tuple(sorted(demand, key=lambda d: (d.key, d.at))), memory, at,
-                        tuple(notes), self.holder, forecast)
+                        tuple(notes), self.holder, forecast, activity)
 
     async def _demand_docs(self) -> list[Demand]:
         out = []
@@ -101,9 +108,9 @@ class ScaleCapability:
                 log.warning("ignoring malformed demand document %s", key)
         return out
 
-    async def _hub_pending(self, at: datetime) -> list[Demand]:
+    def _hub_pending(self, users: Sequence[HubUser], at: datetime) -> list[Demand]:
         out = []
-        for user in await self.hub.list_users(state="active") if self.hub else []:
+        for user in users:
             for server in user.servers.values():
                 profile = str(server.user_options.get("profile", ""))
                 if server.pending == "spawn" and profile in self.gpu_profiles:
@@ -157,6 +164,8 @@ class ScaleCapability:
                     int(action.params["min_count"]), etag=observed.pool.etag))
             if action.kind == REMOVE_NODES:
                 return await self._remove(action, observed)
+            if action.kind == RECLAIM:
+                return await self._reclaim(action)
             if action.kind == UNCORDON:
                 ok = await self.cluster.uncordon(action.target)
                 return ActionResult(action, Status.DONE if ok else Status.NOOP, "" if ok else "node is gone")
@@ -193,6 +202,26 @@ class ScaleCapability:
         out = _result(done, res, detail)
         return ActionResult(action, out.status, out.detail)
 
+    async def _reclaim(self, action: Action) -> ActionResult:
+        """Stop an idle GPU server for one that waits -- after reading it again: a server that
+        became active since the observation, or is no longer ready, is left alone."""
+        if self.hub is None or self.policy.reclaim_after is None:
+            return ActionResult(action, Status.SKIPPED, "reclaim is off")
+        user, name = str(action.params["user"]), str(action.params["server"])
+        fresh = await self.hub.get_user(user)
+        server = fresh.servers.get(name) if fresh else None
+        if server is None or not server.ready or server.pending:
+            return ActionResult(action, Status.NOOP, "the server is no longer running")
+        since = server.last_activity or server.started
+        now = self.clock()
+        if since is None or now - since < self.policy.reclaim_after:
+            return ActionResult(action, Status.SKIPPED, "the server has been active since it was observed: kept")
+        outcome = await self.hub.stop_server(user, name)
+        if outcome is StopResult.NOT_RUNNING:
+            return ActionResult(action, Status.NOOP, "already stopped")
+        status = Status.DONE if outcome is StopResult.STOPPED else Status.PENDING
+        return ActionResult(action, status, f"stopped (idle since {since.isoformat()}) for a waiting GPU server")
+
     async def _uncordon_all(self, nodes: Sequence[str]) -> None:
         for n in nodes:
             try:
@@ -205,6 +234,17 @@ class ScaleCapability:
         for d in await self._demand_docs():
             if now - d.at > ttl + timedelta(minutes=1):
                 await self.store.delete(DEMAND_PREFIX + d.key)
+
+
+def _activity(users: Sequence[HubUser]) -> dict[str, datetime]:
+    """Last activity (else start) of every ready server that is not stopping, by "<user>~<server>"."""
+    out = {}
+    for user in users:
+        for server in user.servers.values():
+            since = server.last_activity or server.started
+            if server.ready and not server.pending and since is not None:
+                out[demand_key(user.name, server.name)] = since
+    return out
 
 
 def _result(action: Action, res: PoolResult, detail: str = "") -> ActionResult:

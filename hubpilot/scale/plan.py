@@ -21,6 +21,7 @@ SET_COUNT = "set_count"
 SET_MIN_COUNT = "set_min_count"
 REMOVE_NODES = "remove_nodes"
 UNCORDON = "uncordon"
+RECLAIM = "reclaim_server"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class Observed:
     notes: tuple[str, ...] = ()
     holder: str = "hubpilot"
     forecast: Forecast = field(default_factory=Forecast)
+    # last activity of the hub's ready servers by "<user>~<server>" (read only with reclaim on);
+    # None: not read or unknown this round -- then nothing is reclaimed and no idle server is spare
+    activity: Mapping[str, datetime] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,10 @@ class Policy:
     pods_per_node: int = 1
     join_grace: timedelta = timedelta(minutes=10)  # a NotReady node younger than this is booting
     forecast: ForecastPolicy | None = None  # warm spare from learned arrivals (None: windows only)
+    # a GPU server idle this long may be stopped for a GPU server that waits and finds no ready
+    # node, and counts as warm capacity meanwhile (None: off)
+    reclaim_after: timedelta | None = None
+    max_reclaim: int = 2
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,51 @@ def arrival_keys(observed: Observed, now: datetime, ttl: timedelta) -> frozenset
     return frozenset(keys)
 
 
+@dataclass(frozen=True)
+class Idle:
+    """A running GPU server on a pool node that has been idle for at least ``reclaim_after``."""
+
+    key: str  # "<user>~<server>"
+    user: str
+    server: str
+    node: str
+    since: datetime
+
+
+def reclaimable(observed: Observed, policy: Policy, now: datetime) -> list[Idle]:
+    """GPU servers that may be reclaimed, longest idle first. Only servers the hub reports ready,
+    with a known last activity (or start) at least ``reclaim_after`` ago, in a pod running on a
+    ready node of the pool; nothing when reclaim is off or the hub's activity is unknown."""
+    if policy.reclaim_after is None or observed.activity is None:
+        return []
+    nodes = {n.name for n in observed.cluster.nodes if n.ready}
+    out = []
+    for p in observed.cluster.pods:
+        if not (p.gpu and p.user and p.phase == "Running" and p.node in nodes):
+            continue
+        key = f"{p.user}~{p.server}"
+        since = observed.activity.get(key)
+        if since is not None and now - since >= policy.reclaim_after:
+            out.append(Idle(key, p.user, p.server, str(p.node), since))
+    return sorted(out, key=lambda i: (i.since, i.key))
+
+
+def free_slots(observed: Observed, occ: Occupancy, policy: Policy) -> int:
+    """GPU pods that ready, schedulable capacity can take now (empty nodes and room on busy ones)."""
+    ppn = policy.pods_per_node
+    empty_ready = sum(1 for n in observed.cluster.nodes
+                      if n.name in occ.empty and n.ready and not n.unschedulable)
+    return ppn * empty_ready + sum(max(0, ppn - occ.gpu_pods_on.get(n, 0)) for n in occ.busy)
+
+
+def to_reclaim(observed: Observed, occ: Occupancy, policy: Policy, now: datetime) -> tuple[list[Idle], list[Idle]]:
+    """(reclaim now, all reclaimable): one idle server for each GPU server that waits beyond the
+    ready capacity (booting nodes do not count: they take minutes), at most ``max_reclaim``."""
+    idle = reclaimable(observed, policy, now)
+    short = max(0, len(occ.pending) - free_slots(observed, occ, policy))
+    return idle[: min(short, policy.max_reclaim)], idle
+
+
 def next_memory(observed: Observed, occ: Occupancy, now: datetime) -> Memory:
     prev = observed.memory.empty_since
     since = {n: prev.get(n, now) for n in sorted(occ.empty)}
@@ -146,9 +199,12 @@ def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datet
     warm = policy.schedule.at(now)
     ppn = policy.pods_per_node
     free_on_busy = sum(max(0, ppn - occ.gpu_pods_on.get(n, 0)) for n in occ.busy)
-    unplaced = max(0, len(occ.pending) - free_on_busy)
+    reclaim, idle = to_reclaim(observed, occ, policy, now)
+    unplaced = max(0, len(occ.pending) - free_on_busy - len(reclaim))
     need = len(occ.busy) + math.ceil(unplaced / ppn)
     why = [f"{len(occ.busy)} busy node(s)", f"{len(occ.pending)} GPU server(s) waiting"]
+    if reclaim:
+        why.append(f"{len(reclaim)} idle GPU server(s) reclaimed for them")
     # empty nodes nobody can use are no capacity: cordoned by someone else, or not ready long
     # after they joined (a node that has just joined is not ready for a while: still booting)
     unusable = sorted(n.name for n in observed.cluster.nodes if n.name in occ.empty and (
@@ -164,6 +220,10 @@ def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datet
         if learned:
             why.append(f"forecast {rate:.1f} GPU arrivals/h: spare {learned}")
         spare = max(spare, learned)
+    standby = (len(idle) - len(reclaim)) // ppn  # idle servers that can be reclaimed are warm capacity
+    if spare and standby:
+        why.append(f"{min(spare, standby)} of the spare covered by idle GPU server(s)")
+        spare = max(0, spare - standby)
     wanted = need + spare + len(unusable)
     wanted = max(wanted, warm.min_nodes, policy.min_nodes)
     ceiling = policy.max_nodes
@@ -203,16 +263,28 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
         "memory": memory.to_json(),
     }
     cordoned_by_us = sorted(n.name for n in observed.cluster.nodes if n.annotations.get(CORDON_MARK))
+    reclaim, idle = to_reclaim(observed, occ, policy, now)
+    if policy.reclaim_after is not None:
+        facts["reclaimable"] = [i.key for i in idle]
+        if observed.activity is None:
+            notes.append("the hub's server activity is unknown this round: nothing is reclaimed")
+    for i in reclaim:
+        actions.append(Action(
+            RECLAIM, f"{i.user}/{i.server}" if i.server else i.user, 0,
+            {"user": i.user, "server": i.server, "node": i.node, "idle_since": i.since.isoformat()},
+            f"idle for {_minutes(timedelta(minutes=round((now - i.since).total_seconds() / 60, 1)))} min "
+            f"on {i.node} (reclaim after "
+            f"{_minutes(policy.reclaim_after or timedelta(0))} min); a GPU server waits and no ready node is free"))
 
     if pool.power_state.lower() != "running":
         notes.append(f"pool {pool.name} is {pool.power_state}: nothing to do until it is started")
-        return Plan.build(OPERATION, [], notes, facts)
+        return Plan.build(OPERATION, actions, notes, facts)
     if pool.busy:
         notes.append(
             f"pool {pool.name} is {pool.provisioning_state}: another operation is in progress, "
             "this round is skipped and the next one re-observes"
         )
-        return Plan.build(OPERATION, [], notes, facts)
+        return Plan.build(OPERATION, actions, notes, facts)
 
     removing: list[str] = []
     after = pool.count
@@ -289,6 +361,20 @@ def guard_scale(observed: Observed, plan: Plan, policy: Policy) -> list[str]:
     pool = observed.pool
     occupied = {p.node for p in observed.cluster.pods if p.node and p.phase not in ("Succeeded", "Failed")}
     known = {n.name for n in observed.cluster.nodes}
+    reclaims = [a for a in plan.actions if a.kind == RECLAIM]
+    if reclaims:
+        pool_nodes = {n.name for n in observed.cluster.nodes}
+        gpu_on_pool = {f"{p.user}~{p.server}" for p in observed.cluster.pods
+                       if p.gpu and p.user and p.phase == "Running" and p.node in pool_nodes}
+        idle = gpu_on_pool & set(observed.activity or {})
+        if policy.reclaim_after is None:
+            reasons.append("reclaiming idle GPU servers is off (scale.reclaim_idle_minutes)")
+        if len(reclaims) > policy.max_reclaim:
+            reasons.append(f"reclaiming {len(reclaims)} servers exceeds scale.max_reclaim {policy.max_reclaim}")
+        for a in reclaims:
+            key = f"{a.params['user']}~{a.params['server']}"
+            if key not in idle:
+                reasons.append(f"server {a.target} is not an idle GPU server on a node of pool {pool.name}")
     for a in plan.actions:
         if a.kind == SET_COUNT:
             count = int(a.params["count"])

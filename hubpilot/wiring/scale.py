@@ -44,6 +44,8 @@ def policy_from(s: ScaleSettings) -> Policy:
         pods_per_node=s.pods_per_node,
         join_grace=timedelta(minutes=s.node_join_grace_minutes),
         forecast=forecast_policy_from(s),
+        reclaim_after=timedelta(minutes=s.reclaim_idle_minutes) if s.reclaim_idle_minutes else None,
+        max_reclaim=s.max_reclaim,
     )
 
 
@@ -98,7 +100,7 @@ def scale_adapters(ctx: Context, *, pool: Pool | None = None, cluster: Cluster |
 def build_scale(ctx: Context, *, pool: Pool | None = None, cluster: Cluster | None = None) -> ScaleCapability:
     s = ctx.settings.scale
     adapters = scale_adapters(ctx, pool=pool, cluster=cluster)
-    hub: Any = ctx.hub if s.gpu_profiles else None
+    hub: Any = ctx.hub if s.gpu_profiles or s.reclaim_idle_minutes else None
     return ScaleCapability(
         adapters.pool, adapters.cluster, ctx.store, policy_from(s), clock=ctx.clock, hub=hub,
         gpu_profiles=s.gpu_profiles, holder=ctx.holder,
