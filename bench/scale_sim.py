@@ -14,7 +14,9 @@ Runs the REAL pure code: ``hubpilot.scale.plan_scale`` decides the pool for the 
 Policies: always-on (pool sized for the week's peak, z2jh culler defaults), autoscaler-only
 (cluster autoscaler: 10 s scan, scale-down after 10 min unneeded and 10 min after an add; z2jh
 culler: 60 min timeout, every 10 min) and hubpilot (this project's plan; GPU cull policy with a
-short timeout; Deallocate scale-down mode; warm windows by time of day).
+short timeout; Deallocate scale-down mode; warm windows by time of day or the learned forecast;
+optionally reclaiming servers idle for a few minutes when a GPU server waits and no ready node is
+free -- the reclaimed node takes the waiting pod after ``RECLAIM_HANDOFF`` seconds).
 
 The oracle's node-hours are the sessions' active time. hubpilot's parameters are tuned on some
 seeds and reported on others.
@@ -56,6 +58,9 @@ from hubpilot.scale.forecast import Forecast, ForecastPolicy, learn  # noqa: E40
 from hubpilot.scale.plan import arrival_keys  # noqa: E402
 
 WEEK_START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
+# a reclaimed server's node takes the waiting pod after: the pod's deletion (KubeSpawner's 1 s grace
+# period), the scheduler's retry, and a container start on a node that has the image already
+RECLAIM_HANDOFF = 40.0
 WEEK = 7 * 24 * 3600
 TICK = 10  # seconds
 
@@ -130,6 +135,7 @@ class World:
     running: dict[int, Session] = field(default_factory=dict)
     node_seconds: float = 0.0
     changes: int = 0
+    reclaims: int = 0
     split: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("active", "idle", "boot", "empty"), 0.0))
 
     def account(self, now: float) -> None:
@@ -186,15 +192,22 @@ class World:
             self.nodes[s.node].free_since = now
 
 
+def hub_last_activity(s: Session, now: float, interval: float) -> float:
+    """The server's last activity as the hub knows it: from the activity reports sent every
+    ``interval`` seconds while the session is in use."""
+    assert s.start is not None
+    done = min(now, s.start + s.active)
+    reported = s.start + math.floor((now - s.start) / interval) * interval  # last activity report
+    return min(reported, done) if reported > s.start else s.start
+
+
 def cull_round(world: World, settings: CullSettings, now: float, interval: float) -> None:
     """Build the hub's view of ready servers and run the real cull plan on it."""
     users = []
     nowdt = WEEK_START + timedelta(seconds=now)
     for s in world.running.values():
         assert s.start is not None
-        done = min(now, s.start + s.active)
-        reported = s.start + math.floor((now - s.start) / interval) * interval  # last activity report
-        last = min(reported, done) if reported > s.start else s.start
+        last = hub_last_activity(s, now, interval)
         server = HubServer(f"u{s.id}", "", True, None, WEEK_START + timedelta(seconds=s.start),
                            WEEK_START + timedelta(seconds=last), user_options={"profile": "gpu"})
         users.append(HubUser(f"u{s.id}", False, frozenset(), servers={"": server}))
@@ -228,8 +241,13 @@ class HubpilotParams:
     forecast_min_rate: float = 0.0
     history_weeks: int = 3
     windows_too: bool = False  # forecast on top of the warm windows (the larger spare applies)
+    reclaim_minutes: float | None = None  # scale.reclaim_idle_minutes (None: off)
 
     def label(self) -> str:
+        base = self._label()
+        return base + (f", reclaim {self.reclaim_minutes:g}m" if self.reclaim_minutes is not None else "")
+
+    def _label(self) -> str:
         if self.forecast_quantile is not None:
             base = (f"cull {self.cull_minutes:g}m, node idle {self.node_idle_minutes:g}m, forecast spare "
                     f"q={self.forecast_quantile:g}" + (f" from {self.forecast_min_rate:g}/h"
@@ -302,9 +320,10 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams) -> World
         windows = [WarmWindow(days="mon-fri", start=p.window_start, end=p.window_end, spare=p.spare_shoulder)]
         if p.spare_peak != p.spare_shoulder:
             windows += [WarmWindow(days="mon-fri", start=a, end=b, spare=p.spare_peak) for a, b in p.peaks]
+    reclaim = timedelta(minutes=p.reclaim_minutes) if p.reclaim_minutes is not None else None
     policy = Policy(schedule=Schedule.of(windows, "UTC", []), max_nodes=40, max_step_up=8, max_step_down=8,
                     idle=timedelta(minutes=p.node_idle_minutes), delay_after_up=timedelta(minutes=2),
-                    down_cooldown=timedelta(0), forecast=fp)
+                    down_cooldown=timedelta(0), forecast=fp, reclaim_after=reclaim, max_reclaim=8)
     forecast = [history(seed, p.history_weeks, fp) if fp is not None else Forecast()]
     memory = [Memory()]
     last_plan = [-1e9]
@@ -320,8 +339,13 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams) -> World
                 for s in world.running.values() if s.node is not None and world.nodes[s.node].ready_at <= now]
         pods += [UserPod(f"u{s.id}", None, "Pending", True, None, f"u{s.id}", "", True) for s in world.pending]
         count = len(world.nodes)
+        activity = None
+        if reclaim is not None:  # the hub's ready servers and their last activity, as the capability reads them
+            activity = {f"u{s.id}~": WEEK_START + timedelta(seconds=hub_last_activity(s, now, p.activity_interval))
+                        for s in world.running.values() if s.node is not None and world.nodes[s.node].ready_at <= now}
         obs = Observed(PoolState("gpu", count, None, None, False, "Running", "Succeeded", "NC4as_T4_v3"),
-                       ClusterView(nodes, tuple(pods)), (), memory[0], nowdt, forecast=forecast[0])
+                       ClusterView(nodes, tuple(pods)), (), memory[0], nowdt, forecast=forecast[0],
+                       activity=activity)
         plan = plan_scale(obs, policy, nowdt)
         if fp is not None:  # what the capability's apply stores
             forecast[0] = learn(forecast[0], arrival_keys(obs, nowdt, policy.demand_ttl), nowdt, fp)
@@ -333,6 +357,12 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams) -> World
             elif a.kind == "remove_nodes":
                 world.remove_nodes([int(n[1:]) for n in a.params["nodes"]], deallocate_mode=True)
                 mem = Memory(mem.empty_since, mem.last_up, nowdt)
+            elif a.kind == "reclaim_server":  # the hub stops the idle server; its node takes a waiting pod
+                session = world.running[int(str(a.params["user"])[1:])]
+                node = world.nodes[int(str(a.params["node"])[1:])]
+                world.stop(session, now)
+                node.ready_at = now + RECLAIM_HANDOFF
+                world.reclaims += 1
         memory[0] = mem
 
     return _loop(world, settings, 120, p.activity_interval, step, step_every=TICK)
@@ -373,6 +403,7 @@ class Result:
     p95_off: float
     changes: int
     split: dict[str, float] = field(default_factory=dict)
+    reclaims: int = 0
 
     @property
     def ratio(self) -> float:
@@ -384,7 +415,7 @@ def measure(name: str, world: World) -> Result:
     waits_work = [s.start - s.arrive for s in world.sessions if s.start is not None and working_hours(s.arrive)]
     waits_off = [s.start - s.arrive for s in world.sessions if s.start is not None and not working_hours(s.arrive)]
     return Result(name, world.node_seconds / 3600, oracle, p95(waits_work), p95(waits_off), world.changes,
-                  {k: v / 3600 for k, v in world.split.items()})
+                  {k: v / 3600 for k, v in world.split.items()}, world.reclaims)
 
 
 def p95(values: list[float]) -> float:
@@ -408,7 +439,8 @@ def peak_concurrency(sessions: list[Session]) -> int:
     return peak[0]
 
 
-PEAKS = ((("08:45", "17:00"),), (("09:00", "11:30"), ("13:45", "16:00")), (("09:30", "11:00"), ("14:00", "15:30")))
+PEAKS = ((("08:45", "17:00"),), (("09:00", "11:30"), ("13:45", "16:00")), (("09:30", "11:00"), ("14:00", "15:30")),
+         (("09:30", "11:00"),))
 
 
 def candidates(quick: bool) -> list[HubpilotParams]:
@@ -416,7 +448,7 @@ def candidates(quick: bool) -> list[HubpilotParams]:
     for cull in ([8, 12] if quick else [8, 10, 12]):
         for idle in [1, 3]:
             out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=idle, spare_shoulder=1, spare_peak=1))
-            for peaks in (PEAKS[:2] if quick else PEAKS):
+            for peaks in (PEAKS[:2] if quick else PEAKS[:3]):
                 out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=idle, spare_shoulder=1,
                                           spare_peak=2, peaks=peaks))
         for q in ([0.97, 0.985] if quick else [0.95, 0.97, 0.98, 0.985]):
@@ -426,6 +458,16 @@ def candidates(quick: bool) -> list[HubpilotParams]:
         if not quick:
             out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, forecast_quantile=0.97,
                                       windows_too=True))
+        # reclaiming idle GPU servers for waiting ones (3 or 5 min idle; shorter is left to the curve)
+        for reclaim in ([3] if quick else [3, 5]):
+            out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, spare_shoulder=1, spare_peak=1,
+                                      reclaim_minutes=reclaim))
+            for peaks in (PEAKS[2:] if quick else PEAKS[1:]):
+                out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, spare_shoulder=1, spare_peak=2,
+                                          peaks=peaks, reclaim_minutes=reclaim))
+            for q in ([0.98] if quick else [0.97, 0.98]):
+                out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, forecast_quantile=q,
+                                          forecast_min_rate=1.5, reclaim_minutes=reclaim))
     return out
 
 
@@ -434,6 +476,7 @@ class Tuned:
     best: HubpilotParams  # the cheapest meeting the wait goal on the tuning seeds (else the shortest wait)
     cheapest: HubpilotParams
     forecast: HubpilotParams  # the same choice among the forecast-only candidates
+    no_reclaim: HubpilotParams  # the same choice among the candidates that reclaim nothing
     lines: list[str]
 
 
@@ -453,7 +496,8 @@ def tune(seeds: Sequence[int], quick: bool) -> Tuned:
     cheapest = min(scored, key=lambda x: x[1])[2]
     forecast = min((x for x in scored if x[2].forecast_quantile is not None and not x[2].windows_too),
                    key=lambda x: x[0])[2]
-    return Tuned(best, cheapest, forecast, lines)
+    no_reclaim = min((x for x in scored if x[2].reclaim_minutes is None), key=lambda x: x[0])[2]
+    return Tuned(best, cheapest, forecast, no_reclaim, lines)
 
 
 def _fresh(sessions: list[Session]) -> list[Session]:
@@ -470,10 +514,12 @@ def report(seeds: Sequence[int], tuned: Tuned) -> list[Result]:
         rows.append(measure("hubpilot", run_hubpilot(_fresh(sessions), seed, tuned.best)))
         rows.append(measure("hubpilot, forecast", run_hubpilot(_fresh(sessions), seed, tuned.forecast)))
         rows.append(measure("hubpilot, cheapest tuning", run_hubpilot(_fresh(sessions), seed, tuned.cheapest)))
+        rows.append(measure("hubpilot, no reclaim", run_hubpilot(_fresh(sessions), seed, tuned.no_reclaim)))
         print(f"seed {seed}: {len(sessions)} sessions, oracle {rows[-1].oracle:.1f} node-hours")
-        for r in rows[-5:]:
+        for r in rows[-6:]:
             print(f"  {r.policy:<30} {r.node_hours:8.1f} node-h  {r.ratio:5.2f}x oracle  "
-                  f"p95 wait work {r.p95_work:6.0f}s  off {r.p95_off:6.0f}s  pool changes {r.changes}")
+                  f"p95 wait work {r.p95_work:6.0f}s  off {r.p95_off:6.0f}s  pool changes {r.changes}  "
+                  f"reclaims {r.reclaims}")
             print("      node-hours: " + ", ".join(f"{k} {v:.0f}" for k, v in r.split.items()))
     return rows
 
@@ -481,7 +527,8 @@ def report(seeds: Sequence[int], tuned: Tuned) -> list[Result]:
 def summary(rows: list[Result]) -> None:
     print("\nheld-out seeds, mean over seeds:")
     print(f"  {'policy':<30} {'node-h':>8} {'x oracle':>9} {'p95 work':>9} {'p95 off':>8}")
-    kinds = ["always-on", "autoscaler", "hubpilot", "hubpilot, forecast", "hubpilot, cheapest tuning"]
+    kinds = ["always-on", "autoscaler", "hubpilot", "hubpilot, forecast", "hubpilot, cheapest tuning",
+             "hubpilot, no reclaim"]
     for k in kinds:
         rs = [r for r in rows if r.policy.startswith(k) and (k != "hubpilot" or r.policy == "hubpilot")]
         print(f"  {rs[0].policy.split(' (')[0]:<30} {statistics.mean(r.node_hours for r in rs):8.1f} "
@@ -504,6 +551,19 @@ def curve(seeds: Sequence[int]) -> None:
                HubpilotParams(cull_minutes=8, node_idle_minutes=1, spare_shoulder=1, spare_peak=2, peaks=PEAKS[0]),
                HubpilotParams(cull_minutes=5, node_idle_minutes=1, forecast_quantile=0.97, forecast_min_rate=1.5),
                HubpilotParams(cull_minutes=5, node_idle_minutes=1, forecast_quantile=0.985, forecast_min_rate=1.5)]
+    for reclaim in (2, 3, 5):
+        points += [HubpilotParams(cull_minutes=8, node_idle_minutes=1, spare_shoulder=1, spare_peak=1,
+                                  reclaim_minutes=reclaim),
+                   HubpilotParams(cull_minutes=8, node_idle_minutes=1, spare_shoulder=1, spare_peak=2, peaks=PEAKS[3],
+                                  reclaim_minutes=reclaim),
+                   HubpilotParams(cull_minutes=8, node_idle_minutes=1, spare_shoulder=1, spare_peak=2, peaks=PEAKS[2],
+                                  reclaim_minutes=reclaim),
+                   HubpilotParams(cull_minutes=8, node_idle_minutes=1, forecast_quantile=0.98, forecast_min_rate=1.5,
+                                  reclaim_minutes=reclaim)]
+    points += [HubpilotParams(cull_minutes=5, node_idle_minutes=1, spare_shoulder=1, spare_peak=2, peaks=PEAKS[2],
+                              reclaim_minutes=3),
+               HubpilotParams(cull_minutes=15, node_idle_minutes=1, spare_shoulder=1, spare_peak=2, peaks=PEAKS[2],
+                              reclaim_minutes=3)]
     traces = {s: trace(s) for s in seeds}
     out = []
     for p in points:
@@ -632,6 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(tuned.lines))
     print(f"chosen (cheapest meeting the wait goal on the tuning seeds): {tuned.best.label()}")
     print(f"chosen among the forecast policies: {tuned.forecast.label()}")
+    print(f"chosen among the policies that reclaim nothing: {tuned.no_reclaim.label()}")
     print(f"cheapest regardless of wait: {tuned.cheapest.label()}  ({time.monotonic() - t0:.0f}s)\n")
     print(f"reporting on held-out seeds {report_seeds}:")
     rows = report(report_seeds, tuned)

@@ -32,10 +32,12 @@ FEATURE_SCOPES: dict[str, list[str]] = {
         "read:servers",  # servers with started/last_activity/pending
         "delete:servers",  # stop (and remove) servers
     ],
-    # read pending spawns and their user_options (the profile asked for)
+    # read pending spawns and their user_options (the profile asked for); with reclaim on, the
+    # servers' activity and stopping an idle GPU server for a waiting one
     "scale": [
         "list:users",
-        "read:servers",  # servers' pending + user_options
+        "read:servers",  # servers' pending + user_options + last_activity
+        "delete:servers",  # reclaim: DELETE /users/{name}/server(s/{server})
     ],
     # user deletion, only when enabled in hubpilot's configuration
     "delete_users": [
