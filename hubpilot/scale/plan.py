@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hubpilot.loop import Action, Plan
-from hubpilot.ports.cluster import CORDON_ANNOTATION, ClusterView
+from hubpilot.ports.cluster import CORDON_ANNOTATION, ClusterView, UserPod
 from hubpilot.ports.pool import PoolState
 from hubpilot.scale.forecast import Forecast, ForecastPolicy, forecast_spare
 from hubpilot.scale.schedule import Schedule
@@ -154,17 +154,19 @@ class Idle:
     since: datetime
 
 
+def _gpu_servers_on(observed: Observed, nodes: set[str]) -> list[UserPod]:
+    """Running GPU user-server pods bound to one of ``nodes``."""
+    return [p for p in observed.cluster.pods if p.gpu and p.user and p.phase == "Running" and p.node in nodes]
+
+
 def reclaimable(observed: Observed, policy: Policy, now: datetime) -> list[Idle]:
     """GPU servers that may be reclaimed, longest idle first. Only servers the hub reports ready,
     with a known last activity (or start) at least ``reclaim_after`` ago, in a pod running on a
     ready node of the pool; nothing when reclaim is off or the hub's activity is unknown."""
     if policy.reclaim_after is None or observed.activity is None:
         return []
-    nodes = {n.name for n in observed.cluster.nodes if n.ready}
     out = []
-    for p in observed.cluster.pods:
-        if not (p.gpu and p.user and p.phase == "Running" and p.node in nodes):
-            continue
+    for p in _gpu_servers_on(observed, {n.name for n in observed.cluster.nodes if n.ready}):
         key = f"{p.user}~{p.server}"
         since = observed.activity.get(key)
         if since is not None and now - since >= policy.reclaim_after:
@@ -194,12 +196,13 @@ def next_memory(observed: Observed, occ: Occupancy, now: datetime) -> Memory:
     return Memory(since, observed.memory.last_up, observed.memory.last_down)
 
 
-def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datetime) -> tuple[int, list[str]]:
-    """The GPU node count wanted now, and why."""
+def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datetime,
+                  reclaim: Sequence[Idle] = (), idle: Sequence[Idle] = ()) -> tuple[int, list[str]]:
+    """The GPU node count wanted now, and why (``reclaim``: idle servers stopped for waiting ones
+    this round; ``idle``: all that may be reclaimed, the others count as warm spare)."""
     warm = policy.schedule.at(now)
     ppn = policy.pods_per_node
     free_on_busy = sum(max(0, ppn - occ.gpu_pods_on.get(n, 0)) for n in occ.busy)
-    reclaim, idle = to_reclaim(observed, occ, policy, now)
     unplaced = max(0, len(occ.pending) - free_on_busy - len(reclaim))
     need = len(occ.busy) + math.ceil(unplaced / ppn)
     why = [f"{len(occ.busy)} busy node(s)", f"{len(occ.pending)} GPU server(s) waiting"]
@@ -252,7 +255,8 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
     pool = observed.pool
     occ = occupancy(observed, now, policy.demand_ttl)
     memory = next_memory(observed, occ, now)
-    desired, why = desired_nodes(observed, occ, policy, now)
+    reclaim, idle = to_reclaim(observed, occ, policy, now)
+    desired, why = desired_nodes(observed, occ, policy, now, reclaim, idle)
     mode = "autoscaler-assist" if pool.autoscaling else "direct"
     notes = list(observed.notes)
     actions: list[Action] = []
@@ -263,7 +267,6 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
         "memory": memory.to_json(),
     }
     cordoned_by_us = sorted(n.name for n in observed.cluster.nodes if n.annotations.get(CORDON_MARK))
-    reclaim, idle = to_reclaim(observed, occ, policy, now)
     if policy.reclaim_after is not None:
         facts["reclaimable"] = [i.key for i in idle]
         if observed.activity is None:
@@ -363,9 +366,7 @@ def guard_scale(observed: Observed, plan: Plan, policy: Policy) -> list[str]:
     known = {n.name for n in observed.cluster.nodes}
     reclaims = [a for a in plan.actions if a.kind == RECLAIM]
     if reclaims:
-        pool_nodes = {n.name for n in observed.cluster.nodes}
-        gpu_on_pool = {f"{p.user}~{p.server}" for p in observed.cluster.pods
-                       if p.gpu and p.user and p.phase == "Running" and p.node in pool_nodes}
+        gpu_on_pool = {f"{p.user}~{p.server}" for p in _gpu_servers_on(observed, known)}
         idle = gpu_on_pool & set(observed.activity or {})
         if policy.reclaim_after is None:
             reasons.append("reclaiming idle GPU servers is off (scale.reclaim_idle_minutes)")
