@@ -39,6 +39,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, ExponentialRetry
 
 from hubpilot.adapters.store_common import audit_time as _audit_time
+from hubpilot.adapters.store_common import check_limit
 from hubpilot.adapters.store_common import dump_json as _dump
 from hubpilot.adapters.store_common import from_micros as _from_micros
 from hubpilot.adapters.store_common import load_json as _load
@@ -371,8 +372,7 @@ class AzureStore:
         limit: int = 100,
         cursor: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
+        check_limit(limit)
         clauses: list[str] = ["PartitionKey eq @pk"]
         params: dict[str, Any] = {"pk": _AUDIT_PK}
         if cursor is not None:

@@ -13,6 +13,12 @@ from hubpilot.ports.store import StoreError
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def check_limit(limit: int) -> None:
+    """``read_audit``'s page size must be positive (both stores)."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+
+
 def to_micros(when: datetime, what: str = "time") -> int:
     """Microseconds since the epoch of a timezone-aware datetime (naive ones are refused)."""
     if when.tzinfo is None or when.utcoffset() is None:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hubpilot.adapters.store_common import audit_time, dump_json, from_micros, load_json, to_micros
+from hubpilot.adapters.store_common import audit_time, check_limit, dump_json, from_micros, load_json, to_micros
 from hubpilot.ports.store import ConflictError, Lease, StoreError
 
 T = TypeVar("T")
@@ -198,8 +198,7 @@ class SqliteStore:
         limit: int = 100,
         cursor: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
+        check_limit(limit)
         where: list[str] = ["1 = 1"]
         args: list[Any] = []
         if since is not None:
