@@ -27,7 +27,6 @@ Also measured: the event path, demand hook → ARM call, with the hub-side part
 
     .venv/bin/python -m bench.scale_sim            # tune + report + latency (a few minutes)
     .venv/bin/python -m bench.scale_sim --quick    # fewer tuning candidates
-    .venv/bin/python -m bench.scale_sim --fit-held-out  # also the in-sample bound for windows (+10 min)
 """
 
 from __future__ import annotations
@@ -245,16 +244,12 @@ class HubpilotParams:
     history_weeks: int = 3
     windows_too: bool = False  # forecast on top of the warm windows (the larger spare applies)
     reclaim_minutes: float | None = None  # scale.reclaim_idle_minutes (None: off)
-    slots: tuple[tuple[str, str, int], ...] = ()  # (start, end, spare) windows instead of the above
 
     def label(self) -> str:
         base = self._label()
         return base + (f", reclaim {self.reclaim_minutes:g}m" if self.reclaim_minutes is not None else "")
 
     def _label(self) -> str:
-        if self.slots:
-            return (f"cull {self.cull_minutes:g}m, node idle {self.node_idle_minutes:g}m, spare "
-                    + " ".join(f"{n} {a}-{b}" for a, b, n in _merged(self.slots)))
         if self.forecast_quantile is not None:
             base = (f"cull {self.cull_minutes:g}m, node idle {self.node_idle_minutes:g}m, forecast spare "
                     f"q={self.forecast_quantile:g}" + (f" from {self.forecast_min_rate:g}/h"
@@ -271,17 +266,6 @@ class HubpilotParams:
             return None
         return ForecastPolicy(quantile=self.forecast_quantile, boot=timedelta(minutes=self.forecast_boot_minutes),
                               min_rate=self.forecast_min_rate)
-
-
-def _merged(slots: Sequence[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
-    """Adjacent windows with the same spare as one."""
-    out: list[tuple[str, str, int]] = []
-    for a, b, n in slots:
-        if out and out[-1][1] == a and out[-1][2] == n:
-            out[-1] = (out[-1][0], b, n)
-        else:
-            out.append((a, b, n))
-    return out
 
 
 def z2jh_cull() -> tuple[CullSettings, float, int]:
@@ -344,8 +328,8 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
     gpu = CullPolicy(name="gpu", match_profile="gpu", inactivity_timeout=int(p.cull_minutes * 60))
     settings = CullSettings(inactivity_timeout=3600, policies=[gpu], activity_interval=p.activity_interval)
     fp = p.forecast_policy()
-    windows = [WarmWindow(days="mon-fri", start=a, end=b, spare=n) for a, b, n in p.slots]
-    if not p.slots and (fp is None or p.windows_too):
+    windows = []
+    if fp is None or p.windows_too:
         windows = [WarmWindow(days="mon-fri", start=p.window_start, end=p.window_end, spare=p.spare_shoulder)]
         if p.spare_peak != p.spare_shoulder:
             windows += [WarmWindow(days="mon-fri", start=a, end=b, spare=p.spare_peak) for a, b in p.peaks]
@@ -579,37 +563,6 @@ def collision_share(boot: tuple[float, float] = (90, 150), allowed: float = 60) 
     return sum(WEEKDAY[h] ** 2 * late / 3600 for h in hours) / sum(WEEKDAY[h] for h in hours)
 
 
-def fit_windows(seeds: Sequence[int], base: HubpilotParams) -> tuple[HubpilotParams, list[Result]]:
-    """Warm windows fitted on ``seeds`` themselves (in-sample, so a bound for window policies, not
-    a result): half-hour windows 07:30-18:30 start at spare 2; each is lowered, the quietest hours
-    first, while the worst seed's p95 wait in working hours stays <= 60 s and node-hours fall."""
-    traces = {s: trace(s) for s in seeds}
-    starts = [7 * 60 + 30 + 30 * i for i in range(22)]
-
-    def hhmm(m: int) -> str:
-        return f"{m // 60:02d}:{m % 60:02d}"
-
-    def params(levels: Sequence[int]) -> HubpilotParams:
-        slots = tuple((hhmm(m), hhmm(m + 30), n) for m, n in zip(starts, levels, strict=True) if n)
-        return HubpilotParams(**{**base.__dict__, "slots": slots})
-
-    def score(levels: Sequence[int]) -> tuple[float, float, list[Result]]:
-        rs = [measure("fitted", run_hubpilot(_fresh(traces[s]), s, params(levels))) for s in seeds]
-        return statistics.mean(r.ratio for r in rs), max(r.p95_work for r in rs), rs
-
-    levels = [2] * len(starts)
-    ratio, _, rows = score(levels)
-    for _ in range(2):
-        for i in sorted(range(len(starts)), key=lambda i: (WEEKDAY[starts[i] // 60], i)):
-            while levels[i] > 0:
-                trial = [*levels[:i], levels[i] - 1, *levels[i + 1:]]
-                r, w, rs = score(trial)
-                if w > 60 or r >= ratio:
-                    break
-                levels, ratio, rows = trial, r, rs
-    return params(levels), rows
-
-
 def curve(seeds: Sequence[int]) -> None:
     """Node-hours against wait on the held-out seeds for a sweep of spare policies (no choice is
     made here: the sweep shows the trade-off), and which points no other point beats on both."""
@@ -753,8 +706,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--real-hub-runs", type=int, default=5, help="spawns through a real JupyterHub (0: none)")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--no-curve", action="store_true", help="skip the trade-off curve on the held-out seeds")
-    ap.add_argument("--fit-held-out", action="store_true",
-                    help="also fit warm windows on the held-out seeds themselves (a bound; about 10 min)")
     args = ap.parse_args(argv)
     tune_seeds = [int(s) for s in args.tune_seeds.split(",")]
     report_seeds = [int(s) for s in args.report_seeds.split(",")]
@@ -774,12 +725,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         curve(report_seeds)
     print(f"\none spare replaced when taken: {collision_share() * 100:.1f} % of working-hour arrivals come while "
           "its replacement is more than 60 s from ready (p95 <= 60 s allows 5 %)")
-    if args.fit_held_out:
-        base = HubpilotParams(cull_minutes=5, node_idle_minutes=1, reclaim_minutes=2)
-        fitted, rs = fit_windows(report_seeds, base)
-        print(f"windows fitted on the held-out seeds themselves (in-sample bound): {fitted.label()}: "
-              f"{statistics.mean(r.ratio for r in rs):.2f}x oracle, p95 work {max(r.p95_work for r in rs):.0f}s "
-              f"({', '.join(f'{r.ratio:.2f}x/{r.p95_work:.0f}s' for r in rs)})")
     if not args.no_latency:
         lat, hub_lat = asyncio.run(event_latency(args.latency_runs, args.real_hub_runs))
         print(f"\nevent path, pre-spawn part -> ARM PUT over {len(lat)} runs: "
