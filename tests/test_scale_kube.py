@@ -118,6 +118,34 @@ async def test_direct_mode_removes_only_the_idle_empty_node(world: dict[str, Any
     assert not any(c.method == "PUT" for c in arm.calls)  # never lowers the count itself
 
 
+async def test_stopped_vms_of_a_deallocate_pool_are_left_alone(world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])  # the double's pools use scaleDownMode Deallocate
+    kube.node("gpu-0")
+    for stopped in ("gpu-1", "gpu-2"):  # stopped VMs keep their nodes, NotReady, outside the count
+        kube.node(stopped, ready=False)
+    kube.pod("alice", "gpu-0")
+    kube.pod("bob", None)
+    cap, runner = capability(world)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    assert rec.plan is not None and rec.plan.facts["stopped"] == 2
+    assert [(r.action.kind, r.action.params["count"]) for r in rec.results] == [("set_count", 2)]
+    assert arm.pools["gpu"]["count"] == 2  # one VM started for bob, none "replacing" the stopped ones
+    kube.pod("bob", "gpu-1")  # the restarted VM is ready and runs bob; gpu-2 stays stopped
+    kube.node("gpu-1")
+    kube.pod("alice", "gpu-0", phase="Succeeded")  # alice stopped: gpu-0 is empty
+    world["clock"]["now"] += timedelta(minutes=30)
+    await runner.run(cap, trigger="timer", actor="test")  # gpu-0 empty from now on
+    world["clock"]["now"] += timedelta(minutes=11)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    removed = [a.params["nodes"] for a in rec.plan.actions if a.kind == "remove_nodes"] if rec.plan else []
+    assert removed == [["gpu-0"]]  # the idle ready node; never the stopped VM's node gpu-2
+    assert kube.node_obj("gpu-2")["spec"]["unschedulable"] is False  # not even cordoned
+
+
 async def test_a_node_that_got_a_pod_after_planning_is_uncordoned_not_removed(world: dict[str, Any]) -> None:
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]

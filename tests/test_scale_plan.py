@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -147,6 +148,62 @@ def test_a_node_cordoned_by_someone_else_is_no_capacity() -> None:
     joining = NodeInfo("n3", False, False, T0 - timedelta(seconds=40), "n3", {}, {})
     obs = observed(pool(1), [], [upod("b", None)], extra_nodes=[joining])
     assert plan_scale(obs, POLICY, T0).empty  # not ready yet, but just joined: no second node
+
+
+def stopped_vm(name: str) -> NodeInfo:
+    """A node of a stopped VM in a Deallocate pool: registered, NotReady, joined long ago."""
+    return NodeInfo(name, False, False, T0 - timedelta(days=3), name, {}, {})
+
+
+def deallocating(count: int) -> PoolState:
+    return dataclasses.replace(pool(count), scale_down_mode="Deallocate")
+
+
+def test_stopped_vms_of_a_deallocate_pool_are_neither_capacity_nor_unusable_nor_removed() -> None:
+    stopped = [stopped_vm(f"s{i}") for i in range(3)]
+    since = {n.name: LONG_AGO for n in stopped}
+    # one busy node, three stopped VMs, one GPU server waits: start one VM (count 1 -> 2), no more
+    obs = observed(deallocating(1), ["n0"], [upod("a", "n0"), upod("b", None)], extra_nodes=stopped,
+                   empty_since=since)
+    plan = plan_scale(obs, POLICY, T0)
+    assert kinds(plan) == [("set_count", {"count": 2, "from": 1})]
+    assert plan.facts["stopped"] == 3 and plan.facts["booting"] == 0
+    assert any("3 stopped VM(s)" in w for w in plan.facts["why"])
+    # nothing waits: the stopped VMs are long "empty", yet nothing is removed and nothing added
+    idle = observed(deallocating(1), ["n0"], [upod("a", "n0")], extra_nodes=stopped, empty_since=since)
+    assert plan_scale(idle, POLICY, T0).empty
+    # in a Delete pool the same nodes would be machines that never became ready: no capacity
+    delete = observed(pool(4), ["n0"], [upod("a", "n0"), upod("b", None)], extra_nodes=stopped, empty_since=since)
+    assert kinds(plan_scale(delete, POLICY, T0)) == [("set_count", {"count": 5, "from": 4})]
+
+
+def test_a_restarting_vm_of_a_deallocate_pool_is_booting_then_broken() -> None:
+    nodes = [stopped_vm(f"s{i}") for i in range(3)]  # count 2: n0 and one of them restarting
+    pods = [upod("a", "n0"), upod("b", None)]
+    since = {"n9": LONG_AGO}
+    extra = [*nodes, node("n9")]  # and an idle ready node, removable in a Delete pool
+    starting = observed(deallocating(3), ["n0"], pods, extra_nodes=extra, empty_since=since,
+                        last_up=T0 - timedelta(minutes=1))
+    plan = plan_scale(starting, POLICY, T0)
+    assert plan.facts["stopped"] == 2 and plan.facts["booting"] == 1
+    # the waiting server takes the idle ready node; the restart counts as coming capacity and
+    # holds every scale-down back (the idle limit is long past, but a node is still joining)
+    assert plan.empty and any("still joining" in n for n in plan.notes)
+    later = observed(deallocating(3), ["n0", "n9"], [upod("a", "n0"), upod("b", "n9"), upod("c", None)],
+                     extra_nodes=nodes, last_up=T0 - timedelta(minutes=11))
+    plan = plan_scale(later, POLICY, T0)
+    assert plan.facts["booting"] == 0
+    assert any("1 running machine(s) whose node is still NotReady" in w for w in plan.facts["why"])
+    # two busy, one waiting, one broken: 4 machines wanted
+    assert kinds(plan) == [("set_count", {"count": 4, "from": 3})]
+
+
+def test_guard_refuses_removing_a_notready_node_of_a_deallocate_pool() -> None:
+    obs = observed(deallocating(1), ["n0"], extra_nodes=[stopped_vm("s0")])
+    plan = Plan.build("scale", [Action("remove_nodes", "gpu", 1, {"nodes": ["s0"], "from": 1}, "")], [], {})
+    assert any("may be a stopped VM" in r for r in guard_scale(obs, plan, POLICY))
+    ready = Plan.build("scale", [Action("remove_nodes", "gpu", 1, {"nodes": ["n0"], "from": 1}, "")], [], {})
+    assert guard_scale(obs, ready, POLICY) == []
 
 
 def test_a_node_left_cordoned_by_us_is_uncordoned_or_removed() -> None:
@@ -301,7 +358,12 @@ def worlds(draw: st.DrawFn) -> tuple[Observed, Policy, datetime]:
     p = pool(count, auto=auto, min_count=draw(st.integers(0, 3)) if auto else None,
              max_count=max(count, draw(st.integers(1, 10))) if auto else None)
     last_up = T0 - timedelta(minutes=draw(st.integers(0, 60))) if draw(st.booleans()) else None
-    return observed(p, names, pods, empty_since=since, last_up=last_up), pol, T0
+    stopped: list[NodeInfo] = []
+    if draw(st.booleans()):  # a Deallocate pool with stopped VMs (NotReady nodes outside the count)
+        p = dataclasses.replace(p, scale_down_mode="Deallocate")
+        stopped = [stopped_vm(f"s{i}") for i in range(draw(st.integers(0, 4)))]
+        since |= {v.name: T0 - timedelta(minutes=draw(st.integers(0, 120))) for v in stopped}
+    return observed(p, names, pods, empty_since=since, last_up=last_up, extra_nodes=stopped), pol, T0
 
 
 @settings(max_examples=400, deadline=None)
@@ -310,9 +372,11 @@ def test_plans_pass_their_own_guard_and_never_touch_busy_nodes(w: tuple[Observed
     obs, pol, now = w
     plan = plan_scale(obs, pol, now)
     busy = {p.node for p in obs.cluster.pods if p.node}
+    not_ready = {n.name for n in obs.cluster.nodes if not n.ready}
     for a in plan.actions:
         if a.kind == "remove_nodes":
             assert not set(a.params["nodes"]) & busy
+            assert not set(a.params["nodes"]) & not_ready  # never a stopped VM of a Deallocate pool
             assert len(a.params["nodes"]) <= pol.max_step_down
             assert obs.pool.count - len(a.params["nodes"]) >= pol.min_nodes
         if a.kind == "set_count":

@@ -101,10 +101,18 @@ class Occupancy:
     empty: frozenset[str]
     pending: frozenset[str]  # keys of GPU servers waiting for a node
     gpu_pods_on: Mapping[str, int]
-    booting: int  # machines in the pool's count not (yet) registered as nodes
+    booting: int  # machines in the pool's count not (yet) registered, or (Deallocate) restarting
+    stopped: int = 0  # stopped VMs of a Deallocate pool: their nodes stay registered, NotReady
+    broken: int = 0  # (Deallocate) machines in the count whose nodes stay NotReady past the join grace
 
 
-def occupancy(observed: Observed, now: datetime, ttl: timedelta) -> Occupancy:
+def deallocates(pool: PoolState) -> bool:
+    """The pool stops VMs on scale-down and restarts them on scale-up (scaleDownMode Deallocate)."""
+    return (pool.scale_down_mode or "").lower() == "deallocate"
+
+
+def occupancy(observed: Observed, now: datetime, ttl: timedelta,
+              join_grace: timedelta = timedelta(minutes=10)) -> Occupancy:
     nodes = {n.name for n in observed.cluster.nodes}
     busy: set[str] = set()
     gpu_on: dict[str, int] = {}
@@ -125,12 +133,29 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta) -> Occupancy:
     for d in observed.demand:
         if d.key not in known and now - d.at <= ttl:
             pending.add(d.key)
+    count = observed.pool.count
+    booting, stopped, broken = max(0, count - len(nodes)), 0, 0
+    if deallocates(observed.pool):
+        # Deallocate keeps a stopped VM's node registered (NotReady) and leaves it out of the count:
+        # the NotReady nodes beyond the count are stopped VMs, the others are machines ARM runs whose
+        # node is not ready -- restarting shortly after a scale-up, broken after the join grace
+        not_ready = [n for n in observed.cluster.nodes if not n.ready]
+        stopped = min(len(not_ready), max(0, len(nodes) - count))
+        running_not_ready = len(not_ready) - stopped
+        booting = max(0, count - (len(nodes) - stopped))
+        last_up = observed.memory.last_up
+        if last_up is not None and now - last_up <= join_grace:
+            booting += running_not_ready
+        else:
+            broken = min(running_not_ready, sum(1 for n in not_ready if n.name not in busy))
     return Occupancy(
         busy=frozenset(busy),
         empty=frozenset(nodes - busy),
         pending=frozenset(pending),
         gpu_pods_on=gpu_on,
-        booting=max(0, observed.pool.count - len(nodes)),
+        booting=booting,
+        stopped=stopped,
+        broken=broken,
     )
 
 
@@ -210,9 +235,18 @@ def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datet
         why.append(f"{len(reclaim)} idle GPU server(s) reclaimed for them")
     # empty nodes nobody can use are no capacity: cordoned by someone else, or not ready long
     # after they joined (a node that has just joined is not ready for a while: still booting)
-    unusable = sorted(n.name for n in observed.cluster.nodes if n.name in occ.empty and (
-        (n.unschedulable and n.annotations.get(CORDON_MARK) is None)
-        or (not n.ready and n.created is not None and now - n.created > policy.join_grace)))
+    if deallocates(observed.pool):  # which NotReady node is a stopped VM is unknown: counted, not named
+        unusable = sorted(n.name for n in observed.cluster.nodes if n.name in occ.empty and n.ready
+                          and n.unschedulable and n.annotations.get(CORDON_MARK) is None)
+        if occ.stopped:
+            why.append(f"{occ.stopped} stopped VM(s) kept by scale-down mode Deallocate (NotReady nodes)")
+        if occ.broken:
+            why.append(f"{occ.broken} running machine(s) whose node is still NotReady "
+                       f"{_minutes(policy.join_grace)} min after the last scale-up")
+    else:
+        unusable = sorted(n.name for n in observed.cluster.nodes if n.name in occ.empty and (
+            (n.unschedulable and n.annotations.get(CORDON_MARK) is None)
+            or (not n.ready and n.created is not None and now - n.created > policy.join_grace)))
     if unusable:
         why.append(f"{len(unusable)} unusable empty node(s): {', '.join(unusable)}")
     spare = warm.spare
@@ -227,7 +261,7 @@ def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datet
     if spare and standby:
         why.append(f"{min(spare, standby)} of the spare covered by idle GPU server(s)")
         spare = max(0, spare - standby)
-    wanted = need + spare + len(unusable)
+    wanted = need + spare + len(unusable) + occ.broken
     wanted = max(wanted, warm.min_nodes, policy.min_nodes)
     ceiling = policy.max_nodes
     if observed.pool.autoscaling and observed.pool.max_count is not None:
@@ -246,6 +280,8 @@ def _removable(observed: Observed, occ: Occupancy, memory: Memory, policy: Polic
         marker = node.annotations.get(CORDON_MARK)
         if node.unschedulable and marker is None:
             continue  # cordoned by someone else (maintenance, upgrade): not ours to remove
+        if not node.ready and deallocates(observed.pool):
+            continue  # may be a stopped VM: deleting it would lose the VM, not lower the count
         if now - memory.empty_since.get(name, now) >= policy.idle:
             out.append(name)
     return out
@@ -253,7 +289,7 @@ def _removable(observed: Observed, occ: Occupancy, memory: Memory, policy: Polic
 
 def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
     pool = observed.pool
-    occ = occupancy(observed, now, policy.demand_ttl)
+    occ = occupancy(observed, now, policy.demand_ttl, policy.join_grace)
     memory = next_memory(observed, occ, now)
     reclaim, idle = to_reclaim(observed, occ, policy, now)
     desired, why = desired_nodes(observed, occ, policy, now, reclaim, idle)
@@ -264,8 +300,10 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
         "mode": mode, "count": pool.count, "min_count": pool.min_count, "max_count": pool.max_count,
         "desired": desired, "busy": sorted(occ.busy), "empty": sorted(occ.empty),
         "pending": sorted(occ.pending), "booting": occ.booting, "why": why,
-        "memory": memory.to_json(),
+        "memory": memory.to_json(), "scale_down_mode": pool.scale_down_mode or "Delete",
     }
+    if deallocates(pool):
+        facts["stopped"] = occ.stopped
     cordoned_by_us = sorted(n.name for n in observed.cluster.nodes if n.annotations.get(CORDON_MARK))
     if policy.reclaim_after is not None:
         facts["reclaimable"] = [i.key for i in idle]
@@ -400,11 +438,14 @@ def guard_scale(observed: Observed, plan: Plan, policy: Policy) -> list[str]:
             if len(nodes) > policy.max_step_down:
                 reasons.append(
                     f"removing {len(nodes)} nodes exceeds scale.max_step_down {policy.max_step_down}")
+            not_ready = {n.name for n in observed.cluster.nodes if not n.ready}
             for n in nodes:
                 if n in occupied:
                     reasons.append(f"node {n} runs a user pod and is never removed")
                 if n not in known:
                     reasons.append(f"node {n} is not a node of pool {pool.name}")
+                elif n in not_ready and deallocates(pool):
+                    reasons.append(f"node {n} is NotReady in a Deallocate pool: it may be a stopped VM")
             if pool.count - len(nodes) < policy.min_nodes:
                 reasons.append(f"removing {len(nodes)} nodes goes below scale.min_nodes {policy.min_nodes}")
     return reasons
