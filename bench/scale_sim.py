@@ -124,6 +124,7 @@ class Node:
     ready_at: float
     session: int | None = None
     free_since: float = 0.0
+    handoff: bool = False  # ready, but a reclaimed server's pod is making way for the waiting one
 
 
 @dataclass
@@ -181,7 +182,7 @@ class World:
         while self.pending and free:
             s = self.pending.pop(0)
             node = free.pop(0)
-            node.session = s.id
+            node.session, node.handoff = s.id, False
             s.node = node.id
             s.start = max(s.arrive, node.ready_at)
             self.running[s.id] = s
@@ -346,8 +347,12 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
             return  # the timer runs every minute; a demand signal runs it at once
         last_plan[0] = now
         nowdt = WEEK_START + timedelta(seconds=now)
-        ready = [n for n in world.nodes.values() if n.ready_at <= now]
-        nodes = tuple(NodeInfo(f"n{n.id}", True, False, None, f"n{n.id}") for n in ready)
+        # what the Kubernetes API shows of a Deallocate pool: ready nodes (a node handing over from a
+        # reclaimed server is ready), booting or restarting nodes NotReady, and every stopped VM's
+        # node, NotReady too (AKS keeps them registered)
+        nodes = tuple(NodeInfo(f"n{n.id}", n.ready_at <= now or n.handoff, False, None, f"n{n.id}")
+                      for n in world.nodes.values())
+        nodes += tuple(NodeInfo(f"stopped{i}", False, False, None, f"stopped{i}") for i in range(world.deallocated))
         pods = [UserPod(f"u{s.id}", f"n{s.node}", "Running", False, None, f"u{s.id}", "", True)
                 for s in world.running.values() if s.node is not None and world.nodes[s.node].ready_at <= now]
         pods += [UserPod(f"u{s.id}", None, "Pending", True, None, f"u{s.id}", "", True) for s in world.pending]
@@ -356,7 +361,8 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
         if reclaim is not None:  # the hub's ready servers and their last activity, as the capability reads them
             activity = {f"u{s.id}~": WEEK_START + timedelta(seconds=hub_last_activity(s, now, p.activity_interval))
                         for s in world.running.values() if s.node is not None and world.nodes[s.node].ready_at <= now}
-        obs = Observed(PoolState("gpu", count, None, None, False, "Running", "Succeeded", "NC4as_T4_v3"),
+        obs = Observed(PoolState("gpu", count, None, None, False, "Running", "Succeeded", "NC4as_T4_v3",
+                                 scale_down_mode="Deallocate"),
                        ClusterView(nodes, tuple(pods)), (), memory[0], nowdt, forecast=forecast[0],
                        activity=activity)
         plan = plan_scale(obs, policy, nowdt)
@@ -374,7 +380,7 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
                 session = world.running[int(str(a.params["user"])[1:])]
                 node = world.nodes[int(str(a.params["node"])[1:])]
                 world.stop(session, now)
-                node.ready_at = now + RECLAIM_HANDOFF
+                node.ready_at, node.handoff = now + RECLAIM_HANDOFF, True
                 world.reclaims += 1
         memory[0] = mem
 
