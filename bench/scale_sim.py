@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import math
 import random
@@ -372,10 +373,10 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
         for a in plan.actions:
             if a.kind == "set_count":
                 world.add_nodes(int(a.params["count"]) - count, now, deallocate_mode=True)
-                mem = Memory(mem.empty_since, nowdt, mem.last_down)
+                mem = dataclasses.replace(mem, last_up=nowdt)
             elif a.kind == "remove_nodes":
                 world.remove_nodes([int(n[1:]) for n in a.params["nodes"]], deallocate_mode=True)
-                mem = Memory(mem.empty_since, mem.last_up, nowdt)
+                mem = dataclasses.replace(mem, last_down=nowdt)
             elif a.kind == "reclaim_server":  # the hub stops the idle server; its node takes a waiting pod
                 session = world.running[int(str(a.params["user"])[1:])]
                 node = world.nodes[int(str(a.params["node"])[1:])]

@@ -198,6 +198,22 @@ def test_a_restarting_vm_of_a_deallocate_pool_is_booting_then_broken() -> None:
     assert kinds(plan) == [("set_count", {"count": 4, "from": 3})]
 
 
+def test_a_vm_restarted_by_the_autoscaler_is_booting_not_broken() -> None:
+    # autoscaler-assist: the autoscaler (not hubpilot) raised the count 1 -> 2 by starting a stopped VM
+    auto = dataclasses.replace(pool(2, auto=True, min_count=1, max_count=6), scale_down_mode="Deallocate")
+    nodes = [stopped_vm("s0"), stopped_vm("s1")]  # one of them is restarting, one stays stopped
+    obs = Observed(auto, ClusterView((node("n0"), *nodes), (upod("a", "n0"), upod("b", None))), (),
+                   Memory({}, None, None, count=1), T0)
+    plan = plan_scale(obs, POLICY, T0)
+    assert plan.facts["booting"] == 1 and plan.facts["stopped"] == 1
+    assert plan.facts["desired"] == 2  # a, and b on the restarting VM: min_count 2, nothing extra
+    assert plan.facts["memory"]["count"] == 2 and plan.facts["memory"]["count_rose"] == T0.isoformat()
+    # the memory it leaves: 11 min on, still NotReady -- now a broken machine, replaced
+    later = Observed(auto, obs.cluster, (), Memory.from_json(plan.facts["memory"]), T0 + timedelta(minutes=11))
+    plan = plan_scale(later, POLICY, T0 + timedelta(minutes=11))
+    assert plan.facts["booting"] == 0 and plan.facts["desired"] == 3
+
+
 def test_guard_refuses_removing_a_notready_node_of_a_deallocate_pool() -> None:
     obs = observed(deallocating(1), ["n0"], extra_nodes=[stopped_vm("s0")])
     plan = Plan.build("scale", [Action("remove_nodes", "gpu", 1, {"nodes": ["s0"], "from": 1}, "")], [], {})
@@ -413,11 +429,11 @@ def simulate(arrivals: list[tuple[int, int]], pol: Policy, minutes: int) -> list
             if a.kind == "set_count":
                 nodes += [f"m{m}-{i}" for i in range(a.params["count"] - count)]  # joins at once
                 count = a.params["count"]
-                memory = Memory(memory.empty_since, now, memory.last_down)
+                memory = dataclasses.replace(memory, last_up=now)
             if a.kind == "remove_nodes":
                 nodes = [n for n in nodes if n not in a.params["nodes"]]
                 count -= len(a.params["nodes"])
-                memory = Memory(memory.empty_since, memory.last_up, now)
+                memory = dataclasses.replace(memory, last_down=now)
         sizes.append(count)
     return sizes
 

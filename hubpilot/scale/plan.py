@@ -38,14 +38,18 @@ class Memory:
     """What the scale capability remembers between runs (kept in the state store)."""
 
     empty_since: Mapping[str, datetime] = field(default_factory=dict)
-    last_up: datetime | None = None
+    last_up: datetime | None = None  # hubpilot's last scale-up
     last_down: datetime | None = None
+    count: int | None = None  # the pool's count at the last observation
+    count_rose: datetime | None = None  # when an observation last found the count higher (anyone's scale-up)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "empty_since": {k: v.isoformat() for k, v in sorted(self.empty_since.items())},
             "last_up": self.last_up.isoformat() if self.last_up else None,
             "last_down": self.last_down.isoformat() if self.last_down else None,
+            "count": self.count,
+            "count_rose": self.count_rose.isoformat() if self.count_rose else None,
         }
 
     @classmethod
@@ -57,7 +61,15 @@ class Memory:
                          for k, v in (data.get("empty_since") or {}).items()},
             last_up=datetime.fromisoformat(data["last_up"]) if data.get("last_up") else None,
             last_down=datetime.fromisoformat(data["last_down"]) if data.get("last_down") else None,
+            count=int(data["count"]) if data.get("count") is not None else None,
+            count_rose=datetime.fromisoformat(data["count_rose"]) if data.get("count_rose") else None,
         )
+
+    def rose(self, count: int, now: datetime) -> datetime | None:
+        """The last scale-up known: hubpilot's own, or a count found higher (the autoscaler's, a
+        person's), counting ``count`` observed now."""
+        found = now if self.count is not None and count > self.count else self.count_rose
+        return max((t for t in (self.last_up, found) if t is not None), default=None)
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,7 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta,
         stopped = min(len(not_ready), max(0, len(nodes) - count))
         running_not_ready = len(not_ready) - stopped
         booting = max(0, count - (len(nodes) - stopped))
-        last_up = observed.memory.last_up
+        last_up = observed.memory.rose(count, now)
         if last_up is not None and now - last_up <= join_grace:
             booting += running_not_ready
         else:
@@ -218,7 +230,9 @@ def to_reclaim(observed: Observed, occ: Occupancy, policy: Policy, now: datetime
 def next_memory(observed: Observed, occ: Occupancy, now: datetime) -> Memory:
     prev = observed.memory.empty_since
     since = {n: prev.get(n, now) for n in sorted(occ.empty)}
-    return Memory(since, observed.memory.last_up, observed.memory.last_down)
+    m = observed.memory
+    rose = now if m.count is not None and observed.pool.count > m.count else m.count_rose
+    return Memory(since, m.last_up, m.last_down, observed.pool.count, rose)
 
 
 def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datetime,
