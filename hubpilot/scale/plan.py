@@ -65,11 +65,14 @@ class Memory:
             count_rose=datetime.fromisoformat(data["count_rose"]) if data.get("count_rose") else None,
         )
 
+    def count_rose_at(self, count: int, now: datetime) -> datetime | None:
+        """When the count last rose between two observations, ``count`` being observed ``now``."""
+        return now if self.count is not None and count > self.count else self.count_rose
+
     def rose(self, count: int, now: datetime) -> datetime | None:
-        """The last scale-up known: hubpilot's own, or a count found higher (the autoscaler's, a
-        person's), counting ``count`` observed now."""
-        found = now if self.count is not None and count > self.count else self.count_rose
-        return max((t for t in (self.last_up, found) if t is not None), default=None)
+        """The last scale-up known: hubpilot's own, or a rise of the count (the autoscaler's, a
+        person's)."""
+        return max((t for t in (self.last_up, self.count_rose_at(count, now)) if t is not None), default=None)
 
 
 @dataclass(frozen=True)
@@ -231,8 +234,7 @@ def next_memory(observed: Observed, occ: Occupancy, now: datetime) -> Memory:
     prev = observed.memory.empty_since
     since = {n: prev.get(n, now) for n in sorted(occ.empty)}
     m = observed.memory
-    rose = now if m.count is not None and observed.pool.count > m.count else m.count_rose
-    return Memory(since, m.last_up, m.last_down, observed.pool.count, rose)
+    return Memory(since, m.last_up, m.last_down, observed.pool.count, m.count_rose_at(observed.pool.count, now))
 
 
 def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datetime,
