@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
-from hubpilot.ports.store import Lease, StateStore
+from hubpilot.ports.store import Lease, StateStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -398,6 +398,8 @@ async def run_actions(
 PAUSE_KEY = "paused/{operation}"
 REFUSED_KEY = "refused/{plan_id}"
 RUN_KEY = "runs/{run_id}"
+PRUNE_KEY = "maintenance/runs-pruned"  # when run documents were last pruned (by any instance)
+PRUNE_EVERY = timedelta(days=1)
 LAST_RUN_KEY = "last_run/{operation}"
 
 
@@ -415,11 +417,14 @@ class Runner(Generic[ObservedT]):
         clock: Clock = utcnow,
         lock_ttl: timedelta = timedelta(minutes=10),
         holder: str = "hubpilot",
+        run_retention: timedelta | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.lock_ttl = lock_ttl
         self.holder = holder
+        self.run_retention = run_retention  # run documents older than this are pruned daily (None: kept)
+        self._pruned_at: datetime | None = None
 
     # --- pause -----------------------------------------------------------------------------
     async def set_paused(self, operation: str, paused: bool, actor: str) -> None:
@@ -573,10 +578,30 @@ class Runner(Generic[ObservedT]):
             "result_counts": record.result_counts(),
         })
         await self._audit(entry)
+        await self._prune_runs()
         return record
 
     async def _audit(self, entry: dict[str, Any]) -> None:
         await self.store.append_audit(entry)
+
+    async def _prune_runs(self) -> None:
+        """About once a day, delete run documents older than ``run_retention`` (the audit log keeps
+        every run). Never fails the run that triggers it."""
+        now = self.clock()
+        if self.run_retention is None or (self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY):
+            return
+        try:
+            mark = await self.store.get(PRUNE_KEY)
+            last = datetime.fromisoformat(mark["at"]) if mark and isinstance(mark.get("at"), str) else None
+            if last is not None and now - last < PRUNE_EVERY:
+                self._pruned_at = last  # another instance did it
+                return
+            await self.store.put(PRUNE_KEY, {"at": now.isoformat()})
+            self._pruned_at = now
+            deleted = await self.store.prune(RUN_KEY.format(run_id=""), now - self.run_retention)
+            log.info("pruned %d run document(s) older than %s", deleted, self.run_retention)
+        except (StoreError, ValueError) as exc:
+            log.warning("pruning old run documents failed (the next day retries): %s", exc)
 
 
 def _describe_error(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ real SQLite store."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -174,6 +175,35 @@ async def test_a_long_run_renews_its_lease_and_releases_the_renewed_one(tmp_path
         assert (await r.run(Shelf({"b"}), trigger="t", actor="me")).outcome is Outcome.APPLIED
     finally:
         await store.close()
+
+
+async def test_old_run_documents_are_pruned_about_once_a_day(store: SqliteStore) -> None:
+    now = datetime.now(UTC)  # the store dates documents by its own clock: the runner's agrees with it
+    month = timedelta(days=30)
+    first = await Runner(store, clock=lambda: now, run_retention=month).run(Shelf({"a"}), trigger="timer", actor="t")
+    assert await store.get(f"runs/{first.run_id}") is not None  # young: kept
+    assert await store.get("maintenance/runs-pruned") == {"at": now.isoformat()}
+    # the first run's document was written 31 days ago, the last prune was 2 days ago
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE docs SET written_us = written_us - ? WHERE key = ?",
+                     (31 * 86400 * 10**6, f"runs/{first.run_id}"))
+    await store.put("maintenance/runs-pruned", {"at": (now - timedelta(days=2)).isoformat()})
+    second = await Runner(store, clock=lambda: now, run_retention=month).run(Shelf({"b"}), trigger="timer", actor="t")
+    assert await store.get(f"runs/{first.run_id}") is None
+    assert await store.get(f"runs/{second.run_id}") is not None
+    entries, _ = await store.read_audit(operation="shelf")  # the audit log keeps both runs
+    assert {e["run_id"] for e in entries} >= {first.run_id, second.run_id}
+    assert await store.get("maintenance/runs-pruned") == {"at": now.isoformat()}
+    # an hour later another instance finds the day's prune done and leaves the mark alone
+    later = now + timedelta(hours=1)
+    await Runner(store, clock=lambda: later, run_retention=month).run(Shelf({"c"}), trigger="timer", actor="t")
+    assert await store.get("maintenance/runs-pruned") == {"at": now.isoformat()}
+
+
+async def test_without_retention_nothing_is_pruned(store: SqliteStore) -> None:
+    first = await runner(store).run(Shelf({"a"}), trigger="timer", actor="t")
+    assert await store.get(f"runs/{first.run_id}") is not None
+    assert await store.get("maintenance/runs-pruned") is None
 
 
 async def test_run_batches_orders_phases_batches_and_isolates_failures() -> None:

@@ -377,6 +377,40 @@ async def test_delete_is_idempotent(store: StateStore) -> None:
     assert await store.get(key) == {"again": 1}
 
 
+async def test_prune_deletes_only_old_documents_under_the_prefix(store: StateStore) -> None:
+    root = _name("prune")
+    for key in (f"{root}/runs/a", f"{root}/runs/b", f"{root}/runs-other/x", f"{root}/last_run/sync"):
+        await store.put(key, {"k": key})
+    written = datetime.now(UTC)
+    # nothing was written an hour ago: nothing goes
+    assert await store.prune(f"{root}/runs/", written - timedelta(hours=1)) == 0
+    # everything under the prefix was written before a minute from now: bounded by the limit
+    later = written + timedelta(minutes=1)
+    assert await store.prune(f"{root}/runs/", later, limit=1) == 1
+    assert await store.prune(f"{root}/runs/", later) == 1
+    assert await store.list(f"{root}/runs/") == {}
+    assert set(await store.list(f"{root}/")) == {f"{root}/runs-other/x", f"{root}/last_run/sync"}
+    with pytest.raises(ValueError, match="prefix"):
+        await store.prune("", later)
+
+
+async def test_an_older_state_file_gains_write_times_without_losing_documents(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)  # a state file from before documents had write times
+    conn.execute("CREATE TABLE docs (key TEXT PRIMARY KEY, json TEXT NOT NULL, etag TEXT NOT NULL)")
+    conn.execute("INSERT INTO docs VALUES ('runs/old', '{\"n\": 1}', 'e1')")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    try:
+        assert await store.get("runs/old") == {"n": 1}
+        # it counts as written when the file was first opened with this version: not pruned as old
+        assert await store.prune("runs/", datetime.now(UTC) - timedelta(minutes=1)) == 0
+        assert await store.prune("runs/", datetime.now(UTC) + timedelta(minutes=1)) == 1
+    finally:
+        await store.close()
+
+
 async def test_list_by_prefix(store: StateStore) -> None:
     root = _name("list")
     docs = {

@@ -459,6 +459,28 @@ class AzureStore:
         with _errors(f"delete document {key!r}"), contextlib.suppress(ResourceNotFoundError):
             await self._container.delete_blob(blob)
 
+    async def prune(self, prefix: str, before: datetime, *, limit: int = 5000) -> int:
+        if not prefix:
+            raise ValueError("prune needs a key prefix")
+        await self._ensure()
+        old: list[str] = []
+        with _errors(f"list documents under {prefix!r}"):
+            async for item in self._container.list_blobs(name_starts_with=_DOC_PREFIX + prefix):
+                if item.last_modified is not None and item.last_modified < before:
+                    old.append(str(item.name))
+                    if len(old) >= limit:
+                        break
+
+        async def delete(name: str) -> int:
+            with _errors(f"delete document {name[len(_DOC_PREFIX):]!r}"):
+                try:
+                    await self._container.delete_blob(name)
+                except ResourceNotFoundError:
+                    return 0  # deleted meanwhile
+            return 1
+
+        return sum(await self._bounded([functools.partial(delete, n) for n in old]))
+
     async def list(self, prefix: str) -> dict[str, dict[str, Any]]:
         await self._ensure()
         names: list[str] = []

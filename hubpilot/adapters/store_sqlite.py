@@ -61,6 +61,10 @@ def _parse_cursor(cursor: str) -> tuple[int, int]:
     return at_us, row_id
 
 
+def _now_us() -> int:
+    return to_micros(datetime.now(UTC))
+
+
 def _new_token() -> str:
     return uuid.uuid4().hex
 
@@ -94,6 +98,11 @@ class SqliteStore:
                 for statement in _SCHEMA.split(";\n"):
                     if statement.strip():
                         conn.execute(statement)
+                # documents remember when they were written (for prune); a file from before this
+                # column gets the time it is opened
+                if "written_us" not in {row[1] for row in conn.execute("PRAGMA table_info(docs)")}:
+                    conn.execute("ALTER TABLE docs ADD COLUMN written_us INTEGER NOT NULL DEFAULT 0")
+                    conn.execute("UPDATE docs SET written_us = ?", (_now_us(),))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -257,9 +266,10 @@ class SqliteStore:
                 raise ConflictError(f"document {key!r} {state} (expected etag {if_match})")
             etag = _new_token()
             conn.execute(
-                "INSERT INTO docs (key, json, etag) VALUES (?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET json = excluded.json, etag = excluded.etag",
-                (key, text, etag),
+                "INSERT INTO docs (key, json, etag, written_us) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET json = excluded.json, etag = excluded.etag, "
+                "written_us = excluded.written_us",
+                (key, text, etag, _now_us()),
             )
             return etag
 
@@ -280,6 +290,21 @@ class SqliteStore:
 
         rows = await self._run(work)
         return {key: load_json(text, f"document {key!r}") for key, text in rows}
+
+    async def prune(self, prefix: str, before: datetime, *, limit: int = 5000) -> int:
+        if not prefix:
+            raise ValueError("prune needs a key prefix")
+        cutoff = to_micros(before)
+
+        def work(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "DELETE FROM docs WHERE key IN (SELECT key FROM docs WHERE substr(key, 1, ?) = ? "
+                "AND written_us < ? LIMIT ?)",
+                (len(prefix), prefix, cutoff, limit),
+            )
+            return int(cur.rowcount)
+
+        return await self._run(work, write=True)
 
     async def close(self) -> None:
         def work() -> None:

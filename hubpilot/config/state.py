@@ -23,3 +23,8 @@ class StateSettings(Section):
     )
     azure_table_prefix: str = Field("hubpilot", description="Prefix of the tables hubpilot creates.")
     azure_container: str = Field("hubpilot-state", description="Blob container for documents.")
+    run_retention_days: int = Field(
+        30, ge=0, le=3650,
+        description="Delete run documents (GET /runs/{id}) older than this, about once a day; 0 keeps them. "
+                    "The audit log keeps every run.",
+    )

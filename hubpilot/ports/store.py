@@ -92,4 +92,9 @@ class StateStore(Protocol):
         """All documents whose key starts with ``prefix``."""
         ...
 
+    async def prune(self, prefix: str, before: datetime, *, limit: int = 5000) -> int:
+        """Delete up to ``limit`` documents under ``prefix`` last written before ``before`` (the
+        store's own clock); returns how many were deleted."""
+        ...
+
     async def close(self) -> None: ...

@@ -47,8 +47,10 @@ class Context:
     @property
     def runner(self) -> Runner[Any]:
         if self._runner is None:
+            days = self.settings.state.run_retention_days
             self._runner = Runner(self.store, clock=self.clock, holder=self.holder,
-                                  lock_ttl=timedelta(minutes=10))
+                                  lock_ttl=timedelta(minutes=10),
+                                  run_retention=timedelta(days=days) if days else None)
         return self._runner
 
     @property
