@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hubpilot.loop import Action, Plan
-from hubpilot.ports.cluster import CORDON_ANNOTATION, ClusterView, UserPod
+from hubpilot.ports.cluster import CORDON_ANNOTATION, ClusterView, NodeInfo, UserPod
 from hubpilot.ports.pool import PoolState
 from hubpilot.scale.forecast import Forecast, ForecastPolicy, forecast_spare
 from hubpilot.scale.schedule import Schedule
@@ -126,8 +126,7 @@ def deallocates(pool: PoolState) -> bool:
     return (pool.scale_down_mode or "").lower() == "deallocate"
 
 
-def occupancy(observed: Observed, now: datetime, ttl: timedelta,
-              join_grace: timedelta = timedelta(minutes=10)) -> Occupancy:
+def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: timedelta) -> Occupancy:
     nodes = {n.name for n in observed.cluster.nodes}
     busy: set[str] = set()
     gpu_on: dict[str, int] = {}
@@ -250,19 +249,17 @@ def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datet
     if reclaim:
         why.append(f"{len(reclaim)} idle GPU server(s) reclaimed for them")
     # empty nodes nobody can use are no capacity: cordoned by someone else, or not ready long
-    # after they joined (a node that has just joined is not ready for a while: still booting)
-    if deallocates(observed.pool):  # which NotReady node is a stopped VM is unknown: counted, not named
-        unusable = sorted(n.name for n in observed.cluster.nodes if n.name in occ.empty and n.ready
-                          and n.unschedulable and n.annotations.get(CORDON_MARK) is None)
-        if occ.stopped:
-            why.append(f"{occ.stopped} stopped VM(s) kept by scale-down mode Deallocate (NotReady nodes)")
-        if occ.broken:
-            why.append(f"{occ.broken} running machine(s) whose node is still NotReady "
-                       f"{_minutes(policy.join_grace)} min after the last scale-up")
-    else:
-        unusable = sorted(n.name for n in observed.cluster.nodes if n.name in occ.empty and (
-            (n.unschedulable and n.annotations.get(CORDON_MARK) is None)
-            or (not n.ready and n.created is not None and now - n.created > policy.join_grace)))
+    # after they joined (a node that has just joined is not ready for a while: still booting). In a
+    # Deallocate pool NotReady nodes are mostly stopped VMs: occupancy counts the broken ones instead
+    dealloc = deallocates(observed.pool)
+    unusable = sorted(n.name for n in observed.cluster.nodes if n.name in occ.empty and (
+        (_cordoned_by_others(n) and (n.ready or not dealloc))
+        or (not dealloc and not n.ready and n.created is not None and now - n.created > policy.join_grace)))
+    if occ.stopped:
+        why.append(f"{occ.stopped} stopped VM(s) kept by scale-down mode Deallocate (NotReady nodes)")
+    if occ.broken:
+        why.append(f"{occ.broken} running machine(s) whose node is still NotReady "
+                   f"{_minutes(policy.join_grace)} min after the last scale-up")
     if unusable:
         why.append(f"{len(unusable)} unusable empty node(s): {', '.join(unusable)}")
     spare = warm.spare
@@ -287,14 +284,17 @@ def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datet
     return min(wanted, ceiling), why
 
 
+def _cordoned_by_others(node: NodeInfo) -> bool:
+    return node.unschedulable and node.annotations.get(CORDON_MARK) is None
+
+
 def _removable(observed: Observed, occ: Occupancy, memory: Memory, policy: Policy,
                now: datetime) -> list[str]:
     ready = {n.name: n for n in observed.cluster.nodes}
     out = []
     for name in sorted(occ.empty, key=lambda n: (memory.empty_since.get(n, now), n)):
         node = ready[name]
-        marker = node.annotations.get(CORDON_MARK)
-        if node.unschedulable and marker is None:
+        if _cordoned_by_others(node):
             continue  # cordoned by someone else (maintenance, upgrade): not ours to remove
         if not node.ready and deallocates(observed.pool):
             continue  # may be a stopped VM: deleting it would lose the VM, not lower the count
