@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -46,7 +47,8 @@ BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
 CREATE TABLE IF NOT EXISTS docs (
     key TEXT PRIMARY KEY,
     json TEXT NOT NULL,
-    etag TEXT NOT NULL
+    etag TEXT NOT NULL,
+    written_us INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -91,15 +93,15 @@ class SqliteStore:
             raise StoreError(f"cannot open the state file {self.path!r}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for statement in _SCHEMA.split(";\n"):
                     if statement.strip():
                         conn.execute(statement)
-                # documents remember when they were written (for prune); a file from before this
-                # column gets the time it is opened
+                # documents remember when they were written (for prune); a file made before that
+                # gains the column, its documents dated when it is first opened so
                 if "written_us" not in {row[1] for row in conn.execute("PRAGMA table_info(docs)")}:
                     conn.execute("ALTER TABLE docs ADD COLUMN written_us INTEGER NOT NULL DEFAULT 0")
                     conn.execute("UPDATE docs SET written_us = ?", (_now_us(),))
@@ -112,6 +114,20 @@ class SqliteStore:
             raise StoreError(f"cannot set up the state file {self.path!r}: {exc}") from exc
         self._conn = conn
         return conn
+
+    def _wal(self, conn: sqlite3.Connection) -> None:
+        """Switch to WAL. SQLite answers "database is locked" at once, without its busy handler,
+        while another process opening a new file holds the lock this needs: wait for it here, as
+        long as the busy timeout."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _sync(self, work: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         with self._mutex:
