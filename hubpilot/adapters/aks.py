@@ -86,6 +86,11 @@ class AksPool:
             kwargs["transport"] = transport
         self._client = ContainerServiceClient(credential, subscription_id, **kwargs)
 
+    @property
+    def credential(self) -> AsyncTokenCredential:
+        """The credential this pool authenticates with (and closes)."""
+        return self._credential
+
     # --- reads ---------------------------------------------------------------------------
     async def _get_model(self) -> AgentPool:
         try:
@@ -182,6 +187,21 @@ class AksPool:
         except HttpResponseError as exc:
             raise _pool_error(f"{what}: the operation failed", exc) from exc
         return PoolResult(PoolOutcome.DONE, what)
+
+    # --- the cluster's Kubernetes endpoint --------------------------------------------------
+    async def user_kubeconfig(self) -> bytes:
+        """The cluster's user kubeconfig (``listClusterUserCredential``, exec format): its API
+        server address and CA, for a client that brings its own Entra token. Needs the
+        ``listClusterUserCredential`` action (e.g. "Azure Kubernetes Service Cluster User Role")."""
+        try:
+            res = await self._client.managed_clusters.list_cluster_user_credentials(
+                self.resource_group, self.cluster, format="exec")
+        except HttpResponseError as exc:
+            raise _pool_error(f"cannot read the user kubeconfig of cluster {self.cluster}", exc) from exc
+        for kc in res.kubeconfigs or []:
+            if kc.value:
+                return bytes(kc.value)
+        raise PoolError(f"cluster {self.cluster}: ARM answered listClusterUserCredential without a kubeconfig")
 
     async def close(self) -> None:
         await self._client.close()

@@ -3,16 +3,29 @@
 Selectors are sent to the API server and applied again here: a server (or an emulator) that
 ignores them must never make a non-pool node removable or hide a user pod.
 The client is synchronous; each call runs in a worker thread.
+
+Credentials: a kubeconfig or the in-cluster service account, or (``EntraKubeAuth``) an Entra
+token of an azure-core credential for AKS-managed Entra ID clusters, where the API server and
+its CA come from the cluster's user kubeconfig. That is how hubpilot reaches the cluster from
+Azure Functions, which has neither a kubeconfig nor kubelogin.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as _k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -27,6 +40,115 @@ SERVER_ANNOTATION = "hub.jupyter.org/servername"
 
 T = TypeVar("T")
 k8s_config: Any = _k8s_config
+
+AKS_SERVER_ID = "6dae42f8-4368-4678-94ff-3960e28e3630"
+"""Application id of "Azure Kubernetes Service AAD Server", the audience of tokens for the API
+server of every AKS cluster with AKS-managed Entra ID."""
+
+
+@dataclass(frozen=True)
+class KubeEndpoint:
+    """Where the API server is and how to trust it."""
+
+    url: str
+    ca_pem: bytes | None = None
+    server_id: str | None = None  # the kubeconfig's Entra server application id, if it names one
+
+
+def endpoint_from_kubeconfig(data: bytes) -> KubeEndpoint:
+    """The current context's server, CA and Entra server id (kubelogin's ``--server-id``, or the
+    legacy azure auth-provider's ``apiserver-id``) from a kubeconfig; its user credentials are
+    not used. Raises ``ClusterError`` saying what is missing."""
+    try:
+        doc = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise ClusterError(f"the cluster's kubeconfig is no YAML: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ClusterError("the cluster's kubeconfig is no mapping")
+
+    def named(kind: str, name: str | None) -> dict[str, Any]:
+        items = [i for i in doc.get(kind) or [] if isinstance(i, dict)]
+        chosen = next((i for i in items if name is None or i.get("name") == name), None)
+        if chosen is None:
+            raise ClusterError(f"the cluster's kubeconfig has no {kind[:-1]} {name or ''}".rstrip())
+        body = chosen.get(kind[:-1])
+        return body if isinstance(body, dict) else {}
+
+    ctx_name = doc.get("current-context") or None
+    ctx = named("contexts", ctx_name) if doc.get("contexts") else {}
+    cluster = named("clusters", ctx.get("cluster"))
+    server = cluster.get("server")
+    if not isinstance(server, str) or not server.startswith("https://"):
+        raise ClusterError(f"the cluster's kubeconfig names no https:// server (got {server!r})")
+    ca: bytes | None = None
+    if cluster.get("certificate-authority-data"):
+        try:
+            ca = base64.b64decode(str(cluster["certificate-authority-data"]), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ClusterError("the cluster's kubeconfig has a certificate-authority-data that is no base64") from exc
+    server_id: str | None = None
+    user = named("users", ctx.get("user")) if doc.get("users") else {}
+    args = (user.get("exec") or {}).get("args") or []
+    for i, arg in enumerate(args):
+        if arg == "--server-id" and i + 1 < len(args):
+            server_id = str(args[i + 1])
+        elif isinstance(arg, str) and arg.startswith("--server-id="):
+            server_id = arg.split("=", 1)[1]
+    provider = (user.get("auth-provider") or {}).get("config") or {}
+    server_id = server_id or provider.get("apiserver-id") or None
+    return KubeEndpoint(url=server.rstrip("/"), ca_pem=ca, server_id=server_id)
+
+
+class EntraKubeAuth:
+    """Bearer tokens of an azure-core async credential for the API server of an AKS cluster with
+    AKS-managed Entra ID (the identity needs Azure RBAC for Kubernetes roles or a Kubernetes
+    RoleBinding). The endpoint is looked up once; the token is renewed five minutes before it
+    expires. The credential belongs to the caller, which closes it."""
+
+    def __init__(
+        self,
+        credential: Any,
+        endpoint: Callable[[], Awaitable[KubeEndpoint]],
+        *,
+        server_id: str | None = None,
+        renew_before: float = 300.0,
+    ) -> None:
+        self._credential = credential
+        self._endpoint = endpoint
+        self._server_id = server_id
+        self._renew_before = renew_before
+        self._config: Any = None
+        self._expires = 0.0
+        self._ca_path: str | None = None
+        self._lock = asyncio.Lock()
+        self.scope = ""
+
+    async def configuration(self) -> Any:
+        """The client configuration, with a token valid for at least ``renew_before`` more seconds."""
+        async with self._lock:
+            if self._config is None:
+                ep = await self._endpoint()
+                cfg = k8s.Configuration()
+                cfg.host = ep.url
+                if ep.ca_pem:
+                    fd, path = tempfile.mkstemp(prefix="hubpilot-kube-ca-", suffix=".pem")
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(ep.ca_pem)
+                    self._ca_path = cfg.ssl_ca_cert = path
+                cfg.api_key_prefix["authorization"] = "Bearer"
+                self.scope = f"{self._server_id or ep.server_id or AKS_SERVER_ID}/.default"
+                self._config = cfg
+            if self._expires - time.time() < self._renew_before:
+                token = await self._credential.get_token(self.scope)
+                self._config.api_key["authorization"] = token.token
+                self._expires = float(token.expires_on)
+            return self._config
+
+    def close(self) -> None:
+        if self._ca_path:
+            with contextlib.suppress(OSError):
+                os.unlink(self._ca_path)
+            self._ca_path = None
 
 
 def parse_selector(selector: str) -> dict[str, str | None]:
@@ -60,6 +182,7 @@ class KubeCluster:
         api_url: str | None = None,
         kubeconfig: str | None = None,
         api_client: Any = None,
+        auth: EntraKubeAuth | None = None,
     ) -> None:
         self.namespace = namespace
         self.pool = pool
@@ -67,13 +190,19 @@ class KubeCluster:
         self.pod_selector_text = user_pod_selector
         self.pod_selector = parse_selector(user_pod_selector)
         self.gpu_resource = gpu_resource
-        if api_client is None:
+        self._auth = auth
+        if api_client is None and auth is None:
             api_client = _api_client(api_url, kubeconfig)
         self._api_client = api_client
-        self.api: Any = k8s.CoreV1Api(api_client)
+        self.api: Any = k8s.CoreV1Api(api_client) if api_client is not None else None
 
     async def _call(self, fn: Callable[[], T], what: str) -> T:
         try:
+            if self._auth is not None:
+                cfg = await self._auth.configuration()
+                if self._api_client is None:
+                    self._api_client = k8s.ApiClient(cfg)
+                    self.api = k8s.CoreV1Api(self._api_client)
             return await asyncio.to_thread(fn)
         except ApiException as exc:
             raise ClusterError(f"{what}: {exc.status} {exc.reason}") from exc
@@ -173,7 +302,10 @@ class KubeCluster:
         )
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._api_client.close)
+        if self._api_client is not None:
+            await asyncio.to_thread(self._api_client.close)
+        if self._auth is not None:
+            self._auth.close()
 
 
 def _ts(value: Any) -> datetime | None:

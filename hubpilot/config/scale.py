@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, time
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
@@ -89,6 +90,22 @@ class ScaleSettings(Section):
     namespace: str = Field("jhub", description="Namespace of the hub and its user pods.")
     kubeconfig: str | None = Field(None, description="Kubeconfig path; unset: in-cluster, else ~/.kube.")
     kube_api_url: str | None = Field(None, description="Kubernetes API URL (overrides kubeconfig; tests).")
+    kube_auth: Literal["kubeconfig", "entra"] = Field(
+        "kubeconfig",
+        description="kubeconfig: kubeconfig / in-cluster credentials; entra: an Entra token of the app's "
+        "identity (AKS-managed Entra ID), the API server and its CA taken from the cluster's user "
+        "kubeconfig through ARM (listClusterUserCredential) unless kube_api_url is set. Use entra "
+        "in Azure Functions, where no kubeconfig or kubelogin exists.",
+    )
+    kube_server_id: str | None = Field(
+        None,
+        description="With kube_auth=entra: application id of AKS's Entra server (token scope "
+        "'<id>/.default'); unset: the --server-id of the cluster's kubeconfig, else AKS's "
+        "6dae42f8-4368-4678-94ff-3960e28e3630.",
+    )
+    kube_ca_file: str | None = Field(
+        None, description="With kube_auth=entra and kube_api_url: PEM file of the API server's CA."
+    )
     user_pod_selector: str = Field(
         "component=singleuser-server", description="Label selector of user server pods."
     )
@@ -175,4 +192,15 @@ class ScaleSettings(Section):
             raise ValueError(
                 "scale.enabled needs scale.subscription_id, scale.resource_group and scale.cluster"
             )
+        if self.kube_auth == "entra" and self.kubeconfig:
+            raise ValueError(
+                "scale.kube_auth = 'entra' takes the API server from ARM or scale.kube_api_url; "
+                "unset scale.kubeconfig (or use kube_auth = 'kubeconfig')"
+            )
+        if (self.kube_auth == "entra" and self.kube_api_url
+                and not self.kube_api_url.startswith(("https://", "http://127.0.0.1", "http://localhost"))):
+            raise ValueError("scale.kube_api_url must be https:// with kube_auth = 'entra' "
+                             "(a bearer token goes with every request; plain http only on loopback)")
+        if self.kube_ca_file and not (self.kube_auth == "entra" and self.kube_api_url):
+            raise ValueError("scale.kube_ca_file is used only with kube_auth = 'entra' and scale.kube_api_url")
         return self

@@ -72,8 +72,36 @@ def build_pool(s: ScaleSettings) -> Pool:
     )
 
 
-def build_cluster(s: ScaleSettings) -> Cluster:
-    from hubpilot.adapters.kube import KubeCluster
+def build_cluster(s: ScaleSettings, pool: Pool | None = None) -> Cluster:
+    """The Kubernetes view. With ``kube_auth = "entra"`` it authenticates with the AKS pool's
+    credential (the app's identity) and takes the API server from ARM unless ``kube_api_url``
+    names it."""
+    from hubpilot.adapters.kube import EntraKubeAuth, KubeCluster, KubeEndpoint, endpoint_from_kubeconfig
+
+    auth: EntraKubeAuth | None = None
+    if s.kube_auth == "entra":
+        from hubpilot.adapters.aks import AksPool
+
+        if not isinstance(pool, AksPool):
+            raise NotConfigured("scale.kube_auth = 'entra' uses the AKS pool's credential: configure "
+                                "scale.subscription_id, scale.resource_group and scale.cluster")
+        aks = pool
+        if s.kube_api_url:
+            ca: bytes | None = None
+            if s.kube_ca_file:
+                try:
+                    with open(s.kube_ca_file, "rb") as f:
+                        ca = f.read()
+                except OSError as exc:
+                    raise NotConfigured(f"scale.kube_ca_file: cannot read {s.kube_ca_file}: {exc}") from exc
+            fixed = KubeEndpoint(s.kube_api_url.rstrip("/"), ca)
+
+            async def endpoint() -> KubeEndpoint:
+                return fixed
+        else:
+            async def endpoint() -> KubeEndpoint:
+                return endpoint_from_kubeconfig(await aks.user_kubeconfig())
+        auth = EntraKubeAuth(aks.credential, endpoint, server_id=s.kube_server_id)
 
     return KubeCluster(
         namespace=s.namespace,
@@ -81,8 +109,9 @@ def build_cluster(s: ScaleSettings) -> Cluster:
         node_pool_label=s.node_pool_label,
         user_pod_selector=s.user_pod_selector,
         gpu_resource=s.gpu_resource,
-        api_url=s.kube_api_url,
+        api_url=None if auth else s.kube_api_url,
         kubeconfig=s.kubeconfig,
+        auth=auth,
     )
 
 
@@ -91,7 +120,8 @@ def scale_adapters(ctx: Context, *, pool: Pool | None = None, cluster: Cluster |
     have: ScaleAdapters | None = getattr(ctx, _ADAPTERS_ATTR, None)
     if have is None or pool is not None or cluster is not None:
         s = ctx.settings.scale
-        have = ScaleAdapters(pool or build_pool(s), cluster or build_cluster(s))
+        pool = pool or build_pool(s)
+        have = ScaleAdapters(pool, cluster or build_cluster(s, pool))
         setattr(ctx, _ADAPTERS_ATTR, have)
         ctx._closers.append(have.close)
     return have

@@ -4,13 +4,16 @@ Speaks the wire format of the published examples (``../shared/fixtures/aks/<api-
 ``GET``/``PUT`` an agent pool (PUT answers 201 ``Updating`` with an ``Azure-AsyncOperation``
 header, polled to ``Succeeded`` or ``Failed``), ``POST .../deleteMachines`` (202 with a
 ``location`` header, polled until 200), ``409 OperationNotAllowed`` while another operation on
-the pool is in progress, and injected faults such as ``429`` with ``Retry-After``.
+the pool is in progress, and injected faults such as ``429`` with ``Retry-After``. On the
+cluster: ``POST .../listClusterUserCredential`` answers ``{"kubeconfigs": [{"name", "value"}]}``
+with the base64 of ``kubeconfig`` (404 while it is unset).
 Driven by the real ``ContainerServiceClient``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import time
@@ -57,6 +60,7 @@ class ArmDouble:
     calls: list[Call] = field(default_factory=list)
     faults: list[tuple[str, int, dict[str, str], dict[str, Any] | None]] = field(default_factory=list)
     fail_next_operation: str | None = None
+    kubeconfig: bytes | None = None  # the cluster's user kubeconfig (listClusterUserCredential)
     hold_operations: bool = False  # operations stay InProgress until released
     base_url: str = ""
     _runner: web.AppRunner | None = None
@@ -153,6 +157,9 @@ class ArmDouble:
         parts = request.path.strip("/").split("/")
         if parts[:1] == ["operations"]:
             return self._poll(parts[1], request)
+        cluster = self._pool_url("").strip("/").split("/")[:-1]  # .../managedClusters/{cluster}
+        if parts == [*cluster, "listClusterUserCredential"] and request.method == "POST":
+            return self._user_credential(request)
         prefix = self._pool_url("").strip("/").split("/")
         if parts[: len(prefix)] != prefix or len(parts) < len(prefix) + 1:
             return self._error(404, "ResourceNotFound", f"no such resource {request.path}")
@@ -167,6 +174,14 @@ class ArmDouble:
         if request.method == "POST" and rest == ["deleteMachines"]:
             return await self._delete_machines(name, request)
         return self._error(405, "MethodNotAllowed", f"{request.method} {request.path}")
+
+    def _user_credential(self, request: web.Request) -> web.Response:
+        if self.kubeconfig is None:
+            return self._error(404, "ResourceNotFound", f"managed cluster {self.cluster} not found")
+        if request.query.get("format") not in (None, "azure", "exec"):
+            return self._error(400, "InvalidParameter", f"format {request.query.get('format')!r}")
+        value = base64.b64encode(self.kubeconfig).decode()
+        return web.json_response({"kubeconfigs": [{"name": "clusterUser", "value": value}]})
 
     def _busy(self, name: str) -> web.Response | None:
         if any(op.pool == name and op.status == "InProgress" for op in self.operations.values()):

@@ -1,0 +1,329 @@
+"""Reaching AKS's Kubernetes API with an Entra token (``scale.kube_auth = "entra"``), as the
+Functions app must: the API server and its CA come from ARM's ``listClusterUserCredential``
+(the ARM double, driven by the real ``ContainerServiceClient``), and the real ``kubernetes``
+client talks TLS to kmock with that CA and a bearer token of the pool's credential."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import ssl
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import yaml
+from aiohttp.test_utils import RawTestServer
+from azure.core.credentials import AccessToken
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from kmock._internal import apps
+from pydantic import ValidationError
+
+from hubpilot.adapters.aks import AksPool
+from hubpilot.adapters.kube import AKS_SERVER_ID, KubeCluster, endpoint_from_kubeconfig
+from hubpilot.config.scale import ScaleSettings
+from hubpilot.ports.cluster import ClusterError
+from hubpilot.wiring import NotConfigured
+from hubpilot.wiring.scale import build_cluster
+from tests.doubles.arm import ArmDouble
+from tests.fixtures.kmock import NS, POOL_LABEL
+
+
+# --- a CA, and a server certificate for 127.0.0.1 -----------------------------------------------
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _ca(cn: str) -> tuple[Any, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    ca_key, ca = _ca("cluster-ca")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(_name("apiserver")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    d = tmp_path_factory.mktemp("pki")
+    (d / "server.pem").write_bytes(_pem(cert))
+    (d / "server.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (d / "ca.pem").write_bytes(_pem(ca))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(d / "server.pem", d / "server.key")
+    _, other = _ca("some-other-ca")
+    return {"ssl": ctx, "ca_pem": _pem(ca), "ca_file": str(d / "ca.pem"), "other_ca_pem": _pem(other)}
+
+
+class _TlsServer(RawTestServer):
+    tls: ssl.SSLContext
+
+    async def start_server(self, **kwargs: Any) -> None:
+        await super().start_server(ssl=self.tls, **kwargs)
+
+
+@pytest.fixture(scope="module")
+async def tls_kube(pki: dict[str, Any]) -> AsyncIterator[tuple[Any, str]]:
+    """kmock behind TLS, as AKS's API server is (https only, its own CA)."""
+    server_cls = type("TlsServer", (_TlsServer,), {"tls": pki["ssl"]})
+    async with kmock.KubernetesEmulator() as k, apps.Server(k, server_cls=server_cls) as srv:
+        k.resources["v1/nodes"] = {}
+        k.resources["v1/pods"] = {}
+        k.objects["v1/nodes", None, "gpu-0"] = {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "gpu-0", "labels": {POOL_LABEL: "gpu"}, "annotations": {}},
+            "spec": {}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+        k.objects["v1/nodes", None, "cpu-0"] = {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "cpu-0", "labels": {POOL_LABEL: "system"}, "annotations": {}},
+            "spec": {}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+        url = str(srv.url).rstrip("/")
+        assert url.startswith("https://127.0.0.1:")
+        yield k, url
+
+
+def _kubeconfig(server: str, ca_pem: bytes | None, *, server_id: str | None = "custom-server-id",
+                legacy: bool = False) -> bytes:
+    """A user kubeconfig shaped as AKS returns it for an Entra cluster (exec format: kubelogin)."""
+    cluster: dict[str, Any] = {"server": server}
+    if ca_pem is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
+    if legacy:
+        user: dict[str, Any] = {"auth-provider": {"name": "azure", "config": {
+            "apiserver-id": server_id, "client-id": "80faf920-1908-4b52-b5ef-a8e7bedfc67a",
+            "config-mode": "1", "environment": "AzurePublicCloud", "tenant-id": "t"}}}
+    else:
+        args = ["get-token", "--environment", "AzurePublicCloud", "--login", "devicecode",
+                "--client-id", "80faf920-1908-4b52-b5ef-a8e7bedfc67a", "--tenant-id", "t"]
+        if server_id:
+            args[1:1] = ["--server-id", server_id]
+        user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "kubelogin",
+                         "args": args, "interactiveMode": "IfAvailable"}}
+    doc = {"apiVersion": "v1", "kind": "Config", "current-context": "aks1",
+           "clusters": [{"name": "decoy", "cluster": {"server": "https://decoy.invalid"}},
+                        {"name": "aks1", "cluster": cluster}],
+           "contexts": [{"name": "aks1", "context": {"cluster": "aks1", "user": "clusterUser_rg1_aks1"}}],
+           "users": [{"name": "clusterUser_rg1_aks1", "user": user}]}
+    return yaml.safe_dump(doc).encode()
+
+
+class IssuingToken:
+    """An azure-core async credential that issues numbered tokens living ``lifetime`` seconds."""
+
+    def __init__(self, lifetime: float = 3600) -> None:
+        self.lifetime = lifetime
+        self.issued: list[tuple[str, tuple[str, ...]]] = []
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        token = f"tok-{len(self.issued) + 1}"
+        self.issued.append((token, scopes))
+        return AccessToken(token, int(time.time() + self.lifetime))
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def arm() -> AsyncIterator[ArmDouble]:
+    double = ArmDouble()
+    await double.start()
+    yield double
+    await double.stop()
+
+
+def _settings(arm: ArmDouble, **kw: Any) -> ScaleSettings:
+    return ScaleSettings(subscription_id=arm.subscription, resource_group=arm.resource_group,
+                         cluster=arm.cluster, pool="gpu", namespace=NS, kube_auth="entra",
+                         arm_endpoint=arm.base_url, **kw)
+
+
+def _pool(arm: ArmDouble, credential: Any) -> AksPool:
+    return AksPool(credential, subscription_id=arm.subscription, resource_group=arm.resource_group,
+                   cluster=arm.cluster, pool="gpu", base_url=arm.base_url, retry_total=0)
+
+
+def _bearers(k: Any) -> list[str | None]:
+    return [r.headers.get("Authorization") for r in k]
+
+
+# --- the kubeconfig's parts -------------------------------------------------------------------
+def test_endpoint_from_an_exec_kubeconfig_takes_the_current_context() -> None:
+    ep = endpoint_from_kubeconfig(_kubeconfig("https://aks1.hcp.example:443/", b"PEM"))
+    assert ep.url == "https://aks1.hcp.example:443"
+    assert ep.ca_pem == b"PEM"
+    assert ep.server_id == "custom-server-id"
+
+
+def test_endpoint_from_a_legacy_azure_auth_provider_kubeconfig() -> None:
+    ep = endpoint_from_kubeconfig(_kubeconfig("https://aks1.hcp.example:443", None, legacy=True))
+    assert ep.server_id == "custom-server-id" and ep.ca_pem is None
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    (b"clusters: [", "no YAML"),
+    (b"- a list", "no mapping"),
+    (_kubeconfig("http://aks1.hcp.example", None), "no https:// server"),
+    (yaml.safe_dump({"current-context": "x", "contexts": [{"name": "y", "context": {}}]}).encode(),
+     "no context x"),
+    (yaml.safe_dump({"clusters": [{"name": "a", "cluster": {"server": "https://a",
+                                                             "certificate-authority-data": "%%"}}]}).encode(),
+     "no base64"),
+])
+def test_a_broken_kubeconfig_says_what_is_wrong(data: bytes, says: str) -> None:
+    with pytest.raises(ClusterError, match=says):
+        endpoint_from_kubeconfig(data)
+
+
+# --- the whole path: ARM → kubeconfig → TLS with its CA → bearer token ------------------------
+async def test_entra_auth_reads_and_cordons_through_tls_with_the_clusters_ca(
+        arm: ArmDouble, tls_kube: tuple[Any, str], pki: dict[str, Any]) -> None:
+    k, url = tls_kube
+    arm.kubeconfig = _kubeconfig(url, pki["ca_pem"])
+    credential = IssuingToken()
+    pool = _pool(arm, credential)
+    cluster = build_cluster(_settings(arm), pool)
+    try:
+        seen = len(list(k))
+        view = await cluster.read()
+        assert [n.name for n in view.nodes] == ["gpu-0"]  # the selector's work, redone here
+        assert await cluster.cordon("gpu-0", "hubpilot")
+        assert k.objects["v1/nodes", None, "gpu-0"]["spec"]["unschedulable"] is True
+        assert await cluster.uncordon("gpu-0")
+    finally:
+        await cluster.close()
+        await pool.close()
+    new = _bearers(k)[seen:]
+    assert len(new) == 4 and set(new) == {"Bearer tok-2"}  # tok-1 went to ARM
+    scopes = [s for _, s in credential.issued]
+    assert scopes[1] == ("custom-server-id/.default",)  # the kubeconfig's --server-id
+    posts = [c.path for c in arm.calls if c.method == "POST"]
+    assert posts == [f"/subscriptions/{arm.subscription}/resourceGroups/{arm.resource_group}/providers/"
+                     f"Microsoft.ContainerService/managedClusters/{arm.cluster}/listClusterUserCredential"]
+
+
+async def test_the_setting_names_the_server_id_and_aks_default_otherwise(
+        arm: ArmDouble, tls_kube: tuple[Any, str], pki: dict[str, Any]) -> None:
+    _, url = tls_kube
+    for kubeconfig_id, setting, want in (("from-kubeconfig", "from-setting", "from-setting"),
+                                         (None, None, AKS_SERVER_ID)):
+        arm.kubeconfig = _kubeconfig(url, pki["ca_pem"], server_id=kubeconfig_id)
+        credential = IssuingToken()
+        pool = _pool(arm, credential)
+        cluster = build_cluster(_settings(arm, kube_server_id=setting), pool)
+        try:
+            await cluster.read()
+        finally:
+            await cluster.close()
+            await pool.close()
+        assert credential.issued[-1][1] == (f"{want}/.default",)
+
+
+async def test_a_server_the_clusters_ca_did_not_sign_is_refused(
+        arm: ArmDouble, tls_kube: tuple[Any, str], pki: dict[str, Any]) -> None:
+    k, url = tls_kube
+    arm.kubeconfig = _kubeconfig(url, pki["other_ca_pem"])
+    pool = _pool(arm, IssuingToken())
+    cluster = build_cluster(_settings(arm), pool)
+    seen = len(list(k))
+    try:
+        with pytest.raises(ClusterError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            await cluster.read()
+    finally:
+        await cluster.close()
+        await pool.close()
+    assert len(list(k)) == seen  # no request got through, so no token was shown to it
+
+
+async def test_the_token_is_renewed_before_it_expires_and_kept_while_it_lives(
+        arm: ArmDouble, tls_kube: tuple[Any, str], pki: dict[str, Any]) -> None:
+    k, url = tls_kube
+    arm.kubeconfig = _kubeconfig(url, pki["ca_pem"])
+    for lifetime, want in ((3600, {"Bearer tok-2"}), (120, {"Bearer tok-2", "Bearer tok-3", "Bearer tok-4"})):
+        pool = _pool(arm, IssuingToken(lifetime))
+        cluster = build_cluster(_settings(arm), pool)
+        seen = len(list(k))
+        try:
+            for _ in range(3):
+                await cluster.pods_on("gpu-0")
+        finally:
+            await cluster.close()
+            await pool.close()
+        assert set(_bearers(k)[seen:]) == want
+
+
+async def test_without_the_clusters_credentials_the_read_fails_and_says_why(
+        arm: ArmDouble, tls_kube: tuple[Any, str]) -> None:
+    arm.kubeconfig = None  # ARM answers 404
+    pool = _pool(arm, IssuingToken())
+    cluster = build_cluster(_settings(arm), pool)
+    try:
+        with pytest.raises(ClusterError, match="cannot read the user kubeconfig of cluster clustername1: 404"):
+            await cluster.read()
+    finally:
+        await cluster.close()
+        await pool.close()
+
+
+async def test_a_configured_api_url_and_ca_file_skip_arm(
+        arm: ArmDouble, tls_kube: tuple[Any, str], pki: dict[str, Any]) -> None:
+    k, url = tls_kube
+    pool = _pool(arm, IssuingToken())
+    cluster = build_cluster(_settings(arm, kube_api_url=url, kube_ca_file=pki["ca_file"]), pool)
+    seen = len(list(k))
+    try:
+        assert [n.name for n in (await cluster.read()).nodes] == ["gpu-0"]
+    finally:
+        await cluster.close()
+        await pool.close()
+    assert set(_bearers(k)[seen:]) == {"Bearer tok-1"}
+    assert not [c for c in arm.calls if c.method == "POST"]
+
+
+# --- settings and wiring -----------------------------------------------------------------------
+@pytest.mark.parametrize(("kw", "says"), [
+    ({"kube_auth": "entra", "kubeconfig": "/k"}, "unset scale.kubeconfig"),
+    ({"kube_auth": "entra", "kube_api_url": "http://aks1.example"}, "must be https://"),
+    ({"kube_ca_file": "/ca.pem"}, "kube_ca_file is used only with"),
+    ({"kube_auth": "kubelogin"}, "kube_auth"),
+])
+def test_settings_refuse_what_cannot_work(kw: dict[str, Any], says: str) -> None:
+    with pytest.raises(ValidationError, match=says):
+        ScaleSettings(**kw)
+
+
+def test_entra_auth_needs_the_aks_pool(tmp_path: Path) -> None:
+    with pytest.raises(NotConfigured, match="uses the AKS pool's credential"):
+        build_cluster(ScaleSettings(kube_auth="entra"), None)
+    arm = ArmDouble(base_url="http://127.0.0.1:9")
+    pool = _pool(arm, IssuingToken())
+    with pytest.raises(NotConfigured, match="cannot read"):
+        build_cluster(_settings(arm, kube_api_url="https://127.0.0.1:6443",
+                                kube_ca_file=str(tmp_path / "missing.pem")), pool)
+
+
+def test_kubeconfig_auth_is_unchanged_by_default(tls_kube: tuple[Any, str]) -> None:
+    cluster = build_cluster(ScaleSettings(kube_api_url="http://127.0.0.1:6443"), None)
+    assert isinstance(cluster, KubeCluster) and cluster.api is not None
