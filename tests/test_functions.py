@@ -242,3 +242,60 @@ async def test_timers_run_skip_on_lock_and_report_refused_and_paused(fx: Fx, wor
     assert await run_timer("scale") == "paused"
     await fx.ctx.runner.set_paused("scale", False, "test")
     assert await run_timer("scale") == "applied"
+
+
+# --- where run requests go without a connection string (identity-based storage) -----------------
+def _target_ctx(tmp_path: Path, **state: Any) -> Context:
+    from hubpilot.settings import Settings
+
+    base = make_settings(run_mode="queue")
+    settings = Settings(hub=base.hub, api=base.api, state=state) if state else base
+    return make_context(tmp_path, settings)[0]
+
+
+def test_queue_target_follows_the_functions_hosts_storage_settings(tmp_path: Path) -> None:
+    from hubpilot.api.runs import queue_target
+
+    ctx = _target_ctx(tmp_path)
+    conn = "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k;EndpointSuffix=core.windows.net"
+    assert queue_target(ctx, {QUEUE_CONNECTION_SETTING: conn}).connection_string == conn
+    # the host's identity-based form, as infra/bicep sets it
+    t = queue_target(ctx, {"AzureWebJobsStorage__accountName": "hubpilotst",
+                           "AzureWebJobsStorage__credential": "managedidentity",
+                           "AzureWebJobsStorage__clientId": "0000-client"})
+    assert (t.connection_string, t.account_url, t.client_id, t.managed_identity) == (
+        None, "https://hubpilotst.queue.core.windows.net", "0000-client", True)
+    t = queue_target(ctx, {"AzureWebJobsStorage__queueServiceUri": "https://q.example.net/"})
+    assert t.account_url == "https://q.example.net" and not t.managed_identity and t.client_id is None
+    with pytest.raises(RuntimeError, match="must be an https:// URL"):
+        queue_target(ctx, {"AzureWebJobsStorage__queueServiceUri": "http://q.example.net"})
+    with pytest.raises(RuntimeError, match="AzureWebJobsStorage__accountName"):
+        queue_target(ctx, {})
+
+
+def test_queue_target_uses_the_sovereign_clouds_suffix_and_prefers_an_explicit_string(tmp_path: Path) -> None:
+    from hubpilot.api.runs import queue_target
+
+    ctx = _target_ctx(tmp_path, azure_endpoint_suffix="core.chinacloudapi.cn")
+    assert queue_target(ctx, {"AzureWebJobsStorage__accountName": "st1"}).account_url == \
+        "https://st1.queue.core.chinacloudapi.cn"
+    explicit = make_context(tmp_path, make_settings(run_mode="queue",
+                                                    queue_connection_string="UseDevelopmentStorage=true"))[0]
+    assert queue_target(explicit, {"AzureWebJobsStorage__accountName": "st1"}).connection_string == \
+        "UseDevelopmentStorage=true"
+
+
+async def test_identity_queue_client_is_built_once_with_the_managed_identity(tmp_path: Path) -> None:
+    from azure.identity.aio import ManagedIdentityCredential
+
+    from hubpilot.api.runs import _identity_queue, queue_target
+
+    ctx = _target_ctx(tmp_path)
+    target = queue_target(ctx, {"AzureWebJobsStorage__accountName": "hubpilotst",
+                                "AzureWebJobsStorage__credential": "managedidentity",
+                                "AzureWebJobsStorage__clientId": "0000-client"})
+    client = _identity_queue(ctx, target)
+    assert client is _identity_queue(ctx, target)
+    assert client.url == "https://hubpilotst.queue.core.windows.net/hubpilot-runs"
+    assert isinstance(client.credential, ManagedIdentityCredential)
+    await ctx.close()  # closes the client and its credential

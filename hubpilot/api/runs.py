@@ -205,38 +205,104 @@ async def wait_for_run(ctx: Context, run_id: str, seconds: float) -> dict[str, A
 
 # --- the Storage queue (run_mode = "queue") -------------------------------------------------------
 
-def queue_connection_string(ctx: Context) -> str:
+@dataclass(frozen=True)
+class QueueTarget:
+    """Where run requests go: a connection string, or a queue service URL reached with an Entra
+    token (identity-based, as the Functions host's own ``AzureWebJobsStorage__*`` settings)."""
+
+    connection_string: str | None = None
+    account_url: str | None = None
+    client_id: str | None = None
+    managed_identity: bool = False
+
+
+IDENTITY_PREFIX = QUEUE_CONNECTION_SETTING + "__"
+
+
+def queue_target(ctx: Context, environ: Mapping[str, str] | None = None) -> QueueTarget:
+    """api.queue_connection_string, else the app setting AzureWebJobsStorage, else its
+    identity-based form (``AzureWebJobsStorage__queueServiceUri`` or ``__accountName``, with
+    ``__credential = managedidentity`` and ``__clientId``), else state.azure_connection_string."""
+    env = os.environ if environ is None else environ
     api, state = ctx.settings.api, ctx.settings.state
     if api.queue_connection_string is not None:
-        return api.queue_connection_string.get_secret_value()
-    from_env = os.environ.get(QUEUE_CONNECTION_SETTING)
-    if from_env:
-        return from_env
+        return QueueTarget(connection_string=api.queue_connection_string.get_secret_value())
+    if env.get(QUEUE_CONNECTION_SETTING):
+        return QueueTarget(connection_string=env[QUEUE_CONNECTION_SETTING])
+    uri = env.get(IDENTITY_PREFIX + "queueServiceUri")
+    name = env.get(IDENTITY_PREFIX + "accountName")
+    if uri or name:
+        if uri and not uri.startswith("https://"):
+            raise RuntimeError(f"the app setting {IDENTITY_PREFIX}queueServiceUri must be an https:// URL")
+        return QueueTarget(
+            account_url=(uri or f"https://{name}.queue.{state.azure_endpoint_suffix}").rstrip("/"),
+            client_id=env.get(IDENTITY_PREFIX + "clientId") or None,
+            managed_identity=env.get(IDENTITY_PREFIX + "credential", "").lower() == "managedidentity",
+        )
     if state.azure_connection_string is not None:
-        return state.azure_connection_string.get_secret_value()
+        return QueueTarget(connection_string=state.azure_connection_string.get_secret_value())
     raise RuntimeError(
         "api.run_mode is 'queue' but no queue connection is configured: set "
-        f"api.queue_connection_string, the app setting {QUEUE_CONNECTION_SETTING} or "
-        "state.azure_connection_string"
+        f"api.queue_connection_string, the app setting {QUEUE_CONNECTION_SETTING} (or its "
+        f"identity-based form {IDENTITY_PREFIX}accountName) or state.azure_connection_string"
     )
+
+
+_QUEUE_ATTR = "_run_queue"
+
+
+def _identity_queue(ctx: Context, target: QueueTarget) -> Any:
+    """One queue client per context for identity-based access (its token is cached and renewed
+    by azure-core); closed with the context."""
+    have = getattr(ctx, _QUEUE_ATTR, None)
+    if have is not None:
+        return have
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+    from azure.storage.queue import TextBase64EncodePolicy
+    from azure.storage.queue.aio import QueueClient
+
+    credential: Any
+    if target.managed_identity:
+        credential = ManagedIdentityCredential(client_id=target.client_id) if target.client_id \
+            else ManagedIdentityCredential()
+    else:
+        credential = DefaultAzureCredential(managed_identity_client_id=target.client_id) if target.client_id \
+            else DefaultAzureCredential()
+    client = QueueClient(target.account_url or "", QUEUE_NAME, credential=credential,
+                         message_encode_policy=TextBase64EncodePolicy())
+
+    async def close() -> None:
+        await client.close()
+        await credential.close()
+
+    setattr(ctx, _QUEUE_ATTR, client)
+    ctx._closers.append(close)
+    return client
 
 
 async def enqueue(ctx: Context, req: RunRequest) -> None:
     """Put a run request on the run queue (base64, as the Functions queue trigger expects)."""
-    from azure.core.exceptions import ResourceExistsError
     from azure.storage.queue import TextBase64EncodePolicy
     from azure.storage.queue.aio import QueueClient
 
-    client = QueueClient.from_connection_string(
-        queue_connection_string(ctx), QUEUE_NAME,
-        message_encode_policy=TextBase64EncodePolicy(),
-    )
-    async with client:
-        try:
-            await client.create_queue()
-        except ResourceExistsError:
-            pass
-        await client.send_message(json.dumps(req.to_json()))
+    target = queue_target(ctx)
+    if target.connection_string is None:
+        await _send(_identity_queue(ctx, target), req)
+        return
+    async with QueueClient.from_connection_string(
+        target.connection_string, QUEUE_NAME, message_encode_policy=TextBase64EncodePolicy(),
+    ) as client:
+        await _send(client, req)
+
+
+async def _send(client: Any, req: RunRequest) -> None:
+    from azure.core.exceptions import ResourceExistsError
+
+    try:
+        await client.create_queue()
+    except ResourceExistsError:
+        pass
+    await client.send_message(json.dumps(req.to_json()))
 
 
 def parse_queue_message(body: str | bytes) -> RunRequest:

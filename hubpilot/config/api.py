@@ -72,7 +72,9 @@ class ApiSettings(Section):
         None,
         description="Storage connection string for putting run requests on the queue "
         "'hubpilot-runs' (run_mode=queue); defaults to the AzureWebJobsStorage app setting "
-        "(which the queue trigger reads), then to state.azure_connection_string.",
+        "(which the queue trigger reads), or its identity-based form (AzureWebJobsStorage__accountName "
+        "or __queueServiceUri, with __credential=managedidentity and __clientId: an Entra token), "
+        "then to state.azure_connection_string.",
     )
     wait_max_seconds: float = Field(
         120.0, ge=0, le=200,
