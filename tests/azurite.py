@@ -57,23 +57,29 @@ class Azurite:
 
     account_name: str = ACCOUNT_NAME
     account_key: str = ACCOUNT_KEY
+    tls: tuple[Path, Path] | None = None  # (certificate, key): HTTPS
+    oauth: bool = False  # accept Entra bearer tokens (Azurite's basic OAuth; needs HTTPS)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def blob_endpoint(self) -> str:
-        return f"http://{HOST}:{self.blob_port}/{self.account_name}"
+        return f"{self.scheme}://{HOST}:{self.blob_port}/{self.account_name}"
 
     @property
     def queue_endpoint(self) -> str:
-        return f"http://{HOST}:{self.queue_port}/{self.account_name}"
+        return f"{self.scheme}://{HOST}:{self.queue_port}/{self.account_name}"
 
     @property
     def table_endpoint(self) -> str:
-        return f"http://{HOST}:{self.table_port}/{self.account_name}"
+        return f"{self.scheme}://{HOST}:{self.table_port}/{self.account_name}"
 
     @property
     def connection_string(self) -> str:
         return (
-            "DefaultEndpointsProtocol=http;"
+            f"DefaultEndpointsProtocol={self.scheme};"
             f"AccountName={self.account_name};AccountKey={self.account_key};"
             f"BlobEndpoint={self.blob_endpoint};"
             f"QueueEndpoint={self.queue_endpoint};"
@@ -81,13 +87,15 @@ class Azurite:
         )
 
     @classmethod
-    def start(cls, *, timeout: float = 30.0, attempts: int = 3) -> Azurite:
-        """Start Azurite in memory and wait until all three services accept connections."""
+    def start(cls, *, timeout: float = 30.0, attempts: int = 3, tls: tuple[Path, Path] | None = None,
+              oauth: bool = False) -> Azurite:
+        """Start Azurite in memory and wait until all three services accept connections; with
+        ``tls`` it serves HTTPS, with ``oauth`` it also takes bearer tokens."""
         if not AZURITE.exists():
             raise RuntimeError(f"Azurite is not installed at {AZURITE} (run npm install in the project root)")
         last_error = ""
         for _ in range(attempts):  # a port picked as free may be taken before Azurite binds it
-            azurite = cls(free_port(), free_port(), free_port())
+            azurite = cls(free_port(), free_port(), free_port(), tls=tls, oauth=oauth)
             try:
                 azurite._launch(timeout)
                 return azurite
@@ -106,6 +114,10 @@ class Azurite:
             "--queueHost", HOST, "--queuePort", str(self.queue_port),
             "--tableHost", HOST, "--tablePort", str(self.table_port),
         ]
+        if self.tls:
+            args += ["--cert", str(self.tls[0]), "--key", str(self.tls[1])]
+        if self.oauth:
+            args += ["--oauth", "basic"]
         with self._log.open("wb") as log:
             self.process = subprocess.Popen(args, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)

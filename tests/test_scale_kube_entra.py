@@ -6,8 +6,6 @@ client talks TLS to kmock with that CA and a bearer token of the pool's credenti
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import ipaddress
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -19,10 +17,6 @@ import pytest
 import yaml
 from aiohttp.test_utils import RawTestServer
 from azure.core.credentials import AccessToken
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from kmock._internal import apps
 from pydantic import ValidationError
 
@@ -34,48 +28,15 @@ from hubpilot.wiring import NotConfigured
 from hubpilot.wiring.scale import build_cluster
 from tests.doubles.arm import ArmDouble
 from tests.fixtures.kmock import NS, POOL_LABEL
-
-
-# --- a CA, and a server certificate for 127.0.0.1 -----------------------------------------------
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _ca(cn: str) -> tuple[Any, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return key, cert
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
+from tests.pki import make_pki
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    ca_key, ca = _ca("cluster-ca")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name("apiserver")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    d = tmp_path_factory.mktemp("pki")
-    (d / "server.pem").write_bytes(_pem(cert))
-    (d / "server.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    (d / "ca.pem").write_bytes(_pem(ca))
+    made = make_pki(tmp_path_factory.mktemp("pki"))
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(d / "server.pem", d / "server.key")
-    _, other = _ca("some-other-ca")
-    return {"ssl": ctx, "ca_pem": _pem(ca), "ca_file": str(d / "ca.pem"), "other_ca_pem": _pem(other)}
+    ctx.load_cert_chain(made.cert_file, made.key_file)
+    return {"ssl": ctx, "ca_pem": made.ca_pem, "ca_file": str(made.ca_file), "other_ca_pem": made.other_ca_pem}
 
 
 class _TlsServer(RawTestServer):
