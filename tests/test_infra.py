@@ -281,7 +281,7 @@ def test_secure_parameters_are_never_output(parsed: dict[str, Any]) -> None:
     for name in parsed:
         doc = _file(parsed, name)
         secure = _secure_params(doc)
-        for oname, output in doc["outputs"].items():
+        for oname, output in doc.get("outputs", {}).items():
             leaked = _reachable(doc, output["value"]) & secure
             assert not leaked, f"{name}: output {oname} reaches the secure parameter(s) {sorted(leaked)}"
     assert {"hubToken", "apiTokens", "graphClientState", "ldapBindPassword"} <= _secure_params(
@@ -558,6 +558,24 @@ def test_aks_access_grants_exactly_what_scale_needs(parsed: dict[str, Any]) -> N
         granted = [*_resolve(aks, permission["actions"]), *_resolve(aks, permission["dataActions"])]
         assert granted and not any("*" in a for a in granted)
         assert role["properties"]["type"] == "CustomRole"
+
+
+def test_aks_operation_status_is_readable_at_the_clusters_subscription(parsed: dict[str, Any]) -> None:
+    """AKS's operation status URLs are subscription-level (the ARM double answers the same way):
+    only read actions on them, granted where the cluster's subscription is."""
+    main = _file(parsed, "main.bicep")
+    module = main["modules"]["aksOperationStatus"]
+    assert _names_in(module["config"]["condition"]) >= {"scaleEnabled", "aksOperationStatusRead"}
+    scope = _body(module)["scope"]["function"]
+    assert scope["type"] == "subscription" and "aksSubscriptionId" in _names_in(scope["parameters"])
+    status = _file(parsed, "modules/aks-operation-status.bicep")
+    assert sorted(status["variables"]["operationStatusActions"]["value"]) == [
+        "Microsoft.ContainerService/locations/operationresults/read",
+        "Microsoft.ContainerService/locations/operations/read"]
+    (role,) = _resources(status, "Microsoft.Authorization/roleDefinitions").values()
+    (permission,) = role["properties"]["permissions"]
+    assert all(a.endswith("/read") for a in _resolve(status, permission["actions"]))
+    assert not _resolve(status, permission["dataActions"])
 
 
 # ---------------------------------------------------------------------------------------------

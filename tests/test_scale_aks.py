@@ -70,7 +70,7 @@ async def test_set_count_polls_the_operation_to_the_end(arm: ArmDouble) -> None:
         res = await pool.set_count(3, etag=state.etag)
         assert res.outcome is PoolOutcome.DONE
         assert arm.pools["gpu"]["count"] == 3
-        polls = [c for c in arm.calls if c.path.startswith("/operations/")]
+        polls = [c for c in arm.calls if "/locations/eastus/operations/" in c.path]
         assert len(polls) >= 3
         put = next(c for c in arm.calls if c.method == "PUT")
         assert put.body["properties"]["count"] == 3
@@ -91,6 +91,28 @@ async def test_set_min_count_never_sends_a_new_count(arm: ArmDouble) -> None:
         assert arm.pools["gpu"]["minCount"] == 2 and arm.pools["gpu"]["count"] == 1
         with pytest.raises(PoolError, match="autoscaler is on"):
             await pool.set_count(3)
+    finally:
+        await pool.close()
+
+
+async def test_an_accepted_operation_whose_status_is_not_readable_is_pending_not_failed(arm: ArmDouble) -> None:
+    """AKS answers with subscription-level status URLs; an identity whose roles stop at the
+    cluster may get 403 there. The change was accepted: report it pending, say what to grant,
+    and let the next run re-observe."""
+    arm.add_pool("gpu", count=1, machines=["m0"])
+    arm.status_readable = False
+    arm.polls = 0  # each operation ends by the time it is first polled
+    pool = make_pool(arm)
+    try:
+        res = await pool.set_count(2)
+        assert res.outcome is PoolOutcome.PENDING
+        assert "status cannot be read (403 AuthorizationFailed" in res.detail
+        assert "locations/operations/read" in res.detail
+        gone = await pool.delete_machines(["m0"])
+        assert gone.outcome is PoolOutcome.PENDING and "403" in gone.detail
+        arm.status_readable = True
+        assert (await pool.get()).count == 1  # both ran: 2 machines, then m0 deleted
+        assert arm.machines["gpu"] == ["aks-gpu-12345678-vmss0003e9"]
     finally:
         await pool.close()
 

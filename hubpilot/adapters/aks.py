@@ -185,6 +185,12 @@ class AksPool:
         try:
             task.result()
         except HttpResponseError as exc:
+            if exc.status_code in (401, 403):
+                # ARM accepted the request; only its status URL (subscription level:
+                # .../locations/<region>/operations/<id>) is not readable by this identity.
+                return PoolResult(PoolOutcome.PENDING, (
+                    f"{what}: accepted, but its status cannot be read ({exc.status_code} {_code(exc) or ''}; "
+                    "grant Microsoft.ContainerService/locations/operations/read on the subscription)"))
             raise _pool_error(f"{what}: the operation failed", exc) from exc
         return PoolResult(PoolOutcome.DONE, what)
 

@@ -152,6 +152,9 @@ param aksResourceGroup string = ''
 @description('Name of the AKS managed cluster.')
 param aksClusterName string = ''
 
+@description('Grant the identity read access to the status of AKS operations at the AKS subscription (the deployer then needs rights there). Off: pool changes are reported pending and the next run re-observes.')
+param aksOperationStatusRead bool = true
+
 @description('Name of the GPU agent pool (scale.pool).')
 param gpuPool string = 'gpu'
 
@@ -238,6 +241,14 @@ module keyVault 'modules/keyvault.bicep' = {
     hubToken: hubToken
     graphClientState: graphClientState
     ldapBindPassword: ldapBindPassword
+  }
+}
+
+module aksOperationStatus 'modules/aks-operation-status.bicep' = if (scaleEnabled && aksOperationStatusRead) {
+  name: 'hubpilot-aks-operation-status'
+  scope: subscription(aksSubscriptionId)
+  params: {
+    principalId: identity.properties.principalId
   }
 }
 

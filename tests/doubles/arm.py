@@ -61,6 +61,8 @@ class ArmDouble:
     faults: list[tuple[str, int, dict[str, str], dict[str, Any] | None]] = field(default_factory=list)
     fail_next_operation: str | None = None
     kubeconfig: bytes | None = None  # the cluster's user kubeconfig (listClusterUserCredential)
+    location: str = "eastus"
+    status_readable: bool = True  # False: polling the operation answers 403 (no locations/operations/read)
     hold_operations: bool = False  # operations stay InProgress until released
     base_url: str = ""
     _runner: web.AppRunner | None = None
@@ -155,8 +157,17 @@ class ArmDouble:
                 err = error or {"code": code, "message": f"injected {status}"}
                 return web.json_response({"error": err}, status=status, headers=headers)
         parts = request.path.strip("/").split("/")
-        if parts[:1] == ["operations"]:
-            return self._poll(parts[1], request)
+        ops = ["subscriptions", self.subscription, "providers", "Microsoft.ContainerService", "locations",
+               self.location]
+        if parts[:6] == ops and len(parts) == 8 and parts[6] in ("operations", "operationresults"):
+            if not self.status_readable:
+                if (op := self.operations.get(parts[7])) is not None:
+                    self._advance(op)
+                return self._error(403, "AuthorizationFailed", (
+                    "The client does not have authorization to perform action "
+                    f"'Microsoft.ContainerService/locations/{parts[6]}/read' over scope "
+                    f"'/subscriptions/{self.subscription}' or the scope is invalid."))
+            return self._poll(parts[7], parts[6], request)
         cluster = self._pool_url("").strip("/").split("/")[:-1]  # .../managedClusters/{cluster}
         if parts == [*cluster, "listClusterUserCredential"] and request.method == "POST":
             return self._user_credential(request)
@@ -197,7 +208,10 @@ class ArmDouble:
         return op
 
     def _op_url(self, op: Operation, kind: str) -> str:
-        return f"{self.base_url}/operations/{op.id}/{kind}?api-version=2026-08-01"
+        """As AKS answers: subscription-level URLs, outside the cluster's resource group."""
+        segment = "operations" if kind == "status" else "operationresults"
+        return (f"{self.base_url}/subscriptions/{self.subscription}/providers/Microsoft.ContainerService/"
+                f"locations/{self.location}/{segment}/{op.id}?api-version=2026-08-01")
 
     async def _put(self, name: str, request: web.Request) -> web.Response:
         if (busy := self._busy(name)) is not None:
@@ -259,10 +273,8 @@ class ArmDouble:
         self.pools[name]["provisioningState"] = "Scaling"
         return web.Response(status=202, headers={"location": self._op_url(op, "result"), "Retry-After": "0"})
 
-    def _poll(self, op_id: str, request: web.Request) -> web.Response:
-        op = self.operations.get(op_id)
-        if op is None:
-            return self._error(404, "NotFound", "no such operation")
+    def _advance(self, op: Operation) -> None:
+        """One step of an operation: it runs whether or not its caller may read its status."""
         if op.status == "InProgress" and not self.hold_operations:
             if op.polls_left > 0:
                 op.polls_left -= 1
@@ -275,8 +287,13 @@ class ArmDouble:
                     op.apply()
                     op.status = "Succeeded"
                     pool["provisioningState"] = "Succeeded"
-        kind = request.path.rsplit("/", 1)[-1]
-        if kind == "result":  # the location header of deleteMachines
+
+    def _poll(self, op_id: str, segment: str, request: web.Request) -> web.Response:
+        op = self.operations.get(op_id)
+        if op is None:
+            return self._error(404, "NotFound", "no such operation")
+        self._advance(op)
+        if segment == "operationresults":  # the location header of deleteMachines
             if op.status == "InProgress":
                 return web.Response(status=202, headers={"location": str(request.url), "Retry-After": "0"})
             if op.status == "Failed":
