@@ -539,7 +539,13 @@ def test_aks_access_grants_exactly_what_scale_needs(parsed: dict[str, Any]) -> N
     scope = _body(module)["scope"]["function"]
     assert scope["type"] == "resource_group"
     assert scope["parameters"]["subscription_id"] == "aksSubscriptionId"
-    assert "aksResourceGroup" in _names_in(scope["parameters"]["resource_group_name"])
+    assert _resolve(main, scope["parameters"]["resource_group_name"]) == \
+        main["variables"]["aksResourceGroupName"]["value"]
+    assert "aksResourceGroup" in _names_in(main["variables"]["aksResourceGroupName"]["value"])
+    # the app is told the same resource group the roles were granted in (empty param: this one)
+    scale = _resolve(main, "scaleSettings")
+    assert "aksResourceGroupName" in _names_in(scale)
+    assert "aksResourceGroup" not in _names_in(scale)
 
     aks = _file(parsed, "modules/aks-access.bicep")
     (cluster,) = [r for r in aks["resources"].values() if r["existing"]]

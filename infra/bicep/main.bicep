@@ -244,6 +244,9 @@ module keyVault 'modules/keyvault.bicep' = {
   }
 }
 
+// The cluster's resource group: this one unless aksResourceGroup names another.
+var aksResourceGroupName = empty(aksResourceGroup) ? resourceGroup().name : aksResourceGroup
+
 module aksOperationStatus 'modules/aks-operation-status.bicep' = if (scaleEnabled && aksOperationStatusRead) {
   name: 'hubpilot-aks-operation-status'
   scope: subscription(aksSubscriptionId)
@@ -254,7 +257,7 @@ module aksOperationStatus 'modules/aks-operation-status.bicep' = if (scaleEnable
 
 module aksAccess 'modules/aks-access.bicep' = if (scaleEnabled) {
   name: 'hubpilot-aks-access'
-  scope: resourceGroup(aksSubscriptionId, empty(aksResourceGroup) ? resourceGroup().name : aksResourceGroup)
+  scope: resourceGroup(aksSubscriptionId, aksResourceGroupName)
   params: {
     clusterName: aksClusterName
     principalId: identity.properties.principalId
@@ -421,7 +424,7 @@ var directorySettings = (directoryKind == 'entra') ? union(entraSettings, graphE
 
 var scaleSettings = scaleEnabled ? {
   HUBPILOT_SCALE__SUBSCRIPTION_ID: aksSubscriptionId
-  HUBPILOT_SCALE__RESOURCE_GROUP: aksResourceGroup
+  HUBPILOT_SCALE__RESOURCE_GROUP: aksResourceGroupName
   HUBPILOT_SCALE__CLUSTER: aksClusterName
   HUBPILOT_SCALE__POOL: gpuPool
   HUBPILOT_SCALE__NAMESPACE: hubNamespace
