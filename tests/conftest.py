@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.azurite",
     "tests.fixtures.webhook",
     "tests.fixtures.kmock",
+    "tests.fixtures.arm",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +12,6 @@ from hubpilot.ports.pool import PoolError, PoolOutcome
 from tests.doubles.arm import ArmDouble, StaticToken
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "aks"
-
-
-@pytest.fixture
-async def arm() -> AsyncIterator[ArmDouble]:
-    double = ArmDouble()
-    await double.start()
-    yield double
-    await double.stop()
 
 
 def make_pool(arm: ArmDouble, pool: str = "gpu", **kw: object) -> AksPool:

@@ -107,14 +107,6 @@ class IssuingToken:
         return None
 
 
-@pytest.fixture
-async def arm() -> AsyncIterator[ArmDouble]:
-    double = ArmDouble()
-    await double.start()
-    yield double
-    await double.stop()
-
-
 def _settings(arm: ArmDouble, **kw: Any) -> ScaleSettings:
     return ScaleSettings(subscription_id=arm.subscription, resource_group=arm.resource_group,
                          cluster=arm.cluster, pool="gpu", namespace=NS, kube_auth="entra",
