@@ -226,6 +226,110 @@ async def test_any_other_error_aborts_and_changes_nothing(fresh: GraphDouble, st
     await d.close()
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def test_a_renamed_upn_shows_at_the_next_username_refresh(fresh: GraphDouble, store: SqliteStore) -> None:
+    g = fresh.add_group()
+    ps = people(fresh, 3)
+    fresh.add_members(g, ps)
+    clock = Clock()
+    d = EntraDirectory(client(fresh), store, user_refresh=timedelta(hours=24), clock=clock)
+    await d.read([g])
+    fresh.users[ps[0]]["userPrincipalName"] = "renamed@example.org"  # the group's delta says nothing
+    fresh.reset_log()
+    clock.now += timedelta(hours=23)
+    snap = await d.read([g])
+    assert "renamed@example.org" not in names(snap, g)  # not due yet: one delta request, no lookup
+    assert [r.path for r in fresh.log] == ["/groups/delta"]
+
+    fresh.reset_log()
+    clock.now += timedelta(hours=1)
+    snap = await d.read([g])
+    assert names(snap, g) == {"renamed@example.org", *(fresh.users[p]["userPrincipalName"] for p in ps[1:])}
+    assert [r.path for r in fresh.log] == ["/groups/delta", "/users"]  # one bulk read of the 3 members
+    assert d.last.refreshed == 3 and d.last.renamed == 1
+    assert any("another username in Entra ID" in n and ps[0] in n for n in snap.notes)
+
+    fresh.reset_log()
+    clock.now += timedelta(hours=1)
+    again = await d.read([g])
+    assert names(again, g) == names(snap, g) and [r.path for r in fresh.log] == ["/groups/delta"]
+    await d.close()
+
+
+async def test_refresh_lists_a_large_group_and_keeps_users_graph_did_not_return(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    big, small = fresh.add_group(), fresh.add_group()
+    many, few = people(fresh, 160, "b"), people(fresh, 2, "s")
+    fresh.add_members(big, many)
+    fresh.add_members(small, few)
+    clock = Clock()
+    d = EntraDirectory(client(fresh), store, user_refresh=timedelta(hours=24), clock=clock)
+    await d.read([big, small])
+    fresh.users[many[7]]["userPrincipalName"] = "b-renamed@example.org"
+    kept = fresh.users.pop(few[1])  # Graph does not return it (e.g. a replication delay)
+    fresh.reset_log()
+    clock.now += timedelta(days=2)
+    snap = await d.read([big, small])
+    assert "b-renamed@example.org" in names(snap, big)
+    assert kept["userPrincipalName"] in names(snap, small)  # unknown is no change
+    paths = [r.path for r in fresh.log]
+    assert paths.count(f"/groups/{big}/members/graph.user") == 1 and paths.count("/users") == 1
+    fresh.users[few[1]] = kept
+    await d.close()
+
+
+async def test_refresh_off_and_a_failed_refresh_commit_nothing_new(fresh: GraphDouble, store: SqliteStore) -> None:
+    g = fresh.add_group()
+    ps = people(fresh, 2)
+    fresh.add_members(g, ps)
+    clock = Clock()
+    off = EntraDirectory(client(fresh), store, user_refresh=None, clock=clock)
+    await off.read([g])
+    fresh.users[ps[0]]["userPrincipalName"] = "late@example.org"
+    clock.now += timedelta(days=30)
+    fresh.reset_log()
+    assert "late@example.org" not in names(await off.read([g]), g)
+    assert [r.path for r in fresh.log] == ["/groups/delta"]
+    await off.close()
+
+    on = EntraDirectory(client(fresh), store, user_refresh=timedelta(hours=24), clock=clock)
+    before = await state_docs(store)
+    fresh.fail_paths["/users"] = 503
+    try:
+        with pytest.raises(DirectoryError):
+            await on.read([g])
+    finally:
+        fresh.fail_paths.clear()
+    assert await state_docs(store) == before  # membership unknown: nothing committed
+    assert "late@example.org" in names(await on.read([g]), g)
+    await on.close()
+
+
+async def test_state_stored_before_refreshes_existed_is_refreshed_once(fresh: GraphDouble, store: SqliteStore) -> None:
+    g = fresh.add_group()
+    ps = people(fresh, 2)
+    fresh.add_members(g, ps)
+    clock = Clock()
+    d = EntraDirectory(client(fresh), store, user_refresh=timedelta(hours=24), clock=clock)
+    await d.read([g])
+    (key,) = (await state_docs(store)).keys()
+    doc, etag = await store.get_with_etag(key)  # type: ignore[misc]
+    del doc["users_checked"]  # as an older hubpilot wrote it
+    await store.put(key, doc, if_match=etag)
+    fresh.reset_log()
+    await d.read([g])
+    assert [r.path for r in fresh.log] == ["/groups/delta", "/users"]
+    assert (await state_docs(store))[key]["users_checked"] == clock.now.isoformat()
+    await d.close()
+
+
 async def test_unknown_or_deleted_configured_group_is_an_error_never_an_empty_group(
         fresh: GraphDouble, store: SqliteStore) -> None:
     d = EntraDirectory(client(fresh), store)

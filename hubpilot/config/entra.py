@@ -58,6 +58,11 @@ class EntraSettings(Section):
     )
     nested: bool = Field(False, description="Expand groups that are members of configured groups.")
     nested_max_depth: int = Field(8, ge=1, le=64, description="Deepest nesting followed.")
+    username_refresh_hours: float = Field(
+        24.0, ge=0, le=24 * 30,
+        description="Read the usernames of all synced members afresh this often (a group's delta does not "
+        "report a renamed userPrincipalName); 0: never, renames then show only when a person re-enters a group.",
+    )
     throttle_priority: Literal["low", "normal", "high"] = Field(
         "low", description="x-ms-throttle-priority sent on background (delta) requests."
     )

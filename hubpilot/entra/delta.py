@@ -67,6 +67,7 @@ class ChunkState:
     groups: tuple[str, ...]
     delta_link: str | None = None
     members: dict[str, GroupState] = field(default_factory=dict)
+    users_checked: str | None = None  # ISO time the members' usernames were last read afresh
 
     @property
     def key(self) -> str:
@@ -77,6 +78,7 @@ class ChunkState:
             "groups": list(self.groups),
             "delta_link": self.delta_link,
             "members": {g: s.to_json() for g, s in sorted(self.members.items())},
+            "users_checked": self.users_checked,
         }
 
     @classmethod
@@ -84,7 +86,8 @@ class ChunkState:
         groups = tuple(str(g) for g in data.get("groups") or ())
         members = {str(g): GroupState.from_json(s) for g, s in dict(data.get("members") or {}).items()}
         link = data.get("delta_link")
-        return cls(groups, str(link) if link else None, members)
+        checked = data.get("users_checked")
+        return cls(groups, str(link) if link else None, members, str(checked) if checked else None)
 
 
 def chunk_key(groups: Iterable[str]) -> str:
@@ -129,7 +132,7 @@ def apply_round(
     members = {g: GroupState() for g in chunk.groups} if fresh else {
         g: (chunk.members.get(g) or GroupState()).copy() for g in chunk.groups
     }
-    out = RoundOutcome(ChunkState(chunk.groups, delta_link, members))
+    out = RoundOutcome(ChunkState(chunk.groups, delta_link, members, chunk.users_checked))
     for entry in entries:
         gid = normalise_id(entry.get("id"))
         if gid is None:
@@ -209,6 +212,22 @@ def fill_users(chunks: Iterable[ChunkState], info: Mapping[str, Sequence[str | N
                 if cur[1] is None:
                     found = info.get(u)
                     s.users[u] = [found[0], found[1] or ""] if found else [None, ""]
+
+
+def refresh_users(chunks: Iterable[ChunkState], info: Mapping[str, Sequence[str | None]]) -> list[str]:
+    """Overwrite known users' attributes with a fresh read; users the read did not return keep
+    what is stored (a missing answer is no change). Returns the ids whose username changed."""
+    changed: set[str] = set()
+    for c in chunks:
+        for s in c.members.values():
+            for u, cur in s.users.items():
+                found = info.get(u)
+                if found is None or cur[1] is None:
+                    continue
+                if found[0] != cur[0]:
+                    changed.add(u)
+                s.users[u] = [found[0], found[1] or ""]
+    return sorted(changed)
 
 
 def closure(configured: Iterable[str], members: Mapping[str, GroupState], *, nested: bool,

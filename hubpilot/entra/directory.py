@@ -6,13 +6,18 @@ not seen, expands nested groups, and only then commits the new state (deltaLink 
 membership together, one document per chunk, written with its etag). A failed read commits
 nothing. Membership is derived from the committed state, so a sync plan the guard refuses comes
 back on the next run instead of being lost.
+
+A group's delta does not report a member's changed attributes (a renamed userPrincipalName), so
+the stored usernames of a chunk are read afresh every ``user_refresh`` (one bulk read; a group
+with many users is listed instead).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from hubpilot.entra.delta import (
@@ -25,8 +30,10 @@ from hubpilot.entra.delta import (
     known_users,
     new_chunks,
     normalise_id,
+    refresh_users,
     unresolved_users,
 )
+from hubpilot.loop import utcnow
 from hubpilot.ports.directory import DirectoryError, DirectorySnapshot
 from hubpilot.ports.store import ConflictError, StateStore, StoreError
 
@@ -69,6 +76,8 @@ class ReadStats:
     rounds: int = 0
     resyncs: int = 0
     lookups: int = 0
+    refreshed: int = 0  # users whose attributes were read afresh
+    renamed: int = 0
     commits: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -77,11 +86,14 @@ class EntraDirectory:
     """The Directory port over Graph delta queries, with its state in the state store."""
 
     def __init__(self, graph: GraphReader, store: StateStore, *, nested: bool = False,
-                 nested_max_depth: int = 8) -> None:
+                 nested_max_depth: int = 8, user_refresh: timedelta | None = timedelta(hours=24),
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.graph = graph
         self.store = store
         self.nested = nested
         self.nested_max_depth = nested_max_depth
+        self.user_refresh = user_refresh
+        self.clock = clock
         self.last = ReadStats()
 
     async def read(self, groups: Sequence[str]) -> DirectorySnapshot:
@@ -151,6 +163,7 @@ class EntraDirectory:
             stats.notes.append(f"nested group {gid} was deleted in Entra ID")
 
         await self._resolve(list(done.values()), needed, stats, before=list(chunks.values()))
+        await self._refresh(done, set(etags), stats)
         members = _members(done)
         expanded, notes = expand(configured, members, nested=self.nested, max_depth=self.nested_max_depth)
         stats.notes.extend(notes)
@@ -219,6 +232,44 @@ class EntraDirectory:
             info.update(await self.graph.lookup_users(sorted(unknown)))
             stats.lookups += 1
         fill_users(chunks, {k: [v[0], v[1]] for k, v in info.items()})
+
+    async def _refresh(self, done: Mapping[str, ChunkState], stored: set[str], stats: ReadStats) -> None:
+        """Read the attributes of every member of the chunks whose last check is older than
+        ``user_refresh``; a chunk stored for the first time was just read and counts as checked."""
+        now = self.clock()
+        due: list[ChunkState] = []
+        for key, chunk in done.items():
+            if key not in stored or (chunk.users_checked is None and self.user_refresh is None):
+                chunk.users_checked = now.isoformat()
+            elif self.user_refresh is not None and (
+                    chunk.users_checked is None
+                    or now - datetime.fromisoformat(chunk.users_checked) >= self.user_refresh):
+                due.append(chunk)
+        if not due:
+            return
+        info: dict[str, tuple[str | None, str]] = {}
+        single: set[str] = set()
+        for c in due:
+            for gid, s in c.members.items():
+                users = {u for u, v in s.users.items() if v[1] is not None}
+                if len(users) > GROUP_LISTING_THRESHOLD:
+                    info.update(await self.graph.list_group_users(gid))
+                    stats.lookups += 1
+                else:
+                    single |= users
+        single -= set(info)
+        if single:
+            info.update(await self.graph.lookup_users(sorted(single)))
+            stats.lookups += 1
+        changed = refresh_users(due, {k: [v[0], v[1]] for k, v in info.items()})
+        for c in due:
+            c.users_checked = now.isoformat()
+        stats.refreshed += len(info)
+        stats.renamed += len(changed)
+        if changed:
+            stats.notes.append(
+                f"{len(changed)} member(s) have another username in Entra ID than at the last check "
+                f"(e.g. a renamed userPrincipalName): {', '.join(changed[:5])}{' …' if len(changed) > 5 else ''}")
 
     async def close(self) -> None:
         await self.graph.close()
