@@ -43,6 +43,14 @@ def converge(observed: SyncObserved, plan: Plan) -> SyncObserved:
             managed[a.target] = ManagedUser(NOW)
         elif a.kind == "manage_user":
             managed[a.target] = ManagedUser(NOW)
+        elif a.kind == "rename_user":
+            new = a.params["to"]
+            users[new] = replace(users.pop(a.target), name=new)
+            managed[new] = managed.pop(a.target)
+            for members in groups.values():
+                if a.target in members:
+                    members.discard(a.target)
+                    members.add(new)
         elif a.kind == "create_group":
             groups.setdefault(a.target, set())
         elif a.kind == "add_to_group":
@@ -274,3 +282,64 @@ def test_any_change_converges_in_one_plan(before: dict[str, set[str]], after: di
     for g, ms in after.items():
         assert state.groups[f"dir-{g}"].users == frozenset(ms)
     assert {n for n, u in state.users.items() if u.admin} == set(after["hub-admins"])
+
+
+# --- renames: the same directory entry under another name ------------------------------------------
+def renamed_world(*, servers: bool = False, admin: bool = False) -> SyncObserved:
+    """ann was synced (her record knows her directory id); the directory now calls her 'anna'."""
+    start = empty_hub(snap(analysts=["ann", "bob"], hub_admins=["ann"]))
+    state = converge(start, plan_sync(start, POLICY, NOW))
+    managed = {n: replace(r, directory_id=f"uid={n},ou=people") for n, r in state.managed.items()}
+    ann = replace(state.users["ann"], admin=admin,
+                  servers={"": HubServer("ann", "", True, None, NOW, NOW)} if servers else {})
+    renamed = DirectorySnapshot("test", {
+        "analysts": frozenset({Member("uid=ann,ou=people", "anna"), person("bob")}),
+        "gpu-users": frozenset(), "hub-admins": frozenset({Member("uid=ann,ou=people", "anna")})})
+    return replace(state, snapshot=renamed, users={**state.users, "ann": ann}, managed=managed)
+
+
+def test_a_renamed_person_is_renamed_in_the_hub_not_removed_and_created() -> None:
+    world = renamed_world(admin=True)
+    plan = plan_sync(world, POLICY, NOW)
+    assert kinds(plan) == [("rename_user", "ann")]  # groups and the admin flag follow the user
+    assert plan.actions[0].params == {"to": "anna"} and "directory" in plan.actions[0].reason
+    assert plan.facts["renames"] == 1 and plan.facts["removals"] == 0
+    assert guard_sync(world, plan, POLICY) == []
+    after = converge(world, plan)
+    assert "ann" not in after.users and after.groups["dir-analysts"].users == {"anna", "bob"}
+    assert plan_sync(after, POLICY, NOW).empty
+
+
+def test_a_renamed_person_with_a_running_server_is_stopped_first_and_renamed_next_run() -> None:
+    world = renamed_world(servers=True, admin=True)
+    plan = plan_sync(world, POLICY, NOW)
+    assert kinds(plan) == [("stop_servers", "ann")]  # no deprovision, no half-made 'anna'
+    assert "before the rename" in plan.actions[0].reason
+    stopped = converge(world, plan)
+    assert kinds(plan_sync(stopped, POLICY, NOW)) == [("rename_user", "ann")]
+    # without stop_servers the rename waits for the server to stop (e.g. culled)
+    keep = POLICY.model_copy(update={"stop_servers": False})
+    assert plan_sync(world, keep, NOW).empty
+
+
+def test_no_rename_where_it_cannot_be_one() -> None:
+    world = renamed_world()
+    # the person already logged in under the new name: adopt it, deprovision the old one
+    exists = replace(world, users={**world.users, "anna": HubUser("anna", False, frozenset())})
+    assert ("rename_user", "ann") not in kinds(plan_sync(exists, POLICY, NOW))
+    assert {("manage_user", "anna"), ("deprovision", "ann")} <= set(kinds(plan_sync(exists, POLICY, NOW)))
+    # a record from before directory ids were kept: removal and creation as before
+    unknown = replace(world, managed={**world.managed, "ann": replace(world.managed["ann"], directory_id=None)})
+    assert {("create_user", "anna"), ("deprovision", "ann")} <= set(kinds(plan_sync(unknown, POLICY, NOW)))
+    # role mode: hubpilot is no hub admin, and the hub lets no non-admin modify an admin
+    admin = renamed_world(admin=True)
+    plan = plan_sync(admin, ROLE_POLICY, NOW)
+    assert ("rename_user", "ann") not in kinds(plan) and ("create_user", "anna") in kinds(plan)
+    assert any("no non-admin rename an admin" in n for n in plan.notes)
+
+
+def test_guard_refuses_a_mass_rename() -> None:
+    world = renamed_world()
+    plan = plan_sync(world, POLICY, NOW)
+    tight = POLICY.model_copy(update={"max_removals": 0})
+    assert any("renames 1 users" in r for r in guard_sync(world, plan, tight))

@@ -162,6 +162,43 @@ async def test_removed_person_is_deprovisioned_server_stopped_tokens_revoked_not
     assert (await world.hub_state())["users"][bob]["groups"] == [f"{world.prefix}analysts"]
 
 
+async def test_a_renamed_person_keeps_their_hub_user_groups_and_tokens(world: World, real_hub: RealHub) -> None:
+    world.set("analysts", "alice", "bob")
+    world.set("gpu", "bob")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    bob, robert = world.user("bob"), world.user("robert")
+    managed = await world.store.get(MANAGED_KEY)
+    assert managed is not None and managed["users"][bob]["directory_id"] == "bob"  # the file's key
+    await real_hub.spawn(bob)
+    async with real_hub.admin() as admin:
+        r = await admin.post(f"/users/{bob}/tokens", json={"note": "bob's token"})
+        assert r.status_code == 201, r.text
+        token_id = r.json()["id"]
+
+    world.people["bob"]["username"] = robert  # same directory entry, another name
+    world.write()
+    first = await world.run()
+    assert first.plan is not None and first.plan.counts() == {"stop_servers": 1}, first.render()
+    for _ in range(20):  # the stop may still be pending: the rename waits for it
+        record = await world.run()
+        assert record.plan is not None
+        if record.plan.counts() != {"stop_servers": 1}:
+            break
+        await asyncio.sleep(0.5)
+    assert record.plan.counts() == {"rename_user": 1} and record.outcome is Outcome.APPLIED, record.render()
+
+    state = await world.hub_state()
+    assert bob not in state["users"]
+    assert state["users"][robert]["groups"] == sorted([f"{world.prefix}analysts", f"{world.prefix}gpu"])
+    async with real_hub.admin() as admin:
+        tokens = (await admin.get(f"/users/{robert}/tokens")).json()["api_tokens"]
+    assert token_id in {t["id"] for t in tokens}  # the hub user itself was renamed
+    after = await world.store.get(MANAGED_KEY)
+    assert after is not None and bob not in after["users"]
+    assert after["users"][robert]["since"] == managed["users"][bob]["since"]
+    assert (await world.run()).plan.empty  # type: ignore[union-attr]
+
+
 async def full_observation(world: World) -> SyncObserved:
     """What observe would see reading every hub user (the flag-mode and many-changes path)."""
     targeted = await world.capability().observe()

@@ -228,6 +228,21 @@ class HubClient:
             "PATCH", "/users/{name}", path_args={"name": name}, json_body={"admin": bool(admin)}
         )
 
+    async def rename_user(self, name: str, new_name: str) -> bool:
+        what = f"PATCH /users/{name}"
+        resp = await self._request("PATCH", "/users/{name}", path_args={"name": name},
+                                   json_body={"name": new_name}, accept=(404,))
+        if resp.status_code == 404:
+            if await self.get_user(new_name) is not None:
+                return False
+            raise HubError(f"{what}: neither {name} nor {new_name} exists in the hub")
+        got = _user(await self._json(resp), what).name
+        if got != new_name:
+            raise HubInvalidResponse(
+                f"{what}: the hub named the user {got!r}, not {new_name!r} (its normalize_username "
+                "differs from sync.naming); align sync.naming with the authenticator")
+        return True
+
     async def create_group(self, name: str) -> bool:
         resp = await self._request("POST", "/groups/{name}", path_args={"name": name}, accept=(409,))
         return resp.status_code != 409

@@ -80,6 +80,11 @@ class Hub(Protocol):
 
     async def set_admin(self, name: str, admin: bool) -> None: ...
 
+    async def rename_user(self, name: str, new_name: str) -> bool:
+        """Rename a user (groups, tokens and server state stay theirs); False when ``name`` is
+        gone and ``new_name`` exists: already renamed."""
+        ...
+
     async def create_group(self, name: str) -> bool:
         """Create a group; False when it already existed."""
         ...

@@ -113,7 +113,7 @@ class SyncCapability:
             else r
             for r in results
         ]
-        await self._record_managed(results)
+        await self._record_managed(results, desired_state(observed.snapshot, self.policy).ids)
         return results
 
     # --- observe helpers -----------------------------------------------------------------------
@@ -137,6 +137,10 @@ class SyncCapability:
             return [ActionResult(a, Status.DONE if a.target in created else Status.NOOP) for a in batch]
         if kind in ("manage_user", "deprovision"):
             return [ActionResult(a, Status.DONE) for a in batch]  # recorded in _record_managed
+        if kind == "rename_user":
+            renamed = await hub.rename_user(first.target, first.params["to"])
+            return [ActionResult(first, Status.DONE if renamed else Status.NOOP,
+                                 f"now {first.params['to']}" if renamed else "already renamed")]
         if kind == "create_group":
             made = await hub.create_group(first.target)
             return [ActionResult(first, Status.DONE if made else Status.NOOP)]
@@ -163,12 +167,12 @@ class SyncCapability:
             return [ActionResult(first, Status.DONE if gone else Status.NOOP)]
         raise ValueError(f"sync cannot apply an action of kind {kind!r}")
 
-    async def _record_managed(self, results: Sequence[ActionResult]) -> None:
-        """Write the managed-user records the applied actions imply, in one conditional write."""
+    async def _record_managed(self, results: Sequence[ActionResult], ids: Mapping[str, str]) -> None:
+        """Write the managed-user records the applied actions imply, in one conditional write,
+        and each active managed user's directory id (``ids``: hub name → id), which a later rename
+        in the directory is recognised by. Nothing is written when nothing changes."""
         now = self.clock()
         touched = [r for r in results if r.status in (Status.DONE, Status.NOOP)]
-        if not touched:
-            return
         for _ in range(5):
             current = await self.store.get_with_etag(MANAGED_KEY)
             doc: dict[str, Any] = dict(current[0]) if current else {"users": {}}
@@ -180,11 +184,22 @@ class SyncCapability:
                     since = previous.get("since") if previous and kind == "manage_user" and \
                         not previous.get("deprovisioned_at") else None
                     users[name] = ManagedUser(datetime.fromisoformat(since) if since else now).to_json()
+                elif kind == "rename_user":
+                    new = r.action.params["to"]
+                    users[new] = users.pop(name, None) or ManagedUser(now).to_json()
                 elif kind == "deprovision":
                     rec = users.get(name) or ManagedUser(now).to_json()
                     users[name] = {**rec, "deprovisioned_at": now.isoformat()}
                 elif kind == "delete_user":
                     users.pop(name, None)
+            changed = bool(touched)
+            for name, rec in users.items():
+                wanted = ids.get(name)
+                if wanted and not rec.get("deprovisioned_at") and rec.get("directory_id") != wanted:
+                    users[name] = {**rec, "directory_id": wanted}
+                    changed = True
+            if not changed:
+                return
             doc["users"] = users
             try:
                 await self.store.put(MANAGED_KEY, doc, if_match=current[1] if current else "")

@@ -16,6 +16,7 @@ OPERATION = "sync"
 
 # The order apply performs them: creations before group changes before removals.
 PHASE_CREATE_USER = 10
+PHASE_RENAME = 12
 PHASE_MANAGE = 15
 PHASE_CREATE_GROUP = 20
 PHASE_ADD_TO_GROUP = 30
@@ -33,16 +34,20 @@ class ManagedUser:
 
     since: datetime
     deprovisioned_at: datetime | None = None
+    directory_id: str | None = None  # the directory's stable id of the person (renames follow it)
 
     @property
     def active(self) -> bool:
         return self.deprovisioned_at is None
 
     def to_json(self) -> dict[str, str | None]:
-        return {
+        out = {
             "since": self.since.isoformat(),
             "deprovisioned_at": self.deprovisioned_at.isoformat() if self.deprovisioned_at else None,
         }
+        if self.directory_id is not None:
+            out["directory_id"] = self.directory_id
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, str | None]) -> ManagedUser:
@@ -50,7 +55,8 @@ class ManagedUser:
         gone = data.get("deprovisioned_at")
         if not since:
             raise ValueError("managed user record without 'since'")
-        return cls(datetime.fromisoformat(since), datetime.fromisoformat(gone) if gone else None)
+        return cls(datetime.fromisoformat(since), datetime.fromisoformat(gone) if gone else None,
+                   data.get("directory_id") or None)
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class Desired:
     uncertain: frozenset[str]  # names neither to add nor to remove (clashes)
     notes: tuple[str, ...]
     empty_groups: tuple[str, ...]
+    ids: Mapping[str, str] = field(default_factory=dict)  # hub name → directory id (no clashes)
 
 
 def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
@@ -113,8 +120,51 @@ def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
         )
         for g in dict.fromkeys([*policy.users_groups, *policy.admin_groups])
     }
+    ids = {n: next(iter(i)) for n, i in by_name.items() if n in users and n not in clashes}
     return Desired(frozenset(users), frozenset(admins), groups, frozenset(clashes), tuple(notes),
-                   tuple(empty))
+                   tuple(empty), ids)
+
+
+@dataclass(frozen=True)
+class Renames:
+    """Managed hub users whose directory entry now carries another name (old → new)."""
+
+    now: Mapping[str, str]  # renamed in this run
+    waiting: Mapping[str, str]  # their servers stop first; renamed in a later run
+    notes: tuple[str, ...] = ()
+
+    @property
+    def new_names(self) -> set[str]:
+        return {*self.now.values(), *self.waiting.values()}
+
+
+def find_renames(observed: SyncObserved, want: Desired, policy: SyncSettings) -> Renames:
+    """A managed user who left the desired set while their directory id now stands for a name
+    the hub does not know is renamed (``PATCH /users/{old}``), not removed and created again:
+    the hub keeps their groups, tokens and stored server state (KubeSpawner remembers the
+    volume's name). Not when the new name exists already (the person logged in under it: the
+    old user is deprovisioned as usual), nor for a hub admin in role mode (the hub lets no
+    non-admin modify an admin)."""
+    by_id = {i: n for n, i in want.ids.items()}
+    now: dict[str, str] = {}
+    waiting: dict[str, str] = {}
+    notes: list[str] = []
+    for old, record in sorted(observed.managed.items()):
+        if not record.active or record.directory_id is None or old in want.users or old in want.uncertain:
+            continue
+        new = by_id.get(record.directory_id)
+        if new is None or new == old or new in observed.users or new in observed.managed:
+            continue
+        user = observed.users.get(old)
+        if user is None:
+            continue
+        if user.admin and policy.admin_mode == "role":
+            notes.append(f"{old} is now {new} in the directory, but the hub lets no non-admin rename an "
+                         f"admin: {new} is created and {old} deprovisioned")
+            continue
+        running = [s for s, srv in user.servers.items() if srv.ready or srv.pending]
+        (waiting if running else now)[old] = new
+    return Renames(now, waiting, tuple(notes))
 
 
 def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime) -> Plan:
@@ -122,8 +172,22 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime) -> Pl
     want = desired_state(observed.snapshot, policy)
     actions: list[Action] = []
     users, managed = observed.users, observed.managed
+    renames = find_renames(observed, want, policy)
+    renamed_to = {new: old for old, new in renames.now.items()}
+    not_yet = set(renames.waiting.values())  # exist only after a later run's rename
+
+    for old, new in sorted(renames.now.items()):
+        actions.append(Action("rename_user", old, PHASE_RENAME, {"to": new},
+                              reason=f"renamed to {new} in the directory (same directory entry)"))
+    for old, new in sorted(renames.waiting.items()):
+        running = sorted(s for s, srv in users[old].servers.items() if srv.ready or srv.pending)
+        if policy.stop_servers:
+            actions.append(Action("stop_servers", old, PHASE_STOP, {"servers": running},
+                                  reason=f"renamed to {new} in the directory: servers stop before the rename"))
 
     for name in sorted(want.users):
+        if name in renamed_to or name in not_yet:
+            continue
         record = managed.get(name)
         if name not in users:
             actions.append(Action("create_user", name, PHASE_CREATE_USER,
@@ -140,12 +204,15 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime) -> Pl
         if hub_group is None:
             actions.append(Action("create_group", group, PHASE_CREATE_GROUP,
                                   reason="mirrors a synced directory group"))
-        current = hub_group.users if hub_group else frozenset()
+        # membership as it is once this run's renames are done (the hub keeps a renamed user's groups)
+        current = frozenset(renames.now.get(n, n) for n in (hub_group.users if hub_group else ()))
         for name in sorted(members - current):
+            if name in not_yet:
+                continue
             actions.append(Action("add_to_group", group, PHASE_ADD_TO_GROUP, {"user": name},
                                   reason=f"{name} is a member of the directory group"))
         for name in sorted(current - members):
-            if name in want.uncertain:
+            if name in want.uncertain or name in renames.waiting:
                 continue
             if name in managed or name in want.users:
                 actions.append(Action("remove_from_group", group, PHASE_REMOVE_FROM_GROUP,
@@ -154,14 +221,16 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime) -> Pl
 
     flags = policy.admin_mode == "flag"
     for name in sorted(want.admins if flags else ()):
-        user = users.get(name)
+        if name in not_yet:
+            continue
+        user = users.get(renamed_to.get(name, name))
         if user is None or not user.admin:
             actions.append(Action("grant_admin", name, PHASE_GRANT_ADMIN,
                                   reason="member of a synced admin group"))
 
     leaving: list[str] = []
     for name, record in sorted(managed.items()):
-        if name in want.users or name in want.uncertain:
+        if name in want.users or name in want.uncertain or name in renames.now or name in renames.waiting:
             continue
         user = users.get(name)
         if record.active:
@@ -187,8 +256,9 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime) -> Pl
                                       f"grace of {policy.delete_grace_hours:g} h is over"))
     # Admin flags of managed users that are still members but not of an admin group.
     for name in sorted(want.users - want.admins if policy.admin_groups and flags else ()):
-        user = users.get(name)
-        if user is not None and user.admin and name in managed and managed[name].active:
+        user = users.get(renamed_to.get(name, name))
+        if user is not None and user.admin and renamed_to.get(name, name) in managed \
+                and managed[renamed_to.get(name, name)].active:
             actions.append(Action("revoke_admin", name, PHASE_REVOKE_ADMIN,
                                   reason="not a member of any synced admin group"))
 
@@ -199,19 +269,26 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime) -> Pl
         "desired_admins": len(want.admins),
         "managed_active": active,
         "removals": len(leaving),
+        "renames": len(renames.now) + len(renames.waiting),
         "empty_groups": list(want.empty_groups),
     }
-    return Plan.build(OPERATION, actions, want.notes, facts)
+    return Plan.build(OPERATION, actions, (*want.notes, *renames.notes), facts)
 
 
 def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list[str]:
     """Refuse mass removals and an empty directory answer where members existed."""
     reasons: list[str] = []
     removals = sum(1 for a in plan.actions if a.kind == "deprovision")
+    renames = sum(1 for a in plan.actions if a.kind == "rename_user")
     active = sum(1 for r in observed.managed.values() if r.active)
     if removals > policy.max_removals:
         reasons.append(
             f"the plan removes {removals} users, more than sync.max_removals = {policy.max_removals}"
+        )
+    if renames > policy.max_removals:
+        reasons.append(
+            f"the plan renames {renames} users, more than sync.max_removals = {policy.max_removals}; "
+            "a mass rename (e.g. a changed domain) is approved by hand"
         )
     if active and removals * 100.0 / active > policy.max_removal_percent:
         reasons.append(
