@@ -331,6 +331,10 @@ def test_no_rename_where_it_cannot_be_one() -> None:
     # a record from before directory ids were kept: removal and creation as before
     unknown = replace(world, managed={**world.managed, "ann": replace(world.managed["ann"], directory_id=None)})
     assert {("create_user", "anna"), ("deprovision", "ann")} <= set(kinds(plan_sync(unknown, POLICY, NOW)))
+    # two old records of one directory entry: one is renamed, the other leaves as usual
+    twice = replace(world, users={**world.users, "ann2": HubUser("ann2", False, frozenset())},
+                    managed={**world.managed, "ann2": replace(world.managed["ann"])})
+    assert {("rename_user", "ann"), ("deprovision", "ann2")} <= set(kinds(plan_sync(twice, POLICY, NOW)))
     # role mode: hubpilot is no hub admin, and the hub lets no non-admin modify an admin
     admin = renamed_world(admin=True)
     plan = plan_sync(admin, ROLE_POLICY, NOW)

@@ -153,8 +153,9 @@ def find_renames(observed: SyncObserved, want: Desired, policy: SyncSettings) ->
         if not record.active or record.directory_id is None or old in want.users or old in want.uncertain:
             continue
         new = by_id.get(record.directory_id)
-        if new is None or new == old or new in observed.users or new in observed.managed:
-            continue
+        if (new is None or new == old or new in observed.users or new in observed.managed
+                or new in now.values() or new in waiting.values()):
+            continue  # one hub user per new name: a second old record leaves as usual
         user = observed.users.get(old)
         if user is None:
             continue
