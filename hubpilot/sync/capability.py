@@ -12,7 +12,15 @@ from hubpilot.loop import Action, ActionResult, Clock, Plan, Progress, Status, r
 from hubpilot.ports.directory import Directory, DirectorySnapshot
 from hubpilot.ports.hub import Hub, HubGroup, HubUser, StopResult
 from hubpilot.ports.store import ConflictError, StateStore
-from hubpilot.sync.plan import OPERATION, ManagedUser, SyncObserved, desired_state, guard_sync, plan_sync
+from hubpilot.sync.plan import (
+    OPERATION,
+    Desired,
+    ManagedUser,
+    SyncObserved,
+    desired_state,
+    guard_sync,
+    plan_sync,
+)
 
 MANAGED_KEY = "sync/managed"
 TARGETED_LIMIT = 100
@@ -42,6 +50,14 @@ class SyncCapability:
         self.store = store
         self.policy = policy
         self.clock = clock
+        self._want: tuple[DirectorySnapshot, Desired] | None = None
+
+    def _desired(self, snapshot: DirectorySnapshot) -> Desired:
+        """The snapshot's desired state, computed once per snapshot (observe, plan and apply all
+        need it; for 10 000 members it is the costliest pure step)."""
+        if self._want is None or self._want[0] is not snapshot:
+            self._want = (snapshot, desired_state(snapshot, self.policy))
+        return self._want[1]
 
     async def observe(self) -> SyncObserved:
         groups = list(dict.fromkeys([*self.policy.users_groups, *self.policy.admin_groups]))
@@ -70,7 +86,7 @@ class SyncCapability:
         """
         if self.policy.admin_mode == "flag":
             return {u.name: u for u in await self.hub.list_users()}
-        want = desired_state(snapshot, self.policy)
+        want = self._desired(snapshot)
         member_of: dict[str, set[str]] = {}
         for g in groups.values():
             for u in g.users:
@@ -91,7 +107,7 @@ class SyncCapability:
         return users
 
     def plan(self, observed: SyncObserved, now: datetime) -> Plan:
-        return plan_sync(observed, self.policy, now)
+        return plan_sync(observed, self.policy, now, want=self._desired(observed.snapshot))
 
     def guard(self, observed: SyncObserved, plan: Plan) -> list[str]:
         return guard_sync(observed, plan, self.policy)
@@ -113,7 +129,10 @@ class SyncCapability:
             else r
             for r in results
         ]
-        await self._record_managed(results, desired_state(observed.snapshot, self.policy).ids)
+        ids = self._desired(observed.snapshot).ids
+        if results or any(r.active and ids.get(n, r.directory_id) != r.directory_id
+                          for n, r in observed.managed.items()):
+            await self._record_managed(results, ids)
         return results
 
     # --- observe helpers -----------------------------------------------------------------------

@@ -168,9 +168,10 @@ def find_renames(observed: SyncObserved, want: Desired, policy: SyncSettings) ->
     return Renames(now, waiting, tuple(notes))
 
 
-def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime) -> Plan:
-    """Everything the hub needs so that it matches the directory, for the users hubpilot manages."""
-    want = desired_state(observed.snapshot, policy)
+def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, want: Desired | None = None) -> Plan:
+    """Everything the hub needs so that it matches the directory, for the users hubpilot manages
+    (``want``: the snapshot's desired state, when the caller has computed it already)."""
+    want = want or desired_state(observed.snapshot, policy)
     actions: list[Action] = []
     users, managed = observed.users, observed.managed
     renames = find_renames(observed, want, policy)
