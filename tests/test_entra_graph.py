@@ -234,13 +234,20 @@ class Clock:
         return self.now
 
 
-async def test_a_renamed_upn_shows_at_the_next_username_refresh(fresh: GraphDouble, store: SqliteStore) -> None:
+async def one_group(fresh: GraphDouble, store: SqliteStore, n: int, refresh: timedelta | None = timedelta(hours=24),
+                    ) -> tuple[str, list[str], Clock, EntraDirectory]:
+    """A group of ``n`` people, read once by a directory with that username refresh."""
     g = fresh.add_group()
-    ps = people(fresh, 3)
+    ps = people(fresh, n)
     fresh.add_members(g, ps)
     clock = Clock()
-    d = EntraDirectory(client(fresh), store, user_refresh=timedelta(hours=24), clock=clock)
+    d = EntraDirectory(client(fresh), store, user_refresh=refresh, clock=clock)
     await d.read([g])
+    return g, ps, clock, d
+
+
+async def test_a_renamed_upn_shows_at_the_next_username_refresh(fresh: GraphDouble, store: SqliteStore) -> None:
+    g, ps, clock, d = await one_group(fresh, store, 3)
     fresh.users[ps[0]]["userPrincipalName"] = "renamed@example.org"  # the group's delta says nothing
     fresh.reset_log()
     clock.now += timedelta(hours=23)
@@ -286,12 +293,7 @@ async def test_refresh_lists_a_large_group_and_keeps_users_graph_did_not_return(
 
 
 async def test_refresh_off_and_a_failed_refresh_commit_nothing_new(fresh: GraphDouble, store: SqliteStore) -> None:
-    g = fresh.add_group()
-    ps = people(fresh, 2)
-    fresh.add_members(g, ps)
-    clock = Clock()
-    off = EntraDirectory(client(fresh), store, user_refresh=None, clock=clock)
-    await off.read([g])
+    g, ps, clock, off = await one_group(fresh, store, 2, refresh=None)
     fresh.users[ps[0]]["userPrincipalName"] = "late@example.org"
     clock.now += timedelta(days=30)
     fresh.reset_log()
@@ -313,12 +315,7 @@ async def test_refresh_off_and_a_failed_refresh_commit_nothing_new(fresh: GraphD
 
 
 async def test_state_stored_before_refreshes_existed_is_refreshed_once(fresh: GraphDouble, store: SqliteStore) -> None:
-    g = fresh.add_group()
-    ps = people(fresh, 2)
-    fresh.add_members(g, ps)
-    clock = Clock()
-    d = EntraDirectory(client(fresh), store, user_refresh=timedelta(hours=24), clock=clock)
-    await d.read([g])
+    g, _, clock, d = await one_group(fresh, store, 2)
     (key,) = (await state_docs(store)).keys()
     doc, etag = await store.get_with_etag(key)  # type: ignore[misc]
     del doc["users_checked"]  # as an older hubpilot wrote it
