@@ -328,7 +328,8 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
     world = World(sessions, random.Random(seed))
     world.deallocated = stopped_vms(seed) if stopped is None else stopped
     gpu = CullPolicy(name="gpu", match_profile="gpu", inactivity_timeout=int(p.cull_minutes * 60))
-    settings = CullSettings(inactivity_timeout=3600, policies=[gpu], activity_interval=p.activity_interval)
+    settings = CullSettings(inactivity_timeout=3600, policies=[gpu], activity_interval=p.activity_interval,
+                            schedule="0 */2 * * * *")  # the round _loop runs every 120 s
     fp = p.forecast_policy()
     windows = []
     if fp is None or p.windows_too:

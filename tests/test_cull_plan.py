@@ -37,7 +37,8 @@ def user(name: str, *servers: HubServer, groups: tuple[str, ...] = (), admin: bo
 
 
 def settings(**kw: object) -> CullSettings:
-    return CullSettings.model_validate({"inactivity_timeout": 3600, **kw})
+    # these tests plan single rounds at chosen times; a schedule of every second fits any timeout
+    return CullSettings.model_validate({"inactivity_timeout": 3600, "schedule": "* * * * * *", **kw})
 
 
 def targets(plan, kind: str | None = None) -> list[str]:  # type: ignore[no-untyped-def]
@@ -207,6 +208,22 @@ def test_nothing_idle_is_an_empty_plan() -> None:
     (86400 * 3, "3d")])
 def test_human_durations(seconds: int, text: str) -> None:
     assert human(timedelta(seconds=seconds)) == text
+
+
+def test_a_round_period_longer_than_the_shortest_timeout_is_refused() -> None:
+    """A 5-minute GPU policy on the default 10-minute schedule would let idle GPU servers run 15 min."""
+    gpu = {"name": "gpu", "match_profile": "gpu*", "inactivity_timeout": 300}
+    with pytest.raises(ValueError, match=r"up to 600 s between rounds, longer than "
+                                         r"cull.policies\[gpu\].inactivity_timeout=300 s.*'0 \*/2 \* \* \* \*'"):
+        CullSettings.model_validate({"policies": [gpu], "activity_interval": 60})
+    ok = CullSettings.model_validate({"policies": [gpu], "activity_interval": 60, "schedule": "0 */2 * * * *"})
+    assert ok.schedule == "0 */2 * * * *"
+    # a schedule with a long gap (weekdays at 09:00 only) is measured over the week
+    with pytest.raises(ValueError, match="259200 s between rounds"):
+        CullSettings(schedule="0 0 9 * * 1-5")
+    with pytest.raises(ValueError, match=r"longer than cull\.max_age=86400 s"):
+        CullSettings(inactivity_timeout=0, max_age=86400, schedule="0 0 9 * * 1-5")
+    assert CullSettings(inactivity_timeout=0, max_age=4 * 86400, schedule="0 0 9 * * 1-5").max_age == 4 * 86400
 
 
 def test_settings_defaults_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -103,3 +103,29 @@ class CullSettings(Section):
                 "look idle between two activity reports; raise the timeout (or lower the interval)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _rounds_come_often_enough(self) -> CullSettings:
+        """A round that fires less often than the shortest timeout (or max age) lets idle servers
+        run for up to timeout + period (a 5-minute GPU policy on a 10-minute schedule: 15 minutes)."""
+        from hubpilot.schedule import longest_gap
+
+        checks = [("cull.inactivity_timeout", self.inactivity_timeout), ("cull.max_age", self.max_age)]
+        for p in self.policies:
+            checks += [(f"cull.policies[{p.name}].inactivity_timeout", p.inactivity_timeout),
+                       (f"cull.policies[{p.name}].max_age", p.max_age)]
+        timeouts = [(where, value) for where, value in checks if value]
+        if not timeouts:
+            return self
+        where, shortest = min(timeouts, key=lambda x: x[1])
+        gap = longest_gap(self.schedule).total_seconds()
+        if gap > shortest:
+            half = max(1, int(shortest // 2))
+            example = f"0 */{half // 60} * * * *" if half >= 120 else f"*/{min(half, 59)} * * * * *"
+            raise ValueError(
+                f"cull.schedule ({self.schedule!r}) leaves up to {gap:g} s between rounds, longer than "
+                f"{where}={shortest} s: idle servers would run for up to {gap + shortest:g} s; run the cull "
+                f"at least every {half} s (half the shortest timeout, as jupyterhub-idle-culler does), "
+                f"e.g. cull.schedule = '{example}'"
+            )
+        return self
