@@ -110,7 +110,8 @@ class CullSettings(Section):
         run for up to timeout + period (a 5-minute GPU policy on a 10-minute schedule: 15 minutes)."""
         from hubpilot.schedule import longest_gap
 
-        checks = [("cull.inactivity_timeout", self.inactivity_timeout), ("cull.max_age", self.max_age)]
+        checks: list[tuple[str, int | None]] = [("cull.inactivity_timeout", self.inactivity_timeout),
+                                                 ("cull.max_age", self.max_age)]
         for p in self.policies:
             checks += [(f"cull.policies[{p.name}].inactivity_timeout", p.inactivity_timeout),
                        (f"cull.policies[{p.name}].max_age", p.max_age)]
