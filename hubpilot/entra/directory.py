@@ -220,17 +220,9 @@ class EntraDirectory:
             if uid in unknown:
                 info[uid] = (username, display or "")
         unknown -= set(info)
-        for c in chunks:
-            for gid, s in c.members.items():
-                want = unknown & {u for u, v in s.users.items() if v[1] is None}
-                if len(want) > GROUP_LISTING_THRESHOLD:
-                    listed = await self.graph.list_group_users(gid)
-                    stats.lookups += 1
-                    info.update({k: v for k, v in listed.items() if k in unknown})
-                    unknown -= set(listed)
-        if unknown:
-            info.update(await self.graph.lookup_users(sorted(unknown)))
-            stats.lookups += 1
+        wanted = {gid: unknown & {u for u, v in s.users.items() if v[1] is None}
+                  for c in chunks for gid, s in c.members.items()}
+        info.update(await self._fetch(wanted, stats))
         fill_users(chunks, {k: [v[0], v[1]] for k, v in info.items()})
 
     async def _refresh(self, done: Mapping[str, ChunkState], stored: set[str], stats: ReadStats) -> None:
@@ -239,7 +231,7 @@ class EntraDirectory:
         now = self.clock()
         due: list[ChunkState] = []
         for key, chunk in done.items():
-            if key not in stored or (chunk.users_checked is None and self.user_refresh is None):
+            if key not in stored:
                 chunk.users_checked = now.isoformat()
             elif self.user_refresh is not None and (
                     chunk.users_checked is None
@@ -247,20 +239,9 @@ class EntraDirectory:
                 due.append(chunk)
         if not due:
             return
-        info: dict[str, tuple[str | None, str]] = {}
-        single: set[str] = set()
-        for c in due:
-            for gid, s in c.members.items():
-                users = {u for u, v in s.users.items() if v[1] is not None}
-                if len(users) > GROUP_LISTING_THRESHOLD:
-                    info.update(await self.graph.list_group_users(gid))
-                    stats.lookups += 1
-                else:
-                    single |= users
-        single -= set(info)
-        if single:
-            info.update(await self.graph.lookup_users(sorted(single)))
-            stats.lookups += 1
+        wanted = {gid: {u for u, v in s.users.items() if v[1] is not None}
+                  for c in due for gid, s in c.members.items()}
+        info = await self._fetch(wanted, stats)
         changed = refresh_users(due, {k: [v[0], v[1]] for k, v in info.items()})
         for c in due:
             c.users_checked = now.isoformat()
@@ -270,6 +251,26 @@ class EntraDirectory:
             stats.notes.append(
                 f"{len(changed)} member(s) have another username in Entra ID than at the last check "
                 f"(e.g. a renamed userPrincipalName): {', '.join(changed[:5])}{' …' if len(changed) > 5 else ''}")
+
+    async def _fetch(self, wanted: Mapping[str, set[str]], stats: ReadStats) -> dict[str, tuple[str | None, str]]:
+        """Attributes of the wanted users (group id → user ids): a group with more than
+        GROUP_LISTING_THRESHOLD of them is listed (999 a page), the others are looked up in bulk."""
+        everyone: set[str] = set().union(*wanted.values())
+        info: dict[str, tuple[str | None, str]] = {}
+        rest: set[str] = set()
+        for gid, users in wanted.items():
+            users = users - set(info)
+            if len(users) > GROUP_LISTING_THRESHOLD:
+                listed = await self.graph.list_group_users(gid)
+                stats.lookups += 1
+                info.update({k: v for k, v in listed.items() if k in everyone})
+            else:
+                rest |= users
+        rest -= set(info)
+        if rest:
+            info.update(await self.graph.lookup_users(sorted(rest)))
+            stats.lookups += 1
+        return info
 
     async def close(self) -> None:
         await self.graph.close()
