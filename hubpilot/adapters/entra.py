@@ -65,13 +65,15 @@ class StaticTokenCredential:
         return None
 
 
-def build_credential(kind: str, *, client_id: str | None, tenant_id: str | None, authority_host: str) -> Any:
-    """An azure-identity async credential: managed identity in Azure, DefaultAzureCredential elsewhere."""
+def build_credential(kind: str, *, client_id: str | None, tenant_id: str | None,
+                     authority_host: str | None) -> Any:
+    """An azure-identity async credential: managed identity in Azure, DefaultAzureCredential elsewhere
+    (``authority_host`` None: azure-identity's own, i.e. ``AZURE_AUTHORITY_HOST`` or the global one)."""
     from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
     if kind == "managed_identity":
         return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
-    kwargs: dict[str, Any] = {"authority": authority_host}
+    kwargs: dict[str, Any] = {"authority": authority_host} if authority_host else {}
     if client_id:
         kwargs["managed_identity_client_id"] = client_id
         kwargs["workload_identity_client_id"] = client_id

@@ -257,17 +257,13 @@ def _identity_queue(ctx: Context, target: QueueTarget) -> Any:
     have = getattr(ctx, _QUEUE_ATTR, None)
     if have is not None:
         return have
-    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
     from azure.storage.queue import TextBase64EncodePolicy
     from azure.storage.queue.aio import QueueClient
 
-    credential: Any
-    if target.managed_identity:
-        credential = ManagedIdentityCredential(client_id=target.client_id) if target.client_id \
-            else ManagedIdentityCredential()
-    else:
-        credential = DefaultAzureCredential(managed_identity_client_id=target.client_id) if target.client_id \
-            else DefaultAzureCredential()
+    from hubpilot.adapters.entra import build_credential
+
+    credential = build_credential("managed_identity" if target.managed_identity else "default",
+                                  client_id=target.client_id, tenant_id=None, authority_host=None)
     client = QueueClient(target.account_url or "", QUEUE_NAME, credential=credential,
                          message_encode_policy=TextBase64EncodePolicy())
 
