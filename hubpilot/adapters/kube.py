@@ -121,7 +121,7 @@ class EntraKubeAuth:
         self._expires = 0.0
         self._ca_path: str | None = None
         self._lock = asyncio.Lock()
-        self.scope = ""
+        self._scope = ""
 
     async def configuration(self) -> Any:
         """The client configuration, with a token valid for at least ``renew_before`` more seconds."""
@@ -136,10 +136,10 @@ class EntraKubeAuth:
                         f.write(ep.ca_pem)
                     self._ca_path = cfg.ssl_ca_cert = path
                 cfg.api_key_prefix["authorization"] = "Bearer"
-                self.scope = f"{self._server_id or ep.server_id or AKS_SERVER_ID}/.default"
+                self._scope = f"{self._server_id or ep.server_id or AKS_SERVER_ID}/.default"
                 self._config = cfg
             if self._expires - time.time() < self._renew_before:
-                token = await self._credential.get_token(self.scope)
+                token = await self._credential.get_token(self._scope)
                 self._config.api_key["authorization"] = token.token
                 self._expires = float(token.expires_on)
             return self._config

@@ -88,13 +88,15 @@ class CullSettings(Section):
             raise ValueError(f"policy names must be unique; repeated: {', '.join(dupes)}")
         return v
 
+    def _limits(self, name: str) -> list[tuple[str, int | None]]:
+        """(where, value) of a limit in the section and in each policy (None: the policy inherits)."""
+        return [(f"cull.{name}", getattr(self, name)),
+                *((f"cull.policies[{p.name}].{name}", getattr(p, name)) for p in self.policies)]
+
     @model_validator(mode="after")
     def _timeouts_exceed_activity_interval(self) -> CullSettings:
         """A timeout at or below the activity interval would cull servers that are in use."""
-        checks = [("cull.inactivity_timeout", self.inactivity_timeout)] + [
-            (f"cull.policies[{p.name}].inactivity_timeout", p.inactivity_timeout) for p in self.policies
-        ]
-        bad = [f"{where}={value}" for where, value in checks
+        bad = [f"{where}={value}" for where, value in self._limits("inactivity_timeout")
                if value is not None and 0 < value <= self.activity_interval]
         if bad:
             raise ValueError(
@@ -110,12 +112,8 @@ class CullSettings(Section):
         run for up to timeout + period (a 5-minute GPU policy on a 10-minute schedule: 15 minutes)."""
         from hubpilot.schedule import longest_gap
 
-        checks: list[tuple[str, int | None]] = [("cull.inactivity_timeout", self.inactivity_timeout),
-                                                 ("cull.max_age", self.max_age)]
-        for p in self.policies:
-            checks += [(f"cull.policies[{p.name}].inactivity_timeout", p.inactivity_timeout),
-                       (f"cull.policies[{p.name}].max_age", p.max_age)]
-        timeouts = [(where, value) for where, value in checks if value]
+        timeouts = [(where, value) for where, value in [*self._limits("inactivity_timeout"), *self._limits("max_age")]
+                    if value]
         if not timeouts:
             return self
         where, shortest = min(timeouts, key=lambda x: x[1])
