@@ -10,7 +10,10 @@ Runs the REAL pure code: ``hubpilot.scale.plan_scale`` decides the pool for the 
   single-user servers' activity reports (every ``activity_interval`` seconds);
 - a fresh node boots in 5-8 min; a node restarted from ``Deallocate`` in 1.5-2.5 min; hubpilot's
   pool starts the week with the stopped VMs an earlier week left (``stopped_vms``);
-- node-hours count every allocated node (booting, busy or empty).
+- node-hours count every allocated node (booting, busy or empty);
+- AKS runs one operation on the pool at a time: hubpilot's scale-up lasts until its nodes are
+  ready, a ``deleteMachines`` 1-2 min, and meanwhile the pool shows ``Scaling`` and the plan skips
+  the round as it does against ARM (``--no-arm-ops``: changes take no time, as in earlier figures).
 
 Policies: always-on (pool sized for the week's peak, z2jh culler defaults), autoscaler-only
 (cluster autoscaler: 10 s scan, scale-down after 10 min unneeded and 10 min after an add; z2jh
@@ -64,6 +67,12 @@ WEEK_START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
 # a reclaimed server's node takes the waiting pod after: the pod's deletion (KubeSpawner's 1 s grace
 # period), the scheduler's retry, and a container start on a node that has the image already
 RECLAIM_HANDOFF = 40.0
+# AKS runs one operation on an agent pool at a time and answers 409 to any other meanwhile (the pool
+# shows provisioningState Scaling/Updating). A scale-up's operation lasts until its nodes are ready;
+# a deleteMachines (cordon, drain of an empty node, stop the VM) is assumed to take 1-2 min. The
+# cluster autoscaler is not held by them: it resizes the scale set directly.
+DELETE_OP = (60.0, 120.0)
+ARM_OPS = True  # --no-arm-ops: pool changes take no time (the model of earlier figures)
 WEEK = 7 * 24 * 3600
 TICK = 10  # seconds
 
@@ -140,6 +149,7 @@ class World:
     node_seconds: float = 0.0
     changes: int = 0
     reclaims: int = 0
+    held: int = 0  # plan runs that wanted more nodes while an operation on the pool was running
     split: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("active", "idle", "boot", "empty"), 0.0))
 
     def account(self, now: float) -> None:
@@ -154,7 +164,9 @@ class World:
                 kind = "active" if s is not None and s.start is not None and now < s.start + s.active else "idle"
             self.split[kind] += TICK
 
-    def add_nodes(self, n: int, now: float, *, deallocate_mode: bool) -> None:
+    def add_nodes(self, n: int, now: float, *, deallocate_mode: bool) -> float:
+        """Start ``n`` nodes; returns when the last one is ready."""
+        last = now
         for _ in range(n):
             if deallocate_mode and self.deallocated > 0:
                 self.deallocated -= 1
@@ -163,8 +175,10 @@ class World:
                 boot = self.rnd.uniform(300, 480)
             self.nodes[self.next_node] = Node(self.next_node, now + boot, free_since=now + boot)
             self.next_node += 1
+            last = max(last, now + boot)
         if n:
             self.changes += 1
+        return last
 
     def remove_nodes(self, ids: Sequence[int], *, deallocate_mode: bool) -> None:
         for i in ids:
@@ -343,6 +357,7 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
     forecast = [history(seed, p.history_weeks, fp) if fp is not None else Forecast()]
     memory = [Memory()]
     last_plan = [-1e9]
+    op_until = [-1e9]  # the pool's current operation runs until then
 
     def step(now: float, arrived: bool) -> None:
         if not arrived and now - last_plan[0] < 60:
@@ -363,20 +378,25 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
         if reclaim is not None:  # the hub's ready servers and their last activity, as the capability reads them
             activity = {f"u{s.id}~": WEEK_START + timedelta(seconds=hub_last_activity(s, now, p.activity_interval))
                         for s in world.running.values() if s.node is not None and world.nodes[s.node].ready_at <= now}
-        obs = Observed(PoolState("gpu", count, None, None, False, "Running", "Succeeded", "NC4as_T4_v3",
+        state = "Scaling" if now < op_until[0] else "Succeeded"
+        obs = Observed(PoolState("gpu", count, None, None, False, "Running", state, "NC4as_T4_v3",
                                  scale_down_mode="Deallocate"),
                        ClusterView(nodes, tuple(pods)), (), memory[0], nowdt, forecast=forecast[0],
                        activity=activity)
         plan = plan_scale(obs, policy, nowdt)
+        if state != "Succeeded" and plan.facts["desired"] > count:
+            world.held += 1  # more nodes wanted, but the pool's operation holds the change
         if fp is not None:  # what the capability's apply stores
             forecast[0] = learn(forecast[0], arrival_keys(obs, nowdt, policy.demand_ttl), nowdt, fp)
         mem = Memory.from_json(plan.facts["memory"])
         for a in plan.actions:
             if a.kind == "set_count":
-                world.add_nodes(int(a.params["count"]) - count, now, deallocate_mode=True)
+                ready = world.add_nodes(int(a.params["count"]) - count, now, deallocate_mode=True)
+                op_until[0] = ready if ARM_OPS else now
                 mem = dataclasses.replace(mem, last_up=nowdt)
             elif a.kind == "remove_nodes":
                 world.remove_nodes([int(n[1:]) for n in a.params["nodes"]], deallocate_mode=True)
+                op_until[0] = now + world.rnd.uniform(*DELETE_OP) if ARM_OPS else now
                 mem = dataclasses.replace(mem, last_down=nowdt)
             elif a.kind == "reclaim_server":  # the hub stops the idle server; its node takes a waiting pod
                 session = world.running[int(str(a.params["user"])[1:])]
@@ -425,6 +445,7 @@ class Result:
     changes: int
     split: dict[str, float] = field(default_factory=dict)
     reclaims: int = 0
+    held: int = 0
 
     @property
     def ratio(self) -> float:
@@ -436,7 +457,7 @@ def measure(name: str, world: World) -> Result:
     waits_work = [s.start - s.arrive for s in world.sessions if s.start is not None and working_hours(s.arrive)]
     waits_off = [s.start - s.arrive for s in world.sessions if s.start is not None and not working_hours(s.arrive)]
     return Result(name, world.node_seconds / 3600, oracle, p95(waits_work), p95(waits_off), world.changes,
-                  {k: v / 3600 for k, v in world.split.items()}, world.reclaims)
+                  {k: v / 3600 for k, v in world.split.items()}, world.reclaims, world.held)
 
 
 def p95(values: list[float]) -> float:
@@ -540,7 +561,7 @@ def report(seeds: Sequence[int], tuned: Tuned) -> list[Result]:
         for r in rows[-6:]:
             print(f"  {r.policy:<30} {r.node_hours:8.1f} node-h  {r.ratio:5.2f}x oracle  "
                   f"p95 wait work {r.p95_work:6.0f}s  off {r.p95_off:6.0f}s  pool changes {r.changes}  "
-                  f"reclaims {r.reclaims}")
+                  f"reclaims {r.reclaims}  held by an operation {r.held}")
             print("      node-hours: " + ", ".join(f"{k} {v:.0f}" for k, v in r.split.items()))
     return rows
 
@@ -714,7 +735,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--real-hub-runs", type=int, default=5, help="spawns through a real JupyterHub (0: none)")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--no-curve", action="store_true", help="skip the trade-off curve on the held-out seeds")
+    ap.add_argument("--no-arm-ops", action="store_true",
+                    help="pool changes take no time and never wait for each other (the earlier, kinder model)")
     args = ap.parse_args(argv)
+    global ARM_OPS
+    ARM_OPS = not args.no_arm_ops
     tune_seeds = [int(s) for s in args.tune_seeds.split(",")]
     report_seeds = [int(s) for s in args.report_seeds.split(",")]
 
