@@ -11,7 +11,7 @@ from pathlib import Path
 import ldap3
 import pytest
 
-from hubpilot.adapters.ldap import LdapDirectory, normalize_dn
+from hubpilot.adapters.ldap import LdapDirectory, _stable_id, normalize_dn
 from hubpilot.ports.directory import DirectoryError, DirectorySnapshot
 from tests.slapd import LIMITED_PASSWORD, Slapd, people_ldif
 
@@ -25,8 +25,10 @@ ALUMNI = "ou=Alumni Association," + PEOPLE
 
 
 def directory(slapd: Slapd, **kw: object) -> LdapDirectory:
+    """The tests that check how member DNs resolve identify people by their DN (``id_attribute``
+    off); the entryUUID tests at the end pass the default."""
     args: dict[str, object] = dict(url=slapd.url, bind_dn=slapd.root_dn, bind_password=slapd.root_password,
-                                   base_dn=COM, timeout=5.0)
+                                   base_dn=COM, timeout=5.0, id_attribute=None)
     args.update(kw)
     return LdapDirectory(**args)  # type: ignore[arg-type]
 
@@ -345,3 +347,84 @@ async def test_ldaps_and_start_tls_verify_the_server_certificate(slapd: Slapd) -
 def test_bad_url_is_refused_at_construction() -> None:
     with pytest.raises(ValueError, match="ldap://host"):
         LdapDirectory(url="http://example.org", base_dn=COM)
+
+
+# ---- a person's id across renames ------------------------------------------------------------
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def entry_uuid(slapd: Slapd, dn: str) -> str:
+    conn = slapd.connect()
+    try:
+        conn.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=["entryUUID"])
+        value = conn.response[0]["attributes"]["entryUUID"]
+        return str(value[0] if isinstance(value, list) else value)
+    finally:
+        conn.unbind()
+
+
+async def test_people_keep_their_entry_uuid_id_across_a_rename(slapd: Slapd, ldap_names: str) -> None:
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    for short in ("bob", "amy"):
+        slapd.add(f"uid={t}-{short},{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}-{short}",
+                                             "cn": short.title(), "sn": "x"})
+    group = f"cn={t}-g,{ou}"
+    slapd.add(group, {"objectClass": ["groupOfNames"], "cn": f"{t}-g",
+                      "member": [f"uid={t}-bob,{ou}", f"uid={t}-amy,{ou}"]})
+    bob_uuid = entry_uuid(slapd, f"uid={t}-bob,{ou}")
+    assert UUID_RE.fullmatch(bob_uuid)
+    default = LdapDirectory(url=slapd.url, bind_dn=slapd.root_dn, bind_password=slapd.root_password, base_dn=ou)
+    before = by_username(await default.read([f"{t}-g"]), f"{t}-g")
+    assert before[f"{t}-bob"][0] == bob_uuid
+    assert before[f"{t}-amy"][0] == entry_uuid(slapd, f"uid={t}-amy,{ou}")
+
+    # modrdn: the entry moves to another DN and its uid changes (deleteoldrdn); the group follows,
+    # as the refint overlay (or Active Directory itself) makes it
+    conn = slapd.connect()
+    try:
+        conn.modify_dn(f"uid={t}-bob,{ou}", f"uid={t}-robert", delete_old_dn=True)
+    finally:
+        conn.unbind()
+    slapd.modify(group, {"member": [(ldap3.MODIFY_DELETE, [f"uid={t}-bob,{ou}"]),
+                                    (ldap3.MODIFY_ADD, [f"uid={t}-robert,{ou}"])]})
+    after = by_username(await default.read([f"{t}-g"]), f"{t}-g")
+    assert set(after) == {f"{t}-robert", f"{t}-amy"}
+    assert after[f"{t}-robert"] == (bob_uuid, "Bob")  # the same person, now named robert
+    # identified by DN, the renamed person is someone else
+    by_dn = by_username(await directory(slapd, base_dn=ou).read([f"{t}-g"]), f"{t}-g")
+    assert by_dn[f"{t}-robert"][0] == f"uid={t}-robert,{ou}".lower()
+
+
+async def test_an_entry_without_the_id_attribute_is_known_by_its_dn(slapd: Slapd, ldap_names: str) -> None:
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    slapd.add(f"uid={t}-a,{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}-a", "cn": "A", "sn": "x",
+                                  "employeeNumber": "E-17"})
+    slapd.add(f"uid={t}-b,{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}-b", "cn": "B", "sn": "x"})
+    slapd.add(f"cn={t}-g,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-g",
+                                 "member": [f"uid={t}-a,{ou}", f"uid={t}-b,{ou}"]})
+    d = directory(slapd, base_dn=ou, id_attribute="employeeNumber")
+    found = by_username(await d.read([f"{t}-g"]), f"{t}-g")
+    assert found[f"{t}-a"][0] == "E-17"
+    assert found[f"{t}-b"][0] == f"uid={t}-b,{ou}".lower()
+
+
+async def test_openldap_test_data_loaded_with_slapadd_has_distinct_entry_uuids(slapd: Slapd) -> None:
+    d = LdapDirectory(url=slapd.url, bind_dn=slapd.root_dn, bind_password=slapd.root_password, base_dn=COM)
+    members = (await d.read(["All Staff"])).groups["All Staff"]
+    ids = [m.id for m in members]
+    assert len(ids) == 11 and len(set(ids)) == 11
+    assert all(UUID_RE.fullmatch(i) for i in ids), ids
+
+
+def test_active_directory_object_guid_bytes_read_as_the_guid_string() -> None:
+    # objectGUID {01020304-0506-0708-090a-0b0c0d0e0f10} is stored little-endian in its first three parts
+    raw = bytes([4, 3, 2, 1, 6, 5, 8, 7, 9, 10, 11, 12, 13, 14, 15, 16])
+    assert _stable_id([raw]) == "01020304-0506-0708-090a-0b0c0d0e0f10"
+    assert _stable_id(b"\x01\x02") == "0102"  # not a GUID: its hex
+    assert _stable_id(["5f1e-x"]) == "5f1e-x"
+    assert _stable_id([]) is None and _stable_id("") is None and _stable_id(None) is None

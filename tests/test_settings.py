@@ -68,6 +68,25 @@ def test_invalid_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch, env:
     assert message in str(err.value)
 
 
+def test_ldap_id_attribute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from hubpilot.adapters.store_sqlite import SqliteStore
+    from hubpilot.wiring import Context, build_directory
+
+    store = SqliteStore(tmp_path / "state.db")
+
+    for k, v in {"HUBPILOT_DIRECTORY__KIND": "ldap", "HUBPILOT_DIRECTORY__LDAP__URL": "ldap://ldap.example:389",
+                 "HUBPILOT_DIRECTORY__LDAP__BASE_DN": "dc=example,dc=org"}.items():
+        monkeypatch.setenv(k, v)
+    assert build_directory(Context(settings=load_settings(), store=store)).id_attribute == "entryUUID"  # type: ignore[attr-defined]
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__ID_ATTRIBUTE", "objectGUID")
+    assert build_directory(Context(settings=load_settings(), store=store)).id_attribute == "objectGUID"  # type: ignore[attr-defined]
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__ID_ATTRIBUTE", "")
+    assert load_settings().directory.ldap.id_attribute is None  # type: ignore[union-attr]  # the DN
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__ID_ATTRIBUTE", "entry UUID")
+    with pytest.raises(SettingsError, match=r"directory.ldap.id_attribute: .*'entry UUID' is no LDAP attribute name"):
+        load_settings()
+
+
 def test_secrets_never_appear_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HUBPILOT_HUB__TOKEN", "s3cret-token")
     monkeypatch.setenv("HUBPILOT_HUB__RETRIES", "many")

@@ -443,6 +443,54 @@ async def test_ldap_sync_with_nested_groups_and_ldap_down(real_hub: RealHub, tmp
         await world.close()
 
 
+async def test_ldap_modrdn_renames_the_hub_user(real_hub: RealHub, tmp_path: Path, slapd: Any) -> None:
+    """A person renamed in OpenLDAP (modrdn, the group following as refint makes it) keeps their
+    hub user: the entry's entryUUID, not its DN, is the directory id."""
+    import ldap3
+
+    world = World(real_hub, tmp_path)
+    tag = world.tag
+    ou = f"ou={tag},{slapd.base_dn}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": tag})
+    for short in ("ann", "bob"):
+        slapd.add(f"uid={tag}-{short},{ou}", {"objectClass": ["inetOrgPerson"],
+                                              "uid": f"{tag}-{short}", "cn": short, "sn": short})
+    group = f"cn={tag}-analysts,{ou}"
+    slapd.add(group, {"objectClass": ["groupOfNames"], "cn": f"{tag}-analysts",
+                      "member": [f"uid={tag}-ann,{ou}", f"uid={tag}-bob,{ou}"]})
+    world.policy = world.policy.model_copy(update={
+        "users_groups": [f"{tag}-analysts"], "admin_groups": [], "group_names": {f"{tag}-analysts": "analysts"}})
+    directory = LdapDirectory(url=slapd.url, bind_dn=slapd.root_dn, bind_password=slapd.root_password,
+                              base_dn=ou, timeout=5)
+    bob, robert = f"{tag}-bob", f"{tag}-robert"
+    try:
+        assert (await world.run(directory=directory)).outcome is Outcome.APPLIED
+        async with real_hub.admin() as admin:
+            r = await admin.post(f"/users/{bob}/tokens", json={"note": "bob's token"})
+            assert r.status_code == 201, r.text
+            token_id = r.json()["id"]
+        conn = slapd.connect()
+        try:
+            conn.modify_dn(f"uid={bob},{ou}", f"uid={robert}", delete_old_dn=True)
+        finally:
+            conn.unbind()
+        slapd.modify(group, {"member": [(ldap3.MODIFY_DELETE, [f"uid={bob},{ou}"]),
+                                        (ldap3.MODIFY_ADD, [f"uid={robert},{ou}"])]})
+        record = await world.run(directory=directory)
+        assert record.plan is not None and record.plan.counts() == {"rename_user": 1}, record.render()
+        assert record.outcome is Outcome.APPLIED, record.render()
+        state = await world.hub_state()
+        assert bob not in state["users"]
+        assert state["users"][robert]["groups"] == [f"{world.prefix}analysts"]
+        async with real_hub.admin() as admin:
+            tokens = (await admin.get(f"/users/{robert}/tokens")).json()["api_tokens"]
+        assert token_id in {t["id"] for t in tokens}
+        assert (await world.run(directory=directory)).plan.empty  # type: ignore[union-attr]
+    finally:
+        await directory.close()
+        await world.close()
+
+
 # --- the CLI host --------------------------------------------------------------------------------
 def test_cli_sync_dry_run_and_apply_exit_codes(real_hub: RealHub, tmp_path: Path) -> None:
     from hubpilot.cli import main

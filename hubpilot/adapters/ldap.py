@@ -24,6 +24,7 @@ import functools
 import math
 import re
 import ssl
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,6 +206,7 @@ class _Entry:
     members: list[str] = field(default_factory=list)  # raw member/uniqueMember values
     member_uids: list[str] = field(default_factory=list)
     loaded: bool = False  # members read (the scan reads no member attributes)
+    stable_id: str | None = None  # the id attribute's value: the entry across renames (modrdn)
 
 
 def _values(attrs: Mapping[str, Any], name: str) -> list[str]:
@@ -214,6 +216,19 @@ def _values(attrs: Mapping[str, Any], name: str) -> list[str]:
     if isinstance(v, (list, tuple)):
         return [str(x) for x in v]
     return [str(v)]
+
+
+def _stable_id(value: Any) -> str | None:
+    """An id attribute's value as text: entryUUID is text already; Active Directory's objectGUID
+    is 16 bytes (read without schema), written as its GUID string."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    if value is None or value == "":
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+        return str(uuid.UUID(bytes_le=raw)) if len(raw) == 16 else raw.hex()
+    return str(value)
 
 
 class LdapDirectory:
@@ -236,6 +251,7 @@ class LdapDirectory:
         timeout: float = 10.0,
         start_tls: bool = False,
         ca_file: str | None = None,
+        id_attribute: str | None = "entryUUID",
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
@@ -256,6 +272,7 @@ class LdapDirectory:
         self.timeout = timeout
         self.start_tls = start_tls
         self.ca_file = ca_file
+        self.id_attribute = id_attribute or None
         self.stats = LdapStats()
         try:
             self._base_norm = normalize_dn(base_dn)
@@ -328,6 +345,8 @@ class LdapDirectory:
 
     def _attributes(self, members: bool) -> list[str]:
         names = ["objectClass", self.username_attribute, "cn", "displayName", self.group_name_attribute]
+        if self.id_attribute:
+            names.append(self.id_attribute)  # operational (entryUUID): returned only when asked for
         return [*names, *MEMBER_ATTRIBUTES] if members else names
 
     def _entry(self, dn: str, attrs: Mapping[str, Any], *, loaded: bool = False) -> _Entry:
@@ -351,6 +370,7 @@ class LdapDirectory:
             + [_UID_SUFFIX.sub("", v) for v in _values(attrs, "uniqueMember")],
             member_uids=_values(attrs, "memberUid"),
             loaded=loaded,
+            stable_id=_stable_id(attrs.get(self.id_attribute)) if self.id_attribute else None,
         )
 
     def _search(self, conn: ldap3.Connection, base: str, filt: str, scope: str, *, members: bool = True,
@@ -468,7 +488,9 @@ class LdapDirectory:
         expanded: set[str] = set()
 
         def person(e: _Entry) -> Member:
-            return Member(id=e.dn, username=e.username, display=e.display)
+            # the id attribute keeps a person recognisable when the entry is renamed (modrdn); an
+            # entry without it is known by its DN, which a rename changes
+            return Member(id=e.stable_id or e.dn, username=e.username, display=e.display)
 
         def walk(group: _Entry, path: tuple[str, ...]) -> None:
             expanded.add(group.dn)

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from hubpilot.config.base import Section
 from hubpilot.config.entra import EntraSettings
@@ -30,6 +31,19 @@ class LdapSettings(Section):
     timeout_seconds: float = Field(10.0, gt=0, le=300, description="Connect and receive timeout.")
     start_tls: bool = Field(False, description="Upgrade an ldap:// connection with StartTLS.")
     ca_file: str | None = Field(None, description="CA bundle to verify the server's certificate.")
+    id_attribute: str | None = Field(
+        "entryUUID",
+        description="Attribute that identifies a person across renames (modrdn), so a renamed person keeps "
+        "their hub user: entryUUID (OpenLDAP, 389-ds), objectGUID (Active Directory); empty: the DN "
+        "(a rename then deprovisions the old name and creates the new one).",
+    )
+
+    @field_validator("id_attribute")
+    @classmethod
+    def _attribute_name(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", value):
+            raise ValueError(f"{value!r} is no LDAP attribute name (letters, digits, '-'), e.g. entryUUID")
+        return value or None
 
 
 class DirectorySettings(Section):

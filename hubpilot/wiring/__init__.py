@@ -138,6 +138,7 @@ def build_directory(ctx: Context) -> Directory:
             timeout=l.timeout_seconds,
             start_tls=l.start_tls,
             ca_file=l.ca_file,
+            id_attribute=l.id_attribute,
         )
     if d.kind == "entra" and d.entra is not None:
         from hubpilot.wiring.entra import build_entra_directory
