@@ -425,6 +425,8 @@ def test_active_directory_object_guid_bytes_read_as_the_guid_string() -> None:
     # objectGUID {01020304-0506-0708-090a-0b0c0d0e0f10} is stored little-endian in its first three parts
     raw = bytes([4, 3, 2, 1, 6, 5, 8, 7, 9, 10, 11, 12, 13, 14, 15, 16])
     assert _stable_id([raw]) == "01020304-0506-0708-090a-0b0c0d0e0f10"
-    assert _stable_id(b"\x01\x02") == "0102"  # not a GUID: its hex
+    assert _stable_id(b"\x01\x02") == "0102"  # binary, not a GUID: its hex
+    assert _stable_id([b"dd33a70a-7d97-1041-9917-ab21ecbd2d74"]) == "dd33a70a-7d97-1041-9917-ab21ecbd2d74"
+    assert _stable_id([b"0123456789abcdef"]) == "33323130-3534-3736-3839-616263646566"  # 16 bytes: a GUID
     assert _stable_id(["5f1e-x"]) == "5f1e-x"
     assert _stable_id([]) is None and _stable_id("") is None and _stable_id(None) is None

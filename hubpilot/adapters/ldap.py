@@ -219,15 +219,21 @@ def _values(attrs: Mapping[str, Any], name: str) -> list[str]:
 
 
 def _stable_id(value: Any) -> str | None:
-    """An id attribute's value as text: entryUUID is text already; Active Directory's objectGUID
-    is 16 bytes (read without schema), written as its GUID string."""
+    """An id attribute's value as text: entryUUID's bytes are its text; Active Directory's
+    objectGUID is 16 bytes, written as its GUID string; other binary values as hex."""
     if isinstance(value, (list, tuple)):
         value = value[0] if value else None
-    if value is None or value == "":
+    if value is None or value == "" or value == b"":
         return None
     if isinstance(value, (bytes, bytearray)):
         raw = bytes(value)
-        return str(uuid.UUID(bytes_le=raw)) if len(raw) == 16 else raw.hex()
+        if len(raw) == 16:
+            return str(uuid.UUID(bytes_le=raw))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.hex()
+        return text if text.isprintable() else raw.hex()
     return str(value)
 
 
@@ -391,7 +397,11 @@ class LdapDirectory:
             for r in conn.response or []:
                 if r.get("type") == "searchResEntry":
                     self.stats.entries += 1
-                    yield r["dn"], r.get("attributes") or {}
+                    attrs = r.get("attributes") or {}
+                    raw = (r.get("raw_attributes") or {}).get(self.id_attribute) if self.id_attribute else None
+                    if raw:  # as the server sent it: read without schema, a binary GUID may pass for text
+                        attrs = {**attrs, self.id_attribute: raw}
+                    yield r["dn"], attrs
             controls = (conn.result or {}).get("controls") or {}
             cookie = (controls.get(_PAGED_OID) or {}).get("value", {}).get("cookie")
             if not cookie or scope == ldap3.BASE:
