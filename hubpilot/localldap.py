@@ -279,6 +279,20 @@ class Slapd:
     def replace(self, dn: str, attribute: str, values: Sequence[str]) -> None:
         self.modify(dn, {attribute: [(ldap3.MODIFY_REPLACE, list(values))]})
 
+    def rename(self, dn: str, new_rdn: str, *, groups: Sequence[str] = ()) -> str:
+        """modrdn: the entry keeps its entryUUID, drops the old RDN value (deleteoldrdn) and
+        moves to ``new_rdn``; the ``member`` values of ``groups`` follow, as the refint overlay
+        (or Active Directory itself) makes them. Returns the new DN."""
+        new_dn = f"{new_rdn},{dn.split(',', 1)[1]}"
+        conn = self.connect()
+        try:
+            conn.modify_dn(dn, new_rdn, delete_old_dn=True)
+        finally:
+            conn.unbind()
+        for group in groups:
+            self.modify(group, {"member": [(ldap3.MODIFY_DELETE, [dn]), (ldap3.MODIFY_ADD, [new_dn])]})
+        return new_dn
+
     def delete(self, dn: str) -> None:
         conn = self.connect()
         try:
