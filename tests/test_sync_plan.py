@@ -190,6 +190,9 @@ def test_invalid_names_and_clashes_are_reported_never_dropped_silently_or_remove
     members = frozenset({
         Member("uid=a", "Alice.Smith"), Member("uid=b", "bad/name"), Member("uid=c", None),
         Member("uid=d1", "dup"), Member("uid=d2", "DUP"),
+        # entries known by a UUID are named by where they are too (an LDAP DN)
+        Member("5f1e", "twin", where="uid=twin,ou=a,dc=x"), Member("9c2b", "Twin", where="uid=twin,ou=b,dc=x"),
+        Member("77aa", "bad name", where="uid=bad name,ou=a,dc=x"),
     })
     snapshot = DirectorySnapshot("t", {"analysts": members, "gpu-users": frozenset(), "hub-admins": frozenset()})
     # "dup" was managed before the clash appeared: it must not be removed while unknown.
@@ -202,7 +205,10 @@ def test_invalid_names_and_clashes_are_reported_never_dropped_silently_or_remove
     notes = "\n".join(plan.notes)
     assert "uid=b" in notes and "'bad/name' is not a valid hub name" in notes
     assert "uid=c" in notes and "no value" in notes
-    assert "'dup' is claimed by several directory entries (uid=d1, uid=d2)" in notes
+    assert "'dup' is claimed by several directory entries (uid=d1; uid=d2)" in notes
+    assert ("'twin' is claimed by several directory entries (uid=twin,ou=a,dc=x (5f1e); "
+            "uid=twin,ou=b,dc=x (9c2b))") in notes
+    assert "skipped uid=bad name,ou=a,dc=x (77aa) in group analysts" in notes
 
 
 @pytest.mark.parametrize(

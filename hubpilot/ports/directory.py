@@ -11,14 +11,22 @@ from typing import Protocol
 class Member:
     """A person in a group.
 
-    ``id`` is the directory's own stable identifier (a DN, an object id, a file key);
+    ``id`` is the directory's own stable identifier, kept across renames where the directory has
+    one (an LDAP entryUUID, an Entra object id, a file key; else an LDAP DN);
     ``username`` is the value of the configured username attribute as the directory holds it
-    (not yet normalised; None when the person has no such attribute).
+    (not yet normalised; None when the person has no such attribute);
+    ``where`` tells an admin where to find the entry when the id does not (an LDAP DN).
     """
 
     id: str
     username: str | None
     display: str = ""
+    where: str = ""
+
+    @property
+    def label(self) -> str:
+        """The entry as messages name it."""
+        return f"{self.where} ({self.id})" if self.where and self.where != self.id else self.id
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ class Desired:
 def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
     notes: list[str] = list(snapshot.notes)
     by_name: dict[str, set[str]] = {}  # hub name → directory ids claiming it
+    labels: dict[str, str] = {}  # directory id → how messages name the entry
     member_names: dict[str, dict[str, str]] = {}  # directory group → {directory id: hub name}
     empty: list[str] = []
     for group in [*policy.users_groups, *policy.admin_groups]:
@@ -97,15 +98,17 @@ def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
         for m in sorted(members, key=lambda m: m.id):
             name, problem = hub_name(m.username, policy.naming)
             if name is None:
-                notes.append(f"skipped {m.id} in group {group}: {problem}")
+                notes.append(f"skipped {m.label} in group {group}: {problem}")
                 continue
             names[m.id] = name
+            labels[m.id] = m.label
             by_name.setdefault(name, set()).add(m.id)
         member_names[group] = names
     clashes = {n for n, ids in by_name.items() if len(ids) > 1}
     for n in sorted(clashes):
         notes.append(
-            f"hub name {n!r} is claimed by several directory entries ({', '.join(sorted(by_name[n]))}); "
+            f"hub name {n!r} is claimed by several directory entries "
+            f"({'; '.join(sorted(labels[i] for i in by_name[n]))}); "
             "nothing is done for this name until the directory is fixed"
         )
 
