@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -460,9 +461,18 @@ async def test_ldap_modrdn_renames_the_hub_user(real_hub: RealHub, tmp_path: Pat
         "users_groups": [f"{tag}-analysts"], "admin_groups": [], "group_names": {f"{tag}-analysts": "analysts"}})
     directory = LdapDirectory(url=slapd.url, bind_dn=slapd.root_dn, bind_password=slapd.root_password,
                               base_dn=ou, timeout=5)
+    by_dn = LdapDirectory(url=slapd.url, bind_dn=slapd.root_dn, bind_password=slapd.root_password,
+                          base_dn=ou, timeout=5, id_attribute=None)
     bob, robert = f"{tag}-bob", f"{tag}-robert"
     try:
-        assert (await world.run(directory=directory)).outcome is Outcome.APPLIED
+        # an earlier version knew people by DN: after the upgrade the ids change and nothing else
+        assert (await world.run(directory=by_dn)).outcome is Outcome.APPLIED
+        managed = await world.store.get(MANAGED_KEY)
+        assert managed is not None and managed["users"][bob]["directory_id"] == f"uid={bob},{ou}".lower()
+        upgraded = await world.run(directory=directory)
+        assert upgraded.plan is not None and upgraded.plan.empty, upgraded.render()
+        managed = await world.store.get(MANAGED_KEY)
+        assert managed is not None and re.fullmatch(r"[0-9a-f-]{36}", managed["users"][bob]["directory_id"])
         async with real_hub.admin() as admin:
             r = await admin.post(f"/users/{bob}/tokens", json={"note": "bob's token"})
             assert r.status_code == 201, r.text
@@ -479,6 +489,7 @@ async def test_ldap_modrdn_renames_the_hub_user(real_hub: RealHub, tmp_path: Pat
         assert token_id in {t["id"] for t in tokens}
         assert (await world.run(directory=directory)).plan.empty  # type: ignore[union-attr]
     finally:
+        await by_dn.close()
         await directory.close()
         await world.close()
 
