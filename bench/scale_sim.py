@@ -151,6 +151,17 @@ class World:
     reclaims: int = 0
     held: int = 0  # plan runs that wanted more nodes while an operation on the pool was running
     split: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("active", "idle", "boot", "empty"), 0.0))
+    draws: dict[str, int] = field(default_factory=dict)
+
+    def draw(self, kind: str, lo: float, hi: float) -> float:
+        """The n-th duration of a kind (a restart, a fresh boot, a delete operation) is the same
+        whatever the policy did before it: policies are compared on common random numbers, so a
+        change of timing does not reshuffle every later boot."""
+        n = self.draws[kind] = self.draws.get(kind, 0) + 1
+        return random.Random(f"{self.key}:{kind}:{n}").uniform(lo, hi)
+
+    def __post_init__(self) -> None:
+        self.key = repr(self.rnd.random())
 
     def account(self, now: float) -> None:
         self.node_seconds += len(self.nodes) * TICK
@@ -170,9 +181,9 @@ class World:
         for _ in range(n):
             if deallocate_mode and self.deallocated > 0:
                 self.deallocated -= 1
-                boot = self.rnd.uniform(90, 150)
+                boot = self.draw("restart", 90, 150)
             else:
-                boot = self.rnd.uniform(300, 480)
+                boot = self.draw("boot", 300, 480)
             self.nodes[self.next_node] = Node(self.next_node, now + boot, free_since=now + boot)
             self.next_node += 1
             last = max(last, now + boot)
@@ -396,7 +407,7 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
                 mem = dataclasses.replace(mem, last_up=nowdt)
             elif a.kind == "remove_nodes":
                 world.remove_nodes([int(n[1:]) for n in a.params["nodes"]], deallocate_mode=True)
-                op_until[0] = now + world.rnd.uniform(*DELETE_OP) if ARM_OPS else now
+                op_until[0] = now + world.draw("delete", *DELETE_OP) if ARM_OPS else now
                 mem = dataclasses.replace(mem, last_down=nowdt)
             elif a.kind == "reclaim_server":  # the hub stops the idle server; its node takes a waiting pod
                 session = world.running[int(str(a.params["user"])[1:])]
