@@ -499,28 +499,29 @@ PEAKS = ((("08:45", "17:00"),), (("09:00", "11:30"), ("13:45", "16:00")), (("09:
 def candidates(quick: bool) -> list[HubpilotParams]:
     out = []
     for cull in ([5, 8] if quick else [5, 8, 12]):
-        for idle in [1, 3]:
+        for idle in [0, 1, 3]:
             out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=idle, spare_shoulder=1, spare_peak=1))
             for peaks in (PEAKS[:2] if quick else PEAKS[:3]):
                 out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=idle, spare_shoulder=1,
                                           spare_peak=2, peaks=peaks))
-        for q in ([0.97, 0.985] if quick else [0.95, 0.97, 0.98, 0.985]):
-            out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, forecast_quantile=q,
-                                      forecast_min_rate=1.5))
-        out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, forecast_quantile=0.97))
-        if not quick:
-            out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, forecast_quantile=0.97,
-                                      windows_too=True))
-        # reclaiming idle GPU servers for waiting ones (3 or 5 min idle; shorter is left to the curve)
-        for reclaim in ([3] if quick else [3, 5]):
-            out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, spare_shoulder=1, spare_peak=1,
-                                      reclaim_minutes=reclaim))
-            for peaks in (PEAKS[2:] if quick else PEAKS[1:]):
-                out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, spare_shoulder=1, spare_peak=2,
-                                          peaks=peaks, reclaim_minutes=reclaim))
-            for q in ([0.98] if quick else [0.97, 0.98]):
-                out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=1, forecast_quantile=q,
-                                          forecast_min_rate=1.5, reclaim_minutes=reclaim))
+        for idle in [0, 1]:  # forecast and reclaim with the short idle limits
+            for q in ([0.97, 0.985] if quick else [0.95, 0.97, 0.98, 0.985]):
+                out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=idle, forecast_quantile=q,
+                                          forecast_min_rate=1.5))
+            out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=idle, forecast_quantile=0.97))
+            if not quick:
+                out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=idle, forecast_quantile=0.97,
+                                          windows_too=True))
+            # reclaiming idle GPU servers for waiting ones (3 or 5 min idle; shorter is left to the curve)
+            for reclaim in ([3] if quick else [3, 5]):
+                out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=idle, spare_shoulder=1, spare_peak=1,
+                                          reclaim_minutes=reclaim))
+                for peaks in (PEAKS[2:] if quick else PEAKS[1:]):
+                    out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=idle, spare_shoulder=1,
+                                              spare_peak=2, peaks=peaks, reclaim_minutes=reclaim))
+                for q in ([0.98] if quick else [0.97, 0.98]):
+                    out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=idle, forecast_quantile=q,
+                                              forecast_min_rate=1.5, reclaim_minutes=reclaim))
     return out
 
 
@@ -623,9 +624,9 @@ def curve(seeds: Sequence[int]) -> None:
                                   reclaim_minutes=reclaim),
                    HubpilotParams(cull_minutes=8, node_idle_minutes=1, forecast_quantile=0.98, forecast_min_rate=1.5,
                                   reclaim_minutes=reclaim)]
-    points += [HubpilotParams(cull_minutes=5, node_idle_minutes=1, spare_shoulder=1, spare_peak=n, peaks=peaks,
+    points += [HubpilotParams(cull_minutes=5, node_idle_minutes=idle, spare_shoulder=1, spare_peak=n, peaks=peaks,
                               reclaim_minutes=reclaim)
-               for reclaim in (2, 3) for n, peaks in ((1, PEAKS[0]), (2, PEAKS[3]), (2, PEAKS[2]))]
+               for idle in (0, 1) for reclaim in (2, 3) for n, peaks in ((1, PEAKS[0]), (2, PEAKS[3]), (2, PEAKS[2]))]
     points.append(HubpilotParams(cull_minutes=15, node_idle_minutes=1, spare_shoulder=1, spare_peak=2,
                                  peaks=PEAKS[2], reclaim_minutes=3))
     traces = {s: trace(s) for s in seeds}
