@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import dataclasses
 import functools
+import json
 import math
 import random
 import statistics
@@ -53,15 +54,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from hubpilot.config.cull import CullPolicy, CullSettings  # noqa: E402
-from hubpilot.config.scale import WarmWindow  # noqa: E402
+from hubpilot.config.cull import CullSettings  # noqa: E402
 from hubpilot.cull.plan import CullObserved, plan_cull  # noqa: E402
 from hubpilot.ports.cluster import ClusterView, NodeInfo, UserPod  # noqa: E402
 from hubpilot.ports.hub import HubServer, HubUser  # noqa: E402
 from hubpilot.ports.pool import PoolState  # noqa: E402
-from hubpilot.scale import Memory, Observed, Policy, Schedule, plan_scale  # noqa: E402
+from hubpilot.scale import Memory, Observed, plan_scale  # noqa: E402
 from hubpilot.scale.forecast import Forecast, ForecastPolicy, learn  # noqa: E402
 from hubpilot.scale.plan import arrival_keys  # noqa: E402
+from hubpilot.settings import Settings  # noqa: E402
+from hubpilot.wiring.scale import policy_from  # noqa: E402
 
 WEEK_START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
 # a reclaimed server's node takes the waiting pod after: the pod's deletion (KubeSpawner's 1 s grace
@@ -288,11 +290,52 @@ class HubpilotParams:
         return (f"cull {self.cull_minutes:g}m, node idle {self.node_idle_minutes:g}m, spare "
                 f"{self.spare_shoulder} {self.window_start}-{self.window_end}, {self.spare_peak} at {peaks}")
 
-    def forecast_policy(self) -> ForecastPolicy | None:
-        if self.forecast_quantile is None:
-            return None
-        return ForecastPolicy(quantile=self.forecast_quantile, boot=timedelta(minutes=self.forecast_boot_minutes),
-                              min_rate=self.forecast_min_rate)
+    def settings(self) -> dict[str, Any]:
+        """The ``[scale]`` and ``[cull]`` settings of this policy, as an admin writes them."""
+        warm: list[dict[str, Any]] = []
+        if self.forecast_quantile is None or self.windows_too:
+            warm = [{"days": "mon-fri", "start": self.window_start, "end": self.window_end,
+                     "spare": self.spare_shoulder}]
+            if self.spare_peak != self.spare_shoulder:
+                warm += [{"days": "mon-fri", "start": a, "end": b, "spare": self.spare_peak} for a, b in self.peaks]
+        scale: dict[str, Any] = {
+            "idle_minutes": self.node_idle_minutes, "max_nodes": 40, "max_step_up": 8, "max_step_down": 8,
+            "scale_down_delay_after_up_minutes": 2, "scale_down_cooldown_minutes": 0, "max_reclaim": 8,
+            "warm": warm}
+        if self.forecast_quantile is not None:
+            scale |= {"forecast": True, "forecast_quantile": self.forecast_quantile,
+                      "forecast_boot_minutes": self.forecast_boot_minutes, "forecast_min_rate": self.forecast_min_rate}
+        if self.reclaim_minutes is not None:
+            scale["reclaim_idle_minutes"] = self.reclaim_minutes
+        cull = {"schedule": "0 */2 * * * *",  # the round _loop runs every 120 s
+                "inactivity_timeout": 3600, "activity_interval": self.activity_interval,
+                "policies": [{"name": "gpu", "match_profile": "gpu",
+                              "inactivity_timeout": int(self.cull_minutes * 60)}]}
+        return {"scale": scale, "cull": cull}
+
+    def configured(self) -> Settings:
+        return Settings.model_validate(self.settings())
+
+    def toml(self) -> str:
+        """These settings as a hubpilot.toml excerpt."""
+        lines: list[str] = []
+        for section, values in self.settings().items():
+            lines.append(f"[{section}]")
+            tables = {k: v for k, v in values.items() if isinstance(v, list)}
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if k not in tables]
+            for key, rows in tables.items():
+                for row in rows:
+                    lines.append(f"[[{section}.{key}]]")
+                    lines += [f"{k} = {_toml_value(v)}" for k, v in row.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def z2jh_cull() -> tuple[CullSettings, float, int]:
@@ -352,19 +395,13 @@ def stopped_vms(seed: int) -> int:
 def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped: int | None = None) -> World:
     world = World(sessions, random.Random(seed))
     world.deallocated = stopped_vms(seed) if stopped is None else stopped
-    gpu = CullPolicy(name="gpu", match_profile="gpu", inactivity_timeout=int(p.cull_minutes * 60))
-    settings = CullSettings(inactivity_timeout=3600, policies=[gpu], activity_interval=p.activity_interval,
-                            schedule="0 */2 * * * *")  # the round _loop runs every 120 s
-    fp = p.forecast_policy()
-    windows = []
-    if fp is None or p.windows_too:
-        windows = [WarmWindow(days="mon-fri", start=p.window_start, end=p.window_end, spare=p.spare_shoulder)]
-        if p.spare_peak != p.spare_shoulder:
-            windows += [WarmWindow(days="mon-fri", start=a, end=b, spare=p.spare_peak) for a, b in p.peaks]
-    reclaim = timedelta(minutes=p.reclaim_minutes) if p.reclaim_minutes is not None else None
-    policy = Policy(schedule=Schedule.of(windows, "UTC", []), max_nodes=40, max_step_up=8, max_step_down=8,
-                    idle=timedelta(minutes=p.node_idle_minutes), delay_after_up=timedelta(minutes=2),
-                    down_cooldown=timedelta(0), forecast=fp, reclaim_after=reclaim, max_reclaim=8)
+    # the policy as an admin configures it: validated settings, turned into the plan's Policy by the
+    # same code the capability uses
+    configured = p.configured()
+    settings = configured.cull
+    assert configured.scale is not None
+    policy = policy_from(configured.scale)
+    fp, reclaim = policy.forecast, policy.reclaim_after
     forecast = [history(seed, p.history_weeks, fp) if fp is not None else Forecast()]
     memory = [Memory()]
     last_plan = [-1e9]
@@ -762,7 +799,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"chosen (cheapest meeting the wait goal on the tuning seeds): {tuned.best.label()}")
     print(f"chosen among the forecast policies: {tuned.forecast.label()}")
     print(f"chosen among the policies that reclaim nothing: {tuned.no_reclaim.label()}")
-    print(f"cheapest regardless of wait: {tuned.cheapest.label()}  ({time.monotonic() - t0:.0f}s)\n")
+    print(f"cheapest regardless of wait: {tuned.cheapest.label()}  ({time.monotonic() - t0:.0f}s)")
+    print("the chosen policy as settings (hubpilot.toml):\n" + tuned.best.toml())
     print(f"reporting on held-out seeds {report_seeds}:")
     rows = report(report_seeds, tuned)
     summary(rows)

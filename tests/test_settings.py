@@ -3,6 +3,7 @@ the README's generated reference."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,18 @@ def test_ldap_id_attribute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__ID_ATTRIBUTE", "entry UUID")
     with pytest.raises(SettingsError, match=r"directory.ldap.id_attribute: .*'entry UUID' is no LDAP attribute name"):
         load_settings()
+
+
+@pytest.mark.parametrize("doc", [README, *sorted(README.parent.glob("docs/*.md"))], ids=lambda p: p.name)
+def test_every_toml_example_in_the_docs_loads(doc: Path, tmp_path: Path) -> None:
+    blocks = re.findall(r"```toml\n(.*?)```", doc.read_text(), re.S)
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"{doc.stem}-{i}.toml"
+        path.write_text(block)
+        try:
+            load_settings(str(path))
+        except SettingsError as exc:
+            pytest.fail(f"{doc.name}, TOML example {i + 1}: {exc}")
 
 
 def test_secrets_never_appear_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
