@@ -423,3 +423,21 @@ def test_active_directory_object_guid_bytes_read_as_the_guid_string() -> None:
     assert _stable_id([b"0123456789abcdef"]) == "33323130-3534-3736-3839-616263646566"  # 16 bytes: a GUID
     assert _stable_id(["5f1e-x"]) == "5f1e-x"
     assert _stable_id([]) is None and _stable_id("") is None and _stable_id(None) is None
+
+
+async def test_a_rename_the_group_does_not_follow_leaves_the_person_out(slapd: Slapd, ldap_names: str) -> None:
+    """Without refint the group still names the old DN: noted and skipped, not an error."""
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    for short in ("bob", "amy"):
+        slapd.add(f"uid={t}-{short},{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}-{short}",
+                                             "cn": short.title(), "sn": "x"})
+    slapd.add(f"cn={t}-g,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-g",
+                                 "member": [f"uid={t}-bob,{ou}", f"uid={t}-amy,{ou}"]})
+    slapd.rename(f"uid={t}-bob,{ou}", f"uid={t}-robert")
+    snap = await LdapDirectory(url=slapd.url, bind_dn=slapd.root_dn, bind_password=slapd.root_password,
+                               base_dn=ou).read([f"{t}-g"])
+    assert usernames(snap, f"{t}-g") == {f"{t}-amy"}
+    assert len(snap.notes) == 1 and f"member 'uid={t}-bob,{ou}'" in snap.notes[0]
+    assert "does not exist" in snap.notes[0]
