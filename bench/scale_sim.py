@@ -494,6 +494,7 @@ class Result:
     split: dict[str, float] = field(default_factory=dict)
     reclaims: int = 0
     held: int = 0
+    max_wait: float = 0.0  # the longest wait of the week, against the GPU profiles' start timeout
 
     @property
     def ratio(self) -> float:
@@ -505,7 +506,8 @@ def measure(name: str, world: World) -> Result:
     waits_work = [s.start - s.arrive for s in world.sessions if s.start is not None and working_hours(s.arrive)]
     waits_off = [s.start - s.arrive for s in world.sessions if s.start is not None and not working_hours(s.arrive)]
     return Result(name, world.node_seconds / 3600, oracle, p95(waits_work), p95(waits_off), world.changes,
-                  {k: v / 3600 for k, v in world.split.items()}, world.reclaims, world.held)
+                  {k: v / 3600 for k, v in world.split.items()}, world.reclaims, world.held,
+                  max(waits_work + waits_off, default=0.0))
 
 
 def p95(values: list[float]) -> float:
@@ -610,7 +612,7 @@ def report(seeds: Sequence[int], tuned: Tuned) -> list[Result]:
         for r in rows[-6:]:
             print(f"  {r.policy:<30} {r.node_hours:8.1f} node-h  {r.ratio:5.2f}x oracle  "
                   f"p95 wait work {r.p95_work:6.0f}s  off {r.p95_off:6.0f}s  pool changes {r.changes}  "
-                  f"reclaims {r.reclaims}  held by an operation {r.held}")
+                  f"reclaims {r.reclaims}  held by an operation {r.held}  longest wait {r.max_wait:.0f}s")
             print("      node-hours: " + ", ".join(f"{k} {v:.0f}" for k, v in r.split.items()))
     return rows
 
