@@ -364,8 +364,8 @@ def entry_uuid(slapd: Slapd, dn: str) -> str:
         conn.unbind()
 
 
-async def test_people_keep_their_entry_uuid_id_across_a_rename(slapd: Slapd, ldap_names: str) -> None:
-    t = ldap_names
+def bob_and_amy(slapd: Slapd, t: str) -> tuple[str, str]:
+    """ou=<t> with people <t>-bob and <t>-amy, both in the groupOfNames <t>-g: (ou, group DN)."""
     ou = f"ou={t},{COM}"
     slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
     for short in ("bob", "amy"):
@@ -374,6 +374,12 @@ async def test_people_keep_their_entry_uuid_id_across_a_rename(slapd: Slapd, lda
     group = f"cn={t}-g,{ou}"
     slapd.add(group, {"objectClass": ["groupOfNames"], "cn": f"{t}-g",
                       "member": [f"uid={t}-bob,{ou}", f"uid={t}-amy,{ou}"]})
+    return ou, group
+
+
+async def test_people_keep_their_entry_uuid_id_across_a_rename(slapd: Slapd, ldap_names: str) -> None:
+    t = ldap_names
+    ou, group = bob_and_amy(slapd, t)
     bob_uuid = entry_uuid(slapd, f"uid={t}-bob,{ou}")
     assert UUID_RE.fullmatch(bob_uuid)
     default = LdapDirectory(url=slapd.url, bind_dn=slapd.root_dn, bind_password=slapd.root_password, base_dn=ou)
@@ -428,13 +434,7 @@ def test_active_directory_object_guid_bytes_read_as_the_guid_string() -> None:
 async def test_a_rename_the_group_does_not_follow_leaves_the_person_out(slapd: Slapd, ldap_names: str) -> None:
     """Without refint the group still names the old DN: noted and skipped, not an error."""
     t = ldap_names
-    ou = f"ou={t},{COM}"
-    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
-    for short in ("bob", "amy"):
-        slapd.add(f"uid={t}-{short},{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}-{short}",
-                                             "cn": short.title(), "sn": "x"})
-    slapd.add(f"cn={t}-g,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-g",
-                                 "member": [f"uid={t}-bob,{ou}", f"uid={t}-amy,{ou}"]})
+    ou, _ = bob_and_amy(slapd, t)
     slapd.rename(f"uid={t}-bob,{ou}", f"uid={t}-robert")
     snap = await LdapDirectory(url=slapd.url, bind_dn=slapd.root_dn, bind_password=slapd.root_password,
                                base_dn=ou).read([f"{t}-g"])
