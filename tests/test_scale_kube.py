@@ -16,7 +16,8 @@ from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.loop import Outcome, Runner, Status
 from hubpilot.ports.cluster import CORDON_ANNOTATION
 from hubpilot.scale import Forecast, ForecastPolicy, Policy, ScaleCapability, cost_report, record_demand
-from hubpilot.scale.capability import FORECAST_KEY
+from hubpilot.scale.capability import FORECAST_KEY, MEMORY_KEY
+from hubpilot.scale.cost import last_size
 from tests.doubles.arm import ArmDouble, StaticToken
 from tests.fixtures.kmock import NS, Emulator
 
@@ -146,6 +147,48 @@ async def test_stopped_vms_of_a_deallocate_pool_are_left_alone(world: dict[str, 
     assert kube.node_obj("gpu-2")["spec"]["unschedulable"] is False  # not even cordoned
 
 
+async def removed_from_a_deallocate_pool(w: dict[str, Any]) -> tuple[ScaleCapability, Runner[Any]]:
+    """gpu-0 runs alice, gpu-1 stands empty past the idle limit and is removed (deleteMachines)."""
+    arm: ArmDouble = w["arm"]
+    kube: Emulator = w["kube"]
+    arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])  # the double's pools use Deallocate
+    kube.node("gpu-0")
+    kube.node("gpu-1")
+    kube.pod("alice", "gpu-0")
+    cap, runner = capability(w)
+    await runner.run(cap, trigger="timer", actor="test")
+    w["clock"]["now"] += timedelta(minutes=11)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    assert [r.action.params.get("removed_nodes") for r in rec.results] == [["gpu-1"]]
+    memory = await w["store"].get(MEMORY_KEY)
+    assert memory is not None and list(memory["removed"]) == ["gpu-1"]  # watched from now on
+    return cap, runner
+
+
+async def test_a_removed_vm_whose_node_stays_registered_was_kept(world: dict[str, Any]) -> None:
+    cap, runner = await removed_from_a_deallocate_pool(world)
+    world["kube"].node("gpu-1", ready=False)  # the stopped VM's node, NotReady
+    world["clock"]["now"] += timedelta(minutes=5)
+    soon = await runner.run(cap, trigger="timer", actor="test")
+    assert soon.plan is not None and "removal_keeps_vms" not in soon.plan.facts
+    world["clock"]["now"] += timedelta(minutes=6)
+    later = await runner.run(cap, trigger="timer", actor="test")
+    assert later.plan is not None and later.plan.facts["removal_keeps_vms"] is True
+    assert not any("deleted the VMs" in n for n in later.plan.notes)
+
+
+async def test_a_removed_vm_whose_node_goes_was_deleted_and_the_plan_says_so(world: dict[str, Any]) -> None:
+    cap, runner = await removed_from_a_deallocate_pool(world)
+    del world["kube"].k.objects["v1/nodes", None, "gpu-1"]  # AKS deleted the VM: its node is gone
+    world["clock"]["now"] += timedelta(minutes=1)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.plan is not None and rec.plan.facts["removal_keeps_vms"] is False
+    assert any("AKS deleted the VMs hubpilot removed" in n for n in rec.plan.notes), rec.plan.notes
+    memory = await world["store"].get(MEMORY_KEY)
+    assert memory is not None and memory["vm_kept"] is False and memory["removed"] == {}
+
+
 async def test_a_node_that_got_a_pod_after_planning_is_uncordoned_not_removed(world: dict[str, Any]) -> None:
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]
@@ -161,8 +204,11 @@ async def test_a_node_that_got_a_pod_after_planning_is_uncordoned_not_removed(wo
     kube.pod("late", "gpu-0")  # a spawn lands between plan and apply
     results = await cap.apply(plan, observed, lambda *a: None)
     assert results[0].status is Status.DONE and "kept gpu-0" in results[0].detail
+    assert results[0].action.params["removed_nodes"] == ["gpu-1"]
     assert arm.machines["gpu"] == ["gpu-0"]
     assert kube.node_obj("gpu-0")["spec"]["unschedulable"] is False
+    # the cost record has the size the pool really has: one node removed, not the two planned
+    assert await last_size(world["store"], world["clock"]["now"].date()) == 1
 
 
 async def test_dry_run_cordons_nothing(world: dict[str, Any]) -> None:

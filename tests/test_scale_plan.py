@@ -177,6 +177,36 @@ def test_stopped_vms_of_a_deallocate_pool_are_neither_capacity_nor_unusable_nor_
     assert kinds(plan_scale(delete, POLICY, T0)) == [("set_count", {"count": 5, "from": 4})]
 
 
+def test_whether_aks_kept_or_deleted_the_removed_vms_is_learned_from_their_nodes() -> None:
+    """deleteMachines in a Deallocate pool: the node of a stopped VM stays registered, a deleted
+    VM's node goes. Nothing is concluded before the settle time, unless the node is gone or ready."""
+    watched = Memory(removed={"s1": T0})
+
+    def plan_at(nodes: list[NodeInfo], memory: Memory, at: datetime, p: PoolState | None = None) -> Plan:
+        obs = Observed(p or deallocating(1), ClusterView(tuple([node("n0"), *nodes]), (upod("a", "n0"),)), (),
+                       memory, at)
+        return plan_scale(obs, POLICY, at)
+
+    early = plan_at([stopped_vm("s1")], watched, T0 + timedelta(minutes=5))
+    assert "removal_keeps_vms" not in early.facts
+    assert Memory.from_json(early.facts["memory"]).removed == {"s1": T0}  # still watched
+    kept = plan_at([stopped_vm("s1")], watched, T0 + timedelta(minutes=10))
+    assert kept.facts["removal_keeps_vms"] is True and not kept.notes
+    assert Memory.from_json(kept.facts["memory"]).removed == {}
+    restarted = plan_at([node("s1")], watched, T0 + timedelta(minutes=1))  # a scale-up restarted it
+    assert restarted.facts["removal_keeps_vms"] is True
+
+    deleted = plan_at([], watched, T0 + timedelta(minutes=1))
+    assert deleted.facts["removal_keeps_vms"] is False
+    assert any("AKS deleted the VMs hubpilot removed" in n for n in deleted.notes)
+    after = Memory.from_json(deleted.facts["memory"])
+    assert after.removed == {} and after.vm_kept is False
+    again = plan_at([], after, T0 + timedelta(minutes=2))
+    assert again.facts["removal_keeps_vms"] is False and not again.notes  # said once, kept in the facts
+    # a Delete pool deletes by design: nothing to learn or say
+    assert "removal_keeps_vms" not in plan_at([], watched, T0 + timedelta(minutes=1), pool(1)).facts
+
+
 def test_a_restarting_vm_of_a_deallocate_pool_is_booting_then_broken() -> None:
     nodes = [stopped_vm(f"s{i}") for i in range(3)]  # count 2: n0 and one of them restarting
     pods = [upod("a", "n0"), upod("b", None)]

@@ -27,6 +27,7 @@ from hubpilot.scale.plan import (
     Observed,
     Policy,
     arrival_keys,
+    deallocates,
     guard_scale,
     plan_scale,
 )
@@ -147,6 +148,9 @@ class ScaleCapability:
                 removed = r.action.params.get("removed", len(r.action.params["nodes"]))
                 await record_size(self.store, now, observed.pool.count - int(removed),
                                   source="scale-down")
+                if deallocates(observed.pool):  # watch whether AKS stops or deletes their VMs
+                    gone = r.action.params.get("removed_nodes", r.action.params["nodes"])
+                    memory = replace(memory, removed={**memory.removed, **dict.fromkeys(gone, now)})
         await self.store.put(MEMORY_KEY, memory.to_json())
         if self.policy.forecast is not None:  # learn the arrivals this observation saw
             keys = arrival_keys(observed, at, self.policy.demand_ttl)
@@ -198,9 +202,8 @@ class ScaleCapability:
             await self._uncordon_all(cordoned)
         detail = f"removed {', '.join(cordoned)}" + (f"; kept {', '.join(kept)}" if kept else "")
         done = Action(action.kind, action.target, action.phase,
-                      {**action.params, "removed": len(cordoned)}, action.reason)
-        out = _result(done, res, detail)
-        return ActionResult(action, out.status, out.detail)
+                      {**action.params, "removed": len(cordoned), "removed_nodes": cordoned}, action.reason)
+        return _result(done, res, detail)
 
     async def _reclaim(self, action: Action) -> ActionResult:
         """Stop an idle GPU server for one that waits -- after reading it again: a server that

@@ -42,6 +42,10 @@ class Memory:
     last_down: datetime | None = None
     count: int | None = None  # the pool's count at the last observation
     count_rose: datetime | None = None  # when an observation last found the count higher (anyone's scale-up)
+    # Deallocate pools: nodes hubpilot removed, watched until it is known whether AKS stopped their
+    # VMs (the node stays registered) or deleted them (the node goes); and the last such verdict
+    removed: Mapping[str, datetime] = field(default_factory=dict)
+    vm_kept: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,6 +54,8 @@ class Memory:
             "last_down": self.last_down.isoformat() if self.last_down else None,
             "count": self.count,
             "count_rose": self.count_rose.isoformat() if self.count_rose else None,
+            "removed": {k: v.isoformat() for k, v in sorted(self.removed.items())},
+            "vm_kept": self.vm_kept,
         }
 
     @classmethod
@@ -63,6 +69,8 @@ class Memory:
             last_down=datetime.fromisoformat(data["last_down"]) if data.get("last_down") else None,
             count=int(data["count"]) if data.get("count") is not None else None,
             count_rose=datetime.fromisoformat(data["count_rose"]) if data.get("count_rose") else None,
+            removed={str(k): datetime.fromisoformat(v) for k, v in (data.get("removed") or {}).items()},
+            vm_kept=data.get("vm_kept") if isinstance(data.get("vm_kept"), bool) else None,
         )
 
     def count_rose_at(self, count: int, now: datetime) -> datetime | None:
@@ -233,7 +241,32 @@ def next_memory(observed: Observed, occ: Occupancy, now: datetime) -> Memory:
     prev = observed.memory.empty_since
     since = {n: prev.get(n, now) for n in sorted(occ.empty)}
     m = observed.memory
-    return Memory(since, m.last_up, m.last_down, observed.pool.count, m.count_rose_at(observed.pool.count, now))
+    watching, kept = removal_verdict(observed, now)
+    return Memory(since, m.last_up, m.last_down, observed.pool.count, m.count_rose_at(observed.pool.count, now),
+                  watching, kept)
+
+
+# a stopped VM's node stays registered; a deleted VM's node is gone within a minute or two
+REMOVAL_SETTLE = timedelta(minutes=10)
+
+
+def removal_verdict(observed: Observed, now: datetime) -> tuple[dict[str, datetime], bool | None]:
+    """Did AKS stop (keep) or delete the VMs hubpilot removed from a Deallocate pool? A removed
+    node that is gone from the cluster was deleted; one still registered after ``REMOVAL_SETTLE``,
+    or ready again (restarted by a scale-up), was kept. Returns the nodes still watched and the
+    latest verdict (None: none yet)."""
+    nodes = {n.name: n for n in observed.cluster.nodes}
+    watching: dict[str, datetime] = {}
+    kept = observed.memory.vm_kept
+    for name, at in sorted(observed.memory.removed.items(), key=lambda kv: kv[1]):
+        node = nodes.get(name)
+        if node is None:
+            kept = False
+        elif node.ready or now - at >= REMOVAL_SETTLE:
+            kept = True
+        else:
+            watching[name] = at
+    return watching, kept
 
 
 def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datetime,
@@ -320,6 +353,13 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
     }
     if deallocates(pool):
         facts["stopped"] = occ.stopped
+        if memory.vm_kept is not None:
+            facts["removal_keeps_vms"] = memory.vm_kept
+        if memory.vm_kept is False and observed.memory.vm_kept is not False:
+            notes.append(
+                f"pool {pool.name} has scale-down mode Deallocate, but AKS deleted the VMs hubpilot removed "
+                "(deleteMachines) instead of stopping them: scale-ups boot new VMs (5-8 min) rather than "
+                "restarting stopped ones; keep more warm spare, or a longer scale.idle_minutes")
     cordoned_by_us = sorted(n.name for n in observed.cluster.nodes if n.annotations.get(CORDON_MARK))
     if policy.reclaim_after is not None:
         facts["reclaimable"] = [i.key for i in idle]
