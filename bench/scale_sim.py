@@ -154,6 +154,7 @@ class World:
     held: int = 0  # plan runs that wanted more nodes while an operation on the pool was running
     split: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("active", "idle", "boot", "empty"), 0.0))
     draws: dict[str, int] = field(default_factory=dict)
+    key: str = field(init=False)  # this world's random stream, which names its draws
 
     def draw(self, kind: str, lo: float, hi: float) -> float:
         """The n-th duration of a kind (a restart, a fresh boot, a delete operation) is the same

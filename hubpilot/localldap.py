@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import ldap3
+from ldap3.utils.dn import to_dn
 
 SLAPD = os.environ.get("HUBPILOT_SLAPD", "/usr/sbin/slapd")
 SLAPADD = os.environ.get("HUBPILOT_TEST_SLAPADD", "/usr/sbin/slapadd")
@@ -283,7 +284,7 @@ class Slapd:
         """modrdn: the entry keeps its entryUUID, drops the old RDN value (deleteoldrdn) and
         moves to ``new_rdn``; the ``member`` values of ``groups`` follow, as the refint overlay
         (or Active Directory itself) makes them. Returns the new DN."""
-        new_dn = f"{new_rdn},{dn.split(',', 1)[1]}"
+        new_dn = ",".join([new_rdn, *to_dn(dn)[1:]])  # to_dn keeps escaped commas inside an RDN
         conn = self.connect()
         try:
             conn.modify_dn(dn, new_rdn, delete_old_dn=True)

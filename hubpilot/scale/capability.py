@@ -145,11 +145,9 @@ class ScaleCapability:
             if r.action.kind == SET_COUNT and r.status is Status.DONE:
                 await record_size(self.store, now, int(r.action.params["count"]), source="scale-up")
             if r.action.kind == REMOVE_NODES and r.status is Status.DONE:
-                removed = r.action.params.get("removed", len(r.action.params["nodes"]))
-                await record_size(self.store, now, observed.pool.count - int(removed),
-                                  source="scale-down")
+                gone = r.action.params["removed_nodes"]  # set by _remove: the nodes it did remove
+                await record_size(self.store, now, observed.pool.count - len(gone), source="scale-down")
                 if deallocates(observed.pool):  # watch whether AKS stops or deletes their VMs
-                    gone = r.action.params.get("removed_nodes", r.action.params["nodes"])
                     memory = replace(memory, removed={**memory.removed, **dict.fromkeys(gone, now)})
         await self.store.put(MEMORY_KEY, memory.to_json())
         if self.policy.forecast is not None:  # learn the arrivals this observation saw
@@ -202,7 +200,7 @@ class ScaleCapability:
             await self._uncordon_all(cordoned)
         detail = f"removed {', '.join(cordoned)}" + (f"; kept {', '.join(kept)}" if kept else "")
         done = Action(action.kind, action.target, action.phase,
-                      {**action.params, "removed": len(cordoned), "removed_nodes": cordoned}, action.reason)
+                      {**action.params, "removed_nodes": cordoned}, action.reason)
         return _result(done, res, detail)
 
     async def _reclaim(self, action: Action) -> ActionResult:
