@@ -3,10 +3,11 @@
 The webhook (``POST /api/v1/graph/notifications``) acknowledges Graph within its 3 seconds and
 leaves a hint on the Storage queue ``hubpilot-graph``; ``graph_hints`` runs the delta sync for
 it. A hint whose change a finished sync run already saw is dropped; when another sync holds the
-lock the function raises, so the Functions host retries the message later (and after
-``maxDequeueCount`` attempts moves it to the poison queue — the scheduled sync is the safety
-net). ``graph_subscriptions`` keeps one subscription per configured group, hourly: the manager
-is idempotent and costs one ``GET /subscriptions`` when nothing is due.
+lock the function raises, so the Functions host retries the message after host.json's
+``visibilityTimeout`` (its default, zero, would spend every attempt within a second, while the
+other sync still runs) and after ``maxDequeueCount`` attempts moves it to the poison queue — the
+scheduled sync is the safety net. ``graph_subscriptions`` keeps one subscription per configured
+group, hourly: the manager is idempotent and costs one ``GET /subscriptions`` when nothing is due.
 """
 
 from __future__ import annotations

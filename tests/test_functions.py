@@ -62,7 +62,12 @@ def test_host_json_serves_the_routes_without_a_prefix() -> None:
     host = json.loads((ROOT / "host.json").read_text())
     assert host["version"] == "2.0" and host["extensions"]["http"]["routePrefix"] == ""
     assert host["extensionBundle"]["id"] == "Microsoft.Azure.Functions.ExtensionBundle"
-    assert host["extensions"]["queues"]["messageEncoding"] == "base64"  # what enqueue() writes
+    queues = host["extensions"]["queues"]
+    assert queues["messageEncoding"] == "base64"  # what enqueue() writes
+    # A hint that finds the sync lock held is retried after visibilityTimeout (default zero: all
+    # maxDequeueCount attempts at once, then the poison queue, while the other sync still runs).
+    h, m, sec = (int(x) for x in queues["visibilityTimeout"].split(":"))
+    assert h * 3600 + m * 60 + sec >= 15 and queues["maxDequeueCount"] >= 3
 
 
 def test_timer_schedules_are_the_settings_app_settings() -> None:
