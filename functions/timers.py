@@ -1,9 +1,12 @@
 """Timer triggers for sync, cull and scale, and the queue trigger that executes API-started runs.
 
 Schedules are app settings read by the Functions host through binding expressions
-(``%HUBPILOT_SYNC__SCHEDULE%``): the same NCRONTAB values hubpilot's settings validate and
-``hubpilot serve`` fires in-process. A round that finds the lock held is skipped; a refused or
-paused run is an outcome, never an error.
+(``%HUBPILOT_SYNC_SCHEDULE%``): the same NCRONTAB values hubpilot's settings validate and
+``hubpilot serve`` fires in-process. The names are flat (``hubpilot.settings.TIMER_SCHEDULE_ENV``):
+the host resolves ``%NAME%`` in its configuration, where ``__`` in an app setting's name is the
+section delimiter, so ``%HUBPILOT_SYNC__SCHEDULE%`` would resolve to nothing and the function
+would not load. A round that finds the lock held is skipped; a refused or paused run is an
+outcome, never an error.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ log = logging.getLogger("hubpilot.functions")
 
 bp = func.Blueprint()
 
+# hubpilot.settings.TIMER_SCHEDULE_ENV (not imported: keeps cold start cheap)
 SCHEDULE_SETTINGS = {
-    "sync": "HUBPILOT_SYNC__SCHEDULE",
-    "cull": "HUBPILOT_CULL__SCHEDULE",
-    "scale": "HUBPILOT_SCALE__SCHEDULE",
+    "sync": "HUBPILOT_SYNC_SCHEDULE",
+    "cull": "HUBPILOT_CULL_SCHEDULE",
+    "scale": "HUBPILOT_SCALE_SCHEDULE",
 }
+
 RUN_QUEUE = "hubpilot-runs"  # hubpilot.api.runs.QUEUE_NAME (not imported: keeps cold start cheap)
 RUN_QUEUE_CONNECTION = "AzureWebJobsStorage"  # hubpilot.api.runs.QUEUE_CONNECTION_SETTING
 

@@ -2,7 +2,8 @@
 
 Sources, highest priority first: environment variables ``HUBPILOT_<SECTION>__<KEY>`` (``__``
 nests; lists and objects are JSON — how Azure Functions app settings arrive), then a TOML file
-(``hubpilot.toml``, same structure), then defaults.
+(``hubpilot.toml``, same structure), then defaults. The operations' schedules also have flat
+names (``HUBPILOT_SYNC_SCHEDULE``, see ``TIMER_SCHEDULE_ENV``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ from hubpilot.config.sync import SyncSettings
 ENV_PREFIX = "HUBPILOT_"
 CONFIG_ENV = "HUBPILOT_CONFIG"
 DEFAULT_FILE = "hubpilot.toml"
+# The Functions host resolves a timer binding's %NAME% in its configuration, where ``__`` in an app
+# setting's name is the section delimiter, so no binding can read HUBPILOT_SYNC__SCHEDULE
+# (Azure/azure-functions-host#10246), and names with ``__`` or ``:`` are reported to confuse the
+# scale controller that wakes an idle app (MicrosoftDocs/azure-docs#71095). The timers read these
+# flat names, and so do the settings: one value for the timer and for what hubpilot validates.
+TIMER_SCHEDULE_ENV = {"sync": "HUBPILOT_SYNC_SCHEDULE", "cull": "HUBPILOT_CULL_SCHEDULE",
+                      "scale": "HUBPILOT_SCALE_SCHEDULE"}
 
 
 class SettingsError(Exception):
@@ -83,11 +91,32 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, _TimerSchedules(settings_cls)]
         path = _config_path()
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+
+class _TimerSchedules(PydanticBaseSettingsSource):
+    """``HUBPILOT_<OP>_SCHEDULE`` as ``<op>.schedule``; the nested name may be set too, to the same value."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for op, name in TIMER_SCHEDULE_ENV.items():
+            flat = os.environ.get(name)
+            if flat is None:
+                continue
+            nested_name = _env_name((op, "schedule"), flat=False)
+            nested = os.environ.get(nested_name)
+            if nested is not None and nested.strip() != flat.strip():
+                raise SettingsError(f"invalid settings:\n  {op}.schedule: {name}={flat!r} and {nested_name}={nested!r} "
+                                    f"disagree; set {name} only (the Functions timer reads it)")
+            out[op] = {"schedule": flat}
+        return out
 
 
 _explicit_path: Path | None = None
@@ -103,7 +132,10 @@ def _config_path() -> Path | None:
     return default if default.exists() else None
 
 
-def _env_name(loc: tuple[Any, ...]) -> str:
+def _env_name(loc: tuple[Any, ...], *, flat: bool = True) -> str:
+    """The environment variable of a setting (for a schedule set by its flat name, that name)."""
+    if flat and len(loc) == 2 and loc[1] == "schedule" and TIMER_SCHEDULE_ENV.get(str(loc[0])) in os.environ:
+        return TIMER_SCHEDULE_ENV[str(loc[0])]
     return ENV_PREFIX + "__".join(str(p).upper() for p in loc if not isinstance(p, int))
 
 

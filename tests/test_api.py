@@ -214,7 +214,7 @@ async def test_status_lists_last_runs_and_schedules_with_next_fire(api: Api) -> 
     assert sync["last_run"]["result_counts"] == {"done": 2} and sync["lock"] is None
     schedules = {s["name"]: s for s in status["schedules"]}
     assert schedules["sync"]["expression"] == api.ctx.settings.sync.schedule
-    assert schedules["sync"]["app_setting"] == "HUBPILOT_SYNC__SCHEDULE"
+    assert schedules["sync"]["app_setting"] == "HUBPILOT_SYNC_SCHEDULE"
     assert schedules["sync"]["next_fire"] > status["now"]
     assert {"sync", "cull", "scale"} <= set(schedules)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -31,7 +32,7 @@ from functions.timers import SCHEDULE_SETTINGS, execute_message, run_timer
 from hubpilot.adapters.store_azure import AzureStore
 from hubpilot.api.runs import QUEUE_CONNECTION_SETTING, QUEUE_NAME, drain_tasks
 from hubpilot.api.scheduling import configured_schedules
-from hubpilot.settings import SettingsError, load_settings
+from hubpilot.settings import TIMER_SCHEDULE_ENV, SettingsError, load_settings
 from hubpilot.wiring import OPERATIONS, Context
 from tests.azurite import Azurite
 from tests.test_api_kit import World, auth, make_context, make_settings
@@ -71,12 +72,37 @@ def test_host_json_serves_the_routes_without_a_prefix() -> None:
 
 
 def test_timer_schedules_are_the_settings_app_settings() -> None:
+    """The host resolves %NAME% in its configuration, where an app setting's ``__`` is a section
+    delimiter: the timers read flat names, which the settings read as ``<op>.schedule``."""
     fns = functions_by_name()
     by_op = {s.name: s for s in configured_schedules(make_settings())}
     for op in OPERATIONS:
         (binding,) = json.loads(fns[f"{op}_timer"].get_function_json())["bindings"]
         assert binding["type"] == "timerTrigger" and binding["useMonitor"] is True
-        assert binding["schedule"] == f"%{by_op[op].app_setting()}%" == f"%{SCHEDULE_SETTINGS[op]}%"
+        assert by_op[op].app_setting() == SCHEDULE_SETTINGS[op] == TIMER_SCHEDULE_ENV[op]
+        assert binding["schedule"] == f"%HUBPILOT_{op.upper()}_SCHEDULE%"
+
+
+def test_the_timers_schedule_app_settings_are_hubpilots_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the timer fires on is what hubpilot validates (and ``serve`` would fire on)."""
+    monkeypatch.setenv("HUBPILOT_CULL_SCHEDULE", "0 */3 * * * *")
+    assert load_settings().cull.schedule == "0 */3 * * * *"
+    monkeypatch.setenv("HUBPILOT_CULL_SCHEDULE", "*/5 * * * *")
+    with pytest.raises(SettingsError, match="HUBPILOT_CULL_SCHEDULE"):
+        load_settings()
+
+
+def test_no_binding_expression_names_a_setting_the_host_cannot_resolve() -> None:
+    """Neither ``__`` nor ``:`` (Azure/azure-functions-host#10246, MicrosoftDocs/azure-docs#71095)."""
+    seen = 0
+    for name, fn in functions_by_name().items():
+        for binding in json.loads(fn.get_function_json())["bindings"]:
+            for value in binding.values():
+                if isinstance(value, str):
+                    for setting in re.findall(r"%([^%]*)%", value):
+                        seen += 1
+                        assert "__" not in setting and ":" not in setting, (name, value)
+    assert seen >= 3  # the three timers at least
 
 
 def test_run_queue_binding_matches_what_the_api_enqueues() -> None:

@@ -366,14 +366,17 @@ def test_flex_consumption_app(parsed: dict[str, Any]) -> None:
 
 def test_every_hubpilot_setting_is_a_real_setting(parsed: dict[str, Any]) -> None:
     """Names as the settings model reads them (lists of objects, e.g. api.tokens, as a whole)."""
-    known = _hubpilot_env_names()
+    from hubpilot.settings import TIMER_SCHEDULE_ENV
+
+    known = _hubpilot_env_names() | set(TIMER_SCHEDULE_ENV.values())  # the timers' flat names
     settings = [n for n in _app_settings(parsed) if n.startswith("HUBPILOT_")]
     assert len(settings) > 30
     unknown = [n for n in settings if n not in known and not any(k.startswith(n + "__") for k in known)]
     assert not unknown, f"not hubpilot settings: {unknown}"
     # The settings this deployment depends on (scale.kube_auth: the app's Kubernetes credential).
     assert {"HUBPILOT_SCALE__KUBE_AUTH", "HUBPILOT_API__RUN_MODE", "HUBPILOT_STATE__AZURE_ACCOUNT_NAME",
-            "HUBPILOT_DIRECTORY__ENTRA__CREDENTIAL"} <= set(settings)
+            "HUBPILOT_DIRECTORY__ENTRA__CREDENTIAL", *TIMER_SCHEDULE_ENV.values()} <= set(settings)
+    assert not [n for n in settings if n.endswith("__SCHEDULE")], "a timer cannot read a schedule named with '__'"
 
 
 def test_literal_setting_values_are_valid(parsed: dict[str, Any]) -> None:

@@ -139,3 +139,19 @@ def test_readme_carries_the_generated_settings_reference() -> None:
     assert embedded == settings_reference().strip(), (
         "README's settings reference is stale: regenerate it with scripts/readme-settings"
     )
+
+
+def test_a_timer_schedule_by_its_flat_app_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Functions timers read HUBPILOT_<OP>_SCHEDULE; the settings read the same value."""
+    monkeypatch.setenv("HUBPILOT_SYNC_SCHEDULE", "0 */5 * * * *")
+    assert load_settings().sync.schedule == "0 */5 * * * *"
+    monkeypatch.setenv("HUBPILOT_SYNC__SCHEDULE", "0 */5 * * * *")  # the nested name may say the same
+    assert load_settings().sync.schedule == "0 */5 * * * *"
+    monkeypatch.setenv("HUBPILOT_SYNC__SCHEDULE", "0 */30 * * * *")
+    with pytest.raises(SettingsError, match="HUBPILOT_SYNC_SCHEDULE='0 \\*/5 \\* \\* \\* \\*' and "
+                                           "HUBPILOT_SYNC__SCHEDULE='0 \\*/30 \\* \\* \\* \\*' disagree"):
+        load_settings()
+    monkeypatch.delenv("HUBPILOT_SYNC__SCHEDULE")
+    monkeypatch.setenv("HUBPILOT_SYNC_SCHEDULE", "*/5 * * * *")
+    with pytest.raises(SettingsError, match=r"sync.schedule: .*has 5 fields.*\[env HUBPILOT_SYNC_SCHEDULE\]"):
+        load_settings()

@@ -15,7 +15,7 @@ from typing import Any
 
 from hubpilot.loop import LockHeld, RunRecord
 from hubpilot.schedule import next_fire
-from hubpilot.settings import Settings
+from hubpilot.settings import TIMER_SCHEDULE_ENV, Settings
 from hubpilot.wiring import OPERATIONS, Context, NotConfigured
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,10 @@ class Schedule:
     setting: str  # dotted path of the setting, e.g. "sync.schedule"
 
     def app_setting(self) -> str:
-        """The app setting / environment variable that carries it (``HUBPILOT_SYNC__SCHEDULE``)."""
+        """The app setting / environment variable that carries it: an operation's flat name, which
+        its Functions timer reads (``HUBPILOT_SYNC_SCHEDULE``), else ``HUBPILOT_<SECTION>__<KEY>``."""
+        if self.runnable:
+            return TIMER_SCHEDULE_ENV[self.name]
         return "HUBPILOT_" + "__".join(p.upper() for p in self.setting.split("."))
 
     def next_fire(self, after: datetime) -> datetime:

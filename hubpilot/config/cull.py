@@ -38,7 +38,9 @@ class CullPolicy(Section):
 class CullSettings(Section):
     """Culling idle servers through the JupyterHub REST API (replaces z2jh's own culler)."""
 
-    schedule: NCronTab = Field("0 */10 * * * *", description="NCRONTAB of the scheduled cull round.")
+    schedule: NCronTab = Field(
+        "0 */10 * * * *", description="NCRONTAB of the scheduled cull round; also "
+        "HUBPILOT_CULL_SCHEDULE, the app setting the Functions timer reads.")
     inactivity_timeout: int = Field(
         3600, ge=0,
         description="Seconds without activity before a server is stopped (0: never for inactivity). "

@@ -71,7 +71,9 @@ class ScaleSettings(Section):
     """Scaling the AKS GPU node pool: up on demand, down on idle time and by schedule."""
 
     enabled: bool = Field(False, description="Run the scale timer (the pool must be configured).")
-    schedule: NCronTab = Field("0 * * * * *", description="NCRONTAB of the scale timer (every minute).")
+    schedule: NCronTab = Field(
+        "0 * * * * *", description="NCRONTAB of the scale timer (every minute); also "
+        "HUBPILOT_SCALE_SCHEDULE, the app setting the Functions timer reads.")
     # where the pool is
     arm_endpoint: str = Field("https://management.azure.com", description="Azure Resource Manager endpoint.")
     arm_audience: str = Field(

@@ -56,7 +56,9 @@ class SyncSettings(Section):
         720.0, ge=0, description="With delete_users: hours after deprovisioning before deletion."
     )
     concurrency: int = Field(8, ge=1, le=64, description="Hub writes in flight at once.")
-    schedule: NCronTab = Field("0 */15 * * * *", description="NCRONTAB of the scheduled (safety-net) sync.")
+    schedule: NCronTab = Field(
+        "0 */15 * * * *", description="NCRONTAB of the scheduled (safety-net) sync; also "
+        "HUBPILOT_SYNC_SCHEDULE, the app setting the Functions timer reads.")
 
     @field_validator("group_prefix")
     @classmethod

@@ -376,9 +376,10 @@ var coreSettings = {
   HUBPILOT_STATE__AZURE_CONTAINER: stateContainerName
   HUBPILOT_API__RUN_MODE: 'queue'
   HUBPILOT_API__APP_SERVICE_AUTH: appServiceAuth ? 'true' : 'false'
-  HUBPILOT_SYNC__SCHEDULE: syncSchedule
-  HUBPILOT_CULL__SCHEDULE: cullSchedule
-  HUBPILOT_SCALE__SCHEDULE: scaleSchedule
+  // flat names: the timers' binding expressions cannot read a name with '__' (functions/timers.py)
+  HUBPILOT_SYNC_SCHEDULE: syncSchedule
+  HUBPILOT_CULL_SCHEDULE: cullSchedule
+  HUBPILOT_SCALE_SCHEDULE: scaleSchedule
   HUBPILOT_SYNC__USERS_GROUPS: string(usersGroups)
   HUBPILOT_SYNC__ADMIN_GROUPS: string(adminGroups)
   HUBPILOT_SYNC__GROUP_NAMES: string(groupNames)
