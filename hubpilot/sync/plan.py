@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from hubpilot.config.sync import SyncSettings
@@ -78,10 +78,12 @@ class Desired:
     notes: tuple[str, ...]
     empty_groups: tuple[str, ...]
     ids: Mapping[str, str] = field(default_factory=dict)  # hub name → directory id (no clashes)
+    unnamed: frozenset[str] = frozenset()  # directory ids of members without a usable hub name
 
 
 def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
     notes: list[str] = list(snapshot.notes)
+    unnamed: set[str] = set()  # ids of members skipped for their name: still members
     by_name: dict[str, set[str]] = {}  # hub name → directory ids claiming it
     labels: dict[str, str] = {}  # directory id → how messages name the entry
     member_names: dict[str, dict[str, str]] = {}  # directory group → {directory id: hub name}
@@ -99,6 +101,7 @@ def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
             name, problem = hub_name(m.username, policy.naming)
             if name is None:
                 notes.append(f"skipped {m.label} in group {group}: {problem}")
+                unnamed.add(m.id)
                 continue
             names[m.id] = name
             labels[m.id] = m.label
@@ -124,8 +127,9 @@ def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
         for g in dict.fromkeys([*policy.users_groups, *policy.admin_groups])
     }
     ids = {n: next(iter(i)) for n, i in by_name.items() if n in users and n not in clashes}
+    unnamed.update(i for n in clashes for i in by_name[n])
     return Desired(frozenset(users), frozenset(admins), groups, frozenset(clashes), tuple(notes),
-                   tuple(empty), ids)
+                   tuple(empty), ids, frozenset(unnamed))
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,14 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
     want = want or desired_state(observed.snapshot, policy)
     actions: list[Action] = []
     users, managed = observed.users, observed.managed
+    # A managed user whose directory entry is still a member, but has no usable name now
+    # (invalid, missing, claimed by another entry too), is unknown: neither removed nor renamed.
+    held = sorted(n for n, r in managed.items() if r.active and r.directory_id is not None
+                  and r.directory_id in want.unnamed and n not in want.users)
+    if held:
+        want = replace(want, uncertain=want.uncertain | frozenset(held))
+    held_notes = tuple(f"{n} is kept as they are: their directory entry is still a member of a synced group "
+                       "but has no usable hub name now (see the notes above); fix the entry" for n in held)
     renames = find_renames(observed, want, policy)
     renamed_to = {new: old for old, new in renames.now.items()}
     not_yet = set(renames.waiting.values())  # exist only after a later run's rename
@@ -277,7 +289,7 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
         "renames": len(renames.now) + len(renames.waiting),
         "empty_groups": list(want.empty_groups),
     }
-    return Plan.build(OPERATION, actions, (*want.notes, *renames.notes), facts)
+    return Plan.build(OPERATION, actions, (*want.notes, *held_notes, *renames.notes), facts)
 
 
 def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list[str]:
