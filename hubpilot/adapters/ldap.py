@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import ldap3
 from ldap3.core.exceptions import LDAPException, LDAPNoSuchObjectResult
+from ldap3.utils.ciDict import CaseInsensitiveDict
 from ldap3.utils.conv import escape_filter_chars
 
 from hubpilot.ports.directory import DirectoryError, DirectorySnapshot, Member
@@ -400,7 +401,9 @@ class LdapDirectory:
                     attrs = r.get("attributes") or {}
                     raw = (r.get("raw_attributes") or {}).get(self.id_attribute) if self.id_attribute else None
                     if raw:  # as the server sent it: read without schema, a binary GUID may pass for text
-                        attrs = {**attrs, self.id_attribute: raw}
+                        # attribute names stay case-insensitive (the server spells them its own way)
+                        attrs = CaseInsensitiveDict(attrs)
+                        attrs[self.id_attribute] = raw
                     yield r["dn"], attrs
             controls = (conn.result or {}).get("controls") or {}
             cookie = (controls.get(_PAGED_OID) or {}).get("value", {}).get("cookie")
