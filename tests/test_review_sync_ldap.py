@@ -49,3 +49,30 @@ async def test_attribute_names_are_case_insensitive(private_slapd: Slapd, userna
     assert {m.username for m in snap.groups["g"]} == {"bob", "amy"}
     if id_attribute:
         assert all(len(m.id) == 36 for m in snap.groups["g"])  # the entryUUID, not the DN
+
+
+async def test_a_member_in_a_subtree_the_server_refers_elsewhere_is_unknown_not_gone(
+        private_slapd: Slapd) -> None:
+    s = private_slapd
+    s.add(f"cn=r,{OU}", {"objectClass": ["groupOfNames"], "cn": "r",
+                         "member": [f"uid=bob,{OU}", f"uid=zed,ou=remote,{OU}"]})
+    # a subordinate referral (RFC 3296): a subtree search returns a continuation reference for
+    # it, with result 'success'; zed's entry is held by another server
+    s.add(f"ou=remote,{OU}", {"objectClass": ["referral", "extensibleObject"], "ou": "remote",
+                              "ref": f"ldap://ldap2.example.org/ou=remote,{OU}"})
+    try:
+        with pytest.raises(DirectoryError, match=r"uid=zed,ou=remote.*ldap2\.example\.org"):
+            await directory(s).read(["r"])
+        # members outside the referred subtree are read as before
+        snap = await directory(s).read(["g"])
+        assert {m.username for m in snap.groups["g"]} == {"bob", "amy"}
+    finally:
+        conn = s.connect()
+        try:
+            conn.delete(f"ou=remote,{OU}", controls=[("2.16.840.1.113730.3.4.2", True, None)])  # ManageDsaIT
+        finally:
+            conn.unbind()
+    # without the referral, zed is a member DN that does not exist: noted and skipped
+    snap = await directory(s).read(["r"])
+    assert {m.username for m in snap.groups["r"]} == {"bob"}
+    assert any("uid=zed" in n and "does not exist" in n for n in snap.notes)

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import ldap3
 from ldap3.core.exceptions import LDAPException, LDAPNoSuchObjectResult
@@ -316,12 +316,12 @@ class LdapDirectory:
             step = "reading the configured groups"
             roots = self._find_groups(conn, groups)
             step = f"reading people and groups under {self.base_dn}"
-            index, by_username = self._scan(conn)
+            index, by_username, referred = self._scan(conn)
             step = "expanding the groups"
             for name in groups:
                 root = roots[name]
                 index[root.dn] = root
-                result[name] = frozenset(self._expand(conn, name, root, index, by_username, notes))
+                result[name] = frozenset(self._expand(conn, name, root, index, by_username, notes, referred))
         except DirectoryError:
             raise
         except (LDAPException, OSError, ValueError) as exc:
@@ -381,7 +381,9 @@ class LdapDirectory:
         )
 
     def _search(self, conn: ldap3.Connection, base: str, filt: str, scope: str, *, members: bool = True,
-                ) -> Iterable[tuple[str, Mapping[str, Any]]]:
+                refs: list[str] | None = None) -> Iterable[tuple[str, Mapping[str, Any]]]:
+        """Entries of a search, all pages; ``refs`` collects the URIs of continuation references
+        (RFC 4511 4.5.3: parts of the subtree another server holds, which are not followed)."""
         cookie: bytes | None = None
         while True:
             conn.search(base, filt, search_scope=scope, attributes=self._attributes(members),
@@ -405,6 +407,8 @@ class LdapDirectory:
                         attrs = CaseInsensitiveDict(attrs)
                         attrs[self.id_attribute] = raw
                     yield r["dn"], attrs
+                elif r.get("type") == "searchResRef" and refs is not None:
+                    refs.extend(str(u) for u in r.get("uri") or ())
             controls = (conn.result or {}).get("controls") or {}
             cookie = (controls.get(_PAGED_OID) or {}).get("value", {}).get("cookie")
             if not cookie or scope == ldap3.BASE:
@@ -461,7 +465,9 @@ class LdapDirectory:
                     found[n] = self._entry(*m[0], loaded=True)
         return found
 
-    def _scan(self, conn: ldap3.Connection) -> tuple[dict[str, _Entry], dict[str, list[_Entry]]]:
+    def _scan(self, conn: ldap3.Connection) -> tuple[dict[str, _Entry], dict[str, list[_Entry]], dict[str, str]]:
+        """People and groups by normalised DN and by username, and the subtrees the server
+        referred elsewhere (normalised DN → the reference's URI): their entries are not read."""
         classes = "".join(f"(objectClass={c})" for c in (*PERSON_FILTER_CLASSES, "groupOfNames",
                                                           "groupOfUniqueNames", "posixGroup", "group"))
         filt = f"(|{classes})"
@@ -470,9 +476,11 @@ class LdapDirectory:
             bases.append(self.group_base_dn)
         index: dict[str, _Entry] = {}
         by_username: dict[str, list[_Entry]] = {}
+        referred: dict[str, str] = {}
         for base in bases:
+            refs: list[str] = []
             try:
-                for dn, attrs in self._search(conn, base, filt, ldap3.SUBTREE, members=False):
+                for dn, attrs in self._search(conn, base, filt, ldap3.SUBTREE, members=False, refs=refs):
                     try:
                         entry = self._entry(dn, attrs)
                     except ValueError:
@@ -482,7 +490,13 @@ class LdapDirectory:
                         by_username.setdefault(entry.username.casefold(), []).append(entry)
             except LDAPNoSuchObjectResult as exc:
                 raise DirectoryError(f"LDAP base {base!r} does not exist on {self.url}") from exc
-        return index, by_username
+            for uri in refs:
+                target = unquote(urlsplit(uri).path.lstrip("/"))
+                try:
+                    referred[normalize_dn(target) if target else normalize_dn(base)] = uri
+                except ValueError:
+                    referred[normalize_dn(base)] = uri  # an unreadable reference: the whole base
+        return index, by_username, referred
 
     def _load_members(self, conn: ldap3.Connection, group: _Entry) -> _Entry:
         """Read a nested group's members (one base search per group reached, never per member)."""
@@ -496,8 +510,20 @@ class LdapDirectory:
         return group
 
     def _expand(self, conn: ldap3.Connection, name: str, root: _Entry, index: Mapping[str, _Entry],
-                by_username: Mapping[str, list[_Entry]], notes: list[str]) -> set[Member]:
+                by_username: Mapping[str, list[_Entry]], notes: list[str],
+                referred: Mapping[str, str] | None = None) -> set[Member]:
         members: set[Member] = set()
+        referred = referred or {}
+
+        def unread(what: str, group: _Entry, dn: str | None) -> None:
+            """A member that may lie in a subtree the server referred elsewhere is unknown, never
+            gone (hubpilot does not chase referrals)."""
+            uris = [u for base, u in referred.items() if dn is None or _is_within(dn, base)]
+            if uris:
+                raise DirectoryError(
+                    f"LDAP group {name!r}: {what} of '{group.raw_dn}' is not found, and the server refers "
+                    f"part of the tree elsewhere ({'; '.join(sorted(set(uris)))}); hubpilot does not follow "
+                    "referrals: point directory.ldap.url at the server holding it, or narrow base_dn")
         expanded: set[str] = set()
 
         def person(e: _Entry) -> Member:
@@ -511,6 +537,7 @@ class LdapDirectory:
             for uid in group.member_uids:
                 hits = by_username.get(uid.casefold(), [])
                 if not hits:
+                    unread(f"memberUid {uid!r}", group, None)
                     notes.append(f"{name}: memberUid {uid!r} of '{group.raw_dn}' matches no person by "
                                  f"{self.username_attribute}; skipped")
                 elif len(hits) > 1:
@@ -527,6 +554,7 @@ class LdapDirectory:
                     continue
                 entry = index.get(dn)
                 if entry is None:
+                    unread(f"member '{raw}'", group, dn)
                     if _is_within(dn, self._base_norm) and dn:
                         why = "does not exist or is no person or group"
                     else:
