@@ -152,8 +152,22 @@ class SyncCapability:
         kind, first = batch[0].kind, batch[0]
         hub = self.hub
         if kind == "create_user":
-            created = set(await hub.create_users([a.target for a in batch]))
-            return [ActionResult(a, Status.DONE if a.target in created else Status.NOOP) for a in batch]
+            wanted = [a.target for a in batch]
+            created = set(await hub.create_users(wanted))
+            others = sorted(created - set(wanted))
+            out: list[ActionResult] = []
+            for a in batch:
+                if a.target in created:
+                    out.append(ActionResult(a, Status.DONE))
+                elif await hub.get_user(a.target) is not None:
+                    out.append(ActionResult(a, Status.NOOP))  # exists already (e.g. logged in meanwhile)
+                else:  # the hub's normalize_username / username_map named the new user otherwise
+                    out.append(ActionResult(a, Status.FAILED, (
+                        f"the hub has no user {a.target!r} after POST /users"
+                        + (f" (it created {', '.join(others)})" if others else "")
+                        + ": its authenticator names users otherwise than sync.naming "
+                        "(normalize_username, username_map); align sync.naming with the authenticator")))
+            return out
         if kind in ("manage_user", "deprovision"):
             return [ActionResult(a, Status.DONE) for a in batch]  # recorded in _record_managed
         if kind == "rename_user":
