@@ -155,3 +155,19 @@ def test_a_timer_schedule_by_its_flat_app_setting(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("HUBPILOT_SYNC_SCHEDULE", "*/5 * * * *")
     with pytest.raises(SettingsError, match=r"sync.schedule: .*has 5 fields.*\[env HUBPILOT_SYNC_SCHEDULE\]"):
         load_settings()
+
+
+def test_entra_username_attribute_is_spelled_as_graph_answers() -> None:
+    """Graph's JSON spells a property its own way: a known one given in another case is respelled
+    (else every person would read as nameless); an unknown one is kept as written."""
+    def attr(value: str) -> str:
+        s = load_settings(directory={"kind": "entra", "entra": {
+            "tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "username_attribute": value}})
+        assert s.directory is not None and s.directory.entra is not None
+        return s.directory.entra.username_attribute
+
+    assert attr("userprincipalname") == "userPrincipalName"
+    assert attr("ONPREMISESSAMACCOUNTNAME") == "onPremisesSamAccountName"
+    assert attr("extension_abc_uid") == "extension_abc_uid"
+    with pytest.raises(SettingsError, match="Graph user property name"):
+        attr("user-principal")

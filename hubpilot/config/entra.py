@@ -25,6 +25,11 @@ def _http_url(value: str, what: str) -> str:
     return value.rstrip("/")
 
 
+_USER_PROPERTIES = {p.lower(): p for p in (
+    "userPrincipalName", "mail", "mailNickname", "onPremisesSamAccountName", "onPremisesUserPrincipalName",
+    "employeeId", "displayName", "givenName", "surname", "id", "onPremisesImmutableId", "preferredName")}
+
+
 class EntraSettings(Section):
     """Microsoft Entra ID through Microsoft Graph: delta queries, change notifications."""
 
@@ -137,7 +142,9 @@ class EntraSettings(Section):
     def _attribute(cls, v: str) -> str:
         if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", v):
             raise ValueError("username_attribute must be a Graph user property name, e.g. userPrincipalName")
-        return v
+        # Graph answers with its own spelling of a property: a known one is spelled as Graph does,
+        # or "userprincipalname" would read every person as nameless
+        return _USER_PROPERTIES.get(v.lower(), v)
 
     @field_validator("notification_url", "lifecycle_url")
     @classmethod
