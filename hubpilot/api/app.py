@@ -383,7 +383,10 @@ def create_app(context: ContextSource) -> FastAPI:
         return JSONResponse(app.openapi())
 
     @api.get("/docs", include_in_schema=False)
-    async def docs(_: Principal = reader) -> HTMLResponse:
+    async def docs(ctx: Context = Depends(get_context), _: Principal = reader) -> HTMLResponse:
+        if not ctx.settings.api.docs:
+            raise HTTPException(404, "the docs page is off (api.docs); the OpenAPI document is at "
+                                f"{PREFIX}/openapi.json")
         return get_swagger_ui_html(openapi_url=f"{PREFIX}/openapi.json", title="hubpilot admin API")
 
     app.include_router(api)
