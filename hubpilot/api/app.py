@@ -238,6 +238,15 @@ def create_app(context: ContextSource) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def bad_input(request: Request, exc: RequestValidationError) -> JSONResponse:
+        for e in exc.errors():  # the body is not JSON at all: 400, as the OpenAPI document says
+            if e.get("type") == "json_invalid":
+                where = e.get("ctx", {}).get("error", "")
+                return JSONResponse({"detail": f"the body is not valid JSON{': ' + where if where else ''}"},
+                                    status_code=400)
+            if tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), bytes | bytearray):
+                return JSONResponse({"detail": "the body must be JSON sent with Content-Type: application/json "
+                                     f"(got {request.headers.get('content-type') or 'no Content-Type'})"},
+                                    status_code=400)
         errors = [
             {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
             for e in exc.errors()
