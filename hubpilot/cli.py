@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -127,10 +128,10 @@ async def _status(ctx: Context, as_json: bool, out: TextIO) -> int:
     return int(ExitCode.OK)
 
 
-async def _audit(ctx: Context, limit: int, operation: str | None, since: str | None, as_json: bool,
+async def _audit(ctx: Context, limit: int, operation: str | None, since: datetime | None, as_json: bool,
                  out: TextIO) -> int:
     entries, cursor = await ctx.store.read_audit(
-        since=datetime.fromisoformat(since) if since else None, operation=operation, limit=limit
+        since=since, operation=operation, limit=limit
     )
     if as_json:
         json.dump({"entries": entries, "cursor": cursor}, out, indent=2)
@@ -142,6 +143,35 @@ async def _audit(ctx: Context, limit: int, operation: str | None, since: str | N
                       f"trigger={e.get('trigger')} actor={e.get('actor')} plan={e.get('plan_id')} "
                       f"{json.dumps(counts) if counts else ''}\n")
     return int(ExitCode.OK)
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _iso_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time, e.g. 2025-01-31 or 2025-01-31T08:00:00+01:00 ({exc})"
+        ) from None
+
+
+def _plan_id(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{16}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a plan id (16 lowercase hex digits, as a refused run reports it)")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true", help="show the plan; apply nothing")
         p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("approve", help="apply a plan the guard refused, if it is still the same plan")
-    p.add_argument("plan_id")
+    p.add_argument("plan_id", type=_plan_id)
     p.add_argument("--json", action="store_true")
     for verb in ("pause", "resume"):
         p = sub.add_parser(verb, help=f"{verb} an operation (paused runs only report)")
@@ -170,16 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="last runs, locks and pause flags")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("audit", help="read the audit log, newest first")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=_int_between(1, 500), default=20, help="entries (1-500)")
     p.add_argument("--operation", choices=OPERATIONS)
-    p.add_argument("--since", help="ISO time")
+    p.add_argument("--since", type=_iso_time, help="ISO time (UTC when no offset is given)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("serve", help="the admin API and every schedule, in one process")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=_int_between(0, 65535), default=8765)
     p = sub.add_parser("demo", help="a real local JupyterHub kept in step by hubpilot")
     p.add_argument("--ldap", action="store_true", help="read the directory from a local OpenLDAP")
-    p.add_argument("--port", type=int, default=8000, help="the hub's port")
+    p.add_argument("--port", type=_int_between(1, 65535), default=8000, help="the hub's port")
     p.add_argument("--no-wait", action="store_true", help="stop after the demo instead of serving")
     sub.add_parser("settings", help="print the reference of every setting (Markdown)")
     p = sub.add_parser("cost", help="GPU node-hours and cost per day")

@@ -1,0 +1,42 @@
+"""Review: the CLI answers bad arguments with exit code 2 and a message naming the argument."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp: Path) -> Path:
+    path = tmp / "hubpilot.toml"
+    path.write_text('[hub]\napi_url = "http://127.0.0.1:9/hub/api"\ntoken = "t"\n'
+                    f'[state]\nsqlite_path = "{(tmp / "state.sqlite3").as_posix()}"\n')
+    return path
+
+
+def _cli(tmp: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")}
+    return subprocess.run([sys.executable, "-m", "hubpilot.cli", "--config", str(_config(tmp)), *args],
+                          cwd=tmp, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args, names", [
+    (["audit", "--limit", "99999999999999999999"], "--limit"),
+    (["audit", "--limit", "0"], "--limit"),
+    (["audit", "--since", "yesterday"], "--since"),
+    (["audit", "--since", "2025-01-01T00:00:00+25:00"], "--since"),
+    (["serve", "--port", "99999"], "--port"),
+    (["approve", "../runs/x"], "plan_id"),
+])
+def test_bad_arguments_exit_2_naming_the_argument_without_a_traceback(tmp_path: Path, args: list[str],
+                                                                       names: str) -> None:
+    done = _cli(tmp_path, *args)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert names in done.stderr and "Traceback" not in done.stderr, done.stderr
