@@ -236,8 +236,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     if args.command == "serve":
         from hubpilot.serve import main as serve_main
 
-        serve_main(settings, host=args.host, port=args.port)
-        return int(ExitCode.OK)
+        return serve_main(settings, host=args.host, port=args.port)
 
     def body(ctx: Context) -> Awaitable[int]:
         c = args.command

@@ -181,5 +181,11 @@ async def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765
 
 def main(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(settings, host=host, port=port))
+    try:
+        asyncio.run(serve(settings, host=host, port=port))
+    except SystemExit as exc:  # uvicorn exits with its own code (3) when it cannot listen
+        if exc.code in (0, None):
+            return 0
+        log.error("hubpilot serve could not start on %s:%s (see the error above)", host, port)
+        return 1
     return 0

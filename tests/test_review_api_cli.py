@@ -40,3 +40,12 @@ def test_bad_arguments_exit_2_naming_the_argument_without_a_traceback(tmp_path: 
     done = _cli(tmp_path, *args)
     assert done.returncode == 2, (done.returncode, done.stderr)
     assert names in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_serve_on_a_port_in_use_fails_with_exit_1_not_the_guards_3(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = _cli(tmp_path, "serve", "--port", str(taken.getsockname()[1]))
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "could not start" in done.stderr and "Traceback" not in done.stderr, done.stderr
