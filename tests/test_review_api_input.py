@@ -56,3 +56,30 @@ async def test_json_of_the_wrong_shape_is_still_422_naming_the_field(tmp_path: P
                 assert r.status_code == 422 and r.json()["detail"][0]["loc"] == loc, r.text
     finally:
         await ctx.close()
+
+
+async def test_an_oversized_body_is_413_before_it_is_read_or_parsed(tmp_path: Path) -> None:
+    """The Graph webhooks are anonymous: a huge body must not be read into memory and parsed."""
+    ctx, _ = make_context(tmp_path)
+    big = b'{"value": [' + b" " * (5 << 20) + b"]}"  # 5 MiB, above the 4 MiB limit
+
+    async def chunks():  # no Content-Length: the limit must hold for a streamed body too
+        for i in range(0, len(big), 1 << 20):
+            yield big[i:i + (1 << 20)]
+
+    try:
+        async with asgi_client(ctx) as client:
+            for path, headers in (("/api/v1/graph/notifications", {}), ("/api/v1/scale/demand", HUB)):
+                r = await client.post(path, headers={**headers, "Content-Type": "application/json"}, content=big)
+                assert r.status_code == 413 and "larger than" in r.json()["detail"], (path, r.status_code)
+                r = await client.post(path, headers={**headers, "Content-Type": "application/json"},
+                                      content=chunks())
+                assert r.status_code == 413 and "larger than" in r.json()["detail"], (path, r.status_code)
+            ok = await client.post("/api/v1/scale/demand", headers=HUB, json={"user": "ana"})
+            assert ok.status_code == 202, ok.text
+            doc = (await client.get("/api/v1/openapi.json", headers=READER)).json()
+            assert all("413" in doc["paths"][p]["post"]["responses"]
+                       for p in ("/api/v1/scale/demand", "/api/v1/graph/notifications", "/api/v1/graph/lifecycle"))
+    finally:
+        await drain_tasks()
+        await ctx.close()

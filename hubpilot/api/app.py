@@ -214,6 +214,41 @@ WaitQuery = Query(0.0, ge=0, le=200, description="Seconds to wait for the run to
 DryRunQuery = Query(False, description="Return the plan (200) at once; nothing is applied.")
 
 
+MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Largest request body read (413 above): the API's bodies are small, and the Graph webhooks
+are anonymous, so an unbounded body would be read into memory for anyone who sends one."""
+
+
+class _BodyLimit:
+    """ASGI middleware: 413 for a body above ``limit`` bytes (declared or streamed)."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = f"the request body is larger than {self.limit} bytes"
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await JSONResponse({"detail": too_large}, status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, too_large)  # answered by the app's exception handling
+            return message
+
+        await self.app(scope, limited, send)
+
+
 # --- the app ------------------------------------------------------------------------------------
 
 def create_app(context: ContextSource) -> FastAPI:
@@ -226,6 +261,7 @@ def create_app(context: ContextSource) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.add_middleware(_BodyLimit)
     app.state.context_holder = ContextHolder(context)
     if isinstance(context, Context):
         app.state.context = context
@@ -417,7 +453,7 @@ def create_app(context: ContextSource) -> FastAPI:
             doc = get_openapi(title=app.title, version=app.version, description=app.description,
                               routes=app.routes)
             problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-            for ops in doc.get("paths", {}).values():
+            for path, ops in doc.get("paths", {}).items():
                 for op in ops.values():
                     if isinstance(op, dict) and op.get("security"):
                         responses = op.setdefault("responses", {})
@@ -428,6 +464,10 @@ def create_app(context: ContextSource) -> FastAPI:
                     if isinstance(op, dict) and op.get("requestBody"):
                         op.setdefault("responses", {}).setdefault(
                             "400", {"description": "The body is not valid JSON.", "content": problem})
+                    if isinstance(op, dict) and (op.get("requestBody") or "/graph/" in path):
+                        op.setdefault("responses", {}).setdefault(
+                            "413", {"description": f"The body is larger than {MAX_BODY_BYTES} bytes.",
+                                    "content": problem})
             app.openapi_schema = doc
         return app.openapi_schema
 
