@@ -159,10 +159,14 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             lines.append(f"  {dotted}: {err['msg']}{shown}{where}")
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
     except (OSError, ValueError) as exc:  # unreadable or malformed TOML, or non-JSON lists in env
+        import tomllib
+
         bad = _non_json_env()
         hint = "".join(f"\n  {name}: lists and objects must be JSON, e.g. {name}='[\"a\", \"b\"]'"
                        for name in bad)
-        raise SettingsError(f"cannot read settings: {exc}{hint}") from None
+        file = _config_path()
+        where = f" from {file}" if file is not None and isinstance(exc, OSError | tomllib.TOMLDecodeError) else ""
+        raise SettingsError(f"cannot read settings{where}: {exc}{hint}") from None
     finally:
         _explicit_path = previous
 

@@ -49,3 +49,15 @@ def test_serve_on_a_port_in_use_fails_with_exit_1_not_the_guards_3(tmp_path: Pat
         done = _cli(tmp_path, "serve", "--port", str(taken.getsockname()[1]))
     assert done.returncode == 1, (done.returncode, done.stderr)
     assert "could not start" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_malformed_config_file_is_exit_2_naming_the_file(tmp_path: Path) -> None:
+    """The file may come from $HUBPILOT_CONFIG or ./hubpilot.toml: the message says which one."""
+    bad = tmp_path / "elsewhere.toml"
+    bad.write_text("[hub\\napi_url = ")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")}
+    done = subprocess.run([sys.executable, "-m", "hubpilot.cli", "status"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60,
+                          env={**env, "PYTHONPATH": str(ROOT), "HUBPILOT_CONFIG": str(bad)})
+    assert done.returncode == 2, done.stderr
+    assert str(bad) in done.stderr and "line 1" in done.stderr, done.stderr
