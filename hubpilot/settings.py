@@ -9,6 +9,7 @@ names (``HUBPILOT_SYNC_SCHEDULE``, see ``TIMER_SCHEDULE_ENV``).
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -159,8 +160,6 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             lines.append(f"  {dotted}: {err['msg']}{shown}{where}")
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
     except (OSError, ValueError) as exc:  # unreadable or malformed TOML, or non-JSON lists in env
-        import tomllib
-
         bad = _non_json_env()
         hint = "".join(f"\n  {name}: lists and objects must be JSON, e.g. {name}='[\"a\", \"b\"]'"
                        for name in bad)
