@@ -145,6 +145,12 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     global _explicit_path
     if path is not None and not Path(path).is_file():
         raise SettingsError(f"config file {path} does not exist")
+    unknown = _unknown_sections()
+    if unknown:
+        raise SettingsError("invalid settings:\n" + "\n".join(
+            f"  {name}: there is no settings section {name[len(ENV_PREFIX):].split('__')[0].lower()!r} "
+            f"(sections: {', '.join(sorted(Settings.model_fields))}); a misspelt name would be ignored"
+            for name in unknown))
     previous, _explicit_path = _explicit_path, Path(path) if path is not None else None
     try:
         return Settings(**overrides)
@@ -168,6 +174,15 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         raise SettingsError(f"cannot read settings{where}: {exc}{hint}") from None
     finally:
         _explicit_path = previous
+
+
+def _unknown_sections() -> list[str]:
+    """``HUBPILOT_<SECTION>__…`` variables whose section does not exist (an unknown key inside a
+    known section is refused by the model itself). Names without ``__`` are left alone: the hub
+    side and deployment scripts use some (``HUBPILOT_HUB_TOKEN``)."""
+    return sorted(name for name in os.environ
+                  if name.upper().startswith(ENV_PREFIX) and "__" in name
+                  and name[len(ENV_PREFIX):].split("__")[0].lower() not in Settings.model_fields)
 
 
 def _non_json_env() -> list[str]:

@@ -171,3 +171,14 @@ def test_entra_username_attribute_is_spelled_as_graph_answers() -> None:
     assert attr("extension_abc_uid") == "extension_abc_uid"
     with pytest.raises(SettingsError, match="Graph user property name"):
         attr("user-principal")
+
+
+def test_a_variable_for_a_section_that_does_not_exist_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HUBPILOT_SYNCC__MAX_REMOVALS would be ignored, and the limit silently the default."""
+    monkeypatch.setenv("HUBPILOT_SYNCC__MAX_REMOVALS", "3")
+    with pytest.raises(SettingsError, match="HUBPILOT_SYNCC__MAX_REMOVALS: there is no settings section 'syncc'"):
+        load_settings()
+    monkeypatch.delenv("HUBPILOT_SYNCC__MAX_REMOVALS")
+    monkeypatch.setenv("HUBPILOT_HUB_TOKEN", "x")  # hub-side names without '__' are not hubpilot settings
+    monkeypatch.setenv("HUBPILOT_SYNC__MAX_REMOVALS", "3")
+    assert load_settings().sync.max_removals == 3
