@@ -485,7 +485,8 @@ class Runner(Generic[ObservedT]):
         if lease is None:
             raise LockHeld(cap.name, await self.store.read_lock(cap.name, now))
         held = [lease]  # the keeper replaces it with each renewed lease; finally releases the newest
-        keeper = asyncio.create_task(self._keep_lease(held))
+        stop = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_lease(held, stop))
         try:
             await self.store.put(RUN_KEY.format(run_id=record.run_id), record.to_json())
             try:
@@ -526,7 +527,9 @@ class Runner(Generic[ObservedT]):
                 await self.store.delete(REFUSED_KEY.format(plan_id=approve))
             return await self._finish(record)
         finally:
-            keeper.cancel()
+            # stopped, not cancelled: a renewal in flight finishes and held[0] is the lease the
+            # store knows (a cancelled renewal may still have changed the token)
+            stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
             await self.store.release_lock(held[0])
@@ -554,12 +557,20 @@ class Runner(Generic[ObservedT]):
         return await self.store.get(LAST_RUN_KEY.format(operation=operation))
 
     # --- internals -------------------------------------------------------------------------
-    async def _keep_lease(self, held: list[Lease]) -> None:
+    async def _keep_lease(self, held: list[Lease], stop: asyncio.Event) -> None:
         """Renew the lease while a long run (ARM operations take minutes) is under way; ``held[0]``
-        is always the newest lease, so the run releases the one the store knows."""
+        is always the newest lease, so the run releases the one the store knows. Returns when
+        ``stop`` is set; a store error is logged and the renewal retried at the next interval."""
         while True:
-            await asyncio.sleep(max(1.0, self.lock_ttl.total_seconds() / 3))
-            renewed = await self.store.renew_lock(held[0], self.lock_ttl, self.clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(1.0, self.lock_ttl.total_seconds() / 3))
+            if stop.is_set():
+                return
+            try:
+                renewed = await self.store.renew_lock(held[0], self.lock_ttl, self.clock())
+            except StoreError as exc:
+                log.warning("could not renew the %s lock (retried): %s", held[0].name, exc)
+                continue
             if renewed is None:
                 log.error("lost the %s lock; the run goes on but another may start", held[0].name)
                 return

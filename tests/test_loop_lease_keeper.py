@@ -1,0 +1,57 @@
+"""The runner's lease keeper: a renewal in flight when the run ends, and a renewal that fails once."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.loop import Outcome, Runner
+from hubpilot.ports.store import Lease, StoreError
+from tests.test_loop import Shelf
+
+
+class SlowRenewals(SqliteStore):
+    """The renewal reaches the store at once, its answer comes back ``lag`` seconds later (a slow
+    network); ``fail_first`` renewals raise a StoreError (a transient Storage error)."""
+
+    def __init__(self, path: str, *, lag: float = 0.0, fail_first: int = 0) -> None:
+        super().__init__(path)
+        self.lag = lag
+        self.fail_first = fail_first
+        self.renewals = 0
+
+    async def renew_lock(self, lease: Lease, ttl: timedelta, now: datetime) -> Lease | None:
+        self.renewals += 1
+        if self.renewals <= self.fail_first:
+            raise StoreError("state file: disk I/O error (transient)")
+        renewed = await super().renew_lock(lease, ttl, now)
+        await asyncio.sleep(self.lag)
+        return renewed
+
+
+async def test_a_run_ending_during_a_renewal_releases_the_lock(tmp_path: Path) -> None:
+    store = SlowRenewals(str(tmp_path / "s.sqlite3"), lag=0.6)
+    try:
+        r: Runner[set[str]] = Runner(store, lock_ttl=timedelta(seconds=3))  # renews after 1 s
+        record = await r.run(Shelf({"a"}, delay=1.2), trigger="t", actor="me")  # ends mid-renewal
+        assert record.outcome is Outcome.APPLIED
+        assert store.renewals == 1
+        assert await store.read_lock("shelf", datetime.now(UTC)) is None, "the lock was left held"
+        assert (await r.run(Shelf({"b"}), trigger="t", actor="me")).outcome is Outcome.APPLIED
+    finally:
+        await store.close()
+
+
+async def test_a_failed_renewal_is_retried_and_the_run_still_releases(tmp_path: Path) -> None:
+    store = SlowRenewals(str(tmp_path / "s.sqlite3"), fail_first=1)
+    try:
+        r: Runner[set[str]] = Runner(store, lock_ttl=timedelta(seconds=1.5))  # renews every second
+        record: Any = await r.run(Shelf({"a"}, delay=2.3), trigger="t", actor="me")
+        assert record.outcome is Outcome.APPLIED
+        assert store.renewals >= 2, "the keeper stopped renewing after one error"
+        assert await store.read_lock("shelf", datetime.now(UTC)) is None
+    finally:
+        await store.close()
