@@ -488,6 +488,9 @@ class Runner(Generic[ObservedT]):
         stop = asyncio.Event()
         keeper = asyncio.create_task(self._keep_lease(held, stop))
         try:
+            if approve is not None and await self.store.get(REFUSED_KEY.format(plan_id=approve)) is None:
+                # checked again under the lock: another approval may have applied it meanwhile
+                raise UnknownPlan(f"no refused {cap.name} plan with id {approve}")
             await self.store.put(RUN_KEY.format(run_id=record.run_id), record.to_json())
             try:
                 observed = await cap.observe()
