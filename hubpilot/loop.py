@@ -584,14 +584,16 @@ class Runner(Generic[ObservedT]):
         entry = record.to_json()
         entry["at"] = record.finished.isoformat()
         entry["kind"] = "run"
-        await self.store.put(RUN_KEY.format(run_id=record.run_id), record.to_json())
-        await self.store.put(LAST_RUN_KEY.format(operation=record.operation), {
-            "run_id": record.run_id, "at": entry["at"], "trigger": record.trigger,
-            "actor": record.actor, "outcome": str(record.outcome),
-            "plan_id": entry["plan_id"], "counts": record.plan.counts() if record.plan else {},
-            "result_counts": record.result_counts(),
-        })
-        await self._audit(entry)
+        try:
+            await self.store.put(RUN_KEY.format(run_id=record.run_id), record.to_json())
+            await self.store.put(LAST_RUN_KEY.format(operation=record.operation), {
+                "run_id": record.run_id, "at": entry["at"], "trigger": record.trigger,
+                "actor": record.actor, "outcome": str(record.outcome),
+                "plan_id": entry["plan_id"], "counts": record.plan.counts() if record.plan else {},
+                "result_counts": record.result_counts(),
+            })
+        finally:  # the audit entry is the record of what was done: written even if those fail
+            await self._audit(entry)
         await self._prune_runs()
         return record
 

@@ -1,0 +1,41 @@
+"""A run that applied leaves its audit entry even when writing its run document fails."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.ports.store import StoreError
+from tests.test_loop import Shelf, runner
+
+
+class FailingFinish(SqliteStore):
+    """The second write of a run document (the finished record) fails, as a Storage outage would."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.run_puts = 0
+
+    async def put(self, key: str, doc: Mapping[str, Any], *, if_match: str | None = None) -> str:
+        if key.startswith("runs/"):
+            self.run_puts += 1
+            if self.run_puts == 2:
+                raise StoreError("Azure Storage: cannot write document: HTTP 503 ServerBusy")
+        return await super().put(key, doc, if_match=if_match)
+
+
+async def test_the_audit_entry_is_appended_when_the_run_document_cannot_be_written(tmp_path: Path) -> None:
+    store = FailingFinish(str(tmp_path / "state.sqlite3"))
+    cap = Shelf({"a"})
+    try:
+        with pytest.raises(StoreError):
+            await runner(store).run(cap, trigger="t", actor="me")
+        assert cap.items == {"a"}  # applied
+        entries, _ = await store.read_audit(operation="shelf")
+        assert [e["outcome"] for e in entries] == ["applied"], "an applied run left no audit entry"
+    finally:
+        await store.close()
