@@ -149,9 +149,15 @@ async def execute_run(ctx: Context, req: RunRequest) -> RunRecord | None:
     """Run a requested run under its id (in-process task or queue trigger). Never raises.
 
     A run that finds the lock taken (another process started one in between) is recorded as
-    failed with the holder, so ``GET /runs/{id}`` tells what happened.
+    failed with the holder, so ``GET /runs/{id}`` tells what happened. A request whose run has
+    already finished (the queue delivers at least once) is not run again: its record is returned.
     """
     try:
+        done = await read_run(ctx, req.run_id)
+        if done is not None and done.get("outcome") in FINAL_OUTCOMES:
+            log.warning("%s run %s has already finished; a repeated request is ignored",
+                        req.operation, req.run_id)
+            return RunRecord.from_json(done)
         cap = ctx.capability(req.operation)
         if req.approve is not None:
             return await ctx.runner.approve(cap, req.approve, actor=req.actor, run_id=req.run_id)
