@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_int_between(0, 65535), default=8765)
     p = sub.add_parser("demo", help="a real local JupyterHub kept in step by hubpilot")
     p.add_argument("--ldap", action="store_true", help="read the directory from a local OpenLDAP")
-    p.add_argument("--port", type=_int_between(1, 65535), default=8000, help="the hub's port")
+    p.add_argument("--port", type=_int_between(0, 65535), default=8000, help="the hub's port (0: a free one)")
     p.add_argument("--no-wait", action="store_true", help="stop after the demo instead of serving")
     sub.add_parser("settings", help="print the reference of every setting (Markdown)")
     p = sub.add_parser("cost", help="GPU node-hours and cost per day")
