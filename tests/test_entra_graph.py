@@ -376,6 +376,26 @@ async def test_nested_groups_are_expanded_and_a_change_inside_reexpands_the_pare
     await flat.close()
 
 
+async def test_a_nested_group_graph_does_not_return_is_unknown_not_empty(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """A member group hubpilot cannot read (another tenant's, or no permission) fails the read:
+    its people would otherwise lose access as if they had left."""
+    top, sub = fresh.add_group(), fresh.add_group()
+    ps = people(fresh, 2)
+    fresh.add_member(top, ps[0])
+    fresh.add_member(top, sub, "groups")
+    fresh.add_member(sub, ps[1])
+    d = EntraDirectory(client(fresh), store, nested=True)
+    assert {m.id for m in (await d.read([top])).groups[top]} == set(ps)
+    hidden = str(uuid.uuid4())  # a group Graph does not return to hubpilot
+    fresh.add_member(top, hidden, "groups")
+    with pytest.raises(DirectoryError, match=f"nested Entra group\\(s\\) {hidden} are members of a synced group"):
+        await d.read([top])
+    fresh.remove_member(top, hidden, "groups")  # once it leaves, the read goes on from the stored state
+    assert {m.id for m in (await d.read([top])).groups[top]} == set(ps)
+    await d.close()
+
+
 async def test_usernames_come_in_bulk_from_the_configured_attribute(fresh: GraphDouble, store: SqliteStore) -> None:
     g = fresh.add_group()
     ps = [fresh.add_user(upn=f"u{i}@example.org", onPremisesSamAccountName=f"SAM{i}") for i in range(40)]

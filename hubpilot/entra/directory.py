@@ -147,6 +147,16 @@ class EntraDirectory:
                             + " (or hubpilot may not read it: GroupMember.Read.All); fix sync.users_groups/"
                             "admin_groups"
                         )
+                    # a nested group a synced group lists as member, but Graph does not return:
+                    # its members are unknown, never gone (a deleted group leaves its parents)
+                    unread = (set(chunk.groups) & needed) - outcome.seen
+                    if unread:
+                        raise DirectoryError(
+                            "nested Entra group(s) " + ", ".join(sorted(unread)) + " are members of a synced "
+                            "group but Graph returns no such group (hubpilot may not read it: "
+                            "GroupMember.Read.All, or it was deleted just now); nothing is changed until it "
+                            "can be read or leaves the synced group"
+                        )
                 removed |= outcome.removed
             members = _members(done)
             wider = closure(configured, members, nested=self.nested, max_depth=self.nested_max_depth)
