@@ -20,7 +20,9 @@ What it sets:
 - the access gate: a ``post_auth_hook`` and a part of the composed ``pre_spawn_hook``
   (:mod:`hubpilot_hub.hooks`) refuse anyone in none of ``access_groups`` (or ``admin_groups``),
   at every login and spawn, against the hub's own groups; hooks already configured are kept and
-  run too.
+  run too. ``JupyterHub.authenticator_class`` becomes a subclass of the configured one whose
+  ``refresh_user`` also refuses them, so an open session ends too (within
+  ``Authenticator.auth_refresh_age``). Configure the authenticator class before calling this.
 
 Other hub-side features register their pre-spawn parts with
 :func:`hubpilot_hub.hooks.register_pre_spawn` (e.g. ``hubpilot_hub.scale_demand``), or pass them
@@ -78,6 +80,8 @@ def configure(
     if admin_groups:
         _bind_admin_role(c, list(admin_groups))
 
+    c.JupyterHub.authenticator_class = gate.authenticator_class(_authenticator_class(c))
+
     previous_auth_hook = auth.get("post_auth_hook")
     if getattr(previous_auth_hook, "_hubpilot", False):
         previous_auth_hook = previous_auth_hook._hubpilot_previous
@@ -97,6 +101,18 @@ def configure(
     for name, part in pre_spawn_parts:
         hooks.register_pre_spawn(part, name=name)
     return gate
+
+
+def _authenticator_class(c: Any) -> type:
+    """The authenticator class the configuration names (a class, an entry point name such as
+    ``"github"``, an import string), or JupyterHub's default."""
+    from jupyterhub.app import JupyterHub
+
+    trait = JupyterHub.class_traits()["authenticator_class"]
+    value = c.JupyterHub.authenticator_class if "authenticator_class" in c.JupyterHub \
+        else trait.default_value
+    cls: type = trait.validate(None, value)
+    return cls
 
 
 def _spawner_sections(c: Any) -> list[str]:

@@ -1,11 +1,15 @@
 """The access gate: only members of hubpilot's access groups may log in and spawn.
 
 Checked against the hub's own database (the groups hubpilot mirrors from the directory), so a
-removal takes effect at the next login or spawn whatever authenticator is used.
+removal takes effect at the next login or spawn whatever authenticator is used, and in a session
+already open at the hub's next ``refresh_user`` (every ``Authenticator.auth_refresh_age``
+seconds, 300 by default): the session and the user's own tokens stop working and the person must
+log in again, which the gate refuses.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -50,6 +54,29 @@ class AccessGate:
             return authentication
 
         return hook
+
+    def authenticator_class(self, base: type) -> type:
+        """A subclass of the authenticator class ``base`` whose ``refresh_user`` (JupyterHub calls
+        it for an open session or a user's token every ``auth_refresh_age`` seconds) also says
+        "log in again" for a user in none of the access groups."""
+        base = getattr(base, "_hubpilot_base", base)
+        gate = self
+
+        async def refresh_user(authenticator: Any, user: Any, handler: Any = None) -> Any:
+            result = super(gated, authenticator).refresh_user(user, handler)
+            if inspect.isawaitable(result):
+                result = await result
+            if result and not gate.allows(g.name for g in user.groups):
+                log.warning("hubpilot: session of %r ended: in none of the access groups %s",
+                            user.name, sorted(gate.groups))
+                return False
+            return result
+
+        gated = type(base.__name__, (base,), {
+            "refresh_user": refresh_user, "_hubpilot_base": base, "__module__": __name__,
+            "__doc__": base.__doc__,
+        })
+        return gated
 
     def pre_spawn_part(self, spawner: Any) -> None:
         """Refuses (403) a spawn for a user outside the access groups."""
