@@ -6,7 +6,8 @@ Why: jupyter_server's activity is the latest of its ``*_last_activity`` settings
 and kernel messages. A cell that computes for hours without output sends no message after its
 ``busy`` status, so the server looks idle and would be culled mid-computation. This extension
 sets ``web_app.settings["hubpilot_busy_last_activity"]`` to "now" every ``interval`` seconds
-while any kernel's ``execution_state`` is ``busy``; jupyterhub-singleuser then sends it to the
+while any kernel's ``execution_state`` is ``busy`` or a terminal runs a command in the
+foreground (a silent ``python train.py`` in a terminal is as busy as a cell); jupyterhub-singleuser then sends it to the
 hub on its next activity report (``JUPYTERHUB_ACTIVITY_URL``, every
 ``JUPYTERHUB_ACTIVITY_INTERVAL`` seconds). Nothing probes the server from outside, so a
 server that is really idle stays idle.
@@ -45,9 +46,25 @@ def busy_kernels(kernel_manager: Any) -> list[str]:
     return busy
 
 
+def busy_terminals(terminal_manager: Any) -> list[str]:
+    """Names of the terminals running a command in the foreground: the terminal's foreground
+    process group is not its shell's (the shell at its prompt is its own foreground group)."""
+    busy = []
+    for name, term in list(getattr(terminal_manager, "terminals", {}).items()):
+        try:
+            proc = term.ptyproc
+            if os.tcgetpgrp(proc.fd) != os.getpgid(proc.pid):
+                busy.append(name)
+        except (AttributeError, OSError):  # closed meanwhile, or not a pty terminal
+            continue
+    return busy
+
+
 def mark_if_busy(web_app: Any, now: datetime | None = None) -> bool:
-    """Record activity "now" when a kernel is busy; True if it did."""
-    if not busy_kernels(web_app.settings["kernel_manager"]):
+    """Record activity "now" when a kernel is busy or a terminal runs a command; True if it did."""
+    if not busy_kernels(web_app.settings["kernel_manager"]) and not busy_terminals(
+        web_app.settings.get("terminal_manager")
+    ):
         return False
     web_app.settings[SETTING] = now or datetime.now(timezone.utc)  # noqa: UP017 (any Python 3)
     return True
