@@ -34,6 +34,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from traitlets.config import Config
+
 from hubpilot_hub import hooks
 from hubpilot_hub.gate import AccessGate
 from hubpilot_hub.scopes import FEATURE_SCOPES, HUBPILOT_SCOPES
@@ -116,7 +118,8 @@ def _authenticator_class(c: Any) -> type:
 
 
 def _spawner_sections(c: Any) -> list[str]:
-    return [k for k in c if k.endswith("Spawner") and "pre_spawn_hook" in c[k]]
+    # only spawner classes have pre_spawn_hook; their names need not end in "Spawner"
+    return [k for k in c if k[:1].isupper() and isinstance(c[k], Config) and "pre_spawn_hook" in c[k]]
 
 
 def _bind_admin_role(c: Any, groups: list[str]) -> None:
