@@ -60,10 +60,11 @@ class AccessGate:
         it for an open session or a user's token every ``auth_refresh_age`` seconds) also says
         "log in again" for a user in none of the access groups."""
         base = getattr(base, "_hubpilot_base", base)
+        parent: Any = base
         gate = self
 
         async def refresh_user(authenticator: Any, user: Any, handler: Any = None) -> Any:
-            result = super(gated, authenticator).refresh_user(user, handler)
+            result = parent.refresh_user(authenticator, user, handler)
             if inspect.isawaitable(result):
                 result = await result
             if result and not gate.allows(g.name for g in user.groups):

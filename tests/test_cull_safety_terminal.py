@@ -31,7 +31,9 @@ async def _hub_activity(hub: RealHub, name: str) -> datetime | None:
     return parse_time(la) if la else None
 
 
-async def test_silent_command_in_a_terminal_counts_as_activity(cull_hub: RealHub, hub_client: object) -> None:
+async def test_silent_command_in_a_terminal_counts_as_activity(
+    cull_hub: RealHub, hub_client: object  # noqa: F811 (the imported fixtures)
+) -> None:
     name = unique_name("term")
     await make_user(cull_hub, name)
     await cull_hub.spawn(name)
