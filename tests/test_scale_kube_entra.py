@@ -169,7 +169,7 @@ async def test_entra_auth_reads_and_cordons_through_tls_with_the_clusters_ca(
         await cluster.close()
         await pool.close()
     new = _bearers(k)[seen:]
-    assert len(new) == 4 and set(new) == {"Bearer tok-2"}  # tok-1 went to ARM
+    assert len(new) == 5 and set(new) == {"Bearer tok-2"}  # tok-1 went to ARM; cordon reads the node first
     scopes = [s for _, s in credential.issued]
     assert scopes[1] == ("custom-server-id/.default",)  # the kubeconfig's --server-id
     posts = [c.path for c in arm.calls if c.method == "POST"]

@@ -249,6 +249,19 @@ class KubeCluster:
         return out
 
     async def cordon(self, node: str, by: str) -> bool:
+        """False when the node is gone, or cordoned by someone else since it was observed: such a
+        node is not touched (marking it ours would let a later uncordon undo their cordon)."""
+        def cordoned_by_others() -> bool | None:
+            try:
+                n = self.api.read_node(node)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            return bool(n.spec and n.spec.unschedulable) and CORDON_MARK not in (n.metadata.annotations or {})
+        others = await self._call(cordoned_by_others, f"read {node}")
+        if others is None or others:
+            return False
         body = {"metadata": {"annotations": {CORDON_MARK: by}}, "spec": {"unschedulable": True}}
         return await self._patch(node, body, "cordon")
 

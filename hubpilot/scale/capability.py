@@ -181,7 +181,7 @@ class ScaleCapability:
         kept: list[str] = []
         for node in action.params["nodes"]:
             if not await self.cluster.cordon(node, self.holder):
-                kept.append(f"{node} (gone)")
+                kept.append(f"{node} (gone or cordoned by someone else)")
                 continue
             pods = await self.cluster.pods_on(node)
             if pods:

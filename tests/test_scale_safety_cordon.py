@@ -1,0 +1,34 @@
+"""Safety: a node cordoned by someone else after the observation is never cordoned, and so never
+uncordoned, by hubpilot (kmock + the ARM double, through the real clients)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from hubpilot.loop import Status
+from hubpilot.ports.cluster import CORDON_ANNOTATION
+from tests.doubles.arm import ArmDouble
+from tests.fixtures.kmock import Emulator
+from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
+
+
+async def test_a_node_cordoned_by_someone_else_after_planning_is_left_as_it_is(world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    kube.node("gpu-0")
+    cap, runner = capability(world)
+    await runner.run(cap, trigger="timer", actor="test")
+    world["clock"]["now"] += timedelta(minutes=11)
+    observed = await cap.observe()
+    plan = cap.plan(observed, world["clock"]["now"])
+    assert [a.kind for a in plan.actions] == ["remove_nodes"]
+    kube.node("gpu-0", unschedulable=True)  # an admin cordons it (maintenance) after the plan
+    arm.fault("POST", 409)  # and ARM refuses the deletion: hubpilot would uncordon what it cordoned
+    results = await cap.apply(plan, observed, lambda *a: None)
+    node = kube.node_obj("gpu-0")
+    assert node["spec"]["unschedulable"] is True, results  # still the admin's cordon
+    assert CORDON_ANNOTATION not in (node["metadata"].get("annotations") or {})
+    assert results[0].status is Status.NOOP and "cordoned by someone else" in results[0].detail
+    assert not arm.writes() and arm.machines["gpu"] == ["gpu-0"]
