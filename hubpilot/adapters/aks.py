@@ -18,7 +18,13 @@ from urllib.parse import urlsplit
 
 from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.core.pipeline import PipelineRequest
 from azure.core.pipeline.policies import AsyncBearerTokenCredentialPolicy, AsyncRetryPolicy
 from azure.mgmt.containerservice.aio import ContainerServiceClient
@@ -192,6 +198,10 @@ class AksPool:
                     f"{what}: accepted, but its status cannot be read ({exc.status_code} {_code(exc) or ''}; "
                     "grant Microsoft.ContainerService/locations/operations/read on the subscription)"))
             raise _pool_error(f"{what}: the operation failed", exc) from exc
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            # ARM accepted the request; the network failed while its status was polled: the
+            # operation goes on (a removal's nodes stay cordoned), the next run re-observes
+            return PoolResult(PoolOutcome.PENDING, f"{what}: accepted, but its status could not be read: {exc}")
         return PoolResult(PoolOutcome.DONE, what)
 
     # --- the cluster's Kubernetes endpoint --------------------------------------------------

@@ -1,0 +1,36 @@
+"""Safety: once ARM has accepted a deleteMachines, the nodes stay cordoned whatever happens while
+its status is polled (kmock + the ARM double, through the real clients)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from hubpilot.loop import Status
+from tests.doubles.arm import ArmDouble, Operation
+from tests.fixtures.kmock import Emulator
+from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
+
+
+async def test_an_unreachable_status_url_after_an_accepted_delete_keeps_the_nodes_cordoned(
+        world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])
+    kube.node("gpu-0")
+    kube.node("gpu-1")
+    kube.pod("alice", "gpu-0")
+    cap, runner = capability(world)
+    await runner.run(cap, trigger="timer", actor="test")
+    world["clock"]["now"] += timedelta(minutes=11)
+
+    def unreachable(op: Operation, kind: str) -> str:  # the network fails after the 202
+        return f"http://127.0.0.1:9/subscriptions/{arm.subscription}/operationresults/{op.id}?api-version=2026-08-01"
+    arm._op_url = unreachable  # type: ignore[method-assign]
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert [c.status for c in arm.calls if c.method == "POST"] == [202]  # ARM took the deletion
+    result = rec.results[0]
+    assert result.action.kind == "remove_nodes"
+    # the machine is being deleted: its node must stay unschedulable, or a user pod may land on it
+    assert kube.node_obj("gpu-1")["spec"]["unschedulable"] is True, rec.render()
+    assert result.status is Status.PENDING, rec.render()
