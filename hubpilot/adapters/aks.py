@@ -54,6 +54,16 @@ class LoopbackBearerPolicy(AsyncBearerTokenCredentialPolicy):  # type: ignore[ty
         await super().on_request(request)
 
 
+class NoConflictRetryPolicy(AsyncRetryPolicy):
+    """azure-core's retry policy, except that a 409 (another operation on the pool) or a 412 (stale
+    eTag) is never retried: azure-core retries any error status that carries Retry-After."""
+
+    def is_retry(self, settings: Any, response: Any) -> bool:
+        if response.http_response.status_code in (409, 412):
+            return False
+        return bool(super().is_retry(settings, response))
+
+
 class AksPool:
     """One agent pool of one managed cluster."""
 
@@ -83,7 +93,7 @@ class AksPool:
             "base_url": base_url.rstrip("/"),
             "credential_scopes": list(credential_scopes),
             "authentication_policy": LoopbackBearerPolicy(credential, *credential_scopes),
-            "retry_policy": AsyncRetryPolicy(retry_total=retry_total, retry_backoff_factor=retry_backoff),
+            "retry_policy": NoConflictRetryPolicy(retry_total=retry_total, retry_backoff_factor=retry_backoff),
             "polling_interval": polling_interval,
         }
         if api_version:

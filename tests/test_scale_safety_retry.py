@@ -1,0 +1,35 @@
+"""Safety: a 409 is never retried, even when ARM sends Retry-After with it (azure-core's retry
+policy retries any error status that carries the header); a 429 still honours it."""
+
+from __future__ import annotations
+
+from hubpilot.ports.pool import PoolOutcome
+from tests.doubles.arm import ArmDouble
+from tests.test_scale_aks import make_pool
+
+
+async def test_a_409_with_retry_after_is_a_conflict_and_not_retried(arm: ArmDouble) -> None:
+    arm.add_pool("gpu", count=2, machines=["m0", "m1"])
+    arm.fault("POST", 409, {"Retry-After": "0"})
+    arm.fault("PUT", 409, {"Retry-After": "0"})
+    pool = make_pool(arm)
+    try:
+        gone = await pool.delete_machines(["m0"])
+        grown = await pool.set_count(3)
+    finally:
+        await pool.close()
+    assert gone.outcome is PoolOutcome.CONFLICT and grown.outcome is PoolOutcome.CONFLICT
+    assert [c.status for c in arm.calls if c.method in ("POST", "PUT")] == [409, 409]
+    assert arm.machines["gpu"] == ["m0", "m1"] and arm.pools["gpu"]["count"] == 2
+
+
+async def test_a_429_on_a_write_still_honours_retry_after(arm: ArmDouble) -> None:
+    arm.add_pool("gpu", count=2, machines=["m0", "m1"])
+    arm.fault("POST", 429, {"Retry-After": "0"})
+    pool = make_pool(arm)
+    try:
+        gone = await pool.delete_machines(["m0"])
+    finally:
+        await pool.close()
+    assert gone.outcome is PoolOutcome.DONE
+    assert [c.status for c in arm.calls if c.method == "POST"] == [429, 202]
