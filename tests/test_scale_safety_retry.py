@@ -33,3 +33,20 @@ async def test_a_429_on_a_write_still_honours_retry_after(arm: ArmDouble) -> Non
         await pool.close()
     assert gone.outcome is PoolOutcome.DONE
     assert [c.status for c in arm.calls if c.method == "POST"] == [429, 202]
+
+
+async def test_set_count_never_lowers_a_pool_that_grew_since_it_was_observed(arm: ArmDouble) -> None:
+    """Without an eTag (an API version or answer without one) a stale target must not shrink the
+    pool: AKS would remove nodes of its choosing, user pods or not."""
+    arm.add_pool("gpu", count=1, machines=["m0"])
+    pool = make_pool(arm)
+    try:
+        observed = await pool.get()
+        arm.pools["gpu"]["count"] = 4  # someone scaled the pool up after the observation
+        arm.machines["gpu"] += ["m1", "m2", "m3"]
+        res = await pool.set_count(observed.count + 1, etag=None)
+    finally:
+        await pool.close()
+    assert res.outcome is PoolOutcome.CONFLICT, res
+    assert not [c for c in arm.calls if c.method == "PUT"]
+    assert arm.pools["gpu"]["count"] == 4

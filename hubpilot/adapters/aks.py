@@ -144,6 +144,10 @@ class AksPool:
             raise PoolError(f"agent pool {self.pool}: the cluster autoscaler is on; its count is not ours")
         if props.count == count:
             return PoolResult(PoolOutcome.NOOP, f"count is already {count}")
+        if props.count is not None and props.count > count:
+            # the pool grew since it was observed; a lower count would remove nodes AKS picks
+            return PoolResult(PoolOutcome.CONFLICT, f"the pool changed since it was read: count is {props.count}, "
+                              f"above {count}; a scale-down must name its nodes")
         props.count = count
         return await self._put(ap, etag, f"count {count}")
 
