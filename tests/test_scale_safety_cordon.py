@@ -13,7 +13,7 @@ from tests.fixtures.kmock import Emulator
 from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
 
 
-async def test_a_node_cordoned_by_someone_else_after_planning_is_left_as_it_is(world: dict[str, Any]) -> None:
+async def test_a_node_cordoned_by_someone_else_after_planning_is_left_as_it_is(world: dict[str, Any]) -> None:  # noqa: F811
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]
     arm.add_pool("gpu", count=1, machines=["gpu-0"])

@@ -13,7 +13,7 @@ from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
 
 
 async def test_an_unreachable_status_url_after_an_accepted_delete_keeps_the_nodes_cordoned(
-        world: dict[str, Any]) -> None:
+        world: dict[str, Any]) -> None:  # noqa: F811
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]
     arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])

@@ -54,7 +54,7 @@ class LoopbackBearerPolicy(AsyncBearerTokenCredentialPolicy):  # type: ignore[ty
         await super().on_request(request)
 
 
-class NoConflictRetryPolicy(AsyncRetryPolicy):
+class NoConflictRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
     """azure-core's retry policy, except that a 409 (another operation on the pool) or a 412 (stale
     eTag) is never retried: azure-core retries any error status that carries Retry-After."""
 
