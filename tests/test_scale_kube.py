@@ -69,6 +69,34 @@ async def test_read_filters_what_the_selectors_should_have_excluded(world: dict[
     assert [p.name for p in on] == ["alice"]
 
 
+async def test_user_pods_in_namespaces_of_their_own(world: dict[str, Any]) -> None:
+    """KubeSpawner's user namespaces: with scale.user_namespaces the node of a user whose pod runs in
+    ``jhub-alice`` is busy, in the plan's view and in apply's re-check; without, it looks empty."""
+    kube: Emulator = world["kube"]
+    arm: ArmDouble = world["arm"]
+    arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])
+    kube.node("gpu-0")
+    kube.node("gpu-1")
+    kube.pod("alice", "gpu-0", ns=f"{NS}-alice")
+    kube.pod("hub-0", "gpu-1", ns=f"{NS}-x", component="hub")  # not a user pod, in any namespace
+    narrow: KubeCluster = world["cluster"]
+    assert (await narrow.read()).pods == () and await narrow.pods_on("gpu-0") == []
+    wide = KubeCluster(namespace=NS, all_namespaces=True, pool="gpu", api_url=kube.url)
+    view = await wide.read()
+    assert sorted(p.name for p in view.pods) == ["alice"]
+    assert [p.name for p in await wide.pods_on("gpu-0")] == ["alice"]
+    assert await wide.pods_on("gpu-1") == []
+    world["cluster"] = wide
+    cap, runner = capability(world)
+    first = await runner.run(cap, trigger="timer", actor="test")
+    assert first.plan is not None and first.plan.empty
+    world["clock"]["now"] += timedelta(minutes=11)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    assert rec.plan is not None and [a.params["nodes"] for a in rec.plan.actions] == [["gpu-1"]]
+    assert arm.machines["gpu"] == ["gpu-0"]  # alice's node stays
+
+
 async def test_cordon_and_uncordon(world: dict[str, Any]) -> None:
     kube: Emulator = world["kube"]
     kube.node("gpu-0")

@@ -176,6 +176,7 @@ class KubeCluster:
         *,
         namespace: str,
         pool: str,
+        all_namespaces: bool = False,
         node_pool_label: str = "kubernetes.azure.com/agentpool",
         user_pod_selector: str = "component=singleuser-server",
         gpu_resource: str = "nvidia.com/gpu",
@@ -185,6 +186,7 @@ class KubeCluster:
         auth: EntraKubeAuth | None = None,
     ) -> None:
         self.namespace = namespace
+        self.all_namespaces = all_namespaces  # KubeSpawner's user namespaces: user pods anywhere
         self.pool = pool
         self.node_label = node_pool_label
         self.pod_selector_text = user_pod_selector
@@ -209,13 +211,23 @@ class KubeCluster:
         except Exception as exc:  # connection errors, bad answers
             raise ClusterError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
+    @property
+    def _where(self) -> str:
+        return "every namespace" if self.all_namespaces else self.namespace
+
+    def _list_pods(self, field: str | None = None) -> Any:
+        """User pods (the selectors are sent, and applied again by the callers: kmock ignores them)."""
+        kw: dict[str, Any] = {"label_selector": self.pod_selector_text}
+        if field:
+            kw["field_selector"] = field
+        if self.all_namespaces:
+            return self.api.list_pod_for_all_namespaces(**kw)
+        return self.api.list_namespaced_pod(self.namespace, **kw)
+
     async def read(self) -> ClusterView:
         node_sel = f"{self.node_label}={self.pool}"
         nodes = await self._call(lambda: self.api.list_node(label_selector=node_sel), "list GPU nodes")
-        pods = await self._call(
-            lambda: self.api.list_namespaced_pod(self.namespace, label_selector=self.pod_selector_text),
-            f"list user pods in {self.namespace}",
-        )
+        pods = await self._call(lambda: self._list_pods(), f"list user pods in {self._where}")
         infos = tuple(
             self._node(n) for n in nodes.items or []
             if (n.metadata.labels or {}).get(self.node_label) == self.pool
@@ -223,7 +235,7 @@ class KubeCluster:
         names = {n.name for n in infos}
         user_pods = []
         for p in pods.items or []:
-            if p.metadata.namespace not in (None, self.namespace):
+            if not self.all_namespaces and p.metadata.namespace not in (None, self.namespace):
                 continue
             if not matches(p.metadata.labels, self.pod_selector):
                 continue
@@ -236,13 +248,11 @@ class KubeCluster:
 
     async def pods_on(self, node: str) -> list[UserPod]:
         field = f"spec.nodeName={node}"
-        pods = await self._call(
-            lambda: self.api.list_namespaced_pod(
-                self.namespace, label_selector=self.pod_selector_text, field_selector=field),
-            f"list user pods on {node}",
-        )
+        pods = await self._call(lambda: self._list_pods(field), f"list user pods on {node}")
         out = []
         for p in pods.items or []:
+            if not self.all_namespaces and p.metadata.namespace not in (None, self.namespace):
+                continue
             if (p.spec.node_name == node and matches(p.metadata.labels, self.pod_selector)
                     and (p.status.phase if p.status else None) not in ("Succeeded", "Failed")):
                 out.append(self._pod(p))

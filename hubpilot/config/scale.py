@@ -90,6 +90,10 @@ class ScaleSettings(Section):
     api_version: str | None = Field(None, description="ARM API version (default: the SDK's).")
     # the Kubernetes view
     namespace: str = Field("jhub", description="Namespace of the hub and its user pods.")
+    user_namespaces: bool = Field(
+        False, description="User pods live in namespaces of their own (KubeSpawner.enable_user_namespaces): "
+        "they are listed in every namespace (needs list pods cluster-wide), else a node running one would look "
+        "empty.")
     kubeconfig: str | None = Field(None, description="Kubeconfig path; unset: in-cluster, else ~/.kube.")
     kube_api_url: str | None = Field(None, description="Kubernetes API URL (overrides kubeconfig; tests).")
     kube_auth: Literal["kubeconfig", "entra"] = Field(

@@ -105,6 +105,7 @@ def build_cluster(s: ScaleSettings, pool: Pool | None = None) -> Cluster:
 
     return KubeCluster(
         namespace=s.namespace,
+        all_namespaces=s.user_namespaces,
         pool=s.pool,
         node_pool_label=s.node_pool_label,
         user_pod_selector=s.user_pod_selector,
