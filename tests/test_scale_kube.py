@@ -147,6 +147,28 @@ async def test_direct_mode_removes_only_the_idle_empty_node(world: dict[str, Any
     assert not any(c.method == "PUT" for c in arm.calls)  # never lowers the count itself
 
 
+async def test_nodes_removed_from_a_delete_pool_are_leaving_while_they_linger(world: dict[str, Any]) -> None:
+    """With scaleDownMode Delete the VMs are gone but their nodes stay registered (NotReady, cordoned
+    by us) until Kubernetes drops them: leaving, not unusable capacity to replace or nodes to uncordon."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])
+    arm.pools["gpu"]["scaleDownMode"] = "Delete"
+    kube.node("gpu-0")
+    kube.node("gpu-1")
+    kube.pod("alice", "gpu-1")
+    cap, runner = capability(world)
+    await runner.run(cap, trigger="timer", actor="test")
+    world["clock"]["now"] += timedelta(minutes=11)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.plan is not None and [a.params["nodes"] for a in rec.plan.actions] == [["gpu-0"]], rec.render()
+    kube.node("gpu-0", ready=False, unschedulable=True, annotations={CORDON_ANNOTATION: "hubpilot"})
+    world["clock"]["now"] += timedelta(minutes=1)
+    after = await runner.run(cap, trigger="timer", actor="test")
+    assert after.plan is not None and after.plan.empty, after.render()
+    assert after.plan.facts["leaving"] == ["gpu-0"] and arm.pools["gpu"]["count"] == 1
+
+
 async def test_stopped_vms_of_a_deallocate_pool_are_left_alone(world: dict[str, Any]) -> None:
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]

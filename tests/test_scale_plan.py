@@ -244,6 +244,25 @@ def test_a_vm_restarted_by_the_autoscaler_is_booting_not_broken() -> None:
     assert plan.facts["booting"] == 0 and plan.facts["desired"] == 3
 
 
+def test_a_removed_node_that_lingers_in_a_delete_pool_is_leaving_not_unusable() -> None:
+    """A Delete pool's removed node stays registered (NotReady, cordoned by us) for a while after its
+    VM is gone: counted as unusable it would make every scale-down boot a replacement."""
+    lingering = NodeInfo("n1", False, True, T0 - timedelta(days=1), "n1", {}, {CORDON_ANNOTATION: "hubpilot"})
+    obs = observed(pool(1), ["n0"], [upod("a", "n0")], extra_nodes=[lingering], last_down=T0 - timedelta(minutes=1))
+    # not known as removed by hubpilot (someone else's removal): an unusable node, replaced
+    assert kinds(plan_scale(obs, POLICY, T0)) == [("set_count", {"count": 2, "from": 1}), ("uncordon", {})]
+    removed = {"n1": T0 - timedelta(minutes=1)}
+    watched = dataclasses.replace(obs, memory=dataclasses.replace(obs.memory, removed=removed))
+    plan = plan_scale(watched, POLICY, T0)
+    assert plan.empty and plan.facts["leaving"] == ["n1"] and "removal_keeps_vms" not in plan.facts
+    assert Memory.from_json(plan.facts["memory"]).removed == {"n1": T0 - timedelta(minutes=1)}
+    # gone: no longer watched; still there after the settle time: an ordinary (unusable) node again
+    gone = dataclasses.replace(watched, cluster=ClusterView((node("n0"),), watched.cluster.pods))
+    assert Memory.from_json(plan_scale(gone, POLICY, T0).facts["memory"]).removed == {}
+    late = T0 + timedelta(minutes=11)
+    assert ("set_count", {"count": 2, "from": 1}) in kinds(plan_scale(watched, POLICY, late))
+
+
 def test_guard_refuses_removing_a_notready_node_of_a_deallocate_pool() -> None:
     obs = observed(deallocating(1), ["n0"], extra_nodes=[stopped_vm("s0")])
     plan = Plan.build("scale", [Action("remove_nodes", "gpu", 1, {"nodes": ["s0"], "from": 1}, "")], [], {})

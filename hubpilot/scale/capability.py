@@ -27,7 +27,6 @@ from hubpilot.scale.plan import (
     Observed,
     Policy,
     arrival_keys,
-    deallocates,
     guard_scale,
     plan_scale,
 )
@@ -147,8 +146,9 @@ class ScaleCapability:
             if r.action.kind == REMOVE_NODES and r.status is Status.DONE:
                 gone = r.action.params["removed_nodes"]  # set by _remove: the nodes it did remove
                 await record_size(self.store, now, observed.pool.count - len(gone), source="scale-down")
-                if deallocates(observed.pool):  # watch whether AKS stops or deletes their VMs
-                    memory = replace(memory, removed={**memory.removed, **dict.fromkeys(gone, now)})
+                # watched: in a Deallocate pool whether AKS stops or deletes their VMs, in a Delete
+                # pool while their nodes leave the cluster
+                memory = replace(memory, removed={**memory.removed, **dict.fromkeys(gone, now)})
         await self.store.put(MEMORY_KEY, memory.to_json())
         if self.policy.forecast is not None:  # learn the arrivals this observation saw
             keys = arrival_keys(observed, at, self.policy.demand_ttl)

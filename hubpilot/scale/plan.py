@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -250,6 +251,16 @@ def next_memory(observed: Observed, occ: Occupancy, now: datetime) -> Memory:
 REMOVAL_SETTLE = timedelta(minutes=10)
 
 
+def going(observed: Observed, now: datetime) -> frozenset[str]:
+    """Nodes hubpilot removed from a pool that deletes VMs, still registered while they leave the
+    cluster (within ``REMOVAL_SETTLE``): neither capacity nor unusable, never uncordoned or removed
+    again (counted as unusable, each scale-down would boot a replacement for the node it removed)."""
+    if deallocates(observed.pool):
+        return frozenset()
+    present = {n.name for n in observed.cluster.nodes}
+    return frozenset(n for n, at in observed.memory.removed.items() if n in present and now - at < REMOVAL_SETTLE)
+
+
 def removal_verdict(observed: Observed, now: datetime) -> tuple[dict[str, datetime], bool | None]:
     """Did AKS stop (keep) or delete the VMs hubpilot removed from a Deallocate pool? A removed
     node that is gone from the cluster was deleted; one still registered after ``REMOVAL_SETTLE``,
@@ -258,6 +269,8 @@ def removal_verdict(observed: Observed, now: datetime) -> tuple[dict[str, dateti
     nodes = {n.name: n for n in observed.cluster.nodes}
     watching: dict[str, datetime] = {}
     kept = observed.memory.vm_kept
+    if not deallocates(observed.pool):  # a Delete pool: watched only while their nodes are leaving
+        return {n: at for n, at in observed.memory.removed.items() if n in going(observed, now)}, kept
     for name, at in sorted(observed.memory.removed.items(), key=lambda kv: kv[1]):
         node = nodes.get(name)
         if node is None:
@@ -338,8 +351,12 @@ def _removable(observed: Observed, occ: Occupancy, memory: Memory, policy: Polic
 
 def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
     pool = observed.pool
+    full, leaving = observed, going(observed, now)
+    if leaving:  # the plan sees the cluster without them
+        observed = dataclasses.replace(observed, cluster=ClusterView(
+            tuple(n for n in observed.cluster.nodes if n.name not in leaving), observed.cluster.pods))
     occ = occupancy(observed, now, policy.demand_ttl, policy.join_grace)
-    memory = next_memory(observed, occ, now)
+    memory = next_memory(full, occ, now)
     reclaim, idle = to_reclaim(observed, occ, policy, now)
     desired, why = desired_nodes(observed, occ, policy, now, reclaim, idle)
     mode = "autoscaler-assist" if pool.autoscaling else "direct"
@@ -351,6 +368,9 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
         "pending": sorted(occ.pending), "booting": occ.booting, "why": why,
         "memory": memory.to_json(), "scale_down_mode": pool.scale_down_mode or "Delete",
     }
+    if leaving:
+        facts["leaving"] = sorted(leaving)
+        why.append(f"{len(leaving)} removed node(s) still leaving the cluster: {', '.join(sorted(leaving))}")
     if deallocates(pool):
         facts["stopped"] = occ.stopped
         if memory.vm_kept is not None:
