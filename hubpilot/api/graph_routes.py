@@ -36,13 +36,16 @@ WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 MAX_VALIDATION_TOKEN = 4096
+# The echoed token is the caller's text: never let a browser sniff it as HTML, never cache it
+# (the same headers as the front's answer; a query key the front does not recognise reaches here).
+HANDSHAKE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 AUDIT_OPERATION = "graph-notifications"
 
 
 async def _receive(request: Request, *, lifecycle: bool) -> Response:
     token = request.query_params.get("validationToken")
     if token is not None and len(token) <= MAX_VALIDATION_TOKEN:
-        return PlainTextResponse(token, status_code=200)
+        return PlainTextResponse(token, status_code=200, headers=HANDSHAKE_HEADERS)
     raw = await request.body()
     try:
         items = parse_body(raw)

@@ -1,0 +1,82 @@
+"""Adversarial checks of the anonymous Graph webhook (handshake, clientState, what a forger can cost)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.api.app import create_app
+from hubpilot.api.front import Front
+from hubpilot.settings import Settings
+from hubpilot.wiring import Context
+from hubpilot.wiring.entra import InProcessHints, notification_queue
+
+SECRET = "client-state-" + uuid.uuid4().hex
+TENANT = "84bd8158-6d4d-4958-8b9f-9d6445542f95"
+GROUP = "11111111-2222-3333-4444-555555555555"
+
+
+def settings(**entra: Any) -> Settings:
+    return Settings(
+        hub={"api_url": "http://127.0.0.1:9/hub/api", "token": "x"},
+        directory={"kind": "entra", "entra": {
+            "graph_base_url": "http://127.0.0.1:9/v1.0", "notifications": True, "client_state": SECRET,
+            "notification_url": "https://hubpilot.example.org/api/v1/graph/notifications", **entra}},
+        sync={"users_groups": [GROUP]},
+    )
+
+
+def item(client_state: str | None = SECRET, **extra: Any) -> dict[str, Any]:
+    return {"subscriptionId": str(uuid.uuid4()), "clientState": client_state, "changeType": "updated",
+            "resource": f"Groups/{GROUP}", "tenantId": TENANT,
+            "resourceData": {"@odata.type": "#Microsoft.Graph.Group", "id": GROUP}, **extra}
+
+
+@pytest.fixture
+async def hook(tmp_path: Path) -> AsyncIterator[tuple[Context, httpx.AsyncClient]]:
+    ctx = Context(settings=settings(), store=SqliteStore(tmp_path / "state.sqlite3"))
+    front = Front(lambda: create_app(ctx))  # what both hosts serve
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=front), base_url="http://hubpilot.test") as c:
+        yield ctx, c
+    await ctx.close()
+
+
+def queued(ctx: Context) -> list[Any]:
+    q = notification_queue(ctx)
+    assert isinstance(q, InProcessHints)
+    out = []
+    while not q.queue.empty():
+        out.append(q.queue.get_nowait())
+    return out
+
+
+@pytest.mark.parametrize("query", ["validationToken=%3Cscript%3Ealert(1)%3C/script%3E",
+                                   "validation%54oken=%3Cscript%3Ealert(1)%3C/script%3E"])
+async def test_the_echoed_validation_token_is_never_sniffed_or_cached(
+        hook: tuple[Context, httpx.AsyncClient], query: str) -> None:
+    ctx, c = hook
+    for path in ("notifications", "lifecycle"):
+        r = await c.post(f"/api/v1/graph/{path}?{query}")
+        assert r.status_code == 200 and r.text == "<script>alert(1)</script>"
+        assert r.headers["content-type"].startswith("text/plain")
+        assert r.headers.get("x-content-type-options") == "nosniff", dict(r.headers)
+        assert r.headers.get("cache-control") == "no-store"
+    assert queued(ctx) == []
+
+
+async def test_one_forged_item_in_a_batch_is_refused_and_audited_the_valid_one_only_hints(
+        hook: tuple[Context, httpx.AsyncClient]) -> None:
+    ctx, c = hook
+    r = await c.post("/api/v1/graph/notifications", json={"value": [item(), item(SECRET + "x")]})
+    assert r.status_code == 202
+    hints = queued(ctx)
+    assert [h.kind for h in hints] == ["sync"]
+    audit, _ = await ctx.store.read_audit(operation="graph-notifications")
+    assert len(audit) == 1 and len(audit[0]["refusal"]) == 1 and SECRET not in json.dumps(audit)
