@@ -80,3 +80,17 @@ async def test_one_forged_item_in_a_batch_is_refused_and_audited_the_valid_one_o
     assert [h.kind for h in hints] == ["sync"]
     audit, _ = await ctx.store.read_audit(operation="graph-notifications")
     assert len(audit) == 1 and len(audit[0]["refusal"]) == 1 and SECRET not in json.dumps(audit)
+
+
+async def test_a_forger_cannot_make_the_audit_log_or_the_answer_larger_than_a_bound(
+        hook: tuple[Context, httpx.AsyncClient], caplog: pytest.LogCaptureFixture) -> None:
+    ctx, c = hook
+    sid = "S" * 100_000 + "\nFAKE LOG LINE"
+    many = [item("wrong", subscriptionId=sid, tenantId="t" * 100_000)] + [item("wrong") for _ in range(5000)]
+    r = await c.post("/api/v1/graph/notifications", json={"value": many})
+    assert r.status_code == 403
+    assert len(r.content) < 20_000, len(r.content)
+    audit, _ = await ctx.store.read_audit(operation="graph-notifications")
+    assert len(json.dumps(audit)) < 20_000, len(json.dumps(audit))
+    assert "\nFAKE LOG LINE" not in caplog.text and len(caplog.text) < 20_000
+    assert queued(ctx) == []

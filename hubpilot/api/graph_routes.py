@@ -40,6 +40,16 @@ MAX_VALIDATION_TOKEN = 4096
 # (the same headers as the front's answer; a query key the front does not recognise reaches here).
 HANDSHAKE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 AUDIT_OPERATION = "graph-notifications"
+MAX_REFUSALS_SHOWN = 10
+"""Refusals named in the audit entry, the log line and the answer; the rest are counted. The
+endpoint is anonymous: what a forger sends must not be multiplied into storage."""
+
+
+def _refusals(rejected: tuple[str, ...]) -> list[str]:
+    shown = list(rejected[:MAX_REFUSALS_SHOWN])
+    if len(rejected) > MAX_REFUSALS_SHOWN:
+        shown.append(f"and {len(rejected) - MAX_REFUSALS_SHOWN} more")
+    return shown
 
 
 async def _receive(request: Request, *, lifecycle: bool) -> Response:
@@ -60,15 +70,16 @@ async def _receive(request: Request, *, lifecycle: bool) -> Response:
     secret = entra.client_state.get_secret_value() if entra.client_state else ""
     verdict = check(items, client_state=secret, tenant_id=entra.tenant_id, lifecycle=lifecycle)
     now = ctx.clock()
+    refusals = _refusals(verdict.rejected)
     if verdict.rejected:
-        log.warning("refused %d Graph notification(s): %s", len(verdict.rejected), "; ".join(verdict.rejected))
+        log.warning("refused %d Graph notification(s): %s", len(verdict.rejected), "; ".join(refusals))
         await ctx.store.append_audit({
             "at": now.isoformat(), "operation": AUDIT_OPERATION, "kind": "lifecycle" if lifecycle else "notification",
-            "trigger": "webhook", "actor": "graph", "outcome": "refused", "refusal": list(verdict.rejected),
+            "trigger": "webhook", "actor": "graph", "outcome": "refused", "refusal": refusals,
             "client": request.client.host if request.client else None,
         })
     if verdict.status != 202:
-        return JSONResponse({"detail": "notification refused: " + "; ".join(verdict.rejected)},
+        return JSONResponse({"detail": "notification refused: " + "; ".join(refusals)},
                             status_code=verdict.status)
     from hubpilot.wiring.entra import notification_queue
 

@@ -73,6 +73,13 @@ def _group_of(item: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _shown(value: Any, limit: int = 64) -> str:
+    """A caller-supplied value as it may appear in a refusal (audit, log, answer): printable, short."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def check(
     items: Sequence[Mapping[str, Any]],
     *,
@@ -84,7 +91,7 @@ def check(
     accepted: list[Notification] = []
     rejected: list[str] = []
     for i, item in enumerate(items):
-        sid = str(item.get("subscriptionId") or "")
+        sid = _shown(item.get("subscriptionId") or "")
         given = item.get("clientState")
         if not isinstance(given, str) or not client_state or not hmac.compare_digest(
             given.encode(), client_state.encode()
@@ -93,18 +100,19 @@ def check(
             continue
         tenant = item.get("tenantId")
         if tenant_id and str(tenant or "").lower() != tenant_id.lower():
-            rejected.append(f"value[{i}] (subscription {sid or '?'}): tenant {tenant!r} is not the configured tenant")
+            rejected.append(f"value[{i}] (subscription {sid or '?'}): "
+                            f"tenant {_shown(repr(tenant))} is not the configured tenant")
             continue
         event = item.get("lifecycleEvent")
         if lifecycle:
             if event not in LIFECYCLE_EVENTS:
-                rejected.append(f"value[{i}]: unknown lifecycleEvent {event!r}")
+                rejected.append(f"value[{i}]: unknown lifecycleEvent {_shown(repr(event))}")
                 continue
         elif event is not None:
             rejected.append(f"value[{i}]: a lifecycle event sent to the notification URL")
             continue
         accepted.append(Notification(
-            subscription_id=sid,
+            subscription_id=str(item.get("subscriptionId") or ""),
             change_type=str(item.get("changeType") or ""),
             resource=str(item.get("resource") or ""),
             group_id=_group_of(item),
