@@ -15,6 +15,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -109,6 +110,11 @@ async def _directory(
 
 
 async def _demo(ldap: bool, port: int, wait: bool) -> int:
+    # SIGTERM (kill, a supervisor) stops the demo the way Ctrl-C does: the exit stack below
+    # stops slapd, the hub and its servers. Python's default would end the process at once.
+    main = asyncio.current_task()
+    if main is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     workdir = WORKDIR.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -177,7 +183,7 @@ def run_demo(*, ldap: bool = False, port: int = 8000, wait: bool = True) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         return asyncio.run(_demo(ldap, port, wait))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         return 0
     except Exception as exc:
         print(f"hubpilot demo: {type(exc).__name__}: {exc}", file=sys.stderr)
