@@ -94,7 +94,7 @@ def day_costs(points: Sequence[tuple[datetime, int]], days: Sequence[date], *, p
               always_on_nodes: int, until: datetime) -> list[DayCost]:
     """Per UTC day: node-hours and cost of the recorded sizes, and of an always-on pool
     (over the same time: from the first recorded size on)."""
-    pts = sorted(points)
+    pts = sorted(points, key=lambda p: p[0])
     known_from = pts[0][0] if pts else until  # nothing is known before the first record
     out = []
     for d in days:
@@ -116,18 +116,19 @@ def day_costs(points: Sequence[tuple[datetime, int]], days: Sequence[date], *, p
 
 async def record_size(store: StateStore, at: datetime, count: int, *, source: str) -> bool:
     """Append a size change point unless the last recorded size is already ``count``. Idempotent."""
-    day = at.astimezone(UTC).date()
-    last = await last_size(store, day)
-    if last is not None and last == count:
-        return False
+    at = at.astimezone(UTC)
+    day = at.date()
     key = SIZES_KEY.format(day=day.isoformat())
     for _ in range(5):
         got = await store.get_with_etag(key)
         doc, etag = got if got else ({"points": []}, "")
         points = list(doc.get("points") or [])
-        if points and int(points[-1][1]) == count:
+        # the size in force at ``at`` (records may arrive out of time order: two hosts, skew)
+        earlier = [p for p in points if datetime.fromisoformat(p[0]) <= at]
+        last = int(_in_time_order(earlier)[-1][1]) if earlier else await last_size(store, day - timedelta(days=1))
+        if last is not None and last == count:
             return False
-        points.append([at.astimezone(UTC).isoformat(), count, source])
+        points.append([at.isoformat(), count, source])
         try:
             await store.put(key, {"points": points}, if_match=etag)
             return True
@@ -140,8 +141,13 @@ async def last_size(store: StateStore, day: date, lookback_days: int = 31) -> in
     for i in range(lookback_days):
         doc = await store.get(SIZES_KEY.format(day=(day - timedelta(days=i)).isoformat()))
         if doc and doc.get("points"):
-            return int(doc["points"][-1][1])
+            return int(_in_time_order(doc["points"])[-1][1])
     return None
+
+
+def _in_time_order(points: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    """Stored points by time; points of the same instant stay in the order they were recorded."""
+    return sorted(points, key=lambda p: datetime.fromisoformat(p[0]))
 
 
 async def read_points(store: StateStore, since: date, until: date) -> list[tuple[datetime, int]]:
@@ -157,7 +163,7 @@ async def read_points(store: StateStore, since: date, until: date) -> list[tuple
             continue
         for p in doc.get("points") or []:
             pts.append((datetime.fromisoformat(p[0]), int(p[1])))
-    pts.sort()
+    pts.sort(key=lambda p: p[0])  # stable: the same instant keeps the order of recording
     start = datetime.combine(since, time(0), UTC)
     earlier = [p for p in pts if p[0] <= start]
     return ([earlier[-1]] if earlier else []) + [p for p in pts if p[0] > start]

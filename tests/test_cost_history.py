@@ -1,0 +1,134 @@
+"""The pool size history and the cost report, on a real SQLite store, with figures worked out
+by hand: UTC days across midnight, gaps, repeated and out-of-order records, an empty history,
+a first day only partly covered, the always-on comparison and the ``days`` bounds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.scale.cost import cost_report, record_size
+
+D = datetime(2026, 3, 28, tzinfo=UTC)  # a Saturday; Europe's clocks change on the 29th (UTC days: no effect)
+
+
+def h(hours: float, day: int = 0) -> datetime:
+    return D + timedelta(days=day, hours=hours)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "cost.sqlite3")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def report(store: SqliteStore, now: datetime, days: int, price: float = 2.5) -> dict[str, Any]:
+    return (await cost_report(store, now=now, days=days, price=price, currency="EUR")).to_json()
+
+
+async def test_node_hours_across_midnight_and_the_dst_night(store: SqliteStore) -> None:
+    await record_size(store, h(22), 2, source="observed")
+    await record_size(store, h(1.5, 1), 4, source="scale-up")  # 01:30 UTC on the 29th (DST night)
+    rep = await report(store, h(12, 1), days=2)
+    d0, d1 = rep["days"]
+    # 28th: 2 nodes 22:00-24:00 = 4 node-h; always-on (peak 4) from the first record: 4 x 2 h = 8
+    assert (d0["date"], d0["node_hours"], d0["cost"], d0["peak_nodes"]) == ("2026-03-28", 4.0, 10.0, 2)
+    assert (d0["always_on_node_hours"], d0["always_on_cost"], d0["changes"]) == (8.0, 20.0, 1)
+    # 29th (a 24 h UTC day): 2 x 1.5 h + 4 x 10.5 h = 45 node-h until now (12:00); always-on 4 x 12 h
+    assert (d1["date"], d1["node_hours"], d1["cost"], d1["peak_nodes"]) == ("2026-03-29", 45.0, 112.5, 4)
+    assert (d1["always_on_node_hours"], d1["always_on_cost"], d1["changes"]) == (48.0, 120.0, 1)
+    assert rep["total"] == {"node_hours": 49.0, "cost": 122.5, "always_on_node_hours": 56.0,
+                            "always_on_cost": 140.0, "saving_ratio": round(1 - 49 / 56, 4)}
+    assert rep["always_on_nodes"] == 4
+
+
+async def test_a_gap_in_records_keeps_the_last_known_size(store: SqliteStore) -> None:
+    await record_size(store, h(8), 3, source="observed")  # then hubpilot is down until now
+    rep = await report(store, h(20), days=1)
+    assert rep["days"][0]["node_hours"] == 36.0  # 3 nodes x 12 h
+
+
+async def test_a_size_recorded_twice_is_one_change(store: SqliteStore) -> None:
+    assert await record_size(store, h(10), 3, source="scale-up")
+    assert not await record_size(store, h(10, 0) + timedelta(minutes=1), 3, source="observed")
+    assert not await record_size(store, h(0.5, 1), 3, source="observed")  # next day, same size
+    rep = await report(store, h(12, 1), days=2)
+    assert [d["changes"] for d in rep["days"]] == [1, 0]
+    assert [d["node_hours"] for d in rep["days"]] == [42.0, 36.0]
+
+
+async def test_a_late_record_does_not_hide_a_later_change(store: SqliteStore) -> None:
+    """Records can arrive out of time order (two hosts, a skewed clock). Whether a size is new
+    depends on the size in force at its time, not on the record appended last."""
+    assert await record_size(store, h(10), 2, source="observed")
+    assert await record_size(store, h(9), 3, source="observed")  # arrives late
+    assert await record_size(store, h(11), 3, source="scale-up")  # 2 -> 3 at 11:00: a change
+    rep = await report(store, h(12), days=1)
+    # 09-10: 3, 10-11: 2, 11-12: 3 -> 8 node-h
+    assert rep["days"][0]["node_hours"] == 8.0
+
+
+async def test_records_at_the_same_instant_keep_their_order(store: SqliteStore) -> None:
+    """An observation and the scale-down that follows it, stamped with the same time: the size
+    after that instant is the one recorded last, not the larger one."""
+    await record_size(store, h(10), 3, source="observed")
+    await record_size(store, h(10), 1, source="scale-down")
+    rep = await report(store, h(12), days=1)
+    assert rep["days"][0]["node_hours"] == 2.0  # 1 node x 2 h
+
+
+async def test_an_empty_history_reports_zeros(store: SqliteStore) -> None:
+    rep = await report(store, h(12), days=3)
+    assert [d["date"] for d in rep["days"]] == ["2026-03-26", "2026-03-27", "2026-03-28"]
+    assert all(d["node_hours"] == 0 and d["always_on_node_hours"] == 0 for d in rep["days"])
+    assert rep["total"]["saving_ratio"] is None and rep["always_on_nodes"] == 0
+    text = (await cost_report(store, now=h(12), days=3, price=2.5, currency="EUR")).render()
+    assert text.splitlines()[-1].split() == ["total", "0.00", "0.00", "0.00", "0.00", "(EUR)"]
+
+
+async def test_the_first_day_is_counted_from_the_first_record(store: SqliteStore) -> None:
+    await record_size(store, h(6, -1), 2, source="observed")
+    rep = await report(store, h(6), days=3)
+    assert [d["node_hours"] for d in rep["days"]] == [0.0, 36.0, 12.0]
+    assert [d["always_on_node_hours"] for d in rep["days"]] == [0.0, 36.0, 12.0]
+
+
+async def test_the_size_before_the_window_carries_in(store: SqliteStore) -> None:
+    await record_size(store, h(12, -40), 2, source="observed")  # 40 days back: beyond last_size's lookback
+    rep = await report(store, h(12), days=1)
+    assert rep["days"][0]["node_hours"] == 24.0 and rep["days"][0]["always_on_node_hours"] == 24.0
+
+
+async def test_always_on_is_the_peak_over_the_same_time(store: SqliteStore) -> None:
+    await record_size(store, h(0), 1, source="observed")
+    await record_size(store, h(12), 5, source="scale-up")
+    await record_size(store, h(13), 0, source="scale-down")
+    rep = await report(store, h(23.5), days=1, price=1.25)
+    d = rep["days"][0]
+    assert d["node_hours"] == 17.0 and d["cost"] == round(17.0 * 1.25, 2)  # 1x12 + 5x1 + 0x10.5
+    assert d["always_on_node_hours"] == 117.5 and d["always_on_cost"] == round(117.5 * 1.25, 2)
+    assert d["changes"] == 2 and d["peak_nodes"] == 5  # the 00:00 record is the size at the start
+    assert rep["total"]["saving_ratio"] == round(1 - 17.0 / 117.5, 4)
+
+
+async def test_a_record_at_midnight_belongs_to_the_new_day(store: SqliteStore) -> None:
+    await record_size(store, h(18), 1, source="observed")
+    await record_size(store, h(0, 1), 2, source="scale-up")
+    rep = await report(store, h(6, 1), days=2)
+    assert [(d["node_hours"], d["changes"]) for d in rep["days"]] == [(6.0, 1), (12.0, 0)]
+
+
+async def test_days_bounds(store: SqliteStore) -> None:
+    assert len((await report(store, h(12), days=366))["days"]) == 366
+    for bad in (0, 367, -1):
+        with pytest.raises(ValueError):
+            await report(store, h(12), days=bad)
+
