@@ -129,9 +129,9 @@ async def _status(ctx: Context, as_json: bool, out: TextIO) -> int:
 
 
 async def _audit(ctx: Context, limit: int, operation: str | None, since: datetime | None, as_json: bool,
-                 out: TextIO) -> int:
+                 out: TextIO, cursor: str | None = None) -> int:
     entries, cursor = await ctx.store.read_audit(
-        since=since, operation=operation, limit=limit
+        since=since, operation=operation, limit=limit, cursor=cursor
     )
     if as_json:
         json.dump({"entries": entries, "cursor": cursor}, out, indent=2)
@@ -142,6 +142,8 @@ async def _audit(ctx: Context, limit: int, operation: str | None, since: datetim
             out.write(f"{e.get('at')} {e.get('operation')} {e.get('outcome')} "
                       f"trigger={e.get('trigger')} actor={e.get('actor')} plan={e.get('plan_id')} "
                       f"{json.dumps(counts) if counts else ''}\n")
+        if cursor:
+            out.write(f"more: the same command with --cursor {cursor}\n")
     return int(ExitCode.OK)
 
 
@@ -203,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_int_between(1, 500), default=20, help="entries (1-500)")
     p.add_argument("--operation", choices=OPERATIONS)
     p.add_argument("--since", type=_iso_time, help="ISO time (UTC when no offset is given)")
+    p.add_argument("--cursor", help="the cursor the previous page ended with: the next page")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("serve", help="the admin API and every schedule, in one process")
     p.add_argument("--host", default="127.0.0.1")
@@ -213,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="stop after the demo instead of serving")
     sub.add_parser("settings", help="print the reference of every setting (Markdown)")
     p = sub.add_parser("cost", help="GPU node-hours and cost per day")
-    p.add_argument("--days", type=int, default=7)
+    p.add_argument("--days", type=_int_between(1, 366), default=7, help="UTC days back, today included (1-366)")
     p.add_argument("--json", action="store_true")
     return parser
 
@@ -249,7 +252,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         if c == "status":
             return _status(ctx, args.json, out)
         if c == "audit":
-            return _audit(ctx, args.limit, args.operation, args.since, args.json, out)
+            return _audit(ctx, args.limit, args.operation, args.since, args.json, out, args.cursor)
         if c == "cost":
             from hubpilot.wiring.scale import cost_report
 

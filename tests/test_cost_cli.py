@@ -1,0 +1,74 @@
+"""The CLI's read commands (cost, audit, status) as an admin uses them: arguments checked before
+anything runs, stdout that stays JSON with --json, and the audit log paged end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.cli import main
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import os
+
+    for key in [k for k in os.environ if k.startswith("HUBPILOT_")]:
+        monkeypatch.delenv(key)
+    path = tmp_path / "hubpilot.toml"
+    path.write_text('[hub]\napi_url = "http://127.0.0.1:9/hub/api"\ntoken = "t"\n'
+                    f'[state]\nsqlite_path = "{(tmp_path / "state.sqlite3").as_posix()}"\n')
+    return path
+
+
+def run(config: Path, *args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(["--config", str(config), *args], out=out)
+    return code, out.getvalue()
+
+
+@pytest.mark.parametrize("days", ["0", "367", "-1"])
+def test_cost_rejects_bad_days_on_stderr(config: Path, days: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", str(config), "cost", "--days", days, "--json"], out=out)
+    assert exc.value.code == 2 and out.getvalue() == ""  # stdout carries JSON or nothing
+    assert "--days" in capsys.readouterr().err
+
+
+def test_audit_pages_end_to_end_through_the_cli(config: Path, tmp_path: Path) -> None:
+    at = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+    async def fill() -> None:
+        store = SqliteStore(tmp_path / "state.sqlite3")
+        try:
+            for i in range(5):
+                await store.append_audit({"at": (at + timedelta(minutes=i)).isoformat(), "operation": "sync",
+                                          "outcome": "applied", "trigger": "timer", "actor": "t",
+                                          "plan_id": f"p{i}"})
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    seen: list[str] = []
+    cursor: list[str] = []
+    for _ in range(5):
+        code, text = run(config, "audit", "--limit", "2", "--json", *cursor)
+        assert code == 0, text
+        page = json.loads(text)
+        seen += [e["plan_id"] for e in page["entries"]]
+        if not page["cursor"]:
+            break
+        cursor = ["--cursor", page["cursor"]]
+    assert seen == ["p4", "p3", "p2", "p1", "p0"]
+    code, text = run(config, "audit", "--limit", "2")
+    assert code == 0 and text.count("\n") == 3 and "--cursor " in text.splitlines()[-1]  # how to go on
+    _, first = run(config, "audit", "--limit", "2", "--json")
+    code, text = run(config, "audit", "--limit", "2", "--cursor", json.loads(first)["cursor"])
+    assert code == 0 and "p2" in text and "p4" not in text
