@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -115,6 +116,10 @@ async def _demo(ldap: bool, port: int, wait: bool) -> int:
     main = asyncio.current_task()
     if main is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    if port and not _port_free(port):  # else the proxy fails and the hub's start-up times out
+        print(f"hubpilot demo: port {port} on 127.0.0.1 is in use; choose another with --port N "
+              "(--port 0: a free one)", file=sys.stderr)
+        return 2
     workdir = WORKDIR.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -177,6 +182,16 @@ async def _demo(ldap: bool, port: int, wait: bool) -> int:
         await serve(settings, host="127.0.0.1", port=api_port, context=ctx)  # until Ctrl-C
         _say("\nstopping ...")
     return 0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy binds: TIME_WAIT is no conflict
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def run_demo(*, ldap: bool = False, port: int = 8000, wait: bool = True) -> int:
