@@ -177,11 +177,16 @@ def test_lifecycle_events_and_their_hints() -> None:
     missed = check(fixture("lifecycle/lifecycle.missed.json")["value"], client_state="<secretClientState>",
                    lifecycle=True)
     assert [h.kind for h in hints_for(missed, NOW)] == ["sync"]
-    # a lifecycle event on the notification URL, or an unknown event on the lifecycle URL
+    # a lifecycle event on the notification URL is refused
     assert check(reauth, client_state="{secret client state}").status == 403
+    # an event unknown here (the documented structure's placeholder names none we know) is
+    # verified, so acknowledged (a refusal is retried for hours), and asks for a manager round
     odd = check(fixture("lifecycle/lifecycle.structure-current.json")["value"],
                 client_state="<secretClientState>", lifecycle=True)
-    assert odd.status == 403
+    assert odd.status == 202
+    assert hints_for(odd, NOW) == [Hint("subscriptions", received=NOW.isoformat())]
+    nameless = [{**reauth[0], "lifecycleEvent": None}]
+    assert check(nameless, client_state="{secret client state}", lifecycle=True).status == 403
 
 
 def test_a_burst_of_hints_coalesces_to_one_sync() -> None:

@@ -105,9 +105,11 @@ def check(
             continue
         event = item.get("lifecycleEvent")
         if lifecycle:
-            if event not in LIFECYCLE_EVENTS:
-                rejected.append(f"value[{i}]: unknown lifecycleEvent {_shown(repr(event))}")
+            if not isinstance(event, str) or not event:
+                rejected.append(f"value[{i}]: no lifecycleEvent")
                 continue
+            # an event Graph added after this was written: verified, so acknowledged (a refusal
+            # would be retried for hours); it asks the subscription manager to look (see hints_for)
         elif event is not None:
             rejected.append(f"value[{i}]: a lifecycle event sent to the notification URL")
             continue
@@ -163,15 +165,16 @@ def covered_by(hint: Hint, last_sync_outcome: str | None, last_sync_started: dat
 def hints_for(verdict: Verdict, now: datetime) -> list[Hint]:
     """The hints accepted notifications ask for: one sync for all changes; lifecycle events
     ``reauthorizationRequired``/``subscriptionRemoved`` ask the manager to renew/recreate,
-    ``missed`` asks for a sync."""
+    ``missed`` asks for a sync, an event unknown here for a manager round."""
     at = now.isoformat()
     changes = [n for n in verdict.accepted if n.lifecycle_event is None or n.lifecycle_event == "missed"]
     renew = [n.subscription_id for n in verdict.accepted
              if n.lifecycle_event in ("reauthorizationRequired", "subscriptionRemoved")]
+    unknown = [n for n in verdict.accepted if n.lifecycle_event and n.lifecycle_event not in LIFECYCLE_EVENTS]
     out: list[Hint] = []
     if changes:
         out.append(Hint("sync", tuple(sorted({n.group_id for n in changes if n.group_id})), received=at))
-    if renew:
+    if renew or unknown:  # an unknown event: the manager checks every subscription, nothing more
         out.append(Hint("subscriptions", renew=tuple(sorted(set(renew))), received=at))
     return out
 
