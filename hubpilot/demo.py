@@ -111,11 +111,13 @@ async def _directory(
 
 
 async def _demo(ldap: bool, port: int, wait: bool) -> int:
-    # SIGTERM (kill, a supervisor) stops the demo the way Ctrl-C does: the exit stack below
-    # stops slapd, the hub and its servers. Python's default would end the process at once.
+    # SIGTERM (kill, a supervisor) and SIGHUP (a closed terminal) stop the demo the way Ctrl-C
+    # does: the exit stack below stops slapd, the hub and its servers. Python's default would end
+    # the process at once.
     main = asyncio.current_task()
     if main is not None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
     if port and not _port_free(port):  # else the proxy fails and the hub's start-up times out
         print(f"hubpilot demo: port {port} on 127.0.0.1 is in use; choose another with --port N "
               "(--port 0: a free one)", file=sys.stderr)
@@ -166,9 +168,10 @@ async def _demo(ldap: bool, port: int, wait: bool) -> int:
 
         _say("\n" + "═" * 72)
         _say(f"JupyterHub:      {hub.url}   (log in as any synced user, password: {hub.password})")
-        _say(f"admin API:       http://127.0.0.1:{api_port}/api/v1   (bearer token: {api_token})")
-        _say(f"  try:           curl -H 'Authorization: Bearer {api_token}' "
-             f"http://127.0.0.1:{api_port}/api/v1/plan/sync")
+        if wait:  # served below; with --no-wait nothing listens there
+            _say(f"admin API:       http://127.0.0.1:{api_port}/api/v1   (bearer token: {api_token})")
+            _say(f"  try:           curl -H 'Authorization: Bearer {api_token}' "
+                 f"http://127.0.0.1:{api_port}/api/v1/plan/sync")
         if ldap:
             _say(f"directory:       {directory['ldap']['url']}  base {LDAP_BASE}, bind {directory['ldap']['bind_dn']}")
         else:

@@ -1,4 +1,4 @@
-"""``hubpilot demo`` stopped by SIGTERM part-way (a terminal closed, ``kill``, a supervisor):
+"""``hubpilot demo`` stopped by SIGTERM (``kill``, a supervisor) or SIGHUP (a closed terminal) part-way:
 everything it started is stopped, slapd included, as after Ctrl-C."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import pytest
 ROOT = str(Path(__file__).resolve().parents[1])  # this checkout's hubpilot, in the demo's process
 
 
-@pytest.mark.parametrize("flags", [[], ["--ldap"]], ids=["file", "ldap"])
-def test_sigterm_mid_demo_stops_everything_it_started(tmp_path: Path, flags: list[str]) -> None:
+@pytest.mark.parametrize(("flags", "sig"), [([], signal.SIGTERM), (["--ldap"], signal.SIGTERM),
+                                           (["--ldap"], signal.SIGHUP)], ids=["file-term", "ldap-term", "ldap-hup"])
+def test_a_signal_mid_demo_stops_everything_it_started(tmp_path: Path, flags: list[str], sig: int) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "hubpilot.cli", "demo", "--no-wait", "--port", "0", *flags],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -39,7 +40,7 @@ def test_sigterm_mid_demo_stops_everything_it_started(tmp_path: Path, flags: lis
             pass
         out += proc.stdout.read() or b""
         if not sent and b"starts a notebook server" in out:  # mid-way: hub, servers (and slapd) up
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             sent = True
         time.sleep(0.02)
     if proc.poll() is None:
