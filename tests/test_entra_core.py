@@ -25,7 +25,12 @@ from hubpilot.entra.notifications import (
     hints_for,
     parse_body,
 )
-from hubpilot.entra.subscriptions import ObservedSubscriptions, SubscriptionPolicy, plan_subscriptions
+from hubpilot.entra.subscriptions import (
+    ObservedSubscriptions,
+    SubscriptionPolicy,
+    plan_subscriptions,
+    secret_fingerprint,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "msgraph"
 NOW = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
@@ -232,6 +237,21 @@ def test_subscription_plan_creates_renews_deletes_and_leaves_others_alone() -> N
     assert plan_subscriptions(policy(a, b, c), ObservedSubscriptions(settled), NOW).empty
     forced = plan_subscriptions(policy(a, b, c), ObservedSubscriptions(settled, frozenset({"due"})), NOW)
     assert [(x.kind, x.target) for x in forced.actions] == [("renew", "due")]
+
+
+def test_a_subscription_made_with_an_earlier_client_state_is_replaced() -> None:
+    """A renewal keeps a subscription's clientState: after the secret changes, the ones made with the
+    old secret are deleted and made anew; those without a fingerprint count as made with this one."""
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    subs = (sub(a, NOW + timedelta(days=20), sid="old"), sub(b, NOW + timedelta(days=20), sid="unknown"))
+    same = ObservedSubscriptions(subs, secrets={"old": secret_fingerprint("s")})
+    assert plan_subscriptions(policy(a, b), same, NOW).empty
+    rotated = ObservedSubscriptions(subs, secrets={"old": secret_fingerprint("the earlier secret")})
+    plan = plan_subscriptions(policy(a, b), rotated, NOW)
+    assert [(x.kind, x.target, x.phase) for x in plan.actions] == [("delete", "old", 0), ("create", f"groups/{a}", 1)]
+    assert "earlier clientState" in plan.actions[0].reason
+    assert secret_fingerprint("s") != secret_fingerprint("s ")
+    assert "a-long-secret" not in secret_fingerprint("a-long-secret")
 
 
 def test_entra_settings_say_what_to_fix() -> None:

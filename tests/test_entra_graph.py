@@ -17,7 +17,7 @@ import pytest
 from hubpilot.adapters.entra import GraphClient, StaticTokenCredential
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.entra.directory import STATE_PREFIX, EntraDirectory
-from hubpilot.loop import Outcome
+from hubpilot.loop import Outcome, Status
 from hubpilot.ports.directory import DirectoryError
 from hubpilot.settings import Settings
 from hubpilot.wiring.entra import (
@@ -499,6 +499,28 @@ async def test_subscription_manager_creates_renews_recreates_and_is_idempotent(
         assert await worker.drain_once() == 1
     assert [x.action.kind for x in worker.records[-1].results] == ["create"]
     assert sorted(s["resource"] for s in fresh.subscriptions.values()) == sorted([f"groups/{a}", f"groups/{b}"])
+
+
+async def test_a_new_client_state_replaces_the_subscriptions_made_with_the_old_one(
+        fresh: GraphDouble, webhook: Webhook) -> None:
+    g = fresh.add_group()
+    fresh.subscriptions.clear()
+    ctx = webhook.use(entra_settings(fresh, webhook.url, [g]))
+    await run_subscription_manager(ctx)
+    (old,) = fresh.subscriptions.values()
+    assert old["clientState"] == SECRET
+    rotated = webhook.use(entra_settings(fresh, webhook.url, [g], entra={"client_state": "a-new-secret-" * 3}),
+                          store=ctx.store)
+    rec = await run_subscription_manager(rotated)
+    assert rec is not None and [(x.action.kind, x.status) for x in rec.results] == [
+        ("delete", Status.DONE), ("create", Status.DONE)], rec.render()
+    (new,) = fresh.subscriptions.values()
+    assert new["id"] != old["id"] and new["clientState"] == "a-new-secret-" * 3
+    again = await run_subscription_manager(rotated)
+    assert again is not None and again.plan is not None and again.plan.empty  # settled
+    async with httpx.AsyncClient(base_url=webhook.url) as http:  # its notifications are accepted
+        r = await http.post("/api/v1/graph/notifications", json=fresh.notification(g, client_state="a-new-secret-" * 3))
+    assert r.status_code == 202
 
 
 async def test_notifications_off_means_no_subscriptions_and_the_webhook_says_so(

@@ -4,19 +4,33 @@ One subscription per configured group (``groups/<id>``, ``changeType: updated,de
 ``notificationUrl`` is ours; renewed when it expires within ``renew_before``; recreated when the
 renewal finds it gone (404) or a lifecycle event says it was removed; subscriptions of ours for
 groups no longer configured, and duplicates, are deleted. Every action is idempotent.
+
+A subscription keeps the clientState it was created with (a renewal changes only its expiry), so
+after ``directory.entra.client_state`` changes, its notifications would be refused. The manager
+keeps, in the state store, a fingerprint of the secret each subscription was created with, and
+recreates those made with another one. Subscriptions it has no fingerprint for (made before it
+kept them) are taken as made with the current secret.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from hubpilot.loop import Action, ActionResult, Plan, Progress, Status, run_actions
+from hubpilot.ports.store import StateStore
 
 OPERATION = "graph-subscriptions"
 CHANGE_TYPE = "updated,deleted"
+SECRETS_KEY = "entra/subscription-secrets"  # {subscription id: fingerprint of its clientState}
+
+
+def secret_fingerprint(client_state: str) -> str:
+    """Which secret a subscription was made with, without keeping the secret."""
+    return hashlib.sha256(b"hubpilot-graph-client-state\0" + client_state.encode()).hexdigest()[:16]
 
 
 class SubscriptionApi(Protocol):
@@ -49,6 +63,7 @@ class SubscriptionPolicy:
 class ObservedSubscriptions:
     subscriptions: tuple[Mapping[str, Any], ...]
     force_renew: frozenset[str] = field(default_factory=frozenset)
+    secrets: Mapping[str, str] | None = None  # subscription id → secret fingerprint (None: not kept)
 
 
 def _resource_group(resource: str) -> str | None:
@@ -100,7 +115,14 @@ def plan_subscriptions(policy: SubscriptionPolicy, observed: ObservedSubscriptio
         keep, extra = subs[0], subs[1:]
         sid = str(keep.get("id"))
         exp = _expiry(keep)
-        if sid in observed.force_renew:
+        made_with = (observed.secrets or {}).get(sid)
+        if made_with is not None and made_with != secret_fingerprint(policy.client_state):
+            actions.append(Action("delete", sid, phase=0, params={"group": gid},
+                                  reason="made with an earlier clientState (directory.entra.client_state changed): "
+                                  "its notifications would be refused"))
+            actions.append(Action("create", f"groups/{gid}", phase=1, params={"expiration": target},
+                                  reason="replaces the subscription made with the earlier clientState"))
+        elif sid in observed.force_renew:
             actions.append(Action("renew", sid, phase=1, params={"group": gid, "expiration": target},
                                   reason="a lifecycle event asked for it"))
         elif exp is None or exp - now <= policy.renew_before:
@@ -126,17 +148,23 @@ class SubscriptionManager:
     """Capability ``graph-subscriptions``: run it through the Runner (lock, audit) on a timer."""
 
     def __init__(self, api: SubscriptionApi, policy: SubscriptionPolicy, *,
-                 force_renew: Sequence[str] = ()) -> None:
+                 force_renew: Sequence[str] = (), store: StateStore | None = None) -> None:
         self.api = api
         self.policy = policy
         self.force_renew = frozenset(force_renew)
+        self.store = store  # keeps each subscription's secret fingerprint (None: not tracked)
 
     @property
     def name(self) -> str:
         return OPERATION
 
     async def observe(self) -> ObservedSubscriptions:
-        return ObservedSubscriptions(tuple(await self.api.list_subscriptions()), self.force_renew)
+        subs = tuple(await self.api.list_subscriptions())
+        secrets = None
+        if self.store is not None:
+            doc = await self.store.get(SECRETS_KEY) or {}
+            secrets = {str(k): str(v) for k, v in doc.items() if isinstance(v, str)}
+        return ObservedSubscriptions(subs, self.force_renew, secrets)
 
     def plan(self, observed: ObservedSubscriptions, now: datetime) -> Plan:
         return plan_subscriptions(self.policy, observed, now)
@@ -150,9 +178,14 @@ class SubscriptionManager:
         return reasons
 
     async def apply(self, plan: Plan, observed: ObservedSubscriptions, progress: Progress) -> list[ActionResult]:
+        current = secret_fingerprint(self.policy.client_state)
+        made: dict[str, str] = {}  # subscriptions created in this run
+        deleted: set[str] = set()
+
         async def perform(action: Action) -> ActionResult:
             if action.kind == "delete":
                 gone = await self.api.delete_subscription(action.target)
+                deleted.add(action.target)
                 return ActionResult(action, Status.DONE if gone else Status.NOOP)
             expiration = datetime.fromisoformat(str(action.params["expiration"]))
             if action.kind == "renew":
@@ -160,14 +193,33 @@ class SubscriptionManager:
                     return ActionResult(action, Status.DONE)
                 group = str(action.params["group"])
                 created = await self.api.create_subscription(self._body(group, expiration))
+                made[str(created.get("id"))] = current
                 return ActionResult(action, Status.DONE, f"was gone (404); recreated as {created.get('id')}")
             if action.kind == "create":
                 group = action.target.split("/", 1)[1]
                 created = await self.api.create_subscription(self._body(group, expiration))
+                made[str(created.get("id"))] = current
                 return ActionResult(action, Status.DONE, f"subscription {created.get('id')}")
             return ActionResult(action, Status.FAILED, f"unknown action kind {action.kind}")
 
-        return await run_actions(plan.actions, perform, concurrency=4, progress=progress)
+        try:
+            return await run_actions(plan.actions, perform, concurrency=4, progress=progress)
+        finally:  # what was created or deleted is kept even when a later action failed
+            if self.store is not None:
+                await self._keep_secrets(observed, made, deleted, current)
+
+    async def _keep_secrets(self, observed: ObservedSubscriptions, made: Mapping[str, str],
+                            deleted: set[str], current: str) -> None:
+        """The fingerprints of the subscriptions that exist now: the known ones, those made in
+        this run, and (adopted) those of ours that had none."""
+        assert self.store is not None
+        ours = {str(s.get("id")) for s in observed.subscriptions
+                if str(s.get("notificationUrl") or "") == self.policy.notification_url}
+        known = dict(observed.secrets or {})
+        kept = {sid: known.get(sid, current) for sid in ours - deleted}
+        kept.update(made)
+        if kept != known:
+            await self.store.put(SECRETS_KEY, dict(sorted(kept.items())))
 
     def _body(self, group: str, expiration: datetime) -> dict[str, Any]:
         body: dict[str, Any] = {

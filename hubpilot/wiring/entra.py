@@ -109,7 +109,7 @@ async def run_subscription_manager(ctx: Context, *, force_renew: Sequence[str] =
         return None
     graph = build_graph_client(ctx)
     try:
-        cap = SubscriptionManager(graph, await subscription_policy(ctx), force_renew=force_renew)
+        cap = SubscriptionManager(graph, await subscription_policy(ctx), force_renew=force_renew, store=ctx.store)
         return await ctx.runner.run(cap, trigger=trigger, actor=actor)
     except LockHeld as exc:
         log.info("subscription manager skipped: %s", exc)
