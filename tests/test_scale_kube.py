@@ -152,14 +152,7 @@ async def test_nodes_removed_from_a_delete_pool_are_leaving_while_they_linger(wo
     by us) until Kubernetes drops them: leaving, not unusable capacity to replace or nodes to uncordon."""
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]
-    arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])
-    arm.pools["gpu"]["scaleDownMode"] = "Delete"
-    kube.node("gpu-0")
-    kube.node("gpu-1")
-    kube.pod("alice", "gpu-1")
-    cap, runner = capability(world)
-    await runner.run(cap, trigger="timer", actor="test")
-    world["clock"]["now"] += timedelta(minutes=11)
+    cap, runner = await past_the_idle_limit(world, busy="gpu-1", empty="gpu-0", mode="Delete")
     rec = await runner.run(cap, trigger="timer", actor="test")
     assert rec.plan is not None and [a.params["nodes"] for a in rec.plan.actions] == [["gpu-0"]], rec.render()
     kube.node("gpu-0", ready=False, unschedulable=True, annotations={CORDON_ANNOTATION: "hubpilot"})
@@ -197,17 +190,25 @@ async def test_stopped_vms_of_a_deallocate_pool_are_left_alone(world: dict[str, 
     assert kube.node_obj("gpu-2")["spec"]["unschedulable"] is False  # not even cordoned
 
 
-async def removed_from_a_deallocate_pool(w: dict[str, Any]) -> tuple[ScaleCapability, Runner[Any]]:
-    """gpu-0 runs alice, gpu-1 stands empty past the idle limit and is removed (deleteMachines)."""
+async def past_the_idle_limit(w: dict[str, Any], *, busy: str = "gpu-0", empty: str = "gpu-1",
+                              mode: str = "Deallocate") -> tuple[ScaleCapability, Runner[Any]]:
+    """A pool of two nodes: ``busy`` runs alice, ``empty`` has stood empty past the idle limit."""
     arm: ArmDouble = w["arm"]
     kube: Emulator = w["kube"]
-    arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])  # the double's pools use Deallocate
-    kube.node("gpu-0")
-    kube.node("gpu-1")
-    kube.pod("alice", "gpu-0")
+    arm.add_pool("gpu", count=2, machines=sorted([busy, empty]))
+    arm.pools["gpu"]["scaleDownMode"] = mode
+    kube.node(busy)
+    kube.node(empty)
+    kube.pod("alice", busy)
     cap, runner = capability(w)
     await runner.run(cap, trigger="timer", actor="test")
     w["clock"]["now"] += timedelta(minutes=11)
+    return cap, runner
+
+
+async def removed_from_a_deallocate_pool(w: dict[str, Any]) -> tuple[ScaleCapability, Runner[Any]]:
+    """gpu-0 runs alice, gpu-1 stands empty past the idle limit and is removed (deleteMachines)."""
+    cap, runner = await past_the_idle_limit(w)
     rec = await runner.run(cap, trigger="timer", actor="test")
     assert rec.outcome is Outcome.APPLIED, rec.render()
     assert [r.action.params.get("removed_nodes") for r in rec.results] == [["gpu-1"]]

@@ -3,26 +3,19 @@ its status is polled (kmock + the ARM double, through the real clients)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from hubpilot.loop import Status
 from tests.doubles.arm import ArmDouble, Operation
 from tests.fixtures.kmock import Emulator
-from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
+from tests.test_scale_kube import past_the_idle_limit, world  # noqa: F401  (fixture)
 
 
 async def test_an_unreachable_status_url_after_an_accepted_delete_keeps_the_nodes_cordoned(
         world: dict[str, Any]) -> None:  # noqa: F811
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]
-    arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])
-    kube.node("gpu-0")
-    kube.node("gpu-1")
-    kube.pod("alice", "gpu-0")
-    cap, runner = capability(world)
-    await runner.run(cap, trigger="timer", actor="test")
-    world["clock"]["now"] += timedelta(minutes=11)
+    cap, runner = await past_the_idle_limit(world)
 
     def unreachable(op: Operation, kind: str) -> str:  # the network fails after the 202
         return f"http://127.0.0.1:9/subscriptions/{arm.subscription}/operationresults/{op.id}?api-version=2026-08-01"
