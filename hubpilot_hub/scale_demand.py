@@ -10,7 +10,13 @@ failure is logged, nothing more. In ``jupyterhub_config.py``, after ``hubpilot_h
                            gpu_profiles=["gpu-t4"], gpu_start_timeout=900)
 
 ``gpu_start_timeout`` raises the start timeout of the GPU profiles above the node boot time, so
-that a spawn waiting for a new GPU node does not time out.
+that a spawn waiting for a new GPU node does not time out (:func:`configure_gpu_start_timeout`,
+which a deployment without the demand signal calls on its own). JupyterHub waits
+``spawner.start_timeout`` as read right after the pre-spawn hook, before ``start()`` runs, while
+KubeSpawner applies a profile's ``kubespawner_override`` inside ``start()``: an override alone
+would only lengthen KubeSpawner's own wait for the pod. So a pre-spawn part sets the timeout on
+the spawner of each GPU spawn (and puts the configured one back for the others), and the GPU
+profiles' overrides are raised too.
 """
 
 from __future__ import annotations
@@ -27,6 +33,21 @@ from hubpilot_hub import hooks
 log = logging.getLogger("hubpilot_hub")
 
 PART_NAME = "gpu-demand"
+START_TIMEOUT_PART_NAME = "gpu-start-timeout"
+
+
+def _profile_of(spawner: Any) -> str:
+    options = getattr(spawner, "user_options", None) or {}
+    return str(options.get("profile", "") or "")
+
+
+def _is_gpu(spawner: Any, profiles: frozenset[str], resource: str) -> bool:
+    if _profile_of(spawner) in profiles:
+        return True
+    for attr in ("extra_resource_limits", "extra_resource_guarantees"):
+        if resource in (getattr(spawner, attr, None) or {}):
+            return True
+    return False
 
 
 class ScaleDemand:
@@ -54,18 +75,12 @@ class ScaleDemand:
         self.sent: list[tuple[float, str, int | None]] = []  # (monotonic time, key, status)
 
     def profile_of(self, spawner: Any) -> str:
-        options = getattr(spawner, "user_options", None) or {}
-        return str(options.get("profile", "") or "")
+        return _profile_of(spawner)
 
     def is_gpu(self, spawner: Any) -> bool:
         if self._is_gpu is not None:
             return bool(self._is_gpu(spawner))
-        if self.profile_of(spawner) in self.gpu_profiles:
-            return True
-        for attr in ("extra_resource_limits", "extra_resource_guarantees"):
-            if self.gpu_resource in (getattr(spawner, attr, None) or {}):
-                return True
-        return False
+        return _is_gpu(spawner, self.gpu_profiles, self.gpu_resource)
 
     def __call__(self, spawner: Any) -> None:
         """Schedule the signal and return at once (the spawn never waits for hubpilot)."""
@@ -107,6 +122,45 @@ class ScaleDemand:
         return status
 
 
+class GpuStartTimeout:
+    """The pre-spawn part that gives a GPU spawn ``seconds`` of start timeout (at least), and
+    every other spawn of the same spawner its configured timeout back."""
+
+    def __init__(self, seconds: int, *, gpu_profiles: Sequence[str] = (),
+                 gpu_resource: str = "nvidia.com/gpu") -> None:
+        self.seconds = int(seconds)
+        self.gpu_profiles = frozenset(gpu_profiles)
+        self.gpu_resource = gpu_resource
+
+    def __call__(self, spawner: Any) -> None:
+        # the spawner object outlives a spawn: remember its configured timeout once
+        base = getattr(spawner, "_hubpilot_base_start_timeout", None)
+        if base is None:
+            base = int(spawner.start_timeout)
+            spawner._hubpilot_base_start_timeout = base
+        gpu = _is_gpu(spawner, self.gpu_profiles, self.gpu_resource)
+        spawner.start_timeout = max(base, self.seconds) if gpu else base
+
+
+def configure_gpu_start_timeout(c: Any, *, gpu_profiles: Sequence[str] = (), seconds: int = 900) -> GpuStartTimeout:
+    """Give GPU spawns a start timeout of at least ``seconds``: a pre-spawn part sets it on the
+    spawner (what JupyterHub waits for), and the GPU profiles' ``kubespawner_override`` get it
+    (what KubeSpawner waits for the pod). Without ``gpu_profiles`` every spawn may need a node."""
+    part = GpuStartTimeout(seconds, gpu_profiles=gpu_profiles)
+    hooks.register_pre_spawn(part, name=START_TIMEOUT_PART_NAME)
+    _install_hook(c)
+    _raise_start_timeout(c, frozenset(gpu_profiles), int(seconds))
+    return part
+
+
+def _install_hook(c: Any) -> None:
+    current = c.Spawner.get("pre_spawn_hook")
+    if current is not hooks.pre_spawn_hook:
+        if current is not None:
+            hooks.register_pre_spawn(current, name="configured:Spawner", essential=True, first=True)
+        c.Spawner.pre_spawn_hook = hooks.pre_spawn_hook
+
+
 def configure_scale_demand(
     c: Any,
     *,
@@ -120,23 +174,22 @@ def configure_scale_demand(
     start timeout to ``gpu_start_timeout`` seconds (None leaves it)."""
     part = ScaleDemand(url, token, gpu_profiles=gpu_profiles, timeout=timeout)
     hooks.register_pre_spawn(part, name=PART_NAME)
-    current = c.Spawner.get("pre_spawn_hook")
-    if current is not hooks.pre_spawn_hook:
-        if current is not None:
-            hooks.register_pre_spawn(current, name="configured:Spawner", essential=True, first=True)
-        c.Spawner.pre_spawn_hook = hooks.pre_spawn_hook
+    _install_hook(c)
     if gpu_start_timeout is not None:
-        _raise_start_timeout(c, frozenset(gpu_profiles), gpu_start_timeout)
+        configure_gpu_start_timeout(c, gpu_profiles=gpu_profiles, seconds=gpu_start_timeout)
     return part
 
 
 def _raise_start_timeout(c: Any, profiles: frozenset[str], seconds: int) -> None:
     profile_list = c.KubeSpawner.get("profile_list") if "KubeSpawner" in c else None
-    if isinstance(profile_list, list) and profiles:
-        for p in profile_list:
-            if isinstance(p, dict) and p.get("slug") in profiles:
-                override = p.setdefault("kubespawner_override", {})
-                override["start_timeout"] = max(int(override.get("start_timeout") or 0), seconds)
+    if profiles:
+        # a callable (or later configured) profile_list cannot be edited here: the pre-spawn
+        # part alone gives its GPU spawns the timeout; the other servers keep theirs
+        if isinstance(profile_list, list):
+            for p in profile_list:
+                if isinstance(p, dict) and p.get("slug") in profiles:
+                    override = p.setdefault("kubespawner_override", {})
+                    override["start_timeout"] = max(int(override.get("start_timeout") or 0), seconds)
         return
     # no profiles to pick from: every server may wait for a GPU node
     for section in ("KubeSpawner", "Spawner"):

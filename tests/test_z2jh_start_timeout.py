@@ -1,0 +1,116 @@
+"""The GPU profiles' start timeout must be in force when JupyterHub starts waiting for the spawn.
+
+JupyterHub (``User.spawn``) runs the pre-spawn hook, calls ``spawner.start()`` and waits
+``spawner.start_timeout`` for it, reading the value at that moment. KubeSpawner applies a
+profile's ``kubespawner_override`` inside ``start()`` (``_start`` → ``load_user_options``), so a
+``start_timeout`` in the override comes too late for that wait (jupyterhub/kubespawner#339);
+it only governs KubeSpawner's own wait for the pod. The GPU timeout is therefore set by a
+pre-spawn part as well, on the spawner, for GPU spawns only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from traitlets.config import Config
+
+from hubpilot_hub import hooks
+from tests.fixtures.hub import unique_name
+from tests.realhub import RealHub
+
+
+@pytest.fixture
+def clean_parts() -> Any:
+    saved = list(hooks._PARTS)
+    yield
+    hooks._PARTS[:] = saved
+
+
+class _Spawner:
+    def __init__(self, profile: str, start_timeout: int = 300) -> None:
+        self.user_options = {"profile": profile}
+        self.extra_resource_limits: dict[str, Any] = {}
+        self.start_timeout = start_timeout
+        self.name = ""
+        self.user = type("U", (), {"name": "ana"})()
+
+
+async def test_pre_spawn_sets_the_gpu_start_timeout_and_restores_it(clean_parts: None) -> None:
+    from hubpilot_hub.scale_demand import configure_scale_demand
+
+    c = Config()
+    c.KubeSpawner.profile_list = [{"slug": "cpu", "display_name": "CPU"}, {"slug": "gpu", "display_name": "GPU"}]
+    part = configure_scale_demand(c, url="http://127.0.0.1:9/api/v1", token="t", gpu_profiles=["gpu"],
+                                  gpu_start_timeout=900, timeout=1)
+    spawner = _Spawner("gpu")
+    await hooks.pre_spawn_hook(spawner)
+    assert spawner.start_timeout == 900
+    spawner.user_options = {"profile": "cpu"}  # the same server, started again with the CPU profile
+    await hooks.pre_spawn_hook(spawner)
+    assert spawner.start_timeout == 300
+    cpu_only = _Spawner("cpu", start_timeout=120)
+    await hooks.pre_spawn_hook(cpu_only)
+    assert cpu_only.start_timeout == 120
+    for task in list(part._tasks):
+        await task
+
+
+def _kube_like_config(gpu_start_timeout: int) -> str:
+    return f"""
+import asyncio
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from traitlets import List
+
+class KubeSpawner(SimpleLocalProcessSpawner):
+    # KubeSpawner's order: start() wraps _start(), which applies the chosen profile's
+    # kubespawner_override first (load_user_options), then waits for the pod (here: a node boot)
+    profile_list = List(config=True)
+
+    def start(self):
+        return asyncio.ensure_future(self._start())
+
+    async def _start(self):
+        slug = (self.user_options or {{}}).get("profile")
+        for profile in self.profile_list:
+            if profile["slug"] == slug:
+                for k, v in profile.get("kubespawner_override", {{}}).items():
+                    setattr(self, k, v)
+        await asyncio.sleep(4)  # the pod waits for a new GPU node
+        return await super().start()
+
+c.JupyterHub.spawner_class = KubeSpawner
+c.Spawner.start_timeout = 2
+c.KubeSpawner.profile_list = [{{"slug": "cpu", "display_name": "CPU"}}, {{"slug": "gpu", "display_name": "GPU"}}]
+
+from hubpilot_hub.scale_demand import configure_scale_demand
+configure_scale_demand(c, url="http://127.0.0.1:9/api/v1", token="t", gpu_profiles=["gpu"],
+                       gpu_start_timeout={gpu_start_timeout}, timeout=1)
+"""
+
+
+@pytest.mark.hub
+async def test_gpu_spawn_waiting_for_a_node_outlives_the_default_timeout_in_a_real_hub(
+    hub_factory: Callable[..., Awaitable[RealHub]],
+) -> None:
+    hub = await hub_factory(extra_config=_kube_like_config(30))
+    user = unique_name("gpuwait")
+    async with hub.admin() as admin:
+        assert (await admin.post(f"/users/{user}")).status_code in (201, 409)
+    r = await hub.spawn(user, user_options={"profile": "gpu"}, timeout=60)
+    assert r.status_code in (201, 202)
+
+
+async def test_callable_profile_list_raises_only_gpu_spawns(clean_parts: None) -> None:
+    from hubpilot_hub.scale_demand import configure_gpu_start_timeout
+
+    c = Config()
+    c.KubeSpawner.start_timeout = 300  # z2jh: singleuser.startTimeout
+    c.KubeSpawner.profile_list = lambda spawner: [{"slug": "gpu", "display_name": "GPU"}]
+    configure_gpu_start_timeout(c, gpu_profiles=["gpu"], seconds=900)
+    assert c.KubeSpawner.start_timeout == 300  # CPU servers keep the chart's timeout
+    gpu, cpu = _Spawner("gpu"), _Spawner("cpu")
+    await hooks.pre_spawn_hook(gpu)
+    await hooks.pre_spawn_hook(cpu)
+    assert (gpu.start_timeout, cpu.start_timeout) == (900, 300)
