@@ -119,3 +119,24 @@ async def test_extra_config_in_a_real_hub(ours: dict[str, Any], tmp_path: Path) 
             await hp.add_group_members("dir-analysts", ["z2jh-user"])
             assert (await hub.login("z2jh-user")).status_code == 302
             assert (await hub.login("someone-else")).status_code == 403
+
+
+def test_gpu_start_timeout_without_the_demand_signal(ours: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The values ship HUBPILOT_DEMAND_URL empty (scale timer only): GPU spawns still wait for a
+    new node, so their start timeout is raised all the same."""
+    from hubpilot_hub.scale_demand import START_TIMEOUT_PART_NAME
+
+    assert ours["hub"]["extraEnv"]["HUBPILOT_DEMAND_URL"] == ""
+    monkeypatch.delenv("HUBPILOT_DEMAND_URL", raising=False)
+    monkeypatch.setenv("HUBPILOT_API_TOKEN", "tok")
+    saved = list(hooks._PARTS)
+    try:
+        c = Config()
+        c.JupyterHub.services = [{"name": "hubpilot", "api_token": "chart-generated", "display": False}]
+        c.KubeSpawner.start_timeout = 300  # singleuser.startTimeout
+        c.KubeSpawner.profile_list = [{"slug": "cpu", "display_name": "CPU"}, {"slug": "gpu", "display_name": "GPU"}]
+        exec(compile(ours["hub"]["extraConfig"]["hubpilot"], "hub.extraConfig.hubpilot", "exec"), {"c": c})
+        assert c.KubeSpawner.profile_list[1]["kubespawner_override"]["start_timeout"] >= 900
+        assert START_TIMEOUT_PART_NAME in dict(hooks.registered_parts())
+    finally:
+        hooks._PARTS[:] = saved
