@@ -98,7 +98,7 @@ def test_configure_raises_only_the_gpu_profiles_start_timeout() -> None:
     from traitlets.config import Config
 
     from hubpilot_hub import hooks
-    from hubpilot_hub.scale_demand import PART_NAME, configure_scale_demand
+    from hubpilot_hub.scale_demand import PART_NAME, START_TIMEOUT_PART_NAME, configure_scale_demand
 
     c = Config()
     c.KubeSpawner.profile_list = [
@@ -115,6 +115,7 @@ def test_configure_raises_only_the_gpu_profiles_start_timeout() -> None:
         assert part.endpoint == "https://hubpilot.example.org/api/v1/scale/demand"
     finally:
         hooks.unregister_pre_spawn(PART_NAME)
+        hooks.unregister_pre_spawn(START_TIMEOUT_PART_NAME)
     with pytest.raises(ValueError, match="http"):
         configure_scale_demand(Config(), url="hubpilot.example.org", token="t")
 
