@@ -35,6 +35,7 @@ from hubpilot.ports.hub import (
 
 PAGINATION = "application/jupyterhub-pagination+json"
 _READ_METHODS = frozenset({"GET", "HEAD"})
+_PAGED_ATTEMPTS = 4  # readings of a listing that keeps shifting before giving up
 
 
 class HubClient:
@@ -159,20 +160,43 @@ class HubClient:
             ) from e
 
     async def _paged(self, template: str, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """Every item of a paged listing. The hub pages by offset in id order, so a deletion on
+        an earlier page (or, with a state filter, a server stopping or starting) shifts the later
+        items and one would be skipped or read twice. Each page after the first therefore starts
+        one item early; when that item is not the last one read, the list shifted and the reading
+        starts over."""
+        for _ in range(_PAGED_ATTEMPTS):
+            items = await self._paged_once(template, params)
+            if items is not None:
+                return items
+        self._counts["errors"] += 1
+        raise HubError(
+            f"GET {template}: the list changed while it was read, {_PAGED_ATTEMPTS} times in a "
+            "row; try again")
+
+    async def _paged_once(self, template: str, params: Mapping[str, Any] | None) -> list[Any] | None:
+        """One reading of a listing; None when it shifted under the reading."""
         items: list[Any] = []
         offset, limit = 0, self._page_size
         while True:
+            overlap = bool(items) and limit > 1
+            start = offset - 1 if overlap else offset
             resp = await self._request(
-                "GET", template, params={**(params or {}), "offset": offset, "limit": limit},
+                "GET", template, params={**(params or {}), "offset": start, "limit": limit},
                 headers={"Accept": PAGINATION},
             )
             body = await self._json(resp)
-            what = f"GET {template} (offset={offset})"
+            what = f"GET {template} (offset={start})"
             if isinstance(body, list):  # a hub without pagination support: one full list
                 return body
             if not isinstance(body, dict) or not isinstance(body.get("items"), list):
                 raise HubInvalidResponse(f"{what}: expected an object with an 'items' list")
-            items.extend(body["items"])
+            page = body["items"]
+            if overlap:
+                if not page or _item_name(page[0]) != _item_name(items[-1]):
+                    return None
+                page = page[1:]
+            items.extend(page)
             pag = body.get("_pagination")
             if not isinstance(pag, dict):
                 raise HubInvalidResponse(f"{what}: '_pagination' missing or not an object")
@@ -181,7 +205,7 @@ class HubClient:
                 return items
             if not isinstance(nxt, dict) or not isinstance(nxt.get("offset"), int):
                 raise HubInvalidResponse(f"{what}: '_pagination.next.offset' is not an integer")
-            if nxt["offset"] <= offset:
+            if nxt["offset"] <= start:
                 raise HubInvalidResponse(f"{what}: '_pagination.next.offset' does not advance")
             offset = nxt["offset"]
             if isinstance(nxt.get("limit"), int) and nxt["limit"] > 0:
@@ -192,9 +216,15 @@ class HubClient:
     async def list_users(self, *, state: str | None = None) -> list[HubUser]:
         if state not in (None, "ready", "active", "inactive"):
             raise ValueError(f"state must be ready, active or inactive, not {state!r}")
-        params = {"state": state} if state else {}
-        return [_with_servers(_user(u, "GET /users"), u, "GET /users")
-                for u in await self._paged("/users", params)]
+        # ?state=ready is ?state=active with the users whose servers are not ready taken out of
+        # each page after paging: a page may lack its last row, which _paged's overlap needs.
+        # So read the active users and leave out the not-ready ones here.
+        params = {"state": "active" if state == "ready" else state} if state else {}
+        users = [_with_servers(_user(u, "GET /users"), u, "GET /users")
+                 for u in await self._paged("/users", params)]
+        if state == "ready":
+            return [u for u in users if any(s.ready for s in u.servers.values())]
+        return users
 
     async def list_groups(self) -> list[HubGroup]:
         return [_group(g, "GET /groups") for g in await self._paged("/groups")]
@@ -340,6 +370,10 @@ def _message(resp: httpx.Response) -> str:
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return str(body["message"])
     return resp.text[:200]
+
+
+def _item_name(item: Any) -> Any:
+    return item.get("name") if isinstance(item, dict) else item
 
 
 def _field(obj: Mapping[str, Any], key: str, types: type | tuple[type, ...], what: str,
