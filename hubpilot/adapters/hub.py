@@ -35,6 +35,8 @@ from hubpilot.ports.hub import (
 
 PAGINATION = "application/jupyterhub-pagination+json"
 _READ_METHODS = frozenset({"GET", "HEAD"})
+_API_URL_HINT = ("is hub.api_url ({}) the hub's REST API, ending in /hub/api "
+                 "(e.g. https://hub.example.org/hub/api)?")
 _PAGED_ATTEMPTS = 4  # readings of a listing that keeps shifting before giving up
 
 
@@ -136,6 +138,18 @@ class HubClient:
                 self._counts["retries"] += 1
                 await asyncio.sleep(self._delay(attempt))
                 continue
+            if 300 <= resp.status_code < 500 and not _is_json(resp):
+                # the REST API answers its errors in JSON; a redirect or an HTML page (the hub's
+                # 404 page, a login page) is not the API, and its 404 never means "no such user"
+                self._counts["errors"] += 1
+                location = resp.headers.get("location")
+                raise HubError(
+                    f"{what}: hub answered {resp.status_code} with "
+                    f"{resp.headers.get('content-type') or 'no content type'}"
+                    + (f" (redirect to {location})" if location else "")
+                    + f", not the REST API's JSON: {_API_URL_HINT.format(self.api_url)}",
+                    status=resp.status_code,
+                )
             if resp.status_code in ok or resp.status_code in accept:
                 return resp
             self._counts["errors"] += 1
@@ -155,7 +169,8 @@ class HubClient:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise HubInvalidResponse(
                 f"{resp.request.method} {resp.request.url}: answer is not JSON "
-                f"(content-type {resp.headers.get('content-type')!r}): {resp.text[:200]!r}",
+                f"(content-type {resp.headers.get('content-type')!r}): {resp.text[:200]!r}; "
+                + _API_URL_HINT.format(self.api_url),
                 status=resp.status_code,
             ) from e
 
@@ -370,6 +385,11 @@ def _message(resp: httpx.Response) -> str:
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return str(body["message"])
     return resp.text[:200]
+
+
+def _is_json(resp: httpx.Response) -> bool:
+    ctype = str(resp.headers.get("content-type", "")).split(";")[0].strip().lower()
+    return ctype == "application/json" or ctype.endswith("+json")
 
 
 def _item_name(item: Any) -> Any:
