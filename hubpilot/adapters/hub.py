@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -38,6 +39,8 @@ _READ_METHODS = frozenset({"GET", "HEAD"})
 _API_URL_HINT = ("is hub.api_url ({}) the hub's REST API, ending in /hub/api "
                  "(e.g. https://hub.example.org/hub/api)?")
 _PAGED_ATTEMPTS = 4  # readings of a listing that keeps shifting before giving up
+# POST /users's answer when the authenticator refuses a name (JupyterHub 5 and 6)
+_INVALID_NAME = re.compile(r"hub answered 400: Invalid usernames?: ")
 
 
 class HubClient:
@@ -259,14 +262,30 @@ class HubClient:
         created: list[str] = []
         for i in range(0, len(wanted), self._create_chunk):
             chunk = wanted[i : i + self._create_chunk]
-            resp = await self._request("POST", "/users", json_body={"usernames": chunk}, accept=(409,))
-            if resp.status_code == 409:  # all of them exist already
-                continue
-            body = await self._json(resp)
-            if not isinstance(body, list):
-                raise HubInvalidResponse("POST /users: expected a list of created users")
-            created.extend(_user(u, "POST /users").name for u in body)
+            try:
+                created.extend(await self._create_chunk_of(chunk))
+            except HubError as e:
+                # the hub refuses the whole batch, creating nobody, when its authenticator
+                # refuses one name: create the others one by one and leave the refused out (the
+                # caller sees they were not created)
+                if e.status != 400 or not _INVALID_NAME.search(str(e)):
+                    raise
+                for name in chunk:
+                    try:
+                        created.extend(await self._create_chunk_of([name]))
+                    except HubError as one:
+                        if one.status != 400 or not _INVALID_NAME.search(str(one)):
+                            raise
         return created
+
+    async def _create_chunk_of(self, names: Sequence[str]) -> list[str]:
+        resp = await self._request("POST", "/users", json_body={"usernames": list(names)}, accept=(409,))
+        if resp.status_code == 409:  # all of them exist already
+            return []
+        body = await self._json(resp)
+        if not isinstance(body, list):
+            raise HubInvalidResponse("POST /users: expected a list of created users")
+        return [_user(u, "POST /users").name for u in body]
 
     async def set_admin(self, name: str, admin: bool) -> None:
         await self._request(
