@@ -34,3 +34,27 @@ async def test_a_hub_that_names_a_new_user_otherwise_fails_the_creation_clearly(
             assert "review-bob" not in managed
     finally:
         await world.close()
+
+
+async def test_a_name_the_hub_refuses_keeps_out_only_that_person(
+        hub_factory: Callable[..., Awaitable[Any]], tmp_path: Path) -> None:
+    """The hub refuses a group request naming a user it does not have: the refused newcomer is left
+    out of their group's additions, the others get in."""
+    hub = await hub_factory(extra_config='c.Authenticator.username_pattern = r"^[^2]+$"')
+    world = World(hub, tmp_path)
+    try:
+        world.people["amy"] = {"username": "amy", "name": "Amy"}
+        world.people["bob"] = {"username": "bob2", "name": "Bob"}  # valid for hubpilot, not for this hub
+        world.groups["analysts"] = ["amy", "bob"]
+        world.write()
+        record = await world.run()
+        failed = sorted((r.action.kind, r.action.params.get("user", r.action.target))
+                        for r in record.results if r.status is Status.FAILED)
+        assert failed == [("add_to_group", "bob2"), ("create_user", "bob2")], record.render()
+        added = [r for r in record.results if r.action.kind == "add_to_group" and r.status is Status.DONE]
+        assert [r.action.params["user"] for r in added] == ["amy"]
+        async with hub.admin() as admin:
+            group = (await admin.get(f"/groups/{added[0].action.target}")).json()
+        assert group["users"] == ["amy"]
+    finally:
+        await world.close()

@@ -51,6 +51,7 @@ class SyncCapability:
         self.policy = policy
         self.clock = clock
         self._want: tuple[DirectorySnapshot, Desired] | None = None
+        self._not_created: set[str] = set()  # this apply's users the hub refused to create
 
     def _desired(self, snapshot: DirectorySnapshot) -> Desired:
         """The snapshot's desired state, computed once per snapshot (observe, plan and apply all
@@ -113,6 +114,7 @@ class SyncCapability:
         return guard_sync(observed, plan, self.policy)
 
     async def apply(self, plan: Plan, observed: SyncObserved, progress: Progress) -> list[ActionResult]:
+        self._not_created = set()
         results = await run_batches(
             plan.actions, _batch_key, self._perform, concurrency=self.policy.concurrency, progress=progress
         )
@@ -161,12 +163,14 @@ class SyncCapability:
                     out.append(ActionResult(a, Status.DONE))
                 elif await hub.get_user(a.target) is not None:
                     out.append(ActionResult(a, Status.NOOP))  # exists already (e.g. logged in meanwhile)
-                else:  # the hub's normalize_username / username_map named the new user otherwise
+                else:  # the hub refused the name, or its normalize_username / username_map renamed it
+                    self._not_created.add(a.target)
                     out.append(ActionResult(a, Status.FAILED, (
                         f"the hub has no user {a.target!r} after POST /users"
                         + (f" (it created {', '.join(others)})" if others else "")
-                        + ": its authenticator names users otherwise than sync.naming "
-                        "(normalize_username, username_map); align sync.naming with the authenticator")))
+                        + ": its authenticator refuses the name or names users otherwise than sync.naming "
+                        "(username_pattern, normalize_username, username_map); align sync.naming with the "
+                        "authenticator")))
             return out
         if kind in ("manage_user", "deprovision"):
             return [ActionResult(a, Status.DONE) for a in batch]  # recorded in _record_managed
@@ -178,8 +182,13 @@ class SyncCapability:
             made = await hub.create_group(first.target)
             return [ActionResult(first, Status.DONE if made else Status.NOOP)]
         if kind == "add_to_group":
-            await hub.add_group_members(first.target, [a.params["user"] for a in batch])
-            return [ActionResult(a, Status.DONE) for a in batch]
+            # a user the hub refused to create would fail the whole request (400): the others go in
+            absent = [a for a in batch if a.params["user"] in self._not_created]
+            present = [a for a in batch if a not in absent]
+            if present:
+                await hub.add_group_members(first.target, [a.params["user"] for a in present])
+            return [ActionResult(a, Status.DONE) for a in present] + [
+                ActionResult(a, Status.FAILED, "the hub did not create this user (see create_user)") for a in absent]
         if kind == "remove_from_group":
             await hub.remove_group_members(first.target, [a.params["user"] for a in batch])
             return [ActionResult(a, Status.DONE) for a in batch]
