@@ -10,7 +10,7 @@ from typing import Any
 from hubpilot.config.sync import SyncSettings
 from hubpilot.loop import Action, ActionResult, Clock, Plan, Progress, Status, run_batches, utcnow
 from hubpilot.ports.directory import Directory, DirectorySnapshot
-from hubpilot.ports.hub import Hub, HubGroup, HubUser, StopResult
+from hubpilot.ports.hub import Hub, HubError, HubGroup, HubUser, StopResult
 from hubpilot.ports.store import ConflictError, StateStore
 from hubpilot.sync.plan import (
     OPERATION,
@@ -115,6 +115,12 @@ class SyncCapability:
 
     async def apply(self, plan: Plan, observed: SyncObserved, progress: Progress) -> list[ActionResult]:
         self._not_created = set()
+        # Recorded as managed before the hub gets them: a run killed between creating users (or
+        # adding them to groups) and the final record would leave them unmanaged, and one who
+        # left before the next run would keep their groups for good.
+        adopted = [ActionResult(a, Status.DONE) for a in plan.actions if a.kind in ("create_user", "manage_user")]
+        if adopted:
+            await self._record_managed(adopted, {})
         results = await run_batches(
             plan.actions, _batch_key, self._perform, concurrency=self.policy.concurrency, progress=progress
         )
@@ -131,10 +137,20 @@ class SyncCapability:
             else r
             for r in results
         ]
+        # a creation that failed and left no hub user is not managed after all (its record, if
+        # any, is as before); when the hub cannot say, the record stays (the next run retries)
+        undo: dict[str, ManagedUser | None] = {}
+        for r in results:
+            if r.action.kind == "create_user" and r.status is Status.FAILED:
+                try:
+                    if await self.hub.get_user(r.action.target) is None:
+                        undo[r.action.target] = observed.managed.get(r.action.target)
+                except HubError:  # the record stays; the next run retries
+                    pass
         ids = self._desired(observed.snapshot).ids
         if results or any(r.active and ids.get(n, r.directory_id) != r.directory_id
                           for n, r in observed.managed.items()):
-            await self._record_managed(results, ids)
+            await self._record_managed(results, ids, undo)
         return results
 
     # --- observe helpers -----------------------------------------------------------------------
@@ -209,7 +225,8 @@ class SyncCapability:
             return [ActionResult(first, Status.DONE if gone else Status.NOOP)]
         raise ValueError(f"sync cannot apply an action of kind {kind!r}")
 
-    async def _record_managed(self, results: Sequence[ActionResult], ids: Mapping[str, str]) -> None:
+    async def _record_managed(self, results: Sequence[ActionResult], ids: Mapping[str, str],
+                              undo: Mapping[str, ManagedUser | None] | None = None) -> None:
         """Write the managed-user records the applied actions imply, in one conditional write,
         and each active managed user's directory id (``ids``: hub name → id), which a later rename
         in the directory is recognised by. Nothing is written when nothing changes."""
@@ -234,7 +251,12 @@ class SyncCapability:
                     users[name] = {**rec, "deprovisioned_at": now.isoformat()}
                 elif kind == "delete_user":
                     users.pop(name, None)
-            changed = bool(touched)
+            for name, before in (undo or {}).items():
+                if before is None:
+                    users.pop(name, None)
+                else:
+                    users[name] = before.to_json()
+            changed = bool(touched) or bool(undo)
             for name, rec in users.items():
                 wanted = ids.get(name)
                 if wanted and not rec.get("deprovisioned_at") and rec.get("directory_id") != wanted:

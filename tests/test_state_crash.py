@@ -1,0 +1,147 @@
+"""Crash consistency of sync: a real ``python -m hubpilot.cli sync`` against a real hub and a file
+directory, killed with SIGKILL part-way through apply, then run again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.fixtures.hub import unique_name
+from tests.realhub import RealHub
+
+pytestmark = pytest.mark.hub
+LEASE = timedelta(minutes=10)  # the CLI's lock lease
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Bed:
+    def __init__(self, hub: RealHub, tmp: Path) -> None:
+        self.hub, self.tag = hub, unique_name("crash")
+        self.dir, self.db, self.cfg = tmp / "dir.yaml", tmp / "state.sqlite3", tmp / "hubpilot.toml"
+        self.cfg.write_text(
+            f'[hub]\napi_url = "{hub.api_url}"\ntoken = "{hub.hubpilot_token}"\n'
+            f'[directory]\nkind = "file"\n[directory.file]\npath = "{self.dir}"\n'
+            f'[sync]\nusers_groups = ["a", "b"]\ngroup_prefix = "{self.tag}-"\n'
+            f'max_removals = 1000\nmax_removal_percent = 100.0\n'
+            f'[state]\nsqlite_path = "{self.db}"\n'
+        )
+
+    def name(self, short: str) -> str:
+        return f"{self.tag}-{short}"
+
+    def write(self, groups: dict[str, list[str]]) -> None:
+        people = {s: {"username": self.name(s)} for m in groups.values() for s in m}
+        self.dir.write_text(yaml.safe_dump({"people": people,
+                                            "groups": {g: {"members": m} for g, m in groups.items()}}))
+
+    def start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "hubpilot.cli", "--config", str(self.cfg), "sync"],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def run(self) -> tuple[int, str]:
+        p = self.start()
+        out, err = p.communicate(timeout=120)
+        return p.returncode, out.decode() + err.decode()
+
+    def expire_lock(self, killed_at: datetime) -> None:
+        """The killed run's lock: it must lapse within its lease; then let it lapse now."""
+        with sqlite3.connect(self.db) as conn:
+            row = conn.execute("SELECT expires_us FROM locks WHERE name = 'sync'").fetchone()
+            if row is None:
+                return
+            expires = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=row[0])
+            assert expires <= killed_at + LEASE + timedelta(seconds=5), expires
+            conn.execute("UPDATE locks SET expires_us = 0 WHERE name = 'sync'")
+
+    def managed(self) -> dict[str, Any]:
+        with sqlite3.connect(self.db) as conn:
+            row = conn.execute("SELECT json FROM docs WHERE key = 'sync/managed'").fetchone()
+        return json.loads(row[0])["users"] if row else {}
+
+    async def hub_state(self, names: set[str]) -> tuple[set[str], dict[str, set[str]]]:
+        """Which of ``names`` the hub has, and this test's hub groups."""
+        async with self.hub.admin() as admin:
+            found = {n for n in names if (await admin.get(f"/users/{n}")).status_code == 200}
+            groups = {}
+            for g in (self.name("a"), self.name("b")):
+                got = await admin.get(f"/groups/{g}")
+                if got.status_code == 200:
+                    groups[g] = set(got.json()["users"])
+        return found, groups
+
+    async def kill_during_apply(self, seed: int) -> datetime:
+        """Start a run and SIGKILL it at a random moment after apply's first hub write (seed 0: at
+        once)."""
+        delay = 0.0 if seed == 0 else random.Random(seed).uniform(0.0, 0.3)
+        async with self.hub.admin() as admin:
+            async def groups() -> Any:
+                got = [await admin.get(f"/groups/{self.name(g)}") for g in ("a", "b")]
+                return [sorted(r.json()["users"]) if r.status_code == 200 else None for r in got]
+            before = await groups()
+            p = self.start()
+            deadline = time.monotonic() + 60
+            while p.poll() is None and time.monotonic() < deadline:
+                if await groups() != before:
+                    await asyncio.sleep(delay)
+                    break
+        killed = datetime.now(UTC)
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        return killed
+
+
+async def _converge(bed: Bed, groups: dict[str, list[str]]) -> None:
+    code, text = bed.run()
+    assert code == 0, text
+    wanted = {bed.name(s) for m in groups.values() for s in m}
+    users, hub_groups = await bed.hub_state(wanted)
+    for g, members in groups.items():
+        assert hub_groups.get(bed.name(g), set()) == {bed.name(s) for s in members}, (g, text)
+    managed = bed.managed()
+    assert {n for n, r in managed.items() if not r.get("deprovisioned_at")} == wanted
+    assert wanted <= users
+    code, text = bed.run()
+    assert code == 0 and "nothing to do" in text, text
+
+
+@pytest.mark.parametrize("seed", [0, 0, 0, 1, 2, 3])
+async def test_killed_first_sync_then_leavers_converge(real_hub: RealHub, tmp_path: Path, seed: int) -> None:
+    """Killed after the hub's groups changed: everyone the run put in a group is known to be
+    managed, so a person who leaves before the next run leaves the groups too."""
+    bed = Bed(real_hub, tmp_path)
+    first = {"a": [f"p{i}" for i in range(12)], "b": [f"p{i}" for i in range(6, 18)]}
+    bed.write(first)
+    killed = await bed.kill_during_apply(seed)
+    bed.expire_lock(killed)
+    # people leave before the next run; the rest must keep everything, the leavers lose their groups
+    later = {"a": [f"p{i}" for i in range(4, 12)], "b": [f"p{i}" for i in range(6, 14)]}
+    bed.write(later)
+    await _converge(bed, later)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+async def test_killed_removal_run_converges(real_hub: RealHub, tmp_path: Path, seed: int) -> None:
+    bed = Bed(real_hub, tmp_path)
+    first = {"a": [f"p{i}" for i in range(12)], "b": [f"p{i}" for i in range(6, 18)]}
+    bed.write(first)
+    code, text = bed.run()
+    assert code == 0, text
+    later = {"a": [f"p{i}" for i in range(0, 12, 2)], "b": [f"p{i}" for i in range(6, 20)]}
+    bed.write(later)
+    killed = await bed.kill_during_apply(seed)
+    bed.expire_lock(killed)
+    await _converge(bed, later)
