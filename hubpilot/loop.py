@@ -34,6 +34,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def stored_time(value: Any, what: str) -> datetime | None:
+    """A time read from a state document: None for null or "", else an ISO string (naive means
+    UTC, as everywhere in hubpilot's documents); any other value is a ValueError naming ``what``."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is {type(value).__name__}, not an ISO time")
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{what} is not an ISO time: {value[:40]!r}") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 class ExitCode(enum.IntEnum):
     """Exit codes every CLI command shares (and what the HTTP API maps its outcomes from)."""
 

@@ -53,8 +53,17 @@ class GroupState:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> GroupState:
-        users = {str(k): [v[0], v[1]] for k, v in dict(data.get("users") or {}).items()}
-        return cls(users, {str(g) for g in data.get("groups") or ()}, {str(o) for o in data.get("others") or ()})
+        """Read stored members; a wrong shape is a ValueError, never members read as fewer."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a group's members are {type(data).__name__}, not an object")
+        stored = _of(data.get("users"), dict, "users")
+        users: dict[str, list[str | None]] = {}
+        for k, v in stored.items():
+            if not isinstance(v, list) or len(v) < 2 or not all(x is None or isinstance(x, str) for x in v[:2]):
+                raise ValueError(f"member {k!r} is {v!r}, not [username, display name]")
+            users[str(k)] = [v[0], v[1]]
+        return cls(users, {str(g) for g in _of(data.get("groups"), list, "groups")},
+                   {str(o) for o in _of(data.get("others"), list, "others")})
 
     def copy(self) -> GroupState:
         return GroupState({k: list(v) for k, v in self.users.items()}, set(self.groups), set(self.others))
@@ -83,11 +92,20 @@ class ChunkState:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ChunkState:
-        groups = tuple(str(g) for g in data.get("groups") or ())
-        members = {str(g): GroupState.from_json(s) for g, s in dict(data.get("members") or {}).items()}
+        groups = tuple(str(g) for g in _of(data.get("groups"), list, "groups"))
+        members = {str(g): GroupState.from_json(s) for g, s in _of(data.get("members"), dict, "members").items()}
         link = data.get("delta_link")
         checked = data.get("users_checked")
         return cls(groups, str(link) if link else None, members, str(checked) if checked else None)
+
+
+def _of(value: Any, kind: type[Any], what: str) -> Any:
+    """A stored field that must be a JSON ``kind`` (null or absent: empty)."""
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise ValueError(f"{what!r} is {type(value).__name__}, not {'an object' if kind is dict else 'a list'}")
+    return value
 
 
 def chunk_key(groups: Iterable[str]) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from hubpilot.config.scale import ScaleSettings
+from hubpilot.loop import stored_time
 
 PRIOR_WEEKS = 4.0  # weight of the same-hour mean of the day kind, in weeks of data
 
@@ -77,7 +78,8 @@ class Forecast:
         try:
             rates = {str(k): float(v) for k, v in (data.get("rates") or {}).items() if _valid_bucket(str(k))}
             weeks = {str(k): int(v) for k, v in (data.get("weeks") or {}).items() if _valid_bucket(str(k))}
-            seen = {str(k): datetime.fromisoformat(v) for k, v in (data.get("seen") or {}).items()}
+            seen = {str(k): t for k, v in (data.get("seen") or {}).items()
+                    if (t := stored_time(v, "seen")) is not None}
             open_bucket = data.get("open_bucket")
             return cls(rates, weeks, str(open_bucket) if open_bucket and _valid_bucket(str(open_bucket)) else None,
                        int(data.get("open_count") or 0), seen)

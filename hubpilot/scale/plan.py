@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from hubpilot.loop import Action, Plan
+from hubpilot.loop import Action, Plan, stored_time
 from hubpilot.ports.cluster import CORDON_ANNOTATION, ClusterView, NodeInfo, UserPod
 from hubpilot.ports.pool import PoolState
 from hubpilot.scale.forecast import Forecast, ForecastPolicy, forecast_spare
@@ -61,18 +61,37 @@ class Memory:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> Memory:
+        """Read the stored memory (fields it does not know are ignored); a damaged one is a
+        ValueError that says what to do."""
         if not data:
             return cls()
-        return cls(
-            empty_since={str(k): datetime.fromisoformat(v)
-                         for k, v in (data.get("empty_since") or {}).items()},
-            last_up=datetime.fromisoformat(data["last_up"]) if data.get("last_up") else None,
-            last_down=datetime.fromisoformat(data["last_down"]) if data.get("last_down") else None,
-            count=int(data["count"]) if data.get("count") is not None else None,
-            count_rose=datetime.fromisoformat(data["count_rose"]) if data.get("count_rose") else None,
-            removed={str(k): datetime.fromisoformat(v) for k, v in (data.get("removed") or {}).items()},
-            vm_kept=data.get("vm_kept") if isinstance(data.get("vm_kept"), bool) else None,
-        )
+
+        def times(name: str) -> dict[str, datetime]:
+            value = data.get(name)
+            if value is None:
+                return {}
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{name!r} is {type(value).__name__}, not an object")
+            return {str(k): t for k, v in value.items() if (t := stored_time(v, f"{name}[{k!r}]")) is not None}
+
+        try:
+            count = data.get("count")
+            if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+                raise ValueError(f"'count' is {count!r}, not a node count")
+            return cls(
+                empty_since=times("empty_since"),
+                last_up=stored_time(data.get("last_up"), "'last_up'"),
+                last_down=stored_time(data.get("last_down"), "'last_down'"),
+                count=count,
+                count_rose=stored_time(data.get("count_rose"), "'count_rose'"),
+                removed=times("removed"),
+                vm_kept=data.get("vm_kept") if isinstance(data.get("vm_kept"), bool) else None,
+            )
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                f"the stored scale memory is damaged ({exc}): fix it, or delete it to start afresh "
+                "(idle nodes then wait the full idle time again)"
+            ) from exc
 
     def count_rose_at(self, count: int, now: datetime) -> datetime | None:
         """When the count last rose between two observations, ``count`` being observed ``now``."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from hubpilot.config.sync import SyncSettings
-from hubpilot.loop import Action, Plan
+from hubpilot.loop import Action, Plan, stored_time
 from hubpilot.naming import hub_group_name, hub_name
 from hubpilot.ports.directory import DirectorySnapshot
 from hubpilot.ports.hub import HubGroup, HubUser
@@ -51,12 +51,16 @@ class ManagedUser:
 
     @classmethod
     def from_json(cls, data: Mapping[str, str | None]) -> ManagedUser:
-        since = data.get("since")
-        gone = data.get("deprovisioned_at")
-        if not since:
+        """Read a stored record; a wrong shape is a ValueError (fields it does not know are ignored)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a managed user record is {type(data).__name__}, not an object")
+        since = stored_time(data.get("since"), "'since'")
+        if since is None:
             raise ValueError("managed user record without 'since'")
-        return cls(datetime.fromisoformat(since), datetime.fromisoformat(gone) if gone else None,
-                   data.get("directory_id") or None)
+        ident = data.get("directory_id") or None
+        if ident is not None and not isinstance(ident, str):
+            raise ValueError(f"'directory_id' is {type(ident).__name__}, not a string")
+        return cls(since, stored_time(data.get("deprovisioned_at"), "'deprovisioned_at'"), ident)
 
 
 @dataclass(frozen=True)
