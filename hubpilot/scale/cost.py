@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from hubpilot.loop import stored_time
 from hubpilot.ports.store import ConflictError, StateStore
+
+log = logging.getLogger(__name__)
 
 SIZES_KEY = "scale/sizes/{day}"
 
@@ -122,10 +126,10 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
     for _ in range(5):
         got = await store.get_with_etag(key)
         doc, etag = got if got else ({"points": []}, "")
-        points = list(doc.get("points") or [])
+        points = list(doc["points"]) if isinstance(doc.get("points"), list) else []
         # the size in force at ``at`` (records may arrive out of time order: two hosts, skew)
-        earlier = [p for p in points if datetime.fromisoformat(p[0]) <= at]
-        last = int(_in_time_order(earlier)[-1][1]) if earlier else await last_size(store, day - timedelta(days=1))
+        earlier = [p for p in _parsed(points, key) if p[0] <= at]
+        last = earlier[-1][1] if earlier else await last_size(store, day - timedelta(days=1))
         if last is not None and last == count:
             return False
         points.append([at.isoformat(), count, source])
@@ -139,15 +143,27 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
 
 async def last_size(store: StateStore, day: date, lookback_days: int = 31) -> int | None:
     for i in range(lookback_days):
-        doc = await store.get(SIZES_KEY.format(day=(day - timedelta(days=i)).isoformat()))
-        if doc and doc.get("points"):
-            return int(_in_time_order(doc["points"])[-1][1])
+        key = SIZES_KEY.format(day=(day - timedelta(days=i)).isoformat())
+        points = _parsed((await store.get(key) or {}).get("points"), key)
+        if points:
+            return points[-1][1]
     return None
 
 
-def _in_time_order(points: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
-    """Stored points by time; points of the same instant stay in the order they were recorded."""
-    return sorted(points, key=lambda p: datetime.fromisoformat(p[0]))
+def _parsed(points: Any, key: str) -> list[tuple[datetime, int]]:
+    """Stored points ``[time, count, source]`` by time (points of the same instant stay in the
+    order they were recorded). The history only feeds the cost report: a damaged point is left out
+    with a warning, never an error that stops a scale run."""
+    out: list[tuple[datetime, int]] = []
+    for p in points if isinstance(points, list) else [points] if points else []:
+        try:
+            when = stored_time(p[0], "time")
+            if when is None or isinstance(p[1], bool) or not isinstance(p[1], int):
+                raise ValueError(f"not [time, count, source]: {p!r}"[:120])
+            out.append((when, p[1]))
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            log.warning("the size history %s has a damaged point, left out (fix or delete it): %s", key, exc)
+    return sorted(out, key=lambda p: p[0])
 
 
 async def read_points(store: StateStore, since: date, until: date) -> list[tuple[datetime, int]]:
@@ -161,8 +177,7 @@ async def read_points(store: StateStore, since: date, until: date) -> list[tuple
             continue
         if day > until:
             continue
-        for p in doc.get("points") or []:
-            pts.append((datetime.fromisoformat(p[0]), int(p[1])))
+        pts += _parsed(doc.get("points"), key)
     pts.sort(key=lambda p: p[0])  # stable: the same instant keeps the order of recording
     start = datetime.combine(since, time(0), UTC)
     earlier = [p for p in pts if p[0] <= start]
