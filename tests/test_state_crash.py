@@ -145,3 +145,50 @@ async def test_killed_removal_run_converges(real_hub: RealHub, tmp_path: Path, s
     killed = await bed.kill_during_apply(seed)
     bed.expire_lock(killed)
     await _converge(bed, later)
+
+
+class LdapBed(Bed):
+    """The same bed with a real slapd as the directory: groupOfNames ``<tag>-a`` and ``<tag>-b``."""
+
+    def __init__(self, hub: RealHub, tmp: Path, slapd: Any) -> None:
+        super().__init__(hub, tmp)
+        self.slapd, self.ou = slapd, f"ou={self.tag},{slapd.base_dn}"
+        slapd.add(self.ou, {"objectClass": ["organizationalUnit"], "ou": self.tag})
+        self.people: set[str] = set()
+        self.made: set[str] = set()
+        self.cfg.write_text(
+            f'[hub]\napi_url = "{hub.api_url}"\ntoken = "{hub.hubpilot_token}"\n'
+            f'[directory]\nkind = "ldap"\n[directory.ldap]\nurl = "{slapd.url}"\n'
+            f'bind_dn = "{slapd.root_dn}"\nbind_password = "{slapd.root_password}"\n'
+            f'base_dn = "{slapd.base_dn}"\n'
+            f'[sync]\nusers_groups = ["{self.tag}-a", "{self.tag}-b"]\ngroup_prefix = "{self.tag}-"\n'
+            f'group_names = {{ "{self.tag}-a" = "a", "{self.tag}-b" = "b" }}\n'
+            f'max_removals = 1000\nmax_removal_percent = 100.0\n'
+            f'[state]\nsqlite_path = "{self.db}"\n'
+        )
+
+    def write(self, groups: dict[str, list[str]]) -> None:
+        for s in sorted({s for m in groups.values() for s in m} - self.people):
+            self.slapd.add(f"uid={self.name(s)},{self.ou}", {"objectClass": ["inetOrgPerson"],
+                                                             "uid": self.name(s), "cn": s, "sn": s})
+            self.people.add(s)
+        for g, members in groups.items():
+            dn, dns = f"cn={self.name(g)},{self.ou}", [f"uid={self.name(s)},{self.ou}" for s in members]
+            if g not in self.made:
+                self.slapd.add(dn, {"objectClass": ["groupOfNames"], "cn": self.name(g), "member": dns})
+                self.made.add(g)
+            else:
+                self.slapd.replace(dn, "member", dns)
+
+
+@pytest.mark.ldap
+@pytest.mark.parametrize("seed", [0, 0, 1, 2])
+async def test_ldap_killed_runs_converge(real_hub: RealHub, tmp_path: Path, slapd: Any, seed: int) -> None:
+    bed = LdapBed(real_hub, tmp_path, slapd)
+    first = {"a": [f"p{i}" for i in range(12)], "b": [f"p{i}" for i in range(6, 18)]}
+    bed.write(first)
+    bed.expire_lock(await bed.kill_during_apply(seed))
+    later = {"a": [f"p{i}" for i in range(4, 12)], "b": [f"p{i}" for i in range(6, 14)]}
+    bed.write(later)
+    bed.expire_lock(await bed.kill_during_apply(seed + 1))  # killed again, now removing people
+    await _converge(bed, later)
