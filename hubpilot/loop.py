@@ -465,9 +465,15 @@ class Runner(Generic[ObservedT]):
             record.outcome, record.error = Outcome.FAILED, _describe_error(exc)
             record.finished = self.clock()
             return record
-        plan = cap.plan(observed, self.clock())
-        record.plan = plan
-        record.refusal = tuple(cap.guard(observed, plan))
+        try:
+            plan = cap.plan(observed, self.clock())
+            record.plan = plan
+            record.refusal = tuple(cap.guard(observed, plan))
+        except Exception as exc:  # a plan that cannot be made (damaged state, a bug): reported
+            log.exception("%s: planning failed", cap.name)
+            record.outcome, record.error = Outcome.FAILED, "planning failed: " + _describe_error(exc)
+            record.finished = self.clock()
+            return record
         record.outcome = Outcome.REFUSED if record.refusal else Outcome.PLANNED
         record.finished = self.clock()
         return record
@@ -512,9 +518,14 @@ class Runner(Generic[ObservedT]):
                 log.warning("%s: observe failed: %s", cap.name, exc)
                 record.outcome, record.error = Outcome.FAILED, _describe_error(exc)
                 return await self._finish(record)
-            plan = cap.plan(observed, self.clock())
-            record.plan = plan
-            reasons = tuple(cap.guard(observed, plan))
+            try:
+                plan = cap.plan(observed, self.clock())
+                record.plan = plan
+                reasons = tuple(cap.guard(observed, plan))
+            except Exception as exc:  # damaged state, a bug: nothing is applied, the run is recorded
+                log.exception("%s: planning failed", cap.name)
+                record.outcome, record.error = Outcome.FAILED, "planning failed: " + _describe_error(exc)
+                return await self._finish(record)
             if approve is not None and approve != plan.id:
                 reasons = (
                     f"plan {approve} was approved, but a fresh observation yields plan {plan.id}; "

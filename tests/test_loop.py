@@ -156,6 +156,25 @@ async def test_observe_error_fails_with_nothing_applied(store: SqliteStore) -> N
     assert record.results == [] and await store.read_lock("shelf", NOW) is None
 
 
+async def test_a_plan_that_cannot_be_made_is_a_recorded_failure(store: SqliteStore) -> None:
+    """A plan or guard that raises (damaged state, a bug) fails the run with nothing applied, and
+    the run is finished, audited and unlocked like any other."""
+    class Broken(Shelf):
+        def plan(self, observed: set[str], now: datetime) -> Plan:
+            raise TypeError("can't compare offset-naive and offset-aware datetimes")
+
+    r = runner(store)
+    record = await r.run(Broken({"a"}), trigger="t", actor="me")
+    assert record.outcome is Outcome.FAILED and record.error is not None
+    assert record.error.startswith("planning failed: TypeError") and record.results == []
+    assert await store.read_lock("shelf", NOW) is None
+    entries, _ = await store.read_audit(operation="shelf", limit=5)
+    assert [e["outcome"] for e in entries] == ["failed"]
+    assert (await r.get_run(record.run_id)) is not None
+    dry = await r.dry_run(Broken({"a"}))
+    assert dry.outcome is Outcome.FAILED and dry.error is not None and "planning failed" in dry.error
+
+
 async def test_concurrent_runs_one_applies_the_other_sees_the_lock(store: SqliteStore) -> None:
     cap = Shelf({"a"}, delay=0.2)
     results = await asyncio.gather(runner(store).run(cap, trigger="t", actor="x"),
