@@ -3,11 +3,12 @@ after the run but before the message is deleted) runs once; its run document kee
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from hubpilot.adapters.store_sqlite import SqliteStore
-from hubpilot.api.runs import RunRequest, _queued_doc, execute_run
+from hubpilot.api.runs import RunRequest, _queued_doc, execute_run, read_run
 from hubpilot.loop import RUN_KEY, new_run_id
 from hubpilot.wiring import Context
 from tests.test_loop import NOW, Shelf, runner
@@ -31,5 +32,37 @@ async def test_a_redelivered_run_request_does_not_run_again_or_overwrite_the_run
         assert [r["action"]["target"] for r in doc["results"]] == ["a"]
         entries, _ = await store.read_audit(operation="shelf")
         assert [e["run_id"] for e in entries] == [req.run_id]
+    finally:
+        await store.close()
+
+
+async def test_a_run_killed_while_running_reads_as_failed_once_its_lock_is_gone(tmp_path: Path) -> None:
+    """A run whose process was killed leaves its document "running"; without the lock it held it
+    reads as failed and says why, while a run that still holds its lock reads as running."""
+    store = SqliteStore(str(tmp_path / "state.sqlite3"))
+    ctx = Context(settings=None, store=store, clock=lambda: NOW)  # type: ignore[arg-type]
+    try:
+        run_id = new_run_id()
+        doc = {"run_id": run_id, "operation": "shelf", "trigger": "api", "actor": "alice",
+               "started": NOW.isoformat(), "outcome": "running"}
+        await store.put(RUN_KEY.format(run_id=run_id), doc)
+        lease = await store.acquire_lock("shelf", f"alice:{run_id}", timedelta(minutes=10), NOW)
+        assert lease is not None
+        running = await read_run(ctx, run_id)
+        assert running is not None and running["outcome"] == "running"
+        await store.release_lock(lease)  # as when the lease of a killed run expires
+        killed = await read_run(ctx, run_id)
+        assert killed is not None and killed["outcome"] == "failed" and "no longer holds" in killed["error"]
+        other = await store.acquire_lock("shelf", f"bob:{new_run_id()}", timedelta(minutes=10), NOW)
+        assert other is not None  # the next run holds the lock: still not ours
+        assert (await read_run(ctx, run_id) or {})["outcome"] == "failed"
+        await store.release_lock(other)
+        # the queue delivers the killed run's request again: it runs (only a finished run is not)
+        cap = Shelf({"a"})
+        ctx2 = Context(settings=None, store=store, clock=lambda: NOW,  # type: ignore[arg-type]
+                       factories={"shelf": lambda c: cap})
+        ctx2._runner = runner(store)
+        again = await execute_run(ctx2, RunRequest(run_id, "shelf", "api", "alice"))
+        assert again is not None and again.outcome == "applied" and cap.observed == 1
     finally:
         await store.close()
