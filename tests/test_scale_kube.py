@@ -206,6 +206,16 @@ async def past_the_idle_limit(w: dict[str, Any], *, busy: str = "gpu-0", empty: 
     return cap, runner
 
 
+async def one_empty_past_the_idle_limit(w: dict[str, Any]) -> tuple[ScaleCapability, Runner[Any]]:
+    """A pool of one node, gpu-0, empty since the first run and now past the idle limit."""
+    w["arm"].add_pool("gpu", count=1, machines=["gpu-0"])
+    w["kube"].node("gpu-0")
+    cap, runner = capability(w)
+    await runner.run(cap, trigger="timer", actor="test")
+    w["clock"]["now"] += timedelta(minutes=11)
+    return cap, runner
+
+
 async def removed_from_a_deallocate_pool(w: dict[str, Any]) -> tuple[ScaleCapability, Runner[Any]]:
     """gpu-0 runs alice, gpu-1 stands empty past the idle limit and is removed (deleteMachines)."""
     cap, runner = await past_the_idle_limit(w)
@@ -265,11 +275,7 @@ async def test_a_node_that_got_a_pod_after_planning_is_uncordoned_not_removed(wo
 async def test_dry_run_cordons_nothing(world: dict[str, Any]) -> None:
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]
-    arm.add_pool("gpu", count=1, machines=["gpu-0"])
-    kube.node("gpu-0")
-    cap, runner = capability(world)
-    await runner.run(cap, trigger="timer", actor="test")
-    world["clock"]["now"] += timedelta(minutes=30)
+    cap, runner = await one_empty_past_the_idle_limit(world)
     rec = await runner.run(cap, trigger="cli", actor="test", dry_run=True)
     assert rec.outcome is Outcome.PLANNED and rec.plan is not None and rec.plan.counts() == {"remove_nodes": 1}
     assert kube.node_obj("gpu-0")["spec"].get("unschedulable") is False
@@ -279,11 +285,7 @@ async def test_dry_run_cordons_nothing(world: dict[str, Any]) -> None:
 async def test_409_skips_the_round_and_uncordons(world: dict[str, Any]) -> None:
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]
-    arm.add_pool("gpu", count=1, machines=["gpu-0"])
-    kube.node("gpu-0")
-    cap, runner = capability(world)
-    await runner.run(cap, trigger="timer", actor="test")
-    world["clock"]["now"] += timedelta(minutes=30)
+    cap, runner = await one_empty_past_the_idle_limit(world)
     arm.fault("POST", 409)
     rec = await runner.run(cap, trigger="timer", actor="test")
     assert [r.status for r in rec.results] == [Status.SKIPPED], rec.render()

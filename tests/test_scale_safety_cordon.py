@@ -3,24 +3,19 @@ uncordoned, by hubpilot (kmock + the ARM double, through the real clients)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from hubpilot.loop import Status
 from hubpilot.ports.cluster import CORDON_ANNOTATION
 from tests.doubles.arm import ArmDouble
 from tests.fixtures.kmock import Emulator
-from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
+from tests.test_scale_kube import one_empty_past_the_idle_limit, world  # noqa: F401  (fixture)
 
 
 async def test_a_node_cordoned_by_someone_else_after_planning_is_left_as_it_is(world: dict[str, Any]) -> None:  # noqa: F811
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]
-    arm.add_pool("gpu", count=1, machines=["gpu-0"])
-    kube.node("gpu-0")
-    cap, runner = capability(world)
-    await runner.run(cap, trigger="timer", actor="test")
-    world["clock"]["now"] += timedelta(minutes=11)
+    cap, _ = await one_empty_past_the_idle_limit(world)
     observed = await cap.observe()
     plan = cap.plan(observed, world["clock"]["now"])
     assert [a.kind for a in plan.actions] == ["remove_nodes"]
