@@ -421,6 +421,10 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
+ABANDONED = ("the run ended without finishing: it no longer holds its operation's lock (its process "
+             "stopped, or lost the lock); what it did is in the audit of later runs, which re-observe")
+
+
 class Runner(Generic[ObservedT]):
     """Runs capabilities through the one loop, with the lock, pause flag, approval and audit."""
 
@@ -580,6 +584,17 @@ class Runner(Generic[ObservedT]):
     async def get_run(self, run_id: str) -> RunRecord | None:
         doc = await self.store.get(RUN_KEY.format(run_id=run_id))
         return RunRecord.from_json(doc) if doc else None
+
+    async def run_document(self, run_id: str) -> dict[str, Any] | None:
+        """The run's document as readers should see it. A run holds its operation's lock from
+        before its document says "running" until after it says how it ended, so a "running"
+        document whose run holds no lock is a run that was killed: it reads as failed."""
+        doc = await self.store.get(RUN_KEY.format(run_id=run_id))
+        if doc is not None and doc.get("outcome") == str(Outcome.RUNNING) and isinstance(doc.get("operation"), str):
+            lease = await self.store.read_lock(doc["operation"], self.clock())
+            if lease is None or not lease.holder.endswith(f":{run_id}"):
+                doc = {**doc, "outcome": str(Outcome.FAILED), "error": ABANDONED}
+        return doc
 
     async def last_run(self, operation: str) -> dict[str, Any] | None:
         return await self.store.get(LAST_RUN_KEY.format(operation=operation))

@@ -41,6 +41,7 @@ async def test_a_run_killed_while_running_reads_as_failed_once_its_lock_is_gone(
     reads as failed and says why, while a run that still holds its lock reads as running."""
     store = SqliteStore(str(tmp_path / "state.sqlite3"))
     ctx = Context(settings=None, store=store, clock=lambda: NOW)  # type: ignore[arg-type]
+    ctx._runner = runner(store)
     try:
         run_id = new_run_id()
         doc = {"run_id": run_id, "operation": "shelf", "trigger": "api", "actor": "alice",

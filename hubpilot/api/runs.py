@@ -185,20 +185,9 @@ async def _record_unstarted(ctx: Context, req: RunRequest, error: str) -> None:
         log.exception("could not record run %s", req.run_id)
 
 
-ABANDONED = ("the run ended without finishing: it no longer holds its operation's lock (its process "
-             "stopped, or lost the lock); what it did is in the audit of later runs, which re-observe")
-
-
 async def read_run(ctx: Context, run_id: str) -> dict[str, Any] | None:
-    """The run document: queued, running or finished. A run holds its operation's lock from before
-    its document says "running" until after it says how it ended; a "running" document whose run
-    holds no lock is a run that was killed, and reads as failed."""
-    doc = await ctx.store.get(RUN_KEY.format(run_id=run_id))
-    if doc is not None and doc.get("outcome") == str(Outcome.RUNNING) and isinstance(doc.get("operation"), str):
-        lease = await ctx.store.read_lock(doc["operation"], ctx.clock())
-        if lease is None or not lease.holder.endswith(f":{run_id}"):
-            doc = {**doc, "outcome": str(Outcome.FAILED), "error": ABANDONED}
-    return doc
+    """The run document: queued, running or finished (a killed run reads as failed)."""
+    return await ctx.runner.run_document(run_id)
 
 
 async def wait_for_run(ctx: Context, run_id: str, seconds: float) -> dict[str, Any] | None:
