@@ -74,8 +74,6 @@ class ScaleDemand:
         self._tasks: set[asyncio.Future[Any]] = set()
         self.sent: list[tuple[float, str, int | None]] = []  # (monotonic time, key, status)
 
-    def profile_of(self, spawner: Any) -> str:
-        return _profile_of(spawner)
 
     def is_gpu(self, spawner: Any) -> bool:
         if self._is_gpu is not None:
@@ -88,7 +86,7 @@ class ScaleDemand:
             if not self.is_gpu(spawner):
                 return
             body = {"user": spawner.user.name, "server": getattr(spawner, "name", "") or "",
-                    "profile": self.profile_of(spawner)}
+                    "profile": _profile_of(spawner)}
         except Exception:
             log.exception("hubpilot gpu-demand: cannot read the spawner; spawning anyway")
             return

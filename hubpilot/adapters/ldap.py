@@ -511,9 +511,8 @@ class LdapDirectory:
 
     def _expand(self, conn: ldap3.Connection, name: str, root: _Entry, index: Mapping[str, _Entry],
                 by_username: Mapping[str, list[_Entry]], notes: list[str],
-                referred: Mapping[str, str] | None = None) -> set[Member]:
+                referred: Mapping[str, str]) -> set[Member]:
         members: set[Member] = set()
-        referred = referred or {}
 
         def unread(what: str, group: _Entry, dn: str | None) -> None:
             """A member that may lie in a subtree the server referred elsewhere is unknown, never
