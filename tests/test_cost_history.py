@@ -132,3 +132,11 @@ async def test_days_bounds(store: SqliteStore) -> None:
         with pytest.raises(ValueError):
             await report(store, h(12), days=bad)
 
+
+
+async def test_at_midnight_today_is_a_row_of_its_own(store: SqliteStore) -> None:
+    """At exactly 00:00 UTC today has begun: ``days=N`` still gives N rows, today's empty so far."""
+    await record_size(store, h(18), 2, source="observed")
+    rep = await report(store, h(0, 1), days=2)
+    assert [(d["date"], d["node_hours"], d["peak_nodes"]) for d in rep["days"]] == [
+        ("2026-03-28", 12.0, 2), ("2026-03-29", 0.0, 2)]

@@ -104,7 +104,7 @@ def day_costs(points: Sequence[tuple[datetime, int]], days: Sequence[date], *, p
     for d in days:
         start = datetime.combine(d, time(0), UTC)
         end = min(start + timedelta(days=1), until)
-        if end <= start:
+        if end < start:  # a day still to come; today is a row even at 00:00 sharp
             continue
         before = None
         for t, c in pts:
