@@ -118,9 +118,12 @@ class SyncCapability:
         # Recorded as managed before the hub gets them: a run killed between creating users (or
         # adding them to groups) and the final record would leave them unmanaged, and one who
         # left before the next run would keep their groups for good.
-        adopted = [ActionResult(a, Status.DONE) for a in plan.actions if a.kind in ("create_user", "manage_user")]
-        if adopted:
-            await self._record_managed(adopted, {})
+        # A rename is recorded ahead too, under both names (same directory id): killed after the
+        # hub's rename, the new name is still followed; killed before it, the next run renames.
+        ahead = [ActionResult(a, Status.DONE) for a in plan.actions
+                 if a.kind in ("create_user", "manage_user", "rename_user")]
+        if ahead:
+            await self._record_managed(ahead, {}, ahead=True)
         results = await run_batches(
             plan.actions, _batch_key, self._perform, concurrency=self.policy.concurrency, progress=progress
         )
@@ -226,10 +229,12 @@ class SyncCapability:
         raise ValueError(f"sync cannot apply an action of kind {kind!r}")
 
     async def _record_managed(self, results: Sequence[ActionResult], ids: Mapping[str, str],
-                              undo: Mapping[str, ManagedUser | None] | None = None) -> None:
+                              undo: Mapping[str, ManagedUser | None] | None = None, *,
+                              ahead: bool = False) -> None:
         """Write the managed-user records the applied actions imply, in one conditional write,
         and each active managed user's directory id (``ids``: hub name → id), which a later rename
-        in the directory is recognised by. Nothing is written when nothing changes."""
+        in the directory is recognised by. Nothing is written when nothing changes. ``ahead``:
+        before apply, a rename records the new name beside the old one."""
         now = self.clock()
         touched = [r for r in results if r.status in (Status.DONE, Status.NOOP)]
         for _ in range(5):
@@ -245,7 +250,8 @@ class SyncCapability:
                     users[name] = ManagedUser(datetime.fromisoformat(since) if since else now).to_json()
                 elif kind == "rename_user":
                     new = r.action.params["to"]
-                    users[new] = users.pop(name, None) or ManagedUser(now).to_json()
+                    rec = users.get(name) if ahead else users.pop(name, None)
+                    users[new] = dict(rec) if rec else ManagedUser(now).to_json()
                 elif kind == "deprovision":
                     rec = users.get(name) or ManagedUser(now).to_json()
                     users[name] = {**rec, "deprovisioned_at": now.isoformat()}

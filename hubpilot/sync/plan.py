@@ -164,7 +164,10 @@ def find_renames(observed: SyncObserved, want: Desired, policy: SyncSettings) ->
         if not record.active or record.directory_id is None or old in want.users or old in want.uncertain:
             continue
         new = by_id.get(record.directory_id)
-        if (new is None or new == old or new in observed.users or new in observed.managed
+        # a record of the new name with the same id is this rename's own, written ahead of it
+        ahead = new is not None and new in observed.managed \
+            and observed.managed[new].directory_id == record.directory_id
+        if (new is None or new == old or new in observed.users or (new in observed.managed and not ahead)
                 or new in now.values() or new in waiting.values()):
             continue  # one hub user per new name: a second old record leaves as usual
         user = observed.users.get(old)
