@@ -335,7 +335,9 @@ async def test_auth_matrix(api: Api, method: str, path: str, role: str) -> None:
         assert r.status_code not in (401, 403), (right, r.status_code, r.text)
 
 
-async def test_app_service_principal_is_trusted_only_when_enabled(tmp_path: Path) -> None:
+async def test_app_service_principal_is_trusted_only_when_enabled(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")  # what App Service injects with its authentication on
     for enabled in (False, True):
         ctx, _ = make_context(tmp_path, make_settings(app_service_auth=enabled))
         async with asgi_client(ctx) as client:
@@ -354,6 +356,26 @@ async def test_app_service_principal_is_trusted_only_when_enabled(tmp_path: Path
             r = await client.post("/api/v1/sync?wait=30", headers=admin_hdr)
             assert r.status_code == 200 and r.json()["actor"] == "bo@example.org"
         await drain_tasks()
+        await ctx.close()
+
+
+async def test_the_principal_header_is_refused_where_app_service_authentication_is_off(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``api.app_service_auth`` on but no App Service authentication in front (the platform
+    injects WEBSITE_AUTH_ENABLED=True only when it is on), anyone could send the header: it is refused,
+    with what to fix; API tokens still work."""
+    admin_hdr = {"X-MS-CLIENT-PRINCIPAL": principal_header(["hubpilot.admin"], "mallory@example.org")}
+    for env in (None, "False", ""):
+        if env is None:
+            monkeypatch.delenv("WEBSITE_AUTH_ENABLED", raising=False)
+        else:
+            monkeypatch.setenv("WEBSITE_AUTH_ENABLED", env)
+        ctx, _ = make_context(tmp_path, make_settings(app_service_auth=True))
+        async with asgi_client(ctx) as client:
+            r = await client.post("/api/v1/sync", headers=admin_hdr)
+            assert r.status_code == 401, (env, r.text)
+            assert "WEBSITE_AUTH_ENABLED" in r.json()["detail"] and "app_service_auth" in r.json()["detail"]
+            assert (await client.get("/api/v1/status", headers={**admin_hdr, **READER})).status_code == 200
         await ctx.close()
 
 

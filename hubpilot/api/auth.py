@@ -105,13 +105,20 @@ def authenticate_app_service(settings: ApiSettings, header: str, name_header: st
                      "app_service")
 
 
-def authenticate(settings: ApiSettings, headers: Any) -> Principal:
-    """The caller of a request, from its headers; raises :class:`AuthError` (401) when unknown."""
-    if settings.app_service_auth:
-        header = headers.get(PRINCIPAL_HEADER)
-        if header:
-            return authenticate_app_service(settings, header, headers.get(PRINCIPAL_NAME_HEADER))
+def authenticate(settings: ApiSettings, headers: Any, *, platform_auth: bool = False) -> Principal:
+    """The caller of a request, from its headers; raises :class:`AuthError` (401) when unknown.
+
+    ``platform_auth``: App Service authentication fronts this app (it injects
+    ``WEBSITE_AUTH_ENABLED=True``), so the principal header is the platform's, not the caller's."""
+    header = headers.get(PRINCIPAL_HEADER) if settings.app_service_auth else None
+    if header and platform_auth:
+        return authenticate_app_service(settings, header, headers.get(PRINCIPAL_NAME_HEADER))
     auth = headers.get("authorization")
+    if not auth and header:
+        raise AuthError(401, "the X-MS-CLIENT-PRINCIPAL header is not trusted: api.app_service_auth is on, but "
+                        "App Service authentication does not front this app (WEBSITE_AUTH_ENABLED is not 'True'), "
+                        "so anyone could send the header; turn App Service authentication on for the app, "
+                        "or send 'Authorization: Bearer <api token>'")
     if not auth:
         raise AuthError(401, "credentials required: send 'Authorization: Bearer <api token>'")
     scheme, _, token = auth.partition(" ")
@@ -146,7 +153,7 @@ def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
         _credentials: HTTPAuthorizationCredentials | None = Security(bearer),
     ) -> Principal:
         try:
-            principal = authenticate(ctx.settings.api, request.headers)
+            principal = authenticate(ctx.settings.api, request.headers, platform_auth=ctx.platform_auth)
         except AuthError as exc:
             log.info("refused %s %s: %s", request.method, request.url.path, exc.detail)
             raise _challenge(exc) from None

@@ -56,8 +56,9 @@ class ApiSettings(Section):
     )
     app_service_auth: bool = Field(
         False,
-        description="Trust the X-MS-CLIENT-PRINCIPAL header of App Service authentication. Turn on "
-        "only when App Service authentication fronts the app (the header is forgeable otherwise).",
+        description="Trust the X-MS-CLIENT-PRINCIPAL header of App Service authentication, where the "
+        "platform says that its authentication fronts the app (WEBSITE_AUTH_ENABLED=True); elsewhere "
+        "the header is refused (anyone could send it).",
     )
     app_roles: dict[str, Role] = Field(
         default_factory=_default_app_roles,

@@ -7,6 +7,7 @@ lazily, on first use, so that a host's cold start stays cheap.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -43,6 +44,10 @@ class Context:
     _closers: list[Callable[[], Any]] = field(default_factory=list)
     _runner: Runner[Any] | None = None
     factories: dict[str, Callable[[Context], Capability[Any]]] = field(default_factory=dict)
+    # App Service injects WEBSITE_AUTH_ENABLED=True when its authentication fronts the app; only
+    # then does it strip and set X-MS-CLIENT-PRINCIPAL (elsewhere any caller could send one)
+    platform_auth: bool = field(
+        default_factory=lambda: os.environ.get("WEBSITE_AUTH_ENABLED", "").strip().lower() == "true")
 
     @property
     def runner(self) -> Runner[Any]:

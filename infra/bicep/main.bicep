@@ -78,7 +78,7 @@ param hubToken string = ''
 @secure()
 param apiTokens string = ''
 
-@description('api.app_service_auth: trust App Service authentication\'s principal header. Turn on only after configuring App Service authentication on the app.')
+@description('api.app_service_auth: trust App Service authentication\'s principal header. Turn on after configuring App Service authentication on the app; hubpilot refuses the header while the platform does not report it on (WEBSITE_AUTH_ENABLED).')
 param appServiceAuth bool = false
 
 @description('NCRONTAB of the scheduled sync (sync.schedule); the timer trigger reads this app setting.')
