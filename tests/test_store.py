@@ -55,27 +55,44 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 # --- locks ---------------------------------------------------------------------------------------
 
+def _short_ttl(store: StateStore) -> timedelta:
+    """A TTL tests can outlive: Azure judges expiry by the service's clock, so it must pass for real."""
+    return timedelta(seconds=1) if isinstance(store, AzureStore) else TTL
+
+
+async def _outlive(store: StateStore, taken: datetime, ttl: timedelta) -> datetime:
+    """Let a lease taken at ``taken`` for ``ttl`` expire; returns the (injected) time it expires.
+    SQLite judges by the injected time; Azure by the service's, whose Date has whole seconds."""
+    if isinstance(store, AzureStore):
+        await asyncio.sleep(ttl.total_seconds() + 1.2)
+    return taken + ttl
+
+
 async def test_acquire_then_second_acquirer_is_refused(store: StateStore) -> None:
     name = _name("lock")
     lease = await store.acquire_lock(name, "a", TTL, T0)
     assert lease is not None and lease.holder == "a" and lease.name == name
     assert lease.expires_at == T0 + TTL and lease.token
     assert await store.acquire_lock(name, "b", TTL, T0 + timedelta(minutes=4)) is None
-    held = await store.read_lock(name, T0 + timedelta(minutes=1))
-    assert held is not None and held.holder == "a" and held.expires_at == T0 + TTL
+    held = await store.read_lock(name, T0)
+    assert held is not None and held.holder == "a"
+    # in the reader's clock; Azure counts what is left by the service's clock (whole seconds)
+    assert T0 + TTL - timedelta(seconds=3) <= held.expires_at <= T0 + TTL + timedelta(seconds=1)
     # other names are independent
     assert await store.acquire_lock(_name("lock"), "b", TTL, T0) is not None
 
 
 async def test_expiry_lets_another_take_it_and_the_old_holder_cannot_renew(store: StateStore) -> None:
     name = _name("lock")
-    old = await store.acquire_lock(name, "a", TTL, T0)
+    ttl = _short_ttl(store)
+    old = await store.acquire_lock(name, "a", ttl, T0)
     assert old is not None
-    assert await store.read_lock(name, T0 + TTL) is None  # expired exactly at expires_at
-    new = await store.acquire_lock(name, "b", TTL, T0 + TTL + timedelta(seconds=1))
+    expired = await _outlive(store, T0, ttl)
+    assert await store.read_lock(name, expired) is None  # expired exactly at expires_at
+    new = await store.acquire_lock(name, "b", TTL, expired + timedelta(seconds=1))
     assert new is not None and new.holder == "b"
-    assert await store.renew_lock(old, TTL, T0 + TTL + timedelta(seconds=2)) is None
-    held = await store.read_lock(name, T0 + TTL + timedelta(seconds=3))
+    assert await store.renew_lock(old, TTL, expired + timedelta(seconds=2)) is None
+    held = await store.read_lock(name, expired + timedelta(seconds=3))
     assert held is not None and held.holder == "b"
 
 
@@ -107,14 +124,16 @@ async def test_release_frees_the_lock(store: StateStore) -> None:
 
 async def test_release_after_takeover_leaves_the_new_holder(store: StateStore) -> None:
     name = _name("lock")
-    old = await store.acquire_lock(name, "a", TTL, T0)
+    ttl = _short_ttl(store)
+    old = await store.acquire_lock(name, "a", ttl, T0)
     assert old is not None
-    new = await store.acquire_lock(name, "b", TTL, T0 + TTL * 2)
+    later = await _outlive(store, T0, ttl) + ttl
+    new = await store.acquire_lock(name, "b", TTL, later)
     assert new is not None
     await store.release_lock(old)
-    held = await store.read_lock(name, T0 + TTL * 2)
+    held = await store.read_lock(name, later)
     assert held is not None and held.holder == "b" and held.token == new.token
-    assert await store.acquire_lock(name, "c", TTL, T0 + TTL * 2) is None
+    assert await store.acquire_lock(name, "c", TTL, later) is None
 
 
 async def test_twenty_concurrent_acquirers_exactly_one_wins(store: StateStore) -> None:
@@ -128,8 +147,9 @@ async def test_twenty_concurrent_acquirers_exactly_one_wins(store: StateStore) -
 
 async def test_twenty_concurrent_takeovers_of_an_expired_lease_exactly_one_wins(store: StateStore) -> None:
     name = _name("lock")
-    assert await store.acquire_lock(name, "old", TTL, T0) is not None
-    later = T0 + TTL * 2
+    ttl = _short_ttl(store)
+    assert await store.acquire_lock(name, "old", ttl, T0) is not None
+    later = await _outlive(store, T0, ttl) + ttl
     leases = await asyncio.gather(*(store.acquire_lock(name, f"h{i}", TTL, later) for i in range(20)))
     assert len([lease for lease in leases if lease is not None]) == 1
 
@@ -568,9 +588,12 @@ async def test_azure_lock_race_between_separate_clients(azurite: Azurite) -> Non
     stores = [first, *others]
     try:
         await first.read_lock("warm-up", T0)  # create the tables once, so the race is on the lock
+        short = _short_ttl(first) * 2  # the winner is still read as the holder on a slow machine
         for round_ in range(3):
-            at = T0 + TTL * 2 * round_  # each round starts after the previous lease expired
-            leases = await asyncio.gather(*(s.acquire_lock("scale", f"s{i}", TTL, at)
+            at = T0 + short * 2 * round_  # each round starts after the previous lease expired
+            if round_:
+                await _outlive(first, at, short)
+            leases = await asyncio.gather(*(s.acquire_lock("scale", f"s{i}", short, at)
                                             for i, s in enumerate(stores)))
             winners = [lease for lease in leases if lease is not None]
             assert len(winners) == 1, round_
@@ -579,6 +602,60 @@ async def test_azure_lock_race_between_separate_clients(azurite: Azurite) -> Non
     finally:
         for s in stores:
             await s.close()
+
+
+def _same_account(first: AzureStore, azurite: Azurite) -> AzureStore:
+    """Another client (another host) on the tables and container of ``first``."""
+    return AzureStore.from_settings(connection_string=azurite.connection_string,
+                                    table_prefix=first.locks_table.removesuffix("locks"),
+                                    container=first.container_name)
+
+
+@pytest.mark.azurite
+async def test_azure_lock_expiry_ignores_a_taker_whose_clock_runs_ahead(azurite: Azurite) -> None:
+    """Hosts sharing the account may disagree on the time (an on-prem CLI host off NTP): a taker
+    whose clock runs more than the TTL ahead must not take a lock that is still held."""
+    holder, taker = azure_store(azurite), None
+    try:
+        taker = _same_account(holder, azurite)
+        now = datetime.now(UTC)
+        lease = await holder.acquire_lock("sync", "holder", TTL, now)
+        assert lease is not None
+        ahead = now + TTL + timedelta(minutes=1)
+        assert await taker.acquire_lock("sync", "taker", TTL, ahead) is None
+        held = await taker.read_lock("sync", ahead)
+        assert held is not None and held.holder == "holder"
+        # reported in the reader's own clock: about a TTL from its now (Date has whole seconds)
+        assert ahead + TTL - timedelta(seconds=5) <= held.expires_at <= ahead + TTL + timedelta(seconds=2)
+        renewed = await holder.renew_lock(lease, TTL, now + timedelta(seconds=1))
+        assert renewed is not None
+        assert await taker.acquire_lock("sync", "taker", TTL, ahead + TTL * 3) is None
+        held = await holder.read_lock("sync", now)
+        assert held is not None and held.holder == "holder"
+    finally:
+        await holder.close()
+        if taker is not None:
+            await taker.close()
+
+
+@pytest.mark.azurite
+async def test_azure_lock_expires_by_service_time_whatever_the_taker_clock(azurite: Azurite) -> None:
+    """A lease expires when the service's clock says so: a taker whose clock lags takes it then."""
+    holder, taker = azure_store(azurite), None
+    short = timedelta(seconds=1)
+    try:
+        taker = _same_account(holder, azurite)
+        now = datetime.now(UTC)
+        assert await holder.acquire_lock("cull", "holder", short, now) is not None
+        await asyncio.sleep(2.2)  # past the TTL, and past the next whole second of the Date header
+        behind = now - timedelta(hours=1)
+        assert await taker.read_lock("cull", behind) is None
+        lease = await taker.acquire_lock("cull", "taker", TTL, behind)
+        assert lease is not None and lease.holder == "taker"
+    finally:
+        await holder.close()
+        if taker is not None:
+            await taker.close()
 
 
 @pytest.mark.azurite
@@ -612,7 +689,8 @@ async def test_azure_corrupt_blob_and_rows_name_what_is_broken(azurite: Azurite)
             await t.create_entity({"PartitionKey": "audit", "RowKey": "0" * 18 + "-" + "0" * 20 + "-0000abcd",
                                    "operation": "sync", "entry": "not json"})
         async with TableClient.from_connection_string(azurite.connection_string, store.locks_table) as t:
-            await t.upsert_entity({"PartitionKey": "lock", "RowKey": "sync", "holder": "a", "expires_us": "soon"})
+            await t.upsert_entity({"PartitionKey": "lock", "RowKey": "sync", "holder": "a", "expires_us": "soon",
+                                   "ttl_us": "soon"})
         with pytest.raises(StoreError, match=r"'sync/managed'.*corrupt JSON"):
             await store.get("sync/managed")
         with pytest.raises(StoreError, match=r"'sync/list'.*not a JSON object"):

@@ -2,7 +2,12 @@
 
 - Locks: one entity per lock in ``<prefix>locks``. Acquire inserts the entity, or replaces an
   expired one conditionally on its etag, so exactly one of many concurrent acquirers wins. Renew
-  and release are conditional on the etag we got (the lease's ``token``).
+  and release are conditional on the etag we got (the lease's ``token``). Expiry is judged by the
+  service's clock, never by the caller's: a lease ends ``ttl_us`` after the entity's server-set
+  ``Timestamp`` (its last write), compared with the ``Date`` of the response that read it, so a
+  host whose clock runs ahead cannot take a lock that is still held. (``expires_us``, the
+  holder's own view, is still written for older versions; a row without ``ttl_us``, written by
+  one of them, is judged by ``expires_us`` against the caller's clock as they do.)
 - Audit: one partition ``audit`` in ``<prefix>audit``; the RowKey is the inverted ``at`` time,
   then an inverted append sequence, then a random suffix, so the table's natural order is newest
   first. An entry too big for a table property is written to the blob ``audit/<RowKey>.json``
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import functools
 import re
 import threading
@@ -34,6 +40,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
+from azure.core.pipeline import PipelineResponse
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, ExponentialRetry
@@ -87,6 +94,19 @@ def _is_conflict(exc: HttpResponseError) -> bool:
     return isinstance(exc, (ResourceModifiedError, ResourceExistsError)) or exc.status_code in (409, 412)
 
 
+def _service_time(response: PipelineResponse[Any, Any]) -> datetime | None:
+    """The service's time when it answered: the response's ``Date`` (whole seconds, rounded down,
+    so a lease never looks expired early)."""
+    value = response.http_response.headers.get("Date")
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 def _lock_row(name: str) -> str:
     """A RowKey for a lock name: the name itself when safe, else a reversible hex form."""
     if not name:
@@ -131,6 +151,8 @@ class _Sequence:
 
 
 _SEQUENCE = _Sequence()
+
+_LockRow = tuple[dict[str, Any], str, datetime | None, datetime | None]
 
 
 class AzureStore:
@@ -254,37 +276,61 @@ class AzureStore:
             return bytes(data), str(downloader.properties.etag)
 
     # --- locks -----------------------------------------------------------------------------
-    def _lease(self, name: str, entity: Mapping[str, Any], etag: str) -> Lease:
+    def _lock_entity(self, name: str, holder: str, ttl: timedelta, now: datetime) -> dict[str, Any]:
+        ttl_us = ttl // timedelta(microseconds=1)
+        if ttl_us <= 0:
+            raise ValueError(f"a lock's time to live must be positive, got {ttl}")
+        return {"PartitionKey": _LOCK_PK, "RowKey": _lock_row(name), "name": name, "holder": holder,
+                "expires_us": str(_micros(now + ttl, "now")), "ttl_us": str(ttl_us)}
+
+    def _unexpired(self, name: str, found: _LockRow, now: datetime) -> Lease | None:
+        """The lease ``found`` describes, unless the service's clock says it has expired; its
+        ``expires_at`` is in the caller's clock (``now`` plus the time the service says is left)."""
+        entity, etag, written, served = found
         try:
-            expires = _from_micros(int(entity["expires_us"]))
             holder = str(entity["holder"])
-        except (KeyError, ValueError, TypeError):
+            if "ttl_us" not in entity:  # written by an older version: its own clock's expiry
+                expires = _from_micros(int(entity["expires_us"]))
+                return Lease(name, holder, expires, etag) if expires > now else None
+            ttl = timedelta(microseconds=int(entity["ttl_us"]))
+        except (KeyError, ValueError, TypeError, OverflowError):
             raise StoreError(
                 f"lock {name!r} in table {self.locks_table} is malformed; delete its row"
             ) from None
-        return Lease(name, holder, expires, etag)
+        if written is None or served is None:
+            raise StoreError(f"lock {name!r}: the service's answer has no Timestamp or Date to judge "
+                             "its expiry by")
+        left = written + ttl - served
+        return Lease(name, holder, now + left, etag) if left > timedelta(0) else None
 
-    async def _get_lock(self, name: str) -> tuple[dict[str, Any], str] | None:
+    async def _get_lock(self, name: str) -> _LockRow | None:
+        """The lock's entity, etag, server-set Timestamp, and the service's time of the answer."""
+        served: list[datetime | None] = [None]
+
+        def hook(response: PipelineResponse[Any, Any]) -> None:
+            served[0] = _service_time(response)
+
         with _errors(f"read the lock {name!r}"):
             try:
-                entity = await self._locks.get_entity(_LOCK_PK, _lock_row(name))
+                entity = await self._locks.get_entity(_LOCK_PK, _lock_row(name), raw_response_hook=hook)
             except ResourceNotFoundError:
                 return None
-            return dict(entity), str(entity.metadata["etag"])
+            written = entity.metadata.get("timestamp")
+            return (dict(entity), str(entity.metadata["etag"]),
+                    written if isinstance(written, datetime) else None, served[0])
 
     async def acquire_lock(self, name: str, holder: str, ttl: timedelta, now: datetime) -> Lease | None:
-        now_us, expires = _micros(now, "now"), _micros(now + ttl, "now")
+        _micros(now, "now")
+        entity = self._lock_entity(name, holder, ttl, now)
         await self._ensure()
-        entity = {"PartitionKey": _LOCK_PK, "RowKey": _lock_row(name), "name": name, "holder": holder,
-                  "expires_us": str(expires)}
         current = await self._get_lock(name)
         with _errors(f"take the lock {name!r}"):
             try:
                 if current is None:
                     meta = await self._locks.create_entity(entity)
                 else:
-                    existing, etag = current
-                    if self._lease(name, existing, etag).expires_at > _from_micros(now_us):
+                    etag = current[1]
+                    if self._unexpired(name, current, now) is not None:
                         return None
                     meta = await self._locks.update_entity(
                         entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=_IF_SAME
@@ -295,13 +341,12 @@ class AzureStore:
                 if _is_conflict(exc):
                     return None
                 raise
-        return Lease(name, holder, _from_micros(expires), str(meta["etag"]))
+        return Lease(name, holder, now + ttl, str(meta["etag"]))
 
     async def renew_lock(self, lease: Lease, ttl: timedelta, now: datetime) -> Lease | None:
-        expires = _micros(now + ttl, "now")
+        _micros(now, "now")
+        entity = self._lock_entity(lease.name, lease.holder, ttl, now)
         await self._ensure()
-        entity = {"PartitionKey": _LOCK_PK, "RowKey": _lock_row(lease.name), "name": lease.name,
-                  "holder": lease.holder, "expires_us": str(expires)}
         with _errors(f"renew the lock {lease.name!r}"):
             try:
                 meta = await self._locks.update_entity(
@@ -313,7 +358,7 @@ class AzureStore:
                 if _is_conflict(exc) or exc.status_code == 404:
                     return None
                 raise
-        return Lease(lease.name, lease.holder, _from_micros(expires), str(meta["etag"]))
+        return Lease(lease.name, lease.holder, now + ttl, str(meta["etag"]))
 
     async def release_lock(self, lease: Lease) -> None:
         await self._ensure()
@@ -329,13 +374,10 @@ class AzureStore:
                     raise
 
     async def read_lock(self, name: str, now: datetime) -> Lease | None:
-        now_at = _from_micros(_micros(now, "now"))
+        _micros(now, "now")
         await self._ensure()
         current = await self._get_lock(name)
-        if current is None:
-            return None
-        lease = self._lease(name, *current)
-        return lease if lease.expires_at > now_at else None
+        return None if current is None else self._unexpired(name, current, now)
 
     # --- audit -----------------------------------------------------------------------------
     def _row_key(self, at_us: int) -> str:

@@ -34,7 +34,12 @@ class StateStore(Protocol):
     """
 
     async def acquire_lock(self, name: str, holder: str, ttl: timedelta, now: datetime) -> Lease | None:
-        """Take the lock ``name`` unless an unexpired lease exists; None when another holds it."""
+        """Take the lock ``name`` unless an unexpired lease exists; None when another holds it.
+
+        ``now`` is the caller's clock. A store shared by several machines judges expiry by a clock
+        of its own where it has one (Azure: the service's), so a caller whose clock runs ahead
+        cannot take a lease that is still held; a lease's ``expires_at`` is in the caller's clock.
+        """
         ...
 
     async def renew_lock(self, lease: Lease, ttl: timedelta, now: datetime) -> Lease | None:
