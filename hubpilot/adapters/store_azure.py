@@ -7,7 +7,9 @@
   ``Timestamp`` (its last write), compared with the ``Date`` of the response that read it, so a
   host whose clock runs ahead cannot take a lock that is still held. (``expires_us``, the
   holder's own view, is still written for older versions; a row without ``ttl_us``, written by
-  one of them, is judged by ``expires_us`` against the caller's clock as they do.)
+  one of them, is judged by ``expires_us`` against the caller's clock as they do.) Each write
+  carries a fresh ``claim``: when a retried write is refused because its first attempt landed
+  (the answer was lost), the claim read back shows the lease is ours.
 - Audit: one partition ``audit`` in ``<prefix>audit``; the RowKey is the inverted ``at`` time,
   then an inverted append sequence, then a random suffix, so the table's natural order is newest
   first. An entry too big for a table property is written to the blob ``audit/<RowKey>.json``
@@ -15,7 +17,9 @@
 - Documents: the blob ``docs/<key>`` in the container, conditional writes on the blob etag.
 
 Retries are azure-core's (Tables) and the storage SDK's (Blobs) own policies, configured here;
-there is no retry loop of our own. Tables and the container are created on first use.
+there is no retry loop of our own. A retried write can be refused by its own first attempt, which
+the service applied before its answer was lost: lock writes and audit appends recognise that.
+Tables and the container are created on first use.
 """
 
 from __future__ import annotations
@@ -281,7 +285,17 @@ class AzureStore:
         if ttl_us <= 0:
             raise ValueError(f"a lock's time to live must be positive, got {ttl}")
         return {"PartitionKey": _LOCK_PK, "RowKey": _lock_row(name), "name": name, "holder": holder,
-                "expires_us": str(_micros(now + ttl, "now")), "ttl_us": str(ttl_us)}
+                "expires_us": str(_micros(now + ttl, "now")), "ttl_us": str(ttl_us),
+                "claim": uuid.uuid4().hex}
+
+    async def _landed(self, entity: Mapping[str, Any], ttl: timedelta, now: datetime) -> Lease | None:
+        """After a lock write was refused: the lease, if the stored claim is this write's own (a
+        retry refused because the first attempt landed and its answer was lost), else None."""
+        name = str(entity["name"])
+        current = await self._get_lock(name)
+        if current is None or current[0].get("claim") != entity["claim"]:
+            return None
+        return Lease(name, str(entity["holder"]), now + ttl, current[1])
 
     def _unexpired(self, name: str, found: _LockRow, now: datetime) -> Lease | None:
         """The lease ``found`` describes, unless the service's clock says it has expired; its
@@ -335,12 +349,11 @@ class AzureStore:
                     meta = await self._locks.update_entity(
                         entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=_IF_SAME
                     )
-            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
-                return None  # another acquirer got there first (or released it meanwhile)
             except HttpResponseError as exc:
-                if _is_conflict(exc):
-                    return None
-                raise
+                if not (_is_conflict(exc) or isinstance(exc, ResourceNotFoundError)):
+                    raise
+                # another acquirer got there first (or released it meanwhile), or we did
+                return await self._landed(entity, ttl, now)
         return Lease(name, holder, now + ttl, str(meta["etag"]))
 
     async def renew_lock(self, lease: Lease, ttl: timedelta, now: datetime) -> Lease | None:
@@ -352,12 +365,10 @@ class AzureStore:
                 meta = await self._locks.update_entity(
                     entity, mode=UpdateMode.REPLACE, etag=lease.token, match_condition=_IF_SAME
                 )
-            except (ResourceModifiedError, ResourceNotFoundError):
-                return None
             except HttpResponseError as exc:
-                if _is_conflict(exc) or exc.status_code == 404:
-                    return None
-                raise
+                if not (_is_conflict(exc) or exc.status_code == 404):
+                    raise
+                return await self._landed(entity, ttl, now)  # lost, unless the refusal was our own
         return Lease(lease.name, lease.holder, now + ttl, str(meta["etag"]))
 
     async def release_lock(self, lease: Lease) -> None:
@@ -400,10 +411,22 @@ class AzureStore:
         else:
             blob = f"{_AUDIT_BLOBS}{row_key}.json"
             with _errors(f"write the audit entry blob {blob}"):
-                await self._container.get_blob_client(blob).upload_blob(text.encode(), overwrite=False)
+                try:
+                    await self._container.get_blob_client(blob).upload_blob(text.encode(), overwrite=False)
+                except ResourceExistsError:
+                    pass  # the name is this append's own: a retry refused by its first attempt
             row["entry_blob"] = blob
         with _errors("append an audit entry"):
-            await self._audit.create_entity(row)
+            try:
+                await self._audit.create_entity(row)
+            except ResourceExistsError:
+                # the RowKey is this append's own: a retry refused by its first attempt, which the
+                # service applied before its answer was lost; anything else is an error
+                try:
+                    await self._audit.get_entity(_AUDIT_PK, row_key, select=["RowKey"])
+                except ResourceNotFoundError:
+                    raise StoreError(f"Azure Storage: cannot append the audit entry {row_key}: "
+                                     "refused as existing, yet not found") from None
         return row_key
 
     async def read_audit(
