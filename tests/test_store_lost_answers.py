@@ -56,28 +56,31 @@ class _Forward(http.server.BaseHTTPRequestHandler):
                 if key.lower() not in _HOP and key.lower() not in ("date", "server"):
                     self.send_header(key, value)
             self.send_header("Date", answer.getheader("Date") or self.date_time_string())
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", answer.getheader("Content-Length", "0")
+                         if self.command == "HEAD" else str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_MERGE = _forward
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_MERGE = _forward
 
     def log_message(self, format: str, *args: Any) -> None:
         return None
 
 
 @pytest.fixture
-def lossy(azurite: Azurite) -> Iterator[Callable[[Callable[[str, str], bool]], tuple[AzureStore, _LosingProxy]]]:
+def lossy(azurite: Azurite) -> Iterator[Callable[..., tuple[AzureStore, _LosingProxy]]]:
     started: list[tuple[_LosingProxy, threading.Thread]] = []
 
-    def make(lose: Callable[[str, str], bool]) -> tuple[AzureStore, _LosingProxy]:
-        proxy = _LosingProxy(azurite.table_port, lose)
+    def make(lose: Callable[[str, str], bool], service: str = "table") -> tuple[AzureStore, _LosingProxy]:
+        proxy = _LosingProxy(azurite.table_port if service == "table" else azurite.blob_port, lose)
         thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         thread.start()
         started.append((proxy, thread))
+        through = f"http://127.0.0.1:{proxy.server_address[1]}/devstoreaccount1"
         conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
-                f"BlobEndpoint={azurite.blob_endpoint};"
-                f"TableEndpoint=http://127.0.0.1:{proxy.server_address[1]}/devstoreaccount1;")
+                f"BlobEndpoint={through if service == 'blob' else azurite.blob_endpoint};"
+                f"TableEndpoint={through if service == 'table' else azurite.table_endpoint};")
         unique = datetime.now(UTC).strftime("%H%M%S%f")
         store = AzureStore.from_settings(connection_string=conn, table_prefix=f"lost{unique}",
                                          container=f"lost{unique}", retry_backoff=0)
@@ -128,5 +131,21 @@ async def test_an_audit_append_whose_answer_was_lost_is_kept_once(lossy: Any) ->
         assert proxy.lost == 1
         page, _ = await store.read_audit()
         assert [e["id"] for e in page] == [entry_id]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("first", [True, False])
+async def test_a_conditional_put_whose_answer_was_lost_is_not_a_conflict(lossy: Any, first: bool) -> None:
+    store, proxy = lossy(lambda method, path: method == "PUT" and "/docs/pending/" in path, "blob")
+    try:
+        if_match = ""
+        if not first:
+            proxy.lost = 1  # not this one
+            if_match = await store.put("pending/sync", {"run_id": "r0"}, if_match="")
+            proxy.lost = 0
+        etag = await store.put("pending/sync", {"run_id": "r1"}, if_match=if_match)
+        assert proxy.lost == 1
+        assert await store.get_with_etag("pending/sync") == ({"run_id": "r1"}, etag)
     finally:
         await store.close()

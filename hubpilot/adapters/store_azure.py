@@ -14,11 +14,14 @@
   then an inverted append sequence, then a random suffix, so the table's natural order is newest
   first. An entry too big for a table property is written to the blob ``audit/<RowKey>.json``
   first and the row points to it; reading returns the whole entry either way.
-- Documents: the blob ``docs/<key>`` in the container, conditional writes on the blob etag.
+- Documents: the blob ``docs/<key>`` in the container, conditional writes on the blob etag. Each
+  write carries a fresh id in the blob's metadata, so a retried conditional write refused by its
+  own first attempt is recognised as done.
 
 Retries are azure-core's (Tables) and the storage SDK's (Blobs) own policies, configured here;
 there is no retry loop of our own. A retried write can be refused by its own first attempt, which
-the service applied before its answer was lost: lock writes and audit appends recognise that.
+the service applied before its answer was lost: lock writes, audit appends and conditional
+document writes recognise that.
 Tables and the container are created on first use.
 """
 
@@ -71,6 +74,7 @@ _IF_SAME = MatchConditions.IfNotModified
 _AUDIT_PK = "audit"
 _DOC_PREFIX = "docs/"
 _AUDIT_BLOBS = "audit/"
+_WRITE_ID = "hubpilotwrite"  # blob metadata: the id of the write that stored this version
 
 
 def _describe(exc: BaseException) -> str:
@@ -498,17 +502,25 @@ class AzureStore:
     async def put(self, key: str, doc: Mapping[str, Any], *, if_match: str | None = None) -> str:
         blob = _doc_blob(key)
         data = _dump(doc, f"document {key!r}").encode()
-        kwargs: dict[str, Any] = {"overwrite": True}
+        write_id = uuid.uuid4().hex
+        kwargs: dict[str, Any] = {"overwrite": True, "metadata": {_WRITE_ID: write_id}}
         if if_match == "":
             kwargs["match_condition"] = MatchConditions.IfMissing
         elif if_match is not None:
             kwargs.update(etag=if_match, match_condition=MatchConditions.IfNotModified)
         await self._ensure()
+        client = self._container.get_blob_client(blob)
         with _errors(f"write document {key!r}"):
             try:
-                result = await self._container.get_blob_client(blob).upload_blob(data, **kwargs)
+                result = await client.upload_blob(data, **kwargs)
             except HttpResponseError as exc:
                 if if_match is not None and (_is_conflict(exc) or exc.status_code == 404):
+                    try:  # refused by our own first attempt, applied before its answer was lost?
+                        props = await client.get_blob_properties()
+                    except ResourceNotFoundError:
+                        props = None
+                    if props is not None and (props.metadata or {}).get(_WRITE_ID) == write_id:
+                        return str(props.etag)
                     if if_match == "":
                         raise ConflictError(f"document {key!r} already exists") from None
                     raise ConflictError(
