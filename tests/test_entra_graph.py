@@ -177,8 +177,11 @@ async def test_throttled_read_completes_honouring_retry_after(fresh: GraphDouble
     await d.close()
 
 
+@pytest.mark.parametrize("status", [400, 410])
 async def test_expired_token_triggers_a_full_resync_that_reflects_removals(
-        fresh: GraphDouble, store: SqliteStore) -> None:
+        fresh: GraphDouble, store: SqliteStore, status: int) -> None:
+    """Both documented answers: 400 syncStateNotFound (a directory deltaLink older than 7 days)
+    and 410 Gone with a Location header (a synchronization reset)."""
     g = fresh.add_group()
     ps = people(fresh, 4)
     fresh.add_members(g, ps)
@@ -186,11 +189,11 @@ async def test_expired_token_triggers_a_full_resync_that_reflects_removals(
     await d.read([g])
     fresh.remove_member(g, ps[0])
     fresh.remove_member(g, ps[1])
-    fresh.expire_tokens()
+    fresh.expire_tokens(status)
     fresh.reset_log()
     snap = await d.read([g])
     assert {m.id for m in snap.groups[g]} == set(ps[2:])
-    assert [r.status for r in fresh.requests("/groups/delta")] == [410, 200]
+    assert [r.status for r in fresh.requests("/groups/delta")] == [status, 200]
     assert d.last.resyncs == 1 and any("expired" in n for n in snap.notes)
     assert not fresh.requests("/users")  # known users are not looked up again
     await d.close()

@@ -7,8 +7,11 @@ What it serves (v1.0 paths under its base URL):
   several pages), each page with ``@odata.nextLink``, the last with ``@odata.deltaLink``; a
   round from a deltaLink returns the net changes since, with ``members@delta`` entries carrying
   ``@removed`` for removals and ``@odata.type`` ``#microsoft.graph.user``/``group``; a deleted
-  group comes back as ``{"id":..,"@removed":{"reason":"deleted"}}``. Expired tokens → 410 Gone
-  with ``syncStateNotFound``.
+  group comes back as ``{"id":..,"@removed":{"reason":"deleted"}}``. An expired deltaLink is
+  answered as Graph documents it: 400 ``syncStateNotFound`` (the 7-day lifetime of directory
+  delta tokens, Microsoft 365 Developer Blog, 2020-07-03) or, with ``expire_tokens(410)``,
+  410 Gone with a ``Location`` header holding a fresh query (delta-query-overview,
+  "Synchronization reset").
 * ``GET /users?$filter=id in ('..',..)&$select=..`` (at most 15 values, as Graph's default) and
   ``GET /groups/{id}/members/microsoft.graph.user?$select=..&$top=..`` (paged).
 * ``/subscriptions``: POST (after the validation handshake against ``notificationUrl`` and
@@ -16,7 +19,8 @@ What it serves (v1.0 paths under its base URL):
 * ``GET /msi/token``: the App Service managed-identity endpoint (``IDENTITY_ENDPOINT`` with
   ``IDENTITY_HEADER``), so azure-identity's own ManagedIdentityCredential gets the token.
 * Faults: 429/503 with ``Retry-After`` for the next n requests; scripted pages (the fixtures in
-  ``../shared/fixtures/msgraph/delta`` replayed with their links pointed at the double).
+  ``../shared/fixtures/msgraph/delta`` replayed with their links pointed at the double; a
+  scripted ``{"status": .., "headers": {..}, "error": {..}}`` is answered as that error).
 
 Every request is logged (method, path, query, headers) so tests count and inspect them.
 """
@@ -78,6 +82,7 @@ class GraphDouble:
     changes: list[tuple[int, str, str, str, bool]] = field(default_factory=list)  # seq, gid, kind, mid, removed
     seq: int = 0
     expired_before: int = -1  # deltatokens issued at or before this seq are gone
+    expired_status: int = 400  # how Graph answers them: 400 syncStateNotFound or 410 Gone + Location
     faults: list[tuple[int, int]] = field(default_factory=list)  # (status, retry_after) for the next requests
     log: list[Logged] = field(default_factory=list)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -120,8 +125,9 @@ class GraphDouble:
         self.deleted.add(gid)
         self._change(gid, "group", gid, True)
 
-    def expire_tokens(self) -> None:
+    def expire_tokens(self, status: int = 400) -> None:
         self.expired_before = self.seq
+        self.expired_status = status
 
     def throttle(self, count: int, status: int = 429, retry_after: int = 1) -> None:
         self.faults.extend([(status, retry_after)] * count)
@@ -223,8 +229,14 @@ class GraphDouble:
             if state.get("script") is not None:
                 return self._scripted(int(state["script"]))
             if state["seq"] <= self.expired_before:
-                return self._error(410, "syncStateNotFound",
-                                   "The sync state generation is not found. Please retry with a fresh query.")
+                if self.expired_status == 410:
+                    fresh = "id eq '" + "' or id eq '".join(state["groups"]) + "'"
+                    return self._error(410, "resyncRequired", "The delta token is no longer valid.",
+                                       {"Location": f"{self.base_url}/groups/delta?$filter={quote(fresh)}"
+                                                    "&$select=members&$deltatoken="})
+                return self._error(400, "syncStateNotFound",
+                                   "The sync state generation is not found. The delta token is expired and data "
+                                   "must be synchronized again.")
             return self._changes(state["groups"], state["seq"], 0)
         if "$skiptoken" in q:
             state = _dec(q["$skiptoken"])
@@ -313,6 +325,9 @@ class GraphDouble:
 
     def _scripted(self, index: int) -> Response:
         page = json.loads(json.dumps(self.script[index]))
+        if "status" in page and "error" in page:
+            return self._error(int(page["status"]), str(page["error"].get("code", "")),
+                               str(page["error"].get("message", "")), page.get("headers"))
         nxt = index + 1
         if "@odata.nextLink" in page:
             page["@odata.nextLink"] = self._link("skiptoken", {"script": nxt})
