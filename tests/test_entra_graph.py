@@ -118,6 +118,24 @@ async def test_documented_pages_through_the_sdk_ids_normalised_and_the_malformed
     await d.close()
 
 
+async def test_a_removal_whose_removed_object_is_empty_is_a_removal(fresh: GraphDouble, store: SqliteStore) -> None:
+    """delta-query-overview: the @removed object *may* say why; an empty one still marks a removal."""
+    gid, stays, leaves = (str(uuid.uuid4()) for _ in range(3))
+    for uid in (stays, leaves):
+        fresh.add_user(uid)
+    user = "#microsoft.graph.user"
+    fresh.script = [
+        {"@odata.deltaLink": "x", "value": [{"id": gid, "members@delta": [
+            {"@odata.type": user, "id": stays}, {"@odata.type": user, "id": leaves}]}]},
+        {"@odata.deltaLink": "x", "value": [{"id": gid, "members@delta": [
+            {"@odata.type": user, "id": leaves, "@removed": {}}]}]},
+    ]
+    d = EntraDirectory(client(fresh), store)
+    assert {m.id for m in (await d.read([gid])).groups[gid]} == {stays, leaves}
+    assert {m.id for m in (await d.read([gid])).groups[gid]} == {stays}
+    await d.close()
+
+
 async def test_azure_identity_managed_identity_token_reaches_graph(
         fresh: GraphDouble, store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
     from hubpilot.adapters.entra import build_credential

@@ -171,7 +171,7 @@ def apply_round(
             continue
         for m in entry.get("members") or ():
             mid = normalise_id(m.get("id"))
-            removed = bool(m.get("@removed"))
+            removed = "@removed" in m  # its presence marks a removal; the reason inside is optional
             if mid is None:
                 out.notes.append(
                     f"group {gid}: a members@delta entry has a malformed id {m.get('id')!r} "
