@@ -105,6 +105,8 @@ def test_group_objects_without_id_are_never_attributed() -> None:
     doc = fixture("delta/group-delta.response1.json")  # "All Company" without an id, with members
     out = apply_round(chunk, entries(doc), "link", fresh=True)
     assert out.chunk.members[ALLCO].users == {} and out.malformed
+    assert out.incomplete  # a full round: members of an unknown group are unknown, not absent
+    assert not apply_round(chunk, entries(doc), "link", fresh=False).incomplete  # a change: ignored
     for name in ("group-delta.response2-select.json", "group-delta.response3-minimal.json"):
         quiet = apply_round(chunk, entries(fixture(f"delta/{name}")), "link", fresh=True)
         assert not quiet.malformed  # no members: nothing lost, nothing to report

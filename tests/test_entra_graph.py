@@ -136,6 +136,30 @@ async def test_a_removal_whose_removed_object_is_empty_is_a_removal(fresh: Graph
     await d.close()
 
 
+async def test_a_full_read_with_a_member_it_cannot_attribute_fails_and_removes_nobody(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """A resync (here after 400 syncStateNotFound) lists the whole membership: a member entry
+    with a malformed id (as the docs print one) is a person of unknown identity, not a leaver."""
+    gid, one, two = (str(uuid.uuid4()) for _ in range(3))
+    for uid in (one, two):
+        fresh.add_user(uid)
+    user = "#microsoft.graph.user"
+
+    def full(second: str) -> dict[str, Any]:
+        return {"@odata.deltaLink": "x", "value": [{"id": gid, "members@delta": [
+            {"@odata.type": user, "id": one}, {"@odata.type": user, "id": second}]}]}
+
+    fresh.script = [full(two), {"status": 400, "error": {"code": "syncStateNotFound", "message": "expired"}}]
+    d = EntraDirectory(client(fresh), store)
+    assert {m.id for m in (await d.read([gid])).groups[gid]} == {one, two}
+    before = await state_docs(store)
+    fresh.script[0] = full(two[:-1])  # 35 characters
+    with pytest.raises(DirectoryError, match="malformed id"):
+        await d.read([gid])
+    assert await state_docs(store) == before
+    await d.close()
+
+
 async def test_azure_identity_managed_identity_token_reaches_graph(
         fresh: GraphDouble, store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
     from hubpilot.adapters.entra import build_credential

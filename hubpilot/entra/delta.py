@@ -129,6 +129,7 @@ class RoundOutcome:
     added_users: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     malformed: bool = False  # an entry could not be attributed: resync next time
+    incomplete: bool = False  # a full round lists someone it cannot attribute: membership unknown
 
 
 def apply_round(
@@ -144,7 +145,9 @@ def apply_round(
     "members": [{"id": ..., "@odata.type": "#microsoft.graph.user", "@removed": {...}}, ...]}``.
     ``fresh`` (a first round or a resync) starts from empty membership. Entries with an id that
     is no GUID cannot be attributed: they are reported, ignored (an unknown change never
-    removes anyone) and the chunk forgets its deltaLink, so the next read is a full one.
+    removes anyone) and the chunk forgets its deltaLink, so the next read is a full one. In a
+    ``fresh`` round the entries *are* the membership: one that adds a member it cannot attribute
+    makes the outcome ``incomplete`` (ignoring it would drop that person as if they had left).
     """
     mine = set(chunk.groups)
     members = {g: GroupState() for g in chunk.groups} if fresh else {
@@ -160,6 +163,7 @@ def apply_round(
                     "member changes; they are ignored and the next read is a full one"
                 )
                 out.malformed = True
+                out.incomplete |= fresh and any("@removed" not in m for m in entry["members"])
             continue
         if gid not in mine:
             continue  # not asked for (Graph may echo others); never guess
@@ -178,6 +182,7 @@ def apply_round(
                     f"({'removal' if removed else 'addition'}); it is ignored and the next read is a full one"
                 )
                 out.malformed = True
+                out.incomplete |= fresh and not removed
                 continue
             kind = str(m.get("@odata.type") or "").lower()
             if kind.endswith(".group"):

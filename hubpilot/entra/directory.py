@@ -217,6 +217,10 @@ class EntraDirectory:
         if not isinstance(link, str) or not link:
             raise DirectoryError("a /groups/delta round ended without an @odata.deltaLink")
         outcome = apply_round(chunk, list(result.get("entries") or ()), link, fresh=fresh)
+        if outcome.incomplete:
+            raise DirectoryError(
+                "a full /groups/delta read lists members it cannot attribute, so the membership of "
+                f"{len(chunk.groups)} group(s) is unknown and nothing is changed: " + "; ".join(outcome.notes))
         stats.notes.extend(outcome.notes)
         return _Round(outcome.chunk, fresh, outcome.seen, outcome.removed_groups)
 
