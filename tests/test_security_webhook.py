@@ -94,3 +94,21 @@ async def test_a_forger_cannot_make_the_audit_log_or_the_answer_larger_than_a_bo
     assert len(json.dumps(audit)) < 20_000, len(json.dumps(audit))
     assert "\nFAKE LOG LINE" not in caplog.text and len(caplog.text) < 20_000
     assert queued(ctx) == []
+
+
+async def test_a_lifecycle_event_at_the_notification_url_is_taken_as_one(
+        hook: tuple[Context, httpx.AsyncClient]) -> None:
+    """Graph allows lifecycleNotificationUrl to be the notificationUrl (and effective_lifecycle_url
+    is the notification URL when it does not end in /notifications): its verified lifecycle events
+    are acted on there, not refused (Graph would retry them and the subscription would lapse)."""
+    ctx, c = hook
+    event = {"lifecycleEvent": "reauthorizationRequired", "subscriptionId": str(uuid.uuid4()),
+             "subscriptionExpirationDateTime": "2019-09-18T00:52:45.9696658+00:00",
+             "clientState": SECRET, "tenantId": TENANT}
+    r = await c.post("/api/v1/graph/notifications", json={"value": [event, item()]})
+    assert r.status_code == 202
+    hints = queued(ctx)
+    assert sorted(h.kind for h in hints) == ["subscriptions", "sync"]
+    assert next(h for h in hints if h.kind == "subscriptions").renew == (event["subscriptionId"],)
+    r = await c.post("/api/v1/graph/notifications", json={"value": [{**event, "clientState": "guessed"}]})
+    assert r.status_code == 403 and queued(ctx) == []

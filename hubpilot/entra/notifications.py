@@ -104,15 +104,12 @@ def check(
                             f"tenant {_shown(repr(tenant))} is not the configured tenant")
             continue
         event = item.get("lifecycleEvent")
-        if lifecycle:
-            if not isinstance(event, str) or not event:
-                rejected.append(f"value[{i}]: no lifecycleEvent")
-                continue
-            # an event Graph added after this was written: verified, so acknowledged (a refusal
-            # would be retried for hours); it asks the subscription manager to look (see hints_for)
-        elif event is not None:
-            rejected.append(f"value[{i}]: a lifecycle event sent to the notification URL")
+        if lifecycle and (not isinstance(event, str) or not event):
+            rejected.append(f"value[{i}]: no lifecycleEvent")
             continue
+        # a lifecycle event at the notification URL is one too: Graph allows the two URLs to be
+        # the same. An event Graph added after this was written: verified, so acknowledged (a
+        # refusal would be retried for hours); it asks the subscription manager to look (hints_for)
         accepted.append(Notification(
             subscription_id=str(item.get("subscriptionId") or ""),
             change_type=str(item.get("changeType") or ""),
