@@ -219,6 +219,7 @@ def policy(*groups: str) -> SubscriptionPolicy:
 def sub(gid: str, expires: datetime, sid: str | None = None, url: str | None = None) -> dict[str, Any]:
     return {"id": sid or str(uuid.uuid4()), "resource": f"groups/{gid}",
             "notificationUrl": url or "https://hub.example.org/api/v1/graph/notifications",
+            "lifecycleNotificationUrl": "https://hub.example.org/api/v1/graph/lifecycle",
             "expirationDateTime": expires.strftime("%Y-%m-%dT%H:%M:%S.1234567Z")}
 
 
@@ -252,6 +253,10 @@ def test_a_subscription_made_with_an_earlier_client_state_is_replaced() -> None:
     plan = plan_subscriptions(policy(a, b), rotated, NOW)
     assert [(x.kind, x.target, x.phase) for x in plan.actions] == [("delete", "old", 0), ("create", f"groups/{a}", 1)]
     assert "earlier clientState" in plan.actions[0].reason
+    # a lifecycleNotificationUrl is set only at creation: one without ours is made anew too
+    bare = ObservedSubscriptions(({**subs[0], "lifecycleNotificationUrl": None}, subs[1]))
+    plan = plan_subscriptions(policy(a, b), bare, NOW)
+    assert [(x.kind, x.target) for x in plan.actions] == [("delete", "old"), ("create", f"groups/{a}")]
     assert secret_fingerprint("s") != secret_fingerprint("s ")
     assert "a-long-secret" not in secret_fingerprint("a-long-secret")
 

@@ -568,6 +568,24 @@ async def test_a_new_client_state_replaces_the_subscriptions_made_with_the_old_o
     assert r.status_code == 202
 
 
+async def test_a_subscription_without_our_lifecycle_url_is_replaced(fresh: GraphDouble, webhook: Webhook) -> None:
+    """A lifecycleNotificationUrl can only be given at creation (change-notifications-lifecycle-events):
+    a subscription made without it, or with another one, never brings reauthorizationRequired here."""
+    g = fresh.add_group()
+    fresh.subscriptions.clear()
+    ctx = webhook.use(entra_settings(fresh, webhook.url, [g]))
+    await run_subscription_manager(ctx)
+    (old,) = fresh.subscriptions.values()
+    old["lifecycleNotificationUrl"] = None  # as made before lifecycle_url was set
+    rec = await run_subscription_manager(ctx)
+    assert rec is not None and [(x.action.kind, x.status) for x in rec.results] == [
+        ("delete", Status.DONE), ("create", Status.DONE)], rec.render()
+    (new,) = fresh.subscriptions.values()
+    assert new["id"] != old["id"] and new["lifecycleNotificationUrl"] == f"{webhook.url}/api/v1/graph/lifecycle"
+    again = await run_subscription_manager(ctx)
+    assert again is not None and again.plan is not None and again.plan.empty
+
+
 async def test_notifications_off_means_no_subscriptions_and_the_webhook_says_so(
         fresh: GraphDouble, webhook: Webhook) -> None:
     g = fresh.add_group()

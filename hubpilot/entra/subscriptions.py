@@ -3,7 +3,8 @@
 One subscription per configured group (``groups/<id>``, ``changeType: updated,deleted``) whose
 ``notificationUrl`` is ours; renewed when it expires within ``renew_before``; recreated when the
 renewal finds it gone (404) or a lifecycle event says it was removed; subscriptions of ours for
-groups no longer configured, and duplicates, are deleted. Every action is idempotent.
+groups no longer configured, and duplicates, are deleted; one whose ``lifecycleNotificationUrl``
+is not ours is recreated (Graph sets it only at creation). Every action is idempotent.
 
 A subscription keeps the clientState it was created with (a renewal changes only its expiry), so
 after ``directory.entra.client_state`` changes, its notifications would be refused. The manager
@@ -122,6 +123,13 @@ def plan_subscriptions(policy: SubscriptionPolicy, observed: ObservedSubscriptio
                                   "its notifications would be refused"))
             actions.append(Action("create", f"groups/{gid}", phase=1, params={"expiration": target},
                                   reason="replaces the subscription made with the earlier clientState"))
+        elif (keep.get("lifecycleNotificationUrl") or None) != (policy.lifecycle_url or None):
+            # Graph takes lifecycleNotificationUrl only at creation: a renewal cannot set it
+            actions.append(Action("delete", sid, phase=0, params={"group": gid},
+                                  reason="its lifecycleNotificationUrl is not "
+                                  f"{policy.lifecycle_url or 'unset'}: lifecycle events would not reach hubpilot"))
+            actions.append(Action("create", f"groups/{gid}", phase=1, params={"expiration": target},
+                                  reason="replaces the subscription with another lifecycleNotificationUrl"))
         elif sid in observed.force_renew:
             actions.append(Action("renew", sid, phase=1, params={"group": gid, "expiration": target},
                                   reason="a lifecycle event asked for it"))
