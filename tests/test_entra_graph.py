@@ -337,6 +337,28 @@ async def test_refresh_lists_a_large_group_and_keeps_users_graph_did_not_return(
     await d.close()
 
 
+async def test_a_newcomer_the_lookup_does_not_return_yet_is_looked_up_again_next_read(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """Graph documents replication delays for objects just created: a member the group's delta
+    lists but /users does not return yet is asked for again, not left nameless until the refresh."""
+    g, _, clock, d = await one_group(fresh, store, 1)
+    late = people(fresh, 1)[0]
+    fresh.add_member(g, late)
+    kept = fresh.users.pop(late)
+    snap = await d.read([g])
+    assert {m.id: m.username for m in snap.groups[g]}[late] is None
+    fresh.users[late] = kept
+    fresh.reset_log()
+    clock.now += timedelta(minutes=15)  # the next scheduled read; the refresh is not due
+    snap = await d.read([g])
+    assert {m.id: m.username for m in snap.groups[g]}[late] == kept["userPrincipalName"]
+    assert [r.path for r in fresh.log] == ["/groups/delta", "/users"]
+    fresh.reset_log()
+    await d.read([g])  # found: no further lookups
+    assert [r.path for r in fresh.log] == ["/groups/delta"]
+    await d.close()
+
+
 async def test_refresh_off_and_a_failed_refresh_commit_nothing_new(fresh: GraphDouble, store: SqliteStore) -> None:
     g, ps, clock, off = await one_group(fresh, store, 2, refresh=None)
     fresh.users[ps[0]]["userPrincipalName"] = "late@example.org"

@@ -228,13 +228,14 @@ def known_users(chunks: Iterable[ChunkState]) -> dict[str, list[str | None]]:
 
 
 def fill_users(chunks: Iterable[ChunkState], info: Mapping[str, Sequence[str | None]]) -> None:
-    """Record looked-up attributes; a user the lookup did not find gets username None."""
+    """Record looked-up attributes; a user the lookup did not find stays unresolved (no username
+    yet), so the next read asks again: Graph documents replication delays for new objects."""
     for c in chunks:
         for s in c.members.values():
             for u, cur in s.users.items():
-                if cur[1] is None:
-                    found = info.get(u)
-                    s.users[u] = [found[0], found[1] or ""] if found else [None, ""]
+                found = info.get(u)
+                if cur[1] is None and found:
+                    s.users[u] = [found[0], found[1] or ""]
 
 
 def refresh_users(chunks: Iterable[ChunkState], info: Mapping[str, Sequence[str | None]]) -> list[str]:

@@ -238,6 +238,12 @@ class EntraDirectory:
                   for c in chunks for gid, s in c.members.items()}
         info.update(await self._fetch(wanted, stats))
         fill_users(chunks, {k: [v[0], v[1]] for k, v in info.items()})
+        missing = sorted(unknown - set(info))
+        if missing:
+            stats.notes.append(
+                f"{len(missing)} member(s) the groups' delta lists were not returned by Graph's user lookup "
+                f"(just created, or deleted just now): {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}; "
+                "they are skipped and looked up again at the next read")
 
     async def _refresh(self, done: Mapping[str, ChunkState], stored: set[str], stats: ReadStats) -> None:
         """Read the attributes of every member of the chunks whose last check is older than
