@@ -31,3 +31,23 @@ def test_cli_names_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture
     config.write_text(f'[state]\nsqlite_path = "{tmp_path / "s.sqlite3"}"\n')
     assert main(["--config", str(config), "scale", "--dry-run"], out=io.StringIO()) == 2
     assert "scale needs scale.subscription_id, scale.resource_group and scale.cluster" in capsys.readouterr().err
+
+
+async def test_scheduled_scale_runs_only_with_scale_enabled(tmp_path: Path) -> None:
+    """scale.enabled (off by default) is what runs the scale timer: a configured pool alone does not."""
+    from tests.test_api_kit import make_context
+
+    pool = {"subscription_id": "sub", "resource_group": "rg", "cluster": "aks"}
+    for enabled in (False, True):
+        settings = load_settings(None, state={"sqlite_path": str(tmp_path / f"{enabled}.sqlite3")},
+                                 scale={**pool, "enabled": enabled})
+        ctx, worlds = make_context(tmp_path, settings)
+        try:
+            record = await run_scheduled(ctx, "scale")
+            assert (record is not None) is enabled
+            assert worlds["scale"].applies == (1 if enabled else 0)
+            assert len((await ctx.store.read_audit(limit=5))[0]) == (1 if enabled else 0)
+            # by hand (CLI, API) the configured capability runs either way
+            assert (await ctx.runner.run(ctx.capability("scale"), trigger="manual", actor="t")).outcome == "applied"
+        finally:
+            await ctx.close()

@@ -68,7 +68,10 @@ def configured_schedules(settings: Settings) -> list[Schedule]:
 async def run_scheduled(ctx: Context, operation: str, *, trigger: str = "timer",
                         actor: str = "timer") -> RunRecord | None:
     """One scheduled round. None when another run holds the lock or the operation is not
-    configured (scale without a pool): the round is skipped."""
+    configured (scale without a pool, or with ``scale.enabled`` off): the round is skipped."""
+    if operation == "scale" and not ctx.settings.scale.enabled:
+        log.info("scheduled scale skipped: scale.enabled is off")
+        return None
     try:
         cap = ctx.capability(operation)
     except NotConfigured as exc:
