@@ -176,6 +176,14 @@ def _plan_id(text: str) -> str:
     return text
 
 
+def _operation_name(text: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an operation name ({', '.join(OPERATIONS)}, graph-notifications, "
+            "graph-subscriptions, ...)")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hubpilot",
@@ -203,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("audit", help="read the audit log, newest first")
     p.add_argument("--limit", type=_int_between(1, 500), default=20, help="entries (1-500)")
-    p.add_argument("--operation", choices=OPERATIONS)
+    p.add_argument("--operation", type=_operation_name,
+                   help=f"only this operation's entries ({', '.join(OPERATIONS)}, graph-notifications, "
+                   "graph-subscriptions)")
     p.add_argument("--since", type=_iso_time, help="ISO time (UTC when no offset is given)")
     p.add_argument("--cursor", help="the cursor the previous page ended with: the next page")
     p.add_argument("--json", action="store_true")

@@ -61,3 +61,22 @@ def test_a_malformed_config_file_is_exit_2_naming_the_file(tmp_path: Path) -> No
                           env={**env, "PYTHONPATH": str(ROOT), "HUBPILOT_CONFIG": str(bad)})
     assert done.returncode == 2, done.stderr
     assert str(bad) in done.stderr and "line 1" in done.stderr, done.stderr
+
+
+async def test_audit_filters_by_any_operation_the_log_holds(tmp_path: Path) -> None:
+    """The audit log holds more than the three operations (graph-notifications, graph-subscriptions):
+    ``--operation`` takes those names too, as GET /audit?operation= does."""
+    import json
+
+    from hubpilot.adapters.store_sqlite import SqliteStore
+
+    _config(tmp_path)
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    for op in ("sync", "graph-notifications"):
+        await store.append_audit({"at": "2026-03-02T12:00:00+00:00", "operation": op, "outcome": "refused"})
+    await store.close()
+    done = _cli(tmp_path, "audit", "--operation", "graph-notifications", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [e["operation"] for e in json.loads(done.stdout)["entries"]] == ["graph-notifications"]
+    bad = _cli(tmp_path, "audit", "--operation", "Graph Notifications")
+    assert bad.returncode == 2 and "--operation" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
