@@ -27,7 +27,7 @@ FEATURE_SCOPES: dict[str, list[str]] = {
     ],
     # list ready servers with their activity, stop servers, remove named servers
     "cull": [
-        "list:users",  # GET /users?state=ready
+        "list:users",  # GET /users?state=active (its ready servers)
         "read:users:activity",  # users' last_activity
         "read:servers",  # servers with started/last_activity/pending
         "delete:servers",  # stop (and remove) servers

@@ -27,8 +27,8 @@ STOP_KINDS = frozenset({STOP, REMOVE})
 
 @dataclass(frozen=True)
 class CullObserved:
-    """What one round read from the hub: users with ready servers (one paged ``state=ready``
-    listing) and, only when ``cull_users`` is on, users without running servers."""
+    """What one round read from the hub: users with ready servers (one paged ``state=active``
+    listing, its ready servers) and, only when ``cull_users`` is on, users without running servers."""
 
     ready: tuple[HubUser, ...]
     inactive: tuple[HubUser, ...] = ()
