@@ -106,7 +106,8 @@ class EntraSettings(Section):
         2880, ge=15, description="Renew a subscription when it expires within this many minutes."
     )
     subscription_schedule: NCronTab = Field(
-        "0 0 */6 * * *", description="NCRONTAB of the subscription manager timer."
+        "0 0 */6 * * *", description="NCRONTAB of the subscription manager's rounds in hubpilot serve "
+        "(the Functions timer graph_subscriptions runs hourly, whatever this says)."
     )
     queue: Literal["memory", "azure"] = Field(
         "memory",
