@@ -182,3 +182,15 @@ def test_a_variable_for_a_section_that_does_not_exist_is_refused(monkeypatch: py
     monkeypatch.setenv("HUBPILOT_HUB_TOKEN", "x")  # hub-side names without '__' are not hubpilot settings
     monkeypatch.setenv("HUBPILOT_SYNC__MAX_REMOVALS", "3")
     assert load_settings().sync.max_removals == 3
+
+
+@pytest.mark.parametrize("doc", [README, *sorted(README.parent.glob("docs/*.md"))], ids=lambda p: p.name)
+def test_every_app_setting_example_in_the_docs_loads(doc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``HUBPILOT_<SECTION>__<KEY>=value`` examples, as an app setting carries them."""
+    for name, value in re.findall(r"`(HUBPILOT_[A-Z0-9_]+)=([^`]+)`", doc.read_text()):
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            try:
+                load_settings()
+            except SettingsError as exc:
+                pytest.fail(f"{doc.name}, {name}={value}: {exc}")
