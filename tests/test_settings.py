@@ -194,3 +194,15 @@ def test_every_app_setting_example_in_the_docs_loads(doc: Path, monkeypatch: pyt
                 load_settings()
             except SettingsError as exc:
                 pytest.fail(f"{doc.name}, {name}={value}: {exc}")
+
+
+def test_an_azure_notification_queue_needs_somewhere_to_go() -> None:
+    """queue = "azure" without a connection string or queue URL loaded, and every Graph notification
+    then failed (500) when its hint was to be queued: it is refused at start instead."""
+    entra = {"notifications": True, "notification_url": "https://hubpilot.example.org/api/v1/graph/notifications",
+             "client_state": "s3cret", "queue": "azure"}
+    with pytest.raises(SettingsError, match=r"queue_connection_string or queue_account_url"):
+        load_settings(None, directory={"kind": "entra", "entra": entra})
+    url = "https://hubpilotstore.queue.core.windows.net"
+    assert load_settings(None, directory={"kind": "entra", "entra": {**entra, "queue_account_url": url}})
+    assert load_settings(None, directory={"kind": "entra", "entra": {**entra, "queue": "memory"}})

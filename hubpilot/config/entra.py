@@ -164,6 +164,13 @@ class EntraSettings(Section):
                     + " is unset (Graph needs a public HTTPS URL and a clientState secret; "
                     "without a public endpoint turn notifications off: the schedule keeps the hub in step)"
                 )
+        if self.notifications and self.queue == "azure" and not (self.queue_connection_string
+                                                                 or self.queue_account_url):
+            raise ValueError(
+                "directory.entra.queue is 'azure' but neither queue_connection_string nor queue_account_url "
+                "is set: set queue_connection_string or queue_account_url (the storage account whose queue "
+                f"{self.queue_name!r} the graph_hints function reads), or queue = 'memory' with hubpilot serve"
+            )
         if self.client_state is not None and not 1 <= len(self.client_state.get_secret_value()) <= 128:
             raise ValueError("directory.entra.client_state must be 1 to 128 characters (Graph's limit)")
         if self.renew_before_minutes >= self.subscription_minutes:
