@@ -747,7 +747,9 @@ async def event_latency(n: int, real_hub_runs: int = 0) -> tuple[list[float], li
             arm = ArmDouble()
             await arm.start()
             arm.add_pool("gpu", count=0, machines=[])
-            settings = Settings(api={"tokens": tokens}, scale={"max_nodes": 1000, "max_step_up": 100})
+            settings = Settings(api={"tokens": tokens}, scale={
+                "max_nodes": 1000, "max_step_up": 100, "enabled": True, "subscription_id": arm.subscription,
+                "resource_group": arm.resource_group, "cluster": arm.cluster})
             ctx = Context(settings=settings, store=SqliteStore(Path(tmp) / "state.sqlite3"))
             pool = AksPool(StaticToken(), subscription_id=arm.subscription, resource_group=arm.resource_group,
                            cluster=arm.cluster, pool="gpu", base_url=arm.base_url, retry_total=1,

@@ -34,7 +34,9 @@ async def setup(kube: Emulator, tmp_path: Path) -> AsyncIterator[dict[str, Any]]
     arm.add_pool("gpu", count=0, machines=[])
     settings = Settings(hub={"api_url": "http://127.0.0.1:9/hub/api", "token": HUB_TOKEN},
                         api={"tokens": token_settings()},
-                        scale={"gpu_profiles": [], "price_per_node_hour": 2.0, "currency": "EUR"})
+                        scale={"gpu_profiles": [], "price_per_node_hour": 2.0, "currency": "EUR",
+                               "enabled": True, "subscription_id": arm.subscription,
+                               "resource_group": arm.resource_group, "cluster": arm.cluster})
     clock = {"now": NOW}
     ctx = Context(settings=settings, store=SqliteStore(tmp_path / f"s-{uuid.uuid4().hex[:6]}.sqlite3"),
                   clock=lambda: clock["now"])
@@ -69,6 +71,22 @@ async def test_demand_starts_a_scale_run_that_grows_the_pool(setup: dict[str, An
     await drain_tasks()
     assert arm.pools["gpu"]["count"] == 1
     assert len([c for c in arm.calls if c.method == "PUT"]) == 1
+
+
+async def test_demand_with_scale_off_is_recorded_but_starts_no_run(setup: dict[str, Any]) -> None:
+    """``scale.enabled`` off: nothing scales on its own, not even on a demand; an admin's manual
+    run still counts the recorded demand."""
+    client, arm, ctx = setup["client"], setup["arm"], setup["ctx"]
+    ctx.settings = ctx.settings.model_copy(update={"scale": ctx.settings.scale.model_copy(update={"enabled": False})})
+    r = await client.post("/api/v1/scale/demand", json={"user": "alice", "profile": "gpu-t4"}, headers=HUB)
+    assert r.status_code == 202, r.text
+    assert r.json()["recorded"] == "alice~" and r.json()["run_id"] is None
+    assert "scale.enabled" in r.json()["detail"]
+    await drain_tasks()
+    assert not [c for c in arm.calls if c.method == "PUT"] and arm.pools["gpu"]["count"] == 0
+    r = await client.post("/api/v1/scale?wait=30", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["outcome"] == "applied", r.text
+    assert arm.pools["gpu"]["count"] == 1
 
 
 async def test_demand_needs_the_hub_role_and_a_valid_body(setup: dict[str, Any]) -> None:

@@ -45,7 +45,9 @@ async def test_gpu_spawn_requests_a_node_and_never_waits_for_hubpilot(
     await arm.start()
     arm.add_pool("gpu", count=0, machines=[])
     settings = Settings(hub={"api_url": "http://127.0.0.1:9/hub/api", "token": HUB_TOKEN},
-                        api={"tokens": token_settings()})
+                        api={"tokens": token_settings()},
+                        scale={"enabled": True, "subscription_id": arm.subscription,
+                               "resource_group": arm.resource_group, "cluster": arm.cluster})
     ctx = Context(settings=settings, store=SqliteStore(tmp_path / f"s-{uuid.uuid4().hex[:6]}.sqlite3"))
     pool = AksPool(StaticToken(), subscription_id=arm.subscription, resource_group=arm.resource_group,
                    cluster=arm.cluster, pool="gpu", base_url=arm.base_url, retry_total=1,

@@ -98,6 +98,8 @@ async def post_demand(body: DemandIn, ctx: Context = Depends(get_context),
         return DemandOut(recorded="", detail=f"profile {body.profile!r} is not a GPU profile; nothing to do")
     key = await record_demand(ctx.store, user=body.user, server=body.server, profile=body.profile,
                               at=ctx.clock())
+    if not s.enabled:  # nothing scales on its own; a manual run still counts the demand
+        return DemandOut(recorded=key, detail="scale.enabled is off: the demand is recorded, no scale run started")
     try:
         run_id = await start_run(ctx, "scale", trigger="demand", actor=who.name)
     except LockHeld:

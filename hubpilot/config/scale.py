@@ -70,7 +70,8 @@ class WarmWindow(Section):
 class ScaleSettings(Section):
     """Scaling the AKS GPU node pool: up on demand, down on idle time and by schedule."""
 
-    enabled: bool = Field(False, description="Run the scale timer (the pool must be configured).")
+    enabled: bool = Field(False, description="Scale on its own: the timer and the hub's demand signal start "
+                          "runs (the pool must be configured); manual runs work either way.")
     schedule: NCronTab = Field(
         "0 * * * * *", description="NCRONTAB of the scale timer (every minute); also "
         "HUBPILOT_SCALE_SCHEDULE, the app setting the Functions timer reads.")
