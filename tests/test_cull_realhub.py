@@ -34,7 +34,7 @@ from hubpilot.adapters.hub import HubClient
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.config.cull import CullSettings
 from hubpilot.cull import CullCapability
-from hubpilot.loop import Outcome, Runner, Status
+from hubpilot.loop import Outcome, Plan, Runner, Status, no_progress
 from tests.fixtures.hub import unique_name
 from tests.realhub import RealHub, start_hub
 
@@ -374,3 +374,25 @@ async def test_dry_run_stops_nothing_and_guard_refuses_large_rounds(
     # running it again is harmless: nothing left to stop
     again = await runner.run(cap, trigger="test", actor="test")
     assert again.outcome is Outcome.APPLIED and not [r for r in again.results if r.action.target in names]
+
+
+async def test_a_user_who_starts_a_server_after_the_reading_is_not_deleted(
+    cull_hub: RealHub, hub_client: HubClient
+) -> None:
+    """The hub's DELETE /users/{name} stops a running server and deletes the user anyway (in z2jh
+    with their volume): a user found long-inactive, who logs in and starts a server before the
+    deletion runs, must be left alone."""
+    name = unique_name("back")
+    await make_user(cull_hub, name)
+    settings = CullSettings(cull_users=True, delete_users=True)
+    cap = CullCapability(hub_client, settings)
+    observed = await cap.observe()
+    plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=3))
+    mine = Plan.build("cull", [a for a in plan.actions if a.target == name])
+    assert [(a.kind, a.target) for a in mine.actions] == [("delete_user", name)]
+
+    await cull_hub.spawn(name)  # the user is back, between the reading and the deletion
+
+    (result,) = await cap.apply(mine, observed, no_progress)
+    assert result.status is Status.SKIPPED, result
+    assert running(await hub_user(cull_hub, name)) == {""}

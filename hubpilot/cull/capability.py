@@ -15,6 +15,7 @@ from hubpilot.cull.plan import (
     CullObserved,
     guard_cull,
     plan_cull,
+    server_target,
 )
 from hubpilot.loop import Action, ActionResult, Plan, Progress, Status, run_actions
 from hubpilot.ports.hub import Hub, StopResult
@@ -74,6 +75,16 @@ class CullCapability:
                 unfinished = [s for s in stop_status.get(user, []) if s not in (Status.DONE, Status.NOOP)]
                 if unfinished:
                     return ActionResult(action, Status.SKIPPED, "a server of this user has not stopped")
+                # the hub's DELETE /users/{name} stops a running server and deletes the user anyway:
+                # read the user again, a user who started a server since the round's reading stays
+                current = await self.hub.get_user(user)
+                if current is None:
+                    return ActionResult(action, Status.NOOP, "already gone")
+                started = sorted(server_target(user, n) for n, s in current.servers.items()
+                                 if s.ready or s.pending)
+                if started:
+                    return ActionResult(action, Status.SKIPPED,
+                                        f"started {', '.join(started)} since the round's reading")
                 existed = await self.hub.delete_user(user)
                 return ActionResult(action, Status.DONE if existed else Status.NOOP,
                                     "deleted" if existed else "already gone")
