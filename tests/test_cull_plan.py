@@ -160,7 +160,7 @@ def test_plan_is_pure_and_stable() -> None:
 
 def test_users_reported_not_deleted_by_default() -> None:
     obs = CullObserved(
-        ready=(user("ann", server("ann", idle=timedelta(days=2)), last_activity=ago(days=2)),
+        active=(user("ann", server("ann", idle=timedelta(days=2)), last_activity=ago(days=2)),
                user("bob", server("bob", idle=timedelta(days=2)),
                     server("bob", "x", idle=timedelta(minutes=1)), last_activity=ago(minutes=1))),
         inactive=(user("carl", last_activity=ago(days=40)), user("dora", last_activity=ago(minutes=10)),
@@ -178,7 +178,7 @@ def test_users_reported_not_deleted_by_default() -> None:
 
 
 def test_user_deletion_only_when_enabled_and_after_stops() -> None:
-    obs = CullObserved(ready=(user("ann", server("ann", idle=timedelta(days=2)), last_activity=ago(days=2)),),
+    obs = CullObserved(active=(user("ann", server("ann", idle=timedelta(days=2)), last_activity=ago(days=2)),),
                        inactive=(user("carl", last_activity=ago(days=40)),))
     plan = plan_cull(obs, settings(cull_users=True, delete_users=True), NOW)
     assert [(a.kind, a.target, a.phase) for a in plan.actions] == [

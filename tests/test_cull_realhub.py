@@ -4,7 +4,8 @@ One hub for this module, configured for what culling meets in the field:
 - every single-user server loads ``hubpilot_activity`` (enabled the way the user image does it:
   a ``jupyter_server_config.d`` file) and reports activity every second;
 - users named ``slow-*`` have a spawner whose stop takes longer than the hub's
-  ``slow_stop_timeout`` (the hub answers 202);
+  ``slow_stop_timeout`` (the hub answers 202); users named ``slowstart-*`` one whose spawn stays
+  pending for 30 s;
 - a user with a flag file in ``boom/`` makes the hub answer 500 to their stop (the
   authenticator's ``refresh_user``, which the hub calls before a stop, fails);
 - a hung server (SIGSTOP) cannot answer anything and must still be stopped.
@@ -55,6 +56,11 @@ class CullTestAuthenticator(DummyAuthenticator):
 
 
 class CullTestSpawner(SimpleLocalProcessSpawner):
+    async def start(self):
+        if self.user.name.startswith("slowstart-"):
+            await asyncio.sleep(30)  # a spawn that stays pending (an image pull, a node scale-up)
+        return await super().start()
+
     async def stop(self, now=False):
         if self.user.name.startswith("slow-"):
             await asyncio.sleep(5)  # longer than slow_stop_timeout: the hub answers 202
@@ -396,3 +402,23 @@ async def test_a_user_who_starts_a_server_after_the_reading_is_not_deleted(
     (result,) = await cap.apply(mine, observed, no_progress)
     assert result.status is Status.SKIPPED, result
     assert running(await hub_user(cull_hub, name)) == {""}
+
+
+async def test_a_user_whose_only_server_is_pending_is_noted_not_stopped(
+    cull_hub: RealHub, hub_client: HubClient
+) -> None:
+    """A server with a pending spawn is left alone, and the plan says so, also when it is the
+    user's only server (the user is in no ready listing)."""
+    name = unique_name("slowstart")
+    await make_user(cull_hub, name)
+    r = await cull_hub.spawn(name, wait=False)
+    assert r.status_code == 202, r.text
+
+    async def pending() -> bool:
+        return (await hub_user(cull_hub, name))["servers"].get("", {}).get("pending") == "spawn"
+
+    await wait_for(pending)
+    cap = CullCapability(hub_client, CullSettings())
+    plan = cap.plan(await cap.observe(), datetime.now(UTC) + timedelta(hours=3))
+    assert not [a for a in plan.actions if a.target == name]
+    assert f"skipped {name}: pending spawn" in plan.notes

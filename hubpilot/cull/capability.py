@@ -39,9 +39,10 @@ class CullCapability:
         return OPERATION
 
     async def observe(self) -> CullObserved:
-        ready = await self.hub.list_users(state="ready")
+        # active, not ready: a user whose only server is pending is noted in the plan too
+        active = await self.hub.list_users(state="active")
         inactive = await self.hub.list_users(state="inactive") if self.settings.cull_users else []
-        return CullObserved(tuple(ready), tuple(inactive))
+        return CullObserved(tuple(active), tuple(inactive))
 
     def plan(self, observed: CullObserved, now: datetime) -> Plan:
         return plan_cull(observed, self.settings, now)

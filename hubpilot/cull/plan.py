@@ -27,10 +27,11 @@ STOP_KINDS = frozenset({STOP, REMOVE})
 
 @dataclass(frozen=True)
 class CullObserved:
-    """What one round read from the hub: users with ready servers (one paged ``state=active``
-    listing, its ready servers) and, only when ``cull_users`` is on, users without running servers."""
+    """What one round read from the hub: users with active servers, ready or pending (one paged
+    ``state=active`` listing; a pending server is noted, never stopped) and, only when
+    ``cull_users`` is on, users without running servers."""
 
-    ready: tuple[HubUser, ...]
+    active: tuple[HubUser, ...]
     inactive: tuple[HubUser, ...] = ()
 
 
@@ -81,7 +82,7 @@ def plan_cull(observed: CullObserved, settings: CullSettings, now: datetime) -> 
     per_policy: dict[str, int] = {}
     kept = skipped = 0
     culled_users: dict[str, bool] = {}  # user -> every server of theirs is being stopped
-    for user in sorted(observed.ready, key=lambda u: u.name):
+    for user in sorted(observed.active, key=lambda u: u.name):
         all_stopped = True
         for name in sorted(user.servers):
             server = user.servers[name]
@@ -121,7 +122,7 @@ def plan_cull(observed: CullObserved, settings: CullSettings, now: datetime) -> 
     inactive_users: list[dict[str, str]] = []
     if settings.cull_users:
         # Users whose every server is stopped this round, and users with no running server.
-        candidates = [u for u in observed.ready if culled_users.get(u.name)] + [
+        candidates = [u for u in observed.active if culled_users.get(u.name)] + [
             u for u in observed.inactive if not any(s.ready or s.pending for s in u.servers.values())
             and u.name not in culled_users
         ]
@@ -137,7 +138,7 @@ def plan_cull(observed: CullObserved, settings: CullSettings, now: datetime) -> 
                 notes.append(f"long-inactive user {user.name}: {verdict} (reported only; delete_users is off)")
 
     facts = {
-        "servers_seen": sum(len(u.servers) for u in observed.ready),
+        "servers_seen": sum(len(u.servers) for u in observed.active),
         "to_stop": sum(1 for a in actions if a.kind in STOP_KINDS),
         "kept": kept,
         "skipped": skipped,
