@@ -43,7 +43,7 @@ class HubGroup:
 
 
 class StopResult(enum.StrEnum):
-    STOPPED = "stopped"  # 204: stopped now
+    STOPPED = "stopped"  # 204: stopped now (JupyterHub 5/6 also answer 204 for a stopped server)
     PENDING = "pending"  # 202: stop requested, still stopping (a slow stop)
     NOT_RUNNING = "not_running"  # 400 "not running" / 404 server: already so
 
