@@ -206,3 +206,16 @@ def test_an_azure_notification_queue_needs_somewhere_to_go() -> None:
     url = "https://hubpilotstore.queue.core.windows.net"
     assert load_settings(None, directory={"kind": "entra", "entra": {**entra, "queue_account_url": url}})
     assert load_settings(None, directory={"kind": "entra", "entra": {**entra, "queue": "memory"}})
+
+
+def test_an_azure_notification_queue_is_the_one_the_functions_app_reads() -> None:
+    """The graph_hints trigger reads ``hubpilot-graph`` (Bicep creates that queue): hints put on a
+    queue of another name were never read, and no sync followed a notification."""
+    from functions.graph import HINT_QUEUE
+
+    entra = {"notifications": True, "notification_url": "https://hubpilot.example.org/api/v1/graph/notifications",
+             "client_state": "s3cret", "queue": "azure",
+             "queue_account_url": "https://hubpilotstore.queue.core.windows.net"}
+    with pytest.raises(SettingsError, match=HINT_QUEUE):
+        load_settings(None, directory={"kind": "entra", "entra": {**entra, "queue_name": "my-hints"}})
+    assert load_settings(None, directory={"kind": "entra", "entra": {**entra, "queue_name": HINT_QUEUE}})

@@ -113,7 +113,9 @@ class EntraSettings(Section):
         "memory",
         description="Where notifications wait for the sync: memory (hubpilot serve) or azure (Storage queue).",
     )
-    queue_name: str = Field("hubpilot-graph", description="Azure Storage queue of notification hints.")
+    queue_name: str = Field("hubpilot-graph", description="Azure Storage queue of notification hints: with "
+                            "queue = azure it must stay hubpilot-graph, the queue the Functions app's "
+                            "graph_hints trigger reads (and Bicep creates).")
     queue_connection_string: SecretStr | None = Field(
         None, description="Storage connection string for queue=azure (or use queue_account_url)."
     )
@@ -170,6 +172,13 @@ class EntraSettings(Section):
                 "directory.entra.queue is 'azure' but neither queue_connection_string nor queue_account_url "
                 "is set: set queue_connection_string or queue_account_url (the storage account whose queue "
                 f"{self.queue_name!r} the graph_hints function reads), or queue = 'memory' with hubpilot serve"
+            )
+        default_queue = type(self).model_fields["queue_name"].default
+        if self.queue == "azure" and self.queue_name != default_queue:
+            raise ValueError(
+                f"directory.entra.queue_name is {self.queue_name!r}, but the Functions app's graph_hints trigger "
+                f"reads the queue {default_queue!r} (which infra/bicep creates): hints put elsewhere are never "
+                f"read; leave queue_name unset"
             )
         if self.client_state is not None and not 1 <= len(self.client_state.get_secret_value()) <= 128:
             raise ValueError("directory.entra.client_state must be 1 to 128 characters (Graph's limit)")
