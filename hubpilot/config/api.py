@@ -84,7 +84,9 @@ class ApiSettings(Section):
     readiness_timeout_seconds: float = Field(
         3.0, gt=0, le=30, description="Timeout of each /readyz check (state store, hub)."
     )
-    docs: bool = Field(True, description="Serve the interactive docs page at /api/v1/docs.")
+    docs: bool = Field(True, description="Serve the interactive docs page at /api/v1/docs (role reader, like "
+                       "/api/v1/openapi.json it loads: a browser gets both behind App Service authentication; "
+                       "with API tokens, fetch the OpenAPI document with the token).")
     serve_schedules: bool = Field(
         True, description="hubpilot serve runs the schedules in-process (off: HTTP only)."
     )
