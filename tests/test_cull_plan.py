@@ -4,6 +4,7 @@ test_cull_realhub.py)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -179,7 +180,7 @@ def test_users_reported_not_deleted_by_default() -> None:
 
 def test_user_deletion_only_when_enabled_and_after_stops() -> None:
     obs = CullObserved(active=(user("ann", server("ann", idle=timedelta(days=2)), last_activity=ago(days=2)),),
-                       inactive=(user("carl", last_activity=ago(days=40)),))
+                       inactive=(user("carl", last_activity=ago(days=40)),), sync_members=frozenset())
     plan = plan_cull(obs, settings(cull_users=True, delete_users=True), NOW)
     assert [(a.kind, a.target, a.phase) for a in plan.actions] == [
         ("stop_server", "ann", 0), ("delete_user", "ann", 1), ("delete_user", "carl", 1)]
@@ -187,6 +188,29 @@ def test_user_deletion_only_when_enabled_and_after_stops() -> None:
     assert guard_cull(settings(cull_users=True, delete_users=True, max_user_deletions_per_round=1), plan)
     refusal = guard_cull(settings(cull_users=True), plan)
     assert refusal == ["the plan deletes 2 users but cull.delete_users is off"]
+
+
+def test_users_sync_provisions_are_never_deleted_and_unknown_deletes_nobody() -> None:
+    """A user sync manages as an active member would be created again by the next sync run."""
+    obs = CullObserved(active=(user("ann", server("ann", idle=timedelta(days=2)), last_activity=ago(days=2)),),
+                       inactive=(user("carl", last_activity=ago(days=40)), user("dora", last_activity=ago(days=40))),
+                       sync_members=frozenset({"ann", "carl"}))
+    on = settings(cull_users=True, delete_users=True)
+    plan = plan_cull(obs, on, NOW)
+    assert [(a.kind, a.target) for a in plan.actions] == [("stop_server", "ann"), ("delete_user", "dora")]
+    assert "kept long-inactive user carl: inactive for 40d (timeout 1h); not deleted: sync manages them as a " \
+           "member of a synced directory group (deleted, they would be created again by the next sync)" in plan.notes
+    assert any(n.startswith("kept long-inactive user ann: ") for n in plan.notes)
+    assert [u["user"] for u in plan.facts["inactive_users"]] == ["ann", "carl", "dora"]
+
+    unknown = replace(obs, sync_members=None, sync_unknown="sync's managed users cannot be read: boom")
+    plan = plan_cull(unknown, on, NOW)
+    assert plan.counts() == {"stop_server": 1}
+    assert plan.notes[0] == "no user is deleted this round: sync's managed users cannot be read: boom"
+    assert sum(n.startswith("kept long-inactive user ") for n in plan.notes) == 3
+    # only deletion needs them: reported users and stops go on
+    assert plan_cull(unknown, settings(cull_users=True), NOW).counts() == {"stop_server": 1}
+    assert plan_cull(CullObserved(obs.active, obs.inactive), on, NOW).counts() == {"stop_server": 1}
 
 
 def test_guard_refuses_more_stops_than_the_limit() -> None:

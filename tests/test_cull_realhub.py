@@ -383,7 +383,7 @@ async def test_dry_run_stops_nothing_and_guard_refuses_large_rounds(
 
 
 async def test_a_user_who_starts_a_server_after_the_reading_is_not_deleted(
-    cull_hub: RealHub, hub_client: HubClient
+    cull_hub: RealHub, hub_client: HubClient, tmp_path: Path
 ) -> None:
     """The hub's DELETE /users/{name} stops a running server and deletes the user anyway (in z2jh
     with their volume): a user found long-inactive, who logs in and starts a server before the
@@ -391,7 +391,7 @@ async def test_a_user_who_starts_a_server_after_the_reading_is_not_deleted(
     name = unique_name("back")
     await make_user(cull_hub, name)
     settings = CullSettings(cull_users=True, delete_users=True)
-    cap = CullCapability(hub_client, settings)
+    cap = CullCapability(hub_client, settings, SqliteStore(tmp_path / "state.db"))  # sync manages nobody
     observed = await cap.observe()
     plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=3))
     mine = Plan.build("cull", [a for a in plan.actions if a.target == name])

@@ -10,7 +10,7 @@ import re
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,12 @@ from hubpilot.adapters.hub import HubClient
 from hubpilot.adapters.ldap import LdapDirectory
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.config.sync import SyncSettings
-from hubpilot.loop import LockHeld, Outcome, Runner, Status
+from hubpilot.cull import CullCapability
+from hubpilot.loop import Action, LockHeld, Outcome, Plan, Runner, Status, no_progress
 from hubpilot.ports.directory import Directory
+from hubpilot.settings import load_settings
 from hubpilot.sync import MANAGED_KEY, SyncCapability, SyncObserved
+from hubpilot.wiring import Context
 from tests.fixtures.hub import unique_name
 from tests.realhub import RealHub
 
@@ -161,6 +164,73 @@ async def test_removed_person_is_deprovisioned_server_stopped_tokens_revoked_not
     back = await world.run()
     assert back.plan is not None and {"manage_user", "add_to_group"} <= set(back.plan.counts())
     assert (await world.hub_state())["users"][bob]["groups"] == [f"{world.prefix}analysts"]
+
+
+async def test_cull_never_deletes_a_user_sync_keeps_provisioning(world: World, real_hub: RealHub) -> None:
+    """A synced member who never logs in is long-inactive to cull; deleting them would only make
+    the next sync create them again (and cull delete them again, in z2jh with their volume). Cull
+    deletes users who left the directory (deprovisioned) and users sync does not manage."""
+    world.set("analysts", "alice", "bob")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    world.set("analysts", "alice")
+    assert (await world.run()).outcome is Outcome.APPLIED  # bob left: deprovisioned
+    alice, bob, carl, dora = (world.user(s) for s in ("alice", "bob", "carl", "dora"))
+    async with real_hub.admin() as admin:
+        for name in (carl, dora):  # hub users sync does not manage
+            (await admin.post(f"/users/{name}")).raise_for_status()
+
+    settings = load_settings(
+        hub={"api_url": real_hub.api_url, "token": real_hub.hubpilot_token},
+        # the session's hub holds every test's users: this test looks at its own
+        cull={"cull_users": True, "delete_users": True, "max_user_deletions_per_round": 10000,
+              "max_stops_per_round": 10000},
+    )
+    now = datetime.now(UTC) + timedelta(hours=3)
+    ctx = Context(settings=settings, store=world.store, clock=lambda: now)
+    mine = {alice, bob, carl, dora}
+    try:
+        cap = ctx.capability("cull")
+        dry = await ctx.runner.run(cap, trigger="test", actor="test", dry_run=True)
+        assert dry.plan is not None
+        assert sorted(a.target for a in dry.plan.actions if a.target in mine) == sorted([bob, carl, dora])
+        (note,) = [n for n in dry.plan.notes if alice in n]
+        assert note.startswith(f"kept long-inactive user {alice}: inactive for ") and "sync manages" in note
+        assert note in dry.render()
+
+        assert isinstance(cap, CullCapability)
+        observed = await cap.observe()
+        plan = cap.plan(observed, now)
+        ours = Plan.build("cull", [a for a in plan.actions if a.target in mine])
+        assert ours.counts() == {"delete_user": 3}
+        # dora joins a synced group between the round's reading and its deletions: kept
+        world.set("analysts", "alice", "dora")
+        joined = await world.run()
+        assert joined.plan is not None and joined.plan.counts() == {"manage_user": 1, "add_to_group": 1}
+        results = {r.action.target: r for r in await cap.apply(ours, observed, no_progress)}
+        assert {n: r.status for n, r in results.items()} == {
+            bob: Status.DONE, carl: Status.DONE, dora: Status.SKIPPED}, results
+        assert "sync manages" in results[dora].detail
+        assert set((await world.hub_state())["users"]) == {alice, dora}
+        # no loop: the next sync has nobody to create again
+        again = await world.run()
+        assert again.plan is not None and again.plan.empty, again.render()
+
+        # sync's records unreadable: nobody is deleted this round (unknown is never "may delete")
+        eve = world.user("eve")
+        async with real_hub.admin() as admin:
+            (await admin.post(f"/users/{eve}")).raise_for_status()
+        await world.store.put(MANAGED_KEY, {"users": {alice: "damaged"}})
+        observed = await cap.observe()
+        plan = cap.plan(observed, now)
+        assert not [a for a in plan.actions if a.kind == "delete_user"]
+        assert any(n.startswith(f"kept long-inactive user {eve}: ") for n in plan.notes), plan.notes
+        assert any(MANAGED_KEY in n and "damaged" in n for n in plan.notes), plan.notes
+        late = Plan.build("cull", [Action("delete_user", eve, phase=1, params={"user": eve})])
+        (result,) = await cap.apply(late, observed, no_progress)
+        assert result.status is Status.SKIPPED and MANAGED_KEY in result.detail
+        assert eve in (await world.hub_state())["users"]
+    finally:
+        await ctx.hub.close()
 
 
 async def test_a_renamed_person_keeps_their_hub_user_groups_and_tokens(world: World, real_hub: RealHub) -> None:

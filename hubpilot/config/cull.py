@@ -67,8 +67,8 @@ class CullSettings(Section):
     cull_admin_users: bool = Field(True, description="With cull_users: include admin users.")
     delete_users: bool = Field(
         False,
-        description="With cull_users: DELETE long-inactive users (in z2jh this deletes their volume). "
-        "Off by default.",
+        description="With cull_users: DELETE long-inactive users (in z2jh this deletes their volume), "
+        "never one sync manages as a member of a synced group. Off by default.",
     )
     policies: list[CullPolicy] = Field(
         default_factory=list, description="Per-profile / per-group policies, first match wins (JSON list)."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -16,9 +17,12 @@ from hubpilot.cull.plan import (
     guard_cull,
     plan_cull,
     server_target,
+    sync_hold,
 )
 from hubpilot.loop import Action, ActionResult, Plan, Progress, Status, run_actions
 from hubpilot.ports.hub import Hub, StopResult
+from hubpilot.ports.store import StateStore, StoreError
+from hubpilot.sync import ManagedRecordError, read_managed
 
 _STOP_STATUS = {
     StopResult.STOPPED: (Status.DONE, "stopped"),
@@ -28,11 +32,15 @@ _STOP_STATUS = {
 
 
 class CullCapability:
-    """Stops idle servers. Policy (``CullSettings``) is bound here; ``plan`` and ``guard`` are pure."""
+    """Stops idle servers. Policy (``CullSettings``) is bound here; ``plan`` and ``guard`` are pure.
 
-    def __init__(self, hub: Hub, settings: CullSettings) -> None:
+    ``store``: where sync keeps the users it manages; a user sync provisions is never deleted
+    (without a store, nobody is)."""
+
+    def __init__(self, hub: Hub, settings: CullSettings, store: StateStore | None = None) -> None:
         self.hub = hub
         self.settings = settings
+        self.store = store
 
     @property
     def name(self) -> str:
@@ -41,8 +49,24 @@ class CullCapability:
     async def observe(self) -> CullObserved:
         # active, not ready: a user whose only server is pending is noted in the plan too
         active = await self.hub.list_users(state="active")
-        inactive = await self.hub.list_users(state="inactive") if self.settings.cull_users else []
-        return CullObserved(tuple(active), tuple(inactive))
+        if not self.settings.cull_users:
+            return CullObserved(tuple(active))
+        inactive = await self.hub.list_users(state="inactive")
+        if not self.settings.delete_users:
+            return CullObserved(tuple(active), tuple(inactive))
+        members, unknown = await self._sync_members()
+        return CullObserved(tuple(active), tuple(inactive), members, unknown)
+
+    async def _sync_members(self) -> tuple[frozenset[str] | None, str]:
+        """The users sync manages as active members (the directory still wants them); None and
+        why (never empty) when that cannot be known."""
+        if self.store is None:
+            return None, "cull has no state store to read sync's managed users from"
+        try:
+            managed = await read_managed(self.store)
+        except (StoreError, ManagedRecordError) as exc:
+            return None, f"sync's managed users cannot be read: {exc}"
+        return frozenset(n for n, r in managed.items() if r.active), ""
 
     def plan(self, observed: CullObserved, now: datetime) -> Plan:
         return plan_cull(observed, self.settings, now)
@@ -52,6 +76,15 @@ class CullCapability:
 
     async def apply(self, plan: Plan, observed: CullObserved, progress: Progress) -> list[ActionResult]:
         stop_status: dict[str, list[Status]] = {}
+        members_lock = asyncio.Lock()
+        members: list[tuple[frozenset[str] | None, str]] = []
+
+        async def sync_members() -> tuple[frozenset[str] | None, str]:
+            # read again, once, at the first deletion: sync may have taken a user on since observe
+            async with members_lock:
+                if not members:
+                    members.append(await self._sync_members())
+                return members[0]
 
         async def perform(action: Action) -> ActionResult:
             user = str(action.params.get("user", action.target))
@@ -76,6 +109,10 @@ class CullCapability:
                 unfinished = [s for s in stop_status.get(user, []) if s not in (Status.DONE, Status.NOOP)]
                 if unfinished:
                     return ActionResult(action, Status.SKIPPED, "a server of this user has not stopped")
+                synced, unknown = await sync_members()
+                held = unknown or sync_hold(user, synced)
+                if held:
+                    return ActionResult(action, Status.SKIPPED, held)
                 # the hub's DELETE /users/{name} stops a running server and deletes the user anyway:
                 # read the user again, a user who started a server since the round's reading stays
                 current = await self.hub.get_user(user)

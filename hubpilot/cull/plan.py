@@ -4,7 +4,9 @@ Semantics follow jupyterhub-idle-culler 2.0: servers with a pending spawn or sto
 that are not ready are left alone; inactivity is measured from the server's ``last_activity``,
 falling back to ``started``; a server is stopped when idle beyond its timeout, or (``max_age``)
 when it has run longer than that, active or not. Differences (all safer): the default/named
-switches also govern max-age stops, and users are only reported unless deletion is enabled.
+switches also govern max-age stops, users are only reported unless deletion is enabled, and a
+user sync provisions (an active member of a synced directory group) is never deleted: the next
+sync would create them again.
 """
 
 from __future__ import annotations
@@ -29,10 +31,15 @@ STOP_KINDS = frozenset({STOP, REMOVE})
 class CullObserved:
     """What one round read from the hub: users with active servers, ready or pending (one paged
     ``state=active`` listing; a pending server is noted, never stopped) and, only when
-    ``cull_users`` is on, users without running servers."""
+    ``cull_users`` is on, users without running servers.
+
+    ``sync_members``: the users sync manages as active members (read only when users may be
+    deleted); None when unknown, and then ``sync_unknown`` says why and nobody is deleted."""
 
     active: tuple[HubUser, ...]
     inactive: tuple[HubUser, ...] = ()
+    sync_members: frozenset[str] | None = None
+    sync_unknown: str = "sync's managed users were not read"
 
 
 def server_target(user: str, server: str) -> str:
@@ -72,6 +79,17 @@ def _user_verdict(user: HubUser, settings: CullSettings, now: datetime) -> str |
     if settings.max_age and user.created and now - user.created >= timedelta(seconds=settings.max_age):
         limit = human(timedelta(seconds=settings.max_age))
         return f"created {human(now - user.created)} ago (max age {limit})"
+    return None
+
+
+def sync_hold(user: str, sync_members: frozenset[str] | None) -> str | None:
+    """Why ``user`` must not be deleted for sync's sake, or None: sync provisions them (the next
+    sync run would create them again), or sync's managed users are unknown."""
+    if sync_members is None:
+        return "sync's managed users are unknown this round"
+    if user in sync_members:
+        return ("sync manages them as a member of a synced directory group "
+                "(deleted, they would be created again by the next sync)")
     return None
 
 
@@ -120,6 +138,7 @@ def plan_cull(observed: CullObserved, settings: CullSettings, now: datetime) -> 
         culled_users[user.name] = all_stopped
 
     inactive_users: list[dict[str, str]] = []
+    unknown_noted = False
     if settings.cull_users:
         # Users whose every server is stopped this round, and users with no running server.
         candidates = [u for u in observed.active if culled_users.get(u.name)] + [
@@ -132,6 +151,13 @@ def plan_cull(observed: CullObserved, settings: CullSettings, now: datetime) -> 
                 continue
             inactive_users.append({"user": user.name, "reason": verdict})
             if settings.delete_users:
+                held = sync_hold(user.name, observed.sync_members)
+                if held:
+                    if observed.sync_members is None and not unknown_noted:
+                        notes.append(f"no user is deleted this round: {observed.sync_unknown}")
+                        unknown_noted = True
+                    notes.append(f"kept long-inactive user {user.name}: {verdict}; not deleted: {held}")
+                    continue
                 actions.append(Action(DELETE_USER, user.name, phase=1, params={"user": user.name},
                                       reason=f"{verdict}; delete_users is on"))
             else:

@@ -31,6 +31,20 @@ class ManagedRecordError(Exception):
     """The stored set of managed users is unreadable; nothing is done until it is repaired."""
 
 
+async def read_managed(store: StateStore) -> dict[str, ManagedUser]:
+    """The users sync manages (hub name → record); ManagedRecordError when the stored document is
+    damaged, StoreError when the store cannot be read."""
+    doc = await store.get(MANAGED_KEY)
+    if doc is None:
+        return {}
+    try:
+        return {name: ManagedUser.from_json(rec) for name, rec in doc.get("users", {}).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ManagedRecordError(
+            f"the state document {MANAGED_KEY!r} is damaged ({exc}); restore it from the audit log"
+        ) from exc
+
+
 class SyncCapability:
     """Directory groups → hub users, admins and groups, for the users hubpilot manages."""
 
@@ -158,15 +172,7 @@ class SyncCapability:
 
     # --- observe helpers -----------------------------------------------------------------------
     async def _read_managed(self) -> dict[str, ManagedUser]:
-        doc = await self.store.get(MANAGED_KEY)
-        if doc is None:
-            return {}
-        try:
-            return {name: ManagedUser.from_json(rec) for name, rec in doc.get("users", {}).items()}
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise ManagedRecordError(
-                f"the state document {MANAGED_KEY!r} is damaged ({exc}); restore it from the audit log"
-            ) from exc
+        return await read_managed(self.store)
 
     # --- apply ---------------------------------------------------------------------------------
     async def _perform(self, batch: list[Action]) -> list[ActionResult]:
