@@ -36,6 +36,8 @@ from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.config.cull import CullSettings
 from hubpilot.cull import CullCapability
 from hubpilot.loop import Outcome, Plan, Runner, Status, no_progress
+from hubpilot.settings import load_settings
+from hubpilot.wiring import Context
 from tests.fixtures.hub import unique_name
 from tests.realhub import RealHub, start_hub
 
@@ -422,3 +424,56 @@ async def test_a_user_whose_only_server_is_pending_is_noted_not_stopped(
     plan = cap.plan(await cap.observe(), datetime.now(UTC) + timedelta(hours=3))
     assert not [a for a in plan.actions if a.target == name]
     assert f"skipped {name}: pending spawn" in plan.notes
+
+
+# JupyterHub's own slow_stop_timeout (10 s); before it starts counting, the hub refreshes the
+# user's auth state (an identity provider's round trip) for a second
+SLOWER_STOP_CONFIG = """
+import asyncio
+from jupyterhub.auth import DummyAuthenticator
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+
+
+class RefreshingAuthenticator(DummyAuthenticator):
+    async def refresh_user(self, user, handler=None):
+        await asyncio.sleep(1)
+        return True
+
+
+class SlowerStopSpawner(SimpleLocalProcessSpawner):
+    async def stop(self, now=False):
+        await asyncio.sleep(15)  # a pod that takes long to terminate
+        return await super().stop(now=now)
+
+
+c.JupyterHub.authenticator_class = RefreshingAuthenticator
+c.Authenticator.refresh_pre_stop = True
+c.JupyterHub.spawner_class = SlowerStopSpawner
+"""
+
+
+async def test_a_stop_slower_than_the_hubs_slow_stop_timeout_is_pending_not_failed(
+    hub_factory: Any, tmp_path: Path
+) -> None:
+    """JupyterHub answers the stop of a slow server after its slow_stop_timeout (10 s by default)
+    with 202; hub.timeout_seconds is 10 s too. A stop request must wait for that answer: with no
+    retries, a client that gives up first reports a stop that went fine as failed."""
+    hub: RealHub = await hub_factory(extra_config=SLOWER_STOP_CONFIG)
+    name = unique_name("slower")
+    await make_user(hub, name)
+    await hub.spawn(name)
+    settings = load_settings(hub={"api_url": hub.api_url, "token": hub.hubpilot_token, "retries": 0},
+                             cull={"inactivity_timeout": 3600})
+    assert settings.hub.timeout_seconds == 10  # the defaults, as deployed
+    now = datetime.now(UTC) + timedelta(hours=2)
+    ctx = Context(settings=settings, store=SqliteStore(tmp_path / "state.db"), clock=lambda: now)
+    try:
+        record = await ctx.runner.run(ctx.capability("cull"), trigger="test", actor="test")
+        assert [(r.action.target, r.status) for r in record.results] == [(name, Status.PENDING)], record.render()
+        assert record.outcome is Outcome.APPLIED
+        client = ctx.hub
+        assert isinstance(client, HubClient)
+        assert client.stats["by_route"]["DELETE /users/{name}/server"] == 1  # no second request
+    finally:
+        await ctx.close()
+    await wait_for(lambda: _not_pending(hub, name), timeout=60)

@@ -354,6 +354,42 @@ async def test_concurrency_is_bounded(fake_hub) -> None:
     assert c.stats["by_route"] == {"DELETE /users/{name}/server": 12} and c.stats["writes"] == 12
 
 
+async def test_only_stops_wait_longer_than_the_timeout() -> None:
+    """The hub answers a slow stop (202) only after its slow_stop_timeout; other requests keep
+    the short timeout."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            threading.Event().wait(1)  # a hub that takes a second for every answer
+            status = 202 if self.command == "DELETE" else 200
+            body = b"" if status == 202 else json.dumps({"name": "a", "servers": {}}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_DELETE = _answer
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, args=(0.01,), daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/hub/api"
+    try:
+        async with HubClient(url, "t", timeout=0.3, stop_timeout=5, retries=0) as c:
+            with pytest.raises(HubError, match="ReadTimeout"):
+                await c.get_user("a")
+            assert await c.stop_server("a") is StopResult.PENDING
+            assert await c.delete_server("a", "gpu") is StopResult.PENDING
+        async with HubClient(url, "t", timeout=5, stop_timeout=0.3, retries=0) as c:  # never shorter
+            assert await c.stop_server("a") is StopResult.PENDING
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_empty_token_is_refused() -> None:
     with pytest.raises(ValueError, match="token"):
         HubClient("http://127.0.0.1:1/hub/api", "")

@@ -4,6 +4,9 @@
   ``offset``/``limit``) and follows ``_pagination.next`` until it is null.
 - Connection errors, timeouts and 5xx answers are retried ``retries`` times with exponential
   backoff and jitter; 4xx answers are not retried. At most ``concurrency`` requests are in flight.
+- A request times out after ``timeout``; a server stop (and a user deletion, which stops a
+  running server) after ``stop_timeout``: the hub answers a slow stop (202) only once its
+  ``slow_stop_timeout`` (10 s by default) has passed.
 - Every write is idempotent: repeating it is a no-op (409 "exists", 404 "no such server" and the
   like are the outcome already reached, not errors).
 - An answer that is not what the API documents raises :class:`HubInvalidResponse` naming the
@@ -52,6 +55,7 @@ class HubClient:
         token: str,
         *,
         timeout: float = 10,
+        stop_timeout: float = 60,
         retries: int = 3,
         concurrency: int = 10,
         page_size: int = 200,
@@ -70,6 +74,7 @@ class HubClient:
         self._backoff = backoff
         self._backoff_max = backoff_max
         self._create_chunk = create_chunk
+        self._stop_timeout = max(timeout, stop_timeout)
         self._sem = asyncio.Semaphore(concurrency)
         self._http = httpx.AsyncClient(
             base_url=self.api_url,
@@ -110,9 +115,11 @@ class HubClient:
         headers: Mapping[str, str] | None = None,
         ok: Sequence[int] = (200, 201, 202, 204),
         accept: Sequence[int] = (),
+        request_timeout: float | None = None,
     ) -> httpx.Response:
         """Send one request with retries. Returns the response when its status is in ``ok`` or
-        ``accept`` (an expected 'already so' answer); raises HubError otherwise."""
+        ``accept`` (an expected 'already so' answer); raises HubError otherwise. ``request_timeout``:
+        this request's timeout, instead of the client's."""
         path = template.format(**{k: quote(v, safe="") for k, v in (path_args or {}).items()})
         route = f"{method} {template}"
         what = f"{method} {path}"
@@ -123,7 +130,8 @@ class HubClient:
             try:
                 async with self._sem:
                     resp = await self._http.request(
-                        method, path, params=params, json=json_body, headers=headers
+                        method, path, params=params, json=json_body, headers=headers,
+                        timeout=httpx.USE_CLIENT_DEFAULT if request_timeout is None else request_timeout,
                     )
             except httpx.TransportError as e:  # connection refused/reset, timeouts
                 if attempt < self._retries:
@@ -340,7 +348,7 @@ class HubClient:
             template, args = "/users/{name}/server", {"name": user}
         resp = await self._request(
             "DELETE", template, path_args=args, json_body={"remove": True} if remove else None,
-            accept=(400, 404),
+            accept=(400, 404), request_timeout=self._stop_timeout,
         )
         if resp.status_code == 204:
             return StopResult.STOPPED
@@ -380,7 +388,8 @@ class HubClient:
         return sum(done)
 
     async def delete_user(self, name: str) -> bool:
-        resp = await self._request("DELETE", "/users/{name}", path_args={"name": name}, accept=(404,))
+        resp = await self._request("DELETE", "/users/{name}", path_args={"name": name}, accept=(404,),
+                                   request_timeout=self._stop_timeout)
         return resp.status_code != 404
 
     async def close(self) -> None:

@@ -16,6 +16,12 @@ class HubSettings(Section):
         SecretStr(""), description="API token of the hubpilot service (see README: service role)."
     )
     timeout_seconds: float = Field(10.0, gt=0, le=300, description="Timeout of one hub request.")
+    stop_timeout_seconds: float = Field(
+        60.0, gt=0, le=600,
+        description="Timeout of a server stop (and of a user deletion, which stops a running server): "
+        "the hub answers a slow stop only after its slow_stop_timeout (JupyterHub's default 10 s), so "
+        "this must exceed it; never shorter than timeout_seconds.",
+    )
     retries: int = Field(3, ge=0, le=10, description="Retries on connection errors and 5xx answers.")
     concurrency: int = Field(20, ge=1, le=100, description="Hub requests in flight at once.")
     page_size: int = Field(

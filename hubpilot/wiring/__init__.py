@@ -68,6 +68,7 @@ class Context:
                 str(s.api_url),
                 s.token.get_secret_value(),
                 timeout=s.timeout_seconds,
+                stop_timeout=s.stop_timeout_seconds,
                 retries=s.retries,
                 concurrency=s.concurrency,
                 page_size=s.page_size,
