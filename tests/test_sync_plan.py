@@ -328,6 +328,16 @@ def test_a_renamed_person_with_a_running_server_is_stopped_first_and_renamed_nex
     assert plan_sync(world, keep, NOW).empty
 
 
+def test_a_rename_waiting_for_its_servers_counts_in_the_guard() -> None:
+    """The plan stops the servers of a person it renames next run: the guard's rename limits see it."""
+    world = renamed_world(servers=True)
+    plan = plan_sync(world, POLICY, NOW)
+    assert kinds(plan) == [("stop_servers", "ann")]
+    tight = POLICY.model_copy(update={"max_removal_percent": 20})
+    assert any("renames 1 of 2 managed users (50 %)" in r for r in guard_sync(world, plan, tight))
+    assert any("renames 1 users" in r for r in guard_sync(world, plan, POLICY.model_copy(update={"max_removals": 0})))
+
+
 def test_no_rename_where_it_cannot_be_one() -> None:
     world = renamed_world()
     # the person already logged in under the new name: adopt it, deprovision the old one

@@ -303,7 +303,8 @@ def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list
     """Refuse mass removals and an empty directory answer where members existed."""
     reasons: list[str] = []
     removals = sum(1 for a in plan.actions if a.kind == "deprovision")
-    renames = sum(1 for a in plan.actions if a.kind == "rename_user")
+    # a rename waiting for its servers to stop counts too: this plan stops them
+    renames = int(plan.facts.get("renames", sum(1 for a in plan.actions if a.kind == "rename_user")))
     active = sum(1 for r in observed.managed.values() if r.active)
     if removals > policy.max_removals:
         reasons.append(
@@ -318,6 +319,12 @@ def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list
         reasons.append(
             f"the plan removes {removals} of {active} managed users ({removals * 100.0 / active:.0f} %), "
             f"more than sync.max_removal_percent = {policy.max_removal_percent:g} %"
+        )
+    if active and renames * 100.0 / active > policy.max_removal_percent:
+        reasons.append(
+            f"the plan renames {renames} of {active} managed users ({renames * 100.0 / active:.0f} %), "
+            f"more than sync.max_removal_percent = {policy.max_removal_percent:g} %; a mass rename "
+            "(e.g. a changed naming setting) is approved by hand"
         )
     for group in plan.facts.get("empty_groups", []):
         mirror = observed.groups.get(hub_group_name(group, policy.group_prefix, policy.group_names))
