@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hubpilot.loop import Outcome
+from hubpilot.sync import MANAGED_KEY
 from tests.realhub import RealHub
 from tests.test_sync_real import World
 
@@ -40,3 +41,28 @@ async def test_a_naming_change_that_renames_everyone_is_refused_by_the_share_lim
     finally:
         await world.close()
 
+
+async def test_turning_deletion_on_does_not_delete_every_deprovisioned_user_at_once(
+        real_hub: RealHub, tmp_path: Path) -> None:
+    """Deletion (in z2jh: of the volume too) is the last step of a removal; a plan that deletes more
+    users than the removal limits allow is refused, e.g. when sync.delete_users is first turned on
+    (or the grace shortened) with many people deprovisioned long ago."""
+    world = World(real_hub, tmp_path)
+    try:
+        world.set("analysts", *[f"p{i}" for i in range(6)])
+        assert (await world.run()).outcome is Outcome.APPLIED
+        world.set("analysts", "p0")
+        assert (await world.run()).outcome is Outcome.APPLIED  # five deprovisioned (limits at 100 % here)
+        world.policy = world.policy.model_copy(update={
+            "delete_users": True, "delete_grace_hours": 0.0, "max_removals": 3, "max_removal_percent": 20.0})
+        refused = await world.run()
+        assert refused.outcome is Outcome.REFUSED, refused.render()
+        assert refused.plan is not None and refused.plan.counts() == {"delete_user": 5}
+        assert any("deletes 5 users" in r for r in refused.refusal), refused.refusal
+        assert len((await world.hub_state())["users"]) == 6  # nobody deleted
+        approved = await world.runner().approve(world.capability(), refused.plan.id, actor="admin")
+        assert approved.outcome is Outcome.APPLIED, approved.render()
+        assert list((await world.hub_state())["users"]) == [world.user("p0")]
+        assert list((await world.store.get(MANAGED_KEY) or {})["users"]) == [world.user("p0")]
+    finally:
+        await world.close()

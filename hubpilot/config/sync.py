@@ -43,9 +43,12 @@ class SyncSettings(Section):
         "name is no good hub name (e.g. an Entra object id).",
     )
     naming: NamingSettings = Field(default_factory=NamingSettings)
-    max_removals: int = Field(50, ge=0, description="Refuse a plan that removes more users than this.")
+    max_removals: int = Field(
+        50, ge=0, description="Refuse a plan that removes, renames or deletes more users than this."
+    )
     max_removal_percent: float = Field(
-        20.0, ge=0, le=100, description="Refuse a plan that removes more than this share of managed users."
+        20.0, ge=0, le=100, description="Refuse a plan that removes or renames more than this share of the "
+        "active managed users, or deletes more than this share of all managed users (active or deprovisioned)."
     )
     stop_servers: bool = Field(True, description="Stop the servers of people who leave.")
     revoke_tokens: bool = Field(True, description="Revoke the API tokens of people who leave.")

@@ -300,7 +300,7 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
 
 
 def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list[str]:
-    """Refuse mass removals and an empty directory answer where members existed."""
+    """Refuse mass removals, renames and deletions, and an empty directory answer where members existed."""
     reasons: list[str] = []
     removals = sum(1 for a in plan.actions if a.kind == "deprovision")
     # a rename waiting for its servers to stop counts too: this plan stops them
@@ -325,6 +325,20 @@ def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list
             f"the plan renames {renames} of {active} managed users ({renames * 100.0 / active:.0f} %), "
             f"more than sync.max_removal_percent = {policy.max_removal_percent:g} %; a mass rename "
             "(e.g. a changed naming setting) is approved by hand"
+        )
+    # a deletion ends a removal for good (in z2jh with the user's volume): turning deletion on, or
+    # shortening its grace, must not delete everyone deprovisioned so far in one run
+    deletions = sum(1 for a in plan.actions if a.kind == "delete_user")
+    records = len(observed.managed)
+    if deletions > policy.max_removals:
+        reasons.append(
+            f"the plan deletes {deletions} users, more than sync.max_removals = {policy.max_removals}"
+        )
+    if records and deletions * 100.0 / records > policy.max_removal_percent:
+        reasons.append(
+            f"the plan deletes {deletions} of {records} managed users, active or deprovisioned "
+            f"({deletions * 100.0 / records:.0f} %), more than sync.max_removal_percent = "
+            f"{policy.max_removal_percent:g} %"
         )
     for group in plan.facts.get("empty_groups", []):
         mirror = observed.groups.get(hub_group_name(group, policy.group_prefix, policy.group_names))
