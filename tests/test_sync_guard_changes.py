@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from hubpilot.config.sync import SyncSettings
 from hubpilot.loop import Outcome
 from hubpilot.sync import MANAGED_KEY
 from tests.realhub import RealHub
@@ -64,5 +66,31 @@ async def test_turning_deletion_on_does_not_delete_every_deprovisioned_user_at_o
         assert approved.outcome is Outcome.APPLIED, approved.render()
         assert list((await world.hub_state())["users"]) == [world.user("p0")]
         assert list((await world.store.get(MANAGED_KEY) or {})["users"]) == [world.user("p0")]
+    finally:
+        await world.close()
+
+
+async def test_two_directory_groups_are_never_mirrored_by_one_hub_group(real_hub: RealHub, tmp_path: Path) -> None:
+    """'Data Team' and 'data-team' (or cn=staff in two OUs) both become the hub group
+    <prefix>data-team: mirrored together, each group's members were taken out of it by the other
+    at every run. Such a configuration is refused; sync.group_names tells them apart."""
+    world = World(real_hub, tmp_path, users_groups=["Data Team"], admin_groups=[])
+    try:
+        world.groups = {"Data Team": ["alice"], "data-team": ["bob"]}
+        world.set("Data Team", "alice")
+        world.set("data-team", "bob")
+        assert (await world.run()).outcome is Outcome.APPLIED
+        assert (await world.hub_state())["groups"] == {f"{world.prefix}data-team": [world.user("alice")]}
+        with pytest.raises(ValidationError, match=r"'Data Team' and 'data-team' would both be mirrored by "
+                                                  rf"the hub group '{world.prefix}data-team'.*sync.group_names"):
+            SyncSettings(**(world.policy.model_dump() | {"users_groups": ["Data Team", "data-team"]}))
+        with pytest.raises(ValidationError, match="would both be mirrored"):
+            SyncSettings(users_groups=["cn=staff,ou=physics,dc=example,dc=org"],
+                         admin_groups=["cn=staff,ou=chemistry,dc=example,dc=org"])
+        world.policy = SyncSettings(**(world.policy.model_dump() | {
+            "users_groups": ["Data Team", "data-team"], "group_names": {"data-team": "data-team-2"}}))
+        assert (await world.run()).outcome is Outcome.APPLIED
+        assert (await world.hub_state())["groups"] == {f"{world.prefix}data-team": [world.user("alice")],
+                                                       f"{world.prefix}data-team-2": [world.user("bob")]}
     finally:
         await world.close()

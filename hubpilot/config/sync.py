@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from hubpilot.config.base import NCronTab, Section
 
@@ -40,7 +40,8 @@ class SyncSettings(Section):
     group_names: dict[str, str] = Field(
         default_factory=dict,
         description="Hub group name (without prefix) per directory group, where the directory's "
-        "name is no good hub name (e.g. an Entra object id).",
+        "name is no good hub name (e.g. an Entra object id), or where two directory groups would get "
+        "the same hub group (cn=staff in two OUs; refused at start).",
     )
     naming: NamingSettings = Field(default_factory=NamingSettings)
     max_removals: int = Field(
@@ -69,3 +70,21 @@ class SyncSettings(Section):
         if "/" in v:
             raise ValueError("group_prefix must not contain '/' (hub group names go into URLs)")
         return v
+
+    @model_validator(mode="after")
+    def _one_hub_group_each(self) -> SyncSettings:
+        """Two directory groups mirrored into one hub group would each strip the other's members
+        from it at every run (e.g. cn=staff in two OUs, names that differ only in case or
+        punctuation, names in a script the hub group name cannot carry)."""
+        from hubpilot.naming import hub_group_name  # hubpilot.naming imports this module
+
+        seen: dict[str, str] = {}
+        for group in dict.fromkeys([*self.users_groups, *self.admin_groups]):
+            hub_group = hub_group_name(group, self.group_prefix, self.group_names)
+            if hub_group in seen:
+                raise ValueError(
+                    f"directory groups {seen[hub_group]!r} and {group!r} would both be mirrored by the hub "
+                    f"group {hub_group!r}; give one of them another name in sync.group_names"
+                )
+            seen[hub_group] = group
+        return self
