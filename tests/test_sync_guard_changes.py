@@ -94,3 +94,27 @@ async def test_two_directory_groups_are_never_mirrored_by_one_hub_group(real_hub
                                                        f"{world.prefix}data-team-2": [world.user("bob")]}
     finally:
         await world.close()
+
+
+async def test_leaving_the_admin_group_in_role_mode_reports_an_admin_flag_that_stays(
+        real_hub: RealHub, tmp_path: Path) -> None:
+    """In role mode sync takes a person out of the admin group's mirror; an admin flag set by hand
+    (or by flag mode before a switch to role mode) keeps their admin rights, and a least-privilege
+    service cannot clear it: the plan says so instead of reporting the rights gone."""
+    world = World(real_hub, tmp_path)
+    try:
+        world.set("analysts", "alice", "bob")
+        world.set("admins", "alice", "bob")
+        assert (await world.run()).outcome is Outcome.APPLIED
+        async with real_hub.admin() as admin:
+            r = await admin.patch(f"/users/{world.user('alice')}", json={"admin": True})
+            assert r.status_code == 200, r.text
+        world.set("admins", "bob")
+        record = await world.run()
+        assert record.outcome is Outcome.APPLIED and record.plan is not None, record.render()
+        assert record.plan.counts() == {"remove_from_group": 1}
+        flagged = [n for n in record.plan.notes if "admin flag" in n]
+        assert len(flagged) == 1 and flagged[0].startswith(f"{world.user('alice')} left the synced admin groups")
+        assert (await world.hub_state())["users"][world.user("alice")]["admin"] is True  # not hubpilot's to clear
+    finally:
+        await world.close()

@@ -17,6 +17,7 @@ from hubpilot.sync.plan import (
     Desired,
     ManagedUser,
     SyncObserved,
+    admin_mirrors,
     desired_state,
     guard_sync,
     plan_sync,
@@ -109,7 +110,10 @@ class SyncCapability:
         leaving = {n for n, r in managed.items() if r.active and n not in want.users and n not in want.uncertain}
         due = {n for n, r in managed.items() if not r.active and self.policy.delete_users
                and n not in want.users}
-        asked = sorted((want.users - member_of.keys()) | leaving | due)
+        # people this run takes out of an admin group's mirror: whether they hold the admin flag too
+        demoted = {n for g in admin_mirrors(self.policy) for n in (groups[g].users if g in groups else ())
+                   if n in want.users and n not in want.admins and n in managed}
+        asked = sorted((want.users - member_of.keys()) | leaving | due | demoted)
         if len(asked) > TARGETED_LIMIT:
             return {u.name: u for u in await self.hub.list_users()}
         users = {n: HubUser(n, False, frozenset(gs)) for n, gs in member_of.items()}

@@ -286,6 +286,17 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
             actions.append(Action("revoke_admin", name, PHASE_REVOKE_ADMIN,
                                   reason="not a member of any synced admin group"))
 
+    # In role mode the admin flag is no admin right of hubpilot's making (the hub lets no non-admin
+    # clear it): one set by hand, or in flag mode before, outlives the admin group. Say so.
+    flag_notes: list[str] = []
+    for group in sorted(admin_mirrors(policy) if not flags else ()):
+        for name in sorted(observed.groups[group].users if group in observed.groups else ()):
+            user = users.get(name)
+            if name in want.users and name not in want.admins and name in managed and user is not None \
+                    and user.admin:
+                flag_notes.append(f"{name} left the synced admin groups but holds the hub's admin flag "
+                                  "(set by hand, or by sync.admin_mode = 'flag' before), which keeps their "
+                                  "admin rights and which only a hub admin can clear")
     active = sum(1 for r in managed.values() if r.active)
     facts = {
         "directory_source": observed.snapshot.source,
@@ -296,7 +307,12 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
         "renames": len(renames.now) + len(renames.waiting),
         "empty_groups": list(want.empty_groups),
     }
-    return Plan.build(OPERATION, actions, (*want.notes, *held_notes, *renames.notes), facts)
+    return Plan.build(OPERATION, actions, (*want.notes, *held_notes, *renames.notes, *flag_notes), facts)
+
+
+def admin_mirrors(policy: SyncSettings) -> set[str]:
+    """The hub groups that mirror the synced admin groups."""
+    return {hub_group_name(g, policy.group_prefix, policy.group_names) for g in policy.admin_groups}
 
 
 def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list[str]:
