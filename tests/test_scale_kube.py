@@ -307,6 +307,7 @@ async def test_pool_busy_skips_the_round(world: dict[str, Any]) -> None:
     assert not arm.writes()
 
 
+@pytest.mark.xfail(strict=True, reason="a failed scale-up's count is read as machines on their way")
 async def test_failed_operation_is_reported_and_the_next_run_reobserves(world: dict[str, Any]) -> None:
     arm: ArmDouble = world["arm"]
     arm.add_pool("gpu", count=0, machines=[])
@@ -316,8 +317,15 @@ async def test_failed_operation_is_reported_and_the_next_run_reobserves(world: d
     rec = await runner.run(cap, trigger="timer", actor="test")
     assert rec.outcome is Outcome.FAILED and "operation failed" in rec.results[0].detail
     assert arm.pools["gpu"]["provisioningState"] == "Failed"  # a failed pool takes new operations
+    # as ARM: the failed scale-up's count stays the pool's (1) with no machine behind it; that
+    # machine is not on its way, and bob still waits: the next run sends the count again
+    assert arm.pools["gpu"]["count"] == 1 and arm.machines["gpu"] == []
     again = await runner.run(cap, trigger="timer", actor="test")
-    assert again.outcome is Outcome.APPLIED and arm.pools["gpu"]["count"] == 1
+    assert again.outcome is Outcome.APPLIED, again.render()
+    assert [(r.action.kind, r.action.params["count"], r.status) for r in again.results] == [
+        ("set_count", 1, Status.DONE)], again.render()
+    assert len(arm.machines["gpu"]) == 1 and arm.pools["gpu"]["provisioningState"] == "Succeeded"
+    assert again.plan is not None and again.plan.facts["booting"] == 0
 
 
 async def test_autoscaler_assist_sets_min_count_from_hook_demand(world: dict[str, Any]) -> None:

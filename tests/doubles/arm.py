@@ -2,7 +2,8 @@
 
 Speaks the wire format of the published examples (``../shared/fixtures/aks/<api-version>/``):
 ``GET``/``PUT`` an agent pool (PUT answers 201 ``Updating`` with an ``Azure-AsyncOperation``
-header, polled to ``Succeeded`` or ``Failed``), ``POST .../deleteMachines`` (202 with a
+header, polled to ``Succeeded`` or ``Failed``; the PUT's count is the pool's from acceptance on
+and stays after a failure, with fewer machines than it says), ``POST .../deleteMachines`` (202 with a
 ``location`` header, polled until 200), ``409 OperationNotAllowed`` while another operation on
 the pool is in progress, and injected faults such as ``429`` with ``Retry-After``. On the
 cluster: ``POST .../listClusterUserCredential`` answers ``{"kubeconfigs": [{"name", "value"}]}``
@@ -233,22 +234,24 @@ class ArmDouble:
                 return self._error(400, "InvalidParameter", "minCount and maxCount must be set, min <= max")
 
         def apply() -> None:
-            p = self.pools[name]
-            for key in ("count", "minCount", "maxCount", "enableAutoScaling"):
-                if key in new:
-                    p[key] = new[key]
             # a raised minCount adds no node by itself: the cluster autoscaler applies it at its
             # next scale event (Azure/AKS#1481, kubernetes/autoscaler#4401)
             have = self.machines[name]
-            while len(have) < p["count"]:
+            while len(have) < self.pools[name]["count"]:
                 have.append(f"aks-{name}-12345678-vmss{len(have) + 1000:06x}")
             self._bump(name)
 
+        # As ARM: the PUT is the pool's goal from the moment it is accepted. A GET while the
+        # operation runs shows the new count (learn.microsoft.com, "Scale node pools": the pool
+        # "is in the Scaling state with a new count"), and a failed operation leaves it there:
+        # the count is then above the machines that exist (Azure/AKS#671: count 6, 5 nodes).
+        for key in ("count", "minCount", "maxCount", "enableAutoScaling"):
+            if key in new:
+                props[key] = new[key]
+        self._bump(name)
         op = self._start(name, "put", apply)
         props["provisioningState"] = "Updating"
-        out = self._body(name)
-        out["properties"].update({k: v for k, v in new.items() if k in ("count", "minCount", "maxCount")})
-        return web.json_response(out, status=201, headers={
+        return web.json_response(self._body(name), status=201, headers={
             "Azure-AsyncOperation": self._op_url(op, "status"), "Retry-After": "0"})
 
     async def _delete_machines(self, name: str, request: web.Request) -> web.Response:
