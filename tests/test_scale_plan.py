@@ -285,6 +285,25 @@ def test_pool_busy_or_stopped_plans_nothing() -> None:
         assert plan.empty and any(word in n for n in plan.notes)
 
 
+def test_a_failed_pools_count_above_its_machines_is_no_capacity_on_the_way() -> None:
+    """ARM keeps a failed (or canceled) operation's count as the pool's, with fewer machines than it
+    says (Azure/AKS#671): those are not booting. A waiting server gets the count sent again, never
+    a lower one; a scale-down counts only the machines that exist."""
+    for state in ("Failed", "Canceled"):
+        waits = observed(pool(3, state=state), ["n0", "n1"], [upod("a", "n0"), upod("b", "n1"), upod("c", None)])
+        plan = plan_scale(waits, POLICY, T0)
+        assert kinds(plan) == [("set_count", {"count": 3, "from": 3})], plan.notes
+        assert plan.facts["booting"] == 0 and plan.facts["missing"] == 1
+        assert guard_scale(waits, plan, POLICY) == []
+    # nobody waits: nothing is sent; the empty idle node is the one surplus machine (not two)
+    idle = observed(pool(3, state="Failed"), ["n0", "n1"], [upod("a", "n0")], empty_since={"n1": LONG_AGO})
+    plan = plan_scale(idle, POLICY, T0)
+    assert kinds(plan) == [("remove_nodes", {"nodes": ["n1"], "from": 3})]
+    # the same pool after a successful operation: the third machine is still joining
+    joining = observed(pool(3), ["n0", "n1"], [upod("a", "n0"), upod("b", "n1"), upod("c", None)])
+    assert plan_scale(joining, POLICY, T0).empty
+
+
 def test_min_nodes_is_a_floor() -> None:
     pol = Policy(min_nodes=2, max_nodes=4)
     assert kinds(plan_scale(observed(pool(0), []), pol, T0)) == [("set_count", {"count": 2, "from": 0})]

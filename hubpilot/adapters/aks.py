@@ -142,14 +142,18 @@ class AksPool:
             raise PoolError(f"agent pool {self.pool}: ARM answered without properties")
         if props.enable_auto_scaling:
             raise PoolError(f"agent pool {self.pool}: the cluster autoscaler is on; its count is not ours")
-        if props.count == count:
+        state = _text(props.provisioning_state or "Succeeded")
+        if props.count == count and state not in ("Failed", "Canceled"):
             return PoolResult(PoolOutcome.NOOP, f"count is already {count}")
         if props.count is not None and props.count > count:
             # the pool grew since it was observed; a lower count would remove nodes AKS picks
             return PoolResult(PoolOutcome.CONFLICT, f"the pool changed since it was read: count is {props.count}, "
                               f"above {count}; a scale-down must name its nodes")
         props.count = count
-        return await self._put(ap, etag, f"count {count}")
+        # a failed operation's count stays the pool's without its machines: the same count again
+        # is that operation asked for once more
+        again = f" (again: the last operation {state})" if state in ("Failed", "Canceled") else ""
+        return await self._put(ap, etag, f"count {count}{again}")
 
     async def set_min_count(self, min_count: int, *, etag: str | None = None) -> PoolResult:
         ap = await self._get_model()

@@ -28,6 +28,13 @@ class PoolState:
         """Another operation on the pool is under way: ARM would answer 409."""
         return self.provisioning_state not in ("Succeeded", "Failed", "Canceled")
 
+    @property
+    def failed(self) -> bool:
+        """The pool's last operation failed or was canceled. ARM keeps that operation's count as the
+        pool's (it is the goal from the moment the PUT is accepted), so machines of the count may
+        never have been created."""
+        return self.provisioning_state in ("Failed", "Canceled")
+
 
 class PoolOutcome(enum.StrEnum):
     DONE = "done"  # the operation finished

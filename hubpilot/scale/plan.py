@@ -147,6 +147,7 @@ class Occupancy:
     booting: int  # machines in the pool's count not (yet) registered, or (Deallocate) restarting
     stopped: int = 0  # stopped VMs of a Deallocate pool: their nodes stay registered, NotReady
     broken: int = 0  # (Deallocate) machines in the count whose nodes stay NotReady past the join grace
+    missing: int = 0  # machines in the count of a failed pool whose operation never created them
 
 
 def deallocates(pool: PoolState) -> bool:
@@ -190,6 +191,12 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
             booting += running_not_ready
         else:
             broken = min(running_not_ready, sum(1 for n in not_ready if n.name not in busy))
+    missing = 0
+    if observed.pool.failed:
+        # the failed operation's count is still the pool's: the machines it did not create are
+        # not on their way (Azure/AKS#671); only nodes that joined and are not ready yet may be
+        missing = min(booting, max(0, count - (len(nodes) - stopped)))
+        booting -= missing
     return Occupancy(
         busy=frozenset(busy),
         empty=frozenset(nodes - busy),
@@ -198,6 +205,7 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
         booting=booting,
         stopped=stopped,
         broken=broken,
+        missing=missing,
     )
 
 
@@ -387,6 +395,10 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
         "pending": sorted(occ.pending), "booting": occ.booting, "why": why,
         "memory": memory.to_json(), "scale_down_mode": pool.scale_down_mode or "Delete",
     }
+    if occ.missing:
+        facts["missing"] = occ.missing
+        why.append(f"{occ.missing} machine(s) of the count never created: the pool's last operation "
+                   f"{pool.provisioning_state}")
     if leaving:
         facts["leaving"] = sorted(leaving)
         why.append(f"{len(leaving)} removed node(s) still leaving the cluster: {', '.join(sorted(leaving))}")
@@ -424,13 +436,20 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
 
     removing: list[str] = []
     after = pool.count
+    present = pool.count - occ.missing  # the machines that exist (a failed operation's count may not)
     if mode == "direct":
         if desired > pool.count:
             after = min(desired, pool.count + policy.max_step_up)
             actions.append(Action(SET_COUNT, pool.name, 0, {"count": after, "from": pool.count},
                                   f"want {desired}: " + ", ".join(why)))
-        elif desired < pool.count:
-            removing = _plan_removal(observed, occ, memory, policy, now, pool.count - desired, notes)
+        elif desired > present:
+            # never a lower count (AKS would pick the nodes to remove): the same count again is
+            # the failed operation asked for once more
+            actions.append(Action(SET_COUNT, pool.name, 0, {"count": pool.count, "from": pool.count},
+                                  f"want {desired}, {present} machine(s) exist: send the count again: "
+                                  + ", ".join(why)))
+        elif desired < present:
+            removing = _plan_removal(observed, occ, memory, policy, now, present - desired, notes)
     else:
         current_min = pool.min_count or 0
         new_min = current_min
@@ -446,8 +465,8 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
                                   reason if new_min != current_min else "set the autoscaler's floor"))
         after = max(pool.count, new_min)
         keep = max(desired, new_min)
-        if pool.count > keep:
-            removing = _plan_removal(observed, occ, memory, policy, now, pool.count - keep, notes)
+        if present > keep:
+            removing = _plan_removal(observed, occ, memory, policy, now, present - keep, notes)
     if removing:
         after = pool.count - len(removing)
         actions.append(Action(REMOVE_NODES, pool.name, 1, {"nodes": removing, "from": pool.count},
