@@ -27,3 +27,21 @@ async def test_an_unreachable_status_url_after_an_accepted_delete_keeps_the_node
     # the machine is being deleted: its node must stay unschedulable, or a user pod may land on it
     assert kube.node_obj("gpu-1")["spec"]["unschedulable"] is True, rec.render()
     assert result.status is Status.PENDING, rec.render()
+
+
+async def test_a_lost_answer_to_an_accepted_delete_keeps_the_nodes_cordoned(world: dict[str, Any]) -> None:  # noqa: F811
+    """The connection closes after ARM took the deleteMachines, before its 202 arrives: the client
+    cannot tell whether it was accepted, so the nodes stay cordoned (the next run re-observes and
+    uncordons what is still there)."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    cap, runner = await past_the_idle_limit(world)
+    arm.hold_operations = True
+    arm.lose_answer("POST")
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert [c.status for c in arm.calls if c.method == "POST"] == [202]  # ARM took the deletion
+    assert any(op.kind == "deleteMachines" for op in arm.operations.values())
+    assert kube.node_obj("gpu-1")["spec"]["unschedulable"] is True, rec.render()
+    result = rec.results[0]
+    assert result.action.kind == "remove_nodes" and result.status is Status.PENDING, rec.render()
+    arm.release()

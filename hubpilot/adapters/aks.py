@@ -195,6 +195,13 @@ class AksPool:
             if exc.status_code == 409:
                 return _conflict(exc)
             raise _pool_error(f"cannot delete machines {', '.join(machines)}", exc) from exc
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            # the connection failed with no answer: ARM may have accepted the deletion (azure-core
+            # reports a reset after the request was sent as a request error too), so the caller
+            # keeps the nodes cordoned; the next run re-observes and uncordons what is still there
+            return PoolResult(PoolOutcome.PENDING, (
+                f"delete {', '.join(machines)}: no answer ({type(exc).__name__}: {exc}); "
+                "it may have been accepted"))
         return await self._wait(poller, f"delete {', '.join(machines)}")
 
     async def _wait(self, poller: Any, what: str) -> PoolResult:

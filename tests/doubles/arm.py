@@ -60,6 +60,7 @@ class ArmDouble:
     operations: dict[str, Operation] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     faults: list[tuple[str, int, dict[str, str], dict[str, Any] | None]] = field(default_factory=list)
+    lost_answers: list[str] = field(default_factory=list)  # methods whose next answer is lost (see lose_answer)
     fail_next_operation: str | None = None
     kubeconfig: bytes | None = None  # the cluster's user kubeconfig (listClusterUserCredential)
     location: str = "eastus"
@@ -91,6 +92,11 @@ class ArmDouble:
               error: dict[str, Any] | None = None) -> None:
         """The next request with ``method`` gets this answer instead (FIFO)."""
         self.faults.append((method, status, headers or {}, error))
+
+    def lose_answer(self, method: str) -> None:
+        """The next request with ``method`` is carried out, but the connection closes before its
+        answer is sent (a reset after ARM accepted it)."""
+        self.lost_answers.append(method)
 
     def release(self) -> None:
         self.hold_operations = False
@@ -143,6 +149,9 @@ class ArmDouble:
         self.calls.append(Call(request.method, request.path, time.monotonic(), resp.status, body))
         if request.method in ("PUT", "POST") and resp.status < 300:
             self.write_event.set()
+        if request.method in self.lost_answers and request.transport is not None:
+            self.lost_answers.remove(request.method)
+            request.transport.close()
         return resp
 
     async def _route(self, request: web.Request) -> web.Response:
