@@ -24,7 +24,6 @@ async def world(real_hub: RealHub, tmp_path: Path) -> AsyncIterator[World]:
     await w.close()
 
 
-@pytest.mark.xfail(strict=True, reason="today the plan is empty: b silently takes over a's hub user")
 async def test_a_reused_name_is_deprovisioned_for_the_leaver_and_held_from_the_newcomer(
         world: World, real_hub: RealHub) -> None:
     x = world.user("x")

@@ -62,7 +62,7 @@ def converge(observed: SyncObserved, plan: Plan) -> SyncObserved:
         elif a.kind == "stop_servers":
             users[a.target] = replace(users[a.target], servers={})
         elif a.kind == "deprovision":
-            managed[a.target] = ManagedUser(managed[a.target].since, NOW)
+            managed[a.target] = replace(managed[a.target], deprovisioned_at=NOW)
         elif a.kind == "delete_user":
             users.pop(a.target)
             managed.pop(a.target)
@@ -363,3 +363,148 @@ def test_guard_refuses_a_mass_rename() -> None:
     plan = plan_sync(world, POLICY, NOW)
     tight = POLICY.model_copy(update={"max_removals": 0})
     assert any("renames 1 users" in r for r in guard_sync(world, plan, tight))
+
+
+# --- a hub name another directory entry carries now (a recycled uid, a reused UPN) -----------------
+A, B = "uid=x,ou=people", "uid=b,ou=people"
+
+
+def with_ids(state: SyncObserved) -> SyncObserved:
+    """The records as sync writes them: each with its person's directory id."""
+    return replace(state, managed={n: replace(r, directory_id=f"uid={n},ou=people") for n, r in state.managed.items()})
+
+
+def reused_world(*, servers: bool = False, admin: bool = False, b: str = "x",
+                 extra: frozenset[Member] = frozenset()) -> SyncObserved:
+    """x was synced for entry uid=x (id A); A left, and entry uid=b (id B) carries the name ``b``."""
+    start = empty_hub(snap(analysts=["x", "keep"], hub_admins=["x"]))
+    state = with_ids(converge(start, plan_sync(start, POLICY, NOW)))
+    x = replace(state.users["x"], admin=admin,
+                servers={"": HubServer("x", "", True, None, NOW, NOW)} if servers else {})
+    newcomer = Member(B, b, where="uid=b,ou=people,dc=org")
+    snapshot = DirectorySnapshot("test", {"analysts": frozenset({newcomer, person("keep"), *extra}),
+                                          "gpu-users": frozenset(), "hub-admins": frozenset({newcomer})})
+    return replace(state, snapshot=snapshot, users={**state.users, "x": x})
+
+
+def test_a_reused_name_deprovisions_the_leaver_and_holds_the_newcomer() -> None:
+    world = reused_world(servers=True, admin=True)
+    plan = plan_sync(world, POLICY, NOW)
+    assert kinds(plan) == [("revoke_admin", "x"), ("remove_from_group", "dir-analysts:x"),
+                           ("remove_from_group", "dir-hub-admins:x"), ("revoke_tokens", "x"),
+                           ("stop_servers", "x"), ("deprovision", "x")]
+    (note,) = [n for n in plan.notes if "not handed over" in n]
+    assert note == ("hub name 'x' now belongs to directory entry uid=b,ou=people,dc=org (uid=b,ou=people) "
+                    f"(id {B}), but hub user x was created for id {A}, who is no longer a member: x is "
+                    f"deprovisioned, not handed over (it holds {A}'s data and tokens); uid=b,ou=people,dc=org "
+                    "(uid=b,ou=people) gets access once an admin deletes or renames hub user x")
+    assert plan.facts["removals"] == 1 and plan.facts["reused_names"] == 1
+    # the same settings as for any leaver
+    quiet = POLICY.model_copy(update={"stop_servers": False, "revoke_tokens": False})
+    assert {k for k, _ in kinds(plan_sync(world, quiet, NOW))} == {"revoke_admin", "remove_from_group",
+                                                                   "deprovision"}
+
+    # every later run holds the newcomer too: the record stays the leaver's
+    after = converge(world, plan)
+    assert after.managed["x"].directory_id == A and not after.managed["x"].active
+    again = plan_sync(after, POLICY, NOW)
+    assert again.empty, kinds(again)
+    assert any("x is kept deprovisioned, not handed over" in n for n in again.notes)
+    assert again.facts["reused_names"] == 0 and guard_sync(after, again, POLICY.model_copy(
+        update={"max_removals": 0})) == []
+
+    # an admin deletes hub user x: the newcomer gets it as any newcomer
+    deleted = replace(after, users={n: u for n, u in after.users.items() if n != "x"})
+    fresh = plan_sync(deleted, POLICY, NOW)
+    assert ("create_user", "x") in kinds(fresh) and ("add_to_group", "dir-analysts:x") in kinds(fresh)
+    assert not any("handed over" in n for n in fresh.notes)
+
+
+def test_a_reused_name_in_role_mode_is_taken_out_of_the_admin_mirror() -> None:
+    plan = plan_sync(reused_world(admin=True), ROLE_POLICY, NOW)
+    assert kinds(plan) == [("remove_from_group", "dir-analysts:x"), ("remove_from_group", "dir-hub-admins:x"),
+                           ("revoke_tokens", "x"), ("deprovision", "x")]
+
+
+def test_a_reused_name_counts_as_a_removal_and_a_changed_id_form_is_refused() -> None:
+    world = reused_world()
+    plan = plan_sync(world, POLICY, NOW)
+    (reason,) = guard_sync(world, plan, POLICY.model_copy(update={"max_removals": 0}))
+    assert reason.startswith("the plan removes 1 users, more than sync.max_removals = 0; 1 of them are hub "
+                             "names another directory entry carries now") and "id_attribute" in reason
+    # every entry known by another id (id_attribute changed; known by DN, an OU moved): all held, refused
+    state = with_ids(managed_state(10))
+    moved = DirectorySnapshot("test", {"analysts": frozenset(Member(f"uid={n},ou=moved", n) for n in state.users),
+                                       "gpu-users": frozenset(), "hub-admins": frozenset()})
+    world = replace(state, snapshot=moved)
+    plan = plan_sync(world, POLICY, NOW)
+    assert plan.counts() == {"remove_from_group": 10, "revoke_tokens": 10, "deprovision": 10}
+    reasons = guard_sync(world, plan, POLICY.model_copy(update={"max_removal_percent": 20}))
+    assert len(reasons) == 1 and "removes 10 of 10 managed users" in reasons[0]
+    assert "10 of them are hub names another directory entry carries now" in reasons[0]
+    assert "ids changed form" in reasons[0]
+
+
+def test_no_reuse_where_the_entry_is_the_same() -> None:
+    state = with_ids(managed_state(3))
+    # the same entries under the ids of another form that name the recorded ids as theirs (LDAP:
+    # entryUUID now, the DN recorded before): no change but the records' ids (apply writes them)
+    upgraded = DirectorySnapshot("test", {
+        "analysts": frozenset(Member(f"uuid-{n}", n, alias=f"uid={n},ou=people") for n in state.users),
+        "gpu-users": frozenset(), "hub-admins": frozenset()})
+    assert plan_sync(replace(state, snapshot=upgraded), POLICY, NOW).empty
+    # records of older versions hold no id: nothing says they are another person's
+    world = reused_world(admin=True)
+    older = replace(world, managed={n: replace(r, directory_id=None) for n, r in world.managed.items()})
+    assert plan_sync(older, POLICY, NOW).empty
+    # a rename's record of the new name, written ahead of the hub call, holds the same id
+    world = renamed_world(admin=True)
+    ahead = replace(world, managed={**world.managed, "anna": world.managed["ann"]})
+    assert kinds(plan_sync(ahead, POLICY, NOW)) == [("rename_user", "ann")]
+
+
+def test_a_renamed_leaver_takes_the_hub_user_along_and_the_newcomer_gets_the_name_next_run() -> None:
+    # the old holder of x is still a member, as 'y'
+    world = reused_world(extra=frozenset({Member(A, "y")}))
+    plan = plan_sync(world, POLICY, NOW)
+    # the hub keeps the renamed user's groups: y stays an analyst, and is no admin now
+    assert kinds(plan) == [("rename_user", "x"), ("remove_from_group", "dir-hub-admins:y")]
+    assert plan.actions[0].params == {"to": "y"}
+    (note,) = [n for n in plan.notes if "hub name 'x'" in n]
+    assert "now 'y' in the directory: x is renamed to y" in note and "gets x at the next run" in note
+    after = converge(world, plan)
+    nxt = plan_sync(after, POLICY, NOW)
+    assert {("create_user", "x"), ("add_to_group", "dir-analysts:x"), ("add_to_group", "dir-hub-admins:x")} \
+        <= set(kinds(nxt))
+    assert plan_sync(converge(after, nxt), POLICY, NOW).empty
+
+
+def test_a_renamed_leaver_with_a_running_server_leaves_the_groups_before_the_rename() -> None:
+    world = reused_world(servers=True, extra=frozenset({Member(A, "y")}))
+    plan = plan_sync(world, POLICY, NOW)
+    # the hub's gate would let the newcomer in as x while the rename waits: x leaves the groups
+    assert kinds(plan) == [("remove_from_group", "dir-analysts:x"), ("remove_from_group", "dir-hub-admins:x"),
+                           ("stop_servers", "x")]
+    assert any("renamed to y at a later run" in n for n in plan.notes)
+    after = converge(world, plan)
+    nxt = plan_sync(after, POLICY, NOW)
+    assert kinds(nxt)[0] == ("rename_user", "x") and ("add_to_group", "dir-analysts:y") in kinds(nxt)
+
+
+def test_two_entries_swapping_names_are_held_with_a_note() -> None:
+    start = empty_hub(snap(analysts=["x", "y"]))
+    state = with_ids(converge(start, plan_sync(start, POLICY, NOW)))
+    swapped = DirectorySnapshot("test", {"analysts": frozenset({Member("uid=x,ou=people", "y"),
+                                                                Member("uid=y,ou=people", "x")}),
+                                         "gpu-users": frozenset(), "hub-admins": frozenset()})
+    plan = plan_sync(replace(state, snapshot=swapped), POLICY, NOW)
+    assert plan.counts() == {"remove_from_group": 2, "revoke_tokens": 2, "deprovision": 2}
+    notes = [n for n in plan.notes if "swap" in n]
+    assert len(notes) == 2 and all("not handed over" in n for n in notes)
+
+
+def test_a_reused_name_whose_old_holder_has_no_usable_name_is_not_handed_over() -> None:
+    world = reused_world(extra=frozenset({Member(A, "x y")}))
+    plan = plan_sync(world, POLICY, NOW)
+    assert ("deprovision", "x") in kinds(plan) and not any(a.kind == "add_to_group" for a in plan.actions)
+    assert any("still a member but has no usable hub name now: x is deprovisioned" in n for n in plan.notes)

@@ -528,7 +528,8 @@ class LdapDirectory:
         def person(e: _Entry) -> Member:
             # the id attribute keeps a person recognisable when the entry is renamed (modrdn); an
             # entry without it is known by its DN, which a rename changes
-            return Member(id=e.stable_id or e.dn, username=e.username, display=e.display, where=e.raw_dn)
+            return Member(id=e.stable_id or e.dn, username=e.username, display=e.display, where=e.raw_dn,
+                          alias=e.dn if e.stable_id else "")
 
         def walk(group: _Entry, path: tuple[str, ...]) -> None:
             expanded.add(group.dn)

@@ -15,13 +15,16 @@ class Member:
     one (an LDAP entryUUID, an Entra object id, a file key; else an LDAP DN);
     ``username`` is the value of the configured username attribute as the directory holds it
     (not yet normalised; None when the person has no such attribute);
-    ``where`` tells an admin where to find the entry when the id does not (an LDAP DN).
+    ``where`` tells an admin where to find the entry when the id does not (an LDAP DN);
+    ``alias`` is the id the same entry had in an id form used before, if any (an LDAP entry known
+    by its entryUUID: its normalised DN, the id of DN mode), so records keyed by it stay its own.
     """
 
     id: str
     username: str | None
     display: str = ""
     where: str = ""
+    alias: str = ""
 
     @property
     def label(self) -> str:

@@ -21,6 +21,8 @@ from hubpilot.sync.plan import (
     desired_state,
     guard_sync,
     plan_sync,
+    reused_names,
+    same_entry,
 )
 
 MANAGED_KEY = "sync/managed"
@@ -113,7 +115,9 @@ class SyncCapability:
         # people this run takes out of an admin group's mirror: whether they hold the admin flag too
         demoted = {n for g in admin_mirrors(self.policy) for n in (groups[g].users if g in groups else ())
                    if n in want.users and n not in want.admins and n in managed}
-        asked = sorted((want.users - member_of.keys()) | leaving | due | demoted)
+        # a name another directory entry carries now: its hub user's servers and whether it exists
+        reused = reused_names(managed, want)
+        asked = sorted((want.users - member_of.keys()) | leaving | due | demoted | reused)
         if len(asked) > TARGETED_LIMIT:
             return {u.name: u for u in await self.hub.list_users()}
         users = {n: HubUser(n, False, frozenset(gs)) for n, gs in member_of.items()}
@@ -141,7 +145,7 @@ class SyncCapability:
         ahead = [ActionResult(a, Status.DONE) for a in plan.actions
                  if a.kind in ("create_user", "manage_user", "rename_user")]
         if ahead:
-            await self._record_managed(ahead, {}, ahead=True)
+            await self._record_managed(ahead, None, ahead=True)
         results = await run_batches(
             plan.actions, _batch_key, self._perform, concurrency=self.policy.concurrency, progress=progress
         )
@@ -168,10 +172,10 @@ class SyncCapability:
                         undo[r.action.target] = observed.managed.get(r.action.target)
                 except HubError:  # the record stays; the next run retries
                     pass
-        ids = self._desired(observed.snapshot).ids
-        if results or any(r.active and ids.get(n, r.directory_id) != r.directory_id
-                          for n, r in observed.managed.items()):
-            await self._record_managed(results, ids, undo)
+        want = self._desired(observed.snapshot)
+        if results or any(r.active and n in want.ids and r.directory_id != want.ids[n]
+                          and same_entry(r.directory_id, want.ids[n], want) for n, r in observed.managed.items()):
+            await self._record_managed(results, want, undo)
         return results
 
     # --- observe helpers -----------------------------------------------------------------------
@@ -238,13 +242,16 @@ class SyncCapability:
             return [ActionResult(first, Status.DONE if gone else Status.NOOP)]
         raise ValueError(f"sync cannot apply an action of kind {kind!r}")
 
-    async def _record_managed(self, results: Sequence[ActionResult], ids: Mapping[str, str],
+    async def _record_managed(self, results: Sequence[ActionResult], want: Desired | None,
                               undo: Mapping[str, ManagedUser | None] | None = None, *,
                               ahead: bool = False) -> None:
         """Write the managed-user records the applied actions imply, in one conditional write,
-        and each active managed user's directory id (``ids``: hub name → id), which a later rename
-        in the directory is recognised by. Nothing is written when nothing changes. ``ahead``:
+        and each active managed user's directory id (``want.ids``: hub name → id), which a later
+        rename in the directory is recognised by. A record's id is only ever filled in or brought
+        to the same entry's current form, never given to another entry that carries the name now
+        (the record stays its person's). Nothing is written when nothing changes. ``ahead``:
         before apply, a rename records the new name beside the old one."""
+        ids = want.ids if want is not None else {}
         now = self.clock()
         touched = [r for r in results if r.status in (Status.DONE, Status.NOOP)]
         for _ in range(5):
@@ -275,7 +282,8 @@ class SyncCapability:
             changed = bool(touched) or bool(undo)
             for name, rec in users.items():
                 wanted = ids.get(name)
-                if wanted and not rec.get("deprovisioned_at") and rec.get("directory_id") != wanted:
+                if wanted and want is not None and not rec.get("deprovisioned_at") \
+                        and rec.get("directory_id") != wanted and same_entry(rec.get("directory_id"), wanted, want):
                     users[name] = {**rec, "directory_id": wanted}
                     changed = True
             if not changed:

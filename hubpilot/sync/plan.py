@@ -83,6 +83,24 @@ class Desired:
     empty_groups: tuple[str, ...]
     ids: Mapping[str, str] = field(default_factory=dict)  # hub name → directory id (no clashes)
     unnamed: frozenset[str] = frozenset()  # directory ids of members without a usable hub name
+    labels: Mapping[str, str] = field(default_factory=dict)  # directory id → how messages name the entry
+    aliases: Mapping[str, str] = field(default_factory=dict)  # directory id → the entry's id of an older form
+
+
+def same_entry(recorded: str | None, wanted: str, want: Desired) -> bool:
+    """Whether a managed record whose directory id is ``recorded`` belongs to the entry the
+    directory now knows by ``wanted``: the same id, the same entry's id of an older form (its DN,
+    recorded before entryUUIDs were), or no id at all (a record of an older version: nothing says
+    otherwise). A different id is another person, whatever the name."""
+    return recorded is None or recorded == wanted or recorded == want.aliases.get(wanted)
+
+
+def reused_names(managed: Mapping[str, ManagedUser], want: Desired) -> frozenset[str]:
+    """Wanted hub names whose managed record belongs to another directory entry than the one
+    that carries the name now (a recycled LDAP uid, an Entra UPN given to a new employee). The
+    hub user holds the first person's servers, tokens and home volume: it is not handed over."""
+    return frozenset(n for n in want.users if (r := managed.get(n)) is not None and n in want.ids
+                     and not same_entry(r.directory_id, want.ids[n], want))
 
 
 def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
@@ -90,6 +108,7 @@ def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
     unnamed: set[str] = set()  # ids of members skipped for their name: still members
     by_name: dict[str, set[str]] = {}  # hub name → directory ids claiming it
     labels: dict[str, str] = {}  # directory id → how messages name the entry
+    aliases: dict[str, str] = {}  # directory id → the entry's id of an older form
     member_names: dict[str, dict[str, str]] = {}  # directory group → {directory id: hub name}
     empty: list[str] = []
     for group in [*policy.users_groups, *policy.admin_groups]:
@@ -109,6 +128,8 @@ def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
                 continue
             names[m.id] = name
             labels[m.id] = m.label
+            if m.alias and m.alias != m.id:
+                aliases[m.id] = m.alias
             by_name.setdefault(name, set()).add(m.id)
         member_names[group] = names
     clashes = {n for n, ids in by_name.items() if len(ids) > 1}
@@ -133,7 +154,7 @@ def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
     ids = {n: next(iter(i)) for n, i in by_name.items() if n in users and n not in clashes}
     unnamed.update(i for n in clashes for i in by_name[n])
     return Desired(frozenset(users), frozenset(admins), groups, frozenset(clashes), tuple(notes),
-                   tuple(empty), ids, frozenset(unnamed))
+                   tuple(empty), ids, frozenset(unnamed), labels, aliases)
 
 
 @dataclass(frozen=True)
@@ -196,6 +217,15 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
         want = replace(want, uncertain=want.uncertain | frozenset(held))
     held_notes = tuple(f"{n} is kept as they are: their directory entry is still a member of a synced group "
                        "but has no usable hub name now (see the notes above); fix the entry" for n in held)
+    # A hub user created for another directory entry than the one carrying its name now is not
+    # handed over: it is that person's (servers, tokens, home volume). For the plan the name is
+    # not wanted; its own person, gone, leaves as any leaver, or, renamed, takes it along.
+    taken = frozenset(n for n in reused_names(managed, want) if n in users)
+    carried = want
+    if taken:
+        want = replace(want, users=want.users - taken, admins=want.admins - taken,
+                       groups={g: m - taken for g, m in want.groups.items()},
+                       ids={n: i for n, i in want.ids.items() if n not in taken})
     renames = find_renames(observed, want, policy)
     renamed_to = {new: old for old, new in renames.now.items()}
     not_yet = set(renames.waiting.values())  # exist only after a later run's rename
@@ -236,7 +266,9 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
             actions.append(Action("add_to_group", group, PHASE_ADD_TO_GROUP, {"user": name},
                                   reason=f"{name} is a member of the directory group"))
         for name in sorted(current - members):
-            if name in want.uncertain or name in renames.waiting:
+            # a name another entry carries now leaves the groups even while its rename waits: the
+            # hub's gate lets whoever logs in under it in by the groups
+            if name in want.uncertain or (name in renames.waiting and name not in taken):
                 continue
             if name in managed or name in want.users:
                 actions.append(Action("remove_from_group", group, PHASE_REMOVE_FROM_GROUP,
@@ -297,6 +329,7 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
                 flag_notes.append(f"{name} left the synced admin groups but holds the hub's admin flag "
                                   "(set by hand, or by sync.admin_mode = 'flag' before), which keeps their "
                                   "admin rights and which only a hub admin can clear")
+    reuse_notes = tuple(_reuse_note(n, managed[n], carried, renames) for n in sorted(taken))
     active = sum(1 for r in managed.values() if r.active)
     facts = {
         "directory_source": observed.snapshot.source,
@@ -305,9 +338,37 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
         "managed_active": active,
         "removals": len(leaving),
         "renames": len(renames.now) + len(renames.waiting),
+        "reused_names": sum(1 for n in taken if n in leaving),
         "empty_groups": list(want.empty_groups),
     }
-    return Plan.build(OPERATION, actions, (*want.notes, *held_notes, *renames.notes, *flag_notes), facts)
+    return Plan.build(OPERATION, actions,
+                      (*want.notes, *held_notes, *renames.notes, *reuse_notes, *flag_notes), facts)
+
+
+def _reuse_note(name: str, record: ManagedUser, carried: Desired, renames: Renames) -> str:
+    """What happens to a hub name another directory entry carries now, and what an admin does."""
+    new_id, old_id = carried.ids[name], record.directory_id
+    label = carried.labels.get(new_id, new_id)
+    entry = label if label == new_id else f"{label} (id {new_id})"
+    head = f"hub name {name!r} now belongs to directory entry {entry}, but hub user {name} was created for id {old_id}"
+    if name in renames.now:
+        return (f"{head}, now {renames.now[name]!r} in the directory: {name} is renamed to {renames.now[name]} "
+                f"(it keeps {old_id}'s data), and {label} gets {name} at the next run")
+    if name in renames.waiting:
+        return (f"{head}, now {renames.waiting[name]!r} in the directory: {name}'s servers stop and it leaves the "
+                f"synced groups now, it is renamed to {renames.waiting[name]} at a later run, and then {label} "
+                f"gets {name}")
+    elsewhere = next((n for n, i in carried.ids.items() if i == old_id), None)
+    if elsewhere is not None:
+        where = (f", now {elsewhere!r} in the directory, which {name} cannot be renamed to (entries that swap "
+                 "names, or a name the hub has already, are held, not resolved)")
+    elif old_id in carried.unnamed:
+        where = ", who is still a member but has no usable hub name now"
+    else:
+        where = ", who is no longer a member"
+    state = "deprovisioned" if record.active else "kept deprovisioned"
+    return (f"{head}{where}: {name} is {state}, not handed over (it holds {old_id}'s data and tokens); "
+            f"{label} gets access once an admin deletes or renames hub user {name}")
 
 
 def admin_mirrors(policy: SyncSettings) -> set[str]:
@@ -322,9 +383,15 @@ def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list
     # a rename waiting for its servers to stop counts too: this plan stops them
     renames = int(plan.facts.get("renames", sum(1 for a in plan.actions if a.kind == "rename_user")))
     active = sum(1 for r in observed.managed.values() if r.active)
+    # a hub name another directory entry carries now removes its hub user's person: when that is
+    # (nearly) everyone, the ids changed form rather than the people
+    reused = int(plan.facts.get("reused_names", 0))
+    hint = (f"; {reused} of them are hub names another directory entry carries now (not handed over): when "
+            "that is nearly everyone, the directory's ids changed form (directory.ldap.id_attribute changed, or, "
+            "people known by their DN, entries moved to another OU); fix that rather than approve") if reused else ""
     if removals > policy.max_removals:
         reasons.append(
-            f"the plan removes {removals} users, more than sync.max_removals = {policy.max_removals}"
+            f"the plan removes {removals} users, more than sync.max_removals = {policy.max_removals}{hint}"
         )
     if renames > policy.max_removals:
         reasons.append(
@@ -334,7 +401,7 @@ def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list
     if active and removals * 100.0 / active > policy.max_removal_percent:
         reasons.append(
             f"the plan removes {removals} of {active} managed users ({removals * 100.0 / active:.0f} %), "
-            f"more than sync.max_removal_percent = {policy.max_removal_percent:g} %"
+            f"more than sync.max_removal_percent = {policy.max_removal_percent:g} %{hint}"
         )
     if active and renames * 100.0 / active > policy.max_removal_percent:
         reasons.append(
