@@ -46,6 +46,8 @@ def test_damaged_managed_record_is_a_value_error(record: Any) -> None:
     {"users": {"x": {"since": NAIVE, "deprovisioned_at": True}}},
     {"users": None},
     {"users": ["x"]},
+    {"users": {}, "groups": "analysts"},
+    {"users": {}, "groups": [1]},
 ])
 async def test_sync_with_damaged_managed_records_fails_clearly_and_changes_nothing(
         world: World, doc: dict[str, Any]) -> None:  # noqa: F811

@@ -37,11 +37,21 @@ class ManagedRecordError(Exception):
 async def read_managed(store: StateStore) -> dict[str, ManagedUser]:
     """The users sync manages (hub name → record); ManagedRecordError when the stored document is
     damaged, StoreError when the store cannot be read."""
+    return (await _read_records(store))[0]
+
+
+async def _read_records(store: StateStore) -> tuple[dict[str, ManagedUser], frozenset[str]]:
+    """The managed users and the hub groups sync has mirrored (``groups``; absent in documents of
+    older versions), from the one stored document."""
     doc = await store.get(MANAGED_KEY)
     if doc is None:
-        return {}
+        return {}, frozenset()
     try:
-        return {name: ManagedUser.from_json(rec) for name, rec in doc.get("users", {}).items()}
+        mirrors = doc.get("groups", [])
+        if not isinstance(mirrors, list) or not all(isinstance(g, str) for g in mirrors):
+            raise ValueError(f"'groups' is not a list of hub group names: {mirrors!r}"[:160])
+        users = {name: ManagedUser.from_json(rec) for name, rec in doc.get("users", {}).items()}
+        return users, frozenset(mirrors)
     except (ValueError, TypeError, AttributeError) as exc:
         raise ManagedRecordError(
             f"the state document {MANAGED_KEY!r} is damaged ({exc}); restore it from the audit log"
@@ -81,14 +91,14 @@ class SyncCapability:
         groups = list(dict.fromkeys([*self.policy.users_groups, *self.policy.admin_groups]))
         if not groups:
             raise ValueError("sync.users_groups is empty: there is nothing to sync")
-        snapshot, hub_groups, managed = await asyncio.gather(
+        snapshot, hub_groups, (managed, mirrors) = await asyncio.gather(
             self.directory.read(groups),
             self.hub.list_groups(),
-            self._read_managed(),
+            _read_records(self.store),
         )
         by_name = {g.name: g for g in hub_groups}
         users = await self._observe_users(snapshot, by_name, managed)
-        return SyncObserved(snapshot=snapshot, users=users, groups=by_name, managed=managed)
+        return SyncObserved(snapshot=snapshot, users=users, groups=by_name, managed=managed, mirrors=mirrors)
 
     async def _observe_users(
         self, snapshot: DirectorySnapshot, groups: Mapping[str, HubGroup], managed: Mapping[str, ManagedUser]
@@ -285,6 +295,11 @@ class SyncCapability:
                 if wanted and want is not None and not rec.get("deprovisioned_at") \
                         and rec.get("directory_id") != wanted and same_entry(rec.get("directory_id"), wanted, want):
                     users[name] = {**rec, "directory_id": wanted}
+                    changed = True
+            if want is not None:  # the hub groups mirrored so far: a leaver leaves them all
+                mirrors = sorted({*(doc.get("groups") or []), *want.groups})
+                if mirrors != doc.get("groups"):
+                    doc["groups"] = mirrors
                     changed = True
             if not changed:
                 return

@@ -69,6 +69,7 @@ class SyncObserved:
     users: Mapping[str, HubUser]
     groups: Mapping[str, HubGroup]
     managed: Mapping[str, ManagedUser] = field(default_factory=dict)
+    mirrors: frozenset[str] = frozenset()  # hub groups sync has mirrored (recorded), configured or not
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,15 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
                 actions.append(Action("delete_user", name, PHASE_DELETE,
                                       reason=f"deprovisioned on {record.deprovisioned_at:%Y-%m-%d}, "
                                       f"grace of {policy.delete_grace_hours:g} h is over"))
+    # A hub group sync mirrored before, whose directory group is no longer configured, keeps its
+    # members (what it grants is the hub admin's call), but not the people who leave now: a
+    # removed person loses access, also through a mirror nobody configures any more.
+    for group in sorted(observed.mirrors - set(want.groups)):
+        hub_group = observed.groups.get(group)
+        for name in sorted(set(leaving) & set(hub_group.users if hub_group else ())):
+            actions.append(Action("remove_from_group", group, PHASE_REMOVE_FROM_GROUP, {"user": name},
+                                  reason=f"{name} left the synced directory groups; {group} is a group sync "
+                                  "mirrored before (its directory group is no longer configured)"))
     # Admin flags of managed users that are still members but not of an admin group.
     for name in sorted(want.users - want.admins if policy.admin_groups and flags else ()):
         user = users.get(renamed_to.get(name, name))
