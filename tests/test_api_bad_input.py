@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,4 +83,47 @@ async def test_an_oversized_body_is_413_before_it_is_read_or_parsed(tmp_path: Pa
                        for p in ("/api/v1/scale/demand", "/api/v1/graph/notifications", "/api/v1/graph/lifecycle"))
     finally:
         await drain_tasks()
+        await ctx.close()
+
+
+async def test_a_stale_run_releases_only_its_own_reservation(tmp_path: Path) -> None:
+    """A run whose reservation expired and was taken by a newer POST must not delete the newer one
+    when it ends (a read, then an unconditional delete, did): the newer run keeps its 409 guard."""
+    from datetime import UTC, datetime, timedelta
+
+    from hubpilot.api.runs import PENDING_KEY, RunRequest, _release, _reserve
+
+    ctx, _ = make_context(tmp_path)
+    clock = {"now": datetime(2026, 11, 26, 9, 0, tzinfo=UTC)}
+    ctx.clock = lambda: clock["now"]
+    try:
+        old, new = RunRequest("a" * 32, "sync", "api", "ann"), RunRequest("b" * 32, "sync", "api", "bo")
+        await _reserve(ctx, old)
+        clock["now"] += ctx.runner.lock_ttl + timedelta(seconds=1)  # old's reservation has expired
+        key = PENDING_KEY.format(operation="sync")
+        stale = await ctx.store.get_with_etag(key)
+        assert stale is not None and stale[0]["run_id"] == old.run_id
+        await _reserve(ctx, new)  # the newer POST takes the operation
+
+        class Interleaved:
+            """old's release read its reservation before new's write landed (the race)."""
+            def __init__(self, store: Any) -> None:
+                self.store, self.first = store, True
+
+            async def get_with_etag(self, k: str) -> Any:
+                if self.first:
+                    self.first = False
+                    return stale
+                return await self.store.get_with_etag(k)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.store, name)
+
+        real = ctx.store
+        ctx.store = Interleaved(real)  # type: ignore[assignment]
+        await _release(ctx, old)
+        ctx.store = real
+        held = await ctx.store.get(key)
+        assert held is not None and held["run_id"] == new.run_id, "the newer run's reservation was deleted"
+    finally:
         await ctx.close()

@@ -397,6 +397,20 @@ async def test_delete_is_idempotent(store: StateStore) -> None:
     assert await store.get(key) == {"again": 1}
 
 
+async def test_a_conditional_delete_leaves_a_newer_version(store: StateStore) -> None:
+    """``delete(key, if_match=etag)`` removes only the version read: one written since stays, and
+    the caller hears of it (ConflictError); a document already gone is not an error."""
+    key = f"pending/{_name()}"
+    first = await store.put(key, {"run": 1})
+    newer = await store.put(key, {"run": 2})
+    with pytest.raises(ConflictError):
+        await store.delete(key, if_match=first)
+    assert await store.get(key) == {"run": 2}
+    await store.delete(key, if_match=newer)
+    assert await store.get(key) is None
+    await store.delete(key, if_match=newer)
+
+
 async def test_prune_deletes_only_old_documents_under_the_prefix(store: StateStore) -> None:
     root = _name("prune")
     for key in (f"{root}/runs/a", f"{root}/runs/b", f"{root}/runs-other/x", f"{root}/last_run/sync"):

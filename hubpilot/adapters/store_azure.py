@@ -530,11 +530,21 @@ class AzureStore:
                 raise
         return str(result["etag"])
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
         blob = _doc_blob(key)
+        kwargs: dict[str, Any] = {}
+        if if_match is not None:
+            kwargs.update(etag=if_match, match_condition=MatchConditions.IfNotModified)
         await self._ensure()
         with _errors(f"delete document {key!r}"), contextlib.suppress(ResourceNotFoundError):
-            await self._container.delete_blob(blob)
+            try:
+                await self._container.delete_blob(blob, **kwargs)
+            except HttpResponseError as exc:
+                if if_match is None or not _is_conflict(exc):
+                    raise
+                # If-Match on a blob that is gone fails too (412): gone is what was asked for
+                if await self._container.get_blob_client(blob).exists():
+                    raise ConflictError(f"document {key!r} changed (expected etag {if_match}): not deleted") from None
 
     async def prune(self, prefix: str, before: datetime, *, limit: int = 5000) -> int:
         if not prefix:

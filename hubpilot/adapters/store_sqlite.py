@@ -291,8 +291,12 @@ class SqliteStore:
 
         return await self._run(work, write=True)
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
         def work(conn: sqlite3.Connection) -> None:
+            if if_match is not None:
+                row = conn.execute("SELECT etag FROM docs WHERE key = ?", (key,)).fetchone()
+                if row is not None and row[0] != if_match:
+                    raise ConflictError(f"document {key!r} changed (expected etag {if_match}): not deleted")
             conn.execute("DELETE FROM docs WHERE key = ?", (key,))
 
         await self._run(work, write=True)

@@ -105,7 +105,10 @@ async def _release(ctx: Context, req: RunRequest) -> None:
     try:
         current = await ctx.store.get_with_etag(key)
         if current is not None and current[0].get("run_id") == req.run_id:
-            await ctx.store.delete(key)
+            # only the version read: a newer run's reservation written since is theirs
+            await ctx.store.delete(key, if_match=current[1])
+    except ConflictError:
+        pass
     except Exception:  # it expires on its own
         log.warning("could not release the reservation of %s run %s", req.operation, req.run_id)
 

@@ -89,8 +89,9 @@ class StateStore(Protocol):
         """
         ...
 
-    async def delete(self, key: str) -> None:
-        """Delete a document; deleting a missing one is not an error."""
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Delete a document; deleting a missing one is not an error. ``if_match="<etag>"``:
+        only that version; raises ConflictError when another one is stored now."""
         ...
 
     async def list(self, prefix: str) -> dict[str, dict[str, Any]]:
