@@ -54,6 +54,10 @@ SKIPPED_CHECKS = {
     # parameter (region-dependent, off by default).
     "CKV_AZURE_212": "minimum instances for failover",
     "CKV_AZURE_225": "plan zone redundancy",
+    # checkov wants siteConfig.ftpsState = Disabled, a property Flex Consumption deprecates (it has
+    # no FTP(S)); test_site_sets_no_property_flex_consumption_deprecates keeps it out, and the ftp
+    # basic-publishing policy is off (test_flex_consumption_app).
+    "CKV_AZURE_78": "FTP deployments disabled",
     # App Service health check exists for Dedicated and Premium plans, not Flex Consumption.
     "CKV_AZURE_213": "health check",
     # checkov applies these site-config checks to the sites/config 'appsettings' resource, which
@@ -350,7 +354,6 @@ def test_flex_consumption_app(parsed: dict[str, Any]) -> None:
     props = site["properties"]
     assert props["httpsOnly"] is True
     assert props["siteConfig"]["minTlsVersion"] == "1.2"
-    assert props["siteConfig"]["ftpsState"] == "Disabled"
     assert "identity" in _names_in(props["keyVaultReferenceIdentity"])
     assert site["identity"]["type"] == "UserAssigned"
     config = props["functionAppConfig"]
@@ -362,6 +365,26 @@ def test_flex_consumption_app(parsed: dict[str, Any]) -> None:
     assert set(config["scaleAndConcurrency"]) == {"maximumInstanceCount", "instanceMemoryMB"}
     policies = _resources(main, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
     assert {p["name"]: p["properties"]["allow"] for p in policies.values()} == {"ftp": False, "scm": False}
+
+
+# Site properties the Flex Consumption plan deprecates ("Flex Consumption plan deprecations" in the
+# Functions app settings reference, learn.microsoft.com/azure/azure-functions/functions-app-settings):
+# on the site or in its siteConfig, some regions reject them (ARM error 51021), others ignore them.
+FLEX_DEPRECATED_SITE_PROPERTIES = (
+    "alwaysOn", "containerSize", "dnsConfiguration", "ftpsState", "isReserved", "IsXenon", "javaVersion",
+    "linuxFxVersion", "netFrameworkVersion", "powerShellVersion", "functionAppScaleLimit",
+    "preWarmedInstanceCount", "use32BitWorkerProcess", "vnetBackupRestoreEnabled", "vnetContentShareEnabled",
+    "vnetImagePullEnabled", "vnetRouteAllEnabled", "windowsFxVersion",
+)
+
+
+def test_site_sets_no_property_flex_consumption_deprecates(parsed: dict[str, Any]) -> None:
+    main = _file(parsed, "main.bicep")
+    (site,) = _resources(main, "Microsoft.Web/sites").values()
+    props = site["properties"]
+    given = {name.lower() for name in [*props, *props.get("siteConfig", {})]}
+    deprecated = [name for name in FLEX_DEPRECATED_SITE_PROPERTIES if name.lower() in given]
+    assert not deprecated, f"deprecated on Flex Consumption: {deprecated}"
 
 
 def test_every_hubpilot_setting_is_a_real_setting(parsed: dict[str, Any]) -> None:

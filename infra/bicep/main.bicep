@@ -298,10 +298,11 @@ resource app 'Microsoft.Web/sites@2024-11-01' = {
     publicNetworkAccess: 'Enabled'
     keyVaultReferenceIdentity: identity.id
     virtualNetworkSubnetId: empty(subnetId) ? null : subnetId
+    // No ftpsState: Flex Consumption has no FTP(S) and deprecates the property (some regions
+    // reject it); basic-auth publishing is off below.
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
     }
     functionAppConfig: {
