@@ -183,6 +183,29 @@ async def test_escaped_multi_valued_and_utf8_member_dns_resolve_to_people(slapd:
     assert len(snap.notes) == 5
 
 
+async def test_a_member_dn_in_another_unicode_normal_form_is_the_same_person(slapd: Slapd, ldap_names: str) -> None:
+    """slapd matches DN values after Unicode normalisation (RFC 4518 2.3: NFKC) but keeps a member
+    value as it was written: a member DN typed in decomposed form (NFD, as macOS tools write it)
+    names the same person as the entry's precomposed DN."""
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    nfc, nfd = "Ren\u00e9 Mu\u00f1oz", "Rene\u0301 Mun\u0303oz"
+    slapd.add(f"cn={nfc},{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}rene", "cn": nfc, "sn": "x"})
+    slapd.add(f"cn={t}-g,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-g", "member": [f"cn={nfd},{ou}"]})
+    conn = slapd.connect()
+    try:  # the server agrees the two are one DN, and returns the member as written
+        assert conn.compare(f"cn={t}-g,{ou}", "member", f"cn={nfc},{ou}")
+        conn.search(f"cn={t}-g,{ou}", "(objectClass=*)", ldap3.BASE, attributes=["member"])
+        assert conn.response[0]["attributes"]["member"] == [f"cn={nfd},{ou}"]
+    finally:
+        conn.unbind()
+    snap = await directory(slapd, base_dn=ou).read([f"{t}-g"])
+    assert usernames(snap, f"{t}-g") == {f"{t}rene"}
+    assert snap.notes == ()
+    assert normalize_dn(f"cn={nfd},{ou}") == normalize_dn(f"CN={nfc.upper()},{ou}")
+
+
 # ---- group kinds and nesting ---------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ import functools
 import math
 import re
 import ssl
+import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,9 +58,9 @@ def normalize_dn(dn: str) -> str:
     """A canonical form of a DN for comparison (RFC 4514, with RFC 1779's leniencies).
 
     Attribute types are lower-cased (``OID.`` prefix dropped), values unescaped (``\\2C``,
-    ``\\,``, hex-encoded UTF-8), quoted values unquoted, surrounding and repeated spaces
-    collapsed and case folded; the AVAs of a multi-valued RDN are sorted. ``#hex`` values stay
-    as hex. Raises ValueError for a string that is no DN.
+    ``\\,``, hex-encoded UTF-8), quoted values unquoted, Unicode normalised (NFKC), surrounding
+    and repeated spaces collapsed and case folded; the AVAs of a multi-valued RDN are sorted.
+    ``#hex`` values stay as hex. Raises ValueError for a string that is no DN.
     """
     if not _NEEDS_FULL_PARSE.search(dn):
         return _normalize_simple(dn)
@@ -78,7 +79,7 @@ def _normalize_simple(dn: str) -> str:
             atype = atype[4:]
         if not eq or not _ATTR_TYPE.match(atype) or ".." in atype:
             raise ValueError(f"{dn!r}: {rdn.strip()!r} is no attribute=value pair")
-        out.append(f"{atype.lower()}={_escape(' '.join(value.split()).casefold())}")
+        out.append(f"{atype.lower()}={_escape(_fold(value))}")
     return ",".join(out)
 
 
@@ -151,7 +152,7 @@ def _normalize_full(dn: str) -> str:
                 text = buf.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ValueError(f"{dn!r}: value is not UTF-8") from exc
-            ava = f"{atype.lower()}={_escape(' '.join(text.split()).casefold())}"
+            ava = f"{atype.lower()}={_escape(_fold(text))}"
         avas.append(ava)
         if i >= n:
             rdns.append(avas)
@@ -165,6 +166,14 @@ def _normalize_full(dn: str) -> str:
         if i >= n:
             raise ValueError(f"{dn!r}: ends with a separator")
     return ",".join("+".join(sorted(rdn)) for rdn in rdns)
+
+
+def _fold(value: str) -> str:
+    """A value as the server matches it (RFC 4518 string preparation, in short): Unicode
+    normalised (NFKC: a decomposed "é" is the precomposed one), spaces collapsed, case folded."""
+    if not value.isascii():
+        value = unicodedata.normalize("NFKC", value)
+    return " ".join(value.split()).casefold()
 
 
 def _escape(value: str) -> str:
