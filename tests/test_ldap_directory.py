@@ -12,6 +12,7 @@ import ldap3
 import pytest
 
 from hubpilot.adapters.ldap import LdapDirectory, _stable_id, normalize_dn
+from hubpilot.config.directory import LdapSettings
 from hubpilot.ports.directory import DirectoryError, DirectorySnapshot
 from tests.slapd import LIMITED_PASSWORD, Slapd, people_ldif
 
@@ -318,6 +319,20 @@ async def test_anonymous_bind_reads(slapd: Slapd) -> None:
     snap = await directory(slapd, bind_dn=None, bind_password=None).read(["ITD Staff"])
     assert usernames(snap, "ITD Staff") == {None, "bjorn", "jjones", "johnd"}
 
+
+
+async def test_a_bind_password_without_a_bind_dn_is_refused_not_read_anonymously(slapd: Slapd) -> None:
+    """An empty bind_dn (an unset template variable) beside a password would bind anonymously:
+    the password ignored, the read made with what anonymous may see (often fewer members)."""
+    for empty in ("", None, " "):
+        with pytest.raises(ValueError, match="bind_password is set but bind_dn is empty"):
+            await directory(slapd, bind_dn=empty, bind_password=slapd.root_password).read(["ITD Staff"])
+        with pytest.raises(ValueError, match="bind_password is set but bind_dn is empty"):  # and at start
+            LdapSettings(url=slapd.url, base_dn=COM, bind_dn=empty, bind_password=slapd.root_password)
+    # a bind DN given with an empty password is no anonymous bind either (RFC 4513 5.1.2)
+    for no_password in ("", None):
+        with pytest.raises(DirectoryError, match=r"binding as cn=admin,dc=example,dc=com failed: .*password"):
+            await directory(slapd, bind_password=no_password).read(["ITD Staff"])
 
 async def test_wrong_bind_password_fails(slapd: Slapd) -> None:
     with pytest.raises(DirectoryError, match=r"binding as cn=admin,dc=example,dc=com failed: .*invalidCredentials"):

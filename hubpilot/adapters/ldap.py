@@ -272,6 +272,11 @@ class LdapDirectory:
         parts = urlsplit(url)
         if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
             raise ValueError(f"directory.ldap.url {url!r}: expected ldap://host[:port] or ldaps://host[:port]")
+        if bind_password and not (bind_dn or "").strip():
+            # an empty name binds anonymously whatever the password (RFC 4513 5.1.1): the read would
+            # see what anonymous may see, often fewer members, and look like a successful one
+            raise ValueError("directory.ldap: bind_password is set but bind_dn is empty; set bind_dn, or "
+                             "remove the password to read anonymously")
         self.url = url
         self._host = parts.hostname
         self._port = parts.port or (636 if parts.scheme == "ldaps" else 389)

@@ -19,7 +19,8 @@ class LdapSettings(Section):
     """An LDAP directory (OpenLDAP, 389-ds, Active Directory over LDAP)."""
 
     url: str = Field(description="ldap:// or ldaps:// URL of the server, e.g. ldap://ldap.example.org:389.")
-    bind_dn: str | None = Field(None, description="DN to bind as; anonymous when unset.")
+    bind_dn: str | None = Field(
+        None, description="DN to bind as; anonymous when unset (a bind_password without it is refused).")
     bind_password: SecretStr | None = Field(None, description="Password of bind_dn.")
     base_dn: str = Field(description="Search base for people and groups, e.g. dc=example,dc=org.")
     group_base_dn: str | None = Field(None, description="Search base for groups (default: base_dn).")
@@ -44,6 +45,15 @@ class LdapSettings(Section):
         if value and not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", value):
             raise ValueError(f"{value!r} is no LDAP attribute name (letters, digits, '-'), e.g. entryUUID")
         return value or None
+
+    @model_validator(mode="after")
+    def _password_needs_a_dn(self) -> LdapSettings:
+        password = self.bind_password.get_secret_value() if self.bind_password is not None else ""
+        if password and not (self.bind_dn or "").strip():
+            # an empty name binds anonymously whatever the password (RFC 4513 5.1.1)
+            raise ValueError("directory.ldap: bind_password is set but bind_dn is empty; set bind_dn, or remove "
+                             "the password to read anonymously")
+        return self
 
 
 class DirectorySettings(Section):
