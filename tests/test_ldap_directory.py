@@ -222,6 +222,28 @@ async def test_posix_group_member_uids_resolve_by_username(slapd: Slapd, ldap_na
     assert len(snap.notes) == 1 and "memberUid 'ghost'" in snap.notes[0]
 
 
+
+async def test_a_member_uid_matches_any_uid_value_of_a_person(slapd: Slapd, ldap_names: str) -> None:
+    """uid is multi-valued (RFC 4519 2.39): the server finds a person by any of its values, so a
+    memberUid naming the second one names that person; the hub username stays the first value."""
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    slapd.add(f"cn=Jo Two,{ou}", {"objectClass": ["inetOrgPerson"], "uid": [f"{t}jo", f"{t}jo.two"],
+                                  "cn": "Jo Two", "sn": "x"})
+    slapd.add(f"cn={t}-p,{ou}", {"objectClass": ["posixGroup"], "cn": f"{t}-p", "gidNumber": 4343,
+                                 "memberUid": [f"{t}jo.two"]})
+    conn = slapd.connect()
+    try:
+        conn.search(ou, f"(uid={t}jo.two)", attributes=["uid"])
+        assert [r["dn"] for r in conn.response] == [f"cn=Jo Two,{ou}"]
+        assert conn.response[0]["attributes"]["uid"] == [f"{t}jo", f"{t}jo.two"]
+    finally:
+        conn.unbind()
+    snap = await directory(slapd, base_dn=ou).read([f"{t}-p"])
+    assert usernames(snap, f"{t}-p") == {f"{t}jo"}
+    assert snap.notes == ()
+
 def _nested_tree(slapd: Slapd, t: str) -> str:
     """a ∋ {pa, b}; b ∋ {pb, c}; c ∋ {pc, a} (a cycle); also a posix group under c."""
     ou = f"ou={t},{COM}"

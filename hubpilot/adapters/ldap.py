@@ -211,12 +211,13 @@ class _Entry:
     dn: str  # normalised
     raw_dn: str  # as the server wrote it
     is_group: bool
-    username: str | None
+    username: str | None  # the first value of username_attribute: the hub name
     display: str
     members: list[str] = field(default_factory=list)  # raw member/uniqueMember values
     member_uids: list[str] = field(default_factory=list)
     loaded: bool = False  # members read (the scan reads no member attributes)
     stable_id: str | None = None  # the id attribute's value: the entry across renames (modrdn)
+    usernames: tuple[str, ...] = ()  # every value of username_attribute (memberUid may name any)
 
 
 def _values(attrs: Mapping[str, Any], name: str) -> list[str]:
@@ -392,6 +393,7 @@ class LdapDirectory:
             member_uids=_values(attrs, "memberUid"),
             loaded=loaded,
             stable_id=_stable_id(attrs.get(self.id_attribute)) if self.id_attribute else None,
+            usernames=tuple(usernames),
         )
 
     def _search(self, conn: ldap3.Connection, base: str, filt: str, scope: str, *, members: bool = True,
@@ -500,8 +502,10 @@ class LdapDirectory:
                     except ValueError:
                         continue  # the server hands out DNs it accepted; cannot happen in practice
                     index[entry.dn] = entry
-                    if not entry.is_group and entry.username is not None:
-                        by_username.setdefault(entry.username.casefold(), []).append(entry)
+                    if not entry.is_group:
+                        # a server finds a person by any value of a multi-valued uid (RFC 4519 2.39)
+                        for key in dict.fromkeys(u.casefold() for u in entry.usernames):
+                            by_username.setdefault(key, []).append(entry)
             except LDAPNoSuchObjectResult as exc:
                 raise DirectoryError(f"LDAP base {base!r} does not exist on {self.url}") from exc
             for uri in refs:
