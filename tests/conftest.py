@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.webhook",
     "tests.fixtures.kmock",
     "tests.fixtures.arm",
+    "tests.fixtures.syncworld",
 ]

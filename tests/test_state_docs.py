@@ -15,7 +15,7 @@ from hubpilot.scale.forecast import Forecast, ForecastPolicy, learn
 from hubpilot.scale.plan import Memory
 from hubpilot.sync import MANAGED_KEY
 from hubpilot.sync.plan import ManagedUser
-from tests.test_sync_real import World, world  # noqa: F401 - the fixture
+from tests.fixtures.syncworld import World
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 NAIVE = "2026-11-20T12:00:00"  # a time without offset: UTC, as audit entries read it
@@ -50,7 +50,7 @@ def test_damaged_managed_record_is_a_value_error(record: Any) -> None:
     {"users": {}, "groups": [1]},
 ])
 async def test_sync_with_damaged_managed_records_fails_clearly_and_changes_nothing(
-        world: World, doc: dict[str, Any]) -> None:  # noqa: F811
+        world: World, doc: dict[str, Any]) -> None:
     world.set("analysts", "ann")
     await world.store.put(MANAGED_KEY, doc)
     record = await world.run()
@@ -59,7 +59,7 @@ async def test_sync_with_damaged_managed_records_fails_clearly_and_changes_nothi
     assert await world.hub_state() == {"users": {}, "groups": {}}
 
 
-async def test_sync_reads_a_naive_deprovision_time_as_utc(world: World) -> None:  # noqa: F811
+async def test_sync_reads_a_naive_deprovision_time_as_utc(world: World) -> None:
     world.policy = world.policy.model_copy(update={"delete_users": True, "delete_grace_hours": 1})
     world.set("analysts", "ann", "bob")
     assert (await world.run()).outcome is Outcome.APPLIED

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from hubpilot.config.sync import SyncSettings
 from hubpilot.loop import Outcome
 from hubpilot.sync import MANAGED_KEY
+from tests.fixtures.syncworld import World
 from tests.realhub import RealHub
-from tests.test_sync_real import World
 
 pytestmark = pytest.mark.hub
 

@@ -11,7 +11,7 @@ import pytest
 
 from hubpilot.loop import Outcome, Status
 from hubpilot.sync import MANAGED_KEY
-from tests.test_sync_real import World
+from tests.fixtures.syncworld import World
 
 pytestmark = pytest.mark.hub
 

@@ -4,24 +4,14 @@ person's servers, tokens and (in z2jh) home volume, is never handed over to the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from hubpilot.loop import Outcome
 from hubpilot.sync import MANAGED_KEY
+from tests.fixtures.syncworld import World
 from tests.realhub import RealHub
-from tests.test_sync_real import World
 
 pytestmark = pytest.mark.hub
-
-
-@pytest.fixture
-async def world(real_hub: RealHub, tmp_path: Path) -> AsyncIterator[World]:
-    w = World(real_hub, tmp_path)
-    yield w
-    await w.close()
 
 
 async def test_a_reused_name_is_deprovisioned_for_the_leaver_and_held_from_the_newcomer(

@@ -8,7 +8,6 @@ import contextlib
 import json
 import re
 import socket
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,84 +17,20 @@ import httpx
 import pytest
 import yaml
 
-from hubpilot.adapters.filedir import FileDirectory
-from hubpilot.adapters.hub import HubClient
 from hubpilot.adapters.ldap import LdapDirectory
-from hubpilot.adapters.store_sqlite import SqliteStore
-from hubpilot.config.sync import SyncSettings
 from hubpilot.cull import CullCapability
-from hubpilot.loop import Action, LockHeld, Outcome, Plan, Runner, Status, no_progress
-from hubpilot.ports.directory import Directory
+from hubpilot.loop import Action, LockHeld, Outcome, Plan, Status, no_progress
 from hubpilot.settings import load_settings
-from hubpilot.sync import MANAGED_KEY, SyncCapability, SyncObserved
+from hubpilot.sync import MANAGED_KEY, SyncObserved
 from hubpilot.wiring import Context
 from tests.fixtures.hub import unique_name
+from tests.fixtures.syncworld import World
 from tests.realhub import RealHub
 
 pytestmark = pytest.mark.hub
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
-class World:
-    """One test's hubpilot: a file directory, a store, a hub client, a sync capability."""
-
-    def __init__(self, hub: RealHub, tmp: Path, *, hub_api: str | None = None, **policy: Any) -> None:
-        self.tag = unique_name("t")
-        self.prefix = f"{self.tag}-"
-        self.path = tmp / "directory.yaml"
-        self.people: dict[str, dict[str, str]] = {}
-        self.groups: dict[str, list[str]] = {"analysts": [], "gpu": [], "admins": []}
-        self.store = SqliteStore(str(tmp / "state.sqlite3"))
-        self.client = HubClient(hub_api or hub.api_url, hub.hubpilot_token, retries=1, timeout=20)
-        base = {"users_groups": ["analysts", "gpu"], "admin_groups": ["admins"], "group_prefix": self.prefix,
-                "max_removal_percent": 100.0}
-        self.policy = SyncSettings(**(base | policy))
-        self.hub = hub
-        self.write()
-
-    def user(self, short: str) -> str:
-        return f"{self.tag}-{short}"
-
-    def set(self, group: str, *shorts: str) -> None:
-        for s in shorts:
-            self.people[s] = {"username": self.user(s), "name": s.title()}
-        self.groups[group] = list(shorts)
-        self.write()
-
-    def write(self) -> None:
-        doc = {"people": self.people, "groups": {g: {"members": m} for g, m in self.groups.items()}}
-        self.path.write_text(yaml.safe_dump(doc))
-
-    def capability(self, directory: Directory | None = None) -> SyncCapability:
-        return SyncCapability(directory or FileDirectory(str(self.path)), self.client, self.store, self.policy)
-
-    def runner(self) -> Runner[Any]:
-        return Runner(self.store)
-
-    async def run(self, **kw: Any) -> Any:
-        return await self.runner().run(self.capability(kw.pop("directory", None)), trigger="test",
-                                       actor="pytest", **kw)
-
-    async def hub_state(self) -> dict[str, Any]:
-        """Users and groups of this test, read with the admin-setup token (not hubpilot's)."""
-        async with self.hub.admin() as admin:
-            users = (await admin.get("/users")).json()
-            groups = (await admin.get("/groups")).json()
-        mine = {u["name"]: {"admin": u["admin"], "groups": sorted(u["groups"])}
-                for u in users if u["name"].startswith(self.tag)}
-        return {"users": mine, "groups": {g["name"]: sorted(g["users"]) for g in groups
-                                          if g["name"].startswith(self.prefix)}}
-
-    async def close(self) -> None:
-        await self.client.close()
-        await self.store.close()
-
-
-@pytest.fixture
-async def world(real_hub: RealHub, tmp_path: Path) -> AsyncIterator[World]:
-    w = World(real_hub, tmp_path)
-    yield w
-    await w.close()
 
 
 async def test_first_sync_then_no_change_then_one_addition(world: World) -> None:

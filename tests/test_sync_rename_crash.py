@@ -4,7 +4,7 @@ person: when they leave the directory afterwards, the renamed hub user loses the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,7 @@ from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.loop import Outcome
 from hubpilot.ports.store import StoreError
 from hubpilot.sync import MANAGED_KEY
-from tests.realhub import RealHub
-from tests.test_sync_real import World
+from tests.fixtures.syncworld import World
 
 pytestmark = pytest.mark.hub
 
@@ -34,13 +33,6 @@ class DiesBeforeRenameRecord(SqliteStore):
             self.refused += 1
             raise StoreError("killed before the rename was recorded")
         return await super().put(key, doc, if_match=if_match)
-
-
-@pytest.fixture
-async def world(real_hub: RealHub, tmp_path: Path) -> AsyncIterator[World]:
-    w = World(real_hub, tmp_path)
-    yield w
-    await w.close()
 
 
 async def test_a_person_who_leaves_after_an_unrecorded_rename_loses_their_groups(world: World, tmp_path: Path) -> None:

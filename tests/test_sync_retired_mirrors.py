@@ -4,23 +4,12 @@ afterwards is taken out of it too: a removed person loses access, even through a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from hubpilot.loop import Outcome
-from tests.realhub import RealHub
-from tests.test_sync_real import World
+from tests.fixtures.syncworld import World
 
 pytestmark = pytest.mark.hub
-
-
-@pytest.fixture
-async def world(real_hub: RealHub, tmp_path: Path) -> AsyncIterator[World]:
-    w = World(real_hub, tmp_path)
-    yield w
-    await w.close()
 
 
 async def test_a_leaver_is_removed_from_a_mirror_no_longer_configured(world: World) -> None:
