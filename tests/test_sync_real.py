@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from hubpilot.adapters.ldap import LdapDirectory
+from hubpilot.adapters.ldap import LdapDirectory, normalize_dn
 from hubpilot.cull import CullCapability
 from hubpilot.loop import Action, LockHeld, Outcome, Plan, Status, no_progress
 from hubpilot.settings import load_settings
@@ -446,6 +446,45 @@ async def test_ldap_sync_with_nested_groups_and_ldap_down(real_hub: RealHub, tmp
         assert (await world.hub_state()) == state
     finally:
         await directory.close()
+        await world.close()
+
+
+async def test_ldap_dn_mode_records_of_earlier_versions_stay_their_persons(
+        real_hub: RealHub, tmp_path: Path, slapd: Any) -> None:
+    """People known by DN (no id attribute): a DN written in a decomposed Unicode form was recorded
+    without Unicode normalisation by earlier versions. After the upgrade the same person is not
+    taken for another one carrying the name (which would deprovision them and hold the name)."""
+    world = World(real_hub, tmp_path)
+    tag = world.tag
+    ou = f"ou={tag},{slapd.base_dn}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": tag})
+    jose_dn = f"cn=Jose\u0301 {tag},{ou}"
+    slapd.add(jose_dn, {"objectClass": ["inetOrgPerson"], "uid": f"{tag}-jose", "cn": f"Jose\u0301 {tag}",
+                        "sn": "x"})
+    group = f"cn={tag}-analysts,{ou}"
+    slapd.add(group, {"objectClass": ["groupOfNames"], "cn": f"{tag}-analysts", "member": [jose_dn]})
+    world.policy = world.policy.model_copy(update={
+        "users_groups": [f"{tag}-analysts"], "admin_groups": [], "group_names": {f"{tag}-analysts": "analysts"}})
+    by_dn = LdapDirectory(url=slapd.url, bind_dn=slapd.root_dn, bind_password=slapd.root_password,
+                          base_dn=ou, timeout=5, id_attribute=None)
+    jose = f"{tag}-jose"
+    try:
+        assert (await world.run(directory=by_dn)).outcome is Outcome.APPLIED
+        managed = await world.store.get(MANAGED_KEY)
+        assert managed is not None
+        now_id = managed["users"][jose]["directory_id"]
+        legacy = normalize_dn(jose_dn, nfkc=False)
+        assert legacy != now_id  # the decomposed form: what earlier versions recorded
+        managed["users"][jose]["directory_id"] = legacy
+        await world.store.put(MANAGED_KEY, managed)
+        again = await world.run(directory=by_dn)
+        assert again.plan is not None and again.plan.empty, again.render()
+        assert (await world.hub_state())["users"][jose]["groups"] == [f"{world.prefix}analysts"]
+        after = await world.store.get(MANAGED_KEY)
+        assert after is not None and after["users"][jose]["directory_id"] == now_id
+        assert not after["users"][jose].get("deprovisioned_at")
+    finally:
+        await by_dn.close()
         await world.close()
 
 

@@ -54,20 +54,21 @@ _NEEDS_ESCAPE = re.compile(r'[,+"\\<>;=\x00-\x1f]|^[# ]|[ ]$')
 
 
 @functools.lru_cache(maxsize=65536)
-def normalize_dn(dn: str) -> str:
+def normalize_dn(dn: str, *, nfkc: bool = True) -> str:
     """A canonical form of a DN for comparison (RFC 4514, with RFC 1779's leniencies).
 
     Attribute types are lower-cased (``OID.`` prefix dropped), values unescaped (``\\2C``,
     ``\\,``, hex-encoded UTF-8), quoted values unquoted, Unicode normalised (NFKC), surrounding
     and repeated spaces collapsed and case folded; the AVAs of a multi-valued RDN are sorted.
-    ``#hex`` values stay as hex. Raises ValueError for a string that is no DN.
+    ``#hex`` values stay as hex. Raises ValueError for a string that is no DN. ``nfkc=False``:
+    the form earlier versions recorded as a person's id in DN mode (no Unicode normalisation).
     """
     if not _NEEDS_FULL_PARSE.search(dn):
-        return _normalize_simple(dn)
-    return _normalize_full(dn)
+        return _normalize_simple(dn, nfkc)
+    return _normalize_full(dn, nfkc)
 
 
-def _normalize_simple(dn: str) -> str:
+def _normalize_simple(dn: str, nfkc: bool = True) -> str:
     """The common case: no escapes, quotes, multi-valued RDNs or hex values."""
     if not dn.strip():
         return ""
@@ -79,11 +80,11 @@ def _normalize_simple(dn: str) -> str:
             atype = atype[4:]
         if not eq or not _ATTR_TYPE.match(atype) or ".." in atype:
             raise ValueError(f"{dn!r}: {rdn.strip()!r} is no attribute=value pair")
-        out.append(f"{atype.lower()}={_escape(_fold(value))}")
+        out.append(f"{atype.lower()}={_escape(_fold(value, nfkc))}")
     return ",".join(out)
 
 
-def _normalize_full(dn: str) -> str:
+def _normalize_full(dn: str, nfkc: bool = True) -> str:
     s = dn.strip()
     if s.startswith("<") and s.endswith(">"):
         s = s[1:-1].strip()
@@ -152,7 +153,7 @@ def _normalize_full(dn: str) -> str:
                 text = buf.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ValueError(f"{dn!r}: value is not UTF-8") from exc
-            ava = f"{atype.lower()}={_escape(_fold(text))}"
+            ava = f"{atype.lower()}={_escape(_fold(text, nfkc))}"
         avas.append(ava)
         if i >= n:
             rdns.append(avas)
@@ -168,12 +169,22 @@ def _normalize_full(dn: str) -> str:
     return ",".join("+".join(sorted(rdn)) for rdn in rdns)
 
 
-def _fold(value: str) -> str:
+def _fold(value: str, nfkc: bool = True) -> str:
     """A value as the server matches it (RFC 4518 string preparation, in short): Unicode
     normalised (NFKC: a decomposed "é" is the precomposed one), spaces collapsed, case folded."""
-    if not value.isascii():
+    if nfkc and not value.isascii():
         value = unicodedata.normalize("NFKC", value)
     return " ".join(value.split()).casefold()
+
+
+def _legacy_dn(raw: str, dn: str) -> str:
+    """A DN-mode person's id as versions before Unicode normalisation recorded it, when it
+    differs: their records stay theirs (not a reused name) after the upgrade."""
+    try:
+        old = normalize_dn(raw, nfkc=False)
+    except ValueError:
+        return ""
+    return old if old != dn else ""
 
 
 def _escape(value: str) -> str:
@@ -547,7 +558,7 @@ class LdapDirectory:
             # the id attribute keeps a person recognisable when the entry is renamed (modrdn); an
             # entry without it is known by its DN, which a rename changes
             return Member(id=e.stable_id or e.dn, username=e.username, display=e.display, where=e.raw_dn,
-                          alias=e.dn if e.stable_id else "")
+                          alias=e.dn if e.stable_id else _legacy_dn(e.raw_dn, e.dn))
 
         def walk(group: _Entry, path: tuple[str, ...]) -> None:
             expanded.add(group.dn)
