@@ -188,10 +188,6 @@ class SyncCapability:
             await self._record_managed(results, want, undo)
         return results
 
-    # --- observe helpers -----------------------------------------------------------------------
-    async def _read_managed(self) -> dict[str, ManagedUser]:
-        return await read_managed(self.store)
-
     # --- apply ---------------------------------------------------------------------------------
     async def _perform(self, batch: list[Action]) -> list[ActionResult]:
         kind, first = batch[0].kind, batch[0]
