@@ -636,3 +636,27 @@ def test_checkov_finds_no_failed_check() -> None:
     scanned = {c["file_path"].lstrip("/") for c in results.get("passed_checks", [])}
     assert {"main.bicep", "modules/storage.bicep", "modules/keyvault.bicep"} <= scanned
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_scale_timer_is_switched_off_exactly_when_scaling_is(parsed: dict[str, Any]) -> None:
+    """Without scaling, the host's per-function switch (``AzureWebJobs.<name>.Disabled``) keeps the
+    scale timer from waking the app every minute; with scaling it fires. The name is the function's."""
+    import function_app
+
+    timers = {f.get_function_name() for f in function_app.app.get_functions()
+              if any(b.type == "timerTrigger" for b in f.get_bindings())}
+    assert "scale_timer" in timers
+    main = _file(parsed, "main.bicep")
+    expr = _resolve(main, "scaleSettings")
+    operands = expr["operator"]["operands"]
+    assert expr["operator"]["type"] == "conditional" and operands["condition"] == "scaleEnabled"
+    switch = "AzureWebJobs.scale_timer.Disabled"
+
+    def keys(obj: dict[str, Any]) -> dict[str, Any]:  # the parser keeps a quoted key's quotes
+        return {k.strip("'"): v for k, v in obj.items()}
+
+    assert keys(operands["false_value"]) == {switch: "true"}
+    assert switch not in keys(operands["true_value"])
+    # no other timer is switched off anywhere in the app settings
+    switched = {name.strip("'") for name in _app_settings(parsed) if name.strip("'").startswith("AzureWebJobs.")}
+    assert switched == {switch}

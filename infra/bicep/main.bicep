@@ -436,7 +436,12 @@ var scaleSettings = scaleEnabled ? {
   HUBPILOT_SCALE__AUTHORITY: loginEndpoint
   HUBPILOT_SCALE__KUBE_AUTH: 'entra'
   HUBPILOT_SCALE__PRICE_PER_NODE_HOUR: pricePerNodeHour
-} : {}
+} : {
+  // without scaling the timer would still wake the app every minute (and bill an execution) only
+  // to find scale.enabled off: the host's documented per-function switch keeps it from firing;
+  // POST /api/v1/scale still runs by hand
+  'AzureWebJobs.scale_timer.Disabled': 'true'
+}
 
 resource appSettings 'Microsoft.Web/sites/config@2024-11-01' = {
   parent: app
