@@ -51,6 +51,11 @@ class SyncSettings(Section):
         20.0, ge=0, le=100, description="Refuse a plan that removes or renames more than this share of the "
         "active managed users, or deletes more than this share of all managed users (active or deprovisioned)."
     )
+    removal_window_hours: float = Field(
+        24.0, ge=0, description="Count the people sync removed in this many hours before a run with the "
+        "plan's removals against max_removals and max_removal_percent (a directory that loses people over "
+        "several runs); approving a plan refused for its removals restarts the count; 0: each plan alone."
+    )
     stop_servers: bool = Field(True, description="Stop the servers of people who leave.")
     revoke_tokens: bool = Field(True, description="Revoke the API tokens of people who leave.")
     delete_users: bool = Field(

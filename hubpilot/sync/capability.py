@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from hubpilot.config.sync import SyncSettings
-from hubpilot.loop import Action, ActionResult, Clock, Plan, Progress, Status, run_batches, utcnow
+from hubpilot.loop import Action, ActionResult, Clock, Plan, Progress, Status, run_batches, stored_time, utcnow
 from hubpilot.ports.directory import Directory, DirectorySnapshot
 from hubpilot.ports.hub import Hub, HubError, HubGroup, HubUser, StopResult
 from hubpilot.ports.store import ConflictError, StateStore
@@ -21,6 +21,7 @@ from hubpilot.sync.plan import (
     desired_state,
     guard_sync,
     plan_sync,
+    removal_reasons,
     reused_names,
     same_entry,
 )
@@ -40,18 +41,20 @@ async def read_managed(store: StateStore) -> dict[str, ManagedUser]:
     return (await _read_records(store))[0]
 
 
-async def _read_records(store: StateStore) -> tuple[dict[str, ManagedUser], frozenset[str]]:
-    """The managed users and the hub groups sync has mirrored (``groups``; absent in documents of
-    older versions), from the one stored document."""
+async def _read_records(store: StateStore) -> tuple[dict[str, ManagedUser], frozenset[str], datetime | None]:
+    """The managed users, the hub groups sync has mirrored (``groups``; absent in documents of
+    older versions) and when an admin last approved a plan refused for its removals
+    (``removals_approved_at``), from the one stored document."""
     doc = await store.get(MANAGED_KEY)
     if doc is None:
-        return {}, frozenset()
+        return {}, frozenset(), None
     try:
         mirrors = doc.get("groups", [])
         if not isinstance(mirrors, list) or not all(isinstance(g, str) for g in mirrors):
             raise ValueError(f"'groups' is not a list of hub group names: {mirrors!r}"[:160])
         users = {name: ManagedUser.from_json(rec) for name, rec in doc.get("users", {}).items()}
-        return users, frozenset(mirrors)
+        approved = stored_time(doc.get("removals_approved_at"), "'removals_approved_at'")
+        return users, frozenset(mirrors), approved
     except (ValueError, TypeError, AttributeError) as exc:
         raise ManagedRecordError(
             f"the state document {MANAGED_KEY!r} is damaged ({exc}); restore it from the audit log"
@@ -91,14 +94,15 @@ class SyncCapability:
         groups = list(dict.fromkeys([*self.policy.users_groups, *self.policy.admin_groups]))
         if not groups:
             raise ValueError("sync.users_groups is empty: there is nothing to sync")
-        snapshot, hub_groups, (managed, mirrors) = await asyncio.gather(
+        snapshot, hub_groups, (managed, mirrors, approved) = await asyncio.gather(
             self.directory.read(groups),
             self.hub.list_groups(),
             _read_records(self.store),
         )
         by_name = {g.name: g for g in hub_groups}
         users = await self._observe_users(snapshot, by_name, managed)
-        return SyncObserved(snapshot=snapshot, users=users, groups=by_name, managed=managed, mirrors=mirrors)
+        return SyncObserved(snapshot=snapshot, users=users, groups=by_name, managed=managed, mirrors=mirrors,
+                            removals_approved_at=approved)
 
     async def _observe_users(
         self, snapshot: DirectorySnapshot, groups: Mapping[str, HubGroup], managed: Mapping[str, ManagedUser]
@@ -183,9 +187,13 @@ class SyncCapability:
                 except HubError:  # the record stays; the next run retries
                     pass
         want = self._desired(observed.snapshot)
-        if results or any(r.active and n in want.ids and r.directory_id != want.ids[n]
+        # The runner applies a plan the guard refuses only when an admin approved it: an approved
+        # plan refused for its removals restarts sync.removal_window_hours' count (its refusal
+        # named the removals so far, which the approval accepted with the plan's own).
+        approved = bool(removal_reasons(observed, plan, self.policy))
+        if approved or results or any(r.active and n in want.ids and r.directory_id != want.ids[n]
                           and same_entry(r.directory_id, want.ids[n], want) for n, r in observed.managed.items()):
-            await self._record_managed(results, want, undo)
+            await self._record_managed(results, want, undo, approved=approved)
         return results
 
     # --- apply ---------------------------------------------------------------------------------
@@ -250,13 +258,14 @@ class SyncCapability:
 
     async def _record_managed(self, results: Sequence[ActionResult], want: Desired | None,
                               undo: Mapping[str, ManagedUser | None] | None = None, *,
-                              ahead: bool = False) -> None:
+                              ahead: bool = False, approved: bool = False) -> None:
         """Write the managed-user records the applied actions imply, in one conditional write,
         and each active managed user's directory id (``want.ids``: hub name → id), which a later
         rename in the directory is recognised by. A record's id is only ever filled in or brought
         to the same entry's current form, never given to another entry that carries the name now
         (the record stays its person's). Nothing is written when nothing changes. ``ahead``:
-        before apply, a rename records the new name beside the old one."""
+        before apply, a rename records the new name beside the old one. ``approved``: the plan was
+        approved despite its removals; the removal window's count starts again now."""
         ids = want.ids if want is not None else {}
         now = self.clock()
         touched = [r for r in results if r.status in (Status.DONE, Status.NOOP)]
@@ -286,6 +295,9 @@ class SyncCapability:
                 else:
                     users[name] = before.to_json()
             changed = bool(touched) or bool(undo)
+            if approved:
+                doc["removals_approved_at"] = now.isoformat()
+                changed = True
             for name, rec in users.items():
                 wanted = ids.get(name)
                 if wanted and want is not None and not rec.get("deprovisioned_at") \

@@ -70,6 +70,9 @@ class SyncObserved:
     groups: Mapping[str, HubGroup]
     managed: Mapping[str, ManagedUser] = field(default_factory=dict)
     mirrors: frozenset[str] = frozenset()  # hub groups sync has mirrored (recorded), configured or not
+    # when an admin last approved a plan the guard refused for its removals: removals until then
+    # are not counted in sync.removal_window_hours again (the approval accepted them)
+    removals_approved_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -341,6 +344,7 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
                                   "admin rights and which only a hub admin can clear")
     reuse_notes = tuple(_reuse_note(n, managed[n], carried, renames) for n in sorted(taken))
     active = sum(1 for r in managed.values() if r.active)
+    recent = recent_removals(observed, want, policy, now)
     facts = {
         "directory_source": observed.snapshot.source,
         "desired_users": len(want.users),
@@ -350,6 +354,7 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
         "renames": len(renames.now) + len(renames.waiting),
         "reused_names": sum(1 for n in taken if n in leaving),
         "empty_groups": list(want.empty_groups),
+        "recent_removals": len(recent),
     }
     return Plan.build(OPERATION, actions,
                       (*want.notes, *held_notes, *renames.notes, *reuse_notes, *flag_notes), facts)
@@ -381,17 +386,43 @@ def _reuse_note(name: str, record: ManagedUser, carried: Desired, renames: Renam
             f"{label} gets access once an admin deletes or renames hub user {name}")
 
 
+def recent_removals(observed: SyncObserved, want: Desired, policy: SyncSettings, now: datetime) -> list[str]:
+    """The people sync deprovisioned within the last ``sync.removal_window_hours`` before ``now``
+    (a window that starts just after ``now - window``), which the guard counts with a plan's own
+    removals: a directory that degrades over several runs (a flapping replica, an ACL change
+    rolled out over an hour, a Graph tenant answering in part) otherwise removes everyone a few
+    at a time. Not counted: removals up to an admin's approval of a plan refused for its removals
+    (``removals_approved_at``: the approval accepted them), people back in a synced group now
+    (they return in this plan), and people back before (their record is active again)."""
+    if policy.removal_window_hours <= 0:
+        return []
+    start = now - timedelta(hours=policy.removal_window_hours)
+    approved = observed.removals_approved_at
+    return sorted(n for n, r in observed.managed.items()
+                  if r.deprovisioned_at is not None and r.deprovisioned_at > start
+                  and (approved is None or r.deprovisioned_at > approved) and n not in want.users)
+
+
 def admin_mirrors(policy: SyncSettings) -> set[str]:
     """The hub groups that mirror the synced admin groups."""
     return {hub_group_name(g, policy.group_prefix, policy.group_names) for g in policy.admin_groups}
 
 
-def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list[str]:
-    """Refuse mass removals, renames and deletions, and an empty directory answer where members existed."""
-    reasons: list[str] = []
+def approval_hint(plan: Plan) -> str:
+    """What an admin does with a refused plan they have checked."""
+    return f"hubpilot approve {plan.id}, or POST /api/v1/plans/{plan.id}/approve"
+
+
+def removal_reasons(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list[str]:
+    """Reasons to refuse the plan's removals (``deprovision``), counted with the removals sync made
+    within ``sync.removal_window_hours`` (the plan's fact ``recent_removals``) against
+    ``sync.max_removals`` and ``sync.max_removal_percent``. A plan that removes nobody is never
+    refused here, however many left in the window. Apply asks this too: a plan applied although
+    it has such reasons was approved, and the approval restarts the window."""
     removals = sum(1 for a in plan.actions if a.kind == "deprovision")
-    # a rename waiting for its servers to stop counts too: this plan stops them
-    renames = int(plan.facts.get("renames", sum(1 for a in plan.actions if a.kind == "rename_user")))
+    if not removals:
+        return []
+    recent = int(plan.facts.get("recent_removals", 0))
     active = sum(1 for r in observed.managed.values() if r.active)
     # a hub name another directory entry carries now removes its hub user's person: when that is
     # (nearly) everyone, the ids changed form rather than the people
@@ -399,19 +430,46 @@ def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list
     hint = (f"; {reused} of them are hub names another directory entry carries now (not handed over): when "
             "that is nearly everyone, the directory's ids changed form (directory.ldap.id_attribute changed, or, "
             "people known by their DN, entries moved to another OU); fix that rather than approve") if reused else ""
-    if removals > policy.max_removals:
-        reasons.append(
-            f"the plan removes {removals} users, more than sync.max_removals = {policy.max_removals}{hint}"
-        )
+    reasons: list[str] = []
+    if not recent:
+        if removals > policy.max_removals:
+            reasons.append(
+                f"the plan removes {removals} users, more than sync.max_removals = {policy.max_removals}{hint}"
+            )
+        if active and removals * 100.0 / active > policy.max_removal_percent:
+            reasons.append(
+                f"the plan removes {removals} of {active} managed users ({removals * 100.0 / active:.0f} %), "
+                f"more than sync.max_removal_percent = {policy.max_removal_percent:g} %{hint}"
+            )
+        return reasons
+    # the people managed when the window began: the active ones and those removed since
+    total, base = removals + recent, active + recent
+    window = f"{policy.removal_window_hours:g} h"
+    what = (f"the plan removes {removals} users and sync removed {recent} in the last {window} "
+            f"(sync.removal_window_hours): {total} in all")
+    todo = (f"; a directory that loses people over several runs (a flapping replica, an ACL change, a partial "
+            f"answer) looks like this: fix the directory, or, when the removals are right, approve the plan "
+            f"({approval_hint(plan)}), which accepts all {total} and restarts the count{hint}")
+    if total > policy.max_removals:
+        reasons.append(f"{what}, more than sync.max_removals = {policy.max_removals}{todo}")
+    if total * 100.0 / base > policy.max_removal_percent:
+        reasons.append(f"{what} of {base} managed users ({total * 100.0 / base:.0f} %), more than "
+                       f"sync.max_removal_percent = {policy.max_removal_percent:g} %{todo}")
+    return reasons
+
+
+def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list[str]:
+    """Refuse mass removals (counted over sync.removal_window_hours), renames and deletions, and an
+    empty directory answer where members existed."""
+    reasons = removal_reasons(observed, plan, policy)
+    removals = sum(1 for a in plan.actions if a.kind == "deprovision")
+    # a rename waiting for its servers to stop counts too: this plan stops them
+    renames = int(plan.facts.get("renames", sum(1 for a in plan.actions if a.kind == "rename_user")))
+    active = sum(1 for r in observed.managed.values() if r.active)
     if renames > policy.max_removals:
         reasons.append(
             f"the plan renames {renames} users, more than sync.max_removals = {policy.max_removals}; "
             "a mass rename (e.g. a changed domain) is approved by hand"
-        )
-    if active and removals * 100.0 / active > policy.max_removal_percent:
-        reasons.append(
-            f"the plan removes {removals} of {active} managed users ({removals * 100.0 / active:.0f} %), "
-            f"more than sync.max_removal_percent = {policy.max_removal_percent:g} %{hint}"
         )
     if active and renames * 100.0 / active > policy.max_removal_percent:
         reasons.append(

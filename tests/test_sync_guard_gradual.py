@@ -1,0 +1,76 @@
+"""The sync guard against the real hub: a directory that loses people over several runs stops at
+the removal limits (counted over sync.removal_window_hours); an approval lets the plan through and
+restarts the count. Each refused run leaves the hub as it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hubpilot.loop import Outcome
+from hubpilot.sync import MANAGED_KEY
+from tests.fixtures.syncworld import World
+from tests.realhub import RealHub
+
+pytestmark = pytest.mark.hub
+
+
+async def test_a_gradual_loss_over_several_runs_stops_at_the_limit(real_hub: RealHub, tmp_path: Path) -> None:
+    """max_removals = 3: one, then two people leave (3 in the window), each run under the limit;
+    the run that removes one more (4 in all) is refused and changes nothing, dry-run shows the same
+    refusal, the audit records it. The admin approves it; afterwards a routine removal passes."""
+    world = World(real_hub, tmp_path, max_removals=3)  # the window: its default of 24 h
+    try:
+        everyone = [f"p{i}" for i in range(8)]
+        world.set("analysts", *everyone)
+        assert (await world.run()).outcome is Outcome.APPLIED
+        for left in (everyone[1:], everyone[3:]):
+            world.set("analysts", *left)
+            record = await world.run()
+            assert record.outcome is Outcome.APPLIED, record.render()
+        before = await world.hub_state()
+
+        world.set("analysts", *everyone[4:])  # p3 leaves: the fourth removal in the window
+        dry = await world.run(dry_run=True)
+        assert dry.outcome is Outcome.REFUSED, dry.render()
+        refused = await world.run()
+        assert refused.outcome is Outcome.REFUSED, refused.render()
+        assert refused.plan is not None and refused.plan.counts()["deprovision"] == 1
+        assert refused.refusal == dry.refusal
+        (reason,) = refused.refusal
+        assert reason.startswith("the plan removes 1 users and sync removed 3 in the last 24 h "
+                                 "(sync.removal_window_hours): 4 in all, more than sync.max_removals = 3"), reason
+        assert f"hubpilot approve {refused.plan.id}" in reason
+        assert await world.hub_state() == before  # p3 still a hub user in the group
+        managed = (await world.store.get(MANAGED_KEY) or {})["users"]
+        assert managed[world.user("p3")]["deprovisioned_at"] is None
+        entries, _ = await world.store.read_audit(operation="sync", limit=20)
+        audited = [e for e in entries if e.get("plan_id") == refused.plan.id and not e.get("dry_run")]
+        assert [e["outcome"] for e in audited] == ["refused"] and audited[0]["refusal"] == [reason]
+
+        approved = await world.runner().approve(world.capability(), refused.plan.id, actor="admin")
+        assert approved.outcome is Outcome.APPLIED, approved.render()
+        state = await world.hub_state()
+        assert state["groups"][f"{world.prefix}analysts"] == sorted(world.user(s) for s in everyone[4:])
+        assert (await world.store.get(MANAGED_KEY) or {}).get("removals_approved_at")
+
+        world.set("analysts", *everyone[5:])  # a routine removal after the approval: counted afresh
+        after = await world.run()
+        assert after.outcome is Outcome.APPLIED, after.render()
+        assert after.plan is not None and after.plan.facts["recent_removals"] == 0
+    finally:
+        await world.close()
+
+
+@pytest.mark.parametrize("stamp", [5, "after lunch", ["2026-11-25T12:00:00+00:00"]])
+async def test_a_damaged_approval_time_fails_the_run_clearly_and_changes_nothing(
+        world: World, stamp: object) -> None:
+    world.set("analysts", "ann")
+    doc = {"users": {}, "removals_approved_at": stamp}
+    await world.store.put(MANAGED_KEY, doc)
+    record = await world.run()
+    assert record.outcome is Outcome.FAILED and record.error and "removals_approved_at" in record.error, \
+        record.render()
+    assert await world.store.get(MANAGED_KEY) == doc
+    assert await world.hub_state() == {"users": {}, "groups": {}}

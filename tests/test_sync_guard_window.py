@@ -1,0 +1,204 @@
+"""The sync guard counts removals over a window of runs. Pure: plan and guard with an injected
+clock, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from hubpilot.config.sync import SyncSettings
+from hubpilot.loop import Plan
+from hubpilot.ports.directory import DirectorySnapshot, Member
+from hubpilot.ports.hub import HubGroup, HubUser
+from hubpilot.sync import ManagedUser, SyncObserved, guard_sync, plan_sync
+
+NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+H = timedelta(hours=1)
+POLICY = SyncSettings(users_groups=["analysts", "gpu-users"], admin_groups=["hub-admins"],
+                      max_removals=50, max_removal_percent=20, removal_window_hours=24)
+
+
+def names(n: int, prefix: str = "u") -> list[str]:
+    return [f"{prefix}{i:03}" for i in range(n)]
+
+
+def snap(analysts: list[str], gpu: list[str] = (), admins: list[str] = ()) -> DirectorySnapshot:  # type: ignore[assignment]
+    def members(ns: list[str]) -> frozenset[Member]:
+        return frozenset(Member(id=f"uid={n},ou=people", username=n) for n in ns)
+    return DirectorySnapshot("test", {"analysts": members(analysts), "gpu-users": members(list(gpu)),
+                                      "hub-admins": members(list(admins))})
+
+
+def hub(analysts: list[str], gpu: list[str] = (), admins: list[str] = (), *,  # type: ignore[assignment]
+        gone: dict[str, datetime] | None = None, approved: datetime | None = None,
+        policy: SyncSettings = POLICY) -> SyncObserved:
+    """A hub in step with a directory of these groups, plus people deprovisioned at the given times
+    (still hub users, in no group); the directory answers the same until a test replaces it."""
+    gone = gone or {}
+    everyone = sorted({*analysts, *gpu, *admins})
+    managed = {n: ManagedUser(NOW - 100 * H, directory_id=f"uid={n},ou=people") for n in everyone}
+    managed |= {n: ManagedUser(NOW - 100 * H, at, f"uid={n},ou=people") for n, at in gone.items()}
+    users = {n: HubUser(n, False, frozenset()) for n in [*everyone, *gone]}
+    prefix = policy.group_prefix
+    groups = {f"{prefix}analysts": HubGroup(f"{prefix}analysts", frozenset(analysts)),
+              f"{prefix}gpu-users": HubGroup(f"{prefix}gpu-users", frozenset(gpu)),
+              f"{prefix}hub-admins": HubGroup(f"{prefix}hub-admins", frozenset(admins))}
+    return SyncObserved(snap(analysts, gpu, admins), users, groups, managed, removals_approved_at=approved)
+
+
+def judge(observed: SyncObserved, policy: SyncSettings = POLICY, now: datetime = NOW) -> tuple[Plan, list[str]]:
+    plan = plan_sync(observed, policy, now)
+    return plan, guard_sync(observed, plan, policy)
+
+
+# --- removals that add up across runs -----------------------------------------------------------
+
+def test_removals_of_recent_runs_count_with_the_plans_own_against_the_share_limit() -> None:
+    """50 people were managed; 8 were removed in the last hours, each run under the 20 % limit. A
+    plan removing 4 more takes 12 of the 50 (24 %) within the window: refused, with the numbers,
+    what the window is and what to do. With the window off the plan passes, as before."""
+    people = names(50)
+    observed = hub(people[12:], gone={n: NOW - 3 * H for n in people[:8]})
+    observed = replace(observed, snapshot=snap(people[12:]))  # four more left
+    # the hub still has them: managed and in the group
+    observed = replace(observed, managed={**observed.managed, **{
+        n: ManagedUser(NOW - 100 * H, directory_id=f"uid={n},ou=people") for n in people[8:12]}},
+        users={**observed.users, **{n: HubUser(n, False, frozenset()) for n in people[8:12]}},
+        groups={**observed.groups, "dir-analysts": HubGroup("dir-analysts", frozenset(people[8:]))})
+    plan, reasons = judge(observed)
+    assert plan.counts()["deprovision"] == 4 and plan.facts["recent_removals"] == 8
+    assert len(reasons) == 1, reasons
+    assert reasons[0].startswith("the plan removes 4 users and sync removed 8 in the last 24 h "
+                                 "(sync.removal_window_hours): 12 in all of 50 managed users (24 %), "
+                                 "more than sync.max_removal_percent = 20 %"), reasons[0]
+    assert f"hubpilot approve {plan.id}" in reasons[0] and f"POST /api/v1/plans/{plan.id}/approve" in reasons[0]
+    assert "fix the directory" in reasons[0] and "restarts the count" in reasons[0]
+
+    off = POLICY.model_copy(update={"removal_window_hours": 0})
+    plan_off, reasons_off = judge(observed, off)
+    assert plan_off.id == plan.id and plan_off.facts["recent_removals"] == 0
+    assert reasons_off == []  # 4 of 42 alone is under 20 %
+
+
+def test_recent_removals_count_against_the_number_limit() -> None:
+    people = names(30)
+    policy = POLICY.model_copy(update={"max_removals": 5, "max_removal_percent": 100})
+    observed = hub(people[:28], gone={n: NOW - 2 * H for n in people[28:]}, policy=policy)
+    observed = replace(observed, snapshot=snap(people[:24]))
+    plan, reasons = judge(observed, policy)
+    assert plan.counts()["deprovision"] == 4
+    assert len(reasons) == 1 and reasons[0].startswith(
+        "the plan removes 4 users and sync removed 2 in the last 24 h (sync.removal_window_hours): "
+        "6 in all, more than sync.max_removals = 5"), reasons
+    # one fewer removed now: 5 in all is not more than 5
+    fewer = replace(observed, snapshot=snap(people[:25]))
+    assert judge(fewer, policy)[1] == []
+
+
+def test_the_window_starts_just_after_now_minus_its_length() -> None:
+    """A removal exactly removal_window_hours ago is out of the window, one a second later is in."""
+    people = names(10)
+    policy = POLICY.model_copy(update={"max_removals": 1, "max_removal_percent": 100, "removal_window_hours": 6})
+    edge = hub(people[:9], gone={people[9]: NOW - 6 * H}, policy=policy)
+    edge = replace(edge, snapshot=snap(people[:8]))  # one more leaves
+    plan, reasons = judge(edge, policy)
+    assert plan.facts["recent_removals"] == 0 and reasons == []
+    inside = replace(edge, managed={**edge.managed,
+                                    people[9]: ManagedUser(NOW - 100 * H, NOW - 6 * H + timedelta(seconds=1))})
+    plan, reasons = judge(inside, policy)
+    assert plan.facts["recent_removals"] == 1
+    assert len(reasons) == 1 and "removes 1 users and sync removed 1 in the last 6 h" in reasons[0]
+    # the same removals, judged an hour later: out of the window
+    assert judge(inside, policy, NOW + H)[1] == []
+
+
+def test_a_gradual_loss_over_runs_stops_at_the_limit() -> None:
+    """Four people leave at each quarter-hour run: 8 % and 16 % of the 50 pass, the third run
+    (24 %) is refused; each run alone would pass (the window off)."""
+    people = names(50)
+    observed = hub(people)
+    off = POLICY.model_copy(update={"removal_window_hours": 0})
+    for run in range(1, 4):
+        now = NOW + run * H / 4
+        observed = replace(observed, snapshot=snap(people[4 * run:]))
+        plan, reasons = judge(observed, POLICY, now)
+        assert plan.counts()["deprovision"] == 4
+        assert judge(observed, off, now)[1] == []
+        if run < 3:
+            assert reasons == [], (run, reasons)
+            observed = applied(observed, plan, now)
+        else:
+            assert len(reasons) == 1 and "12 in all of 50 managed users (24 %)" in reasons[0], reasons
+
+
+def applied(observed: SyncObserved, plan: Plan, now: datetime) -> SyncObserved:
+    """The removals of ``plan`` recorded at ``now`` (the test model of apply for these plans)."""
+    managed = dict(observed.managed)
+    groups = {k: set(v.users) for k, v in observed.groups.items()}
+    for a in plan.actions:
+        if a.kind == "deprovision":
+            managed[a.target] = replace(managed[a.target], deprovisioned_at=now)
+        elif a.kind == "remove_from_group":
+            groups[a.target].discard(a.params["user"])
+        elif a.kind == "manage_user":
+            managed[a.target] = ManagedUser(now, directory_id=managed[a.target].directory_id)
+        else:
+            assert a.kind in ("revoke_tokens", "add_to_group"), a
+            if a.kind == "add_to_group":
+                groups[a.target].add(a.params["user"])
+    return replace(observed, managed=managed, groups={k: HubGroup(k, frozenset(v)) for k, v in groups.items()})
+
+
+def test_an_approval_restarts_the_count() -> None:
+    """The admin approved a plan refused for its removals at the time apply recorded them: removals
+    up to that moment (the approved plan's own among them) are not counted again, so routine
+    removals pass afterwards; removals after the approval count again."""
+    people = names(50)
+    approval = NOW - 2 * H
+    gone = {n: NOW - 5 * H for n in people[:8]} | {n: approval for n in people[8:14]}  # 6 approved ones
+    observed = hub(people[14:], gone=gone, approved=approval)
+    observed = replace(observed, snapshot=snap(people[15:]))  # one routine leaver
+    plan, reasons = judge(observed)
+    assert plan.counts()["deprovision"] == 1 and plan.facts["recent_removals"] == 0 and reasons == []
+    # without the approval the 14 earlier removals would count: refused
+    unapproved = replace(observed, removals_approved_at=None)
+    plan, reasons = judge(unapproved)
+    assert plan.facts["recent_removals"] == 14 and len(reasons) == 1
+    # removals after the approval count: 10 more since, + this plan's 1 = 11 of the 36 managed since
+    later = {n: approval + timedelta(seconds=1) for n in people[14:24]}
+    after = hub(people[24:], gone=gone | later, approved=approval)
+    after = replace(after, snapshot=snap(people[25:]))
+    plan, reasons = judge(after)
+    assert plan.facts["recent_removals"] == 10
+    assert len(reasons) == 1 and "removes 1 users and sync removed 10" in reasons[0] \
+        and "11 in all of 36 managed users (31 %)" in reasons[0], reasons
+
+
+def test_people_who_came_back_are_not_counted() -> None:
+    """A person removed within the window who is back in a synced group now returns in this plan;
+    one who came back at an earlier run has an active record again: neither counts."""
+    people = names(20)
+    policy = POLICY.model_copy(update={"max_removals": 1, "max_removal_percent": 100})
+    # p000 and p001 left an hour ago; p001 is back now; p002 came back earlier (record active)
+    observed = hub(people[2:], gone={people[0]: NOW - H, people[1]: NOW - H}, policy=policy)
+    observed = replace(observed, managed={**observed.managed,
+                                          people[2]: ManagedUser(NOW - 30 * timedelta(minutes=1))})
+    back = replace(observed, snapshot=snap([people[1], *people[2:19]]))  # p001 back; p019 leaves
+    plan, reasons = judge(back, policy)
+    assert ("manage_user", people[1]) in [(a.kind, a.target) for a in plan.actions]
+    assert plan.counts()["deprovision"] == 1
+    assert plan.facts["recent_removals"] == 1  # p000 only
+    assert len(reasons) == 1 and "removes 1 users and sync removed 1 in the last 24 h" in reasons[0]
+    # with p000 back too, only this plan's leaver counts
+    both = replace(observed, snapshot=snap([people[0], people[1], *people[2:19]]))
+    plan, reasons = judge(both, policy)
+    assert plan.facts["recent_removals"] == 0 and reasons == []
+
+
+def test_a_plan_that_removes_nobody_is_not_refused_for_recent_removals() -> None:
+    """Newcomers still arrive after many removals: only a plan that removes someone is judged."""
+    people = names(20)
+    observed = hub(people[10:], gone={n: NOW - H for n in people[:10]})
+    observed = replace(observed, snapshot=snap([*people[10:], "newcomer"]))
+    plan, reasons = judge(observed)
+    assert plan.facts["recent_removals"] == 10 and "deprovision" not in plan.counts() and reasons == []
