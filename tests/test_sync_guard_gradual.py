@@ -1,6 +1,7 @@
 """The sync guard against the real hub: a directory that loses people over several runs stops at
-the removal limits (counted over sync.removal_window_hours); an approval lets the plan through and
-restarts the count. Each refused run leaves the hub as it was."""
+the removal limits (counted over sync.removal_window_hours), and a group answer that loses most
+of a mirror's members at once is refused; an approval lets the plan through and restarts the
+count. Each refused run leaves the hub as it was."""
 
 from __future__ import annotations
 
@@ -59,6 +60,29 @@ async def test_a_gradual_loss_over_several_runs_stops_at_the_limit(real_hub: Rea
         after = await world.run()
         assert after.outcome is Outcome.APPLIED, after.render()
         assert after.plan is not None and after.plan.facts["recent_removals"] == 0
+    finally:
+        await world.close()
+
+
+async def test_a_partly_hidden_group_answer_is_refused_and_changes_nothing(
+        real_hub: RealHub, tmp_path: Path) -> None:
+    """8 of 10 analysts are in gpu; an answer that shows only 2 of them would take 6 people out of
+    the mirror (75 %, over 20 % and over the floor of 5) while they stay hub users: refused."""
+    world = World(real_hub, tmp_path, max_removal_percent=20.0)
+    try:
+        everyone = [f"p{i}" for i in range(10)]
+        world.set("analysts", *everyone)
+        world.set("gpu", *everyone[:8])
+        assert (await world.run()).outcome is Outcome.APPLIED
+        before = await world.hub_state()
+        world.set("gpu", *everyone[6:8])
+        refused = await world.run()
+        assert refused.outcome is Outcome.REFUSED, refused.render()
+        assert refused.plan is not None and refused.plan.counts() == {"remove_from_group": 6}
+        (reason,) = refused.refusal
+        assert reason.startswith(f"the plan takes 6 of the 8 members out of hub group {world.prefix}gpu "
+                                 "(directory group 'gpu'; 75 %) who stay hub users"), reason
+        assert await world.hub_state() == before
     finally:
         await world.close()
 

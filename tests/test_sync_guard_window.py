@@ -1,5 +1,5 @@
-"""The sync guard counts removals over a window of runs. Pure: plan and guard with an injected
-clock, no I/O."""
+"""The sync guard counts removals over a window of runs, and refuses mass membership loss of a
+mirrored group. Pure: plan and guard with an injected clock, no I/O."""
 
 from __future__ import annotations
 
@@ -202,3 +202,100 @@ def test_a_plan_that_removes_nobody_is_not_refused_for_recent_removals() -> None
     observed = replace(observed, snapshot=snap([*people[10:], "newcomer"]))
     plan, reasons = judge(observed)
     assert plan.facts["recent_removals"] == 10 and "deprovision" not in plan.counts() and reasons == []
+
+
+# --- mass membership loss of a mirrored group ---------------------------------------------------
+
+def test_a_partly_hidden_group_that_takes_most_people_out_of_its_mirror_is_refused() -> None:
+    """40 of the 100 analysts are in gpu-users; an answer that hides 30 of them (an ACL) takes
+    them out of the mirror while they stay hub users. Refused with the numbers and what to do."""
+    people = names(100)
+    gpu = people[:40]
+    observed = hub(people, gpu)
+    hidden = replace(observed, snapshot=snap(people, gpu[30:]))
+    plan, reasons = judge(hidden)
+    assert plan.counts() == {"remove_from_group": 30}
+    assert len(reasons) == 1, reasons
+    assert reasons[0].startswith(
+        "the plan takes 30 of the 40 members out of hub group dir-gpu-users (directory group 'gpu-users'; "
+        "75 %) who stay hub users, more than sync.max_removal_percent = 20 % and more than "
+        "sync.group_removal_floor = 5; they lose what the group grants (profiles, GPUs)"), reasons[0]
+    assert f"hubpilot approve {plan.id}" in reasons[0] and "fix the directory" in reasons[0]
+    # 8 of 40 is 20 %: not more than the share; 9 is
+    assert judge(replace(observed, snapshot=snap(people, gpu[8:])))[1] == []
+    assert len(judge(replace(observed, snapshot=snap(people, gpu[9:])))[1]) == 1
+
+
+def test_small_groups_churn_under_the_floor_passes() -> None:
+    """2 of a 5-person admin group (40 %) is ordinary churn: not refused under the floor of 5. Above
+    the floor the share counts (6 of 7); a lower floor refuses smaller losses."""
+    people = names(30)
+    admins = people[:5]
+    observed = hub(people, admins=admins)
+    plan, reasons = judge(replace(observed, snapshot=snap(people, admins=admins[2:])))
+    assert plan.counts() == {"remove_from_group": 2} and reasons == []
+    # all but one of 6 admins: 5 is not more than the floor
+    six = hub(people, admins=people[:6])
+    assert judge(replace(six, snapshot=snap(people, admins=people[5:6])))[1] == []
+    seven = hub(people, admins=people[:7])
+    plan, reasons = judge(replace(seven, snapshot=snap(people, admins=people[6:7])))
+    assert len(reasons) == 1 and "takes 6 of the 7 members out of hub group dir-hub-admins" in reasons[0]
+    assert "they lose admin rights" in reasons[0]
+    strict = POLICY.model_copy(update={"group_removal_floor": 1})
+    plan, reasons = judge(replace(observed, snapshot=snap(people, admins=admins[2:])), strict)
+    assert len(reasons) == 1 and "takes 2 of the 5 members out of hub group dir-hub-admins" in reasons[0]
+
+
+def test_an_admin_mirror_in_flag_mode_is_judged_too() -> None:
+    """In flag mode the plan revokes the admin flag of those who leave the admin group as well."""
+    people = names(30)
+    flag = POLICY.model_copy(update={"admin_mode": "flag"})
+    admins = people[:10]
+    observed = hub(people, admins=admins, policy=flag)
+    observed = replace(observed, users={n: replace(u, admin=n in admins) for n, u in observed.users.items()})
+    plan, reasons = judge(replace(observed, snapshot=snap(people, admins=admins[:3])), flag)
+    assert plan.counts() == {"remove_from_group": 7, "revoke_admin": 7}
+    assert len(reasons) == 1 and "takes 7 of the 10 members out of hub group dir-hub-admins" in reasons[0] \
+        and "admin rights" in reasons[0]
+
+
+def test_people_who_leave_the_hub_count_as_removals_not_as_group_loss() -> None:
+    """Leavers are judged by the removal limits (here well under them); a group loses only them."""
+    people = names(100)
+    gpu = people[:10]
+    observed = hub(people, gpu)
+    plan, reasons = judge(replace(observed, snapshot=snap(people[8:], gpu[8:])))  # 8 leave entirely
+    assert plan.counts()["deprovision"] == 8 and reasons == []
+
+
+def test_an_empty_answer_is_refused_once_as_such() -> None:
+    people = names(30)
+    observed = hub(people, people[:10])
+    _, reasons = judge(replace(observed, snapshot=snap(people, [])))
+    assert len(reasons) == 1 and "'gpu-users' is empty" in reasons[0], reasons
+
+
+def test_a_mirror_no_longer_configured_is_not_judged() -> None:
+    """A retired mirror loses only people who leave the hub: the removal limits judge them."""
+    people = names(100)
+    observed = hub(people)
+    observed = replace(observed, mirrors=frozenset({"dir-old"}),
+                       groups={**observed.groups, "dir-old": HubGroup("dir-old", frozenset(people[:8]))})
+    plan, reasons = judge(replace(observed, snapshot=snap(people[6:])))
+    assert sum(1 for a in plan.actions if a.kind == "remove_from_group" and a.target == "dir-old") == 6
+    assert reasons == []
+
+
+def test_a_rename_is_no_group_loss() -> None:
+    """A renamed person keeps their groups (the hub renames the user): not taken out."""
+    people = names(20)
+    gpu = people[:10]
+    observed = hub(people, gpu)
+    renamed = DirectorySnapshot("test", {
+        g: frozenset(Member(m.id, m.username + "x" if m.username in gpu else m.username) for m in ms)
+        for g, ms in observed.snapshot.groups.items()})
+    policy = POLICY.model_copy(update={"max_removal_percent": 100})  # the renames' own limit aside
+    plan, _ = judge(replace(observed, snapshot=renamed), policy)
+    assert plan.counts() == {"rename_user": 10}
+    tight = POLICY.model_copy(update={"group_removal_floor": 0})
+    assert not any("hub group" in r for r in judge(replace(observed, snapshot=renamed), tight)[1])

@@ -56,6 +56,10 @@ class SyncSettings(Section):
         "plan's removals against max_removals and max_removal_percent (a directory that loses people over "
         "several runs); approving a plan refused for its removals restarts the count; 0: each plan alone."
     )
+    group_removal_floor: int = Field(
+        5, ge=0, description="Refuse a plan that takes more than max_removal_percent of a mirrored hub "
+        "group's members out of it only when that is more than this many people (small groups' churn passes)."
+    )
     stop_servers: bool = Field(True, description="Stop the servers of people who leave.")
     revoke_tokens: bool = Field(True, description="Revoke the API tokens of people who leave.")
     delete_users: bool = Field(

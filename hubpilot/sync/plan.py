@@ -458,9 +458,45 @@ def removal_reasons(observed: SyncObserved, plan: Plan, policy: SyncSettings) ->
     return reasons
 
 
+def group_loss_reasons(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list[str]:
+    """Refuse a plan that takes more than ``sync.max_removal_percent`` of a mirrored hub group's
+    members out of it, and more than ``sync.group_removal_floor`` people, counting those who stay
+    hub users (people who leave are counted as removals). They are no removals, but they lose
+    what the group grants (profiles, GPUs; admin rights for an admin group's mirror): a partly
+    hidden or truncated group answer would take them out in one run. A group the directory
+    answered as empty is refused as such already."""
+    leaving = {a.target for a in plan.actions if a.kind == "deprovision"}
+    out: dict[str, int] = {}
+    for a in plan.actions:
+        if a.kind == "remove_from_group" and a.params["user"] not in leaving:
+            out[a.target] = out.get(a.target, 0) + 1
+    empty = {hub_group_name(g, policy.group_prefix, policy.group_names) for g in plan.facts.get("empty_groups", [])}
+    directory = {hub_group_name(g, policy.group_prefix, policy.group_names): g
+                 for g in dict.fromkeys([*policy.users_groups, *policy.admin_groups])}
+    admins = admin_mirrors(policy)
+    reasons: list[str] = []
+    for group, n in sorted(out.items()):
+        hub_group = observed.groups.get(group)
+        members = len(hub_group.users) if hub_group else 0
+        # only configured mirrors: a mirror no longer configured loses just the people who leave
+        if group not in directory or group in empty or not members or n <= policy.group_removal_floor \
+                or n * 100.0 / members <= policy.max_removal_percent:
+            continue
+        grants = "admin rights" if group in admins else "what the group grants (profiles, GPUs)"
+        reasons.append(
+            f"the plan takes {n} of the {members} members out of hub group {group} (directory group "
+            f"{directory[group]!r}; {n * 100.0 / members:.0f} %) who stay hub users, more than "
+            f"sync.max_removal_percent = {policy.max_removal_percent:g} % and more than sync.group_removal_floor = "
+            f"{policy.group_removal_floor}; they lose {grants}. A group answer that is partly hidden (an ACL) "
+            f"or cut short looks like this: fix the directory, or, when the change is right, approve the plan "
+            f"({approval_hint(plan)})"
+        )
+    return reasons
+
+
 def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list[str]:
-    """Refuse mass removals (counted over sync.removal_window_hours), renames and deletions, and an
-    empty directory answer where members existed."""
+    """Refuse mass removals (counted over sync.removal_window_hours), renames and deletions, mass
+    membership loss of a mirrored group, and an empty directory answer where members existed."""
     reasons = removal_reasons(observed, plan, policy)
     removals = sum(1 for a in plan.actions if a.kind == "deprovision")
     # a rename waiting for its servers to stop counts too: this plan stops them
@@ -491,6 +527,7 @@ def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list
             f"({deletions * 100.0 / records:.0f} %), more than sync.max_removal_percent = "
             f"{policy.max_removal_percent:g} %"
         )
+    reasons += group_loss_reasons(observed, plan, policy)
     for group in plan.facts.get("empty_groups", []):
         mirror = observed.groups.get(hub_group_name(group, policy.group_prefix, policy.group_names))
         had = [u for u in (mirror.users if mirror else ()) if u in observed.managed]
