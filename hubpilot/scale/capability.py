@@ -27,6 +27,7 @@ from hubpilot.scale.plan import (
     Observed,
     Policy,
     arrival_keys,
+    deallocates,
     guard_scale,
     plan_scale,
 )
@@ -143,11 +144,16 @@ class ScaleCapability:
                 memory = replace(memory, last_down=now)
             if r.action.kind == SET_COUNT and r.status is Status.DONE:
                 await record_size(self.store, now, int(r.action.params["count"]), source="scale-up")
-            if r.action.kind == REMOVE_NODES and r.status is Status.DONE:
+            if r.action.kind == REMOVE_NODES and (r.status is Status.DONE or not deallocates(observed.pool)):
                 gone = r.action.params["removed_nodes"]  # set by _remove: the nodes it did remove
-                await record_size(self.store, now, observed.pool.count - len(gone), source="scale-down")
+                if r.status is Status.DONE:
+                    await record_size(self.store, now, observed.pool.count - len(gone), source="scale-down")
                 # watched: in a Deallocate pool whether AKS stops or deletes their VMs, in a Delete
-                # pool while their nodes leave the cluster
+                # pool while their nodes leave the cluster -- there also when ARM's operation was
+                # still running when we stopped waiting, or its answer was lost (it may have been
+                # accepted): uncordoned, the node would take a user pod while its VM is deleted;
+                # counted as unusable, it would be replaced. Never asked for, the node is ours again
+                # (uncordoned or removed) once REMOVAL_SETTLE has passed.
                 memory = replace(memory, removed={**memory.removed, **dict.fromkeys(gone, now)})
         await self.store.put(MEMORY_KEY, memory.to_json())
         if self.policy.forecast is not None:  # learn the arrivals this observation saw
