@@ -49,6 +49,7 @@ async def test_get_reads_the_pool(arm: ArmDouble) -> None:
     assert (state.count, state.min_count, state.max_count, state.autoscaling) == (2, 1, 5, True)
     assert state.provisioning_state == "Succeeded" and state.power_state == "Running"
     assert state.vm_size == "Standard_NC4as_T4_v3" and state.etag
+    assert state.node_taints == ("nvidia.com/gpu=present:NoSchedule",)
     assert not state.busy
 
 

@@ -132,6 +132,7 @@ class AksPool:
             vm_size=_text(props.vm_size or ""),
             etag=props.e_tag,
             scale_down_mode=_text(props.scale_down_mode) if props.scale_down_mode else None,
+            node_taints=tuple(str(t) for t in props.node_taints or ()),
         )
 
     # --- writes --------------------------------------------------------------------------

@@ -30,11 +30,20 @@ from kubernetes import client as k8s
 from kubernetes import config as _k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from hubpilot.ports.cluster import CORDON_ANNOTATION, ClusterError, ClusterView, NodeInfo, UserPod
+from hubpilot.ports.cluster import (
+    CORDON_ANNOTATION,
+    ClusterError,
+    ClusterView,
+    NodeInfo,
+    Taint,
+    Toleration,
+    UserPod,
+)
 
 log = logging.getLogger(__name__)
 
 CORDON_MARK = CORDON_ANNOTATION
+AUTOSCALER_DELETING = "ToBeDeletedByClusterAutoscaler"  # the cluster autoscaler's removal mark
 USER_ANNOTATION = "hub.jupyter.org/username"
 SERVER_ANNOTATION = "hub.jupyter.org/servername"
 
@@ -259,17 +268,22 @@ class KubeCluster:
         return out
 
     async def cordon(self, node: str, by: str) -> bool:
-        """False when the node is gone, or cordoned by someone else since it was observed: such a
-        node is not touched (marking it ours would let a later uncordon undo their cordon)."""
-        def cordoned_by_others() -> bool | None:
+        """False when the node is gone, cordoned by someone else since it was observed, or being
+        deleted (deletionTimestamp, the cluster autoscaler's removal mark): such a node is not
+        touched (marking it ours would let a later uncordon undo their cordon, and a node the
+        autoscaler deletes is not ours to remove)."""
+        def not_ours() -> bool | None:
             try:
                 n = self.api.read_node(node)
             except ApiException as exc:
                 if exc.status == 404:
                     return None
                 raise
+            if n.metadata.deletion_timestamp is not None or any(
+                    t.key == AUTOSCALER_DELETING for t in (n.spec.taints if n.spec else None) or []):
+                return True
             return bool(n.spec and n.spec.unschedulable) and CORDON_MARK not in (n.metadata.annotations or {})
-        others = await self._call(cordoned_by_others, f"read {node}")
+        others = await self._call(not_ours, f"read {node}")
         if others is None or others:
             return False
         body = {"metadata": {"annotations": {CORDON_MARK: by}}, "spec": {"unschedulable": True}}
@@ -301,6 +315,9 @@ class KubeCluster:
             machine=n.metadata.name,
             labels=dict(n.metadata.labels or {}),
             annotations=dict(n.metadata.annotations or {}),
+            taints=tuple(Taint(t.key or "", t.value or "", t.effect or "")
+                         for t in ((n.spec.taints if n.spec else None) or [])),
+            deleting=n.metadata.deletion_timestamp is not None,
         )
 
     def _pod(self, p: Any) -> UserPod:
@@ -322,6 +339,8 @@ class KubeCluster:
             user=ann.get(USER_ANNOTATION, ""),
             server=ann.get(SERVER_ANNOTATION, ""),
             gpu=gpu,
+            tolerations=tuple(Toleration(t.key or "", t.operator or "Equal", t.value or "", t.effect or "")
+                              for t in ((p.spec.tolerations if p.spec else None) or [])),
         )
 
     async def close(self) -> None:

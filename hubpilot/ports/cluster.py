@@ -12,6 +12,34 @@ CORDON_ANNOTATION = "hubpilot.io/cordoned-by"
 
 
 @dataclass(frozen=True)
+class Taint:
+    """A node taint (``spec.taints``)."""
+
+    key: str
+    value: str = ""
+    effect: str = "NoSchedule"  # NoSchedule, PreferNoSchedule or NoExecute
+
+
+@dataclass(frozen=True)
+class Toleration:
+    """A pod toleration (``spec.tolerations``), matched as Kubernetes matches it."""
+
+    key: str = ""  # "" with operator Exists: every key
+    operator: str = "Equal"  # Equal or Exists
+    value: str = ""
+    effect: str = ""  # "": every effect
+
+    def tolerates(self, taint: Taint) -> bool:
+        if self.effect and self.effect != taint.effect:
+            return False
+        if not self.key:
+            return self.operator == "Exists"
+        if self.key != taint.key:
+            return False
+        return self.operator == "Exists" or self.value == taint.value
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     """A node of the GPU pool."""
 
@@ -22,6 +50,8 @@ class NodeInfo:
     machine: str  # the AKS machine name (the VMSS instance's node name)
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Taint, ...] = ()
+    deleting: bool = False  # metadata.deletionTimestamp is set: the node object is being deleted
 
 
 @dataclass(frozen=True)
@@ -36,6 +66,7 @@ class UserPod:
     user: str = ""
     server: str = ""
     gpu: bool = True
+    tolerations: tuple[Toleration, ...] = ()
 
 
 @dataclass(frozen=True)

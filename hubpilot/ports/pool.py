@@ -22,6 +22,7 @@ class PoolState:
     vm_size: str
     etag: str | None = None
     scale_down_mode: str | None = None  # "Delete" or "Deallocate"
+    node_taints: tuple[str, ...] = ()  # the pool's own taints, "key=value:Effect" (nodeTaints)
 
     @property
     def busy(self) -> bool:

@@ -6,11 +6,11 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hubpilot.loop import Action, Plan, stored_time
-from hubpilot.ports.cluster import CORDON_ANNOTATION, ClusterView, NodeInfo, UserPod
+from hubpilot.ports.cluster import CORDON_ANNOTATION, ClusterView, NodeInfo, Taint, Toleration, UserPod
 from hubpilot.ports.pool import PoolState
 from hubpilot.scale.forecast import Forecast, ForecastPolicy, forecast_spare
 from hubpilot.scale.schedule import Schedule
@@ -23,6 +23,24 @@ SET_MIN_COUNT = "set_min_count"
 REMOVE_NODES = "remove_nodes"
 UNCORDON = "uncordon"
 RECLAIM = "reclaim_server"
+
+# The cluster autoscaler marks a node it is removing (NoSchedule; the value is the Unix time of the
+# mark). Its candidates for a later removal (DeletionCandidateOfClusterAutoscaler, PreferNoSchedule)
+# are still capacity, as is any PreferNoSchedule taint.
+AUTOSCALER_DELETING = "ToBeDeletedByClusterAutoscaler"
+# mirrors spec.unschedulable (the node lifecycle controller adds and drops it): a cordon is read
+# from the spec and the cordon annotation alone
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
+# taints Kubernetes puts on nodes that cannot take pods now: with no GPU pod in sight to ask, these
+# (and only these) are taken as not tolerated; any other taint is taken as the pool's own, which
+# the GPU profiles tolerate (e.g. sku=gpu:NoSchedule)
+CONDITION_TAINTS = frozenset({
+    "node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable", "node.kubernetes.io/network-unavailable",
+    "node.kubernetes.io/memory-pressure", "node.kubernetes.io/disk-pressure", "node.kubernetes.io/pid-pressure",
+    "node.kubernetes.io/out-of-service", "node.cloudprovider.kubernetes.io/uninitialized",
+    "node.cloudprovider.kubernetes.io/shutdown", AUTOSCALER_DELETING,
+})
+HARD_EFFECTS = ("NoSchedule", "NoExecute")
 
 
 @dataclass(frozen=True)
@@ -148,11 +166,72 @@ class Occupancy:
     stopped: int = 0  # stopped VMs of a Deallocate pool: their nodes stay registered, NotReady
     broken: int = 0  # (Deallocate) machines in the count whose nodes stay NotReady past the join grace
     missing: int = 0  # machines in the count of a failed pool whose operation never created them
+    # empty nodes on their way out (deletionTimestamp, the cluster autoscaler's removal mark), by
+    # why: no capacity, no node to replace (their machines leave the count), never removed or uncordoned
+    leaving: Mapping[str, str] = field(default_factory=dict)
+    # ready empty nodes with NoSchedule/NoExecute taints the GPU pods do not tolerate, by taint:
+    # no capacity, replaced, not ours to remove (like a cordon by someone else)
+    blocked: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def deallocates(pool: PoolState) -> bool:
     """The pool stops VMs on scale-down and restarts them on scale-up (scaleDownMode Deallocate)."""
     return (pool.scale_down_mode or "").lower() == "deallocate"
+
+
+def _mark_time(taint: Taint) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(taint.value), tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def being_deleted(node: NodeInfo, now: datetime) -> str | None:
+    """Why the node is on its way out, or None: its object is being deleted (deletionTimestamp), or
+    the cluster autoscaler marked it for removal within ``REMOVAL_SETTLE`` (a mark it left for longer,
+    or one without a readable time, is treated as stale: the node stays, and is unusable)."""
+    if node.deleting:
+        return "being deleted (deletionTimestamp)"
+    for t in node.taints:
+        if t.key == AUTOSCALER_DELETING and t.effect in HARD_EFFECTS:
+            at = _mark_time(t)
+            if at is not None and now - at < REMOVAL_SETTLE:
+                return "being removed by the cluster autoscaler"
+    return None
+
+
+def gpu_tolerations(observed: Observed) -> list[tuple[Toleration, ...]] | None:
+    """The tolerations of the GPU user pods that capacity is for: the waiting ones, else every GPU
+    pod in sight; None when there is none (then only node-condition taints count as untolerated)."""
+    pods = [p for p in observed.cluster.pods if p.gpu and p.phase not in ("Succeeded", "Failed")]
+    chosen = [p for p in pods if p.node is None] or pods
+    return [p.tolerations for p in chosen] or None
+
+
+def _taint_text(t: Taint) -> str:
+    return f"{t.key}={t.value}:{t.effect}" if t.value else f"{t.key}:{t.effect}"
+
+
+def untolerated(node: NodeInfo, tolerations: Sequence[tuple[Toleration, ...]] | None,
+                pool_taints: Sequence[str] = ()) -> tuple[str, ...]:
+    """The node's NoSchedule/NoExecute taints that no GPU pod in sight tolerates (with none in
+    sight: the node-condition taints), as key=value:effect. The pool's own taints (its nodeTaints)
+    are never an obstacle: the GPU profiles target the pool, and a pod that does not tolerate them
+    is no pod for this pool (counted as one, every node would look unusable and be replaced, up to
+    max_nodes). PreferNoSchedule is no obstacle; the unschedulable taint is the cordon's mirror and
+    read as the cordon."""
+    own = {p.replace("=:", ":") for p in pool_taints}
+    out = []
+    for t in node.taints:
+        if t.effect not in HARD_EFFECTS or t.key == UNSCHEDULABLE_TAINT or _taint_text(t) in own:
+            continue
+        if tolerations is None:
+            blocked = t.key in CONDITION_TAINTS
+        else:
+            blocked = not any(tol.tolerates(t) for tols in tolerations for tol in tols)
+        if blocked:
+            out.append(_taint_text(t))
+    return tuple(out)
 
 
 def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: timedelta) -> Occupancy:
@@ -191,6 +270,13 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
             booting += running_not_ready
         else:
             broken = min(running_not_ready, sum(1 for n in not_ready if n.name not in busy))
+    empty = nodes - busy
+    leaving = {n.name: why for n in observed.cluster.nodes
+               if n.name in empty and (why := being_deleted(n, now)) is not None}
+    tolerations = gpu_tolerations(observed)
+    blocked = {n.name: taints for n in observed.cluster.nodes
+               if n.name in empty and n.name not in leaving and n.ready
+               and (taints := untolerated(n, tolerations, observed.pool.node_taints))}
     missing = 0
     if observed.pool.failed:
         # the failed operation's count is still the pool's: the machines it did not create are
@@ -199,13 +285,15 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
         booting -= missing
     return Occupancy(
         busy=frozenset(busy),
-        empty=frozenset(nodes - busy),
+        empty=frozenset(empty - set(leaving)),
         pending=frozenset(pending),
         gpu_pods_on=gpu_on,
         booting=booting,
         stopped=stopped,
         broken=broken,
         missing=missing,
+        leaving=leaving,
+        blocked=blocked,
     )
 
 
@@ -253,7 +341,7 @@ def free_slots(observed: Observed, occ: Occupancy, policy: Policy) -> int:
     """GPU pods that ready, schedulable capacity can take now (empty nodes and room on busy ones)."""
     ppn = policy.pods_per_node
     empty_ready = sum(1 for n in observed.cluster.nodes
-                      if n.name in occ.empty and n.ready and not n.unschedulable)
+                      if n.name in occ.empty and n.ready and not n.unschedulable and n.name not in occ.blocked)
     return ppn * empty_ready + sum(max(0, ppn - occ.gpu_pods_on.get(n, 0)) for n in occ.busy)
 
 
@@ -267,7 +355,7 @@ def to_reclaim(observed: Observed, occ: Occupancy, policy: Policy, now: datetime
 
 def next_memory(observed: Observed, occ: Occupancy, now: datetime) -> Memory:
     prev = observed.memory.empty_since
-    since = {n: prev.get(n, now) for n in sorted(occ.empty)}
+    since = {n: prev.get(n, now) for n in sorted(occ.empty | set(occ.leaving))}
     m = observed.memory
     watching, kept = removal_verdict(observed, now)
     return Memory(since, m.last_up, m.last_down, observed.pool.count, m.count_rose_at(observed.pool.count, now),
@@ -327,6 +415,7 @@ def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datet
     dealloc = deallocates(observed.pool)
     unusable = sorted(n.name for n in observed.cluster.nodes if n.name in occ.empty and (
         (_cordoned_by_others(n) and (n.ready or not dealloc))
+        or (n.name in occ.blocked and n.created is not None and now - n.created > policy.join_grace)
         or (not dealloc and not n.ready and n.created is not None and now - n.created > policy.join_grace)))
     if occ.stopped:
         why.append(f"{occ.stopped} stopped VM(s) kept by scale-down mode Deallocate (NotReady nodes)")
@@ -335,6 +424,10 @@ def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datet
                    f"{_minutes(policy.join_grace)} min after the last scale-up")
     if unusable:
         why.append(f"{len(unusable)} unusable empty node(s): {', '.join(unusable)}")
+    for name, taints in sorted(occ.blocked.items()):
+        why.append(f"{name} has taint(s) the GPU pods do not tolerate: {', '.join(taints)}")
+    for name, how in sorted(occ.leaving.items()):
+        why.append(f"{name} is no capacity: {how}")
     spare = warm.spare
     if warm.active:
         why.append(f"warm window {warm.window}: spare {warm.spare}, floor {warm.min_nodes}")
@@ -367,8 +460,8 @@ def _removable(observed: Observed, occ: Occupancy, memory: Memory, policy: Polic
     out = []
     for name in sorted(occ.empty, key=lambda n: (memory.empty_since.get(n, now), n)):
         node = ready[name]
-        if _cordoned_by_others(node):
-            continue  # cordoned by someone else (maintenance, upgrade): not ours to remove
+        if _cordoned_by_others(node) or name in occ.blocked:
+            continue  # cordoned or tainted by someone else (maintenance, upgrade): not ours to remove
         if not node.ready and deallocates(observed.pool):
             continue  # may be a stopped VM: deleting it would lose the VM, not lower the count
         if now - memory.empty_since.get(name, now) >= policy.idle:
@@ -400,8 +493,9 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
         why.append(f"{occ.missing} machine(s) of the count never created: the pool's last operation "
                    f"{pool.provisioning_state}")
     if leaving:
-        facts["leaving"] = sorted(leaving)
         why.append(f"{len(leaving)} removed node(s) still leaving the cluster: {', '.join(sorted(leaving))}")
+    if leaving or occ.leaving:
+        facts["leaving"] = sorted(leaving | set(occ.leaving))
     if deallocates(pool):
         facts["stopped"] = occ.stopped
         if memory.vm_kept is not None:
@@ -437,6 +531,7 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
     removing: list[str] = []
     after = pool.count
     present = pool.count - occ.missing  # the machines that exist (a failed operation's count may not)
+    staying = present - len(occ.leaving)  # without the machines on their way out: no second removal for them
     if mode == "direct":
         if desired > pool.count:
             after = min(desired, pool.count + policy.max_step_up)
@@ -448,8 +543,8 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
             actions.append(Action(SET_COUNT, pool.name, 0, {"count": pool.count, "from": pool.count},
                                   f"want {desired}, {present} machine(s) exist: send the count again: "
                                   + ", ".join(why)))
-        elif desired < present:
-            removing = _plan_removal(observed, occ, memory, policy, now, present - desired, notes)
+        elif desired < staying:
+            removing = _plan_removal(observed, occ, memory, policy, now, staying - desired, notes)
     else:
         current_min = pool.min_count or 0
         new_min = current_min
@@ -465,8 +560,8 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
                                   reason if new_min != current_min else "set the autoscaler's floor"))
         after = max(pool.count, new_min)
         keep = max(desired, new_min)
-        if present > keep:
-            removing = _plan_removal(observed, occ, memory, policy, now, present - keep, notes)
+        if staying > keep:
+            removing = _plan_removal(observed, occ, memory, policy, now, staying - keep, notes)
     if removing:
         after = pool.count - len(removing)
         actions.append(Action(REMOVE_NODES, pool.name, 1, {"nodes": removing, "from": pool.count},
@@ -499,7 +594,7 @@ def _plan_removal(observed: Observed, occ: Occupancy, memory: Memory, policy: Po
     candidates = _removable(observed, occ, memory, policy, now)
     chosen = candidates[: min(surplus, policy.max_step_down)]
     if len(chosen) < surplus:
-        waiting = sorted(occ.empty - set(candidates))
+        waiting = sorted(occ.empty - set(candidates) - set(occ.blocked))
         if waiting:
             notes.append(f"empty but not yet idle for {_minutes(policy.idle)} min: {', '.join(waiting)}")
     return chosen
@@ -553,7 +648,12 @@ def guard_scale(observed: Observed, plan: Plan, policy: Policy) -> list[str]:
                 reasons.append(
                     f"removing {len(nodes)} nodes exceeds scale.max_step_down {policy.max_step_down}")
             not_ready = {n.name for n in observed.cluster.nodes if not n.ready}
+            deleting = {n.name for n in observed.cluster.nodes if n.deleting or any(
+                t.key == AUTOSCALER_DELETING for t in n.taints)}
             for n in nodes:
+                if n in deleting:
+                    reasons.append(f"node {n} is being deleted (deletionTimestamp or the cluster autoscaler's "
+                                   f"{AUTOSCALER_DELETING} mark): never removed by hubpilot")
                 if n in occupied:
                     reasons.append(f"node {n} runs a user pod and is never removed")
                 if n not in known:

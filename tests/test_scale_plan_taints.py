@@ -1,0 +1,183 @@
+"""The pure plan: what counts as GPU capacity when nodes carry taints or are being deleted -- the
+cluster autoscaler's marks, deletionTimestamp, node-condition taints, the pool's own taint that
+the GPU profiles tolerate, and the unschedulable taint of a cordon (injected clock)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hubpilot.config.scale import WarmWindow
+from hubpilot.loop import Action, Plan
+from hubpilot.ports.cluster import CORDON_ANNOTATION, ClusterView, NodeInfo, Taint, Toleration, UserPod
+from hubpilot.ports.pool import PoolState
+from hubpilot.scale import Memory, Observed, Policy, Schedule, guard_scale, plan_scale
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
+LONG_AGO = T0 - timedelta(hours=1)
+POLICY = Policy(max_nodes=8, max_step_up=3, max_step_down=2, idle=timedelta(minutes=10),
+                delay_after_up=timedelta(minutes=10), down_cooldown=timedelta(minutes=2))
+SPARE_1 = Policy(max_nodes=8, max_step_up=3, max_step_down=2, idle=timedelta(minutes=10),
+                 schedule=Schedule.of([WarmWindow(days="mon-sun", start="00:00", end="23:59", spare=1)], "UTC", []))
+
+TO_BE_DELETED = Taint("ToBeDeletedByClusterAutoscaler", str(int((T0 - timedelta(minutes=1)).timestamp())))
+CANDIDATE = Taint("DeletionCandidateOfClusterAutoscaler", str(int(LONG_AGO.timestamp())), "PreferNoSchedule")
+POOL_TAINT = Taint("sku", "gpu", "NoSchedule")
+POOL_TOLERATION = Toleration("sku", "Equal", "gpu", "NoSchedule")
+# what the DefaultTolerationSeconds admission plugin gives every pod
+DEFAULTS = (Toleration("node.kubernetes.io/not-ready", "Exists", "", "NoExecute"),
+            Toleration("node.kubernetes.io/unreachable", "Exists", "", "NoExecute"))
+
+
+def pool(count: int, *, auto: bool = False, min_count: int | None = None) -> PoolState:
+    return PoolState("gpu", count, min_count if auto else None, 8 if auto else None, auto, "Running",
+                     "Succeeded", "Standard_NC4as_T4_v3", "e1", "Delete")
+
+
+def node(name: str, *taints: Taint, deleting: bool = False, unschedulable: bool = False,
+         cordoned_by: str | None = None, ready: bool = True) -> NodeInfo:
+    ann = {CORDON_ANNOTATION: cordoned_by} if cordoned_by else {}
+    return NodeInfo(name, ready, unschedulable or bool(cordoned_by), T0 - timedelta(days=1), name, {}, ann,
+                    tuple(taints), deleting)
+
+
+def upod(name: str, on: str | None, *tolerations: Toleration) -> UserPod:
+    return UserPod(name, on, "Running" if on else "Pending", on is None, T0, name, "", True,
+                   tuple(tolerations) + DEFAULTS)
+
+
+def observed(p: PoolState, nodes: list[NodeInfo], pods: list[UserPod] | None = None, *,
+             empty_since: dict[str, datetime] | None = None) -> Observed:
+    return Observed(p, ClusterView(tuple(nodes), tuple(pods or [])), (), Memory(empty_since or {}), T0)
+
+
+def kinds(plan: Plan) -> list[tuple[str, dict[str, Any]]]:
+    return [(a.kind, dict(a.params)) for a in plan.actions]
+
+
+# --- the cluster autoscaler's marks ---------------------------------------------------------------
+def test_a_node_the_autoscaler_is_deleting_is_neither_picked_nor_counted_twice() -> None:
+    """Autoscaler-assist: count 4 above the floor 3; the autoscaler is deleting the empty n3. The
+    surplus is n3 itself: hubpilot removes neither n3 (the autoscaler's) nor n2 (the spare that
+    stays when n3 is gone)."""
+    policy = Policy(**{**POLICY.__dict__, "min_nodes": 3})
+    nodes = [node("n0"), node("n1"), node("n2"), node("n3", TO_BE_DELETED, CANDIDATE)]
+    for older in ("n2", "n3"):
+        obs = observed(pool(4, auto=True, min_count=3), nodes, [upod("a", "n0"), upod("b", "n1")],
+                       empty_since={"n2": LONG_AGO, "n3": LONG_AGO, older: LONG_AGO - timedelta(minutes=5)})
+        plan = plan_scale(obs, policy, T0)
+        assert plan.empty, kinds(plan)
+        assert plan.facts["leaving"] == ["n3"]
+        assert any("n3" in w and "autoscaler" in w for w in plan.facts["why"])
+
+
+def test_the_guard_refuses_to_remove_a_node_that_is_being_deleted() -> None:
+    nodes = [node("n0", TO_BE_DELETED), node("n1", deleting=True), node("n2")]
+    obs = observed(pool(3), nodes, empty_since=dict.fromkeys(("n0", "n1", "n2"), LONG_AGO))
+    plan = Plan.build("scale", [Action("remove_nodes", "gpu", 1, {"nodes": ["n0", "n1"], "from": 3})], [], {})
+    reasons = guard_scale(obs, plan, POLICY)
+    assert any("n0" in r and "being deleted" in r for r in reasons), reasons
+    assert any("n1" in r and "being deleted" in r for r in reasons), reasons
+
+
+def test_a_node_being_deleted_is_no_spare_and_is_never_uncordoned() -> None:
+    """Direct mode, spare 1: n1 (deletionTimestamp, left cordoned by hubpilot) is on its way out:
+    n2 is the spare and stays; n1 is not uncordoned; its machine leaves the count with it."""
+    nodes = [node("n0"), node("n1", deleting=True, cordoned_by="hubpilot"), node("n2")]
+    obs = observed(pool(3), nodes, [upod("a", "n0")], empty_since={"n1": LONG_AGO, "n2": LONG_AGO})
+    plan = plan_scale(obs, SPARE_1, T0)
+    assert plan.empty, kinds(plan)
+    assert plan.facts["leaving"] == ["n1"]
+
+
+def test_no_free_capacity_on_a_node_the_autoscaler_is_deleting_so_an_idle_server_is_reclaimed() -> None:
+    policy = Policy(**{**POLICY.__dict__, "reclaim_after": timedelta(minutes=5)})
+    nodes = [node("n0"), node("n1", TO_BE_DELETED)]
+    obs = Observed(pool(2, auto=True, min_count=1), ClusterView(tuple(nodes), (upod("a", "n0"), upod("b", None))),
+                   (), Memory(), T0, activity={"a~": LONG_AGO})
+    plan = plan_scale(obs, policy, T0)
+    assert [a.kind for a in plan.actions if a.kind == "reclaim_server"] == ["reclaim_server"], kinds(plan)
+
+
+def test_a_stale_to_be_deleted_mark_is_an_unusable_node_not_a_leaving_one() -> None:
+    """The autoscaler removes its mark when it gives up; one left for longer than a removal takes
+    (a crashed autoscaler) marks a node that stays: it is unusable, and replaced."""
+    stale = Taint("ToBeDeletedByClusterAutoscaler", str(int((T0 - timedelta(minutes=30)).timestamp())))
+    obs = observed(pool(2), [node("n0"), node("n1", stale)], [upod("a", "n0")], empty_since={"n1": LONG_AGO})
+    plan = plan_scale(obs, SPARE_1, T0)
+    assert kinds(plan) == [("set_count", {"count": 3, "from": 2})]
+    assert "leaving" not in plan.facts
+
+
+# --- taints the GPU pods do not tolerate ---------------------------------------------------------------
+def test_an_empty_node_with_a_taint_the_waiting_gpu_pod_does_not_tolerate_is_no_capacity() -> None:
+    nodes = [node("n0", POOL_TAINT), node("n1", POOL_TAINT, Taint("maintenance", "true", "NoSchedule"))]
+    obs = observed(pool(2), nodes, [upod("a", "n0", POOL_TOLERATION), upod("b", None, POOL_TOLERATION)])
+    plan = plan_scale(obs, POLICY, T0)
+    assert kinds(plan) == [("set_count", {"count": 3, "from": 2})]
+    assert any("n1" in w and "maintenance" in w for w in plan.facts["why"])
+
+
+def test_node_condition_taints_make_a_ready_node_no_spare() -> None:
+    for key in ("node.kubernetes.io/network-unavailable", "node.kubernetes.io/memory-pressure",
+                "node.kubernetes.io/disk-pressure", "node.kubernetes.io/not-ready",
+                "node.kubernetes.io/unreachable"):
+        obs = observed(pool(2), [node("n0"), node("n1", Taint(key, "", "NoSchedule"))], [upod("a", "n0")],
+                       empty_since={"n1": LONG_AGO})
+        plan = plan_scale(obs, SPARE_1, T0)
+        assert kinds(plan) == [("set_count", {"count": 3, "from": 2})], key
+        # and with no GPU pod in sight to ask
+        alone = plan_scale(observed(pool(1), [node("n1", Taint(key, "", "NoSchedule"))]), SPARE_1, T0)
+        assert kinds(alone) == [("set_count", {"count": 2, "from": 1})], key
+
+
+def test_the_pools_own_taint_that_the_profiles_tolerate_stays_capacity() -> None:
+    """AKS GPU pools are tainted (sku=gpu:NoSchedule, nvidia.com/gpu=present:NoSchedule) and the
+    GPU profiles tolerate it: such a node is the spare, with GPU pods in sight or none."""
+    gpu = Taint("nvidia.com/gpu", "present", "NoSchedule")
+    tol = Toleration("nvidia.com/gpu", "Exists", "", "NoSchedule")
+    nodes = [node("n0", POOL_TAINT, gpu), node("n1", POOL_TAINT, gpu, CANDIDATE)]
+    assert plan_scale(observed(pool(2), nodes, [upod("a", "n0", POOL_TOLERATION, tol)]), SPARE_1, T0).empty
+    assert plan_scale(observed(pool(1), nodes[1:]), SPARE_1, T0).empty
+    # a PreferNoSchedule taint the pods do not tolerate is no obstacle either
+    soft = node("n1", Taint("team", "a", "PreferNoSchedule"))
+    assert plan_scale(observed(pool(2), [node("n0"), soft], [upod("a", "n0")]), SPARE_1, T0).empty
+
+
+# --- cordons and the unschedulable taint ------------------------------------------------------------
+UNSCHED = Taint("node.kubernetes.io/unschedulable", "", "NoSchedule")
+
+
+def test_the_unschedulable_taint_follows_the_cordon_it_mirrors() -> None:
+    # hubpilot's own cordon (the node controller added the taint): ours to uncordon, not unusable
+    ours = observed(pool(2), [node("n0"), node("n1", UNSCHED, cordoned_by="hubpilot")], [upod("a", "n0")])
+    assert kinds(plan_scale(ours, SPARE_1, T0)) == [("uncordon", {})]
+    # uncordoned, the taint not yet dropped by the controller: the spare, not an unusable node
+    lag = observed(pool(2), [node("n0"), node("n1", UNSCHED)], [upod("a", "n0")])
+    assert plan_scale(lag, SPARE_1, T0).empty
+    # someone else's cordon, with its taint: one unusable node, replaced once
+    others = observed(pool(2), [node("n0"), node("n1", UNSCHED, unschedulable=True)], [upod("a", "n0")])
+    assert kinds(plan_scale(others, SPARE_1, T0)) == [("set_count", {"count": 3, "from": 2})]
+
+
+def test_the_pools_own_taint_is_never_an_obstacle_even_to_a_pod_that_does_not_tolerate_it() -> None:
+    """A waiting GPU pod without the pool's toleration is no pod for this pool (e.g. one for another
+    GPU pool): the pool's nodeTaints do not make its nodes unusable, which would replace every node
+    every round up to max_nodes."""
+    p = PoolState("gpu", 2, None, None, False, "Running", "Succeeded", "Standard_NC4as_T4_v3", "e1", "Delete",
+                  ("sku=gpu:NoSchedule",))
+    obs = observed(p, [node("n0", POOL_TAINT), node("n1", POOL_TAINT)], [upod("a", "n0", POOL_TOLERATION),
+                                                                          upod("b", None)])
+    plan = plan_scale(obs, POLICY, T0)
+    assert plan.empty, kinds(plan)  # n1 is counted for b, as before the taints were read: no replacement
+    assert not any("unusable" in w for w in plan.facts["why"])
+
+
+def test_a_node_that_has_just_joined_with_start_up_taints_is_on_its_way_not_replaced() -> None:
+    """Kubernetes taints a node that has just joined (cloud provider not initialised, network not
+    up) for a few seconds: within node_join_grace_minutes it is no capacity yet, and not unusable."""
+    young = NodeInfo("n1", True, False, T0 - timedelta(minutes=1), "n1", {}, {},
+                     (Taint("node.cloudprovider.kubernetes.io/uninitialized", "true", "NoSchedule"),
+                      Taint("node.kubernetes.io/network-unavailable", "", "NoSchedule")))
+    obs = observed(pool(2), [node("n0"), young], [upod("a", "n0")])
+    assert plan_scale(obs, SPARE_1, T0).empty
