@@ -89,7 +89,9 @@ class Cluster(Protocol):
         ...
 
     async def cordon(self, node: str, by: str) -> bool:
-        """Mark the node unschedulable (annotated as cordoned by ``by``); False when it is gone."""
+        """Mark the node unschedulable (annotated as cordoned by ``by``); False, touching nothing,
+        when it is gone, cordoned by someone else, or being deleted (deletionTimestamp, the
+        cluster autoscaler's removal mark)."""
         ...
 
     async def uncordon(self, node: str) -> bool:

@@ -187,7 +187,7 @@ class ScaleCapability:
         kept: list[str] = []
         for node in action.params["nodes"]:
             if not await self.cluster.cordon(node, self.holder):
-                kept.append(f"{node} (gone or cordoned by someone else)")
+                kept.append(f"{node} (gone, cordoned by someone else, or being deleted)")
                 continue
             pods = await self.cluster.pods_on(node)
             if pods:
