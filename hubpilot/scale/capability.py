@@ -128,7 +128,9 @@ class ScaleCapability:
     # --- apply -----------------------------------------------------------------------------
     async def apply(self, plan: Plan, observed: Observed, progress: Progress) -> list[ActionResult]:
         at = observed.at or self.clock()
-        await record_size(self.store, at, observed.pool.count, source="observed")
+        # a stopped pool (AKS power state Stopped) keeps its count, but none of its VMs runs
+        running = 0 if observed.pool.power_state.lower() == "stopped" else observed.pool.count
+        await record_size(self.store, at, running, source="observed")
         results = await run_actions(plan.actions, self._perform_for(observed), concurrency=1,
                                     progress=progress)
         memory = Memory.from_json(plan.facts.get("memory")) if plan.facts.get("memory") else observed.memory
