@@ -226,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="stop after the demo instead of serving")
     sub.add_parser("settings", help="print the reference of every setting (Markdown)")
     p = sub.add_parser("cost", help="GPU node-hours and cost per day")
-    p.add_argument("--days", type=_int_between(1, 366), default=7, help="UTC days back, today included (1-366)")
+    p.add_argument("--days", type=_int_between(1, 366), default=7,
+                   help="days back (midnight to midnight in scale.timezone), today included (1-366)")
+    p.add_argument("--always-on-nodes", type=_int_between(0, 1000), default=None,
+                   help="size of the always-on pool to compare with (default: the peak recorded)")
     p.add_argument("--json", action="store_true")
     return parser
 
@@ -266,7 +269,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         if c == "cost":
             from hubpilot.wiring.scale import cost_report
 
-            return cost_report(ctx, days=args.days, as_json=args.json, out=out)
+            return cost_report(ctx, days=args.days, as_json=args.json, out=out,
+                               always_on_nodes=args.always_on_nodes)
         raise AssertionError(c)
 
     try:

@@ -1,17 +1,121 @@
-"""The cost report as an admin reads it to justify the budget. Real SQLite store; the pool through
-the ARM double."""
+"""The cost report as an admin reads it to justify the budget: days cut in ``scale.timezone`` with
+their real hours (23 or 25 on a DST day), today marked partial, a stopped pool costing nothing,
+the hours hubpilot did not observe the pool stated, no price meaning no cost (not a cost of 0),
+and what "always-on" means spelled out. Real SQLite store; the pool through the ARM double."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.loop import Outcome
-from hubpilot.scale.cost import cost_report
+from hubpilot.scale.cost import SIZES_KEY, cost_report, record_size
 from tests.doubles.arm import ArmDouble
 from tests.test_scale_kube import capability, world  # noqa: F401 - the fixture
 
 
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "cost.sqlite3")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+async def test_days_are_cut_in_the_configured_timezone_with_their_real_hours(store: SqliteStore) -> None:
+    """Europe/Berlin: the 29 March 2026 has 23 hours, the 25 October 25. One node all along."""
+    await record_size(store, utc(2026, 3, 27, 23), 1, source="observed")  # 28 March 00:00 CET
+    rep = (await cost_report(store, now=utc(2026, 3, 30, 10), days=3, price=2.0, currency="EUR",
+                             timezone="Europe/Berlin")).to_json()
+    assert rep["timezone"] == "Europe/Berlin"
+    assert [(d["date"], d["hours"], d["partial"], d["node_hours"], d["always_on_node_hours"], d["cost"])
+            for d in rep["days"]] == [("2026-03-28", 24.0, False, 24.0, 24.0, 48.0),
+                                      ("2026-03-29", 23.0, False, 23.0, 23.0, 46.0),
+                                      ("2026-03-30", 12.0, True, 12.0, 12.0, 24.0)]  # until 12:00 CEST
+    assert any("2026-03-30 is partial" in n for n in rep["notes"])
+    rep = (await cost_report(store, now=utc(2026, 10, 26, 11), days=2, price=2.0, currency="EUR",
+                             timezone="Europe/Berlin")).to_json()
+    assert [(d["date"], d["hours"], d["node_hours"], d["partial"]) for d in rep["days"]] == [
+        ("2026-10-25", 25.0, 25.0, False), ("2026-10-26", 12.0, 12.0, True)]
+
+
+async def test_a_change_at_local_midnight_belongs_to_the_local_day(store: SqliteStore) -> None:
+    """America/New_York (UTC-5 in March): 2 nodes from 03:00 UTC on the 2nd = 22:00 local on the 1st."""
+    await record_size(store, utc(2026, 3, 1, 5), 0, source="observed")  # 1 March 00:00 local
+    await record_size(store, utc(2026, 3, 2, 3), 2, source="scale-up")
+    rep = (await cost_report(store, now=utc(2026, 3, 2, 17), days=2, price=1.0, currency="USD",
+                             timezone="America/New_York")).to_json()
+    assert [(d["date"], d["node_hours"], d["changes"]) for d in rep["days"]] == [
+        ("2026-03-01", 4.0, 1), ("2026-03-02", 24.0, 0)]  # 22:00-24:00 local; 00:00-12:00 local
+
+
+async def test_without_a_price_the_report_gives_node_hours_and_says_so(store: SqliteStore) -> None:
+    await record_size(store, utc(2026, 3, 2, 8), 2, source="observed")
+    report = await cost_report(store, now=utc(2026, 3, 2, 12), days=1, price=0.0, currency="EUR")
+    rep = report.to_json()
+    assert rep["days"][0]["node_hours"] == 8.0
+    assert rep["days"][0]["cost"] is None and rep["days"][0]["always_on_cost"] is None
+    assert rep["total"]["cost"] is None and rep["total"]["always_on_cost"] is None
+    assert rep["price_per_node_hour"] is None
+    assert any("price_per_node_hour is not set" in n for n in rep["notes"])
+    total = next(line for line in report.render().splitlines() if line.startswith("total"))
+    assert total.split()[:3] == ["total", "8.00", "-"]
+
+
+async def test_the_report_states_what_always_on_means_and_which_price(store: SqliteStore) -> None:
+    await record_size(store, utc(2026, 3, 2, 0), 1, source="observed")
+    await record_size(store, utc(2026, 3, 2, 6), 3, source="scale-up")
+    await record_size(store, utc(2026, 3, 2, 7), 1, source="scale-down")
+    rep = (await cost_report(store, now=utc(2026, 3, 2, 12), days=1, price=2.0, currency="EUR")).to_json()
+    assert rep["always_on"] == "peak" and rep["always_on_nodes"] == 3
+    assert any(n.startswith("always-on: 3 node(s) (the peak size recorded in the period)") for n in rep["notes"])
+    assert any("today's scale.price_per_node_hour (2 EUR)" in n for n in rep["notes"])
+    rep = (await cost_report(store, now=utc(2026, 3, 2, 12), days=1, price=2.0, currency="EUR",
+                             always_on_nodes=5)).to_json()
+    assert rep["always_on"] == "given" and rep["days"][0]["always_on_node_hours"] == 60.0
+    assert any(n.startswith("always-on: 5 node(s) (the size asked for)") for n in rep["notes"])
+
+
+async def test_days_must_be_a_whole_number_in_range(store: SqliteStore) -> None:
+    for bad in (0, -1, 367, 10**9, 1.5, True):
+        with pytest.raises(ValueError, match="days must be a whole number between 1 and 366"):
+            await cost_report(store, now=utc(2026, 3, 2, 12), days=bad, price=1.0, currency="EUR")  # type: ignore[arg-type]
+
+
+async def test_two_instances_observing_at_once_lose_and_double_nothing(store: SqliteStore) -> None:
+    """Two instances (a lease lost mid-run) observe the pool in the same seconds and write the same
+    day's document: each with its etag, so neither an observation time nor a change is lost, and a
+    size seen by both is one change, counted once."""
+    base = utc(2026, 3, 2, 8)
+    gap = timedelta(minutes=6)
+    for i in range(20):
+        at = base + timedelta(minutes=i)
+        size = 2 if i < 10 else 3
+        await asyncio.gather(record_size(store, at, size, source="observed", observed=gap),
+                             record_size(store, at + timedelta(seconds=1), size, source="observed", observed=gap))
+    doc = await store.get(SIZES_KEY.format(day="2026-03-02"))
+    assert doc is not None
+    assert doc["seen"] == [[base.isoformat(), (base + timedelta(minutes=19, seconds=1)).isoformat()]]
+    assert [(p[0][11:19], p[1]) for p in doc["points"]] == [("08:00:00", 2), ("08:10:00", 3)]
+    rep = (await cost_report(store, now=base + timedelta(minutes=20), days=1, price=1.0, currency="EUR",
+                             gap=gap)).to_json()
+    day = rep["days"][0]
+    assert day["unobserved_hours"] == 0.0 and day["changes"] == 2
+    assert day["node_hours"] == pytest.approx(round((2 * 10 + 3 * 10) / 60, 3), abs=0.001)
+
+
+# --- through the scale capability: what a run records --------------------------------------------
 async def test_a_stopped_pool_runs_no_node(world: dict[str, Any]) -> None:  # noqa: F811
     """``az aks nodepool stop``: the pool keeps its count (2) but no VM of it runs or is billed."""
     arm: ArmDouble = world["arm"]
@@ -26,3 +130,33 @@ async def test_a_stopped_pool_runs_no_node(world: dict[str, Any]) -> None:  # no
     rep = (await cost_report(world["store"], now=world["clock"]["now"], days=1, price=2.5,
                              currency="EUR")).to_json()
     assert rep["days"][0]["node_hours"] == 0.0 and rep["days"][0]["cost"] == 0.0
+
+
+async def test_hours_hubpilot_did_not_observe_are_reported(world: dict[str, Any]) -> None:  # noqa: F811
+    """The timer runs every minute, then stops for four hours (a Functions outage): the report
+    says how long the pool was not observed and how many node-hours assume its size then."""
+    arm: ArmDouble = world["arm"]
+    kube = world["kube"]
+    arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])
+    for n, user in (("gpu-0", "alice"), ("gpu-1", "bob")):
+        kube.node(n)
+        kube.pod(user, n)
+    cap, runner = capability(world)
+    start = world["clock"]["now"]  # 09:00 UTC
+    for minutes in (0, 1, 2, 242, 243, 244):  # nothing from 09:02 to 13:02
+        world["clock"]["now"] = start + timedelta(minutes=minutes)
+        assert (await runner.run(cap, trigger="timer", actor="test")).outcome is Outcome.APPLIED
+    report = await cost_report(world["store"], now=world["clock"]["now"], days=1, price=1.0, currency="EUR")
+    day = report.to_json()["days"][0]
+    assert day["node_hours"] == pytest.approx(2 * 244 / 60, abs=0.001)  # the size held: the best estimate
+    assert day["unobserved_hours"] == pytest.approx(4.0, abs=0.001)
+    assert day["unobserved_node_hours"] == pytest.approx(8.0, abs=0.001)
+    assert any("did not observe the pool for 4.00 h" in n for n in report.notes())
+    # while the next run is not due yet, the time since the last one is not a gap
+    later = await cost_report(world["store"], now=world["clock"]["now"] + timedelta(minutes=3), days=1,
+                              price=1.0, currency="EUR")
+    assert later.days[0].unobserved_hours == pytest.approx(4.0, abs=0.001)
+    # an hour later without a run, it is
+    later = await cost_report(world["store"], now=world["clock"]["now"] + timedelta(hours=1), days=1,
+                              price=1.0, currency="EUR")
+    assert later.days[0].unobserved_hours == pytest.approx(5.0, abs=0.001)

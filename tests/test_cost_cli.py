@@ -42,6 +42,24 @@ def test_cost_rejects_bad_days_on_stderr(config: Path, days: str, capsys: pytest
     assert "--days" in capsys.readouterr().err
 
 
+def test_cost_in_the_configured_timezone_against_a_given_always_on_pool(config: Path) -> None:
+    config.write_text(config.read_text() + '[scale]\ntimezone = "Europe/Berlin"\nprice_per_node_hour = 3.5\n')
+    code, text = run(config, "cost", "--days", "2", "--always-on-nodes", "4", "--json")
+    assert code == 0, text
+    rep = json.loads(text)
+    assert rep["timezone"] == "Europe/Berlin" and rep["always_on_nodes"] == 4 and rep["always_on"] == "given"
+    assert len(rep["days"]) == 2 and rep["days"][-1]["partial"] and rep["price_per_node_hour"] == 3.5
+    code, text = run(config, "cost", "--days", "1")
+    assert code == 0 and "note: days are cut at midnight Europe/Berlin" in text
+
+
+@pytest.mark.parametrize("value", ["-1", "1001", "two"])
+def test_cost_rejects_a_bad_always_on_size(config: Path, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", str(config), "cost", "--always-on-nodes", value], out=io.StringIO())
+    assert exc.value.code == 2 and "--always-on-nodes" in capsys.readouterr().err
+
+
 def test_audit_pages_end_to_end_through_the_cli(config: Path, tmp_path: Path) -> None:
     at = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

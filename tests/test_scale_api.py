@@ -115,6 +115,25 @@ async def test_cost_report_for_readers(setup: dict[str, Any]) -> None:
     assert (await client.get("/api/v1/cost?days=0", headers=READER)).status_code == 422
 
 
+async def test_cost_days_are_cut_in_the_configured_timezone(setup: dict[str, Any]) -> None:
+    """scale.timezone Pacific/Honolulu (UTC-10): the run at 09:00 UTC is 23:00 on 1 March there, so
+    the node's first hour belongs to the 1st and today (the 2nd, local) is two hours old."""
+    client, clock, ctx = setup["client"], setup["clock"], setup["ctx"]
+    ctx.settings = ctx.settings.model_copy(update={"scale": ctx.settings.scale.model_copy(
+        update={"timezone": "Pacific/Honolulu"})})
+    await client.post("/api/v1/scale/demand", json={"user": "dan"}, headers=HUB)
+    await drain_tasks()
+    clock["now"] = NOW + timedelta(hours=3)  # 02:00 on 2 March in Honolulu
+    rep = (await client.get("/api/v1/cost?days=2", headers=READER)).json()
+    assert rep["timezone"] == "Pacific/Honolulu"
+    assert [(d["date"], d["partial"]) for d in rep["days"]] == [("2026-03-01", False), ("2026-03-02", True)]
+    assert [d["node_hours"] for d in rep["days"]] == pytest.approx([1.0, 2.0], abs=0.01)
+    assert rep["total"]["unobserved_hours"] == pytest.approx(3.0, abs=0.01)  # no timer ran since
+    for bad in ("1.5", "abc", "367", "-3"):
+        r = await client.get(f"/api/v1/cost?days={bad}", headers=READER)
+        assert r.status_code == 422 and "days" in r.text, (bad, r.text)
+
+
 async def test_cli_cost_report_function(setup: dict[str, Any]) -> None:
     import io
     import json

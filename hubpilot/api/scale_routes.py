@@ -7,8 +7,9 @@ timer. When a scale run is already under way the demand is recorded and, when ru
 this process (``api.run_mode = "inprocess"``), one follow-up run starts as soon as the lock is free;
 otherwise it counts in the next timer run.
 
-``GET /api/v1/cost`` (roles ``reader``/``admin``): GPU node-hours and cost per day, and what an
-always-on pool of the peak size would have cost.
+``GET /api/v1/cost`` (roles ``reader``/``admin``): GPU node-hours and cost per day (midnight to
+midnight in ``scale.timezone``), what an always-on pool of the peak size (or ``always_on_nodes``)
+would have cost, and the hours hubpilot did not observe the pool.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hubpilot.api.auth import Principal, require_role
 from hubpilot.api.deps import get_context
 from hubpilot.api.runs import start_run
 from hubpilot.loop import LockHeld
-from hubpilot.scale import cost_report, record_demand
+from hubpilot.scale import record_demand
 from hubpilot.wiring import Context
 
 log = logging.getLogger(__name__)
@@ -112,13 +113,12 @@ async def post_demand(body: DemandIn, ctx: Context = Depends(get_context),
 
 @router.get("/cost", summary="GPU node-hours and cost per day vs an always-on pool (reader)")
 async def get_cost(
-    days: int = Query(7, ge=1, le=366, description="Days back, today included (UTC days)."),
+    days: int = Query(7, ge=1, le=366, description="Days back, today included (days in scale.timezone)."),
     always_on_nodes: int | None = Query(None, ge=0, le=1000,
                                         description="Size of the always-on pool to compare (default: peak)."),
     ctx: Context = Depends(get_context),
     who: Principal = Depends(require_role("reader")),
 ) -> dict[str, Any]:
-    s = ctx.settings.scale
-    report = await cost_report(ctx.store, now=ctx.clock(), days=days, price=s.price_per_node_hour,
-                               currency=s.currency, always_on_nodes=always_on_nodes)
-    return report.to_json()
+    from hubpilot.wiring.scale import report
+
+    return (await report(ctx, days=days, always_on_nodes=always_on_nodes)).to_json()

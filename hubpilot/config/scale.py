@@ -165,7 +165,9 @@ class ScaleSettings(Section):
         "and no ready node is free, and counts as warm spare meanwhile (0: never). Must exceed "
         "cull.activity_interval.")
     max_reclaim: int = Field(2, ge=1, le=100, description="Most idle GPU servers reclaimed in one run.")
-    price_per_node_hour: float = Field(0.0, ge=0, description="Price of one GPU node-hour (cost report).")
+    price_per_node_hour: float = Field(
+        0.0, ge=0, description="Price of one GPU node-hour (cost report; 0: not set, the report gives "
+        "node-hours only). The report prices every day at the current value.")
     currency: str = Field("USD", description="Currency of price_per_node_hour.")
     # ARM client behaviour
     lro_wait_seconds: float = Field(

@@ -13,7 +13,7 @@ from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.hub import Hub, HubError, HubUser, StopResult
 from hubpilot.ports.pool import Pool, PoolOutcome, PoolResult
 from hubpilot.ports.store import StateStore
-from hubpilot.scale.cost import record_size
+from hubpilot.scale.cost import DEFAULT_GAP, record_size
 from hubpilot.scale.forecast import Forecast, learn
 from hubpilot.scale.plan import (
     OPERATION,
@@ -65,6 +65,7 @@ class ScaleCapability:
         hub: Hub | None = None,
         gpu_profiles: Sequence[str] = (),
         holder: str = "hubpilot",
+        observed_gap: timedelta = DEFAULT_GAP,
     ) -> None:
         self.pool = pool
         self.cluster = cluster
@@ -74,6 +75,7 @@ class ScaleCapability:
         self.hub = hub
         self.gpu_profiles = frozenset(gpu_profiles)
         self.holder = holder
+        self.observed_gap = observed_gap  # the next observation is due within this (cost report)
 
     # --- observe ---------------------------------------------------------------------------
     async def observe(self) -> Observed:
@@ -130,7 +132,7 @@ class ScaleCapability:
         at = observed.at or self.clock()
         # a stopped pool (AKS power state Stopped) keeps its count, but none of its VMs runs
         running = 0 if observed.pool.power_state.lower() == "stopped" else observed.pool.count
-        await record_size(self.store, at, running, source="observed")
+        await record_size(self.store, at, running, source="observed", observed=self.observed_gap)
         results = await run_actions(plan.actions, self._perform_for(observed), concurrency=1,
                                     progress=progress)
         memory = Memory.from_json(plan.facts.get("memory")) if plan.facts.get("memory") else observed.memory

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from hubpilot.loop import stored_time
 from hubpilot.ports.store import ConflictError, StateStore
@@ -16,55 +17,115 @@ log = logging.getLogger(__name__)
 SIZES_KEY = "scale/sizes/{day}"
 
 
+OBSERVATION_SLACK = timedelta(minutes=5)
+
+
+def observation_gap(schedule_gap: timedelta) -> timedelta:
+    """How long after an observation the next one is due: the longest pause of the scale schedule,
+    plus a run's time and a timer's lateness (at least 5 minutes, else one more schedule pause).
+    A longer pause is time in which hubpilot did not observe the pool."""
+    return schedule_gap + max(schedule_gap, OBSERVATION_SLACK)
+
+
+DEFAULT_GAP = observation_gap(timedelta(minutes=1))  # the default schedule: every minute
+
+
 @dataclass(frozen=True)
 class DayCost:
     day: date
     node_hours: float
-    cost: float
+    cost: float | None  # None: no price is set
     peak: int
     always_on_node_hours: float
-    always_on_cost: float
+    always_on_cost: float | None
     changes: int
+    hours: float = 24.0  # real hours of the day counted (23 or 25 on a DST day; less for today)
+    partial: bool = False  # today: counted until now
+    unobserved_hours: float = 0.0  # hours (from the first record on) hubpilot did not observe the pool
+    unobserved_node_hours: float = 0.0  # the part of node_hours assumed: the last observed size held
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "date": self.day.isoformat(), "node_hours": round(self.node_hours, 3),
-            "cost": round(self.cost, 2),
+            "date": self.day.isoformat(), "hours": round(self.hours, 3), "partial": self.partial,
+            "node_hours": round(self.node_hours, 3), "cost": _money(self.cost),
             "peak_nodes": self.peak, "always_on_node_hours": round(self.always_on_node_hours, 3),
-            "always_on_cost": round(self.always_on_cost, 2), "changes": self.changes,
+            "always_on_cost": _money(self.always_on_cost), "changes": self.changes,
+            "unobserved_hours": round(self.unobserved_hours, 3),
+            "unobserved_node_hours": round(self.unobserved_node_hours, 3),
         }
+
+
+def _money(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
 
 
 @dataclass(frozen=True)
 class CostReport:
     days: tuple[DayCost, ...]
-    price_per_node_hour: float
+    price_per_node_hour: float | None  # None: not set
     currency: str
     always_on_nodes: int
+    timezone: str = "UTC"
+    always_on_source: str = "peak"  # "peak": the peak recorded in the period; "given": asked for
+
+    def _cost(self, hours: float) -> float | None:
+        return None if self.price_per_node_hour is None else hours * self.price_per_node_hour
+
+    def notes(self) -> list[str]:
+        out = [f"days are cut at midnight {self.timezone}; a DST day counts its real 23 or 25 hours"]
+        what = ("the peak size recorded in the period" if self.always_on_source == "peak"
+                else "the size asked for")
+        out.append(f"always-on: {self.always_on_nodes} node(s) ({what}) around the clock, over the same "
+                   "hours as the recorded sizes (from the first record on)")
+        if self.price_per_node_hour is None:
+            out.append("scale.price_per_node_hour is not set: node-hours only, no cost")
+        else:
+            out.append(f"cost: every day at today's scale.price_per_node_hour ({self.price_per_node_hour:g} "
+                       f"{self.currency}); a price changed within the period is not tracked")
+        partial = [d for d in self.days if d.partial]
+        if partial:
+            out.append(f"{partial[-1].day.isoformat()} is partial: {partial[-1].hours:.2f} h so far")
+        gaps = sum(d.unobserved_hours for d in self.days)
+        if gaps:
+            assumed = sum(d.unobserved_node_hours for d in self.days)
+            out.append(f"hubpilot did not observe the pool for {gaps:.2f} h (not running, paused, refused or failing): "
+                       f"{assumed:.2f} of the node-hours assume the last observed size held then")
+        return out
 
     def to_json(self) -> dict[str, Any]:
         total = sum(d.node_hours for d in self.days)
         always = sum(d.always_on_node_hours for d in self.days)
         return {
             "currency": self.currency, "price_per_node_hour": self.price_per_node_hour,
-            "always_on_nodes": self.always_on_nodes,
+            "timezone": self.timezone,
+            "always_on_nodes": self.always_on_nodes, "always_on": self.always_on_source,
             "days": [d.to_json() for d in self.days],
             "total": {
-                "node_hours": round(total, 3), "cost": round(total * self.price_per_node_hour, 2),
+                "node_hours": round(total, 3), "cost": _money(self._cost(total)),
                 "always_on_node_hours": round(always, 3),
-                "always_on_cost": round(always * self.price_per_node_hour, 2),
+                "always_on_cost": _money(self._cost(always)),
                 "saving_ratio": round(1 - total / always, 4) if always else None,
+                "unobserved_hours": round(sum(d.unobserved_hours for d in self.days), 3),
+                "unobserved_node_hours": round(sum(d.unobserved_node_hours for d in self.days), 3),
             },
+            "notes": self.notes(),
         }
 
     def render(self) -> str:
-        lines = [f"{'date':<12}{'node-h':>9}{'cost':>10}{'peak':>6}{'always-on h':>13}{'always-on':>11}"]
+        def money(v: float | None) -> str:
+            return "-" if v is None else f"{v:.2f}"
+
+        lines = [f"{'date':<12}{'hours':>7}{'node-h':>9}{'cost':>10}{'peak':>6}{'always-on h':>13}"
+                 f"{'always-on':>11}{'unobserved h':>14}"]
         for d in self.days:
-            lines.append(f"{d.day.isoformat():<12}{d.node_hours:>9.2f}{d.cost:>10.2f}{d.peak:>6}"
-                         f"{d.always_on_node_hours:>13.2f}{d.always_on_cost:>11.2f}")
+            lines.append(f"{d.day.isoformat() + ('*' if d.partial else ''):<12}{d.hours:>7.2f}{d.node_hours:>9.2f}"
+                         f"{money(d.cost):>10}{d.peak:>6}{d.always_on_node_hours:>13.2f}"
+                         f"{money(d.always_on_cost):>11}{d.unobserved_hours:>14.2f}")
         t = self.to_json()["total"]
-        lines.append(f"{'total':<12}{t['node_hours']:>9.2f}{t['cost']:>10.2f}{'':>6}"
-                     f"{t['always_on_node_hours']:>13.2f}{t['always_on_cost']:>11.2f}  ({self.currency})")
+        lines.append(f"{'total':<12}{'':>7}{t['node_hours']:>9.2f}{money(t['cost']):>10}{'':>6}"
+                     f"{t['always_on_node_hours']:>13.2f}{money(t['always_on_cost']):>11}"
+                     f"{t['unobserved_hours']:>14.2f}  ({self.currency})")
+        lines += [f"note: {n}" for n in self.notes()]
         return "\n".join(lines)
 
 
@@ -94,16 +155,57 @@ def node_hours(points: Sequence[tuple[datetime, int]], start: datetime, end: dat
     return total, peak
 
 
-def day_costs(points: Sequence[tuple[datetime, int]], days: Sequence[date], *, price: float,
-              always_on_nodes: int, until: datetime) -> list[DayCost]:
-    """Per UTC day: node-hours and cost of the recorded sizes, and of an always-on pool
-    (over the same time: from the first recorded size on)."""
+Span = tuple[datetime, datetime]
+
+
+def merge_spans(spans: Sequence[Span], gap: timedelta) -> list[Span]:
+    """Observation spans joined where the next one starts within ``gap`` of the last."""
+    out: list[Span] = []
+    for a, b in sorted(spans):
+        if out and a - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _unobserved(spans: Sequence[Span], start: datetime, end: datetime, gap: timedelta,
+                until: datetime) -> list[Span]:
+    """The parts of [start, end) outside the observed spans (merged with ``gap``). The time after
+    the last observation counts as observed while the next one is not yet due (``gap``)."""
+    out: list[Span] = []
+    at = start
+    for a, b in spans:
+        if until - b <= gap:
+            b = until
+        if a > at:
+            out.append((at, min(a, end)))
+        at = max(at, b)
+        if at >= end:
+            break
+    if at < end:
+        out.append((at, end))
+    return [(a, b) for a, b in out if b > a]
+
+
+def day_costs(points: Sequence[tuple[datetime, int]], days: Sequence[date], *, price: float | None,
+              always_on_nodes: int, until: datetime, tz: tzinfo = UTC,
+              spans: Sequence[Span] | None = None, gap: timedelta = DEFAULT_GAP) -> list[DayCost]:
+    """Per day (midnight to midnight in ``tz``, its real hours): node-hours and cost of the recorded
+    sizes, and of an always-on pool (over the same time: from the first recorded size on).
+
+    ``spans``: when hubpilot observed the pool; the hours from the first span on outside them are
+    reported as unobserved (their node-hours assume the last observed size). None or empty: no
+    observation times were recorded, nothing is reported unobserved."""
     pts = sorted(points, key=lambda p: p[0])
     known_from = pts[0][0] if pts else until  # nothing is known before the first record
+    seen = merge_spans(spans or [], gap)
+    tracked_from = max(seen[0][0], known_from) if seen else until
     out = []
     for d in days:
-        start = datetime.combine(d, time(0), UTC)
-        end = min(start + timedelta(days=1), until)
+        start = datetime.combine(d, time(0), tz).astimezone(UTC)
+        full = datetime.combine(d + timedelta(days=1), time(0), tz).astimezone(UTC)
+        end = min(full, until)
         if end < start:  # a day still to come; today is a row even at 00:00 sharp
             continue
         before = None
@@ -113,13 +215,30 @@ def day_costs(points: Sequence[tuple[datetime, int]], days: Sequence[date], *, p
         inside = [(t, c) for t, c in pts if start < t < end]
         hours, peak = node_hours(inside, start, end, before)
         span = max(0.0, (end - max(start, known_from)).total_seconds() / 3600)
-        out.append(DayCost(d, hours, hours * price, peak, always_on_nodes * span,
-                           always_on_nodes * span * price, len(inside)))
+        gaps = _unobserved(seen, max(start, tracked_from), end, gap, until) if seen else []
+        gap_hours = sum((b - a).total_seconds() for a, b in gaps) / 3600
+        gap_node_hours = 0.0
+        for a, b in gaps:
+            lvl = None
+            for t, c in pts:
+                if t <= a:
+                    lvl = c
+            gap_node_hours += node_hours([(t, c) for t, c in pts if a < t < b], a, b, lvl)[0]
+        always = always_on_nodes * span
+        out.append(DayCost(d, hours, None if price is None else hours * price, peak, always,
+                           None if price is None else always * price, len(inside),
+                           (end - start).total_seconds() / 3600, end < full, gap_hours, gap_node_hours))
     return out
 
 
-async def record_size(store: StateStore, at: datetime, count: int, *, source: str) -> bool:
-    """Append a size change point unless the last recorded size is already ``count``. Idempotent."""
+async def record_size(store: StateStore, at: datetime, count: int, *, source: str,
+                      observed: timedelta | None = None) -> bool:
+    """Append a size change point unless the size in force at ``at`` is already ``count``.
+    Idempotent; safe to run concurrently (the day's document is written with its etag).
+
+    ``observed``: ``at`` is an observation of the pool, and the next one is due within this long:
+    it extends the day's observation spans (``seen``), so the report can tell the hours hubpilot did
+    not observe. Returns whether a change point was appended."""
     at = at.astimezone(UTC)
     day = at.date()
     key = SIZES_KEY.format(day=day.isoformat())
@@ -130,15 +249,40 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
         # the size in force at ``at`` (records may arrive out of time order: two hosts, skew)
         earlier = [p for p in _parsed(points, key) if p[0] <= at]
         last = earlier[-1][1] if earlier else await last_size(store, day - timedelta(days=1))
-        if last is not None and last == count:
+        change = last is None or last != count
+        seen = _spans(doc.get("seen"), key)
+        if observed is not None:
+            seen = merge_spans([*seen, (at, at)], observed)
+        elif not change:
             return False
-        points.append([at.isoformat(), count, source])
+        if change:
+            points.append([at.isoformat(), count, source])
+        new = {**doc, "points": points}
+        if seen:
+            new["seen"] = [[a.isoformat(), b.isoformat()] for a, b in seen]
+        if new == doc:
+            return False
         try:
-            await store.put(key, {"points": points}, if_match=etag)
-            return True
+            await store.put(key, new, if_match=etag)
+            return change
         except ConflictError:
             continue
+    log.warning("the size history %s was written by others 5 times in a row: %s at %s not recorded",
+                key, count, at.isoformat())
     return False
+
+
+def _spans(value: Any, key: str) -> list[Span]:
+    out: list[Span] = []
+    for s in value if isinstance(value, list) else []:
+        try:
+            a, b = stored_time(s[0], "from"), stored_time(s[1], "to")
+            if a is None or b is None or b < a:
+                raise ValueError(f"not [from, to]: {s!r}"[:120])
+            out.append((a, b))
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            log.warning("the size history %s has a damaged observation span, left out: %s", key, exc)
+    return out
 
 
 async def last_size(store: StateStore, day: date, lookback_days: int = 31) -> int | None:
@@ -166,9 +310,12 @@ def _parsed(points: Any, key: str) -> list[tuple[datetime, int]]:
     return sorted(out, key=lambda p: p[0])
 
 
-async def read_points(store: StateStore, since: date, until: date) -> list[tuple[datetime, int]]:
-    """All recorded change points from the last one before ``since`` through ``until``."""
+async def read_points(store: StateStore, since: datetime, until: date
+                      ) -> tuple[list[tuple[datetime, int]], list[Span]]:
+    """All recorded change points from the last one before ``since`` through the UTC day ``until``,
+    and the observation spans of those days."""
     pts: list[tuple[datetime, int]] = []
+    spans: list[Span] = []
     docs = await store.list("scale/sizes/")
     for key, doc in docs.items():
         try:
@@ -178,25 +325,32 @@ async def read_points(store: StateStore, since: date, until: date) -> list[tuple
         if day > until:
             continue
         pts += _parsed(doc.get("points"), key)
+        spans += _spans(doc.get("seen"), key)
     pts.sort(key=lambda p: p[0])  # stable: the same instant keeps the order of recording
-    start = datetime.combine(since, time(0), UTC)
-    earlier = [p for p in pts if p[0] <= start]
-    return ([earlier[-1]] if earlier else []) + [p for p in pts if p[0] > start]
+    earlier = [p for p in pts if p[0] <= since]
+    return ([earlier[-1]] if earlier else []) + [p for p in pts if p[0] > since], sorted(spans)
 
 
-async def cost_report(store: StateStore, *, now: datetime, days: int, price: float, currency: str,
-                      always_on_nodes: int | None = None) -> CostReport:
-    """GPU node-hours and cost per UTC day for the last ``days`` days (today included).
+async def cost_report(store: StateStore, *, now: datetime, days: int, price: float | None, currency: str,
+                      always_on_nodes: int | None = None, timezone: str = "UTC",
+                      gap: timedelta = DEFAULT_GAP) -> CostReport:
+    """GPU node-hours and cost per day in ``timezone`` for the last ``days`` days (today included).
 
-    ``always_on_nodes``: size of the always-on pool to compare with; default the peak recorded.
+    ``price``: None or 0 means not set (node-hours only). ``always_on_nodes``: size of the
+    always-on pool to compare with; default the peak recorded. ``gap``: how long after an
+    observation the next one is due (see :func:`observation_gap`).
     """
-    if days < 1 or days > 366:
-        raise ValueError("days must be between 1 and 366")
-    today = now.astimezone(UTC).date()
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1 or days > 366:
+        raise ValueError(f"days must be a whole number between 1 and 366, not {days!r}")
+    tz = ZoneInfo(timezone)
+    today = now.astimezone(tz).date()
     first = today - timedelta(days=days - 1)
-    points = await read_points(store, first, today)
+    since = datetime.combine(first, time(0), tz).astimezone(UTC)
+    points, spans = await read_points(store, since, now.astimezone(UTC).date())
     peak = max((c for _, c in points), default=0)
     size = peak if always_on_nodes is None else always_on_nodes
     dlist = [first + timedelta(days=i) for i in range(days)]
-    return CostReport(tuple(day_costs(points, dlist, price=price, always_on_nodes=size, until=now)),
-                      price, currency, size)
+    unit = price or None
+    return CostReport(tuple(day_costs(points, dlist, price=unit, always_on_nodes=size, until=now, tz=tz,
+                                      spans=spans, gap=gap)),
+                      unit, currency, size, timezone, "peak" if always_on_nodes is None else "given")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TextIO
 
 from hubpilot.config.scale import ScaleSettings
 from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.pool import Pool
-from hubpilot.scale import Policy, ScaleCapability, Schedule, forecast_policy_from
+from hubpilot.scale import CostReport, Policy, ScaleCapability, Schedule, forecast_policy_from
 from hubpilot.scale import cost_report as _cost_report
+from hubpilot.scale.cost import observation_gap
+from hubpilot.schedule import longest_gap
 from hubpilot.wiring import NotConfigured
 
 if TYPE_CHECKING:
@@ -134,24 +137,38 @@ def build_scale(ctx: Context, *, pool: Pool | None = None, cluster: Cluster | No
     hub: Any = ctx.hub if s.gpu_profiles or s.reclaim_idle_minutes else None
     return ScaleCapability(
         adapters.pool, adapters.cluster, ctx.store, policy_from(s), clock=ctx.clock, hub=hub,
-        gpu_profiles=s.gpu_profiles, holder=ctx.holder,
+        gpu_profiles=s.gpu_profiles, holder=ctx.holder, observed_gap=observed_gap(s),
     )
+
+
+def observed_gap(s: ScaleSettings) -> timedelta:
+    """How long after one observation of the pool the next is due, by the scale schedule."""
+    return observation_gap(_longest_gap(s.schedule))
+
+
+_longest_gap = lru_cache(maxsize=8)(longest_gap)  # half a second for an every-minute schedule
+
+
+async def report(ctx: Context, *, days: int, always_on_nodes: int | None = None) -> CostReport:
+    """The cost report with the settings' price, currency, timezone and schedule."""
+    s = ctx.settings.scale
+    return await _cost_report(ctx.store, now=ctx.clock(), days=days, price=s.price_per_node_hour,
+                              currency=s.currency, always_on_nodes=always_on_nodes, timezone=s.timezone,
+                              gap=observed_gap(s))
 
 
 async def cost_report(ctx: Context, *, days: int = 7, as_json: bool = False, out: TextIO,
                       always_on_nodes: int | None = None) -> int:
     """``hubpilot cost``: GPU node-hours and cost per day vs an always-on pool. Returns 0, or 2
     for a bad ``days``."""
-    s = ctx.settings.scale
     try:
-        report = await _cost_report(ctx.store, now=ctx.clock(), days=days, price=s.price_per_node_hour,
-                                    currency=s.currency, always_on_nodes=always_on_nodes)
+        rep = await report(ctx, days=days, always_on_nodes=always_on_nodes)
     except ValueError as exc:
         out.write(f"hubpilot cost: {exc}\n")
         return 2
     if as_json:
-        json.dump(report.to_json(), out, indent=2)
+        json.dump(rep.to_json(), out, indent=2)
         out.write("\n")
     else:
-        out.write(report.render() + "\n")
+        out.write(rep.render() + "\n")
     return 0
