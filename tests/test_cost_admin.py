@@ -6,6 +6,7 @@ and what "always-on" means spelled out. Real SQLite store; the pool through the 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,8 +17,10 @@ import pytest
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.loop import Outcome
 from hubpilot.scale.cost import SIZES_KEY, cost_report, record_size
+from tests.azurite import Azurite
 from tests.doubles.arm import ArmDouble
 from tests.test_scale_kube import capability, world  # noqa: F401 - the fixture
+from tests.test_store import azure_store
 
 
 @pytest.fixture
@@ -113,6 +116,73 @@ async def test_two_instances_observing_at_once_lose_and_double_nothing(store: Sq
     day = rep["days"][0]
     assert day["unobserved_hours"] == 0.0 and day["changes"] == 2
     assert day["node_hours"] == pytest.approx(round((2 * 10 + 3 * 10) / 60, 3), abs=0.001)
+
+
+class CountingStore(SqliteStore):
+    """The real SQLite store, counting the size documents it hands out."""
+
+    read: int = 0
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        doc = await super().get(key)
+        self.read += bool(doc) and key.startswith("scale/sizes/")
+        return doc
+
+    async def list(self, prefix: str) -> dict[str, dict[str, Any]]:
+        docs = await super().list(prefix)
+        self.read += sum(k.startswith("scale/sizes/") for k in docs)
+        return docs
+
+
+async def test_a_report_reads_its_days_not_the_whole_history(tmp_path: Path) -> None:
+    """Three years of history (a document a day, a few changes each): a week's report reads about
+    a week of documents, and gives the same figures as before."""
+    store = CountingStore(tmp_path / "cost.sqlite3")
+    try:
+        first = utc(2023, 3, 1)
+        for day in range(3 * 365 + 2):  # through 1 March 2026
+            at = first + timedelta(days=day)
+            await store.put(SIZES_KEY.format(day=at.date().isoformat()), {
+                "points": [[(at + timedelta(hours=8)).isoformat(), 2, "scale-up"],
+                           [(at + timedelta(hours=18)).isoformat(), 0, "scale-down"]],
+                "seen": [[at.isoformat(), (at + timedelta(hours=23, minutes=59)).isoformat()]]})
+        now = utc(2026, 3, 1, 12)
+        rep = (await cost_report(store, now=now, days=7, price=1.0, currency="EUR")).to_json()
+        assert store.read <= 9
+        assert [d["node_hours"] for d in rep["days"]] == [20.0] * 6 + [8.0]
+        assert rep["total"]["unobserved_hours"] == 0.0
+    finally:
+        await store.close()
+
+
+async def test_the_size_in_force_is_found_after_a_long_silence(store: SqliteStore) -> None:
+    """Nothing recorded for 100 days: the size before still carries into the window."""
+    await record_size(store, utc(2025, 11, 1, 8), 1, source="observed")
+    rep = (await cost_report(store, now=utc(2026, 2, 9, 12), days=1, price=1.0, currency="EUR")).to_json()
+    assert rep["days"][0]["node_hours"] == 12.0
+
+
+@pytest.mark.azurite
+async def test_a_busy_day_fits_the_azure_store(azurite: Azurite) -> None:
+    """The cluster autoscaler changing the pool every minute for a whole day: 1440 change points
+    (about 75 KB, above a table property's 64 KiB) plus the observation spans are one document that
+    the Azure store keeps (in a blob), written with its etag and read back by the report."""
+    store = azure_store(azurite)
+    try:
+        day = utc(2026, 3, 2)
+        points = [[(day + timedelta(minutes=i)).isoformat(), 1 + i % 2, "observed"] for i in range(1439)]
+        await store.put(SIZES_KEY.format(day="2026-03-02"), {
+            "points": points, "seen": [[day.isoformat(), (day + timedelta(minutes=1438)).isoformat()]]})
+        assert await record_size(store, day + timedelta(minutes=1439), 2, source="observed",
+                                 observed=timedelta(minutes=6))
+        doc = await store.get(SIZES_KEY.format(day="2026-03-02"))
+        assert doc is not None and len(doc["points"]) == 1440 and len(json.dumps(doc)) > 65_536
+        rep = (await cost_report(store, now=utc(2026, 3, 3), days=2, price=1.0, currency="EUR",
+                                 timezone="UTC")).to_json()
+        assert rep["days"][0]["node_hours"] == 36.0 and rep["days"][0]["changes"] == 1439  # 00:00: the start size
+        assert rep["days"][0]["unobserved_hours"] == 0.0
+    finally:
+        await store.close()
 
 
 # --- through the scale capability: what a run records --------------------------------------------

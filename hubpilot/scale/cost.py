@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -310,24 +311,45 @@ def _parsed(points: Any, key: str) -> list[tuple[datetime, int]]:
     return sorted(out, key=lambda p: p[0])
 
 
+READ_CONCURRENCY = 16  # day documents read at once
+
+
+async def _day_docs(store: StateStore, days: Sequence[date]) -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    keys = [SIZES_KEY.format(day=d.isoformat()) for d in days]
+    for i in range(0, len(keys), READ_CONCURRENCY):
+        chunk = keys[i:i + READ_CONCURRENCY]
+        docs = await asyncio.gather(*(store.get(k) for k in chunk))
+        out += [(k, doc) for k, doc in zip(chunk, docs, strict=True) if doc]
+    return out
+
+
 async def read_points(store: StateStore, since: datetime, until: date
                       ) -> tuple[list[tuple[datetime, int]], list[Span]]:
-    """All recorded change points from the last one before ``since`` through the UTC day ``until``,
-    and the observation spans of those days."""
+    """The recorded change points from the last one before ``since`` through the UTC day ``until``,
+    and the observation spans of those days. Reads the days of the period (and the one before),
+    not the whole history; the size in force at ``since`` is looked for up to ``last_size``'s
+    31 days back, and only when none is recorded there in the whole history."""
+    first = since.astimezone(UTC).date() - timedelta(days=1)
+    docs = await _day_docs(store, [first + timedelta(days=i) for i in range((until - first).days + 1)])
     pts: list[tuple[datetime, int]] = []
     spans: list[Span] = []
-    docs = await store.list("scale/sizes/")
-    for key, doc in docs.items():
-        try:
-            day = date.fromisoformat(key.rsplit("/", 1)[-1])
-        except ValueError:
-            continue
-        if day > until:
-            continue
+    for key, doc in docs:
         pts += _parsed(doc.get("points"), key)
         spans += _spans(doc.get("seen"), key)
     pts.sort(key=lambda p: p[0])  # stable: the same instant keeps the order of recording
     earlier = [p for p in pts if p[0] <= since]
+    if not earlier:
+        for i in range(1, 31):
+            key = SIZES_KEY.format(day=(first - timedelta(days=i)).isoformat())
+            earlier = _parsed((await store.get(key) or {}).get("points"), key)
+            if earlier:
+                break
+    if not earlier:  # a month without a record: the whole history, once
+        for key, doc in (await store.list("scale/sizes/")).items():
+            if key.rsplit("/", 1)[-1] < first.isoformat():
+                earlier += _parsed(doc.get("points"), key)
+        earlier.sort(key=lambda p: p[0])
     return ([earlier[-1]] if earlier else []) + [p for p in pts if p[0] > since], sorted(spans)
 
 
