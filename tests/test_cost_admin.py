@@ -162,6 +162,30 @@ async def test_the_size_in_force_is_found_after_a_long_silence(store: SqliteStor
     assert rep["days"][0]["node_hours"] == 12.0
 
 
+async def test_a_scale_run_reads_one_day_back_for_the_size_in_force(tmp_path: Path) -> None:
+    """The pool unchanged for weeks (a holiday at 0 nodes) and observed every day: recording a new
+    day's first observation does not walk back through every quiet day to find the size in force."""
+    store = CountingStore(tmp_path / "cost.sqlite3")
+    try:
+        first = utc(2026, 7, 1, 12)
+        gap = timedelta(minutes=6)
+        for day in range(40):
+            await record_size(store, first + timedelta(days=day), 0, source="observed", observed=gap)
+        store.read = 0
+        assert not await record_size(store, first + timedelta(days=40), 0, source="observed", observed=gap)
+        assert store.read <= 1
+        assert await record_size(store, first + timedelta(days=40, minutes=1), 1, source="observed", observed=gap)
+        store.read = 0
+        rep = (await cost_report(store, now=first + timedelta(days=40, hours=1), days=7, price=1.0,
+                                 currency="EUR", gap=gap)).to_json()
+        assert store.read <= 9
+        assert [d["node_hours"] for d in rep["days"]] == [0.0] * 6 + [pytest.approx(1.0 - 1 / 60, abs=0.001)]
+        # the observations were a day apart: all but the last minutes are unobserved
+        assert rep["days"][0]["unobserved_hours"] == 24.0
+    finally:
+        await store.close()
+
+
 @pytest.mark.azurite
 async def test_a_busy_day_fits_the_azure_store(azurite: Azurite) -> None:
     """The cluster autoscaler changing the pool every minute for a whole day: 1440 change points

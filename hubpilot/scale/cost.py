@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
@@ -249,7 +249,10 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
         points = list(doc["points"]) if isinstance(doc.get("points"), list) else []
         # the size in force at ``at`` (records may arrive out of time order: two hosts, skew)
         earlier = [p for p in _parsed(points, key) if p[0] <= at]
-        last = earlier[-1][1] if earlier else await last_size(store, day - timedelta(days=1))
+        start = _start(doc)  # the size in force when the day began, kept since the day's first record
+        if start is None and (not got or not earlier):
+            start = await last_size(store, day - timedelta(days=1))
+        last = earlier[-1][1] if earlier else start
         change = last is None or last != count
         seen = _spans(doc.get("seen"), key)
         if observed is not None:
@@ -259,6 +262,8 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
         if change:
             points.append([at.isoformat(), count, source])
         new = {**doc, "points": points}
+        if not got and start is not None:  # the size in force when the day began: no walk back
+            new["start"] = start
         if seen:
             new["seen"] = [[a.isoformat(), b.isoformat()] for a, b in seen]
         if new == doc:
@@ -287,12 +292,22 @@ def _spans(value: Any, key: str) -> list[Span]:
 
 
 async def last_size(store: StateStore, day: date, lookback_days: int = 31) -> int | None:
+    """The size in force at the end of the UTC ``day``: its last change point, else the size it
+    began with (``start``), else the same of the days before (up to ``lookback_days``)."""
     for i in range(lookback_days):
         key = SIZES_KEY.format(day=(day - timedelta(days=i)).isoformat())
-        points = _parsed((await store.get(key) or {}).get("points"), key)
+        doc = await store.get(key) or {}
+        points = _parsed(doc.get("points"), key)
         if points:
             return points[-1][1]
+        if _start(doc) is not None:
+            return _start(doc)
     return None
+
+
+def _start(doc: Mapping[str, Any]) -> int | None:
+    v = doc.get("start")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
 def _parsed(points: Any, key: str) -> list[tuple[datetime, int]]:
@@ -334,15 +349,25 @@ async def read_points(store: StateStore, since: datetime, until: date
     docs = await _day_docs(store, [first + timedelta(days=i) for i in range((until - first).days + 1)])
     pts: list[tuple[datetime, int]] = []
     spans: list[Span] = []
+    starts: list[tuple[datetime, int]] = []  # the size each day began with, at its 00:00 UTC
     for key, doc in docs:
         pts += _parsed(doc.get("points"), key)
         spans += _spans(doc.get("seen"), key)
+        began = _start(doc)
+        if began is not None:
+            starts.append((datetime.combine(date.fromisoformat(key.rsplit("/", 1)[-1]), time(0), UTC), began))
     pts.sort(key=lambda p: p[0])  # stable: the same instant keeps the order of recording
     earlier = [p for p in pts if p[0] <= since]
     if not earlier:
+        earlier = sorted(p for p in starts if p[0] <= since)
+    if not earlier:
         for i in range(1, 31):
             key = SIZES_KEY.format(day=(first - timedelta(days=i)).isoformat())
-            earlier = _parsed((await store.get(key) or {}).get("points"), key)
+            doc = await store.get(key) or {}
+            earlier = _parsed(doc.get("points"), key)
+            began = _start(doc)
+            if not earlier and began is not None:
+                earlier = [(datetime.combine(first - timedelta(days=i), time(0), UTC), began)]
             if earlier:
                 break
     if not earlier:  # a month without a record: the whole history, once
