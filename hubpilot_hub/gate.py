@@ -14,6 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from hubpilot_hub import hooks
+
 log = logging.getLogger("hubpilot_hub")
 
 
@@ -73,9 +75,17 @@ class AccessGate:
                 return False
             return result
 
+        async def pre_spawn_start(authenticator: Any, user: Any, spawner: Any) -> None:
+            # runs just before the spawner's pre_spawn_hook, whatever configuration came after
+            # hubpilot_hub.configure: the access check and the other parts always run
+            result = parent.pre_spawn_start(authenticator, user, spawner)
+            if inspect.isawaitable(result):
+                await result
+            hooks.ensure_on(spawner)
+
         gated = type(base.__name__, (base,), {
-            "refresh_user": refresh_user, "_hubpilot_base": base, "__module__": __name__,
-            "__doc__": base.__doc__,
+            "refresh_user": refresh_user, "pre_spawn_start": pre_spawn_start,
+            "_hubpilot_base": base, "__module__": __name__, "__doc__": base.__doc__,
         })
         return gated
 

@@ -74,7 +74,43 @@ def registered_parts() -> list[tuple[str, bool]]:
 
 async def pre_spawn_hook(spawner: Any) -> None:
     """The hook JupyterHub calls: runs every part in order (see the module docstring)."""
-    for part in list(_PARTS):
+    await _run(list(_PARTS), spawner)
+
+
+def ensure_on(spawner: Any) -> None:
+    """Make sure ``spawner`` runs the composed hook before it starts.
+
+    Configuration that runs after :func:`hubpilot_hub.configure` (z2jh runs the
+    ``hub.extraConfig`` snippets in the order of their keys) may set its own ``pre_spawn_hook``
+    on ``Spawner`` or on the spawner's class, and a spawner class may define one in code: either
+    replaces the composed hook, and the access check at spawn with it. Called for every spawn by
+    the gated authenticator's ``pre_spawn_start`` (JupyterHub calls it just before the
+    spawner's hook), this keeps that hook as a part — essential, right after the configured
+    ones — of a composed hook on this spawner."""
+    current = getattr(spawner, "pre_spawn_hook", None)
+    if current is pre_spawn_hook or getattr(current, "_hubpilot_composed", False):
+        return
+    if current is None:
+        spawner.pre_spawn_hook = pre_spawn_hook
+        return
+    log.info("hubpilot: the pre_spawn_hook %r of %s was set after hubpilot_hub.configure; it runs "
+             "as a part of hubpilot's composed hook", current, getattr(spawner, "_log_name", spawner))
+    late = _Part(f"configured-late:{getattr(current, '__qualname__', repr(current))}", current, True)
+
+    async def composed(spawner: Any) -> None:
+        parts = list(_PARTS)
+        at = 0
+        for i, p in enumerate(parts):
+            if p.name == "access" or p.name.startswith("configured:"):
+                at = i + 1
+        await _run([*parts[:at], late, *parts[at:]], spawner)
+
+    composed._hubpilot_composed = True  # type: ignore[attr-defined]
+    spawner.pre_spawn_hook = composed
+
+
+async def _run(parts: list[_Part], spawner: Any) -> None:
+    for part in parts:
         try:
             result = part.fn(spawner)
             if inspect.isawaitable(result):

@@ -1,0 +1,51 @@
+"""A ``pre_spawn_hook`` configured AFTER ``hubpilot_hub.configure`` (z2jh runs the
+``hub.extraConfig`` snippets in the order of their keys: a key sorting after hubpilot's, or the
+deployment's own snippet, may set one) must not replace the composed hook and its access check
+at spawn, in a REAL hub. The late hook still runs, after the access check."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from hubpilot.adapters.hub import HubClient
+from tests.fixtures.hub import unique_name
+from tests.realhub import RealHub
+
+ACCESS = "hp-late-access"
+
+pytestmark = pytest.mark.hub
+
+
+@pytest.mark.parametrize("section", ["Spawner", "SimpleLocalProcessSpawner"])
+async def test_a_hook_set_after_configure_keeps_the_access_check(
+    hub_factory: Callable[..., Awaitable[RealHub]], section: str,
+) -> None:
+    hub = await hub_factory(extra_config=f"""
+import hubpilot_hub
+hubpilot_hub.configure(c, access_groups=[{ACCESS!r}])
+
+# another extraConfig snippet, run after hubpilot's
+import pathlib
+def _late_hook(spawner):
+    pathlib.Path(spawner.user.name + ".late-hook-ran").write_text(
+        ",".join(g.name for g in spawner.user.groups))
+c.{section}.pre_spawn_hook = _late_hook
+""")
+    outsider, member = unique_name("out"), unique_name("mem")
+    async with HubClient(hub.api_url, hub.hubpilot_token) as hp:
+        await hp.create_users([outsider, member])
+        await hp.create_group(ACCESS)
+        await hp.add_group_members(ACCESS, [member])
+
+    r = await hub.spawn(outsider)
+    assert r.status_code == 403, r.text  # the access check still runs at spawn
+    assert "not in any of the groups" in r.json()["message"]
+    assert not (hub.tmp_path / f"{outsider}.late-hook-ran").exists()  # refused before the late hook
+
+    r = await hub.spawn(member)
+    assert r.status_code in (201, 202), r.text
+    assert (hub.tmp_path / f"{member}.late-hook-ran").read_text() == ACCESS  # and the late hook ran
+    async with hub.admin() as admin:
+        await admin.delete(f"/users/{member}/server")
