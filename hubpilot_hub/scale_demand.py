@@ -17,14 +17,28 @@ KubeSpawner applies a profile's ``kubespawner_override`` inside ``start()``: an 
 would only lengthen KubeSpawner's own wait for the pod. So a pre-spawn part sets the timeout on
 the spawner of each GPU spawn (and puts the configured one back for the others), and the GPU
 profiles' overrides are raised too.
+
+Which spawn is a GPU spawn: for the same reason the spawner's ``extra_resource_limits`` do not
+show the profile yet when the hook runs, so the profile is resolved from KubeSpawner's
+``profile_list`` (a list, or a callable called as KubeSpawner calls it) the way KubeSpawner
+resolves it: ``user_options["profile"]`` is a slug (KubeSpawner slugifies the display name of a
+profile without one); no profile asked for means the profile marked ``default``, else the first.
+It is a GPU spawn when that profile's slug or display name is in ``gpu_profiles``, or when its
+``kubespawner_override`` — or that of a ``profile_options`` choice it uses (the one in
+``user_options``, ``unlisted_choice`` included, else the option's default choice) — asks for
+``nvidia.com/gpu`` in ``extra_resource_limits`` or ``extra_resource_guarantees``; or when the
+spawner itself already does (its configuration, ``group_overrides``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
+import re
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,17 +55,119 @@ def _profile_of(spawner: Any) -> str:
     return str(options.get("profile", "") or "")
 
 
-def _is_gpu(spawner: Any, profiles: frozenset[str], resource: str) -> bool:
-    if _profile_of(spawner) in profiles:
-        return True
+def _slugify(name: str) -> str:
+    """KubeSpawner's slug for a profile without one (python-slugify, when the hub has it)."""
+    try:
+        from slugify import slugify  # KubeSpawner's own dependency
+
+        return str(slugify(name))
+    except ImportError:  # the same for ASCII names
+        ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+        return re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
+
+
+def _slug(profile: dict[str, Any]) -> str:
+    return str(profile.get("slug") or _slugify(str(profile.get("display_name", ""))))
+
+
+def _asks_for(override: Any, resource: str) -> bool:
+    """True when a ``kubespawner_override`` asks for ``resource`` (a count other than 0)."""
+    if not isinstance(override, dict):
+        return False
     for attr in ("extra_resource_limits", "extra_resource_guarantees"):
-        if resource in (getattr(spawner, attr, None) or {}):
+        amounts = override.get(attr)
+        if isinstance(amounts, dict) and resource in amounts and str(amounts[resource]).strip() not in ("0", ""):
             return True
     return False
 
 
+def _chosen_profile(profile_list: list[Any], slug: str) -> dict[str, Any] | None:
+    """The profile KubeSpawner applies: the one whose slug (or slugified display name) is
+    ``slug``, else — no profile asked for — the one marked ``default``, else the first."""
+    profiles = [p for p in profile_list if isinstance(p, dict)]
+    if not profiles:
+        return None
+    if slug:
+        return next((p for p in profiles if _slug(p) == slug), None)
+    return next((p for p in profiles if p.get("default")), profiles[0])
+
+
+def _chosen_overrides(profile: dict[str, Any], options: dict[str, Any]) -> list[Any]:
+    """The ``kubespawner_override`` of each ``profile_options`` choice the spawn uses: the one in
+    ``user_options`` (the form sends ``{option: choice}``; ``unlisted_choice`` means the free-form
+    value), else the option's default choice, else its first."""
+    out = []
+    profile_options = profile.get("profile_options")
+    for name, option in (profile_options.items() if isinstance(profile_options, dict) else ()):
+        if not isinstance(option, dict):
+            continue
+        choices = option.get("choices") if isinstance(option.get("choices"), dict) else {}
+        chosen = options.get(name)
+        if chosen == "unlisted_choice":
+            unlisted = option.get("unlisted_choice")
+            out.append(unlisted.get("kubespawner_override") if isinstance(unlisted, dict) else None)
+        elif chosen in choices:
+            choice = choices[chosen]
+            out.append(choice.get("kubespawner_override") if isinstance(choice, dict) else None)
+        elif choices:
+            default = next((c for c in choices.values() if isinstance(c, dict) and c.get("default")),
+                           next(iter(choices.values())))
+            out.append(default.get("kubespawner_override") if isinstance(default, dict) else None)
+    return out
+
+
+def _classify(spawner: Any, profile_list: Any, profiles: frozenset[str], resource: str) -> tuple[bool, str]:
+    """(is this spawn a GPU spawn, the profile's slug).
+
+    KubeSpawner applies the chosen profile's ``kubespawner_override`` (and its
+    ``profile_options`` choices) inside ``start()``, after the pre-spawn hook: the spawner's
+    ``extra_resource_limits`` do not show them yet, so the profile is resolved here the way
+    KubeSpawner will resolve it, and a profile counts as GPU when its slug or display name is in
+    ``profiles`` or its override, or that of a choice it uses, asks for ``resource``."""
+    slug = _profile_of(spawner)
+    for attr in ("extra_resource_limits", "extra_resource_guarantees"):
+        if resource in (getattr(spawner, attr, None) or {}):
+            return True, slug
+    if not isinstance(profile_list, list) or not profile_list:
+        return slug in profiles, slug
+    profile = _chosen_profile(profile_list, slug)
+    if profile is None:  # KubeSpawner refuses an unknown slug; count it by name alone
+        return slug in profiles, slug
+    slug = _slug(profile)
+    options = getattr(spawner, "user_options", None) or {}
+    gpu = (slug in profiles or str(profile.get("display_name", "")) in profiles
+           or _asks_for(profile.get("kubespawner_override"), resource)
+           or any(_asks_for(o, resource) for o in _chosen_overrides(profile, options)))
+    return gpu, slug
+
+
+def _is_gpu(spawner: Any, profiles: frozenset[str], resource: str) -> bool:
+    """:func:`_classify` with the spawner's ``profile_list`` when it is a list (a callable one
+    needs :func:`gpu_spawn`)."""
+    return _classify(spawner, getattr(spawner, "profile_list", None), profiles, resource)[0]
+
+
+async def gpu_spawn(spawner: Any, profiles: frozenset[str], resource: str = "nvidia.com/gpu") -> tuple[bool, str]:
+    """(GPU spawn?, profile slug) for ``spawner``, calling a callable ``profile_list`` as
+    KubeSpawner does (``profile_list(spawner)``, maybe async)."""
+    profile_list = getattr(spawner, "profile_list", None)
+    if callable(profile_list):
+        profile_list = profile_list(spawner)
+        if inspect.isawaitable(profile_list):
+            profile_list = await profile_list
+    return _classify(spawner, profile_list, profiles, resource)
+
+
 class ScaleDemand:
-    """The pre-spawn part. ``url`` is hubpilot's API base (ending in ``/api/v1``)."""
+    """The pre-spawn part. ``url`` is hubpilot's API base (ending in ``/api/v1``).
+
+    The request never touches the hub's own HTTP client: JupyterHub sends its proxy API calls
+    and its server readiness checks through tornado's shared ``AsyncHTTPClient``, which runs at
+    most 10 requests at once and queues the rest, so signals held open by a hung hubpilot would
+    stall every spawn of the hub (also CPU ones) until they time out. This part has its own
+    client (``max_in_flight`` connections, each request bounded by ``timeout`` seconds, waiting
+    in its own queue included). A failure is logged once as a warning, further ones at debug
+    level until a signal gets through again (logged as info)."""
 
     def __init__(
         self,
@@ -62,6 +178,7 @@ class ScaleDemand:
         gpu_resource: str = "nvidia.com/gpu",
         timeout: float = 5.0,
         is_gpu: Callable[[Any], bool] | None = None,
+        max_in_flight: int = 10,
     ) -> None:
         if not url.startswith(("https://", "http://")):
             raise ValueError(f"scale demand url {url!r} must be an http(s) URL of hubpilot's /api/v1")
@@ -70,10 +187,12 @@ class ScaleDemand:
         self.gpu_profiles = frozenset(gpu_profiles)
         self.gpu_resource = gpu_resource
         self.timeout = timeout
+        self.max_in_flight = max_in_flight
         self._is_gpu = is_gpu
+        self._client: Any = None
+        self._failures = 0  # failed signals since the last one that got through
         self._tasks: set[asyncio.Future[Any]] = set()
         self.sent: list[tuple[float, str, int | None]] = []  # (monotonic time, key, status)
-
 
     def is_gpu(self, spawner: Any) -> bool:
         if self._is_gpu is not None:
@@ -82,21 +201,37 @@ class ScaleDemand:
 
     def __call__(self, spawner: Any) -> None:
         """Schedule the signal and return at once (the spawn never waits for hubpilot)."""
-        try:
-            if not self.is_gpu(spawner):
-                return
-            body = {"user": spawner.user.name, "server": getattr(spawner, "name", "") or "",
-                    "profile": _profile_of(spawner)}
-        except Exception:
-            log.exception("hubpilot gpu-demand: cannot read the spawner; spawning anyway")
-            return
-        task = asyncio.ensure_future(self.send(body))
+        task = asyncio.ensure_future(self._signal(spawner))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _signal(self, spawner: Any) -> None:
+        try:
+            if self._is_gpu is not None:
+                gpu, profile = bool(self._is_gpu(spawner)), _profile_of(spawner)
+            else:
+                gpu, profile = await gpu_spawn(spawner, self.gpu_profiles, self.gpu_resource)
+            if not gpu:
+                return
+            body = {"user": spawner.user.name, "server": getattr(spawner, "name", "") or "",
+                    "profile": profile}
+        except Exception:
+            log.exception("hubpilot gpu-demand: cannot read the spawner; no signal sent")
+            return
+        await self.send(body)
+
+    def _http(self) -> Any:
+        if self._client is None:
+            from tornado.httpclient import AsyncHTTPClient
+
+            # an instance of our own (not the hub's shared one), without the defaults the hub
+            # may have configured for its internal connections (internal_ssl's CA and client cert)
+            self._client = AsyncHTTPClient(force_instance=True, max_clients=self.max_in_flight, defaults={})
+        return self._client
+
     async def send(self, body: dict[str, str]) -> int | None:
-        """POST the demand; returns the status (None on a connection error). Never raises."""
-        from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+        """POST the demand; returns the status (599/None on a connection error). Never raises."""
+        from tornado.httpclient import HTTPClientError, HTTPRequest
 
         key = f"{body['user']}~{body['server']}"
         request = HTTPRequest(
@@ -105,19 +240,36 @@ class ScaleDemand:
             connect_timeout=self.timeout, request_timeout=self.timeout,
         )
         status: int | None = None
+        problem = ""
         try:
-            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+            response = await self._http().fetch(request, raise_error=False)
             status = response.code
             if status >= 400 or status == 599:
-                log.warning("hubpilot gpu-demand for %s: %s %s", key, status,
-                            (response.body or b"")[:300].decode(errors="replace"))
+                problem = f"{status} {(response.body or b'')[:300].decode(errors='replace')}".strip()
+                if response.error is not None and status == 599:
+                    problem = f"{status} {response.error}"
         except HTTPClientError as exc:
             status = exc.code
-            log.warning("hubpilot gpu-demand for %s failed: %s", key, exc)
+            problem = str(exc)
         except Exception as exc:
-            log.warning("hubpilot gpu-demand for %s failed: %s", key, exc)
+            problem = f"{type(exc).__name__}: {exc}"
         self.sent.append((time.monotonic(), key, status))
+        self._report(key, problem)
         return status
+
+    def _report(self, key: str, problem: str) -> None:
+        if not problem:
+            if self._failures:
+                log.info("hubpilot gpu-demand: %s signalled; hubpilot answers again (%d signal(s) "
+                         "failed meanwhile)", key, self._failures)
+            self._failures = 0
+            return
+        self._failures += 1
+        if self._failures == 1:
+            log.warning("hubpilot gpu-demand for %s failed: %s (spawns go on; further failures are "
+                        "logged at debug level until a signal gets through)", key, problem)
+        else:
+            log.debug("hubpilot gpu-demand for %s failed: %s (%d in a row)", key, problem, self._failures)
 
 
 class GpuStartTimeout:
@@ -130,13 +282,13 @@ class GpuStartTimeout:
         self.gpu_profiles = frozenset(gpu_profiles)
         self.gpu_resource = gpu_resource
 
-    def __call__(self, spawner: Any) -> None:
+    async def __call__(self, spawner: Any) -> None:
         # the spawner object outlives a spawn: remember its configured timeout once
         base = getattr(spawner, "_hubpilot_base_start_timeout", None)
         if base is None:
             base = int(spawner.start_timeout)
             spawner._hubpilot_base_start_timeout = base
-        gpu = _is_gpu(spawner, self.gpu_profiles, self.gpu_resource)
+        gpu, _ = await gpu_spawn(spawner, self.gpu_profiles, self.gpu_resource)
         spawner.start_timeout = max(base, self.seconds) if gpu else base
 
 
@@ -178,16 +330,13 @@ def configure_scale_demand(
     return part
 
 
-def _raise_start_timeout(c: Any, profiles: frozenset[str], seconds: int) -> None:
+def _raise_start_timeout(c: Any, profiles: frozenset[str], seconds: int, resource: str = "nvidia.com/gpu") -> None:
     profile_list = c.KubeSpawner.get("profile_list") if "KubeSpawner" in c else None
-    if profiles:
+    if isinstance(profile_list, list) and _raise_gpu_overrides(profile_list, profiles, seconds, resource):
+        return
+    if profiles or callable(profile_list):
         # a callable (or later configured) profile_list cannot be edited here: the pre-spawn
         # part alone gives its GPU spawns the timeout; the other servers keep theirs
-        if isinstance(profile_list, list):
-            for p in profile_list:
-                if isinstance(p, dict) and p.get("slug") in profiles:
-                    override = p.setdefault("kubespawner_override", {})
-                    override["start_timeout"] = max(int(override.get("start_timeout") or 0), seconds)
         return
     # no profiles to pick from: every server may wait for a GPU node
     for section in ("KubeSpawner", "Spawner"):
@@ -195,3 +344,39 @@ def _raise_start_timeout(c: Any, profiles: frozenset[str], seconds: int) -> None
             c[section].start_timeout = max(int(c[section].start_timeout), seconds)
             return
     c.Spawner.start_timeout = seconds
+
+
+def _raise(override: dict[str, Any], seconds: int) -> None:
+    override["start_timeout"] = max(int(override.get("start_timeout") or 0), seconds)
+
+
+def _raise_gpu_overrides(profile_list: list[Any], profiles: frozenset[str], seconds: int, resource: str) -> bool:
+    """Raise the ``start_timeout`` of the overrides a GPU spawn applies (KubeSpawner's own wait
+    for the pod); True if the list has GPU profiles or choices. A whole GPU profile gets it in its
+    override; for a GPU choice of ``profile_options``, a ``start_timeout`` its profile or the
+    choice sets is raised (otherwise the spawner's, which the pre-spawn part sets, applies)."""
+    found = False
+    for p in profile_list:
+        if not isinstance(p, dict):
+            continue
+        override = p.get("kubespawner_override")
+        if (_slug(p) in profiles or str(p.get("display_name", "")) in profiles
+                or _asks_for(override, resource)):
+            found = True
+            _raise(p.setdefault("kubespawner_override", {}), seconds)
+            continue
+        profile_options = p.get("profile_options")
+        for option in (profile_options.values() if isinstance(profile_options, dict) else ()):
+            if not isinstance(option, dict):
+                continue
+            choices = option.get("choices") if isinstance(option.get("choices"), dict) else {}
+            for choice in [*choices.values(), option.get("unlisted_choice")]:
+                choice_override = choice.get("kubespawner_override") if isinstance(choice, dict) else None
+                if _asks_for(choice_override, resource):
+                    found = True
+                    assert isinstance(choice_override, dict)
+                    if "start_timeout" in choice_override:
+                        _raise(choice_override, seconds)
+                    if isinstance(override, dict) and "start_timeout" in override:
+                        _raise(override, seconds)
+    return found
