@@ -182,6 +182,14 @@ class ScaleDemand:
     ) -> None:
         if not url.startswith(("https://", "http://")):
             raise ValueError(f"scale demand url {url!r} must be an http(s) URL of hubpilot's /api/v1")
+        if not token:
+            raise ValueError("scale demand token is empty: give a token of hubpilot's `hub` API role "
+                             "(or leave the demand signal off)")
+        if not (isinstance(timeout, (int, float)) and 0 < timeout <= 60):
+            # tornado takes a timeout of 0 as "none": a hung hubpilot would hold the request forever
+            raise ValueError(f"scale demand timeout {timeout!r} must be a number of seconds in (0, 60]")
+        if not (isinstance(max_in_flight, int) and max_in_flight > 0):
+            raise ValueError(f"scale demand max_in_flight {max_in_flight!r} must be a positive integer")
         self.endpoint = url.rstrip("/") + "/scale/demand"
         self.token = token
         self.gpu_profiles = frozenset(gpu_profiles)

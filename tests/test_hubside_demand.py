@@ -112,7 +112,7 @@ async def test_a_hung_hubpilot_does_not_stall_the_spawns_of_the_hub(
         hub = await hub_factory(extra_config=_GPU_FAILS + f"""
 from hubpilot_hub.scale_demand import configure_scale_demand
 configure_scale_demand(c, url={hung.url!r}, token="t", gpu_profiles=["gpu"], gpu_start_timeout=None,
-                       timeout=300)
+                       timeout=60)
 """)
         gpu_users = [unique_name("gpu") for _ in range(12)]
         cpu_user = unique_name("cpu")
@@ -290,3 +290,16 @@ async def test_a_callable_profile_list_is_resolved_as_kubespawner_calls_it() -> 
     assert await gpu_spawn(s, frozenset()) == (False, "small")
     s.user_options = {"profile": "small"}
     assert await gpu_spawn(s, frozenset({"Small"})) == (True, "small")  # named by display name
+
+
+def test_bad_demand_settings_are_refused_with_what_to_fix() -> None:
+    from hubpilot_hub.scale_demand import ScaleDemand
+
+    url = "http://127.0.0.1:9/api/v1"
+    with pytest.raises(ValueError, match="token is empty"):
+        ScaleDemand(url, "")  # every signal would be refused (401), spawn after spawn
+    for timeout in (0, -1, 600):  # tornado takes 0 as "no timeout": a hung hubpilot holds it for ever
+        with pytest.raises(ValueError, match="timeout"):
+            ScaleDemand(url, "t", timeout=timeout)
+    with pytest.raises(ValueError, match="max_in_flight"):
+        ScaleDemand(url, "t", max_in_flight=0)

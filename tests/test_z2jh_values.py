@@ -140,3 +140,23 @@ def test_gpu_start_timeout_without_the_demand_signal(ours: dict[str, Any], monke
         assert START_TIMEOUT_PART_NAME in dict(hooks.registered_parts())
     finally:
         hooks._PARTS[:] = saved
+
+
+def test_demand_url_without_its_token_stops_the_hub_with_what_to_fix(
+    ours: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The demand-token key of the Secret is optional (the signal is): set the URL without it and
+    every signal would be refused (401) spawn after spawn; the hub says what to add instead."""
+    monkeypatch.setenv("HUBPILOT_DEMAND_URL", "https://hubpilot.example.org/api/v1")
+    monkeypatch.delenv("HUBPILOT_DEMAND_TOKEN", raising=False)
+    saved = list(hooks._PARTS)
+    try:
+        with pytest.raises(SystemExit, match="demand-token"):
+            _z2jh_like_config(ours["hub"]["extraConfig"]["hubpilot"], "tok", monkeypatch)
+        monkeypatch.setenv("HUBPILOT_DEMAND_TOKEN", "demand-tok")
+        _z2jh_like_config(ours["hub"]["extraConfig"]["hubpilot"], "tok", monkeypatch)
+        from hubpilot_hub.scale_demand import PART_NAME
+
+        assert PART_NAME in dict(hooks.registered_parts())
+    finally:
+        hooks._PARTS[:] = saved
