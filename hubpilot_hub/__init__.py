@@ -23,7 +23,8 @@ What it sets:
   run too, and so is a hook configured later (z2jh runs the ``hub.extraConfig`` snippets in the
   order of their keys) or defined by a spawner class: the gated authenticator's
   ``pre_spawn_start`` makes it a part of the composed hook at every spawn
-  (:func:`hubpilot_hub.hooks.ensure_on`), so it cannot replace the access check.
+  (:func:`hubpilot_hub.hooks.ensure_on`), so it cannot replace the access check; a
+  ``post_auth_hook`` configured later runs, and the login gate after it.
   ``JupyterHub.authenticator_class`` becomes a subclass of the configured one whose
   ``refresh_user`` also refuses them, so an open session ends too (within
   ``Authenticator.auth_refresh_age``). Configure the authenticator class before calling this.

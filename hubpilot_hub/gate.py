@@ -83,8 +83,19 @@ class AccessGate:
                 await result
             hooks.ensure_on(spawner)
 
+        gate_hook = self.post_auth_hook(None)
+
+        async def run_post_auth_hook(authenticator: Any, handler: Any, auth_model: Any) -> Any:
+            # a post_auth_hook configured after hubpilot_hub.configure replaced the gate's: the
+            # gate still refuses, after that hook
+            result = await parent.run_post_auth_hook(authenticator, handler, auth_model)
+            if getattr(authenticator.post_auth_hook, "_hubpilot", False) or result is None:
+                return result
+            return await gate_hook(authenticator, handler, result)
+
         gated = type(base.__name__, (base,), {
             "refresh_user": refresh_user, "pre_spawn_start": pre_spawn_start,
+            "run_post_auth_hook": run_post_auth_hook,
             "_hubpilot_base": base, "__module__": __name__, "__doc__": base.__doc__,
         })
         return gated

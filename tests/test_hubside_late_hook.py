@@ -1,7 +1,8 @@
 """A ``pre_spawn_hook`` configured AFTER ``hubpilot_hub.configure`` (z2jh runs the
 ``hub.extraConfig`` snippets in the order of their keys: a key sorting after hubpilot's, or the
 deployment's own snippet, may set one) must not replace the composed hook and its access check
-at spawn, in a REAL hub. The late hook still runs, after the access check."""
+at spawn, in a REAL hub. The late hook still runs, after the access check. The same for a
+``post_auth_hook`` set later: the login gate still refuses, after it."""
 
 from __future__ import annotations
 
@@ -32,12 +33,21 @@ def _late_hook(spawner):
     pathlib.Path(spawner.user.name + ".late-hook-ran").write_text(
         ",".join(g.name for g in spawner.user.groups))
 c.{section}.pre_spawn_hook = _late_hook
+def _late_auth_hook(authenticator, handler, authentication):
+    pathlib.Path(authentication["name"] + ".late-auth-hook-ran").write_text("yes")
+    return authentication
+c.Authenticator.post_auth_hook = _late_auth_hook
 """)
     outsider, member = unique_name("out"), unique_name("mem")
     async with HubClient(hub.api_url, hub.hubpilot_token) as hp:
         await hp.create_users([outsider, member])
         await hp.create_group(ACCESS)
         await hp.add_group_members(ACCESS, [member])
+
+    # the login gate too: refused after the late post_auth_hook ran; a member logs in
+    assert (await hub.login(outsider)).status_code == 403
+    assert (hub.tmp_path / f"{outsider}.late-auth-hook-ran").exists()
+    assert (await hub.login(member)).status_code == 302
 
     r = await hub.spawn(outsider)
     assert r.status_code == 403, r.text  # the access check still runs at spawn
