@@ -199,6 +199,7 @@ class ScaleDemand:
         self._is_gpu = is_gpu
         self._client: Any = None
         self._failures = 0  # failed signals since the last one that got through
+        self._unreadable = 0  # spawns whose spawner could not be read
         self._tasks: set[asyncio.Future[Any]] = set()
         self.sent: list[tuple[float, str, int | None]] = []  # (monotonic time, key, status)
 
@@ -223,8 +224,14 @@ class ScaleDemand:
                 return
             body = {"user": spawner.user.name, "server": getattr(spawner, "name", "") or "",
                     "profile": profile}
-        except Exception:
-            log.exception("hubpilot gpu-demand: cannot read the spawner; no signal sent")
+        except Exception as exc:
+            # the same configuration error would otherwise log a traceback at every spawn
+            if not self._unreadable:
+                log.exception("hubpilot gpu-demand: cannot read the spawner of %s; no signal sent (the "
+                              "next such errors are logged at debug level)", getattr(spawner, "_log_name", "?"))
+            else:
+                log.debug("hubpilot gpu-demand: cannot read the spawner: %s", exc)
+            self._unreadable += 1
             return
         await self.send(body)
 

@@ -303,3 +303,17 @@ def test_bad_demand_settings_are_refused_with_what_to_fix() -> None:
             ScaleDemand(url, "t", timeout=timeout)
     with pytest.raises(ValueError, match="max_in_flight"):
         ScaleDemand(url, "t", max_in_flight=0)
+
+
+async def test_a_spawner_it_cannot_read_is_logged_once(demand_log: pytest.LogCaptureFixture) -> None:
+    from hubpilot_hub.scale_demand import ScaleDemand
+
+    part = ScaleDemand("http://127.0.0.1:9/api/v1", "t", gpu_profiles=["gpu"], timeout=1)
+    for _ in range(3):
+        spawner = _Spawner("ana")
+        spawner.user = None  # a spawner without its user: nothing to signal
+        part(spawner)
+    await asyncio.gather(*part._tasks)
+    errors = [r for r in demand_log.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert part.sent == []
