@@ -349,11 +349,11 @@ def _raise_start_timeout(c: Any, profiles: frozenset[str], seconds: int, resourc
     profile_list = c.KubeSpawner.get("profile_list") if "KubeSpawner" in c else None
     if isinstance(profile_list, list) and _raise_gpu_overrides(profile_list, profiles, seconds, resource):
         return
-    if profiles or callable(profile_list):
+    if profiles:
         # a callable (or later configured) profile_list cannot be edited here: the pre-spawn
         # part alone gives its GPU spawns the timeout; the other servers keep theirs
         return
-    # no profiles to pick from: every server may wait for a GPU node
+    # no GPU profile named or found: every server may wait for a GPU node
     for section in ("KubeSpawner", "Spawner"):
         if section in c and "start_timeout" in c[section]:
             c[section].start_timeout = max(int(c[section].start_timeout), seconds)

@@ -114,3 +114,51 @@ async def test_callable_profile_list_raises_only_gpu_spawns(clean_parts: None) -
     await hooks.pre_spawn_hook(gpu)
     await hooks.pre_spawn_hook(cpu)
     assert (gpu.start_timeout, cpu.start_timeout) == (900, 300)
+
+
+async def test_gpu_choices_of_profile_options_get_the_timeout_in_kubespawners_own_wait(clean_parts: None) -> None:
+    """KubeSpawner waits for the pod ``start_timeout`` as its overrides leave it: a profile that
+    sets 300 and has a GPU choice would give up on the pod at 300 s while the node boots. The
+    override that the GPU choice applies is raised; a CPU profile keeps the chart's timeout."""
+    from hubpilot_hub.scale_demand import configure_gpu_start_timeout
+
+    gpu = {"extra_resource_limits": {"nvidia.com/gpu": "1"}}
+    c = Config()
+    c.KubeSpawner.start_timeout = 300
+    c.KubeSpawner.profile_list = [
+        {"display_name": "CPU", "slug": "cpu", "kubespawner_override": {"start_timeout": 300}},
+        {"display_name": "ML", "slug": "ml", "kubespawner_override": {"start_timeout": 300},
+         "profile_options": {"acc": {"display_name": "Accelerator", "choices": {
+             "none": {"display_name": "None"},
+             "t4": {"display_name": "T4", "kubespawner_override": {**gpu, "start_timeout": 120}}}}}},
+    ]
+    configure_gpu_start_timeout(c, seconds=900)  # no profile named: found by the resource
+    cpu, ml = c.KubeSpawner.profile_list
+    assert cpu["kubespawner_override"]["start_timeout"] == 300
+    assert ml["kubespawner_override"]["start_timeout"] == 900
+    assert ml["profile_options"]["acc"]["choices"]["t4"]["kubespawner_override"]["start_timeout"] == 900
+    assert c.KubeSpawner.start_timeout == 300  # CPU servers keep the chart's timeout
+
+    spawner = _Spawner("ml", start_timeout=300)
+    spawner.profile_list = c.KubeSpawner.profile_list  # type: ignore[attr-defined]
+    spawner.user_options = {"profile": "ml", "acc": "t4"}
+    await hooks.pre_spawn_hook(spawner)
+    assert spawner.start_timeout == 900
+    other = _Spawner("ml", start_timeout=300)
+    other.profile_list = c.KubeSpawner.profile_list  # type: ignore[attr-defined]
+    other.user_options = {"profile": "ml", "acc": "none"}
+    await hooks.pre_spawn_hook(other)
+    assert other.start_timeout == 300
+
+
+def test_no_gpu_profile_named_nor_found_raises_every_servers_timeout(clean_parts: None) -> None:
+    """A callable profile_list cannot be read at configuration time, and a GPU profile may pick
+    its nodes by node selector alone: with no GPU profile named, every server may wait for a node."""
+    from hubpilot_hub.scale_demand import configure_gpu_start_timeout
+
+    c = Config()
+    c.KubeSpawner.start_timeout = 300
+    c.KubeSpawner.profile_list = lambda spawner: [{"display_name": "GPU", "kubespawner_override": {
+        "node_selector": {"agentpool": "gpu"}}}]
+    configure_gpu_start_timeout(c, seconds=900)
+    assert c.KubeSpawner.start_timeout == 900
