@@ -165,8 +165,8 @@ class ScaleDemand:
     and its server readiness checks through tornado's shared ``AsyncHTTPClient``, which runs at
     most 10 requests at once and queues the rest, so signals held open by a hung hubpilot would
     stall every spawn of the hub (also CPU ones) until they time out. This part has its own
-    client (``max_in_flight`` connections, each request bounded by ``timeout`` seconds, waiting
-    in its own queue included). A failure is logged once as a warning, further ones at debug
+    client (``max_in_flight`` connections; ``timeout`` seconds bound the connection, the answer
+    and, with tornado's default client, the wait for a free connection). A failure is logged once as a warning, further ones at debug
     level until a signal gets through again (logged as info)."""
 
     def __init__(
