@@ -16,7 +16,7 @@ from typing import Any
 
 from hubpilot_hub import hooks
 
-log = logging.getLogger("hubpilot_hub")
+log = logging.getLogger(hooks.LOGGER)
 
 
 class AccessGate:

@@ -31,7 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger("hubpilot_hub")
+#: a child of JupyterHub's application logger ("JupyterHub"): the hub's handlers, format and
+#: level apply (a logger of its own would reach no handler in the hub: its info lines were lost
+#: and its warnings printed bare by logging's last resort)
+LOGGER = "JupyterHub.hubpilot_hub"
+log = logging.getLogger(LOGGER)
 
 PreSpawnPart = Callable[[Any], Any]  # (spawner) -> None | Awaitable[None]
 
@@ -44,6 +48,7 @@ class _Part:
 
 
 _PARTS: list[_Part] = []
+_ANNOUNCED: set[str] = set()  # late hooks already logged
 
 
 def register_pre_spawn(
@@ -93,9 +98,11 @@ def ensure_on(spawner: Any) -> None:
     if current is None:
         spawner.pre_spawn_hook = pre_spawn_hook
         return
-    log.info("hubpilot: the pre_spawn_hook %r of %s was set after hubpilot_hub.configure; it runs "
-             "as a part of hubpilot's composed hook", current, getattr(spawner, "_log_name", spawner))
     late = _Part(f"configured-late:{getattr(current, '__qualname__', repr(current))}", current, True)
+    if late.name not in _ANNOUNCED:  # once, not at every spawn
+        _ANNOUNCED.add(late.name)
+        log.info("hubpilot: the pre_spawn_hook %r of %s was set after hubpilot_hub.configure; it runs "
+                 "as a part of hubpilot's composed hook", current, type(spawner).__name__)
 
     async def composed(spawner: Any) -> None:
         parts = list(_PARTS)

@@ -44,7 +44,7 @@ from typing import Any
 
 from hubpilot_hub import hooks
 
-log = logging.getLogger("hubpilot_hub")
+log = logging.getLogger(hooks.LOGGER)
 
 PART_NAME = "gpu-demand"
 START_TIMEOUT_PART_NAME = "gpu-start-timeout"
@@ -166,8 +166,9 @@ class ScaleDemand:
     most 10 requests at once and queues the rest, so signals held open by a hung hubpilot would
     stall every spawn of the hub (also CPU ones) until they time out. This part has its own
     client (``max_in_flight`` connections; ``timeout`` seconds bound the connection, the answer
-    and, with tornado's default client, the wait for a free connection). A failure is logged once as a warning, further ones at debug
-    level until a signal gets through again (logged as info)."""
+    and, with tornado's default client, the wait for a free connection). A failure is logged
+    once as a warning, further ones at debug level until a signal gets through again (logged as
+    info)."""
 
     def __init__(
         self,

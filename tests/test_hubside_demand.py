@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from hubpilot_hub.hooks import LOGGER
 from tests.fixtures.hub import unique_name
 from tests.realhub import RealHub
 
@@ -132,7 +133,7 @@ configure_scale_demand(c, url={hung.url!r}, token="t", gpu_profiles=["gpu"], gpu
 
 @pytest.fixture
 def demand_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="hubpilot_hub")
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
     return caplog
 
 

@@ -57,5 +57,9 @@ c.Authenticator.post_auth_hook = _late_auth_hook
     r = await hub.spawn(member)
     assert r.status_code in (201, 202), r.text
     assert (hub.tmp_path / f"{member}.late-hook-ran").read_text() == ACCESS  # and the late hook ran
+    # in the hub's log, with its format: the refusal a warning, the late hook said once (info)
+    log = hub.log_tail(2000)
+    assert log.count("was set after hubpilot_hub.configure") == 1
+    assert "JupyterHub.hubpilot_hub gate:" in log and "spawn refused for " + repr(outsider) in log
     async with hub.admin() as admin:
         await admin.delete(f"/users/{member}/server")
