@@ -42,6 +42,8 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from traitlets.config import Config
+
 from hubpilot_hub import hooks
 
 log = logging.getLogger(hooks.LOGGER)
@@ -320,11 +322,17 @@ def configure_gpu_start_timeout(c: Any, *, gpu_profiles: Sequence[str] = (), sec
 
 
 def _install_hook(c: Any) -> None:
-    current = c.Spawner.get("pre_spawn_hook")
-    if current is not hooks.pre_spawn_hook:
-        if current is not None:
-            hooks.register_pre_spawn(current, name="configured:Spawner", essential=True, first=True)
-        c.Spawner.pre_spawn_hook = hooks.pre_spawn_hook
+    """Install the composed hook on ``Spawner`` and on every spawner class section that has a
+    hook of its own (``c.KubeSpawner.pre_spawn_hook`` would override the one on ``Spawner``),
+    keeping each such hook as an essential part."""
+    sections = ["Spawner", *(k for k in c if k != "Spawner" and k[:1].isupper()
+                             and isinstance(c[k], Config) and "pre_spawn_hook" in c[k])]
+    for section in sections:
+        current = c[section].get("pre_spawn_hook")
+        if current is not hooks.pre_spawn_hook:
+            if current is not None:
+                hooks.register_pre_spawn(current, name=f"configured:{section}", essential=True, first=True)
+            c[section].pre_spawn_hook = hooks.pre_spawn_hook
 
 
 def configure_scale_demand(

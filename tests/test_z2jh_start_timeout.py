@@ -162,3 +162,18 @@ def test_no_gpu_profile_named_nor_found_raises_every_servers_timeout(clean_parts
         "node_selector": {"agentpool": "gpu"}}}]
     configure_gpu_start_timeout(c, seconds=900)
     assert c.KubeSpawner.start_timeout == 900
+
+
+async def test_a_hook_on_the_spawner_class_section_does_not_shadow_the_parts(clean_parts: None) -> None:
+    """Without hubpilot_hub.configure (the start timeout alone): a ``c.KubeSpawner.pre_spawn_hook``
+    overrides ``c.Spawner.pre_spawn_hook`` on a KubeSpawner, so the parts would never run."""
+    from hubpilot_hub.scale_demand import configure_gpu_start_timeout
+
+    ran: list[str] = []
+    c = Config()
+    c.KubeSpawner.pre_spawn_hook = lambda spawner: ran.append("site")
+    configure_gpu_start_timeout(c, gpu_profiles=["gpu"], seconds=900)
+    assert c.KubeSpawner.pre_spawn_hook is hooks.pre_spawn_hook
+    spawner = _Spawner("gpu")
+    await c.KubeSpawner.pre_spawn_hook(spawner)
+    assert ran == ["site"] and spawner.start_timeout == 900
