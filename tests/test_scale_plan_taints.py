@@ -181,3 +181,27 @@ def test_a_node_that_has_just_joined_with_start_up_taints_is_on_its_way_not_repl
                       Taint("node.kubernetes.io/network-unavailable", "", "NoSchedule")))
     obs = observed(pool(2), [node("n0"), young], [upod("a", "n0")])
     assert plan_scale(obs, SPARE_1, T0).empty
+
+
+def test_a_taint_the_newer_nodes_carry_too_is_replaced_once_not_up_to_max_nodes() -> None:
+    """A taint set outside the pool's nodeTaints on every node it boots (AKS node initialisation
+    taints, an operator's taint) that a waiting GPU pod does not tolerate: a replacement carries it
+    too. Replacing each such node added one node a round up to max_nodes; a taint a newer node also
+    carries is the pool's, so the pool grows by one replacement at most and stops there."""
+    init = Taint("example.com/gpu-init", "pending", "NoSchedule")
+
+    def tainted(name: str, age: timedelta) -> NodeInfo:
+        return NodeInfo(name, True, False, T0 - age, name, {}, {}, (init,))
+
+    for n in range(1, 6):
+        nodes = [tainted(f"n{i}", timedelta(days=1, minutes=-i)) for i in range(n)]  # n0 oldest
+        plan = plan_scale(observed(pool(n), nodes, [upod("a", None)]), POLICY, T0)
+        assert plan.facts["desired"] <= max(n, 2), (n, kinds(plan), plan.facts["why"])
+        assert not any(k == "set_count" and p["count"] > max(n, 2) for k, p in kinds(plan)), (n, kinds(plan))
+    # one node with a taint nobody else carries (a hand-set maintenance taint) is still replaced once
+    plan = plan_scale(observed(pool(1), [tainted("n0", timedelta(days=1))], [upod("a", None)]), POLICY, T0)
+    assert kinds(plan) == [("set_count", {"count": 2, "from": 1})]
+    # its replacement came without the taint: the old node stays unusable (the new one is the capacity)
+    fresh = NodeInfo("n1", True, False, T0 - timedelta(minutes=30), "n1", {}, {}, ())
+    plan = plan_scale(observed(pool(2), [tainted("n0", timedelta(days=1)), fresh], [upod("a", None)]), POLICY, T0)
+    assert plan.empty and "n0" in " ".join(plan.facts["why"]), (kinds(plan), plan.facts["why"])

@@ -234,6 +234,18 @@ def untolerated(node: NodeInfo, tolerations: Sequence[tuple[Toleration, ...]] | 
     return tuple(out)
 
 
+def _not_on_newer(node: NodeInfo, taints: tuple[str, ...], nodes: Sequence[NodeInfo]) -> tuple[str, ...]:
+    """The node's untolerated taints but those a node that joined after it carries too: such a taint
+    comes with every node the pool boots (set outside its nodeTaints: AKS node initialisation taints,
+    an operator's), so a replacement would carry it as well; counted, each round would replace the
+    newest node, up to max_nodes. The node-condition taints are the node's own state, never the pool's."""
+    if node.created is None:
+        return taints
+    newer = {_taint_text(t) for n in nodes if n.created is not None and n.created > node.created
+             for t in n.taints if t.key not in CONDITION_TAINTS}
+    return tuple(t for t in taints if t not in newer)
+
+
 def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: timedelta) -> Occupancy:
     nodes = {n.name for n in observed.cluster.nodes}
     busy: set[str] = set()
@@ -276,7 +288,8 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
     tolerations = gpu_tolerations(observed)
     blocked = {n.name: taints for n in observed.cluster.nodes
                if n.name in empty and n.name not in leaving and n.ready
-               and (taints := untolerated(n, tolerations, observed.pool.node_taints))}
+               and (taints := _not_on_newer(n, untolerated(n, tolerations, observed.pool.node_taints),
+                                            observed.cluster.nodes))}
     missing = 0
     if observed.pool.failed:
         # the failed operation's count is still the pool's: the machines it did not create are
