@@ -5,6 +5,7 @@ count. Each refused run leaves the hub as it was."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,35 @@ async def test_a_damaged_approval_time_fails_the_run_clearly_and_changes_nothing
         record.render()
     assert await world.store.get(MANAGED_KEY) == doc
     assert await world.hub_state() == {"users": {}, "groups": {}}
+
+
+async def test_an_approval_accepts_removals_stamped_ahead_by_another_instances_clock(
+        real_hub: RealHub, tmp_path: Path) -> None:
+    """Two instances, one clock 10 minutes ahead: the removals it made carry deprovisioned_at in the
+    future of the instance that applies an approval. The approval accepted them (its refusal counted
+    them): the next routine removal passes, rather than being refused again for removals approved."""
+    world = World(real_hub, tmp_path, max_removals=3)
+    try:
+        everyone = [f"p{i}" for i in range(8)]
+        world.set("analysts", *everyone)
+        assert (await world.run()).outcome is Outcome.APPLIED
+        world.set("analysts", *everyone[3:])
+        assert (await world.run()).outcome is Outcome.APPLIED  # 3 removals, by the instance ahead:
+        doc = await world.store.get(MANAGED_KEY) or {}
+        ahead = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+        for short in everyone[:3]:
+            doc["users"][world.user(short)]["deprovisioned_at"] = ahead
+        await world.store.put(MANAGED_KEY, doc)
+
+        world.set("analysts", *everyone[4:])
+        refused = await world.run()
+        assert refused.outcome is Outcome.REFUSED and refused.plan is not None, refused.render()
+        approved = await world.runner().approve(world.capability(), refused.plan.id, actor="admin")
+        assert approved.outcome is Outcome.APPLIED, approved.render()
+
+        world.set("analysts", *everyone[5:])  # a routine removal after the approval
+        after = await world.run()
+        assert after.outcome is Outcome.APPLIED, after.render()
+        assert after.plan is not None and after.plan.facts["recent_removals"] == 0
+    finally:
+        await world.close()

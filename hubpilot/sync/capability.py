@@ -296,7 +296,9 @@ class SyncCapability:
                     users[name] = before.to_json()
             changed = bool(touched) or bool(undo)
             if approved:
-                doc["removals_approved_at"] = now.isoformat()
+                # the approval accepted every removal recorded so far, also one another instance
+                # stamped with a clock ahead of this one's (a later time would count it again)
+                doc["removals_approved_at"] = max([now, *_removal_times(users)]).isoformat()
                 changed = True
             for name, rec in users.items():
                 wanted = ids.get(name)
@@ -318,6 +320,20 @@ class SyncCapability:
             except ConflictError:
                 continue
         raise RuntimeError(f"could not record managed users in {MANAGED_KEY!r}: too many concurrent writers")
+
+
+def _removal_times(users: Mapping[str, Any]) -> list[datetime]:
+    """The deprovisioned_at of the stored records (one that cannot be read is left out: observe
+    read the same records, and the next observe reports a damaged one)."""
+    out = []
+    for rec in users.values():
+        try:
+            when = stored_time(rec.get("deprovisioned_at"), "'deprovisioned_at'")
+        except (ValueError, AttributeError):
+            continue
+        if when is not None:
+            out.append(when)
+    return out
 
 
 def _batch_key(action: Action) -> tuple[str, str]:
