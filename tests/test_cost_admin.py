@@ -254,3 +254,42 @@ async def test_hours_hubpilot_did_not_observe_are_reported(world: dict[str, Any]
     later = await cost_report(world["store"], now=world["clock"]["now"] + timedelta(hours=1), days=1,
                               price=1.0, currency="EUR")
     assert later.days[0].unobserved_hours == pytest.approx(5.0, abs=0.001)
+
+
+async def test_an_outage_that_began_before_the_period_is_reported_unobserved(store: SqliteStore) -> None:
+    """hubpilot observed the pool every 5 minutes until 7 March 12:00, then did not run until 11 March
+    12:00. A 3-day report on the 11th at 13:00 starts inside that outage: its 60 hours were not
+    observed (the last size, assumed, held), not 0."""
+    async def observe(t: datetime, until: datetime) -> None:
+        while t <= until:
+            await record_size(store, t, 2, source="observed", observed=timedelta(minutes=6))
+            t += timedelta(minutes=5)
+
+    await observe(utc(2026, 3, 7, 0), utc(2026, 3, 7, 12))
+    await observe(utc(2026, 3, 11, 12), utc(2026, 3, 11, 13))
+    report = await cost_report(store, now=utc(2026, 3, 11, 13), days=3, price=1.0, currency="EUR",
+                               gap=timedelta(minutes=6))
+    rep = report.to_json()
+    assert [(d["date"], d["node_hours"], d["unobserved_hours"], d["unobserved_node_hours"]) for d in rep["days"]] == [
+        ("2026-03-09", 48.0, 24.0, 48.0), ("2026-03-10", 48.0, 24.0, 48.0), ("2026-03-11", 26.0, 12.0, 24.0)]
+    assert any("did not observe the pool for 60.00 h" in n for n in report.notes())
+
+
+async def test_history_of_a_version_without_observation_times_says_what_it_cannot_know(store: SqliteStore) -> None:
+    """Day documents of the previous version hold change points only (no `start`, no `seen`): the
+    report counts their node-hours, and says that before the first recorded observation it cannot
+    tell the hours hubpilot did not observe (reported as 0), instead of implying there were none."""
+    await store.put(SIZES_KEY.format(day="2026-03-09"), {"points": [["2026-03-09T08:00:00+00:00", 2, "observed"]]})
+    await store.put(SIZES_KEY.format(day="2026-03-10"), {"points": [["2026-03-10T18:00:00+00:00", 1, "scale-down"]]})
+    await record_size(store, utc(2026, 3, 11, 9), 1, source="observed", observed=timedelta(minutes=6))
+    report = await cost_report(store, now=utc(2026, 3, 11, 9, 2), days=3, price=1.0, currency="EUR")
+    rep = report.to_json()
+    assert [(d["date"], d["node_hours"], d["unobserved_hours"]) for d in rep["days"]] == [
+        ("2026-03-09", 32.0, 0.0), ("2026-03-10", 42.0, 0.0), ("2026-03-11", 9.033, 0.0)]
+    assert any(n.startswith("observation times are recorded from 2026-03-11T09:00:00+00:00 on") and
+               "not known" in n for n in rep["notes"]), rep["notes"]
+    assert rep["observed_from"] == "2026-03-11T09:00:00+00:00"
+    # only history of the previous version in the period: nothing to tell the gaps by
+    old = await cost_report(store, now=utc(2026, 3, 10, 20), days=2, price=1.0, currency="EUR")
+    assert old.to_json()["observed_from"] is None
+    assert any(n.startswith("no observation times are recorded in the period") for n in old.notes()), old.notes()

@@ -68,6 +68,10 @@ class CostReport:
     always_on_nodes: int
     timezone: str = "UTC"
     always_on_source: str = "peak"  # "peak": the peak recorded in the period; "given": asked for
+    # the first recorded observation (None: none); ``untracked``: recorded sizes of the period
+    # precede it (history of a version that recorded no observation times): gaps there are unknown
+    observed_from: datetime | None = None
+    untracked: bool = False
 
     def _cost(self, hours: float) -> float | None:
         return None if self.price_per_node_hour is None else hours * self.price_per_node_hour
@@ -86,6 +90,13 @@ class CostReport:
         partial = [d for d in self.days if d.partial]
         if partial:
             out.append(f"{partial[-1].day.isoformat()} is partial: {partial[-1].hours:.2f} h so far")
+        if self.untracked and self.observed_from is None:
+            out.append("no observation times are recorded in the period (history of a version that did not "
+                       "record them): the hours hubpilot did not observe the pool are not known, reported as 0")
+        elif self.untracked and self.observed_from is not None:
+            out.append(f"observation times are recorded from {self.observed_from.isoformat()} on (earlier history "
+                       "is of a version that did not record them): before then the hours hubpilot did not observe "
+                       "the pool are not known, reported as 0")
         gaps = sum(d.unobserved_hours for d in self.days)
         if gaps:
             assumed = sum(d.unobserved_node_hours for d in self.days)
@@ -99,6 +110,7 @@ class CostReport:
         return {
             "currency": self.currency, "price_per_node_hour": self.price_per_node_hour,
             "timezone": self.timezone,
+            "observed_from": self.observed_from.isoformat() if self.observed_from else None,
             "always_on_nodes": self.always_on_nodes, "always_on": self.always_on_source,
             "days": [d.to_json() for d in self.days],
             "total": {
@@ -344,7 +356,9 @@ async def read_points(store: StateStore, since: datetime, until: date
     """The recorded change points from the last one before ``since`` through the UTC day ``until``,
     and the observation spans of those days. Reads the days of the period (and the one before),
     not the whole history; the size in force at ``since`` is looked for up to ``last_size``'s
-    31 days back, and only when none is recorded there in the whole history."""
+    31 days back, and only when none is recorded there in the whole history. The observation
+    spans of the document that holds that size come along: hubpilot not running since before the
+    period is time it did not observe (without them the period would start as if observed)."""
     first = since.astimezone(UTC).date() - timedelta(days=1)
     docs = await _day_docs(store, [first + timedelta(days=i) for i in range((until - first).days + 1)])
     pts: list[tuple[datetime, int]] = []
@@ -365,6 +379,7 @@ async def read_points(store: StateStore, since: datetime, until: date
             key = SIZES_KEY.format(day=(first - timedelta(days=i)).isoformat())
             doc = await store.get(key) or {}
             earlier = _parsed(doc.get("points"), key)
+            spans += _spans(doc.get("seen"), key)
             began = _start(doc)
             if not earlier and began is not None:
                 earlier = [(datetime.combine(first - timedelta(days=i), time(0), UTC), began)]
@@ -374,6 +389,7 @@ async def read_points(store: StateStore, since: datetime, until: date
         for key, doc in (await store.list("scale/sizes/")).items():
             if key.rsplit("/", 1)[-1] < first.isoformat():
                 earlier += _parsed(doc.get("points"), key)
+                spans += _spans(doc.get("seen"), key)
         earlier.sort(key=lambda p: p[0])
     return ([earlier[-1]] if earlier else []) + [p for p in pts if p[0] > since], sorted(spans)
 
@@ -398,6 +414,10 @@ async def cost_report(store: StateStore, *, now: datetime, days: int, price: flo
     size = peak if always_on_nodes is None else always_on_nodes
     dlist = [first + timedelta(days=i) for i in range(days)]
     unit = price or None
+    observed_from = spans[0][0] if spans else None
+    known = max(since, points[0][0]) if points else None  # the recorded sizes count from here
+    untracked = known is not None and known < now and (observed_from is None or observed_from > known)
     return CostReport(tuple(day_costs(points, dlist, price=unit, always_on_nodes=size, until=now, tz=tz,
                                       spans=spans, gap=gap)),
-                      unit, currency, size, timezone, "peak" if always_on_nodes is None else "given")
+                      unit, currency, size, timezone, "peak" if always_on_nodes is None else "given",
+                      observed_from, untracked)
