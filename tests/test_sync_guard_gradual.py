@@ -131,3 +131,34 @@ async def test_an_approval_accepts_removals_stamped_ahead_by_another_instances_c
         assert after.plan is not None and after.plan.facts["recent_removals"] == 0
     finally:
         await world.close()
+
+
+async def test_people_deleted_after_a_short_grace_still_count_in_the_window(
+        real_hub: RealHub, tmp_path: Path) -> None:
+    """sync.delete_users with a grace (0 h) shorter than the window (24 h): three people leave and
+    are deleted at the next run, their records with them. They were removed within the window all
+    the same: the run that removes one more (4 in all, max_removals = 3) is refused."""
+    world = World(real_hub, tmp_path, max_removals=3, delete_users=True, delete_grace_hours=0.0)
+    try:
+        everyone = [f"p{i}" for i in range(8)]
+        world.set("analysts", *everyone)
+        assert (await world.run()).outcome is Outcome.APPLIED
+        world.set("analysts", *everyone[3:])
+        assert (await world.run()).outcome is Outcome.APPLIED
+        deleted = await world.run()
+        assert deleted.outcome is Outcome.APPLIED and deleted.plan is not None, deleted.render()
+        assert deleted.plan.counts() == {"delete_user": 3}, deleted.render()
+        world.set("analysts", *everyone[4:])
+        refused = await world.run()
+        assert refused.outcome is Outcome.REFUSED, refused.render()
+        assert refused.plan is not None and refused.plan.facts["recent_removals"] == 3
+        # the approval accepts them: the next routine removal passes
+        approved = await world.runner().approve(world.capability(), refused.plan.id, actor="admin")
+        assert approved.outcome is Outcome.APPLIED, approved.render()
+        assert (await world.run()).outcome is Outcome.APPLIED  # p3 deleted
+        world.set("analysts", *everyone[5:])
+        after = await world.run()
+        assert after.outcome is Outcome.APPLIED, after.render()
+        assert after.plan is not None and after.plan.facts["recent_removals"] == 0
+    finally:
+        await world.close()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from hubpilot.config.sync import SyncSettings
@@ -38,23 +39,32 @@ class ManagedRecordError(Exception):
 async def read_managed(store: StateStore) -> dict[str, ManagedUser]:
     """The users sync manages (hub name → record); ManagedRecordError when the stored document is
     damaged, StoreError when the store cannot be read."""
-    return (await _read_records(store))[0]
+    return (await _read_records(store)).managed
 
 
-async def _read_records(store: StateStore) -> tuple[dict[str, ManagedUser], frozenset[str], datetime | None]:
+@dataclass(frozen=True)
+class _Records:
+    managed: dict[str, ManagedUser]
+    mirrors: frozenset[str]
+    approved: datetime | None
+    deleted: dict[str, datetime]
+
+
+async def _read_records(store: StateStore) -> _Records:
     """The managed users, the hub groups sync has mirrored (``groups``; absent in documents of
-    older versions) and when an admin last approved a plan refused for its removals
-    (``removals_approved_at``), from the one stored document."""
+    older versions), when an admin last approved a plan refused for its removals
+    (``removals_approved_at``) and the people deleted within the removal window (``deleted``),
+    from the one stored document."""
     doc = await store.get(MANAGED_KEY)
     if doc is None:
-        return {}, frozenset(), None
+        return _Records({}, frozenset(), None, {})
     try:
         mirrors = doc.get("groups", [])
         if not isinstance(mirrors, list) or not all(isinstance(g, str) for g in mirrors):
             raise ValueError(f"'groups' is not a list of hub group names: {mirrors!r}"[:160])
         users = {name: ManagedUser.from_json(rec) for name, rec in doc.get("users", {}).items()}
         approved = stored_time(doc.get("removals_approved_at"), "'removals_approved_at'")
-        return users, frozenset(mirrors), approved
+        return _Records(users, frozenset(mirrors), approved, _deleted(doc.get("deleted")))
     except (ValueError, TypeError, AttributeError) as exc:
         raise ManagedRecordError(
             f"the state document {MANAGED_KEY!r} is damaged ({exc}); restore it from the audit log"
@@ -94,15 +104,16 @@ class SyncCapability:
         groups = list(dict.fromkeys([*self.policy.users_groups, *self.policy.admin_groups]))
         if not groups:
             raise ValueError("sync.users_groups is empty: there is nothing to sync")
-        snapshot, hub_groups, (managed, mirrors, approved) = await asyncio.gather(
+        snapshot, hub_groups, records = await asyncio.gather(
             self.directory.read(groups),
             self.hub.list_groups(),
             _read_records(self.store),
         )
         by_name = {g.name: g for g in hub_groups}
-        users = await self._observe_users(snapshot, by_name, managed)
-        return SyncObserved(snapshot=snapshot, users=users, groups=by_name, managed=managed, mirrors=mirrors,
-                            removals_approved_at=approved)
+        users = await self._observe_users(snapshot, by_name, records.managed)
+        return SyncObserved(snapshot=snapshot, users=users, groups=by_name, managed=records.managed,
+                            mirrors=records.mirrors, removals_approved_at=records.approved,
+                            deleted=records.deleted)
 
     async def _observe_users(
         self, snapshot: DirectorySnapshot, groups: Mapping[str, HubGroup], managed: Mapping[str, ManagedUser]
@@ -273,6 +284,7 @@ class SyncCapability:
             current = await self.store.get_with_etag(MANAGED_KEY)
             doc: dict[str, Any] = dict(current[0]) if current else {"users": {}}
             users: dict[str, Any] = dict(doc.get("users", {}))
+            deleted: dict[str, Any] = dict(doc.get("deleted") or {})
             for r in touched:
                 name, kind = r.action.target, r.action.kind
                 if kind in ("create_user", "manage_user"):
@@ -288,7 +300,9 @@ class SyncCapability:
                     rec = users.get(name) or ManagedUser(now).to_json()
                     users[name] = {**rec, "deprovisioned_at": now.isoformat()}
                 elif kind == "delete_user":
-                    users.pop(name, None)
+                    gone = users.pop(name, None)
+                    if gone and gone.get("deprovisioned_at"):  # their removal still counts in the window
+                        deleted[name] = gone["deprovisioned_at"]
             for name, before in (undo or {}).items():
                 if before is None:
                     users.pop(name, None)
@@ -298,7 +312,8 @@ class SyncCapability:
             if approved:
                 # the approval accepted every removal recorded so far, also one another instance
                 # stamped with a clock ahead of this one's (a later time would count it again)
-                doc["removals_approved_at"] = max([now, *_removal_times(users)]).isoformat()
+                doc["removals_approved_at"] = max([now, *_removal_times(users),
+                                                   *filter(None, map(_time_or_none, deleted.values()))]).isoformat()
                 changed = True
             for name, rec in users.items():
                 wanted = ids.get(name)
@@ -314,12 +329,40 @@ class SyncCapability:
             if not changed:
                 return
             doc["users"] = users
+            # the deleted are kept while their removal is within the window (then not counted)
+            window_start = now - timedelta(hours=self.policy.removal_window_hours)
+            deleted = {n: at for n, at in deleted.items() if (t := _time_or_none(at)) is not None and t > window_start}
+            if deleted:
+                doc["deleted"] = deleted
+            else:
+                doc.pop("deleted", None)
             try:
                 await self.store.put(MANAGED_KEY, doc, if_match=current[1] if current else "")
                 return
             except ConflictError:
                 continue
         raise RuntimeError(f"could not record managed users in {MANAGED_KEY!r}: too many concurrent writers")
+
+
+def _deleted(value: Any) -> dict[str, datetime]:
+    """``deleted`` of the stored document (absent in documents of older versions)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"'deleted' is {type(value).__name__}, not an object of hub name → time")
+    out = {}
+    for name, at in value.items():
+        when = stored_time(at, f"'deleted' of {name!r}")
+        if when is not None:
+            out[str(name)] = when
+    return out
+
+
+def _time_or_none(value: Any) -> datetime | None:
+    try:
+        return stored_time(value, "time")
+    except ValueError:
+        return None
 
 
 def _removal_times(users: Mapping[str, Any]) -> list[datetime]:

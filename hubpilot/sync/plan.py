@@ -73,6 +73,9 @@ class SyncObserved:
     # when an admin last approved a plan the guard refused for its removals: removals until then
     # are not counted in sync.removal_window_hours again (the approval accepted them)
     removals_approved_at: datetime | None = None
+    # people sync deleted (sync.delete_users) whose removal is still within sync.removal_window_hours:
+    # hub name → when they were removed; their records are gone, their removal still counts
+    deleted: Mapping[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -391,16 +394,19 @@ def recent_removals(observed: SyncObserved, want: Desired, policy: SyncSettings,
     (a window that starts just after ``now - window``), which the guard counts with a plan's own
     removals: a directory that degrades over several runs (a flapping replica, an ACL change
     rolled out over an hour, a Graph tenant answering in part) otherwise removes everyone a few
-    at a time. Not counted: removals up to an admin's approval of a plan refused for its removals
-    (``removals_approved_at``: the approval accepted them), people back in a synced group now
-    (they return in this plan), and people back before (their record is active again)."""
+    at a time. Counted too: people deleted since (``deleted``: sync.delete_users with a grace
+    shorter than the window takes their records, not their removal). Not counted: removals up to
+    an admin's approval of a plan refused for its removals (``removals_approved_at``: the approval
+    accepted them), people back in a synced group now (they return in this plan), and people back
+    before (their record is active again)."""
     if policy.removal_window_hours <= 0:
         return []
     start = now - timedelta(hours=policy.removal_window_hours)
     approved = observed.removals_approved_at
-    return sorted(n for n, r in observed.managed.items()
-                  if r.deprovisioned_at is not None and r.deprovisioned_at > start
-                  and (approved is None or r.deprovisioned_at > approved) and n not in want.users)
+    removed = {n: r.deprovisioned_at for n, r in observed.managed.items() if r.deprovisioned_at is not None}
+    removed |= {n: at for n, at in observed.deleted.items() if n not in observed.managed}
+    return sorted(n for n, at in removed.items()
+                  if at > start and (approved is None or at > approved) and n not in want.users)
 
 
 def admin_mirrors(policy: SyncSettings) -> set[str]:
