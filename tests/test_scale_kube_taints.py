@@ -66,7 +66,7 @@ async def test_read_maps_taints_deletion_and_tolerations(world: dict[str, Any]) 
     assert nodes["gpu-1"].taints == () and nodes["gpu-1"].deleting
     (bob,) = view.pods
     assert bob.tolerations == (Toleration("sku", "Equal", "gpu", "NoSchedule"),
-                               Toleration("node.kubernetes.io/not-ready", "Exists", "", "NoExecute"),
+                               Toleration("node.kubernetes.io/not-ready", "Exists", "", "NoExecute", 300),
                                Toleration("", "Exists", "", ""))
 
 

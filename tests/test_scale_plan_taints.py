@@ -205,3 +205,17 @@ def test_a_taint_the_newer_nodes_carry_too_is_replaced_once_not_up_to_max_nodes(
     fresh = NodeInfo("n1", True, False, T0 - timedelta(minutes=30), "n1", {}, {}, ())
     plan = plan_scale(observed(pool(2), [tainted("n0", timedelta(days=1)), fresh], [upod("a", None)]), POLICY, T0)
     assert plan.empty and "n0" in " ".join(plan.facts["why"]), (kinds(plan), plan.facts["why"])
+
+
+def test_a_noexecute_taint_tolerated_only_for_a_while_is_no_capacity() -> None:
+    """A pod that tolerates a NoExecute taint with tolerationSeconds is scheduled onto the node and
+    evicted when that time is up: no place for a user server. Without the limit it stays: capacity."""
+    drain = Taint("maintenance", "drain", "NoExecute")
+    nodes = [node("n0"), node("n1", drain)]
+    bounded = Toleration("maintenance", "Exists", "", "NoExecute", 60)
+    plan = plan_scale(observed(pool(2), nodes, [upod("a", "n0", bounded), upod("b", None, bounded)]), POLICY, T0)
+    assert kinds(plan) == [("set_count", {"count": 3, "from": 2})], plan.facts["why"]
+    assert any("n1" in w and "maintenance=drain:NoExecute" in w for w in plan.facts["why"])
+    forever = Toleration("maintenance", "Exists", "", "NoExecute")
+    plan = plan_scale(observed(pool(2), nodes, [upod("a", "n0", forever), upod("b", None, forever)]), POLICY, T0)
+    assert plan.empty, (kinds(plan), plan.facts["why"])

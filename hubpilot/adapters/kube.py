@@ -339,7 +339,8 @@ class KubeCluster:
             user=ann.get(USER_ANNOTATION, ""),
             server=ann.get(SERVER_ANNOTATION, ""),
             gpu=gpu,
-            tolerations=tuple(Toleration(t.key or "", t.operator or "Equal", t.value or "", t.effect or "")
+            tolerations=tuple(Toleration(t.key or "", t.operator or "Equal", t.value or "", t.effect or "",
+                                         t.toleration_seconds)
                               for t in ((p.spec.tolerations if p.spec else None) or [])),
         )
 

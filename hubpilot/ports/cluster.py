@@ -28,6 +28,7 @@ class Toleration:
     operator: str = "Equal"  # Equal or Exists
     value: str = ""
     effect: str = ""  # "": every effect
+    seconds: int | None = None  # tolerationSeconds (NoExecute): evicted that long after the taint
 
     def tolerates(self, taint: Taint) -> bool:
         if self.effect and self.effect != taint.effect:
@@ -37,6 +38,12 @@ class Toleration:
         if self.key != taint.key:
             return False
         return self.operator == "Exists" or self.value == taint.value
+
+    def stays(self, taint: Taint) -> bool:
+        """Whether a pod with this toleration can stay on a node with the taint: it tolerates it, and
+        a NoExecute taint without tolerationSeconds (with them, the pod is scheduled there and
+        evicted when they are up)."""
+        return self.tolerates(taint) and not (taint.effect == "NoExecute" and self.seconds is not None)
 
 
 @dataclass(frozen=True)

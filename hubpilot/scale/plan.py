@@ -228,7 +228,7 @@ def untolerated(node: NodeInfo, tolerations: Sequence[tuple[Toleration, ...]] | 
         if tolerations is None:
             blocked = t.key in CONDITION_TAINTS
         else:
-            blocked = not any(tol.tolerates(t) for tols in tolerations for tol in tols)
+            blocked = not any(tol.stays(t) for tols in tolerations for tol in tols)
         if blocked:
             out.append(_taint_text(t))
     return tuple(out)
