@@ -293,3 +293,22 @@ async def test_history_of_a_version_without_observation_times_says_what_it_canno
     old = await cost_report(store, now=utc(2026, 3, 10, 20), days=2, price=1.0, currency="EUR")
     assert old.to_json()["observed_from"] is None
     assert any(n.startswith("no observation times are recorded in the period") for n in old.notes()), old.notes()
+
+
+async def test_the_first_days_say_that_nothing_was_recorded_before(store: SqliteStore) -> None:
+    """hubpilot's first observation ever is on 11 March at 09:00: a 3-day report shows 0 node-hours
+    before it, which is not a pool of 0 nodes but nothing recorded; the report says so."""
+    await record_size(store, utc(2026, 3, 11, 9), 2, source="observed", observed=timedelta(minutes=6))
+    report = await cost_report(store, now=utc(2026, 3, 11, 9, 2), days=3, price=1.0, currency="EUR")
+    rep = report.to_json()
+    assert [(d["date"], d["node_hours"], d["always_on_node_hours"]) for d in rep["days"]] == [
+        ("2026-03-09", 0.0, 0.0), ("2026-03-10", 0.0, 0.0), ("2026-03-11", 0.067, 0.067)]
+    assert rep["recorded_from"] == "2026-03-11T09:00:00+00:00"
+    assert any(n.startswith("nothing is recorded before 2026-03-11T09:00:00+00:00") for n in rep["notes"]), rep["notes"]
+    # a period wholly before: nothing recorded in it at all
+    empty = await cost_report(store, now=utc(2026, 3, 10, 12), days=2, price=1.0, currency="EUR")
+    assert empty.to_json()["recorded_from"] is None
+    assert any(n.startswith("nothing is recorded in the period") for n in empty.notes()), empty.notes()
+    # a period after the first record says nothing of the kind
+    later = await cost_report(store, now=utc(2026, 3, 12, 12), days=1, price=1.0, currency="EUR")
+    assert not any(n.startswith("nothing is recorded") for n in later.notes()), later.notes()

@@ -72,6 +72,10 @@ class CostReport:
     # precede it (history of a version that recorded no observation times): gaps there are unknown
     observed_from: datetime | None = None
     untracked: bool = False
+    # from when the report knows the pool's size (its first record, or the last one before the
+    # period; None: none): the hours before count no node-hours, and no always-on hours
+    recorded_from: datetime | None = None
+    period_start: datetime | None = None
 
     def _cost(self, hours: float) -> float | None:
         return None if self.price_per_node_hour is None else hours * self.price_per_node_hour
@@ -90,6 +94,12 @@ class CostReport:
         partial = [d for d in self.days if d.partial]
         if partial:
             out.append(f"{partial[-1].day.isoformat()} is partial: {partial[-1].hours:.2f} h so far")
+        if self.recorded_from is None:
+            out.append("nothing is recorded in the period: its node-hours are 0 as unknown, not as an empty "
+                       "pool (hubpilot's scale runs had not observed the pool yet)")
+        elif self.period_start is not None and self.recorded_from > self.period_start:
+            out.append(f"nothing is recorded before {self.recorded_from.isoformat()} (hubpilot's first record "
+                       "of the pool): the hours before count neither node-hours nor always-on hours")
         if self.untracked and self.observed_from is None:
             out.append("no observation times are recorded in the period (history of a version that did not "
                        "record them): the hours hubpilot did not observe the pool are not known, reported as 0")
@@ -111,6 +121,7 @@ class CostReport:
             "currency": self.currency, "price_per_node_hour": self.price_per_node_hour,
             "timezone": self.timezone,
             "observed_from": self.observed_from.isoformat() if self.observed_from else None,
+            "recorded_from": self.recorded_from.isoformat() if self.recorded_from else None,
             "always_on_nodes": self.always_on_nodes, "always_on": self.always_on_source,
             "days": [d.to_json() for d in self.days],
             "total": {
@@ -420,4 +431,4 @@ async def cost_report(store: StateStore, *, now: datetime, days: int, price: flo
     return CostReport(tuple(day_costs(points, dlist, price=unit, always_on_nodes=size, until=now, tz=tz,
                                       spans=spans, gap=gap)),
                       unit, currency, size, timezone, "peak" if always_on_nodes is None else "given",
-                      observed_from, untracked)
+                      observed_from, untracked, points[0][0] if points else None, since)
