@@ -108,7 +108,7 @@ async def test_an_approval_accepts_removals_stamped_ahead_by_another_instances_c
     them): the next routine removal passes, rather than being refused again for removals approved."""
     world = World(real_hub, tmp_path, max_removals=3)
     try:
-        everyone = [f"p{i}" for i in range(8)]
+        everyone = [f"p{i}" for i in range(10)]
         world.set("analysts", *everyone)
         assert (await world.run()).outcome is Outcome.APPLIED
         world.set("analysts", *everyone[3:])
@@ -129,6 +129,12 @@ async def test_an_approval_accepts_removals_stamped_ahead_by_another_instances_c
         after = await world.run()
         assert after.outcome is Outcome.APPLIED, after.render()
         assert after.plan is not None and after.plan.facts["recent_removals"] == 0
+        # the window goes on counting the removals after the approval, though the clock ahead's
+        # stamps lie later than them: p4 and three more are 4, over max_removals = 3
+        world.set("analysts", *everyone[8:])
+        again = await world.run()
+        assert again.outcome is Outcome.REFUSED, again.render()
+        assert again.plan is not None and again.plan.facts["recent_removals"] == 1
     finally:
         await world.close()
 

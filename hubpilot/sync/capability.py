@@ -48,6 +48,7 @@ class _Records:
     mirrors: frozenset[str]
     approved: datetime | None
     deleted: dict[str, datetime]
+    approved_ahead: dict[str, datetime]
 
 
 async def _read_records(store: StateStore) -> _Records:
@@ -57,14 +58,15 @@ async def _read_records(store: StateStore) -> _Records:
     from the one stored document."""
     doc = await store.get(MANAGED_KEY)
     if doc is None:
-        return _Records({}, frozenset(), None, {})
+        return _Records({}, frozenset(), None, {}, {})
     try:
         mirrors = doc.get("groups", [])
         if not isinstance(mirrors, list) or not all(isinstance(g, str) for g in mirrors):
             raise ValueError(f"'groups' is not a list of hub group names: {mirrors!r}"[:160])
         users = {name: ManagedUser.from_json(rec) for name, rec in doc.get("users", {}).items()}
         approved = stored_time(doc.get("removals_approved_at"), "'removals_approved_at'")
-        return _Records(users, frozenset(mirrors), approved, _deleted(doc.get("deleted")))
+        return _Records(users, frozenset(mirrors), approved, _name_times(doc.get("deleted"), "deleted"),
+                        _name_times(doc.get("removals_approved_ahead"), "removals_approved_ahead"))
     except (ValueError, TypeError, AttributeError) as exc:
         raise ManagedRecordError(
             f"the state document {MANAGED_KEY!r} is damaged ({exc}); restore it from the audit log"
@@ -113,7 +115,7 @@ class SyncCapability:
         users = await self._observe_users(snapshot, by_name, records.managed)
         return SyncObserved(snapshot=snapshot, users=users, groups=by_name, managed=records.managed,
                             mirrors=records.mirrors, removals_approved_at=records.approved,
-                            deleted=records.deleted)
+                            deleted=records.deleted, approved_ahead=records.approved_ahead)
 
     async def _observe_users(
         self, snapshot: DirectorySnapshot, groups: Mapping[str, HubGroup], managed: Mapping[str, ManagedUser]
@@ -310,10 +312,15 @@ class SyncCapability:
                     users[name] = before.to_json()
             changed = bool(touched) or bool(undo)
             if approved:
-                # the approval accepted every removal recorded so far, also one another instance
-                # stamped with a clock ahead of this one's (a later time would count it again)
-                doc["removals_approved_at"] = max([now, *_removal_times(users),
-                                                   *filter(None, map(_time_or_none, deleted.values()))]).isoformat()
+                # the approval accepts every removal recorded so far; those another instance stamped
+                # with a clock ahead of this one's are named (the count goes on after the approval)
+                doc["removals_approved_at"] = now.isoformat()
+                later = {n: at for n, at in _removal_stamps(users, deleted).items()
+                         if (t := _time_or_none(at)) is not None and t > now}
+                if later:
+                    doc["removals_approved_ahead"] = later
+                else:
+                    doc.pop("removals_approved_ahead", None)
                 changed = True
             for name, rec in users.items():
                 wanted = ids.get(name)
@@ -336,6 +343,12 @@ class SyncCapability:
                 doc["deleted"] = deleted
             else:
                 doc.pop("deleted", None)
+            kept = {n: at for n, at in (doc.get("removals_approved_ahead") or {}).items()
+                    if (t := _time_or_none(at)) is not None and t > window_start}
+            if kept:
+                doc["removals_approved_ahead"] = kept
+            else:
+                doc.pop("removals_approved_ahead", None)
             try:
                 await self.store.put(MANAGED_KEY, doc, if_match=current[1] if current else "")
                 return
@@ -344,15 +357,16 @@ class SyncCapability:
         raise RuntimeError(f"could not record managed users in {MANAGED_KEY!r}: too many concurrent writers")
 
 
-def _deleted(value: Any) -> dict[str, datetime]:
-    """``deleted`` of the stored document (absent in documents of older versions)."""
+def _name_times(value: Any, what: str) -> dict[str, datetime]:
+    """``deleted`` or ``removals_approved_ahead`` of the stored document (hub name → time; absent
+    in documents of older versions)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ValueError(f"'deleted' is {type(value).__name__}, not an object of hub name → time")
+        raise ValueError(f"{what!r} is {type(value).__name__}, not an object of hub name → time")
     out = {}
     for name, at in value.items():
-        when = stored_time(at, f"'deleted' of {name!r}")
+        when = stored_time(at, f"{what!r} of {name!r}")
         if when is not None:
             out[str(name)] = when
     return out
@@ -365,17 +379,12 @@ def _time_or_none(value: Any) -> datetime | None:
         return None
 
 
-def _removal_times(users: Mapping[str, Any]) -> list[datetime]:
-    """The deprovisioned_at of the stored records (one that cannot be read is left out: observe
-    read the same records, and the next observe reports a damaged one)."""
-    out = []
-    for rec in users.values():
-        try:
-            when = stored_time(rec.get("deprovisioned_at"), "'deprovisioned_at'")
-        except (ValueError, AttributeError):
-            continue
-        if when is not None:
-            out.append(when)
+def _removal_stamps(users: Mapping[str, Any], deleted: Mapping[str, Any]) -> dict[str, Any]:
+    """Hub name → the stored time of their removal: deprovisioned records, and the deleted."""
+    out = dict(deleted)
+    for name, rec in users.items():
+        if isinstance(rec, Mapping) and rec.get("deprovisioned_at"):
+            out[name] = rec["deprovisioned_at"]
     return out
 
 

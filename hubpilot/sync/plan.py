@@ -76,6 +76,9 @@ class SyncObserved:
     # people sync deleted (sync.delete_users) whose removal is still within sync.removal_window_hours:
     # hub name → when they were removed; their records are gone, their removal still counts
     deleted: Mapping[str, datetime] = field(default_factory=dict)
+    # removals that approval accepted which carry a later time than it (stamped by another
+    # instance whose clock is ahead): hub name → that time; not counted again
+    approved_ahead: Mapping[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -397,8 +400,9 @@ def recent_removals(observed: SyncObserved, want: Desired, policy: SyncSettings,
     at a time. Counted too: people deleted since (``deleted``: sync.delete_users with a grace
     shorter than the window takes their records, not their removal). Not counted: removals up to
     an admin's approval of a plan refused for its removals (``removals_approved_at``: the approval
-    accepted them), people back in a synced group now (they return in this plan), and people back
-    before (their record is active again)."""
+    accepted them, also those stamped later by another instance's clock ahead: ``approved_ahead``),
+    people back in a synced group now (they return in this plan), and people back before (their
+    record is active again)."""
     if policy.removal_window_hours <= 0:
         return []
     start = now - timedelta(hours=policy.removal_window_hours)
@@ -406,7 +410,8 @@ def recent_removals(observed: SyncObserved, want: Desired, policy: SyncSettings,
     removed = {n: r.deprovisioned_at for n, r in observed.managed.items() if r.deprovisioned_at is not None}
     removed |= {n: at for n, at in observed.deleted.items() if n not in observed.managed}
     return sorted(n for n, at in removed.items()
-                  if at > start and (approved is None or at > approved) and n not in want.users)
+                  if at > start and (approved is None or at > approved) and n not in want.users
+                  and observed.approved_ahead.get(n) != at)
 
 
 def admin_mirrors(policy: SyncSettings) -> set[str]:
