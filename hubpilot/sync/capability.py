@@ -54,7 +54,8 @@ class _Records:
 async def _read_records(store: StateStore) -> _Records:
     """The managed users, the hub groups sync has mirrored (``groups``; absent in documents of
     older versions), when an admin last approved a plan refused for its removals
-    (``removals_approved_at``) and the people deleted within the removal window (``deleted``),
+    (``removals_approved_at``; with the removals it accepted that carry a later time,
+    ``removals_approved_ahead``) and the people deleted within the removal window (``deleted``),
     from the one stored document."""
     doc = await store.get(MANAGED_KEY)
     if doc is None:
