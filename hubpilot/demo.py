@@ -6,12 +6,19 @@ first sync's plan and result, then a directory change (someone leaves) and its s
 the hub and hubpilot's admin API running — with the sync schedule firing every 30 seconds, so
 edits to the demo's directory file show up in the hub — until Ctrl-C. Everything it started is
 stopped on the way out.
+
+Its settings are written to ``.hubpilot-demo/hubpilot.toml`` so that the CLI commands it prints act
+on this demo (its hub, directory and state store). One demo runs per working directory at a time:
+a second one is refused rather than wiping the first one's files.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -20,7 +27,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -32,6 +39,7 @@ from hubpilot.wiring import Context, build_context
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIRECTORY = PROJECT_ROOT / "deploy" / "demo" / "directory.yaml"
 WORKDIR = Path(".hubpilot-demo")
+LOCK_NAME = "demo.lock"
 GROUP_PREFIX = "dir-"
 
 
@@ -118,13 +126,23 @@ async def _demo(ldap: bool, port: int, wait: bool) -> int:
     if main is not None:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
-    if port and not _port_free(port):  # else the proxy fails and the hub's start-up times out
-        print(f"hubpilot demo: port {port} on 127.0.0.1 is in use; choose another with --port N "
-              "(--port 0: a free one)", file=sys.stderr)
-        return 2
     workdir = WORKDIR.resolve()
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    lock = _claim(workdir)  # before anything is wiped: another demo may be using this directory
+    if isinstance(lock, str):
+        print(f"hubpilot demo: {lock}", file=sys.stderr)
+        return 2
+    try:
+        if port and not _port_free(port):  # else the proxy fails and the hub's start-up times out
+            print(f"hubpilot demo: port {port} on 127.0.0.1 is in use; choose another with --port N "
+                  "(--port 0: a free one)", file=sys.stderr)
+            return 2
+        _clear(workdir)
+        return await _demo_in(workdir, ldap, port, wait)
+    finally:
+        lock.close()
+
+
+async def _demo_in(workdir: Path, ldap: bool, port: int, wait: bool) -> int:
     doc = yaml.safe_load(DEMO_DIRECTORY.read_text())
     users_groups, admin_groups = ["analysts", "gpu-users"], ["hub-admins"]
     _say("hubpilot demo: starting a real JupyterHub (configurable-http-proxy, real single-user servers)"
@@ -138,18 +156,21 @@ async def _demo(ldap: bool, port: int, wait: bool) -> int:
         directory, leave = await stack.enter_async_context(_directory(doc, workdir, ldap))
         api_port = free_port()
         api_token = secrets.token_urlsafe(24)
-        import hashlib
-
-        settings: Settings = load_settings(
-            None,
-            hub={"api_url": hub.api_url, "token": hub.hubpilot_token},
-            directory=directory,
-            sync={"users_groups": users_groups, "admin_groups": admin_groups, "group_prefix": GROUP_PREFIX,
-                  "schedule": "*/30 * * * * *", "max_removal_percent": 50},
-            state={"kind": "sqlite", "sqlite_path": str(workdir / "state.sqlite3")},
-            api={"tokens": [{"name": "demo-admin", "role": "admin",
-                             "sha256": hashlib.sha256(api_token.encode()).hexdigest()}]},
-        )
+        values: dict[str, Any] = {
+            "hub": {"api_url": hub.api_url, "token": hub.hubpilot_token},
+            "directory": directory,
+            "sync": {"users_groups": users_groups, "admin_groups": admin_groups, "group_prefix": GROUP_PREFIX,
+                     "schedule": "*/30 * * * * *", "max_removal_percent": 50},
+            "state": {"kind": "sqlite", "sqlite_path": str(workdir / "state.sqlite3")},
+            "api": {"tokens": [{"name": "demo-admin", "role": "admin",
+                                "sha256": hashlib.sha256(api_token.encode()).hexdigest()}]},
+        }
+        settings: Settings = load_settings(None, **values)
+        # the same settings for the CLI in another terminal: its commands then act on this demo
+        config = workdir / "hubpilot.toml"
+        config.touch(mode=0o600)
+        config.write_text("# hubpilot demo: its settings, for the CLI (hubpilot --config <this file> ...)\n"
+                          + _toml(values))
         ctx: Context = build_context(settings)
         stack.push_async_callback(ctx.close)
         sync = ctx.capability("sync")
@@ -166,25 +187,101 @@ async def _demo(ldap: bool, port: int, wait: bool) -> int:
         _show("3. sync after the change: deprovisioned (server stopped, access gone), not deleted",
               await ctx.runner.run(sync, trigger="demo", actor="demo"))
 
+        cli = f"{_cli_command()} --config {config}"
         _say("\n" + "═" * 72)
         _say(f"JupyterHub:      {hub.url}   (log in as any synced user, password: {hub.password})")
         if wait:  # served below; with --no-wait nothing listens there
             _say(f"admin API:       http://127.0.0.1:{api_port}/api/v1   (bearer token: {api_token})")
-            _say(f"  try:           curl -H 'Authorization: Bearer {api_token}' "
-                 f"http://127.0.0.1:{api_port}/api/v1/plan/sync")
         if ldap:
-            _say(f"directory:       {directory['ldap']['url']}  base {LDAP_BASE}, bind {directory['ldap']['bind_dn']}")
+            ld = directory["ldap"]
+            _say(f"directory:       {ld['url']}  base {LDAP_BASE}, bind {ld['bind_dn']} "
+                 f"(password {ld['bind_password']}): the next scheduled sync (every 30 s) follows a change")
         else:
             _say(f"directory file:  {stack_dir}   edit it: the next scheduled sync (every 30 s) follows")
         _say("state and logs:  " + str(workdir))
         if not wait:
             return 0
+        _say("try, in another terminal:")
+        _say(f"  $ {cli} status")
+        _say(f"  $ {cli} sync --dry-run")
+        _say(f"  $ {cli} audit --limit 5")
+        _say(f"  $ curl -H 'Authorization: Bearer {api_token}' http://127.0.0.1:{api_port}/api/v1/plan/sync")
+        if ldap:  # erin leaves gpu-users: the next sync deprovisions her
+            ld = directory["ldap"]
+            change = (f"dn: cn=gpu-users,ou=groups,{LDAP_BASE}\\nchangetype: modify\\ndelete: member\\n"
+                      f"member: uid=erin,ou=people,{LDAP_BASE}\\n")
+            _say(f"  $ printf '{change}' | ldapmodify -x -H {ld['url']} -D {ld['bind_dn']} -w {ld['bind_password']}")
         _say("Ctrl-C stops the hub, the proxy, the servers and hubpilot.")
         from hubpilot.serve import serve
 
         await serve(settings, host="127.0.0.1", port=api_port, context=ctx)  # until Ctrl-C
         _say("\nstopping ...")
     return 0
+
+
+def _claim(workdir: Path) -> IO[str] | str:
+    """This working directory's demo lock (held until the demo ends), or why it is taken.
+
+    A second demo started from the same directory (e.g. on another port) would otherwise wipe the
+    running one's hub database, state store and directory under it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = open(workdir / LOCK_NAME, "a+")  # held open (and locked) until the demo ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        return (f"another hubpilot demo (pid {holder}) is running from {workdir.parent}; stop it first "
+                "(Ctrl-C in its terminal), or start this one from another directory")
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def _clear(workdir: Path) -> None:
+    """The last demo's files go; the lock this demo holds stays."""
+    for entry in workdir.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _cli_command() -> str:
+    """How to run this hubpilot from another terminal: its console script, else the module."""
+    exe = Path(sys.argv[0])
+    if exe.name == "hubpilot" and exe.is_file():
+        return str(exe.absolute())
+    return f"{sys.executable} -m hubpilot.cli"
+
+
+def _toml(values: dict[str, Any], table: str = "") -> str:
+    """``values`` as TOML: scalars and lists inline (JSON's strings are TOML's basic strings),
+    nested dicts as tables."""
+    def inline(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(inline(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {inline(x)}" for k, x in v.items()) + "}"
+        raise TypeError(f"no TOML for {type(v).__name__}")
+
+    flat = [f"{k} = {inline(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    out = (f"\n[{table}]\n" if table and flat else "") + "".join(line + "\n" for line in flat)
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out += _toml(v, f"{table}.{k}" if table else k)
+    return out
 
 
 def _port_free(port: int) -> bool:

@@ -11,6 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+ROOT = str(Path(__file__).resolve().parents[1])  # this checkout's hubpilot, not the venv's installed one
+
 
 @pytest.mark.parametrize("flags", [[], ["--ldap"]], ids=["file", "ldap"])
 def test_demo_syncs_a_real_hub_and_stops_everything(tmp_path: Path, flags: list[str]) -> None:
@@ -18,7 +20,8 @@ def test_demo_syncs_a_real_hub_and_stops_everything(tmp_path: Path, flags: list[
     done = subprocess.run(
         [sys.executable, "-m", "hubpilot.cli", "demo", "--no-wait", "--port", "0", *flags],
         cwd=tmp_path, capture_output=True, text=True, timeout=180,
-        env={**os.environ, "HUBPILOT_TEST_DEMO_MARK": mark},
+        env={**os.environ, "HUBPILOT_TEST_DEMO_MARK": mark,
+             "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])},
     )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
