@@ -25,9 +25,9 @@ from hubpilot.api.auth import Principal, require_role
 from hubpilot.api.deps import ContextHolder, ContextSource, get_context
 from hubpilot.api.runs import read_run, start_run, wait_for_run
 from hubpilot.api.scheduling import configured_schedules
-from hubpilot.loop import LockHeld, UnknownPlan
+from hubpilot.loop import LockHeld, Outcome, RunRecord, UnknownPlan, new_run_id
 from hubpilot.ports.store import StoreError
-from hubpilot.wiring import OPERATIONS, Context, UnknownOperation
+from hubpilot.wiring import OPERATIONS, Context, NotConfigured, UnknownOperation
 
 log = logging.getLogger(__name__)
 
@@ -319,9 +319,8 @@ def create_app(context: ContextSource) -> FastAPI:
         async def start(response: Response, dry_run: bool = DryRunQuery, wait: float = WaitQuery,
                         ctx: Context = Depends(get_context), who: Principal = admin) -> Any:
             if dry_run:
-                record = await ctx.runner.dry_run(ctx.capability(op), trigger="api", actor=who.name)
                 response.status_code = 200
-                return _run_out(record.to_json())
+                return _run_out((await _dry_run(ctx, op, who.name)).to_json())
             try:
                 run_id = await start_run(ctx, op, trigger="api", actor=who.name)
             except LockHeld as exc:
@@ -345,8 +344,7 @@ def create_app(context: ContextSource) -> FastAPI:
              responses=_responses(*AUTHED))
     async def get_plan(operation: Operation, ctx: Context = Depends(get_context),
                        who: Principal = reader) -> Any:
-        record = await ctx.runner.dry_run(ctx.capability(operation), trigger="api", actor=who.name)
-        return _run_out(record.to_json())
+        return _run_out((await _dry_run(ctx, operation, who.name)).to_json())
 
     @api.post("/plans/{plan_id}/approve", response_model=RunOut, status_code=202, tags=["plans"],
               summary="Apply a refused plan if a fresh observation yields the same plan",
@@ -478,6 +476,18 @@ def create_app(context: ContextSource) -> FastAPI:
         return JSONResponse({"detail": f"unknown operation {exc}"}, status_code=404)
 
     return app
+
+
+async def _dry_run(ctx: Context, operation: str, actor: str) -> RunRecord:
+    """The plan of ``operation``; one that is not configured (scale without a pool) fails, naming the
+    settings to set, as a run of it does."""
+    try:
+        cap = ctx.capability(operation)
+    except NotConfigured as exc:
+        now = ctx.clock()
+        return RunRecord(new_run_id(), operation, "api", actor, now, outcome=Outcome.FAILED, dry_run=True,
+                         finished=now, error=f"NotConfigured: {exc}")
+    return await ctx.runner.dry_run(cap, trigger="api", actor=actor)
 
 
 async def readiness(ctx: Context) -> dict[str, dict[str, Any]]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from hubpilot.loop import RUN_KEY, LockHeld, Outcome, RunRecord, new_run_id
 from hubpilot.ports.store import ConflictError, Lease
-from hubpilot.wiring import OPERATIONS, Context, UnknownOperation
+from hubpilot.wiring import OPERATIONS, Context, NotConfigured, UnknownOperation
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,9 @@ async def execute_run(ctx: Context, req: RunRequest) -> RunRecord | None:
         return await ctx.runner.run(cap, trigger=req.trigger, actor=req.actor, run_id=req.run_id)
     except LockHeld as exc:
         await _record_unstarted(ctx, req, f"LockHeld: {exc}")
+    except NotConfigured as exc:  # the settings' answer, not a fault: no traceback
+        log.warning("%s run %s could not run: %s", req.operation, req.run_id, exc)
+        await _record_unstarted(ctx, req, f"NotConfigured: {exc}")
     except Exception as exc:
         log.exception("%s run %s could not run", req.operation, req.run_id)
         await _record_unstarted(ctx, req, f"{type(exc).__name__}: {exc}")
