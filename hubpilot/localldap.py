@@ -24,8 +24,10 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -61,6 +63,16 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _die_with_parent() -> None:
+    """Linux: slapd gets SIGTERM when the process that started it dies without stopping it (a
+    killed demo or test run); it would otherwise run on, orphaned, holding its port."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _suffix_entry(suffix: str) -> str:
@@ -214,7 +226,7 @@ class Slapd:
         self._log = open(self.log_path, "ab")  # closed in stop()
         self.process = subprocess.Popen(
             [SLAPD, "-f", str(self.workdir / "slapd.conf"), "-h", self._listeners(), "-d", "0"],
-            stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while True:

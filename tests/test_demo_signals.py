@@ -1,5 +1,6 @@
 """``hubpilot demo`` stopped by SIGTERM (``kill``, a supervisor) or SIGHUP (a closed terminal) part-way:
-everything it started is stopped, slapd included, as after Ctrl-C."""
+everything it started is stopped, slapd included, as after Ctrl-C. Killed outright (SIGKILL, the
+OOM killer), it cleans nothing up itself: the hub and slapd then stop because their parent died."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ ROOT = str(Path(__file__).resolve().parents[1])  # this checkout's hubpilot, in 
 
 
 @pytest.mark.parametrize(("flags", "sig"), [([], signal.SIGTERM), (["--ldap"], signal.SIGTERM),
-                                           (["--ldap"], signal.SIGHUP)], ids=["file-term", "ldap-term", "ldap-hup"])
+                                           (["--ldap"], signal.SIGHUP), (["--ldap"], signal.SIGKILL)],
+                         ids=["file-term", "ldap-term", "ldap-hup", "ldap-kill"])
 def test_a_signal_mid_demo_stops_everything_it_started(tmp_path: Path, flags: list[str], sig: int) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "hubpilot.cli", "demo", "--no-wait", "--port", "0", *flags],
