@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -26,16 +27,18 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
 from hubpilot.localhub import free_port, start_hub
-from hubpilot.loop import RunRecord
+from hubpilot.loop import Outcome, RunRecord
 from hubpilot.settings import Settings, load_settings
 from hubpilot.wiring import Context, build_context
 
+log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIRECTORY = PROJECT_ROOT / "deploy" / "demo" / "directory.yaml"
 WORKDIR = Path(".hubpilot-demo")
@@ -212,11 +215,51 @@ async def _demo_in(workdir: Path, ldap: bool, port: int, wait: bool) -> int:
                       f"member: uid=erin,ou=people,{LDAP_BASE}\\n")
             _say(f"  $ printf '{change}' | ldapmodify -x -H {ld['url']} -D {ld['bind_dn']} -w {ld['bind_password']}")
         _say("Ctrl-C stops the hub, the proxy, the servers and hubpilot.")
+        _say("Runs that change something (the schedule's, the API's, the CLI's) show here:")
         from hubpilot.serve import serve
 
-        await serve(settings, host="127.0.0.1", port=api_port, context=ctx)  # until Ctrl-C
+        follow = asyncio.create_task(_follow_runs(ctx, since=ctx.clock()))
+        try:
+            await serve(settings, host="127.0.0.1", port=api_port, context=ctx)  # until Ctrl-C
+        finally:
+            follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
         _say("\nstopping ...")
     return 0
+
+
+async def _follow_runs(ctx: Context, since: datetime, every: float = 1.0) -> None:
+    """Shows each run recorded from ``since`` on that changed something, was refused or failed,
+    whoever started it: what an edit of the directory or a command did, in the demo's terminal.
+    A failure is shown again only when it changes (a broken directory file fails every 30 s)."""
+    seen: set[str] = set()
+    failing: dict[str, str] = {}
+    while True:
+        await asyncio.sleep(every)
+        try:
+            entries, _ = await ctx.store.read_audit(since=since, limit=50)
+        except Exception as exc:  # the store is closing, or busy: the next look will do
+            log.debug("demo: cannot read the audit log: %s", exc)
+            continue
+        for entry in reversed(entries):  # oldest first
+            run_id = str(entry.get("run_id"))
+            if run_id in seen:
+                continue
+            seen.add(run_id)
+            record = RunRecord.from_json(entry)
+            if record.outcome in (Outcome.FAILED, Outcome.REFUSED):
+                why = f"{record.outcome}: {record.error or '; '.join(record.refusal)}"
+                if failing.get(record.operation) == why:
+                    continue
+                failing[record.operation] = why
+            elif not record.results:
+                failing.pop(record.operation, None)
+                continue  # nothing to do
+            else:
+                failing.pop(record.operation, None)
+            at = (record.finished or record.started).astimezone().strftime("%H:%M:%S")
+            _show(f"{at} {record.operation}, started by {record.trigger} ({record.actor})", record)
 
 
 def _claim(workdir: Path) -> IO[str] | str:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,9 +31,19 @@ ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")},
 @dataclass
 class Demo:
     proc: subprocess.Popen[str]
-    out: str
+    out: str  # up to "Ctrl-C stops ..."
     where: Path
     ldap: bool
+    lines: list[str]  # everything it has printed so far, read by a thread
+
+    def shows(self, text: str, timeout: float = 30) -> bool:
+        """Whether the demo prints ``text`` (within ``timeout``: it looks at the audit log each second)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in list(self.lines)):
+                return True
+            time.sleep(0.2)
+        return False
 
     def commands(self) -> list[str]:
         return [line[4:] for line in self.out.splitlines() if line.startswith("  $ ")]
@@ -50,18 +61,18 @@ def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         cwd=where, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
     )
     assert proc.stdout is not None
-    out = ""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
     deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:  # the demo ended before serving
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(line.startswith("Ctrl-C stops") for line in list(lines)):
             break
-        out += line
-        if line.startswith("Ctrl-C stops"):
-            break
+        time.sleep(0.1)
+    out = "".join(list(lines))
     try:
         assert proc.poll() is None and "Ctrl-C stops" in out, out
-        yield Demo(proc, out, where, ldap)
+        yield Demo(proc, out, where, ldap, lines)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -128,6 +139,8 @@ def test_every_command_the_demo_prints_acts_on_the_running_demo(demo: Demo) -> N
     audit = json.loads(_sh(demo, f"{cli} audit --operation sync --limit 10 --json").stdout)
     assert any(a["kind"] == "deprovision" and a["target"] == "erin"
                for e in audit["entries"] for a in (e.get("plan") or {}).get("actions", [])), audit
+    # and the demo's own terminal shows what happened, whichever run (its schedule, the CLI) did it
+    assert demo.shows("done: deprovision erin"), "".join(demo.lines)
 
 
 def test_a_second_demo_from_the_same_directory_leaves_the_running_one_alone(demo: Demo) -> None:
