@@ -2,7 +2,8 @@
 
 It starts JupyterHub with configurable-http-proxy and real single-user servers on loopback, a
 file directory (or OpenLDAP with ``--ldap``) built from ``deploy/demo/directory.yaml``, shows the
-first sync's plan and result, then a directory change (someone leaves) and its sync, and leaves
+first sync's plan and result, then a directory change (someone leaves) and its sync, starts a
+server it leaves idle for the cull (60 s idle, in the demo) to stop, and leaves
 the hub and hubpilot's admin API running — with the sync schedule firing every 30 seconds, so
 edits to the demo's directory file show up in the hub — until Ctrl-C. Everything it started is
 stopped on the way out.
@@ -74,10 +75,19 @@ def _ldif_from_directory(doc: dict[str, Any], base_dn: str) -> str:
     return "\n".join(out)
 
 
+# The demo's cull: a server idle for a minute is stopped by the next round (every 20 s). The
+# single-user servers report activity, and the hub reads the proxy's, every 10 s (300 s in a real
+# hub), so the timeout can be that short.
+ACTIVITY_INTERVAL = 10
+CULL = {"activity_interval": ACTIVITY_INTERVAL, "inactivity_timeout": 60, "schedule": "*/20 * * * * *"}
+
+
 def _hub_config(users_groups: list[str], admin_groups: list[str]) -> str:
     access = [GROUP_PREFIX + g for g in [*users_groups, *admin_groups]]
     admins = [GROUP_PREFIX + g for g in admin_groups]
     return (
+        f"c.JupyterHub.last_activity_interval = {ACTIVITY_INTERVAL}\n"
+        f"c.Spawner.environment.update({{'JUPYTERHUB_ACTIVITY_INTERVAL': '{ACTIVITY_INTERVAL}'}})\n"
         "import hubpilot_hub\n"
         f"hubpilot_hub.configure(c, access_groups={access!r}, admin_groups={admins!r})\n"
     )
@@ -164,6 +174,7 @@ async def _demo_in(workdir: Path, ldap: bool, port: int, wait: bool) -> int:
             "directory": directory,
             "sync": {"users_groups": users_groups, "admin_groups": admin_groups, "group_prefix": GROUP_PREFIX,
                      "schedule": "*/30 * * * * *", "max_removal_percent": 50},
+            "cull": CULL,
             "state": {"kind": "sqlite", "sqlite_path": str(workdir / "state.sqlite3")},
             "api": {"tokens": [{"name": "demo-admin", "role": "admin",
                                 "sha256": hashlib.sha256(api_token.encode()).hexdigest()}]},
@@ -190,6 +201,13 @@ async def _demo_in(workdir: Path, ldap: bool, port: int, wait: bool) -> int:
         _show("3. sync after the change: deprovisioned (server stopped, access gone), not deleted",
               await ctx.runner.run(sync, trigger="demo", actor="demo"))
 
+        idler = "alice"
+        await hub.spawn(doc["people"][idler]["username"])
+        _say(f"\n{idler} starts a notebook server and leaves it idle.")
+        _show(f"4. cull now (dry-run): {idler}'s server is kept, it has been idle for less than "
+              f"{CULL['inactivity_timeout']} s",
+              await ctx.runner.run(ctx.capability("cull"), trigger="demo", actor="demo", dry_run=True))
+
         cli = f"{_cli_command()} --config {config}"
         _say("\n" + "═" * 72)
         _say(f"JupyterHub:      {hub.url}   (log in as any synced user, password: {hub.password})")
@@ -201,12 +219,15 @@ async def _demo_in(workdir: Path, ldap: bool, port: int, wait: bool) -> int:
                  f"(password {ld['bind_password']}): the next scheduled sync (every 30 s) follows a change")
         else:
             _say(f"directory file:  {stack_dir}   edit it: the next scheduled sync (every 30 s) follows")
+        _say(f"cull:            a server idle for {CULL['inactivity_timeout']} s is stopped by the next round "
+             f"(every 20 s): {idler}'s, unless someone uses it")
         _say("state and logs:  " + str(workdir))
         if not wait:
             return 0
         _say("try, in another terminal:")
         _say(f"  $ {cli} status")
         _say(f"  $ {cli} sync --dry-run")
+        _say(f"  $ {cli} cull --dry-run")
         _say(f"  $ {cli} audit --limit 5")
         _say(f"  $ curl -H 'Authorization: Bearer {api_token}' http://127.0.0.1:{api_port}/api/v1/plan/sync")
         if ldap:  # erin leaves gpu-users: the next sync deprovisions her

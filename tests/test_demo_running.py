@@ -1,7 +1,8 @@
 """``hubpilot demo`` while it runs, as a new user meets it: every command it tells the user to try
 works against it (the CLI on the demo's own settings, curl on its admin API, and with ``--ldap``
-ldapmodify on its slapd), and a second demo started from the same directory is refused instead of
-wiping the running demo's hub database, state store and directory."""
+ldapmodify on its slapd), what they do shows in its terminal, its cull stops the server it leaves
+idle, and a second demo started from the same directory is refused instead of wiping the running
+demo's hub database, state store and directory."""
 
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def test_every_command_the_demo_prints_acts_on_the_running_demo(demo: Demo) -> N
         if " status" in command:  # the demo's state store, not an empty one beside it
             sync = next(line for line in done.stdout.splitlines() if line.startswith("sync"))
             assert "last run" in sync and "applied" in sync, done.stdout
-        elif " sync --dry-run" in command:
+        elif " sync --dry-run" in command or " cull --dry-run" in command:
             assert "planned (dry-run)" in done.stdout, done.stdout
         elif " audit" in command:
             assert "sync applied trigger=demo" in done.stdout, done.stdout
@@ -141,6 +142,15 @@ def test_every_command_the_demo_prints_acts_on_the_running_demo(demo: Demo) -> N
                for e in audit["entries"] for a in (e.get("plan") or {}).get("actions", [])), audit
     # and the demo's own terminal shows what happened, whichever run (its schedule, the CLI) did it
     assert demo.shows("done: deprovision erin"), "".join(demo.lines)
+
+
+def test_the_demo_culls_the_server_it_leaves_idle(demo: Demo) -> None:
+    """The demo's cull: alice's server, started and left idle, is stopped by a scheduled round once
+    it has been idle for a minute, and the demo's terminal shows it."""
+    assert "alice's server is kept" in demo.out, demo.out
+    if demo.ldap:
+        pytest.skip("the cull does not depend on the directory: the file demo waits for it, once")
+    assert demo.shows("done: stop_server alice", timeout=150), "".join(demo.lines)
 
 
 def test_a_second_demo_from_the_same_directory_leaves_the_running_one_alone(demo: Demo) -> None:
