@@ -221,6 +221,8 @@ async def _demo_in(workdir: Path, ldap: bool, port: int, wait: bool) -> int:
             _say(f"directory file:  {stack_dir}   edit it: the next scheduled sync (every 30 s) follows")
         _say(f"cull:            a server idle for {CULL['inactivity_timeout']} s is stopped by the next round "
              f"(every 20 s): {idler}'s, unless someone uses it")
+        _say("scale:           not in the demo: it sizes an AKS GPU node pool (docs/scale.md); its plan "
+             "names the settings it needs")
         _say("state and logs:  " + str(workdir))
         if not wait:
             return 0
