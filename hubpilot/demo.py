@@ -103,14 +103,17 @@ async def _directory(
     """Yields the [directory] settings for the demo's directory (running slapd when asked) and a
     function that takes a person out of every group, in the file or in LDAP."""
     path = workdir / "directory.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    # the copy the user is told to edit keeps the original's opening comments (how groups nest)
+    header = "".join(line for line in DEMO_DIRECTORY.read_text().splitlines(keepends=True)
+                     if line.startswith("#"))
+    path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
     if not ldap:
 
         def leave_file(key: str) -> None:
             for g in doc["groups"].values():
                 if key in g.get("members", []):
                     g["members"].remove(key)
-            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+            path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
 
         yield {"kind": "file", "file": {"path": str(path)}}, leave_file
         return

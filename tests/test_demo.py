@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 ROOT = str(Path(__file__).resolve().parents[1])  # this checkout's hubpilot, not the venv's installed one
 
@@ -31,6 +32,10 @@ def test_demo_syncs_a_real_hub_and_stops_everything(tmp_path: Path, flags: list[
     assert "done: stop_servers bob (servers=['']) — no longer in any synced directory group [default: stopped]" in out
     assert "done: deprovision bob" in out
     assert "JupyterHub:      http://127.0.0.1:" in out
+    if not flags:  # the file the user is told to edit still says how it works
+        edited = (tmp_path / ".hubpilot-demo" / "directory.yaml").read_text()
+        assert "`groups:` inside a group names nested groups" in edited
+        assert all("bob" not in g.get("members", []) for g in yaml.safe_load(edited)["groups"].values())
     assert left_running(mark, tmp_path) == [], "the demo left processes running"
 
 
