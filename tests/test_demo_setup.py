@@ -1,0 +1,69 @@
+"""``./scripts/demo`` on a machine whose Python and Node environments are up to date: its setup installs
+nothing the demo does not use. The infra tools (.venv-infra: checkov, pycep-parser, hundreds of MB
+from PyPI) serve tests/test_infra.py only, and a new user's first demo waited for them.
+
+The project's scripts run in a copy with stand-in environments (marked up to date the way the setup
+checks them), and a Python that fails if anything tries to create an environment: nothing is
+downloaded and no real environment is touched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _exe(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/usr/bin/env bash\n" + text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    for tool in ("slapd", "ldapsearch", "openssl", "node", "npm", "sha256sum"):
+        if not (shutil.which(tool) or (tool == "slapd" and Path("/usr/sbin/slapd").exists())):
+            pytest.skip(f"{tool} is not installed: the setup would call apt-get")
+    work = tmp_path / "project"
+    shutil.copytree(ROOT / "scripts", work / "scripts")
+    for name in ("requirements.txt", "requirements-dev.txt", "constraints.txt", "pyproject.toml",
+                 "package-lock.json", "requirements-infra.txt"):
+        shutil.copy(ROOT / name, work / name)
+    # .venv and node_modules up to date, as the setup's stamps say
+    _exe(work / ".venv" / "bin" / "python", "exit 0\n")
+    _exe(work / ".venv" / "bin" / "hubpilot", 'echo "hubpilot $*"\n')
+    want = hashlib.sha256(b"".join((work / n).read_bytes() for n in (
+        "requirements.txt", "requirements-dev.txt", "constraints.txt", "pyproject.toml"))).hexdigest()
+    (work / ".venv" / ".hubpilot-requirements").write_text(want + "\n")
+    _exe(work / "node_modules" / ".bin" / "configurable-http-proxy", "exit 0\n")
+    (work / "node_modules" / ".hubpilot-lock").write_text(
+        hashlib.sha256((work / "package-lock.json").read_bytes()).hexdigest() + "\n")
+    _exe(tmp_path / "no-python", 'echo "no-python: asked to $*" >&2; exit 1\n')
+    return work
+
+
+def _env(copy: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHON": str(copy.parent / "no-python")}
+
+
+def test_the_demo_command_installs_no_test_only_tools(copy: Path) -> None:
+    done = subprocess.run(["bash", "scripts/demo", "--ldap"], cwd=copy, env=_env(copy), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("hubpilot demo --ldap"), done.stdout
+    assert not (copy / ".venv-infra").exists()
+
+
+def test_the_full_setup_still_installs_the_infra_tools(copy: Path) -> None:
+    """The test command's setup (no --demo) goes on to .venv-infra: here the stand-in Python refuses."""
+    done = subprocess.run(["bash", "scripts/setup"], cwd=copy, env=_env(copy), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0 and "infra tools (.venv-infra)" in done.stdout, done.stdout + done.stderr
+    assert "no-python: asked to -m venv .venv-infra" in done.stderr, done.stderr
