@@ -52,7 +52,7 @@ def _say(text: str = "") -> None:
 
 
 def _show(title: str, record: RunRecord) -> None:
-    _say(f"\n── {title} " + "─" * max(0, 70 - len(title)))
+    _say(f"\n── {title} " + "─" * max(3, 70 - len(title)))
     _say(record.render())
 
 
