@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from hubpilot.loop import ExitCode, LockHeld, RunRecord, UnknownPlan
-from hubpilot.settings import Settings, SettingsError, load_settings, settings_reference
+from hubpilot.settings import Settings, SettingsError, defaults_note, load_settings, settings_reference
 from hubpilot.wiring import OPERATIONS, Context, build_context
 
 
@@ -249,6 +249,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except SettingsError as exc:
         print(f"hubpilot: {exc}", file=sys.stderr)
         return int(ExitCode.USAGE)
+    note = defaults_note(args.config)
+    if note is not None:
+        print(f"hubpilot: note: {note}", file=sys.stderr)
     if args.command == "serve":
         from hubpilot.serve import main as serve_main
 

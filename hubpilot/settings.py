@@ -133,6 +133,18 @@ def _config_path() -> Path | None:
     return default if default.exists() else None
 
 
+def defaults_note(path: str | Path | None = None) -> str | None:
+    """A line saying that only the defaults are in use (no settings file, no ``HUBPILOT_``
+    variable): a command run outside the deployment's directory or environment would otherwise
+    quietly use a fresh state file and report "never run"."""
+    if path is not None or os.environ.get(CONFIG_ENV) or Path(DEFAULT_FILE).exists():
+        return None
+    if any(name.upper().startswith(ENV_PREFIX) for name in os.environ):
+        return None
+    return (f"no settings file (--config, ${CONFIG_ENV} or ./{DEFAULT_FILE}) and no {ENV_PREFIX}* "
+            "variables: using the defaults, with state in ./hubpilot-state.sqlite3 of this directory")
+
+
 def _env_name(loc: tuple[Any, ...], *, flat: bool = True) -> str:
     """The environment variable of a setting (for a schedule set by its flat name, that name)."""
     if flat and len(loc) == 2 and loc[1] == "schedule" and TIMER_SCHEDULE_ENV.get(str(loc[0])) in os.environ:

@@ -80,3 +80,23 @@ async def test_audit_filters_by_any_operation_the_log_holds(tmp_path: Path) -> N
     assert [e["operation"] for e in json.loads(done.stdout)["entries"]] == ["graph-notifications"]
     bad = _cli(tmp_path, "audit", "--operation", "Graph Notifications")
     assert bad.returncode == 2 and "--operation" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_a_command_with_no_settings_at_all_says_it_uses_the_defaults(tmp_path: Path) -> None:
+    """Run outside the deployment's directory and environment, `hubpilot status` reads a fresh
+    state file and reports "never run": it says that it found no settings, not only that."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")}
+    bare = subprocess.run([sys.executable, "-m", "hubpilot.cli", "status"], cwd=tmp_path,
+                          env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 0, bare.stderr
+    assert "no settings file" in bare.stderr and "hubpilot-state.sqlite3" in bare.stderr
+    configured = _cli(tmp_path, "status")
+    assert configured.returncode == 0, configured.stderr
+    assert "no settings file" not in configured.stderr
+    # a HUBPILOT_ variable is settings too (how Azure Functions and containers configure it)
+    by_env = subprocess.run([sys.executable, "-m", "hubpilot.cli", "status"], cwd=tmp_path,
+                            env={**env, "PYTHONPATH": str(ROOT),
+                                 "HUBPILOT_STATE__SQLITE_PATH": str(tmp_path / "s.sqlite3")},
+                            capture_output=True, text=True, timeout=60)
+    assert by_env.returncode == 0, by_env.stderr
+    assert "no settings file" not in by_env.stderr
