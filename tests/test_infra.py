@@ -641,9 +641,9 @@ def test_checkov_finds_no_failed_check() -> None:
 def test_scale_timer_is_switched_off_exactly_when_scaling_is(parsed: dict[str, Any]) -> None:
     """Without scaling, the host's per-function switch (``AzureWebJobs.<name>.Disabled``) keeps the
     scale timer from waking the app every minute; with scaling it fires. The name is the function's."""
-    import function_app
+    from tests.test_functions import functions_by_name  # get_functions() indexes once per process
 
-    timers = {f.get_function_name() for f in function_app.app.get_functions()
+    timers = {name for name, f in functions_by_name().items()
               if any(b.type == "timerTrigger" for b in f.get_bindings())}
     assert "scale_timer" in timers
     main = _file(parsed, "main.bicep")
