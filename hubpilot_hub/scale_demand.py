@@ -20,12 +20,14 @@ profiles' overrides are raised too.
 
 Which spawn is a GPU spawn: for the same reason the spawner's ``extra_resource_limits`` do not
 show the profile yet when the hook runs, so the profile is resolved from KubeSpawner's
-``profile_list`` (a list, or a callable called as KubeSpawner calls it) the way KubeSpawner
-resolves it: ``user_options["profile"]`` is a slug (KubeSpawner slugifies the display name of a
-profile without one); no profile asked for means the profile marked ``default``, else the first.
-It is a GPU spawn when that profile's slug or display name is in ``gpu_profiles``, or when its
-``kubespawner_override`` — or that of a ``profile_options`` choice it uses (the one in
-``user_options``, ``unlisted_choice`` included, else the option's default choice) — asks for
+``profile_list`` (a list, a dict — its values sorted by key —, or a callable called as
+KubeSpawner calls it) the way KubeSpawner resolves it: ``user_options["profile"]`` is a slug
+(KubeSpawner slugifies the display name of a profile without one); no profile asked for means
+the profile marked ``default``, else the first. It is a GPU spawn when that profile's slug or
+display name is in ``gpu_profiles``, or when its ``kubespawner_override`` — or that of a
+``profile_options`` choice it uses (a free-form value in ``user_options["<option>--unlisted-choice"]``
+means the option's ``unlisted_choice``, with ``{value}`` filled in; else the choice
+``user_options["<option>"]`` names; else the option's default choice) — asks for
 ``nvidia.com/gpu`` in ``extra_resource_limits`` or ``extra_resource_guarantees``; or when the
 spawner itself already does (its configuration, ``group_overrides``).
 """
@@ -69,7 +71,38 @@ def _slugify(name: str) -> str:
 
 
 def _slug(profile: dict[str, Any]) -> str:
-    return str(profile.get("slug") or _slugify(str(profile.get("display_name", ""))))
+    # KubeSpawner generates a slug only for a profile without the key
+    if "slug" in profile:
+        return str(profile["slug"])
+    return _slugify(str(profile.get("display_name", "")))
+
+
+def _profiles(profile_list: Any) -> list[Any] | None:
+    """The profiles of a ``profile_list`` in KubeSpawner's order: a list as it is, a dict's values
+    sorted by their keys (KubeSpawner's ``_sorted_dict_values``); None for anything else."""
+    if isinstance(profile_list, list):
+        return profile_list
+    if isinstance(profile_list, dict):
+        try:
+            return [profile_list[k] for k in sorted(profile_list)]
+        except TypeError:  # keys of mixed types: KubeSpawner would fail; keep them all
+            return list(profile_list.values())
+    return None
+
+
+def _formatted(override: Any, value: str) -> Any:
+    """An ``unlisted_choice`` override with ``{value}`` filled in, as KubeSpawner's
+    ``recursive_format`` does (a string it cannot format is kept as it is)."""
+    if isinstance(override, dict):
+        return {k: _formatted(v, value) for k, v in override.items()}
+    if isinstance(override, list):
+        return [_formatted(v, value) for v in override]
+    if isinstance(override, str):
+        try:
+            return override.format(value=value)
+        except (KeyError, IndexError, ValueError):
+            return override
+    return override
 
 
 def _asks_for(override: Any, resource: str) -> bool:
@@ -95,20 +128,24 @@ def _chosen_profile(profile_list: list[Any], slug: str) -> dict[str, Any] | None
 
 
 def _chosen_overrides(profile: dict[str, Any], options: dict[str, Any]) -> list[Any]:
-    """The ``kubespawner_override`` of each ``profile_options`` choice the spawn uses: the one in
-    ``user_options`` (the form sends ``{option: choice}``; ``unlisted_choice`` means the free-form
-    value), else the option's default choice, else its first."""
+    """The ``kubespawner_override`` of each ``profile_options`` choice the spawn uses, as
+    KubeSpawner's ``_load_profile`` picks it: a free-form value in
+    ``user_options["<option>--unlisted-choice"]`` (what the form sends for "Other...") means the
+    option's ``unlisted_choice`` override with ``{value}`` filled in; else the choice
+    ``user_options["<option>"]`` names; else the option's default choice, else its first."""
     out = []
     profile_options = profile.get("profile_options")
     for name, option in (profile_options.items() if isinstance(profile_options, dict) else ()):
         if not isinstance(option, dict):
             continue
         choices = option.get("choices") if isinstance(option.get("choices"), dict) else {}
+        unlisted_value = options.get(f"{name}--unlisted-choice")
         chosen = options.get(name)
-        if chosen == "unlisted_choice":
+        if unlisted_value:
             unlisted = option.get("unlisted_choice")
-            out.append(unlisted.get("kubespawner_override") if isinstance(unlisted, dict) else None)
-        elif chosen in choices:
+            override = unlisted.get("kubespawner_override") if isinstance(unlisted, dict) else None
+            out.append(_formatted(override, str(unlisted_value)))
+        elif isinstance(chosen, str) and chosen in choices:
             choice = choices[chosen]
             out.append(choice.get("kubespawner_override") if isinstance(choice, dict) else None)
         elif choices:
@@ -130,7 +167,8 @@ def _classify(spawner: Any, profile_list: Any, profiles: frozenset[str], resourc
     for attr in ("extra_resource_limits", "extra_resource_guarantees"):
         if resource in (getattr(spawner, attr, None) or {}):
             return True, slug
-    if not isinstance(profile_list, list) or not profile_list:
+    profile_list = _profiles(profile_list)
+    if not profile_list:
         return slug in profiles, slug
     profile = _chosen_profile(profile_list, slug)
     if profile is None:  # KubeSpawner refuses an unknown slug; count it by name alone
@@ -144,8 +182,8 @@ def _classify(spawner: Any, profile_list: Any, profiles: frozenset[str], resourc
 
 
 def _is_gpu(spawner: Any, profiles: frozenset[str], resource: str) -> bool:
-    """:func:`_classify` with the spawner's ``profile_list`` when it is a list (a callable one
-    needs :func:`gpu_spawn`)."""
+    """:func:`_classify` with the spawner's ``profile_list`` when it is a list or a dict (a
+    callable one needs :func:`gpu_spawn`)."""
     return _classify(spawner, getattr(spawner, "profile_list", None), profiles, resource)[0]
 
 
@@ -355,8 +393,8 @@ def configure_scale_demand(
 
 
 def _raise_start_timeout(c: Any, profiles: frozenset[str], seconds: int, resource: str = "nvidia.com/gpu") -> None:
-    profile_list = c.KubeSpawner.get("profile_list") if "KubeSpawner" in c else None
-    if isinstance(profile_list, list) and _raise_gpu_overrides(profile_list, profiles, seconds, resource):
+    profile_list = _profiles(c.KubeSpawner.get("profile_list") if "KubeSpawner" in c else None)
+    if profile_list is not None and _raise_gpu_overrides(profile_list, profiles, seconds, resource):
         return
     if profiles:
         # a callable (or later configured) profile_list cannot be edited here: the pre-spawn

@@ -176,8 +176,10 @@ async def test_a_failing_hubpilot_is_logged_once_until_it_answers_again(
 
 
 # A KubeSpawner stand-in: the profile_list trait, and start() applying the chosen profile's and
-# choices' kubespawner_override first (KubeSpawner's load_user_options, inside _start) — then, as
-# no GPU node exists here, recording what the spawn would run with and failing.
+# choices' kubespawner_override first, as KubeSpawner 7's load_user_options / _load_profile do
+# inside _start (a dict profile_list is its values sorted by key; a free-form "Other..." value
+# arrives as user_options["<option>--unlisted-choice"] and wins over the option's choice) — then,
+# as no GPU node exists here, recording what the spawn would run with and failing.
 _KUBE_LIKE = """
 import json, pathlib
 from jupyterhub.spawner import SimpleLocalProcessSpawner
@@ -194,18 +196,22 @@ class KubeSpawner(SimpleLocalProcessSpawner):
         # JupyterHub read start_timeout before calling start(); record it
         seen = {{"start_timeout": self.start_timeout}}
         options = dict(self.user_options or {{}})
-        slug = options.pop("profile", None)
+        slug = options.get("profile")
         profiles = self.profile_list
+        if isinstance(profiles, dict):
+            profiles = [profiles[k] for k in sorted(profiles)]
         for p in profiles:
-            p.setdefault("slug", p["display_name"].lower().replace(" ", "-"))
-        profile = next((p for p in profiles if p["slug"] == slug), None) if slug else \\
+            if "slug" not in p:
+                p["slug"] = p["display_name"].lower().replace(" ", "-")
+        profile = next(p for p in profiles if p["slug"] == slug) if slug else \\
             next((p for p in profiles if p.get("default")), profiles[0])
         for k, v in profile.get("kubespawner_override", {{}}).items():
             setattr(self, k, v)
         for name, option in profile.get("profile_options", {{}}).items():
+            unlisted = options.get(name + "--unlisted-choice")
             chosen = options.get(name)
-            if chosen == "unlisted_choice":
-                over = {{k: {{r: a.format(value=options[name + "--unlisted-choice"]) for r, a in v.items()}}
+            if unlisted:
+                over = {{k: {{r: a.format(value=unlisted) for r, a in v.items()}}
                         for k, v in option["unlisted_choice"]["kubespawner_override"].items()}}
             elif chosen:
                 over = option["choices"][chosen].get("kubespawner_override", {{}})
@@ -222,7 +228,7 @@ class KubeSpawner(SimpleLocalProcessSpawner):
         raise RuntimeError("no GPU node in this test")
 
 c.JupyterHub.spawner_class = KubeSpawner
-c.KubeSpawner.profile_list = [
+profiles = [
     {{"display_name": "CPU", "slug": "cpu"}},
     {{"display_name": "GPU T4", "default": True,   # no slug: KubeSpawner makes it "gpu-t4"
       "kubespawner_override": {{"extra_resource_limits": {{"nvidia.com/gpu": "1"}}}}}},
@@ -241,25 +247,30 @@ c.KubeSpawner.profile_list = [
         }},
     }}}},
 ]
+# KubeSpawner takes a dict too: its values, sorted by key
+c.KubeSpawner.profile_list = profiles if {form!r} == "list" else dict(zip(["a", "b", "c"], profiles))
 from hubpilot_hub.scale_demand import configure_scale_demand
 configure_scale_demand(c, url={url!r}, token="t", gpu_start_timeout=900, timeout=5)
 """
 
 
 @pytest.mark.hub
+@pytest.mark.parametrize("form", ["list", "dict"])
 async def test_gpu_spawns_are_told_apart_in_every_profile_list_form(
-    hub_factory: Callable[..., Awaitable[RealHub]], tmp_path: Path,
+    hub_factory: Callable[..., Awaitable[RealHub]], tmp_path: Path, form: str,
 ) -> None:
     record = tmp_path / "spawns.json"
     async with _Hubpilot() as hubpilot:
-        hub = await hub_factory(extra_config=_KUBE_LIKE.format(record=str(record), url=hubpilot.url))
+        hub = await hub_factory(extra_config=_KUBE_LIKE.format(record=str(record), url=hubpilot.url,
+                                                               form=form))
         spawns = {
             unique_name("cpu"): {"profile": "cpu"},
             unique_name("mlnone"): {"profile": "ml"},  # the option's default choice: no GPU
             unique_name("dflt"): {},  # no profile picked: the default profile, a GPU one
             unique_name("a100"): {"profile": "ml", "accelerator": "a100"},
-            unique_name("other"): {"profile": "ml", "accelerator": "unlisted_choice",
-                                   "accelerator--unlisted-choice": "2"},
+            # "Other...": KubeSpawner's form sends the free-form value alone, under
+            # "<option>--unlisted-choice" (the option's default choice asks for no GPU)
+            unique_name("other"): {"profile": "ml", "accelerator--unlisted-choice": "2"},
         }
         await _users(hub, *spawns)
         for user, options in spawns.items():
