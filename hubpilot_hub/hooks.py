@@ -25,6 +25,7 @@ Registering a name again replaces that part in place (configure is safe to run t
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 from collections.abc import Callable
@@ -49,6 +50,10 @@ class _Part:
 
 _PARTS: list[_Part] = []
 _ANNOUNCED: set[str] = set()  # late hooks already logged
+#: the spawner whose composed hook (:func:`ensure_on`) is running in this task: a late hook that
+#: calls the hook it found (``prev = c.Spawner.pre_spawn_hook`` then ``await prev(spawner)``)
+#: calls :func:`pre_spawn_hook` inside it, whose parts this run already runs
+_COMPOSED_RUN: contextvars.ContextVar[Any] = contextvars.ContextVar("hubpilot_composed_run", default=None)
 
 
 def register_pre_spawn(
@@ -79,6 +84,8 @@ def registered_parts() -> list[tuple[str, bool]]:
 
 async def pre_spawn_hook(spawner: Any) -> None:
     """The hook JupyterHub calls: runs every part in order (see the module docstring)."""
+    if _COMPOSED_RUN.get() is spawner:
+        return  # called by a late hook from within the composed run: each part runs once
     await _run(list(_PARTS), spawner)
 
 
@@ -91,7 +98,8 @@ def ensure_on(spawner: Any) -> None:
     replaces the composed hook, and the access check at spawn with it. Called for every spawn by
     the gated authenticator's ``pre_spawn_start`` (JupyterHub calls it just before the
     spawner's hook), this keeps that hook as a part — essential, right after the configured
-    ones — of a composed hook on this spawner."""
+    ones — of a composed hook on this spawner. A late hook that calls the hook it replaced
+    (:func:`pre_spawn_hook`) gets nothing run by that call: the composed run runs every part once."""
     current = getattr(spawner, "pre_spawn_hook", None)
     if current is pre_spawn_hook or getattr(current, "_hubpilot_composed", False):
         return
@@ -110,7 +118,11 @@ def ensure_on(spawner: Any) -> None:
         for i, p in enumerate(parts):
             if p.name == "access" or p.name.startswith("configured:"):
                 at = i + 1
-        await _run([*parts[:at], late, *parts[at:]], spawner)
+        token = _COMPOSED_RUN.set(spawner)
+        try:
+            await _run([*parts[:at], late, *parts[at:]], spawner)
+        finally:
+            _COMPOSED_RUN.reset(token)
 
     composed._hubpilot_composed = True  # type: ignore[attr-defined]
     spawner.pre_spawn_hook = composed

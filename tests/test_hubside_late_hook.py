@@ -63,3 +63,41 @@ c.Authenticator.post_auth_hook = _late_auth_hook
     assert "JupyterHub.hubpilot_hub gate:" in log and "spawn refused for " + repr(outsider) in log
     async with hub.admin() as admin:
         await admin.delete(f"/users/{member}/server")
+
+
+async def test_a_late_hook_that_chains_the_one_it_found_runs_each_part_once(
+    hub_factory: Callable[..., Awaitable[RealHub]],
+) -> None:
+    # a common pattern in a later snippet: keep the hook configured so far and call it first.
+    # The composed hook then runs the late hook as a part, and the late hook the composed hook
+    # again: every part (the access check, the demand signal, ...) would run twice a spawn
+    hub = await hub_factory(extra_config=f"""
+import pathlib
+import hubpilot_hub
+def _count(spawner):
+    p = pathlib.Path(spawner.user.name + ".parts")
+    p.write_text((p.read_text() if p.exists() else "") + "x")
+hubpilot_hub.configure(c, access_groups=[{ACCESS!r}], pre_spawn_parts=[("count", _count)])
+
+_previous = c.Spawner.pre_spawn_hook
+async def _chained(spawner):
+    await _previous(spawner)
+    pathlib.Path(spawner.user.name + ".chained").write_text("yes")
+c.Spawner.pre_spawn_hook = _chained
+""")
+    outsider, member = unique_name("out"), unique_name("mem")
+    async with HubClient(hub.api_url, hub.hubpilot_token) as hp:
+        await hp.create_users([outsider, member])
+        await hp.create_group(ACCESS)
+        await hp.add_group_members(ACCESS, [member])
+
+    r = await hub.spawn(outsider)
+    assert r.status_code == 403, r.text
+    assert not (hub.tmp_path / f"{outsider}.chained").exists()
+
+    r = await hub.spawn(member)
+    assert r.status_code in (201, 202), r.text
+    assert (hub.tmp_path / f"{member}.chained").read_text() == "yes"  # the late hook ran
+    assert (hub.tmp_path / f"{member}.parts").read_text() == "x"  # and every part once
+    async with hub.admin() as admin:
+        await admin.delete(f"/users/{member}/server")
