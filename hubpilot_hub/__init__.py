@@ -102,7 +102,7 @@ def configure(
     for section in _spawner_sections(c):
         existing = c[section].get("pre_spawn_hook")
         if existing is not None and existing is not hooks.pre_spawn_hook:
-            hooks.register_pre_spawn(existing, name=f"configured:{section}", essential=True)
+            hooks.register_pre_spawn(existing, name=f"configured:{section}", essential=True, configured=True)
             c[section].pre_spawn_hook = hooks.pre_spawn_hook
     c.Spawner.pre_spawn_hook = hooks.pre_spawn_hook
     for name, part in pre_spawn_parts:

@@ -57,9 +57,14 @@ _COMPOSED_RUN: contextvars.ContextVar[Any] = contextvars.ContextVar("hubpilot_co
 
 
 def register_pre_spawn(
-    part: PreSpawnPart, *, name: str | None = None, essential: bool = False, first: bool = False
+    part: PreSpawnPart, *, name: str | None = None, essential: bool = False, first: bool = False,
+    configured: bool = False,
 ) -> None:
-    """Add ``part`` to the composed pre-spawn hook (replacing a part of the same name)."""
+    """Add ``part`` to the composed pre-spawn hook (replacing a part of the same name).
+
+    ``first``: before every part (the access check). ``configured``: a hook the configuration
+    had, kept as a part right after the access check and the configured hooks before it, ahead
+    of the feature parts — never ahead of the access check."""
     if not callable(part):
         raise TypeError(f"pre-spawn part {name or part!r} is not callable")
     entry = _Part(name or str(getattr(part, "__qualname__", repr(part))), part, essential)
@@ -69,8 +74,19 @@ def register_pre_spawn(
             return
     if first:
         _PARTS.insert(0, entry)
+    elif configured:
+        _PARTS.insert(_after_configured(_PARTS), entry)
     else:
         _PARTS.append(entry)
+
+
+def _after_configured(parts: list[_Part]) -> int:
+    """The index right after the access check and the configured hooks."""
+    at = 0
+    for i, p in enumerate(parts):
+        if p.name == "access" or p.name.startswith("configured:"):
+            at = i + 1
+    return at
 
 
 def unregister_pre_spawn(name: str) -> None:
@@ -114,10 +130,7 @@ def ensure_on(spawner: Any) -> None:
 
     async def composed(spawner: Any) -> None:
         parts = list(_PARTS)
-        at = 0
-        for i, p in enumerate(parts):
-            if p.name == "access" or p.name.startswith("configured:"):
-                at = i + 1
+        at = _after_configured(parts)
         token = _COMPOSED_RUN.set(spawner)
         try:
             await _run([*parts[:at], late, *parts[at:]], spawner)

@@ -362,14 +362,14 @@ def configure_gpu_start_timeout(c: Any, *, gpu_profiles: Sequence[str] = (), sec
 def _install_hook(c: Any) -> None:
     """Install the composed hook on ``Spawner`` and on every spawner class section that has a
     hook of its own (``c.KubeSpawner.pre_spawn_hook`` would override the one on ``Spawner``),
-    keeping each such hook as an essential part."""
+    keeping each such hook as an essential part, after the access check."""
     sections = ["Spawner", *(k for k in c if k != "Spawner" and k[:1].isupper()
                              and isinstance(c[k], Config) and "pre_spawn_hook" in c[k])]
     for section in sections:
         current = c[section].get("pre_spawn_hook")
         if current is not hooks.pre_spawn_hook:
             if current is not None:
-                hooks.register_pre_spawn(current, name=f"configured:{section}", essential=True, first=True)
+                hooks.register_pre_spawn(current, name=f"configured:{section}", essential=True, configured=True)
             c[section].pre_spawn_hook = hooks.pre_spawn_hook
 
 

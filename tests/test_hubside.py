@@ -169,8 +169,9 @@ def test_configure_keeps_allow_all_and_existing_hooks(clean_hooks: None) -> None
     hubpilot_hub.configure(c, access_groups=["a"])
     assert c.Authenticator.allow_all is False
     assert c.KubeSpawner.pre_spawn_hook is hooks.pre_spawn_hook
+    # the documented order: the access check, the configured hooks, then the features' parts
     assert hooks.registered_parts() == [
-        ("access", True), ("gpu-demand", False), ("configured:KubeSpawner", True),
+        ("access", True), ("configured:KubeSpawner", True), ("gpu-demand", False),
     ]
 
 

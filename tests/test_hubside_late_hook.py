@@ -101,3 +101,38 @@ c.Spawner.pre_spawn_hook = _chained
     assert (hub.tmp_path / f"{member}.parts").read_text() == "x"  # and every part once
     async with hub.admin() as admin:
         await admin.delete(f"/users/{member}/server")
+
+
+async def test_a_hook_found_by_a_later_feature_runs_after_the_access_check(
+    hub_factory: Callable[..., Awaitable[RealHub]],
+) -> None:
+    # a spawner-class hook set between configure() and configure_gpu_start_timeout(): the later
+    # feature takes it over as a part, which must not run before the access check (a deployment
+    # hook preparing a home directory or a volume would do so for a refused user)
+    hub = await hub_factory(extra_config=f"""
+import pathlib
+import hubpilot_hub
+hubpilot_hub.configure(c, access_groups=[{ACCESS!r}])
+
+def _site_hook(spawner):
+    pathlib.Path(spawner.user.name + ".site-hook-ran").write_text("yes")
+c.SimpleLocalProcessSpawner.pre_spawn_hook = _site_hook
+
+from hubpilot_hub.scale_demand import configure_gpu_start_timeout
+configure_gpu_start_timeout(c, gpu_profiles=["gpu"], seconds=120)
+""")
+    outsider, member = unique_name("out"), unique_name("mem")
+    async with HubClient(hub.api_url, hub.hubpilot_token) as hp:
+        await hp.create_users([outsider, member])
+        await hp.create_group(ACCESS)
+        await hp.add_group_members(ACCESS, [member])
+
+    r = await hub.spawn(outsider)
+    assert r.status_code == 403, r.text
+    assert not (hub.tmp_path / f"{outsider}.site-hook-ran").exists()  # refused before the hook
+
+    r = await hub.spawn(member)
+    assert r.status_code in (201, 202), r.text
+    assert (hub.tmp_path / f"{member}.site-hook-ran").read_text() == "yes"
+    async with hub.admin() as admin:
+        await admin.delete(f"/users/{member}/server")
