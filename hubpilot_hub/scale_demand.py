@@ -52,6 +52,9 @@ log = logging.getLogger(hooks.LOGGER)
 
 PART_NAME = "gpu-demand"
 START_TIMEOUT_PART_NAME = "gpu-start-timeout"
+#: seconds the parts wait for a callable ``profile_list``: JupyterHub bounds ``start()`` (where
+#: KubeSpawner calls it) by ``start_timeout``, but not the pre-spawn hook
+RESOLVE_TIMEOUT = 10.0
 
 
 def _profile_of(spawner: Any) -> str:
@@ -187,14 +190,22 @@ def _is_gpu(spawner: Any, profiles: frozenset[str], resource: str) -> bool:
     return _classify(spawner, getattr(spawner, "profile_list", None), profiles, resource)[0]
 
 
-async def gpu_spawn(spawner: Any, profiles: frozenset[str], resource: str = "nvidia.com/gpu") -> tuple[bool, str]:
+async def gpu_spawn(spawner: Any, profiles: frozenset[str], resource: str = "nvidia.com/gpu",
+                    resolve_timeout: float | None = None) -> tuple[bool, str]:
     """(GPU spawn?, profile slug) for ``spawner``, calling a callable ``profile_list`` as
-    KubeSpawner does (``profile_list(spawner)``, maybe async)."""
+    KubeSpawner does (``profile_list(spawner)``, maybe async). A callable that does not answer
+    within ``resolve_timeout`` seconds counts as a GPU spawn (a longer wait, or a signal too many,
+    never a GPU spawn missed), and is logged."""
     profile_list = getattr(spawner, "profile_list", None)
     if callable(profile_list):
         profile_list = profile_list(spawner)
         if inspect.isawaitable(profile_list):
-            profile_list = await profile_list
+            try:
+                profile_list = await asyncio.wait_for(profile_list, resolve_timeout)
+            except asyncio.TimeoutError:
+                log.warning("hubpilot: the profile_list of %s did not answer within %s s; taken as a GPU "
+                            "spawn", getattr(spawner, "_log_name", "?"), resolve_timeout)
+                return True, _profile_of(spawner)
     return _classify(spawner, profile_list, profiles, resource)
 
 
@@ -238,6 +249,7 @@ class ScaleDemand:
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self._is_gpu = is_gpu
+        self.resolve_timeout = RESOLVE_TIMEOUT
         self._client: Any = None
         self._failures = 0  # failed signals since the last one that got through
         self._unreadable = 0  # spawns whose spawner could not be read
@@ -260,7 +272,8 @@ class ScaleDemand:
             if self._is_gpu is not None:
                 gpu, profile = bool(self._is_gpu(spawner)), _profile_of(spawner)
             else:
-                gpu, profile = await gpu_spawn(spawner, self.gpu_profiles, self.gpu_resource)
+                gpu, profile = await gpu_spawn(spawner, self.gpu_profiles, self.gpu_resource,
+                                               self.resolve_timeout)
             if not gpu:
                 return
             body = {"user": spawner.user.name, "server": getattr(spawner, "name", "") or "",
@@ -337,6 +350,7 @@ class GpuStartTimeout:
         self.seconds = int(seconds)
         self.gpu_profiles = frozenset(gpu_profiles)
         self.gpu_resource = gpu_resource
+        self.resolve_timeout = RESOLVE_TIMEOUT  # the spawn waits on it: see gpu_spawn
 
     async def __call__(self, spawner: Any) -> None:
         # the spawner object outlives a spawn: remember its configured timeout once
@@ -344,7 +358,7 @@ class GpuStartTimeout:
         if base is None:
             base = int(spawner.start_timeout)
             spawner._hubpilot_base_start_timeout = base
-        gpu, _ = await gpu_spawn(spawner, self.gpu_profiles, self.gpu_resource)
+        gpu, _ = await gpu_spawn(spawner, self.gpu_profiles, self.gpu_resource, self.resolve_timeout)
         spawner.start_timeout = max(base, self.seconds) if gpu else base
 
 

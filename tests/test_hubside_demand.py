@@ -329,3 +329,46 @@ async def test_a_spawner_it_cannot_read_is_logged_once(demand_log: pytest.LogCap
     errors = [r for r in demand_log.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info is not None
     assert part.sent == []
+
+
+_HANGING_PROFILE_LIST = """
+import asyncio, json, pathlib
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from traitlets import Any
+
+RECORD = pathlib.Path({record!r})
+
+class KubeSpawner(SimpleLocalProcessSpawner):
+    profile_list = Any(config=True)
+
+    async def start(self):
+        # KubeSpawner calls profile_list in start(), which JupyterHub bounds by start_timeout
+        RECORD.write_text(json.dumps({{"start_timeout": self.start_timeout}}))
+        raise RuntimeError("no GPU node in this test")
+
+async def _profiles(spawner):  # a profile service that does not answer
+    await asyncio.sleep(3600)
+    return []
+
+c.JupyterHub.spawner_class = KubeSpawner
+c.KubeSpawner.profile_list = _profiles
+from hubpilot_hub.scale_demand import configure_gpu_start_timeout
+part = configure_gpu_start_timeout(c, gpu_profiles=["gpu"], seconds=900)
+part.resolve_timeout = 2
+"""
+
+
+@pytest.mark.hub
+async def test_a_hanging_profile_list_does_not_hold_the_spawn_in_the_pre_spawn_hook(
+    hub_factory: Callable[..., Awaitable[RealHub]], tmp_path: Path,
+) -> None:
+    # JupyterHub bounds start() by start_timeout, not the pre-spawn hook: a callable profile_list
+    # awaited there without a bound held the spawn pending for ever
+    record = tmp_path / "start.json"
+    hub = await hub_factory(extra_config=_HANGING_PROFILE_LIST.format(record=str(record)))
+    user = unique_name("slow")
+    await _users(hub, user)
+    await hub.spawn(user, wait=False)
+    await _until(record.exists, "the spawn reached start()", limit=60)
+    # the profile could not be read: taken as a GPU spawn (a longer wait, never a lost one)
+    assert json.loads(record.read_text()) == {"start_timeout": 900}
