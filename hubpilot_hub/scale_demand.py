@@ -202,7 +202,7 @@ async def gpu_spawn(spawner: Any, profiles: frozenset[str], resource: str = "nvi
         if inspect.isawaitable(profile_list):
             try:
                 profile_list = await asyncio.wait_for(profile_list, resolve_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("hubpilot: the profile_list of %s did not answer within %s s; taken as a GPU "
                             "spawn", getattr(spawner, "_log_name", "?"), resolve_timeout)
                 return True, _profile_of(spawner)
