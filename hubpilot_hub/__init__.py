@@ -27,7 +27,9 @@ What it sets:
   ``post_auth_hook`` configured later runs, and the login gate after it.
   ``JupyterHub.authenticator_class`` becomes a subclass of the configured one whose
   ``refresh_user`` also refuses them, so an open session ends too (within
-  ``Authenticator.auth_refresh_age``). Configure the authenticator class before calling this.
+  ``Authenticator.auth_refresh_age``). Configure the authenticator class before calling this: one
+  named later replaces the gated class, which the access check reports as an error in the hub's
+  log at the first login or spawn.
 
 Other hub-side features register their pre-spawn parts with
 :func:`hubpilot_hub.hooks.register_pre_spawn` (e.g. ``hubpilot_hub.scale_demand``), or pass them

@@ -24,6 +24,23 @@ class AccessGate:
         self.groups = frozenset(groups)
         if not self.groups:
             raise ValueError("hubpilot_hub: access_groups is empty: nobody could log in or spawn")
+        self._ungated_reported = False
+
+    def check_gated(self, authenticator: Any) -> None:
+        """Report (once) an authenticator that is not of the gated class: a later configuration
+        named ``JupyterHub.authenticator_class`` again, after :func:`hubpilot_hub.configure`."""
+        if authenticator is None or self._ungated_reported:
+            return
+        if getattr(type(authenticator), "_hubpilot_base", None) is not None:
+            return
+        self._ungated_reported = True
+        log.error(
+            "hubpilot: JupyterHub.authenticator_class (%s) was set after hubpilot_hub.configure: "
+            "open sessions of people removed from the access groups are not ended, and a "
+            "pre_spawn_hook or post_auth_hook set later replaces the access check. Set the "
+            "authenticator class before calling hubpilot_hub.configure",
+            type(authenticator).__name__,
+        )
 
     def allows(self, group_names: Iterable[str]) -> bool:
         return not self.groups.isdisjoint(group_names)
@@ -35,6 +52,7 @@ class AccessGate:
         (after ``previous``, the hook configured before, if any)."""
 
         async def hook(authenticator: Any, handler: Any, authentication: dict[str, Any]) -> Any:
+            self.check_gated(authenticator)
             if previous is not None:
                 result = previous(authenticator, handler, authentication)
                 if hasattr(result, "__await__"):
@@ -102,6 +120,7 @@ class AccessGate:
 
     def pre_spawn_part(self, spawner: Any) -> None:
         """Refuses (403) a spawn for a user outside the access groups."""
+        self.check_gated(getattr(spawner, "authenticator", None))
         groups = [g.name for g in spawner.user.groups]
         if not self.allows(groups):
             from tornado import web

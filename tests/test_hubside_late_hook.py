@@ -136,3 +136,28 @@ configure_gpu_start_timeout(c, gpu_profiles=["gpu"], seconds=120)
     assert (hub.tmp_path / f"{member}.site-hook-ran").read_text() == "yes"
     async with hub.admin() as admin:
         await admin.delete(f"/users/{member}/server")
+
+
+async def test_an_authenticator_class_set_after_configure_is_reported(
+    hub_factory: Callable[..., Awaitable[RealHub]],
+) -> None:
+    # the gated authenticator class is what ends the sessions of people removed from the access
+    # groups and keeps a later pre_spawn_hook / post_auth_hook behind the access check: a later
+    # snippet naming the authenticator class again drops it, silently until now
+    hub = await hub_factory(extra_config=f"""
+import hubpilot_hub
+hubpilot_hub.configure(c, access_groups=[{ACCESS!r}])
+c.JupyterHub.authenticator_class = "dummy"  # a later snippet
+""")
+    member = unique_name("mem")
+    async with HubClient(hub.api_url, hub.hubpilot_token) as hp:
+        await hp.create_users([member])
+        await hp.create_group(ACCESS)
+        await hp.add_group_members(ACCESS, [member])
+    assert (await hub.login(member)).status_code == 302
+    r = await hub.spawn(member)
+    assert r.status_code in (201, 202), r.text
+    log = hub.log_tail(2000)
+    assert log.count("(DummyAuthenticator) was set after hubpilot_hub.configure") == 1, log[-3000:]
+    async with hub.admin() as admin:
+        await admin.delete(f"/users/{member}/server")
