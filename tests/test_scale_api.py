@@ -171,3 +171,18 @@ async def test_demand_during_a_run_starts_one_follow_up_when_the_lock_is_free(se
     await drain_tasks()
     assert arm.pools["gpu"]["count"] == 2  # both demands, one run
     assert len([c for c in arm.calls if c.method == "PUT"]) == 1
+
+
+async def test_a_gpu_spawn_the_hub_resolved_from_a_profile_option_is_not_dropped(setup: dict[str, Any]) -> None:
+    """The hub's pre-spawn part resolves a GPU spawn fully (a ``profile_options`` choice, an
+    ``unlisted_choice``, a profile whose override asks for the GPU) and sends the profile's slug,
+    which need not be one of ``scale.gpu_profiles`` (the names for the hub's pending spawns): the
+    signal is the hub's word that a GPU server is starting, and it grows the pool."""
+    client, arm, ctx = setup["client"], setup["arm"], setup["ctx"]
+    ctx.settings = ctx.settings.model_copy(update={"scale": ctx.settings.scale.model_copy(
+        update={"gpu_profiles": ["gpu-t4"]})})
+    r = await client.post("/api/v1/scale/demand", json={"user": "alice", "profile": "ml"}, headers=HUB)
+    assert r.status_code == 202, r.text
+    assert r.json()["recorded"] == "alice~" and r.json()["run_id"], r.json()
+    await drain_tasks()
+    assert arm.pools["gpu"]["count"] == 1

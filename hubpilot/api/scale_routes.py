@@ -95,8 +95,9 @@ class DemandOut(BaseModel):
 async def post_demand(body: DemandIn, ctx: Context = Depends(get_context),
                       who: Principal = Depends(require_role("hub"))) -> Any:
     s = ctx.settings.scale
-    if s.gpu_profiles and body.profile and body.profile not in s.gpu_profiles:
-        return DemandOut(recorded="", detail=f"profile {body.profile!r} is not a GPU profile; nothing to do")
+    # the hub's part sends only GPU spawns, resolved as KubeSpawner will apply them (a GPU choice
+    # of profile_options, a profile whose override asks for the GPU): its word is not second-guessed
+    # by scale.gpu_profiles, which names profiles for the hub's pending spawns
     key = await record_demand(ctx.store, user=body.user, server=body.server, profile=body.profile,
                               at=ctx.clock())
     if not s.enabled:  # nothing scales on its own; a manual run still counts the demand
