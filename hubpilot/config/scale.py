@@ -36,6 +36,28 @@ def parse_days(spec: str) -> frozenset[int]:
     return frozenset(out)
 
 
+UNLISTED = "--unlisted-choice"
+
+
+def parse_gpu_profile(entry: str) -> tuple[str, str | None, str | None]:
+    """A ``scale.gpu_profiles`` entry as (profile, option, choice), matched against the
+    ``user_options`` of a pending server the hub lists: ``"gpu"`` (that profile),
+    ``"ml:accelerator=t4"`` (that ``profile_options`` choice of the profile),
+    ``"ml:accelerator--unlisted-choice"`` (any free-form value of the option); an empty profile
+    (``":accelerator=t4"``) is a spawn that names none, KubeSpawner's default profile."""
+    if not isinstance(entry, str) or not entry.strip() or entry != entry.strip() or any(c.isspace() for c in entry):
+        raise ValueError(f"{entry!r} is no GPU profile; use a profile slug, e.g. 'gpu', "
+                         "'ml:accelerator=t4' or 'ml:accelerator--unlisted-choice'")
+    profile, colon, rest = entry.partition(":")
+    if not colon:
+        return profile, None, None
+    option, eq, choice = rest.partition("=")
+    if not option or ":" in option or (eq and (not choice or option.endswith(UNLISTED))):
+        raise ValueError(f"{entry!r}: write '<profile>:<option>=<choice>' or '<profile>:<option>{UNLISTED}' "
+                         "(an option of the profile's profile_options and a choice's key)")
+    return profile, option, choice if eq else None
+
+
 def parse_hhmm(value: str) -> time:
     if not _HHMM.match(value):
         raise ValueError(f"{value!r} is no time of day; use HH:MM, e.g. '08:00' (24:00: midnight)")
@@ -121,7 +143,10 @@ class ScaleSettings(Section):
     )
     gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource a GPU pod requests.")
     gpu_profiles: list[str] = Field(
-        default_factory=list, description="Hub profile slugs that count as GPU (hub pending spawns)."
+        default_factory=list,
+        description="Hub profiles that count as GPU (hub pending spawns): a slug ('gpu'), a "
+        "profile_options choice ('ml:accelerator=t4'), or any free-form value of an option "
+        "('ml:accelerator--unlisted-choice').",
     )
     pods_per_node: int = Field(1, ge=1, le=64, description="GPU user pods one node holds.")
     # policy
@@ -183,6 +208,13 @@ class ScaleSettings(Section):
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"{v!r} is no IANA timezone; use e.g. 'Europe/Berlin' or 'UTC'") from exc
+        return v
+
+    @field_validator("gpu_profiles")
+    @classmethod
+    def _gpu_profiles(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            parse_gpu_profile(entry)
         return v
 
     @field_validator("arm_endpoint")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from hubpilot.config.scale import UNLISTED, parse_gpu_profile
 from hubpilot.loop import Action, ActionResult, Clock, Plan, Progress, Status, run_actions
 from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.hub import Hub, HubError, HubUser, StopResult
@@ -74,6 +75,7 @@ class ScaleCapability:
         self.clock = clock
         self.hub = hub
         self.gpu_profiles = frozenset(gpu_profiles)
+        self.gpu_rules = tuple(parse_gpu_profile(p) for p in sorted(self.gpu_profiles))
         self.holder = holder
         self.observed_gap = observed_gap  # the next observation is due within this (cost report)
 
@@ -115,8 +117,7 @@ class ScaleCapability:
         out = []
         for user in users:
             for server in user.servers.values():
-                profile = str(server.user_options.get("profile", ""))
-                if server.pending == "spawn" and profile in self.gpu_profiles:
+                if server.pending == "spawn" and gpu_spawn(server.user_options, self.gpu_rules):
                     out.append(Demand(demand_key(user.name, server.name), server.started or at, "hub"))
         return out
 
@@ -245,6 +246,27 @@ class ScaleCapability:
         for d in await self._demand_docs():
             if now - d.at > ttl + timedelta(minutes=1):
                 await self.store.delete(DEMAND_PREFIX + d.key)
+
+
+def gpu_spawn(options: Mapping[str, Any], rules: Sequence[tuple[str, str | None, str | None]]) -> bool:
+    """Does a pending server with these ``user_options`` start a GPU profile, by the rules of
+    ``scale.gpu_profiles`` (:func:`parse_gpu_profile`)? As KubeSpawner applies them: no profile
+    named is the default profile (rule profile ""), and a free-form value in
+    ``<option>--unlisted-choice`` wins over the choice ``<option>`` names."""
+    profile = str(options.get("profile") or "")
+    for want, option, choice in rules:
+        if want != profile:
+            continue
+        if option is None:
+            return True
+        value = options.get(option)
+        if value is None or value == "":
+            continue
+        if not option.endswith(UNLISTED) and options.get(option + UNLISTED) not in (None, ""):
+            continue  # the free-form value is the choice KubeSpawner applies
+        if choice is None or str(value) == choice:
+            return True
+    return False
 
 
 def _activity(users: Sequence[HubUser]) -> dict[str, datetime]:
