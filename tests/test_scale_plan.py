@@ -331,6 +331,25 @@ def test_assist_mode_lowers_min_count_after_the_delay_and_removes_idle_nodes() -
     assert guard_scale(later, plan, POLICY) == []
 
 
+def test_assist_mode_steps_are_nodes_added_not_the_floors_jump() -> None:
+    """The autoscaler grew the pool to 5 busy nodes over a floor of 0: a floor of 6 adds one node,
+    within max_step_up; the guard measures the step as the plan does (refused, the whole round --
+    uncordons and removals too -- would be lost each minute the pool stays busy)."""
+    obs = observed(pool(5, auto=True, min_count=0, max_count=10), [f"n{i}" for i in range(5)],
+                   [upod(f"p{i}", f"n{i}") for i in range(5)] + [upod("w", None)])
+    plan = plan_scale(obs, POLICY, T0)
+    assert kinds(plan) == [("set_min_count", {"min_count": 6, "from": 0})]
+    assert guard_scale(obs, plan, POLICY) == []
+    # a floor that would add more nodes than max_step_up at once is still refused
+    four = observed(pool(4, auto=True, min_count=0, max_count=10), [f"n{i}" for i in range(4)])
+    jump = Plan.build("scale", [Action("set_min_count", "gpu", 0, {"min_count": 8, "from": 0}, "")])
+    assert guard_scale(four, jump, POLICY) == ["raising min_count to 8 adds 4 nodes, above scale.max_step_up 3"]
+    # lowering the floor is bounded by max_step_down
+    high = observed(pool(5, auto=True, min_count=5, max_count=10), [f"n{i}" for i in range(5)])
+    drop = Plan.build("scale", [Action("set_min_count", "gpu", 0, {"min_count": 2, "from": 5}, "")])
+    assert guard_scale(high, drop, POLICY) == ["lowering min_count by 3 exceeds scale.max_step_down 2"]
+
+
 def test_assist_mode_respects_the_pool_max_count() -> None:
     obs = observed(pool(2, auto=True, min_count=0, max_count=2), ["n0", "n1"],
                    [upod("a", "n0"), upod("b", "n1"), upod("c", None)])
@@ -468,8 +487,7 @@ def test_plans_pass_their_own_guard_and_never_touch_busy_nodes(w: tuple[Observed
             assert obs.pool.count < a.params["count"] <= min(pol.max_nodes, obs.pool.count + pol.max_step_up)
     # a plan that raises the pool never also removes nodes in the same run
     assert not ({a.kind for a in plan.actions} >= {"set_count", "remove_nodes"})
-    if plan.actions and all(a.kind != "set_min_count" for a in plan.actions):
-        assert guard_scale(obs, plan, pol) == []
+    assert guard_scale(obs, plan, pol) == []
     assert plan_scale(obs, pol, now) == plan  # pure: same input, same plan
 
 

@@ -650,11 +650,19 @@ def guard_scale(observed: Observed, plan: Plan, policy: Policy) -> list[str]:
                 reasons.append("a scale-down must name the empty nodes to remove, never lower the count")
         elif a.kind == SET_MIN_COUNT:
             m = int(a.params["min_count"])
-            if m > policy.max_nodes or (pool.max_count is not None and m > pool.max_count):
+            old = pool.min_count or 0
+            # a floor lowered toward the bounds (one set above them outside hubpilot) is no breach
+            if m > old and (m > policy.max_nodes or (pool.max_count is not None and m > pool.max_count)):
                 reasons.append(f"min_count {m} is above the pool's bound")
-            step = max(policy.max_step_up, policy.max_step_down)
-            if pool.min_count is not None and abs(m - pool.min_count) > step:
-                reasons.append(f"changing min_count by {abs(m - pool.min_count)} exceeds the step limit")
+            # the step is in nodes, as the plan takes it: a raised floor adds the nodes it puts
+            # above the count (the autoscaler may have grown the pool far above the old floor)
+            old = pool.min_count or 0
+            added = m - max(old, pool.count)
+            if m > old and added > policy.max_step_up:
+                reasons.append(f"raising min_count to {m} adds {added} nodes, above scale.max_step_up "
+                               f"{policy.max_step_up}")
+            if m < old and old - m > policy.max_step_down:
+                reasons.append(f"lowering min_count by {old - m} exceeds scale.max_step_down {policy.max_step_down}")
         elif a.kind == REMOVE_NODES:
             nodes: Sequence[str] = a.params["nodes"]
             if len(nodes) > policy.max_step_down:
