@@ -50,3 +50,23 @@ async def test_set_count_never_lowers_a_pool_that_grew_since_it_was_observed(arm
     assert res.outcome is PoolOutcome.CONFLICT, res
     assert not [c for c in arm.calls if c.method == "PUT"]
     assert arm.pools["gpu"]["count"] == 4
+
+
+async def test_a_429_while_polling_an_operation_is_retried_after_retry_after(arm: ArmDouble) -> None:
+    """ARM throttles the status reads of a long-running operation too: azure-core's retry policy
+    (the client's pipeline, which the pollers use) waits and reads again; the operation ends DONE."""
+    arm.add_pool("gpu", count=1, machines=["m0"])
+    arm.polls = 1
+    arm.fault("GET", 429, {"Retry-After": "0"}, on="operations")
+    arm.fault("GET", 429, {"Retry-After": "0"}, on="operationresults")
+    pool = make_pool(arm)
+    try:
+        grown = await pool.set_count(2)
+        gone = await pool.delete_machines(["m0"])
+    finally:
+        await pool.close()
+    assert grown.outcome is PoolOutcome.DONE and gone.outcome is PoolOutcome.DONE, (grown, gone)
+    polls = [(c.path.split("/")[-2], c.status) for c in arm.calls if "/locations/" in c.path]
+    assert polls[0] == ("operations", 429) and ("operations", 200) in polls, polls
+    assert ("operationresults", 429) in polls and polls[-1] == ("operationresults", 200), polls
+    assert not arm.faults and arm.pools["gpu"]["count"] == 1

@@ -59,7 +59,7 @@ class ArmDouble:
     machines: dict[str, list[str]] = field(default_factory=dict)
     operations: dict[str, Operation] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
-    faults: list[tuple[str, int, dict[str, str], dict[str, Any] | None]] = field(default_factory=list)
+    faults: list[tuple[str, int, dict[str, str], dict[str, Any] | None, str]] = field(default_factory=list)
     lost_answers: list[str] = field(default_factory=list)  # methods whose next answer is lost (see lose_answer)
     fail_next_operation: str | None = None
     kubeconfig: bytes | None = None  # the cluster's user kubeconfig (listClusterUserCredential)
@@ -89,9 +89,11 @@ class ArmDouble:
         self.machines[name] = list(machines or [f"aks-{name}-12345678-vmss{i:06x}" for i in range(count)])
 
     def fault(self, method: str, status: int, headers: dict[str, str] | None = None,
-              error: dict[str, Any] | None = None) -> None:
-        """The next request with ``method`` gets this answer instead (FIFO)."""
-        self.faults.append((method, status, headers or {}, error))
+              error: dict[str, Any] | None = None, *, on: str = "") -> None:
+        """The next request with ``method`` (and, with ``on``, a path segment ``on``: e.g.
+        ``operations`` for an Azure-AsyncOperation poll, ``operationresults`` for a location poll)
+        gets this answer instead (FIFO)."""
+        self.faults.append((method, status, headers or {}, error, on))
 
     def lose_answer(self, method: str) -> None:
         """The next request with ``method`` is carried out, but the connection closes before its
@@ -160,8 +162,8 @@ class ArmDouble:
         version = request.query.get("api-version")
         if version not in API_VERSIONS:
             return self._error(400, "InvalidApiVersionParameter", f"api-version {version!r} is not supported")
-        for i, (method, status, headers, error) in enumerate(self.faults):
-            if method == request.method:
+        for i, (method, status, headers, error, on) in enumerate(self.faults):
+            if method == request.method and (not on or on in request.path.strip("/").split("/")):
                 del self.faults[i]
                 code = {429: "TooManyRequests", 409: "OperationNotAllowed"}.get(status, "Fault")
                 err = error or {"code": code, "message": f"injected {status}"}
