@@ -161,7 +161,7 @@ param gpuPool string = 'gpu'
 @description('Namespace of the hub and its user pods (scale.namespace).')
 param hubNamespace string = 'jhub'
 
-@description('Hub profile slugs that count as GPU (scale.gpu_profiles).')
+@description('Hub profiles (slugs, or profile:option=choice forms) whose pending spawns count as GPU demand (scale.gpu_profiles).')
 param gpuProfiles array = []
 
 @description('Price of one GPU node-hour for the cost report (scale.price_per_node_hour), a decimal number as text.')
