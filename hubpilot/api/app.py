@@ -249,6 +249,39 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+"""Headers on every answer of the app (an answer that sets one itself keeps its own): what the
+caller's credentials opened (status, audit, runs) is kept by no cache, no answer is sniffed as
+another type, and no other site frames the docs page, whose "Try it out" acts with the session."""
+
+
+class _SecurityHeaders:
+    """ASGI middleware: adds :data:`SECURITY_HEADERS` to every response it does not already carry."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or ())
+                have = {bytes(k).lower() for k, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in have]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 # --- the app ------------------------------------------------------------------------------------
 
 def create_app(context: ContextSource) -> FastAPI:
@@ -262,6 +295,7 @@ def create_app(context: ContextSource) -> FastAPI:
         redoc_url=None,
     )
     app.add_middleware(_BodyLimit)
+    app.add_middleware(_SecurityHeaders)  # outside the body limit: its 413 carries them too
     app.state.context_holder = ContextHolder(context)
     if isinstance(context, Context):
         app.state.context = context
