@@ -3,7 +3,9 @@
 Roles: ``admin`` (everything), ``reader`` (GET only), ``hub`` (the hub's own scale-demand hook).
 ``admin`` satisfies every role. No credentials or unknown credentials → 401; a known caller
 without the role → 403. Tokens are configured as SHA-256 hashes and compared in constant time;
-neither a token nor its hash is ever logged or returned.
+neither a token nor its hash is ever logged or returned. A request authenticated by App Service
+authentication (the browser's session) that would change something is refused when the browser
+says it comes from another site (:func:`cross_site`).
 """
 
 from __future__ import annotations
@@ -130,6 +132,36 @@ def authenticate(settings: ApiSettings, headers: Any, *, platform_auth: bool = F
     return principal
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def cross_site(method: str, headers: Any) -> str | None:
+    """Why a request is a browser's cross-site request that would act, or None.
+
+    App Service authentication turns the browser's session cookie into the principal header on
+    every request, also on a form another site's page posts (no preflight, the cookie rides
+    along), so an unsafe method authenticated that way must come from this site. Browsers say
+    where a request comes from: ``Sec-Fetch-Site`` (``same-origin``, or ``none`` for one the user
+    typed), else ``Origin``, compared with ``Host``. A request with neither is no browser's
+    (a program holding an Entra token) and is let through.
+    """
+    if method.upper() in SAFE_METHODS:
+        return None
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        if site.strip().lower() in ("same-origin", "none"):
+            return None
+        return f"Sec-Fetch-Site is {site[:32]!r}"
+    origin = headers.get("origin")
+    if origin is None:
+        return None
+    _, sep, rest = origin.strip().partition("://")
+    host = (headers.get("host") or "").strip().lower()
+    if sep and rest.lower().rstrip("/") == host and host:
+        return None
+    return f"Origin {origin[:128]!r} is not this site ({host[:128] or 'no Host'})"
+
+
 bearer = HTTPBearer(auto_error=False, scheme_name="apiToken",
                     description="A hubpilot API token (configured hashed in api.tokens).")
 """Declares the bearer scheme in the OpenAPI document; authentication itself is :func:`authenticate`."""
@@ -157,6 +189,14 @@ def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
         except AuthError as exc:
             log.info("refused %s %s: %s", request.method, request.url.path, exc.detail)
             raise _challenge(exc) from None
+        if principal.via == "app_service" and (why := cross_site(request.method, request.headers)):
+            log.warning("refused a cross-site %s %s for %s: %s", request.method, request.url.path,
+                        principal.name, why)
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"a cross-site request cannot act with the App Service session ({why}): send it from "
+                "this site's own pages, or from a program with 'Authorization: Bearer <token>'",
+            )
         if not any(principal.has(r) for r in wanted):
             log.info("forbidden %s %s for %s (role %s)", request.method, request.url.path,
                      principal.name, principal.role or "none")
