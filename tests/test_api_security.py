@@ -146,7 +146,7 @@ async def test_a_form_on_another_site_cannot_act_with_the_admins_session(
 
 async def test_the_same_site_the_docs_page_and_programs_still_act_with_the_session(
         easy_auth: tuple[Context, dict[str, World], httpx.AsyncClient]) -> None:
-    ctx, _, c = easy_auth
+    _, _, c = easy_auth
     same = [
         {"Origin": "http://hubpilot.test", "Sec-Fetch-Site": "same-origin"},  # the docs page's "Try it out"
         {"Origin": "http://hubpilot.test"},  # an older browser, same origin

@@ -112,3 +112,19 @@ async def test_a_lifecycle_event_at_the_notification_url_is_taken_as_one(
     assert next(h for h in hints if h.kind == "subscriptions").renew == (event["subscriptionId"],)
     r = await c.post("/api/v1/graph/notifications", json={"value": [{**event, "clientState": "guessed"}]})
     assert r.status_code == 403 and queued(ctx) == []
+
+
+@pytest.mark.parametrize("path", ["notifications", "lifecycle"])
+async def test_a_deeply_nested_body_is_400_not_a_server_error(
+        hook: tuple[Context, httpx.AsyncClient], path: str) -> None:
+    """Anyone may post to the webhook: JSON nested deeper than the parser's recursion (well within
+    the body limit) is no Graph notification and is answered as one (400), not with a 500 and a
+    traceback in the log for every such request."""
+    ctx, c = hook
+    depth = 100_000
+    for body in (b'{"value": ' + b"[" * depth + b"]" * depth + b"}",
+                 b'{"value": [' + b'{"a": ' * depth + b"1" + b"}" * depth + b"]}"):
+        r = await c.post(f"/api/v1/graph/{path}", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert "nest" in r.json()["detail"]
+    assert queued(ctx) == [] and await ctx.store.read_audit() == ([], None)

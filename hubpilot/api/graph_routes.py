@@ -61,6 +61,9 @@ async def _receive(request: Request, *, lifecycle: bool) -> Response:
         items = parse_body(raw)
     except NotificationError as exc:
         return JSONResponse({"detail": f"not a Graph notification: {exc}"}, status_code=400)
+    except RecursionError:  # the parser's stack, not a fault of ours: the caller is anonymous
+        return JSONResponse({"detail": "not a Graph notification: the body's JSON nests too deeply"},
+                            status_code=400)
     ctx = get_context(request)
     d = ctx.settings.directory
     entra = d.entra if d is not None and d.kind == "entra" else None
