@@ -162,3 +162,20 @@ async def test_the_same_site_the_docs_page_and_programs_still_act_with_the_sessi
     # a bearer token is never sent by a browser on its own: a cross-site header does not matter
     r = await c.post("/api/v1/operations/sync/resume", headers={**ADMIN, **CROSS_SITE[0]})
     assert r.status_code == 200
+
+
+# --- what an anonymous caller can put into the log -------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/api/v1/runs/x%0A2026-11-26 12:00:00 INFO hubpilot: FAKE LOG LINE{pad}",
+                                  "/api/v1/plans/x%0D%0AFAKE LOG LINE{pad}/approve"])
+async def test_a_refused_request_cannot_write_lines_into_the_log(
+        client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, path: str) -> None:
+    """The path is the caller's text, percent-decoded: the refusal's log line shows it escaped
+    and bounded, so a caller without credentials cannot forge log lines."""
+    caplog.set_level("INFO", logger="hubpilot")
+    for headers in ({}, READER):
+        r = await client.request("POST" if "approve" in path else "GET", path.format(pad="x" * 5000),
+                                 headers=headers)
+        assert r.status_code in (401, 403, 422), r.text
+    refused = [rec.getMessage() for rec in caplog.records if rec.name.startswith("hubpilot")]
+    assert refused and all("\n" not in m and "\r" not in m and len(m) < 1000 for m in refused), refused

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from hubpilot import __version__
 from hubpilot.api import graph_routes, scale_routes
-from hubpilot.api.auth import Principal, require_role
+from hubpilot.api.auth import Principal, require_role, shown_path
 from hubpilot.api.deps import ContextHolder, ContextSource, get_context
 from hubpilot.api.runs import read_run, start_run, wait_for_run
 from hubpilot.api.scheduling import configured_schedules
@@ -302,7 +302,7 @@ def create_app(context: ContextSource) -> FastAPI:
 
     @app.exception_handler(StoreError)
     async def store_error(request: Request, exc: StoreError) -> JSONResponse:
-        log.warning("state store error on %s %s: %s", request.method, request.url.path, exc)
+        log.warning("state store error on %s %s: %s", request.method, shown_path(request), exc)
         return JSONResponse({"detail": f"the state store is unavailable: {type(exc).__name__}"},
                             status_code=503)
 

@@ -132,6 +132,13 @@ def authenticate(settings: ApiSettings, headers: Any, *, platform_auth: bool = F
     return principal
 
 
+def shown_path(request: Request, limit: int = 200) -> str:
+    """The request's path as a log line may show it: the caller's text, percent-decoded, so
+    escaped (no line breaks to forge log lines with) and bounded."""
+    text = request.url.path.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -187,10 +194,10 @@ def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
         try:
             principal = authenticate(ctx.settings.api, request.headers, platform_auth=ctx.platform_auth)
         except AuthError as exc:
-            log.info("refused %s %s: %s", request.method, request.url.path, exc.detail)
+            log.info("refused %s %s: %s", request.method, shown_path(request), exc.detail)
             raise _challenge(exc) from None
         if principal.via == "app_service" and (why := cross_site(request.method, request.headers)):
-            log.warning("refused a cross-site %s %s for %s: %s", request.method, request.url.path,
+            log.warning("refused a cross-site %s %s for %s: %s", request.method, shown_path(request),
                         principal.name, why)
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
@@ -198,7 +205,7 @@ def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
                 "this site's own pages, or from a program with 'Authorization: Bearer <token>'",
             )
         if not any(principal.has(r) for r in wanted):
-            log.info("forbidden %s %s for %s (role %s)", request.method, request.url.path,
+            log.info("forbidden %s %s for %s (role %s)", request.method, shown_path(request),
                      principal.name, principal.role or "none")
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
