@@ -27,6 +27,7 @@ from tests.test_api_kit import (
     principal_header,
     serve_client,
 )
+from tests.test_functions import functions_by_name
 
 ADMIN, READER = auth("admin"), auth("reader")
 
@@ -84,7 +85,7 @@ async def test_the_functions_entry_point_answers_with_the_same_headers(
     ctx, _ = make_context(tmp_path)
     functions.set_context(ctx)
     monkeypatch.setattr(function_app.front, "_app", None)  # a cold start: the app is built for this context
-    fn = {f.get_function_name(): f for f in function_app.app.get_functions()}["admin_api"].get_user_function()
+    fn = functions_by_name()["admin_api"].get_user_function()
     try:
         for headers in (READER, {}):
             req = func.HttpRequest("GET", "http://localhost/api/v1/status", headers=headers, params={},
