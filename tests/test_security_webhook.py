@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,34 @@ async def test_a_deeply_nested_body_is_400_not_a_server_error(
         assert r.status_code == 400, r.text
         assert "nest" in r.json()["detail"]
     assert queued(ctx) == [] and await ctx.store.read_audit() == ([], None)
+
+
+async def test_a_flood_of_forged_posts_is_audited_once_a_minute_with_a_count(tmp_path: Path) -> None:
+    """Each forged POST is bounded (above), but their number is the forger's: one audit entry
+    per minute at most, the next one counting the refused posts it stands for, so a flood cannot
+    fill the state store or push the real entries out of the audit's first pages."""
+    now = [datetime(2026, 11, 26, 12, 0, tzinfo=UTC)]
+    ctx = Context(settings=settings(), store=SqliteStore(tmp_path / "state.sqlite3"), clock=lambda: now[0])
+    front = Front(lambda: create_app(ctx))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=front), base_url="http://hubpilot.test") as c:
+            for _ in range(40):
+                r = await c.post("/api/v1/graph/notifications", json={"value": [item("guessed")]})
+                assert r.status_code == 403
+            audit, _ = await ctx.store.read_audit(operation="graph-notifications")
+            assert len(audit) == 1 and audit[0]["refused_posts"] == 1
+            now[0] += timedelta(seconds=59)
+            await c.post("/api/v1/graph/lifecycle", json={"value": [item("guessed")]})
+            assert len((await ctx.store.read_audit(operation="graph-notifications"))[0]) == 1
+            now[0] += timedelta(seconds=2)
+            await c.post("/api/v1/graph/notifications", json={"value": [item("guessed"), item("again")]})
+            audit, _ = await ctx.store.read_audit(operation="graph-notifications")
+            assert len(audit) == 2
+            newest = audit[0]
+            assert newest["refused_posts"] == 41 and len(newest["refusal"]) == 2  # 39 + 1 held back, and this one
+            assert "since" in newest and newest["outcome"] == "refused"
+            # a genuine notification is never held back
+            assert (await c.post("/api/v1/graph/notifications", json={"value": [item()]})).status_code == 202
+            assert [h.kind for h in queued(ctx)] == ["sync"]
+    finally:
+        await ctx.close()

@@ -6,12 +6,16 @@ notification (and the tenant, when configured). The validation handshake (``?val
 is echoed as ``text/plain`` before anything else is touched — the same answer the cheap front
 (:mod:`hubpilot.api.front`) gives on the Functions host. Valid notifications are acknowledged
 with 202 after a hint is queued; the sync itself runs asynchronously. A notification with a
-wrong ``clientState`` is answered 403, changes nothing and is audited.
+wrong ``clientState`` is answered 403, changes nothing and is audited: one entry per minute at
+most (per process), which counts the refused posts it stands for (``refused_posts`` since
+``since``), so a flood of forgeries cannot fill the state store.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -30,7 +34,8 @@ WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
           "content": {"text/plain": {"schema": {"type": "string"}}}},
     202: {"description": "Accepted; the delta sync runs asynchronously"},
     400: {"description": "The body is not a Graph notification", "content": _DETAIL},
-    403: {"description": "clientState or tenant wrong (audited)", "content": _DETAIL},
+    403: {"description": "clientState or tenant wrong (audited, at most once a minute with a count)",
+          "content": _DETAIL},
     404: {"description": "Graph notifications are off", "content": _DETAIL},
     503: {"description": "The notification queue is unavailable; Graph retries", "content": _DETAIL},
 }
@@ -43,6 +48,34 @@ AUDIT_OPERATION = "graph-notifications"
 MAX_REFUSALS_SHOWN = 10
 """Refusals named in the audit entry, the log line and the answer; the rest are counted. The
 endpoint is anonymous: what a forger sends must not be multiplied into storage."""
+
+
+REFUSAL_AUDIT_INTERVAL = timedelta(minutes=1)
+"""At most one audit entry of refused posts per interval (per process); the next one counts the
+posts it stands for. Each entry is bounded, but the number of posts is the forger's."""
+
+
+@dataclass
+class _RefusalAudit:
+    last: datetime | None = None
+    held: int = 0  # refused posts since ``last`` that wrote no entry
+
+    def take(self, now: datetime) -> tuple[int, datetime | None] | None:
+        """(posts the entry stands for, since when) when an entry is due now, else None."""
+        if self.last is not None and now - self.last < REFUSAL_AUDIT_INTERVAL:
+            self.held += 1
+            return None
+        since, posts = self.last, self.held + 1
+        self.last, self.held = now, 0
+        return posts, since
+
+
+def _refusal_audit(request: Request) -> _RefusalAudit:
+    state = request.app.state
+    audit: _RefusalAudit | None = getattr(state, "graph_refusal_audit", None)
+    if audit is None:
+        audit = state.graph_refusal_audit = _RefusalAudit()
+    return audit
 
 
 def _refusals(rejected: tuple[str, ...]) -> list[str]:
@@ -76,11 +109,16 @@ async def _receive(request: Request, *, lifecycle: bool) -> Response:
     refusals = _refusals(verdict.rejected)
     if verdict.rejected:
         log.warning("refused %d Graph notification(s): %s", len(verdict.rejected), "; ".join(refusals))
-        await ctx.store.append_audit({
-            "at": now.isoformat(), "operation": AUDIT_OPERATION, "kind": "lifecycle" if lifecycle else "notification",
-            "trigger": "webhook", "actor": "graph", "outcome": "refused", "refusal": refusals,
-            "client": request.client.host if request.client else None,
-        })
+        due = _refusal_audit(request).take(now)
+        if due is not None:
+            posts, since = due
+            await ctx.store.append_audit({
+                "at": now.isoformat(), "operation": AUDIT_OPERATION,
+                "kind": "lifecycle" if lifecycle else "notification",
+                "trigger": "webhook", "actor": "graph", "outcome": "refused", "refusal": refusals,
+                "client": request.client.host if request.client else None,
+                "refused_posts": posts, "since": since.isoformat() if since else None,
+            })
     if verdict.status != 202:
         return JSONResponse({"detail": "notification refused: " + "; ".join(refusals)},
                             status_code=verdict.status)
