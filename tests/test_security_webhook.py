@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from hubpilot.adapters.store_sqlite import SqliteStore
-from hubpilot.api.app import create_app
+from hubpilot.api.app import MAX_BODY_BYTES, create_app
 from hubpilot.api.front import Front
 from hubpilot.settings import Settings
 from hubpilot.wiring import Context
@@ -160,3 +160,20 @@ async def test_a_flood_of_forged_posts_is_audited_once_a_minute_with_a_count(tmp
             assert [h.kind for h in queued(ctx)] == ["sync"]
     finally:
         await ctx.close()
+
+
+async def test_the_front_reads_no_unbounded_body_for_a_handshake(hook: tuple[Context, httpx.AsyncClient]) -> None:
+    """The front answers the handshake before the app's body limit: it applies the same limit
+    (a handshake's body is empty), declared or streamed, instead of reading whatever is sent."""
+    _, c = hook
+
+    async def stream() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b" " * (MAX_BODY_BYTES // 4)
+
+    for kwargs in ({"content": b" " * (MAX_BODY_BYTES + 1)}, {"content": stream()}):
+        r = await c.post("/api/v1/graph/notifications?validationToken=abc", **kwargs)
+        assert r.status_code == 413, r.text
+        assert r.headers.get("cache-control") == "no-store"
+    r = await c.post("/api/v1/graph/notifications?validationToken=abc", content=b"")
+    assert r.status_code == 200 and r.text == "abc"

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from hubpilot import __version__
-from hubpilot.api import graph_routes, scale_routes
+from hubpilot.api import front, graph_routes, scale_routes
 from hubpilot.api.auth import Principal, require_role, shown_path
 from hubpilot.api.deps import ContextHolder, ContextSource, get_context
 from hubpilot.api.runs import read_run, start_run, wait_for_run
@@ -214,7 +214,7 @@ WaitQuery = Query(0.0, ge=0, le=200, description="Seconds to wait for the run to
 DryRunQuery = Query(False, description="Return the plan (200) at once; nothing is applied.")
 
 
-MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_BODY_BYTES = front.MAX_BODY_BYTES
 """Largest request body read (413 above): the API's bodies are small, and the Graph webhooks
 are anonymous, so an unbounded body would be read into memory for anyone who sends one."""
 

@@ -22,6 +22,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 HEALTH_PATHS = frozenset({"/healthz", "/api/v1/healthz"})
 VALIDATION_PATHS = frozenset({"/api/v1/graph/notifications", "/api/v1/graph/lifecycle"})
 MAX_VALIDATION_TOKEN = 4096
+MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Largest request body read (413 above); the admin app applies the same limit
+(:data:`hubpilot.api.app.MAX_BODY_BYTES`), this front to the bodies it reads itself."""
 
 
 class Front:
@@ -53,7 +56,10 @@ class Front:
             if path in VALIDATION_PATHS and method == "POST":
                 token = _validation_token(scope)
                 if token is not None:
-                    await _drain(receive)
+                    if not await _drain(scope, receive):
+                        body = b'{"detail":"the request body is larger than %d bytes"}' % MAX_BODY_BYTES
+                        await _respond(send, 413, body, b"application/json")
+                        return
                     await _respond(send, 200, token.encode("utf-8"), b"text/plain")
                     return
         await self.app()(scope, receive, send)
@@ -70,11 +76,19 @@ def _validation_token(scope: Scope) -> str | None:
     return token
 
 
-async def _drain(receive: Receive) -> None:
+async def _drain(scope: Scope, receive: Receive) -> bool:
+    """Read and drop the request body; False (and stop reading) above :data:`MAX_BODY_BYTES`."""
+    declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return False
+    seen = 0
     while True:
         message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > MAX_BODY_BYTES:
+            return False
         if message["type"] != "http.request" or not message.get("more_body"):
-            return
+            return True
 
 
 async def _respond(send: Send, status: int, body: bytes, content_type: bytes, *, head: bool = False) -> None:
