@@ -543,12 +543,14 @@ async def readiness(ctx: Context) -> dict[str, dict[str, Any]]:
         import httpx
 
         s = ctx.settings.hub
-        base = str(s.api_url).rstrip("/")
+        url = str(s.api_url).rstrip("/")
+        # readers see the details: a user:password written into the URL is not theirs to read
+        base = str(httpx.URL(url).copy_with(username=None, password=None)) if "@" in url else url
         headers = {"Authorization": f"token {s.token.get_secret_value()}"}
         try:
             async with httpx.AsyncClient(timeout=timeout) as client:
-                root, who = await asyncio.gather(client.get(base + "/", headers=headers),
-                                                 client.get(base + "/user", headers=headers))
+                root, who = await asyncio.gather(client.get(url + "/", headers=headers),
+                                                 client.get(url + "/user", headers=headers))
         except httpx.HTTPError as exc:
             return {"ok": False, "detail": f"{base}: {type(exc).__name__}"}
         if root.status_code != 200:
