@@ -114,9 +114,29 @@ class SyncCapability:
         )
         by_name = {g.name: g for g in hub_groups}
         users = await self._observe_users(snapshot, by_name, records.managed)
+        approved = await self._last_approval(records)
         return SyncObserved(snapshot=snapshot, users=users, groups=by_name, managed=records.managed,
-                            mirrors=records.mirrors, removals_approved_at=records.approved,
+                            mirrors=records.mirrors, removals_approved_at=approved,
                             deleted=records.deleted, approved_ahead=records.approved_ahead)
+
+    async def _last_approval(self, records: _Records) -> datetime | None:
+        """When an admin last approved a plan refused for its removals: ``removals_approved_at``,
+        or a later approval the audit log holds. A release before sync.removal_window_hours
+        recorded no approval in sync/managed, and one rolled back to writes none: without the
+        audit, removals it applied with an approval would count again after an upgrade, and the
+        next routine removal would be refused. The audit is read only when removals since the
+        recorded approval are within the window (the guard would count them)."""
+        approved = records.approved
+        if self.policy.removal_window_hours <= 0:
+            return approved
+        since = self.clock() - timedelta(hours=self.policy.removal_window_hours)
+        if approved is not None and approved > since:
+            since = approved
+        stamps = [r.deprovisioned_at for r in records.managed.values() if r.deprovisioned_at is not None]
+        if not any(at > since for at in [*stamps, *records.deleted.values()]):
+            return approved
+        found = await audited_approval(self.store, since)
+        return found if found is not None and (approved is None or found > approved) else approved
 
     async def _observe_users(
         self, snapshot: DirectorySnapshot, groups: Mapping[str, HubGroup], managed: Mapping[str, ManagedUser]
@@ -356,6 +376,32 @@ class SyncCapability:
             except ConflictError:
                 continue
         raise RuntimeError(f"could not record managed users in {MANAGED_KEY!r}: too many concurrent writers")
+
+
+AUDIT_PAGES = 20  # pages of 100 audit entries read for an approval within the removal window
+
+
+async def audited_approval(store: StateStore, since: datetime) -> datetime | None:
+    """The time of the latest applied approval of a sync plan refused for its removals (a refusal
+    reason "the plan removes ...", the wording of every release) that the audit log holds after
+    ``since``; None if there is none."""
+    cursor: str | None = None
+    for _ in range(AUDIT_PAGES):
+        entries, cursor = await store.read_audit(since=since, operation=OPERATION, limit=100, cursor=cursor)
+        for e in entries:  # newest first
+            refusal = e.get("refusal")
+            if e.get("trigger") != "approval" or e.get("outcome") != "applied" or not isinstance(refusal, list) \
+                    or not any(isinstance(r, str) and r.startswith("the plan removes ") for r in refusal):
+                continue
+            try:
+                at = stored_time(e.get("at") or e.get("finished"), "'at'")
+            except ValueError:
+                continue
+            if at is not None and at > since:
+                return at
+        if cursor is None:
+            break
+    return None
 
 
 def _name_times(value: Any, what: str) -> dict[str, datetime]:

@@ -1,0 +1,86 @@
+"""Upgrading a running deployment: state documents exactly as the previous release (6224066) wrote
+them (captured in tests/fixtures/upgrade_6224066/, through that release's own code against the real
+parts), read and carried on by today's code."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.config.sync import SyncSettings
+from hubpilot.loop import Outcome
+from hubpilot.sync import MANAGED_KEY
+from tests.fixtures.syncworld import World
+from tests.realhub import RealHub
+
+FIXTURES = Path(__file__).parent / "fixtures" / "upgrade_6224066"
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00$")
+
+
+def captured(name: str, *, tag: str, age: timedelta) -> dict[str, Any]:
+    """A captured fixture, its hub names given this test's tag, its times moved so that the
+    capture happened ``age`` ago (the documents keep their shape and every other value)."""
+    doc = json.loads((FIXTURES / name).read_text().replace("TAG", tag))
+    shift = datetime.now(UTC) - age - datetime.fromisoformat(doc["captured_at"])
+
+    def move(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: move(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [move(x) for x in v]
+        if isinstance(v, str) and ISO.match(v):
+            return (datetime.fromisoformat(v) + shift).isoformat()
+        return v
+
+    return move(doc)  # type: ignore[no-any-return]
+
+
+async def load(store: SqliteStore, doc: dict[str, Any]) -> None:
+    for key, value in doc["documents"].items():
+        await store.put(key, value)
+    for entry in doc["audit"]:
+        await store.append_audit(entry)
+
+
+@pytest.mark.hub
+async def test_removals_the_previous_release_applied_with_an_approval_do_not_count_again(
+    real_hub: RealHub, tmp_path: Path
+) -> None:
+    """6224066 approved a plan removing 4 of 10 (refused at 20 %) an hour before the upgrade; it
+    recorded no removals_approved_at. Today's window counted those 4 again with the next routine
+    removal (5 of 10, 50 %) and refused it; the approval in the audit log restarts the count."""
+    w = World(real_hub, tmp_path)  # 100 %: the hub gets the state the old release left
+    names = [f"p{i}" for i in range(10)]
+    w.set("analysts", *names)
+    assert (await w.run()).outcome is Outcome.APPLIED
+    w.set("analysts", *names[:6])
+    assert (await w.run()).outcome is Outcome.APPLIED
+    # the deployment's store: what the old release wrote
+    await w.store.close()
+    w.store = SqliteStore(str(tmp_path / "upgraded.sqlite3"))
+    await load(w.store, captured("sync_approved_removals.json", tag=w.tag, age=timedelta(hours=1)))
+    w.policy = SyncSettings(**(w.policy.model_dump() | {"max_removal_percent": 20.0}))
+
+    w.set("analysts", *names[:5])  # one more leaves: 1 of 6, the approval accepted the 4
+    record = await w.run()
+    assert record.outcome is Outcome.APPLIED, record.render()
+    assert record.plan is not None and record.plan.counts()["deprovision"] == 1
+    assert record.plan.facts["recent_removals"] == 0
+    managed = await w.store.get(MANAGED_KEY)
+    assert managed is not None  # nothing the old release recorded is lost
+    assert sorted(n for n, r in managed["users"].items() if r["deprovisioned_at"]) == \
+        [w.user(n) for n in ("p5", "p6", "p7", "p8", "p9")]
+    assert all(managed["users"][w.user(n)]["directory_id"] == n for n in names)
+
+    # the window still counts what follows the approval: two more leave (3 of 6 since, 50 %)
+    w.set("analysts", *names[:3])
+    refused = await w.run()
+    assert refused.outcome is Outcome.REFUSED
+    assert any("sync removed 1 in the last 24 h" in r for r in refused.refusal), refused.refusal
+    await w.close()
