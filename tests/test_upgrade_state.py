@@ -15,9 +15,15 @@ import pytest
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.config.sync import SyncSettings
 from hubpilot.loop import Outcome
+from hubpilot.ports.cluster import CORDON_ANNOTATION
+from hubpilot.scale import cost_report
+from hubpilot.scale.capability import MEMORY_KEY
 from hubpilot.sync import MANAGED_KEY
+from tests.doubles.arm import ArmDouble
+from tests.fixtures.kmock import Emulator
 from tests.fixtures.syncworld import World
 from tests.realhub import RealHub
+from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upgrade_6224066"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00$")
@@ -84,3 +90,38 @@ async def test_removals_the_previous_release_applied_with_an_approval_do_not_cou
     assert refused.outcome is Outcome.REFUSED
     assert any("sync removed 1 in the last 24 h" in r for r in refused.refusal), refused.refusal
     await w.close()
+
+
+async def test_a_removal_the_previous_release_made_is_still_watched_and_its_days_are_reported(
+    world: dict[str, Any],  # noqa: F811
+) -> None:
+    """6224066's scale memory (gpu-1 removed at 09:11, its node still registered and cordoned) and
+    size history (points only: no start, no observation spans): today's scale leaves the node
+    alone (no uncordon, no replacement, no second removal) and the cost report reads the day,
+    saying that the hours hubpilot did not observe are not known for it."""
+    doc = json.loads((FIXTURES / "scale_pending_removal.json").read_text())
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    arm.pools["gpu"]["scaleDownMode"] = "Delete"
+    kube.node("gpu-0")
+    kube.node("gpu-1", unschedulable=True, annotations={CORDON_ANNOTATION: "hubpilot"})
+    kube.pod("alice", "gpu-0")
+    for key, value in doc["documents"].items():
+        await world["store"].put(key, value)
+    world["clock"]["now"] = datetime.fromisoformat(doc["captured_at"]) + timedelta(minutes=1)
+    cap, runner = capability(world)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.APPLIED and rec.plan is not None and rec.plan.empty, rec.render()
+    assert rec.plan.facts["leaving"] == ["gpu-1"]
+    assert kube.node_obj("gpu-1")["spec"]["unschedulable"] is True
+    assert not any(c.method in ("PUT", "POST") for c in arm.calls)
+    memory = await world["store"].get(MEMORY_KEY)
+    assert memory is not None and "gpu-1" in memory["removed"]  # still watched
+
+    report = await cost_report(world["store"], now=world["clock"]["now"], days=2, price=None, currency="EUR")
+    today = report.to_json()["days"][-1]
+    # 09:00-09:11 two nodes, then one (the old release's points), and today's observation
+    assert today["node_hours"] == pytest.approx(11 / 60 * 2 + 1 / 60, abs=1e-3)
+    assert report.untracked and report.observed_from == world["clock"]["now"]
+    assert any("of a version that did not record them" in n for n in report.notes())
