@@ -16,14 +16,18 @@ from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.config.sync import SyncSettings
 from hubpilot.loop import Outcome
 from hubpilot.ports.cluster import CORDON_ANNOTATION
+from hubpilot.ports.store import StateStore
 from hubpilot.scale import cost_report
 from hubpilot.scale.capability import MEMORY_KEY
 from hubpilot.sync import MANAGED_KEY
+from hubpilot.sync.capability import audited_approval
 from tests.doubles.arm import ArmDouble
+from tests.fixtures.hub import unique_name
 from tests.fixtures.kmock import Emulator
 from tests.fixtures.syncworld import World
 from tests.realhub import RealHub
 from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
+from tests.test_store import store  # noqa: F401  (fixture: SQLite and Azurite)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upgrade_6224066"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00$")
@@ -47,11 +51,11 @@ def captured(name: str, *, tag: str, age: timedelta) -> dict[str, Any]:
     return move(doc)  # type: ignore[no-any-return]
 
 
-async def load(store: SqliteStore, doc: dict[str, Any]) -> None:
+async def load(into: SqliteStore, doc: dict[str, Any]) -> None:
     for key, value in doc["documents"].items():
-        await store.put(key, value)
+        await into.put(key, value)
     for entry in doc["audit"]:
-        await store.append_audit(entry)
+        await into.append_audit(entry)
 
 
 @pytest.mark.hub
@@ -125,3 +129,15 @@ async def test_a_removal_the_previous_release_made_is_still_watched_and_its_days
     assert today["node_hours"] == pytest.approx(11 / 60 * 2 + 1 / 60, abs=1e-3)
     assert report.untracked and report.observed_from == world["clock"]["now"]
     assert any("of a version that did not record them" in n for n in report.notes())
+
+
+async def test_the_previous_release_s_approval_is_found_in_either_store(store: StateStore) -> None:  # noqa: F811
+    """The audit entries 6224066 wrote, in SQLite and in Azure Tables (Azurite): its approval of a
+    plan refused for its removals is found after the window's start, and none after it."""
+    doc = captured("sync_approved_removals.json", tag=unique_name("t"), age=timedelta(hours=1))
+    for entry in doc["audit"]:
+        await store.append_audit(entry)
+    approval = next(e for e in doc["audit"] if e["trigger"] == "approval")
+    at = datetime.fromisoformat(approval["at"])
+    assert await audited_approval(store, datetime.now(UTC) - timedelta(hours=24)) == at
+    assert await audited_approval(store, at) is None  # only one later than ``since``
