@@ -26,6 +26,7 @@ from tests.fixtures.hub import unique_name
 from tests.fixtures.kmock import Emulator
 from tests.fixtures.syncworld import World
 from tests.realhub import RealHub
+from tests.test_scale_api import READER, setup  # noqa: F401  (fixture: the API with the real scale wiring)
 from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
 from tests.test_store import store  # noqa: F401  (fixture: SQLite and Azurite)
 
@@ -141,3 +142,25 @@ async def test_the_previous_release_s_approval_is_found_in_either_store(store: S
     at = datetime.fromisoformat(approval["at"])
     assert await audited_approval(store, datetime.now(UTC) - timedelta(hours=24)) == at
     assert await audited_approval(store, at) is None  # only one later than ``since``
+
+
+async def test_the_cost_report_over_days_the_previous_release_recorded(setup: dict[str, Any]) -> None:  # noqa: F811
+    """GET /api/v1/cost over 6224066's size history (points only, from 2026-02-26 02:00): the
+    node-hours it recorded, the day before it says nothing was recorded, and the notes say the
+    hours hubpilot did not observe the pool are not known there."""
+    doc = json.loads((FIXTURES / "scale_sizes.json").read_text())
+    for key, value in doc["documents"].items():
+        await setup["ctx"].store.put(key, value)
+    r = await setup["client"].get("/api/v1/cost?days=6", headers=READER)  # 2026-03-02 09:00 UTC
+    assert r.status_code == 200, r.text
+    rep = r.json()
+    days = {d["date"]: d for d in rep["days"]}
+    assert days["2026-02-25"]["node_hours"] == 0 and days["2026-02-25"]["always_on_node_hours"] == 0
+    assert days["2026-02-26"]["node_hours"] == pytest.approx(6 * 1 + 10 * 3 + 6 * 1)
+    assert days["2026-02-27"]["node_hours"] == pytest.approx(44.0)
+    assert days["2026-03-02"]["node_hours"] == pytest.approx(9.0) and days["2026-03-02"]["partial"]
+    assert rep["recorded_from"] == "2026-02-26T02:00:00+00:00" and rep["observed_from"] is None
+    assert all(d["unobserved_hours"] == 0 for d in rep["days"])
+    notes = " | ".join(rep["notes"])
+    assert "nothing is recorded before 2026-02-26T02:00:00+00:00" in notes
+    assert "no observation times are recorded in the period" in notes
