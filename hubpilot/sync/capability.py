@@ -125,7 +125,7 @@ class SyncCapability:
         recorded no approval in sync/managed, and one rolled back to writes none: without the
         audit, removals it applied with an approval would count again after an upgrade, and the
         next routine removal would be refused. The audit is read only when removals since the
-        recorded approval are within the window (the guard would count them)."""
+        recorded approval are within the window (the guard would count them), from the first of them."""
         approved = records.approved
         if self.policy.removal_window_hours <= 0:
             return approved
@@ -133,9 +133,11 @@ class SyncCapability:
         if approved is not None and approved > since:
             since = approved
         stamps = [r.deprovisioned_at for r in records.managed.values() if r.deprovisioned_at is not None]
-        if not any(at > since for at in [*stamps, *records.deleted.values()]):
+        counted = [at for at in [*stamps, *records.deleted.values()] if at > since]
+        if not counted:
             return approved
-        found = await audited_approval(self.store, since)
+        # an approval before the first removal it could accept changes nothing: read from there
+        found = await audited_approval(self.store, min(counted) - timedelta(microseconds=1))
         return found if found is not None and (approved is None or found > approved) else approved
 
     async def _observe_users(
