@@ -441,18 +441,9 @@ def removal_reasons(observed: SyncObserved, plan: Plan, policy: SyncSettings) ->
     hint = (f"; {reused} of them are hub names another directory entry carries now (not handed over): when "
             "that is nearly everyone, the directory's ids changed form (directory.ldap.id_attribute changed, or, "
             "people known by their DN, entries moved to another OU); fix that rather than approve") if reused else ""
-    reasons: list[str] = []
     if not recent:
-        if removals > policy.max_removals:
-            reasons.append(
-                f"the plan removes {removals} users, more than sync.max_removals = {policy.max_removals}{hint}"
-            )
-        if active and removals * 100.0 / active > policy.max_removal_percent:
-            reasons.append(
-                f"the plan removes {removals} of {active} managed users ({removals * 100.0 / active:.0f} %), "
-                f"more than sync.max_removal_percent = {policy.max_removal_percent:g} %{hint}"
-            )
-        return reasons
+        return _over_limits(policy, removals, active, count=f"the plan removes {removals} users",
+                            share=f"the plan removes {removals} of {active} managed users", tail=hint)
     # the people managed when the window began: the active ones and those removed since
     total, base = removals + recent, active + recent
     window = f"{policy.removal_window_hours:g} h"
@@ -461,12 +452,21 @@ def removal_reasons(observed: SyncObserved, plan: Plan, policy: SyncSettings) ->
     todo = (f"; a directory that loses people over several runs (a flapping replica, an ACL change, a partial "
             f"answer) looks like this: fix the directory, or, when the removals are right, approve the plan "
             f"({approval_hint(plan)}), which accepts all {total} and restarts the count{hint}")
-    if total > policy.max_removals:
-        reasons.append(f"{what}, more than sync.max_removals = {policy.max_removals}{todo}")
-    if total * 100.0 / base > policy.max_removal_percent:
-        reasons.append(f"{what} of {base} managed users ({total * 100.0 / base:.0f} %), more than "
-                       f"sync.max_removal_percent = {policy.max_removal_percent:g} %{todo}")
-    return reasons
+    return _over_limits(policy, total, base, count=what, share=f"{what} of {base} managed users", tail=todo)
+
+
+def _over_limits(policy: SyncSettings, n: int, base: int, *, count: str, share: str, tail: str = "",
+                 share_tail: str | None = None) -> list[str]:
+    """Refusals of ``n`` people against ``sync.max_removals`` and of ``n`` out of ``base`` against
+    ``sync.max_removal_percent``: ``count`` and ``share`` open the two messages, ``tail`` (for the
+    share ``share_tail`` when given) ends them."""
+    out = []
+    if n > policy.max_removals:
+        out.append(f"{count}, more than sync.max_removals = {policy.max_removals}{tail}")
+    if base and n * 100.0 / base > policy.max_removal_percent:
+        out.append(f"{share} ({n * 100.0 / base:.0f} %), more than sync.max_removal_percent = "
+                   f"{policy.max_removal_percent:g} %{tail if share_tail is None else share_tail}")
+    return out
 
 
 def group_loss_reasons(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list[str]:
@@ -513,31 +513,16 @@ def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list
     # a rename waiting for its servers to stop counts too: this plan stops them
     renames = int(plan.facts.get("renames", sum(1 for a in plan.actions if a.kind == "rename_user")))
     active = sum(1 for r in observed.managed.values() if r.active)
-    if renames > policy.max_removals:
-        reasons.append(
-            f"the plan renames {renames} users, more than sync.max_removals = {policy.max_removals}; "
-            "a mass rename (e.g. a changed domain) is approved by hand"
-        )
-    if active and renames * 100.0 / active > policy.max_removal_percent:
-        reasons.append(
-            f"the plan renames {renames} of {active} managed users ({renames * 100.0 / active:.0f} %), "
-            f"more than sync.max_removal_percent = {policy.max_removal_percent:g} %; a mass rename "
-            "(e.g. a changed naming setting) is approved by hand"
-        )
+    reasons += _over_limits(policy, renames, active, count=f"the plan renames {renames} users",
+                            share=f"the plan renames {renames} of {active} managed users",
+                            tail="; a mass rename (e.g. a changed domain) is approved by hand",
+                            share_tail="; a mass rename (e.g. a changed naming setting) is approved by hand")
     # a deletion ends a removal for good (in z2jh with the user's volume): turning deletion on, or
     # shortening its grace, must not delete everyone deprovisioned so far in one run
     deletions = sum(1 for a in plan.actions if a.kind == "delete_user")
     records = len(observed.managed)
-    if deletions > policy.max_removals:
-        reasons.append(
-            f"the plan deletes {deletions} users, more than sync.max_removals = {policy.max_removals}"
-        )
-    if records and deletions * 100.0 / records > policy.max_removal_percent:
-        reasons.append(
-            f"the plan deletes {deletions} of {records} managed users, active or deprovisioned "
-            f"({deletions * 100.0 / records:.0f} %), more than sync.max_removal_percent = "
-            f"{policy.max_removal_percent:g} %"
-        )
+    reasons += _over_limits(policy, deletions, records, count=f"the plan deletes {deletions} users",
+                            share=f"the plan deletes {deletions} of {records} managed users, active or deprovisioned")
     reasons += group_loss_reasons(observed, plan, policy)
     for group in plan.facts.get("empty_groups", []):
         mirror = observed.groups.get(hub_group_name(group, policy.group_prefix, policy.group_names))
