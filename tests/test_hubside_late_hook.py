@@ -19,6 +19,27 @@ ACCESS = "hp-late-access"
 pytestmark = pytest.mark.hub
 
 
+async def _outsider_and_member(hub: RealHub) -> tuple[str, str]:
+    """Two new hub users; only the second is in the access group."""
+    outsider, member = unique_name("out"), unique_name("mem")
+    async with HubClient(hub.api_url, hub.hubpilot_token) as hp:
+        await hp.create_users([outsider, member])
+        await hp.create_group(ACCESS)
+        await hp.add_group_members(ACCESS, [member])
+    return outsider, member
+
+
+async def _refused_then_served(hub: RealHub, outsider: str, member: str, marker: str) -> None:
+    """The outsider's spawn is refused before the hook that leaves ``<name>.<marker>`` ran; the
+    member's spawn starts and runs it."""
+    r = await hub.spawn(outsider)
+    assert r.status_code == 403, r.text
+    assert not (hub.tmp_path / f"{outsider}.{marker}").exists()
+    r = await hub.spawn(member)
+    assert r.status_code in (201, 202), r.text
+    assert (hub.tmp_path / f"{member}.{marker}").read_text() == "yes"
+
+
 @pytest.mark.parametrize("section", ["Spawner", "SimpleLocalProcessSpawner"])
 async def test_a_hook_set_after_configure_keeps_the_access_check(
     hub_factory: Callable[..., Awaitable[RealHub]], section: str,
@@ -38,11 +59,7 @@ def _late_auth_hook(authenticator, handler, authentication):
     return authentication
 c.Authenticator.post_auth_hook = _late_auth_hook
 """)
-    outsider, member = unique_name("out"), unique_name("mem")
-    async with HubClient(hub.api_url, hub.hubpilot_token) as hp:
-        await hp.create_users([outsider, member])
-        await hp.create_group(ACCESS)
-        await hp.add_group_members(ACCESS, [member])
+    outsider, member = await _outsider_and_member(hub)
 
     # the login gate too: refused after the late post_auth_hook ran; a member logs in
     assert (await hub.login(outsider)).status_code == 403
@@ -85,19 +102,9 @@ async def _chained(spawner):
     pathlib.Path(spawner.user.name + ".chained").write_text("yes")
 c.Spawner.pre_spawn_hook = _chained
 """)
-    outsider, member = unique_name("out"), unique_name("mem")
-    async with HubClient(hub.api_url, hub.hubpilot_token) as hp:
-        await hp.create_users([outsider, member])
-        await hp.create_group(ACCESS)
-        await hp.add_group_members(ACCESS, [member])
+    outsider, member = await _outsider_and_member(hub)
 
-    r = await hub.spawn(outsider)
-    assert r.status_code == 403, r.text
-    assert not (hub.tmp_path / f"{outsider}.chained").exists()
-
-    r = await hub.spawn(member)
-    assert r.status_code in (201, 202), r.text
-    assert (hub.tmp_path / f"{member}.chained").read_text() == "yes"  # the late hook ran
+    await _refused_then_served(hub, outsider, member, "chained")  # the late hook ran
     assert (hub.tmp_path / f"{member}.parts").read_text() == "x"  # and every part once
     async with hub.admin() as admin:
         await admin.delete(f"/users/{member}/server")
@@ -121,19 +128,9 @@ c.SimpleLocalProcessSpawner.pre_spawn_hook = _site_hook
 from hubpilot_hub.scale_demand import configure_gpu_start_timeout
 configure_gpu_start_timeout(c, gpu_profiles=["gpu"], seconds=120)
 """)
-    outsider, member = unique_name("out"), unique_name("mem")
-    async with HubClient(hub.api_url, hub.hubpilot_token) as hp:
-        await hp.create_users([outsider, member])
-        await hp.create_group(ACCESS)
-        await hp.add_group_members(ACCESS, [member])
+    outsider, member = await _outsider_and_member(hub)
 
-    r = await hub.spawn(outsider)
-    assert r.status_code == 403, r.text
-    assert not (hub.tmp_path / f"{outsider}.site-hook-ran").exists()  # refused before the hook
-
-    r = await hub.spawn(member)
-    assert r.status_code in (201, 202), r.text
-    assert (hub.tmp_path / f"{member}.site-hook-ran").read_text() == "yes"
+    await _refused_then_served(hub, outsider, member, "site-hook-ran")
     async with hub.admin() as admin:
         await admin.delete(f"/users/{member}/server")
 
@@ -149,11 +146,7 @@ import hubpilot_hub
 hubpilot_hub.configure(c, access_groups=[{ACCESS!r}])
 c.JupyterHub.authenticator_class = "dummy"  # a later snippet
 """)
-    member = unique_name("mem")
-    async with HubClient(hub.api_url, hub.hubpilot_token) as hp:
-        await hp.create_users([member])
-        await hp.create_group(ACCESS)
-        await hp.add_group_members(ACCESS, [member])
+    _, member = await _outsider_and_member(hub)
     assert (await hub.login(member)).status_code == 302
     r = await hub.spawn(member)
     assert r.status_code in (201, 202), r.text
