@@ -299,7 +299,7 @@ class RunRecord:
             lines.append(self.plan.render())
         lines += [f"  refused: {r}" for r in self.refusal]
         if self.outcome is Outcome.REFUSED and self.plan is not None and not self.dry_run:
-            lines.append(f"  an admin can approve it: hubpilot approve {self.plan.id}")
+            lines.append(f"  an admin can approve it: {approval_hint(self.plan)}")
         lines += [f"  {r.status}: {r.action.describe()}" + (f" [{r.detail}]" if r.detail else "")
                   for r in self.results]
         if self.error:
@@ -662,3 +662,8 @@ class Runner(Generic[ObservedT]):
 
 def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def approval_hint(plan: Plan) -> str:
+    """What an admin does with a refused plan they have checked (the CLI and the API)."""
+    return f"hubpilot approve {plan.id}, or POST /api/v1/plans/{plan.id}/approve"

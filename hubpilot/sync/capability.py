@@ -338,12 +338,7 @@ class SyncCapability:
                 # the approval accepts every removal recorded so far; those another instance stamped
                 # with a clock ahead of this one's are named (the count goes on after the approval)
                 doc["removals_approved_at"] = now.isoformat()
-                later = {n: at for n, at in _removal_stamps(users, deleted).items()
-                         if (t := _time_or_none(at)) is not None and t > now}
-                if later:
-                    doc["removals_approved_ahead"] = later
-                else:
-                    doc.pop("removals_approved_ahead", None)
+                _put_or_drop(doc, "removals_approved_ahead", _after(_removal_stamps(users, deleted), now))
                 changed = True
             for name, rec in users.items():
                 wanted = ids.get(name)
@@ -361,17 +356,8 @@ class SyncCapability:
             doc["users"] = users
             # the deleted are kept while their removal is within the window (then not counted)
             window_start = now - timedelta(hours=self.policy.removal_window_hours)
-            deleted = {n: at for n, at in deleted.items() if (t := _time_or_none(at)) is not None and t > window_start}
-            if deleted:
-                doc["deleted"] = deleted
-            else:
-                doc.pop("deleted", None)
-            kept = {n: at for n, at in (doc.get("removals_approved_ahead") or {}).items()
-                    if (t := _time_or_none(at)) is not None and t > window_start}
-            if kept:
-                doc["removals_approved_ahead"] = kept
-            else:
-                doc.pop("removals_approved_ahead", None)
+            for key, times in (("deleted", deleted), ("removals_approved_ahead", doc.get("removals_approved_ahead"))):
+                _put_or_drop(doc, key, _after(times or {}, window_start))
             try:
                 await self.store.put(MANAGED_KEY, doc, if_match=current[1] if current else "")
                 return
@@ -426,6 +412,19 @@ def _time_or_none(value: Any) -> datetime | None:
         return stored_time(value, "time")
     except ValueError:
         return None
+
+
+def _after(times: Mapping[str, Any], start: datetime) -> dict[str, Any]:
+    """The entries of a hub name → stored time map that lie after ``start`` (unreadable ones go)."""
+    return {n: at for n, at in times.items() if (t := _time_or_none(at)) is not None and t > start}
+
+
+def _put_or_drop(doc: dict[str, Any], key: str, value: dict[str, Any]) -> None:
+    """Store a map under ``key``, or leave the key out when it is empty."""
+    if value:
+        doc[key] = value
+    else:
+        doc.pop(key, None)
 
 
 def _removal_stamps(users: Mapping[str, Any], deleted: Mapping[str, Any]) -> dict[str, Any]:

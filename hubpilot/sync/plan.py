@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from hubpilot.config.sync import SyncSettings
-from hubpilot.loop import Action, Plan, stored_time
+from hubpilot.loop import Action, Plan, approval_hint, stored_time
 from hubpilot.naming import hub_group_name, hub_name
 from hubpilot.ports.directory import DirectorySnapshot
 from hubpilot.ports.hub import HubGroup, HubUser
@@ -417,11 +417,6 @@ def recent_removals(observed: SyncObserved, want: Desired, policy: SyncSettings,
 def admin_mirrors(policy: SyncSettings) -> set[str]:
     """The hub groups that mirror the synced admin groups."""
     return {hub_group_name(g, policy.group_prefix, policy.group_names) for g in policy.admin_groups}
-
-
-def approval_hint(plan: Plan) -> str:
-    """What an admin does with a refused plan they have checked."""
-    return f"hubpilot approve {plan.id}, or POST /api/v1/plans/{plan.id}/approve"
 
 
 def removal_reasons(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list[str]:
