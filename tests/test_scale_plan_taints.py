@@ -219,3 +219,17 @@ def test_a_noexecute_taint_tolerated_only_for_a_while_is_no_capacity() -> None:
     forever = Toleration("maintenance", "Exists", "", "NoExecute")
     plan = plan_scale(observed(pool(2), nodes, [upod("a", "n0", forever), upod("b", None, forever)]), POLICY, T0)
     assert plan.empty, (kinds(plan), plan.facts["why"])
+
+
+def test_a_stale_autoscaler_mark_on_a_node_the_pods_tolerate_is_not_removed_by_hubpilot() -> None:
+    """A mark older than the settle time on an idle node the GPU pods tolerate (a toleration of
+    everything): the plan must not pick it, since the guard never lets hubpilot remove a node the
+    autoscaler marked. Picking it got every plan, scale-ups included, refused for good."""
+    stale = Taint("ToBeDeletedByClusterAutoscaler", str(int((T0 - timedelta(hours=2)).timestamp())))
+    everything = Toleration("", "Exists", "", "")
+    nodes = [node("n0"), node("n1", stale)]
+    obs = observed(pool(2), nodes, [upod("a", "n0", everything)],
+                   empty_since={"n1": LONG_AGO - timedelta(hours=1)})
+    plan = plan_scale(obs, POLICY, T0)
+    assert guard_scale(obs, plan, POLICY) == [], kinds(plan)
+    assert not any(a.kind == "remove_nodes" and "n1" in a.params["nodes"] for a in plan.actions), kinds(plan)

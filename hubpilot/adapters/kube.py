@@ -31,6 +31,7 @@ from kubernetes import config as _k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from hubpilot.ports.cluster import (
+    AUTOSCALER_DELETING,
     CORDON_ANNOTATION,
     ClusterError,
     ClusterView,
@@ -43,7 +44,6 @@ from hubpilot.ports.cluster import (
 log = logging.getLogger(__name__)
 
 CORDON_MARK = CORDON_ANNOTATION
-AUTOSCALER_DELETING = "ToBeDeletedByClusterAutoscaler"  # the cluster autoscaler's removal mark
 USER_ANNOTATION = "hub.jupyter.org/username"
 SERVER_ANNOTATION = "hub.jupyter.org/servername"
 

@@ -61,6 +61,15 @@ class NodeInfo:
     deleting: bool = False  # metadata.deletionTimestamp is set: the node object is being deleted
 
 
+AUTOSCALER_DELETING = "ToBeDeletedByClusterAutoscaler"  # the cluster autoscaler's removal mark
+
+
+def marked_for_removal(node: NodeInfo) -> bool:
+    """Whether someone else is removing the node: its object is being deleted (deletionTimestamp),
+    or it carries the cluster autoscaler's removal mark, of any age. hubpilot never removes it."""
+    return node.deleting or any(t.key == AUTOSCALER_DELETING for t in node.taints)
+
+
 @dataclass(frozen=True)
 class UserPod:
     """A user server pod in the hub namespace (``gpu``: it requests the GPU resource)."""

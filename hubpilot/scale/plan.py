@@ -10,7 +10,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hubpilot.loop import Action, Plan, stored_time
-from hubpilot.ports.cluster import CORDON_ANNOTATION, ClusterView, NodeInfo, Taint, Toleration, UserPod
+from hubpilot.ports.cluster import (
+    AUTOSCALER_DELETING,
+    CORDON_ANNOTATION,
+    ClusterView,
+    NodeInfo,
+    Taint,
+    Toleration,
+    UserPod,
+    marked_for_removal,
+)
 from hubpilot.ports.pool import PoolState
 from hubpilot.scale.forecast import Forecast, ForecastPolicy, forecast_spare
 from hubpilot.scale.schedule import Schedule
@@ -27,7 +36,6 @@ RECLAIM = "reclaim_server"
 # The cluster autoscaler marks a node it is removing (NoSchedule; the value is the Unix time of the
 # mark). Its candidates for a later removal (DeletionCandidateOfClusterAutoscaler, PreferNoSchedule)
 # are still capacity, as is any PreferNoSchedule taint.
-AUTOSCALER_DELETING = "ToBeDeletedByClusterAutoscaler"
 # mirrors spec.unschedulable (the node lifecycle controller adds and drops it): a cordon is read
 # from the spec and the cordon annotation alone
 UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
@@ -473,8 +481,8 @@ def _removable(observed: Observed, occ: Occupancy, memory: Memory, policy: Polic
     out = []
     for name in sorted(occ.empty, key=lambda n: (memory.empty_since.get(n, now), n)):
         node = ready[name]
-        if _cordoned_by_others(node) or name in occ.blocked:
-            continue  # cordoned or tainted by someone else (maintenance, upgrade): not ours to remove
+        if _cordoned_by_others(node) or name in occ.blocked or marked_for_removal(node):
+            continue  # cordoned, tainted or being removed by someone else: not ours to remove
         if not node.ready and deallocates(observed.pool):
             continue  # may be a stopped VM: deleting it would lose the VM, not lower the count
         if now - memory.empty_since.get(name, now) >= policy.idle:
@@ -656,7 +664,6 @@ def guard_scale(observed: Observed, plan: Plan, policy: Policy) -> list[str]:
                 reasons.append(f"min_count {m} is above the pool's bound")
             # the step is in nodes, as the plan takes it: a raised floor adds the nodes it puts
             # above the count (the autoscaler may have grown the pool far above the old floor)
-            old = pool.min_count or 0
             added = m - max(old, pool.count)
             if m > old and added > policy.max_step_up:
                 reasons.append(f"raising min_count to {m} adds {added} nodes, above scale.max_step_up "
@@ -669,8 +676,7 @@ def guard_scale(observed: Observed, plan: Plan, policy: Policy) -> list[str]:
                 reasons.append(
                     f"removing {len(nodes)} nodes exceeds scale.max_step_down {policy.max_step_down}")
             not_ready = {n.name for n in observed.cluster.nodes if not n.ready}
-            deleting = {n.name for n in observed.cluster.nodes if n.deleting or any(
-                t.key == AUTOSCALER_DELETING for t in n.taints)}
+            deleting = {n.name for n in observed.cluster.nodes if marked_for_removal(n)}
             for n in nodes:
                 if n in deleting:
                     reasons.append(f"node {n} is being deleted (deletionTimestamp or the cluster autoscaler's "
