@@ -184,12 +184,6 @@ def _classify(spawner: Any, profile_list: Any, profiles: frozenset[str], resourc
     return gpu, slug
 
 
-def _is_gpu(spawner: Any, profiles: frozenset[str], resource: str) -> bool:
-    """:func:`_classify` with the spawner's ``profile_list`` when it is a list or a dict (a
-    callable one needs :func:`gpu_spawn`)."""
-    return _classify(spawner, getattr(spawner, "profile_list", None), profiles, resource)[0]
-
-
 async def gpu_spawn(spawner: Any, profiles: frozenset[str], resource: str = "nvidia.com/gpu",
                     resolve_timeout: float | None = None) -> tuple[bool, str]:
     """(GPU spawn?, profile slug) for ``spawner``, calling a callable ``profile_list`` as
@@ -255,11 +249,6 @@ class ScaleDemand:
         self._unreadable = 0  # spawns whose spawner could not be read
         self._tasks: set[asyncio.Future[Any]] = set()
         self.sent: list[tuple[float, str, int | None]] = []  # (monotonic time, key, status)
-
-    def is_gpu(self, spawner: Any) -> bool:
-        if self._is_gpu is not None:
-            return bool(self._is_gpu(spawner))
-        return _is_gpu(spawner, self.gpu_profiles, self.gpu_resource)
 
     def __call__(self, spawner: Any) -> None:
         """Schedule the signal and return at once (the spawn never waits for hubpilot)."""

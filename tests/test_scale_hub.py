@@ -130,13 +130,13 @@ class _Spawner:
         self.user = type("U", (), {"name": "ana"})()
 
 
-def test_gpu_detection_by_profile_or_resource() -> None:
-    from hubpilot_hub.scale_demand import ScaleDemand
+async def test_gpu_detection_by_profile_or_resource() -> None:
+    from hubpilot_hub.scale_demand import gpu_spawn
 
-    part = ScaleDemand("http://127.0.0.1:9/api/v1", "t", gpu_profiles=["gpu"])
-    assert part.is_gpu(_Spawner("gpu"))
-    assert not part.is_gpu(_Spawner("cpu"))
-    assert part.is_gpu(_Spawner("", {"nvidia.com/gpu": 1}))
+    gpu = frozenset({"gpu"})
+    assert (await gpu_spawn(_Spawner("gpu"), gpu))[0]
+    assert not (await gpu_spawn(_Spawner("cpu"), gpu))[0]
+    assert (await gpu_spawn(_Spawner("", {"nvidia.com/gpu": 1}), gpu))[0]
 
 
 async def test_send_to_an_unreachable_hubpilot_returns_quietly() -> None:
