@@ -69,6 +69,8 @@ async def test_the_echoed_validation_token_is_never_sniffed_or_cached(
         assert r.headers["content-type"].startswith("text/plain")
         assert r.headers.get("x-content-type-options") == "nosniff", dict(r.headers)
         assert r.headers.get("cache-control") == "no-store"
+        # the front's own answer carries the app's headers too (it answers before the app)
+        assert r.headers.get("x-frame-options") == "DENY" and r.headers.get("referrer-policy") == "no-referrer"
     assert queued(ctx) == []
 
 

@@ -249,15 +249,7 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
-SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (b"cache-control", b"no-store"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-)
-"""Headers on every answer of the app (an answer that sets one itself keeps its own): what the
-caller's credentials opened (status, audit, runs) is kept by no cache, no answer is sniffed as
-another type, and no other site frames the docs page, whose "Try it out" acts with the session."""
+SECURITY_HEADERS = front.SECURITY_HEADERS
 
 
 class _SecurityHeaders:

@@ -25,6 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from hubpilot.api.deps import get_context
 from hubpilot.config.api import ApiSettings
+from hubpilot.entra.notifications import shown
 from hubpilot.wiring import Context
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,7 @@ def authenticate(settings: ApiSettings, headers: Any, *, platform_auth: bool = F
 def shown_path(request: Request, limit: int = 200) -> str:
     """The request's path as a log line may show it: the caller's text, percent-decoded, so
     escaped (no line breaks to forge log lines with) and bounded."""
-    text = request.url.path.encode("unicode_escape").decode("ascii")
-    return text if len(text) <= limit else text[:limit] + "..."
+    return shown(request.url.path, limit)
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -91,6 +91,17 @@ async def _drain(scope: Scope, receive: Receive) -> bool:
             return True
 
 
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+"""Headers on every answer of the app (an answer that sets one itself keeps its own): what the
+caller's credentials opened (status, audit, runs) is kept by no cache, no answer is sniffed as
+another type, and no other site frames the docs page, whose "Try it out" acts with the session."""
+
+
 async def _respond(send: Send, status: int, body: bytes, content_type: bytes, *, head: bool = False) -> None:
     await send({
         "type": "http.response.start",
@@ -98,8 +109,7 @@ async def _respond(send: Send, status: int, body: bytes, content_type: bytes, *,
         "headers": [
             (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
-            (b"x-content-type-options", b"nosniff"),
+            *SECURITY_HEADERS,
         ],
     })
     await send({"type": "http.response.body", "body": b"" if head else body})

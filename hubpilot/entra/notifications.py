@@ -73,7 +73,7 @@ def _group_of(item: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _shown(value: Any, limit: int = 64) -> str:
+def shown(value: Any, limit: int = 64) -> str:
     """A caller-supplied value as it may appear in a refusal (audit, log, answer): printable, short."""
     text = value if isinstance(value, str) else repr(value)
     text = text.encode("unicode_escape").decode("ascii")
@@ -91,7 +91,7 @@ def check(
     accepted: list[Notification] = []
     rejected: list[str] = []
     for i, item in enumerate(items):
-        sid = _shown(item.get("subscriptionId") or "")
+        sid = shown(item.get("subscriptionId") or "")
         given = item.get("clientState")
         if not isinstance(given, str) or not client_state or not hmac.compare_digest(
             given.encode(), client_state.encode()
@@ -101,7 +101,7 @@ def check(
         tenant = item.get("tenantId")
         if tenant_id and str(tenant or "").lower() != tenant_id.lower():
             rejected.append(f"value[{i}] (subscription {sid or '?'}): "
-                            f"tenant {_shown(repr(tenant))} is not the configured tenant")
+                            f"tenant {shown(repr(tenant))} is not the configured tenant")
             continue
         event = item.get("lifecycleEvent")
         if lifecycle and (not isinstance(event, str) or not event):
