@@ -269,11 +269,15 @@ async def _follow_runs(ctx: Context, since: datetime, every: float = 1.0) -> Non
             log.debug("demo: cannot read the audit log: %s", exc)
             continue
         for entry in reversed(entries):  # oldest first
-            run_id = str(entry.get("run_id"))
-            if run_id in seen:
-                continue
+            run_id = entry.get("run_id")
+            if not run_id or run_id in seen:
+                continue  # shown already, or no run (a refused Graph notification's entry)
             seen.add(run_id)
-            record = RunRecord.from_json(entry)
+            try:
+                record = RunRecord.from_json(entry)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.debug("demo: an audit entry is no run record: %s", exc)
+                continue
             if record.outcome in (Outcome.FAILED, Outcome.REFUSED):
                 why = f"{record.outcome}: {record.error or '; '.join(record.refusal)}"
                 if failing.get(record.operation) == why:

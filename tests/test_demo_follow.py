@@ -1,0 +1,34 @@
+"""The demo's terminal follows the audit log: an entry that is no run (a refused Graph
+notification's) does not end the following (it raised KeyError, and again at Ctrl-C)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.demo import _follow_runs
+from hubpilot.settings import Settings
+from hubpilot.wiring import Context
+
+
+async def test_an_entry_that_is_no_run_does_not_end_the_following(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    ctx = Context(settings=Settings(), store=store)
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    try:
+        await store.append_audit({"at": datetime.now(UTC).isoformat(), "operation": "graph-notifications",
+                                  "kind": "notification", "trigger": "webhook", "actor": "graph",
+                                  "outcome": "refused", "refusal": ["wrong or missing clientState"]})
+        follow = asyncio.ensure_future(_follow_runs(ctx, since, every=0.01))
+        await asyncio.sleep(0.3)
+        assert not follow.done(), follow.exception()
+        follow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await follow
+    finally:
+        await store.close()
