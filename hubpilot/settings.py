@@ -137,12 +137,12 @@ def defaults_note(path: str | Path | None = None) -> str | None:
     """A line saying that only the defaults are in use (no settings file, no ``HUBPILOT_``
     variable): a command run outside the deployment's directory or environment would otherwise
     quietly use a fresh state file and report "never run"."""
-    if path is not None or os.environ.get(CONFIG_ENV) or Path(DEFAULT_FILE).exists():
+    if path is not None or _config_path() is not None \
+            or any(name.upper().startswith(ENV_PREFIX) for name in os.environ):
         return None
-    if any(name.upper().startswith(ENV_PREFIX) for name in os.environ):
-        return None
+    state_file = StateSettings.model_fields["sqlite_path"].default
     return (f"no settings file (--config, ${CONFIG_ENV} or ./{DEFAULT_FILE}) and no {ENV_PREFIX}* "
-            "variables: using the defaults, with state in ./hubpilot-state.sqlite3 of this directory")
+            f"variables: using the defaults, with state in ./{state_file} of this directory")
 
 
 def _env_name(loc: tuple[Any, ...], *, flat: bool = True) -> str:
