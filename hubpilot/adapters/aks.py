@@ -30,7 +30,7 @@ from azure.core.pipeline.policies import AsyncBearerTokenCredentialPolicy, Async
 from azure.mgmt.containerservice.aio import ContainerServiceClient
 from azure.mgmt.containerservice.models import AgentPool, AgentPoolDeleteMachinesParameter
 
-from hubpilot.ports.pool import PoolError, PoolOutcome, PoolResult, PoolState
+from hubpilot.ports.pool import FAILED_STATES, PoolError, PoolOutcome, PoolResult, PoolState
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class AksPool:
         if props.enable_auto_scaling:
             raise PoolError(f"agent pool {self.pool}: the cluster autoscaler is on; its count is not ours")
         state = _text(props.provisioning_state or "Succeeded")
-        if props.count == count and state not in ("Failed", "Canceled"):
+        if props.count == count and state not in FAILED_STATES:
             return PoolResult(PoolOutcome.NOOP, f"count is already {count}")
         if props.count is not None and props.count > count:
             # the pool grew since it was observed; a lower count would remove nodes AKS picks
@@ -153,7 +153,7 @@ class AksPool:
         props.count = count
         # a failed operation's count stays the pool's without its machines: the same count again
         # is that operation asked for once more
-        again = f" (again: the last operation {state})" if state in ("Failed", "Canceled") else ""
+        again = f" (again: the last operation {state})" if state in FAILED_STATES else ""
         return await self._put(ap, etag, f"count {count}{again}")
 
     async def set_min_count(self, min_count: int, *, etag: str | None = None) -> PoolResult:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+FAILED_STATES = ("Failed", "Canceled")  # ARM provisioning states of a pool whose last operation did not finish
+
 
 @dataclass(frozen=True)
 class PoolState:
@@ -27,14 +29,14 @@ class PoolState:
     @property
     def busy(self) -> bool:
         """Another operation on the pool is under way: ARM would answer 409."""
-        return self.provisioning_state not in ("Succeeded", "Failed", "Canceled")
+        return self.provisioning_state != "Succeeded" and self.provisioning_state not in FAILED_STATES
 
     @property
     def failed(self) -> bool:
         """The pool's last operation failed or was canceled. ARM keeps that operation's count as the
         pool's (it is the goal from the moment the PUT is accepted), so machines of the count may
         never have been created."""
-        return self.provisioning_state in ("Failed", "Canceled")
+        return self.provisioning_state in FAILED_STATES
 
 
 class PoolOutcome(enum.StrEnum):

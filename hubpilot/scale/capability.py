@@ -74,8 +74,7 @@ class ScaleCapability:
         self.policy = policy
         self.clock = clock
         self.hub = hub
-        self.gpu_profiles = frozenset(gpu_profiles)
-        self.gpu_rules = tuple(parse_gpu_profile(p) for p in sorted(self.gpu_profiles))
+        self.gpu_rules = tuple(parse_gpu_profile(p) for p in sorted(set(gpu_profiles)))
         self.holder = holder
         self.observed_gap = observed_gap  # the next observation is due within this (cost report)
 
@@ -87,13 +86,13 @@ class ScaleCapability:
         notes: list[str] = []
         demand = [d for d in await self._demand_docs() if at - d.at <= self.policy.demand_ttl]
         activity: dict[str, datetime] | None = None
-        if self.hub is not None and (self.gpu_profiles or self.policy.reclaim_after is not None):
+        if self.hub is not None and (self.gpu_rules or self.policy.reclaim_after is not None):
             try:
                 users = await self.hub.list_users(state="active")
             except HubError as exc:  # only delays a scale-up; removal is guarded by the cluster view
                 notes.append(f"the hub could not be read this round, pending spawns are unknown: {exc}")
             else:
-                if self.gpu_profiles:
+                if self.gpu_rules:
                     demand += self._hub_pending(users, at)
                 if self.policy.reclaim_after is not None:
                     activity = _activity(users)
