@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
@@ -314,18 +314,32 @@ def _spans(value: Any, key: str) -> list[Span]:
     return out
 
 
-async def last_size(store: StateStore, day: date, lookback_days: int = 31) -> int | None:
+LOOKBACK_DAYS = 31  # days looked back for the size in force before a day without a record
+
+
+async def last_size(store: StateStore, day: date, lookback_days: int = LOOKBACK_DAYS) -> int | None:
     """The size in force at the end of the UTC ``day``: its last change point, else the size it
     began with (``start``), else the same of the days before (up to ``lookback_days``)."""
-    for i in range(lookback_days):
-        key = SIZES_KEY.format(day=(day - timedelta(days=i)).isoformat())
-        doc = await store.get(key) or {}
-        points = _parsed(doc.get("points"), key)
-        if points:
-            return points[-1][1]
-        if _start(doc) is not None:
-            return _start(doc)
+    async for d, key, doc in _walk_back(store, day, lookback_days):
+        found = _in_force(doc, d, key)
+        if found:
+            return found[-1][1]
     return None
+
+
+async def _walk_back(store: StateStore, day: date, days: int) -> AsyncIterator[tuple[date, str, dict[str, Any]]]:
+    """The day documents of ``day`` and the ``days - 1`` days before it, newest first ({} when none)."""
+    for i in range(days):
+        d = day - timedelta(days=i)
+        key = SIZES_KEY.format(day=d.isoformat())
+        yield d, key, await store.get(key) or {}
+
+
+def _in_force(doc: Mapping[str, Any], day: date, key: str) -> list[tuple[datetime, int]]:
+    """A day document's change points, else the size the day began with (a point at its 00:00 UTC)."""
+    began = _start(doc)
+    return _parsed(doc.get("points"), key) or (
+        [(datetime.combine(day, time(0), UTC), began)] if began is not None else [])
 
 
 def _start(doc: Mapping[str, Any]) -> int | None:
@@ -367,7 +381,7 @@ async def read_points(store: StateStore, since: datetime, until: date
     """The recorded change points from the last one before ``since`` through the UTC day ``until``,
     and the observation spans of those days. Reads the days of the period (and the one before),
     not the whole history; the size in force at ``since`` is looked for up to ``last_size``'s
-    31 days back, and only when none is recorded there in the whole history. The observation
+    LOOKBACK_DAYS back, and only when none is recorded there in the whole history. The observation
     spans of the document that holds that size come along: hubpilot not running since before the
     period is time it did not observe (without them the period would start as if observed)."""
     first = since.astimezone(UTC).date() - timedelta(days=1)
@@ -386,14 +400,9 @@ async def read_points(store: StateStore, since: datetime, until: date
     if not earlier:
         earlier = sorted(p for p in starts if p[0] <= since)
     if not earlier:
-        for i in range(1, 31):
-            key = SIZES_KEY.format(day=(first - timedelta(days=i)).isoformat())
-            doc = await store.get(key) or {}
-            earlier = _parsed(doc.get("points"), key)
+        async for d, key, doc in _walk_back(store, first - timedelta(days=1), LOOKBACK_DAYS - 1):
             spans += _spans(doc.get("seen"), key)
-            began = _start(doc)
-            if not earlier and began is not None:
-                earlier = [(datetime.combine(first - timedelta(days=i), time(0), UTC), began)]
+            earlier = _in_force(doc, d, key)
             if earlier:
                 break
     if not earlier:  # a month without a record: the whole history, once
