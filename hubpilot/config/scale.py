@@ -43,9 +43,10 @@ def parse_gpu_profile(entry: str) -> tuple[str, str | None, str | None]:
     """A ``scale.gpu_profiles`` entry as (profile, option, choice), matched against the
     ``user_options`` of a pending server the hub lists: ``"gpu"`` (that profile),
     ``"ml:accelerator=t4"`` (that ``profile_options`` choice of the profile),
-    ``"ml:accelerator--unlisted-choice"`` (any free-form value of the option); an empty profile
+    ``"ml:accelerator--unlisted-choice"`` (any free-form value of the option), ``"ml:accelerator"``
+    (any value of the option, chosen or free-form); an empty profile
     (``":accelerator=t4"``) is a spawn that names none, KubeSpawner's default profile."""
-    if not isinstance(entry, str) or not entry.strip() or entry != entry.strip() or any(c.isspace() for c in entry):
+    if not isinstance(entry, str) or not entry or any(c.isspace() for c in entry):
         raise ValueError(f"{entry!r} is no GPU profile; use a profile slug, e.g. 'gpu', "
                          "'ml:accelerator=t4' or 'ml:accelerator--unlisted-choice'")
     profile, colon, rest = entry.partition(":")
