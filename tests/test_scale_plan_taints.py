@@ -233,3 +233,18 @@ def test_a_stale_autoscaler_mark_on_a_node_the_pods_tolerate_is_not_removed_by_h
     plan = plan_scale(obs, POLICY, T0)
     assert guard_scale(obs, plan, POLICY) == [], kinds(plan)
     assert not any(a.kind == "remove_nodes" and "n1" in a.params["nodes"] for a in plan.actions), kinds(plan)
+
+
+def test_a_stopped_vm_the_autoscaler_just_deallocated_is_not_subtracted_from_the_count_again() -> None:
+    """Autoscaler-assist on a Deallocate pool: the autoscaler deallocated s0 a minute ago; its node
+    stays registered, NotReady, still carrying the autoscaler's mark. AKS left it out of the count
+    (3: n0 and n1 busy, n2 empty long past the idle limit), so it is a stopped VM, not a machine on
+    its way out of the count: the surplus n2 is removed as it would be without the mark."""
+    policy = Policy(**{**POLICY.__dict__, "min_nodes": 2})
+    p = PoolState("gpu", 3, 2, 8, True, "Running", "Succeeded", "Standard_NC4as_T4_v3", "e1", "Deallocate")
+    for marks in ((TO_BE_DELETED,), ()):
+        nodes = [node("n0"), node("n1"), node("n2"), node("s0", *marks, ready=False)]
+        obs = observed(p, nodes, [upod("a", "n0"), upod("b", "n1")], empty_since={"n2": LONG_AGO})
+        plan = plan_scale(obs, policy, T0)
+        assert plan.facts["stopped"] == 1
+        assert ("remove_nodes", {"nodes": ["n2"], "from": 3}) in kinds(plan), (marks, kinds(plan), plan.notes)

@@ -177,6 +177,9 @@ class Occupancy:
     # empty nodes on their way out (deletionTimestamp, the cluster autoscaler's removal mark), by
     # why: no capacity, no node to replace (their machines leave the count), never removed or uncordoned
     leaving: Mapping[str, str] = field(default_factory=dict)
+    # (Deallocate) how many of them AKS already left out of the count: NotReady ones, as many as
+    # there are stopped VMs (the autoscaler's mark stays on the node of a VM it deallocated)
+    leaving_stopped: int = 0
     # ready empty nodes with NoSchedule/NoExecute taints the GPU pods do not tolerate, by taint:
     # no capacity, replaced, not ours to remove (like a cordon by someone else)
     blocked: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -298,6 +301,7 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
                if n.name in empty and n.name not in leaving and n.ready
                and (taints := _not_on_newer(n, untolerated(n, tolerations, observed.pool.node_taints),
                                             observed.cluster.nodes))}
+    leaving_stopped = min(stopped, sum(1 for n in observed.cluster.nodes if n.name in leaving and not n.ready))
     missing = 0
     if observed.pool.failed:
         # the failed operation's count is still the pool's: the machines it did not create are
@@ -314,6 +318,7 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
         broken=broken,
         missing=missing,
         leaving=leaving,
+        leaving_stopped=leaving_stopped,
         blocked=blocked,
     )
 
@@ -552,7 +557,8 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
     removing: list[str] = []
     after = pool.count
     present = pool.count - occ.missing  # the machines that exist (a failed operation's count may not)
-    staying = present - len(occ.leaving)  # without the machines on their way out: no second removal for them
+    # without the machines on their way out (no second removal for them), but not stopped VMs again
+    staying = present - (len(occ.leaving) - occ.leaving_stopped)
     if mode == "direct":
         if desired > pool.count:
             after = min(desired, pool.count + policy.max_step_up)
