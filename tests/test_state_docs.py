@@ -52,6 +52,9 @@ def test_damaged_managed_record_is_a_value_error(record: Any) -> None:
     {"users": {}, "deleted": {"x": 5}},
     {"users": {}, "deleted": {"x": "last week"}},
     {"users": {}, "removals_approved_ahead": {"x": 1}},
+    {"users": {}, "group_removed": ["x"]},
+    {"users": {}, "group_removed": {"g": {"x": "yesterday"}}},
+    {"users": {}, "group_removed": {"g": ["x"]}},
 ])
 async def test_sync_with_damaged_managed_records_fails_clearly_and_changes_nothing(
         world: World, doc: dict[str, Any]) -> None:

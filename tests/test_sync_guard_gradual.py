@@ -168,3 +168,47 @@ async def test_people_deleted_after_a_short_grace_still_count_in_the_window(
         assert after.plan is not None and after.plan.facts["recent_removals"] == 0
     finally:
         await world.close()
+
+
+async def test_a_group_that_loses_its_members_over_several_runs_stops_at_the_limit(
+        real_hub: RealHub, tmp_path: Path) -> None:
+    """12 of 12 analysts are in gpu; a group answer that degrades run by run takes 3 of them out
+    each time (under the floor of 5, so no single plan is refused). Counted over the window, the
+    second run's 6 of 12 (50 %) is over 20 % and over the floor: refused, the hub unchanged. An
+    approval lets it through and restarts the count; a later routine removal passes."""
+    world = World(real_hub, tmp_path, max_removal_percent=20.0)
+    try:
+        everyone = [f"p{i:02}" for i in range(12)]
+        world.set("analysts", *everyone)
+        world.set("gpu", *everyone)
+        assert (await world.run()).outcome is Outcome.APPLIED
+        world.set("gpu", *everyone[3:])
+        first = await world.run()
+        assert first.outcome is Outcome.APPLIED, first.render()
+        stamped = (await world.store.get(MANAGED_KEY) or {})["group_removed"]
+        assert {g: sorted(p) for g, p in stamped.items()} == {
+            f"{world.prefix}gpu": sorted(world.user(s) for s in everyone[:3])}
+        before = await world.hub_state()
+
+        world.set("gpu", *everyone[6:])
+        refused = await world.run()
+        assert refused.outcome is Outcome.REFUSED, refused.render()
+        assert refused.plan is not None and refused.plan.counts() == {"remove_from_group": 3}
+        (reason,) = refused.refusal
+        assert reason.startswith(f"the plan takes 3 of the 9 members out of hub group {world.prefix}gpu "
+                                 "(directory group 'gpu') and sync took 3 out in the last 24 h "
+                                 "(sync.removal_window_hours): 6 of the 12 members then (50 %) who stay hub "
+                                 "users"), reason
+        assert f"hubpilot approve {refused.plan.id}" in reason
+        assert await world.hub_state() == before
+
+        approved = await world.runner().approve(world.capability(), refused.plan.id, actor="admin")
+        assert approved.outcome is Outcome.APPLIED, approved.render()
+        assert "group_removed" not in (await world.store.get(MANAGED_KEY) or {})  # accepted: the count restarts
+        world.set("gpu", *everyone[8:])  # two more after the approval: counted afresh, passes
+        after = await world.run()
+        assert after.outcome is Outcome.APPLIED, after.render()
+        state = await world.hub_state()
+        assert state["groups"][f"{world.prefix}gpu"] == sorted(world.user(s) for s in everyone[8:])
+    finally:
+        await world.close()

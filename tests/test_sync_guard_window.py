@@ -299,3 +299,52 @@ def test_a_rename_is_no_group_loss() -> None:
     assert plan.counts() == {"rename_user": 10}
     tight = POLICY.model_copy(update={"group_removal_floor": 0})
     assert not any("hub group" in r for r in judge(replace(observed, snapshot=renamed), tight)[1])
+
+
+def test_people_taken_out_of_a_group_in_recent_runs_count_with_the_plans_own() -> None:
+    """30 of 30 analysts were in gpu-users; sync took 5 out an hour ago (then under the floor of
+    5). A plan taking 3 more out: 8 of the 30 members the group had when the window began (27 %),
+    over 20 % and over the floor: refused with both numbers. Stamps older than the window, people
+    back in the directory's group or the hub's, and people no longer wanted as hub users (counted as
+    removals) do not count; the window off (0) judges the plan alone."""
+    people = names(30)
+    earlier = {n: NOW - H for n in people[:5]}
+    now_in = people[5:]
+    observed = replace(hub(people, now_in), snapshot=snap(people, now_in[3:]),
+                       group_removed={"dir-gpu-users": earlier})
+    plan, reasons = judge(observed)
+    assert plan.counts() == {"remove_from_group": 3}
+    assert plan.facts["recent_group_removals"] == {"dir-gpu-users": 5}
+    assert len(reasons) == 1, reasons
+    assert reasons[0].startswith(
+        "the plan takes 3 of the 25 members out of hub group dir-gpu-users (directory group 'gpu-users') and "
+        "sync took 5 out in the last 24 h (sync.removal_window_hours): 8 of the 30 members then (27 %) who stay "
+        "hub users, more than sync.max_removal_percent = 20 %"), reasons[0]
+    assert "degrades over several runs" in reasons[0] and "restarts the count" in reasons[0]
+
+    def passes(obs: SyncObserved, policy: SyncSettings = POLICY) -> bool:
+        plan, reasons = judge(obs, policy)
+        return plan.counts() == {"remove_from_group": 3} and reasons == []
+
+    assert passes(replace(observed, group_removed={"dir-gpu-users": {n: NOW - 25 * H for n in people[:5]}}))
+    assert not passes(replace(observed, group_removed={"dir-gpu-users": {n: NOW - 23 * H for n in people[:5]}}))
+    assert passes(observed, POLICY.model_copy(update={"removal_window_hours": 0}))
+    # two of the five are back in the directory's group, one in the hub's (added by hand): 5 + ... of 27
+    back = replace(observed, snapshot=snap(people, [*people[:2], *now_in[3:]]))
+    assert judge(back)[0].facts["recent_group_removals"] == {"dir-gpu-users": 3}
+    by_hand = replace(observed, groups={**observed.groups, "dir-gpu-users": HubGroup(
+        "dir-gpu-users", frozenset([*now_in, people[0]]))})
+    assert judge(by_hand)[0].facts["recent_group_removals"] == {"dir-gpu-users": 4}
+    # the five left the hub meanwhile: removals, not group loss
+    left = replace(observed, snapshot=snap(people[5:], now_in[3:]))
+    assert "recent_group_removals" not in judge(left)[0].facts
+
+
+def test_earlier_group_loss_refuses_no_plan_that_takes_nobody_out_of_that_group() -> None:
+    people = names(30)
+    observed = replace(hub(people, people[10:]), group_removed={"dir-gpu-users": {n: NOW - H for n in people[:10]}})
+    plan, reasons = judge(observed)
+    assert plan.empty and reasons == []
+    newcomer = replace(observed, snapshot=snap([*people, "new"], [*people[10:], "new"]))
+    plan, reasons = judge(newcomer)
+    assert plan.counts()["add_to_group"] == 2 and reasons == [], (plan.counts(), reasons)

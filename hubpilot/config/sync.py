@@ -54,11 +54,13 @@ class SyncSettings(Section):
     removal_window_hours: float = Field(
         24.0, ge=0, description="Count the people sync removed in this many hours before a run with the "
         "plan's removals against max_removals and max_removal_percent (a directory that loses people over "
-        "several runs); approving a plan refused for its removals restarts the count; 0: each plan alone."
+        "several runs), and the people it took out of a mirrored group with the group's losses; approving a "
+        "refused plan restarts both counts; 0: each plan alone."
     )
     group_removal_floor: int = Field(
         5, ge=0, description="Refuse a plan that takes more than max_removal_percent of a mirrored hub "
-        "group's members out of it only when that is more than this many people (small groups' churn passes)."
+        "group's members out of it (counting those taken out within removal_window_hours) only when that is more "
+        "than this many people (small groups' churn passes)."
     )
     stop_servers: bool = Field(True, description="Stop the servers of people who leave.")
     revoke_tokens: bool = Field(True, description="Revoke the API tokens of people who leave.")

@@ -20,6 +20,7 @@ from hubpilot.sync.plan import (
     SyncObserved,
     admin_mirrors,
     desired_state,
+    group_loss_reasons,
     guard_sync,
     plan_sync,
     removal_reasons,
@@ -49,6 +50,7 @@ class _Records:
     approved: datetime | None
     deleted: dict[str, datetime]
     approved_ahead: dict[str, datetime]
+    group_removed: dict[str, dict[str, datetime]]
 
 
 async def _read_records(store: StateStore) -> _Records:
@@ -59,15 +61,20 @@ async def _read_records(store: StateStore) -> _Records:
     from the one stored document."""
     doc = await store.get(MANAGED_KEY)
     if doc is None:
-        return _Records({}, frozenset(), None, {}, {})
+        return _Records({}, frozenset(), None, {}, {}, {})
     try:
         mirrors = doc.get("groups", [])
         if not isinstance(mirrors, list) or not all(isinstance(g, str) for g in mirrors):
             raise ValueError(f"'groups' is not a list of hub group names: {mirrors!r}"[:160])
         users = {name: ManagedUser.from_json(rec) for name, rec in doc.get("users", {}).items()}
         approved = stored_time(doc.get("removals_approved_at"), "'removals_approved_at'")
+        taken_out = doc.get("group_removed") or {}
+        if not isinstance(taken_out, dict):
+            raise ValueError(f"'group_removed' is {type(taken_out).__name__}, not an object of hub group → "
+                             "(hub name → time)")
         return _Records(users, frozenset(mirrors), approved, _name_times(doc.get("deleted"), "deleted"),
-                        _name_times(doc.get("removals_approved_ahead"), "removals_approved_ahead"))
+                        _name_times(doc.get("removals_approved_ahead"), "removals_approved_ahead"),
+                        {str(g): _name_times(people, f"group_removed of {g}") for g, people in taken_out.items()})
     except (ValueError, TypeError, AttributeError) as exc:
         raise ManagedRecordError(
             f"the state document {MANAGED_KEY!r} is damaged ({exc}); restore it from the audit log"
@@ -117,7 +124,8 @@ class SyncCapability:
         approved = await self._last_approval(records)
         return SyncObserved(snapshot=snapshot, users=users, groups=by_name, managed=records.managed,
                             mirrors=records.mirrors, removals_approved_at=approved,
-                            deleted=records.deleted, approved_ahead=records.approved_ahead)
+                            deleted=records.deleted, approved_ahead=records.approved_ahead,
+                            group_removed=records.group_removed)
 
     async def _last_approval(self, records: _Records) -> datetime | None:
         """When an admin last approved a plan refused for its removals: ``removals_approved_at``,
@@ -226,7 +234,7 @@ class SyncCapability:
         # The runner applies a plan the guard refuses only when an admin approved it: an approved
         # plan refused for its removals restarts sync.removal_window_hours' count (its refusal
         # named the removals so far, which the approval accepted with the plan's own).
-        approved = bool(removal_reasons(observed, plan, self.policy))
+        approved = bool(removal_reasons(observed, plan, self.policy) or group_loss_reasons(observed, plan, self.policy))
         if approved or results or any(r.active and n in want.ids and r.directory_id != want.ids[n]
                           and same_entry(r.directory_id, want.ids[n], want) for n, r in observed.managed.items()):
             await self._record_managed(results, want, undo, approved=approved)
@@ -310,6 +318,7 @@ class SyncCapability:
             doc: dict[str, Any] = dict(current[0]) if current else {"users": {}}
             users: dict[str, Any] = dict(doc.get("users", {}))
             deleted: dict[str, Any] = dict(doc.get("deleted") or {})
+            taken_out: dict[str, dict[str, Any]] = {g: dict(p) for g, p in (doc.get("group_removed") or {}).items()}
             for r in touched:
                 name, kind = r.action.target, r.action.kind
                 if kind in ("create_user", "manage_user"):
@@ -324,6 +333,8 @@ class SyncCapability:
                 elif kind == "deprovision":
                     rec = users.get(name) or ManagedUser(now).to_json()
                     users[name] = {**rec, "deprovisioned_at": now.isoformat()}
+                elif kind == "remove_from_group" and not approved:
+                    taken_out.setdefault(name, {})[str(r.action.params["user"])] = now.isoformat()
                 elif kind == "delete_user":
                     gone = users.pop(name, None)
                     if gone and gone.get("deprovisioned_at"):  # their removal still counts in the window
@@ -339,6 +350,7 @@ class SyncCapability:
                 # with a clock ahead of this one's are named (the count goes on after the approval)
                 doc["removals_approved_at"] = now.isoformat()
                 _put_or_drop(doc, "removals_approved_ahead", _after(_removal_stamps(users, deleted), now))
+                taken_out = {}  # the approval accepted every membership loss so far too
                 changed = True
             for name, rec in users.items():
                 wanted = ids.get(name)
@@ -358,6 +370,10 @@ class SyncCapability:
             window_start = now - timedelta(hours=self.policy.removal_window_hours)
             for key, times in (("deleted", deleted), ("removals_approved_ahead", doc.get("removals_approved_ahead"))):
                 _put_or_drop(doc, key, _after(times or {}, window_start))
+            # people taken out of a mirrored group, kept while within the window and not back in it
+            back = want.groups if want is not None else {}
+            _put_or_drop(doc, "group_removed", {g: kept for g, people in taken_out.items() if (kept := {
+                n: at for n, at in _after(people, window_start).items() if n not in back.get(g, ())})})
             try:
                 await self.store.put(MANAGED_KEY, doc, if_match=current[1] if current else "")
                 return

@@ -79,6 +79,9 @@ class SyncObserved:
     # removals that approval accepted which carry a later time than it (stamped by another
     # instance whose clock is ahead): hub name → that time; not counted again
     approved_ahead: Mapping[str, datetime] = field(default_factory=dict)
+    # people sync took out of a mirrored hub group within sync.removal_window_hours since the last
+    # approval: hub group → hub name → when; counted with a plan's own against the group-loss limits
+    group_removed: Mapping[str, Mapping[str, datetime]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -362,6 +365,8 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
         "empty_groups": list(want.empty_groups),
         "recent_removals": len(recent),
     }
+    if taken_out := recent_group_removals(observed, want, policy, now):
+        facts["recent_group_removals"] = taken_out
     return Plan.build(OPERATION, actions,
                       (*want.notes, *held_notes, *renames.notes, *reuse_notes, *flag_notes), facts)
 
@@ -412,6 +417,26 @@ def recent_removals(observed: SyncObserved, want: Desired, policy: SyncSettings,
     return sorted(n for n, at in removed.items()
                   if at > start and (approved is None or at > approved) and n not in want.users
                   and observed.approved_ahead.get(n) != at)
+
+
+def recent_group_removals(observed: SyncObserved, want: Desired, policy: SyncSettings,
+                          now: datetime) -> dict[str, int]:
+    """Per mirrored hub group, how many people sync took out of it within the last
+    ``sync.removal_window_hours`` who stay hub users and are not back in it (the directory's
+    group, or the hub's, has them again): a group answer that degrades over several runs
+    otherwise strips the group a few people at a time, each run under the floor. An approval
+    clears the stamps (it accepted them), so they are not filtered here by its time."""
+    if policy.removal_window_hours <= 0:
+        return {}
+    start = now - timedelta(hours=policy.removal_window_hours)
+    out: dict[str, int] = {}
+    for group, people in observed.group_removed.items():
+        hub_group = observed.groups.get(group)
+        back = set(want.groups.get(group, ())) | set(hub_group.users if hub_group else ())
+        n = sum(1 for name, at in people.items() if at > start and name in want.users and name not in back)
+        if n:
+            out[group] = n
+    return out
 
 
 def admin_mirrors(policy: SyncSettings) -> set[str]:
@@ -469,8 +494,10 @@ def group_loss_reasons(observed: SyncObserved, plan: Plan, policy: SyncSettings)
     members out of it, and more than ``sync.group_removal_floor`` people, counting those who stay
     hub users (people who leave are counted as removals). They are no removals, but they lose
     what the group grants (profiles, GPUs; admin rights for an admin group's mirror): a partly
-    hidden or truncated group answer would take them out in one run. A group the directory
-    answered as empty is refused as such already."""
+    hidden or truncated group answer would take them out in one run, a degrading one over several:
+    the people sync took out within ``sync.removal_window_hours`` (the plan's fact
+    ``recent_group_removals``) count with the plan's own, against the members the group had when
+    the window began. A group the directory answered as empty is refused as such already."""
     leaving = {a.target for a in plan.actions if a.kind == "deprovision"}
     out: dict[str, int] = {}
     for a in plan.actions:
@@ -480,22 +507,33 @@ def group_loss_reasons(observed: SyncObserved, plan: Plan, policy: SyncSettings)
     directory = {hub_group_name(g, policy.group_prefix, policy.group_names): g
                  for g in dict.fromkeys([*policy.users_groups, *policy.admin_groups])}
     admins = admin_mirrors(policy)
+    earlier: dict[str, int] = plan.facts.get("recent_group_removals", {})
     reasons: list[str] = []
     for group, n in sorted(out.items()):
         hub_group = observed.groups.get(group)
         members = len(hub_group.users) if hub_group else 0
+        recent = earlier.get(group, 0)
+        # the members when the window began: those here now and those taken out since
+        total, base = n + recent, members + recent
         # only configured mirrors: a mirror no longer configured loses just the people who leave
-        if group not in directory or group in empty or not members or n <= policy.group_removal_floor \
-                or n * 100.0 / members <= policy.max_removal_percent:
+        if group not in directory or group in empty or not members or total <= policy.group_removal_floor \
+                or total * 100.0 / base <= policy.max_removal_percent:
             continue
         grants = "admin rights" if group in admins else "what the group grants (profiles, GPUs)"
+        share = f"{total * 100.0 / base:.0f} %"
+        what = (f"the plan takes {n} of the {members} members out of hub group {group} (directory group "
+                f"{directory[group]!r}; {share})" if not recent else
+                f"the plan takes {n} of the {members} members out of hub group {group} (directory group "
+                f"{directory[group]!r}) and sync took {recent} out in the last "
+                f"{policy.removal_window_hours:g} h (sync.removal_window_hours): {total} of the {base} members "
+                f"then ({share})")
+        degrading, accepts = (", or that degrades over several runs,", ", which accepts them all and restarts "
+                              "the count") if recent else ("", "")
         reasons.append(
-            f"the plan takes {n} of the {members} members out of hub group {group} (directory group "
-            f"{directory[group]!r}; {n * 100.0 / members:.0f} %) who stay hub users, more than "
-            f"sync.max_removal_percent = {policy.max_removal_percent:g} % and more than sync.group_removal_floor = "
-            f"{policy.group_removal_floor}; they lose {grants}. A group answer that is partly hidden (an ACL) "
-            f"or cut short looks like this: fix the directory, or, when the change is right, approve the plan "
-            f"({approval_hint(plan)})"
+            f"{what} who stay hub users, more than sync.max_removal_percent = {policy.max_removal_percent:g} % "
+            f"and more than sync.group_removal_floor = {policy.group_removal_floor}; they lose {grants}. A group "
+            f"answer that is partly hidden (an ACL) or cut short{degrading} looks like this: fix the directory, "
+            f"or, when the change is right, approve the plan ({approval_hint(plan)}){accepts}"
         )
     return reasons
 
