@@ -163,6 +163,14 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             f"  {name}: there is no settings section {name[len(ENV_PREFIX):].split('__')[0].lower()!r} "
             f"(sections: {', '.join(sorted(Settings.model_fields))}); a misspelt name would be ignored"
             for name in unknown))
+    unresolved = _unresolved_key_vault_references()
+    if unresolved:
+        raise SettingsError("invalid settings:\n" + "\n".join(
+            f"  {name}: holds an unresolved Key Vault reference (@Microsoft.KeyVault(...)): App Service "
+            "passes the reference itself when it cannot read the secret. Check that the secret exists "
+            "and is enabled, that the app's keyVaultReferenceIdentity has 'Key Vault Secrets User' on "
+            "the vault, and the reference's status in the app's environment variables; then restart the app"
+            for name in unresolved))
     previous, _explicit_path = _explicit_path, Path(path) if path is not None else None
     try:
         return Settings(**overrides)
@@ -195,6 +203,19 @@ def _unknown_sections() -> list[str]:
     return sorted(name for name in os.environ
                   if name.upper().startswith(ENV_PREFIX) and "__" in name
                   and name[len(ENV_PREFIX):].split("__")[0].lower() not in Settings.model_fields)
+
+
+KEY_VAULT_REFERENCE = "@microsoft.keyvault("
+"""How an App Service Key Vault reference starts (case-insensitive). App Service replaces it by the
+secret's value; one it cannot resolve reaches the app as the reference text itself
+(learn.microsoft.com/azure/app-service/app-service-key-vault-references, "Troubleshoot")."""
+
+
+def _unresolved_key_vault_references() -> list[str]:
+    """``HUBPILOT_…`` variables whose value is still a Key Vault reference (never their values: a
+    resolved secret is never shown, and the reference names the vault)."""
+    return sorted(name for name, value in os.environ.items()
+                  if name.upper().startswith(ENV_PREFIX) and value.strip().lower().startswith(KEY_VAULT_REFERENCE))
 
 
 def _non_json_env() -> list[str]:

@@ -127,6 +127,26 @@ def test_a_bad_schedule_app_setting_is_refused_naming_it(monkeypatch: pytest.Mon
     assert "six" in str(err.value)
 
 
+UNRESOLVED_REFERENCE = "@Microsoft.KeyVault(SecretUri=https://kv-hubpilot-x.vault.azure.net/secrets/hub-token)"
+
+
+def test_an_unresolved_key_vault_reference_is_refused_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """App Service passes a Key Vault reference it cannot resolve (secret missing, no access yet) as
+    its own text ("If a reference isn't resolved properly, the reference string is used instead",
+    learn.microsoft.com/azure/app-service/app-service-key-vault-references): the hub token would be
+    that text, sent to the hub as a bearer token. Every trigger stops at the settings instead."""
+    monkeypatch.setenv("HUBPILOT_HUB__TOKEN", UNRESOLVED_REFERENCE)
+    monkeypatch.setenv("HUBPILOT_API__QUEUE_CONNECTION_STRING", "  " + UNRESOLVED_REFERENCE.lower())
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    message = str(err.value)
+    assert "HUBPILOT_HUB__TOKEN" in message and "HUBPILOT_API__QUEUE_CONNECTION_STRING" in message
+    assert "Key Vault Secrets User" in message and "kv-hubpilot-x" not in message
+    monkeypatch.delenv("HUBPILOT_API__QUEUE_CONNECTION_STRING")
+    monkeypatch.setenv("HUBPILOT_HUB__TOKEN", "resolved-secret-value")
+    assert load_settings().hub.token is not None
+
+
 def test_importing_the_app_and_answering_health_and_handshake_loads_no_web_framework() -> None:
     code = """
 import asyncio, sys

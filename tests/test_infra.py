@@ -529,6 +529,25 @@ def test_key_vault_secrets(parsed: dict[str, Any]) -> None:
         assert kv_params[param] == param
 
 
+def test_every_key_vault_reference_is_one_the_settings_refuse_unresolved(
+    parsed: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """App Service hands an app setting whose Key Vault reference it cannot resolve to the app as
+    the reference text: every referenced setting is one load_settings() refuses in that state."""
+    from hubpilot.settings import KEY_VAULT_REFERENCE, SettingsError, load_settings
+
+    main = _file(parsed, "main.bicep")
+    assert main["variables"]["keyVaultReference"]["value"].lower().startswith(KEY_VAULT_REFERENCE)
+    referenced = sorted(name for name, values in _app_settings(parsed).items()
+                        if any(isinstance(v, str) and v.startswith("${keyVaultReference}") for v in values))
+    assert len(referenced) == 3 and all(name.startswith("HUBPILOT_") for name in referenced), referenced
+    for name in referenced:
+        monkeypatch.setenv(name, "@Microsoft.KeyVault(SecretUri=https://kv.vault.example/secrets/s)")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert all(name in str(err.value) for name in referenced)
+
+
 def test_monitoring_uses_entra_auth(parsed: dict[str, Any]) -> None:
     mon = _file(parsed, "modules/monitoring.bicep")
     (ai,) = _resources(mon, "Microsoft.Insights/components").values()
