@@ -238,6 +238,7 @@ module keyVault 'modules/keyvault.bicep' = {
     location: location
     tags: tags
     principalId: identity.properties.principalId
+    workspaceId: monitoring.outputs.workspaceId
     hubToken: hubToken
     graphClientState: graphClientState
     ldapBindPassword: ldapBindPassword

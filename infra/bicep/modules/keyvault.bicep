@@ -1,6 +1,7 @@
 // The Key Vault holding hubpilot's secrets. RBAC authorization (no access policies), soft delete
 // and purge protection. The app reads the secrets through Key Vault references resolved with its
-// user-assigned identity, which gets "Key Vault Secrets User" on this vault only.
+// user-assigned identity, which gets "Key Vault Secrets User" on this vault only. Every access
+// (the 'audit' category group: AuditEvent) is logged to the Log Analytics workspace.
 
 @description('Name of the Key Vault (3-24 letters, digits and hyphens).')
 @minLength(3)
@@ -15,6 +16,9 @@ param tags object
 
 @description('Principal (object) id of the managed identity the app runs as.')
 param principalId string
+
+@description('Resource id of the Log Analytics workspace that receives the vault\'s audit log.')
+param workspaceId string
 
 @description('Value of the secret hub-token (hub.token). Empty: write nothing, keep the value the vault holds (a redeploy need not repeat secrets).')
 @secure()
@@ -107,6 +111,21 @@ resource secretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUserRoleId)
     principalId: principalId
     principalType: 'ServicePrincipal'
+  }
+}
+
+// Who read or changed which secret, and when: Key Vault keeps no such record itself.
+resource auditLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'hubpilot-audit'
+  scope: vault
+  properties: {
+    workspaceId: workspaceId
+    logs: [
+      {
+        categoryGroup: 'audit'
+        enabled: true
+      }
+    ]
   }
 }
 
