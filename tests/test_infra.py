@@ -551,13 +551,14 @@ def test_every_key_vault_reference_is_one_the_settings_refuse_unresolved(
 def test_key_vault_reads_are_audited_in_the_workspace(parsed: dict[str, Any]) -> None:
     """Key Vault logs who read which secret (the hub token opens every hub account to hubpilot's
     role) only through a diagnostic setting; without one no read leaves a trace. The vault's
-    'audit' category group (AuditEvent) goes to the deployment's Log Analytics workspace."""
+    AuditEvent log goes to the deployment's Log Analytics workspace (learn.microsoft.com/azure/
+    azure-monitor/reference/supported-logs/microsoft-keyvault-vaults-logs)."""
     kv = _file(parsed, "modules/keyvault.bicep")
     (diag,) = [r for r in kv["resources"].values() if r["type"] == "Microsoft.Insights/diagnosticSettings"]
     body = _body(diag)
     assert body["scope"] == "vault"
     assert body["properties"]["workspaceId"] == "workspaceId" and "workspaceId" in kv["parameters"]
-    assert {"categoryGroup": "audit", "enabled": True} in body["properties"]["logs"]
+    assert {"category": "AuditEvent", "enabled": True} in body["properties"]["logs"]
     main = _file(parsed, "main.bicep")
     assert "monitoring" in _names_in(_body(main["modules"]["keyVault"])["params"]["workspaceId"])
 

@@ -1,7 +1,7 @@
 // The Key Vault holding hubpilot's secrets. RBAC authorization (no access policies), soft delete
 // and purge protection. The app reads the secrets through Key Vault references resolved with its
 // user-assigned identity, which gets "Key Vault Secrets User" on this vault only. Every access
-// (the 'audit' category group: AuditEvent) is logged to the Log Analytics workspace.
+// (log category AuditEvent) is logged to the Log Analytics workspace (table AZKVAuditLogs).
 
 @description('Name of the Key Vault (3-24 letters, digits and hyphens).')
 @minLength(3)
@@ -120,9 +120,11 @@ resource auditLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = 
   scope: vault
   properties: {
     workspaceId: workspaceId
+    // the resource-specific table AZKVAuditLogs rather than AzureDiagnostics
+    logAnalyticsDestinationType: 'Dedicated'
     logs: [
       {
-        categoryGroup: 'audit'
+        category: 'AuditEvent'
         enabled: true
       }
     ]
