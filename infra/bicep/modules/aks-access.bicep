@@ -8,7 +8,7 @@
 //  - ARM, the built-in "Azure Kubernetes Service Cluster User Role": listClusterUserCredential,
 //    from which the app takes the API server URL and its CA (scale.kube_auth = entra).
 //  - Kubernetes, through Azure RBAC for Kubernetes authorization: a custom role with the data
-//    actions hubpilot needs — list nodes, patch nodes (cordon, annotation), list pods.
+//    actions hubpilot needs — list and get nodes, patch nodes (cordon, annotation), list pods.
 //    Without Azure RBAC for Kubernetes (aksAzureRbac = false) a Kubernetes ClusterRole and
 //    ClusterRoleBinding for the identity's object id do this instead (infra/bicep/README.md).
 

@@ -1,0 +1,112 @@
+"""The Kubernetes rights the deployment grants cover every request the Kubernetes adapter makes.
+
+The adapter's whole port (read, pods_on, cordon, uncordon) runs against kmock with the real
+``kubernetes`` client; kmock records each request, which is mapped to the Kubernetes RBAC verb the
+API server checks (GET on a collection: list, on a named object: get, PATCH: patch...). Both ways
+of granting them must cover all: the Kubernetes ClusterRole/Role of infra/bicep/README.md
+(``aksAzureRbac = false``) and the Azure RBAC data actions of infra/bicep/modules/aks-access.bicep
+(``read`` covers get, list and watch; ``write`` create, update and patch: "Azure RBAC for
+Kubernetes authorization", learn.microsoft.com/azure/aks/manage-azure-rbac).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+from hubpilot.adapters.kube import KubeCluster
+from tests.fixtures.kmock import NS, Emulator
+from tests.test_infra import _file, _parsed
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "infra" / "bicep" / "README.md"
+AZURE_VERB = {"get": "read", "list": "read", "watch": "read", "create": "write", "update": "write",
+              "patch": "write", "delete": "delete"}
+
+
+def _verb(method: str, path: str, query: str) -> str:
+    named = re.fullmatch(r"/api/v1(/namespaces/[^/]+)?/[a-z]+/[^/]+", path) is not None
+    if method == "GET":
+        if "true" in parse_qs(query).get("watch", []):
+            return "watch"
+        return "get" if named else "list"
+    return {"PATCH": "patch", "PUT": "update", "POST": "create", "DELETE": "delete"}[method]
+
+
+async def _requests_of_the_port(kube: Emulator) -> set[tuple[str, str, str | None]]:
+    """(resource, verb, namespace or None for cluster-wide) of every request the port makes."""
+    kube.clear()
+    kube.node("gpu-0")
+    kube.pod("alice", "gpu-0")
+    kube.pod("bob", None)
+    seen = len(list(kube.k))
+    cluster = KubeCluster(namespace=NS, pool="gpu", api_url=kube.url)
+    try:
+        await cluster.read()
+        await cluster.pods_on("gpu-0")
+        assert await cluster.cordon("gpu-0", "hubpilot-test")
+        assert await cluster.uncordon("gpu-0")
+    finally:
+        await cluster.close()
+    used = set()
+    for request in list(kube.k)[seen:]:
+        url = urlsplit(str(request.url))
+        match = re.fullmatch(r"/api/v1(?:/namespaces/([^/]+))?/([a-z]+)(?:/[^/]+)?", url.path)
+        assert match, url.path
+        used.add((match.group(2), _verb(str(request.method.name), url.path, url.query), match.group(1)))
+    return used
+
+
+def _readme_grants() -> set[tuple[str, str, str | None]]:
+    """What the README's ClusterRole/Role, bound to the identity, allow."""
+    text = README.read_text()
+    section = text[text.index("### Kubernetes authorization"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block, "infra/bicep/README.md shows no Kubernetes RBAC manifest"
+    docs = [d for d in yaml.safe_load_all(block.group(1)) if d]
+    roles = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("ClusterRole", "Role")}
+    grants = set()
+    for binding in (d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        assert any(s["kind"] == "User" and s["name"] == "<identityPrincipalId>" for s in binding["subjects"])
+        role = roles[(binding["roleRef"]["kind"], binding["roleRef"]["name"])]
+        namespace = binding["metadata"].get("namespace") if binding["kind"] == "RoleBinding" else None
+        assert role["metadata"].get("namespace") == namespace
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == [""]
+            grants |= {(r, v, namespace) for r in rule["resources"] for v in rule["verbs"]}
+    return grants
+
+
+async def test_the_readme_kubernetes_roles_allow_every_request_of_the_adapter(kube: Emulator) -> None:
+    used = await _requests_of_the_port(kube)
+    assert {verb for _, verb, _ in used} >= {"list", "get", "patch"}  # the port was exercised
+    grants = _readme_grants()
+
+    def granted(resource: str, verb: str, namespace: str | None) -> bool:
+        return (resource, verb, None) in grants or (namespace is not None and (resource, verb, namespace) in grants)
+
+    missing = sorted((r, v, ns or "(cluster)") for r, v, ns in used if not granted(r, v, ns))
+    assert not missing, f"the README's roles do not allow: {missing}"
+
+
+async def test_the_azure_rbac_data_actions_allow_every_request_of_the_adapter(kube: Emulator) -> None:
+    used = await _requests_of_the_port(kube)
+    aks = _file(_parsed(), "modules/aks-access.bicep")
+    actions = set(aks["variables"]["kubernetesDataActions"]["value"])
+    missing = sorted({f"Microsoft.ContainerService/managedClusters/{r}/{AZURE_VERB[v]}" for r, v, _ in used}
+                     - actions)
+    assert not missing, f"aks-access.bicep grants no {missing}"
+
+
+def test_request_verbs_are_the_ones_the_api_server_checks() -> None:
+    assert _verb("GET", "/api/v1/nodes", "") == "list"
+    assert _verb("GET", "/api/v1/nodes/gpu-0", "") == "get"
+    assert _verb("GET", "/api/v1/namespaces/jhub/pods", "watch=true") == "watch"
+    assert _verb("GET", "/api/v1/namespaces/jhub/pods/alice", "") == "get"
+    assert _verb("PATCH", "/api/v1/nodes/gpu-0", "") == "patch"
+    grants: Any = _readme_grants()
+    assert ("pods", "list", NS) in grants
