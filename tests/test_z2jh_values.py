@@ -47,6 +47,26 @@ def merged(ours: dict[str, Any]) -> dict[str, Any]:
     return helm_merge(base, ours)
 
 
+def test_the_hub_side_package_installs_without_dependencies() -> None:
+    """The hub image gets hubpilot_hub with ``pip install --no-deps hubpilot``: it imports nothing
+    but the standard library and what the z2jh hub image has (JupyterHub, its tornado and traitlets,
+    KubeSpawner's python-slugify, optional), so none of requirements.txt is installed into, or
+    re-pins packages of, the hub's environment."""
+    import ast
+    import sys
+
+    imported = set()
+    for path in (ROOT / "hubpilot_hub").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    outside = imported - set(sys.stdlib_module_names) - {"hubpilot_hub"}
+    assert outside <= {"jupyterhub", "tornado", "traitlets", "slugify"}, outside
+    assert "pip install --no-deps hubpilot" in VALUES.read_text()
+
+
 def test_merge_is_helm_like() -> None:
     assert helm_merge({"a": {"b": 1, "c": [1]}, "d": 1}, {"a": {"c": [2]}, "d": None}) == {
         "a": {"b": 1, "c": [2]}
