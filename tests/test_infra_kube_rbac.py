@@ -110,3 +110,66 @@ def test_request_verbs_are_the_ones_the_api_server_checks() -> None:
     assert _verb("PATCH", "/api/v1/nodes/gpu-0", "") == "patch"
     grants: Any = _readme_grants()
     assert ("pods", "list", NS) in grants
+
+
+# --- ARM: the agent pool, the cluster's user credential, the status of AKS operations -------------
+ARM_ACTIONS = (
+    # (method, path pattern, action, scope the action must be granted at)
+    ("GET", r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerService/managedClusters/"
+            r"[^/]+/agentPools/[^/]+", "Microsoft.ContainerService/managedClusters/agentPools/read", "cluster"),
+    ("PUT", r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerService/managedClusters/"
+            r"[^/]+/agentPools/[^/]+", "Microsoft.ContainerService/managedClusters/agentPools/write", "cluster"),
+    ("POST", r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerService/managedClusters/"
+             r"[^/]+/agentPools/[^/]+/deleteMachines",
+     "Microsoft.ContainerService/managedClusters/agentPools/deleteMachines/action", "cluster"),
+    ("POST", r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerService/managedClusters/"
+             r"[^/]+/listClusterUserCredential",
+     "Microsoft.ContainerService/managedClusters/listClusterUserCredential/action", "cluster"),
+    ("GET", r"/subscriptions/[^/]+/providers/Microsoft\.ContainerService/locations/[^/]+/operations/[^/]+",
+     "Microsoft.ContainerService/locations/operations/read", "subscription"),
+    ("GET", r"/subscriptions/[^/]+/providers/Microsoft\.ContainerService/locations/[^/]+/operationresults/[^/]+",
+     "Microsoft.ContainerService/locations/operationresults/read", "subscription"),
+)
+# The built-in "Azure Kubernetes Service Cluster User Role" (aks-access.bicep assigns it on the
+# cluster): listClusterUserCredential/action (learn.microsoft.com/azure/role-based-access-control/
+# built-in-roles/containers#azure-kubernetes-service-cluster-user-role).
+CLUSTER_USER_ROLE_ACTIONS = {"Microsoft.ContainerService/managedClusters/listClusterUserCredential/action",
+                             "Microsoft.ContainerService/managedClusters/read"}
+
+
+async def test_the_arm_roles_allow_every_request_of_the_pool_adapter_and_nothing_unused(arm: Any) -> None:
+    from hubpilot.adapters.aks import AksPool
+    from tests.doubles.arm import StaticToken
+
+    arm.add_pool("gpu", count=2, machines=["m0", "m1"])
+    arm.kubeconfig = b"apiVersion: v1\nkind: Config\n"
+    pool = AksPool(StaticToken(), subscription_id=arm.subscription, resource_group=arm.resource_group,
+                   cluster=arm.cluster, pool="gpu", base_url=arm.base_url,
+                   credential_scopes=("https://management.azure.com/.default",),
+                   retry_total=0, retry_backoff=0.01, polling_interval=0.01, lro_wait=5.0)
+    first = len(arm.calls)
+    try:
+        state = await pool.get()
+        await pool.set_count(3, etag=state.etag)
+        await pool.delete_machines(["m0"])
+        assert await pool.user_kubeconfig()
+    finally:
+        await pool.close()
+    needed: dict[str, str] = {}
+    for call in arm.calls[first:]:
+        rows = [(action, scope) for method, pattern, action, scope in ARM_ACTIONS
+                if call.method == method and re.fullmatch(pattern, call.path)]
+        assert rows, f"no action known for {call.method} {call.path}"
+        needed.setdefault(*rows[0])
+    assert {"cluster", "subscription"} <= set(needed.values())
+
+    aks = _file(_parsed(), "modules/aks-access.bicep")
+    status = _file(_parsed(), "modules/aks-operation-status.bicep")
+    on_cluster = set(aks["variables"]["agentPoolActions"]["value"]) | CLUSTER_USER_ROLE_ACTIONS
+    on_subscription = set(status["variables"]["operationStatusActions"]["value"])
+    granted = {"cluster": on_cluster, "subscription": on_subscription}
+    missing = sorted(a for a, scope in needed.items() if a not in granted[scope])
+    assert not missing, f"not granted: {missing}"
+    # least privilege: the custom roles grant nothing the adapter does not use
+    unused = sorted((set(aks["variables"]["agentPoolActions"]["value"]) | on_subscription) - set(needed))
+    assert not unused, f"granted but never used: {unused}"

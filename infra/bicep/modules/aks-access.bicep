@@ -25,9 +25,9 @@ param azureRbac bool = true
 // Microsoft.ContainerService/managedClusters/listClusterUserCredential/action (+ managedClusters/read).
 var aksClusterUserRoleId = '4abbcc35-e782-43d8-92c5-2d3f1bd2253f'
 
-// The ARM actions of the scale loop (hubpilot/adapters/aks.py).
+// The ARM actions of the scale loop (hubpilot/adapters/aks.py), and no other: it never reads the
+// cluster resource itself (tests/test_infra_kube_rbac.py records its requests).
 var agentPoolActions = [
-  'Microsoft.ContainerService/managedClusters/read'
   'Microsoft.ContainerService/managedClusters/agentPools/read'
   'Microsoft.ContainerService/managedClusters/agentPools/write'
   'Microsoft.ContainerService/managedClusters/agentPools/deleteMachines/action'
