@@ -97,9 +97,9 @@ async def test_the_azure_rbac_data_actions_allow_every_request_of_the_adapter(ku
     used = await _requests_of_the_port(kube)
     aks = _file(_parsed(), "modules/aks-access.bicep")
     actions = set(aks["variables"]["kubernetesDataActions"]["value"])
-    missing = sorted({f"Microsoft.ContainerService/managedClusters/{r}/{AZURE_VERB[v]}" for r, v, _ in used}
-                     - actions)
-    assert not missing, f"aks-access.bicep grants no {missing}"
+    needed = {f"Microsoft.ContainerService/managedClusters/{r}/{AZURE_VERB[v]}" for r, v, _ in used}
+    assert not needed - actions, f"aks-access.bicep grants no {sorted(needed - actions)}"
+    assert not actions - needed, f"aks-access.bicep grants the unused {sorted(actions - needed)}"
 
 
 def test_request_verbs_are_the_ones_the_api_server_checks() -> None:
