@@ -559,6 +559,8 @@ async def test_subscription_manager_creates_renews_recreates_and_is_idempotent(
         assert rec.operation == "graph-subscriptions" and rec.trigger == "lifecycle"
         assert [(x.action.kind, x.action.target) for x in rec.results] == [("renew", sid_b)]
         assert "recreated" in rec.results[0].detail
+        # then a delta sync, for what Graph did not deliver meanwhile (no hub here: taken off the queue)
+        assert queue.queue.get_nowait().kind == "sync" and queue.queue.empty()
         # subscriptionRemoved for one already gone: the manager creates a new one
         sid_a = next(s["id"] for s in fresh.subscriptions.values() if s["resource"] == f"groups/{a}")
         event = fresh.lifecycle(sid_a, "subscriptionRemoved")
@@ -567,6 +569,7 @@ async def test_subscription_manager_creates_renews_recreates_and_is_idempotent(
         assert r.status_code == 202
         assert await worker.drain_once() == 1
     assert [x.action.kind for x in worker.records[-1].results] == ["create"]
+    assert queue.queue.get_nowait().kind == "sync" and queue.queue.empty()
     assert sorted(s["resource"] for s in fresh.subscriptions.values()) == sorted([f"groups/{a}", f"groups/{b}"])
 
 

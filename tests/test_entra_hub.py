@@ -234,3 +234,79 @@ async def test_a_held_sync_lock_is_retried_not_lost(graph: GraphDouble, real_hub
     assert await t.worker.drain_once() == 1
     assert waited == [0] and [r.outcome for r in t.worker.records] == [Outcome.APPLIED]
     assert (await t.hub_state())["users"] == [t.name("ana")]
+
+
+async def lifecycle(t: Tenant, sid: str, event: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=t.webhook.url, timeout=10) as http:
+        return await http.post("/api/v1/graph/lifecycle", json=t.graph.lifecycle(sid, event))
+
+
+def subscription_of(graph: GraphDouble, gid: str) -> str:
+    return next(s["id"] for s in graph.subscriptions.values() if s["resource"] == f"groups/{gid}")
+
+
+async def test_changes_graph_did_not_notify_reach_the_hub_after_a_lifecycle_event(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    """change-notifications-lifecycle-events: until a reauthorizationRequired is answered Graph may
+    pause delivery, and the changes meanwhile are lost ("the app should separately fetch those
+    changes, for example using the delta query"); after a subscriptionRemoved, "after creating the
+    new subscription, you can sync the resource data". The manager acts first, then a delta sync."""
+    t = Tenant(graph, real_hub, webhook)
+    ana, ben, cy = t.person("ana"), t.person("ben"), t.person("cy")
+    graph.add_member(t.users_group, ana)
+    await t.sync()
+    await run_subscription_manager(t.ctx)
+    sid = subscription_of(graph, t.users_group)
+
+    graph.add_member(t.users_group, ben)  # while delivery is paused: no notification
+    assert (await lifecycle(t, sid, "reauthorizationRequired")).status_code == 202
+    assert await t.worker.drain_once() == 1  # the manager renews the subscription ...
+    assert await t.worker.drain_once() == 1  # ... then the sync it asked for runs
+    manager, sync = t.worker.records[-2:]
+    assert (manager.operation, [x.action.kind for x in manager.results]) == ("graph-subscriptions", ["renew"])
+    assert sync.operation == "sync" and sync.outcome is Outcome.APPLIED and sync.started >= manager.finished
+    assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben")]
+
+    event = graph.lifecycle(sid, "subscriptionRemoved")
+    del graph.subscriptions[sid]  # Graph removed it
+    graph.add_member(t.users_group, cy)
+    async with httpx.AsyncClient(base_url=t.webhook.url, timeout=10) as http:
+        assert (await http.post("/api/v1/graph/lifecycle", json=event)).status_code == 202
+    assert await t.worker.drain_once() == 1
+    assert await t.worker.drain_once() == 1
+    assert [x.action.kind for x in t.worker.records[-2].results] == ["create"]
+    assert subscription_of(graph, t.users_group) != sid
+    assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben"), t.name("cy")]
+
+
+async def test_a_lifecycle_event_arriving_while_a_held_lock_is_retried_is_not_dropped(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    """The in-process worker retries a hint whose lock is held; what arrives meanwhile is merged
+    with it, not dropped: a reauthorizationRequired is no sync, and a held manager lock is
+    retried like a held sync lock (Graph pauses delivery until the subscription is reauthorized)."""
+    t = Tenant(graph, real_hub, webhook)
+    ana = t.person("ana")
+    graph.add_member(t.users_group, ana)
+    await run_subscription_manager(t.ctx)
+    sid = subscription_of(graph, t.users_group)
+    leases = [await t.ctx.store.acquire_lock(op, "timer:other-run", timedelta(minutes=5), t.ctx.clock())
+              for op in ("sync", "graph-subscriptions")]
+    assert all(leases)
+
+    async def sleep(seconds: float) -> None:  # a lifecycle event arrives while the worker waits
+        if leases[0] is not None:
+            assert (await lifecycle(t, sid, "reauthorizationRequired")).status_code == 202
+            await t.ctx.store.release_lock(leases[0])
+            leases[0] = None
+        elif leases[1] is not None:  # then the timer's manager round ends
+            await t.ctx.store.release_lock(leases[1])
+            leases[1] = None
+
+    t.worker.sleep = sleep
+    graph.reset_log()
+    assert (await t.notify(t.users_group)).status_code == 202
+    await t.worker.drain_once()
+    await t.worker.drain_once()  # the sync the lifecycle event asks for after the manager
+    assert [r.operation for r in t.worker.records] == ["sync", "graph-subscriptions", "sync"]
+    assert graph.requests(f"/subscriptions/{sid}", "PATCH")  # reauthorized
+    assert (await t.hub_state())["users"] == [t.name("ana")]

@@ -161,8 +161,9 @@ def covered_by(hint: Hint, last_sync_outcome: str | None, last_sync_started: dat
 
 def hints_for(verdict: Verdict, now: datetime) -> list[Hint]:
     """The hints accepted notifications ask for: one sync for all changes; lifecycle events
-    ``reauthorizationRequired``/``subscriptionRemoved`` ask the manager to renew/recreate,
-    ``missed`` asks for a sync, an event unknown here for a manager round."""
+    ``reauthorizationRequired``/``subscriptionRemoved`` ask the manager to renew/recreate (whose
+    round then queues a sync: :func:`hubpilot.wiring.entra.process_hint`), ``missed`` asks for a
+    sync, an event unknown here for a manager round."""
     at = now.isoformat()
     changes = [n for n in verdict.accepted if n.lifecycle_event is None or n.lifecycle_event == "missed"]
     renew = [n.subscription_id for n in verdict.accepted

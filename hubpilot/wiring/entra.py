@@ -7,7 +7,8 @@ Hosts call:
   serve``, drained by :class:`NotificationWorker`) or the Azure Storage queue ``hubpilot-graph``
   (drained by the queue-triggered function in ``functions/graph.py``);
 * :func:`process_hint` — one hint → one sync run (``trigger="notification"``) or one run of the
-  subscription manager; :func:`run_subscription_manager` — the timer.
+  subscription manager (after a lifecycle event, followed by a queued sync hint);
+  :func:`run_subscription_manager` — the timer.
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ async def subscription_policy(ctx: Context) -> SubscriptionPolicy:
 
 
 async def run_subscription_manager(ctx: Context, *, force_renew: Sequence[str] = (),
-                                   trigger: str = "schedule", actor: str = "timer") -> RunRecord | None:
+                                   trigger: str = "schedule", actor: str = "timer",
+                                   retry_held: bool = False) -> RunRecord | None:
     """One round of the subscription manager through the Runner; None when notifications are
-    off or another round holds the lock."""
+    off or (unless ``retry_held``, which raises LockHeld instead) another round holds the lock."""
     s = entra_settings(ctx)
     if not s.notifications:
         return None
@@ -112,6 +114,8 @@ async def run_subscription_manager(ctx: Context, *, force_renew: Sequence[str] =
         cap = SubscriptionManager(graph, await subscription_policy(ctx), force_renew=force_renew, store=ctx.store)
         return await ctx.runner.run(cap, trigger=trigger, actor=actor)
     except LockHeld as exc:
+        if retry_held:
+            raise
         log.info("subscription manager skipped: %s", exc)
         return None
     finally:
@@ -128,10 +132,20 @@ async def hint_covered(ctx: Context, hint: Hint) -> bool:
 
 
 async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
-    """Do what a hint asks: None when nothing had to be done. Raises LockHeld when a sync run
-    holds the lock (retry later)."""
+    """Do what a hint asks: None when nothing had to be done. Raises LockHeld when a run of the
+    same operation holds the lock (retry later).
+
+    A lifecycle event that names subscriptions (``reauthorizationRequired``,
+    ``subscriptionRemoved``) means Graph may have paused or stopped delivering changes: after the
+    manager has renewed or recreated them, a sync hint is queued, received now, so a delta sync that
+    starts after the subscriptions were restored fetches what was not notified
+    (change-notifications-lifecycle-events)."""
     if hint.kind == "subscriptions":
-        return await run_subscription_manager(ctx, force_renew=hint.renew, trigger="lifecycle", actor="graph")
+        record = await run_subscription_manager(ctx, force_renew=hint.renew, trigger="lifecycle", actor="graph",
+                                                retry_held=bool(hint.renew))
+        if record is not None and hint.renew:
+            await notification_queue(ctx).push(Hint("sync", received=ctx.clock().isoformat()))
+        return record
     if await hint_covered(ctx, hint):
         return None
     return await ctx.runner.run(ctx.capability("sync"), trigger="notification", actor="graph")
@@ -215,7 +229,9 @@ class NotificationWorker:
                 return hints
 
     async def handle(self, hints: list[Hint]) -> None:
-        for hint in coalesce(hints):
+        pending = coalesce(hints)
+        while pending:
+            hint = pending.pop(0)
             for attempt in range(1, self.max_attempts + 1):
                 try:
                     record = await process_hint(self.ctx, hint)
@@ -224,8 +240,12 @@ class NotificationWorker:
                         log.warning("gave up on a %s hint after %d attempts: %s", hint.kind, attempt, exc)
                         break
                     await self.sleep(self.retry_seconds)
-                    # hints that arrived meanwhile are covered by the run we are about to make
-                    self._take_all(hint)
+                    # hints that arrived meanwhile: those of this kind join the run we are about to
+                    # make (a sync covers them; the manager takes their subscriptions too), the
+                    # others are handled after it
+                    merged = coalesce(self._take_all(hint) + pending)
+                    hint = next(h for h in merged if h.kind == hint.kind)
+                    pending = [h for h in merged if h.kind != hint.kind]
                     continue
                 except Exception:
                     log.exception("processing a %s hint failed", hint.kind)
