@@ -337,6 +337,46 @@ async def test_refresh_lists_a_large_group_and_keeps_users_graph_did_not_return(
     await d.close()
 
 
+async def test_a_deleted_user_who_keeps_the_membership_leaves_at_the_username_refresh(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """delta-query-groups: "Users that have been temporary deleted keep their group memberships and
+    won't appear in the delta result until they're permanently deleted" (deleted items keep them 30
+    days). A leaver deleted in Entra is found in deleted items at the next username refresh and is
+    no member from then on, through a resync too; restored, a member again at the refresh after.
+    A member that neither /users nor deleted items returns stays: unknown is no change."""
+    g, ps, clock, d = await one_group(fresh, store, 3)
+
+    def ids(snapshot: Any) -> set[str]:
+        return {m.id for m in snapshot.groups[g]}
+
+    fresh.soft_delete_user(ps[0])
+    clock.now += timedelta(minutes=15)
+    assert ids(await d.read([g])) == set(ps)  # the group's delta says nothing; the refresh is not due
+    clock.now += timedelta(hours=24)
+    fresh.reset_log()
+    snap = await d.read([g])
+    assert ids(snap) == set(ps[1:])
+    assert [r.status for r in fresh.requests(f"/directory/deletedItems/{ps[0]}", "GET")] == [200]
+    assert any("deleted items" in n and ps[0] in n for n in snap.notes)
+    clock.now += timedelta(minutes=15)
+    assert ids(await d.read([g])) == set(ps[1:])  # between refreshes
+    fresh.expire_tokens()  # a full read lists them as member again: still none
+    clock.now += timedelta(minutes=15)
+    assert ids(await d.read([g])) == set(ps[1:]) and d.last.resyncs == 1
+
+    fresh.restore_user(ps[0])
+    clock.now += timedelta(hours=24)
+    assert ids(await d.read([g])) == set(ps)
+
+    kept = fresh.users.pop(ps[1])  # neither returned nor in deleted items (a replication delay)
+    clock.now += timedelta(hours=24)
+    fresh.reset_log()
+    assert ids(await d.read([g])) == set(ps)
+    assert [r.status for r in fresh.requests(f"/directory/deletedItems/{ps[1]}", "GET")] == [404]
+    fresh.users[ps[1]] = kept
+    await d.close()
+
+
 async def test_a_newcomer_the_lookup_does_not_return_yet_is_looked_up_again_next_read(
         fresh: GraphDouble, store: SqliteStore) -> None:
     """Graph documents replication delays for objects just created: a member the group's delta

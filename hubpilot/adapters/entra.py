@@ -259,6 +259,34 @@ class GraphClient:
                                  f"{message}") from exc
         return found
 
+    async def deleted_users(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` that Graph holds as users in deleted items: one
+        ``GET /directory/deletedItems/{id}`` each (a few leavers at a time; 404: not there)."""
+        found: set[str] = set()
+        sem = asyncio.Semaphore(self.lookup_concurrency)
+
+        async def one(uid: str) -> None:
+            async with sem:
+                try:
+                    item = await self.client.directory.deleted_items.by_directory_object_id(uid).get(self._config())
+                except Exception as exc:
+                    if self._error(exc)[0] == 404:
+                        return
+                    raise
+                finally:
+                    self.requests += 1
+            kind = str(getattr(item, "odata_type", "") or "").lower()
+            if item is not None and (not kind or kind.endswith(".user")):
+                found.add(uid.lower())
+
+        try:
+            await asyncio.gather(*(one(u) for u in ids))
+        except Exception as exc:
+            status, code, message = self._error(exc)
+            raise DirectoryError(f"Graph deleted items lookup failed ({status or type(exc).__name__} {code}): "
+                                 f"{message}") from exc
+        return found
+
     # --- SubscriptionApi -------------------------------------------------------------------
     async def list_subscriptions(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

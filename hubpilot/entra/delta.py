@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,10 @@ class ChunkState:
     delta_link: str | None = None
     members: dict[str, GroupState] = field(default_factory=dict)
     users_checked: str | None = None  # ISO time the members' usernames were last read afresh
+    # members Graph holds in deleted items: a soft-deleted user keeps its group memberships and
+    # the groups' delta does not mention it (delta-query-groups); no member for the hub until a
+    # lookup returns the user again (restored)
+    deleted_users: set[str] = field(default_factory=set)
 
     @property
     def key(self) -> str:
@@ -88,6 +92,7 @@ class ChunkState:
             "delta_link": self.delta_link,
             "members": {g: s.to_json() for g, s in sorted(self.members.items())},
             "users_checked": self.users_checked,
+            "deleted_users": sorted(self.deleted_users),
         }
 
     @classmethod
@@ -96,7 +101,8 @@ class ChunkState:
         members = {str(g): GroupState.from_json(s) for g, s in _of(data.get("members"), dict, "members").items()}
         link = data.get("delta_link")
         checked = data.get("users_checked")
-        return cls(groups, str(link) if link else None, members, str(checked) if checked else None)
+        deleted = {str(u) for u in _of(data.get("deleted_users"), list, "deleted_users")}
+        return cls(groups, str(link) if link else None, members, str(checked) if checked else None, deleted)
 
 
 def _of(value: Any, kind: type[Any], what: str) -> Any:
@@ -202,6 +208,8 @@ def apply_round(
                 state.others.add(mid)
     if out.malformed:
         out.chunk.delta_link = None
+    # a full read lists a soft-deleted member again: it stays marked while it is a member
+    out.chunk.deleted_users = {u for u in chunk.deleted_users if any(u in s.users for s in members.values())}
     return out
 
 
@@ -280,8 +288,10 @@ def expand(
     *,
     nested: bool,
     max_depth: int,
+    deleted: Collection[str] = frozenset(),
 ) -> tuple[dict[str, frozenset[Member]], list[str]]:
-    """Full (transitive with ``nested``) membership of each configured group, and notes."""
+    """Full (transitive with ``nested``) membership of each configured group, and notes. Users in
+    ``deleted`` (in Entra's deleted items, though still listed as members) are left out."""
     notes: list[str] = []
     out: dict[str, frozenset[Member]] = {}
     for top in configured:
@@ -297,7 +307,8 @@ def expand(
             if s is None:
                 continue
             for uid, (username, display) in s.users.items():
-                people[uid] = Member(id=uid, username=username, display=display or "")
+                if uid not in deleted:
+                    people[uid] = Member(id=uid, username=username, display=display or "")
             if s.others:
                 notes.append(f"group {gid}: {len(s.others)} member(s) that are neither users nor groups are skipped")
             if not s.groups:

@@ -66,6 +66,11 @@ class GraphReader(Protocol):
         """id → (username attribute, display name) of a group's direct user members."""
         ...
 
+    async def deleted_users(self, ids: Sequence[str]) -> set[str]:
+        """The ids Graph holds as users in deleted items (``/directory/deletedItems/{id}``);
+        an id it does not hold there is not in the answer."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -175,7 +180,14 @@ class EntraDirectory:
         await self._resolve(list(done.values()), needed, stats, before=list(chunks.values()))
         await self._refresh(done, set(etags), stats)
         members = _members(done)
-        expanded, notes = expand(configured, members, nested=self.nested, max_depth=self.nested_max_depth)
+        deleted = {u for c in done.values() for u in c.deleted_users}
+        expanded, notes = expand(configured, members, nested=self.nested, max_depth=self.nested_max_depth,
+                                 deleted=deleted)
+        if deleted:
+            shown = ", ".join(sorted(deleted)[:5]) + (" …" if len(deleted) > 5 else "")
+            stats.notes.append(
+                f"{len(deleted)} member(s) are in Entra ID's deleted items and are left out (a deleted user keeps "
+                f"its group memberships for 30 days): {shown}")
         stats.notes.extend(notes)
 
         # commit: every chunk read in this round, and drop chunks no longer needed
@@ -263,8 +275,17 @@ class EntraDirectory:
                   for c in due for gid, s in c.members.items()}
         info = await self._fetch(wanted, stats)
         changed = refresh_users(due, {k: [v[0], v[1]] for k, v in info.items()})
+        # a member /users does not return: a deleted user keeps its group memberships (and the
+        # groups' delta says nothing) while it is in deleted items, so ask there; one Graph holds
+        # in neither place is unknown, which is no change
+        missing = sorted(set().union(*wanted.values()) - set(info))
+        gone = await self.graph.deleted_users(missing) if missing else set()
+        stats.lookups += bool(missing)
         for c in due:
             c.users_checked = now.isoformat()
+            c.deleted_users |= gone & {u for s in c.members.values() for u in s.users}
+        for c in done.values():
+            c.deleted_users -= set(info)  # returned again: restored
         stats.refreshed += len(info)
         stats.renamed += len(changed)
         if changed:

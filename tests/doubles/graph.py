@@ -14,6 +14,9 @@ What it serves (v1.0 paths under its base URL):
   "Synchronization reset").
 * ``GET /users?$filter=id in ('..',..)&$select=..`` (at most 15 values, as Graph's default) and
   ``GET /groups/{id}/members/microsoft.graph.user?$select=..&$top=..`` (paged).
+* ``GET /directory/deletedItems/{id}``: a soft-deleted user (``soft_delete_user``), 404 for any
+  other id. As delta-query-groups documents, a soft-deleted user keeps its group memberships: the
+  groups' delta does not mention it, ``/users`` and the group's user listing no longer return it.
 * ``/subscriptions``: POST (after the validation handshake against ``notificationUrl`` and
   ``lifecycleNotificationUrl``, as Graph does), GET, PATCH, DELETE (404 for unknown ids).
 * ``GET /msi/token``: the App Service managed-identity endpoint (``IDENTITY_ENDPOINT`` with
@@ -91,6 +94,7 @@ class GraphDouble:
     vanish_on_patch: set[str] = field(default_factory=set)  # removed by Graph just before a renewal
     token_requests: list[dict[str, str]] = field(default_factory=list)
     fail_paths: dict[str, int] = field(default_factory=dict)  # path prefix → status, until cleared
+    deleted_users: dict[str, dict[str, Any]] = field(default_factory=dict)  # soft-deleted (deleted items)
 
     # --- the directory the tests shape -------------------------------------------------------
     def add_user(self, uid: str | None = None, upn: str | None = None, display: str = "", **attrs: Any) -> str:
@@ -124,6 +128,17 @@ class GraphDouble:
     def delete_group(self, gid: str) -> None:
         self.deleted.add(gid)
         self._change(gid, "group", gid, True)
+
+    def soft_delete_user(self, uid: str) -> None:
+        """Delete a user the way the Entra admin centre does: into deleted items (restorable for 30
+        days), its group memberships kept and no change in any group's delta."""
+        user = self.users.pop(uid)
+        self.deleted_users[uid] = {**user, "deletedDateTime": datetime.now(UTC).isoformat()}
+
+    def restore_user(self, uid: str) -> None:
+        user = self.deleted_users.pop(uid)
+        user.pop("deletedDateTime", None)
+        self.users[uid] = user
 
     def expire_tokens(self, status: int = 400) -> None:
         self.expired_before = self.seq
@@ -182,6 +197,15 @@ class GraphDouble:
             return self._delta(q)
         if path == "/users" and request.method == "GET":
             return self._users(q)
+        m = re.fullmatch(r"/directory/deletedItems/([^/]+)", path)
+        if m and request.method == "GET":
+            gone = self.deleted_users.get(m.group(1))
+            if gone is None:
+                return self._error(404, "Request_ResourceNotFound",
+                                   f"Resource '{m.group(1)}' does not exist or one of its queried reference-property "
+                                   "objects are not present.")
+            # as the API page prints it: a directoryObject entity, no @odata.type
+            return JSONResponse({"@odata.context": f"{self.base_url}/$metadata#directoryObjects/$entity", **gone})
         m = re.fullmatch(r"/groups/([^/]+)/members/(?:microsoft\.)?graph\.user", path)
         if m and request.method == "GET":
             return self._group_users(m.group(1), q)
