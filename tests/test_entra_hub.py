@@ -310,3 +310,37 @@ async def test_a_lifecycle_event_arriving_while_a_held_lock_is_retried_is_not_dr
     assert [r.operation for r in t.worker.records] == ["sync", "graph-subscriptions", "sync"]
     assert graph.requests(f"/subscriptions/{sid}", "PATCH")  # reauthorized
     assert (await t.hub_state())["users"] == [t.name("ana")]
+
+
+@pytest.mark.azurite
+async def test_on_the_azure_queue_a_lifecycle_message_leaves_the_sync_message_after_the_manager(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook, azurite: Any) -> None:
+    """The Functions path of the lifecycle resync: the queue function runs the manager, which
+    leaves a sync message on the same Storage queue; that one brings the unnotified change."""
+    from azure.storage.queue.aio import QueueClient
+
+    t = Tenant(graph, real_hub, webhook)
+    name = f"hubpilot-graph-{uuid.uuid4().hex[:8]}"
+    hints = AzureHints(t.ctx.settings.directory.entra.model_copy(  # type: ignore[union-attr]
+        update={"queue": "azure", "queue_name": name,
+                "queue_connection_string": __import__("pydantic").SecretStr(azurite.connection_string)}))
+    set_notification_queue(t.ctx, hints)
+    await run_subscription_manager(t.ctx)
+    ana = t.person("ana")
+    graph.add_member(t.users_group, ana)  # while delivery is paused: no notification
+    assert (await lifecycle(t, subscription_of(graph, t.users_group), "reauthorizationRequired")).status_code == 202
+    functions.set_context(t.ctx)
+    try:
+        async with QueueClient.from_connection_string(azurite.connection_string, name) as q:
+            (first,) = [m async for m in q.receive_messages()]
+            body = base64.b64decode(first.content)
+            assert json.loads(body)["kind"] == "subscriptions"
+            assert await handle_hint_message(body) == "applied"
+            (second,) = [m async for m in q.receive_messages()]
+            body = base64.b64decode(second.content)
+            assert json.loads(body)["kind"] == "sync"
+            assert await handle_hint_message(body) == "applied"
+    finally:
+        functions.set_context(None)
+        await hints.close()
+    assert (await t.hub_state())["users"] == [t.name("ana")]
