@@ -297,9 +297,11 @@ class GraphDouble:
             if value and value[-1]["id"] == gid:
                 if m is not None:
                     value[-1]["members@delta"].append(m)
+            elif m is None:  # an empty group comes without members@delta (sg-HR in delta-query-groups)
+                value.append({"displayName": f"group {gid[:8]}", "description": None, "id": gid})
             else:
                 value.append({"displayName": f"group {gid[:8]}", "description": None, "id": gid,
-                              "members@delta": [m] if m is not None else []})
+                              "members@delta": [m]})
         done = offset + self.page_size >= len(items)
         return self._page(value,
                           next_state=None if done else {"phase": "full", "groups": groups,
