@@ -344,3 +344,30 @@ async def test_on_the_azure_queue_a_lifecycle_message_leaves_the_sync_message_af
         functions.set_context(None)
         await hints.close()
     assert (await t.hub_state())["users"] == [t.name("ana")]
+
+
+async def test_a_subscription_the_timer_finds_gone_is_recreated_and_followed_by_a_sync(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    """Graph dropped a subscription without a lifecycle event reaching hubpilot (the lifecycle URL
+    was unreachable, or the subscription expired while the app was down): changes meanwhile were
+    never notified. The timer's round recreates it, then queues a delta sync that fetches them; a
+    round that only renews queues nothing."""
+    t = Tenant(graph, real_hub, webhook)
+    ana, ben = t.person("ana"), t.person("ben")
+    graph.add_member(t.users_group, ana)
+    await t.sync()
+    await run_subscription_manager(t.ctx)
+    assert await t.worker.drain_once() == 0  # the first round created them: nothing was notified before
+    sid = subscription_of(graph, t.users_group)
+    assert await run_subscription_manager(t.ctx, force_renew=[sid]) is not None
+    assert await t.worker.drain_once() == 0  # a renewal misses nothing
+
+    del graph.subscriptions[sid]  # gone on Graph's side, no event
+    graph.add_member(t.users_group, ben)
+    record = await run_subscription_manager(t.ctx)
+    assert record is not None and [x.action.kind for x in record.results] == ["create"]
+    assert record.plan is not None and record.plan.facts["vanished"] == [sid]
+    assert await t.worker.drain_once() == 1
+    sync = t.worker.records[-1]
+    assert sync.operation == "sync" and sync.outcome is Outcome.APPLIED and sync.started >= record.finished
+    assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben")]

@@ -148,8 +148,15 @@ def plan_subscriptions(policy: SubscriptionPolicy, observed: ObservedSubscriptio
     for sid in sorted(observed.force_renew - {str(s.get("id")) for s in observed.subscriptions}):
         notes.append(f"subscription {sid} named by a lifecycle event no longer exists; "
                      "groups without one get a new one")
-    return Plan.build(OPERATION, actions, notes,
-                      facts={"groups": len(wanted), "subscriptions": sum(len(v) for v in ours.values())})
+    facts: dict[str, Any] = {"groups": len(wanted), "subscriptions": sum(len(v) for v in ours.values())}
+    # subscriptions hubpilot made that Graph no longer lists (dropped without a lifecycle event
+    # reaching hubpilot, or expired): changes since were not notified
+    listed = {str(sub.get("id")) for sub in observed.subscriptions}
+    if vanished := sorted(set(observed.secrets or {}) - listed):
+        facts["vanished"] = vanished
+        notes.append(f"{len(vanished)} subscription(s) hubpilot made are gone from Graph ({', '.join(vanished)}): "
+                     "changes since were not notified; a sync follows the new ones")
+    return Plan.build(OPERATION, actions, notes, facts=facts)
 
 
 class SubscriptionManager:

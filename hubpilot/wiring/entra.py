@@ -25,7 +25,7 @@ from hubpilot.config.entra import EntraSettings
 from hubpilot.entra.directory import STATE_PREFIX, EntraDirectory
 from hubpilot.entra.notifications import Hint, NotificationQueue, coalesce, covered_by
 from hubpilot.entra.subscriptions import SubscriptionManager, SubscriptionPolicy
-from hubpilot.loop import LockHeld, RunRecord
+from hubpilot.loop import LockHeld, RunRecord, Status
 from hubpilot.ports.directory import Directory
 from hubpilot.wiring import Context
 
@@ -103,16 +103,27 @@ async def subscription_policy(ctx: Context) -> SubscriptionPolicy:
 
 async def run_subscription_manager(ctx: Context, *, force_renew: Sequence[str] = (),
                                    trigger: str = "schedule", actor: str = "timer",
-                                   retry_held: bool = False) -> RunRecord | None:
+                                   retry_held: bool = False, resync: bool = False) -> RunRecord | None:
     """One round of the subscription manager through the Runner; None when notifications are
-    off or (unless ``retry_held``, which raises LockHeld instead) another round holds the lock."""
+    off or (unless ``retry_held``, which raises LockHeld instead) another round holds the lock.
+
+    Changes made while a group had no working subscription were never notified: after a round
+    that replaced one Graph dropped without a lifecycle event reaching hubpilot (found gone by the
+    timer: the plan's fact ``vanished``, or by a renewal's 404), and after ``resync`` (a lifecycle
+    event: Graph paused delivery), a sync hint is queued, received now, so a delta sync that
+    starts after the subscriptions were restored fetches them (change-notifications-lifecycle-events)."""
     s = entra_settings(ctx)
     if not s.notifications:
         return None
     graph = build_graph_client(ctx)
     try:
         cap = SubscriptionManager(graph, await subscription_policy(ctx), force_renew=force_renew, store=ctx.store)
-        return await ctx.runner.run(cap, trigger=trigger, actor=actor)
+        record = await ctx.runner.run(cap, trigger=trigger, actor=actor)
+        created = any(r.status is Status.DONE and r.action.kind == "create" for r in record.results)
+        if resync or (created and record.plan is not None and record.plan.facts.get("vanished")) or any(
+                r.status is Status.DONE and "recreated" in r.detail for r in record.results):
+            await notification_queue(ctx).push(Hint("sync", received=ctx.clock().isoformat()))
+        return record
     except LockHeld as exc:
         if retry_held:
             raise
@@ -137,15 +148,11 @@ async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
 
     A lifecycle event that names subscriptions (``reauthorizationRequired``,
     ``subscriptionRemoved``) means Graph may have paused or stopped delivering changes: after the
-    manager has renewed or recreated them, a sync hint is queued, received now, so a delta sync that
-    starts after the subscriptions were restored fetches what was not notified
-    (change-notifications-lifecycle-events)."""
+    manager has renewed or recreated them, a sync hint is queued (see
+    :func:`run_subscription_manager`)."""
     if hint.kind == "subscriptions":
-        record = await run_subscription_manager(ctx, force_renew=hint.renew, trigger="lifecycle", actor="graph",
-                                                retry_held=bool(hint.renew))
-        if record is not None and hint.renew:
-            await notification_queue(ctx).push(Hint("sync", received=ctx.clock().isoformat()))
-        return record
+        return await run_subscription_manager(ctx, force_renew=hint.renew, trigger="lifecycle", actor="graph",
+                                              retry_held=bool(hint.renew), resync=bool(hint.renew))
     if await hint_covered(ctx, hint):
         return None
     return await ctx.runner.run(ctx.capability("sync"), trigger="notification", actor="graph")
