@@ -47,6 +47,8 @@ _ATTR_TYPE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*)$")
 _HEX = "0123456789abcdefABCDEF"
 _SPECIAL = ',+"\\<>;=# '
 _NEEDS_FULL_PARSE = re.compile(r'[\\"+;<>#]')
+# the spaces slapd collapses (Unicode Zs, as its tables have it: not U+1680 OGHAM SPACE MARK)
+_SPACES = re.compile("[ \u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _NEEDS_ESCAPE = re.compile(r'[,+"\\<>;=\x00-\x1f]|^[# ]|[ ]$')
 
 
@@ -54,21 +56,23 @@ _NEEDS_ESCAPE = re.compile(r'[,+"\\<>;=\x00-\x1f]|^[# ]|[ ]$')
 
 
 @functools.lru_cache(maxsize=65536)
-def normalize_dn(dn: str, *, nfkc: bool = True) -> str:
+def normalize_dn(dn: str, *, nfkc: bool = True, legacy_fold: bool = False) -> str:
     """A canonical form of a DN for comparison (RFC 4514, with RFC 1779's leniencies).
 
     Attribute types are lower-cased (``OID.`` prefix dropped), values unescaped (``\\2C``,
-    ``\\,``, hex-encoded UTF-8), quoted values unquoted, Unicode normalised (NFKC), surrounding
-    and repeated spaces collapsed and case folded; the AVAs of a multi-valued RDN are sorted.
-    ``#hex`` values stay as hex. Raises ValueError for a string that is no DN. ``nfkc=False``:
-    the form earlier versions recorded as a person's id in DN mode (no Unicode normalisation).
+    ``\\,``, hex-encoded UTF-8), quoted values unquoted, then folded as :func:`fold` does; the
+    AVAs of a multi-valued RDN are sorted. ``#hex`` values stay as hex. Raises ValueError for a
+    string that is no DN. The forms earlier versions recorded as a person's id in DN mode:
+    ``legacy_fold=True`` (values case folded with ``str.casefold``, any whitespace collapsed),
+    ``nfkc=False`` (that, and no Unicode normalisation either).
     """
+    legacy = legacy_fold or not nfkc
     if not _NEEDS_FULL_PARSE.search(dn):
-        return _normalize_simple(dn, nfkc)
-    return _normalize_full(dn, nfkc)
+        return _normalize_simple(dn, nfkc, legacy)
+    return _normalize_full(dn, nfkc, legacy)
 
 
-def _normalize_simple(dn: str, nfkc: bool = True) -> str:
+def _normalize_simple(dn: str, nfkc: bool = True, legacy: bool = False) -> str:
     """The common case: no escapes, quotes, multi-valued RDNs or hex values."""
     if not dn.strip():
         return ""
@@ -80,11 +84,11 @@ def _normalize_simple(dn: str, nfkc: bool = True) -> str:
             atype = atype[4:]
         if not eq or not _ATTR_TYPE.match(atype) or ".." in atype:
             raise ValueError(f"{dn!r}: {rdn.strip()!r} is no attribute=value pair")
-        out.append(f"{atype.lower()}={_escape(_fold(value, nfkc))}")
+        out.append(f"{atype.lower()}={_escape(_fold(value, nfkc, legacy))}")
     return ",".join(out)
 
 
-def _normalize_full(dn: str, nfkc: bool = True) -> str:
+def _normalize_full(dn: str, nfkc: bool = True, legacy: bool = False) -> str:
     s = dn.strip()
     if s.startswith("<") and s.endswith(">"):
         s = s[1:-1].strip()
@@ -153,7 +157,7 @@ def _normalize_full(dn: str, nfkc: bool = True) -> str:
                 text = buf.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise ValueError(f"{dn!r}: value is not UTF-8") from exc
-            ava = f"{atype.lower()}={_escape(_fold(text, nfkc))}"
+            ava = f"{atype.lower()}={_escape(_fold(text, nfkc, legacy))}"
         avas.append(ava)
         if i >= n:
             rdns.append(avas)
@@ -169,22 +173,37 @@ def _normalize_full(dn: str, nfkc: bool = True) -> str:
     return ",".join("+".join(sorted(rdn)) for rdn in rdns)
 
 
-def _fold(value: str, nfkc: bool = True) -> str:
-    """A value as the server matches it (RFC 4518 string preparation, in short): Unicode
-    normalised (NFKC: a decomposed "é" is the precomposed one), spaces collapsed, case folded."""
+def fold(value: str) -> str:
+    """A name (a DN's value, a group name, a username) as slapd matches it, for comparisons
+    (RFC 4518 string preparation as slapd does it): Unicode normalised (NFKC: a decomposed "é" is
+    the precomposed one), runs of spaces collapsed and trimmed, each character lower-cased on its
+    own. Not ``str.casefold``: it makes "ß" "ss" and "ς" "σ", and takes tabs and line breaks for
+    spaces, where slapd keeps two names apart (two entries ``cn=Strauß`` and ``cn=Strauss``).
+    Letters of scripts slapd's Unicode tables predate (Cherokee, Glagolitic, ...) may still fold
+    where slapd's do not."""
+    return _fold(value)
+
+
+def _fold(value: str, nfkc: bool = True, legacy: bool = False) -> str:
     if nfkc and not value.isascii():
         value = unicodedata.normalize("NFKC", value)
-    return " ".join(value.split()).casefold()
+    if legacy:
+        return " ".join(value.split()).casefold()
+    value = _SPACES.sub(" ", value).strip(" ")
+    if "\u0130" in value:  # İ: its full lower case is "i" and a combining dot; slapd maps it to "i"
+        value = value.replace("\u0130", "i")
+    return value.lower()
 
 
 def _legacy_dn(raw: str, dn: str) -> str:
-    """A DN-mode person's id as versions before Unicode normalisation recorded it, when it
-    differs: their records stay theirs (not a reused name) after the upgrade."""
+    """A DN-mode person's id as earlier versions recorded it, when it differs: their records stay
+    theirs (not a reused name) after the upgrade. The form of the version before (case folded),
+    else the one before Unicode normalisation."""
     try:
-        old = normalize_dn(raw, nfkc=False)
+        olds = (normalize_dn(raw, legacy_fold=True), normalize_dn(raw, nfkc=False))
     except ValueError:
         return ""
-    return old if old != dn else ""
+    return next((old for old in olds if old != dn), "")
 
 
 def _escape(value: str) -> str:
@@ -462,12 +481,12 @@ class LdapDirectory:
                                          "groupOfUniqueNames, posixGroup or group)")
                 found[name] = entry
             else:
-                by_name.setdefault(name.strip().casefold(), []).append(name)
+                by_name.setdefault(fold(name), []).append(name)
         if by_name:
             attr = self.group_name_attribute
             kinds = "".join(f"(objectClass={c})" for c in ("groupOfNames", "groupOfUniqueNames", "posixGroup",
                                                             "group"))
-            names = "".join(f"({attr}={escape_filter_chars(n)})" for n in by_name)
+            names = "".join(f"({attr}={escape_filter_chars(given[0].strip())})" for given in by_name.values())
             filt = f"(&(|{kinds})(|{names}))"
             try:
                 hits = list(self._search(conn, self.group_base_dn, filt, ldap3.SUBTREE))
@@ -476,7 +495,7 @@ class LdapDirectory:
             matches: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
             for dn, attrs in hits:
                 for v in _values(attrs, attr):
-                    key = " ".join(v.split()).casefold()
+                    key = fold(v)
                     if key in by_name:
                         matches.setdefault(key, []).append((dn, attrs))
             for key, names_given in by_name.items():
@@ -515,7 +534,7 @@ class LdapDirectory:
                     index[entry.dn] = entry
                     if not entry.is_group:
                         # a server finds a person by any value of a multi-valued uid (RFC 4519 2.39)
-                        for key in dict.fromkeys(u.casefold() for u in entry.usernames):
+                        for key in dict.fromkeys(fold(u) for u in entry.usernames):
                             by_username.setdefault(key, []).append(entry)
             except LDAPNoSuchObjectResult as exc:
                 raise DirectoryError(f"LDAP base {base!r} does not exist on {self.url}") from exc
@@ -564,7 +583,7 @@ class LdapDirectory:
             expanded.add(group.dn)
             group = self._load_members(conn, group)
             for uid in group.member_uids:
-                hits = by_username.get(uid.casefold(), [])
+                hits = by_username.get(fold(uid), [])
                 if not hits:
                     unread(f"memberUid {uid!r}", group, None)
                     notes.append(f"{name}: memberUid {uid!r} of '{group.raw_dn}' matches no person by "

@@ -1,0 +1,98 @@
+"""Review: names and DNs as slapd matches them (tests/slapd.py's session server).
+
+slapd prepares values for matching (RFC 4518) with simple lower-casing: "Straße" and "STRASSE"
+are two names to it, as are "σ" and "ς"; and it collapses spaces, not tabs or line breaks.
+hubpilot must not take two entries the server keeps apart for one."""
+
+from __future__ import annotations
+
+import pytest
+from ldap3.utils.dn import escape_rdn
+
+from hubpilot.adapters.ldap import LdapDirectory, normalize_dn
+from hubpilot.ports.directory import DirectoryError
+from tests.slapd import Slapd
+
+pytestmark = pytest.mark.ldap
+
+COM = "dc=example,dc=com"
+
+
+def directory(slapd: Slapd, **kw: object) -> LdapDirectory:
+    args: dict[str, object] = dict(url=slapd.url, bind_dn=slapd.root_dn, bind_password=slapd.root_password,
+                                   base_dn=COM, timeout=5.0, id_attribute=None)
+    args.update(kw)
+    return LdapDirectory(**args)  # type: ignore[arg-type]
+
+
+# (the name the group names, a sibling's name the server holds apart from it)
+APART = [("Strauß", "Strauss"), ("Παππάς", "Παππάσ"), ("İnci", "i\u0307nci"), ("Before\tAfter", "Before After")]
+
+
+@pytest.mark.parametrize(("named", "other"), APART)
+async def test_a_member_dn_names_the_entry_the_server_means_not_a_look_alike(
+        slapd: Slapd, ldap_names: str, named: str, other: str) -> None:
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    named_dn, other_dn = f"cn={escape_rdn(named)},{ou}", f"cn={escape_rdn(other)},{ou}"
+    slapd.add(named_dn, {"objectClass": ["inetOrgPerson"], "uid": f"{t}-named", "cn": named, "sn": "x"})
+    # the server holds the look-alike as another entry (added after: read later in the scan)
+    slapd.add(other_dn, {"objectClass": ["inetOrgPerson"], "uid": f"{t}-other", "cn": other, "sn": "x"})
+    slapd.add(f"cn={t}-g,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-g", "member": [named_dn]})
+    conn = slapd.connect()
+    try:
+        assert conn.compare(f"cn={t}-g,{ou}", "member", named_dn)
+        assert not conn.compare(f"cn={t}-g,{ou}", "member", other_dn)
+    finally:
+        conn.unbind()
+    snap = await directory(slapd, base_dn=ou).read([f"{t}-g"])
+    assert {m.username for m in snap.groups[f"{t}-g"]} == {f"{t}-named"}
+    assert normalize_dn(named_dn) != normalize_dn(other_dn)
+
+
+async def test_a_group_named_with_letters_casefold_would_change_is_found(slapd: Slapd, ldap_names: str) -> None:
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    slapd.add(f"uid={t}-a,{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}-a", "cn": "A", "sn": "x"})
+    name = f"Straße {t}"
+    slapd.add(f"cn={name},{ou}", {"objectClass": ["groupOfNames"], "cn": name, "member": [f"uid={t}-a,{ou}"]})
+    snap = await directory(slapd, base_dn=ou).read([name])
+    assert {m.username for m in snap.groups[name]} == {f"{t}-a"}
+    # the server holds "STRASSE" for another name: not this group
+    with pytest.raises(DirectoryError, match="does not exist"):
+        await directory(slapd, base_dn=ou).read([f"STRASSE {t}"])
+
+
+async def test_a_member_uid_names_the_person_the_server_would_find(slapd: Slapd, ldap_names: str) -> None:
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    slapd.add(f"cn=Sz,{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}straße", "cn": "Sz", "sn": "x"})
+    slapd.add(f"cn={t}-p,{ou}", {"objectClass": ["posixGroup"], "cn": f"{t}-p", "gidNumber": 4545,
+                                 "memberUid": [f"{t}strasse"]})
+    conn = slapd.connect()
+    try:
+        conn.search(ou, f"(uid={t}strasse)", attributes=["uid"])
+        assert conn.response == []  # the server finds no one by that name
+    finally:
+        conn.unbind()
+    snap = await directory(slapd, base_dn=ou).read([f"{t}-p"])
+    assert snap.groups[f"{t}-p"] == frozenset()
+    assert len(snap.notes) == 1 and f"memberUid '{t}strasse'" in snap.notes[0]
+
+
+async def test_a_dn_mode_id_recorded_with_the_earlier_fold_stays_the_persons(slapd: Slapd, ldap_names: str) -> None:
+    """Known by DN, cn=Strauß was recorded as 'cn=strauss,...' by the version before: that id is
+    the member's alias, so the sync keeps the record as the same person's (see
+    tests/test_sync_real.py for how aliases are used)."""
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    dn = f"cn=Strauß,{ou}"
+    slapd.add(dn, {"objectClass": ["inetOrgPerson"], "uid": f"{t}-sz", "cn": "Strauß", "sn": "x"})
+    slapd.add(f"cn={t}-g,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-g", "member": [dn]})
+    (member,) = (await directory(slapd, base_dn=ou).read([f"{t}-g"])).groups[f"{t}-g"]
+    assert member.id == f"cn=strauß,{ou}"
+    assert member.alias == f"cn=strauss,{ou}" == normalize_dn(dn, legacy_fold=True)
