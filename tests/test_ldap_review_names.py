@@ -96,3 +96,22 @@ async def test_a_dn_mode_id_recorded_with_the_earlier_fold_stays_the_persons(sla
     (member,) = (await directory(slapd, base_dn=ou).read([f"{t}-g"])).groups[f"{t}-g"]
     assert member.id == f"cn=strauß,{ou}"
     assert member.alias == f"cn=strauss,{ou}" == normalize_dn(dn, legacy_fold=True)
+
+
+async def test_entries_hubpilot_cannot_tell_apart_make_their_member_unknown(slapd: Slapd, ldap_names: str) -> None:
+    """slapd's Unicode tables predate Cherokee lower case (Unicode 8): to slapd 'ꮩ' and 'Ꮩ' are two
+    names, to Python's lower() one. A member naming either is unknown, not the other person."""
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    small, capital = f"cn={t}\uaba9,{ou}", f"cn={t}\u13d9,{ou}"
+    slapd.add(small, {"objectClass": ["inetOrgPerson"], "uid": f"{t}-small", "cn": f"{t}\uaba9", "sn": "x"})
+    slapd.add(capital, {"objectClass": ["inetOrgPerson"], "uid": f"{t}-capital", "cn": f"{t}\u13d9", "sn": "x"})
+    slapd.add(f"uid={t}-c,{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}-c", "cn": "C", "sn": "x"})
+    slapd.add(f"cn={t}-g,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-g", "member": [small]})
+    slapd.add(f"cn={t}-h,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-h", "member": [f"uid={t}-c,{ou}"]})
+    with pytest.raises(DirectoryError, match=rf"member 'cn={t}\uaba9,{ou}'.*cannot tell apart.*{t}\u13d9"):
+        await directory(slapd, base_dn=ou).read([f"{t}-g"])
+    # a group without such a member reads as before
+    snap = await directory(slapd, base_dn=ou).read([f"{t}-h"])
+    assert {m.username for m in snap.groups[f"{t}-h"]} == {f"{t}-c"}

@@ -361,12 +361,13 @@ class LdapDirectory:
             step = "reading the configured groups"
             roots = self._find_groups(conn, groups)
             step = f"reading people and groups under {self.base_dn}"
-            index, by_username, referred = self._scan(conn)
+            index, by_username, referred, twins = self._scan(conn)
             step = "expanding the groups"
             for name in groups:
                 root = roots[name]
                 index[root.dn] = root
-                result[name] = frozenset(self._expand(conn, name, root, index, by_username, notes, referred))
+                result[name] = frozenset(self._expand(conn, name, root, index, by_username, notes, referred,
+                                                      twins))
         except DirectoryError:
             raise
         except (LDAPException, OSError, ValueError) as exc:
@@ -511,9 +512,12 @@ class LdapDirectory:
                     found[n] = self._entry(*m[0], loaded=True)
         return found
 
-    def _scan(self, conn: ldap3.Connection) -> tuple[dict[str, _Entry], dict[str, list[_Entry]], dict[str, str]]:
-        """People and groups by normalised DN and by username, and the subtrees the server
-        referred elsewhere (normalised DN → the reference's URI): their entries are not read."""
+    def _scan(self, conn: ldap3.Connection) -> tuple[dict[str, _Entry], dict[str, list[_Entry]], dict[str, str],
+                                                     dict[str, set[str]]]:
+        """People and groups by normalised DN and by username, the subtrees the server referred
+        elsewhere (normalised DN → the reference's URI): their entries are not read, and the
+        normalised DNs several entries share (their DNs as the server wrote them): two names
+        slapd keeps apart but :func:`fold` does not (letters newer than slapd's Unicode tables)."""
         classes = "".join(f"(objectClass={c})" for c in (*PERSON_FILTER_CLASSES, "groupOfNames",
                                                           "groupOfUniqueNames", "posixGroup", "group"))
         filt = f"(|{classes})"
@@ -523,6 +527,7 @@ class LdapDirectory:
         index: dict[str, _Entry] = {}
         by_username: dict[str, list[_Entry]] = {}
         referred: dict[str, str] = {}
+        twins: dict[str, set[str]] = {}
         for base in bases:
             refs: list[str] = []
             try:
@@ -531,6 +536,8 @@ class LdapDirectory:
                         entry = self._entry(dn, attrs)
                     except ValueError:
                         continue  # the server hands out DNs it accepted; cannot happen in practice
+                    if entry.dn in index and index[entry.dn].raw_dn != dn:
+                        twins.setdefault(entry.dn, {index[entry.dn].raw_dn}).add(dn)
                     index[entry.dn] = entry
                     if not entry.is_group:
                         # a server finds a person by any value of a multi-valued uid (RFC 4519 2.39)
@@ -544,7 +551,7 @@ class LdapDirectory:
                     referred[normalize_dn(target) if target else normalize_dn(base)] = uri
                 except ValueError:
                     referred[normalize_dn(base)] = uri  # an unreadable reference: the whole base
-        return index, by_username, referred
+        return index, by_username, referred, twins
 
     def _load_members(self, conn: ldap3.Connection, group: _Entry) -> _Entry:
         """Read a nested group's members (one base search per group reached, never per member)."""
@@ -559,7 +566,7 @@ class LdapDirectory:
 
     def _expand(self, conn: ldap3.Connection, name: str, root: _Entry, index: Mapping[str, _Entry],
                 by_username: Mapping[str, list[_Entry]], notes: list[str],
-                referred: Mapping[str, str]) -> set[Member]:
+                referred: Mapping[str, str], twins: Mapping[str, set[str]]) -> set[Member]:
         members: set[Member] = set()
 
         def unread(what: str, group: _Entry, dn: str | None) -> None:
@@ -600,6 +607,11 @@ class LdapDirectory:
                 except ValueError as exc:
                     notes.append(f"{name}: member '{raw}' of '{group.raw_dn}' is no valid DN ({exc}); skipped")
                     continue
+                if dn in twins:
+                    raise DirectoryError(
+                        f"LDAP group {name!r}: member '{raw}' of '{group.raw_dn}' names one of several entries "
+                        f"hubpilot cannot tell apart ({'; '.join(sorted(twins[dn]))}): their names differ only "
+                        "in letters whose case hubpilot folds and the server does not; rename one of them")
                 entry = index.get(dn)
                 if entry is None:
                     unread(f"member '{raw}'", group, dn)
