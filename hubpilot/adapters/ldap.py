@@ -44,6 +44,7 @@ MEMBER_ATTRIBUTES = ("member", "uniqueMember", "memberUid")
 _PAGED_OID = "1.2.840.113556.1.4.319"
 _UID_SUFFIX = re.compile(r"#'[01]*'B$")
 _ATTR_TYPE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*)$")
+_ATTR_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*")  # a setting naming an attribute: its descr (RFC 4512)
 _HEX = "0123456789abcdefABCDEF"
 _SPECIAL = ',+"\\<>;=# '
 _NEEDS_FULL_PARSE = re.compile(r'[\\"+;<>#]')
@@ -308,6 +309,12 @@ class LdapDirectory:
             # see what anonymous may see, often fewer members, and look like a successful one
             raise ValueError("directory.ldap: bind_password is set but bind_dn is empty; set bind_dn, or "
                              "remove the password to read anonymously")
+        for setting, value in (("group_name_attribute", group_name_attribute),
+                               ("username_attribute", username_attribute), ("id_attribute", id_attribute or "uid")):
+            if not _ATTR_NAME.fullmatch(value):
+                # used as written in the search filter and to find the value in the server's answer
+                raise ValueError(f"directory.ldap.{setting} {value!r} is no LDAP attribute name (letters, digits "
+                                 "and '-', starting with a letter), e.g. cn, uid, sAMAccountName")
         self.url = url
         self._host = parts.hostname
         self._port = parts.port or (636 if parts.scheme == "ldaps" else 389)
@@ -316,6 +323,7 @@ class LdapDirectory:
         self._password = bind_password
         self.base_dn = base_dn
         self.group_base_dn = group_base_dn or base_dn
+        self._group_base_setting = "group_base_dn" if group_base_dn else "base_dn"
         self.group_name_attribute = group_name_attribute
         self.username_attribute = username_attribute
         self.nested = nested
@@ -492,7 +500,7 @@ class LdapDirectory:
             try:
                 hits = list(self._search(conn, self.group_base_dn, filt, ldap3.SUBTREE))
             except LDAPNoSuchObjectResult as exc:
-                raise DirectoryError(f"LDAP group_base_dn {self.group_base_dn!r} does not exist") from exc
+                raise self._no_base(self._group_base_setting, self.group_base_dn) from exc
             matches: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
             for dn, attrs in hits:
                 for v in _values(attrs, attr):
@@ -544,7 +552,7 @@ class LdapDirectory:
                         for key in dict.fromkeys(fold(u) for u in entry.usernames):
                             by_username.setdefault(key, []).append(entry)
             except LDAPNoSuchObjectResult as exc:
-                raise DirectoryError(f"LDAP base {base!r} does not exist on {self.url}") from exc
+                raise self._no_base("base_dn" if base is self.base_dn else "group_base_dn", base) from exc
             for uri in refs:
                 target = unquote(urlsplit(uri).path.lstrip("/"))
                 try:
@@ -552,6 +560,11 @@ class LdapDirectory:
                 except ValueError:
                     referred[normalize_dn(base)] = uri  # an unreadable reference: the whole base
         return index, by_username, referred, twins
+
+    def _no_base(self, setting: str, base: str) -> DirectoryError:
+        return DirectoryError(
+            f"LDAP directory.ldap.{setting} {base!r} does not exist on {self.url} (noSuchObject), or the bind DN "
+            f"may not see it: set directory.ldap.{setting} to an entry the server holds")
 
     def _load_members(self, conn: ldap3.Connection, group: _Entry) -> _Entry:
         """Read a nested group's members (one base search per group reached, never per member)."""

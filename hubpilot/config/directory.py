@@ -39,6 +39,15 @@ class LdapSettings(Section):
         "(a rename then deprovisions the old name and creates the new one).",
     )
 
+    @field_validator("group_name_attribute", "username_attribute")
+    @classmethod
+    def _required_attribute_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", value):
+            # used as written in the search filter and to find the value in the server's answer
+            raise ValueError(f"{value!r} is no LDAP attribute name (letters, digits and '-', starting with a "
+                             "letter), e.g. cn, uid, sAMAccountName")
+        return value
+
     @field_validator("id_attribute")
     @classmethod
     def _attribute_name(cls, value: str | None) -> str | None:
