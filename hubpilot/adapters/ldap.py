@@ -19,6 +19,7 @@ partial snapshot is never returned. ldap3 is synchronous; the work runs in a thr
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import functools
 import math
@@ -221,6 +222,21 @@ def _escape(value: str) -> str:
     return "".join(out)
 
 
+_WRONG_NAME = re.compile(r"certificate (\{.*\}) doesn't match any name in")
+
+
+def _certificate_names(text: str) -> str:
+    """The names a certificate holds (its subjectAltName, else its subject's CN), from the
+    ``getpeercert()`` dict ldap3 writes into its error."""
+    try:
+        cert = ast.literal_eval(text)
+        names = [v for _, v in cert.get("subjectAltName", ())] or \
+            [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+    except (ValueError, SyntaxError, TypeError, AttributeError):
+        return "other names"
+    return ", ".join(str(n) for n in names) or "no name"
+
+
 def _is_within(dn: str, base: str) -> bool:
     return base == "" or dn == base or dn.endswith("," + base)
 
@@ -309,6 +325,10 @@ class LdapDirectory:
             # see what anonymous may see, often fewer members, and look like a successful one
             raise ValueError("directory.ldap: bind_password is set but bind_dn is empty; set bind_dn, or "
                              "remove the password to read anonymously")
+        if ca_file and not (parts.scheme == "ldaps" or start_tls):
+            raise ValueError(f"directory.ldap.ca_file is set but the connection to {url} is not encrypted (ldap:// "
+                             "without start_tls: the bind password would go in the clear); use ldaps:// or set "
+                             "start_tls = true, or remove ca_file")
         for setting, value in (("group_name_attribute", group_name_attribute),
                                ("username_attribute", username_attribute), ("id_attribute", id_attribute or "uid")):
             if not _ATTR_NAME.fullmatch(value):
@@ -379,7 +399,7 @@ class LdapDirectory:
         except DirectoryError:
             raise
         except (LDAPException, OSError, ValueError) as exc:
-            raise DirectoryError(f"LDAP {self.url}: {step} failed: {type(exc).__name__}: {exc}") from exc
+            raise DirectoryError(f"LDAP {self.url}: {step} failed: {self._explain(exc)}") from exc
         finally:
             if conn is not None:
                 try:
@@ -388,8 +408,28 @@ class LdapDirectory:
                     pass
         return DirectorySnapshot(source=f"ldap {self.url}", groups=result, notes=tuple(notes))
 
+    def _explain(self, exc: BaseException) -> str:
+        """An exception as the error says it, with what to fix when it is a certificate refused."""
+        text = f"{type(exc).__name__}: {exc}"
+        wrong_name = _WRONG_NAME.search(text)
+        if wrong_name:  # ldap3 checks the name itself and writes out the whole certificate
+            return (f"the server's certificate does not name {self._host!r} (it names "
+                    f"{_certificate_names(wrong_name.group(1))}): use a name it holds in directory.ldap.url")
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            cas = f"directory.ldap.ca_file {self.ca_file!r}" if self.ca_file else \
+                "the system's CAs (directory.ldap.ca_file is unset)"
+            return f"{text}: the server's certificate is not signed by a CA in {cas}; give the CA that signed it"
+        return text
+
     def _connect(self) -> ldap3.Connection:
         tls = None
+        if self.ca_file:
+            try:  # ldap3 checks only that the file exists, and says "invalid CA public key file"
+                ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise DirectoryError(f"LDAP {self.url}: directory.ldap.ca_file {self.ca_file!r} cannot be used: "
+                                     f"{exc}; give the PEM file of the CA that signed the server's certificate") \
+                    from exc
         if self._ssl or self.start_tls:
             tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=self.ca_file)
         server = ldap3.Server(self._host, port=self._port, use_ssl=self._ssl, tls=tls,

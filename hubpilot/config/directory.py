@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -31,7 +32,8 @@ class LdapSettings(Section):
     page_size: int = Field(500, ge=1, le=10000, description="Paged search size (RFC 2696).")
     timeout_seconds: float = Field(10.0, gt=0, le=300, description="Connect and receive timeout.")
     start_tls: bool = Field(False, description="Upgrade an ldap:// connection with StartTLS.")
-    ca_file: str | None = Field(None, description="CA bundle to verify the server's certificate.")
+    ca_file: str | None = Field(
+        None, description="CA bundle (PEM) to verify the server's certificate; needs ldaps:// or start_tls.")
     id_attribute: str | None = Field(
         "entryUUID",
         description="Attribute that identifies a person across renames (modrdn), so a renamed person keeps "
@@ -54,6 +56,14 @@ class LdapSettings(Section):
         if value and not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", value):
             raise ValueError(f"{value!r} is no LDAP attribute name (letters, digits, '-'), e.g. entryUUID")
         return value or None
+
+    @model_validator(mode="after")
+    def _ca_file_needs_tls(self) -> LdapSettings:
+        if self.ca_file and not (urlsplit(self.url).scheme == "ldaps" or self.start_tls):
+            raise ValueError(f"directory.ldap.ca_file is set but the connection to {self.url} is not encrypted "
+                             "(ldap:// without start_tls: the bind password would go in the clear); use ldaps:// or "
+                             "set start_tls = true, or remove ca_file")
+        return self
 
     @model_validator(mode="after")
     def _password_needs_a_dn(self) -> LdapSettings:
