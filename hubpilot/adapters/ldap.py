@@ -415,6 +415,12 @@ class LdapDirectory:
         if wrong_name:  # ldap3 checks the name itself and writes out the whole certificate
             return (f"the server's certificate does not name {self._host!r} (it names "
                     f"{_certificate_names(wrong_name.group(1))}): use a name it holds in directory.ldap.url")
+        if "adminLimitExceeded" in text and "page size" in text:
+            return (f"{text}: the server allows the bind DN smaller pages; lower directory.ldap.page_size "
+                    "(OpenLDAP: limits size.pr)")
+        if "adminLimitExceeded" in text and "pagedResults" in text:
+            return (f"{text}: the server refuses the bind DN paged searches, which hubpilot needs to read every "
+                    "member; allow them (OpenLDAP: limits size.prtotal)")
         if "CERTIFICATE_VERIFY_FAILED" in text:
             cas = f"directory.ldap.ca_file {self.ca_file!r}" if self.ca_file else \
                 "the system's CAs (directory.ldap.ca_file is unset)"
