@@ -115,3 +115,21 @@ async def test_entries_hubpilot_cannot_tell_apart_make_their_member_unknown(slap
     # a group without such a member reads as before
     snap = await directory(slapd, base_dn=ou).read([f"{t}-h"])
     assert {m.username for m in snap.groups[f"{t}-h"]} == {f"{t}-c"}
+
+
+async def test_a_group_whose_only_member_is_an_empty_placeholder_is_empty(slapd: Slapd, ldap_names: str) -> None:
+    """groupOfNames must have a member; schemas' workaround for an empty group is member: "" (or
+    the group's own DN). The group is empty, and the note says why, not "outside base_dn"."""
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    slapd.add(f"cn={t}-empty,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-empty", "member": [""]})
+    slapd.add(f"cn={t}-self,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-self",
+                                    "member": [f"cn={t}-self,{ou}"]})
+    snap = await directory(slapd, base_dn=ou).read([f"{t}-empty", f"{t}-self"])
+    assert snap.groups == {f"{t}-empty": frozenset(), f"{t}-self": frozenset()}
+    assert len(snap.notes) == 2
+    assert f"{t}-empty: member '' of 'cn={t}-empty,{ou}' is empty (a placeholder for no member); skipped" in snap.notes
+    assert "outside" not in " ".join(snap.notes)
+    nested = await directory(slapd, base_dn=ou, nested=True).read([f"{t}-self"])
+    assert nested.groups[f"{t}-self"] == frozenset()

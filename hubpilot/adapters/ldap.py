@@ -674,7 +674,9 @@ class LdapDirectory:
                 entry = index.get(dn)
                 if entry is None:
                     unread(f"member '{raw}'", group, dn)
-                    if _is_within(dn, self._base_norm) and dn:
+                    if not dn:  # groupOfNames must have a member: an empty group holds member: ""
+                        why = "is empty (a placeholder for no member)"
+                    elif _is_within(dn, self._base_norm):
                         why = "does not exist or is no person or group"
                     else:
                         why = f"lies outside base_dn {self.base_dn!r}"
