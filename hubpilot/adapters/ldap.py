@@ -222,6 +222,8 @@ def _escape(value: str) -> str:
     return "".join(out)
 
 
+_NO_REFERRALS = ("hubpilot does not follow referrals: point directory.ldap.url at the server holding it, or narrow "
+                 "base_dn / group_base_dn to what this server holds")
 _WRONG_NAME = re.compile(r"certificate (\{.*\}) doesn't match any name in")
 
 
@@ -494,9 +496,14 @@ class LdapDirectory:
             if result.get("result", 0) != 0:
                 # ldap3 does not raise for sizeLimitExceeded / timeLimitExceeded / referral: the
                 # entries received would be a partial answer.
+                ended = (f"LDAP {self.url}: search under {base!r} ended with {result.get('description')} "
+                         f"({result.get('result')})")
+                if result.get("result") == 10:  # referral: the server holds the base elsewhere
+                    raise DirectoryError(
+                        f"{ended} to {'; '.join(result.get('referrals') or ()) or 'an unnamed server'}; nothing is "
+                        f"changed; {_NO_REFERRALS}")
                 raise DirectoryError(
-                    f"LDAP {self.url}: search under {base!r} ended with {result.get('description')} "
-                    f"({result.get('result')}): {result.get('message') or 'no message'}; "
+                    f"{ended}: {result.get('message') or 'no message'}; "
                     "nothing is changed (raise the server's limits for the bind DN or narrow base_dn)")
             for r in conn.response or []:
                 if r.get("type") == "searchResEntry":
@@ -544,7 +551,8 @@ class LdapDirectory:
             names = "".join(f"({attr}={escape_filter_chars(given[0].strip())})" for given in by_name.values())
             filt = f"(&(|{kinds})(|{names}))"
             try:
-                hits = list(self._search(conn, self.group_base_dn, filt, ldap3.SUBTREE))
+                refs: list[str] = []
+                hits = list(self._search(conn, self.group_base_dn, filt, ldap3.SUBTREE, refs=refs))
             except LDAPNoSuchObjectResult as exc:
                 raise self._no_base(self._group_base_setting, self.group_base_dn) from exc
             matches: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
@@ -555,6 +563,10 @@ class LdapDirectory:
                         matches.setdefault(key, []).append((dn, attrs))
             for key, names_given in by_name.items():
                 m = matches.get(key, [])
+                if not m and refs:
+                    raise DirectoryError(
+                        f"LDAP group {names_given[0]!r} is not found under {self.group_base_dn}, and the server "
+                        f"refers part of the tree elsewhere ({'; '.join(sorted(set(refs)))}); {_NO_REFERRALS}")
                 if not m:
                     raise DirectoryError(f"LDAP group {names_given[0]!r} does not exist: no group with "
                                          f"{attr}={names_given[0]} under {self.group_base_dn} on {self.url}")
@@ -635,8 +647,7 @@ class LdapDirectory:
             if uris:
                 raise DirectoryError(
                     f"LDAP group {name!r}: {what} of '{group.raw_dn}' is not found, and the server refers "
-                    f"part of the tree elsewhere ({'; '.join(sorted(set(uris)))}); hubpilot does not follow "
-                    "referrals: point directory.ldap.url at the server holding it, or narrow base_dn")
+                    f"part of the tree elsewhere ({'; '.join(sorted(set(uris)))}); {_NO_REFERRALS}")
         expanded: set[str] = set()
 
         def person(e: _Entry) -> Member:
