@@ -11,7 +11,7 @@ from ldap3.utils.dn import escape_rdn
 
 from hubpilot.adapters.ldap import LdapDirectory, normalize_dn
 from hubpilot.ports.directory import DirectoryError
-from tests.slapd import Slapd
+from tests.slapd import Slapd, people_ldif
 
 pytestmark = pytest.mark.ldap
 
@@ -133,3 +133,14 @@ async def test_a_group_whose_only_member_is_an_empty_placeholder_is_empty(slapd:
     assert "outside" not in " ".join(snap.notes)
     nested = await directory(slapd, base_dn=ou, nested=True).read([f"{t}-self"])
     assert nested.groups[f"{t}-self"] == frozenset()
+
+
+async def test_a_group_base_above_base_dn_reads_each_person_once(slapd: Slapd, ldap_names: str) -> None:
+    """group_base_dn the suffix, base_dn the people's OU (a common layout): both are scanned, and
+    people were indexed twice, so every memberUid "matched 2 people" (the same DN twice)."""
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.load_ldif(people_ldif(3, ou=t, group=f"{t}-posix", kind="posixGroup", prefix=t))
+    snap = await directory(slapd, base_dn=ou, group_base_dn=COM).read([f"{t}-posix"])
+    assert {m.username for m in snap.groups[f"{t}-posix"]} == {f"{t}{i:05d}" for i in range(3)}
+    assert snap.notes == ()

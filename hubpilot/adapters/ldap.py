@@ -4,8 +4,8 @@ One ``read()`` opens one connection and makes a handful of requests, whatever th
 
 1. the configured groups: one search for all those named by ``group_name_attribute`` under
    ``group_base_dn`` plus one base search per group given as a full DN;
-2. one paged subtree search (RFC 2696) of ``base_dn`` (and ``group_base_dn`` when it lies
-   outside) for people and groups, indexed in memory by normalised DN and by username;
+2. one paged subtree search (RFC 2696) of ``base_dn`` (of ``group_base_dn`` instead when it
+   holds ``base_dn``; of both when they are apart) for people and groups, indexed in memory by normalised DN and by username;
 3. membership expansion in memory: ``member`` (groupOfNames), ``uniqueMember``
    (groupOfUniqueNames, optional ``#'0101'B`` uid suffix dropped) and ``memberUid`` (posixGroup,
    usernames resolved by ``username_attribute``); nested groups to ``nested_max_depth`` with
@@ -587,9 +587,12 @@ class LdapDirectory:
         classes = "".join(f"(objectClass={c})" for c in (*PERSON_FILTER_CLASSES, "groupOfNames",
                                                           "groupOfUniqueNames", "posixGroup", "group"))
         filt = f"(|{classes})"
-        bases = [self.base_dn]
-        if not _is_within(self._group_base_norm, self._base_norm):
-            bases.append(self.group_base_dn)
+        if _is_within(self._group_base_norm, self._base_norm):
+            bases = [self.base_dn]
+        elif _is_within(self._base_norm, self._group_base_norm):
+            bases = [self.group_base_dn]  # holds base_dn: read once (each person once)
+        else:
+            bases = [self.base_dn, self.group_base_dn]
         index: dict[str, _Entry] = {}
         by_username: dict[str, list[_Entry]] = {}
         referred: dict[str, str] = {}
@@ -602,7 +605,9 @@ class LdapDirectory:
                         entry = self._entry(dn, attrs)
                     except ValueError:
                         continue  # the server hands out DNs it accepted; cannot happen in practice
-                    if entry.dn in index and index[entry.dn].raw_dn != dn:
+                    if entry.dn in index and index[entry.dn].raw_dn == dn:
+                        continue  # the same entry again
+                    if entry.dn in index:
                         twins.setdefault(entry.dn, {index[entry.dn].raw_dn}).add(dn)
                     index[entry.dn] = entry
                     if not entry.is_group:
@@ -610,7 +615,7 @@ class LdapDirectory:
                         for key in dict.fromkeys(fold(u) for u in entry.usernames):
                             by_username.setdefault(key, []).append(entry)
             except LDAPNoSuchObjectResult as exc:
-                raise self._no_base("base_dn" if base is self.base_dn else "group_base_dn", base) from exc
+                raise self._no_base("base_dn" if base is self.base_dn else self._group_base_setting, base) from exc
             for uri in refs:
                 target = unquote(urlsplit(uri).path.lstrip("/"))
                 try:
