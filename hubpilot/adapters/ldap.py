@@ -5,7 +5,8 @@ One ``read()`` opens one connection and makes a handful of requests, whatever th
 1. the configured groups: one search for all those named by ``group_name_attribute`` under
    ``group_base_dn`` plus one base search per group given as a full DN;
 2. one paged subtree search (RFC 2696) of ``base_dn`` (of ``group_base_dn`` instead when it
-   holds ``base_dn``; of both when they are apart) for people and groups, indexed in memory by normalised DN and by username;
+   holds ``base_dn``; of both when they are apart) for people and groups, indexed in memory by
+   normalised DN and by username;
 3. membership expansion in memory: ``member`` (groupOfNames), ``uniqueMember``
    (groupOfUniqueNames, optional ``#'0101'B`` uid suffix dropped) and ``memberUid`` (posixGroup,
    usernames resolved by ``username_attribute``); nested groups to ``nested_max_depth`` with
@@ -411,7 +412,8 @@ class LdapDirectory:
         return DirectorySnapshot(source=f"ldap {self.url}", groups=result, notes=tuple(notes))
 
     def _explain(self, exc: BaseException) -> str:
-        """An exception as the error says it, with what to fix when it is a certificate refused."""
+        """An exception as the error says it, with what to fix when it is a certificate refused or
+        a server limit on paging."""
         text = f"{type(exc).__name__}: {exc}"
         wrong_name = _WRONG_NAME.search(text)
         if wrong_name:  # ldap3 checks the name itself and writes out the whole certificate
