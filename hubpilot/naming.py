@@ -35,6 +35,7 @@ def hub_name(raw: str | None, naming: NamingSettings) -> tuple[str | None, str |
 
 
 _GROUP_BAD = re.compile(r"[^a-z0-9._-]+")
+_HEX2 = re.compile(r"[0-9A-Fa-f]{2}")
 
 
 def hub_group_name(directory_group: str, prefix: str, overrides: dict[str, str]) -> str:
@@ -46,6 +47,27 @@ def hub_group_name(directory_group: str, prefix: str, overrides: dict[str, str])
     if base is None:
         base = directory_group
         if "=" in base:
-            base = base.split(",", 1)[0].split("=", 1)[1]
+            base = first_rdn_value(base)
         base = _GROUP_BAD.sub("-", base.strip().lower()).strip("-") or "group"
     return prefix + base
+
+
+def first_rdn_value(dn: str) -> str:
+    """The value of a DN's first attribute (RFC 4514): up to the first comma or plus that is not
+    escaped, with its escapes undone (``cn=Smith\\, John,ou=g`` → ``Smith, John``; ``\\2C`` → ``,``)."""
+    raw: list[str] = []
+    i = dn.find("=") + 1
+    while i < len(dn) and dn[i] not in ",+;":
+        if dn[i] == "\\" and i + 1 < len(dn):
+            raw.append(dn[i:i + 3] if _HEX2.fullmatch(dn[i + 1:i + 3]) else dn[i:i + 2])
+            i += len(raw[-1])
+        else:
+            raw.append(dn[i])
+            i += 1
+    out = bytearray()
+    for part in raw:
+        if part.startswith("\\") and len(part) == 3:
+            out.append(int(part[1:], 16))
+        else:
+            out += (part[1:] if part.startswith("\\") else part).encode()
+    return out.decode("utf-8", errors="replace").strip()

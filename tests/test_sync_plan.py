@@ -233,6 +233,11 @@ def test_hub_group_names() -> None:
     assert hub_group_name("Data Team", "dir-", {}) == "dir-data-team"
     assert hub_group_name("cn=GPU Users,ou=groups,dc=x", "dir-", {}) == "dir-gpu-users"
     assert hub_group_name("0b1e-guid", "aad-", {"0b1e-guid": "analysts"}) == "aad-analysts"
+    # a first RDN value with escaped characters (RFC 4514): the escaped comma is part of the name
+    assert hub_group_name(r"cn=Smith\, John,ou=groups,dc=x", "dir-", {}) == "dir-smith-john"
+    assert hub_group_name(r"cn=Smith\2C Jane,ou=groups,dc=x", "dir-", {}) == "dir-smith-jane"
+    assert hub_group_name(r"cn=R\26D \2b Ops,ou=g", "dir-", {}) == "dir-r-d-ops"
+    assert hub_group_name(r"CN = Data Team , OU=g", "dir-", {}) == "dir-data-team"
 
 
 def managed_state(n: int) -> SyncObserved:
