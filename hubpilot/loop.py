@@ -16,10 +16,12 @@ import enum
 import hashlib
 import json
 import logging
+import shlex
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from hubpilot.ports.store import Lease, StateStore, StoreError
@@ -239,6 +241,9 @@ class RunRecord:
     results: list[ActionResult] = field(default_factory=list)
     error: str | None = None
     approved_plan: str | None = None
+    approval: str | None = None
+    """How an admin approves the refused plan (:func:`approval_hint`): set only when the runner
+    recorded it as refused, so that the approval can find it (never for a dry-run)."""
 
     @property
     def exit_code(self) -> ExitCode:
@@ -267,6 +272,7 @@ class RunRecord:
             "result_counts": self.result_counts(),
             "error": self.error,
             "approved_plan": self.approved_plan,
+            "approval": self.approval,
         }
 
     @classmethod
@@ -285,6 +291,7 @@ class RunRecord:
             results=[ActionResult.from_json(r) for r in data.get("results") or []],
             error=data.get("error"),
             approved_plan=data.get("approved_plan"),
+            approval=data.get("approval"),
         )
 
     def render(self) -> str:
@@ -298,8 +305,10 @@ class RunRecord:
         elif self.plan is not None:
             lines.append(self.plan.render())
         lines += [f"  refused: {r}" for r in self.refusal]
-        if self.outcome is Outcome.REFUSED and self.plan is not None and not self.dry_run:
-            lines.append(f"  an admin can approve it: {approval_hint(self.plan)}")
+        if self.approval is not None:
+            lines.append(f"  an admin can approve it: {self.approval}")
+        elif self.outcome is Outcome.REFUSED and self.dry_run:
+            lines.append("  (a dry-run records nothing: a run that is refused records its plan for approval)")
         lines += [f"  {r.status}: {r.action.describe()}" + (f" [{r.detail}]" if r.detail else "")
                   for r in self.results]
         if self.error:
@@ -436,8 +445,10 @@ class Runner(Generic[ObservedT]):
         lock_ttl: timedelta = timedelta(minutes=10),
         holder: str = "hubpilot",
         run_retention: timedelta | None = None,
+        cli: str = "hubpilot",
     ) -> None:
         self.store = store
+        self.cli = cli  # the command line that reaches this runner's state (approval hints name it)
         self.clock = clock
         self.lock_ttl = lock_ttl
         self.holder = holder
@@ -534,11 +545,9 @@ class Runner(Generic[ObservedT]):
                 reasons = (
                     f"plan {approve} was approved, but a fresh observation yields plan {plan.id}; "
                     "review the new plan and approve it instead",
+                    *reasons,
                 )
-                record.refusal = reasons
-                record.outcome = Outcome.REFUSED
-                return await self._finish(record)
-            if reasons and approve is None:
+            if reasons and (approve is None or approve != plan.id):
                 record.refusal = reasons
                 record.outcome = Outcome.REFUSED
                 await self.store.put(
@@ -546,6 +555,7 @@ class Runner(Generic[ObservedT]):
                     {"operation": cap.name, "plan": plan.to_json(), "reasons": list(reasons),
                      "at": self.clock().isoformat(), "run_id": record.run_id},
                 )
+                record.approval = approval_hint(plan, self.cli)
                 return await self._finish(record)
             record.refusal = reasons  # approved despite these
             try:
@@ -664,6 +674,13 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def approval_hint(plan: Plan) -> str:
-    """What an admin does with a refused plan they have checked (the CLI and the API)."""
-    return f"hubpilot approve {plan.id}, or POST /api/v1/plans/{plan.id}/approve"
+def approval_hint(plan: Plan, cli: str = "hubpilot") -> str:
+    """What an admin does with a refused plan they have checked: the command (``cli``: the command
+    line that reaches the run's state, e.g. ``hubpilot --config /etc/hubpilot.toml``) or the API call."""
+    return f"{cli} approve {plan.id}, or POST /api/v1/plans/{plan.id}/approve"
+
+
+def cli_command(settings_file: Path | None) -> str:
+    """The command line that reaches the state of settings read from ``settings_file`` (None: the
+    environment and defaults, which the command reads the same way)."""
+    return "hubpilot" if settings_file is None else f"hubpilot --config {shlex.quote(str(settings_file))}"

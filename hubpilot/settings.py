@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     scale: ScaleSettings = Field(default_factory=ScaleSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    _file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def file(self) -> Path | None:
+        """The settings file these settings were read from (absolute), or None (environment and
+        defaults only). Commands hubpilot tells an admin to run name it."""
+        return self._file
 
     @model_validator(mode="after")
     def _reclaim_exceeds_activity_interval(self) -> Settings:
@@ -173,7 +180,10 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             for name in unresolved))
     previous, _explicit_path = _explicit_path, Path(path) if path is not None else None
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        file = _config_path()
+        settings._file = file.resolve() if file is not None else None
+        return settings
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -43,7 +43,9 @@ async def test_a_gradual_loss_over_several_runs_stops_at_the_limit(real_hub: Rea
         (reason,) = refused.refusal
         assert reason.startswith("the plan removes 1 users and sync removed 3 in the last 24 h "
                                  "(sync.removal_window_hours): 4 in all, more than sync.max_removals = 3"), reason
-        assert f"hubpilot approve {refused.plan.id}" in reason
+        assert f"approve the plan {refused.plan.id}" in reason
+        assert refused.approval == (f"hubpilot approve {refused.plan.id}, "
+                                    f"or POST /api/v1/plans/{refused.plan.id}/approve")
         assert await world.hub_state() == before  # p3 still a hub user in the group
         managed = (await world.store.get(MANAGED_KEY) or {})["users"]
         assert managed[world.user("p3")]["deprovisioned_at"] is None

@@ -71,7 +71,7 @@ def test_removals_of_recent_runs_count_with_the_plans_own_against_the_share_limi
     assert reasons[0].startswith("the plan removes 4 users and sync removed 8 in the last 24 h "
                                  "(sync.removal_window_hours): 12 in all of 50 managed users (24 %), "
                                  "more than sync.max_removal_percent = 20 %"), reasons[0]
-    assert f"hubpilot approve {plan.id}" in reasons[0] and f"POST /api/v1/plans/{plan.id}/approve" in reasons[0]
+    assert f"approve the plan {plan.id} (the run says how)" in reasons[0]  # the run's approval line: how
     assert "fix the directory" in reasons[0] and "restarts the count" in reasons[0]
 
     off = POLICY.model_copy(update={"removal_window_hours": 0})
@@ -220,7 +220,7 @@ def test_a_partly_hidden_group_that_takes_most_people_out_of_its_mirror_is_refus
         "the plan takes 30 of the 40 members out of hub group dir-gpu-users (directory group 'gpu-users'; "
         "75 %) who stay hub users, more than sync.max_removal_percent = 20 % and more than "
         "sync.group_removal_floor = 5; they lose what the group grants (profiles, GPUs)"), reasons[0]
-    assert f"hubpilot approve {plan.id}" in reasons[0] and "fix the directory" in reasons[0]
+    assert f"approve the plan {plan.id}" in reasons[0] and "fix the directory" in reasons[0]
     # 8 of 40 is 20 %: not more than the share; 9 is
     assert judge(replace(observed, snapshot=snap(people, gpu[8:])))[1] == []
     assert len(judge(replace(observed, snapshot=snap(people, gpu[9:])))[1]) == 1

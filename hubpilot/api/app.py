@@ -90,6 +90,9 @@ class RunOut(BaseModel):
     result_counts: dict[str, int]
     error: str | None
     approved_plan: str | None
+    approval: str | None = Field(
+        None, description="How an admin approves the refused plan (the command, with the settings file the "
+        "run used, or the API call); null unless the run recorded a refused plan (never for a dry-run).")
 
 
 class LockOut(BaseModel):

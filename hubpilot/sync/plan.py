@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from hubpilot.config.sync import SyncSettings
-from hubpilot.loop import Action, Plan, approval_hint, stored_time
+from hubpilot.loop import Action, Plan, stored_time
 from hubpilot.naming import hub_group_name, hub_name
 from hubpilot.ports.directory import DirectorySnapshot
 from hubpilot.ports.hub import HubGroup, HubUser
@@ -471,7 +471,7 @@ def removal_reasons(observed: SyncObserved, plan: Plan, policy: SyncSettings) ->
             f"(sync.removal_window_hours): {total} in all")
     todo = (f"; a directory that loses people over several runs (a flapping replica, an ACL change, a partial "
             f"answer) looks like this: fix the directory, or, when the removals are right, approve the plan "
-            f"({approval_hint(plan)}), which accepts all {total} and restarts the count{hint}")
+            f"{plan.id} (the run says how), which accepts all {total} and restarts the count{hint}")
     return _over_limits(policy, total, base, count=what, share=f"{what} of {base} managed users", tail=todo)
 
 
@@ -533,7 +533,7 @@ def group_loss_reasons(observed: SyncObserved, plan: Plan, policy: SyncSettings)
             f"{what} who stay hub users, more than sync.max_removal_percent = {policy.max_removal_percent:g} % "
             f"and more than sync.group_removal_floor = {policy.group_removal_floor}; they lose {grants}. A group "
             f"answer that is partly hidden (an ACL) or cut short{degrading} looks like this: fix the directory, "
-            f"or, when the change is right, approve the plan ({approval_hint(plan)}){accepts}"
+            f"or, when the change is right, approve the plan {plan.id} (the run says how){accepts}"
         )
     return reasons
 

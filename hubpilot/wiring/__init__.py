@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from hubpilot.loop import Capability, Clock, Runner, utcnow
+from hubpilot.loop import Capability, Clock, Runner, cli_command, utcnow
 from hubpilot.ports.directory import Directory
 from hubpilot.ports.hub import Hub
 from hubpilot.ports.store import StateStore
@@ -55,7 +55,8 @@ class Context:
             days = self.settings.state.run_retention_days
             self._runner = Runner(self.store, clock=self.clock, holder=self.holder,
                                   lock_ttl=timedelta(minutes=10),
-                                  run_retention=timedelta(days=days) if days else None)
+                                  run_retention=timedelta(days=days) if days else None,
+                                  cli=cli_command(self.settings.file))
         return self._runner
 
     @property

@@ -1,0 +1,137 @@
+"""Review: the approval hint a refused run prints is runnable as printed.
+
+It said ``hubpilot approve <id>`` even when the run had been started with ``--config FILE``: an
+admin copying it approved against the defaults (a fresh state file: "no refused plan"), or against
+another deployment's settings. A dry-run's refusal named the same command, for a plan no run had
+recorded. The hint now names the settings file the run used, and is given only for a refused plan
+that was recorded (CLI output, the API's run, the audit entry)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+from hubpilot.api.runs import drain_tasks
+from hubpilot.settings import load_settings
+from hubpilot.wiring import OPERATIONS
+from tests.fixtures.hub import unique_name
+from tests.realhub import RealHub
+from tests.test_api_kit import World, asgi_client, auth, make_context, token_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = "import sys; from hubpilot.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")}
+    return {**env, "PYTHONPATH": str(ROOT)}
+
+
+async def _run(argv: list[str], cwd: Path) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(*argv, cwd=cwd, env=_env(), stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return int(proc.returncode or 0), out.decode(), err.decode()
+
+
+def _hubpilot(*args: str) -> list[str]:
+    return [sys.executable, "-c", CLI, *args]
+
+
+async def test_the_printed_approval_command_approves_the_plan_from_anywhere(real_hub: RealHub,
+                                                                            tmp_path: Path) -> None:
+    tag = unique_name("hint")
+    directory = tmp_path / "directory.yaml"
+
+    def people(*shorts: str) -> None:
+        directory.write_text(yaml.safe_dump({
+            "people": {s: {"username": f"{tag}-{s}", "name": s} for s in shorts},
+            "groups": {"analysts": {"members": list(shorts)}}}))
+
+    people("ann", "bo", "cy")
+    deployment = tmp_path / "deployment"
+    deployment.mkdir()
+    (deployment / "hubpilot.toml").write_text(
+        f'[hub]\napi_url = "{real_hub.api_url}"\ntoken = "{real_hub.hubpilot_token}"\n'
+        f'[state]\nsqlite_path = "{(tmp_path / "state.sqlite3").as_posix()}"\n'
+        f'[directory]\nkind = "file"\n[directory.file]\npath = "{directory.as_posix()}"\n'
+        f'[sync]\nusers_groups = ["analysts"]\ngroup_prefix = "{tag}-"\nmax_removals = 1\n'
+        'max_removal_percent = 100.0\n')
+    config = ["--config", "hubpilot.toml"]  # relative, as an admin types it in the deployment's directory
+
+    code, out, err = await _run(_hubpilot(*config, "sync"), deployment)
+    assert code == 0, (out, err)
+    people("ann")  # two removals, more than sync.max_removals
+
+    code, out, err = await _run(_hubpilot(*config, "sync", "--dry-run"), deployment)
+    assert code == 3 and "approve" not in out.replace("approve the plan", ""), out  # nothing recorded to approve
+
+    code, out, err = await _run(_hubpilot(*config, "sync"), deployment)
+    assert code == 3, (out, err)
+    hint = next(line for line in out.splitlines() if "an admin can approve it:" in line)
+    command = hint.split("an admin can approve it:", 1)[1].split(", or POST", 1)[0].strip()
+    argv = shlex.split(command)
+    assert argv[0] == "hubpilot" and "--config" in argv, command
+
+    elsewhere = tmp_path / "elsewhere"  # another shell, another directory: the command as printed
+    elsewhere.mkdir()
+    code, out, err = await _run(_hubpilot(*argv[1:]), elsewhere)
+    assert code == 0 and "sync run" in out and "applied" in out, (command, out, err)
+
+
+async def test_the_api_answer_and_the_audit_carry_the_runnable_hint(tmp_path: Path) -> None:
+    file = tmp_path / "conf" / "hubpilot.toml"
+    file.parent.mkdir()
+    tokens = "".join(f'[[api.tokens]]\nname = "{t["name"]}"\nrole = "{t["role"]}"\nsha256 = "{t["sha256"]}"\n'
+                     for t in token_settings())
+    file.write_text('[hub]\napi_url = "http://127.0.0.1:9/hub/api"\ntoken = "t"\n' + tokens)
+    for name in [n for n in os.environ if n.startswith("HUBPILOT_")]:
+        os.environ.pop(name)  # pragma: no cover - the test runner sets none
+    settings = load_settings(str(file))
+    worlds = {op: World(items={"x1", "x2", "x3"}, desired=set()) for op in OPERATIONS}
+    ctx, _ = make_context(tmp_path, settings, worlds)
+    try:
+        async with asgi_client(ctx) as client:
+            dry = (await client.post("/api/v1/sync?dry_run=true", headers=auth("admin"))).json()
+            assert dry["outcome"] == "refused" and dry["approval"] is None, dry  # not recorded: nothing to approve
+            run = (await client.post("/api/v1/sync?wait=30", headers=auth("admin"))).json()
+            assert run["outcome"] == "refused", run
+            expected = f"hubpilot --config {shlex.quote(str(file))} approve {run['plan_id']}"
+            assert run["approval"].startswith(expected + ", or POST /api/v1/plans/"), run["approval"]
+            entries = (await client.get("/api/v1/audit?operation=sync", headers=auth("reader"))).json()["entries"]
+            assert entries[0]["approval"] == run["approval"], entries[0]
+    finally:
+        await drain_tasks()
+        await ctx.close()
+    assert json.dumps(run)  # the answer is plain JSON
+
+
+async def test_a_stale_approval_records_the_new_plan_so_that_it_can_be_approved(tmp_path: Path) -> None:
+    """An approval whose plan no longer matches was refused with "review the new plan and approve it
+    instead", but the new plan was not recorded: approving it answered "no refused plan"."""
+    from hubpilot.loop import UnknownPlan
+
+    worlds = {op: World(items={"x1", "x2", "x3"}, desired=set()) for op in OPERATIONS}
+    ctx, _ = make_context(tmp_path, worlds=worlds)
+    try:
+        cap = ctx.capability("sync")
+        first = await ctx.runner.run(cap, trigger="test", actor="pytest")
+        assert first.outcome == "refused" and first.plan is not None
+        worlds["sync"].items.add("x4")  # the world moves on before the admin approves
+        stale = await ctx.runner.approve(cap, first.plan.id, actor="pytest")
+        assert stale.outcome == "refused" and stale.plan is not None and stale.plan.id != first.plan.id
+        assert "approve it instead" in stale.refusal[0]
+        try:
+            done = await ctx.runner.approve(cap, stale.plan.id, actor="pytest")
+        except UnknownPlan as exc:
+            raise AssertionError(f"the new plan the refusal names cannot be approved: {exc}") from None
+        assert stale.approval is not None and f"hubpilot approve {stale.plan.id}" in stale.approval
+        assert done.outcome == "applied" and worlds["sync"].items == set(), done.render()
+    finally:
+        await ctx.close()
