@@ -103,7 +103,7 @@ async def test_post_starts_a_run_202_with_location_and_the_run_applies(api: Api)
     assert r.headers["location"] == f"/api/v1/runs/{run_id}"
     assert r.json()["outcome"] in ("queued", "running", "applied")
     run = await _finished(api, run_id)
-    assert run["outcome"] == "applied" and run["trigger"] == "api" and run["actor"] == "admin-caller"
+    assert run["outcome"] == "applied" and run["trigger"] == "api" and run["actor"] == "token:admin-caller"
     assert {x["action"]["target"] for x in run["results"]} == {"sync-a", "sync-b"}
     assert api.worlds["sync"].items == {"sync-a", "sync-b"}
 
@@ -175,7 +175,7 @@ async def test_second_post_while_a_run_holds_the_lock_is_409_with_holder_and_ret
     await asyncio.wait_for(w.entered.wait(), 10)
     second = await api.client.post("/api/v1/scale", headers=ADMIN)
     assert second.status_code == 409
-    assert second.json()["holder"] == f"admin-caller:{first.json()['run_id']}"
+    assert second.json()["holder"] == f"token:admin-caller:{first.json()['run_id']}"
     assert int(second.headers["retry-after"]) >= 1
     running = (await api.client.get(f"/api/v1/runs/{first.json()['run_id']}", headers=READER)).json()
     assert running["outcome"] == "running"
@@ -369,7 +369,7 @@ async def test_app_service_principal_is_trusted_only_when_enabled(tmp_path: Path
             assert (await client.get("/api/v1/status", headers=none_hdr)).status_code == 403
             assert (await client.get("/api/v1/status", headers=garbage)).status_code == 401
             r = await client.post("/api/v1/sync?wait=30", headers=admin_hdr)
-            assert r.status_code == 200 and r.json()["actor"] == "bo@example.org"
+            assert r.status_code == 200 and r.json()["actor"] == "app-service:bo@example.org"
         await drain_tasks()
         await ctx.close()
 

@@ -238,7 +238,7 @@ async def test_post_enqueues_and_the_queue_function_runs_it(fx: Fx, world: dict[
 
     again = await fx.http("POST", "/api/v1/sync", ADMIN)
     assert again.status_code == 409 and int(again.headers["Retry-After"]) >= 1
-    assert json.loads(again.get_body())["holder"] == f"admin-caller:{run['run_id']}"
+    assert json.loads(again.get_body())["holder"] == f"token:admin-caller:{run['run_id']}"
 
     assert await fx.deliver_queue() == [run["run_id"]]
     done = json.loads((await fx.http("GET", f"/api/v1/runs/{run['run_id']}", READER)).get_body())

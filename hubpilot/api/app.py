@@ -349,9 +349,9 @@ def create_app(context: ContextSource) -> FastAPI:
                         ctx: Context = Depends(get_context), who: Principal = admin) -> Any:
             if dry_run:
                 response.status_code = 200
-                return _run_out((await _dry_run(ctx, op, who.name)).to_json())
+                return _run_out((await _dry_run(ctx, op, who.actor)).to_json())
             try:
-                run_id = await start_run(ctx, op, trigger="api", actor=who.name)
+                run_id = await start_run(ctx, op, trigger="api", actor=who.actor)
             except LockHeld as exc:
                 return _lock_response(exc, ctx.clock())
             return await _started(ctx, run_id, wait, response)
@@ -373,7 +373,7 @@ def create_app(context: ContextSource) -> FastAPI:
              responses=_responses(*AUTHED))
     async def get_plan(operation: Operation, ctx: Context = Depends(get_context),
                        who: Principal = reader) -> Any:
-        return _run_out((await _dry_run(ctx, operation, who.name)).to_json())
+        return _run_out((await _dry_run(ctx, operation, who.actor)).to_json())
 
     @api.post("/plans/{plan_id}/approve", response_model=RunOut, status_code=202, tags=["plans"],
               summary="Apply a refused plan if a fresh observation yields the same plan",
@@ -385,7 +385,7 @@ def create_app(context: ContextSource) -> FastAPI:
                       who: Principal = admin) -> Any:
         try:
             operation = await ctx.runner.refused_plan_operation(plan_id)
-            run_id = await start_run(ctx, operation, trigger="approval", actor=who.name, approve=plan_id)
+            run_id = await start_run(ctx, operation, trigger="approval", actor=who.actor, approve=plan_id)
         except UnknownPlan as exc:
             raise HTTPException(404, str(exc)) from None
         except LockHeld as exc:
@@ -398,7 +398,7 @@ def create_app(context: ContextSource) -> FastAPI:
                   operation_id=f"{verb}_operation")
         async def pause(operation: Operation, ctx: Context = Depends(get_context),
                         who: Principal = admin) -> dict[str, Any]:
-            await ctx.runner.set_paused(operation, verb == "pause", who.name)
+            await ctx.runner.set_paused(operation, verb == "pause", who.actor)
             return {"operation": operation, "paused": await ctx.runner.is_paused(operation)}
 
     add_pause("pause")

@@ -34,6 +34,8 @@ PRINCIPAL_HEADER = "x-ms-client-principal"
 PRINCIPAL_NAME_HEADER = "x-ms-client-principal-name"
 ROLE_CLAIM_TYPES = ("roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role")
 ROLE_ORDER = ("admin", "reader", "hub")
+ORIGINS = {"token": "token", "app_service": "app-service"}
+"""How a caller authenticated, as its actor names it."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,13 @@ class Principal:
     role: str
     roles: frozenset[str] = field(default_factory=frozenset)
     via: str = "token"
+
+    @property
+    def actor(self) -> str:
+        """The caller as audit entries and runs name it: how it authenticated, then its name
+        (``token:<name in api.tokens>`` or ``app-service:<principal name>``), so that a token
+        named like a person is not taken for that person."""
+        return f"{ORIGINS.get(self.via, self.via)}:{self.name}"
 
     def has(self, role: str) -> bool:
         held = self.roles or frozenset({self.role})

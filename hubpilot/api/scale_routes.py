@@ -103,9 +103,9 @@ async def post_demand(body: DemandIn, ctx: Context = Depends(get_context),
     if not s.enabled:  # nothing scales on its own; a manual run still counts the demand
         return DemandOut(recorded=key, detail="scale.enabled is off: the demand is recorded, no scale run started")
     try:
-        run_id = await start_run(ctx, "scale", trigger="demand", actor=who.name)
+        run_id = await start_run(ctx, "scale", trigger="demand", actor=who.actor)
     except LockHeld:
-        follow = _schedule_follow_up(ctx, who.name)
+        follow = _schedule_follow_up(ctx, who.actor)
         detail = "a scale run is in progress; " + (
             "a follow-up run starts when it ends" if follow else "the demand counts in the next run")
         return JSONResponse(DemandOut(recorded=key, detail=detail).model_dump(), status_code=202)

@@ -27,7 +27,7 @@ print(t); print(hashlib.sha256(t.encode()).hexdigest())"
     """
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$",
-                      description="Who holds the token (shown in the audit log as the actor).")
+                      description="Who holds the token (the audit log names the actor token:<name>).")
     role: Role = Field(description="admin (everything), reader (GET only) or hub (scale demand only).")
     sha256: str = Field(description="Lowercase hex SHA-256 of the token (64 characters).")
 
