@@ -223,7 +223,12 @@ are anonymous, so an unbounded body would be read into memory for anyone who sen
 
 
 class _BodyLimit:
-    """ASGI middleware: 413 for a body above ``limit`` bytes (declared or streamed)."""
+    """ASGI middleware: 413 for a body above ``limit`` bytes (declared or streamed), on every route.
+
+    A body without Content-Length (chunked) is read here first, up to the limit: a route that
+    never reads its body (``POST /sync``) would otherwise act on a request it should refuse. Either
+    way no more than ``limit`` bytes (and one chunk) are read. The hosts set no limit of their own
+    that hubpilot relies on (uvicorn none, the Functions host about 100 MB)."""
 
     def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -239,9 +244,24 @@ class _BodyLimit:
             await JSONResponse({"detail": too_large}, status_code=413)(scope, receive, send)
             return
         seen = 0
+        read: list[Any] = []  # messages read ahead of the app, handed to it first
+        if not declared.isdigit():
+            while True:
+                message = await receive()
+                read.append(message)
+                if message["type"] != "http.request":
+                    break
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    await JSONResponse({"detail": too_large}, status_code=413)(scope, receive, send)
+                    return
+                if not message.get("more_body"):
+                    break
 
         async def limited() -> Any:
             nonlocal seen
+            if read:
+                return read.pop(0)
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
