@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from hubpilot.ports.store import Lease, StateStore, StoreError
+from hubpilot.ports.store import ConflictError, Lease, StateStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -668,6 +668,53 @@ class Runner(Generic[ObservedT]):
             log.info("pruned %d run document(s) older than %s", deleted, self.run_retention)
         except (StoreError, ValueError) as exc:
             log.warning("pruning old run documents failed (the next day retries): %s", exc)
+
+
+THROTTLE_KEY = "audit-throttle/{name}"
+
+
+class AuditThrottle:
+    """At most one audit entry per ``interval`` for events anonymous callers cause as often as they
+    like (refused Graph webhook posts), across every process that shares the state store.
+
+    Each process counts its events; when its own interval has passed it claims the shared one with a
+    conditional write (one store round a minute per process, however many events) and, if the claim
+    holds, writes one entry with ``refused_posts`` (its events since its previous entry, ``since``).
+    A process that loses the claim keeps its count for its next entry: no event goes uncounted but
+    those of a process that stops before its turn.
+    """
+
+    def __init__(self, store: StateStore, name: str, interval: timedelta) -> None:
+        self.store = store
+        self.key = THROTTLE_KEY.format(name=name)
+        self.interval = interval
+        self.tried: datetime | None = None  # this process's last claim
+        self.written: datetime | None = None  # this process's last entry
+        self.held = 0  # events since ``written`` that no entry counts yet
+
+    async def record(self, entry: Mapping[str, Any], now: datetime) -> bool:
+        """Count one event; write ``entry`` (with the count) when this process's turn is due."""
+        self.held += 1
+        if self.tried is not None and now - self.tried < self.interval:
+            return False
+        self.tried = now
+        current = await self.store.get_with_etag(self.key)
+        if current is not None:
+            try:
+                last = stored_time(current[0].get("at"), self.key)
+            except ValueError:  # a damaged claim is no claim
+                last = None
+            if last is not None and now - last < self.interval:
+                return False
+        try:
+            await self.store.put(self.key, {"at": now.isoformat()}, if_match=current[1] if current else "")
+        except ConflictError:  # another process claimed this interval
+            return False
+        posts, since = self.held, self.written
+        self.held, self.written = 0, now
+        await self.store.append_audit({**entry, "refused_posts": posts,
+                                       "since": since.isoformat() if since else None})
+        return True
 
 
 def _describe_error(exc: BaseException) -> str:

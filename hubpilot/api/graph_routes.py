@@ -7,15 +7,15 @@ is echoed as ``text/plain`` before anything else is touched — the same answer 
 (:mod:`hubpilot.api.front`) gives on the Functions host. Valid notifications are acknowledged
 with 202 after a hint is queued; the sync itself runs asynchronously. A notification with a
 wrong ``clientState`` is answered 403, changes nothing and is audited: one entry per minute at
-most (per process), which counts the refused posts it stands for (``refused_posts`` since
-``since``), so a flood of forgeries cannot fill the state store.
+most across every instance that shares the state store, which counts the refused posts it stands
+for (``refused_posts``, the posts one instance refused since its entry at ``since``), so a flood of
+forgeries cannot fill the state store.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -23,6 +23,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from hubpilot.api.deps import get_context
 from hubpilot.entra.notifications import NotificationError, check, hints_for, parse_body
+from hubpilot.loop import AuditThrottle
+from hubpilot.ports.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -51,30 +53,17 @@ endpoint is anonymous: what a forger sends must not be multiplied into storage."
 
 
 REFUSAL_AUDIT_INTERVAL = timedelta(minutes=1)
-"""At most one audit entry of refused posts per interval (per process); the next one counts the
-posts it stands for. Each entry is bounded, but the number of posts is the forger's."""
+"""At most one audit entry of refused posts per interval, across the instances that share the state
+store (:class:`hubpilot.loop.AuditThrottle`); each entry counts the posts it stands for. Each entry
+is bounded, but the number of posts is the forger's."""
 
 
-@dataclass
-class _RefusalAudit:
-    last: datetime | None = None
-    held: int = 0  # refused posts since ``last`` that wrote no entry
-
-    def take(self, now: datetime) -> tuple[int, datetime | None] | None:
-        """(posts the entry stands for, since when) when an entry is due now, else None."""
-        if self.last is not None and now - self.last < REFUSAL_AUDIT_INTERVAL:
-            self.held += 1
-            return None
-        since, posts = self.last, self.held + 1
-        self.last, self.held = now, 0
-        return posts, since
-
-
-def _refusal_audit(request: Request) -> _RefusalAudit:
+def _refusal_audit(request: Request, store: StateStore) -> AuditThrottle:
+    """This process's counter (one per app; the claim on each interval is shared in the store)."""
     state = request.app.state
-    audit: _RefusalAudit | None = getattr(state, "graph_refusal_audit", None)
+    audit: AuditThrottle | None = getattr(state, "graph_refusal_audit", None)
     if audit is None:
-        audit = state.graph_refusal_audit = _RefusalAudit()
+        audit = state.graph_refusal_audit = AuditThrottle(store, AUDIT_OPERATION, REFUSAL_AUDIT_INTERVAL)
     return audit
 
 
@@ -109,16 +98,12 @@ async def _receive(request: Request, *, lifecycle: bool) -> Response:
     refusals = _refusals(verdict.rejected)
     if verdict.rejected:
         log.warning("refused %d Graph notification(s): %s", len(verdict.rejected), "; ".join(refusals))
-        due = _refusal_audit(request).take(now)
-        if due is not None:
-            posts, since = due
-            await ctx.store.append_audit({
-                "at": now.isoformat(), "operation": AUDIT_OPERATION,
-                "kind": "lifecycle" if lifecycle else "notification",
-                "trigger": "webhook", "actor": "graph", "outcome": "refused", "refusal": refusals,
-                "client": request.client.host if request.client else None,
-                "refused_posts": posts, "since": since.isoformat() if since else None,
-            })
+        await _refusal_audit(request, ctx.store).record({
+            "at": now.isoformat(), "operation": AUDIT_OPERATION,
+            "kind": "lifecycle" if lifecycle else "notification",
+            "trigger": "webhook", "actor": "graph", "outcome": "refused", "refusal": refusals,
+            "client": request.client.host if request.client else None,
+        }, now)
     if verdict.status != 202:
         return JSONResponse({"detail": "notification refused: " + "; ".join(refusals)},
                             status_code=verdict.status)
