@@ -184,6 +184,10 @@ def _operation_name(text: str) -> str:
     return text
 
 
+CONFIG_HELP = "TOML settings file (default: $HUBPILOT_CONFIG, else ./hubpilot.toml if present)"
+JSON_HELP = "machine-readable output (JSON)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hubpilot",
@@ -191,46 +195,57 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 done, 1 failed, 2 usage/configuration error, 3 refused by the guard, "
         "4 another run holds the lock, 5 paused.",
     )
-    parser.add_argument("--config", metavar="FILE",
-                        help="TOML settings file (default: $HUBPILOT_CONFIG, else ./hubpilot.toml if present)")
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    # --config after the command too (``hubpilot sync --config FILE``); SUPPRESS keeps the one given
+    # before the command when it is not repeated after it
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, text: str, *, settings: bool = True) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".",
+                              parents=[config] if settings else [])
+
     helps = {"sync": "directory groups → hub users, admins and groups",
              "cull": "stop idle notebook servers",
              "scale": "size the GPU node pool"}
     for op in OPERATIONS:
-        p = sub.add_parser(op, help=helps[op])
-        p.add_argument("--dry-run", action="store_true", help="show the plan; apply nothing")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser("approve", help="apply a plan the guard refused, if it is still the same plan")
-    p.add_argument("plan_id", type=_plan_id)
-    p.add_argument("--json", action="store_true")
-    for verb in ("pause", "resume"):
-        p = sub.add_parser(verb, help=f"{verb} an operation (paused runs only report)")
-        p.add_argument("operation", choices=OPERATIONS)
-    p = sub.add_parser("status", help="last runs, locks and pause flags")
-    p.add_argument("--json", action="store_true")
-    p = sub.add_parser("audit", help="read the audit log, newest first")
-    p.add_argument("--limit", type=_int_between(1, 500), default=20, help="entries (1-500)")
+        p = command(op, helps[op])
+        p.add_argument("--dry-run", action="store_true", help="show the plan and any refusal; apply nothing")
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = command("approve", "apply a plan the guard refused, if a fresh observation yields the same plan")
+    p.add_argument("plan_id", type=_plan_id,
+                   help="the refused plan's id (16 hex digits, as the refused run printed it)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = command("pause", "pause an operation: its runs only report their plan until it is resumed")
+    p.add_argument("operation", choices=OPERATIONS, help="the operation to pause")
+    p = command("resume", "resume a paused operation")
+    p.add_argument("operation", choices=OPERATIONS, help="the operation to resume")
+    p = command("status", "last runs, locks and pause flags")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = command("audit", "read the audit log, newest first")
+    p.add_argument("--limit", type=_int_between(1, 500), default=20, help="entries (1-500, default 20)")
     p.add_argument("--operation", type=_operation_name,
                    help=f"only this operation's entries ({', '.join(OPERATIONS)}, graph-notifications, "
                    "graph-subscriptions)")
     p.add_argument("--since", type=_iso_time, help="ISO time (UTC when no offset is given)")
     p.add_argument("--cursor", help="the cursor the previous page ended with: the next page")
-    p.add_argument("--json", action="store_true")
-    p = sub.add_parser("serve", help="the admin API and every schedule, in one process")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_int_between(0, 65535), default=8765)
-    p = sub.add_parser("demo", help="a real local JupyterHub kept in step by hubpilot")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = command("serve", "the admin API and every schedule, in one process")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_int_between(0, 65535), default=8765,
+                   help="port to listen on (default 8765; 0: a free one)")
+    p = command("demo", "a real local JupyterHub kept in step by hubpilot", settings=False)
     p.add_argument("--ldap", action="store_true", help="read the directory from a local OpenLDAP")
     p.add_argument("--port", type=_int_between(0, 65535), default=8000, help="the hub's port (0: a free one)")
     p.add_argument("--no-wait", action="store_true", help="stop after the demo instead of serving")
-    sub.add_parser("settings", help="print the reference of every setting (Markdown)")
-    p = sub.add_parser("cost", help="GPU node-hours and cost per day")
+    command("settings", "print the reference of every setting (Markdown)", settings=False)
+    p = command("cost", "GPU node-hours and cost per day")
     p.add_argument("--days", type=_int_between(1, 366), default=7,
                    help="days back (midnight to midnight in scale.timezone), today included (1-366)")
     p.add_argument("--always-on-nodes", type=_int_between(0, 1000), default=None,
                    help="size of the always-on pool to compare with (default: the peak recorded)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     return parser
 
 

@@ -1,0 +1,49 @@
+"""Review: the CLI read as a new admin reads it.
+
+``hubpilot sync --config FILE`` (the option after the command, as most tools take it) was refused
+with "unrecognized arguments: --config"; and several arguments had no help at all (``approve``'s
+plan id, every ``--json``, ``pause``'s operation, ``serve``'s host and port and their defaults)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import pytest
+
+from hubpilot.cli import build_parser, main
+
+LOADS_SETTINGS = ("sync", "cull", "scale", "approve", "pause", "resume", "status", "audit", "serve", "cost")
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def test_every_argument_of_every_command_says_what_it_is() -> None:
+    missing = [f"{name} {a.dest}" for name, p in _subparsers().items() for a in p._actions
+               if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    assert missing == [], missing
+
+
+@pytest.mark.parametrize("command", LOADS_SETTINGS)
+def test_config_is_taken_after_the_command_too(command: str) -> None:
+    args = build_parser().parse_args([command, "--config", "x.toml",
+                                      *({"approve": ["0123456789abcdef"], "pause": ["sync"],
+                                         "resume": ["sync"]}.get(command, []))])
+    assert args.config == "x.toml"
+    before = build_parser().parse_args(["--config", "y.toml", "status"])
+    assert before.config == "y.toml"  # the option before the command is kept
+
+
+def test_a_run_with_config_after_the_command_reads_that_file(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "hubpilot.toml"
+    config.write_text(f'[state]\nsqlite_path = "{(tmp_path / "s.sqlite3").as_posix()}"\n')
+    out = io.StringIO()
+    assert main(["status", "--config", str(config)], out=out) == 0, capsys.readouterr().err
+    assert "never run" in out.getvalue() and (tmp_path / "s.sqlite3").exists()
+    assert "note:" not in capsys.readouterr().err  # the file was used, not the defaults
