@@ -16,12 +16,10 @@ import enum
 import hashlib
 import json
 import logging
-import shlex
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from hubpilot.ports.store import ConflictError, Lease, StateStore, StoreError
@@ -725,9 +723,3 @@ def approval_hint(plan: Plan, cli: str = "hubpilot") -> str:
     """What an admin does with a refused plan they have checked: the command (``cli``: the command
     line that reaches the run's state, e.g. ``hubpilot --config /etc/hubpilot.toml``) or the API call."""
     return f"{cli} approve {plan.id}, or POST /api/v1/plans/{plan.id}/approve"
-
-
-def cli_command(settings_file: Path | None) -> str:
-    """The command line that reaches the state of settings read from ``settings_file`` (None: the
-    environment and defaults, which the command reads the same way)."""
-    return "hubpilot" if settings_file is None else f"hubpilot --config {shlex.quote(str(settings_file))}"

@@ -59,7 +59,7 @@ async def test_the_printed_approval_command_approves_the_plan_from_anywhere(real
     deployment.mkdir()
     (deployment / "hubpilot.toml").write_text(
         f'[hub]\napi_url = "{real_hub.api_url}"\ntoken = "{real_hub.hubpilot_token}"\n'
-        f'[state]\nsqlite_path = "{(tmp_path / "state.sqlite3").as_posix()}"\n'
+        '[state]\nsqlite_path = "state.sqlite3"\n'  # relative: to the working directory
         f'[directory]\nkind = "file"\n[directory.file]\npath = "{directory.as_posix()}"\n'
         f'[sync]\nusers_groups = ["analysts"]\ngroup_prefix = "{tag}-"\nmax_removals = 1\n'
         'max_removal_percent = 100.0\n')
@@ -76,13 +76,21 @@ async def test_the_printed_approval_command_approves_the_plan_from_anywhere(real
     assert code == 3, (out, err)
     hint = next(line for line in out.splitlines() if "an admin can approve it:" in line)
     command = hint.split("an admin can approve it:", 1)[1].split(", or POST", 1)[0].strip()
-    argv = shlex.split(command)
-    assert argv[0] == "hubpilot" and "--config" in argv, command
+    assert "--config" in shlex.split(command), command
 
-    elsewhere = tmp_path / "elsewhere"  # another shell, another directory: the command as printed
-    elsewhere.mkdir()
-    code, out, err = await _run(_hubpilot(*argv[1:]), elsewhere)
-    assert code == 0 and "sync run" in out and "applied" in out, (command, out, err)
+    # another shell, in another directory, runs the command exactly as printed
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "bin").mkdir(parents=True)
+    script = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(CLI)} "$@"\n'
+    (elsewhere / "bin" / "hubpilot").write_text(script)
+    (elsewhere / "bin" / "hubpilot").chmod(0o755)
+    proc = await asyncio.create_subprocess_exec(
+        "/bin/sh", "-c", command, cwd=elsewhere, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**_env(), "PATH": f"{elsewhere / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"})
+    out_b, err_b = await asyncio.wait_for(proc.communicate(), 120)
+    out, err = out_b.decode(), err_b.decode()
+    assert proc.returncode == 0 and "sync run" in out and "applied" in out, (command, out, err)
+    assert not (elsewhere / "state.sqlite3").exists() and not (elsewhere / "hubpilot-state.sqlite3").exists()
 
 
 async def test_the_api_answer_and_the_audit_carry_the_runnable_hint(tmp_path: Path) -> None:
@@ -103,7 +111,8 @@ async def test_the_api_answer_and_the_audit_carry_the_runnable_hint(tmp_path: Pa
             run = (await client.post("/api/v1/sync?wait=30", headers=auth("admin"))).json()
             assert run["outcome"] == "refused", run
             expected = f"hubpilot --config {shlex.quote(str(file))} approve {run['plan_id']}"
-            assert run["approval"].startswith(expected + ", or POST /api/v1/plans/"), run["approval"]
+            assert run["approval"].endswith(f"{expected}, or POST /api/v1/plans/{run['plan_id']}/approve"), \
+                run["approval"]
             entries = (await client.get("/api/v1/audit?operation=sync", headers=auth("reader"))).json()["entries"]
             assert entries[0]["approval"] == run["approval"], entries[0]
     finally:

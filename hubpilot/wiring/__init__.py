@@ -8,12 +8,14 @@ lazily, on first use, so that a host's cold start stays cheap.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from hubpilot.loop import Capability, Clock, Runner, cli_command, utcnow
+from hubpilot.loop import Capability, Clock, Runner, utcnow
 from hubpilot.ports.directory import Directory
 from hubpilot.ports.hub import Hub
 from hubpilot.ports.store import StateStore
@@ -56,7 +58,7 @@ class Context:
             self._runner = Runner(self.store, clock=self.clock, holder=self.holder,
                                   lock_ttl=timedelta(minutes=10),
                                   run_retention=timedelta(days=days) if days else None,
-                                  cli=cli_command(self.settings.file))
+                                  cli=cli_command(self.settings))
         return self._runner
 
     @property
@@ -99,6 +101,18 @@ class Context:
         if self._directory is not None:
             await self._directory.close()
         await self.store.close()
+
+
+def cli_command(settings: Settings) -> str:
+    """The command line that reaches the state of ``settings`` from any shell (an approval hint
+    names it): ``--config`` with the settings file they were read from, and, when the state file's
+    path is relative (to the working directory), a ``cd`` to this process's working directory."""
+    command = "hubpilot"
+    if settings.file is not None:
+        command += f" --config {shlex.quote(str(settings.file))}"
+    if settings.state.kind == "sqlite" and not Path(settings.state.sqlite_path).is_absolute():
+        command = f"cd {shlex.quote(os.getcwd())} && {command}"
+    return command
 
 
 def build_store(settings: Settings) -> StateStore:
