@@ -201,7 +201,8 @@ async def test_a_group_that_loses_its_members_over_several_runs_stops_at_the_lim
                                  "(directory group 'gpu') and sync took 3 out in the last 24 h "
                                  "(sync.removal_window_hours): 6 of the 12 members then (50 %) who stay hub "
                                  "users"), reason
-        assert f"hubpilot approve {refused.plan.id}" in reason
+        assert f"approve the plan {refused.plan.id}" in reason
+        assert refused.approval is not None and f"hubpilot approve {refused.plan.id}" in refused.approval
         assert await world.hub_state() == before
 
         approved = await world.runner().approve(world.capability(), refused.plan.id, actor="admin")
