@@ -2,39 +2,120 @@
 
 ``{second} {minute} {hour} {day} {month} {day-of-week}``, e.g. ``0 */5 * * * *`` (every five
 minutes). The same expression drives the Functions timer and ``hubpilot serve``'s in-process
-scheduler, so both hosts fire at the same times.
+scheduler, so both hosts fire at the same times: expressions are read as the NCrontab library
+the Functions host uses reads them, not as cron does.
+
+- Each field is a list (``,``) of ``*``, a value or a range ``a-b``, each optionally with a step
+  ``/n``; a value with a step runs to the field's end (``5/20`` minutes: 5, 25, 45). A range
+  written backwards is read forwards (``22-2`` hours is 2 to 22), as NCrontab does.
+- Months and days of week may be names (English, any prefix: ``Mon``, ``Monday``); days of week
+  are 0-6, Sunday 0 (7 is not Sunday). ``L``, ``W``, ``#`` and ``?`` are not NCrontab.
+- A day and a day of week both restricted must **both** match (``0 0 12 1 * Mon``: the 1st when
+  it is a Monday), where cron fires on either.
+- Times are the host's clock in UTC (the Functions default; ``hubpilot serve`` uses UTC), so
+  there is no daylight-saving gap or repeat.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 
 class ScheduleError(ValueError):
     pass
 
 
-def validate_ncrontab(expr: str) -> str:
-    """Return the expression if it is a valid six-field NCRONTAB, else raise ScheduleError."""
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september",
+           "october", "november", "december")
+_DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
+_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
+    ("second", 0, 59, ()),
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day", 1, 31, ()),
+    ("month", 1, 12, _MONTHS),
+    ("day-of-week", 0, 6, _DAYS),
+)
+_FORM = "'{second} {minute} {hour} {day} {month} {day-of-week}', e.g. '0 */5 * * * *'"
+
+
+def _value(text: str, field: str, lo: int, hi: int, names: tuple[str, ...]) -> int:
+    if text.isdigit():
+        value = int(text)
+    elif text.isalpha() and names:
+        found = [i for i, name in enumerate(names) if name.startswith(text.lower())]
+        if not found:
+            raise ValueError(f"{text!r} is no {field} name (use e.g. {names[1][:3].title()!r})")
+        value = lo + found[0]
+    else:
+        allowed = f"{lo}-{hi}" + (" or a name" if names else "")
+        raise ValueError(f"{text!r} is not a {field} value ({allowed}; NCRONTAB has no L, W, # or ?)")
+    if not lo <= value <= hi:
+        hint = " (Sunday is 0)" if field == "day-of-week" and value == 7 else ""
+        raise ValueError(f"{value} is outside the {field} range {lo}-{hi}{hint}")
+    return value
+
+
+def _field(text: str, field: str, lo: int, hi: int, names: tuple[str, ...]) -> list[int]:
+    """The values one field selects, read as NCrontab reads it."""
+    values: set[int] = set()
+    for item in text.split(","):
+        base, slash, step_text = item.partition("/")
+        step = 1
+        if slash:
+            if not step_text.isdigit() or int(step_text) < 1:
+                raise ValueError(f"{item!r}: the step after '/' must be a whole number from 1")
+            step = int(step_text)
+        if base == "*":
+            start, end = lo, hi
+        elif "-" in base[1:]:
+            first, _, last = base.partition("-")
+            start, end = sorted((_value(first, field, lo, hi, names), _value(last, field, lo, hi, names)))
+        else:
+            start = _value(base, field, lo, hi, names)
+            end = hi if slash else start
+        values.update(range(start, end + 1, step))
+    return sorted(values)
+
+
+def _normalized(expr: str) -> str:
+    """The expression with every field as its explicit values, for croniter; ScheduleError if
+    it is not a six-field NCRONTAB expression."""
     fields = expr.split()
     if len(fields) != 6:
+        hint = f"; with seconds first: '0 {expr.strip()}'" if len(fields) == 5 else ""
         raise ScheduleError(
-            f"{expr!r} has {len(fields)} fields; an NCRONTAB expression has six: "
-            "'{second} {minute} {hour} {day} {month} {day-of-week}', e.g. '0 */5 * * * *'"
+            f"{expr!r} has {len(fields)} fields; an NCRONTAB expression has six: {_FORM}{hint}"
         )
+    out = []
+    for text, (field, lo, hi, names) in zip(fields, _FIELDS, strict=True):
+        try:
+            values = _field(text, field, lo, hi, names)
+        except ValueError as exc:
+            raise ScheduleError(f"{expr!r} is not a valid NCRONTAB expression: {field} field: {exc}") from None
+        out.append("*" if values == list(range(lo, hi + 1)) else ",".join(map(str, values)))
+    return " ".join(out)
+
+
+def _iter(expr: str, after: datetime) -> croniter:
+    # day_or=False: NCrontab fires when the day *and* the day of week match
+    return croniter(_normalized(expr), after, second_at_beginning=True, day_or=False)
+
+
+def validate_ncrontab(expr: str) -> str:
+    """Return the expression if it is a valid six-field NCRONTAB that fires, else raise ScheduleError."""
     try:
-        croniter(expr, second_at_beginning=True)
-    except Exception as exc:
-        raise ScheduleError(f"{expr!r} is not a valid NCRONTAB expression: {exc}") from exc
+        _iter(expr, datetime(2026, 1, 1, tzinfo=UTC)).get_next(datetime)
+    except CroniterError as exc:
+        raise ScheduleError(f"{expr!r} never fires (e.g. the 31st of a month that has 30 days): {exc}") from None
     return expr
 
 
 def next_fire(expr: str, after: datetime) -> datetime:
     """The first time strictly after ``after`` at which the schedule fires (same timezone)."""
-    it = croniter(validate_ncrontab(expr), after, second_at_beginning=True)
-    nxt: datetime = it.get_next(datetime)
+    nxt: datetime = _iter(validate_ncrontab(expr), after).get_next(datetime)
     return nxt
 
 
@@ -43,7 +124,7 @@ def longest_gap(expr: str, *, within: timedelta = timedelta(days=7), max_fires: 
     '0 */10 * * * *'. A schedule that fires more than ``max_fires`` times a week is measured on its
     first ``max_fires`` fires (its gaps are seconds)."""
     start = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
-    it = croniter(validate_ncrontab(expr), start - timedelta(seconds=1), second_at_beginning=True)
+    it = _iter(validate_ncrontab(expr), start - timedelta(seconds=1))
     first = last = it.get_next(datetime)
     gap = timedelta(0)
     for _ in range(max_fires):
