@@ -63,11 +63,17 @@ class Scheduler:
         self.sleep = sleep
         self.rounds: dict[str, list[tuple[datetime, RunRecord | None]]] = {s.name: [] for s in self.schedules}
         self._tasks: list[asyncio.Task[None]] = []
+        self._last_due: dict[str, datetime] = {}
 
     async def tick(self, schedule: Schedule) -> RunRecord | None:
         """Wait for the schedule's next fire time, then run one round."""
         now = self.ctx.clock()
-        due = schedule.next_fire(now)
+        # after the last round's fire time too: a sleep can end a little before the wall clock
+        # reaches it (the loop's monotonic clock and the wall clock drift, NTP steps the clock
+        # back), and a quick round would then find that same time next again
+        last = self._last_due.get(schedule.name)
+        due = schedule.next_fire(now if last is None else max(now, last))
+        self._last_due[schedule.name] = due
         await self.sleep(max(0.0, (due - now).total_seconds()))
         try:
             if schedule.runnable:

@@ -156,3 +156,26 @@ def test_serve_main_serves_on_loopback_and_stops_cleanly_on_sigterm(tmp_path: Pa
             proc.wait()
     out = proc.stdout.read().decode() if proc.stdout else ""
     assert TOKENS["reader"] not in out
+
+
+class EarlyTime(FakeTime):
+    """A sleep that wakes ``early`` seconds before the wall clock reaches the time it was asked
+    for: the event loop's monotonic clock and the wall clock drift apart (an NTP step back)."""
+
+    def __init__(self, now: datetime, early: float) -> None:
+        super().__init__(now)
+        self.early = early
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(max(0.0, seconds - self.early))
+
+
+async def test_a_round_is_never_fired_twice_for_one_fire_time_when_the_wall_clock_lags(tmp_path: Path) -> None:
+    fake = EarlyTime(T0, early=0.5)
+    ctx, _ = _ctx(tmp_path, fake)
+    sched = Scheduler(ctx, [Schedule("sync", "0 */15 * * * *", True, "sync.schedule")], sleep=fake.sleep)
+    await sched.run(rounds=3)
+    fired = [due for due, _ in sched.rounds["sync"]]
+    assert fired == [T0.replace(minute=15, second=0), T0.replace(minute=30, second=0),
+                     T0.replace(minute=45, second=0)], "one fire time ran more than once"
+    await ctx.close()
