@@ -432,6 +432,10 @@ ABANDONED = ("the run ended without finishing: it no longer holds its operation'
              "stopped, or lost the lock); what it did is in the audit of later runs, which re-observe")
 
 
+CANCELLED = ("the run was cancelled before it ended (its process was stopping); what it applied "
+             "before is not listed here: later runs re-observe and converge")
+
+
 class Runner(Generic[ObservedT]):
     """Runs capabilities through the one loop, with the lock, pause flag, approval and audit."""
 
@@ -566,6 +570,15 @@ class Runner(Generic[ObservedT]):
             if approve is not None:
                 await self.store.delete(REFUSED_KEY.format(plan_id=approve))
             return await self._finish(record)
+        except asyncio.CancelledError:  # the host is stopping (SIGTERM past its grace, a timeout)
+            if record.finished is None:  # once _finish has begun, it writes the audit entry
+                if record.outcome is Outcome.RUNNING:
+                    record.outcome, record.error = Outcome.FAILED, CANCELLED
+                try:
+                    await self._finish(record)
+                except Exception as exc:  # the cancellation, not a store error, is what propagates
+                    log.warning("%s: could not record the cancelled run %s: %s", cap.name, record.run_id, exc)
+            raise
         finally:
             # stopped, not cancelled: a renewal in flight finishes and held[0] is the lease the
             # store knows (a cancelled renewal may still have changed the token)

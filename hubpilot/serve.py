@@ -64,9 +64,29 @@ class Scheduler:
         self.rounds: dict[str, list[tuple[datetime, RunRecord | None]]] = {s.name: [] for s in self.schedules}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_due: dict[str, datetime] = {}
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Start no more rounds; a round under way goes on (:meth:`run` returns when it ends)."""
+        self._stopping.set()
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep ``seconds``; False when :meth:`stop` came first."""
+        if self._stopping.is_set():
+            return False
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (sleeper, stopper):
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        return not self._stopping.is_set()
 
     async def tick(self, schedule: Schedule) -> RunRecord | None:
-        """Wait for the schedule's next fire time, then run one round."""
+        """Wait for the schedule's next fire time, then run one round (none once stopped)."""
         now = self.ctx.clock()
         # after the last round's fire time too: a sleep can end a little before the wall clock
         # reaches it (the loop's monotonic clock and the wall clock drift, NTP steps the clock
@@ -74,7 +94,8 @@ class Scheduler:
         last = self._last_due.get(schedule.name)
         due = schedule.next_fire(now if last is None else max(now, last))
         self._last_due[schedule.name] = due
-        await self.sleep(max(0.0, (due - now).total_seconds()))
+        if not await self._wait(max(0.0, (due - now).total_seconds())):
+            return None
         try:
             if schedule.runnable:
                 record = await run_scheduled(self.ctx, schedule.name)
@@ -88,12 +109,13 @@ class Scheduler:
 
     async def _loop(self, schedule: Schedule, rounds: int | None) -> None:
         n = 0
-        while rounds is None or n < rounds:
+        while (rounds is None or n < rounds) and not self._stopping.is_set():
             await self.tick(schedule)
             n += 1
 
     async def run(self, rounds: int | None = None) -> None:
-        """Run every schedule (``rounds`` each, or until cancelled)."""
+        """Run every schedule (``rounds`` each, or until :meth:`stop`, or until cancelled: a
+        cancelled round's run is recorded as failed)."""
         self._tasks = [asyncio.create_task(self._loop(s, rounds), name=f"hubpilot-schedule-{s.name}")
                        for s in self.schedules]
         try:
@@ -130,6 +152,8 @@ class Server:
         self.uvicorn = _Uvicorn(self.config)
         self.with_schedules = settings.api.serve_schedules if schedules is None else schedules
         self.scheduler = Scheduler(self.ctx)
+        self.shutdown_grace = SHUTDOWN_GRACE_SECONDS
+        self.draining = asyncio.Event()  # set when shutdown begins
 
     @property
     def port(self) -> int:
@@ -166,15 +190,18 @@ class Server:
         try:
             await self.uvicorn.serve()
         finally:
+            # no new round starts; a scheduled round under way, like a run started over HTTP,
+            # has the grace to finish, then is cancelled (and recorded as failed)
+            self.scheduler.stop()
+            self.draining.set()
             await stop_notification_worker(worker)
-            if sched is not None:
-                sched.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sched
+            rounds: Awaitable[None] = sched if sched is not None else asyncio.sleep(0)
             try:
-                await asyncio.wait_for(drain_tasks(), SHUTDOWN_GRACE_SECONDS)
+                await asyncio.wait_for(asyncio.gather(rounds, drain_tasks(), return_exceptions=True),
+                                       self.shutdown_grace)
             except TimeoutError:
-                log.warning("runs still in progress at shutdown were cancelled; their locks expire")
+                log.warning("runs still in progress %g s after shutdown began were cancelled "
+                            "(recorded as failed; the next runs re-observe)", self.shutdown_grace)
             if self._own_context:
                 await self.ctx.close()
 

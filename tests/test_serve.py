@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,12 +12,13 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from hubpilot.api.scheduling import Schedule
-from hubpilot.serve import Scheduler
+from hubpilot.serve import Scheduler, Server
 from tests.test_api_kit import TOKENS, make_context, token_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,4 +180,48 @@ async def test_a_round_is_never_fired_twice_for_one_fire_time_when_the_wall_cloc
     fired = [due for due, _ in sched.rounds["sync"]]
     assert fired == [T0.replace(minute=15, second=0), T0.replace(minute=30, second=0),
                      T0.replace(minute=45, second=0)], "one fire time ran more than once"
+    await ctx.close()
+
+
+async def _serve_one_schedule(tmp_path: Path) -> tuple[Server, asyncio.Task[None], Any, Any]:
+    """``hubpilot serve`` (uvicorn on a free loopback port) whose sync schedule fires at once
+    (a fake clock) and whose sync run waits in apply until the test opens its gate."""
+    fake = FakeTime(T0)
+    ctx, worlds = _ctx(tmp_path, fake)
+    worlds["sync"].gate = asyncio.Event()
+    server = Server(ctx.settings, host="127.0.0.1", port=0, context=ctx, schedules=True)
+    server.scheduler = Scheduler(ctx, [Schedule("sync", "0 * * * * *", True, "sync.schedule")], sleep=fake.sleep)
+    task = asyncio.create_task(server.run())
+    await asyncio.wait_for(worlds["sync"].entered.wait(), 10)  # the scheduled run is applying
+    return server, task, ctx, worlds
+
+
+async def test_a_scheduled_run_under_way_at_shutdown_finishes_within_the_grace(tmp_path: Path) -> None:
+    server, task, ctx, worlds = await _serve_one_schedule(tmp_path)
+    server.stop()  # what SIGTERM does
+    await asyncio.wait_for(server.draining.wait(), 10)
+    worlds["sync"].gate.set()  # the run ends after shutdown began
+    await asyncio.wait_for(task, 10)
+    assert worlds["sync"].items == {"sync-a", "sync-b"}
+    entries, _ = await ctx.store.read_audit(operation="sync")
+    assert [(e["trigger"], e["outcome"]) for e in entries] == [("timer", "applied")]
+    assert [r is not None and r.outcome == "applied" for _, r in server.scheduler.rounds["sync"]] == [True]
+    await ctx.close()
+
+
+async def test_a_scheduled_run_cancelled_at_shutdown_is_recorded_as_failed_and_frees_its_lock(
+        tmp_path: Path) -> None:
+    server, task, ctx, worlds = await _serve_one_schedule(tmp_path)
+    server.shutdown_grace = 0.2  # the run never ends by itself: the gate stays shut
+    server.stop()
+    await asyncio.wait_for(task, 10)
+    assert worlds["sync"].items == set()
+    entries, _ = await ctx.store.read_audit(operation="sync")
+    assert [(e["trigger"], e["outcome"]) for e in entries] == [("timer", "failed")], \
+        "a run cancelled at shutdown left no audit entry"
+    assert "cancelled" in entries[0]["error"]
+    doc = await ctx.runner.run_document(entries[0]["run_id"])
+    assert doc is not None and doc["outcome"] == "failed" and "cancelled" in doc["error"]
+    assert (await ctx.runner.last_run("sync") or {}).get("outcome") == "failed"
+    assert await ctx.store.acquire_lock("sync", "next", timedelta(minutes=1), datetime.now(UTC)) is not None
     await ctx.close()
