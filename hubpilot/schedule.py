@@ -119,6 +119,14 @@ def next_fire(expr: str, after: datetime) -> datetime:
     return nxt
 
 
+def previous_fire(expr: str, at: datetime) -> datetime:
+    """The last time at or before ``at`` at which the schedule fired (same timezone)."""
+    # fire times are whole seconds: the last one strictly before the next whole second
+    after = at.replace(microsecond=0) + timedelta(seconds=1)
+    prev: datetime = _iter(validate_ncrontab(expr), after).get_prev(datetime)
+    return prev
+
+
 def longest_gap(expr: str, *, within: timedelta = timedelta(days=7), max_fires: int = 20_000) -> timedelta:
     """The longest time between two fires of the schedule over a week (UTC), e.g. 10 minutes for
     '0 */10 * * * *'. A schedule that fires more than ``max_fires`` times a week is measured on its

@@ -22,7 +22,8 @@ from hubpilot.api.app import create_app
 from hubpilot.api.front import Front
 from hubpilot.api.runs import drain_tasks
 from hubpilot.api.scheduling import Schedule, configured_schedules, run_scheduled
-from hubpilot.loop import RunRecord
+from hubpilot.loop import RunRecord, stored_time
+from hubpilot.schedule import previous_fire
 from hubpilot.settings import Settings
 from hubpilot.wiring import Context, build_context
 
@@ -85,6 +86,25 @@ class Scheduler:
                     await t
         return not self._stopping.is_set()
 
+    async def _missed(self, schedule: Schedule, now: datetime) -> datetime | None:
+        """The operation's last fire time before ``now`` if no run of it (by any host or trigger)
+        ended after that time: the process was down then. Its round runs at once, as the Functions
+        timer's schedule monitor runs a past-due fire; None for a first start (no run recorded)."""
+        if not schedule.runnable:
+            return None
+        try:
+            last = await self.ctx.runner.last_run(schedule.name)
+            ended = stored_time((last or {}).get("at"), f"last_run/{schedule.name} at")
+        except Exception as exc:  # the store is down or the document damaged: wait for the next fire
+            log.warning("schedule %s: could not read its last run (%s); no catch-up", schedule.name, exc)
+            return None
+        prev = previous_fire(schedule.expression, now)
+        if ended is None or ended >= prev:
+            return None
+        log.info("schedule %s: the fire at %s was missed (last run ended %s); running it now",
+                 schedule.name, prev.isoformat(), ended.isoformat())
+        return prev
+
     async def tick(self, schedule: Schedule) -> RunRecord | None:
         """Wait for the schedule's next fire time, then run one round (none once stopped)."""
         now = self.ctx.clock()
@@ -92,7 +112,8 @@ class Scheduler:
         # reaches it (the loop's monotonic clock and the wall clock drift, NTP steps the clock
         # back), and a quick round would then find that same time next again
         last = self._last_due.get(schedule.name)
-        due = schedule.next_fire(now if last is None else max(now, last))
+        missed = await self._missed(schedule, now) if last is None else None
+        due = missed or schedule.next_fire(now if last is None else max(now, last))
         self._last_due[schedule.name] = due
         if not await self._wait(max(0.0, (due - now).total_seconds())):
             return None

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hubpilot.api.scheduling import Schedule
+from hubpilot.api.scheduling import Schedule, run_scheduled
 from hubpilot.serve import Scheduler, Server
 from tests.test_api_kit import TOKENS, make_context, token_settings
 
@@ -224,4 +224,37 @@ async def test_a_scheduled_run_cancelled_at_shutdown_is_recorded_as_failed_and_f
     assert doc is not None and doc["outcome"] == "failed" and "cancelled" in doc["error"]
     assert (await ctx.runner.last_run("sync") or {}).get("outcome") == "failed"
     assert await ctx.store.acquire_lock("sync", "next", timedelta(minutes=1), datetime.now(UTC)) is not None
+    await ctx.close()
+
+
+async def test_a_fire_missed_while_serve_was_down_runs_once_at_start_as_the_functions_timer_does(
+        tmp_path: Path) -> None:
+    # a daily sync at 02:00; the last run was yesterday's; serve was down over today's 02:00 and
+    # starts at 12:07:30 (Functions' schedule monitor runs such a past-due fire at start)
+    fake = FakeTime(T0.replace(hour=2, minute=0, second=0) - timedelta(days=1))
+    ctx, worlds = _ctx(tmp_path, fake)
+    assert (await run_scheduled(ctx, "sync")) is not None  # yesterday 02:00
+    worlds["sync"].desired.add("sync-c")
+    fake.now = T0
+    sched = Scheduler(ctx, [Schedule("sync", "0 0 2 * * *", True, "sync.schedule")], sleep=fake.sleep)
+    await sched.run(rounds=2)
+    fired = [due for due, _ in sched.rounds["sync"]]
+    assert fired == [T0.replace(hour=2, minute=0, second=0), T0.replace(day=3, hour=2, minute=0, second=0)]
+    assert fake.slept[0] == 0.0, "the missed fire waited for the next one"
+    first = sched.rounds["sync"][0][1]
+    assert first is not None and first.outcome == "applied" and first.started == T0
+    assert "sync-c" in worlds["sync"].items
+    await ctx.close()
+
+
+async def test_no_catch_up_when_the_last_fire_was_run_or_nothing_ever_ran(tmp_path: Path) -> None:
+    fake = FakeTime(T0.replace(hour=2, minute=0, second=0))
+    ctx, _ = _ctx(tmp_path, fake)
+    assert (await run_scheduled(ctx, "sync")) is not None  # today's 02:00 ran
+    fake.now = T0
+    sched = Scheduler(ctx, [Schedule("sync", "0 0 2 * * *", True, "sync.schedule"),
+                            Schedule("cull", "0 0 2 * * *", True, "cull.schedule")], sleep=fake.sleep)
+    await sched.run(rounds=1)
+    assert [due for due, _ in sched.rounds["sync"]] == [T0.replace(day=3, hour=2, minute=0, second=0)]
+    assert [due for due, _ in sched.rounds["cull"]] == [T0.replace(day=3, hour=2, minute=0, second=0)]
     await ctx.close()
