@@ -21,7 +21,7 @@ import uvicorn
 from hubpilot.api.app import create_app
 from hubpilot.api.front import Front
 from hubpilot.api.runs import drain_tasks
-from hubpilot.api.scheduling import Schedule, configured_schedules, run_scheduled
+from hubpilot.api.scheduling import Schedule, claim_fire, configured_schedules, run_scheduled
 from hubpilot.loop import RunRecord, stored_time
 from hubpilot.schedule import previous_fire
 from hubpilot.settings import Settings
@@ -118,7 +118,11 @@ class Scheduler:
         if not await self._wait(max(0.0, (due - now).total_seconds())):
             return None
         try:
-            if schedule.runnable:
+            if not await claim_fire(self.ctx, schedule.name, due):
+                log.info("scheduled %s at %s skipped: another process on this store ran it",
+                         schedule.name, due.isoformat())
+                record = None
+            elif schedule.runnable:
                 record = await run_scheduled(self.ctx, schedule.name)
             else:
                 record = await self.jobs[schedule.setting](self.ctx)

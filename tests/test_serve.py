@@ -258,3 +258,29 @@ async def test_no_catch_up_when_the_last_fire_was_run_or_nothing_ever_ran(tmp_pa
     assert [due for due, _ in sched.rounds["sync"]] == [T0.replace(day=3, hour=2, minute=0, second=0)]
     assert [due for due, _ in sched.rounds["cull"]] == [T0.replace(day=3, hour=2, minute=0, second=0)]
     await ctx.close()
+
+
+async def test_two_serve_processes_on_one_store_run_each_fire_time_once(tmp_path: Path) -> None:
+    # two hubpilot serve processes (e.g. an HA pair) on one state store; B's clock is 0.3 s behind
+    # A's, so B fires after A's quick run has ended and released the lock
+    from hubpilot.adapters.store_sqlite import SqliteStore
+    from hubpilot.wiring import Context
+
+    clock_a, clock_b = FakeTime(T0), FakeTime(T0 - timedelta(seconds=0.3))
+    ctx_a, _ = _ctx(tmp_path, clock_a)
+    ctx_b = Context(settings=ctx_a.settings, store=SqliteStore(ctx_a.store.path))  # type: ignore[attr-defined]
+    ctx_b.factories.update(ctx_a.factories)
+    ctx_b.clock = clock_b
+    sync = [Schedule("sync", "0 */15 * * * *", True, "sync.schedule")]
+    a = Scheduler(ctx_a, sync, sleep=clock_a.sleep)
+    b = Scheduler(ctx_b, sync, sleep=clock_b.sleep)
+    await a.run(rounds=1)
+    await b.run(rounds=1)
+    await a.run(rounds=1)
+    await b.run(rounds=1)
+    entries, _ = await ctx_a.store.read_audit(operation="sync")
+    assert len(entries) == 2, "one fire time ran on both processes"
+    assert [r is not None for _, r in a.rounds["sync"]] == [True, True]
+    assert [r is not None for _, r in b.rounds["sync"]] == [False, False]
+    await ctx_b.close()
+    await ctx_a.close()

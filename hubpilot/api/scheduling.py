@@ -9,16 +9,22 @@ is skipped, and refused or paused runs are outcomes, not errors.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from hubpilot.loop import LockHeld, RunRecord
+from hubpilot.loop import LockHeld, RunRecord, stored_time
+from hubpilot.ports.store import ConflictError
 from hubpilot.schedule import next_fire
 from hubpilot.settings import TIMER_SCHEDULE_ENV, Settings
 from hubpilot.wiring import OPERATIONS, Context, NotConfigured
 
 log = logging.getLogger(__name__)
+
+FIRED_KEY = "schedule/{name}"
+"""The latest fire time of a schedule that a ``hubpilot serve`` process claimed (and ran)."""
 
 
 @dataclass(frozen=True)
@@ -84,3 +90,33 @@ async def run_scheduled(ctx: Context, operation: str, *, trigger: str = "timer",
         return None
     log.info("scheduled %s run %s: %s", operation, record.run_id, record.outcome)
     return record
+
+
+async def claim_fire(ctx: Context, name: str, due: datetime) -> bool:
+    """Claim the fire time ``due`` of schedule ``name`` for this process; False when another
+    process on the same store (a second ``hubpilot serve``) claimed it, or a later one, already.
+
+    The operation's lock alone does not keep two processes from both running one fire time: the
+    one whose clock is behind fires after the other's run has ended and released it. Fire times
+    are the schedule's own (12:15:00 on every host), so the first claim wins whatever the clocks.
+    """
+    key = FIRED_KEY.format(name=name)
+    for _ in range(3):
+        got = await ctx.store.get_with_etag(key)
+        etag = ""
+        if got is not None:
+            doc, etag = got
+            try:
+                fired = stored_time(doc.get("fired"), f"{key} fired")
+            except ValueError as exc:  # a damaged document: overwritten by this claim
+                log.warning("%s; it is replaced", exc)
+                fired = None
+            if fired is not None and fired >= due:
+                return False
+        try:
+            await ctx.store.put(key, {"fired": due.isoformat(), "by": f"{socket.gethostname()}:{os.getpid()}",
+                                      "at": ctx.clock().isoformat()}, if_match=etag)
+            return True
+        except ConflictError:  # another process wrote it meanwhile: read it again
+            continue
+    return False
