@@ -284,3 +284,13 @@ async def test_two_serve_processes_on_one_store_run_each_fire_time_once(tmp_path
     assert [r is not None for _, r in b.rounds["sync"]] == [False, False]
     await ctx_b.close()
     await ctx_a.close()
+
+
+async def test_a_fire_time_claimed_by_a_clock_far_ahead_does_not_silence_the_schedule(tmp_path: Path) -> None:
+    fake = FakeTime(T0)
+    ctx, _ = _ctx(tmp_path, fake)
+    await ctx.store.put("schedule/sync", {"fired": "2027-03-02T12:15:00+00:00", "by": "wrong-clock:1"})
+    sched = Scheduler(ctx, [Schedule("sync", "0 */15 * * * *", True, "sync.schedule")], sleep=fake.sleep)
+    await sched.run(rounds=2)
+    assert [r is not None and r.outcome == "applied" for _, r in sched.rounds["sync"]] == [True, True]
+    await ctx.close()

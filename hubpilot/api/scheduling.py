@@ -94,11 +94,13 @@ async def run_scheduled(ctx: Context, operation: str, *, trigger: str = "timer",
 
 async def claim_fire(ctx: Context, name: str, due: datetime) -> bool:
     """Claim the fire time ``due`` of schedule ``name`` for this process; False when another
-    process on the same store (a second ``hubpilot serve``) claimed it, or a later one, already.
+    process on the same store (a second ``hubpilot serve``) claimed it already.
 
     The operation's lock alone does not keep two processes from both running one fire time: the
     one whose clock is behind fires after the other's run has ended and released it. Fire times
     are the schedule's own (12:15:00 on every host), so the first claim wins whatever the clocks.
+    Only that same time counts: a later one, claimed by a clock that was once far ahead, must not
+    silence the schedule until the clock catches up with it.
     """
     key = FIRED_KEY.format(name=name)
     for _ in range(3):
@@ -111,7 +113,7 @@ async def claim_fire(ctx: Context, name: str, due: datetime) -> bool:
             except ValueError as exc:  # a damaged document: overwritten by this claim
                 log.warning("%s; it is replaced", exc)
                 fired = None
-            if fired is not None and fired >= due:
+            if fired == due:
                 return False
         try:
             await ctx.store.put(key, {"fired": due.isoformat(), "by": f"{socket.gethostname()}:{os.getpid()}",
