@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import uvicorn
 
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 Job = Callable[[Context], Awaitable[RunRecord | None]]
 SHUTDOWN_GRACE_SECONDS = 30.0
+CLOCK_STEP_TOLERANCE = timedelta(minutes=1)
+"""A wall clock found this much behind the last fire time still does not fire that time again."""
 
 
 async def _entra_subscriptions(ctx: Context) -> RunRecord | None:
@@ -110,10 +112,12 @@ class Scheduler:
         now = self.ctx.clock()
         # after the last round's fire time too: a sleep can end a little before the wall clock
         # reaches it (the loop's monotonic clock and the wall clock drift, NTP steps the clock
-        # back), and a quick round would then find that same time next again
+        # back), and a quick round would then find that same time next again. A clock stepped
+        # back further was wrong before: the schedule follows it rather than wait that long.
         last = self._last_due.get(schedule.name)
         missed = await self._missed(schedule, now) if last is None else None
-        due = missed or schedule.next_fire(now if last is None else max(now, last))
+        after = last if last is not None and timedelta(0) < last - now <= CLOCK_STEP_TOLERANCE else now
+        due = missed or schedule.next_fire(after)
         self._last_due[schedule.name] = due
         if not await self._wait(max(0.0, (due - now).total_seconds())):
             return None

@@ -294,3 +294,17 @@ async def test_a_fire_time_claimed_by_a_clock_far_ahead_does_not_silence_the_sch
     await sched.run(rounds=2)
     assert [r is not None and r.outcome == "applied" for _, r in sched.rounds["sync"]] == [True, True]
     await ctx.close()
+
+
+async def test_a_clock_stepped_far_back_is_followed_not_waited_out(tmp_path: Path) -> None:
+    # the clock ran an hour ahead and is corrected after a round: the schedule goes on from the
+    # corrected time instead of waiting an hour for the fire time after the last round's
+    fake = FakeTime(T0 + timedelta(hours=1))
+    ctx, _ = _ctx(tmp_path, fake)
+    sched = Scheduler(ctx, [Schedule("sync", "0 */15 * * * *", True, "sync.schedule")], sleep=fake.sleep)
+    await sched.run(rounds=1)
+    fake.now = T0
+    await sched.run(rounds=1)
+    assert [due for due, _ in sched.rounds["sync"]] == [T0.replace(hour=13, minute=15, second=0),
+                                                        T0.replace(minute=15, second=0)]
+    await ctx.close()
