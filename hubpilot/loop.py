@@ -434,6 +434,7 @@ ABANDONED = ("the run ended without finishing: it no longer holds its operation'
 
 CANCELLED = ("the run was cancelled before it ended (its process was stopping); what it applied "
              "before is not listed here: later runs re-observe and converge")
+"""The error of a cancelled run's audit entry."""
 
 
 class Runner(Generic[ObservedT]):
@@ -571,11 +572,15 @@ class Runner(Generic[ObservedT]):
                 await self.store.delete(REFUSED_KEY.format(plan_id=approve))
             return await self._finish(record)
         except asyncio.CancelledError:  # the host is stopping (SIGTERM past its grace, a timeout)
+            # An audit entry says so. The run document stays "running" (it reads as failed once
+            # the lock below is released), so a queued request delivered again runs it again; the
+            # operation's last run stays the one before, so a restarted serve catches the fire up.
             if record.finished is None:  # once _finish has begun, it writes the audit entry
-                if record.outcome is Outcome.RUNNING:
-                    record.outcome, record.error = Outcome.FAILED, CANCELLED
+                record.finished = self.clock()
+                entry = {**record.to_json(), "outcome": str(Outcome.FAILED), "error": CANCELLED,
+                         "at": record.finished.isoformat(), "kind": "run"}
                 try:
-                    await self._finish(record)
+                    await self._audit(entry)
                 except Exception as exc:  # the cancellation, not a store error, is what propagates
                     log.warning("%s: could not record the cancelled run %s: %s", cap.name, record.run_id, exc)
             raise

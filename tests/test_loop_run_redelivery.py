@@ -3,9 +3,12 @@ after the run but before the message is deleted) runs once; its run document kee
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.api.runs import RunRequest, _queued_doc, execute_run, read_run
@@ -65,5 +68,49 @@ async def test_a_run_killed_while_running_reads_as_failed_once_its_lock_is_gone(
         ctx2._runner = runner(store)
         again = await execute_run(ctx2, RunRequest(run_id, "shelf", "api", "alice"))
         assert again is not None and again.outcome == "applied" and cap.observed == 1
+    finally:
+        await store.close()
+
+
+class Held(Shelf):
+    """A shelf whose apply waits until the test lets it go (or cancels the run)."""
+
+    def __init__(self, wanted: set[str]) -> None:
+        super().__init__(wanted)
+        self.entered = asyncio.Event()
+
+    async def apply(self, plan: Any, observed: set[str], progress: Any) -> Any:
+        self.entered.set()
+        await asyncio.Event().wait()  # until cancelled
+        return []
+
+
+async def test_a_run_cancelled_mid_apply_is_audited_and_its_queued_request_runs_again(tmp_path: Path) -> None:
+    """A run cancelled mid-way (the host stopping) gets an audit entry saying so, frees its lock,
+    and reads as failed; its document is not final, so the queue's second delivery runs it."""
+    store = SqliteStore(str(tmp_path / "state.sqlite3"))
+    held = Held({"a"})
+    ctx = Context(settings=None, store=store, clock=lambda: NOW,  # type: ignore[arg-type]
+                  factories={"shelf": lambda c: held})
+    ctx._runner = runner(store)
+    try:
+        req = RunRequest(new_run_id(), "shelf", "api", "alice")
+        await store.put(RUN_KEY.format(run_id=req.run_id), _queued_doc(ctx, req))
+        task = asyncio.create_task(execute_run(ctx, req))
+        await asyncio.wait_for(held.entered.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        entries, _ = await store.read_audit(operation="shelf")
+        assert [(e["run_id"], e["outcome"]) for e in entries] == [(req.run_id, "failed")]
+        assert "cancelled" in entries[0]["error"]
+        killed = await read_run(ctx, req.run_id)
+        assert killed is not None and killed["outcome"] == "failed"
+        cap = Shelf({"a"})
+        ctx.factories["shelf"] = lambda c: cap
+        again = await execute_run(ctx, req)  # delivered again
+        assert again is not None and again.outcome == "applied" and cap.items == {"a"}
+        entries, _ = await store.read_audit(operation="shelf")
+        assert [e["outcome"] for e in entries] == ["applied", "failed"]
     finally:
         await store.close()
