@@ -122,7 +122,9 @@ class Scheduler:
         if not await self._wait(max(0.0, (due - now).total_seconds())):
             return None
         try:
-            if not await claim_fire(self.ctx, schedule.name, due):
+            # a missed fire is run even if claimed: its claimer did not finish it (its run was
+            # cancelled at a shutdown), or no run of the operation would have ended after it
+            if not await claim_fire(self.ctx, schedule.name, due, force=missed is not None):
                 log.info("scheduled %s at %s skipped: another process on this store ran it",
                          schedule.name, due.isoformat())
                 record = None

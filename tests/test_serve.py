@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -307,4 +308,28 @@ async def test_a_clock_stepped_far_back_is_followed_not_waited_out(tmp_path: Pat
     await sched.run(rounds=1)
     assert [due for due, _ in sched.rounds["sync"]] == [T0.replace(hour=13, minute=15, second=0),
                                                         T0.replace(minute=15, second=0)]
+    await ctx.close()
+
+
+async def test_a_fire_whose_run_was_cancelled_at_shutdown_is_caught_up_at_the_next_start(tmp_path: Path) -> None:
+    fake = FakeTime(T0.replace(hour=1, minute=59, second=0))
+    ctx, worlds = _ctx(tmp_path, fake)
+    assert (await run_scheduled(ctx, "sync")) is not None  # a run before: the last run
+    worlds["sync"].desired.add("sync-c")
+    worlds["sync"].gate = asyncio.Event()
+    worlds["sync"].entered.clear()
+    daily = [Schedule("sync", "0 0 2 * * *", True, "sync.schedule")]
+    first = Scheduler(ctx, daily, sleep=fake.sleep)
+    task = asyncio.create_task(first.run())
+    await asyncio.wait_for(worlds["sync"].entered.wait(), 10)  # the 02:00 run is applying
+    task.cancel()  # shutdown past its grace
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    worlds["sync"].gate = None
+    fake.now = T0
+    again = Scheduler(ctx, daily, sleep=fake.sleep)  # serve started again
+    await again.run(rounds=1)
+    [(due, record)] = again.rounds["sync"]
+    assert due == T0.replace(hour=2, minute=0, second=0)
+    assert record is not None and record.outcome == "applied" and "sync-c" in worlds["sync"].items
     await ctx.close()

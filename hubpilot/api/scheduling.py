@@ -92,7 +92,7 @@ async def run_scheduled(ctx: Context, operation: str, *, trigger: str = "timer",
     return record
 
 
-async def claim_fire(ctx: Context, name: str, due: datetime) -> bool:
+async def claim_fire(ctx: Context, name: str, due: datetime, *, force: bool = False) -> bool:
     """Claim the fire time ``due`` of schedule ``name`` for this process; False when another
     process on the same store (a second ``hubpilot serve``) claimed it already.
 
@@ -100,7 +100,7 @@ async def claim_fire(ctx: Context, name: str, due: datetime) -> bool:
     one whose clock is behind fires after the other's run has ended and released it. Fire times
     are the schedule's own (12:15:00 on every host), so the first claim wins whatever the clocks.
     Only that same time counts: a later one, claimed by a clock that was once far ahead, must not
-    silence the schedule until the clock catches up with it.
+    silence the schedule until the clock catches up with it. ``force``: claim it even if claimed.
     """
     key = FIRED_KEY.format(name=name)
     for _ in range(3):
@@ -113,7 +113,7 @@ async def claim_fire(ctx: Context, name: str, due: datetime) -> bool:
             except ValueError as exc:  # a damaged document: overwritten by this claim
                 log.warning("%s; it is replaced", exc)
                 fired = None
-            if fired == due:
+            if fired == due and not force:
                 return False
         try:
             await ctx.store.put(key, {"fired": due.isoformat(), "by": f"{socket.gethostname()}:{os.getpid()}",
