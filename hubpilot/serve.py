@@ -146,7 +146,7 @@ class Scheduler:
 
     async def run(self, rounds: int | None = None) -> None:
         """Run every schedule (``rounds`` each, or until :meth:`stop`, or until cancelled: a
-        cancelled round's run is recorded as failed)."""
+        cancelled round's run is audited as failed)."""
         self._tasks = [asyncio.create_task(self._loop(s, rounds), name=f"hubpilot-schedule-{s.name}")
                        for s in self.schedules]
         try:
@@ -222,7 +222,7 @@ class Server:
             await self.uvicorn.serve()
         finally:
             # no new round starts; a scheduled round under way, like a run started over HTTP,
-            # has the grace to finish, then is cancelled (and recorded as failed)
+            # has the grace to finish, then is cancelled (and audited as failed)
             self.scheduler.stop()
             self.draining.set()
             await stop_notification_worker(worker)
@@ -232,7 +232,7 @@ class Server:
                                        self.shutdown_grace)
             except TimeoutError:
                 log.warning("runs still in progress %g s after shutdown began were cancelled "
-                            "(recorded as failed; the next runs re-observe)", self.shutdown_grace)
+                            "(audited as failed; the next runs re-observe)", self.shutdown_grace)
             if self._own_context:
                 await self.ctx.close()
 
