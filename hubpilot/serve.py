@@ -208,7 +208,7 @@ class Server:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop)
-        from hubpilot.wiring.entra import start_notification_worker, stop_notification_worker
+        from hubpilot.wiring.entra import start_notification_worker, stop_notification_worker, stop_taking_hints
 
         # Graph notifications (Entra with notifications on) wait in an in-process queue that
         # this worker drains by running the delta sync.
@@ -221,18 +221,20 @@ class Server:
         try:
             await self.uvicorn.serve()
         finally:
-            # no new round starts; a scheduled round under way, like a run started over HTTP,
-            # has the grace to finish, then is cancelled (and audited as failed)
+            # no new round starts and no hint is taken; a scheduled round or a notification's sync
+            # under way, like a run started over HTTP, has the grace to finish, then is cancelled
+            # (and audited as failed)
             self.scheduler.stop()
+            stop_taking_hints(self.ctx)
             self.draining.set()
-            await stop_notification_worker(worker)
-            rounds: Awaitable[None] = sched if sched is not None else asyncio.sleep(0)
+            under_way = [t for t in (sched, worker) if t is not None]
             try:
-                await asyncio.wait_for(asyncio.gather(rounds, drain_tasks(), return_exceptions=True),
+                await asyncio.wait_for(asyncio.gather(*under_way, drain_tasks(), return_exceptions=True),
                                        self.shutdown_grace)
             except TimeoutError:
                 log.warning("runs still in progress %g s after shutdown began were cancelled "
                             "(audited as failed; the next runs re-observe)", self.shutdown_grace)
+            await stop_notification_worker(worker)
             if self._own_context:
                 await self.ctx.close()
 

@@ -333,3 +333,32 @@ async def test_a_fire_whose_run_was_cancelled_at_shutdown_is_caught_up_at_the_ne
     assert due == T0.replace(hour=2, minute=0, second=0)
     assert record is not None and record.outcome == "applied" and "sync-c" in worlds["sync"].items
     await ctx.close()
+
+
+async def test_a_notification_sync_under_way_at_shutdown_finishes_within_the_grace(tmp_path: Path) -> None:
+    from hubpilot.entra.notifications import Hint
+    from hubpilot.settings import Settings
+    from hubpilot.wiring.entra import InProcessHints, notification_queue
+    from tests.test_api_kit import make_settings
+
+    base = make_settings()
+    settings = Settings(**{**base.model_dump(exclude_unset=True),
+                           "directory": {"kind": "entra", "entra": {
+                               "notifications": True, "client_state": "s" * 32,
+                               "notification_url": "https://hubpilot.example.org/api/v1/graph/notifications"}}})
+    ctx, worlds = make_context(tmp_path, settings)
+    worlds["sync"].gate = asyncio.Event()
+    server = Server(ctx.settings, host="127.0.0.1", port=0, context=ctx, schedules=False)
+    task = asyncio.create_task(server.run())
+    queue = notification_queue(ctx)
+    assert isinstance(queue, InProcessHints)
+    await queue.push(Hint("sync", received=datetime.now(UTC).isoformat()))
+    await asyncio.wait_for(worlds["sync"].entered.wait(), 10)  # the worker's sync is applying
+    server.stop()
+    await asyncio.wait_for(server.draining.wait(), 10)
+    worlds["sync"].gate.set()
+    await asyncio.wait_for(task, 10)
+    entries, _ = await ctx.store.read_audit(operation="sync")
+    assert [(e["trigger"], e["outcome"]) for e in entries] == [("notification", "applied")]
+    assert worlds["sync"].items == {"sync-a", "sync-b"}
+    await ctx.close()

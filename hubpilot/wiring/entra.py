@@ -226,6 +226,12 @@ class NotificationWorker:
         self.max_attempts = max_attempts
         self.sleep = sleep
         self.records: list[RunRecord] = []
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Take no more hints and retry no held lock; the run under way goes on
+        (:meth:`run_forever` returns when it ends)."""
+        self._stopping.set()
 
     def _take_all(self, first: Hint) -> list[Hint]:
         hints = [first]
@@ -243,6 +249,9 @@ class NotificationWorker:
                 try:
                     record = await process_hint(self.ctx, hint)
                 except LockHeld as exc:
+                    if self._stopping.is_set():  # shutting down: the scheduled sync is the safety net
+                        log.info("dropped a %s hint at shutdown: %s", hint.kind, exc)
+                        return
                     if attempt == self.max_attempts:
                         log.warning("gave up on a %s hint after %d attempts: %s", hint.kind, attempt, exc)
                         break
@@ -272,9 +281,20 @@ class NotificationWorker:
         return len(hints)
 
     async def run_forever(self) -> None:
-        while True:
-            first = await self.queue.queue.get()
-            await self.handle(self._take_all(first))
+        """Handle hints as they come, until :meth:`stop` (or cancelled)."""
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                getter = asyncio.ensure_future(self.queue.queue.get())
+                await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await getter
+                    return
+                await self.handle(self._take_all(getter.result()))
+        finally:
+            stopper.cancel()
 
 
 def start_notification_worker(ctx: Context) -> asyncio.Task[None] | None:
@@ -304,3 +324,10 @@ async def stop_notification_worker(task: asyncio.Task[None] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def stop_taking_hints(ctx: Context) -> None:
+    """At shutdown: the worker takes no more hints; its task ends when the run under way does."""
+    worker = notification_worker(ctx)
+    if worker is not None:
+        worker.stop()
