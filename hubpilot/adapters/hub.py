@@ -472,6 +472,7 @@ def _user(obj: Any, request: str) -> HubUser:
         created=_time(obj, "created", what),
         last_activity=_time(obj, "last_activity", what),
         servers=servers,
+        groups_read="groups" in obj,
     )
 
 

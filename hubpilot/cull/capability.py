@@ -20,7 +20,7 @@ from hubpilot.cull.plan import (
     sync_hold,
 )
 from hubpilot.loop import Action, ActionResult, Plan, Progress, Status, run_actions
-from hubpilot.ports.hub import Hub, StopResult
+from hubpilot.ports.hub import Hub, HubError, HubUser, StopResult
 from hubpilot.ports.store import StateStore, StoreError
 from hubpilot.sync import ManagedRecordError, read_managed
 
@@ -49,6 +49,7 @@ class CullCapability:
     async def observe(self) -> CullObserved:
         # active, not ready: a user whose only server is pending is noted in the plan too
         active = await self.hub.list_users(state="active")
+        self._check_groups_read(active)
         if not self.settings.cull_users:
             return CullObserved(tuple(active))
         inactive = await self.hub.list_users(state="inactive")
@@ -56,6 +57,22 @@ class CullCapability:
             return CullObserved(tuple(active), tuple(inactive))
         members, unknown = await self._sync_members()
         return CullObserved(tuple(active), tuple(inactive), members, unknown)
+
+    def _check_groups_read(self, users: Sequence[HubUser]) -> None:
+        """A policy matching hub groups needs the users' groups: without them every server would
+        quietly get the default limits (an exempt group's servers stopped after the default
+        timeout). Refuse the round instead, naming the scope to grant."""
+        by_group = [p.name for p in self.settings.policies if p.match_group is not None]
+        blind = sorted(u.name for u in users if not u.groups_read)
+        if by_group and blind:
+            raise HubError(
+                f"GET /users: the hub leaves the users' groups out ({blind[0]!r}"
+                + (f" and {len(blind) - 1} more" if len(blind) > 1 else "")
+                + f"), so cull policies matching hub groups ({', '.join(by_group)}) cannot be "
+                "applied: grant hubpilot's service role read:users:groups (or admin:users, which "
+                "implies it; see docs/hub-scopes.md)",
+                status=403,
+            )
 
     async def _sync_members(self) -> tuple[frozenset[str] | None, str]:
         """The users sync manages as active members (the directory still wants them); None and

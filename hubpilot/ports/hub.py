@@ -33,6 +33,9 @@ class HubUser:
     created: datetime | None = None
     last_activity: datetime | None = None
     servers: Mapping[str, HubServer] = field(default_factory=dict)
+    #: False when the hub left ``groups`` out of the user model (a token without
+    #: ``read:users:groups``): then ``groups`` is empty for want of reading, not of groups
+    groups_read: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,57 @@
+"""Cull with the smaller role docs/hub-scopes.md offers a cull-and-scale deployment
+(``list:users, read:users:activity, read:servers, delete:servers``), on a real hub.
+
+That role does not read users' groups: JupyterHub leaves the ``groups`` field out of the user
+model (``read:users:groups``), it does not send an empty list. A policy matching hub groups
+must then not quietly fall back to the default limits (a group exempt from culling would have
+its servers stopped after the default timeout): the round fails before anything is stopped,
+and says which scope to grant."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from hubpilot.adapters.hub import HubClient
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.config.cull import CullSettings
+from hubpilot.cull import CullCapability
+from hubpilot.loop import Outcome, Runner
+from tests.fixtures.hub import unique_name
+from tests.realhub import RealHub
+from tests.test_cull_realhub import hub_user, make_user, running
+
+pytestmark = pytest.mark.hub
+
+CULL_AND_SCALE_ROLE = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+
+async def test_group_policies_without_read_groups_fail_the_round_and_stop_nothing(
+    hub_factory: Callable[..., Awaitable[RealHub]], tmp_path: Path
+) -> None:
+    hub = await hub_factory(hubpilot_scopes=CULL_AND_SCALE_ROLE)
+    name = unique_name("research")
+    await make_user(hub, name, groups=("research-gpu",))
+    await hub.spawn(name)
+    settings = CullSettings(
+        inactivity_timeout=3600,
+        policies=[{"name": "research", "match_group": "research-*", "inactivity_timeout": 0}],
+    )
+    now = datetime.now(UTC) + timedelta(hours=2)
+    async with HubClient(hub.api_url, hub.hubpilot_token, retries=0) as client:
+        cap = CullCapability(client, settings)
+        record = await Runner(SqliteStore(tmp_path / "state.db"), clock=lambda: now).run(
+            cap, trigger="test", actor="test")
+        assert record.outcome is Outcome.FAILED, record.render()
+        assert record.results == []
+        assert "read:users:groups" in record.render()
+        assert "research" in record.render()
+        assert running(await hub_user(hub, name)) == {""}  # the exempt group's server runs on
+
+        # without a group policy the same role culls as before
+        plain = CullCapability(client, CullSettings(inactivity_timeout=3600))
+        plan = plain.plan(await plain.observe(), now)
+        assert [a.target for a in plan.actions] == [name]
