@@ -267,3 +267,24 @@ def test_settings_defaults_and_validation(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("HUBPILOT_CULL__SCHEDULE", "*/10 * * * *")
     with pytest.raises(SettingsError, match=r"cull\.schedule"):
         load_settings()
+
+
+def test_an_empty_match_profile_is_kubespawners_default_profile() -> None:
+    """A server started without ``user_options["profile"]`` (a REST API start, a form-less
+    spawn) runs KubeSpawner's default profile (the ``profile_list`` entry marked default, else the
+    first), and the hub shows it without a profile: ``match_profile = ""`` is that profile, the
+    way an empty profile is in ``scale.gpu_profiles``. Globs still need a profile."""
+    s = settings(inactivity_timeout=8 * 3600, policies=[
+        {"name": "gpu-default", "match_profile": "", "inactivity_timeout": 3600},
+        {"name": "any", "match_profile": "*", "inactivity_timeout": 7000},
+    ])
+    two_h = timedelta(hours=2)
+    obs = CullObserved((
+        user("n", server("n", idle=two_h)),
+        user("c", server("c", idle=two_h, profile="cpu")),
+    ))
+    plan = plan_cull(obs, s, NOW)
+    assert targets(plan) == ["c", "n"]
+    reasons = {a.target: a.reason for a in plan.actions}
+    assert reasons["n"] == "idle for 2h (policy gpu-default: 1h)"
+    assert reasons["c"] == "idle for 2h (policy any: 1h 56m), profile cpu"

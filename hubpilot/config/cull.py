@@ -20,7 +20,8 @@ class CullPolicy(Section):
     match_profile: str | None = Field(
         None,
         description="Glob on the server's spawn profile (user_options['profile'], the kubespawner "
-        "profile slug); unset matches any profile (and servers without one).",
+        "profile slug); '' matches the servers started without one (kubespawner's default "
+        "profile); unset matches any profile (and servers without one).",
     )
     match_group: str | None = Field(
         None, description="Glob on the user's hub groups (any group matching is enough); unset matches all."

@@ -32,10 +32,18 @@ def _seconds(value: int) -> timedelta | None:
     return timedelta(seconds=value) if value > 0 else None
 
 
+def _profile_matches(pattern: str | None, profile: str | None) -> bool:
+    """Unset matches every server; ``""`` the servers started without a profile (KubeSpawner
+    gives them its default profile); a glob the servers whose profile it matches."""
+    if pattern is None:
+        return True
+    if pattern == "":
+        return profile is None
+    return profile is not None and fnmatchcase(profile, pattern)
+
+
 def _matches(policy: CullPolicy, profile: str | None, groups: Iterable[str]) -> bool:
-    if policy.match_profile is not None and (
-        profile is None or not fnmatchcase(profile, policy.match_profile)
-    ):
+    if not _profile_matches(policy.match_profile, profile):
         return False
     return policy.match_group is None or any(fnmatchcase(g, policy.match_group) for g in groups)
 
