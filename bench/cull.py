@@ -179,7 +179,7 @@ async def our_round(hub: RealHub, runner: Runner[Any], timeout: int, concurrency
     client = HubClient(hub.api_url, hub.hubpilot_token, concurrency=concurrency, page_size=page_size)
     try:
         cap = CullCapability(client, CullSettings(  # the bench runs the round itself; every second fits
-            inactivity_timeout=timeout, activity_interval=1, concurrency=concurrency,
+            inactivity_timeout=timeout, activity_interval=1, activity_check_seconds=0, concurrency=concurrency,
             max_stops_per_round=100_000, schedule="* * * * * *"))
         t0 = time.perf_counter()
         record = await runner.run(cap, trigger="bench", actor="bench")

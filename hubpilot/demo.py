@@ -79,7 +79,9 @@ def _ldif_from_directory(doc: dict[str, Any], base_dn: str) -> str:
 # single-user servers report activity, and the hub reads the proxy's, every 10 s (300 s in a real
 # hub), so the timeout can be that short.
 ACTIVITY_INTERVAL = 10
-CULL = {"activity_interval": ACTIVITY_INTERVAL, "inactivity_timeout": 60, "schedule": "*/20 * * * * *"}
+# the demo's servers do not run hubpilot_activity: only their activity reports lag
+CULL = {"activity_interval": ACTIVITY_INTERVAL, "activity_check_seconds": 0, "inactivity_timeout": 60,
+        "schedule": "*/20 * * * * *"}
 
 
 def _hub_config(users_groups: list[str], admin_groups: list[str]) -> str:

@@ -288,3 +288,20 @@ def test_an_empty_match_profile_is_kubespawners_default_profile() -> None:
     reasons = {a.target: a.reason for a in plan.actions}
     assert reasons["n"] == "idle for 2h (policy gpu-default: 1h)"
     assert reasons["c"] == "idle for 2h (policy any: 1h 56m), profile cpu"
+
+
+def test_timeouts_exceed_the_activity_lag_of_a_silent_busy_server() -> None:
+    """hubpilot_activity marks a silent busy server every HUBPILOT_ACTIVITY_CHECK_SECONDS (60 as
+    shipped) and the server reports every JUPYTERHUB_ACTIVITY_INTERVAL (300): while the cell
+    runs, its hub activity can be 360 s old, so a 330 s timeout stops it mid-computation."""
+    every_2m = "0 */2 * * * *"
+    with pytest.raises(ValueError, match=r"cull\.inactivity_timeout=330: .*cull\.activity_interval=300 s"
+                                         r" \+ cull\.activity_check_seconds=60 s"):
+        CullSettings(inactivity_timeout=330, schedule=every_2m)
+    with pytest.raises(ValueError, match=r"policies\[gpu\]\.inactivity_timeout=90"):
+        CullSettings.model_validate({"activity_interval": 60, "schedule": "*/30 * * * * *",
+                                     "policies": [{"name": "gpu", "inactivity_timeout": 90}]})
+    assert CullSettings(inactivity_timeout=361, schedule=every_2m).inactivity_timeout == 361
+    # an image without the extension: only the activity reports lag
+    assert CullSettings(inactivity_timeout=330, activity_check_seconds=0,
+                        schedule=every_2m).inactivity_timeout == 330

@@ -240,7 +240,8 @@ async def test_busy_kernel_kept_idle_stopped_and_examined_idle_server_still_stop
     await wait_for(busy_reported)
     idle_seen = (await hub_user(cull_hub, idle))["servers"][""]["last_activity"]
 
-    settings = CullSettings(inactivity_timeout=60, activity_interval=1, schedule="*/30 * * * * *")
+    settings = CullSettings(inactivity_timeout=60, activity_interval=1, activity_check_seconds=0.5,
+                            schedule="*/30 * * * * *")
     cap = CullCapability(hub_client, settings)
     now = t0 + timedelta(seconds=61)  # the cell started 61 s "ago": without the extension, idle
     runner = Runner(SqliteStore(tmp_path / "state.db"), clock=lambda: now)

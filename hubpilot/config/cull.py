@@ -53,7 +53,13 @@ class CullSettings(Section):
     activity_interval: int = Field(
         300, ge=1,
         description="The single-user servers' JUPYTERHUB_ACTIVITY_INTERVAL (seconds); "
-        "timeouts must exceed it.",
+        "timeouts must exceed it (plus activity_check_seconds).",
+    )
+    activity_check_seconds: float = Field(
+        60, ge=0,
+        description="The user image's HUBPILOT_ACTIVITY_CHECK_SECONDS (hubpilot_activity's busy "
+        "check; 0 if the image does not run it): a silent busy server's activity reaches the hub "
+        "up to activity_interval + this late, so timeouts must exceed the sum.",
     )
     cull_default_servers: bool = Field(True, description="Cull default (unnamed) servers.")
     cull_named_servers: bool = Field(True, description="Cull named servers.")
@@ -98,14 +104,19 @@ class CullSettings(Section):
 
     @model_validator(mode="after")
     def _timeouts_exceed_activity_interval(self) -> CullSettings:
-        """A timeout at or below the activity interval would cull servers that are in use."""
+        """A timeout at or below the activity lag would cull servers that are in use: a server
+        reports every activity_interval, and a silent busy one is marked by hubpilot_activity
+        only every activity_check_seconds before that."""
+        lag = self.activity_interval + self.activity_check_seconds
         bad = [f"{where}={value}" for where, value in self._limits("inactivity_timeout")
-               if value is not None and 0 < value <= self.activity_interval]
+               if value is not None and 0 < value <= lag]
         if bad:
+            check = (f" + cull.activity_check_seconds={self.activity_check_seconds:g} s, how often "
+                     "hubpilot_activity marks a busy server" if self.activity_check_seconds else "")
             raise ValueError(
                 f"{', '.join(bad)}: an inactivity timeout must exceed the hub's activity-update "
-                f"interval (cull.activity_interval={self.activity_interval} s), or servers in use "
-                "look idle between two activity reports; raise the timeout (or lower the interval)"
+                f"interval (cull.activity_interval={self.activity_interval} s{check}), or servers in "
+                "use look idle between two activity reports; raise the timeout (or lower the interval)"
             )
         return self
 
