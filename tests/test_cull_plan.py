@@ -305,3 +305,31 @@ def test_timeouts_exceed_the_activity_lag_of_a_silent_busy_server() -> None:
     # an image without the extension: only the activity reports lag
     assert CullSettings(inactivity_timeout=330, activity_check_seconds=0,
                         schedule=every_2m).inactivity_timeout == 330
+
+
+def test_a_stop_is_judged_again_on_the_hubs_current_state() -> None:
+    """recheck_stop: what the stop of a server read idle does with the hub's answer of now."""
+    from hubpilot.cull.plan import recheck_stop
+    from hubpilot.loop import Status
+
+    s = settings()
+    before = server("u", idle=timedelta(hours=2))
+    assert recheck_stop("stop_server", before, user("u", before), "", s, NOW) is None  # still idle
+    assert recheck_stop("stop_server", before, None, "", s, NOW) == (
+        Status.NOOP, "already gone: the hub no longer has the user")
+    assert recheck_stop("stop_server", before, user("u"), "", s, NOW) == (Status.NOOP, "already stopped")
+    named = server("u", "big", idle=timedelta(hours=2))
+    assert recheck_stop("remove_server", named, user("u"), "big", s, NOW) is None  # removed all the same
+    back = replace(before, last_activity=ago(minutes=4))
+    assert recheck_stop("stop_server", before, user("u", back), "", s, NOW) == (
+        Status.SKIPPED, "active 4m ago (policy default: 1h), since the round's reading")
+    respawn = replace(before, ready=False, pending="spawn", started=ago(seconds=5))
+    assert recheck_stop("stop_server", before, user("u", respawn), "", s, NOW)[0] is Status.SKIPPED  # type: ignore[index]
+    again = replace(before, started=ago(minutes=1), last_activity=ago(hours=3))
+    assert "restarted since the round's reading" in recheck_stop(  # type: ignore[index]
+        "stop_server", before, user("u", again), "", s, NOW)[1]
+    stopping = replace(before, ready=False, pending="stop")
+    assert recheck_stop("stop_server", before, user("u", stopping), "", s, NOW) is None  # joins the stop
+    # a max-age stop stays a stop however active the server
+    aged = server("u", idle=timedelta(minutes=1), age=timedelta(hours=10))
+    assert recheck_stop("stop_server", aged, user("u", aged), "", settings(max_age=6 * 3600), NOW) is None

@@ -343,9 +343,11 @@ async def test_a_round_with_every_kind_of_server(cull_hub: RealHub, hub_client: 
     assert audited[names["slow"]] == "pending" and audited[names["boom"]] == "failed"
     assert audited[names["idle"]] == "done"
 
-    # one paged read, then one DELETE per stop (plus the client's one retry of the 500)
+    # one paged read, then per stop a read of its user and one DELETE (plus the client's one retry
+    # of the 500)
     by_route = hub_client.stats["by_route"]
     assert by_route["GET /users"] == 1
+    assert by_route["GET /users/{name}"] == len(outcome)
     await wait_for(lambda: _not_pending(cull_hub, names["slow"]), timeout=30)
 
 

@@ -19,7 +19,7 @@ from hubpilot.adapters.hub import HubClient
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.config.cull import CullSettings
 from hubpilot.cull import CullCapability
-from hubpilot.loop import Outcome, Runner
+from hubpilot.loop import Outcome, Runner, Status
 from tests.fixtures.hub import unique_name
 from tests.realhub import RealHub
 from tests.test_cull_realhub import hub_user, make_user, running
@@ -51,7 +51,9 @@ async def test_group_policies_without_read_groups_fail_the_round_and_stop_nothin
         assert "research" in record.render()
         assert running(await hub_user(hub, name)) == {""}  # the exempt group's server runs on
 
-        # without a group policy the same role culls as before
+        # without a group policy the same role culls as before (each stop reads its user again)
         plain = CullCapability(client, CullSettings(inactivity_timeout=3600))
-        plan = plain.plan(await plain.observe(), now)
-        assert [a.target for a in plan.actions] == [name]
+        done = await Runner(SqliteStore(tmp_path / "state.db"), clock=lambda: now).run(
+            plain, trigger="test", actor="test")
+        assert [(r.action.target, r.status) for r in done.results] == [(name, Status.DONE)], done.render()
+        assert running(await hub_user(hub, name)) == set()

@@ -16,6 +16,7 @@ from hubpilot.cull.plan import (
     CullObserved,
     guard_cull,
     plan_cull,
+    recheck_stop,
     server_target,
     sync_hold,
 )
@@ -103,11 +104,21 @@ class CullCapability:
                     members.append(await self._sync_members())
                 return members[0]
 
+        now = _plan_time(plan)
+        before = {(u.name, n): s for u in observed.active for n, s in u.servers.items()}
+
         async def perform(action: Action) -> ActionResult:
             user = str(action.params.get("user", action.target))
             if action.kind in STOP_KINDS:
                 server = str(action.params.get("server", ""))
                 try:
+                    # read the server again: a user back at work, or a restart (whose pending
+                    # spawn the DELETE would cancel), since the round's reading keeps it
+                    changed = recheck_stop(action.kind, before.get((user, server)),
+                                           await self.hub.get_user(user), server, self.settings, now)
+                    if changed is not None:
+                        stop_status.setdefault(user, []).append(changed[0])
+                        return ActionResult(action, *changed)
                     if action.kind == REMOVE:
                         outcome = await self.hub.delete_server(user, server)
                     else:
@@ -147,6 +158,15 @@ class CullCapability:
 
         return await run_actions(plan.actions, perform, concurrency=self.settings.concurrency,
                                  progress=progress)
+
+
+def _plan_time(plan: Plan) -> datetime | None:
+    """The time the plan was made for (``facts.now``), to judge inactivity again at the stop."""
+    try:
+        now = datetime.fromisoformat(str(plan.facts["now"]))
+    except (KeyError, ValueError):
+        return None
+    return now if now.tzinfo is not None else None
 
 
 __all__ = ["DELETE_USER", "REMOVE", "STOP", "CullCapability"]

@@ -6,7 +6,8 @@ falling back to ``started``; a server is stopped when idle beyond its timeout, o
 when it has run longer than that, active or not. Differences (all safer): the default/named
 switches also govern max-age stops, users are only reported unless deletion is enabled, and a
 user sync provisions (an active member of a synced directory group) is never deleted: the next
-sync would create them again.
+sync would create them again, and each stop is judged again on the hub's state just before it is
+sent (``recheck_stop``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from hubpilot.config.cull import CullSettings
 from hubpilot.cull.policy import Limits, human, limits_for, profile_of
-from hubpilot.loop import Action, Plan
+from hubpilot.loop import Action, Plan, Status
 from hubpilot.ports.hub import HubServer, HubUser
 
 OPERATION = "cull"
@@ -79,6 +80,32 @@ def _user_verdict(user: HubUser, settings: CullSettings, now: datetime) -> str |
     if settings.max_age and user.created and now - user.created >= timedelta(seconds=settings.max_age):
         limit = human(timedelta(seconds=settings.max_age))
         return f"created {human(now - user.created)} ago (max age {limit})"
+    return None
+
+
+def recheck_stop(kind: str, before: HubServer | None, current: HubUser | None, name: str,
+                 settings: CullSettings, now: datetime | None) -> tuple[Status, str] | None:
+    """Pure: whether a stop planned from the round's reading (``before``) is still to be sent,
+    judged on what the hub says now (``current``, the user read again); None: send it, else the
+    result to report instead. Between the reading and the stop (the stops run ``concurrency`` at
+    a time, each waiting for the hub's answer) the user may have come back to the server, or
+    restarted it: the hub answers a DELETE of a server whose spawn is pending by cancelling that
+    spawn. ``now``: the plan's time, to judge inactivity again (None: not judged again)."""
+    if current is None:
+        return Status.NOOP, "already gone: the hub no longer has the user"
+    server = current.servers.get(name)
+    if server is None or not (server.ready or server.pending):
+        # a stopped named server is still removed (its entry stays otherwise); nothing to cancel
+        return None if kind == REMOVE else (Status.NOOP, "already stopped")
+    if server.pending and server.pending != "stop":  # a stop in progress: the DELETE only joins it
+        return Status.SKIPPED, f"pending {server.pending} since the round's reading (a restart)"
+    if before is not None and server.started != before.started:
+        started = server.started.isoformat() if server.started else "unknown"
+        return Status.SKIPPED, f"restarted since the round's reading (started {started})"
+    if now is not None and not server.pending:
+        stop, why = _verdict(server, limits_for(settings, server, current.groups), now)
+        if not stop:
+            return Status.SKIPPED, f"{why}, since the round's reading"
     return None
 
 
