@@ -72,12 +72,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _reclaim_exceeds_activity_interval(self) -> Settings:
         reclaim = self.scale.reclaim_idle_minutes * 60
-        if 0 < reclaim <= self.cull.activity_interval:
+        check = self.cull.activity_check_seconds
+        if 0 < reclaim <= self.cull.activity_interval + check:
+            how_often = (f" + cull.activity_check_seconds={check:g} s, how often hubpilot_activity marks a "
+                         "silent busy server" if check else "")
             raise ValueError(
                 f"scale.reclaim_idle_minutes ({self.scale.reclaim_idle_minutes:g} min) must exceed the hub's "
-                f"activity interval (cull.activity_interval={self.cull.activity_interval} s), or servers in use "
-                "would look idle and be reclaimed; raise it or lower JUPYTERHUB_ACTIVITY_INTERVAL and "
-                "cull.activity_interval together"
+                f"activity interval (cull.activity_interval={self.cull.activity_interval} s{how_often}), or "
+                "servers in use would look idle and be reclaimed; raise it or lower JUPYTERHUB_ACTIVITY_INTERVAL "
+                "and cull.activity_interval together (or HUBPILOT_ACTIVITY_CHECK_SECONDS and "
+                "cull.activity_check_seconds)"
             )
         return self
 

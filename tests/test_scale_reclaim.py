@@ -175,3 +175,9 @@ def test_reclaim_limit_must_exceed_the_activity_interval() -> None:
     policy = policy_from(ok.scale)
     assert policy.reclaim_after == timedelta(minutes=3) and policy.max_reclaim == 4
     assert policy_from(Settings().scale).reclaim_after is None  # off by default
+    # a silent busy server's activity reaches the hub up to the interval plus hubpilot_activity's
+    # check interval late: 2 min is not above 60 s + 60 s, and would reclaim a running computation
+    with pytest.raises(ValidationError,
+                       match=r"reclaim_idle_minutes \(2 min\) must exceed .*activity_check_seconds=60"):
+        Settings(scale={"reclaim_idle_minutes": 2}, cull={"activity_interval": 60})
+    assert Settings(scale={"reclaim_idle_minutes": 2}, cull={"activity_interval": 60, "activity_check_seconds": 30})
