@@ -8,7 +8,9 @@
   running server) after ``stop_timeout``: the hub answers a slow stop (202) only once its
   ``slow_stop_timeout`` (10 s by default) has passed.
 - Every write is idempotent: repeating it is a no-op (409 "exists", 404 "no such server" and the
-  like are the outcome already reached, not errors).
+  like are the outcome already reached, not errors). The hub's 404 "No access to resources or
+  resources not found" is not one of them: the token's scope is filtered to other users, so the
+  state is unknown; it raises :class:`HubError` (403) naming the scope.
 - An answer that is not what the API documents raises :class:`HubInvalidResponse` naming the
   request and the field; other failures raise :class:`HubError` with the HTTP status.
 - ``stats`` counts requests (reads, writes, retries, by method and path template).
@@ -44,6 +46,22 @@ _API_URL_HINT = ("is hub.api_url ({}) the hub's REST API, ending in /hub/api "
 _PAGED_ATTEMPTS = 4  # readings of a listing that keeps shifting before giving up
 # POST /users's answer when the authenticator refuses a name (JupyterHub 5 and 6)
 _INVALID_NAME = re.compile(r"hub answered 400: Invalid usernames?: ")
+# the hub's 404 when the token holds the scope a handler needs only for other users or groups (a
+# filter such as "tokens!group=x"); it says the same for a user that does not exist
+_NO_ACCESS = "No access to resources or resources not found"
+# route → the scope hubpilot's role must hold for every user (named in a filtered-scope error)
+_ROUTE_SCOPES = {
+    "GET /users/{name}": "read:users and read:servers",
+    "PATCH /users/{name}": "admin:users",
+    "DELETE /users/{name}": "admin:users (delete:users)",
+    "DELETE /users/{name}/server": "delete:servers",
+    "DELETE /users/{name}/servers/{server}": "delete:servers",
+    "GET /users/{name}/tokens": "tokens",
+    "DELETE /users/{name}/tokens/{token_id}": "tokens",
+    "POST /groups/{name}": "admin:groups",
+    "POST /groups/{name}/users": "admin:groups (groups)",
+    "DELETE /groups/{name}/users": "admin:groups (groups)",
+}
 
 
 class HubClient:
@@ -160,6 +178,17 @@ class HubClient:
                     + (f" (redirect to {location})" if location else "")
                     + f", not the REST API's JSON: {_API_URL_HINT.format(self.api_url)}",
                     status=resp.status_code,
+                )
+            if resp.status_code == 404 and _message(resp) == _NO_ACCESS:
+                # not "no such user/server": the token may not act on this one, so whether it
+                # exists, runs a server or holds tokens is unknown
+                self._counts["errors"] += 1
+                scope = _ROUTE_SCOPES.get(route, "the scope this request needs")
+                raise HubError(
+                    f"{what}: hub answered 404 {_NO_ACCESS!r}: hubpilot's token holds {scope} "
+                    "only for some users or groups (a filtered scope, e.g. "
+                    f"{scope.split()[0]}!group=...); grant it unfiltered (docs/hub-scopes.md)",
+                    status=403,
                 )
             if resp.status_code in ok or resp.status_code in accept:
                 return resp

@@ -1,0 +1,45 @@
+"""HubClient against real JupyterHub answers the happy path does not show: a token whose scopes
+are filtered to some users, a user or group that vanished between hubpilot's reading and its
+write, a rename onto the user's own name."""
+
+from __future__ import annotations
+
+import pytest
+
+from hubpilot.adapters.hub import HubClient
+from hubpilot.ports.hub import HubError
+from tests.realhub import RealHub, ServiceSpec
+
+pytestmark = pytest.mark.hub
+
+
+async def test_a_scope_filtered_to_other_users_is_an_error_not_already_so(hub_factory) -> None:
+    # A role whose delete:servers and tokens are filtered (e.g. "!group=cohort") makes the hub
+    # answer 404 "No access to resources or resources not found" for every other user, running
+    # server and tokens or not. Taken as "no such server / user", a leaver's running server was
+    # reported as not running and their tokens as none: nothing done, nothing said.
+    scopes = ["admin:groups", "admin:users", "read:servers", "delete:servers!group=cohort",
+              "tokens!group=cohort"]
+    hub: RealHub = await hub_factory(services=[ServiceSpec("hubpilot-filtered", scopes)])
+    async with hub.admin() as admin:
+        assert (await admin.post("/users/leaver")).status_code == 201
+        assert (await admin.post("/users/leaver/tokens", json={"note": "x"})).status_code == 201
+    await hub.spawn("leaver")
+    async with hub.admin() as admin:
+        tokens = (await admin.get("/users/leaver/tokens")).json()["api_tokens"]
+    async with HubClient(hub.api_url, hub.tokens["hubpilot-filtered"], retries=0) as c:
+        with pytest.raises(HubError) as e:
+            await c.stop_server("leaver")
+        assert e.value.status == 403 and "delete:servers" in str(e.value) and "filter" in str(e.value)
+        with pytest.raises(HubError) as e:
+            await c.delete_server("leaver", "gpu")
+        assert e.value.status == 403 and "delete:servers" in str(e.value)
+        with pytest.raises(HubError) as e:
+            await c.revoke_tokens("leaver")
+        assert e.value.status == 403 and "tokens" in str(e.value) and "filter" in str(e.value)
+    # nothing happened to the leaver
+    async with HubClient(hub.api_url, hub.hubpilot_token) as full:
+        leaver = await full.get_user("leaver")
+        assert leaver is not None and leaver.servers[""].ready
+        assert await full.revoke_tokens("leaver") == len(tokens) >= 1
+        assert await full.stop_server("leaver") is not None
