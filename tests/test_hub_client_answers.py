@@ -8,6 +8,7 @@ import pytest
 
 from hubpilot.adapters.hub import HubClient
 from hubpilot.ports.hub import HubError
+from tests.fixtures.hub import unique_name
 from tests.realhub import RealHub, ServiceSpec
 
 pytestmark = pytest.mark.hub
@@ -43,3 +44,28 @@ async def test_a_scope_filtered_to_other_users_is_an_error_not_already_so(hub_fa
         assert leaver is not None and leaver.servers[""].ready
         assert await full.revoke_tokens("leaver") == len(tokens) >= 1
         assert await full.stop_server("leaver") is not None
+
+
+async def test_removing_members_when_one_was_deleted_meanwhile(real_hub: RealHub) -> None:
+    # The hub refuses the whole DELETE /groups/{name}/users with 400 "No such user" when one of
+    # the names was deleted since hubpilot read the group, and removes nobody: a leaver kept the
+    # group's access until a later run. A deleted user is out of every group: already so.
+    g, leaver, gone = unique_name("grp"), unique_name("leaver"), unique_name("gone")
+    async with HubClient(real_hub.api_url, real_hub.hubpilot_token, retries=0) as c:
+        await c.create_users([leaver, gone])
+        await c.create_group(g)
+        await c.add_group_members(g, [leaver, gone])
+        async with real_hub.admin() as admin:
+            assert (await admin.delete(f"/users/{gone}")).status_code == 204
+        await c.remove_group_members(g, [gone, leaver])
+        assert {x.name: x for x in await c.list_groups()}[g].users == frozenset()
+        # the group itself deleted meanwhile: nobody is a member of it
+        async with real_hub.admin() as admin:
+            assert (await admin.delete(f"/groups/{g}")).status_code == 204
+        await c.remove_group_members(g, [leaver])
+        # adding a vanished user still fails, naming them
+        g2 = unique_name("grp")
+        await c.create_group(g2)
+        with pytest.raises(HubError) as e:
+            await c.add_group_members(g2, [leaver, gone])
+        assert e.value.status == 400 and gone in str(e.value)

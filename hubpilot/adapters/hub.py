@@ -356,11 +356,27 @@ class HubClient:
             )
 
     async def remove_group_members(self, group: str, names: Sequence[str]) -> None:
-        if names:
-            await self._request(
+        """Take ``names`` out of ``group``. A user deleted meanwhile is in no group, and a group
+        deleted meanwhile has no members: already so. (The hub refuses the whole request, and
+        removes nobody, at the first name it does not know.)"""
+        left = list(dict.fromkeys(names))
+        while left:
+            resp = await self._request(
                 "DELETE", "/groups/{name}/users", path_args={"name": group},
-                json_body={"users": list(dict.fromkeys(names))},
+                json_body={"users": left}, accept=(400, 404),
             )
+            if resp.status_code < 400:
+                return
+            message = _message(resp)
+            if resp.status_code == 404 and message == f"No such group: {group}":
+                return
+            gone = message.removeprefix("No such user: ")
+            if resp.status_code == 400 and gone != message and gone in left:
+                left.remove(gone)
+                continue
+            self._counts["errors"] += 1
+            raise HubError(f"DELETE {resp.request.url.path}: hub answered {resp.status_code}: {message}",
+                           status=resp.status_code)
 
     async def stop_server(self, user: str, server: str = "") -> StopResult:
         return await self._stop(user, server, remove=False)
