@@ -69,3 +69,16 @@ async def test_removing_members_when_one_was_deleted_meanwhile(real_hub: RealHub
         with pytest.raises(HubError) as e:
             await c.add_group_members(g2, [leaver, gone])
         assert e.value.status == 400 and gone in str(e.value)
+
+
+async def test_a_rename_onto_the_same_name_leaves_the_user_alone(hub_factory) -> None:
+    # JupyterHub's PATCH /users/{name} {"name": <the same name>} sets the user's name to null
+    # (5.5: answered 200 with "name": null, then every GET /users fails); never send it.
+    hub: RealHub = await hub_factory()
+    async with HubClient(hub.api_url, hub.hubpilot_token, retries=0) as c:
+        await c.create_users(["same"])
+        assert await c.rename_user("same", "same") is False
+        assert await c.get_user("same") is not None
+        assert [u.name for u in await c.list_users()] == ["same"]
+        with pytest.raises(HubError, match="nobody"):
+            await c.rename_user("nobody", "nobody")

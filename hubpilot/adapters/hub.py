@@ -331,6 +331,12 @@ class HubClient:
 
     async def rename_user(self, name: str, new_name: str) -> bool:
         what = f"PATCH /users/{name}"
+        if new_name == name:
+            # never sent: JupyterHub (5.5, 6.1) sets the name of a user PATCHed with their own
+            # name to null, which breaks every later GET /users
+            if await self.get_user(name) is None:
+                raise HubError(f"{what}: {name} does not exist in the hub")
+            return False
         resp = await self._request("PATCH", "/users/{name}", path_args={"name": name},
                                    json_body={"name": new_name}, accept=(404,))
         if resp.status_code == 404:
