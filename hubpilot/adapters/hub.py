@@ -6,7 +6,9 @@
   backoff and jitter; 4xx answers are not retried. At most ``concurrency`` requests are in flight.
 - A request times out after ``timeout``; a server stop (and a user deletion, which stops a
   running server) after ``stop_timeout``: the hub answers a slow stop (202) only once its
-  ``slow_stop_timeout`` (10 s by default) has passed.
+  ``slow_stop_timeout`` (10 s by default) has passed. A bulk user creation waits
+  ``stop_timeout`` too: the hub adds the users one after the other (``authenticator.add_user``),
+  and a creation sent again while the first one goes on would find the users there (409).
 - Every write is idempotent: repeating it is a no-op (409 "exists", 404 "no such server" and the
   like are the outcome already reached, not errors). The hub's 404 "No access to resources or
   resources not found" is not one of them: the token's scope is filtered to other users, so the
@@ -316,7 +318,8 @@ class HubClient:
         return created
 
     async def _create_chunk_of(self, names: Sequence[str]) -> list[str]:
-        resp = await self._request("POST", "/users", json_body={"usernames": list(names)}, accept=(409,))
+        resp = await self._request("POST", "/users", json_body={"usernames": list(names)}, accept=(409,),
+                                   request_timeout=self._stop_timeout)
         if resp.status_code == 409:  # all of them exist already
             return []
         body = await self._json(resp)

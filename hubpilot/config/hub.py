@@ -20,7 +20,8 @@ class HubSettings(Section):
         60.0, gt=0, le=600,
         description="Timeout of a server stop (and of a user deletion, which stops a running server): "
         "the hub answers a slow stop only after its slow_stop_timeout (JupyterHub's default 10 s), so "
-        "this must exceed it; never shorter than timeout_seconds.",
+        "this must exceed it; never shorter than timeout_seconds. Also the timeout of a bulk user "
+        "creation (the hub adds the users one after the other).",
     )
     retries: int = Field(3, ge=0, le=10, description="Retries on connection errors and 5xx answers.")
     concurrency: int = Field(20, ge=1, le=100, description="Hub requests in flight at once.")
