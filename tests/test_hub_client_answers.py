@@ -4,6 +4,9 @@ write, a rename onto the user's own name."""
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
 from hubpilot.adapters.hub import HubClient
@@ -82,3 +85,40 @@ async def test_a_rename_onto_the_same_name_leaves_the_user_alone(hub_factory) ->
         assert [u.name for u in await c.list_users()] == ["same"]
         with pytest.raises(HubError, match="nobody"):
             await c.rename_user("nobody", "nobody")
+
+
+_NGINX_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad "
+              b"Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+
+
+async def test_a_proxys_html_error_page_is_named_not_pasted() -> None:
+    # An ingress in front of the hub (nginx) answers 502/503/504 with an HTML page while the hub
+    # pod restarts; the error pasted the page's markup. (JupyterHub's own proxy answers in plain
+    # text, shown as it is.) Loopback: a real hub cannot be made to answer this.
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.send_response(502)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(_NGINX_502)))
+            self.end_headers()
+            self.wfile.write(_NGINX_502)
+
+        do_GET = do_DELETE = _answer
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, args=(0.01,), daemon=True).start()
+    try:
+        async with HubClient(f"http://127.0.0.1:{srv.server_address[1]}/hub/api", "t", retries=1,
+                             backoff=0.001) as c:
+            for call in (c.list_users, lambda: c.stop_server("a")):
+                with pytest.raises(HubError) as e:
+                    await call()
+                msg = str(e.value)
+                assert e.value.status == 502 and "<" not in msg, msg
+                assert "text/html" in msg and "502 Bad Gateway" in msg and "hub.api_url" in msg, msg
+    finally:
+        srv.shutdown()
+        srv.server_close()

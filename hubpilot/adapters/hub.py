@@ -195,9 +195,12 @@ class HubClient:
             if resp.status_code in ok or resp.status_code in accept:
                 return resp
             self._counts["errors"] += 1
+            proxied = resp.status_code >= 500 and _content_type(resp) == "text/html"
             raise HubError(
                 f"{what}: hub answered {resp.status_code}: {_message(resp)}"
-                + (f" (after {attempt + 1} attempts)" if attempt else ""),
+                + (f" (after {attempt + 1} attempts)" if attempt else "")
+                + ("; a proxy in front of the hub answered, not its REST API: is the hub up, and "
+                   + _API_URL_HINT.format(self.api_url) if proxied else ""),
                 status=resp.status_code,
             )
 
@@ -463,14 +466,21 @@ def _message(resp: httpx.Response) -> str:
     try:
         body = resp.json()
     except ValueError:
+        if _content_type(resp) == "text/html":  # a proxy's error page: its title, not its markup
+            title = re.search(r"<title>([^<]*)</title>", resp.text, re.IGNORECASE)
+            return "a text/html page" + (f" titled {title.group(1).strip()!r}" if title else "")
         return resp.text[:200] or resp.reason_phrase
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return str(body["message"])
     return resp.text[:200]
 
 
+def _content_type(resp: httpx.Response) -> str:
+    return str(resp.headers.get("content-type", "")).split(";")[0].strip().lower()
+
+
 def _is_json(resp: httpx.Response) -> bool:
-    ctype = str(resp.headers.get("content-type", "")).split(";")[0].strip().lower()
+    ctype = _content_type(resp)
     return ctype == "application/json" or ctype.endswith("+json")
 
 
