@@ -4,6 +4,7 @@ write, a rename onto the user's own name."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -122,3 +123,44 @@ async def test_a_proxys_html_error_page_is_named_not_pasted() -> None:
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+_SLOW_STOP = '''
+import asyncio
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+class SlowStopSpawner(SimpleLocalProcessSpawner):
+    async def stop(self, now=False):
+        if self.name == "slow":
+            await asyncio.sleep(6)  # longer than slow_stop_timeout: the hub answers 202
+        return await super().stop(now=now)
+c.JupyterHub.spawner_class = SlowStopSpawner
+c.JupyterHub.tornado_settings = {"slow_stop_timeout": 4}
+'''
+
+
+async def test_deleting_a_user_whose_named_server_runs(hub_factory) -> None:
+    # DELETE /users/{name} stops the default server only, then fails with 500 ("Spawner
+    # leaver:gpu is active and cannot be deleted"), every time: the user was never deleted and
+    # the error said "Internal Server Error". The client stops the user's servers first.
+    hub: RealHub = await hub_factory(extra_config=_SLOW_STOP)
+    async with HubClient(hub.api_url, hub.hubpilot_token, backoff=0.01) as c:
+        await c.create_users(["leaver", "slowpoke"])
+        await hub.spawn("leaver", "gpu")
+        await hub.spawn("leaver")
+        assert await c.delete_user("leaver") is True
+        assert await c.get_user("leaver") is None
+        assert c.stats["errors"] == 0 and c.stats["retries"] == 0
+        # a named server that stops slowly: not deleted yet, and the error says why
+        await hub.spawn("slowpoke", "slow")
+        with pytest.raises(HubError) as e:
+            await c.delete_user("slowpoke")
+        assert "slow" in str(e.value) and "stopping" in str(e.value)
+        assert await c.get_user("slowpoke") is not None
+        for _ in range(200):  # once it has stopped, the deletion goes through
+            user = await c.get_user("slowpoke")
+            assert user is not None
+            if not user.servers:
+                break
+            await asyncio.sleep(0.1)
+        assert await c.delete_user("slowpoke") is True
+        assert await c.delete_user("slowpoke") is False

@@ -445,6 +445,19 @@ class HubClient:
         return sum(done)
 
     async def delete_user(self, name: str) -> bool:
+        """The hub's DELETE /users/{name} stops the default server only, and fails (500 "Spawner
+        ... is active and cannot be deleted") for a user with a running named server: every
+        server of the user is stopped first. One that is still stopping (202) keeps the user
+        until a later call."""
+        user = await self.get_user(name)
+        if user is None:
+            return False
+        stopping = [server or "default" for server in sorted(user.servers)
+                    if await self._stop(name, server, remove=False) is StopResult.PENDING]
+        if stopping:
+            self._counts["errors"] += 1
+            raise HubError(f"DELETE /users/{name}: not deleted yet: server(s) {', '.join(stopping)} "
+                           "still stopping; the deletion goes through once they have stopped")
         resp = await self._request("DELETE", "/users/{name}", path_args={"name": name}, accept=(404,),
                                    request_timeout=self._stop_timeout)
         return resp.status_code != 404

@@ -107,7 +107,8 @@ class Hub(Protocol):
         ...
 
     async def delete_user(self, name: str) -> bool:
-        """Delete a user; False when it did not exist. Only called when deletion is enabled."""
+        """Delete a user, stopping their servers first (named ones too); False when it did not
+        exist; HubError while a server is still stopping. Only called when deletion is enabled."""
         ...
 
     async def close(self) -> None: ...
