@@ -99,7 +99,9 @@ class Hub(Protocol):
     async def stop_server(self, user: str, server: str = "") -> StopResult: ...
 
     async def delete_server(self, user: str, server: str) -> StopResult:
-        """Stop and remove a named server (its state; never its volume)."""
+        """Stop and remove a named server: the hub deletes its spawner, and the spawner's
+        ``delete_forever`` may delete its volume (KubeSpawner's ``delete_pvc``, on by default,
+        deletes a per-server PVC)."""
         ...
 
     async def revoke_tokens(self, user: str) -> int:
