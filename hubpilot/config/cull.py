@@ -64,7 +64,8 @@ class CullSettings(Section):
     cull_default_servers: bool = Field(True, description="Cull default (unnamed) servers.")
     cull_named_servers: bool = Field(True, description="Cull named servers.")
     remove_named_servers: bool = Field(
-        False, description="Remove culled named servers from the hub (their state; never a volume)."
+        False, description="Remove culled named servers from the hub (their state; on z2jh also the server's own "
+        "volume, unless c.KubeSpawner.delete_pvc = False: KubeSpawner deletes it by default)."
     )
     cull_users: bool = Field(
         False,
