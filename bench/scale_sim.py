@@ -10,7 +10,8 @@ Runs the REAL pure code: ``hubpilot.scale.plan_scale`` decides the pool for the 
   single-user servers' activity reports (every ``activity_interval`` seconds);
 - a fresh node boots in 5-8 min; a node restarted from ``Deallocate`` in 1.5-2.5 min; hubpilot's
   pool starts the week with the stopped VMs an earlier week left (``stopped_vms``);
-- node-hours count every allocated node (booting, busy or empty);
+- node-hours count every allocated node (booting, busy, empty, or being removed: a removed node's
+  VM runs until the operation that stops or deletes it ends);
 - AKS runs one operation on the pool at a time: hubpilot's scale-up lasts until its nodes are
   ready, a ``deleteMachines`` 1-2 min, and meanwhile the pool shows ``Scaling`` and the plan skips
   the round as it does against ARM (``--no-arm-ops``: changes take no time, as in earlier figures).
@@ -154,7 +155,9 @@ class World:
     changes: int = 0
     reclaims: int = 0
     held: int = 0  # plan runs that wanted more nodes while an operation on the pool was running
-    split: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("active", "idle", "boot", "empty"), 0.0))
+    split: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("active", "idle", "boot", "empty", "removing"), 0.0))
+    removing: list[float] = field(default_factory=list)  # removed nodes' VMs, running until then
     draws: dict[str, int] = field(default_factory=dict)
     ops: list[tuple[str, float, float]] = field(default_factory=list)  # (kind, start, end) of each pool operation
     key: str = field(init=False)  # this world's random stream, which names its draws
@@ -170,7 +173,9 @@ class World:
         self.key = repr(self.rnd.random())
 
     def account(self, now: float) -> None:
-        self.node_seconds += len(self.nodes) * TICK
+        self.removing = [t for t in self.removing if t > now]
+        self.node_seconds += (len(self.nodes) + len(self.removing)) * TICK
+        self.split["removing"] += len(self.removing) * TICK
         for n in self.nodes.values():
             if n.ready_at > now:
                 kind = "boot"
@@ -197,10 +202,14 @@ class World:
             self.changes += 1
         return last
 
-    def remove_nodes(self, ids: Sequence[int], *, deallocate_mode: bool) -> None:
+    def remove_nodes(self, ids: Sequence[int], *, deallocate_mode: bool, until: float | None = None) -> None:
+        """Remove empty nodes: no capacity from now on, but their VMs run (and count) ``until``
+        the removal has stopped or deleted them."""
         for i in ids:
             node = self.nodes.pop(i)
             assert node.session is None, "a busy node was removed"
+            if until is not None:
+                self.removing.append(until)
             if deallocate_mode:
                 self.deallocated += 1
         if ids:
@@ -216,7 +225,8 @@ class World:
             node = free.pop(0)
             node.session, node.handoff = s.id, False
             s.node = node.id
-            s.start = max(s.arrive, node.ready_at)
+            # from when it came, the node was ready, and (a node another server left) free
+            s.start = max(s.arrive, node.ready_at, node.free_since)
             self.running[s.id] = s
 
     def stop(self, s: Session, now: float) -> None:
@@ -370,7 +380,9 @@ def run_autoscaler(sessions: list[Session], seed: int) -> World:
         if now - state["last_add"] < 600:
             return
         gone = [n.id for n in world.ready_free(now) if now - n.free_since >= 600]
-        world.remove_nodes(gone, deallocate_mode=False)
+        if gone:  # the autoscaler's deletion of the VMs takes as long as a deleteMachines
+            until = now + world.draw("delete", *DELETE_OP) if ARM_OPS else None
+            world.remove_nodes(gone, deallocate_mode=False, until=until)
 
     return _loop(world, settings, every, interval, step, step_every=10)
 
@@ -450,8 +462,8 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
                 world.ops.append(("scale-up", now, op_until[0]))
                 mem = dataclasses.replace(mem, last_up=nowdt)
             elif a.kind == "remove_nodes":
-                world.remove_nodes([int(n[1:]) for n in a.params["nodes"]], deallocate_mode=True)
                 op_until[0] = now + world.draw("delete", *DELETE_OP) if ARM_OPS else now
+                world.remove_nodes([int(n[1:]) for n in a.params["nodes"]], deallocate_mode=True, until=op_until[0])
                 world.ops.append(("delete", now, op_until[0]))
                 mem = dataclasses.replace(mem, last_down=nowdt)
             elif a.kind == "reclaim_server":  # the hub stops the idle server; its node takes a waiting pod

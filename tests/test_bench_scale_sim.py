@@ -1,0 +1,64 @@
+"""The scale benchmark's model of the world (bench/scale_sim.py): waits and node-hours it records.
+
+Small hand-built weeks run through the benchmark's own loop and policies (the real plan_scale and
+plan_cull inside), so an error in the model's bookkeeping shows as a wrong wait or node-hour figure.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import scale_sim as sim
+from bench.scale_sim import HubpilotParams, Session
+
+NIGHT = 2 * 3600.0  # Monday 02:00
+NO_SPARE = HubpilotParams(node_idle_minutes=0, spare_shoulder=0, spare_peak=0)  # no warm capacity
+
+
+def test_a_server_waiting_for_a_node_freed_by_a_stop_starts_at_the_stop() -> None:
+    # one node; the second server arrives while the first one runs and gets the node when the
+    # first user stops theirs (at the end of its active time): it waited until then
+    a = Session(0, 0.0, 600.0, explicit_stop=True)
+    b = Session(1, 300.0, 600.0, explicit_stop=True)
+    world = sim.run_always_on([a, b], 1)
+    assert a.end == 600.0
+    assert b.start == 600.0
+    assert sim.measure("one node", world).max_wait == 300.0
+
+
+def test_a_node_freed_by_the_culler_ends_the_wait_of_the_server_that_takes_it() -> None:
+    # the first user leaves the server to the z2jh culler (60 min); the second arrives when no
+    # node is free and starts when the culled server's node is free
+    a = Session(0, 0.0, 300.0, explicit_stop=False)
+    b = Session(1, 3900.0, 1800.0, explicit_stop=True)
+    world = sim.World([a, b], sim.random.Random(7))
+    world.add_nodes(1, -600, deallocate_mode=False)
+    settings, every, interval = sim.z2jh_cull()
+    sim._loop(world, settings, every, interval, None)
+    assert a.end is not None and b.start is not None
+    assert b.start == max(b.arrive, a.end)
+    assert b.start - b.arrive == pytest.approx(a.end - b.arrive)
+
+
+def test_a_removed_node_counts_until_its_deletemachines_has_stopped_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a lone server at night: hubpilot restarts a stopped VM, the user stops the server, the empty
+    # node is removed. The VM runs until the deleteMachines operation that stops it ends
+    monkeypatch.setattr(sim, "ARM_OPS", True)
+    s = Session(0, NIGHT, 1800.0, explicit_stop=True)
+    world = sim.run_hubpilot([s], 1, NO_SPARE, stopped=2)
+    ups = [op for op in world.ops if op[0] == "scale-up"]
+    downs = [op for op in world.ops if op[0] == "delete"]
+    assert len(ups) == 1 and len(downs) == 1
+    (_, up, _), (_, down, stopped) = ups[0], downs[0]
+    assert stopped - down >= sim.DELETE_OP[0]
+    # the node is billed from its scale-up until its VM is stopped (to the model's 10 s tick)
+    assert world.node_seconds == pytest.approx(stopped - up, abs=sim.TICK)
+    assert world.deallocated == 2
+
+
+def test_without_operation_times_a_removed_node_stops_counting_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sim, "ARM_OPS", False)
+    s = Session(0, NIGHT, 1800.0, explicit_stop=True)
+    world = sim.run_hubpilot([s], 1, NO_SPARE, stopped=2)
+    (_, up, _), (_, down, _) = world.ops
+    assert world.node_seconds == pytest.approx(down - up, abs=sim.TICK)
