@@ -422,13 +422,11 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
     fp, reclaim = policy.forecast, policy.reclaim_after
     forecast = [history(seed, p.history_weeks, fp) if fp is not None else Forecast()]
     memory = [Memory()]
-    last_plan = [-1e9]
     op_until = [-1e9]  # the pool's current operation runs until then
 
     def step(now: float, arrived: bool) -> None:
-        if not arrived and now - last_plan[0] < 60:
-            return  # the timer runs every minute; a demand signal runs it at once
-        last_plan[0] = now
+        if not arrived and now % 60:
+            return  # the timer runs at every whole minute; a demand signal runs it at once
         nowdt = WEEK_START + timedelta(seconds=now)
         # what the Kubernetes API shows of a Deallocate pool: ready nodes (a node handing over from a
         # reclaimed server is ready), booting or restarting nodes NotReady, and every stopped VM's

@@ -62,3 +62,16 @@ def test_without_operation_times_a_removed_node_stops_counting_at_once(monkeypat
     world = sim.run_hubpilot([s], 1, NO_SPARE, stopped=2)
     (_, up, _), (_, down, _) = world.ops
     assert world.node_seconds == pytest.approx(down - up, abs=sim.TICK)
+
+
+def test_the_scale_timer_runs_at_whole_minutes_whatever_the_demand_runs() -> None:
+    # the timer is "0 * * * * *": a demand run (the pre-spawn hook) does not move it. The second
+    # server's demand run finds the first one's restart holding the pool; its node is asked for at
+    # the first whole minute after that operation ended
+    a = Session(0, NIGHT + 5, 1800.0, explicit_stop=True)
+    b = Session(1, NIGHT + 30, 1800.0, explicit_stop=True)
+    world = sim.run_hubpilot([a, b], 1, NO_SPARE, stopped=2)
+    first, second = (op for op in world.ops if op[0] == "scale-up")
+    assert first[1] == NIGHT + 10  # at the demand signal (the model's 10 s tick)
+    assert second[1] >= first[2]
+    assert second[1] % 60 == 0 and second[1] - first[2] < 60
