@@ -139,7 +139,7 @@ class Node:
     ready_at: float
     session: int | None = None
     free_since: float = 0.0
-    handoff: bool = False  # ready, but a reclaimed server's pod is making way for the waiting one
+    handoff: bool = False  # a reclaimed server's node, bound to the waiting server that takes it over
 
 
 @dataclass
@@ -155,6 +155,7 @@ class World:
     changes: int = 0
     reclaims: int = 0
     held: int = 0  # plan runs that wanted more nodes while an operation on the pool was running
+    handoffs: dict[int, float] = field(default_factory=dict)  # session → when a reclaim gave it its node
     split: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("active", "idle", "boot", "empty", "removing"), 0.0))
     removing: list[float] = field(default_factory=list)  # removed nodes' VMs, running until then
@@ -183,7 +184,10 @@ class World:
                 kind = "empty"
             else:
                 s = self.running.get(n.session)
-                kind = "active" if s is not None and s.start is not None and now < s.start + s.active else "idle"
+                if s is not None and s.start is not None and now < s.start:
+                    kind = "boot"  # its server is starting on a reclaimed node
+                else:
+                    kind = "active" if s is not None and s.start is not None and now < s.start + s.active else "idle"
             self.split[kind] += TICK
 
     def add_nodes(self, n: int, now: float, *, deallocate_mode: bool) -> float:
@@ -223,7 +227,7 @@ class World:
         while self.pending and free:
             s = self.pending.pop(0)
             node = free.pop(0)
-            node.session, node.handoff = s.id, False
+            node.session = s.id
             s.node = node.id
             # from when it came, the node was ready, and (a node another server left) free
             s.start = max(s.arrive, node.ready_at, node.free_since)
@@ -235,6 +239,18 @@ class World:
         if s.node is not None and s.node in self.nodes:
             self.nodes[s.node].session = None
             self.nodes[s.node].free_since = now
+            self.nodes[s.node].handoff = False
+
+    def hand_over(self, node: Node, now: float) -> None:
+        """A reclaimed server's node goes to the first waiting server: the scheduler binds its pod
+        as soon as the reclaimed pod is gone (seconds), and it runs ``RECLAIM_HANDOFF`` s later."""
+        if not self.pending:
+            return
+        s = self.pending.pop(0)
+        node.session, node.handoff = s.id, True
+        s.node, s.start = node.id, now + RECLAIM_HANDOFF
+        self.running[s.id] = s
+        self.handoffs[s.id] = now
 
 
 def hub_last_activity(s: Session, now: float, interval: float) -> float:
@@ -252,6 +268,8 @@ def cull_round(world: World, settings: CullSettings, now: float, interval: float
     nowdt = WEEK_START + timedelta(seconds=now)
     for s in world.running.values():
         assert s.start is not None
+        if s.start > now:
+            continue  # still starting (on a reclaimed node): a pending spawn, which the culler leaves alone
         last = hub_last_activity(s, now, interval)
         server = HubServer(f"u{s.id}", "", True, None, WEEK_START + timedelta(seconds=s.start),
                            WEEK_START + timedelta(seconds=last), user_options={"profile": "gpu"})
@@ -428,20 +446,21 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
         if not arrived and now % 60:
             return  # the timer runs at every whole minute; a demand signal runs it at once
         nowdt = WEEK_START + timedelta(seconds=now)
-        # what the Kubernetes API shows of a Deallocate pool: ready nodes (a node handing over from a
-        # reclaimed server is ready), booting or restarting nodes NotReady, and every stopped VM's
-        # node, NotReady too (AKS keeps them registered)
-        nodes = tuple(NodeInfo(f"n{n.id}", n.ready_at <= now or n.handoff, False, None, f"n{n.id}")
+        # what the Kubernetes API shows of a Deallocate pool: ready nodes, booting or restarting
+        # nodes NotReady, and every stopped VM's node, NotReady too (AKS keeps them registered)
+        nodes = tuple(NodeInfo(f"n{n.id}", n.ready_at <= now, False, None, f"n{n.id}")
                       for n in world.nodes.values())
         nodes += tuple(NodeInfo(f"stopped{i}", False, False, None, f"stopped{i}") for i in range(world.deallocated))
-        pods = [UserPod(f"u{s.id}", f"n{s.node}", "Running", False, None, f"u{s.id}", "", True)
-                for s in world.running.values() if s.node is not None and world.nodes[s.node].ready_at <= now]
+        # user pods: running, bound to a reclaimed node and starting there, or waiting unscheduled
+        pods = [UserPod(f"u{s.id}", f"n{s.node}", "Running" if s.start <= now else "Pending", False, None,
+                        f"u{s.id}", "", True)
+                for s in world.running.values() if s.node is not None and s.start is not None]
         pods += [UserPod(f"u{s.id}", None, "Pending", True, None, f"u{s.id}", "", True) for s in world.pending]
         count = len(world.nodes)
         activity = None
         if reclaim is not None:  # the hub's ready servers and their last activity, as the capability reads them
             activity = {f"u{s.id}~": WEEK_START + timedelta(seconds=hub_last_activity(s, now, p.activity_interval))
-                        for s in world.running.values() if s.node is not None and world.nodes[s.node].ready_at <= now}
+                        for s in world.running.values() if s.start is not None and s.start <= now}
         state = "Scaling" if now < op_until[0] else "Succeeded"
         obs = Observed(PoolState("gpu", count, None, None, False, "Running", state, "NC4as_T4_v3",
                                  scale_down_mode="Deallocate"),
@@ -468,7 +487,7 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
                 session = world.running[int(str(a.params["user"])[1:])]
                 node = world.nodes[int(str(a.params["node"])[1:])]
                 world.stop(session, now)
-                node.ready_at, node.handoff = now + RECLAIM_HANDOFF, True
+                world.hand_over(node, now)
                 world.reclaims += 1
         memory[0] = mem
 

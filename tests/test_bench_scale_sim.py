@@ -6,6 +6,8 @@ plan_cull inside), so an error in the model's bookkeeping shows as a wrong wait 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bench import scale_sim as sim
@@ -75,3 +77,27 @@ def test_the_scale_timer_runs_at_whole_minutes_whatever_the_demand_runs() -> Non
     assert first[1] == NIGHT + 10  # at the demand signal (the model's 10 s tick)
     assert second[1] >= first[2]
     assert second[1] % 60 == 0 and second[1] - first[2] < 60
+
+
+def test_a_reclaimed_node_goes_to_the_waiting_server_and_is_never_removed_meanwhile(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the scheduler binds the waiting pod to the freed node within seconds of the reclaim (the
+    # 40 s are mostly its container start): the plan sees the node busy all along, never an empty
+    # node it may remove. A week of the model with reclaim on, every removal checked
+    monkeypatch.setattr(sim, "ARM_OPS", True)
+    removed_in_handoff: list[int] = []
+    remove = sim.World.remove_nodes
+
+    def checked(self: sim.World, ids: list[int], **kw: Any) -> None:
+        removed_in_handoff.extend(i for i in ids if self.nodes[i].handoff)
+        remove(self, ids, **kw)
+
+    monkeypatch.setattr(sim.World, "remove_nodes", checked)
+    p = HubpilotParams(cull_minutes=5, node_idle_minutes=0, spare_shoulder=1, spare_peak=1, reclaim_minutes=3)
+    world = sim.run_hubpilot(sim.trace(101), 101, p, stopped=13)
+    assert world.reclaims > 10
+    assert removed_in_handoff == []
+    # each reclaim handed its node to a waiting server, which started there 40 s later
+    took = [s for s in world.sessions if s.id in world.handoffs]
+    assert len(took) == world.reclaims
+    assert all(s.start == world.handoffs[s.id] + sim.RECLAIM_HANDOFF for s in took)
