@@ -491,11 +491,15 @@ def run_hubpilot(sessions: list[Session], seed: int, p: HubpilotParams, stopped:
                 world.reclaims += 1
         memory[0] = mem
 
-    return _loop(world, settings, p.cull_every, p.activity_interval, step, step_every=TICK)
+    return _loop(world, settings, p.cull_every, p.activity_interval, step, step_every=TICK, at_arrival=True)
 
 
 def _loop(world: World, settings: CullSettings, cull_every: float, interval: float,
-          step: Callable[[float, bool], None] | None, step_every: float = TICK) -> World:
+          step: Callable[[float, bool], None] | None, step_every: float = TICK,
+          at_arrival: bool = False) -> World:
+    """Run the week in ticks of ``TICK`` s. ``step`` runs every ``step_every`` s and on arrivals:
+    at the next tick (the cluster autoscaler's scan), or with ``at_arrival`` at the arrival itself
+    (hubpilot's demand signal from the pre-spawn hook, within a second)."""
     arrivals = list(world.sessions)
     ai = 0
     t = 0.0
@@ -503,9 +507,14 @@ def _loop(world: World, settings: CullSettings, cull_every: float, interval: flo
     while t < horizon:
         arrived = False
         while ai < len(arrivals) and arrivals[ai].arrive <= t:
-            world.pending.append(arrivals[ai])
+            s = arrivals[ai]
+            world.pending.append(s)
             ai += 1
             arrived = True
+            if at_arrival and step is not None:
+                world.place(s.arrive)
+                step(s.arrive, True)
+        arrived = arrived and not at_arrival
         world.place(t)
         explicit_stops(world, t)
         if t % cull_every == 0:
