@@ -345,6 +345,10 @@ class HubpilotParams:
                 "inactivity_timeout": 3600, "activity_interval": self.activity_interval,
                 "policies": [{"name": "gpu", "match_profile": "gpu",
                               "inactivity_timeout": int(self.cull_minutes * 60)}]}
+        if self.reclaim_minutes is not None and self.reclaim_minutes * 60 <= self.activity_interval + 60:
+            # a reclaim this soon must exceed the activity interval plus hubpilot_activity's check
+            # interval: the user image runs HUBPILOT_ACTIVITY_CHECK_SECONDS=30 (60 as shipped)
+            cull["activity_check_seconds"] = 30
         return {"scale": scale, "cull": cull}
 
     def configured(self) -> Settings:
