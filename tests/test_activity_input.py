@@ -75,6 +75,26 @@ async def _connect(kernel: KernelSession, protocol: str | None) -> Any:
                                    subprotocols=[protocol] if protocol else None)
 
 
+async def _ask_input(kernel: KernelSession, protocol: str | None, code: str) -> dict[str, Any]:
+    """Run ``code`` (which calls input()) from a websocket, wait for the kernel's input_request,
+    then close the websocket as a closed tab does; returns the request's header."""
+    ws = await _connect(kernel, protocol)
+    ws.write_message(_encode(_message("shell", "execute_request", {
+        "code": code, "silent": False, "store_history": False, "user_expressions": {},
+        "allow_stdin": True, "stop_on_error": True,
+    }), protocol), binary=protocol == V1)
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                raw = await ws.read_message()
+                assert raw is not None, "kernel websocket closed"
+                channel, header = _decode(raw, protocol)
+                if channel == "stdin" and header["msg_type"] == "input_request":
+                    return header
+    finally:
+        ws.close()
+
+
 async def _settled(hub: RealHub, name: str) -> bool:
     """The hub's activity for the server stops moving (reports come every second, the
     extension checks every half second)."""
@@ -94,21 +114,9 @@ async def test_a_kernel_waiting_on_input_is_idle_and_busy_again_once_answered(
     kernel = KernelSession(cull_hub, name)
     await kernel.start()
 
-    # a cell asks for input, then computes silently; the frontend shows the prompt...
-    ws = await _connect(kernel, protocol)
-    ws.write_message(_encode(_message("shell", "execute_request", {
-        "code": "answer = input('continue? ')\nimport time\ntime.sleep(600)", "silent": False,
-        "store_history": False, "user_expressions": {}, "allow_stdin": True, "stop_on_error": True,
-    }), protocol), binary=protocol == V1)
-    async with asyncio.timeout(60):
-        while True:
-            raw = await ws.read_message()
-            assert raw is not None, "kernel websocket closed"
-            channel, header = _decode(raw, protocol)
-            if channel == "stdin" and header["msg_type"] == "input_request":
-                request = header
-                break
-    ws.close()  # ...and the tab is closed: nobody is there to answer
+    # a cell asks for input, then computes silently; the frontend shows the prompt, and the tab
+    # is closed: nobody is there to answer
+    request = await _ask_input(kernel, protocol, "answer = input('continue? ')\nimport time\ntime.sleep(600)")
 
     # the kernel stays busy, but a kernel only waiting for input is no activity
     assert await _settled(cull_hub, name)
@@ -139,17 +147,7 @@ async def test_a_new_cell_after_an_interrupted_input_counts_as_busy(
     await cull_hub.spawn(name)
     kernel = KernelSession(cull_hub, name)
     await kernel.start()
-    ws = await _connect(kernel, None)
-    ws.write_message(_encode(_message("shell", "execute_request", {
-        "code": "input('continue? ')", "silent": False, "store_history": False,
-        "user_expressions": {}, "allow_stdin": True, "stop_on_error": True,
-    }), None))
-    async with asyncio.timeout(60):
-        while (raw := await ws.read_message()) is not None:
-            channel, header = _decode(raw, None)
-            if channel == "stdin" and header["msg_type"] == "input_request":
-                break
-    ws.close()
+    await _ask_input(kernel, None, "input('continue? ')")
     assert await _settled(cull_hub, name)
 
     await kernel.interrupt()
