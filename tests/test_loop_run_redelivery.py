@@ -17,12 +17,18 @@ from hubpilot.wiring import Context
 from tests.test_loop import NOW, Shelf, runner
 
 
+def shelf_context(store: SqliteStore, cap: Shelf | None = None) -> Context:
+    """A context whose capability ``shelf`` is ``cap``, with the tests' runner on ``store``."""
+    ctx = Context(settings=None, store=store, clock=lambda: NOW,  # type: ignore[arg-type]
+                  factories={"shelf": lambda c: cap} if cap is not None else {})
+    ctx._runner = runner(store)
+    return ctx
+
+
 async def test_a_redelivered_run_request_does_not_run_again_or_overwrite_the_run(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "state.sqlite3"))
     cap = Shelf({"a"})
-    ctx = Context(settings=None, store=store, clock=lambda: NOW,  # type: ignore[arg-type]
-                  factories={"shelf": lambda c: cap})
-    ctx._runner = runner(store)
+    ctx = shelf_context(store, cap)
     try:
         req = RunRequest(new_run_id(), "shelf", "api", "alice")
         await store.put(RUN_KEY.format(run_id=req.run_id), _queued_doc(ctx, req))
@@ -43,8 +49,7 @@ async def test_a_run_killed_while_running_reads_as_failed_once_its_lock_is_gone(
     """A run whose process was killed leaves its document "running"; without the lock it held it
     reads as failed and says why, while a run that still holds its lock reads as running."""
     store = SqliteStore(str(tmp_path / "state.sqlite3"))
-    ctx = Context(settings=None, store=store, clock=lambda: NOW)  # type: ignore[arg-type]
-    ctx._runner = runner(store)
+    ctx = shelf_context(store)
     try:
         run_id = new_run_id()
         doc = {"run_id": run_id, "operation": "shelf", "trigger": "api", "actor": "alice",
@@ -63,10 +68,7 @@ async def test_a_run_killed_while_running_reads_as_failed_once_its_lock_is_gone(
         await store.release_lock(other)
         # the queue delivers the killed run's request again: it runs (only a finished run is not)
         cap = Shelf({"a"})
-        ctx2 = Context(settings=None, store=store, clock=lambda: NOW,  # type: ignore[arg-type]
-                       factories={"shelf": lambda c: cap})
-        ctx2._runner = runner(store)
-        again = await execute_run(ctx2, RunRequest(run_id, "shelf", "api", "alice"))
+        again = await execute_run(shelf_context(store, cap), RunRequest(run_id, "shelf", "api", "alice"))
         assert again is not None and again.outcome == "applied" and cap.observed == 1
     finally:
         await store.close()
@@ -90,9 +92,7 @@ async def test_a_run_cancelled_mid_apply_is_audited_and_its_queued_request_runs_
     and reads as failed; its document is not final, so the queue's second delivery runs it."""
     store = SqliteStore(str(tmp_path / "state.sqlite3"))
     held = Held({"a"})
-    ctx = Context(settings=None, store=store, clock=lambda: NOW,  # type: ignore[arg-type]
-                  factories={"shelf": lambda c: held})
-    ctx._runner = runner(store)
+    ctx = shelf_context(store, held)
     try:
         req = RunRequest(new_run_id(), "shelf", "api", "alice")
         await store.put(RUN_KEY.format(run_id=req.run_id), _queued_doc(ctx, req))
