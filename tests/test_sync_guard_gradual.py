@@ -215,3 +215,41 @@ async def test_a_group_that_loses_its_members_over_several_runs_stops_at_the_lim
         assert state["groups"][f"{world.prefix}gpu"] == sorted(world.user(s) for s in everyone[8:])
     finally:
         await world.close()
+
+
+async def test_approving_a_group_loss_does_not_restart_the_removal_count(
+        real_hub: RealHub, tmp_path: Path) -> None:
+    """max_removals = 3: two people leave the hub (2 in the window). A partly hidden gpu answer is
+    refused for its group loss alone, and approved: the approval accepted those memberships, not
+    the removals its refusal never named. Two more leaving then make 4 removals in the window:
+    refused, as without the approval (the audit-based approval time already said so)."""
+    world = World(real_hub, tmp_path, max_removals=3, max_removal_percent=25.0)
+    try:
+        everyone = [f"p{i:02}" for i in range(12)]
+        world.set("analysts", *everyone)
+        world.set("gpu", *everyone)
+        assert (await world.run()).outcome is Outcome.APPLIED
+        world.set("analysts", *everyone[2:])
+        world.set("gpu", *everyone[2:])
+        left = await world.run()
+        assert left.outcome is Outcome.APPLIED, left.render()
+        assert left.plan is not None and left.plan.counts()["deprovision"] == 2
+
+        world.set("gpu", *everyone[8:])  # 6 of the 10 members out of the mirror: group loss only
+        refused = await world.run()
+        assert refused.outcome is Outcome.REFUSED, refused.render()
+        (reason,) = refused.refusal
+        assert reason.startswith(f"the plan takes 6 of the 10 members out of hub group {world.prefix}gpu"), reason
+        assert refused.plan is not None
+        approved = await world.runner().approve(world.capability(), refused.plan.id, actor="admin")
+        assert approved.outcome is Outcome.APPLIED, approved.render()
+        assert "group_removed" not in (await world.store.get(MANAGED_KEY) or {})  # the group's count restarts
+
+        world.set("analysts", *everyone[4:])  # two more leave: 4 removals in the window
+        after = await world.run()
+        assert after.outcome is Outcome.REFUSED, after.render()
+        assert after.plan is not None and after.plan.facts["recent_removals"] == 2
+        assert any(r.startswith("the plan removes 2 users and sync removed 2 in the last 24 h")
+                   for r in after.refusal), after.refusal
+    finally:
+        await world.close()

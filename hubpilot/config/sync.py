@@ -55,7 +55,8 @@ class SyncSettings(Section):
         24.0, ge=0, description="Count the people sync removed in this many hours before a run with the "
         "plan's removals against max_removals and max_removal_percent (a directory that loses people over "
         "several runs), and the people it took out of a mirrored group with the group's losses; approving a "
-        "refused plan restarts both counts; 0: each plan alone."
+        "plan refused for its removals restarts their count, one refused for a group's losses that count; "
+        "0: each plan alone."
     )
     group_removal_floor: int = Field(
         5, ge=0, description="Refuse a plan that takes more than max_removal_percent of a mirrored hub "

@@ -232,12 +232,15 @@ class SyncCapability:
                     pass
         want = self._desired(observed.snapshot)
         # The runner applies a plan the guard refuses only when an admin approved it: an approved
-        # plan refused for its removals restarts sync.removal_window_hours' count (its refusal
-        # named the removals so far, which the approval accepted with the plan's own).
-        approved = bool(removal_reasons(observed, plan, self.policy) or group_loss_reasons(observed, plan, self.policy))
-        if approved or results or any(r.active and n in want.ids and r.directory_id != want.ids[n]
-                          and same_entry(r.directory_id, want.ids[n], want) for n, r in observed.managed.items()):
-            await self._record_managed(results, want, undo, approved=approved)
+        # plan refused for its removals restarts sync.removal_window_hours' count of removals (its
+        # refusal named the removals so far, which the approval accepted with the plan's own), one
+        # refused for a group's losses the count of those losses; each only what its refusal named.
+        approved = bool(removal_reasons(observed, plan, self.policy))
+        groups_approved = bool(group_loss_reasons(observed, plan, self.policy))
+        if approved or groups_approved or results or any(
+                r.active and n in want.ids and r.directory_id != want.ids[n]
+                and same_entry(r.directory_id, want.ids[n], want) for n, r in observed.managed.items()):
+            await self._record_managed(results, want, undo, approved=approved, groups_approved=groups_approved)
         return results
 
     # --- apply ---------------------------------------------------------------------------------
@@ -302,14 +305,16 @@ class SyncCapability:
 
     async def _record_managed(self, results: Sequence[ActionResult], want: Desired | None,
                               undo: Mapping[str, ManagedUser | None] | None = None, *,
-                              ahead: bool = False, approved: bool = False) -> None:
+                              ahead: bool = False, approved: bool = False,
+                              groups_approved: bool = False) -> None:
         """Write the managed-user records the applied actions imply, in one conditional write,
         and each active managed user's directory id (``want.ids``: hub name → id), which a later
         rename in the directory is recognised by. A record's id is only ever filled in or brought
         to the same entry's current form, never given to another entry that carries the name now
         (the record stays its person's). Nothing is written when nothing changes. ``ahead``:
         before apply, a rename records the new name beside the old one. ``approved``: the plan was
-        approved despite its removals; the removal window's count starts again now."""
+        approved despite its removals; the removal window's count starts again now.
+        ``groups_approved``: approved despite its group losses; their count starts again now."""
         ids = want.ids if want is not None else {}
         now = self.clock()
         touched = [r for r in results if r.status in (Status.DONE, Status.NOOP)]
@@ -333,7 +338,7 @@ class SyncCapability:
                 elif kind == "deprovision":
                     rec = users.get(name) or ManagedUser(now).to_json()
                     users[name] = {**rec, "deprovisioned_at": now.isoformat()}
-                elif kind == "remove_from_group" and not approved:
+                elif kind == "remove_from_group" and not groups_approved:
                     taken_out.setdefault(name, {})[str(r.action.params["user"])] = now.isoformat()
                 elif kind == "delete_user":
                     gone = users.pop(name, None)
@@ -350,7 +355,9 @@ class SyncCapability:
                 # with a clock ahead of this one's are named (the count goes on after the approval)
                 doc["removals_approved_at"] = now.isoformat()
                 _put_or_drop(doc, "removals_approved_ahead", _after(_removal_stamps(users, deleted), now))
-                taken_out = {}  # the approval accepted every membership loss so far too
+                changed = True
+            if groups_approved:  # the approval accepted every membership loss so far
+                taken_out = {}
                 changed = True
             for name, rec in users.items():
                 wanted = ids.get(name)
