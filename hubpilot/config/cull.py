@@ -45,7 +45,7 @@ class CullSettings(Section):
     inactivity_timeout: int = Field(
         3600, ge=0,
         description="Seconds without activity before a server is stopped (0: never for inactivity). "
-        "Must exceed the hub's activity-update interval.",
+        "Must exceed activity_interval + activity_check_seconds.",
     )
     max_age: int = Field(
         0, ge=0, description="Seconds since a server started before it is stopped even if active (0: none)."
