@@ -307,6 +307,9 @@ class RunRecord:
             lines.append(f"  an admin can approve it: {self.approval}")
         elif self.outcome is Outcome.REFUSED and self.dry_run:
             lines.append("  (a dry-run records nothing: a run that is refused records its plan for approval)")
+        elif self.outcome is Outcome.PAUSED and self.refusal:
+            lines.append("  (paused: the plan is not recorded for approval; resume the operation, and a run "
+                         "that is refused records its plan for approval)")
         lines += [f"  {r.status}: {r.action.describe()}" + (f" [{r.detail}]" if r.detail else "")
                   for r in self.results]
         if self.error:

@@ -253,3 +253,30 @@ async def test_approving_a_group_loss_does_not_restart_the_removal_count(
                    for r in after.refusal), after.refusal
     finally:
         await world.close()
+
+
+async def test_a_paused_run_whose_plan_would_be_refused_says_it_is_not_recorded_for_approval(
+        real_hub: RealHub, tmp_path: Path) -> None:
+    """The removal refusal tells the admin to approve the plan as the run says; a paused run records
+    no plan for approval, so its output says so (resume first) instead of leaving that unsaid."""
+    from hubpilot.loop import UnknownPlan
+
+    world = World(real_hub, tmp_path, max_removals=1)
+    try:
+        everyone = [f"p{i}" for i in range(6)]
+        world.set("analysts", *everyone)
+        assert (await world.run()).outcome is Outcome.APPLIED
+        world.set("analysts", *everyone[1:])
+        assert (await world.run()).outcome is Outcome.APPLIED  # one removal: at the limit
+        await world.runner().set_paused("sync", True, "admin")
+        world.set("analysts", *everyone[2:])  # the second in the window
+        paused = await world.run()
+        assert paused.outcome is Outcome.PAUSED, paused.render()
+        assert paused.plan is not None and paused.approval is None
+        assert any("(the run says how)" in r for r in paused.refusal), paused.refusal
+        text = paused.render()
+        assert "paused: the plan is not recorded for approval" in text, text
+        with pytest.raises(UnknownPlan):
+            await world.runner().approve(world.capability(), paused.plan.id, actor="admin")
+    finally:
+        await world.close()
