@@ -312,6 +312,31 @@ async def test_a_lifecycle_event_arriving_while_a_held_lock_is_retried_is_not_dr
     assert (await t.hub_state())["users"] == [t.name("ana")]
 
 
+async def test_at_shutdown_a_held_sync_lock_drops_only_the_sync_hint_not_a_reauthorization(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    """Shutdown begins while the worker waits to retry a sync whose lock is held, and a
+    reauthorizationRequired arrived meanwhile: the sync is not retried (the scheduled sync is the
+    safety net), but the reauthorization, whose lock is free, is still made: Graph pauses delivery
+    until then, and nothing else would renew the subscription before it nears its expiry."""
+    t = Tenant(graph, real_hub, webhook)
+    await run_subscription_manager(t.ctx)
+    sid = subscription_of(graph, t.users_group)
+    lease = await t.ctx.store.acquire_lock("sync", "timer:other-run", timedelta(minutes=5), t.ctx.clock())
+    assert lease is not None
+
+    async def sleep(seconds: float) -> None:  # the lifecycle event arrives, then SIGTERM
+        assert (await lifecycle(t, sid, "reauthorizationRequired")).status_code == 202
+        t.worker.stop()
+
+    t.worker.sleep = sleep
+    graph.reset_log()
+    assert (await t.notify(t.users_group)).status_code == 202
+    await t.worker.drain_once()
+    assert [r.operation for r in t.worker.records] == ["graph-subscriptions"]
+    assert graph.requests(f"/subscriptions/{sid}", "PATCH")  # reauthorized
+    await t.ctx.store.release_lock(lease)
+
+
 @pytest.mark.azurite
 async def test_on_the_azure_queue_a_lifecycle_message_leaves_the_sync_message_after_the_manager(
         graph: GraphDouble, real_hub: RealHub, webhook: Webhook, azurite: Any) -> None:

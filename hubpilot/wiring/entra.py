@@ -249,9 +249,10 @@ class NotificationWorker:
                 try:
                     record = await process_hint(self.ctx, hint)
                 except LockHeld as exc:
-                    if self._stopping.is_set():  # shutting down: the scheduled sync is the safety net
+                    if self._stopping.is_set():  # shutting down: the scheduled sync is the safety net;
+                        # the other hints taken (a reauthorization) are still tried once
                         log.info("dropped a %s hint at shutdown: %s", hint.kind, exc)
-                        return
+                        break
                     if attempt == self.max_attempts:
                         log.warning("gave up on a %s hint after %d attempts: %s", hint.kind, attempt, exc)
                         break
