@@ -718,9 +718,8 @@ def collision_share(boot: tuple[float, float] = (90, 150), allowed: float = 60) 
     return sum(WEEKDAY[h] ** 2 * late / 3600 for h in hours) / sum(WEEKDAY[h] for h in hours)
 
 
-def curve(seeds: Sequence[int]) -> None:
-    """Node-hours against wait on the held-out seeds for a sweep of spare policies (no choice is
-    made here: the sweep shows the trade-off), and which points no other point beats on both."""
+def curve_points() -> list[HubpilotParams]:
+    """The spare policies :func:`curve` sweeps."""
     points = [HubpilotParams(cull_minutes=8, node_idle_minutes=1, forecast_quantile=q, forecast_min_rate=m)
               for q, m in ((0.9, 0), (0.97, 0), (0.99, 0), (0.95, 1.5), (0.97, 1.5), (0.98, 1.5),
                            (0.985, 1.5), (0.99, 1.5))]
@@ -743,6 +742,13 @@ def curve(seeds: Sequence[int]) -> None:
                for idle in (0, 1) for reclaim in (2, 3) for n, peaks in ((1, PEAKS[0]), (2, PEAKS[3]), (2, PEAKS[2]))]
     points.append(HubpilotParams(cull_minutes=15, node_idle_minutes=1, spare_shoulder=1, spare_peak=2,
                                  peaks=PEAKS[2], reclaim_minutes=3))
+    return points
+
+
+def curve(seeds: Sequence[int]) -> None:
+    """Node-hours against wait on the held-out seeds for a sweep of spare policies (no choice is
+    made here: the sweep shows the trade-off), and which points no other point beats on both."""
+    points = curve_points()
     traces = {s: trace(s) for s in seeds}
     out = []
     for p in points:
