@@ -95,6 +95,17 @@ async def _ask_input(kernel: KernelSession, protocol: str | None, code: str) -> 
         ws.close()
 
 
+async def _active_again(hub: RealHub, name: str) -> None:
+    """Wait until the hub's activity of the server moves past now (plus 3 s): busy again."""
+    t0 = datetime.now(UTC)
+
+    async def moved() -> bool:
+        la = await _hub_activity(hub, name)
+        return la is not None and la >= t0 + timedelta(seconds=3)
+
+    await wait_for(moved, timeout=15)
+
+
 async def _settled(hub: RealHub, name: str) -> bool:
     """The hub's activity for the server stops moving (reports come every second, the
     extension checks every half second)."""
@@ -127,13 +138,7 @@ async def test_a_kernel_waiting_on_input_is_idle_and_busy_again_once_answered(
                                       parent=request), protocol), binary=protocol == V1)
     await asyncio.sleep(1)
     ws.close()
-    t0 = datetime.now(UTC)
-
-    async def active_again() -> bool:
-        la = await _hub_activity(cull_hub, name)
-        return la is not None and la >= t0 + timedelta(seconds=3)
-
-    await wait_for(active_again, timeout=15)
+    await _active_again(cull_hub, name)
     await kernel.interrupt()
 
 
@@ -160,11 +165,5 @@ async def test_a_new_cell_after_an_interrupted_input_counts_as_busy(
     await wait_for(interrupted)
     await asyncio.sleep(1)  # ipykernel aborts the requests queued right after an error
     await kernel.execute("import time\ntime.sleep(600)")  # returns once the kernel is busy with it
-    t0 = datetime.now(UTC)
-
-    async def active_again() -> bool:
-        la = await _hub_activity(cull_hub, name)
-        return la is not None and la >= t0 + timedelta(seconds=3)
-
-    await wait_for(active_again, timeout=15)
+    await _active_again(cull_hub, name)
     await kernel.interrupt()
