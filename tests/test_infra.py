@@ -690,6 +690,26 @@ def test_scale_timer_is_switched_off_exactly_when_scaling_is(parsed: dict[str, A
 
     assert keys(operands["false_value"]) == {switch: "true"}
     assert switch not in keys(operands["true_value"])
-    # no other timer is switched off anywhere in the app settings
+    # no other timer is switched off anywhere in the app settings (but the Graph subscription
+    # timer without notifications, below)
     switched = {name.strip("'") for name in _app_settings(parsed) if name.strip("'").startswith("AzureWebJobs.")}
-    assert switched == {switch}
+    assert switched == {switch, "AzureWebJobs.graph_subscriptions.Disabled"}
+
+
+def test_graph_subscription_timer_is_switched_off_without_graph_notifications(parsed: dict[str, Any]) -> None:
+    """The subscription manager's hourly timer has nothing to do unless the directory is Entra ID
+    with notifications on (``directory.entra.notifications``): switched off otherwise, like the
+    scale timer without scaling."""
+    from tests.test_functions import functions_by_name
+
+    assert any(b.type == "timerTrigger" for b in functions_by_name()["graph_subscriptions"].get_bindings())
+    main = _file(parsed, "main.bicep")
+    expr = _resolve(main, "graphTimerSettings")
+    operands = expr["operator"]["operands"]
+    assert expr["operator"]["type"] == "conditional" and operands["condition"] == "graphNotificationsOn"
+    on = _resolve(main, "graphNotificationsOn")
+    assert "directoryKind" in json.dumps(on) and "graphNotifications" in json.dumps(on), on
+    switch = "AzureWebJobs.graph_subscriptions.Disabled"
+    assert {k.strip("'"): v for k, v in operands["false_value"].items()} == {switch: "true"}
+    assert not operands["true_value"]
+    assert switch in {name.strip("'") for name in _app_settings(parsed)}

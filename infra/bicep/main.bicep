@@ -444,10 +444,18 @@ var scaleSettings = scaleEnabled ? {
   'AzureWebJobs.scale_timer.Disabled': 'true'
 }
 
+var graphNotificationsOn = directoryKind == 'entra' && graphNotifications
+
+// the subscription manager's hourly timer has nothing to do without Graph notifications: the
+// host's per-function switch keeps it from waking the app
+var graphTimerSettings = graphNotificationsOn ? {} : {
+  'AzureWebJobs.graph_subscriptions.Disabled': 'true'
+}
+
 resource appSettings 'Microsoft.Web/sites/config@2024-11-01' = {
   parent: app
   name: 'appsettings'
-  properties: union(hostSettings, coreSettings, apiTokenSettings, directorySettings, scaleSettings, extraAppSettings)
+  properties: union(hostSettings, coreSettings, apiTokenSettings, directorySettings, scaleSettings, graphTimerSettings, extraAppSettings)
   dependsOn: [
     aksAccess
   ]
