@@ -185,7 +185,7 @@ async def test_waiting_gpu_server_reclaims_an_idle_one_in_a_real_hub(
     await arm.start()
     arm.add_pool("gpu", count=3, machines=["gpu-0", "gpu-1", "gpu-2"])
     settings = Settings(hub={"api_url": real_hub.api_url, "token": real_hub.hubpilot_token},
-                        scale={"reclaim_idle_minutes": 6, "max_reclaim": 1})
+                        scale={"reclaim_idle_minutes": 6, "max_reclaim": 1}, cull={"activity_interval": 60})
     ctx = Context(settings=settings, store=SqliteStore(tmp_path / "reclaim.sqlite3"), clock=lambda: now)
     pool = AksPool(StaticToken(), subscription_id=arm.subscription, resource_group=arm.resource_group,
                    cluster=arm.cluster, pool="gpu", base_url=arm.base_url, retry_total=1,
