@@ -294,3 +294,21 @@ def test_a_hint_is_covered_only_by_a_finished_sync_that_started_after_it() -> No
     assert not covered_by(hint, "failed", received + timedelta(seconds=1))  # a failed read saw nothing
     assert not covered_by(hint, "applied", None)
     assert not covered_by(Hint("sync"), "applied", received)  # no receipt time: run again
+
+
+def test_a_round_that_replaced_a_dropped_subscription_asks_for_a_sync() -> None:
+    """missed_changes: a creation while a subscription hubpilot made has vanished, or a renewal
+    that found its subscription gone (404), means unnotified changes; a first creation, a plain
+    renewal or a failed replacement do not."""
+    from hubpilot.entra.subscriptions import RECREATED, missed_changes
+    from hubpilot.loop import Action, ActionResult, Plan, Status
+
+    create = Action("create", "groups/g1", 1, {"expiration": "2026-12-01T00:00:00+00:00"})
+    renew = Action("renew", "s1", 1, {"group": "g1", "expiration": "2026-12-01T00:00:00+00:00"})
+    vanished = Plan.build("graph-subscriptions", [create], [], {"vanished": ["s0"]})
+    first = Plan.build("graph-subscriptions", [create], [], {})
+    assert missed_changes(vanished, [ActionResult(create, Status.DONE, "subscription s2")])
+    assert not missed_changes(vanished, [ActionResult(create, Status.FAILED, "403")])
+    assert not missed_changes(first, [ActionResult(create, Status.DONE, "subscription s2")])
+    assert missed_changes(first, [ActionResult(renew, Status.DONE, f"{RECREATED} s3")])
+    assert not missed_changes(first, [ActionResult(renew, Status.DONE)])

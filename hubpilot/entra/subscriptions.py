@@ -25,6 +25,8 @@ from hubpilot.loop import Action, ActionResult, Plan, Progress, Status, run_acti
 from hubpilot.ports.store import StateStore
 
 OPERATION = "graph-subscriptions"
+RECREATED = "was gone (404); recreated as"
+"""How a renewal that found its subscription gone reports the new one."""
 CHANGE_TYPE = "updated,deleted"
 SECRETS_KEY = "entra/subscription-secrets"  # {subscription id: fingerprint of its clientState}
 
@@ -159,6 +161,15 @@ def plan_subscriptions(policy: SubscriptionPolicy, observed: ObservedSubscriptio
     return Plan.build(OPERATION, actions, notes, facts=facts)
 
 
+def missed_changes(plan: Plan | None, results: Sequence[ActionResult]) -> bool:
+    """Whether a round replaced a subscription Graph had dropped without a lifecycle event
+    reaching hubpilot (gone from its list: the plan's fact ``vanished``; or found gone by a
+    renewal's 404): changes made meanwhile were never notified, and a delta sync should follow."""
+    done = [r for r in results if r.status is Status.DONE]
+    return (any(r.action.kind == "create" for r in done) and plan is not None and bool(plan.facts.get("vanished"))) \
+        or any(r.detail.startswith(RECREATED) for r in done)
+
+
 class SubscriptionManager:
     """Capability ``graph-subscriptions``: run it through the Runner (lock, audit) on a timer."""
 
@@ -209,7 +220,7 @@ class SubscriptionManager:
                 group = str(action.params["group"])
                 created = await self.api.create_subscription(self._body(group, expiration))
                 made[str(created.get("id"))] = current
-                return ActionResult(action, Status.DONE, f"was gone (404); recreated as {created.get('id')}")
+                return ActionResult(action, Status.DONE, f"{RECREATED} {created.get('id')}")
             if action.kind == "create":
                 group = action.target.split("/", 1)[1]
                 created = await self.api.create_subscription(self._body(group, expiration))

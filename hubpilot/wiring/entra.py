@@ -24,8 +24,8 @@ from typing import Any
 from hubpilot.config.entra import EntraSettings
 from hubpilot.entra.directory import STATE_PREFIX, EntraDirectory
 from hubpilot.entra.notifications import Hint, NotificationQueue, coalesce, covered_by
-from hubpilot.entra.subscriptions import SubscriptionManager, SubscriptionPolicy
-from hubpilot.loop import LockHeld, RunRecord, Status
+from hubpilot.entra.subscriptions import SubscriptionManager, SubscriptionPolicy, missed_changes
+from hubpilot.loop import LockHeld, RunRecord
 from hubpilot.ports.directory import Directory
 from hubpilot.wiring import Context
 
@@ -119,9 +119,7 @@ async def run_subscription_manager(ctx: Context, *, force_renew: Sequence[str] =
     try:
         cap = SubscriptionManager(graph, await subscription_policy(ctx), force_renew=force_renew, store=ctx.store)
         record = await ctx.runner.run(cap, trigger=trigger, actor=actor)
-        created = any(r.status is Status.DONE and r.action.kind == "create" for r in record.results)
-        if resync or (created and record.plan is not None and record.plan.facts.get("vanished")) or any(
-                r.status is Status.DONE and "recreated" in r.detail for r in record.results):
+        if resync or missed_changes(record.plan, record.results):
             await notification_queue(ctx).push(Hint("sync", received=ctx.clock().isoformat()))
         return record
     except LockHeld as exc:
