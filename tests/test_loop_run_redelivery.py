@@ -25,13 +25,19 @@ def shelf_context(store: SqliteStore, cap: Shelf | None = None) -> Context:
     return ctx
 
 
+async def queue_shelf_run(ctx: Context) -> RunRequest:
+    """A run request of ``shelf`` as the API queues it (its run document written "queued")."""
+    req = RunRequest(new_run_id(), "shelf", "api", "alice")
+    await ctx.store.put(RUN_KEY.format(run_id=req.run_id), _queued_doc(ctx, req))
+    return req
+
+
 async def test_a_redelivered_run_request_does_not_run_again_or_overwrite_the_run(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "state.sqlite3"))
     cap = Shelf({"a"})
     ctx = shelf_context(store, cap)
     try:
-        req = RunRequest(new_run_id(), "shelf", "api", "alice")
-        await store.put(RUN_KEY.format(run_id=req.run_id), _queued_doc(ctx, req))
+        req = await queue_shelf_run(ctx)
         first = await execute_run(ctx, req)
         assert first is not None and first.outcome == "applied"
         cap.items.clear()  # the world drifted meanwhile: a second run would act again
@@ -94,8 +100,7 @@ async def test_a_run_cancelled_mid_apply_is_audited_and_its_queued_request_runs_
     held = Held({"a"})
     ctx = shelf_context(store, held)
     try:
-        req = RunRequest(new_run_id(), "shelf", "api", "alice")
-        await store.put(RUN_KEY.format(run_id=req.run_id), _queued_doc(ctx, req))
+        req = await queue_shelf_run(ctx)
         task = asyncio.create_task(execute_run(ctx, req))
         await asyncio.wait_for(held.entered.wait(), 10)
         task.cancel()
