@@ -282,15 +282,34 @@ async def test_dry_run_cordons_nothing(world: dict[str, Any]) -> None:
     assert not arm.writes()
 
 
-async def test_409_skips_the_round_and_uncordons(world: dict[str, Any]) -> None:
+async def test_409_skips_the_round_and_the_next_run_removes_the_node(world: dict[str, Any]) -> None:
+    """The 409's operation may be deleting this very node (another run's deleteMachines): it stays
+    cordoned, and the next run re-observes (tests/test_scale_concurrent.py)."""
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]
     cap, runner = await one_empty_past_the_idle_limit(world)
     arm.fault("POST", 409)
     rec = await runner.run(cap, trigger="timer", actor="test")
     assert [r.status for r in rec.results] == [Status.SKIPPED], rec.render()
-    assert "409" in rec.results[0].detail
+    assert "409" in rec.results[0].detail and "left cordoned gpu-0" in rec.results[0].detail
     assert [c.status for c in arm.calls if c.method == "POST"] == [409]  # not retried
+    assert kube.node_obj("gpu-0")["spec"]["unschedulable"] is True
+    assert arm.machines["gpu"] == ["gpu-0"]
+    again = await runner.run(cap, trigger="timer", actor="test")
+    assert [(r.action.kind, r.status) for r in again.results] == [("remove_nodes", Status.DONE)], again.render()
+    assert arm.machines["gpu"] == []
+
+
+async def test_409_then_demand_uncordons_the_node(world: dict[str, Any]) -> None:
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    cap, runner = await one_empty_past_the_idle_limit(world)
+    arm.fault("POST", 409)
+    await runner.run(cap, trigger="timer", actor="test")
+    assert kube.node_obj("gpu-0")["spec"]["unschedulable"] is True
+    kube.pod("bob", None)  # a GPU server waits: the node is wanted again
+    again = await runner.run(cap, trigger="timer", actor="test")
+    assert [(r.action.kind, r.status) for r in again.results] == [("uncordon", Status.DONE)], again.render()
     assert kube.node_obj("gpu-0")["spec"]["unschedulable"] is False
     assert arm.machines["gpu"] == ["gpu-0"]
 

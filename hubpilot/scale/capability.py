@@ -206,9 +206,12 @@ class ScaleCapability:
         except Exception:
             await self._uncordon_all(cordoned)
             raise
-        if res.outcome is PoolOutcome.CONFLICT:
-            await self._uncordon_all(cordoned)
-        detail = f"removed {', '.join(cordoned)}" + (f"; kept {', '.join(kept)}" if kept else "")
+        # a 409 (another operation on the pool is running) leaves them cordoned: that operation may
+        # be another apply's deleteMachines of these very nodes (two runs at once), and an
+        # uncordoned node would take a user pod while its VM is deleted. They are empty; the next
+        # run re-observes and removes what is still there and idle, or uncordons it.
+        verb = "left cordoned" if res.outcome is PoolOutcome.CONFLICT else "removed"
+        detail = f"{verb} {', '.join(cordoned)}" + (f"; kept {', '.join(kept)}" if kept else "")
         done = Action(action.kind, action.target, action.phase,
                       {**action.params, "removed_nodes": cordoned}, action.reason)
         return _result(done, res, detail)

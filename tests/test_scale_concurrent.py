@@ -1,0 +1,71 @@
+"""Two scale applies at once (the lock lost, two instances): kmock + the ARM double through the real
+clients. Every apply is safe to run twice or concurrently: a node is deleted once, and a node whose
+machine another apply is deleting is never uncordoned under it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hubpilot.adapters.aks import AksPool
+from hubpilot.loop import Status
+from hubpilot.ports.cluster import CORDON_ANNOTATION
+from hubpilot.scale import ScaleCapability
+from tests.doubles.arm import ArmDouble, StaticToken
+from tests.fixtures.kmock import Emulator
+from tests.test_scale_kube import capability, one_empty_past_the_idle_limit, world  # noqa: F401  (fixture)
+
+
+def second_pool(arm: ArmDouble) -> AksPool:
+    return AksPool(StaticToken(), subscription_id=arm.subscription, resource_group=arm.resource_group,
+                   cluster=arm.cluster, pool="gpu", base_url=arm.base_url, retry_total=1,
+                   retry_backoff=0.01, polling_interval=0.01, lro_wait=5.0)
+
+
+async def test_two_removals_at_once_delete_the_node_once_and_leave_it_cordoned(world: dict[str, Any]) -> None:  # noqa: F811
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    cap, _ = await one_empty_past_the_idle_limit(world)
+    observed = await cap.observe()
+    plan = cap.plan(observed, world["clock"]["now"])
+    assert [a.kind for a in plan.actions] == ["remove_nodes"]
+    arm.polls = 20  # the first deleteMachines still runs when the second arrives
+    other_pool = second_pool(arm)
+    try:
+        other = ScaleCapability(other_pool, cap.cluster, cap.store, cap.policy, clock=cap.clock)
+        a, b = await asyncio.gather(cap.apply(plan, observed, lambda *x: None),
+                                    other.apply(plan, observed, lambda *x: None))
+    finally:
+        await other_pool.close()
+    statuses = sorted(r.status.value for r in (*a, *b))
+    assert statuses == sorted([Status.DONE.value, Status.SKIPPED.value]), (a, b)
+    assert arm.machines["gpu"] == []  # deleted once
+    assert [c.status for c in arm.calls if c.method == "POST"] == [202, 409]
+    node = kube.node_obj("gpu-0")
+    # its VM is gone: uncordoned by the apply that got the 409, a user pod could have landed on it
+    assert node["spec"]["unschedulable"] is True, (a, b)
+    assert node["metadata"]["annotations"].get(CORDON_ANNOTATION)
+
+
+async def test_two_scale_ups_at_once_send_one_count(world: dict[str, Any]) -> None:  # noqa: F811
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    kube.node("gpu-0")
+    kube.pod("alice", "gpu-0")
+    kube.pod("bob", None)  # waits for a GPU node
+    cap, _ = capability(world)
+    observed = await cap.observe()
+    plan = cap.plan(observed, world["clock"]["now"])
+    assert [(a.kind, a.params["count"]) for a in plan.actions] == [("set_count", 2)]
+    other_pool = second_pool(arm)
+    try:
+        other = ScaleCapability(other_pool, cap.cluster, cap.store, cap.policy, clock=cap.clock)
+        a, b = await asyncio.gather(cap.apply(plan, observed, lambda *x: None),
+                                    other.apply(plan, observed, lambda *x: None))
+    finally:
+        await other_pool.close()
+    assert arm.pools["gpu"]["count"] == 2 and len(arm.machines["gpu"]) == 2
+    assert len([c for c in arm.calls if c.method == "PUT" and c.status < 300]) == 1
+    assert sorted(r.status.value for r in (*a, *b)) in (
+        sorted([Status.DONE.value, Status.SKIPPED.value]), sorted([Status.DONE.value, Status.NOOP.value])), (a, b)
