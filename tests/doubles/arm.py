@@ -66,6 +66,7 @@ class ArmDouble:
     location: str = "eastus"
     status_readable: bool = True  # False: polling the operation answers 403 (no locations/operations/read)
     hold_operations: bool = False  # operations stay InProgress until released
+    enforce_min_count: bool = True  # the autoscaler scales a pool up to a raised minCount
     base_url: str = ""
     _runner: web.AppRunner | None = None
     _etag_n: int = 0
@@ -245,8 +246,14 @@ class ArmDouble:
                 return self._error(400, "InvalidParameter", "minCount and maxCount must be set, min <= max")
 
         def apply() -> None:
-            # a raised minCount adds no node by itself: the cluster autoscaler applies it at its
-            # next scale event (Azure/AKS#1481, kubernetes/autoscaler#4401)
+            # a minCount raised above the count is enforced: AKS's cluster autoscaler scales the
+            # pool up to it (AKS release 2021-07-22, "Cluster autoscaler will now enforce the
+            # minimum count ... changing the minimum count value from the AKS API"; before it, it
+            # waited for a scale event: Azure/AKS#1481, kubernetes/autoscaler#4401). Modelled as
+            # done when the operation ends; on AKS the autoscaler does it shortly after.
+            pool = self.pools[name]
+            if self.enforce_min_count and pool.get("enableAutoScaling") and (pool.get("minCount") or 0) > pool["count"]:
+                pool["count"] = pool["minCount"]
             have = self.machines[name]
             while len(have) < self.pools[name]["count"]:
                 have.append(f"aks-{name}-12345678-vmss{len(have) + 1000:06x}")
