@@ -69,3 +69,24 @@ async def test_two_scale_ups_at_once_send_one_count(world: dict[str, Any]) -> No
     assert len([c for c in arm.calls if c.method == "PUT" and c.status < 300]) == 1
     assert sorted(r.status.value for r in (*a, *b)) in (
         sorted([Status.DONE.value, Status.SKIPPED.value]), sorted([Status.DONE.value, Status.NOOP.value])), (a, b)
+
+
+async def test_a_retried_deletion_that_was_accepted_leaves_the_node_cordoned(world: dict[str, Any]) -> None:  # noqa: F811
+    """ARM accepts deleteMachines but the gateway answers 504: azure-core's retry policy sends the
+    POST again (it retries a POST on 500/503/504), and ARM answers 409 -- the operation in progress
+    is the first request, deleting this very node. One run, no concurrency: the node must stay
+    cordoned while its VM is deleted."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    cap, runner = await one_empty_past_the_idle_limit(world)
+    arm.polls = 3
+    arm.answer_failed("POST", 504)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert [c.status for c in arm.calls if c.method == "POST"] == [504, 409], rec.render()
+    assert [r.status for r in rec.results] == [Status.SKIPPED], rec.render()
+    for op in list(arm.operations.values()):  # the accepted operation runs to its end
+        while op.status == "InProgress":
+            arm._advance(op)
+    assert arm.machines["gpu"] == []
+    node = kube.node_obj("gpu-0")
+    assert node["spec"]["unschedulable"] is True and node["metadata"]["annotations"].get(CORDON_ANNOTATION)

@@ -61,6 +61,7 @@ class ArmDouble:
     calls: list[Call] = field(default_factory=list)
     faults: list[tuple[str, int, dict[str, str], dict[str, Any] | None, str]] = field(default_factory=list)
     lost_answers: list[str] = field(default_factory=list)  # methods whose next answer is lost (see lose_answer)
+    failed_answers: list[tuple[str, int]] = field(default_factory=list)  # see answer_failed
     fail_next_operation: str | None = None
     kubeconfig: bytes | None = None  # the cluster's user kubeconfig (listClusterUserCredential)
     location: str = "eastus"
@@ -100,6 +101,11 @@ class ArmDouble:
         """The next request with ``method`` is carried out, but the connection closes before its
         answer is sent (a reset after ARM accepted it)."""
         self.lost_answers.append(method)
+
+    def answer_failed(self, method: str, status: int) -> None:
+        """The next request with ``method`` is carried out, but answered with ``status`` (a gateway
+        that times out, 504, or fails, 500/503, after ARM accepted the request)."""
+        self.failed_answers.append((method, status))
 
     def release(self) -> None:
         self.hold_operations = False
@@ -149,6 +155,11 @@ class ArmDouble:
             except ValueError:
                 body = None
         resp = await self._route(request)
+        failed = next((f for f in self.failed_answers if f[0] == request.method), None)
+        if failed is not None and resp.status < 300:
+            self.failed_answers.remove(failed)
+            resp = self._error(failed[1], "GatewayTimeout" if failed[1] == 504 else "InternalServerError",
+                               "the request was carried out; its answer failed on the way")
         self.calls.append(Call(request.method, request.path, time.monotonic(), resp.status, body))
         if request.method in ("PUT", "POST") and resp.status < 300:
             self.write_event.set()
