@@ -190,3 +190,42 @@ async def test_stale_etag_is_a_conflict(arm: ArmDouble) -> None:
         await pool.close()
     assert res.outcome is PoolOutcome.CONFLICT
     assert arm.pools["gpu"]["count"] == 1
+
+
+@pytest.mark.parametrize("autoscaling", [False, True])
+async def test_a_change_sends_the_pool_back_whole(arm: ArmDouble, autoscaling: bool) -> None:
+    """A PUT is the whole pool (the double keeps nothing the body leaves out): set_count and
+    set_min_count send every property read, those this SDK does not know included, so no taint,
+    label, max pods, surge, scale-down mode or newer setting is reset."""
+    arm.add_pool("gpu", count=1, autoscaling=autoscaling, min_count=1, max_count=4)
+    extra = {"nodeLabels": {"hub.jupyter.org/node-purpose": "user"}, "maxPods": 30,
+             "upgradeSettings": {"maxSurge": "1", "drainTimeoutInMinutes": 30},
+             "scaleDownMode": "Deallocate", "nodeTaints": ["sku=gpu:NoSchedule"],
+             "aPropertyOfALaterApiVersion": {"on": True}}
+    arm.pools["gpu"].update(extra)
+    before = {k: v for k, v in arm.pools["gpu"].items() if k not in ("count", "minCount", "eTag")}
+    pool = make_pool(arm)
+    try:
+        state = await pool.get()
+        res = await (pool.set_min_count(2, etag=state.etag) if autoscaling else pool.set_count(2, etag=state.etag))
+    finally:
+        await pool.close()
+    assert res.outcome is PoolOutcome.DONE, res
+    after = {k: v for k, v in arm.pools["gpu"].items() if k not in ("count", "minCount", "eTag")}
+    assert after == before
+    put = next(c for c in arm.calls if c.method == "PUT")
+    assert not {"provisioningState", "eTag", "currentOrchestratorVersion"} & set(put.body["properties"])
+
+
+async def test_a_change_to_a_pool_mid_upgrade_is_a_conflict(arm: ArmDouble) -> None:
+    """ARM answers 409 OperationNotAllowed while the pool's own operation (an upgrade) runs."""
+    arm.add_pool("gpu", count=1)
+    arm.pools["gpu"]["provisioningState"] = "Upgrading"
+    pool = make_pool(arm)
+    try:
+        res = await pool.set_count(2)
+        gone = await pool.delete_machines(["aks-gpu-12345678-vmss000000"])
+    finally:
+        await pool.close()
+    assert res.outcome is PoolOutcome.CONFLICT and gone.outcome is PoolOutcome.CONFLICT
+    assert arm.pools["gpu"]["count"] == 1 and not arm.writes()

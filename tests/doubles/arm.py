@@ -25,6 +25,11 @@ from typing import Any
 from aiohttp import web
 
 API_VERSIONS = {"2026-08-01", "2026-07-01", "2026-04-01"}
+# properties of an agent pool that ARM sets and a PUT cannot (the API's readOnly ones)
+READ_ONLY = frozenset({"provisioningState", "eTag", "currentOrchestratorVersion", "nodeImageVersion"})
+# provisioning states of an operation in progress: ARM answers 409 OperationNotAllowed to a change
+IN_PROGRESS = frozenset({"Creating", "Updating", "Scaling", "Upgrading", "Deleting", "Starting", "Stopping",
+                         "Canceling", "Migrating"})
 POOL_PATH = ("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerService/"
              "managedClusters/{cluster}/agentPools/{pool}")
 
@@ -219,7 +224,8 @@ class ArmDouble:
         return web.json_response({"kubeconfigs": [{"name": "clusterUser", "value": value}]})
 
     def _busy(self, name: str) -> web.Response | None:
-        if any(op.pool == name and op.status == "InProgress" for op in self.operations.values()):
+        if any(op.pool == name and op.status == "InProgress" for op in self.operations.values()) \
+                or self.pools[name].get("provisioningState") in IN_PROGRESS:
             return self._error(409, "OperationNotAllowed",
                                "Operation is not allowed because there's an in progress update "
                                "operation on the agent pool.")
@@ -274,9 +280,13 @@ class ArmDouble:
         # operation runs shows the new count (learn.microsoft.com, "Scale node pools": the pool
         # "is in the Scaling state with a new count"), and a failed operation leaves it there:
         # the count is then above the machines that exist (Azure/AKS#671: count 6, 5 nodes).
-        for key in ("count", "minCount", "maxCount", "enableAutoScaling"):
-            if key in new:
-                props[key] = new[key]
+        # A PUT is the whole pool: a property the body leaves out is not kept (modelled as reset:
+        # whether AKS keeps or resets each omitted property is not documented per property), so
+        # a client must send the pool back as it read it. Read-only properties stay the pool's.
+        kept = {k: v for k, v in props.items() if k in READ_ONLY}
+        props.clear()
+        props.update({k: copy.deepcopy(v) for k, v in new.items() if k not in READ_ONLY})
+        props.update(kept)
         self._bump(name)
         op = self._start(name, "put", apply)
         props["provisioningState"] = "Updating"
