@@ -342,6 +342,7 @@ class KubeCluster:
             tolerations=tuple(Toleration(t.key or "", t.operator or "Equal", t.value or "", t.effect or "",
                                          t.toleration_seconds)
                               for t in ((p.spec.tolerations if p.spec else None) or [])),
+            deleting=p.metadata.deletion_timestamp is not None,
         )
 
     async def close(self) -> None:

@@ -83,6 +83,9 @@ class UserPod:
     server: str = ""
     gpu: bool = True
     tolerations: tuple[Toleration, ...] = ()
+    # metadata.deletionTimestamp is set: on a node it holds the node until it is gone; unscheduled
+    # (a spawn cancelled, a server stopped before it was placed) it waits for no node
+    deleting: bool = False
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,7 @@ def gpu_tolerations(observed: Observed) -> list[tuple[Toleration, ...]] | None:
     """The tolerations of the GPU user pods that capacity is for: the waiting ones, else every GPU
     pod in sight; None when there is none (then only node-condition taints count as untolerated)."""
     pods = [p for p in observed.cluster.pods if p.gpu and p.phase not in ("Succeeded", "Failed")]
-    chosen = [p for p in pods if p.node is None] or pods
+    chosen = [p for p in pods if p.node is None and not p.deleting] or pods
     return [p.tolerations for p in chosen] or None
 
 
@@ -273,7 +273,7 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
                 busy.add(p.node)
                 if p.gpu:
                     gpu_on[p.node] = gpu_on.get(p.node, 0) + 1
-        elif p.gpu:
+        elif p.gpu and not p.deleting:  # a pod being deleted before it was placed waits for nothing
             pending.add(key)
     for d in observed.demand:
         if d.key not in known and now - d.at <= ttl:
