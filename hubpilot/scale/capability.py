@@ -167,15 +167,21 @@ class ScaleCapability:
         return results
 
     def _perform_for(self, observed: Observed) -> Any:
+        # the autoscaler's floor in force: the observed minCount until this apply has lowered it
+        floor = {"min": observed.pool.min_count if observed.pool.autoscaling else None}
+
         async def perform(action: Action) -> ActionResult:
             if action.kind == SET_COUNT:
                 return _result(action, await self.pool.set_count(
                     int(action.params["count"]), etag=observed.pool.etag))
             if action.kind == SET_MIN_COUNT:
-                return _result(action, await self.pool.set_min_count(
+                res = _result(action, await self.pool.set_min_count(
                     int(action.params["min_count"]), etag=observed.pool.etag))
+                if res.status in (Status.DONE, Status.PENDING, Status.NOOP):  # ARM took it
+                    floor["min"] = int(action.params["min_count"])
+                return res
             if action.kind == REMOVE_NODES:
-                return await self._remove(action, observed)
+                return await self._remove(_above_floor(action, observed, floor["min"]), observed)
             if action.kind == RECLAIM:
                 return await self._reclaim(action)
             if action.kind == UNCORDON:
@@ -186,6 +192,8 @@ class ScaleCapability:
 
     async def _remove(self, action: Action, observed: Observed) -> ActionResult:
         """Cordon, re-check each node is still empty, uncordon any that is not, delete the rest."""
+        if not action.params["nodes"]:
+            return ActionResult(action, Status.SKIPPED, str(action.params.get("held") or "no node to remove"))
         machines = {n.name: n.machine for n in observed.cluster.nodes}
         cordoned: list[str] = []
         kept: list[str] = []
@@ -212,6 +220,8 @@ class ScaleCapability:
         # run re-observes and removes what is still there and idle, or uncordons it.
         verb = "left cordoned" if res.outcome is PoolOutcome.CONFLICT else "removed"
         detail = f"{verb} {', '.join(cordoned)}" + (f"; kept {', '.join(kept)}" if kept else "")
+        if action.params.get("held"):
+            detail += f"; {action.params['held']}"
         done = Action(action.kind, action.target, action.phase,
                       {**action.params, "removed_nodes": cordoned}, action.reason)
         return _result(done, res, detail)
@@ -280,6 +290,20 @@ def _activity(users: Sequence[HubUser]) -> dict[str, datetime]:
             if server.ready and not server.pending and since is not None:
                 out[demand_key(user.name, server.name)] = since
     return out
+
+
+def _above_floor(action: Action, observed: Observed, floor: int | None) -> Action:
+    """The removal, cut to the nodes above the autoscaler's floor in force: when the plan's lowering
+    of minCount did not happen (409, an error), a pool taken below minCount would be scaled back up
+    to it by AKS's autoscaler (it enforces minCount): new VMs for the ones just deleted."""
+    nodes = list(action.params["nodes"])
+    if floor is None or observed.pool.count - len(nodes) >= floor:
+        return action
+    keep = max(0, observed.pool.count - floor)
+    held = (f"minCount is still {floor} (it was not lowered): "
+            f"{len(nodes) - keep} node(s) kept, {', '.join(nodes[keep:])}")
+    return Action(action.kind, action.target, action.phase, {**action.params, "nodes": nodes[:keep], "held": held},
+                  action.reason)
 
 
 def _result(action: Action, res: PoolResult, detail: str = "") -> ActionResult:

@@ -1,0 +1,53 @@
+"""Autoscaler-assist: a scale-down removes nodes only down to the floor in force. When the plan's
+lowering of minCount did not happen (409, an error), its removal in the next phase would take the
+pool below minCount: AKS's autoscaler enforces minCount (AKS release 2021-07-22) and would boot
+new GPU VMs for the ones just deleted (kmock + the ARM double, through the real clients)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from hubpilot.loop import Outcome, Status
+from tests.doubles.arm import ArmDouble
+from tests.fixtures.kmock import Emulator
+from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
+
+
+async def three_idle_nodes_above_a_floor_of_three(w: dict[str, Any]) -> Any:
+    arm: ArmDouble = w["arm"]
+    kube: Emulator = w["kube"]
+    arm.add_pool("gpu", count=3, autoscaling=True, min_count=3, max_count=4, machines=["gpu-0", "gpu-1", "gpu-2"])
+    for n in ("gpu-0", "gpu-1", "gpu-2"):
+        kube.node(n)
+    cap, runner = capability(w)
+    arm.fault("PUT", 409)  # the floor is not lowered in the first run either
+    first = await runner.run(cap, trigger="timer", actor="test")
+    assert [r.action.kind for r in first.results] == ["set_min_count"], first.render()
+    w["clock"]["now"] += timedelta(minutes=11)
+    return cap, runner
+
+
+async def test_no_removal_below_a_floor_that_was_not_lowered(world: dict[str, Any]) -> None:  # noqa: F811
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    cap, runner = await three_idle_nodes_above_a_floor_of_three(world)
+    arm.fault("PUT", 409)  # another operation: minCount stays 3
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    kinds = {r.action.kind: r for r in rec.results}
+    assert kinds["set_min_count"].status is Status.SKIPPED
+    assert kinds["remove_nodes"].status is Status.SKIPPED, rec.render()
+    assert "minCount" in kinds["remove_nodes"].detail
+    assert not [c for c in arm.calls if c.method == "POST"]
+    assert arm.machines["gpu"] == ["gpu-0", "gpu-1", "gpu-2"] and arm.pools["gpu"]["minCount"] == 3
+    assert not any(kube.node_obj(n)["spec"].get("unschedulable") for n in ("gpu-0", "gpu-1", "gpu-2"))
+
+
+async def test_the_removal_follows_a_lowered_floor(world: dict[str, Any]) -> None:  # noqa: F811
+    arm: ArmDouble = world["arm"]
+    cap, runner = await three_idle_nodes_above_a_floor_of_three(world)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert [(r.action.kind, r.status) for r in rec.results] == [
+        ("set_min_count", Status.DONE), ("remove_nodes", Status.DONE)], rec.render()
+    assert arm.pools["gpu"]["minCount"] == 1 and arm.pools["gpu"]["count"] == 1
