@@ -5,6 +5,7 @@ machine another apply is deleting is never uncordoned under it."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 from hubpilot.adapters.aks import AksPool
@@ -90,3 +91,26 @@ async def test_a_retried_deletion_that_was_accepted_leaves_the_node_cordoned(wor
     assert arm.machines["gpu"] == []
     node = kube.node_obj("gpu-0")
     assert node["spec"]["unschedulable"] is True and node["metadata"]["annotations"].get(CORDON_ANNOTATION)
+
+
+async def test_the_same_removal_applied_twice_deletes_once_and_keeps_the_node_cordoned(world: dict[str, Any]) -> None:  # noqa: F811
+    """The same plan applied a second time after the first finished (a retried request, a re-run
+    of an approved plan): the node is registered still (its VM is gone or going), its machine is
+    not in the pool any more. It must stay cordoned and watched, never be uncordoned."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    cap, runner = await one_empty_past_the_idle_limit(world)
+    arm.pools["gpu"]["scaleDownMode"] = "Delete"  # a removed node leaves the cluster
+    observed = await cap.observe()
+    plan = cap.plan(observed, world["clock"]["now"])
+    assert [(a.kind, a.params.get("nodes")) for a in plan.actions] == [("remove_nodes", ["gpu-0"])], plan
+    first = await cap.apply(plan, observed, lambda *x: None)
+    assert [r.status for r in first] == [Status.DONE] and arm.machines["gpu"] == []
+    second = await cap.apply(plan, observed, lambda *x: None)
+    assert [r.status for r in second] == [Status.NOOP] and "on its way out" in second[0].detail, second
+    node = kube.node_obj("gpu-0")
+    assert node["spec"]["unschedulable"] is True, second
+    assert arm.machines["gpu"] == []
+    world["clock"]["now"] += timedelta(minutes=1)
+    later = await runner.run(cap, trigger="timer", actor="test")
+    assert later.plan is not None and later.plan.empty, later.render()  # gpu-0 is leaving

@@ -13,12 +13,13 @@ from hubpilot.loop import Action, ActionResult, Clock, Plan, Progress, Status, r
 from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.hub import Hub, HubError, HubUser, StopResult
 from hubpilot.ports.pool import Pool, PoolOutcome, PoolResult
-from hubpilot.ports.store import StateStore
+from hubpilot.ports.store import ConflictError, StateStore
 from hubpilot.scale.cost import DEFAULT_GAP, record_size
 from hubpilot.scale.forecast import Forecast, learn
 from hubpilot.scale.plan import (
     OPERATION,
     RECLAIM,
+    REMOVAL_SETTLE,
     REMOVE_NODES,
     SET_COUNT,
     SET_MIN_COUNT,
@@ -159,12 +160,31 @@ class ScaleCapability:
                 # counted as unusable, it would be replaced. Never asked for, the node is ours again
                 # (uncordoned or removed) once REMOVAL_SETTLE has passed.
                 memory = replace(memory, removed={**memory.removed, **dict.fromkeys(gone, now)})
-        await self.store.put(MEMORY_KEY, memory.to_json())
+        await self._store_memory(memory, observed.memory)
         if self.policy.forecast is not None:  # learn the arrivals this observation saw
             keys = arrival_keys(observed, at, self.policy.demand_ttl)
             await self.store.put(FORECAST_KEY, learn(observed.forecast, keys, at, self.policy.forecast).to_json())
         await self._expire_demand(now)
         return results
+
+    async def _store_memory(self, memory: Memory, seen: Memory) -> None:
+        """Write the memory, keeping what another apply recorded since this one observed (``seen``):
+        nodes it removed (watched while they leave; lost, they would be uncordoned under their
+        deleted VMs) and the times of its scale-ups and -downs. Conditional on the stored eTag."""
+        for _ in range(5):
+            got = await self.store.get_with_etag(MEMORY_KEY)
+            doc, etag = got if got is not None else (None, "")
+            stored = Memory.from_json(doc)
+            extra = {n: at for n, at in stored.removed.items() if seen.removed.get(n) != at}
+            merged = replace(memory, removed={**extra, **memory.removed},
+                             last_up=_latest(memory.last_up, stored.last_up),
+                             last_down=_latest(memory.last_down, stored.last_down))
+            try:
+                await self.store.put(MEMORY_KEY, merged.to_json(), if_match=etag)
+                return
+            except ConflictError:
+                continue
+        await self.store.put(MEMORY_KEY, memory.to_json())
 
     def _perform_for(self, observed: Observed) -> Any:
         # the autoscaler's floor in force: the observed minCount until this apply has lowered it
@@ -197,7 +217,15 @@ class ScaleCapability:
         machines = {n.name: n.machine for n in observed.cluster.nodes}
         cordoned: list[str] = []
         kept: list[str] = []
+        # removed by an apply since this plan was made (the same plan applied twice, two at once):
+        # registered still while its VM goes, never cordoned, deleted or uncordoned again
+        now = self.clock()
+        stored = Memory.from_json(await self.store.get(MEMORY_KEY)).removed
         for node in action.params["nodes"]:
+            at = stored.get(node)
+            if at is not None and observed.memory.removed.get(node) != at and now - at < REMOVAL_SETTLE:
+                kept.append(f"{node} (removed at {at.isoformat()}, on its way out)")
+                continue
             if not await self.cluster.cordon(node, self.holder):
                 kept.append(f"{node} (gone, cordoned by someone else, or being deleted)")
                 continue
@@ -290,6 +318,10 @@ def _activity(users: Sequence[HubUser]) -> dict[str, datetime]:
             if server.ready and not server.pending and since is not None:
                 out[demand_key(user.name, server.name)] = since
     return out
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return max((t for t in (a, b) if t is not None), default=None)
 
 
 def _above_floor(action: Action, observed: Observed, floor: int | None) -> Action:
