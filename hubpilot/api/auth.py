@@ -117,6 +117,10 @@ def authenticate_app_service(settings: ApiSettings, header: str, name_header: st
                      "app_service")
 
 
+ONE_AUTHORIZATION = ("send exactly one 'Authorization: Bearer <api token>' header (this request has more than "
+                     "one, or one holding several credentials separated by ',')")
+
+
 def authenticate(settings: ApiSettings, headers: Any, *, platform_auth: bool = False) -> Principal:
     """The caller of a request, from its headers; raises :class:`AuthError` (401) when unknown.
 
@@ -125,7 +129,12 @@ def authenticate(settings: ApiSettings, headers: Any, *, platform_auth: bool = F
     header = headers.get(PRINCIPAL_HEADER) if settings.app_service_auth else None
     if header and platform_auth:
         return authenticate_app_service(settings, header, headers.get(PRINCIPAL_NAME_HEADER))
-    auth = headers.get("authorization")
+    sent = headers.getlist("authorization") if hasattr(headers, "getlist") else [headers.get("authorization")]
+    auth = sent[0] if sent else None
+    if len(sent) > 1 or (auth and "," in auth):
+        # one header on every host: uvicorn hands the app each Authorization header (the first one
+        # would be read), the Functions host joins them with ',' (no bearer token holds one)
+        raise AuthError(401, ONE_AUTHORIZATION)
     if not auth and header:
         raise AuthError(401, "the X-MS-CLIENT-PRINCIPAL header is not trusted: api.app_service_auth is on, but "
                         "App Service authentication does not front this app (WEBSITE_AUTH_ENABLED is not 'True'), "
