@@ -308,6 +308,11 @@ def create_app(context: ContextSource) -> FastAPI:
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        # no redirect from a path with a trailing slash: its Location would be absolute, built from
+        # the scheme each host believes (uvicorn trusts X-Forwarded-Proto from a local proxy, the
+        # Functions host's URL can say http behind the platform's TLS), and a client following it
+        # re-sends its token; the path without the slash is the only one, on every host (404)
+        redirect_slashes=False,
     )
     app.add_middleware(_BodyLimit)
     app.add_middleware(_SecurityHeaders)  # outside the body limit: its 413 carries them too
