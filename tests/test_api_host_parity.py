@@ -1,0 +1,443 @@
+"""Review: one admin API, two hosts. Do ``hubpilot serve`` and the Functions app answer alike?
+
+Every request of one table is sent (a) over HTTP/1.1 on loopback to ``hubpilot serve`` (uvicorn),
+byte for byte as written, and (b) to the Functions app's ``admin_api`` function as the Functions
+host would deliver it (:func:`delivered`), its answer taken as the worker hands it back to the host
+(the library's own ``HttpResponseConverter``). Status, the headers that matter and the body must
+agree; where they cannot, the difference is the host's own, the README says so, and the row says
+which (``HOST_MADE``).
+
+What the Functions host delivers is modelled on its source (Azure/azure-functions-host,
+``GrpcMessageConversionExtensions.ToRpcHttp``): the URL is ``scheme://Host`` + ``request.Path`` +
+``request.QueryString``, where Kestrel has percent-decoded the path (all but ``%2F``; a sequence
+that is not UTF-8 stays as sent) and ``PathString`` re-escapes what is not a path character,
+keeping any ``%XX`` it finds; the query string is passed as sent; header names are lower-cased and
+repeated headers joined with ``,``; the body is passed only when ``Content-Length`` is above 0 (a
+chunked body never reaches an out-of-process worker: Azure/azure-functions-host#7930, #4926).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import azure.functions as func
+import h11
+import pytest
+from azure.functions.http import HttpResponseConverter
+
+import function_app
+import functions
+from functions.asgi import CHUNKED_DETAIL
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.api.app import MAX_BODY_BYTES
+from hubpilot.api.runs import drain_tasks
+from hubpilot.serve import Server
+from hubpilot.settings import Settings
+from hubpilot.wiring import OPERATIONS, Context
+from tests.test_api_kit import TOKENS, ItemsCapability, World, principal_header, token_settings
+from tests.test_functions import functions_by_name
+
+HOST = "hubpilot.test"
+SECRET = "client-state-" + uuid.uuid4().hex
+TENANT = "84bd8158-6d4d-4958-8b9f-9d6445542f95"
+GROUP = "11111111-2222-3333-4444-555555555555"
+COMPARED = ("content-type", "retry-after", "www-authenticate", "location", "allow", "cache-control",
+            "x-content-type-options", "x-frame-options", "referrer-policy")
+
+
+# --- the request table ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Req:
+    name: str
+    status: int  # the answer expected from both hosts
+    method: str
+    target: str  # the request target as the client writes it (percent-encoded)
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    chunked: bool = False  # send the body with Transfer-Encoding: chunked (no Content-Length)
+    easy: int | None = None  # the answer where App Service authentication fronts the app, if another
+
+
+def bearer(role: str) -> tuple[tuple[str, str], ...]:
+    return (("Authorization", f"Bearer {TOKENS[role]}"),)
+
+
+ADMIN, READER, HUB = bearer("admin"), bearer("reader"), bearer("hub")
+WRONG = (("Authorization", "Bearer not-a-token"),)
+JSON = (("Content-Type", "application/json"),)
+PRINCIPAL = (("X-MS-CLIENT-PRINCIPAL", principal_header(["hubpilot.admin"], "bo@example.org")),)
+READ_PRINCIPAL = (("X-MS-CLIENT-PRINCIPAL", principal_header(["hubpilot.reader"], "ana@example.org")),)
+RUN = "0123456789abcdef0123456789abcdef"
+PLAN = "0123456789abcdef"
+
+
+def notification(client_state: str) -> bytes:
+    return json.dumps({"value": [{
+        "subscriptionId": str(uuid.uuid4()), "clientState": client_state, "changeType": "updated",
+        "resource": f"Groups/{GROUP}", "tenantId": TENANT,
+        "resourceData": {"@odata.type": "#Microsoft.Graph.Group", "id": GROUP}}]}).encode()
+
+
+DEMAND = json.dumps({"user": "ana", "profile": "gpu"}).encode()
+
+TABLE: list[Req] = [
+    # health and readiness (the front answers the first three itself; the hub is unreachable: 503)
+    Req("healthz", 200, "GET", "/healthz"),
+    Req("healthz v1", 200, "GET", "/api/v1/healthz"),
+    Req("healthz head", 200, "HEAD", "/api/v1/healthz"),
+    Req("healthz post", 405, "POST", "/api/v1/healthz"),
+    Req("readyz anonymous", 401, "GET", "/api/v1/readyz"),
+    Req("readyz reader", 503, "GET", "/api/v1/readyz", READER),
+    Req("readyz unversioned", 503, "GET", "/readyz", READER),
+    # each auth variant
+    Req("status none", 401, "GET", "/api/v1/status"),
+    Req("status wrong token", 401, "GET", "/api/v1/status", WRONG),
+    Req("status basic scheme", 401, "GET", "/api/v1/status", (("Authorization", "Basic YTpi"),)),
+    Req("status reader", 200, "GET", "/api/v1/status", READER),
+    Req("status admin", 200, "GET", "/api/v1/status", ADMIN),
+    Req("status hub role", 403, "GET", "/api/v1/status", HUB),
+    Req("status principal", 401, "GET", "/api/v1/status", READ_PRINCIPAL, easy=200),
+    Req("status bad principal", 401, "GET", "/api/v1/status", (("X-MS-CLIENT-PRINCIPAL", "%%%"),)),
+    Req("status two tokens", 401, "GET", "/api/v1/status", (*READER, *WRONG)),
+    Req("status two good tokens", 401, "GET", "/api/v1/status", (*READER, *ADMIN)),
+    Req("status head", 405, "HEAD", "/api/v1/status", READER),
+    Req("status options", 405, "OPTIONS", "/api/v1/status", READER),
+    Req("status trailing slash", 404, "GET", "/api/v1/status/", READER),
+    Req("sync trailing slash behind tls", 404, "POST", "/api/v1/sync/?dry_run=true",
+        (*ADMIN, ("X-Forwarded-Proto", "https"), ("X-Forwarded-For", "203.0.113.9"))),
+    Req("status query junk", 200, "GET", "/api/v1/status?x=%FF&y=%E2%82%AC", READER),
+    # runs and plans
+    Req("sync dry run", 200, "POST", "/api/v1/sync?dry_run=true", ADMIN),
+    Req("cull dry run reader", 403, "POST", "/api/v1/cull?dry_run=true", READER),
+    Req("scale dry run hub", 403, "POST", "/api/v1/scale?dry_run=true", HUB),
+    Req("sync dry run principal", 401, "POST", "/api/v1/sync?dry_run=true", PRINCIPAL, easy=200),
+    Req("sync cross-site principal", 401, "POST", "/api/v1/sync?dry_run=true",
+        (*PRINCIPAL, ("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site")), easy=403),
+    Req("sync bad wait", 422, "POST", "/api/v1/sync?wait=-1", ADMIN),
+    Req("sync bad dry_run", 422, "POST", "/api/v1/sync?dry_run=maybe", ADMIN),
+    Req("sync get", 405, "GET", "/api/v1/sync", ADMIN),
+    Req("plan sync", 200, "GET", "/api/v1/plan/sync", READER),
+    Req("plan unknown op", 422, "GET", "/api/v1/plan/nuke", READER),
+    Req("plan encoded op", 200, "GET", "/api/v1/plan/%73ync", READER),
+    Req("plan double-encoded op", 422, "GET", "/api/v1/plan/%2573ync", READER),
+    Req("plan op with params", 422, "GET", "/api/v1/plan/sync;v=1", READER),
+    Req("plan non-ascii op", 422, "GET", "/api/v1/plan/s%C3%BCnc", READER),
+    Req("plan invalid utf-8", 422, "GET", "/api/v1/plan/%FF", READER),
+    Req("run unknown", 404, "GET", f"/api/v1/runs/{RUN}", READER),
+    Req("run bad id", 422, "GET", "/api/v1/runs/nope", READER),
+    Req("run encoded slash", 404, "GET", "/api/v1/runs/a%2Fb", READER),
+    Req("run space", 422, "GET", "/api/v1/runs/a%20b", READER),
+    Req("approve unknown plan", 404, "POST", f"/api/v1/plans/{PLAN}/approve", ADMIN),
+    Req("approve bad plan id", 422, "POST", "/api/v1/plans/xyz/approve", ADMIN),
+    Req("approve reader", 403, "POST", f"/api/v1/plans/{PLAN}/approve", READER),
+    Req("pause cull", 200, "POST", "/api/v1/operations/cull/pause", ADMIN),
+    Req("resume cull", 200, "POST", "/api/v1/operations/cull/resume", ADMIN),
+    Req("pause unknown", 422, "POST", "/api/v1/operations/nuke/pause", ADMIN),
+    # audit and cost: query strings
+    Req("audit", 200, "GET", "/api/v1/audit?limit=5", READER),
+    Req("audit since", 200, "GET", "/api/v1/audit?since=2026-01-01T00%3A00%3A00%2B00%3A00", READER),
+    Req("audit since plus", 422, "GET", "/api/v1/audit?since=2026-01-01T00:00:00+00:00", READER),
+    Req("audit bad limit", 422, "GET", "/api/v1/audit?limit=0", READER),
+    Req("audit bad cursor", 422, "GET", "/api/v1/audit?cursor=%C3%A9", READER),
+    Req("audit garbage cursor", 400, "GET", "/api/v1/audit?cursor=abc", READER),
+    Req("audit bad operation", 422, "GET", "/api/v1/audit?operation=%0A", READER),
+    Req("cost", 200, "GET", "/api/v1/cost", READER),
+    Req("cost bad days", 422, "GET", "/api/v1/cost?days=x", READER),
+    # the hub's demand hook: bodies and content types
+    Req("demand", 202, "POST", "/api/v1/scale/demand", (*HUB, *JSON), DEMAND),
+    Req("demand non-ascii", 202, "POST", "/api/v1/scale/demand",
+        (*HUB, ("Content-Type", "application/json; charset=utf-8")), "{\"user\": \"zoë\"}".encode()),
+    Req("demand admin", 202, "POST", "/api/v1/scale/demand", (*ADMIN, *JSON), DEMAND),
+    Req("demand reader", 403, "POST", "/api/v1/scale/demand", (*READER, *JSON), DEMAND),
+    Req("demand no body", 422, "POST", "/api/v1/scale/demand", (*HUB, *JSON)),
+    Req("demand not json", 400, "POST", "/api/v1/scale/demand", (*HUB, *JSON), b"{nope"),
+    Req("demand wrong type", 400, "POST", "/api/v1/scale/demand", (*HUB, ("Content-Type", "text/plain")), DEMAND),
+    Req("demand no type", 400, "POST", "/api/v1/scale/demand", HUB, DEMAND),
+    Req("demand wrong shape", 422, "POST", "/api/v1/scale/demand", (*HUB, *JSON), b'{"user": ""}'),
+    Req("demand too large", 413, "POST", "/api/v1/scale/demand", (*HUB, *JSON), b" " * (MAX_BODY_BYTES + 1)),
+    Req("demand chunked", 202, "POST", "/api/v1/scale/demand", (*HUB, *JSON), DEMAND, chunked=True),
+    # the Graph webhook (anonymous, verified by content)
+    Req("graph handshake", 200, "POST", "/api/v1/graph/notifications?validationToken=a%20b%2Bc%26d+%3Ce%3E"),
+    Req("graph lifecycle handshake", 200, "POST", "/api/v1/graph/lifecycle?validationToken=t%C3%A9"),
+    Req("graph handshake chunked", 200, "POST", "/api/v1/graph/notifications?validationToken=x", chunked=True),
+    Req("graph handshake get", 405, "GET", "/api/v1/graph/notifications?validationToken=x"),
+    Req("graph notification", 202, "POST", "/api/v1/graph/notifications", JSON, notification(SECRET)),
+    Req("graph notification chunked", 202, "POST", "/api/v1/graph/notifications", JSON, notification(SECRET),
+        chunked=True),
+    Req("graph forged", 403, "POST", "/api/v1/graph/notifications", JSON, notification("forged")),
+    Req("graph empty", 400, "POST", "/api/v1/graph/notifications", JSON),
+    Req("graph not json", 400, "POST", "/api/v1/graph/notifications", JSON, b"<xml/>"),
+    Req("graph too large", 413, "POST", "/api/v1/graph/notifications", JSON, b" " * (MAX_BODY_BYTES + 1)),
+    # the documents, unknown paths
+    Req("openapi", 200, "GET", "/api/v1/openapi.json", READER),
+    Req("openapi anonymous", 401, "GET", "/api/v1/openapi.json"),
+    Req("docs", 200, "GET", "/api/v1/docs", READER),
+    Req("unknown path", 404, "GET", "/api/v1/nothing", READER),
+    Req("unknown non-ascii", 404, "GET", "/api/v1/%E2%82%AC", READER),
+    Req("root", 404, "GET", "/"),
+]
+
+CHUNKED = ("the Functions host passes a body only with a Content-Length (Azure/azure-functions-host#7930): "
+           "the app would see none, and is answered 411 saying so (functions/asgi.py)")
+HOST_MADE: dict[str, tuple[int, str]] = {
+    "plan double-encoded op": (200, "the host decodes the path, then writes it into the worker's URL keeping any "
+                                    "'%XX' it holds (PathString): '%2573ync' arrives as '%73ync', which no worker "
+                                    "can tell from a client's '%73ync'; the app reads 'sync'"),
+    "demand chunked": (411, CHUNKED),
+    "graph notification chunked": (411, CHUNKED),
+}
+"""Rows the Functions host answers otherwise, by its own doing: the status there, and why
+(README, "Azure Functions")."""
+
+
+# --- (a) HTTP to hubpilot serve ------------------------------------------------------------------
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def over_http(port: int, req: Req) -> Answer:
+    """The request as written, on a new connection (h11: nothing is normalised on the way)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = h11.Connection(h11.CLIENT)
+    headers = [("Host", HOST), *req.headers]
+    if req.chunked:
+        headers.append(("Transfer-Encoding", "chunked"))
+    elif req.body or req.method in ("POST", "PUT", "PATCH"):
+        headers.append(("Content-Length", str(len(req.body))))
+    out = conn.send(h11.Request(method=req.method, target=req.target.encode("ascii"), headers=headers))
+    if req.body:
+        out += conn.send(h11.Data(data=req.body))
+    out += conn.send(h11.EndOfMessage())
+    try:
+        writer.write(out)
+        await writer.drain()
+    except ConnectionError:
+        pass  # the server answered (413) and closed while the body was still going out
+    status, got, body = 0, {}, b""
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(65536))
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+                got = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
+                if req.method == "HEAD":
+                    break
+            elif isinstance(event, h11.Data):
+                body += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
+    finally:
+        writer.close()
+    return Answer(status, got, body)
+
+
+# --- (b) the Functions host's delivery ----------------------------------------------------------
+
+_PATH_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/")
+_HEX = "0123456789abcdefABCDEF"
+
+
+def _pct(s: str, i: int) -> int | None:
+    if i + 2 < len(s) and s[i] == "%" and s[i + 1] in _HEX and s[i + 2] in _HEX:
+        return int(s[i + 1:i + 3], 16)
+    return None
+
+
+def kestrel_path(raw: str) -> str:
+    """``HttpRequest.Path`` as Kestrel decodes it (UrlDecoder): every ``%XX`` but ``%2F``, by
+    UTF-8 sequence; a sequence that is not UTF-8 is left as sent."""
+    out, i = [], 0
+    while i < len(raw):
+        first = _pct(raw, i)
+        if first is None or first == 0x2F:
+            out.append(raw[i])
+            i += 1
+            continue
+        n = 1 if first < 0x80 else 2 if first >> 5 == 6 else 3 if first >> 4 == 14 else 4 if first >> 3 == 30 else 0
+        seq = [first]
+        for k in range(1, n):
+            nxt = _pct(raw, i + 3 * k)
+            if nxt is None or nxt >> 6 != 2:
+                break
+            seq.append(nxt)
+        try:
+            if n == 0 or len(seq) != n:
+                raise UnicodeDecodeError("utf-8", b"", 0, 1, "")
+            out.append(bytes(seq).decode("utf-8"))
+            i += 3 * n
+        except UnicodeDecodeError:
+            out.append(raw[i:i + 3])
+            i += 3
+    return "".join(out)
+
+
+def path_string(value: str) -> str:
+    """``PathString.ToUriComponent``: path characters and ``%XX`` triplets kept, the rest escaped."""
+    out, i = [], 0
+    while i < len(value):
+        if _pct(value, i) is not None:
+            out.append(value[i:i + 3])
+            i += 3
+        elif value[i] in _PATH_CHARS:
+            out.append(value[i])
+            i += 1
+        else:
+            out.append("".join(f"%{b:02X}" for b in value[i].encode("utf-8")))
+            i += 1
+    return "".join(out)
+
+
+def delivered(req: Req) -> func.HttpRequest:
+    """The HttpRequest the Python worker builds from what the Functions host sends it."""
+    raw_path, sep, query = req.target.partition("?")
+    path = path_string(kestrel_path(raw_path))
+    headers: dict[str, str] = {"host": HOST}
+    for k, v in req.headers:
+        k = k.lower()
+        headers[k] = f"{headers[k]},{v}" if k in headers else v
+    if req.chunked:
+        headers["transfer-encoding"] = "chunked"
+    elif req.body or req.method in ("POST", "PUT", "PATCH"):
+        headers["content-length"] = str(len(req.body))
+    body = req.body if not req.chunked else b""  # ContentLength > 0 only
+    return func.HttpRequest(req.method, f"http://{HOST}{path}{sep}{query}", headers=headers,
+                            params=dict(parse_qsl(query, keep_blank_values=True)),
+                            route_params={"route": kestrel_path(raw_path).lstrip("/")}, body=body)
+
+
+def test_the_delivery_model_follows_the_hosts_source() -> None:
+    """What Kestrel's UrlDecoder and PathString.ToUriComponent make of a path, by their source."""
+    assert path_string(kestrel_path("/api/v1/runs/%2541")) == "/api/v1/runs/%41"  # decoded once, '%41' kept
+    assert path_string(kestrel_path("/a%2Fb%2fc")) == "/a%2Fb%2fc"  # %2F is never decoded
+    assert path_string(kestrel_path("/s%C3%BCnc/%E2%82%AC")) == "/s%C3%BCnc/%E2%82%AC"  # decoded, re-escaped
+    assert path_string(kestrel_path("/%FF%C3/x")) == "/%FF%C3/x"  # not UTF-8: left as sent
+    assert path_string(kestrel_path("/a%20b;v=1%3Fq")) == "/a%20b;v=1%3Fq"  # ';' is a path character
+    r = delivered(Req("x", 0, "POST", "/p?a=%2B+b", (("X-A", "1"), ("x-a", "2")), b"{}", chunked=True))
+    assert r.url == f"http://{HOST}/p?a=%2B+b" and r.headers["x-a"] == "1,2" and r.get_body() == b""
+
+
+async def through_functions(req: Req) -> Answer:
+    fn = functions_by_name()["admin_api"].get_user_function()
+    try:
+        resp: func.HttpResponse = await fn(delivered(req), None)
+    except Exception as exc:  # the host answers 500 for a function that raised
+        return Answer(500, {}, f"the function raised {type(exc).__name__}".encode())
+    sent = HttpResponseConverter.encode(resp, expected_type=None).value  # what the worker returns
+    headers = {k.lower(): v.value for k, v in sent["headers"].items()}
+    return Answer(int(sent["status_code"].value), headers, sent["body"].value)
+
+
+# --- the two hosts, each on its own state, the same settings ---------------------------------------
+
+def settings() -> Settings:
+    return Settings(
+        hub={"api_url": "http://127.0.0.1:9/hub/api", "token": "hub-secret"},
+        api={"tokens": token_settings(), "app_service_auth": True,
+             "app_roles": {"hubpilot.admin": "admin", "hubpilot.reader": "reader"}},
+        directory={"kind": "entra", "entra": {
+            "graph_base_url": "http://127.0.0.1:9/v1.0", "notifications": True, "client_state": SECRET,
+            "tenant_id": TENANT, "notification_url": f"https://{HOST}/api/v1/graph/notifications"}},
+        sync={"users_groups": [GROUP]},
+        scale={"enabled": True, "subscription_id": "sub", "resource_group": "rg", "cluster": "aks"},
+    )
+
+
+def context(tmp: Path, platform_auth: bool) -> Context:
+    ctx = Context(settings=settings(), store=SqliteStore(tmp / f"{uuid.uuid4().hex[:8]}.sqlite3"),
+                  platform_auth=platform_auth)
+    for op in OPERATIONS:
+        ctx.factories[op] = (lambda o: lambda c: ItemsCapability(o, World(desired={f"{o}-a"})))(op)
+    return ctx
+
+
+@dataclass
+class Hosts:
+    port: int
+    easy_auth: bool
+
+    async def both(self, req: Req) -> tuple[Answer, Answer]:
+        a = await over_http(self.port, req)
+        b = await through_functions(req)
+        await drain_tasks()
+        return a, b
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["no-easy-auth", "easy-auth"])
+async def hosts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                ) -> AsyncIterator[Hosts]:
+    tmp = tmp_path_factory.mktemp("parity")
+    served, fn_ctx = context(tmp, request.param), context(tmp, request.param)
+    server = Server(served.settings, host="127.0.0.1", port=0, context=served, schedules=False)
+    task = asyncio.create_task(server.run())
+    functions.set_context(fn_ctx)
+    function_app.front._app = None  # a cold start: the admin app is built for this context
+    try:
+        for _ in range(500):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert server.started, "hubpilot serve did not start"
+        yield Hosts(server.port, request.param)
+    finally:
+        server.stop()
+        await task
+        functions.set_context(None)
+        function_app.front._app = None
+        await drain_tasks()
+        await served.close()
+        await fn_ctx.close()
+
+
+_VARYING = [
+    (re.compile(rb"[0-9a-f]{32}"), b"<id>"),
+    (re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(\+00:00|Z)?"), b"<time>"),
+    (re.compile(rb"127\.0\.0\.1:\d+"), b"<server>"),
+    (re.compile(rb'hours":[0-9.e-]+'), b'hours":<n>'),  # today's partial day goes on between the calls
+]
+
+
+def comparable(a: Answer) -> tuple[int, dict[str, str], bytes]:
+    body = a.body
+    for pattern, repl in _VARYING:
+        body = pattern.sub(repl, body)
+    return a.status, {k: a.headers[k] for k in COMPARED if k in a.headers}, body
+
+
+def on_the_wire(fn: Answer, req: Req, served: Answer) -> Answer:
+    """The Functions answer as the client gets it, less what the README says the host adds."""
+    headers = dict(fn.headers)
+    # the worker gives an answer without a Content-Type 'text/plain; charset=utf-8' (HttpResponse's
+    # default mimetype): the body-less 202 of a Graph notification, 405 to HEAD
+    if "content-type" not in served.headers and headers.get("content-type") == "text/plain; charset=utf-8":
+        del headers["content-type"]
+    # the worker returns what the app wrote for HEAD; the host (Kestrel) sends no body for HEAD
+    return Answer(fn.status, headers, b"" if req.method == "HEAD" else fn.body)
+
+
+@pytest.mark.parametrize("req", TABLE, ids=[r.name for r in TABLE])
+async def test_both_hosts_answer_alike(hosts: Hosts, req: Req) -> None:
+    served, fn = await hosts.both(req)
+    expected = req.easy if hosts.easy_auth and req.easy is not None else req.status
+    assert served.status == expected, (served.status, served.body[:400])
+    if req.name in HOST_MADE:
+        status, _why = HOST_MADE[req.name]
+        assert fn.status == status, (fn.status, fn.body[:400])
+        if status == 411:
+            assert json.loads(fn.body)["detail"] == CHUNKED_DETAIL and fn.headers["content-type"] == "application/json"
+        return
+    assert comparable(on_the_wire(fn, req, served)) == comparable(served), req
