@@ -106,6 +106,8 @@ TABLE: list[Req] = [
     Req("status hub role", 403, "GET", "/api/v1/status", HUB),
     Req("status principal", 401, "GET", "/api/v1/status", READ_PRINCIPAL, easy=200),
     Req("status bad principal", 401, "GET", "/api/v1/status", (("X-MS-CLIENT-PRINCIPAL", "%%%"),)),
+    Req("status empty authorization", 401, "GET", "/api/v1/status", (("Authorization", ""),)),
+    Req("status lower-case scheme", 200, "GET", "/api/v1/status", (("authorization", f"bearer {TOKENS['reader']}"),)),
     Req("status two tokens", 401, "GET", "/api/v1/status", (*READER, *WRONG)),
     Req("status two good tokens", 401, "GET", "/api/v1/status", (*READER, *ADMIN)),
     Req("status head", 405, "HEAD", "/api/v1/status", READER),
