@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -222,8 +223,21 @@ MAX_BODY_BYTES = front.MAX_BODY_BYTES
 are anonymous, so an unbounded body would be read into memory for anyone who sends one."""
 
 
+ONE_CONTENT_TYPE = ("send one Content-Type header (this request has more than one, or one holding several "
+                    "types separated by ',')")
+_QUOTED = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def _content_types(scope: Any) -> int:
+    """How many Content-Types the request names: uvicorn hands the app each header (FastAPI would
+    read the first), the Functions host joins repeated ones with ',' (a media type holds none)."""
+    values = [v for k, v in scope.get("headers") or () if bytes(k).lower() == b"content-type"]
+    return len(values) + sum(_QUOTED.sub(b"", bytes(v)).count(b",") for v in values)
+
+
 class _BodyLimit:
-    """ASGI middleware: 413 for a body above ``limit`` bytes (declared or streamed), on every route.
+    """ASGI middleware: 413 for a body above ``limit`` bytes (declared or streamed), on every route
+    (and 400 for a request naming more than one Content-Type, which the hosts hand on differently).
 
     A body without Content-Length (chunked) is read here first, up to the limit: a route that
     never reads its body (``POST /sync``) would otherwise act on a request it should refuse. Either
@@ -237,6 +251,9 @@ class _BodyLimit:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if _content_types(scope) > 1:
+            await JSONResponse({"detail": ONE_CONTENT_TYPE}, status_code=400)(scope, receive, send)
             return
         too_large = f"the request body is larger than {self.limit} bytes"
         declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
