@@ -15,13 +15,27 @@ _context: Context | None = None
 
 
 def get_context() -> Context:
-    """The process's Context, built from the app settings (``HUBPILOT_...``) on first use."""
+    """The process's Context, built from the app settings (``HUBPILOT_...``) on first use.
+
+    Settings that only ``hubpilot serve`` can honour are refused here (SettingsError, which the
+    API answers 503 with the reason in the log): serve starts a worker that drains the in-process
+    queue of Graph notification hints, the Functions host starts none, so with
+    ``directory.entra.queue = "memory"`` each notification would be acknowledged and then lost."""
     global _context
     if _context is None:
-        from hubpilot.settings import load_settings
+        from hubpilot.settings import SettingsError, load_settings
         from hubpilot.wiring import build_context
 
-        _context = build_context(load_settings())
+        settings = load_settings()
+        d = settings.directory
+        if d is not None and d.kind == "entra" and d.entra is not None and d.entra.notifications \
+                and d.entra.queue == "memory":
+            raise SettingsError(
+                "directory.entra.queue (HUBPILOT_DIRECTORY__ENTRA__QUEUE) is 'memory', which only hubpilot serve "
+                "drains: in the Functions app a Graph notification would be acknowledged and never synced; set it "
+                "to 'azure' with HUBPILOT_DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL (or _CONNECTION_STRING), the queue "
+                "the graph_hints function reads")
+        _context = build_context(settings)
     return _context
 
 

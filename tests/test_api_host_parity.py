@@ -446,3 +446,41 @@ async def test_both_hosts_answer_alike(hosts: Hosts, req: Req) -> None:
             assert json.loads(fn.body)["detail"] == CHUNKED_DETAIL and fn.headers["content-type"] == "application/json"
         return
     assert comparable(on_the_wire(fn, req, served)) == comparable(served), req
+
+
+# --- what each host starts ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("queue, status", [("memory", 503), ("azure", None)])
+async def test_the_functions_app_refuses_a_hint_queue_nothing_drains_there(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path,
+        queue: str, status: int | None) -> None:
+    """``hubpilot serve`` starts the worker that drains the in-memory queue of Graph hints
+    (``directory.entra.queue = "memory"``, the default); the Functions host starts none. There a
+    valid notification was answered 202 and its hint stayed in memory for good. The Functions app
+    now refuses those settings, naming the one to change (503 to the API, the reason in the log)."""
+    env = {"HUB__API_URL": "http://127.0.0.1:9/hub/api", "HUB__TOKEN": "hub-secret",
+           "STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"), "DIRECTORY__KIND": "entra",
+           "DIRECTORY__ENTRA__NOTIFICATIONS": "true", "DIRECTORY__ENTRA__CLIENT_STATE": SECRET,
+           "DIRECTORY__ENTRA__TENANT_ID": TENANT, "DIRECTORY__ENTRA__GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0",
+           "DIRECTORY__ENTRA__NOTIFICATION_URL": f"https://{HOST}/api/v1/graph/notifications",
+           "DIRECTORY__ENTRA__QUEUE": queue, "DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL": "http://127.0.0.1:9/q",
+           "SYNC__USERS_GROUPS": json.dumps([GROUP])}
+    for name, value in env.items():
+        monkeypatch.setenv(f"HUBPILOT_{name}", value)
+    functions.set_context(None)
+    monkeypatch.setattr(function_app.front, "_app", None)
+    caplog.set_level("ERROR", logger="hubpilot")
+    try:
+        if status is None:  # the queue the graph_hints function reads: the settings are taken
+            assert functions.get_context().settings.directory.entra.queue == "azure"  # type: ignore[union-attr]
+            return
+        r = await through_functions(Req("n", 0, "POST", "/api/v1/graph/notifications", JSON, notification(SECRET)))
+        assert r.status == status, r.body
+        assert "not configured correctly" in json.loads(r.body)["detail"]
+        assert any("HUBPILOT_DIRECTORY__ENTRA__QUEUE" in rec.getMessage() for rec in caplog.records), caplog.text
+    finally:
+        ctx = functions._context
+        functions.set_context(None)
+        function_app.front._app = None
+        if ctx is not None:
+            await ctx.close()
