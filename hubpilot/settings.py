@@ -166,8 +166,12 @@ def _env_name(loc: tuple[Any, ...], *, flat: bool = True) -> str:
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Load and validate settings; raise SettingsError with one readable line per problem."""
     global _explicit_path
-    if path is not None and not Path(path).is_file():
-        raise SettingsError(f"config file {path} does not exist")
+    named, by = (path, "") if path is not None else (os.environ.get(CONFIG_ENV) or None, f" (${CONFIG_ENV})")
+    if named is not None and not Path(named).is_file():
+        # a missing file named on purpose is an error, never "no settings": the defaults would
+        # act on another hub and state store without a word
+        what = "is a directory" if Path(named).is_dir() else "does not exist"
+        raise SettingsError(f"config file {named}{by} {what}")
     unknown = _unknown_sections()
     if unknown:
         raise SettingsError("invalid settings:\n" + "\n".join(
@@ -196,8 +200,11 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             got = err.get("input")
             shown = "" if isinstance(got, dict) or "secret" in dotted or "password" in dotted \
                 or "token" in dotted else f" (got {got!r})"
-            where = f" [env {_env_name(loc)}]" if loc else ""
-            lines.append(f"  {dotted}: {err['msg']}{shown}{where}")
+            where = _where(loc) if loc else ""
+            if err["type"] == "extra_forbidden":
+                lines.append(f"  {dotted}: {_unknown(loc)}{where}")
+            else:
+                lines.append(f"  {dotted}: {err['msg']}{shown}{where}")
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
     except (OSError, ValueError) as exc:  # unreadable or malformed TOML, or non-JSON lists in env
         bad = _non_json_env()
@@ -208,6 +215,44 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         raise SettingsError(f"cannot read settings{where}: {exc}{hint}") from None
     finally:
         _explicit_path = previous
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    """Where a setting was given: its environment variable (or the one whose JSON holds it) when
+    that is set, else the settings file when the file has its section, else the variable that
+    would set it."""
+    name = _env_name(loc)
+    for end in range(len(loc), 0, -1):  # the variable, or the one whose JSON holds it
+        if _env_name(loc[:end]) in os.environ:
+            return f" [env {_env_name(loc[:end])}]"
+    file = _config_path()
+    if file is not None:
+        try:
+            in_file = loc[0] in tomllib.loads(file.read_text())  # its section, at least
+        except (OSError, ValueError):
+            in_file = False
+        if in_file:
+            return f" [in {file}]"
+    return f" [env {name}]"
+
+
+def _unknown(loc: tuple[Any, ...]) -> str:
+    """What to say of a key the model does not have: the nearest known names, and the known ones."""
+    import difflib
+
+    model: Any = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        model = _model_in(field.annotation) if field is not None else None
+    known = sorted(getattr(model, "model_fields", {}))
+    key = str(loc[-1])
+    prefix = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
+    near = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)
+    what = "no settings section" if len(loc) == 1 else "no such setting"
+    hint = f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near else ""
+    return f"{what} {key!r}{hint} (known {'sections' if len(loc) == 1 else f'keys of [{prefix}]'}: {', '.join(known)})"
 
 
 def _unknown_sections() -> list[str]:

@@ -56,7 +56,9 @@ def test_toml_file_and_environment_overrides_it(monkeypatch: pytest.MonkeyPatch,
         ({"HUBPILOT_SYNC__SCHEDULE": "*/5 * * * *"}, "sync.schedule: Value error, '*/5 * * * *' has 5 fields"),
         ({"HUBPILOT_SYNC__USERS_GROUPS": '["a"]'}, "no [directory] section says where to read them"),
         ({"HUBPILOT_DIRECTORY__KIND": "ldap"}, "the [directory.ldap] section is missing"),
-        ({"HUBPILOT_SYNC__TYPO": "1"}, "sync.typo: Extra inputs are not permitted"),
+        ({"HUBPILOT_SYNC__TYPO": "1"}, "sync.typo: no such setting 'typo' (known keys of [sync]: admin_groups,"),
+        ({"HUBPILOT_SYNC__MAX_REMOVAL": "1"},
+         "sync.max_removal: no such setting 'max_removal'; did you mean 'sync.max_removals'?"),
         ({"HUBPILOT_SYNC__USERS_GROUPS": "analysts"}, "HUBPILOT_SYNC__USERS_GROUPS"),
     ],
 )
@@ -67,6 +69,26 @@ def test_invalid_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch, env:
     with pytest.raises(SettingsError) as err:
         load_settings()
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ('[sync]\nmax_removal_percnt = 50\n',
+     "sync.max_removal_percnt: no such setting 'max_removal_percnt'; did you mean 'sync.max_removal_percent'?"),
+    ('[synk]\nmax_removals = 5\n', "synk: no settings section 'synk'; did you mean 'sync'? (known sections: api,"),
+    ('[cull]\ninactivity_timeout = "1h"\n', "cull.inactivity_timeout: Input should be a valid integer"),
+    ('[[api.tokens]]\nnmae = "ops"\nrole = "admin"\nsha256 = "' + "0" * 64 + '"\n',
+     "api.tokens.0.nmae: no such setting 'nmae'; did you mean 'api.tokens.name'?"),
+])
+def test_a_mistake_in_the_file_is_named_in_the_file(tmp_path: Path, toml: str, message: str) -> None:
+    """A typo'd key or section in the TOML file read "Extra inputs are not permitted" and pointed
+    at an environment variable (``[env HUBPILOT_SYNK]``) that nobody had set: the message says
+    what is unknown, the nearest known name, and that the file holds it."""
+    path = tmp_path / "hubpilot.toml"
+    path.write_text(toml)
+    with pytest.raises(SettingsError) as err:
+        load_settings(path)
+    assert message in str(err.value), str(err.value)
+    assert f"[in {path}]" in str(err.value) and "[env " not in str(err.value), str(err.value)
 
 
 def test_ldap_id_attribute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
