@@ -100,3 +100,34 @@ def test_a_command_with_no_settings_at_all_says_it_uses_the_defaults(tmp_path: P
                             capture_output=True, text=True, timeout=60)
     assert by_env.returncode == 0, by_env.stderr
     assert "no settings file" not in by_env.stderr
+
+
+def _bare(tmp: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")}
+    return subprocess.run([sys.executable, "-m", "hubpilot.cli", *args], cwd=tmp, capture_output=True,
+                          text=True, timeout=60, env={**env, "PYTHONPATH": str(ROOT), **env_extra})
+
+
+def test_hubpilot_config_naming_a_missing_file_is_exit_2_not_the_defaults(tmp_path: Path) -> None:
+    """$HUBPILOT_CONFIG with a typo'd path was read as no file at all: `hubpilot status` answered
+    "never run" from a fresh ./hubpilot-state.sqlite3, and `sync` ran with the defaults, without
+    a word (the variable itself silenced the defaults' note)."""
+    done = _bare(tmp_path, "status", HUBPILOT_CONFIG=str(tmp_path / "hubpilot.tmol"))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "HUBPILOT_CONFIG" in done.stderr and "hubpilot.tmol" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "hubpilot-state.sqlite3").exists()
+
+
+def test_config_naming_a_directory_says_so(tmp_path: Path) -> None:
+    done = _bare(tmp_path, "--config", str(tmp_path), "status")
+    assert done.returncode == 2 and "is a directory" in done.stderr, done.stderr
+
+
+def test_an_empty_hub_token_names_the_setting(tmp_path: Path) -> None:
+    """A new user's first settings file often has no token yet: the message names the setting."""
+    (tmp_path / "people.yaml").write_text("people: {}\ngroups: {a: {members: []}}\n")
+    (tmp_path / "hubpilot.toml").write_text('[directory]\nkind = "file"\n[directory.file]\npath = "people.yaml"\n'
+                                            '[sync]\nusers_groups = ["a"]\n')
+    done = _bare(tmp_path, "sync", "--dry-run")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "hub.token" in done.stderr and "HUBPILOT_HUB__TOKEN" in done.stderr, done.stderr

@@ -164,3 +164,13 @@ async def test_deleting_a_user_whose_named_server_runs(hub_factory) -> None:
             await asyncio.sleep(0.1)
         assert await c.delete_user("slowpoke") is True
         assert await c.delete_user("slowpoke") is False
+
+
+async def test_a_token_the_hub_does_not_know_names_the_setting(real_hub: RealHub) -> None:
+    """The hub answers a wrong or expired token with 403 "Missing or invalid credentials." on
+    every route: the error says which setting holds the token, not only what the hub said."""
+    async with HubClient(real_hub.api_url, "not-the-hubpilot-token", retries=0) as c:
+        with pytest.raises(HubError) as e:
+            await c.list_groups()
+    assert e.value.status == 403 and "Missing or invalid credentials" in str(e.value)
+    assert "hub.token" in str(e.value) and "HUBPILOT_HUB__TOKEN" in str(e.value), str(e.value)

@@ -45,6 +45,10 @@ PAGINATION = "application/jupyterhub-pagination+json"
 _READ_METHODS = frozenset({"GET", "HEAD"})
 _API_URL_HINT = ("is hub.api_url ({}) the hub's REST API, ending in /hub/api "
                  "(e.g. https://hub.example.org/hub/api)?")
+# JupyterHub's 403 to a request whose token it does not know (wrong, expired or revoked), on any route
+_NO_CREDENTIALS = "Missing or invalid credentials."
+_TOKEN_HINT = ("the hub does not know hubpilot's token: set hub.token (HUBPILOT_HUB__TOKEN) to the API token "
+               "of the hubpilot service the hub was configured with (docs/hub-scopes.md)")
 _PAGED_ATTEMPTS = 4  # readings of a listing that keeps shifting before giving up
 # POST /users's answer when the authenticator refuses a name (JupyterHub 5 and 6)
 _INVALID_NAME = re.compile(r"hub answered 400: Invalid usernames?: ")
@@ -85,7 +89,8 @@ class HubClient:
         create_chunk: int = 100,
     ) -> None:
         if not token:
-            raise ValueError("hub token is empty: set the hubpilot service's API token")
+            raise ValueError("hub token is empty: set hub.token (HUBPILOT_HUB__TOKEN) to the API token of the "
+                             "hubpilot service the hub was configured with (docs/hub-scopes.md)")
         if page_size < 1 or concurrency < 1 or retries < 0 or create_chunk < 1:
             raise ValueError("page_size, concurrency and create_chunk must be ≥ 1, retries ≥ 0")
         self.api_url = api_url.rstrip("/")
@@ -196,9 +201,11 @@ class HubClient:
                 return resp
             self._counts["errors"] += 1
             proxied = resp.status_code >= 500 and _content_type(resp) == "text/html"
+            message = _message(resp)
             raise HubError(
-                f"{what}: hub answered {resp.status_code}: {_message(resp)}"
+                f"{what}: hub answered {resp.status_code}: {message}"
                 + (f" (after {attempt + 1} attempts)" if attempt else "")
+                + (f"; {_TOKEN_HINT}" if resp.status_code == 403 and message == _NO_CREDENTIALS else "")
                 + ("; a proxy in front of the hub answered, not its REST API: is the hub up, and "
                    + _API_URL_HINT.format(self.api_url) if proxied else ""),
                 status=resp.status_code,
