@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import yaml
 
-from hubpilot.localhub import free_port, start_hub
+from hubpilot.localhub import CHP, free_port, start_hub
 from hubpilot.loop import Outcome, RunRecord
 from hubpilot.settings import Settings, load_settings
 from hubpilot.wiring import Context, build_context
@@ -144,6 +144,10 @@ async def _demo(ldap: bool, port: int, wait: bool) -> int:
     if main is not None:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
+    missing = _missing_tools(ldap)
+    if missing:  # else the hub starts, fails to start its proxy (or slapd fails), and prints a traceback
+        print(f"hubpilot demo: {missing}", file=sys.stderr)
+        return 2
     workdir = WORKDIR.resolve()
     lock = _claim(workdir)  # before anything is wiped: another demo may be using this directory
     if isinstance(lock, str):
@@ -226,8 +230,8 @@ async def _demo_in(workdir: Path, ldap: bool, port: int, wait: bool) -> int:
             _say(f"directory file:  {stack_dir}   edit it: the next scheduled sync (every 30 s) follows")
         _say(f"cull:            a server idle for {CULL['inactivity_timeout']} s is stopped by the next round "
              f"(every 20 s): {idler}'s, unless someone uses it")
-        _say("scale:           not in the demo: it sizes an AKS GPU node pool (docs/scale.md); its plan "
-             "names the settings it needs")
+        _say("scale:           not in the demo: it sizes an AKS GPU node pool (docs/scale.md); "
+             "`scale --dry-run` names the settings it needs")
         _say("state and logs:  " + str(workdir))
         if not wait:
             return 0
@@ -292,6 +296,23 @@ async def _follow_runs(ctx: Context, since: datetime, every: float = 1.0) -> Non
                 failing.pop(record.operation, None)
             at = (record.finished or record.started).astimezone().strftime("%H:%M:%S")
             _show(f"{at} {record.operation}, started by {record.trigger} ({record.actor})", record)
+
+
+def _missing_tools(ldap: bool) -> str | None:
+    """What the demo needs and does not find, and how to install it (``./scripts/demo`` runs the
+    setup first; ``hubpilot demo`` on its own does not)."""
+    if not os.access(CHP, os.X_OK):
+        return (f"configurable-http-proxy is not installed ({CHP} is missing): run ./scripts/setup --demo "
+                "in the project's directory (or start the demo with ./scripts/demo, which runs it)")
+    if ldap:
+        from hubpilot.localldap import SLAPADD, SLAPD
+
+        gone = [tool for tool in (SLAPD, SLAPADD) if not os.access(tool, os.X_OK)]
+        if gone:
+            return (f"--ldap needs OpenLDAP's server, and {' and '.join(gone)} is missing: "
+                    "apt-get install slapd ldap-utils (./scripts/setup --demo does), or run the demo "
+                    "without --ldap (a directory file)")
+    return None
 
 
 def _claim(workdir: Path) -> IO[str] | str:

@@ -36,6 +36,8 @@ import psutil
 from hubpilot_hub.scopes import HUBPILOT_SCOPES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# the proxy ./scripts/setup installs (npm ci, package-lock.json)
+CHP = PROJECT_ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
 # The hub (and the single-user servers it spawns) come from this environment's bin, or from the
 # one HUBPILOT_HUB_VENV names: the tests run once more against the newest JupyterHub that way.
 VENV_BIN = Path(os.environ["HUBPILOT_HUB_VENV"]) / "bin" if os.environ.get("HUBPILOT_HUB_VENV") \
@@ -140,7 +142,7 @@ def _config(
     extra_config: str,
 ) -> str:
     run_as_root = os.geteuid() == 0
-    chp = PROJECT_ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
+    chp = CHP
     service_list = [{"name": n, "api_token": tokens[n]} for n in services]
     roles: list[dict[str, Any]] = [{"name": "admin", "services": ["admin-setup"]}]
     roles += [
