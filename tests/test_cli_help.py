@@ -47,3 +47,22 @@ def test_a_run_with_config_after_the_command_reads_that_file(tmp_path: Path,
     assert main(["status", "--config", str(config)], out=out) == 0, capsys.readouterr().err
     assert "never run" in out.getvalue() and (tmp_path / "s.sqlite3").exists()
     assert "note:" not in capsys.readouterr().err  # the file was used, not the defaults
+
+
+def test_the_readmes_cli_synopsis_shows_every_option() -> None:
+    """The README's CLI block is where a new admin looks first: each command's line there shows
+    every option its --help has (``cost --always-on-nodes`` and four ``--json`` were missing)."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"### CLI\n.*?```\n(.*?)```", readme, re.S)
+    assert block, "README.md has no CLI block under '### CLI'"
+    missing = []
+    for name, parser in _subparsers().items():
+        lines = [line.split("#")[0] for line in block.group(1).splitlines()
+                 if re.search(rf"\b{name}\b", line.split("#")[0])]
+        assert lines, f"the README's CLI block does not show {name}"
+        missing += [f"{name} {opt}" for a in parser._actions for opt in a.option_strings
+                    if opt.startswith("--") and opt not in ("--help", "--config")
+                    and not any(opt in line for line in lines)]
+    assert missing == [], missing
