@@ -67,3 +67,16 @@ def test_the_full_setup_still_installs_the_infra_tools(copy: Path) -> None:
                           timeout=60)
     assert done.returncode != 0 and "infra tools (.venv-infra)" in done.stdout, done.stdout + done.stderr
     assert "no-python: asked to -m venv .venv-infra" in done.stderr, done.stderr
+
+
+def test_a_python_older_than_311_is_named_before_anything_is_installed(copy: Path) -> None:
+    """On Ubuntu 22.04 (Python 3.10) the setup made .venv, installed the requirements, and only
+    then failed on pip's "requires a different Python": it says so first, and how to go on."""
+    shutil.rmtree(copy / ".venv")
+    _exe(copy.parent / "python-3.10",
+         'case "$*" in *version_info*) echo 3.10;; *) echo "asked $*" >&2; exit 1;; esac\n')
+    done = subprocess.run(["bash", "scripts/demo"], cwd=copy, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHON": str(copy.parent / "python-3.10")})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Python 3.10" in done.stderr and "3.11 or newer" in done.stderr and "PYTHON=" in done.stderr, done.stderr
+    assert "asked" not in done.stderr and not (copy / ".venv").exists(), done.stderr
