@@ -158,3 +158,14 @@ async def test_a_missing_or_unreadable_file(tmp_path: Path) -> None:
 def test_an_unknown_file_kind_is_refused_at_construction(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"expected a \.yaml, \.yml or \.toml file"):
         FileDirectory(tmp_path / "dir.json")
+
+
+async def test_a_missing_file_given_relative_is_named_where_it_was_looked_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """directory.file.path is read from the process's working directory (not the settings file's):
+    a relative path that is not found is named as the absolute path looked at, so an operator
+    running hubpilot serve or the CLI from another directory sees why."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DirectoryError) as info:
+        await FileDirectory("peple.yaml").read(["analysts"])
+    assert f"directory file peple.yaml ({tmp_path / 'peple.yaml'}): cannot be read" in str(info.value), info.value

@@ -94,7 +94,8 @@ class FileDirectory:
         try:
             raw = self.path.read_bytes()
         except OSError as exc:
-            raise DirectoryError(f"directory file {self.path}: cannot be read: {exc.strerror or exc}") from exc
+            looked = "" if self.path.is_absolute() else f" ({self.path.absolute()})"  # from the working directory
+            raise DirectoryError(f"directory file {self.path}{looked}: cannot be read: {exc.strerror or exc}") from exc
         try:
             if self.path.suffix.lower() == ".toml":
                 return tomllib.loads(raw.decode("utf-8"))

@@ -13,7 +13,8 @@ from hubpilot.config.entra import EntraSettings
 class FileDirectorySettings(Section):
     """A directory kept in a YAML or TOML file (the demo uses one)."""
 
-    path: str = Field(description="Path of the directory file (.yaml, .yml or .toml).")
+    path: str = Field(description="Path of the directory file (.yaml, .yml or .toml); a relative one is read "
+                      "from the working directory.")
 
 
 class LdapSettings(Section):
