@@ -236,8 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_int_between(0, 65535), default=8765,
                    help="port to listen on (default 8765; 0: a free one)")
     p = command("demo", "a real local JupyterHub kept in step by hubpilot", settings=False)
+    p.epilog = ("Its hub, state and settings go to ./.hubpilot-demo (one demo per directory at a time); "
+                "Ctrl-C stops everything it started. ./scripts/demo installs what it needs first.")
     p.add_argument("--ldap", action="store_true", help="read the directory from a local OpenLDAP")
-    p.add_argument("--port", type=_int_between(0, 65535), default=8000, help="the hub's port (0: a free one)")
+    p.add_argument("--port", type=_int_between(0, 65535), default=8000,
+                   help="the hub's port (default 8000; 0: a free one)")
     p.add_argument("--no-wait", action="store_true", help="stop after the demo instead of serving")
     command("settings", "print the reference of every setting (Markdown)", settings=False)
     p = command("cost", "GPU node-hours and cost per day")
