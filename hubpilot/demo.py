@@ -188,12 +188,14 @@ async def _demo_in(workdir: Path, ldap: bool, port: int, wait: bool) -> int:
             "api": {"tokens": [{"name": "demo-admin", "role": "admin",
                                 "sha256": hashlib.sha256(api_token.encode()).hexdigest()}]},
         }
-        settings: Settings = load_settings(None, **values)
         # the same settings for the CLI in another terminal: its commands then act on this demo
         config = workdir / "hubpilot.toml"
         config.touch(mode=0o600)
         config.write_text("# hubpilot demo: its settings, for the CLI (hubpilot --config <this file> ...)\n"
                           + _toml(values))
+        # read with that file (the values still win over HUBPILOT_* variables): a refused run's
+        # approval command then names it, and reaches this demo's state from any shell
+        settings: Settings = load_settings(config, **values)
         ctx: Context = build_context(settings)
         stack.push_async_callback(ctx.close)
         sync = ctx.capability("sync")
