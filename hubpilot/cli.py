@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from hubpilot.loop import ExitCode, LockHeld, RunRecord, UnknownPlan
+from hubpilot.ports.store import StoreError
 from hubpilot.settings import Settings, SettingsError, defaults_note, load_settings, settings_reference
 from hubpilot.wiring import OPERATIONS, Context, build_context
 
@@ -297,6 +298,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     try:
         return asyncio.run(_with_context(settings, body))
     except KeyboardInterrupt:
+        return int(ExitCode.FAILED)
+    except StoreError as exc:  # the state store cannot be opened or answers no more (status, audit, pause)
+        print(f"hubpilot: {exc} (state.kind = {settings.state.kind!r}; see the state.* settings)", file=sys.stderr)
         return int(ExitCode.FAILED)
     except ValueError as exc:  # configuration that only shows when used (e.g. no directory)
         print(f"hubpilot: {exc}", file=sys.stderr)

@@ -131,3 +131,16 @@ def test_an_empty_hub_token_names_the_setting(tmp_path: Path) -> None:
     done = _bare(tmp_path, "sync", "--dry-run")
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "hub.token" in done.stderr and "HUBPILOT_HUB__TOKEN" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("command", [["status"], ["audit"], ["pause", "cull"]])
+def test_a_state_file_that_cannot_be_opened_is_named_without_a_traceback(tmp_path: Path,
+                                                                         command: list[str]) -> None:
+    """state.sqlite_path under a regular file (or in a directory the user may not write) ended the
+    command with a StoreError traceback."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "hubpilot.toml").write_text('[state]\nsqlite_path = "afile/state.sqlite3"\n')
+    done = _bare(tmp_path, *command)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "cannot open the state file 'afile/state.sqlite3'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
