@@ -13,7 +13,8 @@ class HubSettings(Section):
         description="The hub's REST API base URL, ending in /hub/api.",
     )
     token: SecretStr = Field(
-        SecretStr(""), description="API token of the hubpilot service (see README: service role)."
+        SecretStr(""), description="API token of the hubpilot service in the hub (its role, and how the hub "
+        "is given the token: docs/hub-scopes.md).",
     )
     timeout_seconds: float = Field(10.0, gt=0, le=300, description="Timeout of one hub request.")
     stop_timeout_seconds: float = Field(
