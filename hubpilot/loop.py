@@ -302,7 +302,10 @@ class RunRecord:
             lines += [f"  note: {n}" for n in self.plan.notes]
         elif self.plan is not None:
             lines.append(self.plan.render())
-        lines += [f"  refused: {r}" for r in self.refusal]
+        # an approved run carries the reasons it was applied despite: not "refused" (it was not)
+        said = "approved despite" if self.approved_plan is not None and self.outcome is not Outcome.REFUSED \
+            else "refused"
+        lines += [f"  {said}: {r}" for r in self.refusal]
         if self.approval is not None:
             lines.append(f"  an admin can approve it: {self.approval}")
         elif self.outcome is Outcome.REFUSED and self.dry_run:

@@ -130,6 +130,8 @@ async def test_refusal_then_approval_then_stale_approval(store: SqliteStore) -> 
     cap.wanted.discard("d")
     ok = await r.approve(cap, refused.plan.id, actor="admin")
     assert ok.outcome is Outcome.APPLIED and cap.items == {"a", "b", "c"}
+    assert "  refused: adds 3 > 1" in refused.render()
+    assert "  approved despite: adds 3 > 1" in ok.render() and "refused:" not in ok.render()
     with pytest.raises(UnknownPlan):
         await r.approve(cap, refused.plan.id, actor="admin")  # used up
 
