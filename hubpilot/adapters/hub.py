@@ -37,6 +37,7 @@ from hubpilot.ports.hub import (
     HubGroup,
     HubInvalidResponse,
     HubServer,
+    HubUnreachable,
     HubUser,
     StopResult,
 )
@@ -99,6 +100,7 @@ class HubClient:
         self._backoff = backoff
         self._backoff_max = backoff_max
         self._create_chunk = create_chunk
+        self._timeout = timeout
         self._stop_timeout = max(timeout, stop_timeout)
         self._sem = asyncio.Semaphore(concurrency)
         self._http = httpx.AsyncClient(
@@ -165,9 +167,11 @@ class HubClient:
                     await asyncio.sleep(self._delay(attempt))
                     continue
                 self._counts["errors"] += 1
-                raise HubError(
+                waited = self._timeout if request_timeout is None else request_timeout
+                raise HubUnreachable(
                     f"{what}: hub unreachable at {self.api_url} after {attempt + 1} attempts: "
-                    f"{type(e).__name__}: {e}"
+                    + _transport_failure(e, waited),
+                    timed_out=isinstance(e, httpx.TimeoutException),
                 ) from e
             if resp.status_code >= 500 and attempt < self._retries:
                 attempt += 1
@@ -493,6 +497,15 @@ def _message(resp: httpx.Response) -> str:
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return str(body["message"])
     return resp.text[:200]
+
+
+def _transport_failure(exc: httpx.TransportError, timeout: float) -> str:
+    """What went wrong, also for httpx's timeouts, whose text is often empty."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"no connection within {timeout:g} s ({type(exc).__name__})"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer within {timeout:g} s ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _content_type(resp: httpx.Response) -> str:

@@ -59,6 +59,16 @@ class HubError(Exception):
         self.status = status
 
 
+class HubUnreachable(HubError):
+    """The hub did not answer: the connection failed, or no answer came within the timeout, on
+    every attempt the client made. ``timed_out``: the last attempt waited out its timeout (a hub
+    that accepts connections and never answers), rather than failing at once."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
 class HubInvalidResponse(HubError):
     """The hub answered, but not with what its API documents (bad JSON, missing fields)."""
 

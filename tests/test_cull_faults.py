@@ -1,0 +1,244 @@
+"""Cull runs cut short by the network, two runs at once, and a hub that never answers: a real
+JupyterHub (real single-user servers) behind ``tests/faultproxy.py``, which breaks chosen requests
+before they reach the hub or after the hub acted, before its answer comes back.
+
+After every cut the run reports a failure (run record and audit entry) and reports no stop that did
+not happen; a clean run then converges to the end state of an uncut run, and leaves alone a user who
+came back meanwhile. Each cut is set for one user's request, so that one run covers every request
+of an apply (the re-read of the user, the stop) cut both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from hubpilot.adapters.hub import HubClient
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.config.cull import CullSettings
+from hubpilot.cull import CullCapability
+from hubpilot.loop import LockHeld, Outcome, Runner, Status
+from tests.faultproxy import FaultProxy
+from tests.fixtures.hub import unique_name
+from tests.realhub import RealHub, start_hub
+
+pytestmark = pytest.mark.hub
+
+NOW = datetime.now(UTC) + timedelta(minutes=90)  # the plans' time: servers started now are 90 min idle
+SETTINGS = CullSettings(inactivity_timeout=3600, concurrency=1)
+
+
+@pytest.fixture(scope="module")
+async def fault_hub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RealHub]:
+    async with start_hub(tmp_path_factory.mktemp("faulthub"),
+                         extra_config="c.JupyterHub.last_activity_interval = 3600") as hub:
+        yield hub
+
+
+@pytest.fixture
+async def proxy(fault_hub: RealHub) -> AsyncIterator[FaultProxy]:
+    where = urlsplit(fault_hub.api_url)
+    p = FaultProxy(where.hostname or "127.0.0.1", where.port or 80)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def client(hub: RealHub, proxy: FaultProxy, **kw: Any) -> HubClient:
+    """hubpilot's hub client through the proxy; without retries a cut is a failure."""
+    opts: dict[str, Any] = {"retries": 0, "backoff": 0.01, "timeout": 10, "stop_timeout": 30, **kw}
+    return HubClient(f"http://127.0.0.1:{proxy.port}/hub/api", hub.hubpilot_token, **opts)
+
+
+async def running(hub: RealHub, users: list[str]) -> set[str]:
+    async with hub.admin() as admin:
+        out = set()
+        for u in users:
+            body = (await admin.get(f"/users/{u}")).json()
+            if any(s.get("ready") or s.get("pending") for s in body.get("servers", {}).values()):
+                out.add(u)
+        return out
+
+
+async def spawn_all(hub: RealHub, users: list[str]) -> None:
+    async with hub.admin() as admin:
+        for u in users:
+            r = await admin.post(f"/users/{u}")
+            assert r.status_code in (201, 409), r.text
+    await asyncio.gather(*(hub.spawn(u) for u in users))
+
+
+async def stop_all(hub: RealHub, users: list[str]) -> None:
+    async with hub.admin() as admin:
+        for u in users:
+            await admin.delete(f"/users/{u}/server")
+
+
+def for_user(method: str, user: str) -> Any:
+    return lambda m, path: m == method and path.rstrip("/").split("?")[0] in (
+        f"/hub/api/users/{user}", f"/hub/api/users/{user}/server")
+
+
+async def last_run_entry(store: SqliteStore) -> dict[str, Any]:
+    entries, _ = await store.read_audit()  # newest first
+    return next(e for e in entries if e.get("kind") == "run")
+
+
+async def test_a_cut_run_reports_failure_and_a_clean_run_converges(
+        fault_hub: RealHub, proxy: FaultProxy, tmp_path: Path) -> None:
+    tag = unique_name("cut")
+    names = {k: f"{tag}-{k}" for k in ("read-before", "read-after", "stop-before", "stop-after", "ok")}
+    users = sorted(names.values())
+    await spawn_all(fault_hub, users)
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    hub = client(fault_hub, proxy)
+    runner: Runner[Any] = Runner(store, clock=lambda: NOW)
+    cap = CullCapability(hub, SETTINGS)
+    try:
+        # the listing cut either way: the run fails, nothing is stopped
+        for mode in ("before", "after"):
+            proxy.reset()
+            proxy.rule(lambda m, path: m == "GET" and path.startswith("/hub/api/users?"), mode)
+            rec = await runner.run(cap, trigger="test", actor="test")
+            assert rec.outcome is Outcome.FAILED and rec.error and not rec.results, rec.render()
+            assert (await last_run_entry(store))["outcome"] == "failed"
+            assert await running(fault_hub, users) == set(users)
+
+        # every request of the apply cut, each way, for one user each
+        proxy.reset()
+        proxy.rule(for_user("GET", names["read-before"]), "before")
+        proxy.rule(for_user("GET", names["read-after"]), "after")
+        proxy.rule(for_user("DELETE", names["stop-before"]), "before")
+        proxy.rule(for_user("DELETE", names["stop-after"]), "after")
+        rec = await runner.run(cap, trigger="test", actor="test")
+        assert {f.method for f in proxy.faulted()} == {"GET", "DELETE"} and len(proxy.faulted()) == 4
+        status = {r.action.target: r.status for r in rec.results}
+        assert status == {names["ok"]: Status.DONE, names["read-before"]: Status.FAILED,
+                          names["read-after"]: Status.FAILED, names["stop-before"]: Status.FAILED,
+                          names["stop-after"]: Status.FAILED}, rec.render()
+        assert rec.outcome is Outcome.FAILED, rec.render()
+        entry = (await last_run_entry(store))
+        assert entry["outcome"] == "failed" and entry["result_counts"] == {"done": 1, "failed": 4}
+        still = await running(fault_hub, users)
+        # the hub stopped stop-after's server although hubpilot never saw the answer
+        assert still == {names["read-before"], names["read-after"], names["stop-before"]}
+        for r in rec.results:  # no success reported for what did not happen
+            if r.status in (Status.DONE, Status.NOOP):
+                assert r.action.target not in still
+
+        # stop-before's user comes back before the next round; a clean run converges
+        async with fault_hub.admin() as admin:
+            back = (datetime.now(UTC) + timedelta(minutes=50)).isoformat().replace("+00:00", "Z")
+            r = await admin.post(f"/users/{names['stop-before']}/activity",
+                                 json={"servers": {"": {"last_activity": back}}})
+            assert r.status_code == 200, r.text
+        proxy.reset()
+        rec = await runner.run(cap, trigger="test", actor="test")
+        assert rec.outcome is Outcome.APPLIED, rec.render()
+        status = {r.action.target: r.status for r in rec.results}
+        assert status[names["read-before"]] is Status.DONE and status[names["read-after"]] is Status.DONE
+        assert names["stop-after"] not in status and names["ok"] not in status  # already stopped
+        assert await running(fault_hub, users) == {names["stop-before"]}, rec.render()
+        # and the next one has nothing left to do
+        rec = await runner.run(cap, trigger="test", actor="test")
+        assert rec.outcome is Outcome.APPLIED and not rec.results, rec.render()
+    finally:
+        await hub.close()
+        await store.close()
+        await stop_all(fault_hub, users)
+
+
+async def test_two_runs_at_once_stop_each_server_once(
+        fault_hub: RealHub, proxy: FaultProxy, tmp_path: Path) -> None:
+    """Two deployments (two state stores, two clients) run the same round at the same time; and two
+    runners on one store: the lock lets one through."""
+    tag = unique_name("twice")
+    users = [f"{tag}-{i}" for i in range(3)]
+    await spawn_all(fault_hub, users)
+    stores = [SqliteStore(tmp_path / f"state{i}.sqlite3") for i in range(2)]
+    hubs = [client(fault_hub, proxy, retries=1) for _ in range(2)]
+    caps = [CullCapability(h, SETTINGS) for h in hubs]
+    try:
+        recs = await asyncio.gather(*(Runner(s, clock=lambda: NOW).run(c, trigger="test", actor=f"run{i}")
+                                      for i, (s, c) in enumerate(zip(stores, caps, strict=True))))
+        for rec in recs:
+            assert rec.outcome is Outcome.APPLIED, rec.render()  # neither fails for the other's stop
+        assert await running(fault_hub, users) == set()
+        for u in users:
+            got = [r.status for rec in recs for r in rec.results if r.action.target == u]
+            # planned by both, stopped by exactly one; the other saw it stopped or stopping
+            assert got.count(Status.DONE) <= 1 and Status.FAILED not in got, [rec.render() for rec in recs]
+            assert Status.DONE in got or Status.PENDING in got, [rec.render() for rec in recs]
+        deletes = [s for s in proxy.seen if s.method == "DELETE"]
+        assert len(deletes) <= 2 * len(users)
+
+        # two runs on one store: the second finds the lock held, and nothing is done twice
+        await spawn_all(fault_hub, users[:1])
+        one = Runner(stores[0], clock=lambda: NOW)
+        results = await asyncio.gather(one.run(caps[0], trigger="test", actor="a"),
+                                       one.run(caps[1], trigger="test", actor="b"), return_exceptions=True)
+        held = [r for r in results if isinstance(r, LockHeld)]
+        done = [r for r in results if not isinstance(r, BaseException)]
+        assert len(held) == 1 and len(done) == 1, results
+        assert done[0].outcome is Outcome.APPLIED and [r.status for r in done[0].results] == [Status.DONE]
+    finally:
+        for h in hubs:
+            await h.close()
+        for s in stores:
+            await s.close()
+        await stop_all(fault_hub, users)
+
+
+async def test_a_hub_that_never_answers_the_listing(fault_hub: RealHub, proxy: FaultProxy,
+                                                    tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    hub = client(fault_hub, proxy, retries=1, timeout=0.5)
+    proxy.rule(lambda m, path: m == "GET", "hang")
+    try:
+        async with asyncio.timeout(30):  # a guard against a hang, not a timing assert
+            rec = await Runner(store, clock=lambda: NOW).run(CullCapability(hub, SETTINGS),
+                                                             trigger="test", actor="test")
+        assert rec.outcome is Outcome.FAILED and not rec.results, rec.render()
+        assert rec.error and "no answer within 0.5 s" in rec.error, rec.error
+        assert len(proxy.seen) == 2  # the request and its one retry
+        assert (await last_run_entry(store))["outcome"] == "failed"
+    finally:
+        await hub.close()
+        await store.close()
+
+
+async def test_a_hub_that_never_answers_a_stop(fault_hub: RealHub, proxy: FaultProxy, tmp_path: Path) -> None:
+    """The first stop that gets no answer (after its retries) ends the round's stops: the others
+    are reported not attempted, not each sent and waited for in turn. The next round stops them."""
+    tag = unique_name("hang")
+    users = [f"{tag}-{i}" for i in range(3)]
+    await spawn_all(fault_hub, users)
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    hub = client(fault_hub, proxy, retries=1, timeout=0.5, stop_timeout=0.5)
+    runner: Runner[Any] = Runner(store, clock=lambda: NOW)
+    cap = CullCapability(hub, SETTINGS)
+    proxy.rule(lambda m, path: m == "DELETE", "hang")
+    try:
+        async with asyncio.timeout(60):  # a guard against a hang, not a timing assert
+            rec = await runner.run(cap, trigger="test", actor="test")
+        assert rec.outcome is Outcome.FAILED, rec.render()
+        assert [r.status for r in rec.results] == [Status.FAILED, Status.SKIPPED, Status.SKIPPED], rec.render()
+        assert "no answer within 0.5 s" in rec.results[0].detail, rec.render()
+        assert "not attempted" in rec.results[1].detail, rec.render()
+        assert len([s for s in proxy.seen if s.method == "DELETE"]) == 2  # one stop and its retry
+        assert await running(fault_hub, users) == set(users)
+        proxy.reset()
+        async with client(fault_hub, proxy) as answered:  # the hub answers again (a stop takes a while)
+            rec = await runner.run(CullCapability(answered, SETTINGS), trigger="test", actor="test")
+        assert rec.outcome is Outcome.APPLIED, rec.render()
+        assert await running(fault_hub, users) == set()
+    finally:
+        await hub.close()
+        await store.close()
+        await stop_all(fault_hub, users)
