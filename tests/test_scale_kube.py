@@ -311,7 +311,6 @@ async def test_409_then_demand_uncordons_the_node(world: dict[str, Any]) -> None
     again = await runner.run(cap, trigger="timer", actor="test")
     assert [(r.action.kind, r.status) for r in again.results] == [("uncordon", Status.DONE)], again.render()
     assert kube.node_obj("gpu-0")["spec"]["unschedulable"] is False
-    assert arm.machines["gpu"] == ["gpu-0"]
 
 
 async def test_pool_busy_skips_the_round(world: dict[str, Any]) -> None:

@@ -1,0 +1,224 @@
+"""Scale runs cut short by the network, and two runs at once: kmock (with the real kubernetes
+client) and the ARM double (with the real Azure SDK), each behind ``tests/faultproxy.py``.
+
+Every request a run makes, to the cluster or to ARM, is cut in turn, before it reaches the server
+and after the server acted (its answer lost), each in a world of its own. After the cut the run
+reports no removal or scale-up that did not happen; clean runs then converge to the end state of
+an uncut run, with no node left cordoned."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from hubpilot.adapters.aks import AksPool
+from hubpilot.adapters.kube import KubeCluster
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.loop import Outcome, Runner, Status
+from hubpilot.scale import Policy, ScaleCapability
+from hubpilot.scale.plan import REMOVAL_SETTLE
+from tests.doubles.arm import ArmDouble, StaticToken
+from tests.faultproxy import FaultProxy
+from tests.fixtures.kmock import NS, Emulator
+
+START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
+
+
+class World:
+    """One scale world: a pool in the ARM double, its nodes in kmock, a state store, a clock."""
+
+    def __init__(self, kube: Emulator, arm: ArmDouble, kproxy: FaultProxy, aproxy: FaultProxy,
+                 tmp: Path) -> None:
+        self.kube, self.arm, self.kproxy, self.aproxy = kube, arm, kproxy, aproxy
+        self.now = START
+        self.store = SqliteStore(tmp / "state.sqlite3")
+        self.caps: list[ScaleCapability] = []
+        self.closing: list[Any] = []
+
+    def capability(self, store: SqliteStore | None = None) -> tuple[ScaleCapability, Runner[Any]]:
+        cluster = KubeCluster(namespace=NS, pool="gpu", api_url=f"http://127.0.0.1:{self.kproxy.port}")
+        pool = AksPool(StaticToken(), subscription_id=self.arm.subscription,
+                       resource_group=self.arm.resource_group, cluster=self.arm.cluster, pool="gpu",
+                       base_url=f"http://127.0.0.1:{self.aproxy.port}", retry_total=1, retry_backoff=0.01,
+                       polling_interval=0.01, lro_wait=5.0)
+        self.closing += [cluster, pool]
+        policy = Policy(max_nodes=6, idle=timedelta(minutes=10), delay_after_up=timedelta(minutes=10),
+                        down_cooldown=timedelta(0))
+        cap = ScaleCapability(pool, cluster, store or self.store, policy, clock=lambda: self.now)
+        return cap, Runner(store or self.store, clock=lambda: self.now)
+
+    def state(self) -> tuple[Any, ...]:
+        """What a run leaves: the pool's machines and count, and each node's cordon."""
+        nodes = {k[2]: v for k, v in self.kube.k.objects.items() if k[0] == "v1/nodes"}
+        return (tuple(self.arm.machines["gpu"]), self.arm.pools["gpu"]["count"],
+                tuple(sorted((n, bool(o["spec"].get("unschedulable"))) for n, o in nodes.items())))
+
+    async def close(self) -> None:
+        for c in self.closing:
+            await c.close()
+        await self.store.close()
+
+
+@pytest.fixture
+async def world(kube: Emulator, tmp_path: Path) -> AsyncIterator[Any]:
+    made: list[tuple[World, list[Any]]] = []
+
+    async def make(name: str) -> World:
+        kube.clear()
+        arm = ArmDouble()
+        await arm.start()
+        kurl, aurl = urlsplit(kube.url), urlsplit(arm.base_url)
+        kp = FaultProxy(kurl.hostname or "127.0.0.1", kurl.port or 80)
+        ap = FaultProxy(aurl.hostname or "127.0.0.1", aurl.port or 80)
+        await kp.start()
+        await ap.start()
+        tmp = tmp_path / name
+        tmp.mkdir()
+        w = World(kube, arm, kp, ap, tmp)
+        made.append((w, [kp, ap, arm]))
+        return w
+
+    yield make
+    for w, parts in made:
+        await w.close()
+        for p in parts:
+            await p.stop()
+
+
+async def removal(w: World) -> tuple[ScaleCapability, Runner[Any]]:
+    """gpu-0 runs alice; gpu-1 has stood empty past the idle limit: the next run removes it."""
+    w.arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])
+    w.arm.pools["gpu"]["scaleDownMode"] = "Delete"
+    w.kube.node("gpu-0")
+    w.kube.node("gpu-1")
+    w.kube.pod("alice", "gpu-0")
+    cap, runner = w.capability()
+    await runner.run(cap, trigger="timer", actor="test")
+    w.now += timedelta(minutes=11)
+    return cap, runner
+
+
+async def scale_up(w: World) -> tuple[ScaleCapability, Runner[Any]]:
+    """gpu-0 runs alice, bob's GPU pod waits: the next run asks for a second node."""
+    w.arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    w.kube.node("gpu-0")
+    w.kube.pod("alice", "gpu-0")
+    w.kube.pod("bob", None)
+    return w.capability()
+
+
+def arm_goes_on(w: World) -> None:
+    """What Azure does whether anybody polls or not: ARM finishes the operations it accepted, and
+    the node of a deleted machine leaves the cluster."""
+    w.arm.release()
+    for op in w.arm.operations.values():
+        while op.status == "InProgress":
+            w.arm._advance(op)
+    for key in [k for k in w.kube.k.objects.keys() if k[0] == "v1/nodes"]:
+        if key[2] not in w.arm.machines["gpu"]:
+            del w.kube.k.objects[key]
+
+
+async def settle(w: World, runner: Runner[Any], cap: ScaleCapability) -> None:
+    """Clean runs, past the time a removal that may have been accepted is watched."""
+    for step in (timedelta(minutes=1), REMOVAL_SETTLE + timedelta(minutes=1), timedelta(minutes=11),
+                 timedelta(minutes=11)):
+        arm_goes_on(w)
+        w.now += step
+        w.kproxy.reset()
+        w.aproxy.reset()
+        rec = await runner.run(cap, trigger="timer", actor="test")
+        assert rec.outcome is Outcome.APPLIED, rec.render()
+
+
+async def reference(world: Any, setup: Any) -> tuple[tuple[Any, ...], int, int]:
+    """The uncut run: its end state, and how many requests it sent to kmock and to ARM."""
+    w = await world("reference-" + setup.__name__)
+    cap, runner = await setup(w)
+    w.kproxy.reset()
+    w.aproxy.reset()
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.APPLIED and rec.results, rec.render()
+    counts = w.kproxy.count, w.aproxy.count
+    await settle(w, runner, cap)
+    return w.state(), *counts
+
+
+def reported_truly(w: World, rec: Any) -> None:
+    """No success reported for what did not happen."""
+    for r in rec.results:
+        if r.status is not Status.DONE:
+            continue
+        if r.action.kind == "remove_nodes":
+            assert not set(r.action.params["removed_nodes"]) & set(w.arm.machines["gpu"]), rec.render()
+        if r.action.kind == "set_count":
+            assert w.arm.pools["gpu"]["count"] == r.action.params["count"], rec.render()
+            assert len(w.arm.machines["gpu"]) == r.action.params["count"], rec.render()
+
+
+@pytest.mark.parametrize("setup", [removal, scale_up])
+async def test_every_request_cut_before_or_after_then_clean_runs_converge(world: Any, setup: Any) -> None:
+    want, kube_requests, arm_requests = await reference(world, setup)
+    cuts = [(side, n, mode) for side, total in (("kube", kube_requests), ("arm", arm_requests))
+            for n in range(1, total + 1) for mode in ("before", "after")]
+    assert len(cuts) >= 8
+    for side, n, mode in cuts:
+        w = await world(f"{side}-{n}-{mode}")
+        cap, runner = await setup(w)
+        w.kproxy.reset()
+        w.aproxy.reset()
+        (w.kproxy if side == "kube" else w.aproxy).cut(n, mode)
+        rec = await runner.run(cap, trigger="timer", actor="test")
+        where = f"{side} request {n} cut {mode}: {(w.kproxy if side == 'kube' else w.aproxy).seen[n - 1:n]}"
+        reported_truly(w, rec)
+        if rec.outcome is Outcome.APPLIED:  # the cut was absorbed (a retry): nothing may be missing
+            assert all(r.status is not Status.FAILED for r in rec.results), where + "\n" + rec.render()
+        await settle(w, runner, cap)
+        assert w.state() == want, where + "\n" + rec.render()
+
+
+async def test_two_removals_at_once_never_uncordon_a_node_being_removed(world: Any) -> None:
+    """Two runs that do not share a lock (two deployments, or a lease lost): one gets ARM's
+    deleteMachines, the other its 409. The loser must not put the node back in service while the
+    winner's deletion runs: a user pod would land on a VM being deleted."""
+    w = await world("two-removals")
+    cap, runner = await removal(w)
+    other_store = SqliteStore(Path(w.store.path).parent / "other.sqlite3")
+    try:
+        cap2, runner2 = w.capability(other_store)
+        w.now -= timedelta(minutes=11)
+        await runner2.run(cap2, trigger="timer", actor="other")  # its own memory of the empty node
+        w.now += timedelta(minutes=11)
+        for c in (cap, cap2):
+            c.pool.lro_wait = 0.3  # type: ignore[attr-defined]
+        w.arm.hold_operations = True
+        recs = await asyncio.gather(runner.run(cap, trigger="timer", actor="a"),
+                                    runner2.run(cap2, trigger="timer", actor="b"))
+        removing = [op for op in w.arm.operations.values() if op.kind == "deleteMachines"]
+        assert len(removing) == 1, [r.render() for r in recs]
+        node = w.kube.node_obj("gpu-1")
+        assert node["spec"]["unschedulable"] is True, [r.render() for r in recs]
+        w.arm.release()
+    finally:
+        await other_store.close()
+
+
+async def test_two_scale_ups_at_once_add_the_planned_nodes_once(world: Any) -> None:
+    w = await world("two-ups")
+    cap, runner = await scale_up(w)
+    other_store = SqliteStore(Path(w.store.path).parent / "other.sqlite3")
+    try:
+        cap2, runner2 = w.capability(other_store)
+        recs = await asyncio.gather(runner.run(cap, trigger="timer", actor="a"),
+                                    runner2.run(cap2, trigger="timer", actor="b"))
+        assert w.arm.pools["gpu"]["count"] == 2 and len(w.arm.machines["gpu"]) == 2, [r.render() for r in recs]
+        for rec in recs:
+            assert rec.outcome is Outcome.APPLIED, rec.render()
+    finally:
+        await other_store.close()
