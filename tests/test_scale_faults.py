@@ -222,3 +222,27 @@ async def test_two_scale_ups_at_once_add_the_planned_nodes_once(world: Any) -> N
             assert rec.outcome is Outcome.APPLIED, rec.render()
     finally:
         await other_store.close()
+
+
+@pytest.mark.parametrize("what", ["list", "cordon"])
+async def test_an_api_server_that_never_answers(world: Any, what: str) -> None:
+    """The API server accepts the connection and never answers (the reading of the nodes, or the
+    cordon of a removal): the run ends within the client's timeout with a clear error, instead of
+    holding the scale lock for ever; a node it may have cordoned is the next run's to mend."""
+    w = await world(f"hang-{what}")
+    cap, runner = await removal(w)
+    cap.cluster.request_timeout = 0.5  # type: ignore[attr-defined]
+    w.kproxy.reset()
+    if what == "list":
+        w.kproxy.rule(lambda m, path: m == "GET" and path.startswith("/api/v1/nodes?"), "hang")
+    else:
+        w.kproxy.rule(lambda m, path: m == "PATCH", "hang")
+    async with asyncio.timeout(30):  # a guard against a hang, not a timing assert
+        rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.FAILED, rec.render()
+    error = rec.error if what == "list" else rec.results[0].detail
+    assert error and "within 0.5 s" in error, rec.render()
+    assert len(w.kproxy.faulted()) <= 4  # the request and the client's retries, no storm
+    cap.cluster.request_timeout = 30  # type: ignore[attr-defined]
+    await settle(w, runner, cap)
+    assert w.state() == ((("gpu-0",), 1, (("gpu-0", False),)))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import urllib3.exceptions
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as _k8s_config
@@ -193,8 +194,13 @@ class KubeCluster:
         kubeconfig: str | None = None,
         api_client: Any = None,
         auth: EntraKubeAuth | None = None,
+        request_timeout: float = 30.0,
     ) -> None:
         self.namespace = namespace
+        # every request's connect and read timeout: the client has none of its own, and an API
+        # server that accepts the connection and never answers would hold the run (and the scale
+        # lock, which its keeper renews) for ever. The client retries a GET that timed out.
+        self.request_timeout = request_timeout
         self.all_namespaces = all_namespaces  # KubeSpawner's user namespaces: user pods anywhere
         self.pool = pool
         self.node_label = node_pool_label
@@ -218,6 +224,10 @@ class KubeCluster:
         except ApiException as exc:
             raise ClusterError(f"{what}: {exc.status} {exc.reason}") from exc
         except Exception as exc:  # connection errors, bad answers
+            timeout = _timeout_of(exc)
+            if timeout is not None:
+                raise ClusterError(f"{what}: no answer from the Kubernetes API within {self.request_timeout:g} s "
+                                   f"({type(timeout).__name__})") from exc
             raise ClusterError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     @property
@@ -226,7 +236,8 @@ class KubeCluster:
 
     def _list_pods(self, field: str | None = None) -> Any:
         """User pods (the selectors are sent, and applied again by the callers: kmock ignores them)."""
-        kw: dict[str, Any] = {"label_selector": self.pod_selector_text}
+        kw: dict[str, Any] = {"label_selector": self.pod_selector_text,
+                              "_request_timeout": self.request_timeout}
         if field:
             kw["field_selector"] = field
         if self.all_namespaces:
@@ -235,7 +246,8 @@ class KubeCluster:
 
     async def read(self) -> ClusterView:
         node_sel = f"{self.node_label}={self.pool}"
-        nodes = await self._call(lambda: self.api.list_node(label_selector=node_sel), "list GPU nodes")
+        nodes = await self._call(lambda: self.api.list_node(label_selector=node_sel,
+                                                              _request_timeout=self.request_timeout), "list GPU nodes")
         pods = await self._call(lambda: self._list_pods(), f"list user pods in {self._where}")
         infos = tuple(
             self._node(n) for n in nodes.items or []
@@ -274,7 +286,7 @@ class KubeCluster:
         autoscaler deletes is not ours to remove)."""
         def not_ours() -> bool | None:
             try:
-                n = self.api.read_node(node)
+                n = self.api.read_node(node, _request_timeout=self.request_timeout)
             except ApiException as exc:
                 if exc.status == 404:
                     return None
@@ -296,7 +308,7 @@ class KubeCluster:
     async def _patch(self, node: str, body: dict[str, Any], what: str) -> bool:
         def call() -> bool:
             try:
-                self.api.patch_node(node, body)
+                self.api.patch_node(node, body, _request_timeout=self.request_timeout)
             except ApiException as exc:
                 if exc.status == 404:
                     return False
@@ -350,6 +362,16 @@ class KubeCluster:
             await asyncio.to_thread(self._api_client.close)
         if self._auth is not None:
             self._auth.close()
+
+
+def _timeout_of(exc: BaseException) -> BaseException | None:
+    """The urllib3 timeout behind ``exc`` (itself, or the reason its retries gave up), if any."""
+    if isinstance(exc, urllib3.exceptions.TimeoutError):
+        return exc
+    reason = getattr(exc, "reason", None)
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(reason, urllib3.exceptions.TimeoutError):
+        return reason
+    return None
 
 
 def _ts(value: Any) -> datetime | None:

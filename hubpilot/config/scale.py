@@ -136,6 +136,12 @@ class ScaleSettings(Section):
     kube_ca_file: str | None = Field(
         None, description="With kube_auth=entra and kube_api_url: PEM file of the API server's CA."
     )
+    kube_timeout_seconds: float = Field(
+        30.0, gt=0, le=600,
+        description="Timeout of one Kubernetes API request (connect, and each read of its answer); "
+        "the client sends a GET that timed out up to 3 times more. An API server that never answers "
+        "fails the run with 'no answer from the Kubernetes API within ... s'.",
+    )
     user_pod_selector: str = Field(
         "component=singleuser-server", description="Label selector of user server pods."
     )

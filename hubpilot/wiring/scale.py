@@ -116,6 +116,7 @@ def build_cluster(s: ScaleSettings, pool: Pool | None = None) -> Cluster:
         api_url=None if auth else s.kube_api_url,
         kubeconfig=s.kubeconfig,
         auth=auth,
+        request_timeout=s.kube_timeout_seconds,
     )
 
 
