@@ -12,6 +12,9 @@ request, or for every request a rule matches:
 - ``hang``: the connection is accepted and the request read, but nothing is forwarded and no
   answer ever comes (a hub whose event loop is stuck).
 
+A ``sticky`` cut of the n-th request also breaks every later request with the same method and
+path (the client's retries of it, and any later sending of it): that route stays broken.
+
 ``seen`` lists every request as ``(n, method, path, fault)``.
 """
 
@@ -44,15 +47,19 @@ class FaultProxy:
     _server: asyncio.base_events.Server | None = None
     _conns: set[asyncio.Task[None]] = field(default_factory=set)
     _release: asyncio.Event = field(default_factory=asyncio.Event)
+    _sticky: set[int] = field(default_factory=set)
 
     @property
     def count(self) -> int:
         return len(self.seen)
 
-    def cut(self, n: int, mode: str) -> None:
-        """Break the n-th request (counted from 1 since the proxy started or was reset)."""
+    def cut(self, n: int, mode: str, *, sticky: bool = False) -> None:
+        """Break the n-th request (counted from 1 since the proxy started or was reset); ``sticky``:
+        and every later one with its method and path."""
         assert mode in ("before", "after", "hang"), mode
         self.cuts[n] = mode
+        if sticky:
+            self._sticky.add(n)
 
     def rule(self, match: Match, mode: str) -> None:
         """Break every request ``match(method, path)`` accepts."""
@@ -64,6 +71,7 @@ class FaultProxy:
         self.seen.clear()
         self.cuts.clear()
         self.rules.clear()
+        self._sticky.clear()
 
     def faulted(self) -> list[Seen]:
         return [s for s in self.seen if s.fault]
@@ -88,6 +96,9 @@ class FaultProxy:
 
     def _fault_for(self, n: int, method: str, path: str) -> str | None:
         if n in self.cuts:
+            if n in self._sticky:
+                mode = self.cuts[n]
+                self.rules.append((lambda m, p: (m, p) == (method, path), mode))
             return self.cuts[n]
         for match, mode in self.rules:
             if match(method, path):

@@ -172,9 +172,13 @@ async def test_two_runs_at_once_stop_each_server_once(
         assert await running(fault_hub, users) == set()
         for u in users:
             got = [r.status for rec in recs for r in rec.results if r.action.target == u]
-            # planned by both, stopped by exactly one; the other saw it stopped or stopping
-            assert got.count(Status.DONE) <= 1 and Status.FAILED not in got, [rec.render() for rec in recs]
-            assert Status.DONE in got or Status.PENDING in got, [rec.render() for rec in recs]
+            # planned by both; the other run saw it stopped (noop) or stopping (its DELETE joined
+            # the stop: 202, pending). Not asserted: at most one "done" -- JupyterHub answers 204 to
+            # the DELETE of a server already stopped, so a DELETE that comes just after the other
+            # run's stop has ended reads as a stop of its own
+            assert set(got) <= {Status.DONE, Status.NOOP, Status.PENDING} and len(got) == 2, \
+                [rec.render() for rec in recs]
+            assert Status.DONE in got, [rec.render() for rec in recs]
         deletes = [s for s in proxy.seen if s.method == "DELETE"]
         assert len(deletes) <= 2 * len(users)
 
