@@ -41,12 +41,12 @@ class World:
         self.caps: list[ScaleCapability] = []
         self.closing: list[Any] = []
 
-    def capability(self, store: SqliteStore | None = None) -> tuple[ScaleCapability, Runner[Any]]:
+    def capability(self, store: SqliteStore | None = None, **pool_kw: Any) -> tuple[ScaleCapability, Runner[Any]]:
         cluster = KubeCluster(namespace=NS, pool="gpu", api_url=f"http://127.0.0.1:{self.kproxy.port}")
         pool = AksPool(StaticToken(), subscription_id=self.arm.subscription,
                        resource_group=self.arm.resource_group, cluster=self.arm.cluster, pool="gpu",
                        base_url=f"http://127.0.0.1:{self.aproxy.port}", retry_total=1, retry_backoff=0.01,
-                       polling_interval=0.01, lro_wait=5.0)
+                       polling_interval=0.01, lro_wait=5.0, **pool_kw)
         self.closing += [cluster, pool]
         policy = Policy(max_nodes=6, idle=timedelta(minutes=10), delay_after_up=timedelta(minutes=10),
                         down_cooldown=timedelta(0))
@@ -264,3 +264,32 @@ async def test_an_api_server_that_never_answers(world: Any, what: str) -> None:
     cap.cluster.request_timeout = 30  # type: ignore[attr-defined]
     await settle(w, runner, cap)
     assert w.state() == ((("gpu-0",), 1, (("gpu-0", False),)))
+
+
+@pytest.mark.parametrize("what", ["read", "remove"])
+async def test_an_arm_that_never_answers(world: Any, what: str) -> None:
+    """ARM accepts the connection and never answers (the reading of the pool, or the deletion of
+    machines): the run ends within the client's timeout and retries instead of azure-core's default
+    of 300 s a try; a removal that may have been accepted keeps its node cordoned, and the next runs
+    converge."""
+    w = await world(f"arm-hang-{what}")
+    await removal(w)
+    cap, runner = w.capability(timeout=0.5)
+    w.aproxy.reset()
+    if what == "read":
+        w.aproxy.rule(lambda m, path: m == "GET", "hang")
+    else:
+        w.aproxy.rule(lambda m, path: m == "POST", "hang")
+    async with asyncio.timeout(30):  # a guard against a hang, not a timing assert
+        rec = await runner.run(cap, trigger="timer", actor="test")
+    # a read and its one retry; a deleteMachines is never sent twice (it is no idempotent request)
+    assert len(w.aproxy.faulted()) == (2 if what == "read" else 1), w.aproxy.seen
+    if what == "read":
+        assert rec.outcome is Outcome.FAILED and rec.error and "0.5 s" in rec.error, rec.render()
+    else:
+        assert [r.status for r in rec.results] == [Status.PENDING], rec.render()
+        assert "0.5 s" in rec.results[0].detail, rec.render()
+        assert w.kube.node_obj("gpu-1")["spec"]["unschedulable"] is True
+    cap, runner = w.capability()
+    await settle(w, runner, cap)
+    assert w.state() == (("gpu-0",), 1, (("gpu-0", False),))

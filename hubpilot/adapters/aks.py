@@ -23,7 +23,9 @@ from azure.core.exceptions import (
     ResourceExistsError,
     ResourceModifiedError,
     ServiceRequestError,
+    ServiceRequestTimeoutError,
     ServiceResponseError,
+    ServiceResponseTimeoutError,
 )
 from azure.core.pipeline import PipelineRequest
 from azure.core.pipeline.policies import AsyncBearerTokenCredentialPolicy, AsyncRetryPolicy
@@ -82,12 +84,14 @@ class AksPool:
         retry_backoff: float = 0.8,
         polling_interval: float = 15.0,
         lro_wait: float = 45.0,
+        timeout: float = 60.0,
         transport: Any = None,
     ) -> None:
         self.resource_group = resource_group
         self.cluster = cluster
         self.pool = pool
         self.lro_wait = lro_wait
+        self.timeout = timeout
         self._credential = credential
         kwargs: dict[str, Any] = {
             "base_url": base_url.rstrip("/"),
@@ -95,6 +99,10 @@ class AksPool:
             "authentication_policy": LoopbackBearerPolicy(credential, *credential_scopes),
             "retry_policy": NoConflictRetryPolicy(retry_total=retry_total, retry_backoff_factor=retry_backoff),
             "polling_interval": polling_interval,
+            # each try's connect and read timeout (azure-core's default is 300 s each: an ARM that
+            # accepts the connection and never answers would hold the run for 300 s a try)
+            "connection_timeout": timeout,
+            "read_timeout": timeout,
         }
         if api_version:
             kwargs["api_version"] = api_version
@@ -113,6 +121,14 @@ class AksPool:
             return await self._client.agent_pools.get(self.resource_group, self.cluster, self.pool)
         except HttpResponseError as exc:
             raise _pool_error(f"cannot read agent pool {self.pool}", exc) from exc
+        except (ServiceRequestError, ServiceResponseError) as exc:  # after azure-core's retries
+            raise PoolError(f"cannot read agent pool {self.pool}: {self._no_answer(exc)}") from exc
+
+    def _no_answer(self, exc: Exception) -> str:
+        """A failed connection, said plainly (azure-core's timeout texts name no time)."""
+        if isinstance(exc, ServiceRequestTimeoutError | ServiceResponseTimeoutError):
+            return f"no answer from ARM within {self.timeout:g} s ({type(exc).__name__})"
+        return f"no answer ({type(exc).__name__}: {exc})"
 
     async def get(self) -> PoolState:
         ap = await self._get_model()
@@ -201,8 +217,7 @@ class AksPool:
             # reports a reset after the request was sent as a request error too), so the caller
             # keeps the nodes cordoned; the next run re-observes and uncordons what is still there
             return PoolResult(PoolOutcome.PENDING, (
-                f"delete {', '.join(machines)}: no answer ({type(exc).__name__}: {exc}); "
-                "it may have been accepted"))
+                f"delete {', '.join(machines)}: {self._no_answer(exc)}; it may have been accepted"))
         return await self._wait(poller, f"delete {', '.join(machines)}")
 
     async def _wait(self, poller: Any, what: str) -> PoolResult:

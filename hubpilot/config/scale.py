@@ -205,6 +205,12 @@ class ScaleSettings(Section):
     lro_wait_seconds: float = Field(
         45.0, ge=0, le=3600, description="Wait this long for an ARM operation, then report it pending."
     )
+    arm_timeout_seconds: float = Field(
+        60.0, gt=0, le=600,
+        description="Timeout of one try of an ARM request (connect, and each read of its answer; "
+        "azure-core's own default is 300 s). A read is tried again (retry_total); a deleteMachines "
+        "without an answer is reported pending, its nodes kept cordoned.",
+    )
     retry_total: int = Field(3, ge=0, le=10, description="azure-core retries (429 honours Retry-After).")
     retry_backoff_seconds: float = Field(0.8, ge=0, le=60, description="azure-core retry backoff factor.")
 

@@ -72,6 +72,7 @@ def build_pool(s: ScaleSettings) -> Pool:
         retry_total=s.retry_total,
         retry_backoff=s.retry_backoff_seconds,
         lro_wait=s.lro_wait_seconds,
+        timeout=s.arm_timeout_seconds,
     )
 
 
