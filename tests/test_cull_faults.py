@@ -11,6 +11,7 @@ of an apply (the re-read of the user, the stop) cut both ways.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.fixtures.hub import unique_name
 from tests.realhub import RealHub, start_hub
 
 pytestmark = pytest.mark.hub
+ROOT = Path(__file__).resolve().parent.parent
 
 NOW = datetime.now(UTC) + timedelta(minutes=90)  # the plans' time: servers started now are 90 min idle
 SETTINGS = CullSettings(inactivity_timeout=3600, concurrency=1)
@@ -245,4 +247,42 @@ async def test_a_hub_that_never_answers_a_stop(fault_hub: RealHub, proxy: FaultP
     finally:
         await hub.close()
         await store.close()
+        await stop_all(fault_hub, users)
+
+
+async def test_two_processes_on_one_state_store(fault_hub: RealHub, tmp_path: Path) -> None:
+    """Two ``hubpilot cull`` processes at once on one state store: the lock lets one apply (the
+    other exits 4, LOCKED, or, started after the first ended, finds nothing left to do); every
+    idle server is stopped, and the audit names each stop once."""
+    tag = unique_name("procs")
+    users = [f"{tag}-{i}" for i in range(3)]
+    await spawn_all(fault_hub, users)
+    db = tmp_path / "state.sqlite3"
+    cfg = tmp_path / "hubpilot.toml"
+    cfg.write_text(
+        f'[hub]\napi_url = "{fault_hub.api_url}"\ntoken = "{fault_hub.hubpilot_token}"\n'
+        '[cull]\ninactivity_timeout = 3\nactivity_interval = 1\nactivity_check_seconds = 0\n'
+        'schedule = "* * * * * *"\n'
+        f'[state]\nsqlite_path = "{db}"\n')
+    await asyncio.sleep(4)  # the servers' last activity (their start) is now past the timeout
+    try:
+        procs = [await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hubpilot.cli", "--config", str(cfg), "cull",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT) for _ in range(2)]
+        outs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 120)
+        codes = sorted(p.returncode for p in procs)
+        text = "\n".join(o[0].decode() for o in outs)
+        assert codes in ([0, 0], [0, 4]), text
+        assert await running(fault_hub, users) == set(), text
+        store = SqliteStore(db)
+        try:
+            entries, _ = await store.read_audit()
+        finally:
+            await store.close()
+        runs = [e for e in entries if e.get("kind") == "run" and e.get("operation") == "cull"]
+        assert all(e["outcome"] == "applied" for e in runs), runs
+        assert len([e for e in runs if e["results"]]) == 1, runs  # one run applied, under the lock
+        done = [r["action"]["target"] for e in runs for r in e["results"] if r["status"] == "done"]
+        assert sorted(done) == sorted(users), text
+    finally:
         await stop_all(fault_hub, users)
