@@ -20,7 +20,9 @@ def get_context() -> Context:
     Settings that only ``hubpilot serve`` can honour are refused here (SettingsError, which the
     API answers 503 with the reason in the log): serve starts a worker that drains the in-process
     queue of Graph notification hints, the Functions host starts none, so with
-    ``directory.entra.queue = "memory"`` each notification would be acknowledged and then lost."""
+    ``directory.entra.queue = "memory"`` each notification would be acknowledged and then lost;
+    and with ``api.run_mode = "inprocess"`` a run started over HTTP would be a task of a worker
+    the host may stop or scale in once the HTTP invocation has answered."""
     global _context
     if _context is None:
         from hubpilot.settings import SettingsError, load_settings
@@ -35,6 +37,12 @@ def get_context() -> Context:
                 "drains: in the Functions app a Graph notification would be acknowledged and never synced; set it "
                 "to 'azure' with HUBPILOT_DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL (or _CONNECTION_STRING), the queue "
                 "the graph_hints function reads")
+        if settings.api.run_mode != "queue":
+            raise SettingsError(
+                f"api.run_mode (HUBPILOT_API__RUN_MODE) is {settings.api.run_mode!r}: in the Functions app a run "
+                "started over HTTP would run in a worker the host may stop once the HTTP invocation has answered, "
+                "leaving it half-applied until its lock expires; set it to 'queue' (the hubpilot-runs queue the "
+                "run_queue function reads)")
         _context = build_context(settings)
     return _context
 

@@ -464,7 +464,7 @@ async def test_the_functions_app_refuses_a_hint_queue_nothing_drains_there(
            "DIRECTORY__ENTRA__TENANT_ID": TENANT, "DIRECTORY__ENTRA__GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0",
            "DIRECTORY__ENTRA__NOTIFICATION_URL": f"https://{HOST}/api/v1/graph/notifications",
            "DIRECTORY__ENTRA__QUEUE": queue, "DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL": "http://127.0.0.1:9/q",
-           "SYNC__USERS_GROUPS": json.dumps([GROUP])}
+           "SYNC__USERS_GROUPS": json.dumps([GROUP]), "API__RUN_MODE": "queue"}
     for name, value in env.items():
         monkeypatch.setenv(f"HUBPILOT_{name}", value)
     functions.set_context(None)
@@ -478,6 +478,38 @@ async def test_the_functions_app_refuses_a_hint_queue_nothing_drains_there(
         assert r.status == status, r.body
         assert "not configured correctly" in json.loads(r.body)["detail"]
         assert any("HUBPILOT_DIRECTORY__ENTRA__QUEUE" in rec.getMessage() for rec in caplog.records), caplog.text
+    finally:
+        ctx = functions._context
+        functions.set_context(None)
+        function_app.front._app = None
+        if ctx is not None:
+            await ctx.close()
+
+
+@pytest.mark.parametrize("run_mode, status", [("inprocess", 503), ("queue", None)])
+async def test_the_functions_app_refuses_runs_in_process(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path,
+        run_mode: str, status: int | None) -> None:
+    """``hubpilot serve`` runs an HTTP-started run as a task of its long-lived process; in the
+    Functions app such a task belongs to an invocation that has already answered, and the host may
+    stop the worker under it. The Functions app refuses ``api.run_mode = "inprocess"`` (the
+    default), naming the setting (503 to the API, the reason in the log)."""
+    env = {"HUB__API_URL": "http://127.0.0.1:9/hub/api", "HUB__TOKEN": "hub-secret",
+           "STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"), "API__RUN_MODE": run_mode,
+           "API__QUEUE_CONNECTION_STRING": "UseDevelopmentStorage=true"}
+    for name, value in env.items():
+        monkeypatch.setenv(f"HUBPILOT_{name}", value)
+    functions.set_context(None)
+    monkeypatch.setattr(function_app.front, "_app", None)
+    caplog.set_level("ERROR", logger="hubpilot")
+    try:
+        if status is None:
+            assert functions.get_context().settings.api.run_mode == "queue"
+            return
+        r = await through_functions(Req("r", 0, "POST", "/api/v1/cull", ADMIN))
+        assert r.status == status, r.body
+        assert "not configured correctly" in json.loads(r.body)["detail"]
+        assert any("HUBPILOT_API__RUN_MODE" in rec.getMessage() for rec in caplog.records), caplog.text
     finally:
         ctx = functions._context
         functions.set_context(None)
