@@ -43,6 +43,10 @@ CHP = PROJECT_ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
 VENV_BIN = Path(os.environ["HUBPILOT_HUB_VENV"]) / "bin" if os.environ.get("HUBPILOT_HUB_VENV") \
     else Path(sys.executable).parent
 PASSWORD = "hubpilot-demo-password"
+PORT_ATTEMPTS = 3
+# what the hub's log says when a port given to it or its proxy was taken before they bound it
+# (the proxy then logs the error and keeps running without its API: the hub would give up ~30 s later)
+PORT_LOST = (b"EADDRINUSE", b"Address already in use")
 
 
 def free_port() -> int:
@@ -209,45 +213,62 @@ async def start_hub(
             raise ValueError(f"service {s.name!r} is defined twice")
         all_services[s.name] = list(s.scopes)
     tokens = {name: secrets.token_hex(24) for name in all_services}
-    port, hub_port, proxy_api_port = port or free_port(), free_port(), free_port()
-    cfg = tmp_path / "jupyterhub_config.py"
-    cfg.write_text(
-        _config(tmp_path, port=port, hub_port=hub_port, proxy_api_port=proxy_api_port,
-                services=all_services, tokens=tokens, extra_config=extra_config)
-    )
     run_env = dict(os.environ)
     run_env["PATH"] = f"{VENV_BIN}{os.pathsep}{run_env.get('PATH', '')}"
     run_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(PROJECT_ROOT), run_env.get("PYTHONPATH", "")) if p
     )
     run_env.update(env or {})
-    url = f"http://127.0.0.1:{port}"
-    hub = RealHub(
-        url=url,
-        api_url=f"{url}/hub/api",
-        hubpilot_token=tokens["hubpilot"],
-        admin_token=tokens["admin-setup"],
-        tmp_path=tmp_path,
-        tokens=tokens,
-    )
     t0 = time.monotonic()
-    with open(tmp_path / "jupyterhub.log", "ab") as log:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "jupyterhub"), "-f", str(cfg)],
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=run_env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        # free_port() only finds a port free now: another process may take it before the hub or
+        # its proxy binds it (tests and demos side by side); then the start is tried on new ports
+        public, hub_port, proxy_api_port = port or free_port(), free_port(), free_port()
+        cfg = tmp_path / "jupyterhub_config.py"
+        cfg.write_text(
+            _config(tmp_path, port=public, hub_port=hub_port, proxy_api_port=proxy_api_port,
+                    services=all_services, tokens=tokens, extra_config=extra_config)
         )
-    hub.process = proc
+        url = f"http://127.0.0.1:{public}"
+        hub = RealHub(
+            url=url,
+            api_url=f"{url}/hub/api",
+            hubpilot_token=tokens["hubpilot"],
+            admin_token=tokens["admin-setup"],
+            tmp_path=tmp_path,
+            tokens=tokens,
+        )
+        with open(tmp_path / "jupyterhub.log", "ab") as log:
+            since = log.tell()  # earlier attempts' lines are not this one's
+            proc = subprocess.Popen(
+                [str(VENV_BIN / "jupyterhub"), "-f", str(cfg)],
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=run_env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        hub.process = proc
+        try:
+            await _wait_ready(hub, proc, startup_timeout, since)
+            break
+        except PortLost:
+            await _stop(proc)
+            if attempt == PORT_ATTEMPTS:
+                raise
+        except BaseException:
+            await _stop(proc)
+            raise
     try:
-        await _wait_ready(hub, proc, startup_timeout)
         hub.startup_seconds = time.monotonic() - t0
         yield hub
     finally:
         await _stop(proc)
+
+
+class PortLost(RuntimeError):
+    """A port given to the hub or its proxy was taken before they bound it."""
 
 
 def _die_with_parent() -> None:
@@ -260,10 +281,17 @@ def _die_with_parent() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-async def _wait_ready(hub: RealHub, proc: subprocess.Popen[bytes], timeout: float) -> None:
+async def _wait_ready(hub: RealHub, proc: subprocess.Popen[bytes], timeout: float, since: int = 0) -> None:
+    """Until the hub answers; ``since``: where this start's lines begin in its log."""
     deadline = time.monotonic() + timeout
+    log = hub.tmp_path / "jupyterhub.log"
     async with httpx.AsyncClient(timeout=2) as http:
         while time.monotonic() < deadline:
+            with open(log, "rb") as f:
+                f.seek(since)
+                new = f.read()
+            if any(m in new for m in PORT_LOST):
+                raise PortLost(f"a port of the hub was taken meanwhile:\n{hub.log_tail()}")
             if proc.poll() is not None:
                 raise RuntimeError(f"jupyterhub exited with {proc.returncode}:\n{hub.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
