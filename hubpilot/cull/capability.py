@@ -27,7 +27,8 @@ from hubpilot.sync import ManagedRecordError, read_managed
 
 _STOP_STATUS = {
     StopResult.STOPPED: (Status.DONE, "stopped"),
-    StopResult.PENDING: (Status.PENDING, "slow stop: the hub answered 202, still stopping"),
+    StopResult.PENDING: (Status.PENDING,
+                         "the hub answered 202: the server is still stopping (a slow stop, or one already under way)"),
     StopResult.NOT_RUNNING: (Status.NOOP, "already stopped"),
 }
 
