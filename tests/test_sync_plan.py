@@ -370,6 +370,35 @@ def test_guard_refuses_a_mass_rename() -> None:
     assert any("renames 1 users" in r for r in guard_sync(world, plan, tight))
 
 
+def test_a_rename_the_hub_made_but_no_run_recorded_is_finished_not_a_removal() -> None:
+    """A run renamed ann in the hub and failed before its record of it (the hub's answer was lost):
+    both names are recorded (the rename is recorded ahead), the hub has only anna. The next plan
+    finishes the rename's record; it removes nobody, and the guard counts no new rename."""
+    world = renamed_world(admin=True)
+    users = {n: u for n, u in world.users.items() if n != "ann"} | {"anna": replace(world.users["ann"], name="anna")}
+    groups = {g: HubGroup(g, frozenset("anna" if n == "ann" else n for n in h.users)) for g, h in world.groups.items()}
+    lost = replace(world, users=users, groups=groups, managed={**world.managed, "anna": world.managed["ann"]})
+    plan = plan_sync(lost, POLICY, NOW)
+    assert kinds(plan) == [("rename_user", "ann")], plan.render()
+    assert plan.actions[0].params == {"to": "anna"} and "has anna already" in plan.actions[0].reason
+    assert plan.facts["removals"] == 0 and plan.facts["renames"] == 0
+    assert guard_sync(lost, plan, POLICY.model_copy(update={"max_removals": 0})) == []
+
+
+def test_a_deletion_the_hub_made_but_no_run_recorded_is_recorded_not_counted() -> None:
+    """bob, deprovisioned, was deleted by a run whose answer was lost (or by hand): once his grace
+    is over the plan records the deletion (a no-op at the hub), which the guard does not count."""
+    deleting = POLICY.model_copy(update={"delete_users": True, "delete_grace_hours": 24})
+    groups = {g: HubGroup(g, frozenset({"alice"} if g == "dir-analysts" else ()))
+              for g in ("dir-analysts", "dir-gpu-users", "dir-hub-admins")}
+    state = SyncObserved(snap(analysts=["alice"]), {"alice": HubUser("alice", False, frozenset())}, groups,
+                         {"alice": ManagedUser(NOW), "bob": ManagedUser(NOW, NOW - timedelta(hours=30))})
+    plan = plan_sync(state, deleting, NOW)
+    assert kinds(plan) == [("delete_user", "bob")] and "no user bob any more" in plan.actions[0].reason
+    assert guard_sync(state, plan, deleting.model_copy(update={"max_removals": 0})) == []
+    assert plan_sync(state, deleting, NOW - timedelta(hours=10)).empty  # within the grace: nothing yet
+
+
 # --- a hub name another directory entry carries now (a recycled uid, a reused UPN) -----------------
 A, B = "uid=x,ou=people", "uid=b,ou=people"
 

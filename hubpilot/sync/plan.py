@@ -177,6 +177,9 @@ class Renames:
     now: Mapping[str, str]  # renamed in this run
     waiting: Mapping[str, str]  # their servers stop first; renamed in a later run
     notes: tuple[str, ...] = ()
+    # of ``now``: renamed in the hub by an earlier run that did not record it (the hub's answer
+    # was lost): only the record follows (the hub answers 404 to the old name, "already renamed")
+    finished: frozenset[str] = frozenset()
 
     @property
     def new_names(self) -> set[str]:
@@ -189,10 +192,16 @@ def find_renames(observed: SyncObserved, want: Desired, policy: SyncSettings) ->
     the hub keeps their groups, tokens and stored server state (KubeSpawner remembers the
     volume's name). Not when the new name exists already (the person logged in under it: the
     old user is deprovisioned as usual), nor for a hub admin in role mode (the hub lets no
-    non-admin modify an admin)."""
+    non-admin modify an admin).
+
+    A rename the hub made while its run failed (its answer lost, the connection cut after the hub
+    acted) left both names recorded (the rename is recorded ahead of the hub call) and only the
+    new one in the hub: the rename is planned again, to finish its record, never as the old name's
+    removal (which the guard would count, and report, as a person who left)."""
     by_id = {i: n for n, i in want.ids.items()}
     now: dict[str, str] = {}
     waiting: dict[str, str] = {}
+    finished: set[str] = set()
     notes: list[str] = []
     for old, record in sorted(observed.managed.items()):
         if not record.active or record.directory_id is None or old in want.users or old in want.uncertain:
@@ -201,6 +210,11 @@ def find_renames(observed: SyncObserved, want: Desired, policy: SyncSettings) ->
         # a record of the new name with the same id is this rename's own, written ahead of it
         ahead = new is not None and new in observed.managed \
             and observed.managed[new].directory_id == record.directory_id
+        if ahead and new is not None and new in observed.users and old not in observed.users \
+                and observed.managed[new].active and new not in now.values():
+            now[old] = new
+            finished.add(old)
+            continue
         if (new is None or new == old or new in observed.users or (new in observed.managed and not ahead)
                 or new in now.values() or new in waiting.values()):
             continue  # one hub user per new name: a second old record leaves as usual
@@ -213,7 +227,7 @@ def find_renames(observed: SyncObserved, want: Desired, policy: SyncSettings) ->
             continue
         running = [s for s, srv in user.servers.items() if srv.ready or srv.pending]
         (waiting if running else now)[old] = new
-    return Renames(now, waiting, tuple(notes))
+    return Renames(now, waiting, tuple(notes), frozenset(finished))
 
 
 def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, want: Desired | None = None) -> Plan:
@@ -240,12 +254,15 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
                        groups={g: m - taken for g, m in want.groups.items()},
                        ids={n: i for n, i in want.ids.items() if n not in taken})
     renames = find_renames(observed, want, policy)
-    renamed_to = {new: old for old, new in renames.now.items()}
+    # new name → the hub user's name until this run's rename (one the hub made already is its own)
+    renamed_to = {new: old for old, new in renames.now.items() if old not in renames.finished}
     not_yet = set(renames.waiting.values())  # exist only after a later run's rename
 
     for old, new in sorted(renames.now.items()):
-        actions.append(Action("rename_user", old, PHASE_RENAME, {"to": new},
-                              reason=f"renamed to {new} in the directory (same directory entry)"))
+        actions.append(Action("rename_user", old, PHASE_RENAME, {"to": new}, reason=(
+            f"renamed to {new} in the directory (same directory entry); the hub has {new} already (an earlier "
+            "run renamed it and failed before recording it): recorded now" if old in renames.finished else
+            f"renamed to {new} in the directory (same directory entry)")))
     for old, new in sorted(renames.waiting.items()):
         running = sorted(s for s, srv in users[old].servers.items() if srv.ready or srv.pending)
         if policy.stop_servers:
@@ -253,7 +270,7 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
                                   reason=f"renamed to {new} in the directory: servers stop before the rename"))
 
     for name in sorted(want.users):
-        if name in renamed_to or name in not_yet:
+        if name in renamed_to or name in not_yet or name in renames.now.values():
             continue
         record = managed.get(name)
         if name not in users:
@@ -317,12 +334,15 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
                                           reason="no longer in any synced directory group"))
             actions.append(Action("deprovision", name, PHASE_DEPROVISION,
                                   reason="no longer in any synced directory group"))
-        elif policy.delete_users and user is not None and record.deprovisioned_at is not None:
+        elif policy.delete_users and record.deprovisioned_at is not None:
             due = record.deprovisioned_at + timedelta(hours=policy.delete_grace_hours)
             if now >= due:
-                actions.append(Action("delete_user", name, PHASE_DELETE,
-                                      reason=f"deprovisioned on {record.deprovisioned_at:%Y-%m-%d}, "
-                                      f"grace of {policy.delete_grace_hours:g} h is over"))
+                # no hub user: deleted by a run that failed before recording it (the hub's answer
+                # was lost) or by hand; the deletion only goes into the record (a no-op at the hub)
+                actions.append(Action("delete_user", name, PHASE_DELETE, reason=(
+                    f"deprovisioned on {record.deprovisioned_at:%Y-%m-%d}, grace of {policy.delete_grace_hours:g} h "
+                    "is over" + ("" if user is not None else f"; the hub has no user {name} any more (deleted "
+                                 "by a run that failed before recording it, or by hand): recorded as deleted"))))
     # A hub group sync mirrored before, whose directory group is no longer configured, keeps its
     # members (what it grants is the hub admin's call), but not the people who leave now: a
     # removed person loses access, also through a mirror nobody configures any more.
@@ -360,7 +380,8 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
         "desired_admins": len(want.admins),
         "managed_active": active,
         "removals": len(leaving),
-        "renames": len(renames.now) + len(renames.waiting),
+        # a rename the hub made already is no new one for the guard
+        "renames": len(renames.now) + len(renames.waiting) - len(renames.finished),
         "reused_names": sum(1 for n in taken if n in leaving),
         "empty_groups": list(want.empty_groups),
         "recent_removals": len(recent),
@@ -552,7 +573,8 @@ def guard_sync(observed: SyncObserved, plan: Plan, policy: SyncSettings) -> list
                             share_tail="; a mass rename (e.g. a changed naming setting) is approved by hand")
     # a deletion ends a removal for good (in z2jh with the user's volume): turning deletion on, or
     # shortening its grace, must not delete everyone deprovisioned so far in one run
-    deletions = sum(1 for a in plan.actions if a.kind == "delete_user")
+    # (one of a user the hub has no more only records a deletion that took place)
+    deletions = sum(1 for a in plan.actions if a.kind == "delete_user" and a.target in observed.users)
     records = len(observed.managed)
     reasons += _over_limits(policy, deletions, records, count=f"the plan deletes {deletions} users",
                             share=f"the plan deletes {deletions} of {records} managed users, active or deprovisioned")
