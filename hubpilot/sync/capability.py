@@ -344,12 +344,22 @@ class SyncCapability:
                     gone = users.pop(name, None)
                     if gone and gone.get("deprovisioned_at"):  # their removal still counts in the window
                         deleted[name] = gone["deprovisioned_at"]
+            # a removal from a group that failed may have taken place (the hub acted, its answer was
+            # lost; the next run sees it done and plans nothing): it is stamped too. One that did not
+            # take place leaves the person in the hub group, where the count passes them over, and
+            # the next run's removal stamps them again
+            stamped = False
+            for r in results:
+                if r.action.kind == "remove_from_group" and r.status is Status.FAILED and not ahead \
+                        and not groups_approved:
+                    taken_out.setdefault(r.action.target, {})[str(r.action.params["user"])] = now.isoformat()
+                    stamped = True
             for name, before in (undo or {}).items():
                 if before is None:
                     users.pop(name, None)
                 else:
                     users[name] = before.to_json()
-            changed = bool(touched) or bool(undo)
+            changed = bool(touched) or bool(undo) or stamped
             if approved:
                 # the approval accepts every removal recorded so far; those another instance stamped
                 # with a clock ahead of this one's are named (the count goes on after the approval)
