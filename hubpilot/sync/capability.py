@@ -334,12 +334,15 @@ class SyncCapability:
                 elif kind == "rename_user":
                     new = r.action.params["to"]
                     rec = users.get(name) if ahead else users.pop(name, None)
-                    users[new] = dict(rec) if rec else ManagedUser(now).to_json()
+                    # no record of the old name: another run (its lock lost) recorded the rename
+                    users[new] = dict(rec) if rec else users.get(new) or ManagedUser(now).to_json()
                 elif kind == "deprovision":
-                    rec = users.get(name) or ManagedUser(now).to_json()
-                    users[name] = {**rec, "deprovisioned_at": now.isoformat()}
+                    # a record another run (its lock lost) took away meanwhile (renamed, deleted)
+                    # is not made again: this run's plan was of an older state
+                    if name in users:
+                        users[name] = {**users[name], "deprovisioned_at": now.isoformat()}
                 elif kind == "remove_from_group" and not groups_approved:
-                    taken_out.setdefault(name, {})[str(r.action.params["user"])] = now.isoformat()
+                    _stamp(taken_out, name, str(r.action.params["user"]), now, users, want)
                 elif kind == "delete_user":
                     gone = users.pop(name, None)
                     if gone and gone.get("deprovisioned_at"):  # their removal still counts in the window
@@ -352,8 +355,7 @@ class SyncCapability:
             for r in results:
                 if r.action.kind == "remove_from_group" and r.status is Status.FAILED and not ahead \
                         and not groups_approved:
-                    taken_out.setdefault(r.action.target, {})[str(r.action.params["user"])] = now.isoformat()
-                    stamped = True
+                    stamped |= _stamp(taken_out, r.action.target, str(r.action.params["user"]), now, users, want)
             for name, before in (undo or {}).items():
                 if before is None:
                     users.pop(name, None)
@@ -467,6 +469,16 @@ def _removal_stamps(users: Mapping[str, Any], deleted: Mapping[str, Any]) -> dic
         if isinstance(rec, Mapping) and rec.get("deprovisioned_at"):
             out[name] = rec["deprovisioned_at"]
     return out
+
+
+def _stamp(taken_out: dict[str, dict[str, Any]], group: str, person: str, now: datetime,
+           users: Mapping[str, Any], want: Desired | None) -> bool:
+    """Stamp ``person``'s removal from ``group`` — unless their name is gone (no record, not wanted:
+    another run, its lock lost, renamed them meanwhile), where the stamp would only stay behind."""
+    if person not in users and (want is None or person not in want.users):
+        return False
+    taken_out.setdefault(group, {})[person] = now.isoformat()
+    return True
 
 
 def _batch_key(action: Action) -> tuple[str, str]:
