@@ -336,6 +336,10 @@ class SyncCapability:
                     rec = users.get(name) if ahead else users.pop(name, None)
                     # no record of the old name: another run (its lock lost) recorded the rename
                     users[new] = dict(rec) if rec else users.get(new) or ManagedUser(now).to_json()
+                    if not ahead:  # the person's removals from groups follow the name (the hub's groups do)
+                        for people in taken_out.values():
+                            if name in people:
+                                people[new] = people.pop(name)
                 elif kind == "deprovision":
                     # a record another run (its lock lost) took away meanwhile (renamed, deleted)
                     # is not made again: this run's plan was of an older state
