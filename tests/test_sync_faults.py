@@ -390,7 +390,7 @@ async def test_every_request_of_an_apply_cut_every_way(fault_hub: RealHub, tmp_p
     state, managed, requests, recent = uncut
     assert recent == 2  # erin, and frank (deleted, his removal still within the window)
     worlds = [(k, mode) for k in range(1, requests + 1) for mode in modes_for(k)]
-    sem = asyncio.Semaphore(10)
+    sem = asyncio.Semaphore(16)
 
     async def one(k: int, mode: str) -> list[str]:
         async with sem:
