@@ -43,6 +43,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class GraphUnreachable(Exception):
+    """Graph could not be reached, the connection broke, or no answer came within the timeout."""
+
+
 class StaticTokenCredential:
     """An async azure-core TokenCredential holding one token (tests and short-lived tools)."""
 
@@ -112,6 +116,7 @@ class GraphClient:
         self.username_attribute = username_attribute
         self.throttle_priority = throttle_priority
         self.lookup_concurrency = lookup_concurrency
+        self.timeout = timeout
         self._credential = credential
         host = urlsplit(self.base_url).hostname or ""
         auth = AzureIdentityAuthenticationProvider(credential, scopes=[scope], allowed_hosts=[host])
@@ -134,13 +139,23 @@ class GraphClient:
             cfg.headers.add("x-ms-throttle-priority", self.throttle_priority)
         return cfg
 
-    @staticmethod
-    def _error(exc: Exception) -> tuple[int | None, str, str]:
+    def _transport(self, exc: httpx.TransportError) -> str:
+        """What a request that got no answer says (httpx's timeouts have no text of their own)."""
+        if isinstance(exc, httpx.TimeoutException):
+            return f"no answer from Graph within {self.timeout:g} s (directory.entra.timeout_seconds)"
+        return f"the connection to Graph failed ({type(exc).__name__}: {exc or 'no detail'})"
+
+    def _error(self, exc: Exception) -> tuple[int | None, str, str]:
+        if isinstance(exc, httpx.TransportError):
+            return None, "", self._transport(exc)
         status = getattr(exc, "response_status_code", None)
         err = getattr(exc, "error", None)
         code = str(getattr(err, "code", "") or "")
         message = str(getattr(err, "message", "") or exc)
         return status, code, message
+
+    def _unreachable(self, what: str, exc: httpx.TransportError) -> GraphUnreachable:
+        return GraphUnreachable(f"Graph {what}: {self._transport(exc)}")
 
     # --- GraphReader -----------------------------------------------------------------------
     async def delta_round(self, group_ids: Sequence[str], delta_link: str | None) -> Mapping[str, Any]:
@@ -290,15 +305,19 @@ class GraphClient:
     # --- SubscriptionApi -------------------------------------------------------------------
     async def list_subscriptions(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        page = await self.client.subscriptions.get(self._config(background=False))
-        self.requests += 1
-        while page is not None:
-            for s in page.value or []:
-                out.append(self._sub(s))
-            if not page.odata_next_link:
-                break
-            page = await self.client.subscriptions.with_url(page.odata_next_link).get(self._config(background=False))
+        try:
+            page = await self.client.subscriptions.get(self._config(background=False))
             self.requests += 1
+            while page is not None:
+                for s in page.value or []:
+                    out.append(self._sub(s))
+                if not page.odata_next_link:
+                    break
+                page = await self.client.subscriptions.with_url(page.odata_next_link).get(
+                    self._config(background=False))
+                self.requests += 1
+        except httpx.TransportError as exc:
+            raise self._unreachable("GET /subscriptions", exc) from exc
         return out
 
     @staticmethod
@@ -324,7 +343,10 @@ class GraphClient:
             expiration_date_time=datetime.fromisoformat(str(body["expirationDateTime"])),
             client_state=str(body["clientState"]),
         )
-        created = await self.client.subscriptions.post(sub, self._config(background=False))
+        try:
+            created = await self.client.subscriptions.post(sub, self._config(background=False))
+        except httpx.TransportError as exc:  # Graph may have made it: the next round lists it
+            raise self._unreachable("POST /subscriptions", exc) from exc
         self.requests += 1
         if created is None:
             raise RuntimeError("Graph answered POST /subscriptions without a body")
@@ -337,6 +359,8 @@ class GraphClient:
             await self.client.subscriptions.by_subscription_id(subscription_id).patch(
                 Subscription(expiration_date_time=expiration), self._config(background=False))
             self.requests += 1
+        except httpx.TransportError as exc:
+            raise self._unreachable(f"PATCH /subscriptions/{subscription_id}", exc) from exc
         except Exception as exc:
             if self._error(exc)[0] == 404:
                 return False
@@ -348,6 +372,8 @@ class GraphClient:
             await self.client.subscriptions.by_subscription_id(subscription_id).delete(
                 self._config(background=False))
             self.requests += 1
+        except httpx.TransportError as exc:
+            raise self._unreachable(f"DELETE /subscriptions/{subscription_id}", exc) from exc
         except Exception as exc:
             if self._error(exc)[0] == 404:
                 return False
