@@ -334,3 +334,27 @@ async def test_a_subscription_round_graph_never_answers_fails_within_the_timeout
         await ctx.store.close()
     proxy.reset()
     assert not ours(double, webhook.url)  # the create never reached Graph
+
+
+async def test_a_create_that_graph_made_but_answered_504_is_retried_and_the_duplicate_is_deleted(
+        graph: tuple[GraphDouble, FaultProxy], webhook: Webhook) -> None:
+    """msgraph's RetryHandler retries a POST answered 429/503/504: a 504 from a gateway while Graph
+    made the subscription gives a second one. The next round deletes the extra (it keeps the one
+    that expires last), and the round after has nothing to do."""
+    double, proxy = graph
+    g = double.add_group()
+    double.subscriptions.clear()
+    ctx = webhook.use(sub_settings(proxy, webhook.url, [g]))
+    double.fail_after.append(("POST", "/subscriptions", 504))
+    rec = await run_subscription_manager(ctx)
+    assert rec is not None and rec.outcome is Outcome.APPLIED, rec.render()
+    assert [s.method for s in proxy.seen].count("POST") == 2  # the SDK's retry
+    assert len(ours(double, webhook.url)) == 2
+    again = await run_subscription_manager(ctx)
+    assert again is not None and again.outcome is Outcome.APPLIED, again.render()
+    assert [(r.action.kind, r.action.reason) for r in again.results] == [
+        ("delete", "a second subscription for the same group")]
+    (left,) = ours(double, webhook.url)
+    assert set(await ctx.store.get(SECRETS_KEY) or {}) == {left["id"]}
+    third = await run_subscription_manager(ctx)
+    assert third is not None and third.plan is not None and third.plan.empty, third.render()

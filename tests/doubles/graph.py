@@ -21,7 +21,8 @@ What it serves (v1.0 paths under its base URL):
   ``lifecycleNotificationUrl``, as Graph does), GET, PATCH, DELETE (404 for unknown ids).
 * ``GET /msi/token``: the App Service managed-identity endpoint (``IDENTITY_ENDPOINT`` with
   ``IDENTITY_HEADER``), so azure-identity's own ManagedIdentityCredential gets the token.
-* Faults: 429/503 with ``Retry-After`` for the next n requests; scripted pages (the fixtures in
+* Faults: 429/503 with ``Retry-After`` for the next n requests; a request carried out and then
+  answered with an error (``fail_after``: a 504 from a gateway while Graph acted); scripted pages (the fixtures in
   ``../shared/fixtures/msgraph/delta`` replayed with their links pointed at the double; a
   scripted ``{"status": .., "headers": {..}, "error": {..}}`` is answered as that error).
 
@@ -95,6 +96,9 @@ class GraphDouble:
     token_requests: list[dict[str, str]] = field(default_factory=list)
     fail_paths: dict[str, int] = field(default_factory=dict)  # path prefix → status, until cleared
     deleted_users: dict[str, dict[str, Any]] = field(default_factory=dict)  # soft-deleted (deleted items)
+    # (method, path, status): the next such request is carried out, then answered with ``status``
+    # instead (a gateway that timed out while Graph acted: 504)
+    fail_after: list[tuple[str, str, int]] = field(default_factory=list)
 
     # --- the directory the tests shape -------------------------------------------------------
     def add_user(self, uid: str | None = None, upn: str | None = None, display: str = "", **attrs: Any) -> str:
@@ -160,6 +164,11 @@ class GraphDouble:
             entry = Logged(request.method, path, dict(request.query_params), dict(request.headers))
             self.log.append(entry)
             resp = await self._handle(request, path)
+            hit = next((f for f in self.fail_after if f[:2] == (request.method, path)), None)
+            if hit is not None:
+                self.fail_after.remove(hit)
+                resp = self._error(hit[2], "GatewayTimeout" if hit[2] == 504 else "ServiceUnavailable",
+                                   "The operation timed out.")
             entry.status = resp.status_code
             return resp
 
