@@ -12,6 +12,7 @@ clean round to one subscription per group (a create whose answer was lost is not
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import uuid
 from collections.abc import AsyncIterator
@@ -28,8 +29,9 @@ from hubpilot.entra.subscriptions import SECRETS_KEY
 from hubpilot.loop import Outcome
 from hubpilot.ports.directory import DirectoryError
 from hubpilot.settings import Settings
-from hubpilot.wiring.entra import run_subscription_manager
-from tests.doubles.graph import TOKEN, GraphDouble, Served, start_graph_double
+from hubpilot.wiring import Context
+from hubpilot.wiring.entra import build_entra_directory, run_subscription_manager
+from tests.doubles.graph import MSI_SECRET, TOKEN, GraphDouble, Served, start_graph_double
 from tests.faultproxy import FaultProxy
 from tests.fixtures.webhook import Webhook
 
@@ -358,3 +360,52 @@ async def test_a_create_that_graph_made_but_answered_504_is_retried_and_the_dupl
     assert set(await ctx.store.get(SECRETS_KEY) or {}) == {left["id"]}
     third = await run_subscription_manager(ctx)
     assert third is not None and third.plan is not None and third.plan.empty, third.render()
+
+
+async def test_a_token_endpoint_that_never_answers_fails_the_read_within_the_timeout(
+        graph: tuple[GraphDouble, FaultProxy], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The managed-identity endpoint (App Service's IDENTITY_ENDPOINT, served by the double) behind
+    the proxy, accepting and never answering: each try of the token request has the Graph timeout
+    (azure-core's default is 300 s a try); the read fails saying so, and reached no Graph path."""
+    double, proxy = graph
+    g = double.add_group()
+    double.add_members(g, people(double, 2))
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"http://127.0.0.1:{proxy.port}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", MSI_SECRET)
+    def settings(**entra: Any) -> Settings:
+        return Settings(
+            hub={"api_url": "http://127.0.0.1:9/hub/api", "token": "x"},
+            directory={"kind": "entra", "entra": {
+                "graph_base_url": f"http://127.0.0.1:{proxy.port}/v1.0", "credential": "managed_identity",
+                "retry_delay_seconds": 0, "timeout_seconds": 1, **entra}},
+            sync={"users_groups": [g]},
+        )
+
+    ctx = Context(settings=settings(), store=SqliteStore(tmp_path / "state.sqlite3"))
+    directory = build_entra_directory(ctx)
+    proxy.reset()
+    proxy.rule(lambda method, path: path.startswith("/msi/token"), "hang")
+    try:
+        # a bound for the test only, far above the tries' timeouts; without them it would wait 300 s a try
+        with pytest.raises(DirectoryError) as err:
+            await asyncio.wait_for(directory.read([g]), 90)
+        message = str(err.value)
+        assert "the token endpoint gave no answer within 1 s a try (directory.entra.timeout_seconds)" in message, \
+            message
+        assert proxy.seen and all(s.path.startswith("/msi/token") for s in proxy.seen)
+        assert await ctx.store.list(STATE_PREFIX) == {}
+
+        # the subscription manager's credential is built the same way
+        sub_ctx = Context(settings=settings(notifications=True, client_state=SECRET,
+                                            notification_url="http://127.0.0.1:9/api/v1/graph/notifications"),
+                          store=ctx.store)
+        rec = await asyncio.wait_for(run_subscription_manager(sub_ctx), 90)
+        assert rec is not None and rec.outcome is Outcome.FAILED
+        assert "Graph GET /subscriptions: no access token for Graph: the token endpoint gave no answer within 1 s a " \
+               "try (directory.entra.timeout_seconds)" in rec.render(), rec.render()
+
+        proxy.reset()  # the endpoint answers again: the next read goes through
+        assert {m.id for m in (await directory.read([g])).groups[g]} == double.groups[g]["users"]
+    finally:
+        await directory.close()
+        await ctx.close()

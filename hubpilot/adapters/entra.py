@@ -70,14 +70,19 @@ class StaticTokenCredential:
 
 
 def build_credential(kind: str, *, client_id: str | None, tenant_id: str | None,
-                     authority_host: str | None) -> Any:
+                     authority_host: str | None, timeout: float | None = None) -> Any:
     """An azure-identity async credential: managed identity in Azure, DefaultAzureCredential elsewhere
-    (``authority_host`` None: azure-identity's own, i.e. ``AZURE_AUTHORITY_HOST`` or the global one)."""
+    (``authority_host`` None: azure-identity's own, i.e. ``AZURE_AUTHORITY_HOST`` or the global one).
+
+    ``timeout``: the connect and read timeout of each try of a token request (azure-core's default
+    is 300 s each: a token endpoint that accepts and never answers held the read that long a try)."""
     from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 
+    tries: dict[str, Any] = {"connection_timeout": timeout, "read_timeout": timeout} if timeout else {}
     if kind == "managed_identity":
-        return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
-    kwargs: dict[str, Any] = {"authority": authority_host} if authority_host else {}
+        return ManagedIdentityCredential(client_id=client_id, **tries) if client_id \
+            else ManagedIdentityCredential(**tries)
+    kwargs: dict[str, Any] = {"authority": authority_host, **tries} if authority_host else dict(tries)
     if client_id:
         kwargs["managed_identity_client_id"] = client_id
         kwargs["workload_identity_client_id"] = client_id
@@ -139,23 +144,38 @@ class GraphClient:
             cfg.headers.add("x-ms-throttle-priority", self.throttle_priority)
         return cfg
 
-    def _transport(self, exc: httpx.TransportError) -> str:
-        """What a request that got no answer says (httpx's timeouts have no text of their own)."""
+    def _unanswered(self, exc: BaseException) -> str | None:
+        """What a request that got no answer from Graph says, in plain words (httpx's and
+        azure-core's timeouts name no time); None for an answer Graph gave."""
+        from azure.core.exceptions import AzureError, ServiceRequestTimeoutError, ServiceResponseTimeoutError
+
         if isinstance(exc, httpx.TimeoutException):
             return f"no answer from Graph within {self.timeout:g} s (directory.entra.timeout_seconds)"
-        return f"the connection to Graph failed ({type(exc).__name__}: {exc or 'no detail'})"
+        if isinstance(exc, httpx.TransportError):
+            return f"the connection to Graph failed ({type(exc).__name__}: {exc or 'no detail'})"
+        if isinstance(exc, AzureError):  # from the credential: no token, nothing sent to Graph
+            timeouts = (ServiceRequestTimeoutError, ServiceResponseTimeoutError)
+            if isinstance(exc, timeouts) or isinstance(exc.inner_exception or exc.__cause__, timeouts):
+                return (f"no access token for Graph: the token endpoint gave no answer within {self.timeout:g} s "
+                        "a try (directory.entra.timeout_seconds)")
+            return f"no access token for Graph: {exc.message or exc}"
+        return None
 
     def _error(self, exc: Exception) -> tuple[int | None, str, str]:
-        if isinstance(exc, httpx.TransportError):
-            return None, "", self._transport(exc)
+        plain = self._unanswered(exc)
+        if plain is not None:
+            return None, "", plain
         status = getattr(exc, "response_status_code", None)
         err = getattr(exc, "error", None)
         code = str(getattr(err, "code", "") or "")
         message = str(getattr(err, "message", "") or exc)
         return status, code, message
 
-    def _unreachable(self, what: str, exc: httpx.TransportError) -> GraphUnreachable:
-        return GraphUnreachable(f"Graph {what}: {self._transport(exc)}")
+    def _check_answered(self, what: str, exc: Exception) -> None:
+        """Raise GraphUnreachable, said plainly, when ``exc`` means Graph gave no answer."""
+        plain = self._unanswered(exc)
+        if plain is not None:
+            raise GraphUnreachable(f"Graph {what}: {plain}") from exc
 
     # --- GraphReader -----------------------------------------------------------------------
     async def delta_round(self, group_ids: Sequence[str], delta_link: str | None) -> Mapping[str, Any]:
@@ -316,8 +336,9 @@ class GraphClient:
                 page = await self.client.subscriptions.with_url(page.odata_next_link).get(
                     self._config(background=False))
                 self.requests += 1
-        except httpx.TransportError as exc:
-            raise self._unreachable("GET /subscriptions", exc) from exc
+        except Exception as exc:
+            self._check_answered("GET /subscriptions", exc)
+            raise
         return out
 
     @staticmethod
@@ -345,8 +366,9 @@ class GraphClient:
         )
         try:
             created = await self.client.subscriptions.post(sub, self._config(background=False))
-        except httpx.TransportError as exc:  # Graph may have made it: the next round lists it
-            raise self._unreachable("POST /subscriptions", exc) from exc
+        except Exception as exc:  # no answer: Graph may have made it, and the next round lists it
+            self._check_answered("POST /subscriptions", exc)
+            raise
         self.requests += 1
         if created is None:
             raise RuntimeError("Graph answered POST /subscriptions without a body")
@@ -359,11 +381,10 @@ class GraphClient:
             await self.client.subscriptions.by_subscription_id(subscription_id).patch(
                 Subscription(expiration_date_time=expiration), self._config(background=False))
             self.requests += 1
-        except httpx.TransportError as exc:
-            raise self._unreachable(f"PATCH /subscriptions/{subscription_id}", exc) from exc
         except Exception as exc:
             if self._error(exc)[0] == 404:
                 return False
+            self._check_answered(f"PATCH /subscriptions/{subscription_id}", exc)
             raise
         return True
 
@@ -372,11 +393,10 @@ class GraphClient:
             await self.client.subscriptions.by_subscription_id(subscription_id).delete(
                 self._config(background=False))
             self.requests += 1
-        except httpx.TransportError as exc:
-            raise self._unreachable(f"DELETE /subscriptions/{subscription_id}", exc) from exc
         except Exception as exc:
             if self._error(exc)[0] == 404:
                 return False
+            self._check_answered(f"DELETE /subscriptions/{subscription_id}", exc)
             raise
         return True
 

@@ -77,7 +77,9 @@ class EntraSettings(Section):
     retry_delay_seconds: float = Field(
         3.0, ge=0, le=180, description="Base delay of the RetryHandler when Retry-After is absent."
     )
-    timeout_seconds: float = Field(30.0, gt=0, le=300, description="Timeout of one Graph request.")
+    timeout_seconds: float = Field(30.0, gt=0, le=300, description=(
+        "Timeout of one Graph request, and of each try of a token request; no answer within it fails the read "
+        "or the subscription round."))
     user_lookup_concurrency: int = Field(4, ge=1, le=20, description="User lookups in flight at once.")
 
     notifications: bool = Field(

@@ -59,7 +59,8 @@ def build_graph_client(ctx: Context) -> Any:
 
     s = entra_settings(ctx)
     credential = _extra(ctx).get("credential") or build_credential(
-        s.credential, client_id=s.client_id, tenant_id=s.tenant_id, authority_host=s.authority_host
+        s.credential, client_id=s.client_id, tenant_id=s.tenant_id, authority_host=s.authority_host,
+        timeout=s.timeout_seconds,
     )
     return GraphClient(
         credential=credential,
