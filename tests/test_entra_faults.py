@@ -409,3 +409,45 @@ async def test_a_token_endpoint_that_never_answers_fails_the_read_within_the_tim
     finally:
         await directory.close()
         await ctx.close()
+
+
+async def test_a_resync_after_an_expired_token_cut_at_any_request_keeps_the_state_and_converges(
+        graph: tuple[GraphDouble, FaultProxy], tmp_path: Path) -> None:
+    """The stored deltaLink has expired (400 syncStateNotFound): the read starts a full one. Cut
+    anywhere, it commits nothing (the expired link stays, so the next read resyncs again) and a
+    removal it would have found is not lost."""
+    double, proxy = graph
+    g = double.add_group()
+    who = people(double, 9)
+    double.add_members(g, who)
+    clock = Clock()
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    try:
+        proxy.reset()
+        await read(proxy, store, clock, [g])
+        baseline = await store.list(STATE_PREFIX)
+        double.remove_member(g, who[0])
+        double.add_members(g, people(double, 2))
+        double.expire_tokens()
+
+        async def attempt(n: int, mode: str) -> None:
+            with pytest.raises(DirectoryError):
+                await read(proxy, store, clock, [g])
+            assert await store.list(STATE_PREFIX) == baseline, f"request {n} cut {mode}: a failed read committed"
+
+        proxy.reset()
+        ref = SqliteStore(tmp_path / "ref.sqlite3")
+        for k, doc in baseline.items():
+            await ref.put(k, doc)
+        uncut = await read(proxy, ref, clock, [g])
+        await ref.close()
+        requests = proxy.count
+        assert [s.path.split("?")[1][:12] for s in proxy.seen][:2] == ["$deltatoken=", "$filter=id%2"]
+        assert members(uncut, g) == truth(double, g)
+
+        hit = await cut_each(proxy, requests, ("before", "after"), attempt)
+        assert len(hit) == 2 * requests
+        proxy.reset()
+        assert members(await read(proxy, store, clock, [g]), g) == members(uncut, g)
+    finally:
+        await store.close()
