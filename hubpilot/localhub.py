@@ -44,6 +44,7 @@ VENV_BIN = Path(os.environ["HUBPILOT_HUB_VENV"]) / "bin" if os.environ.get("HUBP
     else Path(sys.executable).parent
 PASSWORD = "hubpilot-demo-password"
 PORT_ATTEMPTS = 3
+PROXY_PID_FILE = "jupyterhub-proxy.pid"  # ConfigurableHTTPProxy.pid_file's default, in the hub's directory
 # what the hub's log says when a port given to it or its proxy was taken before they bound it
 # (the proxy then logs the error and keeps running without its API: the hub would give up ~30 s later)
 PORT_LOST = (b"EADDRINUSE", b"Address already in use")
@@ -254,17 +255,17 @@ async def start_hub(
             await _wait_ready(hub, proc, startup_timeout, since)
             break
         except PortLost:
-            await _stop(proc)
+            await _stop(proc, tmp_path)
             if attempt == PORT_ATTEMPTS:
                 raise
         except BaseException:
-            await _stop(proc)
+            await _stop(proc, tmp_path)
             raise
     try:
         hub.startup_seconds = time.monotonic() - t0
         yield hub
     finally:
-        await _stop(proc)
+        await _stop(proc, tmp_path)
 
 
 class PortLost(RuntimeError):
@@ -304,16 +305,23 @@ async def _wait_ready(hub: RealHub, proc: subprocess.Popen[bytes], timeout: floa
     raise TimeoutError(f"jupyterhub did not answer within {timeout}s:\n{hub.log_tail()}")
 
 
-async def _stop(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+async def _stop(proc: subprocess.Popen[bytes], home: Path, grace: float = 10) -> None:
     """SIGTERM the hub (it stops its proxy and servers), then SIGKILL whatever is left."""
     procs: list[psutil.Process] = []
     with contextlib.suppress(psutil.Error):
         parent = psutil.Process(proc.pid)
         procs = [parent, *parent.children(recursive=True)]
+    # the hub starts its proxy in a session of its own and stops it only when it stops cleanly: a
+    # hub that failed at start (or was killed) leaves it running, holding its ports, no longer
+    # its child; the hub wrote its pid in its directory
+    proxy = _proxy_of(home)
+    if proxy is not None and all(p.pid != proxy.pid for p in procs):
+        procs.append(proxy)
     # single-user servers run in their own sessions: stop them with the hub's process group
-    for p in procs[1:]:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
+    for p in procs:
+        if p.pid != proc.pid:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -327,6 +335,15 @@ async def _stop(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
+
+
+def _proxy_of(home: Path) -> psutil.Process | None:
+    """The configurable-http-proxy the hub in ``home`` started, if it still runs."""
+    try:
+        proxy = psutil.Process(int((home / PROXY_PID_FILE).read_text().strip()))
+        return proxy if any("configurable-http-proxy" in a for a in proxy.cmdline()) else None
+    except (OSError, ValueError, psutil.Error):
+        return None
 
 
 def _alive(p: psutil.Process) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from hubpilot import localhub
@@ -42,3 +43,15 @@ async def test_a_port_taken_before_the_proxy_binds_it_is_replaced(tmp_path: Path
             assert f"EADDRINUSE: address already in use 127.0.0.1:{taken.getsockname()[1]}" in log  # the first start
     finally:
         taken.close()
+
+
+async def test_a_hub_that_fails_at_start_leaves_no_proxy_running(tmp_path: Path) -> None:
+    """The hub starts its proxy in a session of its own and stops it only on a clean stop: a hub
+    that failed after starting it (here: a service it cannot start) left it running, ports and all."""
+    broken = 'c.JupyterHub.services.append({"name": "broken", "command": ["/nonexistent/hubpilot-service"]})'
+    with pytest.raises(RuntimeError, match="jupyterhub exited"):
+        async with start_hub(tmp_path, extra_config=broken):
+            pass
+    pid = int((tmp_path / "jupyterhub-proxy.pid").read_text())  # the hub had started its proxy
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, \
+        f"proxy {pid} still runs: {psutil.Process(pid).cmdline()}"
