@@ -450,66 +450,52 @@ async def test_both_hosts_answer_alike(hosts: Hosts, req: Req) -> None:
 
 # --- what each host starts ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("queue, status", [("memory", 503), ("azure", None)])
-async def test_the_functions_app_refuses_a_hint_queue_nothing_drains_there(
+def _entra(queue: str) -> dict[str, str]:
+    return {"DIRECTORY__KIND": "entra", "DIRECTORY__ENTRA__NOTIFICATIONS": "true",
+            "DIRECTORY__ENTRA__CLIENT_STATE": SECRET, "DIRECTORY__ENTRA__TENANT_ID": TENANT,
+            "DIRECTORY__ENTRA__GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0",
+            "DIRECTORY__ENTRA__NOTIFICATION_URL": f"https://{HOST}/api/v1/graph/notifications",
+            "DIRECTORY__ENTRA__QUEUE": queue, "DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL": "http://127.0.0.1:9/q",
+            "SYNC__USERS_GROUPS": json.dumps([GROUP])}
+
+
+NOTIFIED = Req("n", 0, "POST", "/api/v1/graph/notifications", JSON, notification(SECRET))
+CULL = Req("r", 0, "POST", "/api/v1/cull", ADMIN)
+
+
+@pytest.mark.parametrize("env, req, refused", [
+    # serve starts the worker that drains the in-memory queue of Graph hints (the default); the
+    # Functions host starts none: a valid notification was answered 202 and its hint kept for good
+    ({**_entra("memory"), "API__RUN_MODE": "queue"}, NOTIFIED, "HUBPILOT_DIRECTORY__ENTRA__QUEUE"),
+    ({**_entra("azure"), "API__RUN_MODE": "queue"}, NOTIFIED, None),  # the queue graph_hints reads
+    # serve runs an HTTP-started run as a task of its long-lived process; under Functions the task
+    # belongs to an invocation that has answered, and the host may stop the worker under it
+    ({"API__RUN_MODE": "inprocess"}, CULL, "HUBPILOT_API__RUN_MODE"),
+    ({"API__RUN_MODE": "queue", "API__QUEUE_CONNECTION_STRING": "UseDevelopmentStorage=true"}, CULL, None),
+], ids=["memory-hints", "azure-hints", "runs-inprocess", "runs-queued"])
+async def test_the_functions_app_refuses_what_only_serve_honours(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path,
-        queue: str, status: int | None) -> None:
-    """``hubpilot serve`` starts the worker that drains the in-memory queue of Graph hints
-    (``directory.entra.queue = "memory"``, the default); the Functions host starts none. There a
-    valid notification was answered 202 and its hint stayed in memory for good. The Functions app
-    now refuses those settings, naming the one to change (503 to the API, the reason in the log)."""
+        env: dict[str, str], req: Req, refused: str | None) -> None:
+    """Settings only ``hubpilot serve`` can honour are refused by the Functions app, naming the
+    one to change (503 to the API, the reason in the log); the settings the Bicep sets are taken."""
     env = {"HUB__API_URL": "http://127.0.0.1:9/hub/api", "HUB__TOKEN": "hub-secret",
-           "STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"), "DIRECTORY__KIND": "entra",
-           "DIRECTORY__ENTRA__NOTIFICATIONS": "true", "DIRECTORY__ENTRA__CLIENT_STATE": SECRET,
-           "DIRECTORY__ENTRA__TENANT_ID": TENANT, "DIRECTORY__ENTRA__GRAPH_BASE_URL": "http://127.0.0.1:9/v1.0",
-           "DIRECTORY__ENTRA__NOTIFICATION_URL": f"https://{HOST}/api/v1/graph/notifications",
-           "DIRECTORY__ENTRA__QUEUE": queue, "DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL": "http://127.0.0.1:9/q",
-           "SYNC__USERS_GROUPS": json.dumps([GROUP]), "API__RUN_MODE": "queue"}
+           "STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"), **env}
     for name, value in env.items():
         monkeypatch.setenv(f"HUBPILOT_{name}", value)
     functions.set_context(None)
     monkeypatch.setattr(function_app.front, "_app", None)
     caplog.set_level("ERROR", logger="hubpilot")
     try:
-        if status is None:  # the queue the graph_hints function reads: the settings are taken
-            assert functions.get_context().settings.directory.entra.queue == "azure"  # type: ignore[union-attr]
+        if refused is None:
+            settings = functions.get_context().settings
+            assert settings.api.run_mode == "queue"
+            assert settings.directory is None or settings.directory.entra is None \
+                or settings.directory.entra.queue == "azure"
             return
-        r = await through_functions(Req("n", 0, "POST", "/api/v1/graph/notifications", JSON, notification(SECRET)))
-        assert r.status == status, r.body
+        r = await through_functions(req)
+        assert r.status == 503, r.body
         assert "not configured correctly" in json.loads(r.body)["detail"]
-        assert any("HUBPILOT_DIRECTORY__ENTRA__QUEUE" in rec.getMessage() for rec in caplog.records), caplog.text
-    finally:
-        ctx = functions._context
-        functions.set_context(None)
-        function_app.front._app = None
-        if ctx is not None:
-            await ctx.close()
-
-
-@pytest.mark.parametrize("run_mode, status", [("inprocess", 503), ("queue", None)])
-async def test_the_functions_app_refuses_runs_in_process(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path,
-        run_mode: str, status: int | None) -> None:
-    """``hubpilot serve`` runs an HTTP-started run as a task of its long-lived process; in the
-    Functions app such a task belongs to an invocation that has already answered, and the host may
-    stop the worker under it. The Functions app refuses ``api.run_mode = "inprocess"`` (the
-    default), naming the setting (503 to the API, the reason in the log)."""
-    env = {"HUB__API_URL": "http://127.0.0.1:9/hub/api", "HUB__TOKEN": "hub-secret",
-           "STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"), "API__RUN_MODE": run_mode,
-           "API__QUEUE_CONNECTION_STRING": "UseDevelopmentStorage=true"}
-    for name, value in env.items():
-        monkeypatch.setenv(f"HUBPILOT_{name}", value)
-    functions.set_context(None)
-    monkeypatch.setattr(function_app.front, "_app", None)
-    caplog.set_level("ERROR", logger="hubpilot")
-    try:
-        if status is None:
-            assert functions.get_context().settings.api.run_mode == "queue"
-            return
-        r = await through_functions(Req("r", 0, "POST", "/api/v1/cull", ADMIN))
-        assert r.status == status, r.body
-        assert "not configured correctly" in json.loads(r.body)["detail"]
-        assert any("HUBPILOT_API__RUN_MODE" in rec.getMessage() for rec in caplog.records), caplog.text
+        assert any(refused in rec.getMessage() for rec in caplog.records), caplog.text
     finally:
         ctx = functions._context
         functions.set_context(None)
