@@ -23,6 +23,18 @@ def second_pool(arm: ArmDouble) -> AksPool:
                    retry_backoff=0.01, polling_interval=0.01, lro_wait=5.0)
 
 
+async def apply_at_once(cap: ScaleCapability, arm: ArmDouble, plan: Any, observed: Any) -> tuple[Any, Any]:
+    """``plan`` applied by ``cap`` and, at the same time, by a second deployment (its own ARM client)."""
+    other_pool = second_pool(arm)
+    try:
+        other = ScaleCapability(other_pool, cap.cluster, cap.store, cap.policy, clock=cap.clock)
+        a, b = await asyncio.gather(cap.apply(plan, observed, lambda *x: None),
+                                    other.apply(plan, observed, lambda *x: None))
+    finally:
+        await other_pool.close()
+    return a, b
+
+
 async def test_two_removals_at_once_delete_the_node_once_and_leave_it_cordoned(world: dict[str, Any]) -> None:  # noqa: F811
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]
@@ -31,13 +43,7 @@ async def test_two_removals_at_once_delete_the_node_once_and_leave_it_cordoned(w
     plan = cap.plan(observed, world["clock"]["now"])
     assert [a.kind for a in plan.actions] == ["remove_nodes"]
     arm.polls = 20  # the first deleteMachines still runs when the second arrives
-    other_pool = second_pool(arm)
-    try:
-        other = ScaleCapability(other_pool, cap.cluster, cap.store, cap.policy, clock=cap.clock)
-        a, b = await asyncio.gather(cap.apply(plan, observed, lambda *x: None),
-                                    other.apply(plan, observed, lambda *x: None))
-    finally:
-        await other_pool.close()
+    a, b = await apply_at_once(cap, arm, plan, observed)
     statuses = sorted(r.status.value for r in (*a, *b))
     assert statuses == sorted([Status.DONE.value, Status.SKIPPED.value]), (a, b)
     assert arm.machines["gpu"] == []  # deleted once
@@ -59,13 +65,7 @@ async def test_two_scale_ups_at_once_send_one_count(world: dict[str, Any]) -> No
     observed = await cap.observe()
     plan = cap.plan(observed, world["clock"]["now"])
     assert [(a.kind, a.params["count"]) for a in plan.actions] == [("set_count", 2)]
-    other_pool = second_pool(arm)
-    try:
-        other = ScaleCapability(other_pool, cap.cluster, cap.store, cap.policy, clock=cap.clock)
-        a, b = await asyncio.gather(cap.apply(plan, observed, lambda *x: None),
-                                    other.apply(plan, observed, lambda *x: None))
-    finally:
-        await other_pool.close()
+    a, b = await apply_at_once(cap, arm, plan, observed)
     assert arm.pools["gpu"]["count"] == 2 and len(arm.machines["gpu"]) == 2
     assert len([c for c in arm.calls if c.method == "PUT" and c.status < 300]) == 1
     assert sorted(r.status.value for r in (*a, *b)) in (
