@@ -405,6 +405,30 @@ async def test_audit_and_status_never_carry_tokens_or_their_hashes(api: Api) -> 
             assert s not in text
 
 
+async def test_head_answers_a_run_as_its_get_without_the_body(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    """HEAD on a GET route: the GET's status and headers (Content-Length too), no body, the same
+    auth; the log names the method sent; the OpenAPI document lists the GET operation alone."""
+    caplog.set_level(logging.INFO)
+    run_id = (await api.client.post("/api/v1/sync?wait=30", headers=ADMIN)).json()["run_id"]
+    get = await api.client.get(f"/api/v1/runs/{run_id}", headers=READER)
+    head = await api.client.head(f"/api/v1/runs/{run_id}", headers=READER)
+    assert (head.status_code, head.content) == (200, b"") and get.status_code == 200
+    assert head.headers["content-length"] == str(len(get.content)) == get.headers["content-length"]
+    assert head.headers["content-type"] == get.headers["content-type"] == "application/json"
+    assert (await api.client.head(f"/api/v1/runs/{run_id}", headers=HUB)).status_code == 403
+    anonymous = await api.client.head(f"/api/v1/runs/{run_id}")
+    assert (anonymous.status_code, anonymous.content) == (401, b"") and "www-authenticate" in anonymous.headers
+    assert f"refused HEAD /api/v1/runs/{run_id}" in caplog.text
+    assert f"forbidden HEAD /api/v1/runs/{run_id} for hub-caller" in caplog.text
+    post_only = await api.client.head("/api/v1/sync", headers=ADMIN)
+    assert post_only.status_code == 405 and post_only.headers["allow"] == "POST"
+    not_head = await api.client.post("/api/v1/status", headers=ADMIN)
+    assert not_head.status_code == 405 and not_head.headers["allow"] == "GET, HEAD"
+    doc = (await api.client.get("/api/v1/openapi.json", headers=READER)).json()
+    assert [m for ops in doc["paths"].values() for m in ops if m not in ("get", "post")] == []
+    assert "also answers HEAD" in doc["info"]["description"]
+
+
 async def test_openapi_document_describes_the_endpoints_and_bearer_auth(api: Api) -> None:
     doc = (await api.client.get("/api/v1/openapi.json", headers=READER)).json()
     assert {"/api/v1/sync", "/api/v1/runs/{run_id}", "/api/v1/plan/{operation}", "/api/v1/status",

@@ -23,7 +23,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -110,8 +110,30 @@ TABLE: list[Req] = [
     Req("status lower-case scheme", 200, "GET", "/api/v1/status", (("authorization", f"bearer {TOKENS['reader']}"),)),
     Req("status two tokens", 401, "GET", "/api/v1/status", (*READER, *WRONG)),
     Req("status two good tokens", 401, "GET", "/api/v1/status", (*READER, *ADMIN)),
-    Req("status head", 405, "HEAD", "/api/v1/status", READER),
     Req("status options", 405, "OPTIONS", "/api/v1/status", READER),
+    # HEAD wherever GET is answered (RFC 9110 9.3.2): the GET's status and headers, no body, the same auth
+    Req("status head", 200, "HEAD", "/api/v1/status", READER),
+    Req("status head none", 401, "HEAD", "/api/v1/status"),
+    Req("status head wrong token", 401, "HEAD", "/api/v1/status", WRONG),
+    Req("status head hub role", 403, "HEAD", "/api/v1/status", HUB),
+    Req("status head principal", 401, "HEAD", "/api/v1/status", READ_PRINCIPAL, easy=200),
+    Req("healthz head unversioned", 200, "HEAD", "/healthz"),
+    Req("readyz head", 503, "HEAD", "/api/v1/readyz", READER),
+    Req("readyz head unversioned", 503, "HEAD", "/readyz", READER),
+    Req("readyz head anonymous", 401, "HEAD", "/readyz"),
+    Req("plan head", 200, "HEAD", "/api/v1/plan/sync", READER),
+    Req("plan head unknown op", 422, "HEAD", "/api/v1/plan/nuke", READER),
+    Req("run head unknown", 404, "HEAD", f"/api/v1/runs/{RUN}", READER),
+    Req("audit head", 200, "HEAD", "/api/v1/audit?limit=5", READER),
+    Req("audit head bad limit", 422, "HEAD", "/api/v1/audit?limit=0", READER),
+    Req("cost head", 200, "HEAD", "/api/v1/cost", READER),
+    Req("cost head hub role", 403, "HEAD", "/api/v1/cost", HUB),
+    Req("openapi head", 200, "HEAD", "/api/v1/openapi.json", READER),
+    Req("openapi head anonymous", 401, "HEAD", "/api/v1/openapi.json"),
+    Req("docs head", 200, "HEAD", "/api/v1/docs", READER),
+    Req("sync head", 405, "HEAD", "/api/v1/sync", ADMIN),  # no GET there, so no HEAD either
+    Req("graph head", 405, "HEAD", "/api/v1/graph/notifications?validationToken=x"),
+    Req("unknown path head", 404, "HEAD", "/api/v1/nothing", READER),
     Req("status trailing slash", 404, "GET", "/api/v1/status/", READER),
     Req("sync trailing slash behind tls", 404, "POST", "/api/v1/sync/?dry_run=true",
         (*ADMIN, ("X-Forwarded-Proto", "https"), ("X-Forwarded-For", "203.0.113.9"))),
@@ -427,11 +449,10 @@ def on_the_wire(fn: Answer, req: Req, served: Answer) -> Answer:
     """The Functions answer as the client gets it, less what the README says the host adds."""
     headers = dict(fn.headers)
     # the worker gives an answer without a Content-Type 'text/plain; charset=utf-8' (HttpResponse's
-    # default mimetype): the body-less 202 of a Graph notification, 405 to HEAD
+    # default mimetype): the body-less 202 of a Graph notification
     if "content-type" not in served.headers and headers.get("content-type") == "text/plain; charset=utf-8":
         del headers["content-type"]
-    # the worker returns what the app wrote for HEAD; the host (Kestrel) sends no body for HEAD
-    return Answer(fn.status, headers, b"" if req.method == "HEAD" else fn.body)
+    return Answer(fn.status, headers, fn.body)
 
 
 @pytest.mark.parametrize("req", TABLE, ids=[r.name for r in TABLE])
@@ -446,6 +467,28 @@ async def test_both_hosts_answer_alike(hosts: Hosts, req: Req) -> None:
             assert json.loads(fn.body)["detail"] == CHUNKED_DETAIL and fn.headers["content-type"] == "application/json"
         return
     assert comparable(on_the_wire(fn, req, served)) == comparable(served), req
+    if req.method == "HEAD":  # the GET's status and headers, without its body
+        get = await over_http(hosts.port, replace(req, method="GET"))
+        await drain_tasks()
+        assert served.body == b"" and fn.body == b""  # the app writes none: the worker hands the host none
+        assert comparable(replace(served, body=b"")) == comparable(replace(get, body=b"")), (req, get.body[:400])
+        if comparable(get)[2] == get.body:  # nothing in the body varies between the calls
+            assert served.headers.get("content-length") == str(len(get.body)), (served.headers, len(get.body))
+
+
+def test_every_get_route_has_a_head_row() -> None:
+    """The table sends HEAD to every path the app answers GET on (a route added later is missed
+    here, not in production)."""
+    from fastapi.routing import iter_route_contexts
+
+    from hubpilot.api.app import create_app
+
+    app = create_app(context(Path("/nonexistent"), False))
+    gets = [route for route in iter_route_contexts(app.routes) if "GET" in (route.methods or ())]
+    assert {"/api/v1/status", "/api/v1/cost", "/api/v1/runs/{run_id}", "/healthz"} <= {r.path for r in gets}
+    heads = [r.target.partition("?")[0] for r in TABLE if r.method == "HEAD" and r.status != 405]
+    missing = [route.path for route in gets if not any(route.path_regex.match(h) for h in heads)]
+    assert not missing, missing
 
 
 # --- what each host starts ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from hubpilot import __version__
 from hubpilot.api import front, graph_routes, scale_routes
-from hubpilot.api.auth import Principal, require_role, shown_path
+from hubpilot.api.auth import HEAD_SCOPE_KEY, Principal, require_role, shown_method, shown_path
 from hubpilot.api.deps import ContextHolder, ContextSource, get_context
 from hubpilot.api.runs import read_run, start_run, wait_for_run
 from hubpilot.api.scheduling import configured_schedules
@@ -314,6 +314,47 @@ class _SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+class _HeadAsGet:
+    """ASGI middleware: HEAD wherever GET is answered (RFC 9110 9.3.2; monitoring probes use it).
+
+    FastAPI's routes take only the methods they list (unlike Starlette's, which add HEAD to GET):
+    every GET route answered HEAD with 405. A HEAD request is handed to the app as its GET (the
+    same route, auth and status, the same headers, Content-Length included) and the body is not
+    sent, on every host (uvicorn drops a HEAD's body itself; the Functions worker would hand it to
+    the host). A route without GET answers HEAD 405, as it answers GET. A 405 that allows GET
+    lists HEAD in its ``Allow`` too. The OpenAPI document lists the GET operations alone."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        head = scope["method"] == "HEAD"
+
+        async def answer(message: Any) -> None:
+            if message["type"] == "http.response.start" and message.get("status") == 405:
+                message = {**message, "headers": [_with_head(k, v) for k, v in message.get("headers") or ()]}
+            elif message["type"] == "http.response.body" and head:
+                message = {**message, "body": b""}
+            await send(message)
+
+        if head:
+            scope = {**scope, "method": "GET", HEAD_SCOPE_KEY: True}
+        await self.app(scope, receive, answer)
+
+
+def _with_head(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """An ``Allow`` header that lists GET lists HEAD too."""
+    if bytes(name).lower() != b"allow":
+        return name, value
+    methods = [m.strip() for m in bytes(value).split(b",")]
+    if b"GET" in methods and b"HEAD" not in methods:
+        value = bytes(value) + b", HEAD"
+    return name, value
+
+
 # --- the app ------------------------------------------------------------------------------------
 
 def create_app(context: ContextSource) -> FastAPI:
@@ -321,7 +362,8 @@ def create_app(context: ContextSource) -> FastAPI:
     app = FastAPI(
         title="hubpilot admin API",
         version=__version__,
-        description="Start and inspect sync, cull and scale runs; pause operations; read the audit log.",
+        description="Start and inspect sync, cull and scale runs; pause operations; read the audit log. "
+        "Every GET operation also answers HEAD: the same status and headers, no body.",
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
@@ -333,13 +375,14 @@ def create_app(context: ContextSource) -> FastAPI:
     )
     app.add_middleware(_BodyLimit)
     app.add_middleware(_SecurityHeaders)  # outside the body limit: its 413 carries them too
+    app.add_middleware(_HeadAsGet)  # outermost: every answer to HEAD goes without its body
     app.state.context_holder = ContextHolder(context)
     if isinstance(context, Context):
         app.state.context = context
 
     @app.exception_handler(StoreError)
     async def store_error(request: Request, exc: StoreError) -> JSONResponse:
-        log.warning("state store error on %s %s: %s", request.method, shown_path(request), exc)
+        log.warning("state store error on %s %s: %s", shown_method(request), shown_path(request), exc)
         return JSONResponse({"detail": f"the state store is unavailable: {type(exc).__name__}"},
                             status_code=503)
 

@@ -157,6 +157,16 @@ def shown_path(request: Request, limit: int = 200) -> str:
     return shown(request.url.path, limit)
 
 
+HEAD_SCOPE_KEY = "hubpilot.head"
+"""Set in the ASGI scope of a HEAD request the app answers as its GET (see
+:class:`hubpilot.api.app._HeadAsGet`): the request's method as sent, for the log."""
+
+
+def shown_method(request: Request) -> str:
+    """The request's method as the client sent it (HEAD is handled as GET)."""
+    return "HEAD" if request.scope.get(HEAD_SCOPE_KEY) else request.method
+
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -212,10 +222,10 @@ def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
         try:
             principal = authenticate(ctx.settings.api, request.headers, platform_auth=ctx.platform_auth)
         except AuthError as exc:
-            log.info("refused %s %s: %s", request.method, shown_path(request), exc.detail)
+            log.info("refused %s %s: %s", shown_method(request), shown_path(request), exc.detail)
             raise _challenge(exc) from None
         if principal.via == "app_service" and (why := cross_site(request.method, request.headers)):
-            log.warning("refused a cross-site %s %s for %s: %s", request.method, shown_path(request),
+            log.warning("refused a cross-site %s %s for %s: %s", shown_method(request), shown_path(request),
                         principal.name, why)
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
@@ -223,7 +233,7 @@ def require_role(*roles: str) -> Callable[..., Awaitable[Principal]]:
                 "this site's own pages, or from a program with 'Authorization: Bearer <token>'",
             )
         if not any(principal.has(r) for r in wanted):
-            log.info("forbidden %s %s for %s (role %s)", request.method, shown_path(request),
+            log.info("forbidden %s %s for %s (role %s)", shown_method(request), shown_path(request),
                      principal.name, principal.role or "none")
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
