@@ -20,11 +20,14 @@ from hubpilot.entra.directory import STATE_PREFIX, EntraDirectory
 from hubpilot.loop import Outcome, Status
 from hubpilot.ports.directory import DirectoryError
 from hubpilot.settings import Settings
+from hubpilot.wiring import Context
 from hubpilot.wiring.entra import (
     InProcessHints,
     NotificationWorker,
+    build_entra_directory,
     notification_queue,
     run_subscription_manager,
+    use_credential,
 )
 from tests.doubles.graph import MSI_SECRET, TOKEN, GraphDouble, start_graph_double
 from tests.fixtures.webhook import Webhook
@@ -217,6 +220,77 @@ async def test_throttled_read_completes_honouring_retry_after(fresh: GraphDouble
     retried = fresh.log[2]
     assert retried.headers.get("retry-attempt") == "2"  # msgraph's RetryHandler, no loop of ours
     await d.close()
+
+
+async def test_a_throttled_read_stops_waiting_before_the_rounds_deadline_and_commits_nothing(
+        fresh: GraphDouble, tmp_path: Path) -> None:
+    """A Retry-After that would end past the round's deadline (directory.entra.round_deadline_seconds)
+    is not waited out (msgraph's RetryHandler would wait it, up to 180 s a retry and 5 retries): the
+    read fails saying so, after the retries that fit, and commits nothing; the next read goes through."""
+    g = fresh.add_group()
+    ps = people(fresh, 3)
+    fresh.add_members(g, ps)
+    ctx = Context(settings=Settings(
+        hub={"api_url": "http://127.0.0.1:9/hub/api", "token": "x"},
+        directory={"kind": "entra", "entra": {"graph_base_url": fresh.base_url, "retry_delay_seconds": 0,
+                                              "round_deadline_seconds": 30}},
+        sync={"users_groups": [g]}), store=SqliteStore(tmp_path / "state.sqlite3"))
+    use_credential(ctx, StaticTokenCredential(TOKEN))
+    d = build_entra_directory(ctx)
+    try:
+        await d.read([g])
+        fresh.remove_member(g, ps[0])
+        before = await state_docs(ctx.store)
+        fresh.reset_log()
+        fresh.throttle(1, 429, retry_after=1)  # within the deadline: waited out
+        fresh.throttle(1, 429, retry_after=60)  # msgraph would wait (below its 180 s); past the deadline
+        with pytest.raises(DirectoryError) as err:
+            await d.read([g])
+        message = str(err.value)
+        assert message.startswith("Graph throttled; retry after 60 s would pass the round's deadline"), message
+        assert "429 to GET /v1.0/groups/delta" in message and "directory.entra.round_deadline_seconds" in message
+        assert [(r.path, r.status) for r in fresh.log] == [("/groups/delta", 429)] * 2
+        assert fresh.log[1].headers.get("retry-attempt") == "1"
+        assert await state_docs(ctx.store) == before
+        fresh.reset_log()
+        snap = await d.read([g])
+        assert {m.id for m in snap.groups[g]} == set(ps[1:])
+        assert [r.status for r in fresh.log] == [200]
+    finally:
+        await d.close()
+        await ctx.close()
+
+
+@pytest.mark.parametrize("call", ["lookup_users", "list_group_users", "deleted_users"])
+async def test_every_read_request_of_a_round_stops_at_its_deadline(fresh: GraphDouble, call: str) -> None:
+    """The user lookups, the group listing and the deleted-items lookups of a round fail alike,
+    the error not reworded; outside a round the library's own waits are unchanged. (One request
+    each: a failed lookup does not cancel its siblings, which would take the next fault.)"""
+    g = fresh.add_group()
+    ps = people(fresh, 1)
+    fresh.add_members(g, ps)
+    gc = client(fresh, round_seconds=5)
+
+    async def run() -> Any:
+        if call == "list_group_users":
+            return await gc.list_group_users(g)
+        return await getattr(gc, call)(ps)
+
+    try:
+        fresh.reset_log()
+        fresh.throttle(1, 503, retry_after=30)
+        async with gc.round():
+            with pytest.raises(DirectoryError, match=r"^Graph throttled; retry after 30 s would pass the round's "
+                                                     r"deadline \(503 to GET "):
+                await run()
+        assert [r.status for r in fresh.log] == [503]
+        fresh.reset_log()
+        fresh.throttle(1, 429, retry_after=1)
+        await run()  # no round: msgraph's RetryHandler as it is
+        assert len(fresh.log) == 2 and fresh.log[0].status == 429
+        assert fresh.log[1].headers.get("retry-attempt") == "1"
+    finally:
+        await gc.close()
 
 
 @pytest.mark.parametrize("status", [400, 410])

@@ -71,6 +71,15 @@ def test_host_json_serves_the_routes_without_a_prefix() -> None:
     assert h * 3600 + m * 60 + sec >= 15 and queues["maxDequeueCount"] >= 3
 
 
+def test_a_graph_round_gives_up_waiting_well_before_the_functions_timeout() -> None:
+    """A throttled Graph read stops waiting at directory.entra.round_deadline_seconds: by default
+    at most half the function's time, the rest left for the hub's part of the run."""
+    from hubpilot.config.entra import EntraSettings
+
+    h, m, sec = (int(x) for x in json.loads((ROOT / "host.json").read_text())["functionTimeout"].split(":"))
+    assert EntraSettings().round_deadline_seconds <= (h * 3600 + m * 60 + sec) / 2
+
+
 def test_timer_schedules_are_the_settings_app_settings() -> None:
     """The host resolves %NAME% in its configuration, where an app setting's ``__`` is a section
     delimiter: the timers read flat names, which the settings read as ``<op>.schedule``."""

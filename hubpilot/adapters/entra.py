@@ -5,16 +5,23 @@ The client is built the SDK's way with two deliberate settings: the request adap
 ``base_url`` is set from configuration *before* the :class:`GraphServiceClient` is built (the
 client copies it into its path parameters), and msgraph's own middleware pipeline carries a
 configured :class:`RetryHandlerOption` (429/503/504, honouring ``Retry-After``) — there is no
-second retry loop here. Everything returned is plain data (dicts, tuples of str).
+second retry loop here. The pipeline's RetryHandler is msgraph's own with one addition: within a
+:meth:`GraphClient.round` (one directory read) it does not start a wait that would end past the
+round's deadline, and fails the request instead (:class:`GraphThrottled`). Everything returned is
+plain data (dicts, tuples of str).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +52,53 @@ def _plain(value: Any) -> Any:
 
 class GraphUnreachable(Exception):
     """Graph could not be reached, the connection broke, or no answer came within the timeout."""
+
+
+class GraphThrottled(DirectoryError):
+    """Graph throttled a request (429/503/504) and the wait it asked for would end past the
+    round's deadline: the round fails (nothing is committed) rather than outlive its host."""
+
+
+_ROUND: ContextVar[tuple[float, float] | None] = ContextVar("hubpilot_graph_round", default=None)
+"""(deadline on :func:`time.monotonic`, the round's length in seconds) of the round in progress."""
+
+
+@functools.cache
+def _round_retry_handler() -> Any:
+    """msgraph's RetryHandler class, bounded by the round's deadline (built on first use: the SDK
+    is imported lazily)."""
+    from kiota_http.middleware.options import RetryHandlerOption
+    from kiota_http.middleware.retry_handler import RETRY_ATTEMPT, RetryHandler
+
+    class RoundRetryHandler(RetryHandler):
+        """The library's loop, waits and limits as they are; a retry whose wait would end past the
+        round's deadline raises :class:`GraphThrottled` instead of sleeping."""
+
+        def should_retry(self, request: httpx.Request, options: Any, response: httpx.Response) -> bool:
+            retry: bool = super().should_retry(request, options, response)
+            current = _ROUND.get()
+            if not retry or current is None:
+                return retry
+            attempt = int(response.request.headers.get(RETRY_ATTEMPT, "0"))
+            if not self.check_retry_valid(attempt, options):
+                return retry  # no retries left: the library hands the answer back
+            wait = self.get_delay_time(attempt, response, options.max_delay)
+            if not response.headers.get("retry-after"):
+                wait += 1.0  # the backoff's jitter (up to 1 s) is drawn again for the actual wait
+            if wait >= RetryHandlerOption.MAX_DELAY:
+                return retry  # the library does not wait that long: it hands the answer back
+            deadline, seconds = current
+            left = deadline - time.monotonic()
+            if wait > left:
+                path = urlsplit(str(request.url)).path
+                raise GraphThrottled(
+                    f"Graph throttled; retry after {wait:.0f} s would pass the round's deadline "
+                    f"({response.status_code} to {request.method} {path}, {max(left, 0):.0f} s of the round's "
+                    f"{seconds:g} s left, directory.entra.round_deadline_seconds); nothing is committed, the "
+                    "next run reads again")
+            return retry
+
+    return RoundRetryHandler
 
 
 class StaticTokenCredential:
@@ -107,33 +161,59 @@ class GraphClient:
         retry_delay: float = 3.0,
         timeout: float = 30.0,
         lookup_concurrency: int = 4,
+        round_seconds: float | None = None,
     ) -> None:
         from kiota_authentication_azure.azure_identity_authentication_provider import (
             AzureIdentityAuthenticationProvider,
         )
+        from kiota_http.kiota_client_factory import KiotaClientFactory
         from kiota_http.middleware.options import RetryHandlerOption
+        from kiota_http.middleware.retry_handler import RetryHandler
         from msgraph.graph_request_adapter import GraphRequestAdapter
         from msgraph.graph_request_adapter import options as graph_options
         from msgraph.graph_service_client import GraphServiceClient
         from msgraph_core import GraphClientFactory
+        from msgraph_core.middleware import GraphTelemetryHandler
+        from msgraph_core.middleware.options import GraphTelemetryHandlerOption
 
         self.base_url = base_url.rstrip("/")
         self.username_attribute = username_attribute
         self.throttle_priority = throttle_priority
         self.lookup_concurrency = lookup_concurrency
         self.timeout = timeout
+        self.round_seconds = round_seconds
         self._credential = credential
         host = urlsplit(self.base_url).hostname or ""
         auth = AzureIdentityAuthenticationProvider(credential, scopes=[scope], allowed_hosts=[host])
         opts = dict(graph_options)
-        opts[RetryHandlerOption.get_key()] = RetryHandlerOption(delay=retry_delay, max_retries=max_retries)
+        retry = RetryHandlerOption(delay=retry_delay, max_retries=max_retries)
+        opts[RetryHandlerOption.get_key()] = retry
+        # msgraph's default pipeline (GraphClientFactory.create_with_default_middleware), its
+        # RetryHandler bounded by the round's deadline
+        pipeline = [_round_retry_handler()(retry) if type(m) is RetryHandler else m
+                    for m in KiotaClientFactory.get_default_middleware(opts)]
+        telemetry = opts.get(GraphTelemetryHandlerOption().get_key())
+        pipeline.append(GraphTelemetryHandler(options=telemetry) if telemetry else GraphTelemetryHandler())
         http = httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False)
-        http = GraphClientFactory.create_with_default_middleware(client=http, options=opts)
+        http = GraphClientFactory.create_with_custom_middleware(pipeline, client=http)
         self._http = http
         adapter = GraphRequestAdapter(auth, client=http)
         adapter.base_url = self.base_url  # before the client is built: it copies base_url
         self.client = GraphServiceClient(request_adapter=adapter)
         self.requests = 0
+
+    @contextlib.asynccontextmanager
+    async def round(self) -> AsyncIterator[None]:
+        """The requests of one round (a directory read): a throttled request waits only while the
+        wait ends within ``round_seconds`` of the round's start, else fails (GraphThrottled)."""
+        if self.round_seconds is None:
+            yield
+            return
+        token = _ROUND.set((time.monotonic() + self.round_seconds, self.round_seconds))
+        try:
+            yield
+        finally:
+            _ROUND.reset(token)
 
     # --- helpers ---------------------------------------------------------------------------
     def _config(self, query: Any = None, *, background: bool = True) -> Any:
@@ -316,6 +396,8 @@ class GraphClient:
 
         try:
             await asyncio.gather(*(one(u) for u in ids))
+        except DirectoryError:
+            raise
         except Exception as exc:
             status, code, message = self._error(exc)
             raise DirectoryError(f"Graph deleted items lookup failed ({status or type(exc).__name__} {code}): "

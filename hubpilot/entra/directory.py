@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -71,6 +72,12 @@ class GraphReader(Protocol):
         an id it does not hold there is not in the answer."""
         ...
 
+    def round(self) -> AbstractAsyncContextManager[None]:
+        """The requests of one read. Throttling is waited out only within the round's deadline
+        (directory.entra.round_deadline_seconds): a wait that would end past it fails the request
+        with DirectoryError, so the read commits nothing and the next run reads again."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -102,6 +109,10 @@ class EntraDirectory:
         self.last = ReadStats()
 
     async def read(self, groups: Sequence[str]) -> DirectorySnapshot:
+        async with self.graph.round():
+            return await self._read(groups)
+
+    async def _read(self, groups: Sequence[str]) -> DirectorySnapshot:
         stats = ReadStats()
         configured: list[str] = []
         for g in groups:

@@ -72,6 +72,7 @@ def build_graph_client(ctx: Context) -> Any:
         retry_delay=s.retry_delay_seconds,
         timeout=s.timeout_seconds,
         lookup_concurrency=s.user_lookup_concurrency,
+        round_seconds=s.round_deadline_seconds,
     )
 
 
