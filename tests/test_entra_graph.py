@@ -687,6 +687,26 @@ async def test_subscription_manager_creates_renews_recreates_and_is_idempotent(
     assert sorted(s["resource"] for s in fresh.subscriptions.values()) == sorted([f"groups/{a}", f"groups/{b}"])
 
 
+async def test_a_throttled_subscription_round_stops_waiting_before_its_deadline(
+        fresh: GraphDouble, webhook: Webhook) -> None:
+    """The subscription manager's round (the hourly graph_subscriptions function) is bounded as a
+    read is: a Retry-After past directory.entra.round_deadline_seconds fails it, saying so."""
+    g = fresh.add_group()
+    fresh.subscriptions.clear()
+    ctx = webhook.use(entra_settings(fresh, webhook.url, [g], entra={"round_deadline_seconds": 30}))
+    fresh.reset_log()
+    fresh.throttle(1, 429, retry_after=1)
+    fresh.throttle(1, 429, retry_after=60)
+    rec = await run_subscription_manager(ctx)
+    assert rec is not None and rec.outcome is Outcome.FAILED, rec.render()
+    assert "Graph throttled; retry after 60 s would pass the round's deadline (429 to GET /v1.0/subscriptions" \
+        in rec.render(), rec.render()
+    assert [(r.method, r.path, r.status) for r in fresh.log] == [("GET", "/subscriptions", 429)] * 2
+    assert fresh.subscriptions == {}
+    again = await run_subscription_manager(ctx)
+    assert again is not None and again.outcome is Outcome.APPLIED and len(fresh.subscriptions) == 1
+
+
 async def test_a_new_client_state_replaces_the_subscriptions_made_with_the_old_one(
         fresh: GraphDouble, webhook: Webhook) -> None:
     g = fresh.add_group()

@@ -94,8 +94,7 @@ def _round_retry_handler() -> Any:
                 raise GraphThrottled(
                     f"Graph throttled; retry after {wait:.0f} s would pass the round's deadline "
                     f"({response.status_code} to {request.method} {path}, {max(left, 0):.0f} s of the round's "
-                    f"{seconds:g} s left, directory.entra.round_deadline_seconds); nothing is committed, the "
-                    "next run reads again")
+                    f"{seconds:g} s left, directory.entra.round_deadline_seconds); the next run tries again")
             return retry
 
     return RoundRetryHandler

@@ -78,10 +78,10 @@ class EntraSettings(Section):
         3.0, ge=0, le=180, description="Base delay of the RetryHandler when Retry-After is absent."
     )
     round_deadline_seconds: float = Field(300.0, gt=0, le=3600, description=(
-        "Longest a directory read (one sync's Graph requests) waits out throttling: a retry whose wait "
-        "(Retry-After, or the backoff) would end later than this many seconds after the read began is not made, "
-        "the read fails ('Graph throttled; retry after N s would pass the round's deadline') and commits "
-        "nothing, and the next run reads again. Keep it below the Functions timeout (host.json "
+        "Longest a Graph round (a sync's directory read, a subscription manager's round) waits out throttling: "
+        "a retry whose wait (Retry-After, or the backoff) would end later than this many seconds after the round "
+        "began is not made, the round fails ('Graph throttled; retry after N s would pass the round's deadline'; "
+        "a read commits nothing) and the next run does it again. Keep it below the Functions timeout (host.json "
         "functionTimeout, 10 min), with room for the rest of the run."))
     timeout_seconds: float = Field(30.0, gt=0, le=300, description=(
         "Timeout of one Graph request, and of each try of a token request; no answer within it fails the read "

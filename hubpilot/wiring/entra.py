@@ -120,7 +120,8 @@ async def run_subscription_manager(ctx: Context, *, force_renew: Sequence[str] =
     graph = build_graph_client(ctx)
     try:
         cap = SubscriptionManager(graph, await subscription_policy(ctx), force_renew=force_renew, store=ctx.store)
-        record = await ctx.runner.run(cap, trigger=trigger, actor=actor)
+        async with graph.round():  # throttling waited out only within directory.entra.round_deadline_seconds
+            record = await ctx.runner.run(cap, trigger=trigger, actor=actor)
         if resync or missed_changes(record.plan, record.results):
             await notification_queue(ctx).push(Hint("sync", received=ctx.clock().isoformat()))
         return record
