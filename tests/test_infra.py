@@ -615,7 +615,8 @@ def test_aks_access_grants_exactly_what_scale_needs(parsed: dict[str, Any]) -> N
     assert sorted(aks["variables"]["kubernetesDataActions"]["value"]) == [
         prefix + "nodes/read", prefix + "nodes/write", prefix + "pods/read"]
     assert sorted(aks["variables"]["agentPoolActions"]["value"]) == [
-        prefix + "agentPools/deleteMachines/action", prefix + "agentPools/read", prefix + "agentPools/write"]
+        prefix + "agentPools/deleteMachines/action", prefix + "agentPools/machines/read", prefix + "agentPools/read",
+        prefix + "agentPools/write"]
     roles = _resources(aks, "Microsoft.Authorization/roleDefinitions")
     assert len(roles) == 2
     for role in roles.values():

@@ -117,6 +117,9 @@ ARM_ACTIONS = (
     # (method, path pattern, action, scope the action must be granted at)
     ("GET", r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerService/managedClusters/"
             r"[^/]+/agentPools/[^/]+", "Microsoft.ContainerService/managedClusters/agentPools/read", "cluster"),
+    ("GET", r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerService/managedClusters/"
+            r"[^/]+/agentPools/[^/]+/machines",
+     "Microsoft.ContainerService/managedClusters/agentPools/machines/read", "cluster"),
     ("PUT", r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerService/managedClusters/"
             r"[^/]+/agentPools/[^/]+", "Microsoft.ContainerService/managedClusters/agentPools/write", "cluster"),
     ("POST", r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerService/managedClusters/"
@@ -152,6 +155,7 @@ async def test_the_arm_roles_allow_every_request_of_the_pool_adapter_and_nothing
         state = await pool.get()
         await pool.set_count(3, etag=state.etag)
         await pool.delete_machines(["m0"])
+        assert await pool.machines()  # after a removal that failed: which machines went
         assert await pool.user_kubeconfig()
     finally:
         await pool.close()

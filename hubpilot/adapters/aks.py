@@ -151,6 +151,15 @@ class AksPool:
             node_taints=tuple(str(t) for t in props.node_taints or ()),
         )
 
+    async def machines(self) -> list[str]:
+        try:
+            return [m.name async for m in self._client.machines.list(self.resource_group, self.cluster, self.pool)
+                    if m.name]
+        except HttpResponseError as exc:
+            raise _pool_error(f"cannot list the machines of agent pool {self.pool}", exc) from exc
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise PoolError(f"cannot list the machines of agent pool {self.pool}: {self._no_answer(exc)}") from exc
+
     # --- writes --------------------------------------------------------------------------
     async def set_count(self, count: int, *, etag: str | None = None) -> PoolResult:
         ap = await self._get_model()

@@ -78,4 +78,9 @@ class Pool(Protocol):
         """Remove these machines (nodes) from the pool, lowering its count by as many."""
         ...
 
+    async def machines(self) -> list[str]:
+        """The names of the machines the pool has now (``Machines_List``): after a removal that
+        failed, which of its machines went. Raises :class:`PoolError` when they cannot be read."""
+        ...
+
     async def close(self) -> None: ...

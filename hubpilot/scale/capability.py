@@ -139,6 +139,16 @@ class ScaleCapability:
         memory = Memory.from_json(plan.facts.get("memory")) if plan.facts.get("memory") else observed.memory
         now = self.clock()
         for r in results:
+            if r.status is Status.FAILED and r.action.kind == REMOVE_NODES and r.action.params.get("removed_nodes"):
+                # it failed part-way: the nodes whose machines went are removed all the same
+                confirmed = not r.action.params.get("unconfirmed")
+                gone = r.action.params["removed_nodes"]
+                memory = replace(memory, last_down=now)
+                if confirmed:
+                    await record_size(self.store, now, observed.pool.count - len(gone), source="scale-down")
+                if confirmed or not deallocates(observed.pool):
+                    memory = replace(memory, removed={**memory.removed, **dict.fromkeys(gone, now)})
+                continue
             if r.status not in (Status.DONE, Status.PENDING):
                 continue
             if r.action.kind == SET_COUNT or (r.action.kind == SET_MIN_COUNT
@@ -239,9 +249,8 @@ class ScaleCapability:
             return ActionResult(action, Status.NOOP, "kept: " + ", ".join(kept))
         try:
             res = await self.pool.delete_machines([machines[n] for n in cordoned])
-        except Exception:
-            await self._uncordon_all(cordoned)
-            raise
+        except Exception as exc:
+            return await self._failed_removal(action, cordoned, kept, machines, exc)
         # a 409 (another operation on the pool is running) leaves them cordoned: that operation may
         # be another apply's deleteMachines of these very nodes (two runs at once), and an
         # uncordoned node would take a user pod while its VM is deleted. They are empty; the next
@@ -253,6 +262,33 @@ class ScaleCapability:
         done = Action(action.kind, action.target, action.phase,
                       {**action.params, "removed_nodes": cordoned}, action.reason)
         return _result(done, res, detail)
+
+    async def _failed_removal(self, action: Action, cordoned: Sequence[str], kept: Sequence[str],
+                              machines: Mapping[str, str], exc: Exception) -> ActionResult:
+        """The deletion failed: refused outright, or its operation failed part-way, after some of
+        the machines went. Read the pool's machines again: uncordon only the nodes whose machines
+        are still there; a node whose VM went stays cordoned (still registered a while, it would
+        take a user pod) and is watched while it leaves. Unreadable, every node stays cordoned and
+        watched, as for a removal that may have been accepted; the next runs re-observe."""
+        params: dict[str, Any] = {**action.params}
+        try:
+            left = set(await self.pool.machines())
+        except Exception as again:
+            gone, still = list(cordoned), []
+            params["unconfirmed"] = True
+            text = (f"{exc}; the pool's machines could not be read again ({again}): "
+                    f"left cordoned, perhaps removed: {', '.join(gone)}")
+        else:
+            gone = [n for n in cordoned if machines[n] not in left]
+            still = [n for n in cordoned if machines[n] in left]
+            await self._uncordon_all(still)
+            text = f"{exc}; removed {', '.join(gone) or 'none'}; uncordoned {', '.join(still) or 'none'}"
+        if kept:
+            text += f"; kept {', '.join(kept)}"
+        if action.params.get("held"):
+            text += f"; {action.params['held']}"
+        done = Action(action.kind, action.target, action.phase, {**params, "removed_nodes": gone}, action.reason)
+        return ActionResult(done, Status.FAILED, text)
 
     async def _reclaim(self, action: Action) -> ActionResult:
         """Stop an idle GPU server for one that waits -- after reading it again: a server that

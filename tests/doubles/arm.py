@@ -4,11 +4,12 @@ Speaks the wire format of the published examples (``../shared/fixtures/aks/<api-
 ``GET``/``PUT`` an agent pool (PUT answers 201 ``Updating`` with an ``Azure-AsyncOperation``
 header, polled to ``Succeeded`` or ``Failed``; the PUT's count is the pool's from acceptance on
 and stays after a failure, with fewer machines than it says), ``POST .../deleteMachines`` (202 with a
-``location`` header, polled until 200), ``409 OperationNotAllowed`` while another operation on
-the pool is in progress, and injected faults such as ``429`` with ``Retry-After``. On the
-cluster: ``POST .../listClusterUserCredential`` answers ``{"kubeconfigs": [{"name", "value"}]}``
-with the base64 of ``kubeconfig`` (404 while it is unset).
-Driven by the real ``ContainerServiceClient``.
+``location`` header, polled until 200; ``fail_after_deleting``: it fails part-way),
+``GET .../agentPools/{pool}/machines`` (``Machines_List``: the machines that exist),
+``409 OperationNotAllowed`` while another operation on the pool is in progress, and injected
+faults such as ``429`` with ``Retry-After``. On the cluster: ``POST .../listClusterUserCredential``
+answers ``{"kubeconfigs": [{"name", "value"}]}`` with the base64 of ``kubeconfig`` (404 while it is
+unset). Driven by the real ``ContainerServiceClient``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Operation:
     apply: Any  # callable run when the operation succeeds
     fail: str | None = None  # an error code: the operation ends Failed
     status: str = "InProgress"
+    partial: Any = None  # callable run when the operation fails: the part it did before (or None)
 
 
 @dataclass
@@ -68,6 +70,8 @@ class ArmDouble:
     lost_answers: list[str] = field(default_factory=list)  # methods whose next answer is lost (see lose_answer)
     failed_answers: list[tuple[str, int]] = field(default_factory=list)  # see answer_failed
     fail_next_operation: str | None = None
+    # with fail_next_operation, a deleteMachines deletes this many of its machines before it fails
+    fail_after_deleting: int = 0
     kubeconfig: bytes | None = None  # the cluster's user kubeconfig (listClusterUserCredential)
     location: str = "eastus"
     status_readable: bool = True  # False: polling the operation answers 403 (no locations/operations/read)
@@ -209,11 +213,21 @@ class ArmDouble:
             return self._error(404, "ResourceNotFound", f"agent pool {name} not found")
         if request.method == "GET" and not rest:
             return web.json_response(self._body(name))
+        if request.method == "GET" and rest == ["machines"]:
+            return web.json_response({"value": [self._machine(name, m) for m in self.machines[name]]})
         if request.method == "PUT" and not rest:
             return await self._put(name, request)
         if request.method == "POST" and rest == ["deleteMachines"]:
             return await self._delete_machines(name, request)
         return self._error(405, "MethodNotAllowed", f"{request.method} {request.path}")
+
+    def _machine(self, pool: str, machine: str) -> dict[str, Any]:
+        """One machine as ``Machines_List`` answers (``../shared/fixtures/aks/2026-04-01/MachineList.json``)."""
+        return {"name": machine, "type": "Microsoft.ContainerService/managedClusters/agentPools/machines",
+                "id": f"{self._pool_url(pool)}/machines/{machine}",
+                "properties": {"resourceId": (
+                    f"/subscriptions/{self.subscription}/resourceGroups/MC_{self.resource_group}"
+                    f"/providers/Microsoft.Compute/virtualMachineScaleSets/{machine}")}}
 
     def _user_credential(self, request: web.Request) -> web.Response:
         if self.kubeconfig is None:
@@ -231,8 +245,9 @@ class ArmDouble:
                                "operation on the agent pool.")
         return None
 
-    def _start(self, name: str, kind: str, apply: Any) -> Operation:
-        op = Operation(uuid.uuid4().hex, name, kind, self.polls, apply, self.fail_next_operation)
+    def _start(self, name: str, kind: str, apply: Any, partial: Any = None) -> Operation:
+        op = Operation(uuid.uuid4().hex, name, kind, self.polls, apply, self.fail_next_operation,
+                       partial=partial if self.fail_next_operation else None)
         self.fail_next_operation = None
         self.operations[op.id] = op
         return op
@@ -311,7 +326,16 @@ class ArmDouble:
             self.pools[name]["count"] = len(self.machines[name])
             self._bump(name)
 
-        op = self._start(name, "deleteMachines", apply)
+        went = wanted[: self.fail_after_deleting]
+
+        def partial() -> None:  # it failed part-way: the first machines went
+            for m in went:
+                if m in self.machines[name]:
+                    self.machines[name].remove(m)
+            self.pools[name]["count"] = len(self.machines[name])
+            self._bump(name)
+
+        op = self._start(name, "deleteMachines", apply, partial if self.fail_after_deleting else None)
         self.pools[name]["provisioningState"] = "Scaling"
         return web.Response(status=202, headers={"location": self._op_url(op, "result"), "Retry-After": "0"})
 
@@ -323,6 +347,8 @@ class ArmDouble:
             else:
                 pool = self.pools[op.pool]
                 if op.fail:
+                    if op.partial is not None:
+                        op.partial()
                     op.status = "Failed"
                     pool["provisioningState"] = "Failed"
                 else:

@@ -31,6 +31,7 @@ var agentPoolActions = [
   'Microsoft.ContainerService/managedClusters/agentPools/read'
   'Microsoft.ContainerService/managedClusters/agentPools/write'
   'Microsoft.ContainerService/managedClusters/agentPools/deleteMachines/action'
+  'Microsoft.ContainerService/managedClusters/agentPools/machines/read'
 ]
 
 // The Kubernetes calls of the scale loop (hubpilot/adapters/kube.py): list_node, patch_node,
