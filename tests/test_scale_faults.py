@@ -22,7 +22,8 @@ from hubpilot.adapters.kube import KubeCluster
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.loop import Outcome, Runner, Status
 from hubpilot.scale import Policy, ScaleCapability
-from hubpilot.scale.plan import REMOVAL_SETTLE
+from hubpilot.scale.capability import MEMORY_KEY
+from hubpilot.scale.plan import REMOVAL_SETTLE, Memory
 from tests.doubles.arm import ArmDouble, StaticToken
 from tests.faultproxy import FaultProxy
 from tests.fixtures.kmock import NS, Emulator
@@ -293,3 +294,53 @@ async def test_an_arm_that_never_answers(world: Any, what: str) -> None:
     cap, runner = w.capability()
     await settle(w, runner, cap)
     assert w.state() == (("gpu-0",), 1, (("gpu-0", False),))
+
+
+@pytest.mark.parametrize("how", ["once", "route-down", "gateway-504"])
+async def test_a_scale_up_whose_answer_was_lost_is_reported_applied_and_recorded(world: Any, how: str) -> None:
+    """ARM took the PUT of the count, and its answer never came back (the connection dropped, once
+    or for every try; or a gateway answered 504 after ARM accepted it). The pool read again shows
+    the new count: the scale-up is reported applied, sent once, and its time is in the scale memory
+    (the scale-down delay after a scale-up counts from it)."""
+    w = await world(f"lost-put-{how}")
+    cap, runner = await scale_up(w)
+    w.aproxy.reset()
+    fired: list[str] = []
+
+    def first_put(method: str, path: str) -> bool:
+        if method == "PUT" and not fired:
+            fired.append(path)
+            return True
+        return False
+
+    if how == "once":
+        w.aproxy.rule(first_put, "after")
+    elif how == "route-down":
+        w.aproxy.rule(lambda m, path: m == "PUT", "after")
+    else:
+        w.arm.answer_failed("PUT", 504)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert [c.status for c in w.arm.calls if c.method == "PUT"][:1] in ([201], [504]), rec.render()
+    assert len(w.arm.operations) == 1, rec.render()  # the count was sent once
+    [result] = rec.results
+    assert result.action.kind == "set_count" and result.status in (Status.PENDING, Status.DONE), rec.render()
+    assert "answer" in result.detail, rec.render()
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    memory = Memory.from_json(await w.store.get(MEMORY_KEY))
+    assert memory.last_up == w.now, rec.render()
+
+
+async def test_a_scale_up_that_never_reached_arm_is_reported_failed(world: Any) -> None:
+    """Every try of the PUT is cut before it reaches ARM: the pool read again does not show the
+    count, so the scale-up is reported failed, and no scale-up time is recorded."""
+    w = await world("put-never-arrives")
+    cap, runner = await scale_up(w)
+    w.aproxy.reset()
+    w.aproxy.rule(lambda m, path: m == "PUT", "before")
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert not w.arm.operations and w.arm.pools["gpu"]["count"] == 1
+    [result] = rec.results
+    assert result.status is Status.FAILED and "does not show" in result.detail, rec.render()
+    assert rec.outcome is Outcome.FAILED
+    memory = Memory.from_json(await w.store.get(MEMORY_KEY))
+    assert memory.last_up is None

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,8 +29,13 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline import PipelineRequest
 from azure.core.pipeline.policies import AsyncBearerTokenCredentialPolicy, AsyncRetryPolicy
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.mgmt.containerservice.aio import ContainerServiceClient
-from azure.mgmt.containerservice.models import AgentPool, AgentPoolDeleteMachinesParameter
+from azure.mgmt.containerservice.models import (
+    AgentPool,
+    AgentPoolDeleteMachinesParameter,
+    AgentPoolManagedClusterAgentPoolProfileProperties,
+)
 
 from hubpilot.ports.pool import FAILED_STATES, PoolError, PoolOutcome, PoolResult, PoolState
 
@@ -66,6 +71,22 @@ class NoConflictRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
         return bool(super().is_retry(settings, response))
 
 
+class NoResendTransport(AioHttpTransport):  # type: ignore[misc]
+    """azure-core's aiohttp transport, except that aiohttp never sends a request again by itself.
+
+    aiohttp sends an idempotent request (GET, PUT, ...) once more, unseen by azure-core, when the
+    connection drops after it went out (RFC 9112's retry of a persistent connection). A pool's PUT
+    starts an operation: sent again after ARM took it, it meets that operation (409) or its new
+    eTag (412), and the scale-up it did would be reported refused. With this transport the lost
+    answer reaches :meth:`AksPool._put`, which reads the pool again before any other try; GETs are
+    retried by azure-core's retry policy as before."""
+
+    async def open(self) -> None:
+        await super().open()
+        if self.session is not None and hasattr(self.session, "_retry_connection"):
+            self.session._retry_connection = False  # aiohttp has no public switch for it
+
+
 class AksPool:
     """One agent pool of one managed cluster."""
 
@@ -92,6 +113,8 @@ class AksPool:
         self.pool = pool
         self.lro_wait = lro_wait
         self.timeout = timeout
+        self.retry_total = retry_total
+        self.retry_backoff = retry_backoff
         self._credential = credential
         kwargs: dict[str, Any] = {
             "base_url": base_url.rstrip("/"),
@@ -106,8 +129,8 @@ class AksPool:
         }
         if api_version:
             kwargs["api_version"] = api_version
-        if transport is not None:
-            kwargs["transport"] = transport
+        kwargs["transport"] = transport if transport is not None else NoResendTransport(
+            connection_timeout=timeout, read_timeout=timeout)
         self._client = ContainerServiceClient(credential, subscription_id, **kwargs)
 
     @property
@@ -179,7 +202,7 @@ class AksPool:
         # a failed operation's count stays the pool's without its machines: the same count again
         # is that operation asked for once more
         again = f" (again: the last operation {state})" if state in FAILED_STATES else ""
-        return await self._put(ap, etag, f"count {count}{again}")
+        return await self._put(ap, etag, f"count {count}{again}", lambda p: p.count == count)
 
     async def set_min_count(self, min_count: int, *, etag: str | None = None) -> PoolResult:
         ap = await self._get_model()
@@ -191,24 +214,48 @@ class AksPool:
         if props.min_count == min_count:
             return PoolResult(PoolOutcome.NOOP, f"min_count is already {min_count}")
         props.min_count = min_count
-        return await self._put(ap, etag, f"min_count {min_count}")
+        return await self._put(ap, etag, f"min_count {min_count}", lambda p: p.min_count == min_count)
 
-    async def _put(self, ap: AgentPool, etag: str | None, what: str) -> PoolResult:
-        kwargs: dict[str, Any] = {}
+    async def _put(self, ap: AgentPool, etag: str | None, what: str,
+                   shows: Callable[[AgentPoolManagedClusterAgentPoolProfileProperties], bool]) -> PoolResult:
+        """PUT the pool. A try left without an answer (the connection dropped, a gateway's 5xx) may
+        have been accepted: the pool is read again before any other try, and a pool that shows the
+        change (a new eTag, ``shows`` its properties) is this PUT, accepted. azure-core never sends
+        the PUT again by itself: its retry would meet our own operation (409) or eTag (412)."""
+        kwargs: dict[str, Any] = {"retry_on_methods": _RETRY_BUT_PUT}
         if etag:
-            kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
-        try:
-            poller = await self._client.agent_pools.begin_create_or_update(
-                self.resource_group, self.cluster, self.pool, ap, **kwargs)
-        except ResourceExistsError as exc:
-            return _conflict(exc)
-        except ResourceModifiedError as exc:
-            return PoolResult(PoolOutcome.CONFLICT, f"the pool changed since it was read: {exc.message}")
-        except HttpResponseError as exc:
-            if exc.status_code == 409:
+            kwargs |= {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+        read = ap.properties.e_tag if ap.properties is not None else None
+        lost = ""
+        for attempt in range(self.retry_total + 1):
+            if attempt:
+                await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
+            try:
+                poller = await self._client.agent_pools.begin_create_or_update(
+                    self.resource_group, self.cluster, self.pool, ap, **kwargs)
+            except ResourceExistsError as exc:
                 return _conflict(exc)
-            raise _pool_error(f"cannot set {what} on agent pool {self.pool}", exc) from exc
-        return await self._wait(poller, what)
+            except ResourceModifiedError as exc:
+                return PoolResult(PoolOutcome.CONFLICT, f"the pool changed since it was read: {exc.message}")
+            except HttpResponseError as exc:
+                if exc.status_code == 409:
+                    return _conflict(exc)
+                if exc.status_code not in _NO_ANSWER_STATUS:
+                    raise _pool_error(f"cannot set {what} on agent pool {self.pool}", exc) from exc
+                lost = f"{exc.status_code} {_code(exc) or ''}".strip()
+            except (ServiceRequestError, ServiceResponseError) as exc:
+                lost = self._no_answer(exc)
+            else:
+                return await self._wait(poller, what)
+            try:
+                fresh = await self._get_model()
+            except PoolError as exc:
+                raise PoolError(f"cannot set {what} on agent pool {self.pool}: {lost}, and the pool could not "
+                                f"be read again to see whether it was accepted ({exc})") from exc
+            if fresh.properties is not None and fresh.properties.e_tag != read and shows(fresh.properties):
+                return _accepted(fresh.properties, what, lost)
+        raise PoolError(f"cannot set {what} on agent pool {self.pool}: {lost}; the pool, read again, "
+                        "does not show it (not accepted)")
 
     async def delete_machines(self, machines: Sequence[str]) -> PoolResult:
         if not machines:
@@ -274,6 +321,23 @@ class AksPool:
         close = getattr(self._credential, "close", None)
         if close is not None:
             await close()
+
+
+# every method azure-core retries by default but PUT (AksPool._put retries it after a re-read)
+_RETRY_BUT_PUT = frozenset({"HEAD", "GET", "DELETE", "OPTIONS", "TRACE"})
+# answers of a gateway that may come after ARM accepted the request
+_NO_ANSWER_STATUS = (500, 502, 503, 504)
+
+
+def _accepted(props: AgentPoolManagedClusterAgentPoolProfileProperties, what: str, lost: str) -> PoolResult:
+    """A PUT whose answer was lost, seen in the pool read again."""
+    state = _text(props.provisioning_state or "Succeeded")
+    said = f"{what}: accepted (its answer was lost: {lost}; the pool read again shows it)"
+    if state in FAILED_STATES:
+        raise PoolError(f"{said}, and its operation ended {state}", None, state)
+    if state == "Succeeded":
+        return PoolResult(PoolOutcome.DONE, said)
+    return PoolResult(PoolOutcome.PENDING, f"{said}, still running ({state})")
 
 
 def _text(value: Any) -> str:
