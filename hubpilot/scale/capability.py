@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -37,6 +39,8 @@ from hubpilot.scale.plan import (
 log = logging.getLogger(__name__)
 
 MEMORY_KEY = "scale/memory"
+RECORD_MEMORY = "record_memory"  # the result of a memory write that kept losing (no plan action)
+MEMORY_WRITE_SECONDS = 30.0
 FORECAST_KEY = "scale/forecast"
 DEMAND_PREFIX = "scale/demand/"
 
@@ -78,6 +82,7 @@ class ScaleCapability:
         self.gpu_rules = tuple(parse_gpu_profile(p) for p in sorted(set(gpu_profiles)))
         self.holder = holder
         self.observed_gap = observed_gap  # the next observation is due within this (cost report)
+        self.memory_write_seconds = MEMORY_WRITE_SECONDS  # conditional writes of the memory keep merging this long
 
     # --- observe ---------------------------------------------------------------------------
     async def observe(self) -> Observed:
@@ -170,18 +175,27 @@ class ScaleCapability:
                 # counted as unusable, it would be replaced. Never asked for, the node is ours again
                 # (uncordoned or removed) once REMOVAL_SETTLE has passed.
                 memory = replace(memory, removed={**memory.removed, **dict.fromkeys(gone, now)})
-        await self._store_memory(memory, observed.memory)
+        unwritten = await self._store_memory(memory, observed.memory)
+        if unwritten is not None:
+            log.error("%s", unwritten)
+            results.append(ActionResult(Action(RECORD_MEMORY, MEMORY_KEY, 99, {}, "the scale memory of this run"),
+                                        Status.FAILED, unwritten))
         if self.policy.forecast is not None:  # learn the arrivals this observation saw
             keys = arrival_keys(observed, at, self.policy.demand_ttl)
             await self.store.put(FORECAST_KEY, learn(observed.forecast, keys, at, self.policy.forecast).to_json())
         await self._expire_demand(now)
         return results
 
-    async def _store_memory(self, memory: Memory, seen: Memory) -> None:
+    async def _store_memory(self, memory: Memory, seen: Memory) -> str | None:
         """Write the memory, keeping what another apply recorded since this one observed (``seen``):
         nodes it removed (watched while they leave; lost, they would be uncordoned under their
-        deleted VMs) and the times of its scale-ups and -downs. Conditional on the stored eTag."""
-        for _ in range(5):
+        deleted VMs) and the times of its scale-ups and -downs. Conditional on the stored eTag: a
+        write that loses to another writer reads and merges again, with a growing pause, for up to
+        ``memory_write_seconds``; it never overwrites. Returns what went wrong, or None."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.memory_write_seconds
+        pause, conflicts = 0.02, 0
+        while True:
             got = await self.store.get_with_etag(MEMORY_KEY)
             doc, etag = got if got is not None else (None, "")
             stored = Memory.from_json(doc)
@@ -191,10 +205,19 @@ class ScaleCapability:
                              last_down=_latest(memory.last_down, stored.last_down))
             try:
                 await self.store.put(MEMORY_KEY, merged.to_json(), if_match=etag)
-                return
+                return None
             except ConflictError:
-                continue
-        await self.store.put(MEMORY_KEY, memory.to_json())
+                conflicts += 1
+            if loop.time() + pause > deadline:
+                break
+            await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+            pause = min(pause * 2, 1.0)
+        mine = sorted(set(memory.removed) - set(seen.removed))
+        return (f"the scale memory ({MEMORY_KEY}) was not written: {conflicts} conditional writes in a row "
+                f"lost to other writers within {self.memory_write_seconds:g} s, and it is never overwritten "
+                "(another apply's record would be lost). What this run did is not remembered"
+                + (f": the nodes it removed ({', '.join(mine)}) are not watched while they leave" if mine else "")
+                + "; the next run re-observes. Check what else writes the state store so often")
 
     def _perform_for(self, observed: Observed) -> Any:
         # the autoscaler's floor in force: the observed minCount until this apply has lowered it
