@@ -45,9 +45,13 @@ async def test_two_removals_at_once_delete_the_node_once_and_leave_it_cordoned(w
     arm.polls = 20  # the first deleteMachines still runs when the second arrives
     a, b = await apply_at_once(cap, arm, plan, observed)
     statuses = sorted(r.status.value for r in (*a, *b))
-    assert statuses == sorted([Status.DONE.value, Status.SKIPPED.value]), (a, b)
+    # the first cordon changes the node: the other's, carrying the observed resourceVersion, is
+    # refused (409), and that apply keeps its hands off the node (NOOP); had both cordons gone
+    # through, the second deleteMachines would meet the first's operation (409, SKIPPED)
+    assert statuses in (sorted([Status.DONE.value, Status.NOOP.value]),
+                        sorted([Status.DONE.value, Status.SKIPPED.value])), (a, b)
     assert arm.machines["gpu"] == []  # deleted once
-    assert [c.status for c in arm.calls if c.method == "POST"] == [202, 409]
+    assert [c.status for c in arm.calls if c.method == "POST"] in ([202], [202, 409])
     node = kube.node_obj("gpu-0")
     # its VM is gone: uncordoned by the apply that got the 409, a user pod could have landed on it
     assert node["spec"]["unschedulable"] is True, (a, b)

@@ -1,15 +1,18 @@
 """Safety: a node cordoned by someone else after the observation is never cordoned, and so never
-uncordoned, by hubpilot (kmock + the ARM double, through the real clients)."""
+uncordoned, by hubpilot; nor is one that changed in any way since it was observed (the cordon
+carries the observed resourceVersion, which the API server checks) (kmock + the ARM double,
+through the real clients)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from hubpilot.adapters.kube import KubeCluster
 from hubpilot.loop import Status
 from hubpilot.ports.cluster import CORDON_ANNOTATION
 from tests.doubles.arm import ArmDouble
-from tests.fixtures.kmock import Emulator
-from tests.test_scale_kube import one_empty_past_the_idle_limit, world  # noqa: F401  (fixture)
+from tests.fixtures.kmock import NS, Emulator
+from tests.test_scale_kube import one_empty_past_the_idle_limit, past_the_idle_limit, world  # noqa: F401
 
 
 async def test_a_node_cordoned_by_someone_else_after_planning_is_left_as_it_is(world: dict[str, Any]) -> None:  # noqa: F811
@@ -27,3 +30,43 @@ async def test_a_node_cordoned_by_someone_else_after_planning_is_left_as_it_is(w
     assert CORDON_ANNOTATION not in (node["metadata"].get("annotations") or {})
     assert results[0].status is Status.NOOP and "cordoned by someone else" in results[0].detail
     assert not arm.writes() and arm.machines["gpu"] == ["gpu-0"]
+
+
+async def test_the_cordon_of_a_removal_carries_the_resource_version_it_observed(world: dict[str, Any]) -> None:  # noqa: F811
+    """The API server checks it: a node changed since the observation is answered 409."""
+    kube: Emulator = world["kube"]
+    cap, _ = await past_the_idle_limit(world)
+    seen = kube.node_obj("gpu-1")["metadata"]["resourceVersion"]
+    observed = await cap.observe()
+    plan = cap.plan(observed, world["clock"]["now"])
+    before = len(list(kube.k["patch /api/v1/nodes/gpu-1"]))
+    results = await cap.apply(plan, observed, lambda *a: None)
+    assert [r.status for r in results] == [Status.DONE], results
+    cordon = list(kube.k["patch /api/v1/nodes/gpu-1"])[before]
+    assert cordon.data["spec"] == {"unschedulable": True}
+    assert cordon.data["metadata"]["resourceVersion"] == seen, cordon.data
+
+
+async def test_a_node_another_run_cordoned_since_the_observation_is_left_to_it(world: dict[str, Any]) -> None:  # noqa: F811
+    """Two runs from different observations (two deployments, a lost lock): the other one cordoned
+    gpu-1 for a removal of its own after this run observed it. This run's cordon is refused (409,
+    the node changed since it was observed): it neither deletes the node's machine nor, later,
+    uncordons it under the other run's deletion."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    cap, _ = await past_the_idle_limit(world, mode="Delete")
+    observed = await cap.observe()
+    plan = cap.plan(observed, world["clock"]["now"])
+    assert [a.params["nodes"] for a in plan.actions] == [["gpu-1"]], plan
+    other = KubeCluster(namespace=NS, pool="gpu", api_url=kube.url)
+    try:
+        assert await other.cordon("gpu-1", cap.holder)  # the other run, same holder name
+    finally:
+        await other.close()
+    results = await cap.apply(plan, observed, lambda *a: None)
+    assert [r.status for r in results] == [Status.NOOP], results
+    assert "changed since it was observed" in results[0].detail, results
+    assert not arm.writes() and arm.machines["gpu"] == ["gpu-0", "gpu-1"]
+    node = kube.node_obj("gpu-1")
+    assert node["spec"]["unschedulable"] is True  # the other run's cordon stands
+    assert node["metadata"]["annotations"][CORDON_ANNOTATION] == cap.holder

@@ -279,7 +279,7 @@ class KubeCluster:
                 out.append(self._pod(p))
         return out
 
-    async def cordon(self, node: str, by: str) -> bool:
+    async def cordon(self, node: str, by: str, *, resource_version: str = "") -> bool:
         """False when the node is gone, cordoned by someone else since it was observed, or being
         deleted (deletionTimestamp, the cluster autoscaler's removal mark): such a node is not
         touched (marking it ours would let a later uncordon undo their cordon, and a node the
@@ -298,19 +298,24 @@ class KubeCluster:
         others = await self._call(not_ours, f"read {node}")
         if others is None or others:
             return False
-        body = {"metadata": {"annotations": {CORDON_MARK: by}}, "spec": {"unschedulable": True}}
-        return await self._patch(node, body, "cordon")
+        meta: dict[str, Any] = {"annotations": {CORDON_MARK: by}}
+        if resource_version:  # a precondition the API server checks: changed since observed, 409
+            meta["resourceVersion"] = resource_version
+        return await self._patch(node, {"metadata": meta, "spec": {"unschedulable": True}}, "cordon",
+                                 stale=bool(resource_version))
 
     async def uncordon(self, node: str) -> bool:
         body = {"metadata": {"annotations": {CORDON_MARK: None}}, "spec": {"unschedulable": False}}
         return await self._patch(node, body, "uncordon")
 
-    async def _patch(self, node: str, body: dict[str, Any], what: str) -> bool:
+    async def _patch(self, node: str, body: dict[str, Any], what: str, *, stale: bool = False) -> bool:
+        """False when the node is gone (404), or, ``stale``, changed since the resourceVersion the
+        body carries (409)."""
         def call() -> bool:
             try:
                 self.api.patch_node(node, body, _request_timeout=self.request_timeout)
             except ApiException as exc:
-                if exc.status == 404:
+                if exc.status == 404 or (stale and exc.status == 409):
                     return False
                 raise
             return True
@@ -330,6 +335,7 @@ class KubeCluster:
             taints=tuple(Taint(t.key or "", t.value or "", t.effect or "")
                          for t in ((n.spec.taints if n.spec else None) or [])),
             deleting=n.metadata.deletion_timestamp is not None,
+            resource_version=n.metadata.resource_version or "",
         )
 
     def _pod(self, p: Any) -> UserPod:

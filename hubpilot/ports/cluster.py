@@ -59,6 +59,7 @@ class NodeInfo:
     annotations: Mapping[str, str] = field(default_factory=dict)
     taints: tuple[Taint, ...] = ()
     deleting: bool = False  # metadata.deletionTimestamp is set: the node object is being deleted
+    resource_version: str = ""  # metadata.resourceVersion as observed ("" unknown)
 
 
 AUTOSCALER_DELETING = "ToBeDeletedByClusterAutoscaler"  # the cluster autoscaler's removal mark
@@ -107,10 +108,11 @@ class Cluster(Protocol):
         """User pods (GPU or not) currently bound to ``node``: the re-check before removal."""
         ...
 
-    async def cordon(self, node: str, by: str) -> bool:
+    async def cordon(self, node: str, by: str, *, resource_version: str = "") -> bool:
         """Mark the node unschedulable (annotated as cordoned by ``by``); False, touching nothing,
         when it is gone, cordoned by someone else, or being deleted (deletionTimestamp, the
-        cluster autoscaler's removal mark)."""
+        cluster autoscaler's removal mark), or, with ``resource_version`` (as observed), when it
+        has changed since (the API server refuses the write, 409)."""
         ...
 
     async def uncordon(self, node: str) -> bool:

@@ -248,6 +248,7 @@ class ScaleCapability:
         if not action.params["nodes"]:
             return ActionResult(action, Status.SKIPPED, str(action.params.get("held") or "no node to remove"))
         machines = {n.name: n.machine for n in observed.cluster.nodes}
+        versions = {n.name: n.resource_version for n in observed.cluster.nodes}
         cordoned: list[str] = []
         kept: list[str] = []
         # removed by an apply since this plan was made (the same plan applied twice, two at once):
@@ -259,8 +260,11 @@ class ScaleCapability:
             if at is not None and observed.memory.removed.get(node) != at and now - at < REMOVAL_SETTLE:
                 kept.append(f"{node} (removed at {at.isoformat()}, on its way out)")
                 continue
-            if not await self.cluster.cordon(node, self.holder):
-                kept.append(f"{node} (gone, cordoned by someone else, or being deleted)")
+            # as observed, or not at all: a node changed since (another run's cordon for a removal
+            # of its own, someone's taint or label) is the next run's to judge again
+            if not await self.cluster.cordon(node, self.holder, resource_version=versions.get(node, "")):
+                kept.append(f"{node} (gone, cordoned by someone else, being deleted, or changed since it was "
+                            "observed)")
                 continue
             pods = await self.cluster.pods_on(node)
             if pods:
