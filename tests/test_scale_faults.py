@@ -344,3 +344,22 @@ async def test_a_scale_up_that_never_reached_arm_is_reported_failed(world: Any) 
     assert rec.outcome is Outcome.FAILED
     memory = Memory.from_json(await w.store.get(MEMORY_KEY))
     assert memory.last_up is None
+
+
+async def test_a_raised_min_count_whose_answer_was_lost_is_recorded_as_a_scale_up(world: Any) -> None:
+    """Autoscaler-assist: the PUT raising minCount is accepted and its answer lost; the pool read
+    again shows the new minCount: reported applied, its time recorded as a scale-up."""
+    w = await world("lost-min-count")
+    w.arm.add_pool("gpu", count=1, autoscaling=True, min_count=1, max_count=4, machines=["gpu-0"])
+    w.kube.node("gpu-0")
+    w.kube.pod("alice", "gpu-0")
+    w.kube.pod("bob", None)
+    cap, runner = w.capability()
+    w.aproxy.reset()
+    w.aproxy.rule(lambda m, path: m == "PUT", "after")
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    [result] = rec.results
+    assert result.action.kind == "set_min_count" and result.status is Status.PENDING, rec.render()
+    assert w.arm.pools["gpu"]["minCount"] == 2 and len(w.arm.operations) == 1
+    memory = Memory.from_json(await w.store.get(MEMORY_KEY))
+    assert memory.last_up == w.now, rec.render()
