@@ -1,9 +1,10 @@
 """The AKS GPU agent pool through azure-mgmt-containerservice (async client).
 
 The ARM endpoint and the token scope are configuration (sovereign clouds, tests on loopback).
-Retries are azure-core's own ``AsyncRetryPolicy`` (429 honours Retry-After). A 409 — another
-operation on the pool is in progress — is never retried: it is reported as CONFLICT and the next
-run re-observes.
+Retries are azure-core's own ``AsyncRetryPolicy`` (429 honours Retry-After), except a pool's PUT
+left without an answer: :meth:`AksPool._put` reads the pool again before trying it again (it may
+have been accepted). A 409 — another operation on the pool is in progress — is never retried: it
+is reported as CONFLICT and the next run re-observes.
 """
 
 from __future__ import annotations
