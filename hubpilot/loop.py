@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
+from hubpilot.ports.hub import hub_round
 from hubpilot.ports.store import ConflictError, Lease, StateStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -484,7 +485,8 @@ class Runner(Generic[ObservedT]):
     async def dry_run(self, cap: Capability[ObservedT], *, trigger: str = "manual", actor: str = "cli") -> RunRecord:
         record = RunRecord(new_run_id(), cap.name, trigger, actor, self.clock(), dry_run=True)
         try:
-            observed = await cap.observe()
+            with hub_round():
+                observed = await cap.observe()
         except Exception as exc:
             record.outcome, record.error = Outcome.FAILED, _describe_error(exc)
             record.finished = self.clock()
@@ -513,9 +515,18 @@ class Runner(Generic[ObservedT]):
         run_id: str | None = None,
         progress: Progress = no_progress,
     ) -> RunRecord:
-        """One run. Raises :class:`LockHeld` when another run holds the operation's lock."""
+        """One run. Raises :class:`LockHeld` when another run holds the operation's lock.
+
+        A run is one round of hub requests (:func:`hubpilot.ports.hub.hub_round`): once one got
+        no answer, the run's others fail at once, and the next run tries again."""
         if dry_run:
             return await self.dry_run(cap, trigger=trigger, actor=actor)
+        with hub_round():
+            return await self._run(cap, trigger=trigger, actor=actor, approve=approve, run_id=run_id,
+                                   progress=progress)
+
+    async def _run(self, cap: Capability[ObservedT], *, trigger: str, actor: str, approve: str | None,
+                   run_id: str | None, progress: Progress) -> RunRecord:
         record = RunRecord(run_id or new_run_id(), cap.name, trigger, actor, self.clock(),
                            approved_plan=approve)
         if await self.is_paused(cap.name):

@@ -10,7 +10,9 @@ request, or for every request a rule matches:
 - ``after``: the request reaches the server, which acts; the connection closes when the first
   byte of its answer comes back, so the client never sees the answer;
 - ``hang``: the connection is accepted and the request read, but nothing is forwarded and no
-  answer ever comes (a hub whose event loop is stuck).
+  answer ever comes (a hub whose event loop is stuck);
+- ``hold``: the request is read and kept until :meth:`FaultProxy.release` (a slow hub), then
+  forwarded and answered as usual.
 
 A ``sticky`` cut of the n-th request also breaks every later request with the same method and
 path (the client's retries of it, and any later sending of it): that route stays broken.
@@ -47,6 +49,7 @@ class FaultProxy:
     _server: asyncio.base_events.Server | None = None
     _conns: set[asyncio.Task[None]] = field(default_factory=set)
     _release: asyncio.Event = field(default_factory=asyncio.Event)
+    _held: asyncio.Event = field(default_factory=asyncio.Event)
     _sticky: set[int] = field(default_factory=set)
 
     @property
@@ -56,15 +59,19 @@ class FaultProxy:
     def cut(self, n: int, mode: str, *, sticky: bool = False) -> None:
         """Break the n-th request (counted from 1 since the proxy started or was reset); ``sticky``:
         and every later one with its method and path."""
-        assert mode in ("before", "after", "hang"), mode
+        assert mode in ("before", "after", "hang", "hold"), mode
         self.cuts[n] = mode
         if sticky:
             self._sticky.add(n)
 
     def rule(self, match: Match, mode: str) -> None:
         """Break every request ``match(method, path)`` accepts."""
-        assert mode in ("before", "after", "hang"), mode
+        assert mode in ("before", "after", "hang", "hold"), mode
         self.rules.append((match, mode))
+
+    def release(self) -> None:
+        """Forward the requests held (and those held from now on)."""
+        self._held.set()
 
     def reset(self) -> None:
         """Forget the faults and the requests seen; numbering starts again at 1."""
@@ -133,6 +140,8 @@ class FaultProxy:
                 if fault == "hang":
                     await self._release.wait()
                     return
+                if fault == "hold":
+                    await self._held.wait()
                 if up_w is None:
                     up_r, up_w = await asyncio.open_connection(self.upstream_host, self.upstream_port)
                     back = asyncio.create_task(self._back(up_r, writer, drop))

@@ -35,7 +35,7 @@ from hubpilot.adapters.filedir import FileDirectory
 from hubpilot.adapters.hub import HubClient
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.config.sync import SyncSettings
-from hubpilot.loop import Outcome, Runner, RunRecord, Status, no_progress, utcnow
+from hubpilot.loop import Outcome, Progress, Runner, RunRecord, Status, no_progress, utcnow
 from hubpilot.sync import MANAGED_KEY, SyncCapability
 from tests.faultproxy import FaultProxy
 from tests.fixtures.hub import unique_name
@@ -91,6 +91,7 @@ class Scene:
     tmp: Path
     tag: str = field(default_factory=lambda: unique_name("sf"))
     proxy: FaultProxy | None = None
+    concurrency: int = 1  # sync.concurrency
     store: SqliteStore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,7 +104,7 @@ class Scene:
     def policy(self, groups: dict[str, list[str]]) -> SyncSettings:
         return SyncSettings(users_groups=[g for g in groups if g != "admins"], admin_groups=["admins"],
                             admin_mode="flag", group_prefix=f"{self.tag}-", max_removal_percent=100.0,
-                            delete_users=True, delete_grace_hours=1, concurrency=1)
+                            delete_users=True, delete_grace_hours=1, concurrency=self.concurrency)
 
     def write(self, groups: dict[str, list[str]], renames: dict[str, str] | None = None) -> Path:
         people = {s: {"username": self.name((renames or {}).get(s, s))}
@@ -121,7 +122,8 @@ class Scene:
         return HubClient(url, self.hub.admin_token, **opts)
 
     async def run(self, groups: dict[str, list[str]], renames: dict[str, str] | None = None, *,
-                  hub: HubClient | None = None, ahead: timedelta = timedelta(0)) -> RunRecord:
+                  hub: HubClient | None = None, ahead: timedelta = timedelta(0),
+                  progress: Progress = no_progress) -> RunRecord:
         own = hub is None
         client = hub or self.client()
         try:
@@ -136,7 +138,7 @@ class Scene:
             cap = SyncCapability(FileDirectory(str(self.write(groups, renames))), client, self.store,
                                  self.policy(groups), clock=clock)
             runner: Runner[Any] = Runner(self.store, clock=clock)
-            return await runner.run(cap, trigger="test", actor="pytest")
+            return await runner.run(cap, trigger="test", actor="pytest", progress=progress)
         finally:
             if own:
                 await client.close()
@@ -493,4 +495,136 @@ async def test_an_apply_of_an_older_observation_makes_no_record_again(
     finally:
         await client.close()
         await a_client.close()
+        await scene.close()
+
+
+HUB_FREE = ("manage_user", "deprovision")  # sync records these; no hub request of their own
+
+
+async def converges(scene: Scene, want: tuple[dict[str, Any], dict[str, Any], int]) -> None:
+    """A clean run then brings the hub and the record to those of an uncut run; the next plans nothing."""
+    again = await scene.run(AFTER, RENAMES)
+    assert again.outcome is Outcome.APPLIED, again.render()
+    assert (got := await scene.hub_state()) == want[0], differ(got, want[0])
+    assert (got := await scene.managed()) == want[1], differ(got, want[1])
+    last = await scene.run(AFTER, RENAMES)
+    assert last.plan is not None and last.plan.empty and last.plan.facts["recent_removals"] == want[2], \
+        last.render()
+
+
+async def test_a_hub_that_stops_answering_ends_the_apply_at_its_first_request(
+        fault_hub: RealHub, tmp_path: Path, uncut: tuple[Any, ...]) -> None:
+    """The hub accepts connections and answers nothing from the apply's first write on. That
+    request (the bulk creation) waits out its timeout and its retry; every other hub request of
+    the run then fails at once, not attempted, instead of each waiting out its own timeout and
+    retry, phase after phase. The run fails, reports nothing done that the hub does not show, and
+    the next run (a new round) converges."""
+    state, managed, _, recent = uncut
+    scene = Scene(fault_hub, tmp_path / "silent", concurrency=20)
+    try:
+        await scene.set_up()
+        scene.proxy = FaultProxy(*_where(fault_hub))
+        await scene.proxy.start()
+        started = False
+
+        def from_first_write(method: str, path: str) -> bool:
+            nonlocal started
+            started = started or method != "GET"
+            return started
+
+        scene.proxy.rule(from_first_write, "hang")
+        client = scene.client(through_proxy=True, retries=1, timeout=2, stop_timeout=2)
+        try:
+            async with asyncio.timeout(300):  # a guard against a hang, not a timing assert
+                rec = await scene.run(AFTER, RENAMES, hub=client)
+        finally:
+            await client.close()
+        # the first write and its retry reached the proxy; nothing after them
+        assert [(s.method, s.path) for s in scene.proxy.faulted()] == [("POST", "/hub/api/users")] * 2, \
+            scene.proxy.faulted()
+        assert rec.outcome is Outcome.FAILED and (await last_audit(scene.store))["outcome"] == "failed", \
+            rec.render()
+        for r in rec.results:
+            if r.action.kind == "create_user":
+                assert r.status is Status.FAILED and "no answer within 2 s" in r.detail, rec.render()
+            elif r.action.kind == "deprovision":
+                assert r.status is Status.FAILED and "not recorded" in r.detail, rec.render()
+            elif r.action.kind not in HUB_FREE:
+                assert r.status is Status.FAILED and "not attempted: the hub did not answer POST /users " \
+                    "within 2 s" in r.detail, rec.render()
+        assert not await effects_hold(scene, rec)
+        await converges(scene, (state, managed, recent))
+    finally:
+        await scene.close()
+
+
+async def test_requests_in_flight_when_the_hub_falls_silent_keep_their_own_answers(
+        fault_hub: RealHub, tmp_path: Path, uncut: tuple[Any, ...]) -> None:
+    """erin's server stop and her tokens' listing go out together (one phase, sync.concurrency 20).
+    The hub answers the stop slowly (held until the listing has failed, well within
+    hub.stop_timeout_seconds) and never answers the listing. Once the listing has timed out, the
+    round's requests not yet sent are not sent (frank's deletion, a later phase), but the stop
+    already sent gets the hub's answer and is reported as the hub answered it; erin is not
+    recorded deprovisioned (her tokens stay); the next run converges."""
+    state, managed, _, recent = uncut
+    scene = Scene(fault_hub, tmp_path / "inflight", concurrency=20)
+    try:
+        await scene.set_up()
+        scene.proxy = FaultProxy(*_where(fault_hub))
+        await scene.proxy.start()
+        erin, frank = scene.name("erin"), scene.name("frank")
+        scene.proxy.rule(lambda m, p: (m, p) == ("DELETE", f"/hub/api/users/{erin}/server"), "hold")
+        scene.proxy.rule(lambda m, p: (m, p) == ("GET", f"/hub/api/users/{erin}/tokens"), "hang")
+        proxy = scene.proxy
+
+        def progress(done: int, total: int, message: str) -> None:
+            if message.startswith(f"revoke_tokens {erin}"):  # the listing failed: the stop is answered now
+                proxy.release()
+
+        client = scene.client(through_proxy=True, retries=0, timeout=3, stop_timeout=60)
+        try:
+            async with asyncio.timeout(120):  # a guard against a hang, not a timing assert
+                rec = await scene.run(AFTER, RENAMES, hub=client, progress=progress)
+        finally:
+            await client.close()
+        status = {(r.action.kind, r.action.target): r for r in rec.results}
+        assert status["revoke_tokens", erin].status is Status.FAILED, rec.render()
+        assert "no answer within 3 s" in status["revoke_tokens", erin].detail, rec.render()
+        assert status["stop_servers", erin].status is Status.DONE, rec.render()  # its own answer
+        assert status["deprovision", erin].status is Status.FAILED, rec.render()
+        assert status["delete_user", frank].status is Status.FAILED, rec.render()
+        assert "not attempted: the hub did not answer GET /users/" in status["delete_user", frank].detail, \
+            rec.render()
+        assert not [s for s in proxy.seen if frank in s.path], proxy.seen  # never sent
+        assert rec.outcome is Outcome.FAILED and (await last_audit(scene.store))["outcome"] == "failed"
+        assert not await effects_hold(scene, rec)
+        doc = await scene.store.get(MANAGED_KEY)
+        assert doc is not None and not doc["users"][erin].get("deprovisioned_at"), doc["users"][erin]
+        await converges(scene, (state, managed, recent))
+    finally:
+        await scene.close()
+
+
+async def test_a_request_answered_only_on_its_retry_does_not_end_the_round(
+        fault_hub: RealHub, tmp_path: Path, uncut: tuple[Any, ...]) -> None:
+    """The apply's first write is never answered, its retry is: the hub is slow, not silent. The
+    round goes on; the run applies the whole plan."""
+    state, managed, *_ = uncut
+    scene = Scene(fault_hub, tmp_path / "retried", concurrency=20)
+    try:
+        await scene.set_up()
+        scene.proxy = FaultProxy(*_where(fault_hub))
+        await scene.proxy.start()
+        scene.proxy.rule(nth_apply_request(1, sticky=False), "hang")
+        client = scene.client(through_proxy=True, retries=1, timeout=2, stop_timeout=2)
+        try:
+            async with asyncio.timeout(120):  # a guard against a hang, not a timing assert
+                rec = await scene.run(AFTER, RENAMES, hub=client)
+        finally:
+            await client.close()
+        assert [(s.method, s.path) for s in scene.proxy.faulted()] == [("POST", "/hub/api/users")]
+        assert rec.outcome is Outcome.APPLIED, rec.render()
+        assert (got := await scene.hub_state()) == state, differ(got, state)
+        assert (got := await scene.managed()) == managed, differ(got, managed)
+    finally:
         await scene.close()

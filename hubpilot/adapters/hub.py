@@ -4,6 +4,9 @@
   ``offset``/``limit``) and follows ``_pagination.next`` until it is null.
 - Connection errors, timeouts and 5xx answers are retried ``retries`` times with exponential
   backoff and jitter; 4xx answers are not retried. At most ``concurrency`` requests are in flight.
+- Within a round (:func:`hubpilot.ports.hub.hub_round`: one run of a capability), once a request
+  got no answer within its timeout through those retries, the round's requests not yet sent fail
+  at once (:class:`HubNotAttempted`) and none is retried; those already sent keep their answers.
 - A request times out after ``timeout``; a server stop (and a user deletion, which stops a
   running server) after ``stop_timeout``: the hub answers a slow stop (202) only once its
   ``slow_stop_timeout`` (10 s by default) has passed. A bulk user creation waits
@@ -36,10 +39,13 @@ from hubpilot.ports.hub import (
     HubError,
     HubGroup,
     HubInvalidResponse,
+    HubNotAttempted,
+    HubRound,
     HubServer,
     HubUnreachable,
     HubUser,
     StopResult,
+    current_round,
 )
 
 PAGINATION = "application/jupyterhub-pagination+json"
@@ -151,32 +157,38 @@ class HubClient:
         route = f"{method} {template}"
         what = f"{method} {path}"
         attempt = 0
+        rnd = current_round()
+        waited = self._timeout if request_timeout is None else request_timeout
         while True:
-            self._counts["reads" if method in _READ_METHODS else "writes"] += 1
-            self._routes[route] += 1
             try:
                 async with self._sem:
+                    # the round's hub left a request unanswered: this one is not sent (checked
+                    # once a slot is free: a request queued for one was not sent either)
+                    if rnd is not None and rnd.silent is not None and not attempt:
+                        raise HubNotAttempted(f"{what}: not attempted: {rnd.silent}")
+                    self._counts["reads" if method in _READ_METHODS else "writes"] += 1
+                    self._routes[route] += 1
                     resp = await self._http.request(
                         method, path, params=params, json=json_body, headers=headers,
                         timeout=httpx.USE_CLIENT_DEFAULT if request_timeout is None else request_timeout,
                     )
             except httpx.TransportError as e:  # connection refused/reset, timeouts
-                if attempt < self._retries:
+                timed_out = isinstance(e, httpx.TimeoutException)
+                if attempt < self._retries and await self._retry(attempt, rnd):
                     attempt += 1
-                    self._counts["retries"] += 1
-                    await asyncio.sleep(self._delay(attempt))
                     continue
                 self._counts["errors"] += 1
-                waited = self._timeout if request_timeout is None else request_timeout
-                raise HubUnreachable(
+                failure = HubUnreachable(
                     f"{what}: hub unreachable at {self.api_url} after {attempt + 1} attempts: "
-                    + _transport_failure(e, waited),
-                    timed_out=isinstance(e, httpx.TimeoutException),
-                ) from e
-            if resp.status_code >= 500 and attempt < self._retries:
+                    + _transport_failure(e, waited) + _not_retried(attempt, self._retries, rnd),
+                    timed_out=timed_out,
+                )
+                if rnd is not None and timed_out:
+                    rnd.fall_silent(f"the hub did not answer {what} within {waited:g} s "
+                                    f"({attempt + 1} attempts) in this run; the next run tries again")
+                raise failure from e
+            if resp.status_code >= 500 and attempt < self._retries and await self._retry(attempt, rnd):
                 attempt += 1
-                self._counts["retries"] += 1
-                await asyncio.sleep(self._delay(attempt))
                 continue
             if 300 <= resp.status_code < 500 and not _is_json(resp):
                 # the REST API answers its errors in JSON; a redirect or an HTML page (the hub's
@@ -209,11 +221,23 @@ class HubClient:
             raise HubError(
                 f"{what}: hub answered {resp.status_code}: {message}"
                 + (f" (after {attempt + 1} attempts)" if attempt else "")
+                + (_not_retried(attempt, self._retries, rnd) if resp.status_code >= 500 else "")
                 + (f"; {_TOKEN_HINT}" if resp.status_code == 403 and message == _NO_CREDENTIALS else "")
                 + ("; a proxy in front of the hub answered, not its REST API: is the hub up, and "
                    + _API_URL_HINT.format(self.api_url) if proxied else ""),
                 status=resp.status_code,
             )
+
+    async def _retry(self, attempt: int, rnd: HubRound | None) -> bool:
+        """Wait the backoff before attempt ``attempt + 2``; False (no retry) when the round's hub
+        fell silent, before the backoff or during it."""
+        if rnd is not None and rnd.silent is not None:
+            return False
+        await asyncio.sleep(self._delay(attempt + 1))
+        if rnd is not None and rnd.silent is not None:
+            return False
+        self._counts["retries"] += 1
+        return True
 
     def _delay(self, attempt: int) -> float:
         base = min(self._backoff_max, self._backoff * float(2 ** (attempt - 1)))
@@ -497,6 +521,13 @@ def _message(resp: httpx.Response) -> str:
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         return str(body["message"])
     return resp.text[:200]
+
+
+def _not_retried(attempt: int, retries: int, rnd: HubRound | None) -> str:
+    """Why a request the client would have retried was not (its round's hub fell silent)."""
+    if attempt < retries and rnd is not None and rnd.silent is not None:
+        return f"; not retried: {rnd.silent}"
+    return ""
 
 
 def _transport_failure(exc: httpx.TransportError, timeout: float) -> str:

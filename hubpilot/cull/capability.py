@@ -21,7 +21,7 @@ from hubpilot.cull.plan import (
     sync_hold,
 )
 from hubpilot.loop import Action, ActionResult, Plan, Progress, Status, run_actions
-from hubpilot.ports.hub import Hub, HubError, HubUnreachable, HubUser, StopResult
+from hubpilot.ports.hub import Hub, HubError, HubNotAttempted, HubUser, StopResult
 from hubpilot.ports.store import StateStore, StoreError
 from hubpilot.sync import ManagedRecordError, read_managed
 
@@ -107,22 +107,14 @@ class CullCapability:
 
         now = _plan_time(plan)
         before = {(u.name, n): s for u in observed.active for n, s in u.servers.items()}
-        silent: list[str] = []  # the first request the hub never answered this round
-
         async def perform(action: Action) -> ActionResult:
-            # a hub that left one request unanswered through the client's timeouts and retries is
-            # not asked for each remaining stop in turn, every one waiting out its own: the round
-            # ends, the next one re-observes (a refused or reset connection fails at once: the
-            # other stops are still sent)
-            if silent:
-                return ActionResult(action, Status.SKIPPED,
-                                    f"not attempted: the hub did not answer this round ({silent[0]})")
+            # a hub that left one request of the round unanswered is not asked for the remaining
+            # stops (the hub client's round, hubpilot.ports.hub.hub_round): a stop whose requests
+            # were not sent is skipped, not failed; the next round re-observes
             try:
                 return await act(action)
-            except HubUnreachable as exc:
-                if exc.timed_out:
-                    silent.append(str(exc))
-                raise
+            except HubNotAttempted as exc:
+                return ActionResult(action, Status.SKIPPED, str(exc))
 
         async def act(action: Action) -> ActionResult:
             user = str(action.params.get("user", action.target))

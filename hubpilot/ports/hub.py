@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -67,6 +69,48 @@ class HubUnreachable(HubError):
     def __init__(self, message: str, *, timed_out: bool = False) -> None:
         super().__init__(message)
         self.timed_out = timed_out
+
+
+class HubNotAttempted(HubUnreachable):
+    """Not sent: an earlier request of the same round got no answer from the hub (see
+    :func:`hub_round`), so this one fails at once instead of waiting out its own timeout."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, timed_out=True)
+
+
+class HubRound:
+    """The hub requests of one round (one run of a capability). Once one of them got no answer
+    within its timeout, through the client's retries, the hub is taken for silent until the round
+    ends: the round's requests not yet sent fail at once with :class:`HubNotAttempted`, and those
+    not yet retried are not retried, instead of each waiting out its own timeouts and retries.
+    Requests already sent get their own answers or timeouts. The next round tries again."""
+
+    def __init__(self) -> None:
+        self.silent: str | None = None  # why the round's hub is silent: its first unanswered request
+
+    def fall_silent(self, reason: str) -> None:
+        if self.silent is None:
+            self.silent = reason
+
+
+_ROUND: ContextVar[HubRound | None] = ContextVar("hubpilot_hub_round", default=None)
+
+
+@contextlib.contextmanager
+def hub_round() -> Iterator[HubRound]:
+    """A round for the hub requests made within (tasks started within share it)."""
+    rnd = HubRound()
+    token = _ROUND.set(rnd)
+    try:
+        yield rnd
+    finally:
+        _ROUND.reset(token)
+
+
+def current_round() -> HubRound | None:
+    """The round the hub requests made now belong to; None outside one (no fail-fast)."""
+    return _ROUND.get()
 
 
 class HubInvalidResponse(HubError):
