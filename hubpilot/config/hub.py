@@ -16,7 +16,10 @@ class HubSettings(Section):
         SecretStr(""), description="API token of the hubpilot service in the hub (its role, and how the hub "
         "is given the token: docs/hub-scopes.md).",
     )
-    timeout_seconds: float = Field(10.0, gt=0, le=300, description="Timeout of one hub request.")
+    timeout_seconds: float = Field(10.0, gt=0, le=300, description=(
+        "Timeout of one hub request. The first request of a run left unanswered through it (and "
+        "retries) fails the run's hub requests not yet sent at once (not attempted); the next run "
+        "tries again."))
     stop_timeout_seconds: float = Field(
         60.0, gt=0, le=600,
         description="Timeout of a server stop (and of a user deletion, which stops a running server): "
