@@ -13,7 +13,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from hubpilot.adapters.hub import HubClient
-from hubpilot.ports.hub import Hub, HubError, HubInvalidResponse, StopResult
+from hubpilot.ports.hub import (
+    Hub,
+    HubError,
+    HubInvalidResponse,
+    HubNotAttempted,
+    HubUnreachable,
+    StopResult,
+    hub_round,
+)
 from tests.fixtures.hub import unique_name
 from tests.realhub import RealHub, free_port
 
@@ -404,3 +412,68 @@ async def test_names_are_url_quoted(fake_hub) -> None:
         "DELETE /hub/api/users/a%2Fb%20c/servers/x%3Fy",
         "DELETE /hub/api/users/%C3%A9/servers/gpu",
     ]
+
+
+async def test_a_round_ends_at_its_first_unanswered_request() -> None:
+    """Within a round (one run), a request the hub leaves unanswered through its timeout and
+    retries fails the round's later requests at once, unsent (HubNotAttempted), and stops a retry
+    that waits its backoff: that request reports its own answer (a 503), not retried. A 5xx or a
+    refused connection does not end the round; outside a round, and in the next one, requests are
+    sent again."""
+    seen: list[str] = []
+    stuck = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append(f"{self.command} {self.path}")
+            if self.command == "DELETE":
+                stuck.wait(30)  # a hub that never answers a stop
+                return
+            status, body = (503, b'{"message": "busy"}') if self.command == "PATCH" else \
+                (200, json.dumps({"name": "b", "servers": {}}).encode())
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_DELETE = do_PATCH = _answer
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, args=(0.01,), daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/hub/api"
+    silent = HubClient(url, "t", timeout=0.3, stop_timeout=0.3, retries=1, backoff=0.01)
+    patient = HubClient(url, "t", timeout=5, retries=1, backoff=3)  # a retry waits 1.5 to 3 s
+    refused = HubClient(f"http://127.0.0.1:{free_port()}/hub/api", "t", retries=0)
+    try:
+        with hub_round():
+            with pytest.raises(HubError, match="busy"):  # a 5xx does not end the round
+                await silent.set_admin("b", True)
+            with pytest.raises(HubUnreachable):  # nor does a refused connection
+                await refused.get_user("b")
+            assert (await silent.get_user("b")) is not None
+            seen.clear()
+            stop, patch = await asyncio.gather(silent.stop_server("a"), patient.set_admin("b", True),
+                                               return_exceptions=True)
+            assert isinstance(stop, HubUnreachable) and not isinstance(stop, HubNotAttempted), stop
+            assert "after 2 attempts: no answer within 0.3 s" in str(stop)
+            # sent before the hub fell silent: its own answer, its retry not sent
+            assert isinstance(patch, HubError) and not isinstance(patch, HubUnreachable), patch
+            assert patch.status == 503 and "not retried: the hub did not answer DELETE /users/a/server " \
+                "within 0.3 s" in str(patch), patch
+            for later in (silent.get_user("b"), patient.get_user("b"), silent.stop_server("c")):
+                with pytest.raises(HubNotAttempted, match="not attempted: the hub did not answer DELETE"):
+                    await later
+            assert sorted(seen) == ["DELETE /hub/api/users/a/server"] * 2 + ["PATCH /hub/api/users/b"], seen
+        assert (await silent.get_user("b")) is not None  # outside a round
+        with hub_round():  # the next round tries again
+            assert (await patient.get_user("b")) is not None
+    finally:
+        stuck.set()
+        for c in (silent, patient, refused):
+            await c.close()
+        srv.shutdown()
+        srv.server_close()
