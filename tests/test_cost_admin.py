@@ -118,6 +118,40 @@ async def test_two_instances_observing_at_once_lose_and_double_nothing(store: Sq
     assert day["node_hours"] == pytest.approx(round((2 * 10 + 3 * 10) / 60, 3), abs=0.001)
 
 
+class Contended(SqliteStore):
+    """A real SQLite store where another instance records a size change of the same day between
+    each of our reads of the day's document and our conditional write, ``times`` times."""
+
+    def __init__(self, path: Path, times: int) -> None:
+        super().__init__(path)
+        self.times, self.raced = times, 0
+
+    async def get_with_etag(self, key: str) -> tuple[dict[str, Any], str] | None:
+        got = await super().get_with_etag(key)
+        if key == SIZES_KEY.format(day="2026-03-02") and self.raced < self.times:
+            self.raced += 1
+            doc = dict(got[0]) if got else {"points": [], "start": 1}
+            at = utc(2026, 3, 2, 7, self.raced).isoformat()
+            doc["points"] = [*doc.get("points", []), [at, 10 + self.raced, "observed"]]
+            await super().put(key, doc)  # the other instance's own write
+        return got
+
+
+async def test_a_size_change_is_recorded_however_often_another_instance_writes_first(tmp_path: Path) -> None:
+    """Eight writes of the same day by another instance, each between our read and our write: ours
+    loses each time, reads and merges again, and in the end both instances' points are there."""
+    store = Contended(tmp_path / "contended.sqlite3", times=8)
+    try:
+        assert await record_size(store, utc(2026, 3, 2, 9), 5, source="scale-up")
+        doc = await store.get(SIZES_KEY.format(day="2026-03-02"))
+        assert doc is not None
+        assert store.raced == 8
+        assert [(p[0][11:16], p[1]) for p in doc["points"]] == [
+            *[(f"07:{i:02d}", 10 + i) for i in range(1, 9)], ("09:00", 5)]
+    finally:
+        await store.close()
+
+
 class CountingStore(SqliteStore):
     """The real SQLite store, counting the size documents it hands out."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -256,17 +257,23 @@ def day_costs(points: Sequence[tuple[datetime, int]], days: Sequence[date], *, p
 
 
 async def record_size(store: StateStore, at: datetime, count: int, *, source: str,
-                      observed: timedelta | None = None) -> bool:
+                      observed: timedelta | None = None, seconds: float = 10.0) -> bool:
     """Append a size change point unless the size in force at ``at`` is already ``count``.
     Idempotent; safe to run concurrently (the day's document is written with its etag).
 
     ``observed``: ``at`` is an observation of the pool, and the next one is due within this long:
     it extends the day's observation spans (``seen``), so the report can tell the hours hubpilot did
-    not observe. Returns whether a change point was appended."""
+    not observe. Returns whether a change point was appended.
+
+    A conditional write that loses to another writer reads and merges again, with a growing pause,
+    for up to ``seconds``; it never overwrites what the other wrote."""
     at = at.astimezone(UTC)
     day = at.date()
     key = SIZES_KEY.format(day=day.isoformat())
-    for _ in range(5):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    pause, conflicts = 0.02, 0
+    while True:
         got = await store.get_with_etag(key)
         doc, etag = got if got else ({"points": []}, "")
         points = list(doc["points"]) if isinstance(doc.get("points"), list) else []
@@ -295,9 +302,13 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
             await store.put(key, new, if_match=etag)
             return change
         except ConflictError:
-            continue
-    log.warning("the size history %s was written by others 5 times in a row: %s at %s not recorded",
-                key, count, at.isoformat())
+            conflicts += 1
+        if loop.time() + pause > deadline:
+            break
+        await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+        pause = min(pause * 2, 1.0)
+    log.warning("the size history %s was written by others %d times in a row within %g s: %s at %s not recorded",
+                key, conflicts, seconds, count, at.isoformat())
     return False
 
 
