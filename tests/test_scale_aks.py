@@ -229,3 +229,45 @@ async def test_a_change_to_a_pool_mid_upgrade_is_a_conflict(arm: ArmDouble) -> N
         await pool.close()
     assert res.outcome is PoolOutcome.CONFLICT and gone.outcome is PoolOutcome.CONFLICT
     assert arm.pools["gpu"]["count"] == 1 and not arm.writes()
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+@pytest.mark.parametrize("autoscaling", [False, True])
+async def test_a_put_answered_5xx_with_retry_after_is_not_sent_again_blind(
+        arm: ArmDouble, status: int, autoscaling: bool) -> None:
+    """ARM carried out the PUT and a gateway answered 5xx with a ``Retry-After`` (ARM sends one
+    with its 503s). azure-core retries any error status that carries Retry-After, whatever the
+    method: the PUT would go out again, meet its own eTag (412) and the scale-up that happened
+    would be reported a conflict. It is sent once; the pool read again shows it accepted."""
+    arm.add_pool("gpu", count=1, autoscaling=autoscaling, min_count=1, max_count=4)
+    arm.enforce_min_count = False
+    arm.answer_failed("PUT", status, {"Retry-After": "0"})
+    pool = make_pool(arm)
+    try:
+        state = await pool.get()
+        if autoscaling:
+            res = await pool.set_min_count(2, etag=state.etag)
+        else:
+            res = await pool.set_count(2, etag=state.etag)
+    finally:
+        await pool.close()
+    puts = [c.status for c in arm.calls if c.method == "PUT"]
+    assert puts == [status], (puts, res)
+    assert res.outcome in (PoolOutcome.PENDING, PoolOutcome.DONE), res
+    assert str(status) in res.detail and "answer" in res.detail, res
+
+
+async def test_a_put_throttled_429_honours_retry_after_and_is_sent_again(arm: ArmDouble) -> None:
+    """A 429 is ARM's refusal before it takes the request: the PUT is sent again after Retry-After."""
+    arm.add_pool("gpu", count=1)
+    arm.fault("PUT", 429, {"Retry-After": "0.05"})
+    pool = make_pool(arm)
+    try:
+        state = await pool.get()
+        res = await pool.set_count(2, etag=state.etag)
+    finally:
+        await pool.close()
+    puts = [c for c in arm.calls if c.method == "PUT"]
+    assert [c.status for c in puts] == [429, 201] and res.outcome is PoolOutcome.DONE, res
+    assert puts[1].at - puts[0].at >= 0.04
+    assert arm.pools["gpu"]["count"] == 2

@@ -45,3 +45,22 @@ async def test_a_lost_answer_to_an_accepted_delete_keeps_the_nodes_cordoned(worl
     result = rec.results[0]
     assert result.action.kind == "remove_nodes" and result.status is Status.PENDING, rec.render()
     arm.release()
+
+
+async def test_an_accepted_delete_answered_by_a_failing_gateway_keeps_the_nodes_cordoned(
+        world: dict[str, Any]) -> None:  # noqa: F811
+    """ARM took the deleteMachines and a gateway answered 502 (azure-core never sends a POST again
+    after a 502): the deletion may be under way, so its nodes stay cordoned as after a lost answer;
+    uncordoned, the node would take a user pod while its VM is deleted."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    cap, runner = await past_the_idle_limit(world)
+    arm.hold_operations = True
+    arm.answer_failed("POST", 502)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert [c.status for c in arm.calls if c.method == "POST"] == [502]
+    assert any(op.kind == "deleteMachines" for op in arm.operations.values())  # ARM took the deletion
+    assert kube.node_obj("gpu-1")["spec"]["unschedulable"] is True, rec.render()
+    result = rec.results[0]
+    assert result.action.kind == "remove_nodes" and result.status is Status.PENDING, rec.render()
+    arm.release()

@@ -2,8 +2,10 @@
 
 The ARM endpoint and the token scope are configuration (sovereign clouds, tests on loopback).
 Retries are azure-core's own ``AsyncRetryPolicy`` (429 honours Retry-After), except a pool's PUT
-left without an answer: :meth:`AksPool._put` reads the pool again before trying it again (it may
-have been accepted). A 409 — another operation on the pool is in progress — is never retried: it
+left without an answer (also a 5xx that carries Retry-After, which azure-core would otherwise
+retry): :meth:`AksPool._put` reads the pool again before trying it again (it may have been
+accepted); a ``deleteMachines`` answered 5xx may have been accepted too, and is reported pending.
+A 409 — another operation on the pool is in progress — is never retried: it
 is reported as CONFLICT and the next run re-observes.
 """
 
@@ -64,10 +66,17 @@ class LoopbackBearerPolicy(AsyncBearerTokenCredentialPolicy):  # type: ignore[ty
 
 class NoConflictRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
     """azure-core's retry policy, except that a 409 (another operation on the pool) or a 412 (stale
-    eTag) is never retried: azure-core retries any error status that carries Retry-After."""
+    eTag) is never retried, and a request whose method the call leaves out of its retries (a pool's
+    PUT) is sent again only after a 429: azure-core retries any error status that carries
+    Retry-After, whatever the method, and a 5xx with Retry-After (ARM sends one with its 503s) may
+    come after ARM took the PUT. A 429 is ARM's refusal before it takes a request."""
 
     def is_retry(self, settings: Any, response: Any) -> bool:
-        if response.http_response.status_code in (409, 412):
+        status = response.http_response.status_code
+        if status in (409, 412):
+            return False
+        if status != 429 and not self._is_method_retryable(settings, response.http_request,
+                                                           response=response.http_response):
             return False
         return bool(super().is_retry(settings, response))
 
@@ -268,6 +277,13 @@ class AksPool:
         except HttpResponseError as exc:
             if exc.status_code == 409:
                 return _conflict(exc)
+            if exc.status_code in _NO_ANSWER_STATUS:
+                # a gateway's 5xx may come after ARM took the deletion (azure-core sends a POST
+                # again after a 500, 503 or 504, never after a 502; the last try's answer is this
+                # one): as with no answer at all, the caller keeps the nodes cordoned
+                return PoolResult(PoolOutcome.PENDING, (
+                    f"delete {', '.join(machines)}: answered {exc.status_code} {_code(exc) or ''}".rstrip()
+                    + "; it may have been accepted"))
             raise _pool_error(f"cannot delete machines {', '.join(machines)}", exc) from exc
         except (ServiceRequestError, ServiceResponseError) as exc:
             # the connection failed with no answer: ARM may have accepted the deletion (azure-core

@@ -68,7 +68,7 @@ class ArmDouble:
     calls: list[Call] = field(default_factory=list)
     faults: list[tuple[str, int, dict[str, str], dict[str, Any] | None, str]] = field(default_factory=list)
     lost_answers: list[str] = field(default_factory=list)  # methods whose next answer is lost (see lose_answer)
-    failed_answers: list[tuple[str, int]] = field(default_factory=list)  # see answer_failed
+    failed_answers: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)  # see answer_failed
     fail_next_operation: str | None = None
     # with fail_next_operation, a deleteMachines deletes this many of its machines before it fails
     fail_after_deleting: int = 0
@@ -111,10 +111,11 @@ class ArmDouble:
         answer is sent (a reset after ARM accepted it)."""
         self.lost_answers.append(method)
 
-    def answer_failed(self, method: str, status: int) -> None:
+    def answer_failed(self, method: str, status: int, headers: dict[str, str] | None = None) -> None:
         """The next request with ``method`` is carried out, but answered with ``status`` (a gateway
-        that times out, 504, or fails, 500/503, after ARM accepted the request)."""
-        self.failed_answers.append((method, status))
+        that times out, 504, or fails, 500/503, after ARM accepted the request), with ``headers``
+        (e.g. a ``Retry-After``)."""
+        self.failed_answers.append((method, status, headers or {}))
 
     def release(self) -> None:
         self.hold_operations = False
@@ -168,7 +169,7 @@ class ArmDouble:
         if failed is not None and resp.status < 300:
             self.failed_answers.remove(failed)
             resp = self._error(failed[1], "GatewayTimeout" if failed[1] == 504 else "InternalServerError",
-                               "the request was carried out; its answer failed on the way")
+                               "the request was carried out; its answer failed on the way", failed[2])
         self.calls.append(Call(request.method, request.path, time.monotonic(), resp.status, body))
         if request.method in ("PUT", "POST") and resp.status < 300:
             self.write_event.set()
