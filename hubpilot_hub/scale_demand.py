@@ -236,6 +236,7 @@ class ScaleDemand:
             raise ValueError(f"scale demand timeout {timeout!r} must be a number of seconds in (0, 60]")
         if not (isinstance(max_in_flight, int) and max_in_flight > 0):
             raise ValueError(f"scale demand max_in_flight {max_in_flight!r} must be a positive integer")
+        _check_profiles(gpu_profiles)
         self.endpoint = url.rstrip("/") + "/scale/demand"
         self.token = token
         self.gpu_profiles = frozenset(gpu_profiles)
@@ -351,10 +352,25 @@ class GpuStartTimeout:
         spawner.start_timeout = max(base, self.seconds) if gpu else base
 
 
+def _check_profiles(gpu_profiles: Any) -> None:
+    """A list of profile names: a bare string would name its letters, and no GPU spawn would be seen."""
+    if isinstance(gpu_profiles, (str, bytes)) or not all(isinstance(p, str) for p in gpu_profiles):
+        raise ValueError(f"gpu_profiles {gpu_profiles!r} must be a list of profile names (slugs or display "
+                         "names), e.g. ['gpu']")
+
+
+def _check_seconds(seconds: Any) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+        raise ValueError(f"gpu start timeout {seconds!r} must be a whole number of seconds above the GPU node "
+                         "boot time, e.g. 900")
+
+
 def configure_gpu_start_timeout(c: Any, *, gpu_profiles: Sequence[str] = (), seconds: int = 900) -> GpuStartTimeout:
     """Give GPU spawns a start timeout of at least ``seconds``: a pre-spawn part sets it on the
     spawner (what JupyterHub waits for), and the GPU profiles' ``kubespawner_override`` get it
     (what KubeSpawner waits for the pod). Without ``gpu_profiles`` every spawn may need a node."""
+    _check_profiles(gpu_profiles)
+    _check_seconds(seconds)
     part = GpuStartTimeout(seconds, gpu_profiles=gpu_profiles)
     hooks.register_pre_spawn(part, name=START_TIMEOUT_PART_NAME)
     _install_hook(c)
@@ -387,6 +403,9 @@ def configure_scale_demand(
 ) -> ScaleDemand:
     """Register the gpu-demand part of the composed pre-spawn hook; raise the GPU profiles'
     start timeout to ``gpu_start_timeout`` seconds (None leaves it)."""
+    _check_profiles(gpu_profiles)
+    if gpu_start_timeout is not None:
+        _check_seconds(gpu_start_timeout)
     part = ScaleDemand(url, token, gpu_profiles=gpu_profiles, timeout=timeout)
     hooks.register_pre_spawn(part, name=PART_NAME)
     _install_hook(c)

@@ -177,3 +177,32 @@ async def test_a_hook_on_the_spawner_class_section_does_not_shadow_the_parts(cle
     spawner = _Spawner("gpu")
     await c.KubeSpawner.pre_spawn_hook(spawner)
     assert ran == ["site"] and spawner.start_timeout == 900
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"gpu_profiles": "gpu"}, "list of profile names"),  # a bare string: its letters would be the profiles
+    ({"gpu_profiles": ["gpu", 3]}, "list of profile names"),
+    ({"seconds": 0}, "whole number of seconds"),
+    ({"seconds": -60}, "whole number of seconds"),
+    ({"seconds": True}, "whole number of seconds"),
+    ({"seconds": 900.5}, "whole number of seconds"),
+    ({"seconds": "900"}, "whole number of seconds"),
+])
+def test_bad_gpu_start_timeout_arguments_are_refused_when_the_hub_loads_its_configuration(
+        clean_parts: None, kw: dict[str, Any], match: str) -> None:
+    """A bare string as ``gpu_profiles`` named no profile (its letters did), so no GPU spawn got
+    the raised timeout and nothing said so; a timeout of 0 or below raised nothing either."""
+    from hubpilot_hub.scale_demand import configure_gpu_start_timeout, configure_scale_demand
+
+    c = Config()
+    c.KubeSpawner.start_timeout = 300
+    c.KubeSpawner.profile_list = [{"display_name": "GPU", "slug": "gpu"}]
+    args = {"gpu_profiles": ["gpu"], "seconds": 900, **kw}
+    before = list(hooks._PARTS)
+    with pytest.raises(ValueError, match=match):
+        configure_gpu_start_timeout(c, **args)
+    with pytest.raises(ValueError, match=match):
+        configure_scale_demand(c, url="http://127.0.0.1:9/api/v1", token="t", gpu_profiles=args["gpu_profiles"],
+                               gpu_start_timeout=args["seconds"])
+    assert c.KubeSpawner.profile_list[0].get("kubespawner_override") is None  # nothing half-applied
+    assert hooks._PARTS == before
