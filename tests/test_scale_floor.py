@@ -51,3 +51,32 @@ async def test_the_removal_follows_a_lowered_floor(world: dict[str, Any]) -> Non
     assert [(r.action.kind, r.status) for r in rec.results] == [
         ("set_min_count", Status.DONE), ("remove_nodes", Status.DONE)], rec.render()
     assert arm.pools["gpu"]["minCount"] == 1 and arm.pools["gpu"]["count"] == 1
+
+
+async def test_lowering_the_floor_is_a_scale_down_its_cooldown_applies(world: dict[str, Any]) -> None:  # noqa: F811
+    """In autoscaler-assist mode lowering minCount is the scale-down (docs/scale.md: "lower minCount
+    (after the delays)"): a second lowering waits ``scale_down_cooldown_minutes`` after the first,
+    as a second removal does, so the floor does not drop by ``max_step_down`` every minute."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=4, autoscaling=True, min_count=4, max_count=4,
+                 machines=["gpu-0", "gpu-1", "gpu-2", "gpu-3"])
+    for n in ("gpu-0", "gpu-1", "gpu-2", "gpu-3"):
+        kube.node(n)
+    kube.pod("alice", "gpu-0")
+    kube.pod("bob", "gpu-1")  # gpu-2 and gpu-3 are empty, not yet idle for 30 min: nothing to remove
+    cap, runner = capability(world, max_step_down=1, down_cooldown=timedelta(minutes=5),
+                             idle=timedelta(minutes=30))
+    first = await runner.run(cap, trigger="timer", actor="test")
+    assert [(r.action.kind, r.status) for r in first.results] == [("set_min_count", Status.DONE)], first.render()
+    assert arm.pools["gpu"]["minCount"] == 3
+    for _ in range(4):  # within the cooldown: the floor stays
+        world["clock"]["now"] += timedelta(minutes=1)
+        again = await runner.run(cap, trigger="timer", actor="test")
+        assert again.plan is not None and again.plan.empty, again.render()
+        assert "of the last one" in " ".join(again.plan.notes), again.render()
+    assert arm.pools["gpu"]["minCount"] == 3
+    world["clock"]["now"] += timedelta(minutes=1)  # 5 min after the first lowering
+    later = await runner.run(cap, trigger="timer", actor="test")
+    assert [(r.action.kind, r.status) for r in later.results] == [("set_min_count", Status.DONE)], later.render()
+    assert arm.pools["gpu"]["minCount"] == 2

@@ -160,7 +160,9 @@ class ScaleCapability:
                                               and int(r.action.params["min_count"]) > int(
                                                   r.action.params.get("from") or 0)):
                 memory = replace(memory, last_up=now)
-            if r.action.kind == REMOVE_NODES:
+            # a lowered minCount is autoscaler-assist's scale-down: the cooldown counts from it too
+            if r.action.kind == REMOVE_NODES or (r.action.kind == SET_MIN_COUNT and int(
+                    r.action.params["min_count"]) < int(r.action.params.get("from") or 0)):
                 memory = replace(memory, last_down=now)
             if r.action.kind == SET_COUNT and r.status is Status.DONE:
                 await record_size(self.store, now, int(r.action.params["count"]), source="scale-up")
