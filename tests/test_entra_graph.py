@@ -4,6 +4,7 @@ serving the webhook."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -470,6 +471,71 @@ async def test_a_newcomer_the_lookup_does_not_return_yet_is_looked_up_again_next
     fresh.reset_log()
     await d.read([g])  # found: no further lookups
     assert [r.path for r in fresh.log] == ["/groups/delta"]
+    await d.close()
+
+
+def adapter_tasks(before: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+    """Tasks started by the Graph adapter since ``before`` that are still running."""
+    out = []
+    for t in asyncio.all_tasks() - before:
+        code = getattr(t.get_coro(), "cr_code", None)
+        if not t.done() and code is not None and code.co_filename.endswith(str(Path("adapters", "entra.py"))):
+            out.append(t)
+    return out
+
+
+async def sent_after_failure(fresh: GraphDouble, path: str, before: set[asyncio.Task[Any]]) -> list[int]:
+    """Statuses of the requests to ``path`` Graph received, once every lookup the adapter left
+    running has ended."""
+    left = adapter_tasks(before)
+    await asyncio.wait_for(asyncio.gather(*left, return_exceptions=True), 30)
+    return [r.status for r in fresh.requests(path, "GET")]
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_a_failed_lookup_cancels_its_siblings_and_no_request_follows_it(
+        fresh: GraphDouble, store: SqliteStore, concurrency: int) -> None:
+    """A read fails at its first failed lookup: the lookups not started yet are never sent (75
+    newcomers are 5 bulk lookups of 15; 30 leavers are 30 deleted-items lookups), nothing of the
+    read keeps running after it, and nothing is committed."""
+    g, ps, clock, _ = await one_group(fresh, store, 30)
+    d = EntraDirectory(client(fresh, lookup_concurrency=concurrency), store, clock=clock)
+    newcomers = people(fresh, 75)
+    fresh.add_members(g, newcomers)
+    before_state = await state_docs(store)
+    fresh.fail_paths["/users"] = 403
+    fresh.reset_log()
+    before = set(asyncio.all_tasks())
+    try:
+        with pytest.raises(DirectoryError, match="403 Authorization_RequestDenied"):
+            await d.read([g])
+        assert adapter_tasks(before) == []
+        sent = await sent_after_failure(fresh, "/users", before)
+        assert set(sent) == {403} and len(sent) <= concurrency  # those under way when the first failed
+    finally:
+        fresh.fail_paths.clear()
+    assert await state_docs(store) == before_state
+
+    # the refresh's deleted-items lookups: one leaver per request
+    for p in ps:
+        fresh.soft_delete_user(p)
+    fresh.remove_member(g, newcomers[0])
+    clock.now += timedelta(hours=24)
+    before_state = await state_docs(store)
+    fresh.fail_paths["/directory/deletedItems"] = 403
+    fresh.reset_log()
+    before = set(asyncio.all_tasks())
+    try:
+        with pytest.raises(DirectoryError, match=r"deleted items lookup failed \(403"):
+            await d.read([g])
+        assert adapter_tasks(before) == []
+        sent = await sent_after_failure(fresh, "/directory/deletedItems", before)
+        assert set(sent) == {403} and len(sent) <= concurrency  # those under way when the first failed
+    finally:
+        fresh.fail_paths.clear()
+        for p in ps:
+            fresh.restore_user(p)
+    assert await state_docs(store) == before_state
     await d.close()
 
 

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
@@ -328,23 +328,47 @@ class GraphClient:
                 return
             doc = await self._get_json(builder.with_url(nxt).to_get_request_information(self._config()))
 
+    async def _all(self, jobs: Sequence[Callable[[], Awaitable[None]]]) -> None:
+        """Run ``jobs``, at most ``lookup_concurrency`` at once, as one read: the first to fail
+        ends them all. No job starts after it, those under way are cancelled (a wait for a retry
+        too, so nothing more is sent), and its exception is raised as is once they have ended."""
+        sem = asyncio.Semaphore(self.lookup_concurrency)
+        failed = False
+
+        async def run(job: Callable[[], Awaitable[None]]) -> None:
+            nonlocal failed
+            async with sem:
+                if failed:  # woken by the failed job's release, before the task group cancels it
+                    return
+                try:
+                    await job()
+                except Exception:
+                    failed = True  # before the semaphore is released
+                    raise
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for job in jobs:
+                    tasks.create_task(run(job))
+        except BaseExceptionGroup as group:
+            first = group.exceptions[0]
+            raise first from first.__cause__
+
     async def lookup_users(self, ids: Sequence[str]) -> Mapping[str, tuple[str | None, str]]:
         from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 
         found: dict[str, tuple[str | None, str]] = {}
-        sem = asyncio.Semaphore(self.lookup_concurrency)
         select = sorted({"id", "displayName", self.username_attribute})
 
         async def one(batch: Sequence[str]) -> None:
             q = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
                 filter="id in (" + ",".join(f"'{i}'" for i in batch) + ")", select=select,
             )
-            async with sem:
-                await self._pages(self.client.users, self._config(q), found)
+            await self._pages(self.client.users, self._config(q), found)
 
         batches = [list(ids[i:i + USERS_PER_FILTER]) for i in range(0, len(ids), USERS_PER_FILTER)]
         try:
-            await asyncio.gather(*(one(b) for b in batches))
+            await self._all([functools.partial(one, b) for b in batches])
         except DirectoryError:
             raise
         except Exception as exc:
@@ -377,24 +401,22 @@ class GraphClient:
         """The ids among ``ids`` that Graph holds as users in deleted items: one
         ``GET /directory/deletedItems/{id}`` each (a few leavers at a time; 404: not there)."""
         found: set[str] = set()
-        sem = asyncio.Semaphore(self.lookup_concurrency)
 
         async def one(uid: str) -> None:
-            async with sem:
-                try:
-                    item = await self.client.directory.deleted_items.by_directory_object_id(uid).get(self._config())
-                except Exception as exc:
-                    if self._error(exc)[0] == 404:
-                        return
-                    raise
-                finally:
-                    self.requests += 1
+            try:
+                item = await self.client.directory.deleted_items.by_directory_object_id(uid).get(self._config())
+            except Exception as exc:
+                if self._error(exc)[0] == 404:
+                    return
+                raise
+            finally:
+                self.requests += 1
             kind = str(getattr(item, "odata_type", "") or "").lower()
             if item is not None and (not kind or kind.endswith(".user")):
                 found.add(uid.lower())
 
         try:
-            await asyncio.gather(*(one(u) for u in ids))
+            await self._all([functools.partial(one, u) for u in ids])
         except DirectoryError:
             raise
         except Exception as exc:
