@@ -539,6 +539,24 @@ async def test_a_failed_lookup_cancels_its_siblings_and_no_request_follows_it(
     await d.close()
 
 
+async def test_a_lookup_waiting_to_retry_is_not_retried_once_a_sibling_failed(fresh: GraphDouble) -> None:
+    """Two deleted-items lookups at once: one is throttled (Retry-After 3 s) and waits to retry,
+    the other is refused; the read fails at the refusal and the throttled one is never retried."""
+    waiting, refused = str(uuid.uuid4()), str(uuid.uuid4())
+    gc = client(fresh, lookup_concurrency=2)
+    fresh.fail_paths[f"/directory/deletedItems/{refused}"] = 403
+    fresh.throttle(1, 429, retry_after=3)  # whichever of the two the double serves from its faults
+    before = set(asyncio.all_tasks())
+    try:
+        with pytest.raises(DirectoryError, match=r"deleted items lookup failed \(403"):
+            await gc.deleted_users([waiting, refused])
+        assert adapter_tasks(before) == []
+        assert await sent_after_failure(fresh, f"/directory/deletedItems/{waiting}", before) == [429]
+    finally:
+        fresh.fail_paths.clear()
+        await gc.close()
+
+
 async def test_refresh_off_and_a_failed_refresh_commit_nothing_new(fresh: GraphDouble, store: SqliteStore) -> None:
     g, ps, clock, off = await one_group(fresh, store, 2, refresh=None)
     fresh.users[ps[0]]["userPrincipalName"] = "late@example.org"
