@@ -316,6 +316,28 @@ async def test_expired_token_triggers_a_full_resync_that_reflects_removals(
     await d.close()
 
 
+async def test_the_location_of_a_synchronization_reset_is_the_initial_query(fresh: GraphDouble) -> None:
+    """delta-query-overview, "Synchronization reset": the 410's Location holds "a request URL with
+    an empty $deltaToken (same as the initial query)". The double serves it as such: followed
+    through the SDK it is a full round to a deltaLink (hubpilot itself starts its own initial
+    query, the same request: see the test above)."""
+    g = fresh.add_group()
+    ps = people(fresh, 3)
+    fresh.add_members(g, ps)
+    gc = client(fresh)
+    first = await gc.delta_round([g], None)
+    fresh.expire_tokens(410)
+    async with httpx.AsyncClient() as http:
+        gone = await http.get(first["delta_link"], headers={"Authorization": f"Bearer {TOKEN}"})
+    assert gone.status_code == 410
+    location = gone.headers["location"]
+    assert location.endswith("$deltatoken=")
+    full = await gc.delta_round([], location)
+    assert "expired" not in full and full["delta_link"]
+    assert {str(m["id"]) for e in full["entries"] if e["id"] == g for m in e["members"]} == set(ps)
+    await gc.close()
+
+
 async def test_any_other_error_aborts_and_changes_nothing(fresh: GraphDouble, store: SqliteStore) -> None:
     g = fresh.add_group()
     ps = people(fresh, 2)

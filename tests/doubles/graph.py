@@ -10,8 +10,8 @@ What it serves (v1.0 paths under its base URL):
   group comes back as ``{"id":..,"@removed":{"reason":"deleted"}}``. An expired deltaLink is
   answered as Graph documents it: 400 ``syncStateNotFound`` (the 7-day lifetime of directory
   delta tokens, Microsoft 365 Developer Blog, 2020-07-03) or, with ``expire_tokens(410)``,
-  410 Gone with a ``Location`` header holding a fresh query (delta-query-overview,
-  "Synchronization reset").
+  410 Gone with a ``Location`` header holding a fresh query with an empty ``$deltatoken``, which
+  the double serves as the initial query (delta-query-overview, "Synchronization reset").
 * ``GET /users?$filter=id in ('..',..)&$select=..`` (at most 15 values, as Graph's default) and
   ``GET /groups/{id}/members/microsoft.graph.user?$select=..&$top=..`` (paged).
 * ``GET /directory/deletedItems/{id}``: a soft-deleted user (``soft_delete_user``), 404 for any
@@ -257,7 +257,7 @@ class GraphDouble:
     def _delta(self, q: Mapping[str, str]) -> Response:
         if "$skiptoken" in q and self.script_active(q["$skiptoken"]):
             return self._scripted(_dec(q["$skiptoken"])["script"])
-        if "$deltatoken" in q:
+        if q.get("$deltatoken"):  # empty: the initial query (a 410's Location, delta-query-overview)
             state = _dec(q["$deltatoken"])
             if state.get("script") is not None:
                 return self._scripted(int(state["script"]))
