@@ -352,7 +352,9 @@ class GraphClient:
                     tasks.create_task(run(job))
         except BaseExceptionGroup as group:
             first = group.exceptions[0]
-            raise first from first.__cause__
+        else:
+            return
+        raise first  # outside the handler: the exception keeps its own cause and context
 
     async def lookup_users(self, ids: Sequence[str]) -> Mapping[str, tuple[str | None, str]]:
         from msgraph.generated.users.users_request_builder import UsersRequestBuilder
