@@ -295,7 +295,7 @@ class HubpilotParams:
     node_idle_minutes: float = 3
     spare_peak: int = 1
     spare_shoulder: int = 1
-    window_start: str = "07:45"
+    window_start: str = "07:55"  # a restart takes 1.5-2.5 min: the spare is ready by 08:00
     window_end: str = "18:00"
     peaks: tuple[tuple[str, str], ...] = (("08:45", "17:00"),)
     activity_interval: int = 60
@@ -305,7 +305,7 @@ class HubpilotParams:
     history_weeks: int = 3
     windows_too: bool = False  # forecast on top of the warm windows (the larger spare applies)
     reclaim_minutes: float | None = None  # scale.reclaim_idle_minutes (None: off)
-    cull_every: int = 120  # seconds between cull rounds (cull.schedule)
+    cull_every: int = 60  # seconds between cull rounds (cull.schedule)
 
     def label(self) -> str:
         base = self._label()
@@ -621,8 +621,9 @@ def candidates(quick: bool) -> list[HubpilotParams]:
             if not quick:
                 out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=idle, forecast_quantile=0.97,
                                           windows_too=True))
-            # reclaiming idle GPU servers for waiting ones (3 or 5 min idle; shorter is left to the curve)
-            for reclaim in ([3] if quick else [3, 5]):
+            # reclaiming idle GPU servers for waiting ones (2, 3 or 5 min idle; 2 min is the shortest the
+            # activity reports allow: more than activity_interval + activity_check_seconds)
+            for reclaim in ([2, 3] if quick else [2, 3, 5]):
                 out.append(HubpilotParams(cull_minutes=cull, node_idle_minutes=idle, spare_shoulder=1, spare_peak=1,
                                           reclaim_minutes=reclaim))
                 for peaks in (PEAKS[2:] if quick else PEAKS[1:]):
@@ -645,11 +646,10 @@ class Tuned:
 
 def tune(seeds: Sequence[int], quick: bool) -> Tuned:
     """The cheapest candidate that meets the wait goal on the tuning seeds, and the cheapest."""
-    traces = {s: trace(s) for s in seeds}
     scored: list[tuple[float, float, HubpilotParams]] = []
     lines = []
-    for p in candidates(quick):
-        results = [measure("hubpilot", run_hubpilot(_fresh(traces[s]), s, p)) for s in seeds]
+    points = candidates(quick)
+    for p, results in zip(points, _in_parallel(points, seeds), strict=True):
         ratio = statistics.mean(r.ratio for r in results)
         worst_wait = max(r.p95_work for r in results)
         score = ratio + (10 if worst_wait > 60 else 0)  # the wait goal first, then node-hours
@@ -661,6 +661,20 @@ def tune(seeds: Sequence[int], quick: bool) -> Tuned:
                    key=lambda x: x[0])[2]
     no_reclaim = min((x for x in scored if x[2].reclaim_minutes is None), key=lambda x: x[0])[2]
     return Tuned(best, cheapest, forecast, no_reclaim, lines)
+
+
+def _run_seeds(p: HubpilotParams, seeds: Sequence[int]) -> list[Result]:
+    return [measure("hubpilot", run_hubpilot(trace(s), s, p)) for s in seeds]
+
+
+def _in_parallel(points: Sequence[HubpilotParams], seeds: Sequence[int]) -> list[list[Result]]:
+    """Each policy's results on the seeds, one process per core (the runs are independent and
+    deterministic: the same figures as one after the other)."""
+    import multiprocessing
+    import os
+
+    with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool:
+        return pool.starmap(_run_seeds, [(p, tuple(seeds)) for p in points])
 
 
 def _fresh(sessions: list[Session]) -> list[Session]:
@@ -749,10 +763,8 @@ def curve(seeds: Sequence[int]) -> None:
     """Node-hours against wait on the held-out seeds for a sweep of spare policies (no choice is
     made here: the sweep shows the trade-off), and which points no other point beats on both."""
     points = curve_points()
-    traces = {s: trace(s) for s in seeds}
     out = []
-    for p in points:
-        rs = [measure("curve", run_hubpilot(_fresh(traces[s]), s, p)) for s in seeds]
+    for p, rs in zip(points, _in_parallel(points, seeds), strict=True):
         out.append((statistics.mean(r.ratio for r in rs), max(r.p95_work for r in rs), p,
                     p95([w for r in rs for w in r.waits_work])))
     print(f"\ntrade-off on held-out seeds {list(seeds)} (x oracle mean, p95 wait worst seed, p95 wait pooled over "
@@ -865,7 +877,7 @@ configure_scale_demand(c, url="http://127.0.0.1:{port}/api/v1", token={token!r},
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer tuning candidates")
-    ap.add_argument("--tune-seeds", default="1,2,3")
+    ap.add_argument("--tune-seeds", default="1,2,3,4,5,6")
     ap.add_argument("--report-seeds", default="101,102,103")
     ap.add_argument("--latency-runs", type=int, default=20)
     ap.add_argument("--real-hub-runs", type=int, default=5, help="spawns through a real JupyterHub (0: none)")
