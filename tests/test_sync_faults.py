@@ -628,3 +628,44 @@ async def test_a_request_answered_only_on_its_retry_does_not_end_the_round(
         assert (got := await scene.managed()) == managed, differ(got, managed)
     finally:
         await scene.close()
+
+
+async def test_a_token_revocation_whose_answer_was_lost_counts_the_token_revoked(
+        fault_hub: RealHub, tmp_path: Path) -> None:
+    """A leaver's tokens are listed, then deleted one by one. The first deletion reaches the hub,
+    which deletes the token, but its answer is lost; the client's retry finds the token gone (404).
+    That token was listed and is gone: it is counted revoked, not taken for one that was already
+    gone; the count (and sync's "n token(s) revoked") says what the hub shows."""
+    name = unique_name("tok")
+    async with fault_hub.admin() as admin:
+        assert (await admin.post(f"/users/{name}")).status_code == 201
+        for note in ("one", "two"):
+            r = await admin.post(f"/users/{name}/tokens", json={"note": note})
+            assert r.status_code == 201, r.text
+    proxy = FaultProxy(*_where(fault_hub))
+    await proxy.start()
+    cut = [False]
+
+    def first_delete(method: str, path: str) -> bool:
+        if method == "DELETE" and path.startswith(f"/hub/api/users/{name}/tokens/") and not cut[0]:
+            cut[0] = True
+            return True
+        return False
+
+    proxy.rule(first_delete, "after")
+    client = HubClient(f"http://127.0.0.1:{proxy.port}/hub/api", fault_hub.admin_token,
+                       retries=1, backoff=0.01, timeout=30)
+    try:
+        revoked = await client.revoke_tokens(name)
+        deletes = [s for s in proxy.seen if s.method == "DELETE"]
+        # the two deletions, and the retry of the one cut
+        assert len(deletes) == 3 and [s.fault for s in deletes].count("after") == 1, proxy.seen
+        assert len({s.path for s in deletes}) == 2, proxy.seen
+        async with fault_hub.admin() as admin:
+            assert (await admin.get(f"/users/{name}/tokens")).json()["api_tokens"] == []
+        assert revoked == 2
+    finally:
+        await client.close()
+        await proxy.stop()
+        async with fault_hub.admin() as admin:
+            await admin.delete(f"/users/{name}")

@@ -149,10 +149,12 @@ class HubClient:
         ok: Sequence[int] = (200, 201, 202, 204),
         accept: Sequence[int] = (),
         request_timeout: float | None = None,
+        attempts: list[int] | None = None,
     ) -> httpx.Response:
         """Send one request with retries. Returns the response when its status is in ``ok`` or
         ``accept`` (an expected 'already so' answer); raises HubError otherwise. ``request_timeout``:
-        this request's timeout, instead of the client's."""
+        this request's timeout, instead of the client's. ``attempts``: gets the number of times the
+        answered request was sent (more than one: an earlier sending may have acted unanswered)."""
         path = template.format(**{k: quote(v, safe="") for k, v in (path_args or {}).items()})
         route = f"{method} {template}"
         what = f"{method} {path}"
@@ -214,6 +216,8 @@ class HubClient:
                     status=403,
                 )
             if resp.status_code in ok or resp.status_code in accept:
+                if attempts is not None:
+                    attempts.append(attempt + 1)
                 return resp
             self._counts["errors"] += 1
             proxied = resp.status_code >= 500 and _content_type(resp) == "text/html"
@@ -470,11 +474,15 @@ class HubClient:
             ids.append(t["id"])
 
         async def revoke(token_id: str) -> bool:
+            sent: list[int] = []
             r = await self._request(
                 "DELETE", "/users/{name}/tokens/{token_id}",
-                path_args={"name": user, "token_id": token_id}, accept=(404,),
+                path_args={"name": user, "token_id": token_id}, accept=(404,), attempts=sent,
             )
-            return r.status_code != 404
+            # a 404 to a retry: the token was listed just now and an earlier sending of this
+            # DELETE, left unanswered (or answered 5xx), most likely revoked it: counted revoked,
+            # as the hub shows it gone. A 404 to the first sending: revoked by someone else
+            return r.status_code != 404 or sent[-1] > 1
 
         done = await asyncio.gather(*(revoke(i) for i in ids))
         return sum(done)
