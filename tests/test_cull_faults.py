@@ -177,7 +177,8 @@ async def test_two_runs_at_once_stop_each_server_once(
             # planned by both; the other run saw it stopped (noop) or stopping (its DELETE joined
             # the stop: 202, pending). Not asserted: at most one "done" -- JupyterHub answers 204 to
             # the DELETE of a server already stopped, so a DELETE that comes just after the other
-            # run's stop has ended reads as a stop of its own
+            # run's stop has ended reads as a stop of its own: these runs share no state store
+            # (one store: test_two_runs_after_a_lost_lease_report_one_stop_once)
             assert set(got) <= {Status.DONE, Status.NOOP, Status.PENDING} and len(got) == 2, \
                 [rec.render() for rec in recs]
             assert Status.DONE in got, [rec.render() for rec in recs]
@@ -286,3 +287,49 @@ async def test_two_processes_on_one_state_store(fault_hub: RealHub, tmp_path: Pa
         assert sorted(done) == sorted(users), text
     finally:
         await stop_all(fault_hub, users)
+
+
+async def test_two_runs_after_a_lost_lease_report_one_stop_once(
+        fault_hub: RealHub, tmp_path: Path) -> None:
+    """Two hosts on one state store: run B took the lock and read the server again (running), then
+    stalled before its DELETE (held by the proxy) past its lease; run A took the lock over and
+    stopped the server. B's DELETE then reaches the hub, which answers 204 to a DELETE of a server
+    already stopped, as to a stop of its own. B reports it stopped nothing (noop, with the reason),
+    so that the audit of the store names the stop once."""
+    user = unique_name("lease")
+    await spawn_all(fault_hub, [user])
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    where = urlsplit(fault_hub.api_url)
+    slow = FaultProxy(where.hostname or "127.0.0.1", where.port or 80)
+    await slow.start()
+    slow.rule(lambda m, path: m == "DELETE", "hold")
+    b_hub = client(fault_hub, slow)
+    a_hub = HubClient(fault_hub.api_url, fault_hub.hubpilot_token, retries=0, timeout=10, stop_timeout=30)
+    try:
+        run_b = asyncio.create_task(Runner(store, clock=lambda: NOW).run(
+            CullCapability(b_hub, SETTINGS, store), trigger="test", actor="b"))
+        async with asyncio.timeout(60):  # a guard against a hang, not a timing assert
+            while not (run_b.done() or slow.faulted()):
+                await asyncio.sleep(0.05)
+        assert not run_b.done(), run_b.result().render()
+        # A's clock is past B's lease: the lock is A's now
+        rec_a = await Runner(store, clock=lambda: NOW + timedelta(minutes=30)).run(
+            CullCapability(a_hub, SETTINGS, store), trigger="test", actor="a")
+        assert [(r.action.target, r.status) for r in rec_a.results] == [(user, Status.DONE)], rec_a.render()
+        assert await running(fault_hub, [user]) == set()
+        slow.release()
+        async with asyncio.timeout(60):
+            rec_b = await run_b
+        assert [s.method for s in slow.seen if s.method == "DELETE"] == ["DELETE"]  # B's DELETE was sent
+        assert rec_b.outcome is Outcome.APPLIED, rec_b.render()
+        [result] = rec_b.results
+        assert result.status is Status.NOOP and "another run" in result.detail, rec_b.render()
+        entries, _ = await store.read_audit()
+        done = [r for e in entries if e.get("kind") == "run" for r in e["results"] if r["status"] == "done"]
+        assert len(done) == 1, entries
+    finally:
+        await a_hub.close()
+        await b_hub.close()
+        await slow.stop()
+        await store.close()
+        await stop_all(fault_hub, [user])

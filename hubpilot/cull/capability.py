@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from hubpilot.config.cull import CullSettings
 from hubpilot.cull.plan import (
@@ -22,7 +23,7 @@ from hubpilot.cull.plan import (
 )
 from hubpilot.loop import Action, ActionResult, Plan, Progress, Status, run_actions
 from hubpilot.ports.hub import Hub, HubError, HubNotAttempted, HubUser, StopResult
-from hubpilot.ports.store import StateStore, StoreError
+from hubpilot.ports.store import ConflictError, StateStore, StoreError
 from hubpilot.sync import ManagedRecordError, read_managed
 
 _STOP_STATUS = {
@@ -31,6 +32,12 @@ _STOP_STATUS = {
                          "the hub answered 202: the server is still stopping (a slow stop, or one already under way)"),
     StopResult.NOT_RUNNING: (Status.NOOP, "already stopped"),
 }
+#: one document per server stop reported done (``STOP_REPORTS`` + a hash of user, server and
+#: the server's start time): the first run to write it reports the stop, another finds it
+STOP_REPORTS = "cull/stops/"
+STOP_REPORTS_KEPT = timedelta(days=2)
+REPORTED_ELSEWHERE = ("already stopped: another run on this state store stopped it and reports the "
+                      "stop (the hub answers 204 also to a DELETE of a server already stopped)")
 
 
 class CullCapability:
@@ -106,6 +113,7 @@ class CullCapability:
                 return members[0]
 
         now = _plan_time(plan)
+        reports: list[bool] = []
         before = {(u.name, n): s for u in observed.active for n, s in u.servers.items()}
         async def perform(action: Action) -> ActionResult:
             # a hub that left one request of the round unanswered is not asked for the remaining
@@ -123,8 +131,9 @@ class CullCapability:
                 try:
                     # read the server again: a user back at work, or a restart (whose pending
                     # spawn the DELETE would cancel), since the round's reading keeps it
+                    current = await self.hub.get_user(user)
                     changed = recheck_stop(action.kind, before.get((user, server)),
-                                           await self.hub.get_user(user), server, self.settings, now)
+                                           current, server, self.settings, now)
                     if changed is not None:
                         stop_status.setdefault(user, []).append(changed[0])
                         return ActionResult(action, *changed)
@@ -136,6 +145,11 @@ class CullCapability:
                     stop_status.setdefault(user, []).append(Status.FAILED)
                     raise
                 status, detail = _STOP_STATUS[outcome]
+                seen = current.servers.get(server) if current is not None else None
+                if status is Status.DONE and seen is not None and seen.started is not None:
+                    reports.append(True)
+                    if not await self._first_report(user, server, seen.started):
+                        status, detail = Status.NOOP, REPORTED_ELSEWHERE
                 if action.kind == REMOVE and status is not Status.PENDING:
                     detail = f"{detail}; removed" if status is Status.DONE else "already removed or stopped"
                 stop_status.setdefault(user, []).append(status)
@@ -165,8 +179,33 @@ class CullCapability:
                                     "deleted" if existed else "already gone")
             return ActionResult(action, Status.SKIPPED, f"cull does not perform {action.kind}")
 
-        return await run_actions(plan.actions, perform, concurrency=self.settings.concurrency,
-                                 progress=progress)
+        results = await run_actions(plan.actions, perform, concurrency=self.settings.concurrency,
+                                    progress=progress)
+        if reports and self.store is not None and now is not None:
+            try:  # best effort: a report outlives any run that could find the same server running
+                await self.store.prune(STOP_REPORTS, now - STOP_REPORTS_KEPT)
+            except StoreError:
+                pass
+        return results
+
+    async def _first_report(self, user: str, server: str, started: datetime) -> bool:
+        """Whether this run is the first to report the stop of ``user``'s ``server`` that started
+        at ``started``. Two runs at once (a lock lost) may both send its DELETE, and JupyterHub
+        answers 204 to each: to the stop, and to a DELETE of a server already stopped (5.x; older
+        hubs answered 400 "not running"). The first to record the stop in the state store reports
+        it done, the other a no-op. Without a store, or when it fails, the stop is reported."""
+        if self.store is None:
+            return True
+        ident = "\0".join((user, server, started.isoformat()))
+        key = STOP_REPORTS + hashlib.sha256(ident.encode()).hexdigest()[:40]
+        try:
+            await self.store.put(key, {"user": user, "server": server, "started": started.isoformat()},
+                                 if_match="")
+        except ConflictError:
+            return False
+        except StoreError:
+            return True
+        return True
 
 
 def _plan_time(plan: Plan) -> datetime | None:
@@ -178,4 +217,4 @@ def _plan_time(plan: Plan) -> datetime | None:
     return now if now.tzinfo is not None else None
 
 
-__all__ = ["DELETE_USER", "REMOVE", "STOP", "CullCapability"]
+__all__ = ["DELETE_USER", "REMOVE", "STOP", "STOP_REPORTS", "CullCapability"]
