@@ -479,7 +479,11 @@ async def test_an_apply_of_an_older_observation_makes_no_record_again(
         mixed = replace(before, users=(await b.observe()).users)
         plan = b.plan(mixed, utcnow() + LATER)
         assert ("deprovision", scene.name("bob")) in [(x.kind, x.target) for x in plan.actions], plan.render()
-        await b.apply(plan, mixed, no_progress)
+        results = await b.apply(plan, mixed, no_progress)
+        # B's own report says what happened: bob was renamed by A, not deprovisioned by B
+        [bob] = [r for r in results if (r.action.kind, r.action.target) == ("deprovision", scene.name("bob"))]
+        assert bob.status is Status.SKIPPED, bob
+        assert bob.detail == f"not recorded: renamed to {scene.name('robert')} by another run", bob
         await scene.proxy.stop()  # A's hanging deletion fails; A records what it did
         rec_a = await run_a
         assert rec_a.outcome is (Outcome.APPLIED if when == "after" else Outcome.FAILED), rec_a.render()

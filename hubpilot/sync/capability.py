@@ -240,7 +240,13 @@ class SyncCapability:
         if approved or groups_approved or results or any(
                 r.active and n in want.ids and r.directory_id != want.ids[n]
                 and same_entry(r.directory_id, want.ids[n], want) for n, r in observed.managed.items()):
-            await self._record_managed(results, want, undo, approved=approved, groups_approved=groups_approved)
+            taken = await self._record_managed(results, want, undo, approved=approved,
+                                               groups_approved=groups_approved, before=observed.managed)
+            # a deprovisioning whose record another run (its lock lost) took away meanwhile, or
+            # renamed: this run's plan was of an older state, and its report says so
+            results = [ActionResult(r.action, Status.SKIPPED, f"not recorded: {taken[r.action.target]}")
+                       if r.action.kind == "deprovision" and r.status is Status.DONE and r.action.target in taken
+                       else r for r in results]
         return results
 
     # --- apply ---------------------------------------------------------------------------------
@@ -306,7 +312,8 @@ class SyncCapability:
     async def _record_managed(self, results: Sequence[ActionResult], want: Desired | None,
                               undo: Mapping[str, ManagedUser | None] | None = None, *,
                               ahead: bool = False, approved: bool = False,
-                              groups_approved: bool = False) -> None:
+                              groups_approved: bool = False,
+                              before: Mapping[str, ManagedUser] | None = None) -> dict[str, str]:
         """Write the managed-user records the applied actions imply, in one conditional write,
         and each active managed user's directory id (``want.ids``: hub name → id), which a later
         rename in the directory is recognised by. A record's id is only ever filled in or brought
@@ -314,11 +321,15 @@ class SyncCapability:
         (the record stays its person's). Nothing is written when nothing changes. ``ahead``:
         before apply, a rename records the new name beside the old one. ``approved``: the plan was
         approved despite its removals; the removal window's count starts again now.
-        ``groups_approved``: approved despite its group losses; their count starts again now."""
+        ``groups_approved``: approved despite its group losses; their count starts again now.
+        ``before``: the records the plan was made from. Returns the deprovisionings not recorded
+        (hub name → why): another run (its lock lost) renamed the person or took the record away
+        since ``before``."""
         ids = want.ids if want is not None else {}
         now = self.clock()
         touched = [r for r in results if r.status in (Status.DONE, Status.NOOP)]
         for _ in range(5):
+            not_recorded: dict[str, str] = {}
             current = await self.store.get_with_etag(MANAGED_KEY)
             doc: dict[str, Any] = dict(current[0]) if current else {"users": {}}
             users: dict[str, Any] = dict(doc.get("users", {}))
@@ -328,9 +339,14 @@ class SyncCapability:
                 name, kind = r.action.target, r.action.kind
                 if kind in ("create_user", "manage_user"):
                     previous = users.get(name)
-                    since = previous.get("since") if previous and kind == "manage_user" and \
-                        not previous.get("deprovisioned_at") else None
+                    kept = previous if previous and kind == "manage_user" and not previous.get("deprovisioned_at") \
+                        else None
+                    since = kept.get("since") if kept else None
                     users[name] = ManagedUser(datetime.fromisoformat(since) if since else now).to_json()
+                    if kept and kept.get("directory_id"):
+                        # recorded meanwhile by another run (its lock lost; a rename it recorded
+                        # ahead): the person's directory id stays with the record
+                        users[name]["directory_id"] = kept["directory_id"]
                 elif kind == "rename_user":
                     new = r.action.params["to"]
                     rec = users.get(name) if ahead else users.pop(name, None)
@@ -342,9 +358,17 @@ class SyncCapability:
                                 people[new] = people.pop(name)
                 elif kind == "deprovision":
                     # a record another run (its lock lost) took away meanwhile (renamed, deleted)
-                    # is not made again: this run's plan was of an older state
-                    if name in users:
+                    # is not made again: this run's plan was of an older state. A rename another
+                    # run records (ahead: both names, or done: the new one) is not a removal either
+                    moved = _renamed_by_another_run(name, before, users)
+                    if moved is not None:
+                        not_recorded[name] = f"renamed to {moved} by another run"
+                    elif name in users:
                         users[name] = {**users[name], "deprovisioned_at": now.isoformat()}
+                    elif name in deleted:
+                        not_recorded[name] = "deleted by another run"
+                    elif before is not None and name in before:
+                        not_recorded[name] = "no longer managed: another run took its record away"
                 elif kind == "remove_from_group" and not groups_approved:
                     _stamp(taken_out, name, str(r.action.params["user"]), now, users, want)
                 elif kind == "delete_user":
@@ -360,11 +384,11 @@ class SyncCapability:
                 if r.action.kind == "remove_from_group" and r.status is Status.FAILED and not ahead \
                         and not groups_approved:
                     stamped |= _stamp(taken_out, r.action.target, str(r.action.params["user"]), now, users, want)
-            for name, before in (undo or {}).items():
-                if before is None:
+            for name, prior in (undo or {}).items():
+                if prior is None:
                     users.pop(name, None)
                 else:
-                    users[name] = before.to_json()
+                    users[name] = prior.to_json()
             changed = bool(touched) or bool(undo) or stamped
             if approved:
                 # the approval accepts every removal recorded so far; those another instance stamped
@@ -387,7 +411,7 @@ class SyncCapability:
                     doc["groups"] = mirrors
                     changed = True
             if not changed:
-                return
+                return not_recorded
             doc["users"] = users
             # the deleted are kept while their removal is within the window (then not counted)
             window_start = now - timedelta(hours=self.policy.removal_window_hours)
@@ -399,7 +423,7 @@ class SyncCapability:
                 n: at for n, at in _after(people, window_start).items() if n not in back.get(g, ())})})
             try:
                 await self.store.put(MANAGED_KEY, doc, if_match=current[1] if current else "")
-                return
+                return not_recorded
             except ConflictError:
                 continue
         raise RuntimeError(f"could not record managed users in {MANAGED_KEY!r}: too many concurrent writers")
@@ -473,6 +497,22 @@ def _removal_stamps(users: Mapping[str, Any], deleted: Mapping[str, Any]) -> dic
         if isinstance(rec, Mapping) and rec.get("deprovisioned_at"):
             out[name] = rec["deprovisioned_at"]
     return out
+
+
+def _renamed_by_another_run(name: str, before: Mapping[str, ManagedUser] | None,
+                            users: Mapping[str, Any]) -> str | None:
+    """The name another run renamed ``name`` to since the plan's records (``before``): an active
+    record of another name, unknown to ``before``, with the person's directory id; or None."""
+    if before is None:
+        return None
+    old = before.get(name)
+    if old is None or old.directory_id is None:
+        return None
+    for other, rec in sorted(users.items()):
+        if other != name and other not in before and isinstance(rec, Mapping) \
+                and rec.get("directory_id") == old.directory_id and not rec.get("deprovisioned_at"):
+            return other
+    return None
 
 
 def _stamp(taken_out: dict[str, dict[str, Any]], group: str, person: str, now: datetime,
