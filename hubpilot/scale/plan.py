@@ -495,6 +495,16 @@ def _removable(observed: Observed, occ: Occupancy, memory: Memory, policy: Polic
     return out
 
 
+def _not_yet_idle(observed: Observed, occ: Occupancy, memory: Memory, policy: Policy,
+                  now: datetime) -> list[str]:
+    """Empty nodes hubpilot would remove once idle, not yet empty for the idle limit."""
+    nodes = {n.name: n for n in observed.cluster.nodes}
+    return sorted(name for name in occ.empty
+                  if not (_cordoned_by_others(nodes[name]) or name in occ.blocked or marked_for_removal(nodes[name]))
+                  and not (not nodes[name].ready and deallocates(observed.pool))
+                  and now - memory.empty_since.get(name, now) < policy.idle)
+
+
 def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
     pool = observed.pool
     full, leaving = observed, going(observed, now)
@@ -580,8 +590,17 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
             new_min = min(desired, max(current_min, pool.count) + policy.max_step_up)
             reason = f"keep {new_min} warm: " + ", ".join(why)
         elif desired < current_min and _down_allowed(observed.memory, policy, now, notes):
-            new_min = max(desired, current_min - policy.max_step_down)
-            reason = f"lower the autoscaler's floor to {new_min}: " + ", ".join(why)
+            # as a removal in direct mode, the floor comes down only for nodes empty for the idle
+            # limit: an empty node not yet idle (between two short sessions) keeps it, else the
+            # floor would go down and up again with each session, an ARM operation each time
+            fresh = _not_yet_idle(observed, occ, memory, policy, now)
+            new_min = max(desired, current_min - policy.max_step_down, len(occ.busy) + len(fresh))
+            if new_min < current_min:
+                reason = f"lower the autoscaler's floor to {new_min}: " + ", ".join(why)
+            else:
+                new_min = current_min
+                notes.append(f"the autoscaler's floor stays {current_min}: empty but not yet idle for "
+                             f"{_minutes(policy.idle)} min: {', '.join(fresh)}")
         if new_min != current_min or pool.min_count is None:
             actions.append(Action(SET_MIN_COUNT, pool.name, 0, {"min_count": new_min, "from": pool.min_count},
                                   reason if new_min != current_min else "set the autoscaler's floor"))
