@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from hubpilot.config.api import ApiSettings
+from hubpilot.config.base import PathSetting
 from hubpilot.config.cull import CullSettings
 from hubpilot.config.directory import DirectorySettings
 from hubpilot.config.hub import HubSettings
@@ -106,8 +107,47 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, _TimerSchedules(settings_cls)]
         path = _config_path()
         if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            sources.append(_SettingsFile(settings_cls, toml_file=path))
         return tuple(sources)
+
+
+class _SettingsFile(TomlConfigSettingsSource):
+    """The TOML settings file, its relative paths (settings marked ``PathSetting``) read from its
+    folder: ``hubpilot --config /etc/hubpilot/hubpilot.toml`` finds the files beside it from any
+    working directory. The environment's values replace these whole, so theirs stay relative to
+    the working directory."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        _paths_from_folder(Settings, data, Path(os.path.abspath(file_path)).parent)
+        return data
+
+
+def _paths_from_folder(model: Any, data: dict[str, Any], folder: Path) -> None:
+    for key, value in data.items():
+        field = getattr(model, "model_fields", {}).get(key)
+        if field is None:
+            continue  # an unknown key: the model refuses it
+        marker = next((m for m in field.metadata if isinstance(m, PathSetting)), None)
+        if marker is not None:
+            if isinstance(value, str):
+                data[key] = _from_folder(value, folder, marker)
+            continue
+        sub = _model_in(field.annotation)
+        if sub is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                _paths_from_folder(sub, item, folder)
+
+
+def _from_folder(value: str, folder: Path, marker: PathSetting) -> str:
+    """``value`` read from ``folder`` when relative; absolute, ``~`` and empty ones as they are."""
+    if marker.sqlite and (value == ":memory:" or value.startswith("file:")):
+        return value
+    parts = value.split(os.pathsep) if marker.several else [value]
+    return os.pathsep.join(p if not p or p.startswith("~") or os.path.isabs(p)
+                           else os.path.normpath(os.path.join(folder, p)) for p in parts)
 
 
 class _TimerSchedules(PydanticBaseSettingsSource):

@@ -142,5 +142,6 @@ def test_a_state_file_that_cannot_be_opened_is_named_without_a_traceback(tmp_pat
     (tmp_path / "hubpilot.toml").write_text('[state]\nsqlite_path = "afile/state.sqlite3"\n')
     done = _bare(tmp_path, *command)
     assert done.returncode == 1, (done.stdout, done.stderr)
-    assert "cannot open the state file 'afile/state.sqlite3'" in done.stderr, done.stderr
+    # a relative path in the settings file is read from its folder, and shown absolute
+    assert f"cannot open the state file '{tmp_path / 'afile' / 'state.sqlite3'}'" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr

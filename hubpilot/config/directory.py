@@ -1,20 +1,20 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from hubpilot.config.base import Section
+from hubpilot.config.base import FROM_FILE_FOLDER, PathSetting, Section
 from hubpilot.config.entra import EntraSettings
 
 
 class FileDirectorySettings(Section):
     """A directory kept in a YAML or TOML file (the demo uses one)."""
 
-    path: str = Field(description="Path of the directory file (.yaml, .yml or .toml); a relative one is read "
-                      "from the working directory.")
+    path: Annotated[str, PathSetting()] = Field(
+        description="Path of the directory file (.yaml, .yml or .toml). " + FROM_FILE_FOLDER)
 
 
 class LdapSettings(Section):
@@ -33,8 +33,9 @@ class LdapSettings(Section):
     page_size: int = Field(500, ge=1, le=10000, description="Paged search size (RFC 2696).")
     timeout_seconds: float = Field(10.0, gt=0, le=300, description="Connect and receive timeout.")
     start_tls: bool = Field(False, description="Upgrade an ldap:// connection with StartTLS.")
-    ca_file: str | None = Field(
-        None, description="CA bundle (PEM) to verify the server's certificate; needs ldaps:// or start_tls.")
+    ca_file: Annotated[str | None, PathSetting()] = Field(
+        None, description="CA bundle (PEM) to verify the server's certificate; needs ldaps:// or start_tls. "
+        + FROM_FILE_FOLDER)
     id_attribute: str | None = Field(
         "entryUUID",
         description="Attribute that identifies a person across renames (modrdn), so a renamed person keeps "

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from datetime import date, time
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from hubpilot.config.base import NCronTab, Section
+from hubpilot.config.base import FROM_FILE_FOLDER, NCronTab, PathSetting, Section
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
@@ -118,7 +118,8 @@ class ScaleSettings(Section):
         False, description="User pods live in namespaces of their own (KubeSpawner.enable_user_namespaces): "
         "they are listed in every namespace (needs list pods cluster-wide), else a node running one would look "
         "empty.")
-    kubeconfig: str | None = Field(None, description="Kubeconfig path; unset: in-cluster, else ~/.kube.")
+    kubeconfig: Annotated[str | None, PathSetting(several=True)] = Field(
+        None, description="Kubeconfig path; unset: in-cluster, else ~/.kube/config. " + FROM_FILE_FOLDER)
     kube_api_url: str | None = Field(None, description="Kubernetes API URL (overrides kubeconfig; tests).")
     kube_auth: Literal["kubeconfig", "entra"] = Field(
         "kubeconfig",
@@ -133,8 +134,8 @@ class ScaleSettings(Section):
         "'<id>/.default'); unset: the --server-id of the cluster's kubeconfig, else AKS's "
         "6dae42f8-4368-4678-94ff-3960e28e3630.",
     )
-    kube_ca_file: str | None = Field(
-        None, description="With kube_auth=entra and kube_api_url: PEM file of the API server's CA."
+    kube_ca_file: Annotated[str | None, PathSetting()] = Field(
+        None, description="With kube_auth=entra and kube_api_url: PEM file of the API server's CA. " + FROM_FILE_FOLDER
     )
     kube_timeout_seconds: float = Field(
         30.0, gt=0, le=600,

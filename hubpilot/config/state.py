@@ -1,17 +1,19 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 
-from hubpilot.config.base import Section
+from hubpilot.config.base import FROM_FILE_FOLDER, PathSetting, Section
 
 
 class StateSettings(Section):
     """Where hubpilot keeps its locks, audit log and documents."""
 
     kind: Literal["sqlite", "azure"] = Field("sqlite", description="sqlite (local) or azure (Tables + Blobs).")
-    sqlite_path: str = Field("hubpilot-state.sqlite3", description="SQLite file for kind=sqlite.")
+    sqlite_path: Annotated[str, PathSetting(sqlite=True)] = Field(
+        "hubpilot-state.sqlite3",
+        description="SQLite file for kind=sqlite. " + FROM_FILE_FOLDER + " The default is in the working directory.")
     azure_connection_string: SecretStr | None = Field(
         None, description="Azure Storage connection string (kind=azure); or use azure_account_name."
     )
