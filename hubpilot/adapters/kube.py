@@ -395,11 +395,21 @@ def _api_client(api_url: str | None, kubeconfig: str | None) -> Any:
         cfg.host = api_url.rstrip("/")
         return k8s.ApiClient(cfg)
     cfg = k8s.Configuration()
-    try:
-        if kubeconfig:
+    if kubeconfig:
+        # the kubeconfig named, never another: the client skips a file that does not exist and
+        # ~/.kube/config would then reach whichever cluster it names
+        missing = [os.path.abspath(os.path.expanduser(p)) for p in kubeconfig.split(os.pathsep)
+                   if p and not os.path.isfile(os.path.expanduser(p))]
+        if missing:
+            raise ValueError(f"scale.kubeconfig: no file {', '.join(missing)}; set the kubeconfig's path "
+                               "(a relative one in the settings file is read from the file's folder)")
+        try:
             k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        else:
-            k8s_config.load_incluster_config(client_configuration=cfg)
+        except k8s_config.ConfigException as exc:
+            raise ValueError(f"scale.kubeconfig {kubeconfig}: {exc}") from exc
+        return k8s.ApiClient(cfg)
+    try:
+        k8s_config.load_incluster_config(client_configuration=cfg)
     except k8s_config.ConfigException:
         k8s_config.load_kube_config(client_configuration=cfg)
     return k8s.ApiClient(cfg)

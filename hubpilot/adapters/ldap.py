@@ -24,6 +24,7 @@ import ast
 import asyncio
 import functools
 import math
+import os
 import re
 import ssl
 import unicodedata
@@ -437,8 +438,9 @@ class LdapDirectory:
             try:  # ldap3 checks only that the file exists, and says "invalid CA public key file"
                 ssl.create_default_context(cafile=self.ca_file)
             except (OSError, ssl.SSLError) as exc:
-                raise DirectoryError(f"LDAP {self.url}: directory.ldap.ca_file {self.ca_file!r} cannot be used: "
-                                     f"{exc}; give the PEM file of the CA that signed the server's certificate") \
+                looked = "" if os.path.isabs(self.ca_file) else f" ({os.path.abspath(self.ca_file)})"
+                raise DirectoryError(f"LDAP {self.url}: directory.ldap.ca_file {self.ca_file!r}{looked} cannot be "
+                                     f"used: {exc}; give the PEM file of the CA that signed the server's certificate") \
                     from exc
         if self._ssl or self.start_tls:
             tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=self.ca_file)

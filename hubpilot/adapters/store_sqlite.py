@@ -12,6 +12,7 @@ and ``docs`` (key, JSON, etag). The schema is created on first use.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -90,7 +91,9 @@ class SqliteStore:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the state file {self.path!r}: {exc}") from exc
+            looked = "" if os.path.isabs(self.path) or self.path == ":memory:" or self.path.startswith("file:") \
+                else f" ({os.path.abspath(self.path)})"  # a relative one: from the working directory
+            raise StoreError(f"cannot open the state file {self.path!r}{looked}: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             self._wal(conn)

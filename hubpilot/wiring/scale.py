@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -97,7 +98,8 @@ def build_cluster(s: ScaleSettings, pool: Pool | None = None) -> Cluster:
                     with open(s.kube_ca_file, "rb") as f:
                         ca = f.read()
                 except OSError as exc:
-                    raise NotConfigured(f"scale.kube_ca_file: cannot read {s.kube_ca_file}: {exc}") from exc
+                    raise NotConfigured(f"scale.kube_ca_file: cannot read {os.path.abspath(s.kube_ca_file)}: "
+                                        f"{exc.strerror or exc}") from exc
             fixed = KubeEndpoint(s.kube_api_url.rstrip("/"), ca)
 
             async def endpoint() -> KubeEndpoint:
