@@ -1,0 +1,153 @@
+"""A relative path in the settings file is read from the file's folder, from any working directory;
+one given in the environment stays relative to the working directory. The CLI runs as an admin runs
+it: ``hubpilot --config /etc/hubpilot/hubpilot.toml ...`` from another directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hubpilot.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in list(os.environ):
+        if key.startswith("HUBPILOT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+def _dirs(tmp: Path) -> tuple[Path, Path]:
+    conf, elsewhere = tmp / "etc" / "hubpilot", tmp / "elsewhere"
+    conf.mkdir(parents=True)
+    elsewhere.mkdir()
+    return conf, elsewhere
+
+
+def _cli(cwd: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")}
+    return subprocess.run([sys.executable, "-m", "hubpilot.cli", *args], cwd=cwd,
+                          env={**env, "PYTHONPATH": str(ROOT), **env_extra}, capture_output=True, text=True,
+                          timeout=60)
+
+
+HUB = '[hub]\napi_url = "http://127.0.0.1:9/hub/api"\ntoken = "t"\n'
+
+
+def test_the_state_file_named_relatively_in_the_settings_file_is_beside_it(tmp_path: Path) -> None:
+    conf, elsewhere = _dirs(tmp_path)
+    (conf / "hubpilot.toml").write_text(HUB + '[state]\nsqlite_path = "state/hubpilot.sqlite3"\n')
+    paused = _cli(elsewhere, "--config", str(conf / "hubpilot.toml"), "pause", "cull")
+    assert paused.returncode == 0, paused.stderr
+    assert (conf / "state" / "hubpilot.sqlite3").is_file()
+    assert not (elsewhere / "state").exists()
+    # another working directory, a relative --config: the same state
+    status = _cli(tmp_path, "--config", "etc/hubpilot/hubpilot.toml", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert '"paused"' in status.stdout and "cull" in status.stdout, status.stdout
+    assert not (tmp_path / "state").exists()
+
+
+def test_the_directory_file_named_relatively_in_the_settings_file_is_read_from_its_folder(tmp_path: Path) -> None:
+    conf, elsewhere = _dirs(tmp_path)
+    (conf / "hubpilot.toml").write_text(
+        HUB + f'[state]\nsqlite_path = "{(tmp_path / "s.sqlite3").as_posix()}"\n'
+        '[sync]\nusers_groups = ["analysts"]\n[directory]\nkind = "file"\n[directory.file]\npath = "people.yaml"\n')
+    (conf / "people.yaml").write_text("people: [\n")  # the one read: its syntax error names it
+    (elsewhere / "people.yaml").write_text("people: {}\ngroups: {analysts: {members: []}}\n")
+    done = _cli(elsewhere, "--config", str(conf / "hubpilot.toml"), "sync", "--dry-run")
+    assert f"directory file {conf / 'people.yaml'}: YAML syntax error" in done.stdout + done.stderr, \
+        (done.stdout, done.stderr)
+
+
+def test_a_relative_path_in_the_environment_stays_relative_to_the_working_directory(tmp_path: Path) -> None:
+    conf, elsewhere = _dirs(tmp_path)
+    (conf / "hubpilot.toml").write_text(
+        HUB + '[state]\nsqlite_path = "state.sqlite3"\n'
+        '[sync]\nusers_groups = ["analysts"]\n[directory]\nkind = "file"\n[directory.file]\npath = "people.yaml"\n')
+    done = _cli(elsewhere, "--config", str(conf / "hubpilot.toml"), "sync", "--dry-run",
+                HUBPILOT_DIRECTORY__FILE__PATH="other.yaml", HUBPILOT_STATE__SQLITE_PATH="here.sqlite3")
+    # a missing file's error shows the absolute path looked at
+    assert f"({elsewhere / 'other.yaml'}): cannot be read" in done.stdout + done.stderr, (done.stdout, done.stderr)
+    assert (elsewhere / "here.sqlite3").is_file() and not (conf / "state.sqlite3").exists()
+
+
+def test_a_state_file_named_relatively_in_the_environment_that_cannot_be_opened_is_shown_absolute(
+        tmp_path: Path) -> None:
+    conf, elsewhere = _dirs(tmp_path)
+    (conf / "hubpilot.toml").write_text(HUB)
+    (elsewhere / "afile").write_text("x")
+    done = _cli(elsewhere, "--config", str(conf / "hubpilot.toml"), "status",
+                HUBPILOT_STATE__SQLITE_PATH="afile/state.sqlite3")
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert f"cannot open the state file 'afile/state.sqlite3' ({elsewhere / 'afile' / 'state.sqlite3'})" \
+        in done.stderr, done.stderr
+
+
+def test_every_path_setting_of_the_file_is_read_from_its_folder_absolute_and_home_ones_unchanged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf, elsewhere = _dirs(tmp_path)
+    (conf / "hubpilot.toml").write_text(
+        '[state]\nsqlite_path = "../state/s.sqlite3"\n'
+        '[directory]\nkind = "ldap"\n[directory.ldap]\nurl = "ldaps://127.0.0.1:9"\nbase_dn = "dc=x"\n'
+        'ca_file = "ca.pem"\n'
+        f'[scale]\nkubeconfig = "kube/one{os.pathsep}/abs/two{os.pathsep}~/three"\n')
+    (conf / "entra.toml").write_text(
+        '[scale]\nkube_auth = "entra"\nkube_api_url = "https://127.0.0.1:9"\nkube_ca_file = "ca/kube.pem"\n')
+    monkeypatch.chdir(elsewhere)
+    s = load_settings("../etc/hubpilot/hubpilot.toml")
+    assert s.state.sqlite_path == str(tmp_path / "etc" / "state" / "s.sqlite3")
+    assert s.directory is not None and s.directory.ldap is not None
+    assert s.directory.ldap.ca_file == str(conf / "ca.pem")
+    assert s.scale.kubeconfig == os.pathsep.join([str(conf / "kube" / "one"), "/abs/two", "~/three"])
+    assert load_settings("../etc/hubpilot/entra.toml").scale.kube_ca_file == str(conf / "ca" / "kube.pem")
+    monkeypatch.setenv("HUBPILOT_STATE__SQLITE_PATH", ":memory:")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__CA_FILE", "ca.pem")
+    s = load_settings("../etc/hubpilot/hubpilot.toml")
+    assert s.state.sqlite_path == ":memory:"
+    assert s.directory is not None and s.directory.ldap is not None and s.directory.ldap.ca_file == "ca.pem"
+
+
+def test_sqlite_uris_in_the_file_are_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('[state]\nsqlite_path = ":memory:"\n')
+    (tmp_path / "b.toml").write_text('[state]\nsqlite_path = "file:s.db?mode=memory"\n')
+    assert load_settings(tmp_path / "a.toml").state.sqlite_path == ":memory:"
+    assert load_settings(tmp_path / "b.toml").state.sqlite_path == "file:s.db?mode=memory"
+
+
+def test_a_missing_kubeconfig_is_an_error_naming_it_never_the_one_in_home(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Kubernetes client skips a kubeconfig that does not exist; hubpilot then fell back to
+    ~/.kube/config, which may reach another cluster."""
+    from hubpilot.adapters.kube import KubeCluster
+
+    home = tmp_path / "home"
+    (home / ".kube").mkdir(parents=True)
+    (home / ".kube" / "config").write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    with pytest.raises(ValueError, match=f"scale.kubeconfig: no file {tmp_path / 'kube.yaml'}"):
+        KubeCluster(namespace="jhub", pool="gpu", kubeconfig="kube.yaml")
+
+
+def test_a_missing_ldap_ca_file_is_named_with_its_absolute_path(tmp_path: Path) -> None:
+    import asyncio
+
+    from hubpilot.adapters.ldap import LdapDirectory
+    from hubpilot.ports.directory import DirectoryError
+
+    directory = LdapDirectory(url="ldaps://127.0.0.1:9", base_dn="dc=example,dc=org", ca_file="ca.pem",
+                              timeout=2)
+    with pytest.raises(DirectoryError, match=f"'ca.pem' \\({tmp_path / 'ca.pem'}\\) cannot be used"):
+        asyncio.run(directory.read(["analysts"]))
