@@ -145,6 +145,15 @@ def _from_folder(value: str, folder: Path, marker: PathSetting) -> str:
     """``value`` read from ``folder`` when relative; absolute, ``~`` and empty ones as they are."""
     if marker.sqlite and (value == ":memory:" or value.startswith("file:")):
         return value
+    if marker.sqlite and value and not value.startswith("~") and not os.path.isabs(value):
+        beside, here = os.path.normpath(os.path.join(folder, value)), os.path.abspath(value)
+        if beside != here and not os.path.exists(beside) and os.path.exists(here):
+            # a release before this one read it from the working directory: starting on an empty
+            # state store would forget the managed users, the removal window and the approvals
+            raise SettingsError(
+                f"state.sqlite_path {value!r} in the settings file is read from the file's folder ({beside}), "
+                f"which has no state file, but the working directory has one ({here}), where earlier releases "
+                "read it: move that file beside the settings file, or write the path absolute")
     parts = value.split(os.pathsep) if marker.several else [value]
     return os.pathsep.join(p if not p or p.startswith("~") or os.path.isabs(p)
                            else os.path.normpath(os.path.join(folder, p)) for p in parts)

@@ -151,3 +151,25 @@ def test_a_missing_ldap_ca_file_is_named_with_its_absolute_path(tmp_path: Path) 
                               timeout=2)
     with pytest.raises(DirectoryError, match=f"'ca.pem' \\({tmp_path / 'ca.pem'}\\) cannot be used"):
         asyncio.run(directory.read(["analysts"]))
+
+
+def test_a_state_file_left_in_the_working_directory_by_an_earlier_release_is_not_replaced_by_an_empty_one(
+        tmp_path: Path) -> None:
+    """Upgrading: an earlier release read a relative state path from the working directory. Found
+    there and not beside the settings file, hubpilot refuses to start on an empty state store
+    (it would forget whom it manages, the removal window and the approvals) and says what to do."""
+    conf, elsewhere = _dirs(tmp_path)
+    (conf / "hubpilot.toml").write_text(HUB + '[state]\nsqlite_path = "hubpilot.sqlite3"\n')
+    old = _cli(elsewhere, "pause", "cull", HUBPILOT_STATE__SQLITE_PATH="hubpilot.sqlite3")  # as before
+    assert old.returncode == 0, old.stderr
+    assert (elsewhere / "hubpilot.sqlite3").is_file()
+    refused = _cli(elsewhere, "--config", str(conf / "hubpilot.toml"), "status")
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    assert str(elsewhere / "hubpilot.sqlite3") in refused.stderr and str(conf / "hubpilot.sqlite3") in refused.stderr
+    assert "move that file beside the settings file" in refused.stderr
+    assert not (conf / "hubpilot.sqlite3").exists()
+    # moved as told: its state is read
+    (elsewhere / "hubpilot.sqlite3").rename(conf / "hubpilot.sqlite3")
+    status = _cli(elsewhere, "--config", str(conf / "hubpilot.toml"), "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert '"paused"' in status.stdout and "cull" in status.stdout, status.stdout
