@@ -16,6 +16,7 @@ import enum
 import hashlib
 import json
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -442,6 +443,28 @@ ABANDONED = ("the run ended without finishing: it no longer holds its operation'
 CANCELLED = ("the run was cancelled before it ended (its process was stopping); what it applied "
              "before is not listed here: later runs re-observe and converge")
 """The error of a cancelled run's audit entry."""
+
+
+class ConflictPause:
+    """The pauses between conditional writes of one document that lose to other writers: growing
+    (from 20 ms to 1 s) and jittered, for up to ``seconds`` in all. A write that loses reads,
+    merges and tries again after :meth:`lost`; it never overwrites what the others wrote."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.conflicts = 0
+        self._deadline = asyncio.get_running_loop().time() + seconds
+        self._pause = 0.02
+
+    async def lost(self) -> bool:
+        """Count a lost write and wait before the next try; False (no wait) when the next try
+        would come after the deadline."""
+        self.conflicts += 1
+        if asyncio.get_running_loop().time() + self._pause > self._deadline:
+            return False
+        await asyncio.sleep(self._pause * random.uniform(0.5, 1.0))
+        self._pause = min(self._pause * 2, 1.0)
+        return True
 
 
 class Runner(Generic[ObservedT]):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from hubpilot.config.scale import UNLISTED, parse_gpu_profile
-from hubpilot.loop import Action, ActionResult, Clock, Plan, Progress, Status, run_actions
+from hubpilot.loop import Action, ActionResult, Clock, ConflictPause, Plan, Progress, Status, run_actions
 from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.hub import Hub, HubError, HubUser, StopResult
 from hubpilot.ports.pool import Pool, PoolOutcome, PoolResult
@@ -194,9 +192,7 @@ class ScaleCapability:
         deleted VMs) and the times of its scale-ups and -downs. Conditional on the stored eTag: a
         write that loses to another writer reads and merges again, with a growing pause, for up to
         ``memory_write_seconds``; it never overwrites. Returns what went wrong, or None."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.memory_write_seconds
-        pause, conflicts = 0.02, 0
+        pause = ConflictPause(self.memory_write_seconds)
         while True:
             got = await self.store.get_with_etag(MEMORY_KEY)
             doc, etag = got if got is not None else (None, "")
@@ -209,13 +205,10 @@ class ScaleCapability:
                 await self.store.put(MEMORY_KEY, merged.to_json(), if_match=etag)
                 return None
             except ConflictError:
-                conflicts += 1
-            if loop.time() + pause > deadline:
-                break
-            await asyncio.sleep(pause * random.uniform(0.5, 1.0))
-            pause = min(pause * 2, 1.0)
+                if not await pause.lost():
+                    break
         mine = sorted(set(memory.removed) - set(seen.removed))
-        return (f"the scale memory ({MEMORY_KEY}) was not written: {conflicts} conditional writes in a row "
+        return (f"the scale memory ({MEMORY_KEY}) was not written: {pause.conflicts} conditional writes in a row "
                 f"lost to other writers within {self.memory_write_seconds:g} s, and it is never overwritten "
                 "(another apply's record would be lost). What this run did is not remembered"
                 + (f": the nodes it removed ({', '.join(mine)}) are not watched while they leave" if mine else "")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hubpilot.loop import stored_time
+from hubpilot.loop import ConflictPause, stored_time
 from hubpilot.ports.store import ConflictError, StateStore
 
 log = logging.getLogger(__name__)
@@ -270,9 +269,7 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
     at = at.astimezone(UTC)
     day = at.date()
     key = SIZES_KEY.format(day=day.isoformat())
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    pause, conflicts = 0.02, 0
+    pause = ConflictPause(seconds)
     while True:
         got = await store.get_with_etag(key)
         doc, etag = got if got else ({"points": []}, "")
@@ -302,13 +299,10 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
             await store.put(key, new, if_match=etag)
             return change
         except ConflictError:
-            conflicts += 1
-        if loop.time() + pause > deadline:
-            break
-        await asyncio.sleep(pause * random.uniform(0.5, 1.0))
-        pause = min(pause * 2, 1.0)
+            if not await pause.lost():
+                break
     log.warning("the size history %s was written by others %d times in a row within %g s: %s at %s not recorded",
-                key, conflicts, seconds, count, at.isoformat())
+                key, pause.conflicts, seconds, count, at.isoformat())
     return False
 
 
