@@ -673,3 +673,35 @@ async def test_a_token_revocation_whose_answer_was_lost_counts_the_token_revoked
         await proxy.stop()
         async with fault_hub.admin() as admin:
             await admin.delete(f"/users/{name}")
+
+
+class ContendedManaged(SqliteStore):
+    """A real SQLite store where another writer writes ``sync/managed`` (as it was) between each of
+    the apply's reads of it and its conditional write, ``times`` times: each of those writes loses."""
+
+    def __init__(self, path: str, times: int) -> None:
+        super().__init__(path)
+        self.times, self.raced = times, 0
+
+    async def get_with_etag(self, key: str) -> tuple[dict[str, Any], str] | None:
+        got = await super().get_with_etag(key)
+        if key == MANAGED_KEY and self.raced < self.times:
+            self.raced += 1
+            await super().put(key, got[0] if got else {"users": {}})  # the other writer's own write
+        return got
+
+
+async def test_the_managed_records_are_written_however_often_another_writer_gets_in_first(
+        fault_hub: RealHub, tmp_path: Path) -> None:
+    """Eight lost conditional writes of ``sync/managed`` in a row: the apply reads, merges and
+    writes again (it gave up after five, and the run failed with its hub writes made but not
+    recorded), and records every person it created."""
+    scene = Scene(fault_hub, tmp_path / "contended")
+    scene.store = ContendedManaged(str(scene.tmp / "state.sqlite3"), times=8)
+    rec = await scene.run(BEFORE)
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    assert scene.store.raced == 8
+    managed = await scene.store.get(MANAGED_KEY)
+    assert managed is not None
+    people = {m for ms in BEFORE.values() for m in ms}
+    assert set(managed["users"]) == {scene.name(p) for p in people}

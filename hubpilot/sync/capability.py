@@ -9,7 +9,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hubpilot.config.sync import SyncSettings
-from hubpilot.loop import Action, ActionResult, Clock, Plan, Progress, Status, run_batches, stored_time, utcnow
+from hubpilot.loop import (
+    Action,
+    ActionResult,
+    Clock,
+    ConflictPause,
+    Plan,
+    Progress,
+    Status,
+    run_batches,
+    stored_time,
+    utcnow,
+)
 from hubpilot.ports.directory import Directory, DirectorySnapshot
 from hubpilot.ports.hub import Hub, HubError, HubGroup, HubUser, StopResult
 from hubpilot.ports.store import ConflictError, StateStore
@@ -328,7 +339,8 @@ class SyncCapability:
         ids = want.ids if want is not None else {}
         now = self.clock()
         touched = [r for r in results if r.status in (Status.DONE, Status.NOOP)]
-        for _ in range(5):
+        pause = ConflictPause(RECORD_SECONDS)
+        while True:
             not_recorded: dict[str, str] = {}
             current = await self.store.get_with_etag(MANAGED_KEY)
             doc: dict[str, Any] = dict(current[0]) if current else {"users": {}}
@@ -425,10 +437,13 @@ class SyncCapability:
                 await self.store.put(MANAGED_KEY, doc, if_match=current[1] if current else "")
                 return not_recorded
             except ConflictError:
-                continue
-        raise RuntimeError(f"could not record managed users in {MANAGED_KEY!r}: too many concurrent writers")
+                if not await pause.lost():
+                    break
+        raise RuntimeError(f"could not record managed users in {MANAGED_KEY!r}: {pause.conflicts} conditional writes "
+                           f"in a row lost to other writers within {RECORD_SECONDS:g} s (nothing was overwritten)")
 
 
+RECORD_SECONDS = 30.0  # conditional writes of sync/managed that lose keep merging this long
 AUDIT_PAGES = 20  # pages of 100 audit entries read for an approval within the removal window
 
 
