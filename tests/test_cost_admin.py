@@ -309,6 +309,26 @@ async def test_an_outage_that_began_before_the_period_is_reported_unobserved(sto
     assert any("did not observe the pool for 60.00 h" in n for n in report.notes())
 
 
+async def test_an_outage_that_began_before_a_one_day_period_is_reported_unobserved(store: SqliteStore) -> None:
+    """The same outage (7 March 12:00 to 11 March 12:00), reported for the 11th alone: that day's
+    document keeps the size it began with (`start`), yet the 12 hours before the first observation
+    of the day were not observed, as in the 3-day report -- not 0, not history of an older version."""
+    async def observe(t: datetime, until: datetime) -> None:
+        while t <= until:
+            await record_size(store, t, 2, source="observed", observed=timedelta(minutes=6))
+            t += timedelta(minutes=5)
+
+    await observe(utc(2026, 3, 7, 0), utc(2026, 3, 7, 12))
+    await observe(utc(2026, 3, 11, 12), utc(2026, 3, 11, 13))
+    report = await cost_report(store, now=utc(2026, 3, 11, 13), days=1, price=1.0, currency="EUR",
+                               gap=timedelta(minutes=6))
+    rep = report.to_json()
+    assert [(d["node_hours"], d["unobserved_hours"], d["unobserved_node_hours"]) for d in rep["days"]] == [
+        (26.0, 12.0, 24.0)]
+    assert rep["observed_from"] == "2026-03-07T00:00:00+00:00"
+    assert not any("version that did not record them" in n for n in rep["notes"]), rep["notes"]
+
+
 async def test_history_of_a_version_without_observation_times_says_what_it_cannot_know(store: SqliteStore) -> None:
     """Day documents of the previous version hold change points only (no `start`, no `seen`): the
     report counts their node-hours, and says that before the first recorded observation it cannot

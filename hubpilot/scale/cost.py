@@ -402,14 +402,16 @@ async def read_points(store: StateStore, since: datetime, until: date
             starts.append((datetime.combine(date.fromisoformat(key.rsplit("/", 1)[-1]), time(0), UTC), began))
     pts.sort(key=lambda p: p[0])  # stable: the same instant keeps the order of recording
     earlier = [p for p in pts if p[0] <= since]
-    if not earlier:
-        earlier = sorted(p for p in starts if p[0] <= since)
+    # the size a day of the period began with: carried from an earlier document (found within
+    # LOOKBACK_DAYS when that day was first recorded), whose observation spans are needed too
+    carried = [] if earlier else sorted(p for p in starts if p[0] <= since)
     if not earlier:
         async for d, key, doc in _walk_back(store, first - timedelta(days=1), LOOKBACK_DAYS - 1):
             spans += _spans(doc.get("seen"), key)
             earlier = _in_force(doc, d, key)
             if earlier:
                 break
+        earlier = carried or earlier
     if not earlier:  # a month without a record: the whole history, once
         for key, doc in (await store.list("scale/sizes/")).items():
             if key.rsplit("/", 1)[-1] < first.isoformat():
