@@ -53,6 +53,17 @@ def test_cost_in_the_configured_timezone_against_a_given_always_on_pool(config: 
     assert code == 0 and "note: days are cut at midnight Europe/Berlin" in text
 
 
+@pytest.mark.parametrize("price", ["inf", "-1.0"])
+def test_a_price_that_is_no_amount_is_refused_at_start(config: Path, price: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """An infinite price would make every cost NaN or Infinity: not JSON (the API could not answer,
+    `--json` would print what no parser reads). Refused like a negative one, naming the setting."""
+    config.write_text(config.read_text() + f"[scale]\nprice_per_node_hour = {price}\n")
+    code, text = run(config, "cost", "--days", "1", "--json")
+    assert code == 2 and text == ""
+    assert "price_per_node_hour" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["-1", "1001", "two"])
 def test_cost_rejects_a_bad_always_on_size(config: Path, value: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:

@@ -199,8 +199,8 @@ class ScaleSettings(Section):
         "cull.activity_interval + cull.activity_check_seconds.")
     max_reclaim: int = Field(2, ge=1, le=100, description="Most idle GPU servers reclaimed in one run.")
     price_per_node_hour: float = Field(
-        0.0, ge=0, description="Price of one GPU node-hour (cost report; 0: not set, the report gives "
-        "node-hours only). The report prices every day at the current value.")
+        0.0, ge=0, allow_inf_nan=False, description="Price of one GPU node-hour (cost report; 0: not set, the "
+        "report gives node-hours only). The report prices every day at the current value.")
     currency: str = Field("USD", description="Currency of price_per_node_hour.")
     # ARM client behaviour
     lro_wait_seconds: float = Field(
