@@ -241,3 +241,25 @@ def test_an_azure_notification_queue_is_the_one_the_functions_app_reads() -> Non
     with pytest.raises(SettingsError, match=HINT_QUEUE):
         load_settings(None, directory={"kind": "entra", "entra": {**entra, "queue_name": "my-hints"}})
     assert load_settings(None, directory={"kind": "entra", "entra": {**entra, "queue_name": HINT_QUEUE}})
+
+
+@pytest.mark.parametrize(("toml", "setting"), [
+    ('[cull]\ninactivity_timeout = 100000000000000\n', "cull.inactivity_timeout"),
+    ('[cull]\nmax_age = 100000000000000\n', "cull.max_age"),
+    ('[[cull.policies]]\nname = "gpu"\ninactivity_timeout = 100000000000000\n', "cull.policies.0.inactivity_timeout"),
+    ('[[cull.policies]]\nname = "gpu"\nmax_age = 100000000000000\n', "cull.policies.0.max_age"),
+    ('[cull]\nactivity_check_seconds = inf\n', "cull.activity_check_seconds"),
+    ('[sync]\nremoval_window_hours = inf\n', "sync.removal_window_hours"),
+    ('[sync]\ndelete_grace_hours = inf\n', "sync.delete_grace_hours"),
+    ('[sync]\ndelete_grace_hours = 1e12\n', "sync.delete_grace_hours"),
+])
+def test_a_duration_no_clock_can_hold_is_refused_at_start(tmp_path: Path, toml: str, setting: str) -> None:
+    """A huge timeout (or ``inf``, written to mean "never") passed the settings and crashed every
+    round later with Python's OverflowError (``timedelta(seconds=1e14)``, ``now - 1e12 hours``):
+    the cull's and sync's. Refused at start, naming the setting; the
+    documented way to say "never" is 0."""
+    path = tmp_path / "hubpilot.toml"
+    path.write_text(toml)
+    with pytest.raises(SettingsError) as err:
+        load_settings(path)
+    assert f"{setting}: Input should be" in str(err.value), str(err.value)

@@ -12,6 +12,8 @@ from pydantic import Field, field_validator, model_validator
 
 from hubpilot.config.base import NCronTab, Section
 
+TEN_YEARS = 10 * 365 * 24 * 3600  # seconds; a longer limit is no limit (0 says "never"), and overflows a clock
+
 
 class CullPolicy(Section):
     """A timeout and max age for the servers it matches. The first matching policy wins."""
@@ -27,11 +29,11 @@ class CullPolicy(Section):
         None, description="Glob on the user's hub groups (any group matching is enough); unset matches all."
     )
     inactivity_timeout: int | None = Field(
-        None, ge=0,
+        None, ge=0, le=TEN_YEARS,
         description="Seconds idle before a stop; 0 never stops for inactivity; unset uses the default.",
     )
     max_age: int | None = Field(
-        None, ge=0,
+        None, ge=0, le=TEN_YEARS,
         description="Seconds since start before a stop, busy or not; 0 none; unset uses the default.",
     )
 
@@ -43,12 +45,13 @@ class CullSettings(Section):
         "0 */10 * * * *", description="NCRONTAB of the scheduled cull round; also "
         "HUBPILOT_CULL_SCHEDULE, the app setting the Functions timer reads.")
     inactivity_timeout: int = Field(
-        3600, ge=0,
+        3600, ge=0, le=TEN_YEARS,
         description="Seconds without activity before a server is stopped (0: never for inactivity). "
         "Must exceed activity_interval + activity_check_seconds.",
     )
     max_age: int = Field(
-        0, ge=0, description="Seconds since a server started before it is stopped even if active (0: none)."
+        0, ge=0, le=TEN_YEARS,
+        description="Seconds since a server started before it is stopped even if active (0: none).",
     )
     activity_interval: int = Field(
         300, ge=1,
@@ -56,7 +59,7 @@ class CullSettings(Section):
         "timeouts must exceed it (plus activity_check_seconds).",
     )
     activity_check_seconds: float = Field(
-        60, ge=0,
+        60, ge=0, le=3600,
         description="The user image's HUBPILOT_ACTIVITY_CHECK_SECONDS (hubpilot_activity's busy "
         "check; 0 if the image does not run it): a silent busy server's activity reaches the hub "
         "up to activity_interval + this late, so timeouts must exceed the sum.",

@@ -52,7 +52,7 @@ class SyncSettings(Section):
         "active managed users, or deletes more than this share of all managed users (active or deprovisioned)."
     )
     removal_window_hours: float = Field(
-        24.0, ge=0, description="Count the people sync removed in this many hours before a run with the "
+        24.0, ge=0, le=87600, description="Count the people sync removed in this many hours before a run with the "
         "plan's removals against max_removals and max_removal_percent (a directory that loses people over "
         "several runs), and the people it took out of a mirrored group with the group's losses; approving a "
         "plan refused for its removals restarts their count, one refused for a group's losses that count; "
@@ -69,7 +69,7 @@ class SyncSettings(Section):
         False, description="Delete hub users who left (in z2jh this deletes their volume). Off by default."
     )
     delete_grace_hours: float = Field(
-        720.0, ge=0, description="With delete_users: hours after deprovisioning before deletion."
+        720.0, ge=0, le=87600, description="With delete_users: hours after deprovisioning before deletion."
     )
     concurrency: int = Field(8, ge=1, le=64, description="Hub writes in flight at once.")
     schedule: NCronTab = Field(
