@@ -3,6 +3,7 @@ them again, and the second attempt's refusal (409, 412) must not be taken for an
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import http.server
 import threading
@@ -147,5 +148,35 @@ async def test_a_conditional_put_whose_answer_was_lost_is_not_a_conflict(lossy: 
         etag = await store.put("pending/sync", {"run_id": "r1"}, if_match=if_match)
         assert proxy.lost == 1
         assert await store.get_with_etag("pending/sync") == ({"run_id": "r1"}, etag)
+    finally:
+        await store.close()
+
+
+async def test_prune_keeps_a_document_written_again_after_it_was_listed(azurite: Azurite, lossy: Any) -> None:
+    """prune deletes documents last written before ``before``: one written again between the
+    listing and its delete (another instance's write landing meanwhile) is young, and stays."""
+    from azure.storage.blob import BlobServiceClient
+
+    rewritten: list[str] = []
+
+    def meanwhile(method: str, path: str) -> bool:  # never loses an answer: writes, then forwards it
+        if method == "GET" and "comp=list" in path and not rewritten:
+            with BlobServiceClient.from_connection_string(azurite.connection_string) as blobs:
+                blobs.get_blob_client(store.container_name, "docs/runs/b").upload_blob(
+                    b'{"n": "new"}', overwrite=True)
+            rewritten.append(path)
+        return False
+
+    store, proxy = lossy(meanwhile, "blob")
+    try:
+        await store.put("runs/a", {"n": "old"})
+        await store.put("runs/b", {"n": "old"})
+        await asyncio.sleep(2.2)  # Last-Modified has whole seconds: the rewrite is dated after `before`
+        before = datetime.now(UTC).replace(microsecond=0)
+        deleted = await store.prune("runs/", before)
+        assert rewritten and proxy.lost == 0
+        assert await store.get("runs/b") == {"n": "new"}, "a document written after the listing was pruned"
+        assert await store.get("runs/a") is None
+        assert deleted == 1
     finally:
         await store.close()

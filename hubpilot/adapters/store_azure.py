@@ -550,23 +550,27 @@ class AzureStore:
         if not prefix:
             raise ValueError("prune needs a key prefix")
         await self._ensure()
-        old: list[str] = []
+        old: list[tuple[str, str]] = []
         with _errors(f"list documents under {prefix!r}"):
             async for item in self._container.list_blobs(name_starts_with=_DOC_PREFIX + prefix):
                 if item.last_modified is not None and item.last_modified < before:
-                    old.append(str(item.name))
+                    old.append((str(item.name), str(item.etag)))
                     if len(old) >= limit:
                         break
 
-        async def delete(name: str) -> int:
+        async def delete(name: str, etag: str) -> int:
             with _errors(f"delete document {name[len(_DOC_PREFIX):]!r}"):
-                try:
-                    await self._container.delete_blob(name)
+                try:  # only the version listed as old: one written since is young
+                    await self._container.delete_blob(name, etag=etag, match_condition=_IF_SAME)
                 except ResourceNotFoundError:
                     return 0  # deleted meanwhile
+                except HttpResponseError as exc:
+                    if not _is_conflict(exc):
+                        raise
+                    return 0  # written again (or deleted) since it was listed: kept
             return 1
 
-        return sum(await self._bounded([functools.partial(delete, n) for n in old]))
+        return sum(await self._bounded([functools.partial(delete, n, e) for n, e in old]))
 
     async def list(self, prefix: str) -> dict[str, dict[str, Any]]:
         await self._ensure()
