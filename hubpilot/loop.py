@@ -714,7 +714,10 @@ class Runner(Generic[ObservedT]):
             return
         try:
             mark = await self.store.get(PRUNE_KEY)
-            last = datetime.fromisoformat(mark["at"]) if mark and isinstance(mark.get("at"), str) else None
+            try:  # naive means UTC, as in every document
+                last = stored_time(mark.get("at"), PRUNE_KEY) if mark else None
+            except ValueError:  # a damaged mark is no mark: this instance prunes and writes it anew
+                last = None
             if last is not None and now - last < PRUNE_EVERY:
                 self._pruned_at = last  # another instance did it
                 return

@@ -246,3 +246,22 @@ async def test_run_batches_orders_phases_batches_and_isolates_failures() -> None
     assert [r.status for r in results] == [Status.DONE, Status.DONE, Status.DONE, Status.FAILED]
     assert results[3].detail == "RuntimeError: hub said 503"
     assert seen[-1] == 4
+
+
+async def test_a_damaged_prune_mark_never_fails_the_run(store: SqliteStore) -> None:
+    """The mark is written by hand or by another tool with a time without zone (naive means UTC
+    in hubpilot's documents): the run still ends with its record, and the prune goes on by it."""
+    now = datetime.now(UTC)
+    await store.put("maintenance/runs-pruned", {"at": (now - timedelta(hours=1)).replace(tzinfo=None).isoformat()})
+    record = await Runner(store, clock=lambda: now, run_retention=timedelta(days=30)).run(
+        Shelf({"a"}), trigger="timer", actor="t")
+    assert record.outcome is Outcome.APPLIED
+    # an hour ago, by UTC: the day's prune is done, the mark is left alone
+    assert await store.get("maintenance/runs-pruned") == {
+        "at": (now - timedelta(hours=1)).replace(tzinfo=None).isoformat()}
+    # one that is no time at all is no mark: the run prunes and writes it anew
+    await store.put("maintenance/runs-pruned", {"at": "yesterday"})
+    record = await Runner(store, clock=lambda: now, run_retention=timedelta(days=30)).run(
+        Shelf({"b"}), trigger="timer", actor="t")
+    assert record.outcome is Outcome.APPLIED
+    assert await store.get("maintenance/runs-pruned") == {"at": now.isoformat()}
