@@ -20,7 +20,8 @@ What it sets:
 - the access gate: a ``post_auth_hook`` and a part of the composed ``pre_spawn_hook``
   (:mod:`hubpilot_hub.hooks`) refuse anyone in none of ``access_groups`` (or ``admin_groups``),
   at every login and spawn, against the hub's own groups; hooks already configured are kept and
-  run too, and so is a hook configured later (z2jh runs the ``hub.extraConfig`` snippets in the
+  run too (each for the spawners traitlets gives it to: the most specific class section's), and
+  so is a hook configured later (z2jh runs the ``hub.extraConfig`` snippets in the
   order of their keys) or defined by a spawner class: the gated authenticator's
   ``pre_spawn_start`` makes it a part of the composed hook at every spawn
   (:func:`hubpilot_hub.hooks.ensure_on`), so it cannot replace the access check; a

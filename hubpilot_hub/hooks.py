@@ -6,7 +6,9 @@ own. :func:`hubpilot_hub.configure` installs :func:`pre_spawn_hook` and register
 
 1. ``access`` — essential: refuses the spawn (403) for a user in none of the access groups;
 2. ``configured`` — the ``pre_spawn_hook`` the configuration already had (essential: it keeps
-   the meaning it had, a failure refuses the spawn);
+   the meaning it had, a failure refuses the spawn); of hooks set on several spawner class
+   sections, a spawner runs the one traitlets would give it (its most specific class's), as
+   without hubpilot;
 3. every other part, in registration order.
 
 A feature adds its part with::
@@ -141,8 +143,22 @@ def ensure_on(spawner: Any) -> None:
     spawner.pre_spawn_hook = composed
 
 
+def _for_spawner(parts: list[_Part], spawner: Any) -> list[_Part]:
+    """The parts without the configured hooks (``configured:<section>``) traitlets would not
+    have given this spawner: a spawner gets the ``pre_spawn_hook`` of the most specific section
+    of its class (``c.KubeSpawner`` over ``c.Spawner``), and none of a class it is not. A spawner
+    that is no traitlets ``Configurable`` (configuration never reaches it) keeps them all."""
+    from traitlets.config import Configurable
+
+    if not isinstance(spawner, Configurable):
+        return parts
+    sections = {p.name.partition(":")[2] for p in parts if p.name.startswith("configured:")}
+    chosen = next((k.__name__ for k in type(spawner).__mro__ if k.__name__ in sections), None)
+    return [p for p in parts if not p.name.startswith("configured:") or p.name == f"configured:{chosen}"]
+
+
 async def _run(parts: list[_Part], spawner: Any) -> None:
-    for part in parts:
+    for part in _for_spawner(parts, spawner):
         try:
             result = part.fn(spawner)
             if inspect.isawaitable(result):
