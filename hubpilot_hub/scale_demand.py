@@ -297,13 +297,19 @@ class ScaleDemand:
             self.endpoint, method="POST", body=json.dumps(body),
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
             connect_timeout=self.timeout, request_timeout=self.timeout,
+            # a redirect is not hubpilot answering: followed, a 302 became a GET of the page it
+            # points to (a sign-in page's 200 counted as delivered) and took the token along
+            follow_redirects=False,
         )
         status: int | None = None
         problem = ""
         try:
             response = await self._http().fetch(request, raise_error=False)
             status = response.code
-            if status >= 400 or status == 599:
+            if 300 <= status < 400:
+                problem = (f"{status} redirect to {response.headers.get('Location', '?')} (not followed: give "
+                           "hubpilot's own https URL, ending in /api/v1, as the demand url)")
+            elif status >= 400 or status == 599:
                 problem = f"{status} {(response.body or b'')[:300].decode(errors='replace')}".strip()
                 if response.error is not None and status == 599:
                     problem = f"{status} {response.error}"

@@ -372,3 +372,44 @@ async def test_a_hanging_profile_list_does_not_hold_the_spawn_in_the_pre_spawn_h
     await _until(record.exists, "the spawn reached start()", limit=60)
     # the profile could not be read: taken as a GPU spawn (a longer wait, never a lost one)
     assert json.loads(record.read_text()) == {"start_timeout": 900}
+
+
+async def test_a_redirect_is_a_failure_that_names_where_it_points(demand_log: pytest.LogCaptureFixture) -> None:
+    """A demand URL that redirects (http:// to an https-only hubpilot, a sign-in page in front of
+    it) was followed: a 302 became a GET of the page it points to, whose 200 counted as a signal
+    delivered, nothing logged, while hubpilot never heard of the spawn (and the bearer token went
+    along to the redirect's target with a tornado that keeps it). The redirect is a failure now,
+    logged with where it points."""
+    from hubpilot_hub.scale_demand import ScaleDemand
+
+    seen: list[bytes] = []
+
+    async def page(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nsign in")
+        await writer.drain()
+        writer.close()
+
+    login = await asyncio.start_server(page, "127.0.0.1", 0)
+    target = f"http://127.0.0.1:{login.sockets[0].getsockname()[1]}/login"
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    front = await asyncio.start_server(redirect, "127.0.0.1", 0)
+    try:
+        part = ScaleDemand(f"http://127.0.0.1:{front.sockets[0].getsockname()[1]}/api/v1", "secret-token",
+                           gpu_profiles=["gpu"], timeout=5)
+        status = await part.send({"user": "ana", "server": "", "profile": "gpu"})
+    finally:
+        front.close()
+        login.close()
+    assert status == 302
+    assert seen == []  # nothing went to the page the redirect points to
+    warnings = [r.getMessage() for r in demand_log.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "302" in warnings[0] and target in warnings[0], warnings
+    assert "secret-token" not in warnings[0]
