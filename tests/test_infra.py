@@ -714,3 +714,23 @@ def test_graph_subscription_timer_is_switched_off_without_graph_notifications(pa
     assert {k.strip("'"): v for k, v in operands["false_value"].items()} == {switch: "true"}
     assert not operands["true_value"]
     assert switch in {name.strip("'") for name in _app_settings(parsed)}
+
+
+def test_the_readme_says_a_redeploy_without_api_tokens_removes_them(parsed: dict[str, Any]) -> None:
+    """A redeploy keeps a Key Vault secret whose parameter is left empty, but the app settings are
+    replaced whole: a secure parameter that is no vault secret (apiTokens) is gone after a redeploy
+    without it (the hub's demand calls and every admin then get 401). The deploy steps, whose
+    comment says unset secrets keep what Key Vault holds, must say which one is not kept."""
+    main = _file(parsed, "main.bicep")
+    kept = set(_body(main["modules"]["keyVault"])["params"]) & _secure_params(main)
+    not_kept = _secure_params(main) - kept
+    assert not_kept == {"apiTokens"}
+    # the setting is left out when the parameter is empty (so the redeploy drops it)
+    tokens = main["variables"]["apiTokenSettings"]["value"]["operator"]
+    assert tokens["type"] == "conditional" and tokens["operands"]["true_value"] == {}
+    text = (BICEP_DIR / "README.md").read_text()
+    deploy = " ".join(text[text.index("## Deploy"):text.index("## Publish the code")].split())
+    for name in sorted(not_kept):
+        assert re.search(rf"`{name}`[^.]*(not in Key Vault|removes)", deploy), \
+            f"infra/bicep/README.md does not say a redeploy without `{name}` removes its setting"
+
