@@ -734,3 +734,20 @@ def test_the_readme_says_a_redeploy_without_api_tokens_removes_them(parsed: dict
         assert re.search(rf"`{name}`[^.]*(not in Key Vault|removes)", deploy), \
             f"infra/bicep/README.md does not say a redeploy without `{name}` removes its setting"
 
+
+def test_without_scaling_the_docs_do_not_promise_a_manual_scale_run(parsed: dict[str, Any]) -> None:
+    """Without scaleEnabled the template sets no cluster and grants no role on it: a manual
+    ``POST /api/v1/scale`` has nothing to act on (NotConfigured), so the README must not say it runs."""
+    from hubpilot.config.scale import ScaleSettings
+    from hubpilot.wiring import NotConfigured
+    from hubpilot.wiring.scale import build_pool
+
+    main = _file(parsed, "main.bicep")
+    off = {k.strip("'") for k in _resolve(main, "scaleSettings")["operator"]["operands"]["false_value"]}
+    assert not {n for n in off if n.startswith("HUBPILOT_SCALE__")}
+    with pytest.raises(NotConfigured):
+        build_pool(ScaleSettings())  # what the app has for scale without scaleEnabled
+    row = next(line for line in (BICEP_DIR / "README.md").read_text().splitlines()
+               if line.startswith("| without `scaleEnabled`"))
+    assert "still runs" not in row and "still runs by hand" not in (BICEP_DIR / "main.bicep").read_text()
+    assert re.search(r"`POST /api/v1/scale` [^|]*(cluster|scaleEnabled)", row), row

@@ -439,8 +439,8 @@ var scaleSettings = scaleEnabled ? {
   HUBPILOT_SCALE__PRICE_PER_NODE_HOUR: pricePerNodeHour
 } : {
   // without scaling the timer would still wake the app every minute (and bill an execution) only
-  // to find scale.enabled off: the host's documented per-function switch keeps it from firing;
-  // POST /api/v1/scale still runs by hand
+  // to find scale.enabled off: the host's documented per-function switch keeps it from firing
+  // (POST /api/v1/scale has no cluster either: its settings and roles come with scaleEnabled)
   'AzureWebJobs.scale_timer.Disabled': 'true'
 }
 
