@@ -24,7 +24,7 @@ from hubpilot import __version__
 from hubpilot.api import front, graph_routes, scale_routes
 from hubpilot.api.auth import HEAD_SCOPE_KEY, Principal, require_role, shown_method, shown_path
 from hubpilot.api.deps import ContextHolder, ContextSource, get_context
-from hubpilot.api.runs import read_run, start_run, wait_for_run
+from hubpilot.api.runs import QueueUnavailable, read_run, start_run, wait_for_run
 from hubpilot.api.scheduling import configured_schedules
 from hubpilot.loop import LockHeld, Outcome, RunRecord, UnknownPlan, new_run_id
 from hubpilot.ports.store import StoreError
@@ -166,7 +166,7 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         403: "The caller lacks the role.",
         404: "No such run or plan.",
         409: "Another run of the operation holds its lock (see Retry-After).",
-        503: "The state store is unavailable.",
+        503: "The state store (or, with api.run_mode = queue, the run queue) is unavailable.",
     }
     out: dict[int | str, dict[str, Any]] = {}
     for c in codes:
@@ -385,6 +385,10 @@ def create_app(context: ContextSource) -> FastAPI:
         log.warning("state store error on %s %s: %s", shown_method(request), shown_path(request), exc)
         return JSONResponse({"detail": f"the state store is unavailable: {type(exc).__name__}"},
                             status_code=503)
+
+    @app.exception_handler(QueueUnavailable)
+    async def queue_unavailable(request: Request, exc: QueueUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def bad_input(request: Request, exc: RequestValidationError) -> JSONResponse:

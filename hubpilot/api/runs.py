@@ -127,7 +127,8 @@ async def start_run(ctx: Context, operation: str, *, trigger: str, actor: str,
     """Start a run in the background and return its id.
 
     Raises :class:`LockHeld` when the operation's lock is held (checked first, so the caller can
-    answer 409 at once) and :class:`UnknownOperation` for an operation hubpilot does not know.
+    answer 409 at once), :class:`UnknownOperation` for an operation hubpilot does not know, and
+    :class:`QueueUnavailable` when the run request cannot be queued (``api.run_mode = "queue"``).
     """
     if operation not in OPERATIONS and operation not in ctx.factories:
         raise UnknownOperation(operation)
@@ -137,7 +138,12 @@ async def start_run(ctx: Context, operation: str, *, trigger: str, actor: str,
     try:
         await ctx.store.put(RUN_KEY.format(run_id=req.run_id), _queued_doc(ctx, req))
         if ctx.settings.api.run_mode == "queue":
-            await enqueue(ctx, req)
+            try:
+                await enqueue(ctx, req)
+            except Exception as exc:
+                log.error("could not put %s run %s on the %s queue: %s", operation, req.run_id, QUEUE_NAME, exc)
+                await _forget(ctx, req)
+                raise QueueUnavailable(_queue_problem(exc)) from exc
             return req.run_id
     except BaseException:
         await _release(ctx, req)
@@ -146,6 +152,32 @@ async def start_run(ctx: Context, operation: str, *, trigger: str, actor: str,
     _tasks[req.run_id] = task
     task.add_done_callback(lambda t: _tasks.pop(req.run_id, None))
     return req.run_id
+
+
+class QueueUnavailable(Exception):
+    """The run request could not be put on the run queue: the run was not started (and its queued
+    document is gone, so nothing reads "queued" for a run nobody will run). ``problem``: what went
+    wrong, for the caller: the missing setting (hubpilot's own text), else the error's type and
+    Storage error code (never the SDK's message, which can carry the account's URL)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"the run request could not be put on the {QUEUE_NAME} queue ({problem}); the run was "
+                         "not started: retry, and see the log if it persists")
+
+
+def _queue_problem(exc: Exception) -> str:
+    if isinstance(exc, RuntimeError):
+        return str(exc)
+    code = getattr(exc, "error_code", None)
+    return type(exc).__name__ + (f" {getattr(code, 'value', code)}" if code else "")
+
+
+async def _forget(ctx: Context, req: RunRequest) -> None:
+    try:
+        await ctx.store.delete(RUN_KEY.format(run_id=req.run_id))
+    except Exception:
+        log.warning("could not delete the queued document of run %s, which was not started", req.run_id)
 
 
 async def execute_run(ctx: Context, req: RunRequest) -> RunRecord | None:
@@ -332,5 +364,5 @@ async def drain_tasks() -> None:
         await asyncio.gather(*list(_tasks.values()), return_exceptions=True)
 
 
-__all__ = ["QUEUED", "RunRecord", "RunRequest", "check_lock", "drain_tasks", "enqueue", "execute_run",
-           "parse_queue_message", "read_run", "start_run", "wait_for_run"]
+__all__ = ["QUEUED", "QueueUnavailable", "RunRecord", "RunRequest", "check_lock", "drain_tasks", "enqueue",
+           "execute_run", "parse_queue_message", "read_run", "start_run", "wait_for_run"]

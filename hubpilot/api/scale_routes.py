@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hubpilot.api.auth import Principal, require_role
 from hubpilot.api.deps import get_context
-from hubpilot.api.runs import start_run
+from hubpilot.api.runs import QUEUE_NAME, QueueUnavailable, start_run
 from hubpilot.loop import LockHeld
 from hubpilot.scale import record_demand
 from hubpilot.wiring import Context
@@ -109,6 +109,9 @@ async def post_demand(body: DemandIn, ctx: Context = Depends(get_context),
         detail = "a scale run is in progress; " + (
             "a follow-up run starts when it ends" if follow else "the demand counts in the next run")
         return JSONResponse(DemandOut(recorded=key, detail=detail).model_dump(), status_code=202)
+    except QueueUnavailable as exc:  # the demand is recorded: the next timer run counts it
+        return DemandOut(recorded=key, detail=f"the demand is recorded and counts in the next scale run; no run "
+                         f"was started now: its request could not be put on the {QUEUE_NAME} queue ({exc.problem})")
     return DemandOut(recorded=key, run_id=run_id, detail="scale run started")
 
 
