@@ -136,6 +136,59 @@ def test_a_bad_schedule_app_setting_is_refused_naming_it(monkeypatch: pytest.Mon
     assert "six" in str(err.value)
 
 
+# --- what a deployment installs -----------------------------------------------------------------
+
+def _pins(path: Path) -> dict[str, str]:
+    """name → version of every ``name==version`` line of a pip requirements/constraints file."""
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and not line.startswith("-"), f"{path.name}: {line!r} is not a name==version pin"
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_the_remote_build_installs_the_tested_version_of_every_runtime_package() -> None:
+    """The Functions remote build (Oryx) runs ``pip install -r requirements.txt`` and nothing else
+    (infra/bicep/README.md, "Publish the code"): a transitive package requirements.txt leaves
+    unpinned (aiohttp under the Kubernetes client, msgraph-core, the kiota packages, azure-core)
+    would be whatever is newest on the day of the deployment, not the version the tests ran with.
+    Every package the runtime needs, as .venv's metadata resolves it, is pinned there at the
+    version of constraints.txt. (``-c constraints.txt`` in requirements.txt is no way out:
+    pyproject.toml reads requirements.txt as the package's dependencies, which take no pip option.)"""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    runtime = _pins(ROOT / "requirements.txt")
+    tested = _pins(ROOT / "constraints.txt")
+    needed: dict[str, str] = {}
+    todo = [Requirement(f"{name}=={version}") for name, version in runtime.items()]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        req = todo.pop()
+        key = (canonicalize_name(req.name), frozenset(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        dist = metadata.distribution(req.name)
+        needed[key[0]] = dist.version
+        for spec in dist.requires or []:
+            dep = Requirement(spec)
+            if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in req.extras or {""}):
+                todo.append(dep)
+    assert {"aiohttp", "azure-core", "msgraph-core", "microsoft-kiota-http"} <= set(needed)
+    unpinned = sorted(name for name in needed if name not in runtime)
+    assert not unpinned, f"requirements.txt leaves these runtime packages unpinned: {unpinned}"
+    assert {name: runtime[name] for name in needed} == {name: tested[name] for name in needed} == needed
+    assert set(runtime) == set(needed), f"not needed at runtime: {sorted(set(runtime) - set(needed))}"
+
+
 UNRESOLVED_REFERENCE = "@Microsoft.KeyVault(SecretUri=https://kv-hubpilot-x.vault.azure.net/secrets/hub-token)"
 
 
