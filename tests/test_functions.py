@@ -209,6 +209,24 @@ def test_an_unresolved_key_vault_reference_is_refused_naming_the_setting(monkeyp
     assert load_settings().hub.token is not None
 
 
+def test_an_ldap_deployment_without_a_server_url_is_refused_at_start_naming_the_setting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """infra/bicep writes HUBPILOT_DIRECTORY__LDAP__URL from ldapUrl, '' unless given: the app
+    started, and every sync then failed in the LDAP adapter. The settings refuse it at start."""
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "ldap")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BASE_DN", "dc=example,dc=org")
+    for bad in ("", "ldap.example.org", "https://ldap.example.org", "ldaps://"):
+        monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__URL", bad)
+        with pytest.raises(SettingsError) as err:
+            load_settings()
+        assert "HUBPILOT_DIRECTORY__LDAP__URL" in str(err.value) and "ldaps://" in str(err.value), bad
+    for good in ("ldap://ldap.example.org", "ldaps://ldap.example.org:636", "ldap://[::1]:389"):
+        monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__URL", good)
+        settings = load_settings()
+        assert settings.directory is not None and settings.directory.ldap is not None
+        assert settings.directory.ldap.url == good
+
+
 def test_importing_the_app_and_answering_health_and_handshake_loads_no_web_framework() -> None:
     code = """
 import asyncio, sys

@@ -43,6 +43,20 @@ class LdapSettings(Section):
         "(a rename then deprovisions the old name and creates the new one).",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _server_url(cls, value: str) -> str:
+        try:  # the rule the LDAP adapter connects by, said at start rather than at each sync
+            parts = urlsplit(value)
+            ok = parts.scheme in ("ldap", "ldaps") and bool(parts.hostname)
+        except ValueError:  # e.g. an unclosed [IPv6 address
+            ok = False
+        if not ok:
+            raise ValueError("directory.ldap.url must be the server's ldap://host[:port] or ldaps://host[:port] "
+                             "URL, e.g. ldaps://ldap.example.org (the Bicep parameter ldapUrl with "
+                             "directoryKind = ldap)")
+        return value
+
     @field_validator("group_name_attribute", "username_attribute")
     @classmethod
     def _required_attribute_name(cls, value: str) -> str:

@@ -114,7 +114,7 @@ param graphNotifications bool = false
 @secure()
 param graphClientState string = ''
 
-@description('ldap:// or ldaps:// URL of the LDAP server (directoryKind = ldap).')
+@description('ldap:// or ldaps:// URL of the LDAP server; required with directoryKind = ldap (hubpilot refuses to start without it, naming HUBPILOT_DIRECTORY__LDAP__URL).')
 param ldapUrl string = ''
 
 @description('Search base for people and groups (directoryKind = ldap).')
