@@ -227,6 +227,28 @@ def test_an_ldap_deployment_without_a_server_url_is_refused_at_start_naming_the_
         assert settings.directory.ldap.url == good
 
 
+def test_a_graph_base_url_without_or_with_a_doubled_api_version_is_refused_naming_the_setting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """infra/bicep appends /v1.0 to graphEndpoint: given with the version
+    (https://graph.microsoft.us/v1.0) it became .../v1.0/v1.0, and without any version (an app
+    setting written by hand) every Graph request missed the API; each sync then failed as
+    'directory unknown'. The settings say what to fix at start instead."""
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "entra")
+    for bad in ("https://graph.microsoft.us/v1.0/v1.0", "https://graph.microsoft.us/v1.0/v1.0/",
+                "https://graph.microsoft.us", "https://graph.microsoft.us/"):
+        monkeypatch.setenv("HUBPILOT_DIRECTORY__ENTRA__GRAPH_BASE_URL", bad)
+        with pytest.raises(SettingsError) as err:
+            load_settings()
+        assert "HUBPILOT_DIRECTORY__ENTRA__GRAPH_BASE_URL" in str(err.value), bad
+        assert "https://graph.microsoft.us/v1.0" in str(err.value), bad
+    for good in ("https://graph.microsoft.us/v1.0", "https://microsoftgraph.chinacloudapi.cn/v1.0/",
+                 "http://127.0.0.1:9/v1.0"):
+        monkeypatch.setenv("HUBPILOT_DIRECTORY__ENTRA__GRAPH_BASE_URL", good)
+        settings = load_settings()
+        assert settings.directory is not None and settings.directory.entra is not None
+        assert settings.directory.entra.graph_base_url == good.rstrip("/")
+
+
 def test_importing_the_app_and_answering_health_and_handshake_loads_no_web_framework() -> None:
     code = """
 import asyncio, sys

@@ -30,6 +30,9 @@ _USER_PROPERTIES = {p.lower(): p for p in (
     "employeeId", "displayName", "givenName", "surname", "id", "onPremisesImmutableId", "preferredName")}
 
 
+_GRAPH_VERSIONS = ("v1.0", "beta")
+
+
 class EntraSettings(Section):
     """Microsoft Entra ID through Microsoft Graph: delta queries, change notifications."""
 
@@ -134,7 +137,20 @@ class EntraSettings(Section):
     @field_validator("graph_base_url")
     @classmethod
     def _graph(cls, v: str) -> str:
-        return _http_url(v, "directory.entra.graph_base_url")
+        url = _http_url(v, "directory.entra.graph_base_url")
+        # the SDK appends the resource (/groups/delta) to this URL: it must end with the API
+        # version, once (infra/bicep's graphEndpoint is the host alone and gets /v1.0 appended)
+        parts = urlsplit(url)
+        segments = [s for s in parts.path.split("/") if s]
+        root = f"{parts.scheme}://{parts.netloc}"
+        if not segments or segments[-1] not in _GRAPH_VERSIONS:
+            raise ValueError(f"directory.entra.graph_base_url must end with the Graph API version, e.g. "
+                             f"{root}/v1.0")
+        if len(segments) > 1 and segments[-2] in _GRAPH_VERSIONS:
+            raise ValueError(f"directory.entra.graph_base_url names the Graph API version twice; use "
+                             f"{root}{'/'.join(['', *segments[:-1]])} (the Bicep parameter graphEndpoint "
+                             "is the host alone, without /v1.0)")
+        return url
 
     @field_validator("authority_host")
     @classmethod
