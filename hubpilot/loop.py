@@ -19,6 +19,7 @@ import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
@@ -333,6 +334,17 @@ class LockHeld(Exception):
         super().__init__(f"another {operation} run holds the lock ({holder}, until {until})")
 
 
+_DRY_RUN: ContextVar[bool] = ContextVar("hubpilot_dry_run", default=False)
+
+
+def in_dry_run() -> bool:
+    """True within the observe of a dry-run (and of a paused run, which is one). A read that keeps
+    state of its own (the Entra directory's delta state) then leaves it as it was: a dry-run
+    records nothing, and it takes no lock, so a write of its own could make the conditional write
+    of a real run under way fail."""
+    return _DRY_RUN.get()
+
+
 class UnknownPlan(Exception):
     """An approval named a plan id that no refused run recorded."""
 
@@ -507,6 +519,7 @@ class Runner(Generic[ObservedT]):
     # --- runs ------------------------------------------------------------------------------
     async def dry_run(self, cap: Capability[ObservedT], *, trigger: str = "manual", actor: str = "cli") -> RunRecord:
         record = RunRecord(new_run_id(), cap.name, trigger, actor, self.clock(), dry_run=True)
+        dry = _DRY_RUN.set(True)
         try:
             with hub_round():
                 observed = await cap.observe()
@@ -514,6 +527,8 @@ class Runner(Generic[ObservedT]):
             record.outcome, record.error = Outcome.FAILED, _describe_error(exc)
             record.finished = self.clock()
             return record
+        finally:
+            _DRY_RUN.reset(dry)
         try:
             plan = cap.plan(observed, self.clock())
             record.plan = plan

@@ -7,8 +7,9 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,8 +17,11 @@ import pytest
 
 import functions
 from functions.graph import handle_hint_message
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.entra.directory import STATE_PREFIX
 from hubpilot.entra.notifications import Hint
 from hubpilot.loop import Outcome
+from hubpilot.ports.store import StateStore
 from hubpilot.settings import Settings
 from hubpilot.wiring import Context
 from hubpilot.wiring.entra import (
@@ -48,7 +52,7 @@ class Tenant:
     """One test's Entra groups and people, its hubpilot Context and the worker of its queue."""
 
     def __init__(self, graph: GraphDouble, hub: RealHub, webhook: Webhook, *, nested: bool = False,
-                 **sync: Any) -> None:
+                 store: StateStore | None = None, **sync: Any) -> None:
         self.graph = graph
         self.hub = hub
         self.tag = unique_name("e")
@@ -65,7 +69,7 @@ class Tenant:
                   "group_names": {self.users_group: "users", self.admin_group: "admins"},
                   "naming": {"strip_domain": True}, "max_removal_percent": 100.0, **sync},
         )
-        self.ctx: Context = webhook.use(settings)
+        self.ctx: Context = webhook.use(settings, store)
         self.webhook = webhook
         queue = notification_queue(self.ctx)
         assert isinstance(queue, InProcessHints)
@@ -167,6 +171,62 @@ async def test_expired_token_resync_that_shrinks_is_guarded_and_not_lost(
     approved = await t.ctx.runner.approve(t.ctx.capability("sync"), refused.plan.id, actor="admin")
     assert approved.outcome is Outcome.APPLIED
     assert (await t.hub_state())["users"] == [t.name("p3")]
+
+
+class DryRunAtCommit(SqliteStore):
+    """A real SQLite store where, once armed, a dry-run (an admin's GET /api/v1/plan/sync: no lock)
+    runs in full just before the real run commits its Entra delta state: between the real run's
+    read of that state and its conditional write."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.hook: Callable[[], Awaitable[Any]] | None = None
+        self.dry: Any = None
+
+    async def put(self, key: str, doc: Mapping[str, Any], *, if_match: str | None = None) -> str:
+        hook, self.hook = (self.hook, None) if key.startswith(STATE_PREFIX) else (None, self.hook)
+        if hook is not None:
+            self.dry = await hook()
+        return await super().put(key, doc, if_match=if_match)
+
+
+async def delta_state(store: StateStore) -> dict[str, str]:
+    """The stored Entra delta documents and their etags."""
+    out = {}
+    for key in await store.list(STATE_PREFIX):
+        got = await store.get_with_etag(key)
+        assert got is not None
+        out[key] = got[1]
+    return out
+
+
+async def test_a_dry_run_commits_no_delta_state_and_does_not_fail_a_real_run_under_way(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook, tmp_path: Path) -> None:
+    """A dry-run stops after the guard: it leaves the Entra delta state as it was, so the next real
+    run still sees and applies the change, and a real run that read the state before the dry-run
+    commits it (its conditional write was failed by the dry-run's commit: the real run failed)."""
+    store = DryRunAtCommit(tmp_path / "race.sqlite3")
+    t = Tenant(graph, real_hub, webhook, store=store)
+    ana, ben, cy = t.person("ana"), t.person("ben"), t.person("cy")
+    graph.add_member(t.users_group, ana)
+    assert (await t.sync()).outcome is Outcome.APPLIED
+    before = await delta_state(store)
+    assert before
+
+    graph.add_member(t.users_group, ben)
+    dry = await t.ctx.runner.dry_run(t.ctx.capability("sync"), trigger="api", actor="admin")
+    assert dry.outcome is Outcome.PLANNED and dry.plan is not None, dry.render()
+    assert t.name("ben") in {a.target for a in dry.plan.actions}
+    assert await delta_state(store) == before  # nothing recorded: not even the delta state
+
+    graph.add_member(t.users_group, cy)
+    store.hook = lambda: t.ctx.runner.dry_run(t.ctx.capability("sync"), trigger="api", actor="admin")
+    real = await t.sync()
+    assert store.dry is not None and store.dry.outcome is Outcome.PLANNED, store.dry.render()
+    assert real.outcome is Outcome.APPLIED, real.render()
+    assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben"), t.name("cy")]
+    again = await t.sync()  # the real run committed what it read: nothing is left to do
+    assert again.outcome is Outcome.APPLIED and again.plan is not None and not again.plan.actions, again.render()
 
 
 async def test_nested_group_change_notifies_and_reexpands_the_parent(

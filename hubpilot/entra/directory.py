@@ -4,8 +4,9 @@ Each read runs one delta round per chunk of at most 50 groups (from the stored d
 full round the first time and after an expired token), resolves the usernames of users it has
 not seen, expands nested groups, and only then commits the new state (deltaLink and direct
 membership together, one document per chunk, written with its etag). A failed read commits
-nothing. Membership is derived from the committed state, so a sync plan the guard refuses comes
-back on the next run instead of being lost.
+nothing, and so does a dry-run's read (a dry-run records nothing, and holds no lock: its commit
+would fail the conditional one of a real run under way). Membership is derived from the committed
+state, so a sync plan the guard refuses comes back on the next run instead of being lost.
 
 A group's delta does not report a member's changed attributes (a renamed userPrincipalName), so
 the stored usernames of a chunk are read afresh every ``user_refresh`` (one bulk read; a group
@@ -34,7 +35,7 @@ from hubpilot.entra.delta import (
     refresh_users,
     unresolved_users,
 )
-from hubpilot.loop import utcnow
+from hubpilot.loop import in_dry_run, utcnow
 from hubpilot.ports.directory import DirectoryError, DirectorySnapshot
 from hubpilot.ports.store import ConflictError, StateStore, StoreError
 
@@ -201,6 +202,12 @@ class EntraDirectory:
                 f"its group memberships for 30 days): {shown}")
         stats.notes.extend(notes)
 
+        snapshot = DirectorySnapshot(
+            source="entra", groups={g: expanded[g] for g in configured}, notes=tuple(stats.notes)
+        )
+        if in_dry_run():  # it records nothing: the next real run reads these changes again
+            self.last = stats
+            return snapshot
         # commit: every chunk read in this round, and drop chunks no longer needed
         try:
             for key, chunk in done.items():
@@ -217,9 +224,7 @@ class EntraDirectory:
         except StoreError as exc:
             raise DirectoryError(f"cannot write the Entra delta state: {exc}") from exc
         self.last = stats
-        return DirectorySnapshot(
-            source="entra", groups={g: expanded[g] for g in configured}, notes=tuple(stats.notes)
-        )
+        return snapshot
 
     async def _round(self, chunk: ChunkState, stats: ReadStats) -> _Round:
         fresh = chunk.delta_link is None
