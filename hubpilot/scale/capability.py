@@ -340,10 +340,26 @@ class ScaleCapability:
                 log.warning("could not uncordon %s: %s", n, exc)
 
     async def _expire_demand(self, now: datetime) -> None:
-        ttl = self.policy.demand_ttl
+        """Delete the demand signals that have expired, each only as it was read (If-Match): the
+        hub's pre-spawn hook may record the same user and server again meanwhile, and that signal
+        is kept for the scale-up it asks for."""
+        limit = self.policy.demand_ttl + timedelta(minutes=1)
         for d in await self._demand_docs():
-            if now - d.at > ttl + timedelta(minutes=1):
-                await self.store.delete(DEMAND_PREFIX + d.key)
+            if now - d.at <= limit:
+                continue
+            got = await self.store.get_with_etag(DEMAND_PREFIX + d.key)
+            if got is None:
+                continue
+            doc, etag = got
+            try:
+                if now - datetime.fromisoformat(doc["at"]) <= limit:
+                    continue  # recorded again since it was listed
+            except (KeyError, ValueError, TypeError):
+                continue  # written again since, unreadable: left, as the listing leaves such a one
+            try:
+                await self.store.delete(DEMAND_PREFIX + d.key, if_match=etag)
+            except ConflictError:
+                continue  # recorded again since it was read: kept
 
 
 def gpu_spawn(options: Mapping[str, Any], rules: Sequence[tuple[str, str | None, str | None]]) -> bool:
