@@ -10,6 +10,7 @@ import asyncio
 import logging
 import math
 import re
+import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -292,6 +293,45 @@ class _BodyLimit:
 SECURITY_HEADERS = front.SECURITY_HEADERS
 
 
+class _UnexpectedErrors:
+    """ASGI middleware: an exception no handler of the app answers becomes a JSON 500 (inside
+    :class:`_SecurityHeaders`, so it carries them), the same on every host. Without it uvicorn
+    sent Starlette's plain-text 500 and the Functions function raised (the host's bare 500). The
+    body says what failed in general terms and gives a correlation id; the log holds the id with
+    the traceback. Neither the traceback nor the exception's text (which may quote stored data or
+    settings) reaches the caller. An exception after the answer began is left to the host."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            method = "HEAD" if scope.get(HEAD_SCOPE_KEY) else scope.get("method", "?")
+            path = scope.get("path", "?")
+            shown = f"{method} {path}".encode("unicode_escape").decode("ascii")[:300]
+            correlation = uuid.uuid4().hex
+            log.exception("unexpected error on %s (correlation id %s)", shown, correlation)
+            if started:
+                raise
+            body = {"detail": f"an unexpected error stopped {shown}; the log has its traceback under "
+                              f"correlation id {correlation}",
+                    "correlation_id": correlation}
+            await JSONResponse(body, status_code=500)(scope, receive, send)
+
+
 class _SecurityHeaders:
     """ASGI middleware: adds :data:`SECURITY_HEADERS` to every response it does not already carry."""
 
@@ -374,7 +414,8 @@ def create_app(context: ContextSource) -> FastAPI:
         redirect_slashes=False,
     )
     app.add_middleware(_BodyLimit)
-    app.add_middleware(_SecurityHeaders)  # outside the body limit: its 413 carries them too
+    app.add_middleware(_UnexpectedErrors)  # an unexpected error is a JSON 500 ...
+    app.add_middleware(_SecurityHeaders)  # ... with these, as the body limit's 413
     app.add_middleware(_HeadAsGet)  # outermost: every answer to HEAD goes without its body
     app.state.context_holder = ContextHolder(context)
     if isinstance(context, Context):
