@@ -484,6 +484,21 @@ async def test_bad_documents_are_refused(store: StateStore) -> None:
         await store.put("", {"a": 1})
 
 
+async def test_text_with_a_lone_surrogate_is_not_storable_and_nothing_is_stored(store: StateStore) -> None:
+    """Python text can hold a lone surrogate (json.loads of "\\ud800", a directory's data); it is no
+    UTF-8, so no store can keep it: the documented ValueError, not a raw UnicodeEncodeError."""
+    key = f"x/{_name()}"
+    for bad in ({"name": "a\ud800b"}, {"a\udfff": 1}, {"nested": [{"n": "\ud83d"}]}):
+        with pytest.raises(ValueError, match="not storable as JSON"):
+            await store.put(key, bad)
+        with pytest.raises(ValueError, match="not storable as JSON"):
+            await store.append_audit({"at": T0.isoformat(), "operation": "sync", **bad})
+    assert await store.get(key) is None
+    assert (await store.read_audit())[0] == []
+    await store.put(key, {"name": "a\U0001f600b"})  # a pair is a character: stored
+    assert await store.get(key) == {"name": "a\U0001f600b"}
+
+
 def test_sqlite_corrupt_row_names_the_key(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     store = SqliteStore(path)

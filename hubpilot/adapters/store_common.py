@@ -54,10 +54,17 @@ def dump_json(value: Mapping[str, Any], what: str) -> str:
     if not isinstance(value, Mapping):
         raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
     try:
-        return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+        text = json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False,
                           default=_json_default)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} is not storable as JSON: {exc}") from None
+    try:  # both stores keep UTF-8: a lone surrogate (json.loads of "\ud800") is no text they can hold
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start:exc.end].encode("unicode_escape").decode("ascii")
+        raise ValueError(f"{what} is not storable as JSON: it holds {bad}, a lone UTF-16 surrogate "
+                         f"that is no Unicode character (at {exc.start} of its JSON text)") from None
+    return text
 
 
 def _json_default(value: Any) -> Any:
