@@ -25,7 +25,7 @@ from hubpilot import __version__
 from hubpilot.api import front, graph_routes, scale_routes
 from hubpilot.api.auth import HEAD_SCOPE_KEY, Principal, require_role, shown_method, shown_path
 from hubpilot.api.deps import ContextHolder, ContextSource, get_context
-from hubpilot.api.runs import QueueUnavailable, read_run, start_run, wait_for_run
+from hubpilot.api.runs import QueueUnavailable, read_run, reservation, start_run, wait_for_run
 from hubpilot.api.scheduling import configured_schedules
 from hubpilot.loop import LockHeld, Outcome, RunRecord, UnknownPlan, new_run_id
 from hubpilot.ports.store import StoreError
@@ -544,6 +544,8 @@ def create_app(context: ContextSource) -> FastAPI:
             lease, paused, last = await asyncio.gather(
                 ctx.store.read_lock(op, now), ctx.runner.is_paused(op), ctx.runner.last_run(op)
             )
+            if lease is None:  # a queued run holds the operation before it takes the lock (409 to POST)
+                lease = await reservation(ctx, op, now)
             ops.append({
                 "operation": op, "paused": paused,
                 "lock": {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()}

@@ -100,6 +100,19 @@ async def _reserve(ctx: Context, req: RunRequest) -> None:
         raise LockHeld(req.operation, await ctx.store.read_lock(req.operation, now)) from None
 
 
+async def reservation(ctx: Context, operation: str, now: datetime) -> Lease | None:
+    """The unexpired reservation of ``operation`` by a run that has not taken its lock yet (a
+    queued run), as the lease :func:`_reserve` refuses a second run with; None when there is none."""
+    doc = await ctx.store.get(PENDING_KEY.format(operation=operation))
+    if doc is None:
+        return None
+    try:
+        until = datetime.fromisoformat(str(doc.get("until")))
+    except ValueError:  # a damaged reservation is none (as _reserve reads it)
+        return None
+    return Lease(operation, str(doc.get("holder", "")), until) if until > now else None
+
+
 async def _release(ctx: Context, req: RunRequest) -> None:
     key = PENDING_KEY.format(operation=req.operation)
     try:

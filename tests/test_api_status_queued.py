@@ -1,0 +1,59 @@
+"""Review: ``GET /api/v1/status`` while a run started over HTTP waits on the run queue
+(``api.run_mode = "queue"``, the Functions app). Until the queue function takes the operation's
+lock, the run holds the operation's reservation (``pending/{op}``): a second ``POST`` answers 409
+"a run is in progress" naming it, but status showed ``lock: null``, as if the operation were free.
+
+The real app, Runner and SQLite state store, and a real Azurite run queue (nothing consumes it:
+the queue function is not running)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from azure.storage.queue.aio import QueueClient
+
+from hubpilot.api.runs import QUEUE_NAME, drain_tasks
+from hubpilot.wiring import Context
+from tests.azurite import Azurite
+from tests.test_api_kit import asgi_client, auth, make_context, make_settings
+
+ADMIN = auth("admin")
+
+
+@pytest.fixture
+async def ctx(azurite: Azurite, tmp_path: Path) -> AsyncIterator[Context]:
+    ctx, _ = make_context(tmp_path, make_settings(run_mode="queue",
+                                                  queue_connection_string=azurite.connection_string))
+    try:
+        yield ctx
+    finally:
+        await drain_tasks()
+        await ctx.close()
+        async with QueueClient.from_connection_string(azurite.connection_string, QUEUE_NAME) as q:
+            await q.clear_messages()  # the request left for a queue function nobody runs here
+
+
+def _op(status: dict, name: str) -> dict:
+    return next(o for o in status["operations"] if o["operation"] == name)
+
+
+@pytest.mark.azurite
+async def test_status_shows_the_reservation_of_a_queued_run_as_its_lock(ctx: Context) -> None:
+    async with asgi_client(ctx) as c:
+        r = await c.post("/api/v1/sync", headers=ADMIN)
+        assert r.status_code == 202 and r.json()["outcome"] == "queued", r.text
+        run_id = r.json()["run_id"]
+
+        again = await c.post("/api/v1/sync", headers=ADMIN)
+        assert again.status_code == 409, again.text
+        refused = again.json()
+
+        status = (await c.get("/api/v1/status", headers=ADMIN)).json()
+        lock = _op(status, "sync")["lock"]
+        assert lock is not None, "status says the operation is free while POST answers 409"
+        assert lock["holder"] == refused["holder"] and run_id in lock["holder"]
+        assert datetime.fromisoformat(lock["expires_at"]) == datetime.fromisoformat(refused["expires_at"])
+        assert _op(status, "cull")["lock"] is None  # the other operations stay free
