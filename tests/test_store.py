@@ -484,6 +484,19 @@ async def test_bad_documents_are_refused(store: StateStore) -> None:
         await store.put("", {"a": 1})
 
 
+async def test_both_stores_refuse_the_same_keys(store: StateStore) -> None:
+    """One rule for document keys on every store (Azure blob names hold no '\\', no '.' or '..'
+    segment, at most 1000 characters): a key one store refuses is not kept by the other."""
+    base = f"x/{_name()}"
+    for key in (f"{base}/dom\\ana", f"{base}/./a", f"{base}/../a", f"{base}/.", "..", base + "/" + "k" * 1000):
+        with pytest.raises(ValueError, match="cannot be a key"):
+            await store.put(key, {"a": 1})
+    assert await store.list(base) == {}
+    for key in (f"{base}/a.b", f"{base}/.a/..b", f"{base}/~a b%5C"):  # dots within a segment are fine
+        await store.put(key, {"a": 1})
+        assert await store.get(key) == {"a": 1}
+
+
 async def test_text_with_a_lone_surrogate_is_not_storable_and_nothing_is_stored(store: StateStore) -> None:
     """Python text can hold a lone surrogate (json.loads of "\\ud800", a directory's data); it is no
     UTF-8, so no store can keep it: the documented ValueError, not a raw UnicodeEncodeError."""

@@ -53,7 +53,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, ExponentialRetry
 
 from hubpilot.adapters.store_common import audit_time as _audit_time
-from hubpilot.adapters.store_common import check_limit
+from hubpilot.adapters.store_common import check_key, check_limit
 from hubpilot.adapters.store_common import dump_json as _dump
 from hubpilot.adapters.store_common import from_micros as _from_micros
 from hubpilot.adapters.store_common import load_json as _load
@@ -123,13 +123,7 @@ def _lock_row(name: str) -> str:
 
 
 def _doc_blob(key: str) -> str:
-    if not key:
-        raise ValueError("a document key must not be empty")
-    parts = key.split("/")
-    if "\\" in key or any(p in (".", "..") for p in parts) or len(key) > 1000:
-        raise ValueError(f"document key {key!r} cannot be a blob name: no '\\', '.' or '..' segments, "
-                         "at most 1000 characters")
-    return _DOC_PREFIX + key
+    return _DOC_PREFIX + check_key(key)
 
 
 def _check_names(table_prefix: str, container: str) -> None:

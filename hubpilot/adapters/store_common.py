@@ -19,6 +19,22 @@ def check_limit(limit: int) -> None:
         raise ValueError(f"limit must be at least 1, got {limit}")
 
 
+MAX_KEY_LENGTH = 1000
+
+
+def check_key(key: str) -> str:
+    """A document key every store can hold (the rule of Azure's blob names, applied by both stores
+    so that a key one refuses is not kept by the other): not empty, no '\\', no '.' or '..'
+    segment, at most :data:`MAX_KEY_LENGTH` characters. Returns it; else ValueError."""
+    if not key:
+        raise ValueError("a document key must not be empty")
+    if "\\" in key or any(p in (".", "..") for p in key.split("/")) or len(key) > MAX_KEY_LENGTH:
+        shown = key if len(key) <= 100 else key[:100] + "..."
+        raise ValueError(f"document key {shown!r} cannot be a key of the state store: no '\\', no '.' or '..' "
+                         f"segments, at most {MAX_KEY_LENGTH} characters")
+    return key
+
+
 def to_micros(when: datetime, what: str = "time") -> int:
     """Microseconds since the epoch of a timezone-aware datetime (naive ones are refused)."""
     if when.tzinfo is None or when.utcoffset() is None:

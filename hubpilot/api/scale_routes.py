@@ -76,9 +76,11 @@ async def drain_follow_ups() -> None:
 class DemandIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user: str = Field(min_length=1, max_length=255, pattern=r"^[^/~\s]+$",
-                      description="Hub username starting the server.")
-    server: str = Field("", max_length=255, pattern=r"^[^/~\s]*$", description="Server name ('' = default).")
+    # no '\': the demand's key holds the names, and no state store can hold a key with one
+    user: str = Field(min_length=1, max_length=255, pattern=r"^[^/~\s\\]+$",
+                      description="Hub username starting the server (no '/', '~', '\\' or whitespace).")
+    server: str = Field("", max_length=255, pattern=r"^[^/~\s\\]*$",
+                        description="Server name ('' = default; no '/', '~', '\\' or whitespace).")
     profile: str = Field("", max_length=255, description="Profile slug the user picked.")
 
 
