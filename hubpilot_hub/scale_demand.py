@@ -437,7 +437,23 @@ def _raise_start_timeout(c: Any, profiles: frozenset[str], seconds: int, resourc
 
 
 def _raise(override: dict[str, Any], seconds: int) -> None:
-    override["start_timeout"] = max(int(override.get("start_timeout") or 0), seconds)
+    current = override.get("start_timeout")
+    if callable(current):
+        # KubeSpawner calls an override value that is callable with the spawner
+        def raised(spawner: Any, _current: Any = current) -> Any:
+            value = _current(spawner)
+            try:
+                return max(int(value or 0), seconds)
+            except (TypeError, ValueError):  # KubeSpawner judges it, as without hubpilot
+                return value
+
+        override["start_timeout"] = raised
+        return
+    try:
+        override["start_timeout"] = max(int(current or 0), seconds)
+    except (TypeError, ValueError):
+        log.warning("hubpilot: the start_timeout %r of a GPU profile's kubespawner_override is no number of "
+                    "seconds; left as it is (KubeSpawner's wait for the pod uses it, not %s s)", current, seconds)
 
 
 def _raise_gpu_overrides(profile_list: list[Any], profiles: frozenset[str], seconds: int, resource: str) -> bool:
@@ -453,7 +469,12 @@ def _raise_gpu_overrides(profile_list: list[Any], profiles: frozenset[str], seco
         if (_slug(p) in profiles or str(p.get("display_name", "")) in profiles
                 or _asks_for(override, resource)):
             found = True
-            _raise(p.setdefault("kubespawner_override", {}), seconds)
+            if "kubespawner_override" not in p:
+                p["kubespawner_override"] = override = {}
+            if isinstance(override, dict):
+                _raise(override, seconds)
+            # else (null: a YAML key left empty): no start_timeout of its own to raise; the
+            # pre-spawn part's, on the spawner, is the one KubeSpawner's wait for the pod uses
             continue
         profile_options = p.get("profile_options")
         for option in (profile_options.values() if isinstance(profile_options, dict) else ()):

@@ -206,3 +206,57 @@ def test_bad_gpu_start_timeout_arguments_are_refused_when_the_hub_loads_its_conf
                                gpu_start_timeout=args["seconds"])
     assert c.KubeSpawner.profile_list[0].get("kubespawner_override") is None  # nothing half-applied
     assert hooks._PARTS == before
+
+
+_ODD_PROFILES_CONFIG = """
+import asyncio
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from traitlets import List
+
+class KubeSpawner(SimpleLocalProcessSpawner):
+    # KubeSpawner's order: start() applies the chosen profile's kubespawner_override (a callable
+    # value is called with the spawner), then waits for the pod (here: a node boot)
+    profile_list = List(config=True)
+
+    async def start(self):
+        slug = (self.user_options or {}).get("profile")
+        for profile in self.profile_list:
+            if profile["slug"] == slug:
+                for k, v in (profile.get("kubespawner_override") or {}).items():
+                    setattr(self, k, v(self) if callable(v) else v)
+        self.log.info("pod wait for %s: %s s", slug, self.start_timeout)
+        await asyncio.sleep(4)  # the pod waits for a new GPU node
+        return await super().start()
+
+c.JupyterHub.spawner_class = KubeSpawner
+c.Spawner.start_timeout = 2
+c.KubeSpawner.profile_list = [
+    {"slug": "cpu", "display_name": "CPU", "kubespawner_override": None},
+    {"slug": "gpu-named", "display_name": "GPU", "kubespawner_override": None},
+    {"slug": "gpu-callable", "display_name": "GPU (callable)", "kubespawner_override": {
+        "extra_resource_limits": {"nvidia.com/gpu": "1"}, "start_timeout": lambda spawner: 2}},
+]
+
+from hubpilot_hub.scale_demand import configure_gpu_start_timeout
+configure_gpu_start_timeout(c, gpu_profiles=["gpu-named"], seconds=30)
+"""
+
+
+@pytest.mark.hub
+async def test_odd_but_valid_gpu_profiles_neither_stop_the_hub_nor_lose_the_timeout(
+    hub_factory: Callable[..., Awaitable[RealHub]],
+) -> None:
+    """A GPU profile with ``kubespawner_override: null`` (a YAML key left empty) made the
+    configuration raise (AttributeError) and the hub did not start at all; a ``start_timeout``
+    given as a callable (KubeSpawner calls override values that are callables) raised TypeError
+    the same way. The hub starts, and both GPU profiles' spawns outlive the node boot."""
+    hub = await hub_factory(extra_config=_ODD_PROFILES_CONFIG)
+    async with hub.admin() as admin:
+        for profile in ("gpu-named", "gpu-callable"):
+            user = unique_name("odd")
+            assert (await admin.post(f"/users/{user}")).status_code in (201, 409)
+            r = await hub.spawn(user, user_options={"profile": profile}, timeout=60)
+            assert r.status_code in (201, 202), (profile, r.text)
+    log = (hub.tmp_path / "jupyterhub.log").read_text()
+    assert "pod wait for gpu-named: 30 s" in log
+    assert "pod wait for gpu-callable: 30 s" in log  # KubeSpawner's own wait is raised too
