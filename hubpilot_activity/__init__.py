@@ -26,13 +26,15 @@ waiting; whatever the extension cannot tell counts as busy, as before.
 Install in the user image next to jupyterhub-singleuser and enable with
 ``jupyter server extension enable hubpilot_activity`` (or
 ``c.ServerApp.jpserver_extensions = {"hubpilot_activity": True}``). The check interval comes
-from ``HUBPILOT_ACTIVITY_CHECK_SECONDS`` (default 60; keep it below the hub activity interval).
+from ``HUBPILOT_ACTIVITY_CHECK_SECONDS`` (default 60; keep it below the hub activity interval; a
+value that is no number of seconds above 0 is a warning at load, and 60).
 Standard library and jupyter_server only.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -172,13 +174,23 @@ def mark_if_busy(web_app: Any, now: datetime | None = None) -> bool:
     return True
 
 
-def check_seconds() -> float:
+def check_seconds(warn: Callable[[str], Any] | None = None) -> float:
+    """The check interval: ``HUBPILOT_ACTIVITY_CHECK_SECONDS``, or 60 when unset; a value that is
+    no finite number of seconds above 0 (``30s``, ``0``, ``inf``: a check that never runs) is
+    60 too, and ``warn`` is told what to fix."""
     raw = os.environ.get("HUBPILOT_ACTIVITY_CHECK_SECONDS", "")
+    if not raw.strip():
+        return DEFAULT_CHECK_SECONDS
     try:
-        value = float(raw) if raw else DEFAULT_CHECK_SECONDS
+        value = float(raw)
     except ValueError:
-        value = DEFAULT_CHECK_SECONDS
-    return value if value > 0 else DEFAULT_CHECK_SECONDS
+        value = math.nan
+    if math.isfinite(value) and value > 0:
+        return value
+    if warn is not None:
+        warn(f"hubpilot_activity: HUBPILOT_ACTIVITY_CHECK_SECONDS={raw!r} is not a number of seconds above 0 "
+             f"(e.g. 60); busy kernels are checked every {DEFAULT_CHECK_SECONDS:.0f} s")
+    return DEFAULT_CHECK_SECONDS
 
 
 def _incoming_channel(message: Any, protocol: str | None) -> str | None:
@@ -254,7 +266,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     from tornado.ioloop import PeriodicCallback
 
     web_app = serverapp.web_app
-    interval = check_seconds()
+    interval = check_seconds(serverapp.log.warning)
     if not _watch_input(web_app):
         serverapp.log.info("hubpilot_activity: a kernel waiting for input counts as busy (the "
                            "kernel websocket connection class is not jupyter_server's ZMQ one)")

@@ -1,0 +1,64 @@
+"""hubpilot_activity's check interval comes from ``HUBPILOT_ACTIVITY_CHECK_SECONDS`` in the user
+image. A value it cannot use must never take the user's server down, nor pass unnoticed: the
+server says so at load, naming the variable and the value, and checks every 60 s."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.realhub import PROJECT_ROOT, free_port
+
+SERVER = Path(sys.executable).parent / "jupyter-server"
+
+
+def _server_log(tmp_path: Path, value: str) -> str:
+    """Start a real jupyter_server with the extension enabled (what `jupyter server extension
+    enable hubpilot_activity` writes) and the variable set; its log once the extension loaded."""
+    conf_d = tmp_path / "config" / "jupyter_server_config.d"
+    conf_d.mkdir(parents=True)
+    (conf_d / "hubpilot_activity.json").write_text(
+        json.dumps({"ServerApp": {"jpserver_extensions": {"hubpilot_activity": True}}}))
+    env = {**os.environ, "HUBPILOT_ACTIVITY_CHECK_SECONDS": value, "JUPYTER_CONFIG_PATH": str(tmp_path / "config"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(SERVER), "--no-browser", "--allow-root", f"--port={free_port()}", "--ServerApp.port_retries=0",
+             "--IdentityProvider.token=t", f"--ServerApp.root_dir={tmp_path}"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            text = log_path.read_text(errors="replace")
+            if "is running at" in text or proc.poll() is not None:
+                return text
+            time.sleep(0.2)
+        raise TimeoutError(f"jupyter_server did not start:\n{log_path.read_text(errors='replace')}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("value", ["30s", "0", "-5", "inf", "nan"])
+def test_an_unusable_check_interval_is_a_warning_at_load_and_60_s(tmp_path: Path, value: str) -> None:
+    """"30s", 0 or a negative value fell back to 60 s with nothing said; ``inf`` was taken as it
+    is: the check never ran (busy kernels never counted, a long computation could be culled)
+    while the server logged "checked every inf s"."""
+    log = _server_log(tmp_path, value)
+    assert "is running at" in log  # the user's server runs
+    assert f"HUBPILOT_ACTIVITY_CHECK_SECONDS={value!r}" in log
+    assert "busy kernels count as activity (checked every 60 s)" in log
+
+
+def test_a_usable_check_interval_is_used_without_a_warning(tmp_path: Path) -> None:
+    log = _server_log(tmp_path, "30")
+    assert "busy kernels count as activity (checked every 30 s)" in log
+    assert "HUBPILOT_ACTIVITY_CHECK_SECONDS" not in log
