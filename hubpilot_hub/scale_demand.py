@@ -43,6 +43,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from traitlets.config import Config
 
@@ -238,6 +239,9 @@ class ScaleDemand:
             raise ValueError(f"scale demand max_in_flight {max_in_flight!r} must be a positive integer")
         _check_profiles(gpu_profiles)
         self.endpoint = url.rstrip("/") + "/scale/demand"
+        # as the logs show it: without a user:password@ the url may carry
+        parts = urlsplit(self.endpoint)
+        self._shown_endpoint = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         self.token = token
         self.gpu_profiles = frozenset(gpu_profiles)
         self.gpu_resource = gpu_resource
@@ -311,6 +315,8 @@ class ScaleDemand:
                            "hubpilot's own https URL, ending in /api/v1, as the demand url)")
             elif status >= 400 or status == 599:
                 problem = f"{status} {(response.body or b'')[:300].decode(errors='replace')}".strip()
+                if status == 404:
+                    problem += " (the demand url must be hubpilot's API base, ending in /api/v1)"
                 if response.error is not None and status == 599:
                     problem = f"{status} {response.error}"
         except HTTPClientError as exc:
@@ -331,10 +337,11 @@ class ScaleDemand:
             return
         self._failures += 1
         if self._failures == 1:
-            log.warning("hubpilot gpu-demand for %s failed: %s (spawns go on; further failures are "
-                        "logged at debug level until a signal gets through)", key, problem)
+            log.warning("hubpilot gpu-demand for %s (POST %s) failed: %s (spawns go on; further failures are "
+                        "logged at debug level until a signal gets through)", key, self._shown_endpoint, problem)
         else:
-            log.debug("hubpilot gpu-demand for %s failed: %s (%d in a row)", key, problem, self._failures)
+            log.debug("hubpilot gpu-demand for %s (POST %s) failed: %s (%d in a row)", key, self._shown_endpoint,
+                      problem, self._failures)
 
 
 class GpuStartTimeout:

@@ -413,3 +413,33 @@ async def test_a_redirect_is_a_failure_that_names_where_it_points(demand_log: py
     warnings = [r.getMessage() for r in demand_log.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "302" in warnings[0] and target in warnings[0], warnings
     assert "secret-token" not in warnings[0]
+
+
+async def test_a_failure_names_the_url_the_signal_went_to(demand_log: pytest.LogCaptureFixture) -> None:
+    """A demand url without ``/api/v1`` (hubpilot's root) gets hubpilot's 404, and a wrong port a
+    refused connection: the warning said "404 ..." or "599 Connection refused" without the URL,
+    so nothing in the hub's log showed what to fix. It names the URL posted to (never the token)."""
+    from hubpilot_hub.scale_demand import ScaleDemand
+
+    async def not_found(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"error": "not found"}'
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_found, "127.0.0.1", 0)
+    root = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        part = ScaleDemand(root, "secret-token", gpu_profiles=["gpu"], timeout=5)
+        assert await part.send({"user": "ana", "server": "", "profile": "gpu"}) == 404
+    finally:
+        server.close()
+    with_password = root.replace("http://", "http://hub:s3cret@") + "/api/v1"
+    refused = ScaleDemand(with_password, "secret-token", gpu_profiles=["gpu"], timeout=5)  # closed now
+    assert await refused.send({"user": "bo", "server": "", "profile": "gpu"}) in (599, None)
+    warnings = [r.getMessage() for r in demand_log.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "404" in warnings[0] and f"{root}/scale/demand" in warnings[0], warnings
+    assert f"{root}/api/v1/scale/demand" in warnings[1], warnings
+    assert not any("secret-token" in w or "s3cret" in w for w in warnings)
