@@ -361,7 +361,15 @@ class GpuStartTimeout:
         if base is None:
             base = int(spawner.start_timeout)
             spawner._hubpilot_base_start_timeout = base
-        gpu, _ = await gpu_spawn(spawner, self.gpu_profiles, self.gpu_resource, self.resolve_timeout)
+        try:
+            gpu, _ = await gpu_spawn(spawner, self.gpu_profiles, self.gpu_resource, self.resolve_timeout)
+        except Exception as exc:
+            # as for a profile_list that does not answer: a longer wait, never a GPU spawn missed
+            # (KubeSpawner calls it again in start(), and may then start a GPU server)
+            log.warning("hubpilot gpu-start-timeout: cannot tell whether %s is a GPU spawn (%s: %s); taken as "
+                        "a GPU spawn (start timeout %s s)", getattr(spawner, "_log_name", "?"),
+                        type(exc).__name__, exc, max(base, self.seconds))
+            gpu = True
         spawner.start_timeout = max(base, self.seconds) if gpu else base
 
 

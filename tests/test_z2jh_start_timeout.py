@@ -260,3 +260,31 @@ async def test_odd_but_valid_gpu_profiles_neither_stop_the_hub_nor_lose_the_time
     log = (hub.tmp_path / "jupyterhub.log").read_text()
     assert "pod wait for gpu-named: 30 s" in log
     assert "pod wait for gpu-callable: 30 s" in log  # KubeSpawner's own wait is raised too
+
+
+async def test_a_profile_list_that_raises_counts_as_a_gpu_spawn_and_says_so(
+        clean_parts: None, caplog: pytest.LogCaptureFixture) -> None:
+    """A callable profile_list that raises in the pre-spawn hook (an API it reads was down)
+    failed the part: the spawn went on with the CPU timeout, though KubeSpawner, calling it again
+    in start(), may well start a GPU server that then times out while its node boots. As for a
+    callable that does not answer, the spawn counts as a GPU spawn (a longer wait, never a GPU
+    spawn missed), logged with the error."""
+    import logging
+
+    from hubpilot_hub.scale_demand import configure_gpu_start_timeout
+
+    def profiles(spawner: Any) -> list[dict[str, Any]]:
+        raise ConnectionError("profile service unreachable")
+
+    c = Config()
+    c.KubeSpawner.start_timeout = 300
+    c.KubeSpawner.profile_list = profiles
+    configure_gpu_start_timeout(c, gpu_profiles=["gpu"], seconds=900)
+    spawner = _Spawner("gpu")
+    spawner.profile_list = profiles  # type: ignore[attr-defined]
+    caplog.set_level(logging.INFO, logger=hooks.LOGGER)
+    await hooks.pre_spawn_hook(spawner)
+    assert spawner.start_timeout == 900
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "profile service unreachable" in warnings[0], warnings
+    assert "taken as a GPU spawn" in warnings[0], warnings
