@@ -290,17 +290,20 @@ async def test_hours_hubpilot_did_not_observe_are_reported(world: dict[str, Any]
     assert later.days[0].unobserved_hours == pytest.approx(5.0, abs=0.001)
 
 
-async def test_an_outage_that_began_before_the_period_is_reported_unobserved(store: SqliteStore) -> None:
-    """hubpilot observed the pool every 5 minutes until 7 March 12:00, then did not run until 11 March
-    12:00. A 3-day report on the 11th at 13:00 starts inside that outage: its 60 hours were not
-    observed (the last size, assumed, held), not 0."""
-    async def observe(t: datetime, until: datetime) -> None:
+async def _observe_outage(store: SqliteStore) -> None:
+    """2 nodes observed every 5 minutes until 7 March 12:00, then nothing until 11 March 12:00, then
+    every 5 minutes until 13:00."""
+    for t, until in ((utc(2026, 3, 7, 0), utc(2026, 3, 7, 12)), (utc(2026, 3, 11, 12), utc(2026, 3, 11, 13))):
         while t <= until:
             await record_size(store, t, 2, source="observed", observed=timedelta(minutes=6))
             t += timedelta(minutes=5)
 
-    await observe(utc(2026, 3, 7, 0), utc(2026, 3, 7, 12))
-    await observe(utc(2026, 3, 11, 12), utc(2026, 3, 11, 13))
+
+async def test_an_outage_that_began_before_the_period_is_reported_unobserved(store: SqliteStore) -> None:
+    """hubpilot observed the pool every 5 minutes until 7 March 12:00, then did not run until 11 March
+    12:00. A 3-day report on the 11th at 13:00 starts inside that outage: its 60 hours were not
+    observed (the last size, assumed, held), not 0."""
+    await _observe_outage(store)
     report = await cost_report(store, now=utc(2026, 3, 11, 13), days=3, price=1.0, currency="EUR",
                                gap=timedelta(minutes=6))
     rep = report.to_json()
@@ -313,13 +316,7 @@ async def test_an_outage_that_began_before_a_one_day_period_is_reported_unobserv
     """The same outage (7 March 12:00 to 11 March 12:00), reported for the 11th alone: that day's
     document keeps the size it began with (`start`), yet the 12 hours before the first observation
     of the day were not observed, as in the 3-day report -- not 0, not history of an older version."""
-    async def observe(t: datetime, until: datetime) -> None:
-        while t <= until:
-            await record_size(store, t, 2, source="observed", observed=timedelta(minutes=6))
-            t += timedelta(minutes=5)
-
-    await observe(utc(2026, 3, 7, 0), utc(2026, 3, 7, 12))
-    await observe(utc(2026, 3, 11, 12), utc(2026, 3, 11, 13))
+    await _observe_outage(store)
     report = await cost_report(store, now=utc(2026, 3, 11, 13), days=1, price=1.0, currency="EUR",
                                gap=timedelta(minutes=6))
     rep = report.to_json()
