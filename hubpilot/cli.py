@@ -11,6 +11,7 @@ import asyncio
 import getpass
 import json
 import re
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -63,6 +64,13 @@ def _emit(record: RunRecord, as_json: bool, out: TextIO) -> int:
 
 
 async def _with_context(settings: Settings, body: Callable[[Context], Awaitable[int]]) -> int:
+    # SIGTERM (a supervisor, a CronJob's pod stopped, kill) and SIGHUP (a closed terminal) cancel
+    # the command as Ctrl-C does: a run under way is audited as failed and releases its lock.
+    # Python's default ends the process at once, leaving the lock held for its whole lease.
+    main_task = asyncio.current_task()
+    if main_task is not None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
     ctx = build_context(settings)
     try:
         return await body(ctx)
@@ -297,7 +305,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
 
     try:
         return asyncio.run(_with_context(settings, body))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, SIGTERM, SIGHUP
         return int(ExitCode.FAILED)
     except StoreError as exc:  # the state store cannot be opened or answers no more (status, audit, pause)
         print(f"hubpilot: {exc} (state.kind = {settings.state.kind!r}; see the state.* settings)", file=sys.stderr)
