@@ -260,10 +260,26 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         hint = "".join(f"\n  {name}: lists and objects must be JSON, e.g. {name}='[\"a\", \"b\"]'"
                        for name in bad)
         file = _config_path()
-        where = f" from {file}" if file is not None and isinstance(exc, OSError | tomllib.TOMLDecodeError) else ""
+        in_file = file is not None and isinstance(exc, OSError | tomllib.TOMLDecodeError | UnicodeDecodeError)
+        where = f" from {file}" if in_file else ""
+        if in_file and file is not None and _not_plain_utf8(file):
+            hint += ("\n  a settings file must be UTF-8 without a byte order mark (BOM): save it so "
+                     "(an editor's \"Unicode\" is UTF-16)")
         raise SettingsError(f"cannot read settings{where}: {exc}{hint}") from None
     finally:
         _explicit_path = previous
+
+
+def _not_plain_utf8(file: Path) -> bool:
+    """The file starts with a byte order mark or is not UTF-8 (TOML is UTF-8, without a BOM)."""
+    try:
+        data = file.read_bytes()
+        data.decode("utf-8")
+    except OSError:
+        return False
+    except UnicodeDecodeError:
+        return True
+    return data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff"))
 
 
 def _where(loc: tuple[Any, ...]) -> str:

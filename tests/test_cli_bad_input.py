@@ -145,3 +145,17 @@ def test_a_state_file_that_cannot_be_opened_is_named_without_a_traceback(tmp_pat
     # a relative path in the settings file is read from its folder, and shown absolute
     assert f"cannot open the state file '{tmp_path / 'afile' / 'state.sqlite3'}'" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_settings_file_not_in_utf8_is_named_and_says_so(tmp_path: Path) -> None:
+    """A settings file saved by a Windows editor as "Unicode" (UTF-16) was answered "cannot read
+    settings: 'utf-8' codec can't decode byte 0xff in position 0", naming no file; one saved as
+    UTF-8 with a byte order mark, "Invalid statement (at line 1, column 1)" of a line that reads
+    right. Both now name the file and say to save it as UTF-8 without a BOM."""
+    text = '[state]\nsqlite_path = "state.sqlite3"\n'
+    for data in (text.encode("utf-16"), b"\xef\xbb\xbf" + text.encode()):
+        (tmp_path / "hubpilot.toml").write_bytes(data)
+        done = _bare(tmp_path, "status")
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert "hubpilot.toml" in done.stderr and "UTF-8 without a byte order mark" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
