@@ -203,10 +203,11 @@ class Server:
         self.uvicorn.should_exit = True
 
     async def run(self, *, handle_signals: bool = False) -> None:
-        """Serve until :meth:`stop` (or, with ``handle_signals``, SIGINT/SIGTERM); then drain runs."""
+        """Serve until :meth:`stop` (or, with ``handle_signals``, SIGINT/SIGTERM/SIGHUP: a closed
+        terminal would otherwise end the process at once); then drain runs."""
         if handle_signals:
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.add_signal_handler(sig, self.stop)
         from hubpilot.wiring.entra import start_notification_worker, stop_notification_worker, stop_taking_hints
 
@@ -241,7 +242,7 @@ class Server:
 
 async def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8765,
                 context: Context | None = None) -> None:
-    """Serve the admin API and run every schedule until interrupted (SIGINT/SIGTERM)."""
+    """Serve the admin API and run every schedule until interrupted (SIGINT/SIGTERM/SIGHUP)."""
     await Server(settings, host=host, port=port, context=context).run(handle_signals=True)
 
 

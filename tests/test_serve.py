@@ -124,7 +124,10 @@ def _free_port() -> int:
         return port
 
 
-def test_serve_main_serves_on_loopback_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_serve_main_serves_on_loopback_and_stops_cleanly_on_sigterm(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGHUP too (the terminal it was started from closed): it ended the process at once, a run
+    under way neither audited nor its lock released (held 10 min)."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")}
     env.update({
@@ -151,7 +154,7 @@ def test_serve_main_serves_on_loopback_and_stops_cleanly_on_sigterm(tmp_path: Pa
         status = httpx.get(f"{base}/api/v1/status", headers={"Authorization": f"Bearer {TOKENS['reader']}"})
         assert status.status_code == 200
         assert {s["name"] for s in status.json()["schedules"]} >= {"sync", "cull", "scale"}
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
