@@ -657,7 +657,10 @@ class LdapDirectory:
                 raise DirectoryError(
                     f"LDAP group {name!r}: {what} of '{group.raw_dn}' is not found, and the server refers "
                     f"part of the tree elsewhere ({'; '.join(sorted(set(uris)))}); {_NO_REFERRALS}")
-        expanded: set[str] = set()
+        # the fewest levels of nesting at which each group was walked: a group reached first the long
+        # way is walked again when reached by a shorter one, where its own groups may still be in depth
+        expanded: dict[str, int] = {}
+        too_deep: dict[str, str] = {}  # noted once the walk is done, for groups no shorter way reached
 
         def person(e: _Entry) -> Member:
             # the id attribute keeps a person recognisable when the entry is renamed (modrdn); an
@@ -666,7 +669,7 @@ class LdapDirectory:
                           alias=e.dn if e.stable_id else _legacy_dn(e.raw_dn, e.dn))
 
         def walk(group: _Entry, path: tuple[str, ...]) -> None:
-            expanded.add(group.dn)
+            expanded[group.dn] = len(path)
             group = self._load_members(conn, group)
             for uid in group.member_uids:
                 hits = by_username.get(fold(uid), [])
@@ -708,13 +711,14 @@ class LdapDirectory:
                                  "off; skipped")
                 elif dn in path:
                     notes.append(f"{name}: nesting cycle {' -> '.join((*path, dn))}; not followed again")
-                elif dn in expanded:
+                elif expanded.get(dn, len(path) + 2) <= len(path) + 1:
                     continue
                 elif len(path) > self.nested_max_depth:
-                    notes.append(f"{name}: group {dn} is nested deeper than nested_max_depth="
-                                 f"{self.nested_max_depth}; not followed")
+                    too_deep.setdefault(dn, f"{name}: group {dn} is nested deeper than nested_max_depth="
+                                            f"{self.nested_max_depth}; not followed")
                 else:
                     walk(entry, (*path, dn))
 
         walk(root, (root.dn,))
+        notes.extend(note for dn, note in too_deep.items() if dn not in expanded)
         return members
