@@ -62,6 +62,20 @@ async def test_attribute_names_in_any_case_are_accepted(slapd: Slapd) -> None:
     LdapSettings(url=slapd.url, base_dn=COM, group_name_attribute="cn", username_attribute="sAMAccountName")
 
 
+@pytest.mark.parametrize("port", ["99999", "65536", "abc", "0", "-1"])
+def test_a_url_with_a_port_that_is_no_port_is_refused_at_start_naming_the_setting(port: str) -> None:
+    """The settings took ldap://host:99999 and each sync then failed with 'Port out of range
+    0-65535', naming no setting; ldap://host:0 was read as the scheme's default port."""
+    url = f"ldap://ldap.example.org:{port}"
+    with pytest.raises(ValidationError, match=r"directory\.ldap\.url .*port.* 1 to 65535"):
+        LdapSettings(url=url, base_dn=COM)
+    with pytest.raises(ValueError, match=r"directory\.ldap\.url .*port.* 1 to 65535"):
+        LdapDirectory(url=url, base_dn=COM)
+    for good in ("ldap://ldap.example.org:1", "ldaps://ldap.example.org:65535", "ldap://[::1]:389"):
+        LdapSettings(url=good, base_dn=COM)
+        LdapDirectory(url=good, base_dn=COM)
+
+
 # ---- TLS -------------------------------------------------------------------------------------
 
 

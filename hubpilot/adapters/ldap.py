@@ -324,6 +324,13 @@ class LdapDirectory:
         parts = urlsplit(url)
         if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
             raise ValueError(f"directory.ldap.url {url!r}: expected ldap://host[:port] or ldaps://host[:port]")
+        try:
+            port = parts.port
+        except ValueError:  # not a number, or above 65535
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"directory.ldap.url {url!r}: the port must be a number from 1 to 65535 (389 for "
+                             "ldap://, 636 for ldaps://; the scheme's when left out)")
         if bind_password and not (bind_dn or "").strip():
             # an empty name binds anonymously whatever the password (RFC 4513 5.1.1): the read would
             # see what anonymous may see, often fewer members, and look like a successful one
@@ -341,7 +348,7 @@ class LdapDirectory:
                                  "and '-', starting with a letter), e.g. cn, uid, sAMAccountName")
         self.url = url
         self._host = parts.hostname
-        self._port = parts.port or (636 if parts.scheme == "ldaps" else 389)
+        self._port = port or (636 if parts.scheme == "ldaps" else 389)
         self._ssl = parts.scheme == "ldaps"
         self.bind_dn = bind_dn
         self._password = bind_password

@@ -55,6 +55,13 @@ class LdapSettings(Section):
             raise ValueError("directory.ldap.url must be the server's ldap://host[:port] or ldaps://host[:port] "
                              "URL, e.g. ldaps://ldap.example.org (the Bicep parameter ldapUrl with "
                              "directoryKind = ldap)")
+        try:
+            port = parts.port
+        except ValueError:  # not a number, or above 65535
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"directory.ldap.url {value!r}: the port must be a number from 1 to 65535 (389 for "
+                             "ldap://, 636 for ldaps://; the scheme's when left out)")
         return value
 
     @field_validator("group_name_attribute", "username_attribute")
