@@ -121,3 +121,17 @@ async def test_a_certificate_for_another_host_fails_closed_saying_what_to_fix(sl
             await directory(slapd, url=url.replace("127.0.0.1", "localhost"), ca_file=slapd.ca_file,
                             **kw).read(["ITD Staff"])
         assert "serialNumber" not in str(e.value)
+
+
+async def test_a_url_whose_scheme_does_not_fit_the_port_says_so(slapd: Slapd) -> None:
+    """ldaps:// on the plain port failed with 'socket ssl wrapping error: ... EOF occurred in violation
+    of protocol', ldap:// on the ldaps port with 'session terminated by server' when binding or at
+    StartTLS: neither said that the url's scheme and port do not go together."""
+    plain, tls = slapd.url.rsplit(":", 1)[1], slapd.ldaps_url.rsplit(":", 1)[1]
+    with pytest.raises(DirectoryError, match=rf"connecting to ldaps://127\.0\.0\.1:{plain} failed: .*no TLS handshake.*"
+                                             r"plain LDAP port.*ldap://.*start_tls = true"):
+        await directory(slapd, url=f"ldaps://127.0.0.1:{plain}", ca_file=slapd.ca_file).read(["ITD Staff"])
+    for step, kw in (("binding as", {}), ("StartTLS", {"start_tls": True, "ca_file": slapd.ca_file})):
+        with pytest.raises(DirectoryError, match=rf"{step}.* failed: .*session terminated by server.*closed the "
+                                                 rf"connection at the first request.*port {tls} is an ldaps://"):
+            await directory(slapd, url=f"ldap://127.0.0.1:{tls}", **kw).read(["ITD Staff"])

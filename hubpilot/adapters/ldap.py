@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import ldap3
-from ldap3.core.exceptions import LDAPException, LDAPNoSuchObjectResult
+from ldap3.core.exceptions import LDAPException, LDAPNoSuchObjectResult, LDAPSessionTerminatedByServerError
 from ldap3.utils.ciDict import CaseInsensitiveDict
 from ldap3.utils.conv import escape_filter_chars
 
@@ -226,6 +226,9 @@ def _escape(value: str) -> str:
 
 _NO_REFERRALS = ("hubpilot does not follow referrals: point directory.ldap.url at the server holding it, or narrow "
                  "base_dn / group_base_dn to what this server holds")
+# a TLS handshake a server that speaks no TLS on the port ends (OpenLDAP closes, others reset or
+# answer in plain LDAP)
+_NO_TLS_PEER = re.compile(r"UNEXPECTED_EOF|EOF occurred|WRONG_VERSION_NUMBER|RECORD_LAYER_FAILURE|Connection reset")
 _WRONG_NAME = re.compile(r"certificate (\{.*\}) doesn't match any name in")
 
 
@@ -410,7 +413,7 @@ class LdapDirectory:
         except DirectoryError:
             raise
         except (LDAPException, OSError, ValueError) as exc:
-            raise DirectoryError(f"LDAP {self.url}: {step} failed: {self._explain(exc)}") from exc
+            raise DirectoryError(f"LDAP {self.url}: {step} failed: {self._explain(exc, step)}") from exc
         finally:
             if conn is not None:
                 try:
@@ -419,9 +422,9 @@ class LdapDirectory:
                     pass
         return DirectorySnapshot(source=f"ldap {self.url}", groups=result, notes=tuple(notes))
 
-    def _explain(self, exc: BaseException) -> str:
-        """An exception as the error says it, with what to fix when it is a certificate refused or
-        a server limit on paging."""
+    def _explain(self, exc: BaseException, step: str = "") -> str:
+        """An exception as the error says it, with what to fix when it is a certificate refused, a
+        server limit on paging, or a url whose scheme does not fit the port (``step``: what failed)."""
         text = f"{type(exc).__name__}: {exc}"
         wrong_name = _WRONG_NAME.search(text)
         if wrong_name:  # ldap3 checks the name itself and writes out the whole certificate
@@ -437,6 +440,13 @@ class LdapDirectory:
             cas = f"directory.ldap.ca_file {self.ca_file!r}" if self.ca_file else \
                 "the system's CAs (directory.ldap.ca_file is unset)"
             return f"{text}: the server's certificate is not signed by a CA in {cas}; give the CA that signed it"
+        if self._ssl and step.startswith("connecting") and _NO_TLS_PEER.search(text):
+            return (f"{text}: no TLS handshake with port {self._port}; if it is a plain LDAP port (389), use "
+                    "ldap:// for it with start_tls = true, or the server's ldaps:// port (636)")
+        if not self._ssl and isinstance(exc, LDAPSessionTerminatedByServerError) and (
+                step == "StartTLS" or (step.startswith("binding") and not self.start_tls)):
+            return (f"{text}: the server closed the connection at the first request; if port {self._port} is "
+                    "an ldaps:// port (636), use ldaps:// for it, or the server's plain LDAP port (389)")
         return text
 
     def _connect(self) -> ldap3.Connection:
