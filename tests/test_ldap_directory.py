@@ -355,6 +355,10 @@ async def test_a_bind_password_without_a_bind_dn_is_refused_not_read_anonymously
     for no_password in ("", None):
         with pytest.raises(DirectoryError, match=r"binding as cn=admin,dc=example,dc=com failed: .*password"):
             await directory(slapd, bind_password=no_password).read(["ITD Staff"])
+        # and it is refused at start, naming the setting to give (a secret that did not arrive)
+        with pytest.raises(ValueError, match=r"bind_dn is set but bind_password is empty.*"
+                                             r"HUBPILOT_DIRECTORY__LDAP__BIND_PASSWORD"):
+            LdapSettings(url=slapd.url, base_dn=COM, bind_dn=slapd.root_dn, bind_password=no_password)
 
 async def test_wrong_bind_password_fails(slapd: Slapd) -> None:
     with pytest.raises(DirectoryError, match=r"binding as cn=admin,dc=example,dc=com failed: .*invalidCredentials"):

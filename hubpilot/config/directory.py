@@ -95,6 +95,11 @@ class LdapSettings(Section):
             # an empty name binds anonymously whatever the password (RFC 4513 5.1.1)
             raise ValueError("directory.ldap: bind_password is set but bind_dn is empty; set bind_dn, or remove "
                              "the password to read anonymously")
+        if not password and (self.bind_dn or "").strip():
+            # a name without a password is no bind at all (RFC 4513 5.1.2): every sync would fail
+            raise ValueError("directory.ldap: bind_dn is set but bind_password is empty (a secret that did not "
+                             "arrive?); give it (HUBPILOT_DIRECTORY__LDAP__BIND_PASSWORD, the Bicep parameter "
+                             "ldapBindPassword), or remove bind_dn to read anonymously")
         return self
 
 
