@@ -862,3 +862,31 @@ async def test_notifications_off_means_no_subscriptions_and_the_webhook_says_so(
     async with httpx.AsyncClient(base_url=webhook.url) as http:
         r = await http.post("/api/v1/graph/notifications", json=fresh.notification(g, client_state=SECRET))
     assert r.status_code == 404 and "off" in r.json()["detail"]
+
+
+async def test_a_subscription_a_renewal_found_gone_is_not_reported_gone_again_at_the_next_round(
+        fresh: GraphDouble, webhook: Webhook) -> None:
+    """A renewal answered 404 recreates the subscription and queues the sync for what was missed.
+    The old id must not stay among the subscriptions hubpilot made, or the next round says it
+    vanished ("changes since were not notified") and, with any creation, queues a needless sync."""
+    a, b = fresh.add_group(), fresh.add_group()
+    fresh.subscriptions.clear()
+    ctx = webhook.use(entra_settings(fresh, webhook.url, [a]))
+    await run_subscription_manager(ctx)
+    (old,) = fresh.subscriptions.values()
+    fresh.vanish_on_patch.add(old["id"])
+    rec = await run_subscription_manager(ctx, force_renew=[old["id"]])
+    assert rec is not None and "recreated" in rec.results[0].detail, rec.render()
+    queue = notification_queue(ctx)
+    assert isinstance(queue, InProcessHints)
+    assert queue.queue.get_nowait().kind == "sync" and queue.queue.empty()  # the missed changes
+    # the next round creates one for a group added meanwhile: nothing vanished, no sync to queue
+    grown = webhook.use(entra_settings(fresh, webhook.url, [a, b]), store=ctx.store)
+    more = await run_subscription_manager(grown)
+    assert more is not None and more.plan is not None
+    assert [x.action.kind for x in more.results] == ["create"], more.render()
+    assert "vanished" not in more.plan.facts and not more.plan.notes, more.render()
+    grown_queue = notification_queue(grown)
+    assert isinstance(grown_queue, InProcessHints) and grown_queue.queue.empty()
+    again = await run_subscription_manager(grown)
+    assert again is not None and again.plan is not None and again.plan.empty, again.render()

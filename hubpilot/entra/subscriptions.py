@@ -220,6 +220,9 @@ class SubscriptionManager:
                 group = str(action.params["group"])
                 created = await self.api.create_subscription(self._body(group, expiration))
                 made[str(created.get("id"))] = current
+                # the gone one is forgotten once replaced (this round queues the sync for what it
+                # missed); a failed creation keeps it, so the round that replaces it queues one
+                deleted.add(action.target)
                 return ActionResult(action, Status.DONE, f"{RECREATED} {created.get('id')}")
             if action.kind == "create":
                 group = action.target.split("/", 1)[1]
