@@ -365,3 +365,32 @@ async def test_a_notification_sync_under_way_at_shutdown_finishes_within_the_gra
     assert [(e["trigger"], e["outcome"]) for e in entries] == [("notification", "applied")]
     assert worlds["sync"].items == {"sync-a", "sync-b"}
     await ctx.close()
+
+
+async def test_serve_with_the_azure_hint_queue_says_it_does_not_drain_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With directory.entra.queue = "azure", notifications are acknowledged and left on the Storage
+    queue for the Functions app's graph_hints function; hubpilot serve drains only its in-process
+    queue. Starting it so must say that notifications will not reach a sync from here."""
+    from hubpilot.settings import Settings
+    from hubpilot.wiring.entra import AzureHints, notification_queue
+    from tests.test_api_kit import make_settings
+
+    base = make_settings()
+    settings = Settings(**{**base.model_dump(exclude_unset=True),
+                           "directory": {"kind": "entra", "entra": {
+                               "notifications": True, "client_state": "s" * 32, "queue": "azure",
+                               "queue_account_url": "https://account.queue.core.windows.net",
+                               "notification_url": "https://hubpilot.example.org/api/v1/graph/notifications"}}})
+    ctx, _ = make_context(tmp_path, settings)
+    server = Server(ctx.settings, host="127.0.0.1", port=0, context=ctx, schedules=False)
+    with caplog.at_level("WARNING", logger="hubpilot"):
+        task = asyncio.create_task(server.run())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        server.stop()
+        await asyncio.wait_for(task, 10)
+    assert isinstance(notification_queue(ctx), AzureHints)
+    said = [r.getMessage() for r in caplog.records if "directory.entra.queue" in r.getMessage()]
+    assert len(said) == 1 and "graph_hints" in said[0] and "'memory'" in said[0], caplog.text
+    await ctx.close()

@@ -301,12 +301,18 @@ class NotificationWorker:
 
 def start_notification_worker(ctx: Context) -> asyncio.Task[None] | None:
     """For ``hubpilot serve``: start the worker when the directory is Entra with notifications on
-    and the in-process queue; returns the task (cancel it on shutdown), or None."""
+    and the in-process queue; returns the task (cancel it on shutdown), or None (with the Azure
+    queue, which only the Functions app drains, after a warning saying so)."""
     d = ctx.settings.directory
     if d is None or d.kind != "entra" or d.entra is None or not d.entra.notifications:
         return None
     queue = notification_queue(ctx)
     if not isinstance(queue, InProcessHints):
+        # acknowledged to Graph and left on the Storage queue: only the Functions app drains it
+        log.warning("directory.entra.queue is 'azure': Graph notifications are left on the Storage queue %r "
+                    "for the Functions app's graph_hints function, which hubpilot serve does not run, so they "
+                    "start no sync here (the schedule still does); with hubpilot serve set it to 'memory'",
+                    d.entra.queue_name)
         return None
     worker = NotificationWorker(ctx, queue)
     task = asyncio.create_task(worker.run_forever(), name="hubpilot-graph-worker")
