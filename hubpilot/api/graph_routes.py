@@ -6,7 +6,8 @@ notification (and the tenant, when configured). The validation handshake (``?val
 is echoed as ``text/plain`` before anything else is touched — the same answer the cheap front
 (:mod:`hubpilot.api.front`) gives on the Functions host. Valid notifications are acknowledged
 with 202 after a hint is queued; the sync itself runs asynchronously. A notification with a
-wrong ``clientState`` is answered 403, changes nothing and is audited: one entry per minute at
+wrong ``clientState`` changes nothing and is audited (a post with no valid one is answered 403, one
+with a valid one 202, so Graph does not retry the valid ones): one entry per minute at
 most across every instance that shares the state store, which counts the refused posts it stands
 for (``refused_posts``, the posts one instance refused since its entry at ``since``), so a flood of
 forgeries cannot fill the state store.
