@@ -56,6 +56,9 @@ _ANNOUNCED: set[str] = set()  # late hooks already logged
 #: calls the hook it found (``prev = c.Spawner.pre_spawn_hook`` then ``await prev(spawner)``)
 #: calls :func:`pre_spawn_hook` inside it, whose parts this run already runs
 _COMPOSED_RUN: contextvars.ContextVar[Any] = contextvars.ContextVar("hubpilot_composed_run", default=None)
+#: what the parts of one run of the composed hook share (a task a part starts copies it along)
+_RUN_SHARED: contextvars.ContextVar[dict[Any, Any] | None] = contextvars.ContextVar("hubpilot_run_shared",
+                                                                                    default=None)
 
 
 def register_pre_spawn(
@@ -157,7 +160,21 @@ def _for_spawner(parts: list[_Part], spawner: Any) -> list[_Part]:
     return [p for p in parts if not p.name.startswith("configured:") or p.name == f"configured:{chosen}"]
 
 
+def run_shared() -> dict[Any, Any] | None:
+    """A dict the parts of the running composed hook share (e.g. one answer of a callable
+    ``profile_list`` for all of them), fresh for each spawn; None outside a run of the hook."""
+    return _RUN_SHARED.get()
+
+
 async def _run(parts: list[_Part], spawner: Any) -> None:
+    token = _RUN_SHARED.set({})
+    try:
+        await _run_parts(parts, spawner)
+    finally:
+        _RUN_SHARED.reset(token)
+
+
+async def _run_parts(parts: list[_Part], spawner: Any) -> None:
     for part in _for_spawner(parts, spawner):
         try:
             result = part.fn(spawner)

@@ -185,22 +185,59 @@ def _classify(spawner: Any, profile_list: Any, profiles: frozenset[str], resourc
     return gpu, slug
 
 
+class _NoAnswer(Exception):
+    """A callable ``profile_list`` did not answer within the resolve timeout."""
+
+
+async def _call_profile_list(spawner: Any, profile_list: Any, resolve_timeout: float | None) -> Any:
+    result = profile_list(spawner)
+    if inspect.isawaitable(result):
+        try:
+            result = await asyncio.wait_for(result, resolve_timeout)
+        except TimeoutError:
+            log.warning("hubpilot: the profile_list of %s did not answer within %s s; taken as a GPU "
+                        "spawn", getattr(spawner, "_log_name", "?"), resolve_timeout)
+            raise _NoAnswer from None
+    return result
+
+
+async def _resolved_profile_list(spawner: Any, profile_list: Any, resolve_timeout: float | None) -> Any:
+    """The answer of a callable ``profile_list``, called once per run of the composed pre-spawn
+    hook: the parts of one spawn share it (a synchronous callable holds the hub's event loop while
+    it runs, as in KubeSpawner's own call in ``start()``; it is not called once more per part)."""
+    shared = hooks.run_shared()
+    if shared is None:
+        return await _call_profile_list(spawner, profile_list, resolve_timeout)
+    key = ("profile_list", id(spawner))
+    pending = shared.get(key)
+    if pending is None:
+        pending = shared[key] = asyncio.get_running_loop().create_future()
+        try:
+            result = await _call_profile_list(spawner, profile_list, resolve_timeout)
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+        except BaseException as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: the other parts that wait for it get it too
+            raise
+        pending.set_result(result)
+        return result
+    return await asyncio.shield(pending)
+
+
 async def gpu_spawn(spawner: Any, profiles: frozenset[str], resource: str = "nvidia.com/gpu",
                     resolve_timeout: float | None = None) -> tuple[bool, str]:
     """(GPU spawn?, profile slug) for ``spawner``, calling a callable ``profile_list`` as
-    KubeSpawner does (``profile_list(spawner)``, maybe async). A callable that does not answer
-    within ``resolve_timeout`` seconds counts as a GPU spawn (a longer wait, or a signal too many,
-    never a GPU spawn missed), and is logged."""
+    KubeSpawner does (``profile_list(spawner)``, maybe async), once for all the parts of one
+    pre-spawn run. A callable that does not answer within ``resolve_timeout`` seconds counts as a
+    GPU spawn (a longer wait, or a signal too many, never a GPU spawn missed), and is logged."""
     profile_list = getattr(spawner, "profile_list", None)
     if callable(profile_list):
-        profile_list = profile_list(spawner)
-        if inspect.isawaitable(profile_list):
-            try:
-                profile_list = await asyncio.wait_for(profile_list, resolve_timeout)
-            except TimeoutError:
-                log.warning("hubpilot: the profile_list of %s did not answer within %s s; taken as a GPU "
-                            "spawn", getattr(spawner, "_log_name", "?"), resolve_timeout)
-                return True, _profile_of(spawner)
+        try:
+            profile_list = await _resolved_profile_list(spawner, profile_list, resolve_timeout)
+        except _NoAnswer:
+            return True, _profile_of(spawner)
     return _classify(spawner, profile_list, profiles, resource)
 
 

@@ -288,3 +288,39 @@ async def test_a_profile_list_that_raises_counts_as_a_gpu_spawn_and_says_so(
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "profile service unreachable" in warnings[0], warnings
     assert "taken as a GPU spawn" in warnings[0], warnings
+
+
+async def test_one_spawn_calls_a_callable_profile_list_once_for_both_parts(clean_parts: None) -> None:
+    """The start-timeout part and the demand signal each called a callable ``profile_list``: a
+    synchronous one (a profile service read with a blocking client) held the hub's event loop
+    twice per spawn on top of KubeSpawner's own call in start(). One pre-spawn run calls it once
+    and both parts use its answer; the next spawn calls it again."""
+    from hubpilot_hub.scale_demand import configure_scale_demand
+    from tests.test_hubside_demand import _Hubpilot
+
+    calls: list[str] = []
+
+    def profiles(spawner: Any) -> list[dict[str, Any]]:
+        calls.append(spawner.user_options.get("profile", ""))
+        return [{"slug": "cpu", "display_name": "CPU"}, {"slug": "gpu", "display_name": "GPU"}]
+
+    async with _Hubpilot() as hubpilot:
+        c = Config()
+        c.KubeSpawner.start_timeout = 300
+        c.KubeSpawner.profile_list = profiles
+        part = configure_scale_demand(c, url=hubpilot.url, token="t", gpu_profiles=["gpu"],
+                                      gpu_start_timeout=900, timeout=5)
+        spawner = _Spawner("gpu")
+        spawner.profile_list = profiles  # type: ignore[attr-defined]
+        await hooks.pre_spawn_hook(spawner)
+        while part._tasks:
+            await next(iter(part._tasks))
+        assert calls == ["gpu"], calls
+        assert spawner.start_timeout == 900
+        assert [b["profile"] for b in hubpilot.bodies] == ["gpu"]
+        spawner.user_options = {"profile": "cpu"}  # the next spawn reads the list anew
+        await hooks.pre_spawn_hook(spawner)
+        while part._tasks:
+            await next(iter(part._tasks))
+        assert calls == ["gpu", "cpu"], calls
+        assert spawner.start_timeout == 300 and len(hubpilot.bodies) == 1
