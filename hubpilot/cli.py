@@ -107,8 +107,8 @@ async def _approve(ctx: Context, plan_id: str, as_json: bool, out: TextIO) -> in
 
 
 async def _pause(ctx: Context, operation: str, paused: bool, out: TextIO) -> int:
-    await ctx.runner.set_paused(operation, paused, _actor())
-    out.write(f"{operation} {'paused' if paused else 'resumed'}\n")
+    state = await ctx.runner.set_paused(operation, paused, _actor())
+    out.write(state.describe() + "\n")
     return int(ExitCode.OK)
 
 

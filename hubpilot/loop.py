@@ -479,6 +479,32 @@ class ConflictPause:
         return True
 
 
+@dataclass(frozen=True)
+class PauseState:
+    """What a pause or resume did: the operation's pause flag now, whether this call changed it
+    (a pause of a paused operation keeps who paused it and when, and writes no audit entry), and
+    an audit entry that could not be written for a change that is in force."""
+
+    operation: str
+    paused: bool
+    changed: bool
+    by: str | None = None  # who paused it (while paused)
+    at: str | None = None  # since when
+    audit_error: str | None = None
+
+    def describe(self) -> str:
+        since = f" by {self.by or '?'} since {self.at or '?'}" if self.paused else ""
+        if self.changed:
+            text = f"{self.operation} {'paused' if self.paused else 'resumed'}{since}"
+        elif self.paused:
+            text = f"{self.operation} already paused{since}; nothing changed"
+        else:
+            text = f"{self.operation} was not paused; nothing changed"
+        if self.audit_error:
+            text += f" (in force, but its audit entry could not be written: {self.audit_error})"
+        return text
+
+
 class Runner(Generic[ObservedT]):
     """Runs capabilities through the one loop, with the lock, pause flag, approval and audit."""
 
@@ -501,16 +527,40 @@ class Runner(Generic[ObservedT]):
         self._pruned_at: datetime | None = None
 
     # --- pause -----------------------------------------------------------------------------
-    async def set_paused(self, operation: str, paused: bool, actor: str) -> None:
+    async def set_paused(self, operation: str, paused: bool, actor: str) -> PauseState:
+        """Pause or resume ``operation``; safe to repeat and to run concurrently: a pause of a
+        paused operation (or a resume of one not paused) changes nothing and is not audited. The
+        change is audited; when that entry cannot be written the change stays in force and the
+        answer says so (a pause is the brake an admin pulls while the audit log may be down)."""
         key = PAUSE_KEY.format(operation=operation)
-        if paused:
-            await self.store.put(key, {"paused": True, "by": actor, "at": self.clock().isoformat()})
+        for _ in range(5):
+            current = await self.store.get_with_etag(key)
+            doc = current[0] if current else None
+            if bool(doc and doc.get("paused")) == paused:
+                return PauseState(operation, paused, False, *(_pause_who(doc) if paused else (None, None)))
+            try:
+                if paused:
+                    at = self.clock().isoformat()
+                    await self.store.put(key, {"paused": True, "by": actor, "at": at},
+                                         if_match=current[1] if current else "")
+                else:
+                    await self.store.delete(key, if_match=current[1] if current else None)
+            except ConflictError:  # another pause or resume got there first: read it again
+                continue
+            break
         else:
-            await self.store.delete(key)
-        await self._audit({
-            "at": self.clock().isoformat(), "operation": operation, "trigger": "admin", "actor": actor,
-            "outcome": "paused" if paused else "resumed", "kind": "pause" if paused else "resume",
-        })
+            raise StoreError(f"the pause flag of {operation} kept changing under this write; try again")
+        state = PauseState(operation, paused, True, actor if paused else None, at if paused else None)
+        try:
+            await self._audit({
+                "at": self.clock().isoformat(), "operation": operation, "trigger": "admin", "actor": actor,
+                "outcome": "paused" if paused else "resumed", "kind": "pause" if paused else "resume",
+            })
+        except StoreError as exc:
+            log.error("%s %s by %s, but its audit entry could not be written: %s", operation,
+                      "paused" if paused else "resumed", actor, exc)
+            return PauseState(state.operation, state.paused, True, state.by, state.at, _describe_error(exc))
+        return state
 
     async def is_paused(self, operation: str) -> bool:
         doc = await self.store.get(PAUSE_KEY.format(operation=operation))
@@ -789,6 +839,11 @@ class AuditThrottle:
         await self.store.append_audit({**entry, "refused_posts": posts,
                                        "since": since.isoformat() if since else None})
         return True
+
+
+def _pause_who(doc: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+    by, at = (doc or {}).get("by"), (doc or {}).get("at")
+    return (str(by) if by is not None else None, str(at) if at is not None else None)
 
 
 def _describe_error(exc: BaseException) -> str:

@@ -202,16 +202,30 @@ async def test_back_to_back_posts_never_apply_twice_in_parallel(api: Api) -> Non
 
 async def test_pause_makes_runs_report_paused_until_resumed(api: Api) -> None:
     r = await api.client.post("/api/v1/operations/cull/pause", headers=ADMIN)
-    assert r.json() == {"operation": "cull", "paused": True}
+    assert r.json()["paused"] is True and r.json()["operation"] == "cull"
     run = (await api.client.post("/api/v1/cull?wait=30", headers=ADMIN)).json()
     assert run["outcome"] == "paused" and run["plan"]["counts"] == {"add": 2}
     assert api.worlds["cull"].items == set()
     status = (await api.client.get("/api/v1/status", headers=READER)).json()
     assert next(o for o in status["operations"] if o["operation"] == "cull")["paused"] is True
     r = await api.client.post("/api/v1/operations/cull/resume", headers=ADMIN)
-    assert r.json() == {"operation": "cull", "paused": False}
+    assert r.json()["paused"] is False and r.json()["operation"] == "cull"
     run = (await api.client.post("/api/v1/cull?wait=30", headers=ADMIN)).json()
     assert run["outcome"] == "applied"
+
+
+async def test_a_second_pause_says_already_paused_and_is_not_audited_again(api: Api) -> None:
+    first = await api.client.post("/api/v1/operations/scale/pause", headers=ADMIN)
+    assert first.status_code == 200 and first.json()["changed"] is True
+    second = await api.client.post("/api/v1/operations/scale/pause", headers=ADMIN)
+    assert second.status_code == 200, second.text
+    assert second.json()["paused"] is True and second.json()["changed"] is False
+    assert "already paused" in second.json()["detail"]
+    audit = (await api.client.get("/api/v1/audit?operation=scale", headers=READER)).json()
+    assert [e["outcome"] for e in audit["entries"]] == ["paused"]
+    await api.client.post("/api/v1/operations/scale/resume", headers=ADMIN)
+    again = (await api.client.post("/api/v1/operations/scale/resume", headers=ADMIN)).json()
+    assert again["paused"] is False and again["changed"] is False and "was not paused" in again["detail"]
 
 
 async def test_a_failed_observation_is_a_failed_run_that_changes_nothing(api: Api) -> None:
@@ -480,3 +494,22 @@ async def test_invalid_settings_answer_503_and_name_the_problem_only_in_the_log(
         assert r.status_code == 503 and "the log says what to fix" in r.json()["detail"]
         assert (await client.get("/healthz")).status_code == 200
     assert "api.tokens.0.sha256" in caplog.text and "64-character hex" in caplog.text
+
+
+async def test_a_pause_whose_audit_entry_fails_answers_that_it_is_in_force(tmp_path: Path) -> None:
+    """It answered 503 (state store unavailable) though the pause had been written: an admin
+    took the operation for running. The answer is 200, paused, naming the audit failure."""
+    from tests.test_loop_audit_always import NoAudit
+
+    ctx, _ = make_context(tmp_path)
+    await ctx.store.close()
+    ctx.store = NoAudit(str(tmp_path / "no-audit.sqlite3"))
+    try:
+        async with asgi_client(ctx) as client:
+            r = await client.post("/api/v1/operations/cull/pause", headers=ADMIN)
+            assert r.status_code == 200, r.text
+            assert r.json()["paused"] is True and "audit entry could not be written" in r.json()["detail"]
+            status = (await client.get("/api/v1/status", headers=READER)).json()
+            assert next(o for o in status["operations"] if o["operation"] == "cull")["paused"] is True
+    finally:
+        await ctx.close()

@@ -147,6 +147,28 @@ async def test_paused_runs_only_report(store: SqliteStore) -> None:
     assert (await r.run(cap, trigger="t", actor="me")).outcome is Outcome.APPLIED
 
 
+async def test_pause_and_resume_are_idempotent_and_keep_who_paused(store: SqliteStore) -> None:
+    """A second pause overwrote who paused the operation and since when, and the audit log showed
+    it as a new pause; a resume of an operation not paused was audited as a resume too. A pause
+    or resume that finds the operation so already changes nothing, writes no audit entry and
+    says so, naming who paused it and when."""
+    at = [NOW]
+    r = Runner(store, clock=lambda: at[0])
+    first = await r.set_paused("shelf", True, "alice")
+    assert first.changed and first.by == "alice"
+    at[0] = NOW + timedelta(hours=1)
+    second = await r.set_paused("shelf", True, "bob")
+    assert (second.paused, second.changed, second.by, second.at) == (True, False, "alice", NOW.isoformat())
+    assert "already paused" in second.describe() and "alice" in second.describe()
+    assert await store.get("paused/shelf") == {"paused": True, "by": "alice", "at": NOW.isoformat()}
+    resumed = await r.set_paused("shelf", False, "carol")
+    again = await r.set_paused("shelf", False, "dave")
+    assert (resumed.paused, resumed.changed, again.paused, again.changed) == (False, True, False, False)
+    assert "was not paused" in again.describe()
+    entries, _ = await store.read_audit(operation="shelf")
+    assert [(e["outcome"], e["actor"]) for e in entries] == [("resumed", "carol"), ("paused", "alice")]
+
+
 async def test_observe_error_fails_with_nothing_applied(store: SqliteStore) -> None:
     class Broken(Shelf):
         async def observe(self) -> set[str]:

@@ -39,3 +39,27 @@ async def test_the_audit_entry_is_appended_when_the_run_document_cannot_be_writt
         assert [e["outcome"] for e in entries] == ["applied"], "an applied run left no audit entry"
     finally:
         await store.close()
+
+
+class NoAudit(SqliteStore):
+    """The audit log cannot be written (an outage of its table), the documents can."""
+
+    async def append_audit(self, entry: Mapping[str, Any]) -> str:
+        raise StoreError("Azure Storage: cannot append the audit entry: HTTP 503 ServerBusy")
+
+
+async def test_a_pause_whose_audit_entry_fails_is_in_force_and_says_so(tmp_path: Path) -> None:
+    """The pause was written, then its audit entry failed: the caller got an error (503 over
+    HTTP) though the operation was paused. The answer now says the pause is in force and that
+    its audit entry could not be written."""
+    store = NoAudit(str(tmp_path / "state.sqlite3"))
+    try:
+        r = runner(store)
+        state = await r.set_paused("shelf", True, "admin")
+        assert state.paused and state.changed and await r.is_paused("shelf")
+        assert state.audit_error is not None and "ServerBusy" in state.audit_error
+        assert "audit entry could not be written" in state.describe()
+        resumed = await r.set_paused("shelf", False, "admin")
+        assert not resumed.paused and resumed.audit_error is not None and not await r.is_paused("shelf")
+    finally:
+        await store.close()

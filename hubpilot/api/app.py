@@ -139,6 +139,9 @@ class StatusOut(BaseModel):
 class PauseOut(BaseModel):
     operation: str
     paused: bool
+    changed: bool = Field(description="False: the operation was so already (who paused it and when are kept).")
+    detail: str = Field(description="What happened, e.g. 'scale already paused by admin:ana since ...'; "
+                                    "names an audit entry that could not be written for a change in force.")
 
 
 class AuditPage(BaseModel):
@@ -528,8 +531,9 @@ def create_app(context: ContextSource) -> FastAPI:
                   operation_id=f"{verb}_operation")
         async def pause(operation: Operation, ctx: Context = Depends(get_context),
                         who: Principal = admin) -> dict[str, Any]:
-            await ctx.runner.set_paused(operation, verb == "pause", who.actor)
-            return {"operation": operation, "paused": await ctx.runner.is_paused(operation)}
+            state = await ctx.runner.set_paused(operation, verb == "pause", who.actor)
+            return {"operation": operation, "paused": state.paused, "changed": state.changed,
+                    "detail": state.describe()}
 
     add_pause("pause")
     add_pause("resume")
