@@ -18,6 +18,7 @@ from hubpilot.cull.plan import (
     guard_cull,
     plan_cull,
     recheck_stop,
+    recheck_user_deletion,
     server_target,
     sync_hold,
 )
@@ -174,6 +175,11 @@ class CullCapability:
                 if started:
                     return ActionResult(action, Status.SKIPPED,
                                         f"started {', '.join(started)} since the round's reading")
+                # active again since the reading, without a server yet; not judged after this
+                # round's stops of the user's servers: the hub marks the user active at a stop
+                back = None if user in stop_status else recheck_user_deletion(current, self.settings, now)
+                if back is not None:
+                    return ActionResult(action, Status.SKIPPED, back)
                 existed = await self.hub.delete_user(user)
                 return ActionResult(action, Status.DONE if existed else Status.NOOP,
                                     "deleted" if existed else "already gone")

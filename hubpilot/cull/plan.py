@@ -109,6 +109,23 @@ def recheck_stop(kind: str, before: HubServer | None, current: HubUser | None, n
     return None
 
 
+def recheck_user_deletion(current: HubUser, settings: CullSettings, now: datetime | None) -> str | None:
+    """Pure: why a deletion planned from the round's reading must not be sent, judged on the user
+    as the hub has them now (read again), at the plan's time; None: send it. The deletions run
+    after the round's stops, minutes after the reading: a user who came back meanwhile (a login,
+    the spawn page) without starting a server yet is active again, not long-inactive. Not for a
+    user whose servers the round stopped: the hub sets the user's ``last_activity`` at a stop."""
+    if now is None or _user_verdict(current, settings, now) is not None:
+        return None
+    if current.admin and not settings.cull_admin_users:
+        return "an admin since the round's reading (cull.cull_admin_users is off)"
+    since = current.last_activity or current.created
+    active = f"active {human(now - since)} ago" if since is not None else "no activity time"
+    timeout = f"timeout {human(timedelta(seconds=settings.inactivity_timeout))}" \
+        if settings.inactivity_timeout else "no inactivity timeout"
+    return f"{active} ({timeout}), since the round's reading"
+
+
 def sync_hold(user: str, sync_members: frozenset[str] | None) -> str | None:
     """Why ``user`` must not be deleted for sync's sake, or None: sync provisions them (the next
     sync run would create them again), or sync's managed users are unknown."""
