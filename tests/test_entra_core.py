@@ -145,6 +145,27 @@ def test_expand_nested_with_cycle_and_depth() -> None:
     assert closure([a], members, nested=False, max_depth=8) == {a}
 
 
+def test_a_group_reached_first_by_a_longer_path_is_expanded_from_its_shortest_one() -> None:
+    # top → g → h is within nested_max_depth=2; top → z → g is a longer way to the same g. The
+    # depth of h is that of its shortest path: alice is a member whichever way is walked first
+    # (the two orders of the ids make either subgroup of top come first).
+    top, h = str(uuid.uuid4()), str(uuid.uuid4())
+    low, high = "10000000-0000-0000-0000-000000000000", "f0000000-0000-0000-0000-000000000000"
+    for g, z in ((low, high), (high, low)):
+        members = {
+            top: GroupState(groups={g, z}),
+            z: GroupState(groups={g}),
+            g: GroupState(groups={h}),
+            h: GroupState(users={"u1": ["alice", "Alice"]}),
+        }
+        got, notes = expand([top], members, nested=True, max_depth=2)
+        assert {m.username for m in got[top]} == {"alice"}, notes
+        assert not any("deeper than" in n for n in notes), notes
+        assert h in closure([top], members, nested=True, max_depth=2)
+        # a group really deeper than the limit is still skipped and named
+        got, notes = expand([top], members, nested=True, max_depth=1)
+        assert got[top] == frozenset() and any(f"group {h} under {g} is deeper" in n for n in notes), notes
+
 def test_chunks_hold_at_most_fifty_groups() -> None:
     ids = [str(uuid.uuid4()) for _ in range(120)]
     chunks = new_chunks(ids)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -296,13 +297,12 @@ def expand(
     out: dict[str, frozenset[Member]] = {}
     for top in configured:
         people: dict[str, Member] = {}
-        stack: list[tuple[str, int, tuple[str, ...]]] = [(top, 0, (top,))]
-        visited: set[str] = set()
-        while stack:
-            gid, depth, path = stack.pop()
-            if gid in visited:
-                continue
-            visited.add(gid)
+        # breadth first: a group is expanded at the depth of its shortest path from ``top`` (a
+        # longer way to it walked first would cut its subgroups at nested_max_depth)
+        queue: deque[tuple[str, int, tuple[str, ...]]] = deque([(top, 0, (top,))])
+        reached = {top}  # queued already, at its shortest depth
+        while queue:
+            gid, depth, path = queue.popleft()
             s = members.get(gid)
             if s is None:
                 continue
@@ -319,9 +319,12 @@ def expand(
             for sub in sorted(s.groups):
                 if sub in path:
                     notes.append(f"nesting cycle {' → '.join((*path, sub))}: not followed again")
+                elif sub in reached:
+                    continue  # expanded by a path no longer than this one
                 elif depth + 1 > max_depth:
                     notes.append(f"group {sub} under {gid} is deeper than nested_max_depth={max_depth}: skipped")
                 else:
-                    stack.append((sub, depth + 1, (*path, sub)))
+                    reached.add(sub)
+                    queue.append((sub, depth + 1, (*path, sub)))
         out[top] = frozenset(people.values())
     return out, sorted(set(notes))
