@@ -57,3 +57,23 @@ async def test_group_policies_without_read_groups_fail_the_round_and_stop_nothin
             plain, trigger="test", actor="test")
         assert [(r.action.target, r.status) for r in done.results] == [(name, Status.DONE)], done.render()
         assert running(await hub_user(hub, name)) == set()
+
+
+async def test_without_read_users_the_plan_says_users_creation_times_are_unread(
+    hub_factory: Callable[..., Awaitable[RealHub]], tmp_path: Path
+) -> None:
+    """That role leaves ``created`` out of the user model too (``read:users``): a user who was
+    never active then has no time to judge, and ``cull.max_age`` cannot apply to users. The plan
+    reported nothing and said nothing; it now names the scope to grant and the users unjudged."""
+    hub = await hub_factory(hubpilot_scopes=CULL_AND_SCALE_ROLE)
+    name = unique_name("never")
+    await make_user(hub, name)
+    assert (await hub_user(hub, name))["last_activity"] is None  # never active: only `created` dates them
+    now = datetime.now(UTC) + timedelta(days=3)
+    settings = CullSettings(inactivity_timeout=3600, max_age=86400, cull_users=True)
+    async with HubClient(hub.api_url, hub.hubpilot_token, retries=0) as client:
+        record = await Runner(SqliteStore(tmp_path / "state.db"), clock=lambda: now).run(
+            CullCapability(client, settings), trigger="test", actor="test", dry_run=True)
+    assert record.outcome is Outcome.PLANNED and record.plan is not None, record.render()
+    notes = [n for n in record.plan.notes if "read:users" in n and "created" in n]
+    assert len(notes) == 1 and name in notes[0] and "max_age" in notes[0], record.plan.notes

@@ -609,6 +609,7 @@ def _user(obj: Any, request: str) -> HubUser:
         last_activity=_time(obj, "last_activity", what),
         servers=servers,
         groups_read="groups" in obj,
+        created_read="created" in obj,
     )
 
 

@@ -189,8 +189,12 @@ def plan_cull(observed: CullObserved, settings: CullSettings, now: datetime) -> 
             u for u in observed.inactive if not any(s.ready or s.pending for s in u.servers.values())
             and u.name not in culled_users
         ]
+        unread: list[str] = []  # users the hub sent without `created` (no read:users): not fully judged
         for user in sorted(candidates, key=lambda u: u.name):
             verdict = _user_verdict(user, settings, now)
+            if not user.created_read and not (user.admin and not settings.cull_admin_users) \
+                    and (user.last_activity is None or (settings.max_age and verdict is None)):
+                unread.append(user.name)
             if verdict is None:
                 continue
             inactive_users.append({"user": user.name, "reason": verdict})
@@ -207,6 +211,9 @@ def plan_cull(observed: CullObserved, settings: CullSettings, now: datetime) -> 
             else:
                 notes.append(f"long-inactive user {user.name}: {verdict} (reported only; delete_users is off)")
 
+        if unread:
+            notes.append(_unread_created_note(unread, settings))
+
     facts = {
         "servers_seen": sum(len(u.servers) for u in observed.active),
         "to_stop": sum(1 for a in actions if a.kind in STOP_KINDS),
@@ -217,6 +224,17 @@ def plan_cull(observed: CullObserved, settings: CullSettings, now: datetime) -> 
         "now": now.isoformat(),
     }
     return Plan.build(OPERATION, actions, notes, facts)
+
+
+def _unread_created_note(users: list[str], settings: CullSettings) -> str:
+    """The plan's word on users the hub sent without their creation time (a token without
+    ``read:users``): never active, they have no time to judge; and a user max age cannot apply."""
+    shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+    missed = "users never active are not reported"
+    if settings.max_age:
+        missed += " and cull.max_age is not applied to users"
+    return (f"the hub leaves the users' created time out (the hub token lacks read:users): {missed} "
+            f"({shown}); grant read:users to hubpilot's service role (docs/hub-scopes.md)")
 
 
 def guard_cull(settings: CullSettings, plan: Plan) -> list[str]:

@@ -38,6 +38,9 @@ class HubUser:
     #: False when the hub left ``groups`` out of the user model (a token without
     #: ``read:users:groups``): then ``groups`` is empty for want of reading, not of groups
     groups_read: bool = True
+    #: False when the hub left ``created`` out of the user model (a token without
+    #: ``read:users``): then ``created`` is None for want of reading
+    created_read: bool = True
 
 
 @dataclass(frozen=True)
