@@ -346,7 +346,24 @@ def in_dry_run() -> bool:
 
 
 class UnknownPlan(Exception):
-    """An approval named a plan id that no refused run recorded."""
+    """An approval named a plan id that no refused run recorded (or one an approval already
+    applied: the message then names that run)."""
+
+
+def _unapprovable(doc: Mapping[str, Any] | None, plan_id: str, operation: str | None) -> str | None:
+    """Why the refused-plan document ``doc`` of ``plan_id`` cannot be approved (of ``operation``,
+    when given), or None. An approval that applied the plan leaves its run in the document."""
+    what = f"{operation} plan" if operation else "plan"
+    if doc is None or (operation is not None and doc.get("operation") != operation):
+        return f"no refused {what} with id {plan_id}"
+    applied = doc.get("applied")
+    if isinstance(applied, Mapping):
+        outcome = "applied" if applied.get("outcome") == str(Outcome.APPLIED) else \
+            f"applied (outcome {applied.get('outcome')})"
+        return (f"{what} {plan_id} was already approved and {outcome} by run {applied.get('run_id')} "
+                f"(approved by {applied.get('actor')} at {applied.get('at')}); "
+                "a run that is refused again records its plan anew")
+    return None
 
 
 Progress = Callable[[int, int, str], None]
@@ -631,9 +648,11 @@ class Runner(Generic[ObservedT]):
         stop = asyncio.Event()
         keeper = asyncio.create_task(self._keep_lease(held, stop))
         try:
-            if approve is not None and await self.store.get(REFUSED_KEY.format(plan_id=approve)) is None:
+            if approve is not None:
                 # checked again under the lock: another approval may have applied it meanwhile
-                raise UnknownPlan(f"no refused {cap.name} plan with id {approve}")
+                why = _unapprovable(await self.store.get(REFUSED_KEY.format(plan_id=approve)), approve, cap.name)
+                if why is not None:
+                    raise UnknownPlan(why)
             await self.store.put(RUN_KEY.format(run_id=record.run_id), record.to_json())
             try:
                 observed = await cap.observe()
@@ -673,8 +692,11 @@ class Runner(Generic[ObservedT]):
                 record.error = _describe_error(exc)
             failed = record.error is not None or any(r.status is Status.FAILED for r in record.results)
             record.outcome = Outcome.FAILED if failed else Outcome.APPLIED
-            if approve is not None:
-                await self.store.delete(REFUSED_KEY.format(plan_id=approve))
+            if approve is not None:  # consumed: a second approval is told which run applied it
+                await self.store.put(REFUSED_KEY.format(plan_id=approve), {
+                    "operation": cap.name, "at": self.clock().isoformat(),
+                    "applied": {"run_id": record.run_id, "actor": actor, "at": self.clock().isoformat(),
+                                "outcome": str(record.outcome)}})
             return await self._finish(record)
         except asyncio.CancelledError:  # the host is stopping (SIGTERM past its grace, a timeout)
             # An audit entry says so. The run document stays "running" (it reads as failed once
@@ -700,16 +722,17 @@ class Runner(Generic[ObservedT]):
     async def approve(self, cap: Capability[ObservedT], plan_id: str, *, actor: str,
                       run_id: str | None = None, progress: Progress = no_progress) -> RunRecord:
         """Apply a plan the guard refused, if a fresh observation still yields the same plan."""
-        doc = await self.store.get(REFUSED_KEY.format(plan_id=plan_id))
-        if doc is None or doc.get("operation") != cap.name:
-            raise UnknownPlan(f"no refused {cap.name} plan with id {plan_id}")
+        why = _unapprovable(await self.store.get(REFUSED_KEY.format(plan_id=plan_id)), plan_id, cap.name)
+        if why is not None:
+            raise UnknownPlan(why)
         return await self.run(cap, trigger="approval", actor=actor, approve=plan_id, run_id=run_id,
                               progress=progress)
 
     async def refused_plan_operation(self, plan_id: str) -> str:
         doc = await self.store.get(REFUSED_KEY.format(plan_id=plan_id))
-        if doc is None:
-            raise UnknownPlan(f"no refused plan with id {plan_id}")
+        why = _unapprovable(doc, plan_id, None)
+        if doc is None or why is not None:
+            raise UnknownPlan(why)
         return str(doc["operation"])
 
     async def get_run(self, run_id: str) -> RunRecord | None:

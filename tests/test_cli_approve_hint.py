@@ -9,12 +9,15 @@ that was recorded (CLI output, the API's run, the audit entry)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from hubpilot.api.runs import drain_tasks
@@ -143,4 +146,42 @@ async def test_a_stale_approval_records_the_new_plan_so_that_it_can_be_approved(
         assert stale.approval is not None and f"hubpilot approve {stale.plan.id}" in stale.approval
         assert done.outcome == "applied" and worlds["sync"].items == set(), done.render()
     finally:
+        await ctx.close()
+
+
+async def test_approving_an_applied_plan_again_says_which_run_applied_it(tmp_path: Path) -> None:
+    """`hubpilot approve` run again on a plan already applied answered "no refused sync plan with id
+    …", as for an id nobody ever recorded: the admin could not tell a typo from a plan a colleague
+    approved. It now says which run applied it and who approved it (CLI exit 2, API 404)."""
+    from hubpilot.cli import _approve
+    from hubpilot.loop import UnknownPlan
+
+    worlds = {op: World(items={"x1", "x2", "x3"}, desired=set()) for op in OPERATIONS}
+    ctx, _ = make_context(tmp_path, worlds=worlds)
+    try:
+        cap = ctx.capability("sync")
+        refused = await ctx.runner.run(cap, trigger="test", actor="timer")
+        assert refused.outcome == "refused" and refused.plan is not None
+        plan_id = refused.plan.id
+        done = await ctx.runner.approve(cap, plan_id, actor="alice")
+        assert done.outcome == "applied" and worlds["sync"].items == set(), done.render()
+
+        with pytest.raises(UnknownPlan) as again:
+            await ctx.runner.approve(cap, plan_id, actor="bob")
+        assert f"already approved and applied by run {done.run_id}" in str(again.value), str(again.value)
+        assert "alice" in str(again.value), str(again.value)
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = await _approve(ctx, plan_id, False, io.StringIO())
+        assert code == 2 and f"already approved and applied by run {done.run_id}" in err.getvalue(), err.getvalue()
+
+        async with asgi_client(ctx) as client:
+            r = await client.post(f"/api/v1/plans/{plan_id}/approve", headers=auth("admin"))
+            assert r.status_code == 404 and f"applied by run {done.run_id}" in r.text, r.text
+            unknown = await client.post(f"/api/v1/plans/{'0' * 16}/approve", headers=auth("admin"))
+            assert unknown.status_code == 404 and "no refused plan with id" in unknown.text, unknown.text
+        assert worlds["sync"].items == set()
+    finally:
+        await drain_tasks()
         await ctx.close()
