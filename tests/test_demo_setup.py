@@ -80,3 +80,69 @@ def test_a_python_older_than_311_is_named_before_anything_is_installed(copy: Pat
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Python 3.10" in done.stderr and "3.11 or newer" in done.stderr and "PYTHON=" in done.stderr, done.stderr
     assert "asked" not in done.stderr and not (copy / ".venv").exists(), done.stderr
+
+
+def _sandbox(copy: Path, *, uid: int, sudo: bool) -> tuple[dict[str, str], Path]:
+    """A PATH holding only what the setup uses, where ldap-utils and openssl are missing (so it
+    goes to apt-get), ``id -u`` says ``uid``, and, with ``sudo``, a sudo that resets the
+    environment as sudo's default env_reset does. apt-get records what it is asked and with which
+    DEBIAN_FRONTEND. Returns the environment and apt-get's record."""
+    bin_dir = copy.parent / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "cat", "sha256sum", "cut", "dirname", "env"):
+        found = shutil.which(tool)
+        assert found, tool
+        (bin_dir / tool).symlink_to(found)
+    record = copy.parent / "apt-get.log"
+    _exe(bin_dir / "apt-get", f'echo "DEBIAN_FRONTEND=${{DEBIAN_FRONTEND:-}} $*" >> {record}\n')
+    _exe(bin_dir / "id", f"echo {uid}\n")
+    _exe(bin_dir / "node", "echo 20\n")
+    _exe(bin_dir / "npm", "exit 0\n")
+    if sudo:  # env_reset: the command gets a fresh environment, not the caller's variables
+        _exe(bin_dir / "sudo", f'exec {shutil.which("env")} -i PATH="$PATH" "$@"\n')
+    return {"PATH": str(bin_dir), "HOME": str(copy.parent), "PYTHON": str(copy.parent / "no-python")}, record
+
+
+def test_apt_via_sudo_installs_without_questions(copy: Path) -> None:
+    """sudo resets the environment: DEBIAN_FRONTEND=noninteractive set before ``sudo`` never
+    reached apt-get, and slapd's install asked for an admin password on a terminal whose output
+    the setup sends to /dev/null (a setup that hangs, silent)."""
+    env, record = _sandbox(copy, uid=1000, sudo=True)
+    done = subprocess.run(["bash", "scripts/setup", "--demo"], cwd=copy, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    installs = [line for line in record.read_text().splitlines() if " install " in line]
+    assert installs and all(line.startswith("DEBIAN_FRONTEND=noninteractive ") for line in installs), installs
+    assert "ldap-utils" in installs[0] and "openssl" in installs[0], installs
+
+
+def test_apt_as_root_installs_without_questions(copy: Path) -> None:
+    env, record = _sandbox(copy, uid=0, sudo=False)
+    done = subprocess.run(["bash", "scripts/setup", "--demo"], cwd=copy, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    installs = [line for line in record.read_text().splitlines() if " install " in line]
+    assert installs and all(line.startswith("DEBIAN_FRONTEND=noninteractive ") for line in installs), installs
+
+
+def test_apt_without_root_or_sudo_says_what_to_install(copy: Path) -> None:
+    """Neither root nor sudo: the setup said ``sudo: command not found``. It names the packages,
+    the command that installs them, and that it needs root or sudo; it calls no apt-get."""
+    env, record = _sandbox(copy, uid=1000, sudo=False)
+    done = subprocess.run(["bash", "scripts/setup", "--demo"], cwd=copy, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "apt-get install" in done.stderr and "ldap-utils openssl" in done.stderr, done.stderr
+    assert "root" in done.stderr and "sudo" in done.stderr and "command not found" not in done.stderr, done.stderr
+    assert not record.exists()
+
+
+def test_no_apt_get_says_what_to_install(copy: Path) -> None:
+    """Not Debian/Ubuntu (no apt-get): the packages it needs, named, not ``apt-get: command not found``."""
+    env, _record = _sandbox(copy, uid=0, sudo=False)
+    (Path(env["PATH"]) / "apt-get").unlink()
+    done = subprocess.run(["bash", "scripts/setup", "--demo"], cwd=copy, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ldap-utils" in done.stderr and "openssl" in done.stderr, done.stderr
+    assert "command not found" not in done.stderr, done.stderr
