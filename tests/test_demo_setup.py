@@ -146,3 +146,19 @@ def test_no_apt_get_says_what_to_install(copy: Path) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "ldap-utils" in done.stderr and "openssl" in done.stderr, done.stderr
     assert "command not found" not in done.stderr, done.stderr
+
+
+def test_a_venv_without_pip_is_made_anew(copy: Path) -> None:
+    """``python3 -m venv .venv`` on Debian without python3-venv (or a setup stopped while making
+    it) leaves a .venv whose Python has no pip: the setup skipped making it and failed on
+    ``No module named pip`` at every run, also after python3-venv was installed. It makes it anew."""
+    (copy / ".venv" / ".hubpilot-requirements").unlink()  # never finished
+    _exe(copy / ".venv" / "bin" / "python",
+         'case "$*" in *pip*) echo "python: No module named pip" >&2; exit 1;; esac\n')
+    _exe(copy.parent / "python-3.11",
+         'case "$*" in *version_info*) echo 3.11;; *"import ensurepip"*) exit 0;;'
+         ' *) echo "python-3.11: asked to $*" >&2; exit 1;; esac\n')
+    done = subprocess.run(["bash", "scripts/setup", "--demo"], cwd=copy, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHON": str(copy.parent / "python-3.11")})
+    assert "python-3.11: asked to -m venv .venv" in done.stderr, done.stdout + done.stderr
+    assert "No module named pip" not in done.stderr, done.stderr
