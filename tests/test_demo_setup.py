@@ -82,22 +82,23 @@ def test_a_python_older_than_311_is_named_before_anything_is_installed(copy: Pat
     assert "asked" not in done.stderr and not (copy / ".venv").exists(), done.stderr
 
 
-def _sandbox(copy: Path, *, uid: int, sudo: bool) -> tuple[dict[str, str], Path]:
+def _sandbox(copy: Path, *, uid: int, sudo: bool, node: bool = True) -> tuple[dict[str, str], Path]:
     """A PATH holding only what the setup uses, where ldap-utils and openssl are missing (so it
     goes to apt-get), ``id -u`` says ``uid``, and, with ``sudo``, a sudo that resets the
     environment as sudo's default env_reset does. apt-get records what it is asked and with which
     DEBIAN_FRONTEND. Returns the environment and apt-get's record."""
     bin_dir = copy.parent / "bin"
     bin_dir.mkdir()
-    for tool in ("bash", "cat", "sha256sum", "cut", "dirname", "env"):
+    for tool in ("bash", "cat", "sha256sum", "cut", "dirname", "env", "chmod", "sed"):
         found = shutil.which(tool)
         assert found, tool
         (bin_dir / tool).symlink_to(found)
     record = copy.parent / "apt-get.log"
     _exe(bin_dir / "apt-get", f'echo "DEBIAN_FRONTEND=${{DEBIAN_FRONTEND:-}} $*" >> {record}\n')
     _exe(bin_dir / "id", f"echo {uid}\n")
-    _exe(bin_dir / "node", "echo 20\n")
-    _exe(bin_dir / "npm", "exit 0\n")
+    if node:
+        _exe(bin_dir / "node", "echo 20\n")
+        _exe(bin_dir / "npm", "exit 0\n")
     if sudo:  # env_reset: the command gets a fresh environment, not the caller's variables
         _exe(bin_dir / "sudo", f'exec {shutil.which("env")} -i PATH="$PATH" "$@"\n')
     return {"PATH": str(bin_dir), "HOME": str(copy.parent), "PYTHON": str(copy.parent / "no-python")}, record
@@ -162,3 +163,41 @@ def test_a_venv_without_pip_is_made_anew(copy: Path) -> None:
                           env={**os.environ, "PYTHON": str(copy.parent / "python-3.11")})
     assert "python-3.11: asked to -m venv .venv" in done.stderr, done.stdout + done.stderr
     assert "No module named pip" not in done.stderr, done.stderr
+
+
+def _apt_offers_nodejs(env: dict[str, str], record: Path, candidate: str) -> None:
+    """apt-cache says which nodejs apt would install; apt-get installing nodejs puts node on PATH
+    with its npm, as NodeSource's nodejs package does (it conflicts with Debian's npm package)."""
+    bin_dir = Path(env["PATH"])
+    _exe(bin_dir / "apt-cache", f'echo "nodejs:"; echo "  Installed: (none)"; echo "  Candidate: {candidate}"\n')
+    _exe(bin_dir / "apt-get", f'echo "DEBIAN_FRONTEND=${{DEBIAN_FRONTEND:-}} $*" >> {record}\n'
+         f'case " $* " in *" nodejs "*) printf "#!/usr/bin/env bash\\necho 20\\n" > {bin_dir}/node;'
+         f' printf "#!/usr/bin/env bash\\nexit 0\\n" > {bin_dir}/npm; chmod +x {bin_dir}/node {bin_dir}/npm;; esac\n')
+
+
+def test_an_apt_nodejs_older_than_20_is_said_before_anything_is_installed(copy: Path) -> None:
+    """Debian 12 without Node.js: the setup installed its nodejs 18 and npm (hundreds of packages,
+    libnode-dev among them, in the way of the newer nodejs package the message then asks for), and
+    only then said Node.js 18 is too old. It says so after apt-get update, having installed nothing."""
+    env, record = _sandbox(copy, uid=0, sudo=False, node=False)
+    _apt_offers_nodejs(env, record, "18.19.0+dfsg-6~deb12u2")
+    done = subprocess.run(["bash", "scripts/setup", "--demo"], cwd=copy, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "20 or newer" in done.stderr and "18.19.0" in done.stderr, done.stderr
+    assert "command not found" not in done.stderr, done.stderr
+    assert [line for line in record.read_text().splitlines() if " install " in line] == [], record.read_text()
+
+
+def test_a_nodejs_that_brings_npm_is_installed_without_debians_npm(copy: Path) -> None:
+    """A nodejs package of 20 or newer (NodeSource's) carries npm and conflicts with Debian's npm
+    package: ``apt-get install nodejs npm`` failed on unmet dependencies. npm is installed only
+    when nodejs did not bring it."""
+    env, record = _sandbox(copy, uid=0, sudo=False, node=False)
+    _apt_offers_nodejs(env, record, "20.19.2-1nodesource1")
+    done = subprocess.run(["bash", "scripts/setup", "--demo"], cwd=copy, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    installs = [line.split() for line in record.read_text().splitlines() if " install " in line]
+    assert any("nodejs" in words for words in installs), installs
+    assert not any("npm" in words for words in installs), installs
