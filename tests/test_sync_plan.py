@@ -186,6 +186,18 @@ def test_existing_hub_user_in_directory_is_adopted() -> None:
     assert ("manage_user", "alice") in kinds(plan_sync(observed, POLICY, NOW))
 
 
+def test_in_flag_mode_an_adopted_or_returning_admin_outside_the_admin_groups_is_revoked_in_the_same_plan() -> None:
+    # the plan that makes them managed says all it will do: the next run, with nothing changed in
+    # the directory, has nothing left (a dry-run of the first shows the admin flag's revocation)
+    hub = {"alice": HubUser("alice", True, frozenset()), "bob": HubUser("bob", True, frozenset())}
+    back = {"bob": ManagedUser(NOW - timedelta(days=3), deprovisioned_at=NOW - timedelta(days=1))}
+    observed = SyncObserved(snap(analysts=["alice", "bob"]), hub, {}, back)
+    plan = plan_sync(observed, POLICY, NOW)
+    assert {("manage_user", "alice"), ("revoke_admin", "alice"), ("manage_user", "bob"),
+            ("revoke_admin", "bob")} <= set(kinds(plan))
+    assert plan_sync(converge(observed, plan), POLICY, NOW).empty
+
+
 def test_invalid_names_and_clashes_are_reported_never_dropped_silently_or_removed() -> None:
     members = frozenset({
         Member("uid=a", "Alice.Smith"), Member("uid=b", "bad/name"), Member("uid=c", None),

@@ -352,11 +352,14 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
             actions.append(Action("remove_from_group", group, PHASE_REMOVE_FROM_GROUP, {"user": name},
                                   reason=f"{name} left the synced directory groups; {group} is a group sync "
                                   "mirrored before (its directory group is no longer configured)"))
-    # Admin flags of managed users that are still members but not of an admin group.
+    # Admin flags of managed users that are still members but not of an admin group, also of
+    # those this plan makes managed (an existing hub user adopted, a person back after
+    # deprovisioning): left for the next run, their revocation was in no plan reviewed or dry-run.
+    adopted = {a.target for a in actions if a.kind == "manage_user"}
     for name in sorted(want.users - want.admins if policy.admin_groups and flags else ()):
         user = users.get(renamed_to.get(name, name))
-        if user is not None and user.admin and renamed_to.get(name, name) in managed \
-                and managed[renamed_to.get(name, name)].active:
+        if user is not None and user.admin and (name in adopted or (
+                renamed_to.get(name, name) in managed and managed[renamed_to.get(name, name)].active)):
             actions.append(Action("revoke_admin", name, PHASE_REVOKE_ADMIN,
                                   reason="not a member of any synced admin group"))
 
