@@ -345,6 +345,17 @@ def test_a_renamed_person_with_a_running_server_is_stopped_first_and_renamed_nex
     assert plan_sync(world, keep, NOW).empty
 
 
+def test_a_rename_waiting_without_stop_servers_is_no_rename_of_the_plan_and_is_noted() -> None:
+    # sync.stop_servers off: the plan stops nothing and renames nobody, so the guard does not
+    # refuse it (and every other change of the run with it) for a rename it does not make
+    world = renamed_world(servers=True, admin=True)
+    keep = POLICY.model_copy(update={"stop_servers": False, "max_removals": 0})
+    plan = plan_sync(world, keep, NOW)
+    assert plan.facts["renames"] == 0
+    assert guard_sync(world, plan, keep) == []
+    assert any("ann" in n and "anna" in n and "sync.stop_servers" in n for n in plan.notes), plan.notes
+
+
 def test_a_rename_waiting_for_its_servers_counts_in_the_guard() -> None:
     """The plan stops the servers of a person it renames next run: the guard's rename limits see it."""
     world = renamed_world(servers=True)

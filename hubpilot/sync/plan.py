@@ -263,11 +263,15 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
             f"renamed to {new} in the directory (same directory entry); the hub has {new} already (an earlier "
             "run renamed it and failed before recording it): recorded now" if old in renames.finished else
             f"renamed to {new} in the directory (same directory entry)")))
+    wait_notes: list[str] = []
     for old, new in sorted(renames.waiting.items()):
         running = sorted(s for s, srv in users[old].servers.items() if srv.ready or srv.pending)
         if policy.stop_servers:
             actions.append(Action("stop_servers", old, PHASE_STOP, {"servers": running},
                                   reason=f"renamed to {new} in the directory: servers stop before the rename"))
+        else:
+            wait_notes.append(f"{old} is now {new} in the directory: the rename waits until their servers "
+                              f"({', '.join(s or 'default' for s in running)}) stop (sync.stop_servers is off)")
 
     for name in sorted(want.users):
         if name in renamed_to or name in not_yet or name in renames.now.values():
@@ -383,8 +387,9 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
         "desired_admins": len(want.admins),
         "managed_active": active,
         "removals": len(leaving),
-        # a rename the hub made already is no new one for the guard
-        "renames": len(renames.now) + len(renames.waiting) - len(renames.finished),
+        # a rename the hub made already is no new one for the guard, nor one waiting for servers
+        # this plan does not stop (sync.stop_servers off)
+        "renames": len(renames.now) - len(renames.finished) + (len(renames.waiting) if policy.stop_servers else 0),
         "reused_names": sum(1 for n in taken if n in leaving),
         "empty_groups": list(want.empty_groups),
         "recent_removals": len(recent),
@@ -392,7 +397,7 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
     if taken_out := recent_group_removals(observed, want, policy, now):
         facts["recent_group_removals"] = taken_out
     return Plan.build(OPERATION, actions,
-                      (*want.notes, *held_notes, *renames.notes, *reuse_notes, *flag_notes), facts)
+                      (*want.notes, *held_notes, *renames.notes, *wait_notes, *reuse_notes, *flag_notes), facts)
 
 
 def _reuse_note(name: str, record: ManagedUser, carried: Desired, renames: Renames) -> str:
