@@ -39,7 +39,7 @@ from ldap3.core.exceptions import LDAPException, LDAPNoSuchObjectResult, LDAPSes
 from ldap3.utils.ciDict import CaseInsensitiveDict
 from ldap3.utils.conv import escape_filter_chars
 
-from hubpilot.ports.directory import DirectoryError, DirectorySnapshot, Member
+from hubpilot.ports.directory import DirectoryError, DirectorySnapshot, Member, check_ldap_port
 
 GROUP_CLASSES = frozenset({"groupofnames", "groupofuniquenames", "posixgroup", "group"})
 PERSON_FILTER_CLASSES = ("person", "posixAccount", "account")
@@ -327,13 +327,7 @@ class LdapDirectory:
         parts = urlsplit(url)
         if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
             raise ValueError(f"directory.ldap.url {url!r}: expected ldap://host[:port] or ldaps://host[:port]")
-        try:
-            port = parts.port
-        except ValueError:  # not a number, or above 65535
-            port = -1
-        if port is not None and not 1 <= port <= 65535:
-            raise ValueError(f"directory.ldap.url {url!r}: the port must be a number from 1 to 65535 (389 for "
-                             "ldap://, 636 for ldaps://; the scheme's when left out)")
+        port = check_ldap_port(url, parts)
         if bind_password and not (bind_dn or "").strip():
             # an empty name binds anonymously whatever the password (RFC 4513 5.1.1): the read would
             # see what anonymous may see, often fewer members, and look like a successful one

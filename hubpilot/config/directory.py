@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from hubpilot.config.base import FROM_FILE_FOLDER, PathSetting, Section
 from hubpilot.config.entra import EntraSettings
+from hubpilot.ports.directory import check_ldap_port
 
 
 class FileDirectorySettings(Section):
@@ -55,13 +56,7 @@ class LdapSettings(Section):
             raise ValueError("directory.ldap.url must be the server's ldap://host[:port] or ldaps://host[:port] "
                              "URL, e.g. ldaps://ldap.example.org (the Bicep parameter ldapUrl with "
                              "directoryKind = ldap)")
-        try:
-            port = parts.port
-        except ValueError:  # not a number, or above 65535
-            port = -1
-        if port is not None and not 1 <= port <= 65535:
-            raise ValueError(f"directory.ldap.url {value!r}: the port must be a number from 1 to 65535 (389 for "
-                             "ldap://, 636 for ldaps://; the scheme's when left out)")
+        check_ldap_port(value, parts)
         return value
 
     @field_validator("group_name_attribute", "username_attribute")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import SplitResult
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,16 @@ class Directory(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def check_ldap_port(url: str, parts: SplitResult) -> int | None:
+    """The port of the LDAP ``url`` (split as ``parts``; None: the scheme's), or ValueError unless it
+    is 1 to 65535: the one rule of the settings (at start) and the adapter (for any caller)."""
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or above 65535
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"directory.ldap.url {url!r}: the port must be a number from 1 to 65535 (389 for "
+                         "ldap://, 636 for ldaps://; the scheme's when left out)")
+    return port
