@@ -119,3 +119,27 @@ async def test_a_run_cancelled_mid_apply_is_audited_and_its_queued_request_runs_
         assert [e["outcome"] for e in entries] == ["applied", "failed"]
     finally:
         await store.close()
+
+
+async def test_a_request_delivered_again_while_its_run_runs_leaves_the_running_document(tmp_path: Path) -> None:
+    """The same run request delivered a second time while its first delivery still runs (the lock
+    is held by this very run) neither runs it again nor records it as failed over the running
+    document: ``GET /runs/{id}`` keeps reading "running" and the run's lock stays held."""
+    store = SqliteStore(str(tmp_path / "state.sqlite3"))
+    held = Held({"a"})
+    ctx = shelf_context(store, held)
+    try:
+        req = await queue_shelf_run(ctx)
+        task = asyncio.create_task(execute_run(ctx, req))
+        await asyncio.wait_for(held.entered.wait(), 10)
+        await execute_run(ctx, req)  # the second delivery, while the first is in apply
+        doc: Any = await store.get(RUN_KEY.format(run_id=req.run_id))
+        assert doc["outcome"] == "running", doc
+        seen = await read_run(ctx, req.run_id)
+        assert seen is not None and seen["outcome"] == "running"
+        assert await store.read_lock("shelf", NOW) is not None
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await store.close()

@@ -198,7 +198,9 @@ async def execute_run(ctx: Context, req: RunRequest) -> RunRecord | None:
 
     A run that finds the lock taken (another process started one in between) is recorded as
     failed with the holder, so ``GET /runs/{id}`` tells what happened. A request whose run has
-    already finished (the queue delivers at least once) is not run again: its record is returned.
+    already finished (the queue delivers at least once) is not run again: its record is returned;
+    one whose run still holds the lock (delivered again while it runs) is ignored, its running
+    document left as it is.
     """
     try:
         # as stored: a run killed mid-way ("running", its lock gone) is delivered again to be run
@@ -212,6 +214,12 @@ async def execute_run(ctx: Context, req: RunRequest) -> RunRecord | None:
             return await ctx.runner.approve(cap, req.approve, actor=req.actor, run_id=req.run_id)
         return await ctx.runner.run(cap, trigger=req.trigger, actor=req.actor, run_id=req.run_id)
     except LockHeld as exc:
+        if exc.lease is not None and exc.lease.holder == f"{req.actor}:{req.run_id}":
+            # this very run holds the lock: the request was delivered again while it runs (or
+            # before its killed run's lock expired); its running document is left as it is
+            log.warning("%s run %s is already running; a repeated request is ignored",
+                        req.operation, req.run_id)
+            return None
         await _record_unstarted(ctx, req, f"LockHeld: {exc}")
     except NotConfigured as exc:  # the settings' answer, not a fault: no traceback
         log.warning("%s run %s could not run: %s", req.operation, req.run_id, exc)
