@@ -60,6 +60,19 @@ def test_hours_are_local_and_follow_daylight_saving() -> None:
     assert bucket(datetime(2026, 3, 1, 23, 30, tzinfo=UTC), berlin.timezone) == "0-00"  # Sunday UTC, Monday local
 
 
+def test_the_hour_that_happens_twice_when_daylight_saving_ends_is_folded_as_two_hours() -> None:
+    berlin = ForecastPolicy(timezone="Europe/Berlin")
+    f = Forecast()
+    start = datetime(2026, 10, 24, 23, 0, tzinfo=UTC)  # Sunday 01:00 CEST; 02:00-03:00 comes twice
+    for minute in range(4 * 60):  # 6 arrivals in every real hour
+        f = learn(f, [f"u{minute}~"] if minute % 10 == 0 else [], start + timedelta(minutes=minute), berlin)
+    assert bucket(start + timedelta(hours=1, minutes=30), berlin.timezone) == "6-02"
+    assert bucket(start + timedelta(hours=2, minutes=30), berlin.timezone) == "6-02"
+    assert f.rates["6-01"] == 6 and f.rates["6-02"] == 6  # not 12 from two hours counted as one
+    assert f.weeks["6-02"] == 2
+    assert Forecast.from_json(f.to_json()) == f
+
+
 def test_holidays_are_not_learned_and_get_no_spare() -> None:
     hol = ForecastPolicy(quantile=0.95, holidays=frozenset({date(2026, 3, 9)}))
     f = feed(Forecast(), {9: 6}, MON9.replace(hour=0), hol)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -60,6 +60,7 @@ class Forecast:
     open_bucket: str | None = None  # the hour being counted
     open_count: int = 0
     seen: Mapping[str, datetime] = field(default_factory=dict)  # key → last time it was in sight
+    open_hour: datetime | None = None  # when the open hour began (UTC): 02:00 twice on a 25-hour day
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +69,7 @@ class Forecast:
             "open_bucket": self.open_bucket,
             "open_count": self.open_count,
             "seen": {k: v.isoformat() for k, v in sorted(self.seen.items())},
+            "open_hour": self.open_hour.isoformat() if self.open_hour is not None else None,
         }
 
     @classmethod
@@ -81,8 +83,9 @@ class Forecast:
             seen = {str(k): t for k, v in (data.get("seen") or {}).items()
                     if (t := stored_time(v, "seen")) is not None}
             open_bucket = data.get("open_bucket")
-            return cls(rates, weeks, str(open_bucket) if open_bucket and _valid_bucket(str(open_bucket)) else None,
-                       int(data.get("open_count") or 0), seen)
+            valid = bool(open_bucket) and _valid_bucket(str(open_bucket))
+            return cls(rates, weeks, str(open_bucket) if valid else None, int(data.get("open_count") or 0), seen,
+                       stored_time(data.get("open_hour"), "open_hour") if valid else None)
         except (TypeError, ValueError, AttributeError):
             return cls()
 
@@ -97,6 +100,11 @@ def bucket(now: datetime, timezone: str) -> str:
     return f"{local.weekday()}-{local.hour:02d}"
 
 
+def _hour_start(now: datetime, timezone: str) -> datetime:
+    """The instant (UTC) the local hour of ``now`` began; the repeated hour of a 25-hour day differs."""
+    return now.astimezone(ZoneInfo(timezone)).replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+
+
 def _local_date(now: datetime, timezone: str) -> date:
     return now.astimezone(ZoneInfo(timezone)).date()
 
@@ -105,13 +113,15 @@ def learn(forecast: Forecast, keys: Iterable[str], now: datetime, policy: Foreca
     """The forecast after seeing the GPU server ``keys`` in sight at ``now``.
 
     A key not seen within ``policy.forget`` is a new arrival of the current hour. When the hour
-    changes, the finished hour's count is folded into its bucket (not on holidays)."""
+    changes, the finished hour's count is folded into its bucket (not on holidays); the hour that
+    comes twice when daylight saving ends is folded twice, as the two hours it is."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     current = bucket(now, policy.timezone)
     rates, weeks = dict(forecast.rates), dict(forecast.weeks)
     open_bucket, count = forecast.open_bucket, forecast.open_count
-    if open_bucket != current:
+    hour = _hour_start(now, policy.timezone)
+    if open_bucket != current or (forecast.open_hour is not None and forecast.open_hour != hour):
         if open_bucket is not None:  # the hour is over: fold its count into its bucket
             n = weeks.get(open_bucket, 0) + 1
             alpha = max(1.0 / n, 1.0 - 0.5 ** (1.0 / policy.half_life_weeks))
@@ -129,7 +139,7 @@ def learn(forecast: Forecast, keys: Iterable[str], now: datetime, policy: Foreca
         count += len(fresh)
     for k in keys:
         seen[k] = now
-    return Forecast(rates, weeks, open_bucket, count, seen)
+    return Forecast(rates, weeks, open_bucket, count, seen, hour if open_bucket is not None else None)
 
 
 def rate_at(forecast: Forecast, when: datetime, timezone: str) -> float:
