@@ -124,6 +124,12 @@ def test_malformed_stored_forecast_starts_afresh() -> None:
     assert Forecast.from_json({"rates": {"0-09": "x"}}) == Forecast()
     assert Forecast.from_json({"rates": {"9-99": 3.0, "0-09": 1.0}}).rates == {"0-09": 1.0}
     assert Forecast.from_json(None) == Forecast()
+    # numbers no learning makes: a negative week count would divide by zero in every plan
+    for bad in ({"rates": {"0-09": 1.0}, "weeks": {"0-09": -4}}, {"rates": {"0-09": float("nan")}},
+                {"rates": {"0-09": float("inf")}}, {"rates": {"0-09": -1.0}}, {"open_count": -2}):
+        f = Forecast.from_json(bad)
+        assert f == Forecast(), bad
+        assert forecast_spare(f, MON9, FP) == (0, 0.0)
 
 
 def test_settings_build_the_forecast_policy_and_reject_nonsense() -> None:

@@ -84,6 +84,9 @@ class Forecast:
                     if (t := stored_time(v, "seen")) is not None}
             open_bucket = data.get("open_bucket")
             valid = bool(open_bucket) and _valid_bucket(str(open_bucket))
+            if (any(not math.isfinite(r) or r < 0 for r in rates.values()) or any(n < 0 for n in weeks.values())
+                    or int(data.get("open_count") or 0) < 0):
+                raise ValueError("a negative or non-finite rate or count")
             return cls(rates, weeks, str(open_bucket) if valid else None, int(data.get("open_count") or 0), seen,
                        stored_time(data.get("open_hour"), "open_hour") if valid else None)
         except (TypeError, ValueError, AttributeError):
