@@ -280,3 +280,36 @@ async def test_a_paused_run_whose_plan_would_be_refused_says_it_is_not_recorded_
             await world.runner().approve(world.capability(), paused.plan.id, actor="admin")
     finally:
         await world.close()
+
+
+async def test_people_who_left_the_hub_and_are_put_back_in_a_mirror_by_hand_are_no_group_loss(
+        real_hub: RealHub, tmp_path: Path) -> None:
+    """12 analysts, 8 of them in gpu; 7 of the gpu members leave (deprovisioned). An admin puts the
+    7 back in the hub's gpu group by hand: the next run takes them out again (the mirror follows the
+    directory), but they left the hub, they are no people who stay hub users losing what gpu grants
+    (README: people who left count as removals, not as group losses): 7 of 8 is no group loss to
+    refuse, and the run applies. The run after that plans nothing."""
+    world = World(real_hub, tmp_path, max_removal_percent=60.0, removal_window_hours=0)
+    try:
+        everyone = [f"p{i:02}" for i in range(12)]
+        world.set("analysts", *everyone)
+        world.set("gpu", *everyone[:8])
+        assert (await world.run()).outcome is Outcome.APPLIED
+        world.set("analysts", *everyone[7:])
+        world.set("gpu", everyone[7])
+        left = await world.run()
+        assert left.outcome is Outcome.APPLIED, left.render()
+        assert left.plan is not None and left.plan.counts()["deprovision"] == 7
+
+        gpu = f"{world.prefix}gpu"
+        async with real_hub.admin() as admin:
+            put = await admin.post(f"/groups/{gpu}/users", json={"users": [world.user(s) for s in everyone[:7]]})
+            assert put.status_code == 200, put.text
+        again = await world.run()
+        assert again.outcome is Outcome.APPLIED, (again.refusal, again.render())
+        assert again.plan is not None and again.plan.counts() == {"remove_from_group": 7}
+        assert (await world.hub_state())["groups"][gpu] == [world.user(everyone[7])]
+        quiet = await world.run()
+        assert quiet.plan is not None and quiet.plan.counts() == {}, quiet.render()
+    finally:
+        await world.close()

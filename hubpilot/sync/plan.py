@@ -528,6 +528,10 @@ def group_loss_reasons(observed: SyncObserved, plan: Plan, policy: SyncSettings)
     ``recent_group_removals``) count with the plan's own, against the members the group had when
     the window began. A group the directory answered as empty is refused as such already."""
     leaving = {a.target for a in plan.actions if a.kind == "deprovision"}
+    # people deprovisioned earlier, put back in a mirror by hand, left the hub already: no group loss
+    # (those this plan takes back are managed again: they stay)
+    back = {a.target for a in plan.actions if a.kind == "manage_user"}
+    leaving |= {n for n, r in observed.managed.items() if not r.active and n not in back}
     out: dict[str, int] = {}
     for a in plan.actions:
         if a.kind == "remove_from_group" and a.params["user"] not in leaving:
