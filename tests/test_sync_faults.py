@@ -39,6 +39,7 @@ from hubpilot.loop import Outcome, Progress, Runner, RunRecord, Status, no_progr
 from hubpilot.sync import MANAGED_KEY, SyncCapability
 from tests.faultproxy import FaultProxy
 from tests.fixtures.hub import unique_name
+from tests.fixtures.syncworld import World
 from tests.realhub import RealHub, start_hub
 
 pytestmark = pytest.mark.hub
@@ -548,11 +549,15 @@ async def test_a_hub_that_stops_answering_ends_the_apply_at_its_first_request(
             scene.proxy.faulted()
         assert rec.outcome is Outcome.FAILED and (await last_audit(scene.store))["outcome"] == "failed", \
             rec.render()
+        created = {r.action.target for r in rec.results if r.action.kind == "create_user"}
         for r in rec.results:
             if r.action.kind == "create_user":
                 assert r.status is Status.FAILED and "no answer within 2 s" in r.detail, rec.render()
             elif r.action.kind == "deprovision":
                 assert r.status is Status.FAILED and "not recorded" in r.detail, rec.render()
+            elif r.action.kind == "add_to_group" and r.action.params["user"] in created:
+                # the hub would refuse a group request naming them: left out, not sent
+                assert r.status is Status.FAILED and "its creation failed" in r.detail, rec.render()
             elif r.action.kind not in HUB_FREE:
                 assert r.status is Status.FAILED and "not attempted: the hub did not answer POST /users " \
                     "within 2 s" in r.detail, rec.render()
@@ -705,3 +710,41 @@ async def test_the_managed_records_are_written_however_often_another_writer_gets
     assert managed is not None
     people = {m for ms in BEFORE.values() for m in ms}
     assert set(managed["users"]) == {scene.name(p) for p in people}
+
+
+async def test_a_failed_creation_leaves_the_others_additions_to_a_group_through(
+        fault_hub: RealHub, tmp_path: Path) -> None:
+    """bob (a hub user already) and newcomer cat join gpu in one plan; the bulk creation fails (the
+    hub never gets it). The hub refuses a group request naming a user it does not have, so cat is
+    left out of the gpu request: bob's addition goes through, cat's is reported failed, naming the
+    failed creation; the next run creates cat and adds her."""
+    proxy = FaultProxy(*_where(fault_hub))
+    await proxy.start()
+    world = World(fault_hub, tmp_path, hub_api=f"http://127.0.0.1:{proxy.port}/hub/api")
+    try:
+        world.set("analysts", "amy", "bob")
+        world.set("gpu", "amy")
+        assert (await world.run()).outcome is Outcome.APPLIED
+        world.set("analysts", "amy", "bob", "cat")
+        world.set("gpu", "amy", "bob", "cat")
+        proxy.rule(lambda method, path: (method, path) == ("POST", "/hub/api/users"), "before")
+        rec = await world.run()
+        assert rec.plan is not None and rec.plan.counts() == {"create_user": 1, "add_to_group": 3}, rec.render()
+        gpu = f"{world.prefix}gpu"
+
+        async def members() -> list[str]:  # this group alone (the module's hub holds many)
+            async with fault_hub.admin() as admin:
+                return sorted((await admin.get(f"/groups/{gpu}")).json()["users"])
+
+        assert await members() == sorted(world.user(s) for s in ("amy", "bob")), rec.render()
+        adds = {r.action.params["user"]: r for r in rec.results if r.action.kind == "add_to_group"}
+        assert adds[world.user("bob")].status is Status.DONE, rec.render()
+        assert adds[world.user("cat")].status is Status.FAILED, rec.render()
+        assert "create_user" in adds[world.user("cat")].detail, rec.render()
+
+        proxy.reset()
+        assert (await world.run()).outcome is Outcome.APPLIED
+        assert await members() == sorted(world.user(s) for s in ("amy", "bob", "cat"))
+    finally:
+        await world.close()
+        await proxy.stop()

@@ -112,7 +112,8 @@ class SyncCapability:
         self.policy = policy
         self.clock = clock
         self._want: tuple[DirectorySnapshot, Desired] | None = None
-        self._not_created: set[str] = set()  # this apply's users the hub refused to create
+        # this apply's users the hub refused to create, or whose creation failed → why
+        self._not_created: dict[str, str] = {}
 
     def _desired(self, snapshot: DirectorySnapshot) -> Desired:
         """The snapshot's desired state, computed once per snapshot (observe, plan and apply all
@@ -205,7 +206,7 @@ class SyncCapability:
         return guard_sync(observed, plan, self.policy)
 
     async def apply(self, plan: Plan, observed: SyncObserved, progress: Progress) -> list[ActionResult]:
-        self._not_created = set()
+        self._not_created = {}
         # Recorded as managed before the hub gets them: a run killed between creating users (or
         # adding them to groups) and the final record would leave them unmanaged, and one who
         # left before the next run would keep their groups for good.
@@ -266,7 +267,14 @@ class SyncCapability:
         hub = self.hub
         if kind == "create_user":
             wanted = [a.target for a in batch]
-            created = set(await hub.create_users(wanted))
+            try:
+                created = set(await hub.create_users(wanted))
+            except Exception:
+                # the hub refuses a group request naming a user it does not have (400, no one is
+                # added): the additions of this apply leave them out, the next run adds them
+                self._not_created.update((n, "its creation failed (see create_user); the next run adds it")
+                                         for n in wanted)
+                raise
             others = sorted(created - set(wanted))
             out: list[ActionResult] = []
             for a in batch:
@@ -275,7 +283,7 @@ class SyncCapability:
                 elif await hub.get_user(a.target) is not None:
                     out.append(ActionResult(a, Status.NOOP))  # exists already (e.g. logged in meanwhile)
                 else:  # the hub refused the name, or its normalize_username / username_map renamed it
-                    self._not_created.add(a.target)
+                    self._not_created[a.target] = "the hub did not create this user (see create_user)"
                     out.append(ActionResult(a, Status.FAILED, (
                         f"the hub has no user {a.target!r} after POST /users"
                         + (f" (it created {', '.join(others)})" if others else "")
@@ -299,7 +307,7 @@ class SyncCapability:
             if present:
                 await hub.add_group_members(first.target, [a.params["user"] for a in present])
             return [ActionResult(a, Status.DONE) for a in present] + [
-                ActionResult(a, Status.FAILED, "the hub did not create this user (see create_user)") for a in absent]
+                ActionResult(a, Status.FAILED, self._not_created[a.params["user"]]) for a in absent]
         if kind == "remove_from_group":
             await hub.remove_group_members(first.target, [a.params["user"] for a in batch])
             return [ActionResult(a, Status.DONE) for a in batch]
