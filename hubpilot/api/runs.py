@@ -87,12 +87,9 @@ async def _reserve(ctx: Context, req: RunRequest) -> None:
     if_match = ""
     if current is not None:
         existing, etag = current
-        try:
-            existing_until = datetime.fromisoformat(str(existing.get("until")))
-        except ValueError:
-            existing_until = now
-        if existing_until > now:
-            raise LockHeld(req.operation, Lease(req.operation, str(existing.get("holder", "")), existing_until))
+        held = _pending_lease(req.operation, existing, now)
+        if held is not None:
+            raise LockHeld(req.operation, held)
         if_match = etag
     try:
         await ctx.store.put(key, doc, if_match=if_match)
@@ -104,11 +101,15 @@ async def reservation(ctx: Context, operation: str, now: datetime) -> Lease | No
     """The unexpired reservation of ``operation`` by a run that has not taken its lock yet (a
     queued run), as the lease :func:`_reserve` refuses a second run with; None when there is none."""
     doc = await ctx.store.get(PENDING_KEY.format(operation=operation))
-    if doc is None:
-        return None
+    return None if doc is None else _pending_lease(operation, doc, now)
+
+
+def _pending_lease(operation: str, doc: Mapping[str, Any], now: datetime) -> Lease | None:
+    """The reservation document ``doc`` as the lease it holds, None when it has expired or is
+    damaged (no time in ``until``: overwritten by the next reservation)."""
     try:
         until = datetime.fromisoformat(str(doc.get("until")))
-    except ValueError:  # a damaged reservation is none (as _reserve reads it)
+    except ValueError:
         return None
     return Lease(operation, str(doc.get("holder", "")), until) if until > now else None
 
