@@ -262,7 +262,8 @@ class KubeCluster:
                 continue
             pod = self._pod(p)
             # pods on other pools are none of ours; unscheduled ones count only if they want a GPU
-            if (pod.node is None and pod.gpu) or (pod.node in names):
+            # and may land on this pool (not pinned to another one by the pool label)
+            if (pod.node is None and pod.gpu and self._may_land_here(p)) or (pod.node in names):
                 user_pods.append(pod)
         return ClusterView(tuple(sorted(infos, key=lambda n: n.name)),
                            tuple(sorted(user_pods, key=lambda p: p.name)))
@@ -320,6 +321,32 @@ class KubeCluster:
                 raise
             return True
         return await self._call(call, f"{what} {node}")
+
+    def _may_land_here(self, p: Any) -> bool:
+        """False when the pod's ``nodeSelector`` or required node affinity on the pool label rules
+        out this pool (a pod waiting for another agent pool is no demand for this one); True when
+        they allow it or say nothing of the pool label."""
+        spec = p.spec
+        if spec is None:
+            return True
+        wanted = (spec.node_selector or {}).get(self.node_label)
+        if wanted is not None and wanted != self.pool:
+            return False
+        node_affinity = spec.affinity.node_affinity if spec.affinity else None
+        required = node_affinity.required_during_scheduling_ignored_during_execution if node_affinity else None
+        terms = (required.node_selector_terms if required else None) or []
+
+        def allows(term: Any) -> bool:
+            for e in term.match_expressions or []:
+                if e.key != self.node_label:
+                    continue
+                values = e.values or []
+                if ((e.operator == "In" and self.pool not in values)
+                        or (e.operator == "NotIn" and self.pool in values) or e.operator == "DoesNotExist"):
+                    return False
+            return True
+        # the terms are ORed: the pool is ruled out only when every term rules it out
+        return not terms or any(allows(t) for t in terms)
 
     def _node(self, n: Any) -> NodeInfo:
         ready = any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or [])) \

@@ -1,0 +1,69 @@
+"""Kubernetes side: a waiting GPU pod pinned to another agent pool (a second GPU pool, e.g. T4 and
+A100 pools, each with its own hubpilot) by ``nodeSelector`` or a required node affinity on the
+pool label is no demand for this pool; one pinned to this pool, or not pinned, is (kmock + the ARM
+double, through the real clients)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hubpilot.loop import Outcome
+from tests.doubles.arm import ArmDouble
+from tests.fixtures.kmock import NS, POOL_LABEL, Emulator
+from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
+from tests.test_scale_kube_taints import edit
+
+
+def affinity(*terms: list[dict[str, Any]]) -> dict[str, Any]:
+    """A required node affinity with these nodeSelectorTerms (each a list of matchExpressions)."""
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": t} for t in terms]}}}
+
+
+def pinned(kube: Emulator) -> None:
+    """Waiting GPU pods: some can land on pool ``gpu`` only, some never can."""
+    for name in ("mine", "free", "sel-other", "aff-other", "aff-notin", "aff-either", "aff-one-term-other"):
+        kube.pod(name, None)
+    edit(kube, "pods", "mine", NS, spec={"nodeSelector": {POOL_LABEL: "gpu"}})
+    edit(kube, "pods", "sel-other", NS, spec={"nodeSelector": {POOL_LABEL: "a100"}})
+    edit(kube, "pods", "aff-other", NS, spec={"affinity": affinity(
+        [{"key": POOL_LABEL, "operator": "In", "values": ["a100", "h100"]}])})
+    edit(kube, "pods", "aff-notin", NS, spec={"affinity": affinity(
+        [{"key": POOL_LABEL, "operator": "NotIn", "values": ["gpu"]}])})
+    # terms are ORed: one of them allows pool gpu
+    edit(kube, "pods", "aff-either", NS, spec={"affinity": affinity(
+        [{"key": POOL_LABEL, "operator": "In", "values": ["a100"]}],
+        [{"key": POOL_LABEL, "operator": "In", "values": ["gpu"]}])})
+    edit(kube, "pods", "aff-one-term-other", NS, spec={"affinity": affinity(
+        [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
+         {"key": POOL_LABEL, "operator": "In", "values": ["a100"]}])})
+
+
+async def test_a_waiting_pod_pinned_to_another_pool_is_no_demand(world: dict[str, Any]) -> None:  # noqa: F811
+    kube: Emulator = world["kube"]
+    kube.node("gpu-0")
+    pinned(kube)
+    view = await world["cluster"].read()
+    assert sorted(p.name for p in view.pods) == ["aff-either", "free", "mine"]
+
+
+async def test_no_scale_up_for_pods_that_wait_for_another_pool(world: dict[str, Any]) -> None:  # noqa: F811
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    kube.node("gpu-0")
+    kube.pod("alice", "gpu-0")
+    for name in ("sel-other", "aff-other"):
+        kube.pod(name, None)
+    edit(kube, "pods", "sel-other", NS, spec={"nodeSelector": {POOL_LABEL: "a100"}})
+    edit(kube, "pods", "aff-other", NS, spec={"affinity": affinity(
+        [{"key": POOL_LABEL, "operator": "In", "values": ["a100"]}])})
+    cap, runner = capability(world)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.plan is not None and rec.plan.empty, rec.render()
+    assert arm.pools["gpu"]["count"] == 1
+    kube.pod("bob", None)  # not pinned: ours
+    edit(kube, "pods", "bob", NS, spec={"nodeSelector": {POOL_LABEL: "gpu"}})
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    assert arm.pools["gpu"]["count"] == 2
