@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from aiohttp import web
+
+from hubpilot.adapters.kube import KubeCluster
 from hubpilot.loop import Outcome
+from hubpilot.ports.cluster import ClusterError
 from tests.doubles.arm import ArmDouble
 from tests.fixtures.kmock import NS, POOL_LABEL, Emulator
 from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
@@ -67,3 +72,31 @@ async def test_no_scale_up_for_pods_that_wait_for_another_pool(world: dict[str, 
     rec = await runner.run(cap, trigger="timer", actor="test")
     assert rec.outcome is Outcome.APPLIED, rec.render()
     assert arm.pools["gpu"]["count"] == 2
+
+
+FORBIDDEN = ('nodes is forbidden: User "system:serviceaccount:jhub:hubpilot" cannot list resource "nodes" '
+             'in API group "" at the cluster scope')
+
+
+async def test_a_refused_request_says_what_the_api_server_said() -> None:
+    """An API server that refuses the list (RBAC, 403) answers a Status whose message names the
+    identity, the verb and the resource: the error passes it on (not only '403 Forbidden')."""
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                  "message": FORBIDDEN, "reason": "Forbidden", "details": {"kind": "nodes"},
+                                  "code": 403}, status=403)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    cluster = KubeCluster(namespace=NS, pool="gpu", api_url=f"http://127.0.0.1:{port}")
+    try:
+        with pytest.raises(ClusterError) as err:
+            await cluster.read()
+        assert str(err.value) == f"list GPU nodes: 403 Forbidden: {FORBIDDEN}"
+    finally:
+        await cluster.close()
+        await runner.cleanup()

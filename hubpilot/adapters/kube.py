@@ -16,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -222,7 +223,8 @@ class KubeCluster:
                     self.api = k8s.CoreV1Api(self._api_client)
             return await asyncio.to_thread(fn)
         except ApiException as exc:
-            raise ClusterError(f"{what}: {exc.status} {exc.reason}") from exc
+            said = _status_message(exc)
+            raise ClusterError(f"{what}: {exc.status} {exc.reason}" + (f": {said}" if said else "")) from exc
         except Exception as exc:  # connection errors, bad answers
             timeout = _timeout_of(exc)
             if timeout is not None:
@@ -395,6 +397,16 @@ class KubeCluster:
             await asyncio.to_thread(self._api_client.close)
         if self._auth is not None:
             self._auth.close()
+
+
+def _status_message(exc: ApiException) -> str:
+    """The message of the API server's ``Status`` answer (e.g. which identity may not do what), or ""."""
+    try:
+        body = json.loads(exc.body) if exc.body else None
+    except (TypeError, ValueError):
+        return ""
+    message = body.get("message") if isinstance(body, dict) else None
+    return message.strip() if isinstance(message, str) else ""
 
 
 def _timeout_of(exc: BaseException) -> BaseException | None:
