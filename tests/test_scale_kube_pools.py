@@ -100,3 +100,13 @@ async def test_a_refused_request_says_what_the_api_server_said() -> None:
     finally:
         await cluster.close()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("selector", ["component=singleuser-server,!hub.jupyter.org/idle",
+                                      "component=singleuser-server, !hub.jupyter.org/idle"])
+def test_a_selector_term_that_would_hide_every_user_pod_is_refused(selector: str) -> None:
+    """``!key`` (the label is absent) is a selector the API server takes; read as a key named
+    ``!key`` it matched no pod here, every node looked empty and could be removed under its users.
+    Like ``!=`` and set terms it is refused, saying which term and what is supported."""
+    with pytest.raises(ValueError, match=r"selector term '!hub.jupyter.org/idle': only 'key=value' and 'key'"):
+        KubeCluster(namespace=NS, pool="gpu", api_url="http://127.0.0.1:9", user_pod_selector=selector)

@@ -169,7 +169,8 @@ def parse_selector(selector: str) -> dict[str, str | None]:
         term = term.strip()
         if not term:
             continue
-        if "!=" in term or " in " in term or "notin" in term:
+        # "!key" (label absent) too: read as a key named "!key" it would match no pod at all
+        if "!" in term or " in " in term or "notin" in term:
             raise ValueError(f"selector term {term!r}: only 'key=value' and 'key' are supported")
         key, _, value = term.partition("=")
         out[key.strip().rstrip("=")] = value.strip().lstrip("=") if _ else None
