@@ -252,6 +252,12 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             where = _where(loc) if loc else ""
             if err["type"] == "extra_forbidden":
                 lines.append(f"  {dotted}: {_unknown(loc)}{where}")
+            elif err["type"] == "list_type" and isinstance(got, dict) and _env_name(loc) not in os.environ:
+                # HUBPILOT_SCALE__WARM__SPARE=2: the items of a list have no variables of their own
+                name = _env_name(loc)
+                keys = ", ".join(f'"{k}": ...' for k in got)
+                lines.append(f"  {dotted}: is a list, set whole as JSON in one variable, e.g. "
+                             f"{name}='[{{{keys}}}]', not key by key{where}")
             else:
                 lines.append(f"  {dotted}: {err['msg']}{shown}{where}")
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
@@ -290,6 +296,9 @@ def _where(loc: tuple[Any, ...]) -> str:
     for end in range(len(loc), 0, -1):  # the variable, or the one whose JSON holds it
         if _env_name(loc[:end]) in os.environ:
             return f" [env {_env_name(loc[:end])}]"
+    below = sorted(n for n in os.environ if n.upper().startswith(name.upper() + "__"))
+    if below:  # the variables nested below it that made it (HUBPILOT_SCALE__WARM__SPARE)
+        return f" [env {', '.join(below)}]"
     file = _config_path()
     if file is not None:
         try:
@@ -371,22 +380,33 @@ def _non_json_env() -> list[str]:
 
 def settings_reference() -> str:
     """A Markdown table of every setting: name, environment variable, type, default, meaning."""
+    import typing
+
     from pydantic import BaseModel
 
     rows: list[str] = []
 
-    def walk(model: type[BaseModel], prefix: tuple[str, ...]) -> None:
+    def walk(model: type[BaseModel], prefix: tuple[str, ...], in_list: str | None = None) -> None:
         for name, info in model.model_fields.items():
             loc = (*prefix, name)
             ann = info.annotation
             sub = _model_in(ann)
+            if sub is not None and typing.get_origin(ann) is list:
+                # a list of objects is one JSON value in the environment: its items' keys have no
+                # variable of their own (HUBPILOT_SCALE__WARM__SPARE is refused)
+                env = f"`{_env_name(loc)}`"
+                rows.append(f"| `{'.'.join(loc)}` | {env} | list of objects | "
+                            f"{_show_default(info)} | {info.description or ''} |")
+                walk(sub, (*loc[:-1], f"{name}[]"), env)
+                continue
             if sub is not None:
-                walk(sub, loc)
+                walk(sub, loc, in_list)
                 continue
             default = "" if info.is_required() else _show_default(info)
             typ = _type_name(ann)
+            env = f"in {in_list}" if in_list else f"`{_env_name(loc)}`"
             rows.append(
-                f"| `{'.'.join(loc)}` | `{_env_name(loc)}` | {typ} | {default} | {info.description or ''} |"
+                f"| `{'.'.join(loc)}` | {env} | {typ} | {default} | {info.description or ''} |"
             )
 
     walk(Settings, ())

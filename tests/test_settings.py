@@ -268,3 +268,46 @@ def test_a_duration_no_clock_can_hold_is_refused_at_start(tmp_path: Path, toml: 
     with pytest.raises(SettingsError) as err:
         load_settings(path)
     assert f"{setting}: Input should be" in str(err.value), str(err.value)
+
+
+def _reference_rows() -> list[list[str]]:
+    return [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in settings_reference().splitlines()[2:]]
+
+
+def test_every_environment_name_in_the_reference_can_be_set() -> None:
+    """The reference listed ``HUBPILOT_SCALE__WARM__SPARE``, ``HUBPILOT_CULL__POLICIES__NAME`` and
+    ``HUBPILOT_API__TOKENS__SHA256`` for the keys of a list's items: no such variable can be set
+    (the list is one JSON value), and the list's own variable was not listed at all. Every name
+    in the environment column is a variable hubpilot reads, and every list of objects is listed
+    by its own variable."""
+    from hubpilot.settings import ENV_PREFIX, Settings, _model_in
+
+    listed = {row[1].strip("`") for row in _reference_rows() if row[1].startswith("`HUBPILOT_")}
+    for name in sorted(listed):
+        model: object = Settings
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        for i, part in enumerate(parts):
+            field = getattr(model, "model_fields", {}).get(part)
+            assert field is not None, f"the reference lists {name}, which sets no setting"
+            if i < len(parts) - 1:
+                assert getattr(field.annotation, "__origin__", None) is not list, (
+                    f"the reference lists {name}, but {'.'.join(parts[:i + 1])} is a list: it is set whole, as JSON")
+            model = _model_in(field.annotation)
+    for name in ("HUBPILOT_SCALE__WARM", "HUBPILOT_CULL__POLICIES", "HUBPILOT_API__TOKENS"):
+        assert name in listed, f"the reference does not list {name}"
+
+
+def test_a_list_item_key_set_in_the_environment_is_named_with_how_to_set_the_list(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``HUBPILOT_SCALE__WARM__SPARE=2`` was answered ``scale.warm: Input should be a valid list
+    [env HUBPILOT_SCALE__WARM]``: a variable nobody had set, and not the one to change."""
+    monkeypatch.setenv("HUBPILOT_SCALE__WARM__SPARE", "2")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    message = str(err.value)
+    assert "[env HUBPILOT_SCALE__WARM__SPARE]" in message, message
+    assert "HUBPILOT_SCALE__WARM='[{" in message and "JSON" in message, message
+    monkeypatch.delenv("HUBPILOT_SCALE__WARM__SPARE")
+    monkeypatch.setenv("HUBPILOT_SCALE__WARM", '[{"spare": 2}]')  # as the message says
+    assert load_settings().scale.warm[0].spare == 2
