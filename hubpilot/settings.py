@@ -88,10 +88,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _sync_needs_directory(self) -> Settings:
-        if (self.sync.users_groups or self.sync.admin_groups) and self.directory is None:
+        given = [f"sync.{name}" for name in ("users_groups", "admin_groups") if getattr(self.sync, name)]
+        if given and self.directory is None:
             raise ValueError(
-                "sync.users_groups is set but no [directory] section says where to read them "
-                "(set directory.kind and its section)"
+                f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set but no [directory] section "
+                "says where to read them (set directory.kind and its section)"
             )
         return self
 

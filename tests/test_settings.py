@@ -311,3 +311,13 @@ def test_a_list_item_key_set_in_the_environment_is_named_with_how_to_set_the_lis
     monkeypatch.delenv("HUBPILOT_SCALE__WARM__SPARE")
     monkeypatch.setenv("HUBPILOT_SCALE__WARM", '[{"spare": 2}]')  # as the message says
     assert load_settings().scale.warm[0].spare == 2
+
+
+def test_admin_groups_without_a_directory_are_named_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only ``sync.admin_groups`` set, no directory: the refusal said "sync.users_groups is set",
+    a setting the admin had not given."""
+    monkeypatch.setenv("HUBPILOT_SYNC__ADMIN_GROUPS", '["hub-admins"]')
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "sync.admin_groups is set but no [directory] section" in str(err.value), str(err.value)
+    assert "users_groups" not in str(err.value), str(err.value)
