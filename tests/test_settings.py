@@ -321,3 +321,27 @@ def test_admin_groups_without_a_directory_are_named_as_such(monkeypatch: pytest.
         load_settings()
     assert "sync.admin_groups is set but no [directory] section" in str(err.value), str(err.value)
     assert "users_groups" not in str(err.value), str(err.value)
+
+
+def test_the_cull_settings_table_states_the_defaults_the_code_has() -> None:
+    """docs/cull.md maps jupyterhub-idle-culler's options to hubpilot's with their defaults; a
+    default changed in the code must change there too."""
+    from hubpilot.settings import Settings
+
+    text = (README.parent / "docs" / "cull.md").read_text()
+    table = text.split("## Settings (`[cull]`", 1)[1].split("\n\n", 2)[1]
+    checked = 0
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        keys = re.findall(r"`([a-z_.]+)`", cells[1])
+        values = re.findall(r"`([^`]+)`", cells[2])
+        if len(keys) != len(values):
+            continue  # a default said in words ("every 10 min")
+        for key, value in zip(keys, values, strict=True):
+            section, _, name = key.rpartition(".")
+            default = getattr(getattr(Settings(), section or "cull"), name)
+            shown = str(default).lower() if isinstance(default, bool) else str(default)
+            assert value in (shown, f"{default:g}" if isinstance(default, float) else shown), (
+                f"docs/cull.md says {key} defaults to {value}; the code's default is {default!r}")
+            checked += 1
+    assert checked >= 14, checked
