@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from pydantic import ValidationError
 
 from hubpilot.adapters.kube import KubeCluster
+from hubpilot.config.scale import ScaleSettings
 from hubpilot.loop import Outcome
 from hubpilot.ports.cluster import ClusterError
 from tests.doubles.arm import ArmDouble
@@ -110,3 +112,18 @@ def test_a_selector_term_that_would_hide_every_user_pod_is_refused(selector: str
     Like ``!=`` and set terms it is refused, saying which term and what is supported."""
     with pytest.raises(ValueError, match=r"selector term '!hub.jupyter.org/idle': only 'key=value' and 'key'"):
         KubeCluster(namespace=NS, pool="gpu", api_url="http://127.0.0.1:9", user_pod_selector=selector)
+
+
+@pytest.mark.parametrize("selector", ["component=singleuser-server,!hub.jupyter.org/idle",
+                                      "component in (singleuser-server)", "app notin (batch)"])
+def test_a_pod_selector_the_adapter_cannot_apply_is_refused_with_the_settings(selector: str) -> None:
+    """The settings refuse it at load (``hubpilot check``, the Functions app's start), not the
+    first scale run that builds the cluster client."""
+    with pytest.raises(ValidationError, match="user_pod_selector"):
+        ScaleSettings(user_pod_selector=selector)
+
+
+@pytest.mark.parametrize("selector", ["app=notinuse", "component=singleuser-server,tier=inner"])
+def test_a_pod_selector_whose_value_contains_in_or_notin_is_taken(selector: str) -> None:
+    assert ScaleSettings(user_pod_selector=selector).user_pod_selector == selector
+    KubeCluster(namespace=NS, pool="gpu", api_url="http://127.0.0.1:9", user_pod_selector=selector)

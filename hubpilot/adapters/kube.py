@@ -41,6 +41,7 @@ from hubpilot.ports.cluster import (
     Taint,
     Toleration,
     UserPod,
+    parse_selector,
 )
 
 log = logging.getLogger(__name__)
@@ -160,21 +161,6 @@ class EntraKubeAuth:
             with contextlib.suppress(OSError):
                 os.unlink(self._ca_path)
             self._ca_path = None
-
-
-def parse_selector(selector: str) -> dict[str, str | None]:
-    """``a=b,c`` → {"a": "b", "c": None} (equality and existence terms)."""
-    out: dict[str, str | None] = {}
-    for term in selector.split(","):
-        term = term.strip()
-        if not term:
-            continue
-        # "!key" (label absent) too: read as a key named "!key" it would match no pod at all
-        if "!" in term or " in " in term or "notin" in term:
-            raise ValueError(f"selector term {term!r}: only 'key=value' and 'key' are supported")
-        key, _, value = term.partition("=")
-        out[key.strip().rstrip("=")] = value.strip().lstrip("=") if _ else None
-    return out
 
 
 def matches(labels: Mapping[str, str] | None, selector: Mapping[str, str | None]) -> bool:

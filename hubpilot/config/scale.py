@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 
 from hubpilot.config.base import FROM_FILE_FOLDER, NCronTab, PathSetting, Section
+from hubpilot.ports.cluster import parse_selector
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
@@ -229,6 +230,12 @@ class ScaleSettings(Section):
     def _gpu_profiles(cls, v: list[str]) -> list[str]:
         for entry in v:
             parse_gpu_profile(entry)
+        return v
+
+    @field_validator("user_pod_selector")
+    @classmethod
+    def _pod_selector(cls, v: str) -> str:
+        parse_selector(v)
         return v
 
     @field_validator("arm_endpoint")

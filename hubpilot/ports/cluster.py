@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -120,3 +121,19 @@ class Cluster(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def parse_selector(selector: str) -> dict[str, str | None]:
+    """``a=b,c`` → {"a": "b", "c": None} (equality and existence terms)."""
+    out: dict[str, str | None] = {}
+    for term in selector.split(","):
+        term = term.strip()
+        if not term:
+            continue
+        # "!key" (label absent) too: read as a key named "!key" it would match no pod at all;
+        # set terms ("k in (a,b)", "k notin (a)") split at their commas and keep a parenthesis
+        if "!" in term or "(" in term or ")" in term or re.search(r"\s(in|notin)\b", term):
+            raise ValueError(f"selector term {term!r}: only 'key=value' and 'key' are supported")
+        key, _, value = term.partition("=")
+        out[key.strip().rstrip("=")] = value.strip().lstrip("=") if _ else None
+    return out
