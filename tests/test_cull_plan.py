@@ -4,6 +4,7 @@ test_cull_realhub.py)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +14,7 @@ from hubpilot.config.cull import CullSettings
 from hubpilot.cull import CullObserved, guard_cull, limits_for, plan_cull
 from hubpilot.cull.policy import human
 from hubpilot.ports.hub import HubServer, HubUser
+from hubpilot.schedule import longest_gap
 from hubpilot.settings import SettingsError, load_settings
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -333,3 +335,19 @@ def test_a_stop_is_judged_again_on_the_hubs_current_state() -> None:
     # a max-age stop stays a stop however active the server
     aged = server("u", idle=timedelta(minutes=1), age=timedelta(hours=10))
     assert recheck_stop("stop_server", aged, user("u", aged), "", settings(max_age=6 * 3600), NOW) is None
+
+
+@pytest.mark.parametrize("timeout", [300, 1000, 7100, 7200, 14400, 86400, 2 * 86400])
+def test_the_schedule_a_refusal_suggests_is_taken_and_fires_often_enough(timeout: int) -> None:
+    """The refusal's example must be a schedule to copy: accepted, every field's step within its
+    field's range (a '*/120' minute step fires hourly, not every 120 minutes), rounds at least
+    every half timeout."""
+    settings = {"inactivity_timeout": timeout, "activity_interval": 60}
+    with pytest.raises(ValueError, match=r"e\.g\. cull\.schedule = '([^']+)'") as info:
+        CullSettings.model_validate({**settings, "schedule": "0 0 9 * * 1-5"})
+    example = re.search(r"e\.g\. cull\.schedule = '([^']+)'", str(info.value)).group(1)  # type: ignore[union-attr]
+    for field, top in zip(example.split(), (59, 59, 23), strict=False):
+        if field.startswith("*/"):
+            assert 1 <= int(field[2:]) <= top, example
+    ok = CullSettings.model_validate({**settings, "schedule": example})
+    assert longest_gap(ok.schedule).total_seconds() <= max(1, timeout // 2)

@@ -138,7 +138,14 @@ class CullSettings(Section):
         gap = longest_gap(self.schedule).total_seconds()
         if gap > shortest:
             half = max(1, int(shortest // 2))
-            example = f"0 */{half // 60} * * * *" if half >= 120 else f"*/{min(half, 59)} * * * * *"
+            if half >= 86400:
+                example = "0 0 0 * * *"
+            elif half >= 3600:
+                example = f"0 0 */{half // 3600} * * *"
+            elif half >= 120:
+                example = f"0 */{min(half // 60, 59)} * * * *"
+            else:
+                example = f"*/{min(half, 59)} * * * * *"
             raise ValueError(
                 f"cull.schedule ({self.schedule!r}) leaves up to {gap:g} s between rounds, longer than "
                 f"{where}={shortest} s: idle servers would run for up to {gap + shortest:g} s; run the cull "
