@@ -8,13 +8,16 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from hubpilot.adapters.aks import AksPool
 from hubpilot.loop import Status
 from hubpilot.ports.cluster import CORDON_ANNOTATION
 from hubpilot.scale import ScaleCapability
 from tests.doubles.arm import ArmDouble, StaticToken
 from tests.fixtures.kmock import Emulator
-from tests.test_scale_kube import capability, one_empty_past_the_idle_limit, world  # noqa: F401  (fixture)
+from tests.test_scale_kube import capability, one_empty_past_the_idle_limit, past_the_idle_limit, world  # noqa: F401  (fixture)
+from tests.test_scale_safety_pending_removal import finish_operations
 
 
 def second_pool(arm: ArmDouble) -> AksPool:
@@ -76,25 +79,33 @@ async def test_two_scale_ups_at_once_send_one_count(world: dict[str, Any]) -> No
         sorted([Status.DONE.value, Status.SKIPPED.value]), sorted([Status.DONE.value, Status.NOOP.value])), (a, b)
 
 
-async def test_a_retried_deletion_that_was_accepted_leaves_the_node_cordoned(world: dict[str, Any]) -> None:  # noqa: F811
-    """ARM accepts deleteMachines but the gateway answers 504: azure-core's retry policy sends the
-    POST again (it retries a POST on 500/503/504), and ARM answers 409 -- the operation in progress
-    is the first request, deleting this very node. One run, no concurrency: the node must stay
-    cordoned while its VM is deleted."""
+@pytest.mark.parametrize("status", [500, 503, 504])
+async def test_a_deletion_answered_5xx_is_not_sent_again_and_its_node_is_neither_uncordoned_nor_replaced(
+        world: dict[str, Any], status: int) -> None:  # noqa: F811
+    """ARM accepts deleteMachines but a gateway answers 500, 503 or 504. Sent again (azure-core's
+    retry policy resends a POST after those), it met its own operation (409) and was reported a
+    conflict that never happened: its node was not watched, and once its VM was gone the next run
+    uncordoned the node and booted a replacement for it. The POST goes once; the removal is
+    pending, its node stays cordoned and is watched while it leaves."""
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]
-    cap, runner = await one_empty_past_the_idle_limit(world)
+    cap, runner = await past_the_idle_limit(world, mode="Delete")
     arm.polls = 3
-    arm.answer_failed("POST", 504)
+    arm.answer_failed("POST", status)
     rec = await runner.run(cap, trigger="timer", actor="test")
-    assert [c.status for c in arm.calls if c.method == "POST"] == [504, 409], rec.render()
-    assert [r.status for r in rec.results] == [Status.SKIPPED], rec.render()
-    for op in list(arm.operations.values()):  # the accepted operation runs to its end
-        while op.status == "InProgress":
-            arm._advance(op)
-    assert arm.machines["gpu"] == []
-    node = kube.node_obj("gpu-0")
+    assert [c.status for c in arm.calls if c.method == "POST"] == [status], rec.render()
+    assert [r.status for r in rec.results] == [Status.PENDING], rec.render()
+    finish_operations(arm)
+    assert arm.machines["gpu"] == ["gpu-0"] and arm.pools["gpu"]["count"] == 1
+    # its VM is gone, its node still registered (NotReady, cordoned by us) until Kubernetes drops it
+    kube.node("gpu-1", ready=False, unschedulable=True, annotations={CORDON_ANNOTATION: "hubpilot"})
+    world["clock"]["now"] += timedelta(minutes=1)
+    later = await runner.run(cap, trigger="timer", actor="test")
+    assert later.plan is not None and later.plan.empty, later.render()  # no uncordon, no replacement
+    assert later.plan.facts["leaving"] == ["gpu-1"]
+    node = kube.node_obj("gpu-1")
     assert node["spec"]["unschedulable"] is True and node["metadata"]["annotations"].get(CORDON_ANNOTATION)
+    assert not any(c.method == "PUT" for c in arm.calls) and arm.pools["gpu"]["count"] == 1
 
 
 async def test_the_same_removal_applied_twice_deletes_once_and_keeps_the_node_cordoned(world: dict[str, Any]) -> None:  # noqa: F811

@@ -67,16 +67,17 @@ class LoopbackBearerPolicy(AsyncBearerTokenCredentialPolicy):  # type: ignore[ty
 class NoConflictRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
     """azure-core's retry policy, except that a 409 (another operation on the pool) or a 412 (stale
     eTag) is never retried, and a request whose method the call leaves out of its retries (a pool's
-    PUT) is sent again only after a 429: azure-core retries any error status that carries
-    Retry-After, whatever the method, and a 5xx with Retry-After (ARM sends one with its 503s) may
-    come after ARM took the PUT. A 429 is ARM's refusal before it takes a request."""
+    PUT, a POST such as ``deleteMachines``) is sent again only after a 429: azure-core retries any
+    error status that carries Retry-After, whatever the method, and a POST after a 500, 503 or 504
+    even without one; such an answer (ARM sends Retry-After with its 503s) may come after ARM took
+    the request, and the request sent again would meet its own operation (409). A 429 is ARM's
+    refusal before it takes a request."""
 
     def is_retry(self, settings: Any, response: Any) -> bool:
         status = response.http_response.status_code
         if status in (409, 412):
             return False
-        if status != 429 and not self._is_method_retryable(settings, response.http_request,
-                                                           response=response.http_response):
+        if status != 429 and response.http_request.method.upper() not in settings["methods"]:
             return False
         return bool(super().is_retry(settings, response))
 
@@ -278,9 +279,9 @@ class AksPool:
             if exc.status_code == 409:
                 return _conflict(exc)
             if exc.status_code in _NO_ANSWER_STATUS:
-                # a gateway's 5xx may come after ARM took the deletion (azure-core sends a POST
-                # again after a 500, 503 or 504, never after a 502; the last try's answer is this
-                # one): as with no answer at all, the caller keeps the nodes cordoned
+                # a gateway's 5xx may come after ARM took the deletion (never sent again: it would
+                # meet its own operation, 409, and the removal would be reported refused): as with
+                # no answer at all, the caller keeps the nodes cordoned and watches them
                 return PoolResult(PoolOutcome.PENDING, (
                     f"delete {', '.join(machines)}: answered {exc.status_code} {_code(exc) or ''}".rstrip()
                     + "; it may have been accepted"))
@@ -325,7 +326,7 @@ class AksPool:
         ``listClusterUserCredential`` action (e.g. "Azure Kubernetes Service Cluster User Role")."""
         try:
             res = await self._client.managed_clusters.list_cluster_user_credentials(
-                self.resource_group, self.cluster, format="exec")
+                self.resource_group, self.cluster, format="exec", retry_on_methods=_RETRY_READS)
         except HttpResponseError as exc:
             raise _pool_error(f"cannot read the user kubeconfig of cluster {self.cluster}", exc) from exc
         for kc in res.kubeconfigs or []:
@@ -342,6 +343,8 @@ class AksPool:
 
 # every method azure-core retries by default but PUT (AksPool._put retries it after a re-read)
 _RETRY_BUT_PUT = frozenset({"HEAD", "GET", "DELETE", "OPTIONS", "TRACE"})
+# a POST that only reads (listClusterUserCredential) is retried as a GET
+_RETRY_READS = _RETRY_BUT_PUT | {"POST"}
 # answers of a gateway that may come after ARM accepted the request
 _NO_ANSWER_STATUS = (500, 502, 503, 504)
 
