@@ -129,3 +129,36 @@ async def test_the_same_removal_applied_twice_deletes_once_and_keeps_the_node_co
     world["clock"]["now"] += timedelta(minutes=1)
     later = await runner.run(cap, trigger="timer", actor="test")
     assert later.plan is not None and later.plan.empty, later.render()  # gpu-0 is leaving
+
+
+async def test_a_scale_up_refused_for_a_stale_etag_says_so_not_409(world: dict[str, Any]) -> None:  # noqa: F811
+    """The pool changed between the observation and the PUT (an admin's change, the autoscaler's):
+    ARM answers 412, or the count read again is above the one planned. The action is skipped, and
+    its text says the pool changed since it was read, not that another operation holds it (409):
+    an admin told that looks for an operation that does not exist."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    kube.node("gpu-0")
+    kube.pod("alice", "gpu-0")
+    kube.pod("bob", None)  # waits for a GPU node
+    cap, _ = capability(world)
+    observed = await cap.observe()
+    plan = cap.plan(observed, world["clock"]["now"])
+    assert [(a.kind, a.params["count"]) for a in plan.actions] == [("set_count", 2)]
+    arm._bump("gpu")  # changed since it was read (same count): its eTag is new
+    stale = await cap.apply(plan, observed, lambda *x: None)
+    arm.pools["gpu"]["count"] = 3  # grew since it was read: set_count never lowers it
+    arm.machines["gpu"] += ["gpu-1", "gpu-2"]
+    grown = await cap.apply(plan, observed, lambda *x: None)
+    for results in (stale, grown):
+        assert [r.status for r in results] == [Status.SKIPPED], results
+        detail = results[0].detail
+        assert "changed since it was read" in detail and "409" not in detail, detail
+        assert "another operation" not in detail, detail
+    arm.pools["gpu"]["count"], arm.machines["gpu"] = 1, ["gpu-0"]
+    arm.pools["gpu"]["provisioningState"] = "Updating"  # another operation holds the pool
+    busy = await cap.apply(plan, observed, lambda *x: None)
+    assert [r.status for r in busy] == [Status.SKIPPED], busy
+    assert "another operation on the pool is in progress" in busy[0].detail and "409" in busy[0].detail, busy
+    assert not [c for c in arm.calls if c.method == "PUT" and c.status < 300]

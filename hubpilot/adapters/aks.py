@@ -247,7 +247,8 @@ class AksPool:
             except ResourceExistsError as exc:
                 return _conflict(exc)
             except ResourceModifiedError as exc:
-                return PoolResult(PoolOutcome.CONFLICT, f"the pool changed since it was read: {exc.message}")
+                return PoolResult(PoolOutcome.CONFLICT, f"the pool changed since it was read (412: its eTag is no "
+                                  f"longer {etag}): {exc.message}")
             except HttpResponseError as exc:
                 if exc.status_code == 409:
                     return _conflict(exc)
@@ -371,7 +372,7 @@ def _code(exc: HttpResponseError) -> str | None:
 
 
 def _conflict(exc: HttpResponseError) -> PoolResult:
-    return PoolResult(PoolOutcome.CONFLICT, f"{_code(exc) or 'Conflict'}: {exc.message}")
+    return PoolResult(PoolOutcome.CONFLICT, f"another operation on the pool is in progress (409): {exc.message}")
 
 
 def _pool_error(prefix: str, exc: HttpResponseError) -> PoolError:

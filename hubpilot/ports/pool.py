@@ -42,7 +42,7 @@ class PoolState:
 class PoolOutcome(enum.StrEnum):
     DONE = "done"  # the operation finished
     PENDING = "pending"  # accepted, still running when we stopped waiting
-    CONFLICT = "conflict"  # 409: another operation on the pool is in progress
+    CONFLICT = "conflict"  # 409: another operation on the pool is in progress; or 412: it changed since read
     NOOP = "noop"  # nothing to change
 
 

@@ -420,6 +420,8 @@ def _result(action: Action, res: PoolResult, detail: str = "") -> ActionResult:
         return ActionResult(action, Status.PENDING, text)
     if res.outcome is PoolOutcome.NOOP:
         return ActionResult(action, Status.NOOP, text)
+    # the adapter's detail says which conflict: another operation on the pool (409), or the pool
+    # changed since it was read (412, a count above the one planned)
     return ActionResult(action, Status.SKIPPED,
-                        "another operation on the pool is in progress (409); the next run re-observes"
-                        + (f"; {text}" if text else ""))
+                        "not applied: " + (text or "another operation on the pool is in progress")
+                        + "; the next run re-observes")
