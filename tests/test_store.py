@@ -621,6 +621,26 @@ async def test_azure_big_audit_entry_goes_to_a_blob_small_one_stays_inline(azuri
 
 
 @pytest.mark.azurite
+async def test_azure_audit_entry_of_characters_beyond_the_bmp_goes_to_a_blob(azurite: Azurite) -> None:
+    """A character beyond the BMP (an emoji, a rare CJK name character) is one code point but four
+    bytes of UTF-16, the form the 64 KiB property limit counts: an entry of 20,000 of them (80 KB
+    as UTF-16) was judged small by its code points and stored inline, and the service refused it."""
+    from azure.data.tables.aio import TableClient
+
+    store = azure_store(azurite)
+    try:
+        entry = _entry("sync", T0, note="\U0001F600" * 20_000)
+        entry_id = await store.append_audit(entry)
+        async with TableClient.from_connection_string(azurite.connection_string, store.audit_table) as table:
+            row = await table.get_entity("audit", entry_id)
+        assert "entry" not in row and row["entry_blob"] == f"audit/{entry_id}.json"
+        page, _ = await store.read_audit()
+        assert [e["id"] for e in page] == [entry_id] and page[0]["note"] == entry["note"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.azurite
 async def test_azure_lock_race_between_separate_clients(azurite: Azurite) -> None:
     """Like separate processes: each acquirer has its own store object and HTTP connections."""
     first = azure_store(azurite)

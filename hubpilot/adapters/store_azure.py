@@ -404,7 +404,8 @@ class AzureStore:
         row_key = self._row_key(at_us)
         row: dict[str, Any] = {"PartitionKey": _AUDIT_PK, "RowKey": row_key, "operation": operation,
                                "at": at.isoformat()}
-        if len(text) * 2 <= _INLINE_LIMIT or len(text.encode("utf-16-le")) <= _INLINE_LIMIT:
+        # a code point is 2 or 4 bytes of UTF-16 (beyond the BMP: an emoji): 4 per one is sure
+        if len(text) * 4 <= _INLINE_LIMIT or len(text.encode("utf-16-le")) <= _INLINE_LIMIT:
             row["entry"] = text
         else:
             blob = f"{_AUDIT_BLOBS}{row_key}.json"
