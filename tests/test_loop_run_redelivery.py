@@ -143,3 +143,62 @@ async def test_a_request_delivered_again_while_its_run_runs_leaves_the_running_d
             await task
     finally:
         await store.close()
+
+
+async def test_a_queued_run_locked_out_by_another_run_is_audited_once(tmp_path: Path) -> None:
+    """A run accepted over HTTP (202, its id given) that finds the operation's lock taken when it
+    starts (a CLI run took it meanwhile) reads as failed, but the audit log said nothing of it;
+    "the audit log keeps every run" (run documents are pruned): it holds one entry now, failed,
+    naming the holder, and the queue's second delivery adds none."""
+    store = SqliteStore(str(tmp_path / "state.sqlite3"))
+    ctx = shelf_context(store, Shelf({"a"}))
+    try:
+        req = await queue_shelf_run(ctx)
+        cli = await store.acquire_lock("shelf", "cli:bob:0123", timedelta(minutes=10), NOW)
+        assert cli is not None
+        assert await execute_run(ctx, req) is None
+        doc = await read_run(ctx, req.run_id)
+        assert doc is not None and doc["outcome"] == "failed" and "cli:bob" in doc["error"]
+        entries, _ = await store.read_audit(operation="shelf")
+        assert [(e["run_id"], e["outcome"], e["actor"], e["trigger"]) for e in entries] == \
+            [(req.run_id, "failed", "alice", "api")], "a run accepted over HTTP left no audit entry"
+        assert entries[0]["error"] == doc["error"] and entries[0]["at"] == doc["finished"]
+        await store.release_lock(cli)
+        await execute_run(ctx, req)  # delivered again: its run has finished (failed), not run again
+        again, _ = await store.read_audit(operation="shelf")
+        assert len(again) == 1
+    finally:
+        await store.close()
+
+
+async def test_a_queued_run_that_cannot_start_is_audited(tmp_path: Path) -> None:
+    """The same for a run whose capability cannot be built (an operation not configured)."""
+    store = SqliteStore(str(tmp_path / "state.sqlite3"))
+    ctx = shelf_context(store)  # no capability "shelf"
+    try:
+        req = await queue_shelf_run(ctx)
+        assert await execute_run(ctx, req) is None
+        entries, _ = await store.read_audit(operation="shelf")
+        assert [(e["run_id"], e["outcome"]) for e in entries] == [(req.run_id, "failed")]
+    finally:
+        await store.close()
+
+
+async def test_a_queued_run_that_applied_but_could_not_write_its_document_has_one_audit_entry(
+        tmp_path: Path) -> None:
+    """A run that got under way and raised after its audit entry (its run document could not be
+    written) is not audited a second time as a run that could not start."""
+    from tests.test_loop_audit_always import FailingFinish
+
+    store = FailingFinish(str(tmp_path / "state.sqlite3"))
+    cap = Shelf({"a"})
+    ctx = shelf_context(store, cap)
+    try:
+        req = await queue_shelf_run(ctx)  # the first run document write
+        store.run_puts = 0  # the run's "running" document is written, its finished one fails
+        assert await execute_run(ctx, req) is None
+        assert cap.items == {"a"}
+        entries, _ = await store.read_audit(operation="shelf")
+        assert [(e["run_id"], e["outcome"]) for e in entries] == [(req.run_id, "applied")]
+    finally:
+        await store.close()

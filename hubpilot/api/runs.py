@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from hubpilot.loop import RUN_KEY, LockHeld, Outcome, RunRecord, new_run_id
+from hubpilot.loop import RUN_KEY, LockHeld, Outcome, RunRecord, new_run_id, stored_time
 from hubpilot.ports.store import ConflictError, Lease
 from hubpilot.wiring import OPERATIONS, Context, NotConfigured, UnknownOperation
 
@@ -234,6 +234,8 @@ async def execute_run(ctx: Context, req: RunRequest) -> RunRecord | None:
 
 
 async def _record_unstarted(ctx: Context, req: RunRequest, error: str) -> None:
+    """Record a run that could not start as failed: its document, and its audit entry (the audit
+    log keeps every run; run documents are pruned)."""
     doc = _queued_doc(ctx, req)
     existing = await ctx.store.get(RUN_KEY.format(run_id=req.run_id))
     if existing:
@@ -243,6 +245,32 @@ async def _record_unstarted(ctx: Context, req: RunRequest, error: str) -> None:
         await ctx.store.put(RUN_KEY.format(run_id=req.run_id), doc)
     except Exception:
         log.exception("could not record run %s", req.run_id)
+    try:
+        if not await _audited(ctx, req, doc["started"]):
+            await ctx.store.append_audit({**doc, "at": doc["finished"], "kind": "run"})
+    except Exception:
+        log.exception("could not write the audit entry of run %s", req.run_id)
+
+
+AUDIT_PAGES_CHECKED = 10
+
+
+async def _audited(ctx: Context, req: RunRequest, started: Any) -> bool:
+    """Whether the audit log has an entry of this run already: a run that got under way and then
+    raised (its run document could not be written) wrote its entry before the error."""
+    try:
+        since = stored_time(started, "started")
+    except ValueError:
+        since = None
+    cursor: str | None = None
+    for _ in range(AUDIT_PAGES_CHECKED):
+        entries, cursor = await ctx.store.read_audit(since=since, operation=req.operation, limit=100,
+                                                     cursor=cursor)
+        if any(e.get("run_id") == req.run_id for e in entries):
+            return True
+        if cursor is None:
+            break
+    return False
 
 
 async def read_run(ctx: Context, run_id: str) -> dict[str, Any] | None:
