@@ -113,10 +113,14 @@ async def _pause(ctx: Context, operation: str, paused: bool, out: TextIO) -> int
 
 
 async def _status(ctx: Context, as_json: bool, out: TextIO) -> int:
+    from hubpilot.api.runs import reservation
+
     now = ctx.clock()
     status: dict[str, Any] = {}
     for op in OPERATIONS:
         lease = await ctx.store.read_lock(op, now)
+        if lease is None:  # a queued run holds the operation before it takes the lock (as GET /status)
+            lease = await reservation(ctx, op, now)
         status[op] = {
             "paused": await ctx.runner.is_paused(op),
             "lock": {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()} if lease else None,

@@ -8,6 +8,10 @@ the queue function is not running)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +25,7 @@ from tests.azurite import Azurite
 from tests.test_api_kit import asgi_client, auth, make_context, make_settings
 
 ADMIN = auth("admin")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -57,3 +62,31 @@ async def test_status_shows_the_reservation_of_a_queued_run_as_its_lock(ctx: Con
         assert lock["holder"] == refused["holder"] and run_id in lock["holder"]
         assert datetime.fromisoformat(lock["expires_at"]) == datetime.fromisoformat(refused["expires_at"])
         assert _op(status, "cull")["lock"] is None  # the other operations stay free
+
+
+@pytest.mark.azurite
+async def test_cli_status_shows_the_same_reservation_as_the_api(ctx: Context, tmp_path: Path) -> None:
+    """``hubpilot status`` on the same state store said the operation was free (no lock) while
+    ``GET /status`` and a second POST named the queued run that holds it."""
+    async with asgi_client(ctx) as c:
+        r = await c.post("/api/v1/sync", headers=ADMIN)
+        assert r.status_code == 202 and r.json()["outcome"] == "queued", r.text
+        api = _op((await c.get("/api/v1/status", headers=ADMIN)).json(), "sync")["lock"]
+    assert api is not None
+    config = tmp_path / "cli.toml"
+    config.write_text('[hub]\napi_url = "http://127.0.0.1:9/hub/api"\ntoken = "t"\n'
+                      f'[state]\nsqlite_path = "{Path(ctx.store.path).as_posix()}"\n')  # type: ignore[attr-defined]
+
+    async def status(*extra: str) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hubpilot.cli", "--config", str(config), "status", *extra, cwd=tmp_path,
+            env={**env, "PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()
+        return out.decode()
+
+    cli = json.loads(await status("--json"))
+    assert cli["sync"]["lock"] == api, "the CLI's status differs from the API's"
+    assert cli["cull"]["lock"] is None
+    assert f"locked by {api['holder']}" in await status()
