@@ -858,9 +858,10 @@ class AuditThrottle:
         except ConflictError:  # another process claimed this interval
             return False
         posts, since = self.held, self.written
-        self.held, self.written = 0, now
+        # counted as written once written: an append that fails leaves them to the next entry
         await self.store.append_audit({**entry, "refused_posts": posts,
                                        "since": since.isoformat() if since else None})
+        self.held, self.written = self.held - posts, now  # events during the append stay held
         return True
 
 

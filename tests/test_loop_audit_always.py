@@ -63,3 +63,40 @@ async def test_a_pause_whose_audit_entry_fails_is_in_force_and_says_so(tmp_path:
         assert not resumed.paused and resumed.audit_error is not None and not await r.is_paused("shelf")
     finally:
         await store.close()
+
+
+class AuditDownOnce(SqliteStore):
+    """The audit log's first append fails (an outage of its table); the later ones go through."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.failed = False
+
+    async def append_audit(self, entry: Mapping[str, Any]) -> str:
+        if not self.failed:
+            self.failed = True
+            raise StoreError("Azure Storage: cannot append the audit entry: HTTP 503 ServerBusy")
+        return await super().append_audit(entry)
+
+
+async def test_a_throttled_entry_that_could_not_be_written_loses_no_count(tmp_path: Path) -> None:
+    """The refused posts an entry stood for were forgotten when its append failed: the next entry
+    counted only the posts after it. They are counted by the next entry now."""
+    from datetime import UTC, datetime, timedelta
+
+    from hubpilot.loop import AuditThrottle
+
+    store = AuditDownOnce(str(tmp_path / "state.sqlite3"))
+    t0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    entry = {"at": t0.isoformat(), "operation": "graph-notifications", "outcome": "refused"}
+    throttle = AuditThrottle(store, "graph-notifications", timedelta(minutes=1))
+    try:
+        with pytest.raises(StoreError):
+            await throttle.record(entry, t0)
+        assert not await throttle.record(entry, t0 + timedelta(seconds=10))  # within the minute: held
+        assert await throttle.record(entry, t0 + timedelta(seconds=61))
+        entries, _ = await store.read_audit(operation="graph-notifications")
+        assert [e["refused_posts"] for e in entries] == [3], "posts counted by the failed entry were lost"
+        assert entries[0]["since"] is None  # no entry was written before it
+    finally:
+        await store.close()
