@@ -8,6 +8,7 @@ import asyncio
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from hubpilot.adapters.hub import HubClient
@@ -174,3 +175,39 @@ async def test_a_token_the_hub_does_not_know_names_the_setting(real_hub: RealHub
             await c.list_groups()
     assert e.value.status == 403 and "Missing or invalid credentials" in str(e.value)
     assert "hub.token" in str(e.value) and "HUBPILOT_HUB__TOKEN" in str(e.value), str(e.value)
+
+
+async def _browser_logs_in_to_server(hub: RealHub, name: str) -> None:
+    """A browser session: the hub's login form, then a page of the user's server, which sends
+    the browser through the hub's OAuth (the hub issues a token of the server's OAuth client)."""
+    async with httpx.AsyncClient(base_url=hub.url, timeout=30) as web:
+        page = await web.get("/hub/login")
+        xsrf = web.cookies.get("_xsrf")
+        assert xsrf, page.text[:200]
+        r = await web.post("/hub/login", data={"username": name, "password": hub.password, "_xsrf": xsrf})
+        assert r.status_code == 302, r.text[:200]
+        r = await web.get(f"/user/{name}/files/x", follow_redirects=True)
+        assert any("/oauth_callback" in str(h.url) for h in r.history), r.history
+
+
+async def test_oauth_tokens_of_one_server_are_all_counted_revoked(real_hub: RealHub) -> None:
+    # A user's server gets a token of its OAuth client for each browser session that logs in to
+    # it. The hub's DELETE of one such token deletes every token of that client, so the other
+    # DELETEs were answered 404 and counted as revoked by someone else: sync's "n token(s)
+    # revoked" said fewer than the hub shows gone.
+    name = unique_name("oauth")
+    async with HubClient(real_hub.api_url, real_hub.hubpilot_token, retries=0) as c:
+        await c.create_users([name])
+        await real_hub.spawn(name)
+        for _ in range(2):
+            await _browser_logs_in_to_server(real_hub, name)
+        async with real_hub.admin() as admin:
+            assert (await admin.post(f"/users/{name}/tokens", json={"note": "own"})).status_code == 201
+            tokens = (await admin.get(f"/users/{name}/tokens")).json()["api_tokens"]
+        clients = [t["oauth_client"] for t in tokens]
+        assert clients.count(f"Server at /user/{name}/") == 2 and len(tokens) == 4, tokens
+        assert await c.revoke_tokens(name) == 4
+        async with real_hub.admin() as admin:
+            assert (await admin.get(f"/users/{name}/tokens")).json()["api_tokens"] == []
+        assert await c.revoke_tokens(name) == 0
+        await c.stop_server(name)

@@ -62,6 +62,9 @@ _INVALID_NAME = re.compile(r"hub answered 400: Invalid usernames?: ")
 # the hub's 404 when the token holds the scope a handler needs only for other users or groups (a
 # filter such as "tokens!group=x"); it says the same for a user that does not exist
 _NO_ACCESS = "No access to resources or resources not found"
+# the token model's oauth_client of the hub's own tokens (client "jupyterhub"): the hub deletes them
+# one by one, and every token of any other OAuth client with one of them (DELETE /users/{name}/tokens/{id})
+_HUB_OAUTH_CLIENT = "JupyterHub"
 # route → the scope hubpilot's role must hold for every user (named in a filtered-scope error)
 _ROUTE_SCOPES = {
     "GET /users/{name}": "read:users and read:servers",
@@ -468,12 +471,15 @@ class HubClient:
         if not isinstance(body, dict) or not isinstance(body.get("api_tokens"), list):
             raise HubInvalidResponse(f"{what}: expected an object with an 'api_tokens' list")
         ids: list[str] = []
+        clients: list[str | None] = []
         for t in body["api_tokens"]:
             if not isinstance(t, dict) or not isinstance(t.get("id"), str):
                 raise HubInvalidResponse(f"{what}: a token without a string 'id'")
             ids.append(t["id"])
+            client = t.get("oauth_client")
+            clients.append(client if isinstance(client, str) and client != _HUB_OAUTH_CLIENT else None)
 
-        async def revoke(token_id: str) -> bool:
+        async def revoke(token_id: str) -> bool | None:
             sent: list[int] = []
             r = await self._request(
                 "DELETE", "/users/{name}/tokens/{token_id}",
@@ -481,11 +487,16 @@ class HubClient:
             )
             # a 404 to a retry: the token was listed just now and an earlier sending of this
             # DELETE, left unanswered (or answered 5xx), most likely revoked it: counted revoked,
-            # as the hub shows it gone. A 404 to the first sending: revoked by someone else
-            return r.status_code != 404 or sent[-1] > 1
+            # as the hub shows it gone. A 404 to the first sending (None): revoked by someone
+            # else, or by this call along with another token of its OAuth client (below)
+            return True if r.status_code != 404 or sent[-1] > 1 else None
 
         done = await asyncio.gather(*(revoke(i) for i in ids))
-        return sum(done)
+        # the hub deletes every token of an OAuth client (a server's, a service's: one per
+        # browser session that logged in to it) with any one of them: those this call revoked
+        # took the other tokens of their client with them
+        took = {c for c, d in zip(clients, done, strict=True) if d and c is not None}
+        return sum(1 for c, d in zip(clients, done, strict=True) if d or (c is not None and c in took))
 
     async def delete_user(self, name: str) -> bool:
         """The hub's DELETE /users/{name} stops the default server only, and fails (500 "Spawner

@@ -163,7 +163,8 @@ class Hub(Protocol):
 
     async def revoke_tokens(self, user: str) -> int:
         """Revoke every API token of a user; returns how many were revoked (a token listed whose
-        deletion was answered "not found" only on a retry counts: an earlier sending revoked it)."""
+        deletion was answered "not found" only on a retry counts: an earlier sending revoked it;
+        so does one the hub deleted along with another token of its OAuth client)."""
         ...
 
     async def delete_user(self, name: str) -> bool:
