@@ -211,3 +211,17 @@ async def test_oauth_tokens_of_one_server_are_all_counted_revoked(real_hub: Real
             assert (await admin.get(f"/users/{name}/tokens")).json()["api_tokens"] == []
         assert await c.revoke_tokens(name) == 0
         await c.stop_server(name)
+
+
+async def test_a_server_named_dot_dot_is_never_sent_as_a_path_step(real_hub: RealHub) -> None:
+    """A named server "..": the hub takes such a name when called on its own port (a notebook can
+    reach it), and httpx resolves the dot segment, so stopping that server was sent as
+    ``DELETE /users/{name}``: the user was deleted though hubpilot never deletes users unless
+    told to. Such a name is refused before anything is sent."""
+    name = unique_name("dots")
+    async with HubClient(real_hub.api_url, real_hub.hubpilot_token, retries=0) as c:
+        await c.create_users([name])
+        for call in (c.stop_server(name, ".."), c.delete_server(name, ".."), c.stop_server(name, ".")):
+            with pytest.raises(HubError, match="path step"):
+                await call
+        assert await c.get_user(name) is not None

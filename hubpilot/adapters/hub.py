@@ -158,6 +158,11 @@ class HubClient:
         ``accept`` (an expected 'already so' answer); raises HubError otherwise. ``request_timeout``:
         this request's timeout, instead of the client's. ``attempts``: gets the number of times the
         answered request was sent (more than one: an earlier sending may have acted unanswered)."""
+        for k, v in (path_args or {}).items():
+            if v in (".", ".."):  # a path step to httpx and proxies: "/users/u/servers/.." is DELETE /users/u
+                self._counts["errors"] += 1
+                raise HubError(f"{method} {template}: not sent: the {k} {v!r} would be read as a path step "
+                               "and the request would reach another resource; handle it in the hub by hand")
         path = template.format(**{k: quote(v, safe="") for k, v in (path_args or {}).items()})
         route = f"{method} {template}"
         what = f"{method} {path}"
