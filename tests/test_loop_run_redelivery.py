@@ -13,6 +13,7 @@ import pytest
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.api.runs import RunRequest, _queued_doc, execute_run, read_run
 from hubpilot.loop import RUN_KEY, new_run_id
+from hubpilot.ports.store import StoreError
 from hubpilot.wiring import Context
 from tests.test_loop import NOW, Shelf, runner
 
@@ -202,3 +203,38 @@ async def test_a_queued_run_that_applied_but_could_not_write_its_document_has_on
         assert [(e["run_id"], e["outcome"]) for e in entries] == [(req.run_id, "applied")]
     finally:
         await store.close()
+
+
+class FailingLastRun(SqliteStore):
+    """The run's finished document is written; the operation's last-run document is not."""
+
+    async def put(self, key: str, doc: Any, *, if_match: str | None = None) -> str:
+        if key.startswith("last_run/"):
+            raise StoreError("Azure Storage: cannot write document: HTTP 503 ServerBusy")
+        return await super().put(key, doc, if_match=if_match)
+
+
+async def test_a_queued_run_that_applied_reads_as_applied_though_finishing_it_failed(tmp_path: Path) -> None:
+    """A run that applied and wrote its "applied" audit entry, and then could not write its run
+    document (or the last-run document after it), was recorded as a run that could not start:
+    ``GET /runs/{id}`` read "failed" (its plan and results gone) while the audit log said
+    "applied". Its document now says what the run did, as its audit entry does."""
+    from tests.test_loop_audit_always import FailingFinish
+
+    for store in (FailingFinish(str(tmp_path / "finish.sqlite3")), FailingLastRun(str(tmp_path / "last.sqlite3"))):
+        cap = Shelf({"a"})
+        ctx = shelf_context(store, cap)
+        try:
+            req = await queue_shelf_run(ctx)
+            if isinstance(store, FailingFinish):
+                store.run_puts = 0  # the run's "running" document is written, its finished one fails
+            await execute_run(ctx, req)
+            entries, _ = await store.read_audit(operation="shelf")
+            assert [(e["run_id"], e["outcome"]) for e in entries] == [(req.run_id, "applied")]
+            doc = await read_run(ctx, req.run_id)
+            assert doc is not None
+            assert (doc["outcome"], doc["plan_id"], doc["result_counts"]) == \
+                ("applied", entries[0]["plan_id"], entries[0]["result_counts"]), doc
+            assert doc["finished"] == entries[0]["at"]
+        finally:
+            await store.close()

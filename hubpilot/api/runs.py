@@ -235,28 +235,41 @@ async def execute_run(ctx: Context, req: RunRequest) -> RunRecord | None:
 
 async def _record_unstarted(ctx: Context, req: RunRequest, error: str) -> None:
     """Record a run that could not start as failed: its document, and its audit entry (the audit
-    log keeps every run; run documents are pruned)."""
+    log keeps every run; run documents are pruned). A run that got under way and raised after its
+    audit entry (its finished document, or the last-run document after it, could not be written)
+    did start: its document is written from that entry, so it says what the run did, as the audit
+    log does, and no second entry is added."""
     doc = _queued_doc(ctx, req)
     existing = await ctx.store.get(RUN_KEY.format(run_id=req.run_id))
     if existing:
         doc["started"] = existing.get("started", doc["started"])
-    doc.update({"outcome": str(Outcome.FAILED), "finished": ctx.clock().isoformat(), "error": error})
+    audited: dict[str, Any] | None = None
+    checked = False
+    try:
+        audited = await _audit_entry(ctx, req, doc["started"])
+        checked = True
+    except Exception:
+        log.exception("could not read the audit log for run %s", req.run_id)
+    if audited is not None:
+        doc = {k: v for k, v in audited.items() if k not in ("at", "kind", "id")}
+    else:
+        doc.update({"outcome": str(Outcome.FAILED), "finished": ctx.clock().isoformat(), "error": error})
     try:
         await ctx.store.put(RUN_KEY.format(run_id=req.run_id), doc)
     except Exception:
         log.exception("could not record run %s", req.run_id)
-    try:
-        if not await _audited(ctx, req, doc["started"]):
+    if checked and audited is None:
+        try:
             await ctx.store.append_audit({**doc, "at": doc["finished"], "kind": "run"})
-    except Exception:
-        log.exception("could not write the audit entry of run %s", req.run_id)
+        except Exception:
+            log.exception("could not write the audit entry of run %s", req.run_id)
 
 
 AUDIT_PAGES_CHECKED = 10
 
 
-async def _audited(ctx: Context, req: RunRequest, started: Any) -> bool:
-    """Whether the audit log has an entry of this run already: a run that got under way and then
+async def _audit_entry(ctx: Context, req: RunRequest, started: Any) -> dict[str, Any] | None:
+    """The audit log's entry of this run, if it has one already: a run that got under way and then
     raised (its run document could not be written) wrote its entry before the error."""
     try:
         since = stored_time(started, "started")
@@ -266,11 +279,12 @@ async def _audited(ctx: Context, req: RunRequest, started: Any) -> bool:
     for _ in range(AUDIT_PAGES_CHECKED):
         entries, cursor = await ctx.store.read_audit(since=since, operation=req.operation, limit=100,
                                                      cursor=cursor)
-        if any(e.get("run_id") == req.run_id for e in entries):
-            return True
+        for e in entries:
+            if e.get("run_id") == req.run_id and e.get("kind") == "run":
+                return e
         if cursor is None:
             break
-    return False
+    return None
 
 
 async def read_run(ctx: Context, run_id: str) -> dict[str, Any] | None:
