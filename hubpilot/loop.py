@@ -787,7 +787,16 @@ class Runner(Generic[ObservedT]):
                 "result_counts": record.result_counts(),
             })
         finally:  # the audit entry is the record of what was done: written even if those fail
-            await self._audit(entry)
+            # and even if the run is cancelled meanwhile (the host stopping): the append goes on to
+            # its end, then the cancellation does (run() writes no entry once _finish has begun)
+            append = asyncio.ensure_future(self._audit(entry))
+            try:
+                await asyncio.shield(append)
+            except asyncio.CancelledError:
+                if not append.done():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(append)
+                raise
         await self._prune_runs()
         return record
 

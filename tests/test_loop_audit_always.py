@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -98,5 +99,43 @@ async def test_a_throttled_entry_that_could_not_be_written_loses_no_count(tmp_pa
         entries, _ = await store.read_audit(operation="graph-notifications")
         assert [e["refused_posts"] for e in entries] == [3], "posts counted by the failed entry were lost"
         assert entries[0]["since"] is None  # no entry was written before it
+    finally:
+        await store.close()
+
+
+class SlowAudit(SqliteStore):
+    """An audit append takes a while (a request to Azure Storage): it waits until the test lets
+    it go, and says when it has begun."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.appending = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def append_audit(self, entry: Mapping[str, Any]) -> str:
+        self.appending.set()
+        await self.go.wait()
+        return await super().append_audit(entry)
+
+
+async def test_a_run_cancelled_while_its_audit_entry_is_written_keeps_its_entry(tmp_path: Path) -> None:
+    """A run that applied was cancelled (the host stopping) while its final audit entry was being
+    written: the append was abandoned, and the cancelled run's own entry is written only for a run
+    that had not begun to finish, so the run that applied left no audit entry at all. The append
+    now finishes (once), then the cancellation goes on."""
+    store = SlowAudit(str(tmp_path / "state.sqlite3"))
+    cap = Shelf({"a"})
+    try:
+        r = runner(store)
+        task = asyncio.create_task(r.run(cap, trigger="t", actor="me"))
+        await asyncio.wait_for(store.appending.wait(), 10)
+        task.cancel()
+        store.go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert cap.items == {"a"}  # applied
+        entries, _ = await store.read_audit(operation="shelf")
+        assert [e["outcome"] for e in entries] == ["applied"], "the run that applied left no audit entry"
+        assert await store.read_lock("shelf", r.clock()) is None  # the lock is released as ever
     finally:
         await store.close()
