@@ -236,6 +236,12 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             "and is enabled, that the app's keyVaultReferenceIdentity has 'Key Vault Secrets User' on "
             "the vault, and the reference's status in the app's environment variables; then restart the app"
             for name in unresolved))
+    placeholders = _placeholders()
+    if placeholders:
+        raise SettingsError("invalid settings:\n" + "\n".join(
+            f"  {name}: still holds a placeholder of local.settings.example.json ({PLACEHOLDER}...): "
+            "put the real value in its place (the settings reference in README.md says what it is)"
+            for name in placeholders))
     previous, _explicit_path = _explicit_path, Path(path) if path is not None else None
     try:
         settings = Settings(**overrides)
@@ -350,6 +356,18 @@ def _unresolved_key_vault_references() -> list[str]:
     resolved secret is never shown, and the reference names the vault)."""
     return sorted(name for name, value in os.environ.items()
                   if name.upper().startswith(ENV_PREFIX) and value.strip().lower().startswith(KEY_VAULT_REFERENCE))
+
+
+PLACEHOLDER = "replace-with-"
+"""How the placeholders of local.settings.example.json start: a value still holding one (the hub
+token, an API token's sha256) is refused, not sent to the hub as a bearer token."""
+
+
+def _placeholders() -> list[str]:
+    """``HUBPILOT_…`` variables that still hold a placeholder of the example app settings (never
+    their values: a secret is never shown)."""
+    return sorted(name for name, value in os.environ.items()
+                  if name.upper().startswith(ENV_PREFIX) and PLACEHOLDER in value.lower())
 
 
 def _non_json_env() -> list[str]:

@@ -345,3 +345,33 @@ def test_the_cull_settings_table_states_the_defaults_the_code_has() -> None:
                 f"docs/cull.md says {key} defaults to {value}; the code's default is {default!r}")
             checked += 1
     assert checked >= 14, checked
+
+
+
+def test_the_whole_example_app_settings_file_loads_once_its_placeholders_are_replaced(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """local.settings.example.json as ``func start`` hands it over: the placeholders are refused,
+    each variable named (the hub token's was sent to the hub as a bearer token), and with them
+    replaced every value loads as it is."""
+    import hashlib
+    import json
+
+    values = json.loads((README.parent / "local.settings.example.json").read_text())["Values"]
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    text = str(err.value)
+    for name in ("HUBPILOT_HUB__TOKEN", "HUBPILOT_API__TOKENS"):
+        assert f"  {name}: still holds a placeholder of local.settings.example.json" in text, text
+    sha = hashlib.sha256(b"the-token").hexdigest()
+    monkeypatch.setenv("HUBPILOT_HUB__TOKEN", "the-service-token")
+    monkeypatch.setenv("HUBPILOT_API__TOKENS", values["HUBPILOT_API__TOKENS"].replace(
+        "replace-with-the-64-hex-sha256-of-the-token", sha))
+    s = load_settings()
+    assert str(s.hub.api_url) == values["HUBPILOT_HUB__API_URL"]
+    assert s.hub.token.get_secret_value() == "the-service-token"
+    assert s.state.kind == "azure" and s.api.run_mode == "queue" and not s.api.app_service_auth
+    assert [t.sha256 for t in s.api.tokens] == [sha]
+    assert (s.sync.schedule, s.cull.schedule, s.scale.schedule) == (
+        values["HUBPILOT_SYNC_SCHEDULE"], values["HUBPILOT_CULL_SCHEDULE"], values["HUBPILOT_SCALE_SCHEDULE"])
