@@ -61,7 +61,10 @@ class Settings(BaseSettings):
     cull: CullSettings = Field(default_factory=CullSettings)
     scale: ScaleSettings = Field(default_factory=ScaleSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
-    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description=(
+        "Log level of hubpilot serve (its log lines on stderr, uvicorn's too): DEBUG, INFO, WARNING or "
+        "ERROR. The one-shot commands (sync, cull, scale, status, ...) print their result and log "
+        "warnings and errors only; the Functions app does not read it (host.json's logging.logLevel decides)."))
     _file: Path | None = PrivateAttr(default=None)
 
     @property

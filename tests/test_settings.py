@@ -375,3 +375,9 @@ def test_the_whole_example_app_settings_file_loads_once_its_placeholders_are_rep
     assert [t.sha256 for t in s.api.tokens] == [sha]
     assert (s.sync.schedule, s.cull.schedule, s.scale.schedule) == (
         values["HUBPILOT_SYNC_SCHEDULE"], values["HUBPILOT_CULL_SCHEDULE"], values["HUBPILOT_SCALE_SCHEDULE"])
+
+
+
+def test_every_setting_in_the_reference_says_what_it_does() -> None:
+    """``log_level`` had an empty meaning."""
+    assert [row[0] for row in _reference_rows() if not row[4]] == []
