@@ -3,7 +3,8 @@
 Sources, highest priority first: environment variables ``HUBPILOT_<SECTION>__<KEY>`` (``__``
 nests; lists and objects are JSON — how Azure Functions app settings arrive), then a TOML file
 (``hubpilot.toml``, same structure), then defaults. The operations' schedules also have flat
-names (``HUBPILOT_SYNC_SCHEDULE``, see ``TIMER_SCHEDULE_ENV``).
+names (``HUBPILOT_SYNC_SCHEDULE``, see ``TIMER_SCHEDULE_ENV``). Any other ``HUBPILOT_`` name is
+refused unless ``OTHER_ENV`` lists it (the hub side's, the user image's, the deployment's).
 """
 
 from __future__ import annotations
@@ -40,6 +41,27 @@ DEFAULT_FILE = "hubpilot.toml"
 # flat names, and so do the settings: one value for the timer and for what hubpilot validates.
 TIMER_SCHEDULE_ENV = {"sync": "HUBPILOT_SYNC_SCHEDULE", "cull": "HUBPILOT_CULL_SCHEDULE",
                       "scale": "HUBPILOT_SCALE_SCHEDULE"}
+
+OTHER_ENV: dict[str, str] = {
+    CONFIG_ENV: "hubpilot: the settings file",
+    **{name: f"the Functions timer of {op}, and {op}.schedule" for op, name in TIMER_SCHEDULE_ENV.items()},
+    "HUBPILOT_API_TOKEN": "the hub's configuration: the hubpilot service's token (deploy/z2jh)",
+    "HUBPILOT_DEMAND_URL": "the hub's configuration: the GPU demand signal's URL (docs/scale.md)",
+    "HUBPILOT_DEMAND_TOKEN": "the hub's configuration: the GPU demand signal's token (docs/scale.md)",
+    "HUBPILOT_ACTIVITY_CHECK_SECONDS": "hubpilot_activity in the user image",
+    "HUBPILOT_HUB_TOKEN": "infra/bicep/main.bicepparam (the deployment's shell)",
+    "HUBPILOT_API_TOKENS": "infra/bicep/main.bicepparam (the deployment's shell)",
+    "HUBPILOT_GRAPH_CLIENT_STATE": "infra/bicep/main.bicepparam (the deployment's shell)",
+    "HUBPILOT_HUB_VENV": "development: the JupyterHub the local hub and the tests run",
+    "HUBPILOT_SKIP_NEWEST_HUB": "development: scripts/test",
+    "HUBPILOT_SLAPD": "development: the local LDAP server (hubpilot.localldap)",
+    "HUBPILOT_TEST_SLAPADD": "development: the local LDAP server (hubpilot.localldap)",
+    "HUBPILOT_SLAPD_MODULES": "development: the local LDAP server (hubpilot.localldap)",
+    "HUBPILOT_SLAPD_SCHEMA": "development: the local LDAP server (hubpilot.localldap)",
+    "HUBPILOT_TEST_DEMO_MARK": "development: the demo's tests",
+}
+"""Every ``HUBPILOT_`` name without ``__`` that is not a setting, and who reads it. Any other such
+name is refused at load (a misspelt setting would be ignored): add a new one here."""
 
 
 class SettingsError(Exception):
@@ -225,12 +247,14 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         # act on another hub and state store without a word
         what = "is a directory" if Path(named).is_dir() else "does not exist"
         raise SettingsError(f"config file {named}{by} {what}")
-    unknown = _unknown_sections()
+    unknown = [f"  {name}: there is no settings section {name[len(ENV_PREFIX):].split('__')[0].lower()!r} "
+               f"(sections: {', '.join(sorted(Settings.model_fields))}); a misspelt name would be ignored"
+               for name in _unknown_sections()]
+    unknown += [f"  {name}: hubpilot reads no such variable{hint} (settings are {ENV_PREFIX}<SECTION>__<KEY>; "
+                f"the other {ENV_PREFIX} names allowed: README, Settings reference); a misspelt name would be ignored"
+                for name, hint in _unknown_flat_names()]
     if unknown:
-        raise SettingsError("invalid settings:\n" + "\n".join(
-            f"  {name}: there is no settings section {name[len(ENV_PREFIX):].split('__')[0].lower()!r} "
-            f"(sections: {', '.join(sorted(Settings.model_fields))}); a misspelt name would be ignored"
-            for name in unknown))
+        raise SettingsError("invalid settings:\n" + "\n".join(unknown))
     unresolved = _unresolved_key_vault_references()
     if unresolved:
         raise SettingsError("invalid settings:\n" + "\n".join(
@@ -341,11 +365,41 @@ def _unknown(loc: tuple[Any, ...]) -> str:
 
 def _unknown_sections() -> list[str]:
     """``HUBPILOT_<SECTION>__…`` variables whose section does not exist (an unknown key inside a
-    known section is refused by the model itself). Names without ``__`` are left alone: the hub
-    side and deployment scripts use some (``HUBPILOT_HUB_TOKEN``)."""
+    known section is refused by the model itself). Names without ``__``: ``_unknown_flat_names``."""
     return sorted(name for name in os.environ
                   if name.upper().startswith(ENV_PREFIX) and "__" in name
                   and name[len(ENV_PREFIX):].split("__")[0].lower() not in Settings.model_fields)
+
+
+def _unknown_flat_names() -> list[tuple[str, str]]:
+    """``HUBPILOT_…`` variables without ``__`` that are neither a setting (``HUBPILOT_LOG_LEVEL``, a
+    whole section as JSON) nor one of ``OTHER_ENV``, each with a "did you mean" when a name is near."""
+    import difflib
+
+    flat = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | set(OTHER_ENV)
+    out = []
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or "__" in upper or upper in flat:
+            continue
+        near = difflib.get_close_matches(upper, sorted(flat | _setting_env_names()), n=1, cutoff=0.8)
+        out.append((name, f"; did you mean {near[0]}?" if near else ""))
+    return out
+
+
+def _setting_env_names() -> set[str]:
+    """The environment variable of every setting (a list of objects: the list's own)."""
+    names: set[str] = set()
+
+    def walk(model: Any, loc: tuple[str, ...]) -> None:
+        for name, info in model.model_fields.items():
+            sub = _model_in(info.annotation)
+            names.add(_env_name((*loc, name), flat=False))
+            if sub is not None and getattr(info.annotation, "__origin__", None) is not list:
+                walk(sub, (*loc, name))
+
+    walk(Settings, ())
+    return names
 
 
 KEY_VAULT_REFERENCE = "@microsoft.keyvault("

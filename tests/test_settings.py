@@ -381,3 +381,53 @@ def test_the_whole_example_app_settings_file_loads_once_its_placeholders_are_rep
 def test_every_setting_in_the_reference_says_what_it_does() -> None:
     """``log_level`` had an empty meaning."""
     assert [row[0] for row in _reference_rows() if not row[4]] == []
+
+
+
+@pytest.mark.parametrize(("name", "meant"), [
+    ("HUBPILOT_LOG_LEVL", "HUBPILOT_LOG_LEVEL"),
+    ("HUBPILOT_SYNC_SCHEDUL", "HUBPILOT_SYNC_SCHEDULE"),
+    ("HUBPILOT_SYNC_MAX_REMOVALS", "HUBPILOT_SYNC__MAX_REMOVALS"),
+    ("HUBPILOT_SCALE_ENABLED", "HUBPILOT_SCALE__ENABLED"),
+])
+def test_a_misspelt_variable_without_a_double_underscore_is_refused(
+        monkeypatch: pytest.MonkeyPatch, name: str, meant: str) -> None:
+    """Names without ``__`` were all left alone (the hub side, the timers and the deployment use
+    some): HUBPILOT_SYNC_MAX_REMOVALS=3 was ignored and the removal limit silently the default."""
+    monkeypatch.setenv(name, "3")
+    with pytest.raises(SettingsError, match=f"  {name}: hubpilot reads no such variable; did you mean {meant}\\?"):
+        load_settings()
+
+
+def test_the_variables_other_parts_read_still_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub side's, the user image's, the deployment's and the development tools' own
+    ``HUBPILOT_`` names are no settings and no typos: an environment holding them loads."""
+    for name, value in {"HUBPILOT_API_TOKEN": "t", "HUBPILOT_DEMAND_URL": "https://hubpilot.example.org/api/v1",
+                        "HUBPILOT_DEMAND_TOKEN": "t", "HUBPILOT_ACTIVITY_CHECK_SECONDS": "60",
+                        "HUBPILOT_HUB_TOKEN": "t", "HUBPILOT_API_TOKENS": "[]", "HUBPILOT_GRAPH_CLIENT_STATE": "s",
+                        "HUBPILOT_HUB_VENV": ".venv-hub-newest", "HUBPILOT_SKIP_NEWEST_HUB": "1",
+                        "HUBPILOT_SLAPD": "/usr/sbin/slapd", "HUBPILOT_LOG_LEVEL": "DEBUG",
+                        "HUBPILOT_CULL_SCHEDULE": "0 */3 * * * *"}.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.log_level == "DEBUG" and settings.cull.schedule == "0 */3 * * * *"
+
+
+def test_every_flat_variable_the_project_names_is_known() -> None:
+    """Every ``HUBPILOT_`` name without ``__`` that the code, the deployment files or the docs name
+    is a setting or one of ``OTHER_ENV`` (the one list): a new one left out would stop hubpilot
+    where it is set."""
+    from hubpilot.settings import OTHER_ENV, Settings
+
+    root = README.parent
+    files = [README, root / "local.settings.example.json", root / "function_app.py",
+             *(p for d in ("hubpilot", "hubpilot_hub", "hubpilot_activity", "functions", "deploy", "infra",
+                           "scripts", "docs", ".ci", "bench")
+               for p in (root / d).rglob("*") if p.is_file() and p.suffix != ".pyc")]
+    named = r"\bHUBPILOT_[A-Z0-9_]*[A-Z0-9]\b"
+    seen = {name for p in files for name in re.findall(named, p.read_text(errors="replace")) if "__" not in name}
+    seen -= {"HUBPILOT_SCOPES"}  # hubpilot_hub.scopes' constant, no variable
+    seen -= {"HUBPILOT_LOG_LEVL", "HUBPILOT_SYNC_MAX_REMOVALS"}  # README's examples of names refused
+    assert {"HUBPILOT_DEMAND_TOKEN", "HUBPILOT_ACTIVITY_CHECK_SECONDS", "HUBPILOT_HUB_VENV"} <= seen
+    settings_names = {"HUBPILOT_" + name.upper() for name in Settings.model_fields}
+    assert sorted(seen - settings_names - set(OTHER_ENV)) == []
