@@ -6,7 +6,7 @@ next scale timer. It never blocks the spawn: the request is sent in the backgrou
 failure is logged, nothing more. In ``jupyterhub_config.py``, after ``hubpilot_hub.configure``::
 
     from hubpilot_hub.scale_demand import configure_scale_demand
-    configure_scale_demand(c, url="https://hubpilot.example.org/api/v1", token=os.environ["HUBPILOT_HUB_TOKEN"],
+    configure_scale_demand(c, url="https://hubpilot.example.org/api/v1", token=os.environ["HUBPILOT_DEMAND_TOKEN"],
                            gpu_profiles=["gpu-t4"], gpu_start_timeout=900)
 
 ``gpu_start_timeout`` raises the start timeout of the GPU profiles above the node boot time, so
