@@ -127,3 +127,22 @@ def test_a_pod_selector_the_adapter_cannot_apply_is_refused_with_the_settings(se
 def test_a_pod_selector_whose_value_contains_in_or_notin_is_taken(selector: str) -> None:
     assert ScaleSettings(user_pod_selector=selector).user_pod_selector == selector
     KubeCluster(namespace=NS, pool="gpu", api_url="http://127.0.0.1:9", user_pod_selector=selector)
+
+
+async def test_a_pod_pinned_by_aks_older_agentpool_label_is_recognised(world: dict[str, Any]) -> None:  # noqa: F811
+    """AKS labels every node with its pool twice: ``kubernetes.azure.com/agentpool`` and the older
+    ``agentpool`` (which many GPU profiles' ``node_selector`` still use). A waiting pod pinned to
+    another pool by ``agentpool`` (nodeSelector or required affinity) lands there only: no demand
+    here; one pinned to this pool by it is."""
+    kube: Emulator = world["kube"]
+    kube.node("gpu-0")
+    for name in ("old-mine", "old-sel-other", "old-aff-other", "old-aff-notin"):
+        kube.pod(name, None)
+    edit(kube, "pods", "old-mine", NS, spec={"nodeSelector": {"agentpool": "gpu"}})
+    edit(kube, "pods", "old-sel-other", NS, spec={"nodeSelector": {"agentpool": "a100"}})
+    edit(kube, "pods", "old-aff-other", NS, spec={"affinity": affinity(
+        [{"key": "agentpool", "operator": "In", "values": ["a100"]}])})
+    edit(kube, "pods", "old-aff-notin", NS, spec={"affinity": affinity(
+        [{"key": "agentpool", "operator": "NotIn", "values": ["gpu"]}])})
+    view = await world["cluster"].read()
+    assert sorted(p.name for p in view.pods) == ["old-mine"]

@@ -53,6 +53,9 @@ SERVER_ANNOTATION = "hub.jupyter.org/servername"
 T = TypeVar("T")
 k8s_config: Any = _k8s_config
 
+AKS_POOL_LABELS = ("kubernetes.azure.com/agentpool", "agentpool")
+"""The labels AKS puts on every node of an agent pool, with the pool's name as their value."""
+
 AKS_SERVER_ID = "6dae42f8-4368-4678-94ff-3960e28e3630"
 """Application id of "Azure Kubernetes Service AAD Server", the audience of tokens for the API
 server of every AKS cluster with AKS-managed Entra ID."""
@@ -312,14 +315,18 @@ class KubeCluster:
         return await self._call(call, f"{what} {node}")
 
     def _may_land_here(self, p: Any) -> bool:
-        """False when the pod's ``nodeSelector`` or required node affinity on the pool label rules
-        out this pool (a pod waiting for another agent pool is no demand for this one); True when
-        they allow it or say nothing of the pool label."""
+        """False when the pod's ``nodeSelector`` or required node affinity on the pool label (or
+        AKS's own pool labels, ``agentpool`` among them) rules out this pool (a pod waiting for
+        another agent pool is no demand for this one); True when they allow it or say nothing of
+        the pool labels."""
         spec = p.spec
         if spec is None:
             return True
-        wanted = (spec.node_selector or {}).get(self.node_label)
-        if wanted is not None and wanted != self.pool:
+        # AKS labels a pool's nodes with its name twice: the pool label and the older "agentpool"
+        # (still in many profiles' node_selector); a pod pinned by either lands on that pool only
+        keys = {self.node_label, *AKS_POOL_LABELS}
+        selector = spec.node_selector or {}
+        if any(selector.get(k) not in (None, self.pool) for k in keys):
             return False
         node_affinity = spec.affinity.node_affinity if spec.affinity else None
         required = node_affinity.required_during_scheduling_ignored_during_execution if node_affinity else None
@@ -327,7 +334,7 @@ class KubeCluster:
 
         def allows(term: Any) -> bool:
             for e in term.match_expressions or []:
-                if e.key != self.node_label:
+                if e.key not in keys:
                     continue
                 values = e.values or []
                 if ((e.operator == "In" and self.pool not in values)
