@@ -4,6 +4,7 @@ the GPU profiles tolerate, and the unschedulable taint of a cordon (injected clo
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -169,7 +170,7 @@ def test_the_pools_own_taint_is_never_an_obstacle_even_to_a_pod_that_does_not_to
     obs = observed(p, [node("n0", POOL_TAINT), node("n1", POOL_TAINT)], [upod("a", "n0", POOL_TOLERATION),
                                                                           upod("b", None)])
     plan = plan_scale(obs, POLICY, T0)
-    assert plan.empty, kinds(plan)  # n1 is counted for b, as before the taints were read: no replacement
+    assert plan.empty, kinds(plan)  # b is no demand here; n1 is empty, not yet idle: no replacement
     assert not any("unusable" in w for w in plan.facts["why"])
 
 
@@ -248,3 +249,37 @@ def test_a_stopped_vm_the_autoscaler_just_deallocated_is_not_subtracted_from_the
         plan = plan_scale(obs, policy, T0)
         assert plan.facts["stopped"] == 1
         assert ("remove_nodes", {"nodes": ["n2"], "from": 3}) in kinds(plan), (marks, kinds(plan), plan.notes)
+
+
+def test_a_waiting_pod_that_does_not_tolerate_the_pools_own_taint_is_no_demand() -> None:
+    """A waiting GPU pod without the toleration of the pool's nodeTaints can land on none of its
+    nodes (one for another GPU pool, a profile without it): no pod for this pool. Counted as
+    demand, it booted a node that stayed empty (and kept it) for as long as the pod waited."""
+    p = PoolState("gpu", 1, None, None, False, "Running", "Succeeded", "Standard_NC4as_T4_v3", "e1", "Delete",
+                  ("sku=gpu:NoSchedule",))
+    plan = plan_scale(observed(p, [node("n0", POOL_TAINT)], [upod("a", "n0", POOL_TOLERATION), upod("b", None)]),
+                      POLICY, T0)
+    assert plan.empty, kinds(plan)
+    assert plan.facts["pending"] == []
+    # one that tolerates it is demand, as before
+    plan = plan_scale(observed(p, [node("n0", POOL_TAINT)], [upod("a", "n0", POOL_TOLERATION),
+                                                             upod("b", None, POOL_TOLERATION)]), POLICY, T0)
+    assert kinds(plan) == [("set_count", {"count": 2, "from": 1})]
+    # a NoExecute taint of the pool, tolerated only for a while, is no place for it either
+    p2 = dataclasses.replace(p, node_taints=("maint=x:NoExecute",))
+    brief = Toleration("maint", "Equal", "x", "NoExecute", 60)
+    plan = plan_scale(observed(p2, [node("n0")], [upod("a", "n0"), upod("b", None, brief)]), POLICY, T0)
+    assert plan.empty, kinds(plan)
+
+
+def test_no_idle_server_is_reclaimed_for_a_pod_that_cannot_land_on_the_pool() -> None:
+    """With reclaim on, a waiting pod counted as demand stopped a user's idle GPU server for a pod
+    that does not tolerate the pool's taint and could not take the freed node."""
+    p = PoolState("gpu", 1, None, None, False, "Running", "Succeeded", "Standard_NC4as_T4_v3", "e1", "Delete",
+                  ("sku=gpu:NoSchedule",))
+    policy = dataclasses.replace(POLICY, reclaim_after=timedelta(minutes=5))
+    obs = dataclasses.replace(
+        observed(p, [node("n0", POOL_TAINT)], [upod("a", "n0", POOL_TOLERATION), upod("b", None)]),
+        activity={"a~": LONG_AGO})
+    plan = plan_scale(obs, policy, T0)
+    assert not [k for k, _ in kinds(plan) if k == "reclaim_server"], kinds(plan)

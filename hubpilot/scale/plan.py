@@ -211,11 +211,30 @@ def being_deleted(node: NodeInfo, now: datetime) -> str | None:
     return None
 
 
+def pool_taints(pool: PoolState) -> tuple[Taint, ...]:
+    """The pool's own NoSchedule/NoExecute taints (its nodeTaints, "key=value:Effect")."""
+    out = []
+    for text in pool.node_taints:
+        head, _, effect = text.rpartition(":")
+        key, _, value = head.partition("=")
+        if key and effect in HARD_EFFECTS:
+            out.append(Taint(key, value, effect))
+    return tuple(out)
+
+
+def fits_pool(pod: UserPod, taints: Sequence[Taint]) -> bool:
+    """Whether the pod tolerates the pool's own hard taints (``pool_taints``), as it must to land
+    on any of its nodes: one that does not is no pod for this pool, and no demand for it."""
+    return all(any(tol.stays(t) for tol in pod.tolerations) for t in taints)
+
+
 def gpu_tolerations(observed: Observed) -> list[tuple[Toleration, ...]] | None:
-    """The tolerations of the GPU user pods that capacity is for: the waiting ones, else every GPU
-    pod in sight; None when there is none (then only node-condition taints count as untolerated)."""
+    """The tolerations of the GPU user pods that capacity is for: the waiting ones that may land on
+    the pool, else every GPU pod in sight; None when there is none (then only node-condition taints
+    count as untolerated)."""
     pods = [p for p in observed.cluster.pods if p.gpu and p.phase not in ("Succeeded", "Failed")]
-    chosen = [p for p in pods if p.node is None and not p.deleting] or pods
+    own = pool_taints(observed.pool)
+    chosen = [p for p in pods if p.node is None and not p.deleting and fits_pool(p, own)] or pods
     return [p.tolerations for p in chosen] or None
 
 
@@ -263,6 +282,7 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
     gpu_on: dict[str, int] = {}
     known: set[str] = set()
     pending: set[str] = set()
+    own = pool_taints(observed.pool)
     for p in observed.cluster.pods:
         key = f"{p.user}~{p.server}" if p.user else f"pod:{p.name}"
         known.add(key)
@@ -273,7 +293,9 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
                 busy.add(p.node)
                 if p.gpu:
                     gpu_on[p.node] = gpu_on.get(p.node, 0) + 1
-        elif p.gpu and not p.deleting:  # a pod being deleted before it was placed waits for nothing
+        # a pod being deleted before it was placed waits for nothing; one that does not tolerate the
+        # pool's own taints waits for another pool (its signal is not counted either: it is known)
+        elif p.gpu and not p.deleting and fits_pool(p, own):
             pending.add(key)
     for d in observed.demand:
         if d.key not in known and now - d.at <= ttl:
