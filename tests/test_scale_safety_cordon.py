@@ -5,6 +5,7 @@ through the real clients)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from hubpilot.adapters.kube import KubeCluster
@@ -12,7 +13,7 @@ from hubpilot.loop import Status
 from hubpilot.ports.cluster import CORDON_ANNOTATION
 from tests.doubles.arm import ArmDouble
 from tests.fixtures.kmock import NS, Emulator
-from tests.test_scale_kube import one_empty_past_the_idle_limit, past_the_idle_limit, world  # noqa: F401
+from tests.test_scale_kube import capability, one_empty_past_the_idle_limit, past_the_idle_limit, world  # noqa: F401
 
 
 async def test_a_node_cordoned_by_someone_else_after_planning_is_left_as_it_is(world: dict[str, Any]) -> None:  # noqa: F811
@@ -70,3 +71,31 @@ async def test_a_node_another_run_cordoned_since_the_observation_is_left_to_it(w
     node = kube.node_obj("gpu-1")
     assert node["spec"]["unschedulable"] is True  # the other run's cordon stands
     assert node["metadata"]["annotations"][CORDON_ANNOTATION] == cap.holder
+
+
+async def test_a_pod_bound_to_a_node_after_its_re_check_keeps_the_node(world: dict[str, Any]) -> None:  # noqa: F811
+    """Two empty idle nodes go in one removal: gpu-1 is cordoned and found empty, then gpu-2. A pod
+    the scheduler had placed on gpu-1 before its cordon is bound meanwhile (its binding lands after
+    the re-check). A last look at the cordoned nodes just before deleteMachines keeps gpu-1 (and
+    uncordons it) instead of deleting the VM under the user's server."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=3, machines=["gpu-0", "gpu-1", "gpu-2"])
+    arm.pools["gpu"]["scaleDownMode"] = "Delete"
+    for n in ("gpu-0", "gpu-1", "gpu-2"):
+        kube.node(n)
+    kube.pod("alice", "gpu-0")
+    cap, runner = capability(world)
+    await runner.run(cap, trigger="timer", actor="test")
+    world["clock"]["now"] += timedelta(minutes=11)
+    observed = await cap.observe()
+    plan = cap.plan(observed, world["clock"]["now"])
+    assert [a.params["nodes"] for a in plan.actions] == [["gpu-1", "gpu-2"]], plan
+    kube.k.after_node_patch["gpu-2"] = lambda: kube.pod("bob", "gpu-1")  # bound once gpu-1 was re-checked
+    results = await cap.apply(plan, observed, lambda *a: None)
+    assert [r.status for r in results] == [Status.DONE], results
+    assert results[0].action.params["removed_nodes"] == ["gpu-2"], results
+    assert "gpu-1 (now runs bob)" in results[0].detail, results
+    assert arm.machines["gpu"] == ["gpu-0", "gpu-1"]  # bob's VM stays
+    node = kube.node_obj("gpu-1")
+    assert not node["spec"]["unschedulable"] and CORDON_ANNOTATION not in (node["metadata"].get("annotations") or {})

@@ -267,6 +267,16 @@ class ScaleCapability:
                 kept.append(f"{node} (now runs {pods[0].name})")
                 continue
             cordoned.append(node)
+        # a last look just before the deletion at the nodes re-checked before the last one: a pod the
+        # scheduler placed on one before its cordon may have been bound since its own re-check
+        taken: set[str] = set()
+        for node in cordoned[:-1]:
+            pods = await self.cluster.pods_on(node)
+            if pods:
+                await self.cluster.uncordon(node)
+                kept.append(f"{node} (now runs {pods[0].name})")
+                taken.add(node)
+        cordoned = [n for n in cordoned if n not in taken]
         if not cordoned:
             return ActionResult(action, Status.NOOP, "kept: " + ", ".join(kept))
         try:
