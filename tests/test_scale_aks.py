@@ -271,3 +271,18 @@ async def test_a_put_throttled_429_honours_retry_after_and_is_sent_again(arm: Ar
     assert [c.status for c in puts] == [429, 201] and res.outcome is PoolOutcome.DONE, res
     assert puts[1].at - puts[0].at >= 0.04
     assert arm.pools["gpu"]["count"] == 2
+
+
+async def test_the_machines_of_a_pool_are_read_across_machines_list_pages(arm: ArmDouble) -> None:
+    """Machines_List pages its answer (``nextLink``, as in the published example): every page is
+    read, so after a failed removal a machine on a later page is not taken for one that went."""
+    names = [f"aks-gpu-12345678-vmss{i:06x}" for i in range(5)]
+    arm.add_pool("gpu", count=5, machines=names)
+    arm.machines_page_size = 2
+    pool = make_pool(arm)
+    try:
+        assert await pool.machines() == names
+    finally:
+        await pool.close()
+    pages = [c for c in arm.calls if c.method == "GET" and c.path.endswith("/agentPools/gpu/machines")]
+    assert len(pages) == 3 and all(c.status == 200 for c in pages)

@@ -5,7 +5,8 @@ Speaks the wire format of the published examples (``../shared/fixtures/aks/<api-
 header, polled to ``Succeeded`` or ``Failed``; the PUT's count is the pool's from acceptance on
 and stays after a failure, with fewer machines than it says), ``POST .../deleteMachines`` (202 with a
 ``location`` header, polled until 200; ``fail_after_deleting``: it fails part-way),
-``GET .../agentPools/{pool}/machines`` (``Machines_List``: the machines that exist),
+``GET .../agentPools/{pool}/machines`` (``Machines_List``: the machines that exist, in pages
+joined by ``nextLink``),
 ``409 OperationNotAllowed`` while another operation on the pool is in progress, and injected
 faults such as ``429`` with ``Retry-After``. On the cluster: ``POST .../listClusterUserCredential``
 answers ``{"kubeconfigs": [{"name", "value"}]}`` with the base64 of ``kubeconfig`` (404 while it is
@@ -77,6 +78,7 @@ class ArmDouble:
     status_readable: bool = True  # False: polling the operation answers 403 (no locations/operations/read)
     hold_operations: bool = False  # operations stay InProgress until released
     enforce_min_count: bool = True  # the autoscaler scales a pool up to a raised minCount
+    machines_page_size: int = 2  # Machines_List pages (nextLink) after this many machines
     base_url: str = ""
     _runner: web.AppRunner | None = None
     _etag_n: int = 0
@@ -215,20 +217,41 @@ class ArmDouble:
         if request.method == "GET" and not rest:
             return web.json_response(self._body(name))
         if request.method == "GET" and rest == ["machines"]:
-            return web.json_response({"value": [self._machine(name, m) for m in self.machines[name]]})
+            return self._machines_page(name, request)
         if request.method == "PUT" and not rest:
             return await self._put(name, request)
         if request.method == "POST" and rest == ["deleteMachines"]:
             return await self._delete_machines(name, request)
         return self._error(405, "MethodNotAllowed", f"{request.method} {request.path}")
 
-    def _machine(self, pool: str, machine: str) -> dict[str, Any]:
-        """One machine as ``Machines_List`` answers (``../shared/fixtures/aks/2026-04-01/MachineList.json``)."""
+    def _machines_page(self, pool: str, request: web.Request) -> web.Response:
+        """``Machines_List``, ``machines_page_size`` machines a page: as in the published example, a
+        page with more to come carries a ``nextLink`` whose ``encodedToken`` is the base64 of
+        ``skipToken=<n>``."""
+        skip = 0
+        token = request.query.get("encodedToken")
+        if token is not None:
+            try:
+                skip = int(base64.b64decode(token).decode().removeprefix("skipToken="))
+            except ValueError:
+                return self._error(400, "InvalidParameter", f"encodedToken {token!r}")
+        have = self.machines[pool]
+        page: dict[str, Any] = {"value": [self._machine(pool, m, i) for i, m in enumerate(have)
+                                          if skip <= i < skip + self.machines_page_size]}
+        if skip + self.machines_page_size < len(have):
+            token = base64.b64encode(f"skipToken={skip + self.machines_page_size}".encode()).decode()
+            page["nextLink"] = f"{self.base_url}{self._pool_url(pool)}/machines?encodedToken={token}"
+        return web.json_response(page)
+
+    def _machine(self, pool: str, machine: str, index: int) -> dict[str, Any]:
+        """One machine as ``Machines_List`` answers (``../shared/fixtures/aks/2026-04-01/MachineList.json``):
+        named like its node, its ``resourceId`` the scale set's VM instance."""
         return {"name": machine, "type": "Microsoft.ContainerService/managedClusters/agentPools/machines",
                 "id": f"{self._pool_url(pool)}/machines/{machine}",
                 "properties": {"resourceId": (
                     f"/subscriptions/{self.subscription}/resourceGroups/MC_{self.resource_group}"
-                    f"/providers/Microsoft.Compute/virtualMachineScaleSets/{machine}")}}
+                    f"_{self.cluster}_{self.location}/providers/Microsoft.Compute/virtualMachineScaleSets/"
+                    f"aks-{pool}-12345678-vmss/virtualMachines/{index}")}}
 
     def _user_credential(self, request: web.Request) -> web.Response:
         if self.kubeconfig is None:
