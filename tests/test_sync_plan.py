@@ -386,6 +386,26 @@ def test_no_rename_where_it_cannot_be_one() -> None:
     assert any("no non-admin rename an admin" in n for n in plan.notes)
 
 
+def test_a_rename_into_a_name_whose_leaver_was_deleted_by_hand_is_a_rename() -> None:
+    """'anna' was a leaver's: her record stays (deprovisioned, sync.delete_users off), her hub user
+    an admin deleted by hand. ann, renamed anna in the directory, is renamed: not deprovisioned
+    ("no longer in any synced directory group", her servers and tokens gone) beside a new, empty
+    anna."""
+    world = renamed_world(admin=True)
+    leaver = ManagedUser(NOW - timedelta(days=90), NOW - timedelta(days=60), "uid=anna-old,ou=people")
+    freed = replace(world, managed={**world.managed, "anna": leaver})
+    plan = plan_sync(freed, POLICY, NOW)
+    assert kinds(plan) == [("rename_user", "ann")], plan.render()
+    assert plan.facts["removals"] == 0 and plan.facts["renames"] == 1
+    # the leaver's record held the name, nothing else: it is not renamed into, nor kept
+    after = converge(freed, plan)
+    assert after.managed["anna"] == world.managed["ann"] and "ann" not in after.managed
+    assert plan_sync(after, POLICY, NOW).empty
+    # her hub user still there: not handed over (the reused-name rule), no rename into it
+    kept = replace(freed, users={**freed.users, "anna": HubUser("anna", False, frozenset())})
+    assert ("rename_user", "ann") not in kinds(plan_sync(kept, POLICY, NOW))
+
+
 def test_guard_refuses_a_mass_rename() -> None:
     world = renamed_world()
     plan = plan_sync(world, POLICY, NOW)

@@ -191,7 +191,8 @@ def find_renames(observed: SyncObserved, want: Desired, policy: SyncSettings) ->
     the hub does not know is renamed (``PATCH /users/{old}``), not removed and created again:
     the hub keeps their groups, tokens and stored server state (KubeSpawner remembers the
     volume's name). Not when the new name exists already (the person logged in under it: the
-    old user is deprovisioned as usual), nor for a hub admin in role mode (the hub lets no
+    old user is deprovisioned as usual; a leaver's record of the new name whose hub user is gone
+    does not stop it), nor for a hub admin in role mode (the hub lets no
     non-admin modify an admin).
 
     A rename the hub made while its run failed (its answer lost, the connection cut after the hub
@@ -215,7 +216,10 @@ def find_renames(observed: SyncObserved, want: Desired, policy: SyncSettings) ->
             now[old] = new
             finished.add(old)
             continue
-        if (new is None or new == old or new in observed.users or (new in observed.managed and not ahead)
+        # a deprovisioned record of the new name whose hub user is gone (a leaver deleted by hand,
+        # sync.delete_users off) holds the name, nothing else: the rename takes its place
+        if (new is None or new == old or new in observed.users
+                or (new in observed.managed and not ahead and observed.managed[new].active)
                 or new in now.values() or new in waiting.values()):
             continue  # one hub user per new name: a second old record leaves as usual
         user = observed.users.get(old)
