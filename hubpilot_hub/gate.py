@@ -65,6 +65,19 @@ class AccessGate:
             name = authentication["name"]
             user = orm.User.find(handler.db, name)
             groups = [g.name for g in user.groups] if user is not None else []
+            if user is None:
+                # no hub user of this name: sync made none, so the person is in no synced group, or
+                # the authenticator names them otherwise than sync (a person who is a member)
+                log.warning(
+                    "hubpilot: login refused for %r: the hub has no user %r, so it is in none of the "
+                    "access groups %s. hubpilot creates the members of the synced directory groups under "
+                    "the names sync.naming makes of directory.*.username_attribute: if this person is a "
+                    "member, the authenticator names them otherwise; align its username (OAuthenticator's "
+                    "username_claim, e.g. AzureAdOAuthenticator's default 'name' is the display name; "
+                    "LDAPAuthenticator's lookup_dn_user_dn_attribute; a username_map) with those settings",
+                    name, name, sorted(self.groups),
+                )
+                return None
             if not self.allows(groups):
                 log.warning(
                     "hubpilot: login refused for %r: in none of the access groups %s",

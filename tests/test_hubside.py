@@ -78,6 +78,25 @@ async def test_outsider_can_neither_log_in_nor_spawn(gated_hub: RealHub, hp: Hub
     assert "not in any of the groups" in r.json()["message"]
 
 
+async def test_a_login_under_a_name_sync_never_created_says_to_align_the_names(
+        gated_hub: RealHub, hp: HubClient) -> None:
+    """A person the authenticator names otherwise than sync (OAuthenticator's username_claim, a
+    domain kept or dropped) logs in under a name the hub has no user of: the hub's log says that,
+    and what to align, not only 'in none of the access groups' of a person who is in the directory
+    group."""
+    log = gated_hub.tmp_path / "jupyterhub.log"
+    stranger = unique_name("stranger")
+    assert (await gated_hub.login(stranger)).status_code == 403
+    (line,) = [x for x in log.read_text().splitlines() if f"login refused for {stranger!r}" in x]
+    assert f"the hub has no user {stranger!r}" in line and "sync.naming" in line and "username_claim" in line
+    # a hub user in no access group is refused as such: no naming hint
+    outsider = unique_name("outsider")
+    await hp.create_users([outsider])
+    assert (await gated_hub.login(outsider)).status_code == 403
+    (line,) = [x for x in log.read_text().splitlines() if f"login refused for {outsider!r}" in x]
+    assert "in none of the access groups" in line and "sync.naming" not in line
+
+
 async def test_membership_grants_and_removal_revokes(gated_hub: RealHub, hp: HubClient) -> None:
     name = unique_name("mem")
     await hp.create_users([name])
