@@ -34,6 +34,16 @@ def hub_name(raw: str | None, naming: NamingSettings) -> tuple[str | None, str |
     return name, None
 
 
+def hub_lookup_name(name: str, naming: NamingSettings) -> str:
+    """The name the hub looks a request's username up by: its authenticator's normalize_username
+    (lowercased, then ``username_map``), as ``naming`` mirrors it. A hub user whose name differs
+    (created through POST /users/{name}, or named by another authenticator or username_map before)
+    is not found under their own name by the requests that normalize (group membership)."""
+    if naming.lowercase:
+        name = name.lower()
+    return naming.username_map.get(name, name)
+
+
 _GROUP_BAD = re.compile(r"[^a-z0-9._-]+")
 _HEX2 = re.compile(r"[0-9A-Fa-f]{2}")
 

@@ -76,6 +76,25 @@ async def test_removing_members_when_one_was_deleted_meanwhile(real_hub: RealHub
         assert e.value.status == 400 and gone in str(e.value)
 
 
+async def test_a_member_the_hub_looks_up_by_another_name_does_not_block_the_others(real_hub: RealHub) -> None:
+    # The hub looks every name of DELETE /groups/{name}/users up in its authenticator's form
+    # (normalize_username: lowercased); a hub user whose name is not in that form (created through
+    # POST /users/{name}, or by an older authenticator) is answered 400 "No such user: <other
+    # name>", and nobody is removed: the leaver beside them kept the group's access.
+    g, leaver, odd = unique_name("grp"), unique_name("leaver"), unique_name("Odd")
+    async with real_hub.admin() as admin:
+        assert (await admin.post(f"/users/{odd}")).status_code == 201
+    async with HubClient(real_hub.api_url, real_hub.hubpilot_token, retries=0) as c:
+        await c.create_users([leaver])
+        await c.create_group(g)
+        await c.add_group_members(g, [leaver])
+        left = await c.remove_group_members(g, [odd, leaver])
+        assert {x.name: x for x in await c.list_groups()}[g].users == frozenset()
+        assert list(left) == [odd]
+        assert odd.lower() in left[odd] and "normalize_username" in left[odd] and "rename" in left[odd]
+        assert await c.remove_group_members(g, [leaver]) == {}
+
+
 async def test_a_rename_onto_the_same_name_leaves_the_user_alone(hub_factory) -> None:
     # JupyterHub's PATCH /users/{name} {"name": <the same name>} sets the user's name to null
     # (5.5: answered 200 with "name": null, then every GET /users fails); never send it.

@@ -58,3 +58,43 @@ async def test_a_name_the_hub_refuses_keeps_out_only_that_person(
         assert group["users"] == ["amy"]
     finally:
         await world.close()
+
+
+async def test_a_leaver_the_hub_names_otherwise_now_is_not_removed_in_someone_elses_place(tmp_path: Path) -> None:
+    """The hub's username_map gained bob → robert after sync had made bob a member; robert logged in
+    since. The hub looks every name of DELETE /groups/{name}/users up in its authenticator's form, so
+    taking bob out of the group took robert out instead (every run, after adding him back), and the
+    removal counted as done while bob stayed in. Such a name is not sent: its removal fails, saying
+    what to do; the other removals go through."""
+    from tests.realhub import start_hub
+
+    async with start_hub(tmp_path / "hub") as hub:
+        world = World(hub, tmp_path, group_prefix="r-")
+        try:
+            world.people = {p: {"username": p, "name": p.title()} for p in ("bob", "carl")}
+            world.groups["analysts"] = ["bob", "carl"]
+            world.write()
+            record = await world.run()
+            assert record.outcome is Outcome.APPLIED, record.render()
+        finally:
+            await world.close()
+    async with start_hub(tmp_path / "hub", extra_config='c.Authenticator.username_map = {"bob": "robert"}') as hub:
+        async with hub.admin() as admin:
+            assert (await admin.post("/users", json={"usernames": ["robert"]})).status_code == 201  # logged in
+        world = World(hub, tmp_path, group_prefix="r-", naming={"username_map": {"bob": "robert"}})
+        try:
+            world.people = {p: {"username": p, "name": p.title()} for p in ("bob", "carl")}
+            world.groups["analysts"] = ["bob"]  # carl left
+            world.write()
+            record = await world.run()
+            async with hub.admin() as admin:
+                group = (await admin.get("/groups/r-analysts")).json()
+            assert sorted(group["users"]) == ["bob", "robert"], record.render()
+            failed = [r for r in record.results if r.action.kind == "remove_from_group" and r.status is Status.FAILED]
+            assert [r.action.params["user"] for r in failed] == ["bob"], record.render()
+            assert "robert" in failed[0].detail and "username_map" in failed[0].detail, record.render()
+            done = [r.action.params["user"] for r in record.results
+                    if r.action.kind == "remove_from_group" and r.status is Status.DONE]
+            assert done == ["carl"], record.render()
+        finally:
+            await world.close()

@@ -414,28 +414,44 @@ class HubClient:
                 json_body={"users": list(dict.fromkeys(names))},
             )
 
-    async def remove_group_members(self, group: str, names: Sequence[str]) -> None:
+    async def remove_group_members(self, group: str, names: Sequence[str]) -> dict[str, str]:
         """Take ``names`` out of ``group``. A user deleted meanwhile is in no group, and a group
         deleted meanwhile has no members: already so. (The hub refuses the whole request, and
-        removes nobody, at the first name it does not know.)"""
+        removes nobody, at the first name it does not know.) The hub looks each name up in its
+        authenticator's form (normalize_username): a user whose name is not in that form cannot be
+        taken out through the API; the others are, and those are returned (name → why)."""
         left = list(dict.fromkeys(names))
+        odd: dict[str, str] = {}
+        one_by_one = False
         while left:
+            batch = left[:1] if one_by_one else left
             resp = await self._request(
                 "DELETE", "/groups/{name}/users", path_args={"name": group},
-                json_body={"users": left}, accept=(400, 404),
+                json_body={"users": batch}, accept=(400, 404),
             )
-            if resp.status_code < 400:
-                return
             message = _message(resp)
             if resp.status_code == 404 and message == f"No such group: {group}":
-                return
+                return odd
             gone = message.removeprefix("No such user: ")
-            if resp.status_code == 400 and gone != message and gone in left:
+            if resp.status_code < 400:
+                del left[:len(batch)]
+                continue
+            if resp.status_code == 400 and gone != message and gone in batch:
                 left.remove(gone)
+                continue
+            if resp.status_code == 400 and gone != message and not one_by_one:
+                one_by_one = True  # a name the hub looked up in another form: which one, name by name
+                continue
+            if resp.status_code == 400 and gone != message:
+                name = left.pop(0)
+                odd[name] = (f"the hub looks {name!r} up as {gone!r} (its authenticator's normalize_username), "
+                             f"a user it does not have, so its API cannot take {name} out of group {group}: "
+                             f"a hub admin renames hub user {name} to {gone} (PATCH /users/{name}) or deletes it")
                 continue
             self._counts["errors"] += 1
             raise HubError(f"DELETE {resp.request.url.path}: hub answered {resp.status_code}: {message}",
                            status=resp.status_code)
+        return odd
 
     async def stop_server(self, user: str, server: str = "") -> StopResult:
         return await self._stop(user, server, remove=False)

@@ -21,6 +21,7 @@ from hubpilot.loop import (
     stored_time,
     utcnow,
 )
+from hubpilot.naming import hub_lookup_name
 from hubpilot.ports.directory import Directory, DirectorySnapshot
 from hubpilot.ports.hub import Hub, HubError, HubGroup, HubUser, StopResult
 from hubpilot.ports.store import ConflictError, StateStore
@@ -309,8 +310,20 @@ class SyncCapability:
             return [ActionResult(a, Status.DONE) for a in present] + [
                 ActionResult(a, Status.FAILED, self._not_created[a.params["user"]]) for a in absent]
         if kind == "remove_from_group":
-            await hub.remove_group_members(first.target, [a.params["user"] for a in batch])
-            return [ActionResult(a, Status.DONE) for a in batch]
+            # the hub looks each name up in its authenticator's form: a name not in that form would
+            # take out whoever carries that form (or fail the whole request): not sent
+            odd = {a.params["user"]: (
+                f"not sent: the hub looks {a.params['user']!r} up as {form!r} (its authenticator's "
+                f"normalize_username and username_map, as sync.naming) and would take {form} out of "
+                f"{first.target} instead, or refuse the request; its API cannot take {a.params['user']} out: "
+                f"a hub admin renames hub user {a.params['user']} to {form} (PATCH /users/{a.params['user']}) "
+                f"when {form} is free, or deletes it")
+                for a in batch if (form := hub_lookup_name(a.params["user"], self.policy.naming)) != a.params["user"]}
+            sent = [a.params["user"] for a in batch if a.params["user"] not in odd]
+            if sent:
+                odd |= await hub.remove_group_members(first.target, sent)
+            return [ActionResult(a, Status.FAILED, odd[a.params["user"]]) if a.params["user"] in odd
+                    else ActionResult(a, Status.DONE) for a in batch]
         if kind in ("grant_admin", "revoke_admin"):
             await hub.set_admin(first.target, kind == "grant_admin")
             return [ActionResult(first, Status.DONE)]
