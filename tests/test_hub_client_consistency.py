@@ -87,3 +87,18 @@ async def test_ready_listing_pages_past_a_pending_server(hub_factory) -> None:
         ready = sorted(u.name for u in await c.list_users(state="ready"))
         active = sorted(u.name for u in await c.list_users(state="active"))
     assert ready == ["a", "b", "c"] and active == ["a", "b", "c", "slow"]
+
+
+def test_a_page_size_of_one_is_refused() -> None:
+    # Each page after the first starts one item early, and that item tells a list shifted under
+    # the reading. A page of one item cannot carry it: with hub.page_size = 1 a user deleted while
+    # paging made the next user go missing (u1 of u0…u3 with u0 deleted after the first page).
+    from pydantic import ValidationError
+
+    from hubpilot.config.hub import HubSettings
+
+    with pytest.raises(ValidationError, match="page_size"):
+        HubSettings(page_size=1)
+    assert HubSettings(page_size=2).page_size == 2
+    with pytest.raises(ValueError, match="page_size"):
+        HubClient("http://127.0.0.1:1/hub/api", "t", page_size=1)

@@ -101,8 +101,9 @@ class HubClient:
         if not token:
             raise ValueError("hub token is empty: set hub.token (HUBPILOT_HUB__TOKEN) to the API token of the "
                              "hubpilot service the hub was configured with (docs/hub-scopes.md)")
-        if page_size < 1 or concurrency < 1 or retries < 0 or create_chunk < 1:
-            raise ValueError("page_size, concurrency and create_chunk must be ≥ 1, retries ≥ 0")
+        if page_size < 2 or concurrency < 1 or retries < 0 or create_chunk < 1:
+            # each page after the first starts with the last item read, which tells a shifted list
+            raise ValueError("page_size must be ≥ 2, concurrency and create_chunk ≥ 1, retries ≥ 0")
         self.api_url = api_url.rstrip("/")
         self._retries = retries
         self._page_size = page_size

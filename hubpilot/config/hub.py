@@ -30,6 +30,8 @@ class HubSettings(Section):
     retries: int = Field(3, ge=0, le=10, description="Retries on connection errors and 5xx answers.")
     concurrency: int = Field(20, ge=1, le=100, description="Hub requests in flight at once.")
     page_size: int = Field(
-        200, ge=1, le=10000,
-        description="Items per page when listing; the hub caps it at its api_page_max_limit (default 200).",
+        200, ge=2, le=10000,
+        description="Items per page when listing (at least 2: each page after the first starts one item early, "
+        "which tells a list that shifted while it was read); the hub caps it at its api_page_max_limit "
+        "(default 200).",
     )
