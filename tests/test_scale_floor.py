@@ -8,7 +8,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from hubpilot.loop import Outcome, Status
+from hubpilot.ports.pool import PoolError
 from tests.doubles.arm import ArmDouble
 from tests.fixtures.kmock import Emulator
 from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
@@ -82,3 +85,39 @@ async def test_lowering_the_floor_is_a_scale_down_its_cooldown_applies(world: di
     later = await runner.run(cap, trigger="timer", actor="test")
     assert [(r.action.kind, r.status) for r in later.results] == [("set_min_count", Status.DONE)], later.render()
     assert arm.pools["gpu"]["minCount"] == 2
+
+
+async def test_a_failed_pools_floor_is_kept_in_the_machines_that_exist(world: dict[str, Any]) -> None:  # noqa: F811
+    """A failed pool's count is above its machines (ARM keeps the failed operation's count): a
+    scale-up to 5 failed with 4 machines, then the autoscaler was turned on (minCount 4) and that
+    operation failed too. The plan lowers the floor to 2 and removes 2 of the 4 machines; when the
+    lowering gets a 409, the removal is cut to the machines above the floor: 4 exist, none is
+    above it. Cut by the count (5), one would go, leaving 3 machines under minCount 4: the
+    autoscaler would boot a VM for it."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    names = ["gpu-0", "gpu-1", "gpu-2", "gpu-3"]
+    arm.add_pool("gpu", count=4, machines=names)
+    for n in names:
+        kube.node(n)
+    arm.fail_next_operation = "AllocationFailed"
+    with pytest.raises(PoolError, match="operation failed"):
+        await world["pool"].set_count(5)
+    # the autoscaler turned on (count 5, minCount 4): that operation failed too, its count kept
+    arm.pools["gpu"].update(enableAutoScaling=True, minCount=4, maxCount=5)
+    assert arm.pools["gpu"]["count"] == 5 and arm.machines["gpu"] == names
+    assert arm.pools["gpu"]["provisioningState"] == "Failed"
+    cap, runner = capability(world)
+    first = await runner.run(cap, trigger="timer", actor="test")
+    assert first.plan is not None and first.plan.facts["missing"] == 1, first.render()
+    world["clock"]["now"] += timedelta(minutes=11)
+    arm.fault("PUT", 409)  # another operation: minCount stays 4
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    kinds = {r.action.kind: r for r in rec.results}
+    assert kinds["set_min_count"].action.params["min_count"] == 2, rec.render()
+    assert kinds["set_min_count"].status is Status.SKIPPED, rec.render()
+    assert kinds["remove_nodes"].status is Status.SKIPPED, rec.render()
+    assert "minCount is still 4" in kinds["remove_nodes"].detail
+    assert not [c for c in arm.calls if c.method == "POST"]
+    assert arm.machines["gpu"] == names and arm.pools["gpu"]["minCount"] == 4
+    assert not any(kube.node_obj(n)["spec"].get("unschedulable") for n in names)

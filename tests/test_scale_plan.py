@@ -304,6 +304,18 @@ def test_a_failed_pools_count_above_its_machines_is_no_capacity_on_the_way() -> 
     assert plan_scale(joining, POLICY, T0).empty
 
 
+def test_the_guards_min_nodes_counts_a_failed_pools_machines_not_its_count() -> None:
+    """A failed pool's count (3) is above its machines (2): removing both leaves none, below
+    scale.min_nodes 1, though the count less two is 1. The guard refuses it; the plan keeps one."""
+    pol = Policy(min_nodes=1, max_nodes=8, max_step_down=2, idle=timedelta(minutes=10))
+    obs = observed(pool(3, state="Failed"), ["n0", "n1"], empty_since={"n0": LONG_AGO, "n1": LONG_AGO})
+    both = Plan.build("scale", [Action("remove_nodes", "gpu", 1, {"nodes": ["n0", "n1"], "from": 3})], [], {})
+    assert guard_scale(obs, both, pol) == ["removing 2 nodes goes below scale.min_nodes 1"]
+    plan = plan_scale(obs, pol, T0)
+    assert kinds(plan) == [("remove_nodes", {"nodes": ["n0"], "from": 3})], plan.notes
+    assert guard_scale(obs, plan, pol) == []
+
+
 def test_min_nodes_is_a_floor() -> None:
     pol = Policy(min_nodes=2, max_nodes=4)
     assert kinds(plan_scale(observed(pool(0), []), pol, T0)) == [("set_count", {"count": 2, "from": 0})]

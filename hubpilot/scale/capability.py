@@ -31,6 +31,7 @@ from hubpilot.scale.plan import (
     arrival_keys,
     deallocates,
     guard_scale,
+    machines_present,
     plan_scale,
 )
 
@@ -413,9 +414,12 @@ def _above_floor(action: Action, observed: Observed, floor: int | None) -> Actio
     of minCount did not happen (409, an error), a pool taken below minCount would be scaled back up
     to it by AKS's autoscaler (it enforces minCount): new VMs for the ones just deleted."""
     nodes = list(action.params["nodes"])
-    if floor is None or observed.pool.count - len(nodes) >= floor:
+    # the machines that exist (a failed pool's count may be above them): the autoscaler enforces
+    # minCount on what is left of them
+    present = machines_present(observed, observed.at)
+    if floor is None or present - len(nodes) >= floor:
         return action
-    keep = max(0, observed.pool.count - floor)
+    keep = max(0, present - floor)
     held = (f"minCount is still {floor} (it was not lowered): "
             f"{len(nodes) - keep} node(s) kept, {', '.join(nodes[keep:])}")
     return Action(action.kind, action.target, action.phase, {**action.params, "nodes": nodes[:keep], "held": held},

@@ -424,6 +424,17 @@ def going(observed: Observed, now: datetime) -> frozenset[str]:
     return frozenset(n for n, at in observed.memory.removed.items() if n in present and now - at < REMOVAL_SETTLE)
 
 
+def machines_present(observed: Observed, now: datetime | None) -> int:
+    """The pool's machines that exist: its count, but in a failed pool only as many as have nodes
+    (the failed operation's count is still the pool's, its machines never created: occupancy's
+    ``missing``); nodes hubpilot removed and still leaving (``going``) are no machines of it."""
+    pool = observed.pool
+    if not pool.failed:
+        return pool.count
+    leaving = going(observed, now) if now is not None else frozenset()
+    return min(pool.count, sum(1 for n in observed.cluster.nodes if n.name not in leaving))
+
+
 def removal_verdict(observed: Observed, now: datetime) -> tuple[dict[str, datetime], bool | None]:
     """Did AKS stop (keep) or delete the VMs hubpilot removed from a Deallocate pool? A removed
     node that is gone from the cluster was deleted; one still registered after ``REMOVAL_SETTLE``,
@@ -734,6 +745,7 @@ def guard_scale(observed: Observed, plan: Plan, policy: Policy) -> list[str]:
                     reasons.append(f"node {n} is not a node of pool {pool.name}")
                 elif n in not_ready and deallocates(pool):
                     reasons.append(f"node {n} is NotReady in a Deallocate pool: it may be a stopped VM")
-            if pool.count - len(nodes) < policy.min_nodes:
+            # the machines that exist: a failed pool's count may be above them
+            if machines_present(observed, observed.at) - len(nodes) < policy.min_nodes:
                 reasons.append(f"removing {len(nodes)} nodes goes below scale.min_nodes {policy.min_nodes}")
     return reasons
