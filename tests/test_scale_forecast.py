@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from hubpilot.config.scale import ScaleSettings, WarmWindow
-from hubpilot.ports.cluster import ClusterView, NodeInfo, UserPod
+from hubpilot.ports.cluster import ClusterView, NodeInfo, Toleration, UserPod
 from hubpilot.ports.pool import PoolState
 from hubpilot.scale import Forecast, ForecastPolicy, Memory, Observed, Policy, Schedule, guard_scale, plan_scale
 from hubpilot.scale.forecast import bucket, forecast_policy_from, forecast_spare, learn, poisson_quantile, rate_at
@@ -201,6 +202,22 @@ def test_arrival_keys_are_gpu_servers_in_sight() -> None:
     demand = (Demand("erin~", MON9 - timedelta(minutes=1)), Demand("old~", MON9 - timedelta(hours=1)))
     obs = Observed(pool(1), ClusterView(nodes("n0"), pods), demand, at=MON9)
     assert arrival_keys(obs, MON9, timedelta(minutes=15)) == {"alice~", "pod:d", "erin~"}
+
+
+def test_a_waiting_pod_that_cannot_land_on_the_pool_is_no_arrival() -> None:
+    """As in the plan (``fits_pool``): a waiting GPU pod that does not tolerate the pool's own taint
+    (nodeTaints) can land on none of its nodes; it is no demand, and no arrival the forecast learns
+    (nor is its demand signal). One that tolerates it is, as is a pod already on a pool node."""
+    from hubpilot.scale import Demand
+    tol = (Toleration("sku", "Equal", "gpu", "NoSchedule"),)
+    pods = (UserPod("a", "n0", "Running", False, MON9, "alice", "", True),  # on the pool: in sight
+            UserPod("b", None, "Pending", True, MON9, "bob", "", True, tol),
+            UserPod("c", None, "Pending", True, MON9, "carol", "", True))  # no toleration: another pool's
+    demand = (Demand("carol~", MON9 - timedelta(minutes=1)), Demand("erin~", MON9 - timedelta(minutes=1)))
+    tainted = dataclasses.replace(pool(1), node_taints=("sku=gpu:NoSchedule",))
+    obs = Observed(tainted, ClusterView(nodes("n0"), pods), demand, at=MON9)
+    assert arrival_keys(obs, MON9, timedelta(minutes=15)) == {"alice~", "bob~", "erin~"}
+    assert plan_scale(obs, Policy(max_nodes=8), MON9).facts["pending"] == ["bob~", "erin~"]
 
 
 @st.composite

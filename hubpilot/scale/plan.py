@@ -347,10 +347,17 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
 
 def arrival_keys(observed: Observed, now: datetime, ttl: timedelta) -> frozenset[str]:
     """The GPU servers in sight now (pods that ask for a GPU, fresh demand signals): the forecast
-    counts a key as an arrival when it first comes into sight."""
-    keys = {f"{p.user}~{p.server}" if p.user else f"pod:{p.name}"
-            for p in observed.cluster.pods if p.gpu and p.phase not in ("Succeeded", "Failed")}
-    keys.update(d.key for d in observed.demand if now - d.at <= ttl)
+    counts a key as an arrival when it first comes into sight. As in the plan's demand, a waiting
+    pod that does not tolerate the pool's own taints (``fits_pool``) waits for another pool: neither
+    it nor its demand signal is an arrival here."""
+    own = pool_taints(observed.pool)
+    keys: set[str] = set()
+    elsewhere: set[str] = set()
+    for p in observed.cluster.pods:
+        if p.gpu and p.phase not in ("Succeeded", "Failed"):
+            key = f"{p.user}~{p.server}" if p.user else f"pod:{p.name}"
+            (elsewhere if p.node is None and not fits_pool(p, own) else keys).add(key)
+    keys.update(d.key for d in observed.demand if now - d.at <= ttl and d.key not in elsewhere)
     return frozenset(keys)
 
 
