@@ -325,6 +325,34 @@ async def test_pool_busy_skips_the_round(world: dict[str, Any]) -> None:
     assert not arm.writes()
 
 
+async def test_a_scale_up_of_a_failed_pool_adds_at_most_max_step_up_machines(world: dict[str, Any]) -> None:
+    """A failed scale-up leaves its count (6) with the machines that existed (2): those never
+    created are not there, and the next count asks for them again. scale.max_step_up (4) is the
+    most nodes one run adds: the step is from the machines that exist, not the failed count (a
+    count of 6 + 2 = 8 would add 6 machines at once)."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])
+    for i in range(2):
+        kube.node(f"gpu-{i}")
+        kube.pod(f"u{i}", f"gpu-{i}")
+    for i in range(2, 6):
+        kube.pod(f"u{i}", None)
+    arm.fail_next_operation = "AllocationFailed"
+    cap, runner = capability(world, max_step_up=4, max_nodes=10)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert [(r.action.kind, r.action.params["count"], r.status) for r in rec.results] == [
+        ("set_count", 6, Status.FAILED)], rec.render()
+    assert arm.pools["gpu"]["count"] == 6 and len(arm.machines["gpu"]) == 2
+    for i in range(6, 8):  # two more servers wait: 6 in all, 8 nodes wanted
+        kube.pod(f"u{i}", None)
+    again = await runner.run(cap, trigger="timer", actor="test")
+    assert again.outcome is Outcome.APPLIED, again.render()
+    assert [(r.action.kind, r.action.params["count"], r.status) for r in again.results] == [
+        ("set_count", 6, Status.DONE)], again.render()
+    assert len(arm.machines["gpu"]) == 6
+
+
 async def test_failed_operation_is_reported_and_the_next_run_reobserves(world: dict[str, Any]) -> None:
     arm: ArmDouble = world["arm"]
     arm.add_pool("gpu", count=0, machines=[])

@@ -316,6 +316,32 @@ def test_the_guards_min_nodes_counts_a_failed_pools_machines_not_its_count() -> 
     assert guard_scale(obs, plan, pol) == []
 
 
+def test_the_guards_step_up_counts_the_machines_a_count_adds() -> None:
+    """A count sent to a failed pool adds the machines it names beyond those that exist: count 6
+    with 2 machines, a count of 8 (or 6 again) adds 6 (4), checked against scale.max_step_up 3."""
+    obs = observed(pool(6, state="Failed"), ["n0", "n1"], [upod("a", "n0"), upod("b", "n1")])
+    more = Plan.build("scale", [Action("set_count", "gpu", 0, {"count": 8, "from": 6})])
+    assert guard_scale(obs, more, POLICY) == ["adding 6 nodes exceeds scale.max_step_up 3"]
+    again = Plan.build("scale", [Action("set_count", "gpu", 0, {"count": 6, "from": 6})])
+    assert guard_scale(obs, again, POLICY) == ["adding 4 nodes exceeds scale.max_step_up 3"]
+    five = observed(pool(5, state="Failed"), ["n0", "n1"], [upod("a", "n0"), upod("b", "n1")])
+    assert guard_scale(five, Plan.build("scale", [Action("set_count", "gpu", 0, {"count": 5, "from": 5})]),
+                       POLICY) == []
+
+
+def test_a_resent_count_that_would_add_more_than_max_step_up_is_left_out_with_a_note() -> None:
+    """Someone's scale-up to 10 failed with 3 machines: sending 10 again would add 7 nodes, above
+    scale.max_step_up 3, and a lower count is never sent. It is left out, the note says what to do,
+    and the rest of the plan (here an uncordon) passes the guard."""
+    obs = observed(pool(10, state="Failed"), ["n0", "n1"],
+                   [upod("a", "n0"), upod("b", "n1"), upod("c", None), upod("d", None)],
+                   extra_nodes=[node("n2", cordoned_by="hubpilot")])
+    plan = plan_scale(obs, POLICY, T0)
+    assert kinds(plan) == [("uncordon", {})], plan.actions
+    assert any("would add 7 nodes, above scale.max_step_up 3" in n for n in plan.notes), plan.notes
+    assert guard_scale(obs, plan, POLICY) == []
+
+
 def test_min_nodes_is_a_floor() -> None:
     pol = Policy(min_nodes=2, max_nodes=4)
     assert kinds(plan_scale(observed(pool(0), []), pol, T0)) == [("set_count", {"count": 2, "from": 0})]

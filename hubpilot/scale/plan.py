@@ -610,16 +610,25 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
     # without the machines on their way out (no second removal for them), but not stopped VMs again
     staying = present - (len(occ.leaving) - occ.leaving_stopped)
     if mode == "direct":
-        if desired > pool.count:
-            after = min(desired, pool.count + policy.max_step_up)
-            actions.append(Action(SET_COUNT, pool.name, 0, {"count": after, "from": pool.count},
-                                  f"want {desired}: " + ", ".join(why)))
-        elif desired > present:
-            # never a lower count (AKS would pick the nodes to remove): the same count again is
-            # the failed operation asked for once more
-            actions.append(Action(SET_COUNT, pool.name, 0, {"count": pool.count, "from": pool.count},
-                                  f"want {desired}, {present} machine(s) exist: send the count again: "
-                                  + ", ".join(why)))
+        if desired > present:
+            # at most max_step_up machines more than exist (a failed pool's count may be above
+            # them); never a lower count (AKS would pick the nodes to remove): the same count again
+            # is the failed operation asked for once more
+            after = max(pool.count, min(desired, present + policy.max_step_up))
+            if after - present > policy.max_step_up:
+                notes.append(
+                    f"pool {pool.name}'s count {pool.count} is its last operation's "
+                    f"({pool.provisioning_state}), {present} machine(s) exist: sending it again would add "
+                    f"{after - present} nodes, above scale.max_step_up {policy.max_step_up}; not sent. "
+                    "Set the pool's count by hand (az aks nodepool scale), or raise scale.max_step_up")
+                after = pool.count
+            elif after > pool.count:
+                actions.append(Action(SET_COUNT, pool.name, 0, {"count": after, "from": pool.count},
+                                      f"want {desired}: " + ", ".join(why)))
+            else:
+                actions.append(Action(SET_COUNT, pool.name, 0, {"count": pool.count, "from": pool.count},
+                                      f"want {desired}, {present} machine(s) exist: send the count again: "
+                                      + ", ".join(why)))
         elif desired < staying:
             removing = _plan_removal(observed, occ, memory, policy, now, staying - desired, notes)
     else:
@@ -716,9 +725,10 @@ def guard_scale(observed: Observed, plan: Plan, policy: Policy) -> list[str]:
                 reasons.append("the cluster autoscaler is on: the node count is its to set (AKS rejects it)")
             if count > policy.max_nodes:
                 reasons.append(f"count {count} is above scale.max_nodes {policy.max_nodes}")
-            if count - pool.count > policy.max_step_up:
-                reasons.append(
-                    f"adding {count - pool.count} nodes exceeds scale.max_step_up {policy.max_step_up}")
+            # the nodes it adds: beyond the machines that exist (a failed pool's count may be above them)
+            added = count - machines_present(observed, observed.at)
+            if added > policy.max_step_up:
+                reasons.append(f"adding {added} nodes exceeds scale.max_step_up {policy.max_step_up}")
             if count < pool.count:
                 reasons.append("a scale-down must name the empty nodes to remove, never lower the count")
         elif a.kind == SET_MIN_COUNT:
