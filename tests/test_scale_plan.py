@@ -342,6 +342,19 @@ def test_a_resent_count_that_would_add_more_than_max_step_up_is_left_out_with_a_
     assert guard_scale(obs, plan, POLICY) == []
 
 
+def test_a_resent_count_above_max_nodes_is_left_out_with_a_note() -> None:
+    """Someone's scale-up to 9 (above scale.max_nodes 8) failed with 7 machines, and a server waits:
+    the count sent again would be refused by the guard every round, and with it the whole plan
+    (here an uncordon). It is left out with a note; the rest of the plan goes on."""
+    names = [f"n{i}" for i in range(6)]
+    obs = observed(pool(9, state="Failed"), names, [upod(f"u{i}", n) for i, n in enumerate(names)]
+                   + [upod("w0", None), upod("w1", None)], extra_nodes=[node("n6", cordoned_by="hubpilot")])
+    plan = plan_scale(obs, POLICY, T0)
+    assert kinds(plan) == [("uncordon", {})], plan.actions
+    assert any("count 9 is above scale.max_nodes 8" in n for n in plan.notes), plan.notes
+    assert guard_scale(obs, plan, POLICY) == []
+
+
 def test_min_nodes_is_a_floor() -> None:
     pol = Policy(min_nodes=2, max_nodes=4)
     assert kinds(plan_scale(observed(pool(0), []), pol, T0)) == [("set_count", {"count": 2, "from": 0})]

@@ -622,6 +622,14 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
                     f"{after - present} nodes, above scale.max_step_up {policy.max_step_up}; not sent. "
                     "Set the pool's count by hand (az aks nodepool scale), or raise scale.max_step_up")
                 after = pool.count
+            elif after > policy.max_nodes:
+                # someone else's count above max_nodes, its operation failed: sent again it would be
+                # refused by the guard every round, and with it the rest of the plan
+                notes.append(
+                    f"pool {pool.name}'s count {pool.count} is above scale.max_nodes {policy.max_nodes} "
+                    f"(its last operation {pool.provisioning_state}, {present} machine(s) exist): not sent "
+                    "again. Set the pool's count by hand (az aks nodepool scale), or raise scale.max_nodes")
+                after = pool.count
             elif after > pool.count:
                 actions.append(Action(SET_COUNT, pool.name, 0, {"count": after, "from": pool.count},
                                       f"want {desired}: " + ", ".join(why)))
