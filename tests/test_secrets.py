@@ -1,0 +1,53 @@
+"""Secrets never leak: a token, password or key hubpilot holds is never written into an error, a log
+line, an audit entry or a run document, also when the value is malformed (a trailing newline
+copied along from the file or secret store it came from)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hubpilot.adapters.hub import HubClient
+from hubpilot.settings import SettingsError, load_settings
+from tests.realhub import RealHub
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in list(os.environ):
+        if key.startswith("HUBPILOT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)  # no stray ./hubpilot.toml
+
+
+@pytest.mark.parametrize("bad", ["\n", "\r\n", "\t", "é"])
+def test_a_hub_token_no_header_can_carry_is_refused_without_showing_it(
+        clean_env: None, monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    # a token read from a file or a secret store keeps its trailing newline: every request would
+    # fail, with the token in the error the run records
+    secret = "0123456789abcdef0123456789abcdef"
+    monkeypatch.setenv("HUBPILOT_HUB__TOKEN", secret + bad)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    text = str(err.value)
+    assert "hub.token" in text and "HUBPILOT_HUB__TOKEN" in text
+    assert secret not in text
+
+
+async def test_the_hub_client_never_puts_a_malformed_token_into_its_errors(real_hub: RealHub) -> None:
+    # the run's error goes to its audit entry (kept for good), its document and /status
+    secret = real_hub.hubpilot_token
+    client = None
+    try:
+        client = HubClient(real_hub.api_url, secret + "\n", retries=0)
+        await client.list_users()
+    except Exception as exc:  # refused, at construction or at the request: never with the token
+        assert secret not in str(exc)
+        assert "hub.token" in str(exc)
+    else:
+        pytest.fail("a token with a newline was sent")
+    finally:
+        if client is not None:
+            await client.close()
