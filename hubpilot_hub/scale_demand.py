@@ -269,6 +269,11 @@ class ScaleDemand:
         if not token:
             raise ValueError("scale demand token is empty: give a token of hubpilot's `hub` API role "
                              "(or leave the demand signal off)")
+        if any(c < " " or c == "\x7f" for c in token):
+            # tornado refuses such a header and quotes it, token and all, in the error the hub logs
+            raise ValueError("scale demand token holds a line break or another control character, which no HTTP "
+                             "header can carry (often the trailing newline of the file a Kubernetes Secret was "
+                             "made from): give the token alone (the value is not shown)")
         if not (isinstance(timeout, (int, float)) and 0 < timeout <= 60):
             # tornado takes a timeout of 0 as "none": a hung hubpilot would hold the request forever
             raise ValueError(f"scale demand timeout {timeout!r} must be a number of seconds in (0, 60]")

@@ -4,6 +4,9 @@ copied along from the file or secret store it came from)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -51,3 +54,35 @@ async def test_the_hub_client_never_puts_a_malformed_token_into_its_errors(real_
     finally:
         if client is not None:
             await client.close()
+
+
+@pytest.mark.parametrize("bad", ["\n", "\r\n"])
+async def test_a_demand_token_with_a_line_break_is_refused_without_showing_it(
+        bad: str, caplog: pytest.LogCaptureFixture) -> None:
+    # HUBPILOT_DEMAND_TOKEN from a Kubernetes Secret made with --from-file keeps the file's newline:
+    # the hub's log must not carry it
+    from hubpilot_hub.scale_demand import ScaleDemand
+
+    secret = "fedcba9876543210fedcba9876543210"
+    caplog.set_level(logging.DEBUG)
+
+    async def hubpilot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(hubpilot, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        demand = ScaleDemand(f"http://127.0.0.1:{port}/api/v1", secret + bad, gpu_profiles=["gpu"])
+        await demand.send({"user": "a", "server": "", "profile": "gpu"})
+    except ValueError as exc:
+        assert secret not in str(exc)
+        assert "token" in str(exc)
+    else:
+        pytest.fail("a token with a line break was accepted")
+    finally:
+        server.close()
+    assert secret not in caplog.text
