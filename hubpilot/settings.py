@@ -281,7 +281,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             loc = tuple(p for p in err["loc"] if p not in ("function-after",))
             dotted = ".".join(str(p) for p in loc) or "(settings)"
             got = err.get("input")
-            shown = "" if isinstance(got, dict) or "secret" in dotted or "password" in dotted \
+            shown = "" if isinstance(got, dict) or _is_secret(loc) or "secret" in dotted or "password" in dotted \
                 or "token" in dotted else f" (got {got!r})"
             where = _where(loc) if loc else ""
             if err["type"] == "extra_forbidden":
@@ -308,6 +308,25 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         raise SettingsError(f"cannot read settings{where}: {exc}{hint}") from None
     finally:
         _explicit_path = previous
+
+
+def _is_secret(loc: tuple[Any, ...]) -> bool:
+    """The setting at ``loc`` holds a secret (a SecretStr: a connection string, the clientState),
+    whose value no refusal may show, whatever its name."""
+    import typing
+
+    from pydantic import SecretStr
+
+    model: Any = Settings
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part) if isinstance(part, str) else None
+        if field is None:
+            continue  # a list index, or a union member's tag
+        ann = field.annotation
+        if SecretStr in (ann, *typing.get_args(ann)):
+            return True
+        model = _model_in(ann)
+    return False
 
 
 def _not_plain_utf8(file: Path) -> bool:

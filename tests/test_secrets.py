@@ -86,3 +86,22 @@ async def test_a_demand_token_with_a_line_break_is_refused_without_showing_it(
     finally:
         server.close()
     assert secret not in caplog.text
+
+
+def test_a_secret_setting_of_the_wrong_type_is_refused_without_showing_it(clean_env: None, tmp_path: Path) -> None:
+    # an unquoted clientState of digits is a TOML number; a connection string written as a list
+    # is a list: the refusal says what is wrong, never the value
+    (tmp_path / "hubpilot.toml").write_text(
+        '[directory]\nkind = "entra"\n'
+        "[directory.entra]\nclient_state = 84736251904857362\n"
+        '[directory.entra.queue_connection_string]\nvalue = "AccountName=a;AccountKey=Q1VFVUVLRVk="\n'
+        '[state]\nkind = "azure"\nazure_connection_string = ["AccountName=a;AccountKey=U1RBVEVLRVk="]\n'
+        '[api]\nqueue_connection_string = ["AccountName=a;AccountKey=QVBJS0VZ"]\n')
+    with pytest.raises(SettingsError) as err:
+        load_settings(tmp_path / "hubpilot.toml")
+    text = str(err.value)
+    for setting in ("directory.entra.client_state", "directory.entra.queue_connection_string",
+                    "state.azure_connection_string", "api.queue_connection_string"):
+        assert setting in text
+    for secret in ("84736251904857362", "Q1VFVUVLRVk=", "U1RBVEVLRVk=", "QVBJS0VZ"):
+        assert secret not in text
