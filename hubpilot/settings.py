@@ -10,6 +10,7 @@ refused unless ``OTHER_ENV`` lists it (the hub side's, the user image's, the dep
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -282,7 +283,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             dotted = ".".join(str(p) for p in loc) or "(settings)"
             got = err.get("input")
             shown = "" if isinstance(got, dict) or _is_secret(loc) or "secret" in dotted or "password" in dotted \
-                or "token" in dotted else f" (got {got!r})"
+                or "token" in dotted else f" (got {_without_password(got)!r})"
             where = _where(loc) if loc else ""
             if err["type"] == "extra_forbidden":
                 lines.append(f"  {dotted}: {_unknown(loc)}{where}")
@@ -308,6 +309,13 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         raise SettingsError(f"cannot read settings{where}: {exc}{hint}") from None
     finally:
         _explicit_path = previous
+
+
+def _without_password(value: Any) -> Any:
+    """A URL's ``user:password@`` shown as ``***@``; any other value as it is."""
+    if isinstance(value, str):
+        return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@", r"\1***@", value)
+    return value
 
 
 def _is_secret(loc: tuple[Any, ...]) -> bool:

@@ -105,3 +105,16 @@ def test_a_secret_setting_of_the_wrong_type_is_refused_without_showing_it(clean_
         assert setting in text
     for secret in ("84736251904857362", "Q1VFVUVLRVk=", "U1RBVEVLRVk=", "QVBJS0VZ"):
         assert secret not in text
+
+
+def test_a_hub_url_holding_a_password_is_refused_without_showing_it(clean_env: None,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # httpx sends a URL's user:password as Basic authentication in place of hub.token (the hub
+    # never sees the token), and every error quoting the URL carried the password into the audit log
+    monkeypatch.setenv("HUBPILOT_HUB__API_URL", "https://admin:PROXYPASS@hub.example.org/hub/api")
+    monkeypatch.setenv("HUBPILOT_HUB__TOKEN", "0123456789abcdef")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    text = str(err.value)
+    assert "hub.api_url" in text and "HUBPILOT_HUB__API_URL" in text
+    assert "PROXYPASS" not in text

@@ -10,7 +10,8 @@ class HubSettings(Section):
 
     api_url: AnyHttpUrl = Field(
         AnyHttpUrl("http://127.0.0.1:8081/hub/api"),
-        description="The hub's REST API base URL, ending in /hub/api.",
+        description="The hub's REST API base URL, ending in /hub/api; one holding user:password@ is refused "
+        "(hub.token authenticates, and such a URL would be sent in its place).",
     )
     token: SecretStr = Field(
         SecretStr(""), description="API token of the hubpilot service in the hub (its role, and how the hub "
@@ -36,6 +37,16 @@ class HubSettings(Section):
         "which tells a list that shifted while it was read); the hub caps it at its api_page_max_limit "
         "(default 200).",
     )
+
+    @field_validator("api_url")
+    @classmethod
+    def _no_password_in_url(cls, v: AnyHttpUrl) -> AnyHttpUrl:
+        # the HTTP client sends a URL's user:password as Basic authentication in place of the token,
+        # and every error quoting the URL would carry the password into the run's audit entry
+        if v.username or v.password:
+            raise ValueError("holds a user name or password (user:password@): hubpilot authenticates to the hub "
+                             "with hub.token alone, which such a URL would replace; remove it")
+        return v
 
     @field_validator("token")
     @classmethod
