@@ -4,9 +4,15 @@ person's servers, tokens and (in z2jh) home volume, is never handed over to the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.loop import Outcome
+from hubpilot.ports.store import StoreError
 from hubpilot.sync import MANAGED_KEY
 from tests.fixtures.syncworld import World
 from tests.realhub import RealHub
@@ -75,3 +81,65 @@ async def test_a_reused_name_is_deprovisioned_for_the_leaver_and_held_from_the_n
     assert managed is not None
     assert managed["users"][x]["directory_id"] == "b" and not managed["users"][x]["deprovisioned_at"]
     assert (await world.run()).plan.empty  # type: ignore[union-attr]
+
+
+
+class DiesAfterTheFirstRecord(SqliteStore):
+    """Every write of the managed records after the first fails: a run killed between the record
+    it writes ahead of the hub (the creation's) and its final one."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.writes = 0
+
+    async def put(self, key: str, doc: Mapping[str, Any], *, if_match: str | None = None) -> str:
+        if key == MANAGED_KEY:
+            self.writes += 1
+            if self.writes > 1:
+                raise StoreError("killed before the final record")
+        return await super().put(key, doc, if_match=if_match)
+
+
+async def test_a_run_killed_after_creating_a_user_has_recorded_whose_user_it_is(
+        world: World, tmp_path: Path) -> None:
+    """The record written ahead of a creation carries the person's directory id: a run killed
+    before its final record, whose person leaves before the next run, leaves a hub user that is
+    still theirs, and a newcomer who carries the name later is not handed it."""
+    x = world.user("x")
+    world.set("analysts", "keep")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    world.people["a"] = {"username": x, "name": "Ann"}
+    world.groups["analysts"] = ["a", "keep"]
+    world.write()
+    healthy = world.store
+    world.store = DiesAfterTheFirstRecord(str(tmp_path / "state.sqlite3"))
+    try:
+        dying = await world.run()
+        assert world.store.writes > 1, "the final record was never attempted"
+        assert dying.outcome is not Outcome.APPLIED, dying.render()
+    finally:
+        await world.store.close()
+        world.store = healthy
+    assert (await world.hub_state())["users"][x]["groups"] == [f"{world.prefix}analysts"]
+
+    # a leaves before any other run
+    del world.people["a"]
+    world.groups["analysts"] = ["keep"]
+    world.write()
+    gone = await world.run()
+    assert gone.outcome is Outcome.APPLIED, gone.render()
+    assert ("deprovision", x) in {(a.kind, a.target) for a in gone.plan.actions}, gone.render()
+    assert (await world.hub_state())["users"][x]["groups"] == []
+
+    # b, another entry, carries the name now: the hub user holds a's servers, tokens and volume
+    world.people["b"] = {"username": x, "name": "Bea"}
+    world.groups["analysts"] = ["b", "keep"]
+    world.write()
+    later = await world.run()
+    assert later.outcome is Outcome.APPLIED and later.plan is not None, later.render()
+    counts = later.plan.counts()
+    assert "manage_user" not in counts and "add_to_group" not in counts, later.render()
+    assert any("not handed over" in n for n in later.plan.notes), later.render()
+    assert (await world.hub_state())["users"][x]["groups"] == []
+    managed = await world.store.get(MANAGED_KEY)
+    assert managed is not None and managed["users"][x]["directory_id"] == "a", managed

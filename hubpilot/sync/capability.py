@@ -213,10 +213,12 @@ class SyncCapability:
         # left before the next run would keep their groups for good.
         # A rename is recorded ahead too, under both names (same directory id): killed after the
         # hub's rename, the new name is still followed; killed before it, the next run renames.
+        # Each record carries its person's directory id from the start: one without would be taken
+        # for whoever carries the name later (a newcomer handed a leaver's hub user).
         ahead = [ActionResult(a, Status.DONE) for a in plan.actions
                  if a.kind in ("create_user", "manage_user", "rename_user")]
         if ahead:
-            await self._record_managed(ahead, None, ahead=True)
+            await self._record_managed(ahead, self._desired(observed.snapshot), ahead=True)
         results = await run_batches(
             plan.actions, _batch_key, self._perform, concurrency=self.policy.concurrency, progress=progress
         )
@@ -351,8 +353,10 @@ class SyncCapability:
         rename in the directory is recognised by. A record's id is only ever filled in or brought
         to the same entry's current form, never given to another entry that carries the name now
         (the record stays its person's). Nothing is written when nothing changes. ``ahead``:
-        before apply, a rename records the new name beside the old one. ``approved``: the plan was
-        approved despite its removals; the removal window's count starts again now.
+        before apply, the records of the people created, taken back and renamed (a rename's new
+        name beside the old one), with their ids; the hub groups mirrored are recorded after.
+        ``approved``: the plan was approved despite its removals; the removal window's count
+        starts again now.
         ``groups_approved``: approved despite its group losses; their count starts again now.
         ``before``: the records the plan was made from. Returns the deprovisionings not recorded
         (hub name → why): another run (its lock lost) renamed the person or took the record away
@@ -438,7 +442,7 @@ class SyncCapability:
                         and rec.get("directory_id") != wanted and same_entry(rec.get("directory_id"), wanted, want):
                     users[name] = {**rec, "directory_id": wanted}
                     changed = True
-            if want is not None:  # the hub groups mirrored so far: a leaver leaves them all
+            if want is not None and not ahead:  # the hub groups mirrored so far: a leaver leaves them all
                 mirrors = sorted({*(doc.get("groups") or []), *want.groups})
                 if mirrors != doc.get("groups"):
                     doc["groups"] = mirrors
