@@ -98,3 +98,32 @@ async def test_a_leaver_the_hub_names_otherwise_now_is_not_removed_in_someone_el
             assert done == ["carl"], record.render()
         finally:
             await world.close()
+
+
+async def test_a_member_the_hub_looks_up_as_someone_else_is_not_added_in_their_place(tmp_path: Path) -> None:
+    """A username_map whose target is itself mapped (bob → robert, robert → rob): bob logs in as hub
+    user robert, but the hub looks every name of POST /groups/{name}/users up in its authenticator's
+    form, so adding robert to a group added rob, another person, who is in no synced group (or,
+    without a rob, was answered 400 and kept the group's other newcomers out). Such a name is not
+    sent: its addition fails, saying what to do; the group's other additions go through."""
+    from tests.realhub import start_hub
+
+    chain = {"bob": "robert", "robert": "rob"}
+    async with start_hub(tmp_path / "hub", extra_config=f"c.Authenticator.username_map = {chain!r}") as hub:
+        async with hub.admin() as admin:  # bob logged in (as robert), and so did the person robert (as rob)
+            for name in ("robert", "rob"):
+                assert (await admin.post(f"/users/{name}")).status_code == 201
+        world = World(hub, tmp_path, group_prefix="m-", naming={"username_map": chain})
+        try:
+            world.people = {p: {"username": p, "name": p.title()} for p in ("bob", "carl")}
+            world.groups["analysts"] = ["bob", "carl"]
+            world.write()
+            record = await world.run()
+            async with hub.admin() as admin:
+                group = (await admin.get("/groups/m-analysts")).json()
+            assert sorted(group["users"]) == ["carl"], record.render()
+            failed = [r for r in record.results if r.action.kind == "add_to_group" and r.status is Status.FAILED]
+            assert [r.action.params["user"] for r in failed] == ["robert"], record.render()
+            assert "'rob'" in failed[0].detail and "username_map" in failed[0].detail, record.render()
+        finally:
+            await world.close()

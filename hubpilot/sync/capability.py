@@ -305,12 +305,25 @@ class SyncCapability:
             return [ActionResult(first, Status.DONE if made else Status.NOOP)]
         if kind == "add_to_group":
             # a user the hub refused to create would fail the whole request (400): the others go in
-            absent = [a for a in batch if a.params["user"] in self._not_created]
-            present = [a for a in batch if a not in absent]
+            absent = {a.params["user"]: self._not_created[a.params["user"]] for a in batch
+                      if a.params["user"] in self._not_created}
+            # the hub looks each name up in its authenticator's form: a name sync.naming gives that
+            # the hub maps on (a username_map target that is mapped again, or has capitals) would
+            # put whoever carries that form in the group (or fail the whole request): not sent
+            absent |= {a.params["user"]: (
+                f"not sent: the hub looks {a.params['user']!r} up as {form!r} (its authenticator's "
+                f"normalize_username: lowercased, then username_map, as sync.naming) and would add {form} to "
+                f"{first.target} instead, or refuse the request; its API cannot add {a.params['user']} to a group: "
+                f"fix the authenticator's username_map and sync.naming.username_map so that no name they give is "
+                f"mapped again or has capitals")
+                for a in batch if a.params["user"] not in absent
+                and (form := hub_lookup_name(a.params["user"], self.policy.naming)) != a.params["user"]}
+            present = [a for a in batch if a.params["user"] not in absent]
             if present:
                 await hub.add_group_members(first.target, [a.params["user"] for a in present])
             return [ActionResult(a, Status.DONE) for a in present] + [
-                ActionResult(a, Status.FAILED, self._not_created[a.params["user"]]) for a in absent]
+                ActionResult(a, Status.FAILED, absent[a.params["user"]]) for a in batch
+                if a.params["user"] in absent]
         if kind == "remove_from_group":
             # the hub looks each name up in its authenticator's form: a name not in that form would
             # take out whoever carries that form (or fail the whole request): not sent
