@@ -348,3 +348,28 @@ def test_earlier_group_loss_refuses_no_plan_that_takes_nobody_out_of_that_group(
     newcomer = replace(observed, snapshot=snap([*people, "new"], [*people[10:], "new"]))
     plan, reasons = judge(newcomer)
     assert plan.counts()["add_to_group"] == 2 and reasons == [], (plan.counts(), reasons)
+
+
+def test_a_leaver_whose_name_another_person_carries_now_still_counts() -> None:
+    """Five people left within the window; an admin deleted hub user p000 by hand and another
+    directory entry (a recycled uid) carries p000 now: p000 is a newcomer, not the leaver back.
+    The leaver's removal still counts, so the guard allows no extra removal per reused name."""
+    people = names(30)
+    policy = POLICY.model_copy(update={"max_removals": 5, "max_removal_percent": 100})
+    observed = hub(people[5:], gone={n: NOW - 2 * H for n in people[:5]}, policy=policy)
+    users = {n: u for n, u in observed.users.items() if n != people[0]}  # deleted by hand
+    newcomer = Member(id="uid=newcomer,ou=people", username=people[0])
+    directory = snap(people[5:28])  # two more leave
+    directory = replace(directory, groups={**directory.groups,
+                                           "analysts": directory.groups["analysts"] | {newcomer}})
+    plan, reasons = judge(replace(observed, users=users, snapshot=directory), policy)
+    assert ("create_user", people[0]) in [(a.kind, a.target) for a in plan.actions]
+    assert plan.counts()["deprovision"] == 2
+    assert plan.facts["recent_removals"] == 5
+    assert len(reasons) == 1 and reasons[0].startswith(
+        "the plan removes 2 users and sync removed 5 in the last 24 h (sync.removal_window_hours): 7 in all"), reasons
+    # the leaver back under their name (their own entry) returns in this plan: not counted
+    own = replace(directory, groups={**directory.groups, "analysts": directory.groups["analysts"] - {newcomer} | {
+        Member(id=f"uid={people[0]},ou=people", username=people[0])}})
+    plan, _ = judge(replace(observed, users=users, snapshot=own), policy)
+    assert plan.facts["recent_removals"] == 4

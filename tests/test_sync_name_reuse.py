@@ -143,3 +143,56 @@ async def test_a_run_killed_after_creating_a_user_has_recorded_whose_user_it_is(
     assert (await world.hub_state())["users"][x]["groups"] == []
     managed = await world.store.get(MANAGED_KEY)
     assert managed is not None and managed["users"][x]["directory_id"] == "a", managed
+
+
+@pytest.mark.parametrize("gone", ["by hand", "sync.delete_users"])
+async def test_a_leaver_whose_name_a_newcomer_gets_still_counts_in_the_removal_window(
+        real_hub: RealHub, tmp_path: Path, gone: str) -> None:
+    """a leaves; their hub user x is deleted (by an admin, or by sync.delete_users after a 0 h
+    grace); b, another entry, carries x and gets a new hub user x. a's removal is within the
+    window all the same: with max_removals = 1, the run that removes one more (2 in all) is
+    refused, and the removal stays recorded while b's record holds the name."""
+    deleting = gone == "sync.delete_users"
+    world = World(real_hub, tmp_path, max_removals=1, delete_users=deleting, delete_grace_hours=0.0)
+    try:
+        x = world.user("x")
+        world.people["a"] = {"username": x, "name": "Ann"}
+        world.set("analysts", "keep", "stay")
+        world.groups["analysts"] = ["a", "keep", "stay"]
+        world.write()
+        assert (await world.run()).outcome is Outcome.APPLIED
+        del world.people["a"]
+        world.groups["analysts"] = ["keep", "stay"]
+        world.write()
+        left = await world.run()
+        assert left.outcome is Outcome.APPLIED and ("deprovision", x) in {
+            (a.kind, a.target) for a in left.plan.actions}, left.render()
+        if deleting:
+            assert (await world.run()).plan.counts() == {"delete_user": 1}
+        else:
+            async with real_hub.admin() as admin:
+                assert (await admin.delete(f"/users/{x}")).status_code == 204
+
+        world.people["b"] = {"username": x, "name": "Bea"}
+        world.groups["analysts"] = ["b", "keep", "stay"]
+        world.write()
+        fresh = await world.run()
+        assert fresh.outcome is Outcome.APPLIED and fresh.plan is not None, fresh.render()
+        assert fresh.plan.counts() == {"create_user": 1, "add_to_group": 1}, fresh.render()
+        managed = await world.store.get(MANAGED_KEY)
+        assert managed is not None and managed["users"][x]["directory_id"] == "b"
+        if deleting:  # the leaver's removal under deleted, with whose it is
+            assert managed["deleted_ids"] == {x: "a"} and x in managed["deleted"]
+        else:  # the leaver's record went to b: its removal is kept apart, with a's id
+            (kept,) = managed["replaced_removals"]
+            assert (kept["name"], kept["directory_id"]) == (x, "a")
+
+        world.groups["analysts"] = ["b", "stay"]  # keep leaves: a's removal and this one, 2 > 1
+        world.write()
+        refused = await world.run()
+        assert refused.outcome is Outcome.REFUSED, refused.render()
+        assert refused.plan is not None and refused.plan.facts["recent_removals"] == 1
+        assert refused.refusal[0].startswith("the plan removes 1 users and sync removed 1 in the last 24 h"), \
+            refused.refusal
+    finally:
+        await world.close()

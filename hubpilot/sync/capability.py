@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,6 +63,8 @@ class _Records:
     deleted: dict[str, datetime]
     approved_ahead: dict[str, datetime]
     group_removed: dict[str, dict[str, datetime]]
+    deleted_ids: dict[str, str] = field(default_factory=dict)
+    replaced: tuple[tuple[str, str | None, datetime], ...] = ()
 
 
 async def _read_records(store: StateStore) -> _Records:
@@ -84,9 +86,13 @@ async def _read_records(store: StateStore) -> _Records:
         if not isinstance(taken_out, dict):
             raise ValueError(f"'group_removed' is {type(taken_out).__name__}, not an object of hub group → "
                              "(hub name → time)")
+        deleted_ids = doc.get("deleted_ids") or {}
+        if not isinstance(deleted_ids, dict) or not all(isinstance(i, str) for i in deleted_ids.values()):
+            raise ValueError(f"'deleted_ids' is not an object of hub name → directory id: {deleted_ids!r}"[:160])
         return _Records(users, frozenset(mirrors), approved, _name_times(doc.get("deleted"), "deleted"),
                         _name_times(doc.get("removals_approved_ahead"), "removals_approved_ahead"),
-                        {str(g): _name_times(people, f"group_removed of {g}") for g, people in taken_out.items()})
+                        {str(g): _name_times(people, f"group_removed of {g}") for g, people in taken_out.items()},
+                        {str(n): i for n, i in deleted_ids.items()}, _replaced(doc.get("replaced_removals")))
     except (ValueError, TypeError, AttributeError) as exc:
         raise ManagedRecordError(
             f"the state document {MANAGED_KEY!r} is damaged ({exc}); restore it from the audit log"
@@ -138,7 +144,8 @@ class SyncCapability:
         return SyncObserved(snapshot=snapshot, users=users, groups=by_name, managed=records.managed,
                             mirrors=records.mirrors, removals_approved_at=approved,
                             deleted=records.deleted, approved_ahead=records.approved_ahead,
-                            group_removed=records.group_removed)
+                            group_removed=records.group_removed, deleted_ids=records.deleted_ids,
+                            replaced=records.replaced)
 
     async def _last_approval(self, records: _Records) -> datetime | None:
         """When an admin last approved a plan refused for its removals: ``removals_approved_at``,
@@ -154,7 +161,7 @@ class SyncCapability:
         if approved is not None and approved > since:
             since = approved
         stamps = [r.deprovisioned_at for r in records.managed.values() if r.deprovisioned_at is not None]
-        counted = [at for at in [*stamps, *records.deleted.values()] if at > since]
+        counted = [at for at in [*stamps, *records.deleted.values(), *(r[2] for r in records.replaced)] if at > since]
         if not counted:
             return approved
         # an approval before the first removal it could accept changes nothing: read from there
@@ -384,6 +391,10 @@ class SyncCapability:
             doc: dict[str, Any] = dict(current[0]) if current else {"users": {}}
             users: dict[str, Any] = dict(doc.get("users", {}))
             deleted: dict[str, Any] = dict(doc.get("deleted") or {})
+            deleted_ids: dict[str, Any] = dict(doc.get("deleted_ids") or {})
+            # removals within the window whose hub name another person's record takes now (a
+            # recycled uid): kept apart, with the leaver's id, so that they still count
+            replaced: list[Any] = list(doc.get("replaced_removals") or [])
             taken_out: dict[str, dict[str, Any]] = {g: dict(p) for g, p in (doc.get("group_removed") or {}).items()}
             for r in touched:
                 name, kind = r.action.target, r.action.kind
@@ -392,6 +403,7 @@ class SyncCapability:
                     kept = previous if previous and kind == "manage_user" and not previous.get("deprovisioned_at") \
                         else None
                     since = kept.get("since") if kept else None
+                    _displace(users, replaced, name, ids.get(name), want)
                     users[name] = ManagedUser(datetime.fromisoformat(since) if since else now).to_json()
                     if kept and kept.get("directory_id"):
                         # recorded meanwhile by another run (its lock lost; a rename it recorded
@@ -400,6 +412,8 @@ class SyncCapability:
                 elif kind == "rename_user":
                     new = r.action.params["to"]
                     rec = users.get(name) if ahead else users.pop(name, None)
+                    if rec:
+                        _displace(users, replaced, new, rec.get("directory_id"), want)
                     # no record of the old name: another run (its lock lost) recorded the rename
                     users[new] = dict(rec) if rec else users.get(new) or ManagedUser(now).to_json()
                     if not ahead:  # the person's removals from groups follow the name (the hub's groups do)
@@ -424,7 +438,13 @@ class SyncCapability:
                 elif kind == "delete_user":
                     gone = users.pop(name, None)
                     if gone and gone.get("deprovisioned_at"):  # their removal still counts in the window
+                        if name in deleted and _other_person(deleted_ids.get(name), gone.get("directory_id"), want):
+                            replaced.append({"name": name, "directory_id": deleted_ids[name], "at": deleted[name]})
                         deleted[name] = gone["deprovisioned_at"]
+                        if gone.get("directory_id"):
+                            deleted_ids[name] = gone["directory_id"]
+                        else:
+                            deleted_ids.pop(name, None)
             # a removal from a group that failed may have taken place (the hub acted, its answer was
             # lost; the next run sees it done and plans nothing): it is stamped too. One that did not
             # take place leaves the person in the hub group, where the count passes them over, and
@@ -439,12 +459,17 @@ class SyncCapability:
                     users.pop(name, None)
                 else:
                     users[name] = prior.to_json()
+                    # the record put back holds its removal again (displaced ahead of the creation)
+                    replaced = [r for r in replaced if not (isinstance(r, dict) and r.get("name") == name
+                                and _time_or_none(r.get("at")) == prior.deprovisioned_at)]
             changed = bool(touched) or bool(undo) or stamped
             if approved:
                 # the approval accepts every removal recorded so far; those another instance stamped
                 # with a clock ahead of this one's are named (the count goes on after the approval)
                 doc["removals_approved_at"] = now.isoformat()
-                _put_or_drop(doc, "removals_approved_ahead", _after(_removal_stamps(users, deleted), now))
+                stamps = {str(r["name"]): r["at"] for r in replaced if isinstance(r, dict) and "name" in r}
+                _put_or_drop(doc, "removals_approved_ahead",
+                             _after(stamps | _removal_stamps(users, deleted), now))
                 changed = True
             if groups_approved:  # the approval accepted every membership loss so far
                 taken_out = {}
@@ -467,6 +492,13 @@ class SyncCapability:
             window_start = now - timedelta(hours=self.policy.removal_window_hours)
             for key, times in (("deleted", deleted), ("removals_approved_ahead", doc.get("removals_approved_ahead"))):
                 _put_or_drop(doc, key, _after(times or {}, window_start))
+            _put_or_drop(doc, "deleted_ids", {n: i for n, i in deleted_ids.items() if n in doc.get("deleted", {})})
+            replaced = [r for r in replaced if isinstance(r, dict)
+                        and (t := _time_or_none(r.get("at"))) is not None and t > window_start]
+            if replaced:
+                doc["replaced_removals"] = replaced
+            else:
+                doc.pop("replaced_removals", None)
             # people taken out of a mirrored group, kept while within the window and not back in it
             back = want.groups if want is not None else {}
             _put_or_drop(doc, "group_removed", {g: kept for g, people in taken_out.items() if (kept := {
@@ -521,6 +553,39 @@ def _name_times(value: Any, what: str) -> dict[str, datetime]:
         if when is not None:
             out[str(name)] = when
     return out
+
+
+def _replaced(value: Any) -> tuple[tuple[str, str | None, datetime], ...]:
+    """``replaced_removals`` of the stored document: removals whose hub name another person's
+    record took (a list of name, directory id, time; absent in documents of older versions)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError(f"'replaced_removals' is {type(value).__name__}, not a list")
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
+                or not isinstance(item.get("directory_id"), str | None):
+            raise ValueError(f"'replaced_removals' holds {item!r}, not a name, directory id and time"[:160])
+        when = stored_time(item.get("at"), f"'replaced_removals' of {item['name']!r}")
+        if when is not None:
+            out.append((item["name"], item.get("directory_id"), when))
+    return tuple(out)
+
+
+def _displace(users: Mapping[str, Any], replaced: list[Any], name: str, new_id: str | None,
+              want: Desired | None) -> None:
+    """Before another person's record takes hub name ``name``: keep a leaver's removal that its
+    record holds (with their id) in ``replaced``, where it still counts in the removal window."""
+    old = users.get(name)
+    if isinstance(old, Mapping) and old.get("deprovisioned_at") \
+            and _other_person(old.get("directory_id"), new_id, want):
+        replaced.append({"name": name, "directory_id": old["directory_id"], "at": old["deprovisioned_at"]})
+
+
+def _other_person(old: str | None, new: str | None, want: Desired | None) -> bool:
+    """Whether directory ids ``old`` (recorded) and ``new`` are known to be different people."""
+    return old is not None and new is not None and old != new and (want is None or not same_entry(old, new, want))
 
 
 def _time_or_none(value: Any) -> datetime | None:

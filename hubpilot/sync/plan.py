@@ -76,6 +76,11 @@ class SyncObserved:
     # people sync deleted (sync.delete_users) whose removal is still within sync.removal_window_hours:
     # hub name → when they were removed; their records are gone, their removal still counts
     deleted: Mapping[str, datetime] = field(default_factory=dict)
+    # the directory ids of the deleted (hub name → id; none for those deleted by older versions)
+    deleted_ids: Mapping[str, str] = field(default_factory=dict)
+    # removals still within the window whose hub name another person carries now (a recycled uid:
+    # the leaver's record, or entry in ``deleted``, went to the newcomer): (hub name, id, when)
+    replaced: tuple[tuple[str, str | None, datetime], ...] = ()
     # removals that approval accepted which carry a later time than it (stamped by another
     # instance whose clock is ahead): hub name → that time; not counted again
     approved_ahead: Mapping[str, datetime] = field(default_factory=dict)
@@ -440,15 +445,29 @@ def recent_removals(observed: SyncObserved, want: Desired, policy: SyncSettings,
     an admin's approval of a plan refused for its removals (``removals_approved_at``: the approval
     accepted them, also those stamped later by another instance's clock ahead: ``approved_ahead``),
     people back in a synced group now (they return in this plan), and people back before (their
-    record is active again)."""
+    record is active again). Back means the same person (``same_entry``), not the same name: a
+    leaver whose hub name another directory entry carries now (a recycled uid, the leaver's hub
+    user deleted by hand) still counts, also once the newcomer's record took the name's place
+    (``replaced``)."""
     if policy.removal_window_hours <= 0:
         return []
     start = now - timedelta(hours=policy.removal_window_hours)
     approved = observed.removals_approved_at
-    removed = {n: r.deprovisioned_at for n, r in observed.managed.items() if r.deprovisioned_at is not None}
-    removed |= {n: at for n, at in observed.deleted.items() if n not in observed.managed}
-    return sorted(n for n, at in removed.items()
-                  if at > start and (approved is None or at > approved) and n not in want.users
+    removed = [(n, r.directory_id, r.deprovisioned_at) for n, r in observed.managed.items()
+               if r.deprovisioned_at is not None]
+    for n, at in observed.deleted.items():
+        ident, record = observed.deleted_ids.get(n), observed.managed.get(n)
+        # a record of the name is the person's own again (counted by it, or back), or a newcomer's
+        if record is None or (record.directory_id is not None and not same_entry(ident, record.directory_id, want)):
+            removed.append((n, ident, at))
+    removed += observed.replaced
+
+    def back(name: str, ident: str | None) -> bool:
+        return name in want.users and (ident is None or name not in want.ids
+                                       or same_entry(ident, want.ids[name], want))
+
+    return sorted(n for n, ident, at in removed
+                  if at > start and (approved is None or at > approved) and not back(n, ident)
                   and observed.approved_ahead.get(n) != at)
 
 
