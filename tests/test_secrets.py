@@ -118,3 +118,34 @@ def test_a_hub_url_holding_a_password_is_refused_without_showing_it(clean_env: N
     text = str(err.value)
     assert "hub.api_url" in text and "HUBPILOT_HUB__API_URL" in text
     assert "PROXYPASS" not in text
+
+
+@pytest.mark.parametrize("bad", ["\n", "\r\n", "\t", "\x7f"])
+def test_an_ldap_bind_password_no_bind_can_carry_is_refused_without_showing_it(
+        clean_env: None, monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    # a password kept from a file or secret with its trailing newline never binds (the LDAP client
+    # refuses it, SASLprep, before sending): every sync failed with "ASCII control character present"
+    secret = "s3cr3t-bind-passw0rd"
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "ldap")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__URL", "ldaps://ldap.example.org")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BASE_DN", "dc=example,dc=org")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BIND_DN", "cn=hubpilot,dc=example,dc=org")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BIND_PASSWORD", secret + bad)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    text = str(err.value)
+    assert "directory.ldap.bind_password" in text and "HUBPILOT_DIRECTORY__LDAP__BIND_PASSWORD" in text
+    assert secret not in text
+
+
+@pytest.mark.parametrize("password", ["pässwörd", "pass word", "p\u00a0w"])  # what binds is kept
+def test_an_ldap_bind_password_that_binds_is_accepted(clean_env: None, monkeypatch: pytest.MonkeyPatch,
+                                                      password: str) -> None:
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "ldap")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__URL", "ldaps://ldap.example.org")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BASE_DN", "dc=example,dc=org")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BIND_DN", "cn=hubpilot,dc=example,dc=org")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BIND_PASSWORD", password)
+    ldap = load_settings().directory.ldap
+    assert ldap is not None and ldap.bind_password is not None
+    assert ldap.bind_password.get_secret_value() == password

@@ -4,6 +4,8 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from ldap3.core.exceptions import LDAPSASLPrepError
+from ldap3.protocol.sasl.sasl import sasl_prep
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from hubpilot.config.base import FROM_FILE_FOLDER, PathSetting, Section
@@ -24,7 +26,9 @@ class LdapSettings(Section):
     url: str = Field(description="ldap:// or ldaps:// URL of the server, e.g. ldap://ldap.example.org:389.")
     bind_dn: str | None = Field(
         None, description="DN to bind as; anonymous when unset (a bind_password without it is refused).")
-    bind_password: SecretStr | None = Field(None, description="Password of bind_dn.")
+    bind_password: SecretStr | None = Field(
+        None, description="Password of bind_dn. One no simple bind can carry (a line break or another control "
+        "character, often kept from the file or secret it was read from) is refused, without showing it.")
     base_dn: str = Field(description="Search base for people and groups, e.g. dc=example,dc=org.")
     group_base_dn: str | None = Field(None, description="Search base for groups (default: base_dn).")
     group_name_attribute: str = Field("cn", description="Attribute that names a group in sync.users_groups.")
@@ -74,6 +78,22 @@ class LdapSettings(Section):
         if value and not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", value):
             raise ValueError(f"{value!r} is no LDAP attribute name (letters, digits, '-'), e.g. entryUUID")
         return value or None
+
+    @field_validator("bind_password")
+    @classmethod
+    def _password_can_bind(cls, v: SecretStr | None) -> SecretStr | None:
+        # the LDAP client prepares a simple bind's password with SASLprep (RFC 4013) and refuses,
+        # before sending, one it cannot prepare: every sync would fail saying only "SASLprep error".
+        # The value is never shown.
+        if v is not None and v.get_secret_value():
+            try:
+                sasl_prep(v.get_secret_value())
+            except LDAPSASLPrepError as exc:
+                reason = str(exc).removeprefix("SASLprep error: ")
+                raise ValueError(f"cannot be sent in an LDAP bind ({reason}; often a trailing newline kept from the "
+                                 "file or secret it was read from): set it to the password alone (the value is "
+                                 "not shown)") from None
+        return v
 
     @model_validator(mode="after")
     def _ca_file_needs_tls(self) -> LdapSettings:
