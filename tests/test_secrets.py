@@ -149,3 +149,35 @@ def test_an_ldap_bind_password_that_binds_is_accepted(clean_env: None, monkeypat
     ldap = load_settings().directory.ldap
     assert ldap is not None and ldap.bind_password is not None
     assert ldap.bind_password.get_secret_value() == password
+
+
+@pytest.mark.parametrize("key", ["U0VDUkVUS0VZTk9UQjY", "NOT-BASE64-SECRET!", "=", ""])
+def test_a_connection_string_whose_account_key_is_no_key_is_refused_without_showing_it(
+        clean_env: None, tmp_path: Path, key: str) -> None:
+    # the storage client decodes the key only to sign the first request: every run failed with
+    # "HTTP None : Incorrect padding" (an empty key: 403), naming no setting
+    conn = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={key};EndpointSuffix=core.windows.net"
+    (tmp_path / "hubpilot.toml").write_text(
+        '[directory]\nkind = "entra"\n'
+        f'[directory.entra]\nqueue = "azure"\nqueue_connection_string = "{conn}"\n'
+        f'[state]\nkind = "azure"\nazure_connection_string = "{conn}"\n'
+        f'[api]\nrun_mode = "queue"\nqueue_connection_string = "{conn}"\n')
+    with pytest.raises(SettingsError) as err:
+        load_settings(tmp_path / "hubpilot.toml")
+    text = str(err.value)
+    for setting in ("directory.entra.queue_connection_string", "state.azure_connection_string",
+                    "api.queue_connection_string"):
+        assert f"{setting}: Value error, its AccountKey" in text
+    if key.strip("="):
+        assert key not in text
+
+
+def test_a_connection_string_with_a_usable_key_is_accepted(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.azurite import ACCOUNT_KEY
+
+    for conn in (f"AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};", "UseDevelopmentStorage=true",
+                 "BlobEndpoint=https://a.blob.core.windows.net;SharedAccessSignature=sv=2024&sig=x%3D"):
+        monkeypatch.setenv("HUBPILOT_STATE__KIND", "azure")
+        monkeypatch.setenv("HUBPILOT_STATE__AZURE_CONNECTION_STRING", conn)
+        got = load_settings().state.azure_connection_string
+        assert got is not None and got.get_secret_value() == conn

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from hubpilot.config.base import Section
+from hubpilot.config.base import Section, check_account_key
 
 Role = Literal["admin", "reader", "hub"]
 ROLES: tuple[str, ...] = ("admin", "reader", "hub")
@@ -75,7 +75,8 @@ class ApiSettings(Section):
         "'hubpilot-runs' (run_mode=queue); defaults to the AzureWebJobsStorage app setting "
         "(which the queue trigger reads), or its identity-based form (AzureWebJobsStorage__accountName "
         "or __queueServiceUri, with __credential=managedidentity and __clientId: an Entra token), "
-        "then to state.azure_connection_string.",
+        "then to state.azure_connection_string. One whose AccountKey is empty or not base64 is refused, without "
+        "showing it.",
     )
     wait_max_seconds: float = Field(
         120.0, ge=0, le=200,
@@ -90,6 +91,11 @@ class ApiSettings(Section):
     serve_schedules: bool = Field(
         True, description="hubpilot serve runs the schedules in-process (off: HTTP only)."
     )
+
+    @field_validator("queue_connection_string")
+    @classmethod
+    def _account_key(cls, v: SecretStr | None) -> SecretStr | None:
+        return check_account_key(v)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ApiSettings:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr
 
 from hubpilot.schedule import validate_ncrontab
 
@@ -33,3 +35,25 @@ class PathSetting:
 FROM_FILE_FOLDER = ("A relative path in the settings file is read from the file's folder; one in the "
                     "environment, from the working directory.")
 """The sentence each path setting's description ends with."""
+
+
+def check_account_key(value: SecretStr | None) -> SecretStr | None:
+    """Refuse an Azure Storage connection string whose AccountKey can sign no request: the storage
+    clients decode the key (base64) only to sign the first request, and every run would fail with
+    "Incorrect padding" (an empty key: 403), naming no setting. Read as the clients read it; the
+    value is never shown."""
+    if value is None:
+        return value
+    fields = dict(part.split("=", 1) for part in value.get_secret_value().rstrip(";").split(";") if "=" in part)
+    fields = {name.strip().upper(): v for name, v in fields.items()}
+    if "ACCOUNTKEY" not in fields or fields.get("USEDEVELOPMENTSTORAGE") == "true":
+        return value
+    try:
+        key = base64.b64decode(fields["ACCOUNTKEY"])
+    except (binascii.Error, ValueError):
+        raise ValueError("its AccountKey is not valid base64 (cut short when copied?): copy the storage account's "
+                         "key (or its whole connection string) again (the value is not shown)") from None
+    if not key:
+        raise ValueError("its AccountKey is empty: copy the storage account's key (or its whole connection "
+                         "string) again (the value is not shown)")
+    return value

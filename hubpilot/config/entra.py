@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from hubpilot.config.base import NCronTab, Section
+from hubpilot.config.base import NCronTab, Section, check_account_key
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -128,11 +128,17 @@ class EntraSettings(Section):
                             "queue = azure it must stay hubpilot-graph, the queue the Functions app's "
                             "graph_hints trigger reads (and Bicep creates).")
     queue_connection_string: SecretStr | None = Field(
-        None, description="Storage connection string for queue=azure (or use queue_account_url)."
+        None, description="Storage connection string for queue=azure (or use queue_account_url). "
+        "One whose AccountKey is empty or not base64 is refused, without showing it."
     )
     queue_account_url: str | None = Field(
         None, description="Queue service URL for managed-identity access, e.g. https://<account>.queue.core.windows.net."
     )
+
+    @field_validator("queue_connection_string")
+    @classmethod
+    def _account_key(cls, v: SecretStr | None) -> SecretStr | None:
+        return check_account_key(v)
 
     @field_validator("graph_base_url")
     @classmethod

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
-from hubpilot.config.base import FROM_FILE_FOLDER, PathSetting, Section
+from hubpilot.config.base import FROM_FILE_FOLDER, PathSetting, Section, check_account_key
 
 
 class StateSettings(Section):
@@ -15,7 +15,8 @@ class StateSettings(Section):
         "hubpilot-state.sqlite3",
         description="SQLite file for kind=sqlite. " + FROM_FILE_FOLDER + " The default is in the working directory.")
     azure_connection_string: SecretStr | None = Field(
-        None, description="Azure Storage connection string (kind=azure); or use azure_account_name."
+        None, description="Azure Storage connection string (kind=azure); or use azure_account_name. "
+        "One whose AccountKey is empty or not base64 is refused, without showing it."
     )
     azure_account_name: str | None = Field(
         None, description="Storage account name for managed-identity access (kind=azure)."
@@ -30,3 +31,8 @@ class StateSettings(Section):
         description="Delete run documents (GET /runs/{id}) older than this, about once a day; 0 keeps them. "
                     "The audit log keeps every run.",
     )
+
+    @field_validator("azure_connection_string")
+    @classmethod
+    def _account_key(cls, v: SecretStr | None) -> SecretStr | None:
+        return check_account_key(v)
