@@ -181,3 +181,64 @@ def test_a_connection_string_with_a_usable_key_is_accepted(clean_env: None, monk
         monkeypatch.setenv("HUBPILOT_STATE__AZURE_CONNECTION_STRING", conn)
         got = load_settings().state.azure_connection_string
         assert got is not None and got.get_secret_value() == conn
+
+
+async def test_the_kubernetes_bearer_token_never_reaches_an_error_or_a_log_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # scale.kube_auth = "entra": the Entra token the Kubernetes client sends as its Authorization
+    # header; an API server that refuses it, answers garbage or is gone must not have the run's
+    # error (audit entry, /status) or any log line carry it
+    from aiohttp import web
+    from azure.core.credentials import AccessToken
+
+    from hubpilot.adapters.kube import EntraKubeAuth, KubeCluster, KubeEndpoint
+    from hubpilot.ports.cluster import ClusterError
+    from tests.azurite import free_port
+
+    secret = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.c2VjcmV0LWt1YmUtdG9rZW4.c2lnbmF0dXJl"
+
+    class Credential:
+        async def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+            return AccessToken(secret, 4102444800)
+
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        if request.path.endswith("/nodes"):
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 401,
+                                      "message": "Unauthorized", "reason": "Unauthorized"}, status=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="kubernetes"'})
+        return web.Response(status=500, text="<html>upstream error</html>")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    caplog.set_level(logging.DEBUG)
+    errors: list[str] = []
+    try:
+        for url in (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"):  # refusing; gone
+            async def endpoint(url: str = url) -> KubeEndpoint:
+                return KubeEndpoint(url=url, ca_pem=None, server_id=None)
+
+            cluster = KubeCluster(namespace="jhub", pool="gpu", auth=EntraKubeAuth(Credential(), endpoint),
+                                  request_timeout=5)
+            try:
+                for call in (cluster.read(), cluster.pods_on("gpu-0"), cluster.cordon("gpu-0", "x")):
+                    with pytest.raises(ClusterError) as err:
+                        await call
+                    errors.append(str(err.value))
+                    errors.append(repr(err.value.__cause__))
+                    errors.append(str(err.value.__cause__))
+            finally:
+                await cluster.close()
+    finally:
+        await runner.cleanup()
+    assert f"Bearer {secret}" in seen  # the token was sent, so it was there to leak
+    assert any("401" in e for e in errors) and any("500" in e for e in errors)
+    for text in [*errors, caplog.text]:
+        assert secret not in text
