@@ -373,3 +373,24 @@ def test_a_leaver_whose_name_another_person_carries_now_still_counts() -> None:
         Member(id=f"uid={people[0]},ou=people", username=people[0])}})
     plan, _ = judge(replace(observed, users=users, snapshot=own), policy)
     assert plan.facts["recent_removals"] == 4
+
+
+def test_a_leavers_group_stamps_are_no_group_loss_of_another_person_carrying_the_name() -> None:
+    """p000, in gpu-users, left an hour ago (deprovisioned; sync stamped their removal from the
+    group). A recycled uid gives p000 to another directory entry, in analysts only, whose hub user
+    is not made yet (the leaver's record still holds the name). The stamp is the leaver's, who
+    counts as a removal: no group loss of the newcomer. The leaver back under their own entry
+    is (they stay a hub user who lost gpu-users)."""
+    people = names(30)
+    observed = replace(hub(people[1:], people[10:], gone={people[0]: NOW - H}),
+                       group_removed={"dir-gpu-users": {people[0]: NOW - H}})
+    newcomer = Member(id="uid=newcomer,ou=people", username=people[0])
+    directory = snap(people[1:], people[10:])
+    reused = replace(directory, groups={**directory.groups, "analysts": directory.groups["analysts"] | {newcomer}})
+    assert "recent_group_removals" not in judge(replace(observed, snapshot=reused))[0].facts
+    gone = {n: r for n, r in observed.managed.items() if n != people[0]}  # deleted: only its id is kept
+    deleted = replace(observed, snapshot=reused, managed=gone, deleted={people[0]: NOW - H},
+                      deleted_ids={people[0]: f"uid={people[0]},ou=people"})
+    assert "recent_group_removals" not in judge(deleted)[0].facts
+    back = snap(people, people[10:])
+    assert judge(replace(observed, snapshot=back))[0].facts["recent_group_removals"] == {"dir-gpu-users": 1}

@@ -196,3 +196,53 @@ async def test_a_leaver_whose_name_a_newcomer_gets_still_counts_in_the_removal_w
             refused.refusal
     finally:
         await world.close()
+
+
+@pytest.mark.parametrize("gone", ["by hand", "sync.delete_users"])
+async def test_a_leavers_loss_of_a_group_is_no_group_loss_of_the_newcomer_who_gets_the_name(
+        real_hub: RealHub, tmp_path: Path, gone: str) -> None:
+    """a, in gpu, leaves (a removal; their removal from gpu is no group loss: README); their hub
+    user x is deleted and b, another entry, in analysts but not gpu, gets a new hub user x. b never
+    was in gpu, so a's removal from it is no group loss of x now: the next run taking one person
+    out of gpu (1 ≤ sync.group_removal_floor = 1) applies; counting a's stamp for b made it 2 of 5
+    (40 % > 30 %) and refused it."""
+    deleting = gone == "sync.delete_users"
+    world = World(real_hub, tmp_path, group_removal_floor=1, max_removal_percent=30.0,
+                  delete_users=deleting, delete_grace_hours=0.0)
+    try:
+        x = world.user("x")
+        world.people["a"] = {"username": x, "name": "Ann"}
+        stayers = ["g1", "g2", "g3", "g4"]
+        world.set("analysts", *stayers)
+        world.set("gpu", *stayers)
+        world.groups["analysts"] = ["a", *stayers]
+        world.groups["gpu"] = ["a", *stayers]
+        world.write()
+        assert (await world.run()).outcome is Outcome.APPLIED
+        world.groups["analysts"] = stayers
+        world.groups["gpu"] = stayers
+        world.write()
+        left = await world.run()
+        assert left.outcome is Outcome.APPLIED and left.plan is not None, left.render()
+        assert ("deprovision", x) in {(a.kind, a.target) for a in left.plan.actions}, left.render()
+        if deleting:
+            assert (await world.run()).plan.counts() == {"delete_user": 1}
+        else:
+            async with real_hub.admin() as admin:
+                assert (await admin.delete(f"/users/{x}")).status_code == 204
+
+        world.people["b"] = {"username": x, "name": "Bea"}
+        world.groups["analysts"] = ["b", *stayers]
+        world.write()
+        fresh = await world.run()
+        assert fresh.outcome is Outcome.APPLIED and fresh.plan is not None, fresh.render()
+        assert fresh.plan.counts() == {"create_user": 1, "add_to_group": 1}, fresh.render()
+        assert (await world.hub_state())["groups"][f"{world.prefix}gpu"] == sorted(world.user(s) for s in stayers)
+
+        world.groups["gpu"] = stayers[1:]  # g1 loses gpu, staying a hub user: 1 loss, at the floor
+        world.write()
+        after = await world.run()
+        assert after.outcome is Outcome.APPLIED, (after.refusal, after.render())
+        assert after.plan is not None and "recent_group_removals" not in after.plan.facts, after.plan.facts
+    finally:
+        await world.close()

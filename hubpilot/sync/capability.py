@@ -403,6 +403,7 @@ class SyncCapability:
                     kept = previous if previous and kind == "manage_user" and not previous.get("deprovisioned_at") \
                         else None
                     since = kept.get("since") if kept else None
+                    _unstamp_another(taken_out, users, deleted_ids, name, ids.get(name), want)
                     _displace(users, replaced, name, ids.get(name), want)
                     users[name] = ManagedUser(datetime.fromisoformat(since) if since else now).to_json()
                     if kept and kept.get("directory_id"):
@@ -413,6 +414,7 @@ class SyncCapability:
                     new = r.action.params["to"]
                     rec = users.get(name) if ahead else users.pop(name, None)
                     if rec:
+                        _unstamp_another(taken_out, users, deleted_ids, new, rec.get("directory_id"), want)
                         _displace(users, replaced, new, rec.get("directory_id"), want)
                     # no record of the old name: another run (its lock lost) recorded the rename
                     users[new] = dict(rec) if rec else users.get(new) or ManagedUser(now).to_json()
@@ -581,6 +583,18 @@ def _displace(users: Mapping[str, Any], replaced: list[Any], name: str, new_id: 
     if isinstance(old, Mapping) and old.get("deprovisioned_at") \
             and _other_person(old.get("directory_id"), new_id, want):
         replaced.append({"name": name, "directory_id": old["directory_id"], "at": old["deprovisioned_at"]})
+
+
+def _unstamp_another(taken_out: dict[str, dict[str, Any]], users: Mapping[str, Any], deleted_ids: Mapping[str, Any],
+                     name: str, new_id: str | None, want: Desired | None) -> None:
+    """Before another person's record takes hub name ``name``: drop the removals from groups its
+    last holder (its record, or the deleted's id) was stamped with. They were a leaver's, who counts
+    as a removal; they are no group loss of the newcomer."""
+    old = users.get(name)
+    holder = old.get("directory_id") if isinstance(old, Mapping) else deleted_ids.get(name)
+    if _other_person(holder if isinstance(holder, str) else None, new_id, want):
+        for people in taken_out.values():
+            people.pop(name, None)
 
 
 def _other_person(old: str | None, new: str | None, want: Desired | None) -> bool:

@@ -477,15 +477,26 @@ def recent_group_removals(observed: SyncObserved, want: Desired, policy: SyncSet
     ``sync.removal_window_hours`` who stay hub users and are not back in it (the directory's
     group, or the hub's, has them again): a group answer that degrades over several runs
     otherwise strips the group a few people at a time, each run under the floor. An approval
-    clears the stamps (it accepted them), so they are not filtered here by its time."""
+    clears the stamps (it accepted them), so they are not filtered here by its time. A stamp is
+    of the person who held the hub name then: while the name's record (or, deleted, its id) is
+    another directory entry's than the one carrying the name now (a recycled uid), it is a
+    leaver's, who counts as a removal, not a group loss of the newcomer."""
     if policy.removal_window_hours <= 0:
         return {}
     start = now - timedelta(hours=policy.removal_window_hours)
+
+    def stays(name: str) -> bool:
+        if name not in want.users:
+            return False
+        record = observed.managed.get(name)
+        holder = record.directory_id if record is not None else observed.deleted_ids.get(name)
+        return holder is None or name not in want.ids or same_entry(holder, want.ids[name], want)
+
     out: dict[str, int] = {}
     for group, people in observed.group_removed.items():
         hub_group = observed.groups.get(group)
         back = set(want.groups.get(group, ())) | set(hub_group.users if hub_group else ())
-        n = sum(1 for name, at in people.items() if at > start and name in want.users and name not in back)
+        n = sum(1 for name, at in people.items() if at > start and name not in back and stays(name))
         if n:
             out[group] = n
     return out
