@@ -748,3 +748,70 @@ async def test_a_failed_creation_leaves_the_others_additions_to_a_group_through(
     finally:
         await world.close()
         await proxy.stop()
+
+
+@pytest.mark.parametrize("gone", ["by hand", "sync.delete_users"])
+async def test_a_failed_creation_under_a_leavers_name_counts_the_leavers_removal_once(
+        fault_hub: RealHub, tmp_path: Path, gone: str) -> None:
+    """a leaves; their hub user x is deleted (by an admin, or by sync.delete_users); b, another
+    entry, carries x. The record written ahead of b's creation takes the name (a's removal moved
+    to replaced_removals); the creation fails (the hub never gets it) and leaves no hub user, so
+    the record is put back as it was: a's removal is counted once, neither lost nor doubled
+    (max_removals = 1: one more leaver is refused with 1 earlier removal), and the next run,
+    the hub reachable, creates x for b."""
+    deleting = gone == "sync.delete_users"
+    proxy = FaultProxy(*_where(fault_hub))
+    await proxy.start()
+    world = World(fault_hub, tmp_path, hub_api=f"http://127.0.0.1:{proxy.port}/hub/api", max_removals=1,
+                  delete_users=deleting, delete_grace_hours=0.0)
+    try:
+        x = world.user("x")
+        world.people["a"] = {"username": x, "name": "Ann"}
+        world.set("analysts", "keep", "stay")
+        world.groups["analysts"] = ["a", "keep", "stay"]
+        world.write()
+        assert (await world.run()).outcome is Outcome.APPLIED
+        world.groups["analysts"] = ["keep", "stay"]
+        world.write()
+        assert (await world.run()).outcome is Outcome.APPLIED
+        if deleting:
+            assert (await world.run()).plan.counts() == {"delete_user": 1}
+        else:
+            async with fault_hub.admin() as admin:
+                assert (await admin.delete(f"/users/{x}")).status_code == 204
+        before = await world.store.get(MANAGED_KEY)
+        assert before is not None
+
+        world.people["b"] = {"username": x, "name": "Bea"}
+        world.groups["analysts"] = ["b", "keep", "stay"]
+        world.write()
+        proxy.rule(lambda method, path: (method, path) == ("POST", "/hub/api/users"), "before")
+        failed = await world.run()
+        assert failed.plan is not None and failed.plan.counts() == {"create_user": 1, "add_to_group": 1}, \
+            failed.render()
+        assert {r.action.kind: r.status for r in failed.results}["create_user"] is Status.FAILED, failed.render()
+        after = await world.store.get(MANAGED_KEY)
+        assert after is not None
+        assert after.get("users", {}).get(x) == before.get("users", {}).get(x), after  # a's record, or none
+        assert "replaced_removals" not in after, after
+        assert (after.get("deleted"), after.get("deleted_ids")) == (before.get("deleted"), before.get("deleted_ids"))
+
+        world.groups["analysts"] = ["b", "stay"]  # keep leaves: a's removal and this one, 2 > 1
+        world.write()
+        refused = await world.run()
+        assert refused.outcome is Outcome.REFUSED, refused.render()
+        assert refused.plan is not None and refused.plan.facts["recent_removals"] == 1, refused.plan.facts
+        assert refused.refusal[0].startswith("the plan removes 1 users and sync removed 1 in the last 24 h"), \
+            refused.refusal
+
+        proxy.reset()
+        world.groups["analysts"] = ["b", "keep", "stay"]
+        world.write()
+        made = await world.run()
+        assert made.outcome is Outcome.APPLIED and made.plan is not None, made.render()
+        assert made.plan.counts() == {"create_user": 1, "add_to_group": 1}, made.render()
+        managed = await world.store.get(MANAGED_KEY)
+        assert managed is not None and managed["users"][x]["directory_id"] == "b", managed
+    finally:
+        await world.close()
+        await proxy.stop()
