@@ -28,7 +28,8 @@ What it sets:
   ``post_auth_hook`` configured later runs, and the login gate after it.
   ``JupyterHub.authenticator_class`` becomes a subclass of the configured one whose
   ``refresh_user`` also refuses them, so an open session ends too (within
-  ``Authenticator.auth_refresh_age``). Configure the authenticator class before calling this: one
+  ``Authenticator.auth_refresh_age``; ``0``, which turns the refresh off, is refused when the
+  hub starts). Configure the authenticator class before calling this: one
   named later replaces the gated class, which the access check reports as an error in the hub's
   log at the first login or spawn.
 

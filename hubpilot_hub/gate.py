@@ -14,6 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from traitlets import TraitError, validate
+
 from hubpilot_hub import hooks
 
 log = logging.getLogger(hooks.LOGGER)
@@ -124,9 +126,21 @@ class AccessGate:
                 return result
             return await gate_hook(authenticator, handler, result)
 
+        def _refresh_age(authenticator: Any, proposal: Any) -> Any:
+            # 0 turns refresh_user off: a removed person's open session (and the tokens they
+            # can still make in it) would last until the cookie expires
+            if not proposal["value"]:
+                raise TraitError(
+                    "hubpilot_hub: Authenticator.auth_refresh_age = 0 turns JupyterHub's refresh_user "
+                    "off, so a person removed from the access groups keeps an open hub session: remove "
+                    "the setting (default 300 s) or set the seconds after which a removal ends a session"
+                )
+            return proposal["value"]
+
         gated = type(base.__name__, (base,), {
             "refresh_user": refresh_user, "pre_spawn_start": pre_spawn_start,
             "run_post_auth_hook": run_post_auth_hook,
+            "_hubpilot_refresh_age": validate("auth_refresh_age")(_refresh_age),
             "_hubpilot_base": base, "__module__": __name__, "__doc__": base.__doc__,
         })
         return gated

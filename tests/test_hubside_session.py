@@ -4,7 +4,7 @@ next login and spawn): the gate answers JupyterHub's periodic ``refresh_user``."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -81,3 +81,19 @@ def test_configure_gates_the_configured_authenticator_class() -> None:
         assert cls.__mro__[1] is DummyAuthenticator and cls.__name__ == "DummyAuthenticator"
     finally:
         hooks._PARTS[:] = saved
+
+
+async def test_a_hub_that_never_refreshes_sessions_refuses_to_start(
+    hub_factory: Callable[..., Awaitable[RealHub]],
+) -> None:
+    """auth_refresh_age = 0 turns JupyterHub's refresh_user off: a person removed from the access
+    groups would keep an open session (and make new tokens in it) until the cookie expires, weeks
+    later. The hub does not start and says what to fix, also when set after configure, on the
+    authenticator's own section."""
+    extra = f"""
+import hubpilot_hub
+hubpilot_hub.configure(c, access_groups=[{ACCESS!r}])
+c.DummyAuthenticator.auth_refresh_age = 0
+"""
+    with pytest.raises(RuntimeError, match=r"auth_refresh_age = 0 turns JupyterHub.s refresh_user off"):
+        await hub_factory(extra_config=extra)
