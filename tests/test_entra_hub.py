@@ -35,7 +35,7 @@ from hubpilot.wiring.entra import (
 from tests.doubles.graph import GraphDouble, start_graph_double
 from tests.fixtures.hub import unique_name
 from tests.fixtures.webhook import Webhook
-from tests.realhub import RealHub
+from tests.realhub import RealHub, read_all
 from tests.test_entra_graph import SECRET
 
 pytestmark = pytest.mark.hub
@@ -92,7 +92,7 @@ class Tenant:
     async def hub_state(self) -> dict[str, Any]:
         """Members of the mirrored hub groups (admin_mode "role": the hub grants admin to the group)."""
         async with self.hub.admin() as admin:
-            groups = {g["name"]: sorted(g["users"]) for g in (await admin.get("/groups")).json()}
+            groups = {g["name"]: sorted(g["users"]) for g in await read_all(admin, "/groups")}
         return {"admins": groups.get(f"{self.tag}-admins", []), "users": groups.get(f"{self.tag}-users", [])}
 
 
