@@ -674,9 +674,8 @@ async def readiness(ctx: Context) -> dict[str, dict[str, Any]]:
         import httpx
 
         s = ctx.settings.hub
-        url = str(s.api_url).rstrip("/")
-        # readers see the details: a user:password written into the URL is not theirs to read
-        base = str(httpx.URL(url).copy_with(username=None, password=None)) if "@" in url else url
+        # hub.api_url holds no user:password (the settings refuse one), so readers may see it whole
+        url = base = str(s.api_url).rstrip("/")
         headers = {"Authorization": f"token {s.token.get_secret_value()}"}
         try:
             async with httpx.AsyncClient(timeout=timeout) as client:
