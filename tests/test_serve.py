@@ -394,3 +394,26 @@ async def test_serve_with_the_azure_hint_queue_says_it_does_not_drain_it(
     said = [r.getMessage() for r in caplog.records if "directory.entra.queue" in r.getMessage()]
     assert len(said) == 1 and "graph_hints" in said[0] and "'memory'" in said[0], caplog.text
     await ctx.close()
+
+
+async def test_serve_on_a_port_in_use_runs_no_scheduled_round(tmp_path: Path) -> None:
+    # a second `hubpilot serve` started by mistake on the port the first one holds: it cannot
+    # listen and exits, and must not run a round first (here a missed fire, which runs at once)
+    fake = FakeTime(T0.replace(hour=2, minute=0, second=0) - timedelta(days=1))
+    ctx, worlds = _ctx(tmp_path, fake)
+    assert (await run_scheduled(ctx, "sync")) is not None  # yesterday 02:00
+    worlds["sync"].desired.add("sync-c")
+    fake.now = T0
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        # a host name, as `--host localhost`: resolving it lets other tasks run before the bind
+        server = Server(ctx.settings, host="localhost", port=held.getsockname()[1], context=ctx,
+                        schedules=True)
+        server.scheduler = Scheduler(ctx, [Schedule("sync", "0 0 2 * * *", True, "sync.schedule")],
+                                     sleep=fake.sleep)
+        with pytest.raises(SystemExit):
+            await server.run()
+    assert server.scheduler.rounds["sync"] == [], "a round ran though the server never listened"
+    assert "sync-c" not in worlds["sync"].items
+    await ctx.close()
