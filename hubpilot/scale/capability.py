@@ -135,8 +135,10 @@ class ScaleCapability:
     # --- apply -----------------------------------------------------------------------------
     async def apply(self, plan: Plan, observed: Observed, progress: Progress) -> list[ActionResult]:
         at = observed.at or self.clock()
-        # a stopped pool (AKS power state Stopped) keeps its count, but none of its VMs runs
-        running = 0 if observed.pool.power_state.lower() == "stopped" else observed.pool.count
+        # a stopped pool (AKS power state Stopped) keeps its count, but none of its VMs runs; a
+        # failed pool keeps its failed operation's count, but only the machines that exist run
+        present = machines_present(observed, observed.at)
+        running = 0 if observed.pool.power_state.lower() == "stopped" else present
         await record_size(self.store, at, running, source="observed", observed=self.observed_gap)
         results = await run_actions(plan.actions, self._perform_for(observed), concurrency=1,
                                     progress=progress)
@@ -149,7 +151,7 @@ class ScaleCapability:
                 gone = r.action.params["removed_nodes"]
                 memory = replace(memory, last_down=now)
                 if confirmed:
-                    await record_size(self.store, now, observed.pool.count - len(gone), source="scale-down")
+                    await record_size(self.store, now, present - len(gone), source="scale-down")
                 if confirmed or not deallocates(observed.pool):
                     memory = replace(memory, removed={**memory.removed, **dict.fromkeys(gone, now)})
                 continue
@@ -168,7 +170,7 @@ class ScaleCapability:
             if r.action.kind == REMOVE_NODES and (r.status is Status.DONE or not deallocates(observed.pool)):
                 gone = r.action.params["removed_nodes"]  # set by _remove: the nodes it did remove
                 if r.status is Status.DONE:
-                    await record_size(self.store, now, observed.pool.count - len(gone), source="scale-down")
+                    await record_size(self.store, now, present - len(gone), source="scale-down")
                 # watched: in a Deallocate pool whether AKS stops or deletes their VMs, in a Delete
                 # pool while their nodes leave the cluster -- there also when ARM's operation was
                 # still running when we stopped waiting, or its answer was lost (it may have been
