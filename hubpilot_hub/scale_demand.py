@@ -266,6 +266,11 @@ class ScaleDemand:
     ) -> None:
         if not url.startswith(("https://", "http://")):
             raise ValueError(f"scale demand url {url!r} must be an http(s) URL of hubpilot's /api/v1")
+        if urlsplit(url).path.rstrip("/").endswith("/scale/demand"):
+            # the part appends /scale/demand: every signal would go to .../scale/demand/scale/demand (404)
+            raise ValueError(f"scale demand url {url!r} is the demand endpoint itself; give hubpilot's API base, "
+                             "ending in /api/v1 (the Bicep output demandUrl without /scale/demand): "
+                             "/scale/demand is appended to it")
         if not token:
             raise ValueError("scale demand token is empty: give a token of hubpilot's `hub` API role "
                              "(or leave the demand signal off)")

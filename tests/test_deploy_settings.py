@@ -230,3 +230,45 @@ def test_the_deployed_app_settings_load(deployment: str, app_environment: Any) -
         # the Functions app refuses the in-memory queue (functions.get_context): the deployment sets azure
         assert entra is not None and entra.notifications and entra.queue == "azure"
 
+
+def test_the_demand_url_output_in_the_hubs_demand_url_is_refused_with_what_to_give(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deployment's output ``demandUrl`` is the demand endpoint itself; the hub side's
+    ``HUBPILOT_DEMAND_URL`` (deploy/z2jh) is hubpilot's API base, to which the part appends
+    /scale/demand. An admin who gives the one for the other had every signal posted to
+    .../scale/demand/scale/demand (404, one warning, then silence): the hub now refuses it at
+    start, saying what to give; the API base itself is taken."""
+    import yaml
+    from traitlets.config import Config
+
+    from hubpilot_hub import hooks
+    from hubpilot_hub.scale_demand import PART_NAME
+    from tests.test_z2jh_values import VALUES
+
+    main = _file(_parsed(), "main.bicep")
+    bicep = _Bicep({"hubApiUrl": "https://hub.example.org/hub/api"})
+    demand_url = bicep.ev(main["outputs"]["demandUrl"]["value"])
+    assert demand_url == f"https://{HOST_NAME}/api/v1/scale/demand"
+    extra_config = yaml.safe_load(VALUES.read_text())["hub"]["extraConfig"]["hubpilot"]
+    monkeypatch.setenv("HUBPILOT_API_TOKEN", "tok")
+    monkeypatch.setenv("HUBPILOT_DEMAND_TOKEN", "demand-tok")
+    saved = list(hooks._PARTS)
+
+    def load_hub_config() -> None:
+        c = Config()
+        c.JupyterHub.services = [{"name": "hubpilot", "api_token": "chart-generated", "display": False}]
+        exec(compile(extra_config, "hub.extraConfig.hubpilot", "exec"), {"c": c})
+
+    try:
+        for given in (demand_url, demand_url + "/"):
+            monkeypatch.setenv("HUBPILOT_DEMAND_URL", given)
+            with pytest.raises(ValueError, match=r"API base, ending in /api/v1.*demandUrl without /scale/demand"):
+                load_hub_config()
+            assert PART_NAME not in dict(hooks.registered_parts())
+        monkeypatch.setenv("HUBPILOT_DEMAND_URL", demand_url.removesuffix("/scale/demand"))
+        load_hub_config()
+        (part,) = [p.fn for p in hooks._PARTS if p.name == PART_NAME]
+        assert getattr(part, "endpoint", None) == demand_url
+    finally:
+        hooks._PARTS[:] = saved
