@@ -53,6 +53,7 @@ OTHER_ENV: dict[str, str] = {
     "HUBPILOT_HUB_TOKEN": "infra/bicep/main.bicepparam (the deployment's shell)",
     "HUBPILOT_API_TOKENS": "infra/bicep/main.bicepparam (the deployment's shell)",
     "HUBPILOT_GRAPH_CLIENT_STATE": "infra/bicep/main.bicepparam (the deployment's shell)",
+    "HUBPILOT_LDAP_BIND_PASSWORD": "infra/bicep/main.bicepparam (the deployment's shell)",
     "HUBPILOT_HUB_VENV": "development: the JupyterHub the local hub and the tests run",
     "HUBPILOT_SKIP_NEWEST_HUB": "development: scripts/test",
     "HUBPILOT_SLAPD": "development: the local LDAP server (hubpilot.localldap)",

@@ -19,6 +19,8 @@ param directoryKind = 'entra'
 param graphEndpoint = ''
 param graphNotifications = false
 param graphClientState = readEnvironmentVariable('HUBPILOT_GRAPH_CLIENT_STATE', '')
+// directoryKind = 'ldap' with a bind DN (ldapUrl, ldapBaseDn, ldapBindDn): its password
+param ldapBindPassword = readEnvironmentVariable('HUBPILOT_LDAP_BIND_PASSWORD', '')
 
 param usersGroups = [
   '00000000-0000-0000-0000-000000000001'
