@@ -411,12 +411,14 @@ def run_autoscaler(sessions: list[Session], seed: int) -> World:
 
 def history(seed: int, weeks: int, fp: ForecastPolicy) -> Forecast:
     """The forecast after ``weeks`` earlier weeks (independent traces of the same demand model),
-    learned from their arrivals as the capability sees them: each key once, folded every hour."""
+    learned from their arrivals as the capability sees them: each key once, folded every hour,
+    observed every 10 minutes at least (after half an hour unobserved, whoever is in sight is taken
+    as already there, not as an arrival)."""
     forecast = Forecast()
     for w in range(weeks):
         start = WEEK_START - timedelta(days=7 * (weeks - w))
         events = [(s.arrive, f"h{w}-{s.id}") for s in trace(seed * 1000 + w)]
-        events += [(h * 3600.0, "") for h in range(7 * 24 + 1)]
+        events += [(m * 600.0, "") for m in range(7 * 24 * 6 + 1)]
         for at, key in sorted(events):
             forecast = learn(forecast, [key] if key else [], start + timedelta(seconds=at), fp)
     return forecast

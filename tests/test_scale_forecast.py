@@ -32,13 +32,15 @@ def feed(f: Forecast, arrivals_per_hour: dict[int, int], day: datetime, fp: Fore
 
 
 def test_a_key_in_sight_counts_once_and_again_after_it_was_forgotten() -> None:
-    f = Forecast()
+    f = learn(Forecast(), [], MON9 - timedelta(minutes=1), FP)  # looking before alice comes
     for minute in range(10):  # alice's pod is seen every minute: one arrival
         f = learn(f, ["alice~"], MON9 + timedelta(minutes=minute), FP)
     assert (f.open_bucket, f.open_count) == ("0-09", 1)
     f = learn(f, ["alice~", "bob~"], MON9 + timedelta(minutes=11), FP)
     assert f.open_count == 2
-    # alice out of sight longer than `forget`: her next start is a new arrival
+    # alice out of sight longer than `forget` (runs go on meanwhile): her next start is a new arrival
+    for minute in range(12, 42, 10):
+        f = learn(f, [], MON9 + timedelta(minutes=minute), FP)
     f = learn(f, ["alice~"], MON9 + timedelta(minutes=11) + FP.forget + timedelta(minutes=1), FP)
     assert f.open_count == 3
 
@@ -63,8 +65,8 @@ def test_hours_are_local_and_follow_daylight_saving() -> None:
 
 def test_the_hour_that_happens_twice_when_daylight_saving_ends_is_folded_as_two_hours() -> None:
     berlin = ForecastPolicy(timezone="Europe/Berlin")
-    f = Forecast()
     start = datetime(2026, 10, 24, 23, 0, tzinfo=UTC)  # Sunday 01:00 CEST; 02:00-03:00 comes twice
+    f = learn(Forecast(), [], start - timedelta(minutes=1), berlin)  # looking before the first arrival
     for minute in range(4 * 60):  # 6 arrivals in every real hour
         f = learn(f, [f"u{minute}~"] if minute % 10 == 0 else [], start + timedelta(minutes=minute), berlin)
     assert bucket(start + timedelta(hours=1, minutes=30), berlin.timezone) == "6-02"

@@ -61,6 +61,7 @@ class Forecast:
     open_count: int = 0
     seen: Mapping[str, datetime] = field(default_factory=dict)  # key → last time it was in sight
     open_hour: datetime | None = None  # when the open hour began (UTC): 02:00 twice on a 25-hour day
+    at: datetime | None = None  # the last observation learned (None: none yet)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +71,7 @@ class Forecast:
             "open_count": self.open_count,
             "seen": {k: v.isoformat() for k, v in sorted(self.seen.items())},
             "open_hour": self.open_hour.isoformat() if self.open_hour is not None else None,
+            "at": self.at.isoformat() if self.at is not None else None,
         }
 
     @classmethod
@@ -88,7 +90,8 @@ class Forecast:
                     or int(data.get("open_count") or 0) < 0):
                 raise ValueError("a negative or non-finite rate or count")
             return cls(rates, weeks, str(open_bucket) if valid else None, int(data.get("open_count") or 0), seen,
-                       stored_time(data.get("open_hour"), "open_hour") if valid else None)
+                       stored_time(data.get("open_hour"), "open_hour") if valid else None,
+                       stored_time(data.get("at"), "at"))
         except (TypeError, ValueError, AttributeError):
             return cls()
 
@@ -115,7 +118,9 @@ def _local_date(now: datetime, timezone: str) -> date:
 def learn(forecast: Forecast, keys: Iterable[str], now: datetime, policy: ForecastPolicy) -> Forecast:
     """The forecast after seeing the GPU server ``keys`` in sight at ``now``.
 
-    A key not seen within ``policy.forget`` is a new arrival of the current hour. When the hour
+    A key not seen within ``policy.forget`` is a new arrival of the current hour, unless nothing
+    was observed within ``policy.forget`` (the first observation, or after a pause): the servers in
+    sight then may have come at any time before, so they are taken as already there. When the hour
     changes, the finished hour's count is folded into its bucket (not on holidays); the hour that
     comes twice when daylight saving ends is folded twice, as the two hours it is."""
     if now.tzinfo is None:
@@ -137,12 +142,13 @@ def learn(forecast: Forecast, keys: Iterable[str], now: datetime, policy: Foreca
     else:
         open_bucket = current
     seen = {k: t for k, t in forecast.seen.items() if now - t <= policy.forget}
-    fresh = {k for k in keys if k not in seen}
+    gap = forecast.at is None or now - forecast.at > policy.forget
+    fresh = set() if gap else {k for k in keys if k not in seen}
     if open_bucket is not None:
         count += len(fresh)
     for k in keys:
         seen[k] = now
-    return Forecast(rates, weeks, open_bucket, count, seen, hour if open_bucket is not None else None)
+    return Forecast(rates, weeks, open_bucket, count, seen, hour if open_bucket is not None else None, now)
 
 
 def rate_at(forecast: Forecast, when: datetime, timezone: str) -> float:
