@@ -36,3 +36,31 @@ def test_after_a_gap_in_observation_the_servers_in_sight_are_no_arrivals() -> No
     assert (f.open_bucket, f.open_count) == ("0-10", 0)
     f = learn(f, [*running, "late~"], MON.replace(hour=10, minute=16), FP)
     assert f.open_count == 1
+
+
+def weeks_in(fp: ForecastPolicy, weeks: int, busy_utc_hour: int) -> Forecast:
+    """``weeks`` Mondays observed every 10 minutes, 6 arrivals in one UTC hour."""
+    f = Forecast()
+    for w in range(weeks):
+        day = MON + timedelta(days=7 * w)
+        for tick in range(24 * 6 + 1):
+            at = day + timedelta(minutes=10 * tick)
+            new = [f"{w}-{tick}~"] if at.hour == busy_utc_hour else []
+            f = learn(f, new, at, fp)
+    return f
+
+
+def test_a_forecast_learned_in_another_timezone_keeps_its_hours() -> None:
+    # learned with the default UTC: 6 arrivals/h at 07:00 UTC, 08:00 in Berlin (winter)
+    f = Forecast.from_json(weeks_in(FP, 3, busy_utc_hour=7).to_json())
+    assert forecast_spare(f, MON.replace(hour=7, minute=10), FP)[0] == 1
+    # then scale.timezone is set to Europe/Berlin: the spare stays at the hour the people come
+    berlin = ForecastPolicy(quantile=0.95, boot=timedelta(minutes=3), max_spare=3, min_rate=1.0,
+                            timezone="Europe/Berlin")
+    later = MON + timedelta(days=28)
+    assert forecast_spare(f, later.replace(hour=6, minute=10), berlin)[0] == 0  # 07:10 in Berlin: nobody yet
+    assert forecast_spare(f, later.replace(hour=7, minute=10), berlin)[0] == 1  # 08:10 in Berlin
+    # and learning goes on in Berlin's hours, from the hours already learned
+    g = Forecast.from_json(learn(f, [], later.replace(hour=6), berlin).to_json())
+    assert g.rates.get("0-08") == 6 and not g.rates.get("0-07")
+    assert forecast_spare(g, later.replace(hour=7, minute=10), berlin)[0] == 1

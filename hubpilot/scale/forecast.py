@@ -16,6 +16,7 @@ few weeks of data, so one odd week does not set the spare.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class Forecast:
     seen: Mapping[str, datetime] = field(default_factory=dict)  # key → last time it was in sight
     open_hour: datetime | None = None  # when the open hour began (UTC): 02:00 twice on a 25-hour day
     at: datetime | None = None  # the last observation learned (None: none yet)
+    timezone: str | None = None  # the zone of the buckets (None: stored before it was kept, the policy's)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +74,7 @@ class Forecast:
             "seen": {k: v.isoformat() for k, v in sorted(self.seen.items())},
             "open_hour": self.open_hour.isoformat() if self.open_hour is not None else None,
             "at": self.at.isoformat() if self.at is not None else None,
+            "timezone": self.timezone,
         }
 
     @classmethod
@@ -91,9 +94,44 @@ class Forecast:
                 raise ValueError("a negative or non-finite rate or count")
             return cls(rates, weeks, str(open_bucket) if valid else None, int(data.get("open_count") or 0), seen,
                        stored_time(data.get("open_hour"), "open_hour") if valid else None,
-                       stored_time(data.get("at"), "at"))
-        except (TypeError, ValueError, AttributeError):
+                       stored_time(data.get("at"), "at"), _stored_zone(data.get("timezone")))
+        except (TypeError, ValueError, AttributeError, KeyError, OSError):
             return cls()
+
+
+def _stored_zone(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("timezone is not a string")
+    ZoneInfo(value)  # an unknown zone: the forecast starts afresh (ZoneInfoNotFoundError is a KeyError)
+    return value
+
+
+def in_zone(forecast: Forecast, timezone: str, now: datetime) -> Forecast:
+    """The forecast with its buckets in ``timezone``: learned in another zone (``scale.timezone``
+    changed), each bucket moves by the hours between the zones at ``now``, so the spare stays at
+    the hours the people come and learning goes on from what was learned."""
+    old = forecast.timezone
+    if old is None or old == timezone:
+        return forecast if old == timezone else dataclasses.replace(forecast, timezone=timezone)
+    delta = _offset(now, timezone) - _offset(now, old)
+    shift = math.floor(delta.total_seconds() / 3600)
+
+    def moved(b: str) -> str:
+        d, _, h = b.partition("-")
+        i = (int(d) * 24 + int(h) + shift) % (7 * 24)
+        return f"{i // 24}-{i % 24:02d}"
+
+    return dataclasses.replace(
+        forecast, rates={moved(b): r for b, r in forecast.rates.items()},
+        weeks={moved(b): n for b, n in forecast.weeks.items()},
+        open_bucket=moved(forecast.open_bucket) if forecast.open_bucket is not None else None,
+        timezone=timezone)
+
+
+def _offset(now: datetime, timezone: str) -> timedelta:
+    return now.astimezone(ZoneInfo(timezone)).utcoffset() or timedelta(0)
 
 
 def _valid_bucket(b: str) -> bool:
@@ -125,6 +163,7 @@ def learn(forecast: Forecast, keys: Iterable[str], now: datetime, policy: Foreca
     comes twice when daylight saving ends is folded twice, as the two hours it is."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    forecast = in_zone(forecast, policy.timezone, now)
     current = bucket(now, policy.timezone)
     rates, weeks = dict(forecast.rates), dict(forecast.weeks)
     open_bucket, count = forecast.open_bucket, forecast.open_count
@@ -148,7 +187,8 @@ def learn(forecast: Forecast, keys: Iterable[str], now: datetime, policy: Foreca
         count += len(fresh)
     for k in keys:
         seen[k] = now
-    return Forecast(rates, weeks, open_bucket, count, seen, hour if open_bucket is not None else None, now)
+    return Forecast(rates, weeks, open_bucket, count, seen, hour if open_bucket is not None else None, now,
+                    policy.timezone)
 
 
 def rate_at(forecast: Forecast, when: datetime, timezone: str) -> float:
@@ -186,6 +226,7 @@ def forecast_spare(forecast: Forecast, now: datetime, policy: ForecastPolicy) ->
     a busier hour begins."""
     if _local_date(now, policy.timezone) in policy.holidays:
         return 0, 0.0
+    forecast = in_zone(forecast, policy.timezone, now)
     rate = max(rate_at(forecast, now, policy.timezone), rate_at(forecast, now + policy.boot, policy.timezone))
     if rate < policy.min_rate:
         return 0, rate
