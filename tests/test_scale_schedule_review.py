@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from pydantic import ValidationError
+
+from hubpilot.config.scale import ScaleSettings
 from hubpilot.scale import Forecast, ForecastPolicy
 from hubpilot.scale.forecast import forecast_spare, learn
 
@@ -64,3 +68,11 @@ def test_a_forecast_learned_in_another_timezone_keeps_its_hours() -> None:
     g = Forecast.from_json(learn(f, [], later.replace(hour=6), berlin).to_json())
     assert g.rates.get("0-08") == 6 and not g.rates.get("0-07")
     assert forecast_spare(g, later.replace(hour=7, minute=10), berlin)[0] == 1
+
+
+@pytest.mark.parametrize("zone", ["Europe", "America", "Etc"])
+def test_a_timezone_that_names_a_region_says_what_to_fix(zone: str) -> None:
+    # a folder of the zone database, not a zone: was an OSError naming the tzdata path
+    with pytest.raises(ValidationError, match=f"'{zone}' is no IANA timezone; use e.g. 'Europe/Berlin'"):
+        ScaleSettings(timezone=zone)
+

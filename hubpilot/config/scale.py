@@ -221,7 +221,7 @@ class ScaleSettings(Section):
     def _tz(cls, v: str) -> str:
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a folder, e.g. 'Europe'
             raise ValueError(f"{v!r} is no IANA timezone; use e.g. 'Europe/Berlin' or 'UTC'") from exc
         return v
 
