@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from hubpilot.config.scale import ScaleSettings
+from hubpilot.config.scale import ScaleSettings, WarmWindow
 from hubpilot.scale import Forecast, ForecastPolicy
 from hubpilot.scale.forecast import forecast_spare, learn
 
@@ -76,3 +76,11 @@ def test_a_timezone_that_names_a_region_says_what_to_fix(zone: str) -> None:
     with pytest.raises(ValidationError, match=f"'{zone}' is no IANA timezone; use e.g. 'Europe/Berlin'"):
         ScaleSettings(timezone=zone)
 
+
+@pytest.mark.parametrize(("start", "end"), [("24:00", "24:00"), ("24:00", "00:00")])
+def test_a_window_that_never_covers_a_minute_is_refused(start: str, end: str) -> None:
+    with pytest.raises(ValidationError, match=r"never covers a minute.*start '00:00' and end '24:00'"):
+        WarmWindow(days="mon-fri", start=start, end=end)
+    # the whole day is written so, and a start at midnight after the day ends still works
+    assert WarmWindow(start="00:00", end="24:00").end == "24:00"
+    assert WarmWindow(start="24:00", end="06:00").start == "24:00"

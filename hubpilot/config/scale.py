@@ -90,6 +90,13 @@ class WarmWindow(Section):
         parse_hhmm(v)
         return v
 
+    @model_validator(mode="after")
+    def _covers_some_time(self) -> WarmWindow:
+        if self.start == "24:00" and self.end in ("24:00", "00:00"):
+            raise ValueError(f"the window {self.start}-{self.end} never covers a minute (24:00 starts at the end "
+                             "of the day); for the whole day write start '00:00' and end '24:00'")
+        return self
+
 
 class ScaleSettings(Section):
     """Scaling the AKS GPU node pool: up on demand, down on idle time and by schedule."""
