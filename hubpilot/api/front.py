@@ -4,11 +4,14 @@ The Functions host imports ``function_app`` on every cold start. This front impo
 the standard library: it answers the health check and Microsoft Graph's subscription validation
 handshake (which must be answered within 10 seconds, often on a cold instance) without loading
 FastAPI, pydantic, the settings or any SDK; every other request builds the admin app once (by
-calling ``app_factory``) and is handed to it.
+calling ``app_factory``) and is handed to it. A build that fails (an import error in a broken
+deployment) is answered as the app answers an unexpected error: a JSON 500 with a correlation id
+under which the log holds the traceback; the next request tries the build again.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
@@ -18,6 +21,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 HEALTH_PATHS = frozenset({"/healthz", "/api/v1/healthz"})
 VALIDATION_PATHS = frozenset({"/api/v1/graph/notifications", "/api/v1/graph/lifecycle"})
@@ -62,6 +67,13 @@ class Front:
                         return
                     await _respond(send, 200, token.encode("utf-8"), b"text/plain")
                     return
+            try:
+                app = self.app()
+            except Exception:
+                await _build_failed(scope, send)
+                return
+            await app(scope, receive, send)
+            return
         await self.app()(scope, receive, send)
 
 
@@ -113,6 +125,22 @@ async def _respond(send: Send, status: int, body: bytes, content_type: bytes, *,
         ],
     })
     await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def _build_failed(scope: Scope, send: Send) -> None:
+    """The admin app could not be built: the answer :class:`hubpilot.api.app._UnexpectedErrors`
+    gives (a JSON 500 naming the request and a correlation id), the traceback in the log only."""
+    import json
+    import uuid
+
+    method = scope.get("method", "?")
+    shown = f"{method} {scope.get('path', '?')}".encode("unicode_escape").decode("ascii")[:300]
+    correlation = uuid.uuid4().hex
+    log.exception("the admin API could not be built for %s (correlation id %s)", shown, correlation)
+    body = json.dumps({"detail": f"an unexpected error stopped {shown}; the log has its traceback under "
+                                 f"correlation id {correlation}",
+                       "correlation_id": correlation}).encode()
+    await _respond(send, 500, body, b"application/json", head=method == "HEAD")
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
