@@ -16,9 +16,21 @@ import pytest
 
 import function_app
 import functions
-from tests.test_api_host_parity import READER
+import tests.test_api_host_parity as parity
+from tests.test_api_host_parity import (
+    DEMAND,
+    HUB,
+    JSON,
+    READER,
+    Hosts,
+    Req,
+    comparable,
+    on_the_wire,
+)
 from tests.test_api_kit import make_context, make_settings
 from tests.test_functions import functions_by_name
+
+hosts = parity.hosts  # the fixture that starts hubpilot serve and the Functions app (both hosts)
 
 
 async def _call(method: str, path: str, headers: dict[str, str] | None = None) -> func.HttpResponse:
@@ -66,3 +78,37 @@ async def test_an_admin_app_that_cannot_be_built_is_a_json_500_with_a_correlatio
         functions.set_context(None)
         function_app.front._app = None
         await ctx.close()
+
+
+NOT_UTF8: list[Req] = [
+    Req("demand latin-1", 400, "POST", "/api/v1/scale/demand", (*HUB, *JSON), b'{"user": "zo\xeb"}'),
+    Req("demand latin-1 declared", 400, "POST", "/api/v1/scale/demand",
+        (*HUB, ("Content-Type", "application/json; charset=iso-8859-1")), b'{"user": "zo\xeb"}'),
+    Req("demand byte ff", 400, "POST", "/api/v1/scale/demand", (*HUB, *JSON), b"\xff" + DEMAND),
+]
+
+
+@pytest.mark.parametrize("req", NOT_UTF8, ids=[r.name for r in NOT_UTF8])
+async def test_a_json_body_that_is_not_utf8_is_refused_saying_so_on_both_hosts(hosts: Hosts, req: Req) -> None:
+    """JSON is UTF-8 (RFC 8259). A body in another encoding was answered 400 "There was an error
+    parsing the body" (FastAPI's own words), which says neither what is wrong nor what to send;
+    the Graph webhook says it for the same body. Now: the body is not UTF-8, where, and to send it
+    so; on both hosts alike."""
+    served, fn = await hosts.both(req)
+    assert comparable(on_the_wire(fn, req, served)) == comparable(served), req
+    assert served.status == 400, served.body
+    detail = json.loads(served.body)["detail"]
+    assert "not valid JSON" in detail and "UTF-8" in detail, detail
+    assert served.headers["content-type"] == "application/json"
+
+
+async def test_other_http_errors_keep_their_answer(hosts: Hosts) -> None:
+    """The handler that words the UTF-8 refusal leaves every other HTTPException as it was: a 401
+    keeps its challenge, a 404 its detail."""
+    anon, _ = await hosts.both(Req("status none", 401, "GET", "/api/v1/status"))
+    assert anon.status == 401 and anon.headers["www-authenticate"] == 'Bearer realm="hubpilot"'
+    run = "0123456789abcdef0123456789abcdef"
+    missing, _ = await hosts.both(Req("run unknown", 404, "GET", f"/api/v1/runs/{run}", READER))
+    assert missing.status == 404 and json.loads(missing.body) == {"detail": f"no run with id {run}"}
+
+
