@@ -641,7 +641,18 @@ class Runner(Generic[ObservedT]):
             return await self._finish(record)
 
         now = self.clock()
-        lease = await self.store.acquire_lock(cap.name, f"{actor}:{record.run_id}", self.lock_ttl, now)
+        taking = asyncio.ensure_future(
+            self.store.acquire_lock(cap.name, f"{actor}:{record.run_id}", self.lock_ttl, now))
+        try:
+            lease = await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            # cancelled (Ctrl-C, SIGTERM) while the store takes the lock (a busy state file, a slow
+            # answer): the store takes it all the same, and would hold it for its whole lease
+            with contextlib.suppress(Exception):
+                taken = await taking
+                if taken is not None:
+                    await self.store.release_lock(taken)
+            raise
         if lease is None:
             raise LockHeld(cap.name, await self.store.read_lock(cap.name, now))
         held = [lease]  # the keeper replaces it with each renewed lease; finally releases the newest
