@@ -93,16 +93,20 @@ async def _run_operation(ctx: Context, operation: str, dry_run: bool, as_json: b
 
 
 async def _approve(ctx: Context, plan_id: str, as_json: bool, out: TextIO) -> int:
+    progress = _ProgressLine(sys.stderr)
     try:
         operation = await ctx.runner.refused_plan_operation(plan_id)
         record = await ctx.runner.approve(ctx.capability(operation), plan_id, actor=_actor(),
-                                          progress=_ProgressLine(sys.stderr))
+                                          progress=progress)
     except UnknownPlan as exc:
+        progress.close()
         print(f"hubpilot: {exc}", file=sys.stderr)
         return int(ExitCode.USAGE)
     except LockHeld as exc:
+        progress.close()
         print(f"hubpilot: {exc}", file=sys.stderr)
         return int(ExitCode.LOCKED)
+    progress.close()  # the result starts on a line of its own
     return _emit(record, as_json, out)
 
 
