@@ -207,8 +207,11 @@ class SubscriptionManager:
         current = secret_fingerprint(self.policy.client_state)
         made: dict[str, str] = {}  # subscriptions created in this run
         deleted: set[str] = set()
+        creates = sum(1 for a in plan.actions if a.kind == "create")
+        created = 0  # of those, the ones that made their subscription
 
         async def perform(action: Action) -> ActionResult:
+            nonlocal created
             if action.kind == "delete":
                 gone = await self.api.delete_subscription(action.target)
                 deleted.add(action.target)
@@ -218,34 +221,40 @@ class SubscriptionManager:
                 if await self.api.renew_subscription(action.target, expiration):
                     return ActionResult(action, Status.DONE)
                 group = str(action.params["group"])
-                created = await self.api.create_subscription(self._body(group, expiration))
-                made[str(created.get("id"))] = current
+                sub = await self.api.create_subscription(self._body(group, expiration))
+                made[str(sub.get("id"))] = current
                 # the gone one is forgotten once replaced (this round queues the sync for what it
                 # missed); a failed creation keeps it, so the round that replaces it queues one
                 deleted.add(action.target)
-                return ActionResult(action, Status.DONE, f"{RECREATED} {created.get('id')}")
+                return ActionResult(action, Status.DONE, f"{RECREATED} {sub.get('id')}")
             if action.kind == "create":
                 group = action.target.split("/", 1)[1]
-                created = await self.api.create_subscription(self._body(group, expiration))
-                made[str(created.get("id"))] = current
-                return ActionResult(action, Status.DONE, f"subscription {created.get('id')}")
+                sub = await self.api.create_subscription(self._body(group, expiration))
+                made[str(sub.get("id"))] = current
+                created += 1
+                return ActionResult(action, Status.DONE, f"subscription {sub.get('id')}")
             return ActionResult(action, Status.FAILED, f"unknown action kind {action.kind}")
 
         try:
             return await run_actions(plan.actions, perform, concurrency=4, progress=progress)
         finally:  # what was created or deleted is kept even when a later action failed
             if self.store is not None:
-                await self._keep_secrets(observed, made, deleted, current)
+                await self._keep_secrets(observed, made, deleted, current, keep_vanished=created < creates)
 
     async def _keep_secrets(self, observed: ObservedSubscriptions, made: Mapping[str, str],
-                            deleted: set[str], current: str) -> None:
+                            deleted: set[str], current: str, *, keep_vanished: bool = False) -> None:
         """The fingerprints of the subscriptions that exist now: the known ones, those made in
-        this run, and (adopted) those of ours that had none."""
+        this run, and (adopted) those of ours that had none. With ``keep_vanished`` (a creation
+        of this round failed), those Graph no longer lists are kept too: the round that does
+        replace them still sees them vanished and queues the sync for the changes never notified."""
         assert self.store is not None
         ours = {str(s.get("id")) for s in observed.subscriptions
                 if str(s.get("notificationUrl") or "") == self.policy.notification_url}
         known = dict(observed.secrets or {})
         kept = {sid: known.get(sid, current) for sid in ours - deleted}
+        if keep_vanished:
+            listed = {str(s.get("id")) for s in observed.subscriptions}
+            kept.update({sid: fp for sid, fp in known.items() if sid not in listed})
         kept.update(made)
         if kept != known:
             await self.store.put(SECRETS_KEY, dict(sorted(kept.items())))

@@ -22,7 +22,8 @@ What it serves (v1.0 paths under its base URL):
 * ``GET /msi/token``: the App Service managed-identity endpoint (``IDENTITY_ENDPOINT`` with
   ``IDENTITY_HEADER``), so azure-identity's own ManagedIdentityCredential gets the token.
 * Faults: 429/503 with ``Retry-After`` for the next n requests; a request carried out and then
-  answered with an error (``fail_after``: a 504 from a gateway while Graph acted); scripted pages (the fixtures in
+  answered with an error (``fail_after``: a 504 from a gateway while Graph acted); a request refused
+  and not carried out (``refuse``: e.g. 403 on POST /subscriptions); scripted pages (the fixtures in
   ``../shared/fixtures/msgraph/delta`` replayed with their links pointed at the double; a
   scripted ``{"status": .., "headers": {..}, "error": {..}}`` is answered as that error).
 
@@ -99,6 +100,8 @@ class GraphDouble:
     # (method, path, status): the next such request is carried out, then answered with ``status``
     # instead (a gateway that timed out while Graph acted: 504)
     fail_after: list[tuple[str, str, int]] = field(default_factory=list)
+    # (method, path, status): the next such request is refused with ``status``, not carried out
+    refuse: list[tuple[str, str, int]] = field(default_factory=list)
 
     # --- the directory the tests shape -------------------------------------------------------
     def add_user(self, uid: str | None = None, upn: str | None = None, display: str = "", **attrs: Any) -> str:
@@ -197,6 +200,12 @@ class GraphDouble:
                 return self._error(status, "Authorization_RequestDenied" if status == 403 else "InternalServerError",
                                    "Insufficient privileges to complete the operation." if status == 403
                                    else "internal error")
+        refused = next((f for f in self.refuse if f[:2] == (request.method, path)), None)
+        if refused is not None:
+            self.refuse.remove(refused)
+            denied = refused[2] == 403
+            return self._error(refused[2], "Authorization_RequestDenied" if denied else "InternalServerError",
+                               "Insufficient privileges to complete the operation." if denied else "internal error")
         if self.faults:
             status, after = self.faults.pop(0)
             return self._error(status, "TooManyRequests" if status == 429 else "ServiceUnavailable",

@@ -1,0 +1,75 @@
+"""Subscription lifecycle and faults: the subscription manager and the webhook through the real
+msgraph-sdk against the HTTP-level Graph double, with the real admin app serving the webhook."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from hubpilot.loop import Outcome, Status
+from hubpilot.wiring.entra import InProcessHints, notification_queue, run_subscription_manager
+from tests.doubles.graph import GraphDouble, start_graph_double
+from tests.fixtures.webhook import Webhook
+from tests.test_entra_graph import entra_settings
+
+
+@pytest.fixture(scope="module")
+async def graph() -> AsyncIterator[GraphDouble]:
+    double, served = await start_graph_double(page_size=50)
+    yield double
+    await served.stop()
+
+
+@pytest.fixture
+async def fresh(graph: GraphDouble) -> AsyncIterator[GraphDouble]:
+    graph.faults.clear()
+    graph.refuse.clear()
+    graph.subscriptions.clear()
+    graph.reset_log()
+    yield graph
+    graph.faults.clear()
+    graph.refuse.clear()
+
+
+def queued(queue: object) -> list[str]:
+    assert isinstance(queue, InProcessHints)
+    out = []
+    while not queue.queue.empty():
+        out.append(queue.queue.get_nowait().kind)
+    return out
+
+
+async def test_a_vanished_subscription_whose_replacement_failed_still_brings_the_sync_when_replaced(
+        fresh: GraphDouble, webhook: Webhook) -> None:
+    """Graph dropped a subscription without a lifecycle event reaching hubpilot: the round that
+    replaces it queues a delta sync for the changes never notified. When the first round's creation
+    fails (403: Group.Read.All withdrawn meanwhile, a validation that timed out), the round that
+    does replace it later must still queue that sync: the gap only grew."""
+    g = fresh.add_group()
+    ctx = webhook.use(entra_settings(fresh, webhook.url, [g]))
+    first = await run_subscription_manager(ctx)
+    assert first is not None and first.outcome is Outcome.APPLIED
+    (sid,) = fresh.subscriptions
+    queue = notification_queue(ctx)
+    assert queued(queue) == []
+
+    del fresh.subscriptions[sid]  # gone on Graph's side, no lifecycle event
+    fresh.refuse.append(("POST", "/subscriptions", 403))
+    failed = await run_subscription_manager(ctx)
+    assert failed is not None and failed.outcome is Outcome.FAILED, failed.render()
+    assert failed.plan is not None and failed.plan.facts["vanished"] == [sid]
+    assert [(r.action.kind, r.status) for r in failed.results] == [("create", Status.FAILED)]
+    assert queued(queue) == []  # nothing replaced yet
+    assert fresh.subscriptions == {}
+
+    replaced = await run_subscription_manager(ctx)
+    assert replaced is not None and replaced.outcome is Outcome.APPLIED, replaced.render()
+    assert [(r.action.kind, r.status) for r in replaced.results] == [("create", Status.DONE)]
+    assert replaced.plan is not None and replaced.plan.facts.get("vanished") == [sid], replaced.render()
+    assert queued(queue) == ["sync"]  # the changes since the subscription vanished
+
+    settled = await run_subscription_manager(ctx)
+    assert settled is not None and settled.plan is not None and settled.plan.empty, settled.render()
+    assert "vanished" not in settled.plan.facts and queued(queue) == []
+
