@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from pydantic import ValidationError
 
+from hubpilot.config.entra import EntraSettings
 from hubpilot.loop import Outcome, Status
 from hubpilot.wiring.entra import InProcessHints, notification_queue, run_subscription_manager
 from tests.doubles.graph import GraphDouble, start_graph_double
@@ -73,3 +75,32 @@ async def test_a_vanished_subscription_whose_replacement_failed_still_brings_the
     assert settled is not None and settled.plan is not None and settled.plan.empty, settled.render()
     assert "vanished" not in settled.plan.facts and queued(queue) == []
 
+
+WEBHOOK = {"notifications": True, "client_state": "s3cret",
+           "notification_url": "https://hub.example.org/api/v1/graph/notifications"}
+
+
+@pytest.mark.parametrize(("extra", "gap"), [
+    ({"renew_before_minutes": 30}, "60 min"),  # the Functions timer graph_subscriptions: hourly
+    ({"subscription_schedule": "0 0 0 * * 0"}, "10080 min"),  # hubpilot serve, weekly rounds
+])
+def test_a_renewal_window_shorter_than_the_time_between_manager_rounds_is_refused(
+        extra: dict[str, object], gap: str) -> None:
+    """A subscription is renewed only by a manager round that finds it expiring within
+    renew_before_minutes: with rounds further apart than that, it expires between two rounds,
+    Graph drops it and changes go unnotified until the next round recreates it."""
+    with pytest.raises(ValidationError, match=rf"renew_before_minutes.*{gap}"):
+        EntraSettings(**WEBHOOK, **extra)
+    # the defaults (2 days; hourly in Azure, every 6 hours with hubpilot serve) and a window
+    # longer than the rounds' gap are fine; with notifications off no round runs at all
+    EntraSettings(**WEBHOOK)
+    EntraSettings(**WEBHOOK, renew_before_minutes=400)
+    EntraSettings(**extra)
+
+
+def test_the_functions_gap_the_settings_check_is_the_functions_timers() -> None:
+    from functions.graph import SUBSCRIPTION_SCHEDULE
+    from hubpilot.config.entra import FUNCTIONS_SUBSCRIPTION_GAP_MINUTES
+    from hubpilot.schedule import longest_gap
+
+    assert longest_gap(SUBSCRIPTION_SCHEDULE).total_seconds() / 60 == FUNCTIONS_SUBSCRIPTION_GAP_MINUTES

@@ -15,6 +15,10 @@ GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 GRAPH_MAX_GROUP_SUBSCRIPTION_MINUTES = 41760
 """Graph's longest subscription lifetime for groups (29 days)."""
 
+FUNCTIONS_SUBSCRIPTION_GAP_MINUTES = 60
+"""Time between two rounds of the Functions app's subscription manager (``functions/graph.py``'s
+``SUBSCRIPTION_SCHEDULE``, hourly whatever ``subscription_schedule`` says)."""
+
 
 def _http_url(value: str, what: str) -> str:
     parts = urlsplit(value)
@@ -214,6 +218,24 @@ class EntraSettings(Section):
             raise ValueError("directory.entra.client_state must be 1 to 128 characters (Graph's limit)")
         if self.renew_before_minutes >= self.subscription_minutes:
             raise ValueError("directory.entra.renew_before_minutes must be less than subscription_minutes")
+        if self.notifications:
+            # only a round that finds a subscription expiring within renew_before renews it: rounds
+            # further apart let it expire in between, and Graph drops it with its notifications
+            from hubpilot.schedule import longest_gap
+
+            serve_gap = longest_gap(self.subscription_schedule).total_seconds() / 60
+            gap = max(serve_gap, FUNCTIONS_SUBSCRIPTION_GAP_MINUTES)
+            if self.renew_before_minutes <= gap:
+                raise ValueError(
+                    f"directory.entra.renew_before_minutes={self.renew_before_minutes} is not longer than the time "
+                    f"between two rounds of the subscription manager, which renews a subscription only when it "
+                    f"expires within renew_before_minutes: {gap:g} min (the Functions timer graph_subscriptions "
+                    f"runs every {FUNCTIONS_SUBSCRIPTION_GAP_MINUTES} min; subscription_schedule "
+                    f"{self.subscription_schedule!r} leaves up to {serve_gap:g} min with hubpilot serve), so "
+                    f"subscriptions would expire between rounds and Graph would drop them with their "
+                    f"notifications; raise renew_before_minutes (default 2880) or run subscription_schedule "
+                    f"more often"
+                )
         return self
 
     @property
