@@ -57,3 +57,33 @@ async def test_each_recording_route_names_the_callers_origin(tmp_path: Path, mon
     for op, kind, trigger, actor in actors:
         want = f"{origin}:{hub_name if trigger == 'demand' else name}"
         assert actor == want, (op, kind, trigger, actor)
+
+
+async def test_app_only_callers_behind_app_service_authentication_are_told_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon app's token (client credentials) has no name claim: each app is named by its
+    application id (``azp`` of v2 tokens, ``appid`` of v1), not all as one anonymous principal."""
+    import base64
+    import json
+
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
+    ctx, _ = make_context(tmp_path, make_settings(app_service_auth=True), {op: World() for op in OPERATIONS})
+
+    def app_only(claim: str, app_id: str) -> dict[str, str]:
+        body = {"auth_typ": "aad", "name_typ": "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name",
+                "role_typ": "roles", "claims": [{"typ": "roles", "val": "hubpilot.reader"},
+                                                {"typ": claim, "val": app_id}]}
+        return {"X-MS-CLIENT-PRINCIPAL": base64.b64encode(json.dumps(body).encode()).decode()}
+
+    try:
+        async with asgi_client(ctx) as client:
+            actors = []
+            for claim, app_id in (("azp", "11111111-2222-3333-4444-555555555555"),
+                                  ("appid", "99999999-8888-7777-6666-555555555555")):
+                plan = await client.get("/api/v1/plan/cull", headers=app_only(claim, app_id))
+                assert plan.status_code == 200, plan.text
+                actors.append(plan.json()["actor"])
+    finally:
+        await ctx.close()
+    assert actors == ["app-service:app 11111111-2222-3333-4444-555555555555",
+                      "app-service:app 99999999-8888-7777-6666-555555555555"], actors

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 PRINCIPAL_HEADER = "x-ms-client-principal"
 PRINCIPAL_NAME_HEADER = "x-ms-client-principal-name"
 ROLE_CLAIM_TYPES = ("roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role")
+APP_ID_CLAIM_TYPES = ("azp", "appid")
+"""The calling application's id: ``azp`` in v2.0 access tokens, ``appid`` in v1.0 ones."""
 ROLE_ORDER = ("admin", "reader", "hub")
 ORIGINS = {"token": "token", "app_service": "app-service"}
 """How a caller authenticated, as its actor names it."""
@@ -102,6 +104,7 @@ def authenticate_app_service(settings: ApiSettings, header: str, name_header: st
     role_types = {*ROLE_CLAIM_TYPES, *([role_typ] if isinstance(role_typ, str) else [])}
     app_roles: set[str] = set()
     name = name_header or ""
+    app_id = ""
     for c in claims:
         if not isinstance(c, dict):
             continue
@@ -112,6 +115,11 @@ def authenticate_app_service(settings: ApiSettings, header: str, name_header: st
             app_roles.add(val)
         elif not name and typ in {name_typ, "name", "preferred_username"}:
             name = val
+        elif typ in APP_ID_CLAIM_TYPES and not app_id:
+            app_id = val
+    # a daemon app's token (client credentials) names no one: name the app by its id, so that
+    # audit entries tell two apps apart
+    name = name or (f"app {app_id}" if app_id else "")
     mapped = {settings.app_roles[r] for r in app_roles if r in settings.app_roles}
     return Principal(name[:128] or "app-service-principal", _strongest(mapped), frozenset(mapped),
                      "app_service")
