@@ -176,8 +176,12 @@ class CullCapability:
                     return ActionResult(action, Status.SKIPPED,
                                         f"started {', '.join(started)} since the round's reading")
                 # active again since the reading, without a server yet; not judged after this
-                # round's stops of the user's servers: the hub marks the user active at a stop
-                back = None if user in stop_status else recheck_user_deletion(current, self.settings, now)
+                # round's stops of the user's servers: the hub marks the user active at a stop.
+                # A stop that found the server already stopped (noop) was someone else's: the user
+                # may have stopped it themselves, so their activity counts and they are judged
+                ours = stop_status.get(user, [])
+                back = None if ours and all(s is Status.DONE for s in ours) \
+                    else recheck_user_deletion(current, self.settings, now)
                 if back is not None:
                     return ActionResult(action, Status.SKIPPED, back)
                 existed = await self.hub.delete_user(user)
