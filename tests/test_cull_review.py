@@ -61,3 +61,33 @@ async def test_a_user_who_stopped_their_own_server_since_the_reading_is_not_dele
     assert results[1][:2] == ("delete_user", Status.SKIPPED), results
     assert "active 6m ago" in results[1][2], results
     assert await hub_user(cull_hub, name)  # still there
+
+
+async def test_a_named_server_stopped_by_its_user_since_the_reading_is_not_removed(
+    cull_hub: RealHub, hub_client: HubClient  # noqa: F811 (the imported fixtures)
+) -> None:
+    """With cull.remove_named_servers, the round removes the idle named servers it stops (on z2jh
+    with their own volume). A named server its user stopped between the round's reading and the
+    round's stop (back at work: on JupyterHub 6 a server is stopped to change its options or its
+    name) was not the round's to cull: it stays, volume and all. It was removed and reported
+    "done: stopped; removed", though the round stopped nothing."""
+    name = unique_name("named")
+    await make_user(cull_hub, name)
+    await cull_hub.spawn(name, "big")
+    cap = CullCapability(hub_client, CullSettings(inactivity_timeout=3600, remove_named_servers=True))
+    observed = await cap.observe()
+    plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=1, minutes=5))
+    mine = Plan.build("cull", [a for a in plan.actions if a.target == f"{name}/big"], facts=plan.facts)
+    assert [a.kind for a in mine.actions] == ["remove_server"]
+
+    async with cull_hub.admin() as admin:  # the user stops it (and does not remove it)
+        await admin.delete(f"/users/{name}/servers/big")
+
+    async def stopped() -> bool:
+        return running(await hub_user(cull_hub, name)) == set()
+
+    await wait_for(stopped)
+    (result,) = await cap.apply(mine, observed, no_progress)
+    assert result.status is Status.NOOP, result
+    assert "not removed" in result.detail, result
+    assert "big" in (await hub_user(cull_hub, name, include_stopped_servers="1"))["servers"]

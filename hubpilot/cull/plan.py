@@ -95,8 +95,11 @@ def recheck_stop(kind: str, before: HubServer | None, current: HubUser | None, n
         return Status.NOOP, "already gone: the hub no longer has the user"
     server = current.servers.get(name)
     if server is None or not (server.ready or server.pending):
-        # a stopped named server is still removed (its entry stays otherwise); nothing to cancel
-        return None if kind == REMOVE else (Status.NOOP, "already stopped")
+        # stopped since the reading, not by this round (by its user, say, back at work): cull
+        # removes only the named servers it stops, so it stays, with its volume
+        return Status.NOOP, ("already stopped; not removed: stopped since the round's reading, not by "
+                             "this round (cull removes only the named servers it stops)"
+                             if kind == REMOVE else "already stopped")
     if server.pending and server.pending != "stop":  # a stop in progress: the DELETE only joins it
         return Status.SKIPPED, f"pending {server.pending} since the round's reading (a restart)"
     if before is not None and server.started != before.started:
