@@ -312,14 +312,16 @@ class GraphClient:
             raise DirectoryError("Graph answered a collection request with something other than a JSON object")
         return doc
 
-    def _users_of(self, doc: Mapping[str, Any], found: dict[str, tuple[str | None, str]]) -> None:
+    def _users_of(self, doc: Mapping[str, Any], found: dict[str, tuple[str | None, str, bool | None]]) -> None:
         for user in doc.get("value") or []:
             if isinstance(user, dict) and isinstance(user.get("id"), str):
                 value = user.get(self.username_attribute)
+                enabled = user.get("accountEnabled")  # null or absent: not known, never "disabled"
                 found[user["id"].lower()] = (str(value) if value is not None else None,
-                                             str(user.get("displayName") or ""))
+                                             str(user.get("displayName") or ""),
+                                             enabled if isinstance(enabled, bool) else None)
 
-    async def _pages(self, builder: Any, config: Any, found: dict[str, tuple[str | None, str]]) -> None:
+    async def _pages(self, builder: Any, config: Any, found: dict[str, tuple[str | None, str, bool | None]]) -> None:
         doc = await self._get_json(builder.to_get_request_information(config))
         while True:
             self._users_of(doc, found)
@@ -356,11 +358,11 @@ class GraphClient:
             return
         raise first  # outside the handler: the exception keeps its own cause and context
 
-    async def lookup_users(self, ids: Sequence[str]) -> Mapping[str, tuple[str | None, str]]:
+    async def lookup_users(self, ids: Sequence[str]) -> Mapping[str, tuple[str | None, str, bool | None]]:
         from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 
-        found: dict[str, tuple[str | None, str]] = {}
-        select = sorted({"id", "displayName", self.username_attribute})
+        found: dict[str, tuple[str | None, str, bool | None]] = {}
+        select = sorted({"id", "displayName", "accountEnabled", self.username_attribute})
 
         async def one(batch: Sequence[str]) -> None:
             q = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
@@ -379,15 +381,15 @@ class GraphClient:
             raise DirectoryError(f"Graph /users lookup failed ({what} {code}): {message}") from exc
         return found
 
-    async def list_group_users(self, group_id: str) -> Mapping[str, tuple[str | None, str]]:
+    async def list_group_users(self, group_id: str) -> Mapping[str, tuple[str | None, str, bool | None]]:
         from msgraph.generated.groups.item.members.graph_user.graph_user_request_builder import (
             GraphUserRequestBuilder,
         )
 
-        found: dict[str, tuple[str | None, str]] = {}
+        found: dict[str, tuple[str | None, str, bool | None]] = {}
         builder = self.client.groups.by_group_id(group_id).members.graph_user
         q = GraphUserRequestBuilder.GraphUserRequestBuilderGetQueryParameters(
-            select=sorted({"id", "displayName", self.username_attribute}), top=999,
+            select=sorted({"id", "displayName", "accountEnabled", self.username_attribute}), top=999,
         )
         try:
             await self._pages(builder, self._config(q), found)

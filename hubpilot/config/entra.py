@@ -75,6 +75,13 @@ class EntraSettings(Section):
         description="Read the usernames of all synced members afresh this often (a group's delta does not "
         "report a renamed userPrincipalName); 0: never, renames then show only when a person re-enters a group.",
     )
+    disabled_accounts: Literal["remove", "keep"] = Field(
+        "remove",
+        description="A member whose Entra account is disabled (accountEnabled false): remove (no member for the "
+        "hub: deprovisioned through the sync guard, back when enabled again) or keep (a hub user while in the "
+        "group). A group's delta does not report it: it is read when a member is first seen and at each "
+        "username_refresh_hours.",
+    )
     throttle_priority: Literal["low", "normal", "high"] = Field(
         "low", description="x-ms-throttle-priority sent on background (delta) requests."
     )

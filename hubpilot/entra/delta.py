@@ -82,6 +82,10 @@ class ChunkState:
     # the groups' delta does not mention it (delta-query-groups); no member for the hub until a
     # lookup returns the user again (restored)
     deleted_users: set[str] = field(default_factory=set)
+    # members whose account is disabled (accountEnabled false) at the last lookup: a group's delta
+    # does not report it; no member for the hub (directory.entra.disabled_accounts = "remove")
+    # until a lookup returns the account enabled
+    disabled_users: set[str] = field(default_factory=set)
 
     @property
     def key(self) -> str:
@@ -94,6 +98,7 @@ class ChunkState:
             "members": {g: s.to_json() for g, s in sorted(self.members.items())},
             "users_checked": self.users_checked,
             "deleted_users": sorted(self.deleted_users),
+            "disabled_users": sorted(self.disabled_users),
         }
 
     @classmethod
@@ -103,7 +108,13 @@ class ChunkState:
         link = data.get("delta_link")
         checked = data.get("users_checked")
         deleted = {str(u) for u in _of(data.get("deleted_users"), list, "deleted_users")}
-        return cls(groups, str(link) if link else None, members, str(checked) if checked else None, deleted)
+        disabled = {str(u) for u in _of(data.get("disabled_users"), list, "disabled_users")}
+        if "disabled_users" not in data:
+            # written by a release that did not read accountEnabled: no disabled member is known, so
+            # the members are due for a fresh read (the username refresh reads it)
+            checked = None
+        return cls(groups, str(link) if link else None, members, str(checked) if checked else None, deleted,
+                   disabled)
 
 
 def _of(value: Any, kind: type[Any], what: str) -> Any:
@@ -211,6 +222,7 @@ def apply_round(
         out.chunk.delta_link = None
     # a full read lists a soft-deleted member again: it stays marked while it is a member
     out.chunk.deleted_users = {u for u in chunk.deleted_users if any(u in s.users for s in members.values())}
+    out.chunk.disabled_users = {u for u in chunk.disabled_users if any(u in s.users for s in members.values())}
     return out
 
 

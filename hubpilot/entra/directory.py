@@ -8,9 +8,9 @@ nothing, and so does a dry-run's read (a dry-run records nothing, and holds no l
 would fail the conditional one of a real run under way). Membership is derived from the committed
 state, so a sync plan the guard refuses comes back on the next run instead of being lost.
 
-A group's delta does not report a member's changed attributes (a renamed userPrincipalName), so
-the stored usernames of a chunk are read afresh every ``user_refresh`` (one bulk read; a group
-with many users is listed instead).
+A group's delta does not report a member's changed attributes (a renamed userPrincipalName, a
+disabled account), so the stored usernames of a chunk are read afresh every ``user_refresh`` (one
+bulk read; a group with many users is listed instead), ``accountEnabled`` with them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from hubpilot.entra.delta import (
     ChunkState,
@@ -60,12 +60,13 @@ class GraphReader(Protocol):
         """
         ...
 
-    async def lookup_users(self, ids: Sequence[str]) -> Mapping[str, tuple[str | None, str]]:
-        """id → (username attribute, display name) of the users found (in bulk)."""
+    async def lookup_users(self, ids: Sequence[str]) -> Mapping[str, tuple[str | None, str, bool | None]]:
+        """id → (username attribute, display name, accountEnabled) of the users found (in bulk);
+        accountEnabled None: Graph did not say."""
         ...
 
-    async def list_group_users(self, group_id: str) -> Mapping[str, tuple[str | None, str]]:
-        """id → (username attribute, display name) of a group's direct user members."""
+    async def list_group_users(self, group_id: str) -> Mapping[str, tuple[str | None, str, bool | None]]:
+        """id → (username attribute, display name, accountEnabled) of a group's direct user members."""
         ...
 
     async def deleted_users(self, ids: Sequence[str]) -> set[str]:
@@ -100,8 +101,10 @@ class EntraDirectory:
 
     def __init__(self, graph: GraphReader, store: StateStore, *, nested: bool = False,
                  nested_max_depth: int = 8, user_refresh: timedelta | None = timedelta(hours=24),
+                 disabled_accounts: Literal["remove", "keep"] = "remove",
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.graph = graph
+        self.disabled_accounts = disabled_accounts
         self.store = store
         self.nested = nested
         self.nested_max_depth = nested_max_depth
@@ -193,13 +196,22 @@ class EntraDirectory:
         await self._refresh(done, set(etags), stats)
         members = _members(done)
         deleted = {u for c in done.values() for u in c.deleted_users}
+        disabled = {u for c in done.values() for u in c.disabled_users} - deleted
+        remove = self.disabled_accounts == "remove"
         expanded, notes = expand(configured, members, nested=self.nested, max_depth=self.nested_max_depth,
-                                 deleted=deleted)
+                                 deleted=deleted | disabled if remove else deleted)
         if deleted:
             shown = ", ".join(sorted(deleted)[:5]) + (" …" if len(deleted) > 5 else "")
             stats.notes.append(
                 f"{len(deleted)} member(s) are in Entra ID's deleted items and are left out (a deleted user keeps "
                 f"its group memberships for 30 days): {shown}")
+        if disabled:
+            shown = ", ".join(sorted(disabled)[:5]) + (" …" if len(disabled) > 5 else "")
+            stats.notes.append(
+                f"{len(disabled)} member(s) have a disabled account in Entra ID (accountEnabled false) and are "
+                + ("left out until it is enabled again" if remove
+                   else "kept, as directory.entra.disabled_accounts = 'keep' says")
+                + f": {shown}")
         stats.notes.extend(notes)
 
         snapshot = DirectorySnapshot(
@@ -257,15 +269,20 @@ class EntraDirectory:
         unknown = unresolved_users(chunks, groups)
         if not unknown:
             return
-        info: dict[str, tuple[str | None, str]] = {}
+        info: dict[str, tuple[str | None, str, bool | None]] = {}
         for uid, (username, display) in known_users([*before, *chunks]).items():
             if uid in unknown:
-                info[uid] = (username, display or "")
+                info[uid] = (username, display or "", None)
+        # a known user reused in another chunk keeps its disabled mark there (no lookup)
+        marked = set(info) & {u for c in [*before, *chunks] for u in c.disabled_users}
         unknown -= set(info)
         wanted = {gid: unknown & {u for u, v in s.users.items() if v[1] is None}
                   for c in chunks for gid, s in c.members.items()}
         info.update(await self._fetch(wanted, stats))
         fill_users(chunks, {k: [v[0], v[1]] for k, v in info.items()})
+        off = marked | {u for u, v in info.items() if v[2] is False}
+        for c in chunks:
+            c.disabled_users |= off & {u for s in c.members.values() for u in s.users}
         missing = sorted(unknown - set(info))
         if missing:
             stats.notes.append(
@@ -291,6 +308,9 @@ class EntraDirectory:
                   for c in due for gid, s in c.members.items()}
         info = await self._fetch(wanted, stats)
         changed = refresh_users(due, {k: [v[0], v[1]] for k, v in info.items()})
+        # accountEnabled as Graph answers it; one it does not state (null) is no change
+        off = {u for u, v in info.items() if v[2] is False}
+        on = {u for u, v in info.items() if v[2] is True}
         # a member /users does not return: a deleted user keeps its group memberships (and the
         # groups' delta says nothing) while it is in deleted items, so ask there; one Graph holds
         # in neither place is unknown, which is no change
@@ -300,8 +320,10 @@ class EntraDirectory:
         for c in due:
             c.users_checked = now.isoformat()
             c.deleted_users |= gone & {u for s in c.members.values() for u in s.users}
+            c.disabled_users |= off & {u for s in c.members.values() for u in s.users}
         for c in done.values():
             c.deleted_users -= set(info)  # returned again: restored
+            c.disabled_users -= on  # enabled again
         stats.refreshed += len(info)
         stats.renamed += len(changed)
         if changed:
@@ -309,11 +331,12 @@ class EntraDirectory:
                 f"{len(changed)} member(s) have another username in Entra ID than at the last check "
                 f"(e.g. a renamed userPrincipalName): {', '.join(changed[:5])}{' …' if len(changed) > 5 else ''}")
 
-    async def _fetch(self, wanted: Mapping[str, set[str]], stats: ReadStats) -> dict[str, tuple[str | None, str]]:
+    async def _fetch(self, wanted: Mapping[str, set[str]],
+                     stats: ReadStats) -> dict[str, tuple[str | None, str, bool | None]]:
         """Attributes of the wanted users (group id → user ids): a group with more than
         GROUP_LISTING_THRESHOLD of them is listed (999 a page), the others are looked up in bulk."""
         everyone: set[str] = set().union(*wanted.values())
-        info: dict[str, tuple[str | None, str]] = {}
+        info: dict[str, tuple[str | None, str, bool | None]] = {}
         rest: set[str] = set()
         for gid, users in wanted.items():
             users = users - set(info)

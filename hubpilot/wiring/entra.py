@@ -80,7 +80,8 @@ def build_entra_directory(ctx: Context) -> Directory:
     s = entra_settings(ctx)
     refresh = timedelta(hours=s.username_refresh_hours) if s.username_refresh_hours else None
     return EntraDirectory(build_graph_client(ctx), ctx.store, nested=s.nested,
-                          nested_max_depth=s.nested_max_depth, user_refresh=refresh, clock=ctx.clock)
+                          nested_max_depth=s.nested_max_depth, user_refresh=refresh,
+                          disabled_accounts=s.disabled_accounts, clock=ctx.clock)
 
 
 async def subscription_policy(ctx: Context) -> SubscriptionPolicy:

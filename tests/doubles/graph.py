@@ -13,7 +13,9 @@ What it serves (v1.0 paths under its base URL):
   410 Gone with a ``Location`` header holding a fresh query with an empty ``$deltatoken``, which
   the double serves as the initial query (delta-query-overview, "Synchronization reset").
 * ``GET /users?$filter=id in ('..',..)&$select=..`` (at most 15 values, as Graph's default) and
-  ``GET /groups/{id}/members/microsoft.graph.user?$select=..&$top=..`` (paged).
+  ``GET /groups/{id}/members/microsoft.graph.user?$select=..&$top=..`` (paged). A user holds
+  ``accountEnabled`` (true unless a test sets it false, as disabling the account does); as Graph
+  does, a property not in ``$select`` is absent from the answer, a selected one the user lacks is null.
 * ``GET /directory/deletedItems/{id}``: a soft-deleted user (``soft_delete_user``), 404 for any
   other id. As delta-query-groups documents, a soft-deleted user keeps its group memberships: the
   groups' delta does not mention it, ``/users`` and the group's user listing no longer return it.
@@ -107,7 +109,7 @@ class GraphDouble:
     def add_user(self, uid: str | None = None, upn: str | None = None, display: str = "", **attrs: Any) -> str:
         uid = uid or str(uuid.uuid4())
         self.users[uid] = {"id": uid, "userPrincipalName": upn or f"{uid[:8]}@example.org",
-                           "displayName": display or (upn or uid), **attrs}
+                           "displayName": display or (upn or uid), "accountEnabled": True, **attrs}
         return uid
 
     def add_group(self, gid: str | None = None) -> str:
