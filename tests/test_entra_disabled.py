@@ -247,3 +247,20 @@ async def test_disabled_accounts_are_deprovisioned_through_the_guard_and_come_ba
     assert await t.hub_state() == {"admins": [t.name("ben")], "users": [t.name("ana"), t.name("ben")]}
     docs = await t.ctx.store.list(STATE_PREFIX)
     assert sorted(u for doc in docs.values() for u in doc["disabled_users"]) == [cy]
+
+
+async def test_a_disabled_member_known_from_another_chunk_stays_out_of_a_group_read_first_now(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """A member already known (from a group read before) is not looked up again when another group
+    lists it first: its disabled mark goes with it, also once the first group is no longer read."""
+    g, ps, clock, d = await one_group(fresh, store, 2)
+    fresh.users[ps[0]]["accountEnabled"] = False
+    clock.now += timedelta(hours=24)
+    assert ids(await d.read([g]), g) == {ps[1]}
+    other = fresh.add_group()
+    fresh.add_members(other, ps)
+    fresh.reset_log()
+    clock.now += timedelta(minutes=15)
+    assert ids(await d.read([other]), other) == {ps[1]}
+    assert not fresh.requests("/users")  # both known: no lookup
+    await d.close()
