@@ -264,3 +264,18 @@ async def test_a_disabled_member_known_from_another_chunk_stays_out_of_a_group_r
     assert ids(await d.read([other]), other) == {ps[1]}
     assert not fresh.requests("/users")  # both known: no lookup
     await d.close()
+
+
+async def test_a_deleted_member_known_from_another_chunk_stays_out_of_a_group_read_first_now(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """The same for a member in deleted items: a group newly configured (read first now, its
+    membership kept by the deleted user) does not bring it back as a member."""
+    g, ps, clock, d = await one_group(fresh, store, 2)
+    other = fresh.add_group()
+    fresh.add_members(other, ps)  # a member of both before the deletion
+    fresh.soft_delete_user(ps[0])
+    clock.now += timedelta(hours=24)
+    assert ids(await d.read([g]), g) == {ps[1]}
+    clock.now += timedelta(minutes=15)
+    assert ids(await d.read([other]), other) == {ps[1]}
+    await d.close()

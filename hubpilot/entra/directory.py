@@ -273,8 +273,9 @@ class EntraDirectory:
         for uid, (username, display) in known_users([*before, *chunks]).items():
             if uid in unknown:
                 info[uid] = (username, display or "", None)
-        # a known user reused in another chunk keeps its disabled mark there (no lookup)
+        # a known user reused in another chunk keeps its disabled or deleted mark there (no lookup)
         marked = set(info) & {u for c in [*before, *chunks] for u in c.disabled_users}
+        gone = set(info) & {u for c in [*before, *chunks] for u in c.deleted_users}
         unknown -= set(info)
         wanted = {gid: unknown & {u for u, v in s.users.items() if v[1] is None}
                   for c in chunks for gid, s in c.members.items()}
@@ -283,6 +284,7 @@ class EntraDirectory:
         off = marked | {u for u, v in info.items() if v[2] is False}
         for c in chunks:
             c.disabled_users |= off & {u for s in c.members.values() for u in s.users}
+            c.deleted_users |= gone & {u for s in c.members.values() for u in s.users}
         missing = sorted(unknown - set(info))
         if missing:
             stats.notes.append(
