@@ -21,7 +21,8 @@
 Retries are azure-core's (Tables) and the storage SDK's (Blobs) own policies, configured here;
 there is no retry loop of our own. A retried write can be refused by its own first attempt, which
 the service applied before its answer was lost: lock writes, audit appends and conditional
-document writes recognise that.
+document writes recognise that. Lock and audit inserts (POSTs) are retried after a dropped
+connection or a timeout too, which azure-core does not do for a POST by default.
 Tables and the container are created on first use.
 """
 
@@ -75,6 +76,10 @@ _AUDIT_PK = "audit"
 _DOC_PREFIX = "docs/"
 _AUDIT_BLOBS = "audit/"
 _WRITE_ID = "hubpilotwrite"  # blob metadata: the id of the write that stored this version
+# An insert is a POST, which azure-core's RetryPolicy sends again after a 500/503 but not after a
+# dropped connection or a timeout (only HEAD, GET, PUT, DELETE, OPTIONS, TRACE by default). Lock
+# and audit inserts recognise their own first attempt (claim, RowKey), so they are retried too.
+_RETRY_INSERT = frozenset({"POST"})
 
 
 def _describe(exc: BaseException) -> str:
@@ -339,7 +344,7 @@ class AzureStore:
         with _errors(f"take the lock {name!r}"):
             try:
                 if current is None:
-                    meta = await self._locks.create_entity(entity)
+                    meta = await self._locks.create_entity(entity, retry_on_methods=_RETRY_INSERT)
                 else:
                     etag = current[1]
                     if self._unexpired(name, current, now) is not None:
@@ -417,7 +422,7 @@ class AzureStore:
             row["entry_blob"] = blob
         with _errors("append an audit entry"):
             try:
-                await self._audit.create_entity(row)
+                await self._audit.create_entity(row, retry_on_methods=_RETRY_INSERT)
             except ResourceExistsError:
                 # the RowKey is this append's own: a retry refused by its first attempt, which the
                 # service applied before its answer was lost; anything else is an error

@@ -1,0 +1,132 @@
+"""The Azure state store when the network fails a write: the answer never comes (the connection
+drops after the service applied it) or the request never gets there (the connection drops first)."""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from hubpilot.adapters.store_azure import AzureStore
+from tests.azurite import ACCOUNT_KEY, Azurite
+
+pytestmark = pytest.mark.azurite
+
+TTL = timedelta(minutes=5)
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+class _DroppingProxy(http.server.ThreadingHTTPServer):
+    """Forwards to Azurite, except that the first request ``drop`` picks is cut: with
+    ``applied`` it reaches Azurite and its answer is lost (the connection closes without one),
+    else the connection closes before it is sent on."""
+
+    def __init__(self, target: int, drop: Callable[[str, str], bool], applied: bool) -> None:
+        super().__init__(("127.0.0.1", 0), _Forward)
+        self.target, self.drop, self.applied, self.dropped = target, drop, applied, 0
+
+
+class _Forward(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _DroppingProxy
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        cut = not self.server.dropped and self.server.drop(self.command, self.path)
+        if cut:
+            self.server.dropped += 1
+            self.close_connection = True
+            if not self.server.applied:
+                return
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.target, timeout=30)
+        try:
+            conn.request(self.command, self.path, body=body,
+                         headers={k: v for k, v in self.headers.items() if k.lower() not in _HOP})
+            answer = conn.getresponse()
+            data = answer.read()
+        finally:
+            conn.close()
+        if cut:
+            return  # applied, and no answer: the connection closes
+        self.send_response(answer.status)
+        for key, value in answer.getheaders():
+            if key.lower() not in _HOP and key.lower() not in ("date", "server"):
+                self.send_header(key, value)
+        self.send_header("Date", answer.getheader("Date") or self.date_time_string())
+        self.send_header("Content-Length", answer.getheader("Content-Length", "0")
+                         if self.command == "HEAD" else str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_MERGE = _forward
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def dropping(azurite: Azurite) -> Iterator[Callable[..., tuple[AzureStore, _DroppingProxy]]]:
+    started: list[tuple[_DroppingProxy, threading.Thread]] = []
+
+    def make(drop: Callable[[str, str], bool], *, applied: bool) -> tuple[AzureStore, _DroppingProxy]:
+        proxy = _DroppingProxy(azurite.table_port, drop, applied)
+        thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        thread.start()
+        started.append((proxy, thread))
+        through = f"http://127.0.0.1:{proxy.server_address[1]}/devstoreaccount1"
+        conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
+                f"BlobEndpoint={azurite.blob_endpoint};TableEndpoint={through};")
+        unique = datetime.now(UTC).strftime("%H%M%S%f")
+        store = AzureStore.from_settings(connection_string=conn, table_prefix=f"drop{unique}",
+                                         container=f"drop{unique}", retry_backoff=0)
+        return store, proxy
+
+    yield make
+    for proxy, thread in started:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
+
+
+def _lock_insert(method: str, path: str) -> bool:
+    return method == "POST" and "locks" in path and "Tables" not in path
+
+
+def _audit_insert(method: str, path: str) -> bool:
+    return method == "POST" and "audit" in path and "Tables" not in path
+
+
+@pytest.mark.parametrize("applied", [True, False])
+async def test_a_lock_taken_while_the_connection_drops_is_ours_or_free(dropping: Any, applied: bool) -> None:
+    """A lock's first take (an insert, a POST) whose connection drops, before or after the service
+    applied it: the SDK sends it again and the lease is ours, not a lock left held by a run that
+    was told it failed (every other run refused until it expires)."""
+    store, proxy = dropping(_lock_insert, applied=applied)
+    try:
+        now = datetime.now(UTC)
+        lease = await store.acquire_lock("sync", "timer:run1", TTL, now)
+        assert proxy.dropped == 1
+        assert lease is not None and lease.holder == "timer:run1"
+        await store.release_lock(lease)
+        assert await store.read_lock("sync", now) is None
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("applied", [True, False])
+async def test_an_audit_append_while_the_connection_drops_is_kept_once(dropping: Any, applied: bool) -> None:
+    store, proxy = dropping(_audit_insert, applied=applied)
+    try:
+        entry_id = await store.append_audit({"at": datetime.now(UTC).isoformat(), "operation": "sync"})
+        assert proxy.dropped == 1
+        page, _ = await store.read_audit()
+        assert [e["id"] for e in page] == [entry_id]
+    finally:
+        await store.close()
