@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import socket
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 
 from hubpilot.adapters.store_azure import AzureStore
+from hubpilot.ports.store import StoreError
 from tests.azurite import ACCOUNT_KEY, Azurite
 
 pytestmark = pytest.mark.azurite
@@ -130,3 +133,55 @@ async def test_an_audit_append_while_the_connection_drops_is_kept_once(dropping:
         assert [e["id"] for e in page] == [entry_id]
     finally:
         await store.close()
+
+
+class _Garbled:
+    """A TCP server that answers every request with a malformed HTTP response (what a broken
+    proxy on the way to the storage account may send)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("cause", ["a garbled answer", "a port out of range"])
+async def test_a_store_error_never_shows_the_sas_signature(cause: str) -> None:
+    """A connection string with a shared access signature puts it in every request's URL; an
+    error whose text quotes the URL must not carry the signature into a run's error, the audit
+    log or the log's traceback."""
+    secret = "sig=Xq3vSECRETSIGNATURE%2Bk%3D"
+    garbled = _Garbled()
+    try:
+        port = garbled.port if cause == "a garbled answer" else 99999
+        endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
+        conn = (f"BlobEndpoint={endpoint};TableEndpoint={endpoint};"
+                f"SharedAccessSignature=sv=2022-11-02&ss=bt&srt=sco&sp=rwdlac&{secret}")
+        store = AzureStore.from_settings(connection_string=conn, retry_total=0, timeout=5)
+        try:
+            for attempt in (store.read_audit(), store.get("sync/managed")):
+                with pytest.raises(StoreError, match="Azure Storage: cannot") as caught:
+                    await attempt
+                shown = "".join(traceback.format_exception(caught.value))
+                assert "SECRETSIGNATURE" not in shown, shown
+                assert "Service" in str(caught.value)  # still says what failed (ServiceRe...Error)
+        finally:
+            await store.close()
+    finally:
+        garbled.close()

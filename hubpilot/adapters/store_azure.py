@@ -90,17 +90,27 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# a shared access signature's secret part (every request's URL carries it) and an account key
+_SECRET = re.compile(r"(?i)\b(sig|accountkey)=[^&;\s'\"]+")
+
+
+def _redacted(text: str) -> str:
+    return _SECRET.sub(lambda m: f"{m.group(1)}=(hidden)", text)
+
+
 @contextlib.contextmanager
 def _errors(what: str) -> Iterator[None]:
-    """Turn an SDK error into a StoreError that says what we were doing."""
+    """Turn an SDK error into a StoreError that says what we were doing. A text that quotes a
+    request's URL (a garbled answer, an invalid URL) is shown without its signature, and the SDK's
+    error, which holds it, is not chained (a logged traceback would show it)."""
     try:
         yield
     except (StoreError, ValueError):
         raise
-    except AzureError as exc:
-        raise StoreError(f"Azure Storage: cannot {what}: {_describe(exc)}") from exc
-    except OSError as exc:  # transport errors below azure-core
-        raise StoreError(f"Azure Storage: cannot {what}: {exc}") from exc
+    except (AzureError, OSError) as exc:  # OSError: transport errors below azure-core
+        text = _describe(exc) if isinstance(exc, AzureError) else str(exc)
+        shown = _redacted(text)
+        raise StoreError(f"Azure Storage: cannot {what}: {shown}") from (exc if shown == text else None)
 
 
 def _is_conflict(exc: HttpResponseError) -> bool:
@@ -225,7 +235,8 @@ class AzureStore:
                 tables = TableServiceClient.from_connection_string(connection_string, **table_kwargs)
                 blobs = BlobServiceClient.from_connection_string(connection_string, **blob_kwargs)
             except (ValueError, AzureError) as exc:
-                raise ValueError(f"the Azure Storage connection string is not usable: {exc}") from None
+                raise ValueError(f"the Azure Storage connection string is not usable: {_redacted(str(exc))}") \
+                    from None
             return cls(tables, blobs, table_prefix=table_prefix, container=container)
         if not account_name:
             raise ValueError("Azure state store: set a connection string or an account name")

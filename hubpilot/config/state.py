@@ -16,7 +16,8 @@ class StateSettings(Section):
         description="SQLite file for kind=sqlite. " + FROM_FILE_FOLDER + " The default is in the working directory.")
     azure_connection_string: SecretStr | None = Field(
         None, description="Azure Storage connection string (kind=azure); or use azure_account_name. "
-        "One whose AccountKey is empty or not base64 is refused, without showing it."
+        "One whose AccountKey is empty or not base64 is refused, without showing it. A store error that quotes "
+        "a request's URL shows its shared access signature (sig=) as (hidden)."
     )
     azure_account_name: str | None = Field(
         None, description="Storage account name for managed-identity access (kind=azure)."
