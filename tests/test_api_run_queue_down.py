@@ -78,3 +78,22 @@ async def test_the_functions_entry_point_answers_the_same(ctx: Context, monkeypa
         functions.set_context(None)
 
 
+
+
+async def test_a_queue_error_quoting_its_url_logs_no_shared_access_signature(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A queue connection string with a shared access signature puts it in every request's URL;
+    the log line of a failed enqueue (an invalid endpoint quotes the URL) must not show it."""
+    conn = ("QueueEndpoint=http://127.0.0.1:99999/devstoreaccount1;"
+            "SharedAccessSignature=sv=2022-11-02&ss=q&srt=sco&sp=rwdlac&sig=Xq3vSECRETSIGNATURE%2Bk%3D")
+    ctx, _ = make_context(tmp_path, make_settings(run_mode="queue", queue_connection_string=conn))
+    try:
+        async with asgi_client(ctx) as c:
+            r = await c.post("/api/v1/sync", headers=ADMIN)
+        assert r.status_code == 503, r.text
+        assert "SECRETSIGNATURE" not in r.text
+    finally:
+        await drain_tasks()
+        await ctx.close()
+    assert "could not put sync run" in caplog.text
+    assert "SECRETSIGNATURE" not in caplog.text, caplog.text

@@ -890,3 +890,19 @@ async def test_a_subscription_a_renewal_found_gone_is_not_reported_gone_again_at
     assert isinstance(grown_queue, InProcessHints) and grown_queue.queue.empty()
     again = await run_subscription_manager(grown)
     assert again is not None and again.plan is not None and again.plan.empty, again.render()
+
+
+async def test_a_hint_queue_error_quoting_its_url_logs_no_shared_access_signature(
+        fresh: GraphDouble, webhook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
+    """The Azure hint queue's connection string with a shared access signature puts it in every
+    request's URL: a notification that cannot be queued (an invalid endpoint, whose error quotes
+    the URL) is answered 503 for Graph to retry, and the log line does not show the signature."""
+    g = fresh.add_group()
+    conn = ("QueueEndpoint=http://127.0.0.1:99999/devstoreaccount1;"
+            "SharedAccessSignature=sv=2022-11-02&ss=q&srt=sco&sp=rwdlac&sig=Xq3vSECRETSIGNATURE%2Bk%3D")
+    webhook.use(entra_settings(fresh, webhook.url, [g], entra={"queue": "azure", "queue_connection_string": conn}))
+    async with httpx.AsyncClient(base_url=webhook.url, timeout=300) as http:  # the queue SDK's retries
+        r = await http.post("/api/v1/graph/notifications", json=fresh.notification(g, client_state=SECRET))
+    assert r.status_code == 503, r.text
+    assert "could not queue a Graph notification" in caplog.text
+    assert "SECRETSIGNATURE" not in caplog.text, caplog.text

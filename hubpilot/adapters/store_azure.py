@@ -94,7 +94,8 @@ def _describe(exc: BaseException) -> str:
 _SECRET = re.compile(r"(?i)\b(sig|accountkey)=[^&;\s'\"]+")
 
 
-def _redacted(text: str) -> str:
+def redacted(text: str) -> str:
+    """``text`` with shared access signatures and account keys shown as (hidden)."""
     return _SECRET.sub(lambda m: f"{m.group(1)}=(hidden)", text)
 
 
@@ -109,7 +110,7 @@ def _errors(what: str) -> Iterator[None]:
         raise
     except (AzureError, OSError) as exc:  # OSError: transport errors below azure-core
         text = _describe(exc) if isinstance(exc, AzureError) else str(exc)
-        shown = _redacted(text)
+        shown = redacted(text)
         raise StoreError(f"Azure Storage: cannot {what}: {shown}") from (exc if shown == text else None)
 
 
@@ -235,7 +236,7 @@ class AzureStore:
                 tables = TableServiceClient.from_connection_string(connection_string, **table_kwargs)
                 blobs = BlobServiceClient.from_connection_string(connection_string, **blob_kwargs)
             except (ValueError, AzureError) as exc:
-                raise ValueError(f"the Azure Storage connection string is not usable: {_redacted(str(exc))}") \
+                raise ValueError(f"the Azure Storage connection string is not usable: {redacted(str(exc))}") \
                     from None
             return cls(tables, blobs, table_prefix=table_prefix, container=container)
         if not account_name:

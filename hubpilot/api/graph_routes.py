@@ -115,7 +115,9 @@ async def _receive(request: Request, *, lifecycle: bool) -> Response:
         for hint in hints_for(verdict, now):
             await queue.push(hint)
     except Exception as exc:  # Graph retries a notification that was not acknowledged
-        log.error("could not queue a Graph notification: %s", exc)
+        from hubpilot.adapters.store_azure import redacted  # the queue's URL can carry a signature
+
+        log.error("could not queue a Graph notification: %s", redacted(str(exc)))
         return JSONResponse({"detail": "the notification queue is unavailable; retry"}, status_code=503)
     return Response(status_code=202)
 

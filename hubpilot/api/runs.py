@@ -155,7 +155,10 @@ async def start_run(ctx: Context, operation: str, *, trigger: str, actor: str,
             try:
                 await enqueue(ctx, req)
             except Exception as exc:
-                log.error("could not put %s run %s on the %s queue: %s", operation, req.run_id, QUEUE_NAME, exc)
+                from hubpilot.adapters.store_azure import redacted  # its URL can carry a signature
+
+                log.error("could not put %s run %s on the %s queue: %s", operation, req.run_id, QUEUE_NAME,
+                          redacted(str(exc)))
                 await _forget(ctx, req)
                 raise QueueUnavailable(_queue_problem(exc)) from exc
             return req.run_id
