@@ -88,7 +88,8 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description=(
         "Log level of hubpilot serve (its log lines on stderr, uvicorn's too): DEBUG, INFO, WARNING or "
         "ERROR. The one-shot commands (sync, cull, scale, status, ...) print their result and log "
-        "warnings and errors only; the Functions app does not read it (host.json's logging.logLevel decides)."))
+        "warnings and errors only; the Functions app logs at host.json's logging.logLevel. Every host leaves the "
+        "HTTP libraries' per-request lines (azure-core's, httpx's) out of its log but at DEBUG."))
     _file: Path | None = PrivateAttr(default=None)
 
     @property

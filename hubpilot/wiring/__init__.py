@@ -7,6 +7,7 @@ lazily, on first use, so that a host's cold start stays cheap.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 from collections.abc import Callable
@@ -193,5 +194,23 @@ _DEFAULT_FACTORIES: dict[str, Callable[[Context], Capability[Any]]] = {
 }
 
 
+REQUEST_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy", "httpx")
+"""Libraries that log every HTTP request at INFO (azure-core: each request and response with its
+headers, a dozen lines a round against the Azure state store; httpx: each hub request)."""
+
+
+def quiet_request_logs(settings: Settings) -> None:
+    """Leave the libraries' per-request lines out of every host's log (the Functions host and
+    serve log at INFO, and App Insights bills each line of a timer that fires every minute), unless
+    serve's ``log_level`` is DEBUG or the logger's level was set already (by whoever runs hubpilot)."""
+    if settings.log_level == "DEBUG":
+        return
+    for name in REQUEST_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
+
+
 def build_context(settings: Settings, *, clock: Clock = utcnow) -> Context:
+    quiet_request_logs(settings)
     return Context(settings=settings, store=build_store(settings), clock=clock)
