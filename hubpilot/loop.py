@@ -668,7 +668,8 @@ class Runner(Generic[ObservedT]):
             try:
                 observed = await cap.observe()
             except Exception as exc:  # a read error: nothing is applied
-                log.warning("%s: observe failed: %s", cap.name, exc)
+                # said by the run's own line (log_outcome: the host's), not once more here
+                log.debug("%s run %s: observe failed: %s", cap.name, record.run_id, exc)
                 record.outcome, record.error = Outcome.FAILED, _describe_error(exc)
                 return await self._finish(record)
             try:
@@ -888,6 +889,26 @@ class AuditThrottle:
 def _pause_who(doc: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
     by, at = (doc or {}).get("by"), (doc or {}).get("at")
     return (str(by) if by is not None else None, str(at) if at is not None else None)
+
+
+def log_outcome(record: RunRecord) -> None:
+    """The one log line of a run a host started (a timer, a queued or in-process API run, a Graph
+    notification): its operation, id, trigger and outcome, with what it did, why it was refused or
+    what failed. A refused or failed run is a WARNING; the same failure every minute stays one
+    short line a run, no traceback."""
+    head = f"{record.operation} run {record.run_id} ({record.trigger} by {record.actor}): {record.outcome}"
+    failed = [r for r in record.results if r.status is Status.FAILED]
+    if record.outcome is Outcome.FAILED:
+        why = record.error or (f"{len(failed)} action(s) failed, first {failed[0].action.describe()}: "
+                               f"{failed[0].detail}" if failed else "")
+        log.warning("%s: %s", head, why or "no error was recorded")
+    elif record.outcome is Outcome.REFUSED:
+        log.warning("%s: %s%s", head, "; ".join(record.refusal),
+                    f" (an admin can approve it: {record.approval})" if record.approval else "")
+    else:
+        counts = record.result_counts() if record.results else (record.plan.counts() if record.plan else {})
+        done = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do"
+        log.info("%s: %s", head, done)
 
 
 def _describe_error(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from hubpilot.adapters.aks import AksPool
 from hubpilot.adapters.kube import KubeCluster
+from hubpilot.api.runs import RunRequest, execute_run
 from hubpilot.api.scheduling import run_scheduled
 from hubpilot.settings import load_settings
 from hubpilot.wiring import Context, build_context
@@ -20,7 +21,7 @@ from hubpilot.wiring.scale import scale_adapters
 from tests.azurite import Azurite
 from tests.doubles.arm import ArmDouble, StaticToken
 from tests.fixtures.kmock import NS, Emulator
-from tests.realhub import RealHub
+from tests.realhub import RealHub, free_port
 
 
 def info_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -87,3 +88,65 @@ async def test_a_quiet_cull_round_writes_one_info_line(real_hub: RealHub, tmp_pa
     finally:
         await ctx.close()
 
+
+
+def run_lines(caplog: pytest.LogCaptureFixture, level: int = logging.INFO) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= level]
+
+
+async def test_a_failing_scheduled_round_writes_one_warning_with_its_run_id_and_cause(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The hub down every minute: one line per run, naming the run and what failed, no traceback."""
+    settings = load_settings(None, hub={"api_url": f"http://127.0.0.1:{free_port()}/hub/api", "token": "t",
+                                        "retries": 0},
+                             state={"sqlite_path": str(tmp_path / "s.db")})
+    ctx = build_context(settings)
+    try:
+        await run_scheduled(ctx, "cull")  # the day's pruning of old run documents, once
+        caplog.clear()
+        caplog.set_level(logging.INFO)
+        record = await run_scheduled(ctx, "cull")
+        assert record is not None and record.outcome == "failed"
+        lines = run_lines(caplog)
+        assert len(lines) == 1, caplog.text
+        (line,) = lines
+        assert line.levelno == logging.WARNING and not line.exc_info
+        said = line.getMessage()
+        assert record.run_id in said and "cull" in said and "hub unreachable" in said, said
+    finally:
+        await ctx.close()
+
+
+async def test_a_run_started_over_http_says_how_it_ended(real_hub: RealHub, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A run the API queued (the run_queue function, serve's task) is logged like a timer's: its
+    run id, operation and outcome; a failed one at WARNING with the cause."""
+    settings = load_settings(None, hub={"api_url": real_hub.api_url, "token": real_hub.hubpilot_token},
+                             state={"sqlite_path": str(tmp_path / "s.db")})
+    ctx = build_context(settings)
+    try:
+        await run_scheduled(ctx, "cull")  # the day's pruning of old run documents, once
+        caplog.clear()
+        caplog.set_level(logging.INFO)
+        req = RunRequest(uuid.uuid4().hex, "cull", "api", "token:admin")
+        record = await execute_run(ctx, req)
+        assert record is not None and record.outcome == "applied"
+        lines = [r for r in run_lines(caplog) if req.run_id in r.getMessage()]
+        assert len(lines) == 1 and lines[0].levelno == logging.INFO, caplog.text
+        assert "cull" in lines[0].getMessage() and "applied" in lines[0].getMessage()
+    finally:
+        await ctx.close()
+
+    down = load_settings(None, hub={"api_url": f"http://127.0.0.1:{free_port()}/hub/api", "token": "t",
+                                    "retries": 0},
+                         state={"sqlite_path": str(tmp_path / "s.db")})
+    ctx = build_context(down)
+    try:
+        caplog.clear()
+        req = RunRequest(uuid.uuid4().hex, "cull", "api", "token:admin")
+        record = await execute_run(ctx, req)
+        assert record is not None and record.outcome == "failed"
+        lines = [r for r in run_lines(caplog, logging.WARNING) if req.run_id in r.getMessage()]
+        assert len(lines) == 1 and "hub unreachable" in lines[0].getMessage(), caplog.text
+    finally:
+        await ctx.close()

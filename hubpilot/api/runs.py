@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from hubpilot.loop import RUN_KEY, LockHeld, Outcome, RunRecord, new_run_id, stored_time
+from hubpilot.loop import RUN_KEY, LockHeld, Outcome, RunRecord, log_outcome, new_run_id, stored_time
 from hubpilot.ports.store import ConflictError, Lease
 from hubpilot.wiring import OPERATIONS, Context, NotConfigured, UnknownOperation
 
@@ -215,8 +215,11 @@ async def execute_run(ctx: Context, req: RunRequest) -> RunRecord | None:
             return RunRecord.from_json(done)
         cap = ctx.capability(req.operation)
         if req.approve is not None:
-            return await ctx.runner.approve(cap, req.approve, actor=req.actor, run_id=req.run_id)
-        return await ctx.runner.run(cap, trigger=req.trigger, actor=req.actor, run_id=req.run_id)
+            record = await ctx.runner.approve(cap, req.approve, actor=req.actor, run_id=req.run_id)
+        else:
+            record = await ctx.runner.run(cap, trigger=req.trigger, actor=req.actor, run_id=req.run_id)
+        log_outcome(record)
+        return record
     except LockHeld as exc:
         if exc.lease is not None and exc.lease.holder == f"{req.actor}:{req.run_id}":
             # this very run holds the lock: the request was delivered again while it runs (or

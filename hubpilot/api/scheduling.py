@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from hubpilot.loop import LockHeld, RunRecord, stored_time
+from hubpilot.loop import LockHeld, RunRecord, log_outcome, stored_time
 from hubpilot.ports.store import ConflictError
 from hubpilot.schedule import next_fire
 from hubpilot.settings import TIMER_SCHEDULE_ENV, Settings
@@ -88,7 +88,7 @@ async def run_scheduled(ctx: Context, operation: str, *, trigger: str = "timer",
     except LockHeld as exc:
         log.info("scheduled %s skipped: %s", operation, exc)
         return None
-    log.info("scheduled %s run %s: %s", operation, record.run_id, record.outcome)
+    log_outcome(record)
     return record
 
 
