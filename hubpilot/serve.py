@@ -23,6 +23,7 @@ from hubpilot.api.front import Front
 from hubpilot.api.runs import drain_tasks
 from hubpilot.api.scheduling import Schedule, claim_fire, configured_schedules, run_scheduled
 from hubpilot.loop import RunRecord, stored_time
+from hubpilot.ports.store import StoreError
 from hubpilot.schedule import previous_fire
 from hubpilot.settings import Settings
 from hubpilot.wiring import Context, build_context
@@ -132,7 +133,12 @@ class Scheduler:
                 record = await run_scheduled(self.ctx, schedule.name)
             else:
                 record = await self.jobs[schedule.setting](self.ctx)
-        except Exception:  # a store outage must not end the schedule; the next round retries
+        except StoreError as exc:  # a store outage must not end the schedule; the next round retries
+            # one line a round, what failed without a traceback: the same outage every minute
+            log.error("scheduled %s failed: the state store did not answer (the next round retries): %s",
+                      schedule.name, exc)
+            record = None
+        except Exception:  # a bug: the traceback says where
             log.exception("scheduled %s failed", schedule.name)
             record = None
         self.rounds[schedule.name].append((due, record))

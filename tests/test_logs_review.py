@@ -150,3 +150,39 @@ async def test_a_run_started_over_http_says_how_it_ended(real_hub: RealHub, tmp_
         assert len(lines) == 1 and "hub unreachable" in lines[0].getMessage(), caplog.text
     finally:
         await ctx.close()
+
+
+async def test_serve_with_its_state_store_down_writes_one_line_a_round_without_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A state store that does not answer fails every round of a minute schedule alike: each round
+    says so in one line that names the failure, not an ERROR with a traceback 1,440 times a day."""
+    from datetime import UTC, datetime, timedelta
+
+    from hubpilot.adapters.store_azure import AzureStore
+    from hubpilot.api.scheduling import Schedule
+    from hubpilot.serve import Scheduler
+    from tests.azurite import ACCOUNT_KEY, ACCOUNT_NAME
+
+    dead = free_port()
+    conn = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{dead}/{ACCOUNT_NAME};TableEndpoint=http://127.0.0.1:{dead}/{ACCOUNT_NAME};"
+            f"QueueEndpoint=http://127.0.0.1:{dead}/{ACCOUNT_NAME}")
+    store = AzureStore.from_settings(connection_string=conn, retry_total=0, timeout=2)
+    now = {"t": datetime(2026, 3, 2, 12, 0, 30, tzinfo=UTC)}
+
+    async def sleep(seconds: float) -> None:
+        now["t"] += timedelta(seconds=seconds)
+
+    ctx = Context(settings=load_settings(None), store=store, clock=lambda: now["t"])
+    try:
+        sched = Scheduler(ctx, [Schedule("cull", "0 * * * * *", True, "cull.schedule")], sleep=sleep)
+        await sched.tick(sched.schedules[0])  # the first round also says it cannot catch up
+        caplog.clear()
+        caplog.set_level(logging.INFO)
+        for _ in range(3):
+            assert await sched.tick(sched.schedules[0]) is None
+        lines = [r for r in run_lines(caplog) if r.name.startswith("hubpilot")]
+        assert len(lines) == 3 and not [r for r in lines if r.exc_info], caplog.text
+        assert all("cull" in r.getMessage() and "state store" in r.getMessage() for r in lines), caplog.text
+    finally:
+        await ctx.close()
