@@ -897,12 +897,43 @@ async def test_a_hint_queue_error_quoting_its_url_logs_no_shared_access_signatur
     """The Azure hint queue's connection string with a shared access signature puts it in every
     request's URL: a notification that cannot be queued (an invalid endpoint, whose error quotes
     the URL) is answered 503 for Graph to retry, and the log line does not show the signature."""
+    from tests.test_store_review import _Garbled
+
     g = fresh.add_group()
-    conn = ("QueueEndpoint=http://127.0.0.1:99999/devstoreaccount1;"
-            "SharedAccessSignature=sv=2022-11-02&ss=q&srt=sco&sp=rwdlac&sig=Xq3vSECRETSIGNATURE%2Bk%3D")
-    webhook.use(entra_settings(fresh, webhook.url, [g], entra={"queue": "azure", "queue_connection_string": conn}))
-    async with httpx.AsyncClient(base_url=webhook.url, timeout=300) as http:  # the queue SDK's retries
-        r = await http.post("/api/v1/graph/notifications", json=fresh.notification(g, client_state=SECRET))
+    garbled = _Garbled()  # answers at once, with an answer the SDK cannot read (its error quotes the URL)
+    try:
+        conn = (f"QueueEndpoint=http://127.0.0.1:{garbled.port}/devstoreaccount1;"
+                "SharedAccessSignature=sv=2022-11-02&ss=q&srt=sco&sp=rwdlac&sig=Xq3vSECRETSIGNATURE%2Bk%3D")
+        webhook.use(entra_settings(fresh, webhook.url, [g], entra={"queue": "azure", "queue_connection_string": conn}))
+        async with httpx.AsyncClient(base_url=webhook.url, timeout=30) as http:
+            r = await http.post("/api/v1/graph/notifications", json=fresh.notification(g, client_state=SECRET))
+    finally:
+        garbled.close()
     assert r.status_code == 503, r.text
-    assert "could not queue a Graph notification" in caplog.text
+    assert "could not queue a Graph notification" in caplog.text and "did not answer" not in caplog.text
+    assert "sig=(hidden)" in caplog.text, caplog.text
     assert "SECRETSIGNATURE" not in caplog.text, caplog.text
+
+
+async def test_a_notification_the_queue_does_not_take_is_answered_503_within_graphs_limit(
+        fresh: GraphDouble, webhook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
+    """Graph retries a notification for up to 4 hours when any answer comes within 10 s, but an
+    endpoint whose answers take longer is marked slow, then its notifications are dropped for
+    good. A hint queue that takes connections and never answers must not hold the answer for
+    its SDK's timeouts and retries (minutes): a 503 comes within the limit, for Graph to retry."""
+    import socket as _socket
+
+    silent = _socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts (the kernel does), never answers
+    try:
+        g = fresh.add_group()
+        conn = (f"QueueEndpoint=http://127.0.0.1:{silent.getsockname()[1]}/devstoreaccount1;"
+                "SharedAccessSignature=sv=2022-11-02&ss=q&srt=sco&sp=rwdlac&sig=abc")
+        webhook.use(entra_settings(fresh, webhook.url, [g], entra={"queue": "azure", "queue_connection_string": conn}))
+        async with httpx.AsyncClient(base_url=webhook.url, timeout=10) as http:  # Graph's limit
+            r = await http.post("/api/v1/graph/notifications", json=fresh.notification(g, client_state=SECRET))
+        assert r.status_code == 503, r.text
+        assert "did not answer" in caplog.text
+    finally:
+        silent.close()

@@ -523,12 +523,18 @@ class AzureQueueHints:
         from azure.storage.queue import TextBase64EncodePolicy
         from azure.storage.queue.aio import QueueClient
 
+        # the webhook answers Graph within seconds (slower answers get its notifications dropped),
+        # so the storage SDK's own retry waits 0.5 s, then 1.5 s (its backoff is initial_backoff +
+        # increment_base ** n), not its default 15 s, 18 s, 24 s
+        kwargs: dict[str, Any] = {
+            "message_encode_policy": TextBase64EncodePolicy(),
+            "initial_backoff": 0.5, "increment_base": 1, "retry_total": 2, "random_jitter_range": 0,
+            "connection_timeout": 3, "read_timeout": 3,
+        }
         if connection_string:
-            self._client = QueueClient.from_connection_string(
-                connection_string, queue_name, message_encode_policy=TextBase64EncodePolicy())
+            self._client = QueueClient.from_connection_string(connection_string, queue_name, **kwargs)
         elif account_url:
-            self._client = QueueClient(account_url, queue_name, credential=credential,
-                                       message_encode_policy=TextBase64EncodePolicy())
+            self._client = QueueClient(account_url, queue_name, credential=credential, **kwargs)
         else:
             raise ValueError("an Azure queue needs a connection string or an account URL")
         self._ready = False

@@ -15,6 +15,7 @@ forgeries cannot fill the state store.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 from typing import Any
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
+QUEUE_SECONDS = 5.0
+"""How long a notification's hints may take to reach the queue before Graph is answered 503 (its
+limit is 10 s: slower answers get the endpoint marked slow, then its notifications dropped)."""
 _DETAIL = {"application/json": {"schema": {"type": "object", "properties": {"detail": {"type": "string"}}}}}
 WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Graph's validation handshake: the validationToken echoed back",
@@ -111,9 +115,19 @@ async def _receive(request: Request, *, lifecycle: bool) -> Response:
     from hubpilot.wiring.entra import notification_queue
 
     queue = notification_queue(ctx)
-    try:
+
+    async def push_all() -> None:
         for hint in hints_for(verdict, now):
             await queue.push(hint)
+
+    try:
+        # Graph retries an unacknowledged notification for hours if some answer comes within 10 s;
+        # answers slower than that get the endpoint marked slow and then its notifications dropped
+        await asyncio.wait_for(push_all(), QUEUE_SECONDS)
+    except TimeoutError:
+        log.error("could not queue a Graph notification: the notification queue did not answer within %g s "
+                  "(Graph retries it)", QUEUE_SECONDS)
+        return JSONResponse({"detail": "the notification queue is unavailable; retry"}, status_code=503)
     except Exception as exc:  # Graph retries a notification that was not acknowledged
         from hubpilot.adapters.store_azure import redacted  # the queue's URL can carry a signature
 
