@@ -350,10 +350,18 @@ class SyncCapability:
             await hub.set_admin(first.target, kind == "grant_admin")
             return [ActionResult(first, Status.DONE)]
         if kind == "stop_servers":
-            outcomes = [await hub.stop_server(first.target, s) for s in first.params.get("servers", [])]
-            status = Status.PENDING if StopResult.PENDING in outcomes else Status.DONE
-            detail = ", ".join(f"{s or 'default'}: {o}" for s, o in
-                               zip(first.params.get("servers", []), outcomes, strict=True))
+            # read the user again: another run (a cull round, scale's reclaim, the user) may have
+            # stopped a server since the reading, and the hub answers 204 to a DELETE of a stopped
+            # server too; only the servers still running are stopped, the others are no stop of ours
+            servers = list(first.params.get("servers", []))
+            current = await hub.get_user(first.target)
+            running = {s for s, srv in (current.servers.items() if current else ()) if srv.ready or srv.pending}
+            outcomes = [await hub.stop_server(first.target, s) if s in running else StopResult.NOT_RUNNING
+                        for s in servers]
+            status = Status.PENDING if StopResult.PENDING in outcomes else \
+                Status.DONE if StopResult.STOPPED in outcomes else Status.NOOP
+            detail = ", ".join(f"{s or 'default'}: {'already stopped' if o is StopResult.NOT_RUNNING else o}"
+                               for s, o in zip(servers, outcomes, strict=True))
             return [ActionResult(first, status, detail)]
         if kind == "revoke_tokens":
             n = await hub.revoke_tokens(first.target)
