@@ -69,3 +69,39 @@ async def test_sync_does_not_report_done_a_stop_cull_made_since_its_reading(
     assert "already stopped" in stop.detail
     assert by_kind["deprovision"].status is Status.DONE
 
+
+async def test_a_user_cull_deletes_before_syncs_group_addition_does_not_fail_the_others(
+    world: World, real_hub: RealHub, cull_ctx: Context
+) -> None:
+    """carl and dora, hub users sync does not manage yet (long-inactive), join a synced group: sync
+    reads them and plans to take them on and add them to its group; a cull round (cull.delete_users)
+    that read sync's records before sync took them on deletes dora meanwhile. The hub refuses a
+    group addition naming a user it does not have as a whole (400, nobody added): carl still goes in
+    the group, and dora's addition says why it did not happen instead of failing the run."""
+    world.set("analysts", "alice")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    carl, dora = world.user("carl"), world.user("dora")
+    async with real_hub.admin() as admin:
+        for name in (carl, dora):
+            (await admin.post(f"/users/{name}")).raise_for_status()
+
+    world.set("analysts", "alice", "carl", "dora")
+    sync = world.capability()
+    observed = await sync.observe()
+    plan = sync.plan(observed, datetime.now(UTC))
+    assert plan.counts() == {"manage_user": 2, "add_to_group": 2}, plan.counts()
+
+    assert await cull_round(cull_ctx, {dora}) == [("delete_user", Status.DONE)]
+
+    results = {(r.action.kind, str(r.action.params.get("user", r.action.target))): r
+               for r in await sync.apply(plan, observed, no_progress)}
+    added = results["add_to_group", carl]
+    assert added.status is Status.DONE, (added.status, added.detail)
+    missed = results["add_to_group", dora]
+    assert missed.status is Status.SKIPPED, (missed.status, missed.detail)
+    assert f"no user {dora}" in missed.detail and "next run" in missed.detail
+    assert (await world.hub_state())["groups"][f"{world.prefix}analysts"] == sorted([world.user("alice"), carl])
+    # the next run takes dora on again: created and added
+    again = await world.run()
+    assert again.outcome is Outcome.APPLIED and again.plan is not None, again.render()
+    assert again.plan.counts() == {"create_user": 1, "add_to_group": 1}, again.render()

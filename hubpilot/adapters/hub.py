@@ -414,12 +414,28 @@ class HubClient:
         resp = await self._request("POST", "/groups/{name}", path_args={"name": name}, accept=(409,))
         return resp.status_code != 409
 
-    async def add_group_members(self, group: str, names: Sequence[str]) -> None:
-        if names:
-            await self._request(
+    async def add_group_members(self, group: str, names: Sequence[str]) -> dict[str, str]:
+        """Put ``names`` in ``group``. The hub refuses the whole request, and adds nobody, at the
+        first name it does not have (400 "No such user": deleted since the caller read it, by a
+        cull round, say): that name is left out and the others are added; those left out are
+        returned (name → why)."""
+        left = list(dict.fromkeys(names))
+        gone: dict[str, str] = {}
+        while left:
+            resp = await self._request(
                 "POST", "/groups/{name}/users", path_args={"name": group},
-                json_body={"users": list(dict.fromkeys(names))},
+                json_body={"users": left}, accept=(400,),
             )
+            if resp.status_code < 400:
+                break
+            message = _message(resp)
+            missing = message.removeprefix("No such user: ")
+            if missing == message or missing not in left:
+                self._counts["errors"] += 1
+                raise HubError(f"POST {resp.request.url.path}: hub answered 400: {message}", status=400)
+            left.remove(missing)
+            gone[missing] = f"the hub has no user {missing} (deleted since it was read)"
+        return gone
 
     async def remove_group_members(self, group: str, names: Sequence[str]) -> dict[str, str]:
         """Take ``names`` out of ``group``. A user deleted meanwhile is in no group, and a group

@@ -149,7 +149,10 @@ class Hub(Protocol):
         """Create a group; False when it already existed."""
         ...
 
-    async def add_group_members(self, group: str, names: Sequence[str]) -> None: ...
+    async def add_group_members(self, group: str, names: Sequence[str]) -> dict[str, str]:
+        """Put ``names`` in ``group``; returns those the hub does not have (deleted meanwhile: name →
+        why), the others are in."""
+        ...
 
     async def remove_group_members(self, group: str, names: Sequence[str]) -> dict[str, str]:
         """Take ``names`` out of ``group``; returns those the hub could not take out (name → why and

@@ -326,9 +326,13 @@ class SyncCapability:
                 for a in batch if a.params["user"] not in absent
                 and (form := hub_lookup_name(a.params["user"], self.policy.naming)) != a.params["user"]}
             present = [a for a in batch if a.params["user"] not in absent]
-            if present:
-                await hub.add_group_members(first.target, [a.params["user"] for a in present])
-            return [ActionResult(a, Status.DONE) for a in present] + [
+            # a user deleted since the reading (a cull round that read sync's records before this
+            # run took them on): the hub adds the others; the next run creates and adds them
+            missing = await hub.add_group_members(first.target, [a.params["user"] for a in present]) \
+                if present else {}
+            return [ActionResult(a, Status.SKIPPED, f"not added: {missing[a.params['user']]}; the next run "
+                                 "creates and adds them") if a.params["user"] in missing
+                    else ActionResult(a, Status.DONE) for a in present] + [
                 ActionResult(a, Status.FAILED, absent[a.params["user"]]) for a in batch
                 if a.params["user"] in absent]
         if kind == "remove_from_group":
