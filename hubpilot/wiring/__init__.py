@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -107,8 +109,15 @@ class Context:
 def cli_command(settings: Settings) -> str:
     """The command line that reaches the state of ``settings`` from any shell (an approval hint
     names it): ``--config`` with the settings file they were read from, and, when the state file's
-    path is relative (to the working directory), a ``cd`` to this process's working directory."""
+    path is relative (to the working directory), a ``cd`` to this process's working directory.
+    The program is this process's ``hubpilot`` by its path when ``hubpilot`` on the PATH is not it
+    (the setup's ``.venv/bin/hubpilot``, its venv not activated: the demo's own commands)."""
     command = "hubpilot"
+    exe = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if exe is not None and exe.name == "hubpilot" and exe.is_file():
+        found = shutil.which("hubpilot")
+        if found is None or Path(found).resolve() != exe.resolve():
+            command = shlex.quote(str(exe.absolute()))
     if settings.file is not None:
         command += f" --config {shlex.quote(str(settings.file))}"
     if settings.state.kind == "sqlite" and not Path(settings.state.sqlite_path).is_absolute():
