@@ -345,8 +345,10 @@ class KubeCluster:
         return not terms or any(allows(t) for t in terms)
 
     def _node(self, n: Any) -> NodeInfo:
-        ready = any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or [])) \
-            if n.status else False
+        conditions = (n.status.conditions if n.status else None) or []
+        ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+        ready_since = next((_ts(c.last_transition_time) for c in conditions
+                            if c.type == "Ready" and c.status == "True"), None)
         return NodeInfo(
             name=n.metadata.name,
             ready=ready,
@@ -359,6 +361,8 @@ class KubeCluster:
                          for t in ((n.spec.taints if n.spec else None) or [])),
             deleting=n.metadata.deletion_timestamp is not None,
             resource_version=n.metadata.resource_version or "",
+            gpus=_count((n.status.allocatable if n.status else None) or {}, self.gpu_resource),
+            ready_since=ready_since,
         )
 
     def _pod(self, p: Any) -> UserPod:
@@ -411,6 +415,17 @@ def _timeout_of(exc: BaseException) -> BaseException | None:
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(reason, urllib3.exceptions.TimeoutError):
         return reason
     return None
+
+
+def _count(resources: Mapping[str, Any], name: str) -> int | None:
+    """A whole-number resource quantity of a node's ``allocatable`` (None: not listed; 0: not a
+    whole number above 0)."""
+    if name not in resources:
+        return None
+    try:
+        return max(0, int(str(resources[name])))
+    except ValueError:
+        return 0
 
 
 def _ts(value: Any) -> datetime | None:

@@ -61,6 +61,11 @@ class NodeInfo:
     taints: tuple[Taint, ...] = ()
     deleting: bool = False  # metadata.deletionTimestamp is set: the node object is being deleted
     resource_version: str = ""  # metadata.resourceVersion as observed ("" unknown)
+    # status.allocatable of the GPU resource (None: the node does not list it). The device plugin
+    # registers GPUs minutes after the node is Ready (the GPU operator installs the driver first),
+    # and takes out of it for good a GPU it marks unhealthy (an Xid error): the node stays Ready
+    gpus: int | None = None
+    ready_since: datetime | None = None  # lastTransitionTime of the Ready condition (None: unknown)
 
 
 AUTOSCALER_DELETING = "ToBeDeletedByClusterAutoscaler"  # the cluster autoscaler's removal mark

@@ -183,6 +183,27 @@ class Occupancy:
     # ready empty nodes with NoSchedule/NoExecute taints the GPU pods do not tolerate, by taint:
     # no capacity, replaced, not ours to remove (like a cordon by someone else)
     blocked: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # ready empty nodes that list no allocatable GPU longer than the join grace after they became
+    # Ready, while other nodes of the pool list the GPU resource (``without_gpus``): no capacity
+    no_gpu: tuple[str, ...] = ()
+
+
+def without_gpus(nodes: Sequence[NodeInfo], empty: frozenset[str], now: datetime,
+                 join_grace: timedelta) -> tuple[str, ...]:
+    """Empty ready nodes a GPU pod cannot land on: no allocatable GPU (``NodeInfo.gpus`` 0 or not
+    listed) longer than ``join_grace`` after they became Ready (the device plugin registers GPUs a
+    few minutes after Ready; a GPU it marks unhealthy is gone from allocatable for good). Only when
+    a node of the pool lists the GPU resource at all: in a pool where none does (GPUs under another
+    resource name, a driver failing on every node) a replacement would be no different."""
+    if not any(n.gpus is not None for n in nodes):
+        return ()
+    out = []
+    for n in nodes:
+        since = n.ready_since or n.created
+        if (n.name in empty and n.ready and not n.gpus and not n.unschedulable
+                and since is not None and now - since > join_grace):
+            out.append(n.name)
+    return tuple(sorted(out))
 
 
 def deallocates(pool: PoolState) -> bool:
@@ -342,6 +363,8 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
         leaving=leaving,
         leaving_stopped=leaving_stopped,
         blocked=blocked,
+        no_gpu=tuple(n for n in without_gpus(observed.cluster.nodes, frozenset(empty), now, join_grace)
+                     if n not in leaving and n not in blocked),
     )
 
 
@@ -396,7 +419,8 @@ def free_slots(observed: Observed, occ: Occupancy, policy: Policy) -> int:
     """GPU pods that ready, schedulable capacity can take now (empty nodes and room on busy ones)."""
     ppn = policy.pods_per_node
     empty_ready = sum(1 for n in observed.cluster.nodes
-                      if n.name in occ.empty and n.ready and not n.unschedulable and n.name not in occ.blocked)
+                      if n.name in occ.empty and n.ready and not n.unschedulable and n.name not in occ.blocked
+                      and n.name not in occ.no_gpu)
     return ppn * empty_ready + sum(max(0, ppn - occ.gpu_pods_on.get(n, 0)) for n in occ.busy)
 
 
@@ -506,7 +530,17 @@ def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datet
     if spare and standby:
         why.append(f"{min(spare, standby)} of the spare covered by idle GPU server(s)")
         spare = max(0, spare - standby)
-    wanted = need + spare + len(unusable) + occ.broken
+    # a node without allocatable GPUs can take no GPU server: while one waits, or a spare is
+    # wanted, one node more -- one at most: where every new node came up without (a driver that
+    # fails on the pool's node image) a node a round would be booted up to max_nodes. With nothing
+    # waiting it is an empty node like any other, removed once idle
+    no_gpu = 1 if occ.no_gpu and (occ.pending or spare) else 0
+    if occ.no_gpu:
+        why.append(f"{len(occ.no_gpu)} ready empty node(s) without an allocatable GPU "
+                   f"{_minutes(policy.join_grace)} min after they became Ready (device plugin not "
+                   f"registered, or its GPU unhealthy): {', '.join(occ.no_gpu)}"
+                   + ("; one node more" if no_gpu else ""))
+    wanted = need + spare + len(unusable) + occ.broken + no_gpu
     wanted = max(wanted, warm.min_nodes, policy.min_nodes)
     ceiling = policy.max_nodes
     if observed.pool.autoscaling and observed.pool.max_count is not None:
