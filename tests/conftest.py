@@ -7,5 +7,6 @@ pytest_plugins = [
     "tests.fixtures.webhook",
     "tests.fixtures.kmock",
     "tests.fixtures.arm",
+    "tests.fixtures.graph",
     "tests.fixtures.syncworld",
 ]

@@ -20,29 +20,11 @@ from hubpilot.ports.directory import DirectoryError
 from hubpilot.settings import Settings
 from hubpilot.wiring import Context
 from hubpilot.wiring.entra import build_entra_directory, use_credential
-from tests.doubles.graph import TOKEN, GraphDouble, start_graph_double
+from tests.doubles.graph import TOKEN, GraphDouble
 from tests.fixtures.webhook import Webhook
 from tests.realhub import RealHub
 from tests.test_entra_graph import Clock, client, people, state_docs
 from tests.test_entra_hub import Tenant
-
-
-@pytest.fixture(scope="module")
-async def graph() -> AsyncIterator[GraphDouble]:
-    double, served = await start_graph_double(page_size=50)
-    yield double
-    await served.stop()
-
-
-@pytest.fixture
-async def fresh(graph: GraphDouble) -> AsyncIterator[GraphDouble]:
-    graph.faults.clear()
-    graph.fail_paths.clear()
-    graph.page_size = 50
-    graph.reset_log()
-    yield graph
-    graph.faults.clear()
-    graph.fail_paths.clear()
 
 
 @pytest.fixture

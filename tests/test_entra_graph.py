@@ -30,29 +30,12 @@ from hubpilot.wiring.entra import (
     run_subscription_manager,
     use_credential,
 )
-from tests.doubles.graph import MSI_SECRET, TOKEN, GraphDouble, start_graph_double
+from tests.doubles.graph import MSI_SECRET, TOKEN, GraphDouble
 from tests.fixtures.webhook import Webhook
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "msgraph"
 SECRET = "client-state-" + uuid.uuid4().hex
 
-
-@pytest.fixture(scope="module")
-async def graph() -> AsyncIterator[GraphDouble]:
-    double, served = await start_graph_double(page_size=50)
-    yield double
-    await served.stop()
-
-
-@pytest.fixture
-async def fresh(graph: GraphDouble) -> AsyncIterator[GraphDouble]:
-    graph.faults.clear()
-    graph.script.clear()
-    graph.page_size = 50
-    graph.reset_log()
-    yield graph
-    graph.faults.clear()
-    graph.script.clear()
 
 
 def client(graph: GraphDouble, **kw: Any) -> GraphClient:
