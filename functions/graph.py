@@ -47,7 +47,8 @@ async def handle_hint_message(body: bytes | str) -> str:
 @bp.queue_trigger(arg_name="msg", queue_name=HINT_QUEUE, connection=HINT_QUEUE_CONNECTION)
 async def graph_hints(msg: func.QueueMessage) -> None:
     outcome = await handle_hint_message(msg.get_body())
-    log.info("graph hint %s: %s", msg.id, outcome)
+    if outcome == "covered":  # a run says how it ended in its own line (loop.log_outcome)
+        log.info("graph hint %s: covered, no run", msg.id)
 
 
 async def subscriptions_round() -> str:
@@ -64,4 +65,5 @@ async def subscriptions_round() -> str:
 @bp.function_name("graph_subscriptions")
 @bp.timer_trigger(arg_name="timer", schedule=SUBSCRIPTION_SCHEDULE, run_on_startup=False, use_monitor=True)
 async def graph_subscriptions(timer: func.TimerRequest) -> None:
-    log.info("graph subscriptions: %s", await subscriptions_round())
+    if await subscriptions_round() == "off":  # a round says how it ended in its own line (loop.log_outcome)
+        log.info("graph subscriptions: off (directory.entra.notifications)")

@@ -89,9 +89,10 @@ class Settings(BaseSettings):
         "Log level of hubpilot serve (its log lines on stderr, uvicorn's too): DEBUG, INFO, WARNING or "
         "ERROR. The one-shot commands (sync, cull, scale, status, ...) print their result and log "
         "warnings and errors only; the Functions app logs at host.json's logging.logLevel. Every host leaves the "
-        "HTTP libraries' per-request lines (azure-core's, httpx's) out of its log but at DEBUG. Each run a timer "
-        "or the API starts writes one line with its operation, run id and outcome: INFO when applied (what it "
-        "did, or 'nothing to do') or paused, WARNING with the reasons when refused, with the cause when failed."))
+        "HTTP libraries' per-request lines (azure-core's, httpx's) out of its log but at DEBUG. Each run a timer, "
+        "the API or a Graph notification starts writes one line with its operation, run id and outcome: INFO "
+        "when applied (what it did, or 'nothing to do') or paused, WARNING with the reasons when refused, with "
+        "the cause when failed."))
     _file: Path | None = PrivateAttr(default=None)
 
     @property

@@ -25,7 +25,7 @@ from hubpilot.config.entra import EntraSettings
 from hubpilot.entra.directory import STATE_PREFIX, EntraDirectory
 from hubpilot.entra.notifications import Hint, NotificationQueue, coalesce, covered_by
 from hubpilot.entra.subscriptions import SubscriptionManager, SubscriptionPolicy, missed_changes
-from hubpilot.loop import LockHeld, RunRecord
+from hubpilot.loop import LockHeld, RunRecord, log_outcome
 from hubpilot.ports.directory import Directory
 from hubpilot.wiring import Context
 
@@ -109,6 +109,8 @@ async def run_subscription_manager(ctx: Context, *, force_renew: Sequence[str] =
                                    retry_held: bool = False, resync: bool = False) -> RunRecord | None:
     """One round of the subscription manager through the Runner; None when notifications are
     off or (unless ``retry_held``, which raises LockHeld instead) another round holds the lock.
+    The round writes the run's one log line (:func:`hubpilot.loop.log_outcome`), whichever host
+    started it.
 
     Changes made while a group had no working subscription were never notified: after a round
     that replaced one Graph dropped without a lifecycle event reaching hubpilot (found gone by the
@@ -123,6 +125,7 @@ async def run_subscription_manager(ctx: Context, *, force_renew: Sequence[str] =
         cap = SubscriptionManager(graph, await subscription_policy(ctx), force_renew=force_renew, store=ctx.store)
         async with graph.round():  # throttling waited out only within directory.entra.round_deadline_seconds
             record = await ctx.runner.run(cap, trigger=trigger, actor=actor)
+        log_outcome(record)
         if resync or missed_changes(record.plan, record.results):
             await notification_queue(ctx).push(Hint("sync", received=ctx.clock().isoformat()))
         return record
@@ -146,7 +149,8 @@ async def hint_covered(ctx: Context, hint: Hint) -> bool:
 
 async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
     """Do what a hint asks: None when nothing had to be done. Raises LockHeld when a run of the
-    same operation holds the lock (retry later).
+    same operation holds the lock (retry later). A run writes its one log line
+    (:func:`hubpilot.loop.log_outcome`: operation, run id, trigger, outcome and cause).
 
     A lifecycle event that names subscriptions (``reauthorizationRequired``,
     ``subscriptionRemoved``) means Graph may have paused or stopped delivering changes: after the
@@ -157,7 +161,9 @@ async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
                                               retry_held=bool(hint.renew), resync=bool(hint.renew))
     if await hint_covered(ctx, hint):
         return None
-    return await ctx.runner.run(ctx.capability("sync"), trigger="notification", actor="graph")
+    record = await ctx.runner.run(ctx.capability("sync"), trigger="notification", actor="graph")
+    log_outcome(record)
+    return record
 
 
 class InProcessHints:

@@ -1,0 +1,158 @@
+"""The Graph notification path's runs in both hosts: what they log (loop.log_outcome, the one line
+of a run a host started) and what they do when a lifecycle event's manager round fails. Real
+parts: the msgraph-sdk against the HTTP-level Graph double, the admin app serving the webhook, the
+Functions app's own trigger functions called as the host calls them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import azure.functions as func
+import httpx
+import pytest
+from azure.functions.timer import TimerRequest
+
+import functions
+from hubpilot.entra.notifications import Hint
+from hubpilot.loop import Outcome
+from hubpilot.settings import Settings
+from hubpilot.wiring import Context
+from hubpilot.wiring.entra import InProcessHints, NotificationWorker, notification_queue, run_subscription_manager
+from tests.doubles.graph import GraphDouble, start_graph_double
+from tests.fixtures.webhook import Webhook
+from tests.test_entra_graph import SECRET, entra_settings
+from tests.test_functions import functions_by_name
+
+
+@pytest.fixture(scope="module")
+async def graph_double() -> AsyncIterator[GraphDouble]:
+    double, served = await start_graph_double(page_size=50)
+    yield double
+    await served.stop()
+
+
+@pytest.fixture
+async def graph(graph_double: GraphDouble) -> AsyncIterator[GraphDouble]:
+    def clear() -> None:
+        for faults in (graph_double.faults, graph_double.script, graph_double.fail_paths, graph_double.refuse,
+                       graph_double.fail_after, graph_double.subscriptions):
+            faults.clear()
+        graph_double.reset_log()
+
+    clear()
+    yield graph_double
+    clear()
+
+
+def settings(graph: GraphDouble, webhook: Webhook, group: str) -> Settings:
+    """Entra with notifications, a hub that is down (no retries: the run fails at once)."""
+    s = entra_settings(graph, webhook.url, [group])
+    return s.model_copy(update={"hub": s.hub.model_copy(update={"retries": 0})})
+
+
+def trigger(name: str) -> Any:
+    """The Functions app's trigger function ``name``, as the host calls it."""
+    return functions_by_name()[name].get_user_function()
+
+
+def message(hint: Hint) -> func.QueueMessage:
+    return func.QueueMessage(id=uuid.uuid4().hex, body=json.dumps(hint.to_json()).encode())
+
+
+def lines(caplog: pytest.LogCaptureFixture, level: int = logging.INFO) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= level]
+
+
+def said(caplog: pytest.LogCaptureFixture, text: str, level: int = logging.INFO) -> list[logging.LogRecord]:
+    return [r for r in lines(caplog, level) if text in r.getMessage()]
+
+
+def one(found: list[logging.LogRecord], caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+    assert len(found) == 1, caplog.text
+    return found[0]
+
+
+def worker_of(ctx: Context) -> NotificationWorker:
+    queue = notification_queue(ctx)
+    assert isinstance(queue, InProcessHints)
+    return NotificationWorker(ctx, queue, retry_seconds=0)
+
+
+# --- lead: the notified runs write the run's one line ----------------------------------------------
+
+async def test_serves_worker_says_how_a_notified_sync_ended(
+        graph: GraphDouble, webhook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
+    """A sync a notification started under hubpilot serve that fails (the hub is down) says so in
+    one WARNING line with its run id, trigger and cause, as a timer's or an API run does."""
+    g = graph.add_group()
+    ctx = webhook.use(settings(graph, webhook, g))
+    worker = worker_of(ctx)
+    caplog.set_level(logging.INFO)
+    async with httpx.AsyncClient(base_url=webhook.url) as http:
+        r = await http.post("/api/v1/graph/notifications", json=graph.notification(g, client_state=SECRET))
+    assert r.status_code == 202
+    caplog.clear()
+    assert await worker.drain_once() == 1
+    (record,) = worker.records
+    assert record.operation == "sync" and record.outcome is Outcome.FAILED
+    line = one(said(caplog, record.run_id), caplog)
+    assert line.levelno == logging.WARNING and not line.exc_info, caplog.text
+    text = line.getMessage()
+    assert "sync" in text and "notification by graph" in text and "failed" in text and record.error
+    assert record.error in text, text
+
+
+async def test_the_functions_hint_and_timer_write_the_runs_line(
+        graph: GraphDouble, webhook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
+    """Under Functions the graph_hints message and the graph_subscriptions timer each write the
+    run's one line (run id, trigger, outcome and cause), not 'graph hint <message id>: failed'."""
+    g = graph.add_group()
+    ctx = webhook.use(settings(graph, webhook, g))
+    functions.set_context(ctx)
+    caplog.set_level(logging.INFO)
+    try:
+        await trigger("graph_hints")(message(Hint("sync", (g,), received=datetime.now(UTC).isoformat())))
+        last = await ctx.runner.last_run("sync")
+        assert last is not None and last["outcome"] == "failed"
+        run_lines = said(caplog, str(last["run_id"]))
+        assert len(run_lines) == 1 and run_lines[0].levelno == logging.WARNING, caplog.text
+        assert "notification by graph" in run_lines[0].getMessage() and "failed" in run_lines[0].getMessage()
+        assert not said(caplog, "graph hint"), caplog.text  # not one more line, without the run id
+
+        caplog.clear()
+        graph.fail_paths["/subscriptions"] = 500  # the manager's listing fails
+        await trigger("graph_subscriptions")(TimerRequest())
+        last = await ctx.runner.last_run("graph-subscriptions")
+        assert last is not None and last["outcome"] == "failed"
+        run_lines = said(caplog, str(last["run_id"]))
+        assert len(run_lines) == 1 and run_lines[0].levelno == logging.WARNING, caplog.text
+        assert "500" in run_lines[0].getMessage() or "internal error" in run_lines[0].getMessage(), caplog.text
+        assert not said(caplog, "graph subscriptions"), caplog.text
+    finally:
+        functions.set_context(None)
+
+
+async def test_serves_subscription_round_says_how_it_ended(
+        graph: GraphDouble, webhook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
+    """hubpilot serve's subscription_schedule round (serve.JOBS) writes the run's line too."""
+    from hubpilot.serve import JOBS
+
+    g = graph.add_group()
+    ctx = webhook.use(settings(graph, webhook, g))
+    caplog.set_level(logging.INFO)
+    graph.fail_paths["/subscriptions"] = 500
+    record = await JOBS["directory.entra.subscription_schedule"](ctx)
+    assert record is not None and record.outcome is Outcome.FAILED
+    line = one(said(caplog, record.run_id), caplog)
+    assert line.levelno == logging.WARNING and "schedule by timer" in line.getMessage(), line.getMessage()
+    graph.fail_paths.clear()
+    caplog.clear()
+    record = await run_subscription_manager(ctx)
+    assert record is not None and record.outcome is Outcome.APPLIED
+    line = one(said(caplog, record.run_id), caplog)
+    assert line.levelno == logging.INFO and "1 done" in line.getMessage(), line.getMessage()
