@@ -6,7 +6,9 @@ it. A hint whose change a finished sync run already saw is dropped; when another
 lock the function raises, so the Functions host retries the message after host.json's
 ``visibilityTimeout`` (its default, zero, would spend every attempt within a second, while the
 other sync still runs) and after ``maxDequeueCount`` attempts moves it to the poison queue — the
-scheduled sync is the safety net. ``graph_subscriptions`` keeps one subscription per configured
+scheduled sync is the safety net. A lifecycle event whose manager round failed (a Graph 5xx) is
+retried the same way: Graph pauses delivery until the subscription is reauthorized, and the timer
+renews a subscription only when it nears its expiry. ``graph_subscriptions`` keeps one subscription per configured
 group, hourly: the manager is idempotent and costs one ``GET /subscriptions`` when nothing is due.
 """
 
@@ -39,7 +41,9 @@ async def handle_hint_message(body: bytes | str) -> str:
     except (ValueError, NotificationError, TypeError, AttributeError) as exc:
         log.error("dropped a malformed Graph hint: %s", exc)
         return "rejected"
-    record = await process_hint(get_context(), hint)  # LockHeld propagates: the host retries
+    # LockHeld, and RoundFailed (a lifecycle event's manager round failed), propagate: the host
+    # delivers the message again (host.json queues.maxDequeueCount, then the poison queue)
+    record = await process_hint(get_context(), hint)
     return "covered" if record is None else str(record.outcome)
 
 

@@ -156,3 +156,84 @@ async def test_serves_subscription_round_says_how_it_ended(
     assert record is not None and record.outcome is Outcome.APPLIED
     line = one(said(caplog, record.run_id), caplog)
     assert line.levelno == logging.INFO and "1 done" in line.getMessage(), line.getMessage()
+
+
+# --- lead: a lifecycle event whose manager round fails is retried, boundedly -------------------------
+
+async def reauthorization_due(graph: GraphDouble, webhook: Webhook) -> tuple[Context, str]:
+    """A group's subscription made by the manager, then Graph's reauthorizationRequired for it."""
+    g = graph.add_group()
+    ctx = webhook.use(settings(graph, webhook, g))
+    made = await run_subscription_manager(ctx)
+    assert made is not None and made.outcome is Outcome.APPLIED
+    (sid,) = graph.subscriptions
+    async with httpx.AsyncClient(base_url=webhook.url) as http:
+        r = await http.post("/api/v1/graph/lifecycle", json=graph.lifecycle(sid, "reauthorizationRequired"))
+    assert r.status_code == 202
+    graph.reset_log()
+    return ctx, sid
+
+
+async def test_serves_worker_retries_a_reauthorization_whose_round_graph_failed(
+        graph: GraphDouble, webhook: Webhook) -> None:
+    """Graph answers the renewal 500 (msgraph retries 429/503/504 only): the round fails. The
+    subscription is not due for renewal for weeks, so no timer round would reauthorize it, and
+    Graph pauses delivery meanwhile: the worker tries the round again after a wait."""
+    ctx, sid = await reauthorization_due(graph, webhook)
+    graph.refuse.append(("PATCH", f"/subscriptions/{sid}", 500))
+    worker = worker_of(ctx)
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    worker.sleep = sleep
+    assert await worker.drain_once() == 1
+    manager = [r for r in worker.records if r.operation == "graph-subscriptions"]
+    assert [r.outcome for r in manager] == [Outcome.FAILED, Outcome.APPLIED], [r.render() for r in manager]
+    assert [r.status for r in graph.requests(f"/subscriptions/{sid}", "PATCH")] == [500, 200]
+    assert len(waited) == 1 and waited[0] > 0
+
+
+async def test_serves_worker_gives_up_on_a_failing_round_after_a_few_tries_and_says_so(
+        graph: GraphDouble, webhook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
+    ctx, _ = await reauthorization_due(graph, webhook)
+    graph.fail_paths["/subscriptions"] = 500  # Graph fails every request of the manager
+    worker = worker_of(ctx)
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    worker.sleep = sleep
+    caplog.set_level(logging.INFO)
+    assert await worker.drain_once() == 1
+    manager = [r for r in worker.records if r.operation == "graph-subscriptions"]
+    assert len(manager) == worker.max_failed_attempts > 1 and len(waited) == len(manager) - 1
+    assert all(r.outcome is Outcome.FAILED for r in manager)
+    gave_up = one(said(caplog, "gave up", logging.WARNING), caplog)
+    assert "subscriptions" in gave_up.getMessage() and manager[-1].run_id in gave_up.getMessage()
+
+
+async def test_the_functions_host_delivers_a_reauthorization_whose_round_failed_again(
+        graph: GraphDouble, webhook: Webhook) -> None:
+    """graph_hints raises when a lifecycle event's round failed, so the Functions host makes the
+    message visible again and delivers it again (host.json queues.maxDequeueCount, then the
+    poison queue) instead of deleting it: the second delivery reauthorizes the subscription."""
+    ctx, sid = await reauthorization_due(graph, webhook)
+    queue = notification_queue(ctx)
+    assert isinstance(queue, InProcessHints)
+    hint = queue.queue.get_nowait()  # what the webhook queued: the Storage queue's message
+    assert hint.kind == "subscriptions" and hint.renew == (sid,)
+    graph.refuse.append(("PATCH", f"/subscriptions/{sid}", 500))
+    functions.set_context(ctx)
+    try:
+        msg = message(hint)
+        with pytest.raises(Exception, match="retr"):
+            await trigger("graph_hints")(msg)
+        await trigger("graph_hints")(msg)  # delivered again
+    finally:
+        functions.set_context(None)
+    assert [r.status for r in graph.requests(f"/subscriptions/{sid}", "PATCH")] == [500, 200]
+    last = await ctx.runner.last_run("graph-subscriptions")
+    assert last is not None and last["outcome"] == "applied"

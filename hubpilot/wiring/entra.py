@@ -25,7 +25,7 @@ from hubpilot.config.entra import EntraSettings
 from hubpilot.entra.directory import STATE_PREFIX, EntraDirectory
 from hubpilot.entra.notifications import Hint, NotificationQueue, coalesce, covered_by
 from hubpilot.entra.subscriptions import SubscriptionManager, SubscriptionPolicy, missed_changes
-from hubpilot.loop import LockHeld, RunRecord, log_outcome
+from hubpilot.loop import LockHeld, Outcome, RunRecord, log_outcome
 from hubpilot.ports.directory import Directory
 from hubpilot.wiring import Context
 
@@ -138,6 +138,20 @@ async def run_subscription_manager(ctx: Context, *, force_renew: Sequence[str] =
         await graph.close()
 
 
+class RoundFailed(Exception):
+    """The manager's round a lifecycle event asked for (``reauthorizationRequired``,
+    ``subscriptionRemoved``) failed: retry it, boundedly. Graph pauses delivery until a
+    subscription is reauthorized, and no timer round renews one that is not yet due, so a lost
+    event would leave the group unnotified until then. Raised out of the Functions queue trigger,
+    the host delivers the message again (host.json ``queues.maxDequeueCount``, then the poison
+    queue); the in-process worker retries it itself."""
+
+    def __init__(self, record: RunRecord) -> None:
+        super().__init__(f"the subscription manager's round {record.run_id} for a lifecycle event failed "
+                         "(its log line says why); the event is retried")
+        self.record = record
+
+
 async def hint_covered(ctx: Context, hint: Hint) -> bool:
     """Reads the last sync run for :func:`hubpilot.entra.notifications.covered_by`."""
     last = await ctx.runner.last_run("sync")
@@ -149,7 +163,8 @@ async def hint_covered(ctx: Context, hint: Hint) -> bool:
 
 async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
     """Do what a hint asks: None when nothing had to be done. Raises LockHeld when a run of the
-    same operation holds the lock (retry later). A run writes its one log line
+    same operation holds the lock (retry later), and :class:`RoundFailed` when the manager's round
+    a lifecycle event asked for failed (retry later). A run writes its one log line
     (:func:`hubpilot.loop.log_outcome`: operation, run id, trigger, outcome and cause).
 
     A lifecycle event that names subscriptions (``reauthorizationRequired``,
@@ -157,8 +172,11 @@ async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
     manager has renewed or recreated them, a sync hint is queued (see
     :func:`run_subscription_manager`)."""
     if hint.kind == "subscriptions":
-        return await run_subscription_manager(ctx, force_renew=hint.renew, trigger="lifecycle", actor="graph",
-                                              retry_held=bool(hint.renew), resync=bool(hint.renew))
+        record = await run_subscription_manager(ctx, force_renew=hint.renew, trigger="lifecycle", actor="graph",
+                                                retry_held=bool(hint.renew), resync=bool(hint.renew))
+        if hint.renew and record is not None and record.outcome is Outcome.FAILED:
+            raise RoundFailed(record)
+        return record
     if await hint_covered(ctx, hint):
         return None
     record = await ctx.runner.run(ctx.capability("sync"), trigger="notification", actor="graph")
@@ -224,14 +242,19 @@ def set_notification_queue(ctx: Context, queue: NotificationQueue) -> None:
 
 class NotificationWorker:
     """Drains an in-process queue: a burst of hints becomes one sync run; a held lock is retried
-    after ``retry_seconds`` (at most ``max_attempts`` times — the scheduled sync is the safety net)."""
+    after ``retry_seconds`` (at most ``max_attempts`` times — the scheduled sync is the safety net);
+    a lifecycle event's failed manager round (:class:`RoundFailed`) after ``failed_retry_seconds``
+    (at most ``max_failed_attempts`` tries, as the Functions host's host.json delivers a message)."""
 
     def __init__(self, ctx: Context, queue: InProcessHints, *, retry_seconds: float = 5.0,
-                 max_attempts: int = 12, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 max_attempts: int = 12, failed_retry_seconds: float = 30.0, max_failed_attempts: int = 3,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.ctx = ctx
         self.queue = queue
         self.retry_seconds = retry_seconds
         self.max_attempts = max_attempts
+        self.failed_retry_seconds = failed_retry_seconds
+        self.max_failed_attempts = max_failed_attempts
         self.sleep = sleep
         self.records: list[RunRecord] = []
         self._stopping = asyncio.Event()
@@ -253,31 +276,46 @@ class NotificationWorker:
         pending = coalesce(hints)
         while pending:
             hint = pending.pop(0)
-            for attempt in range(1, self.max_attempts + 1):
+            held = failed = 0
+            while True:
                 try:
                     record = await process_hint(self.ctx, hint)
                 except LockHeld as exc:
+                    held += 1
                     if self._stopping.is_set():  # shutting down: the scheduled sync is the safety net;
                         # the other hints taken (a reauthorization) are still tried once
                         log.info("dropped a %s hint at shutdown: %s", hint.kind, exc)
                         break
-                    if attempt == self.max_attempts:
-                        log.warning("gave up on a %s hint after %d attempts: %s", hint.kind, attempt, exc)
+                    if held == self.max_attempts:
+                        log.warning("gave up on a %s hint after %d attempts: %s", hint.kind, held, exc)
                         break
-                    await self.sleep(self.retry_seconds)
-                    # hints that arrived meanwhile: those of this kind join the run we are about to
-                    # make (a sync covers them; the manager takes their subscriptions too), the
-                    # others are handled after it
-                    merged = coalesce(self._take_all(hint) + pending)
-                    hint = next(h for h in merged if h.kind == hint.kind)
-                    pending = [h for h in merged if h.kind != hint.kind]
-                    continue
+                    wait = self.retry_seconds
+                except RoundFailed as exc:  # its run's line said why
+                    self.records.append(exc.record)
+                    failed += 1
+                    if self._stopping.is_set():
+                        log.warning("dropped a failed %s hint at shutdown: %s", hint.kind, exc)
+                        break
+                    if failed == self.max_failed_attempts:
+                        log.warning("gave up on a %s hint after %d failed rounds, the last run %s; the next "
+                                    "subscription manager round renews only what is due", hint.kind, failed,
+                                    exc.record.run_id)
+                        break
+                    wait = self.failed_retry_seconds
                 except Exception:
                     log.exception("processing a %s hint failed", hint.kind)
                     break
-                if record is not None:
-                    self.records.append(record)
-                break
+                else:
+                    if record is not None:
+                        self.records.append(record)
+                    break
+                await self.sleep(wait)
+                # hints that arrived meanwhile: those of this kind join the run we are about to
+                # make (a sync covers them; the manager takes their subscriptions too), the
+                # others are handled after it
+                merged = coalesce(self._take_all(hint) + pending)
+                hint = next(h for h in merged if h.kind == hint.kind)
+                pending = [h for h in merged if h.kind != hint.kind]
 
     async def drain_once(self) -> int:
         """Handle everything queued now; returns how many hints were taken."""
