@@ -237,3 +237,33 @@ async def test_the_functions_host_delivers_a_reauthorization_whose_round_failed_
     assert [r.status for r in graph.requests(f"/subscriptions/{sid}", "PATCH")] == [500, 200]
     last = await ctx.runner.last_run("graph-subscriptions")
     assert last is not None and last["outcome"] == "applied"
+
+
+# --- lead: the worker's bound on a held lock, said where an operator reads it -----------------------
+
+async def test_serves_worker_giving_up_on_a_held_sync_lock_says_what_follows(
+        graph: GraphDouble, webhook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
+    """Another sync holds the lock longer than the worker waits (a first read of a large group):
+    the worker gives up on the hint with a warning that says the change waits for the scheduled
+    sync, so an operator who sees it knows nothing more is needed (and why it took a while)."""
+    from datetime import timedelta
+
+    g = graph.add_group()
+    ctx = webhook.use(settings(graph, webhook, g))
+    lease = await ctx.store.acquire_lock("sync", "timer:other-run", timedelta(minutes=10), ctx.clock())
+    assert lease is not None
+    worker = worker_of(ctx)
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    worker.sleep = sleep
+    caplog.set_level(logging.INFO)
+    await notification_queue(ctx).push(Hint("sync", (g,), received=ctx.clock().isoformat()))
+    assert await worker.drain_once() == 1
+    assert not worker.records and len(waited) == worker.max_attempts - 1
+    gave_up = one(said(caplog, "gave up", logging.WARNING), caplog).getMessage()
+    assert "sync" in gave_up and "timer:other-run" in gave_up, gave_up
+    assert "sync.schedule" in gave_up, gave_up  # what follows the change now
+    await ctx.store.release_lock(lease)

@@ -287,7 +287,10 @@ class NotificationWorker:
                         log.info("dropped a %s hint at shutdown: %s", hint.kind, exc)
                         break
                     if held == self.max_attempts:
-                        log.warning("gave up on a %s hint after %d attempts: %s", hint.kind, held, exc)
+                        follows = ("the next scheduled sync (sync.schedule) reads the change" if hint.kind == "sync"
+                                   else "the subscription manager's next round renews only what is due")
+                        log.warning("gave up on a %s hint after %d attempts, %.0f s apart: %s; %s", hint.kind, held,
+                                    self.retry_seconds, exc, follows)
                         break
                     wait = self.retry_seconds
                 except RoundFailed as exc:  # its run's line said why
