@@ -29,7 +29,10 @@ display name is in ``gpu_profiles``, or when its ``kubespawner_override`` — or
 means the option's ``unlisted_choice``, with ``{value}`` filled in; else the choice
 ``user_options["<option>"]`` names; else the option's default choice) — asks for
 ``nvidia.com/gpu`` in ``extra_resource_limits`` or ``extra_resource_guarantees``; or when the
-spawner itself already does (its configuration, ``group_overrides``).
+spawner itself already does (its configuration, ``group_overrides``). These are combined as
+KubeSpawner applies them: each override's dict is merged into the spawner's, the profile's first,
+then its choices' (a later count of 0, or a null that removes the key, takes the GPU away), and
+an override value that is callable is called with the spawner.
 """
 
 from __future__ import annotations
@@ -113,9 +116,47 @@ def _asks_for(override: Any, resource: str) -> bool:
     """True when a ``kubespawner_override`` asks for ``resource`` (a count other than 0)."""
     if not isinstance(override, dict):
         return False
-    for attr in ("extra_resource_limits", "extra_resource_guarantees"):
-        amounts = override.get(attr)
-        if isinstance(amounts, dict) and resource in amounts and str(amounts[resource]).strip() not in ("0", ""):
+    return any(_counts(override.get(attr), resource) for attr in _RESOURCE_ATTRS)
+
+
+_RESOURCE_ATTRS = ("extra_resource_limits", "extra_resource_guarantees")
+
+
+def _counts(amounts: Any, resource: str) -> bool:
+    """True when ``amounts`` (a resource → count dict) holds a count of ``resource`` other than 0."""
+    return (isinstance(amounts, dict) and amounts.get(resource) is not None
+            and str(amounts[resource]).strip() not in ("0", ""))
+
+
+def _merged(current: Any, new: Any) -> Any:
+    """``current`` with an override's ``new`` value applied as KubeSpawner's ``_apply_overrides``
+    applies it: a dict is merged into a dict (recursively; a None value removes the key), any
+    other value replaces it."""
+    if not (isinstance(new, dict) and isinstance(current, dict)):
+        return new
+    out = dict(current)
+    for k, v in new.items():
+        if isinstance(v, dict):
+            out[k] = _merged(out.get(k) if isinstance(out.get(k), dict) else {}, v)
+        elif v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+def _asked(spawner: Any, overrides: list[Any], resource: str) -> bool:
+    """True when the spawner, once KubeSpawner has applied ``overrides`` in their order (the
+    profile's, then its choices'), asks for ``resource``: an override's dict is merged into the
+    spawner's own (its configuration, ``group_overrides``) — a later 0 or None takes an earlier
+    count away — and a callable override value is called with the spawner, as KubeSpawner does."""
+    for attr in _RESOURCE_ATTRS:
+        amounts = getattr(spawner, attr, None) or {}
+        for override in overrides:
+            if isinstance(override, dict) and attr in override:
+                value = override[attr]
+                amounts = _merged(amounts, value(spawner) if callable(value) else value)
+        if _counts(amounts, resource):
             return True
     return False
 
@@ -166,22 +207,18 @@ def _classify(spawner: Any, profile_list: Any, profiles: frozenset[str], resourc
     ``profile_options`` choices) inside ``start()``, after the pre-spawn hook: the spawner's
     ``extra_resource_limits`` do not show them yet, so the profile is resolved here the way
     KubeSpawner will resolve it, and a profile counts as GPU when its slug or display name is in
-    ``profiles`` or its override, or that of a choice it uses, asks for ``resource``."""
+    ``profiles`` or the spawner, with its override and those of the choices it uses merged in as
+    KubeSpawner merges them, asks for ``resource``."""
     slug = _profile_of(spawner)
-    for attr in ("extra_resource_limits", "extra_resource_guarantees"):
-        if resource in (getattr(spawner, attr, None) or {}):
-            return True, slug
     profile_list = _profiles(profile_list)
-    if not profile_list:
-        return slug in profiles, slug
-    profile = _chosen_profile(profile_list, slug)
-    if profile is None:  # KubeSpawner refuses an unknown slug; count it by name alone
-        return slug in profiles, slug
+    profile = _chosen_profile(profile_list, slug) if profile_list else None
+    if profile is None:  # no profiles; or an unknown slug, which KubeSpawner refuses: by name alone
+        return slug in profiles or _asked(spawner, [], resource), slug
     slug = _slug(profile)
     options = getattr(spawner, "user_options", None) or {}
+    overrides = [profile.get("kubespawner_override"), *_chosen_overrides(profile, options)]
     gpu = (slug in profiles or str(profile.get("display_name", "")) in profiles
-           or _asks_for(profile.get("kubespawner_override"), resource)
-           or any(_asks_for(o, resource) for o in _chosen_overrides(profile, options)))
+           or _asked(spawner, overrides, resource))
     return gpu, slug
 
 
