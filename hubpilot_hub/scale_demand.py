@@ -7,7 +7,7 @@ failure is logged, nothing more. In ``jupyterhub_config.py``, after ``hubpilot_h
 
     from hubpilot_hub.scale_demand import configure_scale_demand
     configure_scale_demand(c, url="https://hubpilot.example.org/api/v1", token=os.environ["HUBPILOT_DEMAND_TOKEN"],
-                           gpu_profiles=["gpu-t4"], gpu_start_timeout=900)
+                           gpu_profiles=["gpu-t4"], gpu_start_timeout=1200)
 
 ``gpu_start_timeout`` raises the start timeout of the GPU profiles above the node boot time, so
 that a spawn waiting for a new GPU node does not time out (:func:`configure_gpu_start_timeout`,
@@ -467,10 +467,10 @@ def _check_profiles(gpu_profiles: Any) -> None:
 def _check_seconds(seconds: Any) -> None:
     if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
         raise ValueError(f"gpu start timeout {seconds!r} must be a whole number of seconds above the GPU node "
-                         "boot time, e.g. 900")
+                         "boot time, e.g. 1200")
 
 
-def configure_gpu_start_timeout(c: Any, *, gpu_profiles: Sequence[str] = (), seconds: int = 900) -> GpuStartTimeout:
+def configure_gpu_start_timeout(c: Any, *, gpu_profiles: Sequence[str] = (), seconds: int = 1200) -> GpuStartTimeout:
     """Give GPU spawns a start timeout of at least ``seconds``: a pre-spawn part sets it on the
     spawner (what JupyterHub waits for), and the GPU profiles' ``kubespawner_override`` get it
     (what KubeSpawner waits for the pod). Without ``gpu_profiles`` every spawn may need a node."""
@@ -503,7 +503,7 @@ def configure_scale_demand(
     url: str,
     token: str,
     gpu_profiles: Sequence[str] = (),
-    gpu_start_timeout: int | None = 900,
+    gpu_start_timeout: int | None = 1200,
     timeout: float = 5.0,
 ) -> ScaleDemand:
     """Register the gpu-demand part of the composed pre-spawn hook; raise the GPU profiles'
