@@ -67,3 +67,37 @@ async def test_a_scale_down_of_a_failed_pool_records_the_machines_left(world: di
     t = removed_at[0]
     assert rep.days[0].node_hours == pytest.approx((2 * t + 1 * (60 - t)) / 60, abs=0.001), rep.render()
     assert rep.days[0].peak == 2
+
+
+async def test_a_size_history_that_cannot_be_written_neither_stops_scaling_nor_loses_the_removal(
+        world: dict[str, Any]) -> None:  # noqa: F811
+    """The size history only feeds the cost report. A store that refuses its writes (here the
+    state file refuses every write of scale/sizes/ documents) must not stop the scale run, and
+    above all must not keep the scale memory from recording the nodes the run removed: unwatched,
+    they would be uncordoned under their deleted VMs."""
+    import sqlite3
+
+    from hubpilot.scale.capability import MEMORY_KEY
+
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])
+    kube.node("gpu-0")
+    kube.node("gpu-1")
+    kube.pod("alice", "gpu-1")
+    cap, runner = capability(world, min_nodes=1)
+    assert (await runner.run(cap, trigger="timer", actor="test")).plan.empty  # type: ignore[union-attr]
+    with sqlite3.connect(world["store"].path) as db:
+        db.executescript("""
+            CREATE TRIGGER sizes_no_insert BEFORE INSERT ON docs WHEN NEW.key LIKE 'scale/sizes/%'
+            BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END;
+            CREATE TRIGGER sizes_no_update BEFORE UPDATE ON docs WHEN NEW.key LIKE 'scale/sizes/%'
+            BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END;""")
+    world["clock"]["now"] += timedelta(minutes=11)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert arm.machines["gpu"] == ["gpu-1"], rec.render()  # the idle node went
+    removal = next(r for r in rec.results if r.action.kind == "remove_nodes")
+    assert removal.status is Status.DONE, rec.render()
+    memory = await world["store"].get(MEMORY_KEY)
+    assert memory is not None and "gpu-0" in memory.get("removed", {}), memory
+    assert any("cost" in (r.detail or "") and r.status is Status.FAILED for r in rec.results), rec.render()

@@ -13,7 +13,7 @@ from hubpilot.loop import Action, ActionResult, Clock, ConflictPause, Plan, Prog
 from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.hub import Hub, HubError, HubUser, StopResult
 from hubpilot.ports.pool import Pool, PoolOutcome, PoolResult
-from hubpilot.ports.store import ConflictError, StateStore
+from hubpilot.ports.store import ConflictError, StateStore, StoreError
 from hubpilot.scale.cost import DEFAULT_GAP, record_size
 from hubpilot.scale.forecast import Forecast, learn
 from hubpilot.scale.plan import (
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MEMORY_KEY = "scale/memory"
 RECORD_MEMORY = "record_memory"  # the result of a memory write that kept losing (no plan action)
+RECORD_COST = "record_cost"  # the result of a size history write that failed (no plan action)
 MEMORY_WRITE_SECONDS = 30.0
 FORECAST_KEY = "scale/forecast"
 DEMAND_PREFIX = "scale/demand/"
@@ -139,7 +140,17 @@ class ScaleCapability:
         # failed pool keeps its failed operation's count, but only the machines that exist run
         present = machines_present(observed, observed.at)
         running = 0 if observed.pool.power_state.lower() == "stopped" else present
-        await record_size(self.store, at, running, source="observed", observed=self.observed_gap)
+        unrecorded: list[str] = []  # the size history only feeds the cost report: a failed write
+        # of it never stops a scale run, nor keeps the memory below from being written
+
+        async def record(when: datetime, count: int, source: str, **kw: Any) -> None:
+            try:
+                await record_size(self.store, when, count, source=source, **kw)
+            except StoreError as exc:
+                log.warning("could not record the pool size %d (%s) for the cost report: %s", count, source, exc)
+                unrecorded.append(f"{source} {count}: {exc}")
+
+        await record(at, running, "observed", observed=self.observed_gap)
         results = await run_actions(plan.actions, self._perform_for(observed), concurrency=1,
                                     progress=progress)
         memory = Memory.from_json(plan.facts.get("memory")) if plan.facts.get("memory") else observed.memory
@@ -151,7 +162,7 @@ class ScaleCapability:
                 gone = r.action.params["removed_nodes"]
                 memory = replace(memory, last_down=now)
                 if confirmed:
-                    await record_size(self.store, now, present - len(gone), source="scale-down")
+                    await record(now, present - len(gone), "scale-down")
                 if confirmed or not deallocates(observed.pool):
                     memory = replace(memory, removed={**memory.removed, **dict.fromkeys(gone, now)})
                 continue
@@ -166,11 +177,11 @@ class ScaleCapability:
                     r.action.params["min_count"]) < int(r.action.params.get("from") or 0)):
                 memory = replace(memory, last_down=now)
             if r.action.kind == SET_COUNT and r.status is Status.DONE:
-                await record_size(self.store, now, int(r.action.params["count"]), source="scale-up")
+                await record(now, int(r.action.params["count"]), "scale-up")
             if r.action.kind == REMOVE_NODES and (r.status is Status.DONE or not deallocates(observed.pool)):
                 gone = r.action.params["removed_nodes"]  # set by _remove: the nodes it did remove
                 if r.status is Status.DONE:
-                    await record_size(self.store, now, present - len(gone), source="scale-down")
+                    await record(now, present - len(gone), "scale-down")
                 # watched: in a Deallocate pool whether AKS stops or deletes their VMs, in a Delete
                 # pool while their nodes leave the cluster -- there also when ARM's operation was
                 # still running when we stopped waiting, or its answer was lost (it may have been
@@ -178,6 +189,10 @@ class ScaleCapability:
                 # counted as unusable, it would be replaced. Never asked for, the node is ours again
                 # (uncordoned or removed) once REMOVAL_SETTLE has passed.
                 memory = replace(memory, removed={**memory.removed, **dict.fromkeys(gone, now)})
+        if unrecorded:
+            book = Action(RECORD_COST, "scale/sizes", 99, {}, "the pool sizes for the cost report")
+            results.append(ActionResult(book, Status.FAILED, "the cost report's size history was not written (the "
+                                        "report misses these changes): " + "; ".join(unrecorded)))
         unwritten = await self._store_memory(memory, observed.memory)
         if unwritten is not None:
             log.error("%s", unwritten)
