@@ -27,8 +27,8 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,6 +44,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIRECTORY = PROJECT_ROOT / "deploy" / "demo" / "directory.yaml"
 WORKDIR = Path(".hubpilot-demo")
 LOCK_NAME = "demo.lock"
+LOG_NAME = "hubpilot.log"
 GROUP_PREFIX = "dir-"
 
 
@@ -254,7 +255,8 @@ async def _demo_in(workdir: Path, ldap: bool, port: int, wait: bool) -> int:
 
         follow = asyncio.create_task(_follow_runs(ctx, since=ctx.clock()))
         try:
-            await serve(settings, host="127.0.0.1", port=api_port, context=ctx)  # until Ctrl-C
+            with _demo_logging(workdir / LOG_NAME):
+                await serve(settings, host="127.0.0.1", port=api_port, context=ctx)  # until Ctrl-C
         finally:
             follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -263,12 +265,49 @@ async def _demo_in(workdir: Path, ldap: bool, port: int, wait: bool) -> int:
     return 0
 
 
+class _NotRunOutcomes(logging.Filter):
+    """Keeps a run's outcome line (:func:`hubpilot.loop.log_outcome`) off the demo's terminal:
+    the demo shows each run that failed or was refused itself, a repeated failure once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "hubpilot.loop" and record.funcName == "log_outcome")
+
+
+@contextlib.contextmanager
+def _demo_logging(path: Path) -> Iterator[None]:
+    """hubpilot's log lines while the demo serves: every one (INFO and up) to ``path``, warnings
+    to the terminal too, except the runs' outcome lines (a broken directory file fails every 30 s)."""
+    logger = logging.getLogger("hubpilot")
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_terminal = logging.StreamHandler(sys.stderr)
+    to_terminal.setLevel(logging.WARNING)
+    to_terminal.addFilter(_NotRunOutcomes())
+    level = logger.level
+    logger.addHandler(to_file)
+    logger.addHandler(to_terminal)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        logger.removeHandler(to_terminal)
+        logger.removeHandler(to_file)
+        to_file.close()
+
+
+REMIND_EVERY = timedelta(minutes=5)
+"""A failure that goes on is recalled in one line at most this often (by the runs' times)."""
+
+
 async def _follow_runs(ctx: Context, since: datetime, every: float = 1.0) -> None:
     """Shows each run recorded from ``since`` on that changed something, was refused or failed,
     whoever started it: what an edit of the directory or a command did, in the demo's terminal.
-    A failure is shown again only when it changes (a broken directory file fails every 30 s)."""
+    A failure is shown again only when it changes (a broken directory file fails every 30 s); while
+    it goes on, one line recalls it at most every :data:`REMIND_EVERY`."""
     seen: set[str] = set()
     failing: dict[str, str] = {}
+    said: dict[str, tuple[datetime, datetime, int]] = {}  # operation: first shown, last said, runs since
     while True:
         await asyncio.sleep(every)
         try:
@@ -286,18 +325,31 @@ async def _follow_runs(ctx: Context, since: datetime, every: float = 1.0) -> Non
             except (KeyError, TypeError, ValueError) as exc:
                 log.debug("demo: an audit entry is no run record: %s", exc)
                 continue
+            when = record.finished or record.started
             if record.outcome in (Outcome.FAILED, Outcome.REFUSED):
-                why = f"{record.outcome}: {record.error or '; '.join(record.refusal)}"
+                detail = record.error or "; ".join(record.refusal)
+                why = f"{record.outcome}: {detail}"
                 if failing.get(record.operation) == why:
+                    first, last, runs = said[record.operation]
+                    runs += 1
+                    if when - last >= REMIND_EVERY:
+                        last = when
+                        _say(f"\n{_clock(when)} {record.operation} still {record.outcome}: {runs} more runs since "
+                             f"{_clock(first)} ended the same way: {detail}")
+                    said[record.operation] = (first, last, runs)
                     continue
                 failing[record.operation] = why
+                said[record.operation] = (when, when, 0)
             elif not record.results:
                 failing.pop(record.operation, None)
                 continue  # nothing to do
             else:
                 failing.pop(record.operation, None)
-            at = (record.finished or record.started).astimezone().strftime("%H:%M:%S")
-            _show(f"{at} {record.operation}, started by {record.trigger} ({record.actor})", record)
+            _show(f"{_clock(when)} {record.operation}, started by {record.trigger} ({record.actor})", record)
+
+
+def _clock(at: datetime) -> str:
+    return at.astimezone().strftime("%H:%M:%S")
 
 
 def _missing_tools(ldap: bool) -> str | None:
