@@ -105,12 +105,12 @@ async def _directory(
 ) -> AsyncIterator[tuple[dict[str, Any], Callable[[str], None]]]:
     """Yields the [directory] settings for the demo's directory (running slapd when asked) and a
     function that takes a person out of every group, in the file or in LDAP."""
-    path = workdir / "directory.yaml"
-    # the copy the user is told to edit keeps the original's opening comments (how groups nest)
-    header = "".join(line for line in DEMO_DIRECTORY.read_text().splitlines(keepends=True)
-                     if line.startswith("#"))
-    path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
-    if not ldap:
+    if not ldap:  # with --ldap the directory is slapd's: a file here would be read by nothing
+        path = workdir / "directory.yaml"
+        # the copy the user is told to edit keeps the original's opening comments (how groups nest)
+        header = "".join(line for line in DEMO_DIRECTORY.read_text().splitlines(keepends=True)
+                         if line.startswith("#"))
+        path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
 
         def leave_file(key: str) -> None:
             for g in doc["groups"].values():

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from hubpilot.adapters.store_sqlite import SqliteStore
-from hubpilot.demo import _follow_runs
+from hubpilot.demo import DEMO_DIRECTORY, _directory, _follow_runs
 from hubpilot.loop import Outcome, RunRecord
 from hubpilot.settings import Settings
 from hubpilot.wiring import Context
@@ -123,3 +124,15 @@ async def test_a_failure_that_goes_on_is_recalled_at_most_every_five_minutes(
     assert len(reminders) == 2, out
     assert "10 more runs since" in reminders[0] and "20 more runs since" in reminders[1], reminders
     assert all("DirectoryError: broken" in r for r in reminders), reminders
+
+
+async def test_the_ldap_demo_leaves_no_directory_file_that_nothing_reads(tmp_path: Path) -> None:
+    """With --ldap the demo wrote .hubpilot-demo/directory.yaml too, though its directory is slapd:
+    the file demo tells the user to edit that file, and edited here it changed nothing."""
+    doc = yaml.safe_load(DEMO_DIRECTORY.read_text())
+    async with _directory(doc, tmp_path, ldap=True) as (directory, _leave):
+        assert directory["kind"] == "ldap"
+        assert not (tmp_path / "directory.yaml").exists(), sorted(p.name for p in tmp_path.iterdir())
+    async with _directory(doc, tmp_path, ldap=False) as (directory, _leave):  # the file demo's is there
+        assert Path(directory["file"]["path"]) == tmp_path / "directory.yaml"
+        assert "`groups:` inside a group names nested groups" in (tmp_path / "directory.yaml").read_text()
