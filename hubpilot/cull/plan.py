@@ -94,8 +94,6 @@ def recheck_stop(kind: str, before: HubServer | None, current: HubUser | None, n
     if current is None:
         return Status.NOOP, "already gone: the hub no longer has the user"
     server = current.servers.get(name)
-    if server is None and kind == REMOVE:
-        return Status.NOOP, "already gone: the hub no longer has the server"
     if server is None or not (server.ready or server.pending):
         # stopped since the reading, not by this round (by its user, say, back at work): cull
         # removes only the named servers it stops, so it stays, with its volume
