@@ -178,7 +178,9 @@ class SyncCapability:
         user exists, so in role mode hubpilot fetches only the people whose existence or servers
         are in question — newcomers not in any hub group yet, people who leave, deletions that
         fall due — one request each; when those are many (a first sync), or in flag mode, it reads
-        the whole user list once instead. Both give the plan the same answer.
+        the whole user list once instead. Both give the plan the same answer. With
+        sync.stop_servers, the deprovisioned whose servers run come from one read of the users
+        with a server (``state=active``).
         """
         if self.policy.admin_mode == "flag":
             return {u.name: u for u in await self.hub.list_users()}
@@ -199,7 +201,16 @@ class SyncCapability:
         if len(asked) > TARGETED_LIMIT:
             return {u.name: u for u in await self.hub.list_users()}
         users = {n: HubUser(n, False, frozenset(gs)) for n, gs in member_of.items()}
-        fetched = await asyncio.gather(*(self.hub.get_user(n) for n in asked))
+        # the deprovisioned whose servers run (started after the run that deprovisioned them read
+        # them, or by an admin since): one read of the users with a server, however many they are
+        gone = {n for n, r in managed.items() if not r.active and n not in want.users
+                and n not in want.uncertain} if self.policy.stop_servers else set()
+        fetched, with_servers = await asyncio.gather(
+            asyncio.gather(*(self.hub.get_user(n) for n in asked)),
+            self.hub.list_users(state="active") if gone else _nothing())
+        for running in with_servers:
+            if running.name in gone:
+                users[running.name] = running
         for name, user in zip(asked, fetched, strict=True):
             if user is None:
                 users.pop(name, None)
@@ -525,6 +536,10 @@ class SyncCapability:
                     break
         raise RuntimeError(f"could not record managed users in {MANAGED_KEY!r}: {pause.conflicts} conditional writes "
                            f"in a row lost to other writers within {RECORD_SECONDS:g} s (nothing was overwritten)")
+
+
+async def _nothing() -> list[HubUser]:
+    return []
 
 
 RECORD_SECONDS = 30.0  # conditional writes of sync/managed that lose keep merging this long

@@ -347,15 +347,25 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
                                           reason="no longer in any synced directory group"))
             actions.append(Action("deprovision", name, PHASE_DEPROVISION,
                                   reason="no longer in any synced directory group"))
-        elif policy.delete_users and record.deprovisioned_at is not None:
-            due = record.deprovisioned_at + timedelta(hours=policy.delete_grace_hours)
-            if now >= due:
-                # no hub user: deleted by a run that failed before recording it (the hub's answer
-                # was lost) or by hand; the deletion only goes into the record (a no-op at the hub)
-                actions.append(Action("delete_user", name, PHASE_DELETE, reason=(
-                    f"deprovisioned on {record.deprovisioned_at:%Y-%m-%d}, grace of {policy.delete_grace_hours:g} h "
-                    "is over" + ("" if user is not None else f"; the hub has no user {name} any more (deleted "
-                                 "by a run that failed before recording it, or by hand): recorded as deleted"))))
+            continue
+        deleting = policy.delete_users and record.deprovisioned_at is not None \
+            and now >= record.deprovisioned_at + timedelta(hours=policy.delete_grace_hours)
+        # a server started after the run that deprovisioned them read them (the stop it planned
+        # found none), or started for them since: every run that finds one stops it (a deletion
+        # stops it anyway)
+        running = sorted(s for s, srv in user.servers.items() if srv.ready or srv.pending) if user else []
+        if policy.stop_servers and running and not deleting:
+            when = f" on {record.deprovisioned_at:%Y-%m-%d}" if record.deprovisioned_at else ""
+            actions.append(Action("stop_servers", name, PHASE_STOP, {"servers": running}, reason=(
+                f"deprovisioned{when} (no longer in any synced directory group), but runs a server "
+                "started since")))
+        if deleting and record.deprovisioned_at is not None:
+            # no hub user: deleted by a run that failed before recording it (the hub's answer
+            # was lost) or by hand; the deletion only goes into the record (a no-op at the hub)
+            actions.append(Action("delete_user", name, PHASE_DELETE, reason=(
+                f"deprovisioned on {record.deprovisioned_at:%Y-%m-%d}, grace of {policy.delete_grace_hours:g} h "
+                "is over" + ("" if user is not None else f"; the hub has no user {name} any more (deleted "
+                             "by a run that failed before recording it, or by hand): recorded as deleted"))))
     # A hub group sync mirrored before, whose directory group is no longer configured, keeps its
     # members (what it grants is the hub admin's call), but not the people who leave now: a
     # removed person loses access, also through a mirror nobody configures any more.

@@ -1,0 +1,62 @@
+"""Sync follow-ups of a review of concurrent runs, against the session's real hub: a deprovisioned
+person's servers, a rename with a server started since the reading."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from hubpilot.loop import Outcome, Status, no_progress
+from tests.fixtures.syncworld import World
+from tests.realhub import RealHub
+
+pytestmark = pytest.mark.hub
+
+
+async def running(real_hub: RealHub, name: str) -> list[str]:
+    async with real_hub.admin() as admin:
+        user = (await admin.get(f"/users/{name}")).json()
+    return sorted(n for n, s in user["servers"].items() if s.get("ready") or s.get("pending"))
+
+
+@pytest.mark.parametrize("admin_mode", ["role", "flag"])
+async def test_a_server_a_deprovisioned_person_runs_is_stopped_by_the_next_run(
+    world: World, real_hub: RealHub, admin_mode: str
+) -> None:
+    """bob leaves; sync reads him without a server, then he (or an admin for him) starts one before
+    sync's apply deprovisions him: the server runs on after he lost access. The next run, and every
+    later one that finds a server of his running, stops it; the person stays deprovisioned."""
+    world.policy = world.policy.model_copy(update={"admin_mode": admin_mode})
+    world.set("analysts", "alice", "bob")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    bob = world.user("bob")
+
+    world.set("analysts", "alice")
+    sync = world.capability()
+    observed = await sync.observe()
+    plan = sync.plan(observed, datetime.now(UTC))
+    assert plan.counts().get("deprovision") == 1 and "stop_servers" not in plan.counts(), plan.counts()
+    await real_hub.spawn(bob)  # after the reading
+    assert {r.action.kind: r.status for r in await sync.apply(plan, observed, no_progress)}["deprovision"] \
+        is Status.DONE
+    assert await running(real_hub, bob) == [""]
+
+    after = await world.run()
+    assert after.outcome is Outcome.APPLIED and after.plan is not None, after.render()
+    stops = [r for r in after.results if r.action.kind == "stop_servers"]
+    assert [(r.action.target, r.status) for r in stops] in ([(bob, Status.DONE)], [(bob, Status.PENDING)]), \
+        after.render()
+    assert "deprovisioned" in stops[0].action.reason
+    assert "deprovision" not in after.plan.counts() and "manage_user" not in after.plan.counts()
+    assert await running(real_hub, bob) == [] or stops[0].status is Status.PENDING
+
+    # an admin starts it again later: the next run stops it again; a run without one plans nothing
+    if stops[0].status is Status.DONE:
+        await real_hub.spawn(bob)
+        again = await world.run()
+        assert again.plan is not None and again.plan.counts() == {"stop_servers": 1}, again.render()
+        assert await running(real_hub, bob) == []
+        quiet = await world.run()
+        assert quiet.plan is not None and quiet.plan.counts() == {}, quiet.render()
+
