@@ -60,3 +60,46 @@ async def test_a_server_a_deprovisioned_person_runs_is_stopped_by_the_next_run(
         quiet = await world.run()
         assert quiet.plan is not None and quiet.plan.counts() == {}, quiet.render()
 
+
+async def test_a_rename_waits_for_a_server_started_since_the_reading(world: World, real_hub: RealHub) -> None:
+    """bob is robert in the directory now (same entry) and joins gpu: sync reads him without a
+    server and plans the rename. He starts a server before the rename: KubeSpawner names the pod
+    and the volume after the user, so renaming under a running server leaves them behind. The
+    rename is not made this run (it says why), nor anything of the new name; the next run stops
+    the server (sync.stop_servers), and the one after renames."""
+    world.set("analysts", "alice", "bob")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    bob, robert = world.user("bob"), world.user("robert")
+    world.set("gpu", "bob")
+    world.people["bob"]["username"] = robert
+    world.write()
+
+    sync = world.capability()
+    observed = await sync.observe()
+    plan = sync.plan(observed, datetime.now(UTC))
+    assert plan.counts() == {"rename_user": 1, "add_to_group": 1}, plan.counts()
+    await real_hub.spawn(bob)  # after the reading
+
+    results = {(r.action.kind, str(r.action.params.get("user", r.action.target))): r
+               for r in await sync.apply(plan, observed, no_progress)}
+    rename = results["rename_user", bob]
+    assert rename.status is Status.SKIPPED, (rename.status, rename.detail)
+    assert "not renamed" in rename.detail and "running" in rename.detail and "next run" in rename.detail
+    added = results["add_to_group", robert]
+    assert added.status is Status.SKIPPED, (added.status, added.detail)
+    assert f"not renamed to {robert}" in added.detail
+    state = await world.hub_state()
+    assert robert not in state["users"] and state["users"][bob]["groups"] == [f"{world.prefix}analysts"]
+    assert await running(real_hub, bob) == [""]
+
+    stop = await world.run()
+    assert stop.plan is not None and stop.plan.counts() == {"stop_servers": 1}, stop.render()
+    assert stop.results[0].status in (Status.DONE, Status.PENDING), stop.render()
+    if stop.results[0].status is Status.DONE:
+        renamed = await world.run()
+        assert renamed.outcome is Outcome.APPLIED and renamed.plan is not None, renamed.render()
+        assert renamed.plan.counts() == {"rename_user": 1, "add_to_group": 1}, renamed.render()
+        state = await world.hub_state()
+        assert bob not in state["users"]
+        assert state["users"][robert]["groups"] == sorted([f"{world.prefix}analysts", f"{world.prefix}gpu"])
+

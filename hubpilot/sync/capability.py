@@ -121,6 +121,8 @@ class SyncCapability:
         self._want: tuple[DirectorySnapshot, Desired] | None = None
         # this apply's users the hub refused to create, or whose creation failed → why
         self._not_created: dict[str, str] = {}
+        # this apply's new names whose rename waits (a server started since the reading) → why
+        self._not_renamed: dict[str, str] = {}
 
     def _desired(self, snapshot: DirectorySnapshot) -> Desired:
         """The snapshot's desired state, computed once per snapshot (observe, plan and apply all
@@ -226,6 +228,7 @@ class SyncCapability:
 
     async def apply(self, plan: Plan, observed: SyncObserved, progress: Progress) -> list[ActionResult]:
         self._not_created = {}
+        self._not_renamed = {}
         # Recorded as managed before the hub gets them: a run killed between creating users (or
         # adding them to groups) and the final record would leave them unmanaged, and one who
         # left before the next run would keep their groups for good.
@@ -286,6 +289,14 @@ class SyncCapability:
     async def _perform(self, batch: list[Action]) -> list[ActionResult]:
         kind, first = batch[0].kind, batch[0]
         hub = self.hub
+        # the new name of a rename not made this run (a server started since the reading) is no
+        # hub user yet: its group and admin changes wait for the run that renames
+        held = {id(a): self._not_renamed[who] for a in batch
+                if kind in _OF_A_USER and (who := str(a.params.get("user", a.target))) in self._not_renamed}
+        if held:
+            rest = [a for a in batch if id(a) not in held]
+            done = iter(await self._perform(rest) if rest else [])
+            return [ActionResult(a, Status.SKIPPED, held[id(a)]) if id(a) in held else next(done) for a in batch]
         if kind == "create_user":
             wanted = [a.target for a in batch]
             try:
@@ -315,6 +326,22 @@ class SyncCapability:
         if kind in ("manage_user", "deprovision"):
             return [ActionResult(a, Status.DONE) for a in batch]  # recorded in _record_managed
         if kind == "rename_user":
+            # read the user again: KubeSpawner names the pod and the volume after the user, and a
+            # server started since the reading would run on under the old name; not renamed now,
+            # the next run stops it (sync.stop_servers) and renames after
+            current = await hub.get_user(first.target)
+            started = sorted(s or "default" for s, srv in (current.servers.items() if current else ())
+                             if srv.ready or srv.pending)
+            if started:
+                new = str(first.params["to"])
+                self._not_renamed[new] = (f"not done: {first.target} was not renamed to {new} this run (a "
+                                          "server started since the reading); the run that renames does it")
+                return [ActionResult(first, Status.SKIPPED, (
+                    f"not renamed this run: a server started since the reading is running "
+                    f"({', '.join(started)}), which would run on under the old name (its pod and volume are "
+                    f"named after the user); the next run "
+                    + ("stops it and a later one renames" if self.policy.stop_servers else
+                       "renames once it has stopped (sync.stop_servers is off)")))]
             renamed = await hub.rename_user(first.target, first.params["to"])
             return [ActionResult(first, Status.DONE if renamed else Status.NOOP,
                                  f"now {first.params['to']}" if renamed else "already renamed")]
@@ -682,6 +709,10 @@ def _stamp(taken_out: dict[str, dict[str, Any]], group: str, person: str, now: d
         return False
     taken_out.setdefault(group, {})[person] = now.isoformat()
     return True
+
+
+_OF_A_USER = ("add_to_group", "remove_from_group", "grant_admin", "revoke_admin")
+"""The kinds of action that change a hub user other than by creating, renaming or removing it."""
 
 
 def _batch_key(action: Action) -> tuple[str, str]:
