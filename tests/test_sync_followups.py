@@ -1,13 +1,20 @@
 """Sync follow-ups of a review of concurrent runs, against the session's real hub: a deprovisioned
-person's servers, a rename with a server started since the reading."""
+person's servers, a rename with a server started since the reading, and cull's reading of sync's
+records before each deletion."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import pytest
 
-from hubpilot.loop import Outcome, Status, no_progress
+from hubpilot.cull import CullCapability
+from hubpilot.loop import Outcome, Plan, Status, no_progress
+from hubpilot.settings import load_settings
+from hubpilot.wiring import Context
+from tests.faultproxy import FaultProxy
 from tests.fixtures.syncworld import World
 from tests.realhub import RealHub
 
@@ -103,3 +110,52 @@ async def test_a_rename_waits_for_a_server_started_since_the_reading(world: Worl
         assert bob not in state["users"]
         assert state["users"][robert]["groups"] == sorted([f"{world.prefix}analysts", f"{world.prefix}gpu"])
 
+
+async def test_cull_reads_syncs_records_again_before_each_deletion(world: World, real_hub: RealHub) -> None:
+    """carl and dora are long-inactive hub users sync does not manage; a cull round
+    (cull.delete_users, one request at a time) deletes carl first. While carl's deletion is under way
+    (the hub slow to answer), dora joins a synced group and a sync run takes her on. docs/cull.md
+    says the records are read again just before the deletions: dora, whom sync manages by then, is
+    not deleted (the next sync would only create her again)."""
+    world.set("analysts", "alice")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    carl, dora = world.user("carl"), world.user("dora")
+    async with real_hub.admin() as admin:
+        for name in (carl, dora):
+            (await admin.post(f"/users/{name}")).raise_for_status()
+
+    where = urlsplit(real_hub.api_url)
+    proxy = FaultProxy(where.hostname or "127.0.0.1", where.port or 80)
+    await proxy.start()
+    proxy.rule(lambda method, path: method == "DELETE" and path.endswith(f"/users/{carl}"), "hold")
+    settings = load_settings(
+        hub={"api_url": f"http://127.0.0.1:{proxy.port}{where.path}", "token": real_hub.hubpilot_token},
+        cull={"cull_users": True, "delete_users": True, "max_stops_per_round": 10000,
+              "max_user_deletions_per_round": 10000, "concurrency": 1},
+    )
+    now = datetime.now(UTC) + timedelta(hours=3)
+    ctx = Context(settings=settings, store=world.store, clock=lambda: now)
+    try:
+        cap = ctx.capability("cull")
+        assert isinstance(cap, CullCapability)
+        observed = await cap.observe()
+        plan = cap.plan(observed, now)
+        ours = Plan.build("cull", [a for a in plan.actions if a.target in (carl, dora)])
+        assert [(a.kind, a.target) for a in ours.actions] == [("delete_user", carl), ("delete_user", dora)]
+        round_ = asyncio.ensure_future(cap.apply(ours, observed, no_progress))
+        while not any(s.method == "DELETE" for s in proxy.seen):  # carl's deletion is held
+            assert not round_.done(), round_.result()
+            await asyncio.sleep(0.05)
+        world.set("analysts", "alice", "dora")
+        took = await world.run()
+        assert took.plan is not None and took.plan.counts() == {"manage_user": 1, "add_to_group": 1}, took.render()
+        proxy.release()
+        results = {r.action.target: r for r in await round_}
+    finally:
+        proxy.release()
+        await ctx.hub.close()
+        await proxy.stop()
+    assert results[carl].status is Status.DONE, results[carl]
+    assert results[dora].status is Status.SKIPPED, (results[dora].status, results[dora].detail)
+    assert "sync manages them" in results[dora].detail
+    assert (await world.hub_state())["users"][dora]["groups"] == [f"{world.prefix}analysts"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -103,16 +102,6 @@ class CullCapability:
 
     async def apply(self, plan: Plan, observed: CullObserved, progress: Progress) -> list[ActionResult]:
         stop_status: dict[str, list[Status]] = {}
-        members_lock = asyncio.Lock()
-        members: list[tuple[frozenset[str] | None, str]] = []
-
-        async def sync_members() -> tuple[frozenset[str] | None, str]:
-            # read again, once, at the first deletion: sync may have taken a user on since observe
-            async with members_lock:
-                if not members:
-                    members.append(await self._sync_members())
-                return members[0]
-
         now = _plan_time(plan)
         reports: list[bool] = []
         before = {(u.name, n): s for u in observed.active for n, s in u.servers.items()}
@@ -161,7 +150,9 @@ class CullCapability:
                 unfinished = [s for s in stop_status.get(user, []) if s not in (Status.DONE, Status.NOOP)]
                 if unfinished:
                     return ActionResult(action, Status.SKIPPED, "a server of this user has not stopped")
-                synced, unknown = await sync_members()
+                # read again before each deletion: sync may have taken the user on since observe,
+                # also during this round's earlier deletions (a slow hub, cull.concurrency)
+                synced, unknown = await self._sync_members()
                 held = unknown or sync_hold(user, synced)
                 if held:
                     return ActionResult(action, Status.SKIPPED, held)
