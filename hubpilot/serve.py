@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 
@@ -170,9 +171,17 @@ class _Uvicorn(uvicorn.Server):
     would end the process before in-flight runs drain and the state store closes. :class:`Server`
     handles the signals instead."""
 
+    on_started: Callable[[], None] | None = None
+    """Called once the server listens (never when it cannot: uvicorn exits from its startup)."""
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
 
 class Server:
@@ -220,14 +229,21 @@ class Server:
         # Graph notifications (Entra with notifications on) wait in an in-process queue that
         # this worker drains by running the delta sync.
         worker = start_notification_worker(self.ctx)
-        sched: asyncio.Task[None] | None = None
-        if self.with_schedules and self.scheduler.schedules:
-            sched = asyncio.create_task(self.scheduler.run(), name="hubpilot-scheduler")
+        scheduled: list[asyncio.Task[None]] = []
+
+        def start_schedules() -> None:
+            # once the server listens: a serve that cannot (its port taken by another serve) exits
+            # without running a round, not even a missed fire, which would otherwise run at once
+            scheduled.append(asyncio.create_task(self.scheduler.run(), name="hubpilot-scheduler"))
             for s in self.scheduler.schedules:
                 log.info("schedule %s: %s", s.name, s.expression)
+
+        if self.with_schedules and self.scheduler.schedules:
+            self.uvicorn.on_started = start_schedules
         try:
             await self.uvicorn.serve()
         finally:
+            sched = scheduled[0] if scheduled else None
             # no new round starts and no hint is taken; a scheduled round or a notification's sync
             # under way, like a run started over HTTP, has the grace to finish, then is cancelled
             # (and audited as failed)
