@@ -207,9 +207,9 @@ class SyncCapability:
         # them, or by an admin since): one read of the users with a server, however many they are
         gone = {n for n, r in managed.items() if not r.active and n not in want.users
                 and n not in want.uncertain} if self.policy.stop_servers else set()
-        fetched, with_servers = await asyncio.gather(
-            asyncio.gather(*(self.hub.get_user(n) for n in asked)),
-            self.hub.list_users(state="active") if gone else _nothing())
+        # one after the other: a run's requests then come in the same order every time
+        fetched = await asyncio.gather(*(self.hub.get_user(n) for n in asked))
+        with_servers = await self.hub.list_users(state="active") if gone else []
         for running in with_servers:
             if running.name in gone:
                 users[running.name] = running
@@ -563,10 +563,6 @@ class SyncCapability:
                     break
         raise RuntimeError(f"could not record managed users in {MANAGED_KEY!r}: {pause.conflicts} conditional writes "
                            f"in a row lost to other writers within {RECORD_SECONDS:g} s (nothing was overwritten)")
-
-
-async def _nothing() -> list[HubUser]:
-    return []
 
 
 RECORD_SECONDS = 30.0  # conditional writes of sync/managed that lose keep merging this long
