@@ -201,6 +201,8 @@ class AksPool:
         if props is None:
             raise PoolError(f"agent pool {self.pool}: ARM answered without properties")
         if props.enable_auto_scaling:
+            if (switched := _switched(props, etag, "on")) is not None:
+                return switched
             raise PoolError(f"agent pool {self.pool}: the cluster autoscaler is on; its count is not ours")
         state = _text(props.provisioning_state or "Succeeded")
         if props.count == count and state not in FAILED_STATES:
@@ -221,6 +223,8 @@ class AksPool:
         if props is None:
             raise PoolError(f"agent pool {self.pool}: ARM answered without properties")
         if not props.enable_auto_scaling:
+            if (switched := _switched(props, etag, "off")) is not None:
+                return switched
             raise PoolError(f"agent pool {self.pool}: the cluster autoscaler is off; min_count has no effect")
         if props.min_count == min_count:
             return PoolResult(PoolOutcome.NOOP, f"min_count is already {min_count}")
@@ -359,6 +363,18 @@ def _accepted(props: AgentPoolManagedClusterAgentPoolProfileProperties, what: st
     if state == "Succeeded":
         return PoolResult(PoolOutcome.DONE, said)
     return PoolResult(PoolOutcome.PENDING, f"{said}, still running ({state})")
+
+
+def _switched(props: AgentPoolManagedClusterAgentPoolProfileProperties, etag: str | None,
+              now: str) -> PoolResult | None:
+    """The cluster autoscaler switched on or off since the pool was observed (its eTag is no longer
+    the one observed: an agent-pool operation changes it): the change planned for the other mode is
+    a conflict, as the PUT's 412 would be, and the next run plans in the pool's new mode. None when
+    the pool is as observed (a change asked for in the wrong mode: an error)."""
+    if etag is None or props.e_tag == etag:
+        return None
+    return PoolResult(PoolOutcome.CONFLICT, f"the pool changed since it was read (its eTag is no longer {etag}): "
+                      f"the cluster autoscaler is now {now}")
 
 
 def _text(value: Any) -> str:
