@@ -123,6 +123,40 @@ class Scheduler:
         self._last_due[schedule.name] = due
         if not await self._wait(max(0.0, (due - now).total_seconds())):
             return None
+        run = asyncio.ensure_future(self._round(schedule, due, missed))
+        try:
+            overran = await self._watch(schedule, due, run)
+            record = await run
+        finally:
+            if not run.done():  # cancelled (shutdown past its grace): the round's run is audited as failed
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
+        if overran:
+            end = self.ctx.clock()
+            first, final = schedule.next_fire(due), previous_fire(schedule.expression, end)
+            skipped = (f"the fire time {first.isoformat()} was" if final <= first else
+                       f"the fire times from {first.isoformat()} to {final.isoformat()} were")
+            log.warning("schedule %s: the round that fired at %s ended after %s; %s skipped",
+                        schedule.name, due.isoformat(), _took(end - due), skipped)
+        self.rounds[schedule.name].append((due, record))
+        return record
+
+    async def _watch(self, schedule: Schedule, due: datetime, run: asyncio.Future[RunRecord | None]) -> bool:
+        """Wait until the schedule's next fire time at most; True (said in the log) when the round
+        still runs then: no second round starts while one runs, and a hung round may never end."""
+        nxt = schedule.next_fire(max(due, self.ctx.clock()))
+        # the loop's own time, not self.sleep: a round takes real time whatever clock a test gives
+        await asyncio.wait({run}, timeout=max(0.0, (nxt - self.ctx.clock()).total_seconds()))
+        if run.done():
+            return False
+        log.warning("schedule %s: the fire at %s is skipped: the round that fired at %s is still running (no "
+                    "second round of a schedule starts while one runs; its fire times are skipped until it "
+                    "ends)", schedule.name, nxt.isoformat(), due.isoformat())
+        return True
+
+    async def _round(self, schedule: Schedule, due: datetime, missed: datetime | None) -> RunRecord | None:
+        """One round: the fire time claimed, then the operation's run or the schedule's job."""
         try:
             # a missed fire is run even if claimed: its claimer did not finish it (its run was
             # cancelled at a shutdown), or no run of the operation would have ended after it
@@ -142,7 +176,6 @@ class Scheduler:
         except Exception:  # a bug: the traceback says where
             log.exception("scheduled %s failed", schedule.name)
             record = None
-        self.rounds[schedule.name].append((due, record))
         return record
 
     async def _loop(self, schedule: Schedule, rounds: int | None) -> None:
@@ -164,6 +197,11 @@ class Scheduler:
             for t in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
+
+
+def _took(elapsed: timedelta) -> str:
+    seconds = max(0, round(elapsed.total_seconds()))
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"
 
 
 class _Uvicorn(uvicorn.Server):

@@ -417,3 +417,51 @@ async def test_serve_on_a_port_in_use_runs_no_scheduled_round(tmp_path: Path) ->
     assert server.scheduler.rounds["sync"] == [], "a round ran though the server never listened"
     assert "sync-c" not in worlds["sync"].items
     await ctx.close()
+
+
+async def _until(cond: Any, what: str) -> None:
+    """Wait (real time, bounded) until ``cond()`` holds; the scheduler's own clock is fake."""
+    for _ in range(400):
+        if cond():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_a_round_still_running_at_the_next_fire_time_is_reported_not_doubled(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A hung round (a hub that answers slowly, a directory read that never ends) is not piled
+    up: no second round of the schedule starts while it runs, and the log says so at the fire
+    time it skips, not only once it ends (it may never end)."""
+    caplog.set_level("INFO", logger="hubpilot.serve")
+    fake = FakeTime(T0)
+    ctx, worlds = _ctx(tmp_path, fake)
+    worlds["sync"].gate = asyncio.Event()
+    sched = Scheduler(ctx, [Schedule("sync", "* * * * * *", True, "sync.schedule")], sleep=fake.sleep)
+    task = asyncio.create_task(sched.run(rounds=2))
+    try:
+        await asyncio.wait_for(worlds["sync"].entered.wait(), 10)
+        first = T0 + timedelta(seconds=1)
+
+        def skipped() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "skipped" in r.getMessage()]
+
+        await _until(skipped, "a warning that the fire time after the hung round's is skipped")
+        (said,) = skipped()
+        assert f"fire at {(first + timedelta(seconds=1)).isoformat()}" in said, said
+        assert f"round that fired at {first.isoformat()} is still running" in said, said
+        assert worlds["sync"].applies == 1 and sched.rounds["sync"] == []
+        fake.now += timedelta(seconds=5)  # the round hangs on; its fire times pass
+        worlds["sync"].gate.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    fired = [due for due, _ in sched.rounds["sync"]]
+    assert fired == [first, first + timedelta(seconds=6)]
+    ended = [r.getMessage() for r in caplog.records if "ended" in r.getMessage() and "skipped" in r.getMessage()]
+    assert len(ended) == 1, ended
+    assert f"from {(first + timedelta(seconds=1)).isoformat()} to {(first + timedelta(seconds=5)).isoformat()} were" \
+        in ended[0], ended
+    await ctx.close()
