@@ -124,9 +124,19 @@ class Scheduler:
         if not await self._wait(max(0.0, (due - now).total_seconds())):
             return None
         run = asyncio.ensure_future(self._round(schedule, due, missed))
+        overran = False
         try:
             overran = await self._watch(schedule, due, run)
             record = await run
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # the scheduler is cancelled (a shutdown past its grace)
+                raise
+            # the round's own work ended cancelled (a library's cancelled request): a failed round,
+            # which must not end this schedule, nor (through run's gather) every other one
+            log.error("scheduled %s failed: its round ended cancelled, not by the scheduler (the next round "
+                      "runs as usual)", schedule.name)
+            record = None
         finally:
             if not run.done():  # cancelled (shutdown past its grace): the round's run is audited as failed
                 run.cancel()

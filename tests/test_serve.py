@@ -465,3 +465,28 @@ async def test_a_round_still_running_at_the_next_fire_time_is_reported_not_doubl
     assert f"from {(first + timedelta(seconds=1)).isoformat()} to {(first + timedelta(seconds=5)).isoformat()} were" \
         in ended[0], ended
     await ctx.close()
+
+
+async def test_a_round_cancelled_from_within_does_not_end_its_schedule_or_the_others(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A round whose own work ends cancelled (a library's cancelled request, nothing of the
+    scheduler's) is a failed round: its schedule and the other schedules go on."""
+    fake = FakeTime(T0)
+    ctx, _ = _ctx(tmp_path, fake)
+    calls: list[datetime] = []
+
+    async def job(c: object) -> None:
+        calls.append(fake.now)
+        if len(calls) == 1:
+            raise asyncio.CancelledError
+
+    schedules = [Schedule("x.renew_schedule", "0 0 * * * *", False, "x.renew_schedule"),
+                 Schedule("sync", "0 */20 * * * *", True, "sync.schedule")]
+    sched = Scheduler(ctx, schedules, sleep=fake.sleep, jobs={"x.renew_schedule": job})
+    await asyncio.wait_for(sched.run(rounds=3), 30)
+    assert len(calls) == 3, "the schedule ended with its cancelled round"
+    assert [r is None for _, r in sched.rounds["x.renew_schedule"]] == [True, True, True]
+    assert len(sched.rounds["sync"]) == 3, "another schedule ended with the cancelled round"
+    assert any("x.renew_schedule" in r.getMessage() and "cancelled" in r.getMessage()
+               for r in caplog.records if r.levelname == "ERROR"), caplog.text
+    await ctx.close()
