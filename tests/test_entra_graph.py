@@ -598,6 +598,31 @@ async def test_state_stored_before_refreshes_existed_is_refreshed_once(fresh: Gr
     await d.close()
 
 
+async def test_users_checked_is_read_as_every_stored_time_and_a_damaged_one_says_what_to_do(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """``users_checked`` without an offset means UTC, as every time in hubpilot's documents (not a
+    TypeError against the aware clock); one that is no time is the state's clear error, not a
+    bare ValueError from the refresh."""
+    g, _, clock, d = await one_group(fresh, store, 2)
+    (key,) = (await state_docs(store)).keys()
+    doc, etag = await store.get_with_etag(key)  # type: ignore[misc]
+    doc["users_checked"] = (clock.now - timedelta(hours=25)).replace(tzinfo=None).isoformat()
+    await store.put(key, doc, if_match=etag)
+    fresh.reset_log()
+    await d.read([g])  # 25 h ago in UTC: due for the refresh
+    assert [r.path for r in fresh.log] == ["/groups/delta", "/users"]
+    assert (await state_docs(store))[key]["users_checked"] == clock.now.isoformat()
+
+    doc, etag = await store.get_with_etag(key)  # type: ignore[misc]
+    doc["users_checked"] = "yesterday"
+    await store.put(key, doc, if_match=etag)
+    before = await state_docs(store)
+    with pytest.raises(DirectoryError, match=r"users_checked.*'yesterday'.*delete the documents entra/"):
+        await d.read([g])
+    assert await state_docs(store) == before
+    await d.close()
+
+
 async def test_unknown_or_deleted_configured_group_is_an_error_never_an_empty_group(
         fresh: GraphDouble, store: SqliteStore) -> None:
     d = EntraDirectory(client(fresh), store)

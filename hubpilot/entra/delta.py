@@ -16,6 +16,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hubpilot.loop import stored_time
 from hubpilot.ports.directory import Member
 
 CHUNK_SIZE = 50
@@ -107,6 +108,7 @@ class ChunkState:
         members = {str(g): GroupState.from_json(s) for g, s in _of(data.get("members"), dict, "members").items()}
         link = data.get("delta_link")
         checked = data.get("users_checked")
+        stored_time(checked, "'users_checked'")  # an ISO time (naive: UTC), else a ValueError naming it
         deleted = {str(u) for u in _of(data.get("deleted_users"), list, "deleted_users")}
         disabled = {str(u) for u in _of(data.get("disabled_users"), list, "disabled_users")}
         if "disabled_users" not in data:

@@ -35,7 +35,7 @@ from hubpilot.entra.delta import (
     refresh_users,
     unresolved_users,
 )
-from hubpilot.loop import in_dry_run, utcnow
+from hubpilot.loop import in_dry_run, stored_time, utcnow
 from hubpilot.ports.directory import DirectoryError, DirectorySnapshot
 from hubpilot.ports.store import ConflictError, StateStore, StoreError
 
@@ -302,7 +302,7 @@ class EntraDirectory:
                 chunk.users_checked = now.isoformat()
             elif self.user_refresh is not None and (
                     chunk.users_checked is None
-                    or now - datetime.fromisoformat(chunk.users_checked) >= self.user_refresh):
+                    or now - (stored_time(chunk.users_checked, "'users_checked'") or now) >= self.user_refresh):
                 due.append(chunk)
         if not due:
             return
