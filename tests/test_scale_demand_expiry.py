@@ -116,3 +116,66 @@ async def test_a_demand_recorded_again_while_the_old_one_expires_is_kept_and_sca
     clock["now"] += cap.policy.demand_ttl + timedelta(minutes=5)  # expired, nobody spawning: deleted
     await Runner(racing, clock=now).run(cap, trigger="timer", actor="test")
     assert await racing.list(DEMAND_PREFIX) == {}
+
+
+async def test_a_signal_whose_server_ran_and_stopped_keeps_no_node(world: dict[str, Any]) -> None:  # noqa: F811
+    """The pre-spawn signal stands for a server until its pod is there; once a run has seen the pod,
+    the pod speaks for the server. A server stopped (or a spawn cancelled) after that leaves no
+    signal that counts as a GPU server waiting for the rest of demand_ttl: its empty node is removed
+    when idle, not kept (nor booted again) for nobody."""
+    arm: ArmDouble = world["arm"]
+    kube = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    kube.node("gpu-0")
+    clock = world["clock"]
+    start = clock["now"]
+    now = lambda: clock["now"]  # noqa: E731
+    cap = ScaleCapability(world["pool"], world["cluster"], world["store"],
+                          Policy(max_nodes=4, idle=timedelta(minutes=5), delay_after_up=timedelta(0),
+                                 down_cooldown=timedelta(0)), clock=now)
+    runner = Runner(world["store"], clock=now)
+    await record_demand(world["store"], user="bob", server="", profile="gpu", at=start)
+    kube.pod("bob", "gpu-0")  # bob's server runs on gpu-0
+    clock["now"] = start + timedelta(minutes=1)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.plan is not None and rec.plan.facts["busy"] == ["gpu-0"], rec.render()
+
+    kube.drop_pod("bob")  # bob stops his server two minutes in
+    clock["now"] = start + timedelta(minutes=2)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.plan is not None and rec.plan.facts["pending"] == [], rec.render()
+    clock["now"] = start + timedelta(minutes=8)  # gpu-0 idle for 6 minutes, the signal 8 minutes old
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    assert [a.kind for a in rec.plan.actions] == ["remove_nodes"], rec.render()
+    assert arm.machines["gpu"] == []
+
+
+async def test_a_signal_recorded_again_while_its_pods_run_settles_it_is_kept(
+        world: dict[str, Any], racing: Any) -> None:  # noqa: F811
+    """The signal of a server whose pod a run saw is deleted only as observed: bob stopping and
+    starting his server again, the hook recording a new signal between the run's read of the old
+    one and its delete, keeps the new one (his new server waits for it)."""
+    arm: ArmDouble = world["arm"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    world["kube"].node("gpu-0")
+    world["kube"].pod("bob", "gpu-0")
+    clock = world["clock"]
+    now = lambda: clock["now"]  # noqa: E731
+    racing.spawns = Spawns("read")
+    cap = ScaleCapability(world["pool"], world["cluster"], racing, Policy(max_nodes=4), clock=now)
+    await record_demand(racing, user="bob", server="", profile="gpu", at=now())
+    clock["now"] += timedelta(minutes=1)
+    observed = await cap.observe()
+    plan = cap.plan(observed, now())
+
+    async def spawn_again() -> None:
+        await record_demand(racing, user="bob", server="", profile="gpu", at=now())
+
+    racing.spawns.hook = spawn_again
+    await cap.apply(plan, observed, lambda *a: None)
+    assert racing.spawns.fired == 1
+    kept = await racing.get(DEMAND_PREFIX + "bob~")
+    assert kept is not None and kept["at"] == now().isoformat(), kept
+    await cap.apply(plan, observed, lambda *a: None)  # the same observation again: still kept
+    assert await racing.get(DEMAND_PREFIX + "bob~") == kept

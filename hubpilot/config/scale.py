@@ -186,7 +186,8 @@ class ScaleSettings(Section):
         10.0, ge=0, le=120, description="A NotReady node younger than this counts as booting."
     )
     demand_ttl_minutes: float = Field(
-        15.0, ge=1, le=240, description="A hub demand signal counts this long (above node boot)."
+        15.0, ge=1, le=240,
+        description="A hub demand signal counts this long (above node boot), or until a run sees its pod."
     )
     forecast: bool = Field(
         False, description="Keep warm spare nodes by a forecast learned from GPU arrivals per weekday and hour "

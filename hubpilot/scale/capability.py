@@ -202,6 +202,7 @@ class ScaleCapability:
             keys = arrival_keys(observed, at, self.policy.demand_ttl)
             await self.store.put(FORECAST_KEY, learn(observed.forecast, keys, at, self.policy.forecast).to_json())
         await self._expire_demand(now)
+        await self._settle_demand(observed)
         return results
 
     async def _store_memory(self, memory: Memory, seen: Memory) -> str | None:
@@ -388,6 +389,34 @@ class ScaleCapability:
                 await self.store.delete(DEMAND_PREFIX + d.key, if_match=etag)
             except ConflictError:
                 continue  # recorded again since it was read: kept
+
+
+    async def _settle_demand(self, observed: Observed) -> None:
+        """Delete the demand signals whose server's pod this run observed (not being deleted): the
+        signal stands for a server until its pod is there, then the pod does. Kept, a signal would
+        count as a GPU server waiting again once the pod is gone (the server stopped, the spawn
+        cancelled or failed) for the rest of ``demand_ttl``: a node kept, or booted, for nobody,
+        and with reclaim on another user's idle server stopped for it. Each only as observed (the
+        same time, If-Match): one the hook recorded again since (a new spawn) is kept."""
+        pods = {demand_key(p.user, p.server) for p in observed.cluster.pods if p.user and not p.deleting}
+        for d in observed.demand:
+            if d.source != "hook" or d.key not in pods:
+                continue
+            try:
+                got = await self.store.get_with_etag(DEMAND_PREFIX + d.key)
+                if got is None:
+                    continue
+                doc, etag = got
+                try:
+                    if datetime.fromisoformat(doc["at"]) != d.at:
+                        continue  # recorded again since it was observed
+                except (KeyError, ValueError, TypeError):
+                    continue
+                await self.store.delete(DEMAND_PREFIX + d.key, if_match=etag)
+            except ConflictError:
+                continue  # recorded again since it was read: kept
+            except StoreError as exc:  # it expires after demand_ttl all the same
+                log.warning("could not delete the demand signal %s, whose pod is there: %s", d.key, exc)
 
 
 def gpu_spawn(options: Mapping[str, Any], rules: Sequence[tuple[str, str | None, str | None]]) -> bool:
