@@ -11,7 +11,8 @@ Runs the REAL pure code: ``hubpilot.scale.plan_scale`` decides the pool for the 
 - a fresh node boots in 5-8 min; a node restarted from ``Deallocate`` in 1.5-2.5 min; hubpilot's
   pool starts the week with the stopped VMs an earlier week left (``stopped_vms``);
 - node-hours count every allocated node (booting, busy, empty, or being removed: a removed node's
-  VM runs until the operation that stops or deletes it ends);
+  VM runs until the operation that stops or deletes it ends); a ``Deallocate`` pool's stopped VMs
+  are counted apart (``stopped_hours``): Azure bills their managed OS disks, not their compute;
 - AKS runs one operation on the pool at a time: hubpilot's scale-up lasts until its nodes are
   ready, a ``deleteMachines`` 1-2 min, and meanwhile the pool shows ``Scaling`` and the plan skips
   the round as it does against ARM (``--no-arm-ops``: changes take no time, as in earlier figures).
@@ -159,6 +160,8 @@ class World:
     split: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("active", "idle", "boot", "empty", "removing"), 0.0))
     removing: list[float] = field(default_factory=list)  # removed nodes' VMs, running until then
+    stopping: list[float] = field(default_factory=list)  # those of them kept as stopped VMs (Deallocate)
+    stopped_seconds: float = 0.0  # stopped VMs' time: their OS disks are billed, their compute is not
     draws: dict[str, int] = field(default_factory=dict)
     ops: list[tuple[str, float, float]] = field(default_factory=list)  # (kind, start, end) of each pool operation
     key: str = field(init=False)  # this world's random stream, which names its draws
@@ -175,7 +178,10 @@ class World:
 
     def account(self, now: float) -> None:
         self.removing = [t for t in self.removing if t > now]
+        self.stopping = [t for t in self.stopping if t > now]
         self.node_seconds += (len(self.nodes) + len(self.removing)) * TICK
+        # a VM being stopped runs (and counts above) until its operation ends, stopped from then
+        self.stopped_seconds += (self.deallocated - len(self.stopping)) * TICK
         self.split["removing"] += len(self.removing) * TICK
         for n in self.nodes.values():
             if n.ready_at > now:
@@ -216,6 +222,8 @@ class World:
                 self.removing.append(until)
             if deallocate_mode:
                 self.deallocated += 1
+                if until is not None:
+                    self.stopping.append(until)
         if ids:
             self.changes += 1
 
@@ -549,6 +557,8 @@ class Result:
     max_wait: float = 0.0  # the longest wait of the week, against the GPU profiles' start timeout
     waits_work: list[float] = field(default_factory=list)
     long_waits: dict[str, int] = field(default_factory=dict)  # working-hour waits over 60 s, by cause
+    # hours of the pool's stopped VMs (Deallocate), not in node_hours: Azure bills their OS disks
+    stopped_hours: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -561,7 +571,8 @@ def measure(name: str, world: World) -> Result:
     waits_off = [s.start - s.arrive for s in world.sessions if s.start is not None and not working_hours(s.arrive)]
     return Result(name, world.node_seconds / 3600, oracle, p95(waits_work), p95(waits_off), world.changes,
                   {k: v / 3600 for k, v in world.split.items()}, world.reclaims, world.held,
-                  max(waits_work + waits_off, default=0.0), waits_work, long_wait_causes(world))
+                  max(waits_work + waits_off, default=0.0), waits_work, long_wait_causes(world),
+                  world.stopped_seconds / 3600)
 
 
 def long_wait_causes(world: World) -> dict[str, int]:
@@ -701,7 +712,8 @@ def report(seeds: Sequence[int], tuned: Tuned) -> list[Result]:
                   f"reclaims {r.reclaims}  held by an operation {r.held}  longest wait {r.max_wait:.0f}s")
             if r.long_waits and r.policy.startswith("hubpilot"):
                 print("      working-hour waits over 60 s: " + ", ".join(f"{k} {v}" for k, v in r.long_waits.items()))
-            print("      node-hours: " + ", ".join(f"{k} {v:.0f}" for k, v in r.split.items()))
+            print("      node-hours: " + ", ".join(f"{k} {v:.0f}" for k, v in r.split.items())
+                  + (f"; stopped VMs {r.stopped_hours:.0f} h (their OS disks are billed)" if r.stopped_hours else ""))
     return rows
 
 

@@ -111,3 +111,19 @@ def test_the_demand_signal_runs_the_plan_when_the_server_arrives_not_at_the_next
     (_, up, ready), *_ = world.ops
     assert up == s.arrive
     assert s.start == ready
+
+
+def test_every_vm_of_a_deallocate_pool_is_billed_running_or_as_a_stopped_vms_disk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Azure bills a stopped (deallocated) VM's managed OS disk, not its compute. A pool of two VMs,
+    # both stopped, one restarted for a lone night server and stopped again: at every moment of
+    # the week each VM is either a running node (node-hours) or a stopped VM whose disk is billed
+    monkeypatch.setattr(sim, "ARM_OPS", True)
+    s = Session(0, NIGHT, 1800.0, explicit_stop=True)
+    world = sim.run_hubpilot([s], 1, NO_SPARE, stopped=2)
+    result = sim.measure("hubpilot", world)
+    assert world.node_seconds > 0
+    assert world.stopped_seconds + world.node_seconds == pytest.approx(2 * sim.WEEK, abs=sim.TICK)
+    assert result.stopped_hours == pytest.approx(world.stopped_seconds / 3600)
+    # a pool that deletes its VMs (the autoscaler anchor) keeps no stopped VM
+    assert sim.measure("anchor", sim.run_autoscaler([Session(0, NIGHT, 1800.0, True)], 1)).stopped_hours == 0
