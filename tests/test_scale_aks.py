@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hubpilot.adapters.aks import AksPool
+from hubpilot.config.scale import ScaleSettings
 from hubpilot.ports.pool import PoolError, PoolOutcome
-from tests.doubles.arm import ArmDouble, StaticToken
+from hubpilot.wiring.scale import build_pool
+from tests.doubles.arm import MSI_SECRET, ArmDouble, StaticToken
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "aks"
 
@@ -286,3 +289,46 @@ async def test_the_machines_of_a_pool_are_read_across_machines_list_pages(arm: A
         await pool.close()
     pages = [c for c in arm.calls if c.method == "GET" and c.path.endswith("/agentPools/gpu/machines")]
     assert len(pages) == 3 and all(c.status == 200 for c in pages)
+
+
+# --- clouds: the token's audience ----------------------------------------------------------------
+
+_IDENTITY_ENV = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
+                 "AZURE_USERNAME", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST", "MSI_ENDPOINT",
+                 "MSI_SECRET", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "AZURE_TOKEN_CREDENTIALS")
+
+
+def _managed_identity_of(arm: ArmDouble, monkeypatch: pytest.MonkeyPatch) -> None:
+    """azure-identity's own credential finds the double's managed-identity endpoint (App Service's)."""
+    for var in _IDENTITY_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{arm.base_url}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", MSI_SECRET)
+
+
+def _scale_settings(arm: ArmDouble, **kw: Any) -> ScaleSettings:
+    return ScaleSettings(subscription_id=arm.subscription, resource_group=arm.resource_group,
+                         cluster=arm.cluster, pool="gpu", arm_endpoint=arm.base_url, retry_total=0, **kw)
+
+
+async def test_an_arm_endpoint_of_another_cloud_gets_tokens_for_its_own_audience(
+        arm: ArmDouble, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only scale.arm_endpoint set (a cloud other than the global one: the double on loopback,
+    which takes only tokens for its own audience): the real DefaultAzureCredential asks for
+    '<arm_endpoint>/.default', as directory.entra.graph_scope follows graph_base_url, not for
+    the global ARM's audience (ARM would answer 401 InvalidAuthenticationTokenAudience)."""
+    gov = ScaleSettings(arm_endpoint="https://management.usgovcloudapi.net/")
+    assert gov.effective_arm_audience == "https://management.usgovcloudapi.net/.default"
+    assert ScaleSettings().effective_arm_audience == "https://management.azure.com/.default"
+    assert ScaleSettings(arm_endpoint="https://management.chinacloudapi.cn", arm_audience="https://x/.default") \
+        .effective_arm_audience == "https://x/.default"
+    _managed_identity_of(arm, monkeypatch)
+    arm.audience = arm.base_url
+    arm.add_pool("gpu", count=2)
+    pool = build_pool(_scale_settings(arm))
+    try:
+        state = await pool.get()
+    finally:
+        await pool.close()
+    assert state.count == 2
+    assert [r.get("resource") for r in arm.token_requests] == [arm.base_url]

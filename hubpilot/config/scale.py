@@ -108,9 +108,10 @@ class ScaleSettings(Section):
         "HUBPILOT_SCALE_SCHEDULE, the app setting the Functions timer reads.")
     # where the pool is
     arm_endpoint: str = Field("https://management.azure.com", description="Azure Resource Manager endpoint.")
-    arm_audience: str = Field(
-        "https://management.azure.com/.default",
-        description="Token scope for ARM (sovereign clouds differ, e.g. https://management.usgovcloudapi.net/.default).",
+    arm_audience: str | None = Field(
+        None,
+        description="Token scope for ARM; default: '<arm_endpoint>/.default' (e.g. "
+        "https://management.usgovcloudapi.net/.default with arm_endpoint https://management.usgovcloudapi.net).",
     )
     authority: str = Field(
         "https://login.microsoftonline.com", description="Entra authority host of the credential."
@@ -274,3 +275,8 @@ class ScaleSettings(Section):
         if self.kube_ca_file and not (self.kube_auth == "entra" and self.kube_api_url):
             raise ValueError("scale.kube_ca_file is used only with kube_auth = 'entra' and scale.kube_api_url")
         return self
+
+    @property
+    def effective_arm_audience(self) -> str:
+        """The token scope for ARM: ``arm_audience``, else the audience of ``arm_endpoint``'s cloud."""
+        return self.arm_audience or f"{self.arm_endpoint}/.default"

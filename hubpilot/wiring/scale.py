@@ -68,7 +68,7 @@ def build_pool(s: ScaleSettings) -> Pool:
         cluster=s.cluster,
         pool=s.pool,
         base_url=s.arm_endpoint,
-        credential_scopes=(s.arm_audience,),
+        credential_scopes=(s.effective_arm_audience,),
         api_version=s.api_version,
         retry_total=s.retry_total,
         retry_backoff=s.retry_backoff_seconds,

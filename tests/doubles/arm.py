@@ -10,7 +10,10 @@ joined by ``nextLink``),
 ``409 OperationNotAllowed`` while another operation on the pool is in progress, and injected
 faults such as ``429`` with ``Retry-After``. On the cluster: ``POST .../listClusterUserCredential``
 answers ``{"kubeconfigs": [{"name", "value"}]}`` with the base64 of ``kubeconfig`` (404 while it is
-unset). Driven by the real ``ContainerServiceClient``.
+unset). ``GET /msi/token`` is App Service's managed-identity endpoint (``IDENTITY_ENDPOINT``) for
+azure-identity's own credential; with ``audience`` set, only its tokens for that audience are
+taken (else 401 ``InvalidAuthenticationTokenAudience``, as ARM answers a token for another cloud's
+ARM). Driven by the real ``ContainerServiceClient``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ READ_ONLY = frozenset({"provisioningState", "eTag", "currentOrchestratorVersion"
 # provisioning states of an operation in progress: ARM answers 409 OperationNotAllowed to a change
 IN_PROGRESS = frozenset({"Creating", "Updating", "Scaling", "Upgrading", "Deleting", "Starting", "Stopping",
                          "Canceling", "Migrating"})
+MSI_SECRET = "arm-double-identity-header"
 POOL_PATH = ("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerService/"
              "managedClusters/{cluster}/agentPools/{pool}")
 
@@ -80,6 +84,10 @@ class ArmDouble:
     enforce_min_count: bool = True  # the autoscaler scales a pool up to a raised minCount
     machines_page_size: int = 2  # Machines_List pages (nextLink) after this many machines
     base_url: str = ""
+    # set: a bearer token must be one the double's managed-identity endpoint issued for this
+    # audience (ARM's own, e.g. its endpoint), else 401 InvalidAuthenticationTokenAudience
+    audience: str | None = None
+    token_requests: list[dict[str, str]] = field(default_factory=list)  # what /msi/token was asked
     _runner: web.AppRunner | None = None
     _etag_n: int = 0
     write_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -132,6 +140,7 @@ class ArmDouble:
     # --- server --------------------------------------------------------------------------
     async def start(self) -> str:
         app = web.Application()
+        app.router.add_route("GET", "/msi/token", self._msi_token)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -180,9 +189,26 @@ class ArmDouble:
             request.transport.close()
         return resp
 
+    async def _msi_token(self, request: web.Request) -> web.Response:
+        """The App Service managed-identity endpoint (``IDENTITY_ENDPOINT``) azure-identity's
+        ManagedIdentityCredential asks: its token names the audience (``resource``) it was asked for."""
+        self.token_requests.append(dict(request.query))
+        if request.headers.get("x-identity-header") != MSI_SECRET:
+            return web.json_response({"error": "invalid_request"}, status=400)
+        resource = request.query.get("resource", "")
+        return web.json_response({"access_token": f"aud={resource}", "expires_on": str(int(time.time()) + 3600),
+                                  "token_type": "Bearer", "resource": resource})
+
     async def _route(self, request: web.Request) -> web.Response:
         if not request.headers.get("Authorization", "").startswith("Bearer "):
             return self._error(401, "AuthenticationFailed", "no bearer token")
+        if self.audience is not None:
+            token = request.headers["Authorization"].removeprefix("Bearer ")
+            got = token.removeprefix("aud=").rstrip("/") if token.startswith("aud=") else "(unknown)"
+            if got != self.audience.rstrip("/"):
+                return self._error(401, "InvalidAuthenticationTokenAudience", (
+                    f"The access token has been obtained for wrong audience or resource '{got}'. It should "
+                    f"exactly match with one of the allowed audiences '{self.audience.rstrip('/')}/'."))
         version = request.query.get("api-version")
         if version not in API_VERSIONS:
             return self._error(400, "InvalidApiVersionParameter", f"api-version {version!r} is not supported")
