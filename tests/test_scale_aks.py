@@ -332,3 +332,37 @@ async def test_an_arm_endpoint_of_another_cloud_gets_tokens_for_its_own_audience
         await pool.close()
     assert state.count == 2
     assert [r.get("resource") for r in arm.token_requests] == [arm.base_url]
+
+
+async def test_a_token_arm_refuses_or_none_at_all_says_which_settings_to_fix(
+        arm: ArmDouble, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token for another cloud's ARM (scale.arm_audience set to the global one while
+    scale.arm_endpoint names another): ARM's 401 InvalidAuthenticationTokenAudience is reported
+    with the scope asked for and the settings that make it; a credential that gives no token at
+    all is reported so too, without azure-core's missing status ('None')."""
+    _managed_identity_of(arm, monkeypatch)
+    arm.audience = arm.base_url
+    arm.add_pool("gpu", count=2)
+    pool = build_pool(_scale_settings(arm, arm_audience="https://management.azure.com/.default"))
+    try:
+        with pytest.raises(PoolError) as refused:
+            await pool.get()
+    finally:
+        await pool.close()
+    text = str(refused.value)
+    assert refused.value.status == 401 and "InvalidAuthenticationTokenAudience" in text
+    assert "https://management.azure.com/.default" in text
+    assert all(name in text for name in ("scale.arm_audience", "scale.arm_endpoint", "scale.authority")), text
+    assert [c.status for c in arm.calls] == [401]  # refused, not tried again
+
+    monkeypatch.setenv("IDENTITY_HEADER", "not-the-secret")  # the identity endpoint answers 400
+    arm.calls.clear()
+    pool = build_pool(_scale_settings(arm))
+    try:
+        with pytest.raises(PoolError) as no_token:
+            await pool.get()
+    finally:
+        await pool.close()
+    text = str(no_token.value)
+    assert not arm.calls and "None" not in text.split(":")[1], text
+    assert f"no token for {arm.base_url}/.default" in text and "scale.authority" in text, text

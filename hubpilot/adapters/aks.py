@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
+    ClientAuthenticationError,
     HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
@@ -127,6 +128,8 @@ class AksPool:
         self.retry_total = retry_total
         self.retry_backoff = retry_backoff
         self._credential = credential
+        self._base_url = base_url.rstrip("/")
+        self._scopes = tuple(credential_scopes)
         kwargs: dict[str, Any] = {
             "base_url": base_url.rstrip("/"),
             "credential_scopes": list(credential_scopes),
@@ -154,9 +157,23 @@ class AksPool:
         try:
             return await self._client.agent_pools.get(self.resource_group, self.cluster, self.pool)
         except HttpResponseError as exc:
-            raise _pool_error(f"cannot read agent pool {self.pool}", exc) from exc
+            raise self._error(f"cannot read agent pool {self.pool}", exc) from exc
         except (ServiceRequestError, ServiceResponseError) as exc:  # after azure-core's retries
             raise PoolError(f"cannot read agent pool {self.pool}: {self._no_answer(exc)}") from exc
+
+    def _error(self, prefix: str, exc: HttpResponseError) -> PoolError:
+        """ARM's error, or the credential's (azure-core's ClientAuthenticationError, which has no
+        status when no token was had at all), saying which settings make the token."""
+        scope = ", ".join(self._scopes)
+        made = ("(scale.arm_audience; unset: '<scale.arm_endpoint>/.default') from the credential's authority "
+                f"(scale.authority): both must be of the cloud of {self._base_url} (scale.arm_endpoint)")
+        if isinstance(exc, ClientAuthenticationError) and exc.status_code is None:
+            return PoolError(f"{prefix}: no token for {scope} {made}: {exc.message}")
+        error = _pool_error(prefix, exc)
+        if exc.status_code == 401:
+            return PoolError(f"{error}; ARM refused the token, which was asked for {scope} {made}",
+                             error.status, error.code)
+        return error
 
     def _no_answer(self, exc: Exception) -> str:
         """A failed connection, said plainly (azure-core's timeout texts name no time)."""
@@ -190,7 +207,7 @@ class AksPool:
             return [m.name async for m in self._client.machines.list(self.resource_group, self.cluster, self.pool)
                     if m.name]
         except HttpResponseError as exc:
-            raise _pool_error(f"cannot list the machines of agent pool {self.pool}", exc) from exc
+            raise self._error(f"cannot list the machines of agent pool {self.pool}", exc) from exc
         except (ServiceRequestError, ServiceResponseError) as exc:
             raise PoolError(f"cannot list the machines of agent pool {self.pool}: {self._no_answer(exc)}") from exc
 
@@ -257,7 +274,7 @@ class AksPool:
                 if exc.status_code == 409:
                     return _conflict(exc)
                 if exc.status_code not in _NO_ANSWER_STATUS:
-                    raise _pool_error(f"cannot set {what} on agent pool {self.pool}", exc) from exc
+                    raise self._error(f"cannot set {what} on agent pool {self.pool}", exc) from exc
                 lost = f"{exc.status_code} {_code(exc) or ''}".strip()
             except (ServiceRequestError, ServiceResponseError) as exc:
                 lost = self._no_answer(exc)
@@ -290,7 +307,7 @@ class AksPool:
                 return PoolResult(PoolOutcome.PENDING, (
                     f"delete {', '.join(machines)}: answered {exc.status_code} {_code(exc) or ''}".rstrip()
                     + "; it may have been accepted"))
-            raise _pool_error(f"cannot delete machines {', '.join(machines)}", exc) from exc
+            raise self._error(f"cannot delete machines {', '.join(machines)}", exc) from exc
         except (ServiceRequestError, ServiceResponseError) as exc:
             # the connection failed with no answer: ARM may have accepted the deletion (azure-core
             # reports a reset after the request was sent as a request error too), so the caller
@@ -317,7 +334,7 @@ class AksPool:
                 return PoolResult(PoolOutcome.PENDING, (
                     f"{what}: accepted, but its status cannot be read ({exc.status_code} {_code(exc) or ''}; "
                     "grant Microsoft.ContainerService/locations/operations/read on the subscription)"))
-            raise _pool_error(f"{what}: the operation failed", exc) from exc
+            raise self._error(f"{what}: the operation failed", exc) from exc
         except (ServiceRequestError, ServiceResponseError) as exc:
             # ARM accepted the request; the network failed while its status was polled: the
             # operation goes on (a removal's nodes stay cordoned), the next run re-observes
@@ -333,7 +350,7 @@ class AksPool:
             res = await self._client.managed_clusters.list_cluster_user_credentials(
                 self.resource_group, self.cluster, format="exec", retry_on_methods=_RETRY_READS)
         except HttpResponseError as exc:
-            raise _pool_error(f"cannot read the user kubeconfig of cluster {self.cluster}", exc) from exc
+            raise self._error(f"cannot read the user kubeconfig of cluster {self.cluster}", exc) from exc
         for kc in res.kubeconfigs or []:
             if kc.value:
                 return bytes(kc.value)
