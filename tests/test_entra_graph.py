@@ -165,6 +165,47 @@ async def test_azure_identity_managed_identity_token_reaches_graph(
     await gc.close()
 
 
+async def test_a_token_graph_refuses_or_none_at_all_says_which_settings_to_fix(
+        fresh: GraphDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token for another cloud's Graph (directory.entra.graph_scope naming the global Graph while
+    graph_base_url names another: the double on loopback, whose managed-identity endpoint's token
+    for another audience Graph refuses, 401 "Invalid audience"), and no token at all: the read's
+    error names the scope asked for and the settings that make the token, and commits nothing."""
+    g = fresh.add_group()
+    fresh.add_members(g, people(fresh, 2))
+    fresh.audience = fresh.base_url[: -len("/v1.0")]
+    monkeypatch.setenv("IDENTITY_ENDPOINT", fresh.base_url.replace("/v1.0", "/msi/token"))
+    monkeypatch.setenv("IDENTITY_HEADER", MSI_SECRET)
+
+    async def read(**entra: Any) -> str:
+        ctx = Context(settings=Settings(
+            hub={"api_url": "http://127.0.0.1:9/hub/api", "token": "x"},
+            directory={"kind": "entra", "entra": {"graph_base_url": fresh.base_url, "retry_delay_seconds": 0,
+                                                  "credential": "managed_identity", **entra}},
+            sync={"users_groups": [g]}), store=SqliteStore(tmp_path / "state.sqlite3"))
+        d = build_entra_directory(ctx)
+        try:
+            with pytest.raises(DirectoryError) as err:
+                await d.read([g])
+            assert not await state_docs(ctx.store)
+        finally:
+            await d.close()
+            await ctx.store.close()
+        return str(err.value)
+
+    refused = await read(graph_scope="https://graph.microsoft.com/.default")
+    assert "401" in refused and "Invalid audience" in refused, refused
+    assert "https://graph.microsoft.com/.default" in refused, refused
+    assert all(name in refused for name in ("directory.entra.graph_scope", "directory.entra.graph_base_url",
+                                            "directory.entra.authority_host")), refused
+    assert fresh.token_requests[-1]["resource"] == "https://graph.microsoft.com"
+
+    monkeypatch.setenv("IDENTITY_HEADER", "not-the-secret")  # the identity endpoint answers 400
+    none = await read()
+    assert f"no access token for Graph, asked for the scope {fresh.audience}/.default" in none, none
+    assert "directory.entra.authority_host" in none, none
+
+
 # --- reads ------------------------------------------------------------------------------------------
 
 async def test_incremental_read_costs_one_delta_and_one_lookup_with_low_priority(

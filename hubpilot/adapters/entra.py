@@ -182,6 +182,7 @@ class GraphClient:
         self.timeout = timeout
         self.round_seconds = round_seconds
         self._credential = credential
+        self.scope = scope
         host = urlsplit(self.base_url).hostname or ""
         auth = AzureIdentityAuthenticationProvider(credential, scopes=[scope], allowed_hosts=[host])
         opts = dict(graph_options)
@@ -237,8 +238,14 @@ class GraphClient:
             if isinstance(exc, timeouts) or isinstance(exc.inner_exception or exc.__cause__, timeouts):
                 return (f"no access token for Graph: the token endpoint gave no answer within {self.timeout:g} s "
                         "a try (directory.entra.timeout_seconds)")
-            return f"no access token for Graph: {exc.message or exc}"
+            return f"no access token for Graph, asked for {self._token_made()}: {exc.message or exc}"
         return None
+
+    def _token_made(self) -> str:
+        """The scope of Graph's token and the settings that make it, for an error about the token."""
+        return (f"the scope {self.scope} (directory.entra.graph_scope; unset: '<graph_base_url's host>/.default') "
+                "from the authority directory.entra.authority_host (or the managed identity's own): both must be "
+                f"of the cloud of {self.base_url} (directory.entra.graph_base_url)")
 
     def _error(self, exc: Exception) -> tuple[int | None, str, str]:
         plain = self._unanswered(exc)
@@ -248,6 +255,8 @@ class GraphClient:
         err = getattr(exc, "error", None)
         code = str(getattr(err, "code", "") or "")
         message = str(getattr(err, "message", "") or exc)
+        if status == 401:
+            message += f"; Graph refused the token, asked for {self._token_made()}"
         return status, code, message
 
     def _check_answered(self, what: str, exc: Exception) -> None:

@@ -97,6 +97,9 @@ class GraphDouble:
     validations: list[str] = field(default_factory=list)
     vanish_on_patch: set[str] = field(default_factory=set)  # removed by Graph just before a renewal
     token_requests: list[dict[str, str]] = field(default_factory=list)
+    # set: the managed-identity endpoint's token is good only when asked for this audience
+    # (``resource``); one for another audience is refused, as Graph does ("Invalid audience")
+    audience: str | None = None
     fail_paths: dict[str, int] = field(default_factory=dict)  # path prefix → status, until cleared
     deleted_users: dict[str, dict[str, Any]] = field(default_factory=dict)  # soft-deleted (deleted items)
     # (method, path, status): the next such request is carried out, then answered with ``status``
@@ -183,7 +186,10 @@ class GraphDouble:
             if request.headers.get("x-identity-header") != MSI_SECRET:
                 return JSONResponse({"error": "invalid_request"}, status_code=400)
             expires = int((datetime.now(UTC) + timedelta(hours=1)).timestamp())
-            return JSONResponse({"access_token": TOKEN, "expires_on": str(expires), "token_type": "Bearer",
+            resource = request.query_params.get("resource", "")
+            good = self.audience is None or resource.rstrip("/") == self.audience.rstrip("/")
+            return JSONResponse({"access_token": TOKEN if good else f"aud={resource}",
+                                 "expires_on": str(expires), "token_type": "Bearer",
                                  "resource": request.query_params.get("resource", "")})
 
         return Starlette(routes=[Route("/v1.0/{rest:path}", dispatch, methods=["GET", "POST", "PATCH", "DELETE"]),
@@ -195,6 +201,8 @@ class GraphDouble:
                             status_code=status, headers=dict(headers or {}))
 
     async def _handle(self, request: Request, path: str) -> Response:
+        if request.headers.get("authorization", "").startswith("Bearer aud="):
+            return self._error(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.")
         if request.headers.get("authorization") != f"Bearer {TOKEN}":
             return self._error(401, "InvalidAuthenticationToken", "Access token is empty or invalid.")
         for prefix, status in self.fail_paths.items():
