@@ -169,3 +169,25 @@ def test_the_floor_is_not_lowered_for_a_node_that_is_not_yet_idle() -> None:
     quiet = dataclasses.replace(POLICY, schedule=Schedule(()))
     pool_changes = simulate([(10 * 60 + m, 3) for m in range(0, 120, 5)], quiet)
     assert [(c[1], c[2]) for c in pool_changes] == [(0, 1), (1, 0)], pool_changes
+
+
+def test_a_floor_held_up_by_nodes_not_yet_idle_names_them() -> None:
+    """docs/scale.md: under the autoscaler minCount "stays at least the busy nodes plus the empty ones
+    not yet idle that long (the plan's note says which)". Lowered part of the way (4 → 2, where 1 is
+    wanted), the plan must name the node that holds it at 2, as it does when it holds the floor
+    where it is: else the plan reads "want 1" beside a floor of 2 and nothing says why."""
+    now = DAY + timedelta(hours=20)  # Monday 21:00 in Berlin: no warm window
+    names = ["gpu-0", "gpu-1", "gpu-2", "gpu-3"]
+    nodes = tuple(NodeInfo(n, True, False, now - timedelta(hours=2), n) for n in names)
+    obs = Observed(PoolState("gpu", 4, 4, 5, True, "Running", "Succeeded", "Standard_NC4as_T4_v3", "e1"),
+                   ClusterView(nodes, (UserPod("alice", "gpu-0", "Running", False, now, "alice", ""),)),
+                   memory=Memory({"gpu-1": now - timedelta(minutes=2), "gpu-2": now - timedelta(hours=1),
+                                  "gpu-3": now - timedelta(hours=1)}),
+                   at=now)
+    policy = dataclasses.replace(POLICY, schedule=Schedule(()), max_step_down=3)
+    plan = plan_scale(obs, policy, now)
+    floor = [a for a in plan.actions if a.kind == "set_min_count"]
+    assert plan.facts["desired"] == 1
+    assert floor and floor[0].params["min_count"] == 2, plan.actions  # gpu-1 keeps it above 1
+    assert any("gpu-1" in n and "not yet idle" in n for n in plan.notes), plan.notes
+    assert not guard_scale(obs, plan, policy)

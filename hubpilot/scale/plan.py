@@ -688,6 +688,9 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
             new_min = max(desired, current_min - policy.max_step_down, len(occ.busy) + len(fresh))
             if new_min < current_min:
                 reason = f"lower the autoscaler's floor to {new_min}: " + ", ".join(why)
+                if new_min > max(desired, current_min - policy.max_step_down):
+                    notes.append(f"the autoscaler's floor goes no lower than {new_min}: empty but not yet idle "
+                                 f"for {_minutes(policy.idle)} min: {', '.join(fresh)}")
             else:
                 new_min = current_min
                 notes.append(f"the autoscaler's floor stays {current_min}: empty but not yet idle for "
