@@ -25,10 +25,11 @@ FEATURE_SCOPES: dict[str, list[str]] = {
         "delete:servers",  # DELETE /users/{name}/server(s/{server})
         "tokens",  # GET + DELETE /users/{name}/tokens
     ],
-    # list ready servers with their activity, stop servers, remove named servers
+    # list ready servers with their activity, stop servers, remove named servers (a server's
+    # last_activity comes with read:servers; the users' own, for cull.cull_users, with read:users,
+    # which judging users needs anyway for their created time: docs/hub-scopes.md)
     "cull": [
         "list:users",  # GET /users?state=active (its ready servers)
-        "read:users:activity",  # users' last_activity
         "read:servers",  # servers with started/last_activity/pending
         "delete:servers",  # stop (and remove) servers
     ],
@@ -39,9 +40,10 @@ FEATURE_SCOPES: dict[str, list[str]] = {
         "read:servers",  # servers' pending + user_options + last_activity
         "delete:servers",  # reclaim: DELETE /users/{name}/server(s/{server})
     ],
-    # user deletion, only when enabled in hubpilot's configuration
+    # user deletion, only when enabled in hubpilot's configuration (sync's role has it through
+    # admin:users; a cull-only role adds delete:users, not admin:users, which also creates users)
     "delete_users": [
-        "admin:users",  # DELETE /users/{name} needs delete:users, implied by admin:users
+        "delete:users",  # DELETE /users/{name}
     ],
 }
 
