@@ -683,6 +683,27 @@ async def test_unknown_or_deleted_configured_group_is_an_error_never_an_empty_gr
     await d.close()
 
 
+async def test_a_group_id_written_in_capitals_is_the_group_the_sync_asked_for(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """Graph's object ids are GUIDs, the same in any case (Azure PowerShell, .NET print them in
+    capitals): the snapshot answers each group under the name the sync asked for, which the sync
+    looks its members up by (else every run failed: 'directory snapshot has no entry for group')."""
+    from hubpilot.config.sync import SyncSettings
+    from hubpilot.sync.plan import desired_state
+
+    g = fresh.add_group()
+    fresh.add_members(g, people(fresh, 2))
+    given = g.upper()
+    d = EntraDirectory(client(fresh), store)
+    snapshot = await d.read([given])
+    assert set(snapshot.groups) == {given}
+    assert len(snapshot.groups[given]) == 2
+    want = desired_state(snapshot, SyncSettings(users_groups=[given], group_names={given: "analysts"}))
+    assert len(want.users) == 2
+    assert (await d.read([given])).groups[given] == snapshot.groups[given]  # from the stored state
+    await d.close()
+
+
 async def test_nested_groups_are_expanded_and_a_change_inside_reexpands_the_parent(
         fresh: GraphDouble, store: SqliteStore) -> None:
     top, sub, subsub = fresh.add_group(), fresh.add_group(), fresh.add_group()

@@ -214,9 +214,11 @@ class EntraDirectory:
                 + f": {shown}")
         stats.notes.extend(notes)
 
+        # each group under the name it was asked for: an object id is the same in any case (and
+        # the sync looks its members up by the name in sync.users_groups / admin_groups)
         snapshot = DirectorySnapshot(
-            source="entra", groups={g: expanded[g] for g in configured}, notes=tuple(stats.notes)
-        )
+            source="entra", groups={given: expanded[gid] for given, gid in zip(groups, configured, strict=True)},
+            notes=tuple(stats.notes))
         if in_dry_run():  # it records nothing: the next real run reads these changes again
             self.last = stats
             return snapshot
