@@ -179,3 +179,28 @@ async def test_a_signal_recorded_again_while_its_pods_run_settles_it_is_kept(
     assert kept is not None and kept["at"] == now().isoformat(), kept
     await cap.apply(plan, observed, lambda *a: None)  # the same observation again: still kept
     assert await racing.get(DEMAND_PREFIX + "bob~") == kept
+
+
+async def test_a_demand_whose_time_has_no_offset_is_utc_and_a_damaged_one_fails_no_run(
+        world: dict[str, Any], racing: Any) -> None:  # noqa: F811
+    """A demand document's ``at`` is read as every stored time (hubpilot.loop.stored_time): without
+    an offset it is UTC (a hook that wrote utcnow().isoformat()), so it is scaled for and expires
+    as any other; a damaged one is ignored (logged), and neither fails the scale runs."""
+    arm: ArmDouble = world["arm"]
+    arm.add_pool("gpu", count=0, autoscaling=True, min_count=0, max_count=4, machines=[])
+    clock = world["clock"]
+    now = lambda: clock["now"]  # noqa: E731
+    racing.spawns = Spawns("never")
+    cap = ScaleCapability(world["pool"], world["cluster"], racing, Policy(max_nodes=4), clock=now)
+    naive = now().replace(tzinfo=None).isoformat()
+    await racing.put(DEMAND_PREFIX + "alice~", {"user": "alice", "server": "", "profile": "gpu", "at": naive})
+    await racing.put(DEMAND_PREFIX + "bob~", {"user": "bob", "server": "", "profile": "gpu", "at": "yesterday"})
+
+    rec = await Runner(racing, clock=now).run(cap, trigger="demand", actor="hub")
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    assert arm.pools["gpu"]["minCount"] == 1, rec.render()
+
+    clock["now"] += cap.policy.demand_ttl + timedelta(minutes=5)  # alice's signal expired: deleted
+    rec = await Runner(racing, clock=now).run(cap, trigger="timer", actor="test")
+    assert rec.outcome is not Outcome.FAILED, rec.render()
+    assert sorted(await racing.list(DEMAND_PREFIX)) == [DEMAND_PREFIX + "bob~"]  # the damaged one is left

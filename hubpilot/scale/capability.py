@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hubpilot.config.scale import UNLISTED, parse_gpu_profile
-from hubpilot.loop import Action, ActionResult, Clock, ConflictPause, Plan, Progress, Status, run_actions
+from hubpilot.loop import Action, ActionResult, Clock, ConflictPause, Plan, Progress, Status, run_actions, stored_time
 from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.hub import Hub, HubError, HubUser, StopResult
 from hubpilot.ports.pool import Pool, PoolOutcome, PoolResult
@@ -112,10 +112,15 @@ class ScaleCapability:
     async def _demand_docs(self) -> list[Demand]:
         out = []
         for key, doc in (await self.store.list(DEMAND_PREFIX)).items():
-            try:
-                out.append(Demand(key[len(DEMAND_PREFIX):], datetime.fromisoformat(doc["at"]), "hook"))
-            except (KeyError, ValueError, TypeError):
-                log.warning("ignoring malformed demand document %s", key)
+            try:  # naive means UTC, as in every document
+                at = stored_time(doc.get("at"), f"{key} at")
+                if at is None:
+                    raise ValueError(f"{key} at is missing")
+            except ValueError as exc:
+                log.warning("ignoring malformed demand document %s (%s); the hub's pre-spawn hook writes it "
+                            "anew, or delete it", key, exc)
+                continue
+            out.append(Demand(key[len(DEMAND_PREFIX):], at, "hook"))
         return out
 
     def _hub_pending(self, users: Sequence[HubUser], at: datetime) -> list[Demand]:
@@ -381,10 +386,11 @@ class ScaleCapability:
                 continue
             doc, etag = got
             try:
-                if now - datetime.fromisoformat(doc["at"]) <= limit:
-                    continue  # recorded again since it was listed
-            except (KeyError, ValueError, TypeError):
+                again = stored_time(doc.get("at"), f"{DEMAND_PREFIX}{d.key} at")
+            except ValueError:
                 continue  # written again since, unreadable: left, as the listing leaves such a one
+            if again is None or now - again <= limit:
+                continue  # recorded again since it was listed (or unreadable: left, as above)
             try:
                 await self.store.delete(DEMAND_PREFIX + d.key, if_match=etag)
             except ConflictError:
