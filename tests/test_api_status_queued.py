@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -90,3 +90,26 @@ async def test_cli_status_shows_the_same_reservation_as_the_api(ctx: Context, tm
     assert cli["sync"]["lock"] == api, "the CLI's status differs from the API's"
     assert cli["cull"]["lock"] is None
     assert f"locked by {api['holder']}" in await status()
+
+
+@pytest.mark.azurite
+async def test_a_reservation_whose_until_has_no_offset_is_utc(ctx: Context) -> None:
+    """A reservation's ``until`` is read as every stored time: without an offset it is UTC. One
+    still held refuses a second POST (409 naming its holder) and shows in status; an expired one
+    is replaced by the next POST (202). A naive ``until`` made every POST of the operation and the
+    status fail (naive compared with aware)."""
+    now = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    ctx.clock = lambda: now
+    held = (now + timedelta(minutes=5)).replace(tzinfo=None).isoformat()
+    await ctx.store.put("pending/sync", {"run_id": "r1", "holder": "admin:r1", "until": held})
+    gone = (now - timedelta(minutes=5)).replace(tzinfo=None).isoformat()
+    await ctx.store.put("pending/cull", {"run_id": "r2", "holder": "admin:r2", "until": gone})
+    async with asgi_client(ctx) as c:
+        r = await c.post("/api/v1/sync", headers=ADMIN)
+        assert r.status_code == 409 and r.json()["holder"] == "admin:r1", r.text
+        status = await c.get("/api/v1/status", headers=ADMIN)
+        assert status.status_code == 200, status.text
+        assert _op(status.json(), "sync")["lock"]["holder"] == "admin:r1"
+        assert _op(status.json(), "cull")["lock"] is None
+        r = await c.post("/api/v1/cull", headers=ADMIN)
+        assert r.status_code == 202 and r.json()["outcome"] == "queued", r.text

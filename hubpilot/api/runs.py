@@ -107,9 +107,11 @@ async def reservation(ctx: Context, operation: str, now: datetime) -> Lease | No
 def _pending_lease(operation: str, doc: Mapping[str, Any], now: datetime) -> Lease | None:
     """The reservation document ``doc`` as the lease it holds, None when it has expired or is
     damaged (no time in ``until``: overwritten by the next reservation)."""
-    try:
-        until = datetime.fromisoformat(str(doc.get("until")))
+    try:  # naive means UTC, as in every document
+        until = stored_time(doc.get("until"), f"{PENDING_KEY.format(operation=operation)} until")
     except ValueError:
+        return None
+    if until is None:
         return None
     return Lease(operation, str(doc.get("holder", "")), until) if until > now else None
 
