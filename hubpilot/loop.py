@@ -827,7 +827,9 @@ class Runner(Generic[ObservedT]):
                 last = stored_time(mark.get("at"), PRUNE_KEY) if mark else None
             except ValueError:  # a damaged mark is no mark: this instance prunes and writes it anew
                 last = None
-            if last is not None and now - last < PRUNE_EVERY:
+            # more than a day ahead of this clock: written by a clock that was wrong then (before
+            # NTP fixed it), no mark, or pruning would stop until the wall clock caught up with it
+            if last is not None and abs(now - last) < PRUNE_EVERY:
                 self._pruned_at = last  # another instance did it
                 return
             await self.store.put(PRUNE_KEY, {"at": now.isoformat()})
@@ -872,7 +874,9 @@ class AuditThrottle:
                 last = stored_time(current[0].get("at"), self.key)
             except ValueError:  # a damaged claim is no claim
                 last = None
-            if last is not None and now - last < self.interval:
+            # more than an interval ahead of this clock: claimed by a clock that was wrong then (a
+            # host before NTP fixed it), no claim, or every entry would wait for the clock to catch up
+            if last is not None and abs(now - last) < self.interval:
                 return False
         try:
             await self.store.put(self.key, {"at": now.isoformat()}, if_match=current[1] if current else "")

@@ -287,3 +287,24 @@ async def test_a_damaged_prune_mark_never_fails_the_run(store: SqliteStore) -> N
         Shelf({"b"}), trigger="timer", actor="t")
     assert record.outcome is Outcome.APPLIED
     assert await store.get("maintenance/runs-pruned") == {"at": now.isoformat()}
+
+
+async def test_a_prune_mark_from_a_clock_that_was_once_far_ahead_does_not_stop_pruning(store: SqliteStore) -> None:
+    """A mark written by a clock a month ahead (a host before NTP fixed it) said the day's prune
+    was done until the wall clock caught up with it, a month without pruning; a mark more than a
+    day ahead of this clock is no mark: the run prunes and writes it anew. One a little ahead (a
+    second host's clock) still counts as the day's prune."""
+    now = datetime.now(UTC)  # the store dates documents by its own clock: the runner's agrees with it
+    month = timedelta(days=30)
+    first = await Runner(store, clock=lambda: now, run_retention=month).run(Shelf({"a"}), trigger="timer", actor="t")
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE docs SET written_us = written_us - ? WHERE key = ?",
+                     (31 * 86400 * 10**6, f"runs/{first.run_id}"))
+    await store.put("maintenance/runs-pruned", {"at": (now + timedelta(minutes=5)).isoformat()})
+    await Runner(store, clock=lambda: now, run_retention=month).run(Shelf({"b"}), trigger="timer", actor="t")
+    assert await store.get(f"runs/{first.run_id}") is not None  # a little ahead: the day's prune is done
+    await store.put("maintenance/runs-pruned", {"at": (now + month).isoformat()})
+    second = await Runner(store, clock=lambda: now, run_retention=month).run(Shelf({"c"}), trigger="timer", actor="t")
+    assert await store.get(f"runs/{first.run_id}") is None, "a mark a month ahead stopped pruning"
+    assert await store.get(f"runs/{second.run_id}") is not None
+    assert await store.get("maintenance/runs-pruned") == {"at": now.isoformat()}

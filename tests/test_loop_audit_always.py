@@ -139,3 +139,28 @@ async def test_a_run_cancelled_while_its_audit_entry_is_written_keeps_its_entry(
         assert await store.read_lock("shelf", r.clock()) is None  # the lock is released as ever
     finally:
         await store.close()
+
+
+async def test_a_throttle_claim_from_a_clock_that_was_once_far_ahead_does_not_silence_the_entries(
+        tmp_path: Path) -> None:
+    """A claim written by a clock a day ahead (a host before NTP fixed it) held every process's
+    entries until the wall clock caught up with it: refused posts went unaudited for a day. A
+    claim more than an interval ahead of this clock is no claim; one within it still is."""
+    from datetime import UTC, datetime, timedelta
+
+    from hubpilot.loop import AuditThrottle
+
+    store = SqliteStore(str(tmp_path / "state.sqlite3"))
+    t0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    entry = {"at": t0.isoformat(), "operation": "graph-notifications", "outcome": "refused"}
+    try:
+        await store.put("audit-throttle/graph-notifications", {"at": (t0 + timedelta(seconds=30)).isoformat()})
+        assert not await AuditThrottle(store, "graph-notifications", timedelta(minutes=1)).record(entry, t0)
+        await store.put("audit-throttle/graph-notifications", {"at": (t0 + timedelta(days=1)).isoformat()})
+        throttle = AuditThrottle(store, "graph-notifications", timedelta(minutes=1))
+        assert await throttle.record(entry, t0), "a claim a day ahead silenced the audit entries"
+        entries, _ = await store.read_audit(operation="graph-notifications")
+        assert [e["refused_posts"] for e in entries] == [1]
+        assert await store.get("audit-throttle/graph-notifications") == {"at": t0.isoformat()}
+    finally:
+        await store.close()
