@@ -456,3 +456,23 @@ async def test_a_subscription_the_timer_finds_gone_is_recreated_and_followed_by_
     sync = t.worker.records[-1]
     assert sync.operation == "sync" and sync.outcome is Outcome.APPLIED and sync.started >= record.finished
     assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben")]
+
+
+async def test_a_queued_hint_whose_received_has_no_offset_is_utc(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    """A hint's ``received`` is read as every stored time: without an offset it is UTC (a message
+    another tool or an operator left on the queue). It made the queue function fail with a TypeError
+    (naive compared with aware) on every delivery, then the poison queue; it is now covered by a
+    sync that started after it, and one received after the last sync runs a sync."""
+    t = Tenant(graph, real_hub, webhook)
+    ana = t.person("ana")
+    synced = await t.sync()
+    naive = lambda d: json.dumps({"kind": "sync", "received": d.replace(tzinfo=None).isoformat()})  # noqa: E731
+    functions.set_context(t.ctx)
+    try:
+        assert await handle_hint_message(naive(synced.started - timedelta(seconds=1))) == "covered"
+        graph.add_member(t.users_group, ana)
+        assert await handle_hint_message(naive(synced.started + timedelta(seconds=1))) == "applied"
+    finally:
+        functions.set_context(None)
+    assert (await t.hub_state())["users"] == [t.name("ana")]

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from hubpilot.loop import stored_time
+
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
 
 
@@ -152,11 +154,11 @@ def covered_by(hint: Hint, last_sync_outcome: str | None, last_sync_started: dat
         return False
     if last_sync_outcome not in ("applied", "refused", "paused"):
         return False
-    try:
-        received = datetime.fromisoformat(hint.received)
+    try:  # naive means UTC, as in every document hubpilot reads
+        received = stored_time(hint.received, "the hint's received")
     except ValueError:
         return False
-    return last_sync_started >= received
+    return received is not None and last_sync_started >= received
 
 
 def hints_for(verdict: Verdict, now: datetime) -> list[Hint]:
