@@ -204,3 +204,23 @@ async def test_a_demand_whose_time_has_no_offset_is_utc_and_a_damaged_one_fails_
     rec = await Runner(racing, clock=now).run(cap, trigger="timer", actor="test")
     assert rec.outcome is not Outcome.FAILED, rec.render()
     assert sorted(await racing.list(DEMAND_PREFIX)) == [DEMAND_PREFIX + "bob~"]  # the damaged one is left
+
+
+async def test_a_signal_without_an_offset_whose_pod_a_run_saw_is_settled(world: dict[str, Any]) -> None:  # noqa: F811
+    """The signal's time is read as UTC where it is settled too, as where it was observed: one
+    written without an offset whose pod a run saw is deleted like any other, not kept to count as a
+    GPU server waiting once that server stops."""
+    arm: ArmDouble = world["arm"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    world["kube"].node("gpu-0")
+    world["kube"].pod("bob", "gpu-0")
+    clock = world["clock"]
+    now = lambda: clock["now"]  # noqa: E731
+    store = world["store"]
+    cap = ScaleCapability(world["pool"], world["cluster"], store, Policy(max_nodes=4), clock=now)
+    await store.put(DEMAND_PREFIX + "bob~", {"user": "bob", "server": "", "profile": "gpu",
+                                             "at": now().replace(tzinfo=None).isoformat()})
+    clock["now"] += timedelta(minutes=1)
+    rec = await Runner(store, clock=now).run(cap, trigger="timer", actor="test")
+    assert rec.outcome is not Outcome.FAILED, rec.render()
+    assert await store.list(DEMAND_PREFIX) == {}

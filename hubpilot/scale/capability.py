@@ -413,10 +413,10 @@ class ScaleCapability:
                 if got is None:
                     continue
                 doc, etag = got
-                try:
-                    if datetime.fromisoformat(doc["at"]) != d.at:
+                try:  # naive means UTC, as where the signal was read
+                    if stored_time(doc.get("at"), f"{DEMAND_PREFIX}{d.key} at") != d.at:
                         continue  # recorded again since it was observed
-                except (KeyError, ValueError, TypeError):
+                except ValueError:
                     continue
                 await self.store.delete(DEMAND_PREFIX + d.key, if_match=etag)
             except ConflictError:
