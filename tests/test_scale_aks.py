@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -13,6 +15,7 @@ from hubpilot.config.scale import ScaleSettings
 from hubpilot.ports.pool import PoolError, PoolOutcome
 from hubpilot.wiring.scale import build_pool
 from tests.doubles.arm import MSI_SECRET, ArmDouble, StaticToken
+from tests.faultproxy import FaultProxy
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "aks"
 
@@ -366,3 +369,34 @@ async def test_a_token_arm_refuses_or_none_at_all_says_which_settings_to_fix(
     text = str(no_token.value)
     assert not arm.calls and "None" not in text.split(":")[1], text
     assert f"no token for {arm.base_url}/.default" in text and "scale.authority" in text, text
+
+
+async def test_a_token_endpoint_that_never_answers_fails_the_read_within_the_arm_timeout(
+        arm: ArmDouble, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The managed-identity endpoint (App Service's IDENTITY_ENDPOINT, the double's, behind a proxy)
+    accepts the token request and never answers: each try of it has scale.arm_timeout_seconds
+    (azure-core's default is 300 s a try, which held a scale run and its lock for minutes); the
+    read fails saying so, and no request reached ARM. Once the endpoint answers, the next read
+    goes through."""
+    _managed_identity_of(arm, monkeypatch)
+    arm.add_pool("gpu", count=2)
+    where = urlsplit(arm.base_url)
+    proxy = FaultProxy(where.hostname or "127.0.0.1", where.port or 80)
+    await proxy.start()
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"http://127.0.0.1:{proxy.port}/msi/token")
+    proxy.rule(lambda method, path: path.startswith("/msi/token"), "hang")
+    pool = build_pool(_scale_settings(arm, arm_timeout_seconds=1))
+    try:
+        # a bound for the test only, far above the tries' timeouts; without them it waits 300 s a try
+        with pytest.raises(PoolError) as err:
+            await asyncio.wait_for(pool.get(), 90)
+        text = str(err.value)
+        assert "the token endpoint gave no answer within 1 s a try (scale.arm_timeout_seconds)" in text, text
+        assert proxy.seen and all(s.path.startswith("/msi/token") for s in proxy.seen)
+        assert not arm.calls
+
+        proxy.reset()  # the endpoint answers again
+        assert (await pool.get()).count == 2
+    finally:
+        await pool.close()
+        await proxy.stop()

@@ -168,6 +168,9 @@ class AksPool:
         made = ("(scale.arm_audience; unset: '<scale.arm_endpoint>/.default') from the credential's authority "
                 f"(scale.authority): both must be of the cloud of {self._base_url} (scale.arm_endpoint)")
         if isinstance(exc, ClientAuthenticationError) and exc.status_code is None:
+            if _token_timed_out(exc):
+                return PoolError(f"{prefix}: no token for {scope}: the token endpoint gave no answer within "
+                                 f"{self.timeout:g} s a try (scale.arm_timeout_seconds): {exc.message}")
             return PoolError(f"{prefix}: no token for {scope} {made}: {exc.message}")
         error = _pool_error(prefix, exc)
         if exc.status_code == 401:
@@ -406,6 +409,18 @@ def _code(exc: HttpResponseError) -> str | None:
 
 def _conflict(exc: HttpResponseError) -> PoolResult:
     return PoolResult(PoolOutcome.CONFLICT, f"another operation on the pool is in progress (409): {exc.message}")
+
+
+def _token_timed_out(exc: ClientAuthenticationError) -> bool:
+    """The credential got no token because its token endpoint gave no answer in time. A credential
+    chain (DefaultAzureCredential) keeps only its credentials' texts, azure-core's timeout errors'
+    among them, not the errors themselves."""
+    timeouts = (ServiceRequestTimeoutError, ServiceResponseTimeoutError)
+    if isinstance(exc.inner_exception or exc.__cause__, timeouts):
+        return True
+    text = str(exc.message or "")
+    # aiohttp's texts (azure-core's async transport), the only ones a chain passes on
+    return any(said in text for said in ("Timeout on reading data from socket", "Connection timeout to host"))
 
 
 def _pool_error(prefix: str, exc: HttpResponseError) -> PoolError:

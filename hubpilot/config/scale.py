@@ -219,7 +219,8 @@ class ScaleSettings(Section):
     arm_timeout_seconds: float = Field(
         60.0, gt=0, le=600,
         description="Timeout of one try of an ARM request (connect, and each read of its answer; "
-        "azure-core's own default is 300 s). A read is tried again (retry_total); a deleteMachines "
+        "azure-core's own default is 300 s), and of each try of the credential's token request (for ARM "
+        "and, with kube_auth=entra, the Kubernetes API). A read is tried again (retry_total); a deleteMachines "
         "without an answer is reported pending, its nodes kept cordoned.",
     )
     retry_total: int = Field(3, ge=0, le=10, description="azure-core retries (429 honours Retry-After).")

@@ -60,7 +60,10 @@ def build_pool(s: ScaleSettings) -> Pool:
 
     if not (s.subscription_id and s.resource_group and s.cluster):
         raise NotConfigured("scale needs scale.subscription_id, scale.resource_group and scale.cluster")
-    credential = DefaultAzureCredential(authority=s.authority)
+    # each try of a token request has the ARM timeout (azure-core's default is 300 s a try: a token
+    # endpoint that accepts and never answers held the run, and the scale lock, for minutes)
+    credential = DefaultAzureCredential(authority=s.authority, connection_timeout=s.arm_timeout_seconds,
+                                        read_timeout=s.arm_timeout_seconds)
     return AksPool(
         credential,
         subscription_id=s.subscription_id,
