@@ -8,5 +8,6 @@ pytest_plugins = [
     "tests.fixtures.kmock",
     "tests.fixtures.arm",
     "tests.fixtures.graph",
+    "tests.fixtures.login",
     "tests.fixtures.syncworld",
 ]

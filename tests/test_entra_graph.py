@@ -31,6 +31,7 @@ from hubpilot.wiring.entra import (
     use_credential,
 )
 from tests.doubles.graph import MSI_SECRET, TOKEN, GraphDouble
+from tests.doubles.login import TENANT, LoginDouble
 from tests.fixtures.webhook import Webhook
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "msgraph"
@@ -204,6 +205,38 @@ async def test_a_token_graph_refuses_or_none_at_all_says_which_settings_to_fix(
     none = await read()
     assert f"no access token for Graph, asked for the scope {fresh.audience}/.default" in none, none
     assert "directory.entra.authority_host" in none, none
+
+
+async def test_a_service_principal_of_another_cloud_gets_its_graph_token_from_azure_authority_host(
+        fresh: GraphDouble, login: LoginDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """credential = default with a service principal from the environment in another cloud, which
+    says so the Azure SDKs' way, AZURE_AUTHORITY_HOST (the double, its Entra), and
+    directory.entra.authority_host unset: Graph's token comes from that authority, as the state
+    store's does, not from the global one (which does not know the tenant). Set, authority_host
+    still names the authority."""
+    g = fresh.add_group()
+    fresh.add_members(g, people(fresh, 2))
+    for var in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "AZURE_FEDERATED_TOKEN_FILE",
+                "AZURE_TOKEN_CREDENTIALS"):
+        monkeypatch.delenv(var, raising=False)
+    login.service_principal(monkeypatch)
+    monkeypatch.setenv("AZURE_AUTHORITY_HOST", login.url)
+    scope = fresh.base_url[: -len("/v1.0")] + "/.default"
+    login.tokens[scope] = TOKEN  # the one the Graph double takes
+    for entra in ({}, {"authority_host": login.url}):
+        ctx = Context(settings=Settings(
+            hub={"api_url": "http://127.0.0.1:9/hub/api", "token": "x"},
+            directory={"kind": "entra", "entra": {"graph_base_url": fresh.base_url, "retry_delay_seconds": 0,
+                                                  "timeout_seconds": 5, **entra}},
+            sync={"users_groups": [g]}), store=SqliteStore(tmp_path / f"state{len(entra)}.sqlite3"))
+        d = build_entra_directory(ctx)
+        try:
+            snap = await d.read([g])
+        finally:
+            await d.close()
+            await ctx.store.close()
+        assert {m.id for m in snap.groups[g]} == fresh.groups[g]["users"]
+    assert [(r["path"], r["scope"]) for r in login.requests] == [(f"/{TENANT}/oauth2/v2.0/token", scope)] * 2
 
 
 # --- reads ------------------------------------------------------------------------------------------

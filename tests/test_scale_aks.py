@@ -15,6 +15,7 @@ from hubpilot.config.scale import ScaleSettings
 from hubpilot.ports.pool import PoolError, PoolOutcome
 from hubpilot.wiring.scale import build_pool
 from tests.doubles.arm import MSI_SECRET, ArmDouble, StaticToken
+from tests.doubles.login import TENANT, LoginDouble
 from tests.faultproxy import FaultProxy
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "aks"
@@ -400,3 +401,27 @@ async def test_a_token_endpoint_that_never_answers_fails_the_read_within_the_arm
     finally:
         await pool.close()
         await proxy.stop()
+
+
+async def test_a_service_principal_of_another_cloud_gets_its_token_from_azure_authority_host(
+        arm: ArmDouble, login: LoginDouble, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service principal from the environment (AZURE_TENANT_ID, AZURE_CLIENT_ID,
+    AZURE_CLIENT_SECRET) in another cloud, which says so the Azure SDKs' way, AZURE_AUTHORITY_HOST
+    (the double, its Entra), with scale.authority unset: its ARM token comes from that authority,
+    as the state store's does, not from the global one (which does not know the tenant). Set,
+    scale.authority still names the authority."""
+    _managed_identity_of(arm, monkeypatch)
+    monkeypatch.delenv("IDENTITY_ENDPOINT")
+    login.service_principal(monkeypatch)
+    monkeypatch.setenv("AZURE_AUTHORITY_HOST", login.url)
+    arm.audience = arm.base_url
+    arm.add_pool("gpu", count=2)
+    for settings in (_scale_settings(arm, arm_timeout_seconds=5),
+                     _scale_settings(arm, arm_timeout_seconds=5, authority=login.url)):
+        pool = build_pool(settings)
+        try:
+            assert (await pool.get()).count == 2
+        finally:
+            await pool.close()
+    assert [(r["path"], r["scope"]) for r in login.requests] == \
+        [(f"/{TENANT}/oauth2/v2.0/token", f"{arm.base_url}/.default")] * 2

@@ -53,9 +53,12 @@ class EntraSettings(Section):
         description="azure-identity credential: managed_identity in Azure, default "
         "(DefaultAzureCredential: environment, workload identity, Azure CLI) elsewhere.",
     )
-    authority_host: str = Field(
-        "https://login.microsoftonline.com",
-        description="Entra authority host (sovereign clouds: login.microsoftonline.us, login.chinacloudapi.cn).",
+    authority_host: str | None = Field(
+        None,
+        description="Entra authority host of credential = default (sovereign clouds: "
+        "https://login.microsoftonline.us, https://login.chinacloudapi.cn); unset: AZURE_AUTHORITY_HOST, else "
+        "https://login.microsoftonline.com. Used by a service principal from the environment; the managed "
+        "identity has none, and the workload identity reads AZURE_AUTHORITY_HOST alone (AKS's webhook sets it).",
     )
     graph_base_url: str = Field(
         "https://graph.microsoft.com/v1.0", description="Graph endpoint (sovereign clouds use other hosts)."
@@ -171,8 +174,8 @@ class EntraSettings(Section):
 
     @field_validator("authority_host")
     @classmethod
-    def _authority(cls, v: str) -> str:
-        return _http_url(v, "directory.entra.authority_host")
+    def _authority(cls, v: str | None) -> str | None:
+        return v if v is None else _http_url(v, "directory.entra.authority_host")
 
     @field_validator("tenant_id")
     @classmethod

@@ -113,8 +113,13 @@ class ScaleSettings(Section):
         description="Token scope for ARM; default: '<arm_endpoint>/.default' (e.g. "
         "https://management.usgovcloudapi.net/.default with arm_endpoint https://management.usgovcloudapi.net).",
     )
-    authority: str = Field(
-        "https://login.microsoftonline.com", description="Entra authority host of the credential."
+    authority: str | None = Field(
+        None,
+        description="Entra authority host of the credential (DefaultAzureCredential), e.g. "
+        "https://login.microsoftonline.us; unset: AZURE_AUTHORITY_HOST, else https://login.microsoftonline.com. "
+        "Used by a service principal from the environment (AZURE_CLIENT_SECRET / _CERTIFICATE_PATH); the "
+        "managed identity has none, and the workload identity reads AZURE_AUTHORITY_HOST alone (AKS's "
+        "webhook sets it).",
     )
     subscription_id: str = Field("", description="Subscription of the AKS cluster.")
     resource_group: str = Field("", description="Resource group of the AKS cluster.")
