@@ -431,3 +431,27 @@ def test_every_flat_variable_the_project_names_is_known() -> None:
     assert {"HUBPILOT_DEMAND_TOKEN", "HUBPILOT_ACTIVITY_CHECK_SECONDS", "HUBPILOT_HUB_VENV"} <= seen
     settings_names = {"HUBPILOT_" + name.upper() for name in Settings.model_fields}
     assert sorted(seen - settings_names - set(OTHER_ENV)) == []
+
+
+@pytest.mark.parametrize("setting", ["HUBPILOT_SCALE__AUTHORITY", "HUBPILOT_DIRECTORY__ENTRA__AUTHORITY_HOST"])
+def test_an_authority_is_checked_at_load_as_azure_identity_takes_it(monkeypatch: pytest.MonkeyPatch,
+                                                                     setting: str) -> None:
+    """An Entra authority is what azure-identity takes: an https URL, or a bare host it reads as
+    https. A plain-http one (which azure-identity refuses only when the first token is asked for,
+    naming no setting) is refused at load, naming the setting; a bare host is taken as https."""
+    if "ENTRA" in setting:
+        monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "entra")
+    dotted = "scale.authority" if "SCALE" in setting else "directory.entra.authority_host"
+
+    def read() -> str | None:
+        s = load_settings()
+        return s.scale.authority if "SCALE" in setting else s.directory.entra.authority_host  # type: ignore[union-attr]
+
+    monkeypatch.setenv(setting, "http://login.microsoftonline.us")
+    with pytest.raises(SettingsError) as err:
+        read()
+    assert f"{dotted}: Value error, {dotted} must be the https URL of an Entra authority host" in str(err.value)
+    monkeypatch.setenv(setting, "login.microsoftonline.us")
+    assert read() == "https://login.microsoftonline.us"
+    monkeypatch.setenv(setting, "https://login.chinacloudapi.cn/")
+    assert read() == "https://login.chinacloudapi.cn"

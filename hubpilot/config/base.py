@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr
 
@@ -57,3 +58,17 @@ def check_account_key(value: SecretStr | None) -> SecretStr | None:
         raise ValueError("its AccountKey is empty: copy the storage account's key (or its whole connection "
                          "string) again (the value is not shown)")
     return value
+
+
+def authority_url(value: str | None, what: str) -> str | None:
+    """An Entra authority host as azure-identity takes it: ``https://host``, or a bare host (read
+    as https, as azure-identity does); refused at load, naming the setting, where azure-identity
+    would refuse it only when the first token is asked for."""
+    if value is None:
+        return None
+    text = value.strip().rstrip("/")
+    parts = urlsplit(text if "://" in text else "https://" + text)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(f"{what} must be the https URL of an Entra authority host, e.g. "
+                         f"https://login.microsoftonline.us (azure-identity takes no other; got {value!r})")
+    return f"https://{text}" if "://" not in text else text

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from hubpilot.config.base import NCronTab, Section, check_account_key
+from hubpilot.config.base import NCronTab, Section, authority_url, check_account_key
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -175,7 +175,7 @@ class EntraSettings(Section):
     @field_validator("authority_host")
     @classmethod
     def _authority(cls, v: str | None) -> str | None:
-        return v if v is None else _http_url(v, "directory.entra.authority_host")
+        return authority_url(v, "directory.entra.authority_host")
 
     @field_validator("tenant_id")
     @classmethod

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from hubpilot.config.base import FROM_FILE_FOLDER, NCronTab, PathSetting, Section
+from hubpilot.config.base import FROM_FILE_FOLDER, NCronTab, PathSetting, Section, authority_url
 from hubpilot.ports.cluster import parse_selector
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -252,6 +252,11 @@ class ScaleSettings(Section):
     def _pod_selector(cls, v: str) -> str:
         parse_selector(v)
         return v
+
+    @field_validator("authority")
+    @classmethod
+    def _authority(cls, v: str | None) -> str | None:
+        return authority_url(v, "scale.authority")
 
     @field_validator("arm_endpoint")
     @classmethod
