@@ -20,6 +20,7 @@ import yaml
 from hubpilot.adapters.ldap import LdapDirectory, normalize_dn
 from hubpilot.cull import CullCapability
 from hubpilot.loop import Action, LockHeld, Outcome, Plan, Status, no_progress
+from hubpilot.ports.hub import HubError
 from hubpilot.settings import load_settings
 from hubpilot.sync import MANAGED_KEY, SyncObserved
 from hubpilot.wiring import Context
@@ -203,6 +204,79 @@ async def test_a_renamed_person_keeps_their_hub_user_groups_and_tokens(world: Wo
     assert after is not None and bob not in after["users"]
     assert after["users"][robert]["since"] == managed["users"][bob]["since"]
     assert (await world.run()).plan.empty  # type: ignore[union-attr]
+
+
+async def test_a_renamed_person_holding_the_admin_flag_is_held_until_a_hub_admin_clears_it(
+        world: World, real_hub: RealHub) -> None:
+    """Role mode: hubpilot is no hub admin, and the hub refuses it any PATCH of a user holding the
+    admin flag (403 "Only admins can modify other admins"), a rename too. The person did not leave:
+    their hub user is kept as it is (groups, tokens), no empty user is made under the new name, and
+    the plan says what to do; once a hub admin clears the flag, the next run renames."""
+    world.set("analysts", "alice", "bob")
+    world.set("gpu", "bob")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    bob, robert = world.user("bob"), world.user("robert")
+    async with real_hub.admin() as admin:  # an admin flag set by hand (or by flag mode before)
+        assert (await admin.patch(f"/users/{bob}", json={"admin": True})).status_code == 200
+        r = await admin.post(f"/users/{bob}/tokens", json={"note": "bob's token"})
+        assert r.status_code == 201, r.text
+        token_id = r.json()["id"]
+    # the hub refuses hubpilot's rename of this user: what the plan must not attempt
+    with pytest.raises(HubError, match="Only admins can modify other admins"):
+        await world.client.rename_user(bob, robert)
+
+    world.people["bob"]["username"] = robert  # same directory entry, another name
+    world.write()
+    held = await world.run()
+    assert held.plan is not None and held.plan.empty, held.render()
+    assert held.outcome is Outcome.APPLIED, held.render()
+    (note,) = [n for n in held.plan.notes if robert in n]
+    assert "admin flag" in note and f"clears {bob}'s admin flag" in note, note
+    state = await world.hub_state()
+    assert robert not in state["users"]
+    assert state["users"][bob]["groups"] == sorted([f"{world.prefix}analysts", f"{world.prefix}gpu"])
+    async with real_hub.admin() as admin:
+        tokens = (await admin.get(f"/users/{bob}/tokens")).json()["api_tokens"]
+    assert token_id in {t["id"] for t in tokens}
+    managed = await world.store.get(MANAGED_KEY)
+    assert managed is not None and managed["users"][bob]["deprovisioned_at"] is None
+    assert robert not in managed["users"]
+    assert (await world.run()).plan.empty  # type: ignore[union-attr]  # the same every run: no failure
+
+    async with real_hub.admin() as admin:  # the fix the note names
+        assert (await admin.patch(f"/users/{bob}", json={"admin": False})).status_code == 200
+    renamed = await world.run()
+    assert renamed.plan is not None and renamed.plan.counts() == {"rename_user": 1}, renamed.render()
+    assert renamed.outcome is Outcome.APPLIED, renamed.render()
+    state = await world.hub_state()
+    assert bob not in state["users"]
+    assert state["users"][robert]["groups"] == sorted([f"{world.prefix}analysts", f"{world.prefix}gpu"])
+
+
+async def test_a_leaver_holding_the_admin_flag_is_deprovisioned_and_deleted_in_role_mode(
+        world: World, real_hub: RealHub) -> None:
+    """docs/hub-scopes.md: only a PATCH is refused on a user holding the admin flag; the group
+    changes, the stop, the token revocation and the deletion a leaver gets are not."""
+    world.set("analysts", "alice", "bob")
+    world.set("admins", "alice", "bob")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    bob = world.user("bob")
+    await real_hub.spawn(bob)
+    async with real_hub.admin() as admin:
+        assert (await admin.patch(f"/users/{bob}", json={"admin": True})).status_code == 200
+        assert (await admin.post(f"/users/{bob}/tokens", json={"note": "bob's token"})).status_code == 201
+    world.set("analysts", "alice")
+    world.set("admins", "alice")
+    record = await world.run()
+    assert record.outcome is Outcome.APPLIED, record.render()
+    assert record.plan is not None and record.plan.counts() == {
+        "remove_from_group": 2, "stop_servers": 1, "revoke_tokens": 1, "deprovision": 1}, record.render()
+    assert all(r.status in (Status.DONE, Status.PENDING) for r in record.results), record.render()
+    world.policy = world.policy.model_copy(update={"delete_users": True, "delete_grace_hours": 0})
+    deleted = await world.run()
+    assert deleted.outcome is Outcome.APPLIED and deleted.plan is not None, deleted.render()
+    assert deleted.plan.counts() == {"delete_user": 1}, deleted.render()
+    assert bob not in (await world.hub_state())["users"]
 
 
 async def full_observation(world: World) -> SyncObserved:

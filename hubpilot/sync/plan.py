@@ -185,6 +185,9 @@ class Renames:
     # of ``now``: renamed in the hub by an earlier run that did not record it (the hub's answer
     # was lost): only the record follows (the hub answers 404 to the old name, "already renamed")
     finished: frozenset[str] = frozenset()
+    # hub users holding the admin flag in role mode (the hub lets no non-admin modify them): kept
+    # as they are, the new name waits, until a hub admin clears the flag
+    held: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def new_names(self) -> set[str]:
@@ -197,8 +200,9 @@ def find_renames(observed: SyncObserved, want: Desired, policy: SyncSettings) ->
     the hub keeps their groups, tokens and stored server state (KubeSpawner remembers the
     volume's name). Not when the new name exists already (the person logged in under it: the
     old user is deprovisioned as usual; a leaver's record of the new name whose hub user is gone
-    does not stop it), nor for a hub admin in role mode (the hub lets no
-    non-admin modify an admin).
+    does not stop it). A hub user holding the admin flag in role mode is held (``held``): the hub
+    lets no non-admin modify an admin (403 "Only admins can modify other admins"), and the person
+    did not leave; the rename waits until a hub admin clears the flag.
 
     A rename the hub made while its run failed (its answer lost, the connection cut after the hub
     acted) left both names recorded (the rename is recorded ahead of the hub call) and only the
@@ -208,6 +212,7 @@ def find_renames(observed: SyncObserved, want: Desired, policy: SyncSettings) ->
     now: dict[str, str] = {}
     waiting: dict[str, str] = {}
     finished: set[str] = set()
+    held: dict[str, str] = {}
     notes: list[str] = []
     for old, record in sorted(observed.managed.items()):
         if not record.active or record.directory_id is None or old in want.users or old in want.uncertain:
@@ -225,18 +230,23 @@ def find_renames(observed: SyncObserved, want: Desired, policy: SyncSettings) ->
         # sync.delete_users off) holds the name, nothing else: the rename takes its place
         if (new is None or new == old or new in observed.users
                 or (new in observed.managed and not ahead and observed.managed[new].active)
-                or new in now.values() or new in waiting.values()):
+                or new in now.values() or new in waiting.values() or new in held.values()):
             continue  # one hub user per new name: a second old record leaves as usual
         user = observed.users.get(old)
         if user is None:
             continue
         if user.admin and policy.admin_mode == "role":
-            notes.append(f"{old} is now {new} in the directory, but the hub lets no non-admin rename an "
-                         f"admin: {new} is created and {old} deprovisioned")
+            held[old] = new
+            notes.append(f"{old} is now {new} in the directory, but hub user {old} holds the hub's admin flag, "
+                         "and the hub lets no non-admin rename an admin (403 'Only admins can modify other "
+                         f"admins'; sync.admin_mode = 'role'): {old} is kept as they are and {new} is not created "
+                         f"yet; a hub admin clears {old}'s admin flag (PATCH /users/{old} {{\"admin\": false}}, "
+                         "or unticks admin on the hub's admin page; admin rights come from the synced admin "
+                         f"groups), and the next run renames {old} to {new}")
             continue
         running = [s for s, srv in user.servers.items() if srv.ready or srv.pending]
         (waiting if running else now)[old] = new
-    return Renames(now, waiting, tuple(notes), frozenset(finished))
+    return Renames(now, waiting, tuple(notes), frozenset(finished), held)
 
 
 def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, want: Desired | None = None) -> Plan:
@@ -263,6 +273,11 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
                        groups={g: m - taken for g, m in want.groups.items()},
                        ids={n: i for n, i in want.ids.items() if n not in taken})
     renames = find_renames(observed, want, policy)
+    if renames.held:  # neither removed nor created: the person is kept under the old name for now
+        later = frozenset(renames.held.values())
+        want = replace(want, uncertain=want.uncertain | frozenset(renames.held), users=want.users - later,
+                       admins=want.admins - later, groups={g: m - later for g, m in want.groups.items()},
+                       ids={n: i for n, i in want.ids.items() if n not in later})
     # new name → the hub user's name until this run's rename (one the hub made already is its own)
     renamed_to = {new: old for old, new in renames.now.items() if old not in renames.finished}
     not_yet = set(renames.waiting.values())  # exist only after a later run's rename
