@@ -279,6 +279,64 @@ async def test_a_leaver_holding_the_admin_flag_is_deprovisioned_and_deleted_in_r
     assert bob not in (await world.hub_state())["users"]
 
 
+async def test_flag_mode_without_the_hub_admin_role_fails_naming_the_fix(real_hub: RealHub, tmp_path: Path) -> None:
+    """sync.admin_mode = 'flag' with hubpilot's least-privilege role (no hub admin): the hub
+    refuses every change of the flag (403 "Only admins can ..."), run after run; the failure says
+    what to fix, not only what the hub answered."""
+    world = World(real_hub, tmp_path, admin_mode="flag")
+    try:
+        world.set("analysts", "alice", "bob")
+        world.set("admins", "bob")
+        record = await world.run()
+        assert record.outcome is Outcome.FAILED, record.render()
+        (failed,) = [r for r in record.results if r.status is Status.FAILED]
+        assert failed.action.kind == "grant_admin" and failed.action.target == world.user("bob")
+        assert "Only admins can grant admin permissions" in failed.detail, failed.detail
+        assert "sync.admin_mode = 'flag' needs the hubpilot service to hold the hub's admin role" in failed.detail
+        assert "sync.admin_mode = 'role'" in failed.detail, failed.detail
+    finally:
+        await world.close()
+
+
+async def test_a_rename_refused_for_an_admin_flag_set_since_the_reading_names_the_fix(
+        world: World, real_hub: RealHub) -> None:
+    """Role mode: the admin flag set by hand between the reading and the rename. The hub refuses the
+    rename (403); its failure says what to do, and the new name's group changes are not sent for a
+    user the hub does not have (reported as waiting for the rename, not as 'the next run creates')."""
+    world.set("analysts", "alice", "bob")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    bob, robert = world.user("bob"), world.user("robert")
+    world.set("gpu", "bob")  # in one more group, and renamed
+    world.people["bob"]["username"] = robert
+    world.write()
+    cap = world.capability()
+    observed = await cap.observe()
+    plan = cap.plan(observed, datetime.now(UTC))
+    assert plan.counts() == {"rename_user": 1, "add_to_group": 1}, plan.render()
+    async with real_hub.admin() as admin:
+        assert (await admin.patch(f"/users/{bob}", json={"admin": True})).status_code == 200
+    results = {r.action.kind: r for r in await cap.apply(plan, observed, no_progress)}
+    rename = results["rename_user"]
+    assert rename.status is Status.FAILED and "Only admins can modify other admins" in rename.detail
+    assert f"{bob} holds the hub's admin flag" in rename.detail and f"clears {bob}'s admin flag" in rename.detail
+    added = results["add_to_group"]
+    assert added.status is Status.SKIPPED and "not renamed" in added.detail, added.detail
+    state = await world.hub_state()
+    assert robert not in state["users"] and state["users"][bob]["groups"] == [f"{world.prefix}analysts"]
+    # the next run holds the person (the rename's record of the new name, written ahead, is no leaver)
+    held = await world.run()
+    assert held.plan is not None and held.plan.empty and held.outcome is Outcome.APPLIED, held.render()
+    assert any(f"clears {bob}'s admin flag" in n for n in held.plan.notes), held.render()
+    async with real_hub.admin() as admin:  # the fix named
+        assert (await admin.patch(f"/users/{bob}", json={"admin": False})).status_code == 200
+    renamed = await world.run()
+    assert renamed.outcome is Outcome.APPLIED, renamed.render()
+    state = await world.hub_state()
+    assert bob not in state["users"]
+    assert state["users"][robert]["groups"] == sorted([f"{world.prefix}analysts", f"{world.prefix}gpu"])
+    assert (await world.run()).plan.empty  # type: ignore[union-attr]
+
+
 async def full_observation(world: World) -> SyncObserved:
     """What observe would see reading every hub user (the flag-mode and many-changes path)."""
     targeted = await world.capability().observe()

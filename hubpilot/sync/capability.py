@@ -342,7 +342,14 @@ class SyncCapability:
                     f"named after the user); the next run "
                     + ("stops it and a later one renames" if self.policy.stop_servers else
                        "renames once it has stopped (sync.stop_servers is off)")))]
-            renamed = await hub.rename_user(first.target, first.params["to"])
+            try:
+                renamed = await hub.rename_user(first.target, first.params["to"])
+            except HubError as exc:
+                # the new name is no hub user: its group and admin changes wait for the rename
+                new = str(first.params["to"])
+                self._not_renamed[new] = (f"not done: {first.target} was not renamed to {new} this run (the "
+                                          "rename failed); the run that renames does it")
+                raise self._admin_refusal(exc, first.target) from exc
             return [ActionResult(first, Status.DONE if renamed else Status.NOOP,
                                  f"now {first.params['to']}" if renamed else "already renamed")]
         if kind == "create_group":
@@ -389,7 +396,10 @@ class SyncCapability:
             return [ActionResult(a, Status.FAILED, odd[a.params["user"]]) if a.params["user"] in odd
                     else ActionResult(a, Status.DONE) for a in batch]
         if kind in ("grant_admin", "revoke_admin"):
-            await hub.set_admin(first.target, kind == "grant_admin")
+            try:
+                await hub.set_admin(first.target, kind == "grant_admin")
+            except HubError as exc:
+                raise self._admin_refusal(exc, first.target) from exc
             return [ActionResult(first, Status.DONE)]
         if kind == "stop_servers":
             # read the user again: another run (a cull round, scale's reclaim, the user) may have
@@ -412,6 +422,22 @@ class SyncCapability:
             gone = await hub.delete_user(first.target)
             return [ActionResult(first, Status.DONE if gone else Status.NOOP)]
         raise ValueError(f"sync cannot apply an action of kind {kind!r}")
+
+    def _admin_refusal(self, exc: HubError, name: str) -> HubError:
+        """A PATCH /users/{name} the hub refused because hubpilot is no hub admin (403 "Only admins
+        can grant admin permissions" / "... modify other admins"), with what to fix; other errors as
+        they are."""
+        if exc.status != 403 or "Only admins can" not in str(exc):
+            return exc
+        if self.policy.admin_mode == "flag":
+            fix = ("sync.admin_mode = 'flag' needs the hubpilot service to hold the hub's admin role, which it "
+                   "does not: grant it, or set sync.admin_mode = 'role' (the default) and bind the admin role to "
+                   "the admin groups with hubpilot_hub.configure(c, admin_groups=[...]) (docs/hub-scopes.md)")
+        else:
+            fix = (f"{name} holds the hub's admin flag (set by hand, or by sync.admin_mode = 'flag' before), and "
+                   "the hub lets no non-admin modify an admin: a hub admin clears "
+                   f"{name}'s admin flag (admin rights come from the synced admin groups), and the next run goes on")
+        return HubError(f"{exc}; {fix}", status=exc.status)
 
     async def _record_managed(self, results: Sequence[ActionResult], want: Desired | None,
                               undo: Mapping[str, ManagedUser | None] | None = None, *,

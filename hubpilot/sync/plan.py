@@ -274,8 +274,9 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
                        ids={n: i for n, i in want.ids.items() if n not in taken})
     renames = find_renames(observed, want, policy)
     if renames.held:  # neither removed nor created: the person is kept under the old name for now
+        # (nor the new name's record, written ahead by a run whose rename the hub refused)
         later = frozenset(renames.held.values())
-        want = replace(want, uncertain=want.uncertain | frozenset(renames.held), users=want.users - later,
+        want = replace(want, uncertain=want.uncertain | frozenset(renames.held) | later, users=want.users - later,
                        admins=want.admins - later, groups={g: m - later for g, m in want.groups.items()},
                        ids={n: i for n, i in want.ids.items() if n not in later})
     # new name → the hub user's name until this run's rename (one the hub made already is its own)
