@@ -5,18 +5,21 @@ with 403 — shown in ONE real hub that carries a service per dropped scope (tes
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from jupyterhub import roles as jh_roles
 from jupyterhub import scopes as jh_scopes
+from jupyterhub.app import JupyterHub
+from traitlets.config import Config
 
 from hubpilot.adapters.hub import HubClient
 from hubpilot.ports.hub import HubError
 from hubpilot_hub.scopes import FEATURE_SCOPES, HUBPILOT_SCOPES, IMPLIED_SCOPES, minimal_role
 from tests.fixtures.hub import unique_name
-from tests.realhub import RealHub, drop_one_services
+from tests.realhub import PROJECT_ROOT, RealHub, drop_one_services
 
 # scope → the hubpilot operation that needs it (on an existing user ``name``)
 OPERATIONS: dict[str, Callable[[HubClient, str], Awaitable[Any]]] = {
@@ -76,3 +79,20 @@ async def test_dropping_one_scope_breaks_an_operation(real_hub: RealHub, victim:
             await op(reduced, victim)
     # the error names what to grant: the hub's "requires any of [<scope>]" (tokens: read:tokens)
     assert e.value.status == 403 and scope in str(e.value), str(e.value)
+
+
+def test_the_documented_z2jh_admin_binding_works_pasted() -> None:
+    """docs/hub-scopes.md's hub.extraConfig snippet, run on a Config where load_roles is not set
+    yet and on one that has an admin role already: one admin role, bound to the group, as
+    hubpilot_hub.configure binds it."""
+    doc = (PROJECT_ROOT / "docs" / "hub-scopes.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "load_groups" in b]
+    for before in ([], [{"name": "admin", "users": ["root"]}]):
+        c = Config()
+        if before:
+            c.JupyterHub.load_roles = before
+        exec(snippet, {"c": c})
+        hub = JupyterHub(config=c)
+        assert [r for r in hub.load_roles if r["name"] == "admin"] == [
+            {**(before[0] if before else {"name": "admin"}), "groups": ["dir-hub-admins"]}]
+        assert "dir-hub-admins" in hub.load_groups
