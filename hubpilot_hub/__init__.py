@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from traitlets.config import Config
+from traitlets.config.loader import LazyConfigValue
 
 from hubpilot_hub import hooks
 from hubpilot_hub.gate import AccessGate
@@ -78,10 +79,11 @@ def configure(
 
     auth = c.Authenticator
     auth.manage_groups = False
-    if admin_groups_managed and "admin_users" in auth and auth.admin_users:
+    admin_users = _configured(auth, "admin_users", set())
+    if admin_groups_managed and admin_users:
         raise ConfigurationError(
             "hubpilot manages admins through admin_groups: remove Authenticator.admin_users "
-            f"({sorted(auth.admin_users)}) from the hub configuration"
+            f"({sorted(admin_users)}) from the hub configuration"
         )
     if allow_all is not None:
         auth.allow_all = allow_all
@@ -126,13 +128,24 @@ def _authenticator_class(c: Any) -> type:
     return cls
 
 
+def _configured(section: Any, name: str, default: Any) -> Any:
+    """The value the configuration gives ``name``, ``default`` when it gives none. One extended in
+    place rather than assigned (``c.JupyterHub.load_roles.append(...)``, ``load_groups.update``,
+    ``admin_users.add``) is a traitlets LazyConfigValue, which the hub applies to the setting's
+    default: so is it here."""
+    if name not in section:
+        return default
+    value = section[name]
+    return value.get_value(default) if isinstance(value, LazyConfigValue) else value
+
+
 def _spawner_sections(c: Any) -> list[str]:
     # only spawner classes have pre_spawn_hook; their names need not end in "Spawner"
     return [k for k in c if k[:1].isupper() and isinstance(c[k], Config) and "pre_spawn_hook" in c[k]]
 
 
 def _bind_admin_role(c: Any, groups: list[str]) -> None:
-    roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
+    roles = list(_configured(c.JupyterHub, "load_roles", []))
     for role in roles:
         if role.get("name") == "admin":
             role["groups"] = sorted({*role.get("groups", []), *groups})
@@ -142,7 +155,7 @@ def _bind_admin_role(c: Any, groups: list[str]) -> None:
     c.JupyterHub.load_roles = roles
     # create the groups first (load_groups without 'users' leaves membership alone): JupyterHub
     # 5.5 fails at start-up when a role names a group that does not exist yet
-    load_groups = dict(c.JupyterHub.load_groups) if "load_groups" in c.JupyterHub else {}
+    load_groups = dict(_configured(c.JupyterHub, "load_groups", {}))
     for g in groups:
         load_groups.setdefault(g, {})
     c.JupyterHub.load_groups = load_groups
