@@ -280,6 +280,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         settings = Settings(**overrides)
         file = _config_path()
         settings._file = file.resolve() if file is not None else None
+        _check_default_state_file(settings)
         return settings
     except ValidationError as exc:
         lines = []
@@ -314,6 +315,23 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         raise SettingsError(f"cannot read settings{where}: {exc}{hint}") from None
     finally:
         _explicit_path = previous
+
+
+def _check_default_state_file(settings: Settings) -> None:
+    """state.sqlite_path left unset is the default file of the working directory. Run from another
+    folder than before (a service manager starts in /), that would be a new, empty store beside the
+    one in use, forgetting the managed users, the removal window and the approvals: refused when
+    the working directory has no state file and the settings file's folder has one."""
+    state, file = settings.state, settings.file
+    if state.kind != "sqlite" or "sqlite_path" in state.model_fields_set or file is None:
+        return
+    here, beside = Path(os.path.abspath(state.sqlite_path)), file.parent / state.sqlite_path
+    if here != beside and not here.exists() and beside.exists():
+        raise SettingsError(
+            f"state.sqlite_path is not set: the state file is {state.sqlite_path} of the working directory "
+            f"({here}), which has none, but the settings file's folder has one ({beside}): run hubpilot "
+            f"from that folder, or set state.sqlite_path in the settings file (a relative path there is "
+            f"read from the file's folder, e.g. sqlite_path = \"{state.sqlite_path}\")")
 
 
 def _without_password(value: Any) -> Any:

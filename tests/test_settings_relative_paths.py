@@ -173,3 +173,35 @@ def test_a_state_file_left_in_the_working_directory_by_an_earlier_release_is_not
     status = _cli(elsewhere, "--config", str(conf / "hubpilot.toml"), "status", "--json")
     assert status.returncode == 0, status.stderr
     assert '"paused"' in status.stdout and "cull" in status.stdout, status.stdout
+
+
+def test_the_default_state_file_beside_the_settings_file_is_not_replaced_by_an_empty_one_elsewhere(
+        tmp_path: Path) -> None:
+    """state.sqlite_path left unset is hubpilot-state.sqlite3 of the working directory. An admin who
+    ran hubpilot in the settings file's folder and then from another one (a service manager starts
+    it in /) got a second, empty store: every run "never run", the managed users, the removal
+    window and the approvals forgotten, and no lock shared with the first. That is refused now,
+    as it is for a relative state.sqlite_path written in the file."""
+    conf, elsewhere = _dirs(tmp_path)
+    (conf / "hubpilot.toml").write_text(HUB)
+    paused = _cli(conf, "--config", "hubpilot.toml", "pause", "cull")
+    assert paused.returncode == 0, paused.stderr
+    assert (conf / "hubpilot-state.sqlite3").is_file()
+    status = _cli(elsewhere, "--config", str(conf / "hubpilot.toml"), "status")
+    assert status.returncode == 2, (status.stdout, status.stderr)
+    assert (f"state.sqlite_path is not set: the state file is hubpilot-state.sqlite3 of the working directory "
+            f"({elsewhere / 'hubpilot-state.sqlite3'}), which has none, but the settings file's folder has one "
+            f"({conf / 'hubpilot-state.sqlite3'})") in status.stderr, status.stderr
+    assert not (elsewhere / "hubpilot-state.sqlite3").exists()
+    # set in the file, relative: read from the file's folder, from any working directory
+    (conf / "hubpilot.toml").write_text(HUB + '[state]\nsqlite_path = "hubpilot-state.sqlite3"\n')
+    status = _cli(elsewhere, "--config", str(conf / "hubpilot.toml"), "status")
+    assert status.returncode == 0 and "cull   PAUSED" in status.stdout, (status.stdout, status.stderr)
+    # in the environment, or an explicit choice of the working directory's: as given
+    (conf / "hubpilot.toml").write_text(HUB)
+    here = _cli(elsewhere, "--config", str(conf / "hubpilot.toml"), "status",
+                HUBPILOT_STATE__SQLITE_PATH="hubpilot-state.sqlite3")
+    assert here.returncode == 0 and "PAUSED" not in here.stdout, (here.stdout, here.stderr)
+    # a store in the working directory too: that one is used, as before
+    again = _cli(elsewhere, "--config", str(conf / "hubpilot.toml"), "status")
+    assert again.returncode == 0, again.stderr

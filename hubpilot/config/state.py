@@ -13,7 +13,9 @@ class StateSettings(Section):
     kind: Literal["sqlite", "azure"] = Field("sqlite", description="sqlite (local) or azure (Tables + Blobs).")
     sqlite_path: Annotated[str, PathSetting(sqlite=True)] = Field(
         "hubpilot-state.sqlite3",
-        description="SQLite file for kind=sqlite. " + FROM_FILE_FOLDER + " The default is in the working directory.")
+        description="SQLite file for kind=sqlite. " + FROM_FILE_FOLDER + " The default is in the working "
+        "directory: set it in the settings file to keep the state beside that file whatever the working directory "
+        "(unset, a run from a folder without a state file is refused when the settings file's folder has one).")
     azure_connection_string: SecretStr | None = Field(
         None, description="Azure Storage connection string (kind=azure); or use azure_account_name. "
         "One whose AccountKey is empty or not base64 is refused, without showing it. A store error that quotes "
