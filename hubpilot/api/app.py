@@ -704,6 +704,13 @@ async def readiness(ctx: Context) -> dict[str, dict[str, Any]]:
         if who.status_code != 200:
             return {"ok": False, "detail": f"{base}/user answered {who.status_code}: "
                     "the hub does not accept hub.token"}
+        try:  # the token's own scopes (JupyterHub 2+): none means no role is bound to the service
+            scopes = who.json().get("scopes")
+        except (ValueError, AttributeError):
+            scopes = None
+        if scopes == []:
+            return {"ok": False, "detail": f"JupyterHub {version}: the hub grants the hubpilot service no scopes "
+                    "(no role in load_roles names it): every run would be refused (docs/hub-scopes.md)"}
         return {"ok": True, "detail": f"JupyterHub {version}"}
 
     checks["state_store"], checks["hub"] = await asyncio.gather(store(), hub())
