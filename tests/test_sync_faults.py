@@ -342,7 +342,10 @@ async def cut_world(hub: RealHub, tmp: Path, k: int, mode: str,
         scene.proxy = FaultProxy(*_where(hub))
         await scene.proxy.start()
         scene.proxy.rule(nth_apply_request(k, sticky=sticky), fault)
-        short = {"timeout": 2, "stop_timeout": 2} if fault == "hang" else {}
+        # the client's timeout ends a hung request; it holds for every request of that world, and
+        # on a loaded machine (16 worlds at once beside other work) 2 s ended an earlier, merely
+        # slow one too (seen in fresh-clone runs: the run failed before its k-th request)
+        short = {"timeout": 10, "stop_timeout": 10} if fault == "hang" else {}
         client = scene.client(through_proxy=True, retries=retries, **short)
         try:
             async with asyncio.timeout(120):  # a guard against a hang, not a timing assert
@@ -351,7 +354,8 @@ async def cut_world(hub: RealHub, tmp: Path, k: int, mode: str,
             await client.close()
         hit = scene.proxy.faulted()
         if not hit:
-            return [f"request {k} was never cut"]
+            return [f"[{mode}] request {k} was never cut: the run made {scene.proxy.count} requests, "
+                    f"{rec.outcome.value}\n{rec.render()}"]
         what = f"{hit[0].method} {hit[0].path.replace(scene.tag + '-', '')}"
         retried_through = fault == "after" and retries and not sticky
         entry = await last_audit(scene.store)
