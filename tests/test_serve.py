@@ -490,3 +490,23 @@ async def test_a_round_cancelled_from_within_does_not_end_its_schedule_or_the_ot
     assert any("x.renew_schedule" in r.getMessage() and "cancelled" in r.getMessage()
                for r in caplog.records if r.levelname == "ERROR"), caplog.text
     await ctx.close()
+
+
+async def test_a_schedule_of_an_unconfigured_operation_says_so_once(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A hub without a GPU pool keeps scale's schedule (every minute by default): each round is
+    skipped, and said so once at INFO, the later ones at DEBUG, not a line a minute all day."""
+    from hubpilot.adapters.store_sqlite import SqliteStore
+    from hubpilot.settings import Settings
+    from hubpilot.wiring import Context
+
+    settings = Settings(hub={"api_url": "http://127.0.0.1:9/hub/api", "token": "t" * 32})
+    ctx = Context(settings=settings, store=SqliteStore(tmp_path / "state.sqlite3"))
+    try:
+        with caplog.at_level("DEBUG", logger="hubpilot.api.scheduling"):
+            for _ in range(5):
+                assert await run_scheduled(ctx, "scale") is None
+        said = [r for r in caplog.records if "scale.enabled is off" in r.getMessage()]
+        assert [r.levelname for r in said] == ["INFO"] + ["DEBUG"] * 4, [r.getMessage() for r in said]
+    finally:
+        await ctx.close()

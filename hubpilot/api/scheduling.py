@@ -71,17 +71,31 @@ def configured_schedules(settings: Settings) -> list[Schedule]:
     return out
 
 
+_SAID: set[tuple[int, str]] = set()
+"""The skips of unconfigured operations already logged, per context: said once at INFO, then at
+DEBUG (a scale schedule on a hub without a pool would otherwise log one line a minute)."""
+
+
+def _skipped(ctx: Context, message: str) -> None:
+    said = (id(ctx), message)
+    if said in _SAID:
+        log.debug("%s", message)
+        return
+    _SAID.add(said)
+    log.info("%s (said once; the later skips for this reason are logged at DEBUG)", message)
+
+
 async def run_scheduled(ctx: Context, operation: str, *, trigger: str = "timer",
                         actor: str = "timer") -> RunRecord | None:
     """One scheduled round. None when another run holds the lock or the operation is not
     configured (scale without a pool, or with ``scale.enabled`` off): the round is skipped."""
     if operation == "scale" and not ctx.settings.scale.enabled:
-        log.info("scheduled scale skipped: scale.enabled is off")
+        _skipped(ctx, "scheduled scale skipped: scale.enabled is off")
         return None
     try:
         cap = ctx.capability(operation)
     except NotConfigured as exc:
-        log.info("scheduled %s skipped: %s", operation, exc)
+        _skipped(ctx, f"scheduled {operation} skipped: {exc}")
         return None
     try:
         record = await ctx.runner.run(cap, trigger=trigger, actor=actor)
