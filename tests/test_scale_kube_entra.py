@@ -15,6 +15,7 @@ from typing import Any
 import kmock
 import pytest
 import yaml
+from aiohttp import web
 from aiohttp.test_utils import RawTestServer
 from azure.core.credentials import AccessToken
 from kmock._internal import apps
@@ -25,8 +26,8 @@ from hubpilot.adapters.kube import AKS_SERVER_ID, KubeCluster, endpoint_from_kub
 from hubpilot.config.scale import ScaleSettings
 from hubpilot.ports.cluster import ClusterError
 from hubpilot.wiring import NotConfigured
-from hubpilot.wiring.scale import build_cluster
-from tests.doubles.arm import ArmDouble
+from hubpilot.wiring.scale import build_cluster, build_pool
+from tests.doubles.arm import MSI_SECRET, ArmDouble
 from tests.fixtures.kmock import NS, POOL_LABEL
 from tests.pki import make_pki
 
@@ -46,11 +47,26 @@ class _TlsServer(RawTestServer):
         await super().start_server(ssl=self.tls, **kwargs)
 
 
+class AudienceEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+    """kmock that, with ``audience`` set, takes only a bearer token for that Entra server id (the
+    ARM double's managed-identity endpoint issues ``aud=<resource>``) and answers any other 401
+    Unauthorized, as AKS's API server answers a token for another audience."""
+
+    audience: str | None = None
+
+    async def _handle(self, request: Any) -> Any:
+        if self.audience is not None and request.headers.get("Authorization") != f"Bearer aud={self.audience}":
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                      "message": "Unauthorized", "reason": "Unauthorized", "code": 401},
+                                     status=401)
+        return await super()._handle(request)
+
+
 @pytest.fixture(scope="module")
 async def tls_kube(pki: dict[str, Any]) -> AsyncIterator[tuple[Any, str]]:
     """kmock behind TLS, as AKS's API server is (https only, its own CA)."""
     server_cls = type("TlsServer", (_TlsServer,), {"tls": pki["ssl"]})
-    async with kmock.KubernetesEmulator() as k, apps.Server(k, server_cls=server_cls) as srv:
+    async with AudienceEmulator() as k, apps.Server(k, server_cls=server_cls) as srv:
         k.resources["v1/nodes"] = {}
         k.resources["v1/pods"] = {}
         k.objects["v1/nodes", None, "gpu-0"] = {
@@ -253,6 +269,56 @@ async def test_a_configured_api_url_and_ca_file_skip_arm(
         await pool.close()
     assert set(_bearers(k)[seen:]) == {"Bearer tok-1"}
     assert not [c for c in arm.calls if c.method == "POST"]
+
+
+_IDENTITY_ENV = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
+                 "AZURE_USERNAME", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST", "MSI_ENDPOINT",
+                 "MSI_SECRET", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "AZURE_TOKEN_CREDENTIALS")
+
+
+async def test_a_token_the_api_server_refuses_or_none_at_all_says_which_settings_to_fix(
+        arm: ArmDouble, tls_kube: tuple[Any, str], pki: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real DefaultAzureCredential through the ARM double's managed-identity endpoint. A token
+    for another server id (scale.kube_server_id naming another application than the cluster's
+    kubeconfig): the API server's 401 (its text is "Unauthorized" alone) is reported with the scope
+    asked for and the settings that make the token; a credential that gives no token at all is
+    reported so too, not as azure-identity's ClientAuthenticationError alone."""
+    k, url = tls_kube
+    for var in _IDENTITY_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{arm.base_url}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", MSI_SECRET)
+    arm.kubeconfig = _kubeconfig(url, pki["ca_pem"])  # --server-id custom-server-id
+
+    async def read(**kw: Any) -> str:
+        settings = _settings(arm, retry_total=0, **kw)
+        pool = build_pool(settings)
+        cluster = build_cluster(settings, pool)
+        try:
+            with pytest.raises(ClusterError) as err:
+                await cluster.read()
+        finally:
+            await cluster.close()
+            await pool.close()
+        return str(err.value)
+
+    k.audience = "custom-server-id"
+    try:
+        seen = len(list(k))
+        refused = await read(kube_server_id="wrong-server-id")
+        assert "401" in refused and "wrong-server-id/.default" in refused, refused
+        assert all(name in refused for name in ("scale.kube_server_id", "scale.authority")), refused
+        assert _bearers(k)[seen:] == ["Bearer aud=wrong-server-id"]  # refused once, not tried again
+
+        monkeypatch.setenv("IDENTITY_HEADER", "not-the-secret")  # the identity endpoint answers 400
+        seen = len(list(k))
+        none = await read(kube_api_url=url, kube_ca_file=pki["ca_file"])
+        assert "ClientAuthenticationError" not in none, none
+        assert f"no token for the Kubernetes API, asked for {AKS_SERVER_ID}/.default" in none, none
+        assert all(name in none for name in ("scale.kube_server_id", "scale.authority")), none
+        assert len(list(k)) == seen  # nothing reached the API server
+    finally:
+        k.audience = None
 
 
 # --- settings and wiring -----------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import urllib3.exceptions
 import yaml
+from azure.core.exceptions import ClientAuthenticationError
 from kubernetes import client as k8s
 from kubernetes import config as _k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -137,6 +138,7 @@ class EntraKubeAuth:
         self._ca_path: str | None = None
         self._lock = asyncio.Lock()
         self._scope = ""
+        self._scope_from = ""
 
     async def configuration(self) -> Any:
         """The client configuration, with a token valid for at least ``renew_before`` more seconds."""
@@ -152,12 +154,25 @@ class EntraKubeAuth:
                     self._ca_path = cfg.ssl_ca_cert = path
                 cfg.api_key_prefix["authorization"] = "Bearer"
                 self._scope = f"{self._server_id or ep.server_id or AKS_SERVER_ID}/.default"
+                self._scope_from = ("scale.kube_server_id" if self._server_id else
+                                    "the --server-id of the cluster's kubeconfig" if ep.server_id else "AKS's default")
                 self._config = cfg
             if self._expires - time.time() < self._renew_before:
-                token = await self._credential.get_token(self._scope)
+                try:
+                    token = await self._credential.get_token(self._scope)
+                except ClientAuthenticationError as exc:  # azure-identity's: no token at all
+                    raise ClusterError(f"no token for the Kubernetes API, asked for {self.token_made()}: "
+                                       f"{exc.message or exc}") from exc
                 self._config.api_key["authorization"] = token.token
                 self._expires = float(token.expires_on)
             return self._config
+
+    def token_made(self) -> str:
+        """The scope of the token and the settings that make it, for an error about the token."""
+        return (f"{self._scope} (its server id from {self._scope_from}: scale.kube_server_id, unset: the "
+                f"--server-id of the cluster's kubeconfig, else AKS's {AKS_SERVER_ID}) from the credential's "
+                "authority (scale.authority): the server id must be the cluster's Entra server application, the "
+                "authority of the cluster's cloud")
 
     def close(self) -> None:
         if self._ca_path:
@@ -214,7 +229,11 @@ class KubeCluster:
             return await asyncio.to_thread(fn)
         except ApiException as exc:
             said = _status_message(exc)
-            raise ClusterError(f"{what}: {exc.status} {exc.reason}" + (f": {said}" if said else "")) from exc
+            refused = (f"; the API server refused the token, which was asked for {self._auth.token_made()}"
+                       if exc.status == 401 and self._auth is not None else "")
+            raise ClusterError(f"{what}: {exc.status} {exc.reason}" + (f": {said}" if said else "") + refused) from exc
+        except ClusterError as exc:  # the token's, or the cluster's kubeconfig's
+            raise ClusterError(f"{what}: {exc}") from exc
         except Exception as exc:  # connection errors, bad answers
             timeout = _timeout_of(exc)
             if timeout is not None:
