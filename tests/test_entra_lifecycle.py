@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.config.entra import EntraSettings
 from hubpilot.loop import Outcome, Status
+from hubpilot.wiring import Context
 from hubpilot.wiring.entra import InProcessHints, notification_queue, run_subscription_manager
-from tests.doubles.graph import GraphDouble
+from tests.doubles.graph import MSI_SECRET, GraphDouble
 from tests.fixtures.webhook import Webhook
 from tests.test_entra_graph import entra_settings
 
@@ -60,6 +62,53 @@ async def test_a_vanished_subscription_whose_replacement_failed_still_brings_the
     settled = await run_subscription_manager(ctx)
     assert settled is not None and settled.plan is not None and settled.plan.empty, settled.render()
     assert "vanished" not in settled.plan.facts and queued(queue) == []
+
+
+async def test_a_token_graph_refuses_in_a_subscription_round_says_which_settings_to_fix(
+        fresh: GraphDouble, webhook: Webhook, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graph's 401 to the subscription manager (a token for another cloud's Graph: graph_scope
+    naming the global Graph while graph_base_url names another, the real ManagedIdentityCredential
+    through the double's identity endpoint) fails the round with the scope asked for and the
+    settings that make the token, as a directory read does, not with Graph's text alone; so does a
+    401 to each of its writes (POST, PATCH, DELETE /subscriptions)."""
+    settings = ("directory.entra.graph_scope", "directory.entra.authority_host", "directory.entra.graph_base_url")
+    a, b = fresh.add_group(), fresh.add_group()
+    fresh.audience = fresh.base_url[: -len("/v1.0")]
+    monkeypatch.setenv("IDENTITY_ENDPOINT", fresh.base_url.replace("/v1.0", "/msi/token"))
+    monkeypatch.setenv("IDENTITY_HEADER", MSI_SECRET)
+    ctx = Context(settings=entra_settings(fresh, webhook.url, [a], entra={
+        "credential": "managed_identity", "graph_scope": "https://graph.microsoft.com/.default"}),
+        store=SqliteStore(webhook.tmp / "refused.sqlite3"))
+    try:
+        rec = await run_subscription_manager(ctx)
+    finally:
+        await ctx.close()
+    assert rec is not None and rec.outcome is Outcome.FAILED, rec.render()
+    assert "401" in rec.render() and "https://graph.microsoft.com/.default" in rec.render(), rec.render()
+    assert all(name in rec.render() for name in settings), rec.render()
+    assert fresh.subscriptions == {}
+
+    ctx = webhook.use(entra_settings(fresh, webhook.url, [a]))  # a good token
+    fresh.refuse.append(("POST", "/subscriptions", 401))
+    created = await run_subscription_manager(ctx)
+    assert created is not None and [(r.action.kind, r.status) for r in created.results] == [
+        ("create", Status.FAILED)], created.render()
+    assert all(name in created.results[0].detail for name in settings), created.render()
+    assert (await run_subscription_manager(ctx)).outcome is Outcome.APPLIED  # type: ignore[union-attr]
+    (sid,) = fresh.subscriptions
+    fresh.refuse.append(("PATCH", f"/subscriptions/{sid}", 401))
+    renewed = await run_subscription_manager(ctx, force_renew=[sid])
+    assert renewed is not None and [(r.action.kind, r.status) for r in renewed.results] == [
+        ("renew", Status.FAILED)], renewed.render()
+    assert all(name in renewed.results[0].detail for name in settings), renewed.render()
+    fresh.refuse.append(("DELETE", f"/subscriptions/{sid}", 401))
+    moved = webhook.use(entra_settings(fresh, webhook.url, [b]), store=ctx.store)  # a's is no longer wanted
+    deleted = await run_subscription_manager(moved)
+    assert deleted is not None and ("delete", Status.FAILED) in [
+        (r.action.kind, r.status) for r in deleted.results], deleted.render()
+    failed = next(r for r in deleted.results if r.action.kind == "delete")
+    assert all(name in failed.detail for name in settings), deleted.render()
+    assert sid in fresh.subscriptions  # refused: still there
 
 
 WEBHOOK = {"notifications": True, "client_state": "s3cret",

@@ -260,10 +260,14 @@ class GraphClient:
         return status, code, message
 
     def _check_answered(self, what: str, exc: Exception) -> None:
-        """Raise GraphUnreachable, said plainly, when ``exc`` means Graph gave no answer."""
+        """Raise GraphUnreachable, said plainly, when ``exc`` means Graph gave no answer, and
+        DirectoryError naming the token's scope and settings when Graph refused the token (401)."""
         plain = self._unanswered(exc)
         if plain is not None:
             raise GraphUnreachable(f"Graph {what}: {plain}") from exc
+        status, code, message = self._error(exc)
+        if status == 401:
+            raise DirectoryError(f"Graph {what} failed (401 {code}): {message}") from exc
 
     # --- GraphReader -----------------------------------------------------------------------
     async def delta_round(self, group_ids: Sequence[str], delta_link: str | None) -> Mapping[str, Any]:

@@ -214,6 +214,8 @@ class GraphDouble:
         if refused is not None:
             self.refuse.remove(refused)
             denied = refused[2] == 403
+            if refused[2] == 401:  # the token refused (expired, revoked, for another audience)
+                return self._error(401, "InvalidAuthenticationToken", "Access token validation failure.")
             return self._error(refused[2], "Authorization_RequestDenied" if denied else "InternalServerError",
                                "Insufficient privileges to complete the operation." if denied else "internal error")
         if self.faults:
