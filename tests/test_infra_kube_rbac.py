@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import yaml
 
 from hubpilot.adapters.kube import KubeCluster
@@ -37,17 +38,19 @@ def _verb(method: str, path: str, query: str) -> str:
     return {"PATCH": "patch", "PUT": "update", "POST": "create", "DELETE": "delete"}[method]
 
 
-async def _requests_of_the_port(kube: Emulator) -> set[tuple[str, str, str | None]]:
-    """(resource, verb, namespace or None for cluster-wide) of every request the port makes."""
+async def _requests_of_the_port(kube: Emulator, user_namespaces: bool = False) -> set[tuple[str, str, str | None]]:
+    """(resource, verb, namespace or None for cluster-wide) of every request the port makes
+    (``user_namespaces``: scale.user_namespaces, user pods in namespaces of their own)."""
     kube.clear()
     kube.node("gpu-0")
-    kube.pod("alice", "gpu-0")
-    kube.pod("bob", None)
+    kube.pod("alice", "gpu-0", ns="jupyter-alice" if user_namespaces else NS)
+    kube.pod("bob", None, ns="jupyter-bob" if user_namespaces else NS)
     seen = len(list(kube.k))
-    cluster = KubeCluster(namespace=NS, pool="gpu", api_url=kube.url)
+    cluster = KubeCluster(namespace=NS, pool="gpu", api_url=kube.url, all_namespaces=user_namespaces)
     try:
-        await cluster.read()
-        await cluster.pods_on("gpu-0")
+        view = await cluster.read()
+        assert {p.name for p in view.pods} == {"alice", "bob"}  # the pods were seen where they are
+        assert [p.name for p in await cluster.pods_on("gpu-0")] == ["alice"]
         assert await cluster.cordon("gpu-0", "hubpilot-test")
         assert await cluster.uncordon("gpu-0")
     finally:
@@ -61,13 +64,19 @@ async def _requests_of_the_port(kube: Emulator) -> set[tuple[str, str, str | Non
     return used
 
 
-def _readme_grants() -> set[tuple[str, str, str | None]]:
-    """What the README's ClusterRole/Role, bound to the identity, allow."""
+def _readme_grants(user_namespaces: bool = False) -> set[tuple[str, str, str | None]]:
+    """What the README's ClusterRole/Role, bound to the identity, allow; with ``user_namespaces``,
+    its manifest for scale.user_namespaces in place of the Role and RoleBinding of the pods."""
     text = README.read_text()
     section = text[text.index("### Kubernetes authorization"):]
-    block = re.search(r"```yaml\n(.*?)```", section, re.S)
-    assert block, "infra/bicep/README.md shows no Kubernetes RBAC manifest"
-    docs = [d for d in yaml.safe_load_all(block.group(1)) if d]
+    section = section[:section.index("\n### ", 1)]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert blocks, "infra/bicep/README.md shows no Kubernetes RBAC manifest"
+    docs = [d for d in yaml.safe_load_all(blocks[0]) if d]
+    if user_namespaces:
+        assert len(blocks) == 2, "infra/bicep/README.md shows no manifest for scale.user_namespaces"
+        docs = [d for d in docs if d["kind"] not in ("Role", "RoleBinding")]
+        docs += [d for d in yaml.safe_load_all(blocks[1]) if d]
     roles = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("ClusterRole", "Role")}
     grants = set()
     for binding in (d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")):
@@ -81,10 +90,14 @@ def _readme_grants() -> set[tuple[str, str, str | None]]:
     return grants
 
 
-async def test_the_readme_kubernetes_roles_allow_every_request_of_the_adapter(kube: Emulator) -> None:
-    used = await _requests_of_the_port(kube)
+@pytest.mark.parametrize("user_namespaces", [False, True])
+async def test_the_readme_kubernetes_roles_allow_every_request_of_the_adapter(
+        kube: Emulator, user_namespaces: bool) -> None:
+    """In either mode: with scale.user_namespaces the adapter lists pods in every namespace."""
+    used = await _requests_of_the_port(kube, user_namespaces)
     assert {verb for _, verb, _ in used} >= {"list", "get", "patch"}  # the port was exercised
-    grants = _readme_grants()
+    assert (("pods", "list", None) in used) is user_namespaces
+    grants = _readme_grants(user_namespaces)
 
     def granted(resource: str, verb: str, namespace: str | None) -> bool:
         return (resource, verb, None) in grants or (namespace is not None and (resource, verb, namespace) in grants)
@@ -93,9 +106,14 @@ async def test_the_readme_kubernetes_roles_allow_every_request_of_the_adapter(ku
     assert not missing, f"the README's roles do not allow: {missing}"
 
 
-async def test_the_azure_rbac_data_actions_allow_every_request_of_the_adapter(kube: Emulator) -> None:
-    used = await _requests_of_the_port(kube)
+@pytest.mark.parametrize("user_namespaces", [False, True])
+async def test_the_azure_rbac_data_actions_allow_every_request_of_the_adapter(
+        kube: Emulator, user_namespaces: bool) -> None:
+    """The custom role is assigned on the cluster: its data actions hold in every namespace."""
+    used = await _requests_of_the_port(kube, user_namespaces)
     aks = _file(_parsed(), "modules/aks-access.bicep")
+    # assigned on the cluster, not on a namespace (.../namespaces/<ns>): it holds in every one
+    assert aks["resources"]["kubernetesAssignment"]["config"]["config"]["scope"] == "cluster"
     actions = set(aks["variables"]["kubernetesDataActions"]["value"])
     needed = {f"Microsoft.ContainerService/managedClusters/{r}/{AZURE_VERB[v]}" for r, v, _ in used}
     assert not needed - actions, f"aks-access.bicep grants no {sorted(needed - actions)}"

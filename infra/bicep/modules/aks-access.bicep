@@ -34,8 +34,8 @@ var agentPoolActions = [
   'Microsoft.ContainerService/managedClusters/agentPools/machines/read'
 ]
 
-// The Kubernetes calls of the scale loop (hubpilot/adapters/kube.py): list_node, patch_node,
-// list_namespaced_pod.
+// The Kubernetes calls of the scale loop (hubpilot/adapters/kube.py): list_node, read_node,
+// patch_node, list_namespaced_pod (list_pod_for_all_namespaces with scale.user_namespaces).
 var kubernetesDataActions = [
   'Microsoft.ContainerService/managedClusters/nodes/read'
   'Microsoft.ContainerService/managedClusters/nodes/write'
