@@ -66,3 +66,17 @@ def test_the_readmes_cli_synopsis_shows_every_option() -> None:
                     if opt.startswith("--") and opt not in ("--help", "--config")
                     and not any(opt in line for line in lines)]
     assert missing == [], missing
+
+
+def test_python_dash_m_hubpilot_is_the_command(tmp_path: Path) -> None:
+    """``python -m hubpilot`` runs the CLI (an environment whose scripts folder is not on the PATH,
+    a venv not activated), with its exit codes."""
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "hubpilot", "--help"], capture_output=True, text=True,
+                        cwd=tmp_path, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith("usage: hubpilot"), ok.stdout + ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "hubpilot", "no-such-command"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2 and "no-such-command" in bad.stderr, bad.stdout + bad.stderr
