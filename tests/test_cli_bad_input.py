@@ -159,3 +159,16 @@ def test_a_settings_file_not_in_utf8_is_named_and_says_so(tmp_path: Path) -> Non
         assert done.returncode == 2, (done.stdout, done.stderr)
         assert "hubpilot.toml" in done.stderr and "UTF-8 without a byte order mark" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_directory_without_users_groups_is_a_configuration_error(tmp_path: Path) -> None:
+    """A first settings file that names the directory but no group of it: a configuration error
+    (exit 2) naming the setting, as a missing [directory] is, not a run that fails (exit 1) every
+    time it is tried."""
+    (tmp_path / "people.yaml").write_text("people: {}\ngroups: {a: {members: []}}\n")
+    (tmp_path / "hubpilot.toml").write_text(
+        '[hub]\napi_url = "http://127.0.0.1:9/hub/api"\ntoken = "t"\n'
+        '[directory]\nkind = "file"\n[directory.file]\npath = "people.yaml"\n')
+    done = _bare(tmp_path, "sync", "--dry-run")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "sync.users_groups is empty" in done.stderr and "Traceback" not in done.stderr, done.stderr

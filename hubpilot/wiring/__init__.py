@@ -181,6 +181,10 @@ def build_directory(ctx: Context) -> Directory:
 def _sync(ctx: Context) -> Capability[Any]:
     from hubpilot.sync import SyncCapability
 
+    if not (ctx.settings.sync.users_groups or ctx.settings.sync.admin_groups):
+        # a configuration error, as a missing [directory]: not a run that fails every time
+        raise NotConfigured("sync.users_groups is empty: name the directory groups whose members are hub "
+                            "users (sync.users_groups, and sync.admin_groups for admins)")
     return SyncCapability(ctx.directory, ctx.hub, ctx.store, ctx.settings.sync)
 
 
