@@ -452,3 +452,36 @@ async def test_identity_queue_client_is_built_once_with_the_managed_identity(tmp
     assert client.url == "https://hubpilotst.queue.core.windows.net/hubpilot-runs"
     assert isinstance(client.credential, ManagedIdentityCredential)
     await ctx.close()  # closes the client and its credential
+
+
+def test_funcignore_leaves_out_what_the_zip_package_leaves_out() -> None:
+    """`func azure functionapp publish` uploads the folder but what .funcignore names: it must ship
+    the same files as the documented zip package (function_app.py, host.json, requirements.txt,
+    functions/, hubpilot/), so that neither way ships the tests, the virtualenvs or node_modules, and
+    neither leaves out a file the app imports. Checked for every file git tracks, with the patterns'
+    gitignore meaning for names (a pattern ending in / names a folder at any depth)."""
+    import fnmatch
+
+    root = Path(function_app.__file__).resolve().parent
+    readme = (root / "infra" / "bicep" / "README.md").read_text()
+    zipped = re.search(r"zip -r hubpilot-app\.zip (.+?) -x", readme)
+    assert zipped, "infra/bicep/README.md shows no zip command"
+    shipped = zipped.group(1).split()
+    patterns = [line.strip() for line in (root / ".funcignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def ignored(path: str) -> bool:
+        parts = path.split("/")
+        for p in patterns:
+            if p.endswith("/"):  # a folder of that name anywhere
+                if any(fnmatch.fnmatch(part, p[:-1]) for part in parts[:-1]):
+                    return True
+            elif any(fnmatch.fnmatch(part, p) for part in parts):
+                return True
+        return False
+
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    assert files, "git ls-files listed nothing"
+    for path in files:
+        in_zip = path.split("/")[0] in shipped and "__pycache__" not in path
+        assert ignored(path) != in_zip, f"{path}: {'shipped by one way only' if in_zip else 'uploaded by func publish'}"
