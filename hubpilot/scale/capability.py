@@ -396,7 +396,6 @@ class ScaleCapability:
             except ConflictError:
                 continue  # recorded again since it was read: kept
 
-
     async def _settle_demand(self, observed: Observed) -> None:
         """Delete the demand signals whose server's pod this run observed (not being deleted): the
         signal stands for a server until its pod is there, then the pod does. Kept, a signal would
