@@ -279,6 +279,48 @@ async def test_a_leaver_holding_the_admin_flag_is_deprovisioned_and_deleted_in_r
     assert bob not in (await world.hub_state())["users"]
 
 
+async def test_in_role_mode_a_leaver_or_returner_holding_the_admin_flag_is_named_in_a_note(
+        world: World, real_hub: RealHub) -> None:
+    """Role mode: hubpilot cannot clear the admin flag (the hub lets no non-admin modify an admin).
+    A leaver deprovisioned while holding it, and a person taken back into a synced group (not an
+    admin group) who holds it, keep full admin rights the directory does not give: the plan that
+    deprovisions, or takes back, names them and the fix."""
+    world.set("analysts", "alice", "bob")
+    world.set("admins", "alice", "bob")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    bob = world.user("bob")
+    async with real_hub.admin() as admin:  # set by hand, or by sync.admin_mode = 'flag' before
+        assert (await admin.patch(f"/users/{bob}", json={"admin": True})).status_code == 200
+    world.set("analysts", "alice")
+    world.set("admins", "alice")
+    left = await world.run()
+    assert left.outcome is Outcome.APPLIED and left.plan is not None, left.render()
+    assert left.plan.counts()["deprovision"] == 1, left.render()
+    (note,) = [n for n in left.plan.notes if bob in n]
+    assert "admin flag" in note and "deprovisioned" in note and f"clears {bob}'s admin flag" in note, note
+    assert (await world.hub_state())["users"][bob]["admin"] is True  # hubpilot could not clear it
+
+    world.set("analysts", "alice", "bob")  # back, as no admin
+    back = await world.run()
+    assert back.outcome is Outcome.APPLIED and back.plan is not None, back.render()
+    assert back.plan.counts() == {"manage_user": 1, "add_to_group": 1}, back.render()
+    (note,) = [n for n in back.plan.notes if bob in n]
+    assert "admin flag" in note and "no synced admin group" in note and f"clears {bob}'s admin flag" in note, note
+
+    # an existing hub user, an admin by hand and in a hub group of its own, adopted as no admin
+    carol, other = world.user("carol"), f"{world.prefix}other"
+    async with real_hub.admin() as admin:
+        assert (await admin.post(f"/users/{carol}", json={"admin": True})).status_code == 201
+        assert (await admin.post(f"/groups/{other}")).status_code == 201
+        assert (await admin.post(f"/groups/{other}/users", json={"users": [carol]})).status_code == 200
+    world.set("analysts", "alice", "bob", "carol")
+    adopted = await world.run()
+    assert adopted.outcome is Outcome.APPLIED and adopted.plan is not None, adopted.render()
+    assert adopted.plan.counts() == {"manage_user": 1, "add_to_group": 1}, adopted.render()
+    (note,) = [n for n in adopted.plan.notes if carol in n]
+    assert "admin flag" in note and f"clears {carol}'s admin flag" in note, note
+
+
 async def test_flag_mode_without_the_hub_admin_role_fails_naming_the_fix(real_hub: RealHub, tmp_path: Path) -> None:
     """sync.admin_mode = 'flag' with hubpilot's least-privilege role (no hub admin): the hub
     refuses every change of the flag (403 "Only admins can ..."), run after run; the failure says

@@ -176,12 +176,13 @@ class SyncCapability:
         """The hub users the plan needs to see.
 
         The plan reads a user's record only to know that they exist, whether they are admin (in
-        flag mode) and which servers a leaving user runs. Group membership already proves that a
-        user exists, so in role mode hubpilot fetches only the people whose existence or servers
-        are in question — newcomers not in any hub group yet, people who leave, deletions that
-        fall due — one request each; when those are many (a first sync), or in flag mode, it reads
-        the whole user list once instead. Both give the plan the same answer. With
-        sync.stop_servers, the deprovisioned whose servers run come from one read of the users
+        flag mode; in role mode for its notes on the flag) and which servers a leaving user runs.
+        Group membership already proves that a user exists, so in role mode hubpilot fetches only
+        the people whose existence, servers or flag are in question — newcomers not in any hub
+        group yet, people who leave, deletions that fall due, people adopted or taken back — one
+        request each; when those are many (a first sync), or in flag mode, it reads the whole user
+        list once instead. Both give the plan the same answer. With sync.stop_servers, the
+        deprovisioned whose servers run come from one read of the users
         with a server (``state=active``).
         """
         if self.policy.admin_mode == "flag":
@@ -199,7 +200,9 @@ class SyncCapability:
                    if n in want.users and n not in want.admins and n in managed}
         # a name another directory entry carries now: its hub user's servers and whether it exists
         reused = reused_names(managed, want)
-        asked = sorted((want.users - member_of.keys()) | leaving | due | demoted | reused)
+        # people this run adopts or takes back who are in a hub group already: whether they hold the flag
+        taken_in = {n for n in want.users & member_of.keys() if (r := managed.get(n)) is None or not r.active}
+        asked = sorted((want.users - member_of.keys()) | leaving | due | demoted | reused | taken_in)
         if len(asked) > TARGETED_LIMIT:
             return {u.name: u for u in await self.hub.list_users()}
         users = {n: HubUser(n, False, frozenset(gs)) for n, gs in member_of.items()}

@@ -405,14 +405,31 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
     # In role mode the admin flag is no admin right of hubpilot's making (the hub lets no non-admin
     # clear it): one set by hand, or in flag mode before, outlives the admin group. Say so.
     flag_notes: list[str] = []
+    noted: set[str] = set()
     for group in sorted(admin_mirrors(policy) if not flags else ()):
         for name in sorted(observed.groups[group].users if group in observed.groups else ()):
             user = users.get(name)
             if name in want.users and name not in want.admins and name in managed and user is not None \
-                    and user.admin:
+                    and user.admin and name not in noted:
+                noted.add(name)
                 flag_notes.append(f"{name} left the synced admin groups but holds the hub's admin flag "
                                   "(set by hand, or by sync.admin_mode = 'flag' before), which keeps their "
                                   "admin rights and which only a hub admin can clear")
+    # ... also for a leaver (deprovisioned, but their hub user stays an admin) and for a person this
+    # plan takes back or adopts into the synced groups, in no synced admin group
+    fix = ("(set by hand, or by sync.admin_mode = 'flag' before; the hub lets no non-admin clear it): a hub admin "
+           "clears {name}'s admin flag (PATCH /users/{name} {{\"admin\": false}}, or unticks admin on the hub's admin "
+           "page; admin rights come from the synced admin groups)")
+    for name in sorted(leaving if not flags else ()):
+        user = users.get(name)
+        if user is not None and user.admin and name not in noted:
+            flag_notes.append(f"{name} is deprovisioned (no longer in any synced directory group) but hub user {name} "
+                              "holds the hub's admin flag, which stays " + fix.format(name=name))
+    for name in sorted(adopted - want.admins if not flags else ()):
+        user = users.get(name)
+        if user is not None and user.admin and name not in noted:
+            flag_notes.append(f"{name} is taken into the synced groups, in no synced admin group, but hub user {name} "
+                              "holds the hub's admin flag, which gives them admin rights " + fix.format(name=name))
     reuse_notes = tuple(_reuse_note(n, managed[n], carried, renames) for n in sorted(taken))
     active = sum(1 for r in managed.values() if r.active)
     recent = recent_removals(observed, want, policy, now)
