@@ -280,7 +280,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     callback = PeriodicCallback(tick, interval * 1000)
     callback.start()
     web_app.settings["hubpilot_activity_callback"] = callback
-    serverapp.log.info("hubpilot_activity: busy kernels count as activity (checked every %.0f s)", interval)
+    serverapp.log.info("hubpilot_activity: busy kernels count as activity (checked every %g s)", interval)
 
 
 load_jupyter_server_extension = _load_jupyter_server_extension

@@ -58,7 +58,10 @@ def test_an_unusable_check_interval_is_a_warning_at_load_and_60_s(tmp_path: Path
     assert "busy kernels count as activity (checked every 60 s)" in log
 
 
-def test_a_usable_check_interval_is_used_without_a_warning(tmp_path: Path) -> None:
-    log = _server_log(tmp_path, "30")
-    assert "busy kernels count as activity (checked every 30 s)" in log
+@pytest.mark.parametrize(("value", "said"), [("30", "30"), ("0.5", "0.5"), ("2.25", "2.25")])
+def test_a_usable_check_interval_is_used_without_a_warning(tmp_path: Path, value: str, said: str) -> None:
+    """The log says the interval in use: "0.5" (the docs' own example) was logged as "checked
+    every 0 s", which reads as a check that never runs, or as the invalid 0."""
+    log = _server_log(tmp_path, value)
+    assert f"busy kernels count as activity (checked every {said} s)" in log
     assert "HUBPILOT_ACTIVITY_CHECK_SECONDS" not in log
