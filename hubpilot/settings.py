@@ -105,12 +105,13 @@ class Settings(BaseSettings):
     def _reclaim_exceeds_activity_interval(self) -> Settings:
         reclaim = self.scale.reclaim_idle_minutes * 60
         check = self.cull.activity_check_seconds
-        if 0 < reclaim <= self.cull.activity_interval + check:
+        if 0 < reclaim <= self.cull.activity_lag:
             how_often = (f" + cull.activity_check_seconds={check:g} s, how often hubpilot_activity marks a "
                          "silent busy server" if check else "")
             raise ValueError(
                 f"scale.reclaim_idle_minutes ({self.scale.reclaim_idle_minutes:g} min) must exceed the hub's "
-                f"activity interval (cull.activity_interval={self.cull.activity_interval} s{how_often}), or "
+                f"activity interval (cull.activity_interval={self.cull.activity_interval} s{how_often}; "
+                f"{self.cull.lag_note}), or "
                 "servers in use would look idle and be reclaimed; raise it or lower JUPYTERHUB_ACTIVITY_INTERVAL "
                 "and cull.activity_interval together (or HUBPILOT_ACTIVITY_CHECK_SECONDS and "
                 "cull.activity_check_seconds)"

@@ -303,10 +303,27 @@ def test_timeouts_exceed_the_activity_lag_of_a_silent_busy_server() -> None:
     with pytest.raises(ValueError, match=r"policies\[gpu\]\.inactivity_timeout=90"):
         CullSettings.model_validate({"activity_interval": 60, "schedule": "*/30 * * * * *",
                                      "policies": [{"name": "gpu", "inactivity_timeout": 90}]})
-    assert CullSettings(inactivity_timeout=361, schedule=every_2m).inactivity_timeout == 361
+    assert CullSettings(inactivity_timeout=391, schedule=every_2m).inactivity_timeout == 391
     # an image without the extension: only the activity reports lag
-    assert CullSettings(inactivity_timeout=330, activity_check_seconds=0,
-                        schedule=every_2m).inactivity_timeout == 330
+    assert CullSettings(inactivity_timeout=331, activity_check_seconds=0,
+                        schedule=every_2m).inactivity_timeout == 331
+
+
+def test_timeouts_exceed_the_activity_lag_with_the_reports_jitter() -> None:
+    """jupyterhub-singleuser waits JUPYTERHUB_ACTIVITY_INTERVAL * (1 ± 10%) between two reports
+    (``keep_activity_updated``), so a silent busy server's hub activity can be 330 s + 60 s old
+    with the shipped values: a 361 s timeout (which passed) stops it mid-computation."""
+    every_2m = "0 */2 * * * *"
+    for timeout in (361, 390):
+        with pytest.raises(ValueError, match=rf"cull\.inactivity_timeout={timeout}: .*up to 10% later.*390 s"):
+            CullSettings(inactivity_timeout=timeout, schedule=every_2m)
+    with pytest.raises(ValueError, match=r"cull\.inactivity_timeout=330: .*330 s"):
+        CullSettings(inactivity_timeout=330, activity_check_seconds=0, schedule=every_2m)
+    # 60 s reports and a check every 60 s (docs/scale.md's example): the lag is up to 126 s
+    with pytest.raises(ValueError, match=r"policies\[gpu\]\.inactivity_timeout=125: .*126 s"):
+        CullSettings.model_validate({"activity_interval": 60, "schedule": "*/30 * * * * *",
+                                     "policies": [{"name": "gpu", "inactivity_timeout": 125}]})
+    assert CullSettings(inactivity_timeout=391, schedule=every_2m).inactivity_timeout == 391
 
 
 def test_a_stop_is_judged_again_on_the_hubs_current_state() -> None:

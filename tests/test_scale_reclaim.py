@@ -181,3 +181,6 @@ def test_reclaim_limit_must_exceed_the_activity_interval() -> None:
                        match=r"reclaim_idle_minutes \(2 min\) must exceed .*activity_check_seconds=60"):
         Settings(scale={"reclaim_idle_minutes": 2}, cull={"activity_interval": 60})
     assert Settings(scale={"reclaim_idle_minutes": 2}, cull={"activity_interval": 60, "activity_check_seconds": 30})
+    # jupyterhub-singleuser reports up to 10% later than its interval: 100 s + 10 s + 10 s > 2 min
+    with pytest.raises(ValidationError, match=r"reclaim_idle_minutes \(2 min\) must exceed .*up to 10% later.*120 s"):
+        Settings(scale={"reclaim_idle_minutes": 2}, cull={"activity_interval": 100, "activity_check_seconds": 10})

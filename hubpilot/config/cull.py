@@ -13,6 +13,9 @@ from pydantic import Field, field_validator, model_validator
 from hubpilot.config.base import NCronTab, Section
 
 TEN_YEARS = 10 * 365 * 24 * 3600  # seconds; a longer limit is no limit (0 says "never"), and overflows a clock
+#: jupyterhub-singleuser waits its activity interval times 1 ± 10% between two reports
+#: (``keep_activity_updated``): a report can come this many intervals after the previous one
+REPORT_STRETCH = 1.1
 
 
 class CullPolicy(Section):
@@ -47,7 +50,7 @@ class CullSettings(Section):
     inactivity_timeout: int = Field(
         3600, ge=0, le=TEN_YEARS,
         description="Seconds without activity before a server is stopped (0: never for inactivity). "
-        "Must exceed activity_interval + activity_check_seconds.",
+        "Must exceed 1.1 × activity_interval + activity_check_seconds.",
     )
     max_age: int = Field(
         0, ge=0, le=TEN_YEARS,
@@ -56,13 +59,13 @@ class CullSettings(Section):
     activity_interval: int = Field(
         300, ge=1,
         description="The single-user servers' JUPYTERHUB_ACTIVITY_INTERVAL (seconds); "
-        "timeouts must exceed it (plus activity_check_seconds).",
+        "timeouts must exceed 1.1 × it (jupyterhub-singleuser reports up to 10% late) plus activity_check_seconds.",
     )
     activity_check_seconds: float = Field(
         60, ge=0, le=3600,
         description="The user image's HUBPILOT_ACTIVITY_CHECK_SECONDS (hubpilot_activity's busy "
         "check; 0 if the image does not run it): a silent busy server's activity reaches the hub "
-        "up to activity_interval + this late, so timeouts must exceed the sum.",
+        "up to 1.1 × activity_interval + this late, so timeouts must exceed the sum.",
     )
     cull_default_servers: bool = Field(True, description="Cull default (unnamed) servers.")
     cull_named_servers: bool = Field(True, description="Cull named servers.")
@@ -111,7 +114,7 @@ class CullSettings(Section):
         """A timeout at or below the activity lag would cull servers that are in use: a server
         reports every activity_interval, and a silent busy one is marked by hubpilot_activity
         only every activity_check_seconds before that."""
-        lag = self.activity_interval + self.activity_check_seconds
+        lag = self.activity_lag
         bad = [f"{where}={value}" for where, value in self._limits("inactivity_timeout")
                if value is not None and 0 < value <= lag]
         if bad:
@@ -119,10 +122,22 @@ class CullSettings(Section):
                      "hubpilot_activity marks a busy server" if self.activity_check_seconds else "")
             raise ValueError(
                 f"{', '.join(bad)}: an inactivity timeout must exceed the hub's activity-update "
-                f"interval (cull.activity_interval={self.activity_interval} s{check}), or servers in "
-                "use look idle between two activity reports; raise the timeout (or lower the interval)"
+                f"interval (cull.activity_interval={self.activity_interval} s{check}; {self.lag_note}), "
+                "or servers in use look idle between two activity reports; raise the timeout (or lower "
+                "the interval)"
             )
         return self
+
+    @property
+    def activity_lag(self) -> float:
+        """How old a server's hub activity can be while it is in use (seconds): a report comes up
+        to 10% later than activity_interval and carries a busy mark up to activity_check_seconds
+        old."""
+        return REPORT_STRETCH * self.activity_interval + self.activity_check_seconds
+
+    @property
+    def lag_note(self) -> str:
+        return f"jupyterhub-singleuser reports up to 10% later than its interval: {self.activity_lag:g} s in all"
 
     @model_validator(mode="after")
     def _rounds_come_often_enough(self) -> CullSettings:

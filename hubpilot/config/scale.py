@@ -211,7 +211,7 @@ class ScaleSettings(Section):
     reclaim_idle_minutes: float = Field(
         0.0, ge=0, le=1440, description="A GPU server idle this long is stopped when another GPU server waits "
         "and no ready node is free, and counts as warm spare meanwhile (0: never). Must exceed "
-        "cull.activity_interval + cull.activity_check_seconds.")
+        "1.1 × cull.activity_interval + cull.activity_check_seconds.")
     max_reclaim: int = Field(2, ge=1, le=100, description="Most idle GPU servers reclaimed in one run.")
     price_per_node_hour: float = Field(
         0.0, ge=0, allow_inf_nan=False, description="Price of one GPU node-hour (cost report; 0: not set, the "
