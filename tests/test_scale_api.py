@@ -3,6 +3,7 @@ with the real wiring (build_scale) against the ARM double and kmock."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -186,3 +187,31 @@ async def test_a_gpu_spawn_the_hub_resolved_from_a_profile_option_is_not_dropped
     assert r.json()["recorded"] == "alice~" and r.json()["run_id"], r.json()
     await drain_tasks()
     assert arm.pools["gpu"]["count"] == 1
+
+
+async def test_a_follow_up_that_stops_waiting_says_so_once(setup: dict[str, Any],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A run that holds the lock longer than the follow-up waits (scale.lro_wait_seconds + 60 s, on
+    hubpilot's clock, which also tells the lock's expiry): the follow-up stops waiting and says so in
+    one warning (the demands count in the next timer run), instead of leaving them without a word."""
+    import logging
+
+    from hubpilot.api.scale_routes import drain_follow_ups
+
+    client, arm, ctx, clock = setup["client"], setup["arm"], setup["ctx"], setup["clock"]
+    ctx.settings = ctx.settings.model_copy(update={"scale": ctx.settings.scale.model_copy(
+        update={"lro_wait_seconds": 0.0})})
+    lease = await ctx.store.acquire_lock("scale", "another-run", timedelta(minutes=5), ctx.clock())
+    assert lease is not None
+    with caplog.at_level(logging.WARNING, logger="hubpilot.api.scale_routes"):
+        for user in ("dana", "eric"):
+            r = await client.post("/api/v1/scale/demand", json={"user": user}, headers=HUB)
+            assert r.status_code == 202 and "follow-up" in r.json()["detail"], r.text
+        clock["now"] = NOW + timedelta(seconds=61)  # the other run still holds the lock (5 min)
+        await asyncio.wait_for(drain_follow_ups(), 30)
+    gave_up = [rec for rec in caplog.records if rec.name == "hubpilot.api.scale_routes"]
+    assert len(gave_up) == 1 and gave_up[0].levelno == logging.WARNING, caplog.text
+    assert "next" in gave_up[0].getMessage() and "60" in gave_up[0].getMessage(), gave_up[0].getMessage()
+    assert not arm.writes()
+    await ctx.store.release_lock(lease)
+

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
@@ -38,11 +39,11 @@ _follow_ups: dict[int, asyncio.Task[None]] = {}  # by id(ctx): at most one waiti
 
 
 async def _follow_up(ctx: Context, actor: str, limit: float) -> None:
-    """Start one scale run as soon as the running one has released the lock (bounded wait)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
+    """Start one scale run as soon as the running one has released the lock (bounded wait, on the
+    context's clock, the one the lock's expiry is told by)."""
+    deadline = ctx.clock() + timedelta(seconds=limit)
     try:
-        while loop.time() < deadline:
+        while ctx.clock() < deadline:
             await asyncio.sleep(FOLLOW_UP_POLL_SECONDS)
             if await ctx.store.read_lock("scale", ctx.clock()) is not None:
                 continue
@@ -51,6 +52,8 @@ async def _follow_up(ctx: Context, actor: str, limit: float) -> None:
                 return
             except LockHeld:
                 continue
+        log.warning("a scale run has held the lock for more than %g s (scale.lro_wait_seconds + 60) since a demand "
+                    "signal: no follow-up run is started for it; its demands count in the next scale run", limit)
     except Exception:  # a follow-up is an optimisation: the timer run picks the demand up anyway
         log.exception("follow-up scale run for a demand signal failed")
     finally:
