@@ -215,3 +215,29 @@ async def test_a_follow_up_that_stops_waiting_says_so_once(setup: dict[str, Any]
     assert not arm.writes()
     await ctx.store.release_lock(lease)
 
+
+async def test_a_demand_covered_by_a_waiting_follow_up_gets_its_full_wait(setup: dict[str, Any]) -> None:
+    """Several demands while one run holds the lock: one follow-up serves them all, and it waits for
+    the lock as long as the last of them was told (not only as long as the first one's wait had left),
+    then starts one run that counts every demand."""
+    from hubpilot.api.scale_routes import FOLLOW_UP_POLL_SECONDS, drain_follow_ups
+
+    client, arm, ctx, clock = setup["client"], setup["arm"], setup["ctx"], setup["clock"]
+    ctx.settings = ctx.settings.model_copy(update={"scale": ctx.settings.scale.model_copy(
+        update={"lro_wait_seconds": 0.0})})
+    lease = await ctx.store.acquire_lock("scale", "another-run", timedelta(minutes=5), ctx.clock())
+    assert lease is not None
+    r = await client.post("/api/v1/scale/demand", json={"user": "dana"}, headers=HUB)
+    assert r.status_code == 202 and "follow-up" in r.json()["detail"], r.text
+    await asyncio.sleep(FOLLOW_UP_POLL_SECONDS * 2)  # the follow-up is waiting
+    clock["now"] = NOW + timedelta(seconds=50)
+    r = await client.post("/api/v1/scale/demand", json={"user": "eric"}, headers=HUB)
+    assert r.status_code == 202 and "follow-up" in r.json()["detail"], r.text
+    clock["now"] = NOW + timedelta(seconds=70)  # past the first demand's wait, within the second's
+    await asyncio.sleep(FOLLOW_UP_POLL_SECONDS * 5)  # a few looks at the lock
+    await ctx.store.release_lock(lease)
+    await asyncio.wait_for(arm.write_event.wait(), 10)
+    await drain_follow_ups()
+    await drain_tasks()
+    assert arm.pools["gpu"]["count"] == 2  # both demands, one run
+    assert len([c for c in arm.calls if c.method == "PUT"]) == 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
@@ -36,14 +36,15 @@ router = APIRouter(tags=["scale"])
 
 FOLLOW_UP_POLL_SECONDS = 0.2
 _follow_ups: dict[int, asyncio.Task[None]] = {}  # by id(ctx): at most one waiting per process
+_follow_up_until: dict[int, datetime] = {}  # by id(ctx): until when it waits (the last demand's wait)
 
 
 async def _follow_up(ctx: Context, actor: str, limit: float) -> None:
     """Start one scale run as soon as the running one has released the lock (bounded wait, on the
-    context's clock, the one the lock's expiry is told by)."""
-    deadline = ctx.clock() + timedelta(seconds=limit)
+    context's clock, the one the lock's expiry is told by: up to ``limit`` seconds after the last
+    demand it serves)."""
     try:
-        while ctx.clock() < deadline:
+        while ctx.clock() < _follow_up_until.get(id(ctx), ctx.clock()):
             await asyncio.sleep(FOLLOW_UP_POLL_SECONDS)
             if await ctx.store.read_lock("scale", ctx.clock()) is not None:
                 continue
@@ -52,20 +53,23 @@ async def _follow_up(ctx: Context, actor: str, limit: float) -> None:
                 return
             except LockHeld:
                 continue
-        log.warning("a scale run has held the lock for more than %g s (scale.lro_wait_seconds + 60) since a demand "
-                    "signal: no follow-up run is started for it; its demands count in the next scale run", limit)
+        log.warning("a scale run has held the lock for more than %g s (scale.lro_wait_seconds + 60) since the last "
+                    "demand signal: no follow-up run is started for it; its demands count in the next scale run", limit)
     except Exception:  # a follow-up is an optimisation: the timer run picks the demand up anyway
         log.exception("follow-up scale run for a demand signal failed")
     finally:
         _follow_ups.pop(id(ctx), None)
+        _follow_up_until.pop(id(ctx), None)
 
 
 def _schedule_follow_up(ctx: Context, actor: str) -> bool:
     if ctx.settings.api.run_mode != "inprocess":
         return False
+    limit = ctx.settings.scale.lro_wait_seconds + 60
+    # from now: a demand the waiting follow-up covers gets the whole wait too
+    _follow_up_until[id(ctx)] = ctx.clock() + timedelta(seconds=limit)
     if id(ctx) in _follow_ups:
         return True  # the follow-up already waiting covers this demand too
-    limit = ctx.settings.scale.lro_wait_seconds + 60
     _follow_ups[id(ctx)] = asyncio.create_task(_follow_up(ctx, actor, limit))
     return True
 
