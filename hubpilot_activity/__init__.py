@@ -27,7 +27,8 @@ Install in the user image next to jupyterhub-singleuser and enable with
 ``jupyter server extension enable hubpilot_activity`` (or
 ``c.ServerApp.jpserver_extensions = {"hubpilot_activity": True}``). The check interval comes
 from ``HUBPILOT_ACTIVITY_CHECK_SECONDS`` (default 60; keep it below the hub activity interval; a
-value that is no number of seconds above 0 is a warning at load, and 60).
+value that is no number of seconds above 0 is a warning at load, and 60; one below 0.1 or above
+3600 is a warning at load, and that bound).
 Standard library and jupyter_server only.
 """
 
@@ -43,6 +44,12 @@ from typing import Any
 SETTING = "hubpilot_busy_last_activity"
 INPUT_WATCH = "hubpilot_input_watch"  # web_app setting: the server's InputWatch
 DEFAULT_CHECK_SECONDS = 60.0
+#: a shorter check keeps the server's event loop running it without pause (a shorter value is
+#: brought up to this one, a longer one than MAX_CHECK_SECONDS down to that)
+MIN_CHECK_SECONDS = 0.1
+#: the largest ``cull.activity_check_seconds`` hubpilot accepts: a longer check could not be
+#: described in hubpilot's settings, whose timeouts must exceed the activity lag it adds
+MAX_CHECK_SECONDS = 3600.0
 #: jupyter_server's own list of message types that are no user activity (used when its kernel
 #: manager has no ``track_message_type``): a status answering one of them is not an execution's
 UNTRACKED = frozenset({
@@ -177,7 +184,8 @@ def mark_if_busy(web_app: Any, now: datetime | None = None) -> bool:
 def check_seconds(warn: Callable[[str], Any] | None = None) -> float:
     """The check interval: ``HUBPILOT_ACTIVITY_CHECK_SECONDS``, or 60 when unset; a value that is
     no finite number of seconds above 0 (``30s``, ``0``, ``inf``: a check that never runs) is
-    60 too, and ``warn`` is told what to fix."""
+    60 too; a number below 0.1 s (a check without pause) is 0.1, one above 3600 s (more than
+    hubpilot's ``cull.activity_check_seconds`` can say) is 3600. ``warn`` is told what to fix."""
     raw = os.environ.get("HUBPILOT_ACTIVITY_CHECK_SECONDS", "")
     if not raw.strip():
         return DEFAULT_CHECK_SECONDS
@@ -186,7 +194,15 @@ def check_seconds(warn: Callable[[str], Any] | None = None) -> float:
     except ValueError:
         value = math.nan
     if math.isfinite(value) and value > 0:
-        return value
+        if MIN_CHECK_SECONDS <= value <= MAX_CHECK_SECONDS:
+            return value
+        bound = MIN_CHECK_SECONDS if value < MIN_CHECK_SECONDS else MAX_CHECK_SECONDS
+        if warn is not None:
+            warn(f"hubpilot_activity: HUBPILOT_ACTIVITY_CHECK_SECONDS={raw!r} is outside "
+                 f"{MIN_CHECK_SECONDS:g}..{MAX_CHECK_SECONDS:g} s (below, the check runs without pause; above, "
+                 f"hubpilot's cull.activity_check_seconds cannot match it); busy kernels are checked every "
+                 f"{bound:g} s")
+        return bound
     if warn is not None:
         warn(f"hubpilot_activity: HUBPILOT_ACTIVITY_CHECK_SECONDS={raw!r} is not a number of seconds above 0 "
              f"(e.g. 60); busy kernels are checked every {DEFAULT_CHECK_SECONDS:.0f} s")

@@ -65,3 +65,27 @@ def test_a_usable_check_interval_is_used_without_a_warning(tmp_path: Path, value
     log = _server_log(tmp_path, value)
     assert f"busy kernels count as activity (checked every {said} s)" in log
     assert "HUBPILOT_ACTIVITY_CHECK_SECONDS" not in log
+
+
+@pytest.mark.parametrize(("value", "said"), [("1e-6", "0.1"), ("0.001", "0.1"), ("7200", "3600"), ("1e12", "3600")])
+def test_a_check_interval_out_of_range_is_a_warning_at_load_and_brought_within_it(
+        tmp_path: Path, value: str, said: str) -> None:
+    """1e-6 was taken as it is: the check ran without pause and kept the user's idle server on
+    the CPU (much of a core, with no kernel at all); 7200 was taken too, though hubpilot's
+    cull.activity_check_seconds cannot say more than 3600, so hubpilot's settings could not
+    describe the image and its timeout check reckoned with a lag shorter than the real one. The
+    server still runs; the log names the value and the bound used instead."""
+    log = _server_log(tmp_path, value)
+    assert "is running at" in log
+    assert f"HUBPILOT_ACTIVITY_CHECK_SECONDS={value!r}" in log
+    assert f"busy kernels count as activity (checked every {said} s)" in log
+
+
+def test_the_check_interval_cap_is_hubpilots_own() -> None:
+    """The extension's upper bound is the largest cull.activity_check_seconds hubpilot accepts."""
+    import hubpilot_activity
+    from hubpilot.config.cull import CullSettings
+
+    CullSettings(activity_check_seconds=hubpilot_activity.MAX_CHECK_SECONDS, inactivity_timeout=0)
+    with pytest.raises(ValueError, match="activity_check_seconds"):
+        CullSettings(activity_check_seconds=hubpilot_activity.MAX_CHECK_SECONDS + 1, inactivity_timeout=0)
