@@ -340,6 +340,65 @@ async def test_flag_mode_without_the_hub_admin_role_fails_naming_the_fix(real_hu
         await world.close()
 
 
+async def test_in_flag_mode_a_leaver_whose_admin_flag_the_hub_keeps_is_removed_and_counted_once(
+        real_hub: RealHub, tmp_path: Path) -> None:
+    """sync.admin_mode = 'flag' without the hub's admin role: the hub refuses to clear a leaver's
+    admin flag (403 "Only admins can modify other admins"), run after run. The leaver still loses
+    what hubpilot can take (groups, server, tokens) and is recorded as deprovisioned at once: the
+    removal window counts them, once, and sync.delete_users' grace starts. Every run retries the
+    flag and reports the refusal with the fix, until a hub admin clears it."""
+    world = World(real_hub, tmp_path, admin_mode="flag", max_removals=1)
+    try:
+        world.set("analysts", "alice", "bob", "carol")
+        assert (await world.run()).outcome is Outcome.APPLIED
+        bob = world.user("bob")
+        await real_hub.spawn(bob)
+        async with real_hub.admin() as admin:  # set by hand
+            assert (await admin.patch(f"/users/{bob}", json={"admin": True})).status_code == 200
+            assert (await admin.post(f"/users/{bob}/tokens", json={"note": "bob's token"})).status_code == 201
+        world.set("analysts", "alice", "carol")
+        left = await world.run()
+        assert left.outcome is Outcome.FAILED and left.plan is not None, left.render()
+        by_kind = {r.action.kind: r for r in left.results}
+        refused = by_kind["revoke_admin"]
+        assert refused.status is Status.FAILED and "Only admins can modify other admins" in refused.detail
+        assert "sync.admin_mode = 'flag' needs the hubpilot service to hold the hub's admin role" in refused.detail
+        assert by_kind["deprovision"].status is Status.DONE, left.render()
+        assert f"{bob} keeps the hub's admin flag" in by_kind["deprovision"].detail, left.render()
+        assert by_kind["revoke_tokens"].status is Status.DONE
+        assert by_kind["stop_servers"].status in (Status.DONE, Status.PENDING)
+        async with real_hub.admin() as admin:
+            user = (await admin.get(f"/users/{bob}")).json()
+            tokens = (await admin.get(f"/users/{bob}/tokens")).json()
+        assert user["groups"] == [] and tokens["api_tokens"] == [] and user["admin"] is True
+        managed = await world.store.get(MANAGED_KEY)
+        assert managed is not None
+        stamp = managed["users"][bob]["deprovisioned_at"]
+        assert stamp, managed
+
+        again = await world.run()  # the refusal again: the flag is retried, the removal not made again
+        assert again.outcome is Outcome.FAILED and again.plan is not None, again.render()
+        assert again.plan.counts() == {"revoke_admin": 1}, again.render()
+        (refused,) = again.results
+        assert refused.status is Status.FAILED and "sync.admin_mode = 'flag' needs" in refused.detail
+        assert again.plan.facts["recent_removals"] == 1, again.render()
+        managed = await world.store.get(MANAGED_KEY)
+        assert managed is not None and managed["users"][bob]["deprovisioned_at"] == stamp
+
+        world.set("analysts", "alice")  # one more leaver: two in the window, over max_removals = 1
+        over = await world.run()
+        assert over.outcome is Outcome.REFUSED, over.render()
+        assert any("the plan removes 1 users and sync removed 1" in r for r in over.refusal), over.render()
+        world.set("analysts", "alice", "carol")
+
+        async with real_hub.admin() as admin:  # the fix: a hub admin clears the flag
+            assert (await admin.patch(f"/users/{bob}", json={"admin": False})).status_code == 200
+        done = await world.run()
+        assert done.outcome is Outcome.APPLIED and done.plan is not None and done.plan.empty, done.render()
+    finally:
+        await world.close()
+
+
 async def test_a_rename_refused_for_an_admin_flag_set_since_the_reading_names_the_fix(
         world: World, real_hub: RealHub) -> None:
     """Role mode: the admin flag set by hand between the reading and the rename. The hub refuses the

@@ -123,6 +123,8 @@ class SyncCapability:
         self._not_created: dict[str, str] = {}
         # this apply's new names whose rename waits (a server started since the reading) → why
         self._not_renamed: dict[str, str] = {}
+        # this apply's users whose admin flag the hub refuses to clear (hubpilot is no hub admin)
+        self._flag_kept: set[str] = set()
 
     def _desired(self, snapshot: DirectorySnapshot) -> Desired:
         """The snapshot's desired state, computed once per snapshot (observe, plan and apply all
@@ -232,6 +234,7 @@ class SyncCapability:
     async def apply(self, plan: Plan, observed: SyncObserved, progress: Progress) -> list[ActionResult]:
         self._not_created = {}
         self._not_renamed = {}
+        self._flag_kept = set()
         # Recorded as managed before the hub gets them: a run killed between creating users (or
         # adding them to groups) and the final record would leave them unmanaged, and one who
         # left before the next run would keep their groups for good.
@@ -247,15 +250,22 @@ class SyncCapability:
             plan.actions, _batch_key, self._perform, concurrency=self.policy.concurrency, progress=progress
         )
         # A person is marked deprovisioned only when every step of their removal succeeded;
-        # otherwise the next run plans the remaining steps again.
+        # otherwise the next run plans the remaining steps again. Not waited for: an admin flag the
+        # hub refuses to clear (hubpilot is no hub admin), which no run clears until someone acts;
+        # the leaver has lost all else, their removal counts in the window now (once), and every
+        # run retries the flag (its refusal names the fix).
         failed = {
             r.action.params.get("user", r.action.target)
             for r in results
             if r.status is Status.FAILED and r.action.kind != "deprovision"
+            and not (r.action.kind == "revoke_admin" and r.action.target in self._flag_kept)
         }
         results = [
             ActionResult(r.action, Status.FAILED, "not recorded: an earlier step for this user failed; "
                          "the next run retries") if r.action.kind == "deprovision" and r.action.target in failed
+            else ActionResult(r.action, r.status, (
+                f"{r.action.target} keeps the hub's admin flag, which the hub refused to clear (see revoke_admin); "
+                "every run retries it")) if r.action.kind == "deprovision" and r.action.target in self._flag_kept
             else r
             for r in results
         ]
@@ -402,7 +412,10 @@ class SyncCapability:
             try:
                 await hub.set_admin(first.target, kind == "grant_admin")
             except HubError as exc:
-                raise self._admin_refusal(exc, first.target) from exc
+                refusal = self._admin_refusal(exc, first.target)
+                if refusal is not exc and kind == "revoke_admin":
+                    self._flag_kept.add(first.target)
+                raise refusal from exc
             return [ActionResult(first, Status.DONE)]
         if kind == "stop_servers":
             # read the user again: another run (a cull round, scale's reclaim, the user) may have

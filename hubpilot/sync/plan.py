@@ -370,8 +370,13 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
         # found none), or started for them since: every run that finds one stops it (a deletion
         # stops it anyway)
         running = sorted(s for s, srv in user.servers.items() if srv.ready or srv.pending) if user else []
+        when = f" on {record.deprovisioned_at:%Y-%m-%d}" if record.deprovisioned_at else ""
+        # flag mode: a leaver recorded while the hub refused to clear their admin flag (hubpilot is
+        # no hub admin), or flagged since: every run clears it (a deletion takes it anyway)
+        if flags and user is not None and user.admin and not deleting:
+            actions.append(Action("revoke_admin", name, PHASE_REVOKE_ADMIN, reason=(
+                f"deprovisioned{when} (no longer in any synced directory group), but holds the hub's admin flag")))
         if policy.stop_servers and running and not deleting:
-            when = f" on {record.deprovisioned_at:%Y-%m-%d}" if record.deprovisioned_at else ""
             actions.append(Action("stop_servers", name, PHASE_STOP, {"servers": running}, reason=(
                 f"deprovisioned{when} (no longer in any synced directory group), but runs a server "
                 "started since")))
