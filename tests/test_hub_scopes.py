@@ -5,6 +5,7 @@ with 403 — shown in ONE real hub that carries a service per dropped scope (tes
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -87,12 +88,20 @@ def test_the_documented_z2jh_admin_binding_works_pasted() -> None:
     hubpilot_hub.configure binds it."""
     doc = (PROJECT_ROOT / "docs" / "hub-scopes.md").read_text()
     (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "load_groups" in b]
-    for before in ([], [{"name": "admin", "users": ["root"]}]):
-        c = Config()
-        if before:
-            c.JupyterHub.load_roles = before
-        exec(snippet, {"c": c})
-        hub = JupyterHub(config=c)
-        assert [r for r in hub.load_roles if r["name"] == "admin"] == [
-            {**(before[0] if before else {"name": "admin"}), "groups": ["dir-hub-admins"]}]
-        assert "dir-hub-admins" in hub.load_groups
+    # a JupyterHub application made in this process sets up its logger ("JupyterHub": its own
+    # handler, no propagation), which would hide the hub-side modules' log lines from later
+    # tests' caplog: put it back as it was
+    logger = logging.getLogger("JupyterHub")
+    saved = (logger.propagate, list(logger.handlers), logger.level)
+    try:
+        for before in ([], [{"name": "admin", "users": ["root"]}]):
+            c = Config()
+            if before:
+                c.JupyterHub.load_roles = before
+            exec(snippet, {"c": c})
+            hub = JupyterHub(config=c)
+            assert [r for r in hub.load_roles if r["name"] == "admin"] == [
+                {**(before[0] if before else {"name": "admin"}), "groups": ["dir-hub-admins"]}]
+            assert "dir-hub-admins" in hub.load_groups
+    finally:
+        logger.propagate, logger.handlers[:], logger.level = saved[0], saved[1], saved[2]

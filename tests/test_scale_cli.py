@@ -56,7 +56,8 @@ async def test_the_cli_plans_without_touching_the_pool_then_scales_it(
         text = json.dumps(plan)
         assert '"set_count"' in text and '"count": 2' in text, out
         assert not arm.writes() and arm.pools["gpu"]["count"] == 1  # a dry run changes nothing
-        assert [r["query"]["resource"] for r in identity.requests][:1] == ["https://management.azure.com"]
+        # the audience follows scale.arm_endpoint (scale.arm_audience unset): the ARM double's own
+        assert [r["query"]["resource"] for r in identity.requests][:1] == [arm.base_url]
 
         code, out, err = await hubpilot(env, "scale", "--json")
         assert code == 0, err[-3000:]
