@@ -77,6 +77,19 @@ async def test_a_late_record_does_not_hide_a_later_change(store: SqliteStore) ->
     assert rep["days"][0]["node_hours"] == 8.0
 
 
+async def test_a_late_record_of_the_same_size_moves_the_change_earlier(store: SqliteStore) -> None:
+    """Two instances observe the pool a second apart and the later one writes first: the earlier
+    record makes the later point no change, so the day has one change, at the earlier time."""
+    assert await record_size(store, h(8) + timedelta(seconds=1), 2, source="observed")
+    assert await record_size(store, h(8), 2, source="observed")  # arrives late
+    assert await record_size(store, h(9), 3, source="scale-up")
+    doc = await store.get("scale/sizes/2026-03-28")
+    assert doc is not None
+    assert [(p[0][11:19], p[1]) for p in doc["points"]] == [("08:00:00", 2), ("09:00:00", 3)]
+    rep = await report(store, h(10), days=1)
+    assert rep["days"][0]["changes"] == 2 and rep["days"][0]["node_hours"] == 5.0
+
+
 async def test_records_at_the_same_instant_keep_their_order(store: SqliteStore) -> None:
     """An observation and the scale-down that follows it, stamped with the same time: the size
     after that instant is the one recorded last, not the larger one."""

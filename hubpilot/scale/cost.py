@@ -287,7 +287,7 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
         elif not change:
             return False
         if change:
-            points.append([at.isoformat(), count, source])
+            points = _with_point(points, [at.isoformat(), count, source], at, count)
         new = {**doc, "points": points}
         if not got and start is not None:  # the size in force when the day began: no walk back
             new["start"] = start
@@ -304,6 +304,28 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
     log.warning("the size history %s was written by others %d times in a row within %g s: %s at %s not recorded",
                 key, pause.conflicts, seconds, count, at.isoformat())
     return False
+
+
+def _with_point(points: list[Any], point: list[Any], at: datetime, count: int) -> list[Any]:
+    """``points`` with ``point`` (the size ``count`` from ``at``) in its place by time, after the
+    points of the same instant. A record that arrives late (two instances, a skewed clock) can be
+    earlier than a point of the same size: that point is no longer a change and is dropped, so the
+    day counts the change once, at its earliest time. Damaged points stay as they are."""
+    def when(p: Any) -> datetime | None:
+        try:
+            return stored_time(p[0], "time")
+        except (ValueError, TypeError, IndexError, KeyError):
+            return None
+    timed = [(when(p), p) for p in points]
+    later = [(t, p) for t, p in timed if t is not None and t > at]
+    if later:
+        _, nxt = min(later, key=lambda tp: tp[0])
+        if isinstance(nxt[1], int) and not isinstance(nxt[1], bool) and nxt[1] == count:
+            points = [p for p in points if p is not nxt]
+    valid = sorted([(t, p) for t, p in ((when(p), p) for p in points) if t is not None], key=lambda tp: tp[0])
+    cut = sum(1 for t, _ in valid if t <= at)
+    damaged = [p for p in points if when(p) is None]
+    return [p for _, p in valid[:cut]] + [point] + [p for _, p in valid[cut:]] + damaged
 
 
 def _spans(value: Any, key: str) -> list[Span]:
