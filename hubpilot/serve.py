@@ -22,6 +22,7 @@ import uvicorn
 from hubpilot.api.app import create_app
 from hubpilot.api.front import Front
 from hubpilot.api.runs import drain_tasks
+from hubpilot.api.scale_routes import stop_follow_up
 from hubpilot.api.scheduling import Schedule, claim_fire, configured_schedules, run_scheduled
 from hubpilot.loop import RunRecord, stored_time
 from hubpilot.ports.store import StoreError
@@ -298,6 +299,8 @@ class Server:
             self.scheduler.stop()
             stop_taking_hints(self.ctx)
             self.draining.set()
+            # nor does a demand's follow-up: its demands are recorded and count in the next scale run
+            await stop_follow_up(self.ctx)
             under_way = [t for t in (sched, worker) if t is not None]
             try:
                 await asyncio.wait_for(asyncio.gather(*under_way, drain_tasks(), return_exceptions=True),

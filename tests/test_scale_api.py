@@ -241,3 +241,37 @@ async def test_a_demand_covered_by_a_waiting_follow_up_gets_its_full_wait(setup:
     await drain_tasks()
     assert arm.pools["gpu"]["count"] == 2  # both demands, one run
     assert len([c for c in arm.calls if c.method == "PUT"]) == 1
+
+
+async def test_a_follow_up_waiting_at_shutdown_starts_no_run_once_serve_has_stopped(setup: dict[str, Any]) -> None:
+    """``hubpilot serve`` stopped (SIGTERM) while a demand's follow-up waits for another run's lock:
+    shutdown starts no new run (as no new scheduled round), so the follow-up is given up (its demands
+    are recorded and count in the next scale run), instead of starting a scale run once the lock is
+    free, after the server has stopped and its state store is closed."""
+    import httpx
+
+    from hubpilot.api.scale_routes import FOLLOW_UP_POLL_SECONDS
+    from hubpilot.serve import Server
+
+    arm, ctx = setup["arm"], setup["ctx"]
+    lease = await ctx.store.acquire_lock("scale", "another-run", timedelta(minutes=5), ctx.clock())
+    assert lease is not None
+    server = Server(ctx.settings, host="127.0.0.1", port=0, context=ctx, schedules=False)
+    task = asyncio.create_task(server.run())
+    for _ in range(500):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as http:
+        r = await http.post("/api/v1/scale/demand", json={"user": "dana"}, headers=HUB)
+    assert r.status_code == 202 and "follow-up" in r.json()["detail"], r.text
+    await asyncio.sleep(FOLLOW_UP_POLL_SECONDS * 2)  # the follow-up is waiting
+    server.stop()  # what SIGTERM does
+    await asyncio.wait_for(task, 30)
+    await ctx.store.release_lock(lease)  # the other run ends after serve has stopped
+    await asyncio.sleep(FOLLOW_UP_POLL_SECONDS * 5)  # a few looks at the lock, had the follow-up lived on
+    await drain_tasks()
+    assert not arm.writes(), "a scale run started after serve had stopped"
+    entries, _ = await ctx.store.read_audit(operation="scale")
+    assert entries == [], entries
+    assert await ctx.store.get("scale/demand/dana~") is not None, "the demand was lost"

@@ -15,6 +15,7 @@ would have cost, and the hours hubpilot did not observe the pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,6 +56,10 @@ async def _follow_up(ctx: Context, actor: str, limit: float) -> None:
                 continue
         log.warning("a scale run has held the lock for more than %g s (scale.lro_wait_seconds + 60) since the last "
                     "demand signal: no follow-up run is started for it; its demands count in the next scale run", limit)
+    except asyncio.CancelledError:
+        log.info("hubpilot is stopping: the follow-up scale run that waited for the lock is not started; its "
+                 "demands are recorded and count in the next scale run")
+        raise
     except Exception:  # a follow-up is an optimisation: the timer run picks the demand up anyway
         log.exception("follow-up scale run for a demand signal failed")
     finally:
@@ -72,6 +77,17 @@ def _schedule_follow_up(ctx: Context, actor: str) -> bool:
         return True  # the follow-up already waiting covers this demand too
     _follow_ups[id(ctx)] = asyncio.create_task(_follow_up(ctx, actor, limit))
     return True
+
+
+async def stop_follow_up(ctx: Context) -> None:
+    """Give up the follow-up waiting for this context's lock (shutdown: no new run starts then; a
+    run it has started already is a run like any other, drained or cancelled with them)."""
+    task = _follow_ups.get(id(ctx))
+    if task is None or task.done():
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def drain_follow_ups() -> None:
