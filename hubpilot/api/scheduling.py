@@ -71,17 +71,21 @@ def configured_schedules(settings: Settings) -> list[Schedule]:
     return out
 
 
-_SAID: set[tuple[int, str]] = set()
-"""The skips of unconfigured operations already logged, per context: said once at INFO, then at
-DEBUG (a scale schedule on a hub without a pool would otherwise log one line a minute)."""
+_SAID_ATTR = "_schedule_skips_said"
+"""The context's set of skips of unconfigured operations already logged: said once at INFO, then at
+DEBUG (a scale schedule on a hub without a pool would otherwise log one line a minute). Kept on the
+context itself, so a new context never inherits an old one's (an id() can be reused)."""
 
 
 def _skipped(ctx: Context, message: str) -> None:
-    said = (id(ctx), message)
-    if said in _SAID:
+    said: set[str] | None = getattr(ctx, _SAID_ATTR, None)
+    if said is None:
+        said = set()
+        setattr(ctx, _SAID_ATTR, said)
+    if message in said:
         log.debug("%s", message)
         return
-    _SAID.add(said)
+    said.add(message)
     log.info("%s (said once; the later skips for this reason are logged at DEBUG)", message)
 
 
