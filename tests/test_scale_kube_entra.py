@@ -333,14 +333,17 @@ def test_settings_refuse_what_cannot_work(kw: dict[str, Any], says: str) -> None
         ScaleSettings(**kw)
 
 
-def test_entra_auth_needs_the_aks_pool(tmp_path: Path) -> None:
+async def test_entra_auth_needs_the_aks_pool(tmp_path: Path) -> None:
     with pytest.raises(NotConfigured, match="uses the AKS pool's credential"):
         build_cluster(ScaleSettings(kube_auth="entra"), None)
     arm = ArmDouble(base_url="http://127.0.0.1:9")
     pool = _pool(arm, IssuingToken())
-    with pytest.raises(NotConfigured, match="cannot read"):
-        build_cluster(_settings(arm, kube_api_url="https://127.0.0.1:6443",
-                                kube_ca_file=str(tmp_path / "missing.pem")), pool)
+    # a CA file that cannot be read fails the run (its first call), naming the setting
+    cluster = build_cluster(_settings(arm, kube_api_url="https://127.0.0.1:6443",
+                                      kube_ca_file=str(tmp_path / "missing.pem")), pool)
+    with pytest.raises(ClusterError, match=r"list GPU nodes: scale\.kube_ca_file: cannot read"):
+        await cluster.read()
+    await cluster.close()
 
 
 def test_kubeconfig_auth_is_unchanged_by_default(tls_kube: tuple[Any, str]) -> None:

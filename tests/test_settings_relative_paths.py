@@ -137,8 +137,14 @@ def test_a_missing_kubeconfig_is_an_error_naming_it_never_the_one_in_home(tmp_pa
         "contexts: [{name: c, context: {cluster: c, user: u}}]\n")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("KUBECONFIG", raising=False)
-    with pytest.raises(ValueError, match=f"scale.kubeconfig: no file {tmp_path / 'kube.yaml'}"):
-        KubeCluster(namespace="jhub", pool="gpu", kubeconfig="kube.yaml")
+    import asyncio
+
+    from hubpilot.ports.cluster import ClusterError
+
+    cluster = KubeCluster(namespace="jhub", pool="gpu", kubeconfig="kube.yaml")
+    assert cluster.api is None  # never the client of ~/.kube/config
+    with pytest.raises(ClusterError, match=f"scale.kubeconfig: no file {tmp_path / 'kube.yaml'}"):
+        asyncio.run(cluster.read())
 
 
 def test_a_missing_ldap_ca_file_is_named_with_its_absolute_path(tmp_path: Path) -> None:

@@ -214,13 +214,22 @@ class KubeCluster:
         self.pod_selector = parse_selector(user_pod_selector)
         self.gpu_resource = gpu_resource
         self._auth = auth
+        # a client the settings cannot make (no kubeconfig file, no credentials at all) fails each
+        # call, so that a run of an enabled scale fails naming the setting, as an LDAP CA file
+        # that cannot be read fails the sync: never a round skipped as "not configured"
+        self._client_error: str | None = None
         if api_client is None and auth is None:
-            api_client = _api_client(api_url, kubeconfig)
+            try:
+                api_client = _api_client(api_url, kubeconfig)
+            except ValueError as exc:
+                self._client_error = str(exc)
         self._api_client = api_client
         self.api: Any = k8s.CoreV1Api(api_client) if api_client is not None else None
 
     async def _call(self, fn: Callable[[], T], what: str) -> T:
         try:
+            if self._client_error is not None:
+                raise ClusterError(self._client_error)
             if self._auth is not None:
                 cfg = await self._auth.configuration()
                 if self._api_client is None:
@@ -232,7 +241,7 @@ class KubeCluster:
             refused = (f"; the API server refused the token, which was asked for {self._auth.token_made()}"
                        if exc.status == 401 and self._auth is not None else "")
             raise ClusterError(f"{what}: {exc.status} {exc.reason}" + (f": {said}" if said else "") + refused) from exc
-        except ClusterError as exc:  # the token's, or the cluster's kubeconfig's
+        except ClusterError as exc:  # the token's, the cluster's kubeconfig's, or the client's settings
             raise ClusterError(f"{what}: {exc}") from exc
         except Exception as exc:  # connection errors, bad answers
             timeout = _timeout_of(exc)
@@ -477,6 +486,12 @@ def _api_client(api_url: str | None, kubeconfig: str | None) -> Any:
         return k8s.ApiClient(cfg)
     try:
         k8s_config.load_incluster_config(client_configuration=cfg)
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config(client_configuration=cfg)
+    except k8s_config.ConfigException as in_cluster:
+        try:
+            k8s_config.load_kube_config(client_configuration=cfg)
+        except k8s_config.ConfigException as exc:
+            raise ValueError(
+                f"no Kubernetes credentials: not in a cluster ({in_cluster}) and no usable kubeconfig at "
+                f"$KUBECONFIG or ~/.kube/config ({exc}); set scale.kubeconfig, or scale.kube_auth = 'entra' "
+                "(the app's identity: Azure Functions has no kubeconfig)") from exc
     return k8s.ApiClient(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TextIO
 
 from hubpilot.config.scale import ScaleSettings
-from hubpilot.ports.cluster import Cluster
+from hubpilot.ports.cluster import Cluster, ClusterError
 from hubpilot.ports.pool import Pool
 from hubpilot.scale import CostReport, Policy, ScaleCapability, Schedule, forecast_policy_from
 from hubpilot.scale import cost_report as _cost_report
@@ -95,18 +96,12 @@ def build_cluster(s: ScaleSettings, pool: Pool | None = None) -> Cluster:
                                 "scale.subscription_id, scale.resource_group and scale.cluster")
         aks = pool
         if s.kube_api_url:
-            ca: bytes | None = None
-            if s.kube_ca_file:
-                try:
-                    with open(s.kube_ca_file, "rb") as f:
-                        ca = f.read()
-                except OSError as exc:
-                    raise NotConfigured(f"scale.kube_ca_file: cannot read {os.path.abspath(s.kube_ca_file)}: "
-                                        f"{exc.strerror or exc}") from exc
-            fixed = KubeEndpoint(s.kube_api_url.rstrip("/"), ca)
+            url, ca_file = s.kube_api_url.rstrip("/"), s.kube_ca_file
 
             async def endpoint() -> KubeEndpoint:
-                return fixed
+                # read when the run first calls the API: a file that cannot be read fails the run
+                # naming it (a configuration error at build time skipped the scheduled round)
+                return KubeEndpoint(url, await asyncio.to_thread(_read_ca, ca_file) if ca_file else None)
         else:
             async def endpoint() -> KubeEndpoint:
                 return endpoint_from_kubeconfig(await aks.user_kubeconfig())
@@ -124,6 +119,14 @@ def build_cluster(s: ScaleSettings, pool: Pool | None = None) -> Cluster:
         auth=auth,
         request_timeout=s.kube_timeout_seconds,
     )
+
+
+def _read_ca(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ClusterError(f"scale.kube_ca_file: cannot read {os.path.abspath(path)}: {exc.strerror or exc}") from exc
 
 
 def scale_adapters(ctx: Context, *, pool: Pool | None = None, cluster: Cluster | None = None) -> ScaleAdapters:

@@ -1,0 +1,109 @@
+"""Review: a Kubernetes setting of an enabled scale that cannot be used (a ``scale.kube_ca_file`` that
+cannot be read, a ``scale.kubeconfig`` that does not exist, no credentials at all) was an error of
+building the capability, not of the run: the scheduled round skipped scale as "not configured"
+(logged once at INFO, then at DEBUG: the pool never scaled and nothing said so), or raised with a
+traceback every round and recorded nothing; ``GET /plan/scale`` answered 500. Such a setting now
+fails the run when it observes the cluster, as an LDAP CA file that cannot be read fails the sync:
+a failed run, recorded (``GET /status``'s last run, the audit log), whose error names the setting.
+Against the ARM double (the pool) and the real wiring; the Kubernetes client is the real one."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hubpilot.adapters.aks import AksPool
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.api.runs import drain_tasks
+from hubpilot.api.scheduling import run_scheduled
+from hubpilot.settings import Settings
+from hubpilot.wiring import Context
+from hubpilot.wiring.scale import build_scale
+from tests.doubles.arm import ArmDouble, StaticToken
+from tests.test_api_kit import HUB_TOKEN, asgi_client, auth, token_settings
+
+ADMIN, READER, HUB = auth("admin"), auth("reader"), auth("hub")
+
+
+@pytest.fixture
+async def arm() -> AsyncIterator[ArmDouble]:
+    double = ArmDouble()
+    await double.start()
+    double.add_pool("gpu", count=0, machines=[])
+    try:
+        yield double
+    finally:
+        await double.stop()
+
+
+async def _context(arm: ArmDouble, tmp: Path, **scale: Any) -> tuple[Context, AksPool]:
+    settings = Settings(hub={"api_url": "http://127.0.0.1:9/hub/api", "token": HUB_TOKEN},
+                        api={"tokens": token_settings()},
+                        scale={"enabled": True, "subscription_id": arm.subscription,
+                               "resource_group": arm.resource_group, "cluster": arm.cluster, **scale})
+    ctx = Context(settings=settings, store=SqliteStore(tmp / f"s-{uuid.uuid4().hex[:6]}.sqlite3"))
+    pool = AksPool(StaticToken(), subscription_id=arm.subscription, resource_group=arm.resource_group,
+                   cluster=arm.cluster, pool="gpu", base_url=arm.base_url, retry_total=0, lro_wait=5.0)
+    # the real build_cluster from the settings; the pool is the ARM double's
+    ctx.factories["scale"] = lambda c: build_scale(c, pool=pool)
+    return ctx, pool
+
+
+async def _says_it_everywhere(ctx: Context, arm: ArmDouble, says: str) -> None:
+    try:
+        record = await run_scheduled(ctx, "scale")
+        assert record is not None, "the scheduled round was skipped as if scale were not configured"
+        assert str(record.outcome) == "failed" and says in (record.error or ""), record
+        async with asgi_client(ctx) as client:
+            last = (await client.get("/api/v1/status", headers=READER)).json()
+            scale = next(o for o in last["operations"] if o["operation"] == "scale")
+            assert scale["last_run"] and scale["last_run"]["outcome"] == "failed", last
+            plan = await client.get("/api/v1/plan/scale", headers=READER)
+            assert plan.status_code == 200, plan.text
+            assert plan.json()["outcome"] == "failed" and says in plan.json()["error"], plan.json()
+            r = await client.post("/api/v1/scale/demand", json={"user": "ana"}, headers=HUB)
+            assert r.status_code == 202 and r.json()["run_id"], r.text
+            await drain_tasks()
+            run = (await client.get(f"/api/v1/runs/{r.json()['run_id']}", headers=READER)).json()
+            assert run["outcome"] == "failed" and says in run["error"], run
+        assert not arm.writes()
+    finally:
+        await drain_tasks()
+        await ctx.close()
+
+
+async def test_an_unreadable_kube_ca_file_fails_the_run_naming_it(arm: ArmDouble, tmp_path: Path) -> None:
+    missing = tmp_path / "kube-ca.pem"
+    ctx, pool = await _context(arm, tmp_path, kube_auth="entra", kube_api_url="https://127.0.0.1:9",
+                               kube_ca_file=str(missing))
+    try:
+        await _says_it_everywhere(ctx, arm, f"scale.kube_ca_file: cannot read {missing}")
+    finally:
+        await pool.close()
+
+
+async def test_a_missing_kubeconfig_fails_the_run_naming_it(arm: ArmDouble, tmp_path: Path) -> None:
+    missing = tmp_path / "kube.yaml"
+    ctx, pool = await _context(arm, tmp_path, kubeconfig=str(missing))
+    try:
+        await _says_it_everywhere(ctx, arm, f"scale.kubeconfig: no file {missing}")
+    finally:
+        await pool.close()
+
+
+async def test_no_kubernetes_credentials_at_all_fail_the_run_naming_the_settings(
+        arm: ArmDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not in a cluster (no service account) and no ~/.kube/config: the client's "Invalid kube-config
+    file. No configuration found." named no setting (and came as a traceback)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    ctx, pool = await _context(arm, tmp_path)
+    try:
+        await _says_it_everywhere(ctx, arm, "set scale.kubeconfig")
+    finally:
+        await pool.close()
