@@ -82,7 +82,8 @@ FORBIDDEN = ('nodes is forbidden: User "system:serviceaccount:jhub:hubpilot" can
 
 async def test_a_refused_request_says_what_the_api_server_said() -> None:
     """An API server that refuses the list (RBAC, 403) answers a Status whose message names the
-    identity, the verb and the resource: the error passes it on (not only '403 Forbidden')."""
+    identity, the verb and the resource: the error passes it on (not only '403 Forbidden'), and says
+    every permission scale needs and where the roles granting them are (it named neither)."""
     async def refuse(request: web.Request) -> web.Response:
         return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                                   "message": FORBIDDEN, "reason": "Forbidden", "details": {"kind": "nodes"},
@@ -98,7 +99,11 @@ async def test_a_refused_request_says_what_the_api_server_said() -> None:
     try:
         with pytest.raises(ClusterError) as err:
             await cluster.read()
-        assert str(err.value) == f"list GPU nodes: 403 Forbidden: {FORBIDDEN}"
+        assert str(err.value).startswith(f"list GPU nodes: 403 Forbidden: {FORBIDDEN}; "), err.value
+        # and what to grant, where the roles that grant it are (as the hub's 403 names docs/hub-scopes.md)
+        assert (f"grant hubpilot's identity get, list and patch on nodes and list on pods in namespace {NS}"
+                in str(err.value)), err.value
+        assert "infra/bicep/README.md" in str(err.value) and "docs/scale.md" in str(err.value), err.value
     finally:
         await cluster.close()
         await runner.cleanup()

@@ -240,6 +240,11 @@ class KubeCluster:
             said = _status_message(exc)
             refused = (f"; the API server refused the token, which was asked for {self._auth.token_made()}"
                        if exc.status == 401 and self._auth is not None else "")
+            if exc.status == 403:  # RBAC: say every permission scale needs, and where the roles are
+                pods_where = ("every namespace (scale.user_namespaces)" if self.all_namespaces
+                              else f"namespace {self.namespace}")
+                refused = (f"; grant hubpilot's identity get, list and patch on nodes and list on pods in {pods_where} "
+                           "(docs/scale.md; infra/bicep/README.md has the Azure RBAC role and the Kubernetes roles)")
             raise ClusterError(f"{what}: {exc.status} {exc.reason}" + (f": {said}" if said else "") + refused) from exc
         except ClusterError as exc:  # the token's, the cluster's kubeconfig's, or the client's settings
             raise ClusterError(f"{what}: {exc}") from exc
