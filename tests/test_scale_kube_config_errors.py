@@ -107,3 +107,43 @@ async def test_no_kubernetes_credentials_at_all_fail_the_run_naming_the_settings
         await _says_it_everywhere(ctx, arm, "set scale.kubeconfig")
     finally:
         await pool.close()
+
+
+async def test_a_kube_token_request_that_never_answers_says_the_timeout_and_its_setting(
+        arm: ArmDouble, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With kube_auth = entra the Kubernetes API's token comes from the pool's credential, whose
+    token request has scale.arm_timeout_seconds a try (as docs/scale.md says): the managed-identity
+    endpoint (the double's, behind a proxy) that accepts and never answers failed the read with
+    azure-identity's text alone, naming neither the time nor the setting, as ARM's error does."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from hubpilot.config.scale import ScaleSettings
+    from hubpilot.ports.cluster import ClusterError
+    from hubpilot.wiring.scale import build_cluster, build_pool
+    from tests.faultproxy import FaultProxy
+    from tests.test_scale_aks import _managed_identity_of
+
+    _managed_identity_of(arm, monkeypatch)
+    where = urlsplit(arm.base_url)
+    proxy = FaultProxy(where.hostname or "127.0.0.1", where.port or 80)
+    await proxy.start()
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"http://127.0.0.1:{proxy.port}/msi/token")
+    proxy.rule(lambda method, path: path.startswith("/msi/token"), "hang")
+    s = ScaleSettings(subscription_id=arm.subscription, resource_group=arm.resource_group, cluster=arm.cluster,
+                      arm_endpoint=arm.base_url, retry_total=0, arm_timeout_seconds=1, kube_auth="entra",
+                      kube_api_url="https://127.0.0.1:9")
+    pool = build_pool(s)
+    cluster = build_cluster(s, pool)
+    try:
+        # a bound for the test only, far above the tries' timeouts
+        with pytest.raises(ClusterError) as err:
+            await asyncio.wait_for(cluster.read(), 90)
+        text = str(err.value)
+        assert text.startswith("list GPU nodes: no token for the Kubernetes API"), text
+        assert "the token endpoint gave no answer within 1 s a try (scale.arm_timeout_seconds)" in text, text
+        assert proxy.seen and all(s.path.startswith("/msi/token") for s in proxy.seen)
+    finally:
+        await cluster.close()
+        await pool.close()
+        await proxy.stop()

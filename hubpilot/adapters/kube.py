@@ -128,8 +128,10 @@ class EntraKubeAuth:
         *,
         server_id: str | None = None,
         renew_before: float = 300.0,
+        token_timeout: float | None = None,
     ) -> None:
         self._credential = credential
+        self._token_timeout = token_timeout  # each try of the credential's token request (scale.arm_timeout_seconds)
         self._endpoint = endpoint
         self._server_id = server_id
         self._renew_before = renew_before
@@ -161,6 +163,12 @@ class EntraKubeAuth:
                 try:
                     token = await self._credential.get_token(self._scope)
                 except ClientAuthenticationError as exc:  # azure-identity's: no token at all
+                    from hubpilot.adapters.aks import _token_timed_out
+
+                    if self._token_timeout is not None and _token_timed_out(exc):  # not the scope's fault
+                        raise ClusterError(f"no token for the Kubernetes API ({self._scope}): the token endpoint "
+                                           f"gave no answer within {self._token_timeout:g} s a try "
+                                           f"(scale.arm_timeout_seconds): {exc.message or exc}") from exc
                     raise ClusterError(f"no token for the Kubernetes API, asked for {self.token_made()}: "
                                        f"{exc.message or exc}") from exc
                 self._config.api_key["authorization"] = token.token

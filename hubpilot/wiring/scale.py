@@ -105,7 +105,8 @@ def build_cluster(s: ScaleSettings, pool: Pool | None = None) -> Cluster:
         else:
             async def endpoint() -> KubeEndpoint:
                 return endpoint_from_kubeconfig(await aks.user_kubeconfig())
-        auth = EntraKubeAuth(aks.credential, endpoint, server_id=s.kube_server_id)
+        auth = EntraKubeAuth(aks.credential, endpoint, server_id=s.kube_server_id,
+                             token_timeout=s.arm_timeout_seconds)
 
     return KubeCluster(
         namespace=s.namespace,
