@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -52,7 +53,7 @@ class Tenant:
     """One test's Entra groups and people, its hubpilot Context and the worker of its queue."""
 
     def __init__(self, graph: GraphDouble, hub: RealHub, webhook: Webhook, *, nested: bool = False,
-                 store: StateStore | None = None, **sync: Any) -> None:
+                 store: StateStore | None = None, entra: Mapping[str, Any] | None = None, **sync: Any) -> None:
         self.graph = graph
         self.hub = hub
         self.tag = unique_name("e")
@@ -63,7 +64,7 @@ class Tenant:
             directory={"kind": "entra", "entra": {
                 "graph_base_url": graph.base_url, "notifications": True, "client_state": SECRET,
                 "notification_url": f"{webhook.url}/api/v1/graph/notifications", "retry_delay_seconds": 0,
-                "nested": nested}},
+                "nested": nested, **(entra or {})}},
             sync={"users_groups": [self.users_group], "admin_groups": [self.admin_group],
                   "group_prefix": f"{self.tag}-",
                   "group_names": {self.users_group: "users", self.admin_group: "admins"},
@@ -247,6 +248,46 @@ async def test_nested_group_change_notifies_and_reexpands_the_parent(
     assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben")]
 
 
+async def test_a_change_the_delta_shows_only_after_its_notification_is_rechecked_once(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    """Graph's replication delay ("Known issues": delta query): the notification arrives at once,
+    the delta query shows the change later. The sync the notification started finds nothing, so
+    the hint is re-checked once, after directory.entra.recheck_seconds, by a normal sync; a
+    re-check that still finds nothing queues no other (the scheduled sync follows)."""
+    t = Tenant(graph, real_hub, webhook, entra={"recheck_seconds": 0.2})
+    queue = t.worker.queue
+    ana, ben, cy = t.person("ana"), t.person("ben"), t.person("cy")
+    graph.add_member(t.users_group, ana)
+    await t.sync()
+    graph.lag()
+    graph.add_member(t.users_group, ben)
+    assert (await t.notify(t.users_group)).status_code == 202
+    assert await t.worker.drain_once() == 1
+    first = t.worker.records[-1]
+    assert first.outcome is Outcome.APPLIED and first.plan is not None and not first.plan.actions
+    assert (await t.hub_state())["users"] == [t.name("ana")]
+    graph.catch_up()
+    recheck = await asyncio.wait_for(queue.queue.get(), timeout=30)
+    assert recheck.kind == "sync" and recheck.recheck and recheck.groups == (t.users_group,)
+    await t.worker.handle([recheck])
+    again = t.worker.records[-1]
+    assert (again.trigger, again.outcome) == ("notification", Outcome.APPLIED) and again.started > first.started
+    assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben")]
+
+    graph.lag()  # still not replicated when the re-check runs: once only
+    graph.add_member(t.users_group, cy)
+    assert (await t.notify(t.users_group)).status_code == 202
+    assert await t.worker.drain_once() == 1
+    recheck = await asyncio.wait_for(queue.queue.get(), timeout=30)
+    await t.worker.handle([recheck])
+    last = t.worker.records[-1]
+    assert last.outcome is Outcome.APPLIED and last.plan is not None and not last.plan.actions
+    assert queue.delayed == 0 and queue.queue.empty()
+    graph.catch_up()
+    assert (await t.sync()).outcome is Outcome.APPLIED  # the scheduled sync brings it
+    assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben"), t.name("cy")]
+
+
 @pytest.mark.azurite
 async def test_azure_queue_carries_the_hint_to_the_queue_function(
         graph: GraphDouble, real_hub: RealHub, webhook: Webhook, azurite: Any) -> None:
@@ -271,6 +312,48 @@ async def test_azure_queue_carries_the_hint_to_the_queue_function(
         assert await handle_hint_message(body) == "applied"
         assert await handle_hint_message(body) == "covered"  # the same message delivered twice
         assert await handle_hint_message(b'{"kind": "rm -rf"}') == "rejected"
+    finally:
+        functions.set_context(None)
+        await hints.close()
+    assert (await t.hub_state())["users"] == [t.name("ana")]
+
+
+@pytest.mark.azurite
+async def test_on_the_azure_queue_the_recheck_is_a_message_the_trigger_sees_only_when_due(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook, azurite: Any) -> None:
+    """The Functions path of the re-check: the queue function's sync found nothing (Graph's delta
+    lagged), so it leaves the re-check on the Storage queue, invisible for recheck_seconds."""
+    from azure.storage.queue.aio import QueueClient
+
+    t = Tenant(graph, real_hub, webhook, entra={"recheck_seconds": 1})
+    ana = t.person("ana")
+    await t.sync()
+    name = f"hubpilot-graph-{uuid.uuid4().hex[:8]}"
+    hints = AzureHints(t.ctx.settings.directory.entra.model_copy(  # type: ignore[union-attr]
+        update={"queue": "azure", "queue_name": name,
+                "queue_connection_string": __import__("pydantic").SecretStr(azurite.connection_string)}))
+    set_notification_queue(t.ctx, hints)
+    graph.lag()
+    graph.add_member(t.users_group, ana)
+    assert (await t.notify(t.users_group)).status_code == 202
+    functions.set_context(t.ctx)
+    try:
+        async with QueueClient.from_connection_string(azurite.connection_string, name) as q:
+            (first,) = [m async for m in q.receive_messages()]
+            assert await handle_hint_message(base64.b64decode(first.content)) == "applied"
+            await q.delete_message(first)
+            assert (await q.get_queue_properties()).approximate_message_count == 1
+            assert [m async for m in q.receive_messages()] == []  # not visible yet
+            graph.catch_up()
+            for _ in range(300):  # due after a second
+                got = [m async for m in q.receive_messages()]
+                if got:
+                    break
+                await asyncio.sleep(0.1)
+            (second,) = got
+            body = base64.b64decode(second.content)
+            assert json.loads(body)["recheck"] is True
+            assert await handle_hint_message(body) == "applied"
     finally:
         functions.set_context(None)
         await hints.close()

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -552,7 +553,8 @@ class AzureQueueHints:
             raise ValueError("an Azure queue needs a connection string or an account URL")
         self._ready = False
 
-    async def push_json(self, message: Mapping[str, Any]) -> None:
+    async def push_json(self, message: Mapping[str, Any], *, delay_seconds: float = 0.0) -> None:
+        """Send the message; with ``delay_seconds`` it stays invisible (to the queue trigger) that long."""
         from azure.core.exceptions import ResourceExistsError
 
         if not self._ready:
@@ -561,7 +563,8 @@ class AzureQueueHints:
             except ResourceExistsError:
                 pass
             self._ready = True
-        await self._client.send_message(json.dumps(dict(message), separators=(",", ":")))
+        await self._client.send_message(json.dumps(dict(message), separators=(",", ":")),
+                                        visibility_timeout=math.ceil(delay_seconds) if delay_seconds > 0 else None)
 
     async def close(self) -> None:
         await self._client.close()

@@ -134,6 +134,10 @@ class EntraSettings(Section):
         "0 0 */6 * * *", description="NCRONTAB of the subscription manager's rounds in hubpilot serve "
         "(the Functions timer graph_subscriptions runs hourly, whatever this says)."
     )
+    recheck_seconds: float = Field(90.0, ge=0, le=900, description=(
+        "Graph's delta query can show a change only some time after its change notification arrived (its "
+        "replication delay): a sync a notification started that planned no change is run once more after this "
+        "many seconds (one re-check per notification; 0: none, the scheduled sync follows)."))
     queue: Literal["memory", "azure"] = Field(
         "memory",
         description="Where notifications wait for the sync: memory (hubpilot serve) or azure (Storage queue).",

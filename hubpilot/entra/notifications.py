@@ -132,10 +132,16 @@ class Hint:
     renew: tuple[str, ...] = ()
     received: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # the one re-check of a sync hint whose sync planned no change (Graph's delta lagged the
+    # notification): a re-check queues none
+    recheck: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "groups": list(self.groups), "renew": list(self.renew),
-                "received": self.received}
+        out: dict[str, Any] = {"kind": self.kind, "groups": list(self.groups), "renew": list(self.renew),
+                                "received": self.received}
+        if self.recheck:
+            out["recheck"] = True
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Hint:
@@ -143,7 +149,8 @@ class Hint:
         if kind not in ("sync", "subscriptions"):
             raise NotificationError(f"a queued hint has kind {kind!r}; expected sync or subscriptions")
         return cls(str(kind), tuple(str(g) for g in data.get("groups") or ()),
-                   tuple(str(r) for r in data.get("renew") or ()), str(data.get("received") or ""))
+                   tuple(str(r) for r in data.get("renew") or ()), str(data.get("received") or ""),
+                   recheck=data.get("recheck") is True)
 
 
 def covered_by(hint: Hint, last_sync_outcome: str | None, last_sync_started: datetime | None) -> bool:
@@ -181,7 +188,8 @@ def hints_for(verdict: Verdict, now: datetime) -> list[Hint]:
 
 def coalesce(hints: Sequence[Hint]) -> list[Hint]:
     """A burst of hints becomes at most one sync and one subscriptions hint. The coalesced hint
-    keeps the latest receipt time: only a run that started after all of them covers it."""
+    keeps the latest receipt time: only a run that started after all of them covers it; it is a
+    re-check (which queues no other) only when all of them are."""
     syncs = [h for h in hints if h.kind == "sync"]
     subs = [h for h in hints if h.kind == "subscriptions"]
     out: list[Hint] = []
@@ -190,13 +198,15 @@ def coalesce(hints: Sequence[Hint]) -> list[Hint]:
                         received=max(h.received for h in subs)))
     if syncs:
         out.append(Hint("sync", tuple(sorted({g for h in syncs for g in h.groups})),
-                        received=max(h.received for h in syncs)))
+                        received=max(h.received for h in syncs), recheck=all(h.recheck for h in syncs)))
     return out
 
 
 class NotificationQueue(Protocol):
     """Where the webhook leaves hints for the worker: in-process, or an Azure Storage queue."""
 
-    async def push(self, hint: Hint) -> None: ...
+    async def push(self, hint: Hint, *, delay_seconds: float = 0.0) -> None:
+        """Queue the hint; with ``delay_seconds`` it is taken no earlier than that."""
+        ...
 
     async def close(self) -> None: ...

@@ -181,7 +181,26 @@ async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
         return None
     record = await ctx.runner.run(ctx.capability("sync"), trigger="notification", actor="graph")
     log_outcome(record)
+    await _recheck(ctx, hint, record)
     return record
+
+
+async def _recheck(ctx: Context, hint: Hint, record: RunRecord) -> None:
+    """Graph's delta query can show a change minutes after its notification was sent (its
+    replication delay, "Known issues": delta query): a sync started by change notifications (a
+    hint naming groups) that planned no change queues the hint once more, ``recheck_seconds``
+    later, as a re-check, which queues none. It is received when due, so only a sync that starts
+    after that covers it."""
+    delay = entra_settings(ctx).recheck_seconds
+    if (hint.recheck or not hint.groups or delay <= 0 or record.outcome is not Outcome.APPLIED
+            or record.plan is None or record.plan.actions):
+        return
+    due = ctx.clock() + timedelta(seconds=delay)
+    await notification_queue(ctx).push(Hint("sync", hint.groups, received=due.isoformat(), recheck=True),
+                                       delay_seconds=delay)
+    log.info("sync run %s, started by a notification for group(s) %s, planned no change: Graph's delta query may "
+             "not show the change yet; re-checking once in %.0f s (directory.entra.recheck_seconds)",
+             record.run_id, ", ".join(hint.groups), delay)
 
 
 class InProcessHints:
@@ -189,12 +208,29 @@ class InProcessHints:
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Hint] = asyncio.Queue()
+        self._later: set[asyncio.TimerHandle] = set()
 
-    async def push(self, hint: Hint) -> None:
-        self.queue.put_nowait(hint)
+    @property
+    def delayed(self) -> int:
+        """Hints pushed with a delay that are not in the queue yet."""
+        return len(self._later)
+
+    async def push(self, hint: Hint, *, delay_seconds: float = 0.0) -> None:
+        if delay_seconds <= 0:
+            self.queue.put_nowait(hint)
+            return
+
+        def put() -> None:
+            self._later.discard(handle)
+            self.queue.put_nowait(hint)
+
+        handle = asyncio.get_running_loop().call_later(delay_seconds, put)
+        self._later.add(handle)
 
     async def close(self) -> None:
-        return None
+        for handle in self._later:
+            handle.cancel()
+        self._later.clear()
 
 
 class AzureHints:
@@ -210,8 +246,8 @@ class AzureHints:
             credential=credential,
         )
 
-    async def push(self, hint: Hint) -> None:
-        await self._queue.push_json(hint.to_json())
+    async def push(self, hint: Hint, *, delay_seconds: float = 0.0) -> None:
+        await self._queue.push_json(hint.to_json(), delay_seconds=delay_seconds)
 
     async def close(self) -> None:
         await self._queue.close()

@@ -5,7 +5,9 @@ What it serves (v1.0 paths under its base URL):
 * ``GET /groups/delta`` (and the SDK's ``/groups/delta()``) with ``$filter=id eq '..' or ..``
   and ``$select=members``: a first round pages through every member (a large group repeats on
   several pages), each page with ``@odata.nextLink``, the last with ``@odata.deltaLink``; a
-  round from a deltaLink returns the net changes since, with ``members@delta`` entries carrying
+  round from a deltaLink returns the net changes since (with ``lag()``, only those made before it,
+  until ``catch_up()``: Graph's replication delay, "Known issues": a change can reach the delta
+  query minutes after its change notification was sent), with ``members@delta`` entries carrying
   ``@removed`` for removals and ``@odata.type`` ``#microsoft.graph.user``/``group``; a deleted
   group comes back as ``{"id":..,"@removed":{"reason":"deleted"}}``. An expired deltaLink is
   answered as Graph documents it: 400 ``syncStateNotFound`` (the 7-day lifetime of directory
@@ -90,6 +92,7 @@ class GraphDouble:
     seq: int = 0
     expired_before: int = -1  # deltatokens issued at or before this seq are gone
     expired_status: int = 400  # how Graph answers them: 400 syncStateNotFound or 410 Gone + Location
+    replicated: int | None = None  # set (lag): a delta round shows changes up to this seq only
     faults: list[tuple[int, int]] = field(default_factory=list)  # (status, retry_after) for the next requests
     log: list[Logged] = field(default_factory=list)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -155,6 +158,13 @@ class GraphDouble:
     def expire_tokens(self, status: int = 400) -> None:
         self.expired_before = self.seq
         self.expired_status = status
+
+    def lag(self) -> None:
+        """Changes made from now on reach the delta query only at :meth:`catch_up`."""
+        self.replicated = self.seq
+
+    def catch_up(self) -> None:
+        self.replicated = None
 
     def throttle(self, count: int, status: int = 429, retry_after: int = 1) -> None:
         self.faults.extend([(status, retry_after)] * count)
@@ -339,7 +349,8 @@ class GraphDouble:
                           delta_state={"groups": groups, "seq": seq} if done else None)
 
     def _changes(self, groups: list[str], since: int, offset: int, until: int | None = None) -> Response:
-        until = self.seq if until is None else until
+        if until is None:  # a new round: what has replicated so far (a next page keeps its round's)
+            until = self.seq if self.replicated is None else min(self.seq, self.replicated)
         net: dict[tuple[str, str, str], bool] = {}
         removed_groups: set[str] = set()
         for seq, gid, kind, mid, removed in self.changes:
