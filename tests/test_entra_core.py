@@ -309,12 +309,30 @@ def test_a_hint_is_covered_only_by_a_finished_sync_that_started_after_it() -> No
 
     received = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
     hint = Hint("sync", received=received.isoformat())
-    assert covered_by(hint, "applied", received + timedelta(seconds=1))
-    assert covered_by(hint, "refused", received)  # a refused plan re-appears next run: the change is not lost
+    assert covered_by(hint, "applied", received + timedelta(seconds=6))
+    assert covered_by(hint, "refused", received + timedelta(seconds=6))  # a refused plan re-appears next run
     assert not covered_by(hint, "applied", received - timedelta(seconds=1))  # started before the change
-    assert not covered_by(hint, "failed", received + timedelta(seconds=1))  # a failed read saw nothing
+    assert not covered_by(hint, "failed", received + timedelta(seconds=6))  # a failed read saw nothing
     assert not covered_by(hint, "applied", None)
     assert not covered_by(Hint("sync"), "applied", received)  # no receipt time: run again
+
+
+def test_a_sync_started_just_after_a_hint_by_another_hosts_clock_does_not_cover_it() -> None:
+    """``received`` is the webhook instance's clock, the sync's start the running instance's: a sync
+    host a second ahead would count a sync that started (and read the delta) just before the
+    notification as covering it, and the change would wait for the scheduled sync. Only a sync
+    that started COVER_MARGIN after the receipt covers it: a borderline hint costs one more sync."""
+    from datetime import UTC, datetime, timedelta
+
+    from hubpilot.entra.notifications import COVER_MARGIN, Hint, covered_by
+
+    received = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+    hint = Hint("sync", received=received.isoformat())
+    assert COVER_MARGIN >= timedelta(seconds=2)
+    assert not covered_by(hint, "applied", received)
+    assert not covered_by(hint, "applied", received + timedelta(seconds=1))  # a clock a second ahead
+    assert not covered_by(hint, "applied", received + COVER_MARGIN - timedelta(microseconds=1))
+    assert covered_by(hint, "applied", received + COVER_MARGIN)
 
 
 def test_a_round_that_replaced_a_dropped_subscription_asks_for_a_sync() -> None:

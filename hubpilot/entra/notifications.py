@@ -12,7 +12,7 @@ import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from hubpilot.loop import stored_time
@@ -153,10 +153,18 @@ class Hint:
                    recheck=data.get("recheck") is True)
 
 
+# ``received`` is the clock of the instance the notification reached, a run's start that of the
+# instance running it: a sync host whose clock runs ahead would count a sync that started (and
+# read the delta) just before the notification as covering it. A borderline hint costs one more
+# sync instead of a change left to the scheduled sync.
+COVER_MARGIN = timedelta(seconds=5)
+
+
 def covered_by(hint: Hint, last_sync_outcome: str | None, last_sync_started: datetime | None) -> bool:
     """True when the last sync run already covers the hint: it finished (applied, refused or
-    paused) and it started after the notification was received, so its delta read saw the change.
-    Duplicate and late notifications then cost no run."""
+    paused) and it started at least :data:`COVER_MARGIN` after the notification was received (a
+    margin for the clocks of two instances), so its delta read saw the change. Duplicate and late
+    notifications then cost no run."""
     if not hint.received or last_sync_started is None:
         return False
     if last_sync_outcome not in ("applied", "refused", "paused"):
@@ -165,7 +173,7 @@ def covered_by(hint: Hint, last_sync_outcome: str | None, last_sync_started: dat
         received = stored_time(hint.received, "the hint's received")
     except ValueError:
         return False
-    return received is not None and last_sync_started >= received
+    return received is not None and last_sync_started >= received + COVER_MARGIN
 
 
 def hints_for(verdict: Verdict, now: datetime) -> list[Hint]:
