@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -47,6 +49,14 @@ async def graph() -> AsyncIterator[GraphDouble]:
     double, served = await start_graph_double(page_size=100)
     yield double
     await served.stop()
+
+
+@pytest.fixture(autouse=True)
+async def _replicated(graph: GraphDouble) -> AsyncIterator[None]:
+    """A test that made the module's Graph double lag (and failed before catching up) must not
+    leave its delta query behind for the next tests."""
+    yield
+    graph.catch_up()
 
 
 class Tenant:
@@ -362,6 +372,37 @@ async def test_on_the_azure_queue_the_recheck_is_a_message_the_trigger_sees_only
         functions.set_context(None)
         await hints.close()
     assert (await t.hub_state())["users"] == [t.name("ana")]
+
+
+@pytest.mark.azurite
+async def test_a_recheck_the_queue_refuses_leaves_the_sync_applied_and_says_so(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook, azurite: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The sync a notification started is done when its re-check is queued: a queue that refuses
+    the re-check (here Azurite with a wrong account key) must not fail that sync's hint (the host
+    would deliver it again) but say that the scheduled sync follows."""
+    t = Tenant(graph, real_hub, webhook, entra={"recheck_seconds": 1})
+    ana = t.person("ana")
+    graph.add_member(t.users_group, ana)
+    await t.sync()
+    graph.lag()
+    graph.add_member(t.users_group, t.person("ben"))
+    assert (await t.notify(t.users_group)).status_code == 202  # in the in-process queue
+    bad = re.sub(r"AccountKey=[^;]+", "AccountKey=" + base64.b64encode(b"not the key").decode(),
+                 azurite.connection_string)
+    refusing = AzureHints(t.ctx.settings.directory.entra.model_copy(  # type: ignore[union-attr]
+        update={"queue": "azure", "queue_name": f"hubpilot-graph-{uuid.uuid4().hex[:8]}",
+                "queue_connection_string": __import__("pydantic").SecretStr(bad)}))
+    set_notification_queue(t.ctx, refusing)
+    try:
+        with caplog.at_level(logging.WARNING, logger="hubpilot"):
+            assert await t.worker.drain_once() == 1
+    finally:
+        await refusing.close()
+    record = t.worker.records[-1]
+    assert record.outcome is Outcome.APPLIED and record.plan is not None and not record.plan.actions
+    assert any("its re-check could not be queued" in r.getMessage() and record.run_id in r.getMessage()
+               for r in caplog.records)
 
 
 async def test_a_held_sync_lock_is_retried_not_lost(graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:

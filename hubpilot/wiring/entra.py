@@ -196,8 +196,14 @@ async def _recheck(ctx: Context, hint: Hint, record: RunRecord) -> None:
             or record.plan is None or record.plan.actions):
         return
     due = ctx.clock() + timedelta(seconds=delay)
-    await notification_queue(ctx).push(Hint("sync", hint.groups, received=due.isoformat(), recheck=True),
-                                       delay_seconds=delay)
+    try:  # the sync itself is done: a queue that fails now must not fail (and redeliver) its hint
+        await notification_queue(ctx).push(Hint("sync", hint.groups, received=due.isoformat(), recheck=True),
+                                           delay_seconds=delay)
+    except Exception as exc:  # any queue error: said, the scheduled sync follows
+        log.warning("sync run %s, started by a notification, planned no change, and its re-check could not be "
+                    "queued (the scheduled sync follows any change Graph's delta query shows late): %s: %s",
+                    record.run_id, type(exc).__name__, exc)
+        return
     log.info("sync run %s, started by a notification for group(s) %s, planned no change: Graph's delta query may "
              "not show the change yet; re-checking once in %.0f s (directory.entra.recheck_seconds)",
              record.run_id, ", ".join(hint.groups), delay)
