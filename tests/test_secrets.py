@@ -15,6 +15,7 @@ import pytest
 from hubpilot.adapters.hub import HubClient
 from hubpilot.settings import SettingsError, load_settings
 from tests.realhub import RealHub
+from tests.slapd import Slapd
 
 
 @pytest.fixture
@@ -118,6 +119,38 @@ def test_a_hub_url_holding_a_password_is_refused_without_showing_it(clean_env: N
     text = str(err.value)
     assert "hub.api_url" in text and "HUBPILOT_HUB__API_URL" in text
     assert "PROXYPASS" not in text
+
+
+def test_an_ldap_url_holding_a_password_is_refused_without_showing_it(clean_env: None,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # the LDAP client binds with bind_dn and bind_password alone (a URL's user:password is never
+    # sent), and the URL is every LDAP error's first words and every sync's directory_source fact:
+    # the password went into each sync run's audit entry, its document and /plan/sync
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "ldap")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__URL", "ldaps://cn=hubpilot:LDAPURLPASS@ldap.example.org")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BASE_DN", "dc=example,dc=org")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    text = str(err.value)
+    assert "directory.ldap.url" in text and "HUBPILOT_DIRECTORY__LDAP__URL" in text
+    assert "bind_dn" in text and "bind_password" in text  # what to use instead
+    assert "LDAPURLPASS" not in text
+
+
+async def test_the_ldap_directory_refuses_a_url_holding_a_password_without_showing_it(slapd: Slapd) -> None:
+    # a caller that builds the adapter itself: it read as if the URL were fine, and the password
+    # was in the snapshot's source (the sync plan's directory_source) and in every error
+    from hubpilot.adapters.ldap import LdapDirectory
+
+    host = slapd.url.split("://", 1)[1]
+    try:
+        directory = LdapDirectory(url=f"ldap://admin:LDAPURLPASS@{host}", bind_dn=slapd.root_dn,
+                                  bind_password=slapd.root_password, base_dn=slapd.base_dn)
+        snapshot = await directory.read([])
+    except ValueError as exc:
+        assert "directory.ldap.url" in str(exc) and "LDAPURLPASS" not in str(exc)
+    else:
+        pytest.fail(f"a URL with a password was used (source {snapshot.source!r})")
 
 
 @pytest.mark.parametrize("bad", ["\n", "\r\n", "\t", "\x7f"])

@@ -39,7 +39,7 @@ from ldap3.core.exceptions import LDAPException, LDAPNoSuchObjectResult, LDAPSes
 from ldap3.utils.ciDict import CaseInsensitiveDict
 from ldap3.utils.conv import escape_filter_chars
 
-from hubpilot.ports.directory import DirectoryError, DirectorySnapshot, Member, check_ldap_port
+from hubpilot.ports.directory import DirectoryError, DirectorySnapshot, Member, check_ldap_port, check_ldap_userinfo
 
 GROUP_CLASSES = frozenset({"groupofnames", "groupofuniquenames", "posixgroup", "group"})
 PERSON_FILTER_CLASSES = ("person", "posixAccount", "account")
@@ -325,6 +325,7 @@ class LdapDirectory:
         id_attribute: str | None = "entryUUID",
     ) -> None:
         parts = urlsplit(url)
+        check_ldap_userinfo(parts)
         if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
             raise ValueError(f"directory.ldap.url {url!r}: expected ldap://host[:port] or ldaps://host[:port]")
         port = check_ldap_port(url, parts)

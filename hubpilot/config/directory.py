@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from hubpilot.config.base import FROM_FILE_FOLDER, PathSetting, Section
 from hubpilot.config.entra import EntraSettings
-from hubpilot.ports.directory import check_ldap_port
+from hubpilot.ports.directory import check_ldap_port, check_ldap_userinfo
 
 
 class FileDirectorySettings(Section):
@@ -23,7 +23,9 @@ class FileDirectorySettings(Section):
 class LdapSettings(Section):
     """An LDAP directory (OpenLDAP, 389-ds, Active Directory over LDAP)."""
 
-    url: str = Field(description="ldap:// or ldaps:// URL of the server, e.g. ldap://ldap.example.org:389.")
+    url: str = Field(description="ldap:// or ldaps:// URL of the server, e.g. ldap://ldap.example.org:389; one "
+                     "holding user:password@ is refused (bind_dn and bind_password bind, and the URL is shown in "
+                     "errors and run records).")
     bind_dn: str | None = Field(
         None, description="DN to bind as; anonymous when unset (a bind_password without it is refused).")
     bind_password: SecretStr | None = Field(
@@ -60,6 +62,7 @@ class LdapSettings(Section):
             raise ValueError("directory.ldap.url must be the server's ldap://host[:port] or ldaps://host[:port] "
                              "URL, e.g. ldaps://ldap.example.org (the Bicep parameter ldapUrl with "
                              "directoryKind = ldap)")
+        check_ldap_userinfo(parts)
         check_ldap_port(value, parts)
         return value
 

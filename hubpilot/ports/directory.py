@@ -59,6 +59,17 @@ class Directory(Protocol):
     async def close(self) -> None: ...
 
 
+def check_ldap_userinfo(parts: SplitResult) -> None:
+    """ValueError, never showing the URL, when an LDAP URL holds ``user[:password]@``: the LDAP
+    client binds with bind_dn and bind_password alone, and the URL is shown in every LDAP error
+    and in each sync's ``directory_source`` (its audit entry, its run document)."""
+    if "@" in parts.netloc:
+        raise ValueError("directory.ldap.url holds a user name or password (user:password@), which the LDAP "
+                         "client never sends and every error and run record would show: remove it, and bind "
+                         "with directory.ldap.bind_dn and directory.ldap.bind_password (the user name and "
+                         "password are not shown)")
+
+
 def check_ldap_port(url: str, parts: SplitResult) -> int | None:
     """The port of the LDAP ``url`` (split as ``parts``; None: the scheme's), or ValueError unless it
     is 1 to 65535: the one rule of the settings (at start) and the adapter (for any caller)."""
