@@ -301,11 +301,20 @@ class ScaleDemand:
         is_gpu: Callable[[Any], bool] | None = None,
         max_in_flight: int = 10,
     ) -> None:
+        given = urlsplit(url)
+        # as errors show it: without a user:password@ it may carry
+        shown = urlunsplit(given._replace(netloc=given.netloc.rpartition("@")[2]))
         if not url.startswith(("https://", "http://")):
-            raise ValueError(f"scale demand url {url!r} must be an http(s) URL of hubpilot's /api/v1")
-        if urlsplit(url).path.rstrip("/").endswith("/scale/demand"):
+            raise ValueError(f"scale demand url {shown!r} must be an http(s) URL of hubpilot's /api/v1")
+        if "@" in given.netloc:
+            # tornado sends it as Basic authentication in place of the token: hubpilot would refuse
+            # every signal (401)
+            raise ValueError(f"scale demand url {shown!r} holds a user name or password (user:password@), which "
+                             "would be sent in place of the demand token: remove it (hubpilot's API takes the "
+                             "token alone; the user name and password are not shown)")
+        if given.path.rstrip("/").endswith("/scale/demand"):
             # the part appends /scale/demand: every signal would go to .../scale/demand/scale/demand (404)
-            raise ValueError(f"scale demand url {url!r} is the demand endpoint itself; give hubpilot's API base, "
+            raise ValueError(f"scale demand url {shown!r} is the demand endpoint itself; give hubpilot's API base, "
                              "ending in /api/v1 (the Bicep output demandUrl without /scale/demand): "
                              "/scale/demand is appended to it")
         if not token:

@@ -89,6 +89,41 @@ async def test_a_demand_token_with_a_line_break_is_refused_without_showing_it(
     assert secret not in caplog.text
 
 
+@pytest.mark.parametrize("path", ["/api/v1", "/api/v1/scale/demand"])
+async def test_a_demand_url_holding_a_password_is_refused_without_showing_it(
+        path: str, caplog: pytest.LogCaptureFixture) -> None:
+    # tornado sends a URL's user:password as Basic authentication in place of the demand token:
+    # hubpilot never saw the token and refused every signal; and the hub's log quoted the URL,
+    # password and all, when the url was refused for another reason
+    from hubpilot_hub.scale_demand import ScaleDemand
+
+    token = "fedcba9876543210fedcba9876543210"
+    caplog.set_level(logging.DEBUG)
+    seen: list[bytes] = []
+
+    async def hubpilot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            head = await reader.readuntil(b"\r\n\r\n")
+            seen.extend(line for line in head.split(b"\r\n") if line.lower().startswith(b"authorization:"))
+            writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(hubpilot, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        demand = ScaleDemand(f"http://proxy:PROXYPASS@127.0.0.1:{port}{path}", token, gpu_profiles=["gpu"])
+        await demand.send({"user": "a", "server": "", "profile": "gpu"})
+    except ValueError as exc:
+        assert "PROXYPASS" not in str(exc)
+        assert "user:password@" in str(exc) and "token" in str(exc)
+    else:
+        pytest.fail(f"a url with a password was used; hubpilot was sent {seen}")
+    finally:
+        server.close()
+    assert "PROXYPASS" not in caplog.text
+
+
 def test_a_secret_setting_of_the_wrong_type_is_refused_without_showing_it(clean_env: None, tmp_path: Path) -> None:
     # an unquoted clientState of digits is a TOML number; a connection string written as a list
     # is a list: the refusal says what is wrong, never the value
