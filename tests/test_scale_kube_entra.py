@@ -324,7 +324,7 @@ async def test_a_token_the_api_server_refuses_or_none_at_all_says_which_settings
 # --- settings and wiring -----------------------------------------------------------------------
 @pytest.mark.parametrize(("kw", "says"), [
     ({"kube_auth": "entra", "kubeconfig": "/k"}, "unset scale.kubeconfig"),
-    ({"kube_auth": "entra", "kube_api_url": "http://aks1.example"}, "must be https://"),
+    ({"kube_auth": "entra", "kube_api_url": "http://aks1.example"}, "scale.kube_api_url must use https"),
     ({"kube_ca_file": "/ca.pem"}, "kube_ca_file is used only with"),
     ({"kube_auth": "kubelogin"}, "kube_auth"),
 ])

@@ -310,3 +310,38 @@ async def test_the_kubernetes_bearer_token_never_reaches_an_error_or_a_log_line(
     assert any("401" in e for e in errors) and any("500" in e for e in errors)
     for text in [*errors, caplog.text]:
         assert secret not in text
+
+
+@pytest.mark.parametrize(("env", "setting"), [
+    ({"HUBPILOT_DIRECTORY__KIND": "entra", "HUBPILOT_DIRECTORY__ENTRA__TENANT_ID": "t",
+      "HUBPILOT_DIRECTORY__ENTRA__GRAPH_BASE_URL": "https://proxy:URLPASS@graph.example.org/v1.0"},
+     "directory.entra.graph_base_url"),
+    ({"HUBPILOT_DIRECTORY__KIND": "entra", "HUBPILOT_DIRECTORY__ENTRA__TENANT_ID": "t",
+      "HUBPILOT_DIRECTORY__ENTRA__NOTIFICATION_URL": "https://proxy:URLPASS@hubpilot.example.org/api/v1/graph/n"},
+     "directory.entra.notification_url"),
+    ({"HUBPILOT_SCALE__ARM_ENDPOINT": "https://proxy:URLPASS@management.example.org"}, "scale.arm_endpoint"),
+    ({"HUBPILOT_SCALE__KUBE_AUTH": "entra",
+      "HUBPILOT_SCALE__KUBE_API_URL": "https://proxy:URLPASS@aks.example.org:443"}, "scale.kube_api_url"),
+])
+def test_an_endpoint_holding_a_password_is_refused_without_showing_it(
+        clean_env: None, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], setting: str) -> None:
+    # these endpoints get a bearer token with every request; httpx and requests send a URL's
+    # user:password as Basic authentication in its place (every call refused), and the URL is
+    # quoted by their errors, which runs record in the audit log
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    text = str(err.value)
+    assert setting in text and "user:password@" in text
+    assert "URLPASS" not in text
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1@arm.example.org", "http://localhost.example.org"])
+def test_an_arm_endpoint_on_plain_http_must_be_loopback_by_its_host(clean_env: None, monkeypatch: pytest.MonkeyPatch,
+                                                                    endpoint: str) -> None:
+    # the ARM token goes with every request: plain http is for loopback tests only, judged by the
+    # URL's host, not by how the text begins
+    monkeypatch.setenv("HUBPILOT_SCALE__ARM_ENDPOINT", endpoint)
+    with pytest.raises(SettingsError, match=r"scale\.arm_endpoint (must use https|holds a user name)"):
+        load_settings()

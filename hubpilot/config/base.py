@@ -60,6 +60,26 @@ def check_account_key(value: SecretStr | None) -> SecretStr | None:
     return value
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def bearer_url(value: str, what: str, example: str) -> str:
+    """An endpoint hubpilot sends a bearer token to with every request: http(s) with a host, plain
+    http only on loopback (judged by the URL's host), and no ``user:password@``, which the HTTP
+    clients would send as Basic authentication in the token's place, and which every error quoting
+    the URL would carry into the audit log (refused without showing it)."""
+    parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{what} holds a user name or password (user:password@): the HTTP client would send it "
+                         f"in place of hubpilot's token, and errors quote the URL; remove it (the value is not "
+                         f"shown), e.g. {example}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} must be an http(s) URL, e.g. {example} (got {value!r})")
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        raise ValueError(f"{what} must use https (plain http is accepted for loopback tests only)")
+    return value.rstrip("/")
+
+
 def authority_url(value: str | None, what: str) -> str | None:
     """An Entra authority host as azure-identity takes it: ``https://host``, or a bare host (read
     as https, as azure-identity does); refused at load, naming the setting, where azure-identity

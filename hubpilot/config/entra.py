@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from hubpilot.config.base import NCronTab, Section, authority_url, check_account_key
+from hubpilot.config.base import NCronTab, Section, authority_url, bearer_url, check_account_key
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -21,12 +21,7 @@ FUNCTIONS_SUBSCRIPTION_GAP_MINUTES = 60
 
 
 def _http_url(value: str, what: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{what} must be an http(s) URL, e.g. https://graph.microsoft.com/v1.0 (got {value!r})")
-    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise ValueError(f"{what} must use https (plain http is accepted for loopback tests only)")
-    return value.rstrip("/")
+    return bearer_url(value, what, "https://graph.microsoft.com/v1.0")
 
 
 _USER_PROPERTIES = {p.lower(): p for p in (

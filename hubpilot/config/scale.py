@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from datetime import date, time
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from hubpilot.config.base import FROM_FILE_FOLDER, NCronTab, PathSetting, Section, authority_url
+from hubpilot.config.base import FROM_FILE_FOLDER, NCronTab, PathSetting, Section, authority_url, bearer_url
 from hubpilot.ports.cluster import parse_selector
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -261,9 +262,7 @@ class ScaleSettings(Section):
     @field_validator("arm_endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        if not v.startswith(("https://", "http://127.0.0.1", "http://localhost")):
-            raise ValueError("arm_endpoint must be an https:// URL (plain http only on loopback)")
-        return v.rstrip("/")
+        return bearer_url(v, "scale.arm_endpoint", "https://management.usgovcloudapi.net")
 
     @model_validator(mode="after")
     def _bounds(self) -> ScaleSettings:
@@ -279,10 +278,16 @@ class ScaleSettings(Section):
                 "scale.kube_auth = 'entra' takes the API server from ARM or scale.kube_api_url; "
                 "unset scale.kubeconfig (or use kube_auth = 'kubeconfig')"
             )
-        if (self.kube_auth == "entra" and self.kube_api_url
-                and not self.kube_api_url.startswith(("https://", "http://127.0.0.1", "http://localhost"))):
-            raise ValueError("scale.kube_api_url must be https:// with kube_auth = 'entra' "
-                             "(a bearer token goes with every request; plain http only on loopback)")
+        if self.kube_api_url and (urlsplit(self.kube_api_url).username is not None
+                                  or urlsplit(self.kube_api_url).password is not None):
+            raise ValueError("scale.kube_api_url holds a user name or password (user:password@): the client would "
+                             "send it in place of the token, and errors quote the URL; remove it (the value is "
+                             "not shown)")
+        if self.kube_auth == "entra" and self.kube_api_url:
+            try:
+                bearer_url(self.kube_api_url, "scale.kube_api_url", "https://<cluster>.hcp.<region>.azmk8s.io:443")
+            except ValueError as exc:
+                raise ValueError(f"{exc} (with kube_auth = 'entra' a bearer token goes with every request)") from None
         if self.kube_ca_file and not (self.kube_auth == "entra" and self.kube_api_url):
             raise ValueError("scale.kube_ca_file is used only with kube_auth = 'entra' and scale.kube_api_url")
         return self
