@@ -147,3 +147,31 @@ async def test_a_kube_token_request_that_never_answers_says_the_timeout_and_its_
         await cluster.close()
         await pool.close()
         await proxy.stop()
+
+
+async def test_a_kubeconfig_put_in_place_after_start_is_used_by_the_next_run(kube: Any, tmp_path: Path) -> None:
+    """The runs failed naming the missing ``scale.kubeconfig``; the operator puts the file there (a
+    secret mounted late, a path fixed on disk). The cluster client is built once per process, and
+    it kept the first error: every later run still said "no file" for a file that was there, until
+    a restart, while a ``kube_ca_file`` that cannot be read is read again by each run."""
+    from hubpilot.adapters.kube import KubeCluster
+    from hubpilot.ports.cluster import ClusterError
+    from tests.fixtures.kmock import NS
+
+    config = tmp_path / "kube.yaml"
+    kube.clear()
+    kube.node("aks-gpu-0")
+    cluster = KubeCluster(namespace=NS, pool="gpu", kubeconfig=str(config))
+    try:
+        with pytest.raises(ClusterError, match=f"scale.kubeconfig: no file {config}"):
+            await cluster.read()
+        config.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+            f"clusters: [{{name: c, cluster: {{server: '{kube.url}'}}}}]\n"
+            "users: [{name: u, user: {token: t}}]\n"
+            "contexts: [{name: c, context: {cluster: c, user: u}}]\n")
+        view = await cluster.read()
+        assert [n.name for n in view.nodes] == ["aks-gpu-0"], view
+    finally:
+        await cluster.close()
+        kube.clear()

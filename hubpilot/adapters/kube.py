@@ -224,8 +224,10 @@ class KubeCluster:
         self._auth = auth
         # a client the settings cannot make (no kubeconfig file, no credentials at all) fails each
         # call, so that a run of an enabled scale fails naming the setting, as an LDAP CA file
-        # that cannot be read fails the sync: never a round skipped as "not configured"
+        # that cannot be read fails the sync: never a round skipped as "not configured". Each call
+        # tries again, so a file put in place after start is used (as kube_ca_file is read again)
         self._client_error: str | None = None
+        self._client_from = (api_url, kubeconfig)
         if api_client is None and auth is None:
             try:
                 api_client = _api_client(api_url, kubeconfig)
@@ -237,7 +239,14 @@ class KubeCluster:
     async def _call(self, fn: Callable[[], T], what: str) -> T:
         try:
             if self._client_error is not None:
-                raise ClusterError(self._client_error)
+                try:
+                    client = await asyncio.to_thread(_api_client, *self._client_from)
+                except ValueError as exc:
+                    self._client_error = str(exc)
+                    raise ClusterError(self._client_error) from exc
+                self._client_error = None
+                self._api_client = client
+                self.api = k8s.CoreV1Api(client)
             if self._auth is not None:
                 cfg = await self._auth.configuration()
                 if self._api_client is None:
