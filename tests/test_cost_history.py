@@ -90,6 +90,30 @@ async def test_a_late_record_of_the_same_size_moves_the_change_earlier(store: Sq
     assert rep["days"][0]["changes"] == 2 and rep["days"][0]["node_hours"] == 5.0
 
 
+async def test_a_late_record_looks_past_a_damaged_point_for_the_next_change(store: SqliteStore) -> None:
+    """The size history only feeds the report, which leaves a damaged point out (hand-edited, a
+    count that is no number). A late record of the size the next real point has must make that
+    point no change, as it does without the damaged one between them: the damaged point was taken
+    for the next one, and the day counted one change too many."""
+    assert await record_size(store, h(8), 2, source="observed")
+    assert await record_size(store, h(9), 3, source="scale-up")
+    doc = await store.get("scale/sizes/2026-03-28")
+    assert doc is not None
+    doc["points"].insert(1, [h(8.75).isoformat(), "three", "hand-edited"])  # damaged, left out by readers
+    await store.put("scale/sizes/2026-03-28", doc)
+    assert await record_size(store, h(8.5), 3, source="observed")  # arrives late: 3 from 08:30
+    doc = await store.get("scale/sizes/2026-03-28")
+    assert doc is not None
+    assert [(p[0][11:16], p[1]) for p in doc["points"]] == [("08:00", 2), ("08:30", 3), ("08:45", "three")]
+    rep = await report(store, h(10), days=1)
+    assert rep["days"][0]["changes"] == 2 and rep["days"][0]["node_hours"] == 2 * 0.5 + 3 * 1.5
+    # a damaged point without a count at all after a late record: an IndexError, which failed the
+    # scale run recording its observation (only a store error is said and passed over)
+    doc["points"].append([h(9.5).isoformat()])
+    await store.put("scale/sizes/2026-03-28", doc)
+    assert await record_size(store, h(9.25), 4, source="observed")
+
+
 async def test_records_at_the_same_instant_keep_their_order(store: SqliteStore) -> None:
     """An observation and the scale-down that follows it, stamped with the same time: the size
     after that instant is the one recorded last, not the larger one."""

@@ -316,11 +316,13 @@ def _with_point(points: list[Any], point: list[Any], at: datetime, count: int) -
             return stored_time(p[0], "time")
         except (ValueError, TypeError, IndexError, KeyError):
             return None
+    def sized(p: Any) -> bool:  # a count the readers take (else the point is left out, as damaged)
+        return isinstance(p, list) and len(p) > 1 and isinstance(p[1], int) and not isinstance(p[1], bool)
     timed = [(when(p), p) for p in points]
-    later = [(t, p) for t, p in timed if t is not None and t > at]
+    later = [(t, p) for t, p in timed if t is not None and t > at and sized(p)]
     if later:
         _, nxt = min(later, key=lambda tp: tp[0])
-        if isinstance(nxt[1], int) and not isinstance(nxt[1], bool) and nxt[1] == count:
+        if nxt[1] == count:
             points = [p for p in points if p is not nxt]
     valid = sorted([(t, p) for t, p in ((when(p), p) for p in points) if t is not None], key=lambda tp: tp[0])
     cut = sum(1 for t, _ in valid if t <= at)
