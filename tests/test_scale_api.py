@@ -275,3 +275,56 @@ async def test_a_follow_up_waiting_at_shutdown_starts_no_run_once_serve_has_stop
     entries, _ = await ctx.store.read_audit(operation="scale")
     assert entries == [], entries
     assert await ctx.store.get("scale/demand/dana~") is not None, "the demand was lost"
+
+
+class _StoreThatPausesAfterReserving(SqliteStore):
+    """The real store; its write of the scale run's reservation (``pending/scale``) is done, then
+    waits for ``go``: the moment a shutdown's cancellation can reach a follow-up inside
+    ``start_run`` (a store write runs in a thread, awaited)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reserved = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def put(self, key: str, doc: Any, *, if_match: str | None = None) -> str:
+        etag = await super().put(key, doc, if_match=if_match)
+        if key == "pending/scale" and not self.reserved.is_set():
+            self.reserved.set()
+            await self.go.wait()
+        return etag
+
+
+async def test_a_follow_up_stopped_while_starting_its_run_leaves_no_reservation_behind(
+        setup: dict[str, Any], tmp_path: Path) -> None:
+    """Shutdown gives up the waiting follow-up by cancelling it; it reached it just as the lock was
+    free and the follow-up was starting its run, after the run's reservation was written: the
+    reservation stayed, and with no run to take it, every scale run started over HTTP or by a demand
+    (the next ``hubpilot serve`` too, the store is shared) was refused as if a run held the lock,
+    and GET /status showed that lock, until the reservation expired (the lock's 10 minutes)."""
+    from hubpilot.api.runs import reservation
+    from hubpilot.api.scale_routes import stop_follow_up
+
+    base = setup["ctx"]
+    store = _StoreThatPausesAfterReserving(tmp_path / "pausing.sqlite3")
+    ctx = Context(settings=base.settings, store=store, clock=base.clock)
+    ctx.factories["scale"] = base.factories["scale"]
+    try:
+        lease = await store.acquire_lock("scale", "another-run", timedelta(minutes=5), ctx.clock())
+        assert lease is not None
+        async with asgi_client(ctx) as client:
+            r = await client.post("/api/v1/scale/demand", json={"user": "dana"}, headers=HUB)
+        assert r.status_code == 202 and "follow-up" in r.json()["detail"], r.text
+        await store.release_lock(lease)  # the other run ends: the follow-up starts its run
+        await asyncio.wait_for(store.reserved.wait(), 30)  # a bound for the test only
+        stopping = asyncio.create_task(stop_follow_up(ctx))  # what serve's shutdown does
+        for _ in range(5):
+            await asyncio.sleep(0)  # the cancellation reaches the follow-up
+        store.go.set()
+        await asyncio.wait_for(stopping, 30)
+        await drain_tasks()
+        assert await reservation(ctx, "scale", ctx.clock()) is None, "a reservation with no run stays"
+        assert await store.read_lock("scale", ctx.clock()) is None
+    finally:
+        await drain_tasks()
+        await ctx.close()

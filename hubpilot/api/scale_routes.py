@@ -44,21 +44,33 @@ async def _follow_up(ctx: Context, actor: str, limit: float) -> None:
     """Start one scale run as soon as the running one has released the lock (bounded wait, on the
     context's clock, the one the lock's expiry is told by: up to ``limit`` seconds after the last
     demand it serves)."""
+    starting: asyncio.Future[str] | None = None
     try:
         while ctx.clock() < _follow_up_until.get(id(ctx), ctx.clock()):
             await asyncio.sleep(FOLLOW_UP_POLL_SECONDS)
             if await ctx.store.read_lock("scale", ctx.clock()) is not None:
                 continue
+            # shielded: a shutdown's cancellation in the midst of its store writes would leave the
+            # run's reservation behind with no run to take it (every other start refused until it expires)
+            starting = asyncio.ensure_future(start_run(ctx, "scale", trigger="demand", actor=actor))
             try:
-                await start_run(ctx, "scale", trigger="demand", actor=actor)
+                await asyncio.shield(starting)
                 return
             except LockHeld:
                 continue
         log.warning("a scale run has held the lock for more than %g s (scale.lro_wait_seconds + 60) since the last "
                     "demand signal: no follow-up run is started for it; its demands count in the next scale run", limit)
     except asyncio.CancelledError:
-        log.info("hubpilot is stopping: the follow-up scale run that waited for the lock is not started; its "
-                 "demands are recorded and count in the next scale run")
+        started: str | None = None
+        if starting is not None and not starting.done():  # let it finish: a run started, or nothing left behind
+            with contextlib.suppress(Exception):
+                started = await starting
+        if started:
+            log.info("hubpilot is stopping: the follow-up scale run %s for a demand had just started; it has the "
+                     "shutdown grace as the runs under way do", started)
+        else:
+            log.info("hubpilot is stopping: the follow-up scale run that waited for the lock is not started; its "
+                     "demands are recorded and count in the next scale run")
         raise
     except Exception:  # a follow-up is an optimisation: the timer run picks the demand up anyway
         log.exception("follow-up scale run for a demand signal failed")
