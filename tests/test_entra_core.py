@@ -335,6 +335,25 @@ def test_a_sync_started_just_after_a_hint_by_another_hosts_clock_does_not_cover_
     assert covered_by(hint, "applied", received + COVER_MARGIN)
 
 
+def test_a_hint_is_rechecked_for_the_notified_groups_the_delta_read_did_not_show() -> None:
+    """unseen_groups: the re-check follows what the delta read showed of the notified groups, not
+    whether the plan has actions; a plan recorded without the fact (an earlier release) falls back
+    to 'no action'; a re-check, or a hint naming no group, asks for none."""
+    from hubpilot.entra.notifications import Hint, unseen_groups
+    from hubpilot.loop import Action, Plan
+
+    a, b = "0f8fad5b-d9cb-469f-a165-70867728950e", "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+    act = [Action("add_user", "ana", 1)]
+    hint = Hint("sync", (a, b), received="2026-11-25T09:00:00+00:00")
+    assert unseen_groups(hint, Plan.build("sync", act, facts={"changed_groups": [b]})) == (a,)
+    assert unseen_groups(hint, Plan.build("sync", [], facts={"changed_groups": [a.upper(), b]})) == ()
+    assert unseen_groups(hint, Plan.build("sync", act, facts={"changed_groups": []})) == (a, b)
+    assert unseen_groups(hint, Plan.build("sync", [])) == (a, b)  # no fact: the plan's actions decide
+    assert unseen_groups(hint, Plan.build("sync", act)) == ()
+    assert unseen_groups(Hint("sync", (a,), recheck=True), Plan.build("sync", [], facts={"changed_groups": []})) == ()
+    assert unseen_groups(Hint("sync"), Plan.build("sync", [], facts={"changed_groups": []})) == ()
+
+
 def test_a_round_that_replaced_a_dropped_subscription_asks_for_a_sync() -> None:
     """missed_changes: a creation while a subscription hubpilot made has vanished, or a renewal
     that found its subscription gone (404), means unnotified changes; a first creation, a plain

@@ -298,6 +298,52 @@ async def test_a_change_the_delta_shows_only_after_its_notification_is_rechecked
     assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben"), t.name("cy")]
 
 
+async def test_a_notified_change_the_delta_lags_is_rechecked_though_another_groups_change_was_applied(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    """The re-check follows the notified group, not the plan: the sync a notification for the
+    users group started applies a change of the admin group (already replicated), while the users
+    group's change has not reached the delta query yet. The plan has an action, but the delta read
+    showed nothing for the notified group: its one re-check is queued, and brings the change."""
+    t = Tenant(graph, real_hub, webhook, entra={"recheck_seconds": 0.2})
+    queue = t.worker.queue
+    ana, ben = t.person("ana"), t.person("ben")
+    graph.add_member(t.users_group, ana)
+    await t.sync()
+    graph.add_member(t.admin_group, ana)  # replicated: the sync sees it
+    graph.lag()
+    graph.add_member(t.users_group, ben)  # notified at once, in the delta only later
+    assert (await t.notify(t.users_group)).status_code == 202
+    assert await t.worker.drain_once() == 1
+    first = t.worker.records[-1]
+    assert first.outcome is Outcome.APPLIED and first.plan is not None and first.plan.actions, first.render()
+    assert await t.hub_state() == {"admins": [t.name("ana")], "users": [t.name("ana")]}
+    graph.catch_up()
+    recheck = await asyncio.wait_for(queue.queue.get(), timeout=30)
+    assert recheck.kind == "sync" and recheck.recheck and recheck.groups == (t.users_group,)
+    await t.worker.handle([recheck])
+    assert t.worker.records[-1].outcome is Outcome.APPLIED and t.worker.records[-1].started > first.started
+    assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben")]
+
+
+async def test_a_notified_change_the_delta_showed_queues_no_recheck_though_the_plan_is_empty(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    """The delta read showed the notified group's change (a member who is a hub user already, so
+    the plan has nothing to do): there is nothing to re-check."""
+    t = Tenant(graph, real_hub, webhook, entra={"recheck_seconds": 0.2})
+    ana = t.person("ana")
+    graph.add_member(t.users_group, ana)
+    graph.add_member(t.admin_group, ana)
+    await t.sync()
+    graph.remove_member(t.admin_group, ana)
+    graph.add_member(t.admin_group, ana)  # net: a member again, so the sync has nothing to do
+    assert (await t.notify(t.admin_group)).status_code == 202
+    assert await t.worker.drain_once() == 1
+    record = t.worker.records[-1]
+    assert record.outcome is Outcome.APPLIED and record.plan is not None and not record.plan.actions
+    assert record.plan.facts.get("changed_groups") == [t.admin_group]
+    assert t.worker.queue.delayed == 0 and t.worker.queue.queue.empty()
+
+
 @pytest.mark.azurite
 async def test_azure_queue_carries_the_hint_to_the_queue_function(
         graph: GraphDouble, real_hub: RealHub, webhook: Webhook, azurite: Any) -> None:

@@ -147,6 +147,7 @@ class EntraDirectory:
 
         done: dict[str, ChunkState] = {}
         fresh_groups: set[str] = set()
+        changed: set[str] = set()  # groups an incremental round listed: the delta showed their changes
         removed: set[str] = set()
         needed = set(configured)
         for _ in range(self.nested_max_depth + 2):
@@ -158,6 +159,8 @@ class EntraDirectory:
                     continue
                 outcome = await self._round(chunk, stats)
                 done[key] = outcome.chunk
+                if not outcome.fresh:
+                    changed |= outcome.seen
                 if outcome.fresh:
                     fresh_groups.update(chunk.groups)
                     missing = (set(chunk.groups) & set(configured)) - outcome.seen
@@ -218,7 +221,7 @@ class EntraDirectory:
         # the sync looks its members up by the name in sync.users_groups / admin_groups)
         snapshot = DirectorySnapshot(
             source="entra", groups={given: expanded[gid] for given, gid in zip(groups, configured, strict=True)},
-            notes=tuple(stats.notes))
+            notes=tuple(stats.notes), changed=frozenset(changed))
         if in_dry_run():  # it records nothing: the next real run reads these changes again
             self.last = stats
             return snapshot

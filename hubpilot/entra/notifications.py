@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from hubpilot.loop import stored_time
+from hubpilot.loop import Plan, stored_time
 
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
 
@@ -132,8 +132,8 @@ class Hint:
     renew: tuple[str, ...] = ()
     received: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
-    # the one re-check of a sync hint whose sync planned no change (Graph's delta lagged the
-    # notification): a re-check queues none
+    # the one re-check of a sync hint whose sync was shown no change of its groups (Graph's delta
+    # lagged the notification): a re-check queues none
     recheck: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -174,6 +174,22 @@ def covered_by(hint: Hint, last_sync_outcome: str | None, last_sync_started: dat
     except ValueError:
         return False
     return received is not None and last_sync_started >= received + COVER_MARGIN
+
+
+def unseen_groups(hint: Hint, plan: Plan) -> tuple[str, ...]:
+    """The groups a sync hint names whose change the sync that planned ``plan`` (the one it
+    started, or the one that covered it) may not have seen, for the hint's one re-check: those
+    its directory read was shown no change of (the plan's fact ``changed_groups``: the groups
+    Graph's delta query listed); for a plan without that fact (a run of an earlier release), all
+    of them when the plan has no action. None for a re-check (which queues no other), a
+    subscriptions hint, or a sync hint that names no group."""
+    if hint.kind != "sync" or hint.recheck or not hint.groups:
+        return ()
+    changed = plan.facts.get("changed_groups")
+    if isinstance(changed, list):
+        seen = {str(g).lower() for g in changed}
+        return tuple(g for g in hint.groups if g.lower() not in seen)
+    return () if plan.actions else hint.groups
 
 
 def hints_for(verdict: Verdict, now: datetime) -> list[Hint]:

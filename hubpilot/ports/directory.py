@@ -38,12 +38,15 @@ class DirectorySnapshot:
     """The membership of the configured groups, nested groups already expanded.
 
     ``groups`` has an entry for every group asked for. ``notes`` are findings worth reporting
-    (a member that is no person, a nesting cycle) that do not make the read fail.
+    (a member that is no person, a nesting cycle) that do not make the read fail. ``changed``: the
+    groups (nested ones too) whose changes since the last read this read was shown, for a directory
+    that reads changes (Entra's delta query); None when the directory cannot tell.
     """
 
     source: str
     groups: Mapping[str, frozenset[Member]]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    changed: frozenset[str] | None = None
 
 
 class DirectoryError(Exception):

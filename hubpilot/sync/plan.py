@@ -451,6 +451,8 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
         "empty_groups": list(want.empty_groups),
         "recent_removals": len(recent),
     }
+    if observed.snapshot.changed is not None:  # the groups whose changes the directory read was shown
+        facts["changed_groups"] = sorted(observed.snapshot.changed)
     if taken_out := recent_group_removals(observed, want, policy, now):
         facts["recent_group_removals"] = taken_out
     return Plan.build(OPERATION, actions,

@@ -23,7 +23,7 @@ from typing import Any
 
 from hubpilot.config.entra import EntraSettings
 from hubpilot.entra.directory import STATE_PREFIX, EntraDirectory
-from hubpilot.entra.notifications import Hint, NotificationQueue, coalesce, covered_by
+from hubpilot.entra.notifications import Hint, NotificationQueue, coalesce, covered_by, unseen_groups
 from hubpilot.entra.subscriptions import SubscriptionManager, SubscriptionPolicy, missed_changes
 from hubpilot.loop import LockHeld, Outcome, RunRecord, log_outcome
 from hubpilot.ports.directory import Directory
@@ -187,26 +187,29 @@ async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
 
 async def _recheck(ctx: Context, hint: Hint, record: RunRecord) -> None:
     """Graph's delta query can show a change minutes after its notification was sent (its
-    replication delay, "Known issues": delta query): a sync started by change notifications (a
-    hint naming groups) that planned no change queues the hint once more, ``recheck_seconds``
-    later, as a re-check, which queues none. It is received when due, so only a sync that starts
-    after that covers it."""
+    replication delay, "Known issues": delta query): when the applied sync a hint started was
+    shown no change of some group the hint names
+    (:func:`hubpilot.entra.notifications.unseen_groups`), the hint is queued once more for those
+    groups, ``recheck_seconds`` later, as a re-check, which queues none. It is received when due,
+    so only a sync that starts after that covers it."""
     delay = entra_settings(ctx).recheck_seconds
-    if (hint.recheck or not hint.groups or delay <= 0 or record.outcome is not Outcome.APPLIED
-            or record.plan is None or record.plan.actions):
+    if delay <= 0 or record.outcome is not Outcome.APPLIED or record.plan is None:
+        return
+    groups = unseen_groups(hint, record.plan)
+    if not groups:
         return
     due = ctx.clock() + timedelta(seconds=delay)
     try:  # the sync itself is done: a queue that fails now must not fail (and redeliver) its hint
-        await notification_queue(ctx).push(Hint("sync", hint.groups, received=due.isoformat(), recheck=True),
+        await notification_queue(ctx).push(Hint("sync", groups, received=due.isoformat(), recheck=True),
                                            delay_seconds=delay)
     except Exception as exc:  # any queue error: said, the scheduled sync follows
-        log.warning("sync run %s, started by a notification, planned no change, and its re-check could not be "
-                    "queued (the scheduled sync follows any change Graph's delta query shows late): %s: %s",
-                    record.run_id, type(exc).__name__, exc)
+        log.warning("sync run %s (trigger %s) was shown no change of notified group(s) %s, and its re-check could "
+                    "not be queued (the scheduled sync follows any change Graph's delta query shows late): %s: %s",
+                    record.run_id, record.trigger, ", ".join(groups), type(exc).__name__, exc)
         return
-    log.info("sync run %s, started by a notification for group(s) %s, planned no change: Graph's delta query may "
-             "not show the change yet; re-checking once in %.0f s (directory.entra.recheck_seconds)",
-             record.run_id, ", ".join(hint.groups), delay)
+    log.info("sync run %s (trigger %s) was shown no change of notified group(s) %s: Graph's delta query may not "
+             "show the change yet; re-checking once in %.0f s (directory.entra.recheck_seconds)",
+             record.run_id, record.trigger, ", ".join(groups), delay)
 
 
 class InProcessHints:
