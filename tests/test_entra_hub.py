@@ -344,6 +344,47 @@ async def test_a_notified_change_the_delta_showed_queues_no_recheck_though_the_p
     assert t.worker.queue.delayed == 0 and t.worker.queue.queue.empty()
 
 
+async def test_a_hint_covered_by_a_sync_that_read_a_lagging_delta_is_rechecked_once(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    """A scheduled sync that started after the notification was received covers its hint, but it
+    read a delta that did not show the change yet: the covered hint runs no sync of its own, yet
+    queues the one re-check; a covered re-check queues none."""
+    t = Tenant(graph, real_hub, webhook, entra={"recheck_seconds": 0.2})
+    queue = t.worker.queue
+    ana, ben = t.person("ana"), t.person("ben")
+    graph.add_member(t.users_group, ana)
+    await t.sync()
+    graph.lag()
+    graph.add_member(t.users_group, ben)
+    received = (t.ctx.clock() - COVER_MARGIN * 2).isoformat()  # before the scheduled sync started
+    scheduled = await t.sync()
+    assert scheduled.outcome is Outcome.APPLIED and scheduled.plan is not None and not scheduled.plan.actions
+    await notification_queue(t.ctx).push(Hint("sync", (t.users_group,), received=received))
+    assert await t.worker.drain_once() == 1
+    assert t.worker.records == []  # covered: no run
+    graph.catch_up()
+    recheck = await asyncio.wait_for(queue.queue.get(), timeout=30)
+    assert recheck.kind == "sync" and recheck.recheck and recheck.groups == (t.users_group,)
+    await t.worker.handle([recheck])
+    assert t.worker.records[-1].outcome is Outcome.APPLIED
+    assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben")]
+
+    # a covered re-check queues none (no loop), nor does a hint whose covering sync saw its change
+    graph.lag()
+    graph.add_member(t.users_group, t.person("cy"))
+    received = (t.ctx.clock() - COVER_MARGIN * 2).isoformat()
+    await t.sync()
+    await notification_queue(t.ctx).push(Hint("sync", (t.users_group,), received=received, recheck=True))
+    assert await t.worker.drain_once() == 1
+    graph.catch_up()
+    received = (t.ctx.clock() - COVER_MARGIN * 2).isoformat()
+    assert (await t.sync()).outcome is Outcome.APPLIED
+    await notification_queue(t.ctx).push(Hint("sync", (t.users_group,), received=received))
+    assert await t.worker.drain_once() == 1
+    assert len(t.worker.records) == 1 and queue.delayed == 0 and queue.queue.empty()
+    assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben"), t.name("cy")]
+
+
 @pytest.mark.azurite
 async def test_azure_queue_carries_the_hint_to_the_queue_function(
         graph: GraphDouble, real_hub: RealHub, webhook: Webhook, azurite: Any) -> None:

@@ -131,9 +131,9 @@ class EntraSettings(Section):
     )
     recheck_seconds: float = Field(90.0, ge=0, le=900, description=(
         "Graph's delta query can show a change only some time after its change notification arrived (its "
-        "replication delay): when the sync a notification started was shown no change of the notified group by "
-        "the delta query, the notification is run once more after this many seconds (one re-check per "
-        "notification; 0: none, the scheduled sync follows)."))
+        "replication delay): when the sync a notification started, or the sync that covered it, was shown no "
+        "change of the notified group by the delta query, the notification is run once more after this many "
+        "seconds (one re-check per notification; 0: none, the scheduled sync follows)."))
     queue: Literal["memory", "azure"] = Field(
         "memory",
         description="Where notifications wait for the sync: memory (hubpilot serve) or azure (Storage queue).",

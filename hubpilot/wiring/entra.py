@@ -152,13 +152,20 @@ class RoundFailed(Exception):
         self.record = record
 
 
-async def hint_covered(ctx: Context, hint: Hint) -> bool:
-    """Reads the last sync run for :func:`hubpilot.entra.notifications.covered_by`."""
+async def covering_run(ctx: Context, hint: Hint) -> RunRecord | None:
+    """The last sync run when it covers the hint (:func:`hubpilot.entra.notifications.covered_by`)."""
     last = await ctx.runner.last_run("sync")
     if not last or not hint.received:
-        return False
+        return None
     record = await ctx.runner.get_run(str(last.get("run_id")))
-    return covered_by(hint, str(last.get("outcome")), record.started if record else None)
+    if record is None or not covered_by(hint, str(last.get("outcome")), record.started):
+        return None
+    return record
+
+
+async def hint_covered(ctx: Context, hint: Hint) -> bool:
+    """Reads the last sync run for :func:`hubpilot.entra.notifications.covered_by`."""
+    return await covering_run(ctx, hint) is not None
 
 
 async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
@@ -177,7 +184,9 @@ async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
         if hint.renew and record is not None and record.outcome is Outcome.FAILED:
             raise RoundFailed(record)
         return record
-    if await hint_covered(ctx, hint):
+    covering = await covering_run(ctx, hint)
+    if covering is not None:  # no run of its own; a re-check if that run's delta read missed the change
+        await _recheck(ctx, hint, covering)
         return None
     record = await ctx.runner.run(ctx.capability("sync"), trigger="notification", actor="graph")
     log_outcome(record)
@@ -187,8 +196,8 @@ async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
 
 async def _recheck(ctx: Context, hint: Hint, record: RunRecord) -> None:
     """Graph's delta query can show a change minutes after its notification was sent (its
-    replication delay, "Known issues": delta query): when the applied sync a hint started was
-    shown no change of some group the hint names
+    replication delay, "Known issues": delta query): when the applied sync a hint started, or the
+    one that covered it, was shown no change of some group the hint names
     (:func:`hubpilot.entra.notifications.unseen_groups`), the hint is queued once more for those
     groups, ``recheck_seconds`` later, as a re-check, which queues none. It is received when due,
     so only a sync that starts after that covers it."""
