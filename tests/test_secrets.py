@@ -8,12 +8,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import traceback
 from pathlib import Path
 
 import pytest
 
 from hubpilot.adapters.hub import HubClient
 from hubpilot.settings import SettingsError, load_settings
+from tests.doubles.arm import ArmDouble, StaticToken
 from tests.realhub import RealHub
 from tests.slapd import Slapd
 
@@ -345,3 +347,40 @@ def test_an_arm_endpoint_on_plain_http_must_be_loopback_by_its_host(clean_env: N
     monkeypatch.setenv("HUBPILOT_SCALE__ARM_ENDPOINT", endpoint)
     with pytest.raises(SettingsError, match=r"scale\.arm_endpoint (must use https|holds a user name)"):
         load_settings()
+
+
+@pytest.mark.parametrize("damaged", [
+    b"    token: 0123456789abcdefKUBESECRET: x\n",  # a colon pasted into the value
+    b"    client-key-data: \"0123456789abcdefKUBESECRET\n",  # a quote never closed
+])
+async def test_a_damaged_kubeconfig_from_arm_is_refused_without_quoting_its_credentials(
+        arm: ArmDouble, damaged: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    # scale.kube_auth = "entra" takes the API server from ARM's listClusterUserCredential; a local-
+    # accounts cluster's kubeconfig holds a token and a client key, and the YAML error quoted the line
+    # it stopped at into the run's error (audit entry, run document, /status)
+    from hubpilot.adapters.aks import AksPool
+    from hubpilot.config.scale import ScaleSettings
+    from hubpilot.ports.cluster import ClusterError
+    from hubpilot.wiring.scale import build_cluster
+
+    arm.kubeconfig = (b"apiVersion: v1\nkind: Config\ncurrent-context: aks1\n"
+                      b"clusters:\n- name: aks1\n  cluster:\n    server: https://aks1.hcp.example:443\n"
+                      b"contexts:\n- name: aks1\n  context: {cluster: aks1, user: clusterUser_rg1_aks1}\n"
+                      b"users:\n- name: clusterUser_rg1_aks1\n  user:\n" + damaged)
+    caplog.set_level(logging.DEBUG)
+    pool = AksPool(StaticToken(), subscription_id=arm.subscription, resource_group=arm.resource_group,
+                   cluster=arm.cluster, pool="gpu", base_url=arm.base_url, retry_total=0)
+    cluster = build_cluster(ScaleSettings(subscription_id=arm.subscription, resource_group=arm.resource_group,
+                                          cluster=arm.cluster, pool="gpu", namespace="jhub", kube_auth="entra",
+                                          arm_endpoint=arm.base_url), pool)
+    try:
+        with pytest.raises(ClusterError) as err:
+            await cluster.read()
+    finally:
+        await cluster.close()
+        await pool.close()
+    text = str(err.value)
+    assert f"cluster {arm.cluster}" in text and "listClusterUserCredential" in text and "no YAML" in text
+    assert "line 14" in text or "line 15" in text  # where to look
+    for said in (text, "".join(traceback.format_exception(err.value)), caplog.text):  # a traceback too
+        assert "KUBESECRET" not in said

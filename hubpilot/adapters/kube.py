@@ -71,22 +71,25 @@ class KubeEndpoint:
     server_id: str | None = None  # the kubeconfig's Entra server application id, if it names one
 
 
-def endpoint_from_kubeconfig(data: bytes) -> KubeEndpoint:
+def endpoint_from_kubeconfig(data: bytes, source: str = "the cluster's kubeconfig") -> KubeEndpoint:
     """The current context's server, CA and Entra server id (kubelogin's ``--server-id``, or the
     legacy azure auth-provider's ``apiserver-id``) from a kubeconfig; its user credentials are
-    not used. Raises ``ClusterError`` saying what is missing."""
+    not used. Raises ``ClusterError`` saying what is missing in ``source`` (the kubeconfig named)."""
     try:
         doc = yaml.safe_load(data)
     except yaml.YAMLError as exc:
-        raise ClusterError(f"the cluster's kubeconfig is no YAML: {exc}") from exc
+        # never the YAML error's own text: it quotes the line it stopped at, which in a local-
+        # accounts cluster's kubeconfig can be its token or client key (nor the error as the cause:
+        # a logged traceback would quote it)
+        raise ClusterError(f"{source} is no YAML: {_yaml_problem(exc)}") from None
     if not isinstance(doc, dict):
-        raise ClusterError("the cluster's kubeconfig is no mapping")
+        raise ClusterError(f"{source} is no mapping")
 
     def named(kind: str, name: str | None) -> dict[str, Any]:
         items = [i for i in doc.get(kind) or [] if isinstance(i, dict)]
         chosen = next((i for i in items if name is None or i.get("name") == name), None)
         if chosen is None:
-            raise ClusterError(f"the cluster's kubeconfig has no {kind[:-1]} {name or ''}".rstrip())
+            raise ClusterError(f"{source} has no {kind[:-1]} {name or ''}".rstrip())
         body = chosen.get(kind[:-1])
         return body if isinstance(body, dict) else {}
 
@@ -95,13 +98,13 @@ def endpoint_from_kubeconfig(data: bytes) -> KubeEndpoint:
     cluster = named("clusters", ctx.get("cluster"))
     server = cluster.get("server")
     if not isinstance(server, str) or not server.startswith("https://"):
-        raise ClusterError(f"the cluster's kubeconfig names no https:// server (got {server!r})")
+        raise ClusterError(f"{source} names no https:// server (got {server!r})")
     ca: bytes | None = None
     if cluster.get("certificate-authority-data"):
         try:
             ca = base64.b64decode(str(cluster["certificate-authority-data"]), validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ClusterError("the cluster's kubeconfig has a certificate-authority-data that is no base64") from exc
+            raise ClusterError(f"{source} has a certificate-authority-data that is no base64") from exc
     server_id: str | None = None
     user = named("users", ctx.get("user")) if doc.get("users") else {}
     args = (user.get("exec") or {}).get("args") or []
@@ -113,6 +116,17 @@ def endpoint_from_kubeconfig(data: bytes) -> KubeEndpoint:
     provider = (user.get("auth-provider") or {}).get("config") or {}
     server_id = server_id or provider.get("apiserver-id") or None
     return KubeEndpoint(url=server.rstrip("/"), ca_pem=ca, server_id=server_id)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What a YAML error found and where (line and column), without the text it quotes."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        said = [f"{text} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else text
+                for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)) if text]
+        return ": ".join(said) or type(exc).__name__
+    if isinstance(exc, yaml.reader.ReaderError):  # a byte no YAML text may hold: its position only
+        return f"a character YAML does not allow at byte {exc.position}"
+    return type(exc).__name__
 
 
 class EntraKubeAuth:

@@ -104,7 +104,8 @@ def build_cluster(s: ScaleSettings, pool: Pool | None = None) -> Cluster:
                 return KubeEndpoint(url, await asyncio.to_thread(_read_ca, ca_file) if ca_file else None)
         else:
             async def endpoint() -> KubeEndpoint:
-                return endpoint_from_kubeconfig(await aks.user_kubeconfig())
+                return endpoint_from_kubeconfig(await aks.user_kubeconfig(), f"ARM's user kubeconfig of cluster "
+                                                f"{aks.cluster} (listClusterUserCredential)")
         auth = EntraKubeAuth(aks.credential, endpoint, server_id=s.kube_server_id,
                              token_timeout=s.arm_timeout_seconds)
 
