@@ -384,3 +384,35 @@ async def test_a_damaged_kubeconfig_from_arm_is_refused_without_quoting_its_cred
     assert "line 14" in text or "line 15" in text  # where to look
     for said in (text, "".join(traceback.format_exception(err.value)), caplog.text):  # a traceback too
         assert "KUBESECRET" not in said
+
+
+async def test_the_values_that_hold_a_secret_never_show_it_in_their_repr(tmp_path: Path) -> None:
+    # nothing prints them today, but a log line with %r, a pytest or Application Insights traceback
+    # with its locals, or a debugger would: the Graph subscriptions' clientState (who knows it can
+    # send hubpilot notifications) and the run queue's connection string (its account key)
+    from hubpilot.adapters.store_sqlite import SqliteStore
+    from hubpilot.api.runs import queue_target
+    from hubpilot.settings import Settings
+    from hubpilot.wiring import Context
+    from hubpilot.wiring.entra import subscription_policy
+
+    client_state = "CLIENTSTATE-0123456789abcdef"
+    key = "QUNDT1VOVEtFWS0wMTIzNDU2Nzg5YWJjZGVm"
+    conn = f"DefaultEndpointsProtocol=https;AccountName=a;AccountKey={key};EndpointSuffix=core.windows.net"
+    ctx = Context(settings=Settings(
+        hub={"api_url": "http://127.0.0.1:9/hub/api", "token": "hub-secret-0123456789"},
+        api={"run_mode": "queue", "queue_connection_string": conn},
+        directory={"kind": "entra", "entra": {
+            "tenant_id": "00000000-0000-0000-0000-0000000000a1", "notifications": True,
+            "client_state": client_state,
+            "notification_url": "https://hubpilot.example.org/api/v1/graph/notifications"}},
+        sync={"users_groups": ["g1"]}), store=SqliteStore(tmp_path / "s.sqlite3"))
+    try:
+        policy = await subscription_policy(ctx)
+        target = queue_target(ctx, {})
+    finally:
+        await ctx.store.close()
+    assert policy.client_state == client_state and target.connection_string == conn  # they hold them
+    assert "notification_url" in repr(policy) and "QueueTarget" in repr(target)
+    assert client_state not in repr(policy)
+    assert key not in repr(target)

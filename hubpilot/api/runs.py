@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -327,7 +327,7 @@ class QueueTarget:
     """Where run requests go: a connection string, or a queue service URL reached with an Entra
     token (identity-based, as the Functions host's own ``AzureWebJobsStorage__*`` settings)."""
 
-    connection_string: str | None = None
+    connection_string: str | None = field(default=None, repr=False)  # holds the account key: never in a repr
     account_url: str | None = None
     client_id: str | None = None
     managed_identity: bool = False

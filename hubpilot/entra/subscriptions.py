@@ -57,7 +57,7 @@ class SubscriptionPolicy:
     groups: tuple[str, ...]
     notification_url: str
     lifecycle_url: str | None
-    client_state: str
+    client_state: str = field(repr=False)  # the subscriptions' secret: never in a repr (log line, traceback)
     lifetime: timedelta
     renew_before: timedelta
 
