@@ -175,3 +175,40 @@ async def test_a_kubeconfig_put_in_place_after_start_is_used_by_the_next_run(kub
     finally:
         await cluster.close()
         kube.clear()
+
+
+async def test_a_kubeconfig_that_is_no_yaml_fails_the_run_naming_it(arm: ArmDouble, tmp_path: Path) -> None:
+    """A kubeconfig file YAML cannot read (a colon pasted into a value): the YAML error escaped the
+    client's ConfigException handling, so the scheduled round raised a traceback, recorded no run
+    and named no setting; it must fail the run naming scale.kubeconfig and the line, never quoting
+    the file's text (its user token)."""
+    kubeconfig = tmp_path / "kube.yaml"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nusers:\n- name: u\n  user:\n"
+                          "    token: 0123456789abcdefKUBESECRET: x\n")
+    ctx, pool = await _context(arm, tmp_path, kubeconfig=str(kubeconfig))
+    try:
+        record = await run_scheduled(ctx, "scale")
+        assert record is not None and "KUBESECRET" not in (record.error or ""), record
+        await _says_it_everywhere(ctx, arm, f"scale.kubeconfig: {kubeconfig} is no YAML: mapping values are not "
+                                            "allowed here at line 6")
+    finally:
+        await pool.close()
+
+
+async def test_a_default_kubeconfig_that_is_no_yaml_fails_the_run_naming_it(
+        arm: ArmDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No scale.kubeconfig, not in a cluster, and a ~/.kube/config YAML cannot read: the same
+    traceback and no run recorded; the run must fail saying which file, and the settings to set."""
+    (tmp_path / ".kube").mkdir()
+    (tmp_path / ".kube" / "config").write_text("users:\n- name: u\n  user:\n    token: 0123456789abcdefKUBESECRET: x\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    ctx, pool = await _context(arm, tmp_path)
+    try:
+        record = await run_scheduled(ctx, "scale")
+        assert record is not None and "KUBESECRET" not in (record.error or ""), record
+        await _says_it_everywhere(ctx, arm, f"{tmp_path / '.kube' / 'config'} is no YAML: mapping values are not "
+                                            "allowed here at line 4")
+    finally:
+        await pool.close()

@@ -519,15 +519,27 @@ def _api_client(api_url: str | None, kubeconfig: str | None) -> Any:
             k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
         except k8s_config.ConfigException as exc:
             raise ValueError(f"scale.kubeconfig {kubeconfig}: {exc}") from exc
+        except yaml.YAMLError as exc:  # the client reads the file with no ConfigException around it
+            raise ValueError(f"scale.kubeconfig: {_kubeconfig_yaml_error(exc, kubeconfig)}") from None
         return k8s.ApiClient(cfg)
     try:
         k8s_config.load_incluster_config(client_configuration=cfg)
     except k8s_config.ConfigException as in_cluster:
         try:
             k8s_config.load_kube_config(client_configuration=cfg)
-        except k8s_config.ConfigException as exc:
+        except (k8s_config.ConfigException, yaml.YAMLError) as exc:
+            said = (_kubeconfig_yaml_error(exc, "the kubeconfig") if isinstance(exc, yaml.YAMLError) else exc)
             raise ValueError(
                 f"no Kubernetes credentials: not in a cluster ({in_cluster}) and no usable kubeconfig at "
-                f"$KUBECONFIG or ~/.kube/config ({exc}); set scale.kubeconfig, or scale.kube_auth = 'entra' "
-                "(the app's identity: Azure Functions has no kubeconfig)") from exc
+                f"$KUBECONFIG or ~/.kube/config ({said}); set scale.kubeconfig, or scale.kube_auth = 'entra' "
+                "(the app's identity: Azure Functions has no kubeconfig)"
+            ) from (None if isinstance(exc, yaml.YAMLError) else exc)
     return k8s.ApiClient(cfg)
+
+
+def _kubeconfig_yaml_error(exc: yaml.YAMLError, named: str) -> str:
+    """Which kubeconfig file YAML could not read, and what it found where (never the file's text:
+    it holds the user's token or client key)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    name = getattr(mark, "name", None) or getattr(exc, "name", None)
+    return f"{name if isinstance(name, str) and not name.startswith('<') else named} is no YAML: {_yaml_problem(exc)}"
