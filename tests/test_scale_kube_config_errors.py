@@ -212,3 +212,23 @@ async def test_a_default_kubeconfig_that_is_no_yaml_fails_the_run_naming_it(
                                             "allowed here at line 4")
     finally:
         await pool.close()
+
+
+async def test_a_refused_connection_is_not_reported_as_a_timeout() -> None:
+    """urllib3 makes its NewConnectionError a kind of ConnectTimeoutError: a Kubernetes API nobody
+    listens on (a wrong port, the server down) was reported as 'no answer within 30 s', sending the
+    admin to look for a slow server; the error now says the connection was refused."""
+    import socket
+
+    from hubpilot.adapters.kube import KubeCluster
+    from hubpilot.ports.cluster import ClusterError
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cluster = KubeCluster(namespace="jhub", pool="gpu", api_url=f"http://127.0.0.1:{port}", request_timeout=30)
+    with pytest.raises(ClusterError) as err:
+        await cluster.read()
+    text = str(err.value)
+    assert "no answer" not in text, text
+    assert "refused" in text.lower() and str(port) in text, text

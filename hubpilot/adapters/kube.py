@@ -472,11 +472,15 @@ def _status_message(exc: ApiException) -> str:
 
 
 def _timeout_of(exc: BaseException) -> BaseException | None:
-    """The urllib3 timeout behind ``exc`` (itself, or the reason its retries gave up), if any."""
-    if isinstance(exc, urllib3.exceptions.TimeoutError):
+    """The urllib3 timeout behind ``exc`` (itself, or the reason its retries gave up), if any. A
+    refused connection is none, though urllib3 makes NewConnectionError a ConnectTimeoutError."""
+    def timed_out(e: object) -> bool:
+        return (isinstance(e, urllib3.exceptions.TimeoutError)
+                and not isinstance(e, urllib3.exceptions.NewConnectionError))
+    if timed_out(exc):
         return exc
     reason = getattr(exc, "reason", None)
-    if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(reason, urllib3.exceptions.TimeoutError):
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and timed_out(reason):
         return reason
     return None
 
