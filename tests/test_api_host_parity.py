@@ -24,6 +24,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -38,6 +39,7 @@ from functions.asgi import CHUNKED_DETAIL
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.api.app import MAX_BODY_BYTES
 from hubpilot.api.runs import drain_tasks
+from hubpilot.scale.cost import cost_report
 from hubpilot.serve import Server
 from hubpilot.settings import Settings
 from hubpilot.wiring import OPERATIONS, Context
@@ -435,6 +437,7 @@ _VARYING = [
     (re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(\+00:00|Z)?"), b"<time>"),
     (re.compile(rb"127\.0\.0\.1:\d+"), b"<server>"),
     (re.compile(rb'hours":[0-9.e-]+'), b'hours":<n>'),  # today's partial day goes on between the calls
+    (re.compile(rb"is partial: [0-9.]+ h so far"), b"is partial: <n> h so far"),  # and its note (0.01 h: 36 s)
 ]
 
 
@@ -443,6 +446,22 @@ def comparable(a: Answer) -> tuple[int, dict[str, str], bytes]:
     for pattern, repl in _VARYING:
         body = pattern.sub(repl, body)
     return a.status, {k: a.headers[k] for k in COMPARED if k in a.headers}, body
+
+
+async def test_cost_answers_seconds_apart_compare_alike(tmp_path: Path) -> None:
+    """The two hosts' cost answers are made a moment apart: today's partial hours go on meanwhile,
+    in its row and in its note (2 decimals, 0.01 h = 36 s), so a pair straddling such a step
+    (a loaded machine) must still compare alike."""
+    store = SqliteStore(tmp_path / "cost.sqlite3")
+    try:
+        noon = datetime(2026, 3, 2, 12, tzinfo=UTC)
+        bodies = [json.dumps((await cost_report(store, now=noon + timedelta(seconds=s), days=2, price=None,
+                                                currency="USD")).to_json(), separators=(",", ":")).encode()
+                  for s in (17, 19)]
+    finally:
+        await store.close()
+    assert bodies[0] != bodies[1] and b"is partial: 12.00 h so far" in bodies[0]
+    assert comparable(Answer(200, {}, bodies[0])) == comparable(Answer(200, {}, bodies[1]))
 
 
 def on_the_wire(fn: Answer, req: Req, served: Answer) -> Answer:
