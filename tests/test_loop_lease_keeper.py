@@ -8,35 +8,59 @@ from pathlib import Path
 from typing import Any
 
 from hubpilot.adapters.store_sqlite import SqliteStore
-from hubpilot.loop import Outcome, Runner
+from hubpilot.loop import ActionResult, Outcome, Plan, Progress, Runner
 from hubpilot.ports.store import Lease, StoreError
 from tests.test_loop import Shelf
 
 
 class SlowRenewals(SqliteStore):
     """The renewal reaches the store at once, its answer comes back ``lag`` seconds later (a slow
-    network); ``fail_first`` renewals raise a StoreError (a transient Storage error)."""
+    network), ``late``: only once the run's audit entry is written (the run's last write), so
+    that the run ends while the answer is on its way; ``fail_first`` renewals raise a StoreError
+    (a transient Storage error)."""
 
-    def __init__(self, path: str, *, lag: float = 0.0, fail_first: int = 0) -> None:
+    def __init__(self, path: str, *, lag: float = 0.0, late: bool = False, fail_first: int = 0) -> None:
         super().__init__(path)
-        self.lag = lag
+        self.lag, self.late = lag, late
         self.fail_first = fail_first
         self.renewals = 0
+        self.renewing, self.audited = asyncio.Event(), asyncio.Event()
 
     async def renew_lock(self, lease: Lease, ttl: timedelta, now: datetime) -> Lease | None:
         self.renewals += 1
+        self.renewing.set()
         if self.renewals <= self.fail_first:
             raise StoreError("state file: disk I/O error (transient)")
         renewed = await super().renew_lock(lease, ttl, now)
+        if self.late:
+            await self.audited.wait()
         await asyncio.sleep(self.lag)
         return renewed
 
+    async def append_audit(self, entry: dict[str, Any]) -> str:
+        written = await super().append_audit(entry)
+        self.audited.set()
+        return written
+
+
+class UntilRenewing(Shelf):
+    """Its apply lasts until the store has a renewal of the lock under way (however loaded the
+    machine, not a time guessed to outlast the keeper's interval)."""
+
+    def __init__(self, wanted: set[str], store: SlowRenewals) -> None:
+        super().__init__(wanted)
+        self.store = store
+
+    async def apply(self, plan: Plan, observed: set[str], progress: Progress) -> list[ActionResult]:
+        await self.store.renewing.wait()
+        return await super().apply(plan, observed, progress)
+
 
 async def test_a_run_ending_during_a_renewal_releases_the_lock(tmp_path: Path) -> None:
-    store = SlowRenewals(str(tmp_path / "s.sqlite3"), lag=0.6)
+    store = SlowRenewals(str(tmp_path / "s.sqlite3"), lag=0.6, late=True)
     try:
         r: Runner[set[str]] = Runner(store, lock_ttl=timedelta(seconds=3))  # renews after 1 s
-        record = await r.run(Shelf({"a"}, delay=1.2), trigger="t", actor="me")  # ends mid-renewal
+        record = await r.run(UntilRenewing({"a"}, store), trigger="t", actor="me")  # ends mid-renewal
         assert record.outcome is Outcome.APPLIED
         assert store.renewals == 1
         assert await store.read_lock("shelf", datetime.now(UTC)) is None, "the lock was left held"
