@@ -34,8 +34,10 @@ class LateLock(SqliteStore):
     def __init__(self, path: str, go: asyncio.Event) -> None:
         super().__init__(path)
         self.go = go
+        self.waiting = asyncio.Event()
 
     async def acquire_lock(self, name: str, holder: str, ttl: timedelta, now: datetime) -> Lease | None:
+        self.waiting.set()
         await self.go.wait()
         return await super().acquire_lock(name, holder, ttl, now)
 
@@ -50,7 +52,7 @@ async def test_a_second_approval_after_the_first_applied_does_not_apply_again(tm
         assert refused.outcome is Outcome.REFUSED and refused.plan is not None
         plan_id = refused.plan.id
         late = asyncio.create_task(Runner(second, clock=lambda: NOW).approve(cap, plan_id, actor="bob"))
-        await asyncio.sleep(0.2)  # bob's approval has read the refused plan and waits for the lock
+        await asyncio.wait_for(second.waiting.wait(), 30)  # bob's approval has read the refused plan
         done = await Runner(first, clock=lambda: NOW).approve(cap, plan_id, actor="alice")
         assert done.outcome is Outcome.APPLIED and cap.applied == 1
         go.set()
