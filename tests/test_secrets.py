@@ -59,6 +59,21 @@ async def test_the_hub_client_never_puts_a_malformed_token_into_its_errors(real_
             await client.close()
 
 
+async def fake_hubpilot(seen: list[bytes]) -> tuple[asyncio.Server, int]:
+    """A loopback stand-in for hubpilot's demand route: answers 202 and keeps the Authorization
+    lines it was sent in ``seen``."""
+    async def hubpilot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            head = await reader.readuntil(b"\r\n\r\n")
+            seen.extend(line for line in head.split(b"\r\n") if line.lower().startswith(b"authorization:"))
+            writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(hubpilot, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
 @pytest.mark.parametrize("bad", ["\n", "\r\n"])
 async def test_a_demand_token_with_a_line_break_is_refused_without_showing_it(
         bad: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -69,15 +84,7 @@ async def test_a_demand_token_with_a_line_break_is_refused_without_showing_it(
     secret = "fedcba9876543210fedcba9876543210"
     caplog.set_level(logging.DEBUG)
 
-    async def hubpilot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(hubpilot, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await fake_hubpilot([])
     try:
         demand = ScaleDemand(f"http://127.0.0.1:{port}/api/v1", secret + bad, gpu_profiles=["gpu"])
         await demand.send({"user": "a", "server": "", "profile": "gpu"})
@@ -102,17 +109,7 @@ async def test_a_demand_url_holding_a_password_is_refused_without_showing_it(
     token = "fedcba9876543210fedcba9876543210"
     caplog.set_level(logging.DEBUG)
     seen: list[bytes] = []
-
-    async def hubpilot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            head = await reader.readuntil(b"\r\n\r\n")
-            seen.extend(line for line in head.split(b"\r\n") if line.lower().startswith(b"authorization:"))
-            writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(hubpilot, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await fake_hubpilot(seen)
     try:
         demand = ScaleDemand(f"http://proxy:PROXYPASS@127.0.0.1:{port}{path}", token, gpu_profiles=["gpu"])
         await demand.send({"user": "a", "server": "", "profile": "gpu"})
