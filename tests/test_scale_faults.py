@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from hubpilot.adapters.aks import AksPool
+from hubpilot.adapters.aks import AksPool, NoResendTransport
 from hubpilot.adapters.kube import KubeCluster
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.loop import Outcome, Runner, Status
@@ -250,12 +250,20 @@ async def test_an_api_server_that_never_answers(world: Any, what: str) -> None:
     holding the scale lock for ever; a node it may have cordoned is the next run's to mend."""
     w = await world(f"hang-{what}")
     cap, runner = await removal(w)
-    cap.cluster.request_timeout = 0.5  # type: ignore[attr-defined]
     w.kproxy.reset()
-    if what == "list":
+    if what == "list":  # the run's first request to the cluster: every one has the short timeout
+        cap.cluster.request_timeout = 0.5  # type: ignore[attr-defined]
         w.kproxy.rule(lambda m, path: m == "GET" and path.startswith("/api/v1/nodes?"), "hang")
     else:
-        w.kproxy.rule(lambda m, path: m == "PATCH", "hang")
+        # the reads before the cordon keep the ordinary timeout (0.5 s for them too failed the run
+        # at a read on a loaded machine): it drops to 0.5 s once the cordon's read of the node was
+        # sent (its timeout already set), so the cordon's PATCH is the request that has it
+        def hang_the_cordon(m: str, path: str) -> bool:
+            if m == "GET" and path.startswith("/api/v1/nodes/gpu-1"):
+                cap.cluster.request_timeout = 0.5  # type: ignore[attr-defined]
+            return m == "PATCH"
+
+        w.kproxy.rule(hang_the_cordon, "hang")
     async with asyncio.timeout(30):  # a guard against a hang, not a timing assert
         rec = await runner.run(cap, trigger="timer", actor="test")
     assert rec.outcome is Outcome.FAILED, rec.render()
@@ -275,12 +283,24 @@ async def test_an_arm_that_never_answers(world: Any, what: str) -> None:
     converge."""
     w = await world(f"arm-hang-{what}")
     await removal(w)
-    cap, runner = w.capability(timeout=0.5)
-    w.aproxy.reset()
-    if what == "read":
+    if what == "read":  # the run's first request to ARM: every one has the short timeout
+        cap, runner = w.capability(timeout=0.5)
+        w.aproxy.reset()
         w.aproxy.rule(lambda m, path: m == "GET", "hang")
     else:
-        w.aproxy.rule(lambda m, path: m == "POST", "hang")
+        # the pool's read before the deletion keeps an ordinary timeout (0.5 s for it too failed
+        # the run at the read on a loaded machine): the transport's timeouts drop to the pool's
+        # 0.5 s once that read was sent (its timeout already set), so the deletion is what has them
+        transport = NoResendTransport(connection_timeout=30, read_timeout=30)
+        cap, runner = w.capability(timeout=0.5, transport=transport)
+
+        def hang_the_deletion(m: str, path: str) -> bool:
+            if m == "GET":
+                transport.connection_config.timeout = transport.connection_config.read_timeout = 0.5
+            return m == "POST"
+
+        w.aproxy.reset()
+        w.aproxy.rule(hang_the_deletion, "hang")
     async with asyncio.timeout(30):  # a guard against a hang, not a timing assert
         rec = await runner.run(cap, trigger="timer", actor="test")
     # a read and its one retry; a deleteMachines is never sent twice (it is no idempotent request)
