@@ -254,7 +254,8 @@ async def test_a_hub_that_never_answers_a_stop(fault_hub: RealHub, proxy: FaultP
 async def test_two_processes_on_one_state_store(fault_hub: RealHub, tmp_path: Path) -> None:
     """Two ``hubpilot cull`` processes at once on one state store: the lock lets one apply (the
     other exits 4, LOCKED, or, started after the first ended, finds nothing left to do); every
-    idle server is stopped, and the audit names each stop once."""
+    idle server is stopped, and the audit names each stop once: done, or pending when the server
+    took longer than the hub's slow_stop_timeout to stop (the hub answers 202 and ends it after)."""
     tag = unique_name("procs")
     users = [f"{tag}-{i}" for i in range(3)]
     await spawn_all(fault_hub, users)
@@ -274,7 +275,9 @@ async def test_two_processes_on_one_state_store(fault_hub: RealHub, tmp_path: Pa
         codes = sorted(p.returncode for p in procs)
         text = "\n".join(o[0].decode() for o in outs)
         assert codes in ([0, 0], [0, 4]), text
-        assert await running(fault_hub, users) == set(), text
+        async with asyncio.timeout(60):  # a guard against a hang, not a timing assert
+            while await running(fault_hub, users):  # a pending stop goes on in the hub
+                await asyncio.sleep(0.2)
         store = SqliteStore(db)
         try:
             entries, _ = await store.read_audit()
@@ -283,8 +286,8 @@ async def test_two_processes_on_one_state_store(fault_hub: RealHub, tmp_path: Pa
         runs = [e for e in entries if e.get("kind") == "run" and e.get("operation") == "cull"]
         assert all(e["outcome"] == "applied" for e in runs), runs
         assert len([e for e in runs if e["results"]]) == 1, runs  # one run applied, under the lock
-        done = [r["action"]["target"] for e in runs for r in e["results"] if r["status"] == "done"]
-        assert sorted(done) == sorted(users), text
+        stops = [r["action"]["target"] for e in runs for r in e["results"] if r["status"] in ("done", "pending")]
+        assert sorted(stops) == sorted(users), text
     finally:
         await stop_all(fault_hub, users)
 
