@@ -111,13 +111,26 @@ async def test_a_failure_that_goes_on_is_recalled_at_most_every_five_minutes(
         for i in range(24):  # twelve minutes of a round every 30 s
             await store.append_audit(_failed(first + timedelta(seconds=30 * i), "DirectoryError: broken"))
         follow = asyncio.ensure_future(_follow_runs(ctx, first - timedelta(seconds=1), every=0.01))
-        await asyncio.sleep(0.5)
+        out = ""
+
+        async def shown(text: str) -> None:
+            nonlocal out
+            async with asyncio.timeout(30):  # a guard against a hang, not a timing assert
+                while text not in out:
+                    assert not follow.done(), follow.exception()
+                    await asyncio.sleep(0.01)
+                    out += capsys.readouterr().out
+
+        # a read of the audit shows its runs at once: the first line shown means all 24 were read
+        await shown("DirectoryError: broken")
+        # a run more, which only a later read shows: that read meets the 24 again, not to be said twice
+        await store.append_audit(_failed(first + timedelta(minutes=12), "HubError: later"))
+        await shown("HubError: later")
         follow.cancel()
         with pytest.raises(asyncio.CancelledError):
             await follow
     finally:
         await store.close()
-    out = capsys.readouterr().out
     assert out.count("error: DirectoryError: broken") == 1, out
     reminders = [line for line in out.splitlines() if "still failed" in line]
     # said at 0:00; recalled at 5:00 (10 more runs since) and 10:00 (20 more)
