@@ -11,6 +11,7 @@ import pytest
 
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.demo import _follow_runs
+from hubpilot.loop import Outcome, RunRecord
 from hubpilot.settings import Settings
 from hubpilot.wiring import Context
 
@@ -24,8 +25,17 @@ async def test_an_entry_that_is_no_run_does_not_end_the_following(tmp_path: Path
         await store.append_audit({"at": datetime.now(UTC).isoformat(), "operation": "graph-notifications",
                                   "kind": "notification", "trigger": "webhook", "actor": "graph",
                                   "outcome": "refused", "refusal": ["wrong or missing clientState"]})
+        later = datetime.now(UTC)  # a run after it, which the follower shows only past that entry
+        record = RunRecord(run_id="r-after", operation="sync", trigger="timer", actor="timer", started=later,
+                           outcome=Outcome.FAILED, finished=later, error="DirectoryError: broken")
+        await store.append_audit({**record.to_json(), "at": later.isoformat(), "kind": "run"})
         follow = asyncio.ensure_future(_follow_runs(ctx, since, every=0.01))
-        await asyncio.sleep(0.3)
+        out = ""
+        async with asyncio.timeout(30):  # a guard against a hang, not a timing assert
+            while "DirectoryError: broken" not in out:
+                assert not follow.done(), follow.exception()
+                await asyncio.sleep(0.01)
+                out += capsys.readouterr().out
         assert not follow.done(), follow.exception()
         follow.cancel()
         with pytest.raises(asyncio.CancelledError):
