@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr
 
@@ -63,16 +63,22 @@ def check_account_key(value: SecretStr | None) -> SecretStr | None:
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def no_userinfo(value: str, what: str) -> SplitResult:
+    """The URL split, or ValueError (never showing it) when it holds ``user:password@``: the HTTP
+    clients send that as Basic authentication in the token's place, and errors quote the URL."""
+    parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{what} holds a user name or password (user:password@): the HTTP client would send it "
+                         "in place of hubpilot's token, and errors quote the URL; remove it (the value is not shown)")
+    return parts
+
+
 def bearer_url(value: str, what: str, example: str) -> str:
     """An endpoint hubpilot sends a bearer token to with every request: http(s) with a host, plain
     http only on loopback (judged by the URL's host), and no ``user:password@``, which the HTTP
     clients would send as Basic authentication in the token's place, and which every error quoting
     the URL would carry into the audit log (refused without showing it)."""
-    parts = urlsplit(value)
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{what} holds a user name or password (user:password@): the HTTP client would send it "
-                         f"in place of hubpilot's token, and errors quote the URL; remove it (the value is not "
-                         f"shown), e.g. {example}")
+    parts = no_userinfo(value, what)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} must be an http(s) URL, e.g. {example} (got {value!r})")
     if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:

@@ -5,12 +5,19 @@ from __future__ import annotations
 import re
 from datetime import date, time
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from hubpilot.config.base import FROM_FILE_FOLDER, NCronTab, PathSetting, Section, authority_url, bearer_url
+from hubpilot.config.base import (
+    FROM_FILE_FOLDER,
+    NCronTab,
+    PathSetting,
+    Section,
+    authority_url,
+    bearer_url,
+    no_userinfo,
+)
 from hubpilot.ports.cluster import parse_selector
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -278,11 +285,8 @@ class ScaleSettings(Section):
                 "scale.kube_auth = 'entra' takes the API server from ARM or scale.kube_api_url; "
                 "unset scale.kubeconfig (or use kube_auth = 'kubeconfig')"
             )
-        if self.kube_api_url and (urlsplit(self.kube_api_url).username is not None
-                                  or urlsplit(self.kube_api_url).password is not None):
-            raise ValueError("scale.kube_api_url holds a user name or password (user:password@): the client would "
-                             "send it in place of the token, and errors quote the URL; remove it (the value is "
-                             "not shown)")
+        if self.kube_api_url:
+            no_userinfo(self.kube_api_url, "scale.kube_api_url")
         if self.kube_auth == "entra" and self.kube_api_url:
             try:
                 bearer_url(self.kube_api_url, "scale.kube_api_url", "https://<cluster>.hcp.<region>.azmk8s.io:443")

@@ -320,13 +320,11 @@ def _with_point(points: list[Any], point: list[Any], at: datetime, count: int) -
         return isinstance(p, list) and len(p) > 1 and isinstance(p[1], int) and not isinstance(p[1], bool)
     timed = [(when(p), p) for p in points]
     later = [(t, p) for t, p in timed if t is not None and t > at and sized(p)]
-    if later:
-        _, nxt = min(later, key=lambda tp: tp[0])
-        if nxt[1] == count:
-            points = [p for p in points if p is not nxt]
-    valid = sorted([(t, p) for t, p in ((when(p), p) for p in points) if t is not None], key=lambda tp: tp[0])
+    if later and (nxt := min(later, key=lambda tp: tp[0])[1])[1] == count:
+        timed = [(t, p) for t, p in timed if p is not nxt]
+    valid = sorted([(t, p) for t, p in timed if t is not None], key=lambda tp: tp[0])  # stable: same instants
     cut = sum(1 for t, _ in valid if t <= at)
-    damaged = [p for p in points if when(p) is None]
+    damaged = [p for t, p in timed if t is None]
     return [p for _, p in valid[:cut]] + [point] + [p for _, p in valid[cut:]] + damaged
 
 

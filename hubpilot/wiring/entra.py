@@ -163,11 +163,6 @@ async def covering_run(ctx: Context, hint: Hint) -> RunRecord | None:
     return record
 
 
-async def hint_covered(ctx: Context, hint: Hint) -> bool:
-    """Reads the last sync run for :func:`hubpilot.entra.notifications.covered_by`."""
-    return await covering_run(ctx, hint) is not None
-
-
 async def process_hint(ctx: Context, hint: Hint) -> RunRecord | None:
     """Do what a hint asks: None when nothing had to be done. Raises LockHeld when a run of the
     same operation holds the lock (retry later), and :class:`RoundFailed` when the manager's round
