@@ -23,7 +23,14 @@ from hubpilot.api.app import create_app
 from hubpilot.api.front import Front
 from hubpilot.api.runs import drain_tasks
 from hubpilot.api.scale_routes import stop_follow_up
-from hubpilot.api.scheduling import Schedule, claim_fire, configured_schedules, run_scheduled
+from hubpilot.api.scheduling import (
+    ENTRA_SUBSCRIPTIONS,
+    Schedule,
+    claim_fire,
+    configured_schedules,
+    run_scheduled,
+    subscriptions_off,
+)
 from hubpilot.loop import RunRecord, stored_time
 from hubpilot.ports.store import StoreError
 from hubpilot.schedule import previous_fire
@@ -41,15 +48,14 @@ CLOCK_STEP_TOLERANCE = timedelta(minutes=1)
 
 async def _entra_subscriptions(ctx: Context) -> RunRecord | None:
     """The Graph subscription manager's round (functions/graph.py's timer in Azure)."""
-    d = ctx.settings.directory
-    if d is None or d.kind != "entra" or d.entra is None or not d.entra.notifications:
+    if subscriptions_off(ctx.settings) is not None:
         return None
     from hubpilot.wiring.entra import run_subscription_manager
 
     return await run_subscription_manager(ctx)
 
 
-JOBS: dict[str, Job] = {"directory.entra.subscription_schedule": _entra_subscriptions}
+JOBS: dict[str, Job] = {ENTRA_SUBSCRIPTIONS: _entra_subscriptions}
 """Schedules that are not an operation's, by setting, and what serve runs for them."""
 
 

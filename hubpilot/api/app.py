@@ -28,7 +28,7 @@ from hubpilot.api import front, graph_routes, scale_routes
 from hubpilot.api.auth import HEAD_SCOPE_KEY, Principal, require_role, shown_method, shown_path
 from hubpilot.api.deps import ContextHolder, ContextSource, get_context
 from hubpilot.api.runs import QueueUnavailable, read_run, reservation, start_run, wait_for_run
-from hubpilot.api.scheduling import configured_schedules
+from hubpilot.api.scheduling import configured_schedules, skip_reason
 from hubpilot.loop import LockHeld, Outcome, RunRecord, UnknownPlan, new_run_id
 from hubpilot.ports.store import StoreError
 from hubpilot.wiring import OPERATIONS, Context, NotConfigured, UnknownOperation
@@ -121,6 +121,9 @@ class ScheduleOut(BaseModel):
     app_setting: str
     next_fire: str
     runs_operation: bool
+    skipped: str | None = Field(
+        description="Why the settings skip every round of this schedule, naming the setting (e.g. 'scale.enabled "
+        "is off'): its fire times come and nothing runs; null when its rounds run.")
 
 
 class OperationStatus(BaseModel):
@@ -570,7 +573,8 @@ def create_app(context: ContextSource) -> FastAPI:
             })
         schedules = [
             {"name": s.name, "expression": s.expression, "app_setting": s.app_setting(),
-             "next_fire": s.next_fire(now).isoformat(), "runs_operation": s.runnable}
+             "next_fire": s.next_fire(now).isoformat(), "runs_operation": s.runnable,
+             "skipped": skip_reason(ctx, s)}
             for s in configured_schedules(ctx.settings)
         ]
         return {"now": now.isoformat(), "version": __version__, "run_mode": ctx.settings.api.run_mode,

@@ -71,6 +71,33 @@ def configured_schedules(settings: Settings) -> list[Schedule]:
     return out
 
 
+ENTRA_SUBSCRIPTIONS = "directory.entra.subscription_schedule"
+
+
+def subscriptions_off(settings: Settings) -> str | None:
+    """Why the Graph subscription manager has nothing to do (its rounds are skipped), or None."""
+    d = settings.directory
+    if d is None or d.entra is None:
+        return "no [directory.entra] section is configured"
+    if d.kind != "entra":
+        return f"directory.kind is {d.kind!r}, not 'entra'"
+    if not d.entra.notifications:
+        return "directory.entra.notifications is off (the scheduled sync alone keeps the hub in step)"
+    return None
+
+
+def skip_reason(ctx: Context, schedule: Schedule) -> str | None:
+    """Why the settings skip every round of ``schedule`` (naming the setting), None when its rounds
+    run: what :func:`run_scheduled` (and serve's job of the schedule) says when it skips one."""
+    if schedule.runnable:
+        if schedule.name == "scale" and not ctx.settings.scale.enabled:
+            return "scale.enabled is off"
+        return ctx.unconfigured(schedule.name)
+    if schedule.setting == ENTRA_SUBSCRIPTIONS:
+        return subscriptions_off(ctx.settings)
+    return None
+
+
 _SAID_ATTR = "_schedule_skips_said"
 """The context's set of skips of unconfigured operations already logged: said once at INFO, then at
 DEBUG (a scale schedule on a hub without a pool would otherwise log one line a minute). Kept on the
@@ -93,8 +120,9 @@ async def run_scheduled(ctx: Context, operation: str, *, trigger: str = "timer",
                         actor: str = "timer") -> RunRecord | None:
     """One scheduled round. None when another run holds the lock or the operation is not
     configured (scale without a pool, or with ``scale.enabled`` off): the round is skipped."""
-    if operation == "scale" and not ctx.settings.scale.enabled:
-        _skipped(ctx, "scheduled scale skipped: scale.enabled is off")
+    reason = skip_reason(ctx, Schedule(operation, "", True, f"{operation}.schedule"))
+    if reason is not None:
+        _skipped(ctx, f"scheduled {operation} skipped: {reason}")
         return None
     try:
         cap = ctx.capability(operation)

@@ -36,6 +36,27 @@ class NotConfigured(ValueError):
     scheduled round skips it; a manual run reports it as a configuration error."""
 
 
+NO_DIRECTORY = "no [directory] is configured (directory.kind and its section)"
+NO_SYNC_GROUPS = ("sync.users_groups is empty: name the directory groups whose members are hub users "
+                  "(sync.users_groups, and sync.admin_groups for admins)")
+NO_POOL = "scale needs scale.subscription_id, scale.resource_group and scale.cluster"
+
+
+def not_configured(settings: Settings, operation: str) -> str | None:
+    """Why hubpilot's own capability of ``operation`` cannot be built from ``settings`` (the
+    :class:`NotConfigured` its factory raises), None when it can. Reads the settings alone."""
+    if operation == "sync":
+        if not (settings.sync.users_groups or settings.sync.admin_groups):
+            return NO_SYNC_GROUPS
+        if settings.directory is None:
+            return NO_DIRECTORY
+    if operation == "scale":
+        s = settings.scale
+        if not (s.subscription_id and s.resource_group and s.cluster):
+            return NO_POOL
+    return None
+
+
 @dataclass
 class Context:
     """Everything a host needs, built once per process (or per test)."""
@@ -86,6 +107,13 @@ class Context:
         if self._directory is None:
             self._directory = build_directory(self)
         return self._directory
+
+    def unconfigured(self, operation: str) -> str | None:
+        """Why :meth:`capability` would raise :class:`NotConfigured` for ``operation``, without
+        building anything; None when it builds (a factory given in ``factories`` decides itself)."""
+        if operation in self.factories:
+            return None
+        return not_configured(self.settings, operation)
 
     def capability(self, operation: str) -> Capability[Any]:
         factory = self.factories.get(operation) or _DEFAULT_FACTORIES.get(operation)
@@ -146,7 +174,7 @@ def build_store(settings: Settings) -> StateStore:
 def build_directory(ctx: Context) -> Directory:
     d = ctx.settings.directory
     if d is None:
-        raise NotConfigured("no [directory] is configured (directory.kind and its section)")
+        raise NotConfigured(NO_DIRECTORY)
     if d.kind == "file" and d.file is not None:
         from hubpilot.adapters.filedir import FileDirectory
 
@@ -183,8 +211,7 @@ def _sync(ctx: Context) -> Capability[Any]:
 
     if not (ctx.settings.sync.users_groups or ctx.settings.sync.admin_groups):
         # a configuration error, as a missing [directory]: not a run that fails every time
-        raise NotConfigured("sync.users_groups is empty: name the directory groups whose members are hub "
-                            "users (sync.users_groups, and sync.admin_groups for admins)")
+        raise NotConfigured(NO_SYNC_GROUPS)
     return SyncCapability(ctx.directory, ctx.hub, ctx.store, ctx.settings.sync)
 
 

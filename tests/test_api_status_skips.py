@@ -1,0 +1,107 @@
+"""``GET /status`` says which schedules' rounds the settings skip (and why), on both hosts.
+
+A schedule whose every round is skipped by the settings (scale with ``scale.enabled`` off, the
+default; sync without groups; the Entra subscription manager without
+notifications) still has a next fire time: status must not let an admin believe it runs. The
+contexts here use hubpilot's own factories (no test capability), as a deployment does, and each
+reason status gives is checked against what the scheduled round itself does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.api.scheduling import run_scheduled
+from hubpilot.serve import _entra_subscriptions
+from hubpilot.settings import Settings
+from hubpilot.wiring import Context
+from tests.test_api_kit import asgi_client, auth, serve_client, token_settings
+
+READER = auth("reader")
+HUB = {"api_url": "http://127.0.0.1:9/hub/api", "token": "t" * 32}
+POOL = {"subscription_id": "sub", "resource_group": "rg", "cluster": "aks"}
+ENTRA_NOTIFYING = {"notifications": True, "client_state": "s" * 32,
+                   "notification_url": "https://hubpilot.example.org/api/v1/graph/notifications"}
+SUBSCRIPTIONS = "directory.entra.subscription_schedule"
+
+CASES: dict[str, tuple[dict[str, Any], dict[str, str | None]]] = {
+    # settings beyond hub and api → the expected `skipped` (a fragment of the reason) per schedule
+    "nothing configured": ({}, {"sync": "sync.users_groups", "cull": None, "scale": "scale.enabled"}),
+    "a directory without groups": ({"directory": {"kind": "file", "file": {"path": "people.yaml"}}},
+                                   {"sync": "sync.users_groups", "scale": "scale.enabled"}),
+    "everything configured": (
+        {"directory": {"kind": "file", "file": {"path": "people.yaml"}}, "sync": {"users_groups": ["staff"]},
+         "scale": {"enabled": True, **POOL}},
+        {"sync": None, "cull": None, "scale": None}),
+    "entra without notifications": (
+        {"directory": {"kind": "entra", "entra": {}}, "sync": {"users_groups": ["staff"]}},
+        {"sync": None, SUBSCRIPTIONS: "directory.entra.notifications"}),
+    "entra with notifications": (
+        {"directory": {"kind": "entra", "entra": ENTRA_NOTIFYING}, "sync": {"users_groups": ["staff"]}},
+        {"sync": None, SUBSCRIPTIONS: None}),
+    "an entra section while the directory is ldap": (
+        {"directory": {"kind": "ldap", "ldap": {"url": "ldap://ldap.example.org", "base_dn": "dc=example,dc=org"},
+                       "entra": ENTRA_NOTIFYING}, "sync": {"users_groups": ["staff"]}},
+        {"sync": None, SUBSCRIPTIONS: "directory.kind"}),
+}
+
+Opener = Callable[[Context], AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture(params=["asgi", "serve"])
+def opener(request: pytest.FixtureRequest) -> Opener:
+    return asgi_client if request.param == "asgi" else serve_client
+
+
+@pytest.fixture
+async def make(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, Any]], Context]]:
+    made: list[Context] = []
+
+    def build(extra: dict[str, Any]) -> Context:
+        settings = Settings(hub=HUB, api={"tokens": token_settings()}, **extra)
+        ctx = Context(settings=settings, store=SqliteStore(tmp_path / f"state-{len(made)}.sqlite3"))
+        made.append(ctx)
+        return ctx
+
+    yield build
+    for ctx in made:
+        await ctx.close()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_status_says_which_schedules_the_settings_skip_and_why(
+        case: str, opener: Opener, make: Callable[[dict[str, Any]], Context],
+        caplog: pytest.LogCaptureFixture) -> None:
+    extra, expected = CASES[case]
+    ctx = make(extra)
+    async with opener(ctx) as client:
+        r = await client.get("/api/v1/status", headers=READER)
+    assert r.status_code == 200, r.text
+    schedules = {s["name"]: s for s in r.json()["schedules"]}
+    for name, fragment in expected.items():
+        entry = schedules[name]
+        assert entry["next_fire"], entry
+        if fragment is None:
+            assert entry["skipped"] is None, (name, entry)
+        else:
+            assert fragment in (entry["skipped"] or ""), (name, entry)
+    for name, entry in schedules.items():  # what status says is what the round does
+        if entry["skipped"] is None:
+            continue
+        with caplog.at_level(logging.DEBUG, logger="hubpilot"):
+            caplog.clear()
+            if entry["runs_operation"]:
+                assert await run_scheduled(ctx, name) is None, name
+                said = " ".join(r.getMessage() for r in caplog.records)
+                assert entry["skipped"] in said, (entry, said)
+            else:
+                assert name == SUBSCRIPTIONS
+                assert await _entra_subscriptions(ctx) is None
