@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -67,6 +68,55 @@ async def test_a_group_deleted_while_paging_makes_no_other_group_go_missing(hub_
                          transport=_AfterFirstPage(delete_g1)) as c:
         listed = [g.name for g in await c.list_groups()]
     assert {f"g{i}" for i in range(7) if i != 1} <= set(listed) and len(listed) == len(set(listed)), listed
+
+
+class _DeleterFor(httpx.AsyncBaseTransport):
+    """A real transport and another actor deleting users for ``seconds`` (from the first reading
+    on): after the first page of every reading that starts meanwhile it deletes a user of that
+    page, so the later pages of the reading shift."""
+
+    def __init__(self, delete: Callable[[], Awaitable[None]], seconds: float) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._delete, self._seconds = delete, seconds
+        self._began: float | None = None
+        self.deleted = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        first_page = request.method == "GET" and request.url.params.get("offset") == "0"
+        if first_page and self._began is None:
+            self._began = time.monotonic()
+        resp = await self._inner.handle_async_request(request)
+        if first_page and self._began is not None and time.monotonic() - self._began < self._seconds:
+            await resp.aread()
+            await self._delete()
+            self.deleted += 1
+        return resp
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_listing_outlasts_users_being_deleted_for_a_moment(hub_factory) -> None:
+    # Another actor (an admin's script, a second hubpilot deprovisioning) deletes users for well
+    # under a second. The readings of the list started over at once, so all four fell within
+    # that moment and the run failed ("the list changed while it was read, 4 times in a row");
+    # they now pause a little longer each time (the client's backoff), and a later reading
+    # meets a list that holds still.
+    hub: RealHub = await hub_factory()
+    names = [f"u{i:02d}" for i in range(12)]
+    async with HubClient(hub.api_url, hub.hubpilot_token) as setup:
+        await setup.create_users(names)
+    left = list(names)
+
+    async def delete_one() -> None:
+        async with hub.admin() as admin:
+            assert (await admin.delete(f"/users/{left.pop(0)}")).status_code == 204
+
+    deleter = _DeleterFor(delete_one, seconds=0.7)
+    async with HubClient(hub.api_url, hub.hubpilot_token, page_size=3, transport=deleter) as c:
+        listed = [u.name for u in await c.list_users()]
+    assert deleter.deleted >= 1  # the first reading shifted
+    assert set(left) <= set(listed) and len(listed) == len(set(listed)), listed
 
 
 async def test_ready_listing_pages_past_a_pending_server(hub_factory) -> None:

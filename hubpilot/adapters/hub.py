@@ -1,7 +1,9 @@
 """``HubClient``: the JupyterHub REST API (5.x) as :class:`hubpilot.ports.hub.Hub`.
 
 - Listing uses the hub's pagination (``Accept: application/jupyterhub-pagination+json``,
-  ``offset``/``limit``) and follows ``_pagination.next`` until it is null.
+  ``offset``/``limit``) and follows ``_pagination.next`` until it is null. A listing that shifted
+  while it was read (a deletion on an earlier page) is read again after a growing pause with
+  jitter (the backoff), four readings in all.
 - Connection errors, timeouts and 5xx answers are retried ``retries`` times with exponential
   backoff and jitter; 4xx answers are not retried. At most ``concurrency`` requests are in flight.
 - Within a round (:func:`hubpilot.ports.hub.hub_round`: one run of a capability), once a request
@@ -278,8 +280,12 @@ class HubClient:
         an earlier page (or, with a state filter, a server stopping or starting) shifts the later
         items and one would be skipped or read twice. Each page after the first therefore starts
         one item early; when that item is not the last one read, the list shifted and the reading
-        starts over."""
-        for _ in range(_PAGED_ATTEMPTS):
+        starts over, after a pause that grows each time (the client's backoff, with jitter: about
+        0.25, 0.5 and 1 s by default), so that another actor deleting users for a moment does not
+        meet every reading."""
+        for attempt in range(_PAGED_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(self._delay(attempt))
             items = await self._paged_once(template, params)
             if items is not None:
                 return items
