@@ -114,6 +114,41 @@ async def test_a_late_record_looks_past_a_damaged_point_for_the_next_change(stor
     assert await record_size(store, h(9.25), 4, source="observed")
 
 
+async def test_a_late_record_before_midnight_is_followed_by_the_next_day(store: SqliteStore) -> None:
+    """Two instances around midnight UTC: one observes the pool at 23:59:50 and writes after the
+    other wrote the next day's first record. The next day began with the size recorded before the
+    late one (its ``start``), and that was never corrected: the same change counted on both days,
+    and when the next day's observations had seen that earlier size (no change then, so no point)
+    the next day counted the late size all day, while the day after began with the earlier one."""
+    gap = timedelta(minutes=2)
+    late, next_day = h(24) - timedelta(seconds=10), h(0, 1) + timedelta(seconds=20)
+    # the next day's observation saw the new size: the change is the late record's, once
+    await record_size(store, h(8), 2, source="observed", observed=gap)
+    assert await record_size(store, next_day, 3, source="observed", observed=gap)
+    assert await record_size(store, late, 3, source="observed", observed=gap)  # arrives late
+    doc = await store.get("scale/sizes/2026-03-29")
+    assert doc is not None and doc["start"] == 3 and doc["points"] == []
+    rep = await report(store, h(12, 1), days=2)
+    assert [(d["changes"], d["node_hours"]) for d in rep["days"]] == [(2, round(2 * 16 + 1 / 360, 3)), (0, 36.0)]
+
+
+async def test_a_late_record_before_midnight_keeps_what_the_next_day_observed(store: SqliteStore) -> None:
+    gap = timedelta(minutes=2)
+    late, next_day = h(24) - timedelta(seconds=10), h(0, 1) + timedelta(seconds=20)
+    # the next day's observation saw the earlier size (a skewed clock, a change nobody recorded)
+    await record_size(store, h(8), 2, source="observed", observed=gap)
+    assert not await record_size(store, next_day, 2, source="observed", observed=gap)
+    assert await record_size(store, late, 3, source="observed", observed=gap)  # arrives late
+    doc = await store.get("scale/sizes/2026-03-29")
+    assert doc is not None and doc["start"] == 3
+    assert [(p[0], p[1]) for p in doc["points"]] == [(next_day.isoformat(), 2)]
+    # 29th: 3 nodes for the 20 s until the observation, then 2; the 30th begins with 2
+    rep = await report(store, h(12, 2), days=2)
+    assert [(d["changes"], d["node_hours"]) for d in rep["days"]] == [(1, round(48 + 1 / 180, 3)), (0, 24.0)]
+    assert not await record_size(store, late, 3, source="observed", observed=gap)  # again: nothing changes
+    assert await store.get("scale/sizes/2026-03-29") == doc
+
+
 async def test_records_at_the_same_instant_keep_their_order(store: SqliteStore) -> None:
     """An observation and the scale-down that follows it, stamped with the same time: the size
     after that instant is the one recorded last, not the larger one."""

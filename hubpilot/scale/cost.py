@@ -11,7 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from hubpilot.loop import ConflictPause, stored_time
-from hubpilot.ports.store import ConflictError, StateStore
+from hubpilot.ports.store import ConflictError, StateStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,8 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
         doc, etag = got if got else ({"points": []}, "")
         points = list(doc["points"]) if isinstance(doc.get("points"), list) else []
         # the size in force at ``at`` (records may arrive out of time order: two hosts, skew)
-        earlier = [p for p in _parsed(points, key) if p[0] <= at]
+        parsed = _parsed(points, key)
+        earlier = [p for p in parsed if p[0] <= at]
         start = _start(doc)  # the size in force when the day began, kept since the day's first record
         if start is None and (not got or not earlier):
             start = await last_size(store, day - timedelta(days=1))
@@ -297,13 +298,58 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
             return False
         try:
             await store.put(key, new, if_match=etag)
-            return change
         except ConflictError:
             if not await pause.lost():
                 break
+            continue
+        if change and len(earlier) == len(parsed):  # the day's last point: the size it ends with
+            await _next_day_begins(store, day + timedelta(days=1), count, seconds)
+        if not got and start is not None:  # a late record of the day before may have landed since
+            await _next_day_begins(store, day, None, seconds)
+        return change
     log.warning("the size history %s was written by others %d times in a row within %g s: %s at %s not recorded",
                 key, pause.conflicts, seconds, count, at.isoformat())
     return False
+
+
+async def _next_day_begins(store: StateStore, day: date, size: int | None, seconds: float) -> None:
+    """The day document of ``day``, when it exists, begins with ``size`` (None: the size the day
+    before ends with, as ``last_size`` finds it), which a record of the day before that arrived
+    late (after ``day``'s first record read it) has changed. The observations of
+    ``day`` before its first point saw the size it began with until now: that becomes a point at
+    the first of them. Otherwise a first point of ``size`` is no change any more and is dropped.
+    Idempotent; conditional writes, as ``record_size``."""
+    key = SIZES_KEY.format(day=day.isoformat())
+    pause = ConflictPause(seconds)
+    while True:
+        try:
+            if size is None and (size := await last_size(store, day - timedelta(days=1))) is None:
+                return
+            got = await store.get_with_etag(key)
+            if not got:
+                return
+            doc, etag = got
+            began = _start(doc)
+            if began is None or began == size:
+                return
+            points = list(doc["points"]) if isinstance(doc.get("points"), list) else []
+            first = min((t for t, _ in _parsed(points, key)), default=None)
+            seen = min((a for a, _ in _spans(doc.get("seen"), key)), default=None)
+            if seen is not None and (first is None or seen < first):
+                points = _with_point(points, [seen.isoformat(), began, "observed"], seen, began)
+            elif first is not None:  # the same as a late record of ``size`` at 00:00 would do
+                points = _with_point(points, [], first - timedelta(microseconds=1), size)[1:]
+            await store.put(key, {**doc, "points": points, "start": size}, if_match=etag)
+            return
+        except ConflictError:
+            if not await pause.lost():
+                break
+        except StoreError as exc:
+            log.warning("could not correct the size %s begins with to %s (a late record of the day before): %s",
+                        key, size, exc)
+            return
+    log.warning("the size history %s was written by others %d times in a row within %g s: the size it begins "
+                "with not corrected to %d (a late record of the day before)", key, pause.conflicts, seconds, size)
 
 
 def _with_point(points: list[Any], point: list[Any], at: datetime, count: int) -> list[Any]:
