@@ -149,6 +149,24 @@ async def test_a_late_record_before_midnight_keeps_what_the_next_day_observed(st
     assert await store.get("scale/sizes/2026-03-29") == doc
 
 
+async def test_a_late_record_before_midnight_leaves_a_damaged_point_of_the_next_day_alone(
+        store: SqliteStore) -> None:
+    """The next day holds a damaged point (a count stored as text) before its first change: the
+    correction of how the day begins drops the first change, now no change, and leaves the damaged
+    point as it was (nothing of its own is left behind in the points)."""
+    gap = timedelta(minutes=2)
+    late, damaged, first = h(24) - timedelta(seconds=10), h(0, 1) + timedelta(minutes=5), h(1, 1)
+    await record_size(store, h(8), 2, source="observed", observed=gap)
+    assert await record_size(store, first, 3, source="scale")  # no observation: a scale-up recorded
+    doc = await store.get("scale/sizes/2026-03-29")
+    assert doc is not None and doc["start"] == 2
+    kept = [damaged.isoformat(), "3", "by hand"]
+    await store.put("scale/sizes/2026-03-29", {**doc, "points": [kept, *doc["points"]]})
+    assert await record_size(store, late, 3, source="observed", observed=gap)  # arrives late
+    doc = await store.get("scale/sizes/2026-03-29")
+    assert doc is not None and doc["start"] == 3 and doc["points"] == [kept]
+
+
 async def test_records_at_the_same_instant_keep_their_order(store: SqliteStore) -> None:
     """An observation and the scale-down that follows it, stamped with the same time: the size
     after that instant is the one recorded last, not the larger one."""

@@ -338,7 +338,9 @@ async def _next_day_begins(store: StateStore, day: date, size: int | None, secon
             if seen is not None and (first is None or seen < first):
                 points = _with_point(points, [seen.isoformat(), began, "observed"], seen, began)
             elif first is not None:  # the same as a late record of ``size`` at 00:00 would do
-                points = _with_point(points, [], first - timedelta(microseconds=1), size)[1:]
+                mark: list[Any] = []  # placed just before the first point, then taken out (by identity)
+                points = [p for p in _with_point(points, mark, first - timedelta(microseconds=1), size)
+                          if p is not mark]
             await store.put(key, {**doc, "points": points, "start": size}, if_match=etag)
             return
         except ConflictError:
