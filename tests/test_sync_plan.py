@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from hubpilot.config.sync import NamingSettings, SyncSettings
 from hubpilot.loop import Plan
-from hubpilot.naming import hub_group_name, hub_name
+from hubpilot.naming import hub_group_name, hub_lookup_name, hub_name
 from hubpilot.ports.directory import DirectorySnapshot, Member
 from hubpilot.ports.hub import HubGroup, HubServer, HubUser
 from hubpilot.sync import ManagedUser, SyncObserved, guard_sync, plan_sync
@@ -213,7 +213,9 @@ def test_invalid_names_and_clashes_are_reported_never_dropped_silently_or_remove
                             {"dup": ManagedUser(NOW)})
     plan = plan_sync(observed, POLICY, NOW)
     assert ("create_user", "alice.smith") in kinds(plan)
-    assert not any(a.target == "dup" or a.params.get("user") == "dup" for a in plan.actions)
+    # neither the clash of a managed user nor one the hub does not have yet is touched (created,
+    # put in a group: the hub's gate would let whichever entry logs in under it in)
+    assert not any(a.target in ("dup", "twin") or a.params.get("user") in ("dup", "twin") for a in plan.actions)
     notes = "\n".join(plan.notes)
     assert "uid=b" in notes and "'bad/name' is not a valid hub name" in notes
     assert "uid=c" in notes and "no value" in notes
@@ -232,6 +234,10 @@ def test_invalid_names_and_clashes_are_reported_never_dropped_silently_or_remove
         ("Ｊｏｅ", NamingSettings(), "joe"),  # NFKC folds full-width letters
         ("Ｊｏｅ", NamingSettings(unicode_form="none"), None),
         ("old", NamingSettings(username_map={"old": "new"}), "new"),
+        # the authenticator lowercases first, then maps (normalize_username)
+        ("Old", NamingSettings(username_map={"old": "new"}), "new"),
+        # a pattern without anchors is still matched by the whole name
+        ("alice!", NamingSettings(pattern="[a-z]+"), None),
         (" spaced ", NamingSettings(), "spaced"),
         ("a b", NamingSettings(), None),
         ("", NamingSettings(), None),
@@ -250,6 +256,15 @@ def test_hub_group_names() -> None:
     assert hub_group_name(r"cn=Smith\2C Jane,ou=groups,dc=x", "dir-", {}) == "dir-smith-jane"
     assert hub_group_name(r"cn=R\26D \2b Ops,ou=g", "dir-", {}) == "dir-r-d-ops"
     assert hub_group_name(r"CN = Data Team , OU=g", "dir-", {}) == "dir-data-team"
+    # a multi-valued first RDN is named by its first value; no dash left at either end
+    assert hub_group_name("cn=Ops+uid=ops,ou=g", "dir-", {}) == "dir-ops"
+    assert hub_group_name("Data Team (EU)", "dir-", {}) == "dir-data-team-eu"
+
+
+def test_hub_lookup_name_is_the_authenticators_form() -> None:
+    assert hub_lookup_name("Alice", NamingSettings()) == "alice"
+    assert hub_lookup_name("Old", NamingSettings(username_map={"old": "new"})) == "new"
+    assert hub_lookup_name("Alice", NamingSettings(lowercase=False)) == "Alice"
 
 
 def managed_state(n: int) -> SyncObserved:
@@ -281,6 +296,37 @@ def test_guard_refuses_an_empty_answer_where_members_existed() -> None:
     plan = plan_sync(state, POLICY, NOW)
     reasons = guard_sync(state, plan, POLICY)
     assert any("'analysts' is empty" in r for r in reasons)
+
+
+def test_guard_refuses_a_directory_answer_without_any_member_also_where_the_mirrors_are_gone() -> None:
+    """No mirror shows who was a member (deleted by hand), and the limits let every removal pass
+    (max_removal_percent = 100): a directory that answers no members at all still removes nobody."""
+    state = replace(managed_state(3), snapshot=snap(), groups={})
+    plan = plan_sync(state, POLICY, NOW)
+    assert plan.counts()["deprovision"] == 3
+    assert guard_sync(state, plan, POLICY) == [
+        "the directory returned no members at all while 3 users are managed"]
+
+
+def test_guard_refuses_deleting_more_users_than_the_limits() -> None:
+    """Turning sync.delete_users on (or shortening its grace) deletes nobody wholesale: the
+    deletions of one plan are judged against max_removals and, of all managed users (deprovisioned
+    ones too), against max_removal_percent."""
+    state = managed_state(10)
+    gone = {f"u{i:03}": replace(state.managed[f"u{i:03}"], deprovisioned_at=NOW - timedelta(days=60))
+            for i in range(6)}
+    state = replace(state, managed={**state.managed, **gone},
+                    snapshot=snap(analysts=[f"u{i:03}" for i in range(6, 10)]),
+                    groups={g: HubGroup(g, h.users - set(gone)) for g, h in state.groups.items()})
+    deleting = POLICY.model_copy(update={"delete_users": True, "delete_grace_hours": 24, "max_removals": 5})
+    plan = plan_sync(state, deleting, NOW)
+    assert plan.counts() == {"delete_user": 6}
+    assert guard_sync(state, plan, deleting) == ["the plan deletes 6 users, more than sync.max_removals = 5"]
+    share = deleting.model_copy(update={"max_removals": 50, "max_removal_percent": 50})
+    assert guard_sync(state, plan, share) == [
+        "the plan deletes 6 of 10 managed users, active or deprovisioned (60 %), more than "
+        "sync.max_removal_percent = 50 %"]
+    assert guard_sync(state, plan, share.model_copy(update={"max_removal_percent": 60})) == []
 
 
 @settings(max_examples=60, deadline=None)
@@ -343,6 +389,10 @@ def test_a_renamed_person_with_a_running_server_is_stopped_first_and_renamed_nex
     # without stop_servers the rename waits for the server to stop (e.g. culled)
     keep = POLICY.model_copy(update={"stop_servers": False})
     assert plan_sync(world, keep, NOW).empty
+    # a server still starting is stopped first too
+    starting = HubServer("ann", "", False, "spawn", NOW, NOW)
+    spawning = replace(world, users={**world.users, "ann": replace(world.users["ann"], servers={"": starting})})
+    assert kinds(plan_sync(spawning, POLICY, NOW)) == [("stop_servers", "ann")]
 
 
 def test_a_rename_waiting_without_stop_servers_is_no_rename_of_the_plan_and_is_noted() -> None:
@@ -532,6 +582,8 @@ def test_no_reuse_where_the_entry_is_the_same() -> None:
         "analysts": frozenset(Member(f"uuid-{n}", n, alias=f"uid={n},ou=people") for n in state.users),
         "gpu-users": frozenset(), "hub-admins": frozenset()})
     assert plan_sync(replace(state, snapshot=upgraded), POLICY, NOW).empty
+    # ... also records of older versions, without an id, of such entries
+    assert plan_sync(replace(managed_state(3), snapshot=upgraded), POLICY, NOW).empty
     # records of older versions hold no id: nothing says they are another person's
     world = reused_world(admin=True)
     older = replace(world, managed={n: replace(r, directory_id=None) for n, r in world.managed.items()})
@@ -587,3 +639,24 @@ def test_a_reused_name_whose_old_holder_has_no_usable_name_is_not_handed_over() 
     plan = plan_sync(world, POLICY, NOW)
     assert ("deprovision", "x") in kinds(plan) and not any(a.kind == "add_to_group" for a in plan.actions)
     assert any("still a member but has no usable hub name now: x is deprovisioned" in n for n in plan.notes)
+
+
+def test_a_deprovisioned_person_holding_the_admin_flag_or_a_server_again_is_fixed_each_run() -> None:
+    """bob left and was deprovisioned; since then a hub admin set his admin flag and a server of his
+    started: in flag mode each run clears the flag, with sync.stop_servers each run stops the
+    server; role mode does not touch the flag, stop_servers off does not stop the server, and a
+    deletion takes both."""
+    server = HubServer("bob", "", True, None, NOW, NOW)
+    state = SyncObserved(snap(analysts=["alice"]),
+                         {"alice": HubUser("alice", False, frozenset()),
+                          "bob": HubUser("bob", True, frozenset(), servers={"": server})},
+                         {g: HubGroup(g, frozenset({"alice"} if g == "dir-analysts" else ()))
+                          for g in ("dir-analysts", "dir-gpu-users", "dir-hub-admins")},
+                         {"alice": ManagedUser(NOW), "bob": ManagedUser(NOW, NOW - timedelta(hours=10))})
+    plan = plan_sync(state, POLICY, NOW)
+    assert kinds(plan) == [("revoke_admin", "bob"), ("stop_servers", "bob")], plan.render()
+    assert "holds the hub's admin flag" in plan.actions[0].reason and "started since" in plan.actions[1].reason
+    assert kinds(plan_sync(state, ROLE_POLICY, NOW)) == [("stop_servers", "bob")]
+    assert kinds(plan_sync(state, POLICY.model_copy(update={"stop_servers": False}), NOW)) == [("revoke_admin", "bob")]
+    deleting = POLICY.model_copy(update={"delete_users": True, "delete_grace_hours": 1})
+    assert kinds(plan_sync(state, deleting, NOW)) == [("delete_user", "bob")]
