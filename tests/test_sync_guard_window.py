@@ -110,6 +110,11 @@ def test_the_window_starts_just_after_now_minus_its_length() -> None:
     assert len(reasons) == 1 and "removes 1 users and sync removed 1 in the last 6 h" in reasons[0]
     # the same removals, judged an hour later: out of the window
     assert judge(inside, policy, NOW + H)[1] == []
+    # the window off (0): each plan alone, also beside a removal another instance stamped ahead
+    ahead = replace(edge, managed={**edge.managed, people[9]: ManagedUser(NOW - 100 * H, NOW + timedelta(minutes=1))})
+    off = policy.model_copy(update={"removal_window_hours": 0})
+    plan, reasons = judge(ahead, off)
+    assert plan.facts["recent_removals"] == 0 and reasons == []
 
 
 def test_a_gradual_loss_over_runs_stops_at_the_limit() -> None:
@@ -275,6 +280,19 @@ def test_an_empty_answer_is_refused_once_as_such() -> None:
     assert len(reasons) == 1 and "'gpu-users' is empty" in reasons[0], reasons
 
 
+def test_an_empty_answer_is_judged_by_the_managed_users_its_mirror_had() -> None:
+    """An empty directory group whose mirror holds only a hub user sync does not manage (a local
+    admin put in by hand, never touched): nobody managed is lost, the plan is not refused."""
+    people = names(30)
+    observed = hub(people, people[:10])
+    groups = {**observed.groups, "dir-gpu-users": HubGroup("dir-gpu-users", frozenset({"root-admin"}))}
+    observed = replace(observed, users={**observed.users, "root-admin": HubUser("root-admin", True, frozenset())},
+                       groups=groups, snapshot=snap(people, []))
+    plan, reasons = judge(observed)
+    assert "gpu-users" in plan.facts["empty_groups"] and plan.empty, plan.render()
+    assert reasons == []
+
+
 def test_a_mirror_no_longer_configured_is_not_judged() -> None:
     """A retired mirror loses only people who leave the hub: the removal limits judge them."""
     people = names(100)
@@ -327,6 +345,8 @@ def test_people_taken_out_of_a_group_in_recent_runs_count_with_the_plans_own() -
         return plan.counts() == {"remove_from_group": 3} and reasons == []
 
     assert passes(replace(observed, group_removed={"dir-gpu-users": {n: NOW - 25 * H for n in people[:5]}}))
+    # the window starts just after now minus its length, as for removals
+    assert passes(replace(observed, group_removed={"dir-gpu-users": {n: NOW - 24 * H for n in people[:5]}}))
     assert not passes(replace(observed, group_removed={"dir-gpu-users": {n: NOW - 23 * H for n in people[:5]}}))
     assert passes(observed, POLICY.model_copy(update={"removal_window_hours": 0}))
     # two of the five are back in the directory's group, one in the hub's (added by hand): 5 + ... of 27
