@@ -121,6 +121,11 @@ def test_scale_down_waits_after_a_scale_up_and_between_scale_downs() -> None:
     assert plan.empty and any("of a scale-up" in n for n in plan.notes)
     after_down = observed(pool(2), ["n0", "n1"], last_down=T0 - timedelta(minutes=1), **args)
     assert plan_scale(after_down, POLICY, T0).empty
+    # one second short of either wait is still within it
+    short = observed(pool(2), ["n0", "n1"], last_up=T0 - timedelta(minutes=10, seconds=-1), **args)
+    assert plan_scale(short, POLICY, T0).empty
+    short = observed(pool(2), ["n0", "n1"], last_down=T0 - timedelta(minutes=2, seconds=-1), **args)
+    assert plan_scale(short, POLICY, T0).empty
     later = observed(pool(2), ["n0", "n1"], last_up=T0 - timedelta(minutes=10),
                      last_down=T0 - timedelta(minutes=2), **args)
     assert kinds(plan_scale(later, POLICY, T0)) == [("remove_nodes", {"nodes": ["n0", "n1"], "from": 2})]
@@ -425,6 +430,51 @@ def test_guard_refuses_removing_a_busy_node_and_setting_count_under_the_autoscal
     assert any("max_step_up" in r for r in guard_scale(observed(pool(1), ["n0"]), jump, POLICY))
     lower = Plan.build("scale", [Action("set_count", "gpu", 0, {"count": 1, "from": 2})])
     assert any("must name the empty nodes" in r for r in guard_scale(obs, lower, POLICY))
+
+
+
+def test_the_guard_refuses_a_node_whose_user_pod_is_placed_but_not_running_yet() -> None:
+    # a pod bound to the node and still Pending (pulling its image) or of an unknown phase holds
+    # the node as a running one does
+    for phase in ("Pending", "Unknown"):
+        placed = UserPod("a", "n0", phase, False, T0, "a", "", True)
+        obs = observed(pool(2), ["n0", "n1"], [placed])
+        bad = Plan.build("scale", [Action("remove_nodes", "gpu", 1, {"nodes": ["n0"], "from": 2}, "")])
+        assert any("n0 runs a user pod" in r for r in guard_scale(obs, bad, POLICY)), phase
+
+
+def test_the_guard_holds_every_bound_it_names() -> None:
+    # one node more than scale.max_step_down, and a floor one above scale.max_nodes
+    three = observed(pool(4), ["n0", "n1", "n2", "n3"])
+    remove = Plan.build("scale", [Action("remove_nodes", "gpu", 1, {"nodes": ["n0", "n1", "n2"], "from": 4})])
+    assert any("exceeds scale.max_step_down 2" in r for r in guard_scale(three, remove, POLICY))
+    two = Plan.build("scale", [Action("remove_nodes", "gpu", 1, {"nodes": ["n0", "n1"], "from": 4})])
+    assert guard_scale(three, two, POLICY) == []
+    auto = observed(pool(8, auto=True, min_count=8, max_count=20), [f"n{i}" for i in range(8)])
+    floor = Plan.build("scale", [Action("set_min_count", "gpu", 0, {"min_count": 9, "from": 8})])
+    assert any("min_count 9 is above the pool's bound" in r for r in guard_scale(auto, floor, POLICY))
+    at_max = Plan.build("scale", [Action("set_min_count", "gpu", 0, {"min_count": 8, "from": 7})])
+    assert guard_scale(observed(pool(7, auto=True, min_count=7, max_count=20), [f"n{i}" for i in range(7)]),
+                       at_max, POLICY) == []
+
+
+def test_a_node_that_got_a_user_pod_since_the_last_round_is_not_removed() -> None:
+    # remembered empty for an hour, a CPU-only user pod landed on it since: busy, never named
+    pods = [upod("a", "n0"), upod("b", "n1", gpu=False)]
+    obs = observed(pool(3), ["n0", "n1", "n2"], pods, empty_since={"n1": LONG_AGO - timedelta(hours=1),
+                                                                   "n2": LONG_AGO})
+    plan = plan_scale(obs, POLICY, T0)
+    assert kinds(plan) == [("remove_nodes", {"nodes": ["n2"], "from": 3})]
+    assert "n1" in plan.facts["busy"]
+
+
+def test_a_node_cordoned_by_someone_else_is_not_removed_when_the_pool_is_over_target() -> None:
+    # the cordoned node has been empty longest, so it would be the first named were it not left alone
+    other = node("n1", unschedulable=True)
+    obs = observed(pool(2), ["n0"], extra_nodes=[other],
+                   empty_since={"n0": LONG_AGO, "n1": LONG_AGO - timedelta(hours=1)})
+    plan = plan_scale(obs, POLICY, T0)
+    assert kinds(plan) == [("remove_nodes", {"nodes": ["n0"], "from": 2})]
 
 
 # --- schedule, holidays, DST -----------------------------------------------------------------
