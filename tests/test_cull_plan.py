@@ -68,6 +68,20 @@ def test_exactly_at_timeout_is_idle_and_one_second_short_is_not() -> None:
     assert targets(plan_cull(obs, settings(), NOW)) == ["a"]
 
 
+
+def test_exactly_at_max_age_is_stopped_and_one_second_short_is_not() -> None:
+    obs = CullObserved((user("a", server("a", idle=timedelta(minutes=1), age=timedelta(seconds=86400))),
+                        user("b", server("b", idle=timedelta(minutes=1), age=timedelta(seconds=86399)))))
+    assert targets(plan_cull(obs, settings(max_age=86400), NOW)) == ["a"]
+
+
+def test_a_user_exactly_at_the_timeout_is_long_inactive_and_one_second_short_is_not() -> None:
+    obs = CullObserved((), inactive=(user("a", last_activity=ago(seconds=3600)),
+                                     user("b", last_activity=ago(seconds=3599))))
+    plan = plan_cull(obs, settings(cull_users=True), NOW)
+    assert [u["user"] for u in plan.facts["inactive_users"]] == ["a"]
+
+
 def test_inactivity_falls_back_to_started() -> None:
     obs = CullObserved((
         user("never", server("never", idle=None, age=timedelta(hours=3))),
@@ -215,6 +229,20 @@ def test_users_sync_provisions_are_never_deleted_and_unknown_deletes_nobody() ->
     assert plan_cull(CullObserved(obs.active, obs.inactive), on, NOW).counts() == {"stop_server": 1}
 
 
+def test_a_user_with_a_server_that_keeps_running_or_spawning_is_never_deleted() -> None:
+    """Only users whose every server the round stops, or who have none running or starting, are
+    judged long-inactive: a server kept (here: culling default servers is off) or spawning is
+    theirs still, however old their last activity."""
+    obs = CullObserved(
+        active=(user("ann", server("ann", idle=timedelta(days=2)), last_activity=ago(days=2)),),
+        inactive=(user("eve", server("eve", idle=timedelta(days=40), ready=False, pending="spawn"),
+                       last_activity=ago(days=40)),),
+        sync_members=frozenset())
+    plan = plan_cull(obs, settings(cull_users=True, delete_users=True, cull_default_servers=False), NOW)
+    assert plan.empty
+    assert plan.facts["inactive_users"] == []
+
+
 def test_guard_refuses_more_stops_than_the_limit() -> None:
     obs = CullObserved(tuple(user(f"u{i}", server(f"u{i}", idle=timedelta(days=1))) for i in range(5)))
     plan = plan_cull(obs, settings(), NOW)
@@ -347,6 +375,9 @@ def test_a_stop_is_judged_again_on_the_hubs_current_state() -> None:
     again = replace(before, started=ago(minutes=1), last_activity=ago(hours=3))
     assert "restarted since the round's reading" in recheck_stop(  # type: ignore[index]
         "stop_server", before, user("u", again), "", s, NOW)[1]
+    # with no reading to compare to (None), a spawn pending now is a restart all the same
+    assert recheck_stop("stop_server", None, user("u", replace(before, ready=False, pending="spawn")),
+                        "", s, NOW) == (Status.SKIPPED, "pending spawn since the round's reading (a restart)")
     stopping = replace(before, ready=False, pending="stop")
     assert recheck_stop("stop_server", before, user("u", stopping), "", s, NOW) is None  # joins the stop
     # a max-age stop stays a stop however active the server
