@@ -57,9 +57,10 @@ asyncio.run(main())
 
 
 def run(code: str, env: dict[str, str], cwd: str) -> list[float]:
-    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
-                         check=True).stdout
-    return [float(x) for x in out.split()]
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"a fresh interpreter failed (exit {done.returncode}):\n{done.stderr}")
+    return [float(x) for x in done.stdout.split()]
 
 
 def main() -> None:
@@ -69,6 +70,8 @@ def main() -> None:
         env.update({
             "PYTHONPATH": str(ROOT),
             "HUBPILOT_STATE__SQLITE_PATH": str(Path(tmp) / "state.sqlite3"),
+            # the Functions app refuses "inprocess" (503); the deployment (infra/bicep) sets "queue"
+            "HUBPILOT_API__RUN_MODE": "queue",
             "HUBPILOT_API__TOKENS": json.dumps([{"name": "bench", "role": "admin",
                                                  "sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}]),
         })
