@@ -167,6 +167,61 @@ async def test_a_late_record_before_midnight_leaves_a_damaged_point_of_the_next_
     assert doc is not None and doc["start"] == 3 and doc["points"] == [kept]
 
 
+async def test_a_late_record_of_the_day_before_that_is_not_its_last_leaves_the_next_day_as_it_began(
+        store: SqliteStore) -> None:
+    """Around midnight an instance's record of 23:59:30 arrives after the other instance recorded
+    23:59:40 and the next day's first observation: the day before still ends with the size of
+    23:59:40, so the next day begins with it as it did (no change, no point)."""
+    gap = timedelta(minutes=2)
+    await record_size(store, h(8), 2, source="observed", observed=gap)
+    assert await record_size(store, h(24) - timedelta(seconds=20), 3, source="observed", observed=gap)
+    assert not await record_size(store, h(0, 1) + timedelta(seconds=10), 3, source="observed", observed=gap)
+    assert await record_size(store, h(24) - timedelta(seconds=30), 5, source="observed", observed=gap)  # late
+    doc = await store.get("scale/sizes/2026-03-29")
+    assert doc is not None and doc["start"] == 3 and doc["points"] == []
+    rep = await report(store, h(12, 1), days=2)
+    assert [(d["changes"], d["node_hours"]) for d in rep["days"]] == [
+        (3, round(2 * (16 - 30 / 3600) + 5 * 10 / 3600 + 3 * 20 / 3600, 3)), (0, 36.0)]
+
+
+async def test_a_day_that_begins_with_the_size_the_day_before_ended_with_has_no_change(store: SqliteStore) -> None:
+    """The pool unchanged over midnight: the next day's first observation is no change (no point),
+    only the size the day began with and the time observed."""
+    gap = timedelta(minutes=2)
+    await record_size(store, h(8), 2, source="observed", observed=gap)
+    assert not await record_size(store, h(8, 1), 2, source="observed", observed=gap)
+    doc = await store.get("scale/sizes/2026-03-29")
+    assert doc == {"points": [], "start": 2, "seen": [[h(8, 1).isoformat(), h(8, 1).isoformat()]]}
+    rep = await report(store, h(12, 1), days=2)
+    assert [(d["changes"], d["node_hours"]) for d in rep["days"]] == [(1, 32.0), (0, 24.0)]
+
+
+async def test_a_late_observation_within_the_observed_time_keeps_it_observed(store: SqliteStore) -> None:
+    """Observed every minute from 08:00 to 08:10; another instance's observation of 08:05:30 is
+    written after them. The pool stays observed until 08:10, not until 08:05:30."""
+    gap = timedelta(minutes=2)
+    for m in range(11):
+        await record_size(store, h(8) + timedelta(minutes=m), 2, source="observed", observed=gap)
+    assert not await record_size(store, h(8) + timedelta(minutes=5, seconds=30), 2, source="observed",
+                                 observed=gap)
+    doc = await store.get("scale/sizes/2026-03-28")
+    assert doc is not None and doc["seen"] == [[h(8).isoformat(), (h(8) + timedelta(minutes=10)).isoformat()]]
+    rep = (await cost_report(store, now=h(9), days=1, price=1.0, currency="EUR", gap=gap)).to_json()
+    assert rep["days"][0]["unobserved_hours"] == round(50 / 60, 3)
+
+
+async def test_a_pause_of_exactly_the_allowed_length_is_observed(store: SqliteStore) -> None:
+    """The docs: a pause *longer* than the schedule's allowance is time not observed. Observations
+    exactly that far apart leave no unobserved time."""
+    gap = timedelta(minutes=6)
+    for m in (0, 6, 12):
+        await record_size(store, h(8) + timedelta(minutes=m), 2, source="observed", observed=gap)
+    doc = await store.get("scale/sizes/2026-03-28")
+    assert doc is not None and doc["seen"] == [[h(8).isoformat(), (h(8) + timedelta(minutes=12)).isoformat()]]
+    rep = (await cost_report(store, now=h(8.2), days=1, price=1.0, currency="EUR", gap=gap)).to_json()
+    assert rep["days"][0]["unobserved_hours"] == 0.0
+
+
 async def test_records_at_the_same_instant_keep_their_order(store: SqliteStore) -> None:
     """An observation and the scale-down that follows it, stamped with the same time: the size
     after that instant is the one recorded last, not the larger one."""
