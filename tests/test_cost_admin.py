@@ -63,6 +63,22 @@ async def test_a_change_at_local_midnight_belongs_to_the_local_day(store: Sqlite
         ("2026-03-01", 4.0, 1), ("2026-03-02", 24.0, 0)]  # 22:00-24:00 local; 00:00-12:00 local
 
 
+async def test_east_of_utc_a_local_day_begins_the_evening_before_in_utc(store: SqliteStore) -> None:
+    """Europe/Berlin (UTC+1 in March): 2 March begins at 23:00 UTC on the 1st. The changes at 23:15
+    and 23:45 UTC are that day's, both counted; just after local midnight today is the new local day."""
+    await record_size(store, utc(2026, 3, 1, 22), 1, source="observed")  # 23:00 local on the 1st
+    await record_size(store, utc(2026, 3, 1, 23, 15), 3, source="scale-up")  # 00:15 local on the 2nd
+    await record_size(store, utc(2026, 3, 1, 23, 45), 2, source="scale-down")  # 00:45 local
+    rep = (await cost_report(store, now=utc(2026, 3, 2, 11), days=1, price=1.0, currency="EUR",
+                             timezone="Europe/Berlin")).to_json()
+    assert [(d["date"], d["node_hours"], d["changes"], d["peak_nodes"]) for d in rep["days"]] == [
+        ("2026-03-02", 1 * 0.25 + 3 * 0.5 + 2 * 11.25, 2, 3)]  # until 12:00 local
+    rep = (await cost_report(store, now=utc(2026, 3, 2, 23, 30), days=1, price=1.0, currency="EUR",
+                             timezone="Europe/Berlin")).to_json()  # 00:30 local on the 3rd
+    assert [(d["date"], d["hours"], d["partial"], d["node_hours"]) for d in rep["days"]] == [
+        ("2026-03-03", 0.5, True, 1.0)]
+
+
 async def test_without_a_price_the_report_gives_node_hours_and_says_so(store: SqliteStore) -> None:
     await record_size(store, utc(2026, 3, 2, 8), 2, source="observed")
     report = await cost_report(store, now=utc(2026, 3, 2, 12), days=1, price=0.0, currency="EUR")
@@ -189,6 +205,45 @@ async def test_a_late_record_and_the_next_days_first_at_once_agree_on_how_it_beg
         rep = (await cost_report(store, now=utc(2026, 3, 2, 12), days=2, price=1.0, currency="EUR",
                                  gap=gap)).to_json()
         assert [d["changes"] for d in rep["days"]] == [2, 0]
+    finally:
+        await store.close()
+
+
+class WrittenWhileCorrected(SqliteStore):
+    """A real SQLite store where another instance records a size change of 2 March between the
+    late record's read of that day (to correct the size it begins with) and its write."""
+
+    armed = False
+
+    async def get_with_etag(self, key: str) -> tuple[dict[str, Any], str] | None:
+        got = await super().get_with_etag(key)
+        if key == SIZES_KEY.format(day="2026-03-02") and self.armed and got:
+            self.armed = False
+            doc = dict(got[0])
+            doc["points"] = [*doc["points"], [utc(2026, 3, 2, 10).isoformat(), 7, "scale-up"]]
+            await super().put(key, doc)  # the other instance's own write
+        return got
+
+
+async def test_correcting_how_a_day_begins_keeps_what_another_instance_wrote_meanwhile(tmp_path: Path) -> None:
+    """A late record of 1 March corrects the size 2 March begins with while another instance
+    records 2 March's scale-up to 7: the correction is written with the etag, so that scale-up
+    stays, and the day counts it."""
+    gap = timedelta(minutes=2)
+    store = WrittenWhileCorrected(tmp_path / "cost.sqlite3")
+    try:
+        await record_size(store, utc(2026, 3, 1, 8), 2, source="observed", observed=gap)
+        assert not await record_size(store, utc(2026, 3, 2, 0, 0, 20), 2, source="observed", observed=gap)
+        store.armed = True
+        assert await record_size(store, utc(2026, 3, 1, 23, 59, 50), 3, source="observed", observed=gap)
+        assert not store.armed
+        doc = await store.get(SIZES_KEY.format(day="2026-03-02"))
+        assert doc is not None and doc["start"] == 3
+        assert [(p[0][11:19], p[1]) for p in doc["points"]] == [("00:00:20", 2), ("10:00:00", 7)]
+        rep = (await cost_report(store, now=utc(2026, 3, 2, 12), days=1, price=1.0, currency="EUR",
+                                 gap=gap)).to_json()
+        assert rep["days"][0]["changes"] == 2
+        assert rep["days"][0]["node_hours"] == round(3 * 20 / 3600 + 2 * (10 - 20 / 3600) + 7 * 2, 3)
     finally:
         await store.close()
 
@@ -397,6 +452,9 @@ async def test_the_first_days_say_that_nothing_was_recorded_before(store: Sqlite
         ("2026-03-09", 0.0, 0.0), ("2026-03-10", 0.0, 0.0), ("2026-03-11", 0.067, 0.067)]
     assert rep["recorded_from"] == "2026-03-11T09:00:00+00:00"
     assert any(n.startswith("nothing is recorded before 2026-03-11T09:00:00+00:00") for n in rep["notes"]), rep["notes"]
+    # observed from its first record on: no history of a version without observation times
+    assert rep["observed_from"] == "2026-03-11T09:00:00+00:00"
+    assert not any("version that did not record them" in n for n in rep["notes"]), rep["notes"]
     # a period wholly before: nothing recorded in it at all
     empty = await cost_report(store, now=utc(2026, 3, 10, 12), days=2, price=1.0, currency="EUR")
     assert empty.to_json()["recorded_from"] is None
