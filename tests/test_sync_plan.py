@@ -660,3 +660,37 @@ def test_a_deprovisioned_person_holding_the_admin_flag_or_a_server_again_is_fixe
     assert kinds(plan_sync(state, POLICY.model_copy(update={"stop_servers": False}), NOW)) == [("revoke_admin", "bob")]
     deleting = POLICY.model_copy(update={"delete_users": True, "delete_grace_hours": 1})
     assert kinds(plan_sync(state, deleting, NOW)) == [("delete_user", "bob")]
+
+
+@pytest.mark.parametrize(
+    "bob",
+    [
+        [Member("uid=bob,ou=people", "bob smith")],  # not a valid hub name
+        [Member("uid=bob,ou=people", None)],  # the username attribute is gone (or unreadable)
+        [Member("uid=bob,ou=people", "Robert"), Member("uid=robert,ou=people", "robert")],  # a clash
+    ],
+)
+def test_a_deprovisioned_person_back_in_a_group_without_a_usable_name_is_not_deleted(bob: list[Member]) -> None:
+    """bob left and was deprovisioned; his entry is a member again, but its username is unusable
+    now. Membership under an unusable name is unknown (an active one is kept as they are): he is
+    not taken back (no name to take him back under), and not deleted either with
+    sync.delete_users, which would take his hub user and (z2jh) volume while the directory lists
+    him; a note names the fix. Once the entry is fixed he is taken back; really gone, deleted."""
+    state = SyncObserved(snap(analysts=["alice"]),
+                         {"alice": HubUser("alice", False, frozenset()), "bob": HubUser("bob", False, frozenset())},
+                         {g: HubGroup(g, frozenset({"alice"} if g == "dir-analysts" else ()))
+                          for g in ("dir-analysts", "dir-gpu-users", "dir-hub-admins")},
+                         {"alice": ManagedUser(NOW, None, "uid=alice,ou=people"),
+                          "bob": ManagedUser(NOW - timedelta(days=40), NOW - timedelta(days=31), "uid=bob,ou=people")})
+    deleting = POLICY.model_copy(update={"delete_users": True, "delete_grace_hours": 720})
+    snapshot = DirectorySnapshot("test", {"analysts": frozenset({person("alice"), *bob}),
+                                          "gpu-users": frozenset(), "hub-admins": frozenset()})
+    back = replace(state, snapshot=snapshot)
+    plan = plan_sync(back, deleting, NOW)
+    assert not any(a.target == "bob" or a.params.get("user") == "bob" for a in plan.actions), plan.render()
+    assert any("bob is kept deprovisioned, not deleted" in n and "fix the entry" in n for n in plan.notes), plan.notes
+    # the entry fixed: taken back
+    fixed = replace(state, snapshot=snap(analysts=["alice", "bob"]))
+    assert {("manage_user", "bob"), ("add_to_group", "dir-analysts:bob")} <= set(kinds(plan_sync(fixed, deleting, NOW)))
+    # no longer a member: deleted after the grace, as before
+    assert kinds(plan_sync(state, deleting, NOW)) == [("delete_user", "bob")]

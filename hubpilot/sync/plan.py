@@ -344,6 +344,7 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
                                   reason="member of a synced admin group"))
 
     leaving: list[str] = []
+    returning_notes: list[str] = []
     for name, record in sorted(managed.items()):
         if name in want.users or name in want.uncertain or name in renames.now or name in renames.waiting:
             continue
@@ -364,7 +365,15 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
             actions.append(Action("deprovision", name, PHASE_DEPROVISION,
                                   reason="no longer in any synced directory group"))
             continue
-        deleting = policy.delete_users and record.deprovisioned_at is not None \
+        # a person whose entry is a member again, but has no usable hub name now, is not known to
+        # have left: kept deprovisioned (no name to take them back under), never deleted meanwhile
+        returning = record.directory_id is not None and record.directory_id in want.unnamed
+        if returning and name not in taken:  # (a name another entry carries: its own note says why)
+            returning_notes.append(
+                f"{name} is kept deprovisioned{', not deleted' if policy.delete_users else ''}: their directory "
+                "entry is a member of a synced group again but has no usable hub name now (see the notes above); "
+                "fix the entry, and the next run takes them back")
+        deleting = policy.delete_users and record.deprovisioned_at is not None and not returning \
             and now >= record.deprovisioned_at + timedelta(hours=policy.delete_grace_hours)
         # a server started after the run that deprovisioned them read them (the stop it planned
         # found none), or started for them since: every run that finds one stops it (a deletion
@@ -456,7 +465,8 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
     if taken_out := recent_group_removals(observed, want, policy, now):
         facts["recent_group_removals"] = taken_out
     return Plan.build(OPERATION, actions,
-                      (*want.notes, *held_notes, *renames.notes, *wait_notes, *reuse_notes, *flag_notes), facts)
+                      (*want.notes, *held_notes, *returning_notes, *renames.notes, *wait_notes, *reuse_notes,
+                       *flag_notes), facts)
 
 
 def _reuse_note(name: str, record: ManagedUser, carried: Desired, renames: Renames) -> str:
