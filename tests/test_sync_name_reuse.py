@@ -4,6 +4,7 @@ person's servers, tokens and (in z2jh) home volume, is never handed over to the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,61 @@ async def test_a_reused_name_is_deprovisioned_for_the_leaver_and_held_from_the_n
     assert managed["users"][x]["directory_id"] == "b" and not managed["users"][x]["deprovisioned_at"]
     assert (await world.run()).plan.empty  # type: ignore[union-attr]
 
+
+
+async def test_a_renamed_person_whose_old_name_two_other_entries_claim_is_renamed(
+        world: World, real_hub: RealHub) -> None:
+    """a (hub user x, a running server, a token) is renamed y in the directory, while two other
+    entries, b and c, both carry x (a clash). The hub user x is a's: it is renamed to y (its server
+    stopped first), keeping a's groups and token; no empty y is made beside it, and once the clash
+    is fixed the entry keeping x gets a new hub user, nobody is deprovisioned."""
+    x, y = world.user("x"), world.user("y")
+    world.people["a"] = {"username": x, "name": "Ann"}
+    world.set("gpu", "keep")
+    world.groups["analysts"] = ["a"]
+    world.groups["gpu"] = ["a", "keep"]
+    world.write()
+    assert (await world.run()).outcome is Outcome.APPLIED
+    await real_hub.spawn(x)
+    async with real_hub.admin() as admin:
+        r = await admin.post(f"/users/{x}/tokens", json={"note": "a's token"})
+        assert r.status_code == 201, r.text
+        token_id = r.json()["id"]
+
+    world.people["a"]["username"] = y
+    world.people["b"] = {"username": x, "name": "Bea"}
+    world.people["c"] = {"username": x.upper(), "name": "Cem"}
+    world.groups["analysts"] = ["a", "b", "c"]
+    world.write()
+    first = await world.run()
+    assert first.outcome is Outcome.APPLIED and first.plan is not None, first.render()
+    assert ("stop_servers", x) in {(a.kind, a.target) for a in first.plan.actions}, first.render()
+    assert "create_user" not in first.plan.counts() and "deprovision" not in first.plan.counts(), first.render()
+    assert any(f"{x!r} is claimed by several directory entries" in n for n in first.plan.notes)
+    for _ in range(20):  # the stop may still be pending: the rename waits for it
+        record = await world.run()
+        assert record.plan is not None
+        if "rename_user" in record.plan.counts():
+            break
+        await asyncio.sleep(0.5)
+    assert record.outcome is Outcome.APPLIED and ("rename_user", x) in {
+        (a.kind, a.target) for a in record.plan.actions}, record.render()
+    state = await world.hub_state()
+    assert x not in state["users"]
+    assert state["users"][y]["groups"] == sorted([f"{world.prefix}analysts", f"{world.prefix}gpu"])
+    async with real_hub.admin() as admin:
+        tokens = (await admin.get(f"/users/{y}/tokens")).json()["api_tokens"]
+    assert token_id in {t["id"] for t in tokens}  # a's own hub user, renamed
+    assert (await world.run()).plan.empty  # type: ignore[union-attr]  # nothing for x while the clash lasts
+
+    world.groups["analysts"] = ["a", "b"]  # c leaves: b keeps x
+    world.write()
+    fixed = await world.run()
+    assert fixed.outcome is Outcome.APPLIED and fixed.plan is not None, fixed.render()
+    assert fixed.plan.counts() == {"create_user": 1, "add_to_group": 1}, fixed.render()
+    managed = await world.store.get(MANAGED_KEY)
+    assert managed is not None and managed["users"][x]["directory_id"] == "b"
+    assert managed["users"][y]["directory_id"] == "a" and not managed["users"][y]["deprovisioned_at"]
 
 
 class DiesAfterTheFirstRecord(SqliteStore):

@@ -694,3 +694,37 @@ def test_a_deprovisioned_person_back_in_a_group_without_a_usable_name_is_not_del
     assert {("manage_user", "bob"), ("add_to_group", "dir-analysts:bob")} <= set(kinds(plan_sync(fixed, deleting, NOW)))
     # no longer a member: deleted after the grace, as before
     assert kinds(plan_sync(state, deleting, NOW)) == [("delete_user", "bob")]
+
+
+def test_a_renamed_person_whose_old_name_two_other_entries_claim_now_is_renamed() -> None:
+    """ann is 'anna' in the directory now, and two other entries both carry 'ann' (a clash). The
+    hub user ann is her entry's (its record's id), whoever gets the name 'ann' once the clash is
+    fixed: she is renamed, keeping her groups, tokens and volume. Skipping the rename while the
+    clash lasts gave her a new, empty anna, and once the clash cleared the old ann was
+    deprovisioned (and with sync.delete_users deleted) as a leaver, her data with it."""
+    world = renamed_world(admin=True)
+    claimants = frozenset({Member("uid=ann2,ou=people", "ann"), Member("uid=ann3,ou=people", "Ann")})
+    groups = {**world.snapshot.groups, "analysts": world.snapshot.groups["analysts"] | claimants}
+    clash = replace(world, snapshot=replace(world.snapshot, groups=groups))
+    plan = plan_sync(clash, POLICY, NOW)
+    assert kinds(plan) == [("rename_user", "ann")], plan.render()
+    assert plan.actions[0].params == {"to": "anna"}
+    assert plan.facts["renames"] == 1 and plan.facts["removals"] == 0
+    assert any("'ann' is claimed by several directory entries" in n for n in plan.notes)
+    after = converge(clash, plan)
+    assert "ann" not in after.users and after.managed["anna"] == world.managed["ann"]
+    assert plan_sync(after, POLICY, NOW).empty  # nothing is done for 'ann' while the clash lasts
+    # the clash fixed: the entry that keeps 'ann' gets a new hub user, nobody is deprovisioned
+    fixed = {**groups, "analysts": groups["analysts"] - {Member("uid=ann3,ou=people", "Ann")}}
+    nxt = plan_sync(replace(after, snapshot=replace(world.snapshot, groups=fixed)), POLICY, NOW)
+    assert kinds(nxt) == [("create_user", "ann"), ("add_to_group", "dir-analysts:ann")], nxt.render()
+    # with a running server: stopped first (the rename follows next run), no new, empty anna; ann
+    # leaves the groups meanwhile (the hub's gate would let whichever claimant logs in as ann in)
+    running = replace(clash, users={**clash.users, "ann": replace(
+        clash.users["ann"], servers={"": HubServer("ann", "", True, None, NOW, NOW)})})
+    waits = plan_sync(running, POLICY, NOW)
+    assert kinds(waits) == [("remove_from_group", "dir-analysts:ann"), ("remove_from_group", "dir-hub-admins:ann"),
+                            ("stop_servers", "ann")], waits.render()
+    stopped = converge(running, waits)
+    assert kinds(plan_sync(stopped, POLICY, NOW)) == [("rename_user", "ann"), ("add_to_group", "dir-analysts:anna"),
+                                                      ("add_to_group", "dir-hub-admins:anna")]

@@ -194,7 +194,10 @@ class SyncCapability:
         for g in groups.values():
             for u in g.users:
                 member_of.setdefault(u, set()).add(g.name)
-        leaving = {n for n, r in managed.items() if r.active and n not in want.users and n not in want.uncertain}
+        # (and renames: a name other entries claim now, a clash, may be its person's old one)
+        named = set(want.ids.values())
+        leaving = {n for n, r in managed.items() if r.active and n not in want.users
+                   and (n not in want.uncertain or r.directory_id in named)}
         due = {n for n, r in managed.items() if not r.active and self.policy.delete_users
                and n not in want.users}
         # people this run takes out of an admin group's mirror: whether they hold the admin flag too

@@ -215,7 +215,9 @@ def find_renames(observed: SyncObserved, want: Desired, policy: SyncSettings) ->
     held: dict[str, str] = {}
     notes: list[str] = []
     for old, record in sorted(observed.managed.items()):
-        if not record.active or record.directory_id is None or old in want.users or old in want.uncertain:
+        # (an old name other entries claim now, a clash, is no obstacle: the hub user is this
+        # entry's, whoever gets the name once the clash is fixed)
+        if not record.active or record.directory_id is None or old in want.users:
             continue
         new = by_id.get(record.directory_id)
         # a record of the new name with the same id is this rename's own, written ahead of it
@@ -325,9 +327,12 @@ def plan_sync(observed: SyncObserved, policy: SyncSettings, now: datetime, *, wa
             actions.append(Action("add_to_group", group, PHASE_ADD_TO_GROUP, {"user": name},
                                   reason=f"{name} is a member of the directory group"))
         for name in sorted(current - members):
-            # a name another entry carries now leaves the groups even while its rename waits: the
-            # hub's gate lets whoever logs in under it in by the groups
-            if name in want.uncertain or (name in renames.waiting and name not in taken):
+            # a name another entry carries now (or other entries claim, a clash) leaves the groups
+            # even while its rename waits: the hub's gate lets whoever logs in under it in by the groups
+            if name in renames.waiting:
+                if name not in taken and name not in want.uncertain:
+                    continue
+            elif name in want.uncertain:
                 continue
             if name in managed or name in want.users:
                 actions.append(Action("remove_from_group", group, PHASE_REMOVE_FROM_GROUP,
