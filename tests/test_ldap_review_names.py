@@ -144,3 +144,58 @@ async def test_a_group_base_above_base_dn_reads_each_person_once(slapd: Slapd, l
     snap = await directory(slapd, base_dn=ou, group_base_dn=COM).read([f"{t}-posix"])
     assert {m.username for m in snap.groups[f"{t}-posix"]} == {f"{t}{i:05d}" for i in range(3)}
     assert snap.notes == ()
+
+
+async def test_a_member_uid_in_another_case_names_the_person_the_server_finds(slapd: Slapd, ldap_names: str) -> None:
+    """uid matches case-insensitively (caseIgnoreMatch): a memberUid written in capitals names the
+    person the server finds by it; read case-sensitively, that person would be dropped from the group."""
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    slapd.add(f"cn=Ann,{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}ann", "cn": "Ann", "sn": "x"})
+    slapd.add(f"cn={t}-p,{ou}", {"objectClass": ["posixGroup"], "cn": f"{t}-p", "gidNumber": 4646,
+                                 "memberUid": [f"{t.upper()}ANN"]})
+    conn = slapd.connect()
+    try:
+        conn.search(ou, f"(uid={t.upper()}ANN)", attributes=["uid"])
+        assert [r["dn"] for r in conn.response] == [f"cn=Ann,{ou}"]  # the server finds her by it
+    finally:
+        conn.unbind()
+    snap = await directory(slapd, base_dn=ou).read([f"{t}-p"])
+    assert {m.username for m in snap.groups[f"{t}-p"]} == {f"{t}ann"}
+    assert snap.notes == ()
+
+
+async def test_a_member_uid_two_people_hold_is_unknown_not_the_first_of_them(slapd: Slapd, ldap_names: str) -> None:
+    """docs/ldap.md: a memberUid that matches several people is fatal (which one is meant is
+    unknown); taking either would give the group someone the directory may not mean."""
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    for cn in ("One", "Two"):
+        slapd.add(f"cn={cn},{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}same", "cn": cn, "sn": "x"})
+    slapd.add(f"cn={t}-p,{ou}", {"objectClass": ["posixGroup"], "cn": f"{t}-p", "gidNumber": 4747,
+                                 "memberUid": [f"{t}same"]})
+    with pytest.raises(DirectoryError, match=f"memberUid '{t}same' .* matches 2 people") as caught:
+        await directory(slapd, base_dn=ou).read([f"{t}-p"])
+    assert f"cn=one,{ou}".lower() in str(caught.value).lower()
+    assert f"cn=two,{ou}".lower() in str(caught.value).lower()
+
+
+async def test_a_group_name_two_groups_hold_is_refused_not_the_first_of_them(slapd: Slapd, ldap_names: str) -> None:
+    """Two groups with one cn under group_base_dn: which the setting means is unknown, so the read
+    fails and asks for the full DN (either group's members would replace the other's); by DN it reads."""
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    for sub, person in (("a", "pa"), ("b", "pb")):
+        slapd.add(f"ou={sub},{ou}", {"objectClass": ["organizationalUnit"], "ou": sub})
+        slapd.add(f"uid={t}{person},{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}{person}", "cn": person,
+                                           "sn": "x"})
+        slapd.add(f"cn={t}-g,ou={sub},{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-g",
+                                              "member": [f"uid={t}{person},{ou}"]})
+    with pytest.raises(DirectoryError, match=f"LDAP group '{t}-g' is ambiguous .*name it by its full DN"):
+        await directory(slapd, base_dn=ou).read([f"{t}-g"])
+    by_dn = f"cn={t}-g,ou=b,{ou}"
+    snap = await directory(slapd, base_dn=ou).read([by_dn])
+    assert {m.username for m in snap.groups[by_dn]} == {f"{t}pb"}
