@@ -264,6 +264,25 @@ async def test_incremental_read_costs_one_delta_and_one_lookup_with_low_priority
     await d.close()
 
 
+async def test_a_removal_from_one_group_leaves_the_persons_other_groups_of_the_chunk_alone(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """Two groups read in one delta query (one chunk): a members@delta removal belongs to the group
+    whose entry carries it; the person stays in the other group, read in the same round."""
+    g1, g2 = fresh.add_group(), fresh.add_group()
+    both, only1, only2 = people(fresh, 3)
+    fresh.add_members(g1, [both, only1])
+    fresh.add_members(g2, [both, only2])
+    d = EntraDirectory(client(fresh), store)
+    first = await d.read([g1, g2])
+    assert {m.id for m in first.groups[g1]} == {both, only1} and {m.id for m in first.groups[g2]} == {both, only2}
+    assert len(await state_docs(store)) == 1  # one chunk, one query
+    fresh.remove_member(g1, both)
+    second = await d.read([g1, g2])
+    assert {m.id for m in second.groups[g1]} == {only1}
+    assert {m.id for m in second.groups[g2]} == {both, only2}
+    await d.close()
+
+
 async def test_throttled_read_completes_honouring_retry_after(fresh: GraphDouble, store: SqliteStore) -> None:
     g = fresh.add_group()
     fresh.add_members(g, people(fresh, 3))
