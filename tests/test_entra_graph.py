@@ -392,6 +392,31 @@ async def test_expired_token_triggers_a_full_resync_that_reflects_removals(
     await d.close()
 
 
+@pytest.mark.parametrize("status", [400, 410])
+async def test_after_a_resync_the_next_read_goes_on_from_the_new_delta_link(
+        fresh: GraphDouble, store: SqliteStore, status: int) -> None:
+    """The resync's own deltaLink replaces the expired one: kept, every later read would meet the
+    expired token again and read the whole membership anew."""
+    g = fresh.add_group()
+    ps = people(fresh, 3)
+    fresh.add_members(g, ps)
+    d = EntraDirectory(client(fresh), store)
+    await d.read([g])
+    (old,) = [doc["delta_link"] for doc in (await state_docs(store)).values()]
+    fresh.expire_tokens(status)
+    await d.read([g])
+    assert d.last.resyncs == 1
+    (new,) = [doc["delta_link"] for doc in (await state_docs(store)).values()]
+    assert new and new != old  # the resync's own
+    fresh.remove_member(g, ps[0])
+    fresh.reset_log()
+    snap = await d.read([g])
+    assert {m.id for m in snap.groups[g]} == set(ps[1:])
+    assert d.last.resyncs == 0 and [r.status for r in fresh.requests("/groups/delta")] == [200]
+    assert "$deltatoken" in fresh.requests("/groups/delta")[0].query
+    await d.close()
+
+
 async def test_the_location_of_a_synchronization_reset_is_the_initial_query(fresh: GraphDouble) -> None:
     """delta-query-overview, "Synchronization reset": the 410's Location holds "a request URL with
     an empty $deltaToken (same as the initial query)". The double serves it as such: followed

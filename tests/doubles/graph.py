@@ -157,6 +157,7 @@ class GraphDouble:
 
     def expire_tokens(self, status: int = 400) -> None:
         self.expired_before = self.seq
+        self.seq += 1  # a token issued from now on (a resync's) is valid, as a new one from Graph is
         self.expired_status = status
 
     def lag(self) -> None:
