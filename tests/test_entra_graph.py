@@ -535,6 +535,21 @@ async def test_refresh_lists_a_large_group_and_keeps_users_graph_did_not_return(
     await d.close()
 
 
+async def test_a_group_listing_longer_than_one_page_names_every_newcomer(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """A large group's users are listed 999 a page: the listing follows @odata.nextLink, so the
+    1000th newcomer gets a username too (not skipped as one the lookup did not return)."""
+    g = fresh.add_group()
+    many = people(fresh, 1000, "L")
+    fresh.add_members(g, many)
+    d = EntraDirectory(client(fresh), store)
+    snap = await d.read([g])
+    assert names(snap, g) == {fresh.users[p]["userPrincipalName"] for p in many}
+    assert len(fresh.requests(f"/groups/{g}/members/graph.user", "GET")) == 2
+    assert not any("not returned" in n for n in snap.notes)
+    await d.close()
+
+
 async def test_a_deleted_user_who_keeps_the_membership_leaves_at_the_username_refresh(
         fresh: GraphDouble, store: SqliteStore) -> None:
     """delta-query-groups: "Users that have been temporary deleted keep their group memberships and
