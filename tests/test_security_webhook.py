@@ -179,3 +179,41 @@ async def test_the_front_reads_no_unbounded_body_for_a_handshake(hook: tuple[Con
         assert r.headers.get("cache-control") == "no-store"
     r = await c.post("/api/v1/graph/notifications?validationToken=abc", content=b"")
     assert r.status_code == 200 and r.text == "abc"
+
+
+@pytest.mark.parametrize("forged", ["", SECRET[:-1], SECRET.upper(), SECRET + "0"],
+                         ids=["empty", "short", "upper-case", "longer"])
+async def test_a_client_state_that_only_resembles_the_secret_is_refused(
+        hook: tuple[Context, httpx.AsyncClient], forged: str) -> None:
+    """Only the whole secret, as configured, verifies a notification: not an empty clientState,
+    not the secret short of its last character, in another letter case or with one added."""
+    ctx, c = hook
+    for path in ("notifications", "lifecycle"):
+        extra = {"lifecycleEvent": "reauthorizationRequired"} if path == "lifecycle" else {}
+        r = await c.post(f"/api/v1/graph/{path}", json={"value": [item(forged, **extra)]})
+        assert r.status_code == 403, (path, r.text)
+    assert queued(ctx) == []
+
+
+async def test_a_validation_token_longer_than_the_bound_is_not_echoed(hook: tuple[Context, httpx.AsyncClient]) -> None:
+    """A validationToken above 4096 characters is echoed neither by the front nor by the app (a
+    query key the front does not recognise reaches the app): it is no handshake, and an empty
+    body is no notification (400)."""
+    ctx, c = hook
+    long = "a" * 4097
+    for key in ("validationToken", "validation%54oken"):
+        r = await c.post(f"/api/v1/graph/notifications?{key}={long}")
+        assert r.status_code == 400 and long not in r.text, (key, r.status_code)
+        bounded = await c.post(f"/api/v1/graph/notifications?{key}={long[:-1]}")
+        assert bounded.status_code == 200 and bounded.text == long[:-1]
+    assert queued(ctx) == []
+
+
+@pytest.mark.parametrize("path", ["/api/v1/sync", "/api/v1/operations/sync/pause", "/api/v1/scale/demand"])
+async def test_a_validation_token_on_another_route_is_no_handshake(
+        hook: tuple[Context, httpx.AsyncClient], path: str) -> None:
+    """Only the webhook paths answer Graph's handshake: elsewhere a validationToken is an unknown
+    query parameter, and an anonymous POST is answered 401 (nothing echoed)."""
+    _, c = hook
+    r = await c.post(f"{path}?validationToken=echo-me")
+    assert r.status_code == 401 and "echo-me" not in r.text, r.text
