@@ -41,10 +41,15 @@ async def test_a_token_that_comes_close_to_a_configured_one_is_not_valid(tmp_pat
 
 async def test_an_empty_bearer_is_refused_even_where_a_hash_of_nothing_is_configured(tmp_path: Path) -> None:
     """A token entry whose sha256 is that of the empty string (a hash made of an empty variable)
-    opens nothing: an Authorization header without a token is refused as malformed."""
-    empty = hashlib.sha256(b"").hexdigest()
-    tokens = [*token_settings(), {"name": "empty", "role": "admin", "sha256": empty}]
-    ctx, worlds = make_context(tmp_path, make_settings(tokens=tokens))
+    opens nothing: an Authorization header without a token is refused as malformed. (The settings
+    refuse such an entry; the entry here is put past them, as a defence in depth.)"""
+    from hubpilot.config.api import ApiToken
+
+    empty = ApiToken.model_construct(name="empty", role="admin", sha256=hashlib.sha256(b"").hexdigest())
+    settings = make_settings()
+    settings = settings.model_copy(update={"api": settings.api.model_copy(
+        update={"tokens": [*settings.api.tokens, empty]})})
+    ctx, worlds = make_context(tmp_path, settings)
     try:
         async with asgi_client(ctx) as client:
             for value in ("Bearer", "Bearer ", "Bearer    "):
@@ -93,3 +98,18 @@ async def test_an_origin_that_only_begins_with_this_host_is_another_site(
             assert not await ctx.runner.is_paused("sync")
     finally:
         await ctx.close()
+
+
+def test_a_token_hash_of_nothing_is_refused_naming_the_setting() -> None:
+    """An api.tokens entry made from an empty variable (``sha256sum`` of nothing) can never
+    authenticate (an empty bearer is refused), so the entry's holder is locked out with no word
+    why: the settings refuse it, saying what to do."""
+    from hubpilot.settings import SettingsError, load_settings
+
+    empty = hashlib.sha256(b"").hexdigest()
+    with pytest.raises(SettingsError) as err:
+        load_settings(api={"tokens": [{"name": "ops", "role": "admin", "sha256": empty.upper()}]})
+    text = str(err.value)
+    assert "api.tokens.0.sha256" in text and "empty token" in text
+    assert load_settings(api={"tokens": [{"name": "ops", "role": "admin",
+                                          "sha256": hashlib.sha256(b"t").hexdigest()}]}).api.tokens

@@ -13,6 +13,7 @@ Role = Literal["admin", "reader", "hub"]
 ROLES: tuple[str, ...] = ("admin", "reader", "hub")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # hashlib.sha256(b"")
 
 
 class ApiToken(Section):
@@ -40,6 +41,10 @@ print(t); print(hashlib.sha256(t.encode()).hexdigest())"
                 "sha256 must be the 64-character hex SHA-256 of the token "
                 "(python -c \"import hashlib; print(hashlib.sha256(b'TOKEN').hexdigest())\")"
             )
+        if v == _EMPTY_SHA256:
+            raise ValueError(
+                "sha256 is the SHA-256 of an empty token (made from an empty variable?): no caller can use it; "
+                "hash the token itself")
         return v
 
 
