@@ -272,6 +272,22 @@ async def test_a_node_that_got_a_pod_after_planning_is_uncordoned_not_removed(wo
     assert await last_size(world["store"], world["clock"]["now"].date()) == 1
 
 
+async def test_a_node_whose_user_pod_has_ended_is_removed(world: dict[str, Any]) -> None:
+    """A user pod that has ended stays listed until it is deleted: an evicted one (phase Failed)
+    lingers until the pod garbage collector takes it. It runs nothing: the plan counts its node
+    empty, and apply's re-check after the cordon finds the node empty too and removes it (not
+    kept, cordoned and uncordoned again every round while the VM costs on)."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    cap, runner = await one_empty_past_the_idle_limit(world)
+    kube.pod("evicted", "gpu-0", phase="Failed")
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    assert [(r.action.kind, r.status) for r in rec.results] == [("remove_nodes", Status.DONE)], rec.render()
+    assert rec.results[0].action.params["removed_nodes"] == ["gpu-0"], rec.render()
+    assert arm.machines["gpu"] == []
+
+
 async def test_dry_run_cordons_nothing(world: dict[str, Any]) -> None:
     arm: ArmDouble = world["arm"]
     kube: Emulator = world["kube"]

@@ -99,3 +99,24 @@ async def test_a_pod_bound_to_a_node_after_its_re_check_keeps_the_node(world: di
     assert arm.machines["gpu"] == ["gpu-0", "gpu-1"]  # bob's VM stays
     node = kube.node_obj("gpu-1")
     assert not node["spec"]["unschedulable"] and CORDON_ANNOTATION not in (node["metadata"].get("annotations") or {})
+
+
+async def test_a_pod_bound_to_the_only_node_of_a_removal_after_its_cordon_keeps_the_node(
+        world: dict[str, Any]) -> None:  # noqa: F811
+    """The re-check after each cordon is what keeps the last node of a removal (the last look
+    before the deletion covers only the nodes cordoned before it): one empty node is removed, and a
+    pod the scheduler placed on it before its cordon is bound just after it. Nothing is deleted and
+    the node is uncordoned, back in service under the user's server."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    cap, _ = await one_empty_past_the_idle_limit(world)
+    observed = await cap.observe()
+    plan = cap.plan(observed, world["clock"]["now"])
+    assert [a.params["nodes"] for a in plan.actions] == [["gpu-0"]], plan
+    kube.k.after_node_patch["gpu-0"] = lambda: kube.pod("late", "gpu-0")  # bound after the cordon
+    results = await cap.apply(plan, observed, lambda *a: None)
+    assert [r.status for r in results] == [Status.NOOP], results
+    assert "gpu-0 (now runs late)" in results[0].detail, results
+    assert not [c for c in arm.calls if c.method == "POST"] and arm.machines["gpu"] == ["gpu-0"]
+    node = kube.node_obj("gpu-0")
+    assert not node["spec"]["unschedulable"] and CORDON_ANNOTATION not in (node["metadata"].get("annotations") or {})

@@ -10,6 +10,7 @@ from typing import Any
 from hubpilot.loop import Outcome, Status
 from hubpilot.ports.cluster import CORDON_ANNOTATION
 from hubpilot.scale.capability import MEMORY_KEY
+from hubpilot.scale.cost import last_size
 from tests.doubles.arm import ArmDouble
 from tests.fixtures.kmock import Emulator
 from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
@@ -53,6 +54,8 @@ async def test_a_removal_that_fails_part_way_uncordons_only_the_nodes_still_ther
     assert kube.node_obj("gpu-2")["spec"]["unschedulable"] is False, rec.render()
     memory = await world["store"].get(MEMORY_KEY)
     assert memory is not None and list(memory["removed"]) == ["gpu-1"]  # watched while it leaves
+    # the cost report's size history has the size the pool has now: gpu-1's machine went
+    assert await last_size(world["store"], world["clock"]["now"].date()) == 2
     # the next run: gpu-1 is leaving (never uncordoned, never replaced); gpu-2 is removed again
     world["clock"]["now"] += timedelta(minutes=1)
     again = await runner.run(cap, trigger="timer", actor="test")
