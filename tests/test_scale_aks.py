@@ -117,6 +117,32 @@ async def test_an_accepted_operation_whose_status_is_not_readable_is_pending_not
         await pool.close()
 
 
+async def test_a_put_arm_refuses_is_an_error_that_says_why(arm: ArmDouble) -> None:
+    """An identity that may read the pool but not write it (a Reader role): ARM refuses the PUT
+    (403 AuthorizationFailed). The refusal is an error that names the change, the status and ARM's
+    own message, never an outcome that looks like a change not needed; the pool is unchanged."""
+    arm.add_pool("gpu", count=1, machines=["m0"])
+    arm.add_pool("auto", count=2, autoscaling=True, min_count=1, max_count=4)
+    denied = {"code": "AuthorizationFailed", "message": "The client 'x' does not have authorization to perform "
+              "action 'Microsoft.ContainerService/managedClusters/agentPools/write'"}
+    arm.fault("PUT", 403, error=denied)
+    arm.fault("PUT", 403, error=denied)
+    pool, auto = make_pool(arm), make_pool(arm, "auto")
+    try:
+        with pytest.raises(PoolError) as err:
+            await pool.set_count(2)
+        assert err.value.status == 403 and err.value.code == "AuthorizationFailed", err.value
+        assert "cannot set count 2 on agent pool gpu" in str(err.value) and "agentPools/write" in str(err.value)
+        with pytest.raises(PoolError) as err:
+            await auto.set_min_count(3)
+        assert err.value.status == 403 and "cannot set min_count 3 on agent pool auto" in str(err.value)
+    finally:
+        await pool.close()
+        await auto.close()
+    assert [c.status for c in arm.calls if c.method == "PUT"] == [403, 403]  # neither sent again
+    assert arm.pools["gpu"]["count"] == 1 and arm.pools["auto"]["minCount"] == 1
+
+
 async def test_delete_machines_removes_exactly_those(arm: ArmDouble) -> None:
     arm.add_pool("gpu", count=3, machines=["m0", "m1", "m2"])
     pool = make_pool(arm)
