@@ -15,6 +15,7 @@ from hubpilot.ports.pool import PoolError
 from tests.doubles.arm import ArmDouble
 from tests.fixtures.kmock import Emulator
 from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
+from tests.test_scale_kube_taints import edit
 
 
 async def three_idle_nodes_above_a_floor_of_three(w: dict[str, Any]) -> Any:
@@ -121,3 +122,33 @@ async def test_a_failed_pools_floor_is_kept_in_the_machines_that_exist(world: di
     assert not [c for c in arm.calls if c.method == "POST"]
     assert arm.machines["gpu"] == names and arm.pools["gpu"]["minCount"] == 4
     assert not any(kube.node_obj(n)["spec"].get("unschedulable") for n in names)
+
+
+async def test_a_lowered_floor_counts_a_node_on_its_way_out_as_leaving(world: dict[str, Any]) -> None:  # noqa: F811
+    """The pool stands at its floor of 4 and the cluster autoscaler has begun removing gpu-3 (its
+    ToBeDeletedByClusterAutoscaler mark: its VM is on its way out, still one of the pool's
+    machines); gpu-0, gpu-1 and gpu-2 have stood empty past the idle limit. The floor comes down by
+    max_step_down to 2, and the removal leaves 2 machines besides gpu-3: one node goes. Sized
+    against the wanted count (0) alone, two would go, and once gpu-3 is gone the pool would be one
+    machine under its floor: AKS's autoscaler would boot a new VM for one just deleted."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    names = ["gpu-0", "gpu-1", "gpu-2", "gpu-3"]
+    arm.add_pool("gpu", count=4, autoscaling=True, min_count=4, max_count=4, machines=names)
+    for n in names:
+        kube.node(n)
+    cap, runner = capability(world, max_step_down=2)
+    first = await runner.run(cap, trigger="timer", actor="test")  # their idle clocks start
+    assert first.plan is not None and first.plan.empty, first.render()
+    world["clock"]["now"] += timedelta(minutes=11)
+    now = world["clock"]["now"]
+    edit(kube, "nodes", "gpu-3", spec={"taints": [
+        {"key": "ToBeDeletedByClusterAutoscaler", "value": str(int(now.timestamp()) - 30), "effect": "NoSchedule"}]})
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert rec.outcome is Outcome.APPLIED, rec.render()
+    assert rec.plan is not None and rec.plan.facts["leaving"] == ["gpu-3"], rec.render()
+    assert [(r.action.kind, r.status) for r in rec.results] == [
+        ("set_min_count", Status.DONE), ("remove_nodes", Status.DONE)], rec.render()
+    assert arm.pools["gpu"]["minCount"] == 2
+    assert rec.results[1].action.params["removed_nodes"] == ["gpu-0"], rec.render()
+    assert arm.machines["gpu"] == ["gpu-1", "gpu-2", "gpu-3"]  # the floor's 2, and gpu-3 on its way out
