@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -159,3 +161,68 @@ async def test_cull_reads_syncs_records_again_before_each_deletion(world: World,
     assert results[dora].status is Status.SKIPPED, (results[dora].status, results[dora].detail)
     assert "sync manages them" in results[dora].detail
     assert (await world.hub_state())["users"][dora]["groups"] == [f"{world.prefix}analysts"]
+
+
+# a leaver's server whose stop outlasts the hub's slow_stop_timeout: the hub answers 202
+SLOW_STOP_CONFIG = """
+import asyncio
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+
+
+class SlowStopSpawner(SimpleLocalProcessSpawner):
+    async def stop(self, now=False):
+        if self.user.name.endswith("-bob"):
+            await asyncio.sleep(4)  # a pod that takes long to terminate
+        return await super().stop(now=now)
+
+
+c.JupyterHub.spawner_class = SlowStopSpawner
+c.JupyterHub.tornado_settings = {"slow_stop_timeout": 1}
+"""
+
+
+async def test_a_leavers_server_still_stopping_is_reported_pending_not_stopped(
+    hub_factory: Any, tmp_path: Path
+) -> None:
+    """bob leaves while his server runs; its stop takes longer than the hub's slow_stop_timeout, and
+    the hub answers 202 (still stopping). The run reports the stop pending, as cull does, not done:
+    his server still runs when the run ends."""
+    hub: RealHub = await hub_factory(extra_config=SLOW_STOP_CONFIG)
+    world = World(hub, tmp_path)
+    try:
+        world.set("analysts", "alice", "bob")
+        assert (await world.run()).outcome is Outcome.APPLIED
+        bob = world.user("bob")
+        await hub.spawn(bob)
+        world.set("analysts", "alice")
+        record = await world.run()
+        assert record.outcome is Outcome.APPLIED, record.render()
+        stops = [(r.action.target, r.status) for r in record.results if r.action.kind == "stop_servers"]
+        assert stops == [(bob, Status.PENDING)], record.render()
+    finally:
+        await world.close()
+
+
+async def test_a_leavers_server_stopped_by_someone_else_since_the_reading_is_no_stop_of_syncs(
+    world: World, real_hub: RealHub
+) -> None:
+    """bob leaves while his server runs: sync reads it running and plans its stop. Before the
+    apply, someone else stops it (bob, a cull round). The hub answers 204 also to a DELETE of a
+    stopped server: the run reads bob again and reports the stop as already done, not as its own."""
+    world.set("analysts", "alice", "bob")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    bob = world.user("bob")
+    await real_hub.spawn(bob)
+    world.set("analysts", "alice")
+    sync = world.capability()
+    observed = await sync.observe()
+    plan = sync.plan(observed, datetime.now(UTC))
+    assert plan.counts().get("stop_servers") == 1, plan.counts()
+    async with real_hub.admin() as admin:  # after the reading
+        assert (await admin.delete(f"/users/{bob}/server")).status_code in (202, 204)
+    for _ in range(300):  # a slow stop: until the hub shows it stopped
+        if await running(real_hub, bob) == []:
+            break
+        await asyncio.sleep(0.1)
+    stops = [r for r in await sync.apply(plan, observed, no_progress) if r.action.kind == "stop_servers"]
+    assert [(r.status, r.detail) for r in stops] == [(Status.NOOP, "default: already stopped")], stops
