@@ -409,6 +409,30 @@ async def test_a_user_who_starts_a_server_after_the_reading_is_not_deleted(
     assert running(await hub_user(cull_hub, name)) == {""}
 
 
+async def test_a_user_whose_server_the_hub_fails_to_stop_is_not_deleted_and_says_so(
+    cull_hub: RealHub, hub_client: HubClient, tmp_path: Path
+) -> None:
+    """A long-inactive user's idle server is stopped, then the user deleted, in one round; the hub
+    answers 500 to the stop. The deletion is skipped for that stop (the server still runs), and says
+    so: not that the user started a server since the round's reading, which they did not."""
+    name = unique_name("boom")
+    await make_user(cull_hub, name)
+    await cull_hub.spawn(name)
+    (cull_hub.tmp_path.parent / "boom" / name).touch()
+    settings = CullSettings(cull_users=True, delete_users=True)
+    cap = CullCapability(hub_client, settings, SqliteStore(tmp_path / "state.db"))  # sync manages nobody
+    observed = await cap.observe()
+    plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=3))
+    mine = Plan.build("cull", [a for a in plan.actions if a.target == name])
+    assert [a.kind for a in mine.actions] == ["stop_server", "delete_user"], mine.actions
+
+    stop, deletion = await cap.apply(mine, observed, no_progress)
+    assert stop.status is Status.FAILED and "500" in stop.detail, stop
+    assert deletion.status is Status.SKIPPED, deletion
+    assert deletion.detail == "a server of this user has not stopped", deletion.detail
+    assert running(await hub_user(cull_hub, name)) == {""}
+
+
 async def test_a_user_whose_only_server_is_pending_is_noted_not_stopped(
     cull_hub: RealHub, hub_client: HubClient
 ) -> None:
