@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from hubpilot.config.scale import ScaleSettings
 from hubpilot.loop import Capability, Clock, Runner, utcnow
 from hubpilot.ports.directory import Directory
 from hubpilot.ports.hub import Hub
@@ -50,11 +51,14 @@ def not_configured(settings: Settings, operation: str) -> str | None:
             return NO_SYNC_GROUPS
         if settings.directory is None:
             return NO_DIRECTORY
-    if operation == "scale":
-        s = settings.scale
-        if not (s.subscription_id and s.resource_group and s.cluster):
-            return NO_POOL
+    if operation == "scale" and not pool_named(settings.scale):
+        return NO_POOL
     return None
+
+
+def pool_named(s: ScaleSettings) -> bool:
+    """Whether the scale settings name the AKS pool (subscription, resource group, cluster)."""
+    return bool(s.subscription_id and s.resource_group and s.cluster)
 
 
 @dataclass
@@ -209,9 +213,9 @@ def build_directory(ctx: Context) -> Directory:
 def _sync(ctx: Context) -> Capability[Any]:
     from hubpilot.sync import SyncCapability
 
-    if not (ctx.settings.sync.users_groups or ctx.settings.sync.admin_groups):
-        # a configuration error, as a missing [directory]: not a run that fails every time
-        raise NotConfigured(NO_SYNC_GROUPS)
+    if (reason := not_configured(ctx.settings, "sync")) is not None:
+        # a configuration error: not a run that fails every time
+        raise NotConfigured(reason)
     return SyncCapability(ctx.directory, ctx.hub, ctx.store, ctx.settings.sync)
 
 

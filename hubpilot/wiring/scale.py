@@ -17,7 +17,7 @@ from hubpilot.scale import CostReport, Policy, ScaleCapability, Schedule, foreca
 from hubpilot.scale import cost_report as _cost_report
 from hubpilot.scale.cost import observation_gap
 from hubpilot.schedule import longest_gap
-from hubpilot.wiring import NO_POOL, NotConfigured
+from hubpilot.wiring import NO_POOL, NotConfigured, pool_named
 
 if TYPE_CHECKING:
     from hubpilot.wiring import Context
@@ -59,7 +59,7 @@ def build_pool(s: ScaleSettings) -> Pool:
 
     from hubpilot.adapters.aks import AksPool
 
-    if not (s.subscription_id and s.resource_group and s.cluster):
+    if not pool_named(s):
         raise NotConfigured(NO_POOL)
     # each try of a token request has the ARM timeout (azure-core's default is 300 s a try: a token
     # endpoint that accepts and never answers held the run, and the scale lock, for minutes)
