@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.fixtures.hub import unique_name
-from tests.realhub import RealHub, start_hub
+from tests.realhub import RealHub, read_all, start_hub
 
 pytestmark = pytest.mark.hub
 LEASE = timedelta(minutes=10)  # the CLI's lock lease
@@ -93,7 +93,7 @@ class Bed:
 
     async def kill_during_apply(self, seed: int) -> datetime:
         """Start a run and SIGKILL it at a random moment after apply's first hub write (seed 0: at
-        once)."""
+        once); return once the hub has applied what the killed run had sent."""
         delay = 0.0 if seed == 0 else random.Random(seed).uniform(0.0, 0.3)
         async with self.hub.admin() as admin:
             async def groups() -> Any:
@@ -106,11 +106,33 @@ class Bed:
                 if await groups() != before:
                     await asyncio.sleep(delay)
                     break
-        killed = datetime.now(UTC)
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGKILL)
-        p.wait()
+            killed = datetime.now(UTC)
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+            await self.settle(admin)
         return killed
+
+    async def settle(self, admin: Any) -> None:
+        """Wait until the hub has applied every request the killed process had sent. The hub
+        applies one in flight at its own pace, and the order of requests on different connections
+        is not kept: a loaded hub (seconds per database commit in a CI run) once applied the
+        killed run's addition to group b after the next run had read b, so that run saw its
+        leavers outside b and only the run after would take them out (found in a CI run: the next run's
+        plan added b's members, and b then held the leavers too). A real next run waits out the
+        killed run's lock lease (10 minutes) first; this bed lets the lock lapse at once
+        (``expire_lock``), so it waits for the hub instead: three readings in a row of the groups
+        and of this bed's users that agree."""
+        async def reading() -> Any:
+            users = sorted(u["name"] for u in await read_all(admin, "/users")
+                           if u["name"].startswith(f"{self.tag}-"))
+            got = [await admin.get(f"/groups/{self.name(g)}") for g in ("a", "b")]
+            return users, [sorted(r.json()["users"]) if r.status_code == 200 else None for r in got]
+        seen, same = await reading(), 1
+        while same < 3:
+            await asyncio.sleep(0.2)
+            now = await reading()
+            seen, same = now, same + 1 if now == seen else 1
 
 
 async def _converge(bed: Bed, groups: dict[str, list[str]]) -> None:

@@ -662,6 +662,23 @@ def test_a_deprovisioned_person_holding_the_admin_flag_or_a_server_again_is_fixe
     assert kinds(plan_sync(state, deleting, NOW)) == [("delete_user", "bob")]
 
 
+def test_a_deprovisioned_person_found_in_a_synced_group_again_is_taken_out_each_run() -> None:
+    """bob left and was deprovisioned, yet the hub lists him in a synced group: a group write of a
+    run killed before he left that the hub applied only after the next run had read the group, or
+    an admin's addition. Each run takes him out again; he stays deprovisioned (no second
+    deprovisioning, his removal counted once), and a group sync does not mirror keeps him."""
+    groups = {"dir-analysts": {"alice", "bob"}, "dir-gpu-users": {"alice", "bob"}, "dir-hub-admins": set(),
+              "lab": {"bob"}}
+    state = SyncObserved(snap(analysts=["alice"], gpu_users=["alice"]),
+                         {"alice": HubUser("alice", False, frozenset()), "bob": HubUser("bob", False, frozenset())},
+                         {g: HubGroup(g, frozenset(m)) for g, m in groups.items()},
+                         {"alice": ManagedUser(NOW), "bob": ManagedUser(NOW, NOW - timedelta(hours=10))})
+    plan = plan_sync(state, POLICY, NOW)
+    assert kinds(plan) == [("remove_from_group", "dir-analysts:bob"), ("remove_from_group", "dir-gpu-users:bob")]
+    assert guard_sync(state, plan, POLICY) == []
+    assert plan_sync(converge(state, plan), POLICY, NOW).empty
+
+
 @pytest.mark.parametrize(
     "bob",
     [
