@@ -142,6 +142,10 @@ async def _status(ctx: Context, as_json: bool, out: TextIO) -> int:
             if st["lock"]:
                 line += f"; locked by {st['lock']['holder']}"
             out.write(line + "\n")
+            if last and last.get("error"):
+                out.write(f"       error: {last['error']}\n")
+            for reason in (last.get("refusal") or []) if last else []:
+                out.write(f"       refused: {reason}\n")
     return int(ExitCode.OK)
 
 

@@ -797,6 +797,7 @@ class Runner(Generic[ObservedT]):
                 "actor": record.actor, "outcome": str(record.outcome),
                 "plan_id": entry["plan_id"], "counts": record.plan.counts() if record.plan else {},
                 "result_counts": record.result_counts(),
+                "error": record.error, "refusal": list(record.refusal),
             })
         finally:  # the audit entry is the record of what was done: written even if those fail
             # and even if the run is cancelled meanwhile (the host stopping): the append goes on to

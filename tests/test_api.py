@@ -233,6 +233,40 @@ async def test_status_lists_last_runs_and_schedules_with_next_fire(api: Api) -> 
     assert {"sync", "cull", "scale"} <= set(schedules)
 
 
+async def test_status_says_why_the_last_run_failed_or_was_refused(api: Api) -> None:
+    """An admin reading GET /status sees why an operation's last run did not apply, without
+    looking the run up: its error, or the guard's reasons (both null/empty once a run applies)."""
+    async def last() -> dict:
+        status = (await api.client.get("/api/v1/status", headers=READER)).json()
+        return next(o for o in status["operations"] if o["operation"] == "sync")["last_run"]
+
+    w = api.worlds["sync"]
+    w.fail_observe = True
+    await api.client.post("/api/v1/sync?wait=30", headers=ADMIN)
+    got = await last()
+    assert got["outcome"] == "failed" and "directory unreachable" in got["error"] and got["refusal"] == []
+    w.fail_observe, w.items, w.desired = False, {"a", "b", "c", "d"}, set()
+    await api.client.post("/api/v1/sync?wait=30", headers=ADMIN)
+    got = await last()
+    assert got["outcome"] == "refused" and got["error"] is None
+    assert len(got["refusal"]) == 1 and "more than the limit of 2" in got["refusal"][0]
+    w.desired = {"a", "b", "c"}
+    await api.client.post("/api/v1/sync?wait=30", headers=ADMIN)
+    got = await last()
+    assert got["outcome"] == "applied" and got["error"] is None and got["refusal"] == []
+
+
+async def test_status_reads_a_last_run_recorded_before_error_and_refusal(api: Api) -> None:
+    """A last-run document written by an earlier version has neither field: read as none."""
+    await api.ctx.store.put("last_run/sync", {
+        "run_id": "0" * 32, "at": "2026-11-01T00:00:00+00:00", "trigger": "timer", "actor": "timer",
+        "outcome": "applied", "plan_id": None, "counts": {}, "result_counts": {}})
+    r = await api.client.get("/api/v1/status", headers=READER)
+    assert r.status_code == 200, r.text
+    got = next(o for o in r.json()["operations"] if o["operation"] == "sync")["last_run"]
+    assert got["error"] is None and got["refusal"] == [] and got["outcome"] == "applied"
+
+
 async def test_unknown_run_is_404_and_malformed_id_is_422_naming_the_field(api: Api) -> None:
     assert (await api.client.get("/api/v1/runs/" + "0" * 32, headers=READER)).status_code == 404
     r = await api.client.get("/api/v1/runs/not-a-run", headers=READER)

@@ -49,6 +49,42 @@ def test_a_run_with_config_after_the_command_reads_that_file(tmp_path: Path,
     assert "note:" not in capsys.readouterr().err  # the file was used, not the defaults
 
 
+def test_status_says_why_the_last_run_failed_or_was_refused(tmp_path: Path) -> None:
+    """`hubpilot status` shows under an operation's last run its error or the guard's reasons, as
+    GET /status does; a run that applied, or one recorded before these fields, shows neither."""
+    import asyncio
+
+    from hubpilot.adapters.store_sqlite import SqliteStore
+
+    db = tmp_path / "s.sqlite3"
+    config = tmp_path / "hubpilot.toml"
+    config.write_text(f'[state]\nsqlite_path = "{db.as_posix()}"\n')
+    base = {"at": "2026-11-01T00:00:00+00:00", "trigger": "timer", "actor": "timer", "plan_id": None,
+            "counts": {}, "result_counts": {}}
+
+    async def write() -> None:
+        store = SqliteStore(db)
+        try:
+            await store.put("last_run/sync", {**base, "run_id": "1" * 32, "outcome": "failed",
+                                              "error": "directory unreachable", "refusal": []})
+            await store.put("last_run/cull", {**base, "run_id": "2" * 32, "outcome": "refused", "error": None,
+                                              "refusal": ["the plan stops 40 servers", "more than 10 %"]})
+            await store.put("last_run/scale", {**base, "run_id": "3" * 32, "outcome": "applied"})
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    out = io.StringIO()
+    assert main(["status", "--config", str(config)], out=out) == 0
+    lines = out.getvalue().splitlines()
+    at = {line.split()[0]: i for i, line in enumerate(lines) if not line.startswith(" ")}
+    assert lines[at["sync"] + 1].split() == ["error:", "directory", "unreachable"]
+    assert [lines[at["cull"] + 1].strip(), lines[at["cull"] + 2].strip()] == [
+        "refused: the plan stops 40 servers", "refused: more than 10 %"]
+    assert "failed" in lines[at["sync"]] and "refused" in lines[at["cull"]]
+    assert "applied" in lines[at["scale"]] and len(lines) == len(at) + 3, lines  # nothing under scale
+
+
 def test_the_readmes_cli_synopsis_shows_every_option() -> None:
     """The README's CLI block is where a new admin looks first: each command's line there shows
     every option its --help has (``cost --always-on-nodes`` and four ``--json`` were missing)."""

@@ -113,6 +113,10 @@ class LastRunOut(BaseModel):
     plan_id: str | None
     counts: dict[str, int]
     result_counts: dict[str, int]
+    error: str | None = Field(None, description="Why the run failed, as in GET /runs/{id}; null when it did not "
+                              "(and for runs recorded before this field).")
+    refusal: list[str] = Field([], description="The guard's reasons a refused plan was not applied (approve it by "
+                               "its id, see GET /runs/{id}); empty otherwise.")
 
 
 class ScheduleOut(BaseModel):
