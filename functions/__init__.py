@@ -43,11 +43,21 @@ def get_context() -> Context:
                 "started over HTTP would run in a worker the host may stop once the HTTP invocation has answered, "
                 "leaving it half-applied until its lock expires; set it to 'queue' (the hubpilot-runs queue the "
                 "run_queue function reads)")
-        _context = build_context(settings)
+        _context = _on_this_host(build_context(settings))
     return _context
 
 
 def set_context(ctx: Context | None) -> None:
     """Use this Context for every trigger of the process (tests; None forgets it)."""
     global _context
-    _context = ctx
+    _context = _on_this_host(ctx) if ctx is not None else None
+
+
+def _on_this_host(ctx: Context) -> Context:
+    """What only this host knows: the subscription manager's timer runs hourly (its schedule is
+    fixed in ``functions/graph.py``), whatever ``directory.entra.subscription_schedule`` says."""
+    from functions.graph import SUBSCRIPTION_SCHEDULE
+    from hubpilot.api.scheduling import ENTRA_SUBSCRIPTIONS
+
+    ctx.host_schedules = {ENTRA_SUBSCRIPTIONS: SUBSCRIPTION_SCHEDULE}
+    return ctx

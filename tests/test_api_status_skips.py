@@ -9,9 +9,11 @@ reason status gives is checked against what the scheduled round itself does.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +107,43 @@ async def test_status_says_which_schedules_the_settings_skip_and_why(
             else:
                 assert name == SUBSCRIPTIONS
                 assert await _entra_subscriptions(ctx) is None
+
+
+async def test_the_functions_host_shows_the_subscription_managers_own_hourly_timer(
+        make: Callable[[dict[str, Any]], Context]) -> None:
+    """The Functions app's graph_subscriptions timer runs hourly at :05 whatever
+    directory.entra.subscription_schedule says (every 6 h here): its GET /status entry shows the
+    timer's expression and next fire, and no app setting (none changes it); hubpilot serve's shows
+    the setting's. The operations' schedules are their app settings on both."""
+    import azure.functions as func
+
+    import function_app
+    import functions
+    from functions.graph import SUBSCRIPTION_SCHEDULE
+
+    extra = {"directory": {"kind": "entra", "entra": ENTRA_NOTIFYING}, "sync": {"users_groups": ["staff"]}}
+    served = make(extra)
+    async with serve_client(served) as client:
+        by_serve = {s["name"]: s for s in (await client.get("/api/v1/status", headers=READER)).json()["schedules"]}
+    assert by_serve[SUBSCRIPTIONS]["expression"] == "0 0 */6 * * *"
+    assert by_serve[SUBSCRIPTIONS]["app_setting"] == "HUBPILOT_DIRECTORY__ENTRA__SUBSCRIPTION_SCHEDULE"
+
+    hosted = make(extra)
+    functions.set_context(hosted)
+    try:
+        fn = {f.get_function_name(): f for f in function_app.app.get_functions()}["admin_api"].get_user_function()
+        req = func.HttpRequest("GET", "http://localhost/api/v1/status", headers=READER, params={},
+                               route_params={"route": "api/v1/status"}, body=b"")
+        resp = await fn(req, None)
+    finally:
+        functions.set_context(None)
+    assert resp.status_code == 200, resp.get_body()
+    body = json.loads(resp.get_body())
+    by_fn = {s["name"]: s for s in body["schedules"]}
+    entry = by_fn[SUBSCRIPTIONS]
+    assert entry["expression"] == SUBSCRIPTION_SCHEDULE == "0 5 * * * *" and entry["app_setting"] is None
+    fire = datetime.fromisoformat(entry["next_fire"])
+    now = datetime.fromisoformat(body["now"])
+    assert (fire.minute, fire.second) == (5, 0) and timedelta(0) < fire - now <= timedelta(hours=1), entry
+    assert entry["skipped"] is None and by_fn["sync"] == {**by_serve["sync"], "next_fire": by_fn["sync"]["next_fire"]}
+    assert by_fn["sync"]["app_setting"] == "HUBPILOT_SYNC_SCHEDULE"

@@ -11,6 +11,7 @@ import logging
 import math
 import re
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -121,8 +122,10 @@ class LastRunOut(BaseModel):
 
 class ScheduleOut(BaseModel):
     name: str
-    expression: str
-    app_setting: str
+    expression: str = Field(description="The NCRONTAB expression this host fires it by.")
+    app_setting: str | None = Field(description=(
+        "The app setting (environment variable) that carries the expression; null when this host fires it at "
+        "a time of its own whatever the setting says (the Functions app's Graph subscription manager: hourly)."))
     next_fire: str
     runs_operation: bool
     skipped: str | None = Field(
@@ -575,12 +578,14 @@ def create_app(context: ContextSource) -> FastAPI:
                 if lease else None,
                 "last_run": LastRunOut.model_validate(last).model_dump() if last else None,
             })
-        schedules = [
-            {"name": s.name, "expression": s.expression, "app_setting": s.app_setting(),
-             "next_fire": s.next_fire(now).isoformat(), "runs_operation": s.runnable,
-             "skipped": skip_reason(ctx, s)}
-            for s in configured_schedules(ctx.settings)
-        ]
+        schedules = []
+        for s in configured_schedules(ctx.settings):
+            fixed = ctx.host_schedules.get(s.setting)
+            fires = replace(s, expression=fixed) if fixed else s
+            schedules.append({
+                "name": s.name, "expression": fires.expression, "app_setting": None if fixed else s.app_setting(),
+                "next_fire": fires.next_fire(now).isoformat(), "runs_operation": s.runnable,
+                "skipped": skip_reason(ctx, s)})
         return {"now": now.isoformat(), "version": __version__, "run_mode": ctx.settings.api.run_mode,
                 "operations": ops, "schedules": schedules}
 

@@ -74,6 +74,9 @@ class Context:
     _closers: list[Callable[[], Any]] = field(default_factory=list)
     _runner: Runner[Any] | None = None
     factories: dict[str, Callable[[Context], Capability[Any]]] = field(default_factory=dict)
+    # schedules this host runs at a time of its own, whatever their setting says (dotted setting →
+    # NCRONTAB): the Functions app's subscription manager is an hourly timer; GET /status shows it
+    host_schedules: dict[str, str] = field(default_factory=dict)
     # App Service injects WEBSITE_AUTH_ENABLED=True when its authentication fronts the app; only
     # then does it strip and set X-MS-CLIENT-PRINCIPAL (elsewhere any caller could send one)
     platform_auth: bool = field(
