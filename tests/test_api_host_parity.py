@@ -464,6 +464,23 @@ async def test_cost_answers_seconds_apart_compare_alike(tmp_path: Path) -> None:
     assert comparable(Answer(200, {}, bodies[0])) == comparable(Answer(200, {}, bodies[1]))
 
 
+def subscription_timer_aside(fn: Answer, served: Answer) -> tuple[Answer, Answer]:
+    """The one difference of the hosts' GET /status that README states: the Functions app runs the
+    Graph subscription manager by its own hourly timer, serve by directory.entra.subscription_schedule.
+    Checked here, then left out of both answers for the comparison."""
+    name = "directory.entra.subscription_schedule"
+    bodies = [json.loads(a.body) for a in (fn, served)]
+    fn_entry, served_entry = ([s for s in b["schedules"] if s["name"] == name] for b in bodies)
+    assert [(e["expression"], e["app_setting"]) for e in fn_entry] == [("0 5 * * * *", None)], fn_entry
+    assert [(e["expression"], e["app_setting"]) for e in served_entry] == [
+        ("0 0 */6 * * *", "HUBPILOT_DIRECTORY__ENTRA__SUBSCRIPTION_SCHEDULE")], served_entry
+    out = []
+    for answer, body in zip((fn, served), bodies, strict=True):
+        body["schedules"] = [s for s in body["schedules"] if s["name"] != name]
+        out.append(replace(answer, body=json.dumps(body, separators=(",", ":")).encode()))
+    return out[0], out[1]
+
+
 def on_the_wire(fn: Answer, req: Req, served: Answer) -> Answer:
     """The Functions answer as the client gets it, less what the README says the host adds."""
     headers = dict(fn.headers)
@@ -485,7 +502,10 @@ async def test_both_hosts_answer_alike(hosts: Hosts, req: Req) -> None:
         if status == 411:
             assert json.loads(fn.body)["detail"] == CHUNKED_DETAIL and fn.headers["content-type"] == "application/json"
         return
-    assert comparable(on_the_wire(fn, req, served)) == comparable(served), req
+    fn = on_the_wire(fn, req, served)
+    if req.method == "GET" and req.target.partition("?")[0] == "/api/v1/status" and fn.status == 200:
+        fn, served = subscription_timer_aside(fn, served)
+    assert comparable(fn) == comparable(served), req
     if req.method == "HEAD":  # the GET's status and headers, without its body
         get = await over_http(hosts.port, replace(req, method="GET"))
         await drain_tasks()
