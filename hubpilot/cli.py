@@ -125,10 +125,12 @@ async def _status(ctx: Context, as_json: bool, out: TextIO) -> int:
         lease = await ctx.store.read_lock(op, now)
         if lease is None:  # a queued run holds the operation before it takes the lock (as GET /status)
             lease = await reservation(ctx, op, now)
+        last = await ctx.runner.last_run(op)
         status[op] = {
             "paused": await ctx.runner.is_paused(op),
             "lock": {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()} if lease else None,
-            "last_run": await ctx.runner.last_run(op),
+            "last_run": last,
+            "unfinished_run": await ctx.runner.unfinished_run(op, last),
         }
     if as_json:
         json.dump(status, out, indent=2)
@@ -146,6 +148,10 @@ async def _status(ctx: Context, as_json: bool, out: TextIO) -> int:
                 out.write(f"       error: {last['error']}\n")
             for reason in (last.get("refusal") or []) if last else []:
                 out.write(f"       refused: {reason}\n")
+            if st["unfinished_run"]:
+                gone = st["unfinished_run"]
+                out.write(f"       unfinished: run {gone['run_id']} started {gone['started']} {gone['outcome']}"
+                          + (f": {gone['error']}" if gone["error"] else "") + "\n")
     return int(ExitCode.OK)
 
 

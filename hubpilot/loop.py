@@ -459,6 +459,9 @@ RUN_KEY = "runs/{run_id}"
 PRUNE_KEY = "maintenance/runs-pruned"  # when run documents were last pruned (by any instance)
 PRUNE_EVERY = timedelta(days=1)
 LAST_RUN_KEY = "last_run/{operation}"
+STARTED_RUN_KEY = "started_run/{operation}"
+"""The operation's newest run that took the lock (its id and start), written as it starts: a run
+killed before it finished leaves no last run, and this is how status still finds it."""
 
 
 def new_run_id() -> str:
@@ -665,6 +668,8 @@ class Runner(Generic[ObservedT]):
                 if why is not None:
                     raise UnknownPlan(why)
             await self.store.put(RUN_KEY.format(run_id=record.run_id), record.to_json())
+            await self.store.put(STARTED_RUN_KEY.format(operation=cap.name),
+                                 {"run_id": record.run_id, "at": record.started.isoformat()})
             try:
                 observed = await cap.observe()
             except Exception as exc:  # a read error: nothing is applied
@@ -764,6 +769,29 @@ class Runner(Generic[ObservedT]):
 
     async def last_run(self, operation: str) -> dict[str, Any] | None:
         return await self.store.get(LAST_RUN_KEY.format(operation=operation))
+
+    async def unfinished_run(self, operation: str, last: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The operation's newest run if it ended without finishing its record (its process was
+        killed, or stopped past its grace) and started after ``last`` (the last run,
+        :meth:`last_run`) ended: ``{run_id, started, outcome, error}``, the outcome as its document
+        reads (failed, "ended without finishing"; or what it recorded before it was killed); None
+        otherwise, also while it still runs (it holds the lock) and once its document is pruned."""
+        started = await self.store.get(STARTED_RUN_KEY.format(operation=operation))
+        run_id = (started or {}).get("run_id")
+        if not isinstance(run_id, str) or (last is not None and last.get("run_id") == run_id):
+            return None
+        try:
+            began = stored_time(started.get("at") if started else None, f"{STARTED_RUN_KEY} at")
+            ended = stored_time(last.get("at"), f"{LAST_RUN_KEY} at") if last else None
+        except ValueError:  # a damaged document says nothing about a killed run
+            return None
+        if began is None or (ended is not None and began < ended):
+            return None
+        doc = await self.run_document(run_id)
+        if doc is None or doc.get("outcome") == str(Outcome.RUNNING):
+            return None
+        return {"run_id": run_id, "started": began.isoformat(), "outcome": str(doc.get("outcome")),
+                "error": doc.get("error")}
 
     # --- internals -------------------------------------------------------------------------
     async def _keep_lease(self, held: list[Lease], stop: asyncio.Event) -> None:

@@ -256,6 +256,39 @@ async def test_status_says_why_the_last_run_failed_or_was_refused(api: Api) -> N
     assert got["outcome"] == "applied" and got["error"] is None and got["refusal"] == []
 
 
+async def test_status_shows_a_run_that_ended_without_finishing(api: Api) -> None:
+    """A run stopped part-way (here cancelled in its apply, as a host stopping past its grace does;
+    a killed process: test_state_crash.py) writes no last run: status shows it as the operation's
+    unfinished run while the last run stays the one before, and not once a later run finished."""
+    async def sync_status() -> dict:
+        status = (await api.client.get("/api/v1/status", headers=READER)).json()
+        return next(o for o in status["operations"] if o["operation"] == "sync")
+
+    await api.client.post("/api/v1/sync?wait=30", headers=ADMIN)
+    before = (await sync_status())["last_run"]
+    assert before["outcome"] == "applied" and (await sync_status())["unfinished_run"] is None
+    w = api.worlds["sync"]
+    w.items, w.desired, w.gate, w.entered = set(), {"x"}, asyncio.Event(), asyncio.Event()
+    cap = api.ctx.capability("sync")
+    run = asyncio.ensure_future(api.ctx.runner.run(cap, trigger="timer", actor="timer"))
+    await w.entered.wait()
+    during = await sync_status()
+    assert during["lock"] is not None and during["unfinished_run"] is None  # under way, not unfinished
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    after = await sync_status()
+    assert after["last_run"] == before and after["lock"] is None
+    gone = after["unfinished_run"]
+    assert gone is not None and gone["outcome"] == "failed" and "without finishing" in gone["error"], after
+    doc = (await api.client.get(f"/api/v1/runs/{gone['run_id']}", headers=READER)).json()
+    assert doc["outcome"] == "failed" and doc["started"] == gone["started"] and doc["trigger"] == "timer"
+    w.gate = None
+    await api.client.post("/api/v1/sync?wait=30", headers=ADMIN)
+    final = await sync_status()
+    assert final["last_run"]["outcome"] == "applied" and final["unfinished_run"] is None
+
+
 async def test_status_reads_a_last_run_recorded_before_error_and_refusal(api: Api) -> None:
     """A last-run document written by an earlier version has neither field: read as none."""
     await api.ctx.store.put("last_run/sync", {

@@ -50,8 +50,9 @@ def test_a_run_with_config_after_the_command_reads_that_file(tmp_path: Path,
 
 
 def test_status_says_why_the_last_run_failed_or_was_refused(tmp_path: Path) -> None:
-    """`hubpilot status` shows under an operation's last run its error or the guard's reasons, as
-    GET /status does; a run that applied, or one recorded before these fields, shows neither."""
+    """`hubpilot status` shows under an operation's last run its error or the guard's reasons, and a
+    later run that ended without finishing, as GET /status does; a run that applied, or one recorded
+    before these fields, shows neither."""
     import asyncio
 
     from hubpilot.adapters.store_sqlite import SqliteStore
@@ -70,6 +71,10 @@ def test_status_says_why_the_last_run_failed_or_was_refused(tmp_path: Path) -> N
             await store.put("last_run/cull", {**base, "run_id": "2" * 32, "outcome": "refused", "error": None,
                                               "refusal": ["the plan stops 40 servers", "more than 10 %"]})
             await store.put("last_run/scale", {**base, "run_id": "3" * 32, "outcome": "applied"})
+            # a later scale run whose process was killed: its document says running, it holds no lock
+            await store.put("started_run/scale", {"run_id": "4" * 32, "at": "2026-11-01T00:05:00+00:00"})
+            await store.put("runs/" + "4" * 32, {"run_id": "4" * 32, "operation": "scale", "outcome": "running",
+                                                 "started": "2026-11-01T00:05:00+00:00"})
         finally:
             await store.close()
 
@@ -82,7 +87,10 @@ def test_status_says_why_the_last_run_failed_or_was_refused(tmp_path: Path) -> N
     assert [lines[at["cull"] + 1].strip(), lines[at["cull"] + 2].strip()] == [
         "refused: the plan stops 40 servers", "refused: more than 10 %"]
     assert "failed" in lines[at["sync"]] and "refused" in lines[at["cull"]]
-    assert "applied" in lines[at["scale"]] and len(lines) == len(at) + 3, lines  # nothing under scale
+    assert "applied" in lines[at["scale"]]
+    assert lines[at["scale"] + 1].startswith(f"       unfinished: run {'4' * 32} started 2026-11-01T00:05:00+00:00 "
+                                             "failed: the run ended without finishing"), lines
+    assert len(lines) == len(at) + 4, lines  # nothing else under any operation
 
 
 def test_the_readmes_cli_synopsis_shows_every_option() -> None:

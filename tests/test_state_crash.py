@@ -65,6 +65,14 @@ class Bed:
         out, err = p.communicate(timeout=120)
         return p.returncode, out.decode() + err.decode()
 
+    def status(self) -> dict[str, Any]:
+        """Sync's entry in ``hubpilot status --json``."""
+        done = subprocess.run([sys.executable, "-m", "hubpilot.cli", "--config", str(self.cfg), "status", "--json"],
+                              cwd=ROOT, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr.decode()
+        entry: dict[str, Any] = json.loads(done.stdout)["sync"]
+        return entry
+
     def expire_lock(self, killed_at: datetime) -> None:
         """The killed run's lock: it must lapse within its lease; then let it lapse now."""
         with sqlite3.connect(self.db) as conn:
@@ -158,10 +166,26 @@ async def test_killed_first_sync_then_leavers_converge(crash_hub: RealHub, tmp_p
     bed.write(first)
     killed = await bed.kill_during_apply(seed)
     bed.expire_lock(killed)
+    # hubpilot status shows a run killed before it wrote its last run (as failed, "without
+    # finishing", or as its document says when killed between the two); one killed later (exiting)
+    # is the last run
+    with sqlite3.connect(bed.db) as conn:
+        (run,) = [json.loads(j) for (j,) in conn.execute("SELECT json FROM docs WHERE key LIKE 'runs/%'")]
+    shown = bed.status()
+    if shown["last_run"] is not None:
+        assert shown["unfinished_run"] is None and shown["last_run"]["run_id"] == run["run_id"], shown
+    else:
+        gone = shown["unfinished_run"]
+        assert gone is not None and (gone["run_id"], gone["started"]) == (run["run_id"], run["started"]), shown
+        if run["outcome"] == "running":
+            assert gone["outcome"] == "failed" and "without finishing" in gone["error"], gone
+        else:
+            assert gone["outcome"] == run["outcome"], (gone, run)
     # people leave before the next run; the rest must keep everything, the leavers lose their groups
     later = {"a": [f"p{i}" for i in range(4, 12)], "b": [f"p{i}" for i in range(6, 14)]}
     bed.write(later)
     await _converge(bed, later)
+    assert bed.status()["unfinished_run"] is None
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])

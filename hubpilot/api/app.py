@@ -133,11 +133,23 @@ class ScheduleOut(BaseModel):
         "is off'): its fire times come and nothing runs; null when its rounds run.")
 
 
+class UnfinishedRunOut(BaseModel):
+    run_id: str
+    started: str
+    outcome: str
+    error: str | None
+
+
 class OperationStatus(BaseModel):
     operation: str
     paused: bool
     lock: LockOut | None
     last_run: LastRunOut | None
+    unfinished_run: UnfinishedRunOut | None = Field(None, description=(
+        "The operation's newest run if it ended without finishing its record after the last run (its process "
+        "was killed, or stopped past its grace): it wrote no last run; its outcome is 'failed' with the error "
+        "'the run ended without finishing ...', or what it recorded before it was killed; GET /runs/{id} shows "
+        "what it planned. Null otherwise, also while a run is under way (see lock)."))
 
 
 class StatusOut(BaseModel):
@@ -577,6 +589,7 @@ def create_app(context: ContextSource) -> FastAPI:
                 "lock": {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()}
                 if lease else None,
                 "last_run": LastRunOut.model_validate(last).model_dump() if last else None,
+                "unfinished_run": await ctx.runner.unfinished_run(op, last),
             })
         schedules = []
         for s in configured_schedules(ctx.settings):
