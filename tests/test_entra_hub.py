@@ -23,7 +23,7 @@ from functions.graph import handle_hint_message
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.entra.directory import STATE_PREFIX
 from hubpilot.entra.notifications import COVER_MARGIN, Hint
-from hubpilot.loop import Outcome
+from hubpilot.loop import Outcome, utcnow
 from hubpilot.ports.store import StateStore
 from hubpilot.settings import Settings
 from hubpilot.wiring import Context
@@ -177,6 +177,9 @@ async def test_expired_token_resync_that_shrinks_is_guarded_and_not_lost(
     assert refused.outcome is Outcome.REFUSED and refused.plan is not None
     assert any("sync.max_removals" in r for r in refused.refusal)
     assert len((await t.hub_state())["users"]) == 4
+    # the full read was shown no change of the notified group, but only an applied sync is
+    # re-checked: a refused plan comes back at every run until approved
+    assert t.worker.queue.delayed == 0 and t.worker.queue.queue.empty()
     again = await t.sync()  # the change was not lost with the delta token: the same plan comes back
     assert again.outcome is Outcome.REFUSED and again.plan is not None and again.plan.id == refused.plan.id
     approved = await t.ctx.runner.approve(t.ctx.capability("sync"), refused.plan.id, actor="admin")
@@ -296,6 +299,66 @@ async def test_a_change_the_delta_shows_only_after_its_notification_is_rechecked
     graph.catch_up()
     assert (await t.sync()).outcome is Outcome.APPLIED  # the scheduled sync brings it
     assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben"), t.name("cy")]
+
+
+async def test_recheck_seconds_0_queues_no_recheck(graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    """docs/entra.md: ``recheck_seconds = 0`` turns the re-check off: a sync a notification started
+    that was shown no change of the notified group (Graph's delta lagged) queues none."""
+    t = Tenant(graph, real_hub, webhook, entra={"recheck_seconds": 0})
+    queue = t.worker.queue
+    ana, ben = t.person("ana"), t.person("ben")
+    graph.add_member(t.users_group, ana)
+    await t.sync()
+    graph.lag()
+    graph.add_member(t.users_group, ben)
+    assert (await t.notify(t.users_group)).status_code == 202
+    assert await t.worker.drain_once() == 1
+    first = t.worker.records[-1]
+    assert first.outcome is Outcome.APPLIED and first.plan is not None and not first.plan.actions
+    assert first.plan.facts.get("changed_groups") == []  # what would have asked for a re-check
+    assert queue.delayed == 0 and queue.queue.empty()
+
+
+class RecordingHints:
+    """A hint queue that keeps what is pushed (and the delay asked for) for the test to deliver."""
+
+    def __init__(self) -> None:
+        self.pushed: list[tuple[Hint, float]] = []
+
+    async def push(self, hint: Hint, *, delay_seconds: float = 0.0) -> None:
+        self.pushed.append((hint, delay_seconds))
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_recheck_is_not_covered_by_a_sync_that_started_before_it_was_due(
+        graph: GraphDouble, real_hub: RealHub, webhook: Webhook) -> None:
+    """The re-check is received when due: a scheduled sync that starts after the notification but
+    before the re-check is due (and so may read the same lagging delta) does not cover it; the
+    re-check runs its sync and brings the change."""
+    t = Tenant(graph, real_hub, webhook, entra={"recheck_seconds": 60})
+    shift = [timedelta(0)]
+    t.ctx.clock = lambda: utcnow() + shift[0]
+    queue = RecordingHints()
+    set_notification_queue(t.ctx, queue)
+    ana, ben = t.person("ana"), t.person("ben")
+    graph.add_member(t.users_group, ana)
+    await t.sync()
+    graph.lag()
+    graph.add_member(t.users_group, ben)
+    await t.worker.handle([Hint("sync", (t.users_group,), received=t.ctx.clock().isoformat())])
+    ((recheck, delay),) = queue.pushed
+    assert recheck.recheck and delay == 60
+    shift[0] = timedelta(seconds=20)  # 20 s later, within the re-check's delay: a scheduled sync
+    scheduled = await t.sync()
+    assert scheduled.plan is not None and not scheduled.plan.actions  # Graph still lags
+    graph.catch_up()
+    shift[0] = timedelta(seconds=60)  # the re-check is due
+    await t.worker.handle([recheck])
+    again = t.worker.records[-1]
+    assert again.started > scheduled.started and again.outcome is Outcome.APPLIED, again.render()
+    assert (await t.hub_state())["users"] == [t.name("ana"), t.name("ben")]
 
 
 async def test_a_notified_change_the_delta_lags_is_rechecked_though_another_groups_change_was_applied(
