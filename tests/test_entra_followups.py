@@ -239,6 +239,51 @@ async def test_the_functions_host_delivers_a_reauthorization_whose_round_failed_
     assert last is not None and last["outcome"] == "applied"
 
 
+async def test_the_functions_host_delivers_a_sync_hint_whose_lock_was_held_again(
+        graph: GraphDouble, webhook: Webhook) -> None:
+    """graph_hints raises when another sync holds the lock, so the Functions host delivers the
+    message again (host.json visibilityTimeout, maxDequeueCount) instead of deleting it with no run
+    made: the second delivery, once the lock is free, runs the sync (here it fails: no hub)."""
+    from datetime import timedelta
+
+    from hubpilot.loop import LockHeld
+
+    g = graph.add_group()
+    ctx = webhook.use(settings(graph, webhook, g))
+    lease = await ctx.store.acquire_lock("sync", "timer:other-run", timedelta(minutes=5), ctx.clock())
+    assert lease is not None
+    functions.set_context(ctx)
+    try:
+        msg = message(Hint("sync", (g,), received=ctx.clock().isoformat()))
+        with pytest.raises(LockHeld):
+            await trigger("graph_hints")(msg)
+        assert await ctx.runner.last_run("sync") is None
+        await ctx.store.release_lock(lease)
+        await trigger("graph_hints")(msg)  # delivered again
+    finally:
+        functions.set_context(None)
+    last = await ctx.runner.last_run("sync")
+    assert last is not None and last["trigger"] == "notification"
+
+
+async def test_a_failed_sync_that_started_after_a_notification_does_not_cover_it(
+        graph: GraphDouble, webhook: Webhook) -> None:
+    """A sync that failed read or applied nothing for sure: a hint received before it started is
+    not covered by it (as an applied one would), but runs a sync of its own."""
+    from hubpilot.entra.notifications import COVER_MARGIN
+
+    g = graph.add_group()
+    ctx = webhook.use(settings(graph, webhook, g))
+    received = (ctx.clock() - COVER_MARGIN * 2).isoformat()
+    failed = await ctx.runner.run(ctx.capability("sync"), trigger="schedule", actor="timer")
+    assert failed.outcome is Outcome.FAILED  # the hub is down
+    worker = worker_of(ctx)
+    await notification_queue(ctx).push(Hint("sync", (g,), received=received))
+    assert await worker.drain_once() == 1
+    (own,) = worker.records
+    assert own.trigger == "notification" and own.started > failed.started
+
+
 # --- lead: the worker's bound on a held lock, said where an operator reads it -----------------------
 
 async def test_serves_worker_giving_up_on_a_held_sync_lock_says_what_follows(
