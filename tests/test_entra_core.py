@@ -224,6 +224,10 @@ def test_a_burst_of_hints_coalesces_to_one_sync() -> None:
     assert [h.kind for h in out] == ["subscriptions", "sync"]
     assert out[1].groups == ("g0", "g1", "g2") and out[1].received == (NOW + timedelta(seconds=9)).isoformat()
     assert Hint.from_json(out[1].to_json()) == out[1]
+    # a notification that arrives with a re-check is no re-check: its sync may queue its own
+    recheck = Hint("sync", ("g0",), received=NOW.isoformat(), recheck=True)
+    assert not coalesce([recheck, Hint("sync", ("g1",), received=NOW.isoformat())])[0].recheck
+    assert coalesce([recheck, recheck])[0].recheck
     with pytest.raises(NotificationError):
         Hint.from_json({"kind": "delete-everything"})
     assert Verdict().status == 202
@@ -311,6 +315,7 @@ def test_a_hint_is_covered_only_by_a_finished_sync_that_started_after_it() -> No
     hint = Hint("sync", received=received.isoformat())
     assert covered_by(hint, "applied", received + timedelta(seconds=6))
     assert covered_by(hint, "refused", received + timedelta(seconds=6))  # a refused plan re-appears next run
+    assert covered_by(hint, "paused", received + timedelta(seconds=6))  # read as a dry-run: the resumed sync reads it
     assert not covered_by(hint, "applied", received - timedelta(seconds=1))  # started before the change
     assert not covered_by(hint, "failed", received + timedelta(seconds=6))  # a failed read saw nothing
     assert not covered_by(hint, "applied", None)
