@@ -276,6 +276,8 @@ async def test_a_change_the_delta_shows_only_after_its_notification_is_rechecked
     graph.add_member(t.users_group, ben)
     assert (await t.notify(t.users_group)).status_code == 202
     assert await t.worker.drain_once() == 1
+    # the re-check waits recheck_seconds (the loop has not run since it was pushed: no timing here)
+    assert queue.delayed == 1 and queue.queue.empty()
     first = t.worker.records[-1]
     assert first.outcome is Outcome.APPLIED and first.plan is not None and not first.plan.actions
     assert (await t.hub_state())["users"] == [t.name("ana")]
