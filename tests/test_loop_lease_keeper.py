@@ -1,4 +1,5 @@
-"""The runner's lease keeper: a renewal in flight when the run ends, and a renewal that fails once."""
+"""The runner's lease keeper: a renewal in flight when the run ends, a renewal that fails once, and
+a lease another run took over meanwhile."""
 
 from __future__ import annotations
 
@@ -94,5 +95,48 @@ async def test_a_failed_renewal_is_retried_and_the_run_still_releases(tmp_path: 
         assert record.outcome is Outcome.APPLIED
         assert store.renewals >= 2, "the keeper stopped renewing after one error"
         assert await store.read_lock("shelf", datetime.now(UTC)) is None
+    finally:
+        await store.close()
+
+
+class TakenOver(SqliteStore):
+    """Before the first renewal reaches the store, the lease lapses and another run takes the lock
+    (a run stalled past its lease, e.g. a paused VM): the renewal finds another holder."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.renewed = asyncio.Event()
+        self.other: Lease | None = None
+
+    async def renew_lock(self, lease: Lease, ttl: timedelta, now: datetime) -> Lease | None:
+        if self.other is None:
+            self.other = await self.acquire_lock(lease.name, "other:run", ttl, lease.expires_at)
+        answer = await super().renew_lock(lease, ttl, now)
+        self.renewed.set()
+        return answer
+
+
+class UntilRenewed(Shelf):
+    def __init__(self, wanted: set[str], store: TakenOver) -> None:
+        super().__init__(wanted)
+        self.store = store
+
+    async def apply(self, plan: Plan, observed: set[str], progress: Progress) -> list[ActionResult]:
+        await self.store.renewed.wait()
+        return await super().apply(plan, observed, progress)
+
+
+async def test_a_run_that_lost_its_lease_ends_and_leaves_the_new_holders_lock(tmp_path: Path) -> None:
+    store = TakenOver(str(tmp_path / "s.sqlite3"))
+    try:
+        r: Runner[set[str]] = Runner(store, lock_ttl=timedelta(seconds=3))  # renews after 1 s
+        record = await r.run(UntilRenewed({"a"}, store), trigger="t", actor="me")
+        assert record.outcome is Outcome.APPLIED and record.error is None
+        assert store.other is not None, "the other run did not take the lock"
+        held = await store.read_lock("shelf", datetime.now(UTC))
+        assert held is not None and held.holder == "other:run" and held.token == store.other.token, \
+            "the run released the lock another run holds"
+        entries, _ = await store.read_audit(operation="shelf")
+        assert [e["run_id"] for e in entries] == [record.run_id]
     finally:
         await store.close()
