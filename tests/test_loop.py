@@ -136,6 +136,26 @@ async def test_refusal_then_approval_then_stale_approval(store: SqliteStore) -> 
         await r.approve(cap, refused.plan.id, actor="admin")  # used up
 
 
+async def test_an_approval_is_refused_for_another_operation_and_before_the_pause_is_read(
+        store: SqliteStore) -> None:
+    """A refused plan is approved only by a run of its own operation; an approval of a plan no
+    refused run recorded is refused at once, also while the operation is paused: it records no run."""
+    cap = Shelf({"a", "b"}, limit=1)
+    r = runner(store)
+    refused = await r.run(cap, trigger="t", actor="me")
+    assert refused.outcome is Outcome.REFUSED and refused.plan is not None
+    bench = Shelf({"a", "b"}, limit=1)
+    bench.name = "bench"
+    with pytest.raises(UnknownPlan, match=f"no refused bench plan with id {refused.plan.id}"):
+        await r.approve(bench, refused.plan.id, actor="admin")
+    await r.set_paused("shelf", True, "admin")
+    with pytest.raises(UnknownPlan, match="no refused shelf plan with id 0123456789abcdef"):
+        await r.approve(cap, "0123456789abcdef", actor="admin")
+    assert (await store.read_audit(operation="bench"))[0] == []
+    assert [e["kind"] for e in (await store.read_audit(operation="shelf"))[0]] == ["pause", "run"]
+    assert bench.items == set() and cap.items == set()
+
+
 async def test_paused_runs_only_report(store: SqliteStore) -> None:
     cap = Shelf({"a"})
     r = runner(store)
@@ -230,9 +250,15 @@ async def test_old_run_documents_are_pruned_about_once_a_day(store: SqliteStore)
     with sqlite3.connect(store.path) as conn:
         conn.execute("UPDATE docs SET written_us = written_us - ? WHERE key = ?",
                      (31 * 86400 * 10**6, f"runs/{first.run_id}"))
+    # and another one written 29 days ago: inside the retention, kept
+    await store.put("runs/of-29-days-ago", {"run_id": "of-29-days-ago"})
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE docs SET written_us = written_us - ? WHERE key = ?",
+                     (29 * 86400 * 10**6, "runs/of-29-days-ago"))
     await store.put("maintenance/runs-pruned", {"at": (now - timedelta(days=2)).isoformat()})
     second = await Runner(store, clock=lambda: now, run_retention=month).run(Shelf({"b"}), trigger="timer", actor="t")
     assert await store.get(f"runs/{first.run_id}") is None
+    assert await store.get("runs/of-29-days-ago") is not None, "a run document inside the retention was pruned"
     assert await store.get(f"runs/{second.run_id}") is not None
     entries, _ = await store.read_audit(operation="shelf")  # the audit log keeps both runs
     assert {e["run_id"] for e in entries} >= {first.run_id, second.run_id}
