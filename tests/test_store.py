@@ -181,6 +181,22 @@ _PROCESS_SCRIPT = textwrap.dedent("""
 """)
 
 
+async def test_sqlite_a_lease_is_free_to_take_at_its_expiry(tmp_path: Path) -> None:
+    """SQLite judges expiry by the caller's clock: a lease holds until just before its
+    ``expires_at`` and is free to take at that instant, as read_lock says."""
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    try:
+        name = _name("lock")
+        old = await store.acquire_lock(name, "a", TTL, T0)
+        assert old is not None
+        assert await store.acquire_lock(name, "b", TTL, old.expires_at - timedelta(microseconds=1)) is None
+        assert await store.read_lock(name, old.expires_at) is None
+        new = await store.acquire_lock(name, "b", TTL, old.expires_at)
+        assert new is not None and new.holder == "b"
+    finally:
+        await store.close()
+
+
 def test_sqlite_lock_across_os_processes(tmp_path: Path) -> None:
     path, go = tmp_path / "shared.sqlite3", tmp_path / "go"
     procs = [
@@ -212,6 +228,8 @@ async def _walk(store: StateStore, limit: int, **filters: Any) -> list[dict[str,
     while True:
         page, cursor = await store.read_audit(limit=limit, cursor=cursor, **filters)
         assert len(page) <= limit
+        # a cursor that repeats an entry would walk for ever (limit 1): fail instead
+        assert not {e["id"] for e in page} & {e["id"] for e in out}, "a page repeats an earlier page's entry"
         out += page
         if cursor is None:
             return out
@@ -267,6 +285,20 @@ async def test_audit_limit_and_cursor_walk_every_entry_once(store: StateStore) -
     walked = await _walk(store, 2, operation=op, since=T0 + timedelta(seconds=3))
     expected = sorted(i for i, t in enumerate(times) if t >= T0 + timedelta(seconds=3))
     assert sorted(e["n"] for e in walked) == expected
+
+
+async def test_audit_a_full_last_page_has_no_cursor(store: StateStore) -> None:
+    """A page that holds the last entries has no cursor, even when it is full: a reader is not
+    sent on to an empty page."""
+    op = _name("op")
+    for i in range(3):
+        await store.append_audit(_entry(op, T0 + timedelta(seconds=i), n=i))
+    page, cursor = await store.read_audit(operation=op, limit=3)
+    assert [e["n"] for e in page] == [2, 1, 0] and cursor is None
+    page, cursor = await store.read_audit(operation=op, limit=2)
+    assert [e["n"] for e in page] == [2, 1] and cursor is not None
+    page, cursor = await store.read_audit(operation=op, limit=1, cursor=cursor)
+    assert [e["n"] for e in page] == [0] and cursor is None
 
 
 async def test_audit_large_entry_round_trips(store: StateStore) -> None:
@@ -426,6 +458,21 @@ async def test_prune_deletes_only_old_documents_under_the_prefix(store: StateSto
     assert set(await store.list(f"{root}/")) == {f"{root}/runs-other/x", f"{root}/last_run/sync"}
     with pytest.raises(ValueError, match="prefix"):
         await store.prune("", later)
+
+
+async def test_sqlite_prune_judges_a_rewritten_document_by_its_last_write(tmp_path: Path) -> None:
+    """prune deletes documents *last* written before the cut: a run document first written a month
+    ago and rewritten now (its run finished) is kept."""
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    try:
+        await store.put("runs/r", {"outcome": "running"})
+        with sqlite3.connect(store.path) as conn:  # written a month ago
+            conn.execute("UPDATE docs SET written_us = written_us - ? WHERE key = 'runs/r'", (30 * 86400 * 10**6,))
+        await store.put("runs/r", {"outcome": "applied"})  # and again now
+        assert await store.prune("runs/", datetime.now(UTC) - timedelta(days=1)) == 0
+        assert await store.get("runs/r") == {"outcome": "applied"}
+    finally:
+        await store.close()
 
 
 async def test_an_older_state_file_gains_write_times_without_losing_documents(tmp_path: Path) -> None:
