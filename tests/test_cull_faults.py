@@ -336,3 +336,100 @@ async def test_two_runs_after_a_lost_lease_report_one_stop_once(
         await slow.stop()
         await store.close()
         await stop_all(fault_hub, [user])
+
+
+async def test_after_a_hub_outage_nothing_is_stopped_for_inactivity_until_the_reports_caught_up(
+        fault_hub: RealHub, proxy: FaultProxy, tmp_path: Path) -> None:
+    """While the hub is down, the servers' activity reports do not reach it: once it answers again,
+    every server looks idle since the outage began, busy or not (docs/cull.md). A round that found
+    the hub unreachable (here: every request cut, as a hub pod that is gone) or failing (503, as
+    the proxy answers for a hub that is down) is recorded; the rounds after it stop nothing for
+    inactivity until the reports have caught up (cull.activity_lag after a round found it answering
+    again), and say why in the plan; then they stop the idle servers as before. A server past its
+    max age is stopped meanwhile (that does not depend on activity)."""
+    tag = unique_name("outage")
+    idle, old = f"{tag}-idle", f"{tag}-old"
+    await spawn_all(fault_hub, [idle, old])
+    async with fault_hub.admin() as admin:
+        (await admin.post(f"/groups/{tag}-old", json={"users": [old]})).raise_for_status()
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    hub = client(fault_hub, proxy)
+    settings = CullSettings(inactivity_timeout=3600, concurrency=1, policies=[
+        {"name": "old", "match_group": f"{tag}-old", "inactivity_timeout": 3600, "max_age": 1800}])
+    clock = [NOW]
+    cap = CullCapability(hub, settings, store, clock=lambda: clock[0])
+    runner: Runner[Any] = Runner(store, clock=lambda: clock[0])
+
+    def ours(rec: Any) -> dict[str, str]:
+        return {a.target: a.kind for a in rec.plan.actions if a.target.startswith(tag)} if rec.plan else {}
+
+    try:
+        for mode in ("before", "503"):
+            proxy.reset()
+            if mode == "before":
+                proxy.rule(lambda m, path: m == "GET", "before")
+                rec = await runner.run(cap, trigger="test", actor="test")
+            else:  # the outage record is removed once caught up; a 5xx records it again
+                await store.delete("cull/hub-outage")
+                rec = await runner.run(CullCapability(HubClient(f"http://127.0.0.1:{await _answer_503()}/hub/api",
+                                                                fault_hub.hubpilot_token, retries=0),
+                                                      settings, store, clock=lambda: clock[0]),
+                                       trigger="test", actor="test")
+            assert rec.outcome is Outcome.FAILED and not rec.results, rec.render()
+            assert await store.get("cull/hub-outage") is not None, mode
+            proxy.reset()
+            clock[0] += timedelta(minutes=1)  # the hub answers again
+            back = clock[0]
+            rec = await runner.run(cap, trigger="test", actor="test")
+            assert ours(rec) == {old: "stop_server"}, rec.render()  # past its max age: stopped all the same
+            note = next(n for n in rec.plan.notes if n.startswith(f"kept {idle}:")) if rec.plan else ""
+            assert "idle for" in note and "the hub was unreachable" in note, note
+            assert await running(fault_hub, [idle, old]) == {idle}
+            clock[0] = back + timedelta(seconds=settings.activity_lag - 1)  # reports not caught up yet
+            assert ours(await runner.run(cap, trigger="test", actor="test")) == {}
+            assert await running(fault_hub, [idle]) == {idle}
+            clock[0] = back + timedelta(seconds=settings.activity_lag)
+            rec = await runner.run(cap, trigger="test", actor="test")
+            assert ours(rec) == {idle: "stop_server"} and rec.outcome is Outcome.APPLIED, rec.render()
+            assert await running(fault_hub, [idle, old]) == set()
+            assert await store.get("cull/hub-outage") is None
+            await spawn_all(fault_hub, [idle, old])
+            clock[0] = NOW
+    finally:
+        await stop_all(fault_hub, [idle, old])
+        await hub.close()
+        await store.close()
+
+
+async def _answer_503() -> int:
+    """A port whose server answers every request 503 (what the proxy answers while the hub is down)."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    _SERVERS.append(server)
+    return int(server.sockets[0].getsockname()[1])
+
+
+_SERVERS: list[asyncio.base_events.Server] = []
+
+
+async def test_a_damaged_outage_record_holds_inactivity_stops_and_says_so(fault_hub: RealHub, tmp_path: Path) -> None:
+    """An outage record that cannot be read (damaged by hand) is no reason to stop servers in use:
+    the round stops nothing for inactivity, as right after an outage, and the log says why."""
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    hub = HubClient(fault_hub.api_url, fault_hub.hubpilot_token, retries=0)
+    try:
+        await store.put("cull/hub-outage", {"back_at": "soon"})
+        cap = CullCapability(hub, SETTINGS, store, clock=lambda: NOW)
+        observed = await cap.observe()
+        assert observed.catch_up == (NOW, NOW + timedelta(seconds=SETTINGS.activity_lag))
+        await store.put("cull/hub-outage", {"back_at": (NOW - timedelta(hours=1)).isoformat()})
+        assert (await cap.observe()).catch_up is None  # caught up long ago: the record goes
+        assert await store.get("cull/hub-outage") is None
+    finally:
+        await hub.close()
+        await store.close()

@@ -399,3 +399,34 @@ def test_the_schedule_a_refusal_suggests_is_taken_and_fires_often_enough(timeout
             assert 1 <= int(field[2:]) <= top, example
     ok = CullSettings.model_validate({**settings, "schedule": example})
     assert longest_gap(ok.schedule).total_seconds() <= max(1, timeout // 2)
+
+
+def test_after_a_hub_outage_inactivity_waits_until_the_activity_reports_caught_up() -> None:
+    """catch_up (the hub answered again at ``back``; the reports reach it by ``until``): before
+    ``until`` no server is stopped and no user deleted for inactivity, each kept with why; a server
+    past its max age is stopped; from ``until`` on, the round is as without an outage."""
+    back = NOW - timedelta(minutes=2)
+    until = NOW + timedelta(minutes=4)
+    obs = CullObserved(
+        (user("ann", server("ann", idle=timedelta(hours=3))),
+         user("old", server("old", idle=timedelta(hours=3), age=timedelta(days=9)), groups=("long",)),
+         user("bob", server("bob", idle=timedelta(minutes=5)))),
+        (user("gone", last_activity=ago(days=90)),), frozenset(), catch_up=(back, until))
+    policy = settings(cull_users=True, delete_users=True, inactivity_timeout=3600,
+                      policies=[{"name": "long", "match_group": "long", "max_age": 7 * 86400}])
+    plan = plan_cull(obs, policy, NOW)
+    assert [(a.kind, a.target) for a in plan.actions] == [("stop_server", "old")]
+    held = {n.split(":")[0] for n in plan.notes if "the hub was unreachable until about 2026-03-02 11:58 UTC" in n
+            and "by 12:04 UTC" in n}
+    # (old's only server is stopped this round: as a user, long-inactive too)
+    assert held == {"kept ann", "kept long-inactive user gone", "kept long-inactive user old"}, plan.notes
+    assert any(n.startswith("kept bob: active 5m ago") for n in plan.notes)
+    just_before = plan_cull(obs, policy, until - timedelta(seconds=1))
+    assert [(a.kind, a.target) for a in just_before.actions] == [("stop_server", "old")]
+    later = plan_cull(obs, policy, until)
+    assert sorted((a.kind, a.target) for a in later.actions) == [
+        ("delete_user", "ann"), ("delete_user", "gone"), ("delete_user", "old"), ("stop_server", "ann"),
+        ("stop_server", "old")], later.notes
+    assert not any("unreachable" in n for n in later.notes)
+    assert [a.target for a in plan_cull(replace(obs, catch_up=None), policy, NOW).actions if a.kind == "stop_server"] \
+        == ["ann", "old"]

@@ -41,6 +41,11 @@ class CullObserved:
     inactive: tuple[HubUser, ...] = ()
     sync_members: frozenset[str] | None = None
     sync_unknown: str = "sync's managed users were not read"
+    catch_up: tuple[datetime, datetime] | None = None
+    """After a hub outage (a round found the hub unreachable): when a round found it answering
+    again, and when the servers' activity reports will have caught up (``activity_lag`` later).
+    Until then the hub's ``last_activity`` is old for servers in use: nothing is stopped or
+    deleted for inactivity (max-age stops go on)."""
 
 
 def server_target(user: str, server: str) -> str:
@@ -64,6 +69,22 @@ def _verdict(server: HubServer, limits: Limits, now: datetime) -> tuple[bool, st
     if limits.inactivity_timeout is None:
         return False, f"active {human(idle)} ago ({label}: no inactivity timeout)"
     return False, f"active {human(idle)} ago ({label}: {human(limits.inactivity_timeout)})"
+
+
+def _by_inactivity(server: HubServer, limits: Limits, now: datetime) -> bool:
+    """Whether :func:`_verdict` stops the server for inactivity (not for its max age)."""
+    since = server.last_activity or server.started
+    return since is not None and limits.inactivity_timeout is not None and now - since >= limits.inactivity_timeout
+
+
+def _catching_up(observed: CullObserved, now: datetime) -> str | None:
+    """Why activity cannot be judged at ``now`` (the hub was down; its reports are catching up), or None."""
+    if observed.catch_up is None or now >= observed.catch_up[1]:
+        return None
+    back, until = observed.catch_up
+    return (f"the hub was unreachable until about {back:%Y-%m-%d %H:%M} UTC: servers' activity reports reach it "
+            f"again by {until:%H:%M} UTC (1.1 x cull.activity_interval + cull.activity_check_seconds later), "
+            "until then a server in use can look idle")
 
 
 def _user_verdict(user: HubUser, settings: CullSettings, now: datetime) -> str | None:
@@ -147,6 +168,7 @@ def plan_cull(observed: CullObserved, settings: CullSettings, now: datetime) -> 
     per_policy: dict[str, int] = {}
     kept = skipped = 0
     culled_users: dict[str, bool] = {}  # user -> every server of theirs is being stopped
+    catching_up = _catching_up(observed, now)
     for user in sorted(observed.active, key=lambda u: u.name):
         all_stopped = True
         for name in sorted(user.servers):
@@ -176,6 +198,12 @@ def plan_cull(observed: CullObserved, settings: CullSettings, now: datetime) -> 
                 kept += 1
                 all_stopped = False
                 continue
+            if catching_up and _by_inactivity(server, limits, now) and not (
+                    limits.max_age is not None and server.started and now - server.started >= limits.max_age):
+                notes.append(f"kept {target}: {why}, but {catching_up}")
+                kept += 1
+                all_stopped = False
+                continue
             kind = REMOVE if name and settings.remove_named_servers else STOP
             params: dict[str, Any] = {"user": user.name, "server": name}
             profile = profile_of(server)
@@ -201,6 +229,9 @@ def plan_cull(observed: CullObserved, settings: CullSettings, now: datetime) -> 
             if verdict is None:
                 continue
             inactive_users.append({"user": user.name, "reason": verdict})
+            if settings.delete_users and catching_up:
+                notes.append(f"kept long-inactive user {user.name}: {verdict}; not deleted: {catching_up}")
+                continue
             if settings.delete_users:
                 held = sync_hold(user.name, observed.sync_members)
                 if held:

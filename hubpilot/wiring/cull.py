@@ -11,4 +11,4 @@ if TYPE_CHECKING:
 
 
 def build_cull(ctx: Context) -> CullCapability:
-    return CullCapability(ctx.hub, ctx.settings.cull, ctx.store)
+    return CullCapability(ctx.hub, ctx.settings.cull, ctx.store, clock=ctx.clock)
