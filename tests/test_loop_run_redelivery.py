@@ -14,7 +14,7 @@ from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.api.runs import RunRequest, _queued_doc, execute_run, read_run
 from hubpilot.loop import RUN_KEY, new_run_id
 from hubpilot.ports.store import StoreError
-from hubpilot.wiring import Context
+from hubpilot.wiring import Context, NotConfigured
 from tests.test_loop import NOW, Shelf, runner
 
 
@@ -181,6 +181,36 @@ async def test_a_queued_run_that_cannot_start_is_audited(tmp_path: Path) -> None
         assert await execute_run(ctx, req) is None
         entries, _ = await store.read_audit(operation="shelf")
         assert [(e["run_id"], e["outcome"]) for e in entries] == [(req.run_id, "failed")]
+    finally:
+        await store.close()
+
+
+async def test_a_queued_run_whose_operation_is_not_configured_is_recorded_as_failed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A run accepted over HTTP whose operation turns out not configured when it starts (its
+    settings changed between the POST and the queue's delivery) reads as failed, saying what is
+    missing, and has its audit entry, as any run that cannot start; the queue's second delivery
+    neither runs it nor audits it again."""
+    store = SqliteStore(str(tmp_path / "state.sqlite3"))
+
+    def not_configured(ctx: Context) -> Any:
+        raise NotConfigured("no [scale.pool] is configured")
+
+    ctx = Context(settings=None, store=store, clock=lambda: NOW,  # type: ignore[arg-type]
+                  factories={"shelf": not_configured})
+    ctx._runner = runner(store)
+    try:
+        req = await queue_shelf_run(ctx)
+        assert await execute_run(ctx, req) is None
+        doc = await read_run(ctx, req.run_id)
+        assert doc is not None and doc["outcome"] == "failed", doc
+        assert doc["error"] == "NotConfigured: no [scale.pool] is configured"
+        entries, _ = await store.read_audit(operation="shelf")
+        assert [(e["run_id"], e["outcome"], e["error"]) for e in entries] == \
+            [(req.run_id, "failed", doc["error"])]
+        assert "Traceback" not in caplog.text  # the settings' answer, not a fault
+        await execute_run(ctx, req)  # delivered again: finished (failed), not run or audited again
+        assert len((await store.read_audit(operation="shelf"))[0]) == 1
     finally:
         await store.close()
 
