@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hubpilot.adapters.store_sqlite import SqliteStore
-from hubpilot.api.runs import RunRequest, _queued_doc, execute_run, read_run
+from hubpilot.api.runs import RunRequest, _queued_doc, _reserve, execute_run, read_run, reservation
 from hubpilot.loop import RUN_KEY, new_run_id
 from hubpilot.ports.store import StoreError
 from hubpilot.wiring import Context, NotConfigured
@@ -211,6 +211,24 @@ async def test_a_queued_run_whose_operation_is_not_configured_is_recorded_as_fai
         assert "Traceback" not in caplog.text  # the settings' answer, not a fault
         await execute_run(ctx, req)  # delivered again: finished (failed), not run or audited again
         assert len((await store.read_audit(operation="shelf"))[0]) == 1
+    finally:
+        await store.close()
+
+
+async def test_a_late_run_leaves_the_reservation_of_the_run_queued_after_it(tmp_path: Path) -> None:
+    """A queued run whose reservation expired (its message came late) and was taken by the next
+    run's POST frees only its own when it ends: the next run's reservation stays, so a third POST
+    still gets its 409 while that run waits in the queue."""
+    store = SqliteStore(str(tmp_path / "state.sqlite3"))
+    ctx = shelf_context(store, Shelf({"a"}))
+    try:
+        late = await queue_shelf_run(ctx)
+        queued = RunRequest(new_run_id(), "shelf", "api", "bob")
+        await _reserve(ctx, queued)  # the late run's reservation has expired: the next POST's
+        first = await execute_run(ctx, late)
+        assert first is not None and first.outcome == "applied"
+        held = await reservation(ctx, "shelf", NOW)
+        assert held is not None and held.holder == f"bob:{queued.run_id}", held
     finally:
         await store.close()
 
