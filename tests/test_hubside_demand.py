@@ -119,7 +119,11 @@ configure_scale_demand(c, url={hung.url!r}, token="t", gpu_profiles=["gpu"], gpu
         cpu_user = unique_name("cpu")
         await _users(hub, cpu_user, *gpu_users)
         for u in gpu_users:  # a class starting GPU servers while hubpilot hangs
-            await hub.spawn(u, user_options={"profile": "gpu"}, wait=False)
+            g = await hub.spawn(u, user_options={"profile": "gpu"}, wait=False)
+            # the GPU spawn itself went on to start() (which fails here: no GPU node) while its
+            # signal is still held: the POST answers start()'s failure, not the hub's 202 "pending"
+            # of a spawn still waiting in its pre-spawn hook
+            assert g.status_code == 500, (u, g.status_code, g.text)
         await _until(lambda: len(hung.open) >= 10, "ten signals held open by the hung hubpilot")
 
         r = await hub.spawn(cpu_user, user_options={"profile": "cpu"}, timeout=90)
