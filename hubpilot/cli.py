@@ -117,21 +117,10 @@ async def _pause(ctx: Context, operation: str, paused: bool, out: TextIO) -> int
 
 
 async def _status(ctx: Context, as_json: bool, out: TextIO) -> int:
-    from hubpilot.api.runs import reservation
+    from hubpilot.api.runs import operation_status
 
     now = ctx.clock()
-    status: dict[str, Any] = {}
-    for op in OPERATIONS:
-        lease = await ctx.store.read_lock(op, now)
-        if lease is None:  # a queued run holds the operation before it takes the lock (as GET /status)
-            lease = await reservation(ctx, op, now)
-        last = await ctx.runner.last_run(op)
-        status[op] = {
-            "paused": await ctx.runner.is_paused(op),
-            "lock": {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()} if lease else None,
-            "last_run": last,
-            "unfinished_run": await ctx.runner.unfinished_run(op, last),
-        }
+    status: dict[str, Any] = {op: await operation_status(ctx, op, now) for op in OPERATIONS}
     if as_json:
         json.dump(status, out, indent=2)
         out.write("\n")

@@ -28,7 +28,7 @@ from hubpilot import __version__
 from hubpilot.api import front, graph_routes, scale_routes
 from hubpilot.api.auth import HEAD_SCOPE_KEY, Principal, require_role, shown_method, shown_path
 from hubpilot.api.deps import ContextHolder, ContextSource, get_context
-from hubpilot.api.runs import QueueUnavailable, read_run, reservation, start_run, wait_for_run
+from hubpilot.api.runs import QueueUnavailable, operation_status, read_run, start_run, wait_for_run
 from hubpilot.api.scheduling import configured_schedules, skip_reason
 from hubpilot.loop import LockHeld, Outcome, RunRecord, UnknownPlan, new_run_id
 from hubpilot.ports.store import StoreError
@@ -579,18 +579,10 @@ def create_app(context: ContextSource) -> FastAPI:
         now = ctx.clock()
         ops = []
         for op in OPERATIONS:
-            lease, paused, last = await asyncio.gather(
-                ctx.store.read_lock(op, now), ctx.runner.is_paused(op), ctx.runner.last_run(op)
-            )
-            if lease is None:  # a queued run holds the operation before it takes the lock (409 to POST)
-                lease = await reservation(ctx, op, now)
-            ops.append({
-                "operation": op, "paused": paused,
-                "lock": {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()}
-                if lease else None,
-                "last_run": LastRunOut.model_validate(last).model_dump() if last else None,
-                "unfinished_run": await ctx.runner.unfinished_run(op, last),
-            })
+            st = await operation_status(ctx, op, now)
+            last = st["last_run"]
+            ops.append({"operation": op, **st,
+                        "last_run": LastRunOut.model_validate(last).model_dump() if last else None})
         schedules = []
         for s in configured_schedules(ctx.settings):
             fixed = ctx.host_schedules.get(s.setting)

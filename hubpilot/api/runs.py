@@ -97,6 +97,19 @@ async def _reserve(ctx: Context, req: RunRequest) -> None:
         raise LockHeld(req.operation, await ctx.store.read_lock(req.operation, now)) from None
 
 
+async def operation_status(ctx: Context, operation: str, now: datetime) -> dict[str, Any]:
+    """What GET /status and ``hubpilot status`` show of one operation: its pause flag, the lock (or a
+    queued run's reservation, which holds the operation before the run takes the lock: 409 to a
+    POST), the last run and a later run that ended without finishing its record."""
+    lease, paused, last = await asyncio.gather(
+        ctx.store.read_lock(operation, now), ctx.runner.is_paused(operation), ctx.runner.last_run(operation))
+    if lease is None:
+        lease = await reservation(ctx, operation, now)
+    return {"paused": paused,
+            "lock": {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()} if lease else None,
+            "last_run": last, "unfinished_run": await ctx.runner.unfinished_run(operation, last)}
+
+
 async def reservation(ctx: Context, operation: str, now: datetime) -> Lease | None:
     """The unexpired reservation of ``operation`` by a run that has not taken its lock yet (a
     queued run), as the lease :func:`_reserve` refuses a second run with; None when there is none."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Literal
 
@@ -13,7 +14,7 @@ Role = Literal["admin", "reader", "hub"]
 ROLES: tuple[str, ...] = ("admin", "reader", "hub")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # hashlib.sha256(b"")
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 class ApiToken(Section):
