@@ -370,13 +370,13 @@ async def test_after_a_hub_outage_nothing_is_stopped_for_inactivity_until_the_re
                 proxy.rule(lambda m, path: m == "GET", "before")
                 rec = await runner.run(cap, trigger="test", actor="test")
             else:  # the outage record is removed once caught up; a 5xx records it again
-                await store.delete("cull/hub-outage")
+                await store.delete("hub/outage")
                 rec = await runner.run(CullCapability(HubClient(f"http://127.0.0.1:{await _answer_503()}/hub/api",
                                                                 fault_hub.hubpilot_token, retries=0),
                                                       settings, store, clock=lambda: clock[0]),
                                        trigger="test", actor="test")
             assert rec.outcome is Outcome.FAILED and not rec.results, rec.render()
-            assert await store.get("cull/hub-outage") is not None, mode
+            assert await store.get("hub/outage") is not None, mode
             proxy.reset()
             clock[0] += timedelta(minutes=1)  # the hub answers again
             back = clock[0]
@@ -392,7 +392,7 @@ async def test_after_a_hub_outage_nothing_is_stopped_for_inactivity_until_the_re
             rec = await runner.run(cap, trigger="test", actor="test")
             assert ours(rec) == {idle: "stop_server"} and rec.outcome is Outcome.APPLIED, rec.render()
             assert await running(fault_hub, [idle, old]) == set()
-            assert await store.get("cull/hub-outage") is None
+            assert await store.get("hub/outage") is None
             await spawn_all(fault_hub, [idle, old])
             clock[0] = NOW
     finally:
@@ -423,13 +423,13 @@ async def test_a_damaged_outage_record_holds_inactivity_stops_and_says_so(fault_
     store = SqliteStore(tmp_path / "state.sqlite3")
     hub = HubClient(fault_hub.api_url, fault_hub.hubpilot_token, retries=0)
     try:
-        await store.put("cull/hub-outage", {"back_at": "soon"})
+        await store.put("hub/outage", {"back_at": "soon"})
         cap = CullCapability(hub, SETTINGS, store, clock=lambda: NOW)
         observed = await cap.observe()
         assert observed.catch_up == (NOW, NOW + timedelta(seconds=SETTINGS.activity_lag))
-        await store.put("cull/hub-outage", {"back_at": (NOW - timedelta(hours=1)).isoformat()})
+        await store.put("hub/outage", {"back_at": (NOW - timedelta(hours=1)).isoformat()})
         assert (await cap.observe()).catch_up is None  # caught up long ago: the record goes
-        assert await store.get("cull/hub-outage") is None
+        assert await store.get("hub/outage") is None
     finally:
         await hub.close()
         await store.close()

@@ -228,3 +228,70 @@ async def test_waiting_gpu_server_reclaims_an_idle_one_in_a_real_hub(
         for u in (idle, busy, late):
             async with real_hub.admin() as admin:
                 await admin.delete(f"/users/{u}/server")
+
+
+async def test_no_idle_gpu_server_is_reclaimed_until_the_activity_reports_caught_up_after_a_hub_outage(
+    kube: Emulator, tmp_path: Path, real_hub: RealHub,
+) -> None:
+    """A scale round that cannot read the hub (no answer) records the outage, as a cull round does
+    (one record, hub_outage.py); the rounds after the hub answers again judge no GPU server idle
+    until the servers' activity reports have caught up (cull.activity_lag later), so a server in
+    use whose last report predates the outage is not reclaimed for a waiting one; then the idle
+    server is reclaimed as before and the record is gone."""
+    from datetime import UTC, datetime, timedelta
+
+    idle, waiter = unique_name("idle"), unique_name("wait")
+    async with real_hub.admin() as admin:
+        for u in (idle, waiter):
+            assert (await admin.post(f"/users/{u}")).status_code in (201, 409)
+    await real_hub.spawn(idle, user_options={"profile": "gpu"})
+    kube.clear()
+    kube.node("gpu-0")
+    kube.pod(f"jupyter-{idle}", "gpu-0", user=idle)
+    kube.pod(f"jupyter-{waiter}", None, user=waiter)  # waits: no ready node is free
+    arm = ArmDouble()
+    await arm.start()
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    clock = [datetime.now(UTC) + timedelta(minutes=10)]  # the idle server's activity is ~10 min old
+    store = SqliteStore(tmp_path / "outage.sqlite3")
+    contexts = []
+    for api_url in ("http://127.0.0.1:9/hub/api", real_hub.api_url):  # a hub that is down, then the hub
+        settings = Settings(hub={"api_url": api_url, "token": real_hub.hubpilot_token, "retries": 0},
+                            scale={"reclaim_idle_minutes": 6, "max_reclaim": 1}, cull={"activity_interval": 60})
+        contexts.append(Context(settings=settings, store=store, clock=lambda: clock[0]))
+    pool = AksPool(StaticToken(), subscription_id=arm.subscription, resource_group=arm.resource_group,
+                   cluster=arm.cluster, pool="gpu", base_url=arm.base_url, retry_total=1,
+                   retry_backoff=0.01, polling_interval=0.01, lro_wait=5.0)
+    cluster = KubeCluster(namespace=NS, pool="gpu", api_url=kube.url)
+    try:
+        down, up = (build_scale(c, pool=pool, cluster=cluster) for c in contexts)
+        lag = contexts[1].settings.cull.activity_lag
+        observed = await down.observe()
+        assert any("the hub could not be read" in n for n in observed.notes), observed.notes
+        assert await store.get("hub/outage") is not None
+
+        clock[0] += timedelta(minutes=1)  # the hub answers again
+        back = clock[0]
+        observed = await up.observe()
+        plan = up.plan(observed, clock[0])
+        assert observed.activity is None and "reclaim_server" not in plan.counts(), plan.render()
+        assert any("no server is reclaimed" in n for n in observed.notes), observed.notes
+        clock[0] = back + timedelta(seconds=lag - 1)
+        assert "reclaim_server" not in up.plan(await up.observe(), clock[0]).counts()
+
+        clock[0] = back + timedelta(seconds=lag)
+        observed = await up.observe()
+        plan = up.plan(observed, clock[0])
+        assert [(a.kind, a.target) for a in plan.actions if a.kind == "reclaim_server"] == [
+            ("reclaim_server", idle)], plan.render()
+        assert await store.get("hub/outage") is None
+    finally:
+        await pool.close()
+        await cluster.close()
+        for c in contexts:
+            if c._hub is not None:
+                await c._hub.close()
+        await store.close()
+        await arm.stop()
+        async with real_hub.admin() as admin:
+            await admin.delete(f"/users/{idle}/server")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
@@ -22,12 +21,12 @@ from hubpilot.cull.plan import (
     server_target,
     sync_hold,
 )
-from hubpilot.loop import Action, ActionResult, Plan, Progress, Status, run_actions, stored_time, utcnow
-from hubpilot.ports.hub import Hub, HubError, HubNotAttempted, HubUnreachable, HubUser, StopResult
+from hubpilot.hub_outage import catch_up as hub_catch_up
+from hubpilot.hub_outage import is_outage, note_outage
+from hubpilot.loop import Action, ActionResult, Plan, Progress, Status, run_actions, utcnow
+from hubpilot.ports.hub import Hub, HubError, HubNotAttempted, HubUser, StopResult
 from hubpilot.ports.store import ConflictError, StateStore, StoreError
 from hubpilot.sync import ManagedRecordError, read_managed
-
-log = logging.getLogger(__name__)
 
 _STOP_STATUS = {
     StopResult.STOPPED: (Status.DONE, "stopped"),
@@ -39,9 +38,6 @@ _STOP_STATUS = {
 #: the server's start time): the first run to write it reports the stop, another finds it
 STOP_REPORTS = "cull/stops/"
 STOP_REPORTS_KEPT = timedelta(days=2)
-HUB_OUTAGE_KEY = "cull/hub-outage"
-"""The last time a cull round found the hub unreachable, and when a later round found it answering
-again (``back_at``): removed once the servers' activity reports have caught up."""
 REPORTED_ELSEWHERE = ("already stopped: another run on this state store stopped it and reports the "
                       "stop (the hub answers 204 also to a DELETE of a server already stopped)")
 
@@ -69,10 +65,11 @@ class CullCapability:
             active = await self.hub.list_users(state="active")
             inactive = await self.hub.list_users(state="inactive") if self.settings.cull_users else []
         except HubError as exc:
-            if isinstance(exc, HubUnreachable) or (exc.status or 0) >= 500:
-                await self._outage_seen()
+            if is_outage(exc) and self.store is not None:
+                await note_outage(self.store, self.clock())
             raise
-        catch_up = await self._catch_up()
+        lag = timedelta(seconds=self.settings.activity_lag)
+        catch_up = await hub_catch_up(self.store, self.clock(), lag) if self.store is not None else None
         self._check_groups_read(active)
         if not self.settings.cull_users:
             return CullObserved(tuple(active), catch_up=catch_up)
@@ -80,46 +77,6 @@ class CullCapability:
             return CullObserved(tuple(active), tuple(inactive), catch_up=catch_up)
         members, unknown = await self._sync_members()
         return CullObserved(tuple(active), tuple(inactive), members, unknown, catch_up=catch_up)
-
-    async def _outage_seen(self) -> None:
-        """A round found the hub unreachable (or failing, 5xx): while it is, the servers' activity
-        reports do not reach it. Recorded, so the rounds after it answers again wait for the reports
-        to catch up (:meth:`_catch_up`); a store error only goes to the log."""
-        if self.store is None:
-            return
-        try:
-            await self.store.put(HUB_OUTAGE_KEY, {"last_failure": self.clock().isoformat()})
-        except StoreError as exc:
-            log.warning("cull: could not record that the hub was unreachable: %s", exc)
-
-    async def _catch_up(self) -> tuple[datetime, datetime] | None:
-        """(when a round found the hub answering again after an outage, when the activity reports
-        will have caught up), or None: no outage recorded, or its reports have caught up (the
-        record is then removed). A store error or a damaged record counts as an outage now: the
-        round stops nothing for inactivity rather than risk servers in use."""
-        if self.store is None:
-            return None
-        now = self.clock()
-        lag = timedelta(seconds=self.settings.activity_lag)
-        try:
-            got = await self.store.get_with_etag(HUB_OUTAGE_KEY)
-            if got is None:
-                return None
-            doc, etag = got
-            back = stored_time(doc.get("back_at"), f"{HUB_OUTAGE_KEY} back_at")
-            if back is None:
-                back = now
-                await self.store.put(HUB_OUTAGE_KEY, {**doc, "back_at": back.isoformat()}, if_match=etag)
-            elif now >= back + lag:
-                await self.store.delete(HUB_OUTAGE_KEY, if_match=etag)
-                return None
-        except ConflictError:  # another round changed it meanwhile (a failure noted): judged again next round
-            return now, now + lag
-        except (StoreError, ValueError) as exc:
-            log.warning("cull: could not read or update the hub outage record (%s); no stop for inactivity "
-                        "this round", exc)
-            return now, now + lag
-        return back, back + lag
 
     def _check_groups_read(self, users: Sequence[HubUser]) -> None:
         """A policy matching hub groups needs the users' groups: without them every server would

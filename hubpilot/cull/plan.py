@@ -18,6 +18,7 @@ from typing import Any
 
 from hubpilot.config.cull import CullSettings
 from hubpilot.cull.policy import Limits, human, limits_for, profile_of
+from hubpilot.hub_outage import describe
 from hubpilot.loop import Action, Plan, Status
 from hubpilot.ports.hub import HubServer, HubUser
 
@@ -81,10 +82,7 @@ def _catching_up(observed: CullObserved, now: datetime) -> str | None:
     """Why activity cannot be judged at ``now`` (the hub was down; its reports are catching up), or None."""
     if observed.catch_up is None or now >= observed.catch_up[1]:
         return None
-    back, until = observed.catch_up
-    return (f"the hub was unreachable until about {back:%Y-%m-%d %H:%M} UTC: servers' activity reports reach it "
-            f"again by {until:%H:%M} UTC (1.1 x cull.activity_interval + cull.activity_check_seconds later), "
-            "until then a server in use can look idle")
+    return describe(*observed.catch_up)
 
 
 def _user_verdict(user: HubUser, settings: CullSettings, now: datetime) -> str | None:

@@ -8,7 +8,11 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from hubpilot.config.cull import CullSettings
 from hubpilot.config.scale import UNLISTED, parse_gpu_profile
+from hubpilot.hub_outage import catch_up as hub_catch_up
+from hubpilot.hub_outage import describe as describe_outage
+from hubpilot.hub_outage import is_outage, note_outage
 from hubpilot.loop import Action, ActionResult, Clock, ConflictPause, Plan, Progress, Status, run_actions, stored_time
 from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.hub import Hub, HubError, HubUser, StopResult
@@ -72,6 +76,7 @@ class ScaleCapability:
         gpu_profiles: Sequence[str] = (),
         holder: str = "hubpilot",
         observed_gap: timedelta = DEFAULT_GAP,
+        activity_lag: timedelta | None = None,
     ) -> None:
         self.pool = pool
         self.cluster = cluster
@@ -82,6 +87,10 @@ class ScaleCapability:
         self.gpu_rules = tuple(parse_gpu_profile(p) for p in sorted(set(gpu_profiles)))
         self.holder = holder
         self.observed_gap = observed_gap  # the next observation is due within this (cost report)
+        # how late the servers' activity reaches the hub (cull.activity_lag): after a hub outage
+        # no idle server is reclaimed for that long
+        self.activity_lag = activity_lag if activity_lag is not None else \
+            timedelta(seconds=CullSettings().activity_lag)
         self.memory_write_seconds = MEMORY_WRITE_SECONDS  # conditional writes of the memory keep merging this long
 
     # --- observe ---------------------------------------------------------------------------
@@ -96,12 +105,18 @@ class ScaleCapability:
             try:
                 users = await self.hub.list_users(state="active")
             except HubError as exc:  # only delays a scale-up; removal is guarded by the cluster view
+                if is_outage(exc):  # the servers' activity reports do not reach it either (cull waits too)
+                    await note_outage(self.store, at)
                 notes.append(f"the hub could not be read this round, pending spawns are unknown: {exc}")
             else:
                 if self.gpu_rules:
                     demand += self._hub_pending(users, at)
                 if self.policy.reclaim_after is not None:
-                    activity = _activity(users)
+                    catching_up = await hub_catch_up(self.store, at, self.activity_lag)
+                    if catching_up is None:
+                        activity = _activity(users)
+                    else:
+                        notes.append(f"{describe_outage(*catching_up)}: activity is unknown, no server is reclaimed")
         memory = Memory.from_json(await self.store.get(MEMORY_KEY))
         forecast = Forecast()
         if self.policy.forecast is not None:

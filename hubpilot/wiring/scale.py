@@ -150,6 +150,7 @@ def build_scale(ctx: Context, *, pool: Pool | None = None, cluster: Cluster | No
     return ScaleCapability(
         adapters.pool, adapters.cluster, ctx.store, policy_from(s), clock=ctx.clock, hub=hub,
         gpu_profiles=s.gpu_profiles, holder=ctx.holder, observed_gap=observed_gap(s),
+        activity_lag=timedelta(seconds=ctx.settings.cull.activity_lag),
     )
 
 
