@@ -100,7 +100,7 @@ class Desired:
     notes: tuple[str, ...]
     empty_groups: tuple[str, ...]
     ids: Mapping[str, str] = field(default_factory=dict)  # hub name → directory id (no clashes)
-    unnamed: frozenset[str] = frozenset()  # directory ids of members without a usable hub name
+    unnamed: frozenset[str] = frozenset()  # directory ids (and older-form ids) of members without a usable hub name
     labels: Mapping[str, str] = field(default_factory=dict)  # directory id → how messages name the entry
     aliases: Mapping[str, str] = field(default_factory=dict)  # directory id → the entry's id of an older form
 
@@ -143,6 +143,8 @@ def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
             if name is None:
                 notes.append(f"skipped {m.label} in group {group}: {problem}")
                 unnamed.add(m.id)
+                if m.alias:  # its record may still hold the id of an older form (just after an upgrade)
+                    unnamed.add(m.alias)
                 continue
             names[m.id] = name
             labels[m.id] = m.label
@@ -170,7 +172,7 @@ def desired_state(snapshot: DirectorySnapshot, policy: SyncSettings) -> Desired:
         for g in dict.fromkeys([*policy.users_groups, *policy.admin_groups])
     }
     ids = {n: next(iter(i)) for n, i in by_name.items() if n in users and n not in clashes}
-    unnamed.update(i for n in clashes for i in by_name[n])
+    unnamed.update(j for n in clashes for i in by_name[n] for j in (i, aliases.get(i)) if j)
     return Desired(frozenset(users), frozenset(admins), groups, frozenset(clashes), tuple(notes),
                    tuple(empty), ids, frozenset(unnamed), labels, aliases)
 
