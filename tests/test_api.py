@@ -368,8 +368,10 @@ ENDPOINTS = [
     ("GET", "/readyz", "reader"),
     ("GET", "/api/v1/openapi.json", "reader"),
     ("GET", "/api/v1/docs", "reader"),
+    ("GET", "/api/v1/cost", "reader"),
+    ("POST", "/api/v1/scale/demand", "hub"),
 ]
-WRONG = {"admin": ["reader", "hub"], "reader": ["hub"]}
+WRONG = {"admin": ["reader", "hub"], "reader": ["hub"], "hub": ["reader"]}
 
 
 PUBLIC = {"/api/v1/healthz"}
@@ -411,7 +413,7 @@ async def test_auth_matrix(api: Api, method: str, path: str, role: str) -> None:
         r = await api.client.request(method, path, headers=auth(wrong))
         assert r.status_code == 403, (wrong, r.text)
         assert TOKENS[wrong] not in r.text
-    for right in ["admin"] + (["reader"] if role == "reader" else []):
+    for right in ["admin"] + ([role] if role != "admin" else []):
         r = await api.client.request(method, path, headers=auth(right))
         assert r.status_code not in (401, 403), (right, r.status_code, r.text)
 
