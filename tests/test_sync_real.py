@@ -804,3 +804,34 @@ def test_cli_sync_dry_run_and_apply_exit_codes(real_hub: RealHub, tmp_path: Path
     bad = tmp_path / "bad.toml"
     bad.write_text('[hub]\napi_url = "not a url"\n')
     assert main(["--config", str(bad), "sync"], out=io.StringIO()) == 2
+
+
+async def test_hub_groups_sync_does_not_mirror_keep_their_members(world: World, real_hub: RealHub) -> None:
+    """A hub group an admin made by hand is the hub admin's: sync neither empties it nor takes a
+    synced member out of it, also not a member who leaves the directory groups (the gate and the
+    revoked tokens take their access; what the group grants is not sync's call). A hand-made group
+    whose name has the sync prefix but that sync never mirrored is left alone too."""
+    world.set("analysts", "alice", "bob")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    alice, bob = world.user("alice"), world.user("bob")
+    staff, prefixed = f"{world.tag}staff", f"{world.prefix}by-hand"
+    async with real_hub.admin() as admin:
+        for group in (staff, prefixed):
+            r = await admin.post(f"/groups/{group}")
+            assert r.status_code == 201, r.text
+            r = await admin.post(f"/groups/{group}/users", json={"users": [alice, bob]})
+            assert r.status_code == 200, r.text
+
+    again = await world.run()
+    assert again.outcome is Outcome.APPLIED and again.plan is not None and again.plan.empty, again.render()
+    world.set("analysts", "alice")
+    left = await world.run()
+    assert left.outcome is Outcome.APPLIED, left.render()
+    assert left.plan is not None and not any(
+        a.target in (staff, prefixed) for a in left.plan.actions), left.render()
+    async with real_hub.admin() as admin:
+        for group in (staff, prefixed):
+            assert sorted((await admin.get(f"/groups/{group}")).json()["users"]) == sorted([alice, bob]), group
+        assert sorted((await admin.get(f"/users/{bob}")).json()["groups"]) == sorted([staff, prefixed])
+    managed = await world.store.get(MANAGED_KEY)
+    assert managed is not None and managed["users"][bob]["deprovisioned_at"]
