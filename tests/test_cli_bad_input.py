@@ -82,6 +82,29 @@ async def test_audit_filters_by_any_operation_the_log_holds(tmp_path: Path) -> N
     assert bad.returncode == 2 and "--operation" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
+async def test_a_naive_since_means_utc_whatever_the_hosts_time_zone(tmp_path: Path) -> None:
+    """``audit --since`` without an offset means UTC (as every stored time does), also on a host
+    whose local time zone is not UTC: an admin in Tokyo asking from 11:30 gets the entries from
+    11:30 UTC, not from 02:30 UTC (their local 11:30)."""
+    import json
+
+    from hubpilot.adapters.store_sqlite import SqliteStore
+
+    _config(tmp_path)
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    for at in ("2026-03-02T10:00:00+00:00", "2026-03-02T11:00:00+00:00", "2026-03-02T12:00:00+00:00"):
+        await store.append_audit({"at": at, "operation": "sync", "outcome": "applied"})
+    await store.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")}
+    for tz in ("Asia/Tokyo", "America/New_York"):
+        done = subprocess.run([sys.executable, "-m", "hubpilot.cli", "--config", str(tmp_path / "hubpilot.toml"),
+                               "audit", "--since", "2026-03-02T11:30", "--json"], cwd=tmp_path,
+                              env={**env, "PYTHONPATH": str(ROOT), "TZ": tz}, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert [e["at"][:19] for e in json.loads(done.stdout)["entries"]] == ["2026-03-02T12:00:00"], (tz, done.stdout)
+
+
 def test_a_command_with_no_settings_at_all_says_it_uses_the_defaults(tmp_path: Path) -> None:
     """Run outside the deployment's directory and environment, `hubpilot status` reads a fresh
     state file and reports "never run": it says that it found no settings, not only that."""
