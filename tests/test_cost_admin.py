@@ -16,7 +16,7 @@ import pytest
 
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.loop import Outcome
-from hubpilot.scale.cost import SIZES_KEY, cost_report, record_size
+from hubpilot.scale.cost import SIZES_KEY, STOPPED, cost_report, record_size
 from tests.azurite import Azurite
 from tests.doubles.arm import ArmDouble
 from tests.test_scale_kube import capability, world  # noqa: F401 - the fixture
@@ -312,6 +312,45 @@ async def test_a_scale_run_reads_one_day_back_for_the_size_in_force(tmp_path: Pa
         assert [d["node_hours"] for d in rep["days"]] == [0.0] * 6 + [pytest.approx(1.0 - 1 / 60, abs=0.001)]
         # the observations were a day apart: all but the last minutes are unobserved
         assert rep["days"][0]["unobserved_hours"] == 24.0
+    finally:
+        await store.close()
+
+
+class AskingStore(SqliteStore):
+    """The real SQLite store, counting every read of a stopped-VM document (found or not)."""
+
+    asked: int = 0
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        self.asked += key.startswith("scale/stopped/")
+        return await super().get(key)
+
+    async def get_with_etag(self, key: str) -> tuple[dict[str, Any], str] | None:
+        self.asked += key.startswith("scale/stopped/")
+        return await super().get_with_etag(key)
+
+
+async def test_an_unchanged_stopped_vm_count_reads_no_days_back(tmp_path: Path) -> None:
+    """The stopped-VM history is recorded without observation spans, at every scale run. A count
+    unchanged for weeks does not make each run walk back through the quiet days for the count in
+    force: a day's first record writes the day's document (a write a day), the runs after it read
+    that one document."""
+    store = AskingStore(tmp_path / "cost.sqlite3")
+    try:
+        first = utc(2026, 7, 1, 12)
+        assert await record_size(store, first, 2, source="observed", series=STOPPED)
+        for day in range(1, 25):
+            await record_size(store, first + timedelta(days=day), 2, source="observed", series=STOPPED)
+        store.asked = 0
+        for minute in range(1, 4):
+            assert not await record_size(store, first + timedelta(days=24, minutes=minute), 2,
+                                         source="observed", series=STOPPED)
+        assert store.asked == 3  # the day's document, once a run
+        assert await store.get(SIZES_KEY.format(day="2026-07-25")) is None  # another history
+        rep = await cost_report(store, now=first + timedelta(days=24, hours=1), days=2, price=None,
+                                currency="EUR", stopped_price=0.1)
+        assert [d.stopped_vm_hours for d in rep.days] == [48.0, pytest.approx(26.0)]
+        assert rep.days[-1].node_hours == 0 and rep.days[-1].stopped_vm_cost == pytest.approx(2.6)
     finally:
         await store.close()
 

@@ -47,7 +47,8 @@ async def test_node_hours_across_midnight_and_the_dst_night(store: SqliteStore) 
     assert (d1["always_on_node_hours"], d1["always_on_cost"], d1["changes"]) == (48.0, 120.0, 1)
     assert rep["total"] == {"node_hours": 49.0, "cost": 122.5, "always_on_node_hours": 56.0,
                             "always_on_cost": 140.0, "saving_ratio": round(1 - 49 / 56, 4),
-                            "unobserved_hours": 0.0, "unobserved_node_hours": 0.0}
+                            "unobserved_hours": 0.0, "unobserved_node_hours": 0.0,
+                            "stopped_vm_hours": 0.0, "stopped_vm_cost": None}
     assert rep["always_on_nodes"] == 4
 
 

@@ -211,6 +211,7 @@ DEPLOYMENTS = {
     "scaling with another resource group and App Service authentication": {
         "hubApiUrl": "https://hub.example.org/hub/api", "scaleEnabled": True, "aksResourceGroup": "rg-aks",
         "aksClusterName": "aks", "gpuProfiles": ["gpu", "ml:accelerator=t4"], "pricePerNodeHour": "1.25",
+        "stoppedVmPricePerHour": "0.04",
         "appServiceAuth": True},
 }
 

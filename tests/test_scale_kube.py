@@ -190,6 +190,48 @@ async def test_stopped_vms_of_a_deallocate_pool_are_left_alone(world: dict[str, 
     assert kube.node_obj("gpu-2")["spec"]["unschedulable"] is False  # not even cordoned
 
 
+@pytest.mark.parametrize("mode", ["Deallocate", "Delete"])
+async def test_the_cost_report_counts_a_deallocate_pools_stopped_vms_apart(world: dict[str, Any], mode: str) -> None:
+    """Azure bills a stopped VM's managed disks: the cost report counts the stopped VM-hours of a
+    Deallocate pool apart from the node-hours (no compute billed), and prices them with
+    scale.stopped_vm_price_per_hour. Observed each run: two stopped VMs for an hour, then one (its
+    VM deleted) for an hour. A Delete pool keeps no stopped VM: nothing recorded, nothing counted."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    arm.pools["gpu"]["scaleDownMode"] = mode
+    kube.node("gpu-0")
+    kube.pod("alice", "gpu-0")
+    if mode == "Deallocate":
+        for stopped in ("gpu-1", "gpu-2"):  # stopped VMs keep their nodes, NotReady, outside the count
+            kube.node(stopped, ready=False)
+    cap, runner = capability(world)
+    start = world["clock"]["now"]
+    for minutes in range(0, 121, 10):
+        world["clock"]["now"] = start + timedelta(minutes=minutes)
+        if minutes == 60 and mode == "Deallocate":
+            del kube.k.objects["v1/nodes", None, "gpu-2"]  # its VM deleted: one stopped VM left
+        rec = await runner.run(cap, trigger="timer", actor="test")
+        assert rec.outcome is Outcome.APPLIED and rec.plan is not None and rec.plan.empty, rec.render()
+    rep = await cost_report(world["store"], now=start + timedelta(hours=2), days=1, price=2.0, currency="EUR",
+                            stopped_price=0.05)
+    day = rep.days[-1]
+    assert day.node_hours == pytest.approx(2.0)  # gpu-0, running
+    if mode == "Delete":
+        assert day.stopped_vm_hours == 0 and await world["store"].list("scale/stopped/") == {}
+        assert not any("stopped VMs" in n for n in rep.notes()) and "stopped h" not in rep.render()
+        return
+    assert day.stopped_vm_hours == pytest.approx(3.0)  # 2 VMs x 1 h + 1 VM x 1 h
+    assert day.stopped_vm_cost == pytest.approx(0.15)
+    total = rep.to_json()["total"]
+    assert (total["stopped_vm_hours"], total["stopped_vm_cost"], total["cost"]) == (3.0, 0.15, 4.0)
+    assert any("stopped VMs of the pool" in n and "3.00 VM-hours" in n for n in rep.notes()), rep.notes()
+    assert "stopped h" in rep.render().splitlines()[0]
+    unpriced = await cost_report(world["store"], now=start + timedelta(hours=2), days=1, price=2.0, currency="EUR")
+    assert unpriced.days[-1].stopped_vm_cost is None
+    assert any("set scale.stopped_vm_price_per_hour" in n for n in unpriced.notes())
+
+
 async def past_the_idle_limit(w: dict[str, Any], *, busy: str = "gpu-0", empty: str = "gpu-1",
                               mode: str = "Deallocate") -> tuple[ScaleCapability, Runner[Any]]:
     """A pool of two nodes: ``busy`` runs alice, ``empty`` has stood empty past the idle limit."""

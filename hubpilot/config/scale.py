@@ -224,7 +224,11 @@ class ScaleSettings(Section):
     price_per_node_hour: float = Field(
         0.0, ge=0, allow_inf_nan=False, description="Price of one GPU node-hour (cost report; 0: not set, the "
         "report gives node-hours only). The report prices every day at the current value.")
-    currency: str = Field("USD", description="Currency of price_per_node_hour.")
+    stopped_vm_price_per_hour: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="What a stopped VM of a Deallocate pool costs an hour: its "
+        "managed disks, which Azure bills while the VM is stopped (cost report; 0: not set, the report gives "
+        "the stopped VM-hours only).")
+    currency: str = Field("USD", description="Currency of price_per_node_hour and stopped_vm_price_per_hour.")
     # ARM client behaviour
     lro_wait_seconds: float = Field(
         45.0, ge=0, le=3600, description="Wait this long for an ARM operation, then report it pending."

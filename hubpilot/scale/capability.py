@@ -18,7 +18,7 @@ from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.hub import Hub, HubError, HubUser, StopResult
 from hubpilot.ports.pool import Pool, PoolOutcome, PoolResult
 from hubpilot.ports.store import ConflictError, StateStore, StoreError
-from hubpilot.scale.cost import DEFAULT_GAP, record_size
+from hubpilot.scale.cost import DEFAULT_GAP, STOPPED, record_size
 from hubpilot.scale.forecast import Forecast, learn
 from hubpilot.scale.plan import (
     OPERATION,
@@ -171,6 +171,10 @@ class ScaleCapability:
                 unrecorded.append(f"{source} {count}: {exc}")
 
         await record(at, running, "observed", observed=self.observed_gap)
+        if deallocates(observed.pool):  # their disks are billed: the cost report counts them apart
+            whole = observed.pool.power_state.lower() == "stopped"  # the pool stopped: all its VMs are
+            stopped = int(plan.facts.get("stopped") or 0) + (present if whole else 0)
+            await record(at, stopped, "observed", series=STOPPED)
         results = await run_actions(plan.actions, self._perform_for(observed), concurrency=1,
                                     progress=progress)
         memory = Memory.from_json(plan.facts.get("memory")) if plan.facts.get("memory") else observed.memory

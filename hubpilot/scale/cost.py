@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,7 +15,10 @@ from hubpilot.ports.store import ConflictError, StateStore, StoreError
 
 log = logging.getLogger(__name__)
 
-SIZES_KEY = "scale/sizes/{day}"
+SIZES = "sizes"  # the pool's running size (its count): GPU node-hours
+STOPPED = "stopped"  # a Deallocate pool's stopped VMs: their managed disks are billed while stopped
+SERIES_KEY = "scale/{series}/{day}"
+SIZES_KEY = SERIES_KEY.replace("{series}", SIZES)
 
 
 OBSERVATION_SLACK = timedelta(minutes=5)
@@ -44,6 +47,10 @@ class DayCost:
     partial: bool = False  # today: counted until now
     unobserved_hours: float = 0.0  # hours (from the first record on) hubpilot did not observe the pool
     unobserved_node_hours: float = 0.0  # the part of node_hours assumed: the last observed size held
+    # a Deallocate pool's stopped VMs: not in node_hours (no compute billed), but their managed
+    # disks are billed; the cost is None without scale.stopped_vm_price_per_hour
+    stopped_vm_hours: float = 0.0
+    stopped_vm_cost: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +60,7 @@ class DayCost:
             "always_on_cost": _money(self.always_on_cost), "changes": self.changes,
             "unobserved_hours": round(self.unobserved_hours, 3),
             "unobserved_node_hours": round(self.unobserved_node_hours, 3),
+            "stopped_vm_hours": round(self.stopped_vm_hours, 3), "stopped_vm_cost": _money(self.stopped_vm_cost),
         }
 
 
@@ -76,6 +84,11 @@ class CostReport:
     # period; None: none): the hours before count no node-hours, and no always-on hours
     recorded_from: datetime | None = None
     period_start: datetime | None = None
+    stopped_vm_price_per_hour: float | None = None  # None: not set
+
+    @property
+    def stopped_vm_hours(self) -> float:
+        return sum(d.stopped_vm_hours for d in self.days)
 
     def _cost(self, hours: float) -> float | None:
         return None if self.price_per_node_hour is None else hours * self.price_per_node_hour
@@ -107,6 +120,14 @@ class CostReport:
             out.append(f"observation times are recorded from {self.observed_from.isoformat()} on (earlier history "
                        "is of a version that did not record them): before then the hours hubpilot did not observe "
                        "the pool are not known, reported as 0")
+        if self.stopped_vm_hours:
+            priced = ("not priced: set scale.stopped_vm_price_per_hour (what a stopped VM's managed disks cost "
+                      "an hour)" if self.stopped_vm_price_per_hour is None else
+                      f"priced at today's scale.stopped_vm_price_per_hour ({self.stopped_vm_price_per_hour:g} "
+                      f"{self.currency})")
+            out.append(f"stopped VMs of the pool (scale-down mode Deallocate): {self.stopped_vm_hours:.2f} VM-hours, "
+                       "not in the node-hours (no compute is billed) nor in the always-on comparison, but Azure "
+                       f"bills their managed disks while they are stopped; {priced}")
         gaps = sum(d.unobserved_hours for d in self.days)
         if gaps:
             assumed = sum(d.unobserved_node_hours for d in self.days)
@@ -119,6 +140,7 @@ class CostReport:
         always = sum(d.always_on_node_hours for d in self.days)
         return {
             "currency": self.currency, "price_per_node_hour": self.price_per_node_hour,
+            "stopped_vm_price_per_hour": self.stopped_vm_price_per_hour,
             "timezone": self.timezone,
             "observed_from": self.observed_from.isoformat() if self.observed_from else None,
             "recorded_from": self.recorded_from.isoformat() if self.recorded_from else None,
@@ -131,6 +153,9 @@ class CostReport:
                 "saving_ratio": round(1 - total / always, 4) if always else None,
                 "unobserved_hours": round(sum(d.unobserved_hours for d in self.days), 3),
                 "unobserved_node_hours": round(sum(d.unobserved_node_hours for d in self.days), 3),
+                "stopped_vm_hours": round(self.stopped_vm_hours, 3),
+                "stopped_vm_cost": _money(None if self.stopped_vm_price_per_hour is None
+                                          else self.stopped_vm_hours * self.stopped_vm_price_per_hour),
             },
             "notes": self.notes(),
         }
@@ -139,16 +164,24 @@ class CostReport:
         def money(v: float | None) -> str:
             return "-" if v is None else f"{v:.2f}"
 
+        stopped = bool(self.stopped_vm_hours)  # the columns of a Deallocate pool's stopped VMs
+
+        def vms(hours: float, cost: float | None) -> str:
+            return f"{hours:>11.2f}{money(cost):>14}" if stopped else ""
+
         lines = [f"{'date':<12}{'hours':>7}{'node-h':>9}{'cost':>10}{'peak':>6}{'always-on h':>13}"
-                 f"{'always-on':>11}{'unobserved h':>14}"]
+                 f"{'always-on':>11}{'unobserved h':>14}"
+                 + (f"{'stopped h':>11}{'stopped cost':>14}" if stopped else "")]
         for d in self.days:
             lines.append(f"{d.day.isoformat() + ('*' if d.partial else ''):<12}{d.hours:>7.2f}{d.node_hours:>9.2f}"
                          f"{money(d.cost):>10}{d.peak:>6}{d.always_on_node_hours:>13.2f}"
-                         f"{money(d.always_on_cost):>11}{d.unobserved_hours:>14.2f}")
+                         f"{money(d.always_on_cost):>11}{d.unobserved_hours:>14.2f}"
+                         + vms(d.stopped_vm_hours, d.stopped_vm_cost))
         t = self.to_json()["total"]
         lines.append(f"{'total':<12}{'':>7}{t['node_hours']:>9.2f}{money(t['cost']):>10}{'':>6}"
                      f"{t['always_on_node_hours']:>13.2f}{money(t['always_on_cost']):>11}"
-                     f"{t['unobserved_hours']:>14.2f}  ({self.currency})")
+                     f"{t['unobserved_hours']:>14.2f}" + vms(t["stopped_vm_hours"], t["stopped_vm_cost"])
+                     + f"  ({self.currency})")
         lines += [f"note: {n}" for n in self.notes()]
         return "\n".join(lines)
 
@@ -256,7 +289,7 @@ def day_costs(points: Sequence[tuple[datetime, int]], days: Sequence[date], *, p
 
 
 async def record_size(store: StateStore, at: datetime, count: int, *, source: str,
-                      observed: timedelta | None = None, seconds: float = 10.0) -> bool:
+                      observed: timedelta | None = None, seconds: float = 10.0, series: str = SIZES) -> bool:
     """Append a size change point unless the size in force at ``at`` is already ``count``.
     Idempotent; safe to run concurrently (the day's document is written with its etag).
 
@@ -265,10 +298,13 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
     not observe. Returns whether a change point was appended.
 
     A conditional write that loses to another writer reads and merges again, with a growing pause,
-    for up to ``seconds``; it never overwrites what the other wrote."""
+    for up to ``seconds``; it never overwrites what the other wrote.
+
+    ``series``: which history: the pool's size (``SIZES``) or its stopped VMs (``STOPPED``), each
+    kept the same way in its own documents."""
     at = at.astimezone(UTC)
     day = at.date()
-    key = SIZES_KEY.format(day=day.isoformat())
+    key = SERIES_KEY.format(series=series, day=day.isoformat())
     pause = ConflictPause(seconds)
     while True:
         got = await store.get_with_etag(key)
@@ -279,14 +315,14 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
         earlier = [p for p in parsed if p[0] <= at]
         start = _start(doc)  # the size in force when the day began, kept since the day's first record
         if start is None and (not got or not earlier):
-            start = await last_size(store, day - timedelta(days=1))
+            start = await last_size(store, day - timedelta(days=1), series=series)
         last = earlier[-1][1] if earlier else start
         change = last is None or last != count
         seen = _spans(doc.get("seen"), key)
         if observed is not None:
             seen = merge_spans([*seen, (at, at)], observed)
-        elif not change:
-            return False
+        elif not change and got:  # (a day's first record writes its document: the next ones need
+            return False  # not walk back for the size the day began with)
         if change:
             points = _with_point(points, [at.isoformat(), count, source], at, count)
         new = {**doc, "points": points}
@@ -303,27 +339,28 @@ async def record_size(store: StateStore, at: datetime, count: int, *, source: st
                 break
             continue
         if change and len(earlier) == len(parsed):  # the day's last point: the size it ends with
-            await _next_day_begins(store, day + timedelta(days=1), count, seconds)
+            await _next_day_begins(store, day + timedelta(days=1), count, seconds, series)
         if not got and start is not None:  # a late record of the day before may have landed since
-            await _next_day_begins(store, day, None, seconds)
+            await _next_day_begins(store, day, None, seconds, series)
         return change
     log.warning("the size history %s was written by others %d times in a row within %g s: %s at %s not recorded",
                 key, pause.conflicts, seconds, count, at.isoformat())
     return False
 
 
-async def _next_day_begins(store: StateStore, day: date, size: int | None, seconds: float) -> None:
+async def _next_day_begins(store: StateStore, day: date, size: int | None, seconds: float,
+                           series: str = SIZES) -> None:
     """The day document of ``day``, when it exists, begins with ``size`` (None: the size the day
     before ends with, as ``last_size`` finds it), which a record of the day before that arrived
     late (after ``day``'s first record read it) has changed. The observations of
     ``day`` before its first point saw the size it began with until now: that becomes a point at
     the first of them. Otherwise a first point of ``size`` is no change any more and is dropped.
     Idempotent; conditional writes, as ``record_size``."""
-    key = SIZES_KEY.format(day=day.isoformat())
+    key = SERIES_KEY.format(series=series, day=day.isoformat())
     pause = ConflictPause(seconds)
     while True:
         try:
-            if size is None and (size := await last_size(store, day - timedelta(days=1))) is None:
+            if size is None and (size := await last_size(store, day - timedelta(days=1), series=series)) is None:
                 return
             got = await store.get_with_etag(key)
             if not got:
@@ -392,21 +429,23 @@ def _spans(value: Any, key: str) -> list[Span]:
 LOOKBACK_DAYS = 31  # days looked back for the size in force before a day without a record
 
 
-async def last_size(store: StateStore, day: date, lookback_days: int = LOOKBACK_DAYS) -> int | None:
+async def last_size(store: StateStore, day: date, lookback_days: int = LOOKBACK_DAYS, *,
+                    series: str = SIZES) -> int | None:
     """The size in force at the end of the UTC ``day``: its last change point, else the size it
     began with (``start``), else the same of the days before (up to ``lookback_days``)."""
-    async for d, key, doc in _walk_back(store, day, lookback_days):
+    async for d, key, doc in _walk_back(store, day, lookback_days, series):
         found = _in_force(doc, d, key)
         if found:
             return found[-1][1]
     return None
 
 
-async def _walk_back(store: StateStore, day: date, days: int) -> AsyncIterator[tuple[date, str, dict[str, Any]]]:
+async def _walk_back(store: StateStore, day: date, days: int,
+                     series: str = SIZES) -> AsyncIterator[tuple[date, str, dict[str, Any]]]:
     """The day documents of ``day`` and the ``days - 1`` days before it, newest first ({} when none)."""
     for i in range(days):
         d = day - timedelta(days=i)
-        key = SIZES_KEY.format(day=d.isoformat())
+        key = SERIES_KEY.format(series=series, day=d.isoformat())
         yield d, key, await store.get(key) or {}
 
 
@@ -441,9 +480,9 @@ def _parsed(points: Any, key: str) -> list[tuple[datetime, int]]:
 READ_CONCURRENCY = 16  # day documents read at once
 
 
-async def _day_docs(store: StateStore, days: Sequence[date]) -> list[tuple[str, dict[str, Any]]]:
+async def _day_docs(store: StateStore, days: Sequence[date], series: str = SIZES) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
-    keys = [SIZES_KEY.format(day=d.isoformat()) for d in days]
+    keys = [SERIES_KEY.format(series=series, day=d.isoformat()) for d in days]
     for i in range(0, len(keys), READ_CONCURRENCY):
         chunk = keys[i:i + READ_CONCURRENCY]
         docs = await asyncio.gather(*(store.get(k) for k in chunk))
@@ -451,7 +490,7 @@ async def _day_docs(store: StateStore, days: Sequence[date]) -> list[tuple[str, 
     return out
 
 
-async def read_points(store: StateStore, since: datetime, until: date
+async def read_points(store: StateStore, since: datetime, until: date, series: str = SIZES
                       ) -> tuple[list[tuple[datetime, int]], list[Span]]:
     """The recorded change points from the last one before ``since`` through the UTC day ``until``,
     and the observation spans of those days. Reads the days of the period (and the one before),
@@ -460,7 +499,7 @@ async def read_points(store: StateStore, since: datetime, until: date
     spans of the document that holds that size come along: hubpilot not running since before the
     period is time it did not observe (without them the period would start as if observed)."""
     first = since.astimezone(UTC).date() - timedelta(days=1)
-    docs = await _day_docs(store, [first + timedelta(days=i) for i in range((until - first).days + 1)])
+    docs = await _day_docs(store, [first + timedelta(days=i) for i in range((until - first).days + 1)], series)
     pts: list[tuple[datetime, int]] = []
     spans: list[Span] = []
     starts: list[tuple[datetime, int]] = []  # the size each day began with, at its 00:00 UTC
@@ -476,14 +515,14 @@ async def read_points(store: StateStore, since: datetime, until: date
     # LOOKBACK_DAYS when that day was first recorded), whose observation spans are needed too
     carried = [] if earlier else sorted(p for p in starts if p[0] <= since)
     if not earlier:
-        async for d, key, doc in _walk_back(store, first - timedelta(days=1), LOOKBACK_DAYS - 1):
+        async for d, key, doc in _walk_back(store, first - timedelta(days=1), LOOKBACK_DAYS - 1, series):
             spans += _spans(doc.get("seen"), key)
             earlier = _in_force(doc, d, key)
             if earlier:
                 break
         earlier = carried or earlier
     if not earlier:  # a month without a record: the whole history, once
-        for key, doc in (await store.list("scale/sizes/")).items():
+        for key, doc in (await store.list(f"scale/{series}/")).items():
             if key.rsplit("/", 1)[-1] < first.isoformat():
                 earlier += _parsed(doc.get("points"), key)
                 spans += _spans(doc.get("seen"), key)
@@ -493,12 +532,13 @@ async def read_points(store: StateStore, since: datetime, until: date
 
 async def cost_report(store: StateStore, *, now: datetime, days: int, price: float | None, currency: str,
                       always_on_nodes: int | None = None, timezone: str = "UTC",
-                      gap: timedelta = DEFAULT_GAP) -> CostReport:
+                      gap: timedelta = DEFAULT_GAP, stopped_price: float | None = None) -> CostReport:
     """GPU node-hours and cost per day in ``timezone`` for the last ``days`` days (today included).
 
     ``price``: None or 0 means not set (node-hours only). ``always_on_nodes``: size of the
     always-on pool to compare with; default the peak recorded. ``gap``: how long after an
-    observation the next one is due (see :func:`observation_gap`).
+    observation the next one is due (see :func:`observation_gap`). ``stopped_price``: what a
+    stopped VM of a Deallocate pool costs an hour (its managed disks; None or 0: not set).
     """
     if isinstance(days, bool) or not isinstance(days, int) or days < 1 or days > 366:
         raise ValueError(f"days must be a whole number between 1 and 366, not {days!r}")
@@ -514,7 +554,14 @@ async def cost_report(store: StateStore, *, now: datetime, days: int, price: flo
     observed_from = spans[0][0] if spans else None
     known = max(since, points[0][0]) if points else None  # the recorded sizes count from here
     untracked = known is not None and known < now and (observed_from is None or observed_from > known)
-    return CostReport(tuple(day_costs(points, dlist, price=unit, always_on_nodes=size, until=now, tz=tz,
-                                      spans=spans, gap=gap)),
-                      unit, currency, size, timezone, "peak" if always_on_nodes is None else "given",
-                      observed_from, untracked, points[0][0] if points else None, since)
+    rows = day_costs(points, dlist, price=unit, always_on_nodes=size, until=now, tz=tz, spans=spans, gap=gap)
+    # a Deallocate pool's stopped VMs, recorded apart (none recorded: a Delete pool, or none stopped)
+    stopped, _ = await read_points(store, since, now.astimezone(UTC).date(), STOPPED)
+    vm_unit = stopped_price or None
+    if stopped:
+        vm_rows = {r.day: r.node_hours for r in day_costs(stopped, dlist, price=None, always_on_nodes=0,
+                                                          until=now, tz=tz)}
+        rows = [replace(r, stopped_vm_hours=vm_rows.get(r.day, 0.0),
+                        stopped_vm_cost=None if vm_unit is None else vm_rows.get(r.day, 0.0) * vm_unit) for r in rows]
+    return CostReport(tuple(rows), unit, currency, size, timezone, "peak" if always_on_nodes is None else "given",
+                      observed_from, untracked, points[0][0] if points else None, since, vm_unit)

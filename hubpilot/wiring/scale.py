@@ -167,7 +167,7 @@ async def report(ctx: Context, *, days: int, always_on_nodes: int | None = None)
     s = ctx.settings.scale
     return await _cost_report(ctx.store, now=ctx.clock(), days=days, price=s.price_per_node_hour,
                               currency=s.currency, always_on_nodes=always_on_nodes, timezone=s.timezone,
-                              gap=observed_gap(s))
+                              gap=observed_gap(s), stopped_price=s.stopped_vm_price_per_hour)
 
 
 async def cost_report(ctx: Context, *, days: int = 7, as_json: bool = False, out: TextIO,

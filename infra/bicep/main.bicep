@@ -167,6 +167,9 @@ param gpuProfiles array = []
 @description('Price of one GPU node-hour for the cost report (scale.price_per_node_hour), a decimal number as text.')
 param pricePerNodeHour string = '0'
 
+@description('What a stopped VM of a Deallocate GPU pool costs an hour (its managed disks) for the cost report (scale.stopped_vm_price_per_hour), a decimal number as text.')
+param stoppedVmPricePerHour string = '0'
+
 @description('Grant the Kubernetes rights (list/cordon nodes, list pods) through Azure RBAC for Kubernetes authorization. false: bind them with a Kubernetes ClusterRoleBinding instead (README).')
 param aksAzureRbac bool = true
 
@@ -437,6 +440,7 @@ var scaleSettings = scaleEnabled ? {
   HUBPILOT_SCALE__AUTHORITY: loginEndpoint
   HUBPILOT_SCALE__KUBE_AUTH: 'entra'
   HUBPILOT_SCALE__PRICE_PER_NODE_HOUR: pricePerNodeHour
+  HUBPILOT_SCALE__STOPPED_VM_PRICE_PER_HOUR: stoppedVmPricePerHour
 } : {
   // without scaling the timer would still wake the app every minute (and bill an execution) only
   // to find scale.enabled off: the host's documented per-function switch keeps it from firing

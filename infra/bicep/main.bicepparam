@@ -42,4 +42,5 @@ param gpuProfiles = [
   'gpu-t4'
 ]
 param pricePerNodeHour = '0.90'
+param stoppedVmPricePerHour = '0.03'
 param aksAzureRbac = true
