@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
+from hubpilot.audit import about, read_audit_about
 from hubpilot.loop import ExitCode, LockHeld, RunRecord, UnknownPlan
 from hubpilot.ports.store import StoreError
 from hubpilot.settings import Settings, SettingsError, defaults_note, load_settings, settings_reference
@@ -145,12 +146,23 @@ async def _status(ctx: Context, as_json: bool, out: TextIO) -> int:
 
 
 async def _audit(ctx: Context, limit: int, operation: str | None, since: datetime | None, as_json: bool,
-                 out: TextIO, cursor: str | None = None) -> int:
-    entries, cursor = await ctx.store.read_audit(
-        since=since, operation=operation, limit=limit, cursor=cursor
-    )
+                 out: TextIO, cursor: str | None = None, user: str | None = None) -> int:
+    scanned = None
+    if user is not None:
+        try:
+            entries, cursor, scanned = await read_audit_about(ctx.store, user, since=since, operation=operation,
+                                                              limit=limit, cursor=cursor)
+        except ValueError as exc:
+            out.write(f"hubpilot audit: --cursor: {exc}: give the cursor the previous page of this search ended "
+                      "with\n")
+            return int(ExitCode.USAGE)
+    else:
+        entries, cursor = await ctx.store.read_audit(
+            since=since, operation=operation, limit=limit, cursor=cursor
+        )
     if as_json:
-        json.dump({"entries": entries, "cursor": cursor}, out, indent=2)
+        json.dump({"entries": entries, "cursor": cursor} | ({"scanned": scanned} if user is not None else {}),
+                  out, indent=2)
         out.write("\n")
     else:
         for e in entries:
@@ -158,9 +170,19 @@ async def _audit(ctx: Context, limit: int, operation: str | None, since: datetim
             out.write(f"{e.get('at')} {e.get('operation')} {e.get('outcome')} "
                       f"trigger={e.get('trigger')} actor={e.get('actor')} plan={e.get('plan_id')} "
                       f"{json.dumps(counts) if counts else ''}\n")
+            for line in about(e, user) if user is not None else []:
+                out.write(f"    {line}\n")
+        if user is not None and not entries:
+            out.write(f"no entry names {user} among the {scanned} read\n")
         if cursor:
             out.write(f"more: the same command with --cursor {cursor}\n")
     return int(ExitCode.OK)
+
+
+def _hub_name(text: str) -> str:
+    if not text or len(text) > 255 or any(c.isspace() or c == "/" for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a hub user name (1-255 characters, no space or '/')")
+    return text
 
 
 def _int_between(low: int, high: int) -> Callable[[str], int]:
@@ -246,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "graph-subscriptions)")
     p.add_argument("--since", type=_iso_time, help="ISO time (UTC when no offset is given)")
     p.add_argument("--cursor", help="the cursor the previous page ended with: the next page")
+    p.add_argument("--user", type=_hub_name, help="only entries that name this hub user, with what each says "
+                   "about them (what happened to them and why; reads at most 2000 entries a page)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = command("serve", "the admin API and every schedule, in one process")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -302,7 +326,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         if c == "status":
             return _status(ctx, args.json, out)
         if c == "audit":
-            return _audit(ctx, args.limit, args.operation, args.since, args.json, out, args.cursor)
+            return _audit(ctx, args.limit, args.operation, args.since, args.json, out, args.cursor, args.user)
         if c == "cost":
             from hubpilot.wiring.scale import cost_report
 

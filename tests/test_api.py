@@ -329,7 +329,7 @@ async def test_audit_pages_filters_and_rejects_a_bad_cursor(api: Api) -> None:
     assert {e["operation"] for e in page["entries"] + nxt["entries"]} == {"sync"}
     later = (await api.client.get("/api/v1/audit", params={"since": "2999-01-01T00:00:00"},
                                   headers=READER)).json()
-    assert later == {"entries": [], "next_cursor": None}
+    assert later == {"entries": [], "next_cursor": None, "scanned": None}  # scanned: with user only
     bad = await api.client.get("/api/v1/audit?cursor=nonsense", headers=READER)
     assert bad.status_code == 400 and "cursor" in bad.json()["detail"]
     huge = await api.client.get("/api/v1/audit?cursor=99999999999999999999999:1", headers=READER)

@@ -30,6 +30,7 @@ from hubpilot.api.auth import HEAD_SCOPE_KEY, Principal, require_role, shown_met
 from hubpilot.api.deps import ContextHolder, ContextSource, get_context
 from hubpilot.api.runs import QueueUnavailable, operation_status, read_run, start_run, wait_for_run
 from hubpilot.api.scheduling import configured_schedules, skip_reason
+from hubpilot.audit import read_audit_about
 from hubpilot.loop import LockHeld, Outcome, RunRecord, UnknownPlan, new_run_id
 from hubpilot.ports.store import StoreError
 from hubpilot.wiring import OPERATIONS, Context, NotConfigured, UnknownOperation
@@ -171,6 +172,8 @@ class PauseOut(BaseModel):
 class AuditPage(BaseModel):
     entries: list[dict[str, Any]]
     next_cursor: str | None
+    scanned: int | None = Field(None, description="With user: the entries read for this page (at most 2000; "
+                                "go on with next_cursor).")
 
 
 class Health(BaseModel):
@@ -604,11 +607,19 @@ def create_app(context: ContextSource) -> FastAPI:
         limit: int = Query(100, ge=1, le=500, description="Entries per page."),
         cursor: str | None = Query(None, min_length=1, max_length=512, pattern=r"^[\x21-\x7e]+$",
                                    description="next_cursor of the previous page."),
+        user: str | None = Query(None, min_length=1, max_length=255, pattern=r"^[^\s/]+$",
+                                 description="Only entries that name this hub user (an action on them, a plan "
+                                 "note about them): what happened to them and why. Reads at most 2000 entries "
+                                 "a page: a page can hold fewer than limit and still have a next_cursor."),
         ctx: Context = Depends(get_context), _: Principal = reader,
     ) -> dict[str, Any]:
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
         try:
+            if user is not None:
+                found, after, scanned = await read_audit_about(ctx.store, user, since=since, operation=operation,
+                                                               limit=limit, cursor=cursor)
+                return {"entries": found, "next_cursor": after, "scanned": scanned}
             entries, nxt = await ctx.store.read_audit(since=since, operation=operation, limit=limit,
                                                       cursor=cursor)
         except (ValueError, KeyError, OverflowError, TypeError) as exc:
