@@ -835,3 +835,13 @@ async def test_hub_groups_sync_does_not_mirror_keep_their_members(world: World, 
         assert sorted((await admin.get(f"/users/{bob}")).json()["groups"]) == sorted([staff, prefixed])
     managed = await world.store.get(MANAGED_KEY)
     assert managed is not None and managed["users"][bob]["deprovisioned_at"]
+    # what happened to bob, from the audit log of these real runs: created, then taken out and deprovisioned
+    from hubpilot.audit import about, read_audit_about
+
+    entries, cursor, _ = await read_audit_about(world.store, bob)
+    said = [about(e, bob) for e in entries]
+    assert cursor is None and len(entries) == 2, said  # the empty run in between does not name him
+    assert f"remove_from_group {world.prefix}analysts: done ({bob} is no longer a member of the directory group)" \
+        in said[0], said
+    assert f"deprovision {bob}: done (no longer in any synced directory group)" in said[0], said
+    assert f"create_user {bob}: done" in [line.split(" (")[0] for line in said[1]], said
