@@ -60,4 +60,5 @@ def _on_this_host(ctx: Context) -> Context:
     from hubpilot.api.scheduling import ENTRA_SUBSCRIPTIONS
 
     ctx.host_schedules = {ENTRA_SUBSCRIPTIONS: SUBSCRIPTION_SCHEDULE}
+    ctx.fires_schedules = True  # its timers
     return ctx

@@ -252,6 +252,7 @@ class Server:
                                      log_level=settings.log_level.lower(), access_log=False)
         self.uvicorn = _Uvicorn(self.config)
         self.with_schedules = settings.api.serve_schedules if schedules is None else schedules
+        self.ctx.fires_schedules = self.with_schedules  # GET /status says whether this host fires them
         self.scheduler = Scheduler(self.ctx)
         self.shutdown_grace = SHUTDOWN_GRACE_SECONDS
         self.draining = asyncio.Event()  # set when shutdown begins

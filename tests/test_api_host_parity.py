@@ -474,9 +474,12 @@ def subscription_timer_aside(fn: Answer, served: Answer) -> tuple[Answer, Answer
     assert [(e["expression"], e["app_setting"]) for e in fn_entry] == [("0 5 * * * *", None)], fn_entry
     assert [(e["expression"], e["app_setting"]) for e in served_entry] == [
         ("0 0 */6 * * *", "HUBPILOT_DIRECTORY__ENTRA__SUBSCRIPTION_SCHEDULE")], served_entry
+    # and the other: this serve runs with api.serve_schedules off, the Functions app fires them
+    assert {s["fired_here"] for s in bodies[0]["schedules"]} == {True}
+    assert {s["fired_here"] for s in bodies[1]["schedules"]} == {False}
     out = []
     for answer, body in zip((fn, served), bodies, strict=True):
-        body["schedules"] = [s for s in body["schedules"] if s["name"] != name]
+        body["schedules"] = [{**s, "fired_here": None} for s in body["schedules"] if s["name"] != name]
         out.append(replace(answer, body=json.dumps(body, separators=(",", ":")).encode()))
     return out[0], out[1]
 

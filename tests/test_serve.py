@@ -154,6 +154,7 @@ def test_serve_main_serves_on_loopback_and_stops_cleanly_on_sigterm(tmp_path: Pa
         status = httpx.get(f"{base}/api/v1/status", headers={"Authorization": f"Bearer {TOKENS['reader']}"})
         assert status.status_code == 200
         assert {s["name"] for s in status.json()["schedules"]} >= {"sync", "cull", "scale"}
+        assert {s["fired_here"] for s in status.json()["schedules"]} == {False}  # api.serve_schedules off
         proc.send_signal(sig)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -202,6 +203,9 @@ async def _serve_one_schedule(tmp_path: Path) -> tuple[Server, asyncio.Task[None
 
 async def test_a_scheduled_run_under_way_at_shutdown_finishes_within_the_grace(tmp_path: Path) -> None:
     server, task, ctx, worlds = await _serve_one_schedule(tmp_path)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        status = await client.get("/api/v1/status", headers={"Authorization": f"Bearer {TOKENS['reader']}"})
+    assert {s["fired_here"] for s in status.json()["schedules"]} == {True}  # this serve fires its schedules
     server.stop()  # what SIGTERM does
     await asyncio.wait_for(server.draining.wait(), 10)
     worlds["sync"].gate.set()  # the run ends after shutdown began

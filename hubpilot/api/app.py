@@ -129,6 +129,10 @@ class ScheduleOut(BaseModel):
         "a time of its own whatever the setting says (the Functions app's Graph subscription manager: hourly)."))
     next_fire: str
     runs_operation: bool
+    fired_here: bool | None = Field(description=(
+        "Whether this host fires the schedule: true on the Functions app and on hubpilot serve, false on "
+        "hubpilot serve with api.serve_schedules off (a Functions app on the same state store fires them, if "
+        "there is one: this host cannot tell); null when not known."))
     skipped: str | None = Field(
         description="Why the settings skip every round of this schedule, naming the setting (e.g. 'scale.enabled "
         "is off'): its fire times come and nothing runs; null when its rounds run.")
@@ -593,7 +597,7 @@ def create_app(context: ContextSource) -> FastAPI:
             schedules.append({
                 "name": s.name, "expression": fires.expression, "app_setting": None if fixed else s.app_setting(),
                 "next_fire": fires.next_fire(now).isoformat(), "runs_operation": s.runnable,
-                "skipped": skip_reason(ctx, s)})
+                "fired_here": ctx.fires_schedules, "skipped": skip_reason(ctx, s)})
         return {"now": now.isoformat(), "version": __version__, "run_mode": ctx.settings.api.run_mode,
                 "operations": ops, "schedules": schedules}
 

@@ -77,6 +77,9 @@ class Context:
     # schedules this host runs at a time of its own, whatever their setting says (dotted setting →
     # NCRONTAB): the Functions app's subscription manager is an hourly timer; GET /status shows it
     host_schedules: dict[str, str] = field(default_factory=dict)
+    # whether this host fires the schedules: the Functions app does, hubpilot serve unless
+    # api.serve_schedules is off; None: not known (a context of its own, the CLI)
+    fires_schedules: bool | None = None
     # App Service injects WEBSITE_AUTH_ENABLED=True when its authentication fronts the app; only
     # then does it strip and set X-MS-CLIENT-PRINCIPAL (elsewhere any caller could send one)
     platform_auth: bool = field(
