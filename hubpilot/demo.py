@@ -243,6 +243,7 @@ async def _demo_in(workdir: Path, ldap: bool, port: int, wait: bool) -> int:
         _say(f"  $ {cli} sync --dry-run")
         _say(f"  $ {cli} cull --dry-run")
         _say(f"  $ {cli} audit --limit 5")
+        _say(f"  $ {cli} audit --user {doc['people'][leaver]['username']}   # what happened to {leaver}, and why")
         _say(f"  $ curl -H 'Authorization: Bearer {api_token}' http://127.0.0.1:{api_port}/api/v1/plan/sync")
         if ldap:  # erin leaves gpu-users: the next sync deprovisions her
             ld = directory["ldap"]

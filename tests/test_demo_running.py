@@ -114,6 +114,9 @@ def test_every_command_the_demo_prints_acts_on_the_running_demo(demo: Demo) -> N
             assert "last run" in sync and "applied" in sync, done.stdout
         elif " sync --dry-run" in command or " cull --dry-run" in command:
             assert "planned (dry-run)" in done.stdout, done.stdout
+        elif " audit --user" in command:  # what happened to the leaver: taken out, not deleted
+            assert "sync applied trigger=demo" in done.stdout and ": done (no longer in any synced directory group)" \
+                in done.stdout and "    deprovision " in done.stdout, done.stdout
         elif " audit" in command:
             assert "sync applied trigger=demo" in done.stdout, done.stdout
         elif command.startswith("curl "):
