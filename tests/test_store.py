@@ -458,6 +458,15 @@ async def test_prune_deletes_only_old_documents_under_the_prefix(store: StateSto
     assert set(await store.list(f"{root}/")) == {f"{root}/runs-other/x", f"{root}/last_run/sync"}
     with pytest.raises(ValueError, match="prefix"):
         await store.prune("", later)
+    # the same refusals on both stores (SQLite read a limit below 1 as none; Azure raised a bare
+    # TypeError for a naive time, or deleted nothing when no document was old)
+    await store.put(f"{root}/runs/c", {"k": "c"})
+    for limit in (0, -1):
+        with pytest.raises(ValueError, match="limit"):
+            await store.prune(f"{root}/runs/", later + timedelta(minutes=1), limit=limit)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.prune(f"{root}/runs/", (later + timedelta(minutes=1)).replace(tzinfo=None))
+    assert set(await store.list(f"{root}/runs/")) == {f"{root}/runs/c"}
 
 
 async def test_sqlite_prune_judges_a_rewritten_document_by_its_last_write(tmp_path: Path) -> None:

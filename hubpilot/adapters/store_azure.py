@@ -54,7 +54,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, ExponentialRetry
 
 from hubpilot.adapters.store_common import audit_time as _audit_time
-from hubpilot.adapters.store_common import check_key, check_limit
+from hubpilot.adapters.store_common import check_key, check_limit, check_prune
 from hubpilot.adapters.store_common import dump_json as _dump
 from hubpilot.adapters.store_common import from_micros as _from_micros
 from hubpilot.adapters.store_common import load_json as _load
@@ -559,8 +559,7 @@ class AzureStore:
                     raise ConflictError(f"document {key!r} changed (expected etag {if_match}): not deleted") from None
 
     async def prune(self, prefix: str, before: datetime, *, limit: int = 5000) -> int:
-        if not prefix:
-            raise ValueError("prune needs a key prefix")
+        check_prune(prefix, before, limit)
         await self._ensure()
         old: list[tuple[str, str]] = []
         with _errors(f"list documents under {prefix!r}"):

@@ -42,6 +42,16 @@ def to_micros(when: datetime, what: str = "time") -> int:
     return (when - _EPOCH) // timedelta(microseconds=1)
 
 
+def check_prune(prefix: str, before: datetime, limit: int) -> None:
+    """What every store's ``prune`` refuses: no prefix (the whole store), a naive time, a limit
+    below 1 (SQLite would read a negative LIMIT as none at all)."""
+    if not prefix:
+        raise ValueError("prune needs a key prefix")
+    to_micros(before, "prune's before")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"prune's limit must be a whole number of at least 1, got {limit!r}")
+
+
 def from_micros(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 

@@ -26,6 +26,7 @@ from hubpilot.adapters.store_common import (
     audit_time,
     check_key,
     check_limit,
+    check_prune,
     dump_json,
     from_micros,
     load_json,
@@ -323,8 +324,7 @@ class SqliteStore:
         return {key: load_json(text, f"document {key!r}") for key, text in rows}
 
     async def prune(self, prefix: str, before: datetime, *, limit: int = 5000) -> int:
-        if not prefix:
-            raise ValueError("prune needs a key prefix")
+        check_prune(prefix, before, limit)
         cutoff = to_micros(before)
 
         def work(conn: sqlite3.Connection) -> int:
