@@ -1,7 +1,9 @@
 """``HubClient``: the JupyterHub REST API (5.x) as :class:`hubpilot.ports.hub.Hub`.
 
 - Listing uses the hub's pagination (``Accept: application/jupyterhub-pagination+json``,
-  ``offset``/``limit``) and follows ``_pagination.next`` until it is null. A listing that shifted
+  ``offset``/``limit``) and follows ``_pagination.next`` until it is null; an answer without that
+  envelope (a plain list: the Accept header did not reach the hub) ends at the hub's page limit and
+  raises :class:`HubInvalidResponse`, never read as the whole list. A listing that shifted
   while it was read (a deletion on an earlier page) is read again after a growing pause with
   jitter (the backoff), four readings in all.
 - Connection errors, timeouts and 5xx answers are retried ``retries`` times with exponential
@@ -307,8 +309,14 @@ class HubClient:
             )
             body = await self._json(resp)
             what = f"GET {template} (offset={start})"
-            if isinstance(body, list):  # a hub without pagination support: one full list
-                return body
+            if isinstance(body, list):
+                # what JupyterHub (5, 6) answers a request whose Accept header does not name the
+                # pagination media type: the same page, offset and limit applied, without the envelope
+                raise HubInvalidResponse(
+                    f"{what}: the hub answered a plain list, not its pagination envelope ('items', "
+                    f"'_pagination'): the request's 'Accept: {PAGINATION}' did not reach it (a proxy or "
+                    "gateway in front of the hub that drops or rewrites the Accept header?); such a list "
+                    "ends at the hub's page limit, so it is not read as the whole list")
             if not isinstance(body, dict) or not isinstance(body.get("items"), list):
                 raise HubInvalidResponse(f"{what}: expected an object with an 'items' list")
             page = body["items"]
