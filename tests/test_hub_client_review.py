@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from hubpilot.adapters.hub import PAGINATION, HubClient
-from hubpilot.ports.hub import HubError, HubInvalidResponse, StopResult
+from hubpilot.ports.hub import HubError, HubInvalidResponse, StopResult, UsersNotCreated
 from tests.fixtures.hub import unique_name
 from tests.realhub import RealHub
 
@@ -160,13 +160,23 @@ c.JupyterHub.authenticator_class = FailingAddUser
 async def test_a_creation_the_authenticator_fails_is_an_error_not_a_refused_name(hub_factory) -> None:
     # The hub answers 400 "Failed to create user broken: ..." when its authenticator's add_user
     # fails: a failure to report with its reason, not a name the authenticator refuses (those
-    # are left out quietly, the others created one by one)
+    # are left out quietly, the others created one by one). The hub keeps the names before it in
+    # the request and creates none after it: the others are created one by one, every run (the
+    # failing name fails each time: it blocked the names after it for good)
     hub: RealHub = await hub_factory(extra_config=_FAILING_ADD_USER)
+    tag = unique_name("b")
+    first, last = f"{tag}-a", f"{tag}-z"
     async with HubClient(hub.api_url, hub.hubpilot_token, retries=0) as c:
-        with pytest.raises(HubError) as e:
+        with pytest.raises(UsersNotCreated) as e:
             await c.create_users(["broken"])
-    assert e.value.status == 400 and "Failed to create user broken" in str(e.value)
-    assert "quota service down" in str(e.value)
+        assert e.value.status == 400 and e.value.created == [] and e.value.failed == {
+            "broken": "home directory quota service down"}
+        assert "broken: home directory quota service down" in str(e.value)
+        with pytest.raises(UsersNotCreated) as e:
+            await c.create_users([first, "broken", last])
+        assert e.value.created == [first, last] and list(e.value.failed) == ["broken"]
+        assert await c.get_user(first) is not None and await c.get_user(last) is not None
+        assert await c.get_user("broken") is None
 
 
 async def test_a_rename_the_hub_stores_under_another_name_is_an_error(real_hub: RealHub) -> None:

@@ -845,3 +845,42 @@ async def test_hub_groups_sync_does_not_mirror_keep_their_members(world: World, 
         in said[0], said
     assert f"deprovision {bob}: done (no longer in any synced directory group)" in said[0], said
     assert f"create_user {bob}: done" in [line.split(" (")[0] for line in said[1]], said
+
+
+_FAILING_ADD_USER = '''
+from jupyterhub.auth import DummyAuthenticator
+class FailingAddUser(DummyAuthenticator):
+    async def add_user(self, user):  # provisioning somewhere fails for one person
+        if user.name.endswith("-broken"):
+            raise RuntimeError("home directory quota service down")
+        return super().add_user(user)
+c.JupyterHub.authenticator_class = FailingAddUser
+'''
+
+
+async def test_a_person_the_hubs_authenticator_fails_to_create_blocks_nobody_else(hub_factory: Any,
+                                                                                  tmp_path: Path) -> None:
+    """The hub's authenticator fails add_user for one person (every time): the hub answered the
+    whole batch 400 and created nobody after that name, run after run. The others are created and
+    put in their groups; that one create_user fails with the hub's reason, and the next run tries
+    again, without touching the others."""
+    hub: RealHub = await hub_factory(extra_config=_FAILING_ADD_USER)
+    w = World(hub, tmp_path)
+    try:
+        w.set("analysts", "alice", "broken", "zed")
+        first = await w.run()
+        assert first.outcome is Outcome.FAILED, first.render()
+        by = {(r.action.kind, r.action.target, r.action.params.get("user")): r for r in first.results}
+        broken = by[("create_user", w.user("broken"), None)]
+        assert broken.status is Status.FAILED and "home directory quota service down" in broken.detail, broken
+        assert by[("create_user", w.user("alice"), None)].status is Status.DONE
+        assert by[("create_user", w.user("zed"), None)].status is Status.DONE
+        users = (await w.hub_state())["users"]
+        assert set(users) == {w.user("alice"), w.user("zed")}
+        assert all(u["groups"] == [f"{w.prefix}analysts"] for u in users.values()), users
+        again = await w.run()
+        assert again.plan is not None and [(a.kind, a.target) for a in again.plan.actions if a.kind != "add_to_group"
+                                           ] == [("create_user", w.user("broken"))], again.render()
+        assert [r.status for r in again.results if r.action.kind == "create_user"] == [Status.FAILED]
+    finally:
+        await w.close()

@@ -49,6 +49,7 @@ from hubpilot.ports.hub import (
     HubUnreachable,
     HubUser,
     StopResult,
+    UsersNotCreated,
     current_round,
 )
 
@@ -63,6 +64,9 @@ _TOKEN_HINT = ("the hub does not know hubpilot's token: set hub.token (HUBPILOT_
 _PAGED_ATTEMPTS = 4  # readings of a listing that keeps shifting before giving up
 # POST /users's answer when the authenticator refuses a name (JupyterHub 5 and 6)
 _INVALID_NAME = re.compile(r"hub answered 400: Invalid usernames?: ")
+# the hub's 400 when its authenticator's add_user raised for one name of a POST /users: the names
+# before it in the request are created, it and those after it are not
+_FAILED_CREATE = re.compile(r"hub answered 400: Failed to create user (\S+?): (.*)", re.S)
 # the hub's 404 when the token holds the scope a handler needs only for other users or groups (a
 # filter such as "tokens!group=x"); it says the same for a user that does not exist
 _NO_ACCESS = "No access to resources or resources not found"
@@ -370,22 +374,35 @@ class HubClient:
     async def create_users(self, names: Sequence[str]) -> list[str]:
         wanted = list(dict.fromkeys(names))
         created: list[str] = []
+        failed: dict[str, str] = {}  # name → the hub's reason (its authenticator's add_user raised)
         for i in range(0, len(wanted), self._create_chunk):
             chunk = wanted[i : i + self._create_chunk]
             try:
                 created.extend(await self._create_chunk_of(chunk))
             except HubError as e:
                 # the hub refuses the whole batch, creating nobody, when its authenticator
-                # refuses one name: create the others one by one and leave the refused out (the
-                # caller sees they were not created)
-                if e.status != 400 or not _INVALID_NAME.search(str(e)):
+                # refuses one name; when its add_user fails for one, it keeps the names before it
+                # and creates none after it (every run again, when that name always fails): create
+                # the others one by one, leave the refused out (the caller sees they were not
+                # created) and report the failed with the hub's reason
+                failing = _FAILED_CREATE.search(str(e))
+                if e.status != 400 or not (_INVALID_NAME.search(str(e)) or failing):
                     raise
+                made_before = chunk[:chunk.index(failing.group(1))] if failing and failing.group(1) in chunk else []
                 for name in chunk:
                     try:
-                        created.extend(await self._create_chunk_of([name]))
+                        one_made = await self._create_chunk_of([name])
                     except HubError as one:
-                        if one.status != 400 or not _INVALID_NAME.search(str(one)):
+                        why = _FAILED_CREATE.search(str(one))
+                        if one.status != 400 or not (_INVALID_NAME.search(str(one)) or why):
                             raise
+                        if why:
+                            failed[name] = why.group(2).strip()
+                        continue
+                    # 409 (exists): made by the batch request above, when it came before the failed name
+                    created.extend(one_made or [n for n in [name] if n in made_before])
+        if failed:
+            raise UsersNotCreated(created, failed)
         return created
 
     async def _create_chunk_of(self, names: Sequence[str]) -> list[str]:

@@ -64,6 +64,17 @@ class HubError(Exception):
         self.status = status
 
 
+class UsersNotCreated(HubError):
+    """``create_users`` created some names and the hub failed to create others (its
+    authenticator's ``add_user`` raised: 400 "Failed to create user NAME: ..."): ``created`` are
+    the names it made, ``failed`` the others with the hub's reason."""
+
+    def __init__(self, created: Sequence[str], failed: Mapping[str, str]) -> None:
+        super().__init__("the hub failed to create " + "; ".join(f"{n}: {why}" for n, why in failed.items()), 400)
+        self.created = list(created)
+        self.failed = dict(failed)
+
+
 class HubUnreachable(HubError):
     """The hub did not answer: the connection failed, or no answer came within the timeout, on
     every attempt the client made. ``timed_out``: the last attempt waited out its timeout (a hub

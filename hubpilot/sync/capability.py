@@ -23,7 +23,7 @@ from hubpilot.loop import (
 )
 from hubpilot.naming import hub_lookup_name
 from hubpilot.ports.directory import Directory, DirectorySnapshot
-from hubpilot.ports.hub import Hub, HubError, HubGroup, HubUser, StopResult
+from hubpilot.ports.hub import Hub, HubError, HubGroup, HubUser, StopResult, UsersNotCreated
 from hubpilot.ports.store import ConflictError, StateStore
 from hubpilot.sync.plan import (
     OPERATION,
@@ -315,8 +315,11 @@ class SyncCapability:
             return [ActionResult(a, Status.SKIPPED, held[id(a)]) if id(a) in held else next(done) for a in batch]
         if kind == "create_user":
             wanted = [a.target for a in batch]
+            failed: dict[str, str] = {}
             try:
                 created = set(await hub.create_users(wanted))
+            except UsersNotCreated as partly:  # the others are created: only these fail
+                created, failed = set(partly.created), partly.failed
             except Exception:
                 # the hub refuses a group request naming a user it does not have (400, no one is
                 # added): the additions of this apply leave them out, the next run adds them
@@ -328,6 +331,11 @@ class SyncCapability:
             for a in batch:
                 if a.target in created:
                     out.append(ActionResult(a, Status.DONE))
+                elif a.target in failed:
+                    self._not_created[a.target] = "the hub failed to create this user (see create_user)"
+                    out.append(ActionResult(a, Status.FAILED, (
+                        f"the hub failed to create {a.target}: {failed[a.target]} (its authenticator's add_user "
+                        "raised; the hub's log has the traceback); the next run tries again")))
                 elif await hub.get_user(a.target) is not None:
                     out.append(ActionResult(a, Status.NOOP))  # exists already (e.g. logged in meanwhile)
                 else:  # the hub refused the name, or its normalize_username / username_map renamed it
