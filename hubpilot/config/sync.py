@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -20,6 +21,18 @@ class NamingSettings(Section):
     username_map: dict[str, str] = Field(
         default_factory=dict, description="Explicit renames, as the authenticator's username_map."
     )
+
+    @field_validator("pattern")
+    @classmethod
+    def _regular_expression(cls, v: str) -> str:
+        # compiled only when a sync names the first person: every sync would fail with re's
+        # message, naming no setting
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"is no regular expression ({exc}); write a Python regular expression, e.g. "
+                             r"'^[a-z0-9][a-z0-9._@+-]{0,63}$' (the default)") from None
+        return v
 
 
 class SyncSettings(Section):
