@@ -35,6 +35,17 @@ class StateSettings(Section):
                     "The audit log keeps every run.",
     )
 
+    @field_validator("sqlite_path")
+    @classmethod
+    def _a_file(cls, v: str) -> str:
+        # SQLite opens "" as a temporary database deleted when the run ends: every run would start
+        # on an empty store, forgetting the managed users, the removal window and the approvals
+        if not v:
+            raise ValueError("is empty: SQLite would keep the state in a temporary database that each run "
+                             "starts afresh; set the state file's path, or unset the setting for the default "
+                             f"{cls.model_fields['sqlite_path'].default!r}")
+        return v
+
     @field_validator("azure_connection_string")
     @classmethod
     def _account_key(cls, v: SecretStr | None) -> SecretStr | None:
