@@ -297,7 +297,10 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             elif err["type"] == "list_type" and isinstance(got, dict) and _env_name(loc) not in os.environ:
                 # HUBPILOT_SCALE__WARM__SPARE=2: the items of a list have no variables of their own
                 name = _env_name(loc)
-                keys = ", ".join(f'"{k}": ...' for k in got)
+                # HUBPILOT_SCALE__WARM__0__SPARE (App Service's array items) arrives as {"0": {"spare": ...}}
+                items = [v for v in got.values() if isinstance(v, dict)] \
+                    if got and all(str(k).isdigit() for k in got) else [got]
+                keys = ", ".join(f'"{k}": ...' for k in dict.fromkeys(k for item in items for k in item))
                 lines.append(f"  {dotted}: is a list, set whole as JSON in one variable, e.g. "
                              f"{name}='[{{{keys}}}]', not key by key{where}")
             else:
@@ -305,8 +308,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
     except (OSError, ValueError) as exc:  # unreadable or malformed TOML, or non-JSON lists in env
         bad = _non_json_env()
-        hint = "".join(f"\n  {name}: lists and objects must be JSON, e.g. {name}='[\"a\", \"b\"]'"
-                       for name in bad)
+        hint = "".join(f"\n  {name}: lists and objects must be JSON, e.g. {name}='{example}'"
+                       for name, example in bad)
         file = _config_path()
         in_file = file is not None and isinstance(exc, OSError | tomllib.TOMLDecodeError | UnicodeDecodeError)
         where = f" from {file}" if in_file else ""
@@ -478,8 +481,9 @@ def _placeholders() -> list[str]:
                   if name.upper().startswith(ENV_PREFIX) and PLACEHOLDER in value.lower())
 
 
-def _non_json_env() -> list[str]:
-    """Environment variables that set a list or object setting with a value that is no JSON."""
+def _non_json_env() -> list[tuple[str, str]]:
+    """Environment variables that set a list or object setting (or a whole section) with a value that
+    is no JSON, each with an example of the JSON its setting takes."""
     import json
     import typing
 
@@ -497,12 +501,30 @@ def _non_json_env() -> list[str]:
             ann = fields[part].annotation
             model = _model_in(ann) or ann
         origin = typing.get_origin(ann)
-        if origin in (list, dict) or ann in (list, dict):
+        sub = _model_in(ann)
+        if origin in (list, dict) or ann in (list, dict) or sub is not None:
             try:
                 json.loads(value)
             except ValueError:
-                out.append(name)
+                out.append((name, _json_example(ann)))
     return out
+
+
+def _json_example(ann: Any) -> str:
+    """An example of the JSON a list or object setting takes: a list of objects shows its items'
+    keys (the required ones, else the first two), an object its first key, a map any key."""
+    import typing
+
+    sub = _model_in(ann)
+    if sub is not None:
+        fields = sub.model_fields
+        keys = [k for k, info in fields.items() if info.is_required()] or list(fields)[:2]
+        if typing.get_origin(ann) is list:
+            return "[{" + ", ".join(f'"{k}": ...' for k in keys) + "}]"
+        return "{" + f'"{next(iter(fields))}": ...' + "}"
+    if typing.get_origin(ann) is dict or ann is dict:
+        return '{"key": "value"}'
+    return '["a", "b"]'
 
 
 def settings_reference() -> str:

@@ -65,3 +65,31 @@ def test_an_empty_state_file_path_is_refused(monkeypatch: pytest.MonkeyPatch, tm
     with pytest.raises(SettingsError, match=r"state\.sqlite_path: .*empty"):
         load_settings(path)
     assert load_settings().state.sqlite_path == "hubpilot-state.sqlite3"  # unset: the default
+
+
+def test_a_list_item_set_by_index_in_the_environment_gets_an_example_with_its_keys(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """App Service writes array items as Section__0__Key; ``HUBPILOT_SCALE__WARM__0__SPARE=2`` was
+    told to set ``HUBPILOT_SCALE__WARM='[{"0": ...}]'``, the index as a key."""
+    message = _refused(monkeypatch, {"HUBPILOT_SCALE__WARM__0__SPARE": "2"})
+    assert "HUBPILOT_SCALE__WARM='[{\"spare\": ...}]'" in message, message
+    assert '"0"' not in message, message
+
+
+@pytest.mark.parametrize(("name", "value", "example", "fixed"), [
+    ("HUBPILOT_SYNC__NAMING__USERNAME_MAP", "old=new", '\'{"', '{"old": "new"}'),
+    ("HUBPILOT_SCALE__WARM", "mon-fri 08:00-18:00", '\'[{"days": ', '[{"days": "mon-fri", "start": "08:00"}]'),
+    ("HUBPILOT_API__TOKENS", "ops:admin", '\'[{"name": ', '[{"name": "ops", "role": "admin", "sha256": "' + "a" * 64
+     + '"}]'),
+    ("HUBPILOT_SCALE__GPU_PROFILES", "gpu,ml", "'[\"", '["gpu", "ml"]'),
+    ("HUBPILOT_SCALE", "max_nodes=3", "'{\"", '{"max_nodes": 3}'),
+])
+def test_a_value_that_is_no_json_is_shown_json_of_its_own_shape(
+        monkeypatch: pytest.MonkeyPatch, name: str, value: str, example: str, fixed: str) -> None:
+    """Every non-JSON list or object was shown the example ``'["a", "b"]'``: a list of strings, which
+    for a map (username_map), a list of objects (warm windows, API tokens) or a whole section is
+    refused again; and a whole section (HUBPILOT_SCALE) was refused naming no variable."""
+    message = _refused(monkeypatch, {name: value})
+    assert f"{name}: " in message and f"{name}={example}" in message, message
+    monkeypatch.setenv(name, fixed)
+    load_settings()
