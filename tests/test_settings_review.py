@@ -93,3 +93,67 @@ def test_a_value_that_is_no_json_is_shown_json_of_its_own_shape(
     assert f"{name}: " in message and f"{name}={example}" in message, message
     monkeypatch.setenv(name, fixed)
     load_settings()
+
+
+def test_a_day_range_across_the_weekend_covers_the_days_it_names(tmp_path: Path) -> None:
+    """Sunday-to-Thursday work weeks (``sun-thu``) and night-shift weekends (``fri-mon``) are ranges
+    that run past Sunday; nothing checked that they are read as the days they name rather than
+    refused as empty."""
+    from datetime import UTC, datetime
+
+    from hubpilot.scale.schedule import Schedule
+
+    path = tmp_path / "h.toml"
+    path.write_text('[scale]\ntimezone = "UTC"\n[[scale.warm]]\ndays = "sun-thu"\nstart = "08:00"\nend = "18:00"\n'
+                    'spare = 2\n[[scale.warm]]\ndays = "Fri-Mon"\nstart = "22:00"\nend = "06:00"\nspare = 1\n')
+    scale = load_settings(path).scale
+    schedule = Schedule.of(scale.warm, scale.timezone, scale.holidays)
+    # 2026-01-04 is a Sunday
+    assert schedule.at(datetime(2026, 1, 4, 10, tzinfo=UTC)).spare == 2  # Sunday, in sun-thu
+    assert schedule.at(datetime(2026, 1, 8, 10, tzinfo=UTC)).spare == 2  # Thursday
+    assert not schedule.at(datetime(2026, 1, 9, 10, tzinfo=UTC)).active  # Friday day: neither
+    assert schedule.at(datetime(2026, 1, 3, 23, tzinfo=UTC)).spare == 1  # Saturday night, in fri-mon
+    assert schedule.at(datetime(2026, 1, 6, 5, tzinfo=UTC)).spare == 1  # Tuesday 05:00, Monday's night
+    assert not schedule.at(datetime(2026, 1, 6, 23, tzinfo=UTC)).active  # Tuesday night: neither
+
+
+_TOKEN = {"role": "admin", "sha256": "ab" * 32}
+_ENTRA = {"tenant_id": "00000000-0000-0000-0000-000000000001"}
+_NOTIFIED = {**_ENTRA, "notifications": True, "notification_url": "https://hubpilot.example.org/api/v1/graph/notifications",
+             "client_state": "s", "subscription_schedule": "0 0 * * * *"}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    # found by mutating the validators: each case fails against the validator without its check
+    ({"scale": {"enabled": True, "subscription_id": "s", "resource_group": "rg"}},
+     "scale.enabled needs scale.subscription_id, scale.resource_group and scale.cluster"),
+    ({"scale": {"warm": [{"start": "24:30"}]}}, "'24:30' is no time of day"),
+    ({"scale": {"reclaim_idle_minutes": 5.5}, "cull": {"activity_interval": 300, "activity_check_seconds": 0}},
+     "scale.reclaim_idle_minutes (5.5 min) must exceed the hub's activity interval"),
+    ({"cull": {"inactivity_timeout": 599, "schedule": "0 */10 * * * *"}}, "leaves up to 600 s between rounds"),
+    ({"sync": {"group_prefix": "dir/"}}, "group_prefix must not contain '/'"),
+    ({"api": {"tokens": [{"name": "a", **_TOKEN}, {"name": "b", **_TOKEN}]}}, "two entries carry the same sha256"),
+    ({"directory": {"kind": "entra", "entra": {**_ENTRA, "subscription_minutes": 2880, "renew_before_minutes": 2880}}},
+     "renew_before_minutes must be less than subscription_minutes"),
+    ({"directory": {"kind": "entra", "entra": {**_ENTRA, "graph_base_url": "https://graph.microsoft.com/v1.0/v1.0"}}},
+     "graph_base_url names the Graph API version twice; use https://graph.microsoft.com/v1.0"),
+    ({"directory": {"kind": "entra", "entra": {**_NOTIFIED, "renew_before_minutes": 60}}},
+     "renew_before_minutes=60 is not longer than the time between two rounds"),
+])
+def test_a_setting_just_past_its_bound_is_refused(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(None, **overrides)
+    assert message in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"scale": {"enabled": True, "subscription_id": "s", "resource_group": "rg", "cluster": "aks"}},
+    {"scale": {"warm": [{"start": "23:59", "end": "24:00"}]}},
+    {"scale": {"reclaim_idle_minutes": 5.6}, "cull": {"activity_interval": 300, "activity_check_seconds": 0}},
+    {"cull": {"inactivity_timeout": 600, "schedule": "0 */10 * * * *"}},
+    {"api": {"tokens": [{"name": "a", **_TOKEN}, {"name": "b", **{**_TOKEN, "sha256": "cd" * 32}}]}},
+    {"directory": {"kind": "entra", "entra": {**_ENTRA, "subscription_minutes": 2880, "renew_before_minutes": 2879}}},
+    {"directory": {"kind": "entra", "entra": {**_NOTIFIED, "renew_before_minutes": 61}}},
+])
+def test_a_setting_at_its_bound_loads(overrides: dict[str, object]) -> None:
+    load_settings(None, **overrides)
