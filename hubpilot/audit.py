@@ -95,6 +95,22 @@ def parse_cursor(cursor: str | None) -> tuple[str | None, int]:
     return m.group(2) or None, int(m.group(1))
 
 
+async def _after_newest(store: StateStore, last: Mapping[str, Any], i: int, since: datetime | None,
+                        operation: str | None) -> str | None:
+    """The cursor after ``last``, the ``i``-th of the log's newest entries. Runs appended before the
+    next request put it further down (a scale run a minute), so a count of entries from the top
+    would give entries twice: the store's own cursor after it is read again, the entry found by its
+    id (a run appended meanwhile moves it down; the read is made again up to it)."""
+    n = i + 1
+    for _ in range(5):
+        again, nxt = await store.read_audit(since=since, operation=operation, limit=n)
+        ids = [e.get("id") for e in again]
+        if ids and ids[-1] == last.get("id"):
+            return _cursor(nxt, 0) if nxt else None
+        n = ids.index(last.get("id")) + 1 if last.get("id") in ids else n + PAGE
+    return _cursor(None, i + 1)  # not found again (the log moved too fast): from the top, as read
+
+
 async def read_audit_about(store: StateStore, user: str, *, since: datetime | None = None,
                            operation: str | None = None, limit: int = 100, cursor: str | None = None,
                            scan: int = SCAN) -> tuple[list[dict[str, Any]], str | None, int]:
@@ -112,6 +128,8 @@ async def read_audit_about(store: StateStore, user: str, *, since: datetime | No
             if about(page[i], user):
                 found.append(page[i])
             if len(found) >= limit or read >= scan:
+                if i + 1 < len(page) and page_cursor is None:
+                    return found, await _after_newest(store, page[i], i, since, operation), read
                 if i + 1 < len(page):
                     return found, _cursor(page_cursor, i + 1), read
                 return found, (_cursor(nxt, 0) if nxt else None), read

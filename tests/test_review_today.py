@@ -1,0 +1,58 @@
+"""A second look at the features of this stop: audit by user, stopped VMs in the cost report,
+the status's fired_here and sync's holds just after an LDAP id upgrade."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.audit import read_audit_about
+from hubpilot.loop import Action
+from hubpilot.ports.store import StateStore
+from tests.test_audit_user import T0, entry
+from tests.test_store import azure_store
+
+
+@pytest.fixture(params=["sqlite", pytest.param("azure", marks=pytest.mark.azurite)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
+    s: StateStore
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "state.sqlite3")
+    else:
+        s = azure_store(request.getfixturevalue("azurite"))
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def _stop(store: StateStore, who: str, i: int) -> None:
+    await store.append_audit(entry("cull", [Action("stop_server", f"{who}/", 0, {"user": who, "server": ""},
+                                                   f"idle #{i}")], at=T0 + timedelta(minutes=i)))
+
+
+def _reasons(page: list[dict[str, Any]]) -> list[str]:
+    return [e["plan"]["actions"][0]["reason"] for e in page]
+
+
+async def test_audit_by_user_entries_appended_between_two_pages_neither_repeat_nor_hide_one(
+        store: StateStore) -> None:
+    """The log grows while an admin pages (a scale run a minute): the next page of "what happened
+    to bob" goes on from the entry after the last one the previous page read, whatever came in
+    on top of the log meanwhile."""
+    for i in range(10):
+        await _stop(store, "bob" if i in (2, 5, 8) else "ann", i)
+    first, cursor, _ = await read_audit_about(store, "bob", limit=1)
+    assert _reasons(first) == ["idle #8"] and cursor is not None
+    for i in range(10, 14):  # four newer runs, one of them about bob
+        await _stop(store, "bob" if i == 12 else "ann", i)
+    got = []
+    while cursor is not None:
+        page, cursor, _ = await read_audit_about(store, "bob", limit=1, cursor=cursor)
+        got += _reasons(page)
+    assert got == ["idle #5", "idle #2"]
