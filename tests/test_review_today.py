@@ -12,9 +12,13 @@ import pytest
 
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.audit import read_audit_about
-from hubpilot.loop import Action
+from hubpilot.loop import Action, Outcome
 from hubpilot.ports.store import StateStore
+from hubpilot.scale import cost_report
+from tests.doubles.arm import ArmDouble
+from tests.fixtures.kmock import Emulator
 from tests.test_audit_user import T0, entry
+from tests.test_scale_kube import capability, world  # noqa: F401 - the fixture
 from tests.test_store import azure_store
 
 
@@ -56,3 +60,31 @@ async def test_audit_by_user_entries_appended_between_two_pages_neither_repeat_n
         page, cursor, _ = await read_audit_about(store, "bob", limit=1, cursor=cursor)
         got += _reasons(page)
     assert got == ["idle #5", "idle #2"]
+
+
+async def test_stopped_vms_stop_counting_once_the_pool_deletes_them(world: dict[str, Any]) -> None:  # noqa: F811
+    """A Deallocate pool with two stopped VMs for an hour, then switched to scale-down mode Delete
+    (AKS deletes the stopped VMs, their nodes go) for an hour: the report counts the first hour's
+    two VM-hours, not the count last recorded in Deallocate mode held on for ever."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    arm.pools["gpu"]["scaleDownMode"] = "Deallocate"
+    kube.node("gpu-0")
+    kube.pod("alice", "gpu-0")
+    for stopped in ("gpu-1", "gpu-2"):
+        kube.node(stopped, ready=False)
+    cap, runner = capability(world)
+    start = world["clock"]["now"]
+    for minutes in range(0, 121, 10):
+        world["clock"]["now"] = start + timedelta(minutes=minutes)
+        if minutes == 60:
+            arm.pools["gpu"]["scaleDownMode"] = "Delete"
+            for gone in ("gpu-1", "gpu-2"):
+                del kube.k.objects["v1/nodes", None, gone]
+        rec = await runner.run(cap, trigger="timer", actor="test")
+        assert rec.outcome is Outcome.APPLIED and rec.plan is not None and rec.plan.empty, rec.render()
+    for hours in (2, 30):
+        rep = await cost_report(world["store"], now=start + timedelta(hours=hours), days=2, price=None,
+                                currency="EUR", stopped_price=0.05)
+        assert sum(d.stopped_vm_hours for d in rep.days) == pytest.approx(2.0), hours

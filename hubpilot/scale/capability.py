@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hubpilot.config.cull import CullSettings
@@ -18,7 +18,7 @@ from hubpilot.ports.cluster import Cluster
 from hubpilot.ports.hub import Hub, HubError, HubUser, StopResult
 from hubpilot.ports.pool import Pool, PoolOutcome, PoolResult
 from hubpilot.ports.store import ConflictError, StateStore, StoreError
-from hubpilot.scale.cost import DEFAULT_GAP, STOPPED, record_size
+from hubpilot.scale.cost import DEFAULT_GAP, STOPPED, last_size, record_size
 from hubpilot.scale.forecast import Forecast, learn
 from hubpilot.scale.plan import (
     OPERATION,
@@ -124,6 +124,15 @@ class ScaleCapability:
         return Observed(pool, cluster, tuple(sorted(demand, key=lambda d: (d.key, d.at))), memory, at,
                         tuple(notes), self.holder, forecast, activity)
 
+    async def _stopped_recorded(self, at: datetime) -> bool:
+        """Stopped VMs are in force in the stopped-VM history of today or yesterday (a Delete pool
+        records none: two reads of documents that are not there; unreadable: none)."""
+        try:
+            return bool(await last_size(self.store, at.astimezone(UTC).date(), 2, series=STOPPED))
+        except StoreError as exc:
+            log.warning("could not read the stopped-VM history for the cost report: %s", exc)
+            return False
+
     async def _demand_docs(self) -> list[Demand]:
         out = []
         for key, doc in (await self.store.list(DEMAND_PREFIX)).items():
@@ -175,6 +184,10 @@ class ScaleCapability:
             whole = observed.pool.power_state.lower() == "stopped"  # the pool stopped: all its VMs are
             stopped = int(plan.facts.get("stopped") or 0) + (present if whole else 0)
             await record(at, stopped, "observed", series=STOPPED)
+        elif await self._stopped_recorded(at):
+            # switched to Delete: AKS deletes the stopped VMs (a Delete pool keeps none), so the
+            # count last recorded in Deallocate mode ends here instead of being held for ever
+            await record(at, 0, "observed", series=STOPPED)
         results = await run_actions(plan.actions, self._perform_for(observed), concurrency=1,
                                     progress=progress)
         memory = Memory.from_json(plan.facts.get("memory")) if plan.facts.get("memory") else observed.memory
