@@ -59,16 +59,21 @@ def _word(user: str) -> re.Pattern[str]:
 
 def about(entry: Mapping[str, Any], user: str) -> list[str]:
     """What ``entry`` says about ``user``: one line per action naming them (with its outcome:
-    a result's status, else ``planned``, or ``refused`` for a refused run's plan) and per plan note
+    a result's status, else ``planned``, ``refused`` for a refused run's plan, ``not applied`` for
+    a paused one's, ``not recorded`` for a run that failed before recording it) and per plan note
     naming them; [] when it does not name them."""
     lines = []
-    refused = entry.get("outcome") == "refused"
+    # an action without a result: refused with its plan, not applied while paused, and in a run
+    # that failed as it applied (cancelled: its results are not listed) perhaps done
+    unapplied = {"refused": "refused", "paused": "not applied (the operation was paused)",
+                 "failed": "not recorded (the run failed before recording what it did)"}.get(
+                     str(entry.get("outcome")), "planned")
     for a, status, detail in _actions(entry):
         if _names(entry, a, user):
             params = a.get("params") if isinstance(a.get("params"), Mapping) else {}
             assert isinstance(params, Mapping)
             shown = " ".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "user")
-            state = status or ("refused" if refused else "planned")
+            state = status or unapplied
             lines.append(f"{a.get('kind')} {a.get('target')}" + (f" ({shown})" if shown else "")
                          + f": {state}" + (f", {detail}" if detail else "")
                          + (f" ({a.get('reason')})" if a.get("reason") else ""))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hubpilot.adapters.store_sqlite import SqliteStore
-from hubpilot.audit import read_audit_about
+from hubpilot.audit import about, read_audit_about
 from hubpilot.loop import Action, Outcome
 from hubpilot.ports.store import StateStore
 from hubpilot.scale import cost_report
@@ -88,3 +88,19 @@ async def test_stopped_vms_stop_counting_once_the_pool_deletes_them(world: dict[
         rep = await cost_report(world["store"], now=start + timedelta(hours=hours), days=2, price=None,
                                 currency="EUR", stopped_price=0.05)
         assert sum(d.stopped_vm_hours for d in rep.days) == pytest.approx(2.0), hours
+
+
+@pytest.mark.parametrize("outcome, says", [
+    (Outcome.FAILED, "not recorded (the run failed before recording what it did)"),
+    (Outcome.PAUSED, "not applied (the operation was paused)"),
+    (Outcome.PLANNED, "planned"),
+])
+def test_an_action_without_a_result_is_planned_only_in_a_plan_that_was_not_applied(outcome: Outcome,
+                                                                                  says: str) -> None:
+    """A run cancelled while it applied (its host stopping) is recorded as failed without its
+    results ("what it applied before is not listed here"): bob's deprovisioning may be done. What
+    happened to bob must not read as only planned then; nor as planned in a paused operation's
+    run, which applies nothing."""
+    e = entry("sync", [Action("deprovision", "bob", 5, {}, "no longer in any synced directory group")],
+              outcome=outcome)
+    assert about(e, "bob") == [f"deprovision bob: {says} (no longer in any synced directory group)"]
