@@ -173,7 +173,9 @@ async def _audit(ctx: Context, limit: int, operation: str | None, since: datetim
             for line in about(e, user) if user is not None else []:
                 out.write(f"    {line}\n")
         if user is not None and not entries:
-            out.write(f"no entry names {user} among the {scanned} read\n")
+            out.write(f"no entry names {user} among the {scanned} read"
+                      + (f" (hub names are matched exactly, and are usually lowercase: {user.lower()}?)"
+                         if user != user.lower() else "") + "\n")
         if cursor:
             out.write(f"more: the same command with --cursor {cursor}\n")
     return int(ExitCode.OK)

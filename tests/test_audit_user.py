@@ -143,3 +143,7 @@ async def test_the_api_and_the_cli_answer_what_happened_to_a_user(api: Api) -> N
     none = io.StringIO()
     assert await cli._audit(api.ctx, 20, None, None, False, none, user="nobody") == 0
     assert none.getvalue() == "no entry names nobody among the 2 read\n"
+    upper = io.StringIO()
+    assert await cli._audit(api.ctx, 20, None, None, False, upper, user="Sync-C") == 0
+    assert upper.getvalue() == ("no entry names Sync-C among the 2 read (hub names are matched exactly, and are "
+                                "usually lowercase: sync-c?)\n")
