@@ -379,10 +379,13 @@ async def test_a_busy_day_fits_the_azure_store(azurite: Azurite) -> None:
 
 
 # --- through the scale capability: what a run records --------------------------------------------
-async def test_a_stopped_pool_runs_no_node(world: dict[str, Any]) -> None:  # noqa: F811
-    """``az aks nodepool stop``: the pool keeps its count (2) but no VM of it runs or is billed."""
+@pytest.mark.parametrize("mode", ["Deallocate", "Delete"])
+async def test_a_stopped_pool_runs_no_node(world: dict[str, Any], mode: str) -> None:  # noqa: F811
+    """``az aks nodepool stop``: the pool keeps its count (2) but no VM of it runs or is billed for
+    compute; its two VMs are stopped (deallocated, whatever the scale-down mode), their disks billed."""
     arm: ArmDouble = world["arm"]
     arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"], power="Stopped")
+    arm.pools["gpu"]["scaleDownMode"] = mode
     cap, runner = capability(world)
     start = world["clock"]["now"]
     for minutes in range(0, 121, 5):
@@ -393,6 +396,7 @@ async def test_a_stopped_pool_runs_no_node(world: dict[str, Any]) -> None:  # no
     rep = (await cost_report(world["store"], now=world["clock"]["now"], days=1, price=2.5,
                              currency="EUR")).to_json()
     assert rep["days"][0]["node_hours"] == 0.0 and rep["days"][0]["cost"] == 0.0
+    assert rep["days"][0]["stopped_vm_hours"] == 4.0  # 2 VMs for 2 hours
 
 
 async def test_hours_hubpilot_did_not_observe_are_reported(world: dict[str, Any]) -> None:  # noqa: F811

@@ -180,8 +180,9 @@ class ScaleCapability:
                 unrecorded.append(f"{source} {count}: {exc}")
 
         await record(at, running, "observed", observed=self.observed_gap)
-        if deallocates(observed.pool):  # their disks are billed: the cost report counts them apart
-            whole = observed.pool.power_state.lower() == "stopped"  # the pool stopped: all its VMs are
+        # the pool stopped (az aks nodepool stop deallocates its VMs whatever its scale-down mode)
+        whole = observed.pool.power_state.lower() == "stopped"
+        if deallocates(observed.pool) or whole:  # their disks are billed: the cost report counts them apart
             stopped = int(plan.facts.get("stopped") or 0) + (present if whole else 0)
             await record(at, stopped, "observed", series=STOPPED)
         elif await self._stopped_recorded(at):
