@@ -6,6 +6,7 @@ first invocation, and the process keeps one :class:`hubpilot.wiring.Context` for
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,7 +23,10 @@ def get_context() -> Context:
     queue of Graph notification hints, the Functions host starts none, so with
     ``directory.entra.queue = "memory"`` each notification would be acknowledged and then lost;
     and with ``api.run_mode = "inprocess"`` a run started over HTTP would be a task of a worker
-    the host may stop or scale in once the HTTP invocation has answered."""
+    the host may stop or scale in once the HTTP invocation has answered. And each timer's
+    schedule must be its flat app setting (``HUBPILOT_SYNC_SCHEDULE``): the host resolves the
+    binding's ``%HUBPILOT_SYNC_SCHEDULE%`` from the app settings and, when it is unset, does not
+    load that timer at all, while the settings would take the default schedule."""
     global _context
     if _context is None:
         from hubpilot.settings import SettingsError, load_settings
@@ -43,6 +47,17 @@ def get_context() -> Context:
                 "started over HTTP would run in a worker the host may stop once the HTTP invocation has answered, "
                 "leaving it half-applied until its lock expires; set it to 'queue' (the hubpilot-runs queue the "
                 "run_queue function reads)")
+        from functions.timers import SCHEDULE_SETTINGS
+
+        unset = [op for op, name in SCHEDULE_SETTINGS.items() if name not in os.environ]
+        if unset:
+            raise SettingsError(
+                "unset app setting(s) " + ", ".join(f"{SCHEDULE_SETTINGS[op]}='{getattr(settings, op).schedule}'"
+                                                    for op in unset)
+                + ": the Functions host reads a timer's schedule from it (%HUBPILOT_<OP>_SCHEDULE%) and does not "
+                "load a timer whose setting is missing (" + ", ".join(f"{op}_timer" for op in unset) + "), so the "
+                "operation would never run on its schedule; set it (the value shown is the schedule the settings "
+                "hold: the default, or HUBPILOT_<OP>__SCHEDULE)")
         _context = _on_this_host(build_context(settings))
     return _context
 

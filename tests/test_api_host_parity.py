@@ -564,7 +564,8 @@ async def test_the_functions_app_refuses_what_only_serve_honours(
     """Settings only ``hubpilot serve`` can honour are refused by the Functions app, naming the
     one to change (503 to the API, the reason in the log); the settings the Bicep sets are taken."""
     env = {"HUB__API_URL": "http://127.0.0.1:9/hub/api", "HUB__TOKEN": "hub-secret",
-           "STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"), **env}
+           "STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"), "SYNC_SCHEDULE": "0 */15 * * * *",
+           "CULL_SCHEDULE": "0 */10 * * * *", "SCALE_SCHEDULE": "0 * * * * *", **env}
     for name, value in env.items():
         monkeypatch.setenv(f"HUBPILOT_{name}", value)
     functions.set_context(None)

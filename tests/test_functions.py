@@ -136,6 +136,49 @@ def test_a_bad_schedule_app_setting_is_refused_naming_it(monkeypatch: pytest.Mon
     assert "six" in str(err.value)
 
 
+def _functions_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **schedules: str) -> None:
+    """What a Functions deployment sets (but the timers' schedules: ``schedules``, op → value)."""
+    for name, value in {"HUB__API_URL": "http://127.0.0.1:9/hub/api", "HUB__TOKEN": "hub-secret",
+                        "STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"), "API__RUN_MODE": "queue",
+                        "API__QUEUE_CONNECTION_STRING": "UseDevelopmentStorage=true"}.items():
+        monkeypatch.setenv(f"HUBPILOT_{name}", value)
+    for op, name in SCHEDULE_SETTINGS.items():
+        monkeypatch.delenv(name, raising=False)
+        if op in schedules:
+            monkeypatch.setenv(name, schedules[op])
+
+
+@pytest.mark.parametrize("missing", OPERATIONS)
+async def test_a_timer_whose_schedule_app_setting_is_unset_is_refused_naming_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, missing: str) -> None:
+    """The host resolves a timer's ``%HUBPILOT_SYNC_SCHEDULE%`` from the app settings; unset, it
+    does not load the function ("Error indexing method ... does not resolve to a value",
+    Azure/azure-functions-host#10346, even for a timer disabled by AzureWebJobs.<name>.Disabled),
+    so the operation never runs on its schedule while hubpilot's settings took the default
+    schedule and GET /status showed its next fire. The Functions app refuses to start instead,
+    naming the setting and the value to give it."""
+    given = {op: "0 */7 * * * *" for op in OPERATIONS if op != missing}
+    _functions_env(monkeypatch, tmp_path, **given)
+    functions.set_context(None)
+    try:
+        with pytest.raises(SettingsError) as err:
+            functions.get_context()
+        default = getattr(load_settings(), missing).schedule
+        assert f"{SCHEDULE_SETTINGS[missing]}='{default}'" in str(err.value), str(err.value)
+        assert f"{missing}_timer" in str(err.value)
+        assert not any(SCHEDULE_SETTINGS[op] in str(err.value) for op in given)
+        monkeypatch.setenv(f"HUBPILOT_{missing.upper()}__SCHEDULE", "0 */9 * * * *")  # the nested name alone
+        with pytest.raises(SettingsError, match=re.escape(f"{SCHEDULE_SETTINGS[missing]}='0 */9 * * * *'")):
+            functions.get_context()
+
+        monkeypatch.setenv(SCHEDULE_SETTINGS[missing], "0 */9 * * * *")  # what the timer reads
+        ctx = functions.get_context()
+        assert getattr(ctx.settings, missing).schedule == "0 */9 * * * *"
+        await ctx.close()
+    finally:
+        functions.set_context(None)
+
+
 # --- what a deployment installs -----------------------------------------------------------------
 
 def _pins(path: Path) -> dict[str, str]:
