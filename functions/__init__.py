@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from hubpilot.settings import Settings
     from hubpilot.wiring import Context
 
 _context: Context | None = None
@@ -58,8 +59,73 @@ def get_context() -> Context:
                 "load a timer whose setting is missing (" + ", ".join(f"{op}_timer" for op in unset) + "), so the "
                 "operation would never run on its schedule; set it (the value shown is the schedule the settings "
                 "hold: the default, or HUBPILOT_<OP>__SCHEDULE)")
+        _check_queue_accounts(settings, SettingsError)
         _context = _on_this_host(build_context(settings))
     return _context
+
+
+def _queue_account(url: str | None) -> str | None:
+    """The storage account a queue service URL names: ``https://<account>.queue.<suffix>``, or the
+    path-style ``http://127.0.0.1:10001/<account>`` (Azurite); None when it names none."""
+    from urllib.parse import urlsplit
+
+    if not url:
+        return None
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    if ".queue." in host:
+        return host.split(".", 1)[0] or None
+    return parts.path.strip("/").split("/", 1)[0].lower() or None
+
+
+def _connection_account(connection_string: str) -> str | None:
+    from azure.storage.queue import QueueServiceClient
+
+    try:  # parses the string only: no request is made
+        return _queue_account(QueueServiceClient.from_connection_string(connection_string).url)
+    except ValueError:
+        return None
+
+
+def _check_queue_accounts(settings: Settings, error: type[Exception]) -> None:
+    """The run_queue and graph_hints triggers read their queues through the host's storage
+    (AzureWebJobsStorage, or its identity-based form): a run request or a Graph hint put on a
+    queue of another storage account would never be read. Refused naming the setting; skipped
+    when either account is not known from the settings."""
+    env = os.environ
+    if env.get("AzureWebJobsStorage"):
+        host = _connection_account(env["AzureWebJobsStorage"])
+    elif env.get("AzureWebJobsStorage__queueServiceUri"):
+        host = _queue_account(env["AzureWebJobsStorage__queueServiceUri"])
+    else:
+        host = (env.get("AzureWebJobsStorage__accountName") or "").strip().lower() or None
+    if host is None:
+        return
+    given: list[tuple[str, str | None, str]] = []
+    if settings.api.queue_connection_string is not None:
+        given.append(("HUBPILOT_API__QUEUE_CONNECTION_STRING",
+                      _connection_account(settings.api.queue_connection_string.get_secret_value()),
+                      "run requests (hubpilot-runs, which run_queue reads)"))
+    d = settings.directory
+    if d is not None and d.kind == "entra" and d.entra is not None and d.entra.notifications \
+            and d.entra.queue == "azure":
+        e = d.entra
+        if e.queue_connection_string is not None:  # taken before queue_account_url
+            given.append(("HUBPILOT_DIRECTORY__ENTRA__QUEUE_CONNECTION_STRING",
+                          _connection_account(e.queue_connection_string.get_secret_value()),
+                          "Graph hints (hubpilot-graph, which graph_hints reads)"))
+        else:
+            given.append(("HUBPILOT_DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL", _queue_account(e.queue_account_url),
+                          "Graph hints (hubpilot-graph, which graph_hints reads)"))
+    wrong = [(name, f"{name} puts {what} in the storage account {account!r}") for name, account, what in given
+             if account is not None and account != host]
+    if wrong:
+        api = any(n == "HUBPILOT_API__QUEUE_CONNECTION_STRING" for n, _ in wrong)
+        unset = (" (or leave HUBPILOT_API__QUEUE_CONNECTION_STRING unset: run requests then go to "
+                 "AzureWebJobsStorage's)") if api else ""
+        raise error(
+            "; ".join(w for _, w in wrong) + f", but the queue triggers read the host's storage account {host!r} "
+            f"(AzureWebJobsStorage): what is put elsewhere is never read; point it at that account{unset}")
 
 
 def set_context(ctx: Context | None) -> None:

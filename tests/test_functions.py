@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -175,6 +176,65 @@ async def test_a_timer_whose_schedule_app_setting_is_unset_is_refused_naming_it(
         ctx = functions.get_context()
         assert getattr(ctx.settings, missing).schedule == "0 */9 * * * *"
         await ctx.close()
+    finally:
+        functions.set_context(None)
+
+
+OTHER_ACCOUNT = "DefaultEndpointsProtocol=https;AccountName=otherst;AccountKey=a2V5;EndpointSuffix=core.windows.net"
+HOST_ACCOUNT = "DefaultEndpointsProtocol=https;AccountName=hubpilotst;AccountKey=a2V5;EndpointSuffix=core.windows.net"
+ENTRA_AZURE_HINTS = {"HUBPILOT_DIRECTORY__KIND": "entra", "HUBPILOT_DIRECTORY__ENTRA__NOTIFICATIONS": "true",
+                     "HUBPILOT_DIRECTORY__ENTRA__CLIENT_STATE": "client-state",
+                     "HUBPILOT_DIRECTORY__ENTRA__TENANT_ID": "84bd8158-6d4d-4958-8b9f-9d6445542f95",
+                     "HUBPILOT_DIRECTORY__ENTRA__NOTIFICATION_URL": "https://app.example.net/api/v1/graph/notifications",
+                     "HUBPILOT_DIRECTORY__ENTRA__QUEUE": "azure"}
+
+
+@pytest.mark.parametrize("host_storage, queue_settings, refused", [
+    # run requests: api.queue_connection_string is taken before AzureWebJobsStorage
+    ({"AzureWebJobsStorage": HOST_ACCOUNT}, {"HUBPILOT_API__QUEUE_CONNECTION_STRING": OTHER_ACCOUNT},
+     "HUBPILOT_API__QUEUE_CONNECTION_STRING"),
+    ({"AzureWebJobsStorage__accountName": "hubpilotst"}, {"HUBPILOT_API__QUEUE_CONNECTION_STRING": OTHER_ACCOUNT},
+     "HUBPILOT_API__QUEUE_CONNECTION_STRING"),
+    ({"AzureWebJobsStorage": HOST_ACCOUNT}, {"HUBPILOT_API__QUEUE_CONNECTION_STRING": HOST_ACCOUNT}, None),
+    # Graph hints: directory.entra.queue_account_url / _connection_string, which have no default
+    ({"AzureWebJobsStorage__accountName": "hubpilotst", "AzureWebJobsStorage__credential": "managedidentity"},
+     {**ENTRA_AZURE_HINTS, "HUBPILOT_DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL": "https://otherst.queue.core.windows.net"},
+     "HUBPILOT_DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL"),
+    ({"AzureWebJobsStorage__queueServiceUri": "https://hubpilotst.queue.core.windows.net/"},
+     {**ENTRA_AZURE_HINTS, "HUBPILOT_DIRECTORY__ENTRA__QUEUE_CONNECTION_STRING": OTHER_ACCOUNT},
+     "HUBPILOT_DIRECTORY__ENTRA__QUEUE_CONNECTION_STRING"),
+    ({"AzureWebJobsStorage__accountName": "hubpilotst"},
+     {**ENTRA_AZURE_HINTS, "HUBPILOT_DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL": "https://HubpilotSt.queue.core.windows.net/"},
+     None),
+    ({"AzureWebJobsStorage": "UseDevelopmentStorage=true"},
+     {**ENTRA_AZURE_HINTS, "HUBPILOT_DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL": "http://127.0.0.1:10001/devstoreaccount1"},
+     None),
+], ids=["runs-connection-string", "runs-identity-host", "runs-same-account", "hints-account-url",
+        "hints-connection-string", "hints-same-account", "hints-azurite"])
+async def test_a_queue_on_another_account_than_the_triggers_is_refused_naming_the_setting(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, host_storage: dict[str, str],
+        queue_settings: dict[str, str], refused: str | None) -> None:
+    """``run_queue`` and ``graph_hints`` read their queues through the connection AzureWebJobsStorage
+    (the host's storage). A run request or a Graph hint put on a queue of another storage account is
+    never read: the POST answered 202 'queued' and the run never ran (its document 'queued' for good),
+    a notification was acknowledged and never synced. The Functions app refuses to start, naming the
+    setting and both accounts."""
+    _functions_env(monkeypatch, tmp_path, **{op: "0 */7 * * * *" for op in OPERATIONS})
+    monkeypatch.delenv("HUBPILOT_API__QUEUE_CONNECTION_STRING")
+    for name in [n for n in os.environ if n.startswith("AzureWebJobsStorage")]:
+        monkeypatch.delenv(name)
+    for name, value in {**host_storage, **queue_settings}.items():
+        monkeypatch.setenv(name, value)
+    functions.set_context(None)
+    try:
+        if refused is None:
+            await functions.get_context().close()
+            return
+        with pytest.raises(SettingsError) as err:
+            functions.get_context()
+        message = str(err.value)
+        assert refused in message and "'otherst'" in message and "'hubpilotst'" in message, message
+        assert "a2V5" not in message  # no account key
     finally:
         functions.set_context(None)
 
