@@ -7,6 +7,7 @@ first invocation, and the process keeps one :class:`hubpilot.wiring.Context` for
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -142,4 +143,25 @@ def _on_this_host(ctx: Context) -> Context:
 
     ctx.host_schedules = {ENTRA_SUBSCRIPTIONS: SUBSCRIPTION_SCHEDULE}
     ctx.fires_schedules = True  # its timers
+    ctx.host_disabled = disabled_timers(os.environ)
     return ctx
+
+
+TIMERS = {"sync": "sync_timer", "cull": "cull_timer", "scale": "scale_timer",
+          "directory.entra.subscription_schedule": "graph_subscriptions"}
+"""Each schedule's timer function (functions/timers.py, functions/graph.py)."""
+
+
+def disabled_timers(environ: Mapping[str, str]) -> dict[str, str]:
+    """The schedules whose timer the host does not fire: switched off with the app setting
+    ``AzureWebJobs.<function>.Disabled`` = true (what the portal's Disable button sets; the
+    ``AzureWebJobs__<function>__Disabled`` form too), schedule name → why (GET /status)."""
+    out = {}
+    for schedule, fn in TIMERS.items():
+        for name in (f"AzureWebJobs.{fn}.Disabled", f"AzureWebJobs__{fn}__Disabled"):
+            if environ.get(name, "").strip().lower() in ("true", "1"):
+                out[schedule] = (f"the Functions host does not fire its timer {fn}: the app setting {name} is "
+                                 f"{environ[name].strip()!r} (the portal's Disable button sets it); remove it or set "
+                                 "it to false to enable the timer")
+                break
+    return out

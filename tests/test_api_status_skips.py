@@ -154,3 +154,35 @@ async def test_the_functions_host_shows_the_subscription_managers_own_hourly_tim
     assert entry["skipped"] is None and by_fn["sync"] == {**by_serve["sync"], "next_fire": by_fn["sync"]["next_fire"],
                                                           "fired_here": True}
     assert by_fn["sync"]["app_setting"] == "HUBPILOT_SYNC_SCHEDULE"
+
+
+async def test_the_functions_host_shows_a_timer_switched_off_by_its_disabled_setting(
+        make: Callable[[dict[str, Any]], Context], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The portal's Disable button sets AzureWebJobs.<function>.Disabled: the host does not fire
+    that timer. GET /status on the Functions app says so for that schedule (not fired here, skipped
+    naming the setting) and for no other; the double-underscore form counts too."""
+    import azure.functions as func
+
+    import function_app
+    import functions
+    from tests.test_functions import functions_by_name
+
+    monkeypatch.setenv("AzureWebJobs.cull_timer.Disabled", "True")
+    monkeypatch.setenv("AzureWebJobs__sync_timer__Disabled", "1")
+    monkeypatch.setenv("AzureWebJobs.scale_timer.Disabled", "false")
+    functions.set_context(make(CASES["everything configured"][0]))  # no schedule skipped by the settings
+    function_app.front._app = None
+    try:
+        fn = functions_by_name()["admin_api"].get_user_function()
+        req = func.HttpRequest("GET", "http://localhost/api/v1/status", headers=READER, params={},
+                               route_params={"route": "api/v1/status"}, body=b"")
+        resp = await fn(req, None)
+    finally:
+        functions.set_context(None)
+        function_app.front._app = None
+    assert resp.status_code == 200, resp.get_body()
+    by_fn = {s["name"]: s for s in json.loads(resp.get_body())["schedules"]}
+    assert by_fn["cull"]["fired_here"] is False and "AzureWebJobs.cull_timer.Disabled is 'True'" in \
+        by_fn["cull"]["skipped"], by_fn["cull"]
+    assert by_fn["sync"]["fired_here"] is False and "AzureWebJobs__sync_timer__Disabled" in by_fn["sync"]["skipped"]
+    assert by_fn["scale"]["fired_here"] is True and by_fn["scale"]["skipped"] is None  # "false": enabled

@@ -597,7 +597,8 @@ def create_app(context: ContextSource) -> FastAPI:
             schedules.append({
                 "name": s.name, "expression": fires.expression, "app_setting": None if fixed else s.app_setting(),
                 "next_fire": fires.next_fire(now).isoformat(), "runs_operation": s.runnable,
-                "fired_here": ctx.fires_schedules, "skipped": skip_reason(ctx, s)})
+                "fired_here": ctx.fires_schedules and s.name not in ctx.host_disabled,
+                "skipped": skip_reason(ctx, s) or ctx.host_disabled.get(s.name)})
         return {"now": now.isoformat(), "version": __version__, "run_mode": ctx.settings.api.run_mode,
                 "operations": ops, "schedules": schedules}
 

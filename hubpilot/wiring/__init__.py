@@ -80,6 +80,9 @@ class Context:
     # whether this host fires the schedules: the Functions app does, hubpilot serve unless
     # api.serve_schedules is off; None: not known (a context of its own, the CLI)
     fires_schedules: bool | None = None
+    # schedules whose trigger this host does not fire, whatever the settings say (schedule name →
+    # why): the Functions app's timers switched off with AzureWebJobs.<function>.Disabled
+    host_disabled: dict[str, str] = field(default_factory=dict)
     # App Service injects WEBSITE_AUTH_ENABLED=True when its authentication fronts the app; only
     # then does it strip and set X-MS-CLIENT-PRINCIPAL (elsewhere any caller could send one)
     platform_auth: bool = field(
