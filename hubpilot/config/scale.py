@@ -7,7 +7,7 @@ from datetime import date, time
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from hubpilot.config.base import (
     FROM_FILE_FOLDER,
@@ -81,8 +81,9 @@ class WarmWindow(Section):
     """A time window in which capacity is kept warm, e.g. Mon-Fri 08:00-18:00 keep 1 spare node."""
 
     days: str = Field("mon-fri", description="Weekdays, e.g. 'mon-fri' or 'mon,wed,fri'.")
-    start: str = Field("08:00", description="Local start time HH:MM (in scale.timezone).")
-    end: str = Field("18:00", description="Local end HH:MM; before start: runs past midnight.")
+    start: str = Field("08:00", description="Local start time HH:MM (in scale.timezone); in TOML quoted, "
+                       "or a TOML time without seconds (08:00:00).")
+    end: str = Field("18:00", description="Local end HH:MM, as start; before start: runs past midnight.")
     spare: int = Field(1, ge=0, le=100, description="Empty ready GPU nodes kept beyond the busy ones.")
     min_nodes: int = Field(0, ge=0, le=1000, description="GPU nodes kept in total, busy or not.")
 
@@ -90,6 +91,18 @@ class WarmWindow(Section):
     @classmethod
     def _days(cls, v: str) -> str:
         parse_days(v)
+        return v
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _toml_time(cls, v: object, info: ValidationInfo) -> object:
+        # TOML has a time type: ``start = 08:00:00`` unquoted is that time, read as "08:00"
+        if isinstance(v, time) and not (v.second or v.microsecond or v.tzinfo):
+            return v.strftime("%H:%M")
+        if not isinstance(v, str):
+            example = cls.model_fields[info.field_name or "start"].default
+            raise ValueError("a time of day here has hours and minutes only, written quoted "
+                             f'as HH:MM, e.g. {info.field_name} = "{example}" (24:00: midnight)')
         return v
 
     @field_validator("start", "end")

@@ -1,0 +1,58 @@
+"""Follow-ups of the settings review: bad configuration that still got through to the run that
+uses it is refused at load, naming the setting and saying what to write; what is valid loads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hubpilot.settings import SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in list(os.environ):
+        if key.startswith("HUBPILOT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)  # no stray ./hubpilot.toml
+
+
+def _file_refused(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "h.toml"
+    path.write_text(text)
+    with pytest.raises(SettingsError) as err:
+        load_settings(path)
+    return str(err.value)
+
+
+def _env_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> str:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    for name in env:
+        monkeypatch.delenv(name)
+    return str(err.value)
+
+
+def test_a_warm_window_written_as_a_toml_time_is_that_time(tmp_path: Path) -> None:
+    """``start = 08:00:00`` (a TOML local time, unquoted) was refused with "Input should be a valid
+    string", which does not say to quote it; it is the same time as "08:00"."""
+    path = tmp_path / "h.toml"
+    path.write_text("[[scale.warm]]\ndays = 'mon-fri'\nstart = 08:00:00\nend = 18:30:00\n")
+    window = load_settings(path).scale.warm[0]
+    assert (window.start, window.end) == ("08:00", "18:30")
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("08:00:30", "seconds"), ("08:00:00.5", "seconds"), ("2024-05-01T08:00:00", "a date"), ("8", "a number"),
+])
+def test_a_warm_window_time_hubpilot_cannot_take_says_to_quote_it(tmp_path: Path, value: str, why: str) -> None:
+    message = _file_refused(tmp_path, f"[[scale.warm]]\nstart = {value}\n")
+    assert "scale.warm.0.start:" in message, message
+    assert "valid string" not in message, message
+    assert "start = \"08:00\"" in message, message  # what to write
+    (tmp_path / "h.toml").write_text("[[scale.warm]]\nstart = \"08:00\"\n")
+    assert load_settings(tmp_path / "h.toml").scale.warm[0].start == "08:00"
