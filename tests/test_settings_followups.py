@@ -56,3 +56,15 @@ def test_a_warm_window_time_hubpilot_cannot_take_says_to_quote_it(tmp_path: Path
     assert "start = \"08:00\"" in message, message  # what to write
     (tmp_path / "h.toml").write_text("[[scale.warm]]\nstart = \"08:00\"\n")
     assert load_settings(tmp_path / "h.toml").scale.warm[0].start == "08:00"
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_directory_file_path_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str) -> None:
+    """``directory.file.path = ""`` was accepted, read as the working directory, and every sync
+    failed with "directory file . cannot be read: Is a directory", naming no setting."""
+    message = _file_refused(tmp_path, f"[directory]\nkind = 'file'\n[directory.file]\npath = '{value}'\n")
+    assert "directory.file.path:" in message and "empty" in message, message
+    message = _env_refused(monkeypatch, {"HUBPILOT_DIRECTORY__KIND": "file", "HUBPILOT_DIRECTORY__FILE__PATH": value})
+    assert "directory.file.path:" in message and "[env HUBPILOT_DIRECTORY__FILE__PATH]" in message, message
+    (tmp_path / "h.toml").write_text("[directory]\nkind = 'file'\n[directory.file]\npath = 'people.yaml'\n")
+    assert load_settings(tmp_path / "h.toml").directory.file.path == str(tmp_path / "people.yaml")  # type: ignore[union-attr]

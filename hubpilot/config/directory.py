@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import PurePath
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -18,6 +19,17 @@ class FileDirectorySettings(Section):
 
     path: Annotated[str, PathSetting()] = Field(
         description="Path of the directory file (.yaml, .yml or .toml). " + FROM_FILE_FOLDER)
+
+    @field_validator("path")
+    @classmethod
+    def _a_file(cls, v: str) -> str:
+        # an empty path is the working directory: every sync would fail with "directory file .
+        # cannot be read: Is a directory", naming no setting
+        if not PurePath(v).name.strip():  # "", a blank name (read from the file's folder), "."
+            raise ValueError("is empty or names no file: set the path of the directory file (.yaml, .yml or "
+                             ".toml), e.g. path = \"people.yaml\" (a relative path in the settings file is read "
+                             "from its folder)")
+        return v
 
 
 class LdapSettings(Section):
