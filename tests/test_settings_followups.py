@@ -68,3 +68,22 @@ def test_an_empty_directory_file_path_is_refused(monkeypatch: pytest.MonkeyPatch
     assert "directory.file.path:" in message and "[env HUBPILOT_DIRECTORY__FILE__PATH]" in message, message
     (tmp_path / "h.toml").write_text("[directory]\nkind = 'file'\n[directory.file]\npath = 'people.yaml'\n")
     assert load_settings(tmp_path / "h.toml").directory.file.path == str(tmp_path / "people.yaml")  # type: ignore[union-attr]
+
+
+FILE_DIRECTORY = "[directory]\nkind = 'file'\n[directory.file]\npath = 'people.yaml'\n"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("users_groups", '[""]'), ("admin_groups", '["staff", " "]'), ("users_groups", '["staff", ""]'),
+])
+def test_an_empty_group_name_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str,
+                                        value: str) -> None:
+    """An empty name in sync.users_groups or sync.admin_groups was accepted, and failed only when a
+    sync read that group from the directory."""
+    message = _file_refused(tmp_path, f"{FILE_DIRECTORY}[sync]\n{name} = {value}\n")
+    assert f"sync.{name}:" in message and "empty group name" in message, message
+    (tmp_path / "hubpilot.toml").write_text(FILE_DIRECTORY)  # read from the working directory
+    message = _env_refused(monkeypatch, {f"HUBPILOT_SYNC__{name.upper()}": value})
+    assert f"sync.{name}:" in message and f"[env HUBPILOT_SYNC__{name.upper()}]" in message, message
+    monkeypatch.setenv(f"HUBPILOT_SYNC__{name.upper()}", '["staff"]')
+    assert getattr(load_settings().sync, name) == ["staff"]

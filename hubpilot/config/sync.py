@@ -89,6 +89,16 @@ class SyncSettings(Section):
         "0 */15 * * * *", description="NCRONTAB of the scheduled (safety-net) sync; also "
         "HUBPILOT_SYNC_SCHEDULE, the app setting the Functions timer reads.")
 
+    @field_validator("users_groups", "admin_groups")
+    @classmethod
+    def _group_names(cls, v: list[str]) -> list[str]:
+        # a directory has no group without a name: every sync would fail reading it
+        blank = [i for i, group in enumerate(v) if not group.strip()]
+        if blank:
+            raise ValueError(f"holds an empty group name (item {', '.join(str(i + 1) for i in blank)} of {len(v)}): "
+                             "remove it, or write the directory group's name, e.g. [\"jupyter-users\"]")
+        return v
+
     @field_validator("group_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
