@@ -87,3 +87,16 @@ def test_an_empty_group_name_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert f"sync.{name}:" in message and f"[env HUBPILOT_SYNC__{name.upper()}]" in message, message
     monkeypatch.setenv(f"HUBPILOT_SYNC__{name.upper()}", '["staff"]')
     assert getattr(load_settings().sync, name) == ["staff"]
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8080", "aks1.example.org:443", "ftp://aks1.example.org", "https://"])
+def test_a_kube_api_url_without_http_scheme_is_refused_with_kubeconfig_auth(
+        monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """With kube_auth = kubeconfig, scale.kube_api_url is the API server hubpilot talks to (in
+    place of the kubeconfig, with no credentials). One without a scheme was accepted, and the
+    Kubernetes client then spoke plain http to it (urllib3 warns that a later release refuses
+    such URLs); another scheme failed each run with "Not supported URL scheme"."""
+    message = _env_refused(monkeypatch, {"HUBPILOT_SCALE__KUBE_API_URL": url})
+    assert "scale.kube_api_url must be" in message and "http(s) URL" in message, message
+    monkeypatch.setenv("HUBPILOT_SCALE__KUBE_API_URL", "http://127.0.0.1:8080")
+    assert load_settings().scale.kube_api_url == "http://127.0.0.1:8080"

@@ -155,7 +155,8 @@ class ScaleSettings(Section):
         "empty.")
     kubeconfig: Annotated[str | None, PathSetting(several=True)] = Field(
         None, description="Kubeconfig path; unset: in-cluster, else ~/.kube/config. " + FROM_FILE_FOLDER)
-    kube_api_url: str | None = Field(None, description="Kubernetes API URL (overrides kubeconfig; tests).")
+    kube_api_url: str | None = Field(None, description="Kubernetes API server's http(s) URL (overrides kubeconfig; "
+                                     "with kube_auth=kubeconfig no credentials are sent: tests).")
     kube_auth: Literal["kubeconfig", "entra"] = Field(
         "kubeconfig",
         description="kubeconfig: kubeconfig / in-cluster credentials; entra: an Entra token of the app's "
@@ -303,7 +304,12 @@ class ScaleSettings(Section):
                 "unset scale.kubeconfig (or use kube_auth = 'kubeconfig')"
             )
         if self.kube_api_url:
-            no_userinfo(self.kube_api_url, "scale.kube_api_url")
+            parts = no_userinfo(self.kube_api_url, "scale.kube_api_url")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                # without a scheme the Kubernetes client speaks plain http to it (urllib3 warns that
+                # a later release refuses it); another scheme fails every run
+                raise ValueError(f"scale.kube_api_url must be the API server's http(s) URL, e.g. "
+                                 f"https://<cluster>.hcp.<region>.azmk8s.io:443 (got {self.kube_api_url!r})")
         if self.kube_auth == "entra" and self.kube_api_url:
             try:
                 bearer_url(self.kube_api_url, "scale.kube_api_url", "https://<cluster>.hcp.<region>.azmk8s.io:443")
