@@ -100,3 +100,42 @@ def test_a_kube_api_url_without_http_scheme_is_refused_with_kubeconfig_auth(
     assert "scale.kube_api_url must be" in message and "http(s) URL" in message, message
     monkeypatch.setenv("HUBPILOT_SCALE__KUBE_API_URL", "http://127.0.0.1:8080")
     assert load_settings().scale.kube_api_url == "http://127.0.0.1:8080"
+
+
+def test_an_azure_state_store_without_an_account_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """state.kind = "azure" with neither a connection string nor an account name was accepted, and
+    every command then failed building the store ("set a connection string or an account name"),
+    naming no setting."""
+    message = _env_refused(monkeypatch, {"HUBPILOT_STATE__KIND": "azure"})
+    assert "state.azure_connection_string" in message and "state.azure_account_name" in message, message
+    message = _env_refused(monkeypatch, {"HUBPILOT_STATE__KIND": "azure", "HUBPILOT_STATE__AZURE_ACCOUNT_NAME": ""})
+    assert "state.azure_account_name" in message, message
+    monkeypatch.setenv("HUBPILOT_STATE__KIND", "azure")
+    monkeypatch.setenv("HUBPILOT_STATE__AZURE_ACCOUNT_NAME", "sthubpilot1")
+    assert load_settings().state.azure_account_name == "sthubpilot1"
+    monkeypatch.delenv("HUBPILOT_STATE__AZURE_ACCOUNT_NAME")
+    monkeypatch.setenv("HUBPILOT_STATE__AZURE_CONNECTION_STRING", "UseDevelopmentStorage=true")
+    assert load_settings().state.kind == "azure"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("azure_table_prefix", "hub-pilot"), ("azure_table_prefix", "1hub"), ("azure_table_prefix", "h" * 58),
+    ("azure_container", "Hub_State"), ("azure_container", "hub--state"), ("azure_container", "hs"),
+    ("azure_container", "-hubstate"), ("azure_account_name", "St-Hubpilot"), ("azure_account_name", "st"),
+    ("azure_account_name", "sthubpilot1\n"),  # kept from the file or secret it was read from
+])
+def test_azure_store_names_azure_refuses_are_refused_at_load(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                             value: str) -> None:
+    """A table prefix, container or account name Azure Storage refuses was accepted, and every
+    command then failed building the store, naming no setting."""
+    from hubpilot.adapters.store_azure import AzureStore
+
+    store_names = {"account_name": "sthubpilot1", "table_prefix": "hubpilot", "container": "hubpilot-state",
+                   name.removeprefix("azure_"): value}
+    with pytest.raises(ValueError):  # what the store makes of it, at each command's start
+        AzureStore.from_settings(**store_names)
+    env = {"HUBPILOT_STATE__KIND": "azure", "HUBPILOT_STATE__AZURE_ACCOUNT_NAME": "sthubpilot1",
+           f"HUBPILOT_STATE__{name.upper()}": value}
+    message = _env_refused(monkeypatch, env)
+    assert f"state.{name}:" in message and f"[env HUBPILOT_STATE__{name.upper()}]" in message, message
+    assert "e.g." in message, message  # what to write

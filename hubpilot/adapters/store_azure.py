@@ -59,7 +59,7 @@ from hubpilot.adapters.store_common import dump_json as _dump
 from hubpilot.adapters.store_common import from_micros as _from_micros
 from hubpilot.adapters.store_common import load_json as _load
 from hubpilot.adapters.store_common import to_micros as _micros
-from hubpilot.ports.store import ConflictError, Lease, StoreError
+from hubpilot.ports.store import AZURE_ACCOUNT, AZURE_CONTAINER, AZURE_TABLE_PREFIX, ConflictError, Lease, StoreError
 
 T = TypeVar("T")
 
@@ -67,8 +67,8 @@ _AT_SPAN = 10**18  # microseconds: past year 9999
 _SEQ_SPAN = 10**20  # nanoseconds
 _ROW_KEY = re.compile(r"^\d{18}-\d{20}-[0-9a-f]{8}$")
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.:@=+-]{1,512}$")
-_TABLE_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,56}$")
-_CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_TABLE_PREFIX = AZURE_TABLE_PREFIX
+_CONTAINER = AZURE_CONTAINER
 _INLINE_LIMIT = 60_000  # bytes of UTF-16 per string property (the service allows 64 KiB)
 _LOCK_PK = "lock"
 _IF_SAME = MatchConditions.IfNotModified
@@ -241,7 +241,7 @@ class AzureStore:
             return cls(tables, blobs, table_prefix=table_prefix, container=container)
         if not account_name:
             raise ValueError("Azure state store: set a connection string or an account name")
-        if not re.fullmatch(r"[a-z0-9]{3,24}", account_name):
+        if not AZURE_ACCOUNT.fullmatch(account_name):
             raise ValueError(f"storage account name {account_name!r}: 3-24 lowercase letters and digits")
         suffix = endpoint_suffix.strip().strip(".")
         if not suffix or "/" in suffix:

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from hubpilot.config.base import FROM_FILE_FOLDER, PathSetting, Section, check_account_key
+from hubpilot.ports.store import AZURE_ACCOUNT, AZURE_CONTAINER, AZURE_TABLE_PREFIX
 
 
 class StateSettings(Section):
@@ -22,13 +23,16 @@ class StateSettings(Section):
         "a request's URL shows its shared access signature (sig=) as (hidden)."
     )
     azure_account_name: str | None = Field(
-        None, description="Storage account name for managed-identity access (kind=azure)."
+        None, description="Storage account name for managed-identity access (kind=azure): 3-24 lowercase "
+        "letters and digits."
     )
     azure_endpoint_suffix: str = Field(
         "core.windows.net", description="Storage endpoint suffix (sovereign clouds differ)."
     )
-    azure_table_prefix: str = Field("hubpilot", description="Prefix of the tables hubpilot creates.")
-    azure_container: str = Field("hubpilot-state", description="Blob container for documents.")
+    azure_table_prefix: str = Field("hubpilot", description="Prefix of the tables hubpilot creates "
+                                    "(<prefix>locks, <prefix>audit): 1-57 letters and digits, starting with a letter.")
+    azure_container: str = Field("hubpilot-state", description="Blob container for documents: 3-63 lowercase "
+                                 "letters, digits and single hyphens, starting and ending with a letter or digit.")
     run_retention_days: int = Field(
         30, ge=0, le=3650,
         description="Delete run documents (GET /runs/{id}) older than this, about once a day; 0 keeps them. "
@@ -50,3 +54,38 @@ class StateSettings(Section):
     @classmethod
     def _account_key(cls, v: SecretStr | None) -> SecretStr | None:
         return check_account_key(v)
+
+    # names Azure Storage refuses: every command would fail building the store, naming no setting
+    @field_validator("azure_table_prefix")
+    @classmethod
+    def _table_prefix(cls, v: str) -> str:
+        if not AZURE_TABLE_PREFIX.fullmatch(v):
+            raise ValueError("is no prefix of an Azure table name: use 1-57 letters and digits, starting with a "
+                             "letter (no '-' or '_'), e.g. 'hubpilot'")
+        return v
+
+    @field_validator("azure_container")
+    @classmethod
+    def _container(cls, v: str) -> str:
+        if not AZURE_CONTAINER.fullmatch(v):
+            raise ValueError("is no Azure blob container name: use 3-63 lowercase letters, digits and single "
+                             "hyphens, starting and ending with a letter or digit, e.g. 'hubpilot-state'")
+        return v
+
+    @field_validator("azure_account_name")
+    @classmethod
+    def _account_name(cls, v: str | None) -> str | None:
+        if v and not AZURE_ACCOUNT.fullmatch(v):
+            raise ValueError("is no storage account name: use its 3-24 lowercase letters and digits, e.g. "
+                             "'sthubpilot1' (the account's name, not its URL)")
+        return v
+
+    @model_validator(mode="after")
+    def _azure_account(self) -> StateSettings:
+        connection = self.azure_connection_string.get_secret_value() if self.azure_connection_string else ""
+        if self.kind == "azure" and not connection.strip() and not (self.azure_account_name or "").strip():
+            raise ValueError("state.kind is 'azure' but neither state.azure_connection_string nor "
+                             "state.azure_account_name is set: set the storage account's name (reached with the "
+                             "app's identity; the Bicep deployment sets HUBPILOT_STATE__AZURE_ACCOUNT_NAME) or a "
+                             "connection string")
+        return self

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
+
+AZURE_TABLE_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,56}$")
+"""The Azure store's table prefix: its tables (``<prefix>locks``, ``<prefix>audit``) are names Azure
+Tables takes (3-63 letters and digits, starting with a letter)."""
+AZURE_CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+"""A blob container name Azure Storage takes."""
+AZURE_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
+"""A storage account name."""
 
 
 @dataclass(frozen=True)
