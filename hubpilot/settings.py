@@ -291,6 +291,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             got = err.get("input")
             shown = "" if isinstance(got, dict) or _is_secret(loc) or "secret" in dotted or "password" in dotted \
                 or "token" in dotted else f" (got {_without_password(got)!r})"
+            if shown and shown.strip(" ()") in err["msg"]:
+                shown = ""  # the reason quotes the value already
             where = _where(loc) if loc else ""
             if err["type"] == "extra_forbidden":
                 lines.append(f"  {dotted}: {_unknown(loc)}{where}")

@@ -139,3 +139,16 @@ def test_azure_store_names_azure_refuses_are_refused_at_load(monkeypatch: pytest
     message = _env_refused(monkeypatch, env)
     assert f"state.{name}:" in message and f"[env HUBPILOT_STATE__{name.upper()}]" in message, message
     assert "e.g." in message, message  # what to write
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("HUBPILOT_SCALE__ARM_ENDPOINT", "management.azure.com"),
+    ("HUBPILOT_SCALE__AUTHORITY", "http://login.microsoftonline.us"),
+    ("HUBPILOT_DIRECTORY__ENTRA__GRAPH_BASE_URL", "graph.microsoft.com/v1.0"),
+])
+def test_a_refused_url_is_shown_once(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """The scale.arm_endpoint refusal (and every one whose reason quotes the value) showed
+    "(got '...')" twice: the reason's own, and the one added to each refusal."""
+    message = _env_refused(monkeypatch, {"HUBPILOT_DIRECTORY__KIND": "entra", name: value})
+    line = next(line for line in message.splitlines() if name in line)
+    assert line.count(repr(value)) == 1, line
