@@ -175,7 +175,10 @@ def _paths_from_folder(model: Any, data: dict[str, Any], folder: Path) -> None:
 
 
 def _from_folder(value: str, folder: Path, marker: PathSetting) -> str:
-    """``value`` read from ``folder`` when relative; absolute, ``~`` and empty ones as they are."""
+    """``value`` read from ``folder`` when relative; absolute, ``~`` and empty (or blank) ones as they
+    are (the setting's own check refuses a blank one, naming it)."""
+    if not value.strip():
+        return value
     if marker.sqlite and (value == ":memory:" or value.startswith("file:")):
         return value
     if marker.sqlite and value and not value.startswith("~") and not os.path.isabs(value):

@@ -152,3 +152,34 @@ def test_a_refused_url_is_shown_once(monkeypatch: pytest.MonkeyPatch, name: str,
     message = _env_refused(monkeypatch, {"HUBPILOT_DIRECTORY__KIND": "entra", name: value})
     line = next(line for line in message.splitlines() if name in line)
     assert line.count(repr(value)) == 1, line
+
+
+@pytest.mark.parametrize("text, setting, hint", [
+    ('[state]\nkind = "azure"\nazure_account_name = "sthubpilot1"\nazure_endpoint_suffix = "https://core.windows.net"\n',
+     "state.azure_endpoint_suffix", "core.windows.net"),
+    ('[state]\nkind = "azure"\nazure_account_name = "sthubpilot1"\nazure_endpoint_suffix = " "\n',
+     "state.azure_endpoint_suffix", "core.windows.net"),
+    ('[sync]\nusers_groups = ["staff"]\n[sync.group_names]\nstaff = ""\n', "sync.group_names", '"users"'),
+    ('[sync]\nusers_groups = ["staff"]\n[sync.group_names]\nstaff = "data/science"\n', "sync.group_names", "'/'"),
+    ('[sync]\nusers_groups = ["staff"]\n[sync.group_names]\n"" = "users"\n', "sync.group_names", "directory group"),
+    ('[state]\nsqlite_path = "   "\n', "state.sqlite_path", "temporary database"),
+])
+def test_more_values_that_failed_later_are_refused_at_load(tmp_path: Path, text: str, setting: str,
+                                                           hint: str) -> None:
+    """An endpoint suffix given as a URL (or blank) failed every command when the store was built,
+    naming no setting; a group_names override that is empty named the hub group by the prefix alone,
+    one with '/' broke every request about the group; a state path of spaces became a file named so."""
+    said = _file_refused(tmp_path, text)
+    assert setting in said and hint in said, said
+
+
+def test_the_valid_forms_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "h.toml"
+    path.write_text('[state]\nkind = "azure"\nazure_account_name = "sthubpilot1"\n'
+                    'azure_endpoint_suffix = "core.chinacloudapi.cn"\n'
+                    '[directory]\nkind = "file"\n[directory.file]\npath = "people.yaml"\n'
+                    '[sync]\nusers_groups = ["staff", "cn=Data Team,ou=g"]\n'
+                    '[sync.group_names]\nstaff = "users"\n"cn=Data Team,ou=g" = "data-team"\n')
+    loaded = load_settings(path)
+    assert loaded.state.azure_endpoint_suffix == "core.chinacloudapi.cn"
+    assert loaded.sync.group_names == {"staff": "users", "cn=Data Team,ou=g": "data-team"}

@@ -44,10 +44,21 @@ class StateSettings(Section):
     def _a_file(cls, v: str) -> str:
         # SQLite opens "" as a temporary database deleted when the run ends: every run would start
         # on an empty store, forgetting the managed users, the removal window and the approvals
-        if not v:
+        if not v.strip():
             raise ValueError("is empty: SQLite would keep the state in a temporary database that each run "
                              "starts afresh; set the state file's path, or unset the setting for the default "
                              f"{cls.model_fields['sqlite_path'].default!r}")
+        return v
+
+    @field_validator("azure_endpoint_suffix")
+    @classmethod
+    def _suffix(cls, v: str) -> str:
+        # checked only when the store was built: every command failed then, naming no setting
+        bare = v.strip().strip(".")
+        if not bare or any(c in bare for c in "/: ") or "." not in bare:
+            raise ValueError("is no DNS suffix: write the storage endpoint suffix alone, not a URL, e.g. "
+                             "'core.windows.net' (Azure China: 'core.chinacloudapi.cn', Azure US Government: "
+                             "'core.usgovcloudapi.net')")
         return v
 
     @field_validator("azure_connection_string")

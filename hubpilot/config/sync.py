@@ -106,6 +106,21 @@ class SyncSettings(Section):
             raise ValueError("group_prefix must not contain '/' (hub group names go into URLs)")
         return v
 
+    @field_validator("group_names")
+    @classmethod
+    def _overrides(cls, v: dict[str, str]) -> dict[str, str]:
+        # an override is the hub group's name as it is (after the prefix): an empty one named the
+        # hub group by the prefix alone (or nothing), a '/' broke every request about the group
+        for group, name in v.items():
+            if not group.strip():
+                raise ValueError("names an empty directory group: each key is a directory group of "
+                                 "sync.users_groups or sync.admin_groups, e.g. {\"jupyter-users\": \"users\"}")
+            if not name.strip() or name != name.strip() or "/" in name:
+                raise ValueError(f"gives directory group {group!r} the hub group name {name!r}: write a name without "
+                                 "'/' and without leading or trailing spaces, e.g. \"users\" (the hub group is "
+                                 "sync.group_prefix + that name)")
+        return v
+
     @model_validator(mode="after")
     def _one_hub_group_each(self) -> SyncSettings:
         """Two directory groups mirrored into one hub group would each strip the other's members
