@@ -115,12 +115,8 @@ async def test_the_functions_host_shows_the_subscription_managers_own_hourly_tim
     directory.entra.subscription_schedule says (every 6 h here): its GET /status entry shows the
     timer's expression and next fire, and no app setting (none changes it); hubpilot serve's shows
     the setting's. The operations' schedules are their app settings on both."""
-    import azure.functions as func
 
-    import function_app
-    import functions
     from functions.graph import SUBSCRIPTION_SCHEDULE
-    from tests.test_functions import functions_by_name  # the app's functions are indexed once a process
 
     extra = {"directory": {"kind": "entra", "entra": ENTRA_NOTIFYING}, "sync": {"users_groups": ["staff"]}}
     served = make(extra)
@@ -129,19 +125,7 @@ async def test_the_functions_host_shows_the_subscription_managers_own_hourly_tim
     assert by_serve[SUBSCRIPTIONS]["expression"] == "0 0 */6 * * *"
     assert by_serve[SUBSCRIPTIONS]["app_setting"] == "HUBPILOT_DIRECTORY__ENTRA__SUBSCRIPTION_SCHEDULE"
 
-    hosted = make(extra)
-    functions.set_context(hosted)
-    function_app.front._app = None  # a cold start: the admin app is built for this context
-    try:
-        fn = functions_by_name()["admin_api"].get_user_function()
-        req = func.HttpRequest("GET", "http://localhost/api/v1/status", headers=READER, params={},
-                               route_params={"route": "api/v1/status"}, body=b"")
-        resp = await fn(req, None)
-    finally:
-        functions.set_context(None)
-        function_app.front._app = None
-    assert resp.status_code == 200, resp.get_body()
-    body = json.loads(resp.get_body())
+    body = await _status_on_functions(make(extra))
     by_fn = {s["name"]: s for s in body["schedules"]}
     entry = by_fn[SUBSCRIPTIONS]
     assert entry["expression"] == SUBSCRIPTION_SCHEDULE == "0 5 * * * *" and entry["app_setting"] is None
@@ -161,17 +145,29 @@ async def test_the_functions_host_shows_a_timer_switched_off_by_its_disabled_set
     """The portal's Disable button sets AzureWebJobs.<function>.Disabled: the host does not fire
     that timer. GET /status on the Functions app says so for that schedule (not fired here, skipped
     naming the setting) and for no other; the double-underscore form counts too."""
-    import azure.functions as func
 
-    import function_app
-    import functions
-    from tests.test_functions import functions_by_name
 
     monkeypatch.setenv("AzureWebJobs.cull_timer.Disabled", "True")
     monkeypatch.setenv("AzureWebJobs__sync_timer__Disabled", "1")
     monkeypatch.setenv("AzureWebJobs.scale_timer.Disabled", "false")
-    functions.set_context(make(CASES["everything configured"][0]))  # no schedule skipped by the settings
-    function_app.front._app = None
+    body = await _status_on_functions(make(CASES["everything configured"][0]))  # no schedule skipped by settings
+    by_fn = {s["name"]: s for s in body["schedules"]}
+    assert by_fn["cull"]["fired_here"] is False and "AzureWebJobs.cull_timer.Disabled is 'True'" in \
+        by_fn["cull"]["skipped"], by_fn["cull"]
+    assert by_fn["sync"]["fired_here"] is False and "AzureWebJobs__sync_timer__Disabled" in by_fn["sync"]["skipped"]
+    assert by_fn["scale"]["fired_here"] is True and by_fn["scale"]["skipped"] is None  # "false": enabled
+
+
+async def _status_on_functions(ctx: Context) -> dict[str, Any]:
+    """GET /status through the Functions app's admin_api function, on ``ctx`` (a cold start)."""
+    import azure.functions as func
+
+    import function_app
+    import functions
+    from tests.test_functions import functions_by_name  # the app's functions are indexed once a process
+
+    functions.set_context(ctx)
+    function_app.front._app = None  # a cold start: the admin app is built for this context
     try:
         fn = functions_by_name()["admin_api"].get_user_function()
         req = func.HttpRequest("GET", "http://localhost/api/v1/status", headers=READER, params={},
@@ -181,8 +177,5 @@ async def test_the_functions_host_shows_a_timer_switched_off_by_its_disabled_set
         functions.set_context(None)
         function_app.front._app = None
     assert resp.status_code == 200, resp.get_body()
-    by_fn = {s["name"]: s for s in json.loads(resp.get_body())["schedules"]}
-    assert by_fn["cull"]["fired_here"] is False and "AzureWebJobs.cull_timer.Disabled is 'True'" in \
-        by_fn["cull"]["skipped"], by_fn["cull"]
-    assert by_fn["sync"]["fired_here"] is False and "AzureWebJobs__sync_timer__Disabled" in by_fn["sync"]["skipped"]
-    assert by_fn["scale"]["fired_here"] is True and by_fn["scale"]["skipped"] is None  # "false": enabled
+    body: dict[str, Any] = json.loads(resp.get_body())
+    return body

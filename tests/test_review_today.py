@@ -3,14 +3,11 @@ the status's fired_here and sync's holds just after an LDAP id upgrade."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.audit import about, read_audit_about
 from hubpilot.loop import Action, Outcome
 from hubpilot.ports.store import StateStore
@@ -19,23 +16,10 @@ from tests.doubles.arm import ArmDouble
 from tests.fixtures.kmock import Emulator
 from tests.test_audit_user import T0, entry
 from tests.test_scale_kube import capability, world  # noqa: F401 - the fixture
-from tests.test_store import azure_store
+from tests.test_store import store  # noqa: F401 - the fixture (SQLite and Azurite)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("azure", marks=pytest.mark.azurite)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
-    s: StateStore
-    if request.param == "sqlite":
-        s = SqliteStore(tmp_path / "state.sqlite3")
-    else:
-        s = azure_store(request.getfixturevalue("azurite"))
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-async def _stop(store: StateStore, who: str, i: int) -> None:
+async def _stop(store: StateStore, who: str, i: int) -> None:  # noqa: F811
     await store.append_audit(entry("cull", [Action("stop_server", f"{who}/", 0, {"user": who, "server": ""},
                                                    f"idle #{i}")], at=T0 + timedelta(minutes=i)))
 
@@ -45,7 +29,7 @@ def _reasons(page: list[dict[str, Any]]) -> list[str]:
 
 
 async def test_audit_by_user_entries_appended_between_two_pages_neither_repeat_nor_hide_one(
-        store: StateStore) -> None:
+        store: StateStore) -> None:  # noqa: F811
     """The log grows while an admin pages (a scale run a minute): the next page of "what happened
     to bob" goes on from the entry after the last one the previous page read, whatever came in
     on top of the log meanwhile."""

@@ -3,20 +3,13 @@ uses it is refused at load, naming the setting and saying what to write; what is
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from hubpilot.settings import SettingsError, load_settings
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in list(os.environ):
-        if key.startswith("HUBPILOT_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)  # no stray ./hubpilot.toml
+from tests.test_settings import clean_env  # noqa: F401 - autouse: no HUBPILOT_ variable, no stray ./hubpilot.toml
+from tests.test_settings_review import _refused
 
 
 def _file_refused(tmp_path: Path, text: str) -> str:
@@ -24,16 +17,6 @@ def _file_refused(tmp_path: Path, text: str) -> str:
     path.write_text(text)
     with pytest.raises(SettingsError) as err:
         load_settings(path)
-    return str(err.value)
-
-
-def _env_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> str:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(SettingsError) as err:
-        load_settings()
-    for name in env:
-        monkeypatch.delenv(name)
     return str(err.value)
 
 
@@ -64,7 +47,7 @@ def test_an_empty_directory_file_path_is_refused(monkeypatch: pytest.MonkeyPatch
     failed with "directory file . cannot be read: Is a directory", naming no setting."""
     message = _file_refused(tmp_path, f"[directory]\nkind = 'file'\n[directory.file]\npath = '{value}'\n")
     assert "directory.file.path:" in message and "empty" in message, message
-    message = _env_refused(monkeypatch, {"HUBPILOT_DIRECTORY__KIND": "file", "HUBPILOT_DIRECTORY__FILE__PATH": value})
+    message = _refused(monkeypatch, {"HUBPILOT_DIRECTORY__KIND": "file", "HUBPILOT_DIRECTORY__FILE__PATH": value})
     assert "directory.file.path:" in message and "[env HUBPILOT_DIRECTORY__FILE__PATH]" in message, message
     (tmp_path / "h.toml").write_text("[directory]\nkind = 'file'\n[directory.file]\npath = 'people.yaml'\n")
     assert load_settings(tmp_path / "h.toml").directory.file.path == str(tmp_path / "people.yaml")  # type: ignore[union-attr]
@@ -83,7 +66,7 @@ def test_an_empty_group_name_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_pat
     message = _file_refused(tmp_path, f"{FILE_DIRECTORY}[sync]\n{name} = {value}\n")
     assert f"sync.{name}:" in message and "empty group name" in message, message
     (tmp_path / "hubpilot.toml").write_text(FILE_DIRECTORY)  # read from the working directory
-    message = _env_refused(monkeypatch, {f"HUBPILOT_SYNC__{name.upper()}": value})
+    message = _refused(monkeypatch, {f"HUBPILOT_SYNC__{name.upper()}": value})
     assert f"sync.{name}:" in message and f"[env HUBPILOT_SYNC__{name.upper()}]" in message, message
     monkeypatch.setenv(f"HUBPILOT_SYNC__{name.upper()}", '["staff"]')
     assert getattr(load_settings().sync, name) == ["staff"]
@@ -96,7 +79,7 @@ def test_a_kube_api_url_without_http_scheme_is_refused_with_kubeconfig_auth(
     place of the kubeconfig, with no credentials). One without a scheme was accepted, and the
     Kubernetes client then spoke plain http to it (urllib3 warns that a later release refuses
     such URLs); another scheme failed each run with "Not supported URL scheme"."""
-    message = _env_refused(monkeypatch, {"HUBPILOT_SCALE__KUBE_API_URL": url})
+    message = _refused(monkeypatch, {"HUBPILOT_SCALE__KUBE_API_URL": url})
     assert "scale.kube_api_url must be" in message and "http(s) URL" in message, message
     monkeypatch.setenv("HUBPILOT_SCALE__KUBE_API_URL", "http://127.0.0.1:8080")
     assert load_settings().scale.kube_api_url == "http://127.0.0.1:8080"
@@ -106,9 +89,9 @@ def test_an_azure_state_store_without_an_account_is_refused(monkeypatch: pytest.
     """state.kind = "azure" with neither a connection string nor an account name was accepted, and
     every command then failed building the store ("set a connection string or an account name"),
     naming no setting."""
-    message = _env_refused(monkeypatch, {"HUBPILOT_STATE__KIND": "azure"})
+    message = _refused(monkeypatch, {"HUBPILOT_STATE__KIND": "azure"})
     assert "state.azure_connection_string" in message and "state.azure_account_name" in message, message
-    message = _env_refused(monkeypatch, {"HUBPILOT_STATE__KIND": "azure", "HUBPILOT_STATE__AZURE_ACCOUNT_NAME": ""})
+    message = _refused(monkeypatch, {"HUBPILOT_STATE__KIND": "azure", "HUBPILOT_STATE__AZURE_ACCOUNT_NAME": ""})
     assert "state.azure_account_name" in message, message
     monkeypatch.setenv("HUBPILOT_STATE__KIND", "azure")
     monkeypatch.setenv("HUBPILOT_STATE__AZURE_ACCOUNT_NAME", "sthubpilot1")
@@ -136,7 +119,7 @@ def test_azure_store_names_azure_refuses_are_refused_at_load(monkeypatch: pytest
         AzureStore.from_settings(**store_names)
     env = {"HUBPILOT_STATE__KIND": "azure", "HUBPILOT_STATE__AZURE_ACCOUNT_NAME": "sthubpilot1",
            f"HUBPILOT_STATE__{name.upper()}": value}
-    message = _env_refused(monkeypatch, env)
+    message = _refused(monkeypatch, env)
     assert f"state.{name}:" in message and f"[env HUBPILOT_STATE__{name.upper()}]" in message, message
     assert "e.g." in message, message  # what to write
 
@@ -149,7 +132,7 @@ def test_azure_store_names_azure_refuses_are_refused_at_load(monkeypatch: pytest
 def test_a_refused_url_is_shown_once(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     """The scale.arm_endpoint refusal (and every one whose reason quotes the value) showed
     "(got '...')" twice: the reason's own, and the one added to each refusal."""
-    message = _env_refused(monkeypatch, {"HUBPILOT_DIRECTORY__KIND": "entra", name: value})
+    message = _refused(monkeypatch, {"HUBPILOT_DIRECTORY__KIND": "entra", name: value})
     line = next(line for line in message.splitlines() if name in line)
     assert line.count(repr(value)) == 1, line
 
