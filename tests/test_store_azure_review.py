@@ -5,109 +5,41 @@ and what a lease read later reports. Each test fails against a store that gets t
 from __future__ import annotations
 
 import asyncio
-import http.client
-import http.server
-import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from hubpilot.adapters.store_azure import AzureStore
+from hubpilot.adapters.store_azure import AzureStore, _lock_row
 from hubpilot.adapters.store_common import to_micros
 from hubpilot.ports.store import StateStore, StoreError
-from tests.azurite import ACCOUNT_KEY, Azurite
+from tests.azurite import Azurite
+from tests.azurite_proxy import AzuriteProxy, Pick, connection_string, never, proxies
 from tests.test_store import T0, TTL, azure_store, store  # noqa: F401  (the fixture)
-
-_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
-_BUSY = b'{"odata.error":{"code":"ServerBusy","message":{"lang":"en-US","value":"busy"}}}'
-
-
-class _Proxy(http.server.ThreadingHTTPServer):
-    """Forwards to Azurite; a request ``busy`` picks is answered 503 ServerBusy (never sent on),
-    and the answer to one ``dateless`` picks is sent back without its Date header."""
-
-    def __init__(self, target: int, busy: Callable[[str, str], bool],
-                 dateless: Callable[[str, str], bool]) -> None:
-        super().__init__(("127.0.0.1", 0), _Forward)
-        self.target, self.busy, self.dateless, self.refused = target, busy, dateless, 0
-
-
-class _Forward(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Proxy
-
-    def _forward(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
-        if self.server.busy(self.command, self.path):
-            self.server.refused += 1
-            self.send_response_only(503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(_BUSY)))
-            self.end_headers()
-            self.wfile.write(_BUSY)
-            return
-        conn = http.client.HTTPConnection("127.0.0.1", self.server.target, timeout=30)
-        try:
-            conn.request(self.command, self.path, body=body,
-                         headers={k: v for k, v in self.headers.items() if k.lower() not in _HOP})
-            answer = conn.getresponse()
-            data = answer.read()
-        finally:
-            conn.close()
-        self.send_response_only(answer.status)
-        dateless = self.server.dateless(self.command, self.path)
-        for key, value in answer.getheaders():
-            if key.lower() not in _HOP and not (dateless and key.lower() == "date"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", answer.getheader("Content-Length", "0")
-                         if self.command == "HEAD" else str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_MERGE = _forward
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
-def _never(method: str, path: str) -> bool:
-    return False
 
 
 @pytest.fixture
-async def proxied(azurite: Azurite) -> AsyncIterator[Callable[..., tuple[AzureStore, AzureStore, _Proxy]]]:
-    """``make(service, busy=, dateless=)``: a store whose ``service`` ("table" or "blob") is
+async def proxied(azurite: Azurite) -> AsyncIterator[Callable[..., tuple[AzureStore, AzureStore, AzuriteProxy]]]:
+    """``make(service, busy=, dateless=, meanwhile=)``: a store whose ``service`` ("table" or "blob") is
     reached through a proxy, and a direct store on the same tables and container."""
-    started: list[tuple[_Proxy, threading.Thread]] = []
     stores: list[AzureStore] = []
+    with proxies(azurite) as start:
 
-    def make(service: str, *, busy: Callable[[str, str], bool] = _never,
-             dateless: Callable[[str, str], bool] = _never) -> tuple[AzureStore, AzureStore, _Proxy]:
-        proxy = _Proxy(azurite.table_port if service == "table" else azurite.blob_port, busy, dateless)
-        thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        thread.start()
-        started.append((proxy, thread))
-        through = f"http://127.0.0.1:{proxy.server_address[1]}/devstoreaccount1"
-        conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
-                f"BlobEndpoint={through if service == 'blob' else azurite.blob_endpoint};"
-                f"TableEndpoint={through if service == 'table' else azurite.table_endpoint};")
-        direct = azure_store(azurite)
-        via = AzureStore.from_settings(connection_string=conn, table_prefix=direct.locks_table.removesuffix("locks"),
-                                         container=direct.container_name, retry_total=0, retry_backoff=0)
-        stores.extend((via, direct))
-        return via, direct, proxy
+        def make(service: str, *, busy: Pick = never, dateless: Pick = never,
+                 meanwhile: Callable[[str, str], object] = never) -> tuple[AzureStore, AzureStore, AzuriteProxy]:
+            proxy = start(service, busy=busy, dateless=dateless, meanwhile=meanwhile)
+            direct = azure_store(azurite)
+            via = AzureStore.from_settings(
+                connection_string=connection_string(azurite, service, proxy),
+                table_prefix=direct.locks_table.removesuffix("locks"), container=direct.container_name,
+                retry_total=0, retry_backoff=0)
+            stores.extend((via, direct))
+            return via, direct, proxy
 
-    yield make
-    for s in stores:
-        await s.close()
-    for proxy, thread in started:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join()
+        yield make
+        for s in stores:
+            await s.close()
 
 
 # --- locks ---------------------------------------------------------------------------------------
@@ -147,6 +79,32 @@ async def test_renewing_a_released_lease_says_it_is_lost(store: StateStore) -> N
     await store.release_lock(lease)
     assert await store.renew_lock(lease, TTL, T0 + timedelta(minutes=1)) is None
     assert await store.read_lock("renew-released", T0 + timedelta(minutes=1)) is None
+
+
+@pytest.mark.azurite
+async def test_an_expired_lock_released_between_the_read_and_the_take_over_is_not_an_error(
+        proxied: Any, azurite: Azurite) -> None:
+    """A taker reads an expired lock row, and its old holder releases it (deletes the row) before
+    the taker's conditional replace, which Azure answers 404: a lost race, as when another taker
+    got there first (no lease, no store error), and the lock is free for the next run."""
+    from azure.data.tables import TableServiceClient
+
+    released: list[str] = []
+
+    def release_meanwhile(method: str, path: str) -> None:
+        if method == "GET" and "locks(" in path and not released:
+            with TableServiceClient.from_connection_string(azurite.connection_string) as tables:
+                tables.get_table_client(s.locks_table).delete_entity("lock", _lock_row("sync"))
+            released.append(path)
+
+    s, direct, _ = proxied("table", meanwhile=release_meanwhile)
+    assert await direct.acquire_lock("sync", "old", timedelta(seconds=1), datetime.now(UTC)) is not None
+    await asyncio.sleep(2.2)  # expired by the service's clock (its Date has whole seconds)
+    assert await s.acquire_lock("sync", "new", TTL, datetime.now(UTC)) is None
+    assert released, "the proxy never saw the taker read the lock row"
+    assert await direct.read_lock("sync", datetime.now(UTC)) is None
+    lease = await s.acquire_lock("sync", "next", TTL, datetime.now(UTC))
+    assert lease is not None and lease.holder == "next"
 
 
 @pytest.mark.azurite

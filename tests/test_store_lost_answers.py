@@ -4,9 +4,6 @@ them again, and the second attempt's refusal (409, 412) must not be taken for an
 from __future__ import annotations
 
 import asyncio
-import http.client
-import http.server
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,84 +11,29 @@ from typing import Any
 import pytest
 
 from hubpilot.adapters.store_azure import AzureStore
-from tests.azurite import ACCOUNT_KEY, Azurite
+from tests.azurite import Azurite
+from tests.azurite_proxy import AzuriteProxy, Pick, connection_string, proxies
 
 pytestmark = pytest.mark.azurite
 
 TTL = timedelta(minutes=5)
-_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
-
-
-class _LosingProxy(http.server.ThreadingHTTPServer):
-    """Forwards to Azurite; the first request ``lose`` picks is applied there, but its caller is
-    answered 503 ServerBusy, as when the service timed out after doing the work."""
-
-    def __init__(self, target: int, lose: Callable[[str, str], bool]) -> None:
-        super().__init__(("127.0.0.1", 0), _Forward)
-        self.target, self.lose, self.lost = target, lose, 0
-
-
-class _Forward(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _LosingProxy
-
-    def _forward(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
-        conn = http.client.HTTPConnection("127.0.0.1", self.server.target, timeout=30)
-        try:
-            conn.request(self.command, self.path, body=body,
-                         headers={k: v for k, v in self.headers.items() if k.lower() not in _HOP})
-            answer = conn.getresponse()
-            data = answer.read()
-        finally:
-            conn.close()
-        if not self.server.lost and self.server.lose(self.command, self.path):
-            self.server.lost += 1
-            data = b'{"odata.error":{"code":"ServerBusy","message":{"lang":"en-US","value":"busy"}}}'
-            self.send_response(503)
-            self.send_header("Content-Type", "application/json")
-        else:
-            self.send_response(answer.status)
-            for key, value in answer.getheaders():
-                if key.lower() not in _HOP and key.lower() not in ("date", "server"):
-                    self.send_header(key, value)
-            self.send_header("Date", answer.getheader("Date") or self.date_time_string())
-        self.send_header("Content-Length", answer.getheader("Content-Length", "0")
-                         if self.command == "HEAD" else str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_MERGE = _forward
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
 
 
 @pytest.fixture
-def lossy(azurite: Azurite) -> Iterator[Callable[..., tuple[AzureStore, _LosingProxy]]]:
-    started: list[tuple[_LosingProxy, threading.Thread]] = []
+def lossy(azurite: Azurite) -> Iterator[Callable[..., tuple[AzureStore, AzuriteProxy]]]:
+    """``make(lose, service)``: a store whose ``service`` is reached through a proxy that answers
+    the first request ``lose`` picks 503 ServerBusy after Azurite applied it."""
+    with proxies(azurite) as start:
 
-    def make(lose: Callable[[str, str], bool], service: str = "table") -> tuple[AzureStore, _LosingProxy]:
-        proxy = _LosingProxy(azurite.table_port if service == "table" else azurite.blob_port, lose)
-        thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        thread.start()
-        started.append((proxy, thread))
-        through = f"http://127.0.0.1:{proxy.server_address[1]}/devstoreaccount1"
-        conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
-                f"BlobEndpoint={through if service == 'blob' else azurite.blob_endpoint};"
-                f"TableEndpoint={through if service == 'table' else azurite.table_endpoint};")
-        unique = datetime.now(UTC).strftime("%H%M%S%f")
-        store = AzureStore.from_settings(connection_string=conn, table_prefix=f"lost{unique}",
-                                         container=f"lost{unique}", retry_backoff=0)
-        return store, proxy
+        def make(lose: Pick, service: str = "table") -> tuple[AzureStore, AzuriteProxy]:
+            proxy = start(service, lose=lose)
+            unique = datetime.now(UTC).strftime("%H%M%S%f")
+            store = AzureStore.from_settings(connection_string=connection_string(azurite, service, proxy),
+                                             table_prefix=f"lost{unique}", container=f"lost{unique}",
+                                             retry_backoff=0)
+            return store, proxy
 
-    yield make
-    for proxy, thread in started:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join()
+        yield make
 
 
 async def test_a_lock_taken_whose_answer_was_lost_is_held_by_us(lossy: Any) -> None:

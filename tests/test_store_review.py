@@ -3,8 +3,6 @@ drops after the service applied it) or the request never gets there (the connect
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import socket
 import threading
 import traceback
@@ -16,86 +14,29 @@ import pytest
 
 from hubpilot.adapters.store_azure import AzureStore
 from hubpilot.ports.store import StoreError
-from tests.azurite import ACCOUNT_KEY, Azurite
+from tests.azurite import Azurite
+from tests.azurite_proxy import AzuriteProxy, Pick, connection_string, proxies
 
 pytestmark = pytest.mark.azurite
 
 TTL = timedelta(minutes=5)
-_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
-
-
-class _DroppingProxy(http.server.ThreadingHTTPServer):
-    """Forwards to Azurite, except that the first request ``drop`` picks is cut: with
-    ``applied`` it reaches Azurite and its answer is lost (the connection closes without one),
-    else the connection closes before it is sent on."""
-
-    def __init__(self, target: int, drop: Callable[[str, str], bool], applied: bool) -> None:
-        super().__init__(("127.0.0.1", 0), _Forward)
-        self.target, self.drop, self.applied, self.dropped = target, drop, applied, 0
-
-
-class _Forward(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _DroppingProxy
-
-    def _forward(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
-        cut = not self.server.dropped and self.server.drop(self.command, self.path)
-        if cut:
-            self.server.dropped += 1
-            self.close_connection = True
-            if not self.server.applied:
-                return
-        conn = http.client.HTTPConnection("127.0.0.1", self.server.target, timeout=30)
-        try:
-            conn.request(self.command, self.path, body=body,
-                         headers={k: v for k, v in self.headers.items() if k.lower() not in _HOP})
-            answer = conn.getresponse()
-            data = answer.read()
-        finally:
-            conn.close()
-        if cut:
-            return  # applied, and no answer: the connection closes
-        self.send_response(answer.status)
-        for key, value in answer.getheaders():
-            if key.lower() not in _HOP and key.lower() not in ("date", "server"):
-                self.send_header(key, value)
-        self.send_header("Date", answer.getheader("Date") or self.date_time_string())
-        self.send_header("Content-Length", answer.getheader("Content-Length", "0")
-                         if self.command == "HEAD" else str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_MERGE = _forward
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
 
 
 @pytest.fixture
-def dropping(azurite: Azurite) -> Iterator[Callable[..., tuple[AzureStore, _DroppingProxy]]]:
-    started: list[tuple[_DroppingProxy, threading.Thread]] = []
+def dropping(azurite: Azurite) -> Iterator[Callable[..., tuple[AzureStore, AzuriteProxy]]]:
+    """``make(drop, applied=)``: a store whose table service is reached through a proxy that cuts
+    the first request ``drop`` picks: after Azurite applied it (``applied``) or before."""
+    with proxies(azurite) as start:
 
-    def make(drop: Callable[[str, str], bool], *, applied: bool) -> tuple[AzureStore, _DroppingProxy]:
-        proxy = _DroppingProxy(azurite.table_port, drop, applied)
-        thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        thread.start()
-        started.append((proxy, thread))
-        through = f"http://127.0.0.1:{proxy.server_address[1]}/devstoreaccount1"
-        conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
-                f"BlobEndpoint={azurite.blob_endpoint};TableEndpoint={through};")
-        unique = datetime.now(UTC).strftime("%H%M%S%f")
-        store = AzureStore.from_settings(connection_string=conn, table_prefix=f"drop{unique}",
-                                         container=f"drop{unique}", retry_backoff=0)
-        return store, proxy
+        def make(drop: Pick, *, applied: bool) -> tuple[AzureStore, AzuriteProxy]:
+            proxy = start("table", drop=drop, drop_applied=applied)
+            unique = datetime.now(UTC).strftime("%H%M%S%f")
+            store = AzureStore.from_settings(connection_string=connection_string(azurite, "table", proxy),
+                                             table_prefix=f"drop{unique}", container=f"drop{unique}",
+                                             retry_backoff=0)
+            return store, proxy
 
-    yield make
-    for proxy, thread in started:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join()
+        yield make
 
 
 def _lock_insert(method: str, path: str) -> bool:
