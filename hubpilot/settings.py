@@ -9,6 +9,7 @@ refused unless ``OTHER_ENV`` lists it (the hub side's, the user image's, the dep
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import tomllib
@@ -292,12 +293,15 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             loc = tuple(p for p in err["loc"] if p not in ("function-after",))
             dotted = ".".join(str(p) for p in loc) or "(settings)"
             got = err.get("input")
-            shown = "" if isinstance(got, dict) or _is_secret(loc) or "secret" in dotted or "password" in dotted \
-                or "token" in dotted else f" (got {_without_password(got)!r})"
+            secret = _is_secret(loc) or "secret" in dotted or "password" in dotted or "token" in dotted
+            shown = "" if isinstance(got, dict) or secret else f" (got {_without_password(got)!r})"
             if shown and shown.strip(" ()") in err["msg"]:
                 shown = ""  # the reason quotes the value already
             where = _where(loc) if loc else ""
-            if err["type"] == "extra_forbidden":
+            typed = _typed_not_text(err["type"], got)
+            if typed is not None:
+                lines.append(f"  {dotted}: {_quote_it(loc, typed, got, where, secret=secret)}{where}")
+            elif err["type"] == "extra_forbidden":
                 lines.append(f"  {dotted}: {_unknown(loc)}{where}")
             elif err["type"] == "list_type" and isinstance(got, dict) and _env_name(loc) not in os.environ:
                 # HUBPILOT_SCALE__WARM__SPARE=2: the items of a list have no variables of their own
@@ -379,6 +383,39 @@ def _not_plain_utf8(file: Path) -> bool:
     except UnicodeDecodeError:
         return True
     return data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff"))
+
+
+def _typed_not_text(kind: str, got: Any) -> str | None:
+    """What a text setting got instead of text, when TOML (or a JSON variable) typed an unquoted
+    value: a number, a boolean, a date, a time or a date-time; else None."""
+    if kind not in ("string_type", "url_type"):
+        return None
+    if isinstance(got, bool):
+        return "a boolean"
+    if isinstance(got, int | float):
+        return "a number"
+    if isinstance(got, datetime.datetime):
+        return "a date-time"
+    if isinstance(got, datetime.date):
+        return "a date"
+    if isinstance(got, datetime.time):
+        return "a time"
+    return None
+
+
+def _quote_it(loc: tuple[Any, ...], typed: str, got: Any, where: str, *, secret: bool) -> str:
+    """Says that the value is text and how to write it quoted (a secret's value is not shown)."""
+    if isinstance(got, bool):
+        text = str(got).lower()
+    elif isinstance(got, datetime.date | datetime.time):
+        text = got.isoformat()
+    else:
+        text = repr(got)
+    key = str(loc[-1]) if loc else "value"
+    shown = "..." if secret else text
+    written = f'{key} = "{shown}"' if where.startswith(" [in ") else f'"{key}": "{shown}"'
+    what = "the value" if secret else text
+    return f"is text, but {what} is unquoted and was read as {typed}: quote it, {written}"
 
 
 def _where(loc: tuple[Any, ...]) -> str:

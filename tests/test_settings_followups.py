@@ -166,3 +166,36 @@ def test_the_valid_forms_still_load(tmp_path: Path) -> None:
     loaded = load_settings(path)
     assert loaded.state.azure_endpoint_suffix == "core.chinacloudapi.cn"
     assert loaded.sync.group_names == {"staff": "users", "cn=Data Team,ou=g": "data-team"}
+
+
+@pytest.mark.parametrize(("line", "setting", "typed", "write"), [
+    ("[hub]\napi_url = 8081", "hub.api_url", "a number", 'api_url = "8081"'),
+    ("[scale]\nresource_group = 2024-01-01", "scale.resource_group", "a date", 'resource_group = "2024-01-01"'),
+    ("[sync]\ngroup_prefix = true", "sync.group_prefix", "a boolean", 'group_prefix = "true"'),
+    ("[sync]\ngroup_prefix = 1.5", "sync.group_prefix", "a number", 'group_prefix = "1.5"'),
+    ("[sync]\ngroup_prefix = 2024-01-01T08:00:00", "sync.group_prefix", "a date-time",
+     'group_prefix = "2024-01-01T08:00:00"'),
+    ("[scale]\nresource_group = 08:00:00", "scale.resource_group", "a time", 'resource_group = "08:00:00"'),
+])
+def test_an_unquoted_toml_value_for_a_text_setting_says_to_quote_it(tmp_path: Path, line: str, setting: str,
+                                                                    typed: str, write: str) -> None:
+    """TOML types an unquoted number, boolean, date or time; a text setting given one was refused
+    with pydantic's "Input should be a valid string", which does not say what to write."""
+    message = _file_refused(tmp_path, line + "\n")
+    assert f"{setting}: is text" in message and f"read as {typed}: quote it, {write}" in message, message
+    assert "valid string" not in message, message
+    if setting != "hub.api_url":  # quoted as it says, it loads ("8081" is text, and no URL)
+        key, _, value = line.partition(" = ")
+        (tmp_path / "h.toml").write_text(f'{key} = "{value}"\n')
+        assert load_settings(tmp_path / "h.toml")
+
+
+def test_an_unquoted_secret_says_to_quote_it_without_showing_it(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    message = _file_refused(tmp_path, "[hub]\ntoken = 4242424242\n")
+    assert "hub.token: is text, but the value is unquoted and was read as a number" in message, message
+    assert 'token = "..."' in message and "4242424242" not in message, message
+    message = _refused(monkeypatch, {"HUBPILOT_HUB": '{"token": 4242424242, "api_url": 8081}'})
+    assert '"token": "..."' in message and "4242424242" not in message, message
+    assert 'hub.api_url: is text, but 8081 is unquoted and was read as a number: quote it, "api_url": "8081"' \
+        in message, message
