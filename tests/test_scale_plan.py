@@ -519,6 +519,37 @@ def test_overnight_window_belongs_to_its_start_day() -> None:
     assert not s.at(datetime(2026, 3, 5, 23, 0, tzinfo=UTC)).active  # Thursday
 
 
+def test_a_holiday_switches_off_all_day_and_overnight_windows_of_its_date() -> None:
+    christmas = date(2026, 12, 25)  # a Friday
+    s = Schedule.of([WarmWindow(days="mon-fri", start="08:00", end="08:00", spare=1),  # start = end: all day
+                     WarmWindow(days="fri", start="22:00", end="02:00", spare=2)], "UTC", [christmas])
+    # the all-day window covers the whole of its own days, midnight to midnight
+    assert s.at(datetime(2026, 12, 14, 7, 0, tzinfo=UTC)).spare == 1  # Monday 07:00
+    assert s.at(datetime(2026, 12, 18, 23, 0, tzinfo=UTC)).spare == 2  # Friday 23:00: both, the larger
+    assert not s.at(datetime(2026, 12, 19, 7, 0, tzinfo=UTC)).active  # Saturday 07:00
+    # on the holiday neither window applies, nor the night that began on it (Sat 01:00)
+    for hour in (0, 12, 23):
+        assert not s.at(datetime(2026, 12, 25, hour, 0, tzinfo=UTC)).active
+    assert not s.at(datetime(2026, 12, 26, 1, 0, tzinfo=UTC)).active
+    # a holiday on the Saturday after does not take the Friday night's hours past midnight away
+    s2 = Schedule.of([WarmWindow(days="fri", start="22:00", end="02:00", spare=2)], "UTC", [date(2026, 12, 19)])
+    assert s2.at(datetime(2026, 12, 19, 1, 0, tzinfo=UTC)).spare == 2
+
+
+def test_overlapping_windows_take_the_largest_spare_and_floor_in_any_order() -> None:
+    a = WarmWindow(days="mon-fri", start="08:00", end="18:00", spare=2, min_nodes=1)
+    b = WarmWindow(days="mon", start="09:00", end="12:00", spare=1, min_nodes=3)
+    for windows in ([a, b], [b, a]):
+        warm = Schedule.of(windows, "UTC", []).at(datetime(2026, 3, 2, 10, 0, tzinfo=UTC))
+        assert (warm.spare, warm.min_nodes) == (2, 3)
+        assert warm.window.count(";") == 1  # both named
+
+
+def test_a_naive_time_is_refused_not_read_as_the_hosts_zone() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        BERLIN.at(datetime(2026, 3, 2, 7, 0))
+
+
 def test_warm_window_keeps_a_spare_node_then_lets_it_go() -> None:
     pol = Policy(schedule=BERLIN, max_nodes=4)
     morning = datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
