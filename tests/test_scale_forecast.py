@@ -56,6 +56,43 @@ def test_a_finished_hour_is_folded_mean_first_then_exponential() -> None:
     assert f.rates["0-10"] == 0 and f.weeks["0-10"] == 5  # quiet hours are learned as quiet
 
 
+def test_a_team_that_stops_coming_loses_its_spare_at_the_half_life() -> None:
+    # eight busy Mondays, then eight quiet ones: the rate halves every half-life (4 weeks), it does
+    # not stay at the mean of all weeks, which would keep the spare node warm for months
+    f = Forecast()
+    for week in range(16):
+        f = feed(f, {9: 6 if week < 8 else 0}, MON9.replace(hour=0) + timedelta(days=7 * week))
+    assert f.weeks["0-09"] == 16
+    assert f.rates["0-09"] == pytest.approx(6 * 0.5 ** (8 / 4))
+    fp = dataclasses.replace(FP, min_rate=2.0)
+    assert forecast_spare(f, MON9 + timedelta(days=7 * 16), fp) == (0, pytest.approx(1.5))
+
+
+def test_an_hour_of_a_zone_half_an_hour_off_utc_is_folded_once() -> None:
+    # India is UTC+05:30: the local hour 10:00-11:00 is 04:30-05:30 UTC, one hour, not two halves
+    india = ForecastPolicy(quantile=0.95, timezone="Asia/Kolkata")
+    start = datetime(2026, 3, 2, 4, 29, tzinfo=UTC)  # Monday 09:59 IST
+    f = learn(Forecast(), [], start, india)
+    for minute in range(1, 62):  # 6 arrivals in 10:00-11:00 IST, observed every minute
+        f = learn(f, [f"u{minute}~"] if minute % 10 == 1 else [], start + timedelta(minutes=minute), india)
+    assert f.open_bucket == "0-11"
+    assert (f.rates["0-10"], f.weeks["0-10"]) == (6, 1)
+
+
+def test_the_hour_being_counted_when_the_timezone_changes_is_folded_into_its_local_hour() -> None:
+    # counting 07:00 UTC (learned in UTC); scale.timezone becomes Europe/Berlin at 07:30, where it is 08:30
+    f = learn(Forecast(), [], MON9.replace(hour=7), FP)
+    for minute in range(1, 30):
+        f = learn(f, [f"u{minute}~"] if minute % 10 == 1 else [], MON9.replace(hour=7, minute=minute), FP)
+    assert (f.open_bucket, f.open_count) == ("0-07", 3)
+    berlin = dataclasses.replace(FP, timezone="Europe/Berlin")
+    for minute in range(30, 61):
+        f = learn(f, [f"u{minute}~"] if minute % 10 == 1 else [], MON9.replace(hour=7) + timedelta(minutes=minute),
+                  berlin)
+    # the hour goes on as Berlin's 08:00 with its six arrivals; no hour is learned as a half
+    assert f.open_bucket == "0-09" and f.rates == {"0-08": 6} and f.weeks == {"0-08": 1}
+
+
 def test_hours_are_local_and_follow_daylight_saving() -> None:
     berlin = ForecastPolicy(timezone="Europe/Berlin")
     assert bucket(datetime(2026, 1, 5, 8, 0, tzinfo=UTC), berlin.timezone) == "0-09"  # CET
@@ -119,6 +156,8 @@ def test_below_the_minimum_rate_no_spare_is_kept() -> None:
     assert forecast_spare(f, MON9, ForecastPolicy(quantile=0.95, boot=timedelta(minutes=3), min_rate=1.5)) == (
         0, pytest.approx(1.2))
     assert forecast_spare(busy_forecast(2.0), MON9, ForecastPolicy(boot=timedelta(minutes=3), min_rate=1.5))[0] == 1
+    # at the minimum rate itself the spare is kept: none only below it
+    assert forecast_spare(busy_forecast(1.5), MON9, ForecastPolicy(boot=timedelta(minutes=3), min_rate=1.5))[0] == 1
 
 
 def test_malformed_stored_forecast_starts_afresh() -> None:
@@ -144,8 +183,9 @@ def test_settings_build_the_forecast_policy_and_reject_nonsense() -> None:
                                 holidays=frozenset({date(2026, 12, 24)}))
     with pytest.raises(ValidationError, match="forecast_quantile"):
         ScaleSettings(forecast_quantile=1.0)
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        ForecastPolicy(quantile=1.5)
+    for q in (1.5, 1.0, 0.0):  # 1: the spare would always be forecast_max_spare
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            ForecastPolicy(quantile=q)
 
 
 # --- in the plan --------------------------------------------------------------------------------
