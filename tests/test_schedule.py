@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hubpilot.schedule import ScheduleError, longest_gap, next_fire, validate_ncrontab
+from hubpilot.schedule import ScheduleError, longest_gap, next_fire, previous_fire, validate_ncrontab
 from hubpilot.settings import SettingsError, load_settings
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)  # a Thursday
@@ -40,6 +40,17 @@ def test_names_ranges_and_steps_read_as_ncrontab_reads_them() -> None:
     assert [t.hour for t in fires("0 0 22-2 * * *", T0, 3)] == [13, 14, 15]
     assert [t.minute for t in fires("0 5/20 * * * *", T0, 4)] == [5, 25, 45, 5]
     assert validate_ncrontab("  0  */5 * * * *  ") == "  0  */5 * * * *  "
+
+
+def test_the_previous_fire_is_at_or_before_the_instant_never_after() -> None:
+    # the missed-fire check of `hubpilot serve`: a fire at this very instant counts as fired
+    assert previous_fire("0 */15 * * * *", T0) == T0
+    assert previous_fire("0 */15 * * * *", T0 - timedelta(microseconds=1)) == T0 - timedelta(minutes=15)
+    assert previous_fire("0 */15 * * * *", T0 + timedelta(minutes=14, seconds=59)) == T0
+    # a schedule of every second, between two seconds: the one before, not the next one
+    half = T0 + timedelta(milliseconds=500)
+    assert previous_fire("* * * * * *", half) == T0
+    assert next_fire("* * * * * *", half) == T0 + timedelta(seconds=1)
 
 
 @pytest.mark.parametrize(("expr", "says"), [
