@@ -128,9 +128,11 @@ def previous_fire(expr: str, at: datetime) -> datetime:
 
 
 def longest_gap(expr: str, *, within: timedelta = timedelta(days=7), max_fires: int = 20_000) -> timedelta:
-    """The longest time between two fires of the schedule over a week (UTC), e.g. 10 minutes for
-    '0 */10 * * * *'. A schedule that fires more than ``max_fires`` times a week is measured on its
-    first ``max_fires`` fires (its gaps are seconds)."""
+    """The longest time between two fires of the schedule (UTC), e.g. 10 minutes for
+    '0 */10 * * * *': measured over a week (a schedule that fires more than ``max_fires`` times a
+    week on its first ``max_fires`` fires: its gaps are seconds), and with a day or month field
+    restricted also between its firing days over a year ('0 */5 * * 1-6 *' leaves July to
+    December without a fire)."""
     start = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
     it = _iter(validate_ncrontab(expr), start - timedelta(seconds=1))
     first = last = it.get_next(datetime)
@@ -141,4 +143,26 @@ def longest_gap(expr: str, *, within: timedelta = timedelta(days=7), max_fires: 
         last = nxt
         if nxt - first > within:
             break
-    return gap
+    return max(gap, _longest_gap_between_days(expr))
+
+
+def _longest_gap_between_days(expr: str) -> timedelta:
+    """The longest time from a firing day's last fire to the next firing day's first, over a year
+    (the times of day are the same on every firing day); 0 when every week is alike."""
+    fields = _normalized(expr).split()
+    if fields[3] == "*" and fields[4] == "*":
+        return timedelta(0)
+    ends = []
+    for text, (_, lo, hi, _names) in zip(fields[:3], _FIELDS[:3], strict=True):
+        values = [lo, hi] if text == "*" else [int(v) for v in text.split(",")]
+        ends.append((values[0], values[-1]))
+    (s0, s1), (m0, m1), (h0, h1) = ends
+    day_span = timedelta(hours=h1 - h0, minutes=m1 - m0, seconds=s1 - s0)  # first to last fire of a day
+    days = _iter(f"{s0} {m0} {h0} {' '.join(fields[3:])}", datetime(2026, 1, 1, tzinfo=UTC))
+    first = last = days.get_next(datetime)
+    gap = timedelta(0)
+    while last - first <= timedelta(days=366):
+        nxt: datetime = days.get_next(datetime)
+        gap = max(gap, nxt - last)
+        last = nxt
+    return gap - day_span if gap else timedelta(0)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
+from hubpilot.config.cull import CullSettings
 from hubpilot.schedule import ScheduleError, longest_gap, next_fire, previous_fire, validate_ncrontab
 from hubpilot.settings import SettingsError, load_settings
 
@@ -51,6 +53,21 @@ def test_the_previous_fire_is_at_or_before_the_instant_never_after() -> None:
     half = T0 + timedelta(milliseconds=500)
     assert previous_fire("* * * * * *", half) == T0
     assert next_fire("* * * * * *", half) == T0 + timedelta(seconds=1)
+
+
+def test_the_longest_gap_counts_days_and_months_without_a_fire() -> None:
+    # every 5 minutes, January to June: July to December has no round at all
+    assert longest_gap("0 */5 * * 1-6 *") == timedelta(days=184, minutes=5)
+    assert longest_gap("0 */5 * 1-15 * *") == timedelta(days=16, minutes=5)  # the 16th to the 31st
+    assert longest_gap("*/30 * 8-17 1-5 * *") == timedelta(days=26, hours=14, seconds=30)  # Jan 5 17:59:30 on
+    assert longest_gap("0 0 9 1-7 * 1") == timedelta(days=35)  # first Mondays: 4 or 5 weeks apart
+    assert longest_gap("0 0 9 * * Mon,Thu") == timedelta(days=4)
+    assert longest_gap("0 */10 * * * *") == timedelta(minutes=10)
+    # so a cull that runs every 5 minutes half of the year is refused for a 10-minute timeout
+    half_year = r"cull.schedule \('0 \*/5 \* \* 1-6 \*'\) leaves up to 1.58979e\+07 s between rounds"
+    with pytest.raises(ValidationError, match=half_year):
+        CullSettings(schedule="0 */5 * * 1-6 *", inactivity_timeout=600)
+    assert CullSettings(schedule="0 */5 * * * *", inactivity_timeout=600).schedule == "0 */5 * * * *"
 
 
 @pytest.mark.parametrize(("expr", "says"), [
