@@ -162,9 +162,18 @@ class CullSettings(Section):
             else:
                 example = f"*/{min(half, 59)} * * * * *"
             raise ValueError(
-                f"cull.schedule ({self.schedule!r}) leaves up to {gap:g} s between rounds, longer than "
-                f"{where}={shortest} s: idle servers would run for up to {gap + shortest:g} s; run the cull "
+                f"cull.schedule ({self.schedule!r}) leaves up to {_span(gap)} between rounds, longer than "
+                f"{where}={shortest} s: idle servers would run for up to {_span(gap + shortest)}; run the cull "
                 f"at least every {half} s (half the shortest timeout, as jupyterhub-idle-culler does), "
                 f"e.g. cull.schedule = '{example}'"
             )
         return self
+
+
+def _span(seconds: float) -> str:
+    """Seconds as said in a refusal, with days or hours beside a long span: '15897900 s (184 days)'."""
+    if seconds >= 2 * 86400:
+        return f"{seconds:.0f} s ({seconds / 86400:.3g} days)"
+    if seconds >= 2 * 3600:
+        return f"{seconds:.0f} s ({seconds / 3600:.3g} hours)"
+    return f"{seconds:g} s"
