@@ -304,8 +304,18 @@ class ScaleDemand:
         given = urlsplit(url)
         # as errors show it: without a user:password@ it may carry
         shown = urlunsplit(given._replace(netloc=given.netloc.rpartition("@")[2]))
+        if any(c <= " " or c == "\x7f" for c in url):
+            # a Secret file's trailing newline or a stray space: refused, not guessed at (a space in the
+            # path breaks the request line, and the URL the logs show would not be the one used)
+            raise ValueError(f"scale demand url {shown.strip()!r} holds a space, a line break or another control "
+                             "character (often the trailing newline of the file a Kubernetes Secret was made "
+                             "from): give the URL alone")
         if not url.startswith(("https://", "http://")):
             raise ValueError(f"scale demand url {shown!r} must be an http(s) URL of hubpilot's /api/v1")
+        if given.query or given.fragment or url.endswith(("?", "#")):
+            # /scale/demand is appended to the whole url: it would land in the query or fragment
+            raise ValueError(f"scale demand url {shown!r} has a query or fragment (?... or #...), after which "
+                             "/scale/demand would be appended: give hubpilot's API base alone, ending in /api/v1")
         if "@" in given.netloc:
             # tornado sends it as Basic authentication in place of the token: hubpilot would refuse
             # every signal (401)

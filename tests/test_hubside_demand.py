@@ -319,6 +319,14 @@ def test_bad_demand_settings_are_refused_with_what_to_fix() -> None:
             ScaleDemand(url, "t", timeout=timeout)
     with pytest.raises(ValueError, match="max_in_flight"):
         ScaleDemand(url, "t", max_in_flight=0)
+    # a Secret file's trailing newline, or a query the endpoint would be appended to: refused when the part is made
+    for bad in (url + "\n", url + " ", " " + url, "http://127.0.0.1:9/api /v1"):
+        with pytest.raises(ValueError, match=r"control character .* give the URL alone"):
+            ScaleDemand(bad, "t")
+    for bad in (url + "?code=x", url + "#top", url + "?"):
+        with pytest.raises(ValueError, match="query or fragment"):
+            ScaleDemand(bad, "t")
+    assert ScaleDemand(url + "/", "t").endpoint == "http://127.0.0.1:9/api/v1/scale/demand"
 
 
 async def test_a_spawner_it_cannot_read_is_logged_once(demand_log: pytest.LogCaptureFixture) -> None:
