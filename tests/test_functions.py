@@ -454,6 +454,36 @@ async def test_post_enqueues_and_the_queue_function_runs_it(fx: Fx, world: dict[
 
 
 @pytest.mark.azurite
+async def test_an_approval_is_queued_as_an_approval_and_runs_only_from_the_queue(
+        fx: Fx, world: dict[str, World]) -> None:
+    """POST /plans/{id}/approve in queue mode: the answer is the queued approval (not a dry-run, the
+    plan it approves), the HTTP process runs nothing itself, and the queue function applies exactly
+    the approved plan (a request that lost its plan id on the queue ran as a plain run: refused again)."""
+    w = world["sync"]
+    w.items, w.desired = {"a", "b", "c", "d"}, set()
+    first = json.loads((await fx.http("POST", "/api/v1/sync", ADMIN)).get_body())
+    assert await fx.deliver_queue() == [first["run_id"]]
+    refused = json.loads((await fx.http("GET", f"/api/v1/runs/{first['run_id']}", READER)).get_body())
+    assert refused["outcome"] == "refused" and w.items == {"a", "b", "c", "d"}
+
+    r = await fx.http("POST", f"/api/v1/plans/{refused['plan_id']}/approve", ADMIN)
+    assert r.status_code == 202, r.get_body()
+    queued = json.loads(r.get_body())
+    assert queued["outcome"] == "queued" and queued["dry_run"] is False, queued
+    assert queued["approved_plan"] == refused["plan_id"] and queued["trigger"] == "approval"
+    await drain_tasks()  # nothing runs in the HTTP process: the queue function runs it
+    assert w.applies == 0
+    still = json.loads((await fx.http("GET", f"/api/v1/runs/{queued['run_id']}", READER)).get_body())
+    assert still["outcome"] == "queued"
+
+    assert await fx.deliver_queue() == [queued["run_id"]]
+    done = json.loads((await fx.http("GET", f"/api/v1/runs/{queued['run_id']}", READER)).get_body())
+    assert done["outcome"] == "applied", done
+    assert done["approved_plan"] == refused["plan_id"] and done["plan_id"] == refused["plan_id"]
+    assert w.items == set() and w.applies == 1
+
+
+@pytest.mark.azurite
 async def test_http_entry_authenticates_and_serves_health_without_credentials(fx: Fx, world: Any) -> None:
     assert (await fx.http("GET", "/healthz")).status_code == 200
     assert (await fx.http("GET", "/api/v1/status")).status_code == 401
