@@ -142,3 +142,23 @@ def test_hubpilot_pause_and_resume_set_the_flag_a_status_reads(tmp_path: Path) -
     assert status() == {"sync": False, "cull": True, "scale": False}
     assert cli.main(["resume", "cull", "--config", str(config)], out=io.StringIO()) == ExitCode.OK
     assert status() == {"sync": False, "cull": False, "scale": False}
+
+
+async def test_a_run_still_running_after_the_wait_is_202_with_its_location(tmp_path: Path) -> None:
+    """?wait answers 200 only with a finished run: one still applying when the wait ends is 202
+    (outcome running), so a client does not take it as done."""
+    ctx, worlds = make_context(tmp_path)
+    w = worlds["cull"]
+    w.gate = asyncio.Event()
+    try:
+        async with asgi_client(ctx) as client:
+            r = await client.post("/api/v1/cull?wait=2", headers=ADMIN)
+            assert w.applies == 1
+            assert r.status_code == 202, r.text
+            assert r.json()["outcome"] == "running" and r.headers["location"].endswith(r.json()["run_id"])
+            w.gate.set()
+            await drain_tasks()
+    finally:
+        w.gate.set()
+        await drain_tasks()
+        await ctx.close()
