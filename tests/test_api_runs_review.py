@@ -140,6 +140,13 @@ def test_hubpilot_pause_and_resume_set_the_flag_a_status_reads(tmp_path: Path) -
     assert cli.main(["pause", "cull", "--config", str(config)], out=out) == ExitCode.OK
     assert "paused" in out.getvalue()
     assert status() == {"sync": False, "cull": True, "scale": False}
+    text = io.StringIO()
+    assert cli.main(["status", "--config", str(config)], out=text) == ExitCode.OK
+    assert [line.split()[:2] for line in text.getvalue().splitlines()] == [
+        ["sync", "never"],
+        ["cull", "PAUSED"],
+        ["scale", "never"],
+    ]
     assert cli.main(["resume", "cull", "--config", str(config)], out=io.StringIO()) == ExitCode.OK
     assert status() == {"sync": False, "cull": False, "scale": False}
 
