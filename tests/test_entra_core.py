@@ -58,6 +58,7 @@ def test_normalise_id_accepts_uuid_objects_and_text_and_refuses_the_35_character
     assert normalise_id(u) == "632f6bb2-3ec8-4c1f-9073-0027a8c68593"
     assert normalise_id("632F6BB2-3EC8-4C1F-9073-0027A8C68593") == "632f6bb2-3ec8-4c1f-9073-0027a8c68593"
     assert normalise_id("632f6bb2-3ec8-4c1f-9073-0027a8c6859") is None
+    assert normalise_id("632f6bb2-3ec8-4c1f-9073-0027a8c685930") is None  # one digit too many
     assert normalise_id(None) is None and normalise_id(42) is None
 
 
@@ -188,6 +189,8 @@ def test_documented_envelopes_pass_only_with_the_right_client_state() -> None:
     assert len(ok.accepted) == 1 and ok.status == 202
     forged = check(msg, client_state="another-secret")
     assert not forged.accepted and forged.status == 403 and "clientState" in forged.rejected[0]
+    # no configured secret accepts nothing, not even a notification that carries none either
+    assert check([{**msg[0], "clientState": ""}], client_state="").status == 403
     wrong_tenant = check(msg, client_state="secretClientValue", tenant_id=str(uuid.uuid4()))
     assert wrong_tenant.status == 403 and "tenant" in wrong_tenant.rejected[0]
     # the group notification inside the Event Grid envelope names the group by resource
@@ -284,6 +287,37 @@ def test_a_subscription_made_with_an_earlier_client_state_is_replaced() -> None:
     assert [(x.kind, x.target) for x in plan.actions] == [("delete", "old"), ("create", f"groups/{a}")]
     assert secret_fingerprint("s") != secret_fingerprint("s ")
     assert "a-long-secret" not in secret_fingerprint("a-long-secret")
+
+
+def test_a_subscription_is_renewed_from_renew_before_ahead_of_its_expiry_and_never_left_to_lapse() -> None:
+    """renew_before is the window before the expiry: a subscription expiring within it (its edge
+    included) or already past is renewed, one expiring later is left alone; an expiry that cannot
+    be read is renewed (a renewal sets a known one) rather than left to run out unnoticed."""
+    a = str(uuid.uuid4())
+
+    def planned(expires: object) -> list[tuple[str, str]]:
+        s = {**sub(a, NOW, sid="s"), "expirationDateTime": expires}
+        return [(x.kind, x.target) for x in plan_subscriptions(policy(a), ObservedSubscriptions((s,)), NOW).actions]
+
+    window = policy(a).renew_before
+    assert planned((NOW + window + timedelta(minutes=1)).isoformat()) == []
+    assert planned((NOW + window).isoformat()) == [("renew", "s")]
+    assert planned((NOW + window - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.1234567Z")) == [("renew", "s")]
+    assert planned((NOW - timedelta(minutes=5)).isoformat()) == [("renew", "s")]
+    for unreadable in (None, "", "soon", "2026-13-40T00:00:00Z"):
+        assert planned(unreadable) == [("renew", "s")], unreadable
+
+
+def test_a_group_subscription_is_known_by_its_resource_in_any_case_and_never_by_a_sub_resource() -> None:
+    """Graph lists a subscription's resource as it was created: one made for the group's id in
+    capitals (or with a leading '/') is the group's and is kept; one for ``groups/<id>/members``
+    is not the group's own subscription (hubpilot makes none such) and leaves the group without one."""
+    a = str(uuid.uuid4())
+    upper = {**sub(a, NOW + timedelta(days=20), sid="upper"), "resource": f"/Groups/{a.upper()}"}
+    assert plan_subscriptions(policy(a), ObservedSubscriptions((upper,)), NOW).empty
+    members = {**sub(a, NOW + timedelta(days=20), sid="members"), "resource": f"groups/{a}/members"}
+    plan = plan_subscriptions(policy(a), ObservedSubscriptions((members,)), NOW)
+    assert [(x.kind, x.target) for x in plan.actions] == [("create", f"groups/{a}")]
 
 
 def test_entra_settings_say_what_to_fix() -> None:
