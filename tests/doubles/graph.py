@@ -92,6 +92,7 @@ class GraphDouble:
     seq: int = 0
     expired_before: int = -1  # deltatokens issued at or before this seq are gone
     expired_status: int = 400  # how Graph answers them: 400 syncStateNotFound or 410 Gone + Location
+    expired_code: str = "resyncRequired"  # the error code of a 410 (a client must not need to know it)
     replicated: int | None = None  # set (lag): a delta round shows changes up to this seq only
     faults: list[tuple[int, int]] = field(default_factory=list)  # (status, retry_after) for the next requests
     log: list[Logged] = field(default_factory=list)
@@ -155,10 +156,11 @@ class GraphDouble:
         user.pop("deletedDateTime", None)
         self.users[uid] = user
 
-    def expire_tokens(self, status: int = 400) -> None:
+    def expire_tokens(self, status: int = 400, code: str = "resyncRequired") -> None:
         self.expired_before = self.seq
         self.seq += 1  # a token issued from now on (a resync's) is valid, as a new one from Graph is
         self.expired_status = status
+        self.expired_code = code
 
     def lag(self) -> None:
         """Changes made from now on reach the delta query only at :meth:`catch_up`."""
@@ -296,7 +298,7 @@ class GraphDouble:
             if state["seq"] <= self.expired_before:
                 if self.expired_status == 410:
                     fresh = "id eq '" + "' or id eq '".join(state["groups"]) + "'"
-                    return self._error(410, "resyncRequired", "The delta token is no longer valid.",
+                    return self._error(410, self.expired_code, "The delta token is no longer valid.",
                                        {"Location": f"{self.base_url}/groups/delta?$filter={quote(fresh)}"
                                                     "&$select=members&$deltatoken="})
                 return self._error(400, "syncStateNotFound",
