@@ -151,3 +151,25 @@ async def test_a_pod_pinned_by_aks_older_agentpool_label_is_recognised(world: di
         [{"key": "agentpool", "operator": "NotIn", "values": ["gpu"]}])})
     view = await world["cluster"].read()
     assert sorted(p.name for p in view.pods) == ["old-mine"]
+
+
+async def test_a_pod_selector_with_an_existence_term_takes_the_pods_with_every_term(
+        kube: Emulator) -> None:
+    """``key=value`` and ``key`` terms are ANDed, as the API server does (kmock ignores the
+    selector: the adapter applies it again): a pod with the key, whatever its value, is a user pod;
+    one without it, or with the key but another component, is not (on the node or waiting)."""
+    kube.clear()
+    kube.node("gpu-0")
+    for name, node in (("alice", "gpu-0"), ("bob", "gpu-0"), ("carol", None), ("dave", None)):
+        kube.pod(name, node)
+    kube.pod("hub-0", "gpu-0", component="hub")
+    for name in ("alice", "carol", "hub-0"):
+        edit(kube, "pods", name, NS, metadata={"labels": {"component": "hub" if name == "hub-0"
+                                                          else "singleuser-server", "hub.jupyter.org/user": name}})
+    cluster = KubeCluster(namespace=NS, pool="gpu", api_url=kube.url,
+                          user_pod_selector="component=singleuser-server,hub.jupyter.org/user")
+    try:
+        assert sorted(p.name for p in (await cluster.read()).pods) == ["alice", "carol"]
+        assert [p.name for p in await cluster.pods_on("gpu-0")] == ["alice"]
+    finally:
+        await cluster.close()
