@@ -15,7 +15,7 @@ DELETED_AT = "2026-03-02T08:59:30Z"
 
 
 def deleting_pod(kube: Emulator, name: str, node: str | None) -> None:
-    """A GPU user pod as Emulator.pod makes it, with its deletion under way."""
+    """A GPU user pod as Emulator.pod makes it (the GPU pool's toleration too), with its deletion under way."""
     status: dict[str, Any] = {"phase": "Running" if node else "Pending"}
     if node is None:
         status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]
@@ -25,7 +25,9 @@ def deleting_pod(kube: Emulator, name: str, node: str | None) -> None:
                      "annotations": {"hub.jupyter.org/username": name, "hub.jupyter.org/servername": ""},
                      "deletionTimestamp": DELETED_AT, "deletionGracePeriodSeconds": 1},
         "spec": {"nodeName": node, "containers": [{"name": "notebook", "image": "x",
-                                                    "resources": {"requests": {"nvidia.com/gpu": "1"}}}]},
+                                                    "resources": {"requests": {"nvidia.com/gpu": "1"}}}],
+                 # it tolerates the GPU pool's taint: without, it would be no demand for its taint alone
+                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
         "status": status,
     }
 
