@@ -173,3 +173,20 @@ async def test_a_pod_selector_with_an_existence_term_takes_the_pods_with_every_t
         assert [p.name for p in await cluster.pods_on("gpu-0")] == ["alice"]
     finally:
         await cluster.close()
+
+
+async def test_the_selectors_are_sent_to_the_api_server(world: dict[str, Any]) -> None:  # noqa: F811
+    """The adapter applies them again (kmock ignores them), but a real API server must get them
+    too: without, each run lists every node and pod of the cluster."""
+    kube: Emulator = world["kube"]
+    kube.node("gpu-0")
+    seen = len(list(kube.k))
+    await world["cluster"].read()
+    await world["cluster"].pods_on("gpu-0")
+    lists = [(r.url.path, dict(r.params)) for r in list(kube.k)[seen:]]
+    assert lists == [
+        ("/api/v1/nodes", {"labelSelector": f"{POOL_LABEL}=gpu"}),
+        (f"/api/v1/namespaces/{NS}/pods", {"labelSelector": "component=singleuser-server"}),
+        (f"/api/v1/namespaces/{NS}/pods", {"labelSelector": "component=singleuser-server",
+                                           "fieldSelector": "spec.nodeName=gpu-0"}),
+    ], lists
