@@ -120,3 +120,21 @@ async def test_a_pod_bound_to_the_only_node_of_a_removal_after_its_cordon_keeps_
     assert not [c for c in arm.calls if c.method == "POST"] and arm.machines["gpu"] == ["gpu-0"]
     node = kube.node_obj("gpu-0")
     assert not node["spec"]["unschedulable"] and CORDON_ANNOTATION not in (node["metadata"].get("annotations") or {})
+
+
+async def test_the_adapter_never_cordons_a_node_someone_else_cordoned(world: dict[str, Any]) -> None:  # noqa: F811
+    """The adapter reads the node first: one cordoned without hubpilot's annotation is someone
+    else's, and is left untouched even when the resourceVersion given is the node's current one
+    (the API server's precondition cannot tell), or none is given."""
+    kube: Emulator = world["kube"]
+    cluster: KubeCluster = world["cluster"]
+    kube.node("gpu-0", unschedulable=True)  # an admin's cordon, before the observation
+    kube.node("gpu-1")
+    current = kube.node_obj("gpu-0")["metadata"]["resourceVersion"]
+    before = len(list(kube.k["patch /api/v1/nodes/gpu-0"]))
+    assert not await cluster.cordon("gpu-0", "hubpilot", resource_version=current)
+    assert not await cluster.cordon("gpu-0", "hubpilot")
+    assert len(list(kube.k["patch /api/v1/nodes/gpu-0"])) == before
+    assert CORDON_ANNOTATION not in (kube.node_obj("gpu-0")["metadata"].get("annotations") or {})
+    assert await cluster.cordon("gpu-1", "hubpilot")
+    assert kube.node_obj("gpu-1")["metadata"]["annotations"][CORDON_ANNOTATION] == "hubpilot"
