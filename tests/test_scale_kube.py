@@ -107,6 +107,7 @@ async def test_cordon_and_uncordon(world: dict[str, Any]) -> None:
     assert await world["cluster"].uncordon("gpu-0")
     assert kube.node_obj("gpu-0")["spec"]["unschedulable"] is False
     assert not await world["cluster"].cordon("gone", "hubpilot")
+    assert not await world["cluster"].uncordon("gone")  # removed meanwhile: nothing to undo, no error
 
 
 # --- whole runs ------------------------------------------------------------------------------
