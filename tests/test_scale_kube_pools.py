@@ -29,7 +29,8 @@ def affinity(*terms: list[dict[str, Any]]) -> dict[str, Any]:
 
 def pinned(kube: Emulator) -> None:
     """Waiting GPU pods: some can land on pool ``gpu`` only, some never can."""
-    for name in ("mine", "free", "sel-other", "aff-other", "aff-notin", "aff-either", "aff-one-term-other"):
+    for name in ("mine", "free", "sel-other", "aff-other", "aff-notin", "aff-either", "aff-one-term-other",
+                 "aff-unlabelled", "aff-exists"):
         kube.pod(name, None)
     edit(kube, "pods", "mine", NS, spec={"nodeSelector": {POOL_LABEL: "gpu"}})
     edit(kube, "pods", "sel-other", NS, spec={"nodeSelector": {POOL_LABEL: "a100"}})
@@ -44,6 +45,11 @@ def pinned(kube: Emulator) -> None:
     edit(kube, "pods", "aff-one-term-other", NS, spec={"affinity": affinity(
         [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
          {"key": POOL_LABEL, "operator": "In", "values": ["a100"]}])})
+    # a node without the pool label (none of AKS's pools): never this pool's; any pool's node
+    edit(kube, "pods", "aff-unlabelled", NS, spec={"affinity": affinity(
+        [{"key": POOL_LABEL, "operator": "DoesNotExist"}])})
+    edit(kube, "pods", "aff-exists", NS, spec={"affinity": affinity(
+        [{"key": POOL_LABEL, "operator": "Exists"}])})
 
 
 async def test_a_waiting_pod_pinned_to_another_pool_is_no_demand(world: dict[str, Any]) -> None:  # noqa: F811
@@ -51,7 +57,7 @@ async def test_a_waiting_pod_pinned_to_another_pool_is_no_demand(world: dict[str
     kube.node("gpu-0")
     pinned(kube)
     view = await world["cluster"].read()
-    assert sorted(p.name for p in view.pods) == ["aff-either", "free", "mine"]
+    assert sorted(p.name for p in view.pods) == ["aff-either", "aff-exists", "free", "mine"]
 
 
 async def test_no_scale_up_for_pods_that_wait_for_another_pool(world: dict[str, Any]) -> None:  # noqa: F811
