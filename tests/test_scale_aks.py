@@ -60,6 +60,18 @@ async def test_get_reads_the_pool(arm: ArmDouble) -> None:
     assert not state.busy
 
 
+async def test_get_reads_a_stopped_pool_as_stopped(arm: ArmDouble) -> None:
+    """``properties.powerState.code`` as the wire has it (Running or Stopped): a stopped pool
+    (``az aks nodepool stop``) is never read as running."""
+    arm.add_pool("gpu", count=0, power="Stopped")
+    pool = make_pool(arm)
+    try:
+        state = await pool.get()
+    finally:
+        await pool.close()
+    assert state.power_state == "Stopped" and state.count == 0
+
+
 async def test_set_count_polls_the_operation_to_the_end(arm: ArmDouble) -> None:
     arm.add_pool("gpu", count=1)
     arm.polls = 2
