@@ -318,6 +318,22 @@ async def test_a_put_throttled_429_honours_retry_after_and_is_sent_again(arm: Ar
     assert arm.pools["gpu"]["count"] == 2
 
 
+async def test_a_put_a_gateway_refused_before_arm_took_it_is_sent_again_after_a_read(arm: ArmDouble) -> None:
+    """A 503 that came before ARM took the PUT: the pool read again does not show the count, so
+    the PUT is sent once more (never blind: the read comes between) and is carried out."""
+    arm.add_pool("gpu", count=1)
+    arm.fault("PUT", 503)
+    pool = make_pool(arm)
+    try:
+        state = await pool.get()
+        res = await pool.set_count(2, etag=state.etag)
+    finally:
+        await pool.close()
+    writes = [(c.method, c.status) for c in arm.calls if c.method == "PUT" or c.path.endswith("/agentPools/gpu")]
+    assert writes[2:5] == [("PUT", 503), ("GET", 200), ("PUT", 201)], writes  # after get() and set_count's read
+    assert res.outcome is PoolOutcome.DONE and arm.pools["gpu"]["count"] == 2, res
+
+
 async def test_the_machines_of_a_pool_are_read_across_machines_list_pages(arm: ArmDouble) -> None:
     """Machines_List pages its answer (``nextLink``, as in the published example): every page is
     read, so after a failed removal a machine on a later page is not taken for one that went."""
