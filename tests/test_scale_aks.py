@@ -103,6 +103,9 @@ async def test_set_min_count_never_sends_a_new_count(arm: ArmDouble) -> None:
         assert arm.pools["gpu"]["minCount"] == 2 and arm.pools["gpu"]["count"] == 2
         with pytest.raises(PoolError, match="autoscaler is on"):
             await pool.set_count(3)
+        # with the eTag it has now (nothing changed since): still an error, not a conflict
+        with pytest.raises(PoolError, match="autoscaler is on"):
+            await pool.set_count(3, etag=(await pool.get()).etag)
     finally:
         await pool.close()
 
