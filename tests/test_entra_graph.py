@@ -124,6 +124,28 @@ async def test_a_removal_whose_removed_object_is_empty_is_a_removal(fresh: Graph
     await d.close()
 
 
+async def test_a_resync_page_without_a_next_or_delta_link_fails_and_removes_nobody(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """A /groups/delta page with neither @odata.nextLink nor @odata.deltaLink is not the end of a
+    round (the docs end every round with a deltaLink): read as complete, a resync that lost its
+    later pages would remove everyone on them. It is a directory error; nothing is stored."""
+    gid, one, two = (str(uuid.uuid4()) for _ in range(3))
+    for uid in (one, two):
+        fresh.add_user(uid)
+    user = "#microsoft.graph.user"
+    fresh.script = [{"@odata.deltaLink": "x", "value": [{"id": gid, "members@delta": [
+        {"@odata.type": user, "id": one}, {"@odata.type": user, "id": two}]}]},
+        {"status": 400, "error": {"code": "syncStateNotFound", "message": "expired"}}]
+    d = EntraDirectory(client(fresh), store)
+    assert {m.id for m in (await d.read([gid])).groups[gid]} == {one, two}
+    before = await state_docs(store)
+    fresh.script[0] = {"value": [{"id": gid, "members@delta": [{"@odata.type": user, "id": one}]}]}  # no link
+    with pytest.raises(DirectoryError, match="deltaLink"):  # the adapter says so, and the core again
+        await d.read([gid])
+    assert await state_docs(store) == before
+    await d.close()
+
+
 async def test_a_full_read_with_a_member_it_cannot_attribute_fails_and_removes_nobody(
         fresh: GraphDouble, store: SqliteStore) -> None:
     """A resync (here after 400 syncStateNotFound) lists the whole membership: a member entry
