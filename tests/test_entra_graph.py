@@ -146,6 +146,26 @@ async def test_a_resync_page_without_a_next_or_delta_link_fails_and_removes_nobo
     await d.close()
 
 
+async def test_a_deleted_group_whose_removed_object_is_empty_is_deleted(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """As for a member (delta-query-overview), an ``@removed`` object on a group need not say why:
+    a configured group marked so was deleted, and the read fails rather than keep its members."""
+    gid, one = str(uuid.uuid4()), str(uuid.uuid4())
+    fresh.add_user(one)
+    fresh.script = [
+        {"@odata.deltaLink": "x", "value": [{"id": gid, "members@delta": [
+            {"@odata.type": "#microsoft.graph.user", "id": one}]}]},
+        {"@odata.deltaLink": "x", "value": [{"id": gid, "@removed": {}}]},
+    ]
+    d = EntraDirectory(client(fresh), store)
+    assert {m.id for m in (await d.read([gid])).groups[gid]} == {one}
+    before = await state_docs(store)
+    with pytest.raises(DirectoryError, match="were deleted"):
+        await d.read([gid])
+    assert await state_docs(store) == before
+    await d.close()
+
+
 async def test_a_full_read_with_a_member_it_cannot_attribute_fails_and_removes_nobody(
         fresh: GraphDouble, store: SqliteStore) -> None:
     """A resync (here after 400 syncStateNotFound) lists the whole membership: a member entry
@@ -235,7 +255,7 @@ async def test_a_service_principal_of_another_cloud_gets_its_graph_token_from_az
     says so the Azure SDKs' way, AZURE_AUTHORITY_HOST (the double, its Entra), and
     directory.entra.authority_host unset: Graph's token comes from that authority, as the state
     store's does, not from the global one (which does not know the tenant). Set, authority_host
-    still names the authority."""
+    names the authority, also when AZURE_AUTHORITY_HOST names another."""
     g = fresh.add_group()
     fresh.add_members(g, people(fresh, 2))
     for var in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "AZURE_FEDERATED_TOKEN_FILE",
@@ -245,12 +265,14 @@ async def test_a_service_principal_of_another_cloud_gets_its_graph_token_from_az
     monkeypatch.setenv("AZURE_AUTHORITY_HOST", login.url)
     scope = fresh.base_url[: -len("/v1.0")] + "/.default"
     login.tokens[scope] = TOKEN  # the one the Graph double takes
-    for entra in ({}, {"authority_host": login.url}):
+    for env, entra in ((login.url, {}), (login.url, {"authority_host": login.url}),
+                       ("https://127.0.0.1:9", {"authority_host": login.url})):
+        monkeypatch.setenv("AZURE_AUTHORITY_HOST", env)
         ctx = Context(settings=Settings(
             hub={"api_url": "http://127.0.0.1:9/hub/api", "token": "x"},
             directory={"kind": "entra", "entra": {"graph_base_url": fresh.base_url, "retry_delay_seconds": 0,
                                                   "timeout_seconds": 5, **entra}},
-            sync={"users_groups": [g]}), store=SqliteStore(tmp_path / f"state{len(entra)}.sqlite3"))
+            sync={"users_groups": [g]}), store=SqliteStore(tmp_path / f"state{len(login.requests)}.sqlite3"))
         d = build_entra_directory(ctx)
         try:
             snap = await d.read([g])
@@ -258,7 +280,33 @@ async def test_a_service_principal_of_another_cloud_gets_its_graph_token_from_az
             await d.close()
             await ctx.store.close()
         assert {m.id for m in snap.groups[g]} == fresh.groups[g]["users"]
-    assert [(r["path"], r["scope"]) for r in login.requests] == [(f"/{TENANT}/oauth2/v2.0/token", scope)] * 2
+    assert [(r["path"], r["scope"]) for r in login.requests] == [(f"/{TENANT}/oauth2/v2.0/token", scope)] * 3
+
+
+async def test_a_user_assigned_managed_identity_is_asked_for_by_its_client_id(
+        fresh: GraphDouble, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """credential = "managed_identity" with directory.entra.client_id: Graph's token is the
+    user-assigned identity's, asked for by its client id (without it, the app's system-assigned
+    identity answers, which holds other permissions or none)."""
+    monkeypatch.setenv("IDENTITY_ENDPOINT", fresh.base_url.replace("/v1.0", "/msi/token"))
+    monkeypatch.setenv("IDENTITY_HEADER", MSI_SECRET)
+    g = fresh.add_group()
+    fresh.add_members(g, people(fresh, 2))
+    client_id = str(uuid.uuid4())
+    fresh.token_requests.clear()
+    ctx = Context(settings=Settings(
+        hub={"api_url": "http://127.0.0.1:9/hub/api", "token": "x"},
+        directory={"kind": "entra", "entra": {"graph_base_url": fresh.base_url, "retry_delay_seconds": 0,
+                                              "credential": "managed_identity", "client_id": client_id}},
+        sync={"users_groups": [g]}), store=SqliteStore(tmp_path / "state.sqlite3"))
+    d = build_entra_directory(ctx)
+    try:
+        assert len((await d.read([g])).groups[g]) == 2
+    finally:
+        await d.close()
+        await ctx.close()
+    assert fresh.token_requests and all(r.get("client_id") == client_id for r in fresh.token_requests)
+
 
 
 # --- reads ------------------------------------------------------------------------------------------
@@ -568,6 +616,7 @@ async def test_a_group_listing_longer_than_one_page_names_every_newcomer(
     snap = await d.read([g])
     assert names(snap, g) == {fresh.users[p]["userPrincipalName"] for p in many}
     assert len(fresh.requests(f"/groups/{g}/members/graph.user", "GET")) == 2
+    assert all(r.headers.get("x-ms-throttle-priority") == "low" for r in fresh.log)  # the next page's too
     assert not any("not returned" in n for n in snap.notes)
     await d.close()
 
@@ -885,6 +934,68 @@ async def test_usernames_come_in_bulk_from_the_configured_attribute(fresh: Graph
     assert len(snap.groups[big]) == 400
     assert not fresh.requests("/users") and len(fresh.requests("graph.user")) == 1
     await d.close()
+
+
+async def test_a_member_without_the_username_attribute_gets_no_hub_name(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """Graph answers a selected property the user lacks as null: that member has no username
+    (skipped by the sync, said in its notes), never the name 'None'."""
+    from hubpilot.config.sync import SyncSettings
+    from hubpilot.sync.plan import desired_state
+
+    g = fresh.add_group()
+    has, lacks = fresh.add_user(mail="has@example.org"), fresh.add_user()  # no mail
+    fresh.add_members(g, [has, lacks])
+    d = EntraDirectory(client(fresh, username_attribute="mail"), store)
+    snap = await d.read([g])
+    assert {m.id: m.username for m in snap.groups[g]} == {has: "has@example.org", lacks: None}
+    want = desired_state(snap, SyncSettings(users_groups=[g]))
+    assert set(want.users) == {"has@example.org"}
+    assert any(lacks in n and "skipped" in n for n in want.notes), want.notes
+    await d.close()
+
+
+async def test_build_entra_directory_passes_each_setting_to_the_graph_client_and_the_directory(
+        fresh: GraphDouble, tmp_path: Path) -> None:
+    """A directory.entra setting the wiring does not pass on is silently its default: the
+    username attribute, the throttle priority of every read request, nesting and its depth,
+    disabled_accounts, the username refresh and max_retries each show in what a read does."""
+    fresh.page_size = 1  # the delta read follows @odata.nextLink: the priority goes on every page
+    top, inner, deeper = fresh.add_group(), fresh.add_group(), fresh.add_group()
+    ps = [fresh.add_user(upn=f"w{i}@example.org", mail=f"mail{i}@example.org") for i in range(3)]
+    fresh.users[ps[0]]["accountEnabled"] = False
+    fresh.add_member(top, ps[0])
+    fresh.add_member(top, inner, "groups")
+    fresh.add_member(inner, ps[1])
+    fresh.add_member(inner, deeper, "groups")
+    fresh.add_member(deeper, ps[2])
+    clock = Clock()
+    ctx = Context(settings=Settings(
+        hub={"api_url": "http://127.0.0.1:9/hub/api", "token": "x"},
+        directory={"kind": "entra", "entra": {
+            "graph_base_url": fresh.base_url, "retry_delay_seconds": 0, "username_attribute": "mail",
+            "throttle_priority": "high", "nested": True, "nested_max_depth": 1, "disabled_accounts": "keep",
+            "username_refresh_hours": 1, "max_retries": 1}},
+        sync={"users_groups": [top]}), store=SqliteStore(tmp_path / "state.sqlite3"), clock=clock)
+    use_credential(ctx, StaticTokenCredential(TOKEN))
+    d = build_entra_directory(ctx)
+    try:
+        snap = await d.read([top])
+        # nested, one level deep; the disabled member kept; usernames from mail
+        assert names(snap, top) == {"mail0@example.org", "mail1@example.org"}
+        assert fresh.log and all(r.headers.get("x-ms-throttle-priority") == "high" for r in fresh.log)
+        fresh.users[ps[1]]["mail"] = "renamed@example.org"
+        clock.now += timedelta(hours=1)
+        assert names(await d.read([top]), top) == {"mail0@example.org", "renamed@example.org"}
+        fresh.reset_log()
+        fresh.throttle(2, 429, retry_after=1)  # one retry allowed: the second 429 fails the read
+        with pytest.raises(DirectoryError, match="429"):
+            await d.read([top])
+        assert [r.status for r in fresh.log] == [429, 429]
+    finally:
+        await d.close()
+        await ctx.close()
+
 
 
 # --- the webhook and the subscription manager ---------------------------------------------------
