@@ -404,6 +404,27 @@ async def test_a_token_endpoint_that_never_answers_fails_the_read_within_the_tim
         assert "Graph GET /subscriptions: no access token for Graph: the token endpoint gave no answer within 1 s a " \
                "try (directory.entra.timeout_seconds)" in rec.render(), rec.render()
 
+        # and so is the hint queue's, identity-based (the pushes after a manager round and the
+        # re-checks had no bound but azure-core's 300 s a try)
+        from azure.core.exceptions import AzureError
+
+        from hubpilot.entra.notifications import Hint
+        from hubpilot.wiring.entra import notification_queue
+
+        q_ctx = Context(settings=settings(notifications=True, client_state=SECRET, queue="azure",
+                                          queue_account_url="https://127.0.0.1:9/",
+                                          notification_url="http://127.0.0.1:9/api/v1/graph/notifications"),
+                        store=ctx.store)
+        hints = notification_queue(q_ctx)
+        try:
+            proxy.seen.clear()
+            # no token: azure-identity's error, not the test's bound (the token request unbounded)
+            with pytest.raises(AzureError, match="Timeout on reading"):
+                await asyncio.wait_for(hints.push(Hint("sync", (g,))), 60)
+            assert proxy.seen and all(s.path.startswith("/msi/token") for s in proxy.seen)
+        finally:
+            await hints.close()
+
         proxy.reset()  # the endpoint answers again: the next read goes through
         assert {m.id for m in (await directory.read([g])).groups[g]} == double.groups[g]["users"]
     finally:

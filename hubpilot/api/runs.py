@@ -379,6 +379,8 @@ def queue_target(ctx: Context, environ: Mapping[str, str] | None = None) -> Queu
 
 
 _QUEUE_ATTR = "_run_queue"
+QUEUE_TOKEN_TIMEOUT = 10.0
+"""Seconds a try of the run queue's token request may take (connect, and read)."""
 
 
 def _identity_queue(ctx: Context, target: QueueTarget) -> Any:
@@ -392,8 +394,10 @@ def _identity_queue(ctx: Context, target: QueueTarget) -> Any:
 
     from hubpilot.adapters.entra import build_credential
 
+    # each token try bounded (azure-core's default: 300 s a try, while the admin's request waits)
     credential = build_credential("managed_identity" if target.managed_identity else "default",
-                                  client_id=target.client_id, tenant_id=None, authority_host=None)
+                                  client_id=target.client_id, tenant_id=None, authority_host=None,
+                                  timeout=QUEUE_TOKEN_TIMEOUT)
     client = QueueClient(target.account_url or "", QUEUE_NAME, credential=credential,
                          message_encode_policy=TextBase64EncodePolicy())
 

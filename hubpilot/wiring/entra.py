@@ -276,8 +276,9 @@ def notification_queue(ctx: Context) -> NotificationQueue:
             if not s.queue_connection_string:
                 from hubpilot.adapters.entra import build_credential
 
+                # each token try bounded as Graph's are (azure-core's default: 300 s a try)
                 credential = build_credential(s.credential, client_id=s.client_id, tenant_id=s.tenant_id,
-                                              authority_host=s.authority_host)
+                                              authority_host=s.authority_host, timeout=s.timeout_seconds)
             extra["queue"] = AzureHints(s, credential=credential)
         else:
             extra["queue"] = InProcessHints()
