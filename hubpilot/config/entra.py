@@ -96,8 +96,9 @@ class EntraSettings(Section):
         "a read commits nothing) and the next run does it again. Keep it below the Functions timeout (host.json "
         "functionTimeout, 10 min), with room for the rest of the run."))
     timeout_seconds: float = Field(30.0, gt=0, le=300, description=(
-        "Timeout of one Graph request, and of each try of a token request; no answer within it fails the read "
-        "or the subscription round."))
+        "Timeout of one Graph request, and of each try of a token request (Graph's, and the hint queue's with "
+        "queue = 'azure' and an account URL); no answer within it fails the read, the subscription round or "
+        "the hint's push."))
     user_lookup_concurrency: int = Field(4, ge=1, le=20, description="User lookups in flight at once.")
 
     notifications: bool = Field(
