@@ -1232,3 +1232,23 @@ async def test_a_notification_the_queue_does_not_take_is_answered_503_within_gra
         assert "did not answer" in caplog.text
     finally:
         silent.close()
+
+
+async def test_every_page_of_the_subscription_list_is_read(fresh: GraphDouble) -> None:
+    """GET /subscriptions pages (subscription-list: "this API supports paging"): the manager
+    decides what to create, renew and delete from the whole list; one page read alone would
+    leave the others' groups looking unsubscribed, and each round would create them again."""
+    fresh.subscriptions_page_size = 2
+    for n in range(5):
+        sid = str(uuid.uuid4())
+        fresh.subscriptions[sid] = {
+            "id": sid, "resource": f"groups/{uuid.uuid4()}", "changeType": "updated",
+            "notificationUrl": f"https://hubpilot.example.org/api/v1/graph/notifications?n={n}",
+            "lifecycleNotificationUrl": None, "expirationDateTime": "2026-11-30T08:00:00Z"}
+    gc = client(fresh)
+    try:
+        listed = await gc.list_subscriptions()
+    finally:
+        await gc.close()
+    assert sorted(s["id"] for s in listed) == sorted(fresh.subscriptions)
+    assert len(fresh.requests("/subscriptions")) == 3  # followed both nextLinks

@@ -97,6 +97,7 @@ class GraphDouble:
     faults: list[tuple[int, int]] = field(default_factory=list)  # (status, retry_after) for the next requests
     log: list[Logged] = field(default_factory=list)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    subscriptions_page_size: int | None = None  # set: GET /subscriptions answers in pages of this size
     script: list[dict[str, Any]] = field(default_factory=list)
     validations: list[str] = field(default_factory=list)
     vanish_on_patch: set[str] = field(default_factory=set)  # removed by Graph just before a renewal
@@ -255,8 +256,7 @@ class GraphDouble:
         if path == "/subscriptions":
             if request.method == "POST":
                 return await self._create_sub(await request.json())
-            return JSONResponse({"@odata.context": f"{self.base_url}/$metadata#subscriptions",
-                                 "value": list(self.subscriptions.values())})
+            return self._list_subs(q)
         m = re.fullmatch(r"/subscriptions/([^/]+)", path)
         if m:
             sid = m.group(1)
@@ -440,6 +440,18 @@ class GraphDouble:
         return JSONResponse(body)
 
     # --- subscriptions --------------------------------------------------------------------------
+    def _list_subs(self, q: Mapping[str, str]) -> Response:
+        """GET /subscriptions: all in one page, or (``subscriptions_page_size``) in pages linked by
+        @odata.nextLink (subscription-list: "this API supports paging")."""
+        subs = list(self.subscriptions.values())
+        offset = int(_dec(q["$skiptoken"])["offset"]) if "$skiptoken" in q else 0
+        size = self.subscriptions_page_size or max(len(subs), 1)
+        body: dict[str, Any] = {"@odata.context": f"{self.base_url}/$metadata#subscriptions",
+                                "value": subs[offset:offset + size]}
+        if offset + size < len(subs):
+            body["@odata.nextLink"] = f"{self.base_url}/subscriptions?$skiptoken={_enc({'offset': offset + size})}"
+        return JSONResponse(body)
+
     async def _validate(self, url: str) -> bool:
         token = f"Validation: Testing client application reachability {uuid.uuid4()}"
         try:
