@@ -1250,5 +1250,6 @@ async def test_every_page_of_the_subscription_list_is_read(fresh: GraphDouble) -
         listed = await gc.list_subscriptions()
     finally:
         await gc.close()
+    # the module's double keeps earlier tests' subscriptions: 5 or more, 2 a page
     assert sorted(s["id"] for s in listed) == sorted(fresh.subscriptions)
-    assert len(fresh.requests("/subscriptions")) == 3  # followed both nextLinks
+    assert len(fresh.requests("/subscriptions")) == -(-len(fresh.subscriptions) // 2) >= 3  # every nextLink
