@@ -8,6 +8,8 @@ See docs/cull.md.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import Field, field_validator, model_validator
 
 from hubpilot.config.base import NCronTab, Section
@@ -170,10 +172,11 @@ class CullSettings(Section):
         return self
 
 
+
 def _span(seconds: float) -> str:
-    """Seconds as said in a refusal, with days or hours beside a long span: '15897900 s (184 days)'."""
-    if seconds >= 2 * 86400:
-        return f"{seconds:.0f} s ({seconds / 86400:.3g} days)"
-    if seconds >= 2 * 3600:
-        return f"{seconds:.0f} s ({seconds / 3600:.3g} hours)"
+    """Seconds as said in a refusal, with a plan line's short form beside a long span: '15897900 s (184d)'."""
+    from hubpilot.cull.policy import human  # policy imports this module
+
+    if seconds >= 3600:
+        return f"{seconds:.0f} s ({human(timedelta(seconds=seconds))})"
     return f"{seconds:g} s"
