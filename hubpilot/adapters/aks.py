@@ -231,11 +231,12 @@ class AksPool:
             # the pool grew since it was observed; a lower count would remove nodes AKS picks
             return PoolResult(PoolOutcome.CONFLICT, f"the pool changed since it was read: count is {props.count}, "
                               f"above {count}; a scale-down must name its nodes")
+        before = _settable(props)
         props.count = count
         # a failed operation's count stays the pool's without its machines: the same count again
         # is that operation asked for once more
         again = f" (again: the last operation {state})" if state in FAILED_STATES else ""
-        return await self._put(ap, etag, f"count {count}{again}", lambda p: p.count == count)
+        return await self._put(ap, etag, before, f"count {count}{again}", lambda p: p.count == count)
 
     async def set_min_count(self, min_count: int, *, etag: str | None = None) -> PoolResult:
         ap = await self._get_model()
@@ -248,19 +249,24 @@ class AksPool:
             raise PoolError(f"agent pool {self.pool}: the cluster autoscaler is off; min_count has no effect")
         if props.min_count == min_count:
             return PoolResult(PoolOutcome.NOOP, f"min_count is already {min_count}")
+        before = _settable(props)
         props.min_count = min_count
-        return await self._put(ap, etag, f"min_count {min_count}", lambda p: p.min_count == min_count)
+        return await self._put(ap, etag, before, f"min_count {min_count}", lambda p: p.min_count == min_count)
 
-    async def _put(self, ap: AgentPool, etag: str | None, what: str,
+    async def _put(self, ap: AgentPool, etag: str | None, before: dict[str, Any], what: str,
                    shows: Callable[[AgentPoolManagedClusterAgentPoolProfileProperties], bool]) -> PoolResult:
         """PUT the pool. A try left without an answer (the connection dropped, a gateway's 5xx) may
-        have been accepted: the pool is read again before any other try, and a pool that shows the
-        change (a new eTag, ``shows`` its properties) is this PUT, accepted. azure-core never sends
-        the PUT again by itself: its retry would meet our own operation (409) or eTag (412)."""
+        have been accepted: the pool is read again before any other try. A pool that shows the
+        change (a new eTag, ``shows`` its properties) is this PUT, accepted; a pool that changed
+        otherwise (a new eTag; without eTags, settable properties other than ``before``) was
+        changed by someone else meanwhile, and the PUT, a whole pool as read before, is not sent
+        again over that change: a conflict, and the next run re-observes. Only a pool as it was
+        read gets the PUT again. azure-core never sends the PUT again by itself: its retry would
+        meet our own operation (409) or eTag (412)."""
         kwargs: dict[str, Any] = {"retry_on_methods": _RETRY_BUT_PUT}
-        if etag:
-            kwargs |= {"etag": etag, "match_condition": MatchConditions.IfNotModified}
         read = ap.properties.e_tag if ap.properties is not None else None
+        if etag or read:
+            kwargs |= {"etag": etag or read, "match_condition": MatchConditions.IfNotModified}
         lost = ""
         for attempt in range(self.retry_total + 1):
             if attempt:
@@ -272,7 +278,7 @@ class AksPool:
                 return _conflict(exc)
             except ResourceModifiedError as exc:
                 return PoolResult(PoolOutcome.CONFLICT, f"the pool changed since it was read (412: its eTag is no "
-                                  f"longer {etag}): {exc.message}")
+                                  f"longer {kwargs['etag']}): {exc.message}")
             except HttpResponseError as exc:
                 if exc.status_code == 409:
                     return _conflict(exc)
@@ -288,8 +294,19 @@ class AksPool:
             except PoolError as exc:
                 raise PoolError(f"cannot set {what} on agent pool {self.pool}: {lost}, and the pool could not "
                                 f"be read again to see whether it was accepted ({exc})") from exc
-            if fresh.properties is not None and fresh.properties.e_tag != read and shows(fresh.properties):
-                return _accepted(fresh.properties, what, lost)
+            now = fresh.properties
+            if now is None:
+                raise PoolError(f"cannot set {what} on agent pool {self.pool}: {lost}, and the pool read again "
+                                "came without properties")
+            changed = now.e_tag != read if read is not None or now.e_tag is not None else _settable(now) != before
+            if changed and shows(now):
+                return _accepted(now, what, lost)
+            if changed:
+                seen = (f"its eTag is no longer {read}" if read is not None or now.e_tag is not None
+                        else "its settable properties differ from those read")
+                return PoolResult(PoolOutcome.CONFLICT, (
+                    f"{what} not sent again: its answer was lost ({lost}), and the pool read again shows another "
+                    f"change ({seen}), not this one; the next run re-observes"))
         raise PoolError(f"cannot set {what} on agent pool {self.pool}: {lost}; the pool, read again, "
                         "does not show it (not accepted)")
 
@@ -383,6 +400,15 @@ def _accepted(props: AgentPoolManagedClusterAgentPoolProfileProperties, what: st
     if state == "Succeeded":
         return PoolResult(PoolOutcome.DONE, said)
     return PoolResult(PoolOutcome.PENDING, f"{said}, still running ({state})")
+
+
+def _settable(props: AgentPoolManagedClusterAgentPoolProfileProperties) -> dict[str, Any]:
+    """What a PUT sets: the properties, without the read-only ones ARM keeps for itself."""
+    return {k: v for k, v in props.as_dict().items() if k not in _READ_ONLY}
+
+
+# read-only (the eTag, the operation's state, versions AKS reports), not what a PUT changes
+_READ_ONLY = frozenset({"e_tag", "provisioning_state", "current_orchestrator_version", "node_image_version"})
 
 
 def _switched(props: AgentPoolManagedClusterAgentPoolProfileProperties, etag: str | None,

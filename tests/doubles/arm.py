@@ -24,6 +24,7 @@ import copy
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +72,8 @@ class ArmDouble:
     machines: dict[str, list[str]] = field(default_factory=dict)
     operations: dict[str, Operation] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
-    faults: list[tuple[str, int, dict[str, str], dict[str, Any] | None, str]] = field(default_factory=list)
+    faults: list[tuple[str, int, dict[str, str], dict[str, Any] | None, str, Callable[[], None] | None]] = \
+        field(default_factory=list)
     lost_answers: list[str] = field(default_factory=list)  # methods whose next answer is lost (see lose_answer)
     failed_answers: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)  # see answer_failed
     fail_next_operation: str | None = None
@@ -79,6 +81,9 @@ class ArmDouble:
     fail_after_deleting: int = 0
     kubeconfig: bytes | None = None  # the cluster's user kubeconfig (listClusterUserCredential)
     location: str = "eastus"
+    # False: as an API version whose agent pools carry no eTag: none in answers, and
+    # If-Match is not checked
+    etags: bool = True
     status_readable: bool = True  # False: polling the operation answers 403 (no locations/operations/read)
     hold_operations: bool = False  # operations stay InProgress until released
     enforce_min_count: bool = True  # the autoscaler scales a pool up to a raised minCount
@@ -110,11 +115,12 @@ class ArmDouble:
         self.machines[name] = list(machines or [f"aks-{name}-12345678-vmss{i:06x}" for i in range(count)])
 
     def fault(self, method: str, status: int, headers: dict[str, str] | None = None,
-              error: dict[str, Any] | None = None, *, on: str = "") -> None:
+              error: dict[str, Any] | None = None, *, on: str = "", then: Callable[[], None] | None = None) -> None:
         """The next request with ``method`` (and, with ``on``, a path segment ``on``: e.g.
         ``operations`` for an Azure-AsyncOperation poll, ``operationresults`` for a location poll)
-        gets this answer instead (FIFO)."""
-        self.faults.append((method, status, headers or {}, error, on))
+        gets this answer instead (FIFO), not carried out; ``then`` runs after it (someone else's
+        change made meanwhile)."""
+        self.faults.append((method, status, headers or {}, error, on, then))
 
     def lose_answer(self, method: str) -> None:
         """The next request with ``method`` is carried out, but the connection closes before its
@@ -129,6 +135,11 @@ class ArmDouble:
 
     def release(self) -> None:
         self.hold_operations = False
+
+    def change(self, name: str, **props: Any) -> None:
+        """Someone else's change of the pool (an admin, the portal): its properties and a new eTag."""
+        self.pools[name].update(props)
+        self._bump(name)
 
     def _bump(self, name: str) -> None:
         self._etag_n += 1
@@ -160,7 +171,8 @@ class ArmDouble:
 
     def _body(self, name: str) -> dict[str, Any]:
         return {"name": name, "type": "Microsoft.ContainerService/managedClusters/agentPools",
-                "id": self._pool_url(name), "properties": copy.deepcopy(self.pools[name])}
+                "id": self._pool_url(name), "properties": {
+                    k: copy.deepcopy(v) for k, v in self.pools[name].items() if self.etags or k != "eTag"}}
 
     @staticmethod
     def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -212,9 +224,11 @@ class ArmDouble:
         version = request.query.get("api-version")
         if version not in API_VERSIONS:
             return self._error(400, "InvalidApiVersionParameter", f"api-version {version!r} is not supported")
-        for i, (method, status, headers, error, on) in enumerate(self.faults):
+        for i, (method, status, headers, error, on, then) in enumerate(self.faults):
             if method == request.method and (not on or on in request.path.strip("/").split("/")):
                 del self.faults[i]
+                if then is not None:
+                    then()
                 code = {429: "TooManyRequests", 409: "OperationNotAllowed"}.get(status, "Fault")
                 err = error or {"code": code, "message": f"injected {status}"}
                 return web.json_response({"error": err}, status=status, headers=headers)
@@ -313,7 +327,7 @@ class ArmDouble:
             return busy
         props = self.pools[name]
         if_match = request.headers.get("If-Match")
-        if if_match and if_match.strip('"') != props["eTag"]:
+        if if_match and self.etags and if_match.strip('"') != props["eTag"]:
             return self._error(412, "PreconditionFailed", "the agent pool's eTag does not match")
         body = await request.json()
         new = body.get("properties") or {}
