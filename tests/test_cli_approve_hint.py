@@ -185,3 +185,26 @@ async def test_approving_an_applied_plan_again_says_which_run_applied_it(tmp_pat
     finally:
         await drain_tasks()
         await ctx.close()
+
+
+async def test_approve_json_prints_the_applied_run_as_json(tmp_path: Path) -> None:
+    """`hubpilot approve ID --json` prints the run as the other commands' --json do (one JSON
+    document: the approved plan's id, who approved it, the outcome) and exits as the run did."""
+    from hubpilot.cli import _approve
+
+    worlds = {op: World(items={"x1", "x2", "x3"}, desired=set()) for op in OPERATIONS}
+    ctx, _ = make_context(tmp_path, worlds=worlds)
+    try:
+        refused = await ctx.runner.run(ctx.capability("sync"), trigger="test", actor="timer")
+        assert refused.outcome == "refused" and refused.plan is not None
+        out = io.StringIO()
+        with contextlib.redirect_stderr(io.StringIO()):
+            code = await _approve(ctx, refused.plan.id, True, out)
+        doc = json.loads(out.getvalue())
+        assert code == 0, out.getvalue()
+        assert doc["outcome"] == "applied" and doc["operation"] == "sync", doc
+        assert doc["plan_id"] == refused.plan.id and doc["run_id"] != refused.run_id, doc
+        assert worlds["sync"].items == set()
+    finally:
+        await drain_tasks()
+        await ctx.close()
