@@ -286,3 +286,35 @@ async def test_a_queued_run_that_applied_reads_as_applied_though_finishing_it_fa
             assert doc["finished"] == entries[0]["at"]
         finally:
             await store.close()
+
+
+async def test_a_run_whose_audit_log_cannot_be_read_is_not_audited_twice(tmp_path: Path) -> None:
+    """The run applied and wrote its audit entry, its finished document failed, and then the audit
+    log could not be read either to find that entry: the run document says the run failed and
+    why, and no second entry ("could not start") is added over the one that may be there (an entry
+    is never written blind); the one entry stays the run's "applied"."""
+    from tests.test_loop_audit_always import FailingFinish
+
+    class Unreadable(FailingFinish):
+        audit_readable = True
+
+        async def read_audit(self, **kw: Any) -> Any:
+            if not self.audit_readable:
+                raise StoreError("Azure Storage: cannot read the audit log: HTTP 503 ServerBusy")
+            return await super().read_audit(**kw)
+
+    store = Unreadable(str(tmp_path / "state.sqlite3"))
+    cap = Shelf({"a"})
+    ctx = shelf_context(store, cap)
+    try:
+        req = await queue_shelf_run(ctx)
+        store.run_puts = 0  # the run's "running" document is written, its finished one fails
+        store.audit_readable = False
+        assert await execute_run(ctx, req) is None
+        store.audit_readable = True
+        entries, _ = await store.read_audit(operation="shelf")
+        assert [(e["run_id"], e["outcome"]) for e in entries] == [(req.run_id, "applied")]
+        doc = await read_run(ctx, req.run_id)
+        assert doc is not None and doc["outcome"] == "failed" and "503 ServerBusy" in doc["error"], doc
+    finally:
+        await store.close()
