@@ -408,6 +408,24 @@ async def test_a_throttled_read_stops_waiting_before_the_rounds_deadline_and_com
         await ctx.close()
 
 
+async def test_a_throttled_answer_not_waited_out_gives_its_connection_back(fresh: GraphDouble) -> None:
+    """msgraph's RetryHandler releases a throttled answer only before it retries; the one the
+    round's deadline stops was left unread, its pooled connection in use until the client closed
+    (a long-lived host's rounds, throttled each, would use up the pool)."""
+    g = fresh.add_group()
+    fresh.add_members(g, people(fresh, 1))
+    gc = client(fresh, round_seconds=5)
+    try:
+        fresh.throttle(1, 429, retry_after=30)
+        async with gc.round():
+            with pytest.raises(DirectoryError, match="would pass the round's deadline"):
+                await gc.list_group_users(g)
+        pool = gc._http._transport.transport._pool  # msgraph's transport around httpx's own
+        assert all(c.is_idle() for c in pool.connections), pool.connections  # closed or back in the pool
+    finally:
+        await gc.close()
+
+
 @pytest.mark.parametrize("call", ["lookup_users", "list_group_users", "deleted_users"])
 async def test_every_read_request_of_a_round_stops_at_its_deadline(fresh: GraphDouble, call: str) -> None:
     """The user lookups, the group listing and the deleted-items lookups of a round fail alike,

@@ -60,6 +60,14 @@ class GraphThrottled(DirectoryError):
     round's deadline: the round fails (nothing is committed) rather than outlive its host."""
 
 
+class _ThrottledPastDeadline(Exception):
+    """Raised inside the retry handler's loop with the answer it must release."""
+
+    def __init__(self, response: httpx.Response, message: str) -> None:
+        super().__init__(message)
+        self.response = response
+
+
 _ROUND: ContextVar[tuple[float, float] | None] = ContextVar("hubpilot_graph_round", default=None)
 """(deadline on :func:`time.monotonic`, the round's length in seconds) of the round in progress."""
 
@@ -92,11 +100,21 @@ def _round_retry_handler() -> Any:
             left = deadline - time.monotonic()
             if wait > left:
                 path = urlsplit(str(request.url)).path
-                raise GraphThrottled(
+                raise _ThrottledPastDeadline(response, (
                     f"Graph throttled; retry after {wait:.0f} s would pass the round's deadline "
                     f"({response.status_code} to {request.method} {path}, {max(left, 0):.0f} s of the round's "
-                    f"{seconds:g} s left, directory.entra.round_deadline_seconds); the next run tries again")
+                    f"{seconds:g} s left, directory.entra.round_deadline_seconds); the next run tries again"))
             return retry
+
+        async def send(self, request: httpx.Request, transport: httpx.AsyncBaseTransport) -> httpx.Response:
+            try:
+                response: httpx.Response = await super().send(request, transport)
+            except _ThrottledPastDeadline as exc:
+                # the library closes a throttled answer only before it retries: this one, not
+                # retried, would hold its pooled connection until the client closes
+                await exc.response.aclose()
+                raise GraphThrottled(str(exc)) from None
+            return response
 
     return RoundRetryHandler
 
