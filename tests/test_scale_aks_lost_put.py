@@ -7,17 +7,30 @@ pools carry no eTag has no such guard, so the adapter compares what it reads its
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from hubpilot.ports.pool import PoolOutcome
+from hubpilot.ports.pool import PoolOutcome, PoolResult
 from tests.doubles.arm import ArmDouble
 from tests.test_scale_aks import make_pool
 
 
 def puts(arm: ArmDouble) -> list[Any]:
     return [c for c in arm.calls if c.method == "PUT"]
+
+
+async def set_count_after(arm: ArmDouble, count: int, meanwhile: Callable[[], None]) -> PoolResult:
+    """``set_count(count)`` with the observed eTag, ``meanwhile`` run after the observation."""
+    pool = make_pool(arm)
+    try:
+        state = await pool.get()
+        assert (state.etag is not None) is arm.etags
+        meanwhile()
+        return await pool.set_count(count, etag=state.etag)
+    finally:
+        await pool.close()
 
 
 @pytest.mark.parametrize("etags", [True, False])
@@ -27,14 +40,7 @@ async def test_a_lost_put_is_not_sent_again_over_another_writers_change(arm: Arm
     sent again, and the admin's count stays."""
     arm.etags = etags
     arm.add_pool("gpu", count=1)
-    pool = make_pool(arm)
-    try:
-        state = await pool.get()
-        assert (state.etag is not None) is etags
-        arm.fault("PUT", 503, then=lambda: arm.change("gpu", count=3))
-        res = await pool.set_count(2, etag=state.etag)
-    finally:
-        await pool.close()
+    res = await set_count_after(arm, 2, lambda: arm.fault("PUT", 503, then=lambda: arm.change("gpu", count=3)))
     assert res.outcome is PoolOutcome.CONFLICT, res
     assert "not sent again" in res.detail and "another change" in res.detail, res.detail
     assert arm.pools["gpu"]["count"] == 3
@@ -66,13 +72,7 @@ async def test_a_lost_put_on_a_pool_as_read_is_sent_again(arm: ArmDouble, etags:
     """Nothing changed meanwhile: the PUT goes out again and does what it was for."""
     arm.etags = etags
     arm.add_pool("gpu", count=1)
-    pool = make_pool(arm)
-    try:
-        state = await pool.get()
-        arm.fault("PUT", 503)
-        res = await pool.set_count(2, etag=state.etag)
-    finally:
-        await pool.close()
+    res = await set_count_after(arm, 2, lambda: arm.fault("PUT", 503))
     assert res.outcome is PoolOutcome.DONE, res
     assert arm.pools["gpu"]["count"] == 2
     assert [c.status for c in puts(arm)] == [503, 201]
@@ -85,13 +85,7 @@ async def test_a_put_carried_out_whose_answer_failed_is_accepted_once(arm: ArmDo
     arm.etags = etags
     arm.add_pool("gpu", count=1)
     arm.hold_operations = True
-    pool = make_pool(arm)
-    try:
-        state = await pool.get()
-        arm.answer_failed("PUT", 504)
-        res = await pool.set_count(2, etag=state.etag)
-    finally:
-        await pool.close()
+    res = await set_count_after(arm, 2, lambda: arm.answer_failed("PUT", 504))
     assert res.outcome is PoolOutcome.PENDING, res
     assert "accepted (its answer was lost: 504" in res.detail, res.detail
     assert len(puts(arm)) == 1
