@@ -121,6 +121,45 @@ def test_run_queue_binding_matches_what_the_api_enqueues() -> None:
     assert binding["queueName"] == QUEUE_NAME and binding["connection"] == QUEUE_CONNECTION_SETTING
 
 
+def test_graph_hints_reads_the_hint_queue_through_the_hosts_storage() -> None:
+    """The webhook puts its hints on directory.entra.queue_name (``hubpilot-graph``), which the
+    start-up check holds to the account of AzureWebJobsStorage: the trigger must read that queue
+    through that connection, or every notification is acknowledged and never synced."""
+    from hubpilot.config.entra import EntraSettings
+
+    (binding,) = json.loads(functions_by_name()["graph_hints"].get_function_json())["bindings"]
+    assert binding["type"] == "queueTrigger" and binding["direction"] == "IN"
+    assert binding["queueName"] == EntraSettings().queue_name == "hubpilot-graph"
+    assert binding["connection"] == QUEUE_CONNECTION_SETTING == "AzureWebJobsStorage"
+
+
+def test_every_timer_function_is_the_one_its_schedules_disabled_setting_names() -> None:
+    """GET /status says a schedule is off when ``AzureWebJobs.<function>.Disabled`` is true: the
+    name must be the timer function's, or a timer switched off in the portal shows as firing."""
+    timers = {name for name, fn in functions_by_name().items()
+              if any(b["type"] == "timerTrigger" for b in json.loads(fn.get_function_json())["bindings"])}
+    assert set(functions.TIMERS.values()) == timers
+    for schedule, fn in functions.TIMERS.items():
+        assert set(functions.disabled_timers({f"AzureWebJobs.{fn}.Disabled": "true"})) == {schedule}
+
+
+def test_the_subscription_manager_timer_fires_hourly_and_never_on_startup() -> None:
+    """graph_subscriptions: six NCRONTAB fields (the host reads five as an error), hourly at :05
+    as GET /status shows it (functions.graph.SUBSCRIPTION_SCHEDULE); not run on every start,
+    scale-out and wake-up of the app (runOnStartup, "should rarely if ever be set to true"); its
+    schedule persisted through restarts (useMonitor), as the operations' timers are."""
+    from functions.graph import SUBSCRIPTION_SCHEDULE
+
+    fns = functions_by_name()
+    (binding,) = json.loads(fns["graph_subscriptions"].get_function_json())["bindings"]
+    assert binding["type"] == "timerTrigger"
+    assert binding["schedule"] == SUBSCRIPTION_SCHEDULE == "0 5 * * * *"
+    assert binding["useMonitor"] is True and binding.get("runOnStartup", False) is False
+    for op in OPERATIONS:
+        (timer,) = json.loads(fns[f"{op}_timer"].get_function_json())["bindings"]
+        assert timer.get("runOnStartup", False) is False, op
+
+
 def test_example_app_settings_carry_valid_schedules(monkeypatch: pytest.MonkeyPatch) -> None:
     values = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
     for name in SCHEDULE_SETTINGS.values():
@@ -209,8 +248,17 @@ ENTRA_AZURE_HINTS = {"HUBPILOT_DIRECTORY__KIND": "entra", "HUBPILOT_DIRECTORY__E
     ({"AzureWebJobsStorage": "UseDevelopmentStorage=true"},
      {**ENTRA_AZURE_HINTS, "HUBPILOT_DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL": "http://127.0.0.1:10001/devstoreaccount1"},
      None),
+    # both given: the connection string is the one the hints go through
+    ({"AzureWebJobsStorage__accountName": "hubpilotst"},
+     {**ENTRA_AZURE_HINTS, "HUBPILOT_DIRECTORY__ENTRA__QUEUE_CONNECTION_STRING": OTHER_ACCOUNT,
+      "HUBPILOT_DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL": "https://hubpilotst.queue.core.windows.net"},
+     "HUBPILOT_DIRECTORY__ENTRA__QUEUE_CONNECTION_STRING"),
+    # an account the URL does not name (a custom domain): not known, so not refused
+    ({"AzureWebJobsStorage__accountName": "hubpilotst"},
+     {**ENTRA_AZURE_HINTS, "HUBPILOT_DIRECTORY__ENTRA__QUEUE_ACCOUNT_URL": "https://hints.example.net"}, None),
 ], ids=["runs-connection-string", "runs-identity-host", "runs-same-account", "hints-account-url",
-        "hints-connection-string", "hints-same-account", "hints-azurite"])
+        "hints-connection-string", "hints-same-account", "hints-azurite", "hints-both-given",
+        "hints-account-unknown"])
 async def test_a_queue_on_another_account_than_the_triggers_is_refused_naming_the_setting(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, host_storage: dict[str, str],
         queue_settings: dict[str, str], refused: str | None) -> None:
@@ -501,6 +549,28 @@ async def test_a_malformed_queue_message_is_dropped_not_raised(fx: Fx, world: An
     assert await execute_message(b"not json") == "rejected"
     assert await execute_message(json.dumps({"run_id": "x", "operation": "nuke", "trigger": "t",
                                              "actor": "a"})) == "rejected"
+
+
+@pytest.mark.azurite
+async def test_each_timer_runs_its_own_operation_and_no_other(fx: Fx, world: dict[str, World]) -> None:
+    fns = functions_by_name()
+    for op in OPERATIONS:
+        before = {o: w.applies for o, w in world.items()}
+        await fns[f"{op}_timer"].get_user_function()(TimerRequest())
+        assert {o: w.applies - before[o] for o, w in world.items()} == {o: int(o == op) for o in world}, op
+        last = await fx.ctx.runner.last_run(op)
+        assert last is not None and last["trigger"] == "timer" and last["outcome"] == "applied", op
+        assert world[op].items == {f"{op}-a", f"{op}-b"}
+
+
+async def test_a_hint_message_that_is_not_a_hint_object_is_dropped_not_retried() -> None:
+    """A queued body that is JSON but not a hint (a list, a number in place of the groups) is
+    dropped with an error line, as a malformed one is: raising would have the host deliver it
+    maxDequeueCount times and leave it in the poison queue, to no end."""
+    from functions.graph import handle_hint_message
+
+    for body in (b"[]", b'"sync"', b"3", b'{"kind": "sync", "groups": 5}', b"not json", b'{"kind": "rm"}'):
+        assert await handle_hint_message(body) == "rejected", body
 
 
 @pytest.mark.azurite
