@@ -38,6 +38,7 @@ import functions
 from functions.asgi import CHUNKED_DETAIL
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.api.app import MAX_BODY_BYTES
+from hubpilot.api.front import SECURITY_HEADERS
 from hubpilot.api.runs import drain_tasks
 from hubpilot.scale.cost import cost_report
 from hubpilot.serve import Server
@@ -504,6 +505,9 @@ async def test_both_hosts_answer_alike(hosts: Hosts, req: Req) -> None:
         assert fn.status == status, (fn.status, fn.body[:400])
         if status == 411:
             assert json.loads(fn.body)["detail"] == CHUNKED_DETAIL and fn.headers["content-type"] == "application/json"
+            # the headers every answer of the app carries (nosniff, no caching of an admin answer, ...)
+            assert {k.decode().lower(): v.decode() for k, v in SECURITY_HEADERS}.items() <= fn.headers.items(), \
+                fn.headers
         return
     fn = on_the_wire(fn, req, served)
     if req.method == "GET" and req.target.partition("?")[0] == "/api/v1/status" and fn.status == 200:
