@@ -47,7 +47,9 @@ def _ctx(tmp_path: Path, fake: FakeTime):  # type: ignore[no-untyped-def]
     return ctx, worlds
 
 
-async def test_scheduler_fires_at_the_ncrontab_times_and_runs_through_the_runner(tmp_path: Path) -> None:
+async def test_scheduler_fires_at_the_ncrontab_times_and_runs_through_the_runner(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="hubpilot.serve")
     fake = FakeTime(T0)
     ctx, worlds = _ctx(tmp_path, fake)
     sched = Scheduler(ctx, [Schedule("sync", "0 */15 * * * *", True, "sync.schedule")], sleep=fake.sleep)
@@ -62,6 +64,8 @@ async def test_scheduler_fires_at_the_ncrontab_times_and_runs_through_the_runner
     assert worlds["sync"].items == {"sync-a", "sync-b"}
     last = await ctx.runner.last_run("sync")
     assert last is not None and last["trigger"] == "timer" and last["at"] == fired[-1].isoformat()
+    # quick rounds: none said to have skipped a fire time
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "WARNING"], caplog.text
     await ctx.close()
 
 
@@ -518,3 +522,75 @@ async def test_a_schedule_of_an_unconfigured_operation_says_so_once(tmp_path: Pa
         assert [r.levelname for r in said] == ["INFO"] + ["DEBUG"] * 4, [r.getMessage() for r in said]
     finally:
         await ctx.close()
+
+
+async def test_a_serve_with_its_schedules_off_runs_no_scheduled_round(tmp_path: Path) -> None:
+    """api.serve_schedules off (another host fires them, e.g. the Functions app on the same store):
+    the server answers, and no round of any schedule runs here, not even one due at once."""
+    fake = FakeTime(T0)
+    ctx, worlds = _ctx(tmp_path, fake)
+    server = Server(ctx.settings, host="127.0.0.1", port=0, context=ctx, schedules=False)
+    server.scheduler = Scheduler(ctx, [Schedule("sync", "* * * * * *", True, "sync.schedule")], sleep=fake.sleep)
+    task = asyncio.create_task(server.run())
+    try:
+        await _until(lambda: server.started, "the server listens")
+        with pytest.raises(TimeoutError):  # a round would be under way at once (the fake clock)
+            await asyncio.wait_for(worlds["sync"].entered.wait(), 0.5)
+    finally:
+        server.stop()
+        await asyncio.wait_for(task, 10)
+    assert server.scheduler.rounds["sync"] == [] and worlds["sync"].applies == 0
+    assert await ctx.runner.last_run("sync") is None
+    await ctx.close()
+
+
+async def test_a_stop_during_the_wait_for_a_fire_time_starts_no_round(tmp_path: Path) -> None:
+    """Shutdown begins while a schedule waits for its next fire time: the wait ends at once and
+    no round starts after it (it would run in the grace meant for work already under way)."""
+    fake = FakeTime(T0)
+    ctx, worlds = _ctx(tmp_path, fake)
+    waiting = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:  # the fire time is far off
+        waiting.set()
+        await asyncio.sleep(3600)
+
+    sched = Scheduler(ctx, [Schedule("sync", "0 0 2 * * *", True, "sync.schedule")], sleep=sleep)
+    task = asyncio.create_task(sched.run())
+    await asyncio.wait_for(waiting.wait(), 10)
+    sched.stop()
+    await asyncio.wait_for(task, 10)
+    assert sched.rounds["sync"] == [] and worlds["sync"].applies == 0
+    assert await ctx.runner.last_run("sync") is None
+    await ctx.close()
+
+
+async def test_a_run_started_over_http_under_way_at_shutdown_finishes_before_serve_returns(tmp_path: Path) -> None:
+    """SIGTERM while a run started by POST /api/v1/sync applies: serve waits for it (within the
+    grace) before it returns and the process exits; it neither leaves the run to be killed with
+    the process, its lock held until it expires, nor closes the state store under it."""
+    ctx, worlds = make_context(tmp_path)
+    worlds["sync"].gate = asyncio.Event()
+    server = Server(ctx.settings, host="127.0.0.1", port=0, context=ctx, schedules=False)
+    task = asyncio.create_task(server.run())
+    try:
+        await _until(lambda: server.started, "the server listens")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            r = await client.post("/api/v1/sync", headers={"Authorization": f"Bearer {TOKENS['admin']}"})
+        assert r.status_code == 202, r.text
+        await asyncio.wait_for(worlds["sync"].entered.wait(), 10)  # the run is applying
+        server.stop()  # what SIGTERM does
+        await asyncio.wait_for(server.draining.wait(), 10)
+        await asyncio.sleep(0.3)
+        assert not task.done(), "serve returned while a run it started was still applying"
+        worlds["sync"].gate.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        worlds["sync"].gate.set()
+        server.stop()
+        await asyncio.wait_for(task, 10)
+    entries, _ = await ctx.store.read_audit(operation="sync")
+    assert [(e["trigger"], e["outcome"]) for e in entries] == [("api", "applied")]
+    assert worlds["sync"].items == {"sync-a", "sync-b"}
+    assert await ctx.store.acquire_lock("sync", "next", timedelta(minutes=1), datetime.now(UTC)) is not None
+    await ctx.close()
