@@ -289,7 +289,10 @@ class Server:
 
         def start_schedules() -> None:
             # once the server listens: a serve that cannot (its port taken by another serve) exits
-            # without running a round, not even a missed fire, which would otherwise run at once
+            # without running a round, not even a missed fire, which would otherwise run at once;
+            # nor does one stopped (a signal) before it listened: its shutdown has begun
+            if self.uvicorn.should_exit:
+                return
             scheduled.append(asyncio.create_task(self.scheduler.run(), name="hubpilot-scheduler"))
             for s in self.scheduler.schedules:
                 log.info("schedule %s: %s", s.name, s.expression)

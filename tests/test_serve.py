@@ -594,3 +594,20 @@ async def test_a_run_started_over_http_under_way_at_shutdown_finishes_before_ser
     assert worlds["sync"].items == {"sync-a", "sync-b"}
     assert await ctx.store.acquire_lock("sync", "next", timedelta(minutes=1), datetime.now(UTC)) is not None
     await ctx.close()
+
+
+async def test_a_serve_stopped_before_it_listens_runs_no_scheduled_round(tmp_path: Path) -> None:
+    """SIGTERM while serve is still starting (stop() before uvicorn listens): shutdown has begun,
+    so no round starts, not even a missed fire, which would otherwise run at once in the grace."""
+    fake = FakeTime(T0.replace(hour=2, minute=0, second=0) - timedelta(days=1))
+    ctx, worlds = _ctx(tmp_path, fake)
+    assert (await run_scheduled(ctx, "sync")) is not None  # yesterday 02:00
+    worlds["sync"].desired.add("sync-c")
+    fake.now = T0
+    server = Server(ctx.settings, host="127.0.0.1", port=0, context=ctx, schedules=True)
+    server.scheduler = Scheduler(ctx, [Schedule("sync", "0 0 2 * * *", True, "sync.schedule")], sleep=fake.sleep)
+    server.stop()  # what SIGTERM does, before the server listens
+    await asyncio.wait_for(server.run(), 10)
+    assert server.scheduler.rounds["sync"] == [], "a round ran though shutdown began before it"
+    assert "sync-c" not in worlds["sync"].items
+    await ctx.close()
