@@ -61,8 +61,9 @@ async def scale_timer(timer: func.TimerRequest) -> None:
 
 
 async def execute_message(body: bytes | str) -> str:
-    """Run the run request a queue message carries; returns the outcome, or 'rejected'."""
-    from hubpilot.api.runs import execute_run, parse_queue_message
+    """Run the run request a queue message carries; returns the outcome, or 'rejected'. Raises
+    (the host delivers the message again) when the run neither started nor could be recorded."""
+    from hubpilot.api.runs import execute_queued, parse_queue_message
 
     try:
         req = parse_queue_message(body)
@@ -70,7 +71,7 @@ async def execute_message(body: bytes | str) -> str:
         # A malformed request is dropped, not retried: retrying cannot make it valid.
         log.error("dropped a run request: %s", exc)
         return "rejected"
-    record = await execute_run(get_context(), req)
+    record = await execute_queued(get_context(), req)
     return "failed" if record is None else str(record.outcome)
 
 

@@ -318,3 +318,58 @@ async def test_a_run_whose_audit_log_cannot_be_read_is_not_audited_twice(tmp_pat
         assert doc is not None and doc["outcome"] == "failed" and "503 ServerBusy" in doc["error"], doc
     finally:
         await store.close()
+
+
+
+class StoreDown(SqliteStore):
+    """A state store whose reads or writes fail (an Azure Storage outage)."""
+
+    reads_down = writes_down = False
+
+    async def get(self, key: str) -> Any:
+        if self.reads_down:
+            raise StoreError("Azure Storage: cannot read document: HTTP 503 ServerBusy")
+        return await super().get(key)
+
+    async def put(self, key: str, doc: Any, *, if_match: str | None = None) -> str:
+        if self.writes_down:
+            raise StoreError("Azure Storage: cannot write document: HTTP 503 ServerBusy")
+        return await super().put(key, doc, if_match=if_match)
+
+
+async def test_a_queued_run_the_store_kept_from_starting_and_recording_is_delivered_again(tmp_path: Path) -> None:
+    """The queue trigger's delivery met a state store that failed before the run started, and
+    could not record that either: the run's document still read "queued" and the message was
+    consumed, so the run never ran. The delivery now raises (the host delivers the message again,
+    then to the poison queue), and the next delivery runs it once; one that could not start and
+    says so (its operation not configured) is consumed."""
+    from hubpilot.api.runs import RunNotRecorded, execute_queued
+
+    store = StoreDown(str(tmp_path / "state.sqlite3"))
+    cap = Shelf({"a"})
+    ctx = shelf_context(store, cap)
+    try:
+        req = await queue_shelf_run(ctx)
+        store.reads_down = store.writes_down = True
+        with pytest.raises(RunNotRecorded, match=rf"shelf run {req.run_id} did not start and the state store "
+                                                 "cannot be read"):
+            await execute_queued(ctx, req)
+        store.reads_down = False  # the document reads again, but nothing could be written
+        with pytest.raises(RunNotRecorded, match="did not start and could not be recorded"):
+            await execute_queued(ctx, req)
+        assert cap.observed == 0 and (await read_run(ctx, req.run_id) or {}).get("outcome") == "queued"
+        store.writes_down = False
+        record = await execute_queued(ctx, req)  # delivered again
+        assert record is not None and record.outcome == "applied" and cap.observed == 1, record
+        assert await execute_queued(ctx, req) is not None and cap.observed == 1  # once more: not run again
+    finally:
+        await store.close()
+
+    store = StoreDown(str(tmp_path / "other.sqlite3"))
+    ctx = shelf_context(store)  # no capability "shelf": it cannot start, and that is recorded
+    try:
+        req = await queue_shelf_run(ctx)
+        assert await execute_queued(ctx, req) is None
+        assert (await read_run(ctx, req.run_id) or {}).get("outcome") == "failed"
+    finally:
+        await store.close()

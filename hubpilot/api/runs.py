@@ -254,6 +254,32 @@ async def execute_run(ctx: Context, req: RunRequest) -> RunRecord | None:
     return None
 
 
+class RunNotRecorded(Exception):
+    """A queued run request's delivery left no trace: the state store failed before the run
+    started, and recording that failed too. The queue trigger raises it, so that the host
+    delivers the message again rather than lose the run."""
+
+
+async def execute_queued(ctx: Context, req: RunRequest) -> RunRecord | None:
+    """:func:`execute_run` for a queue trigger. A delivery after which the run's document still
+    reads as the API queued it (or cannot be read) raises :class:`RunNotRecorded`: nothing ran and
+    nothing says why, so the message must not be consumed; the host delivers it again after its
+    visibility timeout, up to ``maxDequeueCount`` times, then moves it to the poison queue. A run
+    that failed or could not start and says so (locked out, not configured) is consumed."""
+    record = await execute_run(ctx, req)
+    if record is not None:
+        return record
+    try:
+        doc = await ctx.store.get(RUN_KEY.format(run_id=req.run_id))
+    except Exception as exc:
+        raise RunNotRecorded(f"{req.operation} run {req.run_id} did not start and the state store cannot be "
+                             f"read ({exc}); the request is delivered again") from exc
+    if doc is not None and doc.get("outcome") == QUEUED:
+        raise RunNotRecorded(f"{req.operation} run {req.run_id} did not start and could not be recorded "
+                             "(see the errors above); the request is delivered again")
+    return None
+
+
 async def _record_unstarted(ctx: Context, req: RunRequest, error: str) -> None:
     """Record a run that could not start as failed: its document, and its audit entry (the audit
     log keeps every run; run documents are pruned). A run that got under way and raised after its
@@ -261,7 +287,11 @@ async def _record_unstarted(ctx: Context, req: RunRequest, error: str) -> None:
     did start: its document is written from that entry, so it says what the run did, as the audit
     log does, and no second entry is added."""
     doc = _queued_doc(ctx, req)
-    existing = await ctx.store.get(RUN_KEY.format(run_id=req.run_id))
+    try:
+        existing = await ctx.store.get(RUN_KEY.format(run_id=req.run_id))
+    except Exception:
+        log.exception("could not read the document of run %s", req.run_id)
+        existing = None
     if existing:
         doc["started"] = existing.get("started", doc["started"])
     audited: dict[str, Any] | None = None
@@ -453,5 +483,5 @@ async def drain_tasks() -> None:
         await asyncio.gather(*list(_tasks.values()), return_exceptions=True)
 
 
-__all__ = ["QUEUED", "QueueUnavailable", "RunRecord", "RunRequest", "check_lock", "drain_tasks", "enqueue",
-           "execute_run", "parse_queue_message", "read_run", "start_run", "wait_for_run"]
+__all__ = ["QUEUED", "QueueUnavailable", "RunNotRecorded", "RunRecord", "RunRequest", "check_lock", "drain_tasks",
+           "enqueue", "execute_queued", "execute_run", "parse_queue_message", "read_run", "start_run", "wait_for_run"]
