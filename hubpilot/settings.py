@@ -348,9 +348,11 @@ def _check_default_state_file(settings: Settings) -> None:
 
 
 def _without_password(value: Any) -> Any:
-    """A URL's ``user:password@`` shown as ``***@``; any other value as it is."""
+    """A URL's ``user:password@`` shown as ``***@``; any other value as it is. Everything up to the
+    URL's last '@' is hidden: a password may hold an '@' (the user information ends at the last
+    one) or a '/' (which ends the host early, and the URL is refused for it)."""
     if isinstance(value, str):
-        return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@", r"\1***@", value)
+        return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://).*@", r"\1***@", value)
     return value
 
 

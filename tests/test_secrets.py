@@ -42,6 +42,27 @@ def test_a_hub_token_no_header_can_carry_is_refused_without_showing_it(
     assert secret not in text
 
 
+@pytest.mark.parametrize(("variable", "url"), [
+    # an '@' in the password: the URL's user information ends at its last '@' (as the HTTP clients read it)
+    ("HUBPILOT_HUB__API_URL", "https://svc:pa@ss-w0rd@hub.example.org/hub/api"),
+    ("HUBPILOT_DIRECTORY__LDAP__URL", "ldaps://admin:pa@ss-w0rd@ldap.example.org"),
+    # a '/' in the password ends the host early: the URL is refused for its port, and still holds the password
+    ("HUBPILOT_HUB__API_URL", "https://svc:pa/ss-w0rd@hub.example.org/hub/api"),
+    ("HUBPILOT_DIRECTORY__LDAP__URL", "ldaps://admin:pa/ss-w0rd@ldap.example.org"),
+])
+def test_a_password_in_a_refused_url_is_not_shown_whatever_it_holds(
+        clean_env: None, monkeypatch: pytest.MonkeyPatch, variable: str, url: str) -> None:
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "ldap")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__URL", "ldaps://ldap.example.org")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BASE_DN", "dc=example,dc=org")
+    monkeypatch.setenv(variable, url)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    message = str(err.value)
+    assert variable in message
+    assert "w0rd" not in message
+
+
 async def test_the_hub_client_never_puts_a_malformed_token_into_its_errors(real_hub: RealHub) -> None:
     # the run's error goes to its audit entry (kept for good), its document and /status
     secret = real_hub.hubpilot_token

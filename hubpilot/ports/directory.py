@@ -81,6 +81,9 @@ def check_ldap_port(url: str, parts: SplitResult) -> int | None:
     except ValueError:  # not a number, or above 65535
         port = -1
     if port is not None and not 1 <= port <= 65535:
-        raise ValueError(f"directory.ldap.url {url!r}: the port must be a number from 1 to 65535 (389 for "
+        # a password holding a '/' ends the host early (user:pa/ss@host: host "user", port "pa"): the
+        # URL is shown up to its last '@' hidden
+        shown = f"{parts.scheme}://***@{url.rsplit('@', 1)[1]}" if "@" in url else url
+        raise ValueError(f"directory.ldap.url {shown!r}: the port must be a number from 1 to 65535 (389 for "
                          "ldap://, 636 for ldaps://; the scheme's when left out)")
     return port
