@@ -28,7 +28,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no stray ./hubpilot.toml
 
 
-@pytest.mark.parametrize("bad", ["\n", "\r\n", "\t", "é"])
+@pytest.mark.parametrize("bad", ["\n", "\r\n", "\t", "é", " "])
 def test_a_hub_token_no_header_can_carry_is_refused_without_showing_it(
         clean_env: None, monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
     # a token read from a file or a secret store keeps its trailing newline: every request would
@@ -63,18 +63,19 @@ def test_a_password_in_a_refused_url_is_not_shown_whatever_it_holds(
     assert "w0rd" not in message
 
 
-async def test_the_hub_client_never_puts_a_malformed_token_into_its_errors(real_hub: RealHub) -> None:
+@pytest.mark.parametrize("bad", ["\n", " "])
+async def test_the_hub_client_never_puts_a_malformed_token_into_its_errors(real_hub: RealHub, bad: str) -> None:
     # the run's error goes to its audit entry (kept for good), its document and /status
     secret = real_hub.hubpilot_token
     client = None
     try:
-        client = HubClient(real_hub.api_url, secret + "\n", retries=0)
+        client = HubClient(real_hub.api_url, secret + bad, retries=0)
         await client.list_users()
     except Exception as exc:  # refused, at construction or at the request: never with the token
         assert secret not in str(exc)
         assert "hub.token" in str(exc)
     else:
-        pytest.fail("a token with a newline was sent")
+        pytest.fail(f"a token ending in {bad!r} was sent")
     finally:
         if client is not None:
             await client.close()

@@ -109,12 +109,13 @@ class HubClient:
         if not token:
             raise ValueError("hub token is empty: set hub.token (HUBPILOT_HUB__TOKEN) to the API token of the "
                              "hubpilot service the hub was configured with (docs/hub-scopes.md)")
-        if any(not " " <= c <= "~" for c in token):
-            # the HTTP library would refuse the header and quote it, token and all, in its error
+        if any(not " " <= c <= "~" for c in token) or token != token.strip():
+            # the HTTP library would refuse the header (a space at its end too) and quote it, token
+            # and all, in its error
             raise ValueError("hub token holds a line break, another control character or a non-ASCII character, "
-                             "which no HTTP header can carry (often a trailing newline kept from the file or "
-                             "secret it was read from): set hub.token (HUBPILOT_HUB__TOKEN) to the token alone "
-                             "(the value is not shown)")
+                             "or starts or ends with a space, which no HTTP header can carry (often a trailing "
+                             "newline or space kept from the file, secret or page it was copied from): set hub.token "
+                             "(HUBPILOT_HUB__TOKEN) to the token alone (the value is not shown)")
         if page_size < 2 or concurrency < 1 or retries < 0 or create_chunk < 1:
             # each page after the first starts with the last item read, which tells a shifted list
             raise ValueError("page_size must be ≥ 2, concurrency and create_chunk ≥ 1, retries ≥ 0")

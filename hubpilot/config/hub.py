@@ -16,7 +16,8 @@ class HubSettings(Section):
     token: SecretStr = Field(
         SecretStr(""), description="API token of the hubpilot service in the hub (its role, and how the hub "
         "is given the token: docs/hub-scopes.md). One holding a line break, another control character or a "
-        "non-ASCII character (a trailing newline kept from a file or secret) is refused, without showing it.",
+        "non-ASCII character (a trailing newline kept from a file or secret), or starting or ending with a "
+        "space, is refused, without showing it.",
     )
     timeout_seconds: float = Field(10.0, gt=0, le=300, description=(
         "Timeout of one hub request. The first request of a run left unanswered through it (and "
@@ -53,9 +54,12 @@ class HubSettings(Section):
     def _token_fits_a_header(cls, v: SecretStr) -> SecretStr:
         # a token read from a file or a secret store keeps its trailing newline: no request could
         # carry it, and the HTTP library's error, which quotes the header, would go into the run's
-        # error, its audit entry and /status. The value is never shown.
-        if any(not " " <= c <= "~" for c in v.get_secret_value()):
-            raise ValueError("holds a line break, another control character or a non-ASCII character, which no "
-                             "HTTP header can carry (often a trailing newline kept from the file or secret it "
-                             "was read from): set it to the token alone (the value is not shown)")
+        # error, its audit entry and /status; so would a space at its end (a header's value ends
+        # with no space). The value is never shown.
+        token = v.get_secret_value()
+        if any(not " " <= c <= "~" for c in token) or token != token.strip():
+            raise ValueError("holds a line break, another control character or a non-ASCII character, or starts "
+                             "or ends with a space, which no HTTP header can carry (often a trailing newline or "
+                             "space kept from the file, secret or page it was copied from): set it to the token "
+                             "alone (the value is not shown)")
         return v
