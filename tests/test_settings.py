@@ -235,6 +235,32 @@ def test_an_azure_notification_queue_needs_somewhere_to_go() -> None:
     assert load_settings(None, directory={"kind": "entra", "entra": {**entra, "queue": "memory"}})
 
 
+@pytest.mark.parametrize("url", [
+    "http://hubpilotstore.queue.core.windows.net",  # the storage client sends no token over plain http
+    "hubpilotstore",  # an account's name is no host
+    "https://user:pw@hubpilotstore.queue.core.windows.net",
+])
+def test_a_notification_queue_url_no_token_can_be_sent_to_is_refused_at_start(url: str) -> None:
+    entra = {"notifications": True, "notification_url": "https://hubpilot.example.org/api/v1/graph/notifications",
+             "client_state": "s3cret", "queue": "azure"}
+    with pytest.raises(SettingsError) as err:
+        load_settings(None, directory={"kind": "entra", "entra": {**entra, "queue_account_url": url}})
+    assert "directory.entra.queue_account_url" in str(err.value)
+    assert "pw" not in str(err.value)
+
+
+@pytest.mark.parametrize(("url", "read"), [
+    ("https://hubpilotstore.queue.core.windows.net/", "https://hubpilotstore.queue.core.windows.net"),
+    ("hubpilotstore.queue.core.windows.net", "https://hubpilotstore.queue.core.windows.net"),  # as the client reads it
+    ("http://127.0.0.1:10001/devstoreaccount1", "http://127.0.0.1:10001/devstoreaccount1"),  # Azurite
+])
+def test_a_notification_queue_url_the_storage_client_can_use_loads(url: str, read: str) -> None:
+    entra = {"notifications": True, "notification_url": "https://hubpilot.example.org/api/v1/graph/notifications",
+             "client_state": "s3cret", "queue": "azure", "queue_account_url": url}
+    directory = load_settings(None, directory={"kind": "entra", "entra": entra}).directory
+    assert directory is not None and directory.entra is not None
+    assert directory.entra.queue_account_url == read
+
 def test_an_azure_notification_queue_is_the_one_the_functions_app_reads() -> None:
     """The graph_hints trigger reads ``hubpilot-graph`` (Bicep creates that queue): hints put on a
     queue of another name were never read, and no sync followed a notification."""

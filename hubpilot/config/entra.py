@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from hubpilot.config.base import NCronTab, Section, authority_url, bearer_url, check_account_key
+from hubpilot.config.base import LOOPBACK_HOSTS, NCronTab, Section, authority_url, bearer_url, check_account_key
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -147,7 +147,8 @@ class EntraSettings(Section):
         "One whose AccountKey is empty or not base64 is refused, without showing it."
     )
     queue_account_url: str | None = Field(
-        None, description="Queue service URL for managed-identity access, e.g. https://<account>.queue.core.windows.net."
+        None, description="Queue service URL for managed-identity access, e.g. "
+        "https://<account>.queue.core.windows.net (https: an Entra token goes with every request)."
     )
 
     @field_validator("queue_connection_string")
@@ -171,6 +172,22 @@ class EntraSettings(Section):
             raise ValueError(f"directory.entra.graph_base_url names the Graph API version twice; use "
                              f"{root}{'/'.join(['', *segments[:-1]])} (the Bicep parameter graphEndpoint "
                              "is the host alone, without /v1.0)")
+        return url
+
+    @field_validator("queue_account_url")
+    @classmethod
+    def _queue_service(cls, v: str | None) -> str | None:
+        # the storage client sends the app's Entra token with every request: azure-core refuses plain
+        # http at each hint's push, and an account's name alone is no host; either failed every
+        # notification's hint, naming no setting. A bare host is read as https, as the client does.
+        if v is None:
+            return v
+        what, example = "directory.entra.queue_account_url", "https://<account>.queue.core.windows.net"
+        url = bearer_url(v.strip() if "://" in v else "https://" + v.strip(), what, example)
+        host = urlsplit(url).hostname or ""
+        if "." not in host and host not in LOOPBACK_HOSTS:
+            raise ValueError(f"{what} must be the queue service's URL, e.g. {example} (not the account's "
+                             f"name alone; got {v!r})")
         return url
 
     @field_validator("authority_host")
