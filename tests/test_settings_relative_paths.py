@@ -4,6 +4,7 @@ it: ``hubpilot --config /etc/hubpilot/hubpilot.toml ...`` from another directory
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hubpilot.settings import load_settings
+from hubpilot.settings import Settings, load_settings
+from hubpilot.wiring import build_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +93,7 @@ def test_a_state_file_named_relatively_in_the_environment_that_cannot_be_opened_
         in done.stderr, done.stderr
 
 
-def test_every_path_setting_of_the_file_is_read_from_its_folder_absolute_and_home_ones_unchanged(
+def test_every_path_setting_of_the_file_is_read_from_its_folder_absolute_ones_unchanged_home_ones_from_home(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf, elsewhere = _dirs(tmp_path)
     (conf / "hubpilot.toml").write_text(
@@ -106,7 +108,8 @@ def test_every_path_setting_of_the_file_is_read_from_its_folder_absolute_and_hom
     assert s.state.sqlite_path == str(tmp_path / "etc" / "state" / "s.sqlite3")
     assert s.directory is not None and s.directory.ldap is not None
     assert s.directory.ldap.ca_file == str(conf / "ca.pem")
-    assert s.scale.kubeconfig == os.pathsep.join([str(conf / "kube" / "one"), "/abs/two", "~/three"])
+    assert s.scale.kubeconfig == os.pathsep.join([str(conf / "kube" / "one"), "/abs/two",
+                                                  os.path.expanduser("~/three")])
     assert load_settings("../etc/hubpilot/entra.toml").scale.kube_ca_file == str(conf / "ca" / "kube.pem")
     monkeypatch.setenv("HUBPILOT_STATE__SQLITE_PATH", ":memory:")
     monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__CA_FILE", "ca.pem")
@@ -211,3 +214,41 @@ def test_the_default_state_file_beside_the_settings_file_is_not_replaced_by_an_e
     # a store in the working directory too: that one is used, as before
     again = _cli(elsewhere, "--config", str(conf / "hubpilot.toml"), "status")
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_a_path_from_the_home_folder_is_read_there_not_under_the_working_directory(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str) -> None:
+    # SQLite took "~/hubpilot/state.sqlite3" as a folder named "~" under the working directory: a
+    # new, empty state store wherever hubpilot was started
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    config = tmp_path / "etc" / "hubpilot.toml"
+    config.parent.mkdir()
+    values = {"state": ("sqlite_path", "~/hubpilot/state.sqlite3"), "scale": ("kubeconfig", "~/a.yaml:~/b.yaml")}
+    if source == "file":
+        config.write_text("".join(f'[{section}]\n{key} = "{value}"\n' for section, (key, value) in values.items()))
+    else:
+        config.write_text("")
+        for section, (key, value) in values.items():
+            monkeypatch.setenv(f"HUBPILOT_{section.upper()}__{key.upper()}", value)
+    s = load_settings(config)
+    assert s.state.sqlite_path == str(home / "hubpilot" / "state.sqlite3")
+    assert s.scale.kubeconfig == f"{home / 'a.yaml'}{os.pathsep}{home / 'b.yaml'}"
+    asyncio.run(_write_a_lock(s))
+    assert (home / "hubpilot" / "state.sqlite3").is_file()
+    assert not (work / "~").exists()
+
+
+async def _write_a_lock(settings: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    store = build_store(settings)
+    try:
+        assert await store.acquire_lock("sync", "test", timedelta(minutes=1), datetime.now(UTC)) is not None
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            await close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from typing import Annotated
 from urllib.parse import SplitResult, urlsplit
 
@@ -33,8 +34,25 @@ class PathSetting:
         self.sqlite = sqlite
 
 
+def expand_home(value: str | None, *, several: bool = False) -> str | None:
+    """A path setting's leading ``~`` (with ``several``, each of a list's, joined by ``os.pathsep``)
+    as the user's home folder: the files are opened as given, and SQLite would keep a state file
+    named ``~/...`` under the working directory, a new store wherever hubpilot runs (forgetting the
+    managed users, the removal window and the approvals)."""
+    if not value or "~" not in value:
+        return value
+    parts = value.split(os.pathsep) if several else [value]
+    return os.pathsep.join(os.path.expanduser(p) if p.startswith("~") else p for p in parts)
+
+
+HomePath = AfterValidator(expand_home)
+"""Goes with ``PathSetting`` in a path setting's ``Annotated``: a leading ``~`` is the home folder."""
+HomePaths = AfterValidator(lambda value: expand_home(value, several=True))
+"""``HomePath`` of a ``PathSetting(several=True)``."""
+
+
 FROM_FILE_FOLDER = ("A relative path in the settings file is read from the file's folder; one in the "
-                    "environment, from the working directory.")
+                    "environment, from the working directory; a leading ~ is the home folder.")
 """The sentence each path setting's description ends with."""
 
 

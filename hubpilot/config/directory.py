@@ -9,7 +9,7 @@ from ldap3.core.exceptions import LDAPSASLPrepError
 from ldap3.protocol.sasl.sasl import sasl_prep
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from hubpilot.config.base import FROM_FILE_FOLDER, PathSetting, Section
+from hubpilot.config.base import FROM_FILE_FOLDER, HomePath, PathSetting, Section
 from hubpilot.config.entra import EntraSettings
 from hubpilot.ports.directory import check_ldap_port, check_ldap_userinfo
 
@@ -17,7 +17,7 @@ from hubpilot.ports.directory import check_ldap_port, check_ldap_userinfo
 class FileDirectorySettings(Section):
     """A directory kept in a YAML or TOML file (the demo uses one)."""
 
-    path: Annotated[str, PathSetting()] = Field(
+    path: Annotated[str, PathSetting(), HomePath] = Field(
         description="Path of the directory file (.yaml, .yml or .toml). " + FROM_FILE_FOLDER)
 
     @field_validator("path")
@@ -52,7 +52,7 @@ class LdapSettings(Section):
     page_size: int = Field(500, ge=1, le=10000, description="Paged search size (RFC 2696).")
     timeout_seconds: float = Field(10.0, gt=0, le=300, description="Connect and receive timeout.")
     start_tls: bool = Field(False, description="Upgrade an ldap:// connection with StartTLS.")
-    ca_file: Annotated[str | None, PathSetting()] = Field(
+    ca_file: Annotated[str | None, PathSetting(), HomePath] = Field(
         None, description="CA bundle (PEM) to verify the server's certificate; needs ldaps:// or start_tls. "
         + FROM_FILE_FOLDER)
     id_attribute: str | None = Field(

@@ -11,6 +11,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from hubpilot.config.base import (
     FROM_FILE_FOLDER,
+    HomePath,
+    HomePaths,
     NCronTab,
     PathSetting,
     Section,
@@ -153,7 +155,7 @@ class ScaleSettings(Section):
         False, description="User pods live in namespaces of their own (KubeSpawner.enable_user_namespaces): "
         "they are listed in every namespace (needs list pods cluster-wide), else a node running one would look "
         "empty.")
-    kubeconfig: Annotated[str | None, PathSetting(several=True)] = Field(
+    kubeconfig: Annotated[str | None, PathSetting(several=True), HomePaths] = Field(
         None, description="Kubeconfig path; unset: in-cluster, else ~/.kube/config. " + FROM_FILE_FOLDER)
     kube_api_url: str | None = Field(None, description="Kubernetes API server's http(s) URL (overrides kubeconfig; "
                                      "with kube_auth=kubeconfig no credentials are sent: tests).")
@@ -170,7 +172,7 @@ class ScaleSettings(Section):
         "'<id>/.default'); unset: the --server-id of the cluster's kubeconfig, else AKS's "
         "6dae42f8-4368-4678-94ff-3960e28e3630.",
     )
-    kube_ca_file: Annotated[str | None, PathSetting()] = Field(
+    kube_ca_file: Annotated[str | None, PathSetting(), HomePath] = Field(
         None, description="With kube_auth=entra and kube_api_url: PEM file of the API server's CA. " + FROM_FILE_FOLDER
     )
     kube_timeout_seconds: float = Field(

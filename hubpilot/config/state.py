@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from hubpilot.config.base import FROM_FILE_FOLDER, PathSetting, Section, check_account_key
+from hubpilot.config.base import FROM_FILE_FOLDER, HomePath, PathSetting, Section, check_account_key
 from hubpilot.ports.store import AZURE_ACCOUNT, AZURE_CONTAINER, AZURE_TABLE_PREFIX
 
 
@@ -12,7 +12,7 @@ class StateSettings(Section):
     """Where hubpilot keeps its locks, audit log and documents."""
 
     kind: Literal["sqlite", "azure"] = Field("sqlite", description="sqlite (local) or azure (Tables + Blobs).")
-    sqlite_path: Annotated[str, PathSetting(sqlite=True)] = Field(
+    sqlite_path: Annotated[str, PathSetting(sqlite=True), HomePath] = Field(
         "hubpilot-state.sqlite3",
         description="SQLite file for kind=sqlite. " + FROM_FILE_FOLDER + " The default is in the working "
         "directory: set it in the settings file to keep the state beside that file whatever the working directory "
