@@ -94,3 +94,12 @@ def test_a_hub_url_with_a_user_name_alone_is_refused(monkeypatch: pytest.MonkeyP
     # or without a password
     message = refusal(monkeypatch, HUBPILOT_HUB__API_URL="https://svc@hub.example.org/hub/api")
     assert "hub.api_url: Value error, holds a user name or password" in message
+
+
+def test_a_variable_for_a_missing_section_is_refused_in_lower_case_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the settings read their variables whatever the case: hubpilot_sync__max_removals sets the limit,
+    # so a misspelt section in lower case must not pass silently either
+    monkeypatch.setenv("hubpilot_sync__max_removals", "7")
+    assert load_settings().sync.max_removals == 7
+    message = refusal(monkeypatch, hubpilot_syn__max_removals="7")
+    assert "hubpilot_syn__max_removals: there is no settings section 'syn'" in message

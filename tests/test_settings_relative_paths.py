@@ -252,3 +252,10 @@ async def _write_a_lock(settings: Settings) -> None:
         close = getattr(store, "close", None)
         if close is not None:
             await close()
+
+
+def test_each_relative_kubeconfig_of_a_list_is_read_from_the_files_folder(tmp_path: Path) -> None:
+    # KUBECONFIG style: not only the first of the list
+    (tmp_path / "hubpilot.toml").write_text(f'[scale]\nkubeconfig = "/abs/one{os.pathsep}kube/two"\n')
+    s = load_settings(tmp_path / "hubpilot.toml")
+    assert s.scale.kubeconfig == f"/abs/one{os.pathsep}{tmp_path / 'kube' / 'two'}"
