@@ -34,6 +34,11 @@ def refusal(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
     # a share above 100 % never refuses anything: the limit would be off without a word
     ("HUBPILOT_SYNC__MAX_REMOVAL_PERCENT", "101",
      "sync.max_removal_percent: Input should be less than or equal to 100"),
+    # a negative grace would be taken as none: users deleted (in z2jh with their volume) at once
+    ("HUBPILOT_SYNC__DELETE_GRACE_HOURS", "-1", "sync.delete_grace_hours: Input should be greater than or equal to 0"),
+    # a negative limit refuses every plan that deletes a user, whatever an admin meant
+    ("HUBPILOT_CULL__MAX_USER_DELETIONS_PER_ROUND", "-1",
+     "cull.max_user_deletions_per_round: Input should be greater than or equal to 0"),
     # a step of 0 nodes never scales up (or down), whatever the demand
     ("HUBPILOT_SCALE__MAX_STEP_UP", "0", "scale.max_step_up: Input should be greater than or equal to 1"),
 ])
@@ -48,6 +53,7 @@ def test_a_safety_limit_out_of_its_range_is_refused_naming_it(monkeypatch: pytes
     ("HUBPILOT_SYNC__MAX_REMOVALS", "0"),
     ("HUBPILOT_SYNC__MAX_REMOVAL_PERCENT", "100"),
     ("HUBPILOT_SCALE__MAX_STEP_UP", "1"),
+    ("HUBPILOT_SYNC__DELETE_GRACE_HOURS", "0"),
 ])
 def test_a_safety_limit_at_the_edge_of_its_range_loads(monkeypatch: pytest.MonkeyPatch, variable: str,
                                                        value: str) -> None:
@@ -103,3 +109,11 @@ def test_a_variable_for_a_missing_section_is_refused_in_lower_case_too(monkeypat
     assert load_settings().sync.max_removals == 7
     message = refusal(monkeypatch, hubpilot_syn__max_removals="7")
     assert "hubpilot_syn__max_removals: there is no settings section 'syn'" in message
+
+
+def test_a_settings_file_named_by_a_folder_is_refused_as_such(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"^config file .* is a directory$"):
+        load_settings(tmp_path)
+    monkeypatch.setenv("HUBPILOT_CONFIG", str(tmp_path))
+    with pytest.raises(SettingsError, match=r"^config file .* \(\$HUBPILOT_CONFIG\) is a directory$"):
+        load_settings()
