@@ -281,6 +281,7 @@ def test_an_azure_notification_queue_is_the_one_the_functions_app_reads() -> Non
     ('[[cull.policies]]\nname = "gpu"\nmax_age = 100000000000000\n', "cull.policies.0.max_age"),
     ('[cull]\nactivity_check_seconds = inf\n', "cull.activity_check_seconds"),
     ('[sync]\nremoval_window_hours = inf\n', "sync.removal_window_hours"),
+    ('[sync]\nremoval_window_hours = 80000000\n', "sync.removal_window_hours"),  # 9000 years before now
     ('[sync]\ndelete_grace_hours = inf\n', "sync.delete_grace_hours"),
     ('[sync]\ndelete_grace_hours = 1e12\n', "sync.delete_grace_hours"),
 ])

@@ -117,3 +117,16 @@ def test_a_settings_file_named_by_a_folder_is_refused_as_such(monkeypatch: pytes
     monkeypatch.setenv("HUBPILOT_CONFIG", str(tmp_path))
     with pytest.raises(SettingsError, match=r"^config file .* \(\$HUBPILOT_CONFIG\) is a directory$"):
         load_settings()
+
+
+def test_a_renewal_margin_within_the_functions_timers_hour_is_refused_whatever_the_serve_schedule(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the Functions app renews on its hourly timer, whatever subscription_schedule says: a 45-minute
+    # margin lets subscriptions expire between two of its rounds, and Graph drops them
+    entra = {"notifications": True, "notification_url": "https://hubpilot.example.org/api/v1/graph/notifications",
+             "client_state": "s3cret", "subscription_schedule": "0 */10 * * * *"}
+    with pytest.raises(SettingsError) as err:
+        load_settings(None, directory={"kind": "entra", "entra": {**entra, "renew_before_minutes": 45}})
+    assert "directory.entra.renew_before_minutes=45 is not longer than the time between two rounds" in str(err.value)
+    assert "60 min" in str(err.value)
+    load_settings(None, directory={"kind": "entra", "entra": {**entra, "renew_before_minutes": 61}})
