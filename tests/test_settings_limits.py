@@ -130,3 +130,16 @@ def test_a_renewal_margin_within_the_functions_timers_hour_is_refused_whatever_t
     assert "directory.entra.renew_before_minutes=45 is not longer than the time between two rounds" in str(err.value)
     assert "60 min" in str(err.value)
     load_settings(None, directory={"kind": "entra", "entra": {**entra, "renew_before_minutes": 61}})
+
+
+def test_an_azure_state_store_given_only_blanks_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a secret that arrived empty but for a space: every command would fail building the store
+    message = refusal(monkeypatch, HUBPILOT_STATE__KIND="azure", HUBPILOT_STATE__AZURE_CONNECTION_STRING="  ")
+    assert "state.kind is 'azure' but neither state.azure_connection_string nor state.azure_account_name" in message
+
+
+def test_a_refused_value_given_by_no_variable_or_file_names_the_variable_that_sets_it() -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(None, scale={"max_step_up": 0})
+    assert "scale.max_step_up: Input should be greater than or equal to 1" in str(err.value)
+    assert "[env HUBPILOT_SCALE__MAX_STEP_UP]" in str(err.value)
