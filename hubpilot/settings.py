@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from hubpilot.config.hub import HubSettings
 from hubpilot.config.scale import ScaleSettings
 from hubpilot.config.state import StateSettings
 from hubpilot.config.sync import SyncSettings
+from hubpilot.ports.directory import without_password
 
 ENV_PREFIX = "HUBPILOT_"
 CONFIG_ENV = "HUBPILOT_CONFIG"
@@ -348,12 +348,8 @@ def _check_default_state_file(settings: Settings) -> None:
 
 
 def _without_password(value: Any) -> Any:
-    """A URL's ``user:password@`` shown as ``***@``; any other value as it is. Everything up to the
-    URL's last '@' is hidden: a password may hold an '@' (the user information ends at the last
-    one) or a '/' (which ends the host early, and the URL is refused for it)."""
-    if isinstance(value, str):
-        return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://).*@", r"\1***@", value)
-    return value
+    """A URL's ``user:password@`` shown as ``***@`` (:func:`without_password`); any other value as it is."""
+    return without_password(value) if isinstance(value, str) else value
 
 
 def _is_secret(loc: tuple[Any, ...]) -> bool:

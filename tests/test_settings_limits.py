@@ -4,20 +4,12 @@ otherwise pass silently."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from hubpilot.settings import SettingsError, load_settings
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in list(os.environ):
-        if key.startswith("HUBPILOT_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)  # no stray ./hubpilot.toml
+from tests.test_settings import clean_env  # noqa: F401 (autouse: no HUBPILOT_ variable, no stray ./hubpilot.toml)
 
 
 def refusal(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:

@@ -172,7 +172,6 @@ class CullSettings(Section):
         return self
 
 
-
 def _span(seconds: float) -> str:
     """Seconds as said in a refusal, with a plan line's short form beside a long span: '15897900 s (184d)'."""
     from hubpilot.cull.policy import human  # policy imports this module

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -62,6 +63,13 @@ class Directory(Protocol):
     async def close(self) -> None: ...
 
 
+def without_password(value: str) -> str:
+    """A URL's ``user:password@`` shown as ``***@``; any other text as it is. Everything up to the
+    URL's last '@' is hidden: a password may hold an '@' (the user information ends at the last
+    one) or a '/' (which ends the host early, and the URL is refused for it)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://).*@", r"\1***@", value)
+
+
 def check_ldap_userinfo(parts: SplitResult) -> None:
     """ValueError, never showing the URL, when an LDAP URL holds ``user[:password]@``: the LDAP
     client binds with bind_dn and bind_password alone, and the URL is shown in every LDAP error
@@ -81,9 +89,7 @@ def check_ldap_port(url: str, parts: SplitResult) -> int | None:
     except ValueError:  # not a number, or above 65535
         port = -1
     if port is not None and not 1 <= port <= 65535:
-        # a password holding a '/' ends the host early (user:pa/ss@host: host "user", port "pa"): the
-        # URL is shown up to its last '@' hidden
-        shown = f"{parts.scheme}://***@{url.rsplit('@', 1)[1]}" if "@" in url else url
-        raise ValueError(f"directory.ldap.url {shown!r}: the port must be a number from 1 to 65535 (389 for "
-                         "ldap://, 636 for ldaps://; the scheme's when left out)")
+        # a password holding a '/' ends the host early (user:pa/ss@host: host "user", port "pa")
+        raise ValueError(f"directory.ldap.url {without_password(url)!r}: the port must be a number from 1 to "
+                         "65535 (389 for ldap://, 636 for ldaps://; the scheme's when left out)")
     return port
