@@ -51,6 +51,7 @@ from hubpilot.ports.hub import (
     StopResult,
     UsersNotCreated,
     current_round,
+    token_fits_a_header,
 )
 
 PAGINATION = "application/jupyterhub-pagination+json"
@@ -109,7 +110,7 @@ class HubClient:
         if not token:
             raise ValueError("hub token is empty: set hub.token (HUBPILOT_HUB__TOKEN) to the API token of the "
                              "hubpilot service the hub was configured with (docs/hub-scopes.md)")
-        if any(not " " <= c <= "~" for c in token) or token != token.strip():
+        if not token_fits_a_header(token):
             # the HTTP library would refuse the header (a space at its end too) and quote it, token
             # and all, in its error
             raise ValueError("hub token holds a line break, another control character or a non-ASCII character, "

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
 
 from hubpilot.config.base import Section
+from hubpilot.ports.hub import token_fits_a_header
 
 
 class HubSettings(Section):
@@ -56,8 +57,7 @@ class HubSettings(Section):
         # carry it, and the HTTP library's error, which quotes the header, would go into the run's
         # error, its audit entry and /status; so would a space at its end (a header's value ends
         # with no space). The value is never shown.
-        token = v.get_secret_value()
-        if any(not " " <= c <= "~" for c in token) or token != token.strip():
+        if not token_fits_a_header(v.get_secret_value()):
             raise ValueError("holds a line break, another control character or a non-ASCII character, or starts "
                              "or ends with a space, which no HTTP header can carry (often a trailing newline or "
                              "space kept from the file, secret or page it was copied from): set it to the token "

@@ -190,3 +190,11 @@ class Hub(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def token_fits_a_header(token: str) -> bool:
+    """Whether an HTTP header can carry ``token``: printable ASCII, no space at either end. A token
+    read from a file or a secret store keeps its trailing newline; the HTTP library would refuse
+    the header and quote it, token and all, in its error (the run's error, its audit entry, /status)."""
+    return all(" " <= c <= "~" for c in token) and token == token.strip()
+
