@@ -124,3 +124,11 @@ def test_python_dash_m_hubpilot_is_the_command(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "hubpilot", "no-such-command"], capture_output=True,
                          text=True, cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and "no-such-command" in bad.stderr, bad.stdout + bad.stderr
+
+
+def test_serve_listens_on_loopback_unless_told_otherwise() -> None:
+    """The admin API starts runs that stop servers and remove users: by default it is reachable from
+    this machine only, and another address is a choice (``--host``)."""
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port) == ("127.0.0.1", 8765)
+    assert build_parser().parse_args(["serve", "--host", "0.0.0.0"]).host == "0.0.0.0"
