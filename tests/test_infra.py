@@ -536,6 +536,14 @@ def test_key_vault_secrets(parsed: dict[str, Any]) -> None:
         assert kv_params[param] == param
 
 
+def test_an_ldap_directory_can_be_deployed_with_start_tls(parsed: dict[str, Any]) -> None:
+    """A bind password over ldap:// without StartTLS is refused at start: a server that offers
+    StartTLS alone (ldap:// on 389) needs the parameter that sets it."""
+    main = _file(parsed, "main.bicep")
+    assert main["parameters"]["ldapStartTls"]["type"] == "bool"
+    assert _app_settings(parsed)["HUBPILOT_DIRECTORY__LDAP__START_TLS"] == ["true"]
+
+
 def test_every_key_vault_reference_is_one_the_settings_refuse_unresolved(
     parsed: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -93,6 +93,30 @@ async def test_a_ca_file_without_tls_is_refused_not_ignored(slapd: Slapd) -> Non
     LdapSettings(url=slapd.url, base_dn=COM, ca_file=slapd.ca_file, start_tls=True)
 
 
+@pytest.mark.parametrize("host", ["ldap.example.org", "10.0.0.5", "[fd00::5]"])
+def test_a_bind_password_over_plain_ldap_to_another_host_is_refused_at_start(host: str) -> None:
+    """ldap:// without start_tls sends the simple bind's password in the clear: it was accepted for
+    any host (only a ca_file made it refused), and every sync sent the password over the network."""
+    url = f"ldap://{host}:389"
+    bind = {"bind_dn": "cn=hubpilot,dc=example,dc=com", "bind_password": "s3cret-pw"}
+    with pytest.raises(ValidationError, match=r"bind password would go to ldap://.* in the clear .*use ldaps://.*"
+                                              r"start_tls = true.*HUBPILOT_DIRECTORY__LDAP__START_TLS"):
+        LdapSettings(url=url, base_dn=COM, **bind)
+    # encrypted, anonymous, or explicitly allowed: accepted
+    LdapSettings(url=url, base_dn=COM, start_tls=True, **bind)
+    LdapSettings(url=f"ldaps://{host}", base_dn=COM, **bind)
+    LdapSettings(url=url, base_dn=COM)
+    assert LdapSettings(url=url, base_dn=COM, allow_cleartext_bind=True, **bind).allow_cleartext_bind
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "LocalHost", "[::1]"])
+def test_a_bind_password_over_plain_ldap_on_loopback_is_accepted(host: str) -> None:
+    """The demo's and the tests' slapd listen on 127.0.0.1 over ldap://: nothing leaves the machine."""
+    settings = LdapSettings(url=f"ldap://{host}:3890", base_dn=COM, bind_dn="cn=admin,dc=example,dc=com",
+                            bind_password="pw")
+    assert not settings.start_tls and not settings.allow_cleartext_bind
+
+
 async def test_a_ca_file_that_cannot_be_read_names_the_setting(slapd: Slapd, tmp_path: Path) -> None:
     missing = tmp_path / "missing.pem"
     with pytest.raises(DirectoryError, match=rf"directory\.ldap\.ca_file '{missing}' cannot be used: .*No such file"):

@@ -209,6 +209,25 @@ async def test_the_ldap_directory_refuses_a_url_holding_a_password_without_showi
         pytest.fail(f"a URL with a password was used (source {snapshot.source!r})")
 
 
+def test_an_ldap_bind_password_sent_in_the_clear_is_refused_without_showing_it(
+        clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ldap:// without start_tls to a host on the network: every sync sent the password as it is
+    secret = "s3cr3t-bind-passw0rd"
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "ldap")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__URL", "ldap://ldap.example.org")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BASE_DN", "dc=example,dc=org")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BIND_DN", "cn=hubpilot,dc=example,dc=org")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BIND_PASSWORD", secret)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    text = str(err.value)
+    assert "in the clear" in text and "ldaps://" in text and "HUBPILOT_DIRECTORY__LDAP__START_TLS" in text
+    assert secret not in text
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__START_TLS", "true")
+    ldap = load_settings().directory.ldap
+    assert ldap is not None and ldap.start_tls
+
+
 @pytest.mark.parametrize("bad", ["\n", "\r\n", "\t", "\x7f"])
 def test_an_ldap_bind_password_no_bind_can_carry_is_refused_without_showing_it(
         clean_env: None, monkeypatch: pytest.MonkeyPatch, bad: str) -> None:

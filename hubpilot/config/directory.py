@@ -9,7 +9,7 @@ from ldap3.core.exceptions import LDAPSASLPrepError
 from ldap3.protocol.sasl.sasl import sasl_prep
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from hubpilot.config.base import FROM_FILE_FOLDER, HomePath, PathSetting, Section
+from hubpilot.config.base import FROM_FILE_FOLDER, LOOPBACK_HOSTS, HomePath, PathSetting, Section
 from hubpilot.config.entra import EntraSettings
 from hubpilot.ports.directory import check_ldap_port, check_ldap_userinfo
 
@@ -35,7 +35,7 @@ class FileDirectorySettings(Section):
 class LdapSettings(Section):
     """An LDAP directory (OpenLDAP, 389-ds, Active Directory over LDAP)."""
 
-    url: str = Field(description="ldap:// or ldaps:// URL of the server, e.g. ldap://ldap.example.org:389; one "
+    url: str = Field(description="ldap:// or ldaps:// URL of the server, e.g. ldaps://ldap.example.org; one "
                      "holding user:password@ is refused (bind_dn and bind_password bind, and the URL is shown in "
                      "errors and run records).")
     bind_dn: str | None = Field(
@@ -52,6 +52,9 @@ class LdapSettings(Section):
     page_size: int = Field(500, ge=1, le=10000, description="Paged search size (RFC 2696).")
     timeout_seconds: float = Field(10.0, gt=0, le=300, description="Connect and receive timeout.")
     start_tls: bool = Field(False, description="Upgrade an ldap:// connection with StartTLS.")
+    allow_cleartext_bind: bool = Field(
+        False, description="Send bind_password over ldap:// without start_tls to a host other than loopback, in "
+        "the clear (a lab on a network you trust); off: that is refused at start.")
     ca_file: Annotated[str | None, PathSetting(), HomePath] = Field(
         None, description="CA bundle (PEM) to verify the server's certificate; needs ldaps:// or start_tls. "
         + FROM_FILE_FOLDER)
@@ -130,6 +133,19 @@ class LdapSettings(Section):
             raise ValueError("directory.ldap: bind_dn is set but bind_password is empty (a secret that did not "
                              "arrive?); give it (HUBPILOT_DIRECTORY__LDAP__BIND_PASSWORD, the Bicep parameter "
                              "ldapBindPassword), or remove bind_dn to read anonymously")
+        return self
+
+    @model_validator(mode="after")
+    def _password_needs_tls(self) -> LdapSettings:
+        parts = urlsplit(self.url)
+        password = self.bind_password.get_secret_value() if self.bind_password is not None else ""
+        if (password and parts.scheme == "ldap" and not self.start_tls and parts.hostname not in LOOPBACK_HOSTS
+                and not self.allow_cleartext_bind):
+            # a simple bind carries the password as it is: on ldap:// without StartTLS, anyone on the path reads it
+            raise ValueError(f"directory.ldap: the bind password would go to {self.url} in the clear (ldap:// without "
+                             "start_tls); use ldaps:// (the Bicep parameter ldapUrl) or set start_tls = true "
+                             "(HUBPILOT_DIRECTORY__LDAP__START_TLS, the Bicep parameter ldapStartTls); on a network "
+                             "you trust, allow_cleartext_bind = true sends it anyway")
         return self
 
 

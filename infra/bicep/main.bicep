@@ -117,6 +117,9 @@ param graphClientState string = ''
 @description('ldap:// or ldaps:// URL of the LDAP server; required with directoryKind = ldap (hubpilot refuses to start without it, naming HUBPILOT_DIRECTORY__LDAP__URL).')
 param ldapUrl string = ''
 
+@description('Upgrade an ldap:// ldapUrl with StartTLS (directory.ldap.start_tls). A bind password over ldap:// without it is refused at start: use this or an ldaps:// ldapUrl.')
+param ldapStartTls bool = false
+
 @description('Search base for people and groups (directoryKind = ldap).')
 param ldapBaseDn string = ''
 
@@ -426,7 +429,11 @@ var ldapBindSettings = empty(ldapBindDn) ? {} : {
   HUBPILOT_DIRECTORY__LDAP__BIND_PASSWORD: '${keyVaultReference}ldap-bind-password)'
 }
 
-var directorySettings = (directoryKind == 'entra') ? union(entraSettings, graphEndpointSettings, graphNotificationSettings) : union(ldapSettings, ldapBindSettings)
+var ldapTlsSettings = ldapStartTls ? {
+  HUBPILOT_DIRECTORY__LDAP__START_TLS: 'true'
+} : {}
+
+var directorySettings = (directoryKind == 'entra') ? union(entraSettings, graphEndpointSettings, graphNotificationSettings) : union(ldapSettings, ldapBindSettings, ldapTlsSettings)
 
 var scaleSettings = scaleEnabled ? {
   HUBPILOT_SCALE__SUBSCRIPTION_ID: aksSubscriptionId
