@@ -28,6 +28,7 @@ class CuttingProxy:
         self.target = target
         self.limit: int | None = None
         self.sent = 0
+        self.from_client = bytearray()  # every byte the client sent, on every connection
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -46,6 +47,8 @@ class CuttingProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
         try:
             while data := src.recv(256 if from_server else 65536):
+                if not from_server:
+                    self.from_client += data
                 if from_server and self.limit is not None:
                     data = data[:max(0, self.limit - self.sent)]
                 dst.sendall(data)
@@ -95,3 +98,21 @@ async def test_a_read_cut_anywhere_is_unknown_never_partial(slapd: Slapd, ldap_n
         with pytest.raises(DirectoryError, match=r"failed: LDAP\w+Error: ") as e:
             await directory().read([f"{t}-all"])
         assert "LDAP ldap://127.0.0.1" in str(e.value), cut
+
+
+async def test_start_tls_encrypts_the_connection_before_the_bind_sends_the_password(slapd: Slapd,
+                                                                                   proxy: CuttingProxy) -> None:
+    """The bind's password is what start_tls protects: it must never cross the wire in the clear
+    (the proxy sees every byte the client sends; without start_tls it does see the password)."""
+    def directory(**kw: object) -> LdapDirectory:
+        return LdapDirectory(url=f"ldap://127.0.0.1:{proxy.port}", bind_dn=slapd.root_dn,
+                             bind_password=slapd.root_password, base_dn=COM, timeout=5.0, **kw)  # type: ignore[arg-type]
+
+    secret = slapd.root_password.encode()
+    tls = await directory(start_tls=True, ca_file=slapd.ca_file).read(["ITD Staff"])
+    assert tls.groups["ITD Staff"] and proxy.from_client
+    assert secret not in proxy.from_client and slapd.root_dn.encode() not in proxy.from_client
+    proxy.from_client.clear()
+    plain = await directory().read(["ITD Staff"])
+    assert plain.groups == tls.groups
+    assert secret in proxy.from_client
