@@ -342,6 +342,16 @@ async def test_anonymous_bind_reads(slapd: Slapd) -> None:
     assert usernames(snap, "ITD Staff") == {None, "bjorn", "jjones", "johnd"}
 
 
+async def test_a_blank_bind_dn_without_a_password_reads_anonymously_as_an_empty_one(slapd: Slapd) -> None:
+    """bind_dn = "   " passed the settings and every sync then failed 'binding as     failed:
+    password is mandatory in simple bind', naming no setting; "" read anonymously."""
+    for blank in ("", "   ", "\t"):
+        d = directory(slapd, bind_dn=blank, bind_password=None)
+        assert d.bind_dn is None
+        snap = await d.read(["ITD Staff"])
+        assert usernames(snap, "ITD Staff") == {None, "bjorn", "jjones", "johnd"}
+        assert LdapSettings(url=slapd.url, base_dn=COM, bind_dn=blank).bind_dn is None  # the same at start
+
 
 async def test_a_bind_password_without_a_bind_dn_is_refused_not_read_anonymously(slapd: Slapd) -> None:
     """An empty bind_dn (an unset template variable) beside a password would bind anonymously:

@@ -348,7 +348,7 @@ class LdapDirectory:
         self._host = parts.hostname
         self._port = port or (636 if parts.scheme == "ldaps" else 389)
         self._ssl = parts.scheme == "ldaps"
-        self.bind_dn = bind_dn
+        self.bind_dn = bind_dn if (bind_dn or "").strip() else None  # a blank name is none: anonymous
         self._password = bind_password
         self.base_dn = base_dn
         self.group_base_dn = group_base_dn or base_dn

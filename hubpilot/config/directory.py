@@ -39,7 +39,7 @@ class LdapSettings(Section):
                      "holding user:password@ is refused (bind_dn and bind_password bind, and the URL is shown in "
                      "errors and run records).")
     bind_dn: str | None = Field(
-        None, description="DN to bind as; anonymous when unset (a bind_password without it is refused).")
+        None, description="DN to bind as; anonymous when unset or blank (a bind_password without it is refused).")
     bind_password: SecretStr | None = Field(
         None, description="Password of bind_dn. One no simple bind can carry (a line break or another control "
         "character, often kept from the file or secret it was read from) is refused, without showing it.")
@@ -96,6 +96,13 @@ class LdapSettings(Section):
         if value and not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", value):
             raise ValueError(f"{value!r} is no LDAP attribute name (letters, digits, '-'), e.g. entryUUID")
         return value or None
+
+    @field_validator("bind_dn")
+    @classmethod
+    def _blank_dn_is_unset(cls, v: str | None) -> str | None:
+        # a blank name is no name: anonymous, as unset (the adapter sent it in a simple bind with no
+        # password, and every sync failed "password is mandatory"); beside a password it is refused below
+        return v if (v or "").strip() else None
 
     @field_validator("bind_password")
     @classmethod
