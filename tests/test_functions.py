@@ -360,6 +360,30 @@ def test_an_unresolved_key_vault_reference_is_refused_naming_the_setting(monkeyp
     assert load_settings().hub.token is not None
 
 
+def test_an_ldap_deployment_without_a_search_base_is_refused_at_start_naming_the_setting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """infra/bicep writes HUBPILOT_DIRECTORY__LDAP__BASE_DN from ldapBaseDn, '' unless given: the app
+    started, and every sync then failed (noSuchObject under ''); a domain name in its place failed
+    each sync with "'example.org' is no attribute=value pair". The settings refuse both at start."""
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "ldap")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__URL", "ldaps://ldap.example.org")
+    for bad in ("", "   ", "example.org"):
+        monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BASE_DN", bad)
+        with pytest.raises(SettingsError) as err:
+            load_settings()
+        message = str(err.value)
+        assert "HUBPILOT_DIRECTORY__LDAP__BASE_DN" in message and "ldapBaseDn" in message, bad
+        assert "dc=example,dc=org" in message, bad
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BASE_DN", "dc=example,dc=org")
+    for blank in ("", "  "):  # a group base left blank is the base_dn, as unset
+        monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__GROUP_BASE_DN", blank)
+        ldap = load_settings().directory.ldap  # type: ignore[union-attr]
+        assert ldap is not None and ldap.group_base_dn is None, repr(blank)
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__GROUP_BASE_DN", "groups")
+    with pytest.raises(SettingsError, match=r"directory\.ldap\.group_base_dn.*HUBPILOT_DIRECTORY__LDAP__GROUP_BASE_DN"):
+        load_settings()
+
+
 def test_an_ldap_deployment_without_a_server_url_is_refused_at_start_naming_the_setting(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """infra/bicep writes HUBPILOT_DIRECTORY__LDAP__URL from ldapUrl, '' unless given: the app

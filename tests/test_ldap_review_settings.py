@@ -62,6 +62,14 @@ async def test_attribute_names_in_any_case_are_accepted(slapd: Slapd) -> None:
     LdapSettings(url=slapd.url, base_dn=COM, group_name_attribute="cn", username_attribute="sAMAccountName")
 
 
+async def test_a_blank_group_base_dn_is_the_base_dn(slapd: Slapd) -> None:
+    """"" read under base_dn, but "  " was searched as a DN and each read failed with
+    'LDAPInvalidDnError: attribute type not present', naming no setting."""
+    snap = await directory(slapd, group_base_dn="  ").read(["ITD Staff"])
+    assert {m.username for m in snap.groups["ITD Staff"]} == {None, "bjorn", "jjones", "johnd"}
+    assert LdapSettings(url=slapd.url, base_dn=COM, group_base_dn="  ").group_base_dn is None
+
+
 @pytest.mark.parametrize("port", ["99999", "65536", "abc", "0", "-1"])
 def test_a_url_with_a_port_that_is_no_port_is_refused_at_start_naming_the_setting(port: str) -> None:
     """The settings took ldap://host:99999 and each sync then failed with 'Port out of range

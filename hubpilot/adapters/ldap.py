@@ -351,6 +351,7 @@ class LdapDirectory:
         self.bind_dn = bind_dn if (bind_dn or "").strip() else None  # a blank name is none: anonymous
         self._password = bind_password
         self.base_dn = base_dn
+        group_base_dn = group_base_dn if (group_base_dn or "").strip() else None  # blank: unset
         self.group_base_dn = group_base_dn or base_dn
         self._group_base_setting = "group_base_dn" if group_base_dn else "base_dn"
         self.group_name_attribute = group_name_attribute

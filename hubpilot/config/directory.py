@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from ldap3.core.exceptions import LDAPSASLPrepError
 from ldap3.protocol.sasl.sasl import sasl_prep
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from hubpilot.config.base import FROM_FILE_FOLDER, LOOPBACK_HOSTS, HomePath, PathSetting, Section
 from hubpilot.config.entra import EntraSettings
@@ -79,6 +79,20 @@ class LdapSettings(Section):
                              "directoryKind = ldap)")
         check_ldap_userinfo(parts)
         check_ldap_port(value, parts)
+        return value
+
+    @field_validator("base_dn", "group_base_dn")
+    @classmethod
+    def _search_base(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.field_name == "group_base_dn" and not (value or "").strip():
+            return None  # blank: base_dn, as unset
+        if "=" not in (value or ""):
+            # "" (the Bicep parameter left out: every sync failed with noSuchObject) or a domain name:
+            # every sync failed "... is no attribute=value pair"
+            example = "dc=example,dc=org for example.org (the Bicep parameter ldapBaseDn with directoryKind = ldap)" \
+                if info.field_name == "base_dn" else "ou=groups,dc=example,dc=org, or leave it unset for base_dn"
+            raise ValueError(f"directory.ldap.{info.field_name} must be the DN of an entry, e.g. {example} "
+                             f"(got {value!r})")
         return value
 
     @field_validator("group_name_attribute", "username_attribute")

@@ -120,7 +120,7 @@ param ldapUrl string = ''
 @description('Upgrade an ldap:// ldapUrl with StartTLS (directory.ldap.start_tls). A bind password over ldap:// without it is refused at start: use this or an ldaps:// ldapUrl.')
 param ldapStartTls bool = false
 
-@description('Search base for people and groups (directoryKind = ldap).')
+@description('DN of the search base for people and groups, e.g. dc=example,dc=org; required with directoryKind = ldap (hubpilot refuses to start without it, naming HUBPILOT_DIRECTORY__LDAP__BASE_DN).')
 param ldapBaseDn string = ''
 
 @description('DN to bind as (directoryKind = ldap); empty: anonymous bind.')
