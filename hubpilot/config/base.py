@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
+import string
 from typing import Annotated
 from urllib.parse import SplitResult, urlsplit
 
@@ -116,3 +118,38 @@ def authority_url(value: str | None, what: str) -> str | None:
         raise ValueError(f"{what} must be the https URL of an Entra authority host, e.g. "
                          f"https://login.microsoftonline.us (azure-identity takes no other; got {value!r})")
     return f"https://{text}" if "://" not in text else text
+
+
+GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+_SCOPE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_-.:/")
+"""The characters of a token scope (azure-identity's own check of a scope, in its CLI credentials)."""
+
+
+def token_scope(value: str | None, what: str, example: str) -> str | None:
+    """The scope of an app-only token: one resource's ``/.default``. The client credentials flow (a
+    service principal, the workload identity) takes no other scope (Entra: AADSTS1002012), and the
+    managed identity asks for one resource, the scope without ``/.default``: a permission
+    (``.../User.Read.All``), several scopes, or a resource that is neither a URI nor an application
+    id would fail every token request, naming no setting. A resource alone (``https://host``, with
+    or without its trailing slash) gets its ``/.default``: the managed identity asks for the same
+    resource, and the client credentials flow can ask for it only so. Blank: unset."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if any(c not in _SCOPE_CHARACTERS for c in text):
+        raise ValueError(f"{what} must be one resource's token scope, e.g. {example}: one scope, of letters, "
+                         f"digits and _-.:/ alone (got {value!r})")
+    resource = text.removesuffix("/.default")
+    if resource == text:
+        parts = urlsplit(text)
+        if parts.scheme and parts.netloc and parts.path in ("", "/"):
+            return f"{text}/.default"
+        raise ValueError(f"{what} must be a resource's /.default scope, e.g. {example}: an app-only token (managed "
+                         "identity, service principal, workload identity) is given for a whole resource, with the "
+                         f"permissions granted to the app, never for a permission named in the scope (got {value!r})")
+    if not resource.strip("/") or "/.default" in resource or not (":" in resource or GUID.fullmatch(resource)):
+        raise ValueError(f"{what} must be a resource's /.default scope, the resource a URI with its scheme or an "
+                         f"application id, e.g. {example} (got {value!r})")
+    return text

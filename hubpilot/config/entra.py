@@ -8,7 +8,15 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from hubpilot.config.base import LOOPBACK_HOSTS, NCronTab, Section, authority_url, bearer_url, check_account_key
+from hubpilot.config.base import (
+    LOOPBACK_HOSTS,
+    NCronTab,
+    Section,
+    authority_url,
+    bearer_url,
+    check_account_key,
+    token_scope,
+)
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -59,7 +67,9 @@ class EntraSettings(Section):
         "https://graph.microsoft.com/v1.0", description="Graph endpoint (sovereign clouds use other hosts)."
     )
     graph_scope: str | None = Field(
-        None, description="Token scope; default: '<graph host>/.default' derived from graph_base_url."
+        None, description="Token scope, a resource's '/.default' (e.g. https://graph.microsoft.us/.default; a resource "
+        "alone gets it appended, other scopes are refused); default: '<graph host>/.default' derived from "
+        "graph_base_url."
     )
     username_attribute: str = Field(
         "userPrincipalName",
@@ -201,6 +211,11 @@ class EntraSettings(Section):
         if v is not None and not GUID.match(v):
             raise ValueError("directory.entra.tenant_id must be the tenant's GUID (Entra admin centre → Overview)")
         return v.lower() if v else v
+
+    @field_validator("graph_scope")
+    @classmethod
+    def _scope(cls, v: str | None) -> str | None:
+        return token_scope(v, "directory.entra.graph_scope", "https://graph.microsoft.us/.default")
 
     @field_validator("username_attribute")
     @classmethod

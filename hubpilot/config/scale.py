@@ -19,6 +19,7 @@ from hubpilot.config.base import (
     authority_url,
     bearer_url,
     no_userinfo,
+    token_scope,
 )
 from hubpilot.ports.cluster import parse_selector
 
@@ -133,8 +134,9 @@ class ScaleSettings(Section):
     arm_endpoint: str = Field("https://management.azure.com", description="Azure Resource Manager endpoint.")
     arm_audience: str | None = Field(
         None,
-        description="Token scope for ARM; default: '<arm_endpoint>/.default' (e.g. "
-        "https://management.usgovcloudapi.net/.default with arm_endpoint https://management.usgovcloudapi.net).",
+        description="Token scope for ARM, a resource's '/.default' (a resource alone gets it appended; other scopes "
+        "are refused); default: '<arm_endpoint>/.default' (e.g. https://management.usgovcloudapi.net/.default with "
+        "arm_endpoint https://management.usgovcloudapi.net).",
     )
     authority: str | None = Field(
         None,
@@ -285,6 +287,11 @@ class ScaleSettings(Section):
     @classmethod
     def _authority(cls, v: str | None) -> str | None:
         return authority_url(v, "scale.authority")
+
+    @field_validator("arm_audience")
+    @classmethod
+    def _audience(cls, v: str | None) -> str | None:
+        return token_scope(v, "scale.arm_audience", "https://management.usgovcloudapi.net/.default")
 
     @field_validator("arm_endpoint")
     @classmethod

@@ -1,0 +1,93 @@
+"""The form of the token scopes, checked at load: a wrong value there otherwise failed only at
+the first token request, naming no setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from hubpilot.settings import load_settings
+from tests.test_settings import clean_env  # noqa: F401 (autouse: no HUBPILOT_ variable, no stray ./hubpilot.toml)
+from tests.test_settings_limits import refusal
+
+GRAPH_SCOPE = "HUBPILOT_DIRECTORY__ENTRA__GRAPH_SCOPE"
+ARM_AUDIENCE = "HUBPILOT_SCALE__ARM_AUDIENCE"
+ID = "0b9a3c4e-2f6d-4d7a-9c1e-5a8b7f6e4d3c"
+
+
+def entra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "entra")
+
+
+def graph_scope() -> str:
+    return load_settings().directory.entra.effective_scope  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("variable", [GRAPH_SCOPE, ARM_AUDIENCE])
+@pytest.mark.parametrize("value", [
+    # a delegated permission: the client credentials flow takes a resource's /.default alone
+    # (AADSTS1002012), the managed identity would ask for a resource named ".../User.Read.All"
+    "https://graph.microsoft.com/User.Read.All",
+    "User.Read.All",
+    # two scopes: an app-only token is for one resource
+    "https://graph.microsoft.us/.default https://management.usgovcloudapi.net/.default",
+    "https://graph.microsoft.us/.default,https://graph.microsoft.com/.default",
+    # the resource without its scheme, or none at all
+    "graph.microsoft.us/.default",
+    "/.default",
+    "https://graph.microsoft.us/.default/.default",
+])
+def test_a_token_scope_no_credential_can_get_a_token_for_is_refused_naming_it(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    entra(monkeypatch)
+    message = refusal(monkeypatch, **{variable: value})
+    setting = "directory.entra.graph_scope" if variable == GRAPH_SCOPE else "scale.arm_audience"
+    assert f"{setting} must be" in message and f"[env {variable}]" in message, message
+    assert "/.default" in message, message  # the form asked for, with an example
+
+
+@pytest.mark.parametrize("value", [
+    "https://graph.microsoft.us/.default",               # US Government
+    "https://dod-graph.microsoft.us/.default",           # US Government DoD
+    "https://microsoftgraph.chinacloudapi.cn/.default",  # operated by 21Vianet
+    "https://graph.microsoft.com/.default",
+    "00000003-0000-0000-c000-000000000000/.default",     # Graph by its application id
+])
+def test_the_graph_scopes_of_every_cloud_load_as_they_are(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    entra(monkeypatch)
+    monkeypatch.setenv(GRAPH_SCOPE, f" {value}\n")  # as copied: the spaces around it dropped
+    assert graph_scope() == value
+
+
+@pytest.mark.parametrize("value", [
+    "https://management.usgovcloudapi.net/.default",
+    "https://management.chinacloudapi.cn/.default",
+    "https://management.core.windows.net//.default",  # ARM's older audience: its resource ends with "/"
+    f"api://{ID}/.default",
+])
+def test_the_arm_audiences_of_every_cloud_load_as_they_are(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(ARM_AUDIENCE, value)
+    assert load_settings().scale.effective_arm_audience == value
+
+
+@pytest.mark.parametrize(("value", "scope"), [
+    ("https://management.usgovcloudapi.net", "https://management.usgovcloudapi.net/.default"),
+    ("https://management.core.windows.net/", "https://management.core.windows.net//.default"),
+])
+def test_a_resource_alone_is_asked_for_by_its_default_scope(monkeypatch: pytest.MonkeyPatch, value: str,
+                                                            scope: str) -> None:
+    """A managed identity asks for the scope without "/.default" (the resource given), a service
+    principal or the workload identity can ask for a resource only by its "/.default" scope."""
+    monkeypatch.setenv(ARM_AUDIENCE, value)
+    assert load_settings().scale.effective_arm_audience == scope
+    entra(monkeypatch)
+    monkeypatch.setenv(GRAPH_SCOPE, "https://graph.microsoft.us")
+    assert graph_scope() == "https://graph.microsoft.us/.default"
+
+
+def test_a_blank_token_scope_is_the_default_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    entra(monkeypatch)
+    monkeypatch.setenv(ARM_AUDIENCE, " ")
+    monkeypatch.setenv(GRAPH_SCOPE, "")
+    s = load_settings()
+    assert s.scale.effective_arm_audience == "https://management.azure.com/.default"
+    assert s.directory.entra.effective_scope == "https://graph.microsoft.com/.default"  # type: ignore[union-attr]
