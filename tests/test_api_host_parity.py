@@ -383,7 +383,8 @@ def settings() -> Settings:
             "graph_base_url": "http://127.0.0.1:9/v1.0", "notifications": True, "client_state": SECRET,
             "tenant_id": TENANT, "notification_url": f"https://{HOST}/api/v1/graph/notifications"}},
         sync={"users_groups": [GROUP]},
-        scale={"enabled": True, "subscription_id": "sub", "resource_group": "rg", "cluster": "aks"},
+        scale={"enabled": True, "subscription_id": "00000000-0000-0000-0000-000000000000", "resource_group": "rg",
+               "cluster": "aks"},
     )
 
 

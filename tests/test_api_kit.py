@@ -55,7 +55,8 @@ def make_settings(*, hub_url: str = "http://127.0.0.1:9/hub/api", hub_token: str
         hub={"api_url": hub_url, "token": hub_token},
         api={"tokens": token_settings(), **api},
         # the scale timer runs (the test capability stands in for the pool these name)
-        scale={"enabled": True, "subscription_id": "sub", "resource_group": "rg", "cluster": "aks"},
+        scale={"enabled": True, "subscription_id": "00000000-0000-0000-0000-000000000000", "resource_group": "rg",
+               "cluster": "aks"},
     )
 
 

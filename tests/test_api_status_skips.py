@@ -29,7 +29,7 @@ from tests.test_api_kit import asgi_client, auth, serve_client, token_settings
 
 READER = auth("reader")
 HUB = {"api_url": "http://127.0.0.1:9/hub/api", "token": "t" * 32}
-POOL = {"subscription_id": "sub", "resource_group": "rg", "cluster": "aks"}
+POOL = {"subscription_id": "00000000-0000-0000-0000-000000000000", "resource_group": "rg", "cluster": "aks"}
 ENTRA_NOTIFYING = {"notifications": True, "client_state": "s" * 32,
                    "notification_url": "https://hubpilot.example.org/api/v1/graph/notifications"}
 SUBSCRIPTIONS = "directory.entra.subscription_schedule"

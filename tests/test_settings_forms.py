@@ -1,5 +1,5 @@
-"""The form of the token scopes, checked at load: a wrong value there otherwise failed only at
-the first token request, naming no setting."""
+"""The form of the Azure identifiers and token scopes, checked at load: a wrong value there
+otherwise failed only at the first token request or ARM call, naming no setting."""
 
 from __future__ import annotations
 
@@ -91,3 +91,44 @@ def test_a_blank_token_scope_is_the_default_one(monkeypatch: pytest.MonkeyPatch)
     s = load_settings()
     assert s.scale.effective_arm_audience == "https://management.azure.com/.default"
     assert s.directory.entra.effective_scope == "https://graph.microsoft.com/.default"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    # the identity's name or resource id where its Client ID belongs: no token, at the first request
+    ("HUBPILOT_DIRECTORY__ENTRA__CLIENT_ID", "id-hubpilot", "directory.entra.client_id must be the Client ID GUID"),
+    ("HUBPILOT_DIRECTORY__ENTRA__CLIENT_ID", "/subscriptions/" + ID + "/resourceGroups/rg/providers/"
+     "Microsoft.ManagedIdentity/userAssignedIdentities/id-hubpilot", "directory.entra.client_id must be"),
+    ("HUBPILOT_DIRECTORY__ENTRA__TENANT_ID", "contoso.onmicrosoft.com", "directory.entra.tenant_id must be"),
+    # the subscription's name: ARM answers "InvalidSubscriptionId" at the first run
+    ("HUBPILOT_SCALE__SUBSCRIPTION_ID", "Pay-As-You-Go", "scale.subscription_id must be the subscription's ID"),
+])
+def test_an_azure_id_that_is_no_guid_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch, variable: str,
+                                                         value: str, said: str) -> None:
+    entra(monkeypatch)
+    message = refusal(monkeypatch, **{variable: value})
+    assert said in message and f"[env {variable}]" in message, message
+    assert "00000000-0000-0000-0000-000000000000" in message, message  # what a GUID looks like
+
+
+def test_an_azure_id_copied_with_spaces_or_a_line_break_around_it_is_read_without_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sent as it was, the client id failed every token request, the subscription every ARM call;
+    a tenant id with a line break (a file, a secret) passed the check and refused every
+    notification as one of another tenant."""
+    entra(monkeypatch)
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__ENTRA__CLIENT_ID", f" {ID} ")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__ENTRA__TENANT_ID", f"{ID.upper()}\n")
+    monkeypatch.setenv("HUBPILOT_SCALE__SUBSCRIPTION_ID", f"\t{ID}")
+    s = load_settings()
+    assert s.directory.entra.client_id == ID  # type: ignore[union-attr]
+    assert s.directory.entra.tenant_id == ID  # type: ignore[union-attr]
+    assert s.scale.subscription_id == ID
+
+
+def test_an_unset_subscription_stays_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUBPILOT_SCALE__SUBSCRIPTION_ID", " ")
+    assert load_settings().scale.subscription_id == ""
+    # and scale.enabled still says what is missing
+    message = refusal(monkeypatch, HUBPILOT_SCALE__ENABLED="true", HUBPILOT_SCALE__RESOURCE_GROUP="rg",
+                      HUBPILOT_SCALE__CLUSTER="aks")
+    assert "scale.enabled needs scale.subscription_id" in message, message

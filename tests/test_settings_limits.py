@@ -56,8 +56,8 @@ def test_a_safety_limit_at_the_edge_of_its_range_loads(monkeypatch: pytest.Monke
 
 def test_scale_enabled_without_the_clusters_resource_group_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     # every run would fail at ARM naming no setting
-    message = refusal(monkeypatch, HUBPILOT_SCALE__ENABLED="true", HUBPILOT_SCALE__SUBSCRIPTION_ID="sub",
-                      HUBPILOT_SCALE__CLUSTER="aks")
+    message = refusal(monkeypatch, HUBPILOT_SCALE__ENABLED="true", HUBPILOT_SCALE__CLUSTER="aks",
+                      HUBPILOT_SCALE__SUBSCRIPTION_ID="00000000-0000-0000-0000-000000000000")
     assert "scale.enabled needs scale.subscription_id, scale.resource_group and scale.cluster" in message
     monkeypatch.setenv("HUBPILOT_SCALE__RESOURCE_GROUP", "rg")
     assert load_settings().scale.enabled

@@ -117,7 +117,7 @@ _NOTIFIED = {**_ENTRA, "notifications": True, "notification_url": "https://hubpi
 
 @pytest.mark.parametrize(("overrides", "message"), [
     # found by mutating the validators: each case fails against the validator without its check
-    ({"scale": {"enabled": True, "subscription_id": "s", "resource_group": "rg"}},
+    ({"scale": {"enabled": True, "subscription_id": "00000000-0000-0000-0000-000000000000", "resource_group": "rg"}},
      "scale.enabled needs scale.subscription_id, scale.resource_group and scale.cluster"),
     ({"scale": {"warm": [{"start": "24:30"}]}}, "'24:30' is no time of day"),
     ({"scale": {"reclaim_idle_minutes": 5.5}, "cull": {"activity_interval": 300, "activity_check_seconds": 0}},
@@ -139,7 +139,8 @@ def test_a_setting_just_past_its_bound_is_refused(overrides: dict[str, object], 
 
 
 @pytest.mark.parametrize("overrides", [
-    {"scale": {"enabled": True, "subscription_id": "s", "resource_group": "rg", "cluster": "aks"}},
+    {"scale": {"enabled": True, "subscription_id": "00000000-0000-0000-0000-000000000000", "resource_group": "rg",
+               "cluster": "aks"}},
     {"scale": {"warm": [{"start": "23:59", "end": "24:00"}]}},
     {"scale": {"reclaim_idle_minutes": 5.6}, "cull": {"activity_interval": 300, "activity_check_seconds": 0}},
     {"cull": {"inactivity_timeout": 600, "schedule": "0 */10 * * * *"}},

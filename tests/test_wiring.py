@@ -37,7 +37,7 @@ async def test_scheduled_scale_runs_only_with_scale_enabled(tmp_path: Path) -> N
     """scale.enabled (off by default) is what runs the scale timer: a configured pool alone does not."""
     from tests.test_api_kit import make_context
 
-    pool = {"subscription_id": "sub", "resource_group": "rg", "cluster": "aks"}
+    pool = {"subscription_id": "00000000-0000-0000-0000-000000000000", "resource_group": "rg", "cluster": "aks"}
     for enabled in (False, True):
         settings = load_settings(None, state={"sqlite_path": str(tmp_path / f"{enabled}.sqlite3")},
                                  scale={**pool, "enabled": enabled})

@@ -123,6 +123,18 @@ def authority_url(value: str | None, what: str) -> str | None:
 GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
+def guid(value: str | None, what: str, which: str) -> str | None:
+    """An Azure id (a tenant's, a client's, a subscription's): a GUID. Spaces or a line break
+    around it, kept when copied from the portal, a file or a secret, are dropped: sent as they
+    are, every token request or ARM call would fail, naming no setting."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not GUID.fullmatch(text):
+        raise ValueError(f"{what} must be {which} (e.g. 00000000-0000-0000-0000-000000000000; got {value!r})")
+    return text
+
+
 _SCOPE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_-.:/")
 """The characters of a token scope (azure-identity's own check of a scope, in its CLI credentials)."""
 

@@ -15,10 +15,9 @@ from hubpilot.config.base import (
     authority_url,
     bearer_url,
     check_account_key,
+    guid,
     token_scope,
 )
-
-GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 GRAPH_MAX_GROUP_SUBSCRIPTION_MINUTES = 41760
 """Graph's longest subscription lifetime for groups (29 days)."""
@@ -48,7 +47,7 @@ class EntraSettings(Section):
     )
     client_id: str | None = Field(
         None,
-        description="Application (client) id: of the user-assigned managed identity in Azure, "
+        description="Application (client) id, a GUID: of the user-assigned managed identity in Azure, "
         "or of the app registration elsewhere. Unset: system-assigned identity / DefaultAzureCredential.",
     )
     credential: Literal["default", "managed_identity"] = Field(
@@ -208,9 +207,15 @@ class EntraSettings(Section):
     @field_validator("tenant_id")
     @classmethod
     def _tenant(cls, v: str | None) -> str | None:
-        if v is not None and not GUID.match(v):
-            raise ValueError("directory.entra.tenant_id must be the tenant's GUID (Entra admin centre → Overview)")
+        v = guid(v, "directory.entra.tenant_id", "the tenant's GUID, from the Entra admin centre's Overview")
         return v.lower() if v else v
+
+    @field_validator("client_id")
+    @classmethod
+    def _client(cls, v: str | None) -> str | None:
+        return guid(v, "directory.entra.client_id", "the Client ID GUID of the user-assigned managed identity "
+                    "(its Overview in the portal; infra/bicep's output identityClientId) or of the app "
+                    "registration, not its name or resource id")
 
     @field_validator("graph_scope")
     @classmethod

@@ -18,6 +18,7 @@ from hubpilot.config.base import (
     Section,
     authority_url,
     bearer_url,
+    guid,
     no_userinfo,
     token_scope,
 )
@@ -146,7 +147,7 @@ class ScaleSettings(Section):
         "managed identity has none, and the workload identity reads AZURE_AUTHORITY_HOST alone (AKS's "
         "webhook sets it).",
     )
-    subscription_id: str = Field("", description="Subscription of the AKS cluster.")
+    subscription_id: str = Field("", description="Subscription ID (a GUID) of the AKS cluster.")
     resource_group: str = Field("", description="Resource group of the AKS cluster.")
     cluster: str = Field("", description="Name of the AKS managed cluster.")
     pool: str = Field("gpu", description="Name of the GPU agent pool.")
@@ -292,6 +293,14 @@ class ScaleSettings(Section):
     @classmethod
     def _audience(cls, v: str | None) -> str | None:
         return token_scope(v, "scale.arm_audience", "https://management.usgovcloudapi.net/.default")
+
+    @field_validator("subscription_id")
+    @classmethod
+    def _subscription(cls, v: str) -> str:
+        if not v.strip():
+            return ""  # unset: no pool to scale
+        return guid(v, "scale.subscription_id", "the subscription's ID GUID (az account show --query id), "
+                    "not its name") or v
 
     @field_validator("arm_endpoint")
     @classmethod
