@@ -1,5 +1,6 @@
-"""The form of the Azure identifiers and token scopes, checked at load: a wrong value there
-otherwise failed only at the first token request or ARM call, naming no setting."""
+"""The form of the Azure identifiers and token scopes, and the warm windows' bounds, checked at
+load: a wrong value there otherwise failed only at the first token request or ARM call (or kept
+fewer nodes than the window said), naming no setting."""
 
 from __future__ import annotations
 
@@ -132,3 +133,14 @@ def test_an_unset_subscription_stays_unset(monkeypatch: pytest.MonkeyPatch) -> N
     message = refusal(monkeypatch, HUBPILOT_SCALE__ENABLED="true", HUBPILOT_SCALE__RESOURCE_GROUP="rg",
                       HUBPILOT_SCALE__CLUSTER="aks")
     assert "scale.enabled needs scale.subscription_id" in message, message
+
+
+def test_a_warm_window_whose_floor_is_above_max_nodes_is_refused_naming_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan never goes above scale.max_nodes: the window kept fewer nodes than it said, silently,
+    as scale.min_nodes above max_nodes would (refused)."""
+    monkeypatch.setenv("HUBPILOT_SCALE__MAX_NODES", "4")
+    windows = '[{"days": "sat,sun", "min_nodes": 1}, {"days": "mon-fri", "start": "09:00", "min_nodes": 5}]'
+    message = refusal(monkeypatch, HUBPILOT_SCALE__WARM=windows)
+    assert "the min_nodes (5) of scale.warm window 2 (mon-fri 09:00-18:00) is above scale.max_nodes (4)" in message
+    monkeypatch.setenv("HUBPILOT_SCALE__MAX_NODES", "5")
+    assert [w.min_nodes for w in load_settings().scale.warm] == [1, 5]

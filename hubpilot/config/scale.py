@@ -312,6 +312,13 @@ class ScaleSettings(Section):
         if self.min_nodes > self.max_nodes:
             raise ValueError(
                 f"scale.min_nodes ({self.min_nodes}) is above scale.max_nodes ({self.max_nodes})")
+        for i, window in enumerate(self.warm):
+            if window.min_nodes > self.max_nodes:
+                # the plan never goes above max_nodes: the window would keep fewer nodes than it says
+                raise ValueError(
+                    f"the min_nodes ({window.min_nodes}) of scale.warm window {i + 1} ({window.days} "
+                    f"{window.start}-{window.end}) is above scale.max_nodes ({self.max_nodes}): no more nodes "
+                    "than max_nodes are ever kept; lower the window's min_nodes or raise scale.max_nodes")
         if self.enabled and not (self.subscription_id and self.resource_group and self.cluster):
             raise ValueError(
                 "scale.enabled needs scale.subscription_id, scale.resource_group and scale.cluster"
