@@ -611,3 +611,57 @@ async def test_a_serve_stopped_before_it_listens_runs_no_scheduled_round(tmp_pat
     assert server.scheduler.rounds["sync"] == [], "a round ran though shutdown began before it"
     assert "sync-c" not in worlds["sync"].items
     await ctx.close()
+
+
+def _notifying_settings() -> Any:
+    """The test API's settings with Entra notifications on, drained by serve's in-process worker."""
+    from hubpilot.settings import Settings
+    from tests.test_api_kit import make_settings
+
+    base = make_settings()
+    return Settings(**{**base.model_dump(exclude_unset=True),
+                       "directory": {"kind": "entra", "entra": {
+                           "notifications": True, "client_state": "s" * 32,
+                           "notification_url": "https://hubpilot.example.org/api/v1/graph/notifications"}}})
+
+
+async def test_a_notification_waiting_to_retry_a_held_lock_at_shutdown_starts_no_run(tmp_path: Path) -> None:
+    """SIGTERM while the worker waits to retry a hint whose sync found the lock held (another
+    sync runs): the wait ends at once and no sync starts in the grace, even if the other run
+    frees the lock meanwhile (the scheduled sync is the safety net). It started one, cancelled
+    at the grace's end and audited as failed should it outlast it, and kept shutdown waiting for
+    the retry's wait (30 s for a lifecycle event's failed round: the whole grace)."""
+    from hubpilot.entra.notifications import Hint
+    from hubpilot.wiring.entra import notification_queue, notification_worker
+
+    ctx, worlds = make_context(tmp_path, _notifying_settings())
+    lease = await ctx.store.acquire_lock("sync", "timer:other-run", timedelta(minutes=10), ctx.clock())
+    assert lease is not None
+    server = Server(ctx.settings, host="127.0.0.1", port=0, context=ctx, schedules=False)
+    task = asyncio.create_task(server.run())
+    waiting, resume = asyncio.Event(), asyncio.Event()
+
+    async def sleep(seconds: float) -> None:  # the worker's wait before it retries the held lock
+        waiting.set()
+        await resume.wait()
+
+    try:
+        await _until(lambda: server.started, "the server listens")
+        worker = notification_worker(ctx)
+        assert worker is not None
+        worker.sleep = sleep
+        await notification_queue(ctx).push(Hint("sync", received=datetime.now(UTC).isoformat()))
+        await asyncio.wait_for(waiting.wait(), 10)  # its sync found the lock held
+        server.stop()  # what SIGTERM does
+        await asyncio.wait_for(server.draining.wait(), 10)
+        await ctx.store.release_lock(lease)  # the other sync ends
+        resume.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        resume.set()
+        server.stop()
+        await asyncio.wait_for(task, 10)
+    entries, _ = await ctx.store.read_audit(operation="sync")
+    assert entries == [], "a notification's sync started after shutdown began"
+    assert worlds["sync"].applies == 0
+    await ctx.close()

@@ -310,9 +310,24 @@ class NotificationWorker:
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
-        """Take no more hints and retry no held lock; the run under way goes on
-        (:meth:`run_forever` returns when it ends)."""
+        """Take no more hints and retry none (a held lock, a failed round: a retry's wait ends at
+        once); the run under way goes on (:meth:`run_forever` returns when it ends)."""
         self._stopping.set()
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` before a retry; False when :meth:`stop` came first."""
+        if self._stopping.is_set():
+            return False
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (sleeper, stopper):
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        return not self._stopping.is_set()
 
     def _take_all(self, first: Hint) -> list[Hint]:
         hints = [first]
@@ -342,7 +357,8 @@ class NotificationWorker:
                         log.warning("gave up on a %s hint after %d attempts, %.0f s apart: %s; %s", hint.kind, held,
                                     self.retry_seconds, exc, follows)
                         break
-                    wait = self.retry_seconds
+                    wait, level = self.retry_seconds, logging.INFO
+                    dropped = f"dropped a {hint.kind} hint at shutdown: {exc}"
                 except RoundFailed as exc:  # its run's line said why
                     self.records.append(exc.record)
                     failed += 1
@@ -354,7 +370,8 @@ class NotificationWorker:
                                     "subscription manager round renews only what is due", hint.kind, failed,
                                     exc.record.run_id)
                         break
-                    wait = self.failed_retry_seconds
+                    wait, level = self.failed_retry_seconds, logging.WARNING
+                    dropped = f"dropped a failed {hint.kind} hint at shutdown: {exc}"
                 except Exception:
                     log.exception("processing a %s hint failed", hint.kind)
                     break
@@ -362,7 +379,12 @@ class NotificationWorker:
                     if record is not None:
                         self.records.append(record)
                     break
-                await self.sleep(wait)
+                if not await self._wait(wait):
+                    # shutdown began meanwhile: this hint is not retried, as above; those of another
+                    # kind that arrived meanwhile are taken and tried once, as the others taken are
+                    log.log(level, "%s", dropped)
+                    pending = [h for h in coalesce(self._take_all(hint) + pending) if h.kind != hint.kind]
+                    break
                 # hints that arrived meanwhile: those of this kind join the run we are about to
                 # make (a sync covers them; the manager takes their subscriptions too), the
                 # others are handled after it
