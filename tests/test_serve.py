@@ -665,3 +665,34 @@ async def test_a_notification_waiting_to_retry_a_held_lock_at_shutdown_starts_no
     assert entries == [], "a notification's sync started after shutdown began"
     assert worlds["sync"].applies == 0
     await ctx.close()
+
+
+async def test_a_notification_sync_past_the_grace_is_cancelled_audited_as_failed_and_frees_its_lock(
+        tmp_path: Path) -> None:
+    """The worker's sync, like a scheduled round, has the grace and no more: then it is cancelled,
+    its audit entry and run document say failed, and its lock is free for the next process."""
+    from hubpilot.entra.notifications import Hint
+    from hubpilot.wiring.entra import notification_queue
+
+    ctx, worlds = make_context(tmp_path, _notifying_settings())
+    worlds["sync"].gate = asyncio.Event()  # never opened: the sync hangs in apply
+    server = Server(ctx.settings, host="127.0.0.1", port=0, context=ctx, schedules=False)
+    server.shutdown_grace = 0.2
+    task = asyncio.create_task(server.run())
+    try:
+        await _until(lambda: server.started, "the server listens")
+        await notification_queue(ctx).push(Hint("sync", received=datetime.now(UTC).isoformat()))
+        await asyncio.wait_for(worlds["sync"].entered.wait(), 10)  # the worker's sync is applying
+        server.stop()
+        await asyncio.wait_for(task, 10)
+    finally:
+        server.stop()
+        await asyncio.wait_for(task, 10)
+    entries, _ = await ctx.store.read_audit(operation="sync")
+    assert [(e["trigger"], e["outcome"]) for e in entries] == [("notification", "failed")]
+    assert "cancelled" in entries[0]["error"]
+    doc = await ctx.runner.run_document(entries[0]["run_id"])
+    assert doc is not None and doc["outcome"] == "failed"
+    assert worlds["sync"].items == set()
+    assert await ctx.store.acquire_lock("sync", "next", timedelta(minutes=1), datetime.now(UTC)) is not None
+    await ctx.close()
