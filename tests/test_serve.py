@@ -696,3 +696,58 @@ async def test_a_notification_sync_past_the_grace_is_cancelled_audited_as_failed
     assert worlds["sync"].items == set()
     assert await ctx.store.acquire_lock("sync", "next", timedelta(minutes=1), datetime.now(UTC)) is not None
     await ctx.close()
+
+
+
+@pytest.mark.azurite
+def test_serve_closes_the_azure_hint_queue_at_exit(tmp_path: Path, azurite: Any) -> None:
+    """hubpilot serve whose webhook left a Graph notification on the Storage queue
+    (directory.entra.queue = "azure", for the Functions app to drain) closes that queue's client
+    with its context: the process ended logging "Unclosed client session" and "Unclosed connector"
+    errors."""
+    port = _free_port()
+    tenant = "84bd8158-6d4d-4958-8b9f-9d6445542f95"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")}
+    env.update({
+        "HUBPILOT_STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"),
+        "HUBPILOT_API__TOKENS": json.dumps(token_settings()),
+        "HUBPILOT_API__SERVE_SCHEDULES": "false",
+        "HUBPILOT_HUB__API_URL": "http://127.0.0.1:9/hub/api",
+        "HUBPILOT_DIRECTORY__KIND": "entra",
+        "HUBPILOT_DIRECTORY__ENTRA__NOTIFICATIONS": "true",
+        "HUBPILOT_DIRECTORY__ENTRA__CLIENT_STATE": "s" * 32,
+        "HUBPILOT_DIRECTORY__ENTRA__NOTIFICATION_URL": "https://hubpilot.example.org/api/v1/graph/notifications",
+        "HUBPILOT_DIRECTORY__ENTRA__QUEUE": "azure",
+        "HUBPILOT_DIRECTORY__ENTRA__QUEUE_CONNECTION_STRING": azurite.connection_string,
+    })
+    code = f"from hubpilot.serve import main; from hubpilot.settings import load_settings; " \
+           f"raise SystemExit(main(load_settings(), host='127.0.0.1', port={port}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("hubpilot serve did not come up")
+        gid = "6f1c3a52-0000-4000-8000-000000000001"
+        notification = {"value": [{
+            "subscriptionId": "7a3f2b10-0000-4000-8000-000000000002", "clientState": "s" * 32,
+            "subscriptionExpirationDateTime": "2030-01-01T00:00:00Z", "changeType": "updated",
+            "resource": f"Groups/{gid}", "tenantId": tenant,
+            "resourceData": {"@odata.type": "#Microsoft.Graph.Group", "@odata.id": f"Groups/{gid}", "id": gid,
+                             "organizationId": tenant}}]}
+        r = httpx.post(f"{base}/api/v1/graph/notifications", json=notification, timeout=30)
+        assert r.status_code == 202, r.text  # on the Storage queue
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    assert "Unclosed" not in out, out

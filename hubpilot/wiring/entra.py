@@ -267,21 +267,32 @@ class AzureHints:
 
 
 def notification_queue(ctx: Context) -> NotificationQueue:
-    """The process's queue of hints, built once per Context from ``directory.entra.queue``."""
+    """The process's queue of hints, built once per Context from ``directory.entra.queue`` and closed with it."""
     extra = _extra(ctx)
     if "queue" not in extra:
         s = entra_settings(ctx)
+        credential: Any = None
+        built: NotificationQueue
         if s.queue == "azure":
-            credential = None
             if not s.queue_connection_string:
                 from hubpilot.adapters.entra import build_credential
 
                 # each token try bounded as Graph's are (azure-core's default: 300 s a try)
                 credential = build_credential(s.credential, client_id=s.client_id, tenant_id=s.tenant_id,
                                               authority_host=s.authority_host, timeout=s.timeout_seconds)
-            extra["queue"] = AzureHints(s, credential=credential)
+            built = AzureHints(s, credential=credential)
         else:
-            extra["queue"] = InProcessHints()
+            built = InProcessHints()
+
+        async def close() -> None:
+            # with the context (hubpilot serve's exit): the Storage queue client's session, else
+            # its end logs "Unclosed client session"
+            await built.close()
+            if credential is not None:
+                await credential.close()
+
+        extra["queue"] = built
+        ctx._closers.append(close)
     queue: NotificationQueue = extra["queue"]
     return queue
 
