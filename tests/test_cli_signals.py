@@ -21,7 +21,11 @@ import yaml
 from hubpilot.adapters.store_sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = "import sys; from hubpilot.cli import main; sys.exit(main(sys.argv[1:]))"
+# SIGINT as Ctrl-C at a terminal finds it, whoever started the tests: a process started in the
+# background by a shell without job control (``scripts/test > log &``) ignores SIGINT, and so did
+# this CLI it started (Python installs its handler only when SIGINT is not ignored), never stopping
+CLI = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+       "from hubpilot.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
