@@ -271,7 +271,14 @@ class Server:
         return bool(self.uvicorn.started)
 
     def stop(self) -> None:
+        """Begin the shutdown: uvicorn stops listening (it answers the requests under way first,
+        a client waiting for its run up to ``api.wait_max_seconds``), and from now no round starts
+        and no hint is taken."""
+        from hubpilot.wiring.entra import stop_taking_hints
+
         self.uvicorn.should_exit = True
+        self.scheduler.stop()
+        stop_taking_hints(self.ctx)
 
     async def run(self, *, handle_signals: bool = False) -> None:
         """Serve until :meth:`stop` (or, with ``handle_signals``, SIGINT/SIGTERM/SIGHUP: a closed
@@ -303,9 +310,9 @@ class Server:
             await self.uvicorn.serve()
         finally:
             sched = scheduled[0] if scheduled else None
-            # no new round starts and no hint is taken; a scheduled round or a notification's sync
-            # under way, like a run started over HTTP, has the grace to finish, then is cancelled
-            # (and audited as failed)
+            # no new round starts and no hint is taken (since stop(), or now that uvicorn ended on
+            # its own); a scheduled round or a notification's sync under way, like a run started
+            # over HTTP, has the grace to finish, then is cancelled (and audited as failed)
             self.scheduler.stop()
             stop_taking_hints(self.ctx)
             self.draining.set()

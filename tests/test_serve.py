@@ -751,3 +751,47 @@ def test_serve_closes_the_azure_hint_queue_at_exit(tmp_path: Path, azurite: Any)
             proc.wait()
     out = proc.stdout.read().decode() if proc.stdout else ""
     assert "Unclosed" not in out, out
+
+
+async def test_a_fire_time_that_comes_while_serve_waits_for_a_request_to_end_starts_no_round(
+        tmp_path: Path) -> None:
+    """SIGTERM while a client waits for its run (POST /api/v1/sync?wait=...): uvicorn keeps that
+    connection until its answer, and shutdown has begun all the same: a fire time that comes
+    meanwhile starts no round (one started then, after the signal)."""
+    fake = FakeTime(T0)
+    ctx, worlds = _ctx(tmp_path, fake)
+    worlds["sync"].gate = asyncio.Event()  # the run started over HTTP applies until the test opens it
+    waiting, fire = asyncio.Event(), asyncio.Event()
+
+    async def sleep(seconds: float) -> None:  # the cull schedule's wait for its next fire time
+        waiting.set()
+        await fire.wait()
+        fake.now += timedelta(seconds=seconds)
+
+    server = Server(ctx.settings, host="127.0.0.1", port=0, context=ctx, schedules=True)
+    server.scheduler = Scheduler(ctx, [Schedule("cull", "0 0 * * * *", True, "cull.schedule")], sleep=sleep)
+    task = asyncio.create_task(server.run())
+    try:
+        await _until(lambda: server.started, "the server listens")
+        await asyncio.wait_for(waiting.wait(), 10)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as client:
+            post = asyncio.create_task(client.post(
+                "/api/v1/sync", params={"wait": 20}, headers={"Authorization": f"Bearer {TOKENS['admin']}"}))
+            await asyncio.wait_for(worlds["sync"].entered.wait(), 10)  # the run applies; the client waits
+            server.stop()  # what SIGTERM does
+            await asyncio.sleep(0.5)  # uvicorn has stopped listening and waits for that answer
+            assert not task.done()
+            fire.set()  # the cull schedule's fire time comes
+            await asyncio.sleep(0.3)
+            worlds["sync"].gate.set()
+            assert (await asyncio.wait_for(post, 10)).status_code == 200
+        await asyncio.wait_for(task, 10)
+    finally:
+        fire.set()
+        worlds["sync"].gate.set()
+        server.stop()
+        await asyncio.wait_for(task, 10)
+    assert server.scheduler.rounds["cull"] == [] and worlds["cull"].applies == 0, "a round started after SIGTERM"
+    entries, _ = await ctx.store.read_audit(operation="cull")
+    assert entries == []
+    await ctx.close()
