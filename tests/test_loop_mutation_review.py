@@ -1,0 +1,304 @@
+"""Gaps the mutation review of the runner (hubpilot/loop.py) found: behaviour no test held, each
+with the change to the code that went unnoticed before."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hubpilot.adapters.store_sqlite import SqliteStore
+from hubpilot.audit import read_audit_about
+from hubpilot.loop import (
+    Action,
+    ActionResult,
+    Outcome,
+    Plan,
+    Progress,
+    Runner,
+    Status,
+    run_actions,
+    run_batches,
+    stored_time,
+)
+from hubpilot.ports.store import Lease, StoreError
+from tests.test_loop import NOW, Shelf, runner
+from tests.test_loop_run_redelivery import Held
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> Any:
+    s = SqliteStore(str(tmp_path / "state.sqlite3"))
+    yield s
+    await s.close()
+
+
+async def test_an_approval_never_applies_another_plan_even_one_the_guard_passes(store: SqliteStore) -> None:
+    """The plan approved adds a, b and c; meanwhile a and b were added, and a fresh observation
+    yields a plan that only adds c, which the guard passes. The approval applies neither: it
+    is refused, naming both plans, and the new plan is recorded so that it can be approved.
+    (Unnoticed before: an approval of a stale plan applied the new one when the guard passed it;
+    the new plan recorded under the approved plan's id.)"""
+    cap = Shelf({"a", "b", "c"}, limit=1)
+    r = runner(store)
+    refused = await r.run(cap, trigger="timer", actor="timer")
+    assert refused.outcome is Outcome.REFUSED and refused.plan is not None
+    cap.items |= {"a", "b"}  # changed by someone else
+    stale = await r.approve(cap, refused.plan.id, actor="admin")
+    assert stale.outcome is Outcome.REFUSED, stale.render()
+    assert cap.items == {"a", "b"}, "an approval applied a plan other than the one approved"
+    assert stale.plan is not None and [a.target for a in stale.plan.actions] == ["c"]
+    assert stale.refusal[0].startswith(f"plan {refused.plan.id} was approved, but a fresh observation "
+                                       f"yields plan {stale.plan.id}")
+    assert stale.approval is not None and stale.plan.id in stale.approval
+    assert f"  refused: plan {refused.plan.id} was approved" in stale.render()
+    assert "approved despite" not in stale.render()
+    assert await r.refused_plan_operation(stale.plan.id) == "shelf"
+    assert await r.refused_plan_operation(refused.plan.id) == "shelf"  # not used up: nothing was applied
+    entries, _ = await store.read_audit(operation="shelf")
+    assert [(e["outcome"], e["approved_plan"]) for e in entries] == [
+        ("refused", refused.plan.id), ("refused", None)]
+    ok = await r.approve(cap, stale.plan.id, actor="admin")
+    assert ok.outcome is Outcome.APPLIED and cap.items == {"a", "b", "c"}
+
+
+class Raises(Shelf):
+    """An apply that raises instead of reporting per action (a bug, an SDK error let through)."""
+
+    async def apply(self, plan: Plan, observed: set[str], progress: Progress) -> list[ActionResult]:
+        raise RuntimeError("ARM answered 500 and the SDK raised")
+
+
+async def test_an_apply_that_raises_is_a_failed_run_audited_and_unlocked(store: SqliteStore) -> None:
+    """(Unnoticed before: an apply's exception recorded as an applied run; an apply's exception
+    that went past the runner left no run record and no audit entry.)"""
+    r = runner(store)
+    record = await r.run(Raises({"a"}), trigger="timer", actor="timer")
+    assert record.outcome is Outcome.FAILED and record.exit_code == 1, "a failure recorded as success"
+    assert record.error == "RuntimeError: ARM answered 500 and the SDK raised"
+    entries, _ = await store.read_audit(operation="shelf")
+    assert [(e["outcome"], e["error"]) for e in entries] == [("failed", record.error)]
+    assert (await r.last_run("shelf") or {}).get("outcome") == "failed"
+    assert (await r.get_run(record.run_id)).outcome is Outcome.FAILED  # type: ignore[union-attr]
+    assert await store.read_lock("shelf", NOW) is None
+    assert (await r.run(Shelf({"b"}), trigger="timer", actor="timer")).outcome is Outcome.APPLIED
+
+
+class SlowLock(SqliteStore):
+    """Its lock request reaches the store only once ``go`` is set (a busy state file)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.go, self.waiting = asyncio.Event(), asyncio.Event()
+
+    async def acquire_lock(self, name: str, holder: str, ttl: timedelta, now: datetime) -> Lease | None:
+        self.waiting.set()
+        await self.go.wait()
+        return await super().acquire_lock(name, holder, ttl, now)
+
+
+async def test_a_run_cancelled_while_the_store_takes_its_lock_leaves_it_free(tmp_path: Path) -> None:
+    """Ctrl-C while the store takes the lock: the store takes it all the same; the run releases it
+    rather than leave the operation locked for the whole lease. (Unnoticed before: the lock taken
+    after the cancellation left held.)"""
+    store = SlowLock(str(tmp_path / "state.sqlite3"))
+    try:
+        cap = Shelf({"a"})
+        task = asyncio.create_task(runner(store).run(cap, trigger="cli", actor="me"))
+        await asyncio.wait_for(store.waiting.wait(), 30)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        store.go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await store.read_lock("shelf", NOW) is None, "a cancelled run left the lock held"
+        assert cap.items == set()
+        assert (await runner(store).run(cap, trigger="cli", actor="me")).outcome is Outcome.APPLIED
+    finally:
+        await store.close()
+
+
+class BothRead(SqliteStore):
+    """The first two reads of a pause flag return only once both were made (two admins pausing at
+    once, on two instances)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.reads = 0
+        self.both = asyncio.Event()
+
+    async def get_with_etag(self, key: str) -> tuple[dict[str, Any], str] | None:
+        got = await super().get_with_etag(key)
+        if key.startswith("paused/") and self.reads < 2:
+            self.reads += 1
+            if self.reads == 2:
+                self.both.set()
+            await asyncio.wait_for(self.both.wait(), 30)
+        return got
+
+
+async def test_two_pauses_at_once_pause_once_and_audit_once(tmp_path: Path) -> None:
+    """Both read the flag unset; the write of one of them loses, reads it again and finds the
+    operation paused: one pause, by whoever's write won, one audit entry. (Unnoticed before: the
+    pause written without its condition, the second overwriting who paused and both audited.)"""
+    store = BothRead(str(tmp_path / "state.sqlite3"))
+    try:
+        r = runner(store)
+        alice, bob = await asyncio.gather(r.set_paused("shelf", True, "alice"),
+                                          r.set_paused("shelf", True, "bob"))
+        assert alice.paused and bob.paused
+        assert [alice.changed, bob.changed].count(True) == 1, (alice, bob)
+        winner = alice if alice.changed else bob
+        assert alice.by == bob.by == winner.by
+        assert (await store.get("paused/shelf") or {}).get("by") == winner.by
+        entries, _ = await store.read_audit(operation="shelf")
+        assert [(e["outcome"], e["actor"]) for e in entries] == [("paused", winner.by)]
+    finally:
+        await store.close()
+
+
+async def test_a_batch_answered_with_too_few_results_fails_alone() -> None:
+    """A bulk request that answers for fewer actions than it was given: its actions fail, the
+    other batches' results stand. (Unnoticed before: the mismatch raised past run_batches, and
+    the whole apply failed, the other batches' results lost.)"""
+    actions = [Action("add", "g1", 1, {"user": "u1"}), Action("add", "g1", 1, {"user": "u2"}),
+               Action("add", "g2", 1, {"user": "u3"})]
+
+    async def perform(batch: list[Action]) -> list[ActionResult]:
+        return [ActionResult(a, Status.DONE) for a in batch][:1]
+
+    results = await run_batches(actions, lambda a: a.target, perform, concurrency=2)
+    assert [r.status for r in results] == [Status.FAILED, Status.FAILED, Status.DONE]
+    assert results[0].detail == "RuntimeError: 1 results for 2 actions"
+
+
+def test_a_plan_id_names_its_operation_and_its_actions_params() -> None:
+    """An admin approves exactly the plan they saw: a plan that resizes to 10 is not the one that
+    resized to 3, and one operation's plan is not another's with the same actions."""
+    three = Plan.build("scale", [Action("resize", "gpu", params={"count": 3})])
+    ten = Plan.build("scale", [Action("resize", "gpu", params={"count": 10})])
+    assert three.id != ten.id
+    assert Plan.build("cull", three.actions).id != three.id
+
+
+@pytest.fixture
+def tokyo(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The host's local time zone is not UTC."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("tokyo")
+def test_a_stored_time_without_zone_is_utc_whatever_the_hosts_zone() -> None:
+    assert time.localtime().tm_gmtoff == 9 * 3600
+    assert stored_time("2026-11-25T12:00:00", "t") == datetime(2026, 11, 25, 12, tzinfo=UTC)
+    assert stored_time("2026-11-25T12:00:00+01:00", "t") == datetime(2026, 11, 25, 11, tzinfo=UTC)
+
+
+async def test_a_run_killed_after_the_last_finished_one_is_the_unfinished_run_until_a_later_one_ends(
+        store: SqliteStore) -> None:
+    """Status finds a run that ended without finishing (its host stopped mid-apply) when it started
+    after the last run ended, and no longer once a later run has ended. (Unnoticed before: the
+    comparison of the two times turned round, a killed run after a finished one went unreported.)"""
+    at = [NOW]
+    r: Runner[set[str]] = Runner(store, clock=lambda: at[0])
+    await r.run(Shelf({"a"}), trigger="timer", actor="timer")
+    at[0] = NOW + timedelta(minutes=1)
+    cap = Held({"b"})
+    task = asyncio.create_task(r.run(cap, trigger="api", actor="alice"))
+    await asyncio.wait_for(cap.entered.wait(), 30)
+    assert await r.unfinished_run("shelf", await r.last_run("shelf")) is None  # it still runs
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    killed = await r.unfinished_run("shelf", await r.last_run("shelf"))
+    assert killed is not None, "a run killed after the last finished one went unreported"
+    assert (killed["started"], killed["outcome"]) == (at[0].isoformat(), "failed")
+    at[0] = NOW + timedelta(minutes=2)
+    await r.run(Shelf({"c"}), trigger="timer", actor="timer")
+    assert await r.unfinished_run("shelf", await r.last_run("shelf")) is None
+
+
+async def test_a_paused_run_is_recorded_and_audited_with_what_it_would_have_done(store: SqliteStore) -> None:
+    """(Unnoticed before: a paused run returned its report and recorded nothing: no audit entry,
+    no last run.)"""
+    r = runner(store)
+    await r.set_paused("shelf", True, "admin")
+    cap = Shelf({"a"})
+    record = await r.run(cap, trigger="timer", actor="timer")
+    assert record.outcome is Outcome.PAUSED and cap.items == set()
+    entries, _ = await store.read_audit(operation="shelf")
+    assert [(e["kind"], e["outcome"]) for e in entries] == [("run", "paused"), ("pause", "paused")]
+    assert [a["target"] for a in entries[0]["plan"]["actions"]] == ["a"]
+    assert (await r.last_run("shelf") or {}).get("outcome") == "paused"
+    assert (await r.get_run(record.run_id)).outcome is Outcome.PAUSED  # type: ignore[union-attr]
+
+
+class PruneDown(SqliteStore):
+    """Deleting old documents fails (a Storage outage of that request alone)."""
+
+    async def prune(self, prefix: str, before: datetime, *, limit: int = 5000) -> int:
+        raise StoreError("Azure Storage: cannot delete: HTTP 503 ServerBusy")
+
+
+async def test_a_prune_that_fails_never_fails_the_run(tmp_path: Path) -> None:
+    """(Unnoticed before: a store error of the daily prune raised past the run that applied.)"""
+    store = PruneDown(str(tmp_path / "state.sqlite3"))
+    try:
+        cap = Shelf({"a"})
+        record = await Runner(store, clock=lambda: NOW, run_retention=timedelta(days=30)).run(
+            cap, trigger="timer", actor="timer")
+        assert record.outcome is Outcome.APPLIED and cap.items == {"a"}
+        entries, _ = await store.read_audit(operation="shelf")
+        assert [e["outcome"] for e in entries] == ["applied"]
+    finally:
+        await store.close()
+
+
+async def test_an_approved_run_read_back_is_the_run_that_was_recorded(store: SqliteStore) -> None:
+    """The run document of an approved run reads back whole: the plan it approved, the reasons it
+    was applied despite (not "refused"). (Unnoticed before: the approved plan dropped on reading.)"""
+    cap = Shelf({"a", "b"}, limit=1)
+    r = runner(store)
+    refused = await r.run(cap, trigger="timer", actor="timer")
+    assert refused.plan is not None
+    ok = await r.approve(cap, refused.plan.id, actor="admin")
+    assert ok.outcome is Outcome.APPLIED
+    again = await r.get_run(ok.run_id)
+    assert again is not None and again.approved_plan == refused.plan.id
+    assert again.to_json() == ok.to_json()
+    assert "  approved despite: adds 2 > 1" in again.render()
+    back = await r.get_run(refused.run_id)
+    assert back is not None and back.approval == refused.approval and back.to_json() == refused.to_json()
+
+
+async def test_run_actions_keeps_to_its_concurrency() -> None:
+    """(Unnoticed before: any number of actions ran at once.)"""
+    running, most = 0, 0
+
+    async def perform(a: Action) -> ActionResult:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return ActionResult(a, Status.DONE)
+
+    results = await run_actions([Action("stop", f"u{i}") for i in range(8)], perform, concurrency=3)
+    assert [r.status for r in results] == [Status.DONE] * 8 and most == 3
+
+
+async def test_what_happened_to_a_nameless_user_is_refused(store: SqliteStore) -> None:
+    """An empty name is in every note as a "word": refused, not every entry with a note returned."""
+    await store.append_audit({"at": NOW.isoformat(), "operation": "cull", "kind": "run", "outcome": "applied",
+                              "plan": {"actions": [], "notes": ["ann kept: a kernel is busy"]}})
+    with pytest.raises(ValueError, match="user must not be empty"):
+        await read_audit_about(store, "")
+    assert len((await read_audit_about(store, "ann"))[0]) == 1
