@@ -710,10 +710,16 @@ class Runner(Generic[ObservedT]):
             failed = record.error is not None or any(r.status is Status.FAILED for r in record.results)
             record.outcome = Outcome.FAILED if failed else Outcome.APPLIED
             if approve is not None:  # consumed: a second approval is told which run applied it
-                await self.store.put(REFUSED_KEY.format(plan_id=approve), {
-                    "operation": cap.name, "at": self.clock().isoformat(),
-                    "applied": {"run_id": record.run_id, "actor": actor, "at": self.clock().isoformat(),
-                                "outcome": str(record.outcome)}})
+                try:
+                    await self.store.put(REFUSED_KEY.format(plan_id=approve), {
+                        "operation": cap.name, "at": self.clock().isoformat(),
+                        "applied": {"run_id": record.run_id, "actor": actor, "at": self.clock().isoformat(),
+                                    "outcome": str(record.outcome)}})
+                except Exception as exc:  # what was applied is recorded all the same; then the error goes on
+                    log.error("%s run %s applied plan %s but could not mark it used (a second approval "
+                              "re-observes first): %s", cap.name, record.run_id, approve, exc)
+                    await self._finish(record)
+                    raise
             return await self._finish(record)
         except asyncio.CancelledError:  # the host is stopping (SIGTERM past its grace, a timeout)
             # An audit entry says so. The run document stays "running" (it reads as failed once

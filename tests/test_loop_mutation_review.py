@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,37 @@ async def test_what_happened_to_a_nameless_user_is_refused(store: SqliteStore) -
     with pytest.raises(ValueError, match="user must not be empty"):
         await read_audit_about(store, "")
     assert len((await read_audit_about(store, "ann"))[0]) == 1
+
+
+class ConsumedUnwritable(SqliteStore):
+    """A refused plan is recorded; marking it applied (the approval's last write) fails, as a
+    Storage outage would."""
+
+    async def put(self, key: str, doc: Mapping[str, Any], *, if_match: str | None = None) -> str:
+        if key.startswith("refused/") and "applied" in doc:
+            raise StoreError("Azure Storage: cannot write document: HTTP 503 ServerBusy")
+        return await super().put(key, doc, if_match=if_match)
+
+
+async def test_an_approved_run_that_applied_is_recorded_when_its_approval_cannot_be_marked_used(
+        tmp_path: Path) -> None:
+    """The approval applied the plan, then marking the plan used failed: the run left no record,
+    no audit entry (its document stayed "running", read as failed) and the error said nothing of
+    what was applied. The run is recorded and audited as applied, its lock released, and the
+    store's error still reaches the admin."""
+    store = ConsumedUnwritable(str(tmp_path / "state.sqlite3"))
+    try:
+        cap = Shelf({"a", "b"}, limit=1)
+        r = runner(store)
+        refused = await r.run(cap, trigger="timer", actor="timer")
+        assert refused.plan is not None
+        with pytest.raises(StoreError):
+            await r.approve(cap, refused.plan.id, actor="admin")
+        assert cap.items == {"a", "b"}  # applied
+        entries, _ = await store.read_audit(operation="shelf")
+        assert [(e["outcome"], e["approved_plan"]) for e in entries] == [
+            ("applied", refused.plan.id), ("refused", None)], "an approved run that applied left no audit entry"
+        assert (await r.last_run("shelf") or {}).get("outcome") == "applied"
+        assert await store.read_lock("shelf", NOW) is None
+    finally:
+        await store.close()
