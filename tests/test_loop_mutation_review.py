@@ -14,9 +14,11 @@ import pytest
 
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.audit import read_audit_about
+from hubpilot.hub_outage import OUTAGE_KEY, catch_up, is_outage, note_outage
 from hubpilot.loop import (
     Action,
     ActionResult,
+    AuditThrottle,
     Outcome,
     Plan,
     Progress,
@@ -26,6 +28,7 @@ from hubpilot.loop import (
     run_batches,
     stored_time,
 )
+from hubpilot.ports.hub import HubError, HubUnreachable
 from hubpilot.ports.store import Lease, StoreError
 from tests.test_loop import NOW, Shelf, runner
 from tests.test_loop_run_redelivery import Held
@@ -335,5 +338,165 @@ async def test_an_approved_run_that_applied_is_recorded_when_its_approval_cannot
             ("applied", refused.plan.id), ("refused", None)], "an approved run that applied left no audit entry"
         assert (await r.last_run("shelf") or {}).get("outcome") == "applied"
         assert await store.read_lock("shelf", NOW) is None
+    finally:
+        await store.close()
+
+
+def test_an_outage_is_no_answer_or_any_5xx_not_a_4xx() -> None:
+    assert is_outage(HubUnreachable("connection refused"))
+    assert is_outage(HubError("Internal Server Error", 500)) and is_outage(HubError("Bad Gateway", 502))
+    assert not is_outage(HubError("Forbidden", 403)) and not is_outage(HubError("no status"))
+
+
+class Meanwhile(SqliteStore):
+    """Another run writes the outage record between this run's read and its write (``on``: the
+    write it races: "put" or "delete")."""
+
+    def __init__(self, path: str, on: str, at: datetime) -> None:
+        super().__init__(path)
+        self.on, self.at = on, at
+
+    async def put(self, key: str, doc: Mapping[str, Any], *, if_match: str | None = None) -> str:
+        if key == OUTAGE_KEY and self.on == "put" and if_match:
+            self.on = ""
+            await note_outage(self, self.at)
+        return await super().put(key, doc, if_match=if_match)
+
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
+        if key == OUTAGE_KEY and self.on == "delete":
+            self.on = ""
+            await note_outage(self, self.at)
+        await super().delete(key, if_match=if_match)
+
+
+async def test_the_catch_up_after_an_outage_starts_at_the_first_answer_and_ends_after_the_lag(
+        store: SqliteStore) -> None:
+    """(Unnoticed before: a 500 not counted as an outage; the hub's return not recorded, so the
+    window moved on with every run.)"""
+    lag = timedelta(minutes=10)
+    assert await catch_up(store, NOW, lag) is None  # no outage recorded
+    await note_outage(store, NOW)
+    back = NOW + timedelta(minutes=1)
+    assert await catch_up(store, back, lag) == (back, back + lag)
+    assert await catch_up(store, back + timedelta(minutes=5), lag) == (back, back + lag)
+    assert await catch_up(store, back + lag - timedelta(seconds=1), lag) == (back, back + lag)
+    assert await catch_up(store, back + lag, lag) is None
+    assert await store.get(OUTAGE_KEY) is None
+
+
+@pytest.mark.parametrize("race", ["put", "delete"])
+async def test_a_failure_noted_while_a_run_reads_the_outage_record_is_kept_and_judged(
+        tmp_path: Path, race: str) -> None:
+    """Another run finds the hub down while this one records its return (or removes the caught-up
+    record): this run judges no activity, and the failure stays recorded. (Unnoticed before: the
+    lost write judged activity as if no outage had been; the record removed unconditionally.)"""
+    lag = timedelta(minutes=10)
+    back = NOW + timedelta(minutes=1)
+    now = back if race == "put" else back + lag
+    store = Meanwhile(str(tmp_path / "state.sqlite3"), race, now)
+    try:
+        await store.put(OUTAGE_KEY, {"last_failure": NOW.isoformat(),
+                                     **({"back_at": back.isoformat()} if race == "delete" else {})})
+        assert await catch_up(store, now, lag) == (now, now + lag)
+        assert await store.get(OUTAGE_KEY) == {"last_failure": now.isoformat()}
+    finally:
+        await store.close()
+
+
+class Unwritable(SqliteStore):
+    async def put(self, key: str, doc: Mapping[str, Any], *, if_match: str | None = None) -> str:
+        raise StoreError("Azure Storage: HTTP 503 ServerBusy")
+
+
+async def test_an_outage_that_cannot_be_recorded_only_goes_to_the_log(tmp_path: Path) -> None:
+    store = Unwritable(str(tmp_path / "state.sqlite3"))
+    try:
+        await note_outage(store, NOW)  # no error: the run goes on and says the hub was down
+        assert await store.get(OUTAGE_KEY) is None
+    finally:
+        await store.close()
+
+
+async def test_a_damaged_outage_record_judges_no_activity(store: SqliteStore) -> None:
+    await store.put(OUTAGE_KEY, {"back_at": "soon"})
+    lag = timedelta(minutes=10)
+    assert await catch_up(store, NOW, lag) == (NOW, NOW + lag)
+
+
+class CountedClaims(SqliteStore):
+    """Counts the reads of throttle claims; the first ``together`` of them return only once all
+    were made (processes claiming at once); an audit append waits for ``go`` once ``slow``."""
+
+    def __init__(self, path: str, together: int = 0) -> None:
+        super().__init__(path)
+        self.reads, self.together = 0, together
+        self.all_read = asyncio.Event()
+        self.slow, self.go, self.appending = False, asyncio.Event(), asyncio.Event()
+
+    async def get_with_etag(self, key: str) -> tuple[dict[str, Any], str] | None:
+        got = await super().get_with_etag(key)
+        if key.startswith("audit-throttle/"):
+            self.reads += 1
+            if self.reads <= self.together:
+                if self.reads == self.together:
+                    self.all_read.set()
+                await asyncio.wait_for(self.all_read.wait(), 30)
+        return got
+
+    async def append_audit(self, entry: Mapping[str, Any]) -> str:
+        if self.slow:
+            self.appending.set()
+            await self.go.wait()
+        return await super().append_audit(entry)
+
+
+REFUSED_POST = {"at": NOW.isoformat(), "operation": "graph-notifications", "kind": "refused", "outcome": "refused"}
+
+
+async def test_a_throttle_reads_the_store_once_an_interval_however_many_events(tmp_path: Path) -> None:
+    store = CountedClaims(str(tmp_path / "state.sqlite3"))
+    try:
+        throttle = AuditThrottle(store, "graph-notifications", timedelta(minutes=1))
+        assert await throttle.record(REFUSED_POST, NOW)
+        for s in range(1, 50):
+            assert not await throttle.record(REFUSED_POST, NOW + timedelta(seconds=s))
+        assert store.reads == 1, "every refused post cost a store round"
+        assert await throttle.record(REFUSED_POST, NOW + timedelta(seconds=61))
+        entries, _ = await store.read_audit(operation="graph-notifications")
+        assert [e["refused_posts"] for e in entries] == [50, 1]
+    finally:
+        await store.close()
+
+
+async def test_two_processes_claiming_one_interval_write_one_entry(tmp_path: Path) -> None:
+    """(Unnoticed before: the claim written without its condition, both processes wrote an entry.)"""
+    store = CountedClaims(str(tmp_path / "state.sqlite3"), together=2)
+    try:
+        one = AuditThrottle(store, "graph-notifications", timedelta(minutes=1))
+        two = AuditThrottle(store, "graph-notifications", timedelta(minutes=1))
+        wrote = await asyncio.gather(one.record(REFUSED_POST, NOW), two.record(REFUSED_POST, NOW))
+        assert sorted(wrote) == [False, True]
+        entries, _ = await store.read_audit(operation="graph-notifications")
+        assert [e["refused_posts"] for e in entries] == [1]
+        loser = two if wrote[0] else one
+        assert loser.held == 1  # counted by its next entry
+    finally:
+        await store.close()
+
+
+async def test_events_during_a_throttled_entrys_append_are_counted_by_the_next(tmp_path: Path) -> None:
+    """(Unnoticed before: the count reset after the append, the posts made meanwhile lost.)"""
+    store = CountedClaims(str(tmp_path / "state.sqlite3"))
+    store.slow = True
+    try:
+        throttle = AuditThrottle(store, "graph-notifications", timedelta(minutes=1))
+        first = asyncio.create_task(throttle.record(REFUSED_POST, NOW))
+        await asyncio.wait_for(store.appending.wait(), 30)
+        assert not await throttle.record(REFUSED_POST, NOW + timedelta(seconds=1))
+        store.go.set()
+        assert await first
+        assert await throttle.record(REFUSED_POST, NOW + timedelta(seconds=61))
+        entries, _ = await store.read_audit(operation="graph-notifications")
+        assert [e["refused_posts"] for e in entries] == [2, 1], "posts made during an append were lost"
     finally:
         await store.close()
