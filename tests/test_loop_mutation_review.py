@@ -500,3 +500,43 @@ async def test_events_during_a_throttled_entrys_append_are_counted_by_the_next(t
         assert [e["refused_posts"] for e in entries] == [2, 1], "posts made during an append were lost"
     finally:
         await store.close()
+
+
+class RenewalsSeen(SqliteStore):
+    """Notes, at each renewal of a lock, how long the lease it renews had left."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.left: list[timedelta] = []
+        self.renewed = asyncio.Event()
+
+    async def renew_lock(self, lease: Lease, ttl: timedelta, now: datetime) -> Lease | None:
+        self.left.append(lease.expires_at - datetime.now(UTC))
+        answer = await super().renew_lock(lease, ttl, now)
+        self.renewed.set()
+        return answer
+
+
+class UntilRenewedTwice(Shelf):
+    def __init__(self, wanted: set[str], store: RenewalsSeen) -> None:
+        super().__init__(wanted)
+        self.store = store
+
+    async def apply(self, plan: Plan, observed: set[str], progress: Progress) -> list[ActionResult]:
+        while len(self.store.left) < 2:
+            self.store.renewed.clear()
+            await asyncio.wait_for(self.store.renewed.wait(), 30)
+        return await super().apply(plan, observed, progress)
+
+
+async def test_a_long_apply_renews_its_lease_well_before_it_lapses(tmp_path: Path) -> None:
+    """(Unnoticed before: a renewal once a lease's whole length, the lease lapsing under the apply
+    before each renewal, another run free to take the lock meanwhile.)"""
+    store = RenewalsSeen(str(tmp_path / "state.sqlite3"))
+    try:
+        ttl = timedelta(seconds=3)
+        record = await Runner(store, lock_ttl=ttl).run(UntilRenewedTwice({"a"}, store), trigger="t", actor="me")
+        assert record.outcome is Outcome.APPLIED
+        assert all(left > ttl / 3 for left in store.left), f"renewed with {store.left} left of a {ttl} lease"
+    finally:
+        await store.close()
