@@ -24,6 +24,7 @@ from hubpilot.loop import (
     Progress,
     Runner,
     Status,
+    in_dry_run,
     run_actions,
     run_batches,
     stored_time,
@@ -540,3 +541,37 @@ async def test_a_long_apply_renews_its_lease_well_before_it_lapses(tmp_path: Pat
         assert all(left > ttl / 3 for left in store.left), f"renewed with {store.left} left of a {ttl} lease"
     finally:
         await store.close()
+
+
+def test_a_plan_id_does_not_depend_on_the_order_observe_found_its_actions() -> None:
+    """Two additions to one group, found in either order, are one plan: an approval is not refused
+    because a fresh observation listed the members otherwise. (Unnoticed before: actions alike
+    but for their params kept the order they came in, and the plan's id with it.)"""
+    bob = Action("add_to_group", "gpu-users", 2, {"user": "bob"})
+    ann = Action("add_to_group", "gpu-users", 2, {"user": "ann"})
+    assert Plan.build("sync", [bob, ann]).id == Plan.build("sync", [ann, bob]).id
+    assert Plan.build("sync", [bob, ann]).actions == (ann, bob)
+
+
+class SeesDryRun(Shelf):
+    def __init__(self, wanted: set[str]) -> None:
+        super().__init__(wanted)
+        self.seen: list[bool] = []
+
+    async def observe(self) -> set[str]:
+        self.seen.append(in_dry_run())
+        return await super().observe()
+
+
+async def test_only_a_dry_runs_observe_reads_as_a_dry_run(store: SqliteStore) -> None:
+    """The observe of a dry-run, and of a paused run, reads as one (the Entra directory then leaves
+    its delta state as it was); a real run after them in the same task does not. (Unnoticed
+    before: the flag left set after a dry-run, so a later run never committed its delta state.)"""
+    cap = SeesDryRun({"a"})
+    r = runner(store)
+    await r.dry_run(cap)
+    await r.set_paused("shelf", True, "admin")
+    await r.run(cap, trigger="timer", actor="timer")
+    await r.set_paused("shelf", False, "admin")
+    assert (await r.run(cap, trigger="timer", actor="timer")).outcome is Outcome.APPLIED
+    assert cap.seen == [True, True, False] and not in_dry_run()
