@@ -18,6 +18,9 @@ the Functions host uses reads them, not as cron does.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from croniter import CroniterError, croniter
@@ -166,3 +169,21 @@ def _longest_gap_between_days(expr: str) -> timedelta:
         gap = max(gap, nxt - last)
         last = nxt
     return gap - day_span if gap else timedelta(0)
+
+
+async def sleep_unless_stopped(sleep: Callable[[float], Awaitable[object]], seconds: float,
+                               stopping: asyncio.Event) -> bool:
+    """Sleep ``seconds`` with ``sleep`` (injected: tests pass their own clock); False at once when
+    ``stopping`` is or becomes set first (a shutdown ends a timer's or a retry's wait)."""
+    if stopping.is_set():
+        return False
+    sleeper = asyncio.ensure_future(sleep(seconds))
+    stopper = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (sleeper, stopper):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+    return not stopping.is_set()

@@ -33,7 +33,7 @@ from hubpilot.api.scheduling import (
 )
 from hubpilot.loop import RunRecord, stored_time
 from hubpilot.ports.store import StoreError
-from hubpilot.schedule import previous_fire
+from hubpilot.schedule import previous_fire, sleep_unless_stopped
 from hubpilot.settings import Settings
 from hubpilot.wiring import Context, build_context
 
@@ -84,18 +84,7 @@ class Scheduler:
 
     async def _wait(self, seconds: float) -> bool:
         """Sleep ``seconds``; False when :meth:`stop` came first."""
-        if self._stopping.is_set():
-            return False
-        sleeper = asyncio.ensure_future(self.sleep(seconds))
-        stopper = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (sleeper, stopper):
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
-        return not self._stopping.is_set()
+        return await sleep_unless_stopped(self.sleep, seconds, self._stopping)
 
     async def _missed(self, schedule: Schedule, now: datetime) -> datetime | None:
         """The operation's last fire time before ``now`` if no run of it (by any host or trigger)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -128,10 +129,11 @@ def _free_port() -> int:
         return port
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_serve_main_serves_on_loopback_and_stops_cleanly_on_sigterm(tmp_path: Path, sig: signal.Signals) -> None:
-    """SIGHUP too (the terminal it was started from closed): it ended the process at once, a run
-    under way neither audited nor its lock released (held 10 min)."""
+@contextlib.contextmanager
+def _serve_process(tmp_path: Path, settings: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``hubpilot serve`` (serve.main, as the CLI runs it) in a process of its own with these
+    ``HUBPILOT_`` variables besides a state file, the test tokens and no schedules; yields once it
+    answers /healthz (the process and its base URL) and kills it if the test left it running."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")}
     env.update({
@@ -139,6 +141,7 @@ def test_serve_main_serves_on_loopback_and_stops_cleanly_on_sigterm(tmp_path: Pa
         "HUBPILOT_API__TOKENS": json.dumps(token_settings()),
         "HUBPILOT_API__SERVE_SCHEDULES": "false",
         "HUBPILOT_HUB__API_URL": "http://127.0.0.1:9/hub/api",
+        **settings,
     })
     code = f"from hubpilot.serve import main; from hubpilot.settings import load_settings; " \
            f"raise SystemExit(main(load_settings(), host='127.0.0.1', port={port}))"
@@ -154,6 +157,18 @@ def test_serve_main_serves_on_loopback_and_stops_cleanly_on_sigterm(tmp_path: Pa
                 time.sleep(0.05)
         else:
             pytest.fail("hubpilot serve did not come up")
+        yield proc, base
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_serve_main_serves_on_loopback_and_stops_cleanly_on_sigterm(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGHUP too (the terminal it was started from closed): it ended the process at once, a run
+    under way neither audited nor its lock released (held 10 min)."""
+    with _serve_process(tmp_path, {}) as (proc, base):
         assert httpx.get(f"{base}/api/v1/status").status_code == 401
         status = httpx.get(f"{base}/api/v1/status", headers={"Authorization": f"Bearer {TOKENS['reader']}"})
         assert status.status_code == 200
@@ -161,10 +176,6 @@ def test_serve_main_serves_on_loopback_and_stops_cleanly_on_sigterm(tmp_path: Pa
         assert {s["fired_here"] for s in status.json()["schedules"]} == {False}  # api.serve_schedules off
         proc.send_signal(sig)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     out = proc.stdout.read().decode() if proc.stdout else ""
     assert TOKENS["reader"] not in out
 
@@ -705,35 +716,15 @@ def test_serve_closes_the_azure_hint_queue_at_exit(tmp_path: Path, azurite: Any)
     (directory.entra.queue = "azure", for the Functions app to drain) closes that queue's client
     with its context: the process ended logging "Unclosed client session" and "Unclosed connector"
     errors."""
-    port = _free_port()
     tenant = "84bd8158-6d4d-4958-8b9f-9d6445542f95"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBPILOT_")}
-    env.update({
-        "HUBPILOT_STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"),
-        "HUBPILOT_API__TOKENS": json.dumps(token_settings()),
-        "HUBPILOT_API__SERVE_SCHEDULES": "false",
-        "HUBPILOT_HUB__API_URL": "http://127.0.0.1:9/hub/api",
+    with _serve_process(tmp_path, {
         "HUBPILOT_DIRECTORY__KIND": "entra",
         "HUBPILOT_DIRECTORY__ENTRA__NOTIFICATIONS": "true",
         "HUBPILOT_DIRECTORY__ENTRA__CLIENT_STATE": "s" * 32,
         "HUBPILOT_DIRECTORY__ENTRA__NOTIFICATION_URL": "https://hubpilot.example.org/api/v1/graph/notifications",
         "HUBPILOT_DIRECTORY__ENTRA__QUEUE": "azure",
         "HUBPILOT_DIRECTORY__ENTRA__QUEUE_CONNECTION_STRING": azurite.connection_string,
-    })
-    code = f"from hubpilot.serve import main; from hubpilot.settings import load_settings; " \
-           f"raise SystemExit(main(load_settings(), host='127.0.0.1', port={port}))"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("hubpilot serve did not come up")
+    }) as (proc, base):
         gid = "6f1c3a52-0000-4000-8000-000000000001"
         notification = {"value": [{
             "subscriptionId": "7a3f2b10-0000-4000-8000-000000000002", "clientState": "s" * 32,
@@ -745,10 +736,6 @@ def test_serve_closes_the_azure_hint_queue_at_exit(tmp_path: Path, azurite: Any)
         assert r.status_code == 202, r.text  # on the Storage queue
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     out = proc.stdout.read().decode() if proc.stdout else ""
     assert "Unclosed" not in out, out
 

@@ -27,6 +27,7 @@ from hubpilot.entra.notifications import Hint, NotificationQueue, coalesce, cove
 from hubpilot.entra.subscriptions import SubscriptionManager, SubscriptionPolicy, missed_changes
 from hubpilot.loop import LockHeld, Outcome, RunRecord, log_outcome
 from hubpilot.ports.directory import Directory
+from hubpilot.schedule import sleep_unless_stopped
 from hubpilot.wiring import Context
 
 log = logging.getLogger(__name__)
@@ -327,18 +328,7 @@ class NotificationWorker:
 
     async def _wait(self, seconds: float) -> bool:
         """Sleep ``seconds`` before a retry; False when :meth:`stop` came first."""
-        if self._stopping.is_set():
-            return False
-        sleeper = asyncio.ensure_future(self.sleep(seconds))
-        stopper = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (sleeper, stopper):
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
-        return not self._stopping.is_set()
+        return await sleep_unless_stopped(self.sleep, seconds, self._stopping)
 
     def _take_all(self, first: Hint) -> list[Hint]:
         hints = [first]
