@@ -851,8 +851,8 @@ class Runner(Generic[ObservedT]):
         await self.store.append_audit(entry)
 
     async def _prune_runs(self) -> None:
-        """About once a day, delete run documents older than ``run_retention`` (the audit log keeps
-        every run). Never fails the run that triggers it."""
+        """About once a day, delete run documents and refused plans older than ``run_retention``
+        (the audit log keeps every run and every refusal). Never fails the run that triggers it."""
         now = self.clock()
         if self.run_retention is None or (self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY):
             return
@@ -870,7 +870,11 @@ class Runner(Generic[ObservedT]):
             await self.store.put(PRUNE_KEY, {"at": now.isoformat()})
             self._pruned_at = now
             deleted = await self.store.prune(RUN_KEY.format(run_id=""), now - self.run_retention)
-            log.info("pruned %d run document(s) older than %s", deleted, self.run_retention)
+            # and refused plans not refused again since (a plan refused anew is written anew): an
+            # approval that old would re-observe a changed hub; it is refused as an unknown plan
+            refused = await self.store.prune(REFUSED_KEY.format(plan_id=""), now - self.run_retention)
+            log.info("pruned %d run document(s) and %d refused plan(s) older than %s", deleted, refused,
+                     self.run_retention)
         except (StoreError, ValueError) as exc:
             log.warning("pruning old run documents failed (the next day retries): %s", exc)
 

@@ -269,6 +269,25 @@ async def test_old_run_documents_are_pruned_about_once_a_day(store: SqliteStore)
     assert await store.get("maintenance/runs-pruned") == {"at": now.isoformat()}
 
 
+async def test_refused_plans_older_than_the_retention_are_pruned_with_the_runs(store: SqliteStore) -> None:
+    """A guard that refuses a changing plan every minute writes a refused-plan document each time:
+    they were never deleted. Those not refused again within the retention go with the old run
+    documents; one refused again is written anew and kept; an approval of a pruned one is refused."""
+    now = datetime.now(UTC)
+    month = timedelta(days=30)
+    for plan_id, age_days in (("0123456789abcdef", 31), ("fedcba9876543210", 29)):
+        await store.put(f"refused/{plan_id}", {"operation": "shelf", "at": now.isoformat()})
+        with sqlite3.connect(store.path) as conn:
+            conn.execute("UPDATE docs SET written_us = written_us - ? WHERE key = ?",
+                         (age_days * 86400 * 10**6, f"refused/{plan_id}"))
+    r = Runner(store, clock=lambda: now, run_retention=month)
+    await r.run(Shelf({"a"}), trigger="timer", actor="t")
+    assert await store.get("refused/0123456789abcdef") is None
+    assert await store.get("refused/fedcba9876543210") is not None, "a plan refused within the retention was pruned"
+    with pytest.raises(UnknownPlan, match="no refused"):
+        await r.run(Shelf({"b"}), trigger="api", actor="admin", approve="0123456789abcdef")
+
+
 async def test_without_retention_nothing_is_pruned(store: SqliteStore) -> None:
     first = await runner(store).run(Shelf({"a"}), trigger="timer", actor="t")
     assert await store.get(f"runs/{first.run_id}") is not None

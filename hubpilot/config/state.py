@@ -35,8 +35,8 @@ class StateSettings(Section):
                                  "letters, digits and single hyphens, starting and ending with a letter or digit.")
     run_retention_days: int = Field(
         30, ge=0, le=3650,
-        description="Delete run documents (GET /runs/{id}) older than this, about once a day; 0 keeps them. "
-                    "The audit log keeps every run.",
+        description="Delete run documents (GET /runs/{id}), and refused plans not refused again, older than this, "
+                    "about once a day; 0 keeps them. The audit log keeps every run and every refusal.",
     )
 
     @field_validator("sqlite_path")
