@@ -9,20 +9,18 @@ applied in order to sets, so repeating one is harmless.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hubpilot.config.base import GUID
 from hubpilot.loop import stored_time
 from hubpilot.ports.directory import Member
 
 CHUNK_SIZE = 50
 """Graph's limit of ids in one ``/groups/delta`` filter."""
-
-_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def normalise_id(value: Any) -> str | None:
@@ -35,7 +33,7 @@ def normalise_id(value: Any) -> str | None:
         return str(value)
     if isinstance(value, str):
         text = value.strip().lower()
-        if _GUID.match(text):
+        if GUID.fullmatch(text):
             return text
     return None
 
