@@ -196,7 +196,8 @@ async def test_entra_auth_reads_and_cordons_through_tls_with_the_clusters_ca(
 async def test_the_setting_names_the_server_id_and_aks_default_otherwise(
         arm: ArmDouble, tls_kube: tuple[Any, str], pki: dict[str, Any]) -> None:
     _, url = tls_kube
-    for kubeconfig_id, setting, want in (("from-kubeconfig", "from-setting", "from-setting"),
+    setting_id = "0b9a3c4e-2f6d-4d7a-9c1e-5a8b7f6e4d3c"  # scale.kube_server_id takes an application id alone
+    for kubeconfig_id, setting, want in (("from-kubeconfig", setting_id, setting_id),
                                          (None, None, AKS_SERVER_ID)):
         arm.kubeconfig = _kubeconfig(url, pki["ca_pem"], server_id=kubeconfig_id)
         credential = IssuingToken()
@@ -305,10 +306,11 @@ async def test_a_token_the_api_server_refuses_or_none_at_all_says_which_settings
     k.audience = "custom-server-id"
     try:
         seen = len(list(k))
-        refused = await read(kube_server_id="wrong-server-id")
-        assert "401" in refused and "wrong-server-id/.default" in refused, refused
+        wrong = "0b9a3c4e-2f6d-4d7a-9c1e-5a8b7f6e4d3c"  # another application than the cluster's
+        refused = await read(kube_server_id=wrong)
+        assert "401" in refused and f"{wrong}/.default" in refused, refused
         assert all(name in refused for name in ("scale.kube_server_id", "scale.authority")), refused
-        assert _bearers(k)[seen:] == ["Bearer aud=wrong-server-id"]  # refused once, not tried again
+        assert _bearers(k)[seen:] == [f"Bearer aud={wrong}"]  # refused once, not tried again
 
         monkeypatch.setenv("IDENTITY_HEADER", "not-the-secret")  # the identity endpoint answers 400
         seen = len(list(k))

@@ -171,8 +171,8 @@ class ScaleSettings(Section):
     )
     kube_server_id: str | None = Field(
         None,
-        description="With kube_auth=entra: application id of AKS's Entra server (token scope "
-        "'<id>/.default'); unset: the --server-id of the cluster's kubeconfig, else AKS's "
+        description="With kube_auth=entra: application id (a GUID) of AKS's Entra server (token scope "
+        "'<id>/.default'); unset or blank: the --server-id of the cluster's kubeconfig, else AKS's "
         "6dae42f8-4368-4678-94ff-3960e28e3630.",
     )
     kube_ca_file: Annotated[str | None, PathSetting(), HomePath] = Field(
@@ -301,6 +301,17 @@ class ScaleSettings(Section):
             return ""  # unset: no pool to scale
         return guid(v, "scale.subscription_id", "the subscription's ID GUID (az account show --query id), "
                     "not its name") or v
+
+    @field_validator("kube_server_id")
+    @classmethod
+    def _server_id(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None  # blank: unset (the kubeconfig's --server-id, else AKS's)
+        # hubpilot asks for '<id>/.default': anything but the application id (a URL, the scope
+        # itself) failed each run's first Kubernetes request, naming no setting
+        return guid(v, "scale.kube_server_id", "the application id GUID of the cluster's Entra server alone (the "
+                    "--server-id of the cluster's kubeconfig; AKS-managed Entra ID: "
+                    "6dae42f8-4368-4678-94ff-3960e28e3630), without /.default, not a URL")
 
     @field_validator("arm_endpoint")
     @classmethod
