@@ -3,9 +3,12 @@ wrong value there otherwise failed every run at its first request, naming no set
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hubpilot.settings import load_settings
+from tests.slapd import Slapd
 from tests.test_settings import clean_env  # noqa: F401 (autouse: no HUBPILOT_ variable, no stray ./hubpilot.toml)
 from tests.test_settings_limits import refusal
 
@@ -37,3 +40,63 @@ def test_a_kube_server_id_that_is_no_application_id_is_refused_naming_it(
     message = refusal(monkeypatch, **{SERVER_ID: value})
     assert "scale.kube_server_id must be the application id GUID" in message, message
     assert f"[env {SERVER_ID}]" in message and AKS in message and "without /.default" in message, message
+
+
+def ldap(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "ldap")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BASE_DN", "dc=example,dc=org")
+    monkeypatch.setenv(LDAP_URL, url)
+
+
+LDAP_URL = "HUBPILOT_DIRECTORY__LDAP__URL"
+
+
+@pytest.mark.parametrize(("value", "loaded"), [
+    # a space after the host went to the name lookup: every sync failed "Name or service not known"
+    ("ldaps://ldap.example.org ", "ldaps://ldap.example.org"),
+    (" ldaps://ldap.example.org\n", "ldaps://ldap.example.org"),
+    # after the port: refused as "the port must be a number", which it was
+    ("ldaps://ldap.example.org:636 \n", "ldaps://ldap.example.org:636"),
+    ("ldaps://ldap.example.org/", "ldaps://ldap.example.org"),
+    ("ldap://[::1]:389", "ldap://[::1]:389"),
+])
+def test_the_ldap_url_loads_as_the_server_alone(monkeypatch: pytest.MonkeyPatch, value: str, loaded: str) -> None:
+    ldap(monkeypatch, value)
+    assert load_settings().directory.ldap.url == loaded  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("value", [
+    # an RFC 4516 URL's DN, attributes, scope or filter: never read (the search base is base_dn)
+    "ldaps://ldap.example.org/dc=example,dc=org",
+    "ldaps://ldap.example.org:636/ou=people,dc=example,dc=org??sub?(objectClass=person)",
+    "ldaps://ldap.example.org/?uid",
+    "ldaps://ldap.example.org#people",
+])
+def test_an_ldap_url_with_more_than_the_server_is_refused_naming_base_dn(
+        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    ldap(monkeypatch, value)
+    message = refusal(monkeypatch)
+    assert "directory.ldap.url must name the server alone" in message and f"[env {LDAP_URL}]" in message, message
+    assert "directory.ldap.base_dn" in message and "ldapBaseDn" in message, message
+
+
+def test_an_ldap_url_with_a_space_inside_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    ldap(monkeypatch, "ldaps://ldap example.org")
+    message = refusal(monkeypatch)
+    assert "directory.ldap.url must be the server's ldap://host[:port]" in message and "ldapUrl" in message, message
+
+
+@pytest.mark.ldap
+async def test_an_ldap_url_copied_with_a_space_after_it_reads_the_server(
+        monkeypatch: pytest.MonkeyPatch, slapd: Slapd, tmp_path: Path) -> None:
+    """Against the session slapd: before, the URL was refused saying its port must be a number
+    (it was: "389 "); without a port, the host was looked up with the space, and every read
+    failed "Name or service not known"."""
+    from hubpilot.adapters.store_sqlite import SqliteStore
+    from hubpilot.wiring import Context, build_directory
+
+    ldap(monkeypatch, f"{slapd.url} \n")
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__LDAP__BASE_DN", "dc=example,dc=com")
+    directory = build_directory(Context(settings=load_settings(), store=SqliteStore(tmp_path / "state.db")))
+    snapshot = await directory.read(["ITD Staff"])
+    assert snapshot.groups["ITD Staff"], snapshot

@@ -36,7 +36,8 @@ class LdapSettings(Section):
     """An LDAP directory (OpenLDAP, 389-ds, Active Directory over LDAP)."""
 
     url: str = Field(description="ldap:// or ldaps:// URL of the server, e.g. ldaps://ldap.example.org; one "
-                     "holding user:password@ is refused (bind_dn and bind_password bind, and the URL is shown in "
+                     "with a DN, attributes or a filter after the host (the search base is base_dn), or "
+                     "holding user:password@, is refused (bind_dn and bind_password bind, and the URL is shown in "
                      "errors and run records).")
     bind_dn: str | None = Field(
         None, description="DN to bind as; anonymous when unset or blank (a bind_password without it is refused).")
@@ -68,9 +69,12 @@ class LdapSettings(Section):
     @field_validator("url")
     @classmethod
     def _server_url(cls, value: str) -> str:
+        # spaces or a line break around it, kept when copied: a space after the host was looked up
+        # as part of its name, and every sync failed "Name or service not known"
+        value = value.strip()
         try:  # the rule the LDAP adapter connects by, said at start rather than at each sync
             parts = urlsplit(value)
-            ok = parts.scheme in ("ldap", "ldaps") and bool(parts.hostname)
+            ok = parts.scheme in ("ldap", "ldaps") and bool(parts.hostname) and not any(c.isspace() for c in value)
         except ValueError:  # e.g. an unclosed [IPv6 address
             ok = False
         if not ok:
@@ -79,7 +83,14 @@ class LdapSettings(Section):
                              "directoryKind = ldap)")
         check_ldap_userinfo(parts)
         check_ldap_port(value, parts)
-        return value
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            # an RFC 4516 URL's DN, attributes, scope and filter: the LDAP client connects to the
+            # host and port alone, and the searches take directory.ldap.base_dn
+            raise ValueError(f"directory.ldap.url must name the server alone, ldap://host[:port] or "
+                             f"ldaps://host[:port] (got {value!r}): hubpilot reads no search base, attributes or "
+                             "filter from it; put the search base in directory.ldap.base_dn "
+                             "(HUBPILOT_DIRECTORY__LDAP__BASE_DN, the Bicep parameter ldapBaseDn)")
+        return value.removesuffix("/")
 
     @field_validator("base_dn", "group_base_dn")
     @classmethod
