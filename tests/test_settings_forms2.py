@@ -100,3 +100,17 @@ async def test_an_ldap_url_copied_with_a_space_after_it_reads_the_server(
     directory = build_directory(Context(settings=load_settings(), store=SqliteStore(tmp_path / "state.db")))
     snapshot = await directory.read(["ITD Staff"])
     assert snapshot.groups["ITD Staff"], snapshot
+
+
+def test_plain_http_is_taken_for_the_loopback_names_the_graph_client_takes_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Graph client sends its token over plain http to 127.0.0.1, localhost and ::1 only and
+    refuses any request to another loopback address ("Only https is supported"): judging loopback
+    by ipaddress (all of 127.0.0.0/8), as the ARM adapter's policy does, would load a Graph URL
+    that fails every sync."""
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "entra")
+    for host in ("127.0.0.1", "localhost", "[::1]"):
+        monkeypatch.setenv("HUBPILOT_DIRECTORY__ENTRA__GRAPH_BASE_URL", f"http://{host}:8080/v1.0")
+        load_settings()
+    monkeypatch.setenv("HUBPILOT_DIRECTORY__ENTRA__GRAPH_BASE_URL", "http://127.0.0.2:8080/v1.0")
+    assert "must use https (plain http is accepted for loopback tests only)" in refusal(monkeypatch)

@@ -81,6 +81,10 @@ def check_account_key(value: SecretStr | None) -> SecretStr | None:
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+"""The hosts plain http is accepted for (loopback tests), by name: the Graph client (kiota's
+AzureIdentityAccessTokenProvider) sends its token over http to these alone, and refuses every
+request to another loopback address (127.0.0.2) with "Only https is supported"; the ARM
+adapter's policy takes all of 127.0.0.0/8, a wider set, so any host allowed here works there."""
 
 
 def no_userinfo(value: str, what: str) -> SplitResult:
