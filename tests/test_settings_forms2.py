@@ -114,3 +114,38 @@ def test_plain_http_is_taken_for_the_loopback_names_the_graph_client_takes_alone
         load_settings()
     monkeypatch.setenv("HUBPILOT_DIRECTORY__ENTRA__GRAPH_BASE_URL", "http://127.0.0.2:8080/v1.0")
     assert "must use https (plain http is accepted for loopback tests only)" in refusal(monkeypatch)
+
+
+@pytest.mark.parametrize(("variable", "value", "loaded"), [
+    ("HUBPILOT_SCALE__ARM_ENDPOINT", "https://management.usgovcloudapi.net \n", "https://management.usgovcloudapi.net"),
+    ("HUBPILOT_DIRECTORY__ENTRA__GRAPH_BASE_URL", " https://graph.microsoft.us/v1.0\n", "https://graph.microsoft.us/v1.0"),
+    ("HUBPILOT_SCALE__KUBE_API_URL", "https://aks1.hcp.westeurope.azmk8s.io:443 \n",
+     "https://aks1.hcp.westeurope.azmk8s.io:443"),
+])
+def test_an_endpoint_copied_with_spaces_around_it_loads_without_them(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str, loaded: str) -> None:
+    """Before, kept as given: the host was looked up with the space and every request failed (the
+    ARM token scope '<endpoint> /.default' was two scopes)."""
+    graph = "GRAPH" in variable
+    if graph:
+        monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "entra")
+    monkeypatch.setenv(variable, value)
+    s = load_settings()
+    got = s.directory.entra.graph_base_url if graph else (  # type: ignore[union-attr]
+        s.scale.arm_endpoint if "ARM" in variable else s.scale.kube_api_url)
+    assert got == loaded
+    assert s.scale.effective_arm_audience.endswith("/.default") and " " not in s.scale.effective_arm_audience
+
+
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    # the Bicep template joins graphEndpoint and /v1.0: a parameter copied with a space after the host
+    ("HUBPILOT_DIRECTORY__ENTRA__GRAPH_BASE_URL", "https://graph.microsoft.us /v1.0", "graphEndpoint"),
+    ("HUBPILOT_SCALE__ARM_ENDPOINT", "https://management.usgov cloudapi.net", "holds a space"),
+    ("HUBPILOT_SCALE__KUBE_API_URL", "https://aks1.hcp.westeurope .azmk8s.io:443", "scale.kube_api_url must be"),
+])
+def test_an_endpoint_with_a_space_inside_is_refused_naming_it(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str, said: str) -> None:
+    if "GRAPH" in variable:
+        monkeypatch.setenv("HUBPILOT_DIRECTORY__KIND", "entra")
+    message = refusal(monkeypatch, **{variable: value})
+    assert said in message and f"[env {variable}]" in message and repr(value) in message, message

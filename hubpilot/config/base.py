@@ -101,13 +101,19 @@ def bearer_url(value: str, what: str, example: str) -> str:
     """An endpoint hubpilot sends a bearer token to with every request: http(s) with a host, plain
     http only on loopback (judged by the URL's host), and no ``user:password@``, which the HTTP
     clients would send as Basic authentication in the token's place, and which every error quoting
-    the URL would carry into the audit log (refused without showing it)."""
-    parts = no_userinfo(value, what)
+    the URL would carry into the audit log (refused without showing it). Spaces or a line break
+    around it, kept when copied, are dropped; one inside (a Bicep parameter copied with a space,
+    then joined to a path) is refused: the host was looked up with it, and every request failed."""
+    text = value.strip()
+    parts = no_userinfo(text, what)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} must be an http(s) URL, e.g. {example} (got {value!r})")
+    if any(c.isspace() for c in text):
+        raise ValueError(f"{what} holds a space or line break (kept when copied?): write the URL alone, e.g. "
+                         f"{example} (got {value!r})")
     if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
         raise ValueError(f"{what} must use https (plain http is accepted for loopback tests only)")
-    return value.rstrip("/")
+    return text.rstrip("/")
 
 
 def authority_url(value: str | None, what: str) -> str | None:

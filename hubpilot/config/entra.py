@@ -168,7 +168,11 @@ class EntraSettings(Section):
     @field_validator("graph_base_url")
     @classmethod
     def _graph(cls, v: str) -> str:
-        url = _http_url(v, "directory.entra.graph_base_url")
+        try:
+            url = _http_url(v, "directory.entra.graph_base_url")
+        except ValueError as exc:
+            raise ValueError(f"{exc} (the Bicep parameter graphEndpoint is the host alone, e.g. "
+                             "https://graph.microsoft.us, and gets /v1.0 appended)") from None
         # the SDK appends the resource (/groups/delta) to this URL: it must end with the API
         # version, once (infra/bicep's graphEndpoint is the host alone and gets /v1.0 appended)
         parts = urlsplit(url)

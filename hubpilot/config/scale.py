@@ -302,6 +302,12 @@ class ScaleSettings(Section):
         return guid(v, "scale.subscription_id", "the subscription's ID GUID (az account show --query id), "
                     "not its name") or v
 
+    @field_validator("kube_api_url")
+    @classmethod
+    def _api_url(cls, v: str | None) -> str | None:
+        # spaces or a line break around it, kept when copied: the client looked the host up with them
+        return (v.strip() or None) if v is not None else None
+
     @field_validator("kube_server_id")
     @classmethod
     def _server_id(cls, v: str | None) -> str | None:
@@ -341,7 +347,8 @@ class ScaleSettings(Section):
             )
         if self.kube_api_url:
             parts = no_userinfo(self.kube_api_url, "scale.kube_api_url")
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            if parts.scheme not in ("http", "https") or not parts.hostname \
+                    or any(c.isspace() for c in self.kube_api_url):
                 # without a scheme the Kubernetes client speaks plain http to it (urllib3 warns that
                 # a later release refuses it); another scheme fails every run
                 raise ValueError(f"scale.kube_api_url must be the API server's http(s) URL, e.g. "
