@@ -329,6 +329,11 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
         # node is not ready -- restarting shortly after a scale-up, broken after the join grace
         not_ready = [n for n in observed.cluster.nodes if not n.ready]
         stopped = min(len(not_ready), max(0, len(nodes) - count))
+        if observed.pool.failed:
+            # the failed operation's count is its goal, not the VMs that run: the stopped VMs it was
+            # to start stay stopped (NotReady) -- counted as running machines whose node is broken,
+            # each round would ask for as many more (failing alike), and the cost report bill them
+            stopped = len(not_ready)
         running_not_ready = len(not_ready) - stopped
         booting = max(0, count - (len(nodes) - stopped))
         last_up = observed.memory.rose(count, now)
@@ -458,12 +463,16 @@ def going(observed: Observed, now: datetime) -> frozenset[str]:
 def machines_present(observed: Observed, now: datetime | None) -> int:
     """The pool's machines that exist: its count, but in a failed pool only as many as have nodes
     (the failed operation's count is still the pool's, its machines never created: occupancy's
-    ``missing``); nodes hubpilot removed and still leaving (``going``) are no machines of it."""
+    ``missing``), and in a failed Deallocate pool only as many as have ready nodes (its NotReady
+    nodes are stopped VMs); nodes hubpilot removed and still leaving (``going``) are no machines of it."""
     pool = observed.pool
     if not pool.failed:
         return pool.count
     leaving = going(observed, now) if now is not None else frozenset()
-    return min(pool.count, sum(1 for n in observed.cluster.nodes if n.name not in leaving))
+    # in a Deallocate pool the NotReady nodes are its stopped VMs (occupancy's ``stopped``)
+    dealloc = deallocates(pool)
+    return min(pool.count, sum(1 for n in observed.cluster.nodes if n.name not in leaving
+                               and (n.ready or not dealloc)))
 
 
 def removal_verdict(observed: Observed, now: datetime) -> tuple[dict[str, datetime], bool | None]:
