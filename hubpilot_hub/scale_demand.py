@@ -371,18 +371,25 @@ class ScaleDemand:
             else:
                 gpu, profile = await gpu_spawn(spawner, self.gpu_profiles, self.gpu_resource,
                                                self.resolve_timeout)
-            if not gpu:
-                return
             body = {"user": spawner.user.name, "server": getattr(spawner, "name", "") or "",
-                    "profile": profile}
+                    "profile": profile} if gpu else None
         except Exception as exc:
             # the same configuration error would otherwise log a traceback at every spawn
             if not self._unreadable:
                 log.exception("hubpilot gpu-demand: cannot read the spawner of %s; no signal sent (the "
-                              "next such errors are logged at debug level)", getattr(spawner, "_log_name", "?"))
+                              "next such errors are logged at debug level until a spawner is read again)",
+                              getattr(spawner, "_log_name", "?"))
             else:
                 log.debug("hubpilot gpu-demand: cannot read the spawner: %s", exc)
             self._unreadable += 1
+            return
+        if self._unreadable:
+            # as for failed signals: the next error (a profile service down again, another cause)
+            # is logged in full again, not at debug level for good
+            log.info("hubpilot gpu-demand: the spawner of %s was read again (%d spawn(s) could not be read "
+                     "meanwhile)", getattr(spawner, "_log_name", "?"), self._unreadable)
+            self._unreadable = 0
+        if body is None:
             return
         await self.send(body)
 
