@@ -22,7 +22,7 @@ import uvicorn
 from hubpilot.api.app import create_app
 from hubpilot.api.front import Front
 from hubpilot.api.runs import drain_tasks
-from hubpilot.api.scale_routes import stop_follow_up
+from hubpilot.api.scale_routes import stop_follow_up, stop_taking_follow_ups
 from hubpilot.api.scheduling import (
     ENTRA_SUBSCRIPTIONS,
     Schedule,
@@ -261,13 +261,14 @@ class Server:
 
     def stop(self) -> None:
         """Begin the shutdown: uvicorn stops listening (it answers the requests under way first,
-        a client waiting for its run up to ``api.wait_max_seconds``), and from now no round starts
-        and no hint is taken."""
+        a client waiting for its run up to ``api.wait_max_seconds``), and from now no round starts,
+        no hint is taken and no demand's follow-up run starts."""
         from hubpilot.wiring.entra import stop_taking_hints
 
         self.uvicorn.should_exit = True
         self.scheduler.stop()
         stop_taking_hints(self.ctx)
+        stop_taking_follow_ups(self.ctx)
 
     async def run(self, *, handle_signals: bool = False) -> None:
         """Serve until :meth:`stop` (or, with ``handle_signals``, SIGINT/SIGTERM/SIGHUP: a closed

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,6 +39,9 @@ router = APIRouter(tags=["scale"])
 FOLLOW_UP_POLL_SECONDS = 0.2
 _follow_ups: dict[int, asyncio.Task[None]] = {}  # by id(ctx): at most one waiting per process
 _follow_up_until: dict[int, datetime] = {}  # by id(ctx): until when it waits (the last demand's wait)
+_stopping: set[int] = set()  # id(ctx) of a process whose shutdown has begun: no follow-up run starts
+NOT_STARTED = ("hubpilot is stopping: the follow-up scale run that waited for the lock is not started; its demands "
+               "are recorded and count in the next scale run")
 
 
 async def _follow_up(ctx: Context, actor: str, limit: float) -> None:
@@ -48,8 +52,11 @@ async def _follow_up(ctx: Context, actor: str, limit: float) -> None:
     try:
         while ctx.clock() < _follow_up_until.get(id(ctx), ctx.clock()):
             await asyncio.sleep(FOLLOW_UP_POLL_SECONDS)
-            if await ctx.store.read_lock("scale", ctx.clock()) is not None:
+            if id(ctx) not in _stopping and await ctx.store.read_lock("scale", ctx.clock()) is not None:
                 continue
+            if id(ctx) in _stopping:  # the signal came (uvicorn still answers the requests under way)
+                log.info(NOT_STARTED)
+                return
             # shielded: a shutdown's cancellation in the midst of its store writes would leave the
             # run's reservation behind with no run to take it (every other start refused until it expires)
             starting = asyncio.ensure_future(start_run(ctx, "scale", trigger="demand", actor=actor))
@@ -69,8 +76,7 @@ async def _follow_up(ctx: Context, actor: str, limit: float) -> None:
             log.info("hubpilot is stopping: the follow-up scale run %s for a demand had just started; it has the "
                      "shutdown grace as the runs under way do", started)
         else:
-            log.info("hubpilot is stopping: the follow-up scale run that waited for the lock is not started; its "
-                     "demands are recorded and count in the next scale run")
+            log.info(NOT_STARTED)
         raise
     except Exception:  # a follow-up is an optimisation: the timer run picks the demand up anyway
         log.exception("follow-up scale run for a demand signal failed")
@@ -80,7 +86,7 @@ async def _follow_up(ctx: Context, actor: str, limit: float) -> None:
 
 
 def _schedule_follow_up(ctx: Context, actor: str) -> bool:
-    if ctx.settings.api.run_mode != "inprocess":
+    if ctx.settings.api.run_mode != "inprocess" or id(ctx) in _stopping:
         return False
     limit = ctx.settings.scale.lro_wait_seconds + 60
     # from now: a demand the waiting follow-up covers gets the whole wait too
@@ -91,15 +97,31 @@ def _schedule_follow_up(ctx: Context, actor: str) -> bool:
     return True
 
 
+def stop_taking_follow_ups(ctx: Context) -> None:
+    """Shutdown has begun (the signal): from now no follow-up run starts for this context, the one
+    waiting for the lock gives up at its next look, and a demand still answered schedules none."""
+    if id(ctx) not in _stopping:
+        _stopping.add(id(ctx))
+        weakref.finalize(ctx, _stopping.discard, id(ctx))
+
+
 async def stop_follow_up(ctx: Context) -> None:
-    """Give up the follow-up waiting for this context's lock (shutdown: no new run starts then; a
-    run it has started already is a run like any other, drained or cancelled with them)."""
+    """Give up the follow-up waiting for this context's lock (shutdown, once no request is answered
+    any more: no new run starts then; a run it has started already is a run like any other, drained
+    or cancelled with them). The context takes follow-ups again after it (a context used on)."""
+    stop_taking_follow_ups(ctx)
     task = _follow_ups.get(id(ctx))
-    if task is None or task.done():
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    try:
+        if task is None or task.done():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        _stopping.discard(id(ctx))
+        if task is not None and _follow_ups.get(id(ctx)) is task:  # cancelled before it ran: its finally did not
+            _follow_ups.pop(id(ctx), None)
+            _follow_up_until.pop(id(ctx), None)
 
 
 async def drain_follow_ups() -> None:
