@@ -563,8 +563,10 @@ class Runner(Generic[ObservedT]):
                     at = self.clock().isoformat()
                     await self.store.put(key, {"paused": True, "by": actor, "at": at},
                                          if_match=current[1] if current else "")
-                else:
-                    await self.store.delete(key, if_match=current[1] if current else None)
+                elif current is not None:
+                    # a flag written down, not deleted: a conditional delete of a document already gone
+                    # is no error, and two resumes at once would both have said so and been audited
+                    await self.store.put(key, {"paused": False}, if_match=current[1])
             except ConflictError:  # another pause or resume got there first: read it again
                 continue
             break
