@@ -154,14 +154,19 @@ TIMERS = {"sync": "sync_timer", "cull": "cull_timer", "scale": "scale_timer",
 
 def disabled_timers(environ: Mapping[str, str]) -> dict[str, str]:
     """The schedules whose timer the host does not fire: switched off with the app setting
-    ``AzureWebJobs.<function>.Disabled`` = true (what the portal's Disable button sets; the
-    ``AzureWebJobs__<function>__Disabled`` form too), schedule name → why (GET /status)."""
+    ``AzureWebJobs.<function>.Disabled`` (what the portal's Disable button sets) read as the host
+    reads it, schedule name → why (GET /status). The host looks the setting up in its .NET
+    configuration: its name in any case, and as ``AzureWebJobs_<function>_Disabled`` too (Linux
+    passes app settings as environment variables, a dot as '_'); ``__`` there means ':' (another
+    name, which the host does not read). It takes "true" or "1" in any case, as given (no spaces)."""
+    names = {name.lower(): name for name in environ}
     out = {}
     for schedule, fn in TIMERS.items():
-        for name in (f"AzureWebJobs.{fn}.Disabled", f"AzureWebJobs__{fn}__Disabled"):
-            if environ.get(name, "").strip().lower() in ("true", "1"):
+        for key in (f"AzureWebJobs.{fn}.Disabled", f"AzureWebJobs_{fn}_Disabled"):
+            name = names.get(key.lower())
+            if name is not None and environ[name].lower() in ("true", "1"):
                 out[schedule] = (f"the Functions host does not fire its timer {fn}: the app setting {name} is "
-                                 f"{environ[name].strip()!r} (the portal's Disable button sets it); remove it or set "
+                                 f"{environ[name]!r} (the portal's Disable button sets it); remove it or set "
                                  "it to false to enable the timer")
                 break
     return out

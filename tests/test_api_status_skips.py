@@ -144,17 +144,17 @@ async def test_the_functions_host_shows_a_timer_switched_off_by_its_disabled_set
         make: Callable[[dict[str, Any]], Context], monkeypatch: pytest.MonkeyPatch) -> None:
     """The portal's Disable button sets AzureWebJobs.<function>.Disabled: the host does not fire
     that timer. GET /status on the Functions app says so for that schedule (not fired here, skipped
-    naming the setting) and for no other; the double-underscore form counts too."""
+    naming the setting) and for no other; the name as Linux passes it (a dot as '_') counts too."""
 
 
     monkeypatch.setenv("AzureWebJobs.cull_timer.Disabled", "True")
-    monkeypatch.setenv("AzureWebJobs__sync_timer__Disabled", "1")
+    monkeypatch.setenv("AzureWebJobs_sync_timer_Disabled", "1")
     monkeypatch.setenv("AzureWebJobs.scale_timer.Disabled", "false")
     body = await _status_on_functions(make(CASES["everything configured"][0]))  # no schedule skipped by settings
     by_fn = {s["name"]: s for s in body["schedules"]}
     assert by_fn["cull"]["fired_here"] is False and "AzureWebJobs.cull_timer.Disabled is 'True'" in \
         by_fn["cull"]["skipped"], by_fn["cull"]
-    assert by_fn["sync"]["fired_here"] is False and "AzureWebJobs__sync_timer__Disabled" in by_fn["sync"]["skipped"]
+    assert by_fn["sync"]["fired_here"] is False and "AzureWebJobs_sync_timer_Disabled" in by_fn["sync"]["skipped"]
     assert by_fn["scale"]["fired_here"] is True and by_fn["scale"]["skipped"] is None  # "false": enabled
 
 
