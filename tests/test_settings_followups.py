@@ -105,8 +105,7 @@ def test_an_azure_state_store_without_an_account_is_refused(monkeypatch: pytest.
     ("azure_table_prefix", "hub-pilot"), ("azure_table_prefix", "1hub"), ("azure_table_prefix", "h" * 58),
     ("azure_container", "Hub_State"), ("azure_container", "hub--state"), ("azure_container", "hs"),
     ("azure_container", "-hubstate"), ("azure_account_name", "St-Hubpilot"), ("azure_account_name", "st"),
-    ("azure_account_name", "sthubpilot1\n"),  # kept from the file or secret it was read from
-])
+])  # an account name with a line break after it loads without it (tests/test_settings_forms3.py)
 def test_azure_store_names_azure_refuses_are_refused_at_load(monkeypatch: pytest.MonkeyPatch, name: str,
                                                              value: str) -> None:
     """A table prefix, container or account name Azure Storage refuses was accepted, and every

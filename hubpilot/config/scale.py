@@ -17,6 +17,7 @@ from hubpilot.config.base import (
     PathSetting,
     Section,
     authority_url,
+    azure_name,
     bearer_url,
     guid,
     no_userinfo,
@@ -301,6 +302,21 @@ class ScaleSettings(Section):
             return ""  # unset: no pool to scale
         return guid(v, "scale.subscription_id", "the subscription's ID GUID (az account show --query id), "
                     "not its name") or v
+
+    @field_validator("resource_group")
+    @classmethod
+    def _resource_group(cls, v: str) -> str:
+        return azure_name(v, "scale.resource_group", "'rg-hub'", "aksResourceGroupName")
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, v: str) -> str:
+        return azure_name(v, "scale.cluster", "'aks-hub'", "aksClusterName")
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, v: str) -> str:
+        return azure_name(v, "scale.pool", "'gpu'", "gpuPool")
 
     @field_validator("kube_api_url")
     @classmethod

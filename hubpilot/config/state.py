@@ -86,6 +86,8 @@ class StateSettings(Section):
     @field_validator("azure_account_name")
     @classmethod
     def _account_name(cls, v: str | None) -> str | None:
+        # spaces or a line break around it, kept when copied: the store's host was looked up with them
+        v = (v.strip() or None) if v is not None else None
         if v and not AZURE_ACCOUNT.fullmatch(v):
             raise ValueError("is no storage account name: use its 3-24 lowercase letters and digits, e.g. "
                              "'sthubpilot1' (the account's name, not its URL)")
