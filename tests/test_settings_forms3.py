@@ -52,3 +52,21 @@ def test_a_storage_account_name_copied_with_a_line_break_after_it_loads_without_
     assert load_settings().state.azure_account_name == "sthubpilot1"
     message = refusal(monkeypatch, HUBPILOT_STATE__AZURE_ACCOUNT_NAME="  ")
     assert "neither state.azure_connection_string nor state.azure_account_name is set" in message, message
+
+
+def test_the_hubs_namespace_copied_with_a_line_break_after_it_loads_without_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept as given, the user pods were listed in a namespace that cannot exist: none, and each
+    GPU node looked empty to the scale plan."""
+    monkeypatch.setenv("HUBPILOT_SCALE__NAMESPACE", " jhub\n")
+    assert load_settings().scale.namespace == "jhub"
+
+
+@pytest.mark.parametrize("value", ["j hub", "JHub", "jhub_users", "-jhub", "", "j" * 64])
+def test_a_namespace_no_kubernetes_namespace_can_have_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch,
+                                                                           value: str) -> None:
+    message = refusal(monkeypatch, HUBPILOT_SCALE__NAMESPACE=value)
+    assert "scale.namespace (the Bicep parameter hubNamespace) is no Kubernetes namespace name" in message, message
+    assert "[env HUBPILOT_SCALE__NAMESPACE]" in message and repr(value) in message, message
+    monkeypatch.setenv("HUBPILOT_SCALE__NAMESPACE", "jhub-2")
+    assert load_settings().scale.namespace == "jhub-2"

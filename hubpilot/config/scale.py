@@ -26,6 +26,8 @@ from hubpilot.config.base import (
 from hubpilot.ports.cluster import parse_selector
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+"""A Kubernetes namespace's name (an RFC 1123 label)."""
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 
 
@@ -317,6 +319,17 @@ class ScaleSettings(Section):
     @classmethod
     def _pool(cls, v: str) -> str:
         return azure_name(v, "scale.pool", "'gpu'", "gpuPool")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        # no namespace has another name: its pods were listed as none, and each GPU node looked empty
+        text = v.strip()
+        if not _NAMESPACE.fullmatch(text):
+            raise ValueError("scale.namespace (the Bicep parameter hubNamespace) is no Kubernetes namespace name: "
+                             "write the hub's namespace alone, 1-63 lowercase letters, digits and '-', starting and "
+                             f"ending with a letter or digit, e.g. 'jhub' (got {v!r})")
+        return text
 
     @field_validator("kube_api_url")
     @classmethod
