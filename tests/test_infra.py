@@ -766,3 +766,17 @@ def test_without_scaling_the_docs_do_not_promise_a_manual_scale_run(parsed: dict
                if line.startswith("| without `scaleEnabled`"))
     assert "still runs" not in row and "still runs by hand" not in (BICEP_DIR / "main.bicep").read_text()
     assert re.search(r"`POST /api/v1/scale` [^|]*(cluster|scaleEnabled)", row), row
+
+
+def test_every_bicep_parameter_a_settings_error_names_is_one_of_main_bicep(parsed: dict[str, Any]) -> None:
+    """A refused setting names the Bicep parameter that sets it; a name that is no parameter (a
+    variable of the template, a misspelling) sends the user looking for what does not exist."""
+    params = set(_file(parsed, "main.bicep")["parameters"])
+    named: set[str] = set()
+    for path in (ROOT / "hubpilot").rglob("*.py"):
+        text = path.read_text()
+        # camelCase words after "Bicep parameter", and azure_name(...)'s Bicep argument
+        named |= set(re.findall(r"Bicep parameters? ([a-z]+[A-Z][A-Za-z0-9]*)", text))
+        named |= set(re.findall(r'azure_name\([^()]*?,\s*"([A-Za-z0-9]+)"\)', text))
+    assert len(named) >= 6, named
+    assert sorted(named - params) == []

@@ -33,7 +33,7 @@ def test_a_blank_resource_group_is_unset_and_scale_enabled_says_so(monkeypatch: 
 
 
 @pytest.mark.parametrize(("variable", "value", "said"), [
-    ("HUBPILOT_SCALE__RESOURCE_GROUP", "rg hub", "scale.resource_group (the Bicep parameter aksResourceGroupName)"),
+    ("HUBPILOT_SCALE__RESOURCE_GROUP", "rg hub", "scale.resource_group (the Bicep parameter aksResourceGroup)"),
     ("HUBPILOT_SCALE__CLUSTER", "aks\nhub", "scale.cluster (the Bicep parameter aksClusterName)"),
     ("HUBPILOT_SCALE__POOL", "gpu pool", "scale.pool (the Bicep parameter gpuPool)"),
 ])

@@ -308,7 +308,7 @@ class ScaleSettings(Section):
     @field_validator("resource_group")
     @classmethod
     def _resource_group(cls, v: str) -> str:
-        return azure_name(v, "scale.resource_group", "'rg-hub'", "aksResourceGroupName")
+        return azure_name(v, "scale.resource_group", "'rg-hub'", "aksResourceGroup")
 
     @field_validator("cluster")
     @classmethod
