@@ -86,7 +86,9 @@ def test_scale_memory_of_every_shape_loads() -> None:
                                "last_down": None})
     assert oldest.count is None and oldest.removed == {} and oldest.vm_kept is None
     newer = Memory.from_json({"empty_since": {}, "count": 3, "removed": {}, "vm_kept": True, "next": {"a": 1}})
-    assert newer.count == 3 and newer.vm_kept is True
+    assert newer.count == 3 and newer.vm_kept is True and newer.short_since is None
+    short = Memory.from_json({"short_since": NAIVE})  # read as UTC, like the other times
+    assert short.short_since is not None and NOW - short.short_since == timedelta(days=5)
     naive = Memory.from_json({"empty_since": {"n1": NAIVE}, "last_up": NAIVE, "removed": {"n2": NAIVE}})
     # plan subtracts these from an aware now
     assert NOW - naive.empty_since["n1"] == NOW - naive.removed["n2"] == timedelta(days=5)
@@ -95,7 +97,7 @@ def test_scale_memory_of_every_shape_loads() -> None:
 
 @pytest.mark.parametrize("doc", [
     {"empty_since": []}, {"empty_since": {"n1": 5}}, {"last_up": "soon"}, {"count": "x"},
-    {"count": 2.5}, {"removed": "n1"},
+    {"count": 2.5}, {"removed": "n1"}, {"short_since": "soon"},
 ])
 def test_damaged_scale_memory_says_what_to_do(doc: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"scale memory is damaged.*delete it"):

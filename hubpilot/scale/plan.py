@@ -73,6 +73,9 @@ class Memory:
     # VMs (the node stays registered) or deleted them (the node goes); and the last such verdict
     removed: Mapping[str, datetime] = field(default_factory=dict)
     vm_kept: bool | None = None
+    # when a round first found machines of the count without a node, the pool running and its last
+    # operation done (None: none such at the last observation): after the join grace they are unregistered
+    short_since: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +86,7 @@ class Memory:
             "count_rose": self.count_rose.isoformat() if self.count_rose else None,
             "removed": {k: v.isoformat() for k, v in sorted(self.removed.items())},
             "vm_kept": self.vm_kept,
+            "short_since": self.short_since.isoformat() if self.short_since else None,
         }
 
     @classmethod
@@ -112,6 +116,7 @@ class Memory:
                 count_rose=stored_time(data.get("count_rose"), "'count_rose'"),
                 removed=times("removed"),
                 vm_kept=data.get("vm_kept") if isinstance(data.get("vm_kept"), bool) else None,
+                short_since=stored_time(data.get("short_since"), "'short_since'"),
             )
         except (ValueError, TypeError, AttributeError) as exc:
             raise ValueError(
@@ -174,6 +179,11 @@ class Occupancy:
     stopped: int = 0  # stopped VMs of a Deallocate pool: their nodes stay registered, NotReady
     broken: int = 0  # (Deallocate) machines in the count whose nodes stay NotReady past the join grace
     missing: int = 0  # machines in the count of a failed pool whose operation never created them
+    # machines in the count of a pool whose last operation succeeded that have had no node longer than
+    # the join grace (a kubelet that never joined, a node deleted while its VM runs): no capacity, and
+    # not on their way either (counted as booting, they would hold scale-ups and scale-downs for ever)
+    unregistered: int = 0
+    short: int = 0  # machines in the count without a node (booting or unregistered; not a failed pool's)
     # empty nodes on their way out (deletionTimestamp, the cluster autoscaler's removal mark), by
     # why: no capacity, no node to replace (their machines leave the count), never removed or uncordoned
     leaving: Mapping[str, str] = field(default_factory=dict)
@@ -356,6 +366,15 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
         # not on their way (Azure/AKS#671); only nodes that joined and are not ready yet may be
         missing = min(booting, max(0, count - (len(nodes) - stopped)))
         booting -= missing
+    short = max(0, count - (len(nodes) - stopped)) if not observed.pool.failed else 0
+    unregistered = 0
+    if short and observed.memory.short_since is not None:
+        # the clock starts at the first round that found them (as an empty node's idle clock), and
+        # again at each rise of the count: a machine added since is booting for the join grace
+        since = max(t for t in (observed.memory.short_since, observed.memory.rose(count, now)) if t is not None)
+        if now - since > join_grace:
+            unregistered = min(booting, short)
+            booting -= unregistered
     return Occupancy(
         busy=frozenset(busy),
         empty=frozenset(empty - set(leaving)),
@@ -365,6 +384,8 @@ def occupancy(observed: Observed, now: datetime, ttl: timedelta, join_grace: tim
         stopped=stopped,
         broken=broken,
         missing=missing,
+        unregistered=unregistered,
+        short=short,
         leaving=leaving,
         leaving_stopped=leaving_stopped,
         blocked=blocked,
@@ -442,8 +463,11 @@ def next_memory(observed: Observed, occ: Occupancy, now: datetime) -> Memory:
     since = {n: prev.get(n, now) for n in sorted(occ.empty | set(occ.leaving))}
     m = observed.memory
     watching, kept = removal_verdict(observed, now)
-    return Memory(since, m.last_up, m.last_down, observed.pool.count, m.count_rose_at(observed.pool.count, now),
-                  watching, kept)
+    pool = observed.pool
+    # machines without a node are timed only while the pool runs and no operation is under way on it
+    short = occ.short and pool.power_state.lower() == "running" and not pool.busy
+    return Memory(since, m.last_up, m.last_down, pool.count, m.count_rose_at(pool.count, now),
+                  watching, kept, (m.short_since or now) if short else None)
 
 
 # a stopped VM's node stays registered; a deleted VM's node is gone within a minute or two
@@ -549,7 +573,15 @@ def desired_nodes(observed: Observed, occ: Occupancy, policy: Policy, now: datet
                    f"{_minutes(policy.join_grace)} min after they became Ready (device plugin not "
                    f"registered, or its GPU unhealthy): {', '.join(occ.no_gpu)}"
                    + ("; one node more" if no_gpu else ""))
-    wanted = need + spare + len(unusable) + occ.broken + no_gpu
+    # a machine of the count without a node past the join grace is no capacity: as for a node
+    # without GPUs, one node more while a server waits or a spare is wanted -- one at most: where
+    # no new VM joins (a bootstrap that fails on every VM), one a round would be booted up to max_nodes
+    unregistered = 1 if occ.unregistered and (occ.pending or spare) else 0
+    if occ.unregistered:
+        why.append(f"{occ.unregistered} machine(s) of the count still without a node "
+                   f"{_minutes(policy.join_grace)} min after they were first seen"
+                   + ("; one node more" if unregistered else ""))
+    wanted = need + spare + len(unusable) + occ.broken + no_gpu + unregistered
     wanted = max(wanted, warm.min_nodes, policy.min_nodes)
     ceiling = policy.max_nodes
     if observed.pool.autoscaling and observed.pool.max_count is not None:
@@ -607,6 +639,13 @@ def plan_scale(observed: Observed, policy: Policy, now: datetime) -> Plan:
         "pending": sorted(occ.pending), "booting": occ.booting, "why": why,
         "memory": memory.to_json(), "scale_down_mode": pool.scale_down_mode or "Delete",
     }
+    if occ.unregistered:
+        facts["unregistered"] = occ.unregistered
+        notes.append(
+            f"pool {pool.name}: {occ.unregistered} machine(s) of its count {pool.count} have had no Kubernetes "
+            f"node for more than {_minutes(policy.join_grace)} min (a kubelet that never joined, or a node "
+            "deleted while its VM runs): no capacity, and billed while the VM runs; hubpilot cannot name "
+            "them for removal: delete them (az aks machine list, az aks nodepool delete-machines)")
     if occ.missing:
         facts["missing"] = occ.missing
         why.append(f"{occ.missing} machine(s) of the count never created: the pool's last operation "
