@@ -343,7 +343,9 @@ async def test_a_spawner_it_cannot_read_is_logged_once(demand_log: pytest.LogCap
     assert part.sent == []
 
 
-_HANGING_PROFILE_LIST = """
+# a stand-in for KubeSpawner (the hub config's template: .format(record=...)) whose start()
+# records the start timeout it got and fails
+RECORDING_KUBESPAWNER = """
 import asyncio, json, pathlib
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Any
@@ -357,7 +359,9 @@ class KubeSpawner(SimpleLocalProcessSpawner):
         # KubeSpawner calls profile_list in start(), which JupyterHub bounds by start_timeout
         RECORD.write_text(json.dumps({{"start_timeout": self.start_timeout}}))
         raise RuntimeError("no GPU node in this test")
+"""
 
+_HANGING_PROFILE_LIST = RECORDING_KUBESPAWNER + """
 async def _profiles(spawner):  # a profile service that does not answer
     await asyncio.sleep(3600)
     return []

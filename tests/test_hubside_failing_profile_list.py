@@ -13,23 +13,9 @@ import pytest
 
 from tests.fixtures.hub import unique_name
 from tests.realhub import RealHub
-from tests.test_hubside_demand import _Hubpilot, _until, _users
+from tests.test_hubside_demand import RECORDING_KUBESPAWNER, _Hubpilot, _until, _users
 
-_FAILING_PROFILE_LIST = """
-import json, pathlib
-from jupyterhub.spawner import SimpleLocalProcessSpawner
-from traitlets import Any
-
-RECORD = pathlib.Path({record!r})
-
-class KubeSpawner(SimpleLocalProcessSpawner):
-    profile_list = Any(config=True)
-
-    async def start(self):
-        # KubeSpawner calls profile_list in start(): here it is only recorded what start() got
-        RECORD.write_text(json.dumps({{"start_timeout": self.start_timeout}}))
-        raise RuntimeError("no GPU node in this test")
-
+_FAILING_PROFILE_LIST = RECORDING_KUBESPAWNER + """
 {callable_def}
 
 c.JupyterHub.spawner_class = KubeSpawner

@@ -775,8 +775,10 @@ def test_every_bicep_parameter_a_settings_error_names_is_one_of_main_bicep(parse
     named: set[str] = set()
     for path in (ROOT / "hubpilot").rglob("*.py"):
         text = path.read_text()
-        # camelCase words after "Bicep parameter", and azure_name(...)'s Bicep argument
+        # camelCase words after "Bicep parameter"
         named |= set(re.findall(r"Bicep parameters? ([a-z]+[A-Z][A-Za-z0-9]*)", text))
-        named |= set(re.findall(r'azure_name\([^()]*?,\s*"([A-Za-z0-9]+)"\)', text))
+    from hubpilot.config.scale import AZURE_NAMES
+
+    named |= {bicep for _, bicep in AZURE_NAMES.values()}
     assert len(named) >= 6, named
     assert sorted(named - params) == []

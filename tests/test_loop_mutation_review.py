@@ -32,6 +32,7 @@ from hubpilot.loop import (
 from hubpilot.ports.hub import HubError, HubUnreachable
 from hubpilot.ports.store import Lease, StoreError
 from tests.test_loop import NOW, Shelf, runner
+from tests.test_loop_resume_race import BothRead
 from tests.test_loop_run_redelivery import Held
 
 
@@ -127,30 +128,11 @@ async def test_a_run_cancelled_while_the_store_takes_its_lock_leaves_it_free(tmp
         await store.close()
 
 
-class BothRead(SqliteStore):
-    """The first two reads of a pause flag return only once both were made (two admins pausing at
-    once, on two instances)."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self.reads = 0
-        self.both = asyncio.Event()
-
-    async def get_with_etag(self, key: str) -> tuple[dict[str, Any], str] | None:
-        got = await super().get_with_etag(key)
-        if key.startswith("paused/") and self.reads < 2:
-            self.reads += 1
-            if self.reads == 2:
-                self.both.set()
-            await asyncio.wait_for(self.both.wait(), 30)
-        return got
-
-
 async def test_two_pauses_at_once_pause_once_and_audit_once(tmp_path: Path) -> None:
     """Both read the flag unset; the write of one of them loses, reads it again and finds the
     operation paused: one pause, by whoever's write won, one audit entry. (Unnoticed before: the
     pause written without its condition, the second overwriting who paused and both audited.)"""
-    store = BothRead(str(tmp_path / "state.sqlite3"))
+    store = BothRead(SqliteStore(str(tmp_path / "state.sqlite3")))
     try:
         r = runner(store)
         alice, bob = await asyncio.gather(r.set_paused("shelf", True, "alice"),

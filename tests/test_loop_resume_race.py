@@ -4,24 +4,19 @@ both state stores: one resumes it, the other is told it was not paused; one audi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.loop import Runner
 from hubpilot.ports.store import StateStore
 from tests.test_loop import NOW
-from tests.test_store import azure_store
+from tests.test_store import store  # noqa: F401  (the fixture: SQLite and Azurite)
 
 
 class BothRead:
     """The store, but the first two reads of a pause flag return only once both were made."""
 
-    def __init__(self, store: StateStore) -> None:
-        self._store = store
+    def __init__(self, inner: StateStore) -> None:
+        self._store = inner
         self.reads = 0
         self.both = asyncio.Event()
 
@@ -38,20 +33,7 @@ class BothRead:
         return got
 
 
-@pytest.fixture(params=["sqlite", pytest.param("azure", marks=pytest.mark.azurite)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
-    s: StateStore
-    if request.param == "sqlite":
-        s = SqliteStore(tmp_path / "state.sqlite3")
-    else:
-        s = azure_store(request.getfixturevalue("azurite"))
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-async def test_two_resumes_at_once_resume_once_and_audit_once(store: StateStore) -> None:
+async def test_two_resumes_at_once_resume_once_and_audit_once(store: StateStore) -> None:  # noqa: F811
     """Both read the flag set; the write of one of them loses, reads it again and finds the
     operation resumed. (Before: the resume deleted the flag, a delete of a document already gone is
     no error, and both said "resumed" and wrote an audit entry.)"""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -15,15 +14,7 @@ from hubpilot.api.runs import drain_tasks
 from hubpilot.api.scale_routes import FOLLOW_UP_POLL_SECONDS, stop_follow_up, stop_taking_follow_ups
 from hubpilot.serve import Server
 from tests.test_api_kit import TOKENS, asgi_client, make_context
-
-
-async def _until(cond: Any, what: str) -> None:
-    for _ in range(400):
-        if cond():
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"never happened: {what}")
-
+from tests.test_serve import _until
 
 ADMIN = {"Authorization": f"Bearer {TOKENS['admin']}"}
 HUB = {"Authorization": f"Bearer {TOKENS['hub']}"}

@@ -28,6 +28,9 @@ from hubpilot.ports.cluster import parse_selector
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 """A Kubernetes namespace's name (an RFC 1123 label)."""
+# the settings that name an Azure resource: an example, and the Bicep parameter that sets it
+AZURE_NAMES = {"resource_group": ("'rg-hub'", "aksResourceGroup"), "cluster": ("'aks-hub'", "aksClusterName"),
+               "pool": ("'gpu'", "gpuPool")}
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 
 
@@ -305,20 +308,11 @@ class ScaleSettings(Section):
         return guid(v, "scale.subscription_id", "the subscription's ID GUID (az account show --query id), "
                     "not its name") or v
 
-    @field_validator("resource_group")
+    @field_validator("resource_group", "cluster", "pool")
     @classmethod
-    def _resource_group(cls, v: str) -> str:
-        return azure_name(v, "scale.resource_group", "'rg-hub'", "aksResourceGroup")
-
-    @field_validator("cluster")
-    @classmethod
-    def _cluster(cls, v: str) -> str:
-        return azure_name(v, "scale.cluster", "'aks-hub'", "aksClusterName")
-
-    @field_validator("pool")
-    @classmethod
-    def _pool(cls, v: str) -> str:
-        return azure_name(v, "scale.pool", "'gpu'", "gpuPool")
+    def _azure_name(cls, v: str, info: ValidationInfo) -> str:
+        example, bicep = AZURE_NAMES[str(info.field_name)]
+        return azure_name(v, f"scale.{info.field_name}", example, bicep)
 
     @field_validator("namespace")
     @classmethod
