@@ -56,15 +56,24 @@ def _covers(w: WarmWindow, local: datetime, holidays: frozenset[date]) -> bool:
     start, end = parse_hhmm(w.start), parse_hhmm(w.end)
     t = local.time().replace(tzinfo=None)
     today = local.date()
-    if start < end or end == time.max:
-        return today.weekday() in days and today not in holidays and start <= t < end
-    if start == end:  # all day
-        return today.weekday() in days and today not in holidays
-    # runs past midnight: belongs to the day it starts on
-    if t >= start:
-        return today.weekday() in days and today not in holidays
-    if t < end:
-        yesterday = today - timedelta(days=1)
-        return yesterday.weekday() in days and yesterday not in holidays
-    return False
 
+    def on(day: date) -> bool:
+        return day.weekday() in days and day not in holidays
+
+    if start == end:  # all day
+        return on(today)
+    # the hour that comes twice when daylight saving ends is inside a window from the first pass of
+    # its start to the second pass of its end, so the window is one stretch, not off and on again
+    begun = t >= start or (local.fold == 1 and _twice(today, start, local))
+    ended = t >= end and not (local.fold == 0 and _twice(today, t, local) and _twice(today, end, local))
+    if start < end or end == time.max:
+        return on(today) and begun and not ended
+    # runs past midnight: belongs to the day it starts on
+    return (begun and on(today)) or (not ended and on(today - timedelta(days=1)))
+
+
+def _twice(day: date, wall: time, local: datetime) -> bool:
+    """Whether the wall-clock time ``wall`` comes twice on ``day`` (in the hour daylight saving ends)."""
+    first = datetime.combine(day, wall, tzinfo=local.tzinfo)
+    before, after = first.utcoffset(), first.replace(fold=1).utcoffset()
+    return before is not None and after is not None and before > after
