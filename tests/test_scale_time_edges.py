@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
-from hubpilot.config.scale import WarmWindow
+from hubpilot.config.scale import ScaleSettings, WarmWindow
 from hubpilot.scale import Forecast, ForecastPolicy, Schedule
 from hubpilot.scale.forecast import bucket, forecast_spare, learn
 
@@ -132,3 +133,22 @@ def test_a_forecast_moved_to_a_zone_half_an_hour_off_starts_its_spare_half_an_ho
     # the spare is up from the local hour that holds 08:00 UTC (that began half an hour before)
     spare_at = [forecast_spare(f, later + timedelta(hours=7, minutes=m), moved)[0] for m in (25, 35, 65, 95)]
     assert spare_at == [0, 1, 1, 0]
+
+
+# --- holidays as written in the settings ----------------------------------------------------------
+
+@pytest.mark.parametrize("entry", ["2026-12-24..2026-12-31", "2026-12-24/2026-12-31", "24.12.2026", "2026/12/24",
+                                   "2026-02-30", "2026-12-24T10:00", "christmas", ""])
+def test_a_holiday_that_is_no_single_date_is_refused_saying_how_to_write_it(entry: str) -> None:
+    with pytest.raises(ValidationError, match=r"holidays\n  Value error, '.*' is no date; "
+                       r"write each day as YYYY-MM-DD, "
+                       r"e.g. holidays = \[\"2026-12-24\", \"2026-12-25\"\] \(a range day by day\)"):
+        ScaleSettings(holidays=["2026-12-23", entry])
+
+
+def test_holidays_with_spaces_twice_or_as_toml_dates_are_the_days_they_name() -> None:
+    s = ScaleSettings(holidays=[" 2026-12-24", "2026-12-24 ", date(2026, 12, 25)])
+    assert s.holidays == [date(2026, 12, 24), date(2026, 12, 24), date(2026, 12, 25)]
+    schedule = Schedule.of([WarmWindow(days="mon-sun", start="00:00", end="24:00")], "UTC", s.holidays)
+    assert not active(schedule, 2026, 12, 24, 12, 0) and not active(schedule, 2026, 12, 25, 12, 0)
+    assert active(schedule, 2026, 12, 26, 12, 0)

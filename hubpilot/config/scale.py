@@ -25,6 +25,7 @@ from hubpilot.config.base import (
 )
 from hubpilot.ports.cluster import parse_selector
 
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 """A Kubernetes namespace's name (an RFC 1123 label)."""
@@ -208,7 +209,8 @@ class ScaleSettings(Section):
     timezone: str = Field("UTC", description="IANA timezone of the warm windows, e.g. Europe/Berlin.")
     warm: list[WarmWindow] = Field(default_factory=list, description="Warm-capacity windows.")
     holidays: list[date] = Field(
-        default_factory=list, description="Dates (YYYY-MM-DD, local) on which no warm window applies."
+        default_factory=list, description="Dates (YYYY-MM-DD, local) whose warm windows are off (a window past "
+        "midnight belongs to the day it starts on) and on which the forecast keeps no spare."
     )
     idle_minutes: float = Field(10.0, ge=0, le=1440, description="A node empty this long may be removed.")
     min_nodes: int = Field(0, ge=0, le=1000, description="Never fewer GPU nodes than this.")
@@ -276,6 +278,25 @@ class ScaleSettings(Section):
         except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a folder, e.g. 'Europe'
             raise ValueError(f"{v!r} is no IANA timezone; use e.g. 'Europe/Berlin' or 'UTC'") from exc
         return v
+
+    @field_validator("holidays", mode="before")
+    @classmethod
+    def _holidays(cls, v: object) -> object:
+        if not isinstance(v, list):
+            return v
+        out: list[object] = []
+        for entry in v:
+            if isinstance(entry, str):  # TOML dates (unquoted) come as dates
+                entry = entry.strip()
+                try:
+                    if not _DATE.match(entry):
+                        raise ValueError(entry)
+                    date.fromisoformat(entry)
+                except ValueError:
+                    raise ValueError(f"{entry!r} is no date; write each day as YYYY-MM-DD, e.g. "
+                                     "holidays = [\"2026-12-24\", \"2026-12-25\"] (a range day by day)") from None
+            out.append(entry)
+        return out
 
     @field_validator("gpu_profiles")
     @classmethod
