@@ -50,7 +50,8 @@ def test_a_window_inside_the_repeated_hour_runs_from_its_first_start_to_its_seco
     s = window("sun", "01:10", "01:40", "America/New_York")
     assert not active(s, 2026, 11, 1, 5, 9)
     assert all(active(s, 2026, 11, 1, 5 + m // 60, m % 60) for m in range(10, 100, 5))
-    assert not active(s, 2026, 11, 1, 6, 40)
+    assert not active(s, 2026, 11, 1, 6, 40)  # the second 01:40
+    assert not any(active(s, 2026, 11, 1, h, 0) for h in range(7, 24))  # and after the repeated hour
     # the hour that comes twice on a day the window is not for: nothing
     assert not any(active(window("mon", "01:10", "01:40", "America/New_York"), 2026, 11, 1, 5 + m // 60, m % 60)
                    for m in range(0, 120, 5))

@@ -74,6 +74,6 @@ def _covers(w: WarmWindow, local: datetime, holidays: frozenset[date]) -> bool:
 
 def _twice(day: date, wall: time, local: datetime) -> bool:
     """Whether the wall-clock time ``wall`` comes twice on ``day`` (in the hour daylight saving ends)."""
-    first = datetime.combine(day, wall, tzinfo=local.tzinfo)
+    first = datetime.combine(day, wall.replace(fold=0), tzinfo=local.tzinfo)
     before, after = first.utcoffset(), first.replace(fold=1).utcoffset()
     return before is not None and after is not None and before > after
