@@ -374,6 +374,8 @@ class QueueTarget:
     account_url: str | None = None
     client_id: str | None = None
     managed_identity: bool = False
+    tenant_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)  # a service principal's: never in a repr
 
 
 IDENTITY_PREFIX = QUEUE_CONNECTION_SETTING + "__"
@@ -382,7 +384,8 @@ IDENTITY_PREFIX = QUEUE_CONNECTION_SETTING + "__"
 def queue_target(ctx: Context, environ: Mapping[str, str] | None = None) -> QueueTarget:
     """api.queue_connection_string, else the app setting AzureWebJobsStorage, else its
     identity-based form (``AzureWebJobsStorage__queueServiceUri`` or ``__accountName``, with
-    ``__credential = managedidentity`` and ``__clientId``), else state.azure_connection_string."""
+    ``__credential = managedidentity`` and ``__clientId``, or a service principal's ``__tenantId``,
+    ``__clientId`` and ``__clientSecret``), else state.azure_connection_string."""
     env = os.environ if environ is None else environ
     api, state = ctx.settings.api, ctx.settings.state
     if api.queue_connection_string is not None:
@@ -398,6 +401,8 @@ def queue_target(ctx: Context, environ: Mapping[str, str] | None = None) -> Queu
             account_url=(uri or f"https://{name}.queue.{state.azure_endpoint_suffix}").rstrip("/"),
             client_id=env.get(IDENTITY_PREFIX + "clientId") or None,
             managed_identity=env.get(IDENTITY_PREFIX + "credential", "").lower() == "managedidentity",
+            tenant_id=env.get(IDENTITY_PREFIX + "tenantId") or None,
+            client_secret=env.get(IDENTITY_PREFIX + "clientSecret") or None,
         )
     if state.azure_connection_string is not None:
         return QueueTarget(connection_string=state.azure_connection_string.get_secret_value())
@@ -425,9 +430,17 @@ def _identity_queue(ctx: Context, target: QueueTarget) -> Any:
     from hubpilot.adapters.entra import build_credential
 
     # each token try bounded (azure-core's default: 300 s a try, while the admin's request waits)
-    credential = build_credential("managed_identity" if target.managed_identity else "default",
-                                  client_id=target.client_id, tenant_id=None, authority_host=None,
-                                  timeout=QUEUE_TOKEN_TIMEOUT)
+    credential: Any
+    if not target.managed_identity and target.tenant_id and target.client_id and target.client_secret:
+        from azure.identity.aio import ClientSecretCredential
+
+        # the service principal the host takes these settings for (its authority: AZURE_AUTHORITY_HOST)
+        credential = ClientSecretCredential(target.tenant_id, target.client_id, target.client_secret,
+                                            connection_timeout=QUEUE_TOKEN_TIMEOUT, read_timeout=QUEUE_TOKEN_TIMEOUT)
+    else:
+        credential = build_credential("managed_identity" if target.managed_identity else "default",
+                                      client_id=target.client_id, tenant_id=None, authority_host=None,
+                                      timeout=QUEUE_TOKEN_TIMEOUT)
     client = QueueClient(target.account_url or "", QUEUE_NAME, credential=credential,
                          message_encode_policy=TextBase64EncodePolicy())
 

@@ -1,0 +1,82 @@
+"""The run queue reached with the identity the Functions host takes its ``AzureWebJobsStorage__*``
+settings for, in each form the host accepts.
+
+The parts: Azurite over HTTPS with OAuth (it checks the token's audience, issuer and lifetime),
+the Entra authority double (``tests/doubles/login.py``) that azure-identity's real client-secret
+credential asks for its token, and ``enqueue`` configured only by app settings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+
+from hubpilot.api.runs import QUEUE_NAME, RunRequest, enqueue
+from tests.azurite import Azurite
+from tests.doubles.login import CLIENT_ID, SECRET, TENANT, LoginDouble
+from tests.pki import Pki
+from tests.test_api_kit import make_context, make_settings
+from tests.test_run_queue_identity import jwt
+
+STORAGE_SCOPE = "https://storage.azure.com/.default"
+
+
+@pytest.fixture(scope="module")
+def sp_azurite(login_pki: Pki) -> Iterator[Azurite]:
+    # the login double's CA: the one the process's aiohttp clients trust for the test
+    with Azurite.start(tls=(login_pki.cert_file, login_pki.key_file), oauth=True) as azurite:
+        yield azurite
+
+
+def _host_environment(monkeypatch: pytest.MonkeyPatch, **storage: str) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("AzureWebJobs", "AZURE_", "IDENTITY_", "MSI_")):
+            monkeypatch.delenv(name)
+    for name, value in storage.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.azurite
+async def test_a_service_principal_in_the_hosts_storage_settings_puts_the_run_request_on_the_queue(
+        sp_azurite: Azurite, login: LoginDouble, login_pki: Pki, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """AzureWebJobsStorage__tenantId, __clientId and __clientSecret (no __credential): the host reads
+    its queues as that service principal, so hubpilot must post run requests as it too (it took the
+    client id for a managed identity's and failed, or used whatever identity the machine had)."""
+    login.tokens[STORAGE_SCOPE] = jwt("https://storage.azure.com")
+    _host_environment(monkeypatch, AZURE_AUTHORITY_HOST=login.url, **{
+        "AzureWebJobsStorage__queueServiceUri": sp_azurite.queue_endpoint,
+        "AzureWebJobsStorage__tenantId": TENANT,
+        "AzureWebJobsStorage__clientId": CLIENT_ID,
+        "AzureWebJobsStorage__clientSecret": SECRET,
+    })
+    ctx = make_context(tmp_path, make_settings(run_mode="queue"))[0]
+    try:
+        for i in (1, 2):
+            await enqueue(ctx, RunRequest(f"run-{i}", "sync", "api", "ops"))
+    finally:
+        await ctx.close()
+    assert [(r["path"], r["client_id"], r["scope"]) for r in login.requests] == \
+        [(f"/{TENANT}/oauth2/v2.0/token", CLIENT_ID, STORAGE_SCOPE)]  # one token for both
+
+    queue = QueueClient.from_connection_string(sp_azurite.connection_string, QUEUE_NAME,
+                                               message_decode_policy=TextBase64DecodePolicy(),
+                                               connection_verify=str(login_pki.ca_file))
+    got = [json.loads(m.content) for m in queue.receive_messages(max_messages=32)]
+    queue.close()
+    assert sorted(m["run_id"] for m in got) == ["run-1", "run-2"]
+
+
+def test_the_service_principals_secret_is_never_in_the_targets_repr(tmp_path: Path) -> None:
+    from hubpilot.api.runs import queue_target
+
+    ctx = make_context(tmp_path, make_settings(run_mode="queue"))[0]
+    t = queue_target(ctx, {"AzureWebJobsStorage__accountName": "st1", "AzureWebJobsStorage__tenantId": TENANT,
+                           "AzureWebJobsStorage__clientId": CLIENT_ID, "AzureWebJobsStorage__clientSecret": SECRET})
+    assert (t.tenant_id, t.client_id, t.client_secret, t.managed_identity) == (TENANT, CLIENT_ID, SECRET, False)
+    assert SECRET not in repr(t)
