@@ -80,3 +80,20 @@ def test_the_service_principals_secret_is_never_in_the_targets_repr(tmp_path: Pa
                            "AzureWebJobsStorage__clientId": CLIENT_ID, "AzureWebJobsStorage__clientSecret": SECRET})
     assert (t.tenant_id, t.client_id, t.client_secret, t.managed_identity) == (TENANT, CLIENT_ID, SECRET, False)
     assert SECRET not in repr(t)
+
+
+@pytest.mark.parametrize("value", ["", "  ", "\n"])
+def test_a_blank_gpu_pool_is_refused_at_load_naming_the_setting_and_its_bicep_parameter(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str) -> None:
+    """ARM was asked for the agent pool '' and the nodes for that label value: every scale run
+    failed (ARM's 404, or its list of pools read as a pool without a count), naming no setting."""
+    import os
+
+    from tests.test_settings_limits import refusal
+
+    for name in [n for n in os.environ if n.startswith("HUBPILOT_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray ./hubpilot.toml
+    message = refusal(monkeypatch, HUBPILOT_SCALE__POOL=value)
+    assert "scale.pool (the Bicep parameter gpuPool) is blank" in message, message
+    assert "[env HUBPILOT_SCALE__POOL]" in message and "'gpu'" in message, message

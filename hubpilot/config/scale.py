@@ -333,7 +333,15 @@ class ScaleSettings(Section):
     @classmethod
     def _azure_name(cls, v: str, info: ValidationInfo) -> str:
         example, bicep = AZURE_NAMES[str(info.field_name)]
-        return azure_name(v, f"scale.{info.field_name}", example, bicep)
+        name = azure_name(v, f"scale.{info.field_name}", example, bicep)
+        if not name and info.field_name == "pool":
+            # ARM was asked for the agent pool '' (no pool has that name) and no node carried that
+            # label value: every scale run failed, naming no setting (a blank resource group or
+            # cluster is unset: scale.enabled then says what is missing)
+            raise ValueError("scale.pool (the Bicep parameter gpuPool) is blank, and no agent pool has an empty "
+                             "name: write the GPU agent pool's name, e.g. 'gpu', or unset it for the default "
+                             f"{cls.model_fields['pool'].default!r}")
+        return name
 
     @field_validator("namespace")
     @classmethod
