@@ -376,6 +376,7 @@ class QueueTarget:
     managed_identity: bool = False
     tenant_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)  # a service principal's: never in a repr
+    resource_id: str | None = None  # a user-assigned managed identity's, instead of its client id
 
 
 IDENTITY_PREFIX = QUEUE_CONNECTION_SETTING + "__"
@@ -384,8 +385,9 @@ IDENTITY_PREFIX = QUEUE_CONNECTION_SETTING + "__"
 def queue_target(ctx: Context, environ: Mapping[str, str] | None = None) -> QueueTarget:
     """api.queue_connection_string, else the app setting AzureWebJobsStorage, else its
     identity-based form (``AzureWebJobsStorage__queueServiceUri`` or ``__accountName``, with
-    ``__credential = managedidentity`` and ``__clientId``, or a service principal's ``__tenantId``,
-    ``__clientId`` and ``__clientSecret``), else state.azure_connection_string."""
+    ``__credential = managedidentity`` and ``__clientId`` or ``__managedIdentityResourceId``, or a
+    service principal's ``__tenantId``, ``__clientId`` and ``__clientSecret``), else
+    state.azure_connection_string."""
     env = os.environ if environ is None else environ
     api, state = ctx.settings.api, ctx.settings.state
     if api.queue_connection_string is not None:
@@ -403,6 +405,7 @@ def queue_target(ctx: Context, environ: Mapping[str, str] | None = None) -> Queu
             managed_identity=env.get(IDENTITY_PREFIX + "credential", "").lower() == "managedidentity",
             tenant_id=env.get(IDENTITY_PREFIX + "tenantId") or None,
             client_secret=env.get(IDENTITY_PREFIX + "clientSecret") or None,
+            resource_id=env.get(IDENTITY_PREFIX + "managedIdentityResourceId") or None,
         )
     if state.azure_connection_string is not None:
         return QueueTarget(connection_string=state.azure_connection_string.get_secret_value())
@@ -437,6 +440,12 @@ def _identity_queue(ctx: Context, target: QueueTarget) -> Any:
         # the service principal the host takes these settings for (its authority: AZURE_AUTHORITY_HOST)
         credential = ClientSecretCredential(target.tenant_id, target.client_id, target.client_secret,
                                             connection_timeout=QUEUE_TOKEN_TIMEOUT, read_timeout=QUEUE_TOKEN_TIMEOUT)
+    elif target.managed_identity and target.resource_id and not target.client_id:
+        from azure.identity.aio import ManagedIdentityCredential
+
+        # the user-assigned identity the host takes; mi_res_id: the Functions (App Service) identity endpoint's name
+        credential = ManagedIdentityCredential(identity_config={"mi_res_id": target.resource_id},
+                                               connection_timeout=QUEUE_TOKEN_TIMEOUT, read_timeout=QUEUE_TOKEN_TIMEOUT)
     else:
         credential = build_credential("managed_identity" if target.managed_identity else "default",
                                       client_id=target.client_id, tenant_id=None, authority_host=None,

@@ -80,7 +80,8 @@ class ApiSettings(Section):
         description="Storage connection string for putting run requests on the queue "
         "'hubpilot-runs' (run_mode=queue); defaults to the AzureWebJobsStorage app setting "
         "(which the queue trigger reads), or its identity-based form (AzureWebJobsStorage__accountName "
-        "or __queueServiceUri, with __credential=managedidentity and __clientId, or a service principal's "
+        "or __queueServiceUri, with __credential=managedidentity and __clientId or __managedIdentityResourceId, "
+        "or a service principal's "
         "__tenantId, __clientId and __clientSecret: an Entra token of the identity the host uses), "
         "then to state.azure_connection_string. One whose AccountKey is empty or not base64 is refused, without "
         "showing it.",
