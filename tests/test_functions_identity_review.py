@@ -133,3 +133,37 @@ def test_a_blank_gpu_pool_is_refused_at_load_naming_the_setting_and_its_bicep_pa
     message = refusal(monkeypatch, HUBPILOT_SCALE__POOL=value)
     assert "scale.pool (the Bicep parameter gpuPool) is blank" in message, message
     assert "[env HUBPILOT_SCALE__POOL]" in message and "'gpu'" in message, message
+
+
+@pytest.mark.parametrize("variable", ["HUBPILOT_SCALE__NODE_POOL_LABEL", "HUBPILOT_SCALE__GPU_RESOURCE"])
+@pytest.mark.parametrize("value", ["", " ", "nvidia.com/ gpu"])
+def test_a_blank_node_pool_label_or_gpu_resource_is_refused_at_load_naming_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str) -> None:
+    """Blank, the GPU nodes were listed under a label no node has and no pending pod asked for the
+    GPU resource: no scale run could work, and none said which setting."""
+    import os
+
+    from tests.test_settings_limits import refusal
+
+    for name in [n for n in os.environ if n.startswith("HUBPILOT_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    message = refusal(monkeypatch, **{variable: value})
+    said = variable.removeprefix("HUBPILOT_SCALE__").lower()
+    assert f"scale.{said} is blank or holds a space" in message and f"[env {variable}]" in message, message
+
+
+def test_a_node_pool_label_and_gpu_resource_copied_with_a_line_break_load_without_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Kept as given, no node carried the label and no pod requested the resource so named."""
+    import os
+
+    from hubpilot.settings import load_settings
+
+    for name in [n for n in os.environ if n.startswith("HUBPILOT_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HUBPILOT_SCALE__NODE_POOL_LABEL", "kubernetes.azure.com/agentpool\n")
+    monkeypatch.setenv("HUBPILOT_SCALE__GPU_RESOURCE", " nvidia.com/gpu")
+    s = load_settings().scale
+    assert (s.node_pool_label, s.gpu_resource) == ("kubernetes.azure.com/agentpool", "nvidia.com/gpu")

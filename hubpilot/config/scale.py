@@ -354,6 +354,19 @@ class ScaleSettings(Section):
                              f"ending with a letter or digit, e.g. 'jhub' (got {v!r})")
         return text
 
+    @field_validator("node_pool_label", "gpu_resource")
+    @classmethod
+    def _key(cls, v: str, info: ValidationInfo) -> str:
+        # blank or with a space, the GPU nodes were listed under a label no node has (each run failed,
+        # or counted the pool's nodes as never joined) and no pending pod asked for the GPU resource
+        # (no scale-up ever); spaces or a line break around it, kept when copied, had the same effect
+        text = v.strip()
+        if not text or any(c.isspace() for c in text):
+            name = info.field_name or "gpu_resource"
+            raise ValueError(f"scale.{name} is blank or holds a space, which no Kubernetes label or resource name "
+                             f"has: write it alone, e.g. {cls.model_fields[name].default!r} (got {v!r})")
+        return text
+
     @field_validator("kube_api_url")
     @classmethod
     def _api_url(cls, v: str | None) -> str | None:
