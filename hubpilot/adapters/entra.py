@@ -142,19 +142,28 @@ class StaticTokenCredential:
 
 
 def build_credential(kind: str, *, client_id: str | None, tenant_id: str | None,
-                     authority_host: str | None, timeout: float | None = None) -> Any:
+                     authority_host: str | None, timeout: float | None = None,
+                     client_secret: str | None = None, resource_id: str | None = None) -> Any:
     """An azure-identity async credential: managed identity in Azure, DefaultAzureCredential elsewhere
     (``authority_host`` None: azure-identity's own, i.e. ``AZURE_AUTHORITY_HOST`` or the global one).
 
     ``timeout``: the connect and read timeout of each try of a token request (azure-core's default
-    is 300 s each: a token endpoint that accepts and never answers held the read that long a try)."""
-    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+    is 300 s each: a token endpoint that accepts and never answers held the read that long a try).
+    ``client_secret`` (with ``tenant_id`` and ``client_id``, kind "default"): that service principal's
+    credential. ``resource_id`` (kind "managed_identity", no ``client_id``): a user-assigned identity
+    by its resource id, as the Functions (App Service) identity endpoint names it (``mi_res_id``)."""
+    from azure.identity.aio import ClientSecretCredential, DefaultAzureCredential, ManagedIdentityCredential
 
     tries: dict[str, Any] = {"connection_timeout": timeout, "read_timeout": timeout} if timeout else {}
     if kind == "managed_identity":
-        return ManagedIdentityCredential(client_id=client_id, **tries) if client_id \
-            else ManagedIdentityCredential(**tries)
+        if client_id:
+            return ManagedIdentityCredential(client_id=client_id, **tries)
+        if resource_id:
+            return ManagedIdentityCredential(identity_config={"mi_res_id": resource_id}, **tries)
+        return ManagedIdentityCredential(**tries)
     kwargs: dict[str, Any] = {"authority": authority_host, **tries} if authority_host else dict(tries)
+    if client_secret and tenant_id and client_id:
+        return ClientSecretCredential(tenant_id, client_id, client_secret, **kwargs)
     if client_id:
         kwargs["managed_identity_client_id"] = client_id
         kwargs["workload_identity_client_id"] = client_id

@@ -433,23 +433,13 @@ def _identity_queue(ctx: Context, target: QueueTarget) -> Any:
     from hubpilot.adapters.entra import build_credential
 
     # each token try bounded (azure-core's default: 300 s a try, while the admin's request waits)
-    credential: Any
-    if not target.managed_identity and target.tenant_id and target.client_id and target.client_secret:
-        from azure.identity.aio import ClientSecretCredential
-
-        # the service principal the host takes these settings for (its authority: AZURE_AUTHORITY_HOST)
-        credential = ClientSecretCredential(target.tenant_id, target.client_id, target.client_secret,
-                                            connection_timeout=QUEUE_TOKEN_TIMEOUT, read_timeout=QUEUE_TOKEN_TIMEOUT)
-    elif target.managed_identity and target.resource_id and not target.client_id:
-        from azure.identity.aio import ManagedIdentityCredential
-
-        # the user-assigned identity the host takes; mi_res_id: the Functions (App Service) identity endpoint's name
-        credential = ManagedIdentityCredential(identity_config={"mi_res_id": target.resource_id},
-                                               connection_timeout=QUEUE_TOKEN_TIMEOUT, read_timeout=QUEUE_TOKEN_TIMEOUT)
-    else:
-        credential = build_credential("managed_identity" if target.managed_identity else "default",
-                                      client_id=target.client_id, tenant_id=None, authority_host=None,
-                                      timeout=QUEUE_TOKEN_TIMEOUT)
+    # the identity the host reads its queue as: a managed identity (by client id or resource id), a
+    # service principal's secret (its authority: AZURE_AUTHORITY_HOST), else DefaultAzureCredential
+    credential = build_credential("managed_identity" if target.managed_identity else "default",
+                                  client_id=target.client_id, authority_host=None, timeout=QUEUE_TOKEN_TIMEOUT,
+                                  tenant_id=target.tenant_id if target.client_secret else None,
+                                  client_secret=target.client_secret,
+                                  resource_id=target.resource_id)
     client = QueueClient(target.account_url or "", QUEUE_NAME, credential=credential,
                          message_encode_policy=TextBase64EncodePolicy())
 
