@@ -150,7 +150,8 @@ def test_a_blank_node_pool_label_or_gpu_resource_is_refused_at_load_naming_it(
     monkeypatch.chdir(tmp_path)
     message = refusal(monkeypatch, **{variable: value})
     said = variable.removeprefix("HUBPILOT_SCALE__").lower()
-    assert f"scale.{said} is blank or holds a space" in message and f"[env {variable}]" in message, message
+    wrong = "holds a space or line break" if value.strip() else "is blank"
+    assert f"scale.{said} {wrong}" in message and f"[env {variable}]" in message, message
 
 
 def test_a_node_pool_label_and_gpu_resource_copied_with_a_line_break_load_without_it(

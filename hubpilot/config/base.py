@@ -130,15 +130,15 @@ def authority_url(value: str | None, what: str) -> str | None:
     return f"https://{text}" if "://" not in text else text
 
 
-def azure_name(value: str, what: str, example: str, bicep: str | None = None) -> str:
-    """The name of an Azure resource (a resource group, a cluster, an agent pool), which holds no
-    space or line break: spaces or a line break around it, kept when copied, are dropped (the ARM
-    calls named a resource that does not exist, and every run failed); one inside is refused,
-    naming the setting (and ``bicep``, the Bicep parameter that sets it)."""
+def bare_name(value: str, what: str, example: str, kind: str = "Azure resource name", bicep: str | None = None) -> str:
+    """A name that holds no space or line break (an Azure resource's, a Kubernetes label key or
+    resource name): spaces or a line break around it, kept when copied, are dropped (the calls named
+    something that does not exist, and every run failed); one inside is refused, naming the setting
+    (and ``bicep``, the Bicep parameter that sets it)."""
     text = value.strip()
     if any(c.isspace() for c in text):
         where = f" (the Bicep parameter {bicep})" if bicep else ""
-        raise ValueError(f"{what}{where} holds a space or line break, which no Azure resource name has: write the "
+        raise ValueError(f"{what}{where} holds a space or line break, which no {kind} has: write the "
                          f"name alone, e.g. {example} (got {value!r})")
     return text
 

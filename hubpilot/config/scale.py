@@ -17,7 +17,7 @@ from hubpilot.config.base import (
     PathSetting,
     Section,
     authority_url,
-    azure_name,
+    bare_name,
     bearer_url,
     guid,
     no_userinfo,
@@ -333,7 +333,7 @@ class ScaleSettings(Section):
     @classmethod
     def _azure_name(cls, v: str, info: ValidationInfo) -> str:
         example, bicep = AZURE_NAMES[str(info.field_name)]
-        name = azure_name(v, f"scale.{info.field_name}", example, bicep)
+        name = bare_name(v, f"scale.{info.field_name}", example, bicep=bicep)
         if not name and info.field_name == "pool":
             # ARM was asked for the agent pool '' (no pool has that name) and no node carried that
             # label value: every scale run failed, naming no setting (a blank resource group or
@@ -360,11 +360,12 @@ class ScaleSettings(Section):
         # blank or with a space, the GPU nodes were listed under a label no node has (each run failed,
         # or counted the pool's nodes as never joined) and no pending pod asked for the GPU resource
         # (no scale-up ever); spaces or a line break around it, kept when copied, had the same effect
-        text = v.strip()
-        if not text or any(c.isspace() for c in text):
-            name = info.field_name or "gpu_resource"
-            raise ValueError(f"scale.{name} is blank or holds a space, which no Kubernetes label or resource name "
-                             f"has: write it alone, e.g. {cls.model_fields[name].default!r} (got {v!r})")
+        name = info.field_name or "gpu_resource"
+        default = repr(cls.model_fields[name].default)
+        text = bare_name(v, f"scale.{name}", default, "Kubernetes label or resource name")
+        if not text:
+            raise ValueError(f"scale.{name} is blank: write the label or resource name, e.g. {default}, or unset it "
+                             "for that default")
         return text
 
     @field_validator("kube_api_url")
