@@ -1,0 +1,49 @@
+"""Mutation review of the sync capability (observe → plan → guard → apply → record): behaviour the
+other sync tests left unpinned, against the session's real JupyterHub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hubpilot.loop import Outcome, Status
+from hubpilot.sync import MANAGED_KEY
+from tests.fixtures.syncworld import World
+from tests.realhub import RealHub
+from tests.test_sync_real import FlakyFront
+
+pytestmark = pytest.mark.hub
+
+
+async def test_a_leaver_whose_removal_from_a_group_fails_is_not_recorded_deprovisioned(
+        real_hub: RealHub, tmp_path: Path) -> None:
+    """A leaver is recorded deprovisioned only once every step of their removal took place: the
+    next run plans only for active records, so one recorded while still in a hub group would keep
+    what the group grants for good. Not recorded, the next run takes them out and records them."""
+    async with FlakyFront(real_hub.api_url) as front:
+        world = World(real_hub, tmp_path, hub_api=front.api_url)
+        try:
+            world.set("analysts", "alice", "bob")
+            assert (await world.run()).outcome is Outcome.APPLIED
+            world.set("analysts", "alice")  # bob left
+            front.fail_prefixes = [f"DELETE /groups/{world.prefix}analysts/users"]
+            record = await world.run()
+            assert record.outcome is Outcome.FAILED, record.render()
+            by_kind = {r.action.kind: r for r in record.results}
+            assert by_kind["remove_from_group"].status is Status.FAILED, record.render()
+            assert by_kind["deprovision"].status is Status.FAILED, record.render()
+            assert "not recorded" in by_kind["deprovision"].detail
+            managed = (await world.store.get(MANAGED_KEY))["users"]
+            assert managed[world.user("bob")]["deprovisioned_at"] is None
+            front.fail_prefixes = []
+            again = await world.run()
+            assert again.outcome is Outcome.APPLIED, again.render()
+            assert again.plan is not None and again.plan.counts() == {"remove_from_group": 1, "revoke_tokens": 1,
+                                                                "deprovision": 1}
+            assert (await world.hub_state())["groups"][f"{world.prefix}analysts"] == [world.user("alice")]
+            managed = (await world.store.get(MANAGED_KEY))["users"]
+            assert managed[world.user("bob")]["deprovisioned_at"] is not None
+            assert (await world.run()).plan.counts() == {}
+        finally:
+            await world.close()
