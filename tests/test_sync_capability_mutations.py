@@ -47,3 +47,24 @@ async def test_a_leaver_whose_removal_from_a_group_fails_is_not_recorded_deprovi
             assert (await world.run()).plan.counts() == {}
         finally:
             await world.close()
+
+
+async def test_a_deletion_the_hub_made_already_is_recorded_and_not_planned_again(world: World) -> None:
+    """sync.delete_users: a leaver whose hub user is gone already (deleted by hand, or by a run that
+    failed before recording it) is recorded as deleted from the hub's 'no such user' (a noop), once;
+    the next plan is empty, and their removal still counts in the window."""
+    world.policy = world.policy.model_copy(update={"delete_users": True, "delete_grace_hours": 0})
+    world.set("analysts", "alice", "bob")
+    assert (await world.run()).outcome is Outcome.APPLIED
+    world.set("analysts", "alice")
+    assert (await world.run()).outcome is Outcome.APPLIED  # bob deprovisioned
+    async with world.hub.admin() as admin:
+        assert (await admin.delete(f"/users/{world.user('bob')}")).status_code == 204
+    record = await world.run()
+    assert record.outcome is Outcome.APPLIED, record.render()
+    assert [(r.action.kind, r.status) for r in record.results] == [("delete_user", Status.NOOP)], record.render()
+    doc = await world.store.get(MANAGED_KEY)
+    assert world.user("bob") not in doc["users"] and world.user("bob") in doc["deleted"]
+    again = await world.run()
+    assert again.plan is not None and again.plan.counts() == {}, again.render()
+    assert again.plan.facts["recent_removals"] == 1
