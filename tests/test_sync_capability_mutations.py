@@ -68,3 +68,38 @@ async def test_a_deletion_the_hub_made_already_is_recorded_and_not_planned_again
     again = await world.run()
     assert again.plan is not None and again.plan.counts() == {}, again.render()
     assert again.plan.facts["recent_removals"] == 1
+
+
+async def test_a_leaver_the_hub_cannot_take_out_of_a_group_is_not_recorded_deprovisioned(tmp_path: Path) -> None:
+    """The hub's username_map gained bob → robert, sync.naming not (the hub admin changed only the
+    authenticator): the hub looks bob up as robert and cannot take bob out of the group. The hub
+    client names bob; the removal fails and bob's deprovisioning is not recorded (recorded, no later
+    run would take bob out: he would keep the group for good)."""
+    from tests.realhub import start_hub
+
+    async with start_hub(tmp_path / "hub") as hub:
+        world = World(hub, tmp_path, group_prefix="u-")
+        try:
+            world.people = {p: {"username": p, "name": p.title()} for p in ("bob", "carl")}
+            world.groups["analysts"] = ["bob", "carl"]
+            world.write()
+            assert (await world.run()).outcome is Outcome.APPLIED
+        finally:
+            await world.close()
+    async with start_hub(tmp_path / "hub", extra_config='c.Authenticator.username_map = {"bob": "robert"}') as hub:
+        world = World(hub, tmp_path, group_prefix="u-")
+        try:
+            world.people = {p: {"username": p, "name": p.title()} for p in ("bob", "carl")}
+            world.groups["analysts"] = ["carl"]  # bob left
+            world.write()
+            record = await world.run()
+            assert record.outcome is Outcome.FAILED, record.render()
+            by_kind = {r.action.kind: r for r in record.results}
+            assert by_kind["remove_from_group"].status is Status.FAILED, record.render()
+            assert "robert" in by_kind["remove_from_group"].detail, record.render()
+            assert by_kind["deprovision"].status is Status.FAILED, record.render()
+            assert (await world.store.get(MANAGED_KEY))["users"]["bob"]["deprovisioned_at"] is None
+            async with hub.admin() as admin:
+                assert sorted((await admin.get("/groups/u-analysts")).json()["users"]) == ["bob", "carl"]
+        finally:
+            await world.close()
