@@ -103,3 +103,28 @@ async def test_a_leaver_the_hub_cannot_take_out_of_a_group_is_not_recorded_depro
                 assert sorted((await admin.get("/groups/u-analysts")).json()["users"]) == ["bob", "carl"]
         finally:
             await world.close()
+
+
+async def test_a_leavers_admin_flag_that_fails_to_clear_for_another_reason_keeps_them_unrecorded(
+        real_hub: RealHub, tmp_path: Path) -> None:
+    """Flag mode: only the hub's refusal to let a non-admin clear an admin flag (403 "Only admins
+    can ...") lets a leaver be recorded deprovisioned with the flag still on. Any other failure (the
+    hub restarting) leaves the record active: the next run clears the flag and records them."""
+    async with FlakyFront(real_hub.api_url) as front:
+        world = World(real_hub, tmp_path, hub_api=front.api_url, admin_mode="flag")
+        try:
+            world.set("analysts", "alice", "bob")
+            assert (await world.run()).outcome is Outcome.APPLIED
+            bob = world.user("bob")
+            async with real_hub.admin() as admin:  # set by hand
+                assert (await admin.patch(f"/users/{bob}", json={"admin": True})).status_code == 200
+            world.set("analysts", "alice")
+            front.fail_prefixes = [f"PATCH /users/{bob}"]
+            record = await world.run()
+            by_kind = {r.action.kind: r for r in record.results}
+            assert by_kind["revoke_admin"].status is Status.FAILED and "503" in by_kind["revoke_admin"].detail
+            assert by_kind["deprovision"].status is Status.FAILED, record.render()
+            assert "not recorded" in by_kind["deprovision"].detail, record.render()
+            assert (await world.store.get(MANAGED_KEY))["users"][bob]["deprovisioned_at"] is None
+        finally:
+            await world.close()
