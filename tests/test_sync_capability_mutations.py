@@ -3,12 +3,15 @@ other sync tests left unpinned, against the session's real JupyterHub."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.loop import Outcome, Status
 from hubpilot.sync import MANAGED_KEY
+from hubpilot.sync.capability import audited_approval
 from tests.fixtures.syncworld import World
 from tests.realhub import RealHub
 from tests.test_sync_real import FlakyFront
@@ -128,3 +131,23 @@ async def test_a_leavers_admin_flag_that_fails_to_clear_for_another_reason_keeps
             assert (await world.store.get(MANAGED_KEY))["users"][bob]["deprovisioned_at"] is None
         finally:
             await world.close()
+
+
+@pytest.mark.parametrize("outcome", ["failed", "refused"])
+async def test_an_approval_that_was_not_applied_accepts_no_removals(tmp_path: Path, outcome: str) -> None:
+    """The audit's approval of a plan refused for its removals restarts the removal window's count
+    only when that approved run applied: an approval whose run failed, or was refused (the plan had
+    changed), accepted nothing, and the removals since still count."""
+    from tests.test_upgrade_state import captured
+
+    doc = captured("sync_approved_removals.json", tag="t-approval", age=timedelta(hours=1))
+    store = SqliteStore(str(tmp_path / "state.sqlite3"))
+    try:
+        approval = next(e for e in doc["audit"] if e["trigger"] == "approval")
+        await store.append_audit({**approval, "outcome": outcome})
+        assert await audited_approval(store, datetime.now(UTC) - timedelta(hours=24)) is None
+        await store.append_audit(approval)  # as applied: found
+        assert await audited_approval(store, datetime.now(UTC) - timedelta(hours=24)) == \
+            datetime.fromisoformat(approval["at"])
+    finally:
+        await store.close()
