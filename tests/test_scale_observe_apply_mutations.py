@@ -9,7 +9,7 @@ from typing import Any
 from hubpilot.loop import Outcome, Status
 from tests.doubles.arm import ArmDouble
 from tests.fixtures.kmock import Emulator
-from tests.test_scale_kube import capability, world  # noqa: F401  (fixture)
+from tests.test_scale_kube import capability, one_empty_past_the_idle_limit, world  # noqa: F401  (fixture)
 
 
 async def test_a_removal_cut_to_a_floor_that_was_not_lowered_keeps_exactly_the_floor(
@@ -39,3 +39,44 @@ async def test_a_removal_cut_to_a_floor_that_was_not_lowered_keeps_exactly_the_f
     assert kinds["remove_nodes"].status is Status.DONE, rec.render()
     assert "minCount is still 2" in kinds["remove_nodes"].detail, rec.render()
     assert len(arm.machines["gpu"]) == 2 and arm.pools["gpu"]["minCount"] == 2
+
+
+async def test_a_removal_answered_409_starts_no_cooldown(world: dict[str, Any]) -> None:  # noqa: F811
+    """A deleteMachines refused with 409 removed nothing: the round is skipped, and the scale-down
+    cooldown does not start from it. The next run removes the idle node at once."""
+    arm: ArmDouble = world["arm"]
+    await one_empty_past_the_idle_limit(world)
+    cap, runner = capability(world, down_cooldown=timedelta(minutes=30))
+    arm.fault("POST", 409)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert [r.status for r in rec.results] == [Status.SKIPPED], rec.render()
+    assert arm.machines["gpu"] == ["gpu-0"]
+    world["clock"]["now"] += timedelta(minutes=1)
+    again = await runner.run(cap, trigger="timer", actor="test")
+    assert [(r.action.kind, r.status) for r in again.results] == [("remove_nodes", Status.DONE)], again.render()
+    assert arm.machines["gpu"] == []
+
+
+async def test_a_scale_up_answered_409_starts_no_delay_after_up(world: dict[str, Any]) -> None:  # noqa: F811
+    """A count refused with 409 added nothing: the delay after a scale-up does not start from it.
+    The servers gone, the node that stood empty past the idle limit is removed on time, not held
+    for ``delay_after_up`` after a scale-up that never happened."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=1, machines=["gpu-0"])
+    kube.node("gpu-0")
+    kube.pod("alice", "gpu-0")
+    kube.pod("bob", None)  # a GPU server waits: a scale-up to 2
+    cap, runner = capability(world, delay_after_up=timedelta(minutes=30))
+    arm.fault("PUT", 409)
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert [(r.action.kind, r.status) for r in rec.results] == [("set_count", Status.SKIPPED)], rec.render()
+    kube.drop_pod("bob")  # his spawn was cancelled, and alice stopped her server
+    kube.drop_pod("alice")
+    world["clock"]["now"] += timedelta(minutes=1)
+    idle = await runner.run(cap, trigger="timer", actor="test")  # gpu-0's idle clock starts
+    assert idle.plan is not None and idle.plan.empty, idle.render()
+    world["clock"]["now"] += timedelta(minutes=11)
+    again = await runner.run(cap, trigger="timer", actor="test")
+    assert [(r.action.kind, r.status) for r in again.results] == [("remove_nodes", Status.DONE)], again.render()
+    assert arm.machines["gpu"] == []
