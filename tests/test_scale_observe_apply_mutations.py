@@ -80,3 +80,29 @@ async def test_a_scale_up_answered_409_starts_no_delay_after_up(world: dict[str,
     again = await runner.run(cap, trigger="timer", actor="test")
     assert [(r.action.kind, r.status) for r in again.results] == [("remove_nodes", Status.DONE)], again.render()
     assert arm.machines["gpu"] == []
+
+
+async def test_a_node_an_admin_cordoned_is_no_room_for_a_waiting_server_and_never_removed(
+        world: dict[str, Any]) -> None:  # noqa: F811
+    """gpu-1 stands empty, cordoned by an admin (no hubpilot mark): bob's GPU server cannot land on
+    it, so the pool grows for him; and, empty past the idle limit, it is not planned for removal
+    (not hubpilot's to remove)."""
+    arm: ArmDouble = world["arm"]
+    kube: Emulator = world["kube"]
+    arm.add_pool("gpu", count=2, machines=["gpu-0", "gpu-1"])
+    kube.node("gpu-0")
+    kube.node("gpu-1", unschedulable=True)
+    kube.pod("alice", "gpu-0")
+    view = await world["cluster"].read()
+    assert [(n.name, n.unschedulable) for n in view.nodes] == [("gpu-0", False), ("gpu-1", True)]
+    cap, runner = capability(world)
+    first = await runner.run(cap, trigger="timer", actor="test")
+    assert first.plan is not None and first.plan.empty, first.render()
+    world["clock"]["now"] += timedelta(minutes=11)
+    later = await runner.run(cap, trigger="timer", actor="test")  # gpu-1 empty past the idle limit
+    assert later.plan is not None and later.plan.empty, later.render()
+    kube.pod("bob", None)  # a GPU server waits
+    rec = await runner.run(cap, trigger="timer", actor="test")
+    assert [(r.action.kind, r.status) for r in rec.results] == [("set_count", Status.DONE)], rec.render()
+    assert arm.pools["gpu"]["count"] == 3
+    assert kube.node_obj("gpu-1")["spec"]["unschedulable"] is True  # the admin's cordon stands
