@@ -314,7 +314,10 @@ class EntraDirectory:
         wanted = {gid: {u for u, v in s.users.items() if v[1] is not None}
                   for c in due for gid, s in c.members.items()}
         info = await self._fetch(wanted, stats)
-        changed = refresh_users(due, {k: [v[0], v[1]] for k, v in info.items()})
+        # the fresh answer holds for the person in every chunk (a chunk made later is checked on
+        # its own schedule): else one id would come to the sync under two usernames, or disabled
+        # in one group and a member through another
+        changed = refresh_users(done.values(), {k: [v[0], v[1]] for k, v in info.items()})
         # accountEnabled as Graph answers it; one it does not state (null) is no change
         off = {u for u, v in info.items() if v[2] is False}
         on = {u for u, v in info.items() if v[2] is True}
@@ -326,9 +329,9 @@ class EntraDirectory:
         stats.lookups += bool(missing)
         for c in due:
             c.users_checked = now.isoformat()
+        for c in done.values():
             c.deleted_users |= gone & {u for s in c.members.values() for u in s.users}
             c.disabled_users |= off & {u for s in c.members.values() for u in s.users}
-        for c in done.values():
             c.deleted_users -= set(info)  # returned again: restored
             c.disabled_users -= on  # enabled again
         stats.refreshed += len(info)
