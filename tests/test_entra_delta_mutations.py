@@ -5,13 +5,19 @@ against the HTTP-level Graph double, with the SQLite store (fixtures of tests/te
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hubpilot.adapters.store_sqlite import SqliteStore
-from hubpilot.entra.directory import EntraDirectory
+from hubpilot.entra.directory import STATE_PREFIX, EntraDirectory
+from hubpilot.ports.directory import DirectoryError
 from tests.doubles.graph import GraphDouble
 from tests.test_entra_graph import Clock, client, people, store
+from tests.test_entra_hub import DryRunAtCommit
 
 __all__ = ["store"]  # the fixture, imported for pytest
 
@@ -48,3 +54,52 @@ async def test_a_fresh_read_of_a_member_holds_for_every_group_of_every_chunk(
     assert usernames(snap, later) == {renamed: "renamed-x@example.org"}
     await d.close()
 
+
+async def test_a_device_removed_from_the_group_is_no_longer_counted_as_skipped(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """Members that are neither users nor groups (a device) are reported as skipped; one removed
+    from the group (members@delta with @removed, type device) is no longer counted."""
+    g = fresh.add_group()
+    (p,) = people(fresh, 1, "dev")
+    fresh.add_member(g, p)
+    device = str(uuid.uuid4())
+    fresh.add_member(g, device, "others")
+    d = EntraDirectory(client(fresh), store)
+    first = await d.read([g])
+    assert {m.id for m in first.groups[g]} == {p}
+    assert any("1 member(s) that are neither users nor groups" in n for n in first.notes)
+    fresh.remove_member(g, device, "others")
+    second = await d.read([g])
+    assert {m.id for m in second.groups[g]} == {p}
+    assert not any("neither users nor groups" in n for n in second.notes)
+    await d.close()
+
+
+async def test_a_read_whose_state_another_read_committed_meanwhile_fails_and_keeps_that_state(
+        fresh: GraphDouble, tmp_path: Path) -> None:
+    """Two hosts read the same groups into one state store (a Functions instance and the CLI): the
+    one that commits second read the state before the other's commit (none yet, the first time),
+    so its conditional write fails and the read with it; the other's deltaLink and members stay
+    as committed."""
+    g = fresh.add_group()
+    ps = people(fresh, 3, "race")
+    fresh.add_members(g, ps[:2])
+    shared = DryRunAtCommit(tmp_path / "shared.sqlite3")
+    slow, quick = EntraDirectory(client(fresh), shared), EntraDirectory(client(fresh), shared)
+    shared.hook = lambda: quick.read([g])  # both read first: the state is new to both
+    with pytest.raises(DirectoryError, match="another read committed"):
+        await slow.read([g])
+    assert {m.id for m in shared.dry.groups[g]} == set(ps[:2])
+    await slow.read([g])
+    fresh.add_member(g, ps[2])
+    shared.hook = lambda: quick.read([g])  # runs in full just before ``slow`` commits
+    with pytest.raises(DirectoryError, match="another read committed"):
+        await slow.read([g])
+    assert {m.id for m in shared.dry.groups[g]} == set(ps)
+    (doc,) = (await shared.list(STATE_PREFIX)).values()
+    assert set(doc["members"][g]["users"]) == set(ps)
+    fresh.remove_member(g, ps[0])
+    assert {m.id for m in (await slow.read([g])).groups[g]} == set(ps[1:])  # on from quick's deltaLink
+    await slow.close()
+    await quick.close()
+    await shared.close()
