@@ -103,3 +103,43 @@ async def test_a_read_whose_state_another_read_committed_meanwhile_fails_and_kee
     await slow.close()
     await quick.close()
     await shared.close()
+
+
+async def test_up_to_150_newcomers_of_a_group_are_looked_up_in_bulk_more_are_listed(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """docs/entra.md: new users are looked up 15 a request; for more than 150 new users in one
+    group the group's users are listed instead. 150 are still looked up (ten requests)."""
+    g = fresh.add_group()
+    ps = people(fresh, 150, "t")
+    fresh.add_members(g, ps)
+    d = EntraDirectory(client(fresh), store)
+    snap = await d.read([g])
+    assert len(snap.groups[g]) == 150 and all(m.username for m in snap.groups[g])
+    assert not fresh.requests(f"/groups/{g}/members") and len(fresh.requests("/users", "GET")) == 10
+    await d.close()
+
+    other = fresh.add_group()
+    fresh.add_members(other, people(fresh, 151, "u"))
+    fresh.reset_log()
+    d = EntraDirectory(client(fresh), store)
+    snap = await d.read([other])
+    assert len(snap.groups[other]) == 151
+    assert len(fresh.requests(f"/groups/{other}/members", "GET")) == 1 and not fresh.requests("/users")
+    await d.close()
+
+
+async def test_newcomers_a_large_groups_listing_named_are_not_looked_up_again_for_a_small_group(
+        fresh: GraphDouble, store: SqliteStore) -> None:
+    """Two groups read first in one chunk: the large one is listed, and the newcomers it shares
+    with the small one (read before it in the chunk) need no lookup of their own."""
+    small, big = sorted(str(uuid.uuid4()) for _ in range(2))
+    fresh.add_group(small)
+    fresh.add_group(big)
+    ps = people(fresh, 160, "s")
+    fresh.add_members(big, ps)
+    fresh.add_members(small, ps[:5])
+    d = EntraDirectory(client(fresh), store)
+    snap = await d.read([small, big])
+    assert len(snap.groups[small]) == 5 and len(snap.groups[big]) == 160
+    assert [r.path for r in fresh.log if "/delta" not in r.path] == [f"/groups/{big}/members/graph.user"]
+    await d.close()
