@@ -143,3 +143,21 @@ async def test_newcomers_a_large_groups_listing_named_are_not_looked_up_again_fo
     assert len(snap.groups[small]) == 5 and len(snap.groups[big]) == 160
     assert [r.path for r in fresh.log if "/delta" not in r.path] == [f"/groups/{big}/members/graph.user"]
     await d.close()
+
+
+async def test_only_groups_an_incremental_round_listed_count_as_changed(fresh: GraphDouble, store: SqliteStore) -> None:
+    """docs/entra.md: the plan's changed_groups are the groups whose changes the delta query
+    listed in that read; a group read in full (the first time, after an expired token) is not
+    among them, so a notification for it is re-checked."""
+    g = fresh.add_group()
+    ps = people(fresh, 2, "ch")
+    fresh.add_member(g, ps[0])
+    d = EntraDirectory(client(fresh), store)
+    assert not (await d.read([g])).changed  # the first read: in full
+    fresh.add_member(g, ps[1])
+    assert (await d.read([g])).changed == {g}
+    fresh.add_member(g, fresh.add_user())
+    fresh.expire_tokens()
+    snap = await d.read([g])
+    assert d.last.resyncs == 1 and not snap.changed
+    await d.close()
