@@ -146,7 +146,6 @@ class EntraDirectory:
                                  f"documents {STATE_PREFIX}* to start over with a full read") from exc
 
         done: dict[str, ChunkState] = {}
-        fresh_groups: set[str] = set()
         changed: set[str] = set()  # groups an incremental round listed: the delta showed their changes
         removed: set[str] = set()
         needed = set(configured)
@@ -162,7 +161,6 @@ class EntraDirectory:
                 if not outcome.fresh:
                     changed |= outcome.seen
                 if outcome.fresh:
-                    fresh_groups.update(chunk.groups)
                     missing = (set(chunk.groups) & set(configured)) - outcome.seen
                     if missing:
                         raise DirectoryError(
