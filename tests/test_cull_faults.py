@@ -433,3 +433,23 @@ async def test_a_damaged_outage_record_holds_inactivity_stops_and_says_so(fault_
     finally:
         await hub.close()
         await store.close()
+
+
+async def test_a_dry_run_that_finds_the_hub_down_notes_the_outage_and_records_nothing_else(
+        fault_hub: RealHub, tmp_path: Path) -> None:
+    """A dry-run records nothing (no audit entry, no run record), except the hub outage its observe
+    sees (README, docs/cull.md): it is a fact about the hub, and the real rounds after it must not
+    judge activity the outage kept from the hub."""
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    hub = HubClient(f"http://127.0.0.1:{await _answer_503()}/hub/api", fault_hub.hubpilot_token, retries=0)
+    runner: Runner[Any] = Runner(store, clock=lambda: NOW)
+    try:
+        rec = await runner.run(CullCapability(hub, CullSettings(), store, clock=lambda: NOW),
+                               trigger="test", actor="test", dry_run=True)
+        assert rec.outcome is Outcome.FAILED and not rec.results, rec.render()
+        assert await store.get("hub/outage") == {"last_failure": NOW.isoformat()}
+        entries, _ = await store.read_audit()
+        assert entries == [], entries
+    finally:
+        await hub.close()
+        await store.close()
