@@ -328,8 +328,9 @@ class EntraDirectory:
         for c in due:
             c.users_checked = now.isoformat()
         for c in done.values():
-            c.deleted_users |= gone & {u for s in c.members.values() for u in s.users}
-            c.disabled_users |= off & {u for s in c.members.values() for u in s.users}
+            listed = {u for s in c.members.values() for u in s.users}
+            c.deleted_users |= gone & listed
+            c.disabled_users |= off & listed
             c.deleted_users -= set(info)  # returned again: restored
             c.disabled_users -= on  # enabled again
         stats.refreshed += len(info)
