@@ -1,4 +1,5 @@
-"""Warm windows at the edges a mutation review found unheld: 24:00 as an end and as a start.
+"""Warm windows at the edges a mutation review found unheld: 24:00 as an end and as a start, and
+the configured timezone and holidays as the scale round gets them from the settings.
 
 docs/scale.md: the start is inclusive, the end exclusive; ``00:00``-``24:00`` is the whole day; an
 end before the start runs past midnight and belongs to the start day."""
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
+from hubpilot.config.scale import ScaleSettings, WarmWindow
+from hubpilot.wiring.scale import policy_from
 from tests.test_scale_time_edges import active, window
 
 
@@ -31,3 +34,15 @@ def test_a_window_starting_at_24_00_is_the_night_after_its_day() -> None:
     assert not active(s, 2026, 1, 11, 6, 0)
     assert not active(window("sat", "24:00", "06:00", "UTC", (date(2026, 1, 10),)), 2026, 1, 11, 1, 0)
     assert active(window("sat", "24:00", "06:00", "UTC", (date(2026, 1, 11),)), 2026, 1, 11, 1, 0)
+
+
+def test_the_scale_round_reads_its_warm_windows_in_the_configured_timezone_and_holidays() -> None:
+    # the wiring from the settings to the plan: scale.timezone and scale.holidays reach the schedule
+    settings = ScaleSettings(timezone="Europe/Berlin", holidays=[date(2026, 12, 24)],
+                             warm=[WarmWindow(days="mon-fri", start="08:00", end="18:00", spare=1)])
+    schedule = policy_from(settings).schedule
+    assert not schedule.at(datetime(2026, 12, 23, 6, 59, tzinfo=UTC)).active  # Wed 07:59 CET
+    assert schedule.at(datetime(2026, 12, 23, 7, 0, tzinfo=UTC)).active  # 08:00 CET, not 08:00 UTC
+    assert not schedule.at(datetime(2026, 12, 23, 17, 0, tzinfo=UTC)).active  # 18:00 CET
+    assert not schedule.at(datetime(2026, 12, 24, 10, 0, tzinfo=UTC)).active  # the holiday (a Thursday)
+    assert schedule.at(datetime(2026, 12, 28, 10, 0, tzinfo=UTC)).spare == 1  # the Monday after
