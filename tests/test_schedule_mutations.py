@@ -1,16 +1,20 @@
 """Warm windows at the edges a mutation review found unheld: 24:00 as an end and as a start, and
-the configured timezone and holidays as the scale round gets them from the settings.
+the configured timezone and holidays as the scale round gets them from the settings, and a
+holiday of the forecast as a local date.
 
 docs/scale.md: the start is inclusive, the end exclusive; ``00:00``-``24:00`` is the whole day; an
 end before the start runs past midnight and belongs to the start day."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime
 
 from hubpilot.config.scale import ScaleSettings, WarmWindow
+from hubpilot.scale import Forecast
+from hubpilot.scale.forecast import forecast_spare, learn
 from hubpilot.wiring.scale import policy_from
-from tests.test_scale_time_edges import active, window
+from tests.test_scale_time_edges import BERLIN, active, window
 
 
 def test_a_window_ending_at_24_00_covers_its_last_minute_up_to_midnight() -> None:
@@ -46,3 +50,23 @@ def test_the_scale_round_reads_its_warm_windows_in_the_configured_timezone_and_h
     assert not schedule.at(datetime(2026, 12, 23, 17, 0, tzinfo=UTC)).active  # 18:00 CET
     assert not schedule.at(datetime(2026, 12, 24, 10, 0, tzinfo=UTC)).active  # the holiday (a Thursday)
     assert schedule.at(datetime(2026, 12, 28, 10, 0, tzinfo=UTC)).spare == 1  # the Monday after
+
+
+def test_a_forecast_holiday_is_the_local_date_not_the_utc_one() -> None:
+    # Monday 2026-03-09 is a holiday in Berlin; its first local hour is Sunday 23:00-24:00 UTC
+    hol = dataclasses.replace(BERLIN, holidays=frozenset({date(2026, 3, 9)}))
+    f = Forecast({"0-00": 6.0, "1-00": 6.0}, {"0-00": 4, "1-00": 4}, timezone="Europe/Berlin")
+    assert forecast_spare(f, datetime(2026, 3, 8, 23, 30, tzinfo=UTC), hol) == (0, 0.0)  # Mon 00:30 local
+    assert forecast_spare(f, datetime(2026, 3, 9, 23, 30, tzinfo=UTC), hol)[0] >= 1  # Tue 00:30 local
+    # nor is that hour learned: its arrivals would teach Monday's 00:00 hour a holiday's demand
+    g = learn(Forecast(timezone="Europe/Berlin"), [], datetime(2026, 3, 8, 22, 55, tzinfo=UTC), hol)
+    for i in range(6):
+        g = learn(g, [f"u{i}~"], datetime(2026, 3, 8, 23, 5 + 5 * i, tzinfo=UTC), hol)
+    g = learn(g, [], datetime(2026, 3, 9, 0, 5, tzinfo=UTC), hol)
+    assert "0-00" not in g.rates, g.rates
+    # the same hour a week later (no holiday) is learned
+    g = learn(g, [], datetime(2026, 3, 15, 22, 55, tzinfo=UTC), hol)
+    for i in range(6):
+        g = learn(g, [f"v{i}~"], datetime(2026, 3, 15, 23, 5 + 5 * i, tzinfo=UTC), hol)
+    g = learn(g, [], datetime(2026, 3, 16, 0, 5, tzinfo=UTC), hol)
+    assert g.rates.get("0-00") == 6, g.rates
