@@ -14,6 +14,7 @@ from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.config.cull import CullSettings
 from hubpilot.cull import CullCapability
 from hubpilot.loop import Plan, Status, no_progress
+from hubpilot.ports.hub import HubError
 from hubpilot.sync.capability import MANAGED_KEY
 from hubpilot.sync.plan import ManagedUser
 from tests.fixtures.hub import unique_name
@@ -21,7 +22,10 @@ from tests.realhub import RealHub
 from tests.test_cull_realhub import (  # noqa: F401 (fixtures)
     cull_hub,
     hub_client,
+    hub_user,
     make_user,
+    running,
+    wait_for,
 )
 
 pytestmark = pytest.mark.hub
@@ -88,3 +92,101 @@ async def test_when_syncs_users_cannot_be_known_no_user_is_deleted(
     finally:
         if store is not None:
             await store.close()
+
+
+async def test_a_user_whose_spawn_is_pending_at_the_deletion_is_not_deleted(
+    cull_hub: RealHub, hub_client: HubClient, tmp_path: Path  # noqa: F811 (the imported fixtures)
+) -> None:
+    """A long-inactive user who starts a server after the round's reading, whose spawn is still
+    pending when the deletion comes (an image pull, a node scale-up): the hub's DELETE /users would
+    cancel the spawn and delete the user. The user read again has a started server: skipped."""
+    name = unique_name("slowstart")  # the module's spawner keeps this spawn pending for 30 s
+    await make_user(cull_hub, name)
+    store = SqliteStore(tmp_path / "state.db")  # sync manages nobody
+    try:
+        cap = CullCapability(hub_client, CullSettings(cull_users=True, delete_users=True), store)
+        observed = await cap.observe()
+        plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=3))
+        mine = Plan.build("cull", [a for a in plan.actions if a.target == name], facts=plan.facts)
+        assert [(a.kind, a.target) for a in mine.actions] == [("delete_user", name)]
+        r = await cull_hub.spawn(name, wait=False)
+        assert r.status_code == 202, r.text
+
+        async def pending() -> bool:
+            return (await hub_user(cull_hub, name))["servers"].get("", {}).get("pending") == "spawn"
+
+        await wait_for(pending)
+        (result,) = await cap.apply(mine, observed, no_progress)
+        assert result.status is Status.SKIPPED, result
+        assert result.detail == f"started {name} since the round's reading", result.detail
+        assert (await hub_user(cull_hub, name))["servers"][""]["pending"] == "spawn"
+    finally:
+        await store.close()
+
+
+async def test_a_server_stopped_again_after_a_restart_is_reported_stopped_again(
+    cull_hub: RealHub, hub_client: HubClient, tmp_path: Path  # noqa: F811 (the imported fixtures)
+) -> None:
+    """The record that lets one of two runs at once report a stop (``cull/stops/``) is per start of
+    the server: the same user's server, idle again after a restart, is reported stopped again
+    (done), not as stopped by another run, within the records' two days."""
+    name = unique_name("twice")
+    await make_user(cull_hub, name)
+    store = SqliteStore(tmp_path / "state.db")
+    try:
+        cap = CullCapability(hub_client, CullSettings(inactivity_timeout=3600), store)
+        for _ in range(2):
+            await cull_hub.spawn(name)
+            observed = await cap.observe()
+            plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=3))
+            mine = Plan.build("cull", [a for a in plan.actions if a.target == name], facts=plan.facts)
+            assert [a.kind for a in mine.actions] == ["stop_server"], plan.render()
+            (result,) = await cap.apply(mine, observed, no_progress)
+            assert (result.status, result.detail) == (Status.DONE, "stopped"), result
+            assert running(await hub_user(cull_hub, name)) == set()
+    finally:
+        await store.close()
+
+
+async def test_a_user_whose_server_is_still_stopping_is_not_deleted_and_says_so(
+    cull_hub: RealHub, hub_client: HubClient, tmp_path: Path  # noqa: F811 (the imported fixtures)
+) -> None:
+    """A long-inactive user's idle server is stopped and the user deleted in one round; the stop
+    takes longer than the hub's slow_stop_timeout (202: pending). The deletion waits for a later
+    round, and says why: the server has not stopped (not that the user started one)."""
+    name = unique_name("slow")  # the module's spawner takes longer to stop than slow_stop_timeout
+    await make_user(cull_hub, name)
+    await cull_hub.spawn(name)
+    store = SqliteStore(tmp_path / "state.db")  # sync manages nobody
+    try:
+        cap = CullCapability(hub_client, CullSettings(cull_users=True, delete_users=True), store)
+        observed = await cap.observe()
+        plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=3))
+        mine = Plan.build("cull", [a for a in plan.actions if a.target == name], facts=plan.facts)
+        assert [a.kind for a in mine.actions] == ["stop_server", "delete_user"], mine.actions
+        stop, deletion = await cap.apply(mine, observed, no_progress)
+        assert stop.status is Status.PENDING, stop
+        assert (deletion.status, deletion.detail) == (Status.SKIPPED, "a server of this user has not stopped")
+        assert await hub_user(cull_hub, name)
+    finally:
+        await store.close()
+
+
+async def test_a_hub_that_refuses_the_reading_is_no_outage(
+    cull_hub: RealHub, tmp_path: Path  # noqa: F811 (the imported fixture)
+) -> None:
+    """Only a hub that does not answer, or answers 5xx, is an outage (``hub/outage``: the rounds
+    after it judge no activity for a while). A hub that answers 403 (a token without the role, a
+    scope missing) fails the round but is up: its servers' activity reports reach it, and the
+    round after the fix judges activity at once."""
+    store = SqliteStore(tmp_path / "state.db")
+    hub = HubClient(cull_hub.api_url, "not-a-token", retries=0)
+    try:
+        cap = CullCapability(hub, CullSettings(), store)
+        with pytest.raises(HubError) as err:
+            await cap.observe()
+        assert err.value.status == 403, err.value
+        assert await store.get("hub/outage") is None
+    finally:
+        await hub.close()
+        await store.close()
