@@ -190,3 +190,29 @@ async def test_a_hub_that_refuses_the_reading_is_no_outage(
     finally:
         await hub.close()
         await store.close()
+
+
+@pytest.mark.parametrize("delete_users", [False, True])
+async def test_after_a_hub_outage_a_round_that_also_judges_users_stops_and_deletes_nothing_for_inactivity(
+    cull_hub: RealHub, hub_client: HubClient, tmp_path: Path, delete_users: bool  # noqa: F811 (the fixtures)
+) -> None:
+    """docs/cull.md: after a round found the hub unreachable (``hub/outage``), the rounds stop
+    nothing and delete no user for inactivity until the activity reports have caught up; also
+    with ``cull.cull_users`` (and ``cull.delete_users``) on, whose reading is a different one."""
+    busy, away = unique_name("busy"), unique_name("away")
+    for name in (busy, away):
+        await make_user(cull_hub, name)
+    await cull_hub.spawn(busy)
+    now = datetime.now(UTC) + timedelta(minutes=90)  # the server idle past the hour by its last report
+    store = SqliteStore(tmp_path / "state.db")  # sync manages nobody
+    try:
+        await store.put("hub/outage", {"last_failure": (now - timedelta(minutes=1)).isoformat()})
+        settings = CullSettings(inactivity_timeout=3600, cull_users=True, delete_users=delete_users)
+        cap = CullCapability(hub_client, settings, store, clock=lambda: now)
+        observed = await cap.observe()
+        assert observed.catch_up == (now, now + timedelta(seconds=settings.activity_lag))
+        plan = cap.plan(observed, now)
+        assert not [a for a in plan.actions if a.target in (busy, away)], plan.render()
+        assert any(n.startswith(f"kept {busy}:") and "the hub was unreachable" in n for n in plan.notes), plan.notes
+    finally:
+        await store.close()
