@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,8 +15,10 @@ from hubpilot.adapters.hub import HubClient
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.config.cull import CullSettings
 from hubpilot.cull import CullCapability
+from hubpilot.cull.capability import STOP_REPORTS
 from hubpilot.loop import Plan, Status, no_progress
 from hubpilot.ports.hub import HubError
+from hubpilot.ports.store import StoreError
 from hubpilot.sync.capability import MANAGED_KEY
 from hubpilot.sync.plan import ManagedUser
 from tests.fixtures.hub import unique_name
@@ -214,5 +218,35 @@ async def test_after_a_hub_outage_a_round_that_also_judges_users_stops_and_delet
         plan = cap.plan(observed, now)
         assert not [a for a in plan.actions if a.target in (busy, away)], plan.render()
         assert any(n.startswith(f"kept {busy}:") and "the hub was unreachable" in n for n in plan.notes), plan.notes
+    finally:
+        await store.close()
+
+
+class StopReportsDown(SqliteStore):
+    """The state store fails to write the stop records (a Storage outage), nothing else."""
+
+    async def put(self, key: str, doc: Mapping[str, Any], *, if_match: str | None = None) -> str:
+        if key.startswith(STOP_REPORTS):
+            raise StoreError("Azure Storage: cannot write document: HTTP 503 ServerBusy")
+        return await super().put(key, doc, if_match=if_match)
+
+
+async def test_a_stop_whose_record_cannot_be_written_is_still_reported_done(
+    cull_hub: RealHub, hub_client: HubClient, tmp_path: Path  # noqa: F811 (the imported fixtures)
+) -> None:
+    """The stop record only tells two runs at once apart; when the store cannot write it, the stop
+    the hub made is reported done (not a no-op: the audit would name no stop)."""
+    name = unique_name("storedown")
+    await make_user(cull_hub, name)
+    await cull_hub.spawn(name)
+    store = StopReportsDown(tmp_path / "state.db")
+    try:
+        cap = CullCapability(hub_client, CullSettings(inactivity_timeout=3600), store)
+        observed = await cap.observe()
+        plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=3))
+        mine = Plan.build("cull", [a for a in plan.actions if a.target == name], facts=plan.facts)
+        (result,) = await cap.apply(mine, observed, no_progress)
+        assert (result.status, result.detail) == (Status.DONE, "stopped"), result
+        assert running(await hub_user(cull_hub, name)) == set()
     finally:
         await store.close()
