@@ -11,7 +11,10 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from hubpilot.api.runs import drain_tasks
+from tests.azurite import Azurite
 from tests.test_api_kit import asgi_client, auth, make_context, make_settings
 
 ADMIN, READER = auth("admin"), auth("reader")
@@ -51,6 +54,76 @@ async def test_dry_run_false_runs_and_other_true_spellings_only_plan(tmp_path: P
             assert r.status_code == 200, r.text
             assert r.json()["dry_run"] is False and r.json()["outcome"] == "applied"
             assert worlds["cull"].items == {"cull-a", "cull-b"}
+    finally:
+        await drain_tasks()
+        await ctx.close()
+
+
+async def test_a_409_says_in_retry_after_when_the_holders_lease_expires(tmp_path: Path) -> None:
+    """Retry-After of a 409 is the seconds until the holder's lease expires (rounded up), not a fixed
+    guess: a client that honours it neither hammers the API nor waits past the lease."""
+    from datetime import UTC, datetime
+
+    ctx, worlds = make_context(tmp_path)
+    w = worlds["scale"]
+    w.gate = asyncio.Event()
+    try:
+        async with asgi_client(ctx) as client:
+            first = await client.post("/api/v1/scale", headers=ADMIN)
+            assert first.status_code == 202, first.text
+            await asyncio.wait_for(w.entered.wait(), 10)
+            second = await client.post("/api/v1/scale", headers=ADMIN)
+            assert second.status_code == 409, second.text
+            left = (datetime.fromisoformat(second.json()["expires_at"]) - datetime.now(UTC)).total_seconds()
+            assert left > 60  # the lock's time to live (minutes)
+            assert abs(int(second.headers["retry-after"]) - left) <= 5, (second.headers["retry-after"], left)
+    finally:
+        w.gate.set()
+        await drain_tasks()
+        await ctx.close()
+
+
+@pytest.mark.azurite
+async def test_wait_in_queue_mode_answers_the_run_the_queue_function_finished(azurite: Azurite, tmp_path: Path) -> None:
+    """api.run_mode = queue (the Functions app): ?wait= waits for the run the queue function runs and
+    answers 200 with it finished; the queued document alone (written before the answer) is not the answer."""
+    from azure.core.exceptions import ResourceExistsError
+    from azure.storage.queue import TextBase64DecodePolicy
+    from azure.storage.queue.aio import QueueClient
+
+    from hubpilot.api.runs import QUEUE_NAME, execute_queued, parse_queue_message
+
+    ctx, worlds = make_context(tmp_path, make_settings(run_mode="queue",
+                                                       queue_connection_string=azurite.connection_string))
+    queue = QueueClient.from_connection_string(azurite.connection_string, QUEUE_NAME,
+                                               message_decode_policy=TextBase64DecodePolicy())
+
+    async def deliver() -> str:
+        """What the Functions host does with the run request, once it is on the queue."""
+        for _ in range(200):
+            async for m in queue.receive_messages(max_messages=1):
+                req = parse_queue_message(m.content)
+                await queue.delete_message(m)
+                await asyncio.sleep(0.5)  # the POST has answered by now if it does not wait
+                await execute_queued(ctx, req)
+                return req.run_id
+            await asyncio.sleep(0.05)
+        raise AssertionError("no run request reached the queue")
+
+    try:
+        async with queue:
+            try:
+                await queue.create_queue()
+            except ResourceExistsError:
+                await queue.clear_messages()
+            async with asgi_client(ctx) as client:
+                delivered = asyncio.create_task(deliver())
+                r = await client.post("/api/v1/sync?wait=20", headers=ADMIN)
+                run_id = await delivered
+                assert r.status_code == 200, r.text
+                assert r.json()["run_id"] == run_id and r.json()["outcome"] == "applied"
+                assert r.headers["location"] == f"/api/v1/runs/{run_id}"
+                assert worlds["sync"].items == {"sync-a", "sync-b"}
     finally:
         await drain_tasks()
         await ctx.close()
