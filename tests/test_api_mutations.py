@@ -127,3 +127,65 @@ async def test_wait_in_queue_mode_answers_the_run_the_queue_function_finished(az
     finally:
         await drain_tasks()
         await ctx.close()
+
+
+async def test_audit_since_keeps_the_offset_it_is_given_and_reads_none_as_utc(tmp_path: Path) -> None:
+    """GET /audit?since= is "at or after" the instant given: an offset is kept (+05:00 is five hours
+    before the same clock time in UTC), a time without one is UTC, and the boundary is inclusive."""
+    from datetime import datetime, timedelta, timezone
+
+    ctx, _ = make_context(tmp_path)
+    try:
+        async with asgi_client(ctx) as client:
+            assert (await client.post("/api/v1/sync?wait=30", headers=ADMIN)).status_code == 200
+            entries = (await client.get("/api/v1/audit", headers=READER)).json()["entries"]
+            assert len(entries) == 1
+            at = datetime.fromisoformat(entries[0]["at"])
+
+            async def count(since: datetime | str) -> int:
+                text = since if isinstance(since, str) else since.isoformat()
+                r = await client.get("/api/v1/audit", params={"since": text}, headers=READER)
+                assert r.status_code == 200, r.text
+                return len(r.json()["entries"])
+
+            east, west = timezone(timedelta(hours=5)), timezone(timedelta(hours=-3))
+            assert await count(at) == 1  # inclusive
+            assert await count(at.astimezone(east)) == 1
+            assert await count(at.astimezone(west)) == 1
+            assert await count((at + timedelta(seconds=1)).astimezone(east)) == 0
+            assert await count((at + timedelta(seconds=1)).astimezone(west)) == 0
+            assert await count(at.astimezone(east).replace(tzinfo=None).isoformat()) == 0  # read as UTC: later
+            assert await count(at.replace(tzinfo=None).isoformat()) == 1
+    finally:
+        await drain_tasks()
+        await ctx.close()
+
+
+async def test_audit_by_user_applies_the_since_and_operation_filters_too(tmp_path: Path) -> None:
+    """GET /audit?user= with since= and operation=: only the entries naming the user that also pass
+    the other filters (a search by user that dropped them answered entries the admin excluded)."""
+    from datetime import timedelta
+
+    from hubpilot.loop import Action
+    from tests.test_audit_user import T0, entry
+
+    ctx, _ = make_context(tmp_path)
+    try:
+        await ctx.store.append_audit(entry("sync", [Action("create_user", "bob", 0, {}, "in the group")], at=T0))
+        later = T0 + timedelta(hours=1)
+        await ctx.store.append_audit(entry("cull", [Action("stop_server", "bob/", 0, {"user": "bob"}, "idle")],
+                                           at=later))
+        async with asgi_client(ctx) as client:
+            async def ops(**params: str) -> list[str]:
+                r = await client.get("/api/v1/audit", params={"user": "bob", **params}, headers=READER)
+                assert r.status_code == 200, r.text
+                return [e["operation"] for e in r.json()["entries"]]
+
+            assert await ops() == ["cull", "sync"]
+            assert await ops(operation="sync") == ["sync"]
+            assert await ops(operation="cull") == ["cull"]
+            assert await ops(since=(T0 + timedelta(minutes=30)).isoformat()) == ["cull"]
+            assert await ops(since=later.isoformat()) == ["cull"]
+            assert await ops(since=(later + timedelta(microseconds=1)).isoformat()) == []
+    finally:
+        await ctx.close()
