@@ -189,3 +189,35 @@ async def test_audit_by_user_applies_the_since_and_operation_filters_too(tmp_pat
             assert await ops(since=(later + timedelta(microseconds=1)).isoformat()) == []
     finally:
         await ctx.close()
+
+
+async def test_an_approval_while_another_run_holds_the_lock_is_409_and_stays_usable(tmp_path: Path) -> None:
+    """POST /plans/{id}/approve while a run of the plan's operation holds its lock answers 409 naming the
+    holder with Retry-After (not a 500), applies nothing and does not use up the approval: once the lock is
+    free the same approval applies the plan, and only once."""
+    from datetime import UTC, datetime
+
+    ctx, worlds = make_context(tmp_path)
+    w = worlds["cull"]
+    w.items, w.desired = {"a", "b", "c"}, set()
+    try:
+        async with asgi_client(ctx) as client:
+            refused = (await client.post("/api/v1/cull?wait=30", headers=ADMIN)).json()
+            assert refused["outcome"] == "refused", refused
+            plan_id = refused["plan_id"]
+            lease = await ctx.store.acquire_lock("cull", "cli:ana:run", ctx.runner.lock_ttl, datetime.now(UTC))
+            assert lease is not None
+            r = await client.post(f"/api/v1/plans/{plan_id}/approve?wait=30", headers=ADMIN)
+            assert r.status_code == 409, r.text
+            assert r.json()["holder"] == "cli:ana:run" and int(r.headers["retry-after"]) >= 1
+            assert w.items == {"a", "b", "c"} and w.applies == 0
+            await ctx.store.release_lock(lease)
+            ok = await client.post(f"/api/v1/plans/{plan_id}/approve?wait=30", headers=ADMIN)
+            assert ok.status_code == 200, ok.text
+            assert ok.json()["outcome"] == "applied" and ok.json()["approved_plan"] == plan_id
+            assert w.items == set() and w.applies == 1
+            again = await client.post(f"/api/v1/plans/{plan_id}/approve?wait=30", headers=ADMIN)
+            assert again.status_code == 404 and w.applies == 1
+    finally:
+        await drain_tasks()
+        await ctx.close()
