@@ -221,3 +221,39 @@ async def test_an_approval_while_another_run_holds_the_lock_is_409_and_stays_usa
     finally:
         await drain_tasks()
         await ctx.close()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "chunked"])
+async def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_413(tmp_path: Path, streamed: bool) -> None:
+    """The README: a body *above* 4 MiB is 413. One of exactly MAX_BODY_BYTES (valid JSON padded with
+    spaces) is read and acted on, declared or chunked; one byte more is refused and records nothing."""
+    from collections.abc import AsyncIterator
+
+    from hubpilot.api.app import MAX_BODY_BYTES
+
+    ctx, _ = make_context(tmp_path)
+    doc = b'{"user": "alice"}'
+
+    def sent(size: int) -> bytes | AsyncIterator[bytes]:
+        data = doc + b" " * (size - len(doc))
+        if not streamed:
+            return data
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), 1 << 20):
+                yield data[i:i + (1 << 20)]
+        return chunks()
+
+    headers = {**auth("hub"), "Content-Type": "application/json"}
+    try:
+        async with asgi_client(ctx) as client:
+            over = await client.post("/api/v1/scale/demand", headers=headers, content=sent(MAX_BODY_BYTES + 1))
+            assert over.status_code == 413, over.text
+            assert await ctx.store.list("scale/demand/") == {}
+            r = await client.post("/api/v1/scale/demand", headers=headers, content=sent(MAX_BODY_BYTES))
+            assert r.status_code == 202, r.text
+            assert r.json()["recorded"] == "alice~"
+            assert list(await ctx.store.list("scale/demand/")) == ["scale/demand/alice~"]
+    finally:
+        await drain_tasks()
+        await ctx.close()
