@@ -257,3 +257,42 @@ async def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_413(tmp_
     finally:
         await drain_tasks()
         await ctx.close()
+
+
+async def test_an_unreadable_state_store_is_503_naming_no_path_or_error_text(tmp_path: Path) -> None:
+    """A state store that cannot be opened answers 503 "the state store is unavailable" with the error's
+    type only: its text (here the state file's path, elsewhere an account URL) stays in the log."""
+    from hubpilot.adapters.store_sqlite import SqliteStore
+
+    blocker = tmp_path / "not-a-directory-7f3e"
+    blocker.write_text("a file where the state file's folder should be")
+    ctx, worlds = make_context(tmp_path)
+    await ctx.store.close()
+    ctx.store = SqliteStore(blocker / "state.sqlite3")
+    try:
+        async with asgi_client(ctx) as client:
+            for method, path in (("GET", "/api/v1/status"), ("POST", "/api/v1/sync"), ("GET", "/api/v1/audit")):
+                r = await client.request(method, path, headers=ADMIN)
+                assert r.status_code == 503, (path, r.text)
+                assert r.json() == {"detail": "the state store is unavailable: StoreError"}, r.text
+                assert "7f3e" not in r.text
+            assert worlds["sync"].applies == 0
+    finally:
+        await drain_tasks()
+        await ctx.close()
+
+
+async def test_a_500_carries_no_text_of_the_error_even_a_short_one(tmp_path: Path) -> None:
+    """An unexpected error's answer holds neither the exception's text nor the data it quotes, however
+    short (a long value is cut in the exception's own text, which hid a body that quoted it)."""
+    run = "0123456789abcdef0123456789abcdef"
+    ctx, _ = make_context(tmp_path)
+    await ctx.store.put(f"runs/{run}", {"run_id": run, "outcome": "Key=s3cr3t"})
+    try:
+        async with asgi_client(ctx) as client:
+            r = await client.get(f"/api/v1/runs/{run}", headers=READER)
+            assert r.status_code == 500, r.text
+            assert set(r.json()) == {"detail", "correlation_id"}
+            assert "s3cr3t" not in r.text and "outcome" not in r.text and "validation" not in r.text.lower()
+    finally:
+        await ctx.close()
