@@ -296,3 +296,25 @@ async def test_a_500_carries_no_text_of_the_error_even_a_short_one(tmp_path: Pat
             assert "s3cr3t" not in r.text and "outcome" not in r.text and "validation" not in r.text.lower()
     finally:
         await ctx.close()
+
+
+async def test_a_damaged_reservation_blocks_nothing_and_is_overwritten(tmp_path: Path) -> None:
+    """A reservation document whose 'until' is not a time (damaged, hand-edited) holds nothing: status shows
+    no lock, and a POST starts the run (202), whose reservation replaces it (not a 500 on every POST)."""
+    from hubpilot.api.runs import PENDING_KEY
+
+    ctx, worlds = make_context(tmp_path)
+    key = PENDING_KEY.format(operation="sync")
+    await ctx.store.put(key, {"run_id": "f" * 32, "holder": "someone:" + "f" * 32, "until": "next tuesday"})
+    try:
+        async with asgi_client(ctx) as client:
+            status = await client.get("/api/v1/status", headers=READER)
+            assert status.status_code == 200, status.text
+            assert next(o for o in status.json()["operations"] if o["operation"] == "sync")["lock"] is None
+            r = await client.post("/api/v1/sync?wait=30", headers=ADMIN)
+            assert r.status_code == 200, r.text
+            assert r.json()["outcome"] == "applied" and worlds["sync"].items == {"sync-a", "sync-b"}
+            assert await ctx.store.get(key) is None  # released: the damaged one is gone with it
+    finally:
+        await drain_tasks()
+        await ctx.close()
