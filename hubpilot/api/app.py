@@ -628,6 +628,8 @@ def create_app(context: ContextSource) -> FastAPI:
             entries, nxt = await ctx.store.read_audit(since=since, operation=operation, limit=limit,
                                                       cursor=cursor)
         except (ValueError, KeyError, OverflowError, TypeError) as exc:
+            if cursor is None:  # not the caller's: an entry that cannot be read (500, the log has it)
+                raise
             raise HTTPException(400, f"cursor: not a cursor this audit log returned ({type(exc).__name__})") \
                 from None
         return {"entries": entries, "next_cursor": nxt}
