@@ -216,6 +216,10 @@ async def test_an_approval_while_another_run_holds_the_lock_is_409_and_stays_usa
             assert ok.status_code == 200, ok.text
             assert ok.json()["outcome"] == "applied" and ok.json()["approved_plan"] == plan_id
             assert w.items == set() and w.applies == 1
+            # the audit log says who approved it (the caller), under the approval trigger
+            audit = (await client.get("/api/v1/audit?operation=cull", headers=READER)).json()["entries"]
+            assert [(e["trigger"], e["actor"], e["outcome"]) for e in audit] == [
+                ("approval", "token:admin-caller", "applied"), ("api", "token:admin-caller", "refused")]
             again = await client.post(f"/api/v1/plans/{plan_id}/approve?wait=30", headers=ADMIN)
             assert again.status_code == 404 and w.applies == 1
     finally:
