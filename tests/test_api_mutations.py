@@ -342,3 +342,19 @@ async def test_an_audit_entry_the_search_cannot_read_is_a_500_not_a_bad_cursor(t
             assert plain.status_code == 200 and len(plain.json()["entries"]) == 1
     finally:
         await ctx.close()
+
+
+async def test_a_pause_and_a_resume_name_the_caller_in_the_audit_and_the_detail(tmp_path: Path) -> None:
+    """Who paused an operation is the caller: its audit entry's actor, and what a second pause says."""
+    ctx, _ = make_context(tmp_path)
+    try:
+        async with asgi_client(ctx) as client:
+            assert (await client.post("/api/v1/operations/scale/pause", headers=ADMIN)).json()["changed"] is True
+            again = (await client.post("/api/v1/operations/scale/pause", headers=ADMIN)).json()
+            assert "already paused by token:admin-caller" in again["detail"], again
+            assert (await client.post("/api/v1/operations/scale/resume", headers=ADMIN)).json()["changed"] is True
+            audit = (await client.get("/api/v1/audit?operation=scale", headers=READER)).json()["entries"]
+            assert [(e["outcome"], e["actor"]) for e in audit] == [
+                ("resumed", "token:admin-caller"), ("paused", "token:admin-caller")]
+    finally:
+        await ctx.close()
