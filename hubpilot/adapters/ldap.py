@@ -14,8 +14,9 @@ One ``read()`` opens one connection and makes a handful of requests, whatever th
 
 Findings that do not make the read wrong (a member that is no person, a member DN that does not
 exist, a nesting cycle) are returned as notes. Anything else (server down, bind refused,
-timeout, a configured group that does not exist, a size limit) raises DirectoryError: a
-partial snapshot is never returned. ldap3 is synchronous; the work runs in a thread.
+timeout, a configured group that does not exist, a size limit, a group whose members the bind DN
+may not read) raises DirectoryError: a partial snapshot is never returned. ldap3 is synchronous;
+the work runs in a thread.
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import ldap3
-from ldap3.core.exceptions import LDAPException, LDAPNoSuchObjectResult, LDAPSessionTerminatedByServerError
+from ldap3.core.exceptions import (
+    LDAPException,
+    LDAPNoSuchAttributeResult,
+    LDAPNoSuchObjectResult,
+    LDAPOperationResult,
+    LDAPSessionTerminatedByServerError,
+)
 from ldap3.utils.ciDict import CaseInsensitiveDict
 from ldap3.utils.conv import escape_filter_chars
 
@@ -44,6 +51,9 @@ from hubpilot.ports.directory import DirectoryError, DirectorySnapshot, Member, 
 GROUP_CLASSES = frozenset({"groupofnames", "groupofuniquenames", "posixgroup", "group"})
 PERSON_FILTER_CLASSES = ("person", "posixAccount", "account")
 MEMBER_ATTRIBUTES = ("member", "uniqueMember", "memberUid")
+# each group kind's member attribute, and the value a compare asks about (any its syntax accepts)
+_KIND_MEMBER = {"groupofnames": "member", "group": "member", "groupofuniquenames": "uniqueMember",
+                "posixgroup": "memberUid"}
 _PAGED_OID = "1.2.840.113556.1.4.319"
 _UID_SUFFIX = re.compile(r"#'[01]*'B$")
 _ATTR_TYPE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*)$")
@@ -558,6 +568,7 @@ class LdapDirectory:
                 if not entry.is_group:
                     raise DirectoryError(f"LDAP entry {name!r} is no group (groupOfNames, "
                                          "groupOfUniqueNames, posixGroup or group)")
+                self._check_empty(conn, entry, hits[0][1])
                 found[name] = entry
             else:
                 by_name.setdefault(fold(name), []).append(name)
@@ -591,8 +602,10 @@ class LdapDirectory:
                     dns = "; ".join(dn for dn, _ in m)
                     raise DirectoryError(f"LDAP group {names_given[0]!r} is ambiguous ({dns}): "
                                          "name it by its full DN")
+                entry = self._entry(*m[0], loaded=True)
+                self._check_empty(conn, entry, m[0][1])
                 for n in names_given:
-                    found[n] = self._entry(*m[0], loaded=True)
+                    found[n] = entry
         return found
 
     def _scan(self, conn: ldap3.Connection) -> tuple[dict[str, _Entry], dict[str, list[_Entry]], dict[str, str],
@@ -654,8 +667,34 @@ class LdapDirectory:
         if not hits:
             raise DirectoryError(f"LDAP group {group.raw_dn!r} vanished during the read")
         full = self._entry(*hits[0], loaded=True)
+        self._check_empty(conn, full, hits[0][1])
         group.members, group.member_uids, group.loaded = full.members, full.member_uids, True
         return group
+
+    def _check_empty(self, conn: ldap3.Connection, group: _Entry, attrs: Mapping[str, Any]) -> None:
+        """A group read with no member is empty only if the server says it has no member
+        attribute: one whose members the bind DN may not read comes without them too (an access
+        rule), and reading it as empty would remove every member. A compare tells them apart
+        (RFC 4511 4.10: noSuchAttribute for an attribute the entry lacks; an access rule makes it
+        insufficientAccessRights, or compareFalse when the bind DN may compare but not read)."""
+        if group.members or group.member_uids:
+            return
+        classes = {c.lower() for c in _values(attrs, "objectClass")}
+        for attr in dict.fromkeys(a for kind, a in _KIND_MEMBER.items() if kind in classes):
+            probe = "-" if attr == "memberUid" else group.raw_dn
+            try:
+                conn.compare(group.raw_dn, attr, probe)
+            except LDAPNoSuchAttributeResult:
+                continue  # the group has no members
+            except LDAPOperationResult as exc:  # the server's answer (a lost connection is raised as it is)
+                raise DirectoryError(
+                    f"LDAP group {group.raw_dn!r} came without members and the server would not say it has none "
+                    f"({type(exc).__name__}: {exc}): the bind DN {self.bind_dn or '(anonymous)'} may not read its "
+                    f"{attr}; nothing is changed (allow the bind DN to read {attr})") from exc
+            raise DirectoryError(
+                f"LDAP group {group.raw_dn!r} came without members but holds {attr} values: the bind DN "
+                f"{self.bind_dn or '(anonymous)'} may not read them; nothing is changed (allow the bind DN to "
+                f"read {attr})")
 
     def _expand(self, conn: ldap3.Connection, name: str, root: _Entry, index: Mapping[str, _Entry],
                 by_username: Mapping[str, list[_Entry]], notes: list[str],

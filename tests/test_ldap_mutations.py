@@ -1,0 +1,87 @@
+"""Mutation review of the LDAP adapter: behaviours no other test held, against real slapd servers
+(the session one from tests/fixtures/slapd.py, and a private one whose access rules would change
+what the shared server answers for every other test)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hubpilot.adapters.ldap import LdapDirectory
+from hubpilot.ports.directory import DirectoryError
+from tests.slapd import SLAPD, Slapd, slapd_server
+from tests.test_ldap_directory import COM, usernames
+
+pytestmark = pytest.mark.ldap
+
+OU = f"ou=t,{COM}"
+# bind DNs that may read the groups but not their member lists (slapd.conf access rules): one with
+# no access to them at all, one that may compare them (ask whether a value is there) but not read them
+BLIND = f"uid=blind,{COM}"
+PEEKER = f"uid=peeker,{COM}"
+PASSWORD = "reader-secret"
+
+
+@pytest.fixture(scope="module")
+def acl_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    if not Path(SLAPD).exists():
+        pytest.fail(f"{SLAPD} is missing: apt-get install -y slapd ldap-utils")
+    with slapd_server(tmp_path_factory.mktemp("slapd-acl")) as s:
+        s.add(OU, {"objectClass": ["organizationalUnit"], "ou": "t"})
+        for reader in (BLIND, PEEKER):
+            s.add(reader, {"objectClass": ["account", "simpleSecurityObject"], "uid": reader[4:reader.index(",")],
+                           "userPassword": PASSWORD})
+        for uid in ("bob", "amy"):
+            s.add(f"uid={uid},{OU}", {"objectClass": ["inetOrgPerson"], "uid": uid, "cn": uid, "sn": "x"})
+        s.add(f"cn=names,{OU}", {"objectClass": ["groupOfNames"], "cn": "names",
+                                 "member": [f"uid=bob,{OU}", f"uid=amy,{OU}"]})
+        s.add(f"cn=unique,{OU}", {"objectClass": ["groupOfUniqueNames"], "cn": "unique",
+                                  "uniqueMember": [f"uid=bob,{OU}"]})
+        s.add(f"cn=open,{OU}", {"objectClass": ["groupOfNames"], "cn": "open", "member": [f"uid=amy,{OU}"]})
+        s.add(f"cn=host,{OU}", {"objectClass": ["groupOfNames"], "cn": "host", "member": [f"cn=names,{OU}"]})
+        s.add(f"cn=posix,{OU}", {"objectClass": ["posixGroup"], "cn": "posix", "gidNumber": 7, "memberUid": ["bob"]})
+        s.add(f"cn=nobody,{OU}", {"objectClass": ["posixGroup"], "cn": "nobody", "gidNumber": 8})
+        s.stop()
+        conf = s.workdir / "slapd.conf"
+        hide = (f'access to dn.regex="^cn=(open|host|nobody),{OU}$" by * read\n'
+                f'access to attrs=member,uniqueMember,memberUid by dn.exact="{s.root_dn}" manage '
+                f'by dn.exact="{BLIND}" none by dn.exact="{PEEKER}" compare by * read\n')
+        conf.write_text(conf.read_text().replace("access to * by", hide + "access to * by", 1))
+        s.start()
+        yield s
+
+
+def blind(slapd: Slapd, who: str = BLIND, **kw: object) -> LdapDirectory:
+    args: dict[str, object] = dict(url=slapd.url, bind_dn=who, bind_password=PASSWORD, base_dn=COM, timeout=5.0)
+    args.update(kw)
+    return LdapDirectory(**args)  # type: ignore[arg-type]
+
+
+# ---- a group whose member list the bind DN may not read ----------------------------------------
+
+
+@pytest.mark.parametrize("who", [BLIND, PEEKER])
+@pytest.mark.parametrize("group", ["names", "unique", "posix", f"cn=names,{OU}"])
+async def test_a_group_whose_members_the_bind_dn_may_not_read_is_unknown_not_empty(acl_slapd: Slapd, who: str,
+                                                                                   group: str) -> None:
+    # the server hands out the group without its member attribute, as it would an empty group:
+    # read as empty, every member would be removed
+    snap = await blind(acl_slapd, who).read(["open", "nobody"])
+    assert usernames(snap, "open") == {"amy"}  # the bind DN reads a group it may read
+    assert snap.groups["nobody"] == frozenset()  # and an empty group it may read is empty
+    with pytest.raises(DirectoryError, match=r"came without members.*may not read (its|them).*"
+                                             r"allow the bind DN to read (member|uniqueMember|memberUid)\)"):
+        await blind(acl_slapd, who).read([group, "open"])
+
+
+async def test_a_nested_group_whose_members_the_bind_dn_may_not_read_is_unknown(acl_slapd: Slapd) -> None:
+    # the root group is readable, the group it holds is not: its people are unknown, not gone
+    assert usernames(await blind(acl_slapd, nested=False).read(["host"]), "host") == set()  # nesting off
+    with pytest.raises(DirectoryError, match=r"'cn=names,ou=t,dc=example,dc=com' came without members"):
+        await blind(acl_slapd, nested=True).read(["host"])
+    full = await LdapDirectory(url=acl_slapd.url, bind_dn=acl_slapd.root_dn, bind_password=acl_slapd.root_password,
+                               base_dn=COM, nested=True).read(["host"])
+    assert usernames(full, "host") == {"bob", "amy"}
+
