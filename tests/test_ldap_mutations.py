@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import ldap3
 import pytest
 
-from hubpilot.adapters.ldap import LdapDirectory
+from hubpilot.adapters.ldap import LdapDirectory, normalize_dn
 from hubpilot.ports.directory import DirectoryError
 from tests.slapd import SLAPD, Slapd, slapd_server
-from tests.test_ldap_directory import COM, usernames
+from tests.test_ldap_directory import COM, directory, usernames
 
 pytestmark = pytest.mark.ldap
 
@@ -85,3 +86,57 @@ async def test_a_nested_group_whose_members_the_bind_dn_may_not_read_is_unknown(
                                base_dn=COM, nested=True).read(["host"])
     assert usernames(full, "host") == {"bob", "amy"}
 
+
+
+# ---- names: the configured attributes, filter values, usernames -------------------------------
+
+
+async def test_groups_are_found_by_a_group_name_attribute_other_than_cn(slapd: Slapd, ldap_names: str) -> None:
+    # the attribute must be asked for: the server returns only those named
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    slapd.add(f"uid={t}p,{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}p", "cn": "p", "sn": "p"})
+    slapd.add(f"cn={t}-g,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-g", "description": f"Team {t}",
+                                 "member": [f"uid={t}p,{ou}"]})
+    snap = await directory(slapd, base_dn=ou, group_name_attribute="description").read([f"Team {t}"])
+    assert usernames(snap, f"Team {t}") == {f"{t}p"}
+
+
+async def test_a_group_name_with_filter_characters_is_found_as_written(slapd: Slapd, ldap_names: str) -> None:
+    # parentheses, '*', '\\' in a name are escaped in the search filter (RFC 4515): unescaped, the
+    # filter is refused, or '*' would match other groups
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    slapd.add(f"uid={t}p,{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}p", "cn": "p", "sn": "p"})
+    name = f"R&D (EU) {t}*\\x"
+    slapd.add(f"cn=R&D (EU) {t}*\\5Cx,{ou}", {"objectClass": ["groupOfNames"], "cn": name,
+                                              "member": [f"uid={t}p,{ou}"]})
+    snap = await directory(slapd, base_dn=ou).read([name])
+    assert usernames(snap, name) == {f"{t}p"}
+
+
+# ---- nesting ------------------------------------------------------------------------------------
+
+
+async def test_a_group_reached_two_ways_of_one_length_is_walked_once(slapd: Slapd, ldap_names: str) -> None:
+    # r ∋ {a, b}; a ∋ c; b ∋ c; c ∋ {p, r}: c is walked once, so its cycle back to r is noted once
+    # (walking every way again would grow with each diamond of groups)
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    slapd.add(f"uid={t}p,{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}p", "cn": "p", "sn": "p"})
+    dn = {g: f"cn={t}-{g},{ou}" for g in "rabc"}
+    slapd.add(dn["c"], {"objectClass": ["groupOfNames"], "cn": f"{t}-c", "member": [f"uid={t}p,{ou}"]})
+    for g in "ab":
+        slapd.add(dn[g], {"objectClass": ["groupOfNames"], "cn": f"{t}-{g}", "member": [dn["c"]]})
+    slapd.add(dn["r"], {"objectClass": ["groupOfNames"], "cn": f"{t}-r", "member": [dn["a"], dn["b"]]})
+    slapd.modify(dn["c"], {"member": [(ldap3.MODIFY_ADD, [dn["r"]])]})
+    d = directory(slapd, base_dn=ou, nested=True)
+    snap = await d.read([f"{t}-r"])
+    assert usernames(snap, f"{t}-r") == {f"{t}p"}
+    assert [n for n in snap.notes if "nesting cycle" in n] == [
+        f"{t}-r: nesting cycle {normalize_dn(dn['r'])} -> {normalize_dn(dn['a'])} -> {normalize_dn(dn['c'])} -> "
+        f"{normalize_dn(dn['r'])}; not followed again"]
+    assert len(snap.notes) == 1
