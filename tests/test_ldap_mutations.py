@@ -140,3 +140,108 @@ async def test_a_group_reached_two_ways_of_one_length_is_walked_once(slapd: Slap
         f"{t}-r: nesting cycle {normalize_dn(dn['r'])} -> {normalize_dn(dn['a'])} -> {normalize_dn(dn['c'])} -> "
         f"{normalize_dn(dn['r'])}; not followed again"]
     assert len(snap.notes) == 1
+
+
+# ---- referrals: which members they make unknown ------------------------------------------------
+
+
+@pytest.fixture
+def referral(acl_slapd: Slapd) -> Iterator[str]:
+    """A subordinate referral (RFC 3296) for ou=remote under the test OU: another server holds it."""
+    dn = f"ou=remote,{OU}"
+    acl_slapd.add(dn, {"objectClass": ["referral", "extensibleObject"], "ou": "remote",
+                       "ref": f"ldap://ldap2.example.org/{dn}"})
+    try:
+        yield dn
+    finally:
+        conn = acl_slapd.connect()
+        try:
+            conn.delete(dn, controls=[("2.16.840.1.113730.3.4.2", True, None)])  # ManageDsaIT
+        finally:
+            conn.unbind()
+
+
+async def test_a_member_uid_no_person_holds_while_the_server_refers_part_of_the_tree_is_unknown(
+        acl_slapd: Slapd, referral: str) -> None:
+    # a memberUid names no subtree: the person may be one the other server holds
+    acl_slapd.add(f"cn=refposix,{OU}", {"objectClass": ["posixGroup"], "cn": "refposix", "gidNumber": 9,
+                                        "memberUid": ["bob", "zed"]})
+    try:
+        with pytest.raises(DirectoryError, match=r"memberUid 'zed'.*is not found.*ldap2\.example\.org"):
+            await directory(acl_slapd).read(["refposix"])
+    finally:
+        acl_slapd.delete(f"cn=refposix,{OU}")
+
+
+async def test_a_member_dn_outside_the_referred_subtree_that_does_not_exist_is_noted_not_unknown(
+        acl_slapd: Slapd, referral: str) -> None:
+    # the reference names the subtree it covers: a member DN elsewhere that no entry has is one
+    # that does not exist (a person deleted), skipped as without the referral
+    acl_slapd.add(f"cn=refnames,{OU}", {"objectClass": ["groupOfNames"], "cn": "refnames",
+                                        "member": [f"uid=bob,{OU}", f"uid=gone,{OU}"]})
+    try:
+        snap = await directory(acl_slapd).read(["refnames"])
+    finally:
+        acl_slapd.delete(f"cn=refnames,{OU}")
+    assert usernames(snap, "refnames") == {"bob"}
+    assert len(snap.notes) == 1 and f"'uid=gone,{OU}'" in snap.notes[0] and "does not exist" in snap.notes[0]
+
+
+# ---- what is read: people, the scanned subtrees, DN spelling ----------------------------------
+
+
+async def test_an_account_entry_is_a_person(slapd: Slapd, ldap_names: str) -> None:
+    # objectClass account (RFC 4524) alone, as service and POSIX-only people often are
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    slapd.add(f"uid={t}svc,{ou}", {"objectClass": ["account"], "uid": f"{t}svc"})
+    slapd.add(f"cn={t}-g,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-g", "member": [f"uid={t}svc,{ou}"]})
+    snap = await directory(slapd, base_dn=ou).read([f"{t}-g"])
+    assert usernames(snap, f"{t}-g") == {f"{t}svc"}
+    assert snap.notes == ()
+
+
+async def test_a_nested_group_under_a_group_base_above_base_dn_is_followed(slapd: Slapd, ldap_names: str) -> None:
+    # people under base_dn, groups beside them under group_base_dn (which holds base_dn): the
+    # scan covers group_base_dn, so the nested group is found, not "outside base_dn"
+    t = ldap_names
+    top = f"ou={t},{COM}"
+    people, groups = f"ou=people,{top}", f"ou=groups,{top}"
+    for dn in (top, people, groups):
+        slapd.add(dn, {"objectClass": ["organizationalUnit"], "ou": dn.split(",")[0][3:]})
+    slapd.add(f"uid={t}p,{people}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}p", "cn": "p", "sn": "p"})
+    slapd.add(f"cn={t}-inner,{groups}", {"objectClass": ["groupOfNames"], "cn": f"{t}-inner",
+                                         "member": [f"uid={t}p,{people}"]})
+    slapd.add(f"cn={t}-outer,{groups}", {"objectClass": ["groupOfNames"], "cn": f"{t}-outer",
+                                         "member": [f"cn={t}-inner,{groups}"]})
+    d = directory(slapd, base_dn=people, group_base_dn=top, nested=True)
+    snap = await d.read([f"{t}-outer"])
+    assert usernames(snap, f"{t}-outer") == {f"{t}p"}
+    assert snap.notes == ()
+    # the usual layout, groups under base_dn: one scan of base_dn (find, scan, the nested group)
+    inside = directory(slapd, base_dn=top, group_base_dn=groups, nested=True)
+    assert usernames(await inside.read([f"{t}-outer"]), f"{t}-outer") == {f"{t}p"}
+    assert inside.stats.searches == 3
+
+
+async def test_member_dns_spaced_otherwise_than_the_entry_name_it(slapd: Slapd, ldap_names: str) -> None:
+    """The server matches DN values with insignificant spaces removed (RFC 4518 2.6.1: runs of
+    spaces are one, leading and trailing ones none) and keeps member values as written."""
+    t = ldap_names
+    ou = f"ou={t},{COM}"
+    slapd.add(ou, {"objectClass": ["organizationalUnit"], "ou": t})
+    slapd.add(f"cn=Jo Two,{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}jo", "cn": "Jo Two", "sn": "x"})
+    slapd.add(f"cn=Al Three,{ou}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}al", "cn": "Al Three", "sn": "x"})
+    spaced = [f"cn=Jo  Two,{ou}", f"cn=\\ Al Three\\ ,{ou}"]
+    slapd.add(f"cn={t}-g,{ou}", {"objectClass": ["groupOfNames"], "cn": f"{t}-g", "member": spaced})
+    conn = slapd.connect()
+    try:  # the server keeps the spelling, and takes either for the entry's name
+        conn.search(f"cn={t}-g,{ou}", "(objectClass=*)", ldap3.BASE, attributes=["member"])
+        assert sorted(conn.response[0]["attributes"]["member"]) == [f"cn=Jo  Two,{ou}", f"cn=\\20Al Three\\20,{ou}"]
+        assert all(conn.compare(f"cn={t}-g,{ou}", "member", dn) for dn in (f"cn=Jo Two,{ou}", f"cn=Al Three,{ou}"))
+    finally:
+        conn.unbind()
+    snap = await directory(slapd, base_dn=ou).read([f"{t}-g"])
+    assert usernames(snap, f"{t}-g") == {f"{t}jo", f"{t}al"}
+    assert snap.notes == ()
