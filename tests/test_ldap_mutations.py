@@ -245,3 +245,78 @@ async def test_member_dns_spaced_otherwise_than_the_entry_name_it(slapd: Slapd, 
     snap = await directory(slapd, base_dn=ou).read([f"{t}-g"])
     assert usernames(snap, f"{t}-g") == {f"{t}jo", f"{t}al"}
     assert snap.notes == ()
+
+
+# ---- the settings reach the adapter ------------------------------------------------------------
+
+
+async def test_every_directory_ldap_setting_reaches_the_read(slapd: Slapd, ldap_names: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """[directory.ldap] as the hosts load it (environment → settings → wiring), each setting away
+    from its default and each one deciding part of what the read returns."""
+    from hubpilot.adapters.store_sqlite import SqliteStore
+    from hubpilot.settings import load_settings
+    from hubpilot.wiring import Context, build_directory
+
+    t = ldap_names
+    top = f"ou={t},{COM}"
+    people, groups = f"ou=people,{top}", f"ou=groups,{top}"
+    for dn in (top, people, groups):
+        slapd.add(dn, {"objectClass": ["organizationalUnit"], "ou": dn.split(",")[0][3:]})
+    for p in ("a", "b", "c"):
+        slapd.add(f"uid={t}{p},{people}", {"objectClass": ["inetOrgPerson"], "uid": f"{t}{p}", "cn": p, "sn": p,
+                                           "mail": f"{p}@{t}.example"})
+
+    def group(name: str, *members: str) -> str:
+        dn = f"cn={t}-{name},{groups}"
+        slapd.add(dn, {"objectClass": ["groupOfNames"], "cn": f"{t}-{name}", "description": f"Team {name} {t}",
+                       "member": list(members)})
+        return dn
+
+    deep = group("deep", f"uid={t}c,{people}")  # two levels below the root: beyond nested_max_depth = 1
+    inner = group("inner", f"uid={t}b,{people}", deep)
+    group("root", f"uid={t}a,{people}", inner)
+    env = {"KIND": "ldap", "LDAP__URL": slapd.url, "LDAP__BIND_DN": slapd.root_dn,
+           "LDAP__BIND_PASSWORD": slapd.root_password, "LDAP__BASE_DN": people, "LDAP__GROUP_BASE_DN": groups,
+           "LDAP__GROUP_NAME_ATTRIBUTE": "description", "LDAP__USERNAME_ATTRIBUTE": "mail",
+           "LDAP__NESTED": "true", "LDAP__NESTED_MAX_DEPTH": "1", "LDAP__PAGE_SIZE": "2",
+           "LDAP__TIMEOUT_SECONDS": "7.5", "LDAP__START_TLS": "true", "LDAP__CA_FILE": slapd.ca_file,
+           "LDAP__ID_ATTRIBUTE": ""}
+    for k, v in env.items():
+        monkeypatch.setenv(f"HUBPILOT_DIRECTORY__{k}", v)
+    d = build_directory(Context(settings=load_settings(), store=SqliteStore(tmp_path / "state.db")))
+    assert isinstance(d, LdapDirectory)
+    name = f"Team root {t}"
+    snap = await d.read([name])
+    # found by description under group_base_dn (outside base_dn); named by mail; inner followed,
+    # deep not (nested_max_depth); people known by their DN (id_attribute empty)
+    assert {m.username for m in snap.groups[name]} == {f"a@{t}.example", f"b@{t}.example"}
+    assert {m.id for m in snap.groups[name]} == {f"uid={t}a,{people}", f"uid={t}b,{people}"}
+    assert any("deeper than nested_max_depth=1" in n for n in snap.notes)
+    # the find, the scans of base_dn (3 people: 2 pages) and of group_base_dn (3 groups: 2 pages),
+    # the nested group's base search
+    assert d.stats.searches == 1 + 2 + 2 + 1
+    assert d.timeout == 7.5
+
+
+@pytest.mark.parametrize(("setting", "value", "says"), [
+    ("base_dn", "example.org", r"base_dn must be the DN of an entry"),  # a domain name, not its DN
+    ("group_base_dn", "groups", r"group_base_dn must be the DN of an entry"),
+    ("nested_max_depth", 0, r"nested_max_depth\s+Input should be greater than or equal to 1"),
+    ("page_size", 0, r"page_size\s+Input should be greater than or equal to 1"),
+])
+def test_ldap_settings_no_read_could_use_are_refused_at_start(setting: str, value: object, says: str) -> None:
+    from pydantic import ValidationError
+
+    from hubpilot.config.directory import LdapSettings
+
+    args: dict[str, object] = {"url": "ldaps://ldap.example.org", "base_dn": "dc=example,dc=org", setting: value}
+    with pytest.raises(ValidationError, match=says):
+        LdapSettings(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("url", "port"), [("ldaps://ldap.example.org", 636), ("ldap://ldap.example.org", 389),
+                                           ("ldaps://ldap.example.org:3269", 3269)])
+def test_a_url_without_a_port_connects_to_the_schemes_port(url: str, port: int) -> None:
+    d = LdapDirectory(url=url, base_dn="dc=example,dc=org")
+    assert d._connect().server.port == port
