@@ -320,3 +320,8 @@ def test_ldap_settings_no_read_could_use_are_refused_at_start(setting: str, valu
 def test_a_url_without_a_port_connects_to_the_schemes_port(url: str, port: int) -> None:
     d = LdapDirectory(url=url, base_dn="dc=example,dc=org")
     assert d._connect().server.port == port
+
+
+async def test_one_group_named_twice_in_other_cases_is_read_for_both_names(slapd: Slapd) -> None:
+    snap = await directory(slapd).read(["ITD Staff", "itd staff"])
+    assert usernames(snap, "itd staff") == usernames(snap, "ITD Staff") == {None, "bjorn", "jjones", "johnd"}
