@@ -148,18 +148,23 @@ async def _status(ctx: Context, as_json: bool, out: TextIO) -> int:
 async def _audit(ctx: Context, limit: int, operation: str | None, since: datetime | None, as_json: bool,
                  out: TextIO, cursor: str | None = None, user: str | None = None) -> int:
     scanned = None
-    if user is not None:
-        try:
+    try:
+        if user is not None:
             entries, cursor, scanned = await read_audit_about(ctx.store, user, since=since, operation=operation,
                                                               limit=limit, cursor=cursor)
-        except ValueError as exc:
-            out.write(f"hubpilot audit: --cursor: {exc}: give the cursor the previous page of this search ended "
-                      "with\n")
+        else:
+            entries, cursor = await ctx.store.read_audit(
+                since=since, operation=operation, limit=limit, cursor=cursor
+            )
+    except (ValueError, KeyError, OverflowError, TypeError) as exc:
+        if cursor is not None:
+            out.write(f"hubpilot audit: --cursor: {exc}: give the cursor the previous page of this "
+                      f"{'search' if user is not None else 'listing'} ended with\n")
             return int(ExitCode.USAGE)
-    else:
-        entries, cursor = await ctx.store.read_audit(
-            since=since, operation=operation, limit=limit, cursor=cursor
-        )
+        # no cursor of the caller's: an audit entry hubpilot cannot read (damaged, edited by hand)
+        out.write(f"hubpilot audit: an audit entry could not be read ({type(exc).__name__}: {exc}); "
+                  "the audit log holds an entry hubpilot did not write\n")
+        return int(ExitCode.FAILED)
     if as_json:
         json.dump({"entries": entries, "cursor": cursor} | ({"scanned": scanned} if user is not None else {}),
                   out, indent=2)

@@ -195,3 +195,27 @@ def test_a_directory_without_users_groups_is_a_configuration_error(tmp_path: Pat
     done = _bare(tmp_path, "sync", "--dry-run")
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "sync.users_groups is empty" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+async def test_audit_blames_a_cursor_only_when_one_was_given(tmp_path: Path) -> None:
+    """An audit entry the search by user cannot read (damaged, edited by hand) is not a bad
+    ``--cursor`` the caller never gave: it fails (exit 1) saying an entry could not be read, as
+    GET /audit answers 500; a cursor that is not one is still exit 2 naming ``--cursor``, for the
+    search by user and for the plain listing alike. No traceback either way."""
+    from hubpilot.adapters.store_sqlite import SqliteStore
+
+    _config(tmp_path)
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    await store.append_audit({"at": "2026-11-01T00:00:00+00:00", "operation": "sync", "kind": "run",
+                              "outcome": "applied", "results": 3})
+    await store.close()
+    damaged = _cli(tmp_path, "audit", "--user", "bob")
+    assert damaged.returncode == 1, (damaged.stdout, damaged.stderr)
+    assert "could not be read" in damaged.stdout and "--cursor" not in damaged.stdout
+    assert "Traceback" not in damaged.stderr, damaged.stderr
+    for args in (["--user", "bob"], []):
+        bad = _cli(tmp_path, "audit", *args, "--cursor", "zzz")
+        assert bad.returncode == 2 and "--cursor" in bad.stdout + bad.stderr, (bad.stdout, bad.stderr)
+        assert "Traceback" not in bad.stderr, bad.stderr
+    plain = _cli(tmp_path, "audit")
+    assert plain.returncode == 0 and "sync applied" in plain.stdout, (plain.stdout, plain.stderr)
