@@ -14,7 +14,7 @@ import pytest
 from hubpilot.adapters.hub import HubClient
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.config.cull import CullSettings
-from hubpilot.cull import CullCapability
+from hubpilot.cull import CullCapability, CullObserved
 from hubpilot.cull.capability import STOP_REPORTS
 from hubpilot.loop import Plan, Status, no_progress
 from hubpilot.ports.hub import HubError
@@ -35,6 +35,14 @@ from tests.test_cull_realhub import (  # noqa: F401 (fixtures)
 pytestmark = pytest.mark.hub
 
 
+async def _round_for(cap: CullCapability, *names: str) -> tuple[CullObserved, Plan, Plan]:
+    """One observe and a plan three hours on (everyone's activity long past), and that plan
+    narrowed to the actions on ``names`` (the module's hub holds other tests' users too)."""
+    observed = await cap.observe()
+    plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=3))
+    return observed, plan, Plan.build("cull", [a for a in plan.actions if a.target in names], facts=plan.facts)
+
+
 async def test_a_user_sync_has_deprovisioned_is_deleted_and_a_member_it_manages_is_kept(
     cull_hub: RealHub, hub_client: HubClient, tmp_path: Path  # noqa: F811 (the imported fixtures)
 ) -> None:
@@ -50,9 +58,7 @@ async def test_a_user_sync_has_deprovisioned_is_deleted_and_a_member_it_manages_
         leaver: ManagedUser(since, deprovisioned_at=since + timedelta(days=1)).to_json()}})
     try:
         cap = CullCapability(hub_client, CullSettings(cull_users=True, delete_users=True), store)
-        observed = await cap.observe()
-        plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=3))
-        mine = Plan.build("cull", [a for a in plan.actions if a.target in (member, leaver)], facts=plan.facts)
+        observed, plan, mine = await _round_for(cap, member, leaver)
         assert [(a.kind, a.target) for a in mine.actions] == [("delete_user", leaver)], plan.render()
         assert any(n.startswith(f"kept long-inactive user {member}:") and "sync manages them" in n
                    for n in plan.notes), plan.notes
@@ -109,9 +115,7 @@ async def test_a_user_whose_spawn_is_pending_at_the_deletion_is_not_deleted(
     store = SqliteStore(tmp_path / "state.db")  # sync manages nobody
     try:
         cap = CullCapability(hub_client, CullSettings(cull_users=True, delete_users=True), store)
-        observed = await cap.observe()
-        plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=3))
-        mine = Plan.build("cull", [a for a in plan.actions if a.target == name], facts=plan.facts)
+        observed, _, mine = await _round_for(cap, name)
         assert [(a.kind, a.target) for a in mine.actions] == [("delete_user", name)]
         r = await cull_hub.spawn(name, wait=False)
         assert r.status_code == 202, r.text
@@ -141,9 +145,7 @@ async def test_a_server_stopped_again_after_a_restart_is_reported_stopped_again(
         cap = CullCapability(hub_client, CullSettings(inactivity_timeout=3600), store)
         for _ in range(2):
             await cull_hub.spawn(name)
-            observed = await cap.observe()
-            plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=3))
-            mine = Plan.build("cull", [a for a in plan.actions if a.target == name], facts=plan.facts)
+            observed, plan, mine = await _round_for(cap, name)
             assert [a.kind for a in mine.actions] == ["stop_server"], plan.render()
             (result,) = await cap.apply(mine, observed, no_progress)
             assert (result.status, result.detail) == (Status.DONE, "stopped"), result
@@ -164,9 +166,7 @@ async def test_a_user_whose_server_is_still_stopping_is_not_deleted_and_says_so(
     store = SqliteStore(tmp_path / "state.db")  # sync manages nobody
     try:
         cap = CullCapability(hub_client, CullSettings(cull_users=True, delete_users=True), store)
-        observed = await cap.observe()
-        plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=3))
-        mine = Plan.build("cull", [a for a in plan.actions if a.target == name], facts=plan.facts)
+        observed, _, mine = await _round_for(cap, name)
         assert [a.kind for a in mine.actions] == ["stop_server", "delete_user"], mine.actions
         stop, deletion = await cap.apply(mine, observed, no_progress)
         assert stop.status is Status.PENDING, stop
@@ -242,9 +242,7 @@ async def test_a_stop_whose_record_cannot_be_written_is_still_reported_done(
     store = StopReportsDown(tmp_path / "state.db")
     try:
         cap = CullCapability(hub_client, CullSettings(inactivity_timeout=3600), store)
-        observed = await cap.observe()
-        plan = cap.plan(observed, datetime.now(UTC) + timedelta(hours=3))
-        mine = Plan.build("cull", [a for a in plan.actions if a.target == name], facts=plan.facts)
+        observed, _, mine = await _round_for(cap, name)
         (result,) = await cap.apply(mine, observed, no_progress)
         assert (result.status, result.detail) == (Status.DONE, "stopped"), result
         assert running(await hub_user(cull_hub, name)) == set()
