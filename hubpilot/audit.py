@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-from hubpilot.ports.store import StateStore
+from hubpilot.ports.store import BadCursor, StateStore
 
 PAGE = 200  # entries read from the store at once
 SCAN = 2000  # entries read for one request at most
@@ -90,13 +90,13 @@ def _cursor(store_cursor: str | None, skip: int) -> str:
 
 
 def parse_cursor(cursor: str | None) -> tuple[str | None, int]:
-    """(the store's page cursor, entries of that page already read); ValueError if it is not a
+    """(the store's page cursor, entries of that page already read); BadCursor if it is not a
     cursor :func:`read_audit_about` returned."""
     if cursor is None:
         return None, 0
     m = _CURSOR.match(cursor)
     if not m or int(m.group(1)) >= PAGE:
-        raise ValueError("not a cursor of an audit search by user")
+        raise BadCursor("not a cursor of an audit search by user")
     return m.group(2) or None, int(m.group(1))
 
 

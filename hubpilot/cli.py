@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from hubpilot.audit import about, read_audit_about
 from hubpilot.loop import ExitCode, LockHeld, RunRecord, UnknownPlan
-from hubpilot.ports.store import StoreError
+from hubpilot.ports.store import BadCursor, StoreError
 from hubpilot.settings import Settings, SettingsError, defaults_note, load_settings, settings_reference
 from hubpilot.wiring import OPERATIONS, Context, build_context
 
@@ -156,12 +156,11 @@ async def _audit(ctx: Context, limit: int, operation: str | None, since: datetim
             entries, cursor = await ctx.store.read_audit(
                 since=since, operation=operation, limit=limit, cursor=cursor
             )
-    except (ValueError, KeyError, OverflowError, TypeError) as exc:
-        if cursor is not None:
-            out.write(f"hubpilot audit: --cursor: {exc}: give the cursor the previous page of this "
-                      f"{'search' if user is not None else 'listing'} ended with\n")
-            return int(ExitCode.USAGE)
-        # no cursor of the caller's: an audit entry hubpilot cannot read (damaged, edited by hand)
+    except BadCursor as exc:
+        out.write(f"hubpilot audit: --cursor: {exc}: give the cursor the previous page of this "
+                  f"{'search' if user is not None else 'listing'} ended with\n")
+        return int(ExitCode.USAGE)
+    except (ValueError, KeyError, OverflowError, TypeError) as exc:  # an entry hubpilot cannot read
         out.write(f"hubpilot audit: an audit entry could not be read ({type(exc).__name__}: {exc}); "
                   "the audit log holds an entry hubpilot did not write\n")
         return int(ExitCode.FAILED)

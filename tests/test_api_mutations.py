@@ -329,17 +329,22 @@ async def test_an_audit_entry_the_search_cannot_read_is_a_500_not_a_bad_cursor(t
     hubpilot's (500 with a correlation id, as the README says of a stored document it cannot read), not
     a 400 blaming a cursor the caller never sent; a cursor that is not one is still 400 naming it."""
     ctx, _ = make_context(tmp_path)
-    await ctx.store.append_audit({"at": "2026-11-01T00:00:00+00:00", "operation": "sync", "kind": "run",
-                                  "outcome": "applied", "results": 3})
+    for day in (1, 2):
+        await ctx.store.append_audit({"at": f"2026-11-0{day}T00:00:00+00:00", "operation": "sync", "kind": "run",
+                                      "outcome": "applied", "results": 3})
     try:
         async with asgi_client(ctx) as client:
             r = await client.get("/api/v1/audit", params={"user": "bob"}, headers=READER)
             assert r.status_code == 500, r.text
             assert "cursor" not in r.json()["detail"] and r.json()["correlation_id"]
+            # a good cursor (the search's own form: one entry of the newest page read) meeting the
+            # second damaged entry is not blamed either
+            after = await client.get("/api/v1/audit", params={"user": "bob", "cursor": "u1."}, headers=READER)
+            assert after.status_code == 500 and "cursor" not in after.json()["detail"], after.text
             bad = await client.get("/api/v1/audit", params={"user": "bob", "cursor": "zzz"}, headers=READER)
             assert bad.status_code == 400 and "cursor" in bad.json()["detail"], bad.text
             plain = await client.get("/api/v1/audit", headers=READER)
-            assert plain.status_code == 200 and len(plain.json()["entries"]) == 1
+            assert plain.status_code == 200 and len(plain.json()["entries"]) == 2
     finally:
         await ctx.close()
 

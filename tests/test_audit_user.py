@@ -12,6 +12,7 @@ import pytest
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.audit import PAGE, about, parse_cursor, read_audit_about
 from hubpilot.loop import Action, ActionResult, Outcome, Plan, RunRecord, Status
+from hubpilot.ports.store import BadCursor
 from tests.test_api import ADMIN, READER, Api, api  # noqa: F401 - the fixture
 
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -105,9 +106,9 @@ async def test_paging_through_a_search_skips_and_repeats_nothing(tmp_path: Path)
         alone, cursor, read = await read_audit_about(store, "bob", limit=100, scan=PAGE + 10)
         assert len(alone) == 3 and read == PAGE + 10 and cursor is not None  # the rest needs the next page
         assert parse_cursor(cursor)[1] == 10
-        with pytest.raises(ValueError):
+        with pytest.raises(BadCursor):
             await read_audit_about(store, "bob", cursor="not-ours")
-        with pytest.raises(ValueError):
+        with pytest.raises(BadCursor):
             parse_cursor(f"u{PAGE}.x")
     finally:
         await store.close()

@@ -213,6 +213,8 @@ async def test_audit_blames_a_cursor_only_when_one_was_given(tmp_path: Path) -> 
     assert damaged.returncode == 1, (damaged.stdout, damaged.stderr)
     assert "could not be read" in damaged.stdout and "--cursor" not in damaged.stdout
     assert "Traceback" not in damaged.stderr, damaged.stderr
+    good_cursor = _cli(tmp_path, "audit", "--user", "bob", "--cursor", "u0.")  # the search's own form
+    assert good_cursor.returncode == 1 and "could not be read" in good_cursor.stdout, good_cursor.stdout
     for args in (["--user", "bob"], []):
         bad = _cli(tmp_path, "audit", *args, "--cursor", "zzz")
         assert bad.returncode == 2 and "--cursor" in bad.stdout + bad.stderr, (bad.stdout, bad.stderr)

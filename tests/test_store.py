@@ -21,7 +21,7 @@ import pytest
 from hubpilot.adapters.store_azure import AzureStore
 from hubpilot.adapters.store_sqlite import SqliteStore
 from hubpilot.loop import Action, ActionResult, LockHeld, Outcome, Plan, Progress, Runner, Status
-from hubpilot.ports.store import ConflictError, StateStore, StoreError
+from hubpilot.ports.store import BadCursor, ConflictError, StateStore, StoreError
 from tests.azurite import ACCOUNT_KEY, Azurite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -353,7 +353,7 @@ async def test_audit_bad_entries_are_refused(store: StateStore) -> None:
         await store.append_audit({"at": T0.isoformat(), "operation": "sync", "x": object()})
     for cursor in ("not-a-cursor", "99999999999999999999999:1", "1:99999999999999999999999", "",
                    "000000000000000000-00000000000000000000-0000abcx"):
-        with pytest.raises(ValueError, match="cursor"):
+        with pytest.raises(BadCursor, match="cursor"):
             await store.read_audit(cursor=cursor)
     with pytest.raises(ValueError, match="limit"):
         await store.read_audit(limit=0)

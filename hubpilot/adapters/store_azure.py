@@ -59,7 +59,15 @@ from hubpilot.adapters.store_common import dump_json as _dump
 from hubpilot.adapters.store_common import from_micros as _from_micros
 from hubpilot.adapters.store_common import load_json as _load
 from hubpilot.adapters.store_common import to_micros as _micros
-from hubpilot.ports.store import AZURE_ACCOUNT, AZURE_CONTAINER, AZURE_TABLE_PREFIX, ConflictError, Lease, StoreError
+from hubpilot.ports.store import (
+    AZURE_ACCOUNT,
+    AZURE_CONTAINER,
+    AZURE_TABLE_PREFIX,
+    BadCursor,
+    ConflictError,
+    Lease,
+    StoreError,
+)
 
 T = TypeVar("T")
 
@@ -458,7 +466,7 @@ class AzureStore:
         params: dict[str, Any] = {"pk": _AUDIT_PK}
         if cursor is not None:
             if not _ROW_KEY.match(cursor):
-                raise ValueError(f"not an audit cursor of this store: {cursor!r}")
+                raise BadCursor(f"not an audit cursor of this store: {cursor!r}")
             clauses.append("RowKey gt @after")
             params["after"] = cursor
         if since is not None:

@@ -32,7 +32,7 @@ from hubpilot.adapters.store_common import (
     load_json,
     to_micros,
 )
-from hubpilot.ports.store import ConflictError, Lease, StoreError
+from hubpilot.ports.store import BadCursor, ConflictError, Lease, StoreError
 
 T = TypeVar("T")
 
@@ -63,13 +63,13 @@ CREATE TABLE IF NOT EXISTS docs (
 """
 
 def _parse_cursor(cursor: str) -> tuple[int, int]:
-    """``<at_us>:<id>`` as read_audit returns it; anything else is a ValueError."""
+    """``<at_us>:<id>`` as read_audit returns it; anything else is a BadCursor."""
     at_text, _, id_text = cursor.partition(":")
     if not (at_text.lstrip("-").isdigit() and id_text.isdigit()):
-        raise ValueError(f"not an audit cursor of this store: {cursor!r}")
+        raise BadCursor(f"not an audit cursor of this store: {cursor!r}")
     at_us, row_id = int(at_text), int(id_text)
     if not (-(2**63) <= at_us < 2**63 and row_id < 2**63):
-        raise ValueError(f"audit cursor out of range: {cursor!r}")
+        raise BadCursor(f"audit cursor out of range: {cursor!r}")
     return at_us, row_id
 
 

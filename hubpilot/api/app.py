@@ -32,7 +32,7 @@ from hubpilot.api.runs import QueueUnavailable, operation_status, read_run, star
 from hubpilot.api.scheduling import configured_schedules, skip_reason
 from hubpilot.audit import read_audit_about
 from hubpilot.loop import LockHeld, Outcome, RunRecord, UnknownPlan, new_run_id
-from hubpilot.ports.store import StoreError
+from hubpilot.ports.store import BadCursor, StoreError
 from hubpilot.wiring import OPERATIONS, Context, NotConfigured, UnknownOperation
 
 log = logging.getLogger(__name__)
@@ -627,11 +627,8 @@ def create_app(context: ContextSource) -> FastAPI:
                 return {"entries": found, "next_cursor": after, "scanned": scanned}
             entries, nxt = await ctx.store.read_audit(since=since, operation=operation, limit=limit,
                                                       cursor=cursor)
-        except (ValueError, KeyError, OverflowError, TypeError) as exc:
-            if cursor is None:  # not the caller's: an entry that cannot be read (500, the log has it)
-                raise
-            raise HTTPException(400, f"cursor: not a cursor this audit log returned ({type(exc).__name__})") \
-                from None
+        except BadCursor:  # anything else (an entry that cannot be read) is hubpilot's: 500, the log has it
+            raise HTTPException(400, "cursor: not a cursor this audit log returned") from None
         return {"entries": entries, "next_cursor": nxt}
 
     @api.get("/openapi.json", include_in_schema=False)

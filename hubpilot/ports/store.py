@@ -35,6 +35,12 @@ class ConflictError(StoreError):
     """A conditional write (``if_match``) lost to another writer."""
 
 
+class BadCursor(ValueError):
+    """An audit cursor the log did not return (the caller's mistake, not the store's): what
+    ``read_audit`` and the search by user raise for it, and only for it, so a host tells a bad
+    cursor (400, exit 2) from an entry it cannot read (500, exit 1)."""
+
+
 class StateStore(Protocol):
     """Small and generic so every capability reuses it.
 
@@ -81,6 +87,7 @@ class StateStore(Protocol):
         """Entries newest first, at or after ``since``, of ``operation`` when given.
 
         Returns at most ``limit`` entries and a cursor for the next (older) page, or None.
+        A ``cursor`` it did not return is a :class:`BadCursor`.
         Each returned entry carries its ``id``.
         """
         ...
